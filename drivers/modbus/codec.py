@@ -1,0 +1,162 @@
+"""Pure Modbus codec: read planning, registers -> value arrays, values -> registers.
+
+No I/O here. A :class:`ReadPlan` is computed once per equipment type: the requests to send
+(contiguous or nearby addresses merged, at most 125 registers or 2000 bits each) and, per
+data type, where each point's words sit in the concatenated response. Decoding one poll is
+then a handful of numpy operations whatever the number of points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.modbus.config import BIT_TABLES, ModbusPoint
+
+MAX_REGISTERS = 125  # Modbus limit for one read of holding/input registers
+MAX_BITS = 2000  # Modbus limit for one read of coils/discrete inputs
+TABLE_ORDER = ("holding", "input", "coil", "discrete")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request: ``count`` registers (or bits) of ``table`` from ``start``."""
+
+    table: str
+    start: int
+    count: int
+
+    @property
+    def is_bits(self) -> bool:
+        return self.table in BIT_TABLES
+
+
+def plan_blocks(points: Sequence[ModbusPoint], max_gap: int = 8,
+                max_registers: int = MAX_REGISTERS, max_bits: int = MAX_BITS) -> list[Block]:
+    """Merge points into as few requests as the protocol allows.
+
+    Addresses at most ``max_gap`` apart join one request (reading a few unused registers is
+    cheaper than another round trip), as long as the request stays within the size limit.
+    """
+    blocks: list[Block] = []
+    for table in TABLE_ORDER:
+        spans = sorted((p.address, p.address + p.size) for p in points if p.table == table)
+        limit = max_bits if table in BIT_TABLES else max_registers
+        start = end = None
+        for lo, hi in spans:
+            if start is not None and lo - end <= max_gap and max(end, hi) - start <= limit:
+                end = max(end, hi)
+                continue
+            if start is not None:
+                blocks.append(Block(table, start, end - start))
+            start, end = lo, hi
+        if start is not None:
+            blocks.append(Block(table, start, end - start))
+    return blocks
+
+
+class ReadPlan:
+    """Blocks to read for one equipment type, and how to decode their concatenation."""
+
+    def __init__(self, points: Sequence[ModbusPoint], max_gap: int = 8) -> None:
+        self.points = tuple(points)
+        self.blocks = plan_blocks(self.points, max_gap)
+        n = len(self.points)
+        # Position of each block's first word in the concatenated register (or bit) array.
+        reg_base: dict[int, int] = {}
+        bit_base: dict[int, int] = {}
+        nregs = nbits = 0
+        for k, b in enumerate(self.blocks):
+            if b.is_bits:
+                bit_base[k], nbits = nbits, nbits + b.count
+            else:
+                reg_base[k], nregs = nregs, nregs + b.count
+        self.register_count, self.bit_count = nregs, nbits
+        pos = np.zeros(n, np.int64)
+        for i, p in enumerate(self.points):
+            k = next(k for k, b in enumerate(self.blocks)
+                     if b.table == p.table and b.start <= p.address < b.start + b.count)
+            base = bit_base[k] if self.blocks[k].is_bits else reg_base[k]
+            pos[i] = base + p.address - self.blocks[k].start
+        types = np.array([p.type for p in self.points])
+        little = np.array([p.word_order == "little" for p in self.points], bool)
+
+        def idx(mask: np.ndarray) -> np.ndarray:
+            return np.flatnonzero(mask)
+
+        self._bool = idx(types == "bool")
+        self._u16 = idx(types == "uint16")
+        self._i16 = idx(types == "int16")
+        wide = (types == "uint32") | (types == "int32") | (types == "float32")
+        self._wide = idx(wide)
+        # High and low word positions of every 32-bit point, honouring its word order.
+        self._hi = np.where(little[self._wide], pos[self._wide] + 1, pos[self._wide])
+        self._lo = np.where(little[self._wide], pos[self._wide], pos[self._wide] + 1)
+        wide_types = types[self._wide]
+        self._wide_u32 = wide_types == "uint32"
+        self._wide_i32 = wide_types == "int32"
+        self._wide_f32 = wide_types == "float32"
+        self._pos = pos
+        self.scale = np.array([p.scale for p in self.points], np.float64)
+        self.offset = np.array([p.offset for p in self.points], np.float64)
+
+    def decode(self, responses: Sequence[Sequence[int] | Sequence[bool]]) -> np.ndarray:
+        """Values in engineering units, in point order, from one response per block."""
+        if len(responses) != len(self.blocks):
+            raise ValueError(f"expected {len(self.blocks)} responses, got {len(responses)}")
+        regs: list[int] = []
+        bits: list[bool] = []
+        for b, r in zip(self.blocks, responses):
+            # A short (or long) answer must never shift values onto the wrong points.
+            if len(r) < b.count:
+                raise ValueError(f"{b.table} block at {b.start}: expected {b.count} values, got {len(r)}")
+            (bits if b.is_bits else regs).extend(r[:b.count])
+        reg_arr = np.asarray(regs, np.uint16)
+        bit_arr = np.asarray(bits, bool)
+        raw = np.empty(len(self.points), np.float64)
+        if len(self._bool):
+            raw[self._bool] = bit_arr[self._pos[self._bool]]
+        if len(self._u16):
+            raw[self._u16] = reg_arr[self._pos[self._u16]]
+        if len(self._i16):
+            raw[self._i16] = reg_arr[self._pos[self._i16]].view(np.int16)
+        if len(self._wide):
+            u32 = (reg_arr[self._hi].astype(np.uint32) << 16) | reg_arr[self._lo].astype(np.uint32)
+            wide = np.empty(len(self._wide), np.float64)
+            wide[self._wide_u32] = u32[self._wide_u32]
+            wide[self._wide_i32] = u32[self._wide_i32].view(np.int32)
+            wide[self._wide_f32] = u32[self._wide_f32].view(np.float32)
+            raw[self._wide] = wide
+        return raw * self.scale + self.offset
+
+
+_RAW_LIMITS = {
+    "int16": (-(2 ** 15), 2 ** 15 - 1), "uint16": (0, 2 ** 16 - 1),
+    "int32": (-(2 ** 31), 2 ** 31 - 1), "uint32": (0, 2 ** 32 - 1),
+}
+
+
+def encode(point: ModbusPoint, value: float) -> list[int] | bool:
+    """Registers (or a bit) that write ``value`` (engineering units) to ``point``.
+
+    Raises ValueError when the value does not fit the point's data type after scaling.
+    """
+    if point.type == "bool":
+        if value not in (0, 1):
+            raise ValueError(f"a bool point takes 0 or 1, not {value}")
+        return bool(value)
+    raw = (value - point.offset) / point.scale
+    if point.type == "float32":
+        word32 = int(np.array([raw], np.float32).view(np.uint32)[0])
+    else:
+        r = round(raw)
+        lo, hi = _RAW_LIMITS[point.type]
+        if not lo <= r <= hi:
+            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling")
+        if point.type in ("int16", "uint16"):
+            return [r & 0xFFFF]
+        word32 = r & 0xFFFFFFFF
+    words = [word32 >> 16, word32 & 0xFFFF]
+    return words[::-1] if point.word_order == "little" else words

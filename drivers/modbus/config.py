@@ -1,0 +1,107 @@
+"""Modbus keys of tags.yaml: where each point lives in a device's tables, and how to reach it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scada.fields import Fields, in_range, one_of, to_float, to_int, to_str
+from scada.tagdb import ANALOG, DISCRETE
+from scada.yamlsrc import ConfigError
+
+TABLES = ("holding", "input", "coil", "discrete")
+BIT_TABLES = ("coil", "discrete")
+# Data type -> number of 16-bit registers it occupies.
+REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
+DATA_TYPES = ("bool", *REGISTER_TYPES)
+MAX_ADDRESS = 65535
+
+POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset"})
+DEVICE_KEYS = frozenset({"endpoint", "unit"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusPoint:
+    """Where a point is read: table, first address, data type, word order, linear scaling."""
+
+    table: str
+    address: int
+    type: str
+    word_order: str = "big"  # "big": high word first (Modbus convention); "little": low word first
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Registers (or bits, for bit tables) the point occupies."""
+        return 1 if self.type == "bool" else REGISTER_TYPES[self.type]
+
+    @property
+    def kind(self) -> int:
+        return DISCRETE if self.type == "bool" else ANALOG
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusEndpoint:
+    """A Modbus TCP device: host, port and unit id (1-247; a gateway serves several units)."""
+
+    host: str
+    port: int
+    unit: int
+
+    @property
+    def connection(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+def parse_point(f: Fields) -> ModbusPoint:
+    table = f.take("table", one_of(*TABLES), what="one of " + ", ".join(TABLES))
+    dtype = f.take("type", one_of(*DATA_TYPES), default="bool" if table in BIT_TABLES else "uint16")
+    if table in BIT_TABLES and dtype != "bool":
+        raise f.error("type", f"a {table} holds single bits: its type must be bool", dtype)
+    if table not in BIT_TABLES and dtype == "bool":
+        raise f.error("type", f"a {table} register holds numbers: use int16, uint16, int32, uint32 or float32", dtype)
+    address = f.take("address", in_range(to_int, 0, MAX_ADDRESS), what="register or bit address 0-65535")
+    point = ModbusPoint(
+        table=table,
+        address=address,
+        type=dtype,
+        word_order=f.take("word_order", one_of("big", "little"), default="big"),
+        scale=f.take("scale", to_float, default=1.0),
+        offset=f.take("offset", to_float, default=0.0),
+    )
+    if address + point.size - 1 > MAX_ADDRESS:
+        raise f.error("address", f"a {dtype} at this address runs past register {MAX_ADDRESS}", address)
+    if point.scale == 0:
+        raise f.error("scale", "must not be 0", point.scale)
+    return point
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """'host:port' (or 'tcp://host:port'; port 502 when omitted)."""
+    s = text.removeprefix("tcp://")
+    host, sep, port = s.rpartition(":")
+    if not sep:
+        host, port = s, "502"
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected host:port, for example 10.1.2.3:502")
+    return host, int(port)
+
+
+def parse_device(f: Fields) -> ModbusEndpoint:
+    host, port = f.take("endpoint", lambda v: parse_endpoint(to_str(v)), what="host:port")
+    unit = f.take("unit", in_range(to_int, 1, 247), default=1)
+    return ModbusEndpoint(host, port, unit)
+
+
+def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields) -> None:
+    """Two points of one type may not share a register of the same table."""
+    owner: dict[tuple[str, int], str] = {}
+    for name, p in points.items():
+        for a in range(p.address, p.address + p.size):
+            other = owner.get((p.table, a))
+            if other is not None:
+                raise ConfigError(
+                    where.file, where.line_of(name), where.key(f"{name}.address"),
+                    f"overlaps point {other!r} at {p.table} address {a}", p.address,
+                )
+            owner[(p.table, a)] = name

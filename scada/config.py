@@ -1,0 +1,359 @@
+"""tags.yaml and alarms.yaml -> frozen, typed configuration, or one loud, located error.
+
+tags.yaml declares *equipment types* (templates of points) and *devices* that instantiate
+them, listed in the YAML or imported from CSV inventories (a GIS export). Tag names are
+paths ``<commune>/<class>/<device>/<point>``; tag ids are dense and follow the order of
+devices, and a device's points are contiguous ids starting at ``Device.first_tag_id``.
+
+Every error names the file, the line, the key and the offending value; duplicates and
+unknown keys are errors; nothing is skipped. The result is built completely before it is
+returned, so a running server never sees a half-applied configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from drivers.base import REGISTRY, driver_config
+from scada.alarms import config as alarms_config
+from scada.fields import (
+    Fields, non_negative, positive, in_range, to_bool, to_float, to_int, to_name, to_str,
+)
+from scada.tagdb import DISCRETE, TEXT
+from scada.yamlsrc import ConfigError, LocList, LocMap, load
+
+TAGS_FILE = "tags.yaml"
+ALARMS_FILE = "alarms.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class PointDef:
+    """One point of an equipment type, common part plus the driver's own (``io``)."""
+
+    name: str
+    kind: int  # tagdb.ANALOG, DISCRETE or TEXT
+    io: Any
+    unit: str = ""
+    description: str = ""
+    deadband: float = 0.0
+    writable: bool = False
+    range: tuple[float, float] | None = None
+    enum: tuple[tuple[int, str], ...] | None = None  # value -> label, for discrete states
+
+
+@dataclass(frozen=True, slots=True)
+class EquipmentType:
+    name: str
+    cls: str  # the <class> segment of tag paths: lighting, traffic, bollard, ...
+    driver: str
+    points: tuple[PointDef, ...]
+    poll_interval: float
+    timeout: float
+    description: str = ""
+
+    def point(self, name: str) -> PointDef | None:
+        return next((p for p in self.points if p.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    name: str
+    type: str
+    commune: str
+    lat: float
+    lon: float
+    poll_interval: float
+    timeout: float
+    io: Any  # the driver's endpoint description
+    first_tag_id: int
+    source: str  # "file:line" where it was declared, for later messages
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole running configuration; immutable once loaded."""
+
+    directory: Path
+    types: Mapping[str, EquipmentType]
+    devices: tuple[Device, ...]
+    alarms: alarms_config.AlarmsConfig
+    _device_index: Mapping[str, Device] = field(repr=False, default_factory=dict)
+
+    @property
+    def tag_count(self) -> int:
+        return sum(len(self.types[d.type].points) for d in self.devices)
+
+    def device(self, name: str) -> Device:
+        return self._device_index[name]
+
+    def tag_name(self, device: Device, point: PointDef) -> str:
+        return f"{device.commune}/{self.types[device.type].cls}/{device.name}/{point.name}"
+
+    def tag_ids(self, device: Device) -> np.ndarray:
+        n = len(self.types[device.type].points)
+        return np.arange(device.first_tag_id, device.first_tag_id + n, dtype=np.int64)
+
+    def tag_table(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Names, kinds and deadbands of every tag, in tag-id order: what TagDB needs."""
+        names: list[str] = []
+        kinds: list[int] = []
+        deadbands: list[float] = []
+        for d in self.devices:
+            t = self.types[d.type]
+            prefix = f"{d.commune}/{t.cls}/{d.name}/"
+            names.extend(prefix + p.name for p in t.points)
+            kinds.extend(p.kind for p in t.points)
+            deadbands.extend(p.deadband for p in t.points)
+        return names, np.asarray(kinds, np.uint8), np.asarray(deadbands, np.float64)
+
+    def summary(self) -> str:
+        """Devices and tags per equipment type, as `scada check` prints it."""
+        per_type = Counter(d.type for d in self.devices)
+        lines = [f"{'equipment type':<24} {'driver':<8} {'devices':>8} {'tags':>10}"]
+        for name, t in self.types.items():
+            n = per_type.get(name, 0)
+            lines.append(f"{name:<24} {t.driver:<8} {n:>8} {n * len(t.points):>10}")
+        lines.append(f"{'total':<24} {'':<8} {len(self.devices):>8} {self.tag_count:>10}")
+        communes = len({d.commune for d in self.devices})
+        lines.append(f"{communes} communes; {len(self.alarms.alarms)} alarm definitions, "
+                     f"{len(self.alarms.services)} services")
+        return "\n".join(lines)
+
+
+TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description")
+COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum")
+COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description")
+
+
+def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise f.error("enum", "expected a mapping of integer values to labels, e.g. {0: auto, 1: forced_on}", raw)
+    out = []
+    for k, v in raw.items():
+        try:
+            out.append((to_int(k), to_name(v)))
+        except ValueError as exc:
+            raise f.error(f"enum.{k}", str(exc), v) from None
+    return tuple(sorted(out))
+
+
+def _parse_range(raw: Any, f: Fields) -> tuple[float, float]:
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise f.error("range", "expected [min, max]", raw)
+    try:
+        lo, hi = to_float(raw[0]), to_float(raw[1])
+    except ValueError as exc:
+        raise f.error("range", str(exc), raw) from None
+    if lo >= hi:
+        raise f.error("range", "min must be below max", raw)
+    return lo, hi
+
+
+def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any) -> PointDef:
+    f = Fields(raw, path, file, line)
+    unknown_hint = sorted(set(COMMON_POINT_KEYS) | set(drv.POINT_KEYS))
+    for key in raw if isinstance(raw, dict) else ():
+        if key not in COMMON_POINT_KEYS and key not in drv.POINT_KEYS:
+            raise f.error(str(key), f"unknown key (known keys: {', '.join(unknown_hint)})")
+    io = drv.parse_point(f)
+    enum = _parse_enum(f.sub("enum"), f) if f.has("enum") else None
+    rng = _parse_range(f.sub("range"), f) if f.has("range") else None
+    point = PointDef(
+        name=name,
+        kind=DISCRETE if enum else io.kind,
+        io=io,
+        unit=f.take("unit", to_str, default=""),
+        description=f.take("description", to_str, default=""),
+        deadband=f.take("deadband", non_negative(to_float), default=0.0),
+        writable=f.take("writable", to_bool, default=False),
+        range=rng,
+        enum=enum,
+    )
+    if point.writable and not getattr(io, "writable_ok", True):
+        raise f.error("writable", "this point's source cannot be written", True)
+    if point.kind == TEXT and point.deadband:
+        raise f.error("deadband", "a text point has no deadband", point.deadband)
+    f.done(unknown_hint)
+    return point
+
+
+def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
+    path = f"equipment_types.{name}"
+    f = Fields(raw, path, file, line)
+    driver = f.take("driver", to_str, what=f"one of {', '.join(REGISTRY)}")
+    if driver not in REGISTRY:
+        raise f.error("driver", f"unknown driver (known drivers: {', '.join(REGISTRY)})", driver)
+    drv = driver_config(driver)
+    raw_points = f.sub("points")
+    if not isinstance(raw_points, dict) or not raw_points:
+        raise f.error("points", "expected a mapping of point names to their definitions", raw_points)
+    pf = Fields(raw_points, f"{path}.points", file, f.line_of("points"))
+    points: list[PointDef] = []
+    for pname, praw in raw_points.items():
+        try:
+            pname = to_name(pname)
+        except ValueError as exc:
+            raise pf.error(str(pname), str(exc), pname) from None
+        points.append(_parse_point(pname, praw, f"{path}.points.{pname}", file, pf.line_of(pname), drv))
+        pf.take(pname, lambda v: v)
+    drv.check_type(name, {p.name: p.io for p in points}, pf)
+    t = EquipmentType(
+        name=name,
+        cls=f.take("class", to_name, what="the class segment of tag paths, e.g. lighting"),
+        driver=driver,
+        points=tuple(points),
+        poll_interval=f.take("poll_interval", positive(to_float), default=1.0),
+        timeout=f.take("timeout", positive(to_float), default=1.0),
+        description=f.take("description", to_str, default=""),
+    )
+    f.done(TYPE_KEYS)
+    return t
+
+
+def _to_commune(v: Any) -> str:
+    s = to_str(v).strip()
+    if not s or "/" in s:
+        raise ValueError("a commune name is not empty and has no '/'")
+    return s
+
+
+def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str, EquipmentType],
+                  first_tag_id: int) -> Device:
+    f = Fields(raw, path, file, line)
+    name = f.take("name", to_name, what="the device's unique name")
+    tname = f.take("type", to_str, what="an equipment type")
+    if tname not in types:
+        raise f.error("type", f"unknown equipment type (known types: {', '.join(types) or 'none'})", tname)
+    t = types[tname]
+    drv = driver_config(t.driver)
+    allowed = sorted(set(COMMON_DEVICE_KEYS) | set(drv.DEVICE_KEYS))
+    for key in raw:
+        if key not in allowed:
+            raise f.error(str(key), f"unknown key (known keys: {', '.join(allowed)})")
+    io = drv.parse_device(f)
+    device = Device(
+        name=name,
+        type=tname,
+        commune=f.take("commune", _to_commune),
+        lat=f.take("lat", in_range(to_float, -90, 90), what="latitude in degrees"),
+        lon=f.take("lon", in_range(to_float, -180, 180), what="longitude in degrees"),
+        poll_interval=f.take("poll_interval", positive(to_float), default=t.poll_interval),
+        timeout=f.take("timeout", positive(to_float), default=t.timeout),
+        io=io,
+        first_tag_id=first_tag_id,
+        source=f"{file}:{line}",
+        description=f.take("description", to_str, default=""),
+    )
+    f.done(allowed)
+    return device
+
+
+def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
+    """Rows of a CSV inventory with their line numbers; '#' lines are comments."""
+    if not path.is_file():
+        raise ref.error("file", f"inventory file not found: {path}", str(path))
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        lines = [(i, ln) for i, ln in enumerate(fh, 1) if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ConfigError(path, None, "", "inventory is empty: expected a header line and devices")
+    reader = csv.reader([ln for _, ln in lines])
+    header = [h.strip() for h in next(reader)]
+    dup = [h for h, n in Counter(header).items() if n > 1]
+    if dup:
+        raise ConfigError(path, lines[0][0], dup[0], "duplicate column")
+    rows = []
+    for (lineno, _), cells in zip(lines[1:], reader):
+        if len(cells) != len(header):
+            raise ConfigError(path, lineno, "", f"expected {len(header)} columns ({', '.join(header)}), found {len(cells)}")
+        rows.append(({h: c.strip() for h, c in zip(header, cells) if c.strip() != ""}, lineno))
+    return rows
+
+
+def _inventory_devices(raw: Any, f: Fields, directory: Path) -> list[tuple[dict, str, str, int]]:
+    if not isinstance(raw, list):
+        raise f.error("inventories", "expected a list of {file: path.csv, type: default type}", raw)
+    out = []
+    for i, item in enumerate(raw):
+        inv = Fields(item, f"inventories[{i}]", f.file, raw.line_of(i) if isinstance(raw, LocList) else f.line)
+        rel = inv.take("file", to_str, what="path of a CSV file, relative to tags.yaml")
+        default_type = inv.take("type", to_str, default=None)
+        default_commune = inv.take("commune", to_str, default=None)
+        inv.done(("file", "type", "commune"))
+        path = directory / rel
+        for j, (row, lineno) in enumerate(_csv_rows(path, inv)):
+            if default_type and "type" not in row:
+                row["type"] = default_type
+            if default_commune and "commune" not in row:
+                row["commune"] = default_commune
+            out.append((row, f"row {j + 1}", str(path), lineno))
+    return out
+
+
+def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
+    file = str(path)
+    doc = load(path)
+    if not isinstance(doc, LocMap):
+        raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with equipment_types and devices")
+    top = Fields(doc, "", file, 1)
+    raw_types = top.sub("equipment_types")
+    if not isinstance(raw_types, dict) or not raw_types:
+        raise top.error("equipment_types", "expected a mapping of equipment type names to definitions", raw_types)
+    types: dict[str, EquipmentType] = {}
+    for tname, traw in raw_types.items():
+        try:
+            tname = to_name(tname)
+        except ValueError as exc:
+            raise ConfigError(file, raw_types.line_of(tname), f"equipment_types.{tname}", str(exc)) from None
+        types[tname] = _parse_type(tname, traw, file, raw_types.line_of(tname))
+
+    entries: list[tuple[Any, str, str, int]] = []
+    raw_devices = top.sub("devices")
+    if raw_devices is not None:
+        if not isinstance(raw_devices, list):
+            raise top.error("devices", "expected a list of devices", raw_devices)
+        entries += [(d, f"devices[{i}]", file, raw_devices.line_of(i)) for i, d in enumerate(raw_devices)]
+    if top.has("inventories"):
+        entries += _inventory_devices(top.sub("inventories"), top, path.parent)
+    top.done(("equipment_types", "devices", "inventories"))
+    if not entries:
+        raise top.error("devices", "no devices: list some under devices or import them under inventories")
+
+    devices: list[Device] = []
+    seen: dict[str, str] = {}
+    next_id = 0
+    for raw, where, dfile, line in entries:
+        d = _parse_device(raw, where, dfile, line, types, next_id)
+        if d.name in seen:
+            raise ConfigError(dfile, line, f"{where}.name", f"duplicate device (first declared at {seen[d.name]})", d.name)
+        seen[d.name] = d.source
+        devices.append(d)
+        next_id += len(types[d.type].points)
+
+    alarms = alarms_config.load(alarms_path, types) if alarms_path else alarms_config.AlarmsConfig((), MappingProxyType({}))
+    return Config(
+        directory=path.parent,
+        types=MappingProxyType(types),
+        devices=tuple(devices),
+        alarms=alarms,
+        _device_index=MappingProxyType({d.name: d for d in devices}),
+    )
+
+
+def load_config(directory: str | Path = ".") -> Config:
+    """Load ``tags.yaml`` and (when present) ``alarms.yaml`` from a configuration folder."""
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    tags = directory / TAGS_FILE
+    if not tags.is_file():
+        raise ConfigError(tags, None, "", f"no {TAGS_FILE} in {directory.resolve()}")
+    alarms = directory / ALARMS_FILE
+    return load_tags(tags, alarms if alarms.is_file() else None)

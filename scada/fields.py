@@ -1,0 +1,154 @@
+"""Reading one located mapping (YAML or a CSV row) key by key, with loud, located errors.
+
+Shared by the core configuration and by each driver's own ``config.py``: a driver reads its
+point and device keys through the same :class:`Fields`, so every error message has the same
+shape (file:line: key.path: what is wrong (got value)) whoever raises it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from scada.yamlsrc import ConfigError, LocMap
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Fields:
+    """Take keys out of a mapping; ``done()`` turns any key left over into an error."""
+
+    def __init__(self, mapping: Any, path: str, file: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.file = getattr(mapping, "file", file) or file or "?"
+        self.line = getattr(mapping, "line", line) or line
+        if not isinstance(mapping, dict):
+            raise ConfigError(self.file, self.line, path, "expected a mapping of keys to values", mapping)
+        self.mapping = mapping
+        self._taken: set[str] = set()
+
+    def line_of(self, key: str) -> int | None:
+        if isinstance(self.mapping, LocMap):
+            return self.mapping.line_of(key)
+        return self.line
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str, value: Any = ...) -> ConfigError:
+        return ConfigError(self.file, self.line_of(key), self.key(key), message, value)
+
+    def has(self, key: str) -> bool:
+        value = self.mapping.get(key)
+        return value is not None and value != ""
+
+    def take(self, key: str, convert: Callable[[Any], Any], default: Any = ..., what: str = "") -> Any:
+        """The converted value of ``key``; ``default`` when absent (required when no default)."""
+        self._taken.add(key)
+        if not self.has(key):
+            if default is ...:
+                raise self.error(key, f"required key is missing{': ' + what if what else ''}")
+            return default
+        raw = self.mapping[key]
+        try:
+            return convert(raw)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise self.error(key, str(exc), raw) from None
+
+    def sub(self, key: str) -> Any:
+        """The raw value of ``key`` (a nested mapping or list), marked as taken."""
+        self._taken.add(key)
+        return self.mapping.get(key)
+
+    def done(self, allowed_hint: Iterable[str] | None = None) -> None:
+        unknown = [k for k in self.mapping if k not in self._taken]
+        if unknown:
+            key = unknown[0]
+            known = sorted(allowed_hint or self._taken)
+            raise self.error(str(key), f"unknown key (known keys: {', '.join(known)})")
+
+
+# Converters: each raises ValueError with a message a technician understands.
+
+def to_str(v: Any) -> str:
+    if isinstance(v, (dict, list)) or isinstance(v, bool):
+        raise ValueError("expected text")
+    return str(v)
+
+
+def to_name(v: Any) -> str:
+    s = to_str(v)
+    if not NAME_RE.match(s):
+        raise ValueError("a name uses letters, digits, '_', '.' and '-' only, and starts with a letter or digit")
+    return s
+
+
+def to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if not math.isfinite(f):
+        raise ValueError("expected a finite number")
+    return f
+
+
+def to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected an integer") from None
+
+
+def to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return v.strip().lower() in ("true", "yes", "1")
+    raise ValueError("expected true or false")
+
+
+def positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        x = convert(v)
+        if x <= 0:
+            raise ValueError("must be greater than 0")
+        return x
+    return check
+
+
+def non_negative(convert: Callable[[Any], float]) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        x = convert(v)
+        if x < 0:
+            raise ValueError("must not be negative")
+        return x
+    return check
+
+
+def in_range(convert: Callable[[Any], float], lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        x = convert(v)
+        if not lo <= x <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return x
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        s = to_str(v)
+        if s not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return s
+    return check

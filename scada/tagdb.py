@@ -1,0 +1,260 @@
+"""Columnar tag database: one row per tag, values travel as batches of numpy arrays.
+
+Every driver reports a poll as one ``update(ids, values, status, source_time)`` call. The
+database compares the batch with the stored rows in one vectorised pass (per-tag deadband on
+the value, any change of status), stores the batch, and hands the changed rows to each
+consumer as one :class:`ChangeBatch`. Consumers (alarm engine, historian, OPC UA publisher)
+each own a bounded queue; a consumer that falls behind loses whole batches, counted, and is
+flagged so that it can resynchronise from :meth:`TagDB.snapshot` rather than build a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scada import status as st
+
+# Kinds of point. Analog and discrete (bool, enum) values live in the float64 column;
+# text points keep their value in a parallel object column and NaN in the float column.
+ANALOG, DISCRETE, TEXT = 0, 1, 2
+
+
+def now_ns() -> int:
+    """Current UTC time as int64 nanoseconds since the Unix epoch."""
+    return time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Rows that changed in one update: parallel arrays, ordered as the update gave them.
+
+    ``texts`` is None unless the batch came from :meth:`TagDB.update_text`.
+    """
+
+    seq: int
+    ids: np.ndarray
+    values: np.ndarray
+    status: np.ndarray
+    source_time: np.ndarray
+    server_time: int
+    texts: tuple[str | None, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(eq=False)
+class Consumer:
+    """A consumer's bounded queue of change batches, with counters of what it lost.
+
+    When the queue is full the newest batch is dropped (never blocking the drivers) and
+    ``overflowed`` is set: the consumer should then call ``TagDB.snapshot()`` to catch up.
+    """
+
+    name: str
+    maxsize: int
+    queue: asyncio.Queue = field(init=False)
+    dropped_batches: int = 0
+    dropped_rows: int = 0
+    delivered_batches: int = 0
+    overflowed: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.maxsize)
+
+    def offer(self, batch: ChangeBatch) -> None:
+        try:
+            self.queue.put_nowait(batch)
+            self.delivered_batches += 1
+        except asyncio.QueueFull:
+            self.dropped_batches += 1
+            self.dropped_rows += len(batch)
+            self.overflowed = True
+
+    async def get(self) -> ChangeBatch:
+        return await self.queue.get()
+
+    def get_nowait(self) -> ChangeBatch:
+        return self.queue.get_nowait()
+
+
+class TagDB:
+    """The tag database. Not thread-safe by design: it lives on the server's event loop."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        kinds: Sequence[int] | np.ndarray | None = None,
+        deadbands: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        n = len(names)
+        self.names: list[str] = list(names)
+        self._index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
+        if len(self._index) != n:
+            raise ValueError("duplicate tag names")
+        self.kind = np.zeros(n, np.uint8) if kinds is None else np.asarray(kinds, np.uint8)
+        self.deadband = np.zeros(n) if deadbands is None else np.asarray(deadbands, np.float64)
+        if self.deadband.shape != (n,) or self.kind.shape != (n,):
+            raise ValueError("kinds and deadbands must have one entry per tag")
+        self.value = np.full(n, np.nan)
+        # No value has ever arrived: OPC UA's status for "never communicated".
+        self.status = np.full(n, st.BAD_NO_COMMUNICATION, np.uint32)
+        self.source_time = np.zeros(n, np.int64)
+        self.server_time = np.zeros(n, np.int64)
+        # Sparse text column: only text points hold an entry.
+        self.text: dict[int, str | None] = {}
+        self._consumers: list[Consumer] = []
+        self._seq = 0
+        self.updates = 0  # rows offered, for rates
+        self.changes = 0  # rows that changed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def id_of(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"unknown tag {name!r}") from None
+
+    def ids_of(self, names: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.id_of(n) for n in names), np.int64, len(names))
+
+    def subscribe(self, name: str, maxsize: int = 256) -> Consumer:
+        """Register a consumer; it receives every later change batch, in order."""
+        consumer = Consumer(name, maxsize)
+        self._consumers.append(consumer)
+        return consumer
+
+    def unsubscribe(self, consumer: Consumer) -> None:
+        self._consumers.remove(consumer)
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        return tuple(self._consumers)
+
+    def update(
+        self,
+        ids: np.ndarray,
+        values: np.ndarray,
+        status: np.ndarray | int = st.GOOD,
+        source_time: np.ndarray | int | None = None,
+    ) -> ChangeBatch | None:
+        """Store one batch; return (and publish) the rows that changed, or None.
+
+        A row changes when its status changes, or when its value moves by more than its
+        deadband from the stored value (any difference when the deadband is 0; NaN to a
+        number and back count as changes). ``ids`` must not repeat within one batch.
+        """
+        ids = np.asarray(ids, np.int64)
+        n = len(ids)
+        if n == 0:
+            return None
+        values = np.asarray(values, np.float64)
+        status_arr = np.broadcast_to(np.asarray(status, np.uint32), (n,))
+        server_ns = now_ns()
+        if source_time is None:
+            source_time = server_ns
+        src = np.broadcast_to(np.asarray(source_time, np.int64), (n,))
+
+        old = self.value[ids]
+        diff = np.abs(values - old)
+        old_nan = np.isnan(old)
+        new_nan = np.isnan(values)
+        moved = (diff > self.deadband[ids]) | (diff > 0) & (self.deadband[ids] == 0)
+        moved |= old_nan != new_nan
+        changed = moved | (status_arr != self.status[ids])
+
+        # The stored value follows the last *reported* value only when it moved beyond the
+        # deadband: otherwise slow drifts below the deadband would never be reported.
+        self.status[ids] = status_arr
+        self.source_time[ids] = src
+        self.server_time[ids] = server_ns
+        self.updates += n
+        if not changed.any():
+            return None
+        cids = ids[changed]
+        self.value[cids] = values[changed]
+        return self._publish(cids, values[changed], status_arr[changed], src[changed], server_ns)
+
+    def update_text(
+        self,
+        ids: Sequence[int],
+        texts: Sequence[str | None],
+        status: np.ndarray | int = st.GOOD,
+        source_time: np.ndarray | int | None = None,
+    ) -> ChangeBatch | None:
+        """Store text points; a row changes when its text or its status changes."""
+        ids = np.asarray(ids, np.int64)
+        n = len(ids)
+        if n == 0:
+            return None
+        status_arr = np.broadcast_to(np.asarray(status, np.uint32), (n,))
+        server_ns = now_ns()
+        src = np.broadcast_to(np.asarray(server_ns if source_time is None else source_time, np.int64), (n,))
+        text_changed = np.fromiter(
+            (self.text.get(int(i)) != t for i, t in zip(ids, texts)), bool, n
+        )
+        changed = text_changed | (status_arr != self.status[ids])
+        self.status[ids] = status_arr
+        self.source_time[ids] = src
+        self.server_time[ids] = server_ns
+        self.updates += n
+        for i, t, c in zip(ids.tolist(), texts, changed.tolist()):
+            if c:
+                self.text[i] = t
+        if not changed.any():
+            return None
+        cids = ids[changed]
+        ctexts = tuple(t for t, c in zip(texts, changed.tolist()) if c)
+        return self._publish(cids, np.full(len(cids), np.nan), status_arr[changed], src[changed], server_ns, ctexts)
+
+    def set_status(self, ids: np.ndarray, status: int, source_time: int | None = None) -> ChangeBatch | None:
+        """Change the status of rows and keep their last values (link loss, for example)."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return None
+        server_ns = now_ns()
+        changed = self.status[ids] != status
+        self.status[ids] = status
+        self.server_time[ids] = server_ns
+        if source_time is not None:
+            self.source_time[ids] = source_time
+        if not changed.any():
+            return None
+        cids = ids[changed]
+        self.source_time[cids] = server_ns if source_time is None else source_time
+        texts = None
+        if self.text and (self.kind[cids] == TEXT).any():
+            texts = tuple(self.text.get(i) for i in cids.tolist())
+        return self._publish(
+            cids, self.value[cids], np.full(len(cids), status, np.uint32), self.source_time[cids], server_ns, texts
+        )
+
+    def snapshot(self, ids: np.ndarray | None = None) -> ChangeBatch:
+        """Current rows as a batch (all rows when ``ids`` is None): a consumer's resync."""
+        ids = np.arange(len(self), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        texts = None
+        if self.text:
+            texts = tuple(self.text.get(i) for i in ids.tolist())
+        return ChangeBatch(
+            self._seq, ids, self.value[ids].copy(), self.status[ids].copy(),
+            self.source_time[ids].copy(), now_ns(), texts,
+        )
+
+    def _publish(self, ids, values, status, src, server_ns, texts=None) -> ChangeBatch:
+        self._seq += 1
+        self.changes += len(ids)
+        batch = ChangeBatch(self._seq, ids, values, np.ascontiguousarray(status), np.ascontiguousarray(src), server_ns, texts)
+        for consumer in self._consumers:
+            consumer.offer(batch)
+        return batch
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the columns (the name index is counted by the benchmark)."""
+        return sum(a.nbytes for a in (self.kind, self.deadband, self.value, self.status, self.source_time, self.server_time))
