@@ -206,7 +206,7 @@ class ModbusDriver:
             self._link_down(ds, f"malformed response: {exc}")
             return
         self.tagdb.update(ds.ids, values, ds.status, time.time_ns())
-        if not ds.ok:
+        if not ds.ok and ds.failures:  # a recovery; first contacts are counted in the status line
             log.info("device_online", device=ds.device.name, rtt_ms=round(ds.last_rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
         ds.successes += 1

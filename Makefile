@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test install system-deps check bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "cannot create a virtual environment: on Debian, apt-get install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the simulators and the server on this machine (OPC UA on opc.tcp://localhost:4840/scada/).
+demo: $(STAMP)
+	$(BIN)/scada demo --config .
+
+## Install what the tests need (Debian packages with apt-get, pip packages) and run the suite.
+test: system-deps $(STAMP)
+	$(BIN)/python -m pytest
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+check: $(STAMP)
+	$(BIN)/scada check --config .
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_skeleton.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from scada.cli import main
+
+sys.exit(main())

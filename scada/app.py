@@ -1,0 +1,66 @@
+"""The server process: configuration -> tag database -> drivers and OPC UA server, one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import structlog
+
+from drivers.base import Driver, create_driver
+from scada.config import Config
+from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
+from scada.tagdb import TagDB
+
+log = structlog.get_logger("scada")
+
+
+class Application:
+    """Everything the server runs, wired once from a loaded configuration."""
+
+    def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0) -> None:
+        self.config = config
+        names, kinds, deadbands = config.tag_table()
+        self.tagdb = TagDB(names, kinds, deadbands)
+        by_driver = defaultdict(list)
+        for d in config.devices:
+            by_driver[config.types[d.type].driver].append(d)
+        self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
+        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint)
+        self.status_interval = status_interval
+        self.started = asyncio.Event()
+
+    def status(self) -> dict:
+        diags = [d.diagnostics() for d in self.drivers]
+        return {
+            "tags": len(self.tagdb),
+            "devices_online": sum(x["online"] for x in diags),
+            "devices_total": sum(x["devices"] for x in diags),
+        }
+
+    async def _status_loop(self) -> None:
+        last_changes, last_t = self.tagdb.changes, time.monotonic()
+        while True:
+            await asyncio.sleep(self.status_interval)
+            now = time.monotonic()
+            rate = (self.tagdb.changes - last_changes) / (now - last_t)
+            last_changes, last_t = self.tagdb.changes, now
+            s = self.status()
+            log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
+                     devices=f"{s['devices_online']}/{s['devices_total']}",
+                     opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
+
+    async def run(self) -> None:
+        """Run until cancelled; stop every part cleanly on the way out."""
+        await self.hmi.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for drv in self.drivers:
+                    tg.create_task(drv.run(), name=f"driver:{drv.name}")
+                tg.create_task(self.hmi.run(), name="opcua-publisher")
+                if self.status_interval > 0:
+                    tg.create_task(self._status_loop(), name="status")
+                self.started.set()
+        finally:
+            await self.hmi.stop()

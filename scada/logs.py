@@ -1,0 +1,33 @@
+"""structlog set-up: readable on a terminal, one JSON object per line with ``--log-json``.
+
+Events are short snake_case names; the device, the tag and the figures go in keys, never in
+the message text, so that a log line can be filtered by device without parsing prose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(json: bool = False, level: str = "INFO") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    # Library loggers (asyncua, pymodbus) go through the same renderer.
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*processors, structlog.processors.format_exc_info if json else structlog.dev.set_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its per-request errors are ours to report
+    # asyncua logs each request and session at INFO/WARNING; our own events say what matters.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)

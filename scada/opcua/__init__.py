@@ -1,0 +1,1 @@
+"""OPC UA server for HMI clients: address space, publisher (security, methods, A&C: later issues)."""

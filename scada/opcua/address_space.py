@@ -1,0 +1,256 @@
+"""The tag tree in asyncua's address space, built in time and memory linear in the tag count.
+
+Tree: Objects / City / <commune> / <class> / <device> / <point>. NodeIds are strings in the
+project's namespace and equal the tag path (``ns=2;s=Dijon/lighting/LC-0001/power``), so an
+HMI engineer reads a NodeId and knows the tag.
+
+Why not ``add_folder`` / ``add_variable``: asyncua's AddNodes service scans the parent's
+references for every child it adds (quadratic under a large folder), wraps each attribute
+in fresh objects, and costs a coroutine round trip per node. This builder writes asyncua's
+``NodeData`` directly, once per node, and shares what is identical between nodes:
+
+* the DataValues (and AttributeValues) of static attributes -- DataType, ValueRank,
+  AccessLevel, WriteMask... are read-only (WriteMask 0) and never written by the server;
+* the HasTypeDefinition reference, identical for every variable of a kind;
+* each device's inverse reference, shared by all of its points;
+* EngineeringUnits and EURange property nodes, one per (equipment type, point), referenced
+  by the variable of that point on every device.
+
+It relies on asyncua's ``NodeData``/``AttributeValue`` internals, hence the pinned range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from asyncua import Server, ua
+from asyncua.server.address_space import AttributeValue, NodeData
+
+from scada.config import Config, EquipmentType, PointDef
+from scada.tagdb import ANALOG, TEXT
+
+NAMESPACE_URI = "urn:city-scada:tags"
+ROOT_NAME = "City"
+
+A = ua.AttributeIds
+_HAS_TYPEDEF = ua.NodeId(ua.ObjectIds.HasTypeDefinition)
+_HAS_COMPONENT = ua.NodeId(ua.ObjectIds.HasComponent)
+_HAS_PROPERTY = ua.NodeId(ua.ObjectIds.HasProperty)
+_ORGANIZES = ua.NodeId(ua.ObjectIds.Organizes)
+_FOLDER_TYPE = ua.NodeId(ua.ObjectIds.FolderType)
+_OBJECT_TYPE = ua.NodeId(ua.ObjectIds.BaseObjectType)
+_DATA_VAR_TYPE = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
+_ANALOG_TYPE = ua.NodeId(ua.ObjectIds.BaseAnalogType)
+_PROPERTY_TYPE = ua.NodeId(ua.ObjectIds.PropertyType)
+
+# UNECE Recommendation 20 codes for the units technicians write most (OPC UA Part 8).
+UNECE = {"V": "VLT", "A": "AMP", "W": "WTT", "kW": "KWT", "kWh": "KWH", "Wh": "WHR", "%": "P1",
+         "degC": "CEL", "°C": "CEL", "s": "SEC", "min": "MIN", "h": "HUR", "Hz": "HTZ",
+         "km/h": "KMH", "m/s": "MTS", "lx": "LUX", "m": "MTR", "km": "KMT", "veh/h": "C62"}
+UNECE_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
+
+
+def eu_information(unit: str) -> ua.EUInformation:
+    code = UNECE.get(unit)
+    unit_id = -1
+    if code:
+        unit_id = 0
+        for ch in code:
+            unit_id = (unit_id << 8) | ord(ch)
+    return ua.EUInformation(NamespaceUri=UNECE_NAMESPACE, UnitId=unit_id,
+                            DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+
+
+def _dv(value, vtype: ua.VariantType, is_array: bool = False) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(value, vtype, is_array=is_array))
+
+
+def _shared(value, vtype: ua.VariantType) -> AttributeValue:
+    return AttributeValue(_dv(value, vtype))
+
+
+VARIANT_TYPE = {ANALOG: ua.VariantType.Double, TEXT: ua.VariantType.String}
+
+
+def variant_type(point: PointDef) -> ua.VariantType:
+    """Double for analog points, Boolean for two-state, Int32 for enumerations, String for text."""
+    if point.kind in VARIANT_TYPE:
+        return VARIANT_TYPE[point.kind]
+    return ua.VariantType.Int32 if point.enum else ua.VariantType.Boolean
+
+
+@dataclass
+class _Kind:
+    """Shared pieces of every variable of one variant type and type definition."""
+
+    static: dict
+    typedef_ref: ua.ReferenceDescription
+    typedef: ua.NodeId
+
+
+class AddressSpaceBuilder:
+    """Builds the tag tree into a (not yet started or running) asyncua Server."""
+
+    def __init__(self, server: Server, ns: int) -> None:
+        self.server = server
+        self.aspace = server.iserver.aspace
+        self.ns = ns
+        self._kinds: dict[tuple[ua.VariantType, bool], _Kind] = {}
+        self._object_static = {
+            A.NodeClass: _shared(ua.NodeClass.Object, ua.VariantType.Int32),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+            A.EventNotifier: _shared(0, ua.VariantType.Byte),
+        }
+        self.node_count = 0
+
+    def _kind(self, vtype: ua.VariantType, analog: bool) -> _Kind:
+        key = (vtype, analog)
+        if key not in self._kinds:
+            typedef = _ANALOG_TYPE if analog else _DATA_VAR_TYPE
+            datatype = ua.NodeId(getattr(ua.ObjectIds, vtype.name))
+            static = {
+                A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
+                A.DataType: _shared(datatype, ua.VariantType.NodeId),
+                A.ValueRank: _shared(ua.ValueRank.Scalar, ua.VariantType.Int32),
+                A.ArrayDimensions: AttributeValue(_dv([], ua.VariantType.UInt32, is_array=True)),
+                # Read-only for now: commands reach devices through the command pipeline.
+                A.AccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+                A.UserAccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+                A.WriteMask: _shared(0, ua.VariantType.UInt32),
+                A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+                A.MinimumSamplingInterval: _shared(0.0, ua.VariantType.Double),
+                A.Historizing: _shared(False, ua.VariantType.Boolean),
+            }
+            ref = ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef,
+                                          NodeClass=ua.NodeClass.VariableType)
+            self._kinds[key] = _Kind(static, ref, typedef)
+        return self._kinds[key]
+
+    def _insert(self, nodeid: ua.NodeId, name: str, attrs: dict, refs: list, name_ns: int | None = None) -> NodeData:
+        nd = NodeData(nodeid)
+        nd.attributes = attrs
+        attrs[A.NodeId] = AttributeValue(_dv(nodeid, ua.VariantType.NodeId))
+        qname = ua.QualifiedName(name, self.ns if name_ns is None else name_ns)
+        attrs[A.BrowseName] = AttributeValue(_dv(qname, ua.VariantType.QualifiedName))
+        attrs[A.DisplayName] = AttributeValue(_dv(ua.LocalizedText(name), ua.VariantType.LocalizedText))
+        nd.references = refs
+        self.aspace[nodeid] = nd
+        self.node_count += 1
+        return nd
+
+    @staticmethod
+    def _child_ref(reftype: ua.NodeId, nodeid: ua.NodeId, name: str, ns: int, nodeclass, typedef) -> ua.ReferenceDescription:
+        return ua.ReferenceDescription(
+            ReferenceTypeId=reftype, IsForward=True, NodeId=nodeid,
+            BrowseName=ua.QualifiedName(name, ns), DisplayName=ua.LocalizedText(name),
+            NodeClass=nodeclass, TypeDefinition=typedef,
+        )
+
+    def _back_ref(self, reftype: ua.NodeId, parent: NodeData) -> ua.ReferenceDescription:
+        return ua.ReferenceDescription(
+            ReferenceTypeId=reftype, IsForward=False, NodeId=parent.nodeid,
+            BrowseName=parent.attributes[A.BrowseName].value.Value.Value,
+            DisplayName=parent.attributes[A.DisplayName].value.Value.Value,
+            NodeClass=parent.attributes[A.NodeClass].value.Value.Value,
+        )
+
+    def add_object(self, parent: NodeData, path: str, name: str, folder: bool, reftype=None) -> NodeData:
+        """A folder (commune, class) or a device object under ``parent``."""
+        reftype = reftype or (_ORGANIZES if folder else _HAS_COMPONENT)
+        typedef = _FOLDER_TYPE if folder else _OBJECT_TYPE
+        nodeid = ua.NodeId(path, self.ns)
+        attrs = dict(self._object_static)
+        refs = [ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef,
+                                        NodeClass=ua.NodeClass.ObjectType),
+                self._back_ref(reftype, parent)]
+        nd = self._insert(nodeid, name, attrs, refs)
+        parent.references.append(self._child_ref(reftype, nodeid, name, self.ns, ua.NodeClass.Object, typedef))
+        return nd
+
+    def add_property(self, parent: NodeData, path: str, name: str, value, vtype: ua.VariantType, datatype: int) -> NodeData:
+        nodeid = ua.NodeId(path, self.ns)
+        attrs = {
+            A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
+            A.Value: AttributeValue(_dv(value, vtype)),
+            A.DataType: _shared(ua.NodeId(datatype), ua.VariantType.NodeId),
+            A.ValueRank: _shared(ua.ValueRank.Scalar, ua.VariantType.Int32),
+            A.AccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.UserAccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+        }
+        refs = [ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE,
+                                        NodeClass=ua.NodeClass.VariableType),
+                self._back_ref(_HAS_PROPERTY, parent)]
+        # Standard properties (EngineeringUnits, EURange) have browse names in namespace 0.
+        nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
+        parent.references.append(self._child_ref(_HAS_PROPERTY, nodeid, name, 0, ua.NodeClass.Variable, _PROPERTY_TYPE))
+        return nd
+
+    def build(self, config: Config) -> list[AttributeValue]:
+        """Create the whole tree; return the Value attribute of every tag, indexed by tag id."""
+        objects = self.aspace[ua.NodeId(ua.ObjectIds.ObjectsFolder)]
+        root = self.add_object(objects, ROOT_NAME, ROOT_NAME, folder=True)
+        types_folder = self.add_object(root, "_types", "_types", folder=True)
+        shared_props = {name: self._type_properties(types_folder, t) for name, t in config.types.items()}
+        folders: dict[str, NodeData] = {}
+        values: list[AttributeValue] = []
+        now = datetime.now(timezone.utc)
+        for d in config.devices:
+            t = config.types[d.type]
+            commune = folders.get(d.commune)
+            if commune is None:
+                commune = folders[d.commune] = self.add_object(root, d.commune, d.commune, folder=True)
+            cls_path = f"{d.commune}/{t.cls}"
+            cls_folder = folders.get(cls_path)
+            if cls_folder is None:
+                cls_folder = folders[cls_path] = self.add_object(commune, cls_path, t.cls, folder=True)
+            dev_path = f"{cls_path}/{d.name}"
+            dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
+            back = self._back_ref(_HAS_COMPONENT, dev)
+            for p in t.points:
+                values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name], now))
+        return values
+
+    def _type_properties(self, folder: NodeData, t: EquipmentType) -> dict[str, list[ua.ReferenceDescription]]:
+        """EngineeringUnits / EURange property nodes of a type's analog points, built once."""
+        out: dict[str, list[ua.ReferenceDescription]] = {}
+        tnode = self.add_object(folder, f"_types/{t.name}", t.name, folder=True)
+        for p in t.points:
+            refs: list[ua.ReferenceDescription] = []
+            if p.kind == ANALOG and (p.unit or p.range):
+                pnode = self.add_object(tnode, f"_types/{t.name}/{p.name}", p.name, folder=True)
+                if p.unit:
+                    self.add_property(pnode, f"_types/{t.name}/{p.name}/EngineeringUnits", "EngineeringUnits",
+                                      eu_information(p.unit), ua.VariantType.ExtensionObject, ua.ObjectIds.EUInformation)
+                if p.range:
+                    self.add_property(pnode, f"_types/{t.name}/{p.name}/EURange", "EURange",
+                                      ua.Range(Low=p.range[0], High=p.range[1]), ua.VariantType.ExtensionObject,
+                                      ua.ObjectIds.Range)
+                # The same property node is referenced from this point on every device.
+                refs = [r for r in pnode.references if r.IsForward and r.ReferenceTypeId == _HAS_PROPERTY]
+            out[p.name] = refs
+        return out
+
+    def _add_point(self, dev: NodeData, back: ua.ReferenceDescription, path: str, p: PointDef,
+                   props: list[ua.ReferenceDescription], now: datetime) -> AttributeValue:
+        vtype = variant_type(p)
+        kind = self._kind(vtype, p.kind == ANALOG)
+        nodeid = ua.NodeId(path, self.ns)
+        attrs = dict(kind.static)
+        value = AttributeValue(ua.DataValue(
+            ua.Variant(None, ua.VariantType.Null),
+            StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData),
+            ServerTimestamp=now,
+        ))
+        attrs[A.Value] = value
+        if p.description or p.enum:
+            text = p.description
+            if p.enum:
+                text = (text + " " if text else "") + "; ".join(f"{k}={v}" for k, v in p.enum)
+            attrs[A.Description] = AttributeValue(_dv(ua.LocalizedText(text), ua.VariantType.LocalizedText))
+        self._insert(nodeid, p.name, attrs, [kind.typedef_ref, back, *props])
+        dev.references.append(self._child_ref(_HAS_COMPONENT, nodeid, p.name, self.ns, ua.NodeClass.Variable, kind.typedef))
+        return value

@@ -1,0 +1,58 @@
+"""The OPC UA server HMI clients connect to: asyncua Server + tag tree + publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import structlog
+from asyncua import Server, ua
+
+from scada.config import Config
+from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, variant_type
+from scada.opcua.publisher import Publisher
+from scada.tagdb import TagDB
+
+log = structlog.get_logger("scada.opcua")
+DEFAULT_ENDPOINT = "opc.tcp://0.0.0.0:4840/scada/"
+
+
+class HmiServer:
+    """Owns the asyncua server; ``start`` builds the tree, ``run`` publishes until cancelled."""
+
+    def __init__(self, config: Config, tagdb: TagDB, endpoint: str = DEFAULT_ENDPOINT,
+                 name: str = "City supervision server") -> None:
+        self.config = config
+        self.tagdb = tagdb
+        self.endpoint = endpoint
+        self.name = name
+        self.server = Server()
+        self.publisher: Publisher | None = None
+        self.ns = 0
+        self.node_count = 0
+
+    async def start(self) -> None:
+        await self.server.init()
+        self.server.set_endpoint(self.endpoint)
+        self.server.set_server_name(self.name)
+        # Security policies and user roles are the security issue's; until then, no security.
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.ns = await self.server.register_namespace(NAMESPACE_URI)
+        builder = AddressSpaceBuilder(self.server, self.ns)
+        values = builder.build(self.config)
+        self.node_count = builder.node_count
+        vtypes = [variant_type(p) for d in self.config.devices for p in self.config.types[d.type].points]
+        self.publisher = Publisher(self.tagdb, values, vtypes)
+        await self.server.start()
+        log.info("opcua_server_started", endpoint=self.endpoint, namespace=NAMESPACE_URI, ns=self.ns,
+                 nodes=self.node_count, tags=len(values))
+
+    async def run(self) -> None:
+        assert self.publisher is not None, "start() first"
+        await self.publisher.run()
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self.server.stop(), 10)
+        except Exception as exc:  # a stuck client session must not block shutdown
+            log.warning("opcua_server_stop_failed", error=str(exc))

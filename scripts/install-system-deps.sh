@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses, installed only when missing:
+#   python3-venv  to create the virtual environment (Debian splits it from python3)
+#   mbpoll        an independent Modbus master, to read the simulators as a third party would
+set -euo pipefail
+
+need=()
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v mbpoll >/dev/null || need+=(mbpoll)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+  echo "missing Debian packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
