@@ -1,0 +1,145 @@
+"""The walking skeleton end to end, as processes on loopback:
+
+simulated lighting cabinets (Modbus TCP, own process) -> server (own process) -> asyncua client.
+A change made in a cabinet by an independent Modbus master (mbpoll) reaches the OPC UA client
+with Good status and the right scaled value; killing the simulator turns the tags
+Bad_CommunicationError (last value kept); restarting it restores Good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from asyncua import Client, ua
+
+from scada.opcua.address_space import NAMESPACE_URI
+from simulators.inventory import Cabinet
+
+from .helpers import ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed
+
+pytestmark = pytest.mark.integration
+
+POLL, TIMEOUT = 0.3, 0.5
+
+
+def write_config(folder: Path, base_port: int) -> list[Cabinet]:
+    cabinets = [Cabinet(f"LC-T-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
+                for i, commune in enumerate(["Dijon", "Dijon", "Talant"])]
+    (folder / "inventory").mkdir(parents=True)
+    shutil.copy(ROOT / "tags.yaml", folder / "tags.yaml")
+    shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
+    lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout"]
+    lines += [f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,{POLL},{TIMEOUT}"
+              for c in cabinets]
+    (folder / "inventory" / "lighting-cabinets.csv").write_text("\n".join(lines) + "\n")
+    return cabinets
+
+
+async def wait_for(read, predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await read()
+        if predicate(last):
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not reached within {timeout} s; last: {last}")
+
+
+def dv_reader(node):
+    """Read a DataValue without raising on a Bad status: the status is what is being tested."""
+    return lambda: node.read_data_value(raise_on_bad_status=False)
+
+
+class Notifications:
+    def __init__(self) -> None:
+        self.values: list = []
+
+    def datachange_notification(self, node, val, data):
+        self.values.append(val)
+
+
+async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp_path):
+    assert shutil.which("mbpoll"), "mbpoll is missing: `make test` installs it (apt-get install mbpoll)"
+    base = free_port_range(3)
+    cabinets = write_config(tmp_path / "config", base)
+    inventory = tmp_path / "config" / "inventory" / "lighting-cabinets.csv"
+    opc_port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/scada/"
+
+    sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
+    server = Process(["-m", "scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
+                      "--status-interval", "1", "--log-json"], tmp_path / "server.log")
+    try:
+        wait_port(base + 2)
+        wait_port(opc_port, timeout=30)
+        async with Client(endpoint, timeout=5) as client:
+            ns = await client.get_namespace_index(NAMESPACE_URI)
+            cab = cabinets[0]
+
+            def node(point: str):
+                return client.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/{point}", ns))
+
+            dim, power, mode = node("dim_level"), node("power"), node("mode")
+            handler = Notifications()
+            sub = await client.create_subscription(50, handler)
+            await sub.subscribe_data_change(dim)
+
+            # Values arrive with Good status.
+            dv = await wait_for(dv_reader(mode), lambda d: d.StatusCode.is_good(), 10, "first poll")
+            assert dv.Value.Value == 0  # auto
+
+            # An independent Modbus master puts the cabinet in manual dimming at 40 %.
+            subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "0", "-t", "4", "-p", str(cab.port),
+                            "127.0.0.1", "3", "40"], check=True, capture_output=True, timeout=10)
+            dv = await wait_for(dv_reader(dim), lambda d: d.Value.Value == 40, 5, "dim level 40 %")
+            assert dv.StatusCode.is_good()
+            assert dv.SourceTimestamp is not None
+            expected_kw = cab.lamps * 60.0 * 0.40 / 1000.0  # luminaires x 60 W x 40 %, in kW (float32)
+            dv = await wait_for(dv_reader(power), lambda d: d.Value.Value and abs(d.Value.Value - expected_kw) < 1e-4,
+                                5, f"power {expected_kw} kW")
+            assert dv.StatusCode.is_good()
+            assert (await mode.read_value()) == 3
+            # The subscription saw the change too (the publisher notifies monitored items).
+            await wait_for(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 5, "subscription")
+
+            # The engineering unit travels with the variable.
+            eu = await power.get_child(["0:EngineeringUnits"])
+            assert (await eu.read_value()).DisplayName.Text == "kW"
+
+            # Kill the simulator: within poll interval + timeout the tags are Bad_CommunicationError,
+            # and the last value is kept.
+            sim.stop(signal.SIGKILL)
+            t0 = time.monotonic()
+            dv = await wait_for(dv_reader(dim),
+                                lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
+                                POLL + TIMEOUT + 2.0, "Bad_CommunicationError after the simulator died")
+            assert time.monotonic() - t0 <= POLL + TIMEOUT + 1.0
+            assert dv.Value.Value == 40
+            other = client.get_node(ua.NodeId(f"Talant/lighting/{cabinets[2].name}/mains_voltage", ns))
+            await wait_for(dv_reader(other), lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
+                           5, "every cabinet of the dead simulator")
+
+            # Restart it: Good again, without restarting the server.
+            wait_port_closed(cab.port)
+            sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim2.log")
+            wait_port(base + 2)
+            await wait_for(dv_reader(dim), lambda d: d.StatusCode.is_good(), 15, "Good after restart")
+            dv = await wait_for(dv_reader(mode), lambda d: d.StatusCode.is_good(), 5, "mode Good after restart")
+            assert dv.Value.Value == 0  # a restarted cabinet comes back in automatic mode
+            await sub.delete()
+        # Ctrl-C (SIGINT) stops the server cleanly.
+        assert server.stop(signal.SIGINT) == 0, server.output()
+        log = server.output()
+        assert '"event": "opcua_server_started"' in log
+        assert '"event": "status"' in log
+        assert '"device": "LC-T-000"' in log  # structured keys, not text in the message
+    finally:
+        sim.stop()
+        server.stop()

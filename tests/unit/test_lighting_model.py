@@ -1,0 +1,88 @@
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from simulators.models import lighting
+
+DIJON = (47.322, 5.041)
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def cabinet(t: float, lamps: int = 30, n: int = 1):
+    return lighting.create([DIJON[0]] * n, [DIJON[1]] * n, [lamps] * n, lamp_watts=60.0, t=t)
+
+
+@pytest.mark.parametrize("utc, lit", [
+    ("2026-11-28T12:00", False),  # midday
+    ("2026-11-28T15:30", False),  # just before sunset (about 15:50 UTC)
+    ("2026-11-28T16:30", True),   # dusk, sun below -3 degrees
+    ("2026-11-28T23:00", True),
+    ("2026-11-29T03:00", True),
+    ("2026-11-29T07:45", False),  # after sunrise (about 07:10 UTC)
+    ("2026-06-21T19:30", False),  # long summer evening: still light at 21:30 local
+    ("2026-06-21T20:30", True),
+])
+def test_auto_mode_follows_the_sun_for_dijon(utc, lit):
+    s = cabinet(ts(utc))
+    assert bool(s.on[0]) is lit
+    assert bool(s.power_kw[0] > 0) is lit
+
+
+def test_a_night_switches_on_at_dusk_and_off_at_dawn_in_milliseconds():
+    t0 = ts("2026-11-28T12:00")
+    s = cabinet(t0)
+    changes = []
+    for minute in range(24 * 60):
+        s2 = lighting.step(s, t0 + minute * 60)
+        if s2.on[0] != s.on[0]:
+            changes.append((minute, bool(s2.on[0])))
+        s = s2
+    assert [on for _, on in changes] == [True, False]
+    on_at, off_at = changes[0][0], changes[1][0]
+    assert 3.5 * 60 < on_at < 5 * 60      # between 15:30 and 17:00 UTC
+    assert 18.5 * 60 < off_at < 20 * 60   # between 06:30 and 08:00 UTC next day
+
+
+def test_energy_integrates_power():
+    t0 = ts("2026-11-28T12:00")
+    s = lighting.set_mode(cabinet(t0), 0, lighting.FORCED_ON)
+    assert s.power_kw[0] == pytest.approx(30 * 60 / 1000)
+    for k in range(1, 61):
+        s = lighting.step(s, t0 + k * 60)
+    assert s.energy_kwh[0] == pytest.approx(1.8, rel=1e-6)
+
+
+def test_manual_dim_and_failed_lamps_scale_power():
+    t0 = ts("2026-11-28T12:00")
+    s = lighting.set_mode(cabinet(t0), 0, lighting.MANUAL_DIM)
+    s = lighting.set_dim(s, 0, 50)
+    assert s.dim_level[0] == 50
+    assert s.power_kw[0] == pytest.approx(30 * 60 * 0.5 / 1000)
+    s = lighting.fail_lamps(s, 0, 10)
+    assert s.power_kw[0] == pytest.approx(20 * 60 * 0.5 / 1000)
+
+
+def test_forced_off_at_night_and_lamp_test_by_day():
+    s = lighting.set_mode(cabinet(ts("2026-11-28T22:00")), 0, lighting.FORCED_OFF)
+    assert not s.on[0] and s.power_kw[0] == 0
+    s = lighting.set_lamp_test(cabinet(ts("2026-11-28T12:00")), 0, True)
+    assert s.on[0] and s.dim_level[0] == 100
+
+
+def test_vectorised_over_a_city_of_cabinets():
+    n = 1100
+    s = lighting.create(np.full(n, DIJON[0]), np.full(n, DIJON[1]), np.full(n, 31), t=ts("2026-11-28T22:00"))
+    assert s.on.all()
+    assert s.power_kw.sum() == pytest.approx(n * 31 * 60 / 1000)
+
+
+def test_invalid_commands_are_refused():
+    s = cabinet(0.0)
+    with pytest.raises(ValueError):
+        lighting.set_mode(s, 0, 9)
+    with pytest.raises(ValueError):
+        lighting.set_dim(s, 0, 120)
