@@ -36,8 +36,19 @@ async def _serve(config, endpoint: str, status_interval: float) -> None:
     app = Application(config, endpoint, status_interval)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    signals = 0
+
+    def stop() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            print("stopping (press Ctrl-C again to force)", file=sys.stderr, flush=True)
+            task.cancel()
+        else:
+            os._exit(130)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     with contextlib.suppress(asyncio.CancelledError):
         await app.run()
 
@@ -49,21 +60,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    print(f"OPC UA endpoint: {args.opcua_endpoint}", flush=True)
-    asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval))
+    print(f"OPC UA endpoint: {_connectable(args.opcua_endpoint)}", flush=True)
+    try:
+        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval))
+    except OSError as exc:  # the OPC UA port is taken, the address does not exist...
+        print(f"cannot start the OPC UA server on {args.opcua_endpoint}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _connectable(endpoint: str) -> str:
+    """The endpoint as a client on this machine would type it (0.0.0.0 is not an address to dial)."""
+    return endpoint.replace("//0.0.0.0:", "//localhost:").replace("//[::]:", "//localhost:")
+
+
+def _accepts(host: str, port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_simulator(sim: subprocess.Popen, ports: list[tuple[str, int]], timeout: float = 30.0) -> bool:
+    """True once every simulated port accepts connections; False if the simulator exited."""
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        if sim.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(pending[-1], timeout=0.5):
+                pending.pop()
+        except OSError:
+            time.sleep(0.1)
+    return not pending
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the simulators and the server on this machine; Ctrl-C stops both."""
+    from simulators.inventory import read_cabinets
+    logs.configure(json=args.log_json, level=args.log_level)
     config_dir = Path(args.config)
     inventory = config_dir / "inventory" / "lighting-cabinets.csv"
+    ports = sorted({(c.host, c.port) for c in read_cabinets(inventory)})
+    taken = [p for h, p in ports if _accepts(h, p)]
+    if taken:
+        print(f"port {taken[0]} is already in use (another demo still running?); the lighting simulator "
+              f"needs ports {ports[0][1]}-{ports[-1][1]}", file=sys.stderr)
+        return 1
     sim = subprocess.Popen(
         [sys.executable, "-m", "simulators", "lighting", "--inventory", str(inventory),
          *(["--log-json"] if args.log_json else [])],
         start_new_session=True,  # our Ctrl-C handling stops it, in order
     )
     try:
+        if not _wait_simulator(sim, ports):
+            print("the lighting simulator did not start (are its ports "
+                  f"{ports[0][1]}-{ports[-1][1]} free?)", file=sys.stderr)
+            return 1
         args.config = str(config_dir)
         return cmd_run(args)
     finally:

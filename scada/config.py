@@ -13,6 +13,7 @@ returned, so a running server never sees a half-applied configuration.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from scada.fields import (
     Fields, non_negative, positive, in_range, to_bool, to_float, to_int, to_name, to_str,
 )
 from scada.tagdb import DISCRETE, TEXT
-from scada.yamlsrc import ConfigError, LocList, LocMap, load
+from scada.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 
 TAGS_FILE = "tags.yaml"
 ALARMS_FILE = "alarms.yaml"
@@ -138,10 +139,16 @@ def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
         raise f.error("enum", "expected a mapping of integer values to labels, e.g. {0: auto, 1: forced_on}", raw)
     out = []
     for k, v in raw.items():
+        line = raw.line_of(k) if isinstance(raw, LocMap) else f.line_of("enum")
         try:
-            out.append((to_int(k), to_name(v)))
+            value = to_int(k)
+        except ValueError:
+            raise ConfigError(f.file, line, f.key(f"enum.{k}"),
+                              "an enum maps integer values to labels, e.g. {0: auto}", k) from None
+        try:
+            out.append((value, to_name(v)))
         except ValueError as exc:
-            raise f.error(f"enum.{k}", str(exc), v) from None
+            raise ConfigError(f.file, line, f.key(f"enum.{k}"), str(exc), v) from None
     return tuple(sorted(out))
 
 
@@ -160,9 +167,9 @@ def _parse_range(raw: Any, f: Fields) -> tuple[float, float]:
 def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any) -> PointDef:
     f = Fields(raw, path, file, line)
     unknown_hint = sorted(set(COMMON_POINT_KEYS) | set(drv.POINT_KEYS))
-    for key in raw if isinstance(raw, dict) else ():
+    for key in raw:
         if key not in COMMON_POINT_KEYS and key not in drv.POINT_KEYS:
-            raise f.error(str(key), f"unknown key (known keys: {', '.join(unknown_hint)})")
+            raise f.unknown_key(key, unknown_hint)
     io = drv.parse_point(f)
     enum = _parse_enum(f.sub("enum"), f) if f.has("enum") else None
     rng = _parse_range(f.sub("range"), f) if f.has("range") else None
@@ -237,7 +244,7 @@ def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str,
     allowed = sorted(set(COMMON_DEVICE_KEYS) | set(drv.DEVICE_KEYS))
     for key in raw:
         if key not in allowed:
-            raise f.error(str(key), f"unknown key (known keys: {', '.join(allowed)})")
+            raise f.unknown_key(key, allowed)
     io = drv.parse_device(f)
     device = Device(
         name=name,
@@ -259,25 +266,29 @@ def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str,
 def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
     """Rows of a CSV inventory with their line numbers; '#' lines are comments."""
     if not path.is_file():
-        raise ref.error("file", f"inventory file not found: {path}", str(path))
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        lines = [(i, ln) for i, ln in enumerate(fh, 1) if ln.strip() and not ln.lstrip().startswith("#")]
+        raise ref.error("file", f"inventory file not found: {path}", ref.mapping["file"])
+    text = decode_utf8(path.read_bytes(), path)
+    lines = [(i, ln) for i, ln in enumerate(io.StringIO(text, newline=""), 1)
+             if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(path, None, "", "inventory is empty: expected a header line and devices")
     reader = csv.reader([ln for _, ln in lines])
     header = [h.strip() for h in next(reader)]
     dup = [h for h, n in Counter(header).items() if n > 1]
     if dup:
-        raise ConfigError(path, lines[0][0], dup[0], "duplicate column")
+        raise ConfigError(path, lines[0][0], dup[0], "duplicate column", dup[0])
     rows = []
-    for (lineno, _), cells in zip(lines[1:], reader):
+    for (lineno, text), cells in zip(lines[1:], reader):
         if len(cells) != len(header):
-            raise ConfigError(path, lineno, "", f"expected {len(header)} columns ({', '.join(header)}), found {len(cells)}")
+            hint = " (quote a value that holds a comma; decimals take a point)" if len(cells) > len(header) else ""
+            raise ConfigError(path, lineno, "", f"expected {len(header)} columns ({', '.join(header)}), "
+                              f"found {len(cells)}{hint}", text.rstrip("\r\n"))
         rows.append(({h: c.strip() for h, c in zip(header, cells) if c.strip() != ""}, lineno))
     return rows
 
 
-def _inventory_devices(raw: Any, f: Fields, directory: Path) -> list[tuple[dict, str, str, int]]:
+def _inventory_devices(raw: Any, f: Fields, directory: Path,
+                       types: Mapping[str, EquipmentType]) -> list[tuple[dict, str, str, int]]:
     if not isinstance(raw, list):
         raise f.error("inventories", "expected a list of {file: path.csv, type: default type}", raw)
     out = []
@@ -287,21 +298,25 @@ def _inventory_devices(raw: Any, f: Fields, directory: Path) -> list[tuple[dict,
         default_type = inv.take("type", to_str, default=None)
         default_commune = inv.take("commune", to_str, default=None)
         inv.done(("file", "type", "commune"))
+        if default_type is not None and default_type not in types:  # blamed here, not on each CSV row
+            raise inv.error("type", f"unknown equipment type (known types: {', '.join(types)})", default_type)
         path = directory / rel
-        for j, (row, lineno) in enumerate(_csv_rows(path, inv)):
+        for row, lineno in _csv_rows(path, inv):
             if default_type and "type" not in row:
                 row["type"] = default_type
             if default_commune and "commune" not in row:
                 row["commune"] = default_commune
-            out.append((row, f"row {j + 1}", str(path), lineno))
+            out.append((row, "", str(path), lineno))
     return out
 
 
 def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
     file = str(path)
     doc = load(path)
+    if doc is None:
+        raise ConfigError(file, None, "", "the file is empty (or only comments): expected equipment_types and devices")
     if not isinstance(doc, LocMap):
-        raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with equipment_types and devices")
+        raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with equipment_types and devices", doc)
     top = Fields(doc, "", file, 1)
     raw_types = top.sub("equipment_types")
     if not isinstance(raw_types, dict) or not raw_types:
@@ -321,19 +336,29 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
             raise top.error("devices", "expected a list of devices", raw_devices)
         entries += [(d, f"devices[{i}]", file, raw_devices.line_of(i)) for i, d in enumerate(raw_devices)]
     if top.has("inventories"):
-        entries += _inventory_devices(top.sub("inventories"), top, path.parent)
+        entries += _inventory_devices(top.sub("inventories"), top, path.parent, types)
     top.done(("equipment_types", "devices", "inventories"))
     if not entries:
         raise top.error("devices", "no devices: list some under devices or import them under inventories")
 
     devices: list[Device] = []
     seen: dict[str, str] = {}
+    seen_io: dict[tuple[str, Any], Device] = {}  # two names for one endpoint would poll it twice
     next_id = 0
     for raw, where, dfile, line in entries:
         d = _parse_device(raw, where, dfile, line, types, next_id)
+        prefix = f"{where}." if where else ""
         if d.name in seen:
-            raise ConfigError(dfile, line, f"{where}.name", f"duplicate device (first declared at {seen[d.name]})", d.name)
+            name_line = raw.line_of("name") if isinstance(raw, LocMap) else line
+            raise ConfigError(dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name)
+        io_key = (types[d.type].driver, d.io)
+        if io_key in seen_io:
+            other = seen_io[io_key]
+            ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line
+            raise ConfigError(dfile, ep_line, f"{prefix}endpoint", f"same device address as {other.name} "
+                              f"(declared at {other.source}): one device under two names?", raw.get("endpoint"))
         seen[d.name] = d.source
+        seen_io[io_key] = d
         devices.append(d)
         next_id += len(types[d.type].points)
 

@@ -7,6 +7,7 @@ shape (file:line: key.path: what is wrong (got value)) whoever raises it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -24,6 +25,8 @@ class Fields:
         self.path = path
         self.file = getattr(mapping, "file", file) or file or "?"
         self.line = getattr(mapping, "line", line) or line
+        if mapping is None:  # `key:` with nothing indented under it
+            raise ConfigError(self.file, self.line, path, "empty: expected keys indented under it (check the indentation)")
         if not isinstance(mapping, dict):
             raise ConfigError(self.file, self.line, path, "expected a mapping of keys to values", mapping)
         self.mapping = mapping
@@ -40,9 +43,16 @@ class Fields:
     def error(self, key: str, message: str, value: Any = ...) -> ConfigError:
         return ConfigError(self.file, self.line_of(key), self.key(key), message, value)
 
+    def unknown_key(self, key: Any, known: Iterable[str]) -> ConfigError:
+        """The error for a key nobody reads, with the nearest known key when it looks like a typo."""
+        known = sorted(known)
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.7)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        return self.error(str(key), f"unknown key{hint} (known keys: {', '.join(known)})", key)
+
     def has(self, key: str) -> bool:
-        value = self.mapping.get(key)
-        return value is not None and value != ""
+        """Whether ``key`` is written (an empty YAML value counts: ``take`` reports it)."""
+        return key in self.mapping and self.mapping[key] != ""
 
     def take(self, key: str, convert: Callable[[Any], Any], default: Any = ..., what: str = "") -> Any:
         """The converted value of ``key``; ``default`` when absent (required when no default)."""
@@ -52,6 +62,8 @@ class Fields:
                 raise self.error(key, f"required key is missing{': ' + what if what else ''}")
             return default
         raw = self.mapping[key]
+        if raw is None:  # `key:` with no value, or a value indented on the wrong line
+            raise self.error(key, f"no value given{': ' + what if what else ''}")
         try:
             return convert(raw)
         except ConfigError:
@@ -67,9 +79,7 @@ class Fields:
     def done(self, allowed_hint: Iterable[str] | None = None) -> None:
         unknown = [k for k in self.mapping if k not in self._taken]
         if unknown:
-            key = unknown[0]
-            known = sorted(allowed_hint or self._taken)
-            raise self.error(str(key), f"unknown key (known keys: {', '.join(known)})")
+            raise self.unknown_key(unknown[0], allowed_hint or self._taken)
 
 
 # Converters: each raises ValueError with a message a technician understands.

@@ -31,3 +31,5 @@ def configure(json: bool = False, level: str = "INFO") -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its per-request errors are ours to report
     # asyncua logs each request and session at INFO/WARNING; our own events say what matters.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
+    # A failed start is reported by `scada run` itself, in one line.
+    logging.getLogger("asyncua.server.server").setLevel(logging.CRITICAL)

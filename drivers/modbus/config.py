@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
 from scada.fields import Fields, in_range, one_of, to_float, to_int, to_str
 from scada.tagdb import ANALOG, DISCRETE
-from scada.yamlsrc import ConfigError
+from scada.yamlsrc import ConfigError, LocMap
 
 TABLES = ("holding", "input", "coil", "discrete")
 BIT_TABLES = ("coil", "discrete")
@@ -14,6 +16,8 @@ BIT_TABLES = ("coil", "discrete")
 REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 DATA_TYPES = ("bool", *REGISTER_TYPES)
 MAX_ADDRESS = 65535
+TABLE_NAMES = {"holding": "holding register", "input": "input register", "coil": "coil", "discrete": "discrete input"}
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset"})
 DEVICE_KEYS = frozenset({"endpoint", "unit"})
@@ -53,14 +57,26 @@ class ModbusEndpoint:
         return (self.host, self.port)
 
 
+def _address(v: object) -> int:
+    a = to_int(v)
+    if not 0 <= a <= MAX_ADDRESS:
+        hint = ""
+        if 300001 <= a <= 365536 or 400001 <= a <= 465536:  # 6-digit Modicon reference, 1-based
+            hint = f" (a Modicon reference? write the 0-based address: {a % 100000 - 1})"
+        raise ValueError(f"must be between 0 and {MAX_ADDRESS}{hint}")
+    return a
+
+
 def parse_point(f: Fields) -> ModbusPoint:
     table = f.take("table", one_of(*TABLES), what="one of " + ", ".join(TABLES))
     dtype = f.take("type", one_of(*DATA_TYPES), default="bool" if table in BIT_TABLES else "uint16")
+    article = "an" if table[0] in "aeiou" else "a"
     if table in BIT_TABLES and dtype != "bool":
-        raise f.error("type", f"a {table} holds single bits: its type must be bool", dtype)
+        raise f.error("type", f"{article} {TABLE_NAMES[table]} holds a single bit: its type must be bool", dtype)
     if table not in BIT_TABLES and dtype == "bool":
-        raise f.error("type", f"a {table} register holds numbers: use int16, uint16, int32, uint32 or float32", dtype)
-    address = f.take("address", in_range(to_int, 0, MAX_ADDRESS), what="register or bit address 0-65535")
+        raise f.error("type", f"{article} {TABLE_NAMES[table]} holds a number: use int16, uint16, int32, uint32 "
+                      "or float32 (a bit is read from a coil or a discrete input)", dtype)
+    address = f.take("address", _address, what="register or bit address 0-65535")
     point = ModbusPoint(
         table=table,
         address=address,
@@ -77,13 +93,26 @@ def parse_point(f: Fields) -> ModbusPoint:
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
-    """'host:port' (or 'tcp://host:port'; port 502 when omitted)."""
-    s = text.removeprefix("tcp://")
+    """'host:port' (or 'tcp://host:port'; port 502 when omitted; an IPv6 address in brackets)."""
+    s = text.strip().removeprefix("tcp://")
     host, sep, port = s.rpartition(":")
-    if not sep:
+    if not sep or "]" in port:
         host, port = s, "502"
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("not a valid IPv6 address") from None
+    elif not HOST_RE.match(host):
         raise ValueError("expected host:port, for example 10.1.2.3:502")
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError("not a valid IPv4 address (four numbers 0-255, e.g. 10.1.2.3)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("the port is a number from 1 to 65535 (Modbus TCP: 502)")
     return host, int(port)
 
 
@@ -100,8 +129,10 @@ def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields) ->
         for a in range(p.address, p.address + p.size):
             other = owner.get((p.table, a))
             if other is not None:
+                raw = where.mapping.get(name)
+                line = raw.line_of("address") if isinstance(raw, LocMap) else where.line_of(name)
                 raise ConfigError(
-                    where.file, where.line_of(name), where.key(f"{name}.address"),
-                    f"overlaps point {other!r} at {p.table} address {a}", p.address,
+                    where.file, line, where.key(f"{name}.address"),
+                    f"overlaps point {other!r} at {TABLE_NAMES[p.table]} {a}", p.address,
                 )
             owner[(p.table, a)] = name

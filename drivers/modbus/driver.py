@@ -71,8 +71,9 @@ class Connection:
         if now < self.next_attempt:
             raise DeviceUnreachable(f"{self.host}:{self.port} unreachable; retry in {self.next_attempt - now:.1f} s")
         try:
-            ok = await asyncio.wait_for(self.client.connect(), self.timeout + 1.0)
-        except (asyncio.TimeoutError, OSError, ModbusException):
+            async with asyncio.timeout(self.timeout + 1.0):
+                ok = await self.client.connect()
+        except (TimeoutError, OSError, ModbusException):
             ok = False
         if not ok:
             self._failed()
@@ -88,10 +89,11 @@ class Connection:
         async with self.lock:
             await self._ensure_connected()
             try:
-                response = await asyncio.wait_for(
-                    getattr(self.client, call)(*args, device_id=unit, **kwargs), self.timeout + 1.0
-                )
-            except (ModbusException, asyncio.TimeoutError, OSError) as exc:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that races with the answer, and the server would not stop.
+                async with asyncio.timeout(self.timeout + 1.0):
+                    response = await getattr(self.client, call)(*args, device_id=unit, **kwargs)
+            except (ModbusException, TimeoutError, OSError) as exc:
                 # Close so that a late answer can never be taken for the next request's.
                 self.client.close()
                 self._failed()
@@ -168,8 +170,12 @@ class ModbusDriver:
         phase = (zlib.crc32(ds.device.name.encode()) % 1000) / 1000.0 * interval
         await asyncio.sleep(phase)
         next_tick = time.monotonic()
+        me = asyncio.current_task()
         while True:
             await self.poll(ds)
+            if me is not None and me.cancelling():
+                # A library swallowed our cancellation (pymodbus uses wait_for internally): honour it.
+                raise asyncio.CancelledError
             next_tick += interval
             now = time.monotonic()
             if next_tick < now:  # overran: skip the missed cycles rather than burst

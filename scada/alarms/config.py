@@ -85,7 +85,11 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
         raise top.error("services", "expected a mapping of service names", raw_services)
     for sname, sraw in raw_services.items():
         f = Fields(sraw, f"services.{sname}", file, raw_services.line_of(sname))
-        services[to_name(sname)] = Service(
+        try:
+            sname = to_name(sname)
+        except ValueError as exc:
+            raise ConfigError(file, raw_services.line_of(sname), f"services.{sname}", str(exc), sname) from None
+        services[sname] = Service(
             name=sname,
             label=f.take("label", to_str, default=str(sname)),
             ack_deadline_s=f.take("ack_deadline_s", positive(to_float), what="seconds to acknowledge"),
@@ -131,6 +135,11 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
         service = f.take("service", to_str, what="the service the alarm is routed to")
         if service not in services:
             raise f.error("service", f"unknown service (services: {', '.join(services) or 'none declared'})", service)
+        unused = ("point", "limit", "states") if condition == "comm_loss" else (
+            ("limit",) if condition == "state" else ("states",))
+        for key in unused:  # a known key, but meaningless for this condition: not silently ignored
+            if key in araw:
+                raise f.error(key, f"a {condition} alarm has no {key} (remove this key)", araw[key])
         alarms.append(AlarmDef(
             name=name, type=tname, point=point, condition=condition, priority=priority,
             severity=PRIORITIES[priority], message=f.take("message", _message), service=service,

@@ -53,6 +53,7 @@ class HmiServer:
 
     async def stop(self) -> None:
         try:
-            await asyncio.wait_for(self.server.stop(), 10)
+            async with asyncio.timeout(10):
+                await self.server.stop()
         except Exception as exc:  # a stuck client session must not block shutdown
             log.warning("opcua_server_stop_failed", error=str(exc))

@@ -1,0 +1,190 @@
+"""The Modbus driver against the lighting simulator on loopback (in one event loop).
+
+Covers what the end-to-end test cannot cheaply: a device that keeps its connection but stops
+answering (timeout path), devices that are dead from the start, a point the device refuses,
+and that none of them slows the healthy devices down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.base import CommandRejected, WriteCommand
+from drivers.modbus.driver import Backoff, ModbusDriver
+from scada import status as st
+from scada.config import load_config
+from scada.tagdb import TagDB
+from simulators.adapters.modbus_lighting import LightingModbusSimulator
+from simulators.models import lighting
+
+from .helpers import ROOT, SilentLink, free_port, free_port_range
+
+pytestmark = pytest.mark.integration
+
+POLL, TIMEOUT = 0.2, 0.4
+
+BAD_TYPE = """
+  misconfigured_cabinet:
+    class: lighting
+    driver: modbus
+    points:
+      power:
+        table: input
+        address: 0
+        type: float32
+      ghost:
+        table: input
+        address: 60
+"""
+
+
+def make_config(folder: Path, rows: list[tuple[str, str, int]]):
+    """rows: (name, type, port). Uses the shipped lighting_cabinet type plus a misconfigured one."""
+    folder.mkdir()
+    text = (ROOT / "tags.yaml").read_text().replace("\ninventories:", BAD_TYPE + "\ninventories:")
+    text = text.replace("inventory/lighting-cabinets.csv", "devices.csv")
+    (folder / "tags.yaml").write_text(text)
+    lines = ["name,type,commune,lat,lon,endpoint,poll_interval,timeout"]
+    lines += [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{POLL},{TIMEOUT}" for n, t, p in rows]
+    (folder / "devices.csv").write_text("\n".join(lines) + "\n")
+    return load_config(folder)
+
+
+class Harness:
+    def __init__(self, config):
+        self.config = config
+        self.tagdb = TagDB(*config.tag_table())
+        self.driver = ModbusDriver(config, list(config.devices), self.tagdb, Backoff(base=0.1, cap=0.5))
+        self.task: asyncio.Task | None = None
+
+    def ids(self, device: str):
+        return self.config.tag_ids(self.config.device(device))
+
+    def status(self, device: str, point: str) -> int:
+        return int(self.tagdb.status[self.tagdb.id_of(f"Dijon/lighting/{device}/{point}")])
+
+    def value(self, device: str, point: str) -> float:
+        return float(self.tagdb.value[self.tagdb.id_of(f"Dijon/lighting/{device}/{point}")])
+
+    def state(self, device: str):
+        return next(ds for ds in self.driver.devices if ds.device.name == device)
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.driver.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def until(predicate, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+@pytest.fixture
+async def simulator():
+    base = free_port_range(4)
+    state = lighting.create([47.3] * 4, [5.0] * 4, [30, 31, 32, 33], t=time.time())
+    sim = LightingModbusSimulator(state, "127.0.0.1", base, 1)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+async def test_values_status_and_a_refused_point(simulator, tmp_path):
+    base = simulator.base_port
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", base), ("MIS-1", "misconfigured_cabinet", base + 1)])
+    async with Harness(cfg) as h:
+        await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, 3, "first poll")
+        assert h.value("LC-1", "lamp_count") == 30
+        assert h.value("LC-1", "mains_voltage") == pytest.approx(simulator.state.voltage[0], abs=0.2)
+        assert h.value("LC-1", "mode") == 0
+        # The device refuses register 60 (exception 02): that point is Bad_ConfigurationError,
+        # the other points of the same device stay Good.
+        await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, 3, "refused point")
+        assert h.status("MIS-1", "power") == st.GOOD
+        assert "exception 2" in h.state("MIS-1").last_error
+
+
+async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator, tmp_path):
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)])
+    async with Harness(cfg) as h:
+        await until(lambda: h.status("LC-1", "mode") == st.GOOD, 3, "first poll")
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/mode", 3))
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 25))
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/lamp_test", 1))
+        assert simulator.state.mode[0] == 3 and simulator.state.dim_setpoint[0] == 25
+        assert simulator.state.lamp_test[0]
+        await until(lambda: h.value("LC-1", "mode") == 3, 2, "mode read back")
+        for tag, value, reason in [
+            ("Dijon/lighting/LC-1/power", 1, "not writable"),
+            ("Dijon/lighting/LC-1/dim_setpoint", 150, "outside"),
+            ("Dijon/lighting/LC-1/mode", 7, "not one of"),
+            ("Dijon/lighting/LC-9/mode", 1, "unknown tag"),
+        ]:
+            with pytest.raises(CommandRejected, match=reason):
+                h.driver.check(WriteCommand(tag, value))
+        assert simulator.state.mode[0] == 3  # nothing reached the device
+
+
+async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and_recovers(simulator, tmp_path):
+    link = SilentLink(simulator.base_port)
+    await link.start()
+    try:
+        cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", link.port)])
+        async with Harness(cfg) as h:
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, 3, "first poll")
+            last = h.value("LC-1", "lamp_count")
+            link.silent = True
+            elapsed = await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 3, "silent device")
+            assert elapsed <= POLL + TIMEOUT + 0.3
+            assert (h.tagdb.status[h.ids("LC-1")] == st.BAD_COMMUNICATION_ERROR).all()
+            assert h.value("LC-1", "lamp_count") == last  # last value kept
+            link.silent = False
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, 5, "recovery")
+    finally:
+        await link.stop()
+
+
+async def poll_counts(cfg, live: list[str], seconds: float) -> dict[str, int]:
+    async with Harness(cfg) as h:
+        await asyncio.sleep(seconds)
+        return {name: h.state(name).successes for name in live}
+
+
+async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
+    base = simulator.base_port
+    live = [("LC-1", "lighting_cabinet", base), ("LC-2", "lighting_cabinet", base + 1),
+            ("LC-3", "lighting_cabinet", base + 2)]
+    silent = SilentLink(base + 3)
+    await silent.start()
+    silent.silent = True
+    refused_port = free_port()  # nobody listens there
+    try:
+        alone = await poll_counts(make_config(tmp_path / "a", live), [n for n, _, _ in live], 2.0)
+        dead = [("DEAD-REFUSED", "lighting_cabinet", refused_port), ("DEAD-SILENT", "lighting_cabinet", silent.port)]
+        cfg = make_config(tmp_path / "b", live + dead)
+        async with Harness(cfg) as h:
+            await asyncio.sleep(2.0)
+            with_dead = {n: h.state(n).successes for n, _, _ in live}
+            # Never answered: Bad_NoCommunication, not a stale "Good".
+            assert (h.tagdb.status[h.ids("DEAD-REFUSED")] == st.BAD_NO_COMMUNICATION).all()
+            assert (h.tagdb.status[h.ids("DEAD-SILENT")] == st.BAD_NO_COMMUNICATION).all()
+            assert np.isnan(h.tagdb.value[h.ids("DEAD-SILENT")]).all()
+            assert h.driver.diagnostics()["online"] == 3
+        for name in alone:
+            assert with_dead[name] >= 0.9 * alone[name], (name, alone, with_dead)
+    finally:
+        await silent.stop()
