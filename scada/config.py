@@ -185,7 +185,9 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
         enum=enum,
     )
     if point.writable and not getattr(io, "writable_ok", True):
-        raise f.error("writable", "this point's source cannot be written", True)
+        table = getattr(io, "table", "")
+        raise f.error("writable", f"a point in the {table or 'source'} table is read-only: only holding registers "
+                      "and coils can be written", True)
     if point.kind == TEXT and point.deadband:
         raise f.error("deadband", "a text point has no deadband", point.deadband)
     f.done(unknown_hint)

@@ -15,7 +15,7 @@ from typing import Any
 
 from scada.yamlsrc import ConfigError, LocMap
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 
 
 class Fields:
@@ -92,7 +92,7 @@ def to_str(v: Any) -> str:
 
 def to_name(v: Any) -> str:
     s = to_str(v)
-    if not NAME_RE.match(s):
+    if not NAME_RE.fullmatch(s):
         raise ValueError("a name uses letters, digits, '_', '.' and '-' only, and starts with a letter or digit")
     return s
 
@@ -112,7 +112,9 @@ def to_float(v: Any) -> float:
 def to_int(v: Any) -> int:
     if isinstance(v, bool):
         raise ValueError("expected an integer")
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, float):
+        if not v.is_integer():  # never truncate: address 5.5 is a typo, not register 5
+            raise ValueError("expected an integer")
         return int(v)
     try:
         return int(v)

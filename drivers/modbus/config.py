@@ -40,6 +40,11 @@ class ModbusPoint:
         return 1 if self.type == "bool" else REGISTER_TYPES[self.type]
 
     @property
+    def writable_ok(self) -> bool:
+        """Only holding registers and coils can be written; input registers and discrete inputs are read-only."""
+        return self.table in ("holding", "coil")
+
+    @property
     def kind(self) -> int:
         return DISCRETE if self.type == "bool" else ANALOG
 

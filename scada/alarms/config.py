@@ -68,6 +68,13 @@ def _message(v: Any) -> str:
     unknown = names - MESSAGE_FIELDS
     if unknown:
         raise ValueError(f"unknown field {{{sorted(unknown)[0]}}} (fields: {', '.join(sorted(MESSAGE_FIELDS))})")
+    # Fill it once with sample values, as the engine will: conversions (!x), nested fields
+    # and format specs fail here, at load time, not when the alarm is raised in the night.
+    sample = {"device": "LC-1", "commune": "Dijon", "value": 1.5, "unit": "V", "point": "p", "limit": 1.0}
+    try:
+        s.format(**sample)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"bad message template: {exc}") from None
     return s
 
 
@@ -80,7 +87,8 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
         raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with services and alarms")
     top = Fields(doc, "", file, 1)
     services: dict[str, Service] = {}
-    raw_services = top.sub("services") or {}
+    raw_services = top.sub("services")
+    raw_services = {} if raw_services is None else raw_services
     if not isinstance(raw_services, dict):
         raise top.error("services", "expected a mapping of service names", raw_services)
     for sname, sraw in raw_services.items():
@@ -98,7 +106,8 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
 
     alarms: list[AlarmDef] = []
     seen: dict[tuple[str, str], int] = {}
-    raw_alarms = top.sub("alarms") or []
+    raw_alarms = top.sub("alarms")
+    raw_alarms = [] if raw_alarms is None else raw_alarms
     if not isinstance(raw_alarms, list):
         raise top.error("alarms", "expected a list of alarms", raw_alarms)
     top.done(("services", "alarms"))
@@ -140,9 +149,12 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
         for key in unused:  # a known key, but meaningless for this condition: not silently ignored
             if key in araw:
                 raise f.error(key, f"a {condition} alarm has no {key} (remove this key)", araw[key])
+        message = f.take("message", _message)
+        if limit is None and "{limit" in message:
+            raise f.error("message", f"a {condition} alarm has no limit to show: remove {{limit}}", message)
         alarms.append(AlarmDef(
             name=name, type=tname, point=point, condition=condition, priority=priority,
-            severity=PRIORITIES[priority], message=f.take("message", _message), service=service,
+            severity=PRIORITIES[priority], message=message, service=service,
             limit=limit, deadband=f.take("deadband", non_negative(to_float), default=0.0), states=states,
             on_delay=f.take("on_delay", non_negative(to_float), default=0.0),
             off_delay=f.take("off_delay", non_negative(to_float), default=0.0),

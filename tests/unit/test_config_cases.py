@@ -1,0 +1,222 @@
+"""Every mistake in tests/config_cases/ gives one located error: file, line, key, value.
+
+The folders and the rule for comparing messages are described in tests/config_cases/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scada.config import load_config
+from scada.yamlsrc import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CASES_DIR = REPO / "tests" / "config_cases"
+CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "expected.txt").is_file())
+NO_VALUE = ...  # ConfigError.value when the error has no offending value
+
+REQUIRED = {
+    "wrong_indentation", "unknown_type", "duplicate_device", "register_out_of_range", "unknown_data_type",
+    "missing_csv_file", "duplicate_yaml_key", "unknown_point_key", "unknown_device_key", "overlapping_registers",
+    "bool_type_on_holding_register", "bad_word_order", "duplicate_device_between_yaml_and_csv",
+    "csv_wrong_column_count", "csv_bad_latitude", "unknown_driver", "alarm_unknown_point", "alarm_unknown_type",
+    "alarm_bad_priority", "alarm_unknown_service", "alarm_bad_message_field", "tab_indentation", "empty_file",
+    "enum_bad_label", "range_min_above_max", "unit_id_out_of_range", "bad_endpoint",
+}
+
+
+def relative(text: str, folder: Path) -> str:
+    """The loader's text with the case folder's absolute path removed (README: 'The expected text')."""
+    return text.replace(f"{folder}{os.sep}", "")
+
+
+def load_error(case: str) -> ConfigError:
+    folder = CASES_DIR / case
+    with pytest.raises(ConfigError) as info:
+        load_config(folder)
+    return info.value
+
+
+def attributes(case: str) -> tuple[str, int | None, str, Any]:
+    err = load_error(case)
+    return relative(err.file, CASES_DIR / case), err.line, err.key, err.value
+
+
+def test_every_required_case_is_there() -> None:
+    assert REQUIRED <= set(CASES), sorted(REQUIRED - set(CASES))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_case_gives_the_expected_message(case: str) -> None:
+    folder = CASES_DIR / case
+    expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
+    assert relative(str(load_error(case)), folder) == expected
+
+
+# The error object of each case, by family: (file relative to the case, line, key path, value).
+
+SYNTAX = {
+    "wrong_indentation": ("tags.yaml", 34, "", NO_VALUE),
+    "tab_indentation": ("tags.yaml", 53, "", NO_VALUE),
+}
+MISSING = {
+    "empty_file": ("tags.yaml", None, "", NO_VALUE),
+    "empty_value": ("tags.yaml", 34, "equipment_types.lighting_cabinet.points.mains_voltage.address", NO_VALUE),
+    "missing_required_key": ("tags.yaml", 48, "devices[1].endpoint", NO_VALUE),
+    "wrong_indentation_dedented": ("tags.yaml", 37, "equipment_types.lighting_cabinet.points.door_open", NO_VALUE),
+}
+UNKNOWN_KEYS = {
+    "unknown_point_key": ("tags.yaml", 34, "equipment_types.lighting_cabinet.points.mains_voltage.adress", "adress"),
+    "unknown_device_key": ("tags.yaml", 54, "devices[1].unit_id", "unit_id"),
+    "unknown_top_level_key": ("tags.yaml", 41, "device", "device"),
+}
+DUPLICATES = {
+    "duplicate_yaml_key": ("tags.yaml", 37, "equipment_types.lighting_cabinet.points.mains_voltage.scale", "scale"),
+    "duplicate_device": ("tags.yaml", 48, "devices[1].name", "LC-TAL-001"),
+    "duplicate_endpoint": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.11:502"),
+    "duplicate_device_between_yaml_and_csv": ("inventory/talant.csv", 3, "name", "LC-TAL-001"),
+    "overlapping_registers": ("tags.yaml", 34, "equipment_types.lighting_cabinet.points.mains_voltage.address", 3),
+}
+POINT = "equipment_types.lighting_cabinet.points"
+BAD_VALUES = {
+    "unknown_driver": ("tags.yaml", 6, "equipment_types.lighting_cabinet.driver", "modbus_tcp"),
+    "unknown_data_type": ("tags.yaml", 23, f"{POINT}.power.type", "float"),
+    "register_out_of_range": ("tags.yaml", 34, f"{POINT}.mains_voltage.address", 300005),
+    "register_runs_past_end": ("tags.yaml", 22, f"{POINT}.power.address", 65535),
+    "bool_type_on_holding_register": ("tags.yaml", 40, f"{POINT}.lamp_test.type", "bool"),
+    "bad_word_order": ("tags.yaml", 29, f"{POINT}.energy.word_order", "CDAB"),
+    "enum_bad_label": ("tags.yaml", 13, f"{POINT}.mode.enum.1", "forced on"),
+    "enum_reversed": ("tags.yaml", 13, f"{POINT}.mode.enum.auto", "auto"),
+    "range_min_above_max": ("tags.yaml", 19, f"{POINT}.dim_setpoint.range", [100, 0]),
+    "unknown_type": ("tags.yaml", 49, "devices[1].type", "lighting-cabinet"),
+    "unit_id_out_of_range": ("tags.yaml", 54, "devices[1].unit", 0),
+    "bad_endpoint": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.12;502"),
+    "endpoint_bad_ip": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.312:502"),
+    "writable_input_register": ("tags.yaml", 25, f"{POINT}.power.writable", True),
+    "fractional_address": ("tags.yaml", 34, f"{POINT}.mains_voltage.address", 4.5),
+}
+INVENTORIES = {
+    "missing_csv_file": ("tags.yaml", 42, "inventories[0].file", "inventory/talant_cabinets.csv"),
+    "inventory_unknown_type": ("tags.yaml", 43, "inventories[0].type", "lighting_cabinets"),
+    "csv_bad_latitude": ("inventory/talant.csv", 5, "lat", "4734018"),
+    "csv_wrong_column_count": ("inventory/talant.csv", 4, "", "LC-TAL-002,Talant,47,33402,5,01187,10.20.1.12:502,1"),
+    "csv_not_utf8": ("inventory/talant.csv", 6, "", b"\xe8"),
+}
+ALARMS = {
+    "alarm_unknown_point": ("alarms.yaml", 11, "alarms[0].point", "voltage"),
+    "alarm_unknown_type": ("alarms.yaml", 19, "alarms[1].type", "lighting"),
+    "alarm_bad_priority": ("alarms.yaml", 14, "alarms[0].priority", "urgent"),
+    "alarm_unknown_service": ("alarms.yaml", 31, "alarms[2].service", "lighting_maint"),
+    "alarm_bad_message_field": ("alarms.yaml", 15, "alarms[0].message", "{commune} {device}: mains voltage {voltage} V"),
+    "alarm_point_on_comm_loss": ("alarms.yaml", 29, "alarms[2].point", "door_open"),
+    "alarm_bad_service_name": ("alarms.yaml", 4, "services.lighting maintenance", "lighting maintenance"),
+    "alarm_limit_in_state_message": ("alarms.yaml", 13, "alarms[0].message",
+                                     "{commune} {device}: door open (limit {limit})"),
+}
+FAMILIES = (SYNTAX, MISSING, UNKNOWN_KEYS, DUPLICATES, BAD_VALUES, INVENTORIES, ALARMS)
+
+
+def test_every_case_belongs_to_one_family() -> None:
+    listed = [case for family in FAMILIES for case in family]
+    assert sorted(listed) == CASES
+
+
+@pytest.mark.parametrize("case", sorted(SYNTAX))
+def test_syntax_error_names_file_and_line(case: str) -> None:
+    assert attributes(case) == SYNTAX[case]
+    assert str(load_error(case)).split(": ", 1)[1].startswith("YAML syntax error: ")
+
+
+@pytest.mark.parametrize("case", sorted(MISSING))
+def test_missing_or_empty_names_the_key_and_has_no_value(case: str) -> None:
+    assert attributes(case) == MISSING[case]
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_KEYS))
+def test_unknown_key_names_the_key_and_suggests_the_right_one(case: str) -> None:
+    assert attributes(case) == UNKNOWN_KEYS[case]
+    assert "unknown key, did you mean " in str(load_error(case))
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATES))
+def test_duplicate_names_the_second_place_and_the_first(case: str) -> None:
+    assert attributes(case) == DUPLICATES[case]
+    message = relative(str(load_error(case)), CASES_DIR / case)
+    assert any(f in message for f in ("first declared at tags.yaml:", "first defined on line",
+                                      "declared at tags.yaml:", "overlaps point"))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_value_names_key_and_value(case: str) -> None:
+    assert attributes(case) == BAD_VALUES[case]
+
+
+@pytest.mark.parametrize("case", sorted(INVENTORIES))
+def test_inventory_error_names_the_csv_line_or_the_inventory_entry(case: str) -> None:
+    assert attributes(case) == INVENTORIES[case]
+
+
+@pytest.mark.parametrize("case", sorted(ALARMS))
+def test_alarm_error_names_alarms_yaml(case: str) -> None:
+    assert attributes(case) == ALARMS[case]
+
+
+LOCATED = sorted(case for family in FAMILIES for case, (_, line, _, value) in family.items()
+                 if line is not None and value is not NO_VALUE)
+
+
+@pytest.mark.parametrize("case", LOCATED)
+def test_the_named_line_shows_the_offending_value(case: str) -> None:
+    """The line an error names is the one to edit: it holds the value (or key) it blames."""
+    err = load_error(case)
+    line = Path(err.file).read_bytes().splitlines()[err.line - 1]
+    if isinstance(err.value, bytes):
+        assert err.value in line
+        return
+    text = line.decode("utf-8")
+    shown = str(err.value)
+    if isinstance(err.value, bool):
+        shown = str(err.value).lower()  # YAML spells it true/false
+    if isinstance(err.value, list):
+        shown = "[" + ", ".join(map(str, err.value)) + "]"
+    assert shown in text, (text, err.value)
+
+
+def run_check(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scada", "check", "--config", str(folder)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+
+
+def test_cli_check_reports_a_bad_case_on_stderr_with_exit_code_2() -> None:
+    folder = CASES_DIR / "duplicate_device"
+    result = run_check(folder)
+    assert result.returncode == 2, result.stderr
+    expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
+    assert relative(result.stderr, folder) == f"configuration error: {expected}\n"
+    assert result.stdout == ""
+
+
+def test_cli_check_accepts_the_shipped_configuration_and_prints_the_summary() -> None:
+    result = run_check(REPO)
+    assert result.returncode == 0, result.stderr
+    config = load_config(REPO)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{REPO}: configuration OK"
+    assert lines[1].split() == ["equipment", "type", "driver", "devices", "tags"]
+    rows = {cells[0]: cells[1:] for cells in (ln.split() for ln in lines[2:-1])}
+    for name, t in config.types.items():
+        n = sum(d.type == name for d in config.devices)
+        assert rows[name] == [t.driver, str(n), str(n * len(t.points))]
+    assert rows["total"] == [str(len(config.devices)), str(config.tag_count)]
+    assert config.tag_count == sum(int(r[-1]) for k, r in rows.items() if k != "total") > 0
+    communes = len({d.commune for d in config.devices})
+    assert lines[-1] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
+                         f"{len(config.alarms.services)} services")
