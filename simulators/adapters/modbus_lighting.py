@@ -2,8 +2,13 @@
 
 Each cabinet is one Modbus unit. Cabinets are spread over ports ``base_port, base_port+1, ...``
 with ``units_per_port`` units on each (1 = one cabinet per address, as cabinets with their own
-IP; more = a gateway). The adapter steps the model on a timer and, on every request, encodes
-the requested cabinet's current state into its registers; writes go into the model as commands.
+IP; more = a gateway). Each model step encodes every cabinet's registers at once (numpy, see
+:func:`encode_images`); a request then only copies its cabinet's row. Writes go into the
+model as commands.
+
+Faults of the link itself (not of the cabinet) live here: a cabinet that stops answering
+(its requests hang, the connection stays open) and one that drops off the network (its
+port closes).
 
 The register map below is the cabinet's "firmware": tags.yaml's ``lighting_cabinet`` type
 must describe the same addresses (a test checks that it does).
@@ -13,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import struct
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -29,53 +34,60 @@ REGISTER_MAP = (
     ("dim_setpoint", "holding", 1, "uint16", "big", 1.0),
     ("power", "input", 0, "float32", "big", 1.0),
     ("energy", "input", 2, "uint32", "little", 0.1),
-    ("voltage", "input", 4, "uint16", "big", 0.1),
+    ("mains_voltage", "input", 4, "uint16", "big", 0.1),
     ("failed_lamps", "input", 5, "uint16", "big", 1.0),
     ("lamp_count", "input", 6, "uint16", "big", 1.0),
     ("temperature", "input", 7, "int16", "big", 0.1),
     ("dim_level", "input", 8, "uint16", "big", 1.0),
     ("door_open", "discrete", 0, "bool", "", 1.0),
     ("lamps_on", "discrete", 1, "bool", "", 1.0),
+    ("mains_fault", "discrete", 2, "bool", "", 1.0),
+    ("earth_leakage_trip", "discrete", 3, "bool", "", 1.0),
     ("lamp_test", "coil", 0, "bool", "", 1.0),
+    ("reset_trip", "coil", 1, "bool", "", 1.0),  # write 1 to reset an earth-leakage trip; reads 0
 )
-HOLDING_SIZE, INPUT_SIZE, BITS = 2, 9, 16
-_FMT = {"uint16": ">H", "int16": ">h", "uint32": ">I", "float32": ">f"}
+SIZES = {"holding": 2, "input": 9, "discrete": 16, "coil": 16}
 
 
-def _encode(value: float, dtype: str, word_order: str, scale: float) -> list[int]:
-    raw = value / scale
-    if dtype != "float32":
-        raw = int(round(raw))
-    b = struct.pack(_FMT[dtype], raw)
-    words = [int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2)]
-    return words[::-1] if word_order == "little" else words
-
-
-def cabinet_values(s: lighting.LightingState, i: int) -> dict[str, float]:
-    """Current values of cabinet ``i`` by register-map name."""
+def model_values(s: lighting.LightingState) -> dict[str, np.ndarray]:
+    """Every cabinet's values by register-map name (arrays of length ``s.count``)."""
     return {
-        "mode": s.mode[i], "dim_setpoint": s.dim_setpoint[i], "power": s.power_kw[i],
-        "energy": s.energy_kwh[i], "voltage": s.voltage[i], "failed_lamps": s.failed[i],
-        "lamp_count": s.lamps[i], "temperature": s.temperature[i], "dim_level": s.dim_level[i],
-        "door_open": s.door_open[i], "lamps_on": s.on[i], "lamp_test": s.lamp_test[i],
+        "mode": s.mode, "dim_setpoint": s.dim_setpoint, "power": s.power_kw, "energy": s.energy_kwh,
+        "mains_voltage": s.voltage, "failed_lamps": s.failed, "lamp_count": s.lamps,
+        "temperature": s.temperature, "dim_level": s.dim_level, "door_open": s.door_open,
+        "lamps_on": s.on, "mains_fault": ~s.mains_ok, "earth_leakage_trip": s.leakage_trip,
+        "lamp_test": s.lamp_test, "reset_trip": np.zeros(s.count, bool),
     }
 
 
-def encode_tables(s: lighting.LightingState, i: int) -> dict[str, list]:
-    """Cabinet ``i`` as Modbus tables: holding and input registers, discrete and coil bits."""
-    tables: dict[str, list] = {"holding": [0] * HOLDING_SIZE, "input": [0] * INPUT_SIZE,
-                               "discrete": [False] * BITS, "coil": [False] * BITS}
-    values = cabinet_values(s, i)
+def _words(values: np.ndarray, dtype: str, order: str, scale: float) -> list[np.ndarray]:
+    raw = np.asarray(values, np.float64) / scale
+    if dtype == "float32":
+        u32 = raw.astype(np.float32).view(np.uint32).astype(np.int64)
+    else:
+        u32 = np.round(raw).astype(np.int64)
+    if dtype in ("uint16", "int16"):
+        return [u32 & 0xFFFF]
+    words = [(u32 >> 16) & 0xFFFF, u32 & 0xFFFF]
+    return words[::-1] if order == "little" else words
+
+
+def encode_images(s: lighting.LightingState) -> dict[str, np.ndarray]:
+    """Register images of every cabinet: ``{table: array (n, size)}``, uint16 words or bools."""
+    n = s.count
+    images = {"holding": np.zeros((n, SIZES["holding"]), np.uint16), "input": np.zeros((n, SIZES["input"]), np.uint16),
+              "discrete": np.zeros((n, SIZES["discrete"]), bool), "coil": np.zeros((n, SIZES["coil"]), bool)}
+    values = model_values(s)
     for name, table, address, dtype, order, scale in REGISTER_MAP:
         if dtype == "bool":
-            tables[table][address] = bool(values[name])
+            images[table][:, address] = values[name]
         else:
-            words = _encode(float(values[name]), dtype, order, scale)
-            tables[table][address:address + len(words)] = words
-    return tables
+            for k, w in enumerate(_words(values[name], dtype, order, scale)):
+                images[table][:, address + k] = w
+    return images
 
 
-def _bits_to_registers(bits: list[bool]) -> list[int]:
+def _bits_to_registers(bits) -> list[int]:
     # pymodbus packs bit n of a block into bit (n % 16) of register n // 16.
     return [sum(1 << j for j, b in enumerate(bits[k:k + 16]) if b) for k in range(0, len(bits), 16)]
 
@@ -94,7 +106,6 @@ class LightingModbusSimulator:
                  start_time: float | None = None) -> None:
         if not 1 <= units_per_port <= 247:
             raise ValueError("units_per_port must be within 1-247")
-        self.state = state
         self.host = host
         self.base_port = base_port
         self.units_per_port = units_per_port
@@ -102,9 +113,22 @@ class LightingModbusSimulator:
         self.step_interval = step_interval
         self._t0 = time.time() if start_time is None else start_time
         self._m0 = time.monotonic()
-        self.servers: list[ModbusTcpServer] = []
+        self.servers: dict[int, ModbusTcpServer] = {}
         self._tasks: list[asyncio.Task] = []
         self.requests = 0
+        self.silent: set[int] = set()  # cabinets that stopped answering
+        self._answer = asyncio.Event()  # set whenever a silent cabinet may answer again
+        self.state = state
+
+    @property
+    def state(self) -> lighting.LightingState:
+        return self._state
+
+    @state.setter
+    def state(self, s: lighting.LightingState) -> None:
+        # Every change of state re-encodes the images, so a request always sees the current state.
+        self._state = s
+        self._images = encode_images(s)
 
     def placement(self, i: int) -> Placement:
         return Placement(self.base_port + i // self.units_per_port, 1 + i % self.units_per_port)
@@ -112,21 +136,26 @@ class LightingModbusSimulator:
     def sim_time(self) -> float:
         return self._t0 + (time.monotonic() - self._m0) * self.acceleration
 
+    def _bits(self, table: str, i: int) -> list[int]:
+        return _bits_to_registers(self._images[table][i].tolist())
+
     async def _action(self, i: int, function_code: int, start_address: int, address: int, count: int,
                       registers: list[int], set_values) -> ExcCodes | None:
         """Called by pymodbus on every request for cabinet ``i``: refresh, or apply a write."""
+        while i in self.silent:  # the cabinet stopped answering: the request hangs, the link stays up
+            self._answer.clear()
+            await self._answer.wait()
         self.requests += 1
         if set_values is not None:
             return self._apply_write(i, function_code, address, list(set_values))
-        tables = encode_tables(self.state, i)
         if function_code in (3, 6, 16, 22, 23):
-            registers[:HOLDING_SIZE] = tables["holding"]
+            registers[:SIZES["holding"]] = self._images["holding"][i].tolist()
         elif function_code == 4:
-            registers[:INPUT_SIZE] = tables["input"]
+            registers[:SIZES["input"]] = self._images["input"][i].tolist()
         elif function_code == 2:
-            registers[:1] = _bits_to_registers(tables["discrete"])
+            registers[:1] = self._bits("discrete", i)
         elif function_code in (1, 5, 15):
-            registers[:1] = _bits_to_registers(tables["coil"])
+            registers[:1] = self._bits("coil", i)
         return None
 
     def _apply_write(self, i: int, function_code: int, address: int, values: list) -> ExcCodes | None:
@@ -135,9 +164,13 @@ class LightingModbusSimulator:
             for offset, v in enumerate(values):
                 a = address + offset
                 if function_code in (5, 15):
-                    if a != 0:
+                    if a == 0:
+                        s = lighting.set_lamp_test(s, i, bool(v))
+                    elif a == 1:
+                        if v:
+                            s = lighting.reset_trip(s, i)
+                    else:
                         return ExcCodes.ILLEGAL_ADDRESS
-                    s = lighting.set_lamp_test(s, i, bool(v))
                 elif a == 0:
                     s = lighting.set_mode(s, i, int(v))
                 elif a == 1:
@@ -153,23 +186,27 @@ class LightingModbusSimulator:
         return SimDevice(
             id=unit,
             simdata=(
-                [SimData(0, count=BITS, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=BITS, values=False, datatype=DataType.BITS, readonly=True)],
-                [SimData(0, count=HOLDING_SIZE, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=INPUT_SIZE, values=0, datatype=DataType.REGISTERS, readonly=True)],
+                [SimData(0, count=SIZES["coil"], values=False, datatype=DataType.BITS)],
+                [SimData(0, count=SIZES["discrete"], values=False, datatype=DataType.BITS, readonly=True)],
+                [SimData(0, count=SIZES["holding"], values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=SIZES["input"], values=0, datatype=DataType.REGISTERS, readonly=True)],
             ),
             action=functools.partial(self._action, i),
         )
 
+    def _port_devices(self, port: int) -> list[SimDevice]:
+        first = (port - self.base_port) * self.units_per_port
+        return [self._device(i, 1 + i - first) for i in range(first, min(first + self.units_per_port, self.state.count))]
+
+    async def _open(self, port: int) -> None:
+        server = ModbusTcpServer(self._port_devices(port), address=(self.host, port))
+        await server.serve_forever(background=True)
+        self.servers[port] = server
+
     async def start(self) -> None:
-        ports: dict[int, list[SimDevice]] = {}
-        for i in range(self.state.count):
-            p = self.placement(i)
-            ports.setdefault(p.port, []).append(self._device(i, p.unit))
-        for port, devices in ports.items():
-            server = ModbusTcpServer(devices, address=(self.host, port))
-            self.servers.append(server)
-            await server.serve_forever(background=True)
+        ports = sorted({self.placement(i).port for i in range(self.state.count)})
+        for port in ports:
+            await self._open(port)
         self._tasks.append(asyncio.create_task(self._step_loop(), name="lighting-step"))
 
     async def _step_loop(self) -> None:
@@ -177,11 +214,35 @@ class LightingModbusSimulator:
             self.state = lighting.step(self.state, self.sim_time())
             await asyncio.sleep(self.step_interval)
 
+    # Link faults
+
+    def set_silent(self, i: int, silent: bool) -> None:
+        """Cabinet ``i`` stops answering (True) or answers again (False); its TCP link stays up."""
+        if silent:
+            self.silent.add(i)
+        else:
+            self.silent.discard(i)
+            self._answer.set()
+
+    async def set_offline(self, i: int, offline: bool) -> None:
+        """Cabinet ``i`` drops off the network (its port closes) or comes back.
+
+        With a gateway (several units per port) the whole gateway goes: that is what a
+        dead gateway does to the cabinets behind it.
+        """
+        port = self.placement(i).port
+        if offline and port in self.servers:
+            await self.servers.pop(port).shutdown()
+        elif not offline and port not in self.servers:
+            await self._open(port)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for server in self.servers:
+        self.silent.clear()
+        self._answer.set()
+        for server in self.servers.values():
             await server.shutdown()
         self.servers.clear()

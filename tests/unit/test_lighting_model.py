@@ -86,3 +86,63 @@ def test_invalid_commands_are_refused():
         lighting.set_mode(s, 0, 9)
     with pytest.raises(ValueError):
         lighting.set_dim(s, 0, 120)
+
+
+def test_dimming_schedule_full_at_dusk_half_after_midnight_local_time():
+    assert cabinet(ts("2026-11-28T17:00")).dim_level[0] == 100  # 18:00 in Dijon
+    assert cabinet(ts("2026-11-28T23:30")).dim_level[0] == 50   # 00:30 in Dijon (UTC+1)
+    assert cabinet(ts("2026-11-29T04:30")).dim_level[0] == 100  # 05:30 in Dijon, before dawn
+    s = cabinet(ts("2026-11-28T23:30"))
+    assert s.power_kw[0] == pytest.approx(30 * 60 * 0.5 / 1000)
+    # Summer time: midnight in Dijon is 22:00 UTC.
+    assert cabinet(ts("2026-07-01T22:30")).dim_level[0] == 50
+
+
+def test_mains_loss_darkens_the_cabinet_and_stops_the_meter():
+    t0 = ts("2026-11-28T22:00")
+    s = lighting.set_mains(cabinet(t0), 0, False)
+    assert not s.on[0] and s.power_kw[0] == 0 and s.voltage[0] == 0
+    e0 = s.energy_kwh[0]
+    s = lighting.step(s, t0 + 3600)
+    assert s.energy_kwh[0] == e0
+    s = lighting.set_mains(s, 0, True)
+    assert s.on[0] and s.voltage[0] > 200
+
+
+def test_earth_leakage_trip_cuts_the_output_until_reset():
+    s = lighting.trip_earth_leakage(cabinet(ts("2026-11-28T22:00")), 0)
+    assert s.leakage_trip[0] and not s.on[0] and s.power_kw[0] == 0
+    assert s.voltage[0] > 200  # the mains is still there
+    s = lighting.step(s, s.t + 600)
+    assert not s.on[0]  # latched
+    s = lighting.reset_trip(s, 0)
+    assert s.on[0]
+
+
+def test_lamps_fail_at_the_configured_rate_reproducibly():
+    n = 200
+    t0 = ts("2026-11-28T12:00")
+
+    def night(seed):
+        s = lighting.create(np.full(n, DIJON[0]), np.full(n, DIJON[1]), np.full(n, 30), t=t0, seed=seed,
+                            failure_rate=1e-3)
+        for k in range(1, 101):
+            s = lighting.step(s, t0 + k * 360)  # 10 hours in 6-minute steps
+        return s
+
+    a, b = night(1), night(1)
+    assert np.array_equal(a.failed, b.failed)  # same seed, same night
+    total = a.failed.sum()
+    expected = n * 30 * (1 - np.exp(-1e-3 * 10))  # ~59.7
+    assert 0.6 * expected < total < 1.4 * expected
+    assert not np.array_equal(a.failed, night(2).failed)
+
+
+def test_failed_lamps_are_counted_per_cabinet():
+    s = cabinet(ts("2026-11-28T22:00"), n=3)
+    s = lighting.fail_lamps(s, 1, 4)
+    assert s.failed.tolist() == [0, 4, 0]
+    s = lighting.fail_lamps(s, 1, 100)
+    assert s.failed.tolist() == [0, 30, 0] and s.power_kw[1] == 0
+    s = lighting.repair_lamps(s, 1)
+    assert s.failed.tolist() == [0, 0, 0]
