@@ -1,0 +1,203 @@
+"""Junction controllers served over OPC UA, as a city's traffic-management system exposes them.
+
+One asyncua server hosts every junction: Objects / Junctions / <commune> / <junction> /
+{Mode, Plan, EffectiveMode, CycleSecond, ConflictFault, DoorOpen, MainsOk,
+ Groups/<group>/{Colour, LampOut}, Detectors/<detector>/{Count, Occupancy}}.
+NodeIds are strings ``<junction>.<path>`` in namespace ``urn:city-scada:traffic-sim``.
+
+Only ``Mode`` and ``Plan`` are writable, and a write is a *request* to the controller: the
+model validates it (the centre may not select "dark", nor an unknown plan) and the node
+goes back to the controller's value when it refuses. Colours are never writable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from asyncua import Server, ua
+
+from simulators.models import traffic as tr
+
+NAMESPACE_URI = "urn:city-scada:traffic-sim"
+log = logging.getLogger("simulators.traffic")
+
+
+@dataclass(frozen=True)
+class Junction:
+    name: str
+    commune: str
+    lat: float
+    lon: float
+
+
+# (node path, variant type, state field, column or None)
+_SCALARS = (
+    ("Mode", ua.VariantType.Int32, "mode"),
+    ("Plan", ua.VariantType.Int32, "plan"),
+    ("EffectiveMode", ua.VariantType.Int32, "effective_mode"),
+    ("CycleSecond", ua.VariantType.Double, "cycle_second"),
+    ("ConflictFault", ua.VariantType.Boolean, "conflict"),
+    ("DoorOpen", ua.VariantType.Boolean, "door_open"),
+    ("MainsOk", ua.VariantType.Boolean, "mains_ok"),
+)
+
+
+def _variables() -> list[tuple[str, ua.VariantType, str, int | None]]:
+    out = [(path, vt, field, None) for path, vt, field in _SCALARS]
+    for g, group in enumerate(tr.GROUPS):
+        out.append((f"Groups/{group}/Colour", ua.VariantType.Int32, "colour", g))
+        out.append((f"Groups/{group}/LampOut", ua.VariantType.Int32, "lamp_out", g))
+    for d, det in enumerate(tr.DETECTORS):
+        out.append((f"Detectors/{det}/Count", ua.VariantType.Int32, "counts", d))
+        out.append((f"Detectors/{det}/Occupancy", ua.VariantType.Double, "occupancy", d))
+    return out
+
+
+VARIABLES = _variables()
+WRITABLE = ("Mode", "Plan")
+
+
+def _column(state: tr.TrafficState, field: str, col: int | None) -> np.ndarray:
+    arr = getattr(state, field)
+    return arr if col is None else arr[:, col]
+
+
+def _py(vt: ua.VariantType, v):
+    return float(v) if vt == ua.VariantType.Double else bool(v) if vt == ua.VariantType.Boolean else int(v)
+
+
+class _WriteHandler:
+    """Receives datachange notifications of the writable nodes (our own subscription)."""
+
+    def __init__(self, sim: "TrafficOpcUaSimulator") -> None:
+        self.sim = sim
+
+    def datachange_notification(self, node, val, data) -> None:
+        self.sim._requests.put_nowait((node.nodeid, val))
+
+
+class TrafficOpcUaSimulator:
+    def __init__(self, state: tr.TrafficState, junctions: list[Junction], endpoint: str,
+                 acceleration: float = 1.0, step_interval: float = 0.5, start_time: float | None = None) -> None:
+        if len(junctions) != state.count:
+            raise ValueError("one Junction description per junction of the state")
+        self.state = state
+        self.junctions = junctions
+        self.endpoint = endpoint
+        self.acceleration = acceleration
+        self.step_interval = step_interval
+        self._t0 = time.time() if start_time is None else start_time
+        self._m0 = time.monotonic()
+        self.server = Server()
+        self.ns = 0
+        self._nodes: dict[str, list[ua.NodeId]] = {}
+        self._by_nodeid: dict[ua.NodeId, tuple[int, str]] = {}
+        self._last: dict[str, np.ndarray] = {}
+        self._requests: asyncio.Queue = asyncio.Queue()
+        # Our own publications of writable nodes come back as notifications: not requests.
+        self._echoes: dict[ua.NodeId, list[int]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.refused = 0
+
+    def sim_time(self) -> float:
+        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+
+    async def start(self) -> None:
+        logging.getLogger("asyncua").setLevel(logging.ERROR)
+        await self.server.init()
+        self.server.set_endpoint(self.endpoint)
+        self.server.set_server_name("Simulated traffic-management system")
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.ns = await self.server.register_namespace(NAMESPACE_URI)
+        root = await self.server.nodes.objects.add_folder(ua.NodeId("Junctions", self.ns), "Junctions")
+        communes: dict[str, object] = {}
+        self._nodes = {path: [] for path, *_ in VARIABLES}
+        writable = []
+        for i, j in enumerate(self.junctions):
+            if j.commune not in communes:
+                communes[j.commune] = await root.add_folder(ua.NodeId(f"Junctions/{j.commune}", self.ns), j.commune)
+            obj = await communes[j.commune].add_object(ua.NodeId(j.name, self.ns), j.name)
+            folders = {}
+            for path, vt, field, col in VARIABLES:
+                parent = obj
+                *dirs, leaf = path.split("/")
+                for depth in range(len(dirs)):
+                    key = "/".join(dirs[:depth + 1])
+                    if key not in folders:
+                        folders[key] = await parent.add_folder(ua.NodeId(f"{j.name}.{key}", self.ns), dirs[depth])
+                    parent = folders[key]
+                value = _py(vt, _column(self.state, field, col)[i])
+                node = await parent.add_variable(ua.NodeId(f"{j.name}.{path}", self.ns), leaf, ua.Variant(value, vt))
+                if path in WRITABLE:
+                    await node.set_writable()
+                    writable.append(node)
+                self._nodes[path].append(node.nodeid)
+                self._by_nodeid[node.nodeid] = (i, path)
+        await self.server.start()
+        self._last = {path: _column(self.state, field, col).copy() for path, vt, field, col in VARIABLES}
+        sub = await self.server.create_subscription(50, _WriteHandler(self))
+        await sub.subscribe_data_change(writable)
+        self._tasks = [asyncio.create_task(self._step_loop(), name="traffic-step"),
+                       asyncio.create_task(self._command_loop(), name="traffic-commands")]
+
+    async def publish(self) -> None:
+        """Write every changed value of every junction into the address space."""
+        for path, vt, field, col in VARIABLES:
+            now = _column(self.state, field, col)
+            changed = np.flatnonzero(now != self._last[path])
+            nodes = self._nodes[path]
+            for i in changed.tolist():
+                value = _py(vt, now[i])
+                if path in WRITABLE:
+                    self._echoes.setdefault(nodes[i], []).append(value)
+                await self.server.write_attribute_value(nodes[i], ua.DataValue(ua.Variant(value, vt)))
+            self._last[path] = now.copy()
+
+    async def _step_loop(self) -> None:
+        while True:
+            self.state = tr.step(self.state, self.sim_time())
+            await self.publish()
+            await asyncio.sleep(self.step_interval)
+
+    async def _command_loop(self) -> None:
+        while True:
+            nodeid, value = await self._requests.get()
+            echoes = self._echoes.get(nodeid)
+            if echoes and value in echoes:
+                echoes.remove(value)
+                continue
+            i, path = self._by_nodeid[nodeid]
+            current = int(self.state.mode[i] if path == "Mode" else self.state.central_plan[i])
+            if value == current:
+                self._last[path][i] = -1  # re-publish what is in force (the plan may differ in actuated mode)
+                await self.publish()
+                continue
+            try:
+                if path == "Mode":
+                    self.state = tr.set_mode(self.state, i, int(value))
+                else:
+                    self.state = tr.set_plan(self.state, i, int(value))
+            except (ValueError, TypeError):
+                self.refused += 1
+                # Put the controller's value back: the request was refused.
+                self._last[path][i] = -1
+            await self.publish()
+
+    def apply(self, fn, *args) -> None:
+        """Apply a model function (fault injection): ``sim.apply(tr.conflict_fault, i, True)``."""
+        self.state = fn(self.state, *args)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            async with asyncio.timeout(10):
+                await self.server.stop()
+        except Exception:  # noqa: BLE001 - a stuck session must not block the simulator's exit
+            log.warning("traffic simulator server did not stop cleanly")
