@@ -2,11 +2,15 @@
 # Debian packages the test suite uses, installed only when missing:
 #   python3-venv  to create the virtual environment (Debian splits it from python3)
 #   mbpoll        an independent Modbus master, to read the simulators as a third party would
+#   mosquitto     the MQTT broker the bollard and vehicle simulators publish to
+#   mosquitto-clients  mosquitto_sub / mosquitto_pub, independent MQTT peers
 set -euo pipefail
 
 need=()
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v mbpoll >/dev/null || need+=(mbpoll)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else

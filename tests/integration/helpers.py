@@ -133,3 +133,33 @@ class SilentLink:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free loopback port, for the test that needs it."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        assert Path(exe).exists(), "mosquitto is missing: `make test` installs it (apt-get install mosquitto)"
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = folder / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.exe, self.conf, self.log = exe, conf, folder / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

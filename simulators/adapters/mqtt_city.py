@@ -1,0 +1,261 @@
+"""Bollards and crews' vehicles over MQTT (paho-mqtt), JSON payloads.
+
+Topics (``<id>`` is the device name):
+
+* ``city/bollards/<id>/status``  ``online`` on connect / ``offline`` as last will (retained)
+* ``city/bollards/<id>/state``   position, height, vehicle, obstruction, emergency, fault (retained)
+* ``city/bollards/<id>/cmd``     ``{"command": "raise|lower|emergency_lower|reset", "correlation_id": "..."}``
+* ``city/bollards/<id>/ack``     ``{"correlation_id": "...", "result": "accepted|rejected", "reason": "..."}``
+* ``city/bollards/<id>/event``   access events: ``{"event": "access", "vehicle_class": "...", "granted": true}``
+* ``city/vehicles/<id>/position`` ``{"lat", "lon", "speed_kmh", "heading", "status"}`` every report interval
+
+Every bollard has its own MQTT connection, as in the field, so that its last will marks it
+offline when it drops. The vehicles report through one connection (the fleet's tracking
+gateway). paho runs a network thread per connection; commands cross into the asyncio loop
+with ``call_soon_threadsafe`` and the loop does everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from simulators.models import bollards as bo
+from simulators.models import fleet as fl
+
+log = logging.getLogger("simulators.mqtt")
+QOS = 1
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MqttLink:
+    """One paho client: connects in the background, reconnects with backoff, last will optional."""
+
+    def __init__(self, client_id: str, host: str, port: int, will: tuple[str, str] | None = None,
+                 on_connect=None, on_message=None) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)  # never a busy reconnect loop
+        if will:
+            self.client.will_set(will[0], will[1], qos=QOS, retain=True)
+        self._on_connect = on_connect
+        self.client.on_connect = self._connected
+        if on_message:
+            self.client.on_message = on_message
+        self.host, self.port = host, port
+        self.connected = False
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected = not reason_code.is_failure
+        if self.connected and self._on_connect:
+            self._on_connect(self)
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=10)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload, retain: bool = False) -> None:
+        if not isinstance(payload, (str, bytes)):
+            payload = json.dumps(payload, separators=(",", ":"))
+        self.client.publish(topic, payload, qos=QOS, retain=retain)
+
+    def drop(self) -> None:
+        """Lose the network without a goodbye: the broker publishes the last will."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.connected = False
+
+    def restore(self) -> None:
+        self.client.loop_start()
+        try:
+            self.client.reconnect()
+        except OSError:
+            pass  # the network thread retries with backoff
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+class BollardMqttSimulator:
+    def __init__(self, state: bo.BollardState, names: list[str], host: str, port: int, *,
+                 prefix: str = "city/bollards", acceleration: float = 1.0, step_interval: float = 0.25,
+                 start_time: float | None = None) -> None:
+        if len(names) != state.count:
+            raise ValueError("one name per bollard")
+        self.state = state
+        self.names = names
+        self.host, self.port, self.prefix = host, port, prefix
+        self.acceleration, self.step_interval = acceleration, step_interval
+        self._t0 = time.time() if start_time is None else start_time
+        self._m0 = time.monotonic()
+        self.links: list[MqttLink] = []
+        self._commands: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        self._tasks: list[asyncio.Task] = []
+        self._last: np.ndarray | None = None
+        self.commands_received = 0
+        self.invalid_commands = 0
+
+    def sim_time(self) -> float:
+        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+
+    def topic(self, i: int, leaf: str) -> str:
+        return f"{self.prefix}/{self.names[i]}/{leaf}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.state = bo.step(self.state, self.sim_time())
+        for i in range(self.state.count):
+            def connected(link: MqttLink, i=i) -> None:
+                link.publish(self.topic(i, "status"), "online", retain=True)
+                link.client.subscribe(self.topic(i, "cmd"), qos=QOS)
+                link.publish(self.topic(i, "state"), self._state_payload(i), retain=True)
+
+            def message(client, userdata, msg, i=i) -> None:
+                loop.call_soon_threadsafe(self._enqueue, i, msg.payload)
+
+            link = MqttLink(f"bollard-{self.names[i]}", self.host, self.port,
+                            will=(self.topic(i, "status"), "offline"), on_connect=connected, on_message=message)
+            link.start()
+            self.links.append(link)
+        self._last = self._signature()
+        self._tasks = [asyncio.create_task(self._step_loop(), name="bollards-step"),
+                       asyncio.create_task(self._command_loop(), name="bollards-commands")]
+
+    def _enqueue(self, i: int, payload: bytes) -> None:
+        try:
+            self._commands.put_nowait((i, payload))
+        except asyncio.QueueFull:
+            self.invalid_commands += 1
+
+    def _signature(self) -> np.ndarray:
+        s = self.state
+        return np.stack([s.position, np.round(s.height * 10), s.vehicle, s.obstruction, s.emergency, s.fault], axis=1)
+
+    def _state_payload(self, i: int) -> dict:
+        s = self.state
+        return {"position": bo.POSITIONS[int(s.position[i])], "height": round(float(s.height[i]), 2),
+                "vehicle": bool(s.vehicle[i]), "obstruction": bool(s.obstruction[i]),
+                "emergency": bool(s.emergency[i]), "fault": bool(s.fault[i]), "ts": iso(s.t)}
+
+    def publish_changes(self) -> None:
+        sig = self._signature()
+        changed = np.flatnonzero((sig != self._last).any(axis=1)) if self._last is not None else range(len(sig))
+        for i in changed:
+            self.links[i].publish(self.topic(i, "state"), self._state_payload(i), retain=True)
+        self._last = sig
+        for e in self.state.events:
+            self.links[e.bollard].publish(self.topic(e.bollard, "event"), {
+                "event": "access", "vehicle_class": e.vehicle_class, "granted": e.granted, "ts": iso(e.t)})
+        self.state = replace(self.state, events=())
+
+    async def _step_loop(self) -> None:
+        while True:
+            self.state = bo.step(self.state, self.sim_time())
+            self.publish_changes()
+            await asyncio.sleep(self.step_interval)
+
+    async def _command_loop(self) -> None:
+        while True:
+            i, payload = await self._commands.get()
+            self.commands_received += 1
+            correlation = None
+            try:
+                msg = json.loads(payload)
+                if not isinstance(msg, dict):
+                    raise ValueError("a command is a JSON object")
+                correlation = msg.get("correlation_id")
+                name = msg.get("command")
+                if not isinstance(name, str):
+                    raise ValueError("missing 'command'")
+                self.state, accepted, reason = bo.command(self.state, i, name)
+            except (ValueError, UnicodeDecodeError) as exc:
+                self.invalid_commands += 1
+                accepted, reason = False, f"invalid command: {exc}"
+            ack = {"correlation_id": correlation, "result": "accepted" if accepted else "rejected",
+                   "ts": iso(self.state.t)}
+            if reason:
+                ack["reason"] = reason
+            self.links[i].publish(self.topic(i, "ack"), ack)
+            self.publish_changes()
+
+    def apply(self, fn, *args) -> None:
+        """Apply a model function (fault injection) and publish what changed."""
+        self.state = fn(self.state, *args)
+        self.publish_changes()
+
+    def set_offline(self, i: int, offline: bool) -> None:
+        """The bollard's link drops (the broker announces its last will) or comes back."""
+        (self.links[i].drop if offline else self.links[i].restore)()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for link in self.links:
+            link.stop()
+        self.links.clear()
+
+
+class FleetMqttSimulator:
+    def __init__(self, state: fl.FleetState, names: list[str], host: str, port: int, *,
+                 prefix: str = "city/vehicles", acceleration: float = 1.0, report_interval: float = 10.0,
+                 start_time: float | None = None) -> None:
+        self.state = state
+        self.names = names
+        self.prefix = prefix
+        self.acceleration = acceleration
+        self.report_interval = report_interval
+        self._t0 = time.time() if start_time is None else start_time
+        self._m0 = time.monotonic()
+        self.link = MqttLink("fleet-gateway", host, port)
+        self._task: asyncio.Task | None = None
+        self.reports = 0
+
+    def sim_time(self) -> float:
+        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+
+    def report(self) -> None:
+        s = self.state
+        for i, name in enumerate(self.names):
+            self.link.publish(f"{self.prefix}/{name}/position", {
+                "lat": round(float(s.lat[i]), 6), "lon": round(float(s.lon[i]), 6),
+                "speed_kmh": round(float(s.speed_kmh[i]), 1), "heading": round(float(s.heading[i])),
+                "status": fl.STATUSES[int(s.status[i])], "ts": iso(s.t)})
+        self.reports += 1
+
+    async def start(self) -> None:
+        self.link.start()
+        self._task = asyncio.create_task(self._loop(), name="fleet-step")
+
+    async def _loop(self) -> None:
+        while True:
+            self.state = fl.step(self.state, self.sim_time())
+            if self.link.connected:
+                self.report()
+            # Trackers report every report_interval of simulated time.
+            await asyncio.sleep(self.report_interval / self.acceleration)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.link.stop()

@@ -1,0 +1,122 @@
+"""Bollards and vehicles on a real Mosquitto, watched with mosquitto_sub and commanded with mosquitto_pub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
+from simulators.models import bollards as bo
+from simulators.models import fleet as fl
+
+from .helpers import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "mosquitto")
+    yield b
+    b.stop()
+
+
+def sub(broker, topic: str, count: int, timeout: float = 10) -> subprocess.Popen:
+    assert shutil.which("mosquitto_sub"), "mosquitto_sub is missing: `make test` installs mosquitto-clients"
+    return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-v",
+                             "-C", str(count), "-W", str(int(timeout))], stdout=subprocess.PIPE, text=True)
+
+
+def pub(broker, topic: str, payload: str) -> None:
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
+                    "-m", payload], check=True, timeout=10)
+
+
+async def lines(proc: subprocess.Popen) -> list[tuple[str, str]]:
+    out, _ = await asyncio.to_thread(proc.communicate)
+    return [tuple(line.split(" ", 1)) for line in out.splitlines() if line]
+
+
+async def wait(predicate, timeout=10.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_bollard_states_commands_acks_and_last_will(broker):
+    names = ["B-DIJ-001", "B-DIJ-002"]
+    sim = BollardMqttSimulator(bo.create(2, t=time.time(), arrivals_per_hour=0), names, "127.0.0.1", broker.port,
+                               step_interval=0.05, acceleration=4.0)
+    await sim.start()
+    try:
+        await wait(lambda: all(link.connected for link in sim.links), what="bollards connected")
+        # Retained state and status, seen by an independent subscriber.
+        got = dict(await lines(sub(broker, "city/bollards/+/status", 2)))
+        assert got == {"city/bollards/B-DIJ-001/status": "online", "city/bollards/B-DIJ-002/status": "online"}
+        state = dict(await lines(sub(broker, "city/bollards/B-DIJ-001/state", 1)))
+        assert json.loads(state["city/bollards/B-DIJ-001/state"])["position"] == "up"
+
+        # A command with a correlation id is answered on the ack topic; the bollard lowers.
+        acks = sub(broker, "city/bollards/B-DIJ-001/ack", 2)
+        await asyncio.sleep(0.3)
+        pub(broker, "city/bollards/B-DIJ-001/cmd", json.dumps({"command": "lower", "correlation_id": "c-17"}))
+        pub(broker, "city/bollards/B-DIJ-001/cmd", "{not json")
+        answered = [json.loads(p) for _, p in await lines(acks)]
+        assert answered[0]["correlation_id"] == "c-17" and answered[0]["result"] == "accepted"
+        assert answered[1]["result"] == "rejected" and "invalid" in answered[1]["reason"]
+        await wait(lambda: sim.state.position[0] == bo.DOWN, what="lowered")
+        await wait(lambda: sim._last is not None and sim._last[0][0] == bo.DOWN, what="published")
+        state = dict(await lines(sub(broker, "city/bollards/B-DIJ-001/state", 1)))
+        assert json.loads(state["city/bollards/B-DIJ-001/state"])["position"] == "down"
+
+        # An obstruction while rising reverses it.
+        pub(broker, "city/bollards/B-DIJ-001/cmd", json.dumps({"command": "raise", "correlation_id": "c-18"}))
+        await wait(lambda: sim.state.position[0] == bo.RISING, what="rising")
+        sim.apply(bo.set_obstruction, 0, True)
+        await wait(lambda: sim.state.reversals[0] == 1, what="reversed")
+        assert sim.state.position[0] in (bo.LOWERING, bo.DOWN)
+
+        # An access event.
+        events = sub(broker, "city/bollards/B-DIJ-002/event", 1)
+        await asyncio.sleep(0.3)
+        sim.apply(bo.vehicle_arrives, 1, "delivery")
+        event = json.loads((await lines(events))[0][1])
+        assert event == {"event": "access", "vehicle_class": "delivery", "granted": True, "ts": event["ts"]}
+
+        # The bollard drops off the network: the broker publishes its last will.
+        status = sub(broker, "city/bollards/B-DIJ-002/status", 2)  # retained "online", then the will
+        await asyncio.sleep(0.3)
+        sim.set_offline(1, True)
+        assert [p for _, p in await lines(status)] == ["online", "offline"]
+        sim.set_offline(1, False)
+        await wait(lambda: sim.links[1].connected, what="back online")
+    finally:
+        await sim.stop()
+
+
+async def test_vehicles_report_positions(broker):
+    places = [(47.322, 5.041), (47.369, 5.021), (47.291, 5.007)]
+    names = [f"V-{i:03d}" for i in range(5)]
+    sim = FleetMqttSimulator(fl.create(places, 5, t=time.time(), seed=1), names, "127.0.0.1", broker.port,
+                             acceleration=50.0, report_interval=10.0)
+    watcher = sub(broker, "city/vehicles/+/position", 10)
+    await asyncio.sleep(0.3)
+    await sim.start()
+    try:
+        got = await lines(watcher)
+        assert len(got) == 10
+        for topic, payload in got:
+            msg = json.loads(payload)
+            assert topic.split("/")[2] in names
+            assert 47.2 < msg["lat"] < 47.4 and 4.9 < msg["lon"] < 5.2
+            assert msg["status"] in ("available", "en_route", "on_site")
+    finally:
+        await sim.stop()
