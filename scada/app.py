@@ -10,6 +10,7 @@ import structlog
 
 from drivers.base import Driver, create_driver
 from scada.config import Config
+from scada.limits import raise_open_file_limit
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.tagdb import TagDB
 
@@ -53,6 +54,7 @@ class Application:
 
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
+        raise_open_file_limit()
         await self.hmi.start()
         try:
             async with asyncio.TaskGroup() as tg:

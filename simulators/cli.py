@@ -12,6 +12,7 @@ import time
 import structlog
 
 from scada import logs
+from scada.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
@@ -20,6 +21,7 @@ log = structlog.get_logger("simulators")
 
 
 async def run_lighting(args: argparse.Namespace) -> None:
+    raise_open_file_limit()
     if args.inventory:
         cabinets = inventory.read_cabinets(args.inventory)
     else:
@@ -43,6 +45,64 @@ async def run_lighting(args: argparse.Namespace) -> None:
         log.info("lighting_simulator_stopped", requests=sim.requests)
 
 
+async def run_city(args: argparse.Namespace) -> None:
+    from datetime import datetime
+    from pathlib import Path
+
+    from simulators import city as citygen
+    from simulators.runner import CitySimulator
+    from simulators.scenario import load_scenario, play
+
+    city = citygen.generate(args.preset, args.host, args.base_port, args.units_per_port)
+    if args.config_out:
+        path = citygen.write_config(city, Path(args.config_out), Path(args.types_from))
+        log.info("city_config_written", path=str(path), cabinets=len(city.cabinets))
+    start = datetime.fromisoformat(args.start).timestamp() if args.start else None
+    mqtt = None
+    if args.mqtt:
+        h, _, p = args.mqtt.rpartition(":")
+        mqtt = (h or "127.0.0.1", int(p))
+    sim = CitySimulator(city, host=args.host, opcua_endpoint=f"opc.tcp://{args.host}:{args.opcua_port}/traffic/",
+                        mqtt=mqtt, control_port=args.control_port, acceleration=args.acceleration,
+                        start_time=start, seed=args.seed, failure_rate=args.failure_rate)
+    steps = load_scenario(args.scenario, sim) if args.scenario else []
+    await sim.start()
+    log.info("city_simulator_started", preset=args.preset, cabinets=len(city.cabinets),
+             light_points=sum(city.lamps), junctions=len(city.junctions), bollards=len(city.bollards),
+             vehicles=len(city.vehicles), modbus=f"{city.cabinets[0].port}-{city.cabinets[-1].port}",
+             opcua=sim.traffic.endpoint if sim.traffic else None, mqtt=args.mqtt, control_port=sim.control_port,
+             acceleration=args.acceleration)
+    try:
+        if steps:
+            await play(steps, sim, args.acceleration)
+            log.info("scenario_done", steps=len(steps))
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+        log.info("city_simulator_stopped", modbus_requests=sim.lighting.requests, faults=sim.injected)
+
+
+def send_fault(args: argparse.Namespace) -> int:
+    import json
+    import socket
+    req = {"fault": args.fault}
+    if args.device:
+        req["device"] = args.device
+    for kv in args.params:
+        k, _, v = kv.partition("=")
+        try:
+            req[k] = json.loads(v)
+        except json.JSONDecodeError:
+            req[k] = v
+    with socket.create_connection(("127.0.0.1", args.control_port), timeout=10) as s:
+        s.sendall((json.dumps(req) + "\n").encode())
+        reply = json.loads(s.makefile().readline())
+    if not reply.get("ok"):
+        print(f"fault refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scada-sim", description="Simulated city equipment")
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -56,8 +116,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-json", action="store_true")
+
+    c = sub.add_parser("city", help="a whole simulated city: lighting (Modbus), traffic (OPC UA), bollards and vehicles (MQTT)")
+    c.add_argument("--preset", default="small", help="tiny, small (default) or dijon (the whole metropolis)")
+    c.add_argument("--config-out", help="write tags.yaml and the inventories of this city into this folder")
+    c.add_argument("--types-from", default="tags.yaml", help="tags.yaml whose equipment types the written one uses")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--base-port", type=int, default=15020, help="first Modbus port of the lighting cabinets")
+    c.add_argument("--units-per-port", type=int, default=1)
+    c.add_argument("--opcua-port", type=int, default=4841, help="port of the traffic-management OPC UA server")
+    c.add_argument("--mqtt", help="broker host:port for bollards and vehicles (none: they are not simulated)")
+    c.add_argument("--control-port", type=int, default=15999, help="JSON-lines port for fault injection")
+    c.add_argument("--scenario", help="YAML timeline of faults")
+    c.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
+    c.add_argument("--start", help="simulated start time, ISO 8601 (default: now)")
+    c.add_argument("--failure-rate", type=float, default=1e-5, help="lamp failures per lamp-hour")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--log-json", action="store_true")
+
+    f = sub.add_parser("fault", help="inject a fault into a running city simulator")
+    f.add_argument("fault", help="lamp_failure, mains_loss, conflict_fault, device_offline, ... (see simulators/faults.py)")
+    f.add_argument("device", nargs="?", help="device name (none for city-wide faults)")
+    f.add_argument("params", nargs="*", help="key=value parameters, e.g. count=3")
+    f.add_argument("--control-port", type=int, default=15999)
+
     args = parser.parse_args(argv)
+    if args.kind == "fault":
+        return send_fault(args)
     logs.configure(json=args.log_json)
+    runner = run_city if args.kind == "city" else run_lighting
 
     async def guarded() -> None:
         task = asyncio.current_task()
@@ -65,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await run_lighting(args)
+            await runner(args)
 
     asyncio.run(guarded())
     return 0

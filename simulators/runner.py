@@ -1,0 +1,176 @@
+"""A whole simulated city in one process: lighting (Modbus), traffic (OPC UA), bollards and
+vehicles (MQTT), a control port for faults, and an optional scenario timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from scada.limits import raise_open_file_limit
+
+from simulators import faults as fa
+from simulators.adapters.modbus_lighting import LightingModbusSimulator
+from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
+from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
+from simulators.city import City
+from simulators.models import bollards as bo
+from simulators.models import fleet as fl
+from simulators.models import lighting as li
+from simulators.models import traffic as tr
+
+log = logging.getLogger("simulators.city")
+
+
+class FaultError(ValueError):
+    """A fault request that names an unknown fault or device, or lacks a parameter."""
+
+
+class CitySimulator:
+    def __init__(self, city: City, *, host: str = "127.0.0.1", opcua_endpoint: str | None = None,
+                 mqtt: tuple[str, int] | None = None, control_port: int | None = None,
+                 acceleration: float = 1.0, start_time: float | None = None, seed: int = 0,
+                 failure_rate: float = li.DEFAULT_FAILURE_RATE) -> None:
+        self.city = city
+        t0 = time.time() if start_time is None else start_time
+        c = city.cabinets
+        units = max(x.unit for x in c)
+        state = li.create([x.lat for x in c], [x.lon for x in c], city.lamps, t=t0, seed=seed,
+                          failure_rate=failure_rate)
+        self.lighting = LightingModbusSimulator(state, c[0].host, c[0].port, units, acceleration, start_time=t0)
+        self.traffic = None
+        if opcua_endpoint and city.junctions:
+            j = city.junctions
+            ts = tr.create([x.lat for x in j], [x.lon for x in j], t=t0, seed=seed)
+            self.traffic = TrafficOpcUaSimulator(ts, [Junction(x.name, x.commune, x.lat, x.lon) for x in j],
+                                                 opcua_endpoint, acceleration, start_time=t0)
+        self.bollards = self.fleet = None
+        if mqtt and city.bollards:
+            self.bollards = BollardMqttSimulator(bo.create(len(city.bollards), t=t0, seed=seed),
+                                                 [b.name for b in city.bollards], *mqtt,
+                                                 acceleration=acceleration, start_time=t0)
+        if mqtt and city.vehicles:
+            self.fleet = FleetMqttSimulator(fl.create(city.places, len(city.vehicles), t=t0, seed=seed),
+                                            city.vehicles, *mqtt, acceleration=acceleration, start_time=t0)
+        self.control_port = control_port
+        self._control: asyncio.Server | None = None
+        self._index: dict[str, tuple[str, int]] = {}
+        for i, x in enumerate(c):
+            self._index[x.name] = (fa.LIGHTING, i)
+        for i, x in enumerate(city.junctions):
+            self._index[x.name] = (fa.TRAFFIC, i)
+        for i, x in enumerate(city.bollards):
+            self._index[x.name] = (fa.BOLLARD, i)
+        self._rng = np.random.default_rng(seed + 1)
+        self._tasks: set[asyncio.Task] = set()
+        self.injected = 0
+
+    @property
+    def parts(self) -> list:
+        return [p for p in (self.lighting, self.traffic, self.bollards, self.fleet) if p is not None]
+
+    async def start(self) -> None:
+        raise_open_file_limit()
+        for part in self.parts:
+            await part.start()
+        if self.control_port is not None:
+            self._control = await asyncio.start_server(self._serve_control, "127.0.0.1", self.control_port)
+            self.control_port = self._control.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._control:
+            self._control.close()
+            await self._control.wait_closed()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for part in reversed(self.parts):
+            await part.stop()
+
+    # Faults
+
+    def check(self, fault: str, device: str | None, params: dict[str, Any]) -> tuple[fa.Fault, str, int]:
+        """Validate a fault request without applying it; raises FaultError."""
+        f = fa.FAULTS.get(fault)
+        if f is None:
+            raise FaultError(f"unknown fault {fault!r} (faults: {', '.join(sorted(fa.FAULTS))})")
+        if f.kinds == (fa.CITY,):
+            if device:
+                raise FaultError(f"{fault} applies to the whole city, not to a device")
+            kind, i = fa.CITY, -1
+        else:
+            if device not in self._index:
+                raise FaultError(f"unknown device {device!r}")
+            kind, i = self._index[device]
+            if kind not in f.kinds:
+                raise FaultError(f"{fault} does not apply to a {kind} device ({device})")
+        missing = [p for p in f.params if p not in params]
+        unknown = [p for p in params if p not in f.params + f.optional]
+        if missing or unknown:
+            raise FaultError(f"{fault} takes {', '.join(f.params + f.optional) or 'no parameters'}"
+                             f"{'; missing ' + ', '.join(missing) if missing else ''}"
+                             f"{'; unknown ' + ', '.join(unknown) if unknown else ''}")
+        part = {fa.TRAFFIC: self.traffic, fa.BOLLARD: self.bollards}.get(kind, True)
+        if part is None:
+            raise FaultError(f"the {kind} simulator is not running")
+        return f, kind, i
+
+    async def inject(self, fault: str, device: str | None = None, **params: Any) -> None:
+        f, kind, i = self.check(fault, device, params)
+        result = f.run(self, kind, i, params)
+        if asyncio.iscoroutine(result):
+            await result
+        self.injected += 1
+        log.info("fault injected: %s %s %s", fault, device or "", params or "")
+
+    def apply(self, kind: str, fn, i: int, *args) -> None:
+        if kind == fa.LIGHTING:
+            self.lighting.state = fn(self.lighting.state, i, *args)
+        elif kind == fa.TRAFFIC:
+            self.traffic.apply(fn, i, *args)
+        elif kind == fa.BOLLARD:
+            self.bollards.apply(fn, i, *args)
+
+    def burst(self, count: int) -> None:
+        """``count`` random cabinets switch to forced-on or manual dim at once."""
+        s = self.lighting.state
+        for i in self._rng.choice(s.count, size=min(count, s.count), replace=False).tolist():
+            s = li.set_dim(li.set_mode(s, i, li.MANUAL_DIM), i, int(self._rng.integers(10, 100)))
+        self.lighting.state = s
+
+    async def broker_outage(self, seconds: float) -> None:
+        links = ([*self.bollards.links] if self.bollards else []) + ([self.fleet.link] if self.fleet else [])
+        for link in links:
+            link.drop()
+
+        async def restore() -> None:
+            await asyncio.sleep(seconds / max(self.lighting.acceleration, 1e-9))
+            for link in links:
+                link.restore()
+        task = asyncio.create_task(restore())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """JSON lines: {"fault": "...", "device": "...", ...params} -> {"ok": true} or {"ok": false, "error"}."""
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict) or "fault" not in req:
+                        raise FaultError('expected {"fault": name, "device": name, ...parameters}')
+                    fault, device = req.pop("fault"), req.pop("device", None)
+                    await self.inject(fault, device, **req)
+                    reply = {"ok": True}
+                except (ValueError, TypeError) as exc:  # FaultError, bad JSON, bad parameter values
+                    reply = {"ok": False, "error": str(exc)}
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()

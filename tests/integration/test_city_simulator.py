@@ -1,0 +1,127 @@
+"""A whole (tiny) simulated city in its own process, met by independent peers and by the server:
+
+mbpoll reads a cabinet's registers; mosquitto_sub sees bollard states on a real Mosquitto;
+an asyncua client browses and reads the traffic simulator; the server supervises the
+generated configuration, and a fault injected through the control port (and a scenario)
+reaches its OPC UA clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from asyncua import Client, ua
+
+from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
+from simulators.adapters.opcua_traffic import NAMESPACE_URI as TRAFFIC_NS
+from simulators.city import generate
+
+from .helpers import ROOT, Mosquitto, Process, free_port, free_port_range, wait_port
+
+pytestmark = pytest.mark.integration
+
+
+async def until(fn, predicate, timeout=15.0, what=""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await fn()
+        if predicate(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: last {last!r}")
+
+
+def fault(control_port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
+                          capture_output=True, text=True, timeout=20, cwd=ROOT)
+
+
+async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
+    broker = Mosquitto(tmp_path / "mqtt")
+    base = free_port_range(6)
+    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text("- {at: 0, fault: door_open, device: LC-DIJ-002}\n"
+                        "- {at: 1, fault: conflict_fault, device: J-DIJ-001}\n")
+    config = tmp_path / "config"
+    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
+                   "--opcua-port", str(opc_sim), "--mqtt", f"127.0.0.1:{broker.port}", "--control-port", str(control),
+                   "--config-out", str(config), "--types-from", str(ROOT / "tags.yaml"), "--scenario", str(scenario),
+                   "--log-json"], tmp_path / "sim.log")
+    server = None
+    try:
+        wait_port(control, timeout=30)
+        city = generate("tiny", base_port=base)
+        cab = city.cabinets[0]
+
+        # mbpoll, an independent Modbus master, reads the cabinet's lamp count (input register 6).
+        out = subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "6", "-t", "3", "-c", "1", "-1",
+                              "-p", str(cab.port), "127.0.0.1"], capture_output=True, text=True, timeout=10)
+        read = re.search(r"\[6\]:\s+(\d+)", out.stdout)
+        assert read and int(read.group(1)) == city.lamps[0], out.stdout
+
+        # mosquitto_sub sees the bollards' retained states.
+        got = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "city/bollards/+/state",
+                              "-v", "-C", str(len(city.bollards)), "-W", "15"], capture_output=True, text=True, timeout=20)
+        states = {line.split(" ", 1)[0].split("/")[2]: json.loads(line.split(" ", 1)[1]) for line in got.stdout.splitlines()}
+        assert set(states) == {b.name for b in city.bollards}
+        assert all(s["position"] in ("up", "down", "rising", "lowering") for s in states.values())
+
+        # An asyncua client browses the traffic simulator; the scenario's conflict fault shows.
+        async with Client(f"opc.tcp://127.0.0.1:{opc_sim}/traffic/", timeout=10) as c:
+            ns = await c.get_namespace_index(TRAFFIC_NS)
+            j = city.junctions[0]
+            assert (await c.get_node(ua.NodeId(f"Junctions/{j.commune}", ns)).get_children())
+            await until(c.get_node(ua.NodeId(f"{j.name}.ConflictFault", ns)).read_value, lambda v: v is True,
+                        what="scenario conflict fault")
+
+        # The server supervises the generated configuration.
+        server = Process(["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
+                          f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0"], tmp_path / "server.log")
+        wait_port(opc_scada, timeout=30)
+        async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as c:
+            ns = await c.get_namespace_index(SCADA_NS)
+
+            def node(device, point):
+                n = c.get_node(ua.NodeId(f"{device.commune}/lighting/{device.name}/{point}", ns))
+
+                async def good_value():  # None until the first Good value
+                    dv = await n.read_data_value(raise_on_bad_status=False)
+                    return dv.Value.Value if dv.StatusCode.is_good() else None
+                n.good_value = good_value
+                return n
+
+            await until(node(cab, "lamp_count").good_value, lambda v: v == city.lamps[0], what="lamp count")
+            # The scenario opened LC-DIJ-002's door.
+            await until(node(city.cabinets[1], "door_open").good_value, lambda v: v is True, what="door open")
+            # A fault through the control port: 3 lamps fail, then mains loss.
+            assert fault(control, "lamp_failure", cab.name, "count=3").returncode == 0
+            await until(node(cab, "failed_lamps").good_value, lambda v: v == 3, what="failed lamps")
+            assert fault(control, "mains_loss", cab.name).returncode == 0
+            await until(node(cab, "mains_fault").good_value, lambda v: v is True, what="mains fault")
+            assert await node(cab, "power").good_value() == 0
+            # A cabinet that stops answering goes Bad_CommunicationError.
+            assert fault(control, "device_silent", city.cabinets[2].name).returncode == 0
+            dv = await until(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
+                             lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, what="silent")
+        # Bad requests are refused with a reason, and change nothing.
+        r = fault(control, "lamp_failure", "LC-NOPE-001", "count=1")
+        assert r.returncode == 1 and "unknown device" in r.stderr
+        r = fault(control, "conflict_fault", cab.name)
+        assert r.returncode == 1 and "does not apply to a lighting device" in r.stderr
+        r = fault(control, "lamp_failure", cab.name)
+        assert r.returncode == 1 and "missing count" in r.stderr
+    finally:
+        if server:
+            assert server.stop() == 0, server.output()
+        assert sim.stop() == 0, sim.output()
+        broker.stop()
+    log = sim.output()
+    assert "city_simulator_started" in log and "scenario_done" in log
