@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Start the simulators and the server on this machine (OPC UA on opc.tcp://localhost:4840/scada/).
+## Start the simulated city and the server (OPC UA on opc.tcp://localhost:4840/scada/).
+## `make demo CITY=dijon` runs the whole metropolis; ACCEL=60 runs an hour a minute.
+CITY ?= small
+ACCEL ?= 1
 demo: $(STAMP)
-	$(BIN)/scada demo --config .
+	$(BIN)/scada demo --config . --city $(CITY) --acceleration $(ACCEL)
 
 ## Install what the tests need (Debian packages with apt-get, pip packages) and run the suite.
 test: system-deps $(STAMP)

@@ -100,37 +100,78 @@ def _wait_simulator(sim: subprocess.Popen, ports: list[tuple[str, int]], timeout
     return not pending
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the simulators and the server on this machine; Ctrl-C stops both."""
-    from simulators.inventory import read_cabinets
-    logs.configure(json=args.log_json, level=args.log_level)
-    config_dir = Path(args.config)
-    inventory = config_dir / "inventory" / "lighting-cabinets.csv"
-    ports = sorted({(c.host, c.port) for c in read_cabinets(inventory)})
-    taken = [p for h, p in ports if _accepts(h, p)]
-    if taken:
-        print(f"port {taken[0]} is already in use (another demo still running?); the lighting simulator "
-              f"needs ports {ports[0][1]}-{ports[-1][1]}", file=sys.stderr)
-        return 1
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "simulators", "lighting", "--inventory", str(inventory),
-         *(["--log-json"] if args.log_json else [])],
-        start_new_session=True,  # our Ctrl-C handling stops it, in order
-    )
+DEMO_SIM_OPCUA_PORT = 4841
+DEMO_CONTROL_PORT = 15999
+DEMO_MQTT_PORT = 1883
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        if not _wait_simulator(sim, ports):
-            print("the lighting simulator did not start (are its ports "
-                  f"{ports[0][1]}-{ports[-1][1]} free?)", file=sys.stderr)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _mosquitto(log_dir: Path) -> tuple[subprocess.Popen | None, str | None]:
+    """A local Mosquitto for the bollards and vehicles when one is installed (the demo needs none)."""
+    import shutil
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if _accepts("127.0.0.1", DEMO_MQTT_PORT):
+        return None, f"127.0.0.1:{DEMO_MQTT_PORT}"  # a broker is already there: use it
+    if exe is None:
+        return None, None
+    conf = log_dir / "mosquitto.conf"
+    conf.write_text(f"listener {DEMO_MQTT_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, f"127.0.0.1:{DEMO_MQTT_PORT}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the simulated city and the server on this machine; Ctrl-C stops everything."""
+    from simulators import city as citygen
+    logs.configure(json=args.log_json, level=args.log_level)
+    city = citygen.generate(args.city)
+    config_dir = Path(args.config)
+    if args.city != "small":  # the shipped configuration is the small city; others are generated
+        config_dir = Path("var") / f"demo-{args.city}"
+        citygen.write_config(city, config_dir, Path(args.config) / "tags.yaml")
+    ports = [(c.host, c.port) for c in city.cabinets]
+    needed = [*ports, ("127.0.0.1", DEMO_SIM_OPCUA_PORT), ("127.0.0.1", DEMO_CONTROL_PORT)]
+    taken = [p for h, p in needed if _accepts(h, p)]
+    if taken:
+        print(f"port {taken[0]} is already in use (another demo still running?); the simulated city needs "
+              f"ports {ports[0][1]}-{ports[-1][1]}, {DEMO_SIM_OPCUA_PORT} and {DEMO_CONTROL_PORT}", file=sys.stderr)
+        return 1
+    run_dir = Path("var")
+    run_dir.mkdir(exist_ok=True)
+    broker, mqtt = _mosquitto(run_dir)
+    sim_args = [sys.executable, "-m", "simulators", "city", "--preset", args.city,
+                "--opcua-port", str(DEMO_SIM_OPCUA_PORT), "--control-port", str(DEMO_CONTROL_PORT),
+                "--acceleration", str(args.acceleration)]
+    if mqtt:
+        sim_args += ["--mqtt", mqtt]
+    if args.log_json:
+        sim_args.append("--log-json")
+    sim = subprocess.Popen(sim_args, start_new_session=True)  # our Ctrl-C handling stops it, in order
+    try:
+        if not _wait_simulator(sim, [*ports, ("127.0.0.1", DEMO_CONTROL_PORT)], timeout=120):
+            print("the city simulator did not start (see its messages above)", file=sys.stderr)
             return 1
+        print(f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
+              f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
+              + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker installed: no bollards or vehicles")
+              + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...", flush=True)
         args.config = str(config_dir)
         return cmd_run(args)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sim.pid, signal.SIGTERM)
-        try:
-            sim.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(sim.pid, signal.SIGKILL)
+        _stop(sim)
+        _stop(broker)
         print("demo stopped", flush=True)
 
 
@@ -155,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the server")
     serving(p)
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("demo", help="run the simulators and the server together")
+    p = sub.add_parser("demo", help="run the simulated city and the server together")
     serving(p)
+    p.add_argument("--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)")
+    p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     p.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     return args.func(args)

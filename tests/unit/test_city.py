@@ -46,3 +46,10 @@ def test_written_config_is_what_is_simulated(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown city preset"):
         citygen.generate("paris")
+
+
+def test_shipped_demo_inventory_is_the_small_city():
+    """`make demo` simulates the small preset and supervises the shipped configuration: the same cabinets."""
+    from simulators.inventory import read_cabinets
+    shipped = read_cabinets(ROOT / "inventory" / "lighting-cabinets.csv")
+    assert shipped == citygen.generate("small").cabinets
