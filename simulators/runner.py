@@ -155,12 +155,24 @@ class CitySimulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def stats(self) -> dict[str, Any]:
+        return {"modbus_requests": self.lighting.requests, "faults": self.injected,
+                "cabinets": self.lighting.state.count,
+                "junctions": self.traffic.state.count if self.traffic else 0,
+                "bollard_commands": self.bollards.commands_received if self.bollards else 0,
+                "vehicle_reports": self.fleet.reports if self.fleet else 0}
+
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """JSON lines: {"fault": "...", "device": "...", ...params} -> {"ok": true} or {"ok": false, "error"}."""
+        """JSON lines: {"fault": "...", "device": "...", ...params} -> {"ok": true} or {"ok": false, "error"};
+        {"stats": true} -> counters."""
         try:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
+                    if req == {"stats": True}:
+                        writer.write((json.dumps({"ok": True, **self.stats()}) + "\n").encode())
+                        await writer.drain()
+                        continue
                     if not isinstance(req, dict) or "fault" not in req:
                         raise FaultError('expected {"fault": name, "device": name, ...parameters}')
                     fault, device = req.pop("fault"), req.pop("device", None)
