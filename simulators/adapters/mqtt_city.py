@@ -50,6 +50,7 @@ class MqttLink:
             self.client.will_set(will[0], will[1], qos=QOS, retain=True)
         self._on_connect = on_connect
         self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
         if on_message:
             self.client.on_message = on_message
         self.host, self.port = host, port
@@ -59,6 +60,9 @@ class MqttLink:
         self.connected = not reason_code.is_failure
         if self.connected and self._on_connect:
             self._on_connect(self)
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected = False
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=10)

@@ -188,3 +188,15 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
             assert with_dead[name] >= 0.9 * alone[name], (name, alone, with_dead)
     finally:
         await silent.stop()
+
+
+async def test_cabinet_that_drops_off_the_network_goes_bad_and_recovers(simulator, tmp_path):
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port),
+                                       ("LC-2", "lighting_cabinet", simulator.base_port + 1)])
+    async with Harness(cfg) as h:
+        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, 3, "up")
+        await simulator.set_offline(0, True)
+        await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 3, "offline")
+        assert h.status("LC-2", "power") == st.GOOD
+        await simulator.set_offline(0, False)
+        await until(lambda: h.status("LC-1", "power") == st.GOOD, 5, "back online")

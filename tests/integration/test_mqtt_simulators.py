@@ -120,3 +120,22 @@ async def test_vehicles_report_positions(broker):
             assert msg["status"] in ("available", "en_route", "on_site")
     finally:
         await sim.stop()
+
+
+async def test_bollards_reconnect_after_a_broker_outage(broker):
+    names = ["B-QUE-001"]
+    sim = BollardMqttSimulator(bo.create(1, t=time.time(), arrivals_per_hour=0), names, "127.0.0.1", broker.port,
+                               step_interval=0.05)
+    await sim.start()
+    try:
+        await wait(lambda: sim.links[0].connected, what="connected")
+        broker.stop()  # the broker dies (it kept nothing: persistence is off)
+        await wait(lambda: not sim.links[0].connected, what="link lost")
+        broker.start()
+        await wait(lambda: sim.links[0].connected, timeout=20, what="reconnected with backoff")
+        # The bollard announced itself and its state again to the new broker.
+        got = dict(await lines(sub(broker, "city/bollards/B-QUE-001/+", 2)))
+        assert got["city/bollards/B-QUE-001/status"] == "online"
+        assert json.loads(got["city/bollards/B-QUE-001/state"])["position"] == "up"
+    finally:
+        await sim.stop()
