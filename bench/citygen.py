@@ -1,9 +1,10 @@
 """Synthetic city inventories for the benchmarks: realistic tag names and configurations.
 
 Everything is derived from the shipped demo configuration (``tags.yaml`` and its CSV
-inventory): the 24 communes of Dijon Metropole and the 12-point ``lighting_cabinet``
-equipment type. A city of N tags is N/12 lighting cabinets spread round-robin over the
-communes, named like the real inventory (``LC-CHEV-0123``), so tag names look like
+inventory): the 24 communes of Dijon Metropole and the ``lighting_cabinet`` equipment
+type, whatever points it has today (12 at first, 15 since the lighting model gained mains and
+earth-leakage points). A city of N tags is N/points lighting cabinets spread round-robin over
+the communes, named like the real inventory (``LC-CHEV-0123``), so tag names look like
 ``Chevigny-Saint-Sauveur/lighting/LC-CHEV-0123/mains_voltage``.
 """
 
@@ -77,7 +78,7 @@ def write_config(n_tags: int, directory: Path | None = None) -> Path:
     """A configuration folder for n tags: the shipped equipment types + a CSV inventory.
 
     ``tags.yaml`` keeps the shipped ``equipment_types`` section verbatim and imports
-    ``n_tags / 12`` lighting cabinets from ``inventory.csv``. Returns the folder.
+    ``n_tags / points`` lighting cabinets (rounded up) from ``inventory.csv``. Returns the folder.
     """
     directory = Path(directory or tempfile.mkdtemp(prefix="scada-bench-"))
     shipped = SHIPPED_TAGS.read_text(encoding="utf-8")
