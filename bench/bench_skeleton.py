@@ -372,17 +372,15 @@ def child_tagdb_memory(n: int, mode: str) -> None:
         out.update(traced=cur, traced_peak=peak)
     else:
         out["rss_delta"] = rss() - r0
-    # Itemised by sizeof (object headers, without allocator rounding).
-    str_bytes = sum(sys.getsizeof(s) for s in db.names)
-    int_bytes = sum(sys.getsizeof(i) for i in db._index.values() if i > 256)  # small ints are cached
+    # Itemised: numeric columns, and the compact names (UTF-8 blob + offsets + hash index).
+    names = db.names
     out.update(
-        columns=db.memory_bytes(),
-        names_str=str_bytes,
-        names_list=sys.getsizeof(db.names),
-        index_dict=sys.getsizeof(db._index),
-        index_ints=int_bytes,
-        mean_name_len=sum(map(len, db.names)) / n,
-        sample=db.names[n // 2],
+        columns=db.memory_bytes() - names.nbytes,
+        names_blob=len(names._blob),
+        names_offsets=names._offsets.nbytes,
+        names_index=names._hashes.nbytes + names._order.nbytes,
+        mean_name_len=len(names._blob) / n,
+        sample=names[n // 2],
     )
     emit(out)
 
@@ -395,11 +393,11 @@ def bench_memory(args, rep: Report) -> None:
     per_rss = [r["rss_delta"] / n for r in rss_runs]
     per_tr = tr["traced"] / n
     r0 = rss_runs[0]
-    parts = {k: r0[k] / n for k in ("columns", "names_str", "names_list", "index_dict", "index_ints")}
-    log(f"  sample name: {r0['sample']!r} (mean length {r0['mean_name_len']:.1f} chars)")
+    parts = {k: r0[k] / n for k in ("columns", "names_blob", "names_offsets", "names_index")}
+    log(f"  sample name: {r0['sample']!r} (mean length {r0['mean_name_len']:.1f} bytes)")
     log(f"  RSS delta per tag: {spread(per_rss, fmt='{:.1f}')} B; tracemalloc: {per_tr:.1f} B "
         f"(peak during build {tr['traced_peak'] / n:.1f} B); build {spread([r['build_s'] for r in rss_runs])} s")
-    log("  by sizeof, per tag: " + ", ".join(f"{k} {v:.1f} B" for k, v in parts.items())
+    log("  by array size, per tag: " + ", ".join(f"{k} {v:.1f} B" for k, v in parts.items())
         + f"; total {sum(parts.values()):.1f} B")
     m = med(per_rss)
     rep.section(f"2. TagDB memory, {n:,} tags with names and name->id index")
@@ -408,10 +406,9 @@ def bench_memory(args, rep: Report) -> None:
     rep.add("bytes per tag, tracemalloc", f"{per_tr:.0f} B", "<= 200 B", f"{per_tr / 200:.2f}x",
             "PASS" if per_tr <= 200 else "MISS")
     rep.add("  of which numeric columns (6)", f"{parts['columns']:.0f} B", "", f"{parts['columns'] / m:.0%}")
-    rep.add("  of which name str objects", f"{parts['names_str']:.0f} B", "", f"{parts['names_str'] / m:.0%}")
-    rep.add("  of which dict index + its int ids", f"{parts['index_dict'] + parts['index_ints']:.0f} B", "",
-            f"{(parts['index_dict'] + parts['index_ints']) / m:.0%}")
-    rep.add("  of which names list", f"{parts['names_list']:.0f} B", "", f"{parts['names_list'] / m:.0%}")
+    rep.add("  of which names (UTF-8 blob)", f"{parts['names_blob']:.0f} B", "", f"{parts['names_blob'] / m:.0%}")
+    rep.add("  of which name offsets", f"{parts['names_offsets']:.0f} B", "", f"{parts['names_offsets'] / m:.0%}")
+    rep.add("  of which name hash index", f"{parts['names_index']:.0f} B", "", f"{parts['names_index'] / m:.0%}")
     rep.data["memory"] = {"rss": rss_runs, "trace": tr}
 
 

@@ -83,6 +83,54 @@ class Consumer:
         return self.queue.get_nowait()
 
 
+class TagNames:
+    """Tag names stored compactly: one UTF-8 blob with offsets, and a sorted hash index.
+
+    A million names as Python strings in a list and a dict cost ~170 bytes per tag; here
+    they cost the bytes of the name plus 20 (offset, hash, position). Lookup by name is a
+    binary search on the hashes (Python's ``hash``, stable within the process) and one
+    comparison of the stored name.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        n = len(names)
+        encoded = [name.encode() for name in names]
+        self._offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=self._offsets[1:])
+        self._blob = b"".join(encoded)
+        del encoded
+        hashes = np.fromiter(map(hash, names), np.int64, n)
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._order = order.astype(np.int32 if n < 2**31 else np.int64)
+        for k in np.flatnonzero(self._hashes[1:] == self._hashes[:-1]).tolist():
+            if self[int(self._order[k])] == self[int(self._order[k + 1])]:
+                raise ValueError(f"duplicate tag name {self[int(self._order[k])]!r}")
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self._blob[self._offsets[i]:self._offsets[i + 1]].decode()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def index(self, name: str) -> int:
+        h = hash(name)
+        lo = int(np.searchsorted(self._hashes, h, "left"))
+        hi = int(np.searchsorted(self._hashes, h, "right"))
+        for k in range(lo, hi):
+            i = int(self._order[k])
+            if self[i] == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._blob) + self._offsets.nbytes + self._hashes.nbytes + self._order.nbytes
+
+
 class TagDB:
     """The tag database. Not thread-safe by design: it lives on the server's event loop."""
 
@@ -93,10 +141,7 @@ class TagDB:
         deadbands: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         n = len(names)
-        self.names: list[str] = list(names)
-        self._index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
-        if len(self._index) != n:
-            raise ValueError("duplicate tag names")
+        self.names = TagNames(names)
         self.kind = np.zeros(n, np.uint8) if kinds is None else np.asarray(kinds, np.uint8)
         self.deadband = np.zeros(n) if deadbands is None else np.asarray(deadbands, np.float64)
         if self.deadband.shape != (n,) or self.kind.shape != (n,):
@@ -118,7 +163,7 @@ class TagDB:
 
     def id_of(self, name: str) -> int:
         try:
-            return self._index[name]
+            return self.names.index(name)
         except KeyError:
             raise KeyError(f"unknown tag {name!r}") from None
 
@@ -152,35 +197,43 @@ class TagDB:
         number and back count as changes). ``ids`` must not repeat within one batch.
         """
         ids = np.asarray(ids, np.int64)
-        n = len(ids)
+        n = ids.size
         if n == 0:
             return None
         values = np.asarray(values, np.float64)
-        status_arr = np.broadcast_to(np.asarray(status, np.uint32), (n,))
-        server_ns = now_ns()
-        if source_time is None:
-            source_time = server_ns
-        src = np.broadcast_to(np.asarray(source_time, np.int64), (n,))
-
+        server_ns = time.time_ns()
         old = self.value[ids]
-        diff = np.abs(values - old)
-        old_nan = np.isnan(old)
-        new_nan = np.isnan(values)
-        moved = (diff > self.deadband[ids]) | (diff > 0) & (self.deadband[ids] == 0)
-        moved |= old_nan != new_nan
-        changed = moved | (status_arr != self.status[ids])
-
-        # The stored value follows the last *reported* value only when it moved beyond the
-        # deadband: otherwise slow drifts below the deadband would never be reported.
-        self.status[ids] = status_arr
-        self.source_time[ids] = src
-        self.server_time[ids] = server_ns
+        diff = np.subtract(values, old)
+        np.abs(diff, out=diff)
+        # diff > deadband is "any difference" when the deadband is 0; a NaN diff compares False.
+        changed = diff > self.deadband[ids]
+        nan = np.isnan(diff)
+        if nan.any():
+            changed |= nan & (np.isnan(old) != np.isnan(values))
+        scalar_status = np.ndim(status) == 0
+        if scalar_status:
+            status = int(status)
+            changed |= self.status[ids] != status
+        else:
+            status = np.asarray(status, np.uint32)
+            changed |= self.status[ids] != status
+        # source_time: when the device last reported the row, changed or not (staleness is
+        # measured from it). server_time: when the server last stored a change of the row;
+        # writing it for unchanged rows too would cost a random pass over the column.
+        self.source_time[ids] = server_ns if source_time is None else source_time
         self.updates += n
         if not changed.any():
             return None
+        # The stored value follows the last *reported* value only when it moved beyond the
+        # deadband: otherwise slow drifts below the deadband would never be reported.
         cids = ids[changed]
-        self.value[cids] = values[changed]
-        return self._publish(cids, values[changed], status_arr[changed], src[changed], server_ns)
+        cvalues = values[changed]
+        cstatus = np.full(cids.size, status, np.uint32) if scalar_status else status[changed]
+        self.value[cids] = cvalues
+        self.status[cids] = cstatus
+        self.server_time[cids] = server_ns
+        csrc = self.source_time[cids]
+        return self._publish(cids, cvalues, cstatus, csrc, server_ns)
 
     def update_text(
         self,
@@ -203,7 +256,7 @@ class TagDB:
         changed = text_changed | (status_arr != self.status[ids])
         self.status[ids] = status_arr
         self.source_time[ids] = src
-        self.server_time[ids] = server_ns
+        self.server_time[ids[changed]] = server_ns
         self.updates += n
         for i, t, c in zip(ids.tolist(), texts, changed.tolist()):
             if c:
@@ -221,13 +274,11 @@ class TagDB:
             return None
         server_ns = now_ns()
         changed = self.status[ids] != status
-        self.status[ids] = status
-        self.server_time[ids] = server_ns
-        if source_time is not None:
-            self.source_time[ids] = source_time
         if not changed.any():
             return None
         cids = ids[changed]
+        self.status[cids] = status
+        self.server_time[cids] = server_ns
         self.source_time[cids] = server_ns if source_time is None else source_time
         texts = None
         if self.text and (self.kind[cids] == TEXT).any():
@@ -256,5 +307,6 @@ class TagDB:
         return batch
 
     def memory_bytes(self) -> int:
-        """Bytes held by the columns (the name index is counted by the benchmark)."""
-        return sum(a.nbytes for a in (self.kind, self.deadband, self.value, self.status, self.source_time, self.server_time))
+        """Bytes held by the columns and the names."""
+        columns = (self.kind, self.deadband, self.value, self.status, self.source_time, self.server_time)
+        return sum(a.nbytes for a in columns) + self.names.nbytes

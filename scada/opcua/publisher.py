@@ -22,6 +22,7 @@ from scada.tagdb import ChangeBatch, Consumer, TagDB
 log = structlog.get_logger("scada.opcua")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+YIELD_EVERY = 2000  # rows published between two yields to the event loop (~10-20 ms of work)
 
 
 def _times(ns: np.ndarray) -> list[datetime]:
@@ -58,6 +59,10 @@ class Publisher:
         texts = batch.texts
         attrs, vtypes, Double, Int32, Boolean = self.value_attrs, self.vtypes, ua.VariantType.Double, ua.VariantType.Int32, ua.VariantType.Boolean
         for k, tag in enumerate(ids):
+            if k and k % YIELD_EVERY == 0:
+                # A city-wide batch (a snapshot of 400k tags) must not freeze the event loop:
+                # drivers' timeouts and OPC UA sessions' keep-alives run on the same loop.
+                await asyncio.sleep(0)
             vt = vtypes[tag]
             v = values[k]
             if texts is not None and vt == ua.VariantType.String:
@@ -99,3 +104,4 @@ class Publisher:
                 await self.apply(self.tagdb.snapshot())
                 continue
             await self.apply(batch)
+            await asyncio.sleep(0)  # queue.get() does not yield while batches are waiting
