@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import structlog
 from asyncua import Server, ua
@@ -39,18 +38,7 @@ class HmiServer:
         self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
         builder = AddressSpaceBuilder(self.server, self.ns)
-        # The address space is millions of long-lived objects: collections during the build
-        # are wasted work (half of it), and a full collection over them later stalls the
-        # event loop for seconds at city scale. Build without the collector, then move
-        # everything built out of its sight: it lives as long as the server.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            values = builder.build(self.config)
-        finally:
-            if enabled:
-                gc.enable()
-        gc.freeze()
+        values = builder.build(self.config)
         self.node_count = builder.node_count
         vtypes = [variant_type(p) for d in self.config.devices for p in self.config.types[d.type].points]
         self.publisher = Publisher(self.tagdb, values, vtypes)
