@@ -46,6 +46,7 @@ class DriverConfig(Protocol):
 
     POINT_KEYS: frozenset[str]
     DEVICE_KEYS: frozenset[str]
+    # Optional: TYPE_KEYS and parse_type(f) for type-level options (an MQTT status topic...).
 
     def parse_point(self, f: Fields) -> Any:
         """Driver part of a point (an object with a ``kind`` attribute: ANALOG/DISCRETE/TEXT)."""
@@ -53,7 +54,7 @@ class DriverConfig(Protocol):
     def parse_device(self, f: Fields) -> Any:
         """Driver part of a device (endpoint and the like)."""
 
-    def check_type(self, type_name: str, points: dict[str, Any], where: Fields) -> None:
+    def check_type(self, type_name: str, points: dict[str, Any], where: Fields, type_io: Any = None) -> None:
         """Cross-point checks within one equipment type (overlapping addresses, say)."""
 
 
@@ -78,6 +79,8 @@ class Driver(Protocol):
 # The registry: driver name in tags.yaml -> its package. One line per driver.
 REGISTRY: dict[str, str] = {
     "modbus": "drivers.modbus",
+    "mqtt": "drivers.mqtt",
+    "opcua": "drivers.opcua",
 }
 
 

@@ -58,6 +58,7 @@ class EquipmentType:
     poll_interval: float
     timeout: float
     description: str = ""
+    io: Any = None  # the driver's type-level options (MQTT status topic, OPC UA namespace...)
 
     def point(self, name: str) -> PointDef | None:
         return next((p for p in self.points if p.name == name), None)
@@ -213,7 +214,9 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
             raise pf.error(str(pname), str(exc), pname) from None
         points.append(_parse_point(pname, praw, f"{path}.points.{pname}", file, pf.line_of(pname), drv))
         pf.take(pname, lambda v: v)
-    drv.check_type(name, {p.name: p.io for p in points}, pf)
+    type_keys = tuple(getattr(drv, "TYPE_KEYS", ()))
+    io = drv.parse_type(f) if type_keys else None
+    drv.check_type(name, {p.name: p.io for p in points}, pf, io)
     t = EquipmentType(
         name=name,
         cls=f.take("class", to_name, what="the class segment of tag paths, e.g. lighting"),
@@ -222,8 +225,9 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
         poll_interval=f.take("poll_interval", positive(to_float), default=1.0),
         timeout=f.take("timeout", positive(to_float), default=1.0),
         description=f.take("description", to_str, default=""),
+        io=io,
     )
-    f.done(TYPE_KEYS)
+    f.done(TYPE_KEYS + type_keys)
     return t
 
 
@@ -353,14 +357,17 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
         if d.name in seen:
             name_line = raw.line_of("name") if isinstance(raw, LocMap) else line
             raise ConfigError(dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name)
-        io_key = (types[d.type].driver, d.io)
-        if io_key in seen_io:
+        # A device address identifies one device only where the driver says so (a Modbus
+        # host:port:unit); many devices share one OPC UA server or MQTT broker.
+        io_key = (types[d.type].driver, d.io) if getattr(d.io, "identifies_device", False) else None
+        if io_key is not None and io_key in seen_io:
             other = seen_io[io_key]
             ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line
             raise ConfigError(dfile, ep_line, f"{prefix}endpoint", f"same device address as {other.name} "
                               f"(declared at {other.source}): one device under two names?", raw.get("endpoint"))
         seen[d.name] = d.source
-        seen_io[io_key] = d
+        if io_key is not None:
+            seen_io[io_key] = d
         devices.append(d)
         next_id += len(types[d.type].points)
 

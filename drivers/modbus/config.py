@@ -57,6 +57,9 @@ class ModbusEndpoint:
     port: int
     unit: int
 
+    # host, port and unit name one physical device: two devices may not share them.
+    identifies_device = True
+
     @property
     def connection(self) -> tuple[str, int]:
         return (self.host, self.port)
@@ -127,7 +130,7 @@ def parse_device(f: Fields) -> ModbusEndpoint:
     return ModbusEndpoint(host, port, unit)
 
 
-def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields) -> None:
+def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields, type_io=None) -> None:
     """Two points of one type may not share a register of the same table."""
     owner: dict[tuple[str, int], str] = {}
     for name, p in points.items():

@@ -1,0 +1,148 @@
+"""The MQTT driver on a real Mosquitto, fed by the bollard and vehicle simulators and by
+mosquitto_pub (garbage), in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.base import CommandRejected, DeviceRejected, WriteCommand
+from drivers.mqtt.driver import MqttDriver
+from scada import status as st
+from scada.config import load_config
+from scada.tagdb import TagDB
+from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
+from simulators.models import bollards as bo
+from simulators.models import fleet as fl
+
+from .helpers import ROOT, Mosquitto
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "mosquitto")
+    yield b
+    b.stop()
+
+
+def config(folder: Path, port: int):
+    folder.mkdir()
+    text = (ROOT / "tags.yaml").read_text()
+    head, _, _ = text.partition("\ninventories:")
+    (folder / "tags.yaml").write_text(head + "\ninventories:\n  - file: devices.csv\n")
+    rows = ["name,type,commune,lat,lon,endpoint",
+            f"B-DIJ-001,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
+            f"B-DIJ-002,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
+            f"V-001,crew_vehicle,Dijon,47.32,5.04,127.0.0.1:{port}"]
+    (folder / "devices.csv").write_text("\n".join(rows) + "\n")
+    return load_config(folder)
+
+
+async def until(predicate, timeout=10.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(what)
+
+
+class Harness:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.tagdb = TagDB(*cfg.tag_table())
+        self.driver = MqttDriver(cfg, list(cfg.devices), self.tagdb)
+
+    def tag(self, device, point):
+        d = self.cfg.device(device)
+        return self.tagdb.id_of(f"Dijon/{self.cfg.types[d.type].cls}/{device}/{point}")
+
+    def value(self, device, point):
+        return self.tagdb.value[self.tag(device, point)]
+
+    def status(self, device, point):
+        return int(self.tagdb.status[self.tag(device, point)])
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.driver.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def pub(port, topic, payload: bytes):
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-s"],
+                   input=payload, check=True, timeout=10)
+
+
+async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_path):
+    cfg = config(tmp_path / "c", broker.port)
+    bollards = BollardMqttSimulator(bo.create(2, t=time.time(), arrivals_per_hour=0), ["B-DIJ-001", "B-DIJ-002"],
+                                    "127.0.0.1", broker.port, step_interval=0.05, acceleration=4)
+    fleet = FleetMqttSimulator(fl.create([(47.32, 5.04), (47.36, 5.02)], 1, t=time.time(), seed=3), ["V-001"],
+                               "127.0.0.1", broker.port, acceleration=100, report_interval=10)
+    await bollards.start()
+    await fleet.start()
+    try:
+        async with Harness(cfg) as h:
+            await until(lambda: h.status("B-DIJ-001", "position") == st.GOOD, what="first state")
+            assert h.value("B-DIJ-001", "position") == 2  # up
+            assert h.value("B-DIJ-001", "vehicle") == 0
+            await until(lambda: h.status("V-001", "lat") == st.GOOD, what="vehicle position")
+            assert 47.3 < h.value("V-001", "lat") < 47.4
+            # Never a command's value before one is sent.
+            assert h.status("B-DIJ-001", "command") == st.BAD_NO_COMMUNICATION
+
+            # A text point from the access events.
+            bollards.apply(bo.vehicle_arrives, 1, "delivery")
+            await until(lambda: h.tagdb.text.get(h.tag("B-DIJ-002", "last_access_class")) == "delivery", what="event")
+
+            # Garbage: counted, logged, and no tag changes.
+            before = h.tagdb.value.copy(), h.tagdb.status.copy()
+            garbage0 = h.driver.garbage
+            for payload in (b"{not json", b'{"position": "sideways"}', b'{"position": 7}', b"\xff" * 10,
+                            b"x" * 100_000, b'["up"]'):
+                pub(broker.port, "city/bollards/B-DIJ-001/state", payload)
+            await until(lambda: h.driver.garbage >= garbage0 + 6, what="garbage counted")
+            ids = h.cfg.tag_ids(h.cfg.device("B-DIJ-001"))
+            assert np.array_equal(h.tagdb.value[ids], before[0][ids], equal_nan=True)
+            assert np.array_equal(h.tagdb.status[ids], before[1][ids])
+
+            # A command with a correlation id, confirmed by the acknowledgement.
+            await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-001/command", 0))  # lower
+            await until(lambda: h.value("B-DIJ-001", "position") == 0, what="lowered")
+            assert h.value("B-DIJ-001", "command") == 0
+            await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-001/command", 2))  # emergency lowering
+            with pytest.raises(DeviceRejected, match="emergency"):
+                await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-001/command", 1))  # raise: refused
+            with pytest.raises(CommandRejected):
+                h.driver.check(WriteCommand("Dijon/bollard/B-DIJ-001/position", 1))  # not writable
+            with pytest.raises(CommandRejected):
+                h.driver.check(WriteCommand("Dijon/bollard/B-DIJ-001/command", 9))
+
+            # The bollard drops off the network: its last will turns its tags bad, the other's stay good.
+            bollards.set_offline(1, True)
+            await until(lambda: h.status("B-DIJ-002", "position") == st.BAD_COMMUNICATION_ERROR, what="last will")
+            assert h.status("B-DIJ-001", "position") == st.GOOD
+            bollards.set_offline(1, False)
+            await until(lambda: h.status("B-DIJ-002", "position") == st.GOOD, what="back online")
+
+            # The broker dies: every tag goes bad, last values kept; it comes back: good again.
+            broker.stop()
+            await until(lambda: h.status("B-DIJ-001", "position") == st.BAD_COMMUNICATION_ERROR, what="broker lost")
+            assert h.value("B-DIJ-001", "position") == 0
+            broker.start()
+            await until(lambda: h.status("B-DIJ-001", "position") == st.GOOD, timeout=30, what="broker back")
+            assert h.driver.dropped == 0
+    finally:
+        await fleet.stop()
+        await bollards.stop()
