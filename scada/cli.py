@@ -101,7 +101,7 @@ def _wait_simulator(sim: subprocess.Popen, ports: list[tuple[str, int]], timeout
 
 
 DEMO_SIM_OPCUA_PORT = 4841
-DEMO_CONTROL_PORT = 15999
+DEMO_CONTROL_PORT = 14999  # below the cabinets' ports (15020 and up)
 DEMO_MQTT_PORT = 1883
 
 
@@ -130,6 +130,18 @@ def _mosquitto(log_dir: Path) -> tuple[subprocess.Popen | None, str | None]:
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     return proc, f"127.0.0.1:{DEMO_MQTT_PORT}"
+
+
+def _watch(proc: subprocess.Popen, what: str) -> None:
+    """If ``proc`` dies while the demo runs, say so and stop the demo (not a server without its city)."""
+    import threading
+
+    def wait() -> None:
+        code = proc.wait()
+        if code not in (0, -signal.SIGTERM):
+            print(f"{what} stopped (exit code {code}): stopping the demo", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=wait, name="demo-watch", daemon=True).start()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,6 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
               + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker installed: no bollards or vehicles")
               + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...", flush=True)
+        _watch(sim, "the city simulator")
         args.config = str(config_dir)
         return cmd_run(args)
     finally:

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--units-per-port", type=int, default=1)
     c.add_argument("--opcua-port", type=int, default=4841, help="port of the traffic-management OPC UA server")
     c.add_argument("--mqtt", help="broker host:port for bollards and vehicles (none: they are not simulated)")
-    c.add_argument("--control-port", type=int, default=15999, help="JSON-lines port for fault injection")
+    c.add_argument("--control-port", type=int, default=14999, help="JSON-lines port for fault injection")
     c.add_argument("--scenario", help="YAML timeline of faults")
     c.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     c.add_argument("--start", help="simulated start time, ISO 8601 (default: now)")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("fault", help="lamp_failure, mains_loss, conflict_fault, device_offline, ... (see simulators/faults.py)")
     f.add_argument("device", nargs="?", help="device name (none for city-wide faults)")
     f.add_argument("params", nargs="*", help="key=value parameters, e.g. count=3")
-    f.add_argument("--control-port", type=int, default=15999)
+    f.add_argument("--control-port", type=int, default=14999)
 
     args = parser.parse_args(argv)
     if args.kind == "fault":
@@ -154,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await runner(args)
 
-    asyncio.run(guarded())
+    try:
+        asyncio.run(guarded())
+    except OSError as exc:  # a port in use, an address that does not exist
+        print(f"simulator cannot start: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a bad preset, a control port among the Modbus ports...
+        print(f"simulator cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

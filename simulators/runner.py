@@ -75,6 +75,9 @@ class CitySimulator:
 
     async def start(self) -> None:
         raise_open_file_limit()
+        ports = {c.port for c in self.city.cabinets}
+        if self.control_port in ports:
+            raise ValueError(f"control port {self.control_port} is one of the cabinets' Modbus ports")
         for part in self.parts:
             await part.start()
         if self.control_port is not None:

@@ -1,11 +1,11 @@
 """MQTT driver: paho-mqtt clients bridged into asyncio, messages decoded into TagDB batches.
 
-One paho client per broker; paho runs its own network thread. Its message callback only
-appends ``(topic, payload, time)`` to a bounded deque and, when the loop is not already
-awake for it, wakes the loop with ``call_soon_threadsafe``: the event loop is never
-blocked and a flood is dropped (counted), never buffered without bound. The loop drains
-the deque in batches, decodes each message with the pure codec and reports one
-``TagDB.update`` per batch.
+One paho client per broker, driven by the event loop (``drivers/mqtt/aio.py``: paho's own
+thread waits with ``select()``, which fails once a city's sockets push file descriptors
+past 1023). The message callback only appends ``(topic, payload, time)`` to a bounded
+inbox and wakes the drain task: a flood is dropped (counted), never buffered without
+bound. The drain task decodes each message with the pure codec and reports one
+``TagDB.update`` per batch, yielding to the loop between batches.
 
 Status: tags start ``Bad_NoCommunication``; a lost broker link or a device's last will
 ("offline" on its status topic) turns them ``Bad_CommunicationError`` (last value kept);
@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
+from drivers.mqtt.aio import AsyncioMqtt
 from drivers.mqtt.codec import GarbageError, Reader, decode
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
@@ -61,6 +62,7 @@ class Broker:
     ack_topics: dict[str, DeviceState] = field(default_factory=dict)
     devices: list[DeviceState] = field(default_factory=list)
     connected: bool = False
+    link: AsyncioMqtt | None = None
 
 
 class MqttDriver:
@@ -78,7 +80,6 @@ class MqttDriver:
             b = self.brokers.get(ep.connection)
             if b is None:
                 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{uuid.uuid4().hex[:12]}")
-                client.reconnect_delay_set(min_delay=1, max_delay=30)  # capped backoff, never a busy loop
                 b = self.brokers[ep.connection] = Broker(ep, client)
             ids = config.tag_ids(d)
             ds = DeviceState(d, ids, t.points, t.io or MqttType())
@@ -98,23 +99,20 @@ class MqttDriver:
                 b.ack_topics[ds.type_io.ack_topic.format(device=d.name)] = ds
         self._inbox: collections.deque = collections.deque()
         self._wake: asyncio.Event | None = None
-        self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_acks: dict[str, asyncio.Future] = {}
         self.received = 0
         self.dropped = 0
         self.garbage = 0
 
-    # paho's thread
+    # paho's callbacks (on the event loop: see drivers/mqtt/aio.py)
 
     def _on_message(self, broker: Broker, msg: mqtt.MQTTMessage) -> None:
         if len(self._inbox) >= MAX_QUEUED:
             self.dropped += 1
             return
         self._inbox.append((broker, msg.topic, msg.payload, time.time_ns()))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wake.set()
 
     def _on_connect(self, broker: Broker, reason_code) -> None:
         if reason_code.is_failure:
@@ -122,12 +120,10 @@ class MqttDriver:
         topics = {*broker.readers, *broker.status_topics, *broker.ack_topics}
         qos = {t: max(r.point.qos for r in rs) for t, rs in broker.readers.items()}
         broker.client.subscribe([(t, qos.get(t, 1)) for t in sorted(topics)])
-        self._loop.call_soon_threadsafe(self._link_up, broker)
+        self._link_up(broker)
 
     def _on_disconnect(self, broker: Broker) -> None:
-        self._loop.call_soon_threadsafe(self._link_down, broker, "broker link lost")
-
-    # the event loop
+        self._link_down(broker, "broker link lost")
 
     def _link_up(self, broker: Broker) -> None:
         broker.connected = True
@@ -152,20 +148,18 @@ class MqttDriver:
             b.client.on_message = lambda c, u, msg, b=b: self._on_message(b, msg)
             b.client.on_connect = lambda c, u, f, rc, p, b=b: self._on_connect(b, rc)
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
-            b.client.connect_async(b.endpoint.host, b.endpoint.port, keepalive=15)
-            b.client.loop_start()
+            b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port)
+            b.link.start()
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                self._wake_pending = False
                 while self._inbox:
                     self._process([self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))])
                     await asyncio.sleep(0)
         finally:
             for b in self.brokers.values():
-                b.client.disconnect()
-                b.client.loop_stop()
+                await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
 

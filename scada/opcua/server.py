@@ -51,8 +51,20 @@ class HmiServer:
         await self.publisher.run()
 
     async def stop(self) -> None:
-        try:
-            async with asyncio.timeout(10):
-                await self.server.stop()
-        except Exception as exc:  # a stuck client session must not block shutdown
-            log.warning("opcua_server_stop_failed", error=str(exc))
+        await stop_asyncua_server(self.server)
+
+
+async def stop_asyncua_server(server: Server, timeout: float = 10.0) -> None:
+    """Stop an asyncua server, and the sessions of clients still connected to it.
+
+    asyncua 2.1's ``Server.stop`` closes the sockets but leaves connected clients' sessions
+    (their timeout watchdog and subscription tasks) running until the session timeout:
+    close them first. A stuck session must not block shutdown either.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            for session in list(server.iserver._external_sessions.values()):
+                await session.close_session(delete_subs=True)
+            await server.stop()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("opcua_server_stop_failed", error=repr(exc))

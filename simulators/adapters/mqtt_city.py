@@ -11,8 +11,8 @@ Topics (``<id>`` is the device name):
 
 Every bollard has its own MQTT connection, as in the field, so that its last will marks it
 offline when it drops. The vehicles report through one connection (the fleet's tracking
-gateway). paho runs a network thread per connection; commands cross into the asyncio loop
-with ``call_soon_threadsafe`` and the loop does everything else.
+gateway). The clients are driven by the asyncio loop, not by paho's threads (whose
+``select()`` fails past file descriptor 1023: a simulated city has more sockets than that).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from drivers.mqtt.aio import AsyncioMqtt
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
@@ -40,12 +40,11 @@ def iso(t: float) -> str:
 
 
 class MqttLink:
-    """One paho client: connects in the background, reconnects with backoff, last will optional."""
+    """One paho client driven by the event loop (see drivers/mqtt/aio.py), last will optional."""
 
     def __init__(self, client_id: str, host: str, port: int, will: tuple[str, str] | None = None,
                  on_connect=None, on_message=None) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)  # never a busy reconnect loop
         if will:
             self.client.will_set(will[0], will[1], qos=QOS, retain=True)
         self._on_connect = on_connect
@@ -53,7 +52,7 @@ class MqttLink:
         self.client.on_disconnect = self._disconnected
         if on_message:
             self.client.on_message = on_message
-        self.host, self.port = host, port
+        self.io = AsyncioMqtt(self.client, host, port, keepalive=10, backoff=(0.5, 10.0))
         self.connected = False
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
@@ -65,8 +64,7 @@ class MqttLink:
         self.connected = False
 
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=10)
-        self.client.loop_start()
+        self.io.start()
 
     def publish(self, topic: str, payload, retain: bool = False) -> None:
         if not isinstance(payload, (str, bytes)):
@@ -74,28 +72,14 @@ class MqttLink:
         self.client.publish(topic, payload, qos=QOS, retain=retain)
 
     def drop(self) -> None:
-        """Lose the network without a goodbye: the broker publishes the last will."""
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.connected = False
+        """Lose the network without a goodbye, and stay off: the broker publishes the last will."""
+        self.io.hold_down(True)
 
     def restore(self) -> None:
-        self.client.loop_start()
-        try:
-            self.client.reconnect()
-        except OSError:
-            pass  # the network thread retries with backoff
+        self.io.hold_down(False)
 
-    def stop(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+    async def stop(self) -> None:
+        await self.io.stop()
 
 
 class BollardMqttSimulator:
@@ -124,7 +108,6 @@ class BollardMqttSimulator:
         return f"{self.prefix}/{self.names[i]}/{leaf}"
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self.state = bo.step(self.state, self.sim_time())
         for i in range(self.state.count):
             def connected(link: MqttLink, i=i) -> None:
@@ -133,7 +116,7 @@ class BollardMqttSimulator:
                 link.publish(self.topic(i, "state"), self._state_payload(i), retain=True)
 
             def message(client, userdata, msg, i=i) -> None:
-                loop.call_soon_threadsafe(self._enqueue, i, msg.payload)
+                self._enqueue(i, msg.payload)
 
             link = MqttLink(f"bollard-{self.names[i]}", self.host, self.port,
                             will=(self.topic(i, "status"), "offline"), on_connect=connected, on_message=message)
@@ -215,7 +198,7 @@ class BollardMqttSimulator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for link in self.links:
-            link.stop()
+            await link.stop()
         self.links.clear()
 
 
@@ -262,4 +245,4 @@ class FleetMqttSimulator:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self.link.stop()
+        await self.link.stop()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from asyncua import Server, ua
 
+from scada.opcua.server import stop_asyncua_server
 from simulators.models import traffic as tr
 
 NAMESPACE_URI = "urn:city-scada:traffic-sim"
@@ -196,8 +197,4 @@ class TrafficOpcUaSimulator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        try:
-            async with asyncio.timeout(10):
-                await self.server.stop()
-        except Exception:  # noqa: BLE001 - a stuck session must not block the simulator's exit
-            log.warning("traffic simulator server did not stop cleanly")
+        await stop_asyncua_server(self.server)

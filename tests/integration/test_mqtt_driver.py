@@ -146,3 +146,29 @@ async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_p
     finally:
         await fleet.stop()
         await bollards.stop()
+
+
+async def test_works_when_the_process_holds_more_than_1024_sockets(broker, tmp_path):
+    """A city's server holds a socket per Modbus cabinet: paho's own select() loop would fail
+    on an MQTT socket numbered above 1023. Ours is driven by the event loop."""
+    import socket
+
+    from scada.limits import raise_open_file_limit
+    if raise_open_file_limit() < 1300:
+        pytest.fail("cannot raise the open-file limit to 1300 on this machine")
+    hog = [socket.socket() for _ in range(1100)]
+    try:
+        assert hog[-1].fileno() > 1024
+        cfg = config(tmp_path / "c", broker.port)
+        bollards = BollardMqttSimulator(bo.create(2, t=time.time(), arrivals_per_hour=0),
+                                        ["B-DIJ-001", "B-DIJ-002"], "127.0.0.1", broker.port, step_interval=0.05)
+        await bollards.start()
+        try:
+            async with Harness(cfg) as h:
+                await until(lambda: h.status("B-DIJ-002", "position") == st.GOOD, what="values despite high fds")
+                await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-002/command", 0))
+        finally:
+            await bollards.stop()
+    finally:
+        for s in hog:
+            s.close()

@@ -1,0 +1,161 @@
+"""Drive a paho-mqtt client from the asyncio event loop instead of paho's own thread.
+
+Why not ``loop_start()``: paho's network thread waits with ``select.select``, which cannot
+watch a file descriptor above 1023. A process supervising (or simulating) a city holds
+more than a thousand sockets (one per Modbus cabinet), so its MQTT socket lands above that
+limit and paho's thread fails. Here the socket is watched by the event loop (epoll:
+no such limit) with paho's documented external-loop hooks (``on_socket_open`` and friends,
+``loop_read`` / ``loop_write`` / ``loop_misc``). The blocking TCP connect runs in a worker
+thread so that a dead broker never blocks the loop; reconnection is ours, with capped,
+jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+
+class AsyncioMqtt:
+    """Connects ``client`` to ``host:port`` and keeps it connected until :meth:`stop`."""
+
+    def __init__(self, client: mqtt.Client, host: str, port: int, keepalive: int = 15,
+                 backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+        self.client = client
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.backoff = backoff
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task | None = None
+        self._misc: asyncio.Task | None = None
+        self._lost = asyncio.Event()
+        self._allowed = asyncio.Event()  # cleared while the link is held down (a simulated outage)
+        self._allowed.set()
+        self._stopping = False
+        self.failures = 0
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+
+    # paho's hooks: may be called from the connecting worker thread, so hop onto the loop.
+
+    def _call(self, fn: Callable, *args) -> None:
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._call(self._attach, sock)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._call(self._detach, sock)
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        self._call(self._watch_write, sock, True)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        self._call(self._watch_write, sock, False)
+
+    # on the loop
+
+    def _attach(self, sock) -> None:
+        self._sock = sock
+        self._loop.add_reader(sock, self._read)
+
+    def _detach(self, sock) -> None:
+        for remove in (self._loop.remove_reader, self._loop.remove_writer):
+            try:
+                remove(sock)
+            except (ValueError, OSError):
+                pass
+        if sock is self._sock:
+            self._sock = None
+            self._lost.set()
+
+    def _watch_write(self, sock, on: bool) -> None:
+        if on:
+            self._loop.add_writer(sock, self._write)
+        else:
+            try:
+                self._loop.remove_writer(sock)
+            except (ValueError, OSError):
+                pass
+
+    def _read(self) -> None:
+        if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS and self._sock is not None:
+            self._detach(self._sock)
+
+    def _write(self) -> None:
+        if self.client.loop_write() != mqtt.MQTT_ERR_SUCCESS and self._sock is not None:
+            self._detach(self._sock)
+
+    async def _misc_loop(self) -> None:
+        """Keep-alive pings and timeouts: paho's loop_misc, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._sock is not None and self.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                self._detach(self._sock)
+
+    async def _run(self) -> None:
+        first = True
+        while not self._stopping:
+            await self._allowed.wait()
+            self._lost.clear()
+            try:
+                if first:
+                    await asyncio.to_thread(self.client.connect, self.host, self.port, self.keepalive)
+                else:
+                    await asyncio.to_thread(self.client.reconnect)
+                first = False
+                self.failures = 0
+                await self._lost.wait()
+            except (OSError, mqtt.WebsocketConnectionError, ValueError):
+                pass  # refused, unreachable, timed out: try again later
+            if self._stopping:
+                return
+            self.failures += 1
+            base, cap = self.backoff
+            await asyncio.sleep(min(cap, base * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0))
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.host}:{self.port}")
+        self._misc = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc:{self.host}:{self.port}")
+
+    def drop(self) -> None:
+        """Lose the network without a goodbye (tests, simulated faults): the broker sends the last will."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold_down(self, down: bool) -> None:
+        """Take the link down and keep it down (``True``), or let it reconnect (``False``)."""
+        if down:
+            self._allowed.clear()
+            self.drop()
+        else:
+            self._allowed.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None and self.client.is_connected()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        try:
+            if self._sock is not None:
+                self.client.disconnect()
+                self.client.loop_write()
+        except (OSError, ValueError):
+            pass
+        for task in (self._task, self._misc):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._task, self._misc) if t is not None), return_exceptions=True)
+        if self._sock is not None:
+            self._detach(self._sock)

@@ -1,0 +1,113 @@
+"""The OPC UA client driver against the traffic simulator's server, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from drivers.base import CommandRejected, WriteCommand
+from drivers.opcua.driver import OpcUaDriver
+from scada import status as st
+from scada.config import load_config
+from scada.tagdb import TagDB
+from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
+from simulators.models import traffic as tr
+
+from .helpers import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+GHOST_TYPE = """
+  ghost_junction:
+    class: traffic
+    driver: opcua
+    namespace: urn:city-scada:traffic-sim
+    points:
+      mode: {node: "{device}.Mode"}
+      ghost: {node: "{device}.NoSuchNode"}
+"""
+JUNCTIONS = [Junction("J-DIJ-001", "Dijon", 47.32, 5.04), Junction("J-DIJ-002", "Dijon", 47.33, 5.03)]
+
+
+def config(folder: Path, url: str):
+    folder.mkdir()
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    (folder / "tags.yaml").write_text(head + GHOST_TYPE + "\ninventories:\n  - file: devices.csv\n")
+    rows = ["name,type,commune,lat,lon,endpoint",
+            f"J-DIJ-001,traffic_junction,Dijon,47.32,5.04,{url}",
+            f"J-DIJ-002,ghost_junction,Dijon,47.33,5.03,{url}"]
+    (folder / "devices.csv").write_text("\n".join(rows) + "\n")
+    return load_config(folder)
+
+
+def simulator(url: str) -> TrafficOpcUaSimulator:
+    state = tr.create([j.lat for j in JUNCTIONS], [j.lon for j in JUNCTIONS], t=time.time(), mode=tr.FIXED_TIME)
+    return TrafficOpcUaSimulator(state, JUNCTIONS, url, step_interval=0.1)
+
+
+async def until(predicate, timeout=15.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_values_refused_node_writes_and_session_recovery(tmp_path):
+    url = f"opc.tcp://127.0.0.1:{free_port()}/traffic/"
+    cfg = config(tmp_path / "c", url)
+    tagdb = TagDB(*cfg.tag_table())
+    driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+
+    def tag(device, point):
+        return tagdb.id_of(f"Dijon/traffic/{device}/{point}")
+
+    def status(device, point):
+        return int(tagdb.status[tag(device, point)])
+
+    def value(device, point):
+        return float(tagdb.value[tag(device, point)])
+
+    sim = simulator(url)
+    await sim.start()
+    task = asyncio.create_task(driver.run())
+    try:
+        await until(lambda: status("J-DIJ-001", "mode") == st.GOOD, what="first notification")
+        assert value("J-DIJ-001", "mode") == tr.FIXED_TIME
+        assert status("J-DIJ-001", "main_in_occupancy") == st.GOOD
+        # A node the server does not have: Bad_ConfigurationError; its neighbours are fine.
+        await until(lambda: status("J-DIJ-002", "ghost") == st.BAD_CONFIGURATION_ERROR, what="refused node")
+        assert status("J-DIJ-002", "mode") == st.GOOD
+        # The cycle runs, through the subscription.
+        first = value("J-DIJ-001", "cycle_second")
+        await until(lambda: value("J-DIJ-001", "cycle_second") != first, what="cycle second advances")
+        assert value("J-DIJ-001", "main_colour") in (tr.RED, tr.AMBER, tr.GREEN)
+        # A conflict fault in the field reaches the tag.
+        sim.apply(tr.conflict_fault, 0, True)
+        await until(lambda: value("J-DIJ-001", "conflict_fault") == 1, what="conflict fault")
+        await until(lambda: value("J-DIJ-001", "effective_mode") == tr.FLASHING_AMBER, what="flashing amber")
+        # A plan command, confirmed by reading back.
+        await driver.write(WriteCommand("Dijon/traffic/J-DIJ-001/plan", 3))
+        assert sim.state.central_plan[0] == 3
+        with pytest.raises(CommandRejected):
+            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/main_colour", 3))  # never a colour
+        with pytest.raises(CommandRejected):
+            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 0))  # never dark from the centre
+
+        # The server goes away: Bad_CommunicationError, last value kept.
+        await sim.stop()
+        await until(lambda: status("J-DIJ-001", "mode") == st.BAD_COMMUNICATION_ERROR, what="session lost")
+        assert value("J-DIJ-001", "mode") == tr.FIXED_TIME
+        # It comes back: the session and the subscription are re-created, Good again.
+        sim = simulator(url)
+        await sim.start()
+        await until(lambda: status("J-DIJ-001", "mode") == st.GOOD, timeout=20, what="session restored")
+        await until(lambda: value("J-DIJ-001", "conflict_fault") == 0, what="fresh values")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
