@@ -54,15 +54,17 @@ async def run_city(args: argparse.Namespace) -> None:
     from simulators.scenario import load_scenario, play
 
     city = citygen.generate(args.preset, args.host, args.base_port, args.units_per_port)
+    opcua_endpoint = f"opc.tcp://{args.host}:{args.opcua_port}/traffic/"
     if args.config_out:
-        path = citygen.write_config(city, Path(args.config_out), Path(args.types_from))
+        path = citygen.write_config(city, Path(args.config_out), Path(args.types_from), opcua_endpoint,
+                                    args.mqtt or "127.0.0.1:1883")
         log.info("city_config_written", path=str(path), cabinets=len(city.cabinets))
     start = datetime.fromisoformat(args.start).timestamp() if args.start else None
     mqtt = None
     if args.mqtt:
         h, _, p = args.mqtt.rpartition(":")
         mqtt = (h or "127.0.0.1", int(p))
-    sim = CitySimulator(city, host=args.host, opcua_endpoint=f"opc.tcp://{args.host}:{args.opcua_port}/traffic/",
+    sim = CitySimulator(city, host=args.host, opcua_endpoint=opcua_endpoint,
                         mqtt=mqtt, control_port=args.control_port, acceleration=args.acceleration,
                         start_time=start, seed=args.seed, failure_rate=args.failure_rate)
     steps = load_scenario(args.scenario, sim) if args.scenario else []

@@ -111,6 +111,14 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
             assert fault(control, "device_silent", city.cabinets[2].name).returncode == 0
             dv = await until(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
                              lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, what="silent")
+            # The junctions (OPC UA) and bollards (MQTT) of the generated configuration too.
+            j, b = city.junctions[0], city.bollards[0]
+            conflict = c.get_node(ua.NodeId(f"{j.commune}/traffic/{j.name}/conflict_fault", ns))
+            await until(lambda: conflict.read_data_value(raise_on_bad_status=False),
+                        lambda d: d.StatusCode.is_good() and d.Value.Value is True, what="junction via OPC UA")
+            position = c.get_node(ua.NodeId(f"{b.commune}/bollard/{b.name}/position", ns))
+            await until(lambda: position.read_data_value(raise_on_bad_status=False),
+                        lambda d: d.StatusCode.is_good() and d.Value.Value in (0, 1, 2, 3), what="bollard via MQTT")
         # Bad requests are refused with a reason, and change nothing.
         r = fault(control, "lamp_failure", "LC-NOPE-001", "count=1")
         assert r.returncode == 1 and "unknown device" in r.stderr

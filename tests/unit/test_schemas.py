@@ -24,12 +24,14 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from drivers.base import REGISTRY
+from drivers.base import REGISTRY, driver_config
 from drivers.modbus import config as modbus_config
+from drivers.mqtt import config as mqtt_config
+from drivers.opcua import config as opcua_config
 from scada import config as scada_config
 from scada.alarms import config as alarms_config
 from scada.config import load_config
-from scada.fields import NAME_RE
+from scada.fields import NAME_RE, Fields
 from scada.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +97,16 @@ def etype(doc: dict) -> dict:
     return doc["equipment_types"]["lighting_cabinet"]
 
 
+def bollard(doc: dict) -> dict:
+    """The shipped MQTT type (with a command point)."""
+    return doc["equipment_types"]["access_bollard"]
+
+
+def junction(doc: dict) -> dict:
+    """The shipped OPC UA type."""
+    return doc["equipment_types"]["traffic_junction"]
+
+
 def alarm(doc: dict, name: str) -> dict:
     return next(a for a in doc["alarms"] if a["name"] == name)
 
@@ -124,6 +136,16 @@ def setter(get: Callable[[dict], dict], **changes: Any) -> Callable[[dict], None
 
 def pt(which: str, /, **changes: Any) -> Callable[[dict], None]:
     return setter(lambda d: point(d, which), **changes)
+
+
+def bpt(which: str, /, **changes: Any) -> Callable[[dict], None]:
+    """Change a point of the MQTT bollard type."""
+    return setter(lambda d: bollard(d)["points"][which], **changes)
+
+
+def jpt(which: str, /, **changes: Any) -> Callable[[dict], None]:
+    """Change a point of the OPC UA junction type."""
+    return setter(lambda d: junction(d)["points"][which], **changes)
 
 
 def al(which: str, /, **changes: Any) -> Callable[[dict], None]:
@@ -219,11 +241,43 @@ def test_every_name_pattern_is_the_loaders(which: str) -> None:
     assert len(names) >= 5
     assert {n["pattern"] for n in names} == {"^" + NAME_RE.pattern + "$"}  # loader uses fullmatch
 
+def _type_keys(driver: str) -> frozenset[str]:
+    return frozenset(getattr(driver_config(driver), "TYPE_KEYS", ()))
+
+
+def _required_type_keys(driver: str) -> list[str]:
+    """The type-level keys the driver's parse_type insists on, found by handing it nothing."""
+    drv = driver_config(driver)
+    if not hasattr(drv, "parse_type"):
+        return []
+    required: dict[str, Any] = {}
+    while True:
+        try:
+            drv.parse_type(Fields(dict(required), "t"))
+            return sorted(required)
+        except ConfigError as exc:
+            key = exc.key.removeprefix("t.")
+            assert key not in required and "required key is missing" in str(exc), exc
+            required[key] = "x"
+
+
+def _driver_branch(driver: str) -> dict:
+    """equipmentType's if/then that applies to the types of one driver (and no other condition)."""
+    branches = [c for c in TAGS_SCHEMA["$defs"]["equipmentType"]["allOf"]
+                if c["if"] == {"required": ["driver"], "properties": {"driver": {"const": driver}}}]
+    assert len(branches) == 1, driver
+    return branches[0]["then"]
+
+
 def test_tags_schema_vocabulary_matches_the_loader() -> None:
     defs = TAGS_SCHEMA["$defs"]
     assert defs["name"]["pattern"] == "^" + NAME_RE.pattern + "$"
-    assert defs["equipmentType"]["properties"]["driver"]["enum"] == list(REGISTRY)
-    assert set(defs["equipmentType"]["properties"]) == set(scada_config.TYPE_KEYS)
+    driver = defs["equipmentType"]["properties"]["driver"]
+    assert driver["enum"] == list(REGISTRY) == ["modbus", "mqtt", "opcua"]
+    assert len(driver["enumDescriptions"]) == len(REGISTRY)
+    all_type_keys = set().union(*(_type_keys(d) for d in REGISTRY))
+    assert set(defs["equipmentType"]["properties"]) == set(scada_config.TYPE_KEYS) | all_type_keys
+    assert not set(scada_config.TYPE_KEYS) & all_type_keys
     assert set(TAGS_SCHEMA["properties"]) == {"equipment_types", "devices", "inventories"}
 
     point_schema = defs["modbusPoint"]
@@ -241,7 +295,40 @@ def test_tags_schema_vocabulary_matches_the_loader() -> None:
     assert point_schema["properties"]["address"]["maximum"] == modbus_config.MAX_ADDRESS
     assert wide["then"]["properties"]["address"]["maximum"] == modbus_config.MAX_ADDRESS - 1
 
-    assert set(defs["device"]["properties"]) == set(scada_config.COMMON_DEVICE_KEYS) | modbus_config.DEVICE_KEYS
+    mqtt_point = defs["mqttPoint"]
+    assert set(mqtt_point["properties"]) == set(scada_config.COMMON_POINT_KEYS) | mqtt_config.POINT_KEYS
+    assert mqtt_point["properties"]["type"]["enum"] == list(mqtt_config.POINT_TYPES)
+    assert len(mqtt_point["properties"]["type"]["enumDescriptions"]) == len(mqtt_config.POINT_TYPES)
+    assert mqtt_point["properties"]["json"]["pattern"] == "^" + mqtt_config._JSON_PATH.pattern + "$"
+    command, text = mqtt_point["allOf"]
+    writable_types = [t for t in mqtt_config.POINT_TYPES if mqtt_config.MqttPoint(None, None, t).writable_ok]
+    assert [command["if"]["properties"]["type"]["const"]] == writable_types == ["command"]
+    assert set(command["then"]["properties"]) == {"topic", "json", "writable"}
+    assert command["else"]["required"] == ["topic"]
+    assert text["if"]["properties"]["type"]["const"] == "text"
+
+    opcua_point = defs["opcuaPoint"]
+    assert set(opcua_point["properties"]) == set(scada_config.COMMON_POINT_KEYS) | opcua_config.POINT_KEYS
+    assert opcua_point["properties"]["type"]["enum"] == list(opcua_config.POINT_TYPES)
+    assert len(opcua_point["properties"]["type"]["enumDescriptions"]) == len(opcua_config.POINT_TYPES)
+    assert opcua_point["required"] == ["node"]
+    assert [c["if"]["properties"]["type"]["const"] for c in opcua_point["allOf"]] == ["text"]
+
+    # Per driver: its point schema, its own type-level keys allowed, every other driver's refused.
+    for name in REGISTRY:
+        then = _driver_branch(name)
+        assert then["properties"]["points"] == {"additionalProperties": {"$ref": f"#/$defs/{name}Point"}}
+        refused = {k for k, v in then["properties"].items() if v is False}
+        assert refused == all_type_keys - _type_keys(name), name
+        assert then.get("required", []) == _required_type_keys(name), name
+    assert _required_type_keys("opcua") == ["namespace"]
+    mqtt_command = [c for c in defs["equipmentType"]["allOf"] if "required" in c["then"]
+                    and c["if"]["properties"]["driver"] == {"const": "mqtt"}]
+    assert [c["then"]["required"] for c in mqtt_command] == [["command_topic", "ack_topic"]]
+    assert set(mqtt_command[0]["then"]["required"]) <= mqtt_config.TYPE_KEYS
+
+    all_device_keys = set().union(*(driver_config(d).DEVICE_KEYS for d in REGISTRY))
+    assert set(defs["device"]["properties"]) == set(scada_config.COMMON_DEVICE_KEYS) | all_device_keys
 
 
 def test_alarms_schema_vocabulary_matches_the_loader() -> None:
