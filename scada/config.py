@@ -186,9 +186,11 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
         enum=enum,
     )
     if point.writable and not getattr(io, "writable_ok", True):
-        table = getattr(io, "table", "")
-        raise f.error("writable", f"a point in the {table or 'source'} table is read-only: only holding registers "
-                      "and coils can be written", True)
+        raise f.error("writable", io.not_writable_reason, True)
+    if getattr(io, "needs_command_enum", False) and not (point.writable and point.enum):
+        raise f.error("enum" if point.writable else "writable",
+                      "a command point is writable and lists its commands: writable: true, enum: {0: lower, ...}",
+                      point.enum is not None if point.writable else point.writable)
     if point.kind == TEXT and point.deadband:
         raise f.error("deadband", "a text point has no deadband", point.deadband)
     f.done(unknown_hint)

@@ -8,12 +8,15 @@ shape (file:line: key.path: what is wrong (got value)) whoever raises it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from scada.yamlsrc import ConfigError, LocMap
+
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 
@@ -164,3 +167,44 @@ def one_of(*choices: str) -> Callable[[Any], str]:
             raise ValueError(f"must be one of: {', '.join(choices)}")
         return s
     return check
+
+
+def parse_host_port(text: str, default_port: int, prefixes: tuple[str, ...] = (), service: str = "") -> tuple[str, int]:
+    """'host:port' with an optional scheme prefix, the default port when omitted, IPv6 in brackets.
+
+    The host is a valid IPv4 address, a host name, or an IPv6 address in brackets.
+    """
+    s = text.strip()
+    for prefix in prefixes:
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+            break
+    host, sep, port = s.rpartition(":")
+    if not sep or "]" in port:
+        host, port = s, str(default_port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("not a valid IPv6 address") from None
+    elif not HOST_RE.match(host):
+        raise ValueError(f"expected host:port, for example 10.1.2.3:{default_port}")
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError("not a valid IPv4 address (four numbers 0-255, e.g. 10.1.2.3)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port is a number from 1 to 65535{' (' + service + ')' if service else ''}")
+    return host, int(port)
+
+
+def device_template_ok(text: str) -> bool:
+    """True when ``text``'s only placeholder is a bare ``{device}`` (no conversion, format, index)."""
+    import string
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError:
+        return False
+    return all(field is None or (field == "device" and not spec and conv is None) for _, field, spec, conv in parts)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass
 
-from scada.fields import Fields, in_range, one_of, to_float, to_int, to_str
+from scada.fields import parse_host_port, Fields, in_range, one_of, to_float, to_int, to_str
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError, LocMap
 
@@ -17,8 +15,6 @@ REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2
 DATA_TYPES = ("bool", *REGISTER_TYPES)
 MAX_ADDRESS = 65535
 TABLE_NAMES = {"holding": "holding register", "input": "input register", "coil": "coil", "discrete": "discrete input"}
-HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
 POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset"})
 DEVICE_KEYS = frozenset({"endpoint", "unit"})
 
@@ -43,6 +39,10 @@ class ModbusPoint:
     def writable_ok(self) -> bool:
         """Only holding registers and coils can be written; input registers and discrete inputs are read-only."""
         return self.table in ("holding", "coil")
+
+    @property
+    def not_writable_reason(self) -> str:
+        return f"a point in the {self.table} table is read-only: only holding registers and coils can be written"
 
     @property
     def kind(self) -> int:
@@ -102,26 +102,7 @@ def parse_point(f: Fields) -> ModbusPoint:
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     """'host:port' (or 'tcp://host:port'; port 502 when omitted; an IPv6 address in brackets)."""
-    s = text.strip().removeprefix("tcp://")
-    host, sep, port = s.rpartition(":")
-    if not sep or "]" in port:
-        host, port = s, "502"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError("not a valid IPv6 address") from None
-    elif not HOST_RE.match(host):
-        raise ValueError("expected host:port, for example 10.1.2.3:502")
-    elif re.fullmatch(r"[0-9.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError("not a valid IPv4 address (four numbers 0-255, e.g. 10.1.2.3)") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("the port is a number from 1 to 65535 (Modbus TCP: 502)")
-    return host, int(port)
+    return parse_host_port(text, 502, ("tcp://",), "Modbus TCP: 502")
 
 
 def parse_device(f: Fields) -> ModbusEndpoint:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scada.fields import Fields, in_range, one_of, to_int, to_str
+from scada.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, to_int, to_str
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 from scada.yamlsrc import ConfigError
 
@@ -38,10 +38,8 @@ def _topic(v) -> str:
     s = to_str(v)
     if not s or any(ch in s for ch in "+#\0"):
         raise ValueError("a topic is a literal MQTT topic (no + or # wildcard); {device} stands for the device name")
-    try:
-        s.format(device="x")
-    except (KeyError, IndexError, ValueError):
-        raise ValueError("the only placeholder a topic may use is {device}") from None
+    if not device_template_ok(s):
+        raise ValueError("the only placeholder a topic may use is {device}")
     return s
 
 
@@ -67,6 +65,12 @@ class MqttPoint:
 
     @property
     def writable_ok(self) -> bool:
+        return self.type == "command"
+
+    not_writable_reason = "values read from a topic are read-only: only a point of type command can be written"
+
+    @property
+    def needs_command_enum(self) -> bool:
         return self.type == "command"
 
 
@@ -100,8 +104,10 @@ def _json_path(v) -> str:
 def parse_point(f: Fields) -> MqttPoint:
     ptype = f.take("type", one_of(*POINT_TYPES), default="number")
     if ptype == "command":
-        if f.has("topic") or f.has("json"):
-            raise f.error("topic", "a command point is written through the type's command_topic: no topic or json")
+        for key in ("topic", "json"):
+            if f.has(key):
+                raise f.error(key, "a command point is written through the type's command_topic: no topic or json",
+                              f.mapping[key])
         return MqttPoint(None, None, "command", f.take("qos", in_range(to_int, 0, 2), default=1))
     return MqttPoint(
         topic=f.take("topic", _topic, what="the MQTT topic the value arrives on, e.g. city/bollards/{device}/state"),
@@ -112,13 +118,8 @@ def parse_point(f: Fields) -> MqttPoint:
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
-    s = text.removeprefix("mqtt://").removeprefix("tcp://")
-    host, sep, port = s.rpartition(":")
-    if not sep:
-        host, port = s, "1883"
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("expected the broker as host:port, for example 10.1.2.3:1883")
-    return host, int(port)
+    """The broker: host:port (port 1883 when omitted), optionally prefixed mqtt:// or tcp://."""
+    return parse_host_port(text, 1883, ("mqtt://", "tcp://"), "MQTT: 1883")
 
 
 def parse_device(f: Fields) -> MqttEndpoint:

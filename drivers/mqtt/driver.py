@@ -225,6 +225,11 @@ class MqttDriver:
         if text == ds.type_io.offline_payload:
             log.warning("device_offline", device=ds.device.name, reason="last will")
             self._device_down(ds, "device announced offline")
+        elif text == ds.type_io.online_payload:
+            # Its tags turn Good with its next message (a retained state arrives at once).
+            log.info("device_announced_online", device=ds.device.name)
+        else:
+            self._garbage(ds, "status", f"unknown status payload {text[:40]!r}")
 
     def _ack_message(self, ds: DeviceState, payload: bytes) -> None:
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from scada.fields import Fields, in_range, one_of, positive, to_float, to_str
+from scada.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 POINT_KEYS = frozenset({"node", "type", "sampling_interval"})
@@ -55,18 +55,23 @@ class OpcUaEndpoint:
 
 def _node(v) -> str:
     s = to_str(v)
-    try:
-        s.format(device="x")
-    except (KeyError, IndexError, ValueError):
-        raise ValueError("the only placeholder a node id may use is {device}") from None
+    if not device_template_ok(s):
+        raise ValueError("the only placeholder a node id may use is {device}")
     if not s:
         raise ValueError("empty node id")
     return s
 
 
+def _namespace(v) -> str:
+    if not isinstance(v, str) or ":" not in v:
+        raise ValueError("expected the namespace URI, e.g. urn:city-scada:traffic-sim (not its index, "
+                         "which the server may change)")
+    return v
+
+
 def parse_type(f: Fields) -> OpcUaType:
     return OpcUaType(
-        namespace=f.take("namespace", to_str, what="the server namespace URI of the nodes"),
+        namespace=f.take("namespace", _namespace, what="the server namespace URI of the nodes"),
         publishing_interval=f.take("publishing_interval", positive(to_float), default=500.0),
     )
 
@@ -80,10 +85,19 @@ def parse_point(f: Fields) -> OpcUaPoint:
 
 
 def parse_endpoint(text: str) -> str:
-    u = urlparse(text)
-    if u.scheme != "opc.tcp" or not u.hostname or not u.port:
+    """opc.tcp://host:port/path: the port is required, the host checked as for Modbus."""
+    s = text.strip()
+    if not s.lower().startswith("opc.tcp://"):
         raise ValueError("expected opc.tcp://host:port/path")
-    return text
+    u = urlparse(s)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError("expected opc.tcp://host:port/path, with the port (OPC UA: 4840)")
+    parse_host_port(u.netloc.rsplit("@", 1)[-1], 4840, (), "OPC UA: 4840")
+    return s
 
 
 def parse_device(f: Fields) -> OpcUaEndpoint:

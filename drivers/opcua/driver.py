@@ -55,6 +55,7 @@ class Session:
     tag_of: dict[Any, int] = field(default_factory=dict)  # NodeId -> tag id, per session
     node_of: dict[int, Any] = field(default_factory=dict)  # tag id -> Node
     vtype: dict[int, ua.VariantType] = field(default_factory=dict)  # tag id -> last variant type seen
+    sampling: dict[int, float] = field(default_factory=dict)  # tag id -> sampling interval, ms
 
 
 class _Handler:
@@ -91,6 +92,7 @@ class OpcUaDriver:
             s.devices.append(d)
             for tag, p in zip(config.tag_ids(d).tolist(), t.points):
                 s.nodes.append((tag, tio.namespace, p.io.node.format(device=d.name)))
+                s.sampling[tag] = p.io.sampling_interval
                 self._by_tag[config.tag_name(d, p)] = (s, d, p)
         for s in self.sessions.values():
             s.ids = np.array([n[0] for n in s.nodes], np.int64)
@@ -182,8 +184,15 @@ class OpcUaDriver:
             s.tag_of = {node.nodeid: tag for node, (tag, _, _) in zip(nodes, s.nodes)}
             s.node_of = {tag: node for node, (tag, _, _) in zip(nodes, s.nodes)}
             sub = await client.create_subscription(s.publishing_interval, _Handler(self, s))
-            handles = await sub.subscribe_data_change(nodes, queuesize=1)
-            refused = [tag for (tag, _, ident), h in zip(s.nodes, handles) if isinstance(h, ua.StatusCode)]
+            # Monitored items in bulk: one request per sampling interval in use.
+            by_interval: dict[float, list[int]] = {}
+            for k, (tag, _, _) in enumerate(s.nodes):
+                by_interval.setdefault(s.sampling[tag], []).append(k)
+            refused = []
+            for interval, ks in by_interval.items():
+                handles = await sub.subscribe_data_change([nodes[k] for k in ks], queuesize=1,
+                                                          sampling_interval=interval)
+                refused += [s.nodes[k][0] for k, h in zip(ks, handles) if isinstance(h, ua.StatusCode)]
             if refused:
                 log.warning("opcua_nodes_refused", endpoint=s.url, count=len(refused),
                             tag=self.tagdb.names[refused[0]])

@@ -36,9 +36,14 @@ def test_written_config_is_what_is_simulated(tmp_path):
     c = citygen.generate("dijon")
     citygen.write_config(c, tmp_path, ROOT / "tags.yaml")
     cfg = load_config(tmp_path)
-    assert [d.name for d in cfg.devices] == [x.name for x in c.cabinets]
-    assert cfg.tag_count == 1100 * len(cfg.types["lighting_cabinet"].points)
+    names = [x.name for x in c.cabinets] + [x.name for x in c.junctions] + [x.name for x in c.bollards] + c.vehicles
+    assert [d.name for d in cfg.devices] == names
+    pts = {t: len(cfg.types[t].points) for t in cfg.types}
+    assert cfg.tag_count == (1100 * pts["lighting_cabinet"] + 113 * pts["traffic_junction"]
+                             + 26 * pts["access_bollard"] + 205 * pts["crew_vehicle"])
     assert cfg.devices[5].io.port == c.cabinets[5].port
+    assert cfg.device(c.junctions[0].name).io.url == "opc.tcp://127.0.0.1:4841/traffic/"
+    assert cfg.device(c.bollards[0].name).io.port == 1883
     assert (tmp_path / "inventory" / "junctions.csv").read_text().count("\n") == 114
     assert (tmp_path / "alarms.yaml").is_file()
 

@@ -258,7 +258,7 @@ def _required_type_keys(driver: str) -> list[str]:
         except ConfigError as exc:
             key = exc.key.removeprefix("t.")
             assert key not in required and "required key is missing" in str(exc), exc
-            required[key] = "x"
+            required[key] = "urn:x"  # a value every type-level converter takes (a URI)
 
 
 def _driver_branch(driver: str) -> dict:
@@ -345,22 +345,81 @@ def test_alarms_schema_vocabulary_matches_the_loader() -> None:
     assert limit_if["enum"] + [state_if["const"], comm_if["const"]] == list(alarms_config.CONDITIONS)
 
 
+def _parses(parse: Callable[[str], Any], text: str) -> bool:
+    try:
+        parse(text)
+        return True
+    except ValueError:
+        return False
+
+
+# A device's driver is its type's, which the schema cannot see from the device: its endpoint
+# pattern is the union of the drivers' forms. These endpoints are taken by a parser laxer than
+# the schema (the MQTT parser keeps any text before the last ':' as the broker's host; the
+# OPC UA parser any host urlparse finds) but name no host a device could be reached at; the
+# schema holds every host to the Modbus rules. Never a Modbus endpoint.
+ENDPOINTS_ONLY_A_LAX_PARSER_TAKES: set[str] = set()  # none since every driver checks hosts alike
+ENDPOINTS_NO_DRIVER_TAKES = {
+    "tcp://tcp://x:1", "TCP://h:502", "a:b:502", "::1", "[zz::1]:502", "[::1", "10.20.1.12;502", "10.20.1.312:502",
+    "1.2.3.4.5", "010.1.2.3", "-host:502", "host-:502", "my_host:502", "h :502", "tcp://mqtt://h:1",
+    "mqtt://tcp://h:1", "MQTT://h:1883", "mqtt://10.20.1.12;1883", "opc.tcp:/srv:4840", "opc.tcp://my_host:4840/",
+    "opc.tcp://300.1.2.3:4840",
+}
+
+
 @pytest.mark.parametrize("endpoint", [
     "10.1.2.3:502", "10.1.2.3", "255.255.255.255:1", "host", "tcp://host", "tcp://host:1", " h:5 ",
     "cabinet-17.lan:1502", "10.1.2.3a:502", "h:65535", "h:00502", "[::1]:502", "[::1]", "[fd00::15]:1502",
-    # rejected by the loader
-    "h:65536", "h:99999", "h:0", "h:", ":502", "tcp://:502", "tcp://", "tcp://tcp://x:1", "TCP://h:502",
-    "a:b:502", "host:50a", "::1", "[zz::1]:502", "[::1", "10.20.1.12;502", "10.20.1.312:502", "1.2.3.4.5",
-    "010.1.2.3", "-host:502", "host-:502", "my_host:502", "h :502", "",
+    # MQTT brokers and OPC UA servers
+    "127.0.0.1:1883", "mqtt://broker.lan", "mqtt://10.1.2.3:8883", "tcp://broker.lan:1883", "[fd00::1]:1883",
+    "opc.tcp://127.0.0.1:4841/traffic/", "opc.tcp://traffic-srv.lan:4840", "opc.tcp://[fd00::2]:4840/UA/Traffic",
+    "OPC.TCP://srv:4840/", "opc.tcp://srv:4840?x=1",
+    # rejected by every driver
+    "h:65536", "h:99999", "h:0", "h:", ":502", "tcp://:502", "tcp://", "host:50a", "", "mqtt://", "mqtt://:1883",
+    "opc.tcp://srv", "opc.tcp://srv:0/", "opc.tcp://srv:65536/", "opc.tcp://:4840/",
+    "opc.tcp://srv:4840path", "http://srv:4840/", "opc.tcp://srv: 4840",
+    # malformed hosts and schemes, refused by every driver since they share one host check
+    *sorted(ENDPOINTS_NO_DRIVER_TAKES),
 ])
-def test_endpoint_pattern_matches_the_modbus_parser(endpoint: str) -> None:
-    try:
-        modbus_config.parse_endpoint(endpoint)
-        loader_ok = True
-    except ValueError:
-        loader_ok = False
+def test_endpoint_pattern_matches_the_drivers_parsers(endpoint: str) -> None:
+    takers = [name for name in REGISTRY if _parses(driver_config(name).parse_endpoint, endpoint)]
     subschema = TAGS_SCHEMA["$defs"]["device"]["properties"]["endpoint"]
-    assert Draft202012Validator(subschema).is_valid(endpoint) == loader_ok
+    schema_ok = Draft202012Validator(subschema).is_valid(endpoint)
+    if endpoint in ENDPOINTS_ONLY_A_LAX_PARSER_TAKES:
+        assert takers and "modbus" not in takers and not schema_ok, takers
+    else:
+        assert schema_ok == bool(takers), takers
+
+
+# {device} with a conversion, a format spec, an attribute or an index: a topic or node id is a
+# literal with {device} as its only placeholder. Schema and drivers both refuse them.
+TEMPLATES_ONLY_THE_DRIVER_TAKES = {"{device!r}", "x/{device:>8}", "{device.upper}", "{device[0]}/x"}
+
+
+@pytest.mark.parametrize("text", [
+    "city/bollards/{device}/state", "a", "/", "city//x", "{device}", "x/{device}/{device}", "{{literal}}",
+    "{{{device}}}", "a b/c", "$SYS/broker/uptime", "Chenôve/{device}",
+    # rejected by both
+    "", "{name}", "{}", "{0}", "{device", "device}", "{{device}", "{device}}", "}{", "{ device}",
+    *sorted(TEMPLATES_ONLY_THE_DRIVER_TAKES),
+    # topics only: wildcards and NUL are no part of a topic, but may be in a node id
+    "city/#", "city/+/{device}", "+", "#", "a\0b",
+])
+@pytest.mark.parametrize(("schema_path", "parse"), [
+    (("equipmentType", "properties", "status_topic"), mqtt_config._topic),
+    (("equipmentType", "properties", "command_topic"), mqtt_config._topic),
+    (("equipmentType", "properties", "ack_topic"), mqtt_config._topic),
+    (("mqttPoint", "properties", "topic"), mqtt_config._topic),
+    (("opcuaPoint", "properties", "node"), opcua_config._node),
+], ids=["status_topic", "command_topic", "ack_topic", "topic", "node"])
+def test_topic_and_node_patterns_match_the_drivers(text: str, schema_path: tuple[str, ...],
+                                                   parse: Callable[[str], Any]) -> None:
+    subschema = TAGS_SCHEMA["$defs"]
+    for part in schema_path:
+        subschema = subschema[part]
+    schema_ok = Draft202012Validator(subschema).is_valid(text)
+    # The drivers now refuse these too (scada.fields.device_template_ok): both reject.
+    assert schema_ok == _parses(parse, text)
 
 
 @pytest.mark.parametrize("message", [
@@ -439,6 +498,55 @@ REJECTED = [
     pytest.param("tags", with_device(poll_interval=0), id="device-zero-poll-interval"),
     pytest.param("tags", lambda d: d["inventories"][0].update(path="x.csv"), id="unknown-key-in-inventory"),
     pytest.param("tags", lambda d: d.update(inventories=[{"type": "lighting_cabinet"}]), id="inventory-without-file"),
+    # tags.yaml: MQTT types and points
+    pytest.param("tags", bpt("position", topic="city/bollards/#"), id="mqtt-topic-with-hash-wildcard"),
+    pytest.param("tags", bpt("height", topic="city/+/{device}/state"), id="mqtt-topic-with-plus-wildcard"),
+    pytest.param("tags", bpt("position", topic="city/bollards/{name}/state"), id="mqtt-topic-unknown-placeholder"),
+    pytest.param("tags", bpt("position", topic="city/bollards/{device/state"), id="mqtt-topic-unbalanced-brace"),
+    pytest.param("tags", bpt("position", topic=...), id="mqtt-point-without-topic"),
+    pytest.param("tags", bpt("position", json="state/position"), id="mqtt-json-path-with-slash"),
+    pytest.param("tags", bpt("position", json="gps..lat"), id="mqtt-json-path-empty-field"),
+    pytest.param("tags", bpt("vehicle", type="boolean"), id="mqtt-bad-point-type"),
+    pytest.param("tags", bpt("position", qos=3), id="mqtt-qos-3"),
+    pytest.param("tags", bpt("position", qos=-1), id="mqtt-negative-qos"),
+    pytest.param("tags", bpt("position", writable=True), id="mqtt-read-point-writable"),
+    pytest.param("tags", bpt("last_access_class", deadband=1), id="mqtt-text-point-with-deadband"),
+    pytest.param("tags", bpt("position", node="{device}.Position"), id="mqtt-point-with-opcua-key"),
+    pytest.param("tags", bpt("position", table="input"), id="mqtt-point-with-modbus-key"),
+    pytest.param("tags", bpt("command", topic="city/bollards/{device}/cmd"), id="mqtt-command-point-with-topic"),
+    pytest.param("tags", bpt("command", json="command"), id="mqtt-command-point-with-json"),
+    pytest.param("tags", setter(bollard, command_topic=...), id="mqtt-command-point-without-command-topic"),
+    pytest.param("tags", setter(bollard, ack_topic=...), id="mqtt-command-point-without-ack-topic"),
+    pytest.param("tags", setter(bollard, status_topic="city/bollards/+/status"), id="mqtt-status-topic-wildcard"),
+    pytest.param("tags", setter(bollard, ack_topic="city/bollards/{id}/ack"), id="mqtt-ack-topic-unknown-placeholder"),
+    pytest.param("tags", setter(bollard, offline_payload=False), id="mqtt-payload-yaml-boolean"),
+    pytest.param("tags", setter(bollard, namespace="urn:city-scada:bollards"), id="opcua-key-on-mqtt-type"),
+    pytest.param("tags", setter(bollard, publishing_interval=500), id="opcua-interval-on-mqtt-type"),
+    pytest.param("tags", setter(etype, driver="mqtt"), id="modbus-points-under-mqtt-driver"),
+    # tags.yaml: OPC UA types and points
+    pytest.param("tags", jpt("mode", node=...), id="opcua-point-without-node"),
+    pytest.param("tags", jpt("mode", node="{junction}.Mode"), id="opcua-node-unknown-placeholder"),
+    pytest.param("tags", jpt("mode", node=""), id="opcua-empty-node"),
+    pytest.param("tags", jpt("conflict_fault", type="boolean"), id="opcua-bad-point-type"),
+    pytest.param("tags", jpt("mode", type="command"), id="opcua-command-point-type"),
+    pytest.param("tags", jpt("cycle_second", sampling_interval=-1), id="opcua-negative-sampling-interval"),
+    pytest.param("tags", jpt("cycle_second", sampling_interval=3_600_001), id="opcua-sampling-interval-above-1h"),
+    pytest.param("tags", jpt("cycle_second", type="text", deadband=0.5), id="opcua-text-point-with-deadband"),
+    pytest.param("tags", jpt("mode", topic="traffic/{device}/mode"), id="opcua-point-with-mqtt-key"),
+    pytest.param("tags", jpt("mode", address=0), id="opcua-point-with-modbus-key"),
+    pytest.param("tags", setter(junction, namespace=...), id="opcua-type-without-namespace"),
+    pytest.param("tags", setter(junction, publishing_interval=0), id="opcua-zero-publishing-interval"),
+    pytest.param("tags", setter(junction, publishing_interval=float("inf")), id="opcua-infinite-publishing-interval"),
+    pytest.param("tags", setter(junction, status_topic="traffic/{device}/status"), id="mqtt-key-on-opcua-type"),
+    pytest.param("tags", setter(etype, command_topic="lighting/{device}/cmd"), id="mqtt-key-on-modbus-type"),
+    pytest.param("tags", setter(etype, namespace="urn:city-scada:lighting"), id="opcua-key-on-modbus-type"),
+    # tags.yaml: MQTT and OPC UA devices
+    pytest.param("tags", with_device(type="access_bollard", endpoint="broker.lan:70000"), id="mqtt-broker-port-above-65535"),
+    pytest.param("tags", with_device(type="access_bollard", endpoint="mqtt://"), id="mqtt-broker-without-host"),
+    pytest.param("tags", with_device(type="traffic_junction", endpoint="opc.tcp://traffic-srv.lan/traffic/"),
+                 id="opcua-endpoint-without-port"),
+    pytest.param("tags", with_device(type="traffic_junction", endpoint="http://traffic-srv.lan:4840/"),
+                 id="opcua-endpoint-not-opc-tcp"),
     # alarms.yaml
     pytest.param("alarms", al("lamps_failed", limit=...), id="high-alarm-without-limit"),
     pytest.param("alarms", al("mains_loss", limit="low"), id="limit-not-a-number"),
@@ -500,6 +608,39 @@ def _inline_devices(doc: dict) -> None:
                                "poll_interval": 2, "timeout": 0.5, "description": "spare"}]
 
 
+def _full_bollard_type(doc: dict) -> None:
+    """An MQTT type written out with every type-level and point key."""
+    doc["equipment_types"]["access_bollard"] = {
+        "class": "bollard", "driver": "mqtt", "description": "Retractable bollard", "poll_interval": 5, "timeout": 2,
+        "status_topic": "city/bollards/{device}/status", "online_payload": "1", "offline_payload": "0",
+        "command_topic": "city/bollards/{device}/cmd", "ack_topic": "city/bollards/{device}/ack",
+        "points": {
+            "position": {"topic": "city/bollards/{device}/state", "json": "state.position", "type": "number",
+                         "qos": 2, "enum": {0: "down", 1: "up"}, "description": "Where the bollard stands"},
+            "height": {"topic": "city/bollards/{device}/height", "unit": "m", "deadband": 0.01, "range": [0, 1]},
+            "vehicle": {"topic": "city/bollards/{device}/state", "json": "vehicle", "type": "bool", "qos": 0},
+            "label": {"topic": "city/bollards/{device}/label", "type": "text"},
+            "command": {"type": "command", "writable": True, "qos": 1, "enum": {0: "lower", 1: "raise"}},
+        },
+    }
+
+
+def _full_junction_type(doc: dict) -> None:
+    """An OPC UA type written out with every type-level and point key."""
+    doc["equipment_types"]["traffic_junction"] = {
+        "class": "traffic", "driver": "opcua", "description": "Junction controller", "poll_interval": 1, "timeout": 3,
+        "namespace": "http://vendor.example/UA/Traffic/", "publishing_interval": 250.5,
+        "points": {
+            "mode": {"node": "{device}.Mode", "type": "number", "writable": True, "sampling_interval": 100,
+                     "enum": {1: "flashing_amber", 2: "fixed_time"}, "description": "Operating mode"},
+            "occupancy": {"node": "{device}.Detectors/main_in/Occupancy", "unit": "%", "deadband": 1,
+                          "range": [0, 100], "sampling_interval": 0},
+            "door_open": {"node": "Cabinet[{device}].DoorOpen", "type": "bool"},
+            "plan_name": {"node": "{device}.PlanName", "type": "text", "deadband": 0},
+        },
+    }
+
+
 ACCEPTED = [
     pytest.param("tags", pt("failed_lamps", type=...), id="register-type-defaults-to-uint16"),
     pytest.param("tags", pt("lamp_test", type="bool"), id="coil-explicit-bool"),
@@ -517,6 +658,20 @@ ACCEPTED = [
     pytest.param("tags", lambda d: d.update(devices=None), id="empty-devices-with-inventory"),
     pytest.param("tags", lambda d: d["inventories"][0].update(type="lighting_cabinet", commune="Dijon"),
                  id="inventory-defaults"),
+    pytest.param("tags", _full_bollard_type, id="mqtt-bollard-type-with-every-key"),
+    pytest.param("tags", _full_junction_type, id="opcua-junction-type-with-every-key"),
+    pytest.param("tags", bpt("position", json=..., qos=0), id="mqtt-whole-payload-as-value"),
+    pytest.param("tags", bpt("last_access_class", deadband=0), id="mqtt-text-point-with-zero-deadband"),
+    pytest.param("tags", bpt("command", writable="yes", qos=2), id="mqtt-command-writable-as-quoted-yes"),
+    pytest.param("tags", bpt("position", writable=False), id="mqtt-read-point-explicitly-read-only"),
+    pytest.param("tags", setter(bollard, status_topic=...), id="mqtt-type-without-status-topic"),
+    pytest.param("tags", jpt("cycle_second", sampling_interval=3_600_000, type="number"), id="opcua-sampling-at-1h"),
+    pytest.param("tags", jpt("conflict_fault", writable=True), id="opcua-bool-point-writable"),
+    pytest.param("tags", jpt("mode", node="ns-free {device} #1 + more"), id="opcua-node-with-hash-and-plus"),
+    pytest.param("tags", with_device(type="access_bollard", endpoint="mqtt://broker.lan"), id="mqtt-broker-default-port"),
+    pytest.param("tags", with_device(type="crew_vehicle", endpoint="tcp://10.0.0.5:8883"), id="mqtt-broker-tcp-prefix"),
+    pytest.param("tags", with_device(type="traffic_junction", endpoint="opc.tcp://[fd00::2]:4840"),
+                 id="opcua-endpoint-ipv6-without-path"),
     pytest.param("alarms", al("comm_loss", deadband=1, off_delay=3), id="comm-loss-with-deadband"),
     pytest.param("alarms", al("mains_loss", condition="low_low", message="{value:.1f} {{V}} < {limit}"),
                  id="low-low-with-formatted-message"),
@@ -537,6 +692,34 @@ def test_schema_and_loader_both_accept(which: str, change: Callable[[dict], Any]
 def test_empty_alarms_file_is_accepted_by_both(tmp_path: Path) -> None:
     assert schema_errors("alarms", None) == []
     assert load_config(write_config(tmp_path, alarms=None)).alarms.alarms == ()
+
+
+# Former loader gaps of the MQTT and OPC UA drivers: mistakes that loaded and then failed at
+# run time or did nothing. The schema flagged them first; now the loader rejects them too.
+
+OPEN_LOADER_GAPS = [
+    pytest.param("tags", bpt("command", writable=...),
+                 id="mqtt-command-point-not-writable"),  # the driver refuses every write: "not writable"
+    pytest.param("tags", bpt("command", enum=...),
+                 id="mqtt-command-point-without-enum"),  # the driver publishes a label: without enum, none
+    pytest.param("tags", setter(junction, namespace=2),
+                 id="opcua-namespace-as-index"),  # taken as the URI "2", which no server has
+    pytest.param("tags", bpt("position", topic="city/bollards/{device!r}/state"),
+                 id="mqtt-topic-with-conversion"),  # subscribes to city/bollards/'B-DIJ-001'/state
+    pytest.param("tags", with_device(type="access_bollard", endpoint="10.20.1.12;1883"),
+                 id="mqtt-broker-host-with-semicolon"),  # host "10.20.1.12;1883", port 1883
+]
+
+
+@pytest.mark.parametrize(("which", "change"), OPEN_LOADER_GAPS)
+def test_schema_rejects_open_loader_gaps(which: str, change: Callable[[dict], Any]) -> None:
+    assert schema_errors(which, mutated(which, change))
+
+
+@pytest.mark.parametrize(("which", "change"), OPEN_LOADER_GAPS)
+def test_loader_rejects_open_loader_gaps(which: str, change: Callable[[dict], Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_with(tmp_path, which, mutated(which, change))
 
 
 # Former loader gaps (the loader truncated fractions and accepted message templates that
