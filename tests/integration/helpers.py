@@ -163,3 +163,11 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def write_tags(folder: Path, inventories: list[str], extra_types: str = "") -> None:
+    """``folder/tags.yaml``: the shipped equipment types (plus ``extra_types``), importing ``inventories``."""
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tags.yaml").write_text(
+        head + extra_types + "\ninventories:\n" + "".join(f"  - file: {f}\n" for f in inventories))

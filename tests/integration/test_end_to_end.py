@@ -21,7 +21,7 @@ from asyncua import Client, ua
 from scada.opcua.address_space import NAMESPACE_URI
 from simulators.inventory import Cabinet
 
-from .helpers import ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed
+from .helpers import ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def write_config(folder: Path, base_port: int) -> list[Cabinet]:
     cabinets = [Cabinet(f"LC-T-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
                 for i, commune in enumerate(["Dijon", "Dijon", "Talant"])]
     (folder / "inventory").mkdir(parents=True)
-    shutil.copy(ROOT / "tags.yaml", folder / "tags.yaml")
+    write_tags(folder, ["inventory/lighting-cabinets.csv"])
     shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
     lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout"]
     lines += [f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,{POLL},{TIMEOUT}"

@@ -23,7 +23,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import ROOT, SilentLink, free_port, free_port_range
+from .helpers import SilentLink, free_port, free_port_range, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +46,7 @@ BAD_TYPE = """
 
 def make_config(folder: Path, rows: list[tuple[str, str, int]]):
     """rows: (name, type, port). Uses the shipped lighting_cabinet type plus a misconfigured one."""
-    folder.mkdir()
-    text = (ROOT / "tags.yaml").read_text().replace("\ninventories:", BAD_TYPE + "\ninventories:")
-    text = text.replace("inventory/lighting-cabinets.csv", "devices.csv")
-    (folder / "tags.yaml").write_text(text)
+    write_tags(folder, ["devices.csv"], BAD_TYPE)
     lines = ["name,type,commune,lat,lon,endpoint,poll_interval,timeout"]
     lines += [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{POLL},{TIMEOUT}" for n, t, p in rows]
     (folder / "devices.csv").write_text("\n".join(lines) + "\n")

@@ -20,7 +20,7 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import ROOT, Mosquitto
+from .helpers import Mosquitto, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,7 @@ def broker(tmp_path):
 
 
 def config(folder: Path, port: int):
-    folder.mkdir()
-    text = (ROOT / "tags.yaml").read_text()
-    head, _, _ = text.partition("\ninventories:")
-    (folder / "tags.yaml").write_text(head + "\ninventories:\n  - file: devices.csv\n")
+    write_tags(folder, ["devices.csv"])
     rows = ["name,type,commune,lat,lon,endpoint",
             f"B-DIJ-001,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
             f"B-DIJ-002,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",

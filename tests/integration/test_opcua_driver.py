@@ -16,7 +16,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 
-from .helpers import ROOT, free_port
+from .helpers import free_port, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,7 @@ JUNCTIONS = [Junction("J-DIJ-001", "Dijon", 47.32, 5.04), Junction("J-DIJ-002", 
 
 
 def config(folder: Path, url: str):
-    folder.mkdir()
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    (folder / "tags.yaml").write_text(head + GHOST_TYPE + "\ninventories:\n  - file: devices.csv\n")
+    write_tags(folder, ["devices.csv"], GHOST_TYPE)
     rows = ["name,type,commune,lat,lon,endpoint",
             f"J-DIJ-001,traffic_junction,Dijon,47.32,5.04,{url}",
             f"J-DIJ-002,ghost_junction,Dijon,47.33,5.03,{url}"]
