@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scada.fields import parse_host_port, Fields, in_range, one_of, to_float, to_int, to_str
+from scada.fields import parse_host_port, to_bool, Fields, in_range, one_of, to_float, to_int, to_str
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError, LocMap
 
@@ -15,7 +15,7 @@ REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2
 DATA_TYPES = ("bool", *REGISTER_TYPES)
 MAX_ADDRESS = 65535
 TABLE_NAMES = {"holding": "holding register", "input": "input register", "coil": "coil", "discrete": "discrete input"}
-POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset"})
+POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset", "readback"})
 DEVICE_KEYS = frozenset({"endpoint", "unit"})
 
 
@@ -29,6 +29,7 @@ class ModbusPoint:
     word_order: str = "big"  # "big": high word first (Modbus convention); "little": low word first
     scale: float = 1.0
     offset: float = 0.0
+    readback: bool = True  # a write is confirmed by reading the point back (false: the device resets it)
 
     @property
     def size(self) -> int:
@@ -92,6 +93,7 @@ def parse_point(f: Fields) -> ModbusPoint:
         word_order=f.take("word_order", one_of("big", "little"), default="big"),
         scale=f.take("scale", to_float, default=1.0),
         offset=f.take("offset", to_float, default=0.0),
+        readback=f.take("readback", to_bool, default=True),
     )
     if address + point.size - 1 > MAX_ADDRESS:
         raise f.error("address", f"a {dtype} at this address runs past register {MAX_ADDRESS}", address)

@@ -262,20 +262,40 @@ class ModbusDriver:
             raise CommandRejected(str(exc)) from None
 
     async def write(self, command: WriteCommand) -> None:
-        """Send a checked write to the device. Read-back confirmation comes with the drivers issue."""
+        """Send a checked write, then confirm it by reading the point back from the device.
+
+        The read-back must show the commanded value (within half a scaling step) before
+        ``3 x timeout``; otherwise DeviceRejected. Points whose device resets them by design
+        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml.
+        """
         self.check(command)
         ds, point = self._resolve(command)
-        data = encode(point.io, command.value)
-        unit, address = ds.device.io.unit, point.io.address
+        io = point.io
+        data = encode(io, command.value)
+        unit, address = ds.device.io.unit, io.address
         try:
-            if point.io.table == "coil":
+            if io.table == "coil":
                 await ds.connection.request("write_coil", unit, address, data)
             else:
                 await ds.connection.request("write_registers", unit, address, data)
         except DeviceRejected as exc:
             raise DeviceRejected(f"{command.tag}: device refused the write (exception {exc.args[0]})") from None
-        except DriverError:
-            raise
+        if not io.readback:
+            return
+        plan = ReadPlan([io])
+        tolerance = abs(io.scale) / 2 if io.type != "float32" else abs(command.value) * 1e-6 + 1e-9
+        deadline = time.monotonic() + 3 * ds.device.timeout
+        got = None
+        while True:
+            try:
+                got = plan.decode([await self._read_block(ds.connection, unit, plan.blocks[0])])[0]
+            except DeviceRejected as exc:
+                raise DeviceRejected(f"{command.tag}: device refused the read-back (exception {exc.args[0]})") from None
+            if abs(got - command.value) <= tolerance:
+                return
+            if time.monotonic() > deadline:
+                raise DeviceRejected(f"{command.tag}: wrote {command.value}, the device reads back {got}")
+            await asyncio.sleep(0.1)
 
     def diagnostics(self) -> dict[str, Any]:
         return {

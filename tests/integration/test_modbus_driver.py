@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import CommandRejected, WriteCommand
+from drivers.base import CommandRejected, DeviceRejected, WriteCommand
 from drivers.modbus.driver import Backoff, ModbusDriver
 from scada import status as st
 from scada.config import load_config
@@ -41,6 +41,14 @@ BAD_TYPE = """
       ghost:
         table: input
         address: 60
+      mode_raw:
+        table: holding
+        address: 0
+        writable: true
+      reset_confirmed:
+        table: coil
+        address: 1
+        writable: true
 """
 
 
@@ -134,6 +142,23 @@ async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator
             with pytest.raises(CommandRejected, match=reason):
                 h.driver.check(WriteCommand(tag, value))
         assert simulator.state.mode[0] == 3  # nothing reached the device
+        # reset_trip is declared readback: false (the cabinet reads it back as 0): confirmed by the write alone.
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/reset_trip", 1))
+
+
+async def test_refused_writes_and_a_write_that_does_not_take(simulator, tmp_path):
+    cfg = make_config(tmp_path / "c", [("MIS-1", "misconfigured_cabinet", simulator.base_port)])
+    async with Harness(cfg) as h:
+        await until(lambda: h.status("MIS-1", "power") == st.GOOD, 3, "first poll")
+        # The cabinet refuses mode 7 (exception 03): a clear error, nothing changed.
+        with pytest.raises(DeviceRejected, match="refused the write"):
+            await h.driver.write(WriteCommand("Dijon/lighting/MIS-1/mode_raw", 7))
+        assert simulator.state.mode[0] == 0
+        # The same coil, here with read-back: the device reads back 0, so the write is not confirmed.
+        with pytest.raises(DeviceRejected, match="reads back 0"):
+            await h.driver.write(WriteCommand("Dijon/lighting/MIS-1/reset_confirmed", 1))
+        await h.driver.write(WriteCommand("Dijon/lighting/MIS-1/mode_raw", 2))  # a good one is confirmed
+        assert simulator.state.mode[0] == 2
 
 
 async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and_recovers(simulator, tmp_path):
