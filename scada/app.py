@@ -23,7 +23,7 @@ class Application:
     def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0) -> None:
         self.config = config
         names, kinds, deadbands = config.tag_table()
-        self.tagdb = TagDB(names, kinds, deadbands)
+        self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
         by_driver = defaultdict(list)
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
@@ -52,6 +52,12 @@ class Application:
                      devices=f"{s['devices_online']}/{s['devices_total']}",
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
+    async def _staleness_loop(self) -> None:
+        """Once a second: Good values older than their max_age turn Uncertain_LastUsableValue."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.tagdb.mark_stale()
+
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
@@ -61,6 +67,7 @@ class Application:
                 for drv in self.drivers:
                     tg.create_task(drv.run(), name=f"driver:{drv.name}")
                 tg.create_task(self.hmi.run(), name="opcua-publisher")
+                tg.create_task(self._staleness_loop(), name="staleness")
                 if self.status_interval > 0:
                     tg.create_task(self._status_loop(), name="status")
                 self.started.set()

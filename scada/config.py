@@ -47,6 +47,7 @@ class PointDef:
     writable: bool = False
     range: tuple[float, float] | None = None
     enum: tuple[tuple[int, str], ...] | None = None  # value -> label, for discrete states
+    max_age: float = 0.0  # s: a Good value older than this turns Uncertain_LastUsableValue (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,13 @@ class Config:
             deadbands.extend(p.deadband for p in t.points)
         return names, np.asarray(kinds, np.uint8), np.asarray(deadbands, np.float64)
 
+    def max_ages(self) -> np.ndarray:
+        """Each tag's max_age in seconds, in tag-id order (0: never stale)."""
+        out: list[float] = []
+        for d in self.devices:
+            out.extend(p.max_age for p in self.types[d.type].points)
+        return np.asarray(out, np.float64)
+
     def summary(self) -> str:
         """Devices and tags per equipment type, as `scada check` prints it."""
         per_type = Counter(d.type for d in self.devices)
@@ -131,7 +139,7 @@ class Config:
 
 
 TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description")
-COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum")
+COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum", "max_age")
 COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description")
 
 
@@ -181,6 +189,7 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
         unit=f.take("unit", to_str, default=""),
         description=f.take("description", to_str, default=""),
         deadband=f.take("deadband", non_negative(to_float), default=0.0),
+        max_age=f.take("max_age", non_negative(to_float), default=0.0),
         writable=f.take("writable", to_bool, default=False),
         range=rng,
         enum=enum,

@@ -139,9 +139,14 @@ class TagDB:
         names: Sequence[str],
         kinds: Sequence[int] | np.ndarray | None = None,
         deadbands: Sequence[float] | np.ndarray | None = None,
+        max_ages: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         n = len(names)
         self.names = TagNames(names)
+        # Staleness: only the rows that have a max age are ever checked (index + age in ns).
+        ages = np.zeros(n) if max_ages is None else np.asarray(max_ages, np.float64)
+        self._aged = np.flatnonzero(ages > 0)
+        self._max_age_ns = (ages[self._aged] * 1e9).astype(np.int64)
         self.kind = np.zeros(n, np.uint8) if kinds is None else np.asarray(kinds, np.uint8)
         self.deadband = np.zeros(n) if deadbands is None else np.asarray(deadbands, np.float64)
         if self.deadband.shape != (n,) or self.kind.shape != (n,):
@@ -267,8 +272,13 @@ class TagDB:
         ctexts = tuple(t for t, c in zip(texts, changed.tolist()) if c)
         return self._publish(cids, np.full(len(cids), np.nan), status_arr[changed], src[changed], server_ns, ctexts)
 
-    def set_status(self, ids: np.ndarray, status: int, source_time: int | None = None) -> ChangeBatch | None:
-        """Change the status of rows and keep their last values (link loss, for example)."""
+    def set_status(self, ids: np.ndarray, status: int, source_time: int | None = None,
+                   keep_source_time: bool = False) -> ChangeBatch | None:
+        """Change the status of rows and keep their last values (link loss, for example).
+
+        The source time of a changed row becomes ``source_time`` (default: now, when the loss
+        was seen), or stays the last report's with ``keep_source_time``.
+        """
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
             return None
@@ -279,13 +289,30 @@ class TagDB:
         cids = ids[changed]
         self.status[cids] = status
         self.server_time[cids] = server_ns
-        self.source_time[cids] = server_ns if source_time is None else source_time
+        if not keep_source_time:
+            self.source_time[cids] = server_ns if source_time is None else source_time
         texts = None
         if self.text and (self.kind[cids] == TEXT).any():
             texts = tuple(self.text.get(i) for i in cids.tolist())
         return self._publish(
             cids, self.value[cids], np.full(len(cids), status, np.uint32), self.source_time[cids], server_ns, texts
         )
+
+    def mark_stale(self, now: int | None = None) -> ChangeBatch | None:
+        """Good values older than their tag's max age turn Uncertain_LastUsableValue.
+
+        A device that goes quiet without losing its link (an MQTT tracker that stops
+        reporting) is caught here; its next report makes the rows Good again.
+        """
+        if self._aged.size == 0:
+            return None
+        now = time.time_ns() if now is None else now
+        rows = self._aged
+        stale = (self.status[rows] == st.GOOD) & (now - self.source_time[rows] > self._max_age_ns)
+        if not stale.any():
+            return None
+        # The source time stays that of the last report: it says how old the value is.
+        return self.set_status(rows[stale], st.UNCERTAIN_LAST_USABLE_VALUE, keep_source_time=True)
 
     def snapshot(self, ids: np.ndarray | None = None) -> ChangeBatch:
         """Current rows as a batch (all rows when ``ids`` is None): a consumer's resync."""

@@ -96,6 +96,11 @@ async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_p
             assert h.value("B-DIJ-001", "vehicle") == 0
             await until(lambda: h.status("V-001", "lat") == st.GOOD, what="vehicle position")
             assert 47.3 < h.value("V-001", "lat") < 47.4
+            # A tracker that goes quiet for more than its points' max_age (60 s in tags.yaml) turns Uncertain.
+            stale = h.tagdb.mark_stale(time.time_ns() + 61 * 10**9)
+            assert h.tag("V-001", "lat") in stale.ids.tolist()
+            assert h.status("V-001", "lat") == st.UNCERTAIN_LAST_USABLE_VALUE
+            await until(lambda: h.status("V-001", "lat") == st.GOOD, what="Good again with the next report")
             # Never a command's value before one is sent.
             assert h.status("B-DIJ-001", "command") == st.BAD_NO_COMMUNICATION
 

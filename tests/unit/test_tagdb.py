@@ -145,3 +145,19 @@ def test_large_batch_vectorised():
     batch = db.update(ids, vals[ids])
     assert len(batch) == 1000
     assert set(batch.ids.tolist()) == set(ids[:1000].tolist())
+
+
+def test_values_older_than_their_max_age_turn_uncertain_and_recover():
+    db = TagDB(["tracker/lat", "tracker/lon", "cabinet/power"], None, None, [60.0, 60.0, 0.0])
+    t0 = 1_000_000_000_000
+    db.update([0, 1, 2], [47.3, 5.0, 1.0], st.GOOD, t0)
+    assert db.mark_stale(t0 + 59 * 10**9) is None
+    batch = db.mark_stale(t0 + 61 * 10**9)
+    assert batch.ids.tolist() == [0, 1]  # the point without a max age never goes stale
+    assert (db.status[[0, 1]] == st.UNCERTAIN_LAST_USABLE_VALUE).all() and db.status[2] == st.GOOD
+    assert db.value[0] == 47.3 and db.source_time[0] == t0  # last value and its age kept
+    assert db.mark_stale(t0 + 120 * 10**9) is None  # once
+    assert db.update([0], [47.3], st.GOOD, t0 + 121 * 10**9).ids.tolist() == [0]  # a report: Good again
+    db.set_status(np.array([1]), st.BAD_COMMUNICATION_ERROR)
+    later = db.mark_stale(t0 + 10**12)
+    assert later.ids.tolist() == [0]  # only Good values age into Uncertain: not the Bad one
