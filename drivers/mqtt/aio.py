@@ -62,6 +62,8 @@ class AsyncioMqtt:
     # on the loop
 
     def _attach(self, sock) -> None:
+        if sock.fileno() < 0:  # closed again before the loop got to it
+            return
         self._sock = sock
         self._loop.add_reader(sock, self._read)
 
@@ -77,7 +79,8 @@ class AsyncioMqtt:
 
     def _watch_write(self, sock, on: bool) -> None:
         if on:
-            self._loop.add_writer(sock, self._write)
+            if sock.fileno() >= 0 and sock is self._sock:
+                self._loop.add_writer(sock, self._write)
         else:
             try:
                 self._loop.remove_writer(sock)

@@ -54,7 +54,7 @@ async def until(predicate, timeout=10.0, what=""):
 class Harness:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.tagdb = TagDB(*cfg.tag_table())
+        self.tagdb = TagDB(*cfg.tag_table(), cfg.max_ages())
         self.driver = MqttDriver(cfg, list(cfg.devices), self.tagdb)
 
     def tag(self, device, point):
