@@ -33,7 +33,7 @@ from drivers.mqtt.codec import GarbageError, Reader, decode
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
 from scada.config import Config, Device
-from scada.tagdb import TEXT, TagDB
+from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
 MAX_QUEUED = 100_000  # messages waiting for the loop; beyond, new ones are dropped and counted
@@ -183,7 +183,7 @@ class MqttDriver:
                 for e in errors:
                     self._garbage(ds, topic, e)
                 for tag, v in zip(tag_ids, vals):
-                    if isinstance(v, str) or self.tagdb.kind[tag] == TEXT:
+                    if isinstance(v, str):  # the codec returns str for text points only
                         text_ids.append(tag)
                         texts.append(str(v))
                         text_times.append(t_ns)
