@@ -16,9 +16,7 @@ Target (issue 3): the full city simulated in at most one of the two cores.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import shutil
 import socket
 import statistics

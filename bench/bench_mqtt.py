@@ -18,8 +18,6 @@ Target (issue 4): at least 50,000 JSON messages per second into the tag database
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import shutil
 import socket
 import statistics

@@ -21,7 +21,7 @@ import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, DriverError, WriteCommand
+from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
 from drivers.modbus.codec import Block, ReadPlan, encode
 from drivers.modbus.config import ModbusEndpoint
 from scada import status as st

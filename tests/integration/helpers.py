@@ -171,3 +171,13 @@ def write_tags(folder: Path, inventories: list[str], extra_types: str = "") -> N
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tags.yaml").write_text(
         head + extra_types + "\ninventories:\n" + "".join(f"  - file: {f}\n" for f in inventories))
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "") -> float:
+    """Wait for ``predicate()`` to hold; return the seconds it took, or fail saying ``what``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout} s")

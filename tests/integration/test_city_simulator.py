@@ -109,7 +109,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
             assert await node(cab, "power").good_value() == 0
             # A cabinet that stops answering goes Bad_CommunicationError.
             assert fault(control, "device_silent", city.cabinets[2].name).returncode == 0
-            dv = await until(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
+            await until(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
                              lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, what="silent")
             # The junctions (OPC UA) and bollards (MQTT) of the generated configuration too.
             j, b = city.junctions[0], city.bollards[0]

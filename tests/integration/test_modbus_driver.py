@@ -8,7 +8,6 @@ and that none of them slows the healthy devices down.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import SilentLink, free_port, free_port_range, write_tags
+from .helpers import SilentLink, free_port, free_port_range, until, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +88,6 @@ class Harness:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def until(predicate, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 @pytest.fixture

@@ -20,16 +20,11 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import Mosquitto, write_tags
+from .helpers import until, write_tags
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "mosquitto")
-    yield b
-    b.stop()
 
 
 def config(folder: Path, port: int):
@@ -42,13 +37,6 @@ def config(folder: Path, port: int):
     return load_config(folder)
 
 
-async def until(predicate, timeout=10.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(what)
 
 
 class Harness:

@@ -14,16 +14,11 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import Mosquitto
+from .helpers import until
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "mosquitto")
-    yield b
-    b.stop()
 
 
 def sub(broker, topic: str, count: int, timeout: float = 10) -> subprocess.Popen:
@@ -42,13 +37,6 @@ async def lines(proc: subprocess.Popen) -> list[tuple[str, str]]:
     return [tuple(line.split(" ", 1)) for line in out.splitlines() if line]
 
 
-async def wait(predicate, timeout=10.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(what)
 
 
 async def test_bollard_states_commands_acks_and_last_will(broker):
@@ -57,7 +45,7 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
                                step_interval=0.05, acceleration=4.0)
     await sim.start()
     try:
-        await wait(lambda: all(link.connected for link in sim.links), what="bollards connected")
+        await until(lambda: all(link.connected for link in sim.links), what="bollards connected")
         # Retained state and status, seen by an independent subscriber.
         got = dict(await lines(sub(broker, "city/bollards/+/status", 2)))
         assert got == {"city/bollards/B-DIJ-001/status": "online", "city/bollards/B-DIJ-002/status": "online"}
@@ -72,16 +60,16 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
         answered = [json.loads(p) for _, p in await lines(acks)]
         assert answered[0]["correlation_id"] == "c-17" and answered[0]["result"] == "accepted"
         assert answered[1]["result"] == "rejected" and "invalid" in answered[1]["reason"]
-        await wait(lambda: sim.state.position[0] == bo.DOWN, what="lowered")
-        await wait(lambda: sim._last is not None and sim._last[0][0] == bo.DOWN, what="published")
+        await until(lambda: sim.state.position[0] == bo.DOWN, what="lowered")
+        await until(lambda: sim._last is not None and sim._last[0][0] == bo.DOWN, what="published")
         state = dict(await lines(sub(broker, "city/bollards/B-DIJ-001/state", 1)))
         assert json.loads(state["city/bollards/B-DIJ-001/state"])["position"] == "down"
 
         # An obstruction while rising reverses it.
         pub(broker, "city/bollards/B-DIJ-001/cmd", json.dumps({"command": "raise", "correlation_id": "c-18"}))
-        await wait(lambda: sim.state.position[0] == bo.RISING, what="rising")
+        await until(lambda: sim.state.position[0] == bo.RISING, what="rising")
         sim.apply(bo.set_obstruction, 0, True)
-        await wait(lambda: sim.state.reversals[0] == 1, what="reversed")
+        await until(lambda: sim.state.reversals[0] == 1, what="reversed")
         assert sim.state.position[0] in (bo.LOWERING, bo.DOWN)
 
         # An access event.
@@ -97,7 +85,7 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
         sim.set_offline(1, True)
         assert [p for _, p in await lines(status)] == ["online", "offline"]
         sim.set_offline(1, False)
-        await wait(lambda: sim.links[1].connected, what="back online")
+        await until(lambda: sim.links[1].connected, what="back online")
     finally:
         await sim.stop()
 
@@ -128,11 +116,11 @@ async def test_bollards_reconnect_after_a_broker_outage(broker):
                                step_interval=0.05)
     await sim.start()
     try:
-        await wait(lambda: sim.links[0].connected, what="connected")
+        await until(lambda: sim.links[0].connected, what="connected")
         broker.stop()  # the broker dies (it kept nothing: persistence is off)
-        await wait(lambda: not sim.links[0].connected, what="link lost")
+        await until(lambda: not sim.links[0].connected, what="link lost")
         broker.start()
-        await wait(lambda: sim.links[0].connected, timeout=20, what="reconnected with backoff")
+        await until(lambda: sim.links[0].connected, timeout=20, what="reconnected with backoff")
         # The bollard announced itself and its state again to the new broker.
         got = dict(await lines(sub(broker, "city/bollards/B-QUE-001/+", 2)))
         assert got["city/bollards/B-QUE-001/status"] == "online"

@@ -16,7 +16,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 
-from .helpers import free_port, write_tags
+from .helpers import free_port, until, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +46,6 @@ def simulator(url: str) -> TrafficOpcUaSimulator:
     return TrafficOpcUaSimulator(state, JUNCTIONS, url, step_interval=0.1)
 
 
-async def until(predicate, timeout=15.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(what)
 
 
 async def test_values_refused_node_writes_and_session_recovery(tmp_path):

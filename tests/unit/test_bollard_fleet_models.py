@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
