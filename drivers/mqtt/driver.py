@@ -159,6 +159,7 @@ class MqttDriver:
                     await asyncio.sleep(0)
         finally:
             for b in self.brokers.values():
+                b.connected = False  # an orderly stop, not a lost link: nothing to report
                 await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
