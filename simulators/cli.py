@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-json", action="store_true")
 
     c = sub.add_parser("city", help="a whole simulated city: lighting (Modbus), traffic (OPC UA), bollards and vehicles (MQTT)")
-    c.add_argument("--preset", default="small", help="tiny, small (default) or dijon (the whole metropolis)")
+    c.add_argument("--city", "--preset", dest="preset", default="small",
+                   help="tiny, small (default) or dijon (the whole metropolis)")
     c.add_argument("--config-out", help="write tags.yaml and the inventories of this city into this folder")
     c.add_argument("--types-from", default="tags.yaml", help="tags.yaml whose equipment types the written one uses")
     c.add_argument("--host", default="127.0.0.1")
