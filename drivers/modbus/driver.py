@@ -122,6 +122,7 @@ class DeviceState:
     failures: int = 0
     last_error: str = ""
     last_rtt: float = 0.0
+    refused: set[int] = field(default_factory=set)  # blocks answered with exception 02/03: not read again
     status: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,7 +173,11 @@ class ModbusDriver:
         next_tick = time.monotonic()
         me = asyncio.current_task()
         while True:
-            await self.poll(ds)
+            try:
+                await self.poll(ds)
+            except Exception as exc:  # a bug in one device's poll must not stop every other device
+                log.exception("poll_failed", device=ds.device.name)
+                self._link_down(ds, f"internal error: {exc!r}")
             if me is not None and me.cancelling():
                 # A library swallowed our cancellation (pymodbus uses wait_for internally): honour it.
                 raise asyncio.CancelledError
@@ -189,7 +194,11 @@ class ModbusDriver:
         responses: list[Any] = []
         ds.status[:] = st.GOOD
         try:
-            for block in ds.plan.blocks:
+            for k, block in enumerate(ds.plan.blocks):
+                if k in ds.refused:  # the device said this block does not exist: not asked again
+                    self._mark_block(ds, block, st.BAD_CONFIGURATION_ERROR)
+                    responses.append([0] * block.count)
+                    continue
                 try:
                     responses.append(await self._read_block(ds.connection, unit, block))
                 except DeviceRejected as exc:
@@ -199,6 +208,12 @@ class ModbusDriver:
                     self._mark_block(ds, block, EXCEPTION_STATUS.get(code, st.BAD_DEVICE_FAILURE))
                     responses.append([0] * block.count)
                     ds.last_error = f"exception {code} on {block.table} {block.start}+{block.count}"
+                    if code in (EXC_ILLEGAL_ADDRESS, EXC_ILLEGAL_VALUE):
+                        # A configuration mistake, not a transient fault: retrying every poll would
+                        # only cost the device a request per cycle. It stays Bad_ConfigurationError.
+                        ds.refused.add(k)
+                        log.warning("modbus_block_refused", device=ds.device.name, table=block.table,
+                                    address=block.start, count=block.count, modbus_exception=code)
         except DeviceUnreachable as exc:
             self._link_down(ds, str(exc))
             return

@@ -116,6 +116,7 @@ class LightingModbusSimulator:
         self.servers: dict[int, ModbusTcpServer] = {}
         self._tasks: list[asyncio.Task] = []
         self.requests = 0
+        self.requests_per_cabinet = np.zeros(state.count, np.int64)
         self.silent: set[int] = set()  # cabinets that stopped answering
         self._answer = asyncio.Event()  # set whenever a silent cabinet may answer again
         self.state = state
@@ -146,6 +147,7 @@ class LightingModbusSimulator:
             self._answer.clear()
             await self._answer.wait()
         self.requests += 1
+        self.requests_per_cabinet[i] += 1
         if set_values is not None:
             return self._apply_write(i, function_code, address, list(set_values))
         if function_code in (3, 6, 16, 22, 23):

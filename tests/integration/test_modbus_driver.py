@@ -113,6 +113,15 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
         await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, 3, "refused point")
         assert h.status("MIS-1", "power") == st.GOOD
         assert "exception 2" in h.state("MIS-1").last_error
+        # Exceptions 02/03 are configuration mistakes: the block is not asked for again.
+        assert h.state("MIS-1").refused
+        mis = h.state("MIS-1")
+        polls, requests = mis.successes, int(simulator.requests_per_cabinet[1])
+        await until(lambda: mis.successes >= polls + 4, 3, "more polls")
+        await asyncio.sleep(0.05)  # let the last poll's reads land
+        per_poll = (int(simulator.requests_per_cabinet[1]) - requests) / (mis.successes - polls)
+        assert per_poll == pytest.approx(len(mis.plan.blocks) - 1, abs=0.5)  # every block but the refused one
+        assert h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR
 
 
 async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator, tmp_path):
