@@ -189,6 +189,12 @@ def main() -> int:
     ours = [capacity(SERVE_OURS) for _ in range(args.repeats)]
 
     sim_cpu = statistics.median(shares["simulator"])
+    devices = int(status[-1]["devices"].split("/")[1]) if status else r1["cabinets"]
+    # Lateness counted over the sampling window only: the status lines bracketing it.
+    window = [x for x in status if x.get("late_polls") is not None]
+    late = window[-1]["late_polls"] - window[0]["late_polls"] if len(window) > 1 else 0
+    missed = window[-1]["missed_cycles"] - window[0]["missed_cycles"] if len(window) > 1 else 0
+    polls = int(r1["modbus_requests"] - r0["modbus_requests"]) // 4
     srv_cpu = statistics.median(shares["server"])
     print(f"\nWhole simulated city '{args.preset}' ({r1['cabinets']} cabinets, {r1['junctions']} junctions, "
           f"{'MQTT on' if broker else 'no MQTT broker'}), server polling every cabinet at 1 s; "
@@ -201,6 +207,9 @@ def main() -> int:
         ("server peak RSS (context)", f"{rss['server'] / 2**20:.0f} MB", "", ""),
         ("Modbus requests served", f"{served:.0f} /s", f"{r1['cabinets'] * 4} /s expected (4 blocks x 1 Hz)", ""),
         ("server start to OPC UA listening", f"{startup:.1f} s", "", ""),
+        ("server CPU per 1,000 devices", f"{srv_cpu / (devices / 1000):.2f} cores", "", ""),
+        ("polls started >10 % late / missed cycles", f"{late} / {missed}",
+         f"of {polls:,} polls in the window", "every cycle on time" if late == 0 and missed == 0 else "LATE"),
         ("devices online (last status line)", status[-1]["devices"] if status else "?", "", ""),
         ("Modbus capacity, stock pymodbus server", f"{statistics.median(stock):.0f} req/s", "library baseline", ""),
         ("Modbus capacity, our lighting adapter", f"{statistics.median(ours):.0f} req/s",

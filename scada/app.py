@@ -38,6 +38,8 @@ class Application:
             "tags": len(self.tagdb),
             "devices_online": sum(x["online"] for x in diags),
             "devices_total": sum(x["devices"] for x in diags),
+            "late_polls": sum(x.get("late_polls", 0) for x in diags),
+            "missed_cycles": sum(x.get("missed_cycles", 0) for x in diags),
         }
 
     async def _status_loop(self) -> None:
@@ -50,6 +52,7 @@ class Application:
             s = self.status()
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",
+                     late_polls=s["late_polls"], missed_cycles=s["missed_cycles"],
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
     async def _staleness_loop(self) -> None:

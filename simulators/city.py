@@ -89,9 +89,14 @@ def _scatter(key: str, lat: float, lon: float, radius_deg: float) -> tuple[float
 
 
 def generate(preset: str = "small", host: str = "127.0.0.1", base_port: int = 15020, units_per_port: int = 1) -> City:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown city preset {preset!r} (presets: {', '.join(PRESETS)})")
-    p = PRESETS[preset]
+    """The city of a preset; ``cabinets-N`` is a lighting-only city of N cabinets (benchmarks)."""
+    if preset.startswith("cabinets-") and preset[9:].isdigit() and int(preset[9:]) > 0:
+        n = int(preset[9:])
+        p = Preset(cabinets=n, light_points=31 * n, junctions=0, bollards=0, vehicles=0)
+    elif preset not in PRESETS:
+        raise ValueError(f"unknown city preset {preset!r} (presets: {', '.join(PRESETS)}, or cabinets-N)")
+    else:
+        p = PRESETS[preset]
     rows = communes()
     names = [r[0] for r in rows]
     pop = np.array([_population(n) for n in names], np.float64)

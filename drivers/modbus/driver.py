@@ -155,6 +155,10 @@ class ModbusDriver:
             for k, p in enumerate(t.points):
                 self._by_tag[config.tag_name(d, p)] = (ds, k)
         self.connections = list(connections.values())
+        self.polls_started = 0
+        self.late_polls = 0  # started more than 10 % of the poll interval after their tick
+        self.missed_cycles = 0  # cycles skipped because a poll overran its interval
+        self.max_lateness = 0.0
 
     async def run(self) -> None:
         try:
@@ -173,6 +177,12 @@ class ModbusDriver:
         next_tick = time.monotonic()
         me = asyncio.current_task()
         while True:
+            # How late this poll starts against its schedule: "every cycle on time" is measured here.
+            late = time.monotonic() - next_tick
+            self.polls_started += 1
+            if late > 0.1 * interval:
+                self.late_polls += 1
+            self.max_lateness = max(self.max_lateness, late)
             try:
                 await self.poll(ds)
             except Exception as exc:  # a bug in one device's poll must not stop every other device
@@ -184,6 +194,7 @@ class ModbusDriver:
             next_tick += interval
             now = time.monotonic()
             if next_tick < now:  # overran: skip the missed cycles rather than burst
+                self.missed_cycles += int((now - next_tick) // interval) + 1
                 next_tick = now + interval - (now - next_tick) % interval
             await asyncio.sleep(next_tick - now)
 
@@ -318,6 +329,8 @@ class ModbusDriver:
             "online": sum(ds.ok for ds in self.devices),
             "polls": sum(ds.successes for ds in self.devices),
             "failures": sum(ds.failures for ds in self.devices),
+            "late_polls": self.late_polls,
+            "missed_cycles": self.missed_cycles,
         }
 
 
