@@ -202,7 +202,10 @@ class LightingModbusSimulator:
 
     async def _open(self, port: int) -> None:
         server = ModbusTcpServer(self._port_devices(port), address=(self.host, port))
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus's way of saying the bind failed
+            raise OSError(f"cannot listen on {self.host}:{port}: in use, or not an address of this machine") from exc
         self.servers[port] = server
 
     async def start(self) -> None:
