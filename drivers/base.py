@@ -41,6 +41,24 @@ class WriteCommand:
     value: float
 
 
+def lookup(index: dict[str, Any], command: WriteCommand) -> Any:
+    """What a driver indexed under the command's tag, or CommandRejected for an unknown tag."""
+    try:
+        return index[command.tag]
+    except KeyError:
+        raise CommandRejected(f"unknown tag {command.tag!r}") from None
+
+
+def check_point(point: Any, command: WriteCommand) -> None:
+    """The checks every driver makes of a write against tags.yaml: writable, range, enumeration."""
+    if not point.writable:
+        raise CommandRejected(f"{command.tag} is not writable")
+    if point.range and not point.range[0] <= command.value <= point.range[1]:
+        raise CommandRejected(f"{command.value} is outside {command.tag}'s range {list(point.range)}")
+    if point.enum and command.value not in dict(point.enum):
+        raise CommandRejected(f"{command.value} is not one of {command.tag}'s states {dict(point.enum)}")
+
+
 class DriverConfig(Protocol):
     """A driver's ``config`` module: reads the keys tags.yaml gives to this driver."""
 

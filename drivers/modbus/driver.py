@@ -21,7 +21,7 @@ import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
+from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.modbus.codec import Block, ReadPlan, encode
 from drivers.modbus.config import ModbusEndpoint
 from scada import status as st
@@ -267,21 +267,13 @@ class ModbusDriver:
     # Commands
 
     def _resolve(self, command: WriteCommand) -> tuple[DeviceState, Any]:
-        try:
-            ds, k = self._by_tag[command.tag]
-        except KeyError:
-            raise CommandRejected(f"unknown tag {command.tag!r}") from None
+        ds, k = lookup(self._by_tag, command)
         return ds, ds.points[k]
 
     def check(self, command: WriteCommand) -> None:
         """Validate a write without touching the device."""
         _, point = self._resolve(command)
-        if not point.writable:
-            raise CommandRejected(f"{command.tag} is not writable")
-        if point.range and not point.range[0] <= command.value <= point.range[1]:
-            raise CommandRejected(f"{command.value} is outside {command.tag}'s range {list(point.range)}")
-        if point.enum and int(command.value) not in dict(point.enum):
-            raise CommandRejected(f"{command.value} is not one of {command.tag}'s states {dict(point.enum)}")
+        check_point(point, command)
         try:
             encode(point.io, command.value)
         except ValueError as exc:

@@ -27,7 +27,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import structlog
 
-from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
+from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.mqtt.aio import AsyncioMqtt
 from drivers.mqtt.codec import GarbageError, Reader, decode
 from drivers.mqtt.config import MqttEndpoint, MqttType
@@ -245,18 +245,12 @@ class MqttDriver:
     # commands
 
     def _resolve(self, command: WriteCommand) -> tuple[DeviceState, Any]:
-        try:
-            ds, k = self._by_tag[command.tag]
-        except KeyError:
-            raise CommandRejected(f"unknown tag {command.tag!r}") from None
+        ds, k = lookup(self._by_tag, command)
         return ds, ds.points[k]
 
     def check(self, command: WriteCommand) -> None:
-        ds, point = self._resolve(command)
-        if not point.writable:
-            raise CommandRejected(f"{command.tag} is not writable")
-        if not point.enum or int(command.value) != command.value or int(command.value) not in dict(point.enum):
-            raise CommandRejected(f"{command.value} is not one of {command.tag}'s commands {dict(point.enum or ())}")
+        # tags.yaml guarantees a writable MQTT point is a command point with an enum.
+        check_point(self._resolve(command)[1], command)
 
     async def write(self, command: WriteCommand) -> None:
         """Publish the command with a correlation id; return once the device acknowledges it."""

@@ -25,7 +25,7 @@ import structlog
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 
-from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
+from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.opcua.config import OpcUaEndpoint, OpcUaType
 from scada import status as st
 from scada.config import Config, Device
@@ -215,19 +215,10 @@ class OpcUaDriver:
     # commands
 
     def _resolve(self, command: WriteCommand):
-        try:
-            return self._by_tag[command.tag]
-        except KeyError:
-            raise CommandRejected(f"unknown tag {command.tag!r}") from None
+        return lookup(self._by_tag, command)
 
     def check(self, command: WriteCommand) -> None:
-        _, _, p = self._resolve(command)
-        if not p.writable:
-            raise CommandRejected(f"{command.tag} is not writable")
-        if p.range and not p.range[0] <= command.value <= p.range[1]:
-            raise CommandRejected(f"{command.value} is outside {command.tag}'s range {list(p.range)}")
-        if p.enum and command.value not in dict(p.enum):
-            raise CommandRejected(f"{command.value} is not one of {command.tag}'s states {dict(p.enum)}")
+        check_point(self._resolve(command)[2], command)
 
     async def write(self, command: WriteCommand) -> None:
         """Write, then confirm by reading back: the server's own value must become the command."""
