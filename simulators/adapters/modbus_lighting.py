@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from simulators.clock import SimClock
 from simulators.models import lighting
 
 # (name, table, address, type, word order, scale) -- value on the wire = value / scale
@@ -111,8 +111,7 @@ class LightingModbusSimulator:
         self.units_per_port = units_per_port
         self.acceleration = acceleration
         self.step_interval = step_interval
-        self._t0 = time.time() if start_time is None else start_time
-        self._m0 = time.monotonic()
+        self.clock = SimClock(start_time, acceleration)
         self.servers: dict[int, ModbusTcpServer] = {}
         self._tasks: list[asyncio.Task] = []
         self.requests = 0
@@ -135,7 +134,7 @@ class LightingModbusSimulator:
         return Placement(self.base_port + i // self.units_per_port, 1 + i % self.units_per_port)
 
     def sim_time(self) -> float:
-        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+        return self.clock.now()
 
     def _bits(self, table: str, i: int) -> list[int]:
         return _bits_to_registers(self._images[table][i].tolist())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -28,6 +27,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from drivers.mqtt.aio import AsyncioMqtt
+from simulators.clock import SimClock
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
@@ -92,8 +92,7 @@ class BollardMqttSimulator:
         self.names = names
         self.host, self.port, self.prefix = host, port, prefix
         self.acceleration, self.step_interval = acceleration, step_interval
-        self._t0 = time.time() if start_time is None else start_time
-        self._m0 = time.monotonic()
+        self.clock = SimClock(start_time, acceleration)
         self.links: list[MqttLink] = []
         self._commands: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self._tasks: list[asyncio.Task] = []
@@ -102,7 +101,7 @@ class BollardMqttSimulator:
         self.invalid_commands = 0
 
     def sim_time(self) -> float:
-        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+        return self.clock.now()
 
     def topic(self, i: int, leaf: str) -> str:
         return f"{self.prefix}/{self.names[i]}/{leaf}"
@@ -211,14 +210,13 @@ class FleetMqttSimulator:
         self.prefix = prefix
         self.acceleration = acceleration
         self.report_interval = report_interval
-        self._t0 = time.time() if start_time is None else start_time
-        self._m0 = time.monotonic()
+        self.clock = SimClock(start_time, acceleration)
         self.link = MqttLink("fleet-gateway", host, port)
         self._task: asyncio.Task | None = None
         self.reports = 0
 
     def sim_time(self) -> float:
-        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+        return self.clock.now()
 
     def report(self) -> None:
         s = self.state

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 from asyncua import Server, ua
 
 from scada.opcua.server import stop_asyncua_server
+from simulators.clock import SimClock
 from simulators.models import traffic as tr
 
 NAMESPACE_URI = "urn:city-scada:traffic-sim"
@@ -91,8 +91,7 @@ class TrafficOpcUaSimulator:
         self.endpoint = endpoint
         self.acceleration = acceleration
         self.step_interval = step_interval
-        self._t0 = time.time() if start_time is None else start_time
-        self._m0 = time.monotonic()
+        self.clock = SimClock(start_time, acceleration)
         self.server = Server()
         self.ns = 0
         self._nodes: dict[str, list[ua.NodeId]] = {}
@@ -105,7 +104,7 @@ class TrafficOpcUaSimulator:
         self.refused = 0
 
     def sim_time(self) -> float:
-        return self._t0 + (time.monotonic() - self._m0) * self.acceleration
+        return self.clock.now()
 
     async def start(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)
