@@ -181,3 +181,15 @@ async def until(predicate, timeout: float = 10.0, what: str = "") -> float:
             return time.monotonic() - t0
         await asyncio.sleep(0.02)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def until_read(read, predicate, timeout: float = 15.0, what: str = ""):
+    """Await ``read()`` until ``predicate`` holds for its result; return that result, or fail with the last."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await read()
+        if predicate(last):
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not reached within {timeout} s; last: {last!r}")

@@ -8,12 +8,10 @@ reaches its OPC UA clients.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 from asyncua import Client, ua
@@ -22,20 +20,10 @@ from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.adapters.opcua_traffic import NAMESPACE_URI as TRAFFIC_NS
 from simulators.city import generate
 
-from .helpers import ROOT, Mosquitto, Process, free_port, free_port_range, wait_port
+from .helpers import until_read, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port
 
 pytestmark = pytest.mark.integration
 
-
-async def until(fn, predicate, timeout=15.0, what=""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if predicate(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: last {last!r}")
 
 
 def fault(control_port: int, *args: str) -> subprocess.CompletedProcess:
@@ -79,7 +67,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
             ns = await c.get_namespace_index(TRAFFIC_NS)
             j = city.junctions[0]
             assert (await c.get_node(ua.NodeId(f"Junctions/{j.commune}", ns)).get_children())
-            await until(c.get_node(ua.NodeId(f"{j.name}.ConflictFault", ns)).read_value, lambda v: v is True,
+            await until_read(c.get_node(ua.NodeId(f"{j.name}.ConflictFault", ns)).read_value, lambda v: v is True,
                         what="scenario conflict fault")
 
         # The server supervises the generated configuration.
@@ -98,26 +86,26 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
                 n.good_value = good_value
                 return n
 
-            await until(node(cab, "lamp_count").good_value, lambda v: v == city.lamps[0], what="lamp count")
+            await until_read(node(cab, "lamp_count").good_value, lambda v: v == city.lamps[0], what="lamp count")
             # The scenario opened LC-DIJ-002's door.
-            await until(node(city.cabinets[1], "door_open").good_value, lambda v: v is True, what="door open")
+            await until_read(node(city.cabinets[1], "door_open").good_value, lambda v: v is True, what="door open")
             # A fault through the control port: 3 lamps fail, then mains loss.
             assert fault(control, "lamp_failure", cab.name, "count=3").returncode == 0
-            await until(node(cab, "failed_lamps").good_value, lambda v: v == 3, what="failed lamps")
+            await until_read(node(cab, "failed_lamps").good_value, lambda v: v == 3, what="failed lamps")
             assert fault(control, "mains_loss", cab.name).returncode == 0
-            await until(node(cab, "mains_fault").good_value, lambda v: v is True, what="mains fault")
+            await until_read(node(cab, "mains_fault").good_value, lambda v: v is True, what="mains fault")
             assert await node(cab, "power").good_value() == 0
             # A cabinet that stops answering goes Bad_CommunicationError.
             assert fault(control, "device_silent", city.cabinets[2].name).returncode == 0
-            await until(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
+            await until_read(lambda: node(city.cabinets[2], "power").read_data_value(raise_on_bad_status=False),
                              lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, what="silent")
             # The junctions (OPC UA) and bollards (MQTT) of the generated configuration too.
             j, b = city.junctions[0], city.bollards[0]
             conflict = c.get_node(ua.NodeId(f"{j.commune}/traffic/{j.name}/conflict_fault", ns))
-            await until(lambda: conflict.read_data_value(raise_on_bad_status=False),
+            await until_read(lambda: conflict.read_data_value(raise_on_bad_status=False),
                         lambda d: d.StatusCode.is_good() and d.Value.Value is True, what="junction via OPC UA")
             position = c.get_node(ua.NodeId(f"{b.commune}/bollard/{b.name}/position", ns))
-            await until(lambda: position.read_data_value(raise_on_bad_status=False),
+            await until_read(lambda: position.read_data_value(raise_on_bad_status=False),
                         lambda d: d.StatusCode.is_good() and d.Value.Value in (0, 1, 2, 3), what="bollard via MQTT")
         # Bad requests are refused with a reason, and change nothing.
         r = fault(control, "lamp_failure", "LC-NOPE-001", "count=1")

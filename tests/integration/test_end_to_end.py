@@ -21,7 +21,7 @@ from asyncua import Client, ua
 from scada.opcua.address_space import NAMESPACE_URI
 from simulators.inventory import Cabinet
 
-from .helpers import ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed, write_tags
+from .helpers import until_read, ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,6 @@ def write_config(folder: Path, base_port: int) -> list[Cabinet]:
     (folder / "inventory" / "lighting-cabinets.csv").write_text("\n".join(lines) + "\n")
     return cabinets
 
-
-async def wait_for(read, predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await read()
-        if predicate(last):
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not reached within {timeout} s; last: {last}")
 
 
 def dv_reader(node):
@@ -92,22 +82,22 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             await sub.subscribe_data_change(dim)
 
             # Values arrive with Good status.
-            dv = await wait_for(dv_reader(mode), lambda d: d.StatusCode.is_good(), 10, "first poll")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 10, "first poll")
             assert dv.Value.Value == 0  # auto
 
             # An independent Modbus master puts the cabinet in manual dimming at 40 %.
             subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "0", "-t", "4", "-p", str(cab.port),
                             "127.0.0.1", "3", "40"], check=True, capture_output=True, timeout=10)
-            dv = await wait_for(dv_reader(dim), lambda d: d.Value.Value == 40, 5, "dim level 40 %")
+            dv = await until_read(dv_reader(dim), lambda d: d.Value.Value == 40, 5, "dim level 40 %")
             assert dv.StatusCode.is_good()
             assert dv.SourceTimestamp is not None
             expected_kw = cab.lamps * 60.0 * 0.40 / 1000.0  # luminaires x 60 W x 40 %, in kW (float32)
-            dv = await wait_for(dv_reader(power), lambda d: d.Value.Value and abs(d.Value.Value - expected_kw) < 1e-4,
+            dv = await until_read(dv_reader(power), lambda d: d.Value.Value and abs(d.Value.Value - expected_kw) < 1e-4,
                                 5, f"power {expected_kw} kW")
             assert dv.StatusCode.is_good()
             assert (await mode.read_value()) == 3
             # The subscription saw the change too (the publisher notifies monitored items).
-            await wait_for(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 5, "subscription")
+            await until_read(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 5, "subscription")
 
             # The engineering unit travels with the variable.
             eu = await power.get_child(["0:EngineeringUnits"])
@@ -117,21 +107,21 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             # and the last value is kept.
             sim.stop(signal.SIGKILL)
             t0 = time.monotonic()
-            dv = await wait_for(dv_reader(dim),
+            dv = await until_read(dv_reader(dim),
                                 lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
                                 POLL + TIMEOUT + 2.0, "Bad_CommunicationError after the simulator died")
             assert time.monotonic() - t0 <= POLL + TIMEOUT + 1.0
             assert dv.Value.Value == 40
             other = client.get_node(ua.NodeId(f"Talant/lighting/{cabinets[2].name}/mains_voltage", ns))
-            await wait_for(dv_reader(other), lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
+            await until_read(dv_reader(other), lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
                            5, "every cabinet of the dead simulator")
 
             # Restart it: Good again, without restarting the server.
             wait_port_closed(cab.port)
             sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim2.log")
             wait_port(base + 2)
-            await wait_for(dv_reader(dim), lambda d: d.StatusCode.is_good(), 15, "Good after restart")
-            dv = await wait_for(dv_reader(mode), lambda d: d.StatusCode.is_good(), 5, "mode Good after restart")
+            await until_read(dv_reader(dim), lambda d: d.StatusCode.is_good(), 15, "Good after restart")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 5, "mode Good after restart")
             assert dv.Value.Value == 0  # a restarted cabinet comes back in automatic mode
             await sub.delete()
         # Ctrl-C (SIGINT) stops the server cleanly.

@@ -11,19 +11,10 @@ from asyncua import Client, ua
 from simulators.adapters.opcua_traffic import NAMESPACE_URI, Junction, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 
-from .helpers import free_port
+from .helpers import until_read, free_port
 
 pytestmark = pytest.mark.integration
 
-
-async def until(fn, predicate, timeout=5.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = await fn()
-        if predicate(v):
-            return v
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: last {v!r}")
 
 
 @pytest.fixture
@@ -59,13 +50,13 @@ async def test_browse_read_and_command_plan_and_mode(sim):
 
         # The centre selects plan 2: accepted.
         await node("J-DIJ-001", "Plan").write_value(ua.Variant(2, ua.VariantType.Int32))
-        await until(lambda: asyncio.sleep(0, sim.state.plan[0]), lambda v: v == 2, what="plan 2 in force")
+        await until_read(lambda: asyncio.sleep(0, sim.state.plan[0]), lambda v: v == 2, what="plan 2 in force")
         assert await node("J-DIJ-001", "Plan").read_value() == 2
 
         # The centre may not switch a junction dark: refused, the node returns to the controller's mode.
         await node("J-DIJ-001", "Mode").write_value(ua.Variant(tr.DARK, ua.VariantType.Int32))
-        await until(lambda: asyncio.sleep(0, sim.refused), lambda v: v == 1, what="dark refused")
-        await until(node("J-DIJ-001", "Mode").read_value, lambda v: v == tr.FIXED_TIME, what="mode restored")
+        await until_read(lambda: asyncio.sleep(0, sim.refused), lambda v: v == 1, what="dark refused")
+        await until_read(node("J-DIJ-001", "Mode").read_value, lambda v: v == tr.FIXED_TIME, what="mode restored")
         assert sim.refused == 1 and sim.state.mode[0] == tr.FIXED_TIME
 
         # Never a colour.
@@ -74,8 +65,8 @@ async def test_browse_read_and_command_plan_and_mode(sim):
 
         # A conflict fault latches flashing amber, visible to the client.
         sim.apply(tr.conflict_fault, 1, True)
-        await until(node("J-DIJ-002", "EffectiveMode").read_value, lambda v: v == tr.FLASHING_AMBER, what="flash")
+        await until_read(node("J-DIJ-002", "EffectiveMode").read_value, lambda v: v == tr.FLASHING_AMBER, what="flash")
         assert await node("J-DIJ-002", "ConflictFault").read_value() is True
-        await until(node("J-DIJ-002", "Groups/main/Colour").read_value, lambda v: v == tr.FLASHING, what="flash colour")
+        await until_read(node("J-DIJ-002", "Groups/main/Colour").read_value, lambda v: v == tr.FLASHING, what="flash colour")
         # Detectors count.
         assert await node("J-TAL-001", "Detectors/main_in/Occupancy").read_value() > 0
