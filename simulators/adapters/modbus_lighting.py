@@ -87,9 +87,12 @@ def encode_images(s: lighting.LightingState) -> dict[str, np.ndarray]:
     return images
 
 
-def _bits_to_registers(bits) -> list[int]:
-    # pymodbus packs bit n of a block into bit (n % 16) of register n // 16.
-    return [sum(1 << j for j, b in enumerate(bits[k:k + 16]) if b) for k in range(0, len(bits), 16)]
+_BIT_WEIGHTS = 1 << np.arange(16, dtype=np.int64)
+
+
+def bits_to_registers(bits: np.ndarray) -> np.ndarray:
+    """Bit images (n, 16) -> one register each: pymodbus packs bit k into bit k of the register."""
+    return (bits.astype(np.int64) * _BIT_WEIGHTS).sum(axis=1)
 
 
 @dataclass
@@ -129,6 +132,7 @@ class LightingModbusSimulator:
         # Every change of state re-encodes the images, so a request always sees the current state.
         self._state = s
         self._images = encode_images(s)
+        self._bit_registers = {t: bits_to_registers(self._images[t]) for t in ("discrete", "coil")}
 
     def placement(self, i: int) -> Placement:
         return Placement(self.base_port + i // self.units_per_port, 1 + i % self.units_per_port)
@@ -136,8 +140,6 @@ class LightingModbusSimulator:
     def sim_time(self) -> float:
         return self.clock.now()
 
-    def _bits(self, table: str, i: int) -> list[int]:
-        return _bits_to_registers(self._images[table][i].tolist())
 
     async def _action(self, i: int, function_code: int, start_address: int, address: int, count: int,
                       registers: list[int], set_values) -> ExcCodes | None:
@@ -154,9 +156,9 @@ class LightingModbusSimulator:
         elif function_code == 4:
             registers[:SIZES["input"]] = self._images["input"][i].tolist()
         elif function_code == 2:
-            registers[:1] = self._bits("discrete", i)
+            registers[0] = int(self._bit_registers["discrete"][i])
         elif function_code in (1, 5, 15):
-            registers[:1] = self._bits("coil", i)
+            registers[0] = int(self._bit_registers["coil"][i])
         return None
 
     def _apply_write(self, i: int, function_code: int, address: int, values: list) -> ExcCodes | None:
