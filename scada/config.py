@@ -27,7 +27,7 @@ from scada.alarms import config as alarms_config
 from scada.fields import (
     Fields, non_negative, positive, in_range, to_bool, to_float, to_int, to_name, to_str,
 )
-from scada.tagdb import DISCRETE, TEXT
+from scada.tagdb import ANALOG, DISCRETE, TEXT
 from scada.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 
 TAGS_FILE = "tags.yaml"
@@ -50,6 +50,24 @@ class PointDef:
     max_age: float = 0.0  # s: a Good value older than this turns Uncertain_LastUsableValue (0: never)
 
 
+# Every device's diagnostic tags, kept by its driver (scada/diagnostics.py), under the
+# device's "Diagnostics" object: <commune>/<class>/<device>/Diagnostics/<point>. Their ids
+# follow all the process tags', DIAG_COUNT per device in device order.
+DIAG_FOLDER = "Diagnostics"
+DIAG_STATES = ((0, "not_connected"), (1, "online"), (2, "offline"), (3, "demoted"))
+DIAG_POINTS: tuple[PointDef, ...] = (
+    PointDef("state", DISCRETE, None, enum=DIAG_STATES,
+             description="Communication state of the device"),
+    PointDef("successes", ANALOG, None, description="Successful polls or messages since the server started"),
+    PointDef("failures", ANALOG, None, description="Failed polls, refused connections and rejected messages"),
+    PointDef("rtt", ANALOG, None, unit="ms", description="Round-trip time of the last poll"),
+    PointDef("demoted", DISCRETE, None,
+             description="Taken off scan after consecutive failures, so that it cannot slow the others"),
+    PointDef("last_error", TEXT, None, description="The last communication error"),
+)
+DIAG_COUNT = len(DIAG_POINTS)
+
+
 @dataclass(frozen=True, slots=True)
 class EquipmentType:
     name: str
@@ -60,6 +78,8 @@ class EquipmentType:
     timeout: float
     description: str = ""
     io: Any = None  # the driver's type-level options (MQTT status topic, OPC UA namespace...)
+    demote_after: int = 3  # consecutive failed polls that take a device off scan (0: never)
+    demote_for: float = 10.0  # s off scan before the device is tried again
 
     def point(self, name: str) -> PointDef | None:
         return next((p for p in self.points if p.name == name), None)
@@ -78,6 +98,9 @@ class Device:
     first_tag_id: int
     source: str  # "file:line" where it was declared, for later messages
     description: str = ""
+    demote_after: int = 3
+    demote_for: float = 10.0
+    index: int = 0  # position in Config.devices: where its diagnostic tags sit
 
 
 @dataclass(frozen=True)
@@ -92,7 +115,18 @@ class Config:
 
     @property
     def tag_count(self) -> int:
+        """Process tags (the points of every device), without the diagnostic tags."""
         return sum(len(self.types[d.type].points) for d in self.devices)
+
+    @property
+    def total_tag_count(self) -> int:
+        """Every tag of the TagDB: process tags, then DIAG_COUNT diagnostic tags per device."""
+        return self.tag_count + DIAG_COUNT * len(self.devices)
+
+    def diag_ids(self, device: Device) -> np.ndarray:
+        """Ids of a device's diagnostic tags, in DIAG_POINTS order."""
+        first = self.tag_count + DIAG_COUNT * device.index
+        return np.arange(first, first + DIAG_COUNT, dtype=np.int64)
 
     def device(self, name: str) -> Device:
         return self._device_index[name]
@@ -115,13 +149,19 @@ class Config:
             names.extend(prefix + p.name for p in t.points)
             kinds.extend(p.kind for p in t.points)
             deadbands.extend(p.deadband for p in t.points)
+        for d in self.devices:
+            prefix = f"{d.commune}/{self.types[d.type].cls}/{d.name}/{DIAG_FOLDER}/"
+            names.extend(prefix + p.name for p in DIAG_POINTS)
+            kinds.extend(p.kind for p in DIAG_POINTS)
+            deadbands.extend(p.deadband for p in DIAG_POINTS)
         return names, np.asarray(kinds, np.uint8), np.asarray(deadbands, np.float64)
 
     def max_ages(self) -> np.ndarray:
-        """Each tag's max_age in seconds, in tag-id order (0: never stale)."""
+        """Each tag's max_age in seconds, in tag-id order (0: never stale; diagnostic tags never are)."""
         out: list[float] = []
         for d in self.devices:
             out.extend(p.max_age for p in self.types[d.type].points)
+        out.extend([0.0] * (DIAG_COUNT * len(self.devices)))
         return np.asarray(out, np.float64)
 
     def summary(self) -> str:
@@ -138,9 +178,10 @@ class Config:
         return "\n".join(lines)
 
 
-TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description")
+TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description", "demote_after", "demote_for")
 COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum", "max_age")
-COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description")
+COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description",
+                      "demote_after", "demote_for")
 
 
 def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
@@ -237,6 +278,8 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
         timeout=f.take("timeout", positive(to_float), default=1.0),
         description=f.take("description", to_str, default=""),
         io=io,
+        demote_after=f.take("demote_after", non_negative(to_int), default=3),
+        demote_for=f.take("demote_for", positive(to_float), default=10.0),
     )
     f.done(TYPE_KEYS + type_keys)
     return t
@@ -250,7 +293,7 @@ def _to_commune(v: Any) -> str:
 
 
 def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str, EquipmentType],
-                  first_tag_id: int) -> Device:
+                  first_tag_id: int, index: int) -> Device:
     f = Fields(raw, path, file, line)
     name = f.take("name", to_name, what="the device's unique name")
     tname = f.take("type", to_str, what="an equipment type")
@@ -273,8 +316,11 @@ def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str,
         timeout=f.take("timeout", positive(to_float), default=t.timeout),
         io=io,
         first_tag_id=first_tag_id,
+        index=index,
         source=f"{file}:{line}",
         description=f.take("description", to_str, default=""),
+        demote_after=f.take("demote_after", non_negative(to_int), default=t.demote_after),
+        demote_for=f.take("demote_for", positive(to_float), default=t.demote_for),
     )
     f.done(allowed)
     return device
@@ -363,14 +409,14 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
     seen_io: dict[tuple[str, Any], Device] = {}  # two names for one endpoint would poll it twice
     next_id = 0
     for raw, where, dfile, line in entries:
-        d = _parse_device(raw, where, dfile, line, types, next_id)
+        d = _parse_device(raw, where, dfile, line, types, next_id, len(devices))
         prefix = f"{where}." if where else ""
         if d.name in seen:
             name_line = raw.line_of("name") if isinstance(raw, LocMap) else line
             raise ConfigError(dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name)
         # A device address identifies one device only where the driver says so (a Modbus
         # host:port:unit); many devices share one OPC UA server or MQTT broker.
-        io_key = (types[d.type].driver, d.io) if getattr(d.io, "identifies_device", False) else None
+        io_key = (types[d.type].driver, getattr(d.io, "identity", d.io)) if getattr(d.io, "identifies_device", False) else None
         if io_key is not None and io_key in seen_io:
             other = seen_io[io_key]
             ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line

@@ -106,15 +106,15 @@ class ReadPlan:
         """Values in engineering units, in point order, from one response per block."""
         if len(responses) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} responses, got {len(responses)}")
-        regs: list[int] = []
-        bits: list[bool] = []
+        reg_parts: list[np.ndarray] = []
+        bit_parts: list[np.ndarray] = []
         for b, r in zip(self.blocks, responses):
             # A short (or long) answer must never shift values onto the wrong points.
             if len(r) < b.count:
                 raise ValueError(f"{b.table} block at {b.start}: expected {b.count} values, got {len(r)}")
-            (bits if b.is_bits else regs).extend(r[:b.count])
-        reg_arr = np.asarray(regs, np.uint16)
-        bit_arr = np.asarray(bits, bool)
+            (bit_parts if b.is_bits else reg_parts).append(np.asarray(r[:b.count]))
+        reg_arr = np.concatenate(reg_parts).astype(np.uint16, copy=False) if reg_parts else _NO_REGS
+        bit_arr = np.concatenate(bit_parts).astype(bool, copy=False) if bit_parts else _NO_BITS
         raw = np.empty(len(self.points), np.float64)
         if len(self._bool):
             raw[self._bool] = bit_arr[self._pos[self._bool]]
@@ -131,6 +131,9 @@ class ReadPlan:
             raw[self._wide] = wide
         return raw * self.scale + self.offset
 
+
+_NO_REGS = np.zeros(0, np.uint16)
+_NO_BITS = np.zeros(0, bool)
 
 _RAW_LIMITS = {
     "int16": (-(2 ** 15), 2 ** 15 - 1), "uint16": (0, 2 ** 16 - 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scada.fields import parse_host_port, to_bool, Fields, in_range, one_of, to_float, to_int, to_str
+from scada.fields import Fields, in_range, one_of, parse_host_port, positive, to_bool, to_float, to_int, to_name, to_str
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError, LocMap
 
@@ -15,8 +15,12 @@ REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2
 DATA_TYPES = ("bool", *REGISTER_TYPES)
 MAX_ADDRESS = 65535
 TABLE_NAMES = {"holding": "holding register", "input": "input register", "coil": "coil", "discrete": "discrete input"}
-POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset", "readback"})
-DEVICE_KEYS = frozenset({"endpoint", "unit"})
+POINT_KEYS = frozenset({"table", "address", "type", "word_order", "scale", "offset", "readback", "poll_group"})
+DEVICE_KEYS = frozenset({"endpoint", "unit", "baudrate", "parity", "stop_bits"})
+TYPE_KEYS = frozenset({"read_gap", "poll_groups"})
+DEFAULT_GROUP = ""  # the points without poll_group: polled at the device's poll_interval
+PARITIES = {"none": "N", "even": "E", "odd": "O"}
+SERIAL_KEYS = ("baudrate", "parity", "stop_bits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class ModbusPoint:
     scale: float = 1.0
     offset: float = 0.0
     readback: bool = True  # a write is confirmed by reading the point back (false: the device resets it)
+    poll_group: str = DEFAULT_GROUP  # a group of the type's poll_groups, polled at its own interval
 
     @property
     def size(self) -> int:
@@ -51,19 +56,45 @@ class ModbusPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class ModbusEndpoint:
-    """A Modbus TCP device: host, port and unit id (1-247; a gateway serves several units)."""
+class ModbusType:
+    """Type-level Modbus options: how far apart two points may be and still share a request,
+    and the poll groups (name -> interval in seconds) some points are polled in."""
 
-    host: str
-    port: int
+    read_gap: int = 8
+    poll_groups: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusEndpoint:
+    """A Modbus device: TCP host:port or a serial line (RTU), and its unit id.
+
+    Devices behind one host:port (a gateway) or on one serial line (an RS-485 bus) share
+    the connection and take turns on it.
+    """
+
+    host: str  # TCP host, or "" for a serial line
+    port: int  # TCP port, or 0 for a serial line
     unit: int
+    serial_port: str = ""  # /dev/ttyUSB0... for RTU
+    baudrate: int = 19200
+    parity: str = "E"
+    stop_bits: int = 1
 
     # host, port and unit name one physical device: two devices may not share them.
     identifies_device = True
 
     @property
-    def connection(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def is_rtu(self) -> bool:
+        return bool(self.serial_port)
+
+    @property
+    def identity(self) -> tuple:
+        """What names one physical device: its connection and unit (not the line's speed)."""
+        return (self.connection, self.unit)
+
+    @property
+    def connection(self) -> tuple[str, int | str]:
+        return ("rtu", self.serial_port) if self.is_rtu else (self.host, self.port)
 
 
 def _address(v: object) -> int:
@@ -94,6 +125,7 @@ def parse_point(f: Fields) -> ModbusPoint:
         scale=f.take("scale", to_float, default=1.0),
         offset=f.take("offset", to_float, default=0.0),
         readback=f.take("readback", to_bool, default=True),
+        poll_group=f.take("poll_group", to_name, default=DEFAULT_GROUP),
     )
     if address + point.size - 1 > MAX_ADDRESS:
         raise f.error("address", f"a {dtype} at this address runs past register {MAX_ADDRESS}", address)
@@ -107,16 +139,90 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     return parse_host_port(text, 502, ("tcp://",), "Modbus TCP: 502")
 
 
+def _read_gap(v: object) -> int:
+    gap = to_int(v)
+    if not 0 <= gap <= 125:
+        raise ValueError("must be between 0 and 125 (registers or bits read in vain to merge two requests)")
+    return gap
+
+
+def _poll_groups(raw: object, f: Fields) -> tuple[tuple[str, float], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise f.error("poll_groups", "expected a mapping of group names to poll intervals in seconds, "
+                      "e.g. {slow: 60}", raw)
+    gf = Fields(raw, f.key("poll_groups"), f.file, f.line_of("poll_groups"))
+    groups = []
+    for name in list(raw):
+        try:
+            to_name(name)
+        except ValueError as exc:
+            raise gf.error(str(name), str(exc), name) from None
+        groups.append((str(name), gf.take(str(name), positive(to_float), what="poll interval in seconds")))
+    return tuple(groups)
+
+
+def parse_type(f: Fields) -> ModbusType:
+    return ModbusType(
+        read_gap=f.take("read_gap", _read_gap, default=8),
+        poll_groups=_poll_groups(f.sub("poll_groups"), f) if f.has("poll_groups") else (),
+    )
+
+
+def _serial_path(text: str) -> str | None:
+    """The device path of an ``rtu:///dev/ttyUSB0`` endpoint, None for a TCP endpoint."""
+    s = text.strip()
+    if not s.lower().startswith("rtu://"):
+        return None
+    path = s[len("rtu://"):]
+    if not path.startswith("/") or len(path) < 2:
+        raise ValueError("expected rtu:///dev/<serial device>, e.g. rtu:///dev/ttyUSB0")
+    return path
+
+
 def parse_device(f: Fields) -> ModbusEndpoint:
-    host, port = f.take("endpoint", lambda v: parse_endpoint(to_str(v)), what="host:port")
-    unit = f.take("unit", in_range(to_int, 1, 247), default=1)
-    return ModbusEndpoint(host, port, unit)
+    text = f.take("endpoint", to_str, what="host:port, or rtu:///dev/ttyUSB0 for a serial line")
+    try:
+        serial_port = _serial_path(text)
+        host, port = ("", 0) if serial_port else parse_endpoint(text)
+    except ValueError as exc:
+        raise f.error("endpoint", str(exc), text) from None
+    if serial_port is None:
+        for key in SERIAL_KEYS:
+            if f.has(key):
+                raise f.error(key, "is a serial line setting: this device's endpoint is TCP "
+                              "(write endpoint: rtu:///dev/ttyUSB0 for RTU)", f.sub(key))
+        # 0 and 255 are what TCP devices that are not gateways commonly answer to.
+        return ModbusEndpoint(host, port, f.take("unit", in_range(to_int, 0, 255), default=1))
+    return ModbusEndpoint(
+        host, port,
+        unit=f.take("unit", in_range(to_int, 1, 247), default=1),
+        serial_port=serial_port,
+        baudrate=f.take("baudrate", one_of_int(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200), default=19200),
+        parity=PARITIES[f.take("parity", one_of(*PARITIES), default="even")],
+        stop_bits=f.take("stop_bits", one_of_int(1, 2), default=1),
+    )
 
 
-def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields, type_io=None) -> None:
-    """Two points of one type may not share a register of the same table."""
+def one_of_int(*choices: int):
+    def check(v: object) -> int:
+        n = to_int(v)
+        if n not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+        return n
+    return check
+
+
+def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields, type_io: ModbusType | None = None) -> None:
+    """Two points of one type may not share a register of the same table; poll groups must exist."""
+    groups = dict(type_io.poll_groups) if type_io else {}
     owner: dict[tuple[str, int], str] = {}
     for name, p in points.items():
+        if p.poll_group and p.poll_group not in groups:
+            raw = where.mapping.get(name)
+            line = raw.line_of("poll_group") if isinstance(raw, LocMap) else where.line_of(name)
+            known = ", ".join(groups) or "none: declare them in the type's poll_groups, e.g. {slow: 60}"
+            raise ConfigError(where.file, line, where.key(f"{name}.poll_group"),
+                              f"unknown poll group (this type's groups: {known})", p.poll_group)
         for a in range(p.address, p.address + p.size):
             other = owner.get((p.table, a))
             if other is not None:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue, NodeData
 
-from scada.config import Config, EquipmentType, PointDef
+from scada.config import DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
 from scada.tagdb import ANALOG, TEXT
 
 NAMESPACE_URI = "urn:city-scada:tags"
@@ -215,6 +215,7 @@ class AddressSpaceBuilder:
         shared_props = {name: self._type_properties(types_folder, t) for name, t in config.types.items()}
         folders: dict[str, NodeData] = {}
         values: list[AttributeValue] = []
+        diag_values: list[AttributeValue] = []
         now = datetime.now(timezone.utc)
         for d in config.devices:
             t = config.types[d.type]
@@ -230,7 +231,13 @@ class AddressSpaceBuilder:
             back = self._back_ref(_HAS_COMPONENT, dev)
             for p in t.points:
                 values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name], now))
-        return values
+            # Diagnostic tags: their ids follow all the process tags' (Config.diag_ids).
+            diag_path = f"{dev_path}/{DIAG_FOLDER}"
+            diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
+            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [], now)
+                               for p in DIAG_POINTS)
+        return values + diag_values
 
     def _type_properties(self, folder: NodeData, t: EquipmentType) -> dict[str, list[ua.ReferenceDescription]]:
         """EngineeringUnits / EURange property nodes of a type's analog points, built once."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.clock import SimClock
@@ -106,9 +106,13 @@ class LightingModbusSimulator:
 
     def __init__(self, state: lighting.LightingState, host: str = "127.0.0.1", base_port: int = 15020,
                  units_per_port: int = 1, acceleration: float = 1.0, step_interval: float = 0.5,
-                 start_time: float | None = None) -> None:
+                 start_time: float | None = None, serial_port: str | None = None,
+                 baudrate: int = 19200, parity: str = "E") -> None:
+        if serial_port is not None:  # Modbus RTU: every cabinet on one line, units 1..N
+            units_per_port = state.count
         if not 1 <= units_per_port <= 247:
-            raise ValueError("units_per_port must be within 1-247")
+            raise ValueError("units_per_port must be within 1-247 (a serial line carries at most 247 units)")
+        self.serial_port, self.baudrate, self.parity = serial_port, baudrate, parity
         self.host = host
         self.base_port = base_port
         self.units_per_port = units_per_port
@@ -209,10 +213,18 @@ class LightingModbusSimulator:
             raise OSError(f"cannot listen on {self.host}:{port}: in use, or not an address of this machine") from exc
         self.servers[port] = server
 
+    async def _open_serial(self) -> None:
+        server = ModbusSerialServer(self._port_devices(self.base_port), port=self.serial_port,
+                                    baudrate=self.baudrate, parity=self.parity)
+        await server.serve_forever(background=True)
+        self.servers[self.base_port] = server
+
     async def start(self) -> None:
-        ports = sorted({self.placement(i).port for i in range(self.state.count)})
-        for port in ports:
-            await self._open(port)
+        if self.serial_port is not None:
+            await self._open_serial()
+        else:
+            for port in sorted({self.placement(i).port for i in range(self.state.count)}):
+                await self._open(port)
         self._tasks.append(asyncio.create_task(self._step_loop(), name="lighting-step"))
 
     async def _step_loop(self) -> None:

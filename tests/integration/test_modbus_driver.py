@@ -51,11 +51,15 @@ BAD_TYPE = """
 """
 
 
-def make_config(folder: Path, rows: list[tuple[str, str, int]]):
-    """rows: (name, type, port). Uses the shipped lighting_cabinet type plus a misconfigured one."""
+def make_config(folder: Path, rows: list[tuple[str, str, int]], demote_for: float = 0.5, unit: int = 1):
+    """rows: (name, type, port). Uses the shipped lighting_cabinet type plus a misconfigured one.
+
+    Devices are demoted for ``demote_for`` after 3 failed polls (shorter than the default so
+    that recoveries show within the tests' waits).
+    """
     write_tags(folder, ["devices.csv"], BAD_TYPE)
-    lines = ["name,type,commune,lat,lon,endpoint,poll_interval,timeout"]
-    lines += [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{POLL},{TIMEOUT}" for n, t, p in rows]
+    lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for"]
+    lines += [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{POLL},{TIMEOUT},{demote_for}" for n, t, p in rows]
     (folder / "devices.csv").write_text("\n".join(lines) + "\n")
     return load_config(folder)
 
@@ -78,6 +82,9 @@ class Harness:
 
     def state(self, device: str):
         return next(ds for ds in self.driver.devices if ds.device.name == device)
+
+    def successes(self, device: str) -> int:
+        return int(self.driver.diag.successes[self.state(device).k])
 
     async def __aenter__(self):
         self.task = asyncio.create_task(self.driver.run())
@@ -114,12 +121,12 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
         assert h.status("MIS-1", "power") == st.GOOD
         assert "exception 2" in h.state("MIS-1").last_error
         # Exceptions 02/03 are configuration mistakes: the block is not asked for again.
-        assert h.state("MIS-1").refused
-        mis = h.state("MIS-1")
-        polls, requests = mis.successes, int(simulator.requests_per_cabinet[1])
-        await until(lambda: mis.successes >= polls + 4, 3, "more polls")
+        mis = h.state("MIS-1").groups[0]
+        assert mis.refused
+        polls, requests = h.successes("MIS-1"), int(simulator.requests_per_cabinet[1])
+        await until(lambda: h.successes("MIS-1") >= polls + 4, 3, "more polls")
         await asyncio.sleep(0.05)  # let the last poll's reads land
-        per_poll = (int(simulator.requests_per_cabinet[1]) - requests) / (mis.successes - polls)
+        per_poll = (int(simulator.requests_per_cabinet[1]) - requests) / (h.successes("MIS-1") - polls)
         assert per_poll == pytest.approx(len(mis.plan.blocks) - 1, abs=0.5)  # every block but the refused one
         assert h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR
 
@@ -184,7 +191,7 @@ async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and
 async def poll_counts(cfg, live: list[str], seconds: float) -> dict[str, int]:
     async with Harness(cfg) as h:
         await asyncio.sleep(seconds)
-        return {name: h.state(name).successes for name in live}
+        return {name: h.successes(name) for name in live}
 
 
 async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
@@ -202,7 +209,7 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
         cfg = make_config(tmp_path / "b", live + dead)
         async with Harness(cfg) as h:
             await asyncio.sleep(4.0)
-            with_dead = {n: h.state(n).successes for n, _, _ in live}
+            with_dead = {n: h.successes(n) for n, _, _ in live}
             # Never answered: Bad_NoCommunication, not a stale "Good".
             assert (h.tagdb.status[h.ids("DEAD-REFUSED")] == st.BAD_NO_COMMUNICATION).all()
             assert (h.tagdb.status[h.ids("DEAD-SILENT")] == st.BAD_NO_COMMUNICATION).all()

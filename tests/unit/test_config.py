@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drivers.modbus.config import ModbusEndpoint, ModbusPoint, parse_endpoint
-from scada.config import Config, load_config
+from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError
 
@@ -95,7 +95,7 @@ def config(tmp_path: Path) -> Config:
 
 def test_tag_names_are_commune_class_device_point(config: Config) -> None:
     names, _, _ = config.tag_table()
-    assert names == [
+    assert names[:config.tag_count] == [
         "Talant/lighting/LC-TAL-001/mode", "Talant/lighting/LC-TAL-001/power",
         "Talant/lighting/LC-TAL-001/energy", "Talant/lighting/LC-TAL-001/door_open",
         "Dijon/bollard/BO-DIJ-001/position", "Dijon/bollard/BO-DIJ-001/raised",
@@ -116,7 +116,7 @@ def test_tag_ids_are_dense_and_follow_the_devices(config: Config) -> None:
     np.testing.assert_array_equal(config.tag_ids(config.device("LC-TAL-002")), [6, 7, 8, 9])
 
     names, kinds, deadbands = config.tag_table()
-    assert len(names) == len(kinds) == len(deadbands) == config.tag_count
+    assert len(names) == len(kinds) == len(deadbands) == config.total_tag_count == 10 + 3 * DIAG_COUNT
     assert kinds.dtype == np.uint8 and deadbands.dtype == np.float64
     for d in config.devices:  # row i of the table is tag id i
         for tag_id, point in zip(config.tag_ids(d), config.types[d.type].points):
@@ -124,6 +124,17 @@ def test_tag_ids_are_dense_and_follow_the_devices(config: Config) -> None:
             assert kinds[tag_id] == point.kind
             assert deadbands[tag_id] == point.deadband
     assert deadbands[1] == 0.01
+
+
+def test_every_device_has_diagnostic_tags_after_the_process_tags(config: Config) -> None:
+    names, kinds, _ = config.tag_table()
+    assert len(config.max_ages()) == len(names)
+    bollard = config.device("BO-DIJ-001")
+    ids = config.diag_ids(bollard)
+    np.testing.assert_array_equal(ids, np.arange(10 + DIAG_COUNT, 10 + 2 * DIAG_COUNT))
+    assert [names[i] for i in ids] == [f"Dijon/bollard/BO-DIJ-001/Diagnostics/{p.name}" for p in DIAG_POINTS]
+    assert [kinds[i] for i in ids] == [p.kind for p in DIAG_POINTS]
+    assert len(set(names)) == len(names)
 
 
 def test_defaults(config: Config) -> None:

@@ -65,11 +65,13 @@ SYNTAX = {
     "wrong_indentation": ("tags.yaml", 34, "", NO_VALUE),
     "tab_indentation": ("tags.yaml", 53, "", NO_VALUE),
 }
+SECURITY = "equipment_types.traffic_junction.security"
 MISSING = {
     "empty_file": ("tags.yaml", None, "", NO_VALUE),
     "empty_value": ("tags.yaml", 34, "equipment_types.lighting_cabinet.points.mains_voltage.address", NO_VALUE),
     "missing_required_key": ("tags.yaml", 48, "devices[1].endpoint", NO_VALUE),
     "wrong_indentation_dedented": ("tags.yaml", 37, "equipment_types.lighting_cabinet.points.door_open", NO_VALUE),
+    "opcua_security_mode_without_certificate": ("tags.yaml", 11, f"{SECURITY}.certificate", NO_VALUE),
 }
 UNKNOWN_KEYS = {
     "unknown_point_key": ("tags.yaml", 34, "equipment_types.lighting_cabinet.points.mains_voltage.adress", "adress"),
@@ -95,11 +97,14 @@ BAD_VALUES = {
     "enum_reversed": ("tags.yaml", 13, f"{POINT}.mode.enum.auto", "auto"),
     "range_min_above_max": ("tags.yaml", 19, f"{POINT}.dim_setpoint.range", [100, 0]),
     "unknown_type": ("tags.yaml", 49, "devices[1].type", "lighting-cabinet"),
-    "unit_id_out_of_range": ("tags.yaml", 54, "devices[1].unit", 0),
+    "unit_id_out_of_range": ("tags.yaml", 54, "devices[1].unit", 256),
     "bad_endpoint": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.12;502"),
     "endpoint_bad_ip": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.312:502"),
     "writable_input_register": ("tags.yaml", 25, f"{POINT}.power.writable", True),
     "fractional_address": ("tags.yaml", 34, f"{POINT}.mains_voltage.address", 4.5),
+    "opcua_security_unknown_policy": ("tags.yaml", 11, f"{SECURITY}.policy", "Basic256Sha265"),
+    "opcua_security_policy_with_mode": ("tags.yaml", 11, f"{SECURITY}.policy", "Basic256Sha256_SignAndEncrypt"),
+    "opcua_security_missing_certificate_file": ("tags.yaml", 13, f"{SECURITY}.certificate", "pki/scada-client.der"),
 }
 INVENTORIES = {
     "missing_csv_file": ("tags.yaml", 42, "inventories[0].file", "inventory/talant_cabinets.csv"),
