@@ -4,6 +4,7 @@
 #   mbpoll        an independent Modbus master, to read the simulators as a third party would
 #   mosquitto     the MQTT broker the bollard and vehicle simulators publish to
 #   mosquitto-clients  mosquitto_sub / mosquitto_pub, independent MQTT peers
+#   socat         a pseudo-terminal pair: the serial line of the Modbus RTU tests
 set -euo pipefail
 
 need=()
@@ -11,6 +12,7 @@ python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+command -v socat >/dev/null || need+=(socat)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else

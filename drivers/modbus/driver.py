@@ -69,6 +69,7 @@ class PollGroup:
     ids: np.ndarray  # tag ids of the group's points, in plan order
     points: tuple  # PointDefs, in plan order
     refused: set[int] = field(default_factory=set)  # blocks answered with exception 02/03: not read again
+    polls: int = 0  # polls that brought values
     status: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -256,6 +257,7 @@ class ModbusDriver:
             log.info("device_online", device=ds.device.name, rtt_ms=round(rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
         ds.consecutive_failures = 0
+        group.polls += 1
         self.diag.success(ds.k, rtt)
 
     async def _read_block(self, conn: Connection, unit: int, block: Block) -> np.ndarray:
