@@ -40,6 +40,7 @@ class Application:
             "devices_total": sum(x["devices"] for x in diags),
             "late_polls": sum(x.get("late_polls", 0) for x in diags),
             "missed_cycles": sum(x.get("missed_cycles", 0) for x in diags),
+            "demoted": sum(x.get("demoted", 0) for x in diags),
         }
 
     async def _status_loop(self) -> None:

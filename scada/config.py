@@ -156,6 +156,12 @@ class Config:
             deadbands.extend(p.deadband for p in DIAG_POINTS)
         return names, np.asarray(kinds, np.uint8), np.asarray(deadbands, np.float64)
 
+    def point_defs(self) -> list[PointDef]:
+        """The PointDef of every tag, in tag-id order (diagnostic tags included)."""
+        out = [p for d in self.devices for p in self.types[d.type].points]
+        out.extend(DIAG_POINTS * len(self.devices))
+        return out
+
     def max_ages(self) -> np.ndarray:
         """Each tag's max_age in seconds, in tag-id order (0: never stale; diagnostic tags never are)."""
         out: list[float] = []

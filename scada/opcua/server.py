@@ -40,7 +40,7 @@ class HmiServer:
         builder = AddressSpaceBuilder(self.server, self.ns)
         values = builder.build(self.config)
         self.node_count = builder.node_count
-        vtypes = [variant_type(p) for d in self.config.devices for p in self.config.types[d.type].points]
+        vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
         await self.server.start()
         log.info("opcua_server_started", endpoint=self.endpoint, namespace=NAMESPACE_URI, ns=self.ns,
