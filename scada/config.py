@@ -190,6 +190,13 @@ COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", 
                       "demote_after", "demote_for")
 
 
+def _demote_for(v: Any) -> float:
+    x = to_float(v)
+    if x <= 0:
+        raise ValueError("must be greater than 0 (to never take a device off scan, write demote_after: 0)")
+    return x
+
+
 def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
     if not isinstance(raw, dict) or not raw:
         raise f.error("enum", "expected a mapping of integer values to labels, e.g. {0: auto, 1: forced_on}", raw)
@@ -285,7 +292,7 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
         description=f.take("description", to_str, default=""),
         io=io,
         demote_after=f.take("demote_after", non_negative(to_int), default=3),
-        demote_for=f.take("demote_for", positive(to_float), default=10.0),
+        demote_for=f.take("demote_for", _demote_for, default=10.0),
     )
     f.done(TYPE_KEYS + type_keys)
     return t
@@ -326,7 +333,7 @@ def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str,
         source=f"{file}:{line}",
         description=f.take("description", to_str, default=""),
         demote_after=f.take("demote_after", non_negative(to_int), default=t.demote_after),
-        demote_for=f.take("demote_for", positive(to_float), default=t.demote_for),
+        demote_for=f.take("demote_for", _demote_for, default=t.demote_for),
     )
     f.done(allowed)
     return device
@@ -413,21 +420,30 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
     devices: list[Device] = []
     seen: dict[str, str] = {}
     seen_io: dict[tuple[str, Any], Device] = {}  # two names for one endpoint would poll it twice
+    seen_lines: dict[Any, Device] = {}  # serial line -> first device on it
     next_id = 0
-    for raw, where, dfile, line in entries:
-        d = _parse_device(raw, where, dfile, line, types, next_id, len(devices))
+    for raw, where, dfile, line_no in entries:
+        d = _parse_device(raw, where, dfile, line_no, types, next_id, len(devices))
         prefix = f"{where}." if where else ""
         if d.name in seen:
-            name_line = raw.line_of("name") if isinstance(raw, LocMap) else line
+            name_line = raw.line_of("name") if isinstance(raw, LocMap) else line_no
             raise ConfigError(dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name)
         # A device address identifies one device only where the driver says so (a Modbus
         # host:port:unit); many devices share one OPC UA server or MQTT broker.
         io_key = (types[d.type].driver, getattr(d.io, "identity", d.io)) if getattr(d.io, "identifies_device", False) else None
         if io_key is not None and io_key in seen_io:
             other = seen_io[io_key]
-            ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line
+            ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
             raise ConfigError(dfile, ep_line, f"{prefix}endpoint", f"same device address as {other.name} "
                               f"(declared at {other.source}): one device under two names?", raw.get("endpoint"))
+        line = getattr(d.io, "line", None)
+        if line is not None:  # devices sharing a serial line must agree on its settings
+            first = seen_lines.setdefault(line[0], d)
+            if getattr(first.io, "line")[1] != line[1]:
+                key_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
+                raise ConfigError(dfile, key_line, f"{prefix}endpoint", f"same serial line as {first.name} "
+                                  f"(declared at {first.source}) with other settings: {d.io.line_settings_text} "
+                                  f"here, {first.io.line_settings_text} there", raw.get("endpoint"))
         seen[d.name] = d.source
         if io_key is not None:
             seen_io[io_key] = d

@@ -88,6 +88,18 @@ class ModbusEndpoint:
         return bool(self.serial_port)
 
     @property
+    def line(self) -> tuple | None:
+        """(connection, settings) of a serial line, which every device on it must agree on."""
+        if not self.is_rtu:
+            return None
+        return self.connection, (self.baudrate, self.parity, self.stop_bits)
+
+    @property
+    def line_settings_text(self) -> str:
+        parity = {v: k for k, v in PARITIES.items()}[self.parity]
+        return f"baudrate {self.baudrate}, parity {parity}, stop_bits {self.stop_bits}"
+
+    @property
     def identity(self) -> tuple:
         """What names one physical device: its connection and unit (not the line's speed)."""
         return (self.connection, self.unit)
@@ -142,7 +154,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 def _read_gap(v: object) -> int:
     gap = to_int(v)
     if not 0 <= gap <= 125:
-        raise ValueError("must be between 0 and 125 (registers or bits read in vain to merge two requests)")
+        raise ValueError("must be between 0 and 125 (unused registers or bits one request may read to merge two points)")
     return gap
 
 
@@ -189,8 +201,8 @@ def parse_device(f: Fields) -> ModbusEndpoint:
     if serial_port is None:
         for key in SERIAL_KEYS:
             if f.has(key):
-                raise f.error(key, "is a serial line setting: this device's endpoint is TCP "
-                              "(write endpoint: rtu:///dev/ttyUSB0 for RTU)", f.sub(key))
+                raise f.error(key, "a serial line setting, but this device's endpoint is TCP: remove it, "
+                              "or write endpoint: rtu:///dev/ttyUSB0", f.sub(key))
         # 0 and 255 are what TCP devices that are not gateways commonly answer to.
         return ModbusEndpoint(host, port, f.take("unit", in_range(to_int, 0, 255), default=1))
     return ModbusEndpoint(
@@ -207,7 +219,7 @@ def one_of_int(*choices: int):
     def check(v: object) -> int:
         n = to_int(v)
         if n not in choices:
-            raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+            raise ValueError(f"must be one of: {', '.join(map(str, choices))}")
         return n
     return check
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.modbus.config import ModbusEndpoint, ModbusPoint, parse_endpoint
+from drivers.modbus.config import (
+    DEFAULT_GROUP,
+    ModbusEndpoint,
+    ModbusPoint,
+    ModbusType,
+    parse_endpoint,
+)
 from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError
@@ -348,3 +354,182 @@ def test_modbus_endpoints(text: str, expected: tuple[str, int]) -> None:
 def test_bad_modbus_endpoints(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text)
+
+
+# Modbus type options (read_gap, poll groups), RTU endpoints, demotion.
+
+POLL_GROUP_TAGS = """\
+equipment_types:
+  lighting_cabinet:
+    class: lighting
+    driver: modbus
+    poll_interval: 2
+    read_gap: 0
+    poll_groups:
+      slow: 60
+      hourly: 3600.5
+    points:
+      power: {table: input, address: 0, type: float32}
+      energy: {table: input, address: 2, type: uint32, poll_group: slow}
+      lamp_hours: {table: input, address: 4, type: uint32, poll_group: hourly}
+  bollard:
+    class: bollard
+    driver: modbus
+    points:
+      position: {table: input, address: 0}
+devices:
+  - {name: LC-TAL-001, type: lighting_cabinet, commune: Talant, lat: 47.33721, lon: 5.00652, endpoint: 10.20.1.11}
+  - {name: BO-DIJ-001, type: bollard, commune: Dijon, lat: 47.32164, lon: 5.04148, endpoint: 10.30.0.1}
+"""
+
+
+def test_modbus_type_options_and_poll_groups(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"tags.yaml": POLL_GROUP_TAGS}))
+    lighting, bollard = config.types["lighting_cabinet"], config.types["bollard"]
+    # groups keep their order of declaration; intervals are seconds as floats
+    assert lighting.io == ModbusType(read_gap=0, poll_groups=(("slow", 60.0), ("hourly", 3600.5)))
+    assert [(p.name, p.io.poll_group) for p in lighting.points] == [
+        ("power", DEFAULT_GROUP), ("energy", "slow"), ("lamp_hours", "hourly")]
+    assert DEFAULT_GROUP == ""  # a point without poll_group is polled at the device's poll_interval
+    # a type without the keys: read_gap 8, no poll groups
+    assert bollard.io == ModbusType() == ModbusType(read_gap=8, poll_groups=())
+    assert bollard.point("position").io.poll_group == DEFAULT_GROUP
+    assert config.device("LC-TAL-001").poll_interval == 2.0
+
+
+def test_an_unknown_poll_group_names_the_types_groups(tmp_path: Path) -> None:
+    tags = POLL_GROUP_TAGS.replace("poll_group: hourly}", "poll_group: daily}")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"tags.yaml": tags}))
+    err = info.value
+    assert (err.line, err.key, err.value) == (
+        13, "equipment_types.lighting_cabinet.points.lamp_hours.poll_group", "daily")
+    assert "slow, hourly" in str(err)
+
+
+RTU_TAGS = TYPES + """
+devices:
+  - {name: LC-TAL-001, type: lighting_cabinet, commune: Talant, lat: 47.33721, lon: 5.00652,
+     endpoint: "rtu:///dev/ttyUSB0"}
+  - {name: LC-TAL-002, type: lighting_cabinet, commune: Talant, lat: 47.33402, lon: 5.01187,
+     endpoint: " RTU:///dev/ttyUSB2 ", unit: 247, baudrate: 9600, parity: none, stop_bits: 2}
+  - {name: LC-TAL-003, type: lighting_cabinet, commune: Talant, lat: 47.33518, lon: 5.00970,
+     endpoint: "rtu:///dev/serial/by-id/usb-FTDI-if00-port0", unit: 1, baudrate: 115200, parity: odd}
+  - {name: BO-DIJ-001, type: bollard, commune: Dijon, lat: 47.32164, lon: 5.04148,
+     endpoint: "rtu:///dev/ttyUSB0", unit: 2, parity: even, stop_bits: 1}
+  - {name: BO-DIJ-002, type: bollard, commune: Dijon, lat: 47.32201, lon: 5.04316, endpoint: "10.30.0.1", unit: 0}
+  - {name: BO-DIJ-003, type: bollard, commune: Dijon, lat: 47.32210, lon: 5.04320, endpoint: "10.30.0.2", unit: 255}
+"""
+
+
+def test_rtu_endpoints(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"tags.yaml": RTU_TAGS}))
+    lc1, lc2, lc3, bo1, bo2, bo3 = (d.io for d in config.devices)
+    # defaults: unit 1, 19200 bit/s, even parity, 1 stop bit (the Modbus RTU standard)
+    assert lc1 == ModbusEndpoint("", 0, 1, serial_port="/dev/ttyUSB0", baudrate=19200, parity="E", stop_bits=1)
+    # rtu:// in any case and surrounding spaces; parity none -> N, odd -> O, even -> E
+    assert lc2 == ModbusEndpoint("", 0, 247, serial_port="/dev/ttyUSB2", baudrate=9600, parity="N", stop_bits=2)
+    assert lc3 == ModbusEndpoint("", 0, 1, serial_port="/dev/serial/by-id/usb-FTDI-if00-port0",
+                                 baudrate=115200, parity="O", stop_bits=1)
+    assert (bo1.unit, bo1.parity, bo1.stop_bits) == (2, "E", 1)
+    assert lc1.is_rtu and not bo2.is_rtu
+    # devices on one serial line share its connection; the unit tells them apart
+    assert lc1.connection == bo1.connection == ("rtu", "/dev/ttyUSB0") != lc2.connection
+    assert lc3.connection == ("rtu", "/dev/serial/by-id/usb-FTDI-if00-port0")
+    assert lc1.identity == (("rtu", "/dev/ttyUSB0"), 1) != bo1.identity
+    assert lc1.identity != lc3.identity  # unit 1 on two lines: two devices
+    # Modbus TCP: units 0 and 255 are what directly connected devices answer to
+    assert (bo2, bo3) == (ModbusEndpoint("10.30.0.1", 502, 0), ModbusEndpoint("10.30.0.2", 502, 255))
+    assert bo2.connection == ("10.30.0.1", 502) and bo2.serial_port == ""
+
+
+def test_rtu_settings_from_a_csv_inventory(tmp_path: Path) -> None:
+    csv = ("name,commune,lat,lon,endpoint,unit,baudrate,parity,stop_bits\n"
+           "LC-TAL-001,Talant,47.33721,5.00652,rtu:///dev/ttyUSB1,3,9600,none,2\n"
+           "LC-TAL-002,Talant,47.33402,5.01187,rtu:///dev/ttyUSB2,4,,,\n"
+           "LC-TAL-003,Talant,47.33518,5.00970,10.20.1.13:502,,,,\n")
+    tags = TYPES + "inventories:\n  - file: cabinets.csv\n    type: lighting_cabinet\n"
+    config = load_config(write(tmp_path, {"tags.yaml": tags, "cabinets.csv": csv}))
+    lc1, lc2, lc3 = (d.io for d in config.devices)
+    assert lc1 == ModbusEndpoint("", 0, 3, serial_port="/dev/ttyUSB1", baudrate=9600, parity="N", stop_bits=2)
+    assert lc2 == ModbusEndpoint("", 0, 4, serial_port="/dev/ttyUSB2")  # empty cells take the defaults
+    assert lc3 == ModbusEndpoint("10.20.1.13", 502, 1)  # empty serial cells on a TCP row are absent, not an error
+
+
+@pytest.mark.parametrize(("second", "key", "fragment"), [
+    ("endpoint: 10.20.1.12:502, baudrate: 9600", "devices[1].baudrate", "serial line setting"),
+    ("endpoint: 10.20.1.12:502, stop_bits: 2", "devices[1].stop_bits", "serial line setting"),
+    ("endpoint: 'rtu:///dev/ttyUSB0', unit: 0", "devices[1].unit", "between 1 and 247"),
+    ("endpoint: 'rtu:///dev/ttyUSB0', unit: 248", "devices[1].unit", "between 1 and 247"),
+    ("endpoint: 10.20.1.12:502, unit: 256", "devices[1].unit", "between 0 and 255"),
+    ("endpoint: 'rtu://ttyUSB0'", "devices[1].endpoint", "rtu:///dev/"),
+    ("endpoint: 'rtu:///dev/ttyUSB0', baudrate: 14400", "devices[1].baudrate", "19200"),
+    ("endpoint: 'rtu:///dev/ttyUSB0', parity: mark", "devices[1].parity", "none, even, odd"),
+    ("endpoint: 'rtu:///dev/ttyUSB0', stop_bits: 3", "devices[1].stop_bits", "1, 2"),
+])
+def test_bad_rtu_and_unit_settings(tmp_path: Path, second: str, key: str, fragment: str) -> None:
+    tags = TYPES + f"""
+devices:
+  - {{name: LC-TAL-001, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: 10.20.1.11:502}}
+  - {{name: LC-TAL-002, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, {second}}}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"tags.yaml": tags}))
+    assert (info.value.key, info.value.line) == (key, TYPES.count("\n") + 4)
+    assert fragment in str(info.value)
+
+
+def test_one_serial_line_and_unit_under_two_names_is_a_duplicate(tmp_path: Path) -> None:
+    tags = TYPES + """
+devices:
+  - {name: LC-TAL-001, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0,
+     endpoint: "rtu:///dev/ttyUSB0", unit: 5}
+  - {name: LC-TAL-002, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0,
+     endpoint: "rtu:///dev/ttyUSB1", unit: 5}
+  - {name: LC-TAL-003, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0,
+     endpoint: "RTU:///dev/ttyUSB0", unit: 5, baudrate: 9600}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"tags.yaml": tags}))
+    err = info.value
+    # unit 5 on ttyUSB1 is another device; the third is LC-TAL-001 again, whatever its line speed
+    assert (err.key, err.line, err.value) == ("devices[2].endpoint", TYPES.count("\n") + 8, "RTU:///dev/ttyUSB0")
+    assert "same device address as LC-TAL-001" in str(err)
+
+
+def test_demotion_defaults_and_overrides(tmp_path: Path) -> None:
+    tags = TYPES.replace("    timeout: 3\n", "    timeout: 3\n    demote_after: 5\n    demote_for: 60\n") + """
+devices:
+  - {name: LC-TAL-001, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: 10.20.1.11}
+  - {name: LC-TAL-002, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: 10.20.1.12,
+     demote_after: 0, demote_for: 2.5}
+  - {name: BO-DIJ-001, type: bollard, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: 10.30.0.1}
+  - {name: BO-DIJ-002, type: bollard, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: 10.30.0.2, demote_after: 1}
+"""
+    config = load_config(write(tmp_path, {"tags.yaml": tags}))
+    lighting, bollard = config.types["lighting_cabinet"], config.types["bollard"]
+    # the type's values: 3 failed polls, 10 s off scan, unless the type says otherwise
+    assert (lighting.demote_after, lighting.demote_for) == (3, 10.0)
+    assert (bollard.demote_after, bollard.demote_for) == (5, 60.0)
+    lc1, lc2, bo1, bo2 = config.devices
+    assert (lc1.demote_after, lc1.demote_for) == (3, 10.0)
+    assert (lc2.demote_after, lc2.demote_for) == (0, 2.5)  # 0: never taken off scan
+    assert (bo1.demote_after, bo1.demote_for) == (5, 60.0)
+    assert (bo2.demote_after, bo2.demote_for) == (1, 60.0)  # one key overridden, the other inherited
+    assert isinstance(lc1.demote_after, int) and isinstance(lc1.demote_for, float)
+
+
+@pytest.mark.parametrize(("where", "text", "key"), [
+    ("type", "    demote_after: -1\n", "equipment_types.bollard.demote_after"),
+    ("type", "    demote_after: 2.5\n", "equipment_types.bollard.demote_after"),
+    ("type", "    demote_for: 0\n", "equipment_types.bollard.demote_for"),
+    ("device", ", demote_for: -5", "devices[0].demote_for"),
+    ("device", ", demote_after: never", "devices[0].demote_after"),
+])
+def test_bad_demotion_settings(tmp_path: Path, where: str, text: str, key: str) -> None:
+    types = TYPES.replace("    timeout: 3\n", "    timeout: 3\n" + text) if where == "type" else TYPES
+    device = "  - {name: BO-DIJ-001, type: bollard, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: 10.30.0.1%s}\n"
+    tags = types + "devices:\n" + device % (text if where == "device" else "")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"tags.yaml": tags}))
+    assert info.value.key == key

@@ -28,6 +28,8 @@ REQUIRED = {
     "csv_wrong_column_count", "csv_bad_latitude", "unknown_driver", "alarm_unknown_point", "alarm_unknown_type",
     "alarm_bad_priority", "alarm_unknown_service", "alarm_bad_message_field", "tab_indentation", "empty_file",
     "enum_bad_label", "range_min_above_max", "unit_id_out_of_range", "bad_endpoint",
+    "unknown_poll_group", "read_gap_out_of_range", "serial_key_on_tcp_device", "serial_line_settings_disagree", "rtu_endpoint_not_absolute",
+    "bad_parity", "zero_demote_for",
 }
 
 
@@ -102,6 +104,13 @@ BAD_VALUES = {
     "endpoint_bad_ip": ("tags.yaml", 53, "devices[1].endpoint", "10.20.1.312:502"),
     "writable_input_register": ("tags.yaml", 25, f"{POINT}.power.writable", True),
     "fractional_address": ("tags.yaml", 34, f"{POINT}.mains_voltage.address", 4.5),
+    "unknown_poll_group": ("tags.yaml", 34, f"{POINT}.energy.poll_group", "solw"),
+    "read_gap_out_of_range": ("tags.yaml", 8, "equipment_types.lighting_cabinet.read_gap", 200),
+    "serial_key_on_tcp_device": ("tags.yaml", 55, "devices[1].baudrate", 19200),
+    "serial_line_settings_disagree": ("tags.yaml", 55, "devices[1].endpoint", "rtu:///dev/ttyUSB0"),
+    "rtu_endpoint_not_absolute": ("tags.yaml", 57, "devices[1].endpoint", "rtu://ttyUSB0"),
+    "bad_parity": ("tags.yaml", 60, "devices[1].parity", "E"),
+    "zero_demote_for": ("tags.yaml", 8, "equipment_types.lighting_cabinet.demote_for", 0),
     "opcua_security_unknown_policy": ("tags.yaml", 11, f"{SECURITY}.policy", "Basic256Sha265"),
     "opcua_security_policy_with_mode": ("tags.yaml", 11, f"{SECURITY}.policy", "Basic256Sha256_SignAndEncrypt"),
     "opcua_security_missing_certificate_file": ("tags.yaml", 13, f"{SECURITY}.certificate", "pki/scada-client.der"),
