@@ -450,7 +450,7 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
         devices.append(d)
         next_id += len(types[d.type].points)
 
-    alarms = alarms_config.load(alarms_path, types) if alarms_path else alarms_config.AlarmsConfig((), MappingProxyType({}))
+    alarms = alarms_config.load(alarms_path, types, devices) if alarms_path else alarms_config.AlarmsConfig((), MappingProxyType({}))
     return Config(
         directory=path.parent,
         types=MappingProxyType(types),

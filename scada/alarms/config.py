@@ -1,8 +1,11 @@
 """alarms.yaml -> frozen alarm definitions, checked against the equipment types of tags.yaml.
 
-This first version covers what the skeleton needs to validate: services, and per-type limit,
-state and communication-loss alarms with priority, message, delays and routing. The engine
-that evaluates them (ISA-18.2 states, suppression, journal) is a later issue.
+Services (who acts, and how soon they must acknowledge), and alarms declared per equipment
+type (every device of the type) or for one device: limit (high_high, high, low, low_low,
+with deadband), state (a value in a set), rate of change, communication loss, and
+expressions over a device's points; each with a priority, a message template, on/off
+delays, the service it is routed to, latching, and the alarms whose activity suppresses it
+(cause-based suppression). The engine is ``scada/alarms/engine.py``.
 """
 
 from __future__ import annotations
@@ -11,21 +14,32 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Mapping
 
-from scada.fields import Fields, non_negative, one_of, positive, to_float, to_int, to_name, to_str
+from scada.alarms.expr import ExpressionError, compile_expression
+from scada.fields import Fields, non_negative, one_of, positive, to_bool, to_float, to_int, to_name, to_str
 from scada.yamlsrc import ConfigError, LocMap
 from scada.yamlsrc import load as load_yaml
 
 if TYPE_CHECKING:
-    from scada.config import EquipmentType
+    from scada.config import Device, EquipmentType
 
 # ISA-18.2 priorities -> OPC UA severities (1-1000).
 PRIORITIES = {"low": 250, "medium": 500, "high": 750, "critical": 900}
-CONDITIONS = ("high_high", "high", "low", "low_low", "state", "comm_loss")
+LIMIT_CONDITIONS = ("high_high", "high", "low", "low_low")
+CONDITIONS = (*LIMIT_CONDITIONS, "state", "rate_of_change", "comm_loss", "expression")
 MESSAGE_FIELDS = {"device", "commune", "value", "unit", "point", "limit"}
-ALARM_KEYS = ("name", "type", "point", "condition", "limit", "deadband", "states", "priority",
-              "message", "service", "on_delay", "off_delay")
+ALARM_KEYS = ("name", "type", "device", "point", "condition", "limit", "deadband", "states", "expression",
+              "priority", "message", "service", "on_delay", "off_delay", "latching", "suppressed_by")
+# Which keys each condition takes beyond the common ones; the others are errors, never ignored.
+CONDITION_KEYS = {
+    **{c: ("point", "limit", "deadband") for c in LIMIT_CONDITIONS},
+    "state": ("point", "states"),
+    "rate_of_change": ("point", "limit"),
+    "comm_loss": (),
+    "expression": ("expression",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +65,16 @@ class AlarmDef:
     on_delay: float = 0.0
     off_delay: float = 0.0
     source: str = ""
+    device: str | None = None  # declared for one device only (its type is ``type``)
+    expression: str = ""
+    expression_points: tuple[str, ...] = ()  # the points the expression reads
+    latching: bool = False  # stays announced after return to normal until acknowledged and reset
+    suppressed_by: tuple[str, ...] = ()  # alarms of the same device whose activity hides this one
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(scope, name): scope is the device for a device's own alarm, else the type."""
+        return (self.device or self.type, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +102,7 @@ def _message(v: Any) -> str:
     return s
 
 
-def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
+def load(path: Path, types: Mapping[str, "EquipmentType"], devices: Sequence["Device"] = ()) -> AlarmsConfig:
     file = str(path)
     doc = load_yaml(path)
     if doc is None:
@@ -111,55 +135,133 @@ def load(path: Path, types: Mapping[str, "EquipmentType"]) -> AlarmsConfig:
     if not isinstance(raw_alarms, list):
         raise top.error("alarms", "expected a list of alarms", raw_alarms)
     top.done(("services", "alarms"))
+    devices_by_name = {d.name: d for d in devices}
+    lines: list[int] = []
     for i, araw in enumerate(raw_alarms):
         line = raw_alarms.line_of(i)
-        f = Fields(araw, f"alarms[{i}]", file, line)
-        name = f.take("name", to_name)
-        tname = f.take("type", to_str, what="the equipment type the alarm applies to")
-        if tname not in types:
-            raise f.error("type", f"unknown equipment type (known types: {', '.join(types)})", tname)
-        if (tname, name) in seen:
-            raise f.error("name", f"duplicate alarm for type {tname} (first on line {seen[(tname, name)]})", name)
-        seen[(tname, name)] = line
-        condition = f.take("condition", one_of(*CONDITIONS))
-        point = None
-        if condition != "comm_loss":
-            point = f.take("point", to_str, what="the point the alarm watches")
-            if types[tname].point(point) is None:
-                known = ", ".join(p.name for p in types[tname].points)
-                raise f.error("point", f"type {tname} has no such point (points: {known})", point)
-        limit = None
-        if condition in ("high_high", "high", "low", "low_low"):
-            limit = f.take("limit", to_float, what="the limit in engineering units")
-        states: tuple[int, ...] = ()
-        if condition == "state":
-            raw_states = f.sub("states")
-            if not isinstance(raw_states, list) or not raw_states:
-                raise f.error("states", "expected a list of the values that raise the alarm", raw_states)
-            try:
-                states = tuple(to_int(s) for s in raw_states)
-            except ValueError as exc:
-                raise f.error("states", str(exc), raw_states) from None
-        priority = f.take("priority", one_of(*PRIORITIES))
-        service = f.take("service", to_str, what="the service the alarm is routed to")
-        if service not in services:
-            raise f.error("service", f"unknown service (services: {', '.join(services) or 'none declared'})", service)
-        unused = ("point", "limit", "states") if condition == "comm_loss" else (
-            ("limit",) if condition == "state" else ("states",))
-        for key in unused:  # a known key, but meaningless for this condition: not silently ignored
-            if key in araw:
-                raise f.error(key, f"a {condition} alarm has no {key} (remove this key)", araw[key])
-        message = f.take("message", _message)
-        if limit is None and "{limit" in message:
-            raise f.error("message", f"a {condition} alarm has no limit to show: remove {{limit}}", message)
-        alarms.append(AlarmDef(
-            name=name, type=tname, point=point, condition=condition, priority=priority,
-            severity=PRIORITIES[priority], message=message, service=service,
-            limit=limit, deadband=f.take("deadband", non_negative(to_float), default=0.0), states=states,
-            on_delay=f.take("on_delay", non_negative(to_float), default=0.0),
-            off_delay=f.take("off_delay", non_negative(to_float), default=0.0),
-            source=f"{file}:{line}",
-        ))
-        f.done(ALARM_KEYS)
+        lines.append(line)
+        alarms.append(_parse_alarm(araw, Fields(araw, f"alarms[{i}]", file, line), types, devices_by_name,
+                                   services, seen))
+    _check_suppression(alarms, raw_alarms, file)
     return AlarmsConfig(tuple(alarms), MappingProxyType(services))
 
+
+def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], devices: Mapping[str, "Device"],
+                 services: Mapping[str, Service], seen: dict[tuple[str, str], int]) -> AlarmDef:
+    name = f.take("name", to_name)
+    device = None
+    if f.has("device"):
+        device = f.take("device", to_str, what="the device the alarm applies to")
+        if device not in devices:
+            raise f.error("device", "unknown device (declare it in tags.yaml)", device)
+        tname = devices[device].type
+        if f.has("type") and f.take("type", to_str) != tname:
+            raise f.error("type", f"device {device} is a {tname}: give its type, or leave type out", f.sub("type"))
+        f.take("type", to_str, default=tname)
+    else:
+        tname = f.take("type", to_str, what="the equipment type the alarm applies to (or device: one device)")
+        if tname not in types:
+            raise f.error("type", f"unknown equipment type (known types: {', '.join(types)})", tname)
+    scope = device or tname
+    # One name per device: a device's own alarm may not reuse the name of one of its type's.
+    clash = seen.get((scope, name)) or seen.get((tname, name) if device else ("@" + tname, name))
+    if clash:
+        raise f.error("name", f"duplicate alarm for {scope} (first on line {clash})", name)
+    seen[(scope, name)] = f.line
+    if device:
+        seen.setdefault(("@" + tname, name), f.line)
+    t = types[tname]
+    condition = f.take("condition", one_of(*CONDITIONS))
+    for key in ("point", "limit", "deadband", "states", "expression"):
+        if key in araw and key not in CONDITION_KEYS[condition]:
+            # A known key, but meaningless for this condition: not silently ignored.
+            raise f.error(key, f"a {condition} alarm has no {key} (remove this key)", araw[key])
+    point = None
+    if "point" in CONDITION_KEYS[condition]:
+        point = f.take("point", to_str, what="the point the alarm watches")
+        if t.point(point) is None:
+            known = ", ".join(p.name for p in t.points)
+            raise f.error("point", f"type {tname} has no such point (points: {known})", point)
+    limit = None
+    if "limit" in CONDITION_KEYS[condition]:
+        what = "the rate in engineering units per second" if condition == "rate_of_change" else \
+            "the limit in engineering units"
+        limit = f.take("limit", positive(to_float) if condition == "rate_of_change" else to_float, what=what)
+    states: tuple[int, ...] = ()
+    if condition == "state":
+        raw_states = f.sub("states")
+        if not isinstance(raw_states, list) or not raw_states:
+            raise f.error("states", "expected a list of the values that raise the alarm", raw_states)
+        try:
+            states = tuple(to_int(s) for s in raw_states)
+        except ValueError as exc:
+            raise f.error("states", str(exc), raw_states) from None
+    expression, expression_points = "", ()
+    if condition == "expression":
+        expression = f.take("expression", to_str, what="a condition over the type's points, e.g. "
+                            "\"contactor and power < 0.2 * nominal_power\"")
+        try:
+            _, expression_points = compile_expression(expression, [p.name for p in t.points])
+        except ExpressionError as exc:
+            raise f.error("expression", str(exc), expression) from None
+    priority = f.take("priority", one_of(*PRIORITIES))
+    service = f.take("service", to_str, what="the service the alarm is routed to")
+    if service not in services:
+        raise f.error("service", f"unknown service (services: {', '.join(services) or 'none declared'})", service)
+    message = f.take("message", _message)
+    if limit is None and "{limit" in message:
+        raise f.error("message", f"a {condition} alarm has no limit to show: remove {{limit}}", message)
+    suppressed_by: tuple[str, ...] = ()
+    if f.has("suppressed_by"):
+        raw = f.sub("suppressed_by")
+        raw = [raw] if isinstance(raw, str) else raw
+        if not isinstance(raw, list) or not raw:
+            raise f.error("suppressed_by", "expected the names of the alarms that hide this one, "
+                          "e.g. [mains_loss]", raw)
+        try:
+            suppressed_by = tuple(to_name(x) for x in raw)
+        except ValueError as exc:
+            raise f.error("suppressed_by", str(exc), raw) from None
+    alarm = AlarmDef(
+        name=name, type=tname, point=point, condition=condition, priority=priority,
+        severity=PRIORITIES[priority], message=message, service=service,
+        limit=limit, deadband=f.take("deadband", non_negative(to_float), default=0.0), states=states,
+        on_delay=f.take("on_delay", non_negative(to_float), default=0.0),
+        off_delay=f.take("off_delay", non_negative(to_float), default=0.0),
+        source=f"{f.file}:{f.line}", device=device, expression=expression,
+        expression_points=tuple(expression_points),
+        latching=f.take("latching", to_bool, default=False), suppressed_by=suppressed_by,
+    )
+    f.done(ALARM_KEYS)
+    return alarm
+
+
+def _check_suppression(alarms: list[AlarmDef], raw_alarms: Any, file: str) -> None:
+    """suppressed_by names alarms of the same device, and suppression never goes round in a circle."""
+    by_type: dict[str, set[str]] = {}
+    for a in alarms:
+        by_type.setdefault(a.type, set()).add(a.name)
+    for i, a in enumerate(alarms):
+        line = raw_alarms[i].line_of("suppressed_by") if isinstance(raw_alarms[i], LocMap) else None
+        for cause in a.suppressed_by:
+            if cause == a.name:
+                raise ConfigError(file, line, f"alarms[{i}].suppressed_by", "an alarm cannot suppress itself", cause)
+            if cause not in by_type[a.type]:
+                known = ", ".join(sorted(by_type[a.type] - {a.name})) or "none"
+                raise ConfigError(file, line, f"alarms[{i}].suppressed_by",
+                                  f"no alarm of that name on a {a.type} (its alarms: {known})", cause)
+    causes = {(a.type, a.name): set(a.suppressed_by) for a in alarms}
+    for i, a in enumerate(alarms):
+        todo = list(a.suppressed_by)
+        seen: set[str] = set()
+        while todo:
+            c = todo.pop()
+            if c == a.name:
+                line = raw_alarms[i].line_of("suppressed_by") if isinstance(raw_alarms[i], LocMap) else None
+                raise ConfigError(file, line, f"alarms[{i}].suppressed_by",
+                                  "suppression goes round in a circle: an alarm would hide its own cause",
+                                  list(a.suppressed_by))
+            if c in seen:
+                continue
+            seen.add(c)
+            todo.extend(causes.get((a.type, c), ()))

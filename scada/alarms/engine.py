@@ -1,0 +1,538 @@
+"""The alarm engine: alarms.yaml's definitions evaluated, vectorised, over the TagDB's change batches.
+
+Every alarm definition is instantiated once per device it applies to; an *instance* is one
+row of the engine's columns:
+
+* ``raw``: the process condition as the values say now (limits with deadband hysteresis,
+  states, rate of change, communication loss, expressions);
+* ``cond``: the condition after its on-delay / off-delay: what the ISA-18.2 table sees;
+* ``state``: the ISA-18.2 state (``scada.alarms.states``), moved by the table only;
+* ``suppressed``: a cause alarm of the same device is active (suppression by design).
+
+A change batch costs: a CSR lookup of the instances that read the changed tags, one numpy
+evaluation per alarm definition over its affected instances, and Python objects only for
+the transitions, which go to the journal (with the states, in one transaction), to the
+subscribers (OPC UA Alarms & Conditions) and to the log.
+
+Suppression uses the cause's *raw* condition, not its delayed one: a cabinet's mains loss
+(on-delay 2 s) must hide its lamp alarms from the first second, not after they have been
+announced. A device's ``comm_loss`` alarm, when its type has one, suppresses every other
+alarm of the device: with no data, its process alarms are meaningless. That one suppresses
+only once its own on-delay is over: a process alarm whose tags are Bad keeps its condition
+anyway, so there is nothing to hide while the link may still come back, and a server start
+(every tag Bad until its first poll) must not suppress and unsuppress every alarm in town.
+
+A process alarm whose tag is Bad keeps its condition (no data neither raises nor clears).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from scada import status as st
+from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
+from scada.alarms.expr import compile_expression
+from scada.alarms.journal import Journal, JournalRow, StateRecord
+from scada.alarms.states import Event, IllegalTransition, State, apply, transition
+from scada.config import Config
+from scada.tagdb import ChangeBatch, TagDB
+
+log = structlog.get_logger("scada.alarms")
+
+COMM_LOSS_CODES = np.array([st.BAD_COMMUNICATION_ERROR, st.BAD_NO_COMMUNICATION], np.uint32)
+RATE_QUIET_S = 2.5  # a rate-of-change condition clears when the value has not moved for this long
+ANNOUNCED = np.zeros(len(State), bool)  # shown to operators
+ANNOUNCED[[State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED]] = True
+
+
+def _bad(status: np.ndarray) -> np.ndarray:
+    return (status & np.uint32(0xC0000000)) == np.uint32(0x80000000)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """One transition or operator action, as subscribers (OPC UA A&C) receive it."""
+
+    time_ns: int
+    instance: int
+    alarm: str
+    device: str
+    commune: str
+    event: str  # an Event name, or NOTE / ASSIGN
+    state: State
+    active: bool
+    value: float | None
+    priority: str
+    severity: int
+    service: str
+    message: str
+    user: str = ""
+    comment: str = ""
+
+
+class AlarmEngine:
+    """Evaluates every configured alarm; see the module docstring."""
+
+    def __init__(self, config: Config, tagdb: TagDB, journal: Journal, clock: Callable[[], int] = time.time_ns) -> None:
+        self.config = config
+        self.tagdb = tagdb
+        self.journal = journal
+        self.clock = clock
+        self.defs: tuple[AlarmDef, ...] = config.alarms.alarms
+        self.subscribers: list[Callable[[Sequence[AlarmEvent]], None]] = []
+        devices = config.devices
+        dev_index = {d.name: i for i, d in enumerate(devices)}
+        starts, inst_def, inst_dev, inst_tag = [], [], [], []
+        self._expr: dict[int, tuple[Callable, list[np.ndarray]]] = {}
+        pairs_tag: list[np.ndarray] = []
+        pairs_inst: list[np.ndarray] = []
+        n = 0
+        for k, a in enumerate(self.defs):
+            t = config.types[a.type]
+            devs = np.array([dev_index[a.device]] if a.device else
+                            [i for i, d in enumerate(devices) if d.type == a.type], np.int64)
+            first = np.array([devices[i].first_tag_id for i in devs], np.int64)
+            starts.append(n)
+            inst = np.arange(n, n + len(devs), dtype=np.int64)
+            inst_def.append(np.full(len(devs), k, np.int32))
+            inst_dev.append(devs)
+            if a.condition == "expression":
+                names = [p.name for p in t.points]
+                evaluate, used = compile_expression(a.expression, names)
+                tags = [first + names.index(p) for p in used]
+                self._expr[k] = (evaluate, tags, used)
+                watched = tags[0]
+                for tg in tags:
+                    pairs_tag.append(tg)
+                    pairs_inst.append(inst)
+            else:
+                # comm_loss watches the device's first tag: a link loss turns all its tags bad at once.
+                offset = 0 if a.condition == "comm_loss" else [p.name for p in t.points].index(a.point)
+                watched = first + offset
+                pairs_tag.append(watched)
+                pairs_inst.append(inst)
+            inst_tag.append(watched)
+            n += len(devs)
+        starts.append(n)
+        self.n = n
+        self.starts = np.array(starts, np.int64)
+        self.inst_def = np.concatenate(inst_def) if inst_def else np.zeros(0, np.int32)
+        self.inst_dev = np.concatenate(inst_dev) if inst_dev else np.zeros(0, np.int64)
+        self.inst_tag = np.concatenate(inst_tag) if inst_tag else np.zeros(0, np.int64)
+        self.latching = np.array([self.defs[k].latching for k in self.inst_def], bool)
+        self.is_comm_loss = np.array([self.defs[k].condition == "comm_loss" for k in self.inst_def], bool)
+        self.on_delay_ns = np.array([a.on_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        self.off_delay_ns = np.array([a.off_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        # Columns
+        self.state = np.zeros(n, np.uint8)
+        self.raw = np.zeros(n, bool)
+        self.cond = np.zeros(n, bool)
+        self.raw_since = np.zeros(n, np.int64)  # when raw last changed: delays count from it
+        self.cond_since = np.zeros(n, np.int64)  # when cond last changed (activation time)
+        self.suppressed = np.zeros(n, bool)
+        self.shelved_until = np.zeros(n, np.int64)
+        self.prev_value = np.full(n, np.nan)  # rate of change
+        self.prev_time = np.zeros(n, np.int64)
+        self.pending = np.zeros(n, bool)  # raw != cond, waiting for a delay
+        self.extra: dict[int, dict] = {}  # instance -> shelve user/reason, assignment
+        # tag -> instances reading it (CSR), for the change batches
+        tags = np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64)
+        insts = np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64)
+        order = np.argsort(tags, kind="stable")
+        self._csr_inst = insts[order]
+        self._csr_off = np.searchsorted(tags[order], np.arange(len(tagdb) + 1))
+        self._build_suppression(dev_index)
+        self._index = {(self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i
+                       for i in range(n)}
+        self.transitions = 0
+        self.evaluations = 0
+
+    # Construction helpers
+
+    def _build_suppression(self, dev_index: dict[str, int]) -> None:
+        """Pairs (consequence instance, cause instance) on the same device."""
+        by_def_dev: dict[tuple[str, int], int] = {}
+        for i in range(self.n):
+            by_def_dev[(self.defs[int(self.inst_def[i])].name, int(self.inst_dev[i]))] = i
+        dep, cause = [], []
+        comm = {k for k, a in enumerate(self.defs) if a.condition == "comm_loss"}
+        for i in range(self.n):
+            a = self.defs[int(self.inst_def[i])]
+            dev = int(self.inst_dev[i])
+            names = set(a.suppressed_by)
+            if a.condition != "comm_loss":  # comm loss hides every other alarm of the device
+                names |= {self.defs[k].name for k in comm if self.defs[k].type == a.type}
+            for name in names:
+                c = by_def_dev.get((name, dev))
+                if c is not None and c != i:
+                    dep.append(i)
+                    cause.append(c)
+        self._dep = np.array(dep, np.int64)
+        self._cause = np.array(cause, np.int64)
+        order = np.argsort(self._cause, kind="stable")
+        self._dep_by_cause = self._dep[order]
+        self._cause_sorted = self._cause[order]
+
+    def instance(self, alarm: str, device: str) -> int:
+        try:
+            return self._index[(alarm, device)]
+        except KeyError:
+            raise KeyError(f"no alarm {alarm!r} on device {device!r}") from None
+
+    # Evaluation
+
+    def _affected(self, ids: np.ndarray) -> np.ndarray:
+        lo, hi = self._csr_off[ids], self._csr_off[ids + 1]
+        counts = hi - lo
+        total = int(counts.sum())
+        if total == 0:
+            return np.zeros(0, np.int64)
+        # Concatenate the ranges [lo, hi) without a Python loop.
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        pos = starts + np.arange(total)
+        return np.unique(self._csr_inst[pos])
+
+    def _evaluate(self, inst: np.ndarray, now: int) -> None:
+        """Recompute ``raw`` for the given instances (sorted), definition by definition."""
+        if not len(inst):
+            return
+        bounds = np.searchsorted(inst, self.starts)
+        value, status, src = self.tagdb.value, self.tagdb.status, self.tagdb.source_time
+        for k, a in enumerate(self.defs):
+            sel = inst[bounds[k]:bounds[k + 1]]
+            if not len(sel):
+                continue
+            cur = self.raw[sel]
+            if a.condition == "comm_loss":
+                self.raw[sel] = np.isin(status[self.inst_tag[sel]], COMM_LOSS_CODES)
+                continue
+            if a.condition == "expression":
+                evaluate, tags, used = self._expr[k]
+                local = sel - self.starts[k]
+                env = {p: value[tg[local]] for p, tg in zip(used, tags)}
+                good = np.ones(len(sel), bool)
+                for tg in tags:
+                    good &= ~_bad(status[tg[local]])
+                self.raw[sel] = np.where(good, evaluate(env), cur)
+                continue
+            tag = self.inst_tag[sel]
+            v = value[tag]
+            good = ~_bad(status[tag]) & ~np.isnan(v)
+            if a.condition in LIMIT_CONDITIONS:
+                high = a.condition in ("high", "high_high")
+                # Hysteresis: an active alarm clears only once the value is past limit -/+ deadband.
+                if high:
+                    new = np.where(cur, v > a.limit - a.deadband, v > a.limit)
+                else:
+                    new = np.where(cur, v < a.limit + a.deadband, v < a.limit)
+            elif a.condition == "state":
+                new = np.isin(v, np.array(a.states, np.float64))
+            elif a.condition == "rate_of_change":
+                t = src[tag]
+                dt = (t - self.prev_time[sel]) / 1e9
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rate = np.abs(v - self.prev_value[sel]) / dt
+                new = np.where((dt > 0) & ~np.isnan(self.prev_value[sel]), rate > a.limit, cur)
+                moved = good & (t != self.prev_time[sel])
+                self.prev_value[sel[moved]] = v[moved]
+                self.prev_time[sel[moved]] = t[moved]
+            else:  # pragma: no cover - the loader knows every condition
+                raise AssertionError(a.condition)
+            self.raw[sel] = np.where(good, new, cur)
+
+    def process(self, batch: ChangeBatch | None) -> list[AlarmEvent]:
+        """Evaluate the alarms reading the batch's tags; return (and journal) the transitions."""
+        if batch is None or not len(batch.ids):
+            return []
+        now = self.clock()
+        ids = np.asarray(batch.ids, np.int64)
+        inst = np.arange(self.n) if len(ids) * 2 > len(self.tagdb) else self._affected(ids)
+        return self._step(inst, now)
+
+    def evaluate_all(self) -> list[AlarmEvent]:
+        """Evaluate every instance (at start, and after a consumer overflow)."""
+        return self._step(np.arange(self.n), self.clock())
+
+    def _step(self, inst: np.ndarray, now: int) -> list[AlarmEvent]:
+        self.evaluations += 1
+        before = self.raw[inst].copy()
+        self._evaluate(inst, now)
+        changed = inst[self.raw[inst] != before]
+        self.raw_since[changed] = now
+        # Delays: a condition change is due once raw has held for its on/off delay.
+        self.pending[inst] = self.raw[inst] != self.cond[inst]
+        return self._advance(now, changed)
+
+    def tick(self) -> list[AlarmEvent]:
+        """Time-driven work: due delays, shelve expiries, quiet rate-of-change alarms."""
+        now = self.clock()
+        events: list[AlarmEvent] = []
+        rate = np.flatnonzero(self.raw & (self.prev_time > 0) & (now - self.prev_time > RATE_QUIET_S * 1e9))
+        rate = rate[[self.defs[int(self.inst_def[i])].condition == "rate_of_change" for i in rate]] if len(rate) else rate
+        if len(rate):
+            self.raw[rate] = False
+            self.raw_since[rate] = now
+            self.pending[rate] = self.raw[rate] != self.cond[rate]
+        events += self._advance(now, rate)
+        expired = np.flatnonzero((self.state == State.SHELVED) & (self.shelved_until > 0) & (self.shelved_until <= now))
+        for i in expired.tolist():
+            events += self._operator(i, Event.SHELVE_EXPIRED, "", "shelve expired", now)
+        return events
+
+    def _advance(self, now: int, raw_changed: np.ndarray) -> list[AlarmEvent]:
+        """Due condition changes, suppression by design, then the table's events, journaled."""
+        events: list[AlarmEvent] = []
+        # 1. Condition changes whose delay is over.
+        due = np.zeros(0, np.int64)
+        pend = np.flatnonzero(self.pending)
+        if len(pend):
+            delay = np.where(self.raw[pend], self.on_delay_ns[pend], self.off_delay_ns[pend])
+            due = pend[now - self.raw_since[pend] >= delay]
+            self.cond[due] = self.raw[due]
+            self.cond_since[due] = now
+            self.pending[due] = False
+        # 2. Suppression by design follows the causes (raw conditions; comm loss: delayed).
+        released = np.zeros(0, np.int64)
+        changed = np.union1d(raw_changed, due)
+        if len(changed) and len(self._cause_sorted):
+            lo = np.searchsorted(self._cause_sorted, changed, "left")
+            hi = np.searchsorted(self._cause_sorted, changed, "right")
+            parts = [self._dep_by_cause[a:b] for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+            deps = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            if len(deps):
+                mask = np.isin(self._dep, deps)
+                causes = self._cause[mask]
+                signal = np.where(self.is_comm_loss[causes], self.cond[causes], self.raw[causes])
+                want = np.zeros(self.n, bool)
+                np.logical_or.at(want, self._dep[mask], signal)
+                new_sup = want[deps]
+                start = deps[new_sup & ~self.suppressed[deps]]
+                self.suppressed[deps] = new_sup
+                # Only an alarm with something to hide changes state (and is journaled): a
+                # normal one just carries the flag, and is suppressed if it activates.
+                start = start[ANNOUNCED[self.state[start]] | self.cond[start]]
+                events += self._apply(start, Event.SUPPRESS, now, strict=False)
+                released = deps[~new_sup & (self.state[deps] == State.SUPPRESSED)]
+                # Leaving suppression: the condition as it stands decides, delays applied.
+                self._settle(released, now)
+                events += self._apply(released, Event.UNSUPPRESS, now)
+        # 3. The condition changes, except where leaving suppression already accounted for them.
+        if len(due):
+            due = np.setdiff1d(due, released, assume_unique=True)
+            up = due[self.cond[due]]
+            down = due[~self.cond[due]]
+            hide = up[self.suppressed[up] & (self.state[up] == State.NORMAL)]
+            events += self._apply(hide, Event.SUPPRESS, now, strict=False)
+            events += self._apply(up, Event.ACTIVATE, now)
+            events += self._apply(down, Event.CLEAR, now)
+        if events:
+            self._record(events)
+        return events
+
+    def _settle(self, inst: np.ndarray, now: int) -> None:
+        """Bring cond up to raw where the delay is over (before leaving a hidden state)."""
+        if not len(inst):
+            return
+        delay = np.where(self.raw[inst], self.on_delay_ns[inst], self.off_delay_ns[inst])
+        due = inst[(self.raw[inst] != self.cond[inst]) & (now - self.raw_since[inst] >= delay)]
+        self.cond[due] = self.raw[due]
+        self.cond_since[due] = now
+        self.pending[due] = False
+
+    def _apply(self, inst: np.ndarray, event: Event, now: int, strict: bool = True) -> list[AlarmEvent]:
+        if not len(inst):
+            return []
+        new, legal = apply(self.state[inst], event, self.cond[inst], self.latching[inst])
+        if strict and not legal.all():
+            for i in inst[~legal].tolist():
+                log.error("alarm_illegal_transition", alarm=self._name(i), device=self._device(i),
+                          state=State(int(self.state[i])).name, alarm_event=event.name)
+        moved = inst[legal]
+        self.state[moved] = new[legal]
+        return [self._event(int(i), event.name, now) for i in moved.tolist()]
+
+    # Operator actions
+
+    def _operator(self, i: int, event: Event, user: str, comment: str, now: int | None = None) -> list[AlarmEvent]:
+        now = self.clock() if now is None else now
+        if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED, Event.RETURN_TO_SERVICE):
+            self._settle(np.array([i]), now)
+        self.state[i] = transition(int(self.state[i]), event, bool(self.cond[i]), bool(self.latching[i]))
+        if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED):
+            self.shelved_until[i] = 0
+            self.extra.get(i, {}).pop("shelve", None)
+        events = [self._event(i, event.name, now, user, comment)]
+        # A design suppression whose cause is still active applies again once visible.
+        if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED, Event.RETURN_TO_SERVICE) and self.suppressed[i]:
+            events += self._apply(np.array([i]), Event.SUPPRESS, now, strict=False)
+        self._record(events)
+        return events
+
+    def ack(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
+        """Acknowledge; IllegalTransition when nothing is owed (already acknowledged, normal)."""
+        return self._operator(self.instance(alarm, device), Event.ACK, user, comment)
+
+    def reset(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
+        """Reset a latched alarm once its condition is gone and it is acknowledged."""
+        return self._operator(self.instance(alarm, device), Event.RESET, user, comment)
+
+    def shelve(self, alarm: str, device: str, user: str, reason: str, duration_s: float) -> list[AlarmEvent]:
+        """Hide an alarm for ``duration_s`` (at most 24 h: a shelved alarm must come back)."""
+        if not 0 < duration_s <= 86400:
+            raise ValueError("a shelve lasts more than 0 s and at most 24 h")
+        if not reason.strip():
+            raise ValueError("shelving needs a reason")
+        i = self.instance(alarm, device)
+        now = self.clock()
+        events = self._operator(i, Event.SHELVE, user, reason, now)
+        self.shelved_until[i] = now + int(duration_s * 1e9)
+        self.extra.setdefault(i, {})["shelve"] = (user, reason)
+        self._record([], persist=[i])
+        return events
+
+    def unshelve(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
+        return self._operator(self.instance(alarm, device), Event.UNSHELVE, user, comment)
+
+    def remove_from_service(self, alarm: str, device: str, user: str, comment: str) -> list[AlarmEvent]:
+        return self._operator(self.instance(alarm, device), Event.REMOVE_FROM_SERVICE, user, comment)
+
+    def return_to_service(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
+        return self._operator(self.instance(alarm, device), Event.RETURN_TO_SERVICE, user, comment)
+
+    def note(self, alarm: str, device: str, user: str, text: str) -> list[AlarmEvent]:
+        """Add a note to an alarm's record; no state changes."""
+        i = self.instance(alarm, device)
+        events = [self._event(i, "NOTE", self.clock(), user, text)]
+        self._record(events)
+        return events
+
+    def assign(self, alarm: str, device: str, user: str, to: str) -> list[AlarmEvent]:
+        """Hand an alarm to a service or a crew (named in the comment of the journal row)."""
+        i = self.instance(alarm, device)
+        self.extra.setdefault(i, {})["assigned"] = to
+        events = [self._event(i, "ASSIGN", self.clock(), user, to)]
+        self._record(events)
+        return events
+
+    # Queries
+
+    def announced(self) -> np.ndarray:
+        """Instances shown to operators (active, or owing an acknowledgement or a reset)."""
+        return np.flatnonzero(ANNOUNCED[self.state])
+
+    def describe(self, i: int) -> dict:
+        a = self.defs[int(self.inst_def[i])]
+        d = self.config.devices[int(self.inst_dev[i])]
+        return {"alarm": a.name, "device": d.name, "commune": d.commune, "state": State(int(self.state[i])).name,
+                "active": bool(self.cond[i]), "suppressed": bool(self.suppressed[i]), "priority": a.priority,
+                "service": a.service, "since_ns": int(self.cond_since[i]), "message": self._message(i)}
+
+    def listing(self, states: Sequence[State] | None = None) -> list[dict]:
+        """Instances in the given states (default: announced), for the HMI and `scada alarms`."""
+        mask = ANNOUNCED[self.state] if states is None else np.isin(self.state, np.array(states, np.uint8))
+        return [self.describe(int(i)) for i in np.flatnonzero(mask)]
+
+    # Events, journal, restart
+
+    def _name(self, i: int) -> str:
+        return self.defs[int(self.inst_def[i])].name
+
+    def _device(self, i: int) -> str:
+        return self.config.devices[int(self.inst_dev[i])].name
+
+    def _value(self, i: int) -> float | None:
+        v = float(self.tagdb.value[self.inst_tag[i]])
+        return None if math.isnan(v) else v
+
+    def _message(self, i: int) -> str:
+        a = self.defs[int(self.inst_def[i])]
+        d = self.config.devices[int(self.inst_dev[i])]
+        t = self.config.types[a.type]
+        p = t.point(a.point) if a.point else None
+        v = self._value(i)
+        value = "?" if v is None else (f"{v:g}" if p is None or not p.enum else dict(p.enum).get(int(v), f"{v:g}"))
+        return a.message.format(device=d.name, commune=d.commune, value=value, unit=p.unit if p else "",
+                                point=a.point or "", limit="" if a.limit is None else f"{a.limit:g}")
+
+    def _event(self, i: int, event: str, now: int, user: str = "", comment: str = "") -> AlarmEvent:
+        a = self.defs[int(self.inst_def[i])]
+        d = self.config.devices[int(self.inst_dev[i])]
+        return AlarmEvent(now, i, a.name, d.name, d.commune, event, State(int(self.state[i])), bool(self.cond[i]),
+                          self._value(i), a.priority, a.severity, a.service, self._message(i), user, comment)
+
+    def _state_record(self, i: int) -> tuple[tuple[str, str], StateRecord]:
+        shelve = self.extra.get(i, {}).get("shelve", ("", ""))
+        return (self._name(i), self._device(i)), StateRecord(
+            state=State(int(self.state[i])), active=bool(self.cond[i]),
+            acked=State(int(self.state[i])) not in (State.UNACK_ACTIVE, State.RTN_UNACK),
+            since_ns=int(self.cond_since[i]) or None, shelved_until_ns=int(self.shelved_until[i]) or None,
+            shelve_user=shelve[0], shelve_reason=shelve[1],
+            assigned_to=self.extra.get(i, {}).get("assigned", ""), last_value=self._value(i))
+
+    def _record(self, events: Sequence[AlarmEvent], persist: Sequence[int] = ()) -> None:
+        rows = [JournalRow(e.time_ns, e.alarm, e.device, e.commune, e.value, e.priority, e.severity, e.event,
+                           e.state.name, e.user, e.comment, e.service, e.message) for e in events]
+        touched = sorted({e.instance for e in events} | set(persist))
+        self.journal.record(rows, states=[self._state_record(i) for i in touched])
+        self.transitions += len(rows)
+        for e in events:
+            if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):
+                log.info("alarm", alarm=e.alarm, device=e.device, alarm_event=e.event, state=e.state.name,
+                         priority=e.priority, service=e.service, user=e.user or None, message=e.message)
+        for notify in self.subscribers:
+            notify(events)
+
+    def restore(self) -> int:
+        """Take back the states saved by a previous run (call before the first evaluation).
+
+        A restored active alarm is not announced again; one whose condition cleared while the
+        server was down clears at the first evaluation, and that is journaled.
+        """
+        saved = self.journal.load_states()
+        n = 0
+        for (alarm, device), rec in saved.items():
+            i = self._index.get((alarm, device))
+            if i is None:  # the alarm or the device left the configuration
+                continue
+            self.state[i] = int(rec.state)
+            self.cond[i] = self.raw[i] = rec.active
+            self.cond_since[i] = self.raw_since[i] = rec.since_ns or 0
+            self.shelved_until[i] = rec.shelved_until_ns or 0
+            if rec.shelve_user or rec.shelve_reason:
+                self.extra.setdefault(i, {})["shelve"] = (rec.shelve_user, rec.shelve_reason)
+            if rec.assigned_to:
+                self.extra.setdefault(i, {})["assigned"] = rec.assigned_to
+            n += 1
+        return n
+
+    async def run(self, period: float = 0.5) -> None:
+        """Consume the TagDB's change batches and tick the timers, until cancelled."""
+        consumer = self.tagdb.subscribe("alarms", maxsize=4096)
+        try:
+            self.evaluate_all()
+            next_tick = time.monotonic() + period
+            while True:
+                timeout = max(0.0, next_tick - time.monotonic())
+                try:
+                    batch = await asyncio.wait_for(consumer.get(), timeout)
+                except TimeoutError:
+                    batch = None
+                if consumer.overflowed:  # batches were dropped: evaluate everything again
+                    consumer.overflowed = False
+                    while not consumer.queue.empty():
+                        consumer.get_nowait()
+                    self.evaluate_all()
+                elif batch is not None:
+                    self.process(batch)
+                if time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + period
+        finally:
+            self.tagdb.unsubscribe(consumer)
