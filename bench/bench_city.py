@@ -164,7 +164,8 @@ def main() -> int:
         wait_port(control_port)
         t_start = time.monotonic()
         server = subprocess.Popen([PY, "-m", "scada", "run", "--config", str(work / "config"), "--opcua-endpoint",
-                                   f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "10", "--log-json"],
+                                   f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "10", "--log-json",
+                                   "--data", str(work / "data")],
                                   cwd=ROOT, stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT)
         wait_port(opc_scada)
         startup = time.monotonic() - t_start

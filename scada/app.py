@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import structlog
 
 from drivers.base import Driver, create_driver
+from scada.alarms.engine import AlarmEngine
+from scada.alarms.journal import Journal
 from scada.config import Config
 from scada.limits import raise_open_file_limit
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
@@ -20,15 +23,23 @@ log = structlog.get_logger("scada")
 class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
-    def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0) -> None:
+    def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0,
+                 data_dir: str | Path = "var") -> None:
         self.config = config
         names, kinds, deadbands = config.tag_table()
         self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.data_dir / "alarms.sqlite")
+        self.alarms = AlarmEngine(config, self.tagdb, self.journal)
+        restored = self.alarms.restore()
+        if restored:
+            log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
         by_driver = defaultdict(list)
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
         self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
-        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint)
+        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms)
         self.status_interval = status_interval
         self.started = asyncio.Event()
 
@@ -41,6 +52,7 @@ class Application:
             "late_polls": sum(x.get("late_polls", 0) for x in diags),
             "missed_cycles": sum(x.get("missed_cycles", 0) for x in diags),
             "demoted": sum(x.get("demoted", 0) for x in diags),
+            "alarms_announced": len(self.alarms.announced()),
         }
 
     async def _status_loop(self) -> None:
@@ -53,7 +65,8 @@ class Application:
             s = self.status()
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",
-                     late_polls=s["late_polls"], missed_cycles=s["missed_cycles"],
+                     late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
+                     alarms=s["alarms_announced"],
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
     async def _staleness_loop(self) -> None:
@@ -71,9 +84,11 @@ class Application:
                 for drv in self.drivers:
                     tg.create_task(drv.run(), name=f"driver:{drv.name}")
                 tg.create_task(self.hmi.run(), name="opcua-publisher")
+                tg.create_task(self.alarms.run(), name="alarms")
                 tg.create_task(self._staleness_loop(), name="staleness")
                 if self.status_interval > 0:
                     tg.create_task(self._status_loop(), name="status")
                 self.started.set()
         finally:
             await self.hmi.stop()
+            self.journal.close()

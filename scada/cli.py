@@ -31,9 +31,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config, endpoint: str, status_interval: float) -> None:
+async def _serve(config, endpoint: str, status_interval: float, data_dir: str) -> None:
     from scada.app import Application
-    app = Application(config, endpoint, status_interval)
+    app = Application(config, endpoint, status_interval, data_dir)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     signals = 0
@@ -61,8 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     print(f"OPC UA endpoint: {_connectable(args.opcua_endpoint)}", flush=True)
+    from scada.alarms.journal import JournalError
     try:
-        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval))
+        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data))
+    except JournalError as exc:
+        print(f"cannot open the alarm journal: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # the OPC UA port is taken, the address does not exist...
         print(f"cannot start the OPC UA server on {args.opcua_endpoint}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
         p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
         p.add_argument("--log-level", default="INFO")
+        p.add_argument("--data", default="var", help="folder of the server's files: the alarm journal (default: var)")
 
     p = sub.add_parser("check", help="validate the configuration and print a summary")
     common(p)

@@ -20,9 +20,10 @@ class HmiServer:
     """Owns the asyncua server; ``start`` builds the tree, ``run`` publishes until cancelled."""
 
     def __init__(self, config: Config, tagdb: TagDB, endpoint: str = DEFAULT_ENDPOINT,
-                 name: str = "City supervision server") -> None:
+                 name: str = "City supervision server", alarms=None) -> None:
         self.config = config
         self.tagdb = tagdb
+        self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
         self.endpoint = endpoint
         self.name = name
         self.server = Server()

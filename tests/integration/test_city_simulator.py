@@ -72,7 +72,8 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
 
         # The server supervises the generated configuration.
         server = Process(["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
-                          f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0"], tmp_path / "server.log")
+                          f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(tmp_path / "data")],
+                         tmp_path / "server.log")
         wait_port(opc_scada, timeout=30)
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as c:
             ns = await c.get_namespace_index(SCADA_NS)
