@@ -40,13 +40,14 @@ from scada import status as st
 from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
 from scada.alarms.expr import compile_expression
 from scada.alarms.journal import Journal, JournalRow, StateRecord
-from scada.alarms.states import Event, IllegalTransition, State, apply, transition
+from scada.alarms.states import Event, State, apply, transition
 from scada.config import Config
 from scada.tagdb import ChangeBatch, TagDB
 
 log = structlog.get_logger("scada.alarms")
 
 COMM_LOSS_CODES = np.array([st.BAD_COMMUNICATION_ERROR, st.BAD_NO_COMMUNICATION], np.uint32)
+LOG_EACH = 20  # transitions logged one by one per evaluation; more are summarised in one line
 RATE_QUIET_S = 2.5  # a rate-of-change condition clears when the value has not moved for this long
 ANNOUNCED = np.zeros(len(State), bool)  # shown to operators
 ANNOUNCED[[State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED]] = True
@@ -141,6 +142,7 @@ class AlarmEngine:
         self.prev_value = np.full(n, np.nan)  # rate of change
         self.prev_time = np.zeros(n, np.int64)
         self.pending = np.zeros(n, bool)  # raw != cond, waiting for a delay
+        self._pending_idx = np.zeros(0, np.int64)  # a superset of the pending instances, sorted
         self.extra: dict[int, dict] = {}  # instance -> shelve user/reason, assignment
         # tag -> instances reading it (CSR), for the change batches
         tags = np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64)
@@ -196,8 +198,12 @@ class AlarmEngine:
             return np.zeros(0, np.int64)
         # Concatenate the ranges [lo, hi) without a Python loop.
         starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        pos = starts + np.arange(total)
-        return np.unique(self._csr_inst[pos])
+        inst = np.sort(self._csr_inst[starts + np.arange(total)])
+        # Sorted unique: cheaper than np.unique's hashing for the few thousand rows of a batch.
+        keep = np.empty(len(inst), bool)
+        keep[0] = True
+        np.not_equal(inst[1:], inst[:-1], out=keep[1:])
+        return inst[keep]
 
     def _evaluate(self, inst: np.ndarray, now: int) -> None:
         """Recompute ``raw`` for the given instances (sorted), definition by definition."""
@@ -267,8 +273,16 @@ class AlarmEngine:
         changed = inst[self.raw[inst] != before]
         self.raw_since[changed] = now
         # Delays: a condition change is due once raw has held for its on/off delay.
-        self.pending[inst] = self.raw[inst] != self.cond[inst]
+        self._set_pending(inst)
         return self._advance(now, changed)
+
+    def _set_pending(self, inst: np.ndarray) -> None:
+        """pending = raw != cond for ``inst``; the index list spares a scan of every instance."""
+        now_pending = self.raw[inst] != self.cond[inst]
+        self.pending[inst] = now_pending
+        new = inst[now_pending]
+        if len(new):
+            self._pending_idx = np.union1d(self._pending_idx, new)
 
     def tick(self) -> list[AlarmEvent]:
         """Time-driven work: due delays, shelve expiries, quiet rate-of-change alarms."""
@@ -279,7 +293,7 @@ class AlarmEngine:
         if len(rate):
             self.raw[rate] = False
             self.raw_since[rate] = now
-            self.pending[rate] = self.raw[rate] != self.cond[rate]
+            self._set_pending(rate)
         events += self._advance(now, rate)
         expired = np.flatnonzero((self.state == State.SHELVED) & (self.shelved_until > 0) & (self.shelved_until <= now))
         for i in expired.tolist():
@@ -291,7 +305,7 @@ class AlarmEngine:
         events: list[AlarmEvent] = []
         # 1. Condition changes whose delay is over.
         due = np.zeros(0, np.int64)
-        pend = np.flatnonzero(self.pending)
+        pend = self._pending_idx = self._pending_idx[self.pending[self._pending_idx]]
         if len(pend):
             delay = np.where(self.raw[pend], self.on_delay_ns[pend], self.off_delay_ns[pend])
             due = pend[now - self.raw_since[pend] >= delay]
@@ -482,10 +496,16 @@ class AlarmEngine:
         touched = sorted({e.instance for e in events} | set(persist))
         self.journal.record(rows, states=[self._state_record(i) for i in touched])
         self.transitions += len(rows)
-        for e in events:
-            if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):
-                log.info("alarm", alarm=e.alarm, device=e.device, alarm_event=e.event, state=e.state.name,
-                         priority=e.priority, service=e.service, user=e.user or None, message=e.message)
+        if len(events) <= LOG_EACH:
+            for e in events:
+                if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):
+                    log.info("alarm", alarm=e.alarm, device=e.device, alarm_event=e.event, state=e.state.name,
+                             priority=e.priority, service=e.service, user=e.user or None, message=e.message)
+        else:  # a flood: one line (a log line costs more than evaluating and journaling the alarm)
+            counts: dict[str, int] = {}
+            for e in events:
+                counts[f"{e.alarm}:{e.event}"] = counts.get(f"{e.alarm}:{e.event}", 0) + 1
+            log.warning("alarm_burst", transitions=len(events), by_alarm=counts)
         for notify in self.subscribers:
             notify(events)
 
