@@ -192,6 +192,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("demo stopped", flush=True)
 
 
+def _time_ns(text: str | None) -> int | None:
+    """ISO 8601 (a date, or a date and time; UTC unless it gives an offset) -> ns since the epoch."""
+    if not text:
+        return None
+    from datetime import datetime, timezone
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"not an ISO 8601 time: {text!r} (e.g. 2026-11-28 or 2026-11-28T06:00)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+def _open_journal(data: str):
+    from scada.alarms.journal import Journal, JournalError
+    path = Path(data) / "alarms.sqlite"
+    if not path.is_file():
+        raise SystemExit(f"no alarm journal at {path} (the server writes it in its --data folder)")
+    try:
+        return Journal(path)
+    except JournalError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    """The alarm journal over a time range and filters, as CSV (stdout or --csv FILE)."""
+    filters = {k: getattr(args, k) for k in ("commune", "device", "priority", "state", "service", "alarm")
+               if getattr(args, k)}
+    journal = _open_journal(args.data)
+    try:
+        if args.csv:
+            with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+                n = journal.export_csv(fh, _time_ns(args.start), _time_ns(args.end), **filters)
+            print(f"{n} rows written to {args.csv}", file=sys.stderr)
+        else:
+            journal.export_csv(sys.stdout, _time_ns(args.start), _time_ns(args.end), **filters)
+    finally:
+        journal.close()
+    return 0
+
+
+def cmd_alarms(args: argparse.Namespace) -> int:
+    """The alarms as the server last saved them: announced ones (or every state with --all)."""
+    from scada.alarms.journal import iso_utc
+    from scada.alarms.states import State
+    journal = _open_journal(args.data)
+    try:
+        states = journal.load_states()
+    finally:
+        journal.close()
+    shown = (State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED)
+    rows = sorted((k, r) for k, r in states.items() if args.all or r.state in shown)
+    print(f"{'device':<16} {'alarm':<22} {'state':<15} {'active':<6} {'since (UTC)':<27} assigned")
+    for (alarm, device), r in rows:
+        since = iso_utc(r.since_ns) if r.since_ns else ""
+        print(f"{device:<16} {alarm:<22} {r.state.name:<15} {'yes' if r.active else 'no':<6} {since:<27} {r.assigned_to}")
+    print(f"{len(rows)} alarm(s)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from scada.opcua.server import DEFAULT_ENDPOINT
     parser = argparse.ArgumentParser(prog="scada", description="City supervision server")
@@ -219,6 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)")
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("journal", help="the alarm journal as CSV: a time range and filters")
+    p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
+    p.add_argument("--from", dest="start", help="ISO 8601 start (UTC unless an offset is given)")
+    p.add_argument("--to", dest="end", help="ISO 8601 end, excluded")
+    for key in ("commune", "device", "priority", "state", "service", "alarm"):
+        p.add_argument(f"--{key}", action="append", help=f"only this {key} (repeat for several)")
+    p.add_argument("--csv", help="write to this file instead of the standard output")
+    p.set_defaults(func=cmd_journal)
+    p = sub.add_parser("alarms", help="the alarms as the server last saved them")
+    p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
+    p.add_argument("--all", action="store_true", help="every alarm instance with a saved state, not only announced ones")
+    p.set_defaults(func=cmd_alarms)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,123 @@
+"""Alarms end to end: the tiny simulated city and the server as processes, faults injected
+through the simulator's control port, the alarms read back from the journal the server
+writes (and through `scada journal` / `scada alarms`), and a restart of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scada.alarms.journal import Journal
+
+from .helpers import ROOT, Process, free_port, free_port_range, wait_port
+
+pytestmark = pytest.mark.integration
+
+
+def fault(control_port: int, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
+                       capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def scada(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "scada", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+async def journal_until(path, predicate, timeout: float = 30.0, what: str = ""):
+    """Rows of the server's journal (read beside the running server: SQLite WAL) once ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    rows = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            j = Journal(path)
+            try:
+                rows = j.query()
+            finally:
+                j.close()
+            if predicate(rows):
+                return rows
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
+
+
+def events(rows, alarm: str, device: str) -> list[tuple[str, str]]:
+    return [(r.event, r.state) for r in rows if r.alarm == alarm and r.device == device]
+
+
+async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restart(tmp_path):
+    base = free_port_range(6)
+    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
+    config, data = tmp_path / "config", tmp_path / "data"
+    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
+                   "--opcua-port", str(opc_sim), "--control-port", str(control), "--config-out", str(config),
+                   "--types-from", str(ROOT / "tags.yaml"), "--failure-rate", "0", "--log-json"], tmp_path / "sim.log")
+    server_args = ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
+                   f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(data)]
+    server = None
+    path = data / "alarms.sqlite"
+    try:
+        wait_port(control, timeout=30)
+        (config / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
+        server = Process(server_args, tmp_path / "server.log")
+        wait_port(opc_scada, timeout=30)
+        await asyncio.sleep(3)  # first polls
+
+        # Cabinet A loses its mains, then 3 of its lamps fail: the lamp alarm is suppressed by
+        # the mains loss. Cabinet B's 2 failed lamps are announced.
+        a, b = "LC-DIJ-001", "LC-DIJ-002"
+        fault(control, "mains_loss", a)
+        fault(control, "lamp_failure", a, "count=3")
+        fault(control, "lamp_failure", b, "count=2")
+        rows = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in events(rows, "mains_loss", a)
+                                   and events(rows, "lamps_failed", b), what="mains loss and lamp alarms")
+        assert events(rows, "lamps_failed", b) == [("ACTIVATE", "UNACK_ACTIVE")]
+        lamps_a = events(rows, "lamps_failed", a)
+        assert lamps_a and all(state == "SUPPRESSED" for _, state in lamps_a), lamps_a
+        assert events(rows, "mains_loss", b) == []
+        row = next(r for r in rows if r.alarm == "mains_loss")
+        assert (row.commune, row.priority, row.severity, row.service) == ("Dijon", "critical", 900,
+                                                                         "lighting_maintenance")
+        assert row.message == f"Dijon {a}: mains voltage 0 V"
+
+        # The journal through the command line: CSV filtered by device and priority.
+        out = scada("journal", "--data", str(data), "--device", a, "--priority", "critical")
+        table = list(csv.DictReader(io.StringIO(out)))
+        assert [(r["alarm"], r["event"]) for r in table] == [("mains_loss", "ACTIVATE")]
+        listing = scada("alarms", "--data", str(data))
+        assert a in listing and "mains_loss" in listing and "lamps_failed" in listing
+
+        # Restart the server: nothing lost, nothing announced twice.
+        assert server.stop() == 0
+        before = len(rows)
+        server = Process(server_args, tmp_path / "server2.log")
+        wait_port(opc_scada, timeout=30)
+        await asyncio.sleep(4)  # several evaluations with fresh data
+        j = Journal(path)
+        try:
+            after = j.query()
+        finally:
+            j.close()
+        new = [(r.alarm, r.device, r.event) for r in after[before:]]
+        assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")], new
+        assert "alarm_states_restored" in server.output()
+
+        # The mains come back: the mains alarm clears (owes its acknowledgement) and A's lamp
+        # alarm, still active, is announced at last.
+        fault(control, "mains_restore", a)
+        rows = await journal_until(path, lambda rows: ("UNSUPPRESS", "UNACK_ACTIVE") in events(rows, "lamps_failed", a),
+                                   what="lamp alarm announced after the mains return")
+        assert ("CLEAR", "RTN_UNACK") in events(rows, "mains_loss", a)
+    finally:
+        if server:
+            server.stop()
+        sim.stop()
