@@ -48,6 +48,8 @@ class PointDef:
     range: tuple[float, float] | None = None
     enum: tuple[tuple[int, str], ...] | None = None  # value -> label, for discrete states
     max_age: float = 0.0  # s: a Good value older than this turns Uncertain_LastUsableValue (0: never)
+    history: bool = True  # recorded by the historian
+    history_deviation: float | None = None  # % of the point's span; None: the type's
 
 
 # Every device's diagnostic tags, kept by its driver (scada/diagnostics.py), under the
@@ -69,6 +71,17 @@ DIAG_COUNT = len(DIAG_POINTS)
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """How a type's points are recorded (tags.yaml ``history:`` of an equipment type)."""
+
+    enabled: bool = True
+    deviation: float = 1.0  # % of a point's span: swinging-door compression of analog points
+    max_interval: float = 0.0  # s: a value is stored at least this often (0: only on change)
+    retention_days: float = 90.0  # raw values
+    rollup_retention_days: float = 1095.0  # minute and hour minimum/maximum/mean/count
+
+
+@dataclass(frozen=True, slots=True)
 class EquipmentType:
     name: str
     cls: str  # the <class> segment of tag paths: lighting, traffic, bollard, ...
@@ -80,6 +93,7 @@ class EquipmentType:
     io: Any = None  # the driver's type-level options (MQTT status topic, OPC UA namespace...)
     demote_after: int = 3  # consecutive failed polls that take a device off scan (0: never)
     demote_for: float = 10.0  # s off scan before the device is tried again
+    history: HistorySettings = HistorySettings()
 
     def point(self, name: str) -> PointDef | None:
         return next((p for p in self.points if p.name == name), None)
@@ -162,6 +176,44 @@ class Config:
         out.extend(DIAG_POINTS * len(self.devices))
         return out
 
+    def history_table(self) -> dict[str, np.ndarray]:
+        """Per tag, in tag-id order: what the historian records and how.
+
+        ``enabled`` (bool), ``deviation`` (absolute swinging-door deviation in engineering
+        units: the percent of the point's ``range``; 0 without a range, so every change
+        beyond the deadband is kept), ``deadband``, ``kind``, ``max_interval_ns``, and
+        ``type_index`` (index into ``list(self.types)``, the retention class). Diagnostic
+        tags: only ``state`` and ``demoted`` are recorded (availability is computed from
+        them); the counters change every second and are not worth their disk.
+        """
+        enabled, deviation, deadband, kind, interval, type_index = [], [], [], [], [], []
+        type_names = list(self.types)
+        for d in self.devices:
+            t = self.types[d.type]
+            h = t.history
+            ti = type_names.index(d.type)
+            for p in t.points:
+                enabled.append(h.enabled and p.history)
+                pct = h.deviation if p.history_deviation is None else p.history_deviation
+                span = (p.range[1] - p.range[0]) if p.range else 0.0
+                deviation.append(pct / 100.0 * span if p.kind == ANALOG else 0.0)
+                deadband.append(p.deadband)
+                kind.append(p.kind)
+                interval.append(int(h.max_interval * 1e9))
+                type_index.append(ti)
+        for d in self.devices:
+            ti = type_names.index(d.type)
+            for p in DIAG_POINTS:
+                enabled.append(p.name in ("state", "demoted"))
+                deviation.append(0.0)
+                deadband.append(0.0)
+                kind.append(p.kind)
+                interval.append(0)
+                type_index.append(ti)
+        return {"enabled": np.array(enabled, bool), "deviation": np.array(deviation, np.float64),
+                "deadband": np.array(deadband, np.float64), "kind": np.array(kind, np.uint8),
+                "max_interval_ns": np.array(interval, np.int64), "type_index": np.array(type_index, np.int32)}
+
     def max_ages(self) -> np.ndarray:
         """Each tag's max_age in seconds, in tag-id order (0: never stale; diagnostic tags never are)."""
         out: list[float] = []
@@ -184,8 +236,11 @@ class Config:
         return "\n".join(lines)
 
 
-TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description", "demote_after", "demote_for")
-COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum", "max_age")
+TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description", "demote_after", "demote_for",
+             "history")
+COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum", "max_age", "history",
+                     "history_deviation")
+HISTORY_KEYS = ("enabled", "deviation", "max_interval", "retention_days", "rollup_retention_days")
 COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description",
                       "demote_after", "demote_for")
 
@@ -195,6 +250,24 @@ def _demote_for(v: Any) -> float:
     if x <= 0:
         raise ValueError("must be greater than 0 (to never take a device off scan, write demote_after: 0)")
     return x
+
+
+def _parse_history(raw: Any, f: Fields) -> HistorySettings:
+    if raw is False:
+        return HistorySettings(enabled=False)
+    h = Fields(raw, f.key("history"), f.file, f.line_of("history"))
+    settings = HistorySettings(
+        enabled=h.take("enabled", to_bool, default=True),
+        deviation=h.take("deviation", in_range(to_float, 0, 100), default=1.0),
+        max_interval=h.take("max_interval", non_negative(to_float), default=0.0),
+        retention_days=h.take("retention_days", positive(to_float), default=90.0),
+        rollup_retention_days=h.take("rollup_retention_days", positive(to_float), default=1095.0),
+    )
+    h.done(HISTORY_KEYS)
+    if settings.rollup_retention_days < settings.retention_days:
+        raise h.error("rollup_retention_days", "rollups are kept at least as long as raw values "
+                      f"(retention_days: {settings.retention_days:g})", settings.rollup_retention_days)
+    return settings
 
 
 def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
@@ -247,7 +320,12 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
         writable=f.take("writable", to_bool, default=False),
         range=rng,
         enum=enum,
+        history=f.take("history", to_bool, default=True),
+        history_deviation=f.take("history_deviation", in_range(to_float, 0, 100), default=None),
     )
+    if point.history_deviation is not None and point.kind != ANALOG:
+        raise f.error("history_deviation", "only analog points are compressed (discrete and text points "
+                      "are recorded on every change)", point.history_deviation)
     if point.writable and not getattr(io, "writable_ok", True):
         raise f.error("writable", io.not_writable_reason, True)
     if getattr(io, "needs_command_enum", False) and not (point.writable and point.enum):
@@ -293,6 +371,7 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
         io=io,
         demote_after=f.take("demote_after", non_negative(to_int), default=3),
         demote_for=f.take("demote_for", _demote_for, default=10.0),
+        history=_parse_history(f.sub("history"), f) if f.has("history") else HistorySettings(),
     )
     f.done(TYPE_KEYS + type_keys)
     return t
