@@ -64,15 +64,24 @@ async def run_city(args: argparse.Namespace) -> None:
     if args.mqtt:
         h, _, p = args.mqtt.rpartition(":")
         mqtt = (h or "127.0.0.1", int(p))
+    security = None
+    if args.opcua_pki:
+        from simulators.adapters.opcua_traffic import ServerSecurity
+        pki = Path(args.opcua_pki)
+        trusted = pki / "trusted"
+        security = ServerSecurity(pki / "traffic-server.der", pki / "traffic-server.pem",
+                                  (trusted,) if trusted.is_dir() else ())
     sim = CitySimulator(city, host=args.host, opcua_endpoint=opcua_endpoint,
                         mqtt=mqtt, control_port=args.control_port, acceleration=args.acceleration,
-                        start_time=start, seed=args.seed, failure_rate=args.failure_rate)
+                        start_time=start, seed=args.seed, failure_rate=args.failure_rate, opcua_security=security)
     steps = load_scenario(args.scenario, sim) if args.scenario else []
     await sim.start()
     log.info("city_simulator_started", preset=args.preset, cabinets=len(city.cabinets),
              light_points=sum(city.lamps), junctions=len(city.junctions), bollards=len(city.bollards),
              vehicles=len(city.vehicles), modbus=f"{city.cabinets[0].port}-{city.cabinets[-1].port}",
-             opcua=sim.traffic.endpoint if sim.traffic else None, mqtt=args.mqtt, control_port=sim.control_port,
+             opcua=sim.traffic.endpoint if sim.traffic else None,
+             opcua_security="Basic256Sha256 Sign/SignAndEncrypt only" if security else "None",
+             mqtt=args.mqtt, control_port=sim.control_port,
              acceleration=args.acceleration)
     try:
         if steps:
@@ -128,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--base-port", type=int, default=15020, help="first Modbus port of the lighting cabinets")
     c.add_argument("--units-per-port", type=int, default=1)
     c.add_argument("--opcua-port", type=int, default=4841, help="port of the traffic-management OPC UA server")
+    c.add_argument("--opcua-pki", metavar="DIR",
+                   help="serve the traffic OPC UA server secure-only (Basic256Sha256 Sign and SignAndEncrypt, security "
+                        "None refused) with DIR/traffic-server.der and .pem (made when absent); when DIR/trusted/ "
+                        "exists, only the client certificates in it are accepted")
     c.add_argument("--mqtt", help="broker host:port for bollards and vehicles (none: they are not simulated)")
     c.add_argument("--control-port", type=int, default=14999, help="JSON-lines port for fault injection")
     c.add_argument("--scenario", help="YAML timeline of faults")

@@ -16,7 +16,7 @@ from scada.limits import raise_open_file_limit
 from simulators import faults as fa
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
-from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
+from simulators.adapters.opcua_traffic import Junction, ServerSecurity, TrafficOpcUaSimulator
 from simulators.city import City
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
@@ -34,7 +34,7 @@ class CitySimulator:
     def __init__(self, city: City, *, host: str = "127.0.0.1", opcua_endpoint: str | None = None,
                  mqtt: tuple[str, int] | None = None, control_port: int | None = None,
                  acceleration: float = 1.0, start_time: float | None = None, seed: int = 0,
-                 failure_rate: float = li.DEFAULT_FAILURE_RATE) -> None:
+                 failure_rate: float = li.DEFAULT_FAILURE_RATE, opcua_security: ServerSecurity | None = None) -> None:
         self.city = city
         t0 = time.time() if start_time is None else start_time
         c = city.cabinets
@@ -47,7 +47,8 @@ class CitySimulator:
             j = city.junctions
             ts = tr.create([x.lat for x in j], [x.lon for x in j], t=t0, seed=seed)
             self.traffic = TrafficOpcUaSimulator(ts, [Junction(x.name, x.commune, x.lat, x.lon) for x in j],
-                                                 opcua_endpoint, acceleration, start_time=t0)
+                                                 opcua_endpoint, acceleration, start_time=t0,
+                                                 security=opcua_security)
         self.bollards = self.fleet = None
         if mqtt and city.bollards:
             self.bollards = BollardMqttSimulator(bo.create(len(city.bollards), t=t0, seed=seed),

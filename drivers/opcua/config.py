@@ -6,16 +6,33 @@ traffic_junction:
   driver: opcua
   namespace: urn:city-scada:traffic-sim   # resolved to its index when the session opens
   publishing_interval: 500                # ms, one subscription per server
+  security:                               # optional; without it: security None
+    policy: Basic256Sha256                # None | Basic256Sha256
+    mode: SignAndEncrypt                  # Sign | SignAndEncrypt
+    certificate: pki/scada-client.der     # our application instance certificate (DER or PEM),
+    private_key: pki/scada-client.pem     # and its unencrypted RSA key; paths relative to tags.yaml
+    server_certificate: pki/traffic.der   # optional: trust only this server certificate
   points:
     mode: {node: "{device}.Mode", writable: true, enum: {1: flashing_amber, 2: fixed_time, 3: actuated, 4: central}}
     conflict_fault: {node: "{device}.ConflictFault", type: bool}
 ```
-Devices: ``endpoint: opc.tcp://host:port/path``; devices on one endpoint share a session.
+Devices: ``endpoint: opc.tcp://host:port/path``; devices on one endpoint share a session
+(two types on one endpoint with different ``security`` open one session each).
+
+Security is a type-level key: a type is the equipment of one supervision system, reached with
+one client identity. The certificate, key and server certificate are read and checked here,
+once (file present, a certificate, an RSA key that belongs to it, an application URI, not
+expired), so that a mistake is a located configuration error rather than a session that
+never opens; the driver uses the bytes kept here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from scada.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
@@ -23,14 +40,49 @@ from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 POINT_KEYS = frozenset({"node", "type", "sampling_interval"})
 DEVICE_KEYS = frozenset({"endpoint"})
-TYPE_KEYS = frozenset({"namespace", "publishing_interval"})
+TYPE_KEYS = frozenset({"namespace", "publishing_interval", "security"})
 POINT_TYPES = ("number", "bool", "text")
+SECURITY_KEYS = ("policy", "mode", "certificate", "private_key", "server_certificate")
+SECURITY_POLICIES = ("None", "Basic256Sha256")
+SECURITY_MODES = ("Sign", "SignAndEncrypt")
+# Policies a technician may copy from a server's endpoint list that we do not speak: why not.
+_POLICY_HINTS = {
+    "Basic128Rsa15": "deprecated by the OPC Foundation (SHA-1): use Basic256Sha256",
+    "Basic256": "deprecated by the OPC Foundation (SHA-1): use Basic256Sha256",
+    "Aes128_Sha256_RsaOaep": "not supported yet: use Basic256Sha256",
+    "Aes256_Sha256_RsaPss": "not supported yet: use Basic256Sha256",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpcUaSecurity:
+    """How the client secures its sessions; the default is security None.
+
+    The key and certificates are kept as DER bytes, read and checked once at load time;
+    ``private_key`` never appears in a repr or a log line.
+    """
+
+    policy: str = "None"
+    mode: str = "None"  # Sign | SignAndEncrypt; "None" with policy None
+    certificate: bytes = field(default=b"", repr=False)  # DER
+    private_key: bytes = field(default=b"", repr=False)  # DER, PKCS#8, unencrypted
+    server_certificate: bytes | None = field(default=None, repr=False)  # DER; None: the one the server shows
+    certificate_path: str = ""
+    application_uri: str = ""  # from the certificate: the client must present the same URI
+
+    @property
+    def secure(self) -> bool:
+        return self.policy != "None"
+
+
+NO_SECURITY = OpcUaSecurity()
 
 
 @dataclass(frozen=True, slots=True)
 class OpcUaType:
     namespace: str
     publishing_interval: float = 500.0  # ms
+    security: OpcUaSecurity = NO_SECURITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +121,124 @@ def _namespace(v) -> str:
     return v
 
 
+def _policy(v: Any) -> str:
+    s = to_str(v)
+    if s in _POLICY_HINTS:
+        raise ValueError(f"security policy {s} is {_POLICY_HINTS[s]}")
+    for policy in SECURITY_POLICIES[1:]:  # asyncua's SecurityPolicyType names glue the mode on
+        for mode in SECURITY_MODES:
+            if s.replace(" ", "").lower() in (f"{policy}_{mode}".lower(), f"{policy}-{mode}".lower()):
+                raise ValueError(f"the policy and the mode are two keys: policy: {policy} and mode: {mode}")
+    if s not in SECURITY_POLICIES:
+        close = [p for p in SECURITY_POLICIES if p.lower() == s.strip().lower()]
+        close = close or difflib.get_close_matches(s, SECURITY_POLICIES, n=1, cutoff=0.8)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown security policy{hint} (known policies: {', '.join(SECURITY_POLICIES)}; "
+                         "the name is case-sensitive)")
+    return s
+
+
+def _file(f: Fields, key: str) -> tuple[Path, bytes]:
+    """A file named relative to the folder of the file being read (tags.yaml), and its bytes."""
+    rel = f.take(key, to_str)
+    path = Path(f.file).parent / rel
+    try:
+        return path, path.read_bytes()
+    except FileNotFoundError:
+        raise f.error(key, f"file not found: {path}", rel) from None
+    except OSError as exc:
+        raise f.error(key, f"cannot read {path}: {exc.strerror}", rel) from None
+
+
+def _certificate(f: Fields, key: str):
+    from cryptography import x509
+    path, data = _file(f, key)
+    for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
+        try:
+            cert = load(data)
+            break
+        except ValueError:
+            continue
+    else:
+        raise f.error(key, f"{path} is not an X.509 certificate (DER or PEM)", f.mapping[key])
+    if cert.not_valid_after_utc < datetime.now(timezone.utc):
+        raise f.error(key, f"the certificate in {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
+                      "renew it", f.mapping[key])
+    return cert
+
+
+def _application_uri(cert) -> str:
+    from cryptography import x509
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else ""
+
+
+def _der(cert) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return cert.public_bytes(Encoding.DER)
+
+
+def _private_key(f: Fields, cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    path, data = _file(f, "private_key")
+    key = None
+    for load in (serialization.load_pem_private_key, serialization.load_der_private_key):
+        try:
+            key = load(data, password=None)
+            break
+        except TypeError:  # "Password was not given but private key is encrypted"
+            raise f.error("private_key", f"the private key in {path} is encrypted: the server starts unattended, "
+                          "give it the key without a password (and protect the file)", f.mapping["private_key"]) from None
+        except Exception:  # noqa: BLE001 - cryptography raises ValueError or UnsupportedAlgorithm on garbage
+            continue
+    if key is None:
+        raise f.error("private_key", f"{path} is not a private key (PEM or DER)", f.mapping["private_key"])
+    if not isinstance(key, rsa.RSAPrivateKey) or not 2048 <= key.key_size <= 4096:
+        raise f.error("private_key", "Basic256Sha256 needs an RSA key of 2048 to 4096 bits", f.mapping["private_key"])
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():
+        raise f.error("private_key", f"this key does not belong to the certificate {f.mapping['certificate']}",
+                      f.mapping["private_key"])
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def parse_security(f: Fields) -> OpcUaSecurity:
+    policy = f.take("policy", _policy, what=f"one of {', '.join(SECURITY_POLICIES)}")
+    if policy == "None":
+        extra = [k for k in SECURITY_KEYS if k != "policy" and k in f.mapping]
+        if extra:
+            raise f.error(extra[0], "security policy None takes no mode nor certificate (set policy: "
+                          "Basic256Sha256 to use them)", f.mapping[extra[0]])
+        f.done(SECURITY_KEYS)
+        return NO_SECURITY
+    mode = f.take("mode", one_of(*SECURITY_MODES), what=f"{' or '.join(SECURITY_MODES)}")
+    f.take("certificate", to_str, what="our application instance certificate (DER or PEM file, relative to "
+           "tags.yaml) that the server must trust")
+    f.take("private_key", to_str, what="the certificate's private key (PEM or DER file, relative to tags.yaml)")
+    cert = _certificate(f, "certificate")
+    uri = _application_uri(cert)
+    if not uri:
+        raise f.error("certificate", "an OPC UA application certificate names the application URI in its "
+                      "subjectAltName (URI:urn:...): this one has none", f.mapping["certificate"])
+    key = _private_key(f, cert)
+    server = _der(_certificate(f, "server_certificate")) if f.has("server_certificate") else None
+    f.done(SECURITY_KEYS)
+    return OpcUaSecurity(policy, mode, _der(cert), key, server, str(f.mapping["certificate"]), uri)
+
+
 def parse_type(f: Fields) -> OpcUaType:
+    security = NO_SECURITY
+    if "security" in f.mapping:
+        security = parse_security(Fields(f.sub("security"), f.key("security"), f.file, f.line_of("security")))
     return OpcUaType(
         namespace=f.take("namespace", _namespace, what="the server namespace URI of the nodes"),
         publishing_interval=f.take("publishing_interval", positive(to_float), default=500.0),
+        security=security,
     )
 
 

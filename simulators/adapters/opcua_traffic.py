@@ -8,6 +8,12 @@ NodeIds are strings ``<junction>.<path>`` in namespace ``urn:city-scada:traffic-
 Only ``Mode`` and ``Plan`` are writable, and a write is a *request* to the controller: the
 model validates it (the centre may not select "dark", nor an unknown plan) and the node
 goes back to the controller's value when it refuses. Colours are never writable.
+
+With a :class:`ServerSecurity` the server is secure-only, as a traffic-management system on
+a city network should be: Basic256Sha256 Sign and SignAndEncrypt endpoints with its own
+certificate (generated when absent), a session over security None refused
+(Bad_SecurityPolicyRejected), and, when a trust list is given, a client certificate not in
+it refused (Bad_CertificateUntrusted).
 """
 
 from __future__ import annotations
@@ -16,15 +22,63 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from scada.opcua.server import stop_asyncua_server
 from simulators.clock import SimClock
 from simulators.models import traffic as tr
+from simulators.pki import ensure_certificate
 
 NAMESPACE_URI = "urn:city-scada:traffic-sim"
+SERVER_URI = "urn:city-scada:traffic-sim:server"  # application URI of a generated certificate
 log = logging.getLogger("simulators.traffic")
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """Serve Basic256Sha256 (Sign, SignAndEncrypt) only.
+
+    ``certificate`` (DER) and ``private_key`` (PEM) are made when both are absent. ``trusted``
+    lists client certificates (files, or folders of .der/.pem files) the server accepts;
+    empty, any client certificate is accepted (the channel is still signed or encrypted).
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted: tuple[Path, ...] = ()
+
+
+class _SecureOnly:
+    """asyncua user manager: no session over a channel without a client certificate (security None).
+
+    asyncua lists only the secure endpoints but would still activate a session opened over
+    the None channel it keeps for discovery (GetEndpoints); this refuses it.
+    """
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if not certificate:
+            raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+        return User(role=UserRole.User)
+
+
+def _certificates(paths: tuple[Path, ...]) -> set[bytes]:
+    """DER bytes of every certificate in these files and folders."""
+    out: set[bytes] = set()
+    for path in paths:
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".der", ".pem")) if path.is_dir() else [path]
+        for f in files:
+            data = f.read_bytes()
+            cert = x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else \
+                x509.load_der_x509_certificate(data)
+            out.add(cert.public_bytes(Encoding.DER))
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,7 +137,8 @@ class _WriteHandler:
 
 class TrafficOpcUaSimulator:
     def __init__(self, state: tr.TrafficState, junctions: list[Junction], endpoint: str,
-                 acceleration: float = 1.0, step_interval: float = 0.5, start_time: float | None = None) -> None:
+                 acceleration: float = 1.0, step_interval: float = 0.5, start_time: float | None = None,
+                 security: ServerSecurity | None = None) -> None:
         if len(junctions) != state.count:
             raise ValueError("one Junction description per junction of the state")
         self.state = state
@@ -92,7 +147,10 @@ class TrafficOpcUaSimulator:
         self.acceleration = acceleration
         self.step_interval = step_interval
         self.clock = SimClock(start_time, acceleration)
-        self.server = Server()
+        self.security = security
+        self.server = Server(user_manager=_SecureOnly() if security else None)
+        self._trusted: set[bytes] = set()
+        self.untrusted = 0  # sessions refused for an untrusted client certificate
         self.ns = 0
         self._nodes: dict[str, list[ua.NodeId]] = {}
         self._by_nodeid: dict[ua.NodeId, tuple[int, str]] = {}
@@ -111,7 +169,10 @@ class TrafficOpcUaSimulator:
         await self.server.init()
         self.server.set_endpoint(self.endpoint)
         self.server.set_server_name("Simulated traffic-management system")
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.security is None:
+            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await self._secure(self.security)
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
         root = await self.server.nodes.objects.add_folder(ua.NodeId("Junctions", self.ns), "Junctions")
         communes: dict[str, object] = {}
@@ -143,6 +204,36 @@ class TrafficOpcUaSimulator:
         await sub.subscribe_data_change(writable)
         self._tasks = [asyncio.create_task(self._step_loop(), name="traffic-step"),
                        asyncio.create_task(self._command_loop(), name="traffic-commands")]
+
+    async def _secure(self, sec: ServerSecurity) -> None:
+        cert_path, key_path = ensure_certificate(sec.certificate, sec.private_key, SERVER_URI, server=True)
+        cert = x509.load_der_x509_certificate(cert_path.read_bytes())
+        try:  # the server's application URI is its certificate's (Part 6, 6.2.2)
+            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        await self.server.set_application_uri(uris[0] if uris else SERVER_URI)
+        await self.server.load_certificate(str(cert_path))
+        await self.server.load_private_key(str(key_path))
+        self.server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_Sign,
+                                         ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        self._trusted = _certificates(sec.trusted)
+        self.server.set_certificate_validator(self._validate_client)
+
+    async def _validate_client(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        """CreateSession: the client's certificate must carry its application URI, and be trusted."""
+        try:
+            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if app.ApplicationUri not in uris:
+            raise ServiceError(ua.StatusCodes.BadCertificateUriInvalid)
+        if self._trusted and cert.public_bytes(Encoding.DER) not in self._trusted:
+            self.untrusted += 1
+            log.warning("client certificate not trusted: %s", cert.subject.rfc4514_string())
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
     async def publish(self) -> None:
         """Write every changed value of every junction into the address space."""

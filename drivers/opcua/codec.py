@@ -1,0 +1,85 @@
+"""Pure OPC UA codec: data-change notifications -> columns, and commands -> Variants.
+
+No I/O. A DataChangeNotification's items become four parallel arrays (tag id, value, status
+code, source time in ns) in one loop: the monitored item's ClientHandle *is* the tag id,
+chosen so when the item was created, so nothing is looked up per value. The server's status
+code and source timestamp are kept as they are (the server timestamp stands in when the
+source gives none). A text point's string goes to a separate list; a value where a scalar
+was configured (a structure, an array) is ``Bad_ConfigurationError``; a Bad status without a
+value is flagged, so that the driver keeps the tag's last value beside the new status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from asyncua import ua
+
+from scada import status as st
+
+
+@dataclass(slots=True)
+class Decoded:
+    tags: np.ndarray  # int64 tag ids of numeric rows
+    values: np.ndarray  # float64; NaN where ``keep_last`` (or no value at all)
+    status: np.ndarray  # uint32 OPC UA status codes
+    source_time: np.ndarray  # int64 ns since the epoch, UTC
+    keep_last: np.ndarray  # bool: a Bad status without a value, keep the stored value
+    texts: list[tuple[int, str, int, int]]  # text rows: (tag id, text, status, source time ns)
+
+
+def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: float | None = None) -> Decoded:
+    """Columns of one DataChangeNotification; ``is_text[tag]`` says which tags are text points."""
+    n = len(items)
+    tags = np.empty(n, np.int64)
+    values = np.empty(n, np.float64)
+    codes = np.empty(n, np.uint32)
+    times = np.empty(n, np.float64)  # s since the epoch: float64 keeps the microseconds exact
+    now = time.time() if now is None else now
+    odd = []
+    for k, item in enumerate(items):
+        dv = item.Value
+        tags[k] = item.ClientHandle
+        sc = dv.StatusCode
+        codes[k] = sc.value if sc is not None else 0
+        t = dv.SourceTimestamp or dv.ServerTimestamp
+        times[k] = t.timestamp() if t is not None else now
+        var = dv.Value
+        v = var.Value if var is not None else None
+        if type(v) is float or type(v) is int or type(v) is bool:
+            values[k] = v
+        else:  # text, no value, or not a scalar: rare, sorted out below
+            values[k] = np.nan
+            odd.append((k, v))
+    src = np.rint(times * 1e6).astype(np.int64) * 1000  # asyncua's datetimes stop at the microsecond
+    keep_last = np.zeros(n, bool)
+    texts: list[tuple[int, str, int, int]] = []
+    if odd:
+        numeric = np.ones(n, bool)
+        for k, v in odd:
+            tag = int(tags[k])
+            if isinstance(v, str) and is_text[tag]:
+                texts.append((tag, v, int(codes[k]), int(src[k])))
+                numeric[k] = False
+            elif v is None:
+                keep_last[k] = bool(codes[k] & 0x80000000)
+            elif isinstance(v, (int, float)) and not isinstance(v, str):  # numeric subclasses (IntEnum...)
+                values[k] = float(v)
+            else:
+                codes[k] = st.BAD_CONFIGURATION_ERROR
+        if not numeric.all():
+            tags, values, codes, src, keep_last = (a[numeric] for a in (tags, values, codes, src, keep_last))
+    return Decoded(tags, values, codes, src, keep_last, texts)
+
+
+def variant(value: float, vtype: ua.VariantType) -> ua.Variant:
+    """A command's value as the node's own type: an Int32 node refuses a Double."""
+    if vtype == ua.VariantType.Boolean:
+        return ua.Variant(bool(value), vtype)
+    if vtype in (ua.VariantType.Double, ua.VariantType.Float):
+        return ua.Variant(float(value), vtype)
+    if float(value) != int(value):
+        raise ValueError(f"{value} is not an integer, and the node holds {vtype.name}")
+    return ua.Variant(int(value), vtype)
