@@ -69,6 +69,27 @@ class DeviceDiagnostics:
         self.demoted[k] = 1
         self.errors[k] = error
 
+    # Vectorised forms, for drivers that learn about many devices at once (a session, a broker).
+
+    def received(self, ks: np.ndarray, counts: np.ndarray | int = 1) -> None:
+        """Values received for devices ``ks`` (repeats allowed): counted as successes, online."""
+        np.add.at(self.successes, ks, counts)
+        self.state[ks] = ONLINE
+
+    def link_down(self, ks: Sequence[int] | np.ndarray, error: str) -> None:
+        """The link that carries devices ``ks`` failed: one failure each, offline (or not connected)."""
+        ks = np.asarray(ks, np.int64)
+        self.failures[ks] += 1
+        self.state[ks] = np.where(self.successes[ks] > 0, OFFLINE, NOT_CONNECTED)
+        for k in ks.tolist():
+            self.errors[k] = error
+
+    def link_up(self, ks: Sequence[int] | np.ndarray, rtt_s: float | None = None) -> None:
+        ks = np.asarray(ks, np.int64)
+        self.state[ks] = ONLINE
+        if rtt_s is not None:
+            self.rtt_ms[ks] = rtt_s * 1000.0
+
     def flush(self, tagdb: TagDB) -> None:
         """Publish the table: one numeric batch and the error texts that changed."""
         if not len(self):

@@ -43,6 +43,7 @@ from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_
 from drivers.opcua import codec
 from drivers.opcua.config import NO_SECURITY, OpcUaEndpoint, OpcUaSecurity, OpcUaType
 from scada import status as st
+from scada.diagnostics import DeviceDiagnostics
 from scada.config import Config, Device
 from scada.tagdb import TEXT, TagDB
 
@@ -152,6 +153,15 @@ class OpcUaDriver:
                 self._by_tag[config.tag_name(d, p)] = (s, d, p)
         for s in self.sessions.values():
             s.ids = np.array([n[0] for n in s.nodes], np.int64)
+        # Diagnostics: per device; a notification counts for the device of its tag.
+        self.diag = DeviceDiagnostics(config, devices)
+        self._device_of_tag = np.full(len(tagdb), -1, np.int64)
+        self._session_devices: dict[int, np.ndarray] = {}
+        position = {d.name: k for k, d in enumerate(devices)}
+        for d in devices:
+            self._device_of_tag[config.tag_ids(d)] = position[d.name]
+        for s in self.sessions.values():
+            self._session_devices[id(s)] = np.array([position[d.name] for d in s.devices], np.int64)
         self._text = tagdb.kind == TEXT
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_text: list[tuple[int, str, int, int]] = []
@@ -186,6 +196,7 @@ class OpcUaDriver:
                 tags, values, codes, src = tags[last], values[last], codes[last], src[last]
             if tags.size:
                 self.tagdb.update(tags, values, codes, src)
+                self.diag.received(self._device_of_tag[tags])
         if self._pending_text:
             pending_text, self._pending_text = self._pending_text, []
             last_text = {row[0]: row for row in pending_text}
@@ -205,6 +216,7 @@ class OpcUaDriver:
         logging.getLogger("asyncua").setLevel(logging.ERROR)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flush_loop(), name="opcua-flush")
+            tg.create_task(self.diag.run(self.tagdb), name="opcua-diagnostics")
             for s in self.sessions.values():
                 tg.create_task(self._session_loop(s), name=f"opcua:{s.url}")
 
@@ -214,6 +226,7 @@ class OpcUaDriver:
         s.connected = False
         self.flush()
         self.tagdb.set_status(s.ids, st.BAD_COMMUNICATION_ERROR if s.ever else st.BAD_NO_COMMUNICATION)
+        self.diag.link_down(self._session_devices[id(s)], f"{s.url}: {reason}")
 
     def _describe(self, s: Session, exc: BaseException) -> tuple[str, bool]:
         """A failure in words, and whether it is a configuration/security matter (an error, not a warning)."""
@@ -335,9 +348,12 @@ class OpcUaDriver:
             s.connected = s.ever = s.up = True
             s.failures = 0
             s.last_error = ""
+            self.diag.link_up(self._session_devices[id(s)])
             while True:
                 await asyncio.sleep(1.0)
-                await client.check_connection()
+                t0 = time.monotonic()
+                await client.check_connection()  # a read of the server's state: a round trip
+                self.diag.link_up(self._session_devices[id(s)], time.monotonic() - t0)
         finally:
             s.client = None
             try:

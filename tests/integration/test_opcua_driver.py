@@ -12,6 +12,7 @@ from drivers.base import CommandRejected, WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
 from scada.config import load_config
+from scada.diagnostics import OFFLINE, ONLINE
 from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
@@ -89,10 +90,18 @@ async def test_values_refused_node_writes_and_session_recovery(tmp_path):
         with pytest.raises(CommandRejected):
             driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 0))  # never dark from the centre
 
+        # Each junction's diagnostics: online, notifications counted, the session's round trip.
+        await until(lambda: value("J-DIJ-001", "Diagnostics/state") == ONLINE, what="diagnostics published")
+        assert value("J-DIJ-001", "Diagnostics/successes") > 0
+        await until(lambda: value("J-DIJ-001", "Diagnostics/rtt") > 0, what="round trip measured")
+
         # The server goes away: Bad_CommunicationError, last value kept.
         await sim.stop()
         await until(lambda: status("J-DIJ-001", "mode") == st.BAD_COMMUNICATION_ERROR, what="session lost")
         assert value("J-DIJ-001", "mode") == tr.FIXED_TIME
+        await until(lambda: value("J-DIJ-001", "Diagnostics/state") == OFFLINE, what="diagnostics offline")
+        assert value("J-DIJ-001", "Diagnostics/failures") >= 1
+        assert url in tagdb.text[tag("J-DIJ-001", "Diagnostics/last_error")]
         # It comes back: the session and the subscription are re-created, Good again.
         sim = simulator(url)
         await sim.start()
