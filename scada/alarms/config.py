@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from scada.alarms.expr import ExpressionError, compile_expression
 from scada.fields import Fields, non_negative, one_of, positive, to_bool, to_float, to_int, to_name, to_str
+from scada.tagdb import TEXT
 from scada.yamlsrc import ConfigError, LocMap
 from scada.yamlsrc import load as load_yaml
 
@@ -146,10 +147,16 @@ def load(path: Path, types: Mapping[str, "EquipmentType"], devices: Sequence["De
     return AlarmsConfig(tuple(alarms), MappingProxyType(services))
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], devices: Mapping[str, "Device"],
                  services: Mapping[str, Service], seen: dict[tuple[str, str], int]) -> AlarmDef:
     name = f.take("name", to_name)
     device = None
+    if "device" in araw and araw["device"] in ("", None):
+        raise f.error("device", "empty: name the device, or remove the key for an alarm on every device of the type")
     if f.has("device"):
         device = f.take("device", to_str, what="the device the alarm applies to")
         if device not in devices:
@@ -175,13 +182,15 @@ def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], dev
     for key in ("point", "limit", "deadband", "states", "expression"):
         if key in araw and key not in CONDITION_KEYS[condition]:
             # A known key, but meaningless for this condition: not silently ignored.
-            raise f.error(key, f"a {condition} alarm has no {key} (remove this key)", araw[key])
+            raise f.error(key, f"{_article(condition)} {condition} alarm has no {key} (remove this key)", araw[key])
     point = None
     if "point" in CONDITION_KEYS[condition]:
         point = f.take("point", to_str, what="the point the alarm watches")
         if t.point(point) is None:
             known = ", ".join(p.name for p in t.points)
             raise f.error("point", f"type {tname} has no such point (points: {known})", point)
+        if t.point(point).kind == TEXT:
+            raise f.error("point", "a text point has no value to compare: alarm on a number or a state", point)
     limit = None
     if "limit" in CONDITION_KEYS[condition]:
         what = "the rate in engineering units per second" if condition == "rate_of_change" else \
@@ -204,13 +213,18 @@ def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], dev
             _, expression_points = compile_expression(expression, [p.name for p in t.points])
         except ExpressionError as exc:
             raise f.error("expression", str(exc), expression) from None
+        text = [p for p in expression_points if t.point(p).kind == TEXT]
+        if text:
+            raise f.error("expression", f"{text[0]!r} is a text point: an expression compares numbers and states",
+                          expression)
     priority = f.take("priority", one_of(*PRIORITIES))
     service = f.take("service", to_str, what="the service the alarm is routed to")
     if service not in services:
         raise f.error("service", f"unknown service (services: {', '.join(services) or 'none declared'})", service)
     message = f.take("message", _message)
     if limit is None and "{limit" in message:
-        raise f.error("message", f"a {condition} alarm has no limit to show: remove {{limit}}", message)
+        raise f.error("message", f"{_article(condition)} {condition} alarm has no limit to show: remove {{limit}}",
+                      message)
     suppressed_by: tuple[str, ...] = ()
     if f.has("suppressed_by"):
         raw = f.sub("suppressed_by")
@@ -237,31 +251,59 @@ def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], dev
 
 
 def _check_suppression(alarms: list[AlarmDef], raw_alarms: Any, file: str) -> None:
-    """suppressed_by names alarms of the same device, and suppression never goes round in a circle."""
-    by_type: dict[str, set[str]] = {}
+    """suppressed_by names alarms that exist on the same device, and never goes round in a circle.
+
+    A type's alarm may be suppressed by the type's alarms, or by a device's own alarm (it
+    then acts on that device only); a device's alarm by its type's alarms and its own.
+    Cycles are looked for in every device's set of alarms.
+    """
+    type_alarms: dict[str, list[AlarmDef]] = {}
+    device_alarms: dict[str, list[AlarmDef]] = {}
     for a in alarms:
-        by_type.setdefault(a.type, set()).add(a.name)
+        (device_alarms.setdefault(a.device, []) if a.device else type_alarms.setdefault(a.type, [])).append(a)
+
+    def where(i: int) -> int | None:
+        return raw_alarms[i].line_of("suppressed_by") if isinstance(raw_alarms[i], LocMap) else None
+
     for i, a in enumerate(alarms):
-        line = raw_alarms[i].line_of("suppressed_by") if isinstance(raw_alarms[i], LocMap) else None
+        if a.device:
+            scope = [x.name for x in type_alarms.get(a.type, [])] + [x.name for x in device_alarms[a.device]]
+        else:
+            scope = [x.name for x in type_alarms.get(a.type, [])] + sorted(
+                {x.name for d, xs in device_alarms.items() for x in xs if x.type == a.type})
         for cause in a.suppressed_by:
             if cause == a.name:
-                raise ConfigError(file, line, f"alarms[{i}].suppressed_by", "an alarm cannot suppress itself", cause)
-            if cause not in by_type[a.type]:
-                known = ", ".join(sorted(by_type[a.type] - {a.name})) or "none"
-                raise ConfigError(file, line, f"alarms[{i}].suppressed_by",
-                                  f"no alarm of that name on a {a.type} (its alarms: {known})", cause)
-    causes = {(a.type, a.name): set(a.suppressed_by) for a in alarms}
-    for i, a in enumerate(alarms):
-        todo = list(a.suppressed_by)
-        seen: set[str] = set()
-        while todo:
-            c = todo.pop()
-            if c == a.name:
-                line = raw_alarms[i].line_of("suppressed_by") if isinstance(raw_alarms[i], LocMap) else None
-                raise ConfigError(file, line, f"alarms[{i}].suppressed_by",
-                                  "suppression goes round in a circle: an alarm would hide its own cause",
-                                  list(a.suppressed_by))
-            if c in seen:
-                continue
-            seen.add(c)
-            todo.extend(causes.get((a.type, c), ()))
+                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by", "an alarm cannot suppress itself", cause)
+            if cause not in scope:
+                known = ", ".join(n for n in dict.fromkeys(scope) if n != a.name) or "none"
+                on = f"device {a.device}" if a.device else f"a {a.type}"
+                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by",
+                                  f"no alarm of that name on {on} (its alarms: {known})", cause)
+    # One graph per device that has alarms of its own, and one for the type's alarms alone.
+    graphs = [type_alarms.get(t, []) for t in type_alarms]
+    graphs += [type_alarms.get(xs[0].type, []) + xs for xs in device_alarms.values()]
+    index = {id(a): i for i, a in enumerate(alarms)}
+    for group in graphs:
+        by_name = {a.name: a for a in group}  # a device's own alarm comes last and wins
+        for a in group:
+            path = [a.name]
+            if _cycle(a.name, by_name, path, set()):
+                i = index[id(a)]
+                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by",
+                                  "suppression goes round in a circle: " + " -> ".join(path), list(a.suppressed_by))
+
+
+def _cycle(start: str, by_name: dict[str, AlarmDef], path: list[str], seen: set[str]) -> bool:
+    """Whether following suppressed_by from path[-1] leads back to ``start`` (path: the loop)."""
+    for cause in by_name[path[-1]].suppressed_by:
+        if cause == start:
+            path.append(cause)
+            return True
+        if cause in seen or cause not in by_name:
+            continue
+        seen.add(cause)
+        path.append(cause)
+        if _cycle(start, by_name, path, seen):
+            return True
+        path.pop()
+    return False

@@ -13,8 +13,8 @@ subscripts, strings...) is a configuration error naming what is not allowed.
 
 The compiled evaluator takes one numpy array per point (one row per device of the type) and
 returns a boolean array: every device of the type is evaluated in a handful of numpy
-operations. A missing value (NaN) makes a comparison false, so no data never raises an
-alarm; communication loss has its own alarm.
+operations. A device with any of the expression's points missing (NaN) is never in alarm:
+no data never raises an alarm; communication loss has its own alarm.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
+        if not text.strip():
+            raise ExpressionError("empty expression") from None
+        if exc.offset is None or exc.offset == 0 or exc.offset > len(text.strip()):
+            raise ExpressionError("incomplete expression (something is missing at the end)") from None
         raise ExpressionError(f"not a valid expression: {exc.msg} at column {exc.offset}") from None
     known = set(points)
     used: list[str] = []
@@ -97,7 +101,8 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
                 and not node.keywords:
             lo, hi = _FUNCTIONS[node.func.id]
             if not lo <= len(node.args) <= hi:
-                raise ExpressionError(f"{node.func.id}() takes {lo if lo == hi else f'{lo} to {hi}'} arguments")
+                raise ExpressionError(f"{node.func.id}() takes "
+                                      f"{'1 argument' if hi == 1 else f'{lo} to {hi} arguments'}")
             args = [build(a) for a in node.args]
             if node.func.id == "abs":
                 return lambda env: np.abs(args[0](env))
@@ -120,7 +125,12 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
     def evaluate(env: Mapping[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(env.values())))
         out = _truth(root(env))
-        return np.broadcast_to(out, (n,)).copy() if np.ndim(out) == 0 else out
+        out = np.broadcast_to(out, (n,)).copy() if np.ndim(out) == 0 else out
+        # A device with a point read by the expression missing (NaN) is never in alarm:
+        # `!=` and `not` would otherwise be true of no data.
+        for name in used:
+            out &= ~np.isnan(env[name])
+        return out
 
     return evaluate, tuple(used)
 

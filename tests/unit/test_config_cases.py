@@ -30,6 +30,9 @@ REQUIRED = {
     "enum_bad_label", "range_min_above_max", "unit_id_out_of_range", "bad_endpoint",
     "unknown_poll_group", "read_gap_out_of_range", "serial_key_on_tcp_device", "serial_line_settings_disagree", "rtu_endpoint_not_absolute",
     "bad_parity", "zero_demote_for",
+    "alarm_expression_unknown_point", "alarm_expression_forbidden_construct", "alarm_suppressed_by_unknown_alarm",
+    "alarm_suppression_cycle", "alarm_unknown_device", "alarm_deadband_on_state_alarm",
+    "alarm_rate_of_change_without_limit",
 }
 
 
@@ -132,6 +135,14 @@ ALARMS = {
     "alarm_bad_service_name": ("alarms.yaml", 4, "services.lighting maintenance", "lighting maintenance"),
     "alarm_limit_in_state_message": ("alarms.yaml", 13, "alarms[0].message",
                                      "{commune} {device}: door open (limit {limit})"),
+    "alarm_expression_unknown_point": ("alarms.yaml", 35, "alarms[2].expression", "lamps_on and power < 0.5"),
+    "alarm_expression_forbidden_construct": ("alarms.yaml", 35, "alarms[2].expression",
+                                             "mode == 1 and power.value < 0.5"),
+    "alarm_suppressed_by_unknown_alarm": ("alarms.yaml", 40, "alarms[2].suppressed_by", "mains_failure"),
+    "alarm_suppression_cycle": ("alarms.yaml", 22, "alarms[0].suppressed_by", ["forced_on_no_power"]),
+    "alarm_unknown_device": ("alarms.yaml", 51, "alarms[4].device", "LC-TAL-003"),
+    "alarm_deadband_on_state_alarm": ("alarms.yaml", 50, "alarms[3].deadband", 1),
+    "alarm_rate_of_change_without_limit": ("alarms.yaml", 22, "alarms[1].limit", NO_VALUE),
 }
 FAMILIES = (SYNTAX, MISSING, UNKNOWN_KEYS, DUPLICATES, BAD_VALUES, INVENTORIES, ALARMS)
 

@@ -342,8 +342,31 @@ def test_alarms_schema_vocabulary_matches_the_loader() -> None:
     assert props["priority"]["enumDescriptions"] == [f"Severity {s}" for s in alarms_config.PRIORITIES.values()]
     fields = re.search(r"\(\?:([a-z|]+)\)", props["message"]["pattern"]).group(1).split("|")
     assert set(fields) == alarms_config.MESSAGE_FIELDS
-    limit_if, state_if, comm_if = (c["if"]["properties"]["condition"] for c in defs["alarm"]["allOf"][:3])
-    assert limit_if["enum"] + [state_if["const"], comm_if["const"]] == list(alarms_config.CONDITIONS)
+    # One if/then per condition (limit conditions share one): the keys CONDITION_KEYS gives the
+    # condition are required (deadband stays optional), the other condition keys are refused.
+    condition_keys = set().union(*alarms_config.CONDITION_KEYS.values())
+    branches = [c for c in defs["alarm"]["allOf"] if "condition" in c["if"].get("properties", {})]
+    *per_condition, no_limit = branches
+    covered = []
+    for branch in per_condition:
+        when = branch["if"]["properties"]["condition"]
+        conditions = when.get("enum", [when.get("const")])
+        covered += conditions
+        for condition in conditions:
+            keys = set(alarms_config.CONDITION_KEYS[condition])
+            then = branch["then"]
+            assert {k for k, v in then["properties"].items() if v is False} == condition_keys - keys, condition
+            assert set(then.get("required", [])) == keys - {"deadband"}, condition
+    assert covered == list(alarms_config.CONDITIONS)
+    rate = next(b["then"] for b in per_condition if b["if"]["properties"]["condition"] == {"const": "rate_of_change"})
+    assert rate["properties"]["limit"]["exclusiveMinimum"] == 0
+    # {limit} in a message: only where the condition has a limit.
+    assert no_limit["if"]["properties"]["condition"]["enum"] == [
+        c for c in alarms_config.CONDITIONS if "limit" not in alarms_config.CONDITION_KEYS[c]]
+    # type: required unless device is given.
+    assert set(defs["alarm"]["required"]) == {"name", "condition", "priority", "message", "service"}
+    assert {"if": {"not": {"required": ["device"]}}, "then": {"required": ["type"]}} in [
+        {k: v for k, v in c.items() if k != "$comment"} for c in defs["alarm"]["allOf"]]
 
 
 def _parses(parse: Callable[[str], Any], text: str) -> bool:
@@ -526,6 +549,19 @@ def test_message_pattern_matches_the_alarm_loader(message: str) -> None:
 
 # Documents both reject, and documents both accept.
 
+DEVICE_ALARM = {"name": "school_lamps_failed", "device": "LC-DIJ-001", "point": "failed_lamps", "condition": "high",
+                "limit": 0, "priority": "high", "message": "{device}: {value} failed lamps by the school",
+                "service": "lighting_maintenance"}
+
+
+def add_alarm(**changes: Any) -> Callable[[dict], None]:
+    """Append an alarm for one device (LC-DIJ-001 of the shipped inventory), keys changed or removed (...)."""
+    def change(doc: dict) -> None:
+        a = {**DEVICE_ALARM, **changes}
+        doc["alarms"].append({k: v for k, v in a.items() if v is not ...})
+    return change
+
+
 REJECTED = [
     # tags.yaml: points
     pytest.param("tags", pt("power", gain=2), id="unknown-key-in-point"),
@@ -699,6 +735,45 @@ REJECTED = [
     pytest.param("alarms", al("door_open", limit=1), id="limit-on-state-alarm"),
     pytest.param("alarms", al("comm_loss", point="power"), id="point-on-comm-loss-alarm"),
     pytest.param("alarms", al("comm_loss", limit=1), id="limit-on-comm-loss-alarm"),
+    pytest.param("alarms", al("comm_loss", deadband=1, off_delay=3), id="deadband-on-comm-loss-alarm"),
+    pytest.param("alarms", al("door_open", deadband=1), id="deadband-on-state-alarm"),
+    pytest.param("alarms", al("door_open", expression="door_open == 1"), id="expression-on-state-alarm"),
+    pytest.param("alarms", al("mains_loss", expression="mains_voltage < 180"), id="expression-on-limit-alarm"),
+    pytest.param("alarms", al("comm_loss", expression="power > 0"), id="expression-on-comm-loss-alarm"),
+    # rate_of_change: point and limit > 0 (units per second), no deadband
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=..., deadband=...),
+                 id="rate-of-change-without-limit"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=0, deadband=...),
+                 id="rate-of-change-zero-limit"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=-20, deadband=...),
+                 id="rate-of-change-negative-limit"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=20),
+                 id="deadband-on-rate-of-change-alarm"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=20, deadband=..., point=...),
+                 id="rate-of-change-without-point"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=20, deadband=..., states=[1]),
+                 id="states-on-rate-of-change-alarm"),
+    # expression: the expression and nothing of the other conditions
+    pytest.param("alarms", al("lamps_on_power_low", expression=...), id="expression-alarm-without-expression"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="  "), id="blank-expression"),
+    pytest.param("alarms", al("lamps_on_power_low", expression=["lamps_on", "power < 1"]), id="expression-as-a-list"),
+    pytest.param("alarms", al("lamps_on_power_low", point="power"), id="point-on-expression-alarm"),
+    pytest.param("alarms", al("lamps_on_power_low", limit=1), id="limit-on-expression-alarm"),
+    pytest.param("alarms", al("lamps_on_power_low", deadband=1), id="deadband-on-expression-alarm"),
+    pytest.param("alarms", al("lamps_on_power_low", message="{device}: power under {limit}"),
+                 id="limit-in-expression-message"),
+    # type or device; latching; suppressed_by
+    pytest.param("alarms", al("mains_loss", type=...), id="alarm-without-type-or-device"),
+    pytest.param("alarms", add_alarm(device="LC DIJ 001"), id="bad-device-name"),
+    pytest.param("alarms", add_alarm(device=None), id="device-without-value"),
+    pytest.param("alarms", al("earth_leakage", latching="maybe"), id="latching-not-boolean"),
+    pytest.param("alarms", al("earth_leakage", latching=1), id="latching-as-a-number"),
+    pytest.param("alarms", al("earth_leakage", latching=None), id="latching-without-value"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=[]), id="suppressed-by-empty-list"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=None), id="suppressed-by-without-value"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=["mains loss"]), id="suppressed-by-bad-name"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by={"mains_loss": True}), id="suppressed-by-mapping"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=[["mains_loss"]]), id="suppressed-by-nested-list"),
     pytest.param("alarms", al("mains_loss", name="mains loss"), id="bad-alarm-name"),
     pytest.param("alarms", al("mains_loss", severity=900), id="unknown-key-in-alarm"),
     pytest.param("alarms", al("mains_loss", message=...), id="alarm-without-message"),
@@ -827,7 +902,25 @@ ACCEPTED = [
     pytest.param("tags", with_device(type="crew_vehicle", endpoint="tcp://10.0.0.5:8883"), id="mqtt-broker-tcp-prefix"),
     pytest.param("tags", with_device(type="traffic_junction", endpoint="opc.tcp://[fd00::2]:4840"),
                  id="opcua-endpoint-ipv6-without-path"),
-    pytest.param("alarms", al("comm_loss", deadband=1, off_delay=3), id="comm-loss-with-deadband"),
+    pytest.param("alarms", al("comm_loss", off_delay=3, on_delay=0), id="comm-loss-with-delays"),
+    pytest.param("alarms", al("mains_loss", condition="rate_of_change", limit=20.5, deadband=...,
+                              message="{device}: {point} changes faster than {limit} {unit}/s"),
+                 id="rate-of-change-with-limit-in-message"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="not (power > 1.5e3) or abs(-mains_voltage) < "
+                              "min(230, max(temperature, 1)) / 2 and 0 <= dim_level <= 100 * 1 - 0 "
+                              "and lamps_on != True"), id="expression-with-every-construct"),
+    pytest.param("alarms", add_alarm(), id="device-alarm"),
+    pytest.param("alarms", add_alarm(type="lighting_cabinet"), id="device-alarm-with-its-type"),
+    pytest.param("alarms", add_alarm(name="lamps_on_power_very_low", condition="expression", limit=..., point=...,
+                                     expression="lamps_on and power < 0.1", suppressed_by="mains_loss",
+                                     latching=True, message="{device}: power low"),
+                 id="device-expression-alarm-with-every-key"),
+    pytest.param("alarms", lambda d: [add_alarm(device=dev)(d) for dev in ("LC-DIJ-001", "LC-DIJ-002")],
+                 id="one-name-on-two-devices"),
+    pytest.param("alarms", al("earth_leakage", latching="no"), id="latching-as-quoted-no"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by="mains_loss"), id="suppressed-by-one-name-as-text"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=["mains_loss", "comm_loss"]),
+                 id="suppressed-by-two-alarms"),
     pytest.param("alarms", al("mains_loss", condition="low_low", message="{value:.1f} {{V}} < {limit}"),
                  id="low-low-with-formatted-message"),
     pytest.param("alarms", al("door_open", states=[0, 1, 2.0]), id="states-integral-float"),
@@ -933,6 +1026,22 @@ SCHEMA_BLIND_DOCUMENTS = [
     pytest.param("tags", lambda d: d.update(devices=[{**DEVICE, "endpoint": RTU, "unit": 3},
                                                       {**DEVICE, "name": "LC-DIJ-901", "endpoint": RTU, "unit": 3}]),
                  id="two-devices-on-one-serial-line-and-unit"),
+    # alarms.yaml: cross-references to tags.yaml and between alarms, and the expression's grammar
+    pytest.param("alarms", add_alarm(device="LC-DIJ-999"), id="alarm-on-unknown-device"),
+    pytest.param("alarms", add_alarm(type="traffic_junction"), id="device-alarm-with-another-type"),
+    pytest.param("alarms", add_alarm(name="lamps_failed"), id="device-alarm-reusing-a-type-alarm-name"),
+    pytest.param("alarms", lambda d: d["alarms"].append(dict(alarm(d, "door_open"))), id="duplicate-alarm-name"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=["mains_los"]), id="suppressed-by-unknown-alarm"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=["junction_dark"]), id="suppressed-by-alarm-of-another-type"),
+    pytest.param("alarms", al("lamps_failed", suppressed_by=["lamps_failed"]), id="suppressed-by-itself"),
+    pytest.param("alarms", al("mains_loss", suppressed_by=["lamps_on_power_low"]), id="suppression-cycle"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="lamps_on and pwr < 1"), id="expression-unknown-point"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="__import__('os')"), id="expression-calls-import"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="power.real > 1"), id="expression-attribute"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="power ** 2 > 1"), id="expression-power-operator"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="power >"), id="expression-syntax-error"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="1 > 0"), id="expression-reads-no-point"),
+    pytest.param("alarms", al("lamps_on_power_low", expression="max(power) > 1"), id="expression-max-of-one"),
 ]
 
 
@@ -975,6 +1084,12 @@ SCHEMA_BLIND = {
     "alarm_unknown_point": "an alarm's point must exist in tags.yaml",
     "alarm_unknown_type": "an alarm's type must exist in tags.yaml",
     "alarm_unknown_service": "an alarm's service must be declared under services: a cross-reference",
+    "alarm_unknown_device": "an alarm's device must exist in tags.yaml",
+    "alarm_expression_unknown_point": "an expression's names must be points of the type in tags.yaml",
+    "alarm_expression_forbidden_construct": "the expression's grammar is the loader's (scada/alarms/expr.py); "
+                                            "the schema only asks for text",
+    "alarm_suppressed_by_unknown_alarm": "suppressed_by must name alarms of the same type: a cross-reference",
+    "alarm_suppression_cycle": "a circle through suppressed_by spans several alarms",
 }
 
 
