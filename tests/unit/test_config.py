@@ -19,6 +19,8 @@ from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
 from scada.tagdb import ANALOG, DISCRETE
 from scada.yamlsrc import ConfigError
 
+ROOT = Path(__file__).resolve().parents[2]
+
 TYPES = """\
 equipment_types:
   lighting_cabinet:
@@ -533,3 +535,32 @@ def test_bad_demotion_settings(tmp_path: Path, where: str, text: str, key: str) 
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, {"tags.yaml": tags}))
     assert info.value.key == key
+
+
+def test_history_settings_per_type_and_point(tmp_path: Path) -> None:
+    tags = (ROOT / "tags.yaml").read_text().partition("\ninventories:")[0].replace(
+        "    poll_interval: 1.0        # seconds, for every device of this type unless it says otherwise",
+        "    poll_interval: 1.0\n    history: {deviation: 2, max_interval: 600, retention_days: 30}", 1)
+    tags = tags.replace("        deadband: 0.5\n        range: [0, 300]",
+                        "        deadband: 0.5\n        range: [0, 300]\n        history_deviation: 0.5", 1)
+    tags = tags.replace("  access_bollard:\n", "  access_bollard:\n    history: false\n", 1)
+    tags += ("devices:\n  - {name: LC-1, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: '10.0.0.1:502'}\n"
+             "  - {name: BO-1, type: access_bollard, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: '10.0.0.2:1883'}\n")
+    config = load_config(write(tmp_path, {"tags.yaml": tags}))
+    lc = config.types["lighting_cabinet"]
+    assert (lc.history.deviation, lc.history.max_interval, lc.history.retention_days) == (2, 600, 30)
+    assert lc.point("mains_voltage").history_deviation == 0.5
+    assert config.types["access_bollard"].history.enabled is False
+    h = config.history_table()
+    names, _, _ = config.tag_table()
+    at = {n: i for i, n in enumerate(names)}
+    power, volts = at["Dijon/lighting/LC-1/power"], at["Dijon/lighting/LC-1/mains_voltage"]
+    assert h["deviation"][power] == pytest.approx(0.02 * 50)  # 2 % of [0, 50] kW
+    assert h["deviation"][volts] == pytest.approx(0.005 * 300)  # the point's own 0.5 % of [0, 300] V
+    assert h["max_interval_ns"][power] == 600 * 10**9
+    assert not h["enabled"][at["Dijon/bollard/BO-1/position"]]
+    assert h["enabled"][at["Dijon/lighting/LC-1/Diagnostics/state"]]
+    assert not h["enabled"][at["Dijon/lighting/LC-1/Diagnostics/successes"]]
+    with pytest.raises(ConfigError, match="rollups are kept at least as long"):
+        load_config(write(tmp_path / "bad", {"tags.yaml": tags.replace(
+            "retention_days: 30}", "retention_days: 30, rollup_retention_days: 10}")}))
