@@ -181,6 +181,14 @@ def test_a_failed_batch_stores_nothing(journal):
     assert journal.count() == 20
 
 
+def test_a_state_that_is_not_a_state_is_refused_before_writing(journal):
+    with pytest.raises(ValueError, match="alarm state of a@d: not a State"):
+        journal.record(make_rows(5), states={("a", "d"): StateRecord(42)})
+    assert journal.count() == 0 and journal.load_states() == {}
+    journal.record([], states={("a", "d"): StateRecord(np.uint8(State.LATCHED))})
+    assert journal.load_states()[("a", "d")].state is State.LATCHED
+
+
 def test_row_validation_and_numpy_scalars(journal):
     with pytest.raises(TypeError):
         JournalRow(1.5, "a", "d", "c", None, "low", 250, "ACTIVATE", "UNACK_ACTIVE")
