@@ -53,6 +53,7 @@ class Application:
             "missed_cycles": sum(x.get("missed_cycles", 0) for x in diags),
             "demoted": sum(x.get("demoted", 0) for x in diags),
             "alarms_announced": len(self.alarms.announced()),
+            "alarms_10min": self.alarms.rate(),
         }
 
     async def _status_loop(self) -> None:
@@ -66,7 +67,8 @@ class Application:
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",
                      late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
-                     alarms=s["alarms_announced"],
+                     alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
+                     alarm_flood=s["alarms_10min"] > 10,
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
     async def _staleness_loop(self) -> None:

@@ -253,6 +253,45 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alarm_metrics(args: argparse.Namespace) -> int:
+    """ISA-18.2 metrics over a time range of the journal (default: the last 24 hours)."""
+    import json
+    import time
+    from scada.alarms.metrics import metrics_report
+    end = _time_ns(args.end) or time.time_ns()
+    start = _time_ns(args.start) or end - 24 * 3600 * 10**9
+    deadlines = None
+    if args.config:
+        try:
+            deadlines = {n: s.ack_deadline_s for n, s in _load(args.config).alarms.services.items()}
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    journal = _open_journal(args.data)
+    try:
+        report = metrics_report(journal, start, end, deadlines)
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    rate, flood = report["alarm_rate"], report["flood"]
+    print(f"announced alarms: {report['announcements']} ({rate['mean_per_window']:.1f} per 10 min on average, "
+          f"at most {rate['max_per_window']})")
+    print(f"flood (> {flood['threshold']} in 10 min): {len(flood['periods'])} period(s), "
+          f"{100 * flood['share_of_time']:.1f} % of the time")
+    print("most frequent: " + (", ".join(f"{x['alarm']}@{x['device']} x{x['count']}" for x in report["top_alarms"])
+                               or "none"))
+    print("chattering (>= 3 in 60 s): " + (", ".join(f"{x['alarm']}@{x['device']}" for x in report["chattering"])
+                                           or "none"))
+    print("stale (active > 24 h): " + (", ".join(f"{x['alarm']}@{x['device']}" for x in report["stale"]) or "none"))
+    for service, st_ in report["ack_by_service"].items():
+        late = "" if st_.get("over_deadline") is None else f", {st_['over_deadline']} over the deadline"
+        median = "-" if st_["median_s"] is None else f"{st_['median_s']:.0f} s"
+        print(f"time to acknowledge, {service}: {st_['count']} acknowledged, median {median}{late}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from scada.opcua.server import DEFAULT_ENDPOINT
     parser = argparse.ArgumentParser(prog="scada", description="City supervision server")
@@ -288,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{key}", action="append", help=f"only this {key} (repeat for several)")
     p.add_argument("--csv", help="write to this file instead of the standard output")
     p.set_defaults(func=cmd_journal)
+    p = sub.add_parser("alarm-metrics", help="ISA-18.2 alarm metrics over the journal (default: last 24 h)")
+    p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
+    p.add_argument("--from", dest="start", help="ISO 8601 start (default: 24 h before --to)")
+    p.add_argument("--to", dest="end", help="ISO 8601 end (default: now)")
+    p.add_argument("--config", help="configuration folder, for the services' acknowledgement deadlines")
+    p.add_argument("--json", action="store_true", help="the whole report as JSON")
+    p.set_defaults(func=cmd_alarm_metrics)
     p = sub.add_parser("alarms", help="the alarms as the server last saved them")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
     p.add_argument("--all", action="store_true", help="every alarm instance with a saved state, not only announced ones")

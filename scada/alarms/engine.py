@@ -28,6 +28,7 @@ A process alarm whose tag is Bad keeps its condition (no data neither raises nor
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -155,6 +156,7 @@ class AlarmEngine:
                        for i in range(n)}
         self.transitions = 0
         self.evaluations = 0
+        self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
 
     # Construction helpers
 
@@ -490,12 +492,23 @@ class AlarmEngine:
             shelve_user=shelve[0], shelve_reason=shelve[1],
             assigned_to=self.extra.get(i, {}).get("assigned", ""), last_value=self._value(i))
 
+    def rate(self, window_s: float = 600.0) -> int:
+        """Alarms announced in the last ``window_s`` (ISA-18.2: more than 10 in 10 minutes is a flood)."""
+        horizon = self.clock() - int(window_s * 1e9)
+        times = self._announced_at
+        while times and times[0] < horizon:
+            times.popleft()
+        return len(times)
+
     def _record(self, events: Sequence[AlarmEvent], persist: Sequence[int] = ()) -> None:
         rows = [JournalRow(e.time_ns, e.alarm, e.device, e.commune, e.value, e.priority, e.severity, e.event,
                            e.state.name, e.user, e.comment, e.service, e.message) for e in events]
         touched = sorted({e.instance for e in events} | set(persist))
         self.journal.record(rows, states=[self._state_record(i) for i in touched])
         self.transitions += len(rows)
+        self._announced_at.extend(e.time_ns for e in events if e.state == State.UNACK_ACTIVE
+                                  and e.event in ("ACTIVATE", "UNSHELVE", "SHELVE_EXPIRED", "UNSUPPRESS",
+                                                  "RETURN_TO_SERVICE"))
         if len(events) <= LOG_EACH:
             for e in events:
                 if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):

@@ -78,7 +78,7 @@ class Bench:
         (folder / "alarms.yaml").write_text(ALARMS)
         self.config = load_config(folder)
         self.tagdb = TagDB(*self.config.tag_table())
-        self.journal = Journal(journal_path or folder / "journal.sqlite")
+        self.journal = Journal(journal_path or folder / "alarms.sqlite")
         self.clock = Clock()
         self.engine = AlarmEngine(self.config, self.tagdb, self.journal, self.clock)
         self.events: list = []
@@ -249,7 +249,7 @@ def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     b.engine.shelve("lamps_failed", "LC-1", "op", "lamp survey", 3600)
     b.journal.close()
     # A new server process: a fresh TagDB (nothing known yet) and the same journal.
-    b2 = Bench(tmp_path / "cfg", tmp_path / "cfg" / "journal.sqlite")
+    b2 = Bench(tmp_path / "cfg", tmp_path / "cfg" / "alarms.sqlite")
     assert b2.engine.restore() >= 3
     assert b2.engine.evaluate_all() == []  # nothing known yet: nothing announced, nothing cleared
     assert b2.state("hot") == State.UNACK_ACTIVE and b2.state("hot", "LC-2") == State.ACK_ACTIVE
@@ -263,3 +263,37 @@ def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
                                                     ("LC-1", "CLEAR")]
     assert b2.state("hot") == State.RTN_UNACK
     b2.journal.close()
+
+
+def test_command_line_metrics_journal_and_listing(bench: Bench, tmp_path: Path, capsys) -> None:
+    from scada.cli import main
+    bench.set("LC-1", temperature=70)
+    bench.set("LC-2", temperature=71)
+    bench.clock.advance(30)
+    bench.engine.ack("hot", "LC-1", "op")
+    data = bench.journal.path.parent
+    bench.journal.close()
+    end = (bench.clock.t + 10**9) // 10**9
+    from datetime import datetime, timezone
+    iso = datetime.fromtimestamp(end, timezone.utc).isoformat()
+    assert main(["alarm-metrics", "--data", str(data), "--to", iso, "--config", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "announced alarms: 2" in out
+    assert "time to acknowledge, lighting_maintenance: 1 acknowledged, median 30 s, 0 over the deadline" in out
+    assert main(["journal", "--data", str(data), "--device", "LC-2"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("time,") and "LC-2" in out.splitlines()[1]
+    assert main(["alarms", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "LC-1" in out and "ACK_ACTIVE" in out and "UNACK_ACTIVE" in out
+    bench.journal = Journal(data / "alarms.sqlite")  # the fixture closes it
+
+
+def test_announcement_rate_over_ten_minutes(bench: Bench) -> None:
+    for k in range(12):
+        bench.set("LC-1", temperature=70 if k % 2 == 0 else 50)
+        bench.clock.advance(4)
+        bench.engine.tick()
+    assert bench.engine.rate() == 6  # six announcements (the clears are not alarms)
+    bench.clock.advance(600)
+    assert bench.engine.rate() == 0
