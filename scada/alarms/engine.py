@@ -41,7 +41,7 @@ from scada import status as st
 from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
 from scada.alarms.expr import compile_expression
 from scada.alarms.journal import Journal, JournalRow, StateRecord
-from scada.alarms.states import Event, State, apply, transition
+from scada.alarms.states import NEEDS_ACK, Event, State, apply, transition
 from scada.config import Config
 from scada.tagdb import ChangeBatch, TagDB
 
@@ -50,6 +50,7 @@ log = structlog.get_logger("scada.alarms")
 COMM_LOSS_CODES = np.array([st.BAD_COMMUNICATION_ERROR, st.BAD_NO_COMMUNICATION], np.uint32)
 LOG_EACH = 20  # transitions logged one by one per evaluation; more are summarised in one line
 RATE_QUIET_S = 2.5  # a rate-of-change condition clears when the value has not moved for this long
+ANNOUNCING = ("ACTIVATE", "UNSHELVE", "SHELVE_EXPIRED", "UNSUPPRESS", "RETURN_TO_SERVICE")
 ANNOUNCED = np.zeros(len(State), bool)  # shown to operators
 ANNOUNCED[[State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED]] = True
 
@@ -157,6 +158,12 @@ class AlarmEngine:
         self.transitions = 0
         self.evaluations = 0
         self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
+        # Routing: each instance's service must acknowledge within its deadline, or it is escalated.
+        services = config.alarms.services
+        self.ack_deadline_ns = np.array([int(services[a.service].ack_deadline_s * 1e9) for a in self.defs],
+                                        np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        self.announced_since = np.zeros(n, np.int64)
+        self.escalated = np.zeros(n, bool)
 
     # Construction helpers
 
@@ -300,6 +307,24 @@ class AlarmEngine:
         expired = np.flatnonzero((self.state == State.SHELVED) & (self.shelved_until > 0) & (self.shelved_until <= now))
         for i in expired.tolist():
             events += self._operator(i, Event.SHELVE_EXPIRED, "", "shelve expired", now)
+        events += self._escalate(now)
+        return events
+
+    def _escalate(self, now: int) -> list[AlarmEvent]:
+        """Alarms their service has not acknowledged within its deadline: one ESCALATE row each."""
+        owing = NEEDS_ACK[self.state]
+        self.escalated &= owing  # acknowledged (or gone): a later occurrence may be escalated again
+        late = np.flatnonzero(owing & ~self.escalated & (now - self.announced_since > self.ack_deadline_ns))
+        if not len(late):
+            return []
+        self.escalated[late] = True
+        events = [self._event(int(i), "ESCALATE", now, "", f"not acknowledged within "
+                              f"{self.ack_deadline_ns[i] / 1e9:g} s by {self.defs[int(self.inst_def[i])].service}")
+                  for i in late.tolist()]
+        self._record(events)
+        for e in events[:LOG_EACH]:
+            log.warning("alarm_not_acknowledged", alarm=e.alarm, device=e.device, service=e.service,
+                        deadline_s=self.ack_deadline_ns[e.instance] / 1e9)
         return events
 
     def _advance(self, now: int, raw_changed: np.ndarray) -> list[AlarmEvent]:
@@ -506,9 +531,10 @@ class AlarmEngine:
         touched = sorted({e.instance for e in events} | set(persist))
         self.journal.record(rows, states=[self._state_record(i) for i in touched])
         self.transitions += len(rows)
-        self._announced_at.extend(e.time_ns for e in events if e.state == State.UNACK_ACTIVE
-                                  and e.event in ("ACTIVATE", "UNSHELVE", "SHELVE_EXPIRED", "UNSUPPRESS",
-                                                  "RETURN_TO_SERVICE"))
+        announced = [e for e in events if e.state == State.UNACK_ACTIVE and e.event in ANNOUNCING]
+        self._announced_at.extend(e.time_ns for e in announced)
+        for e in announced:
+            self.announced_since[e.instance] = e.time_ns
         if len(events) <= LOG_EACH:
             for e in events:
                 if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):
@@ -537,6 +563,10 @@ class AlarmEngine:
             self.state[i] = int(rec.state)
             self.cond[i] = self.raw[i] = rec.active
             self.cond_since[i] = self.raw_since[i] = rec.since_ns or 0
+            # An alarm already past its acknowledgement deadline was escalated by the previous
+            # run (or will be seen by an operator now): it is not escalated a second time.
+            self.announced_since[i] = rec.since_ns or 0
+            self.escalated[i] = self.clock() - (rec.since_ns or 0) > self.ack_deadline_ns[i]
             self.shelved_until[i] = rec.shelved_until_ns or 0
             if rec.shelve_user or rec.shelve_reason:
                 self.extra.setdefault(i, {})["shelve"] = (rec.shelve_user, rec.shelve_reason)

@@ -297,3 +297,17 @@ def test_announcement_rate_over_ten_minutes(bench: Bench) -> None:
     assert bench.engine.rate() == 6  # six announcements (the clears are not alarms)
     bench.clock.advance(600)
     assert bench.engine.rate() == 0
+
+
+def test_an_alarm_its_service_does_not_acknowledge_in_time_is_escalated_once(bench: Bench) -> None:
+    bench.set("TJ-1", conflict_fault=1)  # traffic control: 300 s to acknowledge
+    bench.clock.advance(299)
+    assert bench.engine.tick() == []
+    bench.clock.advance(2)
+    ev = bench.engine.tick()
+    assert [(e.alarm, e.event, e.service) for e in ev] == [("conflict", "ESCALATE", "traffic_control")]
+    assert "not acknowledged within 300 s" in ev[0].comment
+    bench.clock.advance(100)
+    assert bench.engine.tick() == []  # once per occurrence
+    bench.engine.ack("conflict", "TJ-1", "op")
+    assert [r.event for r in bench.journal.query(alarm="conflict")] == ["ACTIVATE", "ESCALATE", "ACK"]
