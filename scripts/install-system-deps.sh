@@ -5,6 +5,7 @@
 #   mosquitto     the MQTT broker the bollard and vehicle simulators publish to
 #   mosquitto-clients  mosquitto_sub / mosquitto_pub, independent MQTT peers
 #   socat         a pseudo-terminal pair: the serial line of the Modbus RTU tests
+#   victoria-metrics  the time-series database of the historian tests (InfluxDB v2 write API on loopback)
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 command -v socat >/dev/null || need+=(socat)
+command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
