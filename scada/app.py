@@ -13,6 +13,7 @@ from drivers.base import Driver, create_driver
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config
+from scada.historian.service import Historian, InfluxSettings
 from scada.limits import raise_open_file_limit
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.tagdb import TagDB
@@ -24,7 +25,7 @@ class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
     def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0,
-                 data_dir: str | Path = "var") -> None:
+                 data_dir: str | Path = "var", influx: InfluxSettings | None = None) -> None:
         self.config = config
         names, kinds, deadbands = config.tag_table()
         self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
@@ -35,6 +36,7 @@ class Application:
         restored = self.alarms.restore()
         if restored:
             log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
+        self.historian = Historian(config, self.tagdb, self.data_dir, influx, self._spool_alarm)
         by_driver = defaultdict(list)
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
@@ -42,6 +44,13 @@ class Application:
         self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms)
         self.status_interval = status_interval
         self.started = asyncio.Event()
+
+    def _spool_alarm(self, active: bool, status) -> None:
+        self.alarms.system_alarm(
+            "history_spool_filling", active,
+            f"InfluxDB unreachable: history spool {100 * status.fill_ratio:.0f} % full "
+            f"({status.backlog_entries} batches waiting); when full the oldest are dropped" if active
+            else "history spool below 70 %", priority="high")
 
     def status(self) -> dict:
         diags = [d.diagnostics() for d in self.drivers]
@@ -54,6 +63,7 @@ class Application:
             "demoted": sum(x.get("demoted", 0) for x in diags),
             "alarms_announced": len(self.alarms.announced()),
             "alarms_10min": self.alarms.rate(),
+            **self.historian.status(),
         }
 
     async def _status_loop(self) -> None:
@@ -68,7 +78,7 @@ class Application:
                      devices=f"{s['devices_online']}/{s['devices_total']}",
                      late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
-                     alarm_flood=s["alarms_10min"] > 10,
+                     alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
     async def _staleness_loop(self) -> None:
@@ -87,6 +97,7 @@ class Application:
                     tg.create_task(drv.run(), name=f"driver:{drv.name}")
                 tg.create_task(self.hmi.run(), name="opcua-publisher")
                 tg.create_task(self.alarms.run(), name="alarms")
+                tg.create_task(self.historian.run(), name="historian")
                 tg.create_task(self._staleness_loop(), name="staleness")
                 if self.status_interval > 0:
                     tg.create_task(self._status_loop(), name="status")

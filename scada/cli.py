@@ -31,9 +31,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config, endpoint: str, status_interval: float, data_dir: str) -> None:
+async def _serve(config, endpoint: str, status_interval: float, data_dir: str, influx=None) -> None:
     from scada.app import Application
-    app = Application(config, endpoint, status_interval, data_dir)
+    app = Application(config, endpoint, status_interval, data_dir, influx)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     signals = 0
@@ -62,10 +62,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     print(f"OPC UA endpoint: {_connectable(args.opcua_endpoint)}", flush=True)
     from scada.alarms.journal import JournalError
+    from scada.historian.service import InfluxSettings
+    from scada.historian.store import HistoryError
+    influx = None
+    if args.influx_url:
+        influx = InfluxSettings(args.influx_url, args.influx_org, args.influx_bucket)
+        if not influx.token:
+            print(f"note: {influx.token_env} is not set: writing to {args.influx_url} without a token", file=sys.stderr)
     try:
-        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data))
+        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data, influx))
     except JournalError as exc:
         print(f"cannot open the alarm journal: {exc}", file=sys.stderr)
+        return 1
+    except HistoryError as exc:
+        print(f"cannot open the history store: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the OPC UA port is taken, the address does not exist...
         print(f"cannot start the OPC UA server on {args.opcua_endpoint}: {exc.strerror or exc}", file=sys.stderr)
@@ -306,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
         p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
         p.add_argument("--log-level", default="INFO")
-        p.add_argument("--data", default="var", help="folder of the server's files: the alarm journal (default: var)")
+        p.add_argument("--data", default="var", help="folder of the server's files: the alarm journal, the history "
+                       "store, the InfluxDB spool (default: var)")
+        p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
+        p.add_argument("--influx-org", default="city")
+        p.add_argument("--influx-bucket", default="scada")
 
     p = sub.add_parser("check", help="validate the configuration and print a summary")
     common(p)

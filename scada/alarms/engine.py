@@ -157,6 +157,7 @@ class AlarmEngine:
                        for i in range(n)}
         self.transitions = 0
         self.evaluations = 0
+        self._system: dict[str, bool] = {}
         self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
         # Routing: each instance's service must acknowledge within its deadline, or it is escalated.
         services = config.alarms.services
@@ -461,6 +462,27 @@ class AlarmEngine:
         events = [self._event(i, "ASSIGN", self.clock(), user, to)]
         self._record(events)
         return events
+
+    # Alarms of the server itself (a history spool filling up...): journaled and notified,
+    # with the server as their device; they have no tag, so no instance in the columns.
+
+    def system_alarm(self, name: str, active: bool, message: str, priority: str = "high",
+                     service: str | None = None) -> AlarmEvent | None:
+        """Raise (``active``) or clear a server alarm; returns its event, None when unchanged."""
+        if self._system.get(name, False) == active:
+            return None
+        self._system[name] = active
+        from scada.alarms.config import PRIORITIES
+        service = service or next(iter(self.config.alarms.services), "")
+        e = AlarmEvent(self.clock(), -1, name, "server", "", "ACTIVATE" if active else "CLEAR",
+                       State.UNACK_ACTIVE if active else State.RTN_UNACK, active, None, priority,
+                       PRIORITIES[priority], service, message)
+        self.journal.record([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
+                                        e.event, e.state.name, "", "", e.service, e.message)])
+        (log.warning if active else log.info)("system_alarm", alarm=name, active=active, message=message)
+        for notify in self.subscribers:
+            notify([e])
+        return e
 
     # Queries
 
