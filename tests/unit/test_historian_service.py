@@ -1,0 +1,94 @@
+"""The historian as the server runs it: TagDB changes in, compressed history in the store, across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scada import status as st
+from scada.config import load_config
+from scada.historian.service import Historian
+from scada.historian.store import HistoryStore
+from scada.tagdb import TagDB
+
+ROOT = Path(__file__).resolve().parents[2]
+S = 10**9
+
+
+async def run_for(historian: Historian, feed, seconds: float = 0.0) -> None:
+    task = asyncio.create_task(historian.run())
+    await asyncio.sleep(0.05)
+    feed()
+    await asyncio.sleep(seconds + 0.7)  # past one write period
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_changes_are_compressed_stored_and_resumed_after_a_restart(tmp_path: Path) -> None:
+    config = load_config(ROOT)
+    tagdb = TagDB(*config.tag_table())
+    dev = config.devices[0]
+    name = f"{dev.commune}/lighting/{dev.name}"
+    volts, power, door = (tagdb.id_of(f"{name}/{p}") for p in ("mains_voltage", "power", "door_open"))
+    t0 = time.time_ns() - 3600 * S
+
+    def ramp() -> None:
+        # A ramp of power (stores its ends), a flat voltage within the deadband (stores the first),
+        # and a door that opens and closes (a discrete point: every change).
+        for k in range(60):
+            t = t0 + k * 10 * S
+            tagdb.update(np.array([power, volts, door]), np.array([0.1 * k, 230 + 0.1 * (k % 2), k == 30]),
+                         st.GOOD, t)
+
+    h = Historian(config, tagdb, tmp_path)
+    await run_for(h, ramp)
+    assert h.compressor.received >= 60  # the TagDB passes on changes only
+    store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
+    try:
+        end = time.time_ns()
+        p = store.read_raw(f"{name}/power", t0, end)
+        assert p.values[0] == 0 and p.values[-1] == 5.9 and len(p.values) <= 3  # a ramp: its ends
+        v = store.read_raw(f"{name}/mains_voltage", t0, end)
+        assert len(v.values) <= 2 and v.values[0] == 230  # jitter inside the deadband: nothing new
+        d = store.read_raw(f"{name}/door_open", t0, end)
+        assert list(d.values) == [0, 1, 0]
+    finally:
+        store.close()
+
+    # A new server process: the compressor continues from the store's last points.
+    tagdb2 = TagDB(*config.tag_table())
+    h2 = Historian(config, tagdb2, tmp_path)
+    assert h2.compressor.received == 0
+
+    def more() -> None:
+        tagdb2.update(np.array([door]), np.array([0.0]), st.GOOD, t0 + 700 * S)  # unchanged: nothing new
+        tagdb2.update(np.array([door]), np.array([1.0]), st.GOOD, t0 + 710 * S)
+
+    await run_for(h2, more)
+    store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
+    try:
+        d = store.read_raw(f"{name}/door_open", t0, time.time_ns())
+        assert list(d.values) == [0, 1, 0, 1]
+    finally:
+        store.close()
+
+
+async def test_points_not_historised_are_not_stored(tmp_path: Path) -> None:
+    config = load_config(ROOT)
+    tagdb = TagDB(*config.tag_table())
+    dev = config.devices[0]
+    successes = config.diag_ids(dev)[1]  # Diagnostics/successes changes every second: not recorded
+    state = config.diag_ids(dev)[0]
+    h = Historian(config, tagdb, tmp_path)
+    await run_for(h, lambda: tagdb.update(np.array([successes, state]), np.array([5.0, 1.0]), st.GOOD))
+    store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
+    try:
+        names = store.names(f"*/{dev.name}/Diagnostics/*")
+        assert len(store.read_raw(tagdb.names[int(state)], 0, time.time_ns() + S).values) == 1
+        assert len(store.read_raw(tagdb.names[int(successes)], 0, time.time_ns() + S).values) == 0
+        assert names  # diagnostic tags are known to the store
+    finally:
+        store.close()
