@@ -2,10 +2,14 @@
 
 One paho client per broker, driven by the event loop (``drivers/mqtt/aio.py``: paho's own
 thread waits with ``select()``, which fails once a city's sockets push file descriptors
-past 1023). The message callback only appends ``(topic, payload, time)`` to a bounded
-inbox and wakes the drain task: a flood is dropped (counted), never buffered without
-bound. The drain task decodes each message with the pure codec and reports one
-``TagDB.update`` per batch, yielding to the loop between batches.
+past 1023). The message callback only appends ``(broker, topic, payload, time)`` to a
+bounded inbox and wakes the drain task: a flood is dropped (counted), never buffered
+without bound. The drain task takes the inbox in batches, groups each batch's messages by
+:class:`~drivers.mqtt.codec.Layout` (one equipment type's topic: every bollard's ``state``
+shares one), decodes each group with one call of the pure codec, a column per point, and
+reports one ``TagDB.update`` per batch, yielding to the loop between batches. A status or
+acknowledgement message is handled in its place in the stream: the values before it are
+stored first.
 
 Status: tags start ``Bad_NoCommunication``; a lost broker link or a device's last will
 ("offline" on its status topic) turns them ``Bad_CommunicationError`` (last value kept);
@@ -29,7 +33,7 @@ import structlog
 
 from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.mqtt.aio import AsyncioMqtt
-from drivers.mqtt.codec import GarbageError, Reader, decode
+from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
 from scada.config import Config, Device
@@ -37,7 +41,7 @@ from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
 MAX_QUEUED = 100_000  # messages waiting for the loop; beyond, new ones are dropped and counted
-BATCH = 5_000  # messages decoded per TagDB update
+BATCH = 5_000  # messages decoded per TagDB update at most
 
 
 @dataclass(eq=False)
@@ -53,13 +57,29 @@ class DeviceState:
 
 
 @dataclass(eq=False)
+class TopicGroup:
+    """The devices whose topic reads through one layout: row ``r`` is ``devices[r]``'s tag ids."""
+
+    layout: Layout
+    devices: list[DeviceState] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    ids: np.ndarray | None = None  # (devices, points) int64, built once every device is in
+
+    def add(self, ds: DeviceState, ids: np.ndarray) -> int:
+        self.devices.append(ds)
+        self.rows.append(ids)
+        return len(self.devices) - 1
+
+
+@dataclass(eq=False)
 class Broker:
     endpoint: MqttEndpoint
     client: mqtt.Client
     readers: dict[str, list[Reader]] = field(default_factory=dict)  # topic -> readers
-    owner: dict[str, DeviceState] = field(default_factory=dict)  # topic -> device
+    routes: dict[str, tuple[TopicGroup, int]] = field(default_factory=dict)  # topic -> (group, row)
     status_topics: dict[str, DeviceState] = field(default_factory=dict)
     ack_topics: dict[str, DeviceState] = field(default_factory=dict)
+    control: frozenset[str] = frozenset()  # status and acknowledgement topics
     devices: list[DeviceState] = field(default_factory=list)
     connected: bool = False
     link: AsyncioMqtt | None = None
@@ -74,6 +94,7 @@ class MqttDriver:
         self.brokers: dict[tuple[str, int], Broker] = {}
         self.devices: list[DeviceState] = []
         self._by_tag: dict[str, tuple[DeviceState, int]] = {}
+        groups: dict[tuple, TopicGroup] = {}
         for d in devices:
             t = config.types[d.type]
             ep: MqttEndpoint = d.io
@@ -92,11 +113,21 @@ class MqttDriver:
                 topic = p.io.topic.format(device=d.name)
                 labels = {label: value for value, label in p.enum} if p.enum else None
                 b.readers.setdefault(topic, []).append(Reader(int(ids[k]), p.io, labels))
-                b.owner[topic] = ds
+            for topic in {p.io.topic.format(device=d.name) for p in t.points if p.io.topic is not None}:
+                readers = b.readers[topic]
+                key = Layout.key(readers)
+                g = groups.get(key)
+                if g is None:
+                    g = groups[key] = TopicGroup(Layout([Reader(j, r.point, r.labels) for j, r in enumerate(readers)]))
+                b.routes[topic] = (g, g.add(ds, np.array([r.tag for r in readers], np.int64)))
             if ds.type_io.status_topic:
                 b.status_topics[ds.type_io.status_topic.format(device=d.name)] = ds
             if ds.type_io.ack_topic:
                 b.ack_topics[ds.type_io.ack_topic.format(device=d.name)] = ds
+        for g in groups.values():
+            g.ids = np.stack(g.rows)
+        for b in self.brokers.values():
+            b.control = frozenset({*b.status_topics, *b.ack_topics})
         self._inbox: collections.deque = collections.deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +138,8 @@ class MqttDriver:
 
     # paho's callbacks (on the event loop: see drivers/mqtt/aio.py)
 
-    def _on_message(self, broker: Broker, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, broker: Broker, msg: mqtt.MQTTMessage) -> None:
+        # paho's on_message (its userdata is the broker): the cheapest possible, once per message.
         if len(self._inbox) >= MAX_QUEUED:
             self.dropped += 1
             return
@@ -145,7 +177,8 @@ class MqttDriver:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         for b in self.brokers.values():
-            b.client.on_message = lambda c, u, msg, b=b: self._on_message(b, msg)
+            b.client.user_data_set(b)
+            b.client.on_message = self._on_message
             b.client.on_connect = lambda c, u, f, rc, p, b=b: self._on_connect(b, rc)
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
             b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port)
@@ -165,47 +198,78 @@ class MqttDriver:
                 fut.cancel()
 
     def _process(self, messages: list) -> None:
-        ids: list[int] = []
-        values: list[float] = []
-        times: list[int] = []
+        """Store one batch from the inbox: data grouped by layout, control messages in their place."""
+        self.received += len(messages)
+        pending: dict[TopicGroup, tuple[list, list, list]] = {}
+        for broker, topic, payload, t_ns in messages:
+            route = broker.routes.get(topic)
+            if route is not None:
+                group, row = route
+                batch = pending.get(group)
+                if batch is None:
+                    batch = pending[group] = ([], [], [])
+                batch[0].append(row)
+                batch[1].append(payload)
+                batch[2].append(t_ns)
+            if topic in broker.control:
+                # A last will or an acknowledgement acts after the values that came before it.
+                self._store(pending)
+                pending = {}
+                if topic in broker.status_topics:
+                    self._status_message(broker.status_topics[topic], payload)
+                if topic in broker.ack_topics:
+                    self._ack_message(broker.ack_topics[topic], payload)
+        self._store(pending)
+
+    def _store(self, pending: dict[TopicGroup, tuple[list, list, list]]) -> None:
+        """Decode each group's messages with one codec call; one TagDB update for them all."""
+        if not pending:
+            return
+        ids_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        time_parts: list[np.ndarray] = []
         text_ids: list[int] = []
         texts: list[str] = []
         text_times: list[int] = []
-        for broker, topic, payload, t_ns in messages:
-            self.received += 1
-            readers = broker.readers.get(topic)
-            if readers is not None:
-                ds = broker.owner[topic]
-                try:
-                    tag_ids, vals, errors = decode(payload, readers)
-                except GarbageError as exc:
-                    self._garbage(ds, topic, str(exc))
-                    continue
-                for e in errors:
-                    self._garbage(ds, topic, e)
-                for tag, v in zip(tag_ids, vals):
-                    if isinstance(v, str):  # the codec returns str for text points only
-                        text_ids.append(tag)
-                        texts.append(str(v))
-                        text_times.append(t_ns)
-                    else:
-                        ids.append(tag)
-                        values.append(v)
-                        times.append(t_ns)
-                if tag_ids:
-                    if not ds.online and ds.ever:
+        for group, (rows, payloads, times) in pending.items():
+            layout = group.layout
+            got = decode_batch(layout, payloads)
+            for i, j, error in got.errors:
+                ds = group.devices[rows[i]]
+                topic = layout.readers[max(j, 0)].point.topic.format(device=ds.device.name)
+                self._garbage(ds, topic, error)
+            rows_a = np.asarray(rows, np.intp)
+            ids = group.ids[rows_a]
+            times_a = np.asarray(times, np.int64)
+            cols = layout.number_columns
+            if cols:
+                if len(cols) < ids.shape[1]:
+                    ok, ids_n, values_n = got.ok[:, cols], ids[:, cols], got.values[:, cols]
+                else:
+                    ok, ids_n, values_n = got.ok, ids, got.values
+                ids_parts.append(ids_n[ok])
+                value_parts.append(values_n[ok])
+                time_parts.append(np.broadcast_to(times_a[:, None], ok.shape)[ok])
+            for j in layout.text_columns:
+                column = got.texts[j]
+                for i in np.flatnonzero(got.ok[:, j]).tolist():
+                    text_ids.append(int(ids[i, j]))
+                    texts.append(column[i])
+                    text_times.append(times[i])
+            for r in np.unique(rows_a[got.ok.any(axis=1)]).tolist():
+                ds = group.devices[r]
+                if not ds.online:
+                    if ds.ever:
                         log.info("device_online", device=ds.device.name)
                     ds.ever = ds.online = True
-            if topic in broker.status_topics:
-                self._status_message(broker.status_topics[topic], payload)
-            if topic in broker.ack_topics:
-                self._ack_message(broker.ack_topics[topic], payload)
-        if ids:
-            # One device may report twice in a batch: keep each tag's last value only.
-            arr = np.asarray(ids, np.int64)
-            _, last = np.unique(arr[::-1], return_index=True)
-            keep = len(arr) - 1 - last
-            self.tagdb.update(arr[keep], np.asarray(values)[keep], st.GOOD, np.asarray(times, np.int64)[keep])
+        if ids_parts:
+            arr = np.concatenate(ids_parts)
+            if arr.size:
+                # One device may report twice in a batch: keep each tag's last value only.
+                _, last = np.unique(arr[::-1], return_index=True)
+                keep = arr.size - 1 - last
+                self.tagdb.update(arr[keep], np.concatenate(value_parts)[keep], st.GOOD,
+                                  np.concatenate(time_parts)[keep])
         if text_ids:
             seen: dict[int, int] = {}
             for k, tag in enumerate(text_ids):

@@ -4,6 +4,7 @@ mosquitto_pub (garbage), in one event loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -162,3 +163,43 @@ async def test_works_when_the_process_holds_more_than_1024_sockets(broker, tmp_p
     finally:
         for s in hog:
             s.close()
+
+
+def test_a_batch_is_stored_in_the_order_of_the_stream(tmp_path):
+    """Messages decoded a layout at a time must still mean what their order says."""
+    cfg = config(tmp_path / "c", 1883)  # never connected: batches are handed to the driver directly
+    h = Harness(cfg)
+    drv = h.driver
+    broker = next(iter(drv.brokers.values()))
+    t = time.time_ns()
+
+    def state(device, position, height=0.5, vehicle=False):
+        return (broker, f"city/bollards/{device}/state",
+                json.dumps({"position": position, "height": height, "vehicle": vehicle, "obstruction": False,
+                            "emergency": False, "fault": False}).encode(), t)
+
+    def status(device, text):
+        return (broker, f"city/bollards/{device}/status", text.encode(), t)
+
+    drv._process([
+        state("B-DIJ-001", "up", 0.1), state("B-DIJ-002", "up"), state("B-DIJ-001", "down", 0.2),
+        (broker, "city/bollards/B-DIJ-001/state", b"{not json", t),
+        (broker, "city/bollards/B-DIJ-002/state", b'{"position": "sideways", "height": 0.9}', t),
+        (broker, "city/bollards/B-DIJ-002/event", b'{"vehicle_class": "bus", "granted": true}', t),
+        (broker, "city/vehicles/V-001/position", b'{"lat": 47.3, "lon": 5.0, "speed_kmh": 30, "heading": 90,'
+                                                 b' "status": "en_route"}', t),
+        status("B-DIJ-002", "offline"),  # its last will, after its values: it ends offline
+        status("B-DIJ-001", "offline"), state("B-DIJ-001", "lowering", 0.3),  # back: it ends online
+    ])
+    assert h.value("B-DIJ-001", "position") == 3 and h.value("B-DIJ-001", "height") == 0.3
+    assert h.status("B-DIJ-001", "position") == st.GOOD
+    assert h.value("B-DIJ-002", "position") == 2  # "sideways" changed nothing
+    assert h.value("B-DIJ-002", "height") == 0.9  # the same message's good field did
+    assert h.status("B-DIJ-002", "position") == st.BAD_COMMUNICATION_ERROR
+    assert h.tagdb.text.get(h.tag("B-DIJ-002", "last_access_class")) == "bus"
+    assert h.value("B-DIJ-002", "last_access_granted") == 1
+    assert h.value("V-001", "status") == 1 and h.value("V-001", "lat") == 47.3
+    assert h.status("V-001", "lat") == st.GOOD
+    # Garbage: the whole "{not json" message, and the unknown state plus its 4 missing fields.
+    assert drv.garbage == 1 + 5 and drv.received == 10
+    assert [ds.online for ds in drv.devices] == [True, False, True]
