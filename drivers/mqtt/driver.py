@@ -37,6 +37,7 @@ from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
 from scada.config import Config, Device
+from scada.diagnostics import DeviceDiagnostics
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
@@ -50,6 +51,7 @@ class DeviceState:
     ids: np.ndarray
     points: tuple
     type_io: MqttType
+    k: int = 0  # row in the driver's DeviceDiagnostics
     ever: bool = False
     online: bool = False
     garbage: int = 0
@@ -64,6 +66,7 @@ class TopicGroup:
     devices: list[DeviceState] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
     ids: np.ndarray | None = None  # (devices, points) int64, built once every device is in
+    ks: np.ndarray | None = None  # each row's device, as its DeviceDiagnostics row
 
     def add(self, ds: DeviceState, ids: np.ndarray) -> int:
         self.devices.append(ds)
@@ -103,7 +106,7 @@ class MqttDriver:
                 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{uuid.uuid4().hex[:12]}")
                 b = self.brokers[ep.connection] = Broker(ep, client)
             ids = config.tag_ids(d)
-            ds = DeviceState(d, ids, t.points, t.io or MqttType())
+            ds = DeviceState(d, ids, t.points, t.io or MqttType(), k=len(self.devices))
             self.devices.append(ds)
             b.devices.append(ds)
             for k, p in enumerate(t.points):
@@ -126,6 +129,8 @@ class MqttDriver:
                 b.ack_topics[ds.type_io.ack_topic.format(device=d.name)] = ds
         for g in groups.values():
             g.ids = np.stack(g.rows)
+            g.ks = np.array([ds.k for ds in g.devices], np.int64)
+        self.diag = DeviceDiagnostics(config, devices)
         for b in self.brokers.values():
             b.control = frozenset({*b.status_topics, *b.ack_topics})
         self._inbox: collections.deque = collections.deque()
@@ -171,6 +176,7 @@ class MqttDriver:
     def _device_down(self, ds: DeviceState, reason: str) -> None:
         ds.online = False
         ds.last_error = reason
+        self.diag.link_down([ds.k], reason)
         self.tagdb.set_status(ds.ids, st.BAD_COMMUNICATION_ERROR if ds.ever else st.BAD_NO_COMMUNICATION)
 
     async def run(self) -> None:
@@ -183,6 +189,7 @@ class MqttDriver:
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
             b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port)
             b.link.start()
+        diag_task = asyncio.create_task(self.diag.run(self.tagdb), name="mqtt-diagnostics")
         try:
             while True:
                 await self._wake.wait()
@@ -191,6 +198,8 @@ class MqttDriver:
                     self._process([self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))])
                     await asyncio.sleep(0)
         finally:
+            diag_task.cancel()
+            await asyncio.gather(diag_task, return_exceptions=True)
             for b in self.brokers.values():
                 b.connected = False  # an orderly stop, not a lost link: nothing to report
                 await b.link.stop()
@@ -256,7 +265,9 @@ class MqttDriver:
                     text_ids.append(int(ids[i, j]))
                     texts.append(column[i])
                     text_times.append(times[i])
-            for r in np.unique(rows_a[got.ok.any(axis=1)]).tolist():
+            good_rows = rows_a[got.ok.any(axis=1)]
+            self.diag.received(group.ks[good_rows])
+            for r in np.unique(good_rows).tolist():
                 ds = group.devices[r]
                 if not ds.online:
                     if ds.ever:
@@ -282,6 +293,7 @@ class MqttDriver:
         self.garbage += 1
         ds.garbage += 1
         ds.last_error = error
+        self.diag.failure(ds.k, f"{topic}: {error}", offline=False)
         if ds.garbage <= 10 or ds.garbage % 1000 == 0:  # a flood of garbage must not flood the log
             log.warning("mqtt_garbage", device=ds.device.name, topic=topic, error=error, count=ds.garbage)
 
@@ -332,9 +344,11 @@ class MqttDriver:
             broker.client.publish(topic, json.dumps({"command": label, "correlation_id": correlation}),
                                   qos=point.io.qos)
             timeout = max(ds.device.timeout, 1.0) * 5
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     ack = await fut
+                self.diag.rtt_ms[ds.k] = (time.monotonic() - sent) * 1000.0  # command to acknowledgement
             except TimeoutError:
                 raise DeviceUnreachable(f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s") from None
         finally:

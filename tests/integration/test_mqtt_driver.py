@@ -16,6 +16,7 @@ from drivers.base import CommandRejected, DeviceRejected, WriteCommand
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
 from scada.config import load_config
+from scada.diagnostics import OFFLINE, ONLINE
 from scada.tagdb import TagDB
 from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
 from simulators.models import bollards as bo
@@ -107,6 +108,11 @@ async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_p
             ids = h.cfg.tag_ids(h.cfg.device("B-DIJ-001"))
             assert np.array_equal(h.tagdb.value[ids], before[0][ids], equal_nan=True)
             assert np.array_equal(h.tagdb.status[ids], before[1][ids])
+            # ... and each shows in the device's diagnostics, which stay online.
+            await until(lambda: h.value("B-DIJ-001", "Diagnostics/failures") >= 6, what="garbage in diagnostics")
+            assert h.value("B-DIJ-001", "Diagnostics/state") == ONLINE
+            assert h.value("B-DIJ-001", "Diagnostics/successes") > 0
+            assert "city/bollards/B-DIJ-001/state" in h.tagdb.text[h.tag("B-DIJ-001", "Diagnostics/last_error")]
 
             # A command with a correlation id, confirmed by the acknowledgement.
             await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-001/command", 0))  # lower
@@ -124,6 +130,8 @@ async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_p
             bollards.set_offline(1, True)
             await until(lambda: h.status("B-DIJ-002", "position") == st.BAD_COMMUNICATION_ERROR, what="last will")
             assert h.status("B-DIJ-001", "position") == st.GOOD
+            await until(lambda: h.value("B-DIJ-002", "Diagnostics/state") == OFFLINE, what="diagnostics offline")
+            assert h.value("B-DIJ-001", "Diagnostics/rtt") > 0  # the command's round trip to its acknowledgement
             bollards.set_offline(1, False)
             await until(lambda: h.status("B-DIJ-002", "position") == st.GOOD, what="back online")
 
