@@ -302,6 +302,41 @@ def cmd_alarm_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_opendata(args: argparse.Namespace) -> int:
+    """Open data from the history store, as CSV and GeoJSON (see scada/opendata.py)."""
+    from datetime import datetime, timedelta
+    from scada import opendata
+    from scada.historian.store import HistoryError
+    try:
+        tz = opendata.timezone_of(args.tz)
+        if args.end:
+            end = opendata.parse_time(args.end, tz)
+        elif args.start:
+            end = datetime.now(tz)  # from --from to now (today included)
+        else:
+            end = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)  # yesterday
+        start = opendata.parse_time(args.start, tz) if args.start else end - timedelta(days=1)
+        period = opendata.make_period(start, end, tz)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    path = Path(args.data) / "history.sqlite"
+    if not path.is_file():
+        raise SystemExit(f"no history store at {path} (the server writes it in its --data folder)")
+    try:
+        written = opendata.export(args.data, config, period, args.out)
+    except HistoryError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"open data {period.days[0]} to {period.days[-1]} ({args.tz} days):", file=sys.stderr)
+    for name, n in written.items():
+        print(f"  {Path(args.out) / name}: {n} rows", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from scada.opcua.server import DEFAULT_ENDPOINT
     parser = argparse.ArgumentParser(prog="scada", description="City supervision server")
@@ -352,6 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
     p.add_argument("--all", action="store_true", help="every alarm instance with a saved state, not only announced ones")
     p.set_defaults(func=cmd_alarms)
+    p = sub.add_parser("opendata", help="open data (CSV, GeoJSON) from the history: energy, lighting hours, "
+                       "bollard passages, junction counts")
+    p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
+    p.add_argument("--config", default=".", help="configuration folder: the devices, their communes and coordinates")
+    p.add_argument("--from", dest="start", help="ISO 8601 first day (default: yesterday)")
+    p.add_argument("--to", dest="end", help="ISO 8601 end, excluded; widened to whole days (default: now with "
+                   "--from, else today's midnight)")
+    p.add_argument("--tz", default="UTC", help="time zone of the days and hours (default UTC; e.g. Europe/Paris)")
+    p.add_argument("--out", default="opendata", help="folder to write the files into (default: opendata)")
+    p.set_defaults(func=cmd_opendata)
+    from scada import history_cli
+    history_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

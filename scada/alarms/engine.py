@@ -618,8 +618,9 @@ class AlarmEngine:
             next_tick = time.monotonic() + period
             while True:
                 timeout = max(0.0, next_tick - time.monotonic())
-                try:
-                    batch = await asyncio.wait_for(consumer.get(), timeout)
+                try:  # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11
+                    async with asyncio.timeout(timeout):
+                        batch = await consumer.get()
                 except TimeoutError:
                     batch = None
                 if consumer.overflowed:  # batches were dropped: evaluate everything again

@@ -360,8 +360,11 @@ class InfluxSink:
                 backoff = self.backoff_min
                 if outcome == "idle":
                     delay = max(0.0, next_sync - time.monotonic())
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+                    # that races with the event being set, and the server would not stop.
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                        async with asyncio.timeout(delay):
+                            await self._wakeup.wait()
                     except TimeoutError:
                         pass
         finally:

@@ -83,6 +83,7 @@ class Historian:
         self.on_spool_alarm = on_spool_alarm  # called with (active: bool, status) when the spool crosses 80 %
         self._spool_alarm = False
         self._pending: list[StoredBatch] = []
+        self._writing: StoredBatch | None = None  # in the worker thread: not in the store yet, maybe
         self.stored = 0
         self.resyncs = 0
 
@@ -96,10 +97,16 @@ class Historian:
             return
         batch = StoredBatch.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending = []
-        await asyncio.to_thread(self.store.write, batch)
-        self.stored += len(batch)
+        # The spool first: a value in the store is then always in the spool too, whatever
+        # stops the server (a SIGKILL between the two, a cancellation during the store write).
         if self.sink is not None:
             self.sink.submit(batch.ids, batch.values, batch.status, batch.times)
+        self._writing = batch  # readers still see it until the store has it
+        try:
+            await asyncio.to_thread(self.store.write, batch)
+        finally:
+            self._writing = None
+        self.stored += len(batch)
 
     def _check_spool(self) -> None:
         if self.sink is None:
@@ -119,8 +126,9 @@ class Historian:
         try:
             while True:
                 timeout = max(0.0, next_write - time.monotonic())
-                try:
-                    batch = await asyncio.wait_for(consumer.get(), timeout)
+                try:  # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11
+                    async with asyncio.timeout(timeout):
+                        batch = await consumer.get()
                 except TimeoutError:
                     batch = None
                 if consumer.overflowed:
@@ -161,6 +169,14 @@ class Historian:
                 if self.spool is not None:
                     self.spool.close()
                 self.store.close()
+
+    def unstored(self) -> list[StoredBatch]:
+        """Kept points not (surely) in the store yet: the batch being written and those waiting.
+
+        A history read adds them (and the compressor's held points) to what the store returns;
+        a point both here and in the store has the same time, and the store's copy wins.
+        """
+        return ([self._writing] if self._writing is not None else []) + list(self._pending)
 
     def status(self) -> dict:
         out = {"history_received": self.compressor.received, "history_stored": self.compressor.stored}
