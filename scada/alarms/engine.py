@@ -152,6 +152,7 @@ class AlarmEngine:
         order = np.argsort(tags, kind="stable")
         self._csr_inst = insts[order]
         self._csr_off = np.searchsorted(tags[order], np.arange(len(tagdb) + 1))
+        self._csr_max = int(np.diff(self._csr_off).max()) if len(tagdb) else 0
         self._build_suppression(dev_index)
         self._index = {(self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i
                        for i in range(n)}
@@ -201,14 +202,18 @@ class AlarmEngine:
     # Evaluation
 
     def _affected(self, ids: np.ndarray) -> np.ndarray:
-        lo, hi = self._csr_off[ids], self._csr_off[ids + 1]
-        counts = hi - lo
-        total = int(counts.sum())
-        if total == 0:
+        lo = self._csr_off[ids]
+        counts = self._csr_off[ids + 1] - lo
+        if self._csr_max <= 4:
+            # A tag feeds a few instances at most: one masked gather per rank beats np.repeat.
+            parts = [self._csr_inst[lo[counts > r] + r] for r in range(self._csr_max)]
+            inst = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        else:
+            total = int(counts.sum())
+            starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+            inst = np.sort(self._csr_inst[starts + np.arange(total)])
+        if not len(inst):
             return np.zeros(0, np.int64)
-        # Concatenate the ranges [lo, hi) without a Python loop.
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        inst = np.sort(self._csr_inst[starts + np.arange(total)])
         # Sorted unique: cheaper than np.unique's hashing for the few thousand rows of a batch.
         keep = np.empty(len(inst), bool)
         keep[0] = True
