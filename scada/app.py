@@ -41,7 +41,7 @@ class Application:
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
         self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
-        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms)
+        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
         self.status_interval = status_interval
         self.started = asyncio.Event()
 
@@ -79,6 +79,7 @@ class Application:
                      late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
                      alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
+                     **{k: v for k, v in s.items() if k.startswith("influx_")},
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
 
     async def _staleness_loop(self) -> None:

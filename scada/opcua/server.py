@@ -9,6 +9,8 @@ from asyncua import Server, ua
 
 from scada.config import Config
 from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, variant_type
+from scada.opcua.alarms import AlarmConditions
+from scada.opcua.history import TagHistory
 from scada.opcua.publisher import Publisher
 from scada.tagdb import TagDB
 
@@ -20,14 +22,17 @@ class HmiServer:
     """Owns the asyncua server; ``start`` builds the tree, ``run`` publishes until cancelled."""
 
     def __init__(self, config: Config, tagdb: TagDB, endpoint: str = DEFAULT_ENDPOINT,
-                 name: str = "City supervision server", alarms=None) -> None:
+                 name: str = "City supervision server", alarms=None, history=None) -> None:
         self.config = config
         self.tagdb = tagdb
         self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
+        self.history = history  # scada.historian.service.Historian, served as OPC UA HistoryRead
+        self.tag_history: TagHistory | None = None
         self.endpoint = endpoint
         self.name = name
         self.server = Server()
         self.publisher: Publisher | None = None
+        self.conditions: AlarmConditions | None = None  # OPC UA Alarms & Conditions of the engine
         self.ns = 0
         self.node_count = 0
 
@@ -41,6 +46,13 @@ class HmiServer:
         builder = AddressSpaceBuilder(self.server, self.ns)
         values = builder.build(self.config)
         self.node_count = builder.node_count
+        if self.alarms is not None:
+            self.conditions = AlarmConditions(self.server, self.ns, self.alarms)
+            self.conditions.build()
+            self.node_count += self.conditions.node_count
+        if self.history is not None:
+            self.tag_history = TagHistory(self.server, self.ns, self.config, self.tagdb, self.history)
+            await self.tag_history.install()
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
         await self.server.start()
@@ -49,9 +61,16 @@ class HmiServer:
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"
-        await self.publisher.run()
+        if self.conditions is None:
+            await self.publisher.run()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.publisher.run(), name="opcua-publisher")
+            tg.create_task(self.conditions.run(), name="opcua-alarm-events")
 
     async def stop(self) -> None:
+        if self.conditions is not None:
+            self.conditions.close()
         await stop_asyncua_server(self.server)
 
 
