@@ -41,7 +41,7 @@ from scada import status as st
 from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
 from scada.alarms.expr import compile_expression
 from scada.alarms.journal import Journal, JournalRow, StateRecord
-from scada.alarms.states import NEEDS_ACK, Event, State, apply, transition
+from scada.alarms.states import NEEDS_ACK, Event, IllegalTransition, State, apply, transition
 from scada.config import Config
 from scada.tagdb import ChangeBatch, TagDB
 
@@ -451,11 +451,19 @@ class AlarmEngine:
             raise ValueError("shelving needs a reason")
         i = self.instance(alarm, device)
         now = self.clock()
-        events = self._operator(i, Event.SHELVE, user, reason, now)
+        before = int(self.shelved_until[i]), self.extra.get(i, {}).get("shelve")
+        # Set before the transition: subscribers and the saved state see the expiry with the event.
         self.shelved_until[i] = now + int(duration_s * 1e9)
         self.extra.setdefault(i, {})["shelve"] = (user, reason)
-        self._record([], persist=[i])
-        return events
+        try:
+            return self._operator(i, Event.SHELVE, user, reason, now)
+        except IllegalTransition:
+            self.shelved_until[i] = before[0]
+            if before[1] is None:
+                self.extra[i].pop("shelve", None)
+            else:
+                self.extra[i]["shelve"] = before[1]
+            raise
 
     def unshelve(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
         return self._operator(self.instance(alarm, device), Event.UNSHELVE, user, comment)
@@ -492,8 +500,10 @@ class AlarmEngine:
         self._system[name] = active
         from scada.alarms.config import PRIORITIES
         service = service or next(iter(self.config.alarms.services), "")
+        # Shown while active, gone when it clears: no acknowledgement is owed (the server's
+        # own condition has no operator workflow; the journal keeps both rows).
         e = AlarmEvent(self.clock(), -1, name, "server", "", "ACTIVATE" if active else "CLEAR",
-                       State.UNACK_ACTIVE if active else State.RTN_UNACK, active, None, priority,
+                       State.ACK_ACTIVE if active else State.NORMAL, active, None, priority,
                        PRIORITIES[priority], service, message)
         self.journal.record([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
                                         e.event, e.state.name, "", "", e.service, e.message)])

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from asyncua import Client, ua
+
 from scada.alarms.journal import Journal
 
 from .helpers import ROOT, Process, free_port, free_port_range, wait_port
@@ -48,6 +50,32 @@ async def journal_until(path, predicate, timeout: float = 30.0, what: str = ""):
                 return rows
         await asyncio.sleep(0.3)
     raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
+
+
+class Events:
+    """An asyncua subscription handler collecting event notifications."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def event_notification(self, event) -> None:
+        self.queue.put_nowait(event)
+
+    async def next(self, predicate, timeout: float = 10.0):
+        async with asyncio.timeout(timeout):
+            while True:
+                e = await self.queue.get()
+                if predicate(e):
+                    return e
+
+    async def until_refresh_end(self, timeout: float = 15.0) -> list:
+        out = []
+        async with asyncio.timeout(timeout):
+            while True:
+                e = await self.queue.get()
+                out.append(e)
+                if e.EventType == ua.NodeId(ua.ObjectIds.RefreshEndEventType):
+                    return out
 
 
 def events(rows, alarm: str, device: str) -> list[tuple[str, str]]:
@@ -96,6 +124,33 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         listing = scada("alarms", "--data", str(data))
         assert a in listing and "mains_loss" in listing and "lamps_failed" in listing
 
+        # An HMI connects late: ConditionRefresh gives it the announced conditions (not the
+        # suppressed lamp alarm of A); it acknowledges the mains loss through the standard method.
+        async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as client:
+            client_events = Events()
+            sub = await client.create_subscription(50, client_events)
+            await sub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
+            await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
+            refreshed = await client_events.until_refresh_end()
+            shown = {(e.SourceName, e.ConditionName): e for e in refreshed if e.ConditionName}
+            assert (a, "mains_loss") in shown and (b, "lamps_failed") in shown
+            # A's lamp alarm is retained (queryable) but marked suppressed, for the HMI to hide.
+            assert getattr(shown[(a, "lamps_failed")], "SuppressedOrShelved") is True
+            assert getattr(shown[(b, "lamps_failed")], "SuppressedOrShelved") is False
+            mains = next(e for e in refreshed if (e.SourceName, e.ConditionName) == (a, "mains_loss"))
+            assert mains.Severity == 900 and mains.Message.Text == f"Dijon {a}: mains voltage 0 V"
+            await client.get_node(mains.NodeId).call_method(
+                ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(mains.EventId, ua.VariantType.ByteString), ua.LocalizedText("crew sent"))
+            acked = await client_events.next(lambda e: e.ConditionName == "mains_loss" and e.SourceName == a)
+            assert acked.AckedState.Text in ("Acknowledged", "Acked") or getattr(acked, "AckedState/Id") is True
+        rows = await journal_until(path, lambda rows: ("ACK", "ACK_ACTIVE") in events(rows, "mains_loss", a),
+                                   what="acknowledgement journaled")
+        ack = next(r for r in rows if r.alarm == "mains_loss" and r.event == "ACK")
+        assert ack.user.startswith("opcua:") and ack.comment == "crew sent"
+
         # Restart the server: nothing lost, nothing announced twice.
         assert server.stop() == 0
         before = len(rows)
@@ -111,12 +166,12 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")], new
         assert "alarm_states_restored" in server.output()
 
-        # The mains come back: the mains alarm clears (owes its acknowledgement) and A's lamp
+        # The mains come back: the mains alarm clears and A's lamp
         # alarm, still active, is announced at last.
         fault(control, "mains_restore", a)
         rows = await journal_until(path, lambda rows: ("UNSUPPRESS", "UNACK_ACTIVE") in events(rows, "lamps_failed", a),
                                    what="lamp alarm announced after the mains return")
-        assert ("CLEAR", "RTN_UNACK") in events(rows, "mains_loss", a)
+        assert ("CLEAR", "NORMAL") in events(rows, "mains_loss", a)  # acknowledged from the HMI above
     finally:
         if server:
             server.stop()
