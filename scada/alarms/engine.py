@@ -150,8 +150,9 @@ class AlarmEngine:
         tags = np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64)
         insts = np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64)
         order = np.argsort(tags, kind="stable")
-        self._csr_inst = insts[order]
-        self._csr_off = np.searchsorted(tags[order], np.arange(len(tagdb) + 1))
+        # int32: half the bytes of random reads into million-row arrays, the cost of a batch.
+        self._csr_inst = insts[order].astype(np.int32)
+        self._csr_off = np.searchsorted(tags[order], np.arange(len(tagdb) + 1)).astype(np.int32)
         self._csr_max = int(np.diff(self._csr_off).max()) if len(tagdb) else 0
         self._build_suppression(dev_index)
         self._index = {(self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i
