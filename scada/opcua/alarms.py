@@ -478,6 +478,12 @@ class AlarmConditions:
             self._by_node[sid] = i
 
     def _bind_methods(self) -> None:
+        engine = self.engine
+        reset = self._operator_method("Reset", engine.reset)
+        remove = self._operator_method("RemoveFromService", engine.remove_from_service)
+        place = self._operator_method("PlaceInService", engine.return_to_service, State.OUT_OF_SERVICE,
+                                      SC.BadInvalidState)
+        unshelve = self._operator_method("Unshelve", engine.unshelve, State.SHELVED, SC.BadConditionNotShelved)
         table = {
             O.AcknowledgeableConditionType_Acknowledge: self._m_acknowledge,
             O.ConditionType_AddComment: self._m_add_comment,
@@ -486,15 +492,15 @@ class AlarmConditions:
             O.AcknowledgeableConditionType_Confirm: self._m_not_supported,
             O.ConditionType_Enable: self._m_not_supported,
             O.ConditionType_Disable: self._m_not_supported,
-            O.AlarmConditionType_Reset: self._m_reset,
-            O.AlarmConditionType_Reset2: self._m_reset,
-            O.AlarmConditionType_RemoveFromService: self._m_remove_from_service,
-            O.AlarmConditionType_RemoveFromService2: self._m_remove_from_service,
-            O.AlarmConditionType_PlaceInService: self._m_place_in_service,
-            O.AlarmConditionType_PlaceInService2: self._m_place_in_service,
+            O.AlarmConditionType_Reset: reset,
+            O.AlarmConditionType_Reset2: reset,
+            O.AlarmConditionType_RemoveFromService: remove,
+            O.AlarmConditionType_RemoveFromService2: remove,
+            O.AlarmConditionType_PlaceInService: place,
+            O.AlarmConditionType_PlaceInService2: place,
         }
         for name, fn in (("TimedShelve", self._m_timed_shelve), ("OneShotShelve", self._m_one_shot_shelve),
-                         ("Unshelve", self._m_unshelve)):
+                         ("Unshelve", unshelve)):
             for prefix in ("ShelvedStateMachineType_", "AlarmConditionType_ShelvingState_"):
                 for suffix in ("", "2"):
                     mid = getattr(O, prefix + name + suffix, None)
@@ -1000,49 +1006,23 @@ class AlarmConditions:
         finally:
             self._one_shot_request = None
 
-    async def _m_unshelve(self, parent: ua.NodeId, *args):
-        return await self._guard("Unshelve", self._unshelve, parent, args)
+    def _operator_method(self, name: str, action, required: State | None = None, refusal: int = 0):
+        """An OPC UA method that is one engine action on the condition it is called on.
 
-    def _unshelve(self, parent, args):
-        i = self._instance(parent)
-        if i is None:
-            return self._not_a_condition(parent)
-        if self.engine.state[i] != State.SHELVED:
-            return ua.StatusCode(SC.BadConditionNotShelved)
-        return self._act("Unshelve", self.engine.unshelve, *self._names_of(i), self._user(),
-                         self._str(args[0]) if args else "")
+        ``required``: the state the condition must be in, else ``refusal`` (a Bad status code).
+        The method's optional argument is the operator's comment.
+        """
+        def act(parent, args):
+            i = self._instance(parent)
+            if i is None:
+                return self._not_a_condition(parent)
+            if required is not None and self.engine.state[i] != required:
+                return ua.StatusCode(refusal)
+            return self._act(name, action, *self._names_of(i), self._user(), self._str(args[0]) if args else "")
 
-    async def _m_reset(self, parent: ua.NodeId, *args):
-        return await self._guard("Reset", self._reset, parent, args)
-
-    def _reset(self, parent, args):
-        i = self._instance(parent)
-        if i is None:
-            return self._not_a_condition(parent)
-        return self._act("Reset", self.engine.reset, *self._names_of(i), self._user(),
-                         self._str(args[0]) if args else "")
-
-    async def _m_remove_from_service(self, parent: ua.NodeId, *args):
-        return await self._guard("RemoveFromService", self._remove, parent, args)
-
-    def _remove(self, parent, args):
-        i = self._instance(parent)
-        if i is None:
-            return self._not_a_condition(parent)
-        return self._act("RemoveFromService", self.engine.remove_from_service, *self._names_of(i), self._user(),
-                         self._str(args[0]) if args else "")
-
-    async def _m_place_in_service(self, parent: ua.NodeId, *args):
-        return await self._guard("PlaceInService", self._place, parent, args)
-
-    def _place(self, parent, args):
-        i = self._instance(parent)
-        if i is None:
-            return self._not_a_condition(parent)
-        if self.engine.state[i] != State.OUT_OF_SERVICE:
-            return ua.StatusCode(SC.BadInvalidState)
-        return self._act("PlaceInService", self.engine.return_to_service, *self._names_of(i), self._user(),
-                         self._str(args[0]) if args else "")
+        async def method(parent: ua.NodeId, *args):
+            return await self._guard(name, act, parent, args)
+        return method
 
     async def _m_refresh(self, parent: ua.NodeId, *args):
         try:
