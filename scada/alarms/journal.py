@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from scada.alarms.states import State
+from scada.sqlite_wal import create_schema
 
 SCHEMA_VERSION = 1
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -227,20 +228,8 @@ class Journal:
             raise JournalError(self.path, "is an SQLite database of another application, not an alarm journal")
         if app_id == APPLICATION_ID and version != SCHEMA_VERSION:
             raise JournalError(self.path, f"journal schema version {version}, this server reads {SCHEMA_VERSION}")
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+        if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise JournalError(self.path, "cannot switch the file to WAL mode")
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # -- writing -------------------------------------------------------------------------
 

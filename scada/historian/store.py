@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from scada.historian.compress import StoredBatch
+from scada.sqlite_wal import create_schema
 
 SCHEMA_VERSION = 1
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -347,20 +348,8 @@ class HistoryStore:
             if app_id != APPLICATION_ID:
                 raise HistoryError(self.path, "is empty, not a history store")
             return
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+        if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise HistoryError(self.path, "cannot switch the file to WAL mode")
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _register(self, names: Sequence[str], classes) -> None:
         """Map the server's tag ids to store ids, adding new names; see the module docstring."""
