@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scada import logs
+from scada import eventloop, logs
 from scada.yamlsrc import ConfigError
 
 
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not influx.token:
             print(f"note: {influx.token_env} is not set: writing to {args.influx_url} without a token", file=sys.stderr)
     try:
-        asyncio.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data, influx))
+        eventloop.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data, influx), args.event_loop)
     except JournalError as exc:
         print(f"cannot open the alarm journal: {exc}", file=sys.stderr)
         return 1
@@ -179,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     broker, mqtt = _mosquitto(run_dir)
     sim_args = [sys.executable, "-m", "simulators", "city", "--preset", args.city,
                 "--opcua-port", str(DEMO_SIM_OPCUA_PORT), "--control-port", str(DEMO_CONTROL_PORT),
-                "--acceleration", str(args.acceleration)]
+                "--acceleration", str(args.acceleration), "--event-loop", args.event_loop]
     if mqtt:
         sim_args += ["--mqtt", mqtt]
     if args.log_json:
@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
         p.add_argument("--influx-org", default="city")
         p.add_argument("--influx-bucket", default="scada")
+        eventloop.add_argument(p)
 
     p = sub.add_parser("check", help="validate the configuration and print a summary")
     common(p)

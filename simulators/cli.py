@@ -11,7 +11,7 @@ import time
 
 import structlog
 
-from scada import logs
+from scada import eventloop, logs
 from scada.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-json", action="store_true")
+    eventloop.add_argument(p)
 
     c = sub.add_parser("city", help="a whole simulated city: lighting (Modbus), traffic (OPC UA), bollards and vehicles (MQTT)")
     c.add_argument("--city", "--preset", dest="preset", default="small",
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--failure-rate", type=float, default=1e-5, help="lamp failures per lamp-hour")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--log-json", action="store_true")
+    eventloop.add_argument(c)
 
     f = sub.add_parser("fault", help="inject a fault into a running city simulator")
     f.add_argument("fault", help="lamp_failure, mains_loss, conflict_fault, device_offline, ... (see simulators/faults.py)")
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             await runner(args)
 
     try:
-        asyncio.run(guarded())
+        eventloop.run(guarded(), args.event_loop)
     except OSError as exc:  # a port in use, an address that does not exist
         print(f"simulator cannot start: {exc}", file=sys.stderr)
         return 1
