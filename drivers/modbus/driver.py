@@ -52,6 +52,11 @@ EXCEPTION_STATUS = {
 __all__ = ["Backoff", "ModbusDriver", "create"]
 
 
+def _zero_data(block: Block) -> bytes:
+    """Stand-in data bytes for a block without values (refused): its points carry a Bad status."""
+    return bytes((block.count + 7) // 8 if block.is_bits else 2 * block.count)
+
+
 def open_connection(ep: ModbusEndpoint, timeout: float, backoff: Backoff) -> Connection:
     if ep.is_rtu:
         settings = SerialSettings(ep.serial_port, ep.baudrate, ep.parity, ep.stop_bits)
@@ -74,6 +79,9 @@ class PollGroup:
 
     def __post_init__(self) -> None:
         self.status = np.zeros(len(self.ids), np.uint32)
+        self.status_good = np.full(len(self.ids), st.GOOD, np.uint32)
+        # Read request PDUs, built once: they never change between polls.
+        self.requests = [frames.read_request(frames.READ_FUNCTION[b.table], b.start, b.count) for b in self.plan.blocks]
 
 
 @dataclass(eq=False)
@@ -94,32 +102,44 @@ class DeviceState:
 
 
 class _Coalescer:
-    """Polls' values waiting to go into the TagDB as one batch (ids never repeat in a batch)."""
+    """Polls waiting to go into the TagDB as one batch, decoded together per read plan.
+
+    A poll adds its answers' raw data bytes; the flush decodes every poll of one plan (one
+    equipment type's poll group) with one set of numpy operations and writes one batch.
+    Tag ids never repeat in a batch: a poll group polled twice before a flush flushes first.
+    """
 
     def __init__(self, tagdb: TagDB) -> None:
         self.tagdb = tagdb
-        self._ids: list[np.ndarray] = []
-        self._values: list[np.ndarray] = []
-        self._status: list[np.ndarray] = []
-        self._times: list[np.ndarray] = []
-        self._keys: set[int] = set()
+        # plan -> the polls' (group, register bytes, bit bytes, status or None when all good, time)
+        self._pending: dict[int, tuple[ReadPlan, list]] = {}
+        self._groups: set[int] = set()
 
-    def add(self, key: int, ids: np.ndarray, values: np.ndarray, status: np.ndarray, t: int) -> None:
-        if key in self._keys:  # the same poll group twice before a flush: keep the order
+    def add(self, group: PollGroup, registers: bytes, bits: bytes, status: np.ndarray | None, t: int) -> None:
+        if id(group) in self._groups:
             self.flush()
-        self._keys.add(key)
-        self._ids.append(ids)
-        self._values.append(values)
-        self._status.append(status.copy())
-        self._times.append(np.full(len(ids), t, np.int64))
+        self._groups.add(id(group))
+        entry = self._pending.get(id(group.plan))
+        if entry is None:
+            entry = self._pending[id(group.plan)] = (group.plan, [])
+        entry[1].append((group, registers, bits, None if status is None else status.copy(), t))
 
     def flush(self) -> None:
-        if not self._ids:
+        if not self._pending:
             return
-        ids, values = np.concatenate(self._ids), np.concatenate(self._values)
-        status, times = np.concatenate(self._status), np.concatenate(self._times)
-        self._ids.clear(), self._values.clear(), self._status.clear(), self._times.clear(), self._keys.clear()
-        self.tagdb.update(ids, values, status, times)
+        ids, values, status, times = [], [], [], []
+        for plan, polls in self._pending.values():
+            n, width = len(polls), len(plan.points)
+            values.append(plan.decode_polls(b"".join(p[1] for p in polls), b"".join(p[2] for p in polls), n).ravel())
+            ids.append(np.concatenate([p[0].ids for p in polls]))
+            if any(p[3] is not None for p in polls):
+                status.append(np.concatenate([p[0].status_good if p[3] is None else p[3] for p in polls]))
+            else:
+                status.append(np.full(n * width, st.GOOD, np.uint32))
+            times.append(np.repeat(np.fromiter((p[4] for p in polls), np.int64, n), width))
+        self._pending.clear()
+        self._groups.clear()
+        self.tagdb.update(np.concatenate(ids), np.concatenate(values), np.concatenate(status), np.concatenate(times))
 
 
 class ModbusDriver:
@@ -215,24 +235,27 @@ class ModbusDriver:
         group = group or ds.groups[0]
         unit = ds.device.io.unit
         t0 = time.monotonic()
-        responses: list[Any] = []
-        group.status[:] = st.GOOD
+        registers: list[bytes] = []
+        bits: list[bytes] = []
+        all_good = True
         try:
             for k, block in enumerate(group.plan.blocks):
+                parts = bits if block.is_bits else registers
                 if k in group.refused:  # the device said this block does not exist: not asked again
-                    self._mark_block(group, block, st.BAD_CONFIGURATION_ERROR)
-                    responses.append(np.zeros(block.count, np.uint16))
+                    all_good = self._mark_block(group, block, st.BAD_CONFIGURATION_ERROR, all_good)
+                    parts.append(_zero_data(block))
                     continue
                 try:
-                    responses.append(await self._read_block(ds.connection, unit, block))
+                    parts.append(await ds.connection.request(unit, group.requests[k]))
                 except DeviceRejected as exc:
                     code = exc.args[0]
                     if code == EXC_BUSY:
                         raise
                     if code in (EXC_GATEWAY_PATH, EXC_GATEWAY_TARGET):
                         raise DeviceUnreachable(f"the gateway cannot reach unit {unit} (exception {code})") from None
-                    self._mark_block(group, block, EXCEPTION_STATUS.get(code, st.BAD_DEVICE_FAILURE))
-                    responses.append(np.zeros(block.count, np.uint16))
+                    all_good = self._mark_block(group, block, EXCEPTION_STATUS.get(code, st.BAD_DEVICE_FAILURE),
+                                                all_good)
+                    parts.append(_zero_data(block))
                     ds.last_error = f"exception {code} on {block.table} {block.start}+{block.count}"
                     if code in (EXC_ILLEGAL_ADDRESS, EXC_ILLEGAL_VALUE):
                         # A configuration mistake, not a transient fault: retrying every poll would
@@ -240,7 +263,6 @@ class ModbusDriver:
                         group.refused.add(k)
                         log.warning("modbus_block_refused", device=ds.device.name, table=block.table,
                                     address=block.start, count=block.count, modbus_exception=code)
-            values = group.plan.decode(responses)
         except DeviceUnreachable as exc:
             self._failed(ds, str(exc))
             return
@@ -252,7 +274,10 @@ class ModbusDriver:
             self.diag.failure(ds.k, ds.last_error, offline=False)
             return
         rtt = time.monotonic() - t0
-        self._coalescer.add(id(group), group.ids, values, group.status, time.time_ns())
+        # The answers' lengths were checked against the requests (frames.check_response): the
+        # concatenated bytes fit the plan, and decoding waits for the flush.
+        self._coalescer.add(group, b"".join(registers), b"".join(bits), None if all_good else group.status,
+                            time.time_ns())
         if not ds.ok and ds.consecutive_failures:  # a recovery; first contacts are counted in the status line
             log.info("device_online", device=ds.device.name, rtt_ms=round(rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
@@ -266,11 +291,15 @@ class ModbusDriver:
         return frames.bits(data, block.count) if block.is_bits else frames.registers(data)
 
     @staticmethod
-    def _mark_block(group: PollGroup, block: Block, code: int) -> None:
+    def _mark_block(group: PollGroup, block: Block, code: int, all_good: bool) -> bool:
+        """Give the block's points ``code`` (the group's statuses reset to Good first); False."""
+        if all_good:
+            group.status[:] = st.GOOD
         for k, p in enumerate(group.points):
             io = p.io
             if io.table == block.table and block.start <= io.address < block.start + block.count:
                 group.status[k] = code
+        return False
 
     def _failed(self, ds: DeviceState, error: str) -> None:
         """A poll failed: tags go bad (last values kept); enough failures in a row demote the device."""

@@ -116,3 +116,36 @@ def test_decode_is_vectorised_over_many_points():
     plan = ReadPlan(pts)
     out = plan.decode([list(range(100))])
     assert np.array_equal(out, np.arange(100, dtype=float))
+
+
+def test_decode_polls_equals_decoding_each_poll_alone():
+    """The driver decodes a flush period's polls together: same values as one by one."""
+    pts = [P("input", 0, "float32"), P("input", 2, "uint32", word_order="little", scale=0.1),
+           P("input", 4, "int16", scale=0.5), P("coil", 0, "bool"), P("coil", 9, "bool"),
+           P("discrete", 3, "bool"), P("holding", 0, "uint16")]
+    plan = ReadPlan(pts)
+    rng = np.random.default_rng(7)
+    polls = []
+    for _ in range(5):
+        polls.append([rng.integers(0, 2, b.count).astype(bool).tolist() if b.is_bits
+                      else rng.integers(0, 0x10000, b.count).tolist() for b in plan.blocks])
+    one_by_one = np.array([plan.decode(r) for r in polls])
+
+    def data(responses, bits: bool) -> bytes:
+        out = b""
+        for b, r in zip(plan.blocks, responses):
+            if b.is_bits and bits:
+                out += np.packbits(np.array(r, bool), bitorder="little").tobytes()
+            elif not b.is_bits and not bits:
+                out += struct.pack(f">{len(r)}H", *r)
+        return out
+
+    together = plan.decode_polls(b"".join(data(r, False) for r in polls), b"".join(data(r, True) for r in polls), 5)
+    np.testing.assert_array_equal(together, one_by_one)
+    assert plan.register_bytes == 2 * (5 + 1) and plan.bit_bytes == 2 + 1  # coils 0..9: 2 bytes, discrete 0..3: 1
+
+
+def test_decode_polls_refuses_data_of_the_wrong_size():
+    plan = ReadPlan([P("input", 0, "uint16"), P("coil", 0, "bool")])
+    with pytest.raises(ValueError, match="expected 2 x"):
+        plan.decode_polls(b"\x00\x01" * 2 + b"\x00", b"\x01\x00", 2)
