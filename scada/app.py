@@ -44,6 +44,7 @@ class Application:
         self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
         self.status_interval = status_interval
         self.started = asyncio.Event()
+        self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
 
     def _spool_alarm(self, active: bool, status) -> None:
         self.alarms.system_alarm(
@@ -66,6 +67,13 @@ class Application:
             **self.historian.status(),
         }
 
+    async def _lag_loop(self, period: float = 0.1) -> None:
+        """Measure how late the event loop wakes up: a stalled loop delays every poll and notification."""
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(period)
+            self.max_loop_lag = max(self.max_loop_lag, time.monotonic() - t0 - period)
+
     async def _status_loop(self) -> None:
         last_changes, last_t = self.tagdb.changes, time.monotonic()
         while True:
@@ -77,10 +85,12 @@ class Application:
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",
                      late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
+                     loop_lag_ms=round(1000 * self.max_loop_lag, 1),
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
                      alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
                      **{k: v for k, v in s.items() if k.startswith("influx_")},
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
+            self.max_loop_lag = 0.0
 
     async def _staleness_loop(self) -> None:
         """Once a second: Good values older than their max_age turn Uncertain_LastUsableValue."""
@@ -102,6 +112,7 @@ class Application:
                 tg.create_task(self._staleness_loop(), name="staleness")
                 if self.status_interval > 0:
                     tg.create_task(self._status_loop(), name="status")
+                    tg.create_task(self._lag_loop(), name="loop-lag")
                 self.started.set()
         finally:
             await self.hmi.stop()
