@@ -12,11 +12,14 @@ turn on the same stream in the same run (the order alternates between repetition
 * ``paho thread``: a bare paho client with its own network thread (``loop_start()``),
   counting messages: the library as shipped, the baseline of issue 4;
 * ``paho event loop``: paho driven by our event-loop link (``drivers/mqtt/aio.py``: epoll,
-  buffered reads), counting messages: what the library costs at best here, the ceiling of
-  the driver;
-* ``driver``: the MQTT driver (link, bounded inbox, codec, one ``TagDB.update`` per batch)
-  with ``--devices`` ``access_bollard`` devices configured from the shipped tags.yaml,
-  every message decoded into 6 rows of the TagDB.
+  buffered reads), counting messages: what the library costs at best here;
+* ``fast path``: the same link splitting QoS-0 PUBLISH packets itself
+  (``drivers/mqtt/frames.py``; paho keeps the rest), counting: the ceiling of the driver;
+* ``driver, paho path``: the MQTT driver (link, bounded inbox, codec, one ``TagDB.update``
+  per batch) with the fast path off (``fast_path=False``): every packet read by paho;
+* ``driver``: the MQTT driver as shipped, fast path on; both drivers with ``--devices``
+  ``access_bollard`` devices configured from the shipped tags.yaml, every message decoded
+  into 6 rows of the TagDB.
 
 The publishers write pre-encoded PUBLISH packets to a socket (``--publisher raw``): field
 devices publish from other machines, and the stream must not take this 2-core machine's
@@ -27,10 +30,11 @@ Beside each rate: the receiver's CPU share during its window (1.00: it had a cor
 and used all of it; less: it waited for the CPU, which others on this shared machine held)
 and its CPU time per message, which such waits do not inflate.
 
-Then, in-process and without the network, CPU time per message of (a) paho's packet path
-through the link, counting only (a scripted broker on loopback streams the same packets),
-and (b) the driver's decode-and-store (``MqttDriver._process`` on batches of 500, as the
-link hands them over): their sum is the one-core cost of a message into the TagDB.
+Then, in-process and without the network, CPU time per message of (a) the link's packet
+path, counting only (a scripted broker on loopback streams the same packets), through paho
+and through the fast path, (b) the fast path's hand-over to the driver (``_on_messages``:
+the inbox entries) and (c) the driver's decode-and-store (``MqttDriver._process`` on batches
+of 500, as the link hands them over): their sum is the one-core cost of a message into the TagDB.
 
 Target (issue 4): at least 50,000 JSON messages per second into the tag database.
 """
@@ -52,23 +56,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from drivers.mqtt.frames import remaining_length
+
 PY = sys.executable
 POSITIONS = ["down", "rising", "up", "lowering"]
-
-
-def _varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        out.append(b | (128 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def packet(topic: str, payload: bytes) -> bytes:
     """An MQTT 3.1.1 PUBLISH packet, QoS 0."""
     body = len(topic).to_bytes(2, "big") + topic.encode() + payload
-    return b"\x30" + _varlen(len(body)) + body
+    return b"\x30" + remaining_length(len(body)) + body
 
 
 def state_messages(first: int, count: int, n: int) -> list[tuple[str, bytes]]:
@@ -85,13 +83,14 @@ def state_messages(first: int, count: int, n: int) -> list[tuple[str, bytes]]:
 RAW_PUBLISHER = """
 import socket, sys, time
 sys.path.insert(0, sys.argv[6])
-from bench.bench_mqtt import _varlen, packet, state_messages
+from bench.bench_mqtt import packet, state_messages
+from drivers.mqtt.frames import remaining_length
 port, first, count, devices, messages = (int(a) for a in sys.argv[1:6])
 cycle = [packet(t, p) for t, p in state_messages(first, count, min(messages, 4 * count))]
 s = socket.create_connection(("127.0.0.1", port))
 cid = f"bench-pub-{first}".encode()
 var = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(cid).to_bytes(2, "big") + cid
-s.sendall(b"\\x10" + _varlen(len(var)) + var)
+s.sendall(b"\\x10" + remaining_length(len(var)) + var)
 assert s.recv(4)[:2] == b"\\x20\\x02", "no CONNACK"
 t0, sent = time.monotonic(), 0
 while sent < messages:
@@ -152,6 +151,12 @@ def counting_client():
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.on_message = on_message
     return c
+def on_messages(msgs):  # the fast path's callback: a list of messages
+    if not n[0]:
+        marks["t0"], marks["c0"] = time.monotonic(), cpu()
+    n[0] += len(msgs)
+    if n[0] >= expected and "t1" not in marks:
+        marks["t1"], marks["c1"] = time.monotonic(), cpu()
 
 if mode == "paho":
     subscribed = threading.Event()
@@ -171,12 +176,12 @@ if mode == "paho":
 
 async def main():
     subscribed = asyncio.Event()
-    if mode == "aio":
+    if mode in ("aio", "fast"):
         from drivers.mqtt.aio import AsyncioMqtt
         c = counting_client()
         c.on_connect = lambda c, *a: c.subscribe(TOPIC, qos=0)
         c.on_subscribe = lambda *a: subscribed.set()
-        link = AsyncioMqtt(c, "127.0.0.1", port)
+        link = AsyncioMqtt(c, "127.0.0.1", port, on_messages=on_messages if mode == "fast" else None)
         link.start()
         await asyncio.wait_for(subscribed.wait(), 10)
         print("ready", flush=True)
@@ -193,7 +198,7 @@ async def main():
     logs.configure(level="WARNING")  # logs go to stderr; stdout carries the figures
     cfg = load_config(folder)
     db = TagDB(*cfg.tag_table())
-    drv = MqttDriver(cfg, list(cfg.devices), db)
+    drv = MqttDriver(cfg, list(cfg.devices), db, fast_path=mode == "driver")
     for b in drv.brokers.values():
         b.client.on_subscribe = lambda *a: subscribed.set()
     task = asyncio.create_task(drv.run())
@@ -213,7 +218,8 @@ asyncio.run(main())
 """
 
 MODES = {"paho": "paho thread, counting (baseline)", "aio": "paho event loop, counting",
-         "driver": "driver into the TagDB"}
+         "fast": "fast path (event loop), counting", "driver-paho": "driver into the TagDB, paho path",
+         "driver": "driver into the TagDB, fast path"}
 
 
 def free_port() -> int:
@@ -270,8 +276,8 @@ def run(mode: str, port: int, folder: Path, args, broker_pid: int) -> dict:
 
 # In-process costs (no broker, no other process): CPU seconds per message.
 
-def paho_cpu_per_message(n: int = 100_000) -> float:
-    """paho's packet path through the event-loop link, counting only, fed by a scripted broker."""
+def link_cpu_per_message(fast: bool, n: int = 100_000) -> float:
+    """The link's packet path, counting only, fed by a scripted broker: paho's, or the fast path's."""
     import paho.mqtt.client as mqtt
 
     from drivers.mqtt.aio import AsyncioMqtt
@@ -281,9 +287,9 @@ def paho_cpu_per_message(n: int = 100_000) -> float:
     async def main() -> float:
         done, count, marks = asyncio.Event(), [0], {}
 
-        def on_message(c, u, msg):
-            count[0] += 1
-            if count[0] == copies * 4000:
+        def counted(k: int) -> None:
+            count[0] += k
+            if count[0] >= copies * 4000 and not done.is_set():
                 marks["c1"] = time.process_time()
                 done.set()
 
@@ -299,8 +305,9 @@ def paho_cpu_per_message(n: int = 100_000) -> float:
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        client.on_message = on_message
-        link = AsyncioMqtt(client, "127.0.0.1", server.sockets[0].getsockname()[1])
+        client.on_message = lambda c, u, msg: counted(1)
+        link = AsyncioMqtt(client, "127.0.0.1", server.sockets[0].getsockname()[1],
+                           on_messages=(lambda msgs: counted(len(msgs))) if fast else None)
         link.start()
         await asyncio.wait_for(done.wait(), 120)
         await link.stop()
@@ -309,6 +316,28 @@ def paho_cpu_per_message(n: int = 100_000) -> float:
 
     # The scripted broker's writes share the process: they are counted in, a small overestimate.
     return asyncio.run(main())
+
+
+def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -> float:
+    """The fast path's callback into the driver: ``(topic, payload, retain)`` lists (one 64 KiB read
+    of these messages each) -> inbox entries."""
+    import collections
+
+    from drivers.mqtt.driver import MqttDriver
+    from scada.config import load_config
+    from scada.tagdb import TagDB
+    cfg = load_config(folder)
+    drv = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
+    drv._wake = asyncio.Event()
+    broker = next(iter(drv.brokers.values()))
+    msgs = [(t, p, False) for t, p in state_messages(0, len(cfg.devices), n)]
+    batches = [msgs[i:i + batch] for i in range(0, n, batch)]
+    c0 = time.process_time()
+    for b in batches:
+        drv._on_messages(broker, b)
+        if len(drv._inbox) > 50_000:
+            drv._inbox = collections.deque()
+    return (time.process_time() - c0) / n
 
 
 def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> float:
@@ -345,17 +374,19 @@ def main() -> int:
                                  "max_queued_messages 1000000\n")
     broker = subprocess.Popen([exe, "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results: dict[str, list[dict]] = {m: [] for m in MODES}
-    inproc: dict[str, list[float]] = {"paho": [], "driver": []}
+    inproc_costs = {"paho": lambda: link_cpu_per_message(False), "fast": lambda: link_cpu_per_message(True),
+                    "handover": lambda: handover_cpu_per_message(work / "config"),
+                    "driver": lambda: driver_cpu_per_message(work / "config")}
+    inproc: dict[str, list[float]] = {what: [] for what in inproc_costs}
     try:
         wait_port(port)
         write_config(work / "config", args.devices, port)
-        order = list(MODES)
+        order, in_order = list(MODES), list(inproc_costs)
         for rep in range(args.repeats):
             for mode in (order if rep % 2 == 0 else order[::-1]):
                 results[mode].append(run(mode, port, work / "config", args, broker.pid))
-            for what in (("paho", "driver") if rep % 2 == 0 else ("driver", "paho")):
-                inproc[what].append(paho_cpu_per_message() if what == "paho"
-                                    else driver_cpu_per_message(work / "config"))
+            for what in (in_order if rep % 2 == 0 else in_order[::-1]):
+                inproc[what].append(inproc_costs[what]())
     finally:
         broker.terminate()
         broker.wait(10)
@@ -385,18 +416,26 @@ def main() -> int:
         print(f"  {label:<40} {rate(mode):>10,.0f} msg/s  x{ratio(mode, 'paho'):.2f} of baseline  "
               f"receiver CPU {share(mode):.2f} cores, {cost:5.1f} us/msg  delivered {delivered:,}")
     ro = rate("driver")
-    print(f"  driver: target >= 50,000 msg/s {'met' if ro >= 50_000 else 'MISSED'}; rate x{ratio('driver', 'aio'):.2f} "
-          f"of paho on the same event loop; CPU per message {cpu_us('driver'):.1f} us, "
-          f"of which paho and the loop {cpu_us('aio'):.1f} us (counting receiver)")
+    print(f"  driver: target >= 50,000 msg/s {'met' if ro >= 50_000 else 'MISSED'}; "
+          f"x{ratio('driver', 'driver-paho'):.2f} of the driver on the paho path, x{ratio('driver', 'fast'):.2f} of "
+          f"the fast path counting; CPU per message {cpu_us('driver'):.1f} us (paho path {cpu_us('driver-paho'):.1f}), "
+          f"of which the link and the loop {cpu_us('fast'):.1f} us (paho: {cpu_us('aio'):.1f}) (counting receivers)")
     last = results["driver"][-1]
     print(f"  driver, last run: {last['rows']:,} rows stored in the TagDB (6 per message, a tag's last value per "
           f"batch), garbage {last['garbage']}, dropped {last['dropped']}")
-    p, d = statistics.median(inproc["paho"]) * 1e6, statistics.median(inproc["driver"]) * 1e6
+    us = {what: statistics.median(v) * 1e6 for what, v in inproc.items()}
+
+    def line(label, cost):
+        return f"    {label:<44} {cost:6.1f} us   ({1e6 / cost:>8,.0f} msg/s on one core)"
     print("  in-process CPU per message (no broker):")
-    print(f"    paho packet path via the link, counting  {p:6.1f} us   ({1e6 / p:>8,.0f} msg/s on one core)")
-    print(f"    driver decode + TagDB store (batch 500)  {d:6.1f} us   ({1e6 / d:>8,.0f} msg/s on one core)")
-    print(f"    sum: one message into the TagDB          {p + d:6.1f} us   ({1e6 / (p + d):>8,.0f} msg/s on one core;"
-          f" 50,000 msg/s needs <= 20.0 us)")
+    print(line("paho packet path via the link, counting", us["paho"]))
+    print(line("fast path via the link, counting", us["fast"]))
+    print(line("fast path hand-over to the driver's inbox", us["handover"]))
+    print(line("driver decode + TagDB store (batch 500)", us["driver"]))
+    for label, parts in (("sum, paho path: one message into the TagDB", ("paho", "driver")),
+                         ("sum, fast path: one message into the TagDB", ("fast", "handover", "driver"))):
+        print(line(label, sum(us[p] for p in parts)))
+    print("    (50,000 msg/s on one core needs <= 20.0 us a message)")
     return 0
 
 
