@@ -160,7 +160,7 @@ def main() -> int:
         m, mb = statistics.median(ours), statistics.median(b)
         target = targets.get(name)
         verdict = "" if target is None else (f"<= {target * 1e3:g} ms: " + ("met" if m <= target else "MISSED"))
-        print(f"  {name:<38} {m * 1e3:>13.2f} ms {mb * 1e3:>9.3f} ms {m / mb:>6.0f}x  {verdict}")
+        print(f"  {name:<38} {m * 1e3:>13.2f} ms {mb * 1e3:>9.3f} ms {m / mb:>6.1f}x  {verdict}")
     for size, rate in flood:
         print(f"  flood of {size:,} activations in one batch: {rate:,.0f} transitions/s evaluated and journaled "
               f"(target >= 5,000/s: {'met' if rate >= 5000 else 'MISSED'})")

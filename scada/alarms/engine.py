@@ -9,9 +9,10 @@ row of the engine's columns:
 * ``state``: the ISA-18.2 state (``scada.alarms.states``), moved by the table only;
 * ``suppressed``: a cause alarm of the same device is active (suppression by design).
 
-A change batch costs: a CSR lookup of the instances that read the changed tags, one numpy
-evaluation per alarm definition over its affected instances, and Python objects only for
-the transitions, which go to the journal (with the states, in one transaction), to the
+A change batch costs: one random read per changed tag for the (instance, tag) pairs reading
+it, sorted into definition order; one gather of the watched values and statuses; one numpy
+evaluation per alarm definition over its slice; and Python objects only for the
+transitions, which go to the journal (with the states, in one transaction), to the
 subscribers (OPC UA Alarms & Conditions) and to the log.
 
 Suppression uses the cause's *raw* condition, not its delayed one: a cabinet's mains loss
@@ -57,6 +58,13 @@ ANNOUNCED[[State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED]
 
 def _bad(status: np.ndarray) -> np.ndarray:
     return (status & np.uint32(0xC0000000)) == np.uint32(0x80000000)
+
+
+def _usable(status: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Data that may raise or clear a process alarm: a number, with a status not Bad."""
+    ok = ~_bad(status)
+    ok &= ~np.isnan(value)
+    return ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,7 @@ class AlarmEngine:
         starts.append(n)
         self.n = n
         self.starts = np.array(starts, np.int64)
+        self._all = np.arange(n)  # every instance, in order: a full evaluation
         self.inst_def = np.concatenate(inst_def) if inst_def else np.zeros(0, np.int32)
         self.inst_dev = np.concatenate(inst_dev) if inst_dev else np.zeros(0, np.int64)
         self.inst_tag = np.concatenate(inst_tag) if inst_tag else np.zeros(0, np.int64)
@@ -146,14 +155,8 @@ class AlarmEngine:
         self.pending = np.zeros(n, bool)  # raw != cond, waiting for a delay
         self._pending_idx = np.zeros(0, np.int64)  # a superset of the pending instances, sorted
         self.extra: dict[int, dict] = {}  # instance -> shelve user/reason, assignment
-        # tag -> instances reading it (CSR), for the change batches
-        tags = np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64)
-        insts = np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64)
-        order = np.argsort(tags, kind="stable")
-        # int32: half the bytes of random reads into million-row arrays, the cost of a batch.
-        self._csr_inst = insts[order].astype(np.int32)
-        self._csr_off = np.searchsorted(tags[order], np.arange(len(tagdb) + 1)).astype(np.int32)
-        self._csr_max = int(np.diff(self._csr_off).max()) if len(tagdb) else 0
+        self._build_lookup(np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64),
+                           np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64))
         self._build_suppression(dev_index)
         self._index = {(self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i
                        for i in range(n)}
@@ -169,6 +172,29 @@ class AlarmEngine:
         self.escalated = np.zeros(n, bool)
 
     # Construction helpers
+
+    def _build_lookup(self, tags: np.ndarray, insts: np.ndarray) -> None:
+        """tag -> the instances reading it, from (tag, instance) pairs, for the change batches.
+
+        A pair is one int64 key, ``instance << 32 | tag``: sorting a batch's keys groups its
+        instances by definition (instances are numbered definition by definition) and keeps
+        each beside its tag. Most tags feed one instance or none: ``_tag_key[tag]`` is that
+        pair's key (-1: none), so a batch finds its pairs in one random read per tag. A tag
+        feeding several holds ``-2 - j``, j its row in a CSR of those tags' keys only.
+        """
+        if len(self.tagdb) >= 1 << 32:  # pragma: no cover - four billion tags
+            raise ValueError("a tag id must fit in 32 bits")
+        order = np.argsort(tags, kind="stable")
+        tags, insts = tags[order], insts[order]
+        keys = insts.astype(np.int64) << 32 | tags
+        counts = np.bincount(tags, minlength=len(self.tagdb))
+        self._tag_key = np.full(len(self.tagdb), -1, np.int64)
+        one = counts[tags] == 1
+        self._tag_key[tags[one]] = keys[one]
+        multi = np.flatnonzero(counts > 1)
+        self._tag_key[multi] = -2 - np.arange(len(multi))
+        self._multi_off = np.concatenate([[0], np.cumsum(counts[multi])]).astype(np.int64)
+        self._multi_key = keys[~one]
 
     def _build_suppression(self, dev_index: dict[str, int]) -> None:
         """Pairs (consequence instance, cause instance) on the same device."""
@@ -202,111 +228,126 @@ class AlarmEngine:
 
     # Evaluation
 
-    def _affected(self, ids: np.ndarray) -> np.ndarray:
-        lo = self._csr_off[ids]
-        counts = self._csr_off[ids + 1] - lo
-        if self._csr_max <= 4:
-            # A tag feeds a few instances at most: one masked gather per rank beats np.repeat.
-            parts = [self._csr_inst[lo[counts > r] + r] for r in range(self._csr_max)]
-            inst = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    def _affected(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The instances reading the changed tags ``ids``, sorted (so grouped by definition).
+
+        Returns (instances, the tag each was reached by, bounds): definition k's are rows
+        bounds[k]:bounds[k + 1]. An instance appears once per changed tag it reads (an
+        expression reading several changed points: several times).
+        """
+        keys = self._tag_key[ids]
+        keys.sort()
+        # Negative keys sort first: tags feeding no instance (-1) or several (below -1).
+        start = 0 if keys[0] >= 0 else int(np.searchsorted(keys, 0))
+        if start and keys[0] < -1:
+            j = -2 - keys[:np.searchsorted(keys, -1)]
+            lo = self._multi_off[j]
+            counts = self._multi_off[j + 1] - lo
+            first = np.repeat(lo - np.cumsum(counts) + counts, counts)
+            keys = np.concatenate([keys[start:], self._multi_key[first + np.arange(len(first))]])
+            keys.sort()
         else:
-            total = int(counts.sum())
-            starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-            inst = np.sort(self._csr_inst[starts + np.arange(total)])
-        if not len(inst):
-            return np.zeros(0, np.int64)
-        # Sorted unique: cheaper than np.unique's hashing for the few thousand rows of a batch.
-        keep = np.empty(len(inst), bool)
-        keep[0] = True
-        np.not_equal(inst[1:], inst[:-1], out=keep[1:])
-        return inst[keep]
+            keys = keys[start:]
+        inst = keys >> 32
+        return inst, keys & 0xFFFFFFFF, np.searchsorted(inst, self.starts)
 
-    def _evaluate(self, inst: np.ndarray, now: int) -> np.ndarray:
-        """Recompute ``raw`` for the given instances (sorted), definition by definition; return
-        the instances whose raw condition changed.
+    def _evaluate(self, inst: np.ndarray, tags: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """Recompute ``raw`` for the instances ``inst`` (definition k's at bounds[k]:bounds[k + 1],
+        each beside the tag it watches); return the instances whose raw condition changed.
 
-        The watched tags' values and statuses are gathered once for the whole batch (random
-        reads of million-row columns are the cost here); each definition reads its slice.
+        The watched tags' values are gathered once for the whole batch (random reads of
+        million-row columns are the cost here); each definition reads its slice. Statuses are
+        read where a condition needs them (comm loss), else only where the condition would
+        change, to check that the data may change it (a number, not Bad): few rows of a batch.
         """
         if not len(inst):
             return inst
-        bounds = np.searchsorted(inst, self.starts).tolist()
-        value, status, src = self.tagdb.value, self.tagdb.status, self.tagdb.source_time
-        tags_all = self.inst_tag[inst]
-        v_all = value[tags_all]
-        s_all = status[tags_all]
-        good_all = ~_bad(s_all)
-        good_all &= ~np.isnan(v_all)
-        cur_all = self.raw[inst]
-        new_all = cur_all.copy()
+        value, status = self.tagdb.value, self.tagdb.status
+        v_all = value[tags]
+        every = inst is self._all
+        cur_all = self.raw if every else self.raw[inst]
+        moves = np.zeros(len(inst), bool)  # the condition changes, if the data is usable
+        flips = []  # instances whose raw condition changes
+        b = bounds.tolist()
         for k, a in enumerate(self.defs):
-            lo, hi = bounds[k], bounds[k + 1]
+            lo, hi = b[k], b[k + 1]
             if lo == hi:
                 continue
             sel = inst[lo:hi]
             cur = cur_all[lo:hi]
             if a.condition == "comm_loss":
-                s = s_all[lo:hi]
-                new_all[lo:hi] = (s == COMM_LOSS_CODES[0]) | (s == COMM_LOSS_CODES[1])
+                s = status[tags[lo:hi]]
+                flips.append(sel[((s == COMM_LOSS_CODES[0]) | (s == COMM_LOSS_CODES[1])) != cur])
                 continue
             if a.condition == "expression":
-                evaluate, tags, used = self._expr[k]
+                evaluate, tags_k, used = self._expr[k]
+                if not every:  # reached by each of its changed points
+                    sel = np.unique(sel)
+                    cur = self.raw[sel]
                 local = sel - self.starts[k]
-                env = {p: value[tg[local]] for p, tg in zip(used, tags)}
+                env = {p: value[tg[local]] for p, tg in zip(used, tags_k)}
                 good = np.ones(len(sel), bool)
-                for tg in tags:
+                for tg in tags_k:
                     good &= ~_bad(status[tg[local]])
-                new_all[lo:hi] = np.where(good, evaluate(env), cur)
+                flips.append(sel[good & (evaluate(env) != cur)])
                 continue
             v = v_all[lo:hi]
-            good = good_all[lo:hi]
             if a.condition in LIMIT_CONDITIONS:
                 # Hysteresis: an active alarm clears only once the value is past limit -/+ deadband.
                 if a.condition in ("high", "high_high"):
-                    new = v > np.where(cur, a.limit - a.deadband, a.limit)
+                    new = v > a.limit
+                    if a.deadband:
+                        new |= cur & (v > a.limit - a.deadband)
                 else:
-                    new = v < np.where(cur, a.limit + a.deadband, a.limit)
+                    new = v < a.limit
+                    if a.deadband:
+                        new |= cur & (v < a.limit + a.deadband)
             elif a.condition == "state":
                 new = np.isin(v, np.array(a.states, np.float64))
             elif a.condition == "rate_of_change":
-                tag = tags_all[lo:hi]
-                t = src[tag]
+                t = self.tagdb.source_time[tags[lo:hi]]
                 dt = (t - self.prev_time[sel]) / 1e9
                 with np.errstate(invalid="ignore", divide="ignore"):
                     rate = np.abs(v - self.prev_value[sel]) / dt
                 new = np.where((dt > 0) & ~np.isnan(self.prev_value[sel]), rate > a.limit, cur)
-                moved = good & (t != self.prev_time[sel])
+                moved = _usable(status[tags[lo:hi]], v) & (t != self.prev_time[sel])
                 self.prev_value[sel[moved]] = v[moved]
                 self.prev_time[sel[moved]] = t[moved]
             else:  # pragma: no cover - the loader knows every condition
                 raise AssertionError(a.condition)
-            new_all[lo:hi] = np.where(good, new, cur)
-        self.raw[inst] = new_all
-        return inst[new_all != cur_all]
+            np.not_equal(new, cur, out=moves[lo:hi])
+        rows = np.flatnonzero(moves)
+        if len(rows):
+            flips.append(inst[rows[_usable(status[tags[rows]], v_all[rows])]])
+        changed = np.concatenate(flips) if flips else inst[:0]
+        self.raw[changed] ^= True
+        return changed
 
     def process(self, batch: ChangeBatch | None) -> list[AlarmEvent]:
         """Evaluate the alarms reading the batch's tags; return (and journal) the transitions."""
         if batch is None or not len(batch.ids):
             return []
-        now = self.clock()
         ids = np.asarray(batch.ids, np.int64)
-        inst = np.arange(self.n) if len(ids) * 2 > len(self.tagdb) else self._affected(ids)
-        return self._step(inst, now)
+        if len(ids) * 2 > len(self.tagdb):
+            return self.evaluate_all()
+        return self._step(*self._affected(ids), self.clock())
 
     def evaluate_all(self) -> list[AlarmEvent]:
-        """Evaluate every instance (at start, and after a consumer overflow)."""
-        return self._step(np.arange(self.n), self.clock())
+        """Evaluate every instance (at start, after a consumer overflow, for large batches)."""
+        return self._step(self._all, self.inst_tag, self.starts, self.clock())
 
-    def _step(self, inst: np.ndarray, now: int) -> list[AlarmEvent]:
+    def _step(self, inst: np.ndarray, tags: np.ndarray, bounds: np.ndarray, now: int) -> list[AlarmEvent]:
         self.evaluations += 1
-        changed = self._evaluate(inst, now)
-        self.raw_since[changed] = now
-        # Delays: a condition change is due once raw has held for its on/off delay.
-        self._set_pending(inst)
+        changed = self._evaluate(inst, tags, bounds)
+        if len(changed):
+            self.raw_since[changed] = now
+            # Delays: a condition change is due once raw has held for its on/off delay.
+            self._set_pending(changed)
         return self._advance(now, changed)
 
     def _set_pending(self, inst: np.ndarray) -> None:
-        """pending = raw != cond for ``inst``; the index list spares a scan of every instance."""
+        """pending = raw != cond for ``inst``, whose raw condition changed (pending changes with
+        raw or cond only); the index list spares a scan of every instance."""
         now_pending = self.raw[inst] != self.cond[inst]
         self.pending[inst] = now_pending
         new = inst[now_pending]
@@ -359,6 +400,8 @@ class AlarmEngine:
             self.cond[due] = self.raw[due]
             self.cond_since[due] = now
             self.pending[due] = False
+        if not len(due) and not len(raw_changed):
+            return events
         # 2. Suppression by design follows the causes (raw conditions; comm loss: delayed).
         released = np.zeros(0, np.int64)
         changed = np.union1d(raw_changed, due)
@@ -613,6 +656,7 @@ class AlarmEngine:
                 continue
             self.state[i] = int(rec.state)
             self.cond[i] = self.raw[i] = rec.active
+            self.pending[i] = False
             self.cond_since[i] = self.raw_since[i] = rec.since_ns or 0
             # An alarm already past its acknowledgement deadline was escalated by the previous
             # run (or will be seen by an operator now): it is not escalated a second time.

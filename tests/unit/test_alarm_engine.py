@@ -71,10 +71,10 @@ class Clock:
 class Bench:
     """A TagDB, a journal and an engine on the config above; values set by point name."""
 
-    def __init__(self, folder: Path, journal_path: Path | None = None) -> None:
+    def __init__(self, folder: Path, journal_path: Path | None = None, devices: str = DEVICES) -> None:
         head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tags.yaml").write_text(head + DEVICES)
+        (folder / "tags.yaml").write_text(head + devices)
         (folder / "alarms.yaml").write_text(ALARMS)
         self.config = load_config(folder)
         self.tagdb = TagDB(*self.config.tag_table())
@@ -84,10 +84,12 @@ class Bench:
         self.events: list = []
         self.engine.subscribers.append(self.events.extend)
 
-    def set(self, device: str, status: int = st.GOOD, **values: float):
+    def tag(self, device: str, point: str) -> int:
         d = self.config.device(device)
-        cls = self.config.types[d.type].cls
-        ids = [self.tagdb.id_of(f"{d.commune}/{cls}/{device}/{p}") for p in values]
+        return self.tagdb.id_of(f"{d.commune}/{self.config.types[d.type].cls}/{device}/{point}")
+
+    def set(self, device: str, status: int = st.GOOD, **values: float):
+        ids = [self.tag(device, p) for p in values]
         batch = self.tagdb.update(np.array(ids), np.array(list(values.values()), float), status, self.clock())
         return self.engine.process(batch)
 
@@ -130,6 +132,24 @@ def test_limit_with_deadband_acknowledge_and_return_to_normal(bench: Bench) -> N
         ("ACTIVATE", "UNACK_ACTIVE", "", ""), ("ACK", "ACK_ACTIVE", "operator1", "crew informed"),
         ("CLEAR", "NORMAL", "", "")]
     assert rows[0].commune == "Talant" and rows[0].priority == "high" and rows[0].value == 61
+
+
+def test_deadband_hysteresis_on_high_and_low_limits(bench: Bench) -> None:
+    def events(**values: float) -> list[tuple[str, str]]:
+        ev = bench.set("LC-1", **values)
+        bench.clock.advance(5)  # past every on/off delay
+        return [(e.alarm, e.event) for e in ev + bench.engine.tick()]
+
+    assert events(temperature=60) == []  # not above the limit
+    assert events(temperature=62) == [("hot", "ACTIVATE")]
+    assert events(temperature=55.1) == []  # above limit - deadband: still active
+    assert events(temperature=60.5) == []
+    assert events(temperature=55) == [("hot", "CLEAR")]  # no longer above limit - deadband
+    assert events(temperature=59) == []  # below the limit: inactive stays inactive
+    assert events(mains_voltage=180) == []
+    assert events(mains_voltage=179) == [("mains_loss", "ACTIVATE")]
+    assert events(mains_voltage=184) == []  # below limit + deadband: still active (TagDB deadband 0.5 V)
+    assert events(mains_voltage=185) == [("mains_loss", "CLEAR")]
 
 
 def test_on_delay_filters_a_short_dip(bench: Bench) -> None:
@@ -311,3 +331,106 @@ def test_an_alarm_its_service_does_not_acknowledge_in_time_is_escalated_once(ben
     assert bench.engine.tick() == []  # once per occurrence
     bench.engine.ack("conflict", "TJ-1", "op")
     assert [r.event for r in bench.journal.query(alarm="conflict")] == ["ACTIVATE", "ESCALATE", "ACK"]
+
+
+# The change-batch path: which instances a batch reaches, and the same transitions as
+# evaluating every instance.
+
+def test_a_batch_reaches_each_instance_reading_its_tags(bench: Bench) -> None:
+    def reached(*points: tuple[str, str]) -> list[tuple[str, str, int]]:
+        ids = np.array([bench.tag(dev, p) for dev, p in points])
+        inst, tags, bounds = bench.engine._affected(ids)
+        assert bounds[0] == 0 and bounds[-1] == len(inst)
+        for k in range(len(bench.engine.defs)):  # grouped by definition
+            assert (bench.engine.inst_def[inst[bounds[k]:bounds[k + 1]]] == k).all()
+        return sorted((bench.engine._name(int(i)), bench.engine._device(int(i)), int(t)) for i, t in zip(inst, tags))
+
+    volt = bench.tag("LC-1", "mains_voltage")
+    assert reached(("LC-1", "mains_voltage")) == [("mains_loss", "LC-1", volt), ("voltage_jump", "LC-1", volt)]
+    assert reached(("LC-1", "energy"), ("LC-1", "door_open")) == []  # no alarm reads them (door: LC-2 only)
+    assert reached(("LC-2", "door_open")) == [("door_lc2", "LC-2", bench.tag("LC-2", "door_open"))]
+    assert reached(("LC-1", "mode")) == [("comm_loss", "LC-1", bench.tag("LC-1", "mode"))]  # its first tag
+    # An expression is reached by each changed point it reads; several tags, unsorted, mixed.
+    got = reached(("TJ-1", "conflict_fault"), ("LC-2", "power"), ("LC-1", "energy"), ("LC-2", "lamps_on"),
+                  ("LC-2", "mains_voltage"), ("LC-1", "temperature"))
+    assert [(a, d) for a, d, _ in got] == [("conflict", "TJ-1"), ("dark_at_night", "LC-2"), ("dark_at_night", "LC-2"),
+                                           ("hot", "LC-1"), ("mains_loss", "LC-2"), ("voltage_jump", "LC-2")]
+
+
+def test_an_expression_reached_by_several_points_is_evaluated_once(bench: Bench) -> None:
+    ev = bench.set("LC-2", lamp_count=30, lamps_on=1, power=0.05)
+    assert [(e.alarm, e.device, e.event) for e in ev] == [("dark_at_night", "LC-2", "ACTIVATE")]
+    assert bench.set("LC-2", lamps_on=0, power=0.04) and bench.state("dark_at_night", "LC-2") == State.RTN_UNACK
+
+
+def test_comm_loss_follows_the_status_of_the_first_tag_alone(bench: Bench) -> None:
+    bench.set("LC-2", mode=0)
+    batch = bench.tagdb.set_status([bench.tag("LC-2", "mode")], st.BAD_COMMUNICATION_ERROR)
+    assert bench.engine.process(batch) == []
+    bench.clock.advance(10)
+    assert [(e.alarm, e.device, e.event) for e in bench.engine.tick()] == [("comm_loss", "LC-2", "ACTIVATE")]
+    bench.set("LC-1", mode=0)
+    batch = bench.tagdb.set_status([bench.tag("LC-1", "temperature")], st.BAD_COMMUNICATION_ERROR)
+    assert bench.engine.process(batch) == []
+    bench.clock.advance(10)
+    assert bench.engine.tick() == [] and bench.state("comm_loss", "LC-1") == State.NORMAL
+
+
+CITY = "devices:\n" + "".join(
+    f"  - {{name: LC-{i}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: \"10.0.0.{i}:502\"}}\n"
+    for i in range(1, 9)) + "".join(
+    f"  - {{name: TJ-{i}, type: traffic_junction, commune: Dijon, lat: 47.3, lon: 5.0, "
+    f"endpoint: \"opc.tcp://10.0.1.{i}:4840/\"}}\n" for i in range(1, 3))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_change_batches_give_the_transitions_of_evaluating_everything(tmp_path: Path, seed: int) -> None:
+    """Random batches of changed tags (values across limits, NaN, Bad and comm-loss statuses,
+    several points at once) into two engines: one evaluates the instances the batch reaches,
+    the other every instance. Transitions, states and conditions must be identical."""
+    rng = np.random.default_rng(seed)
+    sparse = Bench(tmp_path / "a", devices=CITY)
+    full = Bench(tmp_path / "b", devices=CITY)
+    full.clock = sparse.clock
+    full.engine.clock = sparse.clock
+    assert sparse.engine.evaluate_all() == full.engine.evaluate_all() == []  # as the engine's run() starts
+    values = np.array([0, 1, 3, 30, 58, 61, 64, 70, 150, 178, 182, 186, 230, 0.05, 1.2, np.nan])
+    statuses = np.array([st.GOOD] * 6 + [st.BAD_COMMUNICATION_ERROR, st.BAD_NO_COMMUNICATION,
+                                         st.UNCERTAIN_LAST_USABLE_VALUE], np.uint32)
+    n = len(sparse.tagdb)
+    lc = [d for d in sparse.config.devices if d.name.startswith("LC")]
+    transitions = 0
+    for step in range(150):
+        if rng.random() < 0.1:  # a link loss: every tag of a cabinet at once
+            ids = np.array(sparse.config.tag_ids(lc[rng.integers(len(lc))]))
+            vals, status = sparse.tagdb.value[ids], np.full(len(ids), st.BAD_COMMUNICATION_ERROR, np.uint32)
+        else:
+            ids = rng.choice(n, rng.integers(1, n // 3), replace=False)
+            vals, status = values[rng.integers(len(values), size=len(ids))], statuses[rng.integers(len(statuses), size=len(ids))]
+        # Offer only rows that change: the TagDB stamps the source time of unchanged rows too,
+        # which a rate-of-change alarm evaluated without a change would see as time passing.
+        db = sparse.tagdb
+        moved = (np.abs(vals - db.value[ids]) > db.deadband[ids]) | (np.isnan(vals) != np.isnan(db.value[ids]))
+        keep = moved | (status != db.status[ids])
+        ids, vals, status = ids[keep], vals[keep], status[keep]
+        t = sparse.clock()
+        batch = sparse.tagdb.update(ids, vals, status, t)
+        full.tagdb.update(ids, vals, status, t)
+        if batch is None:
+            continue
+        assert len(batch.ids) * 2 <= n  # the change-batch path, not a full evaluation
+        a, b = sparse.engine.process(batch), full.engine.evaluate_all()
+        sparse.clock.advance(float(rng.choice([0, 0.5, 1, 2.5, 4])))
+        a += sparse.engine.tick()
+        b += full.engine.tick()
+        for e in [e for e in a if sparse.engine.state[e.instance] in (State.UNACK_ACTIVE, State.RTN_UNACK)][:1]:
+            a += sparse.engine.ack(e.alarm, e.device, "op")
+            b += full.engine.ack(e.alarm, e.device, "op")
+        assert [(e.instance, e.event, e.state, e.active) for e in a] == \
+               [(e.instance, e.event, e.state, e.active) for e in b], step
+        for col in ("state", "raw", "cond", "pending", "suppressed", "raw_since", "cond_since"):
+            assert (getattr(sparse.engine, col) == getattr(full.engine, col)).all(), (step, col)
+        transitions += len(a)
+    assert transitions > 50  # the batches did move alarms
+    sparse.journal.close()
+    full.journal.close()
