@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue, NodeData
 
 from scada.config import DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
+from scada.opcua.publisher import TagValue
 from scada.tagdb import ANALOG, TEXT
 
 NAMESPACE_URI = "urn:city-scada:tags"
@@ -216,7 +216,6 @@ class AddressSpaceBuilder:
         folders: dict[str, NodeData] = {}
         values: list[AttributeValue] = []
         diag_values: list[AttributeValue] = []
-        now = datetime.now(timezone.utc)
         for d in config.devices:
             t = config.types[d.type]
             commune = folders.get(d.commune)
@@ -230,12 +229,12 @@ class AddressSpaceBuilder:
             dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
             back = self._back_ref(_HAS_COMPONENT, dev)
             for p in t.points:
-                values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name], now))
+                values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name]))
             # Diagnostic tags: their ids follow all the process tags' (Config.diag_ids).
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
             diag_back = self._back_ref(_HAS_COMPONENT, diag)
-            diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [], now)
+            diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [])
                                for p in DIAG_POINTS)
         return values + diag_values
 
@@ -260,16 +259,12 @@ class AddressSpaceBuilder:
         return out
 
     def _add_point(self, dev: NodeData, back: ua.ReferenceDescription, path: str, p: PointDef,
-                   props: list[ua.ReferenceDescription], now: datetime) -> AttributeValue:
+                   props: list[ua.ReferenceDescription]) -> TagValue:
         vtype = variant_type(p)
         kind = self._kind(vtype, p.kind == ANALOG)
         nodeid = ua.NodeId(path, self.ns)
         attrs = dict(kind.static)
-        value = AttributeValue(ua.DataValue(
-            ua.Variant(None, ua.VariantType.Null),
-            StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData),
-            ServerTimestamp=now,
-        ))
+        value = TagValue()  # read from the tag database (scada.opcua.publisher)
         attrs[A.Value] = value
         if p.description or p.enum:
             text = p.description

@@ -1,16 +1,22 @@
-"""Change batches from the tag database -> Value attributes and subscriptions of the OPC UA server.
+"""Change batches from the tag database -> subscriptions of the OPC UA server.
 
-The hot path of the OPC UA side. For each changed row it builds one DataValue, stores it in
-the node's Value attribute, and calls the datachange callbacks that asyncua registered for
-monitored items on that node (nodes nobody watches cost only the store). It bypasses
-asyncua's ``write_attribute_value`` because that path nulls the value of a Bad status,
-and the tag database's rule is the SCADA one: a Bad_CommunicationError keeps the last value.
+The hot path of the OPC UA side. A tag's Value attribute is a :class:`TagValue`: it holds no
+DataValue but builds one from the tag database's current row whenever asyncua reads it (a
+Read, a new monitored item's first value). So a changed row costs nothing unless a client
+watches it: then the publisher builds one DataValue and calls the datachange callbacks that
+asyncua registered for the node's monitored items. Why not store a DataValue per change:
+at city scale that is two long-lived Python objects per tag, replaced thousands of times a
+second, and the cyclic collector's full passes over them stalled the event loop ~100 ms
+every few seconds (2,000 cabinets: polls started late). It bypasses asyncua's
+``write_attribute_value`` because that path nulls the value of a Bad status, and the tag
+database's rule is the SCADA one: a Bad_CommunicationError keeps the last value.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import structlog
@@ -43,15 +49,66 @@ class PublishedValue(ua.DataValue):
         return self
 
 
-class Publisher:
-    """Feeds the OPC UA address space from a TagDB consumer queue."""
+_Double, _Int32, _Boolean, _String = (ua.VariantType.Double, ua.VariantType.Int32, ua.VariantType.Boolean,
+                                      ua.VariantType.String)
 
-    def __init__(self, tagdb: TagDB, value_attrs: list[AttributeValue], vtypes: list[ua.VariantType]) -> None:
+
+def variant(vt: ua.VariantType, v: float, text: str | None) -> ua.Variant:
+    """A tag's value as the Variant of its type (NaN: no value yet, a Null variant)."""
+    if vt is _String:
+        return ua.Variant(text, vt) if text is not None else ua.Variant(None, ua.VariantType.Null)
+    if v != v:
+        return ua.Variant(None, ua.VariantType.Null)
+    if vt is _Double:
+        return ua.Variant(v, _Double)
+    if vt is _Int32:
+        return ua.Variant(int(v), _Int32)
+    if vt is _Boolean:
+        return ua.Variant(bool(v), _Boolean)
+    return ua.Variant(None, ua.VariantType.Null)
+
+
+class TagValue(AttributeValue):
+    """The Value attribute of a tag's node: read from the tag database, never stored.
+
+    asyncua reads ``attr.value`` (AddressSpace.read_attribute_value) for a Read and for a
+    new monitored item's first value; this property answers with the row as it is now.
+    Unbound (before the publisher exists) it reads as BadWaitingForInitialData.
+    """
+
+    def __init__(self) -> None:  # not AttributeValue's: there is no value to hold
+        self.value_callback = None
+        self.value_setter = None
+        self.datachange_callbacks: dict[int, Any] = {}
+        self.source: Publisher | None = None
+        self.tag = -1
+
+    @property
+    def value(self) -> ua.DataValue:
+        if self.source is None:
+            return ua.DataValue(ua.Variant(None, ua.VariantType.Null),
+                                StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+        return self.source.current(self.tag)
+
+    @value.setter
+    def value(self, dv: ua.DataValue) -> None:
+        # Tag variables are CurrentRead only: asyncua refuses a client's write before this.
+        # A write here would be a bug (it would vanish at the next read), so say so.
+        raise AttributeError("a tag's Value attribute is the tag database's: write through a driver")
+
+
+class Publisher:
+    """Notifies the OPC UA subscriptions of changed tags from a TagDB consumer queue."""
+
+    def __init__(self, tagdb: TagDB, value_attrs: list[TagValue], vtypes: list[ua.VariantType]) -> None:
         self.tagdb = tagdb
         self.value_attrs = value_attrs
         self.vtypes = vtypes
+        for tag, attr in enumerate(value_attrs):
+            attr.source, attr.tag = self, tag
         self.consumer: Consumer = tagdb.subscribe("opcua", maxsize=1024)
-        self.published = 0
+        self.published = 0  # rows taken from the queue
+        self.notified = 0  # rows some client watched: a DataValue built and sent
         self.resyncs = 0
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
@@ -62,45 +119,42 @@ class Publisher:
             sc = self._status_cache[code] = ua.StatusCode(code)
         return sc
 
+    def current(self, tag: int) -> PublishedValue:
+        """The tag's row in the tag database, now, as a DataValue."""
+        db = self.tagdb
+        return PublishedValue(variant(self.vtypes[tag], float(db.value[tag]), db.text.get(tag)),
+                              StatusCode=self._status(int(db.status[tag])),
+                              SourceTimestamp=_EPOCH + timedelta(microseconds=int(db.source_time[tag]) // 1000),
+                              ServerTimestamp=_EPOCH + timedelta(microseconds=int(db.server_time[tag]) // 1000))
+
     async def apply(self, batch: ChangeBatch) -> None:
-        """Publish one batch: update each changed node and notify its monitored items."""
+        """Publish one batch: notify the monitored items of each changed node that has some."""
+        attrs = self.value_attrs
         ids = batch.ids.tolist()
-        values = batch.values.tolist()
-        statuses = batch.status.tolist()
-        sources = _times(batch.source_time)
+        # Most rows have no watcher: find the watched ones first (a dict's truth per row).
+        watched = [k for k, tag in enumerate(ids) if attrs[tag].datachange_callbacks]
+        self.published += len(ids)
+        if not watched:
+            return
+        values, statuses, texts = batch.values, batch.status, batch.texts
+        sources = _times(batch.source_time[watched])
         server = _EPOCH + timedelta(microseconds=batch.server_time // 1000)
-        texts = batch.texts
-        attrs, vtypes, Double, Int32, Boolean = self.value_attrs, self.vtypes, ua.VariantType.Double, ua.VariantType.Int32, ua.VariantType.Boolean
-        for k, tag in enumerate(ids):
-            if k and k % YIELD_EVERY == 0:
-                # A city-wide batch (a snapshot of 400k tags) must not freeze the event loop:
+        vtypes = self.vtypes
+        for n, k in enumerate(watched):
+            if n and n % YIELD_EVERY == 0:
+                # A city-wide batch watched by an HMI must not freeze the event loop:
                 # drivers' timeouts and OPC UA sessions' keep-alives run on the same loop.
                 await asyncio.sleep(0)
-            vt = vtypes[tag]
-            v = values[k]
-            if texts is not None and vt == ua.VariantType.String:
-                variant = ua.Variant(texts[k], vt)
-            elif v != v:  # NaN: no value yet
-                variant = ua.Variant(None, ua.VariantType.Null)
-            elif vt is Double:
-                variant = ua.Variant(v, Double)
-            elif vt is Int32:
-                variant = ua.Variant(int(v), Int32)
-            elif vt is Boolean:
-                variant = ua.Variant(bool(v), Boolean)
-            else:
-                variant = ua.Variant(None, ua.VariantType.Null)
-            dv = PublishedValue(variant, StatusCode=self._status(statuses[k]),
-                              SourceTimestamp=sources[k], ServerTimestamp=server)
-            attr = attrs[tag]
-            attr.value = dv
-            if attr.datachange_callbacks:
-                for handle, callback in list(attr.datachange_callbacks.items()):
-                    try:
-                        await callback(handle, dv)
-                    except Exception:  # one client's failure must not stop the publisher
-                        log.exception("datachange_callback_failed", tag=self.tagdb.names[tag])
-        self.published += len(ids)
+            tag = ids[k]
+            dv = PublishedValue(variant(vtypes[tag], float(values[k]), texts[k] if texts is not None else None),
+                                StatusCode=self._status(int(statuses[k])), SourceTimestamp=sources[n],
+                                ServerTimestamp=server)
+            for handle, callback in list(attrs[tag].datachange_callbacks.items()):
+                try:
+                    await callback(handle, dv)
+                except Exception:  # one client's failure must not stop the publisher
+                    log.exception("datachange_callback_failed", tag=self.tagdb.names[tag])
+        self.notified += len(watched)
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""

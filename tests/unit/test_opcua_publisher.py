@@ -1,0 +1,70 @@
+"""The OPC UA publisher and the tags' Value attributes (TagValue): reads come from the tag
+database as it is now; only watched rows cost a DataValue and a notification."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from asyncua import ua
+
+from scada import status as st
+from scada.opcua.publisher import Publisher, TagValue
+from scada.tagdb import ANALOG, DISCRETE, TEXT, TagDB
+
+VTYPES = [ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.String, ua.VariantType.Int32]
+
+
+def setup():
+    tagdb = TagDB(["a/power", "a/lamps_on", "a/last_error", "a/mode"], [ANALOG, DISCRETE, TEXT, ANALOG])
+    attrs = [TagValue() for _ in VTYPES]
+    return tagdb, attrs, Publisher(tagdb, attrs, VTYPES)
+
+
+def test_unbound_value_reads_as_waiting_for_initial_data():
+    dv = TagValue().value
+    assert dv.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
+    assert dv.Value.Value is None
+
+
+def test_a_read_is_the_tag_database_row_now():
+    tagdb, attrs, _ = setup()
+    dv = attrs[0].value
+    assert dv.Value.VariantType == ua.VariantType.Null  # no value yet
+    assert dv.StatusCode.value == st.BAD_NO_COMMUNICATION
+    tagdb.update(np.array([0, 1, 3]), np.array([12.5, 1.0, 3.0]), st.GOOD, 1_700_000_000_123_456_000)
+    tagdb.update_text([2], ["no answer"], st.GOOD)
+    power, lamps, error, mode = (a.value for a in attrs)
+    assert (power.Value.Value, power.Value.VariantType) == (12.5, ua.VariantType.Double)
+    assert (lamps.Value.Value, lamps.Value.VariantType) == (True, ua.VariantType.Boolean)
+    assert (mode.Value.Value, mode.Value.VariantType) == (3, ua.VariantType.Int32)
+    assert error.Value.Value == "no answer"
+    assert power.StatusCode.is_good()
+    assert power.SourceTimestamp.timestamp() == pytest.approx(1_700_000_000.123456)
+    # Link loss: Bad_CommunicationError with the last value kept (the SCADA rule).
+    tagdb.set_status(np.array([0]), st.BAD_COMMUNICATION_ERROR)
+    dv = attrs[0].value
+    assert dv.StatusCode.value == st.BAD_COMMUNICATION_ERROR and dv.Value.Value == 12.5
+
+
+def test_the_value_cannot_be_overwritten_behind_the_tag_database():
+    _, attrs, _ = setup()
+    with pytest.raises(AttributeError, match="tag database"):
+        attrs[0].value = ua.DataValue(ua.Variant(1.0))
+
+
+def test_only_watched_rows_are_notified_with_the_batch_values():
+    tagdb, attrs, pub = setup()
+    seen = []
+
+    async def callback(handle, dv):
+        seen.append((handle, dv))
+
+    attrs[3].datachange_callbacks[7] = callback
+    first = tagdb.update(np.array([0, 3]), np.array([1.0, 2.0]), st.GOOD, 5_000)
+    tagdb.update(np.array([3]), np.array([4.0]), st.GOOD, 6_000)  # the tag moves on before the publisher runs
+    asyncio.run(pub.apply(first))
+    assert pub.published == 2 and pub.notified == 1
+    [(handle, dv)] = seen
+    assert handle == 7
+    assert dv.Value.Value == 2 and dv.StatusCode.is_good()  # the batch's value, in order, not the latest
+    assert attrs[3].value.Value.Value == 4  # while a read gives the latest
