@@ -5,7 +5,8 @@
 One process serves ``--devices`` lighting cabinets (our simulator: pymodbus servers, one
 port per cabinet). Another process loads them flat out, one connection per cabinet, one
 request outstanding per connection, and measures the requests answered and its own CPU
-time (user + system). Three clients, each in a fresh process, in alternating order:
+time (user + system). Three clients, each on both event loops (asyncio's own and uvloop, the
+server's default: ``scada/eventloop.py``), each in a fresh process, in alternating order:
 
 * ``pymodbus``: ``AsyncModbusTcpClient.read_input_registers`` in a loop (the library baseline,
   what the driver used before);
@@ -13,10 +14,13 @@ time (user + system). Three clients, each in a fresh process, in alternating ord
 * ``driver``: the whole ``ModbusDriver`` poll path (4 requests per cabinet poll, decode,
   coalesced TagDB batches, diagnostics), poll interval 1 ms so that it polls flat out.
 
+The baseline is pymodbus on asyncio's loop, the library as shipped; pymodbus on uvloop is
+printed too, so that the loop's share and the client's share of the gain can be told apart.
+
 Two servers, each in its own process: the lighting simulator (pymodbus servers: realistic,
 but its one core caps the rate, and a client that waits on a slow server pays an event-loop
 wake-up per request), and a lean responder (fixed registers, a few lines of asyncio) fast
-enough that the clients set the pace. The figure that compares clients is **requests per
+enough that the clients set the pace. Both servers run on uvloop. The figure that compares clients is **requests per
 client CPU-second**: what one core of the supervision server can poll. Issue 4's target: at
 least 20,000 requests/s of capacity.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_city import PY, ROOT, wait_port  # noqa: E402
+from scada import eventloop  # noqa: E402
 from tests.integration.helpers import free_port_range  # noqa: E402
 
 SERVE = """
@@ -44,7 +49,8 @@ async def main(port, n):
     sim = LightingModbusSimulator(st, "127.0.0.1", port, 1)
     await sim.start()
     await asyncio.Event().wait()
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+from scada import eventloop
+eventloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
 # A lean responder: answers every read with fixed registers, no model, no pymodbus. It serves
@@ -74,7 +80,8 @@ async def main(port, n):
     for k in range(n):
         await loop.create_server(Responder, "127.0.0.1", port + k)
     await asyncio.Event().wait()
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+from scada import eventloop
+eventloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
 CLIENT = """
@@ -153,7 +160,8 @@ async def main(mode, port, n, seconds, folder):
         r = await driver_client(port, n, seconds, folder)
     print(json.dumps({"requests": r[0], "wall": r[1], "cpu": r[2]}))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]))
+from scada import eventloop
+eventloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]), sys.argv[6])
 """
 
 
@@ -168,7 +176,8 @@ def write_driver_config(folder: Path, port: int, n: int) -> None:
 
 
 def run_client(mode: str, port: int, n: int, seconds: float, folder: Path) -> dict:
-    out = subprocess.run([PY, "-c", CLIENT, mode, str(port), str(n), str(seconds), str(folder)], cwd=ROOT,
+    client, loop = mode.split("/")
+    out = subprocess.run([PY, "-c", CLIENT, client, str(port), str(n), str(seconds), str(folder), loop], cwd=ROOT,
                          capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode:
         raise RuntimeError(f"{mode} client failed:\n{out.stderr[-3000:]}")
@@ -177,7 +186,8 @@ def run_client(mode: str, port: int, n: int, seconds: float, folder: Path) -> di
 
 def measure(server_code: str, args, port: int, folder: Path) -> dict[str, list[dict]]:
     server = subprocess.Popen([PY, "-c", server_code, str(port), str(args.devices)], cwd=ROOT)
-    results: dict[str, list[dict]] = {"pymodbus": [], "link": [], "driver": []}
+    results: dict[str, list[dict]] = {f"{c}/{loop}": [] for loop in eventloop.LOOPS[::-1]
+                                      for c in ("pymodbus", "link", "driver")}
     try:
         for k in range(args.devices):
             wait_port(port + k, 60)
@@ -195,17 +205,19 @@ def report(title: str, results: dict[str, list[dict]]) -> float:
     def med(mode: str, f) -> float:
         return statistics.median(f(x) for x in results[mode])
 
-    base = med("pymodbus", lambda x: x["requests"] / x["cpu"])
+    base = med("pymodbus/asyncio", lambda x: x["requests"] / x["cpu"])
     print(f"\n{title}")
-    print(f"  {'client':<34} {'req/s answered':>15} {'client CPU':>11} {'req per CPU-s':>14} {'vs pymodbus':>12}")
+    print(f"  {'client':<34} {'event loop':<10} {'req/s answered':>15} {'client CPU':>11} {'req per CPU-s':>14} "
+          f"{'vs pymodbus on asyncio':>23}")
     names = {"pymodbus": "pymodbus AsyncModbusTcpClient", "link": "ours: Connection + frames",
              "driver": "ours: whole ModbusDriver poll path"}
     for mode in results:
         rate = med(mode, lambda x: x["requests"] / x["wall"])
         cores = med(mode, lambda x: x["cpu"] / x["wall"])
         per_cpu = med(mode, lambda x: x["requests"] / x["cpu"])
-        print(f"  {names[mode]:<34} {rate:>15,.0f} {cores:>10.2f}c {per_cpu:>14,.0f} {per_cpu / base:>11.2f}x")
-    return med("driver", lambda x: x["requests"] / x["cpu"])
+        client, loop = mode.split("/")
+        print(f"  {names[client]:<34} {loop:<10} {rate:>15,.0f} {cores:>10.2f}c {per_cpu:>14,.0f} {per_cpu / base:>22.2f}x")
+    return med(f"driver/{eventloop.DEFAULT}", lambda x: x["requests"] / x["cpu"])
 
 
 def main() -> int:
@@ -222,7 +234,8 @@ def main() -> int:
     head = f"{args.devices} cabinets, one connection each, flat out for {args.seconds:.0f} s; medians of {args.repeats} runs"
     report(f"Modbus client against the lighting simulator (pymodbus servers, own process): {head}", sim)
     drv = report(f"Modbus client against a lean responder (fixed registers, own process): {head}", fast)
-    print(f"\n  capacity of the driver path (lean responder): {drv:,.0f} requests per CPU-second; "
+    print(f"\n  capacity of the driver path on {eventloop.DEFAULT}, the server's default loop (lean responder): "
+          f"{drv:,.0f} requests per CPU-second; "
           f"target >= 20,000: {'met' if drv >= 20000 else 'MISSED'}")
     print(f"  CPU per 1,000 lighting cabinets polled at 1 s (4 requests each): {4000 / drv:.2f} cores")
     return 0
