@@ -129,6 +129,7 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
         log = server.output()
         assert '"event": "opcua_server_started"' in log
         assert '"event": "status"' in log
+        assert '"loop_lag_ms"' in log and '"missed_cycles"' in log  # the polling health of the status line
         assert '"device": "LC-T-000"' in log  # structured keys, not text in the message
     finally:
         sim.stop()
