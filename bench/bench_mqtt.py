@@ -214,7 +214,8 @@ async def main():
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     print(drv.received, t1 - (t0 or t1), c1 - (c0 or c1), db.updates, drv.garbage, drv.dropped)
-asyncio.run(main())
+from scada import eventloop
+eventloop.run(main(), sys.argv[7])
 """
 
 MODES = {"paho": "paho thread, counting (baseline)", "aio": "paho event loop, counting",
@@ -255,7 +256,8 @@ def cpu_seconds(pid: int) -> float:
 
 def run(mode: str, port: int, folder: Path, args, broker_pid: int) -> dict:
     broker_cpu = cpu_seconds(broker_pid)
-    rx = subprocess.Popen([PY, "-c", RECEIVER, mode, str(port), str(args.messages), "60", str(ROOT), str(folder)],
+    rx = subprocess.Popen([PY, "-c", RECEIVER, mode, str(port), str(args.messages), "60", str(ROOT), str(folder),
+                           args.event_loop],
                           stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert rx.stdout.readline().strip() == "ready", f"{mode} receiver did not subscribe"
     per = args.messages // args.publishers
@@ -366,6 +368,8 @@ def main() -> int:
     ap.add_argument("--publishers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--publisher", choices=["raw", "paho"], default="raw")
+    ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                    help="the receivers' event loop (default: the server's, uvloop)")
     args = ap.parse_args()
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
@@ -406,7 +410,8 @@ def main() -> int:
                                  for r, b in zip(results[mode], results[against]))
 
     print(f"\nMQTT ingest, {args.messages:,} JSON messages (QoS 0, {args.publisher} publishers x {args.publishers}) "
-          f"for {args.devices:,} bollards through Mosquitto; medians of {args.repeats}, order alternating")
+          f"for {args.devices:,} bollards through Mosquitto; medians of {args.repeats}, order alternating; "
+          f"receivers on {args.event_loop}")
     offered = statistics.median(r["offered"] for rs in results.values() for r in rs)
     per_msg = statistics.median(r["broker_cpu"] / args.messages for rs in results.values() for r in rs) * 1e6
     print(f"  publishers' send rate (taken by Mosquitto) {offered:>10,.0f} msg/s   Mosquitto CPU {per_msg:.1f} us/msg")
