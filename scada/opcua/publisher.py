@@ -1,15 +1,20 @@
 """Change batches from the tag database -> subscriptions of the OPC UA server.
 
 The hot path of the OPC UA side. A tag's Value attribute is a :class:`TagValue`: it holds no
-DataValue but builds one from the tag database's current row whenever asyncua reads it (a
-Read, a new monitored item's first value). So a changed row costs nothing unless a client
-watches it: then the publisher builds one DataValue and calls the datachange callbacks that
-asyncua registered for the node's monitored items. Why not store a DataValue per change:
-at city scale that is two long-lived Python objects per tag, replaced thousands of times a
-second, and the cyclic collector's full passes over them stalled the event loop ~100 ms
-every few seconds (2,000 cabinets: polls started late). It bypasses asyncua's
-``write_attribute_value`` because that path nulls the value of a Bad status, and the tag
-database's rule is the SCADA one: a Bad_CommunicationError keeps the last value.
+DataValue but builds one, whenever asyncua reads it (a Read, a new monitored item's first
+value), from the publisher's columns: each tag's value, status and timestamps as of the last
+batch published, written with one numpy assignment per batch. So a changed row costs
+nothing unless a client watches it: then the publisher builds one DataValue and calls the
+datachange callbacks that asyncua registered for the node's monitored items. Why not store
+a DataValue per change: at city scale that is two long-lived Python objects per tag,
+replaced thousands of times a second, and the cyclic collector's full passes over them
+stalled the event loop ~100 ms every few seconds (2,000 cabinets: polls started late).
+Why the published columns and not the tag database's own: a new subscriber's first value
+must not be newer than the batches still queued for it, or its values would go back in
+time; and a row's SourceTimestamp is the time of its last change (Part 4), where the tag
+database stamps every report. The publisher bypasses asyncua's ``write_attribute_value``
+because that path nulls the value of a Bad status, and the tag database's rule is the
+SCADA one: a Bad_CommunicationError keeps the last value.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = structlog.get_logger("scada.opcua")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 YIELD_EVERY = 2000  # rows published between two yields to the event loop (~10-20 ms of work)
+SCAN_SLICE = 50_000  # rows checked for watchers between two yields (~3 ms)
 
 
 def _times(ns: np.ndarray) -> list[datetime]:
@@ -69,10 +75,10 @@ def variant(vt: ua.VariantType, v: float, text: str | None) -> ua.Variant:
 
 
 class TagValue(AttributeValue):
-    """The Value attribute of a tag's node: read from the tag database, never stored.
+    """The Value attribute of a tag's node: built from the publisher's columns when read.
 
     asyncua reads ``attr.value`` (AddressSpace.read_attribute_value) for a Read and for a
-    new monitored item's first value; this property answers with the row as it is now.
+    new monitored item's first value; this property answers with the tag as last published.
     Unbound (before the publisher exists) it reads as BadWaitingForInitialData.
     """
 
@@ -92,8 +98,9 @@ class TagValue(AttributeValue):
 
     @value.setter
     def value(self, dv: ua.DataValue) -> None:
-        # Tag variables are CurrentRead only: asyncua refuses a client's write before this.
-        # A write here would be a bug (it would vanish at the next read), so say so.
+        # Tag variables are CurrentRead only, and HmiServer turns asyncua's remote admin off
+        # (an admin's Write skips the AccessLevel check): no client write reaches this. A
+        # write here would be a bug (it would vanish at the next read), so say so.
         raise AttributeError("a tag's Value attribute is the tag database's: write through a driver")
 
 
@@ -106,6 +113,14 @@ class Publisher:
         self.vtypes = vtypes
         for tag, attr in enumerate(value_attrs):
             attr.source, attr.tag = self, tag
+        # Each tag as of the last batch published (what TagValue reads).
+        n = len(value_attrs)
+        self._value = np.full(n, np.nan)
+        self._status_col = np.full(n, ua.StatusCodes.BadWaitingForInitialData, np.uint32)
+        self._source_ns = np.zeros(n, np.int64)
+        self._server_ns = np.zeros(n, np.int64)
+        self._text: dict[int, str | None] = {}
+        self._is_text = np.array([vt == ua.VariantType.String for vt in vtypes], bool)
         self.consumer: Consumer = tagdb.subscribe("opcua", maxsize=1024)
         self.published = 0  # rows taken from the queue
         self.notified = 0  # rows some client watched: a DataValue built and sent
@@ -120,19 +135,36 @@ class Publisher:
         return sc
 
     def current(self, tag: int) -> PublishedValue:
-        """The tag's row in the tag database, now, as a DataValue."""
-        db = self.tagdb
-        return PublishedValue(variant(self.vtypes[tag], float(db.value[tag]), db.text.get(tag)),
-                              StatusCode=self._status(int(db.status[tag])),
-                              SourceTimestamp=_EPOCH + timedelta(microseconds=int(db.source_time[tag]) // 1000),
-                              ServerTimestamp=_EPOCH + timedelta(microseconds=int(db.server_time[tag]) // 1000))
+        """The tag as last published, as a DataValue (no timestamps before its first batch)."""
+        src, srv = int(self._source_ns[tag]), int(self._server_ns[tag])
+        return PublishedValue(variant(self.vtypes[tag], float(self._value[tag]), self._text.get(tag)),
+                              StatusCode=self._status(int(self._status_col[tag])),
+                              SourceTimestamp=_EPOCH + timedelta(microseconds=src // 1000) if src else None,
+                              ServerTimestamp=_EPOCH + timedelta(microseconds=srv // 1000) if srv else None)
+
+    def _record(self, batch: ChangeBatch) -> None:
+        """The batch becomes what a Read or a new monitored item sees."""
+        ids = batch.ids
+        self._value[ids] = batch.values
+        self._status_col[ids] = batch.status
+        self._source_ns[ids] = batch.source_time
+        self._server_ns[ids] = batch.server_time
+        if batch.texts is not None:
+            for k in np.flatnonzero(self._is_text[ids]).tolist():
+                self._text[int(ids[k])] = batch.texts[k]
 
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: notify the monitored items of each changed node that has some."""
         attrs = self.value_attrs
+        self._record(batch)
         ids = batch.ids.tolist()
-        # Most rows have no watcher: find the watched ones first (a dict's truth per row).
-        watched = [k for k, tag in enumerate(ids) if attrs[tag].datachange_callbacks]
+        # Most rows have no watcher: find the watched ones first (a dict's truth per row),
+        # yielding between slices of a city-wide batch (a snapshot: 400k rows).
+        watched: list[int] = []
+        for lo in range(0, len(ids), SCAN_SLICE):
+            if lo:
+                await asyncio.sleep(0)
+            watched += [k for k in range(lo, min(lo + SCAN_SLICE, len(ids))) if attrs[ids[k]].datachange_callbacks]
         self.published += len(ids)
         if not watched:
             return

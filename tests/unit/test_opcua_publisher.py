@@ -1,5 +1,6 @@
-"""The OPC UA publisher and the tags' Value attributes (TagValue): reads come from the tag
-database as it is now; only watched rows cost a DataValue and a notification."""
+"""The OPC UA publisher and the tags' Value attributes (TagValue): reads give each tag as last
+published (never newer than what subscribers are still to be sent); only watched rows cost
+a DataValue and a notification."""
 
 import asyncio
 
@@ -26,13 +27,19 @@ def test_unbound_value_reads_as_waiting_for_initial_data():
     assert dv.Value.Value is None
 
 
-def test_a_read_is_the_tag_database_row_now():
-    tagdb, attrs, _ = setup()
+def test_a_read_is_the_tag_as_last_published():
+    tagdb, attrs, pub = setup()
+    dv = attrs[0].value
+    assert dv.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData  # nothing published yet
+    asyncio.run(pub.apply(tagdb.snapshot()))  # what Publisher.run does first
     dv = attrs[0].value
     assert dv.Value.VariantType == ua.VariantType.Null  # no value yet
     assert dv.StatusCode.value == st.BAD_NO_COMMUNICATION
-    tagdb.update(np.array([0, 1, 3]), np.array([12.5, 1.0, 3.0]), st.GOOD, 1_700_000_000_123_456_000)
-    tagdb.update_text([2], ["no answer"], st.GOOD)
+    batches = [tagdb.update(np.array([0, 1, 3]), np.array([12.5, 1.0, 3.0]), st.GOOD, 1_700_000_000_123_456_000),
+               tagdb.update_text([2], ["no answer"], st.GOOD)]
+    assert attrs[0].value.StatusCode.value == st.BAD_NO_COMMUNICATION  # not published yet
+    for b in batches:
+        asyncio.run(pub.apply(b))
     power, lamps, error, mode = (a.value for a in attrs)
     assert (power.Value.Value, power.Value.VariantType) == (12.5, ua.VariantType.Double)
     assert (lamps.Value.Value, lamps.Value.VariantType) == (True, ua.VariantType.Boolean)
@@ -40,8 +47,11 @@ def test_a_read_is_the_tag_database_row_now():
     assert error.Value.Value == "no answer"
     assert power.StatusCode.is_good()
     assert power.SourceTimestamp.timestamp() == pytest.approx(1_700_000_000.123456)
+    # Reported again unchanged: no batch, the source timestamp stays the last change's (Part 4).
+    assert tagdb.update(np.array([0]), np.array([12.5]), st.GOOD, 1_700_000_100_000_000_000) is None
+    assert attrs[0].value.SourceTimestamp.timestamp() == pytest.approx(1_700_000_000.123456)
     # Link loss: Bad_CommunicationError with the last value kept (the SCADA rule).
-    tagdb.set_status(np.array([0]), st.BAD_COMMUNICATION_ERROR)
+    asyncio.run(pub.apply(tagdb.set_status(np.array([0]), st.BAD_COMMUNICATION_ERROR)))
     dv = attrs[0].value
     assert dv.StatusCode.value == st.BAD_COMMUNICATION_ERROR and dv.Value.Value == 12.5
 
@@ -67,4 +77,6 @@ def test_only_watched_rows_are_notified_with_the_batch_values():
     [(handle, dv)] = seen
     assert handle == 7
     assert dv.Value.Value == 2 and dv.StatusCode.is_good()  # the batch's value, in order, not the latest
-    assert attrs[3].value.Value.Value == 4  # while a read gives the latest
+    # A client subscribing now gets 2 as its first value (as published), then the queued 4:
+    # its values never go back in time.
+    assert attrs[3].value.Value.Value == 2
