@@ -42,6 +42,9 @@ class HmiServer:
         self.server.set_server_name(self.name)
         # Security policies and user roles are the security issue's; until then, no security.
         self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        # asyncua makes any session logging in as "admin" (any password) an administrator, whose
+        # Writes skip the AccessLevel check: no remote administrator until roles exist.
+        self.server.allow_remote_admin(False)
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
         builder = AddressSpaceBuilder(self.server, self.ns)
         values = builder.build(self.config)

@@ -525,3 +525,27 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
     finally:
         sim.stop()
         server.stop()
+
+
+# -- Value attribute: reads and refused writes ---------------------------------------------------
+
+async def test_tag_values_read_as_published_and_no_client_can_write_them(cab: Cabinets) -> None:
+    """A tag's Value is the tag database's as published; a Write is refused, even from a session
+    that logs in as "admin" (asyncua's default would make it an administrator, skipping the
+    AccessLevel check)."""
+    tag = cab.tag("power")
+    cab.tagdb.update(np.array([tag]), np.array([7.25]), st.GOOD)
+    for user in (None, "admin"):
+        client = Client(cab.url, timeout=10)
+        if user:
+            client.set_user(user)
+            client.set_password("anything")
+        async with client:
+            node = client.get_node(cab.node("power"))
+            dv = await until_read(lambda: node.read_data_value(raise_on_bad_status=False),
+                                  lambda d: d.Value.Value == 7.25, 5, "the published value")
+            assert dv.StatusCode.is_good() and dv.SourceTimestamp is not None
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await node.write_value(ua.DataValue(ua.Variant(99.0, ua.VariantType.Double)))
+            assert refused.value.code == ua.StatusCodes.BadUserAccessDenied, user
+            assert (await node.read_value()) == 7.25
