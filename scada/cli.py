@@ -80,6 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the OPC UA port is taken, the address does not exist...
         print(f"cannot start the OPC UA server on {args.opcua_endpoint}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except eventloop.EventLoopError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

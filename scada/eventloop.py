@@ -4,7 +4,9 @@ uvloop (libuv under asyncio's API) is the default: a Modbus request costs about 
 it costs on the standard loop (bench/bench_modbus_client.py measures both), and the server
 spends most of its time in socket round trips. ``--event-loop asyncio`` runs the standard
 loop: the fallback if uvloop misbehaves on some platform, and the baseline of the benches.
-The code is loop-agnostic (only standard asyncio APIs); the tests run on both.
+The code is loop-agnostic (only standard asyncio APIs). The in-process tests run on asyncio's
+loop (pytest-asyncio), the tests that start ``scada run`` or the simulators as processes on
+uvloop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 LOOPS = ("uvloop", "asyncio")
+
+
+class EventLoopError(ValueError):
+    """An unknown event loop, or uvloop asked for and not installed."""
+
 DEFAULT = "uvloop"
 
 
@@ -23,12 +30,12 @@ def run(main: Coroutine[Any, Any, Any], loop: str = DEFAULT) -> Any:
         return asyncio.run(main)
     if loop != "uvloop":
         main.close()
-        raise ValueError(f"unknown event loop {loop!r}: choose one of {', '.join(LOOPS)}")
+        raise EventLoopError(f"unknown event loop {loop!r}: choose one of {', '.join(LOOPS)}")
     try:
         import uvloop
     except ImportError:
         main.close()
-        raise ValueError("event loop 'uvloop' is not installed (pip install uvloop), "
+        raise EventLoopError("event loop 'uvloop' is not installed (pip install uvloop), "
                          "or run with --event-loop asyncio") from None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
