@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import numpy as np
 import structlog
@@ -34,7 +33,6 @@ log = structlog.get_logger("scada.opcua")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 YIELD_EVERY = 2000  # rows published between two yields to the event loop (~10-20 ms of work)
-SCAN_SLICE = 50_000  # rows checked for watchers between two yields (~3 ms)
 
 
 def _times(ns: np.ndarray) -> list[datetime]:
@@ -74,6 +72,55 @@ def variant(vt: ua.VariantType, v: float, text: str | None) -> ua.Variant:
     return ua.Variant(None, ua.VariantType.Null)
 
 
+class Watchers(dict):
+    """A tag's monitored-item callbacks (asyncua's ``datachange_callbacks``), kept in step with
+    the publisher's ``watched`` mask so that a batch finds its watched rows with one numpy
+    gather, not a Python test per row. asyncua adds with ``[handle] = cb`` and removes with
+    ``pop(handle)`` (AddressSpace.add/delete_datachange_callback)."""
+
+    __slots__ = ("mask", "tag")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: np.ndarray | None = None
+        self.tag = -1
+
+    def _mark(self) -> None:
+        if self.mask is not None:
+            self.mask[self.tag] = bool(self)
+
+    def __setitem__(self, handle, callback) -> None:
+        super().__setitem__(handle, callback)
+        self._mark()
+
+    def __delitem__(self, handle) -> None:
+        super().__delitem__(handle)
+        self._mark()
+
+    def pop(self, handle, *default):
+        out = super().pop(handle, *default)
+        self._mark()
+        return out
+
+    def clear(self) -> None:
+        super().clear()
+        self._mark()
+
+    def update(self, *args, **kwargs) -> None:
+        super().update(*args, **kwargs)
+        self._mark()
+
+    def setdefault(self, handle, default=None):
+        out = super().setdefault(handle, default)
+        self._mark()
+        return out
+
+    def popitem(self):
+        out = super().popitem()
+        self._mark()
+        return out
+
+
 class TagValue(AttributeValue):
     """The Value attribute of a tag's node: built from the publisher's columns when read.
 
@@ -85,7 +132,7 @@ class TagValue(AttributeValue):
     def __init__(self) -> None:  # not AttributeValue's: there is no value to hold
         self.value_callback = None
         self.value_setter = None
-        self.datachange_callbacks: dict[int, Any] = {}
+        self.datachange_callbacks = Watchers()
         self.source: Publisher | None = None
         self.tag = -1
 
@@ -111,10 +158,13 @@ class Publisher:
         self.tagdb = tagdb
         self.value_attrs = value_attrs
         self.vtypes = vtypes
+        n = len(value_attrs)
+        self.watched = np.zeros(n, bool)  # tags with at least one monitored item
         for tag, attr in enumerate(value_attrs):
             attr.source, attr.tag = self, tag
+            attr.datachange_callbacks.mask, attr.datachange_callbacks.tag = self.watched, tag
+            attr.datachange_callbacks._mark()
         # Each tag as of the last batch published (what TagValue reads).
-        n = len(value_attrs)
         self._value = np.full(n, np.nan)
         self._status_col = np.full(n, ua.StatusCodes.BadWaitingForInitialData, np.uint32)
         self._source_ns = np.zeros(n, np.int64)
@@ -157,29 +207,25 @@ class Publisher:
         """Publish one batch: notify the monitored items of each changed node that has some."""
         attrs = self.value_attrs
         self._record(batch)
-        ids = batch.ids.tolist()
-        # Most rows have no watcher: find the watched ones first (a dict's truth per row),
-        # yielding between slices of a city-wide batch (a snapshot: 400k rows).
-        watched: list[int] = []
-        for lo in range(0, len(ids), SCAN_SLICE):
-            if lo:
-                await asyncio.sleep(0)
-            watched += [k for k in range(lo, min(lo + SCAN_SLICE, len(ids))) if attrs[ids[k]].datachange_callbacks]
-        self.published += len(ids)
-        if not watched:
+        self.published += len(batch.ids)
+        # Most rows have no watcher: the watched ones, by the mask the Watchers keep.
+        watched = np.flatnonzero(self.watched[batch.ids])
+        if not len(watched):
             return
-        values, statuses, texts = batch.values, batch.status, batch.texts
+        tags = batch.ids[watched].tolist()
+        values = batch.values[watched].tolist()
+        statuses = batch.status[watched].tolist()
+        texts = [batch.texts[k] for k in watched.tolist()] if batch.texts is not None else None
         sources = _times(batch.source_time[watched])
         server = _EPOCH + timedelta(microseconds=batch.server_time // 1000)
         vtypes = self.vtypes
-        for n, k in enumerate(watched):
+        for n, tag in enumerate(tags):
             if n and n % YIELD_EVERY == 0:
                 # A city-wide batch watched by an HMI must not freeze the event loop:
                 # drivers' timeouts and OPC UA sessions' keep-alives run on the same loop.
                 await asyncio.sleep(0)
-            tag = ids[k]
-            dv = PublishedValue(variant(vtypes[tag], float(values[k]), texts[k] if texts is not None else None),
-                                StatusCode=self._status(int(statuses[k])), SourceTimestamp=sources[n],
+            dv = PublishedValue(variant(vtypes[tag], values[n], texts[n] if texts is not None else None),
+                                StatusCode=self._status(statuses[n]), SourceTimestamp=sources[n],
                                 ServerTimestamp=server)
             for handle, callback in list(attrs[tag].datachange_callbacks.items()):
                 try:

@@ -80,3 +80,23 @@ def test_only_watched_rows_are_notified_with_the_batch_values():
     # A client subscribing now gets 2 as its first value (as published), then the queued 4:
     # its values never go back in time.
     assert attrs[3].value.Value.Value == 2
+
+
+def test_the_watched_mask_follows_asyncua_adding_and_removing_callbacks():
+    tagdb, attrs, pub = setup()
+    seen = []
+
+    async def callback(handle, dv):
+        seen.append(dv.Value.Value)
+
+    attrs[0].datachange_callbacks[1] = callback  # as AddressSpace.add_datachange_callback does
+    attrs[0].datachange_callbacks[2] = callback
+    assert pub.watched.tolist() == [True, False, False, False]
+    asyncio.run(pub.apply(tagdb.update(np.array([0, 1]), np.array([5.0, 1.0]))))
+    assert seen == [5.0, 5.0]
+    attrs[0].datachange_callbacks.pop(1)  # as AddressSpace.delete_datachange_callback does
+    assert pub.watched[0]
+    attrs[0].datachange_callbacks.pop(2)
+    assert not pub.watched.any()
+    asyncio.run(pub.apply(tagdb.update(np.array([0]), np.array([6.0]))))
+    assert seen == [5.0, 5.0] and pub.notified == 1 and pub.published == 3  # rows, not callbacks
