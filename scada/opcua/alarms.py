@@ -939,7 +939,8 @@ class AlarmConditions:
     async def _m_acknowledge(self, parent: ua.NodeId, *args):
         return await self._guard("Acknowledge", self._acknowledge, parent, args)
 
-    def _acknowledge(self, parent, args):
+    def _event_instance(self, parent, args) -> int | ua.StatusCode:
+        """The instance a method with (EventId, Comment) arguments is called on, or why it cannot be."""
         i = self._instance(parent)
         if i is None:
             return self._not_a_condition(parent)
@@ -947,6 +948,12 @@ class AlarmConditions:
             return ua.StatusCode(SC.BadArgumentsMissing)
         if not self._known_event(i, args[0].Value):
             return ua.StatusCode(SC.BadEventIdUnknown)
+        return i
+
+    def _acknowledge(self, parent, args):
+        i = self._event_instance(parent, args)
+        if isinstance(i, ua.StatusCode):
+            return i
         if int(self.engine.state[i]) not in (State.UNACK_ACTIVE, State.RTN_UNACK):
             return ua.StatusCode(SC.BadConditionBranchAlreadyAcked)
         try:
@@ -958,13 +965,9 @@ class AlarmConditions:
         return await self._guard("AddComment", self._add_comment, parent, args)
 
     def _add_comment(self, parent, args):
-        i = self._instance(parent)
-        if i is None:
-            return self._not_a_condition(parent)
-        if len(args) < 2:
-            return ua.StatusCode(SC.BadArgumentsMissing)
-        if not self._known_event(i, args[0].Value):
-            return ua.StatusCode(SC.BadEventIdUnknown)
+        i = self._event_instance(parent, args)
+        if isinstance(i, ua.StatusCode):
+            return i
         text = self._str(args[1]).strip()
         if not text:
             return ua.StatusCode(SC.BadInvalidArgument)
