@@ -1,9 +1,31 @@
 """What the server's SQLite files (alarm journal, history store) share: WAL mode and a schema
-created once, stamped with the file's application id and schema version."""
+created once, stamped with the file's application id and schema version, and the check of
+that stamp when a file is opened."""
 
 from __future__ import annotations
 
 import sqlite3
+
+
+class HeaderError(Exception):
+    """The file is another application's database, or ours at another schema version."""
+
+
+def check_header(db: sqlite3.Connection, application_id: int, version: int, what: str, schema: str) -> bool:
+    """True when the file is already ours at ``version``, False when it is empty (to create).
+
+    Raises HeaderError("is an SQLite database of another application, not <what>") or
+    HeaderError("<schema> schema version N, this server reads M"); sqlite3.DatabaseError when
+    the file is not SQLite at all (reading the header fails on garbage).
+    """
+    found_id = db.execute("PRAGMA application_id").fetchone()[0]
+    found_version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()
+    if found_id != application_id and (found_id != 0 or tables):
+        raise HeaderError(f"is an SQLite database of another application, not {what}")
+    if found_id == application_id and found_version != version:
+        raise HeaderError(f"{schema} schema version {found_version}, this server reads {version}")
+    return found_id == application_id
 
 
 def create_schema(db: sqlite3.Connection, schema: str, application_id: int, version: int,

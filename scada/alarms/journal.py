@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from scada.alarms.states import State
-from scada.sqlite_wal import create_schema
+from scada.sqlite_wal import HeaderError, check_header, create_schema
 
 SCHEMA_VERSION = 1
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -221,13 +221,10 @@ class Journal:
 
     def _init_schema(self, synchronous: str) -> None:
         db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]  # reads the header: fails on garbage
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise JournalError(self.path, "is an SQLite database of another application, not an alarm journal")
-        if app_id == APPLICATION_ID and version != SCHEMA_VERSION:
-            raise JournalError(self.path, f"journal schema version {version}, this server reads {SCHEMA_VERSION}")
+        try:
+            check_header(db, APPLICATION_ID, SCHEMA_VERSION, "an alarm journal", "journal")
+        except HeaderError as exc:
+            raise JournalError(self.path, str(exc)) from None
         if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise JournalError(self.path, "cannot switch the file to WAL mode")
 

@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from scada.historian.compress import StoredBatch
-from scada.sqlite_wal import create_schema
+from scada.sqlite_wal import HeaderError, check_header, create_schema
 
 SCHEMA_VERSION = 1
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -336,16 +336,13 @@ class HistoryStore:
 
     def _init_schema(self, synchronous: str, cache_mb: int) -> None:
         db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]  # reads the header: fails on garbage
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise HistoryError(self.path, "is an SQLite database of another application, not a history store")
-        if app_id == APPLICATION_ID and version != SCHEMA_VERSION:
-            raise HistoryError(self.path, f"history schema version {version}, this server reads {SCHEMA_VERSION}")
+        try:
+            ours = check_header(db, APPLICATION_ID, SCHEMA_VERSION, "a history store", "history")
+        except HeaderError as exc:
+            raise HistoryError(self.path, str(exc)) from None
         db.execute(f"PRAGMA cache_size={-int(cache_mb) * 1024}")
         if self.readonly:
-            if app_id != APPLICATION_ID:
+            if not ours:
                 raise HistoryError(self.path, "is empty, not a history store")
             return
         if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
