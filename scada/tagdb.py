@@ -82,6 +82,24 @@ class Consumer:
     def get_nowait(self) -> ChangeBatch:
         return self.queue.get_nowait()
 
+    async def get_until(self, deadline: float) -> ChangeBatch | None:
+        """The next batch, or None once ``deadline`` (time.monotonic) has passed."""
+        try:  # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await self.queue.get()
+        except TimeoutError:
+            return None
+
+    def take_overflow(self) -> bool:
+        """True once after batches were dropped, with the queue emptied: the batches still
+        queued are older than the snapshot the consumer must now resynchronise from."""
+        if not self.overflowed:
+            return False
+        self.overflowed = False
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        return True
+
 
 class TagNames:
     """Tag names stored compactly: one UTF-8 blob with offsets, and a sorted hash index.

@@ -28,7 +28,6 @@ A process alarm whose tag is Bad keeps its condition (no data neither raises nor
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import math
 import time
@@ -677,16 +676,8 @@ class AlarmEngine:
             self.evaluate_all()
             next_tick = time.monotonic() + period
             while True:
-                timeout = max(0.0, next_tick - time.monotonic())
-                try:  # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11
-                    async with asyncio.timeout(timeout):
-                        batch = await consumer.get()
-                except TimeoutError:
-                    batch = None
-                if consumer.overflowed:  # batches were dropped: evaluate everything again
-                    consumer.overflowed = False
-                    while not consumer.queue.empty():
-                        consumer.get_nowait()
+                batch = await consumer.get_until(next_tick)
+                if consumer.take_overflow():  # batches were dropped: evaluate everything again
                     self.evaluate_all()
                 elif batch is not None:
                     self.process(batch)

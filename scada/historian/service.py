@@ -125,16 +125,8 @@ class Historian:
         next_prune = time.monotonic() + 60.0
         try:
             while True:
-                timeout = max(0.0, next_write - time.monotonic())
-                try:  # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11
-                    async with asyncio.timeout(timeout):
-                        batch = await consumer.get()
-                except TimeoutError:
-                    batch = None
-                if consumer.overflowed:
-                    consumer.overflowed = False
-                    while not consumer.queue.empty():
-                        consumer.get_nowait()
+                batch = await consumer.get_until(next_write)
+                if consumer.take_overflow():
                     self.resyncs += 1
                     log.warning("history_resync", dropped_batches=consumer.dropped_batches,
                                 note="changes between the dropped batches are not recorded")

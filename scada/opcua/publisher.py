@@ -239,11 +239,8 @@ class Publisher:
         await self.apply(self.tagdb.snapshot())
         while True:
             batch = await self.consumer.get()
-            if self.consumer.overflowed:
+            if self.consumer.take_overflow():
                 # Batches were lost: the current state of every tag supersedes them.
-                self.consumer.overflowed = False
-                while not self.consumer.queue.empty():
-                    self.consumer.get_nowait()
                 self.resyncs += 1
                 log.warning("opcua_publisher_resync", dropped_batches=self.consumer.dropped_batches)
                 await self.apply(self.tagdb.snapshot())

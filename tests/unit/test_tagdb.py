@@ -160,3 +160,23 @@ def test_values_older_than_their_max_age_turn_uncertain_and_recover():
     db.set_status(np.array([1]), st.BAD_COMMUNICATION_ERROR)
     later = db.mark_stale(t0 + 10**12)
     assert later.ids.tolist() == [0]  # only Good values age into Uncertain: not the Bad one
+
+
+def test_consumer_waits_until_a_deadline_and_resets_an_overflow_once():
+    import asyncio
+    import time
+
+    db = TagDB(["a"])
+    c = db.subscribe("slow", maxsize=1)
+
+    async def scenario():
+        assert await c.get_until(time.monotonic() + 0.01) is None  # nothing came
+        db.update(np.array([0]), np.array([1.0]))
+        db.update(np.array([0]), np.array([2.0]))  # dropped: the queue holds one
+        assert c.take_overflow() and c.queue.empty()  # the older queued batch is discarded too
+        assert not c.take_overflow()
+        db.update(np.array([0]), np.array([3.0]))
+        batch = await c.get_until(time.monotonic() + 1)
+        assert batch is not None and batch.values.tolist() == [3.0]
+
+    asyncio.run(scenario())
