@@ -68,16 +68,14 @@ class AsyncioMqtt:
         self._starved = False  # the last refill found the socket empty
         self._resume: asyncio.Handle | None = None  # a read scheduled for bytes left in the buffer
         if not callable(getattr(client, "_sock_recv", None)):
-            raise TypeError("this paho-mqtt has no Client._sock_recv: pin paho-mqtt>=2.1,<3")
+            raise TypeError("this paho-mqtt has no Client._sock_recv: pin paho-mqtt>=2.2,<3")
         self._deliver = on_messages
         if on_messages is not None:
             # paho's private state the fast path reads and writes: checked once, loudly.
-            # The clock of the last bytes received: _last_msg_in up to 2.1, _last_bytes_received from 2.2.
-            self._rx_clock = next((a for a in ("_last_bytes_received", "_last_msg_in") if hasattr(client, a)), None)
             packet = getattr(client, "_in_packet", None)
-            if (self._rx_clock is None or not isinstance(packet, dict) or "command" not in packet
+            if (not hasattr(client, "_last_bytes_received") or not isinstance(packet, dict) or "command" not in packet
                     or not hasattr(client, "_msgtime_mutex") or not callable(getattr(mqtt, "time_func", None))):
-                raise TypeError("this paho-mqtt's internals differ from 2.1-2.2: pin paho-mqtt>=2.1,<3, "
+                raise TypeError("this paho-mqtt's internals differ from 2.2: pin paho-mqtt>=2.2,<3, "
                                 "or run without the fast path (on_messages=None)")
             protocol = getattr(client, "_protocol", None)
             if protocol not in (mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5):
@@ -177,7 +175,7 @@ class AsyncioMqtt:
         messages, self._pos = split_publishes(self._buf, self._pos, v5=self._v5, limit=limit)
         if messages:
             with client._msgtime_mutex:  # paho's keep-alive: bytes did come in
-                setattr(client, self._rx_clock, mqtt.time_func())
+                client._last_bytes_received = mqtt.time_func()
             self.fast_messages += len(messages)
             self._deliver(messages)
         return len(messages)
