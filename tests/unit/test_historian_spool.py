@@ -166,6 +166,15 @@ def check_body(seq_to_i, seq, body):
     return i
 
 
+def wait_for_lines(log, prefix: str, n: int, proc, timeout: float = 60.0) -> None:
+    """Wait until ``log`` has ``n`` lines starting with ``prefix`` (the writer's progress)."""
+    deadline = time.monotonic() + timeout
+    while sum(line.startswith(prefix) for line in log.read_text().splitlines()) < n:
+        assert proc.poll() is None, f"the writer exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"the writer wrote fewer than {n} records in {timeout} s"
+        time.sleep(0.01)
+
+
 def test_sigkill_of_a_writer_mid_append_loses_nothing_acknowledged_and_leaves_no_corrupt_entry(tmp_path):
     """Kill, reopen and check, three times over the same folder, while records up to 400 kB are
     being written. (Linux finishes a write(2) to a regular file before a SIGKILL takes effect in
@@ -179,7 +188,9 @@ def test_sigkill_of_a_writer_mid_append_loses_nothing_acknowledged_and_leaves_no
     for attempt in range(3):  # kill, reopen and write again, kill again
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=out)
-            time.sleep(0.4 + 0.2 * attempt)
+            # Kill once this writer has appended a few records (however slow the machine is
+            # starting Python), so that the kill lands mid-stream, not before the first append.
+            wait_for_lines(log, "W ", 4 + 2 * attempt, proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         for line in log.read_text().splitlines():
