@@ -63,21 +63,46 @@ class Supervisor:
         self.backoff = backoff
         self.healthy_after = healthy_after
         self.tasks: dict[str, Supervised] = {}
+        self._group: asyncio.TaskGroup | None = None  # while running: tasks added later start at once
+        self._supervising: dict[str, asyncio.Task] = {}
 
     def add(self, name: str, factory: Callable[[], Awaitable[None]],
             on_failure: Callable[[BaseException], None] | None = None,
             on_restart: Callable[[], None] | None = None) -> Supervised:
-        """Register a task by name (before :meth:`run`): ``factory()`` makes one attempt's coroutine."""
+        """Register a task by name: ``factory()`` makes one attempt's coroutine.
+
+        Added while :meth:`run` runs (a configuration reload), the task starts at once.
+        """
         if name in self.tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
         s = self.tasks[name] = Supervised(name, factory, on_failure, on_restart)
+        if self._group is not None:
+            self._start(s)
         return s
+
+    async def remove(self, name: str) -> None:
+        """Stop a task and forget it (a device set removed by a reload); its alarm clears."""
+        s = self.tasks.pop(name)
+        task = self._supervising.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if s.failed:
+            self._alarm(s, False, f"server task {name} removed")
 
     async def run(self) -> None:
         """Supervise every registered task until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            for s in self.tasks.values():
-                tg.create_task(self._supervise(s), name=f"supervise:{s.name}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._group = tg
+                for s in self.tasks.values():
+                    self._start(s)
+        finally:
+            self._group = None
+            self._supervising.clear()
+
+    def _start(self, s: Supervised) -> None:
+        self._supervising[s.name] = self._group.create_task(self._supervise(s), name=f"supervise:{s.name}")
 
     def inject_fault(self, name: str) -> None:
         """Make the running attempt of ``name`` fail as if it had raised (tests and drills only)."""

@@ -153,3 +153,29 @@ async def test_inject_fault_names_a_running_task():
     with pytest.raises(ValueError, match="already supervised"):
         sup.add("x", lambda: asyncio.Event().wait())
     assert issubclass(InjectedFault, RuntimeError)
+
+
+async def test_tasks_added_while_running_start_at_once_and_removed_ones_stop():
+    """What a configuration reload needs: a new device set's driver starts, a removed one stops."""
+    alarms = Alarms()
+    sup = Supervisor(alarms, backoff=RecordingBackoff(), healthy_after=60.0)
+    closed = []
+
+    async def worker(name):
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.append(name)
+
+    sup.add("first", lambda: worker("first"))
+    runner = asyncio.create_task(sup.run())
+    await until(lambda: sup.tasks["first"].running is not None)
+    sup.add("late", lambda: worker("late"))
+    await until(lambda: sup.tasks["late"].running is not None, what="a task added while running starts")
+    sup.inject_fault("late")
+    await until(lambda: ("late", True) in alarms.events)
+    await sup.remove("late")
+    assert "late" not in sup.tasks and closed.count("late") >= 1
+    assert alarms.events == [("late", True), ("late", False)]  # a removed task leaves no alarm behind
+    await stop(runner)
+    assert "first" in closed
