@@ -132,8 +132,15 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
         assert consumers("opcua") == 1
         await until(lambda: app.hmi.publisher.published > published, 30, "the publisher publishes again")
 
+        # The OPC UA alarm events: listening to the engine again, and clients asked to refresh.
+        conditions = app.hmi.conditions
+        resyncs = conditions.resyncs
+        await crash_and_recover("opcua-alarm-events", polls)
+        await until(lambda: conditions.resyncs > resyncs, 30, "alarm events resynchronised")
+        assert app.alarms.subscribers.count(conditions._on_alarm_events) == 1  # attached again, once
+
         # Nothing else restarted; every device is still online.
-        assert sup.restarts == 6
+        assert sup.restarts == 7
         assert app.status()["tasks_failed"] == []
         await until(lambda: app.status()["devices_online"] == app.status()["devices_total"], 30, "all devices online")
     finally:
