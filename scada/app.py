@@ -1,4 +1,11 @@
-"""The server process: configuration -> tag database -> drivers and OPC UA server, one event loop."""
+"""The server process: configuration -> tag database -> drivers and OPC UA server, one event loop.
+
+Every long-running task is registered by name with a :class:`~scada.supervisor.Supervisor`
+(``driver:<name>``, ``alarms``, ``historian``, ``opcua-publisher``, ``opcua-alarm-events``,
+``staleness``, ``status``, ``loop-lag``): one task's failure is logged, raises the server
+alarm ``server_task_failed`` for it, and the task restarts with backoff; the rest of the
+server keeps running.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from drivers.base import Driver, create_driver
+from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config
 from scada.historian.service import Historian, InfluxSettings
 from scada.limits import raise_open_file_limit
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
+from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada")
@@ -25,7 +35,8 @@ class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
     def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0,
-                 data_dir: str | Path = "var", influx: InfluxSettings | None = None) -> None:
+                 data_dir: str | Path = "var", influx: InfluxSettings | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.config = config
         names, kinds, deadbands = config.tag_table()
         self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
@@ -36,13 +47,20 @@ class Application:
         restored = self.alarms.restore()
         if restored:
             log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
-        self.historian = Historian(config, self.tagdb, self.data_dir, influx, self._spool_alarm)
+        self.influx = influx
+        self.historian = self._make_historian()
         by_driver = defaultdict(list)
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
         self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
+        # The tags each driver feeds: they turn Bad when the driver's task fails.
+        self._driver_tags = {drv.name: np.concatenate([config.tag_ids(d) for d in by_driver[drv.name]])
+                             for drv in self.drivers}
         self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
         self.status_interval = status_interval
+        self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
+        if self.supervisor.on_alarm is None:
+            self.supervisor.on_alarm = self._task_alarm
         self.started = asyncio.Event()
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
 
@@ -52,6 +70,57 @@ class Application:
             f"InfluxDB unreachable: history spool {100 * status.fill_ratio:.0f} % full "
             f"({status.backlog_entries} batches waiting); when full the oldest are dropped" if active
             else "history spool below 70 %", priority="high")
+
+    def _task_alarm(self, task: str, active: bool, message: str) -> None:
+        self.alarms.system_alarm("server_task_failed", active, message, priority="high", source=task)
+
+    def _driver_failed(self, name: str) -> None:
+        """A driver's task failed: its tags keep their last values, no longer Good.
+
+        Tags that never had a value stay Bad_NoCommunication, as a driver leaves them.
+        """
+        ids = self._driver_tags[name]
+        ids = ids[self.tagdb.status[ids] != st.BAD_NO_COMMUNICATION]
+        self.tagdb.set_status(ids, st.BAD_COMMUNICATION_ERROR)
+
+    def _publisher_restart(self) -> None:
+        # Batches queued while it was down are older than the snapshot it starts from.
+        consumer = self.hmi.publisher.consumer
+        consumer.overflowed = True
+        consumer.take_overflow()
+
+    def _make_historian(self) -> Historian:
+        return Historian(self.config, self.tagdb, self.data_dir, self.influx, self._spool_alarm)
+
+    def _historian_restart(self) -> None:
+        """A failed historian closed its store on the way out: a new one, primed from the store.
+
+        Its compressor starts again from the last stored points (its state is rebuilt, not
+        trusted); the OPC UA history reads follow it. Changes during the outage are not
+        recorded.
+        """
+        old = self.historian
+        new = self._make_historian()
+        new.stored, new.resyncs = old.stored, old.resyncs
+        self.historian = self.hmi.history = new
+        if self.hmi.tag_history is not None:
+            self.hmi.tag_history.historian = new
+
+    def _register_tasks(self) -> None:
+        """Every long-running task, by name: what it runs, what its failure and restart do."""
+        sup = self.supervisor
+        for drv in self.drivers:
+            sup.add(f"driver:{drv.name}", drv.run, on_failure=lambda _exc, n=drv.name: self._driver_failed(n))
+        sup.add("opcua-publisher", self.hmi.publisher.run, on_restart=self._publisher_restart)
+        if self.hmi.conditions is not None:
+            sup.add("opcua-alarm-events", self.hmi.conditions.run, on_restart=self.hmi.conditions.reattach)
+        # The engine's run evaluates every instance again when it starts: a restart catches up.
+        sup.add("alarms", self.alarms.run)
+        sup.add("historian", lambda: self.historian.run(), on_restart=self._historian_restart)
+        sup.add("staleness", self._staleness_loop)
+        if self.status_interval > 0:
+            sup.add("status", self._status_loop)
+            sup.add("loop-lag", self._lag_loop)
 
     def status(self) -> dict:
         diags = [d.diagnostics() for d in self.drivers]
@@ -65,6 +134,8 @@ class Application:
             "alarms_announced": len(self.alarms.announced()),
             "alarms_10min": self.alarms.rate(),
             **self.historian.status(),
+            "task_restarts": self.supervisor.restarts,
+            "tasks_failed": sorted(n for n, t in self.supervisor.status().items() if t["failed"]),
         }
 
     async def _lag_loop(self, period: float = 0.1) -> None:
@@ -87,6 +158,7 @@ class Application:
                      late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
                      loop_lag_ms=round(1000 * self.max_loop_lag, 1),
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
+                     task_restarts=s["task_restarts"], tasks_failed=s["tasks_failed"],
                      alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
                      **{k: v for k, v in s.items() if k.startswith("influx_")},
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
@@ -102,18 +174,10 @@ class Application:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
         await self.hmi.start()
+        self._register_tasks()
         try:
-            async with asyncio.TaskGroup() as tg:
-                for drv in self.drivers:
-                    tg.create_task(drv.run(), name=f"driver:{drv.name}")
-                tg.create_task(self.hmi.run(), name="opcua-publisher")
-                tg.create_task(self.alarms.run(), name="alarms")
-                tg.create_task(self.historian.run(), name="historian")
-                tg.create_task(self._staleness_loop(), name="staleness")
-                if self.status_interval > 0:
-                    tg.create_task(self._status_loop(), name="status")
-                    tg.create_task(self._lag_loop(), name="loop-lag")
-                self.started.set()
+            self.started.set()
+            await self.supervisor.run()
         finally:
             await self.hmi.stop()
             self.journal.close()

@@ -83,7 +83,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     except eventloop.EventLoopError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug the supervisor could not contain: say it, exit non-zero
+        _fatal(exc)
+        return 1
     return 0
+
+
+def _fatal(exc: BaseException) -> None:
+    """An unexpected fatal error in a few readable lines (the traceback goes to the log)."""
+    import structlog
+    structlog.get_logger("scada").critical("server_failed", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__))
+    leaves = list(_leaves(exc))
+    print(f"the server stopped on an unexpected error ({len(leaves)} failure{'s' if len(leaves) > 1 else ''}):",
+          file=sys.stderr)
+    for leaf in leaves[:10]:
+        print(f"  {type(leaf).__name__}: {leaf}", file=sys.stderr)
+    print("this is a bug: please report it with the log above", file=sys.stderr)
+
+
+def _leaves(exc: BaseException):
+    """The real failures inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
 
 
 def _connectable(endpoint: str) -> str:

@@ -276,7 +276,15 @@ class MqttDriver:
         text_times: list[int] = []
         for group, (rows, payloads, times) in pending.items():
             layout = group.layout
-            got = decode_batch(layout, payloads)
+            try:
+                got = decode_batch(layout, payloads)
+            except Exception as exc:  # noqa: BLE001 - a codec bug loses these messages, not the driver
+                log.exception("mqtt_decode_failed", device=group.devices[rows[0]].device.name, messages=len(rows))
+                for r in set(rows):
+                    ds = group.devices[r]
+                    self._garbage(ds, layout.readers[0].point.topic.format(device=ds.device.name),
+                                  f"internal decode error: {exc!r}")
+                continue
             for i, j, error in got.errors:
                 ds = group.devices[rows[i]]
                 topic = layout.readers[max(j, 0)].point.topic.format(device=ds.device.name)

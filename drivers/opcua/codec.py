@@ -7,6 +7,10 @@ code and source timestamp are kept as they are (the server timestamp stands in w
 source gives none). A text point's string goes to a separate list; a value where a scalar
 was configured (a structure, an array) is ``Bad_ConfigurationError``; a Bad status without a
 value is flagged, so that the driver keeps the tag's last value beside the new status.
+
+The ClientHandle comes from the field: an item whose handle is not one of the driver's own
+tags (out of range, or another driver's tag) is dropped and counted in ``rejected``, never
+stored and never raised, so one faulty server cannot touch another device's tags.
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ class Decoded:
     source_time: np.ndarray  # int64 ns since the epoch, UTC
     keep_last: np.ndarray  # bool: a Bad status without a value, keep the stored value
     texts: list[tuple[int, str, int, int]]  # text rows: (tag id, text, status, source time ns)
+    rejected: int = 0  # items dropped: their ClientHandle is not one of the driver's tags
+    bad_handle: object = None  # the first such handle, for the log
 
 
-def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: float | None = None) -> Decoded:
-    """Columns of one DataChangeNotification; ``is_text[tag]`` says which tags are text points."""
+def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: float | None = None,
+           known: np.ndarray | None = None) -> Decoded:
+    """Columns of one DataChangeNotification; ``is_text[tag]`` says which tags are text points.
+
+    ``known[tag]`` (default: every tag of ``is_text``) says which ClientHandles are the
+    driver's own items; the others are dropped (see the module docstring).
+    """
     n = len(items)
     tags = np.empty(n, np.int64)
     values = np.empty(n, np.float64)
@@ -41,7 +52,10 @@ def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: 
     odd = []
     for k, item in enumerate(items):
         dv = item.Value
-        tags[k] = item.ClientHandle
+        try:
+            tags[k] = item.ClientHandle
+        except (TypeError, ValueError, OverflowError):  # not an integer at all: rejected below
+            tags[k] = -1
         sc = dv.StatusCode
         codes[k] = sc.value if sc is not None else 0
         t = dv.SourceTimestamp or dv.ServerTimestamp
@@ -56,8 +70,16 @@ def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: 
     src = np.rint(times * 1e6).astype(np.int64) * 1000  # asyncua's datetimes stop at the microsecond
     keep_last = np.zeros(n, bool)
     texts: list[tuple[int, str, int, int]] = []
-    if odd:
-        numeric = np.ones(n, bool)
+    own = (tags >= 0) & (tags < len(is_text))
+    if known is not None:
+        own[own] = known[tags[own]]
+    rejected, bad_handle = 0, None
+    if not own.all():
+        first = int(np.flatnonzero(~own)[0])
+        rejected, bad_handle = int(n - own.sum()), items[first].ClientHandle
+        odd = [(k, v) for k, v in odd if own[k]]
+    if odd or rejected:
+        numeric = own.copy()
         for k, v in odd:
             tag = int(tags[k])
             if isinstance(v, str) and is_text[tag]:
@@ -71,7 +93,7 @@ def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: 
                 codes[k] = st.BAD_CONFIGURATION_ERROR
         if not numeric.all():
             tags, values, codes, src, keep_last = (a[numeric] for a in (tags, values, codes, src, keep_last))
-    return Decoded(tags, values, codes, src, keep_last, texts)
+    return Decoded(tags, values, codes, src, keep_last, texts, rejected, bad_handle)
 
 
 def variant(value: float, vtype: ua.VariantType) -> ua.Variant:

@@ -120,10 +120,13 @@ class _Subscription(Subscription):
             return
         self.last_sequence_number = int(message.SequenceNumber)
         for notification in message.NotificationData:
-            if isinstance(notification, ua.DataChangeNotification):
-                self._driver._ingest(notification.MonitoredItems)
-            elif isinstance(notification, ua.StatusChangeNotification):
-                self._driver._session_lost(self._session, f"subscription status {notification.Status}")
+            try:
+                if isinstance(notification, ua.DataChangeNotification):
+                    self._driver._ingest(notification.MonitoredItems)
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    self._driver._session_lost(self._session, f"subscription status {notification.Status}")
+            except Exception:  # noqa: BLE001 - asyncua's publish loop would stop: the values would freeze Good
+                log.exception("opcua_notification_failed", endpoint=self._session.url)
 
 
 class OpcUaDriver:
@@ -163,6 +166,11 @@ class OpcUaDriver:
         for s in self.sessions.values():
             self._session_devices[id(s)] = np.array([position[d.name] for d in s.devices], np.int64)
         self._text = tagdb.kind == TEXT
+        # The ClientHandles this driver gave its monitored items: anything else from the field is refused.
+        self._known = np.zeros(len(tagdb), bool)
+        for s in self.sessions.values():
+            self._known[s.ids] = True
+        self.rejected_items = 0  # notifications whose ClientHandle is not one of our items
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_text: list[tuple[int, str, int, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,7 +183,12 @@ class OpcUaDriver:
         if not items:
             return
         self.notifications += len(items)
-        d = codec.decode(items, self._text)
+        d = codec.decode(items, self._text, known=self._known)
+        if d.rejected:
+            self.rejected_items += d.rejected
+            if self.rejected_items <= 10 or self.rejected_items % 1000 < d.rejected:  # a flood must not flood the log
+                log.warning("opcua_unknown_client_handle", client_handle=repr(d.bad_handle)[:40], count=d.rejected,
+                            total=self.rejected_items)
         if d.keep_last.any():  # a Bad status without a value: the last value stays beside it
             d.values[d.keep_last] = self.tagdb.value[d.tags[d.keep_last]]
         self._pending.append((d.tags, d.values, d.status, d.source_time))
@@ -400,7 +413,7 @@ class OpcUaDriver:
     def diagnostics(self) -> dict[str, Any]:
         online = sum(len(s.devices) for s in self.sessions.values() if s.connected)
         return {"devices": sum(len(s.devices) for s in self.sessions.values()), "online": online,
-                "notifications": self.notifications}
+                "notifications": self.notifications, "rejected_items": self.rejected_items}
 
 
 def create(config: Config, devices: list[Device], tagdb: TagDB) -> OpcUaDriver:

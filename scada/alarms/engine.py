@@ -161,7 +161,7 @@ class AlarmEngine:
                        for i in range(n)}
         self.transitions = 0
         self.evaluations = 0
-        self._system: dict[str, bool] = {}
+        self._system: dict[tuple[str, str], bool] = {}  # (source, name) -> active
         self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
         # Routing: each instance's service must acknowledge within its deadline, or it is escalated.
         services = config.alarms.services
@@ -536,16 +536,19 @@ class AlarmEngine:
     # with the server as their device; they have no tag, so no instance in the columns.
 
     def system_alarm(self, name: str, active: bool, message: str, priority: str = "high",
-                     service: str | None = None) -> AlarmEvent | None:
-        """Raise (``active``) or clear a server alarm; returns its event, None when unchanged."""
-        if self._system.get(name, False) == active:
+                     service: str | None = None, source: str = "server") -> AlarmEvent | None:
+        """Raise (``active``) or clear a server alarm; returns its event, None when unchanged.
+
+        ``source`` (its device) tells apart alarms of one name, one per server task for example.
+        """
+        if self._system.get((source, name), False) == active:
             return None
-        self._system[name] = active
+        self._system[(source, name)] = active
         from scada.alarms.config import PRIORITIES
         service = service or next(iter(self.config.alarms.services), "")
         # Shown while active, gone when it clears: no acknowledgement is owed (the server's
         # own condition has no operator workflow; the journal keeps both rows).
-        e = AlarmEvent(self.clock(), -1, name, "server", "", "ACTIVATE" if active else "CLEAR",
+        e = AlarmEvent(self.clock(), -1, name, source, "", "ACTIVATE" if active else "CLEAR",
                        State.ACK_ACTIVE if active else State.NORMAL, active, None, priority,
                        PRIORITIES[priority], service, message)
         self.journal.record([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,

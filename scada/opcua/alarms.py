@@ -545,6 +545,18 @@ class AlarmConditions:
         create_session._scada_hooked = True  # type: ignore[attr-defined]
         iserver.create_session = create_session
 
+    def reattach(self) -> None:
+        """Listen to the engine again after ``close`` (a supervised restart of ``run``).
+
+        Events of the time between were not seen: resynchronise, and clients are told to
+        call ConditionRefresh.
+        """
+        if not self._attached:
+            self.engine.subscribers.append(self._on_alarm_events)
+            self._attached = True
+        self._resync = True
+        self._wake.set()
+
     def close(self) -> None:
         """Stop listening to the engine (the nodes stay with the server)."""
         if self._attached:
@@ -690,7 +702,9 @@ class AlarmConditions:
         they are shown acknowledged, retained while active, and their methods answer
         BadNotSupported.
         """
-        cid = self._system_condition(e.alarm)
+        # One condition per alarm and source: each server task has its own server_task_failed.
+        key = e.alarm if e.device == "server" else f"{e.alarm}/{e.device}"
+        cid = self._system_condition(key)
         etype = self._system_type()
         t = _dt(e.time_ns)
         f = {
@@ -711,9 +725,9 @@ class AlarmConditions:
         }
         ev = ConditionEvent(f, self._type_ancestors(etype))
         if e.active:
-            self._system_retained[e.alarm] = ev
+            self._system_retained[key] = ev
         else:
-            self._system_retained.pop(e.alarm, None)
+            self._system_retained.pop(key, None)
         self.emitted += 1
         await self._deliver(ev, (_SERVER,))
 

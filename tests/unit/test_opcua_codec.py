@@ -95,3 +95,24 @@ def test_command_takes_the_node_type(value, vtype, expected):
 def test_fraction_on_an_integer_node_is_refused():
     with pytest.raises(ValueError, match="not an integer"):
         codec.variant(2.5, ua.VariantType.Int32)
+
+
+def test_client_handles_outside_the_drivers_items_are_dropped_and_counted_never_raised():
+    """A faulty server's handle (out of range, another driver's tag, not a number) touches no tag."""
+    known = np.zeros(len(IS_TEXT), bool)
+    known[[7, 8, 9]] = True  # this driver's items
+    items = [item(7, 1.5), item(4_000_000_000, 2.0), item(3, 3.0), item(9, "open", ua.VariantType.String),
+             item(8, 4.0)]
+    bogus = item(8, 5.0)
+    bogus.ClientHandle = "eight"  # what a broken decoder or server could hand over
+    d = codec.decode([*items, bogus], IS_TEXT, known=known)
+    assert d.tags.tolist() == [7, 8]
+    assert d.values.tolist() == [1.5, 4.0]
+    assert d.texts == [(9, "open", st.GOOD, T_NS)]
+    assert d.rejected == 3
+    assert d.bad_handle == 4_000_000_000
+    # Without the driver's own mask, the range of the tag table still holds.
+    d = codec.decode([item(len(IS_TEXT), 1.0), item(2, 2.0)], IS_TEXT)
+    assert d.tags.tolist() == [2] and d.rejected == 1
+    d = codec.decode([item(2, 1.0)], IS_TEXT, known=known)
+    assert len(d.tags) == 0 and d.rejected == 1

@@ -1,0 +1,26 @@
+"""`scada run` reports an unexpected fatal error in plain lines and a non-zero exit, never a raw ExceptionGroup."""
+
+from __future__ import annotations
+
+from scada import cli
+from scada.app import Application
+from tests.integration.helpers import ROOT  # the shipped configuration
+
+
+def test_an_unexpected_exception_group_is_reported_clearly(tmp_path, monkeypatch, capsys):
+    async def broken_run(self):
+        # What escaped before supervision: a TaskGroup's group, nested.
+        raise ExceptionGroup("unhandled errors in a TaskGroup",
+                             [ExceptionGroup("inner", [IndexError("index 999 is out of bounds")]),
+                              KeyError("plan")])
+
+    monkeypatch.setattr(Application, "run", broken_run)
+    code = cli.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
+                     "--opcua-endpoint", "opc.tcp://127.0.0.1:0/scada/", "--status-interval", "0"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the server stopped on an unexpected error (2 failures)" in err
+    assert "  IndexError: index 999 is out of bounds" in err
+    assert "  KeyError: 'plan'" in err
+    assert "Traceback" not in err.split("the server stopped")[1]  # the lines after the log are readable
+
