@@ -179,7 +179,11 @@ def test_sigkill_of_a_writer_mid_append_loses_nothing_acknowledged_and_leaves_no
     for attempt in range(3):  # kill, reopen and write again, kill again
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=out)
-            time.sleep(0.4 + 0.2 * attempt)
+            # Killed once it has written a few dozen records (more each attempt), whatever the
+            # time its start takes on a loaded machine.
+            deadline = time.monotonic() + 60
+            while log.read_text().count("W ") < 20 * (attempt + 1) and time.monotonic() < deadline:
+                time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         for line in log.read_text().splitlines():
