@@ -272,6 +272,7 @@ class HistoryStore:
         self._pending_cat: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending_rows = 0
         self._pending_since = 0.0
+        self.merge_error: str | None = None  # why the last merge failed (rows kept in staging), or None
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
@@ -442,7 +443,12 @@ class HistoryStore:
             self._pending_cat = None
             if (self._pending_rows >= self.merge_rows
                     or time.monotonic() - self._pending_since >= self.merge_seconds):
-                self._merge_locked()
+                # The batch is committed in staging: a failed merge must not make the caller
+                # write it again (stored twice). The rows stay pending; the next write retries.
+                try:
+                    self._merge_locked()
+                except HistoryError as exc:
+                    self.merge_error = exc.reason
         return n
 
     def merge(self) -> int:
@@ -477,6 +483,7 @@ class HistoryStore:
         except sqlite3.Error as exc:
             raise HistoryError(self.path, f"merge failed: {exc}") from None
         merged = self._pending_rows
+        self.merge_error = None
         self._pending.clear()
         self._pending_text.clear()
         self._pending_cat = None
@@ -841,9 +848,22 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # a COMMIT refused (disk full) leaves nothing half-applied either
+                raise
         else:
-            self.db.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on SQLITE_FULL / SQLITE_IOERR: a second ROLLBACK would
+        # raise "no transaction is active" and hide the error that matters.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error propagates; the connection rolls back on its next use
 
 
 class _Snapshot:
