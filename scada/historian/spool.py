@@ -44,6 +44,21 @@ When the spool is full (``size_bytes`` would exceed ``capacity_bytes``) the poli
 - ``"drop_newest"``: the new batch is refused (``append()`` returns None) and counted: the
   beginning of the outage is kept, its end is lost.
 
+**The quarantine counts against the capacity.** ``size_bytes`` is the segments plus
+``quarantine.lp``, and the quarantine file is itself bounded to a quarter of the capacity: a
+batch quarantined when that is reached pushes the oldest quarantined batches out of the file
+(counted in ``quarantine_dropped_entries``, logged as an error). So rejected batches can never
+fill the disk, and the full policy above always has whole segments to drop.
+
+**A failing disk** (full, read-only, I/O errors): :meth:`try_append` raises the ``OSError``
+after putting the segment back as it was (the next record starts on a record boundary, CRCs
+and sequence numbers stay consecutive), so that its caller can keep the batch and append it
+again later, in order (the InfluxDB sink does, in a bounded memory backlog); :meth:`append`
+counts it as dropped instead. A failed write of ``acks`` or a failed deletion of an
+acknowledged segment is kept in memory and retried by every :meth:`sync` (``write_error``
+says why meanwhile): the file on disk then lags behind, which can only deliver an entry
+again after a restart (at least once), never lose one.
+
 Thread safety: every public method takes one lock, so the sink may append from the event loop
 and peek/ack/sync from a worker thread.
 """
@@ -52,6 +67,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import json
 import os
 import struct
@@ -130,6 +146,12 @@ class Spool:
         self.dropped_entries = 0
         self.dropped_bytes = 0
         self.quarantined_entries = 0
+        self.quarantine_dropped_entries = 0
+        self.quarantine_capacity = self.capacity_bytes // 4
+        self.write_error: str | None = None  # acks or a deletion failed, to retry by sync()
+        self._acks_dirty = False
+        self._to_unlink: list[Path] = []
+        self._quarantine_size = 0
         self.torn_bytes = 0  # cut off at open: torn or corrupt tails
         self._lock = threading.RLock()
         self._segments: list[_Segment] = []
@@ -173,7 +195,8 @@ class Spool:
             kept.append(seg)
         self._segments = kept
         self._firsts = [s.first_seq for s in kept]
-        self._size = sum(s.end for s in kept)
+        self._quarantine_size = self.quarantine_path.stat().st_size if self.quarantine_path.exists() else 0
+        self._size = sum(s.end for s in kept) + self._quarantine_size
         self._acked = acked
         if kept and not acks_ok:
             log.warning("spool_acks_unreadable", path=str(self.path / "acks"),
@@ -263,7 +286,7 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the segments on disk: what ``capacity_bytes`` bounds."""
+        """Bytes of the segments and the quarantine file on disk: what ``capacity_bytes`` bounds."""
         return self._size
 
     @property
@@ -299,6 +322,15 @@ class Spool:
 
         Never blocks on the database and never raises for a full spool or a failing disk.
         """
+        try:
+            return self.try_append(payload)
+        except OSError as e:
+            self._count_drop(1, HEADER_SIZE + len(payload), f"disk error: {e}")
+            return None
+
+    def try_append(self, payload: bytes) -> int | None:
+        """As :meth:`append`, but a disk error raises ``OSError`` with the spool unchanged (the
+        batch is not in it; append it again once the disk is back)."""
         rec_size = HEADER_SIZE + len(payload)
         with self._lock:
             if self._closed:
@@ -316,15 +348,15 @@ class Spool:
             try:
                 n = os.write(self._wfd, rec)
                 if n != len(rec):
-                    raise OSError(f"short write: {n} of {len(rec)} bytes")
+                    # A regular file takes less than asked only when the disk is full.
+                    raise OSError(errno.ENOSPC, f"short write: {n} of {len(rec)} bytes")
                 if self.fsync_each_append:
                     os.fsync(self._wfd)
-            except OSError as e:
+            except OSError:
                 # Put the segment back as it was so that the next record starts on a boundary.
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._wfd, seg.end)
-                self._count_drop(1, rec_size, f"disk error: {e}")
-                return None
+                raise
             seg.offsets.append(seg.end)
             seg.end += rec_size
             self._size += rec_size
@@ -362,6 +394,8 @@ class Spool:
                 self._rotate()  # the full policy drops whole segments: close the only one first
             oldest = self._segments[0]
             if oldest is self._segments[-1]:
+                # Only possible with the quarantine near its own bound and a record near a
+                # segment's size: refuse this batch rather than the quarantine's evidence.
                 self._count_drop(1, rec_size, "spool full")
                 return False
             before_entries, before_bytes = self._unacked_entries, self._unacked_bytes
@@ -502,12 +536,46 @@ class Spool:
         one_line = " ".join(reason.split())
         head = f"# quarantined seq={seq} at={when} bytes={len(payload)} reason={one_line}\n".encode()
         body = payload if payload.endswith(b"\n") else payload + b"\n"
+        entry = head + body
+        if self._quarantine_size + len(entry) > self.quarantine_capacity:
+            self._trim_quarantine(len(entry))
         with open(self.quarantine_path, "ab") as f:
-            f.write(head + body)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(entry)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                # No half entry left behind: the caller retries the whole entry later.
+                with contextlib.suppress(OSError):
+                    f.truncate(self._quarantine_size)
+                raise
+        self._quarantine_size += len(entry)
+        self._size += len(entry)
         self.quarantined_entries += 1
         self._ack_range(seq, seq)
+
+    def _trim_quarantine(self, room: int) -> None:
+        """Drop the oldest quarantined entries until ``room`` more bytes fit in the quarantine's
+        bound (write-to-temporary + rename: a crash leaves the old file or the new one)."""
+        data = self.quarantine_path.read_bytes()
+        starts = [m for m in _entry_starts(data)]
+        keep_from, dropped = len(data), len(starts)
+        for k, pos in enumerate(starts):
+            if len(data) - pos + room <= self.quarantine_capacity:
+                keep_from, dropped = pos, k
+                break
+        tmp = self.path / "quarantine.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data[keep_from:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.quarantine_path)
+        self._size -= self._quarantine_size - (len(data) - keep_from)
+        self._quarantine_size = len(data) - keep_from
+        self.quarantine_dropped_entries += dropped
+        log.error("spool_quarantine_trimmed", path=str(self.quarantine_path), dropped_entries=dropped,
+                  dropped_entries_total=self.quarantine_dropped_entries, capacity_bytes=self.quarantine_capacity,
+                  reason="the quarantine counts against the spool's capacity: oldest rejected batches dropped")
 
     # ---------------------------------------------------------------- the ack state
 
@@ -543,6 +611,22 @@ class Spool:
         self._acked = _merge(self._acked)
 
     def _write_acks(self) -> None:
+        """Persist the acknowledgements; on a disk error keep them in memory for :meth:`sync` to
+        write again (the file lags: entries may be delivered again after a restart, none lost)."""
+        try:
+            self._write_acks_file()
+        except OSError as e:
+            if not self._acks_dirty:
+                log.error("spool_acks_write_failed", path=str(self.path / "acks"), error=str(e),
+                          consequence="retried at each sync; a restart meanwhile delivers some entries again")
+            self._acks_dirty = True
+            self.write_error = f"acks: {e}"
+            return
+        self._acks_dirty = False
+        if not self._to_unlink:
+            self.write_error = None
+
+    def _write_acks_file(self) -> None:
         tmp = self.path / "acks.tmp"
         data = json.dumps({"acked": self._acked}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -578,8 +662,20 @@ class Spool:
         if seg.rfd is not None:
             os.close(seg.rfd)
             seg.rfd = None
-        with contextlib.suppress(FileNotFoundError):
-            seg.path.unlink()
+        self._unlink_path(seg.path)
+
+    def _unlink_path(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # A read-only disk: the file stays (a restart finds it acknowledged, or re-delivers
+            # it); sync() tries again.
+            log.error("spool_segment_delete_failed", path=str(path), error=str(e))
+            if path not in self._to_unlink:
+                self._to_unlink.append(path)
+            self.write_error = f"delete {path.name}: {e}"
 
     # ---------------------------------------------------------------- durability and closing
 
@@ -592,6 +688,7 @@ class Spool:
         with self._lock:
             if self._closed:
                 return
+            self._retry_writes()
             fds = [os.dup(self._wfd)] if self._dirty and self._wfd is not None else []
             fds += self._to_sync
             self._to_sync = []
@@ -605,6 +702,19 @@ class Spool:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _retry_writes(self) -> None:
+        """Writes that failed on a faulty disk (see the module docstring), in their order."""
+        if not (self._acks_dirty or self._to_unlink):
+            return
+        pending, self._to_unlink = self._to_unlink, []
+        for path in pending:
+            self._unlink_path(path)
+        if self._acks_dirty:
+            self._write_acks()
+        if not self._acks_dirty and not self._to_unlink:
+            self.write_error = None
+            log.info("spool_writes_recovered", path=str(self.path))
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY)
@@ -636,6 +746,17 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _entry_starts(data: bytes) -> list[int]:
+    """Offsets of the quarantine file's entries: each starts with a '# quarantined ' line."""
+    marker = b"# quarantined "
+    starts = [0] if data.startswith(marker) else []
+    pos = data.find(b"\n" + marker)
+    while pos >= 0:
+        starts.append(pos + 1)
+        pos = data.find(b"\n" + marker, pos + 1)
+    return starts
 
 
 def _run_bytes(seg: _Segment, first: int, last: int) -> int:
