@@ -36,7 +36,9 @@ class Application:
         restored = self.alarms.restore()
         if restored:
             log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
-        self.historian = Historian(config, self.tagdb, self.data_dir, influx, self._spool_alarm)
+        self.historian = Historian(config, self.tagdb, self.data_dir, influx, self._spool_alarm,
+                                   on_storage_alarm=lambda source, active, message: self.alarms.system_alarm(
+                                       "storage_failing", active, message, priority="high"))
         by_driver = defaultdict(list)
         for d in config.devices:
             by_driver[config.types[d.type].driver].append(d)
