@@ -90,7 +90,8 @@ class Application:
                      loop_lag_ms=round(1000 * self.max_loop_lag, 1),
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
                      alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
-                     **{k: v for k, v in s.items() if k.startswith("influx_")},
+                     **{k: v for k, v in s.items()
+                        if k.startswith(("influx_", "history_")) and k != "history_stored"},
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
             self.max_loop_lag = 0.0
 
