@@ -372,7 +372,7 @@ class InfluxSink:
     @property
     def spool_failing(self) -> str | None:
         """Why the spool cannot write (its own retried writes, or batches waiting in memory), or None."""
-        return self._spool_error or self.spool.write_error
+        return self._spool_error or self.spool.write_error or self.spool.sync_error
 
     def close_memory(self) -> None:
         """At shutdown: a last try to spool the memory backlog; what remains is lost (logged)."""

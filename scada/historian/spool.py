@@ -57,7 +57,8 @@ again later, in order (the InfluxDB sink does, in a bounded memory backlog); :me
 counts it as dropped instead. A failed write of ``acks`` or a failed deletion of an
 acknowledged segment is kept in memory and retried by every :meth:`sync` (``write_error``
 says why meanwhile): the file on disk then lags behind, which can only deliver an entry
-again after a restart (at least once), never lose one.
+again after a restart (at least once), never lose one. A failed fsync is in ``sync_error``
+until a later :meth:`sync` succeeds; what it could not write is then as after a power cut.
 
 Thread safety: every public method takes one lock, so the sink may append from the event loop
 and peek/ack/sync from a worker thread.
@@ -149,6 +150,7 @@ class Spool:
         self.quarantine_dropped_entries = 0
         self.quarantine_capacity = self.capacity_bytes // 4
         self.write_error: str | None = None  # acks or a deletion failed, to retry by sync()
+        self.sync_error: str | None = None  # the last sync's fsync failed
         self._acks_dirty = False
         self._to_unlink: list[Path] = []
         self._quarantine_size = 0
@@ -699,9 +701,23 @@ class Spool:
                 os.fsync(fd)
             if sync_dir:
                 self._fsync_dir()
+        except OSError as e:
+            # A disk gone read-only or failing: said in sync_error (the owner alarms), tried again
+            # by the next sync. Linux may have dropped the pages it could not write: what was not
+            # synced is then as after a power cut (see the module docstring), the CRCs tell.
+            with self._lock:
+                self._dirty = self._wfd is not None
+                self._dir_dirty = self._dir_dirty or sync_dir
+                if self.sync_error is None:
+                    log.error("spool_sync_failed", path=str(self.path), error=str(e))
+                self.sync_error = f"fsync: {e}"
+            return
         finally:
             for fd in fds:
                 os.close(fd)
+        if self.sync_error is not None:
+            self.sync_error = None
+            log.info("spool_sync_recovered", path=str(self.path))
 
     def _retry_writes(self) -> None:
         """Writes that failed on a faulty disk (see the module docstring), in their order."""

@@ -9,10 +9,15 @@ in order, and clears the alarm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scada import status as st
 from scada.config import load_config
@@ -217,3 +222,103 @@ async def test_a_full_disk_under_the_spool_keeps_batches_in_memory_and_spools_th
         assert len(lines) == len(feeder.names)
         for head, points in lines.items():
             assert points == expected, f"{head}: spooled values differ"
+
+
+# ---------------------------------------------------------------- a file system gone read-only
+
+needs_ext4 = pytest.mark.skipif(
+    not Path("/dev/loop-control").exists() or shutil.which("mkfs.ext4") is None,
+    reason="a read-only fault needs a loop device and mkfs.ext4")
+
+
+def _run(*args: str) -> str:
+    r = subprocess.run(list(args), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+@contextlib.contextmanager
+def ext4_fs(path: Path, image: Path, size_mb: int = 16):
+    """An ext4 file system in ``image`` mounted on ``path`` with ``errors=remount-ro``, as a data
+    disk is: a disk error turns it read-only under the open files. (A tmpfs cannot go read-only
+    while a file is open for writing: Linux refuses with EBUSY.)"""
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    _run("mkfs.ext4", "-q", "-F", str(image))
+    path.mkdir(parents=True, exist_ok=True)
+    _run("mount", "-o", "loop,errors=remount-ro", str(image), str(path))
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def disk_error(path: Path) -> None:
+    """Make ext4 record an error, as a failing disk does: it turns read-only at once (EROFS)."""
+    device = os.path.basename(_run("findmnt", "-no", "SOURCE", str(path)))
+    Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("test: disk error\n")
+
+
+def repair(path: Path, image: Path) -> None:
+    """The operator's repair: unmount, fsck, mount again (ext4 stays read-only until then)."""
+    _run("umount", str(path))
+    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)  # 1: errors corrected
+    _run("mount", "-o", "loop,errors=remount-ro", str(image), str(path))
+
+
+@needs_ext4
+async def test_a_disk_gone_read_only_keeps_the_historian_running_and_history_goes_on_after_repair(tmp_path) -> None:
+    config = load_config(ROOT)
+    tagdb = TagDB(*config.tag_table())
+    alarms: list[tuple[str, bool]] = []
+    influx = InfluxSettings(url="http://127.0.0.1:9", spool_capacity_mb=1)
+
+    def historian(db: TagDB) -> Historian:
+        h = Historian(config, db, fs, influx, on_storage_alarm=lambda source, active, msg: alarms.append((source, active)))
+        h.retry_min, h.retry_max = 0.05, 0.5
+        h.sink.backoff_min, h.sink.backoff_max = 0.05, 0.5
+        return h
+
+    with ext4_fs(tmp_path / "fs", tmp_path / "disk.img") as fs:
+        h = historian(tagdb)
+        feeder = Feeder(tagdb)
+        n = len(feeder.ids)
+        task = await start(h)
+        try:
+            await feed_until(feeder, lambda: h.stored >= 5 * n, "the first values stored", task)
+            disk_error(fs)
+            await feed_until(feeder, lambda: h.status()["history_store_failing"], "the store to fail", task)
+            await feed_until(feeder, lambda: h.status()["influx_spool_failing"], "the spool to fail", task)
+            await feed_until(feeder, lambda: h.status()["history_backlog"] >= 10 * n, "a backlog in memory", task)
+            assert ("history_store", True) in alarms and ("history_spool", True) in alarms
+        finally:
+            await stop(task)
+        assert task.cancelled()  # it ended because it was stopped, not by an error
+        before = len(feeder.times)
+
+        repair(fs, tmp_path / "disk.img")
+        tagdb2 = TagDB(*config.tag_table())
+        feeder.tagdb = tagdb2
+        h2 = historian(tagdb2)  # opens the store and the spool on the repaired disk
+        task = await start(h2)
+        try:
+            for _ in range(5):
+                feeder.step()
+            await wait_for(lambda: h2.stored >= 4 * n, "values stored after the repair", task)
+        finally:
+            await stop(task)
+        assert not h2.status()["history_storage_failing"]
+        with HistoryStore(fs / "history.sqlite", readonly=True) as store:
+            for name in feeder.names:
+                raw = store.read_raw(name, feeder.t0, feeder.end())
+                times = raw.times.tolist()
+                assert times == sorted(set(times)), f"{name}: out of order or twice"
+                assert set(times) <= set(feeder.times)
+                assert times[-1] == feeder.times[-1]
+                assert len([t for t in times if t > feeder.times[before - 1]]) >= 4
+        with Spool(fs / "influx-spool") as sp:
+            entries = sp.peek(1 << 40)  # every record's CRC checked
+            assert sp.quarantined_entries == 0
+            got = [s for s, _ in entries]
+            assert got == sorted(set(got))
