@@ -173,9 +173,12 @@ class Historian:
         if self._failing[source] == active:
             return
         self._failing[source] = active
-        what = "history store" if source == "history_store" else "InfluxDB spool"
-        message = (f"{what} cannot write ({reason}): values kept in memory, "
-                   f"{self.status().get('history_backlog', 0)} waiting" if active else f"{what} writes again")
+        if source == "history_store":
+            what, waiting = "history store", f"{self._backlog_values} values waiting"
+        else:
+            what, waiting = "InfluxDB spool", f"{self.sink.status().memory_backlog_entries} batches waiting"
+        message = (f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
+                   if active else f"{what} writes again")
         if self.on_storage_alarm is not None:
             self.on_storage_alarm(source, active, message)
 

@@ -124,6 +124,8 @@ async def test_a_full_disk_keeps_values_in_memory_alarms_and_stores_each_once_in
             await feed_until(feeder, lambda: h.status()["history_backlog"] >= backlog + 10 * len(feeder.ids),
                              "a backlog in memory", task)
             assert h.status()["history_storage_failing"] is True
+            # History reads (OPC UA HistoryRead) add what waits in memory to what the store has.
+            assert sum(len(b) for b in h.unstored()) >= h.status()["history_backlog"] > backlog
             free_space(fs)
             await wait_for(lambda: not h.status()["history_store_failing"] and h.status()["history_backlog"] == 0,
                            "the store to recover", task)
