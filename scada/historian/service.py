@@ -220,6 +220,8 @@ class Historian:
         sink_task = asyncio.create_task(self.sink.run(), name="influx-sink") if self.sink else None
         next_write = time.monotonic() + WRITE_PERIOD
         next_prune = time.monotonic() + 60.0
+        if self.store.merge_error is not None:  # opened on a full disk: rows wait in staging
+            self._set_store_error(f"merge: {self.store.merge_error}")
         try:
             while True:
                 batch = await consumer.get_until(next_write)

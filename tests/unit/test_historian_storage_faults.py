@@ -23,7 +23,7 @@ from scada import status as st
 from scada.config import load_config
 from scada.historian.service import Historian, InfluxSettings
 from scada.historian.spool import Spool
-from scada.historian.store import HistoryStore
+from scada.historian.store import HistoryError, HistoryStore
 from scada.tagdb import TagDB
 from tests.fs_faults import fill, free_space, needs_root, small_fs
 
@@ -324,3 +324,35 @@ async def test_a_disk_gone_read_only_keeps_the_historian_running_and_history_goe
             assert sp.quarantined_entries == 0
             got = [s for s, _ in entries]
             assert got == sorted(set(got))
+
+
+def test_a_store_opens_on_a_full_disk_with_rows_it_cannot_merge_and_merges_them_later(tmp_path) -> None:
+    """A restart on a full disk: the rows left in staging are read from memory until the disk
+    takes the merge; the start does not fail."""
+    from scada.historian.compress import StoredBatch
+
+    def batch(k: int) -> StoredBatch:
+        ids = np.arange(50)
+        return StoredBatch(ids, np.full(50, float(k)), np.zeros(50, np.uint32), np.full(50, (k + 1) * S))
+
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        path = fs / "history.sqlite"
+        store = HistoryStore(path, merge_seconds=3600)
+        for k in range(20):
+            store.write(batch(k))
+        fill(fs)
+        with pytest.raises(HistoryError, match="merge failed"):
+            store.close()  # the merge at close is refused: the rows stay in staging (the file is closed)
+        store = HistoryStore(path, merge_seconds=3600)  # opens, does not raise
+        try:
+            assert store.merge_error is not None and store.pending_rows == 20 * 50
+            assert store.read_raw(7, 0, 100 * S).values.tolist() == [float(k) for k in range(20)]
+            free_space(fs)
+            store.write(batch(20))  # stored, and the merge owed is done
+            assert store.merge_error is None and store.pending_rows == 0
+        finally:
+            store.close()
+        with HistoryStore(path, readonly=True) as ro:
+            assert ro.read_raw(7, 0, 100 * S).values.tolist() == [float(k) for k in range(21)]
+            count = ro.read_processed(7, 0, 3600 * S, 3600 * S, "Count")
+            assert count.source == "rollup_hour" and count.values.tolist() == [21]
