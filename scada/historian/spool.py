@@ -539,6 +539,7 @@ class Spool:
         head = f"# quarantined seq={seq} at={when} bytes={len(payload)} reason={one_line}\n".encode()
         body = payload if payload.endswith(b"\n") else payload + b"\n"
         entry = head + body
+        self._refresh_quarantine_size()
         if self._quarantine_size + len(entry) > self.quarantine_capacity:
             self._trim_quarantine(len(entry))
         with open(self.quarantine_path, "ab") as f:
@@ -556,24 +557,38 @@ class Spool:
         self.quarantined_entries += 1
         self._ack_range(seq, seq)
 
+    def _refresh_quarantine_size(self) -> None:
+        """The operator may empty or delete quarantine.lp once read: count what is there."""
+        try:
+            actual = self.quarantine_path.stat().st_size
+        except FileNotFoundError:
+            actual = 0
+        self._size += actual - self._quarantine_size
+        self._quarantine_size = actual
+
     def _trim_quarantine(self, room: int) -> None:
-        """Drop the oldest quarantined entries until ``room`` more bytes fit in the quarantine's
-        bound (write-to-temporary + rename: a crash leaves the old file or the new one)."""
-        data = self.quarantine_path.read_bytes()
-        starts = [m for m in _entry_starts(data)]
-        keep_from, dropped = len(data), len(starts)
-        for k, pos in enumerate(starts):
-            if len(data) - pos + room <= self.quarantine_capacity:
-                keep_from, dropped = pos, k
-                break
-        tmp = self.path / "quarantine.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data[keep_from:])
-            f.flush()
-            os.fsync(f.fileno())
+        """Drop the oldest quarantined entries so that ``room`` more bytes fit with a quarter of
+        the bound to spare (trims stay rare). Streamed in chunks (the file may be hundreds of MB);
+        write-to-temporary + rename: a crash leaves the old file or the new one."""
+        size = self._quarantine_size
+        need = size + room - self.quarantine_capacity * 3 // 4  # bytes to cut, at least
+        keep_from, dropped = size, 0
+        with open(self.quarantine_path, "rb") as src:
+            for start in _entry_starts(src):
+                if start >= need:
+                    keep_from = start
+                    break
+                dropped += 1
+            tmp = self.path / "quarantine.tmp"
+            with open(tmp, "wb") as f:
+                src.seek(keep_from)
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, self.quarantine_path)
-        self._size -= self._quarantine_size - (len(data) - keep_from)
-        self._quarantine_size = len(data) - keep_from
+        self._size -= keep_from
+        self._quarantine_size = size - keep_from
         self.quarantine_dropped_entries += dropped
         log.error("spool_quarantine_trimmed", path=str(self.quarantine_path), dropped_entries=dropped,
                   dropped_entries_total=self.quarantine_dropped_entries, capacity_bytes=self.quarantine_capacity,
@@ -691,6 +706,8 @@ class Spool:
             if self._closed:
                 return
             self._retry_writes()
+            with contextlib.suppress(OSError):
+                self._refresh_quarantine_size()
             fds = [os.dup(self._wfd)] if self._dirty and self._wfd is not None else []
             fds += self._to_sync
             self._to_sync = []
@@ -764,15 +781,25 @@ class Spool:
         self.close()
 
 
-def _entry_starts(data: bytes) -> list[int]:
-    """Offsets of the quarantine file's entries: each starts with a '# quarantined ' line."""
+def _entry_starts(f, chunk_size: int = 1 << 20):
+    """Offsets of the quarantine file's entries, in order, read in chunks: each entry starts
+    with a '# quarantined ' line."""
     marker = b"# quarantined "
-    starts = [0] if data.startswith(marker) else []
-    pos = data.find(b"\n" + marker)
-    while pos >= 0:
-        starts.append(pos + 1)
-        pos = data.find(b"\n" + marker, pos + 1)
-    return starts
+    f.seek(0)
+    if f.read(len(marker)) == marker:
+        yield 0
+    sep = b"\n" + marker
+    base, carry = 0, b""
+    f.seek(0)
+    while chunk := f.read(chunk_size):
+        data = carry + chunk
+        pos = data.find(sep)
+        while pos >= 0:
+            yield base + pos + 1
+            pos = data.find(sep, pos + 1)
+        keep = len(sep) - 1  # a separator split across two chunks is found in the next one
+        carry = data[-keep:]
+        base += len(data) - len(carry)
 
 
 def _run_bytes(seg: _Segment, first: int, last: int) -> int:

@@ -113,3 +113,18 @@ def test_acknowledgements_refused_by_a_full_disk_are_written_by_the_next_sync(tm
             assert sp.write_error is None
         with Spool(fs / "s", capacity_bytes=4 << 20, segment_bytes=64 * 1024) as sp:
             assert seqs(sp.peek(1 << 30)) == list(range(6, 11))
+
+
+def test_a_quarantine_the_operator_deleted_no_longer_counts(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s", capacity_bytes=CAP, segment_bytes=16 * 1024) as sp:
+        for i in range(3):
+            sp.append(payload(i))
+        segments = sp.size_bytes
+        sp.quarantine(1, payload(0), "HTTP 400")
+        assert sp.size_bytes > segments
+        sp.quarantine_path.unlink()  # read and dealt with
+        sp.sync()
+        assert sp.size_bytes == segments
+        sp.quarantine(2, payload(1), "HTTP 400")
+        assert sp.size_bytes == segments + sp.quarantine_path.stat().st_size
+        assert sp.quarantine_path.read_bytes().count(b"# quarantined ") == 1
