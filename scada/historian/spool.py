@@ -152,6 +152,7 @@ class Spool:
         self.write_error: str | None = None  # acks or a deletion failed, to retry by sync()
         self.sync_error: str | None = None  # the last sync's fsync failed
         self._acks_dirty = False
+        self._torn_tail = False  # the last segment may hold bytes past its last record (a failed write)
         self._to_unlink: list[Path] = []
         self._quarantine_size = 0
         self.torn_bytes = 0  # cut off at open: torn or corrupt tails
@@ -345,6 +346,11 @@ class Spool:
             if self._wfd is None or self._segments[-1].end + rec_size > self.segment_bytes:
                 self._rotate()
             seg = self._segments[-1]
+            if self._torn_tail and os.fstat(self._wfd).st_size != seg.end:
+                # A failed write left bytes the disk would not let us cut: never append after
+                # them (the record would not be at its offset). Raises while the disk refuses.
+                os.ftruncate(self._wfd, seg.end)
+            self._torn_tail = False
             seq = seg.last_seq + 1
             rec = encode_record(seq, payload)
             try:
@@ -356,8 +362,10 @@ class Spool:
                     os.fsync(self._wfd)
             except OSError:
                 # Put the segment back as it was so that the next record starts on a boundary.
-                with contextlib.suppress(OSError):
+                try:
                     os.ftruncate(self._wfd, seg.end)
+                except OSError:
+                    self._torn_tail = True
                 raise
             seg.offsets.append(seg.end)
             seg.end += rec_size
@@ -380,6 +388,7 @@ class Spool:
             self._wfd = None
         p = self.path / f"{first:020d}{SEGMENT_SUFFIX}"
         self._wfd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._torn_tail = False  # a new file: whatever the last one's tail holds is never appended to
         self._segments.append(_Segment(first, p))
         self._firsts.append(first)
         if self.fsync_each_append:

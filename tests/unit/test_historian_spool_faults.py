@@ -128,3 +128,42 @@ def test_a_quarantine_the_operator_deleted_no_longer_counts(tmp_path: Path) -> N
         sp.quarantine(2, payload(1), "HTTP 400")
         assert sp.size_bytes == segments + sp.quarantine_path.stat().st_size
         assert sp.quarantine_path.read_bytes().count(b"# quarantined ") == 1
+
+
+def test_bytes_a_failed_write_left_and_could_not_cut_are_cut_before_the_next_record(tmp_path: Path, monkeypatch) -> None:
+    """Logic only (an I/O error midway through a write, then a refused truncate, cannot be
+    produced on demand): the next record never lands after the stray bytes."""
+    import scada.historian.spool as spool_mod
+
+    real_write, real_ftruncate = spool_mod.os.write, spool_mod.os.ftruncate
+    faults = {"write": 0, "ftruncate": 0}
+
+    def write(fd, data):
+        if faults["write"]:
+            faults["write"] -= 1
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.EIO, "I/O error")
+        return real_write(fd, data)
+
+    def ftruncate(fd, length):
+        if faults["ftruncate"]:
+            faults["ftruncate"] -= 1
+            raise OSError(errno.EIO, "I/O error")
+        return real_ftruncate(fd, length)
+
+    monkeypatch.setattr(spool_mod.os, "write", write)
+    monkeypatch.setattr(spool_mod.os, "ftruncate", ftruncate)
+    with Spool(tmp_path / "s", capacity_bytes=CAP, segment_bytes=64 * 1024) as sp:
+        assert sp.try_append(payload(0)) == 1
+        faults.update(write=1, ftruncate=2)  # the write tears; the cut fails now and at the next try
+        with pytest.raises(OSError):
+            sp.try_append(payload(1))
+        with pytest.raises(OSError):
+            sp.try_append(payload(1))  # still cannot cut: the batch stays with the caller
+        assert sp.try_append(payload(1)) == 2
+        assert sp.try_append(payload(2)) == 3
+    monkeypatch.undo()
+    with Spool(tmp_path / "s", capacity_bytes=CAP, segment_bytes=64 * 1024) as sp:
+        got = sp.peek(1 << 30)
+        assert sp.torn_bytes == 0 and sp.quarantined_entries == 0
+        assert got == [(1, payload(0)), (2, payload(1)), (3, payload(2))]
