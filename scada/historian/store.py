@@ -860,6 +860,8 @@ class _Transaction:
         self.db = db
 
     def __enter__(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")  # left open by a ROLLBACK the disk refused last time
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -879,7 +881,7 @@ class _Transaction:
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
-                pass  # the original error propagates; the connection rolls back on its next use
+                pass  # the original error propagates; the next transaction rolls this one back first
 
 
 class _Snapshot:
