@@ -179,8 +179,12 @@ class Historian:
             what, waiting = "InfluxDB spool", f"{self.sink.status().memory_backlog_entries} batches waiting"
         message = (f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
                    if active else f"{what} writes again")
+        (log.error if active else log.info)("history_storage_failing", source=source, active=active, message=message)
         if self.on_storage_alarm is not None:
-            self.on_storage_alarm(source, active, message)
+            try:
+                self.on_storage_alarm(source, active, message)
+            except Exception:  # the alarm's own journal may sit on the same failing disk
+                log.exception("history_storage_alarm_failed", source=source, active=active)
 
     def _bound_backlog(self) -> None:
         """Drop the oldest kept points past ``backlog_max_values`` (counted and logged)."""
@@ -212,7 +216,10 @@ class Historian:
         if status.spool_high != self._spool_alarm:
             self._spool_alarm = status.spool_high
             if self.on_spool_alarm is not None:
-                self.on_spool_alarm(status.spool_high, status)
+                try:
+                    self.on_spool_alarm(status.spool_high, status)
+                except Exception:  # as for storage_failing: never the end of the historian
+                    log.exception("history_spool_alarm_failed", active=status.spool_high)
 
     async def run(self) -> None:
         """Consume change batches until cancelled; flush and close on the way out."""

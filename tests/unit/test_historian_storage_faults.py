@@ -356,3 +356,31 @@ def test_a_store_opens_on_a_full_disk_with_rows_it_cannot_merge_and_merges_them_
             assert ro.read_raw(7, 0, 100 * S).values.tolist() == [float(k) for k in range(21)]
             count = ro.read_processed(7, 0, 3600 * S, 3600 * S, "Count")
             assert count.source == "rollup_hour" and count.values.tolist() == [21]
+
+
+async def test_an_alarm_callback_that_fails_does_not_stop_the_historian(tmp_path) -> None:
+    """The server's alarm journal may sit on the same full disk: its error is logged, no more."""
+    config = load_config(ROOT)
+    tagdb = TagDB(*config.tag_table())
+    calls: list[bool] = []
+
+    def failing_alarm(source: str, active: bool, message: str) -> None:
+        calls.append(active)
+        raise OSError(28, "No space left on device (the alarm journal)")
+
+    with small_fs(tmp_path / "fs", 4096) as fs:
+        h = Historian(config, tagdb, fs, on_storage_alarm=failing_alarm)
+        h.retry_min, h.retry_max = 0.05, 0.5
+        feeder = Feeder(tagdb)
+        task = await start(h)
+        try:
+            await feed_until(feeder, lambda: h.stored >= 3 * len(feeder.ids), "the first values stored", task)
+            fill(fs)
+            await feed_until(feeder, lambda: h.status()["history_store_failing"], "the store to fail", task)
+            free_space(fs)
+            await wait_for(lambda: not h.status()["history_store_failing"] and h.status()["history_backlog"] == 0,
+                           "the store to recover", task)
+        finally:
+            await stop(task)
+        assert calls == [True, False]
+        check_store(fs, feeder)
