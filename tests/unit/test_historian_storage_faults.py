@@ -384,3 +384,35 @@ async def test_an_alarm_callback_that_fails_does_not_stop_the_historian(tmp_path
             await stop(task)
         assert calls == [True, False]
         check_store(fs, feeder)
+
+
+async def test_the_server_raises_and_clears_storage_failing_for_the_history(tmp_path) -> None:
+    """As scada/app.py wires it: the alarm engine's server alarm. The alarm journal is kept on a
+    healthy disk here (a symlink out of the small one): its own faults are another test's."""
+    from scada.app import Application
+
+    config = load_config(ROOT)
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    with small_fs(tmp_path / "data", 4096) as fs:
+        (fs / "alarms.sqlite").symlink_to(healthy / "alarms.sqlite")
+        app = Application(config, data_dir=fs)
+        events = []
+        app.alarms.subscribers.append(events.extend)
+        h = app.historian
+        h.retry_min, h.retry_max = 0.05, 0.5
+        feeder = Feeder(app.tagdb)
+        task = await start(h)
+        try:
+            storage = lambda: [(e.event, e.message) for e in events if e.alarm == "storage_failing"]  # noqa: E731
+            await feed_until(feeder, lambda: h.stored >= 3 * len(feeder.ids), "the first values stored", task)
+            fill(fs)
+            await feed_until(feeder, lambda: len(storage()) == 1, "storage_failing raised", task)
+            assert storage()[0][0] == "ACTIVATE" and "history store cannot write" in storage()[0][1]
+            free_space(fs)
+            await wait_for(lambda: len(storage()) == 2, "storage_failing cleared", task)
+            assert storage()[1][0] == "CLEAR"
+        finally:
+            await stop(task)
+            app.journal.close()
+        check_store(fs, feeder)
