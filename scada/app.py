@@ -90,7 +90,12 @@ class Application:
         consumer.take_overflow()
 
     def _make_historian(self) -> Historian:
-        return Historian(self.config, self.tagdb, self.data_dir, self.influx, self._spool_alarm)
+        return Historian(self.config, self.tagdb, self.data_dir, self.influx, self._spool_alarm,
+                         on_storage_alarm=self._storage_alarm)
+
+    def _storage_alarm(self, source: str, active: bool, message: str) -> None:
+        """The history store or spool cannot write (disk full, read-only...): one alarm per storage."""
+        self.alarms.system_alarm("storage_failing", active, message, priority="high", source=source)
 
     def _historian_restart(self) -> None:
         """A failed historian closed its store on the way out: a new one, primed from the store.
@@ -160,7 +165,8 @@ class Application:
                      alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
                      task_restarts=s["task_restarts"], tasks_failed=s["tasks_failed"],
                      alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
-                     **{k: v for k, v in s.items() if k.startswith("influx_")},
+                     **{k: v for k, v in s.items()
+                        if k.startswith(("influx_", "history_")) and k != "history_stored"},
                      opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
             self.max_loop_lag = 0.0
 

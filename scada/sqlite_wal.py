@@ -44,6 +44,7 @@ def create_schema(db: sqlite3.Connection, schema: str, application_id: int, vers
         db.execute(f"PRAGMA user_version={version}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite already rolled back after a full disk or an I/O error
+            db.execute("ROLLBACK")
         raise
     return True

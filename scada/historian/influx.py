@@ -46,6 +46,13 @@ Draining, in two lanes, so that an outage's backlog never delays live data:
   remains are database limits (VictoriaMetrics answers 400 to a line longer than
   ``-influx.maxLineSize``; it logs and skips a malformed line with 204).
 
+A failing disk under the spool (full, read-only, I/O errors): a batch the spool cannot write is
+kept in a memory backlog, bounded by ``memory_backlog_bytes`` (past it the oldest batches are
+dropped, counted in ``memory_dropped_entries`` and logged), and appended again, in order, before
+any newer batch, with a capped backoff (``backoff_min`` to ``backoff_max``). ``spool_failing``
+in the status says so meanwhile (the historian raises ``storage_failing``). What is in the
+memory backlog is lost if the process stops before the disk comes back (logged at shutdown).
+
 Delivery is at least once (see :mod:`scada.historian.spool` for what a crash can lose).
 """
 
@@ -226,6 +233,11 @@ class SinkStatus:
     quarantined: int  # entries quarantined since start
     dropped_entries: int  # entries lost to the full policy or disk errors since start
     last_error: str | None
+    spool_failing: bool = False  # the spool's disk refuses writes: batches wait in memory
+    spool_error: str | None = None
+    memory_backlog_entries: int = 0  # batches waiting in memory for the spool's disk
+    memory_backlog_bytes: int = 0
+    memory_dropped_entries: int = 0  # batches dropped from the full memory backlog since start
 
 
 class _Rate:
@@ -261,7 +273,7 @@ class InfluxSink:
     def __init__(self, url: str, token: str, org: str, bucket: str, spool: Spool, tags: TagMeta,
                  timeout: float = 10.0, max_request_bytes: int = 1 << 20, backoff_min: float = 0.5,
                  backoff_max: float = 30.0, sync_interval: float = 0.5, gzip: bool = False,
-                 on_ack=None) -> None:
+                 on_ack=None, memory_backlog_bytes: int = 32 << 20) -> None:
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
         self.spool = spool
         self.tags = tags
@@ -284,6 +296,14 @@ class InfluxSink:
         self._replayed = 0  # values of the current backlog replayed so far
         self._replay_rate = _Rate()
         self._send_rate = _Rate()
+        # Batches the spool's disk refused, oldest first (see the module docstring).
+        self.memory_backlog_bytes = memory_backlog_bytes
+        self._memory: collections.deque[bytes] = collections.deque()
+        self._memory_bytes = 0
+        self._memory_dropped = 0
+        self._spool_error: str | None = None
+        self._spool_retry_at = 0.0
+        self._spool_backoff = backoff_min
 
     # ---------------------------------------------------------------- producer side (event loop)
 
@@ -297,10 +317,69 @@ class InfluxSink:
         """Append ready-made line protocol (each line ending with a newline) to the spool."""
         if payload and not payload.endswith(b"\n"):
             payload += b"\n"
-        seq = self.spool.append(payload)
+        seq = None
+        if self._memory:
+            self._keep(payload)  # behind the older batches waiting for the disk: order is kept
+            self.flush_memory()
+        else:
+            try:
+                seq = self.spool.try_append(payload)
+            except OSError as e:
+                self._keep(payload)
+                self._spool_failed(e)
         self._check_fill()
         self._wakeup.set()
         return seq
+
+    def flush_memory(self, force: bool = False) -> None:
+        """Append the batches waiting in memory to the spool, oldest first, while the disk takes
+        them; at most once per backoff period unless ``force``."""
+        if not self._memory or (not force and time.monotonic() < self._spool_retry_at):
+            return
+        while self._memory:
+            try:
+                self.spool.try_append(self._memory[0])
+            except OSError as e:
+                self._spool_failed(e)
+                return
+            self._memory_bytes -= len(self._memory.popleft())
+        log.info("historian_spool_writable", path=str(self.spool.path), note="batches kept in memory are spooled")
+        self._spool_error = None
+        self._spool_backoff = self.backoff_min
+        self._wakeup.set()
+
+    def _keep(self, payload: bytes) -> None:
+        self._memory.append(payload)
+        self._memory_bytes += len(payload)
+        dropped = 0
+        while self._memory_bytes > self.memory_backlog_bytes and len(self._memory) > 1:
+            self._memory_bytes -= len(self._memory.popleft())
+            dropped += 1
+        if dropped:
+            self._memory_dropped += dropped
+            log.error("historian_spool_memory_full", dropped_entries=dropped,
+                      dropped_entries_total=self._memory_dropped, limit_bytes=self.memory_backlog_bytes,
+                      reason="the spool's disk still refuses writes: oldest batches dropped")
+
+    def _spool_failed(self, e: OSError) -> None:
+        if self._spool_error is None:
+            log.error("historian_spool_write_failed", path=str(self.spool.path), error=str(e),
+                      action="batches kept in memory and appended again when the disk takes them")
+        self._spool_error = f"{type(e).__name__}: {e}"
+        self._spool_retry_at = time.monotonic() + random.uniform(self._spool_backoff / 2, self._spool_backoff)
+        self._spool_backoff = min(self._spool_backoff * 2, self.backoff_max)
+
+    @property
+    def spool_failing(self) -> str | None:
+        """Why the spool cannot write (its own retried writes, or batches waiting in memory), or None."""
+        return self._spool_error or self.spool.write_error or self.spool.sync_error
+
+    def close_memory(self) -> None:
+        """At shutdown: a last try to spool the memory backlog; what remains is lost (logged)."""
+        self.flush_memory(force=True)
+        if self._memory:
+            log.error("historian_spool_memory_lost", entries=len(self._memory), bytes=self._memory_bytes,
+                      reason="the spool's disk refused them until shutdown")
 
     def status(self) -> SinkStatus:
         self._check_fill()
@@ -311,7 +390,9 @@ class InfluxSink:
             replay_rate=self._replay_rate.rate() if self._live_from is not None else 0.0,
             send_rate=self._send_rate.rate(), sent_values=self._sent_values,
             quarantined=self.spool.quarantined_entries, dropped_entries=self.spool.dropped_entries,
-            last_error=self._last_error)
+            last_error=self._last_error, spool_failing=self.spool_failing is not None,
+            spool_error=self.spool_failing, memory_backlog_entries=len(self._memory),
+            memory_backlog_bytes=self._memory_bytes, memory_dropped_entries=self._memory_dropped)
 
     def _check_fill(self) -> None:
         fill = self.spool.fill_ratio
@@ -345,6 +426,7 @@ class InfluxSink:
         next_sync = time.monotonic() + self.sync_interval
         try:
             while True:
+                self.flush_memory()
                 if time.monotonic() >= next_sync:
                     await self._in_thread(self._guarded, self.spool.sync)
                     next_sync = time.monotonic() + self.sync_interval

@@ -11,12 +11,23 @@ At start the compressor is primed from the store's last points, so history conti
 a restart. At shutdown the compressor's held points are flushed and written. A consumer
 that overflowed (batches dropped) resynchronises from a TagDB snapshot: the current values are
 recorded, nothing in between, and that gap is logged.
+
+Storage faults (a full or read-only disk, I/O errors) never stop the historian. Kept points the
+store could not write stay in a memory backlog, bounded by ``backlog_max_values`` (past it the
+oldest are dropped, counted in ``history_backlog_dropped`` and logged), and are written again,
+in order, in one transaction (all or nothing: never twice, never half), with a capped backoff.
+The spool has its own memory backlog (``influx.py``). While either cannot write,
+``on_storage_alarm(source, active, message)`` is called with source "history_store" or
+"history_spool" (the server raises ``storage_failing``), and again when it recovers. What is in
+a memory backlog is lost if the server stops before the disk comes back (logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +39,18 @@ from scada.config import Config
 from scada.historian.compress import Compressor, StoredBatch
 from scada.historian.influx import InfluxSink, SinkStatus, TagMeta
 from scada.historian.spool import Spool
-from scada.historian.store import HistoryStore, Retention
+from scada.historian.store import HistoryError, HistoryStore, Retention
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.historian")
 
 WRITE_PERIOD = 0.5  # s between store writes (one transaction each)
 PRUNE_PERIOD = 6 * 3600.0  # s between retention passes
+# Kept points waiting in memory while the store cannot write: 28 bytes each (id, value, status,
+# time), so about 56 MB; at a few thousand stored points/s, minutes to an hour of history.
+BACKLOG_MAX_VALUES = 2_000_000
+RETRY_MIN, RETRY_MAX = 0.5, 30.0  # s: backoff between write attempts on a failing store
+_STORAGE_ERRORS = (HistoryError, sqlite3.Error, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +72,7 @@ class Historian:
     """Records every change of the configured tags; see the module docstring."""
 
     def __init__(self, config: Config, tagdb: TagDB, data_dir: str | Path, influx: InfluxSettings | None = None,
-                 on_spool_alarm=None) -> None:
+                 on_spool_alarm=None, on_storage_alarm=None) -> None:
         self.config = config
         self.tagdb = tagdb
         h = config.history_table()
@@ -82,40 +98,128 @@ class Historian:
                                    TagMeta.from_names(names))
         self.on_spool_alarm = on_spool_alarm  # called with (active: bool, status) when the spool crosses 80 %
         self._spool_alarm = False
-        self._pending: list[StoredBatch] = []
+        self._pending: list[StoredBatch] = []  # kept since the last write, not yet spooled nor stored
+        self._backlog: list[StoredBatch] = []  # spooled, not yet stored (the store failed), oldest first
+        self._backlog_values = 0
         self._writing: StoredBatch | None = None  # in the worker thread: not in the store yet, maybe
         self.stored = 0
         self.resyncs = 0
+        self.backlog_max_values = BACKLOG_MAX_VALUES
+        self.backlog_dropped = 0  # kept points lost to the full backlog since start
+        self.retry_min, self.retry_max = RETRY_MIN, RETRY_MAX
+        self._retry_delay = RETRY_MIN
+        self._retry_at = 0.0
+        self.store_error: str | None = None  # why the store cannot write, None when it can
+        self.on_storage_alarm = on_storage_alarm  # called with (source, active: bool, message)
+        self._failing: dict[str, bool] = {"history_store": False, "history_spool": False}
 
     def _take(self, batch) -> None:
         kept = self.compressor.compress(batch)
         if len(kept):
             self._pending.append(kept)
 
-    async def _write(self) -> None:
-        if not self._pending:
+    async def _write(self, force: bool = False) -> None:
+        if self._pending:
+            batch = StoredBatch.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending = []
+            # The spool first: a value in the store is then always in the spool too, whatever
+            # stops the server (a SIGKILL between the two, a cancellation during the store write).
+            if self.sink is not None:
+                self.sink.submit(batch.ids, batch.values, batch.status, batch.times)
+            self._backlog.append(batch)
+            self._backlog_values += len(batch)
+            self._bound_backlog()
+        if not self._backlog or (not force and time.monotonic() < self._retry_at):
             return
-        batch = StoredBatch.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending = []
-        # The spool first: a value in the store is then always in the spool too, whatever
-        # stops the server (a SIGKILL between the two, a cancellation during the store write).
-        if self.sink is not None:
-            self.sink.submit(batch.ids, batch.values, batch.status, batch.times)
+        # The whole backlog in one transaction: in the store entirely, in order, or not at all.
+        batch = StoredBatch.concat(self._backlog)
+        self._backlog, self._backlog_values = [], 0
         self._writing = batch  # readers still see it until the store has it
         try:
             await asyncio.to_thread(self.store.write, batch)
+        except _STORAGE_ERRORS as exc:
+            self._backlog.insert(0, batch)  # nothing of it is in the store: it goes first next time
+            self._backlog_values += len(batch)
+            self._store_failed(exc)
+            return
         finally:
             self._writing = None
         self.stored += len(batch)
+        if self.store.merge_error is not None:
+            # Stored (in staging); the merge into the tables is what fails: retried by the store.
+            self._set_store_error(f"merge: {self.store.merge_error}")
+        elif self.store_error is not None:
+            log.info("history_store_recovered", store=str(self.store.path), written=len(batch))
+            self._set_store_error(None)
+        self._retry_delay = self.retry_min
+
+    def _store_failed(self, exc: Exception) -> None:
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        if self.store_error is None:
+            log.error("history_store_write_failed", store=str(self.store.path), error=reason,
+                      backlog_values=self._backlog_values,
+                      action="values kept in memory and written again when the store takes them")
+        self._set_store_error(reason)
+        # Capped exponential backoff with jitter: a failing disk is not hammered.
+        self._retry_at = time.monotonic() + random.uniform(self._retry_delay / 2, self._retry_delay)
+        self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+
+    def _set_store_error(self, reason: str | None) -> None:
+        self.store_error = reason
+        self._alarm("history_store", reason)
+
+    def _alarm(self, source: str, reason: str | None) -> None:
+        active = reason is not None
+        if self._failing[source] == active:
+            return
+        self._failing[source] = active
+        if source == "history_store":
+            what, waiting = "history store", f"{self._backlog_values} values waiting"
+        else:
+            what, waiting = "InfluxDB spool", f"{self.sink.status().memory_backlog_entries} batches waiting"
+        message = (f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
+                   if active else f"{what} writes again")
+        (log.error if active else log.info)("history_storage_failing", source=source, active=active, message=message)
+        if self.on_storage_alarm is not None:
+            try:
+                self.on_storage_alarm(source, active, message)
+            except Exception:  # the alarm's own journal may sit on the same failing disk
+                log.exception("history_storage_alarm_failed", source=source, active=active)
+
+    def _bound_backlog(self) -> None:
+        """Drop the oldest kept points past ``backlog_max_values`` (counted and logged)."""
+        excess = self._backlog_values - self.backlog_max_values
+        if excess <= 0:
+            return
+        dropped = 0
+        while excess > 0 and self._backlog:
+            first = self._backlog[0]
+            if len(first) <= excess:
+                self._backlog.pop(0)
+                cut = len(first)
+            else:
+                self._backlog[0] = _tail(first, excess)
+                cut = excess
+            excess -= cut
+            dropped += cut
+        self._backlog_values -= dropped
+        self.backlog_dropped += dropped
+        log.error("history_backlog_overflow", dropped_values=dropped, dropped_total=self.backlog_dropped,
+                  limit_values=self.backlog_max_values, store=str(self.store.path),
+                  reason="the store still cannot write: the oldest values waiting are lost")
 
     def _check_spool(self) -> None:
         if self.sink is None:
             return
+        self._alarm("history_spool", self.sink.spool_failing)
         status: SinkStatus = self.sink.status()
         if status.spool_high != self._spool_alarm:
             self._spool_alarm = status.spool_high
             if self.on_spool_alarm is not None:
-                self.on_spool_alarm(status.spool_high, status)
+                try:
+                    self.on_spool_alarm(status.spool_high, status)
+                except Exception:  # as for storage_failing: never the end of the historian
+                    log.exception("history_spool_alarm_failed", active=status.spool_high)
 
     async def run(self) -> None:
         """Consume change batches until cancelled; flush and close on the way out."""
@@ -123,6 +227,8 @@ class Historian:
         sink_task = asyncio.create_task(self.sink.run(), name="influx-sink") if self.sink else None
         next_write = time.monotonic() + WRITE_PERIOD
         next_prune = time.monotonic() + 60.0
+        if self.store.merge_error is not None:  # opened on a full disk: rows wait in staging
+            self._set_store_error(f"merge: {self.store.merge_error}")
         try:
             while True:
                 batch = await consumer.get_until(next_write)
@@ -143,24 +249,39 @@ class Historian:
                     self._check_spool()
                     next_write = time.monotonic() + WRITE_PERIOD
                 if now >= next_prune:
-                    deleted = await asyncio.to_thread(self.store.prune, time.time_ns())
-                    if any(deleted.values()):
-                        log.info("history_pruned", **deleted)
                     next_prune = time.monotonic() + PRUNE_PERIOD
+                    try:
+                        deleted = await asyncio.to_thread(self.store.prune, time.time_ns())
+                    except _STORAGE_ERRORS as exc:
+                        # Nothing pruned (one transaction); retried at the next retry of the writes.
+                        log.error("history_prune_failed", store=str(self.store.path), error=str(exc))
+                        next_prune = time.monotonic() + self.retry_max
+                    else:
+                        if any(deleted.values()):
+                            log.info("history_pruned", **deleted)
         finally:
             self.tagdb.unsubscribe(consumer)
             try:
                 held = self.compressor.flush()
                 if len(held):
                     self._pending.append(held)
-                await asyncio.shield(self._write())
+                await asyncio.shield(self._write(force=True))
+                if self._backlog_values:
+                    log.error("history_backlog_lost", values=self._backlog_values, store=str(self.store.path),
+                              reason="the store refused them until shutdown")
             finally:
                 if sink_task is not None:
                     sink_task.cancel()
                     await asyncio.gather(sink_task, return_exceptions=True)
+                if self.sink is not None:
+                    self.sink.close_memory()
                 if self.spool is not None:
                     self.spool.close()
-                self.store.close()
+                try:
+                    self.store.close()
+                except HistoryError as exc:
+                    # Rows not merged stay in staging: the next start merges them.
+                    log.error("history_store_close_failed", store=str(self.store.path), error=exc.reason)
 
     def unstored(self) -> list[StoredBatch]:
         """Kept points not (surely) in the store yet: the batch being written and those waiting.
@@ -168,12 +289,25 @@ class Historian:
         A history read adds them (and the compressor's held points) to what the store returns;
         a point both here and in the store has the same time, and the store's copy wins.
         """
-        return ([self._writing] if self._writing is not None else []) + list(self._pending)
+        return ([self._writing] if self._writing is not None else []) + list(self._backlog) + list(self._pending)
 
     def status(self) -> dict:
-        out = {"history_received": self.compressor.received, "history_stored": self.compressor.stored}
+        out = {"history_received": self.compressor.received, "history_stored": self.compressor.stored,
+               "history_backlog": self._backlog_values, "history_backlog_dropped": self.backlog_dropped,
+               "history_store_failing": self.store_error is not None}
+        failing = self.store_error is not None
         if self.sink is not None:
             s = self.sink.status()
             out.update(influx_connected=s.connected, influx_backlog=s.backlog_entries,
-                       influx_spool_fill=round(s.fill_ratio, 3))
+                       influx_spool_fill=round(s.fill_ratio, 3), influx_spool_failing=s.spool_failing,
+                       influx_memory_backlog=s.memory_backlog_entries,
+                       influx_memory_dropped=s.memory_dropped_entries)
+            failing = failing or s.spool_failing
+        out["history_storage_failing"] = failing
         return out
+
+
+def _tail(batch: StoredBatch, start: int) -> StoredBatch:
+    """``batch`` without its first ``start`` rows."""
+    return StoredBatch(batch.ids[start:], batch.values[start:], batch.status[start:], batch.times[start:],
+                       None if batch.texts is None else batch.texts[start:])

@@ -44,6 +44,22 @@ When the spool is full (``size_bytes`` would exceed ``capacity_bytes``) the poli
 - ``"drop_newest"``: the new batch is refused (``append()`` returns None) and counted: the
   beginning of the outage is kept, its end is lost.
 
+**The quarantine counts against the capacity.** ``size_bytes`` is the segments plus
+``quarantine.lp``, and the quarantine file is itself bounded to a quarter of the capacity: a
+batch quarantined when that is reached pushes the oldest quarantined batches out of the file
+(counted in ``quarantine_dropped_entries``, logged as an error). So rejected batches can never
+fill the disk, and the full policy above always has whole segments to drop.
+
+**A failing disk** (full, read-only, I/O errors): :meth:`try_append` raises the ``OSError``
+after putting the segment back as it was (the next record starts on a record boundary, CRCs
+and sequence numbers stay consecutive), so that its caller can keep the batch and append it
+again later, in order (the InfluxDB sink does, in a bounded memory backlog); :meth:`append`
+counts it as dropped instead. A failed write of ``acks`` or a failed deletion of an
+acknowledged segment is kept in memory and retried by every :meth:`sync` (``write_error``
+says why meanwhile): the file on disk then lags behind, which can only deliver an entry
+again after a restart (at least once), never lose one. A failed fsync is in ``sync_error``
+until a later :meth:`sync` succeeds; what it could not write is then as after a power cut.
+
 Thread safety: every public method takes one lock, so the sink may append from the event loop
 and peek/ack/sync from a worker thread.
 """
@@ -52,6 +68,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import json
 import os
 import struct
@@ -130,6 +147,14 @@ class Spool:
         self.dropped_entries = 0
         self.dropped_bytes = 0
         self.quarantined_entries = 0
+        self.quarantine_dropped_entries = 0
+        self.quarantine_capacity = self.capacity_bytes // 4
+        self.write_error: str | None = None  # acks or a deletion failed, to retry by sync()
+        self.sync_error: str | None = None  # the last sync's fsync failed
+        self._acks_dirty = False
+        self._torn_tail = False  # the last segment may hold bytes past its last record (a failed write)
+        self._to_unlink: list[Path] = []
+        self._quarantine_size = 0
         self.torn_bytes = 0  # cut off at open: torn or corrupt tails
         self._lock = threading.RLock()
         self._segments: list[_Segment] = []
@@ -173,7 +198,8 @@ class Spool:
             kept.append(seg)
         self._segments = kept
         self._firsts = [s.first_seq for s in kept]
-        self._size = sum(s.end for s in kept)
+        self._quarantine_size = self.quarantine_path.stat().st_size if self.quarantine_path.exists() else 0
+        self._size = sum(s.end for s in kept) + self._quarantine_size
         self._acked = acked
         if kept and not acks_ok:
             log.warning("spool_acks_unreadable", path=str(self.path / "acks"),
@@ -263,7 +289,7 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the segments on disk: what ``capacity_bytes`` bounds."""
+        """Bytes of the segments and the quarantine file on disk: what ``capacity_bytes`` bounds."""
         return self._size
 
     @property
@@ -299,6 +325,15 @@ class Spool:
 
         Never blocks on the database and never raises for a full spool or a failing disk.
         """
+        try:
+            return self.try_append(payload)
+        except OSError as e:
+            self._count_drop(1, HEADER_SIZE + len(payload), f"disk error: {e}")
+            return None
+
+    def try_append(self, payload: bytes) -> int | None:
+        """As :meth:`append`, but a disk error raises ``OSError`` with the spool unchanged (the
+        batch is not in it; append it again once the disk is back)."""
         rec_size = HEADER_SIZE + len(payload)
         with self._lock:
             if self._closed:
@@ -311,20 +346,27 @@ class Spool:
             if self._wfd is None or self._segments[-1].end + rec_size > self.segment_bytes:
                 self._rotate()
             seg = self._segments[-1]
+            if self._torn_tail and os.fstat(self._wfd).st_size != seg.end:
+                # A failed write left bytes the disk would not let us cut: never append after
+                # them (the record would not be at its offset). Raises while the disk refuses.
+                os.ftruncate(self._wfd, seg.end)
+            self._torn_tail = False
             seq = seg.last_seq + 1
             rec = encode_record(seq, payload)
             try:
                 n = os.write(self._wfd, rec)
                 if n != len(rec):
-                    raise OSError(f"short write: {n} of {len(rec)} bytes")
+                    # A regular file takes less than asked only when the disk is full.
+                    raise OSError(errno.ENOSPC, f"short write: {n} of {len(rec)} bytes")
                 if self.fsync_each_append:
                     os.fsync(self._wfd)
-            except OSError as e:
+            except OSError:
                 # Put the segment back as it was so that the next record starts on a boundary.
-                with contextlib.suppress(OSError):
+                try:
                     os.ftruncate(self._wfd, seg.end)
-                self._count_drop(1, rec_size, f"disk error: {e}")
-                return None
+                except OSError:
+                    self._torn_tail = True
+                raise
             seg.offsets.append(seg.end)
             seg.end += rec_size
             self._size += rec_size
@@ -346,6 +388,7 @@ class Spool:
             self._wfd = None
         p = self.path / f"{first:020d}{SEGMENT_SUFFIX}"
         self._wfd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._torn_tail = False  # a new file: whatever the last one's tail holds is never appended to
         self._segments.append(_Segment(first, p))
         self._firsts.append(first)
         if self.fsync_each_append:
@@ -362,6 +405,8 @@ class Spool:
                 self._rotate()  # the full policy drops whole segments: close the only one first
             oldest = self._segments[0]
             if oldest is self._segments[-1]:
+                # Only possible with the quarantine near its own bound and a record near a
+                # segment's size: refuse this batch rather than the quarantine's evidence.
                 self._count_drop(1, rec_size, "spool full")
                 return False
             before_entries, before_bytes = self._unacked_entries, self._unacked_bytes
@@ -502,12 +547,61 @@ class Spool:
         one_line = " ".join(reason.split())
         head = f"# quarantined seq={seq} at={when} bytes={len(payload)} reason={one_line}\n".encode()
         body = payload if payload.endswith(b"\n") else payload + b"\n"
+        entry = head + body
+        self._refresh_quarantine_size()
+        if self._quarantine_size + len(entry) > self.quarantine_capacity:
+            self._trim_quarantine(len(entry))
         with open(self.quarantine_path, "ab") as f:
-            f.write(head + body)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(entry)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                # No half entry left behind: the caller retries the whole entry later.
+                with contextlib.suppress(OSError):
+                    f.truncate(self._quarantine_size)
+                raise
+        self._quarantine_size += len(entry)
+        self._size += len(entry)
         self.quarantined_entries += 1
         self._ack_range(seq, seq)
+
+    def _refresh_quarantine_size(self) -> None:
+        """The operator may empty or delete quarantine.lp once read: count what is there."""
+        try:
+            actual = self.quarantine_path.stat().st_size
+        except FileNotFoundError:
+            actual = 0
+        self._size += actual - self._quarantine_size
+        self._quarantine_size = actual
+
+    def _trim_quarantine(self, room: int) -> None:
+        """Drop the oldest quarantined entries so that ``room`` more bytes fit with a quarter of
+        the bound to spare (trims stay rare). Streamed in chunks (the file may be hundreds of MB);
+        write-to-temporary + rename: a crash leaves the old file or the new one."""
+        size = self._quarantine_size
+        need = size + room - self.quarantine_capacity * 3 // 4  # bytes to cut, at least
+        keep_from, dropped = size, 0
+        with open(self.quarantine_path, "rb") as src:
+            for start in _entry_starts(src):
+                if start >= need:
+                    keep_from = start
+                    break
+                dropped += 1
+            tmp = self.path / "quarantine.tmp"
+            with open(tmp, "wb") as f:
+                src.seek(keep_from)
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self.quarantine_path)
+        self._size -= keep_from
+        self._quarantine_size = size - keep_from
+        self.quarantine_dropped_entries += dropped
+        log.error("spool_quarantine_trimmed", path=str(self.quarantine_path), dropped_entries=dropped,
+                  dropped_entries_total=self.quarantine_dropped_entries, capacity_bytes=self.quarantine_capacity,
+                  reason="the quarantine counts against the spool's capacity: oldest rejected batches dropped")
 
     # ---------------------------------------------------------------- the ack state
 
@@ -543,6 +637,22 @@ class Spool:
         self._acked = _merge(self._acked)
 
     def _write_acks(self) -> None:
+        """Persist the acknowledgements; on a disk error keep them in memory for :meth:`sync` to
+        write again (the file lags: entries may be delivered again after a restart, none lost)."""
+        try:
+            self._write_acks_file()
+        except OSError as e:
+            if not self._acks_dirty:
+                log.error("spool_acks_write_failed", path=str(self.path / "acks"), error=str(e),
+                          consequence="retried at each sync; a restart meanwhile delivers some entries again")
+            self._acks_dirty = True
+            self.write_error = f"acks: {e}"
+            return
+        self._acks_dirty = False
+        if not self._to_unlink:
+            self.write_error = None
+
+    def _write_acks_file(self) -> None:
         tmp = self.path / "acks.tmp"
         data = json.dumps({"acked": self._acked}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -578,8 +688,20 @@ class Spool:
         if seg.rfd is not None:
             os.close(seg.rfd)
             seg.rfd = None
-        with contextlib.suppress(FileNotFoundError):
-            seg.path.unlink()
+        self._unlink_path(seg.path)
+
+    def _unlink_path(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # A read-only disk: the file stays (a restart finds it acknowledged, or re-delivers
+            # it); sync() tries again.
+            log.error("spool_segment_delete_failed", path=str(path), error=str(e))
+            if path not in self._to_unlink:
+                self._to_unlink.append(path)
+            self.write_error = f"delete {path.name}: {e}"
 
     # ---------------------------------------------------------------- durability and closing
 
@@ -592,6 +714,9 @@ class Spool:
         with self._lock:
             if self._closed:
                 return
+            self._retry_writes()
+            with contextlib.suppress(OSError):
+                self._refresh_quarantine_size()
             fds = [os.dup(self._wfd)] if self._dirty and self._wfd is not None else []
             fds += self._to_sync
             self._to_sync = []
@@ -602,9 +727,36 @@ class Spool:
                 os.fsync(fd)
             if sync_dir:
                 self._fsync_dir()
+        except OSError as e:
+            # A disk gone read-only or failing: said in sync_error (the owner alarms), tried again
+            # by the next sync. Linux may have dropped the pages it could not write: what was not
+            # synced is then as after a power cut (see the module docstring), the CRCs tell.
+            with self._lock:
+                self._dirty = self._wfd is not None
+                self._dir_dirty = self._dir_dirty or sync_dir
+                if self.sync_error is None:
+                    log.error("spool_sync_failed", path=str(self.path), error=str(e))
+                self.sync_error = f"fsync: {e}"
+            return
         finally:
             for fd in fds:
                 os.close(fd)
+        if self.sync_error is not None:
+            self.sync_error = None
+            log.info("spool_sync_recovered", path=str(self.path))
+
+    def _retry_writes(self) -> None:
+        """Writes that failed on a faulty disk (see the module docstring), in their order."""
+        if not (self._acks_dirty or self._to_unlink):
+            return
+        pending, self._to_unlink = self._to_unlink, []
+        for path in pending:
+            self._unlink_path(path)
+        if self._acks_dirty:
+            self._write_acks()
+        if not self._acks_dirty and not self._to_unlink:
+            self.write_error = None
+            log.info("spool_writes_recovered", path=str(self.path))
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY)
@@ -636,6 +788,27 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _entry_starts(f, chunk_size: int = 1 << 20):
+    """Offsets of the quarantine file's entries, in order, read in chunks: each entry starts
+    with a '# quarantined ' line."""
+    marker = b"# quarantined "
+    f.seek(0)
+    if f.read(len(marker)) == marker:
+        yield 0
+    sep = b"\n" + marker
+    base, carry = 0, b""
+    f.seek(0)
+    while chunk := f.read(chunk_size):
+        data = carry + chunk
+        pos = data.find(sep)
+        while pos >= 0:
+            yield base + pos + 1
+            pos = data.find(sep, pos + 1)
+        keep = len(sep) - 1  # a separator split across two chunks is found in the next one
+        carry = data[-keep:]
+        base += len(data) - len(carry)
 
 
 def _run_bytes(seg: _Segment, first: int, last: int) -> int:

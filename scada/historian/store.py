@@ -50,6 +50,12 @@ Ranges are [start, end) and read forward (start < end); the compressor's held sn
 (:meth:`Compressor.pending`) are not in the store until stored: a read of the latest values
 appends them.
 
+**A failing disk** (full, read-only, I/O errors): every change is one transaction, so a refused
+write leaves the file as it was and :meth:`write` raises :class:`HistoryError` with nothing of
+the batch stored (write it again later). A merge the disk refuses after the batch was committed
+to ``staging`` does not raise (the batch *is* stored): the rows stay pending, ``merge_error``
+says why, and the next write (or open) merges them.
+
 Durability: WAL with ``synchronous=NORMAL``: a committed write survives the process being
 killed; a power cut may lose the last transactions, never corrupt the file. One writer (one
 ``HistoryStore`` opened for writing, enforced by a lock file beside the store); any number of
@@ -272,6 +278,7 @@ class HistoryStore:
         self._pending_cat: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending_rows = 0
         self._pending_since = 0.0
+        self.merge_error: str | None = None  # why the last merge failed (rows kept in staging), or None
         try:
             if readonly:
                 self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
@@ -287,7 +294,7 @@ class HistoryStore:
                 self._register(tag_names, tag_class)
             if not readonly:
                 self._load_staging()
-                self.merge()
+                self._try_merge()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             self._unlock_writer()
@@ -345,7 +352,12 @@ class HistoryStore:
             if not ours:
                 raise HistoryError(self.path, "is empty, not a history store")
             return
-        if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
+        if ours:
+            # Created and stamped already: opening writes nothing, so a start on a full disk works.
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise HistoryError(self.path, "cannot switch the file to WAL mode")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+        elif not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise HistoryError(self.path, "cannot switch the file to WAL mode")
 
     def _register(self, names: Sequence[str], classes) -> None:
@@ -440,10 +452,20 @@ class HistoryStore:
             self._pending_text.extend(text_rows)
             self._pending_rows += n
             self._pending_cat = None
-            if (self._pending_rows >= self.merge_rows
+            if (self._pending_rows >= self.merge_rows or self.merge_error is not None
                     or time.monotonic() - self._pending_since >= self.merge_seconds):
-                self._merge_locked()
+                # The batch is committed in staging: a failed merge must not make the caller
+                # write it again (stored twice). The rows stay pending; the next write retries.
+                self._try_merge()
         return n
+
+    def _try_merge(self) -> None:
+        """Merge now if the disk lets us; otherwise the rows stay pending (in staging, and read
+        from memory) and ``merge_error`` says why: a full disk must not stop a start or a write."""
+        try:
+            self._merge_locked()
+        except HistoryError as exc:
+            self.merge_error = exc.reason
 
     def merge(self) -> int:
         """Move the pending rows into the raw and rollup tables (one transaction). Returns rows."""
@@ -477,6 +499,7 @@ class HistoryStore:
         except sqlite3.Error as exc:
             raise HistoryError(self.path, f"merge failed: {exc}") from None
         merged = self._pending_rows
+        self.merge_error = None
         self._pending.clear()
         self._pending_text.clear()
         self._pending_cat = None
@@ -698,7 +721,7 @@ class HistoryStore:
         out_i, out_v, out_s, out_t = [], [], [], []
         with self._lock:
             if not self.readonly:
-                self._merge_locked()  # so that each tag costs one indexed query, not a pass over pending rows
+                self._try_merge()  # so that each tag costs one indexed query, not a pass over pending rows
         with self._lock, _Snapshot(self._db):
             for i in ids.tolist():
                 b = self._bound(self.store_id(i), 2 ** 63 - 2, before=True)
@@ -837,13 +860,28 @@ class _Transaction:
         self.db = db
 
     def __enter__(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")  # left open by a ROLLBACK the disk refused last time
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # a COMMIT refused (disk full) leaves nothing half-applied either
+                raise
         else:
-            self.db.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on SQLITE_FULL / SQLITE_IOERR: a second ROLLBACK would
+        # raise "no transaction is active" and hide the error that matters.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error propagates; the next transaction rolls this one back first
 
 
 class _Snapshot:
