@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import numpy as np
 
@@ -230,9 +231,12 @@ class Journal:
         self._synchronous = synchronous.upper()
         self._db = self._connect()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, existing: bool = False) -> sqlite3.Connection:
+        # existing: open the file only if it is there (mode=rw), never create an empty journal
+        # in its place (a file system that is not mounted again yet leaves its empty mount point).
+        target, uri = (f"file:{quote(str(self.path.absolute()))}?mode=rw", True) if existing else (self.path, False)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"cannot open: {exc}") from None
         self._db = db
@@ -258,7 +262,7 @@ class Journal:
                 self._db.close()
             except sqlite3.Error:  # pragma: no cover - closing a broken connection
                 pass
-            self._db = self._connect()
+            self._db = self._connect(existing=True)
 
     def _init_schema(self, synchronous: str) -> None:
         db = self._db
