@@ -242,6 +242,9 @@ class Journal:
         self._db = db
         try:
             self._init_schema(self._synchronous)
+        except sqlite3.OperationalError as exc:  # the disk (full, read-only...), not the file's content
+            db.close()
+            raise JournalError(self.path, f"cannot open: {exc}") from None
         except sqlite3.DatabaseError as exc:
             db.close()
             raise JournalError(self.path, f"not a usable SQLite journal ({exc})") from None

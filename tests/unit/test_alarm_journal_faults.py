@@ -220,3 +220,33 @@ async def test_the_engine_task_survives_the_outage_and_clears_the_alarm_itself(t
             assert_journal_equals_memory(bench)
         finally:
             bench.journal.close()
+
+
+def test_a_long_outage_keeps_the_newest_rows_and_every_state(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("scada.alarms.engine.BACKLOG_ROWS", 5)
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        bench = Bench(tmp_path / "cfg", journal_path=fs / "alarms.sqlite")
+        try:
+            bench.healthy("LC-1")
+            bench.healthy("LC-2")
+            fill(fs)
+            n = break_journal(bench)
+            before = len(bench.journal.query())
+            for k in range(n + 1, n + 21):
+                toggle_door(bench, k)
+            assert bench.engine.journal_backlog == 5
+            free_space(fs)
+            assert bench.engine.flush_journal()
+            rows = bench.journal.query()
+            dropped = bench.engine.backlog_dropped
+            assert dropped > 0
+            # The oldest rows of the outage were dropped (and counted); the newest are there, in order.
+            notified = [key(e) for e in bench.events]
+            written = [row_key(r) for r in rows[before:]]
+            assert len(written) == 5 + 1  # the backlog, then storage_failing's CLEAR
+            assert written[:5] == [k for k in notified if k[1] != STORAGE_FAILING][-5:]
+            eng = bench.engine
+            i = eng.instance("door_lc2", "LC-2")
+            assert bench.journal.load_states()[eng._state_record(i)[0]] == eng._state_record(i)[1]
+        finally:
+            bench.journal.close()
