@@ -180,7 +180,8 @@ class AlarmEngine:
         # state is behind memory: written first once the journal writes again.
         self._backlog: collections.deque[JournalRow] = collections.deque()
         self._backlog_states: set[int] = set()
-        self.backlog_dropped = 0
+        self.backlog_dropped = 0  # rows lost to a full backlog since the start (counter)
+        self._dropped_before = 0  # the counter when the current outage began
         self._retry_at = 0.0  # time.monotonic() of the next write attempt
         self._retry_delay = RETRY_FIRST_S
         self._build_lookup(np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64),
@@ -746,11 +747,11 @@ class AlarmEngine:
         self._backlog.clear()
         self._backlog_states.clear()
         self._retry_delay = RETRY_FIRST_S
-        log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows),
-                 dropped=self.backlog_dropped)
+        dropped, self._dropped_before = self.backlog_dropped - self._dropped_before, self.backlog_dropped
+        log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows), dropped=dropped)
         self.system_alarm(STORAGE_FAILING, False, f"alarm journal {self.journal.path} writes again: "
-                          f"{len(rows)} waiting rows written" + (f", {self.backlog_dropped} dropped when the backlog "
-                                                                 f"was full" if self.backlog_dropped else ""))
+                          f"{len(rows)} waiting rows written" + (f", {dropped} dropped when the backlog was full"
+                                                                 if dropped else ""))
         return True
 
     def restore(self) -> int:

@@ -659,7 +659,7 @@ class AlarmConditions:
             if e.event == "SHELVE":
                 shelving = "OneShotShelved" if one_shot else "TimedShelved"
             elif shelving == "Unshelved":  # its SHELVE was lost with a dropped queue
-                shelving = "TimedShelved"
+                shelving = "OneShotShelved" if self.engine.one_shot[i] else "TimedShelved"
         else:
             shelving = "Unshelved"
         if shelving != dyn.shelving:

@@ -250,3 +250,26 @@ def test_a_long_outage_keeps_the_newest_rows_and_every_state(tmp_path: Path, mon
             assert bench.journal.load_states()[eng._state_record(i)[0]] == eng._state_record(i)[1]
         finally:
             bench.journal.close()
+
+
+def test_a_crash_during_the_outage_loses_only_the_rows_of_the_outage(tmp_path: Path) -> None:
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        bench = Bench(tmp_path / "cfg", journal_path=fs / "alarms.sqlite")
+        bench.healthy("LC-1")
+        bench.healthy("LC-2")
+        bench.set("LC-1", temperature=61)
+        rows_before = [row_key(r) for r in bench.journal.query()]
+        states_before = bench.journal.load_states()
+        fill(fs)
+        break_journal(bench)
+        bench.engine.ack("hot", "LC-1", "operator1", "lost with the crash")
+        bench.journal.close()  # the process dies: the backlog in memory is gone
+        free_space(fs)
+        after = Bench(tmp_path / "cfg2", journal_path=fs / "alarms.sqlite")
+        try:
+            assert [row_key(r) for r in after.journal.query()] == rows_before  # a consistent prefix
+            assert after.journal.load_states() == states_before
+            after.engine.restore()
+            assert after.state("hot") == State.UNACK_ACTIVE  # as saved before the outage
+        finally:
+            after.journal.close()
