@@ -24,6 +24,20 @@ anyway, so there is nothing to hide while the link may still come back, and a se
 (every tag Bad until its first poll) must not suppress and unsuppress every alarm in town.
 
 A process alarm whose tag is Bad keeps its condition (no data neither raises nor clears).
+
+Journal faults (disk full, read-only file system, I/O error): the in-memory states stay
+applied (they are the field's truth: the alarms keep being evaluated and notified), and the
+rows the journal refused wait in a bounded in-memory backlog, in order. The backlog is retried
+with backoff (from :meth:`AlarmEngine.tick`) and written first, with the current state of
+every instance it touched, in one transaction, before anything newer: once the disk is back
+the journal holds every row in order and the saved states equal memory. Operator actions
+while the journal cannot write are accepted and queued the same way (refusing an
+acknowledgement would leave the operator without a way to work the alarm). A server alarm
+``storage_failing`` (source: the alarm journal) is raised (notified, journaled with the
+backlog) and cleared when the backlog is written. The disk always holds a consistent prefix:
+a crash (SIGKILL) during the outage loses the rows of the outage and nothing else, and the
+restart restores the states as they were before it. Beyond BACKLOG_ROWS the oldest rows are
+dropped and counted (the states are never dropped: one per instance at most).
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ import structlog
 from scada import status as st
 from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
 from scada.alarms.expr import compile_expression
-from scada.alarms.journal import Journal, JournalRow, StateRecord
+from scada.alarms.journal import Journal, JournalError, JournalRow, StateRecord
 from scada.alarms.states import NEEDS_ACK, Event, IllegalTransition, State, apply, transition
 from scada.config import Config
 from scada.tagdb import ChangeBatch, TagDB
@@ -52,6 +66,10 @@ LOG_EACH = 20  # transitions logged one by one per evaluation; more are summaris
 RATE_QUIET_S = 2.5  # a rate-of-change condition clears when the value has not moved for this long
 ANNOUNCING = ("ACTIVATE", "UNSHELVE", "SHELVE_EXPIRED", "UNSUPPRESS", "RETURN_TO_SERVICE")
 ANNOUNCED = np.zeros(len(State), bool)  # shown to operators
+# Journal outage: rows kept in memory at most (~300 B each), and the retry backoff (s).
+BACKLOG_ROWS = 100_000
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
+STORAGE_FAILING = "storage_failing"
 ANNOUNCED[[State.UNACK_ACTIVE, State.ACK_ACTIVE, State.RTN_UNACK, State.LATCHED]] = True
 
 
@@ -85,6 +103,7 @@ class AlarmEvent:
     message: str
     user: str = ""
     comment: str = ""
+    seq: int = 0  # the instance's event number (OPC UA EventIds are derived from it and time_ns)
 
 
 class AlarmEngine:
@@ -154,6 +173,17 @@ class AlarmEngine:
         self.pending = np.zeros(n, bool)  # raw != cond, waiting for a delay
         self._pending_idx = np.zeros(0, np.int64)  # a superset of the pending instances, sorted
         self.extra: dict[int, dict] = {}  # instance -> shelve user/reason, assignment
+        self.one_shot = np.zeros(n, bool)  # shelved until the condition returns to normal
+        self.last_event_ns = np.zeros(n, np.int64)  # time and number of each instance's last event
+        self.event_seq = np.zeros(n, np.int64)
+        # Rows the journal refused (disk full...), in order, and the instances whose saved
+        # state is behind memory: written first once the journal writes again.
+        self._backlog: collections.deque[JournalRow] = collections.deque()
+        self._backlog_states: set[int] = set()
+        self.backlog_dropped = 0  # rows lost to a full backlog since the start (counter)
+        self._dropped_before = 0  # the counter when the current outage began
+        self._retry_at = 0.0  # time.monotonic() of the next write attempt
+        self._retry_delay = RETRY_FIRST_S
         self._build_lookup(np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64),
                            np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64))
         self._build_suppression(dev_index)
@@ -356,6 +386,9 @@ class AlarmEngine:
     def tick(self) -> list[AlarmEvent]:
         """Time-driven work: due delays, shelve expiries, quiet rate-of-change alarms."""
         now = self.clock()
+        if self._backlog_states or self._backlog:
+            if time.monotonic() >= self._retry_at:
+                self.flush_journal()
         events: list[AlarmEvent] = []
         rate = np.flatnonzero(self.raw & (self.prev_time > 0) & (now - self.prev_time > RATE_QUIET_S * 1e9))
         rate = rate[[self.defs[int(self.inst_def[i])].condition == "rate_of_change" for i in rate]] if len(rate) else rate
@@ -437,6 +470,11 @@ class AlarmEngine:
             events += self._apply(down, Event.CLEAR, now)
         if events:
             self._record(events)
+        # A one-shot shelve ends when the condition returns to normal (OPC UA Part 9 OneShotShelved).
+        if len(due):
+            for i in down[self.one_shot[down] & (self.state[down] == State.SHELVED)].tolist():
+                events += self._operator(i, Event.UNSHELVE, "", "one-shot shelve ended: the condition returned to normal",
+                                         now)
         return events
 
     def _settle(self, inst: np.ndarray, now: int) -> None:
@@ -468,6 +506,8 @@ class AlarmEngine:
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED, Event.RETURN_TO_SERVICE):
             self._settle(np.array([i]), now)
         self.state[i] = transition(int(self.state[i]), event, bool(self.cond[i]), bool(self.latching[i]))
+        if self.state[i] != State.SHELVED:
+            self.one_shot[i] = False
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED):
             self.shelved_until[i] = 0
             self.extra.get(i, {}).pop("shelve", None)
@@ -486,8 +526,10 @@ class AlarmEngine:
         """Reset a latched alarm once its condition is gone and it is acknowledged."""
         return self._operator(self.instance(alarm, device), Event.RESET, user, comment)
 
-    def shelve(self, alarm: str, device: str, user: str, reason: str, duration_s: float) -> list[AlarmEvent]:
-        """Hide an alarm for ``duration_s`` (at most 24 h: a shelved alarm must come back)."""
+    def shelve(self, alarm: str, device: str, user: str, reason: str, duration_s: float,
+               one_shot: bool = False) -> list[AlarmEvent]:
+        """Hide an alarm for ``duration_s`` (at most 24 h: a shelved alarm must come back);
+        ``one_shot``: also until its condition returns to normal, whichever comes first."""
         if not 0 < duration_s <= 86400:
             raise ValueError("a shelve lasts more than 0 s and at most 24 h")
         if not reason.strip():
@@ -498,9 +540,11 @@ class AlarmEngine:
         # Set before the transition: subscribers and the saved state see the expiry with the event.
         self.shelved_until[i] = now + int(duration_s * 1e9)
         self.extra.setdefault(i, {})["shelve"] = (user, reason)
+        self.one_shot[i] = one_shot
         try:
             return self._operator(i, Event.SHELVE, user, reason, now)
         except IllegalTransition:
+            self.one_shot[i] = False  # an illegal SHELVE leaves the state, hence not SHELVED
             self.shelved_until[i] = before[0]
             if before[1] is None:
                 self.extra[i].pop("shelve", None)
@@ -551,8 +595,9 @@ class AlarmEngine:
         e = AlarmEvent(self.clock(), -1, name, source, "", "ACTIVATE" if active else "CLEAR",
                        State.ACK_ACTIVE if active else State.NORMAL, active, None, priority,
                        PRIORITIES[priority], service, message)
-        self.journal.record([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
-                                        e.event, e.state.name, "", "", e.service, e.message)])
+        # Through the backlog: storage_failing itself is raised while the journal cannot write.
+        self._journal_write([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
+                                        e.event, e.state.name, "", "", e.service, e.message)], ())
         (log.warning if active else log.info)("system_alarm", alarm=name, active=active, message=message)
         for notify in self.subscribers:
             notify([e])
@@ -601,8 +646,12 @@ class AlarmEngine:
     def _event(self, i: int, event: str, now: int, user: str = "", comment: str = "") -> AlarmEvent:
         a = self.defs[int(self.inst_def[i])]
         d = self.config.devices[int(self.inst_dev[i])]
+        # Every event built is journaled and notified: its number and time are the instance's last.
+        seq = int(self.event_seq[i]) + 1
+        self.event_seq[i] = seq
+        self.last_event_ns[i] = now
         return AlarmEvent(now, i, a.name, d.name, d.commune, event, State(int(self.state[i])), bool(self.cond[i]),
-                          self._value(i), a.priority, a.severity, a.service, self._message(i), user, comment)
+                          self._value(i), a.priority, a.severity, a.service, self._message(i), user, comment, seq)
 
     def _state_record(self, i: int) -> tuple[tuple[str, str], StateRecord]:
         shelve = self.extra.get(i, {}).get("shelve", ("", ""))
@@ -611,7 +660,9 @@ class AlarmEngine:
             acked=State(int(self.state[i])) not in (State.UNACK_ACTIVE, State.RTN_UNACK),
             since_ns=int(self.cond_since[i]) or None, shelved_until_ns=int(self.shelved_until[i]) or None,
             shelve_user=shelve[0], shelve_reason=shelve[1],
-            assigned_to=self.extra.get(i, {}).get("assigned", ""), last_value=self._value(i))
+            assigned_to=self.extra.get(i, {}).get("assigned", ""), last_value=self._value(i),
+            one_shot=bool(self.one_shot[i]), last_event_ns=int(self.last_event_ns[i]) or None,
+            event_seq=int(self.event_seq[i]))
 
     def rate(self, window_s: float = 600.0) -> int:
         """Alarms announced in the last ``window_s`` (ISA-18.2: more than 10 in 10 minutes is a flood)."""
@@ -625,7 +676,7 @@ class AlarmEngine:
         rows = [JournalRow(e.time_ns, e.alarm, e.device, e.commune, e.value, e.priority, e.severity, e.event,
                            e.state.name, e.user, e.comment, e.service, e.message) for e in events]
         touched = sorted({e.instance for e in events} | set(persist))
-        self.journal.record(rows, states=[self._state_record(i) for i in touched])
+        self._journal_write(rows, touched)
         self.transitions += len(rows)
         announced = [e for e in events if e.state == State.UNACK_ACTIVE and e.event in ANNOUNCING]
         self._announced_at.extend(e.time_ns for e in announced)
@@ -643,6 +694,68 @@ class AlarmEngine:
             log.warning("alarm_burst", transitions=len(events), by_alarm=counts)
         for notify in self.subscribers:
             notify(events)
+
+    # Journal writes, and the backlog of a journal outage (see the module docstring)
+
+    def _journal_write(self, rows: Sequence[JournalRow], touched: Sequence[int]) -> None:
+        """Journal ``rows`` with the states of ``touched``; on a storage error keep them for later."""
+        if self._backlog or self._backlog_states:  # behind what waits: the journal keeps the order
+            self._keep(rows, touched)
+            return
+        try:
+            self.journal.record(rows, states=[self._state_record(i) for i in touched])
+        except JournalError as exc:
+            self._keep(rows, touched)
+            self._journal_failed(exc)
+
+    def _keep(self, rows: Sequence[JournalRow], touched: Sequence[int]) -> None:
+        self._backlog.extend(rows)
+        self._backlog_states.update(touched)
+        over = len(self._backlog) - BACKLOG_ROWS
+        if over > 0:
+            for _ in range(over):
+                self._backlog.popleft()
+            self.backlog_dropped += over
+            log.error("alarm_journal_backlog_full", journal=str(self.journal.path), dropped=self.backlog_dropped,
+                      kept=len(self._backlog))
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        self._retry_at = time.monotonic() + self._retry_delay
+        log.error("alarm_journal_write_failed", journal=exc.path, error=exc.reason, backlog=len(self._backlog),
+                  retry_in_s=self._retry_delay)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
+        self.system_alarm(STORAGE_FAILING, True, f"alarm journal {exc.path} cannot be written ({exc.reason}): "
+                          f"alarms still run, their journal rows wait in memory and are retried; free space "
+                          f"or repair the disk")
+
+    @property
+    def journal_backlog(self) -> int:
+        """Journal rows waiting in memory for the journal to write again (0: none)."""
+        return len(self._backlog)
+
+    def flush_journal(self) -> bool:
+        """Write the backlog of a journal outage, oldest first, with the current states of the
+        instances it touched, in one transaction; True once nothing waits."""
+        if not self._backlog and not self._backlog_states:
+            return True
+        rows = list(self._backlog)
+        try:
+            # A new file descriptor: a file system that went read-only on an error is only
+            # writable again once repaired and mounted again, which the old one never sees.
+            self.journal.reopen()
+            self.journal.record(rows, states=[self._state_record(i) for i in sorted(self._backlog_states)])
+        except JournalError as exc:
+            self._journal_failed(exc)
+            return False
+        self._backlog.clear()
+        self._backlog_states.clear()
+        self._retry_delay = RETRY_FIRST_S
+        dropped, self._dropped_before = self.backlog_dropped - self._dropped_before, self.backlog_dropped
+        log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows), dropped=dropped)
+        self.system_alarm(STORAGE_FAILING, False, f"alarm journal {self.journal.path} writes again: "
+                          f"{len(rows)} waiting rows written" + (f", {dropped} dropped when the backlog was full"
+                                                                 if dropped else ""))
+        return True
 
     def restore(self) -> int:
         """Take back the states saved by a previous run (call before the first evaluation).
@@ -669,6 +782,9 @@ class AlarmEngine:
                 self.extra.setdefault(i, {})["shelve"] = (rec.shelve_user, rec.shelve_reason)
             if rec.assigned_to:
                 self.extra.setdefault(i, {})["assigned"] = rec.assigned_to
+            self.one_shot[i] = rec.one_shot and rec.state == State.SHELVED
+            self.last_event_ns[i] = rec.last_event_ns or 0
+            self.event_seq[i] = rec.event_seq
             n += 1
         return n
 
@@ -689,3 +805,6 @@ class AlarmEngine:
                     next_tick = time.monotonic() + period
         finally:
             self.tagdb.unsubscribe(consumer)
+            if self._backlog or self._backlog_states:  # a last chance before the process ends
+                if not self.flush_journal():
+                    log.error("alarm_journal_rows_lost", journal=str(self.journal.path), rows=len(self._backlog))

@@ -7,6 +7,11 @@ Both tables change in the same transaction, so after a crash the states and the 
 never disagree: either a batch is in both or in neither. On restart the engine reloads the
 states with :meth:`Journal.load_states`: no alarm lost, none announced twice.
 
+Schema version 2 added to the state table the one-shot shelve flag and the time and sequence
+number of each instance's last event (the OPC UA EventId of a condition is derived from them,
+so that an HMI sees the same EventIds after a restart). A version 1 file is migrated in place
+when opened (three columns added, their defaults: not one-shot, no last event).
+
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives a crash of the
 process (SIGKILL included); a power cut may lose the last transactions since the last WAL
 checkpoint, never corrupt the file. ``synchronous="FULL"`` trades speed for that too.
@@ -25,13 +30,14 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import numpy as np
 
 from scada.alarms.states import State
 from scada.sqlite_wal import HeaderError, check_header, create_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Our file's identity in the SQLite header, so that another application's database is refused.
 APPLICATION_ID = 0x5343_4A31  # "SCJ1"
 
@@ -70,6 +76,9 @@ CREATE TABLE IF NOT EXISTS alarm_state (
     shelve_reason    TEXT NOT NULL,
     assigned_to      TEXT NOT NULL,
     last_value       REAL,
+    one_shot         INTEGER NOT NULL DEFAULT 0,
+    last_event_ns    INTEGER,
+    event_seq        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (alarm, device)
 ) WITHOUT ROWID;
 """
@@ -77,7 +86,14 @@ CREATE TABLE IF NOT EXISTS alarm_state (
 _COLUMNS = ("time_ns", "alarm", "device", "commune", "value", "priority", "severity", "event",
             "state", "user", "comment", "service", "message")
 _STATE_COLUMNS = ("alarm", "device", "state", "active", "acked", "since_ns", "shelved_until_ns",
-                  "shelve_user", "shelve_reason", "assigned_to", "last_value")
+                  "shelve_user", "shelve_reason", "assigned_to", "last_value", "one_shot", "last_event_ns",
+                  "event_seq")
+# Version 1 -> 2: the columns schema 2 added to alarm_state (defaults as in _SCHEMA).
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE alarm_state ADD COLUMN one_shot INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE alarm_state ADD COLUMN last_event_ns INTEGER",
+    "ALTER TABLE alarm_state ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0",
+)
 
 
 def _q(column: str) -> str:
@@ -142,7 +158,9 @@ class StateRecord:
 
     ``since_ns`` is the time of the activation that started the current episode (None when
     normal); ``shelved_until_ns`` the shelve expiry (None: not shelved, or shelved without
-    expiry if the state is SHELVED).
+    expiry if the state is SHELVED); ``one_shot`` a shelve that ends when the condition
+    returns to normal; ``last_event_ns`` and ``event_seq`` the time and the per-instance
+    sequence number of the instance's last event (its OPC UA EventId is derived from them).
     """
 
     state: State
@@ -154,6 +172,9 @@ class StateRecord:
     shelve_reason: str = ""
     assigned_to: str = ""
     last_value: float | None = None
+    one_shot: bool = False
+    last_event_ns: int | None = None
+    event_seq: int = 0
 
 
 # State -> its name as stored; a dict so that a numpy integer state works and a bad one fails.
@@ -170,14 +191,15 @@ def _row_tuple(r: JournalRow) -> tuple:
 
 def _state_tuple(key: Key, s: StateRecord) -> tuple:
     # Built per touched instance on the engine's hot path: no Enum calls, no helper calls.
-    since, until, last = s.since_ns, s.shelved_until_ns, s.last_value
+    since, until, last, last_ev = s.since_ns, s.shelved_until_ns, s.last_value, s.last_event_ns
     try:
         state = _STATE_NAME[s.state]
     except (KeyError, TypeError):
         raise ValueError(f"alarm state of {key[0]}@{key[1]}: not a State ({s.state!r})") from None
     return (key[0], key[1], state, 1 if s.active else 0, 1 if s.acked else 0,
             None if since is None else int(since), None if until is None else int(until),
-            s.shelve_user, s.shelve_reason, s.assigned_to, None if last is None else float(last))
+            s.shelve_user, s.shelve_reason, s.assigned_to, None if last is None else float(last),
+            1 if s.one_shot else 0, None if last_ev is None else int(last_ev), int(s.event_seq))
 
 
 def _state_items(states: Mapping[Key, StateRecord] | Iterable[tuple[Key, StateRecord]]):
@@ -206,27 +228,72 @@ class Journal:
         if self.path.is_dir():
             raise JournalError(self.path, "is a folder, not a journal file")
         self._lock = threading.Lock()
+        self._synchronous = synchronous.upper()
+        self._db = self._connect()
+
+    def _connect(self, existing: bool = False) -> sqlite3.Connection:
+        # existing: open the file only if it is there (mode=rw), never create an empty journal
+        # in its place (a file system that is not mounted again yet leaves its empty mount point).
+        target, uri = (f"file:{quote(str(self.path.absolute()))}?mode=rw", True) if existing else (self.path, False)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"cannot open: {exc}") from None
+        self._db = db
         try:
-            self._init_schema(synchronous.upper())
+            self._init_schema(self._synchronous)
+        except sqlite3.OperationalError as exc:  # the disk (full, read-only...), not the file's content
+            db.close()
+            raise JournalError(self.path, f"cannot open: {exc}") from None
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            db.close()
             raise JournalError(self.path, f"not a usable SQLite journal ({exc})") from None
         except JournalError:
-            self._db.close()
+            db.close()
             raise
+        return db
+
+    def reopen(self) -> None:
+        """Close the file and open it again (JournalError if that fails; the journal then stays
+        closed and every call raises JournalError until a reopen succeeds).
+
+        After a storage fault: a file system that went read-only on an error is repaired and
+        mounted again, and only a new file descriptor reaches it.
+        """
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:  # pragma: no cover - closing a broken connection
+                pass
+            self._db = self._connect(existing=True)
 
     def _init_schema(self, synchronous: str) -> None:
         db = self._db
         try:
             check_header(db, APPLICATION_ID, SCHEMA_VERSION, "an alarm journal", "journal")
         except HeaderError as exc:
-            raise JournalError(self.path, str(exc)) from None
+            if not self._migrate():
+                raise JournalError(self.path, str(exc)) from None
         if not create_schema(db, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise JournalError(self.path, "cannot switch the file to WAL mode")
+
+    def _migrate(self) -> bool:
+        """Bring a version 1 journal of ours to version 2 (one transaction); False if it is not one."""
+        db = self._db
+        if (db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID
+                or db.execute("PRAGMA user_version").fetchone()[0] != 1):
+            return False
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for stmt in _MIGRATE_1_TO_2:
+                db.execute(stmt)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise JournalError(self.path, f"cannot migrate the journal from schema version 1: {exc}") from None
+        return True
 
     # -- writing -------------------------------------------------------------------------
 
@@ -282,13 +349,14 @@ class Journal:
         out: dict[Key, StateRecord] = {}
         with self._lock:
             rows = self._read(f"SELECT {', '.join(_STATE_COLUMNS)} FROM alarm_state ORDER BY alarm, device", ())
-        for alarm, device, state, active, acked, since, until, suser, sreason, assigned, last in rows:
+        for (alarm, device, state, active, acked, since, until, suser, sreason, assigned, last, one_shot,
+             last_ev, seq) in rows:
             try:
                 s = State[state]
             except KeyError:
                 raise JournalError(self.path, f"unknown alarm state {state!r} for {alarm}@{device}") from None
             out[(alarm, device)] = StateRecord(s, bool(active), bool(acked), since, until, suser, sreason,
-                                               assigned, last)
+                                               assigned, last, bool(one_shot), last_ev, seq)
         return out
 
     def query(self, start_ns: int | None = None, end_ns: int | None = None, *,

@@ -39,8 +39,14 @@ Every alarm instance of the engine (an alarm definition on one device) is one co
   design with its condition active. ConfirmedState is not used (the engine has no confirm step).
   Comment / ClientUserId are the last comment an operator gave (acknowledgement, note, shelve
   reason...), reset at each new occurrence. A one-shot shelve is a 24 h shelve of the engine
-  that this module ends when the condition clears (the flag is not persisted: after a restart
-  it is a timed shelve).
+  with its ``one_shot`` flag: the engine ends it when the condition clears, and persists the
+  flag with the alarm's state (a restart keeps it one-shot).
+
+* **EventIds** are derived from the engine's event (:func:`condition_event_id`: the alarm,
+  the device, the event's time and its per-instance number), which the engine persists with
+  the alarm's state: after a restart, even after a SIGKILL, ConditionRefresh gives each
+  retained condition the EventId of its last event, the one the HMI already holds (and can
+  Acknowledge with). Server alarms and RefreshStart/End events keep a random per-run prefix.
 
 * **Methods.** The standard method NodeIds, called with the condition (or its ShelvingState)
   as ObjectId: Acknowledge, AddComment, TimedShelve(2), OneShotShelve(2), Unshelve(2),
@@ -70,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import hashlib
 import itertools
 import os
 import struct
@@ -173,6 +180,13 @@ _SHELVING_TRANSITION = {
 }
 _BRANCH_NULL = _v(ua.NodeId(), VT.NodeId)
 _HIDDEN_STATES = (State.SHELVED, State.SUPPRESSED, State.OUT_OF_SERVICE)
+
+
+def condition_event_id(alarm: str, device: str, time_ns: int, seq: int) -> bytes:
+    """The EventId of an alarm instance's event: the same whenever computed, unique per event
+    (the per-instance number never repeats; the time keeps it apart across a lost journal)."""
+    key = f"{alarm}\x1f{device}\x1f{int(time_ns)}\x1f{int(seq)}".encode()
+    return hashlib.blake2b(key, digest_size=16).digest()
 
 
 def retained(state: State | int, active: bool) -> bool:
@@ -298,7 +312,6 @@ class AlarmConditions:
         self._refreshing: set[int] = set()
         self._slow: set[int] = set()  # id() of subscriptions that stopped draining (backpressure)
         self._tasks: set[asyncio.Task] = set()  # ConditionRefresh deliveries under way
-        self._one_shot_request: int | None = None
         self._where_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._session_names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -587,7 +600,7 @@ class AlarmConditions:
             if i < 0:  # a server alarm (AlarmEngine.system_alarm): no instance, no columns
                 self._queue.append((e, 0, 0, False))
                 continue
-            one_shot = e.event == "SHELVE" and i == self._one_shot_request
+            one_shot = e.event == "SHELVE" and bool(eng.one_shot[i])
             self._queue.append((e, int(eng.cond_since[i]), int(status[eng.inst_tag[i]]), one_shot))
         self._wake.set()
 
@@ -658,24 +671,21 @@ class AlarmConditions:
             if e.event == "SHELVE":
                 shelving = "OneShotShelved" if one_shot else "TimedShelved"
             elif shelving == "Unshelved":  # its SHELVE was lost with a dropped queue
-                shelving = "TimedShelved"
+                shelving = "OneShotShelved" if self.engine.one_shot[i] else "TimedShelved"
         else:
             shelving = "Unshelved"
         if shelving != dyn.shelving:
             name, nid = _SHELVING_TRANSITION.get((dyn.shelving, shelving), (shelving, 0))
             dyn.shelving_transition = (name, nid, t)
             dyn.shelving = shelving
-        ev = self._event(i, e.message, e.severity, state, e.active, t, since_ns, quality, dyn)
+        ev = self._event(i, e.message, e.severity, state, e.active, t, since_ns, quality, dyn,
+                         condition_event_id(e.alarm, e.device, e.time_ns, e.seq))
         if keep:
             self._retained[i] = ev
         else:
             self._retained.pop(i, None)
         self.emitted += 1
         await self._deliver(ev, self._notifiers[int(self.engine.inst_dev[i])])
-        # A one-shot shelve ends when the condition returns to normal (Part 9 OneShotShelved).
-        if e.event == "CLEAR" and dyn.shelving == "OneShotShelved" and self.engine.state[i] == State.SHELVED:
-            a, d = self._names_of(i)
-            self.engine.unshelve(a, d, "", "one-shot shelve ended: the condition returned to normal")
 
     def _system_condition(self, name: str) -> ua.NodeId:
         """The condition node of a server alarm, made at its first event (Server -HasCondition-> it)."""
@@ -739,7 +749,7 @@ class AlarmConditions:
         return self._prefix + struct.pack(">Q", next(self._seq))
 
     def _event(self, i: int, message: str, severity: int, state: State, active: bool, t: datetime,
-               since_ns: int, quality: int, dyn: _Dyn) -> ConditionEvent:
+               since_ns: int, quality: int, dyn: _Dyn, eid: bytes) -> ConditionEvent:
         """The condition's event with every Part 9 field this server keeps (see the docstring)."""
         eng = self.engine
         info = self._defs[int(eng.inst_def[i])]
@@ -748,7 +758,6 @@ class AlarmConditions:
         acked = bool(is_acked(state))
         if acked != dyn.acked or dyn.acked_time is None:
             dyn.acked, dyn.acked_time = acked, t
-        eid = self._event_id()
         dyn.event_ids.append(eid)
         f = dict(info.static)
         f["EventId"] = _v(eid, VT.ByteString)
@@ -816,12 +825,16 @@ class AlarmConditions:
             dyn = self._dyn_of(i)
             if state != State.SHELVED:
                 dyn.shelving = "Unshelved"
-            elif dyn.shelving == "Unshelved":
-                dyn.shelving = "TimedShelved"
+            else:  # the engine's flag, persisted: a one-shot shelve stays one after a restart
+                dyn.shelving = "OneShotShelved" if eng.one_shot[i] else "TimedShelved"
             d = eng.describe(i)
             sev = eng.defs[int(eng.inst_def[i])].severity
-            self._retained[i] = self._event(i, d["message"], sev, state, active, _dt(now), int(eng.cond_since[i]),
-                                            int(status[eng.inst_tag[i]]), dyn)
+            # The instance's last event, as the engine numbered it (and persisted it): its EventId
+            # and Time are the ones its clients received, before a restart as well.
+            last = int(eng.last_event_ns[i])
+            eid = condition_event_id(d["alarm"], d["device"], last, int(eng.event_seq[i]))
+            self._retained[i] = self._event(i, d["message"], sev, state, active, _dt(last or now),
+                                            int(eng.cond_since[i]), int(status[eng.inst_tag[i]]), dyn, eid)
 
     # Delivery to asyncua's subscriptions
 
@@ -1015,13 +1028,11 @@ class AlarmConditions:
         # The engine wants a reason; TimedShelve / OneShotShelve (v1) carry none.
         method = "OneShotShelve" if one_shot else "TimedShelve"
         reason = comment.strip() or f"{method} via OPC UA (no reason given)"
-        self._one_shot_request = i if one_shot else None
         try:
-            return self._act(method, self.engine.shelve, *self._names_of(i), self._user(), reason, ms / 1000.0)
+            return self._act(method, self.engine.shelve, *self._names_of(i), self._user(), reason, ms / 1000.0,
+                             one_shot)
         except ValueError:
             return ua.StatusCode(SC.BadShelvingTimeOutOfRange)
-        finally:
-            self._one_shot_request = None
 
     def _operator_method(self, name: str, action, required: State | None = None, refusal: int = 0):
         """An OPC UA method that is one engine action on the condition it is called on.

@@ -206,7 +206,8 @@ def test_unknown_state_in_file_is_an_error(tmp_path):
     path = tmp_path / "alarms.db"
     Journal(path).close()
     db = sqlite3.connect(path)
-    db.execute("INSERT INTO alarm_state VALUES ('a', 'd', 'ON_FIRE', 1, 0, NULL, NULL, '', '', '', NULL)")
+    db.execute("INSERT INTO alarm_state (alarm, device, state, active, acked, shelve_user, shelve_reason, "
+               "assigned_to) VALUES ('a', 'd', 'ON_FIRE', 1, 0, '', '', '')")
     db.commit()
     db.close()
     with Journal(path) as j, pytest.raises(JournalError, match="unknown alarm state 'ON_FIRE' for a@d"):

@@ -1,0 +1,221 @@
+"""Crash consistency of the alarms, with real processes: the tiny simulated city and the
+server; alarms put in every state an operator can leave them in (active unacknowledged,
+acknowledged, returned to normal unacknowledged, timed shelve, one-shot shelve, latched),
+then the server is killed (SIGKILL: no shutdown code runs) and started again.
+
+After the restart an HMI's ConditionRefresh shows the same conditions with the same EventIds
+and states, an EventId received before the crash still acknowledges, no alarm is announced a
+second time (the journal has no new activation), and the one-shot shelve is still one-shot
+(it ends when its condition clears, the timed one does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from asyncua import Client, ua
+
+from scada.alarms.journal import Journal
+from scada.config import load_config
+
+from .helpers import ROOT, Process, free_port, free_port_range, wait_port
+
+pytestmark = pytest.mark.integration
+O = ua.ObjectIds
+
+# What ConditionRefresh must give back identical (Time is the condition's last event's).
+FIELDS = ("EventId", "Time", "Retain", "ActiveState/Id", "AckedState/Id", "LatchedState/Id",
+          "SuppressedOrShelved", "ShelvingState/CurrentState/Id", "Severity")
+
+
+def fault(control_port: int, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def read_journal(path) -> list:
+    j = Journal(path)
+    try:
+        return j.query()
+    finally:
+        j.close()
+
+
+async def journal_until(path, predicate, timeout: float = 60.0, what: str = "") -> list:
+    """The server's journal (read beside it: SQLite WAL) once ``predicate(rows)`` holds."""
+    deadline = time.monotonic() + timeout
+    rows: list = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            rows = read_journal(path)
+            if predicate(rows):
+                return rows
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
+
+
+def has(rows, alarm: str, device: str, event: str, state: str) -> bool:
+    return any((r.alarm, r.device, r.event, r.state) == (alarm, device, event, state) for r in rows)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def event_notification(self, event) -> None:
+        self.queue.put_nowait(event)
+
+
+async def refresh(client: Client) -> dict:
+    """ConditionRefresh on a new subscription: {(device, alarm): event} of the retained conditions."""
+    handler = Events()
+    sub = await client.create_subscription(50, handler)
+    try:
+        await sub.subscribe_alarms_and_conditions(client.nodes.server, O.AlarmConditionType)
+        await client.get_node(ua.NodeId(O.ConditionType)).call_method(
+            ua.NodeId(O.ConditionType_ConditionRefresh), ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
+        shown, started = {}, False
+        async with asyncio.timeout(30):
+            while True:
+                e = await handler.queue.get()
+                if e.EventType == ua.NodeId(O.RefreshStartEventType):
+                    started = True
+                elif e.EventType == ua.NodeId(O.RefreshEndEventType):
+                    return shown
+                elif started and e.ConditionName:
+                    shown[(e.SourceName, e.ConditionName)] = e
+    finally:
+        await sub.delete()
+
+
+def fields(e) -> dict:
+    return {f: getattr(e, f, None) for f in FIELDS}
+
+
+async def refresh_until(url: str, predicate, timeout: float = 60.0, what: str = "") -> dict:
+    deadline = time.monotonic() + timeout
+    shown: dict = {}
+    while time.monotonic() < deadline:
+        async with Client(url, timeout=10) as client:
+            shown = await refresh(client)
+        if predicate(shown):
+            return shown
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s; shown: "
+                         f"{ {k: fields(e) for k, e in shown.items()} }")
+
+
+async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_nothing_twice(tmp_path):
+    base = free_port_range(6)
+    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
+    config, data = tmp_path / "config", tmp_path / "data"
+    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
+                   "--opcua-port", str(opc_sim), "--control-port", str(control), "--config-out", str(config),
+                   "--types-from", str(ROOT / "tags.yaml"), "--failure-rate", "0", "--log-json"], tmp_path / "sim.log")
+    url = f"opc.tcp://127.0.0.1:{opc_scada}/scada/"
+    server_args = ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint", url,
+                   "--status-interval", "0", "--data", str(data)]
+    server = None
+    path = data / "alarms.sqlite"
+    try:
+        wait_port(control, timeout=60)
+        (config / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
+        cfg = load_config(config)
+        cabinets = [d.name for d in cfg.devices if d.type == "lighting_cabinet"]
+        junction = next(d.name for d in cfg.devices if d.type == "traffic_junction")
+        assert len(cabinets) >= 5, cabinets
+        unacked, acked, rtn, timed, one_shot = cabinets[:5]
+        server = Process(server_args, tmp_path / "server.log")
+        wait_port(opc_scada, timeout=60)
+
+        for cab in (unacked, acked, timed, one_shot):
+            fault(control, "lamp_failure", cab, "count=2")
+        fault(control, "door_open", rtn)
+        fault(control, "conflict_fault", junction)
+        await journal_until(path, lambda rows: all(has(rows, "lamps_failed", c, "ACTIVATE", "UNACK_ACTIVE")
+                                                   for c in (unacked, acked, timed, one_shot))
+                            and has(rows, "door_open", rtn, "ACTIVATE", "UNACK_ACTIVE")
+                            and has(rows, "conflict_fault", junction, "ACTIVATE", "UNACK_ACTIVE"),
+                            what="the alarms announced")
+        fault(control, "door_close", rtn)
+        fault(control, "conflict_clear", junction)
+
+        # The HMI acknowledges, shelves (timed and one-shot) with the standard methods.
+        needed = [(c, "lamps_failed") for c in (acked, timed, one_shot)] + [(junction, "conflict_fault")]
+        shown = await refresh_until(url, lambda shown: all(k in shown for k in needed),
+                                    what="the HMI sees the announced alarms")
+        async with Client(url, timeout=10) as client:
+
+            for device, alarm in ((acked, "lamps_failed"), (junction, "conflict_fault")):
+                e = shown[(device, alarm)]
+                await client.get_node(e.NodeId).call_method(
+                    ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                    ua.Variant(e.EventId, ua.VariantType.ByteString), ua.LocalizedText("seen"))
+            for device, method, args in ((timed, O.AlarmConditionType_ShelvingState_TimedShelve,
+                                          (ua.Variant(3_600_000.0, ua.VariantType.Double),)),
+                                         (one_shot, O.AlarmConditionType_ShelvingState_OneShotShelve, ())):
+                cond = shown[(device, "lamps_failed")].NodeId
+                shelving = ua.NodeId(f"{cond.Identifier}/ShelvingState", cond.NamespaceIndex)
+                await client.get_node(shelving).call_method(ua.NodeId(method), *args)
+        # The latch: the technician resets the controller locally, the condition is gone.
+        fault(control, "local_reset", junction)
+        rows = await journal_until(
+            path, lambda rows: has(rows, "door_open", rtn, "CLEAR", "RTN_UNACK")
+            and has(rows, "conflict_fault", junction, "CLEAR", "LATCHED")
+            and has(rows, "lamps_failed", acked, "ACK", "ACK_ACTIVE")
+            and has(rows, "lamps_failed", timed, "SHELVE", "SHELVED")
+            and has(rows, "lamps_failed", one_shot, "SHELVE", "SHELVED"), what="every state reached")
+
+        expected = {
+            (unacked, "lamps_failed"): {"ActiveState/Id": True, "AckedState/Id": False},
+            (acked, "lamps_failed"): {"ActiveState/Id": True, "AckedState/Id": True},
+            (rtn, "door_open"): {"ActiveState/Id": False, "AckedState/Id": False},
+            (timed, "lamps_failed"): {"ShelvingState/CurrentState/Id": ua.NodeId(O.ShelvedStateMachineType_TimedShelved)},
+            (one_shot, "lamps_failed"): {"ShelvingState/CurrentState/Id":
+                                         ua.NodeId(O.ShelvedStateMachineType_OneShotShelved)},
+            (junction, "conflict_fault"): {"LatchedState/Id": True, "ActiveState/Id": False, "AckedState/Id": True},
+        }
+
+        def in_expected_states(shown: dict) -> bool:
+            return all(k in shown and all(getattr(shown[k], f, None) == v for f, v in want.items())
+                       for k, want in expected.items())
+
+        before = await refresh_until(url, in_expected_states, what="the HMI sees every state")
+        before_rows = read_journal(path)
+
+        # SIGKILL: no shutdown code, no final save.
+        server.stop(signal.SIGKILL)
+        server = Process(server_args, tmp_path / "server2.log")
+        wait_port(opc_scada, timeout=60)
+        after = await refresh_until(url, lambda shown: set(before) <= set(shown), what="the conditions after restart")
+        assert {k: fields(after[k]) for k in before} == {k: fields(e) for k, e in before.items()}
+
+        # An EventId received before the crash still acknowledges (the HMI holds it).
+        async with Client(url, timeout=10) as client:
+            await client.get_node(before[(unacked, "lamps_failed")].NodeId).call_method(
+                ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(before[(unacked, "lamps_failed")].EventId, ua.VariantType.ByteString),
+                ua.LocalizedText("after the restart"))
+        # The lamps are repaired: the one-shot shelve ends with its condition, the timed one stays.
+        fault(control, "lamp_repair", one_shot)
+        fault(control, "lamp_repair", timed)
+        rows = await journal_until(
+            path, lambda rows: has(rows, "lamps_failed", one_shot, "UNSHELVE", "NORMAL")
+            and has(rows, "lamps_failed", timed, "CLEAR", "SHELVED")
+            and has(rows, "lamps_failed", unacked, "ACK", "ACK_ACTIVE"), what="repairs and acknowledgement")
+        new = rows[len(before_rows):]
+        assert [(r.alarm, r.device) for r in rows[:len(before_rows)]] == [(r.alarm, r.device) for r in before_rows]
+        # Nothing announced twice: no activation since the crash, the server's own alarms aside.
+        assert [(r.alarm, r.device) for r in new if r.event == "ACTIVATE" and r.device != "server"] == []
+        assert [r.event for r in new if (r.alarm, r.device) == ("lamps_failed", timed)] == ["CLEAR"]
+        assert "alarm_states_restored" in server.output()
+    finally:
+        if server:
+            server.stop()
+        sim.stop()
