@@ -598,7 +598,7 @@ class AlarmEngine:
         # Through the backlog: storage_failing itself is raised while the journal cannot write.
         self._journal_write([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
                                         e.event, e.state.name, "", "", e.service, e.message)], ())
-        (log.warning if active else log.info)("system_alarm", alarm=name, active=active, message=message)
+        (log.warning if active else log.info)("system_alarm", alarm=name, source=source, active=active, message=message)
         for notify in self.subscribers:
             notify([e])
         return e
@@ -726,7 +726,7 @@ class AlarmEngine:
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
         self.system_alarm(STORAGE_FAILING, True, f"alarm journal {exc.path} cannot be written ({exc.reason}): "
                           f"alarms still run, their journal rows wait in memory and are retried; free space "
-                          f"or repair the disk")
+                          f"or repair the disk", source="alarm_journal")
 
     @property
     def journal_backlog(self) -> int:
@@ -754,7 +754,7 @@ class AlarmEngine:
         log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows), dropped=dropped)
         self.system_alarm(STORAGE_FAILING, False, f"alarm journal {self.journal.path} writes again: "
                           f"{len(rows)} waiting rows written" + (f", {dropped} dropped when the backlog was full"
-                                                                 if dropped else ""))
+                                                                 if dropped else ""), source="alarm_journal")
         return True
 
     def restore(self) -> int:
