@@ -4,23 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install system-deps check bench clean
+.PHONY: demo demo-broker test install system-deps check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "cannot create a virtual environment: on Debian, apt-get install python3-venv"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 ## Start the simulated city and the server (OPC UA on opc.tcp://localhost:4840/scada/).
 ## `make demo CITY=dijon` runs the whole metropolis; ACCEL=60 runs an hour a minute.
+## The bollards' and vehicles' MQTT broker: Mosquitto, installed here when that needs no
+## password, else the embedded amqtt of the `demo` extra; BROKER=embedded|mosquitto|none forces one.
 CITY ?= small
 ACCEL ?= 1
-demo: $(STAMP)
-	$(BIN)/scada demo --config . --city $(CITY) --acceleration $(ACCEL)
+BROKER ?= auto
+demo: demo-broker $(STAMP)
+	$(BIN)/scada demo --config . --city $(CITY) --acceleration $(ACCEL) --broker $(BROKER)
+
+demo-broker:
+	@scripts/install-demo-broker.sh
 
 ## Install what the tests need (Debian packages with apt-get, pip packages) and run the suite.
 test: system-deps $(STAMP)

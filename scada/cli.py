@@ -158,19 +158,17 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
-def _mosquitto(log_dir: Path) -> tuple[subprocess.Popen | None, str | None]:
-    """A local Mosquitto for the bollards and vehicles when one is installed (the demo needs none)."""
-    import shutil
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if _accepts("127.0.0.1", DEMO_MQTT_PORT):
-        return None, f"127.0.0.1:{DEMO_MQTT_PORT}"  # a broker is already there: use it
-    if exe is None:
+def _demo_broker(want: str, run_dir: Path) -> tuple[subprocess.Popen | None, str | None]:
+    """The bollards' and vehicles' MQTT broker (scada/demo_broker.py chooses): its process
+    (None if the demo did not start one) and host:port (None: no broker, the demo goes on without)."""
+    from scada import demo_broker
+    choice = demo_broker.choose("127.0.0.1", DEMO_MQTT_PORT, want)
+    print(choice.describe(), flush=True)
+    try:
+        return demo_broker.start(choice, run_dir), choice.endpoint
+    except demo_broker.BrokerError as exc:  # the rest of the city still runs: its MQTT devices show why
+        print(f"{exc}: no bollards or vehicles", file=sys.stderr, flush=True)
         return None, None
-    conf = log_dir / "mosquitto.conf"
-    conf.write_text(f"listener {DEMO_MQTT_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    return proc, f"127.0.0.1:{DEMO_MQTT_PORT}"
 
 
 def _watch(proc: subprocess.Popen, what: str) -> None:
@@ -203,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     run_dir = Path("var")
     run_dir.mkdir(exist_ok=True)
-    broker, mqtt = _mosquitto(run_dir)
+    broker, mqtt = _demo_broker(args.broker, run_dir)
     sim_args = [sys.executable, "-m", "simulators", "city", "--preset", args.city,
                 "--opcua-port", str(DEMO_SIM_OPCUA_PORT), "--control-port", str(DEMO_CONTROL_PORT),
                 "--acceleration", str(args.acceleration), "--event-loop", args.event_loop]
@@ -218,7 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
         print(f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
               f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
-              + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker installed: no bollards or vehicles")
+              + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker: no bollards or vehicles")
               + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...", flush=True)
         _watch(sim, "the city simulator")
         args.config = str(config_dir)
@@ -395,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     serving(p)
     p.add_argument("--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)")
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
+    from scada.demo_broker import CHOICES as BROKERS
+    p.add_argument("--broker", choices=BROKERS, default="auto",
+                   help="MQTT broker of the bollards and vehicles on 127.0.0.1:1883: auto (default: one already "
+                   "listening, else Mosquitto if installed, else the embedded amqtt), or force one")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("journal", help="the alarm journal as CSV: a time range and filters")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
