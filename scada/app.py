@@ -21,6 +21,14 @@ from scada.tagdb import TagDB
 log = structlog.get_logger("scada")
 
 
+def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
+    """One driver object per driver kind, polling every device of that kind into ``tagdb``."""
+    by_driver = defaultdict(list)
+    for d in config.devices:
+        by_driver[config.types[d.type].driver].append(d)
+    return [create_driver(name, config, devs, tagdb) for name, devs in by_driver.items()]
+
+
 class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
@@ -36,15 +44,17 @@ class Application:
         restored = self.alarms.restore()
         if restored:
             log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
+        self.influx = influx
         self.historian = Historian(config, self.tagdb, self.data_dir, influx, self._spool_alarm)
-        by_driver = defaultdict(list)
-        for d in config.devices:
-            by_driver[config.types[d.type].driver].append(d)
-        self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
+        self.drivers: list[Driver] = build_drivers(config, self.tagdb)
         self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
         self.status_interval = status_interval
         self.started = asyncio.Event()
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
+        # The tasks a configuration reload stops and starts again (scada/reload.py), by name.
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._reload_lock = asyncio.Lock()
 
     def _spool_alarm(self, active: bool, status) -> None:
         self.alarms.system_alarm(
@@ -98,22 +108,59 @@ class Application:
             await asyncio.sleep(1.0)
             self.tagdb.mark_stale()
 
+    # Configuration reload (scada/reload.py)
+
+    def _components(self) -> dict:
+        """The parts that follow the configuration, as task name -> coroutine function."""
+        out = {f"driver:{drv.name}": drv.run for drv in self.drivers}
+        out.update({"opcua-publisher": self.hmi.run, "alarms": self.alarms.run, "historian": self.historian.run})
+        return out
+
+    def task_names(self) -> list[str]:
+        return list(self._tasks)
+
+    def start_tasks(self) -> None:
+        """Start every component whose task is not running."""
+        for name, run in self._components().items():
+            task = self._tasks.get(name)
+            if task is None or task.done():
+                self._tasks[name] = self._tg.create_task(run(), name=name)
+
+    async def stop_tasks(self, names) -> None:
+        """Cancel these components' tasks and wait until each has cleaned up."""
+        tasks = [self._tasks.pop(n) for n in names if n in self._tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def reload(self, config: Config):
+        """Apply a validated configuration without a restart; one reload at a time."""
+        from scada.reload import apply
+        async with self._reload_lock:
+            return await apply(self, config)
+
+    def request_reload(self, directory: str | Path) -> bool:
+        """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
+        if self._tg is None:
+            return False
+        from scada.reload import reload_from_files
+        self._tg.create_task(reload_from_files(self, directory), name="reload")
+        return True
+
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
         await self.hmi.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                for drv in self.drivers:
-                    tg.create_task(drv.run(), name=f"driver:{drv.name}")
-                tg.create_task(self.hmi.run(), name="opcua-publisher")
-                tg.create_task(self.alarms.run(), name="alarms")
-                tg.create_task(self.historian.run(), name="historian")
+                self._tg = tg
+                self.start_tasks()
                 tg.create_task(self._staleness_loop(), name="staleness")
                 if self.status_interval > 0:
                     tg.create_task(self._status_loop(), name="status")
                     tg.create_task(self._lag_loop(), name="loop-lag")
                 self.started.set()
         finally:
+            self._tg = None
             await self.hmi.stop()
             self.journal.close()

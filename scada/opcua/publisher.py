@@ -203,6 +203,10 @@ class Publisher:
             for k in np.flatnonzero(self._is_text[ids]).tolist():
                 self._text[int(ids[k])] = batch.texts[k]
 
+    def record_now(self) -> None:
+        """Take the tag database's current rows as published, without notifying anyone."""
+        self._record(self.tagdb.snapshot())
+
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: notify the monitored items of each changed node that has some."""
         attrs = self.value_attrs
