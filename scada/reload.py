@@ -115,8 +115,9 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     out.nodes_added.sort(key=lambda d: d.index)
     out.types_rebuilt = [n for n, t in old.types.items()
                          if n not in new.types or _type_props(t) != _type_props(new.types[n])]
-    old_alarms = {a.name: a for a in old.alarms.alarms}
-    new_alarms = {a.name: a for a in new.alarms.alarms}
+    # An alarm is compared without its file:line: an edit above it moves it without changing it.
+    old_alarms = {a.name: dataclasses.replace(a, source="") for a in old.alarms.alarms}
+    new_alarms = {a.name: dataclasses.replace(a, source="") for a in new.alarms.alarms}
     out.alarms_removed = [n for n in old_alarms if n not in new_alarms]
     out.alarms_added = [n for n in new_alarms if n not in old_alarms]
     out.alarms_changed = sorted(n for n in old_alarms.keys() & new_alarms.keys() if old_alarms[n] != new_alarms[n])
