@@ -19,7 +19,7 @@ import pytest
 from asyncua import Client, ua
 
 from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port
-from .test_alarms_end_to_end import events, fault, journal_until
+from .test_alarms_end_to_end import Events, events, fault, journal_until
 from .test_opcua_history import history_read, raw
 
 pytestmark = pytest.mark.integration
@@ -176,6 +176,19 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
                 await door.read_browse_name()
             added = client.get_node(ua.NodeId(f"Dijon/lighting/LC-DIJ-004/Alarms/reload_test_power", ns))
             assert (await added.read_browse_name()).Name == "reload_test_power"
+            # An HMI's ConditionRefresh: the kept condition as it was (unacknowledged), the added
+            # cabinet's new one, nothing of the removed cabinet.
+            conds = Events()
+            csub = await client.create_subscription(50, conds)
+            await csub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
+            await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(csub.subscription_id, ua.VariantType.UInt32))
+            shown = {(e.SourceName, e.ConditionName): e for e in await conds.until_refresh_end() if e.ConditionName}
+            assert getattr(shown[(a, "mains_loss")], "AckedState/Id") is False
+            assert (("LC-DIJ-004", "reload_test_power") in shown and ("LC-TAL-001", "reload_test_power") not in shown
+                    and not any(src == "LC-TAL-001" for src, _ in shown)), sorted(shown)
+            await csub.delete()
             # History of a kept tag: what was stored before the reload is still there.
             history_after = await history()
             before = [(d.SourceTimestamp, d.Value.Value) for d in history_before]
