@@ -12,7 +12,7 @@ from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.alarms.states import State
 from scada.config import load_config
-from scada.reload import carry_alarms, diff
+from scada.reload import _journal_removed, carry_alarms, diff
 from scada.tagdb import TagDB
 
 from .test_alarm_engine import ALARMS, DEVICES, ROOT, S, Clock
@@ -104,5 +104,14 @@ def test_new_engine_takes_over_kept_instances_and_lists_the_removed_ones(tmp_pat
         assert carried == sum(1 for key in new._index if key in old._index)
         # The first evaluation with unchanged values announces nothing again.
         assert not [e for e in new.evaluate_all() if e.event == "ACTIVATE"]
+        # A removed instance that was shown leaves a REMOVED row, and no saved state to restore.
+        lc1 = old.instance("mains_loss", "LC-1")
+        old.state[lc1] = int(State.UNACK_ACTIVE)
+        journal.save_states([old._state_record(lc1)])
+        _journal_removed(old, gone)
+        removed = [(r.alarm, r.device, r.event, r.state) for r in journal.query() if r.event == "REMOVED"]
+        assert removed == [("mains_loss", "LC-1", "REMOVED", "NORMAL")]
+        assert ("mains_loss", "LC-1") not in journal.load_states()
+        assert ("mains_loss", "LC-2") in journal.load_states()
     finally:
         journal.close()
