@@ -11,6 +11,7 @@ device is polled, the changed scale is applied, the unchanged active alarm keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -205,3 +206,55 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
         if server:
             server.stop()
         sim.stop()
+
+
+def _devices(ports: list[int], names: list[str]) -> str:
+    """Cabinets on loopback ports nothing listens on: polled, failing, their tags Bad."""
+    return "\ndevices:\n" + "".join(
+        f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
+        for n, p in zip(names, ports))
+
+
+async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_back(tmp_path, monkeypatch):
+    """A fault inside the switch (not a configuration error: those are refused before) leaves
+    the server as it was, every component running; the next reload then applies."""
+    from scada import app as app_module
+    from scada.app import Application
+    from scada.config import load_config
+    ports = [free_port() for _ in range(3)]
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tags.yaml").write_text(head + _devices(ports, names))
+        (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
+    old, new = load_config(tmp_path / "a"), load_config(tmp_path / "b")
+    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
+    task = asyncio.create_task(app.run())
+    try:
+        await asyncio.wait_for(app.started.wait(), 60)
+        names_before = sorted(app.task_names())
+        real = app_module.build_drivers
+
+        def broken(config, tagdb):  # a fault of the new configuration's drivers only
+            if config is new:
+                raise OSError("injected: no driver for you")
+            return real(config, tagdb)
+        monkeypatch.setattr(app_module, "build_drivers", broken)
+        with pytest.raises(OSError, match="injected"):
+            await app.reload(new)
+        assert app.config is old and len(app.tagdb) == old.total_tag_count
+        assert sorted(app.task_names()) == names_before
+        assert all(not app._tasks[n].done() for n in names_before)
+        monkeypatch.setattr(app_module, "build_drivers", real)
+        d = await app.reload(new)
+        assert d.devices_added == ["LC-3"] and app.config is new
+        assert len(app.tagdb) == new.total_tag_count
+        assert all(not app._tasks[n].done() for n in app.task_names())
+        # The restarted driver polls the added cabinet: its diagnostics count failures.
+        fails = app.tagdb.id_of("Dijon/lighting/LC-3/Diagnostics/failures")
+        await until_read(lambda: asyncio.sleep(0, app.tagdb.value[fails]), lambda v: v >= 1, timeout=60,
+                         what="added cabinet polled")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
