@@ -175,6 +175,7 @@ class Publisher:
         self.published = 0  # rows taken from the queue
         self.notified = 0  # rows some client watched: a DataValue built and sent
         self.resyncs = 0
+        self._primed = False  # record_now() took the current rows: nothing to send at start
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
 
@@ -204,8 +205,13 @@ class Publisher:
                 self._text[int(ids[k])] = batch.texts[k]
 
     def record_now(self) -> None:
-        """Take the tag database's current rows as published, without notifying anyone."""
+        """Take the tag database's current rows as published, without notifying anyone.
+
+        After a configuration reload: the clients' monitored items already have these values
+        (the rows were carried over), so ``run`` does not send them a second time.
+        """
         self._record(self.tagdb.snapshot())
+        self._primed = True
 
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: notify the monitored items of each changed node that has some."""
@@ -240,7 +246,8 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""
-        await self.apply(self.tagdb.snapshot())
+        if not self._primed:
+            await self.apply(self.tagdb.snapshot())
         while True:
             batch = await self.consumer.get()
             if self.consumer.take_overflow():
