@@ -185,6 +185,9 @@ async def apply(app, new: Config) -> ConfigDiff:
     if d.empty:
         app.config = new  # lines and comments may have moved: later messages cite the new file
         return d
+    if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:
+        await _apply_alarms(app, new, d)
+        return d
     await app.stop_tasks([n for n in app.task_names() if n.startswith("driver:")])
     await _drain(app.tagdb, DRAIN_TIMEOUT)
     conditions = app.hmi.conditions
@@ -224,6 +227,36 @@ async def apply(app, new: Config) -> ConfigDiff:
     log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
              alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
     return d
+
+
+async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
+    """Only alarms (or services) changed: the tag table, the drivers and the historian go on
+    untouched (the field is not disturbed); the engine and the OPC UA conditions are rebuilt."""
+    conditions = app.hmi.conditions
+    if conditions is not None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while conditions._queue and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    # The new engine evaluates every instance when it starts: no batch is missed meanwhile.
+    await app.stop_tasks(["alarms", "opcua-publisher"])
+    try:
+        alarms = AlarmEngine(new, app.tagdb, app.journal)
+        carried, gone = carry_alarms(app.alarms, alarms)
+        alarms.subscribers = [s for s in app.alarms.subscribers
+                              if conditions is None or getattr(s, "__self__", None) is not conditions]
+        await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
+    except BaseException:
+        log.exception("reload_failed_restoring")
+        if conditions is not None and conditions._attached is False and app.hmi.conditions is conditions:
+            app.alarms.subscribers.append(conditions._on_alarm_events)
+            conditions._attached = True
+        app.start_tasks()
+        raise
+    _journal_removed(app.alarms, gone)
+    app.config, app.alarms = new, alarms
+    app.start_tasks()
+    log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
+             field_untouched=True)
 
 
 def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:

@@ -175,7 +175,9 @@ class Publisher:
         self.published = 0  # rows taken from the queue
         self.notified = 0  # rows some client watched: a DataValue built and sent
         self.resyncs = 0
-        self._primed = False  # record_now() took the current rows: nothing to send at start
+        # False: run() starts by sending a snapshot. True: record_now() took the current rows, or
+        # the publisher resumes a queue it was consuming (a reload that kept the tag table).
+        self.primed = False
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
 
@@ -211,7 +213,7 @@ class Publisher:
         (the rows were carried over), so ``run`` does not send them a second time.
         """
         self._record(self.tagdb.snapshot())
-        self._primed = True
+        self.primed = True
 
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: notify the monitored items of each changed node that has some."""
@@ -246,7 +248,7 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""
-        if not self._primed:
+        if not self.primed:
             await self.apply(self.tagdb.snapshot())
         while True:
             batch = await self.consumer.get()

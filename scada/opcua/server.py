@@ -93,10 +93,15 @@ class HmiServer:
             await editor.remove_type(name)
         changes += editor.add_devices(config, added)
         aspace = self.server.iserver.aspace
-        values = [aspace[ua.NodeId(name, self.ns)].attributes[ua.AttributeIds.Value] for name in tagdb.names]
+        if tagdb is not self.tagdb or self.publisher is None:
+            values = [aspace[ua.NodeId(name, self.ns)].attributes[ua.AttributeIds.Value] for name in tagdb.names]
+            self.publisher = Publisher(tagdb, values, [variant_type(p) for p in config.point_defs()])
+            self.publisher.record_now()  # a Read before the first batch sees the current values
+        else:
+            # The same tag table: the publisher resumes its queue (the batches of the pause, in
+            # order); a snapshot first would be newer than them and values would go back in time.
+            self.publisher.primed = True
         self.config, self.tagdb, self.alarms, self.history = config, tagdb, alarms, history
-        self.publisher = Publisher(tagdb, values, [variant_type(p) for p in config.point_defs()])
-        self.publisher.record_now()  # a Read between now and the first batch sees the current values
         if alarms is not None:
             old, self.conditions = self.conditions, AlarmConditions(self.server, self.ns, alarms)
             if old is not None:

@@ -254,6 +254,19 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
         fails = app.tagdb.id_of("Dijon/lighting/LC-3/Diagnostics/failures")
         await until_read(lambda: asyncio.sleep(0, app.tagdb.value[fails]), lambda v: v >= 1, timeout=60,
                          what="added cabinet polled")
+        # Only an alarm changes: the field is not disturbed (same tag table, same driver tasks).
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "tags.yaml").write_text((tmp_path / "b" / "tags.yaml").read_text())
+        alarms = (ROOT / "alarms.yaml").read_text()
+        assert "    limit: 0\n" in alarms
+        (tmp_path / "c" / "alarms.yaml").write_text(alarms.replace("    limit: 0\n", "    limit: 2\n", 1))
+        tagdb, engine = app.tagdb, app.alarms
+        drivers = {n: app._tasks[n] for n in app.task_names() if n.startswith("driver:")}
+        d = await app.reload(load_config(tmp_path / "c"))
+        assert d.alarms_changed == ["lamps_failed"] and not d.devices_changed
+        assert app.tagdb is tagdb and app.alarms is not engine
+        assert {n: app._tasks[n] for n in app.task_names() if n.startswith("driver:")} == drivers
+        assert all(not app._tasks[n].done() for n in app.task_names())
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
