@@ -141,10 +141,11 @@ class Application:
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
+        from scada.reload import reload_from_files, write_result
         if self._tg is None:
             log.warning("reload_ignored", reason="the server is not running yet (or is stopping)")
+            write_result(self.data_dir, False, "the server is starting or stopping: nothing reloaded, try again")
             return False
-        from scada.reload import reload_from_files
         self._tg.create_task(reload_from_files(self, directory), name="reload")
         return True
 

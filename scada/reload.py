@@ -161,10 +161,13 @@ def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
                                    State.NORMAL.name, "", f"was {state.name}: removed from the configuration",
                                    a.service, "alarm removed from the configuration"))
             log.warning("alarm_removed_by_reload", alarm=a.name, device=d.name, state=state.name)
-    if rows:
-        old.journal.record(rows)
-    old.journal.delete_states([(old.defs[int(old.inst_def[j])].name, old.config.devices[int(old.inst_dev[j])].name)
-                               for j in gone])
+    keys = [(old._name(j), old._device(j)) for j in gone]
+    try:
+        if rows:
+            old.journal.record(rows)
+        old.journal.delete_states(keys)
+    except Exception as exc:  # noqa: BLE001 - the new configuration runs; the journal may catch up later
+        log.error("alarm_removal_not_journaled", error=repr(exc), instances=len(gone))
 
 
 async def _drain(tagdb: TagDB, timeout: float) -> None:
@@ -221,9 +224,10 @@ async def apply(app, new: Config) -> ConfigDiff:
             conditions._attached = True
         app.start_tasks()
         raise
-    _journal_removed(app.alarms, gone)
+    old_alarms = app.alarms
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     app.start_tasks()
+    _journal_removed(old_alarms, gone)
     log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
              alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
     return d
@@ -252,9 +256,10 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
             conditions._attached = True
         app.start_tasks()
         raise
-    _journal_removed(app.alarms, gone)
+    old_alarms = app.alarms
     app.config, app.alarms = new, alarms
     app.start_tasks()
+    _journal_removed(old_alarms, gone)
     log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
              field_untouched=True)
 
