@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -121,7 +122,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             assert r.returncode == 2, (r.stdout, r.stderr)
             assert "tags.yaml:" in r.stderr and "poll_intervall" in r.stderr, r.stderr
             # The server validates again when signalled directly (SIGHUP) and keeps running as it was.
-            server.proc.send_signal(1)
+            server.proc.send_signal(signal.SIGHUP)
             await until_read(lambda: asyncio.sleep(0, server.output()), lambda out: "reload_rejected" in out,
                              timeout=60, what="SIGHUP with a wrong file rejected in the server log")
             assert "tags.yaml:" in server.output().split("reload_rejected", 1)[1].splitlines()[0]
