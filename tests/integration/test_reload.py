@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -222,6 +223,7 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
     from scada import app as app_module
     from scada.app import Application
     from scada.config import load_config
+    from scada.reload import RESULT_FILE, reload_from_files
     ports = [free_port() for _ in range(3)]
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):
@@ -234,6 +236,16 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
     try:
         await asyncio.wait_for(app.started.wait(), 60)
         names_before = sorted(app.task_names())
+        # A wrong alarms.yaml: refused with its file and line, nothing touched.
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "tags.yaml").write_text((tmp_path / "b" / "tags.yaml").read_text())
+        (tmp_path / "bad" / "alarms.yaml").write_text(
+            (ROOT / "alarms.yaml").read_text().replace("    priority: critical\n", "    priority: urgent\n", 1))
+        tasks = dict(app._tasks)
+        assert await reload_from_files(app, tmp_path / "bad") is False
+        result = json.loads((tmp_path / "data" / RESULT_FILE).read_text())
+        assert result["ok"] is False and "alarms.yaml:" in result["message"] and "urgent" in result["message"]
+        assert app.config is old and app._tasks == tasks
         real = app_module.build_drivers
 
         def broken(config, tagdb):  # a fault of the new configuration's drivers only
