@@ -85,6 +85,7 @@ class HmiServer:
         """
         editor = TreeEditor(self.server, self.ns)
         changes = []
+        conditions_before = _condition_nodes(self.conditions)
         if self.conditions is not None:
             await self._drop_conditions()
         for d in removed:
@@ -109,6 +110,13 @@ class HmiServer:
             self.conditions.build()
         if self.tag_history is not None and history is not None:
             _rebind_history(self.tag_history, config, tagdb, history)
+        # Conditions of added and removed alarms (or devices) come and go too; a kept one is
+        # rebuilt under the same NodeId: no change for a client.
+        conditions_after = _condition_nodes(self.conditions)
+        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeDeleted)
+                    for nid, etype in conditions_before.items() if nid not in conditions_after]
+        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeAdded)
+                    for nid, etype in conditions_after.items() if nid not in conditions_before]
         if changes:
             await self._model_changed(changes)
         return len(changes)
@@ -147,6 +155,15 @@ class HmiServer:
         if self.conditions is not None:
             self.conditions.close()
         await stop_asyncua_server(self.server)
+
+
+def _condition_nodes(conditions: AlarmConditions | None) -> dict[ua.NodeId, ua.NodeId]:
+    """Each device condition's NodeId -> its event type (its type definition)."""
+    if conditions is None:
+        return {}
+    eng = conditions.engine
+    return {cid: conditions._defs[int(eng.inst_def[i])].etype
+            for i, cid in enumerate(conditions._cond_ids) if cid is not None}
 
 
 def _carry_conditions(old: AlarmConditions, new: AlarmConditions) -> None:

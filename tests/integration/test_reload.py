@@ -156,6 +156,10 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             verbs = {c.Affected.Identifier: c.Verb for c in change.Changes}
             assert verbs["Dijon/lighting/LC-DIJ-004"] == ua.ModelChangeStructureVerbMask.NodeAdded
             assert verbs["Talant/lighting/LC-TAL-001"] == ua.ModelChangeStructureVerbMask.NodeDeleted
+            # The conditions of the added and removed alarms too; a kept one is no change.
+            assert verbs[f"Dijon/lighting/{a}/Alarms/reload_test_power"] == ua.ModelChangeStructureVerbMask.NodeAdded
+            assert verbs[f"Dijon/lighting/{a}/Alarms/door_open"] == ua.ModelChangeStructureVerbMask.NodeDeleted
+            assert f"Dijon/lighting/{a}/Alarms/mains_loss" not in verbs
             assert (await read(client, "Talant/lighting/LC-TAL-001/power")).StatusCode.value == \
                 ua.StatusCodes.BadNodeIdUnknown
             # The added cabinet is polled.
