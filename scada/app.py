@@ -31,6 +31,14 @@ from scada.tagdb import TagDB
 log = structlog.get_logger("scada")
 
 
+def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
+    """One driver object per driver kind, polling every device of that kind into ``tagdb``."""
+    by_driver = defaultdict(list)
+    for d in config.devices:
+        by_driver[config.types[d.type].driver].append(d)
+    return [create_driver(name, config, devs, tagdb) for name, devs in by_driver.items()]
+
+
 class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
@@ -49,13 +57,7 @@ class Application:
             log.info("alarm_states_restored", instances=restored, journal=str(self.journal.path))
         self.influx = influx
         self.historian = self._make_historian()
-        by_driver = defaultdict(list)
-        for d in config.devices:
-            by_driver[config.types[d.type].driver].append(d)
-        self.drivers: list[Driver] = [create_driver(name, config, devs, self.tagdb) for name, devs in by_driver.items()]
-        # The tags each driver feeds: they turn Bad when the driver's task fails.
-        self._driver_tags = {drv.name: np.concatenate([config.tag_ids(d) for d in by_driver[drv.name]])
-                             for drv in self.drivers}
+        self.drivers: list[Driver] = build_drivers(config, self.tagdb)
         self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
         self.status_interval = status_interval
         self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
@@ -63,6 +65,8 @@ class Application:
             self.supervisor.on_alarm = self._task_alarm
         self.started = asyncio.Event()
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
+        self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
+        self._reload_lock = asyncio.Lock()
 
     def _spool_alarm(self, active: bool, status) -> None:
         self.alarms.system_alarm(
@@ -74,12 +78,18 @@ class Application:
     def _task_alarm(self, task: str, active: bool, message: str) -> None:
         self.alarms.system_alarm("server_task_failed", active, message, priority="high", source=task)
 
+    def driver_tag_ids(self, name: str) -> np.ndarray:
+        """The tags the driver ``name`` feeds (its devices' tags in the running configuration)."""
+        config = self.config
+        return np.concatenate([config.tag_ids(d) for d in config.devices if config.types[d.type].driver == name]
+                              or [np.zeros(0, np.int64)])
+
     def _driver_failed(self, name: str) -> None:
         """A driver's task failed: its tags keep their last values, no longer Good.
 
         Tags that never had a value stay Bad_NoCommunication, as a driver leaves them.
         """
-        ids = self._driver_tags[name]
+        ids = self.driver_tag_ids(name)
         ids = ids[self.tagdb.status[ids] != st.BAD_NO_COMMUNICATION]
         self.tagdb.set_status(ids, st.BAD_COMMUNICATION_ERROR)
 
@@ -89,8 +99,9 @@ class Application:
         consumer.overflowed = True
         consumer.take_overflow()
 
-    def _make_historian(self) -> Historian:
-        return Historian(self.config, self.tagdb, self.data_dir, self.influx, self._spool_alarm,
+    def _make_historian(self, config: Config | None = None, tagdb: TagDB | None = None) -> Historian:
+        """A historian of this configuration and tag table (by default the running ones)."""
+        return Historian(config or self.config, tagdb or self.tagdb, self.data_dir, self.influx, self._spool_alarm,
                          on_storage_alarm=self._storage_alarm)
 
     def _storage_alarm(self, source: str, active: bool, message: str) -> None:
@@ -111,17 +122,26 @@ class Application:
         if self.hmi.tag_history is not None:
             self.hmi.tag_history.historian = new
 
-    def _register_tasks(self) -> None:
-        """Every long-running task, by name: what it runs, what its failure and restart do."""
-        sup = self.supervisor
-        for drv in self.drivers:
-            sup.add(f"driver:{drv.name}", drv.run, on_failure=lambda _exc, n=drv.name: self._driver_failed(n))
-        sup.add("opcua-publisher", self.hmi.publisher.run, on_restart=self._publisher_restart)
+    def _components(self) -> dict[str, dict]:
+        """The tasks that follow the configuration (a reload stops and starts them), by name:
+        what one attempt runs (looked up when it starts: a reload replaces the objects) and
+        what its failure and restart do."""
+        out = {f"driver:{drv.name}": {"factory": drv.run,
+                                      "on_failure": lambda _exc, n=drv.name: self._driver_failed(n)}
+               for drv in self.drivers}
+        out["opcua-publisher"] = {"factory": lambda: self.hmi.publisher.run(), "on_restart": self._publisher_restart}
         if self.hmi.conditions is not None:
-            sup.add("opcua-alarm-events", self.hmi.conditions.run, on_restart=self.hmi.conditions.reattach)
+            out["opcua-alarm-events"] = {"factory": lambda: self.hmi.conditions.run(),
+                                         "on_restart": lambda: self.hmi.conditions.reattach()}
         # The engine's run evaluates every instance again when it starts: a restart catches up.
-        sup.add("alarms", self.alarms.run)
-        sup.add("historian", lambda: self.historian.run(), on_restart=self._historian_restart)
+        out["alarms"] = {"factory": lambda: self.alarms.run()}
+        out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
+        return out
+
+    def _register_tasks(self) -> None:
+        """Every long-running task, by name, with the supervisor."""
+        self.start_tasks()
+        sup = self.supervisor
         sup.add("staleness", self._staleness_loop)
         if self.status_interval > 0:
             sup.add("status", self._status_loop)
@@ -176,14 +196,57 @@ class Application:
             await asyncio.sleep(1.0)
             self.tagdb.mark_stale()
 
+    # Configuration reload (scada/reload.py)
+
+    def task_names(self) -> list[str]:
+        """The supervised tasks, by name."""
+        return list(self.supervisor.tasks)
+
+    def start_tasks(self) -> None:
+        """Supervise every component of the configuration that is not supervised yet (started at
+        once when the server runs)."""
+        for name, spec in self._components().items():
+            if name not in self.supervisor.tasks:
+                self.supervisor.add(name, **spec)
+
+    async def stop_tasks(self, names) -> None:
+        """Stop these components' tasks and wait until each has cleaned up. The OPC UA alarm
+        events follow the publisher: a reload rebuilds both."""
+        names = list(names)
+        if "opcua-publisher" in names:
+            names.append("opcua-alarm-events")
+        for n in names:
+            if n in self.supervisor.tasks:
+                await self.supervisor.remove(n)
+
+    async def reload(self, config: Config):
+        """Apply a validated configuration without a restart; one reload at a time."""
+        from scada.reload import apply
+        async with self._reload_lock:
+            return await apply(self, config)
+
+    def request_reload(self, directory: str | Path) -> bool:
+        """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
+        from scada.reload import reload_from_files, write_result
+        if self._tg is None:
+            log.warning("reload_ignored", reason="the server is not running yet (or is stopping)")
+            write_result(self.data_dir, False, "the server is starting or stopping: nothing reloaded, try again")
+            return False
+        self._tg.create_task(reload_from_files(self, directory), name="reload")
+        return True
+
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
         await self.hmi.start()
         self._register_tasks()
         try:
-            self.started.set()
-            await self.supervisor.run()
+            # The supervisor runs every long-running task; the group also holds a reload in progress.
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self.supervisor.run(), name="supervisor")
+                self.started.set()
         finally:
+            self._tg = None
             await self.hmi.stop()
             self.journal.close()

@@ -1,4 +1,4 @@
-"""``scada run | check | demo``: the command line of the server."""
+"""``scada run | check | reload | demo``: the command line of the server."""
 
 from __future__ import annotations
 
@@ -49,8 +49,77 @@ async def _serve(config, endpoint: str, status_interval: float, data_dir: str, i
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    with contextlib.suppress(asyncio.CancelledError):
-        await app.run()
+    # SIGHUP (sent by `scada reload`): read the configuration files again, apply them if valid.
+    config_dir = config.directory.resolve()
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.request_reload(config_dir))
+    pid_file = _write_pid_file(Path(data_dir), config_dir)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        _remove_pid_file(pid_file)
+
+
+def _write_pid_file(data_dir: Path, config_dir: Path) -> Path:
+    """Where `scada reload` finds this server: its pid and the folder its configuration is read from."""
+    import json
+    from scada.reload import PID_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / PID_FILE
+    path.write_text(json.dumps({"pid": os.getpid(), "config": str(config_dir)}))
+    return path
+
+
+def _remove_pid_file(path: Path) -> None:
+    import json
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():  # not another server's, started since
+            path.unlink()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the configuration files, then have the running server apply them (SIGHUP)."""
+    import json
+    import time
+    from scada.reload import PID_FILE, RESULT_FILE
+    pid_path = Path(args.data) / PID_FILE
+    try:
+        running = json.loads(pid_path.read_text())
+        pid = int(running["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"no running server found: no valid {pid_path} (give the server's --data folder)", file=sys.stderr)
+        return 1
+    config_dir = args.config or running.get("config") or "."
+    if args.config and running.get("config") and Path(args.config).resolve() != Path(running["config"]):
+        print(f"the server reads its configuration from {running['config']}, not {Path(args.config).resolve()}",
+              file=sys.stderr)
+        return 2
+    try:
+        _load(config_dir)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        print("the running configuration is unchanged", file=sys.stderr)
+        return 2
+    result_path = Path(args.data) / RESULT_FILE
+    asked_ns = time.time_ns()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"no server with pid {pid} (a stale {pid_path}?)", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            result = json.loads(result_path.read_text())
+            if result.get("time_ns", 0) >= asked_ns:
+                print(result["message"], file=sys.stdout if result["ok"] else sys.stderr)
+                for key, names in result.get("changes", {}).items():
+                    print(f"  {key.replace('_', ' ')}: {', '.join(names)}")
+                return 0 if result["ok"] else 2 if result["message"].startswith("configuration error") else 1
+        time.sleep(0.1)
+    print(f"the server (pid {pid}) did not report within {args.timeout:.0f} s; see its log", file=sys.stderr)
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -389,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the server")
     serving(p)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("reload", help="validate the configuration files and apply them to the running server")
+    p.add_argument("--config", help="configuration folder (default: the one the server was started with)")
+    p.add_argument("--data", default="var", help="the server's --data folder, where it wrote scada.pid (default: var)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server's answer")
+    p.set_defaults(func=cmd_reload)
     p = sub.add_parser("demo", help="run the simulated city and the server together")
     serving(p)
     p.add_argument("--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)")

@@ -112,6 +112,11 @@ class Supervisor:
         s.injected = True
         s.running.cancel()
 
+    def supervising(self, name: str) -> bool:
+        """True while ``name`` is under supervision (running, or waiting to restart)."""
+        task = self._supervising.get(name)
+        return task is not None and not task.done()
+
     def status(self) -> dict[str, dict]:
         """Per task: restarts so far, whether its alarm is raised, its last error."""
         return {s.name: {"restarts": s.restarts, "failed": s.failed, "last_error": s.last_error}

@@ -351,6 +351,36 @@ class TagDB:
             consumer.offer(batch)
         return batch
 
+    def carry_from(self, old: TagDB) -> np.ndarray:
+        """Take over the rows of ``old`` whose tag (same name, same kind) is also here.
+
+        A configuration reload builds a new tag table; a tag it keeps keeps its last value,
+        status and times, so consumers see no change for it. Returns the new ids carried.
+        """
+        ids, old_ids = [], []
+        for i, name in enumerate(self.names):
+            try:
+                j = old.names.index(name)
+            except KeyError:
+                continue
+            ids.append(i)
+            old_ids.append(j)
+        new = np.asarray(ids, np.int64)
+        prev = np.asarray(old_ids, np.int64)
+        same = self.kind[new] == old.kind[prev]
+        new, prev = new[same], prev[same]
+        self.value[new] = old.value[prev]
+        self.status[new] = old.status[prev]
+        self.source_time[new] = old.source_time[prev]
+        self.server_time[new] = old.server_time[prev]
+        if old.text:
+            for i, j in zip(new.tolist(), prev.tolist()):
+                if j in old.text:
+                    self.text[i] = old.text[j]
+        # Rates computed from these counters (the status line) must not go backwards.
+        self.updates, self.changes, self._seq = old.updates, old.changes, old._seq
+        return new
+
     def memory_bytes(self) -> int:
         """Bytes held by the columns and the names."""
         columns = (self.kind, self.deadband, self.value, self.status, self.source_time, self.server_time)

@@ -274,3 +274,148 @@ class AddressSpaceBuilder:
         self._insert(nodeid, p.name, attrs, [kind.typedef_ref, back, *props])
         dev.references.append(self._child_ref(_HAS_COMPONENT, nodeid, p.name, self.ns, ua.NodeClass.Variable, kind.typedef))
         return value
+
+
+# -- Changes while the server runs (scada/reload.py) ----------------------------------------
+
+_HIERARCHICAL_DOWN = (_HAS_COMPONENT, _ORGANIZES)
+
+
+def subtree(aspace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
+    """``nodeid`` and the nodes below it by HasComponent/Organizes, in our namespace only.
+
+    HasProperty is not followed: a point's EngineeringUnits/EURange nodes are shared by every
+    device of its type (``_types``) and outlive any one device.
+    """
+    out, todo = [], [nodeid]
+    while todo:
+        nid = todo.pop()
+        nd = aspace.get(nid)
+        if nd is None:
+            continue
+        out.append(nid)
+        todo.extend(r.NodeId for r in nd.references
+                    if r.IsForward and r.ReferenceTypeId in _HIERARCHICAL_DOWN and r.NodeId.NamespaceIndex == ns)
+    return out
+
+
+async def delete_nodes(aspace, nodeids: list[ua.NodeId]) -> None:
+    """Remove nodes and every reference to them held by the nodes that remain.
+
+    A tag variable's monitored items first get one value with status BadNodeIdUnknown (the
+    code Part 4 gives an item whose node is gone), so an HMI shows the point gone, not
+    frozen; their callbacks are then unregistered as asyncua's own delete does. (asyncua's
+    ``_delete_node_callbacks`` calls the async callback without awaiting it: not used.)
+    """
+    gone = set(nodeids)
+    parents: set[ua.NodeId] = set()
+    gone_dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+    for nid in nodeids:
+        nd = aspace.get(nid)
+        if nd is None:
+            continue
+        parents.update(r.NodeId for r in nd.references if r.NodeId not in gone)
+        value = nd.attributes.get(A.Value)
+        if isinstance(value, TagValue):
+            for handle, callback in list(value.datachange_callbacks.items()):
+                try:
+                    await callback(handle, gone_dv)
+                except Exception:  # noqa: BLE001 - one client's callback must not stop the change
+                    pass
+                aspace.delete_datachange_callback(handle)
+    for nid in nodeids:
+        if nid in aspace:
+            del aspace[nid]
+    for pid in parents:  # only the nodes that pointed at the deleted ones are scanned
+        nd = aspace.get(pid)
+        if nd is not None:
+            nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
+
+
+class TreeEditor(AddressSpaceBuilder):
+    """Adds devices to, and removes them from, a tree that :meth:`build` made (the server runs).
+
+    Returns what changed as (NodeId, type definition, verb) for a GeneralModelChangeEvent.
+    """
+
+    def device_path(self, config: Config, d) -> str:
+        return f"{d.commune}/{config.types[d.type].cls}/{d.name}"
+
+    async def remove_device(self, config: Config, d) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
+        dev = ua.NodeId(self.device_path(config, d), self.ns)
+        nd = self.aspace.get(dev)
+        if nd is None:
+            return []
+        parent = next((r.NodeId for r in nd.references if not r.IsForward and r.ReferenceTypeId == _HAS_COMPONENT),
+                      None)
+        await delete_nodes(self.aspace, subtree(self.aspace, dev, self.ns))
+        changes = [(dev, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeDeleted)]
+        # The class and commune folders go with their last device.
+        while parent is not None and parent.Identifier != ROOT_NAME:
+            pnd = self.aspace.get(parent)
+            if pnd is None or any(r.IsForward and r.ReferenceTypeId in _HIERARCHICAL_DOWN for r in pnd.references):
+                if pnd is not None:
+                    changes.append((parent, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.ReferenceDeleted))
+                break
+            up = next((r.NodeId for r in pnd.references if not r.IsForward and r.ReferenceTypeId == _ORGANIZES), None)
+            await delete_nodes(self.aspace, [parent])
+            changes.append((parent, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.NodeDeleted))
+            parent = up
+        return changes
+
+    async def remove_type(self, name: str) -> None:
+        """The shared EngineeringUnits/EURange nodes of an equipment type (rebuilt when it changed)."""
+        await delete_nodes(self.aspace, subtree(self.aspace, ua.NodeId(f"_types/{name}", self.ns), self.ns))
+
+    def add_devices(self, config: Config, devices) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._add_devices(config, devices)
+        finally:
+            gc.freeze()
+            if enabled:
+                gc.enable()
+
+    def _folder(self, parent: NodeData, path: str, name: str, changes: list) -> NodeData:
+        nd = self.aspace.get(ua.NodeId(path, self.ns))
+        if nd is None:
+            nd = self.add_object(parent, path, name, folder=True)
+            changes.append((nd.nodeid, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.NodeAdded))
+        return nd
+
+    def _add_devices(self, config: Config, devices) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
+        changes: list = []
+        root = self.aspace[ua.NodeId(ROOT_NAME, self.ns)]
+        types_folder = self.aspace[ua.NodeId("_types", self.ns)]
+        shared: dict[str, dict] = {}
+        for d in devices:
+            t = config.types[d.type]
+            if d.type not in shared:
+                tnode = self.aspace.get(ua.NodeId(f"_types/{t.name}", self.ns))
+                if tnode is None:
+                    shared[d.type] = self._type_properties(types_folder, t)
+                else:  # the type is unchanged: its devices' shared property nodes are there
+                    shared[d.type] = {p.name: self._existing_props(t, p) for p in t.points}
+            commune = self._folder(root, d.commune, d.commune, changes)
+            cls_path = f"{d.commune}/{t.cls}"
+            cls_folder = self._folder(commune, cls_path, t.cls, changes)
+            dev_path = f"{cls_path}/{d.name}"
+            dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
+            changes.append((dev.nodeid, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeAdded))
+            changes.append((cls_folder.nodeid, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.ReferenceAdded))
+            back = self._back_ref(_HAS_COMPONENT, dev)
+            for p in t.points:
+                self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared[d.type][p.name])
+            diag_path = f"{dev_path}/{DIAG_FOLDER}"
+            diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
+            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            for p in DIAG_POINTS:
+                self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [])
+        return changes
+
+    def _existing_props(self, t: EquipmentType, p: PointDef) -> list[ua.ReferenceDescription]:
+        pnode = self.aspace.get(ua.NodeId(f"_types/{t.name}/{p.name}", self.ns))
+        if pnode is None:
+            return []
+        return [r for r in pnode.references if r.IsForward and r.ReferenceTypeId == _HAS_PROPERTY]

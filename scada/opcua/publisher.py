@@ -175,6 +175,9 @@ class Publisher:
         self.published = 0  # rows taken from the queue
         self.notified = 0  # rows some client watched: a DataValue built and sent
         self.resyncs = 0
+        # False: run() starts by sending a snapshot. True: record_now() took the current rows, or
+        # the publisher resumes a queue it was consuming (a reload that kept the tag table).
+        self.primed = False
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
 
@@ -202,6 +205,15 @@ class Publisher:
         if batch.texts is not None:
             for k in np.flatnonzero(self._is_text[ids]).tolist():
                 self._text[int(ids[k])] = batch.texts[k]
+
+    def record_now(self) -> None:
+        """Take the tag database's current rows as published, without notifying anyone.
+
+        After a configuration reload: the clients' monitored items already have these values
+        (the rows were carried over), so ``run`` does not send them a second time.
+        """
+        self._record(self.tagdb.snapshot())
+        self.primed = True
 
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: notify the monitored items of each changed node that has some."""
@@ -236,7 +248,8 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""
-        await self.apply(self.tagdb.snapshot())
+        if not self.primed:
+            await self.apply(self.tagdb.snapshot())
         while True:
             batch = await self.consumer.get()
             if self.consumer.take_overflow():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import structlog
 from asyncua import Server, ua
 
 from scada.config import Config
-from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, variant_type
-from scada.opcua.alarms import AlarmConditions
+from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor, delete_nodes, variant_type
+from scada.opcua.alarms import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import Publisher
 from scada.tagdb import TagDB
@@ -71,10 +72,114 @@ class HmiServer:
             tg.create_task(self.publisher.run(), name="opcua-publisher")
             tg.create_task(self.conditions.run(), name="opcua-alarm-events")
 
+    async def reload(self, config: Config, tagdb: TagDB, removed, added, retyped: list[str],
+                     alarms=None, history=None) -> int:
+        """Follow a new configuration while clients stay connected (scada/reload.py).
+
+        Call with the publisher's task stopped. ``removed`` and ``added`` are the devices whose
+        nodes go and come (a changed device whose tree differs is in both); ``retyped``: the
+        equipment types whose shared property nodes must be rebuilt. The nodes of everything
+        else stay, with their monitored items. The tag variables are then bound to the new
+        tag table by name, and the alarm conditions rebuilt for the new engine. Clients are
+        told with one GeneralModelChangeEvent from the Server object; returns its change count.
+        """
+        editor = TreeEditor(self.server, self.ns)
+        changes = []
+        conditions_before = _condition_nodes(self.conditions)
+        if self.conditions is not None:
+            await self._drop_conditions()
+        for d in removed:
+            changes += await editor.remove_device(self.config, d)
+        for name in retyped:
+            await editor.remove_type(name)
+        changes += editor.add_devices(config, added)
+        aspace = self.server.iserver.aspace
+        if tagdb is not self.tagdb or self.publisher is None:
+            values = [aspace[ua.NodeId(name, self.ns)].attributes[ua.AttributeIds.Value] for name in tagdb.names]
+            self.publisher = Publisher(tagdb, values, [variant_type(p) for p in config.point_defs()])
+            self.publisher.record_now()  # a Read before the first batch sees the current values
+        else:
+            # The same tag table: the publisher resumes its queue (the batches of the pause, in
+            # order); a snapshot first would be newer than them and values would go back in time.
+            self.publisher.primed = True
+        self.config, self.tagdb, self.alarms, self.history = config, tagdb, alarms, history
+        if alarms is not None:
+            old, self.conditions = self.conditions, AlarmConditions(self.server, self.ns, alarms)
+            if old is not None:
+                _carry_conditions(old, self.conditions)
+            self.conditions.build()
+        if self.tag_history is not None and history is not None:
+            _rebind_history(self.tag_history, config, tagdb, history)
+        # Conditions of added and removed alarms (or devices) come and go too; a kept one is
+        # rebuilt under the same NodeId: no change for a client.
+        conditions_after = _condition_nodes(self.conditions)
+        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeDeleted)
+                    for nid, etype in conditions_before.items() if nid not in conditions_after]
+        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeAdded)
+                    for nid, etype in conditions_after.items() if nid not in conditions_before]
+        if changes:
+            await self._model_changed(changes)
+        return len(changes)
+
+    async def _drop_conditions(self) -> None:
+        """Remove the device conditions' nodes and notifier links (the server alarms' stay)."""
+        old = self.conditions
+        old.close()
+        aspace = self.server.iserver.aspace
+        nodes = []
+        for cid in old._cond_ids:
+            if cid is not None:
+                nodes += [cid, ua.NodeId(f"{cid.Identifier}/ShelvingState", self.ns)]
+        nodes += [ua.NodeId(f"{dev.Identifier}/{ALARMS_FOLDER}", self.ns) for dev in old._dev_nodes if dev is not None]
+        await delete_nodes(aspace, nodes)
+        linked = {n for chain in old._notifiers for n in chain} | {_SERVER}
+        for nid in linked:
+            nd = aspace.get(nid)
+            if nd is not None:
+                nd.references[:] = [r for r in nd.references
+                                    if not (r.ReferenceTypeId == _HAS_NOTIFIER and r.NodeId.NamespaceIndex == self.ns)]
+
+    async def _model_changed(self, changes) -> None:
+        """One GeneralModelChangeEvent (Part 3 §9.32.7) from the Server object: clients browse again."""
+        gen = await self.server.get_event_generator(ua.ObjectIds.GeneralModelChangeEventType, ua.ObjectIds.Server)
+        gen.event.Changes = [ua.ModelChangeStructureDataType(Affected=nid, AffectedType=typedef, Verb=int(verb))
+                             for nid, typedef, verb in changes]
+        # asyncua records the field's DataType NodeId where a Variant needs a VariantType: an
+        # array of structures travels as ExtensionObjects.
+        gen.event.data_types["Changes"] = ua.VariantType.ExtensionObject
+        gen.event.Message = ua.LocalizedText(f"configuration reloaded: {len(changes)} node changes")
+        gen.event.Severity = 100
+        await gen.trigger()
+
     async def stop(self) -> None:
         if self.conditions is not None:
             self.conditions.close()
         await stop_asyncua_server(self.server)
+
+
+def _condition_nodes(conditions: AlarmConditions | None) -> dict[ua.NodeId, ua.NodeId]:
+    """Each device condition's NodeId -> its event type (its type definition)."""
+    if conditions is None:
+        return {}
+    eng = conditions.engine
+    return {cid: conditions._defs[int(eng.inst_def[i])].etype
+            for i, cid in enumerate(conditions._cond_ids) if cid is not None}
+
+
+def _carry_conditions(old: AlarmConditions, new: AlarmConditions) -> None:
+    """What of the old conditions outlives a reload: the EventId sequence (an EventId is never
+    reused), the server alarms' nodes and retained events, the session names for the journal."""
+    new._prefix, new._seq = old._prefix, old._seq
+    new._system, new._system_nodes, new._system_retained = old._system, old._system_nodes, old._system_retained
+    new._session_names = old._session_names
+
+
+def _rebind_history(th: TagHistory, config: Config, tagdb: TagDB, historian) -> None:
+    """HistoryRead follows the new tag table (history is stored by tag name: nothing is lost)."""
+    th.config, th.tagdb, th.historian = config, tagdb, historian
+    th.historized = np.asarray(config.history_table()["enabled"], bool)
+    th.vtypes = [variant_type(p) for p in config.point_defs()]
+    th.mark_variables()
 
 
 async def stop_asyncua_server(server: Server, timeout: float = 10.0) -> None:

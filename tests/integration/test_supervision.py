@@ -76,7 +76,7 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
                           data_dir=tmp_path / "data", supervisor=sup)
         drivers = {d.name: d for d in app.drivers}
         assert set(drivers) == {"modbus", "opcua", "mqtt"}
-        driver_tags = app._driver_tags
+        driver_tags = {name: app.driver_tag_ids(name) for name in drivers}
         watch = Watch(app, np.concatenate(list(driver_tags.values())))
         run = asyncio.create_task(app.run(), name="app")
         await until(lambda: app.started.is_set() and app.status()["devices_online"] == app.status()["devices_total"],

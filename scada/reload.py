@@ -1,0 +1,296 @@
+"""Configuration changed while the server runs (``scada reload`` or SIGHUP).
+
+The new files are loaded and validated first: a wrong file leaves the running configuration
+untouched, and its error (file:line) is logged and written to the result file that
+``scada reload`` prints. A valid configuration is compared with the running one
+(:func:`diff`), then applied between two batches (:func:`apply`):
+
+1. The drivers stop: no batch reaches the old tag table any more. Every driver restarts,
+   not only those whose devices changed, because tag ids are positions in the tag table
+   and any added or removed device moves the ids of the others (re-polled at once).
+2. The consumers (alarms, historian, OPC UA publisher) finish the batches already queued
+   (bounded wait), then stop: the historian flushes and closes its store.
+3. A new tag table takes over, by tag name, the last value, status and times of every tag
+   it keeps (:meth:`TagDB.carry_from`).
+4. A new alarm engine takes over the state of every instance (alarm, device) it keeps,
+   whether or not the definition changed: the first evaluation then judges it by the new
+   definition (an alarm whose new limit no longer holds clears, journaled; one that still
+   holds is not announced again). A removed instance that was shown is journaled REMOVED
+   and its saved state deleted.
+5. A new historian opens the same store: history is stored by tag name, so every kept tag
+   keeps its history.
+6. The OPC UA tree loses the nodes of removed devices and gains those of added ones (a
+   device whose tree changed, e.g. its type's points, is both), the conditions are rebuilt
+   for the new engine, and one GeneralModelChangeEvent tells the clients.
+7. The components are swapped in the Application and their tasks restarted.
+
+A failure in steps 3-7 (not a configuration error: those are caught by validation) puts the
+old components back and restarts them, and is reported like a wrong file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from scada.alarms.engine import AlarmEngine
+from scada.alarms.journal import JournalRow
+from scada.alarms.states import State
+from scada.config import Config, Device, load_config
+from scada.tagdb import TagDB
+from scada.yamlsrc import ConfigError
+
+log = structlog.get_logger("scada.reload")
+
+PID_FILE = "scada.pid"  # in the server's --data folder: {"pid": ..., "config": ...}
+RESULT_FILE = "reload-result.json"  # written after each reload request, read by `scada reload`
+DRAIN_TIMEOUT = 10.0  # s: the consumers' queued batches are processed before the switch
+COPIED_ALARM_COLUMNS = ("state", "raw", "cond", "raw_since", "cond_since", "suppressed", "shelved_until",
+                        "prev_value", "prev_time", "pending", "announced_since", "escalated")
+
+
+@dataclass
+class ConfigDiff:
+    """What a reload changes, by device and alarm name."""
+
+    devices_added: list[str] = field(default_factory=list)
+    devices_removed: list[str] = field(default_factory=list)
+    devices_changed: list[str] = field(default_factory=list)
+    alarms_added: list[str] = field(default_factory=list)
+    alarms_removed: list[str] = field(default_factory=list)
+    alarms_changed: list[str] = field(default_factory=list)
+    nodes_removed: list[Device] = field(default_factory=list)  # old devices whose OPC UA nodes go
+    nodes_added: list[Device] = field(default_factory=list)  # new devices whose OPC UA nodes come
+    types_rebuilt: list[str] = field(default_factory=list)  # types whose shared property nodes are rebuilt
+
+    @property
+    def empty(self) -> bool:
+        return not (self.devices_added or self.devices_removed or self.devices_changed
+                    or self.alarms_added or self.alarms_removed or self.alarms_changed)
+
+    def summary(self) -> dict[str, list[str]]:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k.startswith(("devices_", "alarms_")) and v}
+
+
+def _device_key(config: Config, d: Device) -> tuple:
+    """A device as configured, apart from where it sits in the file (its ids, its line)."""
+    return dataclasses.replace(d, first_tag_id=0, index=0, source=""), config.types[d.type]
+
+
+def _tree_key(config: Config, d: Device) -> tuple:
+    """What the device's OPC UA nodes show: a change here replaces them."""
+    t = config.types[d.type]
+    return d.commune, t.cls, t.name, tuple((p.name, p.kind, p.unit, p.range, p.enum, p.description) for p in t.points)
+
+
+def _type_props(t) -> tuple:
+    return tuple((p.name, p.kind, p.unit, p.range) for p in t.points)
+
+
+def diff(old: Config, new: Config) -> ConfigDiff:
+    out = ConfigDiff()
+    old_devs = {d.name: d for d in old.devices}
+    new_devs = {d.name: d for d in new.devices}
+    out.devices_removed = [n for n in old_devs if n not in new_devs]
+    out.devices_added = [n for n in new_devs if n not in old_devs]
+    out.nodes_removed = [old_devs[n] for n in out.devices_removed]
+    out.nodes_added = [new_devs[n] for n in out.devices_added]
+    for name in old_devs.keys() & new_devs.keys():
+        a, b = old_devs[name], new_devs[name]
+        if _device_key(old, a) != _device_key(new, b):
+            out.devices_changed.append(name)
+            if _tree_key(old, a) != _tree_key(new, b):
+                out.nodes_removed.append(a)
+                out.nodes_added.append(b)
+    out.devices_changed.sort()
+    out.nodes_added.sort(key=lambda d: d.index)
+    out.types_rebuilt = [n for n, t in old.types.items()
+                         if n not in new.types or _type_props(t) != _type_props(new.types[n])]
+    # An alarm is compared without its file:line: an edit above it moves it without changing it.
+    old_alarms = {a.name: dataclasses.replace(a, source="") for a in old.alarms.alarms}
+    new_alarms = {a.name: dataclasses.replace(a, source="") for a in new.alarms.alarms}
+    out.alarms_removed = [n for n in old_alarms if n not in new_alarms]
+    out.alarms_added = [n for n in new_alarms if n not in old_alarms]
+    out.alarms_changed = sorted(n for n in old_alarms.keys() & new_alarms.keys() if old_alarms[n] != new_alarms[n])
+    if old.alarms.services != new.alarms.services and not out.alarms_changed:
+        # A service's deadline changed: the engine is rebuilt; say so as a change of every alarm.
+        out.alarms_changed = sorted(old_alarms.keys() & new_alarms.keys())
+    return out
+
+
+def carry_alarms(old: AlarmEngine, new: AlarmEngine) -> tuple[int, list[int]]:
+    """Copy the state of every instance both engines have; return (carried, old instances gone)."""
+    pairs = [(i, old._index[key]) for key, i in new._index.items() if key in old._index]
+    kept = {j for _, j in pairs}
+    if pairs:
+        ni = np.fromiter((i for i, _ in pairs), np.int64, len(pairs))
+        oi = np.fromiter((j for _, j in pairs), np.int64, len(pairs))
+        for col in COPIED_ALARM_COLUMNS:
+            getattr(new, col)[ni] = getattr(old, col)[oi]
+        for i, j in pairs:
+            if j in old.extra:
+                new.extra[i] = dict(old.extra[j])
+    new._pending_idx = np.flatnonzero(new.pending).astype(np.int64)
+    new._system = dict(old._system)
+    new._announced_at = old._announced_at
+    new.transitions, new.evaluations = old.transitions, old.evaluations
+    return len(pairs), [j for j in range(old.n) if j not in kept]
+
+
+def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
+    """A removed instance that was shown leaves a REMOVED row; its saved state is forgotten."""
+    if not gone:
+        return
+    now = old.clock()
+    rows = []
+    for j in gone:
+        state = State(int(old.state[j]))
+        if state != State.NORMAL:
+            a = old.defs[int(old.inst_def[j])]
+            d = old.config.devices[int(old.inst_dev[j])]
+            rows.append(JournalRow(now, a.name, d.name, d.commune, None, a.priority, a.severity, "REMOVED",
+                                   State.NORMAL.name, "", f"was {state.name}: removed from the configuration",
+                                   a.service, "alarm removed from the configuration"))
+            log.warning("alarm_removed_by_reload", alarm=a.name, device=d.name, state=state.name)
+    keys = [(old._name(j), old._device(j)) for j in gone]
+    try:
+        if rows:
+            old.journal.record(rows)
+        old.journal.delete_states(keys)
+    except Exception as exc:  # noqa: BLE001 - the new configuration runs; the journal may catch up later
+        log.error("alarm_removal_not_journaled", error=repr(exc), instances=len(gone))
+
+
+async def _drain(tagdb: TagDB, timeout: float) -> None:
+    """Wait until every consumer has taken the batches queued for it (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while any(not c.queue.empty() for c in tagdb.consumers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    # A consumer takes a batch, then processes it before its next get: one more turn of the loop.
+    await asyncio.sleep(0)
+
+
+async def apply(app, new: Config) -> ConfigDiff:
+    """Apply a validated configuration to the running Application (see the module docstring)."""
+    from scada.app import build_drivers
+    old = app.config
+    d = diff(old, new)
+    if d.empty:
+        app.config = new  # lines and comments may have moved: later messages cite the new file
+        return d
+    if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:
+        await _apply_alarms(app, new, d)
+        return d
+    await app.stop_tasks([n for n in app.task_names() if n.startswith("driver:")])
+    await _drain(app.tagdb, DRAIN_TIMEOUT)
+    conditions = app.hmi.conditions
+    if conditions is not None:  # alarm events already queued reach the clients first
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while conditions._queue and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    await app.stop_tasks(["alarms", "historian", "opcua-publisher"])
+    saved = (app.config, app.tagdb, app.alarms, app.historian, app.drivers)
+    historian = None
+    try:
+        tagdb = TagDB(*new.tag_table(), new.max_ages())
+        carried_tags = tagdb.carry_from(app.tagdb)
+        alarms = AlarmEngine(new, tagdb, app.journal)
+        carried_alarms, gone = carry_alarms(app.alarms, alarms)
+        alarms.subscribers = [s for s in app.alarms.subscribers
+                              if conditions is None or getattr(s, "__self__", None) is not conditions]
+        historian = app._make_historian(new, tagdb)
+        drivers = build_drivers(new, tagdb)
+        node_changes = await app.hmi.reload(new, tagdb, d.nodes_removed, d.nodes_added, d.types_rebuilt,
+                                            alarms=alarms, history=historian)
+    except BaseException:
+        log.exception("reload_failed_restoring")
+        if historian is not None:  # one writer per store: the new one lets the old one reopen it
+            historian.store.close()
+        app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
+        app.historian = app._make_historian(old, app.tagdb)
+        app.drivers = build_drivers(old, app.tagdb)
+        if conditions is not None and conditions._attached is False and app.hmi.conditions is conditions:
+            app.alarms.subscribers.append(conditions._on_alarm_events)
+            conditions._attached = True
+        app.start_tasks()
+        raise
+    old_alarms = app.alarms
+    app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
+    app.start_tasks()
+    _journal_removed(old_alarms, gone)
+    log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
+             alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
+    return d
+
+
+async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
+    """Only alarms (or services) changed: the tag table, the drivers and the historian go on
+    untouched (the field is not disturbed); the engine and the OPC UA conditions are rebuilt."""
+    conditions = app.hmi.conditions
+    if conditions is not None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while conditions._queue and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    # The new engine evaluates every instance when it starts: no batch is missed meanwhile.
+    await app.stop_tasks(["alarms", "opcua-publisher"])
+    try:
+        alarms = AlarmEngine(new, app.tagdb, app.journal)
+        carried, gone = carry_alarms(app.alarms, alarms)
+        alarms.subscribers = [s for s in app.alarms.subscribers
+                              if conditions is None or getattr(s, "__self__", None) is not conditions]
+        await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
+    except BaseException:
+        log.exception("reload_failed_restoring")
+        if conditions is not None and conditions._attached is False and app.hmi.conditions is conditions:
+            app.alarms.subscribers.append(conditions._on_alarm_events)
+            conditions._attached = True
+        app.start_tasks()
+        raise
+    old_alarms = app.alarms
+    app.config, app.alarms = new, alarms
+    app.start_tasks()
+    _journal_removed(old_alarms, gone)
+    log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
+             field_untouched=True)
+
+
+def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:
+    """The outcome of the last reload request, for ``scada reload`` (written atomically)."""
+    path = Path(data_dir) / RESULT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
+                               "changes": changes or {}}))
+    os.replace(tmp, path)
+
+
+async def reload_from_files(app, directory: str | Path) -> bool:
+    """Load, validate and apply the configuration files; never raises (a server keeps running)."""
+    try:
+        new = await asyncio.to_thread(load_config, directory)
+    except ConfigError as exc:
+        log.error("reload_rejected", error=str(exc), file=exc.file, line=exc.line, key=exc.key or None,
+                  note="the running configuration is unchanged")
+        write_result(app.data_dir, False, f"configuration error: {exc}")
+        return False
+    try:
+        d = await app.reload(new)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the old configuration was put back by apply()
+        write_result(app.data_dir, False, f"reload failed, the running configuration is unchanged: {exc!r}")
+        return False
+    if d.empty:
+        log.info("configuration_unchanged", directory=str(directory))
+        write_result(app.data_dir, True, "configuration unchanged")
+    else:
+        write_result(app.data_dir, True, "configuration reloaded", d.summary())
+    return True

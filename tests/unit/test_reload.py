@@ -1,0 +1,117 @@
+"""The logic of a configuration reload (scada/reload.py) on real configuration files: what the
+diff says, which tag rows and alarm states a new tag table and engine take over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scada import status as st
+from scada.alarms.engine import AlarmEngine
+from scada.alarms.journal import Journal
+from scada.alarms.states import State
+from scada.config import load_config
+from scada.reload import _journal_removed, carry_alarms, diff
+from scada.tagdb import TagDB
+
+from .test_alarm_engine import ALARMS, DEVICES, ROOT, S, Clock
+
+
+def config_in(folder: Path, devices: str = DEVICES, alarms: str = ALARMS, tags_edit=lambda t: t):
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tags.yaml").write_text(tags_edit(head) + devices)
+    (folder / "alarms.yaml").write_text(alarms)
+    return load_config(folder)
+
+
+LC3 = '  - {name: LC-3, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.3:502"}\n'
+
+
+def test_diff_names_added_removed_and_changed_devices_and_alarms(tmp_path):
+    old = config_in(tmp_path / "a")
+    # LC-1 removed, LC-3 added, TJ-1 moved to another commune (its nodes are replaced), an
+    # alarm limit changed, an alarm removed, one added.
+    devices = DEVICES.replace(DEVICES.splitlines()[2] + "\n", "").replace(
+        "name: TJ-1, type: traffic_junction, commune: Dijon", "name: TJ-1, type: traffic_junction, commune: Talant")
+    alarms = (ALARMS.replace("condition: high, limit: 60", "condition: high, limit: 65")
+              .replace("  - {name: door_lc2", "  - {name: door_lc2_new"))
+    new = config_in(tmp_path / "b", devices + LC3, alarms)
+    d = diff(old, new)
+    assert (d.devices_added, d.devices_removed, d.devices_changed) == (["LC-3"], ["LC-1"], ["TJ-1"])
+    assert [x.name for x in d.nodes_removed] == ["LC-1", "TJ-1"]
+    assert [x.name for x in d.nodes_added] == ["TJ-1", "LC-3"]
+    assert (d.alarms_added, d.alarms_removed, d.alarms_changed) == (["door_lc2_new"], ["door_lc2"], ["hot"])
+    assert not d.types_rebuilt
+
+
+def test_diff_of_the_same_files_elsewhere_is_empty_and_a_scale_change_keeps_the_nodes(tmp_path):
+    old = config_in(tmp_path / "a")
+    assert diff(old, config_in(tmp_path / "b")).empty
+    lamp_count = "      lamp_count:\n        table: input\n        address: 6\n        type: uint16\n"
+    new = config_in(tmp_path / "c", tags_edit=lambda t: t.replace(lamp_count, lamp_count + "        scale: 2\n"))
+    d = diff(old, new)
+    assert d.devices_changed == ["LC-1", "LC-2"] and not d.nodes_added and not d.nodes_removed
+
+
+def test_new_tag_table_takes_over_the_rows_it_keeps_by_name(tmp_path):
+    old_cfg = config_in(tmp_path / "a")
+    # LC-3 first: every other tag id moves.
+    new_cfg = config_in(tmp_path / "b", DEVICES.replace("devices:\n", "devices:\n" + LC3))
+    old = TagDB(*old_cfg.tag_table())
+    name = "Dijon/lighting/LC-2/mains_voltage"
+    old.update([old.id_of(name)], [231.5], st.GOOD, 123)
+    old.update_text([old.id_of("Dijon/lighting/LC-2/Diagnostics/last_error")], ["timeout"], st.GOOD)
+    new = TagDB(*new_cfg.tag_table())
+    kept = new.carry_from(old)
+    assert len(kept) == len(old)
+    i = new.id_of(name)
+    assert i != old.id_of(name)
+    assert (new.value[i], new.status[i], new.source_time[i]) == (231.5, st.GOOD, 123)
+    assert new.text[new.id_of("Dijon/lighting/LC-2/Diagnostics/last_error")] == "timeout"
+    added = new.id_of("Dijon/lighting/LC-3/mains_voltage")
+    assert np.isnan(new.value[added]) and new.status[added] == st.BAD_NO_COMMUNICATION
+    assert new.changes == old.changes
+
+
+def test_new_engine_takes_over_kept_instances_and_lists_the_removed_ones(tmp_path):
+    old_cfg = config_in(tmp_path / "a")
+    clock = Clock()
+    journal = Journal(tmp_path / "alarms.sqlite")
+    try:
+        tagdb = TagDB(*old_cfg.tag_table())
+        old = AlarmEngine(old_cfg, tagdb, journal, clock)
+        dev = old_cfg.device("LC-2")
+        tagdb.update(old_cfg.tag_ids(dev), np.full(len(old_cfg.tag_ids(dev)), 230.0), st.GOOD)
+        volt = tagdb.id_of("Dijon/lighting/LC-2/mains_voltage")
+        tagdb.update([volt], [0.0], st.GOOD)
+        old.evaluate_all()
+        clock.advance(3)
+        old.tick()
+        i = old.instance("mains_loss", "LC-2")
+        assert State(int(old.state[i])) == State.UNACK_ACTIVE
+        new_cfg = config_in(tmp_path / "b", DEVICES.replace(DEVICES.splitlines()[2] + "\n", LC3),
+                            ALARMS.replace("  - {name: door_lc2", "  - {name: door_lc2_new"))
+        new_db = TagDB(*new_cfg.tag_table())
+        new_db.carry_from(tagdb)
+        new = AlarmEngine(new_cfg, new_db, journal, clock)
+        carried, gone = carry_alarms(old, new)
+        j = new.instance("mains_loss", "LC-2")
+        assert State(int(new.state[j])) == State.UNACK_ACTIVE and new.cond_since[j] == old.cond_since[i]
+        assert State(int(new.state[new.instance("mains_loss", "LC-3")])) == State.NORMAL
+        assert {(old._name(k), old._device(k)) for k in gone} >= {("door_lc2", "LC-2"), ("mains_loss", "LC-1")}
+        assert carried == sum(1 for key in new._index if key in old._index)
+        # The first evaluation with unchanged values announces nothing again.
+        assert not [e for e in new.evaluate_all() if e.event == "ACTIVATE"]
+        # A removed instance that was shown leaves a REMOVED row, and no saved state to restore.
+        lc1 = old.instance("mains_loss", "LC-1")
+        old.state[lc1] = int(State.UNACK_ACTIVE)
+        journal.save_states([old._state_record(lc1)])
+        _journal_removed(old, gone)
+        removed = [(r.alarm, r.device, r.event, r.state) for r in journal.query() if r.event == "REMOVED"]
+        assert removed == [("mains_loss", "LC-1", "REMOVED", "NORMAL")]
+        assert ("mains_loss", "LC-1") not in journal.load_states()
+        assert ("mains_loss", "LC-2") in journal.load_states()
+    finally:
+        journal.close()
