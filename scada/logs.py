@@ -12,9 +12,20 @@ import sys
 import structlog
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a test's capture, a redirection made
+    after start-up), never a stream closed since ``configure``."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(json: bool = False, level: str = "INFO") -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=lvl, stream=_Stderr(), format="%(message)s")
     # Library loggers (asyncua, pymodbus) go through the same renderer.
     processors = [
         structlog.contextvars.merge_contextvars,
@@ -25,7 +36,7 @@ def configure(json: bool = False, level: str = "INFO") -> None:
     structlog.configure(
         processors=[*processors, structlog.processors.format_exc_info if json else structlog.dev.set_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
         cache_logger_on_first_use=False,
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its per-request errors are ours to report

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+import structlog
+
 from scada import cli
 from scada.app import Application
 from tests.integration.helpers import ROOT  # the shipped configuration
+
+
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """`scada run` configures logging for the whole process: put the test session's back."""
+    saved, handlers = structlog.get_config(), list(logging.getLogger().handlers)
+    yield
+    structlog.configure(**saved)
+    logging.getLogger().handlers[:] = handlers
 
 
 def test_an_unexpected_exception_group_is_reported_clearly(tmp_path, monkeypatch, capsys):
