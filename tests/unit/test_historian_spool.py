@@ -179,7 +179,12 @@ def test_sigkill_of_a_writer_mid_append_loses_nothing_acknowledged_and_leaves_no
     for attempt in range(3):  # kill, reopen and write again, kill again
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=out)
-            time.sleep(0.4 + 0.2 * attempt)
+            # Killed in the middle of writing: once it has written some dozens of records (a
+            # count, since how long the interpreter takes to start depends on the machine).
+            deadline = time.monotonic() + 60
+            while log.read_text().count("\nW ") < 50 + 25 * attempt:
+                assert proc.poll() is None and time.monotonic() < deadline, "the writer did not write"
+                time.sleep(0.01)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         for line in log.read_text().splitlines():
