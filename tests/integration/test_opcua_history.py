@@ -554,7 +554,7 @@ async def test_tag_values_read_as_published_and_no_client_can_write_them(cab: Ca
         async with client:
             node = client.get_node(cab.node("power"))
             dv = await until_read(lambda: node.read_data_value(raise_on_bad_status=False),
-                                  lambda d: d.Value.Value == 7.25, 5, "the published value")
+                                  lambda d: d.Value.Value == 7.25, 30, "the published value")
             assert dv.StatusCode.is_good() and dv.SourceTimestamp is not None
             with pytest.raises(ua.UaStatusCodeError) as refused:
                 await node.write_value(ua.DataValue(ua.Variant(99.0, ua.VariantType.Double)))
