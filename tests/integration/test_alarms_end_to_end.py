@@ -175,7 +175,8 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         # A's and B's fresh data (change batches are processed in order) and let every delay
         # that data could have started expire: a re-announcement would be in the journal by then.
         fault(control, "mains_loss", b)
-        after = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in events(rows[before:], "mains_loss", b),
+        after = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in
+                                    events(rows[before:], "mains_loss", b),
                                     what="marker: B's mains loss announced after the restart")
         new = [(r.alarm, r.device, r.event) for r in after[before:]]
         assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")
