@@ -42,7 +42,7 @@ def free_port_range(n: int, attempts: int = 200) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
-def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
@@ -51,7 +51,7 @@ def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
-def wait_port_closed(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+def wait_port_closed(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -173,8 +173,11 @@ def write_tags(folder: Path, inventories: list[str], extra_types: str = "") -> N
         head + extra_types + "\ninventories:\n" + "".join(f"  - file: {f}\n" for f in inventories))
 
 
-async def until(predicate, timeout: float = 10.0, what: str = "") -> float:
-    """Wait for ``predicate()`` to hold; return the seconds it took, or fail saying ``what``."""
+async def until(predicate, timeout: float = 30.0, what: str = "") -> float:
+    """Wait for ``predicate()`` to hold; return the seconds it took, or fail saying ``what``.
+
+    The deadlines here are generous on purpose: they only matter when a test fails, and a
+    loaded machine must not turn a slow pass into a failure."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if predicate():
@@ -183,7 +186,7 @@ async def until(predicate, timeout: float = 10.0, what: str = "") -> float:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-async def until_read(read, predicate, timeout: float = 15.0, what: str = ""):
+async def until_read(read, predicate, timeout: float = 30.0, what: str = ""):
     """Await ``read()`` until ``predicate`` holds for its result; return that result, or fail with the last."""
     deadline = time.monotonic() + timeout
     last = None

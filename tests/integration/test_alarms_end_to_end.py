@@ -18,7 +18,7 @@ from asyncua import Client, ua
 
 from scada.alarms.journal import Journal
 
-from .helpers import ROOT, Process, free_port, free_port_range, wait_port
+from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,17 @@ class Events:
                     return out
 
 
+async def polled(endpoint: str, tags: list[str], timeout: float = 30.0) -> None:
+    """Wait until the server shows every tag Good: a server starts with every tag
+    Bad_NoCommunication, so Good means this server process has polled it."""
+    async with Client(endpoint, timeout=10) as client:
+        ns = await client.get_namespace_index("urn:city-scada:tags")
+        for tag in tags:
+            node = client.get_node(ua.NodeId(tag, ns))
+            await until_read(lambda: node.read_data_value(raise_on_bad_status=False),
+                             lambda dv: dv.StatusCode.is_good(), timeout, f"{tag} polled")
+
+
 def events(rows, alarm: str, device: str) -> list[tuple[str, str]]:
     return [(r.event, r.state) for r in rows if r.alarm == alarm and r.device == device]
 
@@ -98,11 +109,13 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         (config / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
         server = Process(server_args, tmp_path / "server.log")
         wait_port(opc_scada, timeout=30)
-        await asyncio.sleep(3)  # first polls
+        a, b = "LC-DIJ-001", "LC-DIJ-002"
+        endpoint = f"opc.tcp://127.0.0.1:{opc_scada}/scada/"
+        watched = [f"Dijon/lighting/{d}/{p}" for d in (a, b) for p in ("mains_voltage", "failed_lamps")]
+        await polled(endpoint, watched)  # the alarms start from healthy cabinets
 
         # Cabinet A loses its mains, then 3 of its lamps fail: the lamp alarm is suppressed by
         # the mains loss. Cabinet B's 2 failed lamps are announced.
-        a, b = "LC-DIJ-001", "LC-DIJ-002"
         fault(control, "mains_loss", a)
         fault(control, "lamp_failure", a, "count=3")
         fault(control, "lamp_failure", b, "count=2")
@@ -156,14 +169,18 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         before = len(rows)
         server = Process(server_args, tmp_path / "server2.log")
         wait_port(opc_scada, timeout=30)
-        await asyncio.sleep(4)  # several evaluations with fresh data
-        j = Journal(path)
-        try:
-            after = j.query()
-        finally:
-            j.close()
+        await polled(endpoint, watched)  # the restarted server has fresh data of A and B
+        # A positive marker instead of a pause: B loses its mains now. mains_loss has the longest
+        # on_delay of these alarms (2 s), so once B's loss is journaled the engine has evaluated
+        # A's and B's fresh data (change batches are processed in order) and let every delay
+        # that data could have started expire: a re-announcement would be in the journal by then.
+        fault(control, "mains_loss", b)
+        after = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in
+                                    events(rows[before:], "mains_loss", b),
+                                    what="marker: B's mains loss announced after the restart")
         new = [(r.alarm, r.device, r.event) for r in after[before:]]
-        assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")], new
+        assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")
+                    and x[:2] != ("mains_loss", b)], new
         assert "alarm_states_restored" in server.output()
 
         # The mains come back: the mains alarm clears and A's lamp

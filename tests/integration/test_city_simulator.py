@@ -51,7 +51,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
 
         # mbpoll, an independent Modbus master, reads the cabinet's lamp count (input register 6).
         out = subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "6", "-t", "3", "-c", "1", "-1",
-                              "-p", str(cab.port), "127.0.0.1"], capture_output=True, text=True, timeout=10)
+                              "-p", str(cab.port), "127.0.0.1"], capture_output=True, text=True, timeout=30)
         read = re.search(r"\[6\]:\s+(\d+)", out.stdout)
         assert read and int(read.group(1)) == city.lamps[0], out.stdout
 

@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -82,46 +81,45 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             await sub.subscribe_data_change(dim)
 
             # Values arrive with Good status.
-            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 10, "first poll")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 30, "first poll")
             assert dv.Value.Value == 0  # auto
 
             # An independent Modbus master puts the cabinet in manual dimming at 40 %.
             subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "0", "-t", "4", "-p", str(cab.port),
                             "127.0.0.1", "3", "40"], check=True, capture_output=True, timeout=10)
-            dv = await until_read(dv_reader(dim), lambda d: d.Value.Value == 40, 5, "dim level 40 %")
+            dv = await until_read(dv_reader(dim), lambda d: d.Value.Value == 40, 15, "dim level 40 %")
             assert dv.StatusCode.is_good()
             assert dv.SourceTimestamp is not None
             expected_kw = cab.lamps * 60.0 * 0.40 / 1000.0  # luminaires x 60 W x 40 %, in kW (float32)
             dv = await until_read(dv_reader(power), lambda d: d.Value.Value and abs(d.Value.Value - expected_kw) < 1e-4,
-                                5, f"power {expected_kw} kW")
+                                15, f"power {expected_kw} kW")
             assert dv.StatusCode.is_good()
             assert (await mode.read_value()) == 3
             # The subscription saw the change too (the publisher notifies monitored items).
-            await until_read(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 5, "subscription")
+            await until_read(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 15, "subscription")
 
             # The engineering unit travels with the variable.
             eu = await power.get_child(["0:EngineeringUnits"])
             assert (await eu.read_value()).DisplayName.Text == "kW"
 
-            # Kill the simulator: within poll interval + timeout the tags are Bad_CommunicationError,
-            # and the last value is kept.
+            # Kill the simulator: the tags turn Bad_CommunicationError and the last value is kept.
+            # (That the first failed poll does it, within poll interval + timeout, is counted in
+            # test_modbus_driver; here a generous bound, which a loaded machine cannot break.)
             sim.stop(signal.SIGKILL)
-            t0 = time.monotonic()
             dv = await until_read(dv_reader(dim),
-                                lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
-                                POLL + TIMEOUT + 2.0, "Bad_CommunicationError after the simulator died")
-            assert time.monotonic() - t0 <= POLL + TIMEOUT + 1.0
+                                  lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
+                                  30, "Bad_CommunicationError after the simulator died")
             assert dv.Value.Value == 40
             other = client.get_node(ua.NodeId(f"Talant/lighting/{cabinets[2].name}/mains_voltage", ns))
             await until_read(dv_reader(other), lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError,
-                           5, "every cabinet of the dead simulator")
+                           30, "every cabinet of the dead simulator")
 
             # Restart it: Good again, without restarting the server.
             wait_port_closed(cab.port)
             sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim2.log")
             wait_port(base + 2)
-            await until_read(dv_reader(dim), lambda d: d.StatusCode.is_good(), 15, "Good after restart")
-            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 5, "mode Good after restart")
+            await until_read(dv_reader(dim), lambda d: d.StatusCode.is_good(), 30, "Good after restart")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 15, "mode Good after restart")
             assert dv.Value.Value == 0  # a restarted cabinet comes back in automatic mode
             await sub.delete()
         # Ctrl-C (SIGINT) stops the server cleanly.

@@ -165,7 +165,7 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
         await asyncio.to_thread(wait_port, opc_scada, 30)
 
         # 1. Values arrive.
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             got = await asyncio.to_thread(vm_values, vm)
             classes = {k[0].split("_")[0] for k in got}
@@ -174,32 +174,32 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
             assert time.monotonic() < deadline, f"no values in VictoriaMetrics: {sorted(got)[:10]}\n" \
                                                 f"{server.output()[-3000:]}"
             await asyncio.sleep(0.3)
-        await asyncio.sleep(2.0)
 
-        # 2. The database goes away for a few seconds while the city runs.
+        # 2. The database goes away while the city runs, until the server has recorded (and
+        # spooled) a good number of values: counted, not a pause of a few seconds.
         await asyncio.to_thread(vm.stop)
         down = now_ms()
-        await asyncio.sleep(4.0)
+        await until_stored(data, lambda t: t > down, 100, "values recorded during the outage", timeout=60)
         up = now_ms()
         await asyncio.to_thread(vm.start)
-        await asyncio.sleep(1.0)
-        first = await every_stored_value_is_in_victoria(data, vm, "after an outage")
+        first = await every_stored_value_is_in_victoria(data, vm, "after an outage", timeout=60)
         during = sum(down < t < up for t in first)
         assert during > 50, f"only {during} values recorded during the outage"  # all replayed from the spool
 
         # 3. Down again; the server is killed during the outage and started again, then the database.
         await asyncio.to_thread(vm.stop)
         down = now_ms()
-        await asyncio.sleep(3.0)
+        await until_stored(data, lambda t: t > down, 100, "values recorded before the kill", timeout=60)
         killed = now_ms()
         server.stop(signal.SIGKILL)
         server = start_server(config, data, vm, opc_scada, tmp_path / "server2.log")
         await asyncio.to_thread(wait_port, opc_scada, 30)
         # The restarted server records (and spools) with the database still down.
-        await until_stored(data, lambda t: t > killed, 50, "values recorded after the restart")
+        await until_stored(data, lambda t: t > killed, 100, "values recorded after the restart", timeout=60)
         up = now_ms()
         await asyncio.to_thread(vm.start)
-        second = await every_stored_value_is_in_victoria(data, vm, "after a server crash during an outage")
+        second = await every_stored_value_is_in_victoria(data, vm, "after a server crash during an outage",
+                                                         timeout=60)
         before_kill = sum(down < t < killed for t in second)
         after_restart = sum(killed < t < up for t in second)
         assert before_kill > 50 and after_restart > 50, (before_kill, after_restart)
@@ -211,7 +211,7 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
         sim.stop()
         broker.stop()
         vm.stop()
-    assert time.monotonic() - t_start < 120
+    assert time.monotonic() - t_start < 300  # a generous bound: the test does not hang
 
 
 async def test_server_writing_to_influx_stops_on_sigterm(tmp_path):
@@ -235,15 +235,17 @@ async def test_server_writing_to_influx_stops_on_sigterm(tmp_path):
         server = start_server(config, data, vm, opc_port, tmp_path / "server.log")
         await asyncio.to_thread(wait_port, opc_port, 30)
         await until_stored(data, lambda t: True, 20, "values stored")
-        await asyncio.sleep(1.0)
-        t0 = time.monotonic()
+        # SIGTERM while the sink is delivering (the case that could hang on a request in flight).
+        deadline = time.monotonic() + 30
+        while not await asyncio.to_thread(vm_values, vm):
+            assert time.monotonic() < deadline, f"nothing reached VictoriaMetrics:\n{server.output()[-2000:]}"
+            await asyncio.sleep(0.2)
         server.proc.send_signal(signal.SIGTERM)
         try:
-            code = await asyncio.to_thread(server.proc.wait, 10)
+            code = await asyncio.to_thread(server.proc.wait, 20)  # seconds, generously
         except subprocess.TimeoutExpired:
             code = None
-        assert code == 0, f"the server did not stop within 10 s of SIGTERM:\n{server.output()[-2000:]}"
-        assert time.monotonic() - t0 < 10
+        assert code == 0, f"the server did not stop within 20 s of SIGTERM:\n{server.output()[-2000:]}"
     finally:
         if server is not None:
             server.stop(signal.SIGKILL)

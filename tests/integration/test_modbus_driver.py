@@ -111,36 +111,40 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
     base = simulator.base_port
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", base), ("MIS-1", "misconfigured_cabinet", base + 1)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, 3, "first poll")
+        await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, 15, "first poll")
         assert h.value("LC-1", "lamp_count") == 30
         assert h.value("LC-1", "mains_voltage") == pytest.approx(simulator.state.voltage[0], abs=0.2)
         assert h.value("LC-1", "mode") == 0
         # The device refuses register 60 (exception 02): that point is Bad_ConfigurationError,
         # the other points of the same device stay Good.
-        await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, 3, "refused point")
+        await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, 15, "refused point")
         assert h.status("MIS-1", "power") == st.GOOD
         assert "exception 2" in h.state("MIS-1").last_error
         # Exceptions 02/03 are configuration mistakes: the block is not asked for again.
         mis = h.state("MIS-1").groups[0]
         assert mis.refused
+        asked = len(mis.plan.blocks) - 1  # every block but the refused one
         polls, requests = h.successes("MIS-1"), int(simulator.requests_per_cabinet[1])
-        await until(lambda: h.successes("MIS-1") >= polls + 4, 3, "more polls")
-        await asyncio.sleep(0.05)  # let the last poll's reads land
-        per_poll = (int(simulator.requests_per_cabinet[1]) - requests) / (h.successes("MIS-1") - polls)
-        assert per_poll == pytest.approx(len(mis.plan.blocks) - 1, abs=0.5)  # every block but the refused one
+        # Enough polls that one more request per poll cannot hide in the partial polls at the ends.
+        await until(lambda: h.successes("MIS-1") >= polls + 2 * asked + 2, 15, "more polls")
+        dp = h.successes("MIS-1") - polls
+        dreq = int(simulator.requests_per_cabinet[1]) - requests
+        # A poll in flight at each end of the window has part of its requests counted
+        # (counts, not a pause "until the reads land"): between dp - 1 and dp + 1 polls' worth.
+        assert (dp - 1) * asked <= dreq <= (dp + 1) * asked < (dp - 1) * (asked + 1), (dp, dreq, asked)
         assert h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR
 
 
 async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator, tmp_path):
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "mode") == st.GOOD, 3, "first poll")
+        await until(lambda: h.status("LC-1", "mode") == st.GOOD, 15, "first poll")
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/mode", 3))
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 25))
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/lamp_test", 1))
         assert simulator.state.mode[0] == 3 and simulator.state.dim_setpoint[0] == 25
         assert simulator.state.lamp_test[0]
-        await until(lambda: h.value("LC-1", "mode") == 3, 2, "mode read back")
+        await until(lambda: h.value("LC-1", "mode") == 3, 15, "mode read back")
         for tag, value, reason in [
             ("Dijon/lighting/LC-1/power", 1, "not writable"),
             ("Dijon/lighting/LC-1/dim_setpoint", 150, "outside"),
@@ -157,7 +161,7 @@ async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator
 async def test_refused_writes_and_a_write_that_does_not_take(simulator, tmp_path):
     cfg = make_config(tmp_path / "c", [("MIS-1", "misconfigured_cabinet", simulator.base_port)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("MIS-1", "power") == st.GOOD, 3, "first poll")
+        await until(lambda: h.status("MIS-1", "power") == st.GOOD, 15, "first poll")
         # The cabinet refuses mode 7 (exception 03): a clear error, nothing changed.
         with pytest.raises(DeviceRejected, match="refused the write"):
             await h.driver.write(WriteCommand("Dijon/lighting/MIS-1/mode_raw", 7))
@@ -175,23 +179,20 @@ async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and
     try:
         cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", link.port)])
         async with Harness(cfg) as h:
-            await until(lambda: h.status("LC-1", "power") == st.GOOD, 3, "first poll")
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "first poll")
             last = h.value("LC-1", "lamp_count")
+            failures = int(h.driver.diag.failures[h.state("LC-1").k])
             link.silent = True
-            elapsed = await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 3, "silent device")
-            assert elapsed <= POLL + TIMEOUT + 0.3
+            await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 15, "silent device")
+            # Within one poll plus one timeout: the first timed-out poll turns it Bad, not several.
+            # (Counted, not timed: this check runs on the driver's loop before its next poll can end.)
+            assert h.driver.diag.failures[h.state("LC-1").k] == failures + 1
             assert (h.tagdb.status[h.ids("LC-1")] == st.BAD_COMMUNICATION_ERROR).all()
             assert h.value("LC-1", "lamp_count") == last  # last value kept
             link.silent = False
-            await until(lambda: h.status("LC-1", "power") == st.GOOD, 5, "recovery")
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "recovery")
     finally:
         await link.stop()
-
-
-async def poll_counts(cfg, live: list[str], seconds: float) -> dict[str, int]:
-    async with Harness(cfg) as h:
-        await asyncio.sleep(seconds)
-        return {name: h.successes(name) for name in live}
 
 
 async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
@@ -203,20 +204,30 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
     silent.silent = True
     refused_port = free_port()  # nobody listens there
     try:
-        # 4 s at a 0.2 s cycle: ~20 polls per device, so one poll of jitter is 5 %, not the 10 % judged.
-        alone = await poll_counts(make_config(tmp_path / "a", live), [n for n, _, _ in live], 4.0)
         dead = [("DEAD-REFUSED", "lighting_cabinet", refused_port), ("DEAD-SILENT", "lighting_cabinet", silent.port)]
         cfg = make_config(tmp_path / "b", live + dead)
         async with Harness(cfg) as h:
-            await asyncio.sleep(4.0)
-            with_dead = {n: h.successes(n) for n, _, _ in live}
+            await until(lambda: all(h.successes(n) > 0 for n, _, _ in live), 15, "first polls")
+            before = {n: h.successes(n) for n, _, _ in live}
+            failures = lambda name: int(h.driver.diag.failures[h.state(name).k])  # noqa: E731
+            # The window: long enough for the dead devices to fail repeatedly (five timeouts of
+            # the silent one, each 0.4 s = two poll cycles of the others).
+            took = await until(lambda: failures("DEAD-SILENT") >= 5 and failures("DEAD-REFUSED") >= 5, 60,
+                               "the dead devices failing")
+            polled = {n: h.successes(n) - before[n] for n, _, _ in live}
             # Never answered: Bad_NoCommunication, not a stale "Good".
             assert (h.tagdb.status[h.ids("DEAD-REFUSED")] == st.BAD_NO_COMMUNICATION).all()
             assert (h.tagdb.status[h.ids("DEAD-SILENT")] == st.BAD_NO_COMMUNICATION).all()
             assert np.isnan(h.tagdb.value[h.ids("DEAD-SILENT")]).all()
             assert h.driver.diagnostics()["online"] == 3
-        for name in alone:
-            assert with_dead[name] >= 0.9 * alone[name], (name, alone, with_dead)
+        # Held behind the dead devices' timeouts, a live device would poll at most once per
+        # timeout (every other cycle); on its own schedule it polls every cycle. Judged against
+        # the cycles of the same window (not against a separate run, which a change of load
+        # between the two runs would skew), with a generous margin: 40 % of the cycles may be
+        # lost to a loaded machine's stalls, fewer than half must not.
+        cycles = took / POLL
+        for name, n in polled.items():
+            assert n >= 0.6 * cycles, (name, n, round(cycles, 1), polled)
     finally:
         await silent.stop()
 
@@ -225,9 +236,9 @@ async def test_cabinet_that_drops_off_the_network_goes_bad_and_recovers(simulato
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port),
                                        ("LC-2", "lighting_cabinet", simulator.base_port + 1)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, 3, "up")
+        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, 15, "up")
         await simulator.set_offline(0, True)
-        await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 3, "offline")
+        await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 15, "offline")
         assert h.status("LC-2", "power") == st.GOOD
         await simulator.set_offline(0, False)
-        await until(lambda: h.status("LC-1", "power") == st.GOOD, 5, "back online")
+        await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "back online")

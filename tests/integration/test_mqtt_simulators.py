@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -21,22 +22,43 @@ pytestmark = pytest.mark.integration
 
 
 
-def sub(broker, topic: str, count: int, timeout: float = 10) -> subprocess.Popen:
-    assert shutil.which("mosquitto_sub"), "mosquitto_sub is missing: `make test` installs mosquitto-clients"
-    return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-v",
-                             "-C", str(count), "-W", str(int(timeout))], stdout=subprocess.PIPE, text=True)
+class Sub:
+    """mosquitto_sub on ``topic``, plus a marker topic whose retained message tells when the
+    subscription is in place (the broker answers a subscription with the retained messages),
+    so that a test publishes after that, not after a pause it hopes is long enough."""
+
+    def __init__(self, broker, topic: str, count: int, timeout: float = 30) -> None:
+        assert shutil.which("mosquitto_sub"), "mosquitto_sub is missing: `make test` installs mosquitto-clients"
+        self.marker = f"test/subscribed/{uuid.uuid4().hex}"
+        pub(broker, self.marker, "ready", retain=True)
+        # The marker last: a broker handles a connection's subscriptions in order.
+        self.proc = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic,
+                                      "-t", self.marker, "-v", "-C", str(count + 1), "-W", str(int(timeout))],
+                                     stdout=subprocess.PIPE, text=True)
+        self.early: list[str] = []  # lines read while waiting for the marker
+
+    async def ready(self) -> None:
+        while True:
+            line = await asyncio.to_thread(self.proc.stdout.readline)
+            assert line, "mosquitto_sub ended before its subscription was in place"
+            if line.split(" ", 1)[0] == self.marker:
+                return
+            self.early.append(line)
 
 
-def pub(broker, topic: str, payload: str) -> None:
+def sub(broker, topic: str, count: int) -> Sub:
+    return Sub(broker, topic, count)
+
+
+def pub(broker, topic: str, payload: str, retain: bool = False) -> None:
     subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
-                    "-m", payload], check=True, timeout=10)
+                    "-m", payload, *(["-r"] if retain else [])], check=True, timeout=30)
 
 
-async def lines(proc: subprocess.Popen) -> list[tuple[str, str]]:
-    out, _ = await asyncio.to_thread(proc.communicate)
-    return [tuple(line.split(" ", 1)) for line in out.splitlines() if line]
-
-
+async def lines(s: Sub) -> list[tuple[str, str]]:
+    out, _ = await asyncio.to_thread(s.proc.communicate)
+    return [tuple(line.rstrip("\n").split(" ", 1)) for line in s.early + out.splitlines()
+            if line.strip() and line.split(" ", 1)[0] != s.marker]
 
 
 async def test_bollard_states_commands_acks_and_last_will(broker):
@@ -54,7 +76,7 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
 
         # A command with a correlation id is answered on the ack topic; the bollard lowers.
         acks = sub(broker, "city/bollards/B-DIJ-001/ack", 2)
-        await asyncio.sleep(0.3)
+        await acks.ready()
         pub(broker, "city/bollards/B-DIJ-001/cmd", json.dumps({"command": "lower", "correlation_id": "c-17"}))
         pub(broker, "city/bollards/B-DIJ-001/cmd", "{not json")
         answered = [json.loads(p) for _, p in await lines(acks)]
@@ -74,14 +96,14 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
 
         # An access event.
         events = sub(broker, "city/bollards/B-DIJ-002/event", 1)
-        await asyncio.sleep(0.3)
+        await events.ready()
         sim.apply(bo.vehicle_arrives, 1, "delivery")
         event = json.loads((await lines(events))[0][1])
         assert event == {"event": "access", "vehicle_class": "delivery", "granted": True, "ts": event["ts"]}
 
         # The bollard drops off the network: the broker publishes its last will.
         status = sub(broker, "city/bollards/B-DIJ-002/status", 2)  # retained "online", then the will
-        await asyncio.sleep(0.3)
+        await status.ready()
         sim.set_offline(1, True)
         assert [p for _, p in await lines(status)] == ["online", "offline"]
         sim.set_offline(1, False)
@@ -96,7 +118,7 @@ async def test_vehicles_report_positions(broker):
     sim = FleetMqttSimulator(fl.create(places, 5, t=time.time(), seed=1), names, "127.0.0.1", broker.port,
                              acceleration=50.0, report_interval=10.0)
     watcher = sub(broker, "city/vehicles/+/position", 10)
-    await asyncio.sleep(0.3)
+    await watcher.ready()
     await sim.start()
     try:
         got = await lines(watcher)

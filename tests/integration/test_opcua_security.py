@@ -160,11 +160,13 @@ async def _refused(tmp_path, pki, security: str, expected: str, sim_check=None) 
             task = asyncio.create_task(driver.run())
             try:
                 (session,) = driver.sessions.values()
-                await until(lambda: session.attempts >= 3, timeout=10, what="three attempts")
+                await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
                 started = session.attempts
-                await asyncio.sleep(2.0)
-                # Backoff (0.2 s doubling, capped at 1 s, jittered): a handful of attempts, no busy loop.
-                assert session.attempts - started <= 6, session.attempts
+                took = await until(lambda: session.attempts >= started + 3, timeout=30, what="three more attempts")
+                # Backoff (0.2 s doubling, capped at 1 s, jittered down to half): from the third
+                # failure on, each wait is at least 0.4 s, then 0.5 s: three more attempts take at
+                # least 1 s (a lower bound, which a slow machine only lengthens): no busy loop.
+                assert took >= 1.0, took
                 assert not task.done()  # nothing escaped the driver
                 for point in ("mode", "plan", "cycle_second"):
                     assert status(tagdb, point) == st.BAD_NO_COMMUNICATION
@@ -249,9 +251,11 @@ devices:
         steps = [(10.5, 103), (10.9, 109), (12.0, 111), (12.5, 120), (9.0, 118)]
         for lv, n in steps:
             await level.write_value(ua.Variant(lv, ua.VariantType.Double))
-            await flow.write_value(ua.Variant(lv, ua.VariantType.Double))
             await count.write_value(ua.Variant(n, ua.VariantType.Int32))
-            await asyncio.sleep(0.25)  # several publishing intervals: every sample is its own
+            await flow.write_value(ua.Variant(lv, ua.VariantType.Double))
+            # Every sample its own: the next step is written once this one's flow (no deadband,
+            # written last) has reached the driver, and with it anything notified before it.
+            await until(lambda: driver.seen.get(ids["flow"], [None])[-1] == lv, timeout=30, what=f"flow {lv}")
         await until(lambda: len(driver.seen.get(ids["flow"], [])) == 1 + len(steps), what="every flow change")
         # Without a deadband every change is notified; with one, only moves beyond it (whether the
         # server compares with the last value reported, as Part 4 says, or with the previous sample,
@@ -259,7 +263,9 @@ devices:
         assert driver.seen[ids["flow"]] == [10.0, 10.5, 10.9, 12.0, 12.5, 9.0]
         assert driver.seen[ids["level"]] == [10.0, 12.0, 9.0]
         assert driver.seen[ids["count"]] == [100, 109, 120]
-        assert tagdb.value[ids["level"]] == 9.0 and tagdb.value[ids["count"]] == 120
+        # and the tag database has the last values once the driver's batch is written
+        await until(lambda: tagdb.value[ids["level"]] == 9.0 and tagdb.value[ids["count"]] == 120, timeout=30,
+                    what="the last values in the tag database")
     finally:
         await stop(task)
         await stop_asyncua_server(server)

@@ -13,16 +13,22 @@ from scada.config import load_config
 from scada.historian.service import Historian
 from scada.historian.store import HistoryStore
 from scada.tagdb import TagDB
+from tests.integration.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 S = 10**9
 
 
-async def run_for(historian: Historian, feed, seconds: float = 0.0) -> None:
+async def run_for(historian: Historian, feed, received: int) -> None:
+    """Run the historian, ``feed()`` the TagDB once it listens, and stop it once it has been
+    offered ``received`` rows and has written to the store by itself (its periodic write, not
+    only the flush on the way out): counters, not a guess at how long that takes."""
     task = asyncio.create_task(historian.run())
-    await asyncio.sleep(0.05)
+    await until(lambda: any(c.name == "historian" for c in historian.tagdb.consumers),
+                timeout=30, what="historian subscribed")
     feed()
-    await asyncio.sleep(seconds + 0.7)  # past one write period
+    await until(lambda: historian.compressor.received >= received and historian.stored > 0,
+                timeout=30, what=f"{received} rows received and a periodic store write")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
@@ -44,8 +50,7 @@ async def test_changes_are_compressed_stored_and_resumed_after_a_restart(tmp_pat
                          st.GOOD, t)
 
     h = Historian(config, tagdb, tmp_path)
-    await run_for(h, ramp)
-    assert h.compressor.received >= 60  # the TagDB passes on changes only
+    await run_for(h, ramp, received=60)  # the TagDB passes on changes only: at least the power ramp
     store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
     try:
         end = time.time_ns()
@@ -67,7 +72,7 @@ async def test_changes_are_compressed_stored_and_resumed_after_a_restart(tmp_pat
         tagdb2.update(np.array([door]), np.array([0.0]), st.GOOD, t0 + 700 * S)  # unchanged: nothing new
         tagdb2.update(np.array([door]), np.array([1.0]), st.GOOD, t0 + 710 * S)
 
-    await run_for(h2, more)
+    await run_for(h2, more, received=2)
     store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
     try:
         d = store.read_raw(f"{name}/door_open", t0, time.time_ns())
@@ -83,7 +88,8 @@ async def test_points_not_historised_are_not_stored(tmp_path: Path) -> None:
     successes = config.diag_ids(dev)[1]  # Diagnostics/successes changes every second: not recorded
     state = config.diag_ids(dev)[0]
     h = Historian(config, tagdb, tmp_path)
-    await run_for(h, lambda: tagdb.update(np.array([successes, state]), np.array([5.0, 1.0]), st.GOOD))
+    await run_for(h, lambda: tagdb.update(np.array([successes, state]), np.array([5.0, 1.0]), st.GOOD),
+                  received=1)  # the state only: successes is not offered to the compressor
     store = HistoryStore(tmp_path / "history.sqlite", readonly=True)
     try:
         names = store.names(f"*/{dev.name}/Diagnostics/*")

@@ -193,19 +193,28 @@ async def test_a_link_that_receives_stays_alive_while_a_pingresp_is_late(fast):
     async with linked(client, keepalive=1, **options) as (broker, link):
         loop = asyncio.get_running_loop()
 
+        pings = 0
+
         async def late_pingresps():  # each PINGRESP 1.5 keep-alive periods after its PINGREQ
+            nonlocal pings
             while (await broker.reader.readexactly(2)) == b"\xc0\x00":
+                pings += 1
                 loop.call_later(1.5, broker.writer.write, b"\xd0\x00")
 
         answering = asyncio.create_task(late_pingresps())
         try:
-            deadline = time.monotonic() + 3.5  # three keep-alive checks; data every 50 ms
-            while time.monotonic() < deadline:
+            # Data every 50 ms until paho has sent four PINGREQs, each answered late: three
+            # keep-alive checks with a PINGRESP overdue, counted rather than timed.
+            sent, deadline = 0, time.monotonic() + 60
+            while pings < 4:
+                assert time.monotonic() < deadline, f"only {pings} PINGREQs"
                 broker.writer.write(publish("t", b"x"))
                 await broker.writer.drain()
+                sent += 1
                 await asyncio.sleep(0.05)
+            await until(lambda: len(got) >= sent or -1 in got, what="every message delivered")
             assert link.connected and -1 not in got and broker.connections == 1
-            assert len(got) > 50
+            assert len(got) == sent
         finally:
             answering.cancel()
             await asyncio.gather(answering, return_exceptions=True)
