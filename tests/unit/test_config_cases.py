@@ -133,6 +133,8 @@ BOUNDS = {
     "yaml_billion_laughs": ("tags.yaml", 9, "x_shared.l6[0]", "*l5"),
     "yaml_self_alias": ("tags.yaml", 49, "devices[0].spare", "*cabinet"),
     "yaml_not_utf8": ("tags.yaml", 1, "", b"\xe9"),
+    "alarm_expression_too_deep": ("alarms.yaml", 35, "alarms[2].expression",
+                                  "mode == 1 and " + " + ".join(["power"] * 45) + " < 0.5"),
     "yaml_deep_nesting": ("tags.yaml", 19, f"{POINT}.dim_setpoint.range[0][0][0][0][0][0]...", NO_VALUE),
 }
 ALARMS = {
