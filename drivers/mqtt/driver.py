@@ -254,7 +254,7 @@ class MqttDriver:
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
             b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port,
                                  on_messages=functools.partial(self._on_messages, b) if self.fast_path else None,
-                                 max_packet=self.max_packet)
+                                 max_packet=self.broker_max_packet(b))
             b.link.start()
         diag_task = asyncio.create_task(self.diag.run(self.tagdb), name="mqtt-diagnostics")
         try:
@@ -274,6 +274,10 @@ class MqttDriver:
                 await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
+
+    def broker_max_packet(self, broker: Broker) -> int:
+        """The link's packet bound: the largest its types allow (tags.yaml max_packet), or the driver's."""
+        return max(ds.type_io.max_packet or self.max_packet for ds in broker.devices)
 
     def _process(self, messages: list) -> None:
         """Store one batch from the inbox: data grouped by layout, control messages in their place."""

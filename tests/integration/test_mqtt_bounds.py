@@ -20,6 +20,7 @@ from drivers.mqtt.driver import MESSAGE_COST, MqttDriver
 from scada import status as st
 from scada.config import load_config
 from scada.tagdb import TagDB
+from scada.yamlsrc import ConfigError
 
 from .helpers import until, write_tags
 
@@ -138,3 +139,21 @@ def test_the_inbox_counts_bytes_and_drops_the_newest(tmp_path):
     driver._on_messages(broker, [(STATE, bytes([k]) * 1000, False) for k in range(5)])
     assert [m[2][0] for m in driver._inbox] == [0, 1, 2]
     assert driver.dropped == 2 and driver.peak_inbox_bytes == 3 * (MESSAGE_COST + len(STATE) + 1000)
+
+
+def test_max_packet_is_a_type_key_of_tags_yaml(tmp_path):
+    folder = tmp_path / "c"
+    cfg = config(folder, 1883)
+    driver = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
+    assert driver.broker_max_packet(next(iter(driver.brokers.values()))) == 256 * 1024  # the default
+    tags = (folder / "tags.yaml").read_text()
+    line = "    ack_topic: city/bollards/{device}/ack"
+    assert line in tags
+    (folder / "tags.yaml").write_text(tags.replace(line, line + "\n    max_packet: 4096", 1))
+    cfg = load_config(folder)
+    driver = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
+    assert driver.broker_max_packet(next(iter(driver.brokers.values()))) == 4096
+    (folder / "tags.yaml").write_text(tags.replace(line, line + "\n    max_packet: 100", 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(folder)
+    assert info.value.key.endswith("access_bollard.max_packet") and info.value.value == 100
