@@ -419,7 +419,11 @@ def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str,
 
 
 def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
-    """Rows of a CSV inventory with their line numbers; '#' lines are comments."""
+    """Rows of a CSV inventory with their line numbers; '#' lines are comments.
+
+    Each line is one device and is parsed on its own: a quote left open would otherwise swallow
+    the lines after it into one value, and every later error would name the wrong line.
+    """
     if not path.is_file():
         raise ref.error("file", f"inventory file not found: {path}", ref.mapping["file"])
     text = decode_utf8(path.read_bytes(), path)
@@ -427,19 +431,35 @@ def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
              if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(path, None, "", "inventory is empty: expected a header line and devices")
-    reader = csv.reader([ln for _, ln in lines])
-    header = [h.strip() for h in next(reader)]
+    header = [h.strip() for h in _csv_line(path, *lines[0])]
     dup = [h for h, n in Counter(header).items() if n > 1]
     if dup:
         raise ConfigError(path, lines[0][0], dup[0], "duplicate column", dup[0])
     rows = []
-    for (lineno, text), cells in zip(lines[1:], reader):
+    for lineno, text in lines[1:]:
+        cells = _csv_line(path, lineno, text)
         if len(cells) != len(header):
             hint = " (quote a value that holds a comma; decimals take a point)" if len(cells) > len(header) else ""
             raise ConfigError(path, lineno, "", f"expected {len(header)} columns ({', '.join(header)}), "
                               f"found {len(cells)}{hint}", text.rstrip("\r\n"))
         rows.append(({h: c.strip() for h, c in zip(header, cells) if c.strip() != ""}, lineno))
     return rows
+
+
+def _csv_line(path: Path, lineno: int, text: str) -> list[str]:
+    """The cells of one CSV line, or a ConfigError at that line (unclosed quote, NUL bytes...)."""
+    line = text.rstrip("\r\n")
+    if "\x00" in line:  # UTF-8 text never holds NULs; UTF-16 text without its BOM is full of them
+        raise ConfigError(path, lineno, "", "NUL bytes in the line (a file saved as UTF-16, or not a text file? "
+                          "save it as UTF-8 CSV)", line)
+    try:
+        return next(csv.reader([line], strict=True), [])
+    except csv.Error as exc:
+        if "end of data" in str(exc):
+            raise ConfigError(path, lineno, "", 'a quote (") opens a value that is not closed on this line '
+                              "(one device per line: close the quote)", line) from None
+        raise ConfigError(path, lineno, "", f"not a valid CSV line: {exc} (a quote inside a quoted value "
+                          'is written twice: "")', line) from None
 
 
 def _inventory_devices(raw: Any, f: Fields, directory: Path,

@@ -8,12 +8,14 @@ then a handful of numpy operations whatever the number of points.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from drivers.modbus.config import BIT_TABLES, ModbusPoint
+from scada import status as st
 
 MAX_REGISTERS = 125  # Modbus limit for one read of holding/input registers
 MAX_BITS = 2000  # Modbus limit for one read of coils/discrete inputs
@@ -155,29 +157,66 @@ class ReadPlan:
 
 
 
+# The status of a float32 the device sent as NaN or +-Inf. The link worked, so it is not a
+# communication error; the device says it has no usable number (an open sensor input, an
+# over-range, a division by zero in its firmware), so it must not be stored Good: alarms,
+# history and HMIs would compare or plot it. Bad_OutOfRange ("the value was out of range")
+# fits: the value is outside the range of real measurements, and a Bad status is what every
+# consumer here already skips. The value itself is kept as sent (nothing is lost).
+NON_FINITE_STATUS = st.BAD_OUT_OF_RANGE
+
+
+def non_finite_status(values: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """``status`` with NON_FINITE_STATUS where ``values`` is NaN or +-Inf and the status was Good.
+
+    One numpy pass over a whole batch. A value already carrying a Bad or Uncertain status
+    (its block failed) keeps that status: the cause is the communication, not the number.
+    """
+    status = np.asarray(status, np.uint32)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return status
+    return np.where(bad & (status == st.GOOD), np.uint32(NON_FINITE_STATUS), status).astype(np.uint32)
+
+
 _RAW_LIMITS = {
     "int16": (-(2 ** 15), 2 ** 15 - 1), "uint16": (0, 2 ** 16 - 1),
     "int32": (-(2 ** 31), 2 ** 31 - 1), "uint32": (0, 2 ** 32 - 1),
 }
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def encode(point: ModbusPoint, value: float) -> list[int] | bool:
     """Registers (or a bit) that write ``value`` (engineering units) to ``point``.
 
-    Raises ValueError when the value does not fit the point's data type after scaling.
+    Raises ValueError, with the reason, when the value is not a finite number or does not fit
+    the point's data type after scaling: never an OverflowError nor a numpy warning.
     """
+    try:
+        value = float(value)  # an int too large for a float raises OverflowError here
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number a {point.type} register can hold") from None
+    if not math.isfinite(value):  # NaN or +-Inf: no device setpoint means that
+        raise ValueError(f"{value} is not a finite number: refused for a {point.type} point")
     if point.type == "bool":
         if value not in (0, 1):
             raise ValueError(f"a bool point takes 0 or 1, not {value}")
         return bool(value)
     raw = (value - point.offset) / point.scale
     if point.type == "float32":
+        if not math.isfinite(raw) or abs(raw) > _FLOAT32_MAX:  # would be written as +-Inf
+            raise ValueError(f"{value} is outside what a float32 register holds after scaling "
+                             f"(|raw| <= {_FLOAT32_MAX:.7g})")
         word32 = int(np.array([raw], np.float32).view(np.uint32)[0])
     else:
-        r = round(raw)
         lo, hi = _RAW_LIMITS[point.type]
+        if not math.isfinite(raw) or not lo - 0.5 < raw < hi + 0.5:  # checked before round(): no OverflowError
+            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling "
+                             f"(raw {lo}..{hi})")
+        r = round(raw)
         if not lo <= r <= hi:
-            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling")
+            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling "
+                             f"(raw {lo}..{hi})")
         if point.type in ("int16", "uint16"):
             return [r & 0xFFFF]
         word32 = r & 0xFFFFFFFF

@@ -25,7 +25,7 @@ import structlog
 
 from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.modbus import frames
-from drivers.modbus.codec import Block, ReadPlan, encode
+from drivers.modbus.codec import Block, ReadPlan, encode, non_finite_status
 from drivers.modbus.config import DEFAULT_GROUP, ModbusEndpoint, ModbusType
 from drivers.modbus.frames import FrameError
 from drivers.modbus.transport import Backoff, Connection, RtuLink, SerialSettings, TcpLink
@@ -145,7 +145,9 @@ class _Coalescer:
         self._pending.clear()
         self._groups.clear()
         if ids:
-            self.tagdb.update(np.concatenate(ids), np.concatenate(values), np.concatenate(status),
+            batch = np.concatenate(values)
+            # A NaN/Inf float from the field is stored with its value, never as Good (codec.NON_FINITE_STATUS).
+            self.tagdb.update(np.concatenate(ids), batch, non_finite_status(batch, np.concatenate(status)),
                               np.concatenate(times))
 
 

@@ -26,6 +26,14 @@ handshake, DISCONNECT, a malformed or an incomplete packet) stops the split, and
 it from the same buffer before the split resumes after it: the two paths deliver in the
 order of the stream. paho's clock of the last bytes received is set after every split, so
 that its keep-alive sees a link that is alive. Without ``on_messages`` paho reads every packet.
+
+Bounded packets: paho reads a packet's whole remaining length into memory, whatever it
+announces (up to 256 MiB). Once paho has read a fixed header announcing more than
+``max_packet`` bytes, the next read of its body raises instead (paho then reports the link
+lost and closes the socket): the oversized packet is never buffered beyond the one 64 KiB
+read that held its header, the refusal is logged (``mqtt_packet_too_large``) and counted
+(``oversize``), and the link reconnects with backoff. The fast path leaves such a packet to
+paho, so both paths meet the one check.
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ import socket
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+import structlog
 
 from drivers.mqtt.frames import Message, split_publishes
 
+log = structlog.get_logger("drivers.mqtt")
+MAX_PACKET = 256 * 1024  # bytes after the fixed header: device messages are a few hundred bytes
 READ_BURST = 500  # packets parsed per turn of the loop at most (paho's and the fast path's): other tasks get theirs
 RECV_SIZE = 65536  # bytes per recv(): many packets; beyond 128 KiB malloc maps and unmaps each buffer
 
@@ -48,8 +59,11 @@ class AsyncioMqtt:
 
     def __init__(self, client: mqtt.Client, host: str, port: int, keepalive: int = 15,
                  backoff: tuple[float, float] = (0.5, 30.0),
-                 on_messages: Callable[[list[Message]], None] | None = None) -> None:
+                 on_messages: Callable[[list[Message]], None] | None = None,
+                 max_packet: int = MAX_PACKET) -> None:
         self.client = client
+        self.max_packet = max_packet
+        self.oversize = 0  # packets refused for their announced size (each closed the connection)
         self.host, self.port, self.keepalive = host, port, keepalive
         self.backoff = backoff
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +164,9 @@ class AsyncioMqtt:
 
     def _recv_buffered(self, bufsize: int) -> bytes:
         """paho's ``_sock_recv``: up to ``bufsize`` bytes, from the buffer while it lasts."""
+        packet = self.client._in_packet
+        if packet["have_remaining"] and packet["remaining_length"] > self.max_packet:
+            self._refuse_oversize(packet["command"], packet["remaining_length"])
         pos, buf = self._pos, self._buf
         if pos >= len(buf) or self._buf_sock is not self.client._sock:
             buf, pos = self._refill(), 0
@@ -159,6 +176,15 @@ class AsyncioMqtt:
         end = pos + bufsize
         self._pos = end
         return buf[pos:end]
+
+    def _refuse_oversize(self, command: int, size: int) -> None:
+        """Refuse a packet announcing ``size`` bytes: paho, whose read this raises in, closes
+        the link (MQTT has no way to skip a packet; reading it through would buffer it)."""
+        self.oversize += 1
+        self._buf, self._pos = b"", 0  # what was read of it is dropped with the connection
+        log.error("mqtt_packet_too_large", broker=f"{self.host}:{self.port}", packet_type=command >> 4,
+                  size=size, max_packet=self.max_packet, count=self.oversize)
+        raise ConnectionAbortedError(f"packet of {size} bytes, more than max_packet {self.max_packet}")
 
     def _split(self, limit: int) -> int | None:
         """The fast path: deliver the QoS-0 PUBLISH packets at the front of the buffer (refilled
@@ -172,7 +198,8 @@ class AsyncioMqtt:
                 return None
             except OSError:
                 return 0  # paho's next recv() meets the error, or the end of stream it leaves
-        messages, self._pos = split_publishes(self._buf, self._pos, v5=self._v5, limit=limit)
+        messages, self._pos = split_publishes(self._buf, self._pos, v5=self._v5, limit=limit,
+                                              max_packet=self.max_packet)
         if messages:
             with client._msgtime_mutex:  # paho's keep-alive: bytes did come in
                 client._last_bytes_received = mqtt.time_func()

@@ -10,6 +10,7 @@ access_bollard:
   status_topic: city/bollards/{device}/status   # birth "online" / last will "offline"
   command_topic: city/bollards/{device}/cmd     # writes: {"command": label, "correlation_id": id}
   ack_topic: city/bollards/{device}/ack         # answered with the same correlation_id
+  max_packet: 262144                            # bytes: a larger packet closes the broker link unread
   points:
     position: {topic: "city/bollards/{device}/state", json: position,
                enum: {0: down, 1: rising, 2: up, 3: lowering, 4: fault}}
@@ -29,7 +30,8 @@ from scada.yamlsrc import ConfigError
 
 POINT_KEYS = frozenset({"topic", "json", "type", "qos"})
 DEVICE_KEYS = frozenset({"endpoint"})
-TYPE_KEYS = frozenset({"status_topic", "online_payload", "offline_payload", "command_topic", "ack_topic"})
+TYPE_KEYS = frozenset({"status_topic", "online_payload", "offline_payload", "command_topic", "ack_topic", "max_packet"})
+MAX_PACKET_RANGE = (1024, 268_435_455)  # bytes: a useful minimum; the most MQTT's remaining length can say
 POINT_TYPES = ("number", "bool", "text", "command")
 _JSON_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
@@ -50,6 +52,7 @@ class MqttType:
     offline_payload: str = "offline"
     command_topic: str | None = None
     ack_topic: str | None = None
+    max_packet: int | None = None  # bytes after a packet's fixed header; None: the driver's default (aio.MAX_PACKET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ def parse_type(f: Fields) -> MqttType:
         offline_payload=f.take("offline_payload", to_str, default="offline"),
         command_topic=f.take("command_topic", _topic, default=None),
         ack_topic=f.take("ack_topic", _topic, default=None),
+        max_packet=f.take("max_packet", in_range(to_int, *MAX_PACKET_RANGE), default=None),
     )
 
 

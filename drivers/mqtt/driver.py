@@ -8,7 +8,12 @@ else (QoS 1 last wills and acknowledgements, connection and subscription handsha
 keep-alive) goes through paho, in the order of the stream; ``fast_path=False`` leaves
 every packet to paho. Both callbacks only append ``(broker, topic, payload, time)`` to a
 bounded inbox and wake the drain task: a flood is dropped (counted), never buffered
-without bound. The drain task takes the inbox in batches, groups each batch's messages by
+without bound. The inbox is bounded in messages (``max_queued``) and in bytes
+(``inbox_bytes``: topics and payloads plus a fixed cost per message, so that large payloads
+cannot fill memory under the message count); beyond either, the newest messages are dropped
+and counted (``dropped``): those queued are already in stream order and the drain takes them
+as they are, and a device publishing state again soon replaces what was lost. The link
+refuses any packet above ``max_packet`` bytes before reading it (``drivers/mqtt/aio.py``). The drain task takes the inbox in batches, groups each batch's messages by
 :class:`~drivers.mqtt.codec.Layout` (one equipment type's topic: every bollard's ``state``
 shares one), decodes each group with one call of the pure codec, a column per point, and
 reports one ``TagDB.update`` per batch, yielding to the loop between batches. A status or
@@ -38,7 +43,7 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
-from drivers.mqtt.aio import AsyncioMqtt
+from drivers.mqtt.aio import MAX_PACKET, AsyncioMqtt
 from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
@@ -48,6 +53,8 @@ from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
 MAX_QUEUED = 100_000  # messages waiting for the loop; beyond, new ones are dropped and counted
+INBOX_BYTES = 64 * 1024 * 1024  # bytes waiting for the loop (MESSAGE_COST each + topic + payload)
+MESSAGE_COST = 200  # bytes of Python objects per queued message besides its topic and payload text
 BATCH = 5_000  # messages decoded per TagDB update at most
 
 
@@ -97,10 +104,12 @@ class Broker:
 class MqttDriver:
     name = "mqtt"
 
-    def __init__(self, config: Config, devices: list[Device], tagdb: TagDB, fast_path: bool = True) -> None:
+    def __init__(self, config: Config, devices: list[Device], tagdb: TagDB, fast_path: bool = True,
+                 max_queued: int = MAX_QUEUED, inbox_bytes: int = INBOX_BYTES, max_packet: int = MAX_PACKET) -> None:
         self.config = config
         self.tagdb = tagdb
         self.fast_path = fast_path  # QoS-0 messages framed by the link (False: paho reads every packet)
+        self.max_queued, self.inbox_bytes, self.max_packet = max_queued, inbox_bytes, max_packet
         self.brokers: dict[tuple[str, int], Broker] = {}
         self.devices: list[DeviceState] = []
         self._by_tag: dict[str, tuple[DeviceState, int]] = {}
@@ -141,6 +150,8 @@ class MqttDriver:
         for b in self.brokers.values():
             b.control = frozenset({*b.status_topics, *b.ack_topics})
         self._inbox: collections.deque = collections.deque()
+        self._inbox_size = 0  # bytes in the inbox, as counted by _size()
+        self.peak_inbox_bytes = 0
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_acks: dict[str, asyncio.Future] = {}
@@ -153,7 +164,7 @@ class MqttDriver:
 
     def _on_message(self, client: mqtt.Client, broker: Broker, msg: mqtt.MQTTMessage) -> None:
         # paho's on_message (its userdata is the broker): the cheapest possible, once per message.
-        if len(self._inbox) >= MAX_QUEUED:
+        if len(self._inbox) >= self.max_queued:
             self.dropped += 1
             return
         try:
@@ -161,18 +172,39 @@ class MqttDriver:
         except UnicodeDecodeError:  # paho delivers it; no route can match it (Mosquitto refuses such topics)
             self._bad_topic(broker, getattr(msg, "_topic", b""))
             return
+        size = MESSAGE_COST + len(topic) + len(msg.payload)
+        if self._inbox_size + size > self.inbox_bytes:
+            self.dropped += 1
+            return
+        self._inbox_size += size
+        self.peak_inbox_bytes = max(self.peak_inbox_bytes, self._inbox_size)
         self._inbox.append((broker, topic, msg.payload, time.time_ns()))
         self._wake.set()
 
     def _on_messages(self, broker: Broker, messages: list[tuple[str, bytes, bool]]) -> None:
         """The link's fast path: QoS-0 ``(topic, payload, retain)`` from one read, in stream order."""
-        room = MAX_QUEUED - len(self._inbox)
+        room = self.max_queued - len(self._inbox)
         if room < len(messages):
             room = max(room, 0)
             self.dropped += len(messages) - room
             messages = messages[:room]
             if not messages:
                 return
+        size = _size(messages, 0, 1)
+        if self._inbox_size + size > self.inbox_bytes:  # rare: keep the leading messages that fit
+            keep, free = 0, self.inbox_bytes - self._inbox_size
+            for topic, payload, _ in messages:
+                free -= MESSAGE_COST + len(topic) + len(payload)
+                if free < 0:
+                    break
+                keep += 1
+            self.dropped += len(messages) - keep
+            messages = messages[:keep]
+            if not messages:
+                return
+            size = _size(messages, 0, 1)
+        self._inbox_size += size
+        self.peak_inbox_bytes = max(self.peak_inbox_bytes, self._inbox_size)
         now = time.time_ns()  # one read: one arrival time
         self._inbox.extend([(broker, topic, payload, now) for topic, payload, _ in messages])
         self._wake.set()
@@ -221,7 +253,8 @@ class MqttDriver:
             b.client.on_connect = lambda c, u, f, rc, p, b=b: self._on_connect(b, rc)
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
             b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port,
-                                 on_messages=functools.partial(self._on_messages, b) if self.fast_path else None)
+                                 on_messages=functools.partial(self._on_messages, b) if self.fast_path else None,
+                                 max_packet=self.broker_max_packet(b))
             b.link.start()
         diag_task = asyncio.create_task(self.diag.run(self.tagdb), name="mqtt-diagnostics")
         try:
@@ -229,7 +262,9 @@ class MqttDriver:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._inbox:
-                    self._process([self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))])
+                    batch = [self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))]
+                    self._inbox_size -= _size(batch, 1, 2)  # counted as when they came in
+                    self._process(batch)
                     await asyncio.sleep(0)
         finally:
             diag_task.cancel()
@@ -239,6 +274,10 @@ class MqttDriver:
                 await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
+
+    def broker_max_packet(self, broker: Broker) -> int:
+        """The link's packet bound: the largest its types allow (tags.yaml max_packet), or the driver's."""
+        return max(ds.type_io.max_packet or self.max_packet for ds in broker.devices)
 
     def _process(self, messages: list) -> None:
         """Store one batch from the inbox: data grouped by layout, control messages in their place."""
@@ -401,7 +440,14 @@ class MqttDriver:
 
     def diagnostics(self) -> dict[str, Any]:
         return {"devices": len(self.devices), "online": sum(ds.online for ds in self.devices),
-                "received": self.received, "dropped": self.dropped, "garbage": self.garbage}
+                "received": self.received, "dropped": self.dropped, "garbage": self.garbage,
+                "oversize": sum(b.link.oversize for b in self.brokers.values() if b.link is not None),
+                "inbox_bytes": self._inbox_size, "peak_inbox_bytes": self.peak_inbox_bytes}
+
+
+def _size(messages: Any, topic: int, payload: int) -> int:
+    """Bytes the inbox counts for ``messages`` (tuples with the topic and payload at those places)."""
+    return MESSAGE_COST * len(messages) + sum([len(m[topic]) + len(m[payload]) for m in messages])
 
 
 def create(config: Config, devices: list[Device], tagdb: TagDB) -> MqttDriver:

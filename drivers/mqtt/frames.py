@@ -26,7 +26,7 @@ Message = tuple[str, bytes, bool]  # topic, payload, retain flag
 
 
 def split_publishes(buf: Buffer, start: int = 0, *, v5: bool = False,
-                    limit: int | None = None) -> tuple[list[Message], int]:
+                    limit: int | None = None, max_packet: int | None = None) -> tuple[list[Message], int]:
     """The complete QoS-0 PUBLISH packets at the front of ``buf[start:]``, and where they end.
 
     Returns ``(messages, offset)``: ``messages`` in stream order, at most ``limit`` of them;
@@ -34,11 +34,12 @@ def split_publishes(buf: Buffer, start: int = 0, *, v5: bool = False,
     well-formed complete QoS-0 PUBLISH (or is ``len(buf)``). ``v5``: the stream is MQTT 5,
     whose PUBLISH carries properties after the topic; only packets with none are split off
     (a topic alias, a content type, user properties ... go to paho, which decodes them).
-    MQTT 3.1 and 3.1.1 share one PUBLISH format: ``v5=False``.
+    MQTT 3.1 and 3.1.1 share one PUBLISH format: ``v5=False``. A packet whose remaining
+    length is above ``max_packet`` stops the split too: the link refuses it (aio.py).
     """
     if buf.__class__ is not bytes:  # sliced in place; anything else is copied once
         data = bytes(memoryview(buf)[start:])
-        out, pos = split_publishes(data, v5=v5, limit=limit)
+        out, pos = split_publishes(data, v5=v5, limit=limit, max_packet=max_packet)
         return out, start + pos
     out: list[Message] = []
     append = out.append
@@ -66,6 +67,8 @@ def split_publishes(buf: Buffer, start: int = 0, *, v5: bool = False,
                     break
                 shift += 7
             body = p
+        if max_packet is not None and length > max_packet:
+            break  # too large: left to the link's check, which closes the connection
         packet_end = body + length
         if packet_end > end:
             break  # incomplete: the rest has not arrived

@@ -20,6 +20,7 @@ no data never raises an alarm; communication loss has its own alarm.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,14 +33,27 @@ _BINARY = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div
 _FUNCTIONS = {"abs": (1, 1), "min": (2, 8), "max": (2, 8)}
 
 
+# An alarm's condition is a line a technician reads: a few points, a few operators. The bounds
+# keep a generated or pasted monster from costing seconds at load or from recursing past
+# Python's limit (the parser, ``build`` below, and the evaluator's nested closures, two
+# frames per level, all recurse on the tree's depth).
+MAX_CHARS = 1000
+MAX_DEPTH = 40  # levels of the syntax tree: "a + b + c" is 3 (left-nested), "not (a and b)" is 3
+
+
 class ExpressionError(ValueError):
     """An expression that is not allowed, or names an unknown point."""
 
 
 def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tuple[str, ...]]:
     """The evaluator of ``text`` and the points it reads; ExpressionError when not allowed."""
+    if len(text) > MAX_CHARS:
+        raise ExpressionError(f"expression of {len(text)} characters, more than {MAX_CHARS} "
+                              "(split it into several alarms)")
     try:
         tree = ast.parse(text.strip(), mode="eval")
+    except (RecursionError, MemoryError):  # CPython's parser gives up on deep nesting with these
+        raise ExpressionError(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
     except SyntaxError as exc:
         if not text.strip():
             raise ExpressionError("empty expression") from None
@@ -49,7 +63,11 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
     known = set(points)
     used: list[str] = []
 
-    def build(node: ast.AST) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    def build(node: ast.AST, depth: int = 1) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+        if depth > MAX_DEPTH:
+            raise ExpressionError(f"nested too deeply (more than {MAX_DEPTH} levels of operators; "
+                                  "a long sum or chain counts one level per term)")
+        build = functools.partial(build_at, depth=depth + 1)  # children one level deeper
         if isinstance(node, ast.Name):
             if node.id not in known:
                 raise ExpressionError(f"unknown point {node.id!r} (points: {', '.join(points)})")
@@ -118,6 +136,7 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
         raise ExpressionError(f"{what!r} is not allowed (use point names, numbers, and, or, not, "
                               f"comparisons, + - * /, abs, min, max)")
 
+    build_at = build
     root = build(tree.body)
     if not used:
         raise ExpressionError("the expression reads no point")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,55 +21,11 @@ import numpy as np
 from scada import status as st
 from scada.alarms.engine import STORAGE_FAILING
 from scada.alarms.states import State
-from tests.fs_faults import fill, free_space, needs_root, small_fs
+from tests.fs_faults import ext4_image, fill, free_space, fs_error, needs_ext4, needs_root, repair, small_fs
 
 from .test_alarm_engine import Bench
 
 pytestmark = needs_root
-
-
-def _run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
-    r = subprocess.run(list(args), capture_output=True, text=True)
-    if r.returncode not in ok:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
-
-
-def _mount_image(image: Path, mnt: Path) -> None:
-    # errors=remount-ro: an error turns the file system read-only at once, as a failing disk does.
-    _run("mount", "-o", "loop,errors=remount-ro", str(image), str(mnt))
-
-
-@contextlib.contextmanager
-def ext4_image(folder: Path, size_mb: int = 8) -> Iterator[tuple[Path, Path]]:
-    """An ext4 file system in an image file, loop-mounted on ``folder/mnt``: (image, mount point)."""
-    image, mnt = folder / "disk.img", folder / "mnt"
-    mnt.mkdir(parents=True)
-    with open(image, "wb") as f:
-        f.truncate(size_mb << 20)
-    _run("mkfs.ext4", "-q", "-F", str(image))
-    _mount_image(image, mnt)
-    try:
-        yield image, mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fs_error(mnt: Path) -> None:
-    """Make ext4 detect an error (its own sysfs trigger): with errors=remount-ro it turns read-only."""
-    dev = _run("findmnt", "-n", "-o", "SOURCE", str(mnt)).strip()
-    Path(f"/sys/fs/ext4/{os.path.basename(dev)}/trigger_fs_error").write_text("test\n")
-
-
-def repair(image: Path, mnt: Path, timeout: float = 30.0) -> None:
-    """What an operator does: check the file system and mount it again (the old mount was detached)."""
-    deadline = time.monotonic() + timeout
-    while _run("losetup", "-j", str(image)).strip():  # the old mount lets go once its files are closed
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the image is still attached: {_run('losetup', '-j', str(image))}")
-        time.sleep(0.1)
-    _run("e2fsck", "-f", "-y", str(image), ok=(0, 1))  # 1: errors corrected
-    _mount_image(image, mnt)
 
 
 def key(e) -> tuple:
@@ -151,6 +105,7 @@ def test_disk_full_alarms_keep_running_then_the_journal_catches_up_in_order(tmp_
             bench.journal.close()
 
 
+@needs_ext4
 def test_read_only_file_system_then_repaired_and_mounted_again(tmp_path: Path) -> None:
     with ext4_image(tmp_path / "disk") as (image, mnt):
         bench = Bench(tmp_path / "cfg", journal_path=mnt / "alarms.sqlite")

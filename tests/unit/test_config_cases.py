@@ -124,6 +124,18 @@ INVENTORIES = {
     "csv_bad_latitude": ("inventory/talant.csv", 5, "lat", "4734018"),
     "csv_wrong_column_count": ("inventory/talant.csv", 4, "", "LC-TAL-002,Talant,47,33402,5,01187,10.20.1.12:502,1"),
     "csv_not_utf8": ("inventory/talant.csv", 6, "", b"\xe8"),
+    "csv_utf16": ("inventory/talant.csv", 1, "", b"\xff\xfe"),
+    "csv_unterminated_quote": ("inventory/talant.csv", 4, "", 'LC-TAL-002,"Talant,47.33402,5.01187,10.20.1.12:502,1'),
+    "csv_nul_bytes": ("inventory/talant.csv", 4, "", "LC-TAL-002,Talant,47.33402,5.01187,10.20.1.12:502,1\0\0\0\0"),
+}
+# Files that would make the loader run without end, or crash it: refused where they are written.
+BOUNDS = {
+    "yaml_billion_laughs": ("tags.yaml", 9, "x_shared.l6[0]", "*l5"),
+    "yaml_self_alias": ("tags.yaml", 49, "devices[0].spare", "*cabinet"),
+    "yaml_not_utf8": ("tags.yaml", 1, "", b"\xe9"),
+    "alarm_expression_too_deep": ("alarms.yaml", 35, "alarms[2].expression",
+                                  "mode == 1 and " + " + ".join(["power"] * 45) + " < 0.5"),
+    "yaml_deep_nesting": ("tags.yaml", 19, f"{POINT}.dim_setpoint.range[0][0][0][0][0][0]...", NO_VALUE),
 }
 ALARMS = {
     "alarm_unknown_point": ("alarms.yaml", 11, "alarms[0].point", "voltage"),
@@ -144,7 +156,7 @@ ALARMS = {
     "alarm_deadband_on_state_alarm": ("alarms.yaml", 50, "alarms[3].deadband", 1),
     "alarm_rate_of_change_without_limit": ("alarms.yaml", 22, "alarms[1].limit", NO_VALUE),
 }
-FAMILIES = (SYNTAX, MISSING, UNKNOWN_KEYS, DUPLICATES, BAD_VALUES, INVENTORIES, ALARMS)
+FAMILIES = (SYNTAX, MISSING, UNKNOWN_KEYS, DUPLICATES, BAD_VALUES, INVENTORIES, ALARMS, BOUNDS)
 
 
 def test_every_case_belongs_to_one_family() -> None:
@@ -192,6 +204,11 @@ def test_alarm_error_names_alarms_yaml(case: str) -> None:
     assert attributes(case) == ALARMS[case]
 
 
+@pytest.mark.parametrize("case", sorted(BOUNDS))
+def test_a_file_that_would_not_end_or_crash_is_refused_where_written(case: str) -> None:
+    assert attributes(case) == BOUNDS[case]
+
+
 LOCATED = sorted(case for family in FAMILIES for case, (_, line, _, value) in family.items()
                  if line is not None and value is not NO_VALUE)
 
@@ -227,6 +244,35 @@ def test_cli_check_reports_a_bad_case_on_stderr_with_exit_code_2() -> None:
     expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
     assert relative(result.stderr, folder) == f"configuration error: {expected}\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_cli_refuses_a_billion_laughs_fast_with_exit_code_2(command: str) -> None:
+    """The 400-byte alias bomb used to keep `scada check` and `scada run` busy for hours.
+
+    The bound is on the CPU the child used (not wall time, which a loaded machine stretches),
+    Python's start and imports included; the load itself is bounded in test_yaml_bounds.py.
+    """
+    folder = CASES_DIR / "yaml_billion_laughs"
+    before = os.times()
+    result = subprocess.run([sys.executable, "-m", "scada", command, "--config", str(folder)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    after = os.times()
+    assert result.returncode == 2, result.stderr
+    expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
+    assert relative(result.stderr, folder) == f"configuration error: {expected}\n"
+    child_cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    assert child_cpu < 5.0, child_cpu
+
+
+@pytest.mark.parametrize("case", ["yaml_self_alias", "yaml_deep_nesting", "csv_unterminated_quote"])
+def test_cli_check_gives_a_located_message_not_a_traceback(case: str) -> None:
+    folder = CASES_DIR / case
+    result = run_check(folder)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
+    assert relative(result.stderr, folder) == f"configuration error: {expected}\n"
 
 
 def test_cli_check_accepts_the_shipped_configuration_and_prints_the_summary() -> None:

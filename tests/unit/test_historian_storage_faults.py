@@ -9,10 +9,6 @@ in order, and clears the alarm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +21,7 @@ from scada.historian.service import Historian, InfluxSettings
 from scada.historian.spool import Spool
 from scada.historian.store import HistoryError, HistoryStore
 from scada.tagdb import TagDB
-from tests.fs_faults import fill, free_space, needs_root, small_fs
+from tests.fs_faults import ext4_image, fill, free_space, fs_error, needs_ext4, needs_root, repair, small_fs
 
 ROOT = Path(__file__).resolve().parents[2]
 S = 10**9
@@ -228,47 +224,6 @@ async def test_a_full_disk_under_the_spool_keeps_batches_in_memory_and_spools_th
 
 # ---------------------------------------------------------------- a file system gone read-only
 
-needs_ext4 = pytest.mark.skipif(
-    not Path("/dev/loop-control").exists() or shutil.which("mkfs.ext4") is None,
-    reason="a read-only fault needs a loop device and mkfs.ext4")
-
-
-def _run(*args: str) -> str:
-    r = subprocess.run(list(args), capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed: {r.stderr.strip()}")
-    return r.stdout.strip()
-
-
-@contextlib.contextmanager
-def ext4_fs(path: Path, image: Path, size_mb: int = 16):
-    """An ext4 file system in ``image`` mounted on ``path`` with ``errors=remount-ro``, as a data
-    disk is: a disk error turns it read-only under the open files. (A tmpfs cannot go read-only
-    while a file is open for writing: Linux refuses with EBUSY.)"""
-    with open(image, "wb") as f:
-        f.truncate(size_mb << 20)
-    _run("mkfs.ext4", "-q", "-F", str(image))
-    path.mkdir(parents=True, exist_ok=True)
-    _run("mount", "-o", "loop,errors=remount-ro", str(image), str(path))
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def disk_error(path: Path) -> None:
-    """Make ext4 record an error, as a failing disk does: it turns read-only at once (EROFS)."""
-    device = os.path.basename(_run("findmnt", "-no", "SOURCE", str(path)))
-    Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("test: disk error\n")
-
-
-def repair(path: Path, image: Path) -> None:
-    """The operator's repair: unmount, fsck, mount again (ext4 stays read-only until then)."""
-    _run("umount", str(path))
-    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)  # 1: errors corrected
-    _run("mount", "-o", "loop,errors=remount-ro", str(image), str(path))
-
-
 @needs_ext4
 async def test_a_disk_gone_read_only_keeps_the_historian_running_and_history_goes_on_after_repair(tmp_path) -> None:
     config = load_config(ROOT)
@@ -282,14 +237,14 @@ async def test_a_disk_gone_read_only_keeps_the_historian_running_and_history_goe
         h.sink.backoff_min, h.sink.backoff_max = 0.05, 0.5
         return h
 
-    with ext4_fs(tmp_path / "fs", tmp_path / "disk.img") as fs:
+    with ext4_image(tmp_path, size_mb=16) as (image, fs):
         h = historian(tagdb)
         feeder = Feeder(tagdb)
         n = len(feeder.ids)
         task = await start(h)
         try:
             await feed_until(feeder, lambda: h.stored >= 5 * n, "the first values stored", task)
-            disk_error(fs)
+            fs_error(fs)
             await feed_until(feeder, lambda: h.status()["history_store_failing"], "the store to fail", task)
             await feed_until(feeder, lambda: h.status()["influx_spool_failing"], "the spool to fail", task)
             await feed_until(feeder, lambda: h.status()["history_backlog"] >= 10 * n, "a backlog in memory", task)
@@ -299,7 +254,7 @@ async def test_a_disk_gone_read_only_keeps_the_historian_running_and_history_goe
         assert task.cancelled()  # it ended because it was stopped, not by an error
         before = len(feeder.times)
 
-        repair(fs, tmp_path / "disk.img")
+        repair(image, fs)
         tagdb2 = TagDB(*config.tag_table())
         feeder.tagdb = tagdb2
         h2 = historian(tagdb2)  # opens the store and the spool on the repaired disk

@@ -169,3 +169,14 @@ def test_same_messages_as_paho_decodes():
             body = 2 + len(topic.encode()) + len(payload)
             ref = _packet.decode_publish(packet[0], packet[-body:], MQTTProtocolVersion.MQTTv311)
             assert got == (ref.topic.decode(), ref.payload, ref.retain) and end == len(packet)
+
+
+def test_a_packet_above_max_packet_stops_the_split_for_the_link_to_refuse():
+    small, big = publish("a", b"1"), publish("a", b"x" * 1000)
+    stream = small + big + small
+    assert split_publishes(stream, max_packet=100) == ([("a", b"1", False)], len(small))
+    remaining = 2 + 1 + 1000  # topic length, topic, payload: what the fixed header announces
+    assert split_publishes(stream, max_packet=remaining - 1) == ([("a", b"1", False)], len(small))
+    assert len(split_publishes(stream, max_packet=remaining)[0]) == 3  # the limit is on the remaining length
+    # The announced length is enough: the body need not have arrived.
+    assert split_publishes(big[:5], max_packet=100) == ([], 0)

@@ -1090,7 +1090,11 @@ SCHEMA_BLIND = {
                                             "the schema only asks for text",
     "alarm_suppressed_by_unknown_alarm": "suppressed_by must name alarms of the same type: a cross-reference",
     "alarm_suppression_cycle": "a circle through suppressed_by spans several alarms",
+    "alarm_expression_too_deep": "the expression's nesting is its grammar, the loader's (scada/alarms/expr.py)",
 }
+# Files refused while they are read, before there is a document for a schema to look at (the
+# bounds of scada/yamlsrc.py): not text, or aliases and nesting that would not end.
+NO_DOCUMENT = {"yaml_not_utf8", "yaml_billion_laughs", "yaml_self_alias", "yaml_deep_nesting"}
 
 
 def _loader_path(path: Any) -> str:
@@ -1108,6 +1112,8 @@ def test_config_case_is_flagged_by_the_schema(case: str) -> None:
         load_config(CASES / case)
     err = info.value
     blamed = Path(err.file)
+    if case in NO_DOCUMENT:
+        return
     if blamed.suffix != ".yaml":
         assert blamed.suffix == ".csv", err  # a CSV inventory: no schema looks at it
         return
