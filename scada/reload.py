@@ -179,6 +179,13 @@ async def _drain(tagdb: TagDB, timeout: float) -> None:
     await asyncio.sleep(0)
 
 
+async def _drain_alarm_events(conditions, timeout: float) -> None:
+    """Let the alarm events already queued reach the OPC UA clients before the engine changes."""
+    deadline = time.monotonic() + timeout
+    while conditions is not None and conditions._queue and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 async def apply(app, new: Config) -> ConfigDiff:
     """Apply a validated configuration to the running Application (see the module docstring)."""
     from scada.app import build_drivers
@@ -193,10 +200,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     await app.stop_tasks([n for n in app.task_names() if n.startswith("driver:")])
     await _drain(app.tagdb, DRAIN_TIMEOUT)
     conditions = app.hmi.conditions
-    if conditions is not None:  # alarm events already queued reach the clients first
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while conditions._queue and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+    await _drain_alarm_events(conditions, DRAIN_TIMEOUT)
     await app.stop_tasks(["alarms", "historian", "opcua-publisher"])
     saved = (app.config, app.tagdb, app.alarms, app.historian, app.drivers)
     historian = None
@@ -218,9 +222,8 @@ async def apply(app, new: Config) -> ConfigDiff:
         app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
         app.historian = app._make_historian(old, app.tagdb)
         app.drivers = build_drivers(old, app.tagdb)
-        if conditions is not None and conditions._attached is False and app.hmi.conditions is conditions:
-            app.alarms.subscribers.append(conditions._on_alarm_events)
-            conditions._attached = True
+        if conditions is not None and app.hmi.conditions is conditions:
+            conditions.reattach()  # the old conditions listen to the old engine again
         app.start_tasks()
         raise
     old_alarms = app.alarms
@@ -236,10 +239,7 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     """Only alarms (or services) changed: the tag table, the drivers and the historian go on
     untouched (the field is not disturbed); the engine and the OPC UA conditions are rebuilt."""
     conditions = app.hmi.conditions
-    if conditions is not None:
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while conditions._queue and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+    await _drain_alarm_events(conditions, DRAIN_TIMEOUT)
     # The new engine evaluates every instance when it starts: no batch is missed meanwhile.
     await app.stop_tasks(["alarms", "opcua-publisher"])
     try:
@@ -250,9 +250,8 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
         await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
     except BaseException:
         log.exception("reload_failed_restoring")
-        if conditions is not None and conditions._attached is False and app.hmi.conditions is conditions:
-            app.alarms.subscribers.append(conditions._on_alarm_events)
-            conditions._attached = True
+        if conditions is not None and app.hmi.conditions is conditions:
+            conditions.reattach()  # the old conditions listen to the old engine again
         app.start_tasks()
         raise
     old_alarms = app.alarms
