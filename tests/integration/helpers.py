@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,91 @@ class Process:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@dataclass
+class TinyCity:
+    """The tiny simulated city running as a child process, and the ports it was given.
+
+    ``opc_scada`` is a free port kept for the server under test (``endpoint``); the simulator
+    writes the server's configuration into ``config`` once it serves (``control`` listens)."""
+
+    base: int  # first of the 6 consecutive device ports
+    opc_sim: int
+    opc_scada: int
+    control: int
+    config: Path
+    sim: Process
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.opc_scada}/scada/"
+
+
+def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str | None = "0") -> TinyCity:
+    """``python -m simulators city --preset tiny`` on free ports, its configuration written to
+    ``tmp_path/config`` (types from the shipped tags.yaml), its log in ``tmp_path/sim.log``.
+
+    ``mqtt`` (host:port) adds the MQTT devices; ``failure_rate`` None keeps the simulator's own."""
+    base = free_port_range(6)
+    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
+    config = tmp_path / "config"
+    args = ["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base), "--opcua-port", str(opc_sim)]
+    if mqtt:
+        args += ["--mqtt", mqtt]
+    args += ["--control-port", str(control), "--config-out", str(config), "--types-from", str(ROOT / "tags.yaml")]
+    if failure_rate is not None:
+        args += ["--failure-rate", failure_rate]
+    sim = Process([*args, "--log-json"], tmp_path / "sim.log")
+    return TinyCity(base, opc_sim, opc_scada, control, config, sim)
+
+
+def scada_run_args(config: Path, data: Path, endpoint: str) -> list[str]:
+    """Arguments of ``Process`` for the server: ``scada run`` on ``config``, serving ``endpoint``,
+    its state in ``data``, no periodic status line."""
+    return ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint", endpoint,
+            "--status-interval", "0", "--data", str(data)]
+
+
+class Notifications:
+    """An asyncua subscription handler: event notifications and data changes, queued to wait on."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.data: asyncio.Queue = asyncio.Queue()  # (NodeId, DataValue)
+
+    def event_notification(self, event) -> None:
+        self.events.put_nowait(event)
+
+    def datachange_notification(self, node, val, data) -> None:
+        self.data.put_nowait((node.nodeid, data.monitored_item.Value))
+
+    async def next_event(self, predicate, timeout: float = 30.0):
+        """The next event for which ``predicate`` holds (the ones before it are dropped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                e = await self.events.get()
+                if predicate(e):
+                    return e
+
+    async def next_data(self, nodeid, predicate, timeout: float = 30.0):
+        """The next DataValue of ``nodeid`` for which ``predicate`` holds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                nid, dv = await self.data.get()
+                if nid == nodeid and predicate(dv):
+                    return dv
+
+    async def until_refresh_end(self, timeout: float = 30.0) -> list:
+        """Every event up to and including the next RefreshEndEvent (of a ConditionRefresh)."""
+        from asyncua import ua
+        out = []
+        async with asyncio.timeout(timeout):
+            while True:
+                e = await self.events.get()
+                out.append(e)
+                if e.EventType == ua.NodeId(ua.ObjectIds.RefreshEndEventType):
+                    return out
 
 
 class SilentLink:

@@ -23,7 +23,7 @@ from asyncua import Client, ua
 from scada.alarms.journal import Journal
 from scada.config import load_config
 
-from .helpers import ROOT, Process, free_port, free_port_range, wait_port
+from .helpers import ROOT, Notifications, Process, scada_run_args, start_tiny_city, wait_port
 
 pytestmark = pytest.mark.integration
 O = ua.ObjectIds
@@ -64,17 +64,9 @@ def has(rows, alarm: str, device: str, event: str, state: str) -> bool:
     return any((r.alarm, r.device, r.event, r.state) == (alarm, device, event, state) for r in rows)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def event_notification(self, event) -> None:
-        self.queue.put_nowait(event)
-
-
 async def refresh(client: Client) -> dict:
     """ConditionRefresh on a new subscription: {(device, alarm): event} of the retained conditions."""
-    handler = Events()
+    handler = Notifications()
     sub = await client.create_subscription(50, handler)
     try:
         await sub.subscribe_alarms_and_conditions(client.nodes.server, O.AlarmConditionType)
@@ -83,7 +75,7 @@ async def refresh(client: Client) -> dict:
         shown, started = {}, False
         async with asyncio.timeout(30):
             while True:
-                e = await handler.queue.get()
+                e = await handler.events.get()
                 if e.EventType == ua.NodeId(O.RefreshStartEventType):
                     started = True
                 elif e.EventType == ua.NodeId(O.RefreshEndEventType):
@@ -112,15 +104,10 @@ async def refresh_until(url: str, predicate, timeout: float = 60.0, what: str = 
 
 
 async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_nothing_twice(tmp_path):
-    base = free_port_range(6)
-    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
-    config, data = tmp_path / "config", tmp_path / "data"
-    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
-                   "--opcua-port", str(opc_sim), "--control-port", str(control), "--config-out", str(config),
-                   "--types-from", str(ROOT / "tags.yaml"), "--failure-rate", "0", "--log-json"], tmp_path / "sim.log")
-    url = f"opc.tcp://127.0.0.1:{opc_scada}/scada/"
-    server_args = ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint", url,
-                   "--status-interval", "0", "--data", str(data)]
+    city = start_tiny_city(tmp_path)
+    sim, control, opc_scada, config, data = city.sim, city.control, city.opc_scada, city.config, tmp_path / "data"
+    url = city.endpoint
+    server_args = scada_run_args(config, data, url)
     server = None
     path = data / "alarms.sqlite"
     try:

@@ -18,7 +18,7 @@ from asyncua import Client, ua
 
 from scada.alarms.journal import Journal
 
-from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port
+from .helpers import ROOT, Notifications, Process, scada_run_args, start_tiny_city, until_read, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,32 +52,6 @@ async def journal_until(path, predicate, timeout: float = 30.0, what: str = ""):
     raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
 
 
-class Events:
-    """An asyncua subscription handler collecting event notifications."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def event_notification(self, event) -> None:
-        self.queue.put_nowait(event)
-
-    async def next(self, predicate, timeout: float = 10.0):
-        async with asyncio.timeout(timeout):
-            while True:
-                e = await self.queue.get()
-                if predicate(e):
-                    return e
-
-    async def until_refresh_end(self, timeout: float = 15.0) -> list:
-        out = []
-        async with asyncio.timeout(timeout):
-            while True:
-                e = await self.queue.get()
-                out.append(e)
-                if e.EventType == ua.NodeId(ua.ObjectIds.RefreshEndEventType):
-                    return out
-
-
 async def polled(endpoint: str, tags: list[str], timeout: float = 30.0) -> None:
     """Wait until the server shows every tag Good: a server starts with every tag
     Bad_NoCommunication, so Good means this server process has polled it."""
@@ -94,14 +68,9 @@ def events(rows, alarm: str, device: str) -> list[tuple[str, str]]:
 
 
 async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restart(tmp_path):
-    base = free_port_range(6)
-    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
-    config, data = tmp_path / "config", tmp_path / "data"
-    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
-                   "--opcua-port", str(opc_sim), "--control-port", str(control), "--config-out", str(config),
-                   "--types-from", str(ROOT / "tags.yaml"), "--failure-rate", "0", "--log-json"], tmp_path / "sim.log")
-    server_args = ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
-                   f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(data)]
+    city = start_tiny_city(tmp_path)
+    sim, control, opc_scada, config, data = city.sim, city.control, city.opc_scada, city.config, tmp_path / "data"
+    server_args = scada_run_args(config, data, city.endpoint)
     server = None
     path = data / "alarms.sqlite"
     try:
@@ -140,13 +109,13 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         # An HMI connects late: ConditionRefresh gives it the announced conditions (not the
         # suppressed lamp alarm of A); it acknowledges the mains loss through the standard method.
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as client:
-            client_events = Events()
+            client_events = Notifications()
             sub = await client.create_subscription(50, client_events)
             await sub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
             await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
                 ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
                 ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
-            refreshed = await client_events.until_refresh_end()
+            refreshed = await client_events.until_refresh_end(timeout=15)
             shown = {(e.SourceName, e.ConditionName): e for e in refreshed if e.ConditionName}
             assert (a, "mains_loss") in shown and (b, "lamps_failed") in shown
             # A's lamp alarm is retained (queryable) but marked suppressed, for the HMI to hide.
@@ -157,7 +126,8 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
             await client.get_node(mains.NodeId).call_method(
                 ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
                 ua.Variant(mains.EventId, ua.VariantType.ByteString), ua.LocalizedText("crew sent"))
-            acked = await client_events.next(lambda e: e.ConditionName == "mains_loss" and e.SourceName == a)
+            acked = await client_events.next_event(lambda e: e.ConditionName == "mains_loss" and e.SourceName == a,
+                                                   timeout=10)
             assert acked.AckedState.Text in ("Acknowledged", "Acked") or getattr(acked, "AckedState/Id") is True
         rows = await journal_until(path, lambda rows: ("ACK", "ACK_ACTIVE") in events(rows, "mains_loss", a),
                                    what="acknowledgement journaled")

@@ -23,7 +23,7 @@ from scada.diagnostics import ONLINE
 from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.city import generate
 
-from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port, wait_port_closed
+from .helpers import ROOT, Process, free_port, scada_run_args, start_tiny_city, until_read, wait_port, wait_port_closed
 # Run again on the embedded broker: values, garbage, last will, commands, broker outage...
 from .test_mqtt_driver import test_values_garbage_last_will_commands_and_broker_outage as test_driver_on_embedded  # noqa: F401
 # ... and the simulators' reconnection and vehicle reports. (Not the bollard test there: it
@@ -145,20 +145,13 @@ def fault(control_port: int, *args: str) -> subprocess.CompletedProcess:
 
 async def test_the_city_and_the_server_on_the_embedded_broker(broker, tmp_path):
     """As ``make demo`` on a machine without Mosquitto: every bollard and vehicle online."""
-    base = free_port_range(6)
-    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
-    config = tmp_path / "config"
-    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
-                   "--opcua-port", str(opc_sim), "--mqtt", f"127.0.0.1:{broker.port}", "--control-port", str(control),
-                   "--config-out", str(config), "--types-from", str(ROOT / "tags.yaml"), "--log-json"],
-                  tmp_path / "sim.log")
+    tiny = start_tiny_city(tmp_path, mqtt=f"127.0.0.1:{broker.port}", failure_rate=None)
+    sim, base, opc_scada, control, config = tiny.sim, tiny.base, tiny.opc_scada, tiny.control, tiny.config
     server = None
     try:
         wait_port(control, timeout=60)
         city = generate("tiny", base_port=base)
-        server = Process(["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
-                          f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0",
-                          "--data", str(tmp_path / "data")], tmp_path / "server.log")
+        server = Process(scada_run_args(config, tmp_path / "data", tiny.endpoint), tmp_path / "server.log")
         wait_port(opc_scada, timeout=60)
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as c:
             ns = await c.get_namespace_index(SCADA_NS)

@@ -21,8 +21,8 @@ import time
 import pytest
 from asyncua import Client, ua
 
-from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port
-from .test_alarms_end_to_end import Events, events, fault, journal_until
+from .helpers import ROOT, Notifications, Process, free_port, scada_run_args, start_tiny_city, until_read, wait_port
+from .test_alarms_end_to_end import events, fault, journal_until
 from .test_opcua_history import history_read, raw
 
 pytestmark = pytest.mark.integration
@@ -35,46 +35,14 @@ def reload(data, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-class Collector:
-    """asyncua subscription handler: data changes and events, as queues to wait on."""
-
-    def __init__(self) -> None:
-        self.data: asyncio.Queue = asyncio.Queue()
-        self.events: asyncio.Queue = asyncio.Queue()
-
-    def datachange_notification(self, node, val, data) -> None:
-        self.data.put_nowait((node.nodeid, data.monitored_item.Value))
-
-    def event_notification(self, event) -> None:
-        self.events.put_nowait(event)
-
-    async def next_event(self, predicate, timeout: float = 60.0):
-        async with asyncio.timeout(timeout):
-            while True:
-                e = await self.events.get()
-                if predicate(e):
-                    return e
-
-    async def next_data(self, nodeid, predicate, timeout: float = 30.0):
-        async with asyncio.timeout(timeout):
-            while True:
-                nid, dv = await self.data.get()
-                if nid == nodeid and predicate(dv):
-                    return dv
-
-
 async def read(client: Client, path: str) -> ua.DataValue:
     ns = await client.get_namespace_index("urn:city-scada:tags")
     return await client.get_node(ua.NodeId(path, ns)).read_data_value(raise_on_bad_status=False)
 
 
 async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_running(tmp_path):
-    base = free_port_range(6)
-    opc_sim, opc_scada, control = free_port(), free_port(), free_port()
-    config, data = tmp_path / "config", tmp_path / "data"
-    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
-                   "--opcua-port", str(opc_sim), "--control-port", str(control), "--config-out", str(config),
-                   "--types-from", str(ROOT / "tags.yaml"), "--failure-rate", "0", "--log-json"], tmp_path / "sim.log")
+    city = start_tiny_city(tmp_path)
+    sim, control, opc_scada, config, data = city.sim, city.control, city.opc_scada, city.config, tmp_path / "data"
     server = None
     journal = data / "alarms.sqlite"
     try:
@@ -87,14 +55,12 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
         alarms = (ROOT / "alarms.yaml").read_text()
         (config / "alarms.yaml").write_text(alarms)
         tags = (config / "tags.yaml").read_text()
-        server = Process(["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
-                          f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(data)],
-                         tmp_path / "server.log")
+        server = Process(scada_run_args(config, data, city.endpoint), tmp_path / "server.log")
         wait_port(opc_scada, timeout=60)
         a = "LC-DIJ-001"
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=20) as client:
             ns = await client.get_namespace_index("urn:city-scada:tags")
-            watch = Collector()
+            watch = Notifications()
             sub = await client.create_subscription(50, watch)
             await sub.subscribe_events(client.nodes.server, ua.ObjectIds.GeneralModelChangeEventType)
             polls = ua.NodeId(f"Dijon/lighting/{a}/Diagnostics/successes", ns)
@@ -152,7 +118,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
 
             # Clients are told, and see the nodes come and go.
             change = await watch.next_event(lambda e: any(
-                c.Affected == ua.NodeId("Dijon/lighting/LC-DIJ-004", ns) for c in (e.Changes or [])))
+                c.Affected == ua.NodeId("Dijon/lighting/LC-DIJ-004", ns) for c in (e.Changes or [])), timeout=60)
             verbs = {c.Affected.Identifier: c.Verb for c in change.Changes}
             assert verbs["Dijon/lighting/LC-DIJ-004"] == ua.ModelChangeStructureVerbMask.NodeAdded
             assert verbs["Talant/lighting/LC-TAL-001"] == ua.ModelChangeStructureVerbMask.NodeDeleted
@@ -185,13 +151,14 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             assert (await added.read_browse_name()).Name == "reload_test_power"
             # An HMI's ConditionRefresh: the kept condition as it was (unacknowledged), the added
             # cabinet's new one, nothing of the removed cabinet.
-            conds = Events()
+            conds = Notifications()
             csub = await client.create_subscription(50, conds)
             await csub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
             await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
                 ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
                 ua.Variant(csub.subscription_id, ua.VariantType.UInt32))
-            shown = {(e.SourceName, e.ConditionName): e for e in await conds.until_refresh_end() if e.ConditionName}
+            refreshed = await conds.until_refresh_end(timeout=15)
+            shown = {(e.SourceName, e.ConditionName): e for e in refreshed if e.ConditionName}
             assert getattr(shown[(a, "mains_loss")], "AckedState/Id") is False
             assert (("LC-DIJ-004", "reload_test_power") in shown and ("LC-TAL-001", "reload_test_power") not in shown
                     and not any(src == "LC-TAL-001" for src, _ in shown)), sorted(shown)

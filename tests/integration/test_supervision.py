@@ -22,7 +22,7 @@ from scada.app import Application
 from scada.config import load_config
 from scada.supervisor import Supervisor
 
-from .helpers import ROOT, Process, free_port, free_port_range, until, wait_port
+from .helpers import free_port, start_tiny_city, until, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +59,8 @@ class Watch:
 
 
 async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(tmp_path, broker):
-    base = free_port_range(6)
-    opc_sim, control = free_port(), free_port()
-    config_dir = tmp_path / "config"
-    sim = Process(["-m", "simulators", "city", "--preset", "tiny", "--base-port", str(base),
-                   "--opcua-port", str(opc_sim), "--mqtt", f"127.0.0.1:{broker.port}", "--control-port", str(control),
-                   "--config-out", str(config_dir), "--types-from", str(ROOT / "tags.yaml"), "--log-json"],
-                  tmp_path / "sim.log")
+    city = start_tiny_city(tmp_path, mqtt=f"127.0.0.1:{broker.port}", failure_rate=None)
+    sim, control, config_dir = city.sim, city.control, city.config
     run = watch = None
     try:
         wait_port(control, timeout=60)
