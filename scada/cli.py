@@ -52,13 +52,19 @@ async def _serve(config, endpoint: str, status_interval: float, data_dir: str, i
     # SIGHUP (sent by `scada reload`): read the configuration files again, apply them if valid.
     config_dir = config.directory.resolve()
     loop.add_signal_handler(signal.SIGHUP, lambda: app.request_reload(config_dir))
-    pid_file = _write_pid_file(Path(data_dir), config_dir)
+    try:
+        pid_file = _write_pid_file(Path(data_dir), config_dir)
+    except OSError as exc:  # a full or read-only data disk: supervise all the same, say what is lost
+        pid_file = None
+        print(f"warning: cannot write the pid file in {data_dir} ({exc.strerror or exc}): `scada reload` "
+              f"will not find this server; send it SIGHUP (pid {os.getpid()}) instead", file=sys.stderr)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await app.run()
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        _remove_pid_file(pid_file)
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
 
 
 def _write_pid_file(data_dir: Path, config_dir: Path) -> Path:
@@ -278,8 +284,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sim_args += ["--mqtt", mqtt]
     if args.log_json:
         sim_args.append("--log-json")
-    sim = subprocess.Popen(sim_args, start_new_session=True)  # our Ctrl-C handling stops it, in order
+    sim = None
     try:
+        sim = subprocess.Popen(sim_args, start_new_session=True)  # our Ctrl-C handling stops it, in order
         if not _wait_simulator(sim, [*ports, ("127.0.0.1", DEMO_CONTROL_PORT)], timeout=120):
             print("the city simulator did not start (see its messages above)", file=sys.stderr)
             return 1

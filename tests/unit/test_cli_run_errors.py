@@ -38,3 +38,22 @@ def test_an_unexpected_exception_group_is_reported_clearly(tmp_path, monkeypatch
     assert "  KeyError: 'plan'" in err
     assert "Traceback" not in err.split("the server stopped")[1]  # the lines after the log are readable
 
+
+
+def test_a_pid_file_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path, monkeypatch, capsys):
+    import errno
+
+    async def quick_run(self):  # the server would supervise here; the pid file is what is tested
+        return None
+
+    def no_space(data_dir, config_dir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Application, "run", quick_run)
+    monkeypatch.setattr(cli, "_write_pid_file", no_space)
+    code = cli.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
+                     "--opcua-endpoint", "opc.tcp://127.0.0.1:0/scada/", "--status-interval", "0"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "cannot write the pid file" in err and "No space left on device" in err and "SIGHUP" in err
+    assert "cannot start the OPC UA server" not in err
