@@ -176,12 +176,18 @@ class Application:
             self.max_loop_lag = max(self.max_loop_lag, time.monotonic() - t0 - period)
 
     async def _status_loop(self) -> None:
-        last_changes, last_t = self.tagdb.changes, time.monotonic()
+        tagdb = self.tagdb
+        last_changes, last_t = tagdb.changes, time.monotonic()
         while True:
             await asyncio.sleep(self.status_interval)
             now = time.monotonic()
-            rate = (self.tagdb.changes - last_changes) / (now - last_t)
-            last_changes, last_t = self.tagdb.changes, now
+            # A reload may have replaced the tag table: the new one carries the old one's counter
+            # as of the carry, and the old one may count a few more changes until the drivers
+            # move. The larger of the two: never negative, exact unless the old one moved on.
+            changes = max(tagdb.changes, self.tagdb.changes)
+            rate = (changes - last_changes) / (now - last_t)
+            tagdb = self.tagdb
+            last_changes, last_t = tagdb.changes, now
             s = self.status()
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",
