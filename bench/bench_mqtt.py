@@ -352,7 +352,7 @@ def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> 
     drv = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
     broker = next(iter(drv.brokers.values()))
     now = time.time_ns()
-    msgs = [(broker, t, p, now) for t, p in state_messages(0, len(cfg.devices), n)]
+    msgs = [(broker, t, p, now, 0) for t, p in state_messages(0, len(cfg.devices), n)]  # inbox entries
     c0 = time.process_time()
     for i in range(0, n, batch):
         drv._process(msgs[i:i + batch])

@@ -94,7 +94,8 @@ class Application:
         self.tagdb.set_status(ids, st.BAD_COMMUNICATION_ERROR)
 
     def _publisher_restart(self) -> None:
-        # Batches queued while it was down are older than the snapshot it starts from.
+        # Batches queued while it was down are older than the snapshot it starts from (run()
+        # sends one at every start but the first after a reload: Publisher.primed).
         consumer = self.hmi.publisher.consumer
         consumer.overflowed = True
         consumer.take_overflow()
@@ -103,6 +104,12 @@ class Application:
         """A historian of this configuration and tag table (by default the running ones)."""
         return Historian(config or self.config, tagdb or self.tagdb, self.data_dir, self.influx, self._spool_alarm,
                          on_storage_alarm=self._storage_alarm)
+
+    def _set_historian(self, new: Historian) -> None:
+        """Make ``new`` the running historian: the OPC UA history reads follow it."""
+        self.historian = self.hmi.history = new
+        if self.hmi.tag_history is not None:
+            self.hmi.tag_history.historian = new
 
     def _storage_alarm(self, source: str, active: bool, message: str) -> None:
         """The history store or spool cannot write (disk full, read-only...): one alarm per storage."""
@@ -113,14 +120,12 @@ class Application:
 
         Its compressor starts again from the last stored points (its state is rebuilt, not
         trusted); the OPC UA history reads follow it. Changes during the outage are not
-        recorded.
+        recorded. It takes over what the failed one could not write (a full disk) and its
+        storage alarms, so that they clear when the disk takes the values again.
         """
-        old = self.historian
         new = self._make_historian()
-        new.stored, new.resyncs = old.stored, old.resyncs
-        self.historian = self.hmi.history = new
-        if self.hmi.tag_history is not None:
-            self.hmi.tag_history.historian = new
+        new.take_over(self.historian)
+        self._set_historian(new)
 
     def _components(self) -> dict[str, dict]:
         """The tasks that follow the configuration (a reload stops and starts them), by name:
@@ -171,12 +176,18 @@ class Application:
             self.max_loop_lag = max(self.max_loop_lag, time.monotonic() - t0 - period)
 
     async def _status_loop(self) -> None:
-        last_changes, last_t = self.tagdb.changes, time.monotonic()
+        tagdb = self.tagdb
+        last_changes, last_t = tagdb.changes, time.monotonic()
         while True:
             await asyncio.sleep(self.status_interval)
             now = time.monotonic()
-            rate = (self.tagdb.changes - last_changes) / (now - last_t)
-            last_changes, last_t = self.tagdb.changes, now
+            # A reload may have replaced the tag table: the new one carries the old one's counter
+            # as of the carry, and the old one may count a few more changes until the drivers
+            # move. The larger of the two: never negative, exact unless the old one moved on.
+            changes = max(tagdb.changes, self.tagdb.changes)
+            rate = (changes - last_changes) / (now - last_t)
+            tagdb = self.tagdb
+            last_changes, last_t = tagdb.changes, now
             s = self.status()
             log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
                      devices=f"{s['devices_online']}/{s['devices_total']}",

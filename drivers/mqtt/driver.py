@@ -6,7 +6,7 @@ past 1023). QoS-0 messages, the bulk of the traffic, are split off the link's re
 by our own framing (the link's fast path, ~2 µs a message against paho's ~22), everything
 else (QoS 1 last wills and acknowledgements, connection and subscription handshakes,
 keep-alive) goes through paho, in the order of the stream; ``fast_path=False`` leaves
-every packet to paho. Both callbacks only append ``(broker, topic, payload, time)`` to a
+every packet to paho. Both callbacks only append ``(broker, topic, payload, time, size)`` to a
 bounded inbox and wake the drain task: a flood is dropped (counted), never buffered
 without bound. The inbox is bounded in messages (``max_queued``) and in bytes
 (``inbox_bytes``: topics and payloads plus a fixed cost per message, so that large payloads
@@ -30,8 +30,10 @@ and changes no tag. Messages on topics no device reads are ignored, whichever pa
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import functools
+import itertools
 import json
 import time
 import uuid
@@ -150,7 +152,7 @@ class MqttDriver:
         for b in self.brokers.values():
             b.control = frozenset({*b.status_topics, *b.ack_topics})
         self._inbox: collections.deque = collections.deque()
-        self._inbox_size = 0  # bytes in the inbox, as counted by _size()
+        self._inbox_size = 0  # bytes in the inbox: the sum of its entries' sizes (_sizes())
         self.peak_inbox_bytes = 0
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,13 +174,14 @@ class MqttDriver:
         except UnicodeDecodeError:  # paho delivers it; no route can match it (Mosquitto refuses such topics)
             self._bad_topic(broker, getattr(msg, "_topic", b""))
             return
-        size = MESSAGE_COST + len(topic) + len(msg.payload)
+        payload = msg.payload
+        [size] = _sizes([(topic, payload, False)])
         if self._inbox_size + size > self.inbox_bytes:
             self.dropped += 1
             return
         self._inbox_size += size
         self.peak_inbox_bytes = max(self.peak_inbox_bytes, self._inbox_size)
-        self._inbox.append((broker, topic, msg.payload, time.time_ns()))
+        self._inbox.append((broker, topic, payload, time.time_ns(), size))
         self._wake.set()
 
     def _on_messages(self, broker: Broker, messages: list[tuple[str, bytes, bool]]) -> None:
@@ -190,23 +193,20 @@ class MqttDriver:
             messages = messages[:room]
             if not messages:
                 return
-        size = _size(messages, 0, 1)
+        # Each message measured once: its size goes into its entry, the drain subtracts that.
+        sizes = _sizes(messages)
+        size = sum(sizes)
         if self._inbox_size + size > self.inbox_bytes:  # rare: keep the leading messages that fit
-            keep, free = 0, self.inbox_bytes - self._inbox_size
-            for topic, payload, _ in messages:
-                free -= MESSAGE_COST + len(topic) + len(payload)
-                if free < 0:
-                    break
-                keep += 1
+            running = list(itertools.accumulate(sizes))
+            keep = bisect.bisect_right(running, self.inbox_bytes - self._inbox_size)
             self.dropped += len(messages) - keep
-            messages = messages[:keep]
-            if not messages:
+            if not keep:
                 return
-            size = _size(messages, 0, 1)
+            messages, sizes, size = messages[:keep], sizes[:keep], running[keep - 1]
         self._inbox_size += size
         self.peak_inbox_bytes = max(self.peak_inbox_bytes, self._inbox_size)
         now = time.time_ns()  # one read: one arrival time
-        self._inbox.extend([(broker, topic, payload, now) for topic, payload, _ in messages])
+        self._inbox.extend([(broker, topic, payload, now, n) for (topic, payload, _), n in zip(messages, sizes)])
         self._wake.set()
 
     def _bad_topic(self, broker: Broker, topic: bytes) -> None:
@@ -262,9 +262,7 @@ class MqttDriver:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._inbox:
-                    batch = [self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))]
-                    self._inbox_size -= _size(batch, 1, 2)  # counted as when they came in
-                    self._process(batch)
+                    self._process(self._take_batch())
                     await asyncio.sleep(0)
         finally:
             diag_task.cancel()
@@ -275,6 +273,12 @@ class MqttDriver:
             for fut in self._pending_acks.values():
                 fut.cancel()
 
+    def _take_batch(self) -> list:
+        """The oldest ``BATCH`` messages of the inbox, their bytes no longer counted in it."""
+        batch = [self._inbox.popleft() for _ in range(min(BATCH, len(self._inbox)))]
+        self._inbox_size -= sum([m[4] for m in batch])  # as counted when they came in
+        return batch
+
     def broker_max_packet(self, broker: Broker) -> int:
         """The link's packet bound: the largest its types allow (tags.yaml max_packet), or the driver's."""
         return max(ds.type_io.max_packet or self.max_packet for ds in broker.devices)
@@ -283,7 +287,7 @@ class MqttDriver:
         """Store one batch from the inbox: data grouped by layout, control messages in their place."""
         self.received += len(messages)
         pending: dict[TopicGroup, tuple[list, list, list]] = {}
-        for broker, topic, payload, t_ns in messages:
+        for broker, topic, payload, t_ns, _ in messages:
             route = broker.routes.get(topic)
             if route is not None:
                 group, row = route
@@ -445,9 +449,9 @@ class MqttDriver:
                 "inbox_bytes": self._inbox_size, "peak_inbox_bytes": self.peak_inbox_bytes}
 
 
-def _size(messages: Any, topic: int, payload: int) -> int:
-    """Bytes the inbox counts for ``messages`` (tuples with the topic and payload at those places)."""
-    return MESSAGE_COST * len(messages) + sum([len(m[topic]) + len(m[payload]) for m in messages])
+def _sizes(messages: Any) -> list[int]:
+    """Bytes the inbox counts for each of ``messages``, ``(topic, payload, retain)`` tuples."""
+    return [MESSAGE_COST + len(topic) + len(payload) for topic, payload, _ in messages]
 
 
 def create(config: Config, devices: list[Device], tagdb: TagDB) -> MqttDriver:

@@ -113,6 +113,47 @@ class Historian:
         self.on_storage_alarm = on_storage_alarm  # called with (source, active: bool, message)
         self._failing: dict[str, bool] = {"history_store": False, "history_spool": False}
 
+    def take_over(self, old: Historian) -> None:
+        """Go on from ``old``, stopped (its store closed): a supervised restart or a reload.
+
+        Its points waiting for the store (a full disk) are written by this one, in order, at its
+        first write; its storage alarms stay raised here until this one writes, then clear (a new
+        historian would never clear what it does not know was raised). The counters go on. On a
+        reload the tag ids change: the waiting points follow their tag by name; those of removed
+        tags are dropped, counted in ``backlog_dropped``.
+        """
+        self.stored, self.resyncs, self.backlog_dropped = old.stored, old.resyncs, old.backlog_dropped
+        self.store_error, self._failing, self._spool_alarm = old.store_error, dict(old._failing), old._spool_alarm
+        waiting = old._backlog + old._pending  # spooled or not: the store has neither
+        if waiting and old.tagdb.names is not self.tagdb.names:
+            waiting = self._renumber(StoredBatch.concat(waiting), old.tagdb.names)
+        self._backlog = waiting + self._backlog
+        self._backlog_values = sum(len(b) for b in self._backlog)
+        self._retry_at = 0.0  # the disk may be back: try at the first write
+        if self._backlog_values:
+            log.info("history_backlog_taken_over", values=self._backlog_values, store=str(self.store.path))
+            self._bound_backlog()
+
+    def _renumber(self, batch: StoredBatch, names) -> list[StoredBatch]:
+        """``batch`` with the ids of this tag table (``names``: the old one's); removed tags dropped."""
+        old_ids, inverse = np.unique(batch.ids, return_inverse=True)
+        new_ids = np.full(len(old_ids), -1, np.int64)
+        for k, i in enumerate(old_ids.tolist()):
+            try:
+                new_ids[k] = self.tagdb.id_of(names[i])
+            except KeyError:
+                pass
+        ids = new_ids[inverse]
+        keep = ids >= 0
+        dropped = len(batch) - int(keep.sum())
+        if dropped:
+            self.backlog_dropped += dropped
+            log.warning("history_backlog_dropped_on_reload", values=dropped,
+                        reason="their tags are no longer configured")
+        texts = None if batch.texts is None else tuple(t for t, k in zip(batch.texts, keep.tolist()) if k)
+        out = StoredBatch(ids[keep], batch.values[keep], batch.status[keep], batch.times[keep], texts)
+        return [out] if len(out) else []
+
     def _take(self, batch) -> None:
         kept = self.compressor.compress(batch)
         if len(kept):

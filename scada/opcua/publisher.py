@@ -248,7 +248,10 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""
-        if not self.primed:
+        # Primed once only: a later start (a supervised restart after batches were dropped)
+        # must send the snapshot again.
+        primed, self.primed = self.primed, False
+        if not primed:
             await self.apply(self.tagdb.snapshot())
         while True:
             batch = await self.consumer.get()

@@ -141,6 +141,34 @@ def test_the_inbox_counts_bytes_and_drops_the_newest(tmp_path):
     assert driver.dropped == 2 and driver.peak_inbox_bytes == 3 * (MESSAGE_COST + len(STATE) + 1000)
 
 
+class Measured(bytes):
+    """A payload that counts how often its size is taken."""
+
+    calls = 0
+
+    def __len__(self) -> int:
+        Measured.calls += 1
+        return super().__len__()
+
+
+def test_each_message_is_measured_once_from_arrival_to_drain(tmp_path):
+    """The hot path: the inbox keeps each message's size, the drain does not walk the payloads
+    again; a read that only partly fits is measured once too."""
+    cfg = config(tmp_path / "c", 1883)
+    one = MESSAGE_COST + len(STATE) + 1000
+    driver = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table(), cfg.max_ages()), inbox_bytes=3 * one)
+    driver._wake = asyncio.Event()
+    broker = next(iter(driver.brokers.values()))
+    Measured.calls = 0
+    driver._on_messages(broker, [(STATE, Measured(bytes([k]) * 1000), False) for k in range(2)])
+    driver._on_messages(broker, [(STATE, Measured(bytes([k]) * 1000), False) for k in range(2, 5)])  # 1 fits
+    assert [m[2][0] for m in driver._inbox] == [0, 1, 2] and driver.dropped == 2
+    assert driver.diagnostics()["inbox_bytes"] == 3 * one
+    assert Measured.calls == 5
+    assert len(driver._take_batch()) == 3
+    assert driver.diagnostics()["inbox_bytes"] == 0 and Measured.calls == 5
+
+
 def test_max_packet_is_a_type_key_of_tags_yaml(tmp_path):
     folder = tmp_path / "c"
     cfg = config(folder, 1883)

@@ -184,18 +184,18 @@ def test_a_batch_is_stored_in_the_order_of_the_stream(tmp_path):
     def state(device, position, height=0.5, vehicle=False):
         return (broker, f"city/bollards/{device}/state",
                 json.dumps({"position": position, "height": height, "vehicle": vehicle, "obstruction": False,
-                            "emergency": False, "fault": False}).encode(), t)
+                            "emergency": False, "fault": False}).encode(), t, 0)
 
     def status(device, text):
-        return (broker, f"city/bollards/{device}/status", text.encode(), t)
+        return (broker, f"city/bollards/{device}/status", text.encode(), t, 0)
 
     drv._process([
         state("B-DIJ-001", "up", 0.1), state("B-DIJ-002", "up"), state("B-DIJ-001", "down", 0.2),
-        (broker, "city/bollards/B-DIJ-001/state", b"{not json", t),
-        (broker, "city/bollards/B-DIJ-002/state", b'{"position": "sideways", "height": 0.9}', t),
-        (broker, "city/bollards/B-DIJ-002/event", b'{"vehicle_class": "bus", "granted": true}', t),
+        (broker, "city/bollards/B-DIJ-001/state", b"{not json", t, 0),
+        (broker, "city/bollards/B-DIJ-002/state", b'{"position": "sideways", "height": 0.9}', t, 0),
+        (broker, "city/bollards/B-DIJ-002/event", b'{"vehicle_class": "bus", "granted": true}', t, 0),
         (broker, "city/vehicles/V-001/position", b'{"lat": 47.3, "lon": 5.0, "speed_kmh": 30, "heading": 90,'
-                                                 b' "status": "en_route"}', t),
+                                                 b' "status": "en_route"}', t, 0),
         status("B-DIJ-002", "offline"),  # its last will, after its values: it ends offline
         status("B-DIJ-001", "offline"), state("B-DIJ-001", "lowering", 0.3),  # back: it ends online
     ])

@@ -371,3 +371,51 @@ async def test_the_server_raises_and_clears_storage_failing_for_the_history(tmp_
             await stop(task)
             app.journal.close()
         check_store(fs, feeder)
+
+
+async def test_a_historian_restarted_on_a_full_disk_keeps_its_backlog_and_clears_the_alarm_after(tmp_path) -> None:
+    """A supervised restart (Application._historian_restart) while the store cannot write: the
+    new historian writes what the failed one kept in memory, and clears storage_failing, which
+    the failed one raised, once the disk is back."""
+    from scada.app import Application
+
+    config = load_config(ROOT)
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    with small_fs(tmp_path / "data", 4096) as fs:
+        (fs / "alarms.sqlite").symlink_to(healthy / "alarms.sqlite")
+        app = Application(config, data_dir=fs)
+        events = []
+        app.alarms.subscribers.append(events.extend)
+        storage = lambda: [e.event for e in events if e.alarm == "storage_failing"]  # noqa: E731
+        h = app.historian
+        h.retry_min, h.retry_max = 0.05, 0.5
+        feeder = Feeder(app.tagdb)
+        task = await start(h)
+        try:
+            await feed_until(feeder, lambda: h.stored >= 3 * len(feeder.ids), "the first values stored", task)
+            fill(fs)
+            await feed_until(feeder, lambda: storage() == ["ACTIVATE"], "storage_failing raised", task)
+            await feed_until(feeder, lambda: h.status()["history_backlog"] >= 5 * len(feeder.ids),
+                             "a backlog in memory", task)
+        finally:
+            await stop(task)  # as a failure ends it: the store closed, the backlog still in memory
+        waiting = h.status()["history_backlog"]
+        assert waiting > 0
+        app._historian_restart()
+        h2 = app.historian
+        assert h2 is not h and app.hmi.history is h2
+        assert h2.status()["history_backlog"] == waiting and h2.status()["history_store_failing"]
+        h2.retry_min, h2.retry_max = 0.05, 0.5
+        task = await start(h2)
+        try:
+            free_space(fs)
+            feeder.step()
+            await wait_for(lambda: storage() == ["ACTIVATE", "CLEAR"] and h2.status()["history_backlog"] == 0,
+                           "storage_failing cleared by the new historian", task)
+            await wait_for(lambda: h2.stored >= len(feeder.times) * len(feeder.ids), "the last value stored", task)
+        finally:
+            await stop(task)
+            app.journal.close()
+        assert h2.backlog_dropped == 0
+        check_store(fs, feeder)

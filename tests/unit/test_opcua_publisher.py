@@ -11,6 +11,7 @@ from asyncua import ua
 from scada import status as st
 from scada.opcua.publisher import Publisher, TagValue
 from scada.tagdb import ANALOG, DISCRETE, TEXT, TagDB
+from tests.integration.helpers import until
 
 VTYPES = [ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.String, ua.VariantType.Int32]
 
@@ -100,3 +101,29 @@ def test_the_watched_mask_follows_asyncua_adding_and_removing_callbacks():
     assert not pub.watched.any()
     asyncio.run(pub.apply(tagdb.update(np.array([0]), np.array([6.0]))))
     assert seen == [5.0, 5.0] and pub.notified == 1 and pub.published == 3  # rows, not callbacks
+
+
+async def test_a_restart_after_a_reload_primed_it_starts_from_a_snapshot():
+    """A reload primes the publisher (its queue goes on); if it then fails and restarts, the
+    batches queued meanwhile are dropped: the restart must send the snapshot, not trust the
+    reload's priming a second time."""
+    tagdb, attrs, pub = setup()
+    pub.record_now()  # as HmiServer.reload does with a new tag table
+    assert pub.primed
+    task = asyncio.create_task(pub.run())
+    tagdb.update(np.array([0]), np.array([2.0]), st.GOOD, 2_000)
+    await until(lambda: pub.published == 1, 30, "the batch of 2.0, no snapshot first")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert attrs[0].value.Value.Value == 2.0 and pub.published == 1
+    # While it is down a change comes; the restart drops the queue (Application._publisher_restart).
+    tagdb.update(np.array([0]), np.array([3.0]), st.GOOD, 3_000)
+    pub.consumer.overflowed = True
+    pub.consumer.take_overflow()
+    task = asyncio.create_task(pub.run())
+    try:
+        await until(lambda: pub.published >= 1 + len(tagdb), 10, "the snapshot (every row) after the restart")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert attrs[0].value.Value.Value == 3.0
