@@ -263,12 +263,19 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
 
 
 def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:
-    """The outcome of the last reload request, for ``scada reload`` (written atomically)."""
+    """The outcome of the last reload request, for ``scada reload`` (written atomically).
+
+    Never raises: it runs in the server's task group, where an exception would stop the server;
+    a full or read-only data disk only costs ``scada reload`` its answer (it times out), logged.
+    """
     path = Path(data_dir) / RESULT_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
-                               "changes": changes or {}}))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
+                                   "changes": changes or {}}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("reload_result_not_written", file=str(path), error=repr(exc), ok=ok, message=message)
 
 
 async def reload_from_files(app, directory: str | Path) -> bool:
@@ -279,6 +286,10 @@ async def reload_from_files(app, directory: str | Path) -> bool:
         log.error("reload_rejected", error=str(exc), file=exc.file, line=exc.line, key=exc.key or None,
                   note="the running configuration is unchanged")
         write_result(app.data_dir, False, f"configuration error: {exc}")
+        return False
+    except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the server (it runs in its task group)
+        log.exception("reload_load_failed", directory=str(directory), note="the running configuration is unchanged")
+        write_result(app.data_dir, False, f"the configuration could not be loaded, nothing changed: {exc!r}")
         return False
     try:
         d = await app.reload(new)
