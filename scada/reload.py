@@ -31,6 +31,7 @@ old components back and restarts them, and is reported like a wrong file.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -53,8 +54,11 @@ log = structlog.get_logger("scada.reload")
 PID_FILE = "scada.pid"  # in the server's --data folder: {"pid": ..., "config": ...}
 RESULT_FILE = "reload-result.json"  # written after each reload request, read by `scada reload`
 DRAIN_TIMEOUT = 10.0  # s: the consumers' queued batches are processed before the switch
+# one_shot: a OneShotShelved alarm stays one; last_event_ns and event_seq make its EventId: an
+# HMI acknowledging with the EventId it was shown before the reload is still understood.
 COPIED_ALARM_COLUMNS = ("state", "raw", "cond", "raw_since", "cond_since", "suppressed", "shelved_until",
-                        "prev_value", "prev_time", "pending", "announced_since", "escalated")
+                        "prev_value", "prev_time", "pending", "announced_since", "escalated",
+                        "one_shot", "last_event_ns", "event_seq")
 
 
 @dataclass
@@ -140,14 +144,34 @@ def carry_alarms(old: AlarmEngine, new: AlarmEngine) -> tuple[int, list[int]]:
             if j in old.extra:
                 new.extra[i] = dict(old.extra[j])
     new._pending_idx = np.flatnonzero(new.pending).astype(np.int64)
-    new._system = dict(old._system)
     new._announced_at = old._announced_at
     new.transitions, new.evaluations = old.transitions, old.evaluations
+    carry_server_state(old, new)
     return len(pairs), [j for j in range(old.n) if j not in kept]
 
 
-def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
-    """A removed instance that was shown leaves a REMOVED row; its saved state is forgotten."""
+def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
+    """Hand over what the old engine may still change while the reload awaits (the OPC UA
+    side): the server alarms and the journal backlog. Called again just before the swap
+    (server alarms raised or cleared meanwhile, on the old engine, are not lost)."""
+    new._system = dict(old._system)
+    # A journal outage: the rows the old engine could not write (its final flush failed too)
+    # wait in the new one, first, and are retried soon; storage_failing, carried above, clears
+    # when they are written. Instances are renumbered: the states to rewrite follow by key; a
+    # removed instance's state is deleted (_journal_removed), not rewritten.
+    new._backlog = collections.deque(old._backlog)
+    new._backlog_states = {new._index[key] for key, j in old._index.items()
+                           if j in old._backlog_states and key in new._index}
+    new.backlog_dropped, new._dropped_before = old.backlog_dropped, old._dropped_before
+    new._retry_delay, new._retry_at = old._retry_delay, 0.0
+
+
+def _journal_removed(old: AlarmEngine, new: AlarmEngine, gone: list[int]) -> None:
+    """A removed instance that was shown leaves a REMOVED row; its saved state is forgotten.
+
+    The rows go through the new engine's journal writes: behind a backlog of a journal outage
+    they wait there, in order.
+    """
     if not gone:
         return
     now = old.clock()
@@ -161,13 +185,13 @@ def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
                                    State.NORMAL.name, "", f"was {state.name}: removed from the configuration",
                                    a.service, "alarm removed from the configuration"))
             log.warning("alarm_removed_by_reload", alarm=a.name, device=d.name, state=state.name)
+    if rows:
+        new._journal_write(rows, ())
     keys = [(old._name(j), old._device(j)) for j in gone]
     try:
-        if rows:
-            old.journal.record(rows)
         old.journal.delete_states(keys)
-    except Exception as exc:  # noqa: BLE001 - the new configuration runs; the journal may catch up later
-        log.error("alarm_removal_not_journaled", error=repr(exc), instances=len(gone))
+    except Exception as exc:  # noqa: BLE001 - the new configuration runs; a restart ignores unknown saved states
+        log.error("alarm_removed_states_not_deleted", error=repr(exc), instances=len(gone))
 
 
 async def _drain(tagdb: TagDB, timeout: float) -> None:
@@ -227,9 +251,10 @@ async def apply(app, new: Config) -> ConfigDiff:
         app.start_tasks()
         raise
     old_alarms = app.alarms
+    carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     app.start_tasks()
-    _journal_removed(old_alarms, gone)
+    _journal_removed(old_alarms, alarms, gone)
     log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
              alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
     return d
@@ -255,9 +280,10 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
         app.start_tasks()
         raise
     old_alarms = app.alarms
+    carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
     app.config, app.alarms = new, alarms
     app.start_tasks()
-    _journal_removed(old_alarms, gone)
+    _journal_removed(old_alarms, alarms, gone)
     log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
              field_untouched=True)
 

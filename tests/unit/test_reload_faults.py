@@ -16,12 +16,19 @@ from types import SimpleNamespace
 
 import pytest
 
+from scada import status as st
+from scada.alarms.engine import STORAGE_FAILING, AlarmEngine
+from scada.alarms.states import State
 from scada.config import load_config
-from scada.reload import RESULT_FILE, reload_from_files, write_result
+from scada.reload import RESULT_FILE, _journal_removed, carry_alarms, reload_from_files, write_result
+from scada.tagdb import TagDB
 from scada.yamlsrc import ConfigError
-from tests.fs_faults import fill, needs_root, small_fs
+from tests.fs_faults import fill, free_space, needs_root, small_fs
 
+from .test_alarm_engine import ALARMS, Bench, bench  # noqa: F401 - bench: a fixture
+from .test_alarm_journal_faults import break_journal, key, row_key, storage_alarms, toggle_door
 from .test_config import INVENTORY_TAGS, write
+from .test_reload import config_in
 
 WRITE_ONLY = ("/sys/bus/pci/rescan", "/sys/class/zram-control/hot_remove", "/sys/kernel/mm/ksm/run")
 
@@ -98,3 +105,72 @@ async def test_a_full_data_disk_costs_the_result_file_not_the_server(tmp_path: P
         # A whole request: the file is refused, the result cannot be written, nothing raises.
         assert await reload_from_files(NoReload(data), tmp_path / "cfg") is False
         assert not (data / RESULT_FILE).exists()
+
+
+# The alarm engine's hand-over (scada/reload.py carry_alarms)
+
+
+def new_engine(bench: Bench, folder: Path, alarms: str = ALARMS) -> AlarmEngine:
+    """The engine a reload builds on the bench's journal, on a configuration from ``folder``."""
+    config = config_in(folder, alarms=alarms)
+    tagdb = TagDB(*config.tag_table())
+    tagdb.carry_from(bench.tagdb)
+    engine = AlarmEngine(config, tagdb, bench.journal, bench.clock)
+    engine.subscribers.append(bench.events.extend)
+    return engine
+
+
+def test_a_kept_instance_keeps_its_event_ids_and_its_one_shot_shelve(bench: Bench, tmp_path: Path) -> None:
+    bench.clock.advance(1)
+    bench.set("LC-1", temperature=61)
+    old = bench.engine
+    old.shelve("hot", "LC-1", "operator1", "crew on site", 3600, one_shot=True)
+    i = old.instance("hot", "LC-1")
+    new = new_engine(bench, tmp_path / "new")
+    carry_alarms(old, new)
+    j = new.instance("hot", "LC-1")
+    assert State(int(new.state[j])) == State.SHELVED and new.one_shot[j]
+    # The EventId an HMI was shown is made of these: an acknowledgement with it still matches.
+    assert (new.event_seq[j], new.last_event_ns[j]) == (old.event_seq[i], old.last_event_ns[i]) != (0, 0)
+    # One-shot: the shelve ends when the condition returns to normal (after its 3 s off-delay),
+    # not at its hour.
+    bench.clock.advance(1)
+    temperature = bench.tag("LC-1", "temperature")  # the same id: the same devices
+    new.process(new.tagdb.update([temperature], [30.0], st.GOOD, bench.clock()))
+    bench.clock.advance(4)
+    events = new.tick()
+    assert [(e.alarm, e.event) for e in events if e.alarm == "hot"][-1] == ("hot", "UNSHELVE")
+
+
+@needs_root
+def test_a_reload_during_a_journal_outage_hands_the_backlog_over_in_order(tmp_path: Path) -> None:
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        bench = Bench(tmp_path / "cfg", journal_path=fs / "alarms.sqlite")
+        try:
+            bench.healthy("LC-1")
+            bench.healthy("LC-2")
+            fill(fs)
+            n = break_journal(bench)
+            toggle_door(bench, n + 1)
+            old = bench.engine
+            assert storage_alarms(bench) == ["ACTIVATE"]
+            assert not old.flush_journal()  # the old engine's last chance, as its task stops: refused too
+            waiting = old.journal_backlog
+            # door_lc2 (in the backlog, shown) is renamed: removed; every other instance is kept.
+            new = new_engine(bench, tmp_path / "new", ALARMS.replace("  - {name: door_lc2", "  - {name: door_lc2b"))
+            _, gone = carry_alarms(old, new)
+            _journal_removed(old, new, gone)
+            assert new.journal_backlog == waiting + 1  # the REMOVED row waits behind the outage's rows
+            free_space(fs)
+            new.tick()  # retried at once, not after the old engine's backoff
+            assert new.journal_backlog == 0
+            assert storage_alarms(bench) == ["ACTIVATE", "CLEAR"]
+            rows = [r for r in bench.journal.query() if r.alarm != STORAGE_FAILING]
+            assert [row_key(r) for r in rows[:-1]] == [key(e) for e in bench.events if e.instance >= 0]
+            assert (rows[-1].alarm, rows[-1].event) == ("door_lc2", "REMOVED")
+            saved = bench.journal.load_states()
+            for k, j in new._index.items():
+                if k in saved:
+                    assert saved[k] == new._state_record(j)[1], k
+        finally:
+            bench.journal.close()
