@@ -104,6 +104,12 @@ class Application:
         return Historian(config or self.config, tagdb or self.tagdb, self.data_dir, self.influx, self._spool_alarm,
                          on_storage_alarm=self._storage_alarm)
 
+    def _set_historian(self, new: Historian) -> None:
+        """Make ``new`` the running historian: the OPC UA history reads follow it."""
+        self.historian = self.hmi.history = new
+        if self.hmi.tag_history is not None:
+            self.hmi.tag_history.historian = new
+
     def _storage_alarm(self, source: str, active: bool, message: str) -> None:
         """The history store or spool cannot write (disk full, read-only...): one alarm per storage."""
         self.alarms.system_alarm("storage_failing", active, message, priority="high", source=source)

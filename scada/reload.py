@@ -228,6 +228,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     await app.stop_tasks(["alarms", "historian", "opcua-publisher"])
     saved = (app.config, app.tagdb, app.alarms, app.historian, app.drivers)
     historian = None
+    hmi_touched = False
     try:
         tagdb = TagDB(*new.tag_table(), new.max_ages())
         carried_tags = tagdb.carry_from(app.tagdb)
@@ -237,18 +238,34 @@ async def apply(app, new: Config) -> ConfigDiff:
                               if conditions is None or getattr(s, "__self__", None) is not conditions]
         historian = app._make_historian(new, tagdb)
         drivers = build_drivers(new, tagdb)
+        hmi_touched = True
         node_changes = await app.hmi.reload(new, tagdb, d.nodes_removed, d.nodes_added, d.types_rebuilt,
                                             alarms=alarms, history=historian)
+    except asyncio.CancelledError:
+        # The server is stopping (a reload runs in its task group, which now refuses new
+        # tasks): nothing to restart; the cancellation goes on. The new store is let go.
+        _close_store(historian)
+        raise
     except BaseException:
         log.exception("reload_failed_restoring")
-        if historian is not None:  # one writer per store: the new one lets the old one reopen it
-            historian.store.close()
-        app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
-        app.historian = app._make_historian(old, app.tagdb)
-        app.drivers = build_drivers(old, app.tagdb)
-        if conditions is not None and app.hmi.conditions is conditions:
-            conditions.reattach()  # the old conditions listen to the old engine again
-        app.start_tasks()
+        try:
+            _close_store(historian)  # one writer per store: the new one lets the old one reopen it
+            app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
+            # The stopped historian closed its store: a new one reopens it. If that fails too (a
+            # read-only disk...), the stopped one stays: its task fails at once and its restart
+            # (_historian_restart) tries again with backoff, under server_task_failed.
+            try:
+                app._set_historian(app._make_historian(old, app.tagdb))
+            except Exception:  # noqa: BLE001
+                log.exception("reload_rollback_historian_not_reopened")
+                app._set_historian(saved[3])
+            try:
+                app.drivers = build_drivers(old, app.tagdb)
+            except Exception:  # noqa: BLE001 - the stopped driver objects run again
+                log.exception("reload_rollback_drivers_not_rebuilt")
+            await _undo_hmi(app, old, d, conditions, hmi_touched)
+        finally:
+            app.start_tasks()  # whatever failed above: a component left stopped is not even reported
         raise
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
@@ -260,6 +277,42 @@ async def apply(app, new: Config) -> ConfigDiff:
     return d
 
 
+def _close_store(historian) -> None:
+    """Close the store of a historian that never ran (a failed or cancelled reload)."""
+    if historian is None:
+        return
+    try:
+        historian.store.close()
+    except Exception:  # noqa: BLE001 - e.g. its merge fails on a full disk: the rollback goes on
+        log.exception("reload_rollback_store_not_closed", store=str(historian.store.path))
+
+
+async def _undo_hmi(app, old: Config, d: ConfigDiff, conditions, hmi_touched: bool) -> None:
+    """Put the OPC UA side back on the running components after a failed switch.
+
+    Once ``hmi.reload`` began, the old conditions' nodes are gone and it may have bound the
+    publisher, the conditions and the history reads to the discarded objects (a publisher on
+    a tag table no driver feeds, acknowledgements on a discarded engine): it runs again for
+    the old configuration. Its tree edits are undone when it got as far as taking the new
+    configuration (the usual case: the edits are done by then); a failure inside the edits
+    leaves the tree as it got (logged: a restart rebuilds it).
+    """
+    if not hmi_touched:
+        if conditions is not None and app.hmi.conditions is conditions:
+            conditions.reattach()  # the old conditions listen to the old engine again
+        return
+    hmi = app.hmi
+    edited = hmi.config is not old
+    try:
+        await hmi.reload(old, app.tagdb, d.nodes_added if edited else [], d.nodes_removed if edited else [],
+                         d.types_rebuilt if edited else [], alarms=app.alarms, history=app.historian)
+    except Exception:  # noqa: BLE001 - the components still restart (the caller's finally)
+        log.exception("reload_rollback_opcua_failed")
+        return
+    if not edited and (d.nodes_added or d.nodes_removed):
+        log.error("reload_rollback_opcua_tree_partial", note="restart the server to rebuild the OPC UA tree")
+
+
 async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     """Only alarms (or services) changed: the tag table, the drivers and the historian go on
     untouched (the field is not disturbed); the engine and the OPC UA conditions are rebuilt."""
@@ -267,17 +320,22 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     await _drain_alarm_events(conditions, DRAIN_TIMEOUT)
     # The new engine evaluates every instance when it starts: no batch is missed meanwhile.
     await app.stop_tasks(["alarms", "opcua-publisher"])
+    hmi_touched = False
     try:
         alarms = AlarmEngine(new, app.tagdb, app.journal)
         carried, gone = carry_alarms(app.alarms, alarms)
         alarms.subscribers = [s for s in app.alarms.subscribers
                               if conditions is None or getattr(s, "__self__", None) is not conditions]
+        hmi_touched = True
         await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
+    except asyncio.CancelledError:
+        raise  # the server is stopping: nothing to restart (see apply)
     except BaseException:
         log.exception("reload_failed_restoring")
-        if conditions is not None and app.hmi.conditions is conditions:
-            conditions.reattach()  # the old conditions listen to the old engine again
-        app.start_tasks()
+        try:
+            await _undo_hmi(app, app.config, d, conditions, hmi_touched)
+        finally:
+            app.start_tasks()
         raise
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
