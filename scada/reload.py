@@ -25,7 +25,9 @@ untouched, and its error (file:line) is logged and written to the result file th
 7. The components are swapped in the Application and their tasks restarted.
 
 A failure in steps 3-7 (not a configuration error: those are caught by validation) puts the
-old components back and restarts them, and is reported like a wrong file.
+old components back, the OPC UA side included, and restarts every one of them whatever fails on
+the way; it is reported like a wrong file. A reload cancelled because the server stops is not
+rolled back: nothing is restarted.
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ async def apply(app, new: Config) -> ConfigDiff:
                 log.exception("reload_rollback_drivers_not_rebuilt")
             await _undo_hmi(app, old, d, conditions, hmi_touched)
         finally:
-            app.start_tasks()  # whatever failed above: a component left stopped is not even reported
+            _restart_tasks(app)  # whatever failed above: a component left stopped is not even reported
         raise
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
@@ -275,6 +277,15 @@ async def apply(app, new: Config) -> ConfigDiff:
     log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
              alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
     return d
+
+
+def _restart_tasks(app) -> None:
+    """Restart the components after a rollback, unless the server began stopping meanwhile (its
+    task group refuses new tasks: the error would hide the cancellation)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return
+    app.start_tasks()
 
 
 def _close_store(historian) -> None:
@@ -335,7 +346,7 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
         try:
             await _undo_hmi(app, app.config, d, conditions, hmi_touched)
         finally:
-            app.start_tasks()
+            _restart_tasks(app)
         raise
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt

@@ -344,3 +344,24 @@ async def test_a_reload_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monk
             await task
         assert reloading.cancelled()
         assert not (tmp_path / "data" / RESULT_FILE).exists()  # no "reload failed" for a shutdown
+
+
+async def test_a_rollback_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monkeypatch):
+    async with running_app(tmp_path) as (app, old, new, task):
+        undoing = asyncio.Event()
+
+        async def reload(config, *args, **kwargs):
+            if config is new:
+                raise RuntimeError("injected: the switch fails")
+            undoing.set()
+            await asyncio.Future()  # the rollback takes long: the server is stopped meanwhile
+        monkeypatch.setattr(app.hmi, "reload", reload)
+        monkeypatch.setattr("scada.reload.load_config", lambda directory: new)
+        assert app.request_reload(tmp_path / "b")
+        await asyncio.wait_for(undoing.wait(), 30)
+        (reloading,) = [t for t in asyncio.all_tasks() if t.get_name() == "reload"]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert reloading.cancelled()
+        assert not (tmp_path / "data" / RESULT_FILE).exists()
