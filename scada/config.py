@@ -426,7 +426,11 @@ def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
     """
     if not path.is_file():
         raise ref.error("file", f"inventory file not found: {path}", ref.mapping["file"])
-    text = decode_utf8(path.read_bytes(), path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable (permissions, I/O error...): a located error, not a traceback
+        raise ConfigError(path, None, "", f"inventory cannot be read: {exc.strerror or exc}") from None
+    text = decode_utf8(data, path)
     lines = [(i, ln) for i, ln in enumerate(io.StringIO(text, newline=""), 1)
              if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:

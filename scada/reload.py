@@ -25,12 +25,15 @@ untouched, and its error (file:line) is logged and written to the result file th
 7. The components are swapped in the Application and their tasks restarted.
 
 A failure in steps 3-7 (not a configuration error: those are caught by validation) puts the
-old components back and restarts them, and is reported like a wrong file.
+old components back, the OPC UA side included, and restarts every one of them whatever fails on
+the way; it is reported like a wrong file. A reload cancelled because the server stops is not
+rolled back: nothing is restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -53,8 +56,11 @@ log = structlog.get_logger("scada.reload")
 PID_FILE = "scada.pid"  # in the server's --data folder: {"pid": ..., "config": ...}
 RESULT_FILE = "reload-result.json"  # written after each reload request, read by `scada reload`
 DRAIN_TIMEOUT = 10.0  # s: the consumers' queued batches are processed before the switch
+# one_shot: a OneShotShelved alarm stays one; last_event_ns and event_seq make its EventId: an
+# HMI acknowledging with the EventId it was shown before the reload is still understood.
 COPIED_ALARM_COLUMNS = ("state", "raw", "cond", "raw_since", "cond_since", "suppressed", "shelved_until",
-                        "prev_value", "prev_time", "pending", "announced_since", "escalated")
+                        "prev_value", "prev_time", "pending", "announced_since", "escalated",
+                        "one_shot", "last_event_ns", "event_seq")
 
 
 @dataclass
@@ -140,14 +146,34 @@ def carry_alarms(old: AlarmEngine, new: AlarmEngine) -> tuple[int, list[int]]:
             if j in old.extra:
                 new.extra[i] = dict(old.extra[j])
     new._pending_idx = np.flatnonzero(new.pending).astype(np.int64)
-    new._system = dict(old._system)
     new._announced_at = old._announced_at
     new.transitions, new.evaluations = old.transitions, old.evaluations
+    carry_server_state(old, new)
     return len(pairs), [j for j in range(old.n) if j not in kept]
 
 
-def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
-    """A removed instance that was shown leaves a REMOVED row; its saved state is forgotten."""
+def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
+    """Hand over what the old engine may still change while the reload awaits (the OPC UA
+    side): the server alarms and the journal backlog. Called again just before the swap
+    (server alarms raised or cleared meanwhile, on the old engine, are not lost)."""
+    new._system = dict(old._system)
+    # A journal outage: the rows the old engine could not write (its final flush failed too)
+    # wait in the new one, first, and are retried soon; storage_failing, carried above, clears
+    # when they are written. Instances are renumbered: the states to rewrite follow by key; a
+    # removed instance's state is deleted (_journal_removed), not rewritten.
+    new._backlog = collections.deque(old._backlog)
+    new._backlog_states = {new._index[key] for key, j in old._index.items()
+                           if j in old._backlog_states and key in new._index}
+    new.backlog_dropped, new._dropped_before = old.backlog_dropped, old._dropped_before
+    new._retry_delay, new._retry_at = old._retry_delay, 0.0
+
+
+def _journal_removed(old: AlarmEngine, new: AlarmEngine, gone: list[int]) -> None:
+    """A removed instance that was shown leaves a REMOVED row; its saved state is forgotten.
+
+    The rows go through the new engine's journal writes: behind a backlog of a journal outage
+    they wait there, in order.
+    """
     if not gone:
         return
     now = old.clock()
@@ -161,13 +187,13 @@ def _journal_removed(old: AlarmEngine, gone: list[int]) -> None:
                                    State.NORMAL.name, "", f"was {state.name}: removed from the configuration",
                                    a.service, "alarm removed from the configuration"))
             log.warning("alarm_removed_by_reload", alarm=a.name, device=d.name, state=state.name)
+    if rows:
+        new._journal_write(rows, ())
     keys = [(old._name(j), old._device(j)) for j in gone]
     try:
-        if rows:
-            old.journal.record(rows)
         old.journal.delete_states(keys)
-    except Exception as exc:  # noqa: BLE001 - the new configuration runs; the journal may catch up later
-        log.error("alarm_removal_not_journaled", error=repr(exc), instances=len(gone))
+    except Exception as exc:  # noqa: BLE001 - the new configuration runs; a restart ignores unknown saved states
+        log.error("alarm_removed_states_not_deleted", error=repr(exc), instances=len(gone))
 
 
 async def _drain(tagdb: TagDB, timeout: float) -> None:
@@ -204,6 +230,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     await app.stop_tasks(["alarms", "historian", "opcua-publisher"])
     saved = (app.config, app.tagdb, app.alarms, app.historian, app.drivers)
     historian = None
+    hmi_touched = False
     try:
         tagdb = TagDB(*new.tag_table(), new.max_ages())
         carried_tags = tagdb.carry_from(app.tagdb)
@@ -213,26 +240,88 @@ async def apply(app, new: Config) -> ConfigDiff:
                               if conditions is None or getattr(s, "__self__", None) is not conditions]
         historian = app._make_historian(new, tagdb)
         drivers = build_drivers(new, tagdb)
+        hmi_touched = True
         node_changes = await app.hmi.reload(new, tagdb, d.nodes_removed, d.nodes_added, d.types_rebuilt,
                                             alarms=alarms, history=historian)
+    except asyncio.CancelledError:
+        # The server is stopping (a reload runs in its task group, which now refuses new
+        # tasks): nothing to restart; the cancellation goes on. The new store is let go.
+        _close_store(historian)
+        raise
     except BaseException:
         log.exception("reload_failed_restoring")
-        if historian is not None:  # one writer per store: the new one lets the old one reopen it
-            historian.store.close()
-        app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
-        app.historian = app._make_historian(old, app.tagdb)
-        app.drivers = build_drivers(old, app.tagdb)
-        if conditions is not None and app.hmi.conditions is conditions:
-            conditions.reattach()  # the old conditions listen to the old engine again
-        app.start_tasks()
+        try:
+            _close_store(historian)  # one writer per store: the new one lets the old one reopen it
+            app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
+            # The stopped historian closed its store: a new one reopens it. If that fails too (a
+            # read-only disk...), the stopped one stays: its task fails at once and its restart
+            # (_historian_restart) tries again with backoff, under server_task_failed.
+            try:
+                app._set_historian(app._make_historian(old, app.tagdb))
+            except Exception:  # noqa: BLE001
+                log.exception("reload_rollback_historian_not_reopened")
+                app._set_historian(saved[3])
+            try:
+                app.drivers = build_drivers(old, app.tagdb)
+            except Exception:  # noqa: BLE001 - the stopped driver objects run again
+                log.exception("reload_rollback_drivers_not_rebuilt")
+            await _undo_hmi(app, old, d, conditions, hmi_touched)
+        finally:
+            _restart_tasks(app)  # whatever failed above: a component left stopped is not even reported
         raise
     old_alarms = app.alarms
+    carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     app.start_tasks()
-    _journal_removed(old_alarms, gone)
+    _journal_removed(old_alarms, alarms, gone)
     log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
              alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
     return d
+
+
+def _restart_tasks(app) -> None:
+    """Restart the components after a rollback, unless the server began stopping meanwhile (its
+    task group refuses new tasks: the error would hide the cancellation)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return
+    app.start_tasks()
+
+
+def _close_store(historian) -> None:
+    """Close the store of a historian that never ran (a failed or cancelled reload)."""
+    if historian is None:
+        return
+    try:
+        historian.store.close()
+    except Exception:  # noqa: BLE001 - e.g. its merge fails on a full disk: the rollback goes on
+        log.exception("reload_rollback_store_not_closed", store=str(historian.store.path))
+
+
+async def _undo_hmi(app, old: Config, d: ConfigDiff, conditions, hmi_touched: bool) -> None:
+    """Put the OPC UA side back on the running components after a failed switch.
+
+    Once ``hmi.reload`` began, the old conditions' nodes are gone and it may have bound the
+    publisher, the conditions and the history reads to the discarded objects (a publisher on
+    a tag table no driver feeds, acknowledgements on a discarded engine): it runs again for
+    the old configuration. Its tree edits are undone when it got as far as taking the new
+    configuration (the usual case: the edits are done by then); a failure inside the edits
+    leaves the tree as it got (logged: a restart rebuilds it).
+    """
+    if not hmi_touched:
+        if conditions is not None and app.hmi.conditions is conditions:
+            conditions.reattach()  # the old conditions listen to the old engine again
+        return
+    hmi = app.hmi
+    edited = hmi.config is not old
+    try:
+        await hmi.reload(old, app.tagdb, d.nodes_added if edited else [], d.nodes_removed if edited else [],
+                         d.types_rebuilt if edited else [], alarms=app.alarms, history=app.historian)
+    except Exception:  # noqa: BLE001 - the components still restart (the caller's finally)
+        log.exception("reload_rollback_opcua_failed")
+        return
+    if not edited and (d.nodes_added or d.nodes_removed):
+        log.error("reload_rollback_opcua_tree_partial", note="restart the server to rebuild the OPC UA tree")
 
 
 async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
@@ -242,33 +331,46 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     await _drain_alarm_events(conditions, DRAIN_TIMEOUT)
     # The new engine evaluates every instance when it starts: no batch is missed meanwhile.
     await app.stop_tasks(["alarms", "opcua-publisher"])
+    hmi_touched = False
     try:
         alarms = AlarmEngine(new, app.tagdb, app.journal)
         carried, gone = carry_alarms(app.alarms, alarms)
         alarms.subscribers = [s for s in app.alarms.subscribers
                               if conditions is None or getattr(s, "__self__", None) is not conditions]
+        hmi_touched = True
         await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
+    except asyncio.CancelledError:
+        raise  # the server is stopping: nothing to restart (see apply)
     except BaseException:
         log.exception("reload_failed_restoring")
-        if conditions is not None and app.hmi.conditions is conditions:
-            conditions.reattach()  # the old conditions listen to the old engine again
-        app.start_tasks()
+        try:
+            await _undo_hmi(app, app.config, d, conditions, hmi_touched)
+        finally:
+            _restart_tasks(app)
         raise
     old_alarms = app.alarms
+    carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
     app.config, app.alarms = new, alarms
     app.start_tasks()
-    _journal_removed(old_alarms, gone)
+    _journal_removed(old_alarms, alarms, gone)
     log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
              field_untouched=True)
 
 
 def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:
-    """The outcome of the last reload request, for ``scada reload`` (written atomically)."""
+    """The outcome of the last reload request, for ``scada reload`` (written atomically).
+
+    Never raises: it runs in the server's task group, where an exception would stop the server;
+    a full or read-only data disk only costs ``scada reload`` its answer (it times out), logged.
+    """
     path = Path(data_dir) / RESULT_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
-                               "changes": changes or {}}))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
+                                   "changes": changes or {}}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("reload_result_not_written", file=str(path), error=repr(exc), ok=ok, message=message)
 
 
 async def reload_from_files(app, directory: str | Path) -> bool:
@@ -279,6 +381,10 @@ async def reload_from_files(app, directory: str | Path) -> bool:
         log.error("reload_rejected", error=str(exc), file=exc.file, line=exc.line, key=exc.key or None,
                   note="the running configuration is unchanged")
         write_result(app.data_dir, False, f"configuration error: {exc}")
+        return False
+    except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the server (it runs in its task group)
+        log.exception("reload_load_failed", directory=str(directory), note="the running configuration is unchanged")
+        write_result(app.data_dir, False, f"the configuration could not be loaded, nothing changed: {exc!r}")
         return False
     try:
         d = await app.reload(new)

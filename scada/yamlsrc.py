@@ -195,9 +195,9 @@ def decode_utf8(data: bytes, path: str | Path) -> str:
 def load(path: str | Path) -> Any:
     """Load one YAML document from ``path`` into LocMap / LocList / scalars.
 
-    Raises ConfigError, located, for a missing file, bytes that are not UTF-8 text, a character
-    YAML refuses, a YAML syntax error (with the line where the parser gave up and its
-    explanation), a duplicate key, and the bounds of _BoundedLoader (alias loops, alias
+    Raises ConfigError, located, for a missing or unreadable file, bytes that are not UTF-8
+    text, a character YAML refuses, a YAML syntax error (with the line where the parser gave up
+    and its explanation), a duplicate key, and the bounds of _BoundedLoader (alias loops, alias
     expansion, nesting depth): never a Python traceback nor a load without end.
     """
     path = Path(path)
@@ -207,6 +207,8 @@ def load(path: str | Path) -> Any:
         raise ConfigError(path, None, "", "file not found") from None
     except IsADirectoryError:
         raise ConfigError(path, None, "", "a folder, not a file") from None
+    except OSError as exc:  # unreadable (permissions, I/O error...): a located error, not a traceback
+        raise ConfigError(path, None, "", f"cannot be read: {exc.strerror or exc}") from None
     try:
         loader = _BoundedLoader(text, str(path))
     except yaml.reader.ReaderError as exc:

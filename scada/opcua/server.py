@@ -140,7 +140,17 @@ class HmiServer:
                                     if not (r.ReferenceTypeId == _HAS_NOTIFIER and r.NodeId.NamespaceIndex == self.ns)]
 
     async def _model_changed(self, changes) -> None:
-        """One GeneralModelChangeEvent (Part 3 §9.32.7) from the Server object: clients browse again."""
+        """One GeneralModelChangeEvent (Part 3 §9.32.7) from the Server object: clients browse again.
+
+        A failure is logged, not raised: the tree has changed already, and a raise would have the
+        reload undone for a notification (clients that missed it see the nodes when they browse).
+        """
+        try:
+            await self._trigger_model_change(changes)
+        except Exception:  # noqa: BLE001
+            log.exception("opcua_model_change_event_failed", changes=len(changes))
+
+    async def _trigger_model_change(self, changes) -> None:
         gen = await self.server.get_event_generator(ua.ObjectIds.GeneralModelChangeEventType, ua.ObjectIds.Server)
         gen.event.Changes = [ua.ModelChangeStructureDataType(Affected=nid, AffectedType=typedef, Verb=int(verb))
                              for nid, typedef, verb in changes]

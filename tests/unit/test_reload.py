@@ -108,7 +108,7 @@ def test_new_engine_takes_over_kept_instances_and_lists_the_removed_ones(tmp_pat
         lc1 = old.instance("mains_loss", "LC-1")
         old.state[lc1] = int(State.UNACK_ACTIVE)
         journal.save_states([old._state_record(lc1)])
-        _journal_removed(old, gone)
+        _journal_removed(old, new, gone)
         removed = [(r.alarm, r.device, r.event, r.state) for r in journal.query() if r.event == "REMOVED"]
         assert removed == [("mains_loss", "LC-1", "REMOVED", "NORMAL")]
         assert ("mains_loss", "LC-1") not in journal.load_states()
