@@ -257,7 +257,9 @@ async def apply(app, new: Config) -> ConfigDiff:
             # read-only disk...), the stopped one stays: its task fails at once and its restart
             # (_historian_restart) tries again with backoff, under server_task_failed.
             try:
-                app._set_historian(app._make_historian(old, app.tagdb))
+                reopened = app._make_historian(old, app.tagdb)
+                reopened.take_over(saved[3])
+                app._set_historian(reopened)
             except Exception:  # noqa: BLE001
                 log.exception("reload_rollback_historian_not_reopened")
                 app._set_historian(saved[3])
@@ -271,6 +273,8 @@ async def apply(app, new: Config) -> ConfigDiff:
         raise
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
+    # What the stopped historian could not write (a full disk) and its storage alarms go on.
+    historian.take_over(saved[3])
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)

@@ -365,3 +365,16 @@ async def test_a_rollback_cancelled_by_the_shutdown_stays_cancelled(tmp_path, mo
             await task
         assert reloading.cancelled()
         assert not (tmp_path / "data" / RESULT_FILE).exists()
+
+
+async def test_the_new_historian_goes_on_from_the_old_one(tmp_path):
+    """A reload's historian takes over the stopped one (Historian.take_over): its counters go on
+    (the status line's history_stored never falls back to 0) and so would a full disk's backlog
+    and storage alarms (their carrying is tested in test_historian_storage_faults.py)."""
+    async with running_app(tmp_path) as (app, old, new, _):
+        await until(lambda: app.historian.stored > 0, "the first values stored")
+        before, stored = app.historian, app.historian.stored
+        await app.reload(new)
+        assert app.historian is not before
+        assert app.historian.stored >= stored
+        assert_running_as(app, new)
