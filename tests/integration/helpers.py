@@ -282,3 +282,34 @@ async def until_read(read, predicate, timeout: float = 30.0, what: str = ""):
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"{what}: not reached within {timeout} s; last: {last!r}")
+
+
+def _dead_cabinets(ports: list[int], names: list[str]) -> str:
+    """Cabinets on loopback ports nothing listens on: polled, failing, their tags Bad."""
+    return "\ndevices:\n" + "".join(
+        f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
+        for n, p in zip(names, ports))
+
+
+@contextlib.asynccontextmanager
+async def running_app(tmp_path: Path):
+    """A real Application (OPC UA on loopback) on two cabinets, running in this loop; yields
+    (app, the configuration, the same one with a third cabinet LC-3, the app's task)."""
+    from scada.app import Application
+    from scada.config import load_config
+    ports = [free_port() for _ in range(3)]
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tags.yaml").write_text(head + _dead_cabinets(ports, names))
+        (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
+    old, new = load_config(tmp_path / "a"), load_config(tmp_path / "b")
+    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
+    task = asyncio.create_task(app.run())
+    try:
+        await asyncio.wait_for(app.started.wait(), 60)
+        yield app, old, new, task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

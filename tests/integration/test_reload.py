@@ -11,7 +11,6 @@ device is polled, the changed scale is applied, the unchanged active alarm keeps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
@@ -21,7 +20,8 @@ import time
 import pytest
 from asyncua import Client, ua
 
-from .helpers import ROOT, Notifications, Process, free_port, scada_run_args, start_tiny_city, until_read, wait_port
+from .helpers import (ROOT, Notifications, Process, running_app, scada_run_args, start_tiny_city, until_read,
+                      wait_port)
 from .test_alarms_end_to_end import events, fault, journal_until
 from .test_opcua_history import history_read, raw
 
@@ -181,31 +181,13 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
         sim.stop()
 
 
-def _devices(ports: list[int], names: list[str]) -> str:
-    """Cabinets on loopback ports nothing listens on: polled, failing, their tags Bad."""
-    return "\ndevices:\n" + "".join(
-        f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
-        for n, p in zip(names, ports))
-
-
 async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_back(tmp_path, monkeypatch):
     """A fault inside the switch (not a configuration error: those are refused before) leaves
     the server as it was, every component running; the next reload then applies."""
     from scada import app as app_module
-    from scada.app import Application
     from scada.config import load_config
     from scada.reload import RESULT_FILE, reload_from_files
-    ports = [free_port() for _ in range(3)]
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "tags.yaml").write_text(head + _devices(ports, names))
-        (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
-    old, new = load_config(tmp_path / "a"), load_config(tmp_path / "b")
-    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
-    task = asyncio.create_task(app.run())
-    try:
-        await asyncio.wait_for(app.started.wait(), 60)
+    async with running_app(tmp_path) as (app, old, new, _):
         names_before = sorted(app.task_names())
         # A wrong alarms.yaml: refused with its file and line, nothing touched.
         (tmp_path / "bad").mkdir()
@@ -251,7 +233,3 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
         assert app.tagdb is tagdb and app.alarms is not engine
         assert {n: app.supervisor.tasks[n] for n in app.task_names() if n.startswith("driver:")} == drivers
         assert all(app.supervisor.supervising(n) for n in app.task_names())
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -15,7 +15,6 @@ import json
 import stat
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from asyncua import ua
@@ -28,9 +27,9 @@ from scada.reload import RESULT_FILE, _journal_removed, carry_alarms, reload_fro
 from scada.tagdb import TagDB
 from scada.yamlsrc import ConfigError
 from tests.fs_faults import fill, free_space, needs_root, small_fs
-from tests.integration.helpers import free_port
+from tests.integration.helpers import running_app
 
-from .test_alarm_engine import ALARMS, ROOT, Bench, bench  # noqa: F401 - bench: a fixture
+from .test_alarm_engine import ALARMS, Bench, bench  # noqa: F401 - bench: a fixture
 from .test_alarm_journal_faults import break_journal, key, row_key, storage_alarms, toggle_door
 from .test_config import INVENTORY_TAGS, write
 from .test_reload import config_in
@@ -182,35 +181,6 @@ def test_a_reload_during_a_journal_outage_hands_the_backlog_over_in_order(tmp_pa
 
 
 # A failed switch on a running Application (in-process, OPC UA server on a loopback port)
-
-
-def _devices(ports: list[int], names: list[str]) -> str:
-    """Cabinets on loopback ports nothing listens on: polled, failing, their tags Bad."""
-    return "\ndevices:\n" + "".join(
-        f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
-        for n, p in zip(names, ports))
-
-
-@contextlib.asynccontextmanager
-async def running_app(tmp_path: Path):
-    """An Application on two cabinets, running; yields (app, old config, new config with LC-3)."""
-    from scada.app import Application
-    ports = [free_port() for _ in range(3)]
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "tags.yaml").write_text(head + _devices(ports, names))
-        (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
-    old, new = load_config(tmp_path / "a"), load_config(tmp_path / "b")
-    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
-    task = asyncio.create_task(app.run())
-    try:
-        await asyncio.wait_for(app.started.wait(), 60)
-        yield app, old, new, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def until(predicate, what: str, timeout: float = 30.0) -> None:
