@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_city import PY, ROOT, wait_port  # noqa: E402
-from scada import eventloop  # noqa: E402
+from common import eventloop  # noqa: E402
 from tests.integration.helpers import free_port_range  # noqa: E402
 
 SERVE = """
@@ -49,7 +49,7 @@ async def main(port, n):
     sim = LightingModbusSimulator(st, "127.0.0.1", port, 1)
     await sim.start()
     await asyncio.Event().wait()
-from scada import eventloop
+from common import eventloop
 eventloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
@@ -80,7 +80,7 @@ async def main(port, n):
     for k in range(n):
         await loop.create_server(Responder, "127.0.0.1", port + k)
     await asyncio.Event().wait()
-from scada import eventloop
+from common import eventloop
 eventloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
@@ -113,7 +113,8 @@ async def pymodbus_client(port, n, seconds):
 
 async def link_client(port, n, seconds):
     from drivers.modbus import frames
-    from drivers.modbus.transport import Backoff, Connection, TcpLink
+    from drivers.modbus.transport import Connection, TcpLink
+    from scada.backoff import Backoff
     conns = [Connection(TcpLink("127.0.0.1", port + k, 2.0), Backoff()) for k in range(n)]
     request = frames.read_request(frames.READ_INPUT, 0, 9)
     counts = [0] * n
@@ -160,7 +161,7 @@ async def main(mode, port, n, seconds, folder):
         r = await driver_client(port, n, seconds, folder)
     print(json.dumps({"requests": r[0], "wall": r[1], "cpu": r[2]}))
 
-from scada import eventloop
+from common import eventloop
 eventloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]), sys.argv[6])
 """
 

@@ -192,7 +192,7 @@ async def main():
         report()
         return
     from drivers.mqtt.driver import MqttDriver
-    from scada import logs
+    from common import logs
     from scada.config import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")  # logs go to stderr; stdout carries the figures
@@ -214,7 +214,7 @@ async def main():
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     print(drv.received, t1 - (t0 or t1), c1 - (c0 or c1), db.updates, drv.garbage, drv.dropped)
-from scada import eventloop
+from common import eventloop
 eventloop.run(main(), sys.argv[7])
 """
 
@@ -344,7 +344,7 @@ def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -
 
 def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> float:
     from drivers.mqtt.driver import MqttDriver
-    from scada import logs
+    from common import logs
     from scada.config import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")

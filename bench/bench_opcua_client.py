@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from scada import eventloop  # noqa: E402
+from common import eventloop  # noqa: E402
 
 PY = sys.executable
 NAMESPACE = "urn:city-scada:bench"
@@ -189,7 +189,8 @@ async def client(mode: str, url: str, devices: int, points: int, publishing_ms: 
         return result
 
     from drivers.opcua.driver import OpcUaDriver
-    from scada import logs, status
+    from scada import status
+    from common import logs
     from scada.config import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")

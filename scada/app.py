@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from drivers.base import Driver, create_driver
+from common.limits import raise_open_file_limit
+from drivers.base import create_driver
 from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config
+from scada.driver_api import Driver
 from scada.historian.service import Historian, InfluxSettings
-from scada.limits import raise_open_file_limit
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
@@ -42,9 +43,15 @@ def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
 class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
-    def __init__(self, config: Config, opcua_endpoint: str = DEFAULT_ENDPOINT, status_interval: float = 5.0,
-                 data_dir: str | Path = "var", influx: InfluxSettings | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        opcua_endpoint: str = DEFAULT_ENDPOINT,
+        status_interval: float = 5.0,
+        data_dir: str | Path = "var",
+        influx: InfluxSettings | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.config = config
         names, kinds, deadbands = config.tag_table()
         self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
@@ -70,10 +77,14 @@ class Application:
 
     def _spool_alarm(self, active: bool, status) -> None:
         self.alarms.system_alarm(
-            "history_spool_filling", active,
+            "history_spool_filling",
+            active,
             f"InfluxDB unreachable: history spool {100 * status.fill_ratio:.0f} % full "
-            f"({status.backlog_entries} batches waiting); when full the oldest are dropped" if active
-            else "history spool below 70 %", priority="high")
+            f"({status.backlog_entries} batches waiting); when full the oldest are dropped"
+            if active
+            else "history spool below 70 %",
+            priority="high",
+        )
 
     def _task_alarm(self, task: str, active: bool, message: str) -> None:
         self.alarms.system_alarm("server_task_failed", active, message, priority="high", source=task)
@@ -81,8 +92,10 @@ class Application:
     def driver_tag_ids(self, name: str) -> np.ndarray:
         """The tags the driver ``name`` feeds (its devices' tags in the running configuration)."""
         config = self.config
-        return np.concatenate([config.tag_ids(d) for d in config.devices if config.types[d.type].driver == name]
-                              or [np.zeros(0, np.int64)])
+        return np.concatenate(
+            [config.tag_ids(d) for d in config.devices if config.types[d.type].driver == name]
+            or [np.zeros(0, np.int64)]
+        )
 
     def _driver_failed(self, name: str) -> None:
         """A driver's task failed: its tags keep their last values, no longer Good.
@@ -102,8 +115,14 @@ class Application:
 
     def _make_historian(self, config: Config | None = None, tagdb: TagDB | None = None) -> Historian:
         """A historian of this configuration and tag table (by default the running ones)."""
-        return Historian(config or self.config, tagdb or self.tagdb, self.data_dir, self.influx, self._spool_alarm,
-                         on_storage_alarm=self._storage_alarm)
+        return Historian(
+            config or self.config,
+            tagdb or self.tagdb,
+            self.data_dir,
+            self.influx,
+            self._spool_alarm,
+            on_storage_alarm=self._storage_alarm,
+        )
 
     def _set_historian(self, new: Historian) -> None:
         """Make ``new`` the running historian: the OPC UA history reads follow it."""
@@ -131,13 +150,16 @@ class Application:
         """The tasks that follow the configuration (a reload stops and starts them), by name:
         what one attempt runs (looked up when it starts: a reload replaces the objects) and
         what its failure and restart do."""
-        out = {f"driver:{drv.name}": {"factory": drv.run,
-                                      "on_failure": lambda _exc, n=drv.name: self._driver_failed(n)}
-               for drv in self.drivers}
+        out = {
+            f"driver:{drv.name}": {"factory": drv.run, "on_failure": lambda _exc, n=drv.name: self._driver_failed(n)}
+            for drv in self.drivers
+        }
         out["opcua-publisher"] = {"factory": lambda: self.hmi.publisher.run(), "on_restart": self._publisher_restart}
         if self.hmi.conditions is not None:
-            out["opcua-alarm-events"] = {"factory": lambda: self.hmi.conditions.run(),
-                                         "on_restart": lambda: self.hmi.conditions.reattach()}
+            out["opcua-alarm-events"] = {
+                "factory": lambda: self.hmi.conditions.run(),
+                "on_restart": lambda: self.hmi.conditions.reattach(),
+            }
         # The engine's run evaluates every instance again when it starts: a restart catches up.
         out["alarms"] = {"factory": lambda: self.alarms.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
@@ -189,16 +211,24 @@ class Application:
             tagdb = self.tagdb
             last_changes, last_t = tagdb.changes, now
             s = self.status()
-            log.info("status", tags=s["tags"], changes_per_s=round(rate, 1),
-                     devices=f"{s['devices_online']}/{s['devices_total']}",
-                     late_polls=s["late_polls"], missed_cycles=s["missed_cycles"], demoted=s["demoted"],
-                     loop_lag_ms=round(1000 * self.max_loop_lag, 1),
-                     alarms=s["alarms_announced"], alarms_10min=s["alarms_10min"],
-                     task_restarts=s["task_restarts"], tasks_failed=s["tasks_failed"],
-                     alarm_flood=s["alarms_10min"] > 10, history_stored=s["history_stored"],
-                     **{k: v for k, v in s.items()
-                        if k.startswith(("influx_", "history_")) and k != "history_stored"},
-                     opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0)
+            log.info(
+                "status",
+                tags=s["tags"],
+                changes_per_s=round(rate, 1),
+                devices=f"{s['devices_online']}/{s['devices_total']}",
+                late_polls=s["late_polls"],
+                missed_cycles=s["missed_cycles"],
+                demoted=s["demoted"],
+                loop_lag_ms=round(1000 * self.max_loop_lag, 1),
+                alarms=s["alarms_announced"],
+                alarms_10min=s["alarms_10min"],
+                task_restarts=s["task_restarts"],
+                tasks_failed=s["tasks_failed"],
+                alarm_flood=s["alarms_10min"] > 10,
+                history_stored=s["history_stored"],
+                **{k: v for k, v in s.items() if k.startswith(("influx_", "history_")) and k != "history_stored"},
+                opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0,
+            )
             self.max_loop_lag = 0.0
 
     async def _staleness_loop(self) -> None:
@@ -233,12 +263,14 @@ class Application:
     async def reload(self, config: Config):
         """Apply a validated configuration without a restart; one reload at a time."""
         from scada.reload import apply
+
         async with self._reload_lock:
             return await apply(self, config)
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
         from scada.reload import reload_from_files, write_result
+
         if self._tg is None:
             log.warning("reload_ignored", reason="the server is not running yet (or is stopping)")
             write_result(self.data_dir, False, "the server is starting or stopping: nothing reloaded, try again")

@@ -9,14 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
-from scada import eventloop, logs
-from scada.yamlsrc import ConfigError
+from common import eventloop, logs
+from common.yamlsrc import ConfigError
 
 
 def _load(directory: str):
     from scada.config import load_config
+
     return load_config(directory)
 
 
@@ -33,6 +35,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _serve(config, endpoint: str, status_interval: float, data_dir: str, influx=None) -> None:
     from scada.app import Application
+
     app = Application(config, endpoint, status_interval, data_dir, influx)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -56,8 +59,11 @@ async def _serve(config, endpoint: str, status_interval: float, data_dir: str, i
         pid_file = _write_pid_file(Path(data_dir), config_dir)
     except OSError as exc:  # a full or read-only data disk: supervise all the same, say what is lost
         pid_file = None
-        print(f"warning: cannot write the pid file in {data_dir} ({exc.strerror or exc}): `scada reload` "
-              f"will not find this server; send it SIGHUP (pid {os.getpid()}) instead", file=sys.stderr)
+        print(
+            f"warning: cannot write the pid file in {data_dir} ({exc.strerror or exc}): `scada reload` "
+            f"will not find this server; send it SIGHUP (pid {os.getpid()}) instead",
+            file=sys.stderr,
+        )
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await app.run()
@@ -70,7 +76,9 @@ async def _serve(config, endpoint: str, status_interval: float, data_dir: str, i
 def _write_pid_file(data_dir: Path, config_dir: Path) -> Path:
     """Where `scada reload` finds this server: its pid and the folder its configuration is read from."""
     import json
+
     from scada.reload import PID_FILE
+
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / PID_FILE
     path.write_text(json.dumps({"pid": os.getpid(), "config": str(config_dir)}))
@@ -79,6 +87,7 @@ def _write_pid_file(data_dir: Path, config_dir: Path) -> Path:
 
 def _remove_pid_file(path: Path) -> None:
     import json
+
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():  # not another server's, started since
             path.unlink()
@@ -88,7 +97,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     """Validate the configuration files, then have the running server apply them (SIGHUP)."""
     import json
     import time
+
     from scada.reload import PID_FILE, RESULT_FILE
+
     pid_path = Path(args.data) / PID_FILE
     try:
         running = json.loads(pid_path.read_text())
@@ -98,8 +109,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 1
     config_dir = args.config or running.get("config") or "."
     if args.config and running.get("config") and Path(args.config).resolve() != Path(running["config"]):
-        print(f"the server reads its configuration from {running['config']}, not {Path(args.config).resolve()}",
-              file=sys.stderr)
+        print(
+            f"the server reads its configuration from {running['config']}, not {Path(args.config).resolve()}",
+            file=sys.stderr,
+        )
         return 2
     try:
         _load(config_dir)
@@ -139,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scada.alarms.journal import JournalError
     from scada.historian.service import InfluxSettings
     from scada.historian.store import HistoryError
+
     influx = None
     if args.influx_url:
         influx = InfluxSettings(args.influx_url, args.influx_org, args.influx_bucket)
@@ -167,10 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _fatal(exc: BaseException) -> None:
     """An unexpected fatal error in a few readable lines (the traceback goes to the log)."""
     import structlog
-    structlog.get_logger("scada").critical("server_failed", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__))
+
+    structlog.get_logger("scada").critical(
+        "server_failed", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__)
+    )
     leaves = list(_leaves(exc))
-    print(f"the server stopped on an unexpected error ({len(leaves)} failure{'s' if len(leaves) > 1 else ''}):",
-          file=sys.stderr)
+    print(
+        f"the server stopped on an unexpected error ({len(leaves)} failure{'s' if len(leaves) > 1 else ''}):",
+        file=sys.stderr,
+    )
     for leaf in leaves[:10]:
         print(f"  {type(leaf).__name__}: {leaf}", file=sys.stderr)
     print("this is a bug: please report it with the log above", file=sys.stderr)
@@ -192,6 +211,7 @@ def _connectable(endpoint: str) -> str:
 
 def _accepts(host: str, port: int) -> bool:
     import socket
+
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -203,6 +223,7 @@ def _wait_simulator(sim: subprocess.Popen, ports: list[tuple[str, int]], timeout
     """True once every simulated port accepts connections; False if the simulator exited."""
     import socket
     import time
+
     deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending and time.monotonic() < deadline:
@@ -237,6 +258,7 @@ def _demo_broker(want: str, run_dir: Path) -> tuple[subprocess.Popen | None, str
     """The bollards' and vehicles' MQTT broker (scada/demo_broker.py chooses): its process
     (None if the demo did not start one) and host:port (None: no broker, the demo goes on without)."""
     from scada import demo_broker
+
     choice = demo_broker.choose("127.0.0.1", DEMO_MQTT_PORT, want)
     print(choice.describe(), flush=True)
     try:
@@ -255,12 +277,14 @@ def _watch(proc: subprocess.Popen, what: str) -> None:
         if code not in (0, -signal.SIGTERM):
             print(f"{what} stopped (exit code {code}): stopping the demo", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGTERM)
+
     threading.Thread(target=wait, name="demo-watch", daemon=True).start()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the simulated city and the server on this machine; Ctrl-C stops everything."""
     from simulators import city as citygen
+
     logs.configure(json=args.log_json, level=args.log_level)
     city = citygen.generate(args.city)
     config_dir = Path(args.config)
@@ -271,15 +295,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     needed = [*ports, ("127.0.0.1", DEMO_SIM_OPCUA_PORT), ("127.0.0.1", DEMO_CONTROL_PORT)]
     taken = [p for h, p in needed if _accepts(h, p)]
     if taken:
-        print(f"port {taken[0]} is already in use (another demo still running?); the simulated city needs "
-              f"ports {ports[0][1]}-{ports[-1][1]}, {DEMO_SIM_OPCUA_PORT} and {DEMO_CONTROL_PORT}", file=sys.stderr)
+        print(
+            f"port {taken[0]} is already in use (another demo still running?); the simulated city needs "
+            f"ports {ports[0][1]}-{ports[-1][1]}, {DEMO_SIM_OPCUA_PORT} and {DEMO_CONTROL_PORT}",
+            file=sys.stderr,
+        )
         return 1
     run_dir = Path("var")
     run_dir.mkdir(exist_ok=True)
     broker, mqtt = _demo_broker(args.broker, run_dir)
-    sim_args = [sys.executable, "-m", "simulators", "city", "--preset", args.city,
-                "--opcua-port", str(DEMO_SIM_OPCUA_PORT), "--control-port", str(DEMO_CONTROL_PORT),
-                "--acceleration", str(args.acceleration), "--event-loop", args.event_loop]
+    sim_args = [
+        sys.executable,
+        "-m",
+        "simulators",
+        "city",
+        "--preset",
+        args.city,
+        "--opcua-port",
+        str(DEMO_SIM_OPCUA_PORT),
+        "--control-port",
+        str(DEMO_CONTROL_PORT),
+        "--acceleration",
+        str(args.acceleration),
+        "--event-loop",
+        args.event_loop,
+    ]
     if mqtt:
         sim_args += ["--mqtt", mqtt]
     if args.log_json:
@@ -290,10 +330,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not _wait_simulator(sim, [*ports, ("127.0.0.1", DEMO_CONTROL_PORT)], timeout=120):
             print("the city simulator did not start (see its messages above)", file=sys.stderr)
             return 1
-        print(f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
-              f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
-              + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker: no bollards or vehicles")
-              + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...", flush=True)
+        print(
+            f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
+            f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
+            + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker: no bollards or vehicles")
+            + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...",
+            flush=True,
+        )
         _watch(sim, "the city simulator")
         args.config = str(config_dir)
         return cmd_run(args)
@@ -307,18 +350,20 @@ def _time_ns(text: str | None) -> int | None:
     """ISO 8601 (a date, or a date and time; UTC unless it gives an offset) -> ns since the epoch."""
     if not text:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise SystemExit(f"not an ISO 8601 time: {text!r} (e.g. 2026-11-28 or 2026-11-28T06:00)") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1e9)
 
 
 def _open_journal(data: str):
     from scada.alarms.journal import Journal, JournalError
+
     path = Path(data) / "alarms.sqlite"
     if not path.is_file():
         raise SystemExit(f"no alarm journal at {path} (the server writes it in its --data folder)")
@@ -330,8 +375,9 @@ def _open_journal(data: str):
 
 def cmd_journal(args: argparse.Namespace) -> int:
     """The alarm journal over a time range and filters, as CSV (stdout or --csv FILE)."""
-    filters = {k: getattr(args, k) for k in ("commune", "device", "priority", "state", "service", "alarm")
-               if getattr(args, k)}
+    filters = {
+        k: getattr(args, k) for k in ("commune", "device", "priority", "state", "service", "alarm") if getattr(args, k)
+    }
     journal = _open_journal(args.data)
     try:
         if args.csv:
@@ -349,6 +395,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     """The alarms as the server last saved them: announced ones (or every state with --all)."""
     from scada.alarms.journal import iso_utc
     from scada.alarms.states import State
+
     journal = _open_journal(args.data)
     try:
         states = journal.load_states()
@@ -359,7 +406,9 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     print(f"{'device':<16} {'alarm':<22} {'state':<15} {'active':<6} {'since (UTC)':<27} assigned")
     for (alarm, device), r in rows:
         since = iso_utc(r.since_ns) if r.since_ns else ""
-        print(f"{device:<16} {alarm:<22} {r.state.name:<15} {'yes' if r.active else 'no':<6} {since:<27} {r.assigned_to}")
+        print(
+            f"{device:<16} {alarm:<22} {r.state.name:<15} {'yes' if r.active else 'no':<6} {since:<27} {r.assigned_to}"
+        )
     print(f"{len(rows)} alarm(s)", file=sys.stderr)
     return 0
 
@@ -368,7 +417,9 @@ def cmd_alarm_metrics(args: argparse.Namespace) -> int:
     """ISA-18.2 metrics over a time range of the journal (default: the last 24 hours)."""
     import json
     import time
+
     from scada.alarms.metrics import metrics_report
+
     end = _time_ns(args.end) or time.time_ns()
     start = _time_ns(args.start) or end - 24 * 3600 * 10**9
     deadlines = None
@@ -387,14 +438,22 @@ def cmd_alarm_metrics(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
         return 0
     rate, flood = report["alarm_rate"], report["flood"]
-    print(f"announced alarms: {report['announcements']} ({rate['mean_per_window']:.1f} per 10 min on average, "
-          f"at most {rate['max_per_window']})")
-    print(f"flood (> {flood['threshold']} in 10 min): {len(flood['periods'])} period(s), "
-          f"{100 * flood['share_of_time']:.1f} % of the time")
-    print("most frequent: " + (", ".join(f"{x['alarm']}@{x['device']} x{x['count']}" for x in report["top_alarms"])
-                               or "none"))
-    print("chattering (>= 3 in 60 s): " + (", ".join(f"{x['alarm']}@{x['device']}" for x in report["chattering"])
-                                           or "none"))
+    print(
+        f"announced alarms: {report['announcements']} ({rate['mean_per_window']:.1f} per 10 min on average, "
+        f"at most {rate['max_per_window']})"
+    )
+    print(
+        f"flood (> {flood['threshold']} in 10 min): {len(flood['periods'])} period(s), "
+        f"{100 * flood['share_of_time']:.1f} % of the time"
+    )
+    print(
+        "most frequent: "
+        + (", ".join(f"{x['alarm']}@{x['device']} x{x['count']}" for x in report["top_alarms"]) or "none")
+    )
+    print(
+        "chattering (>= 3 in 60 s): "
+        + (", ".join(f"{x['alarm']}@{x['device']}" for x in report["chattering"]) or "none")
+    )
     print("stale (active > 24 h): " + (", ".join(f"{x['alarm']}@{x['device']}" for x in report["stale"]) or "none"))
     for service, st_ in report["ack_by_service"].items():
         late = "" if st_.get("over_deadline") is None else f", {st_['over_deadline']} over the deadline"
@@ -406,8 +465,10 @@ def cmd_alarm_metrics(args: argparse.Namespace) -> int:
 def cmd_opendata(args: argparse.Namespace) -> int:
     """Open data from the history store, as CSV and GeoJSON (see scada/opendata.py)."""
     from datetime import datetime, timedelta
+
     from scada import opendata
     from scada.historian.store import HistoryError
+
     try:
         tz = opendata.timezone_of(args.tz)
         if args.end:
@@ -440,6 +501,7 @@ def cmd_opendata(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from scada.opcua.server import DEFAULT_ENDPOINT
+
     parser = argparse.ArgumentParser(prog="scada", description="City supervision server")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -452,8 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
         p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
         p.add_argument("--log-level", default="INFO")
-        p.add_argument("--data", default="var", help="folder of the server's files: the alarm journal, the history "
-                       "store, the InfluxDB spool (default: var)")
+        p.add_argument(
+            "--data",
+            default="var",
+            help="folder of the server's files: the alarm journal, the history "
+            "store, the InfluxDB spool (default: var)",
+        )
         p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
         p.add_argument("--influx-org", default="city")
         p.add_argument("--influx-bucket", default="scada")
@@ -472,12 +538,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("demo", help="run the simulated city and the server together")
     serving(p)
-    p.add_argument("--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)")
+    p.add_argument(
+        "--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)"
+    )
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     from scada.demo_broker import CHOICES as BROKERS
-    p.add_argument("--broker", choices=BROKERS, default="auto",
-                   help="MQTT broker of the bollards and vehicles on 127.0.0.1:1883: auto (default: one already "
-                   "listening, else Mosquitto if installed, else the embedded amqtt), or force one")
+
+    p.add_argument(
+        "--broker",
+        choices=BROKERS,
+        default="auto",
+        help="MQTT broker of the bollards and vehicles on 127.0.0.1:1883: auto (default: one already "
+        "listening, else Mosquitto if installed, else the embedded amqtt), or force one",
+    )
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("journal", help="the alarm journal as CSV: a time range and filters")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
@@ -496,19 +569,27 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_alarm_metrics)
     p = sub.add_parser("alarms", help="the alarms as the server last saved them")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
-    p.add_argument("--all", action="store_true", help="every alarm instance with a saved state, not only announced ones")
+    p.add_argument(
+        "--all", action="store_true", help="every alarm instance with a saved state, not only announced ones"
+    )
     p.set_defaults(func=cmd_alarms)
-    p = sub.add_parser("opendata", help="open data (CSV, GeoJSON) from the history: energy, lighting hours, "
-                       "bollard passages, junction counts")
+    p = sub.add_parser(
+        "opendata",
+        help="open data (CSV, GeoJSON) from the history: energy, lighting hours, bollard passages, junction counts",
+    )
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
     p.add_argument("--config", default=".", help="configuration folder: the devices, their communes and coordinates")
     p.add_argument("--from", dest="start", help="ISO 8601 first day (default: yesterday)")
-    p.add_argument("--to", dest="end", help="ISO 8601 end, excluded; widened to whole days (default: now with "
-                   "--from, else today's midnight)")
+    p.add_argument(
+        "--to",
+        dest="end",
+        help="ISO 8601 end, excluded; widened to whole days (default: now with --from, else today's midnight)",
+    )
     p.add_argument("--tz", default="UTC", help="time zone of the days and hours (default UTC; e.g. Europe/Paris)")
     p.add_argument("--out", default="opendata", help="folder to write the files into (default: opendata)")
     p.set_defaults(func=cmd_opendata)
     from scada import history_cli
+
     history_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -15,20 +15,29 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from common.fields import (
+    Fields,
+    in_range,
+    non_negative,
+    positive,
+    to_bool,
+    to_float,
+    to_int,
+    to_name,
+    to_str,
+)
+from common.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 from drivers.base import REGISTRY, driver_config
 from scada.alarms import config as alarms_config
-from scada.fields import (
-    Fields, non_negative, positive, in_range, to_bool, to_float, to_int, to_name, to_str,
-)
 from scada.tagdb import ANALOG, DISCRETE, TEXT
-from scada.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 
 TAGS_FILE = "tags.yaml"
 ALARMS_FILE = "alarms.yaml"
@@ -58,13 +67,16 @@ class PointDef:
 DIAG_FOLDER = "Diagnostics"
 DIAG_STATES = ((0, "not_connected"), (1, "online"), (2, "offline"), (3, "demoted"))
 DIAG_POINTS: tuple[PointDef, ...] = (
-    PointDef("state", DISCRETE, None, enum=DIAG_STATES,
-             description="Communication state of the device"),
+    PointDef("state", DISCRETE, None, enum=DIAG_STATES, description="Communication state of the device"),
     PointDef("successes", ANALOG, None, description="Successful polls or messages since the server started"),
     PointDef("failures", ANALOG, None, description="Failed polls, refused connections and rejected messages"),
     PointDef("rtt", ANALOG, None, unit="ms", description="Round-trip time of the last poll"),
-    PointDef("demoted", DISCRETE, None,
-             description="Taken off scan after consecutive failures, so that it cannot slow the others"),
+    PointDef(
+        "demoted",
+        DISCRETE,
+        None,
+        description="Taken off scan after consecutive failures, so that it cannot slow the others",
+    ),
     PointDef("last_error", TEXT, None, description="The last communication error"),
 )
 DIAG_COUNT = len(DIAG_POINTS)
@@ -210,9 +222,14 @@ class Config:
                 kind.append(p.kind)
                 interval.append(0)
                 type_index.append(ti)
-        return {"enabled": np.array(enabled, bool), "deviation": np.array(deviation, np.float64),
-                "deadband": np.array(deadband, np.float64), "kind": np.array(kind, np.uint8),
-                "max_interval_ns": np.array(interval, np.int64), "type_index": np.array(type_index, np.int32)}
+        return {
+            "enabled": np.array(enabled, bool),
+            "deviation": np.array(deviation, np.float64),
+            "deadband": np.array(deadband, np.float64),
+            "kind": np.array(kind, np.uint8),
+            "max_interval_ns": np.array(interval, np.int64),
+            "type_index": np.array(type_index, np.int32),
+        }
 
     def max_ages(self) -> np.ndarray:
         """Each tag's max_age in seconds, in tag-id order (0: never stale; diagnostic tags never are)."""
@@ -231,18 +248,47 @@ class Config:
             lines.append(f"{name:<24} {t.driver:<8} {n:>8} {n * len(t.points):>10}")
         lines.append(f"{'total':<24} {'':<8} {len(self.devices):>8} {self.tag_count:>10}")
         communes = len({d.commune for d in self.devices})
-        lines.append(f"{communes} communes; {len(self.alarms.alarms)} alarm definitions, "
-                     f"{len(self.alarms.services)} services")
+        lines.append(
+            f"{communes} communes; {len(self.alarms.alarms)} alarm definitions, {len(self.alarms.services)} services"
+        )
         return "\n".join(lines)
 
 
-TYPE_KEYS = ("class", "driver", "points", "poll_interval", "timeout", "description", "demote_after", "demote_for",
-             "history")
-COMMON_POINT_KEYS = ("unit", "description", "deadband", "writable", "range", "enum", "max_age", "history",
-                     "history_deviation")
+TYPE_KEYS = (
+    "class",
+    "driver",
+    "points",
+    "poll_interval",
+    "timeout",
+    "description",
+    "demote_after",
+    "demote_for",
+    "history",
+)
+COMMON_POINT_KEYS = (
+    "unit",
+    "description",
+    "deadband",
+    "writable",
+    "range",
+    "enum",
+    "max_age",
+    "history",
+    "history_deviation",
+)
 HISTORY_KEYS = ("enabled", "deviation", "max_interval", "retention_days", "rollup_retention_days")
-COMMON_DEVICE_KEYS = ("name", "type", "commune", "lat", "lon", "poll_interval", "timeout", "description",
-                      "demote_after", "demote_for")
+COMMON_DEVICE_KEYS = (
+    "name",
+    "type",
+    "commune",
+    "lat",
+    "lon",
+    "poll_interval",
+    "timeout",
+    "description",
+    "demote_after",
+    "demote_for",
+)
 
 
 def _demote_for(v: Any) -> float:
@@ -265,8 +311,11 @@ def _parse_history(raw: Any, f: Fields) -> HistorySettings:
     )
     h.done(HISTORY_KEYS)
     if settings.rollup_retention_days < settings.retention_days:
-        raise h.error("rollup_retention_days", "rollups are kept at least as long as raw values "
-                      f"(retention_days: {settings.retention_days:g})", settings.rollup_retention_days)
+        raise h.error(
+            "rollup_retention_days",
+            f"rollups are kept at least as long as raw values (retention_days: {settings.retention_days:g})",
+            settings.rollup_retention_days,
+        )
     return settings
 
 
@@ -279,8 +328,9 @@ def _parse_enum(raw: Any, f: Fields) -> tuple[tuple[int, str], ...]:
         try:
             value = to_int(k)
         except ValueError:
-            raise ConfigError(f.file, line, f.key(f"enum.{k}"),
-                              "an enum maps integer values to labels, e.g. {0: auto}", k) from None
+            raise ConfigError(
+                f.file, line, f.key(f"enum.{k}"), "an enum maps integer values to labels, e.g. {0: auto}", k
+            ) from None
         try:
             out.append((value, to_name(v)))
         except ValueError as exc:
@@ -324,14 +374,19 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
         history_deviation=f.take("history_deviation", in_range(to_float, 0, 100), default=None),
     )
     if point.history_deviation is not None and point.kind != ANALOG:
-        raise f.error("history_deviation", "only analog points are compressed (discrete and text points "
-                      "are recorded on every change)", point.history_deviation)
+        raise f.error(
+            "history_deviation",
+            "only analog points are compressed (discrete and text points are recorded on every change)",
+            point.history_deviation,
+        )
     if point.writable and not getattr(io, "writable_ok", True):
         raise f.error("writable", io.not_writable_reason, True)
     if getattr(io, "needs_command_enum", False) and not (point.writable and point.enum):
-        raise f.error("enum" if point.writable else "writable",
-                      "a command point is writable and lists its commands: writable: true, enum: {0: lower, ...}",
-                      point.enum is not None if point.writable else point.writable)
+        raise f.error(
+            "enum" if point.writable else "writable",
+            "a command point is writable and lists its commands: writable: true, enum: {0: lower, ...}",
+            point.enum is not None if point.writable else point.writable,
+        )
     if point.kind == TEXT and point.deadband:
         raise f.error("deadband", "a text point has no deadband", point.deadband)
     f.done(unknown_hint)
@@ -384,8 +439,9 @@ def _to_commune(v: Any) -> str:
     return s
 
 
-def _parse_device(raw: Any, path: str, file: str, line: int, types: Mapping[str, EquipmentType],
-                  first_tag_id: int, index: int) -> Device:
+def _parse_device(
+    raw: Any, path: str, file: str, line: int, types: Mapping[str, EquipmentType], first_tag_id: int, index: int
+) -> Device:
     f = Fields(raw, path, file, line)
     name = f.take("name", to_name, what="the device's unique name")
     tname = f.take("type", to_str, what="an equipment type")
@@ -431,8 +487,11 @@ def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
     except OSError as exc:  # unreadable (permissions, I/O error...): a located error, not a traceback
         raise ConfigError(path, None, "", f"inventory cannot be read: {exc.strerror or exc}") from None
     text = decode_utf8(data, path)
-    lines = [(i, ln) for i, ln in enumerate(io.StringIO(text, newline=""), 1)
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        (i, ln)
+        for i, ln in enumerate(io.StringIO(text, newline=""), 1)
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     if not lines:
         raise ConfigError(path, None, "", "inventory is empty: expected a header line and devices")
     header = [h.strip() for h in _csv_line(path, *lines[0])]
@@ -444,8 +503,13 @@ def _csv_rows(path: Path, ref: Fields) -> list[tuple[dict, int]]:
         cells = _csv_line(path, lineno, text)
         if len(cells) != len(header):
             hint = " (quote a value that holds a comma; decimals take a point)" if len(cells) > len(header) else ""
-            raise ConfigError(path, lineno, "", f"expected {len(header)} columns ({', '.join(header)}), "
-                              f"found {len(cells)}{hint}", text.rstrip("\r\n"))
+            raise ConfigError(
+                path,
+                lineno,
+                "",
+                f"expected {len(header)} columns ({', '.join(header)}), found {len(cells)}{hint}",
+                text.rstrip("\r\n"),
+            )
         rows.append(({h: c.strip() for h, c in zip(header, cells) if c.strip() != ""}, lineno))
     return rows
 
@@ -454,20 +518,32 @@ def _csv_line(path: Path, lineno: int, text: str) -> list[str]:
     """The cells of one CSV line, or a ConfigError at that line (unclosed quote, NUL bytes...)."""
     line = text.rstrip("\r\n")
     if "\x00" in line:  # UTF-8 text never holds NULs; UTF-16 text without its BOM is full of them
-        raise ConfigError(path, lineno, "", "NUL bytes in the line (a file saved as UTF-16, or not a text file? "
-                          "save it as UTF-8 CSV)", line)
+        raise ConfigError(
+            path,
+            lineno,
+            "",
+            "NUL bytes in the line (a file saved as UTF-16, or not a text file? save it as UTF-8 CSV)",
+            line,
+        )
     try:
         return next(csv.reader([line], strict=True), [])
     except csv.Error as exc:
         if "end of data" in str(exc):
-            raise ConfigError(path, lineno, "", 'a quote (") opens a value that is not closed on this line '
-                              "(one device per line: close the quote)", line) from None
-        raise ConfigError(path, lineno, "", f"not a valid CSV line: {exc} (a quote inside a quoted value "
-                          'is written twice: "")', line) from None
+            raise ConfigError(
+                path,
+                lineno,
+                "",
+                'a quote (") opens a value that is not closed on this line (one device per line: close the quote)',
+                line,
+            ) from None
+        raise ConfigError(
+            path, lineno, "", f'not a valid CSV line: {exc} (a quote inside a quoted value is written twice: "")', line
+        ) from None
 
 
-def _inventory_devices(raw: Any, f: Fields, directory: Path,
-                       types: Mapping[str, EquipmentType]) -> list[tuple[dict, str, str, int]]:
+def _inventory_devices(
+    raw: Any, f: Fields, directory: Path, types: Mapping[str, EquipmentType]
+) -> list[tuple[dict, str, str, int]]:
     if not isinstance(raw, list):
         raise f.error("inventories", "expected a list of {file: path.csv, type: default type}", raw)
     out = []
@@ -530,30 +606,51 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
         prefix = f"{where}." if where else ""
         if d.name in seen:
             name_line = raw.line_of("name") if isinstance(raw, LocMap) else line_no
-            raise ConfigError(dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name)
+            raise ConfigError(
+                dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name
+            )
         # A device address identifies one device only where the driver says so (a Modbus
         # host:port:unit); many devices share one OPC UA server or MQTT broker.
-        io_key = (types[d.type].driver, getattr(d.io, "identity", d.io)) if getattr(d.io, "identifies_device", False) else None
+        io_key = (
+            (types[d.type].driver, getattr(d.io, "identity", d.io))
+            if getattr(d.io, "identifies_device", False)
+            else None
+        )
         if io_key is not None and io_key in seen_io:
             other = seen_io[io_key]
             ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
-            raise ConfigError(dfile, ep_line, f"{prefix}endpoint", f"same device address as {other.name} "
-                              f"(declared at {other.source}): one device under two names?", raw.get("endpoint"))
+            raise ConfigError(
+                dfile,
+                ep_line,
+                f"{prefix}endpoint",
+                f"same device address as {other.name} (declared at {other.source}): one device under two names?",
+                raw.get("endpoint"),
+            )
         line = getattr(d.io, "line", None)
         if line is not None:  # devices sharing a serial line must agree on its settings
             first = seen_lines.setdefault(line[0], d)
-            if getattr(first.io, "line")[1] != line[1]:
+            if first.io.line[1] != line[1]:
                 key_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
-                raise ConfigError(dfile, key_line, f"{prefix}endpoint", f"same serial line as {first.name} "
-                                  f"(declared at {first.source}) with other settings: {d.io.line_settings_text} "
-                                  f"here, {first.io.line_settings_text} there", raw.get("endpoint"))
+                raise ConfigError(
+                    dfile,
+                    key_line,
+                    f"{prefix}endpoint",
+                    f"same serial line as {first.name} "
+                    f"(declared at {first.source}) with other settings: {d.io.line_settings_text} "
+                    f"here, {first.io.line_settings_text} there",
+                    raw.get("endpoint"),
+                )
         seen[d.name] = d.source
         if io_key is not None:
             seen_io[io_key] = d
         devices.append(d)
         next_id += len(types[d.type].points)
 
-    alarms = alarms_config.load(alarms_path, types, devices) if alarms_path else alarms_config.AlarmsConfig((), MappingProxyType({}))
+    alarms = (
+        alarms_config.load(alarms_path, types, devices)
+        if alarms_path
+        else alarms_config.AlarmsConfig((), MappingProxyType({}))
+    )
     return Config(
         directory=path.parent,
         types=MappingProxyType(types),

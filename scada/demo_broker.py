@@ -90,6 +90,7 @@ def choose(host: str, port: int, want: str = "auto", path: str | None = None) ->
     kind that is not available gives NONE with the reason, never another broker.
     """
     from scada.cli import _accepts  # the demo's own "does this port answer" check
+
     if want not in CHOICES:
         raise ValueError(f"unknown broker {want!r}: one of {', '.join(CHOICES)}")
     if want == NONE:
@@ -106,8 +107,12 @@ def choose(host: str, port: int, want: str = "auto", path: str | None = None) ->
             return Choice(NONE, host, port, reason="no mosquitto executable found")
     if embedded_available():
         return Choice(EMBEDDED, host, port)
-    return Choice(NONE, host, port, reason="Mosquitto is not installed and neither is amqtt "
-                  "(apt-get install mosquitto, or pip install '.[demo]')")
+    return Choice(
+        NONE,
+        host,
+        port,
+        reason="Mosquitto is not installed and neither is amqtt (apt-get install mosquitto, or pip install '.[demo]')",
+    )
 
 
 def command(choice: Choice, folder: Path) -> list[str] | None:
@@ -129,6 +134,7 @@ def start(choice: Choice, folder: Path, timeout: float = START_TIMEOUT) -> subpr
     Raises BrokerError (with the end of its log) if it exits or does not listen in time.
     """
     from scada.cli import _accepts, _stop, _wait_simulator
+
     argv = command(choice, folder)
     if argv is None:
         return None
@@ -138,17 +144,21 @@ def start(choice: Choice, folder: Path, timeout: float = START_TIMEOUT) -> subpr
     log = folder / "mqtt-broker.log"
     with open(log, "ab") as out:
         # Its own session: the demo's Ctrl-C handling stops it after the simulators, in order.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     if _wait_simulator(proc, [(choice.host, choice.port)], timeout=timeout):
         return proc
     _stop(proc)
     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-    raise BrokerError(f"the {choice.kind} MQTT broker did not start on {choice.endpoint} "
-                      f"(exit code {proc.returncode}); {log}: " + (" | ".join(tail) or "empty"))
+    raise BrokerError(
+        f"the {choice.kind} MQTT broker did not start on {choice.endpoint} "
+        f"(exit code {proc.returncode}); {log}: " + (" | ".join(tail) or "empty")
+    )
 
 
 # The embedded broker process: python -m scada.demo_broker --host H --port P
+
 
 def broker_config(host: str, port: int) -> dict:
     """amqtt's configuration: one TCP listener, anonymous clients, no $SYS topics, no packet logging."""
@@ -189,18 +199,22 @@ async def serve(host: str, port: int, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scada.demo_broker",
-                                     description="the demo's embedded MQTT broker (amqtt), until SIGTERM or Ctrl-C")
+    parser = argparse.ArgumentParser(
+        prog="python -m scada.demo_broker",
+        description="the demo's embedded MQTT broker (amqtt), until SIGTERM or Ctrl-C",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     args = parser.parse_args(argv)
     import logging
+
     # amqtt logs every connection at INFO: keep warnings and errors only.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The demo's "does it listen yet" probe connects and closes without a byte, which amqtt
     # logs as an ERROR and a WARNING: not a fault, so not in the log a person reads.
     logging.getLogger("amqtt.broker").addFilter(
-        lambda record: "No data to decode MQTT packet fixed header" not in record.getMessage())
+        lambda record: "No data to decode MQTT packet fixed header" not in record.getMessage()
+    )
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -95,8 +95,13 @@ class DeviceDiagnostics:
         if not len(self):
             return
         t = now_ns()
-        columns = {"state": self.state, "successes": self.successes, "failures": self.failures,
-                   "rtt": self.rtt_ms, "demoted": self.demoted}
+        columns = {
+            "state": self.state,
+            "successes": self.successes,
+            "failures": self.failures,
+            "rtt": self.rtt_ms,
+            "demoted": self.demoted,
+        }
         values = np.concatenate([columns[_NAMES[k]] for k in _NUMERIC])
         tagdb.update(self._numeric_ids, values, st.GOOD, t)
         changed = [k for k, (a, b) in enumerate(zip(self.errors, self._published_errors)) if a != b]

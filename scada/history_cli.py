@@ -16,14 +16,23 @@ import csv
 import re
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 HISTORY_FILE = "history.sqlite"
 AGGREGATES = ("average", "minimum", "maximum", "count", "interpolative", "timeaverage")
 PAGE = 100_000  # raw values read per query: a year of one tag never sits in memory at once
 
-_UNITS = {"ms": 1_000_000, "s": 10**9, "sec": 10**9, "min": 60 * 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
-          "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
+_UNITS = {
+    "ms": 1_000_000,
+    "s": 10**9,
+    "sec": 10**9,
+    "min": 60 * 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
+    "w": 7 * 86400 * 10**9,
+}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
 
 
@@ -44,13 +53,14 @@ def parse_interval(text: str) -> int:
 
 def parse_time(text: str, what: str) -> int:
     """ISO 8601 (a date, or a date and time; UTC unless it gives an offset) -> ns since the epoch."""
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise HistoryCliError(f"{what}: not an ISO 8601 time: {text!r} (e.g. 2026-11-28 or 2026-11-28T06:00)") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     s = int(t.timestamp())
     return s * 10**9 + t.microsecond * 1000
 
@@ -60,6 +70,7 @@ def status_name(code: int) -> str:
     from asyncua.ua.status_codes import code_to_name_doc
 
     from scada import status as st
+
     code = int(code)
     if code in st.NAMES:
         return st.NAMES[code]
@@ -81,6 +92,7 @@ def _value(v: float, text: str | None, count: bool) -> str:
 
 def open_store(data: str | Path):
     from scada.historian.store import HistoryError, HistoryStore
+
     path = Path(data) / HISTORY_FILE
     if not path.is_file():
         raise HistoryCliError(f"no history store at {path} (the server writes it in its --data folder)")
@@ -99,10 +111,19 @@ def select_tags(store, pattern: str) -> list[str]:
     return names
 
 
-def export(store, names: list[str], start: int, end: int, out, aggregate: str | None = None,
-           interval: int | None = None, stepped: bool = False) -> int:
+def export(
+    store,
+    names: list[str],
+    start: int,
+    end: int,
+    out,
+    aggregate: str | None = None,
+    interval: int | None = None,
+    stepped: bool = False,
+) -> int:
     """Write the CSV (header, then each tag's rows in time order); returns the rows written."""
     from scada.alarms.journal import iso_utc
+
     w = csv.writer(out, lineterminator="\n")
     w.writerow(("time", "tag", "value", "status"))
     rows = 0
@@ -173,19 +194,32 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``history`` on the ``scada`` command's subparsers."""
-    p = sub.add_parser("history", help="a tag's history (or a pattern's) as CSV: raw values or an aggregate per interval",
-                       description="Reads the server's history store read-only (also while the server runs) and "
-                                   "writes CSV: time (ISO 8601 UTC), tag, value, status.")
+    p = sub.add_parser(
+        "history",
+        help="a tag's history (or a pattern's) as CSV: raw values or an aggregate per interval",
+        description="Reads the server's history store read-only (also while the server runs) and "
+        "writes CSV: time (ISO 8601 UTC), tag, value, status.",
+    )
     p.add_argument("tag", help="a tag name (Dijon/lighting/LC-DIJ-001/power) or a glob pattern ('*/lighting/*/power')")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
-    p.add_argument("--from", dest="start", help="ISO 8601 start, included (UTC unless an offset is given; "
-                   "default: 24 h before --to)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        help="ISO 8601 start, included (UTC unless an offset is given; default: 24 h before --to)",
+    )
     p.add_argument("--to", dest="end", help="ISO 8601 end, excluded (default: now)")
-    p.add_argument("--aggregate", type=str.lower, choices=AGGREGATES,
-                   help="one value per interval instead of the raw values (OPC UA Part 13 definitions)")
+    p.add_argument(
+        "--aggregate",
+        type=str.lower,
+        choices=AGGREGATES,
+        help="one value per interval instead of the raw values (OPC UA Part 13 definitions)",
+    )
     p.add_argument("--interval", help="the aggregate's interval: 1h, 15min, 30s, 1d... (default: the whole range)")
-    p.add_argument("--stepped", action="store_true",
-                   help="hold values between points (discrete points) for interpolative and timeaverage")
+    p.add_argument(
+        "--stepped",
+        action="store_true",
+        help="hold values between points (discrete points) for interpolative and timeaverage",
+    )
     p.add_argument("--csv", help="write to this file instead of the standard output")
     p.set_defaults(func=cmd_history)
     return p

@@ -105,7 +105,8 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import time as dtime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -131,13 +132,30 @@ FILES = {
 }
 
 ENERGY_HOURLY_COLUMNS = ("hour_start", "commune", "cabinets", "cabinets_reporting", "energy_kwh", "counter_resets")
-LIGHTING_COMMUNE_COLUMNS = ("date", "commune", "cabinets", "lighting_cabinets_reporting", "lighting_hours_total",
-                            "lighting_hours_mean", "energy_cabinets_reporting", "energy_kwh")
-LIGHTING_CABINET_COLUMNS = ("date", "commune", "device", "lat", "lon", "lighting_hours", "lighting_hours_covered",
-                            "energy_kwh", "energy_hours_covered", "counter_resets")
+LIGHTING_COMMUNE_COLUMNS = (
+    "date",
+    "commune",
+    "cabinets",
+    "lighting_cabinets_reporting",
+    "lighting_hours_total",
+    "lighting_hours_mean",
+    "energy_cabinets_reporting",
+    "energy_kwh",
+)
+LIGHTING_CABINET_COLUMNS = (
+    "date",
+    "commune",
+    "device",
+    "lat",
+    "lon",
+    "lighting_hours",
+    "lighting_hours_covered",
+    "energy_kwh",
+    "energy_hours_covered",
+    "counter_resets",
+)
 BOLLARD_COLUMNS = ("date", "commune", "device", "lat", "lon", "passages", "openings", "hours_covered")
-JUNCTION_BASE_COLUMNS = ("date", "commune", "device", "lat", "lon", "detectors", "detectors_reporting",
-                         "hours_covered")
+JUNCTION_BASE_COLUMNS = ("date", "commune", "device", "lat", "lon", "detectors", "detectors_reporting", "hours_covered")
 
 # The points each kind of device is recognised by (whatever its type's name), and used for.
 LAMPS_ON, ENERGY = "lamps_on", "energy"
@@ -146,6 +164,7 @@ COUNT_SUFFIX = "_count"
 
 
 # -- the period --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Period:
@@ -170,7 +189,7 @@ class Period:
 
 def timezone_of(name: str) -> ZoneInfo | timezone:
     if name.upper() in ("UTC", "Z"):
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -207,12 +226,14 @@ def make_period(start: datetime, end: datetime, tz: ZoneInfo | timezone) -> Peri
 
 # -- the arithmetic on stored points (pure numpy) ----------------------------------------------
 
+
 def _good(s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return ((np.asarray(s, np.uint32) & _SEVERITY) == 0) & np.isfinite(v)
 
 
-def _cumulative(t0: np.ndarray, t1: np.ndarray, amount: np.ndarray, known: np.ndarray,
-                x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cumulative(
+    t0: np.ndarray, t1: np.ndarray, amount: np.ndarray, known: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative amount and known time (ns) at each of ``x``, over contiguous segments
     ``[t0, t1)`` (sorted); a known segment's ``amount`` accrues linearly over it."""
     x = np.asarray(x, np.int64)
@@ -262,8 +283,9 @@ def counter_increase(t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndar
     return np.diff(f_amt), np.diff(f_dur), resets
 
 
-def time_in_state(t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray, horizon: int,
-                  state: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def time_in_state(
+    t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray, horizon: int, state: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Time (ns) a stepped signal held ``state`` in each period, and the time it was known.
 
     A Good point holds its value until the next stored point; the last one until ``horizon``.
@@ -281,8 +303,9 @@ def time_in_state(t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray
     return np.diff(on_ns), np.diff(known_ns)
 
 
-def transitions(t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray, into: float,
-                from_other: bool = True) -> np.ndarray:
+def transitions(
+    t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray, into: float, from_other: bool = True
+) -> np.ndarray:
     """Per period, how many times a stepped signal's Good value became ``into`` from another Good
     value (the non-Good points between them are skipped). Counted at the time of the new value."""
     t, v, s = np.asarray(t, np.int64), np.asarray(v, np.float64), np.asarray(s, np.uint32)
@@ -301,6 +324,7 @@ def transitions(t: np.ndarray, v: np.ndarray, s: np.ndarray, edges: np.ndarray, 
 
 
 # -- the devices -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Site:
@@ -363,6 +387,7 @@ def sites_from_config(config: Config) -> Sites:
 
 # -- reading the store -------------------------------------------------------------------------
 
+
 def read_points(store: HistoryStore, name: str, start: int, end: int):
     """(t, v, s) of a tag over ``[start, end)`` with the stored point before ``start`` and the one
     at or after ``end`` (interpolation at the bounds); None when the store has no such tag."""
@@ -378,8 +403,11 @@ def read_points(store: HistoryStore, name: str, start: int, end: int):
             arr = (np.array([b[0]], np.int64), np.array([b[1]], np.float64), np.array([b[2]], np.uint32))
             for lst, a in zip((t, v, s), arr):
                 lst.insert(0, a) if head else lst.append(a)
-    return (np.concatenate(t).astype(np.int64), np.concatenate(v).astype(np.float64),
-            np.concatenate(s).astype(np.uint32))
+    return (
+        np.concatenate(t).astype(np.int64),
+        np.concatenate(v).astype(np.float64),
+        np.concatenate(s).astype(np.uint32),
+    )
 
 
 def recorded_until(path: str | Path) -> int | None:
@@ -392,9 +420,11 @@ def recorded_until(path: str | Path) -> int | None:
         latest = db.execute("SELECT MAX(time_ns) FROM staging").fetchone()[0]
         bucket = db.execute("SELECT MAX(bucket_ns) FROM rollup_minute").fetchone()[0]
         if bucket is not None:
-            merged = db.execute("SELECT MAX(r.time_ns) FROM rollup_minute m JOIN raw r "
-                                "ON r.tag = m.tag AND r.time_ns >= m.bucket_ns WHERE m.bucket_ns = ?",
-                                (bucket,)).fetchone()[0]
+            merged = db.execute(
+                "SELECT MAX(r.time_ns) FROM rollup_minute m JOIN raw r "
+                "ON r.tag = m.tag AND r.time_ns >= m.bucket_ns WHERE m.bucket_ns = ?",
+                (bucket,),
+            ).fetchone()[0]
             merged = bucket if merged is None else merged
             latest = merged if latest is None else max(latest, merged)
         return None if latest is None else int(latest)
@@ -403,6 +433,7 @@ def recorded_until(path: str | Path) -> int | None:
 
 
 # -- the export --------------------------------------------------------------------------------
+
 
 def _r(x: float | None, nd: int = 3):
     if x is None or not math.isfinite(x):
@@ -447,11 +478,19 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
     # Lighting cabinets: energy per hour and day, lighting hours per day.
     n_hours = len(hour_len)
     cab_rows: list[dict] = []
-    per_commune_hour = defaultdict(lambda: {"cabinets": 0, "reporting": np.zeros(n_hours, np.int64),
-                                            "energy": np.zeros(n_hours), "resets": np.zeros(n_hours, np.int64)})
+    per_commune_hour = defaultdict(
+        lambda: {
+            "cabinets": 0,
+            "reporting": np.zeros(n_hours, np.int64),
+            "energy": np.zeros(n_hours),
+            "resets": np.zeros(n_hours, np.int64),
+        }
+    )
     cab_daily: dict[str, list[dict]] = {}
-    no_data = counter_increase([], [], [], period.hour_edges, horizon), \
-        counter_increase([], [], [], period.day_edges, horizon)
+    no_data = (
+        counter_increase([], [], [], period.hour_edges, horizon),
+        counter_increase([], [], [], period.day_edges, horizon),
+    )
     for site in sites.cabinets:
         pts = read(site, ENERGY)
         if pts is not None:
@@ -472,17 +511,22 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
             on_day, known_day = np.zeros(n_days, np.int64), np.zeros(n_days, np.int64)
         rows = []
         for k, d in enumerate(period.days):
-            rows.append({
-                "date": d.isoformat(), "commune": site.commune, "device": site.device,
-                "lat": site.lat, "lon": site.lon,
-                "lighting_hours": _r(_hours(on_day[k])) if known_day[k] else None,
-                "lighting_hours_covered": _r(_hours(known_day[k])),
-                "energy_kwh": _r(e_day[k]) if cov_day[k] else None,
-                "energy_hours_covered": _r(_hours(cov_day[k])),
-                "counter_resets": int(res_day[k]),
-                "_lighting_full": bool(known_day[k] == day_len[k]),
-                "_energy_full": bool(cov_day[k] == day_len[k]),
-            })
+            rows.append(
+                {
+                    "date": d.isoformat(),
+                    "commune": site.commune,
+                    "device": site.device,
+                    "lat": site.lat,
+                    "lon": site.lon,
+                    "lighting_hours": _r(_hours(on_day[k])) if known_day[k] else None,
+                    "lighting_hours_covered": _r(_hours(known_day[k])),
+                    "energy_kwh": _r(e_day[k]) if cov_day[k] else None,
+                    "energy_hours_covered": _r(_hours(cov_day[k])),
+                    "counter_resets": int(res_day[k]),
+                    "_lighting_full": bool(known_day[k] == day_len[k]),
+                    "_energy_full": bool(cov_day[k] == day_len[k]),
+                }
+            )
         cab_daily[site.device] = rows
         cab_rows.extend(rows)
 
@@ -491,10 +535,16 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
         for commune in sorted(per_commune_hour):
             agg = per_commune_hour[commune]
             n = int(agg["reporting"][h])
-            energy_hourly.append({"hour_start": period.hour_label(int(period.hour_edges[h])), "commune": commune,
-                                  "cabinets": agg["cabinets"], "cabinets_reporting": n,
-                                  "energy_kwh": _r(agg["energy"][h]) if n else None,
-                                  "counter_resets": int(agg["resets"][h])})
+            energy_hourly.append(
+                {
+                    "hour_start": period.hour_label(int(period.hour_edges[h])),
+                    "commune": commune,
+                    "cabinets": agg["cabinets"],
+                    "cabinets_reporting": n,
+                    "energy_kwh": _r(agg["energy"][h]) if n else None,
+                    "counter_resets": int(agg["resets"][h]),
+                }
+            )
 
     lighting_communes = []
     by_commune = defaultdict(list)
@@ -505,14 +555,18 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
             rows = by_commune.get((d.isoformat(), commune), [])
             lit = [r["lighting_hours"] for r in rows if r["_lighting_full"]]
             en = [r["energy_kwh"] for r in rows if r["_energy_full"]]
-            lighting_communes.append({
-                "date": d.isoformat(), "commune": commune, "cabinets": len(rows),
-                "lighting_cabinets_reporting": len(lit),
-                "lighting_hours_total": _r(sum(lit)) if lit else None,
-                "lighting_hours_mean": _r(sum(lit) / len(lit)) if lit else None,
-                "energy_cabinets_reporting": len(en),
-                "energy_kwh": _r(sum(en)) if en else None,
-            })
+            lighting_communes.append(
+                {
+                    "date": d.isoformat(),
+                    "commune": commune,
+                    "cabinets": len(rows),
+                    "lighting_cabinets_reporting": len(lit),
+                    "lighting_hours_total": _r(sum(lit)) if lit else None,
+                    "lighting_hours_mean": _r(sum(lit) / len(lit)) if lit else None,
+                    "energy_cabinets_reporting": len(en),
+                    "energy_kwh": _r(sum(en)) if en else None,
+                }
+            )
     for row in cab_rows:
         del row["_lighting_full"], row["_energy_full"]
 
@@ -529,10 +583,19 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
         pos = read(site, POSITION) if site.down_value is not None else None
         if pos is not None:
             openings = transitions(*pos, period.day_edges, into=site.down_value)
-        rows = [{"date": d.isoformat(), "commune": site.commune, "device": site.device, "lat": site.lat,
-                 "lon": site.lon, "passages": int(passages[k]) if known[k] else None,
-                 "openings": int(openings[k]) if openings is not None and known[k] else None,
-                 "hours_covered": _r(_hours(known[k]))} for k, d in enumerate(period.days)]
+        rows = [
+            {
+                "date": d.isoformat(),
+                "commune": site.commune,
+                "device": site.device,
+                "lat": site.lat,
+                "lon": site.lon,
+                "passages": int(passages[k]) if known[k] else None,
+                "openings": int(openings[k]) if openings is not None and known[k] else None,
+                "hours_covered": _r(_hours(known[k])),
+            }
+            for k, d in enumerate(period.days)
+        ]
         bollard_daily[site.device] = rows
         bollard_rows.extend(rows)
 
@@ -552,10 +615,16 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
         cov_arr = np.array(cov, np.int64).reshape(len(cov), n_days)
         rows = []
         for k, d in enumerate(period.days):
-            row = {"date": d.isoformat(), "commune": site.commune, "device": site.device, "lat": site.lat,
-                   "lon": site.lon, "detectors": len(site.tags),
-                   "detectors_reporting": int((cov_arr[:, k] == day_len[k]).sum()),
-                   "hours_covered": _r(_hours(cov_arr[:, k].min())) if len(cov) else 0.0}
+            row = {
+                "date": d.isoformat(),
+                "commune": site.commune,
+                "device": site.device,
+                "lat": site.lat,
+                "lon": site.lon,
+                "detectors": len(site.tags),
+                "detectors_reporting": int((cov_arr[:, k] == day_len[k]).sum()),
+                "hours_covered": _r(_hours(cov_arr[:, k].min())) if len(cov) else 0.0,
+            }
             for det in sites.detectors:
                 x = inc[det][k] if det in inc else math.nan
                 # Counts are whole vehicles; a fraction is the share of a count that straddles midnight.
@@ -568,39 +637,73 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
     for row in lighting_communes:
         communes_daily[row["commune"]].append(row)
     geo = {
-        "communes_geo": _collection([_feature(c, *sites.centres[c], {"commune": c,
-                                                                      "cabinets": rows[0]["cabinets"] if rows else 0},
-                                              rows, ("commune",),
-                                              ("lighting_hours_total", "energy_kwh"))
-                                     for c, rows in sorted(communes_daily.items())]),
-        "cabinets_geo": _devices(sites.cabinets, cab_daily, ("lighting_hours", "energy_kwh", "lighting_hours_covered",
-                                                             "energy_hours_covered")),
+        "communes_geo": _collection(
+            [
+                _feature(
+                    c,
+                    *sites.centres[c],
+                    {"commune": c, "cabinets": rows[0]["cabinets"] if rows else 0},
+                    rows,
+                    ("commune",),
+                    ("lighting_hours_total", "energy_kwh"),
+                )
+                for c, rows in sorted(communes_daily.items())
+            ]
+        ),
+        "cabinets_geo": _devices(
+            sites.cabinets,
+            cab_daily,
+            ("lighting_hours", "energy_kwh", "lighting_hours_covered", "energy_hours_covered"),
+        ),
         "bollards_geo": _devices(sites.bollards, bollard_daily, ("passages", "openings", "hours_covered")),
         "junctions_geo": _devices(sites.junctions, junction_daily, (*sites.detectors, "hours_covered")),
     }
     key = lambda r: (r["date"], r["commune"], r["device"])  # noqa: E731
-    return OpenData(period, horizon, energy_hourly, lighting_communes, sorted(cab_rows, key=key),
-                    sorted(bollard_rows, key=key), sorted(junction_rows, key=key),
-                    JUNCTION_BASE_COLUMNS + sites.detectors, geo)
+    return OpenData(
+        period,
+        horizon,
+        energy_hourly,
+        lighting_communes,
+        sorted(cab_rows, key=key),
+        sorted(bollard_rows, key=key),
+        sorted(junction_rows, key=key),
+        JUNCTION_BASE_COLUMNS + sites.detectors,
+        geo,
+    )
 
 
-def _feature(fid: str, lat: float, lon: float, identity: dict, daily: list[dict], drop: Sequence[str],
-             totals: Sequence[str]) -> dict:
+def _feature(
+    fid: str, lat: float, lon: float, identity: dict, daily: list[dict], drop: Sequence[str], totals: Sequence[str]
+) -> dict:
     props = dict(identity)
     for name in totals:
         known = [r[name] for r in daily if r.get(name) is not None]
         total = (sum(known) if all(isinstance(x, int) for x in known) else _r(sum(known))) if known else None
         props[f"{name}_total" if not name.endswith("_total") else name] = total
     props["daily"] = [{k: v for k, v in r.items() if k not in drop} for r in daily]
-    return {"type": "Feature", "id": fid,
-            "geometry": {"type": "Point", "coordinates": [round(float(lon), 5), round(float(lat), 5)]},
-            "properties": props}
+    return {
+        "type": "Feature",
+        "id": fid,
+        "geometry": {"type": "Point", "coordinates": [round(float(lon), 5), round(float(lat), 5)]},
+        "properties": props,
+    }
 
 
 def _devices(sites: Sequence[Site], daily: dict[str, list[dict]], totals: Sequence[str]) -> dict:
-    return _collection([_feature(s.device, s.lat, s.lon,
-                                 {"device": s.device, "commune": s.commune, "equipment_type": s.equipment_type},
-                                 daily[s.device], ("commune", "device", "lat", "lon"), totals) for s in sites])
+    return _collection(
+        [
+            _feature(
+                s.device,
+                s.lat,
+                s.lon,
+                {"device": s.device, "commune": s.commune, "equipment_type": s.equipment_type},
+                daily[s.device],
+                ("commune", "device", "lat", "lon"),
+                totals,
+            )
+            for s in sites
+        ]
+    )
 
 
 def _collection(features: list[dict]) -> dict:
@@ -638,8 +741,9 @@ def write(data: OpenData, out_dir: str | Path) -> dict[str, int]:
     return written
 
 
-def export(data_dir: str | Path, config: Config, period: Period, out_dir: str | Path,
-           horizon: int | None = None) -> dict[str, int]:
+def export(
+    data_dir: str | Path, config: Config, period: Period, out_dir: str | Path, horizon: int | None = None
+) -> dict[str, int]:
     """Open ``<data_dir>/history.sqlite`` read-only, compute and write; rows per file."""
     store = HistoryStore(Path(data_dir) / "history.sqlite", readonly=True)
     try:

@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from common.yamlsrc import ConfigError
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import JournalRow
 from scada.alarms.states import State
 from scada.config import Config, Device, load_config
 from scada.tagdb import TagDB
-from scada.yamlsrc import ConfigError
 
 log = structlog.get_logger("scada.reload")
 
@@ -58,9 +58,23 @@ RESULT_FILE = "reload-result.json"  # written after each reload request, read by
 DRAIN_TIMEOUT = 10.0  # s: the consumers' queued batches are processed before the switch
 # one_shot: a OneShotShelved alarm stays one; last_event_ns and event_seq make its EventId: an
 # HMI acknowledging with the EventId it was shown before the reload is still understood.
-COPIED_ALARM_COLUMNS = ("state", "raw", "cond", "raw_since", "cond_since", "suppressed", "shelved_until",
-                        "prev_value", "prev_time", "pending", "announced_since", "escalated",
-                        "one_shot", "last_event_ns", "event_seq")
+COPIED_ALARM_COLUMNS = (
+    "state",
+    "raw",
+    "cond",
+    "raw_since",
+    "cond_since",
+    "suppressed",
+    "shelved_until",
+    "prev_value",
+    "prev_time",
+    "pending",
+    "announced_since",
+    "escalated",
+    "one_shot",
+    "last_event_ns",
+    "event_seq",
+)
 
 
 @dataclass
@@ -79,12 +93,17 @@ class ConfigDiff:
 
     @property
     def empty(self) -> bool:
-        return not (self.devices_added or self.devices_removed or self.devices_changed
-                    or self.alarms_added or self.alarms_removed or self.alarms_changed)
+        return not (
+            self.devices_added
+            or self.devices_removed
+            or self.devices_changed
+            or self.alarms_added
+            or self.alarms_removed
+            or self.alarms_changed
+        )
 
     def summary(self) -> dict[str, list[str]]:
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k.startswith(("devices_", "alarms_")) and v}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k.startswith(("devices_", "alarms_")) and v}
 
 
 def _device_key(config: Config, d: Device) -> tuple:
@@ -119,8 +138,9 @@ def diff(old: Config, new: Config) -> ConfigDiff:
                 out.nodes_added.append(b)
     out.devices_changed.sort()
     out.nodes_added.sort(key=lambda d: d.index)
-    out.types_rebuilt = [n for n, t in old.types.items()
-                         if n not in new.types or _type_props(t) != _type_props(new.types[n])]
+    out.types_rebuilt = [
+        n for n, t in old.types.items() if n not in new.types or _type_props(t) != _type_props(new.types[n])
+    ]
     # An alarm is compared without its file:line: an edit above it moves it without changing it.
     old_alarms = {a.name: dataclasses.replace(a, source="") for a in old.alarms.alarms}
     new_alarms = {a.name: dataclasses.replace(a, source="") for a in new.alarms.alarms}
@@ -162,8 +182,9 @@ def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
     # when they are written. Instances are renumbered: the states to rewrite follow by key; a
     # removed instance's state is deleted (_journal_removed), not rewritten.
     new._backlog = collections.deque(old._backlog)
-    new._backlog_states = {new._index[key] for key, j in old._index.items()
-                           if j in old._backlog_states and key in new._index}
+    new._backlog_states = {
+        new._index[key] for key, j in old._index.items() if j in old._backlog_states and key in new._index
+    }
     new.backlog_dropped, new._dropped_before = old.backlog_dropped, old._dropped_before
     new._retry_delay, new._retry_at = old._retry_delay, 0.0
 
@@ -183,9 +204,23 @@ def _journal_removed(old: AlarmEngine, new: AlarmEngine, gone: list[int]) -> Non
         if state != State.NORMAL:
             a = old.defs[int(old.inst_def[j])]
             d = old.config.devices[int(old.inst_dev[j])]
-            rows.append(JournalRow(now, a.name, d.name, d.commune, None, a.priority, a.severity, "REMOVED",
-                                   State.NORMAL.name, "", f"was {state.name}: removed from the configuration",
-                                   a.service, "alarm removed from the configuration"))
+            rows.append(
+                JournalRow(
+                    now,
+                    a.name,
+                    d.name,
+                    d.commune,
+                    None,
+                    a.priority,
+                    a.severity,
+                    "REMOVED",
+                    State.NORMAL.name,
+                    "",
+                    f"was {state.name}: removed from the configuration",
+                    a.service,
+                    "alarm removed from the configuration",
+                )
+            )
             log.warning("alarm_removed_by_reload", alarm=a.name, device=d.name, state=state.name)
     if rows:
         new._journal_write(rows, ())
@@ -215,6 +250,7 @@ async def _drain_alarm_events(conditions, timeout: float) -> None:
 async def apply(app, new: Config) -> ConfigDiff:
     """Apply a validated configuration to the running Application (see the module docstring)."""
     from scada.app import build_drivers
+
     old = app.config
     d = diff(old, new)
     if d.empty:
@@ -236,13 +272,15 @@ async def apply(app, new: Config) -> ConfigDiff:
         carried_tags = tagdb.carry_from(app.tagdb)
         alarms = AlarmEngine(new, tagdb, app.journal)
         carried_alarms, gone = carry_alarms(app.alarms, alarms)
-        alarms.subscribers = [s for s in app.alarms.subscribers
-                              if conditions is None or getattr(s, "__self__", None) is not conditions]
+        alarms.subscribers = [
+            s for s in app.alarms.subscribers if conditions is None or getattr(s, "__self__", None) is not conditions
+        ]
         historian = app._make_historian(new, tagdb)
         drivers = build_drivers(new, tagdb)
         hmi_touched = True
-        node_changes = await app.hmi.reload(new, tagdb, d.nodes_removed, d.nodes_added, d.types_rebuilt,
-                                            alarms=alarms, history=historian)
+        node_changes = await app.hmi.reload(
+            new, tagdb, d.nodes_removed, d.nodes_added, d.types_rebuilt, alarms=alarms, history=historian
+        )
     except asyncio.CancelledError:
         # The server is stopping (a reload runs in its task group, which now refuses new
         # tasks): nothing to restart; the cancellation goes on. The new store is let go.
@@ -278,8 +316,15 @@ async def apply(app, new: Config) -> ConfigDiff:
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)
-    log.info("configuration_reloaded", **d.summary(), tags=len(tagdb), tags_kept=len(carried_tags),
-             alarm_instances=alarms.n, alarm_states_kept=carried_alarms, opcua_node_changes=node_changes)
+    log.info(
+        "configuration_reloaded",
+        **d.summary(),
+        tags=len(tagdb),
+        tags_kept=len(carried_tags),
+        alarm_instances=alarms.n,
+        alarm_states_kept=carried_alarms,
+        opcua_node_changes=node_changes,
+    )
     return d
 
 
@@ -319,8 +364,15 @@ async def _undo_hmi(app, old: Config, d: ConfigDiff, conditions, hmi_touched: bo
     hmi = app.hmi
     edited = hmi.config is not old
     try:
-        await hmi.reload(old, app.tagdb, d.nodes_added if edited else [], d.nodes_removed if edited else [],
-                         d.types_rebuilt if edited else [], alarms=app.alarms, history=app.historian)
+        await hmi.reload(
+            old,
+            app.tagdb,
+            d.nodes_added if edited else [],
+            d.nodes_removed if edited else [],
+            d.types_rebuilt if edited else [],
+            alarms=app.alarms,
+            history=app.historian,
+        )
     except Exception:  # noqa: BLE001 - the components still restart (the caller's finally)
         log.exception("reload_rollback_opcua_failed")
         return
@@ -339,8 +391,9 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     try:
         alarms = AlarmEngine(new, app.tagdb, app.journal)
         carried, gone = carry_alarms(app.alarms, alarms)
-        alarms.subscribers = [s for s in app.alarms.subscribers
-                              if conditions is None or getattr(s, "__self__", None) is not conditions]
+        alarms.subscribers = [
+            s for s in app.alarms.subscribers if conditions is None or getattr(s, "__self__", None) is not conditions
+        ]
         hmi_touched = True
         await app.hmi.reload(new, app.tagdb, [], [], [], alarms=alarms, history=app.historian)
     except asyncio.CancelledError:
@@ -357,8 +410,13 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     app.config, app.alarms = new, alarms
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)
-    log.info("configuration_reloaded", **d.summary(), alarm_instances=alarms.n, alarm_states_kept=carried,
-             field_untouched=True)
+    log.info(
+        "configuration_reloaded",
+        **d.summary(),
+        alarm_instances=alarms.n,
+        alarm_states_kept=carried,
+        field_untouched=True,
+    )
 
 
 def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:
@@ -370,8 +428,7 @@ def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = 
     path = Path(data_dir) / RESULT_FILE
     tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message,
-                                   "changes": changes or {}}))
+        tmp.write_text(json.dumps({"time_ns": time.time_ns(), "ok": ok, "message": message, "changes": changes or {}}))
         os.replace(tmp, path)
     except OSError as exc:
         log.error("reload_result_not_written", file=str(path), error=repr(exc), ok=ok, message=message)
@@ -382,8 +439,14 @@ async def reload_from_files(app, directory: str | Path) -> bool:
     try:
         new = await asyncio.to_thread(load_config, directory)
     except ConfigError as exc:
-        log.error("reload_rejected", error=str(exc), file=exc.file, line=exc.line, key=exc.key or None,
-                  note="the running configuration is unchanged")
+        log.error(
+            "reload_rejected",
+            error=str(exc),
+            file=exc.file,
+            line=exc.line,
+            key=exc.key or None,
+            note="the running configuration is unchanged",
+        )
         write_result(app.data_dir, False, f"configuration error: {exc}")
         return False
     except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the server (it runs in its task group)

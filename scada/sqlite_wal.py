@@ -28,8 +28,7 @@ def check_header(db: sqlite3.Connection, application_id: int, version: int, what
     return found_id == application_id
 
 
-def create_schema(db: sqlite3.Connection, schema: str, application_id: int, version: int,
-                  synchronous: str) -> bool:
+def create_schema(db: sqlite3.Connection, schema: str, application_id: int, version: int, synchronous: str) -> bool:
     """Switch ``db`` to WAL, then create ``schema`` (``;``-separated statements) and stamp the
     file, in one transaction. False when the file cannot be put in WAL mode (nothing done)."""
     if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":

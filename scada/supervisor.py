@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from drivers.modbus.transport import Backoff
+from scada.backoff import Backoff
 
 log = structlog.get_logger("scada.supervisor")
 
@@ -57,8 +57,12 @@ class Supervised:
 class Supervisor:
     """Runs named coroutines, restarting each one that fails; see the module docstring."""
 
-    def __init__(self, on_alarm: Callable[[str, bool, str], None] | None = None,
-                 backoff: Backoff = Backoff(base=0.5, cap=30.0), healthy_after: float = HEALTHY_AFTER_S) -> None:
+    def __init__(
+        self,
+        on_alarm: Callable[[str, bool, str], None] | None = None,
+        backoff: Backoff = Backoff(base=0.5, cap=30.0),
+        healthy_after: float = HEALTHY_AFTER_S,
+    ) -> None:
         self.on_alarm = on_alarm  # (task name, active, message)
         self.backoff = backoff
         self.healthy_after = healthy_after
@@ -66,9 +70,13 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None  # while running: tasks added later start at once
         self._supervising: dict[str, asyncio.Task] = {}
 
-    def add(self, name: str, factory: Callable[[], Awaitable[None]],
-            on_failure: Callable[[BaseException], None] | None = None,
-            on_restart: Callable[[], None] | None = None) -> Supervised:
+    def add(
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[None]],
+        on_failure: Callable[[BaseException], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> Supervised:
         """Register a task by name: ``factory()`` makes one attempt's coroutine.
 
         Added while :meth:`run` runs (a configuration reload), the task starts at once.
@@ -119,8 +127,10 @@ class Supervisor:
 
     def status(self) -> dict[str, dict]:
         """Per task: restarts so far, whether its alarm is raised, its last error."""
-        return {s.name: {"restarts": s.restarts, "failed": s.failed, "last_error": s.last_error}
-                for s in self.tasks.values()}
+        return {
+            s.name: {"restarts": s.restarts, "failed": s.failed, "last_error": s.last_error}
+            for s in self.tasks.values()
+        }
 
     @property
     def restarts(self) -> int:
@@ -135,8 +145,13 @@ class Supervisor:
             s.failures += 1
             s.restarts += 1
             s.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.error("task_failed", task=s.name, error=s.last_error, restarts=s.restarts,
-                      exc_info=(type(exc), exc, exc.__traceback__))
+            log.error(
+                "task_failed",
+                task=s.name,
+                error=s.last_error,
+                restarts=s.restarts,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
             self._hook(s, "on_failure", s.on_failure, exc)
             if not s.failed:
                 s.failed = True

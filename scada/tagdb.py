@@ -129,7 +129,7 @@ class TagNames:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        return self._blob[self._offsets[i]:self._offsets[i + 1]].decode()
+        return self._blob[self._offsets[i] : self._offsets[i + 1]].decode()
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -273,9 +273,7 @@ class TagDB:
         status_arr = np.broadcast_to(np.asarray(status, np.uint32), (n,))
         server_ns = now_ns()
         src = np.broadcast_to(np.asarray(server_ns if source_time is None else source_time, np.int64), (n,))
-        text_changed = np.fromiter(
-            (self.text.get(int(i)) != t for i, t in zip(ids, texts)), bool, n
-        )
+        text_changed = np.fromiter((self.text.get(int(i)) != t for i, t in zip(ids, texts)), bool, n)
         changed = text_changed | (status_arr != self.status[ids])
         self.status[ids] = status_arr
         self.source_time[ids] = src
@@ -290,8 +288,9 @@ class TagDB:
         ctexts = tuple(t for t, c in zip(texts, changed.tolist()) if c)
         return self._publish(cids, np.full(len(cids), np.nan), status_arr[changed], src[changed], server_ns, ctexts)
 
-    def set_status(self, ids: np.ndarray, status: int, source_time: int | None = None,
-                   keep_source_time: bool = False) -> ChangeBatch | None:
+    def set_status(
+        self, ids: np.ndarray, status: int, source_time: int | None = None, keep_source_time: bool = False
+    ) -> ChangeBatch | None:
         """Change the status of rows and keep their last values (link loss, for example).
 
         The source time of a changed row becomes ``source_time`` (default: now, when the loss
@@ -339,14 +338,21 @@ class TagDB:
         if self.text:
             texts = tuple(self.text.get(i) for i in ids.tolist())
         return ChangeBatch(
-            self._seq, ids, self.value[ids].copy(), self.status[ids].copy(),
-            self.source_time[ids].copy(), now_ns(), texts,
+            self._seq,
+            ids,
+            self.value[ids].copy(),
+            self.status[ids].copy(),
+            self.source_time[ids].copy(),
+            now_ns(),
+            texts,
         )
 
     def _publish(self, ids, values, status, src, server_ns, texts=None) -> ChangeBatch:
         self._seq += 1
         self.changes += len(ids)
-        batch = ChangeBatch(self._seq, ids, values, np.ascontiguousarray(status), np.ascontiguousarray(src), server_ns, texts)
+        batch = ChangeBatch(
+            self._seq, ids, values, np.ascontiguousarray(status), np.ascontiguousarray(src), server_ns, texts
+        )
         for consumer in self._consumers:
             consumer.offer(batch)
         return batch

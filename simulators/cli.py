@@ -11,8 +11,8 @@ import time
 
 import structlog
 
-from scada import eventloop, logs
-from scada.limits import raise_open_file_limit
+from common import eventloop, logs
+from common.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
@@ -32,12 +32,19 @@ async def run_lighting(args: argparse.Namespace) -> None:
     if ports != list(range(ports[0], ports[0] + len(ports))):
         raise SystemExit("inventory ports must be consecutive (one simulator serves base_port, base_port+1, ...)")
     units_per_port = max(c.unit for c in cabinets)
-    state = lighting.create([c.lat for c in cabinets], [c.lon for c in cabinets], [c.lamps for c in cabinets],
-                            t=time.time(), seed=args.seed)
+    state = lighting.create(
+        [c.lat for c in cabinets], [c.lon for c in cabinets], [c.lamps for c in cabinets], t=time.time(), seed=args.seed
+    )
     sim = LightingModbusSimulator(state, cabinets[0].host, ports[0], units_per_port, args.acceleration)
     await sim.start()
-    log.info("lighting_simulator_started", cabinets=len(cabinets), host=cabinets[0].host,
-             ports=f"{ports[0]}-{ports[-1]}", units_per_port=units_per_port, acceleration=args.acceleration)
+    log.info(
+        "lighting_simulator_started",
+        cabinets=len(cabinets),
+        host=cabinets[0].host,
+        ports=f"{ports[0]}-{ports[-1]}",
+        units_per_port=units_per_port,
+        acceleration=args.acceleration,
+    )
     try:
         await asyncio.Event().wait()
     finally:
@@ -56,8 +63,9 @@ async def run_city(args: argparse.Namespace) -> None:
     city = citygen.generate(args.preset, args.host, args.base_port, args.units_per_port)
     opcua_endpoint = f"opc.tcp://{args.host}:{args.opcua_port}/traffic/"
     if args.config_out:
-        path = citygen.write_config(city, Path(args.config_out), Path(args.types_from), opcua_endpoint,
-                                    args.mqtt or "127.0.0.1:1883")
+        path = citygen.write_config(
+            city, Path(args.config_out), Path(args.types_from), opcua_endpoint, args.mqtt or "127.0.0.1:1883"
+        )
         log.info("city_config_written", path=str(path), cabinets=len(city.cabinets))
     start = datetime.fromisoformat(args.start).timestamp() if args.start else None
     mqtt = None
@@ -67,22 +75,41 @@ async def run_city(args: argparse.Namespace) -> None:
     security = None
     if args.opcua_pki:
         from simulators.adapters.opcua_traffic import ServerSecurity
+
         pki = Path(args.opcua_pki)
         trusted = pki / "trusted"
-        security = ServerSecurity(pki / "traffic-server.der", pki / "traffic-server.pem",
-                                  (trusted,) if trusted.is_dir() else ())
-    sim = CitySimulator(city, host=args.host, opcua_endpoint=opcua_endpoint,
-                        mqtt=mqtt, control_port=args.control_port, acceleration=args.acceleration,
-                        start_time=start, seed=args.seed, failure_rate=args.failure_rate, opcua_security=security)
+        security = ServerSecurity(
+            pki / "traffic-server.der", pki / "traffic-server.pem", (trusted,) if trusted.is_dir() else ()
+        )
+    sim = CitySimulator(
+        city,
+        host=args.host,
+        opcua_endpoint=opcua_endpoint,
+        mqtt=mqtt,
+        control_port=args.control_port,
+        acceleration=args.acceleration,
+        start_time=start,
+        seed=args.seed,
+        failure_rate=args.failure_rate,
+        opcua_security=security,
+    )
     steps = load_scenario(args.scenario, sim) if args.scenario else []
     await sim.start()
-    log.info("city_simulator_started", preset=args.preset, cabinets=len(city.cabinets),
-             light_points=sum(city.lamps), junctions=len(city.junctions), bollards=len(city.bollards),
-             vehicles=len(city.vehicles), modbus=f"{city.cabinets[0].port}-{city.cabinets[-1].port}",
-             opcua=sim.traffic.endpoint if sim.traffic else None,
-             opcua_security="Basic256Sha256 Sign/SignAndEncrypt only" if security else "None",
-             mqtt=args.mqtt, control_port=sim.control_port,
-             acceleration=args.acceleration)
+    log.info(
+        "city_simulator_started",
+        preset=args.preset,
+        cabinets=len(city.cabinets),
+        light_points=sum(city.lamps),
+        junctions=len(city.junctions),
+        bollards=len(city.bollards),
+        vehicles=len(city.vehicles),
+        modbus=f"{city.cabinets[0].port}-{city.cabinets[-1].port}",
+        opcua=sim.traffic.endpoint if sim.traffic else None,
+        opcua_security="Basic256Sha256 Sign/SignAndEncrypt only" if security else "None",
+        mqtt=args.mqtt,
+        control_port=sim.control_port,
+        acceleration=args.acceleration,
+    )
     try:
         if steps:
             await play(steps, sim, args.acceleration)
@@ -96,6 +123,7 @@ async def run_city(args: argparse.Namespace) -> None:
 def send_fault(args: argparse.Namespace) -> int:
     import json
     import socket
+
     req = {"fault": args.fault}
     if args.device:
         req["device"] = args.device
@@ -129,19 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-json", action="store_true")
     eventloop.add_argument(p)
 
-    c = sub.add_parser("city", help="a whole simulated city: lighting (Modbus), traffic (OPC UA), bollards and vehicles (MQTT)")
-    c.add_argument("--city", "--preset", dest="preset", default="small",
-                   help="tiny, small (default) or dijon (the whole metropolis)")
+    c = sub.add_parser(
+        "city", help="a whole simulated city: lighting (Modbus), traffic (OPC UA), bollards and vehicles (MQTT)"
+    )
+    c.add_argument(
+        "--city",
+        "--preset",
+        dest="preset",
+        default="small",
+        help="tiny, small (default) or dijon (the whole metropolis)",
+    )
     c.add_argument("--config-out", help="write tags.yaml and the inventories of this city into this folder")
     c.add_argument("--types-from", default="tags.yaml", help="tags.yaml whose equipment types the written one uses")
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--base-port", type=int, default=15020, help="first Modbus port of the lighting cabinets")
     c.add_argument("--units-per-port", type=int, default=1)
     c.add_argument("--opcua-port", type=int, default=4841, help="port of the traffic-management OPC UA server")
-    c.add_argument("--opcua-pki", metavar="DIR",
-                   help="serve the traffic OPC UA server secure-only (Basic256Sha256 Sign and SignAndEncrypt, security "
-                        "None refused) with DIR/traffic-server.der and .pem (made when absent); when DIR/trusted/ "
-                        "exists, only the client certificates in it are accepted")
+    c.add_argument(
+        "--opcua-pki",
+        metavar="DIR",
+        help="serve the traffic OPC UA server secure-only (Basic256Sha256 Sign and SignAndEncrypt, security "
+        "None refused) with DIR/traffic-server.der and .pem (made when absent); when DIR/trusted/ "
+        "exists, only the client certificates in it are accepted",
+    )
     c.add_argument("--mqtt", help="broker host:port for bollards and vehicles (none: they are not simulated)")
     c.add_argument("--control-port", type=int, default=14999, help="JSON-lines port for fault injection")
     c.add_argument("--scenario", help="YAML timeline of faults")
@@ -153,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     eventloop.add_argument(c)
 
     f = sub.add_parser("fault", help="inject a fault into a running city simulator")
-    f.add_argument("fault", help="lamp_failure, mains_loss, conflict_fault, device_offline, ... (see simulators/faults.py)")
+    f.add_argument(
+        "fault", help="lamp_failure, mains_loss, conflict_fault, device_offline, ... (see simulators/faults.py)"
+    )
     f.add_argument("device", nargs="?", help="device name (none for city-wide faults)")
     f.add_argument("params", nargs="*", help="key=value parameters, e.g. count=3")
     f.add_argument("--control-port", type=int, default=14999)

@@ -25,7 +25,7 @@ LIGHTING, TRAFFIC, BOLLARD, CITY = "lighting", "traffic", "bollard", "city"
 class Fault:
     name: str
     kinds: tuple[str, ...]  # equipment it applies to; CITY: no device
-    run: Callable[["CitySimulator", str, int, dict[str, Any]], Awaitable[None] | None]
+    run: Callable[[CitySimulator, str, int, dict[str, Any]], Awaitable[None] | None]
     params: tuple[str, ...] = ()  # required
     description: str = ""
     optional: tuple[str, ...] = ()
@@ -33,14 +33,17 @@ class Fault:
 
 def _model(fn_by_kind: dict[str, Callable], *args_from_params: str):
     """A fault that applies a pure model function to one device."""
-    def run(city: "CitySimulator", kind: str, i: int, params: dict[str, Any]) -> None:
+
+    def run(city: CitySimulator, kind: str, i: int, params: dict[str, Any]) -> None:
         city.apply(kind, fn_by_kind[kind], i, *(params[a] for a in args_from_params))
+
     return run
 
 
 def _const(fn_by_kind: dict[str, Callable], *args):
-    def run(city: "CitySimulator", kind: str, i: int, params: dict[str, Any]) -> None:
+    def run(city: CitySimulator, kind: str, i: int, params: dict[str, Any]) -> None:
         city.apply(kind, fn_by_kind[kind], i, *args)
+
     return run
 
 
@@ -63,31 +66,56 @@ async def _broker_outage(city, kind, i, params):
     await city.broker_outage(float(params.get("seconds", 30)))
 
 
-FAULTS = {f.name: f for f in (
-    Fault("lamp_failure", (LIGHTING,), _model({LIGHTING: li.fail_lamps}, "count"), ("count",),
-          "luminaires of a cabinet fail"),
-    Fault("lamp_repair", (LIGHTING,), _const({LIGHTING: li.repair_lamps}), (), "every luminaire repaired"),
-    Fault("mains_loss", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, False)),
-    Fault("mains_restore", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, True)),
-    Fault("earth_leakage", (LIGHTING,), _const({LIGHTING: li.trip_earth_leakage}), (), "the breaker trips"),
-    Fault("door_open", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, True)),
-    Fault("door_close", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, False)),
-    Fault("device_silent", (LIGHTING,), _silent, (), "stops answering; the connection stays open"),
-    Fault("device_answer", (LIGHTING,), lambda c, k, i, p: _silent(c, k, i, p, False)),
-    Fault("device_offline", (LIGHTING, BOLLARD), _offline, (), "drops off the network"),
-    Fault("device_online", (LIGHTING, BOLLARD), lambda c, k, i, p: _offline(c, k, i, p, False)),
-    Fault("conflict_fault", (TRAFFIC,), _const({TRAFFIC: tr.conflict_fault}, True), (),
-          "conflicting greens: flashing amber, latched"),
-    Fault("conflict_clear", (TRAFFIC,), _const({TRAFFIC: tr.conflict_fault}, False), (),
-          "the condition is gone (the latch stays until a local reset)"),
-    Fault("local_reset", (TRAFFIC,), _const({TRAFFIC: tr.local_reset}), (), "a technician resets the cabinet"),
-    Fault("lamp_out", (TRAFFIC,), _model({TRAFFIC: tr.set_lamp_out}, "group", "lamp"), ("group", "lamp"),
-          "group 0-3, lamp 1 red / 2 amber / 3 green (0: repaired)"),
-    Fault("obstruction", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, True)),
-    Fault("obstruction_clear", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, False)),
-    Fault("bollard_fault", (BOLLARD,), _const({BOLLARD: bo.set_fault}, True)),
-    Fault("bollard_repair", (BOLLARD,), _const({BOLLARD: bo.set_fault}, False)),
-    Fault("vehicle_arrival", (BOLLARD,), _model({BOLLARD: bo.vehicle_arrives}, "vehicle_class"), ("vehicle_class",)),
-    Fault("burst", (CITY,), _burst, (), "many cabinets change mode at once: a burst of changes", ("count",)),
-    Fault("broker_outage", (CITY,), _broker_outage, (), "every MQTT link drops for a while", ("seconds",)),
-)}
+FAULTS = {
+    f.name: f
+    for f in (
+        Fault(
+            "lamp_failure",
+            (LIGHTING,),
+            _model({LIGHTING: li.fail_lamps}, "count"),
+            ("count",),
+            "luminaires of a cabinet fail",
+        ),
+        Fault("lamp_repair", (LIGHTING,), _const({LIGHTING: li.repair_lamps}), (), "every luminaire repaired"),
+        Fault("mains_loss", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, False)),
+        Fault("mains_restore", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, True)),
+        Fault("earth_leakage", (LIGHTING,), _const({LIGHTING: li.trip_earth_leakage}), (), "the breaker trips"),
+        Fault("door_open", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, True)),
+        Fault("door_close", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, False)),
+        Fault("device_silent", (LIGHTING,), _silent, (), "stops answering; the connection stays open"),
+        Fault("device_answer", (LIGHTING,), lambda c, k, i, p: _silent(c, k, i, p, False)),
+        Fault("device_offline", (LIGHTING, BOLLARD), _offline, (), "drops off the network"),
+        Fault("device_online", (LIGHTING, BOLLARD), lambda c, k, i, p: _offline(c, k, i, p, False)),
+        Fault(
+            "conflict_fault",
+            (TRAFFIC,),
+            _const({TRAFFIC: tr.conflict_fault}, True),
+            (),
+            "conflicting greens: flashing amber, latched",
+        ),
+        Fault(
+            "conflict_clear",
+            (TRAFFIC,),
+            _const({TRAFFIC: tr.conflict_fault}, False),
+            (),
+            "the condition is gone (the latch stays until a local reset)",
+        ),
+        Fault("local_reset", (TRAFFIC,), _const({TRAFFIC: tr.local_reset}), (), "a technician resets the cabinet"),
+        Fault(
+            "lamp_out",
+            (TRAFFIC,),
+            _model({TRAFFIC: tr.set_lamp_out}, "group", "lamp"),
+            ("group", "lamp"),
+            "group 0-3, lamp 1 red / 2 amber / 3 green (0: repaired)",
+        ),
+        Fault("obstruction", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, True)),
+        Fault("obstruction_clear", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, False)),
+        Fault("bollard_fault", (BOLLARD,), _const({BOLLARD: bo.set_fault}, True)),
+        Fault("bollard_repair", (BOLLARD,), _const({BOLLARD: bo.set_fault}, False)),
+        Fault(
+            "vehicle_arrival", (BOLLARD,), _model({BOLLARD: bo.vehicle_arrives}, "vehicle_class"), ("vehicle_class",)
+        ),
+        Fault("burst", (CITY,), _burst, (), "many cabinets change mode at once: a burst of changes", ("count",)),
+        Fault("broker_outage", (CITY,), _broker_outage, (), "every MQTT link drops for a while", ("seconds",)),
+    )
+}

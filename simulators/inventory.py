@@ -38,8 +38,17 @@ def read_cabinets(path: str | Path) -> list[Cabinet]:
         rows = csv.DictReader(line for line in fh if line.strip() and not line.lstrip().startswith("#"))
         for row in rows:
             host, _, port = row["endpoint"].removeprefix("tcp://").rpartition(":")
-            out.append(Cabinet(row["name"], row["commune"], float(row["lat"]), float(row["lon"]),
-                               host, int(port), int(row.get("unit") or 1)))
+            out.append(
+                Cabinet(
+                    row["name"],
+                    row["commune"],
+                    float(row["lat"]),
+                    float(row["lon"]),
+                    host,
+                    int(port),
+                    int(row.get("unit") or 1),
+                )
+            )
     return out
 
 
@@ -48,8 +57,9 @@ def communes() -> list[tuple[str, float, float]]:
         return [(r["commune"], float(r["lat"]), float(r["lon"])) for r in csv.DictReader(fh)]
 
 
-def generate_cabinets(per_commune: int, host: str = "127.0.0.1", base_port: int = 15020,
-                      units_per_port: int = 1) -> list[Cabinet]:
+def generate_cabinets(
+    per_commune: int, host: str = "127.0.0.1", base_port: int = 15020, units_per_port: int = 1
+) -> list[Cabinet]:
     """``per_commune`` cabinets in each commune, scattered within about a kilometre of its centre."""
     out = []
     i = 0
@@ -65,12 +75,17 @@ def generate_cabinets(per_commune: int, host: str = "127.0.0.1", base_port: int 
         used.add(code)
         for k in range(per_commune):
             h = zlib.crc32(f"{commune}{k}".encode())
-            out.append(Cabinet(
-                f"LC-{code}-{k + 1:03d}", commune,
-                round(lat + ((h & 0xFFFF) / 0xFFFF - 0.5) * 0.02, 5),
-                round(lon + ((h >> 16) / 0xFFFF - 0.5) * 0.03, 5),
-                host, base_port + i // units_per_port, 1 + i % units_per_port,
-            ))
+            out.append(
+                Cabinet(
+                    f"LC-{code}-{k + 1:03d}",
+                    commune,
+                    round(lat + ((h & 0xFFFF) / 0xFFFF - 0.5) * 0.02, 5),
+                    round(lon + ((h >> 16) / 0xFFFF - 0.5) * 0.03, 5),
+                    host,
+                    base_port + i // units_per_port,
+                    1 + i % units_per_port,
+                )
+            )
             i += 1
     return out
 

@@ -16,8 +16,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 
-def make_certificate(cert_path: str | Path, key_path: str | Path, application_uri: str, *, server: bool,
-                     days: int = 365, host: str | None = None) -> tuple[Path, Path]:
+def make_certificate(
+    cert_path: str | Path,
+    key_path: str | Path,
+    application_uri: str,
+    *,
+    server: bool,
+    days: int = 365,
+    host: str | None = None,
+) -> tuple[Path, Path]:
     """Write a new RSA-2048 key (PEM, unencrypted) and its self-signed certificate (DER)."""
     cert_path, key_path = Path(cert_path), Path(key_path)
     host = host or socket.gethostname()
@@ -35,8 +42,9 @@ def make_certificate(cert_path: str | Path, key_path: str | Path, application_ur
     return cert_path, key_path
 
 
-def ensure_certificate(cert_path: str | Path, key_path: str | Path, application_uri: str, *,
-                       server: bool) -> tuple[Path, Path]:
+def ensure_certificate(
+    cert_path: str | Path, key_path: str | Path, application_uri: str, *, server: bool
+) -> tuple[Path, Path]:
     """The pair at these paths, made when either file is absent (never overwriting one that is there)."""
     cert_path, key_path = Path(cert_path), Path(key_path)
     if cert_path.is_file() and key_path.is_file():

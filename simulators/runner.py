@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from scada.limits import raise_open_file_limit
-
+from common.limits import raise_open_file_limit
 from simulators import faults as fa
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
@@ -31,32 +30,57 @@ class FaultError(ValueError):
 
 
 class CitySimulator:
-    def __init__(self, city: City, *, host: str = "127.0.0.1", opcua_endpoint: str | None = None,
-                 mqtt: tuple[str, int] | None = None, control_port: int | None = None,
-                 acceleration: float = 1.0, start_time: float | None = None, seed: int = 0,
-                 failure_rate: float = li.DEFAULT_FAILURE_RATE, opcua_security: ServerSecurity | None = None) -> None:
+    def __init__(
+        self,
+        city: City,
+        *,
+        host: str = "127.0.0.1",
+        opcua_endpoint: str | None = None,
+        mqtt: tuple[str, int] | None = None,
+        control_port: int | None = None,
+        acceleration: float = 1.0,
+        start_time: float | None = None,
+        seed: int = 0,
+        failure_rate: float = li.DEFAULT_FAILURE_RATE,
+        opcua_security: ServerSecurity | None = None,
+    ) -> None:
         self.city = city
         t0 = time.time() if start_time is None else start_time
         c = city.cabinets
         units = max(x.unit for x in c)
-        state = li.create([x.lat for x in c], [x.lon for x in c], city.lamps, t=t0, seed=seed,
-                          failure_rate=failure_rate)
+        state = li.create(
+            [x.lat for x in c], [x.lon for x in c], city.lamps, t=t0, seed=seed, failure_rate=failure_rate
+        )
         self.lighting = LightingModbusSimulator(state, c[0].host, c[0].port, units, acceleration, start_time=t0)
         self.traffic = None
         if opcua_endpoint and city.junctions:
             j = city.junctions
             ts = tr.create([x.lat for x in j], [x.lon for x in j], t=t0, seed=seed)
-            self.traffic = TrafficOpcUaSimulator(ts, [Junction(x.name, x.commune, x.lat, x.lon) for x in j],
-                                                 opcua_endpoint, acceleration, start_time=t0,
-                                                 security=opcua_security)
+            self.traffic = TrafficOpcUaSimulator(
+                ts,
+                [Junction(x.name, x.commune, x.lat, x.lon) for x in j],
+                opcua_endpoint,
+                acceleration,
+                start_time=t0,
+                security=opcua_security,
+            )
         self.bollards = self.fleet = None
         if mqtt and city.bollards:
-            self.bollards = BollardMqttSimulator(bo.create(len(city.bollards), t=t0, seed=seed),
-                                                 [b.name for b in city.bollards], *mqtt,
-                                                 acceleration=acceleration, start_time=t0)
+            self.bollards = BollardMqttSimulator(
+                bo.create(len(city.bollards), t=t0, seed=seed),
+                [b.name for b in city.bollards],
+                *mqtt,
+                acceleration=acceleration,
+                start_time=t0,
+            )
         if mqtt and city.vehicles:
-            self.fleet = FleetMqttSimulator(fl.create(city.places, len(city.vehicles), t=t0, seed=seed),
-                                            city.vehicles, *mqtt, acceleration=acceleration, start_time=t0)
+            self.fleet = FleetMqttSimulator(
+                fl.create(city.places, len(city.vehicles), t=t0, seed=seed),
+                city.vehicles,
+                *mqtt,
+                acceleration=acceleration,
+                start_time=t0,
+            )
         self.control_port = control_port
         self._control: asyncio.Server | None = None
         self._index: dict[str, tuple[str, int]] = {}
@@ -115,9 +139,11 @@ class CitySimulator:
         missing = [p for p in f.params if p not in params]
         unknown = [p for p in params if p not in f.params + f.optional]
         if missing or unknown:
-            raise FaultError(f"{fault} takes {', '.join(f.params + f.optional) or 'no parameters'}"
-                             f"{'; missing ' + ', '.join(missing) if missing else ''}"
-                             f"{'; unknown ' + ', '.join(unknown) if unknown else ''}")
+            raise FaultError(
+                f"{fault} takes {', '.join(f.params + f.optional) or 'no parameters'}"
+                f"{'; missing ' + ', '.join(missing) if missing else ''}"
+                f"{'; unknown ' + ', '.join(unknown) if unknown else ''}"
+            )
         part = {fa.TRAFFIC: self.traffic, fa.BOLLARD: self.bollards}.get(kind, True)
         if part is None:
             raise FaultError(f"the {kind} simulator is not running")
@@ -155,16 +181,20 @@ class CitySimulator:
             await asyncio.sleep(seconds / max(self.lighting.acceleration, 1e-9))
             for link in links:
                 link.restore()
+
         task = asyncio.create_task(restore())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def stats(self) -> dict[str, Any]:
-        return {"modbus_requests": self.lighting.requests, "faults": self.injected,
-                "cabinets": self.lighting.state.count,
-                "junctions": self.traffic.state.count if self.traffic else 0,
-                "bollard_commands": self.bollards.commands_received if self.bollards else 0,
-                "vehicle_reports": self.fleet.reports if self.fleet else 0}
+        return {
+            "modbus_requests": self.lighting.requests,
+            "faults": self.injected,
+            "cabinets": self.lighting.state.count,
+            "junctions": self.traffic.state.count if self.traffic else 0,
+            "bollard_commands": self.bollards.commands_received if self.bollards else 0,
+            "vehicle_reports": self.fleet.reports if self.fleet else 0,
+        }
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """JSON lines: {"fault": "...", "device": "...", ...params} -> {"ok": true} or {"ok": false, "error"};

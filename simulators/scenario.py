@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scada.fields import Fields, non_negative, to_float, to_str
-from scada.yamlsrc import ConfigError, LocList, load
+from common.fields import Fields, non_negative, to_float, to_str
+from common.yamlsrc import ConfigError, LocList, load
 from simulators.runner import CitySimulator, FaultError
 
 

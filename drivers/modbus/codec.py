@@ -35,8 +35,9 @@ class Block:
         return self.table in BIT_TABLES
 
 
-def plan_blocks(points: Sequence[ModbusPoint], max_gap: int = 8,
-                max_registers: int = MAX_REGISTERS, max_bits: int = MAX_BITS) -> list[Block]:
+def plan_blocks(
+    points: Sequence[ModbusPoint], max_gap: int = 8, max_registers: int = MAX_REGISTERS, max_bits: int = MAX_BITS
+) -> list[Block]:
     """Merge points into as few requests as the protocol allows.
 
     Addresses at most ``max_gap`` apart join one request (reading a few unused registers is
@@ -87,8 +88,9 @@ class ReadPlan:
         self.register_bytes, self.bit_bytes = 2 * nregs, nbytes
         pos = np.zeros(n, np.int64)
         for i, p in enumerate(self.points):
-            k = next(k for k, b in enumerate(self.blocks)
-                     if b.table == p.table and b.start <= p.address < b.start + b.count)
+            k = next(
+                k for k, b in enumerate(self.blocks) if b.table == p.table and b.start <= p.address < b.start + b.count
+            )
             base = bit_base[k] if self.blocks[k].is_bits else reg_base[k]
             pos[i] = base + p.address - self.blocks[k].start
         types = np.array([p.type for p in self.points])
@@ -116,11 +118,14 @@ class ReadPlan:
     def decode_polls(self, register_data: bytes, bit_data: bytes, polls: int) -> np.ndarray:
         """Values in engineering units, shape (polls, points), from the polls' stacked data bytes."""
         if len(register_data) != polls * self.register_bytes or len(bit_data) != polls * self.bit_bytes:
-            raise ValueError(f"expected {polls} x ({self.register_bytes} register + {self.bit_bytes} bit) bytes, "
-                             f"got {len(register_data)} + {len(bit_data)}")
+            raise ValueError(
+                f"expected {polls} x ({self.register_bytes} register + {self.bit_bytes} bit) bytes, "
+                f"got {len(register_data)} + {len(bit_data)}"
+            )
         regs = np.frombuffer(register_data, ">u2").reshape(polls, self.register_count)
-        bits = np.unpackbits(np.frombuffer(bit_data, np.uint8).reshape(polls, self.bit_bytes),
-                             axis=1, bitorder="little")
+        bits = np.unpackbits(
+            np.frombuffer(bit_data, np.uint8).reshape(polls, self.bit_bytes), axis=1, bitorder="little"
+        )
         raw = np.empty((polls, len(self.points)), np.float64)
         if len(self._bool):
             raw[:, self._bool] = bits[:, self._pos[self._bool]]
@@ -150,11 +155,10 @@ class ReadPlan:
             if len(r) < b.count:
                 raise ValueError(f"{b.table} block at {b.start}: expected {b.count} values, got {len(r)}")
             if b.is_bits:
-                bit_parts.append(np.packbits(np.asarray(r[:b.count], bool), bitorder="little").tobytes())
+                bit_parts.append(np.packbits(np.asarray(r[: b.count], bool), bitorder="little").tobytes())
             else:
-                reg_parts.append(np.asarray(r[:b.count]).astype(">u2").tobytes())
+                reg_parts.append(np.asarray(r[: b.count]).astype(">u2").tobytes())
         return self.decode_polls(b"".join(reg_parts), b"".join(bit_parts), 1)[0]
-
 
 
 # The status of a float32 the device sent as NaN or +-Inf. The link worked, so it is not a
@@ -180,8 +184,10 @@ def non_finite_status(values: np.ndarray, status: np.ndarray) -> np.ndarray:
 
 
 _RAW_LIMITS = {
-    "int16": (-(2 ** 15), 2 ** 15 - 1), "uint16": (0, 2 ** 16 - 1),
-    "int32": (-(2 ** 31), 2 ** 31 - 1), "uint32": (0, 2 ** 32 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -205,18 +211,17 @@ def encode(point: ModbusPoint, value: float) -> list[int] | bool:
     raw = (value - point.offset) / point.scale
     if point.type == "float32":
         if not math.isfinite(raw) or abs(raw) > _FLOAT32_MAX:  # would be written as +-Inf
-            raise ValueError(f"{value} is outside what a float32 register holds after scaling "
-                             f"(|raw| <= {_FLOAT32_MAX:.7g})")
+            raise ValueError(
+                f"{value} is outside what a float32 register holds after scaling (|raw| <= {_FLOAT32_MAX:.7g})"
+            )
         word32 = int(np.array([raw], np.float32).view(np.uint32)[0])
     else:
         lo, hi = _RAW_LIMITS[point.type]
         if not math.isfinite(raw) or not lo - 0.5 < raw < hi + 0.5:  # checked before round(): no OverflowError
-            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling "
-                             f"(raw {lo}..{hi})")
+            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling (raw {lo}..{hi})")
         r = round(raw)
         if not lo <= r <= hi:
-            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling "
-                             f"(raw {lo}..{hi})")
+            raise ValueError(f"{value} is outside what a {point.type} register holds after scaling (raw {lo}..{hi})")
         if point.type in ("int16", "uint16"):
             return [r & 0xFFFF]
         word32 = r & 0xFFFFFFFF

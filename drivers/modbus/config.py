@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scada.fields import Fields, in_range, one_of, parse_host_port, positive, to_bool, to_float, to_int, to_name, to_str
+from common.fields import (
+    Fields,
+    in_range,
+    one_of,
+    parse_host_port,
+    positive,
+    to_bool,
+    to_float,
+    to_int,
+    to_name,
+    to_str,
+)
+from common.yamlsrc import ConfigError, LocMap
 from scada.tagdb import ANALOG, DISCRETE
-from scada.yamlsrc import ConfigError, LocMap
 
 TABLES = ("holding", "input", "coil", "discrete")
 BIT_TABLES = ("coil", "discrete")
@@ -126,8 +137,12 @@ def parse_point(f: Fields) -> ModbusPoint:
     if table in BIT_TABLES and dtype != "bool":
         raise f.error("type", f"{article} {TABLE_NAMES[table]} holds a single bit: its type must be bool", dtype)
     if table not in BIT_TABLES and dtype == "bool":
-        raise f.error("type", f"{article} {TABLE_NAMES[table]} holds a number: use int16, uint16, int32, uint32 "
-                      "or float32 (a bit is read from a coil or a discrete input)", dtype)
+        raise f.error(
+            "type",
+            f"{article} {TABLE_NAMES[table]} holds a number: use int16, uint16, int32, uint32 "
+            "or float32 (a bit is read from a coil or a discrete input)",
+            dtype,
+        )
     address = f.take("address", _address, what="register or bit address 0-65535")
     point = ModbusPoint(
         table=table,
@@ -154,14 +169,17 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 def _read_gap(v: object) -> int:
     gap = to_int(v)
     if not 0 <= gap <= 125:
-        raise ValueError("must be between 0 and 125 (unused registers or bits one request may read to merge two points)")
+        raise ValueError(
+            "must be between 0 and 125 (unused registers or bits one request may read to merge two points)"
+        )
     return gap
 
 
 def _poll_groups(raw: object, f: Fields) -> tuple[tuple[str, float], ...]:
     if not isinstance(raw, dict) or not raw:
-        raise f.error("poll_groups", "expected a mapping of group names to poll intervals in seconds, "
-                      "e.g. {slow: 60}", raw)
+        raise f.error(
+            "poll_groups", "expected a mapping of group names to poll intervals in seconds, e.g. {slow: 60}", raw
+        )
     gf = Fields(raw, f.key("poll_groups"), f.file, f.line_of("poll_groups"))
     groups = []
     for name in list(raw):
@@ -185,7 +203,7 @@ def _serial_path(text: str) -> str | None:
     s = text.strip()
     if not s.lower().startswith("rtu://"):
         return None
-    path = s[len("rtu://"):]
+    path = s[len("rtu://") :]
     if not path.startswith("/") or len(path) < 2:
         raise ValueError("expected rtu:///dev/<serial device>, e.g. rtu:///dev/ttyUSB0")
     return path
@@ -201,12 +219,17 @@ def parse_device(f: Fields) -> ModbusEndpoint:
     if serial_port is None:
         for key in SERIAL_KEYS:
             if f.has(key):
-                raise f.error(key, "a serial line setting, but this device's endpoint is TCP: remove it, "
-                              "or write endpoint: rtu:///dev/ttyUSB0", f.sub(key))
+                raise f.error(
+                    key,
+                    "a serial line setting, but this device's endpoint is TCP: remove it, "
+                    "or write endpoint: rtu:///dev/ttyUSB0",
+                    f.sub(key),
+                )
         # 0 and 255 are what TCP devices that are not gateways commonly answer to.
         return ModbusEndpoint(host, port, f.take("unit", in_range(to_int, 0, 255), default=1))
     return ModbusEndpoint(
-        host, port,
+        host,
+        port,
         unit=f.take("unit", in_range(to_int, 1, 247), default=1),
         serial_port=serial_port,
         baudrate=f.take("baudrate", one_of_int(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200), default=19200),
@@ -221,10 +244,13 @@ def one_of_int(*choices: int):
         if n not in choices:
             raise ValueError(f"must be one of: {', '.join(map(str, choices))}")
         return n
+
     return check
 
 
-def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields, type_io: ModbusType | None = None) -> None:
+def check_type(
+    type_name: str, points: dict[str, ModbusPoint], where: Fields, type_io: ModbusType | None = None
+) -> None:
     """Two points of one type may not share a register of the same table; poll groups must exist."""
     groups = dict(type_io.poll_groups) if type_io else {}
     owner: dict[tuple[str, int], str] = {}
@@ -233,15 +259,23 @@ def check_type(type_name: str, points: dict[str, ModbusPoint], where: Fields, ty
             raw = where.mapping.get(name)
             line = raw.line_of("poll_group") if isinstance(raw, LocMap) else where.line_of(name)
             known = ", ".join(groups) or "none: declare them in the type's poll_groups, e.g. {slow: 60}"
-            raise ConfigError(where.file, line, where.key(f"{name}.poll_group"),
-                              f"unknown poll group (this type's groups: {known})", p.poll_group)
+            raise ConfigError(
+                where.file,
+                line,
+                where.key(f"{name}.poll_group"),
+                f"unknown poll group (this type's groups: {known})",
+                p.poll_group,
+            )
         for a in range(p.address, p.address + p.size):
             other = owner.get((p.table, a))
             if other is not None:
                 raw = where.mapping.get(name)
                 line = raw.line_of("address") if isinstance(raw, LocMap) else where.line_of(name)
                 raise ConfigError(
-                    where.file, line, where.key(f"{name}.address"),
-                    f"overlaps point {other!r} at {TABLE_NAMES[p.table]} {a}", p.address,
+                    where.file,
+                    line,
+                    where.key(f"{name}.address"),
+                    f"overlaps point {other!r} at {TABLE_NAMES[p.table]} {a}",
+                    p.address,
                 )
             owner[(p.table, a)] = name

@@ -23,15 +23,16 @@ from typing import Any
 import numpy as np
 import structlog
 
-from drivers.base import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.modbus import frames
 from drivers.modbus.codec import Block, ReadPlan, encode, non_finite_status
 from drivers.modbus.config import DEFAULT_GROUP, ModbusEndpoint, ModbusType
 from drivers.modbus.frames import FrameError
-from drivers.modbus.transport import Backoff, Connection, RtuLink, SerialSettings, TcpLink
+from drivers.modbus.transport import Connection, RtuLink, SerialSettings, TcpLink
 from scada import status as st
+from scada.backoff import Backoff
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
+from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.modbus")
@@ -147,8 +148,9 @@ class _Coalescer:
         if ids:
             batch = np.concatenate(values)
             # A NaN/Inf float from the field is stored with its value, never as Good (codec.NON_FINITE_STATUS).
-            self.tagdb.update(np.concatenate(ids), batch, non_finite_status(batch, np.concatenate(status)),
-                              np.concatenate(times))
+            self.tagdb.update(
+                np.concatenate(ids), batch, non_finite_status(batch, np.concatenate(status)), np.concatenate(times)
+            )
 
 
 class ModbusDriver:
@@ -262,16 +264,23 @@ class ModbusDriver:
                         raise
                     if code in (EXC_GATEWAY_PATH, EXC_GATEWAY_TARGET):
                         raise DeviceUnreachable(f"the gateway cannot reach unit {unit} (exception {code})") from None
-                    all_good = self._mark_block(group, block, EXCEPTION_STATUS.get(code, st.BAD_DEVICE_FAILURE),
-                                                all_good)
+                    all_good = self._mark_block(
+                        group, block, EXCEPTION_STATUS.get(code, st.BAD_DEVICE_FAILURE), all_good
+                    )
                     parts.append(_zero_data(block))
                     ds.last_error = f"exception {code} on {block.table} {block.start}+{block.count}"
                     if code in (EXC_ILLEGAL_ADDRESS, EXC_ILLEGAL_VALUE):
                         # A configuration mistake, not a transient fault: retrying every poll would
                         # only cost the device a request per cycle. It stays Bad_ConfigurationError.
                         group.refused.add(k)
-                        log.warning("modbus_block_refused", device=ds.device.name, table=block.table,
-                                    address=block.start, count=block.count, modbus_exception=code)
+                        log.warning(
+                            "modbus_block_refused",
+                            device=ds.device.name,
+                            table=block.table,
+                            address=block.start,
+                            count=block.count,
+                            modbus_exception=code,
+                        )
         except DeviceUnreachable as exc:
             self._failed(ds, str(exc))
             return
@@ -285,8 +294,9 @@ class ModbusDriver:
         rtt = time.monotonic() - t0
         # The answers' lengths were checked against the requests (frames.check_response): the
         # concatenated bytes fit the plan, and decoding waits for the flush.
-        self._coalescer.add(group, b"".join(registers), b"".join(bits), None if all_good else group.status,
-                            time.time_ns())
+        self._coalescer.add(
+            group, b"".join(registers), b"".join(bits), None if all_good else group.status, time.time_ns()
+        )
         if not ds.ok and ds.consecutive_failures:  # a recovery; first contacts are counted in the status line
             log.info("device_online", device=ds.device.name, rtt_ms=round(rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
@@ -326,8 +336,9 @@ class ModbusDriver:
             ds.demoted_until = time.monotonic() + ds.device.demote_for
             self.demotions += 1
             self.diag.demote(ds.k, error)
-            log.warning("device_demoted", device=ds.device.name, failures=n, off_scan_s=ds.device.demote_for,
-                        error=error)
+            log.warning(
+                "device_demoted", device=ds.device.name, failures=n, off_scan_s=ds.device.demote_for, error=error
+            )
 
     # Commands
 

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from drivers.base import DeviceRejected
+from scada.driver_api import DeviceRejected
 
 READ_COILS, READ_DISCRETE, READ_HOLDING, READ_INPUT = 1, 2, 3, 4
 WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
@@ -110,7 +110,7 @@ def split_tcp(buffer: bytearray) -> list[tuple[int, int, bytes]]:
         end = pos + 6 + length
         if end > n:
             break
-        frames.append((tid, unit, bytes(buffer[pos + 7:end])))
+        frames.append((tid, unit, bytes(buffer[pos + 7 : end])))
         pos = end
     del buffer[:pos]
     return frames

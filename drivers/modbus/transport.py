@@ -23,21 +23,10 @@ from dataclasses import dataclass
 
 import serial
 
-from drivers.base import DeviceUnreachable
 from drivers.modbus import frames
 from drivers.modbus.frames import FrameError
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter: delay(n) in [d/2, d], d = min(cap, base * 2**(n-1))."""
-
-    base: float = 0.25
-    cap: float = 10.0
-
-    def delay(self, failures: int) -> float:
-        d = min(self.cap, self.base * 2 ** max(0, failures - 1))
-        return d * random.uniform(0.5, 1.0)
+from scada.backoff import Backoff
+from scada.driver_api import DeviceUnreachable
 
 
 class _Link:
@@ -189,8 +178,15 @@ class RtuLink(_Link):
     async def open(self) -> None:
         s = self.settings
         try:
-            port = serial.Serial(s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
-                                 stopbits=s.stopbits, timeout=0, write_timeout=self.timeout)
+            port = serial.Serial(
+                s.port,
+                baudrate=s.baudrate,
+                bytesize=s.bytesize,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                timeout=0,
+                write_timeout=self.timeout,
+            )
         except (serial.SerialException, ValueError) as exc:
             raise OSError(str(exc)) from None
         self._serial = port

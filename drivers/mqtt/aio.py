@@ -57,10 +57,16 @@ RECV_SIZE = 65536  # bytes per recv(): many packets; beyond 128 KiB malloc maps 
 class AsyncioMqtt:
     """Connects ``client`` to ``host:port`` and keeps it connected until :meth:`stop`."""
 
-    def __init__(self, client: mqtt.Client, host: str, port: int, keepalive: int = 15,
-                 backoff: tuple[float, float] = (0.5, 30.0),
-                 on_messages: Callable[[list[Message]], None] | None = None,
-                 max_packet: int = MAX_PACKET) -> None:
+    def __init__(
+        self,
+        client: mqtt.Client,
+        host: str,
+        port: int,
+        keepalive: int = 15,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        on_messages: Callable[[list[Message]], None] | None = None,
+        max_packet: int = MAX_PACKET,
+    ) -> None:
         self.client = client
         self.max_packet = max_packet
         self.oversize = 0  # packets refused for their announced size (each closed the connection)
@@ -87,10 +93,17 @@ class AsyncioMqtt:
         if on_messages is not None:
             # paho's private state the fast path reads and writes: checked once, loudly.
             packet = getattr(client, "_in_packet", None)
-            if (not hasattr(client, "_last_bytes_received") or not isinstance(packet, dict) or "command" not in packet
-                    or not hasattr(client, "_msgtime_mutex") or not callable(getattr(mqtt, "time_func", None))):
-                raise TypeError("this paho-mqtt's internals differ from 2.2: pin paho-mqtt>=2.2,<3, "
-                                "or run without the fast path (on_messages=None)")
+            if (
+                not hasattr(client, "_last_bytes_received")
+                or not isinstance(packet, dict)
+                or "command" not in packet
+                or not hasattr(client, "_msgtime_mutex")
+                or not callable(getattr(mqtt, "time_func", None))
+            ):
+                raise TypeError(
+                    "this paho-mqtt's internals differ from 2.2: pin paho-mqtt>=2.2,<3, "
+                    "or run without the fast path (on_messages=None)"
+                )
             protocol = getattr(client, "_protocol", None)
             if protocol not in (mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5):
                 raise ValueError(f"fast path: unknown MQTT protocol version {protocol!r}")
@@ -182,8 +195,14 @@ class AsyncioMqtt:
         the link (MQTT has no way to skip a packet; reading it through would buffer it)."""
         self.oversize += 1
         self._buf, self._pos = b"", 0  # what was read of it is dropped with the connection
-        log.error("mqtt_packet_too_large", broker=f"{self.host}:{self.port}", packet_type=command >> 4,
-                  size=size, max_packet=self.max_packet, count=self.oversize)
+        log.error(
+            "mqtt_packet_too_large",
+            broker=f"{self.host}:{self.port}",
+            packet_type=command >> 4,
+            size=size,
+            max_packet=self.max_packet,
+            count=self.oversize,
+        )
         raise ConnectionAbortedError(f"packet of {size} bytes, more than max_packet {self.max_packet}")
 
     def _split(self, limit: int) -> int | None:
@@ -198,8 +217,9 @@ class AsyncioMqtt:
                 return None
             except OSError:
                 return 0  # paho's next recv() meets the error, or the end of stream it leaves
-        messages, self._pos = split_publishes(self._buf, self._pos, v5=self._v5, limit=limit,
-                                              max_packet=self.max_packet)
+        messages, self._pos = split_publishes(
+            self._buf, self._pos, v5=self._v5, limit=limit, max_packet=self.max_packet
+        )
         if messages:
             with client._msgtime_mutex:  # paho's keep-alive: bytes did come in
                 client._last_bytes_received = mqtt.time_func()

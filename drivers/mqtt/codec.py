@@ -168,8 +168,9 @@ class Layout:
         self.needs_json = any(r.point.json for r in self.readers)
         self.text_columns = [j for j, r in enumerate(self.readers) if r.point.type == "text"]
         self.number_columns = [j for j, r in enumerate(self.readers) if r.point.type != "text"]
-        self._labels = [None if r.labels is None else np.array(sorted(set(r.labels.values())), np.float64)
-                        for r in self.readers]
+        self._labels = [
+            None if r.labels is None else np.array(sorted(set(r.labels.values())), np.float64) for r in self.readers
+        ]
 
     @staticmethod
     def key(readers: Sequence[Reader]) -> tuple:

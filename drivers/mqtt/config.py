@@ -24,9 +24,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scada.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, to_int, to_str
+from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, to_int, to_str
+from common.yamlsrc import ConfigError
 from scada.tagdb import ANALOG, DISCRETE, TEXT
-from scada.yamlsrc import ConfigError
 
 POINT_KEYS = frozenset({"topic", "json", "type", "qos"})
 DEVICE_KEYS = frozenset({"endpoint"})
@@ -110,8 +110,9 @@ def parse_point(f: Fields) -> MqttPoint:
     if ptype == "command":
         for key in ("topic", "json"):
             if f.has(key):
-                raise f.error(key, "a command point is written through the type's command_topic: no topic or json",
-                              f.mapping[key])
+                raise f.error(
+                    key, "a command point is written through the type's command_topic: no topic or json", f.mapping[key]
+                )
         return MqttPoint(None, None, "command", f.take("qos", in_range(to_int, 0, 2), default=1))
     return MqttPoint(
         topic=f.take("topic", _topic, what="the MQTT topic the value arrives on, e.g. city/bollards/{device}/state"),
@@ -135,5 +136,9 @@ def check_type(type_name: str, points: dict[str, MqttPoint], where: Fields, type
     """A command point needs the type's command and acknowledgement topics."""
     for name, p in points.items():
         if p.type == "command" and not (type_io and type_io.command_topic and type_io.ack_topic):
-            raise ConfigError(where.file, where.line_of(name), where.key(name),
-                              "a command point needs the type's command_topic and ack_topic")
+            raise ConfigError(
+                where.file,
+                where.line_of(name),
+                where.key(name),
+                "a command point needs the type's command_topic and ack_topic",
+            )

@@ -44,13 +44,13 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import structlog
 
-from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.mqtt.aio import MAX_PACKET, AsyncioMqtt
 from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
 from scada import status as st
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
+from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
@@ -106,8 +106,16 @@ class Broker:
 class MqttDriver:
     name = "mqtt"
 
-    def __init__(self, config: Config, devices: list[Device], tagdb: TagDB, fast_path: bool = True,
-                 max_queued: int = MAX_QUEUED, inbox_bytes: int = INBOX_BYTES, max_packet: int = MAX_PACKET) -> None:
+    def __init__(
+        self,
+        config: Config,
+        devices: list[Device],
+        tagdb: TagDB,
+        fast_path: bool = True,
+        max_queued: int = MAX_QUEUED,
+        inbox_bytes: int = INBOX_BYTES,
+        max_packet: int = MAX_PACKET,
+    ) -> None:
         self.config = config
         self.tagdb = tagdb
         self.fast_path = fast_path  # QoS-0 messages framed by the link (False: paho reads every packet)
@@ -213,8 +221,13 @@ class MqttDriver:
         self.garbage += 1
         self.bad_topics += 1
         if self.bad_topics <= 10 or self.bad_topics % 1000 == 0:
-            log.warning("mqtt_garbage", broker=f"{broker.endpoint.host}:{broker.endpoint.port}", topic=repr(topic[:80]),
-                        error="topic is not UTF-8", count=self.bad_topics)
+            log.warning(
+                "mqtt_garbage",
+                broker=f"{broker.endpoint.host}:{broker.endpoint.port}",
+                topic=repr(topic[:80]),
+                error="topic is not UTF-8",
+                count=self.bad_topics,
+            )
 
     def _on_connect(self, broker: Broker, reason_code) -> None:
         if reason_code.is_failure:
@@ -252,9 +265,13 @@ class MqttDriver:
             b.client.on_message = self._on_message
             b.client.on_connect = lambda c, u, f, rc, p, b=b: self._on_connect(b, rc)
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
-            b.link = AsyncioMqtt(b.client, b.endpoint.host, b.endpoint.port,
-                                 on_messages=functools.partial(self._on_messages, b) if self.fast_path else None,
-                                 max_packet=self.broker_max_packet(b))
+            b.link = AsyncioMqtt(
+                b.client,
+                b.endpoint.host,
+                b.endpoint.port,
+                on_messages=functools.partial(self._on_messages, b) if self.fast_path else None,
+                max_packet=self.broker_max_packet(b),
+            )
             b.link.start()
         diag_task = asyncio.create_task(self.diag.run(self.tagdb), name="mqtt-diagnostics")
         try:
@@ -325,8 +342,11 @@ class MqttDriver:
                 log.exception("mqtt_decode_failed", device=group.devices[rows[0]].device.name, messages=len(rows))
                 for r in set(rows):
                     ds = group.devices[r]
-                    self._garbage(ds, layout.readers[0].point.topic.format(device=ds.device.name),
-                                  f"internal decode error: {exc!r}")
+                    self._garbage(
+                        ds,
+                        layout.readers[0].point.topic.format(device=ds.device.name),
+                        f"internal decode error: {exc!r}",
+                    )
                 continue
             for i, j, error in got.errors:
                 ds = group.devices[rows[i]]
@@ -364,15 +384,20 @@ class MqttDriver:
                 # One device may report twice in a batch: keep each tag's last value only.
                 _, last = np.unique(arr[::-1], return_index=True)
                 keep = arr.size - 1 - last
-                self.tagdb.update(arr[keep], np.concatenate(value_parts)[keep], st.GOOD,
-                                  np.concatenate(time_parts)[keep])
+                self.tagdb.update(
+                    arr[keep], np.concatenate(value_parts)[keep], st.GOOD, np.concatenate(time_parts)[keep]
+                )
         if text_ids:
             seen: dict[int, int] = {}
             for k, tag in enumerate(text_ids):
                 seen[tag] = k
             order = list(seen.values())
-            self.tagdb.update_text([text_ids[k] for k in order], [texts[k] for k in order], st.GOOD,
-                                   np.asarray([text_times[k] for k in order], np.int64))
+            self.tagdb.update_text(
+                [text_ids[k] for k in order],
+                [texts[k] for k in order],
+                st.GOOD,
+                np.asarray([text_times[k] for k in order], np.int64),
+            )
 
     def _garbage(self, ds: DeviceState, topic: str, error: str) -> None:
         self.garbage += 1
@@ -419,15 +444,18 @@ class MqttDriver:
         ds, point = self._resolve(command)
         broker = self.brokers[ds.device.io.connection]
         if not broker.connected:
-            raise DeviceUnreachable(f"{ds.device.name}: broker {broker.endpoint.host}:{broker.endpoint.port} unreachable")
+            raise DeviceUnreachable(
+                f"{ds.device.name}: broker {broker.endpoint.host}:{broker.endpoint.port} unreachable"
+            )
         correlation = uuid.uuid4().hex
         label = dict(point.enum)[int(command.value)]
         fut = self._loop.create_future()
         self._pending_acks[correlation] = fut
         try:
             topic = ds.type_io.command_topic.format(device=ds.device.name)
-            broker.client.publish(topic, json.dumps({"command": label, "correlation_id": correlation}),
-                                  qos=point.io.qos)
+            broker.client.publish(
+                topic, json.dumps({"command": label, "correlation_id": correlation}), qos=point.io.qos
+            )
             timeout = max(ds.device.timeout, 1.0) * 5
             sent = time.monotonic()
             try:
@@ -435,7 +463,9 @@ class MqttDriver:
                     ack = await fut
                 self.diag.rtt_ms[ds.k] = (time.monotonic() - sent) * 1000.0  # command to acknowledgement
             except TimeoutError:
-                raise DeviceUnreachable(f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s") from None
+                raise DeviceUnreachable(
+                    f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s"
+                ) from None
         finally:
             self._pending_acks.pop(correlation, None)
         if ack.get("result") != "accepted":
@@ -443,10 +473,16 @@ class MqttDriver:
         self.tagdb.update(np.array([self.tagdb.id_of(command.tag)]), np.array([command.value]))
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"devices": len(self.devices), "online": sum(ds.online for ds in self.devices),
-                "received": self.received, "dropped": self.dropped, "garbage": self.garbage,
-                "oversize": sum(b.link.oversize for b in self.brokers.values() if b.link is not None),
-                "inbox_bytes": self._inbox_size, "peak_inbox_bytes": self.peak_inbox_bytes}
+        return {
+            "devices": len(self.devices),
+            "online": sum(ds.online for ds in self.devices),
+            "received": self.received,
+            "dropped": self.dropped,
+            "garbage": self.garbage,
+            "oversize": sum(b.link.oversize for b in self.brokers.values() if b.link is not None),
+            "inbox_bytes": self._inbox_size,
+            "peak_inbox_bytes": self.peak_inbox_bytes,
+        }
 
 
 def _sizes(messages: Any) -> list[int]:

@@ -25,8 +25,9 @@ Buffer = bytes | bytearray | memoryview
 Message = tuple[str, bytes, bool]  # topic, payload, retain flag
 
 
-def split_publishes(buf: Buffer, start: int = 0, *, v5: bool = False,
-                    limit: int | None = None, max_packet: int | None = None) -> tuple[list[Message], int]:
+def split_publishes(
+    buf: Buffer, start: int = 0, *, v5: bool = False, limit: int | None = None, max_packet: int | None = None
+) -> tuple[list[Message], int]:
     """The complete QoS-0 PUBLISH packets at the front of ``buf[start:]``, and where they end.
 
     Returns ``(messages, offset)``: ``messages`` in stream order, at most ``limit`` of them;
@@ -83,7 +84,7 @@ def split_publishes(buf: Buffer, start: int = 0, *, v5: bool = False,
                 break  # properties present (or their length missing): paho's
             payload_start += 1
         try:
-            topic = buf[body + 2:topic_end].decode()
+            topic = buf[body + 2 : topic_end].decode()
         except UnicodeDecodeError:
             break
         append((topic, buf[payload_start:packet_end], first == 0x31))

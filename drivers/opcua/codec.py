@@ -36,8 +36,12 @@ class Decoded:
     bad_handle: object = None  # the first such handle, for the log
 
 
-def decode(items: list[ua.MonitoredItemNotification], is_text: np.ndarray, now: float | None = None,
-           known: np.ndarray | None = None) -> Decoded:
+def decode(
+    items: list[ua.MonitoredItemNotification],
+    is_text: np.ndarray,
+    now: float | None = None,
+    known: np.ndarray | None = None,
+) -> Decoded:
     """Columns of one DataChangeNotification; ``is_text[tag]`` says which tags are text points.
 
     ``known[tag]`` (default: every tag of ``is_text``) says which ClientHandles are the

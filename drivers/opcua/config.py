@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from scada.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
+from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 POINT_KEYS = frozenset({"node", "type", "sampling_interval"})
@@ -116,8 +116,9 @@ def _node(v) -> str:
 
 def _namespace(v) -> str:
     if not isinstance(v, str) or ":" not in v:
-        raise ValueError("expected the namespace URI, e.g. urn:city-scada:traffic-sim (not its index, "
-                         "which the server may change)")
+        raise ValueError(
+            "expected the namespace URI, e.g. urn:city-scada:traffic-sim (not its index, which the server may change)"
+        )
     return v
 
 
@@ -133,8 +134,10 @@ def _policy(v: Any) -> str:
         close = [p for p in SECURITY_POLICIES if p.lower() == s.strip().lower()]
         close = close or difflib.get_close_matches(s, SECURITY_POLICIES, n=1, cutoff=0.8)
         hint = f", did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown security policy{hint} (known policies: {', '.join(SECURITY_POLICIES)}; "
-                         "the name is case-sensitive)")
+        raise ValueError(
+            f"unknown security policy{hint} (known policies: {', '.join(SECURITY_POLICIES)}; "
+            "the name is case-sensitive)"
+        )
     return s
 
 
@@ -152,6 +155,7 @@ def _file(f: Fields, key: str) -> tuple[Path, bytes]:
 
 def _certificate(f: Fields, key: str):
     from cryptography import x509
+
     path, data = _file(f, key)
     for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
         try:
@@ -161,14 +165,16 @@ def _certificate(f: Fields, key: str):
             continue
     else:
         raise f.error(key, f"{path} is not an X.509 certificate (DER or PEM)", f.mapping[key])
-    if cert.not_valid_after_utc < datetime.now(timezone.utc):
-        raise f.error(key, f"the certificate in {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
-                      "renew it", f.mapping[key])
+    if cert.not_valid_after_utc < datetime.now(UTC):
+        raise f.error(
+            key, f"the certificate in {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: renew it", f.mapping[key]
+        )
     return cert
 
 
 def _application_uri(cert) -> str:
     from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -179,12 +185,14 @@ def _application_uri(cert) -> str:
 
 def _der(cert) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
+
     return cert.public_bytes(Encoding.DER)
 
 
 def _private_key(f: Fields, cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
+
     path, data = _file(f, "private_key")
     key = None
     for load in (serialization.load_pem_private_key, serialization.load_der_private_key):
@@ -192,8 +200,12 @@ def _private_key(f: Fields, cert) -> bytes:
             key = load(data, password=None)
             break
         except TypeError:  # "Password was not given but private key is encrypted"
-            raise f.error("private_key", f"the private key in {path} is encrypted: the server starts unattended, "
-                          "give it the key without a password (and protect the file)", f.mapping["private_key"]) from None
+            raise f.error(
+                "private_key",
+                f"the private key in {path} is encrypted: the server starts unattended, "
+                "give it the key without a password (and protect the file)",
+                f.mapping["private_key"],
+            ) from None
         except Exception:  # noqa: BLE001 - cryptography raises ValueError or UnsupportedAlgorithm on garbage
             continue
     if key is None:
@@ -201,10 +213,14 @@ def _private_key(f: Fields, cert) -> bytes:
     if not isinstance(key, rsa.RSAPrivateKey) or not 2048 <= key.key_size <= 4096:
         raise f.error("private_key", "Basic256Sha256 needs an RSA key of 2048 to 4096 bits", f.mapping["private_key"])
     if key.public_key().public_numbers() != cert.public_key().public_numbers():
-        raise f.error("private_key", f"this key does not belong to the certificate {f.mapping['certificate']}",
-                      f.mapping["private_key"])
-    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+        raise f.error(
+            "private_key",
+            f"this key does not belong to the certificate {f.mapping['certificate']}",
+            f.mapping["private_key"],
+        )
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def parse_security(f: Fields) -> OpcUaSecurity:
@@ -212,19 +228,29 @@ def parse_security(f: Fields) -> OpcUaSecurity:
     if policy == "None":
         extra = [k for k in SECURITY_KEYS if k != "policy" and k in f.mapping]
         if extra:
-            raise f.error(extra[0], "security policy None takes no mode nor certificate (set policy: "
-                          "Basic256Sha256 to use them)", f.mapping[extra[0]])
+            raise f.error(
+                extra[0],
+                "security policy None takes no mode nor certificate (set policy: Basic256Sha256 to use them)",
+                f.mapping[extra[0]],
+            )
         f.done(SECURITY_KEYS)
         return NO_SECURITY
     mode = f.take("mode", one_of(*SECURITY_MODES), what=f"{' or '.join(SECURITY_MODES)}")
-    f.take("certificate", to_str, what="our application instance certificate (DER or PEM file, relative to "
-           "tags.yaml) that the server must trust")
+    f.take(
+        "certificate",
+        to_str,
+        what="our application instance certificate (DER or PEM file, relative to tags.yaml) that the server must trust",
+    )
     f.take("private_key", to_str, what="the certificate's private key (PEM or DER file, relative to tags.yaml)")
     cert = _certificate(f, "certificate")
     uri = _application_uri(cert)
     if not uri:
-        raise f.error("certificate", "an OPC UA application certificate names the application URI in its "
-                      "subjectAltName (URI:urn:...): this one has none", f.mapping["certificate"])
+        raise f.error(
+            "certificate",
+            "an OPC UA application certificate names the application URI in its "
+            "subjectAltName (URI:urn:...): this one has none",
+            f.mapping["certificate"],
+        )
     key = _private_key(f, cert)
     server = _der(_certificate(f, "server_certificate")) if f.has("server_certificate") else None
     f.done(SECURITY_KEYS)

@@ -39,12 +39,12 @@ from asyncua.common.subscription import Subscription
 from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.uaerrors import UaError
 
-from drivers.base import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from drivers.opcua import codec
 from drivers.opcua.config import NO_SECURITY, OpcUaEndpoint, OpcUaSecurity, OpcUaType
 from scada import status as st
-from scada.diagnostics import DeviceDiagnostics
 from scada.config import Config, Device
+from scada.diagnostics import DeviceDiagnostics
+from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from scada.tagdb import TEXT, TagDB
 
 log = structlog.get_logger("drivers.opcua")
@@ -56,7 +56,7 @@ _MAX_ITEMS_PER_CALL = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_Operation
 # Why a server refuses us, in words a technician acts on (the status code stays in the message).
 _HINTS = {
     "BadCertificateUntrusted": "the server does not trust our certificate {cert}: add it to the server's trusted "
-                               "certificates",
+    "certificates",
     "BadSecurityPolicyRejected": "the server refuses this security policy",
     "BadCertificateUriInvalid": "the application URI of our certificate {cert} is refused by the server",
     "BadCertificateTimeInvalid": "our certificate {cert} is expired or not yet valid for the server",
@@ -132,8 +132,9 @@ class _Subscription(Subscription):
 class OpcUaDriver:
     name = "opcua"
 
-    def __init__(self, config: Config, devices: list[Device], tagdb: TagDB,
-                 backoff_base: float = 0.5, backoff_cap: float = 15.0) -> None:
+    def __init__(
+        self, config: Config, devices: list[Device], tagdb: TagDB, backoff_base: float = 0.5, backoff_cap: float = 15.0
+    ) -> None:
         self.config = config
         self.tagdb = tagdb
         self.backoff = (backoff_base, backoff_cap)
@@ -187,8 +188,12 @@ class OpcUaDriver:
         if d.rejected:
             self.rejected_items += d.rejected
             if self.rejected_items <= 10 or self.rejected_items % 1000 < d.rejected:  # a flood must not flood the log
-                log.warning("opcua_unknown_client_handle", client_handle=repr(d.bad_handle)[:40], count=d.rejected,
-                            total=self.rejected_items)
+                log.warning(
+                    "opcua_unknown_client_handle",
+                    client_handle=repr(d.bad_handle)[:40],
+                    count=d.rejected,
+                    total=self.rejected_items,
+                )
         if d.keep_last.any():  # a Bad status without a value: the last value stays beside it
             d.values[d.keep_last] = self.tagdb.value[d.tags[d.keep_last]]
         self._pending.append((d.tags, d.values, d.status, d.source_time))
@@ -214,8 +219,12 @@ class OpcUaDriver:
             pending_text, self._pending_text = self._pending_text, []
             last_text = {row[0]: row for row in pending_text}
             rows = list(last_text.values())
-            self.tagdb.update_text([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.uint32),
-                                   np.array([r[3] for r in rows], np.int64))
+            self.tagdb.update_text(
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                np.array([r[2] for r in rows], np.uint32),
+                np.array([r[3] for r in rows], np.int64),
+            )
 
     async def _flush_loop(self) -> None:
         while True:
@@ -267,8 +276,12 @@ class OpcUaDriver:
                 self._session_lost(s, reason)
                 if not s.up and reason != s.last_error:  # once per distinct reason, not once per retry
                     (log.error if config_matter else log.warning)(
-                        "opcua_connect_failed", endpoint=s.url, security=f"{s.security.policy}/{s.security.mode}",
-                        error=reason, attempt=s.attempts)
+                        "opcua_connect_failed",
+                        endpoint=s.url,
+                        security=f"{s.security.policy}/{s.security.mode}",
+                        error=reason,
+                        attempt=s.attempts,
+                    )
                 s.last_error = reason
             s.failures += 1
             base, cap = self.backoff
@@ -287,44 +300,61 @@ class OpcUaDriver:
         uri = _POLICIES[sec.policy].URI if sec.secure else security_policies.SecurityPolicyNone.URI
         match = [e for e in endpoints if e.SecurityMode == mode and e.SecurityPolicyUri == uri]
         if not match:
-            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}"
-                              for e in endpoints})
-            raise SecurityMismatch(f"the server offers no endpoint with security {sec.policy}/{sec.mode} "
-                                   f"(it offers {', '.join(offered) or 'none'}): set security in tags.yaml to one of them")
+            offered = sorted(
+                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints}
+            )
+            raise SecurityMismatch(
+                f"the server offers no endpoint with security {sec.policy}/{sec.mode} "
+                f"(it offers {', '.join(offered) or 'none'}): set security in tags.yaml to one of them"
+            )
         if not sec.secure:
             return
         shown = uacrypto.der_from_x509(uacrypto.x509_from_der(match[0].ServerCertificate))
         if not shown:
             raise SecurityMismatch("the server shows no certificate on its secure endpoint")
         if sec.server_certificate is not None and shown != sec.server_certificate:
-            raise SecurityMismatch(f"the server's certificate (thumbprint {_thumbprint(shown)}) is not the trusted "
-                                   f"server_certificate (thumbprint {_thumbprint(sec.server_certificate)}): "
-                                   "the server was re-keyed, or this is not the expected server")
+            raise SecurityMismatch(
+                f"the server's certificate (thumbprint {_thumbprint(shown)}) is not the trusted "
+                f"server_certificate (thumbprint {_thumbprint(sec.server_certificate)}): "
+                "the server was re-keyed, or this is not the expected server"
+            )
         client.application_uri = sec.application_uri  # the URI our certificate carries, as Part 6 requires
-        await client.set_security(_POLICIES[sec.policy], sec.certificate, sec.private_key,
-                                  server_certificate=shown, mode=mode)
+        await client.set_security(
+            _POLICIES[sec.policy], sec.certificate, sec.private_key, server_certificate=shown, mode=mode
+        )
 
     async def _subscribe(self, client: Client, s: Session, nodes: list) -> list[int]:
         """One subscription; every monitored item in bulk. Returns the tags the server refused."""
         params = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=s.publishing_interval, RequestedLifetimeCount=10000,
+            RequestedPublishingInterval=s.publishing_interval,
+            RequestedLifetimeCount=10000,
             RequestedMaxKeepAliveCount=client.get_keepalive_count(s.publishing_interval),
-            MaxNotificationsPerPublish=10000, PublishingEnabled=True, Priority=0)
+            MaxNotificationsPerPublish=10000,
+            PublishingEnabled=True,
+            Priority=0,
+        )
         sub = _Subscription(client.uaclient.session, params, self, s)
         revised = client.get_subscription_revised_params(params, await sub.init())
         if revised:
             await sub.update(revised)
         requests = []
         for node, (tag, _, _) in zip(nodes, s.nodes):
-            mparams = ua.MonitoringParameters(ClientHandle=tag, SamplingInterval=s.sampling[tag], QueueSize=1,
-                                              DiscardOldest=True)
+            mparams = ua.MonitoringParameters(
+                ClientHandle=tag, SamplingInterval=s.sampling[tag], QueueSize=1, DiscardOldest=True
+            )
             if tag in s.deadband:
-                mparams.Filter = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValue,
-                                                     DeadbandType=ua.DeadbandType.Absolute,
-                                                     DeadbandValue=s.deadband[tag])
-            requests.append(ua.MonitoredItemCreateRequest(
-                ItemToMonitor=ua.ReadValueId(NodeId=node.nodeid, AttributeId=ua.AttributeIds.Value),
-                MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=mparams))
+                mparams.Filter = ua.DataChangeFilter(
+                    Trigger=ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=ua.DeadbandType.Absolute,
+                    DeadbandValue=s.deadband[tag],
+                )
+            requests.append(
+                ua.MonitoredItemCreateRequest(
+                    ItemToMonitor=ua.ReadValueId(NodeId=node.nodeid, AttributeId=ua.AttributeIds.Value),
+                    MonitoringMode=ua.MonitoringMode.Reporting,
+                    RequestedParameters=mparams,
+                )
+            )
         per_call = ITEMS_PER_CALL
         try:
             limit = await client.get_node(_MAX_ITEMS_PER_CALL).read_value()
@@ -334,9 +364,11 @@ class OpcUaDriver:
             pass  # the server does not publish its operation limits
         refused = []
         for i in range(0, len(requests), per_call):
-            chunk = requests[i:i + per_call]
+            chunk = requests[i : i + per_call]
             results = await sub.create_monitored_items(chunk)
-            refused += [r.RequestedParameters.ClientHandle for r, h in zip(chunk, results) if isinstance(h, ua.StatusCode)]
+            refused += [
+                r.RequestedParameters.ClientHandle for r, h in zip(chunk, results) if isinstance(h, ua.StatusCode)
+            ]
         return refused
 
     async def _session(self, s: Session) -> None:
@@ -353,8 +385,7 @@ class OpcUaDriver:
             s.vtype.clear()
             refused = await self._subscribe(client, s, nodes)
             if refused:
-                log.warning("opcua_nodes_refused", endpoint=s.url, count=len(refused),
-                            tag=self.tagdb.names[refused[0]])
+                log.warning("opcua_nodes_refused", endpoint=s.url, count=len(refused), tag=self.tagdb.names[refused[0]])
                 self.tagdb.set_status(np.array(refused), st.BAD_CONFIGURATION_ERROR)
             if not s.connected and s.failures:
                 log.info("opcua_session_restored", endpoint=s.url, monitored=len(nodes) - len(refused))
@@ -412,8 +443,12 @@ class OpcUaDriver:
 
     def diagnostics(self) -> dict[str, Any]:
         online = sum(len(s.devices) for s in self.sessions.values() if s.connected)
-        return {"devices": sum(len(s.devices) for s in self.sessions.values()), "online": online,
-                "notifications": self.notifications, "rejected_items": self.rejected_items}
+        return {
+            "devices": sum(len(s.devices) for s in self.sessions.values()),
+            "online": online,
+            "notifications": self.notifications,
+            "rejected_items": self.rejected_items,
+        }
 
 
 def create(config: Config, devices: list[Device], tagdb: TagDB) -> OpcUaDriver:

@@ -11,17 +11,17 @@ delays, the service it is routed to, latching, and the alarms whose activity sup
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
+from common.fields import Fields, non_negative, one_of, positive, to_bool, to_float, to_int, to_name, to_str
+from common.yamlsrc import ConfigError, LocMap
+from common.yamlsrc import load as load_yaml
 from scada.alarms.expr import ExpressionError, compile_expression
-from scada.fields import Fields, non_negative, one_of, positive, to_bool, to_float, to_int, to_name, to_str
 from scada.tagdb import TEXT
-from scada.yamlsrc import ConfigError, LocMap
-from scada.yamlsrc import load as load_yaml
 
 if TYPE_CHECKING:
     from scada.config import Device, EquipmentType
@@ -31,8 +31,24 @@ PRIORITIES = {"low": 250, "medium": 500, "high": 750, "critical": 900}
 LIMIT_CONDITIONS = ("high_high", "high", "low", "low_low")
 CONDITIONS = (*LIMIT_CONDITIONS, "state", "rate_of_change", "comm_loss", "expression")
 MESSAGE_FIELDS = {"device", "commune", "value", "unit", "point", "limit"}
-ALARM_KEYS = ("name", "type", "device", "point", "condition", "limit", "deadband", "states", "expression",
-              "priority", "message", "service", "on_delay", "off_delay", "latching", "suppressed_by")
+ALARM_KEYS = (
+    "name",
+    "type",
+    "device",
+    "point",
+    "condition",
+    "limit",
+    "deadband",
+    "states",
+    "expression",
+    "priority",
+    "message",
+    "service",
+    "on_delay",
+    "off_delay",
+    "latching",
+    "suppressed_by",
+)
 # Which keys each condition takes beyond the common ones; the others are errors, never ignored.
 CONDITION_KEYS = {
     **{c: ("point", "limit", "deadband") for c in LIMIT_CONDITIONS},
@@ -103,7 +119,7 @@ def _message(v: Any) -> str:
     return s
 
 
-def load(path: Path, types: Mapping[str, "EquipmentType"], devices: Sequence["Device"] = ()) -> AlarmsConfig:
+def load(path: Path, types: Mapping[str, EquipmentType], devices: Sequence[Device] = ()) -> AlarmsConfig:
     file = str(path)
     doc = load_yaml(path)
     if doc is None:
@@ -141,8 +157,9 @@ def load(path: Path, types: Mapping[str, "EquipmentType"], devices: Sequence["De
     for i, araw in enumerate(raw_alarms):
         line = raw_alarms.line_of(i)
         lines.append(line)
-        alarms.append(_parse_alarm(araw, Fields(araw, f"alarms[{i}]", file, line), types, devices_by_name,
-                                   services, seen))
+        alarms.append(
+            _parse_alarm(araw, Fields(araw, f"alarms[{i}]", file, line), types, devices_by_name, services, seen)
+        )
     _check_suppression(alarms, raw_alarms, file)
     return AlarmsConfig(tuple(alarms), MappingProxyType(services))
 
@@ -151,8 +168,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], devices: Mapping[str, "Device"],
-                 services: Mapping[str, Service], seen: dict[tuple[str, str], int]) -> AlarmDef:
+def _parse_alarm(
+    araw: Any,
+    f: Fields,
+    types: Mapping[str, EquipmentType],
+    devices: Mapping[str, Device],
+    services: Mapping[str, Service],
+    seen: dict[tuple[str, str], int],
+) -> AlarmDef:
     name = f.take("name", to_name)
     device = None
     if "device" in araw and araw["device"] in ("", None):
@@ -193,8 +216,11 @@ def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], dev
             raise f.error("point", "a text point has no value to compare: alarm on a number or a state", point)
     limit = None
     if "limit" in CONDITION_KEYS[condition]:
-        what = "the rate in engineering units per second" if condition == "rate_of_change" else \
-            "the limit in engineering units"
+        what = (
+            "the rate in engineering units per second"
+            if condition == "rate_of_change"
+            else "the limit in engineering units"
+        )
         limit = f.take("limit", positive(to_float) if condition == "rate_of_change" else to_float, what=what)
     states: tuple[int, ...] = ()
     if condition == "state":
@@ -207,44 +233,61 @@ def _parse_alarm(araw: Any, f: Fields, types: Mapping[str, "EquipmentType"], dev
             raise f.error("states", str(exc), raw_states) from None
     expression, expression_points = "", ()
     if condition == "expression":
-        expression = f.take("expression", to_str, what="a condition over the type's points, e.g. "
-                            "\"contactor and power < 0.2 * nominal_power\"")
+        expression = f.take(
+            "expression",
+            to_str,
+            what='a condition over the type\'s points, e.g. "contactor and power < 0.2 * nominal_power"',
+        )
         try:
             _, expression_points = compile_expression(expression, [p.name for p in t.points])
         except ExpressionError as exc:
             raise f.error("expression", str(exc), expression) from None
         text = [p for p in expression_points if t.point(p).kind == TEXT]
         if text:
-            raise f.error("expression", f"{text[0]!r} is a text point: an expression compares numbers and states",
-                          expression)
+            raise f.error(
+                "expression", f"{text[0]!r} is a text point: an expression compares numbers and states", expression
+            )
     priority = f.take("priority", one_of(*PRIORITIES))
     service = f.take("service", to_str, what="the service the alarm is routed to")
     if service not in services:
         raise f.error("service", f"unknown service (services: {', '.join(services) or 'none declared'})", service)
     message = f.take("message", _message)
     if limit is None and "{limit" in message:
-        raise f.error("message", f"{_article(condition)} {condition} alarm has no limit to show: remove {{limit}}",
-                      message)
+        raise f.error(
+            "message", f"{_article(condition)} {condition} alarm has no limit to show: remove {{limit}}", message
+        )
     suppressed_by: tuple[str, ...] = ()
     if f.has("suppressed_by"):
         raw = f.sub("suppressed_by")
         raw = [raw] if isinstance(raw, str) else raw
         if not isinstance(raw, list) or not raw:
-            raise f.error("suppressed_by", "expected the names of the alarms that hide this one, "
-                          "e.g. [mains_loss]", raw)
+            raise f.error(
+                "suppressed_by", "expected the names of the alarms that hide this one, e.g. [mains_loss]", raw
+            )
         try:
             suppressed_by = tuple(to_name(x) for x in raw)
         except ValueError as exc:
             raise f.error("suppressed_by", str(exc), raw) from None
     alarm = AlarmDef(
-        name=name, type=tname, point=point, condition=condition, priority=priority,
-        severity=PRIORITIES[priority], message=message, service=service,
-        limit=limit, deadband=f.take("deadband", non_negative(to_float), default=0.0), states=states,
+        name=name,
+        type=tname,
+        point=point,
+        condition=condition,
+        priority=priority,
+        severity=PRIORITIES[priority],
+        message=message,
+        service=service,
+        limit=limit,
+        deadband=f.take("deadband", non_negative(to_float), default=0.0),
+        states=states,
         on_delay=f.take("on_delay", non_negative(to_float), default=0.0),
         off_delay=f.take("off_delay", non_negative(to_float), default=0.0),
-        source=f"{f.file}:{f.line}", device=device, expression=expression,
+        source=f"{f.file}:{f.line}",
+        device=device,
+        expression=expression,
         expression_points=tuple(expression_points),
-        latching=f.take("latching", to_bool, default=False), suppressed_by=suppressed_by,
+        latching=f.take("latching", to_bool, default=False),
+        suppressed_by=suppressed_by,
     )
     f.done(ALARM_KEYS)
     return alarm
@@ -270,15 +313,23 @@ def _check_suppression(alarms: list[AlarmDef], raw_alarms: Any, file: str) -> No
             scope = [x.name for x in type_alarms.get(a.type, [])] + [x.name for x in device_alarms[a.device]]
         else:
             scope = [x.name for x in type_alarms.get(a.type, [])] + sorted(
-                {x.name for d, xs in device_alarms.items() for x in xs if x.type == a.type})
+                {x.name for d, xs in device_alarms.items() for x in xs if x.type == a.type}
+            )
         for cause in a.suppressed_by:
             if cause == a.name:
-                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by", "an alarm cannot suppress itself", cause)
+                raise ConfigError(
+                    file, where(i), f"alarms[{i}].suppressed_by", "an alarm cannot suppress itself", cause
+                )
             if cause not in scope:
                 known = ", ".join(n for n in dict.fromkeys(scope) if n != a.name) or "none"
                 on = f"device {a.device}" if a.device else f"a {a.type}"
-                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by",
-                                  f"no alarm of that name on {on} (its alarms: {known})", cause)
+                raise ConfigError(
+                    file,
+                    where(i),
+                    f"alarms[{i}].suppressed_by",
+                    f"no alarm of that name on {on} (its alarms: {known})",
+                    cause,
+                )
     # One graph per device that has alarms of its own, and one for the type's alarms alone.
     graphs = [type_alarms.get(t, []) for t in type_alarms]
     graphs += [type_alarms.get(xs[0].type, []) + xs for xs in device_alarms.values()]
@@ -289,8 +340,13 @@ def _check_suppression(alarms: list[AlarmDef], raw_alarms: Any, file: str) -> No
             path = [a.name]
             if _cycle(a.name, by_name, path, set()):
                 i = index[id(a)]
-                raise ConfigError(file, where(i), f"alarms[{i}].suppressed_by",
-                                  "suppression goes round in a circle: " + " -> ".join(path), list(a.suppressed_by))
+                raise ConfigError(
+                    file,
+                    where(i),
+                    f"alarms[{i}].suppressed_by",
+                    "suppression goes round in a circle: " + " -> ".join(path),
+                    list(a.suppressed_by),
+                )
 
 
 def _cycle(start: str, by_name: dict[str, AlarmDef], path: list[str], seen: set[str]) -> bool:

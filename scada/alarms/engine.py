@@ -52,7 +52,7 @@ import numpy as np
 import structlog
 
 from scada import status as st
-from scada.alarms.config import AlarmDef, LIMIT_CONDITIONS
+from scada.alarms.config import LIMIT_CONDITIONS, AlarmDef
 from scada.alarms.expr import compile_expression
 from scada.alarms.journal import Journal, JournalError, JournalRow, StateRecord
 from scada.alarms.states import NEEDS_ACK, Event, IllegalTransition, State, apply, transition
@@ -125,8 +125,9 @@ class AlarmEngine:
         n = 0
         for k, a in enumerate(self.defs):
             t = config.types[a.type]
-            devs = np.array([dev_index[a.device]] if a.device else
-                            [i for i, d in enumerate(devices) if d.type == a.type], np.int64)
+            devs = np.array(
+                [dev_index[a.device]] if a.device else [i for i, d in enumerate(devices) if d.type == a.type], np.int64
+            )
             first = np.array([devices[i].first_tag_id for i in devs], np.int64)
             starts.append(n)
             inst = np.arange(n, n + len(devs), dtype=np.int64)
@@ -158,8 +159,12 @@ class AlarmEngine:
         self.inst_tag = np.concatenate(inst_tag) if inst_tag else np.zeros(0, np.int64)
         self.latching = np.array([self.defs[k].latching for k in self.inst_def], bool)
         self.is_comm_loss = np.array([self.defs[k].condition == "comm_loss" for k in self.inst_def], bool)
-        self.on_delay_ns = np.array([a.on_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
-        self.off_delay_ns = np.array([a.off_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        self.on_delay_ns = (
+            np.array([a.on_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        )
+        self.off_delay_ns = (
+            np.array([a.off_delay * 1e9 for a in self.defs], np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        )
         # Columns
         self.state = np.zeros(n, np.uint8)
         self.raw = np.zeros(n, bool)
@@ -184,19 +189,25 @@ class AlarmEngine:
         self._dropped_before = 0  # the counter when the current outage began
         self._retry_at = 0.0  # time.monotonic() of the next write attempt
         self._retry_delay = RETRY_FIRST_S
-        self._build_lookup(np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64),
-                           np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64))
+        self._build_lookup(
+            np.concatenate(pairs_tag) if pairs_tag else np.zeros(0, np.int64),
+            np.concatenate(pairs_inst) if pairs_inst else np.zeros(0, np.int64),
+        )
         self._build_suppression(dev_index)
-        self._index = {(self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i
-                       for i in range(n)}
+        self._index = {
+            (self.defs[int(self.inst_def[i])].name, devices[int(self.inst_dev[i])].name): i for i in range(n)
+        }
         self.transitions = 0
         self.evaluations = 0
         self._system: dict[tuple[str, str], bool] = {}  # (source, name) -> active
         self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
         # Routing: each instance's service must acknowledge within its deadline, or it is escalated.
         services = config.alarms.services
-        self.ack_deadline_ns = np.array([int(services[a.service].ack_deadline_s * 1e9) for a in self.defs],
-                                        np.int64)[self.inst_def] if n else np.zeros(0, np.int64)
+        self.ack_deadline_ns = (
+            np.array([int(services[a.service].ack_deadline_s * 1e9) for a in self.defs], np.int64)[self.inst_def]
+            if n
+            else np.zeros(0, np.int64)
+        )
         self.announced_since = np.zeros(n, np.int64)
         self.escalated = np.zeros(n, bool)
 
@@ -269,7 +280,7 @@ class AlarmEngine:
         # Negative keys sort first: tags feeding no instance (-1) or several (below -1).
         start = 0 if keys[0] >= 0 else int(np.searchsorted(keys, 0))
         if start and keys[0] < -1:
-            j = -2 - keys[:np.searchsorted(keys, -1)]
+            j = -2 - keys[: np.searchsorted(keys, -1)]
             lo = self._multi_off[j]
             counts = self._multi_off[j + 1] - lo
             first = np.repeat(lo - np.cumsum(counts) + counts, counts)
@@ -391,7 +402,9 @@ class AlarmEngine:
                 self.flush_journal()
         events: list[AlarmEvent] = []
         rate = np.flatnonzero(self.raw & (self.prev_time > 0) & (now - self.prev_time > RATE_QUIET_S * 1e9))
-        rate = rate[[self.defs[int(self.inst_def[i])].condition == "rate_of_change" for i in rate]] if len(rate) else rate
+        rate = (
+            rate[[self.defs[int(self.inst_def[i])].condition == "rate_of_change" for i in rate]] if len(rate) else rate
+        )
         if len(rate):
             self.raw[rate] = False
             self.raw_since[rate] = now
@@ -411,13 +424,26 @@ class AlarmEngine:
         if not len(late):
             return []
         self.escalated[late] = True
-        events = [self._event(int(i), "ESCALATE", now, "", f"not acknowledged within "
-                              f"{self.ack_deadline_ns[i] / 1e9:g} s by {self.defs[int(self.inst_def[i])].service}")
-                  for i in late.tolist()]
+        events = [
+            self._event(
+                int(i),
+                "ESCALATE",
+                now,
+                "",
+                f"not acknowledged within "
+                f"{self.ack_deadline_ns[i] / 1e9:g} s by {self.defs[int(self.inst_def[i])].service}",
+            )
+            for i in late.tolist()
+        ]
         self._record(events)
         for e in events[:LOG_EACH]:
-            log.warning("alarm_not_acknowledged", alarm=e.alarm, device=e.device, service=e.service,
-                        deadline_s=self.ack_deadline_ns[e.instance] / 1e9)
+            log.warning(
+                "alarm_not_acknowledged",
+                alarm=e.alarm,
+                device=e.device,
+                service=e.service,
+                deadline_s=self.ack_deadline_ns[e.instance] / 1e9,
+            )
         return events
 
     def _advance(self, now: int, raw_changed: np.ndarray) -> list[AlarmEvent]:
@@ -473,8 +499,9 @@ class AlarmEngine:
         # A one-shot shelve ends when the condition returns to normal (OPC UA Part 9 OneShotShelved).
         if len(due):
             for i in down[self.one_shot[down] & (self.state[down] == State.SHELVED)].tolist():
-                events += self._operator(i, Event.UNSHELVE, "", "one-shot shelve ended: the condition returned to normal",
-                                         now)
+                events += self._operator(
+                    i, Event.UNSHELVE, "", "one-shot shelve ended: the condition returned to normal", now
+                )
         return events
 
     def _settle(self, inst: np.ndarray, now: int) -> None:
@@ -493,8 +520,13 @@ class AlarmEngine:
         new, legal = apply(self.state[inst], event, self.cond[inst], self.latching[inst])
         if strict and not legal.all():
             for i in inst[~legal].tolist():
-                log.error("alarm_illegal_transition", alarm=self._name(i), device=self._device(i),
-                          state=State(int(self.state[i])).name, alarm_event=event.name)
+                log.error(
+                    "alarm_illegal_transition",
+                    alarm=self._name(i),
+                    device=self._device(i),
+                    state=State(int(self.state[i])).name,
+                    alarm_event=event.name,
+                )
         moved = inst[legal]
         self.state[moved] = new[legal]
         return [self._event(int(i), event.name, now) for i in moved.tolist()]
@@ -526,8 +558,9 @@ class AlarmEngine:
         """Reset a latched alarm once its condition is gone and it is acknowledged."""
         return self._operator(self.instance(alarm, device), Event.RESET, user, comment)
 
-    def shelve(self, alarm: str, device: str, user: str, reason: str, duration_s: float,
-               one_shot: bool = False) -> list[AlarmEvent]:
+    def shelve(
+        self, alarm: str, device: str, user: str, reason: str, duration_s: float, one_shot: bool = False
+    ) -> list[AlarmEvent]:
         """Hide an alarm for ``duration_s`` (at most 24 h: a shelved alarm must come back);
         ``one_shot``: also until its condition returns to normal, whichever comes first."""
         if not 0 < duration_s <= 86400:
@@ -579,8 +612,15 @@ class AlarmEngine:
     # Alarms of the server itself (a history spool filling up...): journaled and notified,
     # with the server as their device; they have no tag, so no instance in the columns.
 
-    def system_alarm(self, name: str, active: bool, message: str, priority: str = "high",
-                     service: str | None = None, source: str = "server") -> AlarmEvent | None:
+    def system_alarm(
+        self,
+        name: str,
+        active: bool,
+        message: str,
+        priority: str = "high",
+        service: str | None = None,
+        source: str = "server",
+    ) -> AlarmEvent | None:
         """Raise (``active``) or clear a server alarm; returns its event, None when unchanged.
 
         ``source`` (its device) tells apart alarms of one name, one per server task for example.
@@ -589,15 +629,46 @@ class AlarmEngine:
             return None
         self._system[(source, name)] = active
         from scada.alarms.config import PRIORITIES
+
         service = service or next(iter(self.config.alarms.services), "")
         # Shown while active, gone when it clears: no acknowledgement is owed (the server's
         # own condition has no operator workflow; the journal keeps both rows).
-        e = AlarmEvent(self.clock(), -1, name, source, "", "ACTIVATE" if active else "CLEAR",
-                       State.ACK_ACTIVE if active else State.NORMAL, active, None, priority,
-                       PRIORITIES[priority], service, message)
+        e = AlarmEvent(
+            self.clock(),
+            -1,
+            name,
+            source,
+            "",
+            "ACTIVATE" if active else "CLEAR",
+            State.ACK_ACTIVE if active else State.NORMAL,
+            active,
+            None,
+            priority,
+            PRIORITIES[priority],
+            service,
+            message,
+        )
         # Through the backlog: storage_failing itself is raised while the journal cannot write.
-        self._journal_write([JournalRow(e.time_ns, e.alarm, e.device, e.commune, None, e.priority, e.severity,
-                                        e.event, e.state.name, "", "", e.service, e.message)], ())
+        self._journal_write(
+            [
+                JournalRow(
+                    e.time_ns,
+                    e.alarm,
+                    e.device,
+                    e.commune,
+                    None,
+                    e.priority,
+                    e.severity,
+                    e.event,
+                    e.state.name,
+                    "",
+                    "",
+                    e.service,
+                    e.message,
+                )
+            ],
+            (),
+        )
         (log.warning if active else log.info)("system_alarm", alarm=name, source=source, active=active, message=message)
         for notify in self.subscribers:
             notify([e])
@@ -612,9 +683,18 @@ class AlarmEngine:
     def describe(self, i: int) -> dict:
         a = self.defs[int(self.inst_def[i])]
         d = self.config.devices[int(self.inst_dev[i])]
-        return {"alarm": a.name, "device": d.name, "commune": d.commune, "state": State(int(self.state[i])).name,
-                "active": bool(self.cond[i]), "suppressed": bool(self.suppressed[i]), "priority": a.priority,
-                "service": a.service, "since_ns": int(self.cond_since[i]), "message": self._message(i)}
+        return {
+            "alarm": a.name,
+            "device": d.name,
+            "commune": d.commune,
+            "state": State(int(self.state[i])).name,
+            "active": bool(self.cond[i]),
+            "suppressed": bool(self.suppressed[i]),
+            "priority": a.priority,
+            "service": a.service,
+            "since_ns": int(self.cond_since[i]),
+            "message": self._message(i),
+        }
 
     def listing(self, states: Sequence[State] | None = None) -> list[dict]:
         """Instances in the given states (default: announced), for the HMI and `scada alarms`."""
@@ -640,8 +720,14 @@ class AlarmEngine:
         p = t.point(a.point) if a.point else None
         v = self._value(i)
         value = "?" if v is None else (f"{v:g}" if p is None or not p.enum else dict(p.enum).get(int(v), f"{v:g}"))
-        return a.message.format(device=d.name, commune=d.commune, value=value, unit=p.unit if p else "",
-                                point=a.point or "", limit="" if a.limit is None else f"{a.limit:g}")
+        return a.message.format(
+            device=d.name,
+            commune=d.commune,
+            value=value,
+            unit=p.unit if p else "",
+            point=a.point or "",
+            limit="" if a.limit is None else f"{a.limit:g}",
+        )
 
     def _event(self, i: int, event: str, now: int, user: str = "", comment: str = "") -> AlarmEvent:
         a = self.defs[int(self.inst_def[i])]
@@ -650,19 +736,41 @@ class AlarmEngine:
         seq = int(self.event_seq[i]) + 1
         self.event_seq[i] = seq
         self.last_event_ns[i] = now
-        return AlarmEvent(now, i, a.name, d.name, d.commune, event, State(int(self.state[i])), bool(self.cond[i]),
-                          self._value(i), a.priority, a.severity, a.service, self._message(i), user, comment, seq)
+        return AlarmEvent(
+            now,
+            i,
+            a.name,
+            d.name,
+            d.commune,
+            event,
+            State(int(self.state[i])),
+            bool(self.cond[i]),
+            self._value(i),
+            a.priority,
+            a.severity,
+            a.service,
+            self._message(i),
+            user,
+            comment,
+            seq,
+        )
 
     def _state_record(self, i: int) -> tuple[tuple[str, str], StateRecord]:
         shelve = self.extra.get(i, {}).get("shelve", ("", ""))
         return (self._name(i), self._device(i)), StateRecord(
-            state=State(int(self.state[i])), active=bool(self.cond[i]),
+            state=State(int(self.state[i])),
+            active=bool(self.cond[i]),
             acked=State(int(self.state[i])) not in (State.UNACK_ACTIVE, State.RTN_UNACK),
-            since_ns=int(self.cond_since[i]) or None, shelved_until_ns=int(self.shelved_until[i]) or None,
-            shelve_user=shelve[0], shelve_reason=shelve[1],
-            assigned_to=self.extra.get(i, {}).get("assigned", ""), last_value=self._value(i),
-            one_shot=bool(self.one_shot[i]), last_event_ns=int(self.last_event_ns[i]) or None,
-            event_seq=int(self.event_seq[i]))
+            since_ns=int(self.cond_since[i]) or None,
+            shelved_until_ns=int(self.shelved_until[i]) or None,
+            shelve_user=shelve[0],
+            shelve_reason=shelve[1],
+            assigned_to=self.extra.get(i, {}).get("assigned", ""),
+            last_value=self._value(i),
+            one_shot=bool(self.one_shot[i]),
+            last_event_ns=int(self.last_event_ns[i]) or None,
+            event_seq=int(self.event_seq[i]),
+        )
 
     def rate(self, window_s: float = 600.0) -> int:
         """Alarms announced in the last ``window_s`` (ISA-18.2: more than 10 in 10 minutes is a flood)."""
@@ -673,8 +781,24 @@ class AlarmEngine:
         return len(times)
 
     def _record(self, events: Sequence[AlarmEvent], persist: Sequence[int] = ()) -> None:
-        rows = [JournalRow(e.time_ns, e.alarm, e.device, e.commune, e.value, e.priority, e.severity, e.event,
-                           e.state.name, e.user, e.comment, e.service, e.message) for e in events]
+        rows = [
+            JournalRow(
+                e.time_ns,
+                e.alarm,
+                e.device,
+                e.commune,
+                e.value,
+                e.priority,
+                e.severity,
+                e.event,
+                e.state.name,
+                e.user,
+                e.comment,
+                e.service,
+                e.message,
+            )
+            for e in events
+        ]
         touched = sorted({e.instance for e in events} | set(persist))
         self._journal_write(rows, touched)
         self.transitions += len(rows)
@@ -685,8 +809,17 @@ class AlarmEngine:
         if len(events) <= LOG_EACH:
             for e in events:
                 if e.event in ("ACTIVATE", "CLEAR", "ACK", "SHELVE", "RESET"):
-                    log.info("alarm", alarm=e.alarm, device=e.device, alarm_event=e.event, state=e.state.name,
-                             priority=e.priority, service=e.service, user=e.user or None, message=e.message)
+                    log.info(
+                        "alarm",
+                        alarm=e.alarm,
+                        device=e.device,
+                        alarm_event=e.event,
+                        state=e.state.name,
+                        priority=e.priority,
+                        service=e.service,
+                        user=e.user or None,
+                        message=e.message,
+                    )
         else:  # a flood: one line (a log line costs more than evaluating and journaling the alarm)
             counts: dict[str, int] = {}
             for e in events:
@@ -716,17 +849,31 @@ class AlarmEngine:
             for _ in range(over):
                 self._backlog.popleft()
             self.backlog_dropped += over
-            log.error("alarm_journal_backlog_full", journal=str(self.journal.path), dropped=self.backlog_dropped,
-                      kept=len(self._backlog))
+            log.error(
+                "alarm_journal_backlog_full",
+                journal=str(self.journal.path),
+                dropped=self.backlog_dropped,
+                kept=len(self._backlog),
+            )
 
     def _journal_failed(self, exc: JournalError) -> None:
         self._retry_at = time.monotonic() + self._retry_delay
-        log.error("alarm_journal_write_failed", journal=exc.path, error=exc.reason, backlog=len(self._backlog),
-                  retry_in_s=self._retry_delay)
+        log.error(
+            "alarm_journal_write_failed",
+            journal=exc.path,
+            error=exc.reason,
+            backlog=len(self._backlog),
+            retry_in_s=self._retry_delay,
+        )
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
-        self.system_alarm(STORAGE_FAILING, True, f"alarm journal {exc.path} cannot be written ({exc.reason}): "
-                          f"alarms still run, their journal rows wait in memory and are retried; free space "
-                          f"or repair the disk", source="alarm_journal")
+        self.system_alarm(
+            STORAGE_FAILING,
+            True,
+            f"alarm journal {exc.path} cannot be written ({exc.reason}): "
+            f"alarms still run, their journal rows wait in memory and are retried; free space "
+            f"or repair the disk",
+            source="alarm_journal",
+        )
 
     @property
     def journal_backlog(self) -> int:
@@ -752,9 +899,13 @@ class AlarmEngine:
         self._retry_delay = RETRY_FIRST_S
         dropped, self._dropped_before = self.backlog_dropped - self._dropped_before, self.backlog_dropped
         log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows), dropped=dropped)
-        self.system_alarm(STORAGE_FAILING, False, f"alarm journal {self.journal.path} writes again: "
-                          f"{len(rows)} waiting rows written" + (f", {dropped} dropped when the backlog was full"
-                                                                 if dropped else ""), source="alarm_journal")
+        self.system_alarm(
+            STORAGE_FAILING,
+            False,
+            f"alarm journal {self.journal.path} writes again: "
+            f"{len(rows)} waiting rows written" + (f", {dropped} dropped when the backlog was full" if dropped else ""),
+            source="alarm_journal",
+        )
         return True
 
     def restore(self) -> int:

@@ -27,8 +27,14 @@ import numpy as np
 
 Evaluator = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
-_COMPARE = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
-            ast.Eq: np.equal, ast.NotEq: np.not_equal}
+_COMPARE = {
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
+}
 _BINARY = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
 _FUNCTIONS = {"abs": (1, 1), "min": (2, 8), "max": (2, 8)}
 
@@ -48,8 +54,9 @@ class ExpressionError(ValueError):
 def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tuple[str, ...]]:
     """The evaluator of ``text`` and the points it reads; ExpressionError when not allowed."""
     if len(text) > MAX_CHARS:
-        raise ExpressionError(f"expression of {len(text)} characters, more than {MAX_CHARS} "
-                              "(split it into several alarms)")
+        raise ExpressionError(
+            f"expression of {len(text)} characters, more than {MAX_CHARS} (split it into several alarms)"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (RecursionError, MemoryError):  # CPython's parser gives up on deep nesting with these
@@ -65,8 +72,10 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
 
     def build(node: ast.AST, depth: int = 1) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
         if depth > MAX_DEPTH:
-            raise ExpressionError(f"nested too deeply (more than {MAX_DEPTH} levels of operators; "
-                                  "a long sum or chain counts one level per term)")
+            raise ExpressionError(
+                f"nested too deeply (more than {MAX_DEPTH} levels of operators; "
+                "a long sum or chain counts one level per term)"
+            )
         build = functools.partial(build_at, depth=depth + 1)  # children one level deeper
         if isinstance(node, ast.Name):
             if node.id not in known:
@@ -90,6 +99,7 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
                 for p in parts[1:]:
                     out = combine(out, _truth(p(env)))
                 return out
+
             return boolop
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             inner = build(node.operand)
@@ -103,6 +113,7 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
             def binop(env):
                 with np.errstate(divide="ignore", invalid="ignore"):
                     return op(left(env), right(env))
+
             return binop
         if isinstance(node, ast.Compare) and all(type(o) in _COMPARE for o in node.ops):
             operands = [build(node.left)] + [build(c) for c in node.comparators]
@@ -114,13 +125,19 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
                 for k in range(1, len(ops)):
                     out = np.logical_and(out, ops[k](values[k], values[k + 1]))
                 return out
+
             return compare
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS \
-                and not node.keywords:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
             lo, hi = _FUNCTIONS[node.func.id]
             if not lo <= len(node.args) <= hi:
-                raise ExpressionError(f"{node.func.id}() takes "
-                                      f"{'1 argument' if hi == 1 else f'{lo} to {hi} arguments'}")
+                raise ExpressionError(
+                    f"{node.func.id}() takes {'1 argument' if hi == 1 else f'{lo} to {hi} arguments'}"
+                )
             args = [build(a) for a in node.args]
             if node.func.id == "abs":
                 return lambda env: np.abs(args[0](env))
@@ -131,10 +148,12 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
                 for a in args[1:]:
                     out = reduce(out, a(env))
                 return out
+
             return minmax
         what = ast.unparse(node) if hasattr(ast, "unparse") else type(node).__name__
-        raise ExpressionError(f"{what!r} is not allowed (use point names, numbers, and, or, not, "
-                              f"comparisons, + - * /, abs, min, max)")
+        raise ExpressionError(
+            f"{what!r} is not allowed (use point names, numbers, and, or, not, comparisons, + - * /, abs, min, max)"
+        )
 
     build_at = build
     root = build(tree.body)

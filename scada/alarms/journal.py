@@ -27,7 +27,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -83,11 +83,37 @@ CREATE TABLE IF NOT EXISTS alarm_state (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = ("time_ns", "alarm", "device", "commune", "value", "priority", "severity", "event",
-            "state", "user", "comment", "service", "message")
-_STATE_COLUMNS = ("alarm", "device", "state", "active", "acked", "since_ns", "shelved_until_ns",
-                  "shelve_user", "shelve_reason", "assigned_to", "last_value", "one_shot", "last_event_ns",
-                  "event_seq")
+_COLUMNS = (
+    "time_ns",
+    "alarm",
+    "device",
+    "commune",
+    "value",
+    "priority",
+    "severity",
+    "event",
+    "state",
+    "user",
+    "comment",
+    "service",
+    "message",
+)
+_STATE_COLUMNS = (
+    "alarm",
+    "device",
+    "state",
+    "active",
+    "acked",
+    "since_ns",
+    "shelved_until_ns",
+    "shelve_user",
+    "shelve_reason",
+    "assigned_to",
+    "last_value",
+    "one_shot",
+    "last_event_ns",
+    "event_seq",
+)
 # Version 1 -> 2: the columns schema 2 added to alarm_state (defaults as in _SCHEMA).
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE alarm_state ADD COLUMN one_shot INTEGER NOT NULL DEFAULT 0",
@@ -100,10 +126,10 @@ def _q(column: str) -> str:
     return f'"{column}"'
 
 
-_INSERT = (f"INSERT INTO journal ({', '.join(_q(c) for c in _COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(_COLUMNS))})")
-_UPSERT = (f"INSERT OR REPLACE INTO alarm_state ({', '.join(_STATE_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(_STATE_COLUMNS))})")
+_INSERT = f"INSERT INTO journal ({', '.join(_q(c) for c in _COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO alarm_state ({', '.join(_STATE_COLUMNS)}) VALUES ({', '.join('?' * len(_STATE_COLUMNS))})"
+)
 _SELECT = f"SELECT {', '.join(_q(c) for c in _COLUMNS)} FROM journal"
 # Filters of query(), columns() and export_csv(): each is the column of the same name.
 _FILTERS = ("commune", "device", "priority", "state", "service", "alarm", "event", "user")
@@ -185,8 +211,21 @@ def _row_tuple(r: JournalRow) -> tuple:
     # int()/float() because numpy scalars are what the engine has at hand, and sqlite3 does
     # not bind numpy integers.
     v = r.value
-    return (int(r.time_ns), r.alarm, r.device, r.commune, None if v is None else float(v),
-            r.priority, int(r.severity), r.event, r.state, r.user, r.comment, r.service, r.message)
+    return (
+        int(r.time_ns),
+        r.alarm,
+        r.device,
+        r.commune,
+        None if v is None else float(v),
+        r.priority,
+        int(r.severity),
+        r.event,
+        r.state,
+        r.user,
+        r.comment,
+        r.service,
+        r.message,
+    )
 
 
 def _state_tuple(key: Key, s: StateRecord) -> tuple:
@@ -196,10 +235,22 @@ def _state_tuple(key: Key, s: StateRecord) -> tuple:
         state = _STATE_NAME[s.state]
     except (KeyError, TypeError):
         raise ValueError(f"alarm state of {key[0]}@{key[1]}: not a State ({s.state!r})") from None
-    return (key[0], key[1], state, 1 if s.active else 0, 1 if s.acked else 0,
-            None if since is None else int(since), None if until is None else int(until),
-            s.shelve_user, s.shelve_reason, s.assigned_to, None if last is None else float(last),
-            1 if s.one_shot else 0, None if last_ev is None else int(last_ev), int(s.event_seq))
+    return (
+        key[0],
+        key[1],
+        state,
+        1 if s.active else 0,
+        1 if s.acked else 0,
+        None if since is None else int(since),
+        None if until is None else int(until),
+        s.shelve_user,
+        s.shelve_reason,
+        s.assigned_to,
+        None if last is None else float(last),
+        1 if s.one_shot else 0,
+        None if last_ev is None else int(last_ev),
+        int(s.event_seq),
+    )
 
 
 def _state_items(states: Mapping[Key, StateRecord] | Iterable[tuple[Key, StateRecord]]):
@@ -209,7 +260,7 @@ def _state_items(states: Mapping[Key, StateRecord] | Iterable[tuple[Key, StateRe
 def iso_utc(time_ns: int) -> str:
     """ISO 8601 UTC with microseconds, e.g. 2026-11-28T17:04:05.123456Z."""
     s, ns = divmod(int(time_ns), 1_000_000_000)
-    return datetime.fromtimestamp(s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
+    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
 
 
 class Journal:
@@ -280,8 +331,10 @@ class Journal:
     def _migrate(self) -> bool:
         """Bring a version 1 journal of ours to version 2 (one transaction); False if it is not one."""
         db = self._db
-        if (db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID
-                or db.execute("PRAGMA user_version").fetchone()[0] != 1):
+        if (
+            db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID
+            or db.execute("PRAGMA user_version").fetchone()[0] != 1
+        ):
             return False
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -297,8 +350,11 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------
 
-    def record(self, rows: Sequence[JournalRow],
-               states: Mapping[Key, StateRecord] | Iterable[tuple[Key, StateRecord]] | None = None) -> None:
+    def record(
+        self,
+        rows: Sequence[JournalRow],
+        states: Mapping[Key, StateRecord] | Iterable[tuple[Key, StateRecord]] | None = None,
+    ) -> None:
         """Append ``rows`` and upsert ``states`` in one transaction: all of it or none of it."""
         journal = [_row_tuple(r) for r in rows]
         current = [_state_tuple(k, s) for k, s in _state_items(states)] if states is not None else []
@@ -316,8 +372,7 @@ class Journal:
         """Forget the current state of alarm instances that no longer exist in the configuration."""
         keys = [(a, d) for a, d in keys]
         with self._lock:
-            self._transaction(lambda db: db.executemany(
-                "DELETE FROM alarm_state WHERE alarm = ? AND device = ?", keys))
+            self._transaction(lambda db: db.executemany("DELETE FROM alarm_state WHERE alarm = ? AND device = ?", keys))
 
     def _write(self, journal: list[tuple], current: list[tuple]) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -325,6 +380,7 @@ class Journal:
                 db.executemany(_INSERT, journal)
             if current:
                 db.executemany(_UPSERT, current)
+
         with self._lock:
             self._transaction(work)
 
@@ -349,29 +405,66 @@ class Journal:
         out: dict[Key, StateRecord] = {}
         with self._lock:
             rows = self._read(f"SELECT {', '.join(_STATE_COLUMNS)} FROM alarm_state ORDER BY alarm, device", ())
-        for (alarm, device, state, active, acked, since, until, suser, sreason, assigned, last, one_shot,
-             last_ev, seq) in rows:
+        for (
+            alarm,
+            device,
+            state,
+            active,
+            acked,
+            since,
+            until,
+            suser,
+            sreason,
+            assigned,
+            last,
+            one_shot,
+            last_ev,
+            seq,
+        ) in rows:
             try:
                 s = State[state]
             except KeyError:
                 raise JournalError(self.path, f"unknown alarm state {state!r} for {alarm}@{device}") from None
-            out[(alarm, device)] = StateRecord(s, bool(active), bool(acked), since, until, suser, sreason,
-                                               assigned, last, bool(one_shot), last_ev, seq)
+            out[(alarm, device)] = StateRecord(
+                s, bool(active), bool(acked), since, until, suser, sreason, assigned, last, bool(one_shot), last_ev, seq
+            )
         return out
 
-    def query(self, start_ns: int | None = None, end_ns: int | None = None, *,
-              commune: str | Iterable[str] | None = None, device: str | Iterable[str] | None = None,
-              priority: str | Iterable[str] | None = None, state: str | Iterable[str] | None = None,
-              service: str | Iterable[str] | None = None, alarm: str | Iterable[str] | None = None,
-              event: str | Iterable[str] | None = None, user: str | Iterable[str] | None = None,
-              limit: int | None = None) -> list[JournalRow]:
+    def query(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        commune: str | Iterable[str] | None = None,
+        device: str | Iterable[str] | None = None,
+        priority: str | Iterable[str] | None = None,
+        state: str | Iterable[str] | None = None,
+        service: str | Iterable[str] | None = None,
+        alarm: str | Iterable[str] | None = None,
+        event: str | Iterable[str] | None = None,
+        user: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[JournalRow]:
         """Rows with ``start_ns <= time_ns < end_ns`` matching every filter given, in time order.
 
         A filter is one value or several (any of them matches).
         """
-        sql, params = self._where(start_ns, end_ns, dict(commune=commune, device=device, priority=priority,
-                                                         state=state, service=service, alarm=alarm,
-                                                         event=event, user=user), limit, ordered=True)
+        sql, params = self._where(
+            start_ns,
+            end_ns,
+            dict(
+                commune=commune,
+                device=device,
+                priority=priority,
+                state=state,
+                service=service,
+                alarm=alarm,
+                event=event,
+                user=user,
+            ),
+            limit,
+            ordered=True,
+        )
         with self._lock:
             rows = self._read(_SELECT + sql, params)
         return [JournalRow(*r) for r in rows]
@@ -384,14 +477,17 @@ class Journal:
         """
         where, params = self._where(None, end_ns, {"event": event})
         cols = ", ".join(_q(c) for c in _COLUMNS)
-        sql = (f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY alarm, device "
-               f"ORDER BY time_ns DESC, id DESC) AS rank FROM journal{where}) WHERE rank = 1 ORDER BY alarm, device")
+        sql = (
+            f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY alarm, device "
+            f"ORDER BY time_ns DESC, id DESC) AS rank FROM journal{where}) WHERE rank = 1 ORDER BY alarm, device"
+        )
         with self._lock:
             rows = self._read(sql, params)
         return [JournalRow(*r) for r in rows]
 
-    def columns(self, start_ns: int | None = None, end_ns: int | None = None, *,
-                names: Sequence[str] = _COLUMNS, **filters) -> dict[str, np.ndarray]:
+    def columns(
+        self, start_ns: int | None = None, end_ns: int | None = None, *, names: Sequence[str] = _COLUMNS, **filters
+    ) -> dict[str, np.ndarray]:
         """The same selection as :meth:`query`, as one numpy array per column (for metrics).
 
         Integer columns are int64, ``value`` float64 (NaN for none), text columns object arrays.
@@ -461,8 +557,9 @@ class Journal:
             raise TypeError(f"unknown journal filter {sorted(unknown)[0]!r} (filters: {', '.join(_FILTERS)})")
 
     @staticmethod
-    def _where(start_ns, end_ns, filters: Mapping[str, Any], limit: int | None = None,
-               ordered: bool = False) -> tuple[str, list]:
+    def _where(
+        start_ns, end_ns, filters: Mapping[str, Any], limit: int | None = None, ordered: bool = False
+    ) -> tuple[str, list]:
         """WHERE clause and parameters; with ``ordered``, in time order (and LIMIT if given)."""
         clauses, params = [], []
         if start_ns is not None:

@@ -60,8 +60,9 @@ _TRANSITION_EVENTS = tuple(e.name for e in Event)
 _ENDING = (Event.SHELVE.name, Event.SUPPRESS.name, Event.REMOVE_FROM_SERVICE.name)
 
 
-def window_counts(times: np.ndarray, start_ns: int, end_ns: int,
-                  window_ns: int = WINDOW_NS) -> tuple[np.ndarray, np.ndarray]:
+def window_counts(
+    times: np.ndarray, start_ns: int, end_ns: int, window_ns: int = WINDOW_NS
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts of ``times`` per fixed window over ``[start_ns, end_ns)``.
 
     Windows are aligned on multiples of ``window_ns`` since the epoch; every window that
@@ -82,8 +83,14 @@ def _clipped(starts: np.ndarray, window_ns: int, start_ns: int, end_ns: int) -> 
     return np.maximum(starts, start_ns), np.minimum(starts + window_ns, end_ns)
 
 
-def flood_periods(starts: np.ndarray, counts: np.ndarray, start_ns: int, end_ns: int,
-                  window_ns: int = WINDOW_NS, threshold: int = FLOOD_THRESHOLD) -> list[dict[str, int]]:
+def flood_periods(
+    starts: np.ndarray,
+    counts: np.ndarray,
+    start_ns: int,
+    end_ns: int,
+    window_ns: int = WINDOW_NS,
+    threshold: int = FLOOD_THRESHOLD,
+) -> list[dict[str, int]]:
     """Runs of consecutive windows with more than ``threshold`` alarms.
 
     Each period: ``start_ns``, ``end_ns`` (clipped to the span), ``alarms`` (sum of its
@@ -100,12 +107,20 @@ def flood_periods(starts: np.ndarray, counts: np.ndarray, start_ns: int, end_ns:
     sums = cum[run_end] - cum[run_start]
     # reduceat runs from one run's start to the next one's: zero the calm windows in between.
     peaks = np.maximum.reduceat(np.where(flood, counts, 0), run_start)
-    return [{"start_ns": int(lo[a]), "end_ns": int(hi[b - 1]), "alarms": int(s), "windows": int(b - a),
-             "peak": int(p)} for a, b, s, p in zip(run_start, run_end, sums, peaks)]
+    return [
+        {"start_ns": int(lo[a]), "end_ns": int(hi[b - 1]), "alarms": int(s), "windows": int(b - a), "peak": int(p)}
+        for a, b, s, p in zip(run_start, run_end, sums, peaks)
+    ]
 
 
-def flood_share(starts: np.ndarray, counts: np.ndarray, start_ns: int, end_ns: int,
-                window_ns: int = WINDOW_NS, threshold: int = FLOOD_THRESHOLD) -> float:
+def flood_share(
+    starts: np.ndarray,
+    counts: np.ndarray,
+    start_ns: int,
+    end_ns: int,
+    window_ns: int = WINDOW_NS,
+    threshold: int = FLOOD_THRESHOLD,
+) -> float:
     """Share (0-1) of ``[start_ns, end_ns)`` covered by windows with more than ``threshold`` alarms."""
     if end_ns <= start_ns:
         return 0.0
@@ -124,7 +139,9 @@ def top_alarms(keys: np.ndarray, n: int = 10) -> list[tuple[Any, int]]:
     return [(_py(uniq[i]), int(counts[i])) for i in order]
 
 
-def window_peaks(keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_WINDOW_NS) -> tuple[np.ndarray, np.ndarray]:
+def window_peaks(
+    keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_WINDOW_NS
+) -> tuple[np.ndarray, np.ndarray]:
     """For each key, the most of its events inside any window ``[t, t + window_ns]``.
 
     Vectorised over all keys at once: events and window ends are merged in one sort by (key,
@@ -154,8 +171,9 @@ def window_peaks(keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_W
     return uniq[c[group_start]], np.maximum.reduceat(in_window, group_start)
 
 
-def chattering(keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_WINDOW_NS,
-               min_count: int = CHATTER_COUNT) -> list[tuple[Any, int]]:
+def chattering(
+    keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_WINDOW_NS, min_count: int = CHATTER_COUNT
+) -> list[tuple[Any, int]]:
     """Keys with ``min_count`` or more events within ``window_ns``, with their peak count.
 
     Sorted by peak, highest first, then key.
@@ -167,8 +185,9 @@ def chattering(keys: np.ndarray, times: np.ndarray, window_ns: int = CHATTER_WIN
     return [(_py(uniq[i]), int(peaks[i])) for i in order]
 
 
-def stale_alarms(keys: np.ndarray, since_ns: np.ndarray, at_ns: int, threshold_ns: int = STALE_NS,
-                 active: np.ndarray | None = None) -> list[tuple[Any, int]]:
+def stale_alarms(
+    keys: np.ndarray, since_ns: np.ndarray, at_ns: int, threshold_ns: int = STALE_NS, active: np.ndarray | None = None
+) -> list[tuple[Any, int]]:
     """Keys active for more than ``threshold_ns`` at ``at_ns``, with their activation time, oldest first."""
     keys, since = np.asarray(keys), np.asarray(since_ns, dtype=np.int64)
     hit = (at_ns - since) > threshold_ns
@@ -206,8 +225,9 @@ def ack_delays(keys: np.ndarray, times: np.ndarray, kinds: np.ndarray) -> tuple[
     return order[acks[ok]], t[acks[ok]] - start[ok]
 
 
-def delay_stats(delays_s: np.ndarray, groups: np.ndarray,
-                deadlines_s: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
+def delay_stats(
+    delays_s: np.ndarray, groups: np.ndarray, deadlines_s: Mapping[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per group (service): count, median, 90th percentile and max in seconds, and how many
     exceeded the group's deadline when one is given (None otherwise)."""
     delays_s, groups = np.asarray(delays_s, dtype=np.float64), np.asarray(groups)
@@ -237,16 +257,25 @@ def _py(v: Any) -> Any:
 
 def _factorize(alarm: np.ndarray, device: np.ndarray, index: dict[tuple[str, str], int]) -> np.ndarray:
     # Instances are (alarm, device) pairs of strings: one dict pass is cheaper than sorting pairs.
-    return np.fromiter((index.setdefault((a, d), len(index)) for a, d in zip(alarm, device)),
-                       dtype=np.int64, count=len(alarm))
+    return np.fromiter(
+        (index.setdefault((a, d), len(index)) for a, d in zip(alarm, device)), dtype=np.int64, count=len(alarm)
+    )
 
 
-def metrics_report(journal: Journal, start_ns: int, end_ns: int,
-                   ack_deadlines: dict[str, float] | None = None, *,
-                   window_ns: int = WINDOW_NS, flood_threshold: int = FLOOD_THRESHOLD,
-                   chatter_window_ns: int = CHATTER_WINDOW_NS, chatter_count: int = CHATTER_COUNT,
-                   stale_ns: int = STALE_NS, ack_lookback_ns: int = ACK_LOOKBACK_NS,
-                   top: int = 10) -> dict[str, Any]:
+def metrics_report(
+    journal: Journal,
+    start_ns: int,
+    end_ns: int,
+    ack_deadlines: dict[str, float] | None = None,
+    *,
+    window_ns: int = WINDOW_NS,
+    flood_threshold: int = FLOOD_THRESHOLD,
+    chatter_window_ns: int = CHATTER_WINDOW_NS,
+    chatter_count: int = CHATTER_COUNT,
+    stale_ns: int = STALE_NS,
+    ack_lookback_ns: int = ACK_LOOKBACK_NS,
+    top: int = 10,
+) -> dict[str, Any]:
     """All the metrics over ``[start_ns, end_ns)`` of a journal, as a JSON-ready dict.
 
     ``ack_deadlines`` maps a service to its acknowledgement deadline in seconds
@@ -301,8 +330,7 @@ def metrics_report(journal: Journal, start_ns: int, end_ns: int,
             "share_of_time": flood_share(starts, counts, start_ns, end_ns, window_ns, flood_threshold),
         },
         "top_alarms": named(top_alarms(inst[shown], top), "count"),
-        "chattering": named(chattering(inst[activations], t[activations], chatter_window_ns, chatter_count),
-                            "peak"),
+        "chattering": named(chattering(inst[activations], t[activations], chatter_window_ns, chatter_count), "peak"),
         "stale": _stale_report(journal, end_ns, stale_ns),
         "ack_by_service": by_service,
     }
@@ -316,16 +344,30 @@ def _stale_report(journal: Journal, at_ns: int, stale_ns: int) -> list[dict[str,
         keys = list(saved)
         since = np.array([saved[k].since_ns or 0 for k in keys], dtype=np.int64)
         state_of = {k: saved[k].state.name for k in keys}
-        active = np.array([saved[k].active and saved[k].since_ns is not None
-                           and saved[k].state is not State.OUT_OF_SERVICE for k in keys], dtype=bool)
+        active = np.array(
+            [
+                saved[k].active and saved[k].since_ns is not None and saved[k].state is not State.OUT_OF_SERVICE
+                for k in keys
+            ],
+            dtype=bool,
+        )
     else:
         # The past: the last ACTIVATE or CLEAR of each instance says its condition, its last row its state.
         cond = journal.last_rows(at_ns, event=(Event.ACTIVATE.name, Event.CLEAR.name))
         state_of = {(r.alarm, r.device): r.state for r in journal.last_rows(at_ns)}
         keys = [(r.alarm, r.device) for r in cond]
         since = np.array([r.time_ns for r in cond], dtype=np.int64)
-        active = np.array([r.event == Event.ACTIVATE.name and state_of[k] != State.OUT_OF_SERVICE.name
-                           for r, k in zip(cond, keys)], dtype=bool)
-    return [{"alarm": keys[i][0], "device": keys[i][1], "since_ns": t, "active_s": (at_ns - t) / NS,
-             "state": state_of[keys[i]]}
-            for i, t in stale_alarms(np.arange(len(keys)), since, at_ns, stale_ns, active)]
+        active = np.array(
+            [r.event == Event.ACTIVATE.name and state_of[k] != State.OUT_OF_SERVICE.name for r, k in zip(cond, keys)],
+            dtype=bool,
+        )
+    return [
+        {
+            "alarm": keys[i][0],
+            "device": keys[i][1],
+            "since_ns": t,
+            "active_s": (at_ns - t) / NS,
+            "state": state_of[keys[i]],
+        }
+        for i, t in stale_alarms(np.arange(len(keys)), since, at_ns, stale_ns, active)
+    ]

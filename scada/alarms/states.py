@@ -110,9 +110,11 @@ S, E = State, Event
 _ANY = None
 # Announced states an alarm may be shelved or suppressed from, when it is not latching.
 _HIDEABLE = (S.UNACK_ACTIVE, S.ACK_ACTIVE, S.RTN_UNACK)
-_HIDDEN = ((S.SHELVED, (E.UNSHELVE, E.SHELVE_EXPIRED)),
-           (S.SUPPRESSED, (E.UNSUPPRESS,)),
-           (S.OUT_OF_SERVICE, (E.RETURN_TO_SERVICE,)))
+_HIDDEN = (
+    (S.SHELVED, (E.UNSHELVE, E.SHELVE_EXPIRED)),
+    (S.SUPPRESSED, (E.UNSUPPRESS,)),
+    (S.OUT_OF_SERVICE, (E.RETURN_TO_SERVICE,)),
+)
 
 TRANSITIONS: tuple[Row, ...] = (
     # -- process condition ------------------------------------------------------------
@@ -135,8 +137,11 @@ TRANSITIONS: tuple[Row, ...] = (
     Row(S.NORMAL, E.SUPPRESS, _ANY, _ANY, S.SUPPRESSED),
     *(Row(s, E.SUPPRESS, _ANY, False, S.SUPPRESSED) for s in _HIDEABLE),
     # -- removal from service (maintenance) ---------------------------------------------
-    *(Row(s, E.REMOVE_FROM_SERVICE, _ANY, True if s is S.LATCHED else _ANY, S.OUT_OF_SERVICE)
-      for s in State if s is not S.OUT_OF_SERVICE),
+    *(
+        Row(s, E.REMOVE_FROM_SERVICE, _ANY, True if s is S.LATCHED else _ANY, S.OUT_OF_SERVICE)
+        for s in State
+        if s is not S.OUT_OF_SERVICE
+    ),
     # -- leaving a hidden state: the process condition decides -----------------------------
     *(Row(s, e, True, _ANY, S.UNACK_ACTIVE) for s, events in _HIDDEN for e in events),
     *(Row(s, e, False, _ANY, S.NORMAL) for s, events in _HIDDEN for e in events),
@@ -154,7 +159,8 @@ class IllegalTransition(ValueError):
         super().__init__(
             f"illegal alarm transition: {self.event.name} in state {self.state.name} "
             f"(condition {'active' if active else 'inactive'}, "
-            f"{'latching' if latching else 'non-latching'} alarm)")
+            f"{'latching' if latching else 'non-latching'} alarm)"
+        )
 
 
 def _build_next(rows: tuple[Row, ...]) -> np.ndarray:
@@ -164,11 +170,12 @@ def _build_next(rows: tuple[Row, ...]) -> np.ndarray:
     """
     nxt = np.full((len(State), len(Event), 2, 2), -1, dtype=np.int8)
     for row in rows:
-        for a in ((False, True) if row.active is None else (row.active,)):
-            for la in ((False, True) if row.latching is None else (row.latching,)):
+        for a in (False, True) if row.active is None else (row.active,):
+            for la in (False, True) if row.latching is None else (row.latching,):
                 if nxt[row.state, row.event, int(a), int(la)] >= 0:
-                    raise RuntimeError(f"state table: two rows for {row.state.name} + {row.event.name} "
-                                       f"(active={a}, latching={la})")
+                    raise RuntimeError(
+                        f"state table: two rows for {row.state.name} + {row.event.name} (active={a}, latching={la})"
+                    )
                 nxt[row.state, row.event, int(a), int(la)] = row.to
     nxt.setflags(write=False)
     return nxt
@@ -185,8 +192,9 @@ def transition(state: State | int, event: Event | int, active: bool, latching: b
     return State(to)
 
 
-def apply(states: np.ndarray, event: Event | int, active: np.ndarray | bool,
-          latching: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray]:
+def apply(
+    states: np.ndarray, event: Event | int, active: np.ndarray | bool, latching: np.ndarray | bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Apply one event to a batch of alarm instances.
 
     Returns the new states (uint8) and a bool mask of the rows for which the event was legal;

@@ -111,8 +111,13 @@ class StoredBatch:
         texts = None
         if any(b.texts is not None for b in batches):
             texts = tuple(t for b in batches for t in (b.texts if b.texts is not None else (None,) * len(b)))
-        return cls(np.concatenate([b.ids for b in batches]), np.concatenate([b.values for b in batches]),
-                   np.concatenate([b.status for b in batches]), np.concatenate([b.times for b in batches]), texts)
+        return cls(
+            np.concatenate([b.ids for b in batches]),
+            np.concatenate([b.values for b in batches]),
+            np.concatenate([b.status for b in batches]),
+            np.concatenate([b.times for b in batches]),
+            texts,
+        )
 
 
 def deviation_from_percent(percent: np.ndarray | float, span: np.ndarray | float) -> np.ndarray:
@@ -149,14 +154,22 @@ class _Out:
         if text_rows is not None and text_rows[0]:
             n_num = sum(len(a) for a in self.ids)
             ti, tv, ts, tt, tx = text_rows
-            self.add(np.asarray(ti, np.int64), np.asarray(tv, np.float64), np.asarray(ts, np.uint32),
-                     np.asarray(tt, np.int64))
+            self.add(
+                np.asarray(ti, np.int64),
+                np.asarray(tv, np.float64),
+                np.asarray(ts, np.uint32),
+                np.asarray(tt, np.int64),
+            )
             texts = (None,) * n_num + tuple(tx)
         if not self.ids:
             return StoredBatch.empty()
-        return StoredBatch(np.concatenate(self.ids), np.concatenate(self.values).astype(np.float64, copy=False),
-                           np.concatenate(self.status).astype(np.uint32, copy=False),
-                           np.concatenate(self.times).astype(np.int64, copy=False), texts)
+        return StoredBatch(
+            np.concatenate(self.ids),
+            np.concatenate(self.values).astype(np.float64, copy=False),
+            np.concatenate(self.status).astype(np.uint32, copy=False),
+            np.concatenate(self.times).astype(np.int64, copy=False),
+            texts,
+        )
 
 
 class Compressor:
@@ -168,8 +181,14 @@ class Compressor:
     Not thread-safe: one compressor lives with its consumer.
     """
 
-    def __init__(self, n_tags: int, deviation: np.ndarray | float, deadband: np.ndarray | float,
-                 kind: np.ndarray | int, max_interval_ns: np.ndarray | int = 0) -> None:
+    def __init__(
+        self,
+        n_tags: int,
+        deviation: np.ndarray | float,
+        deadband: np.ndarray | float,
+        kind: np.ndarray | int,
+        max_interval_ns: np.ndarray | int = 0,
+    ) -> None:
         def per_tag(a, dtype, what):
             try:
                 return np.broadcast_to(np.asarray(a, dtype), (n_tags,)).copy()
@@ -346,8 +365,7 @@ class Compressor:
             if has and t <= at:
                 t = at + 1
             maxint = int(self.max_interval[i])
-            if (not has or s != int(self._as[i]) or txt != self._text.get(i)
-                    or (maxint > 0 and t - at >= maxint)):
+            if not has or s != int(self._as[i]) or txt != self._text.get(i) or (maxint > 0 and t - at >= maxint):
                 out_i.append(i)
                 out_v.append(np.nan)
                 out_s.append(s)
@@ -400,8 +418,9 @@ class Compressor:
         texts = None
         if due.size and (self.kind[due] == TEXT).any():
             texts = tuple(self._text.get(i) for i in due.tolist())
-        repeat = StoredBatch(due.astype(np.int64), self._av[due].copy(), self._as[due].copy(),
-                             np.full(due.size, now, np.int64), texts)
+        repeat = StoredBatch(
+            due.astype(np.int64), self._av[due].copy(), self._as[due].copy(), np.full(due.size, now, np.int64), texts
+        )
         self._at[due] = now
         self._lo[due] = -np.inf
         self._hi[due] = np.inf
@@ -415,8 +434,14 @@ class Compressor:
         self._lo[rows] = -np.inf
         self._hi[rows] = np.inf
 
-    def prime(self, ids: np.ndarray, values: np.ndarray, status: np.ndarray, times: np.ndarray,
-              texts: Sequence[str | None] | None = None) -> None:
+    def prime(
+        self,
+        ids: np.ndarray,
+        values: np.ndarray,
+        status: np.ndarray,
+        times: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+    ) -> None:
         """Start from the last stored points (e.g. :meth:`HistoryStore.last_points` at start-up).
 
         The first change after a restart then continues the history instead of being stored

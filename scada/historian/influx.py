@@ -97,8 +97,9 @@ class TagMeta:
     """Per tag id, where its values go: measurement (equipment class), tags commune and device,
     field (point name). Kept as precomputed, escaped line prefixes, one per tag id."""
 
-    def __init__(self, measurement: Sequence[str], commune: Sequence[str], device: Sequence[str],
-                 field: Sequence[str]) -> None:
+    def __init__(
+        self, measurement: Sequence[str], commune: Sequence[str], device: Sequence[str], field: Sequence[str]
+    ) -> None:
         n = len(measurement)
         if not (len(commune) == len(device) == len(field) == n):
             raise ValueError("measurement, commune, device and field must have one entry per tag id")
@@ -110,8 +111,7 @@ class TagMeta:
             heads.append(escape_measurement(m) + tags + " ")
         # value line = value_prefix + value + time_suffix; status line = status_prefix + code + "i" + ...
         self.value_prefix = np.array([h + escape_key(f) + "=" for h, f in zip(heads, field)], dtype=object)
-        self.status_prefix = np.array([h + escape_key(f + "_status") + "=" for h, f in zip(heads, field)],
-                                      dtype=object)
+        self.status_prefix = np.array([h + escape_key(f + "_status") + "=" for h, f in zip(heads, field)], dtype=object)
         # The same strings as lists, for the scalar path of small batches (list indexing is ~10x
         # cheaper than taking one element of a numpy array).
         self.value_prefix_list = self.value_prefix.tolist()
@@ -136,9 +136,15 @@ class TagMeta:
         return cls(m, c, d, f)
 
 
-def encode_lines(meta: TagMeta, ids: np.ndarray, values: np.ndarray, status: np.ndarray,
-                 times: np.ndarray, last_status: np.ndarray | None = None,
-                 now_ns: int | None = None) -> bytes:
+def encode_lines(
+    meta: TagMeta,
+    ids: np.ndarray,
+    values: np.ndarray,
+    status: np.ndarray,
+    times: np.ndarray,
+    last_status: np.ndarray | None = None,
+    now_ns: int | None = None,
+) -> bytes:
     """Line protocol of one change batch (see the module docstring for what is written): the value
     lines in batch order, then the status lines.
 
@@ -212,7 +218,7 @@ def _encode_small(meta: TagMeta, ids, values, status, times, last_status, now: i
 
 
 def _time_suffixes(times: np.ndarray) -> np.ndarray:
-    """" <time>\\n" per row, each distinct time formatted once (a device poll shares one time)."""
+    """ " <time>\\n" per row, each distinct time formatted once (a device poll shares one time)."""
     uniq, inverse = np.unique(times, return_inverse=True)
     return np.array([f" {t}\n" for t in uniq.tolist()], dtype=object)[inverse]
 
@@ -270,10 +276,23 @@ class InfluxSink:
     backs off and retries (or quarantines, for a rejection).
     """
 
-    def __init__(self, url: str, token: str, org: str, bucket: str, spool: Spool, tags: TagMeta,
-                 timeout: float = 10.0, max_request_bytes: int = 1 << 20, backoff_min: float = 0.5,
-                 backoff_max: float = 30.0, sync_interval: float = 0.5, gzip: bool = False,
-                 on_ack=None, memory_backlog_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        org: str,
+        bucket: str,
+        spool: Spool,
+        tags: TagMeta,
+        timeout: float = 10.0,
+        max_request_bytes: int = 1 << 20,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        sync_interval: float = 0.5,
+        gzip: bool = False,
+        on_ack=None,
+        memory_backlog_bytes: int = 32 << 20,
+    ) -> None:
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
         self.spool = spool
         self.tags = tags
@@ -357,14 +376,22 @@ class InfluxSink:
             dropped += 1
         if dropped:
             self._memory_dropped += dropped
-            log.error("historian_spool_memory_full", dropped_entries=dropped,
-                      dropped_entries_total=self._memory_dropped, limit_bytes=self.memory_backlog_bytes,
-                      reason="the spool's disk still refuses writes: oldest batches dropped")
+            log.error(
+                "historian_spool_memory_full",
+                dropped_entries=dropped,
+                dropped_entries_total=self._memory_dropped,
+                limit_bytes=self.memory_backlog_bytes,
+                reason="the spool's disk still refuses writes: oldest batches dropped",
+            )
 
     def _spool_failed(self, e: OSError) -> None:
         if self._spool_error is None:
-            log.error("historian_spool_write_failed", path=str(self.spool.path), error=str(e),
-                      action="batches kept in memory and appended again when the disk takes them")
+            log.error(
+                "historian_spool_write_failed",
+                path=str(self.spool.path),
+                error=str(e),
+                action="batches kept in memory and appended again when the disk takes them",
+            )
         self._spool_error = f"{type(e).__name__}: {e}"
         self._spool_retry_at = time.monotonic() + random.uniform(self._spool_backoff / 2, self._spool_backoff)
         self._spool_backoff = min(self._spool_backoff * 2, self.backoff_max)
@@ -378,29 +405,47 @@ class InfluxSink:
         """At shutdown: a last try to spool the memory backlog; what remains is lost (logged)."""
         self.flush_memory(force=True)
         if self._memory:
-            log.error("historian_spool_memory_lost", entries=len(self._memory), bytes=self._memory_bytes,
-                      reason="the spool's disk refused them until shutdown")
+            log.error(
+                "historian_spool_memory_lost",
+                entries=len(self._memory),
+                bytes=self._memory_bytes,
+                reason="the spool's disk refused them until shutdown",
+            )
 
     def status(self) -> SinkStatus:
         self._check_fill()
         return SinkStatus(
-            connected=self._connected, backlog_bytes=self.spool.backlog_bytes,
-            backlog_entries=self.spool.backlog_entries, fill_ratio=self.spool.fill_ratio,
-            spool_high=self._spool_high, replaying=self._live_from is not None,
+            connected=self._connected,
+            backlog_bytes=self.spool.backlog_bytes,
+            backlog_entries=self.spool.backlog_entries,
+            fill_ratio=self.spool.fill_ratio,
+            spool_high=self._spool_high,
+            replaying=self._live_from is not None,
             replay_rate=self._replay_rate.rate() if self._live_from is not None else 0.0,
-            send_rate=self._send_rate.rate(), sent_values=self._sent_values,
-            quarantined=self.spool.quarantined_entries, dropped_entries=self.spool.dropped_entries,
-            last_error=self._last_error, spool_failing=self.spool_failing is not None,
-            spool_error=self.spool_failing, memory_backlog_entries=len(self._memory),
-            memory_backlog_bytes=self._memory_bytes, memory_dropped_entries=self._memory_dropped)
+            send_rate=self._send_rate.rate(),
+            sent_values=self._sent_values,
+            quarantined=self.spool.quarantined_entries,
+            dropped_entries=self.spool.dropped_entries,
+            last_error=self._last_error,
+            spool_failing=self.spool_failing is not None,
+            spool_error=self.spool_failing,
+            memory_backlog_entries=len(self._memory),
+            memory_backlog_bytes=self._memory_bytes,
+            memory_dropped_entries=self._memory_dropped,
+        )
 
     def _check_fill(self) -> None:
         fill = self.spool.fill_ratio
         ratio = self.spool.alarm_ratio
         if not self._spool_high and fill >= ratio:
             self._spool_high = True
-            log.warning("historian_spool_high", fill=round(fill, 3), backlog_bytes=self.spool.backlog_bytes,
-                        capacity_bytes=self.spool.capacity_bytes, policy=self.spool.full_policy)
+            log.warning(
+                "historian_spool_high",
+                fill=round(fill, 3),
+                backlog_bytes=self.spool.backlog_bytes,
+                capacity_bytes=self.spool.capacity_bytes,
+                policy=self.spool.full_policy,
+            )
         elif self._spool_high and fill < ratio - 0.1:
             self._spool_high = False
             log.info("historian_spool_normal", fill=round(fill, 3))
@@ -417,8 +462,9 @@ class InfluxSink:
         from influxdb_client.rest import ApiException
 
         self._precision, self._api_exception = WritePrecision.NS, ApiException
-        self._client = InfluxDBClient(url=self.url, token=self.token, org=self.org,
-                                      timeout=int(self.timeout * 1000), enable_gzip=self.gzip)
+        self._client = InfluxDBClient(
+            url=self.url, token=self.token, org=self.org, timeout=int(self.timeout * 1000), enable_gzip=self.gzip
+        )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         # What a previous run left in the spool is backlog; what arrives from now on is live.
         self._live_from = self._left_by_previous_run
@@ -530,15 +576,24 @@ class InfluxSink:
     def _rejected(self, entries, lane, e) -> bool:
         self._mark_up()  # a rejection is an answer: the database is there
         if len(entries) > 1:
-            log.warning("historian_request_rejected", entries=len(entries), status=e.status,
-                        action="sending its batches again in halves to find the one refused")
+            log.warning(
+                "historian_request_rejected",
+                entries=len(entries),
+                status=e.status,
+                action="sending its batches again in halves to find the one refused",
+            )
             mid = len(entries) // 2
             return self._deliver(entries[:mid], lane) and self._deliver(entries[mid:], lane)
         seq, payload = entries[0]
         reason = f"HTTP {e.status} {e.reason}: {_body_text(e)}"
         self.spool.quarantine(seq, payload, reason)
-        log.error("historian_batch_quarantined", seq=seq, bytes=len(payload), reason=reason[:300],
-                  file=str(self.spool.quarantine_path))
+        log.error(
+            "historian_batch_quarantined",
+            seq=seq,
+            bytes=len(payload),
+            reason=reason[:300],
+            file=str(self.spool.quarantine_path),
+        )
         return True
 
     def _mark_down(self, error: str, refused: bool = False) -> None:
@@ -558,8 +613,13 @@ class InfluxSink:
             # Entries appended from now on are live; the outage's entries are the backlog.
             if self._live_from is None:
                 self._live_from = self.spool.next_seq
-            log.info("historian_tsdb_up", url=self.url, outage_s=round(outage, 1),
-                     backlog_bytes=self.spool.backlog_bytes, backlog_entries=self.spool.backlog_entries)
+            log.info(
+                "historian_tsdb_up",
+                url=self.url,
+                outage_s=round(outage, 1),
+                backlog_bytes=self.spool.backlog_bytes,
+                backlog_entries=self.spool.backlog_entries,
+            )
         self._connected = True
         self._down_since = None
         self._last_error = None

@@ -71,8 +71,15 @@ class InfluxSettings:
 class Historian:
     """Records every change of the configured tags; see the module docstring."""
 
-    def __init__(self, config: Config, tagdb: TagDB, data_dir: str | Path, influx: InfluxSettings | None = None,
-                 on_spool_alarm=None, on_storage_alarm=None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        tagdb: TagDB,
+        data_dir: str | Path,
+        influx: InfluxSettings | None = None,
+        on_spool_alarm=None,
+        on_storage_alarm=None,
+    ) -> None:
         self.config = config
         self.tagdb = tagdb
         h = config.history_table()
@@ -82,8 +89,10 @@ class Historian:
         names = list(tagdb.names)
         type_names = list(config.types)
         tag_class = [type_names[i] for i in h["type_index"].tolist()]
-        retention = {name: Retention(t.history.retention_days, t.history.rollup_retention_days,
-                                     t.history.rollup_retention_days) for name, t in config.types.items()}
+        retention = {
+            name: Retention(t.history.retention_days, t.history.rollup_retention_days, t.history.rollup_retention_days)
+            for name, t in config.types.items()
+        }
         self.store = HistoryStore(Path(data_dir) / "history.sqlite", names, tag_class, retention)
         self._heartbeat = bool((h["max_interval_ns"] > 0).any())
         last = self.store.last_points()
@@ -94,8 +103,9 @@ class Historian:
         self.spool: Spool | None = None
         if influx is not None:
             self.spool = Spool(Path(data_dir) / "influx-spool", capacity_bytes=influx.spool_capacity_mb << 20)
-            self.sink = InfluxSink(influx.url, influx.token, influx.org, influx.bucket, self.spool,
-                                   TagMeta.from_names(names))
+            self.sink = InfluxSink(
+                influx.url, influx.token, influx.org, influx.bucket, self.spool, TagMeta.from_names(names)
+            )
         self.on_spool_alarm = on_spool_alarm  # called with (active: bool, status) when the spool crosses 80 %
         self._spool_alarm = False
         self._pending: list[StoredBatch] = []  # kept since the last write, not yet spooled nor stored
@@ -148,8 +158,9 @@ class Historian:
         dropped = len(batch) - int(keep.sum())
         if dropped:
             self.backlog_dropped += dropped
-            log.warning("history_backlog_dropped_on_reload", values=dropped,
-                        reason="their tags are no longer configured")
+            log.warning(
+                "history_backlog_dropped_on_reload", values=dropped, reason="their tags are no longer configured"
+            )
         texts = None if batch.texts is None else tuple(t for t, k in zip(batch.texts, keep.tolist()) if k)
         out = StoredBatch(ids[keep], batch.values[keep], batch.status[keep], batch.times[keep], texts)
         return [out] if len(out) else []
@@ -197,9 +208,13 @@ class Historian:
     def _store_failed(self, exc: Exception) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         if self.store_error is None:
-            log.error("history_store_write_failed", store=str(self.store.path), error=reason,
-                      backlog_values=self._backlog_values,
-                      action="values kept in memory and written again when the store takes them")
+            log.error(
+                "history_store_write_failed",
+                store=str(self.store.path),
+                error=reason,
+                backlog_values=self._backlog_values,
+                action="values kept in memory and written again when the store takes them",
+            )
         self._set_store_error(reason)
         # Capped exponential backoff with jitter: a failing disk is not hammered.
         self._retry_at = time.monotonic() + random.uniform(self._retry_delay / 2, self._retry_delay)
@@ -218,8 +233,11 @@ class Historian:
             what, waiting = "history store", f"{self._backlog_values} values waiting"
         else:
             what, waiting = "InfluxDB spool", f"{self.sink.status().memory_backlog_entries} batches waiting"
-        message = (f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
-                   if active else f"{what} writes again")
+        message = (
+            f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
+            if active
+            else f"{what} writes again"
+        )
         (log.error if active else log.info)("history_storage_failing", source=source, active=active, message=message)
         if self.on_storage_alarm is not None:
             try:
@@ -245,9 +263,14 @@ class Historian:
             dropped += cut
         self._backlog_values -= dropped
         self.backlog_dropped += dropped
-        log.error("history_backlog_overflow", dropped_values=dropped, dropped_total=self.backlog_dropped,
-                  limit_values=self.backlog_max_values, store=str(self.store.path),
-                  reason="the store still cannot write: the oldest values waiting are lost")
+        log.error(
+            "history_backlog_overflow",
+            dropped_values=dropped,
+            dropped_total=self.backlog_dropped,
+            limit_values=self.backlog_max_values,
+            store=str(self.store.path),
+            reason="the store still cannot write: the oldest values waiting are lost",
+        )
 
     def _check_spool(self) -> None:
         if self.sink is None:
@@ -275,8 +298,11 @@ class Historian:
                 batch = await consumer.get_until(next_write)
                 if consumer.take_overflow():
                     self.resyncs += 1
-                    log.warning("history_resync", dropped_batches=consumer.dropped_batches,
-                                note="changes between the dropped batches are not recorded")
+                    log.warning(
+                        "history_resync",
+                        dropped_batches=consumer.dropped_batches,
+                        note="changes between the dropped batches are not recorded",
+                    )
                     self._take(self.tagdb.snapshot())
                 elif batch is not None:
                     self._take(batch)
@@ -308,8 +334,12 @@ class Historian:
                     self._pending.append(held)
                 await asyncio.shield(self._write(force=True))
                 if self._backlog_values:
-                    log.error("history_backlog_lost", values=self._backlog_values, store=str(self.store.path),
-                              reason="the store refused them until shutdown")
+                    log.error(
+                        "history_backlog_lost",
+                        values=self._backlog_values,
+                        store=str(self.store.path),
+                        reason="the store refused them until shutdown",
+                    )
             finally:
                 if sink_task is not None:
                     sink_task.cancel()
@@ -333,16 +363,24 @@ class Historian:
         return ([self._writing] if self._writing is not None else []) + list(self._backlog) + list(self._pending)
 
     def status(self) -> dict:
-        out = {"history_received": self.compressor.received, "history_stored": self.compressor.stored,
-               "history_backlog": self._backlog_values, "history_backlog_dropped": self.backlog_dropped,
-               "history_store_failing": self.store_error is not None}
+        out = {
+            "history_received": self.compressor.received,
+            "history_stored": self.compressor.stored,
+            "history_backlog": self._backlog_values,
+            "history_backlog_dropped": self.backlog_dropped,
+            "history_store_failing": self.store_error is not None,
+        }
         failing = self.store_error is not None
         if self.sink is not None:
             s = self.sink.status()
-            out.update(influx_connected=s.connected, influx_backlog=s.backlog_entries,
-                       influx_spool_fill=round(s.fill_ratio, 3), influx_spool_failing=s.spool_failing,
-                       influx_memory_backlog=s.memory_backlog_entries,
-                       influx_memory_dropped=s.memory_dropped_entries)
+            out.update(
+                influx_connected=s.connected,
+                influx_backlog=s.backlog_entries,
+                influx_spool_fill=round(s.fill_ratio, 3),
+                influx_spool_failing=s.spool_failing,
+                influx_memory_backlog=s.memory_backlog_entries,
+                influx_memory_dropped=s.memory_dropped_entries,
+            )
             failing = failing or s.spool_failing
         out["history_storage_failing"] = failing
         return out
@@ -350,5 +388,10 @@ class Historian:
 
 def _tail(batch: StoredBatch, start: int) -> StoredBatch:
     """``batch`` without its first ``start`` rows."""
-    return StoredBatch(batch.ids[start:], batch.values[start:], batch.status[start:], batch.times[start:],
-                       None if batch.texts is None else batch.texts[start:])
+    return StoredBatch(
+        batch.ids[start:],
+        batch.values[start:],
+        batch.status[start:],
+        batch.times[start:],
+        None if batch.texts is None else batch.texts[start:],
+    )

@@ -129,9 +129,15 @@ class Spool:
     idle spool holds at most one segment).
     """
 
-    def __init__(self, path: str | Path, capacity_bytes: int = 1 << 30, segment_bytes: int | None = None,
-                 fsync_each_append: bool = False, full_policy: str = "drop_oldest",
-                 alarm_ratio: float = 0.8) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        capacity_bytes: int = 1 << 30,
+        segment_bytes: int | None = None,
+        fsync_each_append: bool = False,
+        full_policy: str = "drop_oldest",
+        alarm_ratio: float = 0.8,
+    ) -> None:
         if full_policy not in POLICIES:
             raise ValueError(f"full_policy must be one of {', '.join(POLICIES)} (got {full_policy!r})")
         if capacity_bytes < 64 * 1024:
@@ -202,8 +208,11 @@ class Spool:
         self._size = sum(s.end for s in kept) + self._quarantine_size
         self._acked = acked
         if kept and not acks_ok:
-            log.warning("spool_acks_unreadable", path=str(self.path / "acks"),
-                        consequence="everything still in the spool is delivered again")
+            log.warning(
+                "spool_acks_unreadable",
+                path=str(self.path / "acks"),
+                consequence="everything still in the spool is delivered again",
+            )
         nxt = self._next_seq_from_disk()
         self._normalise_acks(nxt)
         self._unacked_entries, self._unacked_bytes = self._count_unacked()
@@ -240,7 +249,7 @@ class Spool:
             expect = seg.first_seq
             while pos + HEADER_SIZE <= size:
                 if data is not None:
-                    head = data[pos:pos + HEADER_SIZE]
+                    head = data[pos : pos + HEADER_SIZE]
                 else:
                     f.seek(pos)
                     head = f.read(HEADER_SIZE)
@@ -248,7 +257,7 @@ class Spool:
                 if magic != _MAGIC or seq != expect or length > MAX_PAYLOAD or pos + HEADER_SIZE + length > size:
                     break
                 if data is not None:
-                    payload = memoryview(data)[pos + HEADER_SIZE:pos + HEADER_SIZE + length]
+                    payload = memoryview(data)[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
                     if _crc(head[:_CRC_SPAN], payload) != crc:
                         break
                 seg.offsets.append(pos)
@@ -257,8 +266,7 @@ class Spool:
         seg.end = pos
         if pos < size:
             self.torn_bytes += size - pos
-            log.warning("spool_record_cut", path=str(seg.path), offset=pos, bytes=size - pos,
-                        last_good_seq=expect - 1)
+            log.warning("spool_record_cut", path=str(seg.path), offset=pos, bytes=size - pos, last_good_seq=expect - 1)
             with open(seg.path, "r+b") as f:
                 f.truncate(pos)
                 os.fsync(f.fileno())
@@ -422,8 +430,15 @@ class Spool:
     def _count_drop(self, entries: int, nbytes: int, reason: str) -> None:
         self.dropped_entries += entries
         self.dropped_bytes += nbytes
-        log.error("spool_data_dropped", path=str(self.path), reason=reason, entries=entries, bytes=nbytes,
-                  dropped_entries_total=self.dropped_entries, policy=self.full_policy)
+        log.error(
+            "spool_data_dropped",
+            path=str(self.path),
+            reason=reason,
+            entries=entries,
+            bytes=nbytes,
+            dropped_entries_total=self.dropped_entries,
+            policy=self.full_policy,
+        )
 
     # ---------------------------------------------------------------- reading and acknowledging
 
@@ -478,9 +493,9 @@ class Spool:
         for seq in range(first, last + 1):
             i = seq - base
             size = (offsets[i + 1] if i + 1 < n else seg.end) - offsets[i]
-            head = view[pos:pos + HEADER_SIZE]
+            head = view[pos : pos + HEADER_SIZE]
             magic, _flags, length, rseq, crc = _HEADER.unpack(head)
-            payload = view[pos + HEADER_SIZE:pos + size]
+            payload = view[pos + HEADER_SIZE : pos + size]
             if magic != _MAGIC or rseq != seq or length != size - HEADER_SIZE or _crc(head[:_CRC_SPAN], payload) != crc:
                 log.error("spool_record_corrupt", path=str(seg.path), seq=seq)
                 self._quarantine_locked(seq, bytes(payload), "corrupt record in the spool (CRC mismatch)")
@@ -599,9 +614,14 @@ class Spool:
         self._size -= keep_from
         self._quarantine_size = size - keep_from
         self.quarantine_dropped_entries += dropped
-        log.error("spool_quarantine_trimmed", path=str(self.quarantine_path), dropped_entries=dropped,
-                  dropped_entries_total=self.quarantine_dropped_entries, capacity_bytes=self.quarantine_capacity,
-                  reason="the quarantine counts against the spool's capacity: oldest rejected batches dropped")
+        log.error(
+            "spool_quarantine_trimmed",
+            path=str(self.quarantine_path),
+            dropped_entries=dropped,
+            dropped_entries_total=self.quarantine_dropped_entries,
+            capacity_bytes=self.quarantine_capacity,
+            reason="the quarantine counts against the spool's capacity: oldest rejected batches dropped",
+        )
 
     # ---------------------------------------------------------------- the ack state
 
@@ -643,8 +663,12 @@ class Spool:
             self._write_acks_file()
         except OSError as e:
             if not self._acks_dirty:
-                log.error("spool_acks_write_failed", path=str(self.path / "acks"), error=str(e),
-                          consequence="retried at each sync; a restart meanwhile delivers some entries again")
+                log.error(
+                    "spool_acks_write_failed",
+                    path=str(self.path / "acks"),
+                    error=str(e),
+                    consequence="retried at each sync; a restart meanwhile delivers some entries again",
+                )
             self._acks_dirty = True
             self.write_error = f"acks: {e}"
             return

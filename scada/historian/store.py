@@ -252,11 +252,19 @@ class HistoryStore:
     raw days; key '*' for the default; default :class:`Retention()`).
     """
 
-    def __init__(self, path: str | Path, tag_names: Sequence[str] | None = None,
-                 tag_class: np.ndarray | Sequence[str] | None = None,
-                 retention: Mapping[str, Retention | float] | None = None, *,
-                 readonly: bool = False, merge_rows: int = 1_000_000, merge_seconds: float = 600.0,
-                 synchronous: str = "NORMAL", cache_mb: int = 64) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tag_names: Sequence[str] | None = None,
+        tag_class: np.ndarray | Sequence[str] | None = None,
+        retention: Mapping[str, Retention | float] | None = None,
+        *,
+        readonly: bool = False,
+        merge_rows: int = 1_000_000,
+        merge_seconds: float = 600.0,
+        synchronous: str = "NORMAL",
+        cache_mb: int = 64,
+    ) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.merge_rows = int(merge_rows)
@@ -281,8 +289,9 @@ class HistoryStore:
         self.merge_error: str | None = None  # why the last merge failed (rows kept in staging), or None
         try:
             if readonly:
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                           isolation_level=None, check_same_thread=False)
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -400,8 +409,9 @@ class HistoryStore:
         num = [r for r in rows if r[4] is None]
         if num:
             sid, t, v, s, _ = zip(*num)
-            self._pending.append((np.array(sid, np.int64), np.array(t, np.int64),
-                                  np.array(v, np.float64), np.array(s, np.uint32)))
+            self._pending.append(
+                (np.array(sid, np.int64), np.array(t, np.int64), np.array(v, np.float64), np.array(s, np.uint32))
+            )
         self._pending_text.extend((r[0], r[1], r[4], r[3]) for r in rows if r[4] is not None)
         self._pending_rows = len(rows)
         self._pending_since = time.monotonic()
@@ -438,11 +448,14 @@ class HistoryStore:
         with self._lock:
             try:
                 with self._transaction():
-                    self._db.executemany("INSERT INTO staging (tag, time_ns, value, status) VALUES (?, ?, ?, ?)",
-                                         zip(sid.tolist(), t.tolist(), v.tolist(), s.tolist()))
+                    self._db.executemany(
+                        "INSERT INTO staging (tag, time_ns, value, status) VALUES (?, ?, ?, ?)",
+                        zip(sid.tolist(), t.tolist(), v.tolist(), s.tolist()),
+                    )
                     if text_rows:
-                        self._db.executemany("INSERT INTO staging (tag, time_ns, text, status) VALUES (?, ?, ?, ?)",
-                                             text_rows)
+                        self._db.executemany(
+                            "INSERT INTO staging (tag, time_ns, text, status) VALUES (?, ?, ?, ?)", text_rows
+                        )
             except sqlite3.Error as exc:
                 raise HistoryError(self.path, f"write failed: {exc}") from None
             if not self._pending_rows:
@@ -452,8 +465,11 @@ class HistoryStore:
             self._pending_text.extend(text_rows)
             self._pending_rows += n
             self._pending_cat = None
-            if (self._pending_rows >= self.merge_rows or self.merge_error is not None
-                    or time.monotonic() - self._pending_since >= self.merge_seconds):
+            if (
+                self._pending_rows >= self.merge_rows
+                or self.merge_error is not None
+                or time.monotonic() - self._pending_since >= self.merge_seconds
+            ):
                 # The batch is committed in staging: a failed merge must not make the caller
                 # write it again (stored twice). The rows stay pending; the next write retries.
                 self._try_merge()
@@ -485,11 +501,15 @@ class HistoryStore:
                 # OR REPLACE: a point written again (same tag and time) replaces the first; the
                 # rollups then count it twice. The compressor keeps times increasing per tag, and
                 # Compressor.prime() carries that across restarts.
-                db.executemany("INSERT OR REPLACE INTO raw (tag, time_ns, value, status) VALUES (?, ?, ?, ?)",
-                               zip(sid.tolist(), t.tolist(), v.tolist(), s.tolist()))
+                db.executemany(
+                    "INSERT OR REPLACE INTO raw (tag, time_ns, value, status) VALUES (?, ?, ?, ?)",
+                    zip(sid.tolist(), t.tolist(), v.tolist(), s.tolist()),
+                )
                 if self._pending_text:
-                    db.executemany("INSERT OR REPLACE INTO raw_text (tag, time_ns, text, status) VALUES (?, ?, ?, ?)",
-                                   sorted(self._pending_text, key=lambda r: (r[0], r[1])))
+                    db.executemany(
+                        "INSERT OR REPLACE INTO raw_text (tag, time_ns, text, status) VALUES (?, ?, ?, ?)",
+                        sorted(self._pending_text, key=lambda r: (r[0], r[1])),
+                    )
                 if len(t):
                     for table, width in _ROLLUPS:
                         part = _partials(sid, t, v, s, width)
@@ -545,17 +565,21 @@ class HistoryStore:
                     for table, col, cutoff in self._cutoffs(self.retention_of(cls), int(now_ns)):
                         before = self._db.total_changes
                         if table.startswith("raw"):  # keyed (tag, time): a range per tag
-                            self._db.executemany(f"DELETE FROM {table} WHERE tag = ? AND {col} < ?",
-                                                 ((i, cutoff) for i in ids))
+                            self._db.executemany(
+                                f"DELETE FROM {table} WHERE tag = ? AND {col} < ?", ((i, cutoff) for i in ids)
+                            )
                         else:  # keyed (bucket, tag): the old buckets are a prefix
-                            self._db.execute(f"DELETE FROM {table} WHERE {col} < ? AND tag IN "
-                                             "(SELECT id FROM tags WHERE class = ?)", (cutoff, cls))
+                            self._db.execute(
+                                f"DELETE FROM {table} WHERE {col} < ? AND tag IN (SELECT id FROM tags WHERE class = ?)",
+                                (cutoff, cls),
+                            )
                         deleted[table] += self._db.total_changes - before
                 if self._sid is None:
                     # Ids written without names have no class: the default retention, by a scan.
                     for table, col, cutoff in self._cutoffs(self.retention_of("*"), int(now_ns)):
                         cur = self._db.execute(
-                            f"DELETE FROM {table} WHERE {col} < ? AND tag NOT IN (SELECT id FROM tags)", (cutoff,))
+                            f"DELETE FROM {table} WHERE {col} < ? AND tag NOT IN (SELECT id FROM tags)", (cutoff,)
+                        )
                         deleted[table] += cur.rowcount
         return deleted
 
@@ -563,9 +587,12 @@ class HistoryStore:
     def _cutoffs(r: Retention, now: int):
         """(table, time column, delete below) for one retention; a rollup bucket is deleted once
         its end has passed the cutoff."""
-        for table, col, days, width in (("raw", "time_ns", r.raw_days, 0), ("raw_text", "time_ns", r.raw_days, 0),
-                                        ("rollup_minute", "bucket_ns", r.minute_days, MINUTE),
-                                        ("rollup_hour", "bucket_ns", r.hour_days, HOUR)):
+        for table, col, days, width in (
+            ("raw", "time_ns", r.raw_days, 0),
+            ("raw_text", "time_ns", r.raw_days, 0),
+            ("rollup_minute", "bucket_ns", r.minute_days, MINUTE),
+            ("rollup_hour", "bucket_ns", r.hour_days, HOUR),
+        ):
             if not math.isinf(days):
                 cutoff = now - int(days * DAY)
                 yield table, col, (cutoff - width + 1) if width else cutoff
@@ -590,14 +617,15 @@ class HistoryStore:
     def names(self, pattern: str = "*") -> list[str]:
         """Tag names in the store matching a glob pattern (``*/lighting/*/power``), sorted."""
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM tags WHERE name GLOB ? ORDER BY name",
-                                                    (pattern,))]
+            return [r[0] for r in self._db.execute("SELECT name FROM tags WHERE name GLOB ? ORDER BY name", (pattern,))]
 
     def _pending_rows_of(self, sid: int, lo: int, hi: int):
         """Pending (unmerged) rows of one tag with lo <= time < hi: t, v, s, texts-or-None."""
         if self.readonly:  # another process writes: its pending rows are in staging
-            rows = self._db.execute("SELECT time_ns, value, status, text FROM staging "
-                                    "WHERE tag = ? AND time_ns >= ? AND time_ns < ?", (sid, lo, hi)).fetchall()
+            rows = self._db.execute(
+                "SELECT time_ns, value, status, text FROM staging WHERE tag = ? AND time_ns >= ? AND time_ns < ?",
+                (sid, lo, hi),
+            ).fetchall()
             num = [r[:3] for r in rows if r[3] is None]
             txt = [(r[0], r[3], r[2]) for r in rows if r[3] is not None]
         else:
@@ -610,8 +638,12 @@ class HistoryStore:
             t, v, s = pt[m], pv[m], ps[m]
         if txt:
             tt, tv, ts, tx = _columns(txt, with_text=True)
-            return (np.concatenate([t, tt]), np.concatenate([v, tv]), np.concatenate([s, ts]),
-                    (None,) * len(t) + tuple(tx))
+            return (
+                np.concatenate([t, tt]),
+                np.concatenate([v, tv]),
+                np.concatenate([s, ts]),
+                (None,) * len(t) + tuple(tx),
+            )
         return t, v, s, None
 
     def _points(self, sid: int, lo: int, hi: int, limit: int | None = None):
@@ -620,10 +652,16 @@ class HistoryStore:
         With ``limit``, at most limit + 1 (to know whether more follow). Returns t, v, s, texts.
         """
         lim = "" if limit is None else f" LIMIT {int(limit) + 1}"
-        num = self._db.execute(f"SELECT time_ns, value, status FROM raw WHERE tag = ? AND time_ns >= ? "
-                               f"AND time_ns < ? ORDER BY time_ns{lim}", (sid, lo, hi)).fetchall()
-        txt = self._db.execute(f"SELECT time_ns, text, status FROM raw_text WHERE tag = ? AND time_ns >= ? "
-                               f"AND time_ns < ? ORDER BY time_ns{lim}", (sid, lo, hi)).fetchall()
+        num = self._db.execute(
+            f"SELECT time_ns, value, status FROM raw WHERE tag = ? AND time_ns >= ? "
+            f"AND time_ns < ? ORDER BY time_ns{lim}",
+            (sid, lo, hi),
+        ).fetchall()
+        txt = self._db.execute(
+            f"SELECT time_ns, text, status FROM raw_text WHERE tag = ? AND time_ns >= ? "
+            f"AND time_ns < ? ORDER BY time_ns{lim}",
+            (sid, lo, hi),
+        ).fetchall()
         parts = [_columns(num)]
         if txt:
             parts.append(_columns(txt, with_text=True))
@@ -651,12 +689,13 @@ class HistoryStore:
             if texts is not None:
                 texts = tuple(texts[i] for i in order.tolist())
         if limit is not None and len(t) > limit + 1:
-            t, v, s = t[:limit + 1], v[:limit + 1], s[:limit + 1]
-            texts = None if texts is None else texts[:limit + 1]
+            t, v, s = t[: limit + 1], v[: limit + 1], s[: limit + 1]
+            texts = None if texts is None else texts[: limit + 1]
         return t, v, s, texts
 
-    def read_raw(self, tag: int | str, start_ns: int, end_ns: int, limit: int | None = None,
-                 after: int | None = None) -> RawHistory:
+    def read_raw(
+        self, tag: int | str, start_ns: int, end_ns: int, limit: int | None = None, after: int | None = None
+    ) -> RawHistory:
         """Stored values of one tag with start <= time < end, in time order.
 
         ``limit`` (None or 0: all) caps the values returned; when more remain, ``next_after``
@@ -686,12 +725,14 @@ class HistoryStore:
 
     def _bound(self, sid: int, t: int, before: bool):
         if before:
-            where, order, lo, hi = "time_ns <= ?", "DESC", -(2 ** 63), t + 1
+            where, order, lo, hi = "time_ns <= ?", "DESC", -(2**63), t + 1
         else:
-            where, order, lo, hi = "time_ns >= ?", "ASC", t, 2 ** 63 - 1
+            where, order, lo, hi = "time_ns >= ?", "ASC", t, 2**63 - 1
         candidates = []
-        for sql in (f"SELECT time_ns, value, status FROM raw WHERE tag = ? AND {where} ORDER BY time_ns {order} LIMIT 1",
-                    f"SELECT time_ns, NULL, status FROM raw_text WHERE tag = ? AND {where} ORDER BY time_ns {order} LIMIT 1"):
+        for sql in (
+            f"SELECT time_ns, value, status FROM raw WHERE tag = ? AND {where} ORDER BY time_ns {order} LIMIT 1",
+            f"SELECT time_ns, NULL, status FROM raw_text WHERE tag = ? AND {where} ORDER BY time_ns {order} LIMIT 1",
+        ):
             row = self._db.execute(sql, (sid, t)).fetchone()
             if row is not None:
                 candidates.append((int(row[0]), math.nan if row[1] is None else float(row[1]), int(row[2])))
@@ -724,17 +765,22 @@ class HistoryStore:
                 self._try_merge()  # so that each tag costs one indexed query, not a pass over pending rows
         with self._lock, _Snapshot(self._db):
             for i in ids.tolist():
-                b = self._bound(self.store_id(i), 2 ** 63 - 2, before=True)
+                b = self._bound(self.store_id(i), 2**63 - 2, before=True)
                 if b is not None:
                     out_i.append(i)
                     out_t.append(b[0])
                     out_v.append(b[1])
                     out_s.append(b[2])
-        return (np.array(out_i, np.int64), np.array(out_v, np.float64), np.array(out_s, np.uint32),
-                np.array(out_t, np.int64))
+        return (
+            np.array(out_i, np.int64),
+            np.array(out_v, np.float64),
+            np.array(out_s, np.uint32),
+            np.array(out_t, np.int64),
+        )
 
-    def read_processed(self, tag: int | str, start_ns: int, end_ns: int, interval_ns: int,
-                       aggregate: str, stepped: bool = False) -> ProcessedHistory:
+    def read_processed(
+        self, tag: int | str, start_ns: int, end_ns: int, interval_ns: int, aggregate: str, stepped: bool = False
+    ) -> ProcessedHistory:
         """One value per interval of ``interval_ns`` from ``start_ns`` (the last one may be
         shorter, ending at ``end_ns``). ``aggregate``: one of :data:`AGGREGATES`
         (case-insensitive); see the module docstring for their definitions."""
@@ -785,15 +831,19 @@ class HistoryStore:
             rows = self._db.execute(
                 f"WITH RECURSIVE b(x) AS (SELECT ? UNION ALL SELECT x + ? FROM b WHERE x + ? < ?) "
                 f"SELECT r.bucket_ns, r.n, r.vsum, r.vmin, r.vmax, r.nbad FROM b CROSS JOIN {table} r "
-                f"ON r.bucket_ns = b.x AND r.tag = ?", (start, width, width, end, sid)).fetchall()
+                f"ON r.bucket_ns = b.x AND r.tag = ?",
+                (start, width, width, end, sid),
+            ).fetchall()
             if rows:
-                b, n, vsum, vmin, vmax, nbad = (np.array(c, np.float64 if j >= 2 and j <= 4 else np.int64)
-                                                for j, c in enumerate(zip(*rows)))
+                b, n, vsum, vmin, vmax, nbad = (
+                    np.array(c, np.float64 if j >= 2 and j <= 4 else np.int64) for j, c in enumerate(zip(*rows))
+                )
             else:
                 b = n = nbad = np.zeros(0, np.int64)
                 vsum = vmin = vmax = np.zeros(0)
-            pt, pv, ps, _ = (self._pending_rows_of(sid, start, end) if (self._pending_rows or self.readonly)
-                             else _columns([]))
+            pt, pv, ps, _ = (
+                self._pending_rows_of(sid, start, end) if (self._pending_rows or self.readonly) else _columns([])
+            )
             if len(pt):
                 o = np.argsort(pt, kind="stable")
                 _, pb, pn, psum, pmin, pmax, pbad = _partials(np.zeros(len(pt), np.int64), pt[o], pv[o], ps[o], width)
@@ -971,6 +1021,7 @@ def _time_average(t, v, s, edges, end: int, stepped: bool):
     # Fully covered by Good data between stored points: Good; partly, or beyond the last point
     # (held value, extrapolated): Uncertain.
     extrapolated = bounds[1:] > x[-1]
-    status[has] = np.where((covered[has] >= length[has] * (1 - 1e-12)) & ~extrapolated[has],
-                           GOOD, UNCERTAIN_DATA_SUB_NORMAL)
+    status[has] = np.where(
+        (covered[has] >= length[has] * (1 - 1e-12)) & ~extrapolated[has], GOOD, UNCERTAIN_DATA_SUB_NORMAL
+    )
     return values, status

@@ -46,9 +46,27 @@ _ANALOG_TYPE = ua.NodeId(ua.ObjectIds.BaseAnalogType)
 _PROPERTY_TYPE = ua.NodeId(ua.ObjectIds.PropertyType)
 
 # UNECE Recommendation 20 codes for the units technicians write most (OPC UA Part 8).
-UNECE = {"V": "VLT", "A": "AMP", "W": "WTT", "kW": "KWT", "kWh": "KWH", "Wh": "WHR", "%": "P1",
-         "degC": "CEL", "°C": "CEL", "s": "SEC", "min": "MIN", "h": "HUR", "Hz": "HTZ",
-         "km/h": "KMH", "m/s": "MTS", "lx": "LUX", "m": "MTR", "km": "KMT", "veh/h": "C62"}
+UNECE = {
+    "V": "VLT",
+    "A": "AMP",
+    "W": "WTT",
+    "kW": "KWT",
+    "kWh": "KWH",
+    "Wh": "WHR",
+    "%": "P1",
+    "degC": "CEL",
+    "°C": "CEL",
+    "s": "SEC",
+    "min": "MIN",
+    "h": "HUR",
+    "Hz": "HTZ",
+    "km/h": "KMH",
+    "m/s": "MTS",
+    "lx": "LUX",
+    "m": "MTR",
+    "km": "KMT",
+    "veh/h": "C62",
+}
 UNECE_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
 
 
@@ -59,8 +77,12 @@ def eu_information(unit: str) -> ua.EUInformation:
         unit_id = 0
         for ch in code:
             unit_id = (unit_id << 8) | ord(ch)
-    return ua.EUInformation(NamespaceUri=UNECE_NAMESPACE, UnitId=unit_id,
-                            DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+    return ua.EUInformation(
+        NamespaceUri=UNECE_NAMESPACE,
+        UnitId=unit_id,
+        DisplayName=ua.LocalizedText(unit),
+        Description=ua.LocalizedText(unit),
+    )
 
 
 def _dv(value, vtype: ua.VariantType, is_array: bool = False) -> ua.DataValue:
@@ -124,8 +146,9 @@ class AddressSpaceBuilder:
                 A.MinimumSamplingInterval: _shared(0.0, ua.VariantType.Double),
                 A.Historizing: _shared(False, ua.VariantType.Boolean),
             }
-            ref = ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef,
-                                          NodeClass=ua.NodeClass.VariableType)
+            ref = ua.ReferenceDescription(
+                ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.VariableType
+            )
             self._kinds[key] = _Kind(static, ref, typedef)
         return self._kinds[key]
 
@@ -142,16 +165,24 @@ class AddressSpaceBuilder:
         return nd
 
     @staticmethod
-    def _child_ref(reftype: ua.NodeId, nodeid: ua.NodeId, name: str, ns: int, nodeclass, typedef) -> ua.ReferenceDescription:
+    def _child_ref(
+        reftype: ua.NodeId, nodeid: ua.NodeId, name: str, ns: int, nodeclass, typedef
+    ) -> ua.ReferenceDescription:
         return ua.ReferenceDescription(
-            ReferenceTypeId=reftype, IsForward=True, NodeId=nodeid,
-            BrowseName=ua.QualifiedName(name, ns), DisplayName=ua.LocalizedText(name),
-            NodeClass=nodeclass, TypeDefinition=typedef,
+            ReferenceTypeId=reftype,
+            IsForward=True,
+            NodeId=nodeid,
+            BrowseName=ua.QualifiedName(name, ns),
+            DisplayName=ua.LocalizedText(name),
+            NodeClass=nodeclass,
+            TypeDefinition=typedef,
         )
 
     def _back_ref(self, reftype: ua.NodeId, parent: NodeData) -> ua.ReferenceDescription:
         return ua.ReferenceDescription(
-            ReferenceTypeId=reftype, IsForward=False, NodeId=parent.nodeid,
+            ReferenceTypeId=reftype,
+            IsForward=False,
+            NodeId=parent.nodeid,
             BrowseName=parent.attributes[A.BrowseName].value.Value.Value,
             DisplayName=parent.attributes[A.DisplayName].value.Value.Value,
             NodeClass=parent.attributes[A.NodeClass].value.Value.Value,
@@ -163,14 +194,19 @@ class AddressSpaceBuilder:
         typedef = _FOLDER_TYPE if folder else _OBJECT_TYPE
         nodeid = ua.NodeId(path, self.ns)
         attrs = dict(self._object_static)
-        refs = [ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef,
-                                        NodeClass=ua.NodeClass.ObjectType),
-                self._back_ref(reftype, parent)]
+        refs = [
+            ua.ReferenceDescription(
+                ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.ObjectType
+            ),
+            self._back_ref(reftype, parent),
+        ]
         nd = self._insert(nodeid, name, attrs, refs)
         parent.references.append(self._child_ref(reftype, nodeid, name, self.ns, ua.NodeClass.Object, typedef))
         return nd
 
-    def add_property(self, parent: NodeData, path: str, name: str, value, vtype: ua.VariantType, datatype: int) -> NodeData:
+    def add_property(
+        self, parent: NodeData, path: str, name: str, value, vtype: ua.VariantType, datatype: int
+    ) -> NodeData:
         nodeid = ua.NodeId(path, self.ns)
         attrs = {
             A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
@@ -182,9 +218,12 @@ class AddressSpaceBuilder:
             A.WriteMask: _shared(0, ua.VariantType.UInt32),
             A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
         }
-        refs = [ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE,
-                                        NodeClass=ua.NodeClass.VariableType),
-                self._back_ref(_HAS_PROPERTY, parent)]
+        refs = [
+            ua.ReferenceDescription(
+                ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE, NodeClass=ua.NodeClass.VariableType
+            ),
+            self._back_ref(_HAS_PROPERTY, parent),
+        ]
         # Standard properties (EngineeringUnits, EURange) have browse names in namespace 0.
         nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
         parent.references.append(self._child_ref(_HAS_PROPERTY, nodeid, name, 0, ua.NodeClass.Variable, _PROPERTY_TYPE))
@@ -234,8 +273,7 @@ class AddressSpaceBuilder:
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
             diag_back = self._back_ref(_HAS_COMPONENT, diag)
-            diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [])
-                               for p in DIAG_POINTS)
+            diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, []) for p in DIAG_POINTS)
         return values + diag_values
 
     def _type_properties(self, folder: NodeData, t: EquipmentType) -> dict[str, list[ua.ReferenceDescription]]:
@@ -247,19 +285,31 @@ class AddressSpaceBuilder:
             if p.kind == ANALOG and (p.unit or p.range):
                 pnode = self.add_object(tnode, f"_types/{t.name}/{p.name}", p.name, folder=True)
                 if p.unit:
-                    self.add_property(pnode, f"_types/{t.name}/{p.name}/EngineeringUnits", "EngineeringUnits",
-                                      eu_information(p.unit), ua.VariantType.ExtensionObject, ua.ObjectIds.EUInformation)
+                    self.add_property(
+                        pnode,
+                        f"_types/{t.name}/{p.name}/EngineeringUnits",
+                        "EngineeringUnits",
+                        eu_information(p.unit),
+                        ua.VariantType.ExtensionObject,
+                        ua.ObjectIds.EUInformation,
+                    )
                 if p.range:
-                    self.add_property(pnode, f"_types/{t.name}/{p.name}/EURange", "EURange",
-                                      ua.Range(Low=p.range[0], High=p.range[1]), ua.VariantType.ExtensionObject,
-                                      ua.ObjectIds.Range)
+                    self.add_property(
+                        pnode,
+                        f"_types/{t.name}/{p.name}/EURange",
+                        "EURange",
+                        ua.Range(Low=p.range[0], High=p.range[1]),
+                        ua.VariantType.ExtensionObject,
+                        ua.ObjectIds.Range,
+                    )
                 # The same property node is referenced from this point on every device.
                 refs = [r for r in pnode.references if r.IsForward and r.ReferenceTypeId == _HAS_PROPERTY]
             out[p.name] = refs
         return out
 
-    def _add_point(self, dev: NodeData, back: ua.ReferenceDescription, path: str, p: PointDef,
-                   props: list[ua.ReferenceDescription]) -> TagValue:
+    def _add_point(
+        self, dev: NodeData, back: ua.ReferenceDescription, path: str, p: PointDef, props: list[ua.ReferenceDescription]
+    ) -> TagValue:
         vtype = variant_type(p)
         kind = self._kind(vtype, p.kind == ANALOG)
         nodeid = ua.NodeId(path, self.ns)
@@ -272,7 +322,9 @@ class AddressSpaceBuilder:
                 text = (text + " " if text else "") + "; ".join(f"{k}={v}" for k, v in p.enum)
             attrs[A.Description] = AttributeValue(_dv(ua.LocalizedText(text), ua.VariantType.LocalizedText))
         self._insert(nodeid, p.name, attrs, [kind.typedef_ref, back, *props])
-        dev.references.append(self._child_ref(_HAS_COMPONENT, nodeid, p.name, self.ns, ua.NodeClass.Variable, kind.typedef))
+        dev.references.append(
+            self._child_ref(_HAS_COMPONENT, nodeid, p.name, self.ns, ua.NodeClass.Variable, kind.typedef)
+        )
         return value
 
 
@@ -294,8 +346,11 @@ def subtree(aspace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
         if nd is None:
             continue
         out.append(nid)
-        todo.extend(r.NodeId for r in nd.references
-                    if r.IsForward and r.ReferenceTypeId in _HIERARCHICAL_DOWN and r.NodeId.NamespaceIndex == ns)
+        todo.extend(
+            r.NodeId
+            for r in nd.references
+            if r.IsForward and r.ReferenceTypeId in _HIERARCHICAL_DOWN and r.NodeId.NamespaceIndex == ns
+        )
     return out
 
 
@@ -346,8 +401,9 @@ class TreeEditor(AddressSpaceBuilder):
         nd = self.aspace.get(dev)
         if nd is None:
             return []
-        parent = next((r.NodeId for r in nd.references if not r.IsForward and r.ReferenceTypeId == _HAS_COMPONENT),
-                      None)
+        parent = next(
+            (r.NodeId for r in nd.references if not r.IsForward and r.ReferenceTypeId == _HAS_COMPONENT), None
+        )
         await delete_nodes(self.aspace, subtree(self.aspace, dev, self.ns))
         changes = [(dev, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeDeleted)]
         # The class and commune folders go with their last device.

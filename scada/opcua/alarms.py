@@ -84,7 +84,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -121,7 +121,7 @@ YIELD_EVERY = 50  # events sent between two looks at the event loop and the clie
 # per-item queue drops its oldest.
 MAX_PENDING = 200
 SLOW_AFTER_S = 5.0
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Event type per engine condition (documented choice): single-limit level alarms are
 # NonExclusiveLevelAlarmType (one of HighHigh/High/Low/LowLow states, its limit and deadband);
@@ -130,15 +130,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # (Part 9: "the underlying system that is providing Alarm information is having a
 # communication problem"); expressions are plain AlarmConditionType.
 EVENT_TYPES = {
-    "high_high": O.NonExclusiveLevelAlarmType, "high": O.NonExclusiveLevelAlarmType,
-    "low": O.NonExclusiveLevelAlarmType, "low_low": O.NonExclusiveLevelAlarmType,
+    "high_high": O.NonExclusiveLevelAlarmType,
+    "high": O.NonExclusiveLevelAlarmType,
+    "low": O.NonExclusiveLevelAlarmType,
+    "low_low": O.NonExclusiveLevelAlarmType,
     "rate_of_change": O.NonExclusiveRateOfChangeAlarmType,
     "state": O.OffNormalAlarmType,
     "comm_loss": O.SystemOffNormalAlarmType,
     "expression": O.AlarmConditionType,
 }
-_LIMIT_FIELDS = {"high_high": "HighHigh", "high": "High", "low": "Low", "low_low": "LowLow",
-                 "rate_of_change": "High"}
+_LIMIT_FIELDS = {"high_high": "HighHigh", "high": "High", "low": "Low", "low_low": "LowLow", "rate_of_change": "High"}
 
 _HAS_TYPEDEF = ua.NodeId(O.HasTypeDefinition)
 _HAS_COMPONENT = ua.NodeId(O.HasComponent)
@@ -167,11 +168,30 @@ def _dt(ns: int) -> datetime:
 _NULL = ua.Variant()
 _TRUE, _FALSE = _v(True, VT.Boolean), _v(False, VT.Boolean)
 _BOOL = {True: _TRUE, False: _FALSE}
-_TEXTS = {s: _text(s) for s in ("Active", "Inactive", "Acknowledged", "Unacknowledged", "Enabled", "Suppressed",
-                                "Unsuppressed", "Out of service", "In service", "Latched", "Unlatched")}
-_SHELVING = {name: (_text(name), _v(ua.NodeId(nid), VT.NodeId)) for name, nid in (
-    ("Unshelved", O.ShelvedStateMachineType_Unshelved), ("TimedShelved", O.ShelvedStateMachineType_TimedShelved),
-    ("OneShotShelved", O.ShelvedStateMachineType_OneShotShelved))}
+_TEXTS = {
+    s: _text(s)
+    for s in (
+        "Active",
+        "Inactive",
+        "Acknowledged",
+        "Unacknowledged",
+        "Enabled",
+        "Suppressed",
+        "Unsuppressed",
+        "Out of service",
+        "In service",
+        "Latched",
+        "Unlatched",
+    )
+}
+_SHELVING = {
+    name: (_text(name), _v(ua.NodeId(nid), VT.NodeId))
+    for name, nid in (
+        ("Unshelved", O.ShelvedStateMachineType_Unshelved),
+        ("TimedShelved", O.ShelvedStateMachineType_TimedShelved),
+        ("OneShotShelved", O.ShelvedStateMachineType_OneShotShelved),
+    )
+}
 _SHELVING_TRANSITION = {
     ("Unshelved", "TimedShelved"): ("UnshelvedToTimedShelved", O.ShelvedStateMachineType_UnshelvedToTimedShelved),
     ("Unshelved", "OneShotShelved"): ("UnshelvedToOneShotShelved", O.ShelvedStateMachineType_UnshelvedToOneShotShelved),
@@ -191,8 +211,11 @@ def condition_event_id(alarm: str, device: str, time_ns: int, seq: int) -> bytes
 
 def retained(state: State | int, active: bool) -> bool:
     """Part 9 Retain: the condition is of interest to a client (see the module docstring)."""
-    return bool(ANNOUNCED[state]) or state in (State.SHELVED, State.OUT_OF_SERVICE) or (
-        state == State.SUPPRESSED and active)
+    return (
+        bool(ANNOUNCED[state])
+        or state in (State.SHELVED, State.OUT_OF_SERVICE)
+        or (state == State.SUPPRESSED and active)
+    )
 
 
 class ConditionEvent:
@@ -341,8 +364,14 @@ class AlarmConditions:
         out, node = {etype}, etype
         while node != _BASE_EVENT:
             nd = self.aspace.get(node)
-            sup = next((r.NodeId for r in (nd.references if nd else ())
-                        if r.ReferenceTypeId == _HAS_SUBTYPE and not r.IsForward), None)
+            sup = next(
+                (
+                    r.NodeId
+                    for r in (nd.references if nd else ())
+                    if r.ReferenceTypeId == _HAS_SUBTYPE and not r.IsForward
+                ),
+                None,
+            )
             if sup is None:
                 break
             out.add(sup)
@@ -357,11 +386,13 @@ class AlarmConditions:
         static = {
             "EventType": _v(etype, VT.NodeId),
             "ConditionName": _v(a.name, VT.String),
-            "ConditionClassId": _v(ua.NodeId(O.SystemConditionClassType if system else O.ProcessConditionClassType),
-                                   VT.NodeId),
+            "ConditionClassId": _v(
+                ua.NodeId(O.SystemConditionClassType if system else O.ProcessConditionClassType), VT.NodeId
+            ),
             "ConditionClassName": _text("System" if system else "Process"),
             "BranchId": _BRANCH_NULL,
-            "EnabledState": _TEXTS["Enabled"], "EnabledState/Id": _TRUE,
+            "EnabledState": _TEXTS["Enabled"],
+            "EnabledState/Id": _TRUE,
             "MaxTimeShelved": _v(MAX_SHELVE_MS, VT.Double),
             "SupportsFilteredRetain": _FALSE,
         }
@@ -369,8 +400,11 @@ class AlarmConditions:
             static["OnDelay"] = _v(a.on_delay * 1000.0, VT.Double)
         if a.off_delay:
             static["OffDelay"] = _v(a.off_delay * 1000.0, VT.Double)
-        limit_field = _LIMIT_FIELDS.get(a.condition) if (a.condition in LIMIT_CONDITIONS
-                                                         or a.condition == "rate_of_change") else None
+        limit_field = (
+            _LIMIT_FIELDS.get(a.condition)
+            if (a.condition in LIMIT_CONDITIONS or a.condition == "rate_of_change")
+            else None
+        )
         if limit_field and a.limit is not None:
             static[f"{limit_field}Limit"] = _v(float(a.limit), VT.Double)
             if a.deadband:
@@ -393,17 +427,25 @@ class AlarmConditions:
     def _ref(reftype, nd: NodeData, forward: bool, typedef=None) -> ua.ReferenceDescription:
         at = nd.attributes
         return ua.ReferenceDescription(
-            ReferenceTypeId=reftype, IsForward=forward, NodeId=nd.nodeid,
-            BrowseName=at[A.BrowseName].value.Value.Value, DisplayName=at[A.DisplayName].value.Value.Value,
-            NodeClass=at[A.NodeClass].value.Value.Value, TypeDefinition=typedef or ua.NodeId())
+            ReferenceTypeId=reftype,
+            IsForward=forward,
+            NodeId=nd.nodeid,
+            BrowseName=at[A.BrowseName].value.Value.Value,
+            DisplayName=at[A.DisplayName].value.Value.Value,
+            NodeClass=at[A.NodeClass].value.Value.Value,
+            TypeDefinition=typedef or ua.NodeId(),
+        )
 
     def _names(self, name: str, ns: int) -> dict:
-        return {A.BrowseName: self._attr(ua.QualifiedName(name, ns), VT.QualifiedName),
-                A.DisplayName: self._attr(ua.LocalizedText(name), VT.LocalizedText)}
+        return {
+            A.BrowseName: self._attr(ua.QualifiedName(name, ns), VT.QualifiedName),
+            A.DisplayName: self._attr(ua.LocalizedText(name), VT.LocalizedText),
+        }
 
     def _typedef_ref(self, typedef: ua.NodeId) -> ua.ReferenceDescription:
-        return ua.ReferenceDescription(ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef,
-                                       NodeClass=ua.NodeClass.ObjectType)
+        return ua.ReferenceDescription(
+            ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.ObjectType
+        )
 
     def _method_refs(self, ids: Sequence[int]) -> list[ua.ReferenceDescription]:
         """HasComponent references to the type's method nodes: browsable, called by NodeId."""
@@ -420,8 +462,12 @@ class AlarmConditions:
     def _build_nodes(self) -> None:
         eng, cfg = self.engine, self.engine.config
         self._defs = [self._def_info(a) for a in eng.defs]
-        obj = {A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32), A.WriteMask: self._attr(0, VT.UInt32),
-               A.UserWriteMask: self._attr(0, VT.UInt32), A.EventNotifier: self._attr(0, VT.Byte)}
+        obj = {
+            A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
+            A.WriteMask: self._attr(0, VT.UInt32),
+            A.UserWriteMask: self._attr(0, VT.UInt32),
+            A.EventNotifier: self._attr(0, VT.Byte),
+        }
         notifier_on = self._attr(ua.EventNotifier.SubscribeToEvents.mask, VT.Byte)
         folder_names = self._names(ALARMS_FOLDER, self.ns)
         shelving_names = self._names("ShelvingState", 0)
@@ -431,9 +477,13 @@ class AlarmConditions:
         shelving_typedef = self._typedef_ref(ua.NodeId(O.ShelvedStateMachineType))
         cond_methods = self._method_refs((O.AcknowledgeableConditionType_Acknowledge, O.ConditionType_AddComment))
         latch_methods = self._method_refs((O.AlarmConditionType_Reset, O.AlarmConditionType_Reset2))
-        shelve_methods = self._method_refs((O.AlarmConditionType_ShelvingState_TimedShelve,
-                                            O.AlarmConditionType_ShelvingState_OneShotShelve,
-                                            O.AlarmConditionType_ShelvingState_Unshelve))
+        shelve_methods = self._method_refs(
+            (
+                O.AlarmConditionType_ShelvingState_TimedShelve,
+                O.AlarmConditionType_ShelvingState_OneShotShelve,
+                O.AlarmConditionType_ShelvingState_Unshelve,
+            )
+        )
         # The notifier tree: Server -> City -> commune -> class -> device (HasNotifier).
         server_nd = self.aspace[_SERVER]
         linked: set[ua.NodeId] = set()
@@ -457,7 +507,10 @@ class AlarmConditions:
             d = devices[di]
             if di not in folders:
                 cls = cfg.types[d.type].cls
-                chain = [ua.NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")]
+                chain = [
+                    ua.NodeId(x, self.ns)
+                    for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
+                ]
                 nds = [self.aspace.get(n) for n in chain]
                 if any(nd is None for nd in nds):
                     raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
@@ -477,9 +530,11 @@ class AlarmConditions:
             info = self._defs[k]
             cid = ua.NodeId(f"{folder.nodeid.Identifier}/{eng.defs[k].name}", self.ns)
             sid = ua.NodeId(f"{cid.Identifier}/ShelvingState", self.ns)
-            cond = self._node(cid, {**obj, **def_names[k]},
-                              [def_typedef[k], folder_back, source_back, *cond_methods,
-                               *(latch_methods if info.latching else ())])
+            cond = self._node(
+                cid,
+                {**obj, **def_names[k]},
+                [def_typedef[k], folder_back, source_back, *cond_methods, *(latch_methods if info.latching else ())],
+            )
             shelving = self._node(sid, {**obj, **shelving_names}, [shelving_typedef, *shelve_methods])
             shelving.references.append(self._ref(_HAS_COMPONENT, cond, False))
             cond.references.append(self._ref(_HAS_COMPONENT, shelving, True, ua.NodeId(O.ShelvedStateMachineType)))
@@ -494,8 +549,9 @@ class AlarmConditions:
         engine = self.engine
         reset = self._operator_method("Reset", engine.reset)
         remove = self._operator_method("RemoveFromService", engine.remove_from_service)
-        place = self._operator_method("PlaceInService", engine.return_to_service, State.OUT_OF_SERVICE,
-                                      SC.BadInvalidState)
+        place = self._operator_method(
+            "PlaceInService", engine.return_to_service, State.OUT_OF_SERVICE, SC.BadInvalidState
+        )
         unshelve = self._operator_method("Unshelve", engine.unshelve, State.SHELVED, SC.BadConditionNotShelved)
         table = {
             O.AcknowledgeableConditionType_Acknowledge: self._m_acknowledge,
@@ -512,8 +568,11 @@ class AlarmConditions:
             O.AlarmConditionType_PlaceInService: place,
             O.AlarmConditionType_PlaceInService2: place,
         }
-        for name, fn in (("TimedShelve", self._m_timed_shelve), ("OneShotShelve", self._m_one_shot_shelve),
-                         ("Unshelve", unshelve)):
+        for name, fn in (
+            ("TimedShelve", self._m_timed_shelve),
+            ("OneShotShelve", self._m_one_shot_shelve),
+            ("Unshelve", unshelve),
+        ):
             for prefix in ("ShelvedStateMachineType_", "AlarmConditionType_ShelvingState_"):
                 for suffix in ("", "2"):
                     mid = getattr(O, prefix + name + suffix, None)
@@ -633,8 +692,9 @@ class AlarmConditions:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one bad event must not stop the alarms
-                    log.error("opcua_alarm_event_failed", alarm=e.alarm, device=e.device, alarm_event=e.event,
-                              error=repr(exc))
+                    log.error(
+                        "opcua_alarm_event_failed", alarm=e.alarm, device=e.device, alarm_event=e.event, error=repr(exc)
+                    )
         finally:
             self.close()
 
@@ -643,8 +703,9 @@ class AlarmConditions:
         self._queue.clear()
         self.resyncs += 1
         self._snapshot_all()
-        log.warning("opcua_alarm_events_dropped", dropped=self.dropped, resyncs=self.resyncs,
-                    retained=len(self._retained))
+        log.warning(
+            "opcua_alarm_events_dropped", dropped=self.dropped, resyncs=self.resyncs, retained=len(self._retained)
+        )
         ev = self._system_event(O.RefreshRequiredEventType, "Alarm events were lost: call ConditionRefresh")
         for sub in list(self.iserver.subscription_service.subscriptions.values()):
             await self._deliver_bracket(sub, ev, None)
@@ -678,8 +739,18 @@ class AlarmConditions:
             name, nid = _SHELVING_TRANSITION.get((dyn.shelving, shelving), (shelving, 0))
             dyn.shelving_transition = (name, nid, t)
             dyn.shelving = shelving
-        ev = self._event(i, e.message, e.severity, state, e.active, t, since_ns, quality, dyn,
-                         condition_event_id(e.alarm, e.device, e.time_ns, e.seq))
+        ev = self._event(
+            i,
+            e.message,
+            e.severity,
+            state,
+            e.active,
+            t,
+            since_ns,
+            quality,
+            dyn,
+            condition_event_id(e.alarm, e.device, e.time_ns, e.seq),
+        )
         if keep:
             self._retained[i] = ev
         else:
@@ -693,11 +764,18 @@ class AlarmConditions:
         if cid is None:
             cid = self._system[name] = ua.NodeId(f"Server/Alarms/{name}", self.ns)
             self._system_nodes.add(cid)
-            obj = {A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32), A.WriteMask: self._attr(0, VT.UInt32),
-                   A.UserWriteMask: self._attr(0, VT.UInt32), A.EventNotifier: self._attr(0, VT.Byte)}
+            obj = {
+                A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
+                A.WriteMask: self._attr(0, VT.UInt32),
+                A.UserWriteMask: self._attr(0, VT.UInt32),
+                A.EventNotifier: self._attr(0, VT.Byte),
+            }
             server = self.aspace[_SERVER]
-            nd = self._node(cid, {**obj, **self._names(name, self.ns)},
-                            [self._typedef_ref(self._system_type()), self._ref(_HAS_CONDITION, server, False)])
+            nd = self._node(
+                cid,
+                {**obj, **self._names(name, self.ns)},
+                [self._typedef_ref(self._system_type()), self._ref(_HAS_CONDITION, server, False)],
+            )
             server.references.append(self._ref(_HAS_CONDITION, nd, True, self._system_type()))
         return cid
 
@@ -718,17 +796,27 @@ class AlarmConditions:
         etype = self._system_type()
         t = _dt(e.time_ns)
         f = {
-            "EventId": _v(self._event_id(), VT.ByteString), "EventType": _v(etype, VT.NodeId),
-            "NodeId": _v(cid, VT.NodeId), "SourceNode": _v(_SERVER, VT.NodeId), "SourceName": _v(e.device, VT.String),
-            "ConditionName": _v(e.alarm, VT.String), "BranchId": _BRANCH_NULL,
+            "EventId": _v(self._event_id(), VT.ByteString),
+            "EventType": _v(etype, VT.NodeId),
+            "NodeId": _v(cid, VT.NodeId),
+            "SourceNode": _v(_SERVER, VT.NodeId),
+            "SourceName": _v(e.device, VT.String),
+            "ConditionName": _v(e.alarm, VT.String),
+            "BranchId": _BRANCH_NULL,
             "ConditionClassId": _v(ua.NodeId(O.SystemConditionClassType), VT.NodeId),
             "ConditionClassName": _text("System"),
-            "Time": _v(t, VT.DateTime), "ReceiveTime": _v(datetime.now(timezone.utc), VT.DateTime),
-            "Message": _text(e.message), "Severity": _v(max(1, min(1000, int(e.severity))), VT.UInt16),
-            "Retain": _BOOL[e.active], "EnabledState": _TEXTS["Enabled"], "EnabledState/Id": _TRUE,
-            "ActiveState": _TEXTS["Active" if e.active else "Inactive"], "ActiveState/Id": _BOOL[e.active],
+            "Time": _v(t, VT.DateTime),
+            "ReceiveTime": _v(datetime.now(UTC), VT.DateTime),
+            "Message": _text(e.message),
+            "Severity": _v(max(1, min(1000, int(e.severity))), VT.UInt16),
+            "Retain": _BOOL[e.active],
+            "EnabledState": _TEXTS["Enabled"],
+            "EnabledState/Id": _TRUE,
+            "ActiveState": _TEXTS["Active" if e.active else "Inactive"],
+            "ActiveState/Id": _BOOL[e.active],
             "ActiveState/TransitionTime": _v(t, VT.DateTime),
-            "AckedState": _TEXTS["Acknowledged"], "AckedState/Id": _TRUE,
+            "AckedState": _TEXTS["Acknowledged"],
+            "AckedState/Id": _TRUE,
             "SuppressedOrShelved": _FALSE,
             "ShelvingState/CurrentState": _SHELVING["Unshelved"][0],
             "ShelvingState/CurrentState/Id": _SHELVING["Unshelved"][1],
@@ -748,8 +836,19 @@ class AlarmConditions:
     def _event_id(self) -> bytes:
         return self._prefix + struct.pack(">Q", next(self._seq))
 
-    def _event(self, i: int, message: str, severity: int, state: State, active: bool, t: datetime,
-               since_ns: int, quality: int, dyn: _Dyn, eid: bytes) -> ConditionEvent:
+    def _event(
+        self,
+        i: int,
+        message: str,
+        severity: int,
+        state: State,
+        active: bool,
+        t: datetime,
+        since_ns: int,
+        quality: int,
+        dyn: _Dyn,
+        eid: bytes,
+    ) -> ConditionEvent:
         """The condition's event with every Part 9 field this server keeps (see the docstring)."""
         eng = self.engine
         info = self._defs[int(eng.inst_def[i])]
@@ -765,7 +864,7 @@ class AlarmConditions:
         f["SourceNode"] = _v(self._dev_nodes[di], VT.NodeId)
         f["SourceName"] = _v(device.name, VT.String)
         f["Time"] = _v(t, VT.DateTime)
-        f["ReceiveTime"] = _v(datetime.now(timezone.utc), VT.DateTime)
+        f["ReceiveTime"] = _v(datetime.now(UTC), VT.DateTime)
         f["Message"] = _text(message)
         sev = _v(max(1, min(1000, int(severity))), VT.UInt16)
         f["Severity"] = f["LastSeverity"] = sev
@@ -833,17 +932,33 @@ class AlarmConditions:
             # and Time are the ones its clients received, before a restart as well.
             last = int(eng.last_event_ns[i])
             eid = condition_event_id(d["alarm"], d["device"], last, int(eng.event_seq[i]))
-            self._retained[i] = self._event(i, d["message"], sev, state, active, _dt(last or now),
-                                            int(eng.cond_since[i]), int(status[eng.inst_tag[i]]), dyn, eid)
+            self._retained[i] = self._event(
+                i,
+                d["message"],
+                sev,
+                state,
+                active,
+                _dt(last or now),
+                int(eng.cond_since[i]),
+                int(status[eng.inst_tag[i]]),
+                dyn,
+                eid,
+            )
 
     # Delivery to asyncua's subscriptions
 
     def _system_event(self, etype: int, message: str) -> ConditionEvent:
-        now = datetime.now(timezone.utc)
-        f = {"EventId": _v(self._event_id(), VT.ByteString), "EventType": _v(ua.NodeId(etype), VT.NodeId),
-             "SourceNode": _v(_SERVER, VT.NodeId), "SourceName": _v("Server", VT.String),
-             "Time": _v(now, VT.DateTime), "ReceiveTime": _v(now, VT.DateTime), "Message": _text(message),
-             "Severity": _v(1, VT.UInt16)}
+        now = datetime.now(UTC)
+        f = {
+            "EventId": _v(self._event_id(), VT.ByteString),
+            "EventType": _v(ua.NodeId(etype), VT.NodeId),
+            "SourceNode": _v(_SERVER, VT.NodeId),
+            "SourceName": _v("Server", VT.String),
+            "Time": _v(now, VT.DateTime),
+            "ReceiveTime": _v(now, VT.DateTime),
+            "Message": _text(message),
+            "Severity": _v(1, VT.UInt16),
+        }
         return ConditionEvent(f, self._type_ancestors(ua.NodeId(etype)))
 
     @staticmethod
@@ -863,8 +978,9 @@ class AlarmConditions:
             if waited >= SLOW_AFTER_S:
                 for s in busy:
                     self._slow.add(id(s))
-                    log.warning("opcua_alarm_subscription_slow", subscription=s.data.SubscriptionId,
-                                pending=self._pending(s))
+                    log.warning(
+                        "opcua_alarm_subscription_slow", subscription=s.data.SubscriptionId, pending=self._pending(s)
+                    )
                 return
             await asyncio.sleep(0.02)
             waited += 0.02
@@ -886,12 +1002,14 @@ class AlarmConditions:
             where = self._where(md.where_clause_evaluator)
             if where is not None and not where.eval(ev):
                 return
-        fields = ua.EventFieldList(ClientHandle=md.client_handle,
-                                   EventFields=ev.to_event_fields(md.filter.SelectClauses))
+        fields = ua.EventFieldList(
+            ClientHandle=md.client_handle, EventFields=ev.to_event_fields(md.filter.SelectClauses)
+        )
         await sub.enqueue_event(mid, fields, md.queue_size)
 
-    async def _deliver(self, ev: ConditionEvent, notifiers: tuple[ua.NodeId, ...], subs=None,
-                       only_mid: int | None = None) -> None:
+    async def _deliver(
+        self, ev: ConditionEvent, notifiers: tuple[ua.NodeId, ...], subs=None, only_mid: int | None = None
+    ) -> None:
         """To the event monitored items on any of ``notifiers``, where clauses applied."""
         for sub in list(self.iserver.subscription_service.subscriptions.values()) if subs is None else subs:
             watched = sub.monitored_item_srv._monitored_events
@@ -1029,8 +1147,9 @@ class AlarmConditions:
         method = "OneShotShelve" if one_shot else "TimedShelve"
         reason = comment.strip() or f"{method} via OPC UA (no reason given)"
         try:
-            return self._act(method, self.engine.shelve, *self._names_of(i), self._user(), reason, ms / 1000.0,
-                             one_shot)
+            return self._act(
+                method, self.engine.shelve, *self._names_of(i), self._user(), reason, ms / 1000.0, one_shot
+            )
         except ValueError:
             return ua.StatusCode(SC.BadShelvingTimeOutOfRange)
 
@@ -1040,6 +1159,7 @@ class AlarmConditions:
         ``required``: the state the condition must be in, else ``refusal`` (a Bad status code).
         The method's optional argument is the operator's comment.
         """
+
         def act(parent, args):
             i = self._instance(parent)
             if i is None:
@@ -1050,6 +1170,7 @@ class AlarmConditions:
 
         async def method(parent: ua.NodeId, *args):
             return await self._guard(name, act, parent, args)
+
         return method
 
     async def _m_refresh(self, parent: ua.NodeId, *args):
@@ -1089,16 +1210,18 @@ class AlarmConditions:
         items = [(ev, self._notifiers[int(inst_dev[i])]) for i, ev in self._retained.items()]
         items += [(ev, (_SERVER,)) for ev in self._system_retained.values()]
         try:
-            await self._deliver_bracket(sub, self._system_event(O.RefreshStartEventType, "ConditionRefresh start"),
-                                        only_mid)
+            await self._deliver_bracket(
+                sub, self._system_event(O.RefreshStartEventType, "ConditionRefresh start"), only_mid
+            )
         except BaseException:
             self._refreshing.discard(sub_id)
             raise
         # The rest is sent after the call returns: the client's next Publish requests queue up
         # behind this Call on its connection, so waiting here for them to drain (backpressure)
         # would wait for nothing.
-        task = asyncio.get_running_loop().create_task(self._refresh_rest(sub, sub_id, only_mid, items),
-                                                      name=f"opcua-condition-refresh-{sub_id}")
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_rest(sub, sub_id, only_mid, items), name=f"opcua-condition-refresh-{sub_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info("opcua_condition_refresh", subscription=sub_id, retained=len(items), user=self._user())
@@ -1110,8 +1233,9 @@ class AlarmConditions:
                 await self._deliver(ev, notifiers, subs=(sub,), only_mid=only_mid)
                 if n % YIELD_EVERY == 0:
                     await self._backpressure([sub])
-            await self._deliver_bracket(sub, self._system_event(O.RefreshEndEventType, "ConditionRefresh end"),
-                                        only_mid)
+            await self._deliver_bracket(
+                sub, self._system_event(O.RefreshEndEventType, "ConditionRefresh end"), only_mid
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -1122,9 +1246,14 @@ class AlarmConditions:
     # Diagnostics
 
     def stats(self) -> dict:
-        return {"conditions": self.engine.n, "retained": len(self._retained) + len(self._system_retained),
-                "emitted": self.emitted,
-                "queued": len(self._queue), "dropped": self.dropped, "resyncs": self.resyncs}
+        return {
+            "conditions": self.engine.n,
+            "retained": len(self._retained) + len(self._system_retained),
+            "emitted": self.emitted,
+            "queued": len(self._queue),
+            "dropped": self.dropped,
+            "resyncs": self.resyncs,
+        }
 
     def condition_id(self, alarm: str, device: str) -> ua.NodeId:
         """The ConditionId (condition node) of an alarm instance."""

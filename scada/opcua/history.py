@@ -64,7 +64,7 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import structlog
@@ -102,9 +102,9 @@ INTERPOLATED = 0x0002
 PARTIAL = 0x0004
 _SEVERITY_BAD = 0x80000000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MIN_NS = -(2 ** 62)
-_MAX_NS = 2 ** 62  # ~ year 2116; DateTime.MaxValue (9999) clamps here
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_NS = -(2**62)
+_MAX_NS = 2**62  # ~ year 2116; DateTime.MaxValue (9999) clamps here
 
 
 def to_ns(dt: datetime | None) -> int | None:
@@ -112,7 +112,7 @@ def to_ns(dt: datetime | None) -> int | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     if ua.datetime_to_win_epoch(dt) <= 0:
         return None
     d = dt - _EPOCH
@@ -174,8 +174,12 @@ class Unstored:
         return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint32))
 
     def point(self, k: int) -> _Point:
-        return (int(self.times[k]), float(self.values[k]), int(self.status[k]),
-                None if self.texts is None else self.texts[k])
+        return (
+            int(self.times[k]),
+            float(self.values[k]),
+            int(self.status[k]),
+            None if self.texts is None else self.texts[k],
+        )
 
 
 def unstored_points(historian, ids: Sequence[int]) -> dict[int, Unstored]:
@@ -379,6 +383,7 @@ def raw_page(series: Series, q: RawQuery, cursor: int | None, page: int) -> tupl
 
 # -- processed reads ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class ProcessedQuery:
     start: int
@@ -434,6 +439,7 @@ def processed_page(store, tag: int, q: ProcessedQuery, first: int, page: int):
 
 # -- the service ---------------------------------------------------------------------------------
 
+
 class TagHistory:
     """HistoryRead for the tag variables of an HmiServer; see the module docstring.
 
@@ -441,8 +447,9 @@ class TagHistory:
     its ``compressor`` and its write queue).
     """
 
-    def __init__(self, server: Server, ns: int, config: Config, tagdb: TagDB, historian,
-                 max_values: int = MAX_VALUES) -> None:
+    def __init__(
+        self, server: Server, ns: int, config: Config, tagdb: TagDB, historian, max_values: int = MAX_VALUES
+    ) -> None:
         self.server = server
         self.ns = ns
         self.config = config
@@ -492,8 +499,9 @@ class TagHistory:
                 mask = old.value.Value.Value if old is not None and old.value is not None else 1
                 new = levels.get(mask)
                 if new is None:
-                    new = levels[mask] = AttributeValue(ua.DataValue(ua.Variant(
-                        mask | ua.AccessLevel.HistoryRead.mask, ua.VariantType.Byte)))
+                    new = levels[mask] = AttributeValue(
+                        ua.DataValue(ua.Variant(mask | ua.AccessLevel.HistoryRead.mask, ua.VariantType.Byte))
+                    )
                 attrs[attr] = new
             marked += 1
         return marked
@@ -511,13 +519,15 @@ class TagHistory:
                 await server.get_node(nid).write_value(ua.Variant(value, vtype))
             except Exception as exc:  # noqa: BLE001  an older nodeset without the node: not essential
                 log.warning("opcua_history_capability_not_set", node=nid, error=repr(exc))
-        for folder in (_O.Server_ServerCapabilities_AggregateFunctions, _O.HistoryServerCapabilities_AggregateFunctions):
+        for folder in (
+            _O.Server_ServerCapabilities_AggregateFunctions,
+            _O.HistoryServerCapabilities_AggregateFunctions,
+        ):
             node = server.get_node(folder)
             present = {r.NodeId for r in await node.get_references(ua.ObjectIds.Organizes)}
             for agg in AGGREGATES:
                 if ua.NodeId(agg) not in present:
-                    await node.add_reference(ua.NodeId(agg), ua.ObjectIds.Organizes, forward=True,
-                                             bidirectional=False)
+                    await node.add_reference(ua.NodeId(agg), ua.ObjectIds.Organizes, forward=True, bidirectional=False)
 
     # -- HistoryRead -----------------------------------------------------------------------
 
@@ -535,8 +545,11 @@ class TagHistory:
         details = params.HistoryReadDetails
         if not isinstance(details, (ua.ReadRawModifiedDetails, ua.ReadProcessedDetails)):
             return await self._previous(params)  # events, at-time, annotations...
-        if params.TimestampsToReturn not in (ua.TimestampsToReturn.Source, ua.TimestampsToReturn.Both,
-                                             ua.TimestampsToReturn.Server):
+        if params.TimestampsToReturn not in (
+            ua.TimestampsToReturn.Source,
+            ua.TimestampsToReturn.Both,
+            ua.TimestampsToReturn.Server,
+        ):
             raise ServiceError(SC.BadTimestampsToReturnInvalid)
         if isinstance(details, ua.ReadProcessedDetails) and len(details.AggregateType) != len(params.NodesToRead):
             raise ServiceError(SC.BadAggregateListMismatch)
@@ -555,14 +568,20 @@ class TagHistory:
             else:
                 results[k] = _status(SC.BadNodeIdUnknown)
         if theirs:
-            sub = ua.HistoryReadParameters(HistoryReadDetails=details, TimestampsToReturn=params.TimestampsToReturn,
-                                           ReleaseContinuationPoints=params.ReleaseContinuationPoints,
-                                           NodesToRead=[params.NodesToRead[k] for k in theirs])
+            sub = ua.HistoryReadParameters(
+                HistoryReadDetails=details,
+                TimestampsToReturn=params.TimestampsToReturn,
+                ReleaseContinuationPoints=params.ReleaseContinuationPoints,
+                NodesToRead=[params.NodesToRead[k] for k in theirs],
+            )
             for k, res in zip(theirs, await self._previous(sub)):
                 results[k] = res
         if ours:
-            extra = unstored_points(self.historian, [t for _, t in ours]) if isinstance(
-                details, ua.ReadRawModifiedDetails) else {}
+            extra = (
+                unstored_points(self.historian, [t for _, t in ours])
+                if isinstance(details, ua.ReadRawModifiedDetails)
+                else {}
+            )
             answers = await asyncio.to_thread(self._read_tags, params, ours, extra)
             for (k, _), res in zip(ours, answers):
                 results[k] = res
@@ -680,8 +699,12 @@ def _default_configuration(c: ua.AggregateConfiguration | None) -> bool:
     are left out), an interval is Good when all its data is, stepped extrapolation."""
     if c is None or c.UseServerCapabilitiesDefaults:
         return True
-    return (c.TreatUncertainAsBad and c.PercentDataBad in (0, 100) and c.PercentDataGood in (0, 100)
-            and not c.UseSlopedExtrapolation)
+    return (
+        c.TreatUncertainAsBad
+        and c.PercentDataBad in (0, 100)
+        and c.PercentDataGood in (0, 100)
+        and not c.UseSlopedExtrapolation
+    )
 
 
 def _status(code: int) -> ua.HistoryReadResult:

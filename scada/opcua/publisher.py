@@ -20,7 +20,7 @@ SCADA one: a Bad_CommunicationError keeps the last value.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import structlog
@@ -31,7 +31,7 @@ from scada.tagdb import ChangeBatch, Consumer, TagDB
 
 log = structlog.get_logger("scada.opcua")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 YIELD_EVERY = 2000  # rows published between two yields to the event loop (~10-20 ms of work)
 
 
@@ -53,8 +53,12 @@ class PublishedValue(ua.DataValue):
         return self
 
 
-_Double, _Int32, _Boolean, _String = (ua.VariantType.Double, ua.VariantType.Int32, ua.VariantType.Boolean,
-                                      ua.VariantType.String)
+_Double, _Int32, _Boolean, _String = (
+    ua.VariantType.Double,
+    ua.VariantType.Int32,
+    ua.VariantType.Boolean,
+    ua.VariantType.String,
+)
 
 
 def variant(vt: ua.VariantType, v: float, text: str | None) -> ua.Variant:
@@ -139,8 +143,9 @@ class TagValue(AttributeValue):
     @property
     def value(self) -> ua.DataValue:
         if self.source is None:
-            return ua.DataValue(ua.Variant(None, ua.VariantType.Null),
-                                StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+            return ua.DataValue(
+                ua.Variant(None, ua.VariantType.Null), StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+            )
         return self.source.current(self.tag)
 
     @value.setter
@@ -190,10 +195,12 @@ class Publisher:
     def current(self, tag: int) -> PublishedValue:
         """The tag as last published, as a DataValue (no timestamps before its first batch)."""
         src, srv = int(self._source_ns[tag]), int(self._server_ns[tag])
-        return PublishedValue(variant(self.vtypes[tag], float(self._value[tag]), self._text.get(tag)),
-                              StatusCode=self._status(int(self._status_col[tag])),
-                              SourceTimestamp=_EPOCH + timedelta(microseconds=src // 1000) if src else None,
-                              ServerTimestamp=_EPOCH + timedelta(microseconds=srv // 1000) if srv else None)
+        return PublishedValue(
+            variant(self.vtypes[tag], float(self._value[tag]), self._text.get(tag)),
+            StatusCode=self._status(int(self._status_col[tag])),
+            SourceTimestamp=_EPOCH + timedelta(microseconds=src // 1000) if src else None,
+            ServerTimestamp=_EPOCH + timedelta(microseconds=srv // 1000) if srv else None,
+        )
 
     def _record(self, batch: ChangeBatch) -> None:
         """The batch becomes what a Read or a new monitored item sees."""
@@ -236,9 +243,12 @@ class Publisher:
                 # A city-wide batch watched by an HMI must not freeze the event loop:
                 # drivers' timeouts and OPC UA sessions' keep-alives run on the same loop.
                 await asyncio.sleep(0)
-            dv = PublishedValue(variant(vtypes[tag], values[n], texts[n] if texts is not None else None),
-                                StatusCode=self._status(statuses[n]), SourceTimestamp=sources[n],
-                                ServerTimestamp=server)
+            dv = PublishedValue(
+                variant(vtypes[tag], values[n], texts[n] if texts is not None else None),
+                StatusCode=self._status(statuses[n]),
+                SourceTimestamp=sources[n],
+                ServerTimestamp=server,
+            )
             for handle, callback in list(attrs[tag].datachange_callbacks.items()):
                 try:
                     await callback(handle, dv)

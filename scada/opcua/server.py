@@ -22,8 +22,15 @@ DEFAULT_ENDPOINT = "opc.tcp://0.0.0.0:4840/scada/"
 class HmiServer:
     """Owns the asyncua server; ``start`` builds the tree, ``run`` publishes until cancelled."""
 
-    def __init__(self, config: Config, tagdb: TagDB, endpoint: str = DEFAULT_ENDPOINT,
-                 name: str = "City supervision server", alarms=None, history=None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        tagdb: TagDB,
+        endpoint: str = DEFAULT_ENDPOINT,
+        name: str = "City supervision server",
+        alarms=None,
+        history=None,
+    ) -> None:
         self.config = config
         self.tagdb = tagdb
         self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
@@ -60,8 +67,14 @@ class HmiServer:
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
         await self.server.start()
-        log.info("opcua_server_started", endpoint=self.endpoint, namespace=NAMESPACE_URI, ns=self.ns,
-                 nodes=self.node_count, tags=len(values))
+        log.info(
+            "opcua_server_started",
+            endpoint=self.endpoint,
+            namespace=NAMESPACE_URI,
+            ns=self.ns,
+            nodes=self.node_count,
+            tags=len(values),
+        )
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"
@@ -72,8 +85,9 @@ class HmiServer:
             tg.create_task(self.publisher.run(), name="opcua-publisher")
             tg.create_task(self.conditions.run(), name="opcua-alarm-events")
 
-    async def reload(self, config: Config, tagdb: TagDB, removed, added, retyped: list[str],
-                     alarms=None, history=None) -> int:
+    async def reload(
+        self, config: Config, tagdb: TagDB, removed, added, retyped: list[str], alarms=None, history=None
+    ) -> int:
         """Follow a new configuration while clients stay connected (scada/reload.py).
 
         Call with the publisher's task stopped. ``removed`` and ``added`` are the devices whose
@@ -113,10 +127,16 @@ class HmiServer:
         # Conditions of added and removed alarms (or devices) come and go too; a kept one is
         # rebuilt under the same NodeId: no change for a client.
         conditions_after = _condition_nodes(self.conditions)
-        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeDeleted)
-                    for nid, etype in conditions_before.items() if nid not in conditions_after]
-        changes += [(nid, etype, ua.ModelChangeStructureVerbMask.NodeAdded)
-                    for nid, etype in conditions_after.items() if nid not in conditions_before]
+        changes += [
+            (nid, etype, ua.ModelChangeStructureVerbMask.NodeDeleted)
+            for nid, etype in conditions_before.items()
+            if nid not in conditions_after
+        ]
+        changes += [
+            (nid, etype, ua.ModelChangeStructureVerbMask.NodeAdded)
+            for nid, etype in conditions_after.items()
+            if nid not in conditions_before
+        ]
         if changes:
             await self._model_changed(changes)
         return len(changes)
@@ -136,8 +156,11 @@ class HmiServer:
         for nid in linked:
             nd = aspace.get(nid)
             if nd is not None:
-                nd.references[:] = [r for r in nd.references
-                                    if not (r.ReferenceTypeId == _HAS_NOTIFIER and r.NodeId.NamespaceIndex == self.ns)]
+                nd.references[:] = [
+                    r
+                    for r in nd.references
+                    if not (r.ReferenceTypeId == _HAS_NOTIFIER and r.NodeId.NamespaceIndex == self.ns)
+                ]
 
     async def _model_changed(self, changes) -> None:
         """One GeneralModelChangeEvent (Part 3 §9.32.7) from the Server object: clients browse again.
@@ -152,8 +175,10 @@ class HmiServer:
 
     async def _trigger_model_change(self, changes) -> None:
         gen = await self.server.get_event_generator(ua.ObjectIds.GeneralModelChangeEventType, ua.ObjectIds.Server)
-        gen.event.Changes = [ua.ModelChangeStructureDataType(Affected=nid, AffectedType=typedef, Verb=int(verb))
-                             for nid, typedef, verb in changes]
+        gen.event.Changes = [
+            ua.ModelChangeStructureDataType(Affected=nid, AffectedType=typedef, Verb=int(verb))
+            for nid, typedef, verb in changes
+        ]
         # asyncua records the field's DataType NodeId where a Variant needs a VariantType: an
         # array of structures travels as ExtensionObjects.
         gen.event.data_types["Changes"] = ua.VariantType.ExtensionObject
@@ -172,8 +197,11 @@ def _condition_nodes(conditions: AlarmConditions | None) -> dict[ua.NodeId, ua.N
     if conditions is None:
         return {}
     eng = conditions.engine
-    return {cid: conditions._defs[int(eng.inst_def[i])].etype
-            for i, cid in enumerate(conditions._cond_ids) if cid is not None}
+    return {
+        cid: conditions._defs[int(eng.inst_def[i])].etype
+        for i, cid in enumerate(conditions._cond_ids)
+        if cid is not None
+    }
 
 
 def _carry_conditions(old: AlarmConditions, new: AlarmConditions) -> None:

@@ -74,11 +74,21 @@ class _TcpServer(ModbusTcpServer):
 def model_values(s: lighting.LightingState) -> dict[str, np.ndarray]:
     """Every cabinet's values by register-map name (arrays of length ``s.count``)."""
     return {
-        "mode": s.mode, "dim_setpoint": s.dim_setpoint, "power": s.power_kw, "energy": s.energy_kwh,
-        "mains_voltage": s.voltage, "failed_lamps": s.failed, "lamp_count": s.lamps,
-        "temperature": s.temperature, "dim_level": s.dim_level, "door_open": s.door_open,
-        "lamps_on": s.on, "mains_fault": ~s.mains_ok, "earth_leakage_trip": s.leakage_trip,
-        "lamp_test": s.lamp_test, "reset_trip": np.zeros(s.count, bool),
+        "mode": s.mode,
+        "dim_setpoint": s.dim_setpoint,
+        "power": s.power_kw,
+        "energy": s.energy_kwh,
+        "mains_voltage": s.voltage,
+        "failed_lamps": s.failed,
+        "lamp_count": s.lamps,
+        "temperature": s.temperature,
+        "dim_level": s.dim_level,
+        "door_open": s.door_open,
+        "lamps_on": s.on,
+        "mains_fault": ~s.mains_ok,
+        "earth_leakage_trip": s.leakage_trip,
+        "lamp_test": s.lamp_test,
+        "reset_trip": np.zeros(s.count, bool),
     }
 
 
@@ -97,8 +107,12 @@ def _words(values: np.ndarray, dtype: str, order: str, scale: float) -> list[np.
 def encode_images(s: lighting.LightingState) -> dict[str, np.ndarray]:
     """Register images of every cabinet: ``{table: array (n, size)}``, uint16 words or bools."""
     n = s.count
-    images = {"holding": np.zeros((n, SIZES["holding"]), np.uint16), "input": np.zeros((n, SIZES["input"]), np.uint16),
-              "discrete": np.zeros((n, SIZES["discrete"]), bool), "coil": np.zeros((n, SIZES["coil"]), bool)}
+    images = {
+        "holding": np.zeros((n, SIZES["holding"]), np.uint16),
+        "input": np.zeros((n, SIZES["input"]), np.uint16),
+        "discrete": np.zeros((n, SIZES["discrete"]), bool),
+        "coil": np.zeros((n, SIZES["coil"]), bool),
+    }
     values = model_values(s)
     for name, table, address, dtype, order, scale in REGISTER_MAP:
         if dtype == "bool":
@@ -126,10 +140,19 @@ class Placement:
 class LightingModbusSimulator:
     """Owns the model state and the pymodbus servers that expose it."""
 
-    def __init__(self, state: lighting.LightingState, host: str = "127.0.0.1", base_port: int = 15020,
-                 units_per_port: int = 1, acceleration: float = 1.0, step_interval: float = 0.5,
-                 start_time: float | None = None, serial_port: str | None = None,
-                 baudrate: int = 19200, parity: str = "E") -> None:
+    def __init__(
+        self,
+        state: lighting.LightingState,
+        host: str = "127.0.0.1",
+        base_port: int = 15020,
+        units_per_port: int = 1,
+        acceleration: float = 1.0,
+        step_interval: float = 0.5,
+        start_time: float | None = None,
+        serial_port: str | None = None,
+        baudrate: int = 19200,
+        parity: str = "E",
+    ) -> None:
         if serial_port is not None:  # Modbus RTU: every cabinet on one line, units 1..N
             units_per_port = state.count
         if not 1 <= units_per_port <= 247:
@@ -166,9 +189,9 @@ class LightingModbusSimulator:
     def sim_time(self) -> float:
         return self.clock.now()
 
-
-    async def _action(self, i: int, function_code: int, start_address: int, address: int, count: int,
-                      registers: list[int], set_values) -> ExcCodes | None:
+    async def _action(
+        self, i: int, function_code: int, start_address: int, address: int, count: int, registers: list[int], set_values
+    ) -> ExcCodes | None:
         """Called by pymodbus on every request for cabinet ``i``: refresh, or apply a write."""
         while i in self.silent:  # the cabinet stopped answering: the request hangs, the link stays up
             self._answer.clear()
@@ -178,9 +201,9 @@ class LightingModbusSimulator:
         if set_values is not None:
             return self._apply_write(i, function_code, address, list(set_values))
         if function_code in (3, 6, 16, 22, 23):
-            registers[:SIZES["holding"]] = self._images["holding"][i].tolist()
+            registers[: SIZES["holding"]] = self._images["holding"][i].tolist()
         elif function_code == 4:
-            registers[:SIZES["input"]] = self._images["input"][i].tolist()
+            registers[: SIZES["input"]] = self._images["input"][i].tolist()
         elif function_code == 2:
             registers[0] = int(self._bit_registers["discrete"][i])
         elif function_code in (1, 5, 15):
@@ -225,7 +248,9 @@ class LightingModbusSimulator:
 
     def _port_devices(self, port: int) -> list[SimDevice]:
         first = (port - self.base_port) * self.units_per_port
-        return [self._device(i, 1 + i - first) for i in range(first, min(first + self.units_per_port, self.state.count))]
+        return [
+            self._device(i, 1 + i - first) for i in range(first, min(first + self.units_per_port, self.state.count))
+        ]
 
     async def _open(self, port: int) -> None:
         server = _TcpServer(self._port_devices(port), address=(self.host, port))
@@ -236,8 +261,9 @@ class LightingModbusSimulator:
         self.servers[port] = server
 
     async def _open_serial(self) -> None:
-        server = ModbusSerialServer(self._port_devices(self.base_port), port=self.serial_port,
-                                    baudrate=self.baudrate, parity=self.parity)
+        server = ModbusSerialServer(
+            self._port_devices(self.base_port), port=self.serial_port, baudrate=self.baudrate, parity=self.parity
+        )
         await server.serve_forever(background=True)
         self.servers[self.base_port] = server
 

@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -36,14 +36,21 @@ QOS = 1
 
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MqttLink:
     """One paho client driven by the event loop (see drivers/mqtt/aio.py), last will optional."""
 
-    def __init__(self, client_id: str, host: str, port: int, will: tuple[str, str] | None = None,
-                 on_connect=None, on_message=None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        will: tuple[str, str] | None = None,
+        on_connect=None,
+        on_message=None,
+    ) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         if will:
             self.client.will_set(will[0], will[1], qos=QOS, retain=True)
@@ -83,9 +90,18 @@ class MqttLink:
 
 
 class BollardMqttSimulator:
-    def __init__(self, state: bo.BollardState, names: list[str], host: str, port: int, *,
-                 prefix: str = "city/bollards", acceleration: float = 1.0, step_interval: float = 0.25,
-                 start_time: float | None = None) -> None:
+    def __init__(
+        self,
+        state: bo.BollardState,
+        names: list[str],
+        host: str,
+        port: int,
+        *,
+        prefix: str = "city/bollards",
+        acceleration: float = 1.0,
+        step_interval: float = 0.25,
+        start_time: float | None = None,
+    ) -> None:
         if len(names) != state.count:
             raise ValueError("one name per bollard")
         self.state = state
@@ -109,6 +125,7 @@ class BollardMqttSimulator:
     async def start(self) -> None:
         self.state = bo.step(self.state, self.sim_time())
         for i in range(self.state.count):
+
             def connected(link: MqttLink, i=i) -> None:
                 link.publish(self.topic(i, "status"), "online", retain=True)
                 link.client.subscribe(self.topic(i, "cmd"), qos=QOS)
@@ -117,13 +134,21 @@ class BollardMqttSimulator:
             def message(client, userdata, msg, i=i) -> None:
                 self._enqueue(i, msg.payload)
 
-            link = MqttLink(f"bollard-{self.names[i]}", self.host, self.port,
-                            will=(self.topic(i, "status"), "offline"), on_connect=connected, on_message=message)
+            link = MqttLink(
+                f"bollard-{self.names[i]}",
+                self.host,
+                self.port,
+                will=(self.topic(i, "status"), "offline"),
+                on_connect=connected,
+                on_message=message,
+            )
             link.start()
             self.links.append(link)
         self._last = self._signature()
-        self._tasks = [asyncio.create_task(self._step_loop(), name="bollards-step"),
-                       asyncio.create_task(self._command_loop(), name="bollards-commands")]
+        self._tasks = [
+            asyncio.create_task(self._step_loop(), name="bollards-step"),
+            asyncio.create_task(self._command_loop(), name="bollards-commands"),
+        ]
 
     def _enqueue(self, i: int, payload: bytes) -> None:
         try:
@@ -137,9 +162,15 @@ class BollardMqttSimulator:
 
     def _state_payload(self, i: int) -> dict:
         s = self.state
-        return {"position": bo.POSITIONS[int(s.position[i])], "height": round(float(s.height[i]), 2),
-                "vehicle": bool(s.vehicle[i]), "obstruction": bool(s.obstruction[i]),
-                "emergency": bool(s.emergency[i]), "fault": bool(s.fault[i]), "ts": iso(s.t)}
+        return {
+            "position": bo.POSITIONS[int(s.position[i])],
+            "height": round(float(s.height[i]), 2),
+            "vehicle": bool(s.vehicle[i]),
+            "obstruction": bool(s.obstruction[i]),
+            "emergency": bool(s.emergency[i]),
+            "fault": bool(s.fault[i]),
+            "ts": iso(s.t),
+        }
 
     def publish_changes(self) -> None:
         sig = self._signature()
@@ -148,8 +179,10 @@ class BollardMqttSimulator:
             self.links[i].publish(self.topic(i, "state"), self._state_payload(i), retain=True)
         self._last = sig
         for e in self.state.events:
-            self.links[e.bollard].publish(self.topic(e.bollard, "event"), {
-                "event": "access", "vehicle_class": e.vehicle_class, "granted": e.granted, "ts": iso(e.t)})
+            self.links[e.bollard].publish(
+                self.topic(e.bollard, "event"),
+                {"event": "access", "vehicle_class": e.vehicle_class, "granted": e.granted, "ts": iso(e.t)},
+            )
         self.state = replace(self.state, events=())
 
     async def _step_loop(self) -> None:
@@ -175,8 +208,11 @@ class BollardMqttSimulator:
             except (ValueError, UnicodeDecodeError) as exc:
                 self.invalid_commands += 1
                 accepted, reason = False, f"invalid command: {exc}"
-            ack = {"correlation_id": correlation, "result": "accepted" if accepted else "rejected",
-                   "ts": iso(self.state.t)}
+            ack = {
+                "correlation_id": correlation,
+                "result": "accepted" if accepted else "rejected",
+                "ts": iso(self.state.t),
+            }
             if reason:
                 ack["reason"] = reason
             self.links[i].publish(self.topic(i, "ack"), ack)
@@ -202,9 +238,18 @@ class BollardMqttSimulator:
 
 
 class FleetMqttSimulator:
-    def __init__(self, state: fl.FleetState, names: list[str], host: str, port: int, *,
-                 prefix: str = "city/vehicles", acceleration: float = 1.0, report_interval: float = 10.0,
-                 start_time: float | None = None) -> None:
+    def __init__(
+        self,
+        state: fl.FleetState,
+        names: list[str],
+        host: str,
+        port: int,
+        *,
+        prefix: str = "city/vehicles",
+        acceleration: float = 1.0,
+        report_interval: float = 10.0,
+        start_time: float | None = None,
+    ) -> None:
         self.state = state
         self.names = names
         self.prefix = prefix
@@ -221,10 +266,17 @@ class FleetMqttSimulator:
     def report(self) -> None:
         s = self.state
         for i, name in enumerate(self.names):
-            self.link.publish(f"{self.prefix}/{name}/position", {
-                "lat": round(float(s.lat[i]), 6), "lon": round(float(s.lon[i]), 6),
-                "speed_kmh": round(float(s.speed_kmh[i]), 1), "heading": round(float(s.heading[i])),
-                "status": fl.STATUSES[int(s.status[i])], "ts": iso(s.t)})
+            self.link.publish(
+                f"{self.prefix}/{name}/position",
+                {
+                    "lat": round(float(s.lat[i]), 6),
+                    "lon": round(float(s.lon[i]), 6),
+                    "speed_kmh": round(float(s.speed_kmh[i]), 1),
+                    "heading": round(float(s.heading[i])),
+                    "status": fl.STATUSES[int(s.status[i])],
+                    "ts": iso(s.t),
+                },
+            )
         self.reports += 1
 
     async def start(self) -> None:

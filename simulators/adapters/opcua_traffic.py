@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +74,11 @@ def _certificates(paths: tuple[Path, ...]) -> set[bytes]:
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".der", ".pem")) if path.is_dir() else [path]
         for f in files:
             data = f.read_bytes()
-            cert = x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else \
-                x509.load_der_x509_certificate(data)
+            cert = (
+                x509.load_pem_x509_certificate(data)
+                if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data)
+            )
             out.add(cert.public_bytes(Encoding.DER))
     return out
 
@@ -128,7 +130,7 @@ def _py(vt: ua.VariantType, v):
 class _WriteHandler:
     """Receives datachange notifications of the writable nodes (our own subscription)."""
 
-    def __init__(self, sim: "TrafficOpcUaSimulator") -> None:
+    def __init__(self, sim: TrafficOpcUaSimulator) -> None:
         self.sim = sim
 
     def datachange_notification(self, node, val, data) -> None:
@@ -136,9 +138,16 @@ class _WriteHandler:
 
 
 class TrafficOpcUaSimulator:
-    def __init__(self, state: tr.TrafficState, junctions: list[Junction], endpoint: str,
-                 acceleration: float = 1.0, step_interval: float = 0.5, start_time: float | None = None,
-                 security: ServerSecurity | None = None) -> None:
+    def __init__(
+        self,
+        state: tr.TrafficState,
+        junctions: list[Junction],
+        endpoint: str,
+        acceleration: float = 1.0,
+        step_interval: float = 0.5,
+        start_time: float | None = None,
+        security: ServerSecurity | None = None,
+    ) -> None:
         if len(junctions) != state.count:
             raise ValueError("one Junction description per junction of the state")
         self.state = state
@@ -187,7 +196,7 @@ class TrafficOpcUaSimulator:
                 parent = obj
                 *dirs, leaf = path.split("/")
                 for depth in range(len(dirs)):
-                    key = "/".join(dirs[:depth + 1])
+                    key = "/".join(dirs[: depth + 1])
                     if key not in folders:
                         folders[key] = await parent.add_folder(ua.NodeId(f"{j.name}.{key}", self.ns), dirs[depth])
                     parent = folders[key]
@@ -202,22 +211,26 @@ class TrafficOpcUaSimulator:
         self._last = {path: _column(self.state, field, col).copy() for path, vt, field, col in VARIABLES}
         sub = await self.server.create_subscription(50, _WriteHandler(self))
         await sub.subscribe_data_change(writable)
-        self._tasks = [asyncio.create_task(self._step_loop(), name="traffic-step"),
-                       asyncio.create_task(self._command_loop(), name="traffic-commands")]
+        self._tasks = [
+            asyncio.create_task(self._step_loop(), name="traffic-step"),
+            asyncio.create_task(self._command_loop(), name="traffic-commands"),
+        ]
 
     async def _secure(self, sec: ServerSecurity) -> None:
         cert_path, key_path = ensure_certificate(sec.certificate, sec.private_key, SERVER_URI, server=True)
         cert = x509.load_der_x509_certificate(cert_path.read_bytes())
         try:  # the server's application URI is its certificate's (Part 6, 6.2.2)
             uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.UniformResourceIdentifier)
+                x509.UniformResourceIdentifier
+            )
         except x509.ExtensionNotFound:
             uris = []
         await self.server.set_application_uri(uris[0] if uris else SERVER_URI)
         await self.server.load_certificate(str(cert_path))
         await self.server.load_private_key(str(key_path))
-        self.server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_Sign,
-                                         ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        self.server.set_security_policy(
+            [ua.SecurityPolicyType.Basic256Sha256_Sign, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+        )
         self._trusted = _certificates(sec.trusted)
         self.server.set_certificate_validator(self._validate_client)
 
@@ -225,7 +238,8 @@ class TrafficOpcUaSimulator:
         """CreateSession: the client's certificate must carry its application URI, and be trusted."""
         try:
             uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.UniformResourceIdentifier)
+                x509.UniformResourceIdentifier
+            )
         except x509.ExtensionNotFound:
             uris = []
         if app.ApplicationUri not in uris:

@@ -63,10 +63,19 @@ class BollardState:
 def create(n: int, t: float = 0.0, seed: int = 0, arrivals_per_hour: float = 6.0) -> BollardState:
     z = np.zeros(n)
     return BollardState(
-        t=t, steps=0, seed=seed, position=np.full(n, UP, np.int64), height=np.ones(n),
-        hold=np.full(n, UP, np.int64), emergency=np.zeros(n, bool), fault=np.zeros(n, bool),
-        obstruction=np.zeros(n, bool), vehicle_until=z.copy(), open_until=z.copy(),
-        arrivals_per_hour=np.full(n, float(arrivals_per_hour)), reversals=np.zeros(n, np.int64),
+        t=t,
+        steps=0,
+        seed=seed,
+        position=np.full(n, UP, np.int64),
+        height=np.ones(n),
+        hold=np.full(n, UP, np.int64),
+        emergency=np.zeros(n, bool),
+        fault=np.zeros(n, bool),
+        obstruction=np.zeros(n, bool),
+        vehicle_until=z.copy(),
+        open_until=z.copy(),
+        arrivals_per_hour=np.full(n, float(arrivals_per_hour)),
+        reversals=np.zeros(n, np.int64),
     )
 
 
@@ -112,8 +121,17 @@ def step(s: BollardState, t: float) -> BollardState:
     pos = np.where((pos == RISING) & (h >= 1.0), UP, pos)
     pos = np.where((pos == LOWERING) & (h <= 0.0), DOWN, pos)
     pos = np.where(s.fault, FAULT, pos)
-    return replace(s, t=t, steps=s.steps + 1, position=pos, height=h, vehicle_until=vehicle_until,
-                   open_until=open_until, reversals=reversals, events=tuple(events))
+    return replace(
+        s,
+        t=t,
+        steps=s.steps + 1,
+        position=pos,
+        height=h,
+        vehicle_until=vehicle_until,
+        open_until=open_until,
+        reversals=reversals,
+        events=tuple(events),
+    )
 
 
 def command(s: BollardState, i: int, name: str) -> tuple[BollardState, bool, str]:

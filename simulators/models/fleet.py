@@ -54,9 +54,20 @@ def create(places, n: int, t: float = 0.0, seed: int = 0) -> FleetState:
     home = places[rng.integers(0, len(places), n)]
     z = np.zeros(n)
     return FleetState(
-        t=t, steps=0, seed=seed, places=places, lat=home[:, 0].copy(), lon=home[:, 1].copy(),
-        status=np.full(n, AVAILABLE, np.int64), origin=home.copy(), via=home.copy(), dest=home.copy(),
-        depart=np.full(n, t), until=t + rng.uniform(60, 1800, n), speed_kmh=z.copy(), heading=z.copy(),
+        t=t,
+        steps=0,
+        seed=seed,
+        places=places,
+        lat=home[:, 0].copy(),
+        lon=home[:, 1].copy(),
+        status=np.full(n, AVAILABLE, np.int64),
+        origin=home.copy(),
+        via=home.copy(),
+        dest=home.copy(),
+        depart=np.full(n, t),
+        until=t + rng.uniform(60, 1800, n),
+        speed_kmh=z.copy(),
+        heading=z.copy(),
     )
 
 
@@ -106,6 +117,18 @@ def step(s: FleetState, t: float) -> FleetState:
         depart[go] = t
         status[go] = EN_ROUTE
     speed = np.where(status == EN_ROUTE, SPEED_KMH, 0.0)
-    return replace(s, t=t, steps=s.steps + 1, lat=lat, lon=lon, status=status, origin=origin, via=via,
-                   dest=dest, depart=depart, until=until, speed_kmh=speed,
-                   heading=np.where(moving, heading, s.heading))
+    return replace(
+        s,
+        t=t,
+        steps=s.steps + 1,
+        lat=lat,
+        lon=lon,
+        status=status,
+        origin=origin,
+        via=via,
+        dest=dest,
+        depart=depart,
+        until=until,
+        speed_kmh=speed,
+        heading=np.where(moving, heading, s.heading),
+    )

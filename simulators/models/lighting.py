@@ -22,7 +22,7 @@ Behaviour:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -75,8 +75,18 @@ class LightingState:
         return len(self.lat)
 
 
-def create(lat, lon, lamps, lamp_watts=60.0, t: float = 0.0, seed: int = 0, *,
-           failure_rate: float = 0.0, schedule=DEFAULT_SCHEDULE, tz: str = "Europe/Paris") -> LightingState:
+def create(
+    lat,
+    lon,
+    lamps,
+    lamp_watts=60.0,
+    t: float = 0.0,
+    seed: int = 0,
+    *,
+    failure_rate: float = 0.0,
+    schedule=DEFAULT_SCHEDULE,
+    tz: str = "Europe/Paris",
+) -> LightingState:
     """Cabinets at the given places, in automatic mode, nothing failed, door closed, mains on.
 
     ``lamps`` is the number of luminaires per cabinet; ``failure_rate`` is per lamp-hour
@@ -89,14 +99,31 @@ def create(lat, lon, lamps, lamp_watts=60.0, t: float = 0.0, seed: int = 0, *,
     lum_cabinet = np.repeat(np.arange(n), lamps)
     z = np.zeros(n)
     state = LightingState(
-        t=t, steps=0, seed=seed, tz=tz, schedule=tuple(schedule), failure_rate=failure_rate,
-        lat=lat, lon=np.broadcast_to(np.asarray(lon, np.float64), (n,)).copy(),
-        mode=np.zeros(n, np.int64), dim_setpoint=np.full(n, 100.0),
-        on=np.zeros(n, bool), dim_level=z.copy(), power_kw=z.copy(), energy_kwh=z.copy(),
-        voltage=np.full(n, NOMINAL_VOLTAGE), temperature=np.full(n, 15.0), door_open=np.zeros(n, bool),
-        lamp_test=np.zeros(n, bool), mains_ok=np.ones(n, bool), leakage_trip=np.zeros(n, bool),
-        phase=rng.uniform(0, 2 * np.pi, n), lamps=lamps.copy(), failed=np.zeros(n, np.int64),
-        lum_cabinet=lum_cabinet, lum_watts=np.broadcast_to(np.asarray(lamp_watts, np.float64), (n,))[lum_cabinet].copy(),
+        t=t,
+        steps=0,
+        seed=seed,
+        tz=tz,
+        schedule=tuple(schedule),
+        failure_rate=failure_rate,
+        lat=lat,
+        lon=np.broadcast_to(np.asarray(lon, np.float64), (n,)).copy(),
+        mode=np.zeros(n, np.int64),
+        dim_setpoint=np.full(n, 100.0),
+        on=np.zeros(n, bool),
+        dim_level=z.copy(),
+        power_kw=z.copy(),
+        energy_kwh=z.copy(),
+        voltage=np.full(n, NOMINAL_VOLTAGE),
+        temperature=np.full(n, 15.0),
+        door_open=np.zeros(n, bool),
+        lamp_test=np.zeros(n, bool),
+        mains_ok=np.ones(n, bool),
+        leakage_trip=np.zeros(n, bool),
+        phase=rng.uniform(0, 2 * np.pi, n),
+        lamps=lamps.copy(),
+        failed=np.zeros(n, np.int64),
+        lum_cabinet=lum_cabinet,
+        lum_watts=np.broadcast_to(np.asarray(lamp_watts, np.float64), (n,))[lum_cabinet].copy(),
         lum_failed=np.zeros(len(lum_cabinet), bool),
     )
     return step(state, t)
@@ -125,7 +152,7 @@ def scheduled_dim(t: float, tz: str, schedule: tuple[tuple[float, float], ...]) 
     """
     if not schedule:
         return 100.0
-    local = datetime.fromtimestamp(t, timezone.utc).astimezone(ZoneInfo(tz))
+    local = datetime.fromtimestamp(t, UTC).astimezone(ZoneInfo(tz))
     hour = local.hour + local.minute / 60 + local.second / 3600
     entries = sorted(schedule)
     level = entries[-1][1]
@@ -159,8 +186,19 @@ def step(s: LightingState, t: float) -> LightingState:
     day = 2 * np.pi * ((t / 3600.0) % 24 - 15) / 24
     temperature = 9.0 + 7.0 * np.cos(day) + 0.5 * np.sin(s.phase)
     failed = np.bincount(s.lum_cabinet, weights=lum_failed, minlength=s.count).astype(np.int64)
-    return replace(s, t=t, steps=s.steps + 1, on=on, dim_level=dim, power_kw=power_kw, energy_kwh=energy,
-                   voltage=voltage, temperature=temperature, lum_failed=lum_failed, failed=failed)
+    return replace(
+        s,
+        t=t,
+        steps=s.steps + 1,
+        on=on,
+        dim_level=dim,
+        power_kw=power_kw,
+        energy_kwh=energy,
+        voltage=voltage,
+        temperature=temperature,
+        lum_failed=lum_failed,
+        failed=failed,
+    )
 
 
 def _set(s: LightingState, field: str, i: int, value) -> LightingState:
@@ -206,7 +244,7 @@ def fail_lamps(s: LightingState, i: int, count: int) -> LightingState:
     """Fail ``count`` more of cabinet ``i``'s working luminaires (fewer if fewer work)."""
     working = np.flatnonzero((s.lum_cabinet == i) & ~s.lum_failed)
     failed = s.lum_failed.copy()
-    failed[working[:max(0, count)]] = True
+    failed[working[: max(0, count)]] = True
     return step(replace(s, lum_failed=failed), s.t)
 
 

@@ -23,8 +23,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 DARK, FLASHING_AMBER, FIXED_TIME, ACTUATED, CENTRAL = 0, 1, 2, 3, 4
-MODES = {DARK: "dark", FLASHING_AMBER: "flashing_amber", FIXED_TIME: "fixed_time", ACTUATED: "actuated",
-         CENTRAL: "central"}
+MODES = {
+    DARK: "dark",
+    FLASHING_AMBER: "flashing_amber",
+    FIXED_TIME: "fixed_time",
+    ACTUATED: "actuated",
+    CENTRAL: "central",
+}
 # Modes the centre may select (it may not switch a junction to "dark" by mistake).
 CENTRE_MODES = (FLASHING_AMBER, FIXED_TIME, ACTUATED, CENTRAL)
 OFF, RED, AMBER, GREEN, FLASHING = 0, 1, 2, 3, 4
@@ -89,13 +94,26 @@ def create(lat, lon, t: float = 0.0, seed: int = 0, mode: int = ACTUATED) -> Tra
     rng = np.random.default_rng(seed)
     g, d = len(GROUPS), len(DETECTORS)
     s = TrafficState(
-        t=t, steps=0, seed=seed, lat=lat, lon=np.broadcast_to(np.asarray(lon, np.float64), (n,)).copy(),
-        mode=np.full(n, mode, np.int64), plan=np.ones(n, np.int64), central_plan=np.ones(n, np.int64),
-        offset=rng.uniform(0, 90, n).round(), demand=rng.uniform(0.5, 1.8, n),
-        conflict=np.zeros(n, bool), conflict_present=np.zeros(n, bool), lamp_out=np.zeros((n, g), np.int64),
-        door_open=np.zeros(n, bool), mains_ok=np.ones(n, bool),
-        effective_mode=np.full(n, mode, np.int64), cycle_second=np.zeros(n), colour=np.zeros((n, g), np.int64),
-        counts=np.zeros((n, d), np.int64), occupancy=np.zeros((n, d)),
+        t=t,
+        steps=0,
+        seed=seed,
+        lat=lat,
+        lon=np.broadcast_to(np.asarray(lon, np.float64), (n,)).copy(),
+        mode=np.full(n, mode, np.int64),
+        plan=np.ones(n, np.int64),
+        central_plan=np.ones(n, np.int64),
+        offset=rng.uniform(0, 90, n).round(),
+        demand=rng.uniform(0.5, 1.8, n),
+        conflict=np.zeros(n, bool),
+        conflict_present=np.zeros(n, bool),
+        lamp_out=np.zeros((n, g), np.int64),
+        door_open=np.zeros(n, bool),
+        mains_ok=np.ones(n, bool),
+        effective_mode=np.full(n, mode, np.int64),
+        cycle_second=np.zeros(n),
+        colour=np.zeros((n, g), np.int64),
+        counts=np.zeros((n, d), np.int64),
+        occupancy=np.zeros((n, d)),
     )
     return step(s, t)
 
@@ -103,8 +121,12 @@ def create(lat, lon, t: float = 0.0, seed: int = 0, mode: int = ACTUATED) -> Tra
 def flow_per_hour(t: float, tz_offset_h: float = 1.0) -> float:
     """Vehicles per hour on an average approach: night trough, morning and evening peaks."""
     h = ((t / 3600.0) + tz_offset_h) % 24
-    return 40 + 520 * np.exp(-((h - 8.0) / 1.2) ** 2) + 600 * np.exp(-((h - 17.75) / 1.5) ** 2) \
-        + 250 * np.exp(-((h - 13.0) / 3.0) ** 2)
+    return (
+        40
+        + 520 * np.exp(-(((h - 8.0) / 1.2) ** 2))
+        + 600 * np.exp(-(((h - 17.75) / 1.5) ** 2))
+        + 250 * np.exp(-(((h - 13.0) / 3.0) ** 2))
+    )
 
 
 def _plan_for_demand(flow: np.ndarray) -> np.ndarray:
@@ -132,11 +154,20 @@ def step(s: TrafficState, t: float) -> TrafficState:
     # Detectors: Poisson arrivals at the profile's rate; occupancy ~ flow / saturation.
     rng = np.random.default_rng([s.seed, s.steps])
     lam = np.repeat(flow[:, None], len(DETECTORS), axis=1) * dt / 3600.0
-    counts = (s.counts + rng.poisson(lam)) % (2 ** 31)
+    counts = (s.counts + rng.poisson(lam)) % (2**31)
     occupancy = np.minimum(95.0, np.repeat(flow[:, None], len(DETECTORS), axis=1) / 1800.0 * 100.0)
     occupancy = np.where(s.mains_ok[:, None], occupancy, 0.0)
-    return replace(s, t=t, steps=s.steps + 1, effective_mode=eff, plan=np.where(running, plan, s.plan),
-                   cycle_second=np.where(running, sec, 0.0), colour=colour, counts=counts, occupancy=occupancy)
+    return replace(
+        s,
+        t=t,
+        steps=s.steps + 1,
+        effective_mode=eff,
+        plan=np.where(running, plan, s.plan),
+        cycle_second=np.where(running, sec, 0.0),
+        colour=colour,
+        counts=counts,
+        occupancy=occupancy,
+    )
 
 
 def conflicting_greens(colour: np.ndarray) -> np.ndarray:

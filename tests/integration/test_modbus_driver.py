@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import CommandRejected, DeviceRejected, WriteCommand
-from drivers.modbus.driver import Backoff, ModbusDriver
+from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
+from drivers.modbus.driver import ModbusDriver
+from scada.backoff import Backoff
 from scada import status as st
 from scada.config import load_config
 from scada.tagdb import TagDB

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import WriteCommand
-from drivers.modbus.driver import Backoff, ModbusDriver
+from scada.driver_api import WriteCommand
+from drivers.modbus.driver import ModbusDriver
+from scada.backoff import Backoff
 from scada import status as st
 from scada.config import DIAG_POINTS, load_config
 from scada.diagnostics import DEMOTED, ONLINE

@@ -20,7 +20,7 @@ from drivers.mqtt.driver import MESSAGE_COST, MqttDriver
 from scada import status as st
 from scada.config import load_config
 from scada.tagdb import TagDB
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 
 from .helpers import until, write_tags
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import CommandRejected, DeviceRejected, WriteCommand
+from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
 from scada.config import load_config
@@ -152,7 +152,7 @@ async def test_works_when_the_process_holds_more_than_1024_sockets(broker, tmp_p
     on an MQTT socket numbered above 1023. Ours is driven by the event loop."""
     import socket
 
-    from scada.limits import raise_open_file_limit
+    from common.limits import raise_open_file_limit
     if raise_open_file_limit() < 1300:
         pytest.fail("cannot raise the open-file limit to 1300 on this machine")
     hog = [socket.socket() for _ in range(1100)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import CommandRejected, WriteCommand
+from scada.driver_api import CommandRejected, WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
 from scada.config import load_config

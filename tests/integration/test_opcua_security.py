@@ -18,7 +18,7 @@ import structlog
 from asyncua import Client, Server, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from drivers.base import WriteCommand
+from scada.driver_api import WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
 from scada.config import load_config

@@ -16,7 +16,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from drivers.modbus.transport import Backoff
+from scada.backoff import Backoff
 from scada import status as st
 from scada.app import Application
 from scada.config import load_config

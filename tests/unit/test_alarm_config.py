@@ -21,7 +21,7 @@ from scada.alarms import config as alarms_config
 from scada.alarms.config import AlarmDef
 from scada.alarms.expr import ExpressionError, compile_expression
 from scada.config import Config, load_config
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from drivers.modbus.config import (
 )
 from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
 from scada.tagdb import ANALOG, DISCRETE
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from scada.config import load_config
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CASES_DIR = REPO / "tests" / "config_cases"

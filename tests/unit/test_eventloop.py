@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from scada import eventloop
+from common import eventloop
 
 
 async def loop_class() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import CommandRejected, WriteCommand
+from scada.driver_api import CommandRejected, WriteCommand
 from drivers.modbus.codec import NON_FINITE_STATUS, ReadPlan, encode, non_finite_status
 from drivers.modbus.config import ModbusPoint as P
 from drivers.modbus.driver import ModbusDriver, PollGroup, _Coalescer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymodbus.framer import FramerRTU
 
-from drivers.base import DeviceRejected
+from scada.driver_api import DeviceRejected
 from drivers.modbus import frames
 from drivers.modbus.frames import FrameError
 

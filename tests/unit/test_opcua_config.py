@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from scada.config import load_config
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 from simulators.pki import make_certificate
 
 SECURITY = "equipment_types.traffic_junction.security"

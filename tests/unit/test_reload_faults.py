@@ -25,7 +25,7 @@ from scada.alarms.states import State
 from scada.config import load_config
 from scada.reload import RESULT_FILE, _journal_removed, carry_alarms, reload_from_files, write_result
 from scada.tagdb import TagDB
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 from tests.fs_faults import fill, free_space, needs_root, small_fs
 from tests.integration.helpers import running_app
 

@@ -1,6 +1,6 @@
 import pytest
 
-from scada.yamlsrc import ConfigError
+from common.yamlsrc import ConfigError
 from simulators.city import generate
 from simulators.runner import CitySimulator, FaultError
 from simulators.scenario import load_scenario

@@ -31,8 +31,8 @@ from drivers.opcua import config as opcua_config
 from scada import config as scada_config
 from scada.alarms import config as alarms_config
 from scada.config import load_config
-from scada.fields import NAME_RE, Fields
-from scada.yamlsrc import ConfigError
+from common.fields import NAME_RE, Fields
+from common.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "scada" / "schemas"
@@ -528,7 +528,7 @@ def test_topic_and_node_patterns_match_the_drivers(text: str, schema_path: tuple
     for part in schema_path:
         subschema = subschema[part]
     schema_ok = Draft202012Validator(subschema).is_valid(text)
-    # The drivers now refuse these too (scada.fields.device_template_ok): both reject.
+    # The drivers now refuse these too (common.fields.device_template_ok): both reject.
     assert schema_ok == _parses(parse, text)
 
 
@@ -991,7 +991,7 @@ def test_loader_rejects_open_loader_gaps(which: str, change: Callable[[dict], An
 
 LOADER_GAPS = [
     pytest.param("tags", pt("failed_lamps", address=5.5),
-                 id="fractional-address-truncated"),  # scada.fields.to_int(5.5) == 5
+                 id="fractional-address-truncated"),  # common.fields.to_int(5.5) == 5
     pytest.param("alarms", al("door_open", states=[1.5]),
                  id="fractional-state-truncated"),
     pytest.param("alarms", al("mains_loss", message="{value!x}"),

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from drivers.modbus.transport import Backoff
+from scada.backoff import Backoff
 from scada.supervisor import InjectedFault, Supervisor
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scada import yamlsrc
-from scada.yamlsrc import MAX_ALIAS_VALUES, MAX_DEPTH, ConfigError, load
+from common import yamlsrc
+from common.yamlsrc import MAX_ALIAS_VALUES, MAX_DEPTH, ConfigError, load
 
 
 def write(tmp_path: Path, text: str | bytes) -> Path:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from scada.yamlsrc import ConfigError, LocMap
+from common.yamlsrc import ConfigError, LocMap
 
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
@@ -29,7 +29,9 @@ class Fields:
         self.file = getattr(mapping, "file", file) or file or "?"
         self.line = getattr(mapping, "line", line) or line
         if mapping is None:  # `key:` with nothing indented under it
-            raise ConfigError(self.file, self.line, path, "empty: expected keys indented under it (check the indentation)")
+            raise ConfigError(
+                self.file, self.line, path, "empty: expected keys indented under it (check the indentation)"
+            )
         if not isinstance(mapping, dict):
             raise ConfigError(self.file, self.line, path, "expected a mapping of keys to values", mapping)
         self.mapping = mapping
@@ -87,6 +89,7 @@ class Fields:
 
 # Converters: each raises ValueError with a message a technician understands.
 
+
 def to_str(v: Any) -> str:
     if isinstance(v, (dict, list)) or isinstance(v, bool):
         raise ValueError("expected text")
@@ -139,6 +142,7 @@ def positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
         if x <= 0:
             raise ValueError("must be greater than 0")
         return x
+
     return check
 
 
@@ -148,6 +152,7 @@ def non_negative(convert: Callable[[Any], float]) -> Callable[[Any], float]:
         if x < 0:
             raise ValueError("must not be negative")
         return x
+
     return check
 
 
@@ -157,6 +162,7 @@ def in_range(convert: Callable[[Any], float], lo: float, hi: float) -> Callable[
         if not lo <= x <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return x
+
     return check
 
 
@@ -166,6 +172,7 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         if s not in choices:
             raise ValueError(f"must be one of: {', '.join(choices)}")
         return s
+
     return check
 
 
@@ -177,7 +184,7 @@ def parse_host_port(text: str, default_port: int, prefixes: tuple[str, ...] = ()
     s = text.strip()
     for prefix in prefixes:
         if s.startswith(prefix):
-            s = s[len(prefix):]
+            s = s[len(prefix) :]
             break
     host, sep, port = s.rpartition(":")
     if not sep or "]" in port:
@@ -203,6 +210,7 @@ def parse_host_port(text: str, default_port: int, prefixes: tuple[str, ...] = ()
 def device_template_ok(text: str) -> bool:
     """True when ``text``'s only placeholder is a bare ``{device}`` (no conversion, format, index)."""
     import string
+
     try:
         parts = list(string.Formatter().parse(text))
     except ValueError:

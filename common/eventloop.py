@@ -21,6 +21,7 @@ LOOPS = ("uvloop", "asyncio")
 class EventLoopError(ValueError):
     """An unknown event loop, or uvloop asked for and not installed."""
 
+
 DEFAULT = "uvloop"
 
 
@@ -35,13 +36,18 @@ def run(main: Coroutine[Any, Any, Any], loop: str = DEFAULT) -> Any:
         import uvloop
     except ImportError:
         main.close()
-        raise EventLoopError("event loop 'uvloop' is not installed (pip install uvloop), "
-                         "or run with --event-loop asyncio") from None
+        raise EventLoopError(
+            "event loop 'uvloop' is not installed (pip install uvloop), or run with --event-loop asyncio"
+        ) from None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 
 
 def add_argument(parser) -> None:
     """The ``--event-loop`` option, the same on every command that serves."""
-    parser.add_argument("--event-loop", choices=LOOPS, default=DEFAULT,
-                        help=f"asyncio event loop (default {DEFAULT}: about twice the Modbus requests per CPU-second)")
+    parser.add_argument(
+        "--event-loop",
+        choices=LOOPS,
+        default=DEFAULT,
+        help=f"asyncio event loop (default {DEFAULT}: about twice the Modbus requests per CPU-second)",
+    )

@@ -105,15 +105,23 @@ class _BoundedLoader(yaml.SafeLoader):
     def _alias(self, event: yaml.AliasEvent, node: yaml.Node) -> yaml.Node:
         name = f"*{event.anchor}"
         if event.anchor in self._open:
-            raise self._refuse(event.start_mark, f"the alias {name} is used inside the node it names: "
-                               "a loop without end (write the values out)", name)
+            raise self._refuse(
+                event.start_mark,
+                f"the alias {name} is used inside the node it names: a loop without end (write the values out)",
+                name,
+            )
         self._alias_values += self._size[id(node)]
         if self._alias_values > MAX_ALIAS_VALUES:
-            raise self._refuse(event.start_mark, f"YAML aliases expand to more than {MAX_ALIAS_VALUES} values "
-                               "(aliases of aliases, a \"billion laughs\"?): write the values out", name)
+            raise self._refuse(
+                event.start_mark,
+                f"YAML aliases expand to more than {MAX_ALIAS_VALUES} values "
+                '(aliases of aliases, a "billion laughs"?): write the values out',
+                name,
+            )
         if len(self._path) - 1 + self._height[id(node)] > MAX_DEPTH:
-            raise self._refuse(event.start_mark, f"nested more than {MAX_DEPTH} levels deep once {name} "
-                               "is expanded", name)
+            raise self._refuse(
+                event.start_mark, f"nested more than {MAX_DEPTH} levels deep once {name} is expanded", name
+            )
         return node
 
     def compose_scalar_node(self, anchor: str | None) -> yaml.Node:
@@ -141,8 +149,9 @@ class _BoundedLoader(yaml.SafeLoader):
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _convert(node: yaml.Node, file: str, loader: _BoundedLoader, path: str = "",
-             merged: dict[int, int] | None = None) -> Any:
+def _convert(
+    node: yaml.Node, file: str, loader: _BoundedLoader, path: str = "", merged: dict[int, int] | None = None
+) -> Any:
     """Node tree -> LocMap / LocList / scalars. ``path`` names the node in error messages;
     ``merged`` remembers, per mapping node, how many of its pairs came from merge keys (<<)."""
     merged = {} if merged is None else merged
@@ -241,5 +250,10 @@ def load(path: str | Path) -> Any:
 def _reader_error(exc: yaml.reader.ReaderError, text: str, path: Path) -> ConfigError:
     """A character YAML does not accept (a NUL, a control character), at its line."""
     line = text[: exc.position].count("\n") + 1
-    return ConfigError(path, line, "", f"a control character YAML does not accept (U+{exc.character:04X}): "
-                       "is this a text file?", chr(exc.character))
+    return ConfigError(
+        path,
+        line,
+        "",
+        f"a control character YAML does not accept (U+{exc.character:04X}): is this a text file?",
+        chr(exc.character),
+    )
