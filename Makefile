@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-broker test install system-deps check bench clean
+.PHONY: demo demo-broker test install system-deps lint check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
@@ -28,9 +28,14 @@ demo: demo-broker $(STAMP)
 demo-broker:
 	@scripts/install-demo-broker.sh
 
-## Install what the tests need (Debian packages with apt-get, pip packages) and run the suite.
+## Install what the tests need (Debian packages with apt-get, pip packages), check lint,
+## formatting and types (ruff, mypy), and run the suite.
 test: system-deps $(STAMP)
+	BIN=$(BIN) scripts/lint.sh
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	BIN=$(BIN) scripts/lint.sh
 
 system-deps:
 	@scripts/install-system-deps.sh
