@@ -15,7 +15,8 @@ from drivers.modbus.config import (
     ModbusType,
     parse_endpoint,
 )
-from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
+from scada.config import DIAG_COUNT, DIAG_POINTS, Config
+from city_scada import load_config
 from scada.tagdb import ANALOG, DISCRETE
 from common.yamlsrc import ConfigError
 
