@@ -166,7 +166,7 @@ eventloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.ar
 """
 
 
-def write_REGISTRY[folder: Path, port: int, n: int].config -> None:
+def write_driver_config(folder: Path, port: int, n: int) -> None:
     """The shipped lighting_cabinet type, n cabinets on consecutive ports, polled every millisecond."""
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port_range(args.devices)
     folder = Path(tempfile.mkdtemp(prefix="bench-modbus-client-"))
-    write_REGISTRY[folder, port, args.devices].config
+    write_driver_config(folder, port, args.devices)
     sim = measure(SERVE, args, port, folder)
     fast = measure(SERVE_FAST, args, port, folder)
     head = f"{args.devices} cabinets, one connection each, flat out for {args.seconds:.0f} s; medians of {args.repeats} runs"
