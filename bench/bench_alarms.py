@@ -35,6 +35,7 @@ from scada import status as st  # noqa: E402
 from scada.alarms.engine import AlarmEngine  # noqa: E402
 from scada.alarms.journal import Journal  # noqa: E402
 from scada.config import load_config  # noqa: E402
+from city_scada import load_config
 from scada.tagdb import TagDB  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -166,7 +166,7 @@ def main() -> int:
     try:
         wait_port(control_port)
         t_start = time.monotonic()
-        server = subprocess.Popen([PY, "-m", "scada", "run", "--config", str(work / "config"), "--opcua-endpoint",
+        server = subprocess.Popen([PY, "-m", "city_scada", "run", "--config", str(work / "config"), "--opcua-endpoint",
                                    f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "2", "--log-json",
                                    "--data", str(work / "data"), "--event-loop", args.event_loop],
                                   cwd=ROOT, stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT)

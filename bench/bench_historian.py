@@ -75,9 +75,10 @@ COUNTER_DEVIATION = {"energy": 0.1, "failed_lamps": 0.0, "lamp_count": 0.0}  # k
 
 def point_table():
     """(name, kind, deadband, deviation at 1 %) of each point of the shipped lighting_cabinet."""
+    from city_scada import REGISTRY
     from scada.config import load_tags
 
-    cfg = load_tags(citygen.SHIPPED_TAGS)
+    cfg = load_tags(citygen.SHIPPED_TAGS, REGISTRY)
     out = []
     for p in cfg.types[citygen.CABINET_TYPE].points:
         if p.kind != ANALOG:

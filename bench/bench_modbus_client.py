@@ -135,7 +135,7 @@ async def link_client(port, n, seconds):
 
 async def driver_client(port, n, seconds, folder):
     from drivers.modbus.driver import ModbusDriver
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.tagdb import TagDB
     cfg = load_config(folder)
     tagdb = TagDB(*cfg.tag_table())

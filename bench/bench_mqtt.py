@@ -193,7 +193,7 @@ async def main():
         return
     from drivers.mqtt.driver import MqttDriver
     from common import logs
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")  # logs go to stderr; stdout carries the figures
     cfg = load_config(folder)
@@ -326,7 +326,7 @@ def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -
     import collections
 
     from drivers.mqtt.driver import MqttDriver
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.tagdb import TagDB
     cfg = load_config(folder)
     drv = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
@@ -345,7 +345,7 @@ def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -
 def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> float:
     from drivers.mqtt.driver import MqttDriver
     from common import logs
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")
     cfg = load_config(folder)

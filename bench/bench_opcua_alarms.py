@@ -61,7 +61,7 @@ async def _build(instances: int | None) -> dict:
 
     from scada.alarms.engine import AlarmEngine
     from scada.alarms.journal import Journal
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
     from scada.opcua.alarms import AlarmConditions
     from scada.tagdb import TagDB
@@ -120,7 +120,7 @@ class _Clock:
 async def _events(instances: int, target: int) -> dict:
     from scada.alarms.engine import AlarmEngine
     from scada.alarms.journal import Journal
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.opcua.server import HmiServer
     from scada.tagdb import TagDB
 

@@ -191,7 +191,7 @@ async def client(mode: str, url: str, devices: int, points: int, publishing_ms: 
     from drivers.opcua.driver import OpcUaDriver
     from scada import status
     from common import logs
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")
     write_config(folder, url, devices, points, publishing_ms)

@@ -41,9 +41,10 @@ def commune_code(commune: str) -> str:
 @lru_cache(maxsize=None)
 def cabinet_points() -> tuple[tuple[str, int, float], ...]:
     """(name, kind, deadband) of each point of the shipped lighting_cabinet type."""
+    from city_scada import REGISTRY
     from scada.config import load_tags
 
-    cfg = load_tags(SHIPPED_TAGS)
+    cfg = load_tags(SHIPPED_TAGS, REGISTRY)
     return tuple((p.name, p.kind, p.deadband) for p in cfg.types[CABINET_TYPE].points)
 
 
@@ -99,7 +100,7 @@ def write_config(n_tags: int, directory: Path | None = None) -> Path:
 
 def load_config(n_tags: int):
     """Write and load a configuration of n tags (rounded up to whole cabinets)."""
-    from scada.config import load_config as _load
+    from city_scada import load_config as _load
 
     with tempfile.TemporaryDirectory(prefix="scada-bench-") as tmp:
         return _load(write_config(n_tags, Path(tmp)))

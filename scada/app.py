@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
 
 from common.limits import raise_open_file_limit
-from drivers.base import create_driver
 from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
-from scada.config import Config
+from scada.config import Config, Device
 from scada.driver_api import Driver
 from scada.historian.service import Historian, InfluxSettings
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
@@ -33,11 +34,12 @@ log = structlog.get_logger("scada")
 
 
 def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
-    """One driver object per driver kind, polling every device of that kind into ``tagdb``."""
-    by_driver = defaultdict(list)
+    """One driver object per driver kind, polling every device of that kind into ``tagdb``;
+    built by the plugins the configuration was read with (``config.drivers``)."""
+    by_driver: defaultdict[str, list[Device]] = defaultdict(list)
     for d in config.devices:
         by_driver[config.types[d.type].driver].append(d)
-    return [create_driver(name, config, devs, tagdb) for name, devs in by_driver.items()]
+    return [config.drivers[name].create(config, devs, tagdb) for name, devs in by_driver.items()]
 
 
 class Application:
@@ -109,9 +111,17 @@ class Application:
     def _publisher_restart(self) -> None:
         # Batches queued while it was down are older than the snapshot it starts from (run()
         # sends one at every start but the first after a reload: Publisher.primed).
-        consumer = self.hmi.publisher.consumer
+        publisher = self.hmi.publisher
+        assert publisher is not None, "the HMI server starts before its tasks"
+        consumer = publisher.consumer
         consumer.overflowed = True
         consumer.take_overflow()
+
+    def _run_publisher(self) -> Coroutine[Any, Any, None]:
+        """One attempt of the OPC UA publisher: the current one (a reload replaces it)."""
+        publisher = self.hmi.publisher
+        assert publisher is not None, "the HMI server starts before its tasks"
+        return publisher.run()
 
     def _make_historian(self, config: Config | None = None, tagdb: TagDB | None = None) -> Historian:
         """A historian of this configuration and tag table (by default the running ones)."""
@@ -154,7 +164,7 @@ class Application:
             f"driver:{drv.name}": {"factory": drv.run, "on_failure": lambda _exc, n=drv.name: self._driver_failed(n)}
             for drv in self.drivers
         }
-        out["opcua-publisher"] = {"factory": lambda: self.hmi.publisher.run(), "on_restart": self._publisher_restart}
+        out["opcua-publisher"] = {"factory": self._run_publisher, "on_restart": self._publisher_restart}
         if self.hmi.conditions is not None:
             out["opcua-alarm-events"] = {
                 "factory": lambda: self.hmi.conditions.run(),

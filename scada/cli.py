@@ -1,4 +1,8 @@
-"""``scada run | check | reload | demo``: the command line of the server."""
+"""``scada run | check | reload | journal | ...``: the command line of the server.
+
+The server's own commands only: the composition point (``city_scada``) calls :func:`main`
+with the registry of drivers and adds its commands (the demo, which runs the simulators).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,32 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common import eventloop, logs
 from common.yamlsrc import ConfigError
 
+if TYPE_CHECKING:
+    from scada.config import Config
+    from scada.driver_api import Drivers
 
-def _load(directory: str):
+# Adds one command to the ``scada`` parser's subcommands (argparse's _SubParsersAction).
+AddCommand = Callable[[Any], object]
+
+
+def _load(directory: str, drivers: Drivers) -> Config:
     from scada.config import load_config
 
-    return load_config(directory)
+    return load_config(directory, drivers)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = _load(args.config, args.drivers)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -38,6 +50,8 @@ async def _serve(config, endpoint: str, status_interval: float, data_dir: str, i
 
     app = Application(config, endpoint, status_interval, data_dir, influx)
     task = asyncio.current_task()
+    if task is None:  # eventloop.run runs this coroutine as its main task
+        raise RuntimeError("the server runs inside an asyncio task")
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -115,7 +129,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        _load(config_dir)
+        _load(config_dir, args.drivers)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         print("the running configuration is unchanged", file=sys.stderr)
@@ -144,7 +158,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(json=args.log_json, level=args.log_level)
     try:
-        config = _load(args.config)
+        config = _load(args.config, args.drivers)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -207,143 +221,6 @@ def _leaves(exc: BaseException):
 def _connectable(endpoint: str) -> str:
     """The endpoint as a client on this machine would type it (0.0.0.0 is not an address to dial)."""
     return endpoint.replace("//0.0.0.0:", "//localhost:").replace("//[::]:", "//localhost:")
-
-
-def _accepts(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _wait_simulator(sim: subprocess.Popen, ports: list[tuple[str, int]], timeout: float = 30.0) -> bool:
-    """True once every simulated port accepts connections; False if the simulator exited."""
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    pending = list(ports)
-    while pending and time.monotonic() < deadline:
-        if sim.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(pending[-1], timeout=0.5):
-                pending.pop()
-        except OSError:
-            time.sleep(0.1)
-    return not pending
-
-
-DEMO_SIM_OPCUA_PORT = 4841
-DEMO_CONTROL_PORT = 14999  # below the cabinets' ports (15020 and up)
-DEMO_MQTT_PORT = 1883
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _demo_broker(want: str, run_dir: Path) -> tuple[subprocess.Popen | None, str | None]:
-    """The bollards' and vehicles' MQTT broker (scada/demo_broker.py chooses): its process
-    (None if the demo did not start one) and host:port (None: no broker, the demo goes on without)."""
-    from scada import demo_broker
-
-    choice = demo_broker.choose("127.0.0.1", DEMO_MQTT_PORT, want)
-    print(choice.describe(), flush=True)
-    try:
-        return demo_broker.start(choice, run_dir), choice.endpoint
-    except demo_broker.BrokerError as exc:  # the rest of the city still runs: its MQTT devices show why
-        print(f"{exc}: no bollards or vehicles", file=sys.stderr, flush=True)
-        return None, None
-
-
-def _watch(proc: subprocess.Popen, what: str) -> None:
-    """If ``proc`` dies while the demo runs, say so and stop the demo (not a server without its city)."""
-    import threading
-
-    def wait() -> None:
-        code = proc.wait()
-        if code not in (0, -signal.SIGTERM):
-            print(f"{what} stopped (exit code {code}): stopping the demo", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=wait, name="demo-watch", daemon=True).start()
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the simulated city and the server on this machine; Ctrl-C stops everything."""
-    from simulators import city as citygen
-
-    logs.configure(json=args.log_json, level=args.log_level)
-    city = citygen.generate(args.city)
-    config_dir = Path(args.config)
-    if args.city != "small":  # the shipped configuration is the small city; others are generated
-        config_dir = Path("var") / f"demo-{args.city}"
-        citygen.write_config(city, config_dir, Path(args.config) / "tags.yaml")
-    ports = [(c.host, c.port) for c in city.cabinets]
-    needed = [*ports, ("127.0.0.1", DEMO_SIM_OPCUA_PORT), ("127.0.0.1", DEMO_CONTROL_PORT)]
-    taken = [p for h, p in needed if _accepts(h, p)]
-    if taken:
-        print(
-            f"port {taken[0]} is already in use (another demo still running?); the simulated city needs "
-            f"ports {ports[0][1]}-{ports[-1][1]}, {DEMO_SIM_OPCUA_PORT} and {DEMO_CONTROL_PORT}",
-            file=sys.stderr,
-        )
-        return 1
-    run_dir = Path("var")
-    run_dir.mkdir(exist_ok=True)
-    broker, mqtt = _demo_broker(args.broker, run_dir)
-    sim_args = [
-        sys.executable,
-        "-m",
-        "simulators",
-        "city",
-        "--preset",
-        args.city,
-        "--opcua-port",
-        str(DEMO_SIM_OPCUA_PORT),
-        "--control-port",
-        str(DEMO_CONTROL_PORT),
-        "--acceleration",
-        str(args.acceleration),
-        "--event-loop",
-        args.event_loop,
-    ]
-    if mqtt:
-        sim_args += ["--mqtt", mqtt]
-    if args.log_json:
-        sim_args.append("--log-json")
-    sim = None
-    try:
-        sim = subprocess.Popen(sim_args, start_new_session=True)  # our Ctrl-C handling stops it, in order
-        if not _wait_simulator(sim, [*ports, ("127.0.0.1", DEMO_CONTROL_PORT)], timeout=120):
-            print("the city simulator did not start (see its messages above)", file=sys.stderr)
-            return 1
-        print(
-            f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
-            f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
-            + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker: no bollards or vehicles")
-            + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...",
-            flush=True,
-        )
-        _watch(sim, "the city simulator")
-        args.config = str(config_dir)
-        return cmd_run(args)
-    finally:
-        _stop(sim)
-        _stop(broker)
-        print("demo stopped", flush=True)
 
 
 def _time_ns(text: str | None) -> int | None:
@@ -425,7 +302,7 @@ def cmd_alarm_metrics(args: argparse.Namespace) -> int:
     deadlines = None
     if args.config:
         try:
-            deadlines = {n: s.ack_deadline_s for n, s in _load(args.config).alarms.services.items()}
+            deadlines = {n: s.ack_deadline_s for n, s in _load(args.config, args.drivers).alarms.services.items()}
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
@@ -482,7 +359,7 @@ def cmd_opendata(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     try:
-        config = _load(args.config)
+        config = _load(args.config, args.drivers)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -499,59 +376,46 @@ def cmd_opendata(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=".", help="folder holding tags.yaml and alarms.yaml (default: .)")
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a command that runs the server (``run``, and the demo's)."""
     from scada.opcua.server import DEFAULT_ENDPOINT
 
+    _config_argument(p)
+    p.add_argument("--opcua-endpoint", default=DEFAULT_ENDPOINT, help=f"default {DEFAULT_ENDPOINT}")
+    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
+    p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--data",
+        default="var",
+        help="folder of the server's files: the alarm journal, the history store, the InfluxDB spool (default: var)",
+    )
+    p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
+    p.add_argument("--influx-org", default="city")
+    p.add_argument("--influx-bucket", default="scada")
+    eventloop.add_argument(p)
+
+
+def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[AddCommand] = ()) -> int:
+    """Run one command of the server; ``drivers`` is the registry of drivers (name -> plugin),
+    ``commands`` add the composition point's own commands to the parser."""
     parser = argparse.ArgumentParser(prog="scada", description="City supervision server")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=".", help="folder holding tags.yaml and alarms.yaml (default: .)")
-
-    def serving(p: argparse.ArgumentParser) -> None:
-        common(p)
-        p.add_argument("--opcua-endpoint", default=DEFAULT_ENDPOINT, help=f"default {DEFAULT_ENDPOINT}")
-        p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
-        p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
-        p.add_argument("--log-level", default="INFO")
-        p.add_argument(
-            "--data",
-            default="var",
-            help="folder of the server's files: the alarm journal, the history "
-            "store, the InfluxDB spool (default: var)",
-        )
-        p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
-        p.add_argument("--influx-org", default="city")
-        p.add_argument("--influx-bucket", default="scada")
-        eventloop.add_argument(p)
-
     p = sub.add_parser("check", help="validate the configuration and print a summary")
-    common(p)
+    _config_argument(p)
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("run", help="run the server")
-    serving(p)
+    add_serving_arguments(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("reload", help="validate the configuration files and apply them to the running server")
     p.add_argument("--config", help="configuration folder (default: the one the server was started with)")
     p.add_argument("--data", default="var", help="the server's --data folder, where it wrote scada.pid (default: var)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server's answer")
     p.set_defaults(func=cmd_reload)
-    p = sub.add_parser("demo", help="run the simulated city and the server together")
-    serving(p)
-    p.add_argument(
-        "--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)"
-    )
-    p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
-    from scada.demo_broker import CHOICES as BROKERS
-
-    p.add_argument(
-        "--broker",
-        choices=BROKERS,
-        default="auto",
-        help="MQTT broker of the bollards and vehicles on 127.0.0.1:1883: auto (default: one already "
-        "listening, else Mosquitto if installed, else the embedded amqtt), or force one",
-    )
-    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("journal", help="the alarm journal as CSV: a time range and filters")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
     p.add_argument("--from", dest="start", help="ISO 8601 start (UTC unless an offset is given)")
@@ -591,9 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    for add in commands:
+        add(sub)
     args = parser.parse_args(argv)
+    args.drivers = drivers  # what the commands that read a configuration read it with
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

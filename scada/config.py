@@ -35,8 +35,8 @@ from common.fields import (
     to_str,
 )
 from common.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
-from drivers.base import REGISTRY, driver_config
 from scada.alarms import config as alarms_config
+from scada.driver_api import DeviceSite, DriverConfig, Drivers
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 TAGS_FILE = "tags.yaml"
@@ -137,6 +137,8 @@ class Config:
     types: Mapping[str, EquipmentType]
     devices: tuple[Device, ...]
     alarms: alarms_config.AlarmsConfig
+    # The registry the types' drivers were read with, and from which the server builds them.
+    drivers: Drivers = field(repr=False, compare=False, default_factory=dict)
     _device_index: Mapping[str, Device] = field(repr=False, default_factory=dict)
 
     @property
@@ -350,7 +352,7 @@ def _parse_range(raw: Any, f: Fields) -> tuple[float, float]:
     return lo, hi
 
 
-def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any) -> PointDef:
+def _parse_point(name: str, raw: Any, path: str, file: str, line: int | None, drv: DriverConfig) -> PointDef:
     f = Fields(raw, path, file, line)
     unknown_hint = sorted(set(COMMON_POINT_KEYS) | set(drv.POINT_KEYS))
     for key in raw:
@@ -379,9 +381,9 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
             "only analog points are compressed (discrete and text points are recorded on every change)",
             point.history_deviation,
         )
-    if point.writable and not getattr(io, "writable_ok", True):
+    if point.writable and not io.writable_ok:
         raise f.error("writable", io.not_writable_reason, True)
-    if getattr(io, "needs_command_enum", False) and not (point.writable and point.enum):
+    if io.needs_command_enum and not (point.writable and point.enum):
         raise f.error(
             "enum" if point.writable else "writable",
             "a command point is writable and lists its commands: writable: true, enum: {0: lower, ...}",
@@ -393,13 +395,13 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int, drv: Any)
     return point
 
 
-def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
+def _parse_type(name: str, raw: Any, file: str, line: int, drivers: Drivers) -> EquipmentType:
     path = f"equipment_types.{name}"
     f = Fields(raw, path, file, line)
-    driver = f.take("driver", to_str, what=f"one of {', '.join(REGISTRY)}")
-    if driver not in REGISTRY:
-        raise f.error("driver", f"unknown driver (known drivers: {', '.join(REGISTRY)})", driver)
-    drv = driver_config(driver)
+    driver = f.take("driver", to_str, what=f"one of {', '.join(drivers)}")
+    if driver not in drivers:
+        raise f.error("driver", f"unknown driver (known drivers: {', '.join(drivers)})", driver)
+    drv = drivers[driver].config
     raw_points = f.sub("points")
     if not isinstance(raw_points, dict) or not raw_points:
         raise f.error("points", "expected a mapping of point names to their definitions", raw_points)
@@ -412,8 +414,7 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
             raise pf.error(str(pname), str(exc), pname) from None
         points.append(_parse_point(pname, praw, f"{path}.points.{pname}", file, pf.line_of(pname), drv))
         pf.take(pname, lambda v: v)
-    type_keys = tuple(getattr(drv, "TYPE_KEYS", ()))
-    io = drv.parse_type(f) if type_keys else None
+    io = drv.parse_type(f)
     drv.check_type(name, {p.name: p.io for p in points}, pf, io)
     t = EquipmentType(
         name=name,
@@ -428,7 +429,7 @@ def _parse_type(name: str, raw: Any, file: str, line: int) -> EquipmentType:
         demote_for=f.take("demote_for", _demote_for, default=10.0),
         history=_parse_history(f.sub("history"), f) if f.has("history") else HistorySettings(),
     )
-    f.done(TYPE_KEYS + type_keys)
+    f.done(TYPE_KEYS + tuple(drv.TYPE_KEYS))
     return t
 
 
@@ -440,7 +441,14 @@ def _to_commune(v: Any) -> str:
 
 
 def _parse_device(
-    raw: Any, path: str, file: str, line: int, types: Mapping[str, EquipmentType], first_tag_id: int, index: int
+    raw: Any,
+    path: str,
+    file: str,
+    line: int,
+    types: Mapping[str, EquipmentType],
+    first_tag_id: int,
+    index: int,
+    drivers: Drivers,
 ) -> Device:
     f = Fields(raw, path, file, line)
     name = f.take("name", to_name, what="the device's unique name")
@@ -448,7 +456,7 @@ def _parse_device(
     if tname not in types:
         raise f.error("type", f"unknown equipment type (known types: {', '.join(types) or 'none'})", tname)
     t = types[tname]
-    drv = driver_config(t.driver)
+    drv = drivers[t.driver].config
     allowed = sorted(set(COMMON_DEVICE_KEYS) | set(drv.DEVICE_KEYS))
     for key in raw:
         if key not in allowed:
@@ -565,7 +573,8 @@ def _inventory_devices(
     return out
 
 
-def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
+def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> Config:
+    """Read tags.yaml (and alarms.yaml) with the driver plugins ``drivers`` (name -> plugin)."""
     file = str(path)
     doc = load(path)
     if doc is None:
@@ -574,7 +583,7 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
         raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with equipment_types and devices", doc)
     top = Fields(doc, "", file, 1)
     raw_types = top.sub("equipment_types")
-    if not isinstance(raw_types, dict) or not raw_types:
+    if not isinstance(raw_types, LocMap) or not raw_types:  # the YAML loader's mappings are LocMaps
         raise top.error("equipment_types", "expected a mapping of equipment type names to definitions", raw_types)
     types: dict[str, EquipmentType] = {}
     for tname, traw in raw_types.items():
@@ -582,12 +591,12 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
             tname = to_name(tname)
         except ValueError as exc:
             raise ConfigError(file, raw_types.line_of(tname), f"equipment_types.{tname}", str(exc)) from None
-        types[tname] = _parse_type(tname, traw, file, raw_types.line_of(tname))
+        types[tname] = _parse_type(tname, traw, file, raw_types.line_of(tname), drivers)
 
     entries: list[tuple[Any, str, str, int]] = []
     raw_devices = top.sub("devices")
     if raw_devices is not None:
-        if not isinstance(raw_devices, list):
+        if not isinstance(raw_devices, LocList):  # the YAML loader's sequences are LocLists
             raise top.error("devices", "expected a list of devices", raw_devices)
         entries += [(d, f"devices[{i}]", file, raw_devices.line_of(i)) for i, d in enumerate(raw_devices)]
     if top.has("inventories"):
@@ -598,53 +607,24 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
 
     devices: list[Device] = []
     seen: dict[str, str] = {}
-    seen_io: dict[tuple[str, Any], Device] = {}  # two names for one endpoint would poll it twice
-    seen_lines: dict[Any, Device] = {}  # serial line -> first device on it
+    sites: dict[str, list[DeviceSite]] = {name: [] for name in drivers}  # for each driver's device check
     next_id = 0
     for raw, where, dfile, line_no in entries:
-        d = _parse_device(raw, where, dfile, line_no, types, next_id, len(devices))
-        prefix = f"{where}." if where else ""
+        d = _parse_device(raw, where, dfile, line_no, types, next_id, len(devices), drivers)
         if d.name in seen:
+            prefix = f"{where}." if where else ""
             name_line = raw.line_of("name") if isinstance(raw, LocMap) else line_no
             raise ConfigError(
                 dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name
             )
-        # A device address identifies one device only where the driver says so (a Modbus
-        # host:port:unit); many devices share one OPC UA server or MQTT broker.
-        io_key = (
-            (types[d.type].driver, getattr(d.io, "identity", d.io))
-            if getattr(d.io, "identifies_device", False)
-            else None
-        )
-        if io_key is not None and io_key in seen_io:
-            other = seen_io[io_key]
-            ep_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
-            raise ConfigError(
-                dfile,
-                ep_line,
-                f"{prefix}endpoint",
-                f"same device address as {other.name} (declared at {other.source}): one device under two names?",
-                raw.get("endpoint"),
-            )
-        line = getattr(d.io, "line", None)
-        if line is not None:  # devices sharing a serial line must agree on its settings
-            first = seen_lines.setdefault(line[0], d)
-            if first.io.line[1] != line[1]:
-                key_line = raw.line_of("endpoint") if isinstance(raw, LocMap) else line_no
-                raise ConfigError(
-                    dfile,
-                    key_line,
-                    f"{prefix}endpoint",
-                    f"same serial line as {first.name} "
-                    f"(declared at {first.source}) with other settings: {d.io.line_settings_text} "
-                    f"here, {first.io.line_settings_text} there",
-                    raw.get("endpoint"),
-                )
         seen[d.name] = d.source
-        if io_key is not None:
-            seen_io[io_key] = d
+        sites[types[d.type].driver].append(DeviceSite(d.name, d.io, d.source, Fields(raw, where, dfile, line_no)))
         devices.append(d)
         next_id += len(types[d.type].points)
+    # Checks across devices belong to their driver: a Modbus address names one device, and
+    # devices on one serial line agree on its settings; many devices share an MQTT broker.
+    for name, plugin in drivers.items():
+        plugin.config.check_devices(sites[name])
 
     alarms = (
         alarms_config.load(alarms_path, types, devices)
@@ -656,12 +636,14 @@ def load_tags(path: Path, alarms_path: Path | None = None) -> Config:
         types=MappingProxyType(types),
         devices=tuple(devices),
         alarms=alarms,
+        drivers=drivers,
         _device_index=MappingProxyType({d.name: d for d in devices}),
     )
 
 
-def load_config(directory: str | Path = ".") -> Config:
-    """Load ``tags.yaml`` and (when present) ``alarms.yaml`` from a configuration folder."""
+def load_config(directory: str | Path, drivers: Drivers) -> Config:
+    """Load ``tags.yaml`` and (when present) ``alarms.yaml`` from a configuration folder, with
+    the driver plugins ``drivers`` (the registry, given by the composition point)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -669,4 +651,4 @@ def load_config(directory: str | Path = ".") -> Config:
     if not tags.is_file():
         raise ConfigError(tags, None, "", f"no {TAGS_FILE} in {directory.resolve()}")
     alarms = directory / ALARMS_FILE
-    return load_tags(tags, alarms if alarms.is_file() else None)
+    return load_tags(tags, drivers, alarms if alarms.is_file() else None)

@@ -2,17 +2,23 @@
 
 A driver package (``drivers/<name>/``) has three modules: ``config.py`` reads its own point
 and device keys out of tags.yaml, ``codec.py`` turns wire data into arrays and back (pure),
-``driver.py`` does the I/O. The registry of drivers lives at the composition point
-(``drivers/__init__.py``), not here: the core never imports a driver.
+``driver.py`` does the I/O. This module is the whole contract between the core and a driver:
+the core reads tags.yaml through :class:`DriverConfig`, builds drivers with a
+:class:`DriverPlugin`'s factory and runs them as :class:`Driver`. It never imports a driver
+nor probes one with ``getattr``: the registry of drivers (``city_scada/registry.py``, the
+composition point) is handed to it as a :data:`Drivers` mapping.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from common.fields import Fields
+    from scada.config import Config, Device
+    from scada.tagdb import TagDB
 
 
 class DriverError(Exception):
@@ -57,21 +63,78 @@ def check_point(point: Any, command: WriteCommand) -> None:
         raise CommandRejected(f"{command.value} is not one of {command.tag}'s states {dict(point.enum)}")
 
 
+class PointIO(Protocol):
+    """The driver part of a point, as ``DriverConfig.parse_point`` returns it."""
+
+    @property
+    def kind(self) -> int:
+        """tagdb.ANALOG, DISCRETE or TEXT (an ``enum:`` in tags.yaml makes a point DISCRETE)."""
+        ...
+
+    @property
+    def writable_ok(self) -> bool:
+        """Whether the point may be declared ``writable: true`` (a Modbus input register may not)."""
+        ...
+
+    @property
+    def not_writable_reason(self) -> str:
+        """The error message when a point that cannot be written is declared writable."""
+        ...
+
+    @property
+    def needs_command_enum(self) -> bool:
+        """A command point (MQTT): it must be writable and list its commands in an ``enum:``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSite:
+    """One device as a driver's device check sees it: name, driver part, and where it is written."""
+
+    name: str
+    io: Any  # what the driver's parse_device returned
+    source: str  # "file:line" of the device, for "declared at ..." in a message
+    fields: Fields  # the device's keys (YAML or a CSV row): ``fields.error(key, ...)`` is located
+
+
 class DriverConfig(Protocol):
-    """A driver's ``config`` module: reads the keys tags.yaml gives to this driver."""
+    """A driver's ``config`` module: reads and checks the keys tags.yaml gives to this driver."""
 
-    POINT_KEYS: frozenset[str]
-    DEVICE_KEYS: frozenset[str]
-    # Optional: TYPE_KEYS and parse_type(f) for type-level options (an MQTT status topic...).
+    @property
+    def POINT_KEYS(self) -> Collection[str]:  # noqa: N802 - module constants of the driver's config
+        """Keys a point of this driver may have, besides the common ones (unit, range...)."""
+        ...
 
-    def parse_point(self, f: Fields) -> Any:
-        """Driver part of a point (an object with a ``kind`` attribute: ANALOG/DISCRETE/TEXT)."""
+    @property
+    def DEVICE_KEYS(self) -> Collection[str]:  # noqa: N802
+        """Keys a device of this driver may have, besides the common ones (name, commune...)."""
+        ...
+
+    @property
+    def TYPE_KEYS(self) -> Collection[str]:  # noqa: N802
+        """Type-level keys of this driver (an MQTT status topic...); may be empty."""
+        ...
+
+    def parse_point(self, f: Fields) -> PointIO:
+        """Driver part of a point."""
+        ...
 
     def parse_device(self, f: Fields) -> Any:
         """Driver part of a device (endpoint and the like)."""
+        ...
+
+    def parse_type(self, f: Fields) -> Any:
+        """Driver part of an equipment type, from its TYPE_KEYS (called even when none is written)."""
+        ...
 
     def check_type(self, type_name: str, points: dict[str, Any], where: Fields, type_io: Any = None) -> None:
         """Cross-point checks within one equipment type (overlapping addresses, say)."""
+        ...
+
+    def check_devices(self, devices: Sequence[DeviceSite]) -> None:
+        """Cross-device checks, called once with every device of this driver in declaration
+        order (one device under two names, a serial line's settings); raises a located ConfigError."""
+        ...
 
 
 class Driver(Protocol):
@@ -90,3 +153,21 @@ class Driver(Protocol):
 
     def diagnostics(self) -> dict[str, Any]:
         """Counters for the status line: devices in communication, polls, errors."""
+
+
+# What a driver's factory is given: the whole configuration, the devices of this driver (in
+# configuration order) and the tag database it reports into.
+DriverFactory = Callable[["Config", "list[Device]", "TagDB"], Driver]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverPlugin:
+    """One row of the registry: the name tags.yaml gives a driver, its config module, its factory."""
+
+    name: str
+    config: DriverConfig
+    create: DriverFactory
+
+
+# The registry as the core receives it: driver name in tags.yaml -> its plugin.
+Drivers = Mapping[str, DriverPlugin]

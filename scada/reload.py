@@ -437,7 +437,7 @@ def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = 
 async def reload_from_files(app, directory: str | Path) -> bool:
     """Load, validate and apply the configuration files; never raises (a server keeps running)."""
     try:
-        new = await asyncio.to_thread(load_config, directory)
+        new = await asyncio.to_thread(load_config, directory, app.config.drivers)  # the same drivers
     except ConfigError as exc:
         log.error(
             "reload_rejected",

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -42,7 +43,7 @@ class Supervised:
     """One named task and what its supervision counted."""
 
     name: str
-    factory: Callable[[], Awaitable[None]]
+    factory: Callable[[], Coroutine[Any, Any, None]]
     on_failure: Callable[[BaseException], None] | None = None  # right after a failure (tags turn Bad...)
     on_restart: Callable[[], None] | None = None  # right before each restart (resynchronise state)
     restarts: int = 0
@@ -50,7 +51,7 @@ class Supervised:
     failed: bool = False  # its server alarm is raised
     last_error: str = ""
     started_at: float = 0.0
-    running: asyncio.Task | None = field(default=None, repr=False)
+    running: asyncio.Task[None] | None = field(default=None, repr=False)
     injected: bool = False
 
 
@@ -73,7 +74,7 @@ class Supervisor:
     def add(
         self,
         name: str,
-        factory: Callable[[], Awaitable[None]],
+        factory: Callable[[], Coroutine[Any, Any, None]],
         on_failure: Callable[[BaseException], None] | None = None,
         on_restart: Callable[[], None] | None = None,
     ) -> Supervised:
@@ -110,6 +111,8 @@ class Supervisor:
             self._supervising.clear()
 
     def _start(self, s: Supervised) -> None:
+        if self._group is None:  # add() starts a task only while run() holds the group
+            raise RuntimeError(f"cannot start {s.name!r}: the supervisor is not running")
         self._supervising[s.name] = self._group.create_task(self._supervise(s), name=f"supervise:{s.name}")
 
     def inject_fault(self, name: str) -> None:

@@ -2,7 +2,7 @@
 # `make demo`: install Mosquitto (the broker of the bollards and vehicles) as `make test`
 # does, when that is possible without asking anything: as root, or with sudo that needs no
 # password, on a machine with apt-get. Never prompts and never fails: without Mosquitto the
-# demo starts its embedded pure-Python broker instead (scada/demo_broker.py).
+# demo starts its embedded pure-Python broker instead (city_scada/demo_broker.py).
 set -uo pipefail
 
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] && exit 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.fields import (
@@ -17,6 +18,7 @@ from common.fields import (
     to_str,
 )
 from common.yamlsrc import ConfigError, LocMap
+from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE
 
 TABLES = ("holding", "input", "coil", "discrete")
@@ -61,6 +63,8 @@ class ModbusPoint:
     def not_writable_reason(self) -> str:
         return f"a point in the {self.table} table is read-only: only holding registers and coils can be written"
 
+    needs_command_enum = False  # a Modbus write is a value, not a command out of a list
+
     @property
     def kind(self) -> int:
         return DISCRETE if self.type == "bool" else ANALOG
@@ -90,9 +94,6 @@ class ModbusEndpoint:
     baudrate: int = 19200
     parity: str = "E"
     stop_bits: int = 1
-
-    # host, port and unit name one physical device: two devices may not share them.
-    identifies_device = True
 
     @property
     def is_rtu(self) -> bool:
@@ -279,3 +280,31 @@ def check_type(
                     p.address,
                 )
             owner[(p.table, a)] = name
+
+
+def check_devices(devices: Sequence[DeviceSite]) -> None:
+    """Two devices may not share an address (host:port or serial line, and unit): that would be
+    one device under two names, polled twice. Devices on one serial line agree on its settings."""
+    by_identity: dict[tuple, DeviceSite] = {}
+    line_first: dict[tuple, DeviceSite] = {}  # serial line -> first device on it
+    for d in devices:
+        ep: ModbusEndpoint = d.io
+        other = by_identity.get(ep.identity)
+        if other is not None:
+            raise d.fields.error(
+                "endpoint",
+                f"same device address as {other.name} (declared at {other.source}): one device under two names?",
+                d.fields.mapping.get("endpoint"),
+            )
+        line = ep.line
+        if line is not None:
+            first = line_first.setdefault(line[0], d)
+            if first.io.line[1] != line[1]:
+                raise d.fields.error(
+                    "endpoint",
+                    f"same serial line as {first.name} "
+                    f"(declared at {first.source}) with other settings: {ep.line_settings_text} "
+                    f"here, {first.io.line_settings_text} there",
+                    d.fields.mapping.get("endpoint"),
+                )
+        by_identity[ep.identity] = d

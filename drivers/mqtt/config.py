@@ -22,10 +22,12 @@ access_bollard:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, to_int, to_str
 from common.yamlsrc import ConfigError
+from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 POINT_KEYS = frozenset({"topic", "json", "type", "qos"})
@@ -142,3 +144,8 @@ def check_type(type_name: str, points: dict[str, MqttPoint], where: Fields, type
                 where.key(name),
                 "a command point needs the type's command_topic and ack_topic",
             )
+
+
+def check_devices(devices: Sequence[DeviceSite]) -> None:
+    """Nothing to check across devices: many devices share one broker, and a device's topics
+    come from its name, which the core already keeps unique."""

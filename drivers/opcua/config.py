@@ -29,6 +29,7 @@ never opens; the driver uses the bytes kept here.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
+from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 POINT_KEYS = frozenset({"node", "type", "sampling_interval"})
@@ -94,6 +96,12 @@ class OpcUaPoint:
     @property
     def kind(self) -> int:
         return {"bool": DISCRETE, "text": TEXT}.get(self.type, ANALOG)
+
+    # Any node may be declared writable: the server's access level has the last word (a
+    # refused write comes back as DeviceRejected).
+    writable_ok = True
+    not_writable_reason = ""
+    needs_command_enum = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,3 +306,8 @@ def parse_device(f: Fields) -> OpcUaEndpoint:
 
 def check_type(type_name: str, points: dict[str, OpcUaPoint], where: Fields, type_io: OpcUaType | None = None) -> None:
     """Nothing to cross-check: node ids are the server's business, checked when subscribing."""
+
+
+def check_devices(devices: Sequence[DeviceSite]) -> None:
+    """Nothing to check across devices: many devices share one OPC UA server, and a device's
+    nodes come from its name, which the core already keeps unique."""

@@ -131,7 +131,7 @@ def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str |
 def scada_run_args(config: Path, data: Path, endpoint: str) -> list[str]:
     """Arguments of ``Process`` for the server: ``scada run`` on ``config``, serving ``endpoint``,
     its state in ``data``, no periodic status line."""
-    return ["-m", "scada", "run", "--config", str(config), "--opcua-endpoint", endpoint,
+    return ["-m", "city_scada", "run", "--config", str(config), "--opcua-endpoint", endpoint,
             "--status-interval", "0", "--data", str(data)]
 
 
@@ -296,7 +296,7 @@ async def running_app(tmp_path: Path):
     """A real Application (OPC UA on loopback) on two cabinets, running in this loop; yields
     (app, the configuration, the same one with a third cabinet LC-3, the app's task)."""
     from scada.app import Application
-    from scada.config import load_config
+    from city_scada import load_config
     ports = [free_port() for _ in range(3)]
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):

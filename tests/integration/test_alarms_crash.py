@@ -21,7 +21,7 @@ import pytest
 from asyncua import Client, ua
 
 from scada.alarms.journal import Journal
-from scada.config import load_config
+from city_scada import load_config
 
 from .helpers import ROOT, Notifications, Process, scada_run_args, start_tiny_city, wait_port
 

@@ -30,7 +30,7 @@ def fault(control_port: int, *args: str) -> None:
 
 
 def scada(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "scada", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "city_scada", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return r.stdout
 

@@ -71,7 +71,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
                         what="scenario conflict fault")
 
         # The server supervises the generated configuration.
-        server = Process(["-m", "scada", "run", "--config", str(config), "--opcua-endpoint",
+        server = Process(["-m", "city_scada", "run", "--config", str(config), "--opcua-endpoint",
                           f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(tmp_path / "data")],
                          tmp_path / "server.log")
         wait_port(opc_scada, timeout=30)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from asyncua import Client, ua
 
-from scada import demo_broker as db
-from scada.cli import _stop
+from city_scada import demo_broker as db
+from city_scada.processes import stop as _stop
 from scada.diagnostics import ONLINE
 from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.city import generate

@@ -63,7 +63,7 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/scada/"
 
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
-    server = Process(["-m", "scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
+    server = Process(["-m", "city_scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
                       "--status-interval", "1", "--log-json", "--data", str(tmp_path / "data")], tmp_path / "server.log")
     try:
         wait_port(base + 2)

@@ -141,7 +141,7 @@ def now_ms() -> int:
 
 
 def start_server(config: Path, data: Path, vm: Victoria, opc_port: int, log: Path) -> Process:
-    return Process(["-m", "scada", "run", "--config", str(config), "--data", str(data),
+    return Process(["-m", "city_scada", "run", "--config", str(config), "--data", str(data),
                     "--opcua-endpoint", f"opc.tcp://127.0.0.1:{opc_port}/scada/", "--status-interval", "0",
                     "--influx-url", vm.url, "--influx-org", "city", "--influx-bucket", "scada"], log)
 

@@ -18,7 +18,7 @@ from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
 from drivers.modbus.driver import ModbusDriver
 from scada.backoff import Backoff
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting

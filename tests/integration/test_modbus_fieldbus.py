@@ -22,7 +22,8 @@ from scada.driver_api import WriteCommand
 from drivers.modbus.driver import ModbusDriver
 from scada.backoff import Backoff
 from scada import status as st
-from scada.config import DIAG_POINTS, load_config
+from scada.config import DIAG_POINTS
+from city_scada import load_config
 from scada.diagnostics import DEMOTED, ONLINE
 from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator

@@ -18,7 +18,7 @@ import structlog
 
 from drivers.mqtt.driver import MESSAGE_COST, MqttDriver
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TagDB
 from common.yamlsrc import ConfigError
 

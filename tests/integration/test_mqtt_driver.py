@@ -15,7 +15,7 @@ import pytest
 from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.diagnostics import OFFLINE, ONLINE
 from scada.tagdb import TagDB
 from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator

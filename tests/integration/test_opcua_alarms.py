@@ -25,7 +25,7 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.alarms.states import State
-from scada.config import load_config
+from city_scada import load_config
 from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 

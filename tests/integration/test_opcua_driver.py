@@ -11,7 +11,7 @@ import pytest
 from scada.driver_api import CommandRejected, WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.diagnostics import OFFLINE, ONLINE
 from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator

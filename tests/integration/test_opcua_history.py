@@ -29,7 +29,7 @@ from asyncua import Client, ua
 from asyncua.ua import uaerrors
 
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.historian.compress import StoredBatch
 from scada.historian.service import Historian
 from scada.opcua.address_space import NAMESPACE_URI
@@ -481,7 +481,7 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/scada/"
     data = tmp_path / "data"
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
-    server = Process(["-m", "scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
+    server = Process(["-m", "city_scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
                       "--status-interval", "0", "--data", str(data)], tmp_path / "server.log")
     try:
         wait_port(base + 2)
@@ -523,7 +523,7 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
 
         async def exported():
             out = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "scada", "history", f"{cab.commune}/lighting/*/lamp_count",
+                subprocess.run, [sys.executable, "-m", "city_scada", "history", f"{cab.commune}/lighting/*/lamp_count",
                                  "--data", str(data), "--from", dt(t_start).isoformat()],
                 capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert out.returncode == 0, out.stderr

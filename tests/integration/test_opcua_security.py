@@ -21,7 +21,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from scada.driver_api import WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.opcua.server import stop_asyncua_server
 from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, ServerSecurity, TrafficOpcUaSimulator

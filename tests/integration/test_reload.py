@@ -31,7 +31,7 @@ CABINETS = "inventory/lighting-cabinets.csv"
 
 
 def reload(data, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scada", "reload", "--data", str(data), *extra],
+    return subprocess.run([sys.executable, "-m", "city_scada", "reload", "--data", str(data), *extra],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -185,7 +185,7 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
     """A fault inside the switch (not a configuration error: those are refused before) leaves
     the server as it was, every component running; the next reload then applies."""
     from scada import app as app_module
-    from scada.config import load_config
+    from city_scada import load_config
     from scada.reload import RESULT_FILE, reload_from_files
     async with running_app(tmp_path) as (app, old, new, _):
         names_before = sorted(app.task_names())

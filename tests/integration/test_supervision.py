@@ -19,7 +19,7 @@ import pytest
 from scada.backoff import Backoff
 from scada import status as st
 from scada.app import Application
-from scada.config import load_config
+from city_scada import load_config
 from scada.supervisor import Supervisor
 
 from .helpers import free_port, start_tiny_city, until, wait_port

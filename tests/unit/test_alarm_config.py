@@ -20,7 +20,8 @@ import pytest
 from scada.alarms import config as alarms_config
 from scada.alarms.config import AlarmDef
 from scada.alarms.expr import ExpressionError, compile_expression
-from scada.config import Config, load_config
+from scada.config import Config
+from city_scada import load_config
 from common.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.alarms.states import IllegalTransition, State
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TagDB
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,7 +286,7 @@ def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
 
 
 def test_command_line_metrics_journal_and_listing(bench: Bench, tmp_path: Path, capsys) -> None:
-    from scada.cli import main
+    from city_scada import main
     bench.set("LC-1", temperature=70)
     bench.set("LC-2", temperature=71)
     bench.clock.advance(30)

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from scada import status as st
 from scada.app import Application
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TagDB
 from tests.integration.helpers import until
 

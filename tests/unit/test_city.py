@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from scada.config import load_config
+from city_scada import load_config
 from simulators import city as citygen
 
 ROOT = Path(__file__).resolve().parents[2]

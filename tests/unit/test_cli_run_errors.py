@@ -7,6 +7,7 @@ import logging
 import pytest
 import structlog
 
+import city_scada
 from scada import cli
 from scada.app import Application
 from tests.integration.helpers import ROOT  # the shipped configuration
@@ -29,7 +30,7 @@ def test_an_unexpected_exception_group_is_reported_clearly(tmp_path, monkeypatch
                               KeyError("plan")])
 
     monkeypatch.setattr(Application, "run", broken_run)
-    code = cli.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
+    code = city_scada.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
                      "--opcua-endpoint", "opc.tcp://127.0.0.1:0/scada/", "--status-interval", "0"])
     err = capsys.readouterr().err
     assert code == 1
@@ -51,7 +52,7 @@ def test_a_pid_file_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path, 
 
     monkeypatch.setattr(Application, "run", quick_run)
     monkeypatch.setattr(cli, "_write_pid_file", no_space)
-    code = cli.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
+    code = city_scada.main(["run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
                      "--opcua-endpoint", "opc.tcp://127.0.0.1:0/scada/", "--status-interval", "0"])
     err = capsys.readouterr().err
     assert code == 0

@@ -15,7 +15,8 @@ from drivers.modbus.config import (
     ModbusType,
     parse_endpoint,
 )
-from scada.config import DIAG_COUNT, DIAG_POINTS, Config, load_config
+from scada.config import DIAG_COUNT, DIAG_POINTS, Config
+from city_scada import load_config
 from scada.tagdb import ANALOG, DISCRETE
 from common.yamlsrc import ConfigError
 
@@ -564,3 +565,55 @@ def test_history_settings_per_type_and_point(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rollups are kept at least as long"):
         load_config(write(tmp_path / "bad", {"tags.yaml": tags.replace(
             "retention_days: 30}", "retention_days: 30, rollup_retention_days: 10}")}))
+
+
+def test_each_driver_checks_its_own_devices_once_in_declaration_order() -> None:
+    """The device-check hook: the core hands each driver all its devices, located, in one call."""
+    from city_scada import REGISTRY
+    from scada.config import load_config as load_with
+
+    calls: dict[str, list[list[str]]] = {}
+
+    def recording(name: str):
+        real = REGISTRY[name].config
+
+        def check_devices(devices) -> None:
+            calls.setdefault(name, []).append([d.name for d in devices])
+            for d in devices:  # each site knows where its device is written
+                assert d.source.endswith(f":{d.fields.line}")
+            real.check_devices(devices)
+
+        return _with(real, check_devices=check_devices)
+
+    drivers = {name: dataclasses.replace(p, config=recording(name)) for name, p in REGISTRY.items()}
+    config = load_with(ROOT, drivers)
+    expected = {name: [[d.name for d in config.devices if config.types[d.type].driver == name]] for name in REGISTRY}
+    assert calls == expected
+    assert all(devices for (devices,) in calls.values())  # the shipped city uses every driver
+    assert config.drivers is drivers  # the server builds its drivers from the same plugins
+
+
+def test_a_device_check_error_of_a_driver_stops_the_load_with_its_location(tmp_path: Path) -> None:
+    from city_scada import REGISTRY
+    from scada.config import load_config as load_with
+
+    def refuse_second(devices) -> None:
+        if len(devices) > 1:
+            raise devices[1].fields.error("endpoint", "refused by the driver", devices[1].fields.mapping["endpoint"])
+
+    modbus = REGISTRY["modbus"]
+    drivers = {**REGISTRY, "modbus": dataclasses.replace(modbus, config=_with(modbus.config, check_devices=refuse_second))}
+    text = TYPES + "\n" + DEVICES
+    write(tmp_path, {"tags.yaml": text})
+    with pytest.raises(ConfigError) as err:
+        load_with(tmp_path, drivers)
+    line = text.splitlines().index("    endpoint: tcp://bollards.dijon.local") + 1  # the second device's
+    assert (err.value.line, err.value.key) == (line, "devices[1].endpoint")
+    assert "refused by the driver" in str(err.value)
+
+
+def _with(module, **overrides):
+    """A driver config module with some of its functions replaced (a test double of the contract)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{**{k: getattr(module, k) for k in dir(module) if not k.startswith("__")}, **overrides})

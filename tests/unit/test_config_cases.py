@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scada.config import load_config
+from city_scada import load_config
 from common.yamlsrc import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,7 +232,7 @@ def test_the_named_line_shows_the_offending_value(case: str) -> None:
 
 def run_check(folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scada", "check", "--config", str(folder)],
+        [sys.executable, "-m", "city_scada", "check", "--config", str(folder)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
 
@@ -255,7 +255,7 @@ def test_cli_refuses_a_billion_laughs_fast_with_exit_code_2(command: str) -> Non
     """
     folder = CASES_DIR / "yaml_billion_laughs"
     before = os.times()
-    result = subprocess.run([sys.executable, "-m", "scada", command, "--config", str(folder)],
+    result = subprocess.run([sys.executable, "-m", "city_scada", command, "--config", str(folder)],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     after = os.times()
     assert result.returncode == 2, result.stderr

@@ -9,7 +9,8 @@ import numpy as np
 from drivers.modbus.codec import ReadPlan
 from drivers.modbus.config import ModbusPoint
 from scada import status as st
-from scada.config import DIAG_POINTS, load_config
+from scada.config import DIAG_POINTS
+from city_scada import load_config
 from scada.diagnostics import DEMOTED, NOT_CONNECTED, OFFLINE, ONLINE, DeviceDiagnostics
 from scada.tagdb import TagDB
 

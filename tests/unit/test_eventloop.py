@@ -24,7 +24,7 @@ def test_an_unknown_loop_is_a_clear_error_and_the_coroutine_is_not_leaked():
 
 @pytest.mark.parametrize("command", [["scada", "run"], ["scada", "demo"], ["sim", "lighting"], ["sim", "city"]])
 def test_server_and_simulator_offer_the_event_loop_option(command, capsys):
-    from scada.cli import main as scada_main
+    from city_scada import main as scada_main
     from simulators.cli import main as sim_main
     main = scada_main if command[0] == "scada" else sim_main
     with pytest.raises(SystemExit):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.historian.service import Historian
 from scada.historian.store import HistoryStore
 from scada.tagdb import TagDB

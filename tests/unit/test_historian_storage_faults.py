@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.historian.service import Historian, InfluxSettings
 from scada.historian.spool import Spool
 from scada.historian.store import HistoryError, HistoryStore

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scada import status as st
-from scada.cli import main
+from city_scada import main
 from scada.historian.compress import StoredBatch
 from scada.historian.store import BAD_NO_DATA, HOUR, MINUTE, SECOND, UNCERTAIN_DATA_SUB_NORMAL, HistoryStore
 from scada.history_cli import HistoryCliError, parse_interval, parse_time, status_name

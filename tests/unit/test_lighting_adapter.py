@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drivers.modbus.codec import ReadPlan
-from scada.config import load_config
+from city_scada import load_config
 from simulators.adapters.modbus_lighting import REGISTER_MAP, SIZES, encode_images
 from simulators.models import lighting
 

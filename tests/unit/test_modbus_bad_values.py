@@ -18,7 +18,7 @@ from drivers.modbus.codec import NON_FINITE_STATUS, ReadPlan, encode, non_finite
 from drivers.modbus.config import ModbusPoint as P
 from drivers.modbus.driver import ModbusDriver, PollGroup, _Coalescer
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TagDB
 
 NAN_F32 = b"\x7f\xc0\x00\x00"

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from scada.config import load_config
+from city_scada import load_config
 from common.yamlsrc import ConfigError
 from simulators.pki import make_certificate
 

@@ -10,7 +10,7 @@ from asyncua import ua
 
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
-from scada.config import load_config
+from city_scada import load_config
 from scada.tagdb import TEXT, TagDB
 from tests.integration.helpers import write_tags
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from scada import status as st
-from scada.cli import main as scada_main
-from scada.config import load_config
+from city_scada import main as scada_main
+from city_scada import load_config
 from scada.historian.compress import StoredBatch
 from scada.historian.store import HistoryStore
 from scada.opendata import (BOLLARD_COLUMNS, ENERGY_HOURLY_COLUMNS, FILES, LIGHTING_CABINET_COLUMNS,

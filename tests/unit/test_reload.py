@@ -11,7 +11,7 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.alarms.states import State
-from scada.config import load_config
+from city_scada import load_config
 from scada.reload import _journal_removed, carry_alarms, diff
 from scada.tagdb import TagDB
 

@@ -15,6 +15,7 @@ import json
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from asyncua import ua
@@ -22,7 +23,7 @@ from asyncua import ua
 from scada import status as st
 from scada.alarms.engine import STORAGE_FAILING, AlarmEngine
 from scada.alarms.states import State
-from scada.config import load_config
+from city_scada import REGISTRY, load_config
 from scada.reload import RESULT_FILE, _journal_removed, carry_alarms, reload_from_files, write_result
 from scada.tagdb import TagDB
 from common.yamlsrc import ConfigError
@@ -76,6 +77,8 @@ class NoReload:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        # reload_from_files reads the files with the drivers of the running configuration
+        self.config = SimpleNamespace(drivers=REGISTRY)
 
     async def reload(self, config):
         raise AssertionError("a configuration that cannot be loaded was applied")
@@ -91,7 +94,7 @@ async def test_a_reload_of_an_unreadable_file_is_refused_and_reported(tmp_path: 
 
 
 async def test_a_loader_failure_that_is_no_configuration_error_is_reported_not_raised(tmp_path, monkeypatch):
-    def broken(directory):
+    def broken(directory, drivers):
         raise RuntimeError("injected: a loader bug")
     monkeypatch.setattr("scada.reload.load_config", broken)
     assert await reload_from_files(NoReload(tmp_path), tmp_path) is False
@@ -305,7 +308,7 @@ async def test_a_reload_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monk
             entered.set()
             await asyncio.Future()  # the OPC UA switch takes long: the server is stopped meanwhile
         monkeypatch.setattr(app.hmi, "reload", reload)
-        monkeypatch.setattr("scada.reload.load_config", lambda directory: new)
+        monkeypatch.setattr("scada.reload.load_config", lambda directory, drivers: new)
         assert app.request_reload(tmp_path / "b")
         await asyncio.wait_for(entered.wait(), 30)
         (reloading,) = [t for t in asyncio.all_tasks() if t.get_name() == "reload"]
@@ -326,7 +329,7 @@ async def test_a_rollback_cancelled_by_the_shutdown_stays_cancelled(tmp_path, mo
             undoing.set()
             await asyncio.Future()  # the rollback takes long: the server is stopped meanwhile
         monkeypatch.setattr(app.hmi, "reload", reload)
-        monkeypatch.setattr("scada.reload.load_config", lambda directory: new)
+        monkeypatch.setattr("scada.reload.load_config", lambda directory, drivers: new)
         assert app.request_reload(tmp_path / "b")
         await asyncio.wait_for(undoing.wait(), 30)
         (reloading,) = [t for t in asyncio.all_tasks() if t.get_name() == "reload"]

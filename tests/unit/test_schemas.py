@@ -24,13 +24,13 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from drivers.base import REGISTRY, driver_config
+from city_scada.registry import REGISTRY
 from drivers.modbus import config as modbus_config
 from drivers.mqtt import config as mqtt_config
 from drivers.opcua import config as opcua_config
 from scada import config as scada_config
 from scada.alarms import config as alarms_config
-from scada.config import load_config
+from city_scada import load_config
 from common.fields import NAME_RE, Fields
 from common.yamlsrc import ConfigError
 
@@ -243,12 +243,12 @@ def test_every_name_pattern_is_the_loaders(which: str) -> None:
     assert {n["pattern"] for n in names} == {"^" + NAME_RE.pattern + "$"}  # loader uses fullmatch
 
 def _type_keys(driver: str) -> frozenset[str]:
-    return frozenset(getattr(driver_config(driver), "TYPE_KEYS", ()))
+    return frozenset(getattr(REGISTRY[driver].config, "TYPE_KEYS", ()))
 
 
 def _required_type_keys(driver: str) -> list[str]:
     """The type-level keys the driver's parse_type insists on, found by handing it nothing."""
-    drv = driver_config(driver)
+    drv = REGISTRY[driver].config
     if not hasattr(drv, "parse_type"):
         return []
     required: dict[str, Any] = {}
@@ -328,7 +328,7 @@ def test_tags_schema_vocabulary_matches_the_loader() -> None:
     assert [c["then"]["required"] for c in mqtt_command] == [["command_topic", "ack_topic"]]
     assert set(mqtt_command[0]["then"]["required"]) <= mqtt_config.TYPE_KEYS
 
-    all_device_keys = set().union(*(driver_config(d).DEVICE_KEYS for d in REGISTRY))
+    all_device_keys = set().union(*(REGISTRY[d].config.DEVICE_KEYS for d in REGISTRY))
     assert set(defs["device"]["properties"]) == set(scada_config.COMMON_DEVICE_KEYS) | all_device_keys
 
 
@@ -406,7 +406,7 @@ ENDPOINTS_NO_DRIVER_TAKES = {
     *sorted(ENDPOINTS_NO_DRIVER_TAKES),
 ])
 def test_endpoint_pattern_matches_the_drivers_parsers(endpoint: str) -> None:
-    takers = [name for name in REGISTRY if _parses(driver_config(name).parse_endpoint, endpoint)]
+    takers = [name for name in REGISTRY if _parses(REGISTRY[name].config.parse_endpoint, endpoint)]
     subschema = TAGS_SCHEMA["$defs"]["device"]["properties"]["endpoint"]
     schema_ok = Draft202012Validator(subschema).is_valid(endpoint)
     if endpoint in ENDPOINTS_ONLY_A_LAX_PARSER_TAKES:
@@ -435,7 +435,7 @@ def _modbus_takes(text: str) -> bool:
 ])
 def test_rtu_endpoint_pattern_matches_the_modbus_loader(endpoint: str) -> None:
     takers = [name for name in REGISTRY if (_modbus_takes(endpoint) if name == "modbus"
-                                            else _parses(driver_config(name).parse_endpoint, endpoint))]
+                                            else _parses(REGISTRY[name].config.parse_endpoint, endpoint))]
     assert takers in ([], ["modbus"]), takers
     subschema = TAGS_SCHEMA["$defs"]["device"]["properties"]["endpoint"]
     assert Draft202012Validator(subschema).is_valid(endpoint) == bool(takers), takers
@@ -493,7 +493,7 @@ def test_modbus_type_keys_and_demotion_match_the_loader() -> None:
         device["stop_bits"]["default"], device["unit"]["default"])
     # demotion: common keys, on the type (with the loader's defaults) and on the device
     bare = scada_config._parse_type("t", {"class": "c", "driver": "modbus",
-                                          "points": {"p": {"table": "coil", "address": 0}}}, "tags.yaml", 1)
+                                          "points": {"p": {"table": "coil", "address": 0}}}, "tags.yaml", 1, REGISTRY)
     for key in ("demote_after", "demote_for"):
         assert key in scada_config.TYPE_KEYS and key in scada_config.COMMON_DEVICE_KEYS
         assert props[key]["default"] == getattr(bare, key), key

@@ -7,7 +7,7 @@ must also bring them online on a machine that has only Python, so, in order:
 1. something already listens on the demo's broker port: use it (a system Mosquitto, say);
 2. a ``mosquitto`` executable is on the search path: start it on that port;
 3. the ``amqtt`` package is installed (the ``demo`` extra that ``make demo`` installs):
-   start the embedded pure-Python broker, ``python -m scada.demo_broker``;
+   start the embedded pure-Python broker, ``python -m city_scada.demo_broker``;
 4. none of these: no broker, and the server shows bollards and vehicles ``Bad_NoCommunication``.
 
 The embedded broker runs in its own process: the simulators and the server reach it over
@@ -28,6 +28,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from city_scada import processes
 
 RUNNING, MOSQUITTO, EMBEDDED, NONE = "running", "mosquitto", "embedded", "none"
 CHOICES = ("auto", MOSQUITTO, EMBEDDED, NONE)  # what ``scada demo --broker`` accepts
@@ -89,13 +91,11 @@ def choose(host: str, port: int, want: str = "auto", path: str | None = None) ->
     ``want`` is ``auto`` (the order of the module's docstring) or forces one kind; a forced
     kind that is not available gives NONE with the reason, never another broker.
     """
-    from scada.cli import _accepts  # the demo's own "does this port answer" check
-
     if want not in CHOICES:
         raise ValueError(f"unknown broker {want!r}: one of {', '.join(CHOICES)}")
     if want == NONE:
         return Choice(NONE, host, port, reason="--broker none")
-    if _accepts(host, port):
+    if processes.accepts(host, port):
         if want == "auto":
             return Choice(RUNNING, host, port)
         return Choice(NONE, host, port, reason=f"port {port} is already taken, cannot start {want} there")
@@ -118,12 +118,14 @@ def choose(host: str, port: int, want: str = "auto", path: str | None = None) ->
 def command(choice: Choice, folder: Path) -> list[str] | None:
     """The command line that starts ``choice`` (None: nothing to start); Mosquitto's config goes in ``folder``."""
     if choice.kind == MOSQUITTO:
+        if choice.exe is None:
+            raise ValueError("a Mosquitto choice names its executable (choose() finds it)")
         folder.mkdir(parents=True, exist_ok=True)
         conf = folder / "mosquitto.conf"
         conf.write_text(f"listener {choice.port} {choice.host}\nallow_anonymous true\npersistence false\n")
         return [choice.exe, "-c", str(conf)]
     if choice.kind == EMBEDDED:
-        return [sys.executable, "-m", "scada.demo_broker", "--host", choice.host, "--port", str(choice.port)]
+        return [sys.executable, "-m", "city_scada.demo_broker", "--host", choice.host, "--port", str(choice.port)]
     return None
 
 
@@ -133,12 +135,10 @@ def start(choice: Choice, folder: Path, timeout: float = START_TIMEOUT) -> subpr
 
     Raises BrokerError (with the end of its log) if it exits or does not listen in time.
     """
-    from scada.cli import _accepts, _stop, _wait_simulator
-
     argv = command(choice, folder)
     if argv is None:
         return None
-    if _accepts(choice.host, choice.port):  # else the wait below would take another's answer for this one's
+    if processes.accepts(choice.host, choice.port):  # else the wait below would take another's answer for this one's
         raise BrokerError(f"cannot start the {choice.kind} MQTT broker: {choice.endpoint} is already in use")
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "mqtt-broker.log"
@@ -147,9 +147,9 @@ def start(choice: Choice, folder: Path, timeout: float = START_TIMEOUT) -> subpr
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    if _wait_simulator(proc, [(choice.host, choice.port)], timeout=timeout):
+    if processes.wait_listening(proc, [(choice.host, choice.port)], timeout=timeout):
         return proc
-    _stop(proc)
+    processes.stop(proc)
     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
     raise BrokerError(
         f"the {choice.kind} MQTT broker did not start on {choice.endpoint} "
@@ -157,7 +157,7 @@ def start(choice: Choice, folder: Path, timeout: float = START_TIMEOUT) -> subpr
     )
 
 
-# The embedded broker process: python -m scada.demo_broker --host H --port P
+# The embedded broker process: python -m city_scada.demo_broker --host H --port P
 
 
 def broker_config(host: str, port: int) -> dict:
@@ -200,7 +200,7 @@ async def serve(host: str, port: int, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scada.demo_broker",
+        prog="python -m city_scada.demo_broker",
         description="the demo's embedded MQTT broker (amqtt), until SIGTERM or Ctrl-C",
     )
     parser.add_argument("--host", default="127.0.0.1")

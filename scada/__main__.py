@@ -1,5 +1,0 @@
-import sys
-
-from scada.cli import main
-
-sys.exit(main())
