@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from common import eventloop, logs
 from common.yamlsrc import ConfigError
@@ -499,6 +500,13 @@ def cmd_opendata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _driver_configs() -> dict[str, Any]:
+    """The drivers' config modules by name, from the registry: what `scada schema` documents."""
+    from drivers.base import REGISTRY, driver_config
+
+    return {name: driver_config(name) for name in REGISTRY}
+
+
 def main(argv: list[str] | None = None) -> int:
     from scada.opcua.server import DEFAULT_ENDPOINT
 
@@ -591,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    from scada import schema as schema_cli
+
+    schema_cli.add_parser(sub, _driver_configs)
     args = parser.parse_args(argv)
     return args.func(args)
 
