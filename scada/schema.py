@@ -175,6 +175,7 @@ def tags_schema(drivers: Mapping[str, Any]) -> Schema:
 def alarms_schema() -> Schema:
     """The JSON Schema of alarms.yaml."""
     root = object_schema(alarms_config.ALARMS_FILE_KEYS, alarms_config.ALARMS_FILE_RULES)
+    root["type"] = ["object", "null"]  # an empty alarms.yaml (or only comments) declares no alarm: load()
     return {
         "$schema": DRAFT,
         "title": "alarms.yaml: alarm definitions and the services they are routed to",

@@ -210,7 +210,16 @@ POINT_RULES: tuple[Schema, ...] = (
     {
         "if": {"properties": {"type": {"const": "command"}}, "required": ["type"]},
         "then": {
-            "properties": {"topic": False, "json": False, "writable": {"const": True}},
+            "properties": {
+                "topic": False,
+                "json": False,
+                "writable": {
+                    "anyOf": [
+                        {"const": True},
+                        {"type": "string", "pattern": "^\\s*([Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|1)\\s*$"},
+                    ]
+                },
+            },
             "required": ["writable", "enum"],
         },
         "else": {"required": ["topic"], "properties": {"writable": {"const": False}}},
