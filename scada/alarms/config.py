@@ -34,7 +34,7 @@ from common.fields import (
     to_name,
     to_str,
 )
-from common.yamlsrc import ConfigError, LocMap
+from common.yamlsrc import ConfigError, LocList, LocMap
 from common.yamlsrc import load as load_yaml
 from scada.alarms.expr import ExpressionError, compile_expression
 from scada.tagdb import TEXT
@@ -277,8 +277,8 @@ def load(path: Path, types: Mapping[str, EquipmentType], devices: Sequence[Devic
     top = Fields(doc, "", file, 1)
     services: dict[str, Service] = {}
     raw_services = top.sub("services")
-    raw_services = {} if raw_services is None else raw_services
-    if not isinstance(raw_services, dict):
+    raw_services = LocMap() if raw_services is None else raw_services
+    if not isinstance(raw_services, LocMap):  # what the YAML reader makes of any mapping
         raise top.error("services", "expected a mapping of service names", raw_services)
     for sname, sraw in raw_services.items():
         f = Fields(sraw, f"services.{sname}", file, raw_services.line_of(sname))
@@ -294,10 +294,10 @@ def load(path: Path, types: Mapping[str, EquipmentType], devices: Sequence[Devic
         f.done(SERVICE_KEYS)
 
     alarms: list[AlarmDef] = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], int | None] = {}
     raw_alarms = top.sub("alarms")
-    raw_alarms = [] if raw_alarms is None else raw_alarms
-    if not isinstance(raw_alarms, list):
+    raw_alarms = LocList() if raw_alarms is None else raw_alarms
+    if not isinstance(raw_alarms, LocList):  # what the YAML reader makes of any list
         raise top.error("alarms", "expected a list of alarms", raw_alarms)
     top.done(ALARMS_FILE_KEYS)
     devices_by_name = {d.name: d for d in devices}
@@ -322,7 +322,7 @@ def _parse_alarm(
     types: Mapping[str, EquipmentType],
     devices: Mapping[str, Device],
     services: Mapping[str, Service],
-    seen: dict[tuple[str, str], int],
+    seen: dict[tuple[str, str], int | None],
 ) -> AlarmDef:
     name = f.read(ALARM_KEYS, "name")
     device = None
@@ -357,10 +357,11 @@ def _parse_alarm(
     point = None
     if "point" in CONDITION_KEYS[condition]:
         point = f.read(ALARM_KEYS, "point")
-        if t.point(point) is None:
+        watched = t.point(point)
+        if watched is None:
             known = ", ".join(p.name for p in t.points)
             raise f.error("point", f"type {tname} has no such point (points: {known})", point)
-        if t.point(point).kind == TEXT:
+        if watched.kind == TEXT:
             raise f.error("point", "a text point has no value to compare: alarm on a number or a state", point)
     limit = None
     if "limit" in CONDITION_KEYS[condition]:
@@ -377,14 +378,16 @@ def _parse_alarm(
             states = tuple(to_int(s) for s in raw_states)
         except ValueError as exc:
             raise f.error("states", str(exc), raw_states) from None
-    expression, expression_points = "", ()
+    expression = ""
+    expression_points: tuple[str, ...] = ()
+    kinds = {p.name: p.kind for p in t.points}
     if condition == "expression":
         expression = f.read(ALARM_KEYS, "expression")
         try:
             _, expression_points = compile_expression(expression, [p.name for p in t.points])
         except ExpressionError as exc:
             raise f.error("expression", str(exc), expression) from None
-        text = [p for p in expression_points if t.point(p).kind == TEXT]
+        text = [p for p in expression_points if kinds[p] == TEXT]  # compiled against t's points: all there
         if text:
             raise f.error(
                 "expression", f"{text[0]!r} is a text point: an expression compares numbers and states", expression
