@@ -123,6 +123,29 @@ def object_schema(keys: KeyTable, rules: Sequence[Schema] = (), description: str
     return out
 
 
+def when(key: str, test: Schema, then: Schema, otherwise: Schema | None = None) -> Schema:
+    """A cross-key rule: ``then`` applies where ``key`` is written and its value passes ``test``."""
+    rule: Schema = {"if": {"properties": {key: test}, "required": [key]}, "then": then}
+    if otherwise is not None:
+        rule["else"] = otherwise
+    return rule
+
+
+# The core refuses a deadband on a text point (scada/config.py): a rule for the drivers whose
+# point type can be text.
+NO_DEADBAND: Schema = {"properties": {"deadband": {"const": 0}}}
+
+
+def ref_list(definition: str) -> Schema:
+    """A list (or nothing) of items of one of the document's definitions."""
+    return {"type": ["array", "null"], "items": {"$ref": f"#/definitions/{definition}"}}
+
+
+def ref_map(definition: str) -> Schema:
+    """A mapping of names to items of one of the document's definitions."""
+    return {"propertyNames": schema_of(to_name), "additionalProperties": {"$ref": f"#/definitions/{definition}"}}
+
+
 def host_port_schema(prefixes: Sequence[str] = ()) -> Schema:
     """What parse_host_port accepts with these scheme prefixes, as a schema fragment."""
     prefix = f"(?:{'|'.join(re.escape(p) for p in prefixes)})?" if prefixes else ""
@@ -324,28 +347,24 @@ def in_range(convert: Callable[[Any], float], lo: float, hi: float) -> Converter
     return Converter(check, bounded(convert, minimum=lo, maximum=hi))
 
 
+def _choice(convert: Callable[[Any], T], choices: Sequence[T], json_type: str) -> Converter[T]:
+    def check(v: Any) -> T:
+        x = convert(v)
+        if x not in choices:
+            raise ValueError(f"must be one of: {', '.join(map(str, choices))}")
+        return x
+
+    return Converter(check, {"type": json_type, "enum": list(choices)})
+
+
 def one_of(*choices: str) -> Converter[str]:
     """Text that is one of ``choices``."""
-
-    def check(v: Any) -> str:
-        s = to_str(v)
-        if s not in choices:
-            raise ValueError(f"must be one of: {', '.join(choices)}")
-        return s
-
-    return Converter(check, {"type": "string", "enum": list(choices)})
+    return _choice(to_str, choices, "string")
 
 
 def one_of_int(*choices: int) -> Converter[int]:
     """An integer that is one of ``choices``."""
-
-    def check(v: Any) -> int:
-        n = to_int(v)
-        if n not in choices:
-            raise ValueError(f"must be one of: {', '.join(map(str, choices))}")
-        return n
-
-    return Converter(check, {"type": "integer", "enum": list(choices)})
+    return _choice(to_int, choices, "integer")
 
 
 def parse_host_port(text: str, default_port: int, prefixes: tuple[str, ...] = (), service: str = "") -> tuple[str, int]:

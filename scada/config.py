@@ -33,6 +33,8 @@ from common.fields import (
     non_negative,
     object_schema,
     positive,
+    ref_list,
+    ref_map,
     schema_of,
     to_bool,
     to_float,
@@ -441,15 +443,14 @@ TAGS_KEYS: KeyTable = {
         schema={
             "type": "object",
             "minProperties": 1,
-            "propertyNames": _NAME_SCHEMA,
-            "additionalProperties": {"$ref": "#/definitions/equipmentType"},
+            **ref_map("equipmentType"),
         },
     ),
     "devices": Key(
         None,
         "Devices listed here, one mapping each. Devices can also (or instead) be imported from CSV files under `inventories`.",
         None,
-        schema={"type": ["array", "null"], "items": {"$ref": "#/definitions/device"}},
+        schema=ref_list("device"),
     ),
     "inventories": Key(
         None,

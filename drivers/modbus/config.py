@@ -22,6 +22,7 @@ from common.fields import (
     to_int,
     to_name,
     to_str,
+    when,
 )
 from common.yamlsrc import ConfigError, LocMap
 from scada.tagdb import ANALOG, DISCRETE
@@ -189,29 +190,28 @@ POINT_KEYS: KeyTable = {
 }
 # parse_point's and the core's cross-key checks of a point, as the editor can see them.
 POINT_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"table": {"enum": list(BIT_TABLES)}}, "required": ["table"]},
-        "then": {"properties": {"type": {"const": "bool", "description": _BIT_TYPE_RULE}}},
-    },
-    {
-        "if": {"properties": {"table": {"not": {"enum": list(BIT_TABLES)}}}, "required": ["table"]},
-        "then": {"properties": {"type": {"enum": list(REGISTER_TYPES), "description": "a register holds numbers"}}},
-    },
-    {
-        "if": {
-            "properties": {"type": {"enum": [t for t, n in REGISTER_TYPES.items() if n == 2]}},
-            "required": ["type"],
-        },
-        "then": {"properties": {"address": {"maximum": MAX_ADDRESS - 1}}},
-    },
-    {
-        "if": {"properties": {"table": {"enum": ["input", "discrete"]}}, "required": ["table"]},
-        "then": {
+    when(
+        "table", {"enum": list(BIT_TABLES)}, {"properties": {"type": {"const": "bool", "description": _BIT_TYPE_RULE}}}
+    ),
+    when(
+        "table",
+        {"not": {"enum": list(BIT_TABLES)}},
+        {"properties": {"type": {"enum": list(REGISTER_TYPES), "description": "a register holds numbers"}}},
+    ),
+    when(
+        "type",
+        {"enum": [t for t, n in REGISTER_TYPES.items() if n == 2]},
+        {"properties": {"address": {"maximum": MAX_ADDRESS - 1}}},
+    ),
+    when(
+        "table",
+        {"enum": ["input", "discrete"]},
+        {
             "properties": {
                 "writable": {"const": False, "description": "input registers and discrete inputs are read-only"}
             }
         },
-    },
+    ),
 )
 TYPE_KEYS: KeyTable = {
     "read_gap": Key(
@@ -262,11 +262,12 @@ DEVICE_KEYS: KeyTable = {
 }
 # parse_device: serial settings only on a serial line, where the unit is 1-247.
 DEVICE_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"endpoint": {"type": "string", "pattern": _RTU}}, "required": ["endpoint"]},
-        "then": {"properties": {"unit": {"minimum": 1, "maximum": 247}}},
-        "else": {"properties": dict.fromkeys(SERIAL_KEYS, False)},
-    },
+    when(
+        "endpoint",
+        {"type": "string", "pattern": _RTU},
+        {"properties": {"unit": {"minimum": 1, "maximum": 247}}},
+        {"properties": dict.fromkeys(SERIAL_KEYS, False)},
+    ),
 )
 
 

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from common.fields import (
+    NO_DEADBAND,
     Fields,
     Key,
     KeyTable,
@@ -37,6 +38,7 @@ from common.fields import (
     parse_host_port,
     to_int,
     to_str,
+    when,
 )
 from common.yamlsrc import ConfigError
 from scada.tagdb import ANALOG, DISCRETE, TEXT
@@ -160,26 +162,18 @@ TYPE_KEYS: KeyTable = {
 }
 # check_type: a type with a command point has command_topic and ack_topic.
 TYPE_RULES: tuple[Schema, ...] = (
-    {
-        "if": {
-            "properties": {
-                "points": {
-                    "type": "object",
-                    "not": {
-                        "additionalProperties": {
-                            "not": {
-                                "type": "object",
-                                "required": ["type"],
-                                "properties": {"type": {"const": "command"}},
-                            }
-                        }
-                    },
+    when(
+        "points",
+        {  # some point is a command point: not every point is something else
+            "type": "object",
+            "not": {
+                "additionalProperties": {
+                    "not": {"type": "object", "required": ["type"], "properties": {"type": {"const": "command"}}}
                 }
             },
-            "required": ["points"],
         },
-        "then": {"required": ["command_topic", "ack_topic"]},
-    },
+        {"required": ["command_topic", "ack_topic"]},
+    ),
 )
 POINT_KEYS: KeyTable = {
     "topic": Key(
@@ -207,9 +201,10 @@ POINT_KEYS: KeyTable = {
 # parse_point and the core's checks: a command point has no topic nor json, is writable and lists its
 # commands (enum); any other point has a topic and is read-only.
 POINT_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"type": {"const": "command"}}, "required": ["type"]},
-        "then": {
+    when(
+        "type",
+        {"const": "command"},
+        {
             "properties": {
                 "topic": False,
                 "json": False,
@@ -222,12 +217,9 @@ POINT_RULES: tuple[Schema, ...] = (
             },
             "required": ["writable", "enum"],
         },
-        "else": {"required": ["topic"], "properties": {"writable": {"const": False}}},
-    },
-    {
-        "if": {"properties": {"type": {"const": "text"}}, "required": ["type"]},
-        "then": {"properties": {"deadband": {"const": 0}}},
-    },
+        {"required": ["topic"], "properties": {"writable": {"const": False}}},
+    ),
+    when("type", {"const": "text"}, NO_DEADBAND),
 )
 DEVICE_KEYS: KeyTable = {
     "endpoint": Key(

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from common.fields import (
     HOST_PATTERN,
+    NO_DEADBAND,
     PORT_PATTERN,
     Fields,
     Key,
@@ -51,6 +52,7 @@ from common.fields import (
     positive,
     to_float,
     to_str,
+    when,
 )
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
@@ -209,11 +211,12 @@ SECURITY_KEYS: KeyTable = {
 }
 # parse_security: policy None takes nothing else; Basic256Sha256 takes a mode, a certificate and its key.
 SECURITY_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"policy": {"const": "None"}}, "required": ["policy"]},
-        "then": {"properties": {k: False for k in SECURITY_KEYS if k != "policy"}},
-        "else": {"required": ["mode", "certificate", "private_key"]},
-    },
+    when(
+        "policy",
+        {"const": "None"},
+        {"properties": {k: False for k in SECURITY_KEYS if k != "policy"}},
+        {"required": ["mode", "certificate", "private_key"]},
+    ),
 )
 TYPE_KEYS: KeyTable = {
     "namespace": Key(
@@ -247,12 +250,7 @@ POINT_KEYS: KeyTable = {
     ),
 }
 # The core's check: a text point has no deadband.
-POINT_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"type": {"const": "text"}}, "required": ["type"]},
-        "then": {"properties": {"deadband": {"const": 0}}},
-    },
-)
+POINT_RULES: tuple[Schema, ...] = (when("type", {"const": "text"}, NO_DEADBAND),)
 DEVICE_KEYS: KeyTable = {
     "endpoint": Key(
         to_str,

@@ -27,12 +27,15 @@ from common.fields import (
     non_negative,
     one_of,
     positive,
+    ref_list,
+    ref_map,
     schema_of,
     to_bool,
     to_float,
     to_int,
     to_name,
     to_str,
+    when,
 )
 from common.yamlsrc import ConfigError, LocList, LocMap
 from common.yamlsrc import load as load_yaml
@@ -233,9 +236,7 @@ def _condition_rules() -> tuple[Schema, ...]:
             then["properties"]["limit"] = {"exclusiveMinimum": 0}
         if "limit" not in keys:
             then["properties"]["message"] = {"not": {"pattern": "\\{limit"}}
-        rules.append(
-            {"if": {"properties": {"condition": {"const": condition}}, "required": ["condition"]}, "then": then}
-        )
+        rules.append(when("condition", {"const": condition}, then))
     return tuple(rules)
 
 
@@ -245,25 +246,22 @@ ALARMS_FILE_KEYS: KeyTable = {
         None,
         "Services (teams) alarms are routed to, by name.",
         None,
-        schema={
-            "type": ["object", "null"],
-            "propertyNames": _NAME_SCHEMA,
-            "additionalProperties": {"$ref": "#/definitions/service"},
-        },
+        schema={"type": ["object", "null"], **ref_map("service")},
     ),
     "alarms": Key(
         None,
         "Alarm definitions. Each one watches a point, an expression over points, or the communication of every device of an equipment type, or of one device.",
         None,
-        schema={"type": ["array", "null"], "items": {"$ref": "#/definitions/alarm"}},
+        schema=ref_list("alarm"),
     ),
 }
 # load: an alarm names a declared service.
 ALARMS_FILE_RULES: tuple[Schema, ...] = (
-    {
-        "if": {"properties": {"alarms": {"type": "array", "minItems": 1}}, "required": ["alarms"]},
-        "then": {"required": ["services"], "properties": {"services": {"type": "object", "minProperties": 1}}},
-    },
+    when(
+        "alarms",
+        {"type": "array", "minItems": 1},
+        {"required": ["services"], "properties": {"services": {"type": "object", "minProperties": 1}}},
+    ),
 )
 
 
