@@ -87,6 +87,7 @@ class Key:
     what: str = ""  # completes "required key is missing"
     schema: Schema | None = None
     required: bool | None = None
+    examples: tuple[Any, ...] = ()  # offered by the editor's completion
 
     @property
     def is_required(self) -> bool:
@@ -102,6 +103,8 @@ class Key:
             out.update(fragment)
         if isinstance(self.default, (bool, int, float, str)) and self.default != "":
             out["default"] = self.default
+        if self.examples:
+            out["examples"] = list(self.examples)
         return out
 
 

@@ -309,6 +309,7 @@ TYPE_KEYS: KeyTable = {
         to_name,
         "Class of equipment: the second segment of tag names (<commune>/<class>/<device>/<point>).",
         what="the class segment of tag paths, e.g. lighting",
+        examples=("lighting", "traffic", "bollard"),
     ),
     "driver": Key(
         to_str,
@@ -348,7 +349,7 @@ TYPE_KEYS: KeyTable = {
     ),
 }
 COMMON_POINT_KEYS: KeyTable = {
-    "unit": Key(to_str, "Engineering unit shown to operators (quote '%').", ""),
+    "unit": Key(to_str, "Engineering unit shown to operators (quote '%').", "", examples=("V", "kW", "%")),
     "description": Key(to_str, FREE_TEXT, ""),
     "deadband": Key(
         non_negative(to_float),
@@ -394,7 +395,9 @@ COMMON_DEVICE_KEYS: KeyTable = {
         schema=_NAME_SCHEMA,
     ),
     "commune": Key(
-        _to_commune, "Commune the device stands in: the first segment of its tag names. Any text without '/'."
+        _to_commune,
+        "Commune the device stands in: the first segment of its tag names. Any text without '/'.",
+        examples=("Dijon", "Chenôve", "Bressey-sur-Tille"),
     ),
     "lat": Key(
         in_range(to_float, -90, 90), "Latitude in decimal degrees (WGS84), -90 to 90.", what="latitude in degrees"

@@ -132,11 +132,13 @@ def _device(drivers: Mapping[str, Any]) -> Schema:
         description = "How to reach the device, in the form its type's driver takes. " + " ".join(
             k.description for k in owners
         )
+        forms = [{x: v for x, v in k.json_schema().items() if x not in ("description", "examples")} for k in owners]
         keys[name] = Key(
             None,
             description,
-            schema={"anyOf": [k.json_schema() for k in owners]},
+            schema={"anyOf": forms},
             required=len(owners) == len(tables) and all(k.is_required for k in owners),
+            examples=tuple(e for k in owners for e in k.examples),
         )
     for m in drivers.values():
         rules.extend(_rules(m, "DEVICE_RULES"))
@@ -240,7 +242,7 @@ def write(directory: Path, drivers: Mapping[str, Any]) -> list[Path]:
 def add_parser(sub: Any, drivers: Any) -> None:
     """``scada schema [--check] [--out DIR]``; ``drivers()`` gives the driver config modules by name."""
     p = sub.add_parser("schema", help="write the JSON Schemas of tags.yaml and alarms.yaml (for the editor)")
-    p.add_argument("--out", default=str(SCHEMAS_DIR), help=f"folder to write them into (default: {SCHEMAS_DIR})")
+    p.add_argument("--out", default=str(SCHEMAS_DIR), help="folder to write them into (default: scada/schemas/)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files there are stale")
     p.set_defaults(func=lambda args: run(args, drivers()))
 
@@ -250,9 +252,10 @@ def run(args: argparse.Namespace, drivers: Mapping[str, Any]) -> int:
     if args.check:
         old = stale(out, drivers)
         if old:
+            where = "" if out.resolve() == SCHEMAS_DIR else f" --out {out}"
             print(
                 f"stale JSON Schemas in {out}: {', '.join(old)} differ from the loaders' key tables; "
-                "regenerate them with `python -m scada schema`"
+                f"regenerate them with `python -m scada schema{where}`"
             )
             return 1
         print(f"JSON Schemas in {out} are current")

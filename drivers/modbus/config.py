@@ -237,6 +237,7 @@ DEVICE_KEYS: KeyTable = {
         to_str,
         "Modbus TCP: the device or its gateway as host:port, optionally prefixed tcp://, port 502 when omitted. Modbus RTU: the serial line as rtu:// followed by the serial device's absolute path, e.g. rtu:///dev/ttyUSB0 (three slashes; every device on one RS-485 line gives the same path and its own unit).",
         what="host:port, or rtu:///dev/ttyUSB0 for a serial line",
+        examples=("10.20.1.15:502", "tcp://cabinet-17.lan:502", "[fd00::15]:502", "rtu:///dev/ttyUSB0"),
         schema={"anyOf": [host_port_schema(("tcp://",)), {"type": "string", "pattern": _RTU + r"/.*\S\s*$"}]},
     ),
     "unit": Key(

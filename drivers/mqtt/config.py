@@ -180,6 +180,7 @@ POINT_KEYS: KeyTable = {
         _topic,
         "Topic the value arrives on: a literal topic, no + or # wildcard; {device} stands for the device's name. Required, except on a command point, which has none.",
         what="the MQTT topic the value arrives on, e.g. city/bollards/{device}/state",
+        examples=("city/bollards/{device}/state",),
         required=False,  # POINT_RULES: required unless type: command
     ),
     "json": Key(
@@ -226,6 +227,7 @@ DEVICE_KEYS: KeyTable = {
         to_str,
         "MQTT: the broker as host:port, optionally prefixed mqtt:// or tcp://, port 1883 when omitted.",
         what="the broker, host:port",
+        examples=("broker.lan:1883", "mqtt://10.20.0.5"),
         schema=host_port_schema(("mqtt://", "tcp://")),
     ),
 }

@@ -223,6 +223,7 @@ TYPE_KEYS: KeyTable = {
         _namespace,
         "OPC UA only, and required there. Namespace URI of the points' nodes on the server (its index is looked up when the session opens: write the URI, not ns=2).",
         what="the server namespace URI of the nodes",
+        examples=("urn:city-scada:traffic-sim",),
     ),
     "publishing_interval": Key(
         positive(to_float),
@@ -241,6 +242,7 @@ POINT_KEYS: KeyTable = {
         _node,
         "String identifier of the node, in the type's namespace; {device} stands for the device's name. Only the identifier: no ns=...;s= prefix.",
         what="the node's string identifier, e.g. {device}.Mode",
+        examples=("{device}.Mode",),
     ),
     "type": Key(one_of(*POINT_TYPES), "What the node's value is.", "number"),
     "sampling_interval": Key(
@@ -256,6 +258,7 @@ DEVICE_KEYS: KeyTable = {
         to_str,
         "OPC UA: the server's URL, opc.tcp://host:port/path.",
         what="opc.tcp://host:port/path",
+        examples=("opc.tcp://traffic-srv.lan:4840/traffic/",),
         schema={
             "type": "string",
             "pattern": rf"^\s*[Oo][Pp][Cc]\.[Tt][Cc][Pp]://{HOST_PATTERN}:{PORT_PATTERN}(?:[/?#]\S*)?\s*$",

@@ -192,12 +192,14 @@ ALARM_KEYS: KeyTable = {
         "Condition over the point names of the type, true while the alarm condition holds: and, or, not, comparisons (chains allowed: 0 < x < 5), + - * /, numbers, abs(), min(), max(). A point without a value (NaN) makes a comparison false. Required for condition expression; not allowed otherwise.",
         what='a condition over the type\'s points, e.g. "contactor and power < 0.2 * nominal_power"',
         schema={"type": "string", "minLength": 1, "pattern": "\\S"},
+        examples=("lamps_on and power < 0.5",),
         required=False,
     ),
     "priority": Key(one_of(*PRIORITIES), "ISA-18.2 priority; sets the OPC UA severity."),
     "message": Key(
         _message,
         "Text shown to operators. Fields in braces are filled in: {device} {commune} {value} {unit} {point} {limit}, optionally with a format, e.g. {value:.1f}. Write {{ and }} for literal braces. Quote the whole text in YAML when it starts with '{'.",
+        examples=("{device} ({commune}): mains voltage {value:.1f} {unit} below {limit} {unit}",),
     ),
     "service": Key(
         to_str,

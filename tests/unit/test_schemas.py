@@ -272,6 +272,23 @@ def test_schema_keeps_to_what_the_editor_understands(which: str) -> None:
     assert {k for n in nodes for k in n} & POST_DRAFT_07 == set()
 
 
+@pytest.mark.parametrize("which", ["tags", "alarms"])
+def test_examples_are_values_the_schema_accepts(which: str) -> None:
+    """The editor offers a key's examples for completion: each one is a valid value of the key."""
+    with_examples = [n for n in _nodes(TAGS_SCHEMA if which == "tags" else ALARMS_SCHEMA) if "examples" in n]
+    assert with_examples
+    for node in with_examples:
+        validator = Draft7Validator({k: v for k, v in node.items() if k != "examples"})
+        assert [e for e in node["examples"] if not validator.is_valid(e)] == [], node["description"]
+
+
+def test_endpoint_examples_are_taken_by_a_driver() -> None:
+    examples = TAGS_SCHEMA["definitions"]["device"]["properties"]["endpoint"]["examples"]
+    for endpoint in examples:
+        assert _modbus_takes(endpoint) or any(_parses(driver_config(name).parse_endpoint, endpoint)
+                                              for name in REGISTRY if name != "modbus"), endpoint
+
+
 def test_driver_list_is_the_registry() -> None:
     driver = TAGS_SCHEMA["definitions"]["equipmentType"]["properties"]["driver"]
     assert driver["enum"] == list(REGISTRY) == list(DRIVER_CONFIGS)
