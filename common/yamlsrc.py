@@ -34,9 +34,9 @@ class LocMap(dict):
 
     file: str
     line: int
-    key_lines: dict[str, int]
+    key_lines: dict[Any, int]  # keys are scalars: text, and numbers (enum values)
 
-    def line_of(self, key: str) -> int:
+    def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
 
 
@@ -79,12 +79,13 @@ class _BoundedLoader(yaml.SafeLoader):
         self._height: dict[int, int] = {}  # id(node) -> nesting levels it holds, aliases expanded
         self._alias_values = 0
 
-    def _refuse(self, mark: yaml.Mark, message: str, value: Any = ...) -> ConfigError:
+    def _refuse(self, mark: object, message: str, value: Any = ...) -> ConfigError:
         # Past a few levels the key path only repeats itself ([0][0][0]...): the first ones locate.
         key = "".join(self._path[:12]) + ("..." if len(self._path) > 12 else "")
-        return ConfigError(self.file, mark.line + 1, key.removeprefix("."), message, value)
+        line = mark.line + 1 if isinstance(mark, yaml.error.Mark) else None  # the pure-Python loader's marks
+        return ConfigError(self.file, line, key.removeprefix("."), message, value)
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         # PyYAML passes the key node when composing a mapping's value, the position in a list.
         if isinstance(index, yaml.ScalarNode):
             self._path.append(f".{index.value}")
@@ -95,7 +96,8 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             event = self.peek_event()
             if isinstance(event, yaml.AliasEvent):
-                return self._alias(event, super().compose_node(parent, index))
+                node = super().compose_node(parent, index)
+                return node if node is None else self._alias(event, node)
             if len(self._path) > MAX_DEPTH:
                 raise self._refuse(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
             return super().compose_node(parent, index)
@@ -124,26 +126,33 @@ class _BoundedLoader(yaml.SafeLoader):
             )
         return node
 
-    def compose_scalar_node(self, anchor: str | None) -> yaml.Node:
-        node = super().compose_scalar_node(anchor)
+    # types-PyYAML declares these three as taking a dict of anchors: PyYAML passes the anchor.
+    def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:  # type: ignore[override]
+        node = super().compose_scalar_node(anchor)  # type: ignore[arg-type]
         self._size[id(node)] = self._height[id(node)] = 1
         return node
 
-    def compose_sequence_node(self, anchor: str | None) -> yaml.Node:
-        return self._collection(super().compose_sequence_node, anchor)
+    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:  # type: ignore[override]
+        self._opening(anchor)
+        node = super().compose_sequence_node(anchor)  # type: ignore[arg-type]
+        self._measure(node, anchor)
+        return node
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.Node:
-        return self._collection(super().compose_mapping_node, anchor)
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:  # type: ignore[override]
+        self._opening(anchor)
+        node = super().compose_mapping_node(anchor)  # type: ignore[arg-type]
+        self._measure(node, anchor)
+        return node
 
-    def _collection(self, compose: Any, anchor: str | None) -> yaml.Node:
+    def _opening(self, anchor: str | None) -> None:
         if anchor is not None:
             self._open.add(anchor)  # an alias to it among its own children would be a cycle
-        node = compose(anchor)
+
+    def _measure(self, node: yaml.SequenceNode | yaml.MappingNode, anchor: str | None) -> None:
         self._open.discard(anchor)
         children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
         self._size[id(node)] = 1 + sum(self._size[id(c)] for c in children)
         self._height[id(node)] = 1 + max((self._height[id(c)] for c in children), default=0)
-        return node
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -181,10 +190,10 @@ def _convert(
             out.key_lines[key] = line
         return out
     if isinstance(node, yaml.SequenceNode):
-        out = LocList(_convert(item, file, loader, f"{path}[{i}]", merged) for i, item in enumerate(node.value))
-        out.file, out.line = file, node.start_mark.line + 1
-        out.item_lines = [item.start_mark.line + 1 for item in node.value]
-        return out
+        seq = LocList(_convert(item, file, loader, f"{path}[{i}]", merged) for i, item in enumerate(node.value))
+        seq.file, seq.line = file, node.start_mark.line + 1
+        seq.item_lines = [item.start_mark.line + 1 for item in node.value]
+        return seq
     return loader.construct_object(node, deep=True)
 
 

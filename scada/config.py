@@ -25,9 +25,17 @@ import numpy as np
 
 from common.fields import (
     Fields,
+    Key,
+    KeyTable,
+    Schema,
+    converter,
     in_range,
     non_negative,
+    object_schema,
     positive,
+    ref_list,
+    ref_map,
+    schema_of,
     to_bool,
     to_float,
     to_int,
@@ -256,48 +264,215 @@ class Config:
         return "\n".join(lines)
 
 
-TYPE_KEYS = (
-    "class",
-    "driver",
-    "points",
-    "poll_interval",
-    "timeout",
-    "description",
-    "demote_after",
-    "demote_for",
-    "history",
-)
-COMMON_POINT_KEYS = (
-    "unit",
-    "description",
-    "deadband",
-    "writable",
-    "range",
-    "enum",
-    "max_age",
-    "history",
-    "history_deviation",
-)
-HISTORY_KEYS = ("enabled", "deviation", "max_interval", "retention_days", "rollup_retention_days")
-COMMON_DEVICE_KEYS = (
-    "name",
-    "type",
-    "commune",
-    "lat",
-    "lon",
-    "poll_interval",
-    "timeout",
-    "description",
-    "demote_after",
-    "demote_for",
-)
+# The keys of each section of tags.yaml, read through these tables (Fields.read) and walked
+# by `scada schema` (scada/schema.py) to write scada/schemas/tags.schema.json.
+
+FREE_TEXT = "Free text shown to operators."
+_NAME_SCHEMA = schema_of(to_name)
 
 
-def _demote_for(v: Any) -> float:
-    x = to_float(v)
-    if x <= 0:
-        raise ValueError("must be greater than 0 (to never take a device off scan, write demote_after: 0)")
-    return x
+@converter(
+    {
+        "type": "string",
+        "pattern": "^[^/]*[^/\\s][^/]*$",
+        "patternErrorMessage": "a commune name is not empty and has no '/'",
+    }
+)
+def _to_commune(v: Any) -> str:
+    s = to_str(v).strip()
+    if not s or "/" in s:
+        raise ValueError("a commune name is not empty and has no '/'")
+    return s
+
+
+_demote_for = positive(to_float, "must be greater than 0 (to never take a device off scan, write demote_after: 0)")
+
+HISTORY_KEYS: KeyTable = {
+    "enabled": Key(to_bool, "false: the type's points are not recorded (default true).", True),
+    "deviation": Key(
+        in_range(to_float, 0, 100),
+        "Swinging-door deviation in percent of a point's range (0-100, default 1): a value is stored only when the signal leaves the band a straight line through the stored values allows. 0 keeps every change beyond the deadband.",
+        1.0,
+    ),
+    "max_interval": Key(
+        non_negative(to_float),
+        "Seconds: a value is stored at least this often even if it did not change (0, default: only on change).",
+        0.0,
+    ),
+    "retention_days": Key(positive(to_float), "Days raw values are kept (> 0, default 90).", 90.0),
+    "rollup_retention_days": Key(
+        positive(to_float),
+        "Days the minute and hour rollups (minimum, maximum, mean, count) are kept (> 0, default 1095; at least retention_days).",
+        1095.0,
+    ),
+}
+TYPE_KEYS: KeyTable = {
+    "class": Key(
+        to_name,
+        "Class of equipment: the second segment of tag names (<commune>/<class>/<device>/<point>).",
+        what="the class segment of tag paths, e.g. lighting",
+        examples=("lighting", "traffic", "bollard"),
+    ),
+    "driver": Key(
+        to_str,
+        "Protocol driver that reads and commands devices of this type. It decides which keys a point, the type itself and a device take.",
+    ),  # `scada schema` lists the drivers it is given
+    "points": Key(
+        None,
+        "Points by name (the last segment of tag names). The keys a point takes depend on the driver: table and address (modbus), topic and json (mqtt), node (opcua).",
+        schema={"type": "object", "minProperties": 1, "propertyNames": _NAME_SCHEMA},
+    ),
+    "poll_interval": Key(
+        positive(to_float),
+        "Seconds between two polls of each device of this type (> 0). A device may override it. Modbus polls; MQTT and OPC UA devices report by themselves (subscriptions), so it has no effect there.",
+        1.0,
+    ),
+    "timeout": Key(
+        positive(to_float),
+        "Seconds to wait for an answer before the device counts as silent (> 0). A device may override it.",
+        1.0,
+    ),
+    "description": Key(to_str, FREE_TEXT, ""),
+    "demote_after": Key(
+        non_negative(to_int),
+        "Failed polls in a row after which a device is taken off scan for demote_for seconds (a whole number >= 0, default 3; 0: never). A dead unit behind a gateway or on a serial line then stops costing the devices sharing its line a timeout every cycle. Its Diagnostics/demoted tag reads 1 while it is off scan. A device may override it.",
+        3,
+    ),
+    "demote_for": Key(
+        _demote_for,
+        "Seconds a device stays off scan once demote_after polls in a row have failed (> 0, default 10). Then it is polled again; one more failure takes it off scan again, the first answer puts it back on scan. A device may override it.",
+        10.0,
+    ),
+    "history": Key(
+        None,
+        "How the historian records this type's points: swinging-door compression of analog points with a deviation in percent of each point's range (points without a range keep every change beyond their deadband), discrete and text points on every change, an optional heartbeat, and how long raw values and rollups are kept. `history: false` records none of them.",
+        None,
+        schema={"oneOf": [{"const": False}, object_schema(HISTORY_KEYS)]},
+    ),
+}
+COMMON_POINT_KEYS: KeyTable = {
+    "unit": Key(to_str, "Engineering unit shown to operators (quote '%').", "", examples=("V", "kW", "%")),
+    "description": Key(to_str, FREE_TEXT, ""),
+    "deadband": Key(
+        non_negative(to_float),
+        "Smallest change, in engineering units, reported as a new value (>= 0; 0 reports every change).",
+        0.0,
+    ),
+    "writable": Key(to_bool, "Whether operators may command this point: true or false.", False),
+    "range": Key(
+        None,
+        "[min, max] of meaningful values in engineering units, min below max. Writes outside it are refused.",
+        None,
+        schema={"type": "array", "items": schema_of(to_float), "minItems": 2, "maxItems": 2},
+    ),
+    "enum": Key(
+        None,
+        "Labels of the values of a state point: integer value -> label (a name). Makes the point discrete. Quote labels YAML would read as booleans: 'on', 'off', 'yes', 'no', 'true', 'false'.",
+        None,
+        schema={
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[-+]?[0-9]+$", "patternErrorMessage": "a state value is an integer"},
+            "additionalProperties": _NAME_SCHEMA,
+        },
+    ),
+    "max_age": Key(
+        non_negative(to_float),
+        "Seconds after which a Good value that has not been reported again turns Uncertain_LastUsableValue (0 or absent: never). For devices that report on their own (MQTT trackers) and can go quiet without losing their link.",
+        0.0,
+    ),
+    "history": Key(to_bool, "false: this point is not recorded by the historian (default true).", True),
+    "history_deviation": Key(
+        in_range(to_float, 0, 100),
+        "Swinging-door deviation of this analog point in percent of its range (0-100), instead of its type's history.deviation.",
+        None,
+    ),
+}
+COMMON_DEVICE_KEYS: KeyTable = {
+    "name": Key(to_name, "Unique device name: the third segment of its tag names.", what="the device's unique name"),
+    "type": Key(
+        to_str,
+        "The device's equipment type: one of the names under equipment_types.",
+        what="an equipment type",
+        schema=_NAME_SCHEMA,
+    ),
+    "commune": Key(
+        _to_commune,
+        "Commune the device stands in: the first segment of its tag names. Any text without '/'.",
+        examples=("Dijon", "Chenôve", "Bressey-sur-Tille"),
+    ),
+    "lat": Key(
+        in_range(to_float, -90, 90), "Latitude in decimal degrees (WGS84), -90 to 90.", what="latitude in degrees"
+    ),
+    "lon": Key(
+        in_range(to_float, -180, 180), "Longitude in decimal degrees (WGS84), -180 to 180.", what="longitude in degrees"
+    ),
+    "poll_interval": Key(
+        positive(to_float),
+        "Seconds between two polls of this device (> 0); defaults to its type's poll_interval.",
+        None,
+    ),
+    "timeout": Key(positive(to_float), "Seconds to wait for an answer (> 0); defaults to its type's timeout.", None),
+    "description": Key(to_str, FREE_TEXT, ""),
+    "demote_after": Key(
+        non_negative(to_int),
+        "Failed polls in a row after which this device is taken off scan for demote_for seconds (a whole number >= 0; 0: never); defaults to its type's demote_after (3 when the type does not say).",
+        None,
+    ),
+    "demote_for": Key(
+        _demote_for,
+        "Seconds this device stays off scan once demote_after polls in a row have failed (> 0); defaults to its type's demote_for (10 when the type does not say).",
+        None,
+    ),
+}
+INVENTORY_KEYS: KeyTable = {
+    "file": Key(
+        to_str,
+        "Path of the CSV file, relative to tags.yaml. Header line: device keys (name, type, commune, lat, lon, endpoint, unit, poll_interval, timeout, description, demote_after, demote_for; baudrate, parity, stop_bits for a serial line); empty cells are absent.",
+        what="path of a CSV file, relative to tags.yaml",
+        schema={"type": "string", "minLength": 1},
+    ),
+    "type": Key(to_str, "Equipment type of rows without a `type` column or cell.", None, schema=_NAME_SCHEMA),
+    "commune": Key(
+        to_str,
+        "Commune of rows without a `commune` column or cell. Any text without '/'.",
+        None,
+        schema=schema_of(_to_commune),
+    ),
+}
+# The top level: the schema generator supplies the definitions these refer to.
+TAGS_KEYS: KeyTable = {
+    "equipment_types": Key(
+        None,
+        "Equipment types by name: templates of points shared by every device of the type.",
+        schema={
+            "type": "object",
+            "minProperties": 1,
+            **ref_map("equipmentType"),
+        },
+    ),
+    "devices": Key(
+        None,
+        "Devices listed here, one mapping each. Devices can also (or instead) be imported from CSV files under `inventories`.",
+        None,
+        schema=ref_list("device"),
+    ),
+    "inventories": Key(
+        None,
+        "CSV inventories (a GIS export) to import devices from. A CSV has a header line naming device keys (name, type, commune, lat, lon, endpoint, unit, ...) and one device per line; lines starting with '#' are comments.",
+        None,
+        schema={"type": "array", "items": {"$ref": "#/definitions/inventory"}},
+    ),
+}
+# load_tags: "no devices: list some under devices or import them under inventories".
+TAGS_RULES: tuple[Schema, ...] = (
+    {
+        "anyOf": [
+            {"required": ["devices"], "properties": {"devices": {"type": "array", "minItems": 1}}},
+            {"required": ["inventories"], "properties": {"inventories": {"type": "array", "minItems": 1}}},
+        ]
+    },
+)
 
 
 def _parse_history(raw: Any, f: Fields) -> HistorySettings:
@@ -305,11 +480,11 @@ def _parse_history(raw: Any, f: Fields) -> HistorySettings:
         return HistorySettings(enabled=False)
     h = Fields(raw, f.key("history"), f.file, f.line_of("history"))
     settings = HistorySettings(
-        enabled=h.take("enabled", to_bool, default=True),
-        deviation=h.take("deviation", in_range(to_float, 0, 100), default=1.0),
-        max_interval=h.take("max_interval", non_negative(to_float), default=0.0),
-        retention_days=h.take("retention_days", positive(to_float), default=90.0),
-        rollup_retention_days=h.take("rollup_retention_days", positive(to_float), default=1095.0),
+        enabled=h.read(HISTORY_KEYS, "enabled"),
+        deviation=h.read(HISTORY_KEYS, "deviation"),
+        max_interval=h.read(HISTORY_KEYS, "max_interval"),
+        retention_days=h.read(HISTORY_KEYS, "retention_days"),
+        rollup_retention_days=h.read(HISTORY_KEYS, "rollup_retention_days"),
     )
     h.done(HISTORY_KEYS)
     if settings.rollup_retention_days < settings.retention_days:
@@ -365,15 +540,15 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int | None, dr
         name=name,
         kind=DISCRETE if enum else io.kind,
         io=io,
-        unit=f.take("unit", to_str, default=""),
-        description=f.take("description", to_str, default=""),
-        deadband=f.take("deadband", non_negative(to_float), default=0.0),
-        max_age=f.take("max_age", non_negative(to_float), default=0.0),
-        writable=f.take("writable", to_bool, default=False),
+        unit=f.read(COMMON_POINT_KEYS, "unit"),
+        description=f.read(COMMON_POINT_KEYS, "description"),
+        deadband=f.read(COMMON_POINT_KEYS, "deadband"),
+        max_age=f.read(COMMON_POINT_KEYS, "max_age"),
+        writable=f.read(COMMON_POINT_KEYS, "writable"),
         range=rng,
         enum=enum,
-        history=f.take("history", to_bool, default=True),
-        history_deviation=f.take("history_deviation", in_range(to_float, 0, 100), default=None),
+        history=f.read(COMMON_POINT_KEYS, "history"),
+        history_deviation=f.read(COMMON_POINT_KEYS, "history_deviation"),
     )
     if point.history_deviation is not None and point.kind != ANALOG:
         raise f.error(
@@ -418,26 +593,19 @@ def _parse_type(name: str, raw: Any, file: str, line: int, drivers: Drivers) -> 
     drv.check_type(name, {p.name: p.io for p in points}, pf, io)
     t = EquipmentType(
         name=name,
-        cls=f.take("class", to_name, what="the class segment of tag paths, e.g. lighting"),
+        cls=f.read(TYPE_KEYS, "class"),
         driver=driver,
         points=tuple(points),
-        poll_interval=f.take("poll_interval", positive(to_float), default=1.0),
-        timeout=f.take("timeout", positive(to_float), default=1.0),
-        description=f.take("description", to_str, default=""),
+        poll_interval=f.read(TYPE_KEYS, "poll_interval"),
+        timeout=f.read(TYPE_KEYS, "timeout"),
+        description=f.read(TYPE_KEYS, "description"),
         io=io,
-        demote_after=f.take("demote_after", non_negative(to_int), default=3),
-        demote_for=f.take("demote_for", _demote_for, default=10.0),
+        demote_after=f.read(TYPE_KEYS, "demote_after"),
+        demote_for=f.read(TYPE_KEYS, "demote_for"),
         history=_parse_history(f.sub("history"), f) if f.has("history") else HistorySettings(),
     )
-    f.done(TYPE_KEYS + tuple(drv.TYPE_KEYS))
+    f.done((*TYPE_KEYS, *drv.TYPE_KEYS))
     return t
-
-
-def _to_commune(v: Any) -> str:
-    s = to_str(v).strip()
-    if not s or "/" in s:
-        raise ValueError("a commune name is not empty and has no '/'")
-    return s
 
 
 def _parse_device(
@@ -451,8 +619,8 @@ def _parse_device(
     drivers: Drivers,
 ) -> Device:
     f = Fields(raw, path, file, line)
-    name = f.take("name", to_name, what="the device's unique name")
-    tname = f.take("type", to_str, what="an equipment type")
+    name = f.read(COMMON_DEVICE_KEYS, "name")
+    tname = f.read(COMMON_DEVICE_KEYS, "type")
     if tname not in types:
         raise f.error("type", f"unknown equipment type (known types: {', '.join(types) or 'none'})", tname)
     t = types[tname]
@@ -465,18 +633,18 @@ def _parse_device(
     device = Device(
         name=name,
         type=tname,
-        commune=f.take("commune", _to_commune),
-        lat=f.take("lat", in_range(to_float, -90, 90), what="latitude in degrees"),
-        lon=f.take("lon", in_range(to_float, -180, 180), what="longitude in degrees"),
-        poll_interval=f.take("poll_interval", positive(to_float), default=t.poll_interval),
-        timeout=f.take("timeout", positive(to_float), default=t.timeout),
+        commune=f.read(COMMON_DEVICE_KEYS, "commune"),
+        lat=f.read(COMMON_DEVICE_KEYS, "lat"),
+        lon=f.read(COMMON_DEVICE_KEYS, "lon"),
+        poll_interval=f.read(COMMON_DEVICE_KEYS, "poll_interval", default=t.poll_interval),
+        timeout=f.read(COMMON_DEVICE_KEYS, "timeout", default=t.timeout),
         io=io,
         first_tag_id=first_tag_id,
         index=index,
         source=f"{file}:{line}",
-        description=f.take("description", to_str, default=""),
-        demote_after=f.take("demote_after", non_negative(to_int), default=t.demote_after),
-        demote_for=f.take("demote_for", _demote_for, default=t.demote_for),
+        description=f.read(COMMON_DEVICE_KEYS, "description"),
+        demote_after=f.read(COMMON_DEVICE_KEYS, "demote_after", default=t.demote_after),
+        demote_for=f.read(COMMON_DEVICE_KEYS, "demote_for", default=t.demote_for),
     )
     f.done(allowed)
     return device
@@ -557,10 +725,10 @@ def _inventory_devices(
     out = []
     for i, item in enumerate(raw):
         inv = Fields(item, f"inventories[{i}]", f.file, raw.line_of(i) if isinstance(raw, LocList) else f.line)
-        rel = inv.take("file", to_str, what="path of a CSV file, relative to tags.yaml")
-        default_type = inv.take("type", to_str, default=None)
-        default_commune = inv.take("commune", to_str, default=None)
-        inv.done(("file", "type", "commune"))
+        rel = inv.read(INVENTORY_KEYS, "file")
+        default_type = inv.read(INVENTORY_KEYS, "type")
+        default_commune = inv.read(INVENTORY_KEYS, "commune")
+        inv.done(INVENTORY_KEYS)
         if default_type is not None and default_type not in types:  # blamed here, not on each CSV row
             raise inv.error("type", f"unknown equipment type (known types: {', '.join(types)})", default_type)
         path = directory / rel
@@ -601,7 +769,7 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
         entries += [(d, f"devices[{i}]", file, raw_devices.line_of(i)) for i, d in enumerate(raw_devices)]
     if top.has("inventories"):
         entries += _inventory_devices(top.sub("inventories"), top, path.parent, types)
-    top.done(("equipment_types", "devices", "inventories"))
+    top.done(TAGS_KEYS)
     if not entries:
         raise top.error("devices", "no devices: list some under devices or import them under inventories")
 

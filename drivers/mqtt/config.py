@@ -25,20 +25,44 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, to_int, to_str
+from common.fields import (
+    NO_DEADBAND,
+    Fields,
+    Key,
+    KeyTable,
+    Schema,
+    converter,
+    device_template_ok,
+    host_port_schema,
+    in_range,
+    one_of,
+    parse_host_port,
+    to_int,
+    to_str,
+    when,
+)
 from common.yamlsrc import ConfigError
 from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
-POINT_KEYS = frozenset({"topic", "json", "type", "qos"})
-DEVICE_KEYS = frozenset({"endpoint"})
-TYPE_KEYS = frozenset({"status_topic", "online_payload", "offline_payload", "command_topic", "ack_topic", "max_packet"})
 MAX_PACKET_RANGE = (1024, 268_435_455)  # bytes: a useful minimum; the most MQTT's remaining length can say
 POINT_TYPES = ("number", "bool", "text", "command")
 _JSON_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+# What `driver: mqtt` means, for the editor's list of drivers.
+SCHEMA_DESCRIPTION = (
+    "MQTT: points are read from topics (a JSON field or the whole payload) and commanded through the type's "
+    "command_topic; devices have an endpoint (the broker, host:port)"
+)
 
 
-def _topic(v) -> str:
+@converter(
+    {
+        "type": "string",
+        "pattern": "^(?:[^{}+#\\u0000]|\\{device\\}|\\{\\{|\\}\\})+$",
+        "patternErrorMessage": "a literal MQTT topic: no + or # wildcard; the only placeholder is {device}",
+    }
+)
+def _topic(v: object) -> str:
     s = to_str(v)
     if not s or any(ch in s for ch in "+#\0"):
         raise ValueError("a topic is a literal MQTT topic (no + or # wildcard); {device} stands for the device name")
@@ -89,38 +113,153 @@ class MqttEndpoint:
         return (self.host, self.port)
 
 
-def parse_type(f: Fields) -> MqttType:
-    return MqttType(
-        status_topic=f.take("status_topic", _topic, default=None),
-        online_payload=f.take("online_payload", to_str, default="online"),
-        offline_payload=f.take("offline_payload", to_str, default="offline"),
-        command_topic=f.take("command_topic", _topic, default=None),
-        ack_topic=f.take("ack_topic", _topic, default=None),
-        max_packet=f.take("max_packet", in_range(to_int, *MAX_PACKET_RANGE), default=None),
-    )
-
-
-def _json_path(v) -> str:
+@converter(
+    {
+        "type": "string",
+        "pattern": f"^{_JSON_PATH.pattern}$",
+        "patternErrorMessage": "a JSON path is field names joined by dots, e.g. position or gps.lat",
+    }
+)
+def _json_path(v: object) -> str:
     s = to_str(v)
     if not _JSON_PATH.fullmatch(s):
         raise ValueError("a JSON path is field names joined by dots, e.g. position or gps.lat")
     return s
 
 
+_PAYLOAD = {"type": "string", "minLength": 1}
+TYPE_KEYS: KeyTable = {
+    "status_topic": Key(
+        _topic,
+        "MQTT only. Topic each device announces itself on: online_payload when it connects (its birth message), offline_payload as its last will, which marks it out of communication until its next value. A literal topic, no + or # wildcard; {device} stands for the device's name.",
+        None,
+    ),
+    "online_payload": Key(
+        to_str,
+        'MQTT only. Payload of the status topic announcing a device online, its birth message (default "online"). Quote a payload YAML would read as a number or a boolean.',
+        "online",
+        schema=_PAYLOAD,
+    ),
+    "offline_payload": Key(
+        to_str,
+        'MQTT only. Payload of the status topic (the device\'s last will) that marks it out of communication (default "offline"). Quote a payload YAML would read as a number or a boolean.',
+        "offline",
+        schema=_PAYLOAD,
+    ),
+    "command_topic": Key(
+        _topic,
+        'MQTT only. Topic commands are published on, as JSON {"command": <enum label>, "correlation_id": <id>}. Required when the type has a command point. {device} stands for the device\'s name.',
+        None,
+    ),
+    "ack_topic": Key(
+        _topic,
+        "MQTT only. Topic the device acknowledges commands on, echoing the correlation_id. Required when the type has a command point. {device} stands for the device's name.",
+        None,
+    ),
+    "max_packet": Key(
+        in_range(to_int, *MAX_PACKET_RANGE),
+        "MQTT only. Largest MQTT packet accepted from the broker, in bytes after the fixed header (default 262144, 256 KiB: four times the 64 KiB a payload may have). A larger packet closes the broker link before it is read (logged mqtt_packet_too_large, counted), and the link reconnects. On a broker shared by several types, the largest of their values applies.",
+        None,  # None: the driver's default (aio.MAX_PACKET)
+    ),
+}
+# check_type: a type with a command point has command_topic and ack_topic.
+TYPE_RULES: tuple[Schema, ...] = (
+    when(
+        "points",
+        {  # some point is a command point: not every point is something else
+            "type": "object",
+            "not": {
+                "additionalProperties": {
+                    "not": {"type": "object", "required": ["type"], "properties": {"type": {"const": "command"}}}
+                }
+            },
+        },
+        {"required": ["command_topic", "ack_topic"]},
+    ),
+)
+POINT_KEYS: KeyTable = {
+    "topic": Key(
+        _topic,
+        "Topic the value arrives on: a literal topic, no + or # wildcard; {device} stands for the device's name. Required, except on a command point, which has none.",
+        what="the MQTT topic the value arrives on, e.g. city/bollards/{device}/state",
+        examples=("city/bollards/{device}/state",),
+        required=False,  # POINT_RULES: required unless type: command
+    ),
+    "json": Key(
+        _json_path,
+        "Where the value is in a JSON payload: field names joined by dots. Without it the whole payload is the value. Not on a command point.",
+        None,
+    ),
+    "type": Key(
+        one_of(*POINT_TYPES),
+        "What the value is. A command point is not read: operators write it, and the label of the written value (its enum) is published on the type's command_topic.",
+        "number",
+    ),
+    "qos": Key(
+        in_range(to_int, 0, 2),
+        "MQTT quality of service, 0, 1 or 2 (default 1): of the subscription to the topic, or, for a command point, of the published command.",
+        1,
+    ),
+}
+# parse_point and the core's checks: a command point has no topic nor json, is writable and lists its
+# commands (enum); any other point has a topic and is read-only.
+POINT_RULES: tuple[Schema, ...] = (
+    when(
+        "type",
+        {"const": "command"},
+        {
+            "properties": {
+                "topic": False,
+                "json": False,
+                "writable": {
+                    "anyOf": [
+                        {"const": True},
+                        {"type": "string", "pattern": "^\\s*([Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|1)\\s*$"},
+                    ]
+                },
+            },
+            "required": ["writable", "enum"],
+        },
+        {"required": ["topic"], "properties": {"writable": {"const": False}}},
+    ),
+    when("type", {"const": "text"}, NO_DEADBAND),
+)
+DEVICE_KEYS: KeyTable = {
+    "endpoint": Key(
+        to_str,
+        "MQTT: the broker as host:port, optionally prefixed mqtt:// or tcp://, port 1883 when omitted.",
+        what="the broker, host:port",
+        examples=("broker.lan:1883", "mqtt://10.20.0.5"),
+        schema=host_port_schema(("mqtt://", "tcp://")),
+    ),
+}
+
+
+def parse_type(f: Fields) -> MqttType:
+    return MqttType(
+        status_topic=f.read(TYPE_KEYS, "status_topic"),
+        online_payload=f.read(TYPE_KEYS, "online_payload"),
+        offline_payload=f.read(TYPE_KEYS, "offline_payload"),
+        command_topic=f.read(TYPE_KEYS, "command_topic"),
+        ack_topic=f.read(TYPE_KEYS, "ack_topic"),
+        max_packet=f.read(TYPE_KEYS, "max_packet"),
+    )
+
+
 def parse_point(f: Fields) -> MqttPoint:
-    ptype = f.take("type", one_of(*POINT_TYPES), default="number")
+    ptype = f.read(POINT_KEYS, "type")
     if ptype == "command":
         for key in ("topic", "json"):
             if f.has(key):
                 raise f.error(
                     key, "a command point is written through the type's command_topic: no topic or json", f.mapping[key]
                 )
-        return MqttPoint(None, None, "command", f.take("qos", in_range(to_int, 0, 2), default=1))
+        return MqttPoint(None, None, "command", f.read(POINT_KEYS, "qos"))
     return MqttPoint(
-        topic=f.take("topic", _topic, what="the MQTT topic the value arrives on, e.g. city/bollards/{device}/state"),
-        json=f.take("json", _json_path, default=None),
+        topic=f.read(POINT_KEYS, "topic"),
+        json=f.read(POINT_KEYS, "json"),
         type=ptype,
-        qos=f.take("qos", in_range(to_int, 0, 2), default=1),
+        qos=f.read(POINT_KEYS, "qos"),
     )
 
 
@@ -130,7 +269,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def parse_device(f: Fields) -> MqttEndpoint:
-    host, port = f.take("endpoint", lambda v: parse_endpoint(to_str(v)), what="the broker, host:port")
+    host, port = f.read(DEVICE_KEYS, "endpoint", convert=lambda v: parse_endpoint(to_str(v)))
     return MqttEndpoint(host, port)
 
 

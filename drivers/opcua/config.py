@@ -36,15 +36,34 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from common.fields import Fields, device_template_ok, in_range, one_of, parse_host_port, positive, to_float, to_str
+from common.fields import (
+    HOST_PATTERN,
+    NO_DEADBAND,
+    PORT_PATTERN,
+    Fields,
+    Key,
+    KeyTable,
+    Schema,
+    converter,
+    device_template_ok,
+    in_range,
+    object_schema,
+    one_of,
+    parse_host_port,
+    positive,
+    to_float,
+    to_str,
+    when,
+)
 from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
-POINT_KEYS = frozenset({"node", "type", "sampling_interval"})
-DEVICE_KEYS = frozenset({"endpoint"})
-TYPE_KEYS = frozenset({"namespace", "publishing_interval", "security"})
 POINT_TYPES = ("number", "bool", "text")
-SECURITY_KEYS = ("policy", "mode", "certificate", "private_key", "server_certificate")
+# What `driver: opcua` means, for the editor's list of drivers.
+SCHEMA_DESCRIPTION = (
+    "OPC UA client: points are nodes of a server, in the type's namespace; devices have an endpoint "
+    "(opc.tcp://host:port/path)"
+)
 SECURITY_POLICIES = ("None", "Basic256Sha256")
 SECURITY_MODES = ("Sign", "SignAndEncrypt")
 # Policies a technician may copy from a server's endpoint list that we do not speak: why not.
@@ -113,7 +132,14 @@ class OpcUaEndpoint:
         return self.url
 
 
-def _node(v) -> str:
+@converter(
+    {
+        "type": "string",
+        "pattern": "^(?:[^{}]|\\{device\\}|\\{\\{|\\}\\})+$",
+        "patternErrorMessage": "a node's string identifier; the only placeholder is {device}",
+    }
+)
+def _node(v: object) -> str:
     s = to_str(v)
     if not device_template_ok(s):
         raise ValueError("the only placeholder a node id may use is {device}")
@@ -122,7 +148,14 @@ def _node(v) -> str:
     return s
 
 
-def _namespace(v) -> str:
+@converter(
+    {
+        "type": "string",
+        "pattern": ":",
+        "patternErrorMessage": "the namespace URI, for example urn:city-scada:traffic-sim, not the namespace index",
+    }
+)
+def _namespace(v: object) -> str:
     if not isinstance(v, str) or ":" not in v:
         raise ValueError(
             "expected the namespace URI, e.g. urn:city-scada:traffic-sim (not its index, which the server may change)"
@@ -130,6 +163,7 @@ def _namespace(v) -> str:
     return v
 
 
+@converter({"type": "string", "enum": list(SECURITY_POLICIES)})
 def _policy(v: Any) -> str:
     s = to_str(v)
     if s in _POLICY_HINTS:
@@ -147,6 +181,99 @@ def _policy(v: Any) -> str:
             "the name is case-sensitive)"
         )
     return s
+
+
+_FILE = {"type": "string", "minLength": 1}
+SECURITY_KEYS: KeyTable = {
+    "policy": Key(
+        _policy,
+        "OPC UA security policy of the session. Case-sensitive, as in the URI http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256.",
+        what=f"one of {', '.join(SECURITY_POLICIES)}",
+    ),
+    "mode": Key(
+        one_of(*SECURITY_MODES),
+        "Message security mode with policy Basic256Sha256 (required there; not allowed with None).",
+        what=f"{' or '.join(SECURITY_MODES)}",
+        required=False,  # SECURITY_RULES
+    ),
+    "certificate": Key(
+        to_str,
+        "Our application instance certificate (DER or PEM file, relative to the folder of tags.yaml). Its subjectAltName carries the application URI the client presents; the server must trust it.",
+        what="our application instance certificate (DER or PEM file, relative to tags.yaml) that the server must trust",
+        schema=_FILE,
+        required=False,
+    ),
+    "private_key": Key(
+        to_str,
+        "The certificate's RSA private key (PEM or DER file, relative to the folder of tags.yaml), without a password: the server starts unattended, so protect the file instead.",
+        what="the certificate's private key (PEM or DER file, relative to tags.yaml)",
+        schema=_FILE,
+        required=False,
+    ),
+    "server_certificate": Key(
+        to_str,
+        "Optional. The server's certificate (DER or PEM file, relative to the folder of tags.yaml): the session opens only with a server showing this one. Absent: the certificate the server shows is used.",
+        None,
+        schema=_FILE,
+    ),
+}
+# parse_security: policy None takes nothing else; Basic256Sha256 takes a mode, a certificate and its key.
+SECURITY_RULES: tuple[Schema, ...] = (
+    when(
+        "policy",
+        {"const": "None"},
+        {"properties": {k: False for k in SECURITY_KEYS if k != "policy"}},
+        {"required": ["mode", "certificate", "private_key"]},
+    ),
+)
+TYPE_KEYS: KeyTable = {
+    "namespace": Key(
+        _namespace,
+        "OPC UA only, and required there. Namespace URI of the points' nodes on the server (its index is looked up when the session opens: write the URI, not ns=2).",
+        what="the server namespace URI of the nodes",
+        examples=("urn:city-scada:traffic-sim",),
+    ),
+    "publishing_interval": Key(
+        positive(to_float),
+        "OPC UA only. Milliseconds between two publications of the server's subscription (> 0); devices sharing an endpoint share a subscription, at the shortest interval of their types.",
+        500.0,
+    ),
+    "security": Key(
+        None,
+        "OPC UA only. How the client secures its sessions with the server (absent: security None). With policy Basic256Sha256 give the mode, our application instance certificate and its private key (the server must trust the certificate), and optionally the server's certificate to trust; paths are relative to the folder of tags.yaml. Two types on one endpoint with different security open one session each.",
+        None,
+        schema=object_schema(SECURITY_KEYS, SECURITY_RULES),
+    ),
+}
+POINT_KEYS: KeyTable = {
+    "node": Key(
+        _node,
+        "String identifier of the node, in the type's namespace; {device} stands for the device's name. Only the identifier: no ns=...;s= prefix.",
+        what="the node's string identifier, e.g. {device}.Mode",
+        examples=("{device}.Mode",),
+    ),
+    "type": Key(one_of(*POINT_TYPES), "What the node's value is.", "number"),
+    "sampling_interval": Key(
+        in_range(to_float, 0, 3_600_000),
+        "Milliseconds between two samples of the node by the server, 0 to 3600000 (0, the default: as fast as the server samples).",
+        0.0,
+    ),
+}
+# The core's check: a text point has no deadband.
+POINT_RULES: tuple[Schema, ...] = (when("type", {"const": "text"}, NO_DEADBAND),)
+DEVICE_KEYS: KeyTable = {
+    "endpoint": Key(
+        to_str,
+        "OPC UA: the server's URL, opc.tcp://host:port/path.",
+        what="opc.tcp://host:port/path",
+        examples=("opc.tcp://traffic-srv.lan:4840/traffic/",),
+        schema={
+            "type": "string",
+            "pattern": rf"^\s*[Oo][Pp][Cc]\.[Tt][Cc][Pp]://{HOST_PATTERN}:{PORT_PATTERN}(?:[/?#]\S*)?\s*$",
+            "patternErrorMessage": "expected opc.tcp://host:port/path",
+        },
+    ),
+}
 
 
 def _file(f: Fields, key: str) -> tuple[Path, bytes]:
@@ -232,7 +359,7 @@ def _private_key(f: Fields, cert) -> bytes:
 
 
 def parse_security(f: Fields) -> OpcUaSecurity:
-    policy = f.take("policy", _policy, what=f"one of {', '.join(SECURITY_POLICIES)}")
+    policy = f.read(SECURITY_KEYS, "policy")
     if policy == "None":
         extra = [k for k in SECURITY_KEYS if k != "policy" and k in f.mapping]
         if extra:
@@ -243,13 +370,9 @@ def parse_security(f: Fields) -> OpcUaSecurity:
             )
         f.done(SECURITY_KEYS)
         return NO_SECURITY
-    mode = f.take("mode", one_of(*SECURITY_MODES), what=f"{' or '.join(SECURITY_MODES)}")
-    f.take(
-        "certificate",
-        to_str,
-        what="our application instance certificate (DER or PEM file, relative to tags.yaml) that the server must trust",
-    )
-    f.take("private_key", to_str, what="the certificate's private key (PEM or DER file, relative to tags.yaml)")
+    mode = f.read(SECURITY_KEYS, "mode")
+    f.read(SECURITY_KEYS, "certificate")
+    f.read(SECURITY_KEYS, "private_key")
     cert = _certificate(f, "certificate")
     uri = _application_uri(cert)
     if not uri:
@@ -270,17 +393,17 @@ def parse_type(f: Fields) -> OpcUaType:
     if "security" in f.mapping:
         security = parse_security(Fields(f.sub("security"), f.key("security"), f.file, f.line_of("security")))
     return OpcUaType(
-        namespace=f.take("namespace", _namespace, what="the server namespace URI of the nodes"),
-        publishing_interval=f.take("publishing_interval", positive(to_float), default=500.0),
+        namespace=f.read(TYPE_KEYS, "namespace"),
+        publishing_interval=f.read(TYPE_KEYS, "publishing_interval"),
         security=security,
     )
 
 
 def parse_point(f: Fields) -> OpcUaPoint:
     return OpcUaPoint(
-        node=f.take("node", _node, what="the node's string identifier, e.g. {device}.Mode"),
-        type=f.take("type", one_of(*POINT_TYPES), default="number"),
-        sampling_interval=f.take("sampling_interval", in_range(to_float, 0, 3_600_000), default=0.0),
+        node=f.read(POINT_KEYS, "node"),
+        type=f.read(POINT_KEYS, "type"),
+        sampling_interval=f.read(POINT_KEYS, "sampling_interval"),
     )
 
 
@@ -301,7 +424,7 @@ def parse_endpoint(text: str) -> str:
 
 
 def parse_device(f: Fields) -> OpcUaEndpoint:
-    return OpcUaEndpoint(f.take("endpoint", lambda v: parse_endpoint(to_str(v)), what="opc.tcp://host:port/path"))
+    return OpcUaEndpoint(f.read(DEVICE_KEYS, "endpoint", convert=lambda v: parse_endpoint(to_str(v))))
 
 
 def check_type(type_name: str, points: dict[str, OpcUaPoint], where: Fields, type_io: OpcUaType | None = None) -> None:

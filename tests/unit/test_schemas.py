@@ -1,9 +1,11 @@
 """The JSON Schemas of tags.yaml and alarms.yaml (scada/schemas/) against the loader.
 
 The schemas give technicians validation and hover help while they type; the loader
-(scada.config) stays the authority. These tests keep the two in step: each document below is
-judged by both, and the schemas' enums and key sets are compared with the loader's constants,
-so that a change to one cannot silently leave the other behind.
+(scada.config) stays the authority. `scada schema` generates them from the loaders' key tables
+(scada/schema.py), so their keys, defaults and value checks cannot drift: the first test checks
+the shipped files are the generated ones. What is still written by hand, and checked here, is
+the cross-key rules (the *_RULES fragments) and the patterns of the hand-parsed values
+(endpoints, topics, node ids, messages): each document below is judged by both.
 
 Documents are validated the way the editor sees them: parsed YAML turned into JSON (mapping
 keys become text, as in `enum: {0: auto}`).
@@ -13,28 +15,32 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import shutil
 import string
+import subprocess
+import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 
+from city_scada import load_config
 from city_scada.registry import REGISTRY
+from common.fields import Fields
+from common.yamlsrc import ConfigError
 from drivers.modbus import config as modbus_config
 from drivers.mqtt import config as mqtt_config
 from drivers.opcua import config as opcua_config
-from scada import config as scada_config
+from scada import schema as schema_gen
 from scada.alarms import config as alarms_config
-from city_scada import load_config
-from common.fields import NAME_RE, Fields
-from common.yamlsrc import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+# The drivers' config modules by name, as the composition point hands them to the loader and to `scada schema`.
+DRIVER_CONFIGS = {name: plugin.config for name, plugin in REGISTRY.items()}
 SCHEMAS = ROOT / "scada" / "schemas"
 
 
@@ -44,7 +50,7 @@ def _schema(name: str) -> dict:
 
 TAGS_SCHEMA = _schema("tags")
 ALARMS_SCHEMA = _schema("alarms")
-VALIDATORS = {"tags": Draft202012Validator(TAGS_SCHEMA), "alarms": Draft202012Validator(ALARMS_SCHEMA)}
+VALIDATORS = {"tags": Draft7Validator(TAGS_SCHEMA), "alarms": Draft7Validator(ALARMS_SCHEMA)}
 SHIPPED = {
     "tags": yaml.safe_load((ROOT / "tags.yaml").read_text(encoding="utf-8")),
     "alarms": yaml.safe_load((ROOT / "alarms.yaml").read_text(encoding="utf-8")),
@@ -156,10 +162,52 @@ def al(which: str, /, **changes: Any) -> Callable[[dict], None]:
 # The schemas themselves.
 
 @pytest.mark.parametrize("which", ["tags", "alarms"])
-def test_schema_is_a_valid_draft_2020_12_schema(which: str) -> None:
+def test_shipped_schema_is_the_generated_one(which: str) -> None:
+    name = f"{which}.schema.json"
+    shipped = (SCHEMAS / name).read_text(encoding="utf-8")
+    assert shipped == schema_gen.schemas(DRIVER_CONFIGS)[name], (
+        f"scada/schemas/{name} is stale: regenerate it with `scada schema`"
+    )
+
+
+def test_generation_is_deterministic() -> None:
+    assert schema_gen.schemas(DRIVER_CONFIGS) == schema_gen.schemas(dict(DRIVER_CONFIGS))
+
+
+def test_schema_check_command_flags_stale_files(tmp_path: Path) -> None:
+    """`scada schema --check` exits 1 naming the stale file and the command; `scada schema` writes them."""
+
+    def scada(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "city_scada", "schema", "--out", str(tmp_path), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    # The shipped files, against the drivers the command line's registry knows.
+    shipped = subprocess.run([sys.executable, "-m", "city_scada", "schema", "--check"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    missing = scada("--check")
+    assert missing.returncode == 1 and "tags.schema.json" in missing.stdout and "scada schema" in missing.stdout
+    assert scada().returncode == 0
+    assert (tmp_path / "tags.schema.json").read_text(encoding="utf-8") == (SCHEMAS / "tags.schema.json").read_text(
+        encoding="utf-8")
+    assert scada("--check").returncode == 0
+    (tmp_path / "alarms.schema.json").write_text("{}", encoding="utf-8")
+    stale = scada("--check")
+    assert stale.returncode == 1 and "alarms.schema.json" in stale.stdout and "tags.schema" not in stale.stdout
+
+
+@pytest.mark.parametrize("which", ["tags", "alarms"])
+def test_schema_is_a_valid_draft_07_schema_marked_generated(which: str) -> None:
     schema = TAGS_SCHEMA if which == "tags" else ALARMS_SCHEMA
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert "Generated by `scada schema`" in schema["$comment"] and "do not edit by hand" in schema["$comment"]
+    Draft7Validator.check_schema(schema)
+
+
+def test_editor_maps_the_schemas_to_the_files() -> None:
+    settings = json.loads((ROOT / ".vscode" / "settings.json").read_text(encoding="utf-8"))
+    for which in ("tags", "alarms"):
+        assert f"{which}.yaml" in settings["yaml.schemas"][f"scada/schemas/{which}.schema.json"]
 
 
 @pytest.mark.parametrize("which", ["tags", "alarms"])
@@ -180,38 +228,32 @@ def test_schemas_are_package_data() -> None:
     assert "schemas/*.json" in pyproject["tool"]["setuptools"]["package-data"]["scada"]
 
 
-def _properties_without_help(node: Any, root: dict, path: str = "#") -> list[str]:
-    """Properties lacking a description or examples (following one $ref), anywhere in a schema.
+def _properties_without_help(node: Any, path: str = "#") -> list[str]:
+    """Properties without a description, anywhere in a schema: every table entry has its help.
 
     Conditions and their branches (if/then, anyOf) only refine properties declared elsewhere."""
     missing: list[str] = []
     if isinstance(node, dict):
         for key, sub in (node.get("properties") or {}).items():
-            resolved = dict(sub)
-            if "$ref" in sub:
-                target = root
-                for part in sub["$ref"].removeprefix("#/").split("/"):
-                    target = target[part]
-                resolved = {**target, **sub}
-            if "description" not in resolved or "examples" not in resolved:
+            if "description" not in sub:
                 missing.append(f"{path}/properties/{key}")
         for key, sub in node.items():
             if key not in ("if", "then", "else", "anyOf", "not"):
-                missing += _properties_without_help(sub, root, f"{path}/{key}")
+                missing += _properties_without_help(sub, f"{path}/{key}")
     elif isinstance(node, list):
         for i, sub in enumerate(node):
-            missing += _properties_without_help(sub, root, f"{path}/{i}")
+            missing += _properties_without_help(sub, f"{path}/{i}")
     return missing
 
 
 @pytest.mark.parametrize("which", ["tags", "alarms"])
 def test_every_property_has_hover_help(which: str) -> None:
     schema = TAGS_SCHEMA if which == "tags" else ALARMS_SCHEMA
-    assert _properties_without_help(schema, schema) == []
+    assert _properties_without_help(schema) == []
 
 
 def _nodes(node: Any) -> list[dict]:
-    """Every subschema (every mapping) of a schema, examples included."""
+    """Every subschema (every mapping) of a schema."""
     if isinstance(node, dict):
         return [node] + [n for v in node.values() for n in _nodes(v)]
     if isinstance(node, list):
@@ -219,7 +261,7 @@ def _nodes(node: Any) -> list[dict]:
     return []
 
 
-POST_DRAFT_07 = {"prefixItems", "unevaluatedProperties", "unevaluatedItems", "dependentRequired",
+POST_DRAFT_07 = {"$defs", "prefixItems", "unevaluatedProperties", "unevaluatedItems", "dependentRequired",
                  "dependentSchemas", "minContains", "maxContains", "$anchor", "$dynamicRef", "$dynamicAnchor"}
 
 
@@ -232,141 +274,27 @@ def test_schema_keeps_to_what_the_editor_understands(which: str) -> None:
     assert {k for n in nodes for k in n} & POST_DRAFT_07 == set()
 
 
-# The schemas' vocabulary is the loader's.
-
 @pytest.mark.parametrize("which", ["tags", "alarms"])
-def test_every_name_pattern_is_the_loaders(which: str) -> None:
-    message = "a name uses letters, digits, '_', '.' and '-' only, and starts with a letter or digit"
-    names = [n for n in _nodes(TAGS_SCHEMA if which == "tags" else ALARMS_SCHEMA)
-             if n.get("patternErrorMessage") == message]
-    assert len(names) >= 5
-    assert {n["pattern"] for n in names} == {"^" + NAME_RE.pattern + "$"}  # loader uses fullmatch
-
-def _type_keys(driver: str) -> frozenset[str]:
-    return frozenset(getattr(REGISTRY[driver].config, "TYPE_KEYS", ()))
+def test_examples_are_values_the_schema_accepts(which: str) -> None:
+    """The editor offers a key's examples for completion: each one is a valid value of the key."""
+    with_examples = [n for n in _nodes(TAGS_SCHEMA if which == "tags" else ALARMS_SCHEMA) if "examples" in n]
+    assert with_examples
+    for node in with_examples:
+        validator = Draft7Validator({k: v for k, v in node.items() if k != "examples"})
+        assert [e for e in node["examples"] if not validator.is_valid(e)] == [], node["description"]
 
 
-def _required_type_keys(driver: str) -> list[str]:
-    """The type-level keys the driver's parse_type insists on, found by handing it nothing."""
-    drv = REGISTRY[driver].config
-    if not hasattr(drv, "parse_type"):
-        return []
-    required: dict[str, Any] = {}
-    while True:
-        try:
-            drv.parse_type(Fields(dict(required), "t"))
-            return sorted(required)
-        except ConfigError as exc:
-            key = exc.key.removeprefix("t.")
-            assert key not in required and "required key is missing" in str(exc), exc
-            required[key] = "urn:x"  # a value every type-level converter takes (a URI)
+def test_endpoint_examples_are_taken_by_a_driver() -> None:
+    examples = TAGS_SCHEMA["definitions"]["device"]["properties"]["endpoint"]["examples"]
+    for endpoint in examples:
+        assert _modbus_takes(endpoint) or any(_parses(DRIVER_CONFIGS[name].parse_endpoint, endpoint)
+                                              for name in DRIVER_CONFIGS if name != "modbus"), endpoint
 
 
-def _driver_branch(driver: str) -> dict:
-    """equipmentType's if/then that applies to the types of one driver (and no other condition)."""
-    branches = [c for c in TAGS_SCHEMA["$defs"]["equipmentType"]["allOf"]
-                if c["if"] == {"required": ["driver"], "properties": {"driver": {"const": driver}}}]
-    assert len(branches) == 1, driver
-    return branches[0]["then"]
-
-
-def test_tags_schema_vocabulary_matches_the_loader() -> None:
-    defs = TAGS_SCHEMA["$defs"]
-    assert defs["name"]["pattern"] == "^" + NAME_RE.pattern + "$"
-    driver = defs["equipmentType"]["properties"]["driver"]
-    assert driver["enum"] == list(REGISTRY) == ["modbus", "mqtt", "opcua"]
-    assert len(driver["enumDescriptions"]) == len(REGISTRY)
-    all_type_keys = set().union(*(_type_keys(d) for d in REGISTRY))
-    assert set(defs["equipmentType"]["properties"]) == set(scada_config.TYPE_KEYS) | all_type_keys
-    assert not set(scada_config.TYPE_KEYS) & all_type_keys
-    assert set(TAGS_SCHEMA["properties"]) == {"equipment_types", "devices", "inventories"}
-
-    point_schema = defs["modbusPoint"]
-    assert set(point_schema["properties"]) == set(scada_config.COMMON_POINT_KEYS) | modbus_config.POINT_KEYS
-    assert point_schema["properties"]["table"]["enum"] == list(modbus_config.TABLES)
-    assert point_schema["properties"]["type"]["enum"] == list(modbus_config.DATA_TYPES)
-    bits, registers, wide, read_only = point_schema["allOf"]
-    assert read_only["if"]["properties"]["table"]["enum"] == [t for t in modbus_config.TABLES if t not in ("holding", "coil")]
-    assert bits["if"]["properties"]["table"]["enum"] == list(modbus_config.BIT_TABLES)
-    assert registers["if"]["properties"]["table"]["enum"] == [
-        t for t in modbus_config.TABLES if t not in modbus_config.BIT_TABLES]
-    assert registers["then"]["properties"]["type"]["enum"] == list(modbus_config.REGISTER_TYPES)
-    assert wide["if"]["properties"]["type"]["enum"] == [
-        t for t, n in modbus_config.REGISTER_TYPES.items() if n == 2]
-    assert point_schema["properties"]["address"]["maximum"] == modbus_config.MAX_ADDRESS
-    assert wide["then"]["properties"]["address"]["maximum"] == modbus_config.MAX_ADDRESS - 1
-
-    mqtt_point = defs["mqttPoint"]
-    assert set(mqtt_point["properties"]) == set(scada_config.COMMON_POINT_KEYS) | mqtt_config.POINT_KEYS
-    assert mqtt_point["properties"]["type"]["enum"] == list(mqtt_config.POINT_TYPES)
-    assert len(mqtt_point["properties"]["type"]["enumDescriptions"]) == len(mqtt_config.POINT_TYPES)
-    assert mqtt_point["properties"]["json"]["pattern"] == "^" + mqtt_config._JSON_PATH.pattern + "$"
-    command, text = mqtt_point["allOf"]
-    writable_types = [t for t in mqtt_config.POINT_TYPES if mqtt_config.MqttPoint(None, None, t).writable_ok]
-    assert [command["if"]["properties"]["type"]["const"]] == writable_types == ["command"]
-    assert set(command["then"]["properties"]) == {"topic", "json", "writable"}
-    assert command["else"]["required"] == ["topic"]
-    assert text["if"]["properties"]["type"]["const"] == "text"
-
-    opcua_point = defs["opcuaPoint"]
-    assert set(opcua_point["properties"]) == set(scada_config.COMMON_POINT_KEYS) | opcua_config.POINT_KEYS
-    assert opcua_point["properties"]["type"]["enum"] == list(opcua_config.POINT_TYPES)
-    assert len(opcua_point["properties"]["type"]["enumDescriptions"]) == len(opcua_config.POINT_TYPES)
-    assert opcua_point["required"] == ["node"]
-    assert [c["if"]["properties"]["type"]["const"] for c in opcua_point["allOf"]] == ["text"]
-
-    # Per driver: its point schema, its own type-level keys allowed, every other driver's refused.
-    for name in REGISTRY:
-        then = _driver_branch(name)
-        assert then["properties"]["points"] == {"additionalProperties": {"$ref": f"#/$defs/{name}Point"}}
-        refused = {k for k, v in then["properties"].items() if v is False}
-        assert refused == all_type_keys - _type_keys(name), name
-        assert then.get("required", []) == _required_type_keys(name), name
-    assert _required_type_keys("opcua") == ["namespace"]
-    mqtt_command = [c for c in defs["equipmentType"]["allOf"] if "required" in c["then"]
-                    and c["if"]["properties"]["driver"] == {"const": "mqtt"}]
-    assert [c["then"]["required"] for c in mqtt_command] == [["command_topic", "ack_topic"]]
-    assert set(mqtt_command[0]["then"]["required"]) <= mqtt_config.TYPE_KEYS
-
-    all_device_keys = set().union(*(REGISTRY[d].config.DEVICE_KEYS for d in REGISTRY))
-    assert set(defs["device"]["properties"]) == set(scada_config.COMMON_DEVICE_KEYS) | all_device_keys
-
-
-def test_alarms_schema_vocabulary_matches_the_loader() -> None:
-    defs = ALARMS_SCHEMA["$defs"]
-    props = defs["alarm"]["properties"]
-    assert defs["name"]["pattern"] == "^" + NAME_RE.pattern + "$"
-    assert set(props) == set(alarms_config.ALARM_KEYS)
-    assert props["condition"]["enum"] == list(alarms_config.CONDITIONS)
-    assert props["priority"]["enum"] == list(alarms_config.PRIORITIES)
-    assert props["priority"]["enumDescriptions"] == [f"Severity {s}" for s in alarms_config.PRIORITIES.values()]
-    fields = re.search(r"\(\?:([a-z|]+)\)", props["message"]["pattern"]).group(1).split("|")
-    assert set(fields) == alarms_config.MESSAGE_FIELDS
-    # One if/then per condition (limit conditions share one): the keys CONDITION_KEYS gives the
-    # condition are required (deadband stays optional), the other condition keys are refused.
-    condition_keys = set().union(*alarms_config.CONDITION_KEYS.values())
-    branches = [c for c in defs["alarm"]["allOf"] if "condition" in c["if"].get("properties", {})]
-    *per_condition, no_limit = branches
-    covered = []
-    for branch in per_condition:
-        when = branch["if"]["properties"]["condition"]
-        conditions = when.get("enum", [when.get("const")])
-        covered += conditions
-        for condition in conditions:
-            keys = set(alarms_config.CONDITION_KEYS[condition])
-            then = branch["then"]
-            assert {k for k, v in then["properties"].items() if v is False} == condition_keys - keys, condition
-            assert set(then.get("required", [])) == keys - {"deadband"}, condition
-    assert covered == list(alarms_config.CONDITIONS)
-    rate = next(b["then"] for b in per_condition if b["if"]["properties"]["condition"] == {"const": "rate_of_change"})
-    assert rate["properties"]["limit"]["exclusiveMinimum"] == 0
-    # {limit} in a message: only where the condition has a limit.
-    assert no_limit["if"]["properties"]["condition"]["enum"] == [
-        c for c in alarms_config.CONDITIONS if "limit" not in alarms_config.CONDITION_KEYS[c]]
-    # type: required unless device is given.
-    assert set(defs["alarm"]["required"]) == {"name", "condition", "priority", "message", "service"}
-    assert {"if": {"not": {"required": ["device"]}}, "then": {"required": ["type"]}} in [
-        {k: v for k, v in c.items() if k != "$comment"} for c in defs["alarm"]["allOf"]]
+def test_driver_list_is_the_drivers() -> None:
+    driver = TAGS_SCHEMA["definitions"]["equipmentType"]["properties"]["driver"]
+    assert driver["enum"] == list(DRIVER_CONFIGS)
+    assert driver["enumDescriptions"] == [m.SCHEMA_DESCRIPTION for m in DRIVER_CONFIGS.values()]
 
 
 def _parses(parse: Callable[[str], Any], text: str) -> bool:
@@ -406,9 +334,9 @@ ENDPOINTS_NO_DRIVER_TAKES = {
     *sorted(ENDPOINTS_NO_DRIVER_TAKES),
 ])
 def test_endpoint_pattern_matches_the_drivers_parsers(endpoint: str) -> None:
-    takers = [name for name in REGISTRY if _parses(REGISTRY[name].config.parse_endpoint, endpoint)]
-    subschema = TAGS_SCHEMA["$defs"]["device"]["properties"]["endpoint"]
-    schema_ok = Draft202012Validator(subschema).is_valid(endpoint)
+    takers = [name for name in DRIVER_CONFIGS if _parses(DRIVER_CONFIGS[name].parse_endpoint, endpoint)]
+    subschema = TAGS_SCHEMA["definitions"]["device"]["properties"]["endpoint"]
+    schema_ok = Draft7Validator(subschema).is_valid(endpoint)
     if endpoint in ENDPOINTS_ONLY_A_LAX_PARSER_TAKES:
         assert takers and "modbus" not in takers and not schema_ok, takers
     else:
@@ -434,14 +362,14 @@ def _modbus_takes(text: str) -> bool:
     "rtu:///dev/ttyUSB0:502",
 ])
 def test_rtu_endpoint_pattern_matches_the_modbus_loader(endpoint: str) -> None:
-    takers = [name for name in REGISTRY if (_modbus_takes(endpoint) if name == "modbus"
-                                            else _parses(REGISTRY[name].config.parse_endpoint, endpoint))]
+    takers = [name for name in DRIVER_CONFIGS if (_modbus_takes(endpoint) if name == "modbus"
+                                            else _parses(DRIVER_CONFIGS[name].parse_endpoint, endpoint))]
     assert takers in ([], ["modbus"]), takers
-    subschema = TAGS_SCHEMA["$defs"]["device"]["properties"]["endpoint"]
-    assert Draft202012Validator(subschema).is_valid(endpoint) == bool(takers), takers
+    subschema = TAGS_SCHEMA["definitions"]["device"]["properties"]["endpoint"]
+    assert Draft7Validator(subschema).is_valid(endpoint) == bool(takers), takers
 
 
-DEVICE_SCHEMA = Draft202012Validator({"$ref": "#/$defs/device", "$defs": TAGS_SCHEMA["$defs"]})
+DEVICE_SCHEMA = Draft7Validator({"$ref": "#/definitions/device", "definitions": TAGS_SCHEMA["definitions"]})
 
 
 def _modbus_device_ok(**keys: Any) -> bool:
@@ -468,39 +396,6 @@ def test_modbus_device_keys_match_the_loader(endpoint: str, key: str, values: tu
         assert DEVICE_SCHEMA.is_valid(device) == _modbus_device_ok(endpoint=endpoint, **{key: value}), value
 
 
-def test_modbus_type_keys_and_demotion_match_the_loader() -> None:
-    defs = TAGS_SCHEMA["$defs"]
-    props = defs["equipmentType"]["properties"]
-    # read_gap: bounds and default
-    for gap in (-1, 0, 8, 125, 126, 2.5):
-        try:
-            modbus_config.parse_type(Fields({"read_gap": gap}, "t"))
-            loader_ok = True
-        except ConfigError:
-            loader_ok = False
-        assert Draft202012Validator(props["read_gap"]).is_valid(gap) == loader_ok, gap
-    assert props["read_gap"]["default"] == modbus_config.ModbusType().read_gap
-    assert modbus_config.TYPE_KEYS == {"read_gap", "poll_groups"}
-    # serial settings: refused with any endpoint but rtu://, defaults the loader's
-    rtu_branch = next(c for c in defs["device"]["allOf"]
-                      if c["if"]["properties"].get("endpoint", {}).get("pattern"))
-    assert {k for k, v in rtu_branch["else"]["properties"].items() if v is False} == set(modbus_config.SERIAL_KEYS)
-    device = defs["device"]["properties"]
-    assert device["parity"]["enum"] == list(modbus_config.PARITIES)
-    ep = modbus_config.parse_device(Fields({"endpoint": RTU}, "d"))
-    assert (ep.baudrate, ep.parity, ep.stop_bits, ep.unit) == (
-        device["baudrate"]["default"], modbus_config.PARITIES[device["parity"]["default"]],
-        device["stop_bits"]["default"], device["unit"]["default"])
-    # demotion: common keys, on the type (with the loader's defaults) and on the device
-    bare = scada_config._parse_type("t", {"class": "c", "driver": "modbus",
-                                          "points": {"p": {"table": "coil", "address": 0}}}, "tags.yaml", 1, REGISTRY)
-    for key in ("demote_after", "demote_for"):
-        assert key in scada_config.TYPE_KEYS and key in scada_config.COMMON_DEVICE_KEYS
-        assert props[key]["default"] == getattr(bare, key), key
-        assert {k: v for k, v in props[key].items() if k not in ("description", "default", "examples")} == {
-            k: v for k, v in device[key].items() if k not in ("description", "examples")}, key
-
-
 # {device} with a conversion, a format spec, an attribute or an index: a topic or node id is a
 # literal with {device} as its only placeholder. Schema and drivers both refuse them.
 TEMPLATES_ONLY_THE_DRIVER_TAKES = {"{device!r}", "x/{device:>8}", "{device.upper}", "{device[0]}/x"}
@@ -524,10 +419,10 @@ TEMPLATES_ONLY_THE_DRIVER_TAKES = {"{device!r}", "x/{device:>8}", "{device.upper
 ], ids=["status_topic", "command_topic", "ack_topic", "topic", "node"])
 def test_topic_and_node_patterns_match_the_drivers(text: str, schema_path: tuple[str, ...],
                                                    parse: Callable[[str], Any]) -> None:
-    subschema = TAGS_SCHEMA["$defs"]
+    subschema = TAGS_SCHEMA["definitions"]
     for part in schema_path:
         subschema = subschema[part]
-    schema_ok = Draft202012Validator(subschema).is_valid(text)
+    schema_ok = Draft7Validator(subschema).is_valid(text)
     # The drivers now refuse these too (common.fields.device_template_ok): both reject.
     assert schema_ok == _parses(parse, text)
 
@@ -543,8 +438,8 @@ def test_message_pattern_matches_the_alarm_loader(message: str) -> None:
         loader_ok = True
     except ValueError:
         loader_ok = False
-    subschema = ALARMS_SCHEMA["$defs"]["alarm"]["properties"]["message"]
-    assert Draft202012Validator(subschema).is_valid(message) == loader_ok
+    subschema = ALARMS_SCHEMA["definitions"]["alarm"]["properties"]["message"]
+    assert Draft7Validator(subschema).is_valid(message) == loader_ok
 
 
 # Documents both reject, and documents both accept.
@@ -1055,13 +950,13 @@ def test_only_the_loader_rejects_what_the_schema_cannot_express(which: str, chan
 
 
 def test_message_format_check_covers_the_template_syntax() -> None:
-    """The message pattern accepts exactly the templates string.Formatter can fill in."""
+    """What the message pattern accepts, string.Formatter fills in with the engine's fields."""
     fields = {"device": "LC-AHU-001", "commune": "Ahuy", "value": 181.5, "unit": "V", "point": "mains_voltage",
               "limit": 180.0}
     assert set(fields) == alarms_config.MESSAGE_FIELDS
-    message = ALARMS_SCHEMA["$defs"]["alarm"]["properties"]["message"]
-    for text in message["examples"]:
-        assert Draft202012Validator(message).is_valid(text)
+    message = Draft7Validator(ALARMS_SCHEMA["definitions"]["alarm"]["properties"]["message"])
+    for text in ("{device}: {value:.1f} {unit} above {limit}", "{commune}/{point} {{raw}} {value!r:>8}", "plain"):
+        assert message.is_valid(text)
         string.Formatter().format(text, **fields)
 
 
