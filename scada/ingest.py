@@ -111,11 +111,11 @@ class Ingest:
         coalesce: bool = True,
     ) -> None:
         self.tagdb = tagdb
-        self.coalesce = coalesce
+        self._coalesce_ids = coalesce  # fixed: the scratch below is sized for it
         self.before_flush = before_flush
         self.on_stored = on_stored
         # Scratch for telling repeated ids apart in linear time (last_reports), one slot per tag.
-        self._slots = np.empty(len(tagdb), np.int32)
+        self._slots = np.empty(len(tagdb) if coalesce else 0, np.int32)
         self._numbers: list[_Part] = []
         self._texts: list[_Part] = []
 
@@ -171,7 +171,7 @@ class Ingest:
             values = np.concatenate([p[1] for p in parts]).astype(dtype, copy=False)
             status = _column([p[2] for p in parts], sizes, np.uint32)
             source_time = _column([p[3] for p in parts], sizes, np.int64)
-        keep = last_reports(ids, self._slots) if self.coalesce else None
+        keep = last_reports(ids, self._slots) if self._coalesce_ids else None
         if keep is None:
             return ids, values, status, source_time
         if isinstance(status, np.ndarray):
