@@ -19,5 +19,8 @@ class Backoff:
     cap: float = 10.0
 
     def delay(self, failures: int) -> float:
-        d = min(self.cap, self.base * 2 ** max(0, failures - 1))
+        """The wait after ``failures`` failed attempts in a row (1: the first failure)."""
+        # The exponent is bounded: after ~1,000 failures (hours of a dead peer) 2**n would no
+        # longer convert to a float; 2**32 times any sensible base is far beyond any cap.
+        d = min(self.cap, self.base * 2 ** min(max(0, failures - 1), 32))
         return d * random.uniform(0.5, 1.0)

@@ -47,16 +47,16 @@ def plan_blocks(
     for table in TABLE_ORDER:
         spans = sorted((p.address, p.address + p.size) for p in points if p.table == table)
         limit = max_bits if table in BIT_TABLES else max_registers
-        start = end = None
-        for lo, hi in spans:
-            if start is not None and lo - end <= max_gap and max(end, hi) - start <= limit:
+        if not spans:
+            continue
+        start, end = spans[0]
+        for lo, hi in spans[1:]:
+            if lo - end <= max_gap and max(end, hi) - start <= limit:
                 end = max(end, hi)
                 continue
-            if start is not None:
-                blocks.append(Block(table, start, end - start))
-            start, end = lo, hi
-        if start is not None:
             blocks.append(Block(table, start, end - start))
+            start, end = lo, hi
+        blocks.append(Block(table, start, end - start))
     return blocks
 
 
@@ -144,7 +144,7 @@ class ReadPlan:
         raw += self.offset
         return raw
 
-    def decode(self, responses: Sequence[Sequence[int] | Sequence[bool]]) -> np.ndarray:
+    def decode(self, responses: Sequence[Sequence[int] | Sequence[bool] | np.ndarray]) -> np.ndarray:
         """Values in engineering units, in point order, from one poll's values per block."""
         if len(responses) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} responses, got {len(responses)}")

@@ -33,6 +33,7 @@ from scada.backoff import Backoff
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
 from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
+from scada.ingest import Ingest
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.modbus")
@@ -105,13 +106,16 @@ class DeviceState:
 class _Coalescer:
     """Polls waiting to go into the TagDB as one batch, decoded together per read plan.
 
-    A poll adds its answers' raw data bytes; the flush decodes every poll of one plan (one
-    equipment type's poll group) with one set of numpy operations and writes one batch.
-    Tag ids never repeat in a batch: a poll group polled twice before a flush flushes first.
+    A poll adds its answers' raw data bytes; the flush (``scada.ingest.Ingest``, which calls
+    :meth:`_decode` first) decodes every poll of one plan (one equipment type's poll group)
+    with one set of numpy operations and stores them all as one batch. A poll group polled
+    twice before a flush flushes first: every poll's values reach the TagDB and its
+    consumers (the historian records both), none is coalesced away.
     """
 
     def __init__(self, tagdb: TagDB) -> None:
-        self.tagdb = tagdb
+        # Tag ids never repeat between flushes (see add): no repeats to look for.
+        self.ingest = Ingest(tagdb, before_flush=self._decode, coalesce=False)
         # plan -> the polls' (group, register bytes, bit bytes, status or None when all good, time)
         self._pending: dict[int, tuple[ReadPlan, list]] = {}
         self._groups: set[int] = set()
@@ -126,9 +130,11 @@ class _Coalescer:
         entry[1].append((group, registers, bits, None if status is None else status.copy(), t))
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        ids, values, status, times = [], [], [], []
+        """Decode the pending polls and store them (and anything else gathered) in one batch."""
+        self.ingest.flush()
+
+    def _decode(self) -> None:
+        """Each plan's polls decoded together, handed to the ingest."""
         for plan, polls in self._pending.values():
             n, width = len(polls), len(plan.points)
             try:
@@ -136,21 +142,20 @@ class _Coalescer:
             except ValueError:  # a bug (answer lengths are checked per request): lose one period, not the driver
                 log.exception("modbus_decode_failed", polls=n, points=width)
                 continue
-            values.append(decoded.ravel())
-            ids.append(np.concatenate([p[0].ids for p in polls]))
+            values = decoded.ravel()
             if any(p[3] is not None for p in polls):
-                status.append(np.concatenate([p[0].status_good if p[3] is None else p[3] for p in polls]))
+                status = np.concatenate([p[0].status_good if p[3] is None else p[3] for p in polls])
             else:
-                status.append(np.full(n * width, st.GOOD, np.uint32))
-            times.append(np.repeat(np.fromiter((p[4] for p in polls), np.int64, n), width))
+                status = np.full(n * width, st.GOOD, np.uint32)
+            # A NaN/Inf float from the field is stored with its value, never as Good (codec.NON_FINITE_STATUS).
+            self.ingest.add(
+                np.concatenate([p[0].ids for p in polls]),
+                values,
+                non_finite_status(values, status),
+                np.repeat(np.fromiter((p[4] for p in polls), np.int64, n), width),
+            )
         self._pending.clear()
         self._groups.clear()
-        if ids:
-            batch = np.concatenate(values)
-            # A NaN/Inf float from the field is stored with its value, never as Good (codec.NON_FINITE_STATUS).
-            self.tagdb.update(
-                np.concatenate(ids), batch, non_finite_status(batch, np.concatenate(status)), np.concatenate(times)
-            )
 
 
 class ModbusDriver:
@@ -164,6 +169,7 @@ class ModbusDriver:
         self.backoff = backoff
         self.diag = DeviceDiagnostics(config, devices)
         self._coalescer = _Coalescer(tagdb)
+        self.ingest = self._coalescer.ingest  # the flush loop and the link-loss statuses
         plans: dict[tuple[str, str], ReadPlan] = {}
         connections: dict[tuple, Connection] = {}
         self.devices: list[DeviceState] = []
@@ -200,20 +206,15 @@ class ModbusDriver:
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._flush_loop(), name="modbus:flush")
+                tg.create_task(self.ingest.run(FLUSH_PERIOD), name="modbus:flush")
                 tg.create_task(self.diag.run(self.tagdb), name="modbus:diagnostics")
                 for ds in self.devices:
                     for g in ds.groups:
                         tg.create_task(self._poll_loop(ds, g), name=f"modbus:{ds.device.name}:{g.name}")
         finally:
-            self._coalescer.flush()
+            self.ingest.flush()
             for conn in self.connections:
                 conn.close()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_PERIOD)
-            self._coalescer.flush()
 
     async def _poll_loop(self, ds: DeviceState, group: PollGroup) -> None:
         interval = group.interval
@@ -328,9 +329,7 @@ class ModbusDriver:
         ds.ok = False
         ds.last_error = error
         self.diag.failure(ds.k, error)
-        self._coalescer.flush()  # values polled before the failure must not land after its status
-        code = st.BAD_COMMUNICATION_ERROR if ds.ever_ok else st.BAD_NO_COMMUNICATION
-        self.tagdb.set_status(ds.ids, code)
+        self.ingest.link_lost(ds.ids, ds.ever_ok)
         n, limit = ds.consecutive_failures, ds.device.demote_after
         if limit and n >= limit:
             ds.demoted_until = time.monotonic() + ds.device.demote_for
@@ -367,8 +366,8 @@ class ModbusDriver:
         io = point.io
         data = encode(io, command.value)
         unit, address = ds.device.io.unit, io.address
-        if io.table == "coil":
-            request = frames.write_coil_request(address, bool(data))
+        if isinstance(data, bool):  # a coil: the only writable bit table (a register is never bool)
+            request = frames.write_coil_request(address, data)
         else:
             request = frames.write_registers_request(address, data)
         try:

@@ -110,7 +110,7 @@ class TcpLink(_Link, asyncio.Protocol):
 
     # asyncio.Protocol
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self._transport = transport
         self._buffer.clear()
 
@@ -223,6 +223,8 @@ class RtuLink(_Link):
             raise ConnectionError(str(exc)) from None
 
     def _readable(self) -> None:
+        if self._serial is None:  # closed: its reader went with it (close() removes it)
+            return
         try:
             data = os.read(self._serial.fileno(), 4096)
         except BlockingIOError:

@@ -30,7 +30,7 @@ MAX_PAYLOAD = 64 * 1024  # bytes: larger messages are refused unread
 # json.loads() is three Python calls and a regular expression around this C scanner; a
 # payload that starts with a value and ends with it is parsed by the scanner alone, anything
 # else (surrounding whitespace, errors) by json.loads(), whose verdict is the reference.
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__; typeshed omits it
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,8 @@ class Layout:
                 return None
             if not np.isfinite(arr).all():
                 return None
-            if labels is not None and not np.isin(arr, self._labels[j]).all():
+            allowed = self._labels[j]  # not None exactly when the reader has labels
+            if allowed is not None and not np.isin(arr, allowed).all():
                 return None
             return arr
         if labels is not None and types == {str}:
@@ -214,13 +215,16 @@ class Layout:
             return np.array(mapped, np.float64)
         return None
 
-    def _column_slow(self, j: int, docs: list, rows: list[int], errors: list):
+    def _column_slow(
+        self, j: int, docs: list, rows: Sequence[int], errors: list
+    ) -> tuple[np.ndarray | None, np.ndarray, list | None]:
         """Column ``j`` read value by value, as :func:`decode` does: (values, ok, texts)."""
         r = self.readers[j]
         n = len(docs)
         text = r.point.type == "text"
-        values = None if text else np.full(n, np.nan)
-        texts: list = [None] * n if text else None
+        # A text column fills texts (values None), a number column values (texts None).
+        values = np.full(n, np.nan)
+        texts: list = [None] * n
         ok = np.zeros(n, bool)
         for i, doc in enumerate(docs):
             try:
@@ -233,7 +237,7 @@ class Layout:
                 texts[i] = v
             else:
                 values[i] = v
-        return values, ok, texts
+        return (None, ok, texts) if text else (values, ok, None)
 
 
 @dataclass(slots=True)
@@ -250,7 +254,8 @@ def parse_many(payloads: Sequence[bytes], needs_json: bool) -> list:
     """Each payload parsed (a document, or :class:`Garbage` with the reason), as :func:`parse` would."""
     if not needs_json:
         return [_parse_or_garbage(p, False) for p in payloads]
-    scan, out = _scan, []
+    scan = _scan
+    out: list = []
     append = out.append
     for p in payloads:
         # The common case inline: valid UTF-8 JSON with nothing around it. Anything else
@@ -291,6 +296,7 @@ def decode_batch(layout: Layout, payloads: Sequence[bytes]) -> Decoded:
     index = rows if rows is not None else slice(None)
     for j in range(width):
         col = layout._column_fast(j, docs)
+        col_ok: np.ndarray | bool  # bool: every row of the column read
         if col is not None:
             col_ok = True
             col_texts = col if isinstance(col, list) else None

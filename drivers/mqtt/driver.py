@@ -51,6 +51,7 @@ from scada import status as st
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
 from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
+from scada.ingest import Ingest
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("drivers.mqtt")
@@ -79,14 +80,22 @@ class TopicGroup:
 
     layout: Layout
     devices: list[DeviceState] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)  # each row's topic (garbage is reported with it)
     rows: list[np.ndarray] = field(default_factory=list)
-    ids: np.ndarray | None = None  # (devices, points) int64, built once every device is in
-    ks: np.ndarray | None = None  # each row's device, as its DeviceDiagnostics row
+    # Built by done() once every device is in:
+    ids: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.int64))  # (devices, points)
+    ks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # each row's DeviceDiagnostics row
 
-    def add(self, ds: DeviceState, ids: np.ndarray) -> int:
+    def add(self, ds: DeviceState, topic: str, ids: np.ndarray) -> int:
         self.devices.append(ds)
+        self.topics.append(topic)
         self.rows.append(ids)
         return len(self.devices) - 1
+
+    def done(self) -> None:
+        """Every device is in: the rows as one array."""
+        self.ids = np.stack(self.rows)
+        self.ks = np.array([ds.k for ds in self.devices], np.int64)
 
 
 @dataclass(eq=False)
@@ -118,6 +127,7 @@ class MqttDriver:
     ) -> None:
         self.config = config
         self.tagdb = tagdb
+        self.ingest = Ingest(tagdb)  # flushed by _store, once per batch and before each control message
         self.fast_path = fast_path  # QoS-0 messages framed by the link (False: paho reads every packet)
         self.max_queued, self.inbox_bytes, self.max_packet = max_queued, inbox_bytes, max_packet
         self.brokers: dict[tuple[str, int], Broker] = {}
@@ -148,23 +158,22 @@ class MqttDriver:
                 g = groups.get(key)
                 if g is None:
                     g = groups[key] = TopicGroup(Layout([Reader(j, r.point, r.labels) for j, r in enumerate(readers)]))
-                b.routes[topic] = (g, g.add(ds, np.array([r.tag for r in readers], np.int64)))
+                b.routes[topic] = (g, g.add(ds, topic, np.array([r.tag for r in readers], np.int64)))
             if ds.type_io.status_topic:
                 b.status_topics[ds.type_io.status_topic.format(device=d.name)] = ds
             if ds.type_io.ack_topic:
                 b.ack_topics[ds.type_io.ack_topic.format(device=d.name)] = ds
         for g in groups.values():
-            g.ids = np.stack(g.rows)
-            g.ks = np.array([ds.k for ds in g.devices], np.int64)
+            g.done()
         self.diag = DeviceDiagnostics(config, devices)
         for b in self.brokers.values():
             b.control = frozenset({*b.status_topics, *b.ack_topics})
         self._inbox: collections.deque = collections.deque()
         self._inbox_size = 0  # bytes in the inbox: the sum of its entries' sizes (_sizes())
         self.peak_inbox_bytes = 0
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending_acks: dict[str, asyncio.Future] = {}
+        self._wake = asyncio.Event()  # bound to no loop until awaited; run() makes its own
+        # correlation id -> the write waiting for it; looked up with whatever an acknowledgement carries
+        self._pending_acks: dict[object, asyncio.Future] = {}
         self.received = 0
         self.dropped = 0
         self.garbage = 0
@@ -255,10 +264,9 @@ class MqttDriver:
         ds.online = False
         ds.last_error = reason
         self.diag.link_down([ds.k], reason)
-        self.tagdb.set_status(ds.ids, st.BAD_COMMUNICATION_ERROR if ds.ever else st.BAD_NO_COMMUNICATION)
+        self.ingest.link_lost(ds.ids, ds.ever)
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         for b in self.brokers.values():
             b.client.user_data_set(b)
@@ -286,7 +294,8 @@ class MqttDriver:
             await asyncio.gather(diag_task, return_exceptions=True)
             for b in self.brokers.values():
                 b.connected = False  # an orderly stop, not a lost link: nothing to report
-                await b.link.stop()
+                if b.link is not None:
+                    await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
 
@@ -328,12 +337,6 @@ class MqttDriver:
         """Decode each group's messages with one codec call; one TagDB update for them all."""
         if not pending:
             return
-        ids_parts: list[np.ndarray] = []
-        value_parts: list[np.ndarray] = []
-        time_parts: list[np.ndarray] = []
-        text_ids: list[int] = []
-        texts: list[str] = []
-        text_times: list[int] = []
         for group, (rows, payloads, times) in pending.items():
             layout = group.layout
             try:
@@ -341,17 +344,10 @@ class MqttDriver:
             except Exception as exc:  # noqa: BLE001 - a codec bug loses these messages, not the driver
                 log.exception("mqtt_decode_failed", device=group.devices[rows[0]].device.name, messages=len(rows))
                 for r in set(rows):
-                    ds = group.devices[r]
-                    self._garbage(
-                        ds,
-                        layout.readers[0].point.topic.format(device=ds.device.name),
-                        f"internal decode error: {exc!r}",
-                    )
+                    self._garbage(group.devices[r], group.topics[r], f"internal decode error: {exc!r}")
                 continue
-            for i, j, error in got.errors:
-                ds = group.devices[rows[i]]
-                topic = layout.readers[max(j, 0)].point.topic.format(device=ds.device.name)
-                self._garbage(ds, topic, error)
+            for i, _, error in got.errors:  # every column of a layout reads the one topic
+                self._garbage(group.devices[rows[i]], group.topics[rows[i]], error)
             rows_a = np.asarray(rows, np.intp)
             ids = group.ids[rows_a]
             times_a = np.asarray(times, np.int64)
@@ -361,15 +357,12 @@ class MqttDriver:
                     ok, ids_n, values_n = got.ok[:, cols], ids[:, cols], got.values[:, cols]
                 else:
                     ok, ids_n, values_n = got.ok, ids, got.values
-                ids_parts.append(ids_n[ok])
-                value_parts.append(values_n[ok])
-                time_parts.append(np.broadcast_to(times_a[:, None], ok.shape)[ok])
+                # One device may report twice in a batch: the ingest keeps each tag's last value.
+                self.ingest.add(ids_n[ok], values_n[ok], st.GOOD, np.broadcast_to(times_a[:, None], ok.shape)[ok])
             for j in layout.text_columns:
                 column = got.texts[j]
-                for i in np.flatnonzero(got.ok[:, j]).tolist():
-                    text_ids.append(int(ids[i, j]))
-                    texts.append(column[i])
-                    text_times.append(times[i])
+                rows_ok = np.flatnonzero(got.ok[:, j])
+                self.ingest.add_text(ids[rows_ok, j], [column[i] for i in rows_ok.tolist()], st.GOOD, times_a[rows_ok])
             good_rows = rows_a[got.ok.any(axis=1)]
             self.diag.received(group.ks[good_rows])
             for r in np.unique(good_rows).tolist():
@@ -378,26 +371,7 @@ class MqttDriver:
                     if ds.ever:
                         log.info("device_online", device=ds.device.name)
                     ds.ever = ds.online = True
-        if ids_parts:
-            arr = np.concatenate(ids_parts)
-            if arr.size:
-                # One device may report twice in a batch: keep each tag's last value only.
-                _, last = np.unique(arr[::-1], return_index=True)
-                keep = arr.size - 1 - last
-                self.tagdb.update(
-                    arr[keep], np.concatenate(value_parts)[keep], st.GOOD, np.concatenate(time_parts)[keep]
-                )
-        if text_ids:
-            seen: dict[int, int] = {}
-            for k, tag in enumerate(text_ids):
-                seen[tag] = k
-            order = list(seen.values())
-            self.tagdb.update_text(
-                [text_ids[k] for k in order],
-                [texts[k] for k in order],
-                st.GOOD,
-                np.asarray([text_times[k] for k in order], np.int64),
-            )
+        self.ingest.flush()
 
     def _garbage(self, ds: DeviceState, topic: str, error: str) -> None:
         self.garbage += 1
@@ -447,12 +421,15 @@ class MqttDriver:
             raise DeviceUnreachable(
                 f"{ds.device.name}: broker {broker.endpoint.host}:{broker.endpoint.port} unreachable"
             )
+        if ds.type_io.command_topic is None:  # tags.yaml makes no point of such a type writable
+            raise DeviceRejected(f"{ds.device.name}: its type has no command_topic")
+        command_topic = ds.type_io.command_topic
         correlation = uuid.uuid4().hex
         label = dict(point.enum)[int(command.value)]
-        fut = self._loop.create_future()
+        fut = asyncio.get_running_loop().create_future()
         self._pending_acks[correlation] = fut
         try:
-            topic = ds.type_io.command_topic.format(device=ds.device.name)
+            topic = command_topic.format(device=ds.device.name)
             broker.client.publish(
                 topic, json.dumps({"command": label, "correlation_id": correlation}), qos=point.io.qos
             )

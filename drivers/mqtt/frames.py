@@ -40,8 +40,8 @@ def split_publishes(
     """
     if buf.__class__ is not bytes:  # sliced in place; anything else is copied once
         data = bytes(memoryview(buf)[start:])
-        out, pos = split_publishes(data, v5=v5, limit=limit, max_packet=max_packet)
-        return out, start + pos
+        messages, pos = split_publishes(data, v5=v5, limit=limit, max_packet=max_packet)
+        return messages, start + pos
     out: list[Message] = []
     append = out.append
     end = len(buf)

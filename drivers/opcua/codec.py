@@ -96,7 +96,8 @@ def decode(
             else:
                 codes[k] = st.BAD_CONFIGURATION_ERROR
         if not numeric.all():
-            tags, values, codes, src, keep_last = (a[numeric] for a in (tags, values, codes, src, keep_last))
+            tags, values, codes = tags[numeric], values[numeric], codes[numeric]
+            src, keep_last = src[numeric], keep_last[numeric]
     return Decoded(tags, values, codes, src, keep_last, texts, rejected, bad_handle)
 
 

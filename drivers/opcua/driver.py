@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +41,11 @@ from asyncua.ua.uaerrors import UaError
 from drivers.opcua import codec
 from drivers.opcua.config import NO_SECURITY, OpcUaEndpoint, OpcUaSecurity, OpcUaType
 from scada import status as st
+from scada.backoff import Backoff
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
 from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
+from scada.ingest import Ingest
 from scada.tagdb import TEXT, TagDB
 
 log = structlog.get_logger("drivers.opcua")
@@ -52,7 +53,9 @@ FLUSH_S = 0.05
 ITEMS_PER_CALL = 5000  # monitored items per CreateMonitoredItems request when the server sets no limit
 _SESSION_ERRORS = (UaError, OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError)
 _POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256}
-_MAX_ITEMS_PER_CALL = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+_MAX_ITEMS_PER_CALL = ua.NodeId(
+    ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+)
 # Why a server refuses us, in words a technician acts on (the status code stays in the message).
 _HINTS = {
     "BadCertificateUntrusted": "the server does not trust our certificate {cert}: add it to the server's trusted "
@@ -83,7 +86,7 @@ class Session:
     security: OpcUaSecurity = NO_SECURITY
     devices: list[Device] = field(default_factory=list)
     nodes: list[tuple[int, str, str]] = field(default_factory=list)  # (tag id, namespace uri, identifier)
-    ids: np.ndarray | None = None
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # every tag, once all devices are in
     client: Client | None = None
     connected: bool = False
     ever: bool = False
@@ -110,7 +113,9 @@ class _Subscription(Subscription):
     """
 
     def __init__(self, session_service, params, driver: OpcUaDriver, session: Session) -> None:
-        super().__init__(session_service, params, handler=self)  # a handler: asyncua keeps no event queue
+        # A handler: asyncua keeps no event queue. Its handler methods are never called, since
+        # publish_callback is replaced: the handler protocols do not apply.
+        super().__init__(session_service, params, handler=self)  # type: ignore[arg-type]
         self._driver, self._session = driver, session
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
@@ -137,7 +142,7 @@ class OpcUaDriver:
     ) -> None:
         self.config = config
         self.tagdb = tagdb
-        self.backoff = (backoff_base, backoff_cap)
+        self.backoff = Backoff(backoff_base, backoff_cap)
         # One session per server and client identity: two types on one endpoint with different
         # security cannot share a session.
         self.sessions: dict[tuple[str, OpcUaSecurity], Session] = {}
@@ -172,8 +177,7 @@ class OpcUaDriver:
         for s in self.sessions.values():
             self._known[s.ids] = True
         self.rejected_items = 0  # notifications whose ClientHandle is not one of our items
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._pending_text: list[tuple[int, str, int, int]] = []
+        self.ingest = Ingest(tagdb, on_stored=lambda tags: self.diag.received(self._device_of_tag[tags]))
         self._loop: asyncio.AbstractEventLoop | None = None
         self.notifications = 0
 
@@ -196,40 +200,14 @@ class OpcUaDriver:
                 )
         if d.keep_last.any():  # a Bad status without a value: the last value stays beside it
             d.values[d.keep_last] = self.tagdb.value[d.tags[d.keep_last]]
-        self._pending.append((d.tags, d.values, d.status, d.source_time))
+        self.ingest.add(d.tags, d.values, d.status, d.source_time)
         if d.texts:
-            self._pending_text += d.texts
+            tags, texts, codes, times = zip(*d.texts)
+            self.ingest.add_text(tags, texts, np.array(codes, np.uint32), np.array(times, np.int64))
 
     def flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            if len(pending) == 1:
-                tags, values, codes, src = pending[0]
-            else:
-                tags, values, codes, src = (np.concatenate(c) for c in zip(*pending))
-            # A tag notified twice since the last flush: its last value counts (TagDB wants unique ids).
-            rev_unique, rev_first = np.unique(tags[::-1], return_index=True)
-            if rev_unique.size != tags.size:
-                last = tags.size - 1 - rev_first
-                tags, values, codes, src = tags[last], values[last], codes[last], src[last]
-            if tags.size:
-                self.tagdb.update(tags, values, codes, src)
-                self.diag.received(self._device_of_tag[tags])
-        if self._pending_text:
-            pending_text, self._pending_text = self._pending_text, []
-            last_text = {row[0]: row for row in pending_text}
-            rows = list(last_text.values())
-            self.tagdb.update_text(
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                np.array([r[2] for r in rows], np.uint32),
-                np.array([r[3] for r in rows], np.int64),
-            )
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            self.flush()
+        """Store the notifications since the last flush; a tag notified twice: its last value counts."""
+        self.ingest.flush()
 
     # sessions
 
@@ -237,7 +215,7 @@ class OpcUaDriver:
         self._loop = asyncio.get_running_loop()
         logging.getLogger("asyncua").setLevel(logging.ERROR)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flush_loop(), name="opcua-flush")
+            tg.create_task(self.ingest.run(FLUSH_S), name="opcua-flush")
             tg.create_task(self.diag.run(self.tagdb), name="opcua-diagnostics")
             for s in self.sessions.values():
                 tg.create_task(self._session_loop(s), name=f"opcua:{s.url}")
@@ -246,8 +224,7 @@ class OpcUaDriver:
         if s.connected:
             log.warning("opcua_session_lost", endpoint=s.url, error=reason)
         s.connected = False
-        self.flush()
-        self.tagdb.set_status(s.ids, st.BAD_COMMUNICATION_ERROR if s.ever else st.BAD_NO_COMMUNICATION)
+        self.ingest.link_lost(s.ids, s.ever)
         self.diag.link_down(self._session_devices[id(s)], f"{s.url}: {reason}")
 
     def _describe(self, s: Session, exc: BaseException) -> tuple[str, bool]:
@@ -284,8 +261,7 @@ class OpcUaDriver:
                     )
                 s.last_error = reason
             s.failures += 1
-            base, cap = self.backoff
-            await asyncio.sleep(min(cap, base * 2 ** min(s.failures - 1, 10)) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(self.backoff.delay(s.failures))
 
     async def _secure(self, client: Client, s: Session) -> None:
         """Find the server's endpoint for our policy and mode, check its certificate, set up security.
@@ -380,7 +356,9 @@ class OpcUaDriver:
                 await self._secure(client, s)
                 await client.connect()
             namespaces = {uri: await client.get_namespace_index(uri) for uri in {n[1] for n in s.nodes}}
-            nodes = [client.get_node(ua.NodeId(ident, namespaces[uri])) for _, uri, ident in s.nodes]
+            nodes = [
+                client.get_node(ua.NodeId(ua.String(ident), ua.Int16(namespaces[uri]))) for _, uri, ident in s.nodes
+            ]
             s.node_of = {tag: node for node, (tag, _, _) in zip(nodes, s.nodes)}
             s.vtype.clear()
             refused = await self._subscribe(client, s, nodes)
