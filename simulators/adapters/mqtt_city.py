@@ -11,8 +11,8 @@ Topics (``<id>`` is the device name):
 
 Every bollard has its own MQTT connection, as in the field, so that its last will marks it
 offline when it drops. The vehicles report through one connection (the fleet's tracking
-gateway). The clients are driven by the asyncio loop, not by paho's threads (whose
-``select()`` fails past file descriptor 1023: a simulated city has more sockets than that).
+gateway). The clients are driven by the asyncio loop through paho's public API
+(``simulators/adapters/mqtt_link.py`` says why not paho's threads).
 """
 
 from __future__ import annotations
@@ -24,69 +24,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
-from drivers.mqtt.aio import AsyncioMqtt
+from simulators.adapters.mqtt_link import QOS, MqttLink
 from simulators.clock import SimClock
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
 log = logging.getLogger("simulators.mqtt")
-QOS = 1
 
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class MqttLink:
-    """One paho client driven by the event loop (see drivers/mqtt/aio.py), last will optional."""
-
-    def __init__(
-        self,
-        client_id: str,
-        host: str,
-        port: int,
-        will: tuple[str, str] | None = None,
-        on_connect=None,
-        on_message=None,
-    ) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        if will:
-            self.client.will_set(will[0], will[1], qos=QOS, retain=True)
-        self._on_connect = on_connect
-        self.client.on_connect = self._connected
-        self.client.on_disconnect = self._disconnected
-        if on_message:
-            self.client.on_message = on_message
-        self.io = AsyncioMqtt(self.client, host, port, keepalive=10, backoff=(0.5, 10.0))
-        self.connected = False
-
-    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = not reason_code.is_failure
-        if self.connected and self._on_connect:
-            self._on_connect(self)
-
-    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
-
-    def start(self) -> None:
-        self.io.start()
-
-    def publish(self, topic: str, payload, retain: bool = False) -> None:
-        if not isinstance(payload, (str, bytes)):
-            payload = json.dumps(payload, separators=(",", ":"))
-        self.client.publish(topic, payload, qos=QOS, retain=retain)
-
-    def drop(self) -> None:
-        """Lose the network without a goodbye, and stay off: the broker publishes the last will."""
-        self.io.hold_down(True)
-
-    def restore(self) -> None:
-        self.io.hold_down(False)
-
-    async def stop(self) -> None:
-        await self.io.stop()
 
 
 class BollardMqttSimulator:
