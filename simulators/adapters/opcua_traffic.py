@@ -30,7 +30,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scada.opcua.server import stop_asyncua_server
+from simulators.adapters.asyncua_private import stop_server
 from simulators.clock import SimClock
 from simulators.models import traffic as tr
 from simulators.pki import ensure_certificate
@@ -301,4 +301,4 @@ class TrafficOpcUaSimulator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await stop_asyncua_server(self.server)
+        await stop_server(self.server)
