@@ -88,6 +88,7 @@ class AsyncioMqtt:
         self._buf = b""  # bytes received from the socket and not yet handed to paho
         self._pos = 0
         self._buf_sock: object = None  # the socket they came from (compared by identity only)
+        self._paho_socket = client.socket  # paho's current socket (bound once: called per read)
         self._starved = False  # the last refill found the socket empty
         self._resume: asyncio.Handle | None = None  # a read scheduled for bytes left in the buffer
         # paho's private state the link reads and writes: checked once, loudly.
@@ -157,7 +158,7 @@ class AsyncioMqtt:
         """Replace the spent buffer with one recv() from paho's socket (b"": end of stream).
 
         Raises as recv() does (BlockingIOError: nothing there, and the link is starved)."""
-        self._buf, self._pos, self._buf_sock = b"", 0, self.client.socket()  # old bytes never feed a new connection
+        self._buf, self._pos, self._buf_sock = b"", 0, self._paho_socket()  # old bytes never feed a new connection
         try:
             self._buf = self._recv_raw(RECV_SIZE)
         except BlockingIOError:
@@ -167,11 +168,14 @@ class AsyncioMqtt:
 
     def _recv_buffered(self, bufsize: int) -> bytes:
         """paho's ``_sock_recv``: up to ``bufsize`` bytes, from the buffer while it lasts."""
-        refused = paho_private.oversize(self.client, self.max_packet)
-        if refused is not None:
-            self._refuse_oversize(*refused)
+        # paho reads a body with one recv() of its whole remaining length first: only a read of
+        # more than max_packet bytes can be an oversized packet's (the common reads skip the check).
+        if bufsize > self.max_packet:
+            refused = paho_private.oversize(self.client, self.max_packet)
+            if refused is not None:
+                self._refuse_oversize(*refused)
         pos, buf = self._pos, self._buf
-        if pos >= len(buf) or self._buf_sock is not self.client.socket():
+        if pos >= len(buf) or self._buf_sock is not self._paho_socket():
             buf, pos = self._refill(), 0
             if len(buf) <= bufsize:
                 self._pos = len(buf)
@@ -199,7 +203,7 @@ class AsyncioMqtt:
         """The fast path: deliver the QoS-0 PUBLISH packets at the front of the buffer (refilled
         when spent), ``limit`` at most; how many. None: the socket is empty. 0: paho's turn."""
         client = self.client
-        if self._pos >= len(self._buf) or self._buf_sock is not client.socket():
+        if self._pos >= len(self._buf) or self._buf_sock is not self._paho_socket():
             try:
                 if not self._refill():
                     return 0  # end of stream: paho's next recv() meets it too, and reports it
