@@ -164,7 +164,7 @@ class LightingModbusSimulator:
         self.acceleration = acceleration
         self.step_interval = step_interval
         self.clock = SimClock(start_time, acceleration)
-        self.servers: dict[int, ModbusTcpServer] = {}
+        self.servers: dict[int, ModbusTcpServer | ModbusSerialServer] = {}
         self._tasks: list[asyncio.Task] = []
         self.requests = 0
         self.requests_per_cabinet = np.zeros(state.count, np.int64)
@@ -260,16 +260,16 @@ class LightingModbusSimulator:
             raise OSError(f"cannot listen on {self.host}:{port}: in use, or not an address of this machine") from exc
         self.servers[port] = server
 
-    async def _open_serial(self) -> None:
+    async def _open_serial(self, serial_port: str) -> None:
         server = ModbusSerialServer(
-            self._port_devices(self.base_port), port=self.serial_port, baudrate=self.baudrate, parity=self.parity
+            self._port_devices(self.base_port), port=serial_port, baudrate=self.baudrate, parity=self.parity
         )
         await server.serve_forever(background=True)
         self.servers[self.base_port] = server
 
     async def start(self) -> None:
         if self.serial_port is not None:
-            await self._open_serial()
+            await self._open_serial(self.serial_port)
         else:
             for port in sorted({self.placement(i).port for i in range(self.state.count)}):
                 await self._open(port)

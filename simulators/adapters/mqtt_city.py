@@ -122,7 +122,9 @@ class BollardMqttSimulator:
 
     def publish_changes(self) -> None:
         sig = self._signature()
-        changed = np.flatnonzero((sig != self._last).any(axis=1)) if self._last is not None else range(len(sig))
+        changed = (
+            np.flatnonzero((sig != self._last).any(axis=1)).tolist() if self._last is not None else range(len(sig))
+        )
         for i in changed:
             self.links[i].publish(self.topic(i, "state"), self._state_payload(i), retain=True)
         self._last = sig

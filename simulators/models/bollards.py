@@ -91,7 +91,10 @@ def _arrivals(s: BollardState, t: float, dt: float):
 
 def step(s: BollardState, t: float) -> BollardState:
     dt = max(0.0, t - s.t)
-    arrived, classes, when = _arrivals(s, t, dt) if dt > 0 else (np.zeros(s.count, bool), None, None)
+    if dt > 0:
+        arrived, classes, when = _arrivals(s, t, dt)
+    else:  # no time, no arrivals
+        arrived, classes, when = np.zeros(s.count, bool), np.zeros(s.count, np.int64), np.zeros(s.count)
     vehicle_until, open_until = s.vehicle_until.copy(), s.open_until.copy()
     events = []
     for i in np.flatnonzero(arrived).tolist():
