@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from simulators.adapters.mqtt_link import QOS, MqttLink
-from simulators.clock import SimClock
+from simulators.clock import Paced
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
@@ -37,7 +37,9 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class BollardMqttSimulator:
+class BollardMqttSimulator(Paced):
+    """Bollards, each on its own MQTT connection: state, access events, commands and acks."""
+
     def __init__(
         self,
         state: bo.BollardState,
@@ -52,20 +54,15 @@ class BollardMqttSimulator:
     ) -> None:
         if len(names) != state.count:
             raise ValueError("one name per bollard")
+        super().__init__(acceleration, step_interval, start_time)
         self.state = state
         self.names = names
         self.host, self.port, self.prefix = host, port, prefix
-        self.acceleration, self.step_interval = acceleration, step_interval
-        self.clock = SimClock(start_time, acceleration)
         self.links: list[MqttLink] = []
         self._commands: asyncio.Queue = asyncio.Queue(maxsize=10_000)
-        self._tasks: list[asyncio.Task] = []
         self._last: np.ndarray | None = None
         self.commands_received = 0
         self.invalid_commands = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     def topic(self, i: int, leaf: str) -> str:
         return f"{self.prefix}/{self.names[i]}/{leaf}"
@@ -93,10 +90,8 @@ class BollardMqttSimulator:
             link.start()
             self.links.append(link)
         self._last = self._signature()
-        self._tasks = [
-            asyncio.create_task(self._step_loop(), name="bollards-step"),
-            asyncio.create_task(self._command_loop(), name="bollards-commands"),
-        ]
+        self.spawn(self._step_loop(), "bollards-step")
+        self.spawn(self._command_loop(), "bollards-commands")
 
     def _enqueue(self, i: int, payload: bytes) -> None:
         try:
@@ -178,16 +173,15 @@ class BollardMqttSimulator:
         (self.links[i].drop if offline else self.links[i].restore)()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.stop_tasks()
         for link in self.links:
             await link.stop()
         self.links.clear()
 
 
-class FleetMqttSimulator:
+class FleetMqttSimulator(Paced):
+    """Vehicles reporting their positions through one connection (the fleet's tracking gateway)."""
+
     def __init__(
         self,
         state: fl.FleetState,
@@ -200,18 +194,14 @@ class FleetMqttSimulator:
         report_interval: float = 10.0,
         start_time: float | None = None,
     ) -> None:
+        # Trackers report every report_interval of simulated time.
+        super().__init__(acceleration, report_interval / acceleration, start_time)
         self.state = state
         self.names = names
         self.prefix = prefix
-        self.acceleration = acceleration
         self.report_interval = report_interval
-        self.clock = SimClock(start_time, acceleration)
         self.link = MqttLink("fleet-gateway", host, port)
-        self._task: asyncio.Task | None = None
         self.reports = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     def report(self) -> None:
         s = self.state
@@ -231,18 +221,15 @@ class FleetMqttSimulator:
 
     async def start(self) -> None:
         self.link.start()
-        self._task = asyncio.create_task(self._loop(), name="fleet-step")
+        self.spawn(self._loop(), "fleet-step")
 
     async def _loop(self) -> None:
         while True:
             self.state = fl.step(self.state, self.sim_time())
             if self.link.connected:
                 self.report()
-            # Trackers report every report_interval of simulated time.
-            await asyncio.sleep(self.report_interval / self.acceleration)
+            await asyncio.sleep(self.step_interval)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.stop_tasks()
         await self.link.stop()

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulators.adapters.asyncua_private import stop_server
-from simulators.clock import SimClock
+from simulators.clock import Paced
 from simulators.models import traffic as tr
 from simulators.pki import ensure_certificate
 
@@ -143,7 +143,7 @@ class _WriteHandler:
         self.sim._requests.put_nowait((node.nodeid, val))
 
 
-class TrafficOpcUaSimulator:
+class TrafficOpcUaSimulator(Paced):
     def __init__(
         self,
         state: tr.TrafficState,
@@ -159,9 +159,7 @@ class TrafficOpcUaSimulator:
         self.state = state
         self.junctions = junctions
         self.endpoint = endpoint
-        self.acceleration = acceleration
-        self.step_interval = step_interval
-        self.clock = SimClock(start_time, acceleration)
+        super().__init__(acceleration, step_interval, start_time)
         self.security = security
         self.server = Server(user_manager=_SecureOnly() if security else None)
         self._trusted: set[bytes] = set()
@@ -173,11 +171,7 @@ class TrafficOpcUaSimulator:
         self._requests: asyncio.Queue = asyncio.Queue()
         # Our own publications of writable nodes come back as notifications: not requests.
         self._echoes: dict[ua.NodeId, list[int]] = {}
-        self._tasks: list[asyncio.Task] = []
         self.refused = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     async def start(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)
@@ -217,10 +211,8 @@ class TrafficOpcUaSimulator:
         self._last = {path: _column(self.state, field, col).copy() for path, vt, field, col in VARIABLES}
         sub = await self.server.create_subscription(50, _WriteHandler(self))
         await sub.subscribe_data_change(writable)
-        self._tasks = [
-            asyncio.create_task(self._step_loop(), name="traffic-step"),
-            asyncio.create_task(self._command_loop(), name="traffic-commands"),
-        ]
+        self.spawn(self._step_loop(), "traffic-step")
+        self.spawn(self._command_loop(), "traffic-commands")
 
     async def _secure(self, sec: ServerSecurity) -> None:
         cert_path, key_path = ensure_certificate(sec.certificate, sec.private_key, SERVER_URI, server=True)
@@ -303,8 +295,5 @@ class TrafficOpcUaSimulator:
         self.state = fn(self.state, *args)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.stop_tasks()
         await stop_server(self.server)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from simulators.models.columns import with_element
+
 DOWN, RISING, UP, LOWERING, FAULT = 0, 1, 2, 3, 4
 POSITIONS = {DOWN: "down", RISING: "rising", UP: "up", LOWERING: "lowering", FAULT: "fault"}
 COMMANDS = ("raise", "lower", "emergency_lower", "reset")
@@ -157,9 +159,7 @@ def command(s: BollardState, i: int, name: str) -> tuple[BollardState, bool, str
 
 
 def _set(s: BollardState, field: str, i: int, value) -> BollardState:
-    arr = getattr(s, field).copy()
-    arr[i] = value
-    return replace(s, **{field: arr})
+    return with_element(s, field, i, value)
 
 
 def set_obstruction(s: BollardState, i: int, present: bool) -> BollardState:
