@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def guarded() -> None:
         task = asyncio.current_task()
+        assert task is not None  # runs as asyncio.run's main task
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)

@@ -86,10 +86,9 @@ class CitySimulator:
         self._index: dict[str, tuple[str, int]] = {}
         for i, x in enumerate(c):
             self._index[x.name] = (fa.LIGHTING, i)
-        for i, x in enumerate(city.junctions):
-            self._index[x.name] = (fa.TRAFFIC, i)
-        for i, x in enumerate(city.bollards):
-            self._index[x.name] = (fa.BOLLARD, i)
+        for kind, sites in ((fa.TRAFFIC, city.junctions), (fa.BOLLARD, city.bollards)):
+            for i, site in enumerate(sites):
+                self._index[site.name] = (kind, i)
         self._rng = np.random.default_rng(seed + 1)
         self._tasks: set[asyncio.Task] = set()
         self.injected = 0
@@ -160,9 +159,9 @@ class CitySimulator:
     def apply(self, kind: str, fn, i: int, *args) -> None:
         if kind == fa.LIGHTING:
             self.lighting.state = fn(self.lighting.state, i, *args)
-        elif kind == fa.TRAFFIC:
+        elif kind == fa.TRAFFIC and self.traffic is not None:  # check() refused it otherwise
             self.traffic.apply(fn, i, *args)
-        elif kind == fa.BOLLARD:
+        elif kind == fa.BOLLARD and self.bollards is not None:
             self.bollards.apply(fn, i, *args)
 
     def burst(self, count: int) -> None:
@@ -211,7 +210,7 @@ class CitySimulator:
                         raise FaultError('expected {"fault": name, "device": name, ...parameters}')
                     fault, device = req.pop("fault"), req.pop("device", None)
                     await self.inject(fault, device, **req)
-                    reply = {"ok": True}
+                    reply: dict[str, object] = {"ok": True}
                 except (ValueError, TypeError) as exc:  # FaultError, bad JSON, bad parameter values
                     reply = {"ok": False, "error": str(exc)}
                 writer.write((json.dumps(reply) + "\n").encode())

@@ -13,7 +13,8 @@ Reads are buffered. paho parses a packet with a ``recv()`` per field: one byte o
 type, one per byte of remaining length, then the rest: three to four system calls per
 message, about a third of paho's receive time here (bench/README.md, bench_mqtt.py).
 The client's ``_sock_recv`` (the one place paho reads its socket, since 1.x) is replaced on
-this instance by a read from a 64 KiB buffer, refilled with one ``recv()`` when empty, so
+this instance by a read from a 64 KiB buffer (paho's private internals used here are all in
+``drivers/mqtt/paho_private.py``), refilled with one ``recv()`` when empty, so
 that a wake-up of the loop parses every packet the kernel holds with one or two system calls.
 
 Fast path (``on_messages``): paho spends ~22 µs of CPU on a message, more than the 20 µs
@@ -46,6 +47,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 import structlog
 
+from drivers.mqtt import paho_private
 from drivers.mqtt.frames import Message, split_publishes
 
 log = structlog.get_logger("drivers.mqtt")
@@ -56,6 +58,8 @@ RECV_SIZE = 65536  # bytes per recv(): many packets; beyond 128 KiB malloc maps 
 
 class AsyncioMqtt:
     """Connects ``client`` to ``host:port`` and keeps it connected until :meth:`stop`."""
+
+    _loop: asyncio.AbstractEventLoop  # the running loop, from start() on
 
     def __init__(
         self,
@@ -72,7 +76,6 @@ class AsyncioMqtt:
         self.oversize = 0  # packets refused for their announced size (each closed the connection)
         self.host, self.port, self.keepalive = host, port, keepalive
         self.backoff = backoff
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._task: asyncio.Task | None = None
         self._misc: asyncio.Task | None = None
@@ -84,32 +87,20 @@ class AsyncioMqtt:
         self.fast_messages = 0  # QoS-0 messages delivered by the fast path, paho bypassed
         self._buf = b""  # bytes received from the socket and not yet handed to paho
         self._pos = 0
-        self._buf_sock: socket.socket | None = None  # the socket they came from
+        self._buf_sock: object = None  # the socket they came from (compared by identity only)
+        self._paho_socket = client.socket  # paho's current socket (bound once: called per read)
         self._starved = False  # the last refill found the socket empty
         self._resume: asyncio.Handle | None = None  # a read scheduled for bytes left in the buffer
-        if not callable(getattr(client, "_sock_recv", None)):
-            raise TypeError("this paho-mqtt has no Client._sock_recv: pin paho-mqtt>=2.2,<3")
+        # paho's private state the link reads and writes: checked once, loudly.
+        paho_private.check(client, fast_path=on_messages is not None)
         self._deliver = on_messages
+        self._v5 = False
         if on_messages is not None:
-            # paho's private state the fast path reads and writes: checked once, loudly.
-            packet = getattr(client, "_in_packet", None)
-            if (
-                not hasattr(client, "_last_bytes_received")
-                or not isinstance(packet, dict)
-                or "command" not in packet
-                or not hasattr(client, "_msgtime_mutex")
-                or not callable(getattr(mqtt, "time_func", None))
-            ):
-                raise TypeError(
-                    "this paho-mqtt's internals differ from 2.2: pin paho-mqtt>=2.2,<3, "
-                    "or run without the fast path (on_messages=None)"
-                )
-            protocol = getattr(client, "_protocol", None)
+            protocol = client.protocol
             if protocol not in (mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5):
                 raise ValueError(f"fast path: unknown MQTT protocol version {protocol!r}")
             self._v5 = protocol == mqtt.MQTTv5
-        self._recv_raw = client._sock_recv
-        client._sock_recv = self._recv_buffered
+        self._recv_raw = paho_private.replace_recv(client, self._recv_buffered)
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -156,7 +147,7 @@ class AsyncioMqtt:
     def _watch_write(self, sock, on: bool) -> None:
         if on:
             if sock.fileno() >= 0 and sock is self._sock:
-                self._loop.add_writer(sock, self._write)
+                self._loop.add_writer(self._sock, self._write)
         else:
             try:
                 self._loop.remove_writer(sock)
@@ -167,7 +158,7 @@ class AsyncioMqtt:
         """Replace the spent buffer with one recv() from paho's socket (b"": end of stream).
 
         Raises as recv() does (BlockingIOError: nothing there, and the link is starved)."""
-        self._buf, self._pos, self._buf_sock = b"", 0, self.client._sock  # old bytes never feed a new connection
+        self._buf, self._pos, self._buf_sock = b"", 0, self._paho_socket()  # old bytes never feed a new connection
         try:
             self._buf = self._recv_raw(RECV_SIZE)
         except BlockingIOError:
@@ -177,11 +168,14 @@ class AsyncioMqtt:
 
     def _recv_buffered(self, bufsize: int) -> bytes:
         """paho's ``_sock_recv``: up to ``bufsize`` bytes, from the buffer while it lasts."""
-        packet = self.client._in_packet
-        if packet["have_remaining"] and packet["remaining_length"] > self.max_packet:
-            self._refuse_oversize(packet["command"], packet["remaining_length"])
+        # paho reads a body with one recv() of its whole remaining length first: only a read of
+        # more than max_packet bytes can be an oversized packet's (the common reads skip the check).
+        if bufsize > self.max_packet:
+            refused = paho_private.oversize(self.client, self.max_packet)
+            if refused is not None:
+                self._refuse_oversize(*refused)
         pos, buf = self._pos, self._buf
-        if pos >= len(buf) or self._buf_sock is not self.client._sock:
+        if pos >= len(buf) or self._buf_sock is not self._paho_socket():
             buf, pos = self._refill(), 0
             if len(buf) <= bufsize:
                 self._pos = len(buf)
@@ -205,11 +199,11 @@ class AsyncioMqtt:
         )
         raise ConnectionAbortedError(f"packet of {size} bytes, more than max_packet {self.max_packet}")
 
-    def _split(self, limit: int) -> int | None:
+    def _split(self, limit: int, deliver: Callable[[list[Message]], None]) -> int | None:
         """The fast path: deliver the QoS-0 PUBLISH packets at the front of the buffer (refilled
         when spent), ``limit`` at most; how many. None: the socket is empty. 0: paho's turn."""
         client = self.client
-        if self._pos >= len(self._buf) or self._buf_sock is not client._sock:
+        if self._pos >= len(self._buf) or self._buf_sock is not self._paho_socket():
             try:
                 if not self._refill():
                     return 0  # end of stream: paho's next recv() meets it too, and reports it
@@ -221,10 +215,9 @@ class AsyncioMqtt:
             self._buf, self._pos, v5=self._v5, limit=limit, max_packet=self.max_packet
         )
         if messages:
-            with client._msgtime_mutex:  # paho's keep-alive: bytes did come in
-                client._last_bytes_received = mqtt.time_func()
+            paho_private.mark_received(client)  # paho's keep-alive: bytes did come in
             self.fast_messages += len(messages)
-            self._deliver(messages)
+            deliver(messages)
         return len(messages)
 
     def _read(self) -> None:
@@ -234,10 +227,10 @@ class AsyncioMqtt:
         if sock is None:
             return
         self._starved = False
-        client, budget = self.client, READ_BURST
+        client, budget, deliver = self.client, READ_BURST, self._deliver
         while budget > 0:
-            if self._deliver is not None and client._in_packet["command"] == 0:  # paho between packets
-                n = self._split(budget)
+            if deliver is not None and paho_private.between_packets(client):
+                n = self._split(budget, deliver)
                 if n is None or self._sock is not sock:
                     return  # kernel and buffer both empty (epoll wakes us again), or socket gone
                 if n:

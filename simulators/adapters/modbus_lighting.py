@@ -26,7 +26,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulators.clock import SimClock
+from simulators.clock import Paced
 from simulators.models import lighting
 
 # (name, table, address, type, word order, scale) -- value on the wire = value / scale
@@ -137,7 +137,7 @@ class Placement:
     unit: int
 
 
-class LightingModbusSimulator:
+class LightingModbusSimulator(Paced):
     """Owns the model state and the pymodbus servers that expose it."""
 
     def __init__(
@@ -157,15 +157,12 @@ class LightingModbusSimulator:
             units_per_port = state.count
         if not 1 <= units_per_port <= 247:
             raise ValueError("units_per_port must be within 1-247 (a serial line carries at most 247 units)")
+        super().__init__(acceleration, step_interval, start_time)
         self.serial_port, self.baudrate, self.parity = serial_port, baudrate, parity
         self.host = host
         self.base_port = base_port
         self.units_per_port = units_per_port
-        self.acceleration = acceleration
-        self.step_interval = step_interval
-        self.clock = SimClock(start_time, acceleration)
-        self.servers: dict[int, ModbusTcpServer] = {}
-        self._tasks: list[asyncio.Task] = []
+        self.servers: dict[int, ModbusTcpServer | ModbusSerialServer] = {}
         self.requests = 0
         self.requests_per_cabinet = np.zeros(state.count, np.int64)
         self.silent: set[int] = set()  # cabinets that stopped answering
@@ -185,9 +182,6 @@ class LightingModbusSimulator:
 
     def placement(self, i: int) -> Placement:
         return Placement(self.base_port + i // self.units_per_port, 1 + i % self.units_per_port)
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     async def _action(
         self, i: int, function_code: int, start_address: int, address: int, count: int, registers: list[int], set_values
@@ -260,20 +254,20 @@ class LightingModbusSimulator:
             raise OSError(f"cannot listen on {self.host}:{port}: in use, or not an address of this machine") from exc
         self.servers[port] = server
 
-    async def _open_serial(self) -> None:
+    async def _open_serial(self, serial_port: str) -> None:
         server = ModbusSerialServer(
-            self._port_devices(self.base_port), port=self.serial_port, baudrate=self.baudrate, parity=self.parity
+            self._port_devices(self.base_port), port=serial_port, baudrate=self.baudrate, parity=self.parity
         )
         await server.serve_forever(background=True)
         self.servers[self.base_port] = server
 
     async def start(self) -> None:
         if self.serial_port is not None:
-            await self._open_serial()
+            await self._open_serial(self.serial_port)
         else:
             for port in sorted({self.placement(i).port for i in range(self.state.count)}):
                 await self._open(port)
-        self._tasks.append(asyncio.create_task(self._step_loop(), name="lighting-step"))
+        self.spawn(self._step_loop(), "lighting-step")
 
     async def _step_loop(self) -> None:
         while True:
@@ -303,10 +297,7 @@ class LightingModbusSimulator:
             await self._open(port)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.stop_tasks()
         self.silent.clear()
         self._answer.set()
         for server in self.servers.values():

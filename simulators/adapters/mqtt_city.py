@@ -11,8 +11,8 @@ Topics (``<id>`` is the device name):
 
 Every bollard has its own MQTT connection, as in the field, so that its last will marks it
 offline when it drops. The vehicles report through one connection (the fleet's tracking
-gateway). The clients are driven by the asyncio loop, not by paho's threads (whose
-``select()`` fails past file descriptor 1023: a simulated city has more sockets than that).
+gateway). The clients are driven by the asyncio loop through paho's public API
+(``simulators/adapters/mqtt_link.py`` says why not paho's threads).
 """
 
 from __future__ import annotations
@@ -24,72 +24,22 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
-from drivers.mqtt.aio import AsyncioMqtt
-from simulators.clock import SimClock
+from simulators.adapters.mqtt_link import QOS, MqttLink
+from simulators.clock import Paced
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
 log = logging.getLogger("simulators.mqtt")
-QOS = 1
 
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class MqttLink:
-    """One paho client driven by the event loop (see drivers/mqtt/aio.py), last will optional."""
+class BollardMqttSimulator(Paced):
+    """Bollards, each on its own MQTT connection: state, access events, commands and acks."""
 
-    def __init__(
-        self,
-        client_id: str,
-        host: str,
-        port: int,
-        will: tuple[str, str] | None = None,
-        on_connect=None,
-        on_message=None,
-    ) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        if will:
-            self.client.will_set(will[0], will[1], qos=QOS, retain=True)
-        self._on_connect = on_connect
-        self.client.on_connect = self._connected
-        self.client.on_disconnect = self._disconnected
-        if on_message:
-            self.client.on_message = on_message
-        self.io = AsyncioMqtt(self.client, host, port, keepalive=10, backoff=(0.5, 10.0))
-        self.connected = False
-
-    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = not reason_code.is_failure
-        if self.connected and self._on_connect:
-            self._on_connect(self)
-
-    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
-
-    def start(self) -> None:
-        self.io.start()
-
-    def publish(self, topic: str, payload, retain: bool = False) -> None:
-        if not isinstance(payload, (str, bytes)):
-            payload = json.dumps(payload, separators=(",", ":"))
-        self.client.publish(topic, payload, qos=QOS, retain=retain)
-
-    def drop(self) -> None:
-        """Lose the network without a goodbye, and stay off: the broker publishes the last will."""
-        self.io.hold_down(True)
-
-    def restore(self) -> None:
-        self.io.hold_down(False)
-
-    async def stop(self) -> None:
-        await self.io.stop()
-
-
-class BollardMqttSimulator:
     def __init__(
         self,
         state: bo.BollardState,
@@ -104,20 +54,15 @@ class BollardMqttSimulator:
     ) -> None:
         if len(names) != state.count:
             raise ValueError("one name per bollard")
+        super().__init__(acceleration, step_interval, start_time)
         self.state = state
         self.names = names
         self.host, self.port, self.prefix = host, port, prefix
-        self.acceleration, self.step_interval = acceleration, step_interval
-        self.clock = SimClock(start_time, acceleration)
         self.links: list[MqttLink] = []
         self._commands: asyncio.Queue = asyncio.Queue(maxsize=10_000)
-        self._tasks: list[asyncio.Task] = []
         self._last: np.ndarray | None = None
         self.commands_received = 0
         self.invalid_commands = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     def topic(self, i: int, leaf: str) -> str:
         return f"{self.prefix}/{self.names[i]}/{leaf}"
@@ -145,10 +90,8 @@ class BollardMqttSimulator:
             link.start()
             self.links.append(link)
         self._last = self._signature()
-        self._tasks = [
-            asyncio.create_task(self._step_loop(), name="bollards-step"),
-            asyncio.create_task(self._command_loop(), name="bollards-commands"),
-        ]
+        self.spawn(self._step_loop(), "bollards-step")
+        self.spawn(self._command_loop(), "bollards-commands")
 
     def _enqueue(self, i: int, payload: bytes) -> None:
         try:
@@ -174,7 +117,9 @@ class BollardMqttSimulator:
 
     def publish_changes(self) -> None:
         sig = self._signature()
-        changed = np.flatnonzero((sig != self._last).any(axis=1)) if self._last is not None else range(len(sig))
+        changed = (
+            np.flatnonzero((sig != self._last).any(axis=1)).tolist() if self._last is not None else range(len(sig))
+        )
         for i in changed:
             self.links[i].publish(self.topic(i, "state"), self._state_payload(i), retain=True)
         self._last = sig
@@ -228,16 +173,15 @@ class BollardMqttSimulator:
         (self.links[i].drop if offline else self.links[i].restore)()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.stop_tasks()
         for link in self.links:
             await link.stop()
         self.links.clear()
 
 
-class FleetMqttSimulator:
+class FleetMqttSimulator(Paced):
+    """Vehicles reporting their positions through one connection (the fleet's tracking gateway)."""
+
     def __init__(
         self,
         state: fl.FleetState,
@@ -250,18 +194,14 @@ class FleetMqttSimulator:
         report_interval: float = 10.0,
         start_time: float | None = None,
     ) -> None:
+        # Trackers report every report_interval of simulated time.
+        super().__init__(acceleration, report_interval / acceleration, start_time)
         self.state = state
         self.names = names
         self.prefix = prefix
-        self.acceleration = acceleration
         self.report_interval = report_interval
-        self.clock = SimClock(start_time, acceleration)
         self.link = MqttLink("fleet-gateway", host, port)
-        self._task: asyncio.Task | None = None
         self.reports = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     def report(self) -> None:
         s = self.state
@@ -281,18 +221,15 @@ class FleetMqttSimulator:
 
     async def start(self) -> None:
         self.link.start()
-        self._task = asyncio.create_task(self._loop(), name="fleet-step")
+        self.spawn(self._loop(), "fleet-step")
 
     async def _loop(self) -> None:
         while True:
             self.state = fl.step(self.state, self.sim_time())
             if self.link.connected:
                 self.report()
-            # Trackers report every report_interval of simulated time.
-            await asyncio.sleep(self.report_interval / self.acceleration)
+            await asyncio.sleep(self.step_interval)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.stop_tasks()
         await self.link.stop()

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from asyncua import Server, ua
+from asyncua import Node, Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scada.opcua.server import stop_asyncua_server
-from simulators.clock import SimClock
+from simulators.adapters.asyncua_private import stop_server
+from simulators.clock import Paced
 from simulators.models import traffic as tr
 from simulators.pki import ensure_certificate
 
@@ -54,17 +55,22 @@ class ServerSecurity:
     trusted: tuple[Path, ...] = ()
 
 
-class _SecureOnly:
+class _SecureOnly(UserManager):
     """asyncua user manager: no session over a channel without a client certificate (security None).
 
     asyncua lists only the secure endpoints but would still activate a session opened over
     the None channel it keeps for discovery (GetEndpoints); this refuses it.
     """
 
-    def get_user(self, iserver, username=None, password=None, certificate=None):
+    def get_user(self, iserver, username=None, password=None, certificate=None) -> User:
         if not certificate:
             raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
         return User(role=UserRole.User)
+
+
+def _node_id(identifier: str, ns: int) -> ua.NodeId:
+    """A string NodeId (asyncua annotates NodeId's fields with its own ``str`` and ``int`` types)."""
+    return ua.NodeId(ua.String(identifier), ua.Int16(ns))
 
 
 def _certificates(paths: tuple[Path, ...]) -> set[bytes]:
@@ -104,7 +110,7 @@ _SCALARS = (
 
 
 def _variables() -> list[tuple[str, ua.VariantType, str, int | None]]:
-    out = [(path, vt, field, None) for path, vt, field in _SCALARS]
+    out: list[tuple[str, ua.VariantType, str, int | None]] = [(path, vt, field, None) for path, vt, field in _SCALARS]
     for g, group in enumerate(tr.GROUPS):
         out.append((f"Groups/{group}/Colour", ua.VariantType.Int32, "colour", g))
         out.append((f"Groups/{group}/LampOut", ua.VariantType.Int32, "lamp_out", g))
@@ -137,7 +143,7 @@ class _WriteHandler:
         self.sim._requests.put_nowait((node.nodeid, val))
 
 
-class TrafficOpcUaSimulator:
+class TrafficOpcUaSimulator(Paced):
     def __init__(
         self,
         state: tr.TrafficState,
@@ -153,9 +159,7 @@ class TrafficOpcUaSimulator:
         self.state = state
         self.junctions = junctions
         self.endpoint = endpoint
-        self.acceleration = acceleration
-        self.step_interval = step_interval
-        self.clock = SimClock(start_time, acceleration)
+        super().__init__(acceleration, step_interval, start_time)
         self.security = security
         self.server = Server(user_manager=_SecureOnly() if security else None)
         self._trusted: set[bytes] = set()
@@ -167,11 +171,7 @@ class TrafficOpcUaSimulator:
         self._requests: asyncio.Queue = asyncio.Queue()
         # Our own publications of writable nodes come back as notifications: not requests.
         self._echoes: dict[ua.NodeId, list[int]] = {}
-        self._tasks: list[asyncio.Task] = []
         self.refused = 0
-
-    def sim_time(self) -> float:
-        return self.clock.now()
 
     async def start(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)
@@ -183,14 +183,14 @@ class TrafficOpcUaSimulator:
         else:
             await self._secure(self.security)
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
-        root = await self.server.nodes.objects.add_folder(ua.NodeId("Junctions", self.ns), "Junctions")
-        communes: dict[str, object] = {}
+        root = await self.server.nodes.objects.add_folder(_node_id("Junctions", self.ns), "Junctions")
+        communes: dict[str, Node] = {}
         self._nodes = {path: [] for path, *_ in VARIABLES}
         writable = []
         for i, j in enumerate(self.junctions):
             if j.commune not in communes:
-                communes[j.commune] = await root.add_folder(ua.NodeId(f"Junctions/{j.commune}", self.ns), j.commune)
-            obj = await communes[j.commune].add_object(ua.NodeId(j.name, self.ns), j.name)
+                communes[j.commune] = await root.add_folder(_node_id(f"Junctions/{j.commune}", self.ns), j.commune)
+            obj = await communes[j.commune].add_object(_node_id(j.name, self.ns), j.name)
             folders = {}
             for path, vt, field, col in VARIABLES:
                 parent = obj
@@ -198,10 +198,10 @@ class TrafficOpcUaSimulator:
                 for depth in range(len(dirs)):
                     key = "/".join(dirs[: depth + 1])
                     if key not in folders:
-                        folders[key] = await parent.add_folder(ua.NodeId(f"{j.name}.{key}", self.ns), dirs[depth])
+                        folders[key] = await parent.add_folder(_node_id(f"{j.name}.{key}", self.ns), dirs[depth])
                     parent = folders[key]
                 value = _py(vt, _column(self.state, field, col)[i])
-                node = await parent.add_variable(ua.NodeId(f"{j.name}.{path}", self.ns), leaf, ua.Variant(value, vt))
+                node = await parent.add_variable(_node_id(f"{j.name}.{path}", self.ns), leaf, ua.Variant(value, vt))
                 if path in WRITABLE:
                     await node.set_writable()
                     writable.append(node)
@@ -211,10 +211,8 @@ class TrafficOpcUaSimulator:
         self._last = {path: _column(self.state, field, col).copy() for path, vt, field, col in VARIABLES}
         sub = await self.server.create_subscription(50, _WriteHandler(self))
         await sub.subscribe_data_change(writable)
-        self._tasks = [
-            asyncio.create_task(self._step_loop(), name="traffic-step"),
-            asyncio.create_task(self._command_loop(), name="traffic-commands"),
-        ]
+        self.spawn(self._step_loop(), "traffic-step")
+        self.spawn(self._command_loop(), "traffic-commands")
 
     async def _secure(self, sec: ServerSecurity) -> None:
         cert_path, key_path = ensure_certificate(sec.certificate, sec.private_key, SERVER_URI, server=True)
@@ -297,8 +295,5 @@ class TrafficOpcUaSimulator:
         self.state = fn(self.state, *args)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await stop_asyncua_server(self.server)
+        await self.stop_tasks()
+        await stop_server(self.server)

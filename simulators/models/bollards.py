@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from simulators.models.columns import with_element
+
 DOWN, RISING, UP, LOWERING, FAULT = 0, 1, 2, 3, 4
 POSITIONS = {DOWN: "down", RISING: "rising", UP: "up", LOWERING: "lowering", FAULT: "fault"}
 COMMANDS = ("raise", "lower", "emergency_lower", "reset")
@@ -91,7 +93,10 @@ def _arrivals(s: BollardState, t: float, dt: float):
 
 def step(s: BollardState, t: float) -> BollardState:
     dt = max(0.0, t - s.t)
-    arrived, classes, when = _arrivals(s, t, dt) if dt > 0 else (np.zeros(s.count, bool), None, None)
+    if dt > 0:
+        arrived, classes, when = _arrivals(s, t, dt)
+    else:  # no time, no arrivals
+        arrived, classes, when = np.zeros(s.count, bool), np.zeros(s.count, np.int64), np.zeros(s.count)
     vehicle_until, open_until = s.vehicle_until.copy(), s.open_until.copy()
     events = []
     for i in np.flatnonzero(arrived).tolist():
@@ -154,9 +159,7 @@ def command(s: BollardState, i: int, name: str) -> tuple[BollardState, bool, str
 
 
 def _set(s: BollardState, field: str, i: int, value) -> BollardState:
-    arr = getattr(s, field).copy()
-    arr[i] = value
-    return replace(s, **{field: arr})
+    return with_element(s, field, i, value)
 
 
 def set_obstruction(s: BollardState, i: int, present: bool) -> BollardState:

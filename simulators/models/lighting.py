@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from simulators.models.columns import with_element
+
 AUTO, FORCED_ON, FORCED_OFF, MANUAL_DIM = 0, 1, 2, 3
 MODES = {AUTO: "auto", FORCED_ON: "forced_on", FORCED_OFF: "forced_off", MANUAL_DIM: "manual_dim"}
 NOMINAL_VOLTAGE = 230.0
@@ -202,9 +204,8 @@ def step(s: LightingState, t: float) -> LightingState:
 
 
 def _set(s: LightingState, field: str, i: int, value) -> LightingState:
-    arr = getattr(s, field).copy()
-    arr[i] = value
-    return step(replace(s, **{field: arr}), s.t)
+    """``s`` with one value set, stepped at its own time so that what follows from it does."""
+    return step(with_element(s, field, i, value), s.t)
 
 
 def set_mode(s: LightingState, i: int, mode: int) -> LightingState:

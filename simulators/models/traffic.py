@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from simulators.models.columns import with_element
+
 DARK, FLASHING_AMBER, FIXED_TIME, ACTUATED, CENTRAL = 0, 1, 2, 3, 4
 MODES = {
     DARK: "dark",
@@ -176,9 +178,8 @@ def conflicting_greens(colour: np.ndarray) -> np.ndarray:
 
 
 def _set(s: TrafficState, field: str, i, value) -> TrafficState:
-    arr = getattr(s, field).copy()
-    arr[i] = value
-    return step(replace(s, **{field: arr}), s.t)
+    """``s`` with one value set, stepped at its own time so that what follows from it does."""
+    return step(with_element(s, field, i, value), s.t)
 
 
 def set_mode(s: TrafficState, i: int, mode: int) -> TrafficState:
