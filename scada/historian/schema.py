@@ -25,7 +25,7 @@ MINUTE = 60 * SECOND
 HOUR = 3600 * SECOND
 DAY = 86400 * SECOND
 
-SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS tags (
     id    INTEGER PRIMARY KEY,
     name  TEXT NOT NULL UNIQUE,
@@ -52,30 +52,25 @@ CREATE TABLE IF NOT EXISTS raw_text (
     status  INTEGER NOT NULL,
     PRIMARY KEY (tag, time_ns)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollup_minute (
-    bucket_ns INTEGER NOT NULL,
-    tag       INTEGER NOT NULL,
-    n         INTEGER NOT NULL,
-    vsum      REAL NOT NULL,
-    vmin      REAL,
-    vmax      REAL,
-    nbad      INTEGER NOT NULL,
-    PRIMARY KEY (bucket_ns, tag)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollup_hour (
-    bucket_ns INTEGER NOT NULL,
-    tag       INTEGER NOT NULL,
-    n         INTEGER NOT NULL,
-    vsum      REAL NOT NULL,
-    vmin      REAL,
-    vmax      REAL,
-    nbad      INTEGER NOT NULL,
-    PRIMARY KEY (bucket_ns, tag)
-) WITHOUT ROWID;
 """
 
 # The rollup tables and their bucket widths, finest first.
 ROLLUPS = (("rollup_minute", MINUTE), ("rollup_hour", HOUR))
+
+# Per bucket of one tag: count, sum, minimum and maximum of the Good values, count of the others.
+_ROLLUP_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    bucket_ns INTEGER NOT NULL,
+    tag       INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    vsum      REAL NOT NULL,
+    vmin      REAL,
+    vmax      REAL,
+    nbad      INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ns, tag)
+) WITHOUT ROWID;"""
+
+SCHEMA = _TABLES + "".join(_ROLLUP_TABLE.format(table=table) for table, _ in ROLLUPS)
 
 
 class HistoryError(Exception):

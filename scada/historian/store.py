@@ -173,18 +173,10 @@ class HistoryStore:
         """Pending rows that trigger a merge."""
         return self._writer.merge_rows
 
-    @merge_rows.setter
-    def merge_rows(self, rows: int) -> None:
-        self._writer.merge_rows = int(rows)
-
     @property
     def merge_seconds(self) -> float:
         """Age of the oldest pending row that triggers a merge."""
         return self._writer.merge_seconds
-
-    @merge_seconds.setter
-    def merge_seconds(self, seconds: float) -> None:
-        self._writer.merge_seconds = float(seconds)
 
     @property
     def merge_error(self) -> str | None:

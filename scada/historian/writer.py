@@ -133,11 +133,8 @@ class HistoryWriter:
         merge_rows: int,
         merge_seconds: float,
     ) -> None:
-        self.file = file
-        self.tags = tags
-        self.retention = retention
-        self.merge_rows = merge_rows
-        self.merge_seconds = merge_seconds
+        self.file, self.tags, self.retention = file, tags, retention
+        self.merge_rows, self.merge_seconds = merge_rows, merge_seconds
         self.pending = Pending()
         self.merge_error: str | None = None  # why the last merge failed (rows kept in staging), or None
 
