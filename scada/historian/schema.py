@@ -95,9 +95,9 @@ class StoreFile:
         try:
             if readonly:
                 uri = f"{path.resolve().as_uri()}?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
-                self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             self._unlock_writer()
             raise HistoryError(path, f"cannot open: {exc}") from None
@@ -152,6 +152,14 @@ class StoreFile:
         elif not create_schema(db, SCHEMA, APPLICATION_ID, SCHEMA_VERSION, synchronous):
             raise HistoryError(self.path, "cannot switch the file to WAL mode")
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; a closed store raises RuntimeError (not a storage error: a caller
+        still using a closed store is a bug to surface, not a full disk to retry)."""
+        if self.closed:
+            raise RuntimeError(f"history store {self.path} is closed")
+        return self._db
+
     def check_writable(self) -> None:
         """Raise :class:`HistoryError` when the file was opened read-only."""
         if self.readonly:
@@ -171,7 +179,7 @@ class StoreFile:
             return
         self.closed = True
         try:
-            self.db.close()
+            self._db.close()
         finally:
             self._unlock_writer()
 

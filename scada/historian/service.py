@@ -139,10 +139,24 @@ class Historian:
             waiting = self._renumber(StoredBatch.concat(waiting), old.tagdb.names)
         self._backlog = waiting + self._backlog
         self._backlog_values = sum(len(b) for b in self._backlog)
+        self._prime_from(waiting)
         self._retry_at = 0.0  # the disk may be back: try at the first write
         if self._backlog_values:
             log.info("history_backlog_taken_over", values=self._backlog_values, store=str(self.store.path))
             self._bound_backlog()
+
+    def _prime_from(self, waiting: list[StoredBatch]) -> None:
+        """The compressor goes on from each tag's newest waiting point, not from the store's
+        older last point: otherwise a change back to the stored value would look unchanged and
+        be left out of the history."""
+        if not waiting:
+            return
+        batch = StoredBatch.concat(waiting) if len(waiting) > 1 else waiting[0]
+        # Batches are in time order: each tag's last row is its newest point.
+        ids, from_end = np.unique(batch.ids[::-1], return_index=True)
+        pos = len(batch) - 1 - from_end
+        texts = None if batch.texts is None else [batch.texts[p] for p in pos.tolist()]
+        self.compressor.prime(ids, batch.values[pos], batch.status[pos], batch.times[pos], texts)
 
     def _renumber(self, batch: StoredBatch, names) -> list[StoredBatch]:
         """``batch`` with the ids of this tag table (``names``: the old one's); removed tags dropped."""
