@@ -175,7 +175,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         aggregate = args.aggregate.lower() if args.aggregate else None
         if args.csv:
             try:
-                fh = open(args.csv, "w", newline="", encoding="utf-8")
+                # Opened apart from the ``with``: only the open's failure is "cannot write".
+                fh = open(args.csv, "w", newline="", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 raise HistoryCliError(f"cannot write {args.csv}: {exc.strerror}") from None
             with fh:

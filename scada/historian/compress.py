@@ -282,7 +282,7 @@ class Compressor:
         rank = np.empty(n, np.int64)
         rank[order] = pos - np.repeat(starts, np.diff(np.append(starts, n)))
         by_rank = np.argsort(rank, kind="stable")
-        return np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
+        return [*np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])]
 
     def _round(self, ids, v, s, t, out: _Out) -> None:
         """One round: every tag in ``ids`` is unique."""

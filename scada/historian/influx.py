@@ -60,15 +60,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 
+from scada.backoff import Backoff
 from scada.historian.spool import Spool
+
+if TYPE_CHECKING:  # the library is imported by run() only (slow to import)
+    from influxdb_client import InfluxDBClient
+    from influxdb_client.client.write_api import WriteApi
+    from influxdb_client.rest import ApiException
 
 log = structlog.get_logger(__name__)
 
@@ -304,7 +310,11 @@ class InfluxSink:
         self.on_ack = on_ack  # called (in the worker thread) with (lane, seqs) after each accepted request
         self._last_status = np.zeros(len(tags), dtype=np.uint32)
         self._wakeup = asyncio.Event()
-        self._write_api = self._client = self._precision = self._api_exception = None
+        # Set by run(), which imports the client library (see there).
+        self._client: InfluxDBClient | None = None
+        self._write_api: WriteApi | None = None
+        self._precision: str | None = None  # WritePrecision.NS: the library's constants are str
+        self._api_exception: type[ApiException] | None = None
         self._connected = False
         self._down_since: float | None = None
         self._live_from: int | None = None
@@ -322,7 +332,7 @@ class InfluxSink:
         self._memory_dropped = 0
         self._spool_error: str | None = None
         self._spool_retry_at = 0.0
-        self._spool_backoff = backoff_min
+        self._spool_failures = 0  # refused spool appends in a row
 
     # ---------------------------------------------------------------- producer side (event loop)
 
@@ -364,7 +374,7 @@ class InfluxSink:
             self._memory_bytes -= len(self._memory.popleft())
         log.info("historian_spool_writable", path=str(self.spool.path), note="batches kept in memory are spooled")
         self._spool_error = None
-        self._spool_backoff = self.backoff_min
+        self._spool_failures = 0
         self._wakeup.set()
 
     def _keep(self, payload: bytes) -> None:
@@ -393,8 +403,12 @@ class InfluxSink:
                 action="batches kept in memory and appended again when the disk takes them",
             )
         self._spool_error = f"{type(e).__name__}: {e}"
-        self._spool_retry_at = time.monotonic() + random.uniform(self._spool_backoff / 2, self._spool_backoff)
-        self._spool_backoff = min(self._spool_backoff * 2, self.backoff_max)
+        self._spool_failures += 1
+        self._spool_retry_at = time.monotonic() + self._backoff().delay(self._spool_failures)
+
+    def _backoff(self) -> Backoff:
+        """Delays between attempts, within the configured ``backoff_min`` .. ``backoff_max``."""
+        return Backoff(self.backoff_min, self.backoff_max)
 
     @property
     def spool_failing(self) -> str | None:
@@ -462,13 +476,13 @@ class InfluxSink:
         from influxdb_client.rest import ApiException
 
         self._precision, self._api_exception = WritePrecision.NS, ApiException
-        self._client = InfluxDBClient(
+        client = self._client = InfluxDBClient(
             url=self.url, token=self.token, org=self.org, timeout=int(self.timeout * 1000), enable_gzip=self.gzip
         )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._write_api = client.write_api(write_options=SYNCHRONOUS)
         # What a previous run left in the spool is backlog; what arrives from now on is live.
         self._live_from = self._left_by_previous_run
-        backoff = self.backoff_min
+        failures = 0  # failed rounds in a row
         next_sync = time.monotonic() + self.sync_interval
         try:
             while True:
@@ -480,12 +494,12 @@ class InfluxSink:
                 outcome = await self._in_thread(self._guarded, self._round)
                 self._check_fill()
                 if outcome in ("down", "error"):
-                    # Capped exponential backoff with full jitter: never a busy loop, and many
+                    # The project's backoff (capped, jittered): never a busy loop, and many
                     # servers coming back at once do not hammer the database in step.
-                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, self.backoff_max)
+                    failures += 1
+                    await asyncio.sleep(self._backoff().delay(failures))
                     continue
-                backoff = self.backoff_min
+                failures = 0
                 if outcome == "idle":
                     delay = max(0.0, next_sync - time.monotonic())
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
@@ -499,7 +513,7 @@ class InfluxSink:
             try:
                 await self._in_thread(self._guarded, self.spool.sync)
             finally:
-                self._client.close()
+                client.close()
                 self._client = self._write_api = None
 
     async def _in_thread(self, fn, *args):
@@ -547,8 +561,16 @@ class InfluxSink:
     def _deliver(self, entries: list[tuple[int, bytes]], lane: str) -> bool:
         """Send ``entries`` as one request; ack, or quarantine, or report the database down (False)."""
         body = b"".join(p for _, p in entries)
+        if self._write_api is None or self._api_exception is None or self._precision is None:
+            raise RuntimeError("the InfluxDB sink is not running")  # _deliver runs inside run() only
         try:
-            self._write_api.write(bucket=self.bucket, org=self.org, record=body, write_precision=self._precision)
+            # The annotation asks for a WritePrecision, whose members are plain str ("ns").
+            self._write_api.write(
+                bucket=self.bucket,
+                org=self.org,
+                record=body,
+                write_precision=self._precision,  # type: ignore[arg-type]
+            )
         except self._api_exception as e:
             if e.status in REJECTED:
                 return self._rejected(entries, lane, e)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from scada.backoff import Backoff
 from scada.config import Config
 from scada.historian.compress import Compressor, StoredBatch
 from scada.historian.influx import InfluxSink, SinkStatus, TagMeta
@@ -116,8 +116,8 @@ class Historian:
         self.resyncs = 0
         self.backlog_max_values = BACKLOG_MAX_VALUES
         self.backlog_dropped = 0  # kept points lost to the full backlog since start
-        self.retry_min, self.retry_max = RETRY_MIN, RETRY_MAX
-        self._retry_delay = RETRY_MIN
+        self.retry_min, self.retry_max = RETRY_MIN, RETRY_MAX  # the backoff's bounds (tests shorten them)
+        self._failures = 0  # failed write attempts in a row
         self._retry_at = 0.0
         self.store_error: str | None = None  # why the store cannot write, None when it can
         self.on_storage_alarm = on_storage_alarm  # called with (source, active: bool, message)
@@ -139,10 +139,24 @@ class Historian:
             waiting = self._renumber(StoredBatch.concat(waiting), old.tagdb.names)
         self._backlog = waiting + self._backlog
         self._backlog_values = sum(len(b) for b in self._backlog)
+        self._prime_from(waiting)
         self._retry_at = 0.0  # the disk may be back: try at the first write
         if self._backlog_values:
             log.info("history_backlog_taken_over", values=self._backlog_values, store=str(self.store.path))
             self._bound_backlog()
+
+    def _prime_from(self, waiting: list[StoredBatch]) -> None:
+        """The compressor goes on from each tag's newest waiting point, not from the store's
+        older last point: otherwise a change back to the stored value would look unchanged and
+        be left out of the history."""
+        if not waiting:
+            return
+        batch = StoredBatch.concat(waiting) if len(waiting) > 1 else waiting[0]
+        # Batches are in time order: each tag's last row is its newest point.
+        ids, from_end = np.unique(batch.ids[::-1], return_index=True)
+        pos = len(batch) - 1 - from_end
+        texts = None if batch.texts is None else [batch.texts[p] for p in pos.tolist()]
+        self.compressor.prime(ids, batch.values[pos], batch.status[pos], batch.times[pos], texts)
 
     def _renumber(self, batch: StoredBatch, names) -> list[StoredBatch]:
         """``batch`` with the ids of this tag table (``names``: the old one's); removed tags dropped."""
@@ -203,7 +217,7 @@ class Historian:
         elif self.store_error is not None:
             log.info("history_store_recovered", store=str(self.store.path), written=len(batch))
             self._set_store_error(None)
-        self._retry_delay = self.retry_min
+        self._failures = 0
 
     def _store_failed(self, exc: Exception) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
@@ -216,9 +230,9 @@ class Historian:
                 action="values kept in memory and written again when the store takes them",
             )
         self._set_store_error(reason)
-        # Capped exponential backoff with jitter: a failing disk is not hammered.
-        self._retry_at = time.monotonic() + random.uniform(self._retry_delay / 2, self._retry_delay)
-        self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+        # The project's backoff (capped, jittered): a failing disk is not hammered.
+        self._failures += 1
+        self._retry_at = time.monotonic() + Backoff(self.retry_min, self.retry_max).delay(self._failures)
 
     def _set_store_error(self, reason: str | None) -> None:
         self.store_error = reason
@@ -232,7 +246,8 @@ class Historian:
         if source == "history_store":
             what, waiting = "history store", f"{self._backlog_values} values waiting"
         else:
-            what, waiting = "InfluxDB spool", f"{self.sink.status().memory_backlog_entries} batches waiting"
+            backlog = self.sink.status().memory_backlog_entries if self.sink is not None else 0
+            what, waiting = "InfluxDB spool", f"{backlog} batches waiting"
         message = (
             f"{what} cannot write ({reason}): kept in memory, {waiting}; free space on the data disk"
             if active
@@ -362,8 +377,9 @@ class Historian:
         """
         return ([self._writing] if self._writing is not None else []) + list(self._backlog) + list(self._pending)
 
-    def status(self) -> dict:
-        out = {
+    def status(self) -> dict[str, bool | int | float]:
+        """Counters and health for the diagnostics (names as shown there)."""
+        out: dict[str, bool | int | float] = {
             "history_received": self.compressor.received,
             "history_stored": self.compressor.stored,
             "history_backlog": self._backlog_values,

@@ -353,25 +353,27 @@ class Spool:
                 return None
             if self._wfd is None or self._segments[-1].end + rec_size > self.segment_bytes:
                 self._rotate()
+            fd = self._wfd
+            assert fd is not None  # _rotate leaves the last segment open for appending
             seg = self._segments[-1]
-            if self._torn_tail and os.fstat(self._wfd).st_size != seg.end:
+            if self._torn_tail and os.fstat(fd).st_size != seg.end:
                 # A failed write left bytes the disk would not let us cut: never append after
                 # them (the record would not be at its offset). Raises while the disk refuses.
-                os.ftruncate(self._wfd, seg.end)
+                os.ftruncate(fd, seg.end)
             self._torn_tail = False
             seq = seg.last_seq + 1
             rec = encode_record(seq, payload)
             try:
-                n = os.write(self._wfd, rec)
+                n = os.write(fd, rec)
                 if n != len(rec):
                     # A regular file takes less than asked only when the disk is full.
                     raise OSError(errno.ENOSPC, f"short write: {n} of {len(rec)} bytes")
                 if self.fsync_each_append:
-                    os.fsync(self._wfd)
+                    os.fsync(fd)
             except OSError:
                 # Put the segment back as it was so that the next record starts on a boundary.
                 try:
-                    os.ftruncate(self._wfd, seg.end)
+                    os.ftruncate(fd, seg.end)
                 except OSError:
                     self._torn_tail = True
                 raise

@@ -73,6 +73,7 @@ from asyncua.common.utils import ServiceError
 from asyncua.server.address_space import AttributeValue
 
 from scada.config import Config
+from scada.historian.merge import Part, empty_part, merge_parts
 from scada.historian.store import HistoryError
 from scada.opcua.address_space import variant_type
 from scada.tagdb import ANALOG, TEXT, TagDB
@@ -194,37 +195,18 @@ def unstored_points(historian, ids: Sequence[int]) -> dict[int, Unstored]:
         batches.append(historian.compressor.pending(ids_arr))  # held snapshots (the newest)
     out: dict[int, Unstored] = {}
     for tag in ids_arr.tolist():
-        parts = []
+        parts: list[Part] = []
         for b in batches:
-            m = np.flatnonzero(b.ids == tag) if len(b) else ()
+            if not len(b):
+                continue
+            m = np.flatnonzero(b.ids == tag)
             if len(m):
                 texts = None if b.texts is None else tuple(b.texts[i] for i in m.tolist())
                 parts.append((b.times[m], b.values[m], b.status[m], texts))
-        t, v, s, x = _merge(parts)
+        # Two batches with a point at one time hold copies of it: the first (oldest) is kept.
+        t, v, s, x = merge_parts(parts, keep="first")
         out[tag] = Unstored(t.astype(np.int64), v.astype(np.float64), s.astype(np.uint32), x)
     return out
-
-
-def _merge(parts: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]:
-    """Concatenate (t, v, s, texts) parts in time order; for an equal time the first part wins
-    (the store over the not-yet-stored copy of the same point)."""
-    parts = [p for p in parts if len(p[0])]
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint32), None
-    if len(parts) == 1:
-        return parts[0]
-    t = np.concatenate([p[0] for p in parts])
-    v = np.concatenate([p[1] for p in parts])
-    s = np.concatenate([p[2] for p in parts])
-    texts = None
-    if any(p[3] is not None for p in parts):
-        texts = tuple(x for p in parts for x in (p[3] if p[3] is not None else (None,) * len(p[0])))
-    o = np.argsort(t, kind="stable")
-    t = t[o]
-    keep = np.ones(len(t), bool)
-    keep[1:] = t[1:] != t[:-1]
-    o = o[keep]
-    return t[keep], v[o], s[o], (None if texts is None else tuple(texts[i] for i in o.tolist()))
 
 
 class Series:
@@ -244,12 +226,13 @@ class Series:
     def forward(self, lo: int, hi: int, limit: int):
         """The first ``limit`` points with lo <= t < hi, in time order: (t, v, s, texts)."""
         if hi <= lo or limit <= 0:
-            return _merge([])
+            return empty_part()
         r = self.store.read_raw(self.tag, lo, hi, limit)
         parts = [(r.times, r.values, r.status, r.texts)]
         if r.next_after is None:  # the store's points end in the range: the unstored ones follow
             parts.append(self._extra(lo, hi))
-        t, v, s, x = _merge(parts)
+        # The store's copy of a point over the unstored one (see merge_parts).
+        t, v, s, x = merge_parts(parts, keep="first")
         return t[:limit], v[:limit], s[:limit], (None if x is None else x[:limit])
 
     def backward(self, lo: int, hi: int, limit: int):
@@ -259,9 +242,9 @@ class Series:
         one indexed probe), growing until they hold enough points.
         """
         if hi <= lo or limit <= 0:
-            return _merge([])
+            return empty_part()
         extra = self._extra(lo, hi)
-        parts = []
+        parts: list[Part] = []
         got = 0
         top, width = hi, 3_600_000_000_000
         while got + len(extra[0]) < limit and top > lo:
@@ -274,7 +257,7 @@ class Series:
             parts.insert(0, (r.times, r.values, r.status, r.texts))
             got += len(r)
             top, width = bottom, width * 4
-        t, v, s, x = _merge(parts + [extra])
+        t, v, s, x = merge_parts(parts + [extra], keep="first")
         t, v, s = t[-limit:][::-1], v[-limit:][::-1], s[-limit:][::-1]
         return t, v, s, (None if x is None else tuple(reversed(x[-limit:])))
 

@@ -381,3 +381,15 @@ def test_compressor_into_store_end_to_end(tmp_path):
     edges = T0 + np.arange(100) * SECOND
     assert np.allclose(np.interp(edges, steps.times, steps.values), np.arange(100) // 10)
     s.close()
+
+
+def test_a_closed_store_refuses_calls_with_a_clear_error_not_a_storage_error(tmp_path):
+    """A caller still using a closed store is a bug: RuntimeError (its task fails and is
+    restarted), never HistoryError, which the historian would retry as a full disk."""
+    s = HistoryStore(tmp_path / "history.db", ["a"])
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(RuntimeError, match="is closed"):
+        s.write(sb(0, 1.0, T0))
+    with pytest.raises(RuntimeError, match="is closed"):
+        s.read_raw("a", T0, T0 + HOUR)
