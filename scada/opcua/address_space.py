@@ -107,6 +107,23 @@ def variant_type(point: PointDef) -> ua.VariantType:
     return ua.VariantType.Int32 if point.enum else ua.VariantType.Boolean
 
 
+def reference_to(
+    reftype: ua.NodeId, nd: NodeData, forward: bool, typedef: ua.NodeId | None = None
+) -> ua.ReferenceDescription:
+    """A reference to the node ``nd``, with its BrowseName, DisplayName and NodeClass."""
+    # Names and NodeClass are static attributes (ours or the nodeset's): always a DataValue of a Variant.
+    at: Mapping[ua.AttributeIds, Any] = nd.attributes
+    return ua.ReferenceDescription(
+        ReferenceTypeId=reftype,
+        IsForward=forward,
+        NodeId=nd.nodeid,
+        BrowseName=at[A.BrowseName].value.Value.Value,
+        DisplayName=at[A.DisplayName].value.Value.Value,
+        NodeClass=at[A.NodeClass].value.Value.Value,
+        TypeDefinition=typedef or ua.ExpandedNodeId(),
+    )
+
+
 @dataclass
 class _Kind:
     """Shared pieces of every variable of one variant type and type definition."""
@@ -182,18 +199,6 @@ class AddressSpaceBuilder:
             TypeDefinition=typedef,
         )
 
-    def _back_ref(self, reftype: ua.NodeId, parent: NodeData) -> ua.ReferenceDescription:
-        # Names and NodeClass are static attributes built here: always a DataValue of a Variant.
-        at: Mapping[ua.AttributeIds, Any] = parent.attributes
-        return ua.ReferenceDescription(
-            ReferenceTypeId=reftype,
-            IsForward=False,
-            NodeId=parent.nodeid,
-            BrowseName=at[A.BrowseName].value.Value.Value,
-            DisplayName=at[A.DisplayName].value.Value.Value,
-            NodeClass=at[A.NodeClass].value.Value.Value,
-        )
-
     def add_object(self, parent: NodeData, path: str, name: str, folder: bool, reftype=None) -> NodeData:
         """A folder (commune, class) or a device object under ``parent``."""
         reftype = reftype or (_ORGANIZES if folder else _HAS_COMPONENT)
@@ -204,7 +209,7 @@ class AddressSpaceBuilder:
             ua.ReferenceDescription(
                 ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.ObjectType
             ),
-            self._back_ref(reftype, parent),
+            reference_to(reftype, parent, False),
         ]
         nd = self._insert(nodeid, name, attrs, refs)
         parent.references.append(self._child_ref(reftype, nodeid, name, self.ns, ua.NodeClass.Object, typedef))
@@ -228,7 +233,7 @@ class AddressSpaceBuilder:
             ua.ReferenceDescription(
                 ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE, NodeClass=ua.NodeClass.VariableType
             ),
-            self._back_ref(_HAS_PROPERTY, parent),
+            reference_to(_HAS_PROPERTY, parent, False),
         ]
         # Standard properties (EngineeringUnits, EURange) have browse names in namespace 0.
         nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
@@ -272,13 +277,13 @@ class AddressSpaceBuilder:
                 cls_folder = folders[cls_path] = self.add_object(commune, cls_path, t.cls, folder=True)
             dev_path = f"{cls_path}/{d.name}"
             dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
-            back = self._back_ref(_HAS_COMPONENT, dev)
+            back = reference_to(_HAS_COMPONENT, dev, False)
             for p in t.points:
                 values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name]))
             # Diagnostic tags: their ids follow all the process tags' (Config.diag_ids).
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
-            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            diag_back = reference_to(_HAS_COMPONENT, diag, False)
             diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, []) for p in DIAG_POINTS)
         return values + diag_values
 
@@ -479,12 +484,12 @@ class TreeEditor(AddressSpaceBuilder):
             dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
             changes.append((dev.nodeid, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeAdded))
             changes.append((cls_folder.nodeid, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.ReferenceAdded))
-            back = self._back_ref(_HAS_COMPONENT, dev)
+            back = reference_to(_HAS_COMPONENT, dev, False)
             for p in t.points:
                 self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared[d.type][p.name])
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
-            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            diag_back = reference_to(_HAS_COMPONENT, diag, False)
             for p in DIAG_POINTS:
                 self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [])
         return changes

@@ -82,7 +82,7 @@ import os
 import struct
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,7 @@ from asyncua import Server, ua
 
 from scada.alarms.config import LIMIT_CONDITIONS
 from scada.alarms.states import ANNOUNCED, IllegalTransition, State, is_acked
+from scada.opcua.address_space import reference_to
 from scada.opcua.asyncua_private import (
     AttributeValue,
     NodeData,
@@ -428,20 +429,6 @@ class AlarmConditions:
         self.node_count += 1
         return nd
 
-    @staticmethod
-    def _ref(reftype, nd: NodeData, forward: bool, typedef=None) -> ua.ReferenceDescription:
-        # Names and NodeClass are static attributes built here: always a DataValue of a Variant.
-        at: Mapping[ua.AttributeIds, Any] = nd.attributes
-        return ua.ReferenceDescription(
-            ReferenceTypeId=reftype,
-            IsForward=forward,
-            NodeId=nd.nodeid,
-            BrowseName=at[A.BrowseName].value.Value.Value,
-            DisplayName=at[A.DisplayName].value.Value.Value,
-            NodeClass=at[A.NodeClass].value.Value.Value,
-            TypeDefinition=typedef or NodeId(),
-        )
-
     def _names(self, name: str, ns: int) -> dict:
         return {
             A.BrowseName: self._attr(ua.QualifiedName(name, ns), VT.QualifiedName),
@@ -459,7 +446,7 @@ class AlarmConditions:
         for i in ids:
             nd = self.aspace.get(NodeId(i))
             if nd is not None:
-                refs.append(self._ref(_HAS_COMPONENT, nd, True))
+                refs.append(reference_to(_HAS_COMPONENT, nd, True))
         return refs
 
     def _set_notifier(self, nd: NodeData, on: AttributeValue) -> None:
@@ -499,8 +486,8 @@ class AlarmConditions:
                 return
             linked.add(child.nodeid)
             self._set_notifier(child, notifier_on)
-            parent.references.append(self._ref(_HAS_NOTIFIER, child, True))
-            child.references.append(self._ref(_HAS_NOTIFIER, parent, False))
+            parent.references.append(reference_to(_HAS_NOTIFIER, child, True))
+            child.references.append(reference_to(_HAS_NOTIFIER, parent, False))
 
         devices = cfg.devices
         self._dev_nodes = [None] * len(devices)
@@ -528,12 +515,12 @@ class AlarmConditions:
                 self._notifiers[di] = (_SERVER, city, *chain[1:])
                 fid = NodeId(f"{dev.nodeid.Identifier!s}/{ALARMS_FOLDER}", self.ns)
                 folder = self._node(fid, {**obj, **folder_names}, [object_typedef])
-                folder.references.append(self._ref(_HAS_COMPONENT, dev, False))
-                dev.references.append(self._ref(_HAS_COMPONENT, folder, True, NodeId(OI.BaseObjectType)))
+                folder.references.append(reference_to(_HAS_COMPONENT, dev, False))
+                dev.references.append(reference_to(_HAS_COMPONENT, folder, True, NodeId(OI.BaseObjectType)))
                 folders[di] = (
                     folder,
-                    self._ref(_HAS_COMPONENT, folder, False),
-                    self._ref(_HAS_CONDITION, dev, False),
+                    reference_to(_HAS_COMPONENT, folder, False),
+                    reference_to(_HAS_CONDITION, dev, False),
                     dev,
                 )
             folder, folder_back, source_back, dev_nd = folders[di]
@@ -546,10 +533,10 @@ class AlarmConditions:
                 [def_typedef[k], folder_back, source_back, *cond_methods, *(latch_methods if info.latching else ())],
             )
             shelving = self._node(sid, {**obj, **shelving_names}, [shelving_typedef, *shelve_methods])
-            shelving.references.append(self._ref(_HAS_COMPONENT, cond, False))
-            cond.references.append(self._ref(_HAS_COMPONENT, shelving, True, NodeId(OI.ShelvedStateMachineType)))
-            folder.references.append(self._ref(_HAS_COMPONENT, cond, True, info.etype))
-            dev_nd.references.append(self._ref(_HAS_CONDITION, cond, True, info.etype))
+            shelving.references.append(reference_to(_HAS_COMPONENT, cond, False))
+            cond.references.append(reference_to(_HAS_COMPONENT, shelving, True, NodeId(OI.ShelvedStateMachineType)))
+            folder.references.append(reference_to(_HAS_COMPONENT, cond, True, info.etype))
+            dev_nd.references.append(reference_to(_HAS_CONDITION, cond, True, info.etype))
             self._cond_ids[i] = cid
             self._by_node[cid] = i
             self._by_node[sid] = i
@@ -753,9 +740,9 @@ class AlarmConditions:
             nd = self._node(
                 cid,
                 {**obj, **self._names(name, self.ns)},
-                [self._typedef_ref(self._system_type()), self._ref(_HAS_CONDITION, server, False)],
+                [self._typedef_ref(self._system_type()), reference_to(_HAS_CONDITION, server, False)],
             )
-            server.references.append(self._ref(_HAS_CONDITION, nd, True, self._system_type()))
+            server.references.append(reference_to(_HAS_CONDITION, nd, True, self._system_type()))
         return cid
 
     def _system_type(self) -> ua.NodeId:
