@@ -18,7 +18,6 @@ import contextvars
 import importlib.metadata
 import inspect
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -63,7 +62,9 @@ def test_no_other_opcua_module_touches_asyncua_internals():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asyncua."):
                 found.append(f"{path.name}:{node.lineno} from {node.module} import ...")
             elif isinstance(node, ast.Import):
-                found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("asyncua.")]
+                found += [
+                    f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("asyncua.")
+                ]
             elif isinstance(node, ast.Attribute) and node.attr == "iserver":
                 found.append(f"{path.name}:{node.lineno} .iserver")
     assert not found, "asyncua internals used outside scada/opcua/asyncua_private.py: " + "; ".join(found)
@@ -76,28 +77,49 @@ def test_node_table_classes_have_the_shape_relied_on():
     nid = ua.NodeId("contract", 1)
     nd = P.NodeData(nid)
     relies(nd.nodeid == nid, "NodeData(nodeid).nodeid")
-    relies(isinstance(nd.attributes, dict) and isinstance(nd.references, list), "NodeData.attributes (dict) / .references (list)")
+    relies(
+        isinstance(nd.attributes, dict) and isinstance(nd.references, list),
+        "NodeData.attributes (dict) / .references (list)",
+    )
     av = P.AttributeValue(ua.DataValue(ua.Variant(1.5)))
     relies(av.value.Value.Value == 1.5, "AttributeValue(DataValue).value")
     for name in ("value_callback", "value_setter"):
         relies(hasattr(av, name) and getattr(av, name) is None, f"AttributeValue.{name} (None by default)")
     relies(isinstance(av.datachange_callbacks, dict), "AttributeValue.datachange_callbacks (a dict)")
-    for name in ("get", "__getitem__", "__setitem__", "__contains__", "__delitem__", "add_method_callback",
-                 "add_datachange_callback", "delete_datachange_callback"):
+    for name in (
+        "get",
+        "__getitem__",
+        "__setitem__",
+        "__contains__",
+        "__delitem__",
+        "add_method_callback",
+        "add_datachange_callback",
+        "delete_datachange_callback",
+    ):
         relies(callable(getattr(P.AddressSpace, name, None)), f"AddressSpace.{name}")
-    relies(params(P.AddressSpace.add_method_callback)[1:] == ["methodid", "callback"],
-           "AddressSpace.add_method_callback(methodid, callback)")
-    relies(params(P.AddressSpace.delete_datachange_callback)[1:] == ["handle"],
-           "AddressSpace.delete_datachange_callback(handle)")
+    relies(
+        params(P.AddressSpace.add_method_callback)[1:] == ["methodid", "callback"],
+        "AddressSpace.add_method_callback(methodid, callback)",
+    )
+    relies(
+        params(P.AddressSpace.delete_datachange_callback)[1:] == ["handle"],
+        "AddressSpace.delete_datachange_callback(handle)",
+    )
 
 
 def test_subscription_session_and_history_internals_have_the_signatures_relied_on():
-    relies(params(P.WhereClauseEvaluator.__init__)[1:] == ["logger", "aspace", "whereclause"],
-           "WhereClauseEvaluator(logger, aspace, whereclause)")
-    relies(params(P.WhereClauseEvaluator._eval_el)[1:] == ["index", "event"], "WhereClauseEvaluator._eval_el(index, event)")
+    relies(
+        params(P.WhereClauseEvaluator.__init__)[1:] == ["logger", "aspace", "whereclause"],
+        "WhereClauseEvaluator(logger, aspace, whereclause)",
+    )
+    relies(
+        params(P.WhereClauseEvaluator._eval_el)[1:] == ["index", "event"], "WhereClauseEvaluator._eval_el(index, event)"
+    )
     relies(params(P.WhereClauseEvaluator._eval_op)[1:] == ["op", "event"], "WhereClauseEvaluator._eval_op(op, event)")
-    relies(params(P.InternalSubscription.enqueue_event)[1:] == ["mid", "eventdata", "maxsize"],
-           "InternalSubscription.enqueue_event(mid, eventdata, maxsize)")
+    relies(
+        params(P.InternalSubscription.enqueue_event)[1:] == ["mid", "eventdata", "maxsize"],
+        "InternalSubscription.enqueue_event(mid, eventdata, maxsize)",
+    )
     md = P.MonitoredItemData()
     for name in ("filter", "where_clause_evaluator", "client_handle", "queue_size"):
         relies(hasattr(md, name), f"MonitoredItemData.{name}")
@@ -106,14 +128,21 @@ def test_subscription_session_and_history_internals_have_the_signatures_relied_o
     relies("delete_subs" in params(P.InternalSession.close_session), "InternalSession.close_session(delete_subs)")
     relies(params(InternalServer.create_session)[1:2] == ["name"], "InternalServer.create_session(name, ...)")
     relies(params(HistoryManager.read_history)[1:] == ["params"], "HistoryManager.read_history(params)")
-    relies(issubclass(P.ServiceError, Exception) and P.ServiceError(SC.BadInternalError).code == SC.BadInternalError,
-           "asyncua.common.utils.ServiceError(code).code")
+    relies(
+        issubclass(P.ServiceError, Exception) and P.ServiceError(SC.BadInternalError).code == SC.BadInternalError,
+        "asyncua.common.utils.ServiceError(code).code",
+    )
 
 
 def test_the_subtype_where_clause_matches_subtypes_where_asyncua_matches_the_exact_type():
     base = ua.NodeId(OI.BaseEventType)
-    of_type = ua.ContentFilter(Elements=[ua.ContentFilterElement(
-        FilterOperator=ua.FilterOperator.OfType, FilterOperands=[ua.LiteralOperand(Value=ua.Variant(base))])])
+    of_type = ua.ContentFilter(
+        Elements=[
+            ua.ContentFilterElement(
+                FilterOperator=ua.FilterOperator.OfType, FilterOperands=[ua.LiteralOperand(Value=ua.Variant(base))]
+            )
+        ]
+    )
     stock = P.WhereClauseEvaluator(None, None, of_type)  # type: ignore[arg-type]
     ours = P.SubtypeWhere.of(stock, None)  # type: ignore[arg-type]
     alarm = SimpleNamespace(EventType=ua.NodeId(OI.AlarmConditionType), ancestors=frozenset({base}))
@@ -153,7 +182,9 @@ def insert_variable(aspace, nodeid: ua.NodeId, value: float) -> P.AttributeValue
     nd.attributes = {
         A.NodeId: P.AttributeValue(_dv(nodeid, ua.VariantType.NodeId)),
         A.NodeClass: P.AttributeValue(_dv(ua.NodeClass.Variable, ua.VariantType.Int32)),
-        A.BrowseName: P.AttributeValue(_dv(ua.QualifiedName("contract", nodeid.NamespaceIndex), ua.VariantType.QualifiedName)),
+        A.BrowseName: P.AttributeValue(
+            _dv(ua.QualifiedName("contract", nodeid.NamespaceIndex), ua.VariantType.QualifiedName)
+        ),
         A.DisplayName: P.AttributeValue(_dv(ua.LocalizedText("contract"), ua.VariantType.LocalizedText)),
         A.DataType: P.AttributeValue(_dv(ua.NodeId(OI.Double), ua.VariantType.NodeId)),
         A.ValueRank: P.AttributeValue(_dv(ua.ValueRank.Scalar, ua.VariantType.Int32)),
@@ -166,16 +197,31 @@ def insert_variable(aspace, nodeid: ua.NodeId, value: float) -> P.AttributeValue
         A.Value: value_attr,
     }
     nd.references = [
-        ua.ReferenceDescription(ReferenceTypeId=ua.NodeId(OI.HasTypeDefinition), IsForward=True,
-                                NodeId=ua.NodeId(OI.BaseDataVariableType), NodeClass=ua.NodeClass.VariableType),
-        ua.ReferenceDescription(ReferenceTypeId=ua.NodeId(OI.Organizes), IsForward=False, NodeId=objects.nodeid,
-                                NodeClass=ua.NodeClass.Object),
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.HasTypeDefinition),
+            IsForward=True,
+            NodeId=ua.NodeId(OI.BaseDataVariableType),
+            NodeClass=ua.NodeClass.VariableType,
+        ),
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.Organizes),
+            IsForward=False,
+            NodeId=objects.nodeid,
+            NodeClass=ua.NodeClass.Object,
+        ),
     ]
     aspace[nodeid] = nd
-    objects.references.append(ua.ReferenceDescription(
-        ReferenceTypeId=ua.NodeId(OI.Organizes), IsForward=True, NodeId=nodeid,
-        BrowseName=ua.QualifiedName("contract", nodeid.NamespaceIndex), DisplayName=ua.LocalizedText("contract"),
-        NodeClass=ua.NodeClass.Variable, TypeDefinition=ua.NodeId(OI.BaseDataVariableType)))
+    objects.references.append(
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.Organizes),
+            IsForward=True,
+            NodeId=nodeid,
+            BrowseName=ua.QualifiedName("contract", nodeid.NamespaceIndex),
+            DisplayName=ua.LocalizedText("contract"),
+            NodeClass=ua.NodeClass.Variable,
+            TypeDefinition=ua.NodeId(OI.BaseDataVariableType),
+        )
+    )
     return value_attr
 
 
@@ -211,7 +257,9 @@ async def running():
             raise P.ServiceError(refuse[0])
         if p.NodesToRead[0].NodeId != nodeid:
             return await previous(p)
-        data = ua.HistoryData(DataValues=[ua.DataValue(ua.Variant(7.0), SourceTimestamp=datetime(2026, 1, 1, tzinfo=UTC))])
+        data = ua.HistoryData(
+            DataValues=[ua.DataValue(ua.Variant(7.0), SourceTimestamp=datetime(2026, 1, 1, tzinfo=UTC))]
+        )
         return [ua.HistoryReadResult(StatusCode=ua.StatusCode(SC.Good), HistoryData=data)]
 
     previous = P.wrap_history_read(server, read_history)
@@ -219,8 +267,19 @@ async def running():
     client = Client(url)
     await client.connect()
     try:
-        yield SimpleNamespace(server=server, client=client, ns=ns, aspace=aspace, nodeid=nodeid, value_attr=value_attr,
-                              caller=caller, names=names, history_calls=history_calls, refuse=refuse, previous=previous)
+        yield SimpleNamespace(
+            server=server,
+            client=client,
+            ns=ns,
+            aspace=aspace,
+            nodeid=nodeid,
+            value_attr=value_attr,
+            caller=caller,
+            names=names,
+            history_calls=history_calls,
+            refuse=refuse,
+            previous=previous,
+        )
     finally:
         try:
             await client.disconnect()
@@ -258,7 +317,11 @@ async def test_datachange_callbacks_are_registered_and_removed_through_the_attri
     handler = Handler()
     sub = await live.client.create_subscription(20, handler)
     handle = await sub.subscribe_data_change(live.client.get_node(live.nodeid))
-    await until(lambda: watchers.mask[0], 30, "asyncua registers a monitored item's callback as attr.datachange_callbacks[handle] = cb")
+    await until(
+        lambda: watchers.mask[0],
+        30,
+        "asyncua registers a monitored item's callback as attr.datachange_callbacks[handle] = cb",
+    )
     assert await asyncio.wait_for(handler.values.get(), 30) == 42.0
     [(h, callback)] = list(watchers.items())
     await callback(h, ua.DataValue(ua.Variant(43.0, ua.VariantType.Double)))
@@ -276,18 +339,28 @@ async def test_events_are_delivered_through_the_subscription_tables(live):
     server_id = ua.NodeId(OI.Server)
     subs = P.subscriptions(live.server)
     [isub] = [s for s in subs.values() if P.event_items(s).get(server_id)]
-    relies(isinstance(isub, P.InternalSubscription) and isub.data.SubscriptionId == sub.subscription_id,
-           "subscription_service.subscriptions: SubscriptionId -> InternalSubscription")
-    relies(isub.session_id in {s.session_id for s in P.external_sessions(live.server)},
-           "InternalSubscription.session_id is its session's session_id")
+    relies(
+        isinstance(isub, P.InternalSubscription) and isub.data.SubscriptionId == sub.subscription_id,
+        "subscription_service.subscriptions: SubscriptionId -> InternalSubscription",
+    )
+    relies(
+        isub.session_id in {s.session_id for s in P.external_sessions(live.server)},
+        "InternalSubscription.session_id is its session's session_id",
+    )
     [mid] = P.event_items(isub)[server_id]
     md = P.monitored_item(isub, mid)
     relies(md is not None and isinstance(md.filter, ua.EventFilter), "monitored_item_srv._monitored_items[mid].filter")
     relies(isinstance(md.where_clause_evaluator, P.WhereClauseEvaluator), "MonitoredItemData.where_clause_evaluator")
     relies(P.monitored_item(isub, mid + 1000) is None, "monitored_item_srv._monitored_items.get(unknown) is None")
     names = ["/".join(q.Name for q in c.BrowsePath) for c in md.filter.SelectClauses]
-    fields = [ua.Variant(ua.LocalizedText("contract event")) if n == "Message"
-              else ua.Variant(ua.NodeId(OI.BaseEventType)) if n == "EventType" else ua.Variant() for n in names]
+    fields = [
+        ua.Variant(ua.LocalizedText("contract event"))
+        if n == "Message"
+        else ua.Variant(ua.NodeId(OI.BaseEventType))
+        if n == "EventType"
+        else ua.Variant()
+        for n in names
+    ]
     relies(P.pending_events(isub) == 0, "InternalSubscription._triggered_events (mid -> queued events)")
     await isub.enqueue_event(mid, ua.EventFieldList(ClientHandle=md.client_handle, EventFields=fields), md.queue_size)
     event = await asyncio.wait_for(handler.events.get(), 30)
@@ -298,7 +371,7 @@ async def test_events_are_delivered_through_the_subscription_tables(live):
 
 @on_live
 async def test_a_method_callback_knows_its_calling_session_and_its_name(live):
-    name = (await live.client.nodes.objects.call_method(f"{live.ns}:Who"))
+    name = await live.client.nodes.objects.call_method(f"{live.ns}:Who")
     [session] = P.external_sessions(live.server)
     relies(isinstance(session, P.InternalSession), "iserver._external_sessions: auth token -> InternalSession")
     assert live.names.get(session), "the session factory hook did not record the SessionName"
@@ -316,7 +389,9 @@ async def test_history_read_goes_through_the_wrapped_entry_point(live):
     stock = await live.server.nodes.objects.add_variable(live.ns, "stock", 1.0)
     await live.server.historize_node_data_change(stock, count=10)
     relies(stock.nodeid in P.stock_historized(live.server), "history_manager._handlers: Node -> handler")
-    await live.client.get_node(stock.nodeid).read_raw_history(datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    await live.client.get_node(stock.nodeid).read_raw_history(
+        datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    )
     assert len(live.history_calls) == calls + 2
     live.refuse.append(SC.BadTimestampsToReturnInvalid)
     try:
@@ -324,7 +399,10 @@ async def test_history_read_goes_through_the_wrapped_entry_point(live):
             await node.read_raw_history(datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
     finally:
         live.refuse.clear()
-    relies(err.value.code == SC.BadTimestampsToReturnInvalid, "a ServiceError raised by the HistoryRead handler is the request's fault")
+    relies(
+        err.value.code == SC.BadTimestampsToReturnInvalid,
+        "a ServiceError raised by the HistoryRead handler is the request's fault",
+    )
 
 
 async def test_stopping_closes_the_external_sessions():
