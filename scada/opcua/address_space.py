@@ -120,7 +120,7 @@ def reference_to(
         BrowseName=at[A.BrowseName].value.Value.Value,
         DisplayName=at[A.DisplayName].value.Value.Value,
         NodeClass=at[A.NodeClass].value.Value.Value,
-        TypeDefinition=typedef or ua.ExpandedNodeId(),
+        TypeDefinition=typedef or NodeId(),
     )
 
 
