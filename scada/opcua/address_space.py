@@ -16,34 +16,38 @@ in fresh objects, and costs a coroutine round trip per node. This builder writes
 * EngineeringUnits and EURange property nodes, one per (equipment type, point), referenced
   by the variable of that point on every device.
 
-It relies on asyncua's ``NodeData``/``AttributeValue`` internals, hence the pinned range.
+It relies on asyncua's ``NodeData``/``AttributeValue`` internals, through
+:mod:`scada.opcua.asyncua_private` (contract-tested, hence the pinned range).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from asyncua import Server, ua
-from asyncua.server.address_space import AttributeValue, NodeData
 
 from scada.config import DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
+from scada.opcua.asyncua_private import AddressSpace, AttributeValue, NodeData, address_space
 from scada.opcua.publisher import TagValue
+from scada.opcua.typed_ua import NodeId, StatusCode
 from scada.tagdb import ANALOG, TEXT
 
 NAMESPACE_URI = "urn:city-scada:tags"
 ROOT_NAME = "City"
 
 A = ua.AttributeIds
-_HAS_TYPEDEF = ua.NodeId(ua.ObjectIds.HasTypeDefinition)
-_HAS_COMPONENT = ua.NodeId(ua.ObjectIds.HasComponent)
-_HAS_PROPERTY = ua.NodeId(ua.ObjectIds.HasProperty)
-_ORGANIZES = ua.NodeId(ua.ObjectIds.Organizes)
-_FOLDER_TYPE = ua.NodeId(ua.ObjectIds.FolderType)
-_OBJECT_TYPE = ua.NodeId(ua.ObjectIds.BaseObjectType)
-_DATA_VAR_TYPE = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
-_ANALOG_TYPE = ua.NodeId(ua.ObjectIds.BaseAnalogType)
-_PROPERTY_TYPE = ua.NodeId(ua.ObjectIds.PropertyType)
+_HAS_TYPEDEF = NodeId(ua.ObjectIds.HasTypeDefinition)
+_HAS_COMPONENT = NodeId(ua.ObjectIds.HasComponent)
+_HAS_PROPERTY = NodeId(ua.ObjectIds.HasProperty)
+_ORGANIZES = NodeId(ua.ObjectIds.Organizes)
+_FOLDER_TYPE = NodeId(ua.ObjectIds.FolderType)
+_OBJECT_TYPE = NodeId(ua.ObjectIds.BaseObjectType)
+_DATA_VAR_TYPE = NodeId(ua.ObjectIds.BaseDataVariableType)
+_ANALOG_TYPE = NodeId(ua.ObjectIds.BaseAnalogType)
+_PROPERTY_TYPE = NodeId(ua.ObjectIds.PropertyType)
 
 # UNECE Recommendation 20 codes for the units technicians write most (OPC UA Part 8).
 UNECE = {
@@ -103,6 +107,23 @@ def variant_type(point: PointDef) -> ua.VariantType:
     return ua.VariantType.Int32 if point.enum else ua.VariantType.Boolean
 
 
+def reference_to(
+    reftype: ua.NodeId, nd: NodeData, forward: bool, typedef: ua.NodeId | None = None
+) -> ua.ReferenceDescription:
+    """A reference to the node ``nd``, with its BrowseName, DisplayName and NodeClass."""
+    # Names and NodeClass are static attributes (ours or the nodeset's): always a DataValue of a Variant.
+    at: Mapping[ua.AttributeIds, Any] = nd.attributes
+    return ua.ReferenceDescription(
+        ReferenceTypeId=reftype,
+        IsForward=forward,
+        NodeId=nd.nodeid,
+        BrowseName=at[A.BrowseName].value.Value.Value,
+        DisplayName=at[A.DisplayName].value.Value.Value,
+        NodeClass=at[A.NodeClass].value.Value.Value,
+        TypeDefinition=typedef or NodeId(),
+    )
+
+
 @dataclass
 class _Kind:
     """Shared pieces of every variable of one variant type and type definition."""
@@ -117,7 +138,7 @@ class AddressSpaceBuilder:
 
     def __init__(self, server: Server, ns: int) -> None:
         self.server = server
-        self.aspace = server.iserver.aspace
+        self.aspace = address_space(server)
         self.ns = ns
         self._kinds: dict[tuple[ua.VariantType, bool], _Kind] = {}
         self._object_static = {
@@ -132,7 +153,7 @@ class AddressSpaceBuilder:
         key = (vtype, analog)
         if key not in self._kinds:
             typedef = _ANALOG_TYPE if analog else _DATA_VAR_TYPE
-            datatype = ua.NodeId(getattr(ua.ObjectIds, vtype.name))
+            datatype = NodeId(getattr(ua.ObjectIds, vtype.name))
             static = {
                 A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
                 A.DataType: _shared(datatype, ua.VariantType.NodeId),
@@ -178,27 +199,17 @@ class AddressSpaceBuilder:
             TypeDefinition=typedef,
         )
 
-    def _back_ref(self, reftype: ua.NodeId, parent: NodeData) -> ua.ReferenceDescription:
-        return ua.ReferenceDescription(
-            ReferenceTypeId=reftype,
-            IsForward=False,
-            NodeId=parent.nodeid,
-            BrowseName=parent.attributes[A.BrowseName].value.Value.Value,
-            DisplayName=parent.attributes[A.DisplayName].value.Value.Value,
-            NodeClass=parent.attributes[A.NodeClass].value.Value.Value,
-        )
-
     def add_object(self, parent: NodeData, path: str, name: str, folder: bool, reftype=None) -> NodeData:
         """A folder (commune, class) or a device object under ``parent``."""
         reftype = reftype or (_ORGANIZES if folder else _HAS_COMPONENT)
         typedef = _FOLDER_TYPE if folder else _OBJECT_TYPE
-        nodeid = ua.NodeId(path, self.ns)
+        nodeid = NodeId(path, self.ns)
         attrs = dict(self._object_static)
         refs = [
             ua.ReferenceDescription(
                 ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.ObjectType
             ),
-            self._back_ref(reftype, parent),
+            reference_to(reftype, parent, False),
         ]
         nd = self._insert(nodeid, name, attrs, refs)
         parent.references.append(self._child_ref(reftype, nodeid, name, self.ns, ua.NodeClass.Object, typedef))
@@ -207,11 +218,11 @@ class AddressSpaceBuilder:
     def add_property(
         self, parent: NodeData, path: str, name: str, value, vtype: ua.VariantType, datatype: int
     ) -> NodeData:
-        nodeid = ua.NodeId(path, self.ns)
+        nodeid = NodeId(path, self.ns)
         attrs = {
             A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
             A.Value: AttributeValue(_dv(value, vtype)),
-            A.DataType: _shared(ua.NodeId(datatype), ua.VariantType.NodeId),
+            A.DataType: _shared(NodeId(datatype), ua.VariantType.NodeId),
             A.ValueRank: _shared(ua.ValueRank.Scalar, ua.VariantType.Int32),
             A.AccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
             A.UserAccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
@@ -222,14 +233,14 @@ class AddressSpaceBuilder:
             ua.ReferenceDescription(
                 ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE, NodeClass=ua.NodeClass.VariableType
             ),
-            self._back_ref(_HAS_PROPERTY, parent),
+            reference_to(_HAS_PROPERTY, parent, False),
         ]
         # Standard properties (EngineeringUnits, EURange) have browse names in namespace 0.
         nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
         parent.references.append(self._child_ref(_HAS_PROPERTY, nodeid, name, 0, ua.NodeClass.Variable, _PROPERTY_TYPE))
         return nd
 
-    def build(self, config: Config) -> list[AttributeValue]:
+    def build(self, config: Config) -> list[TagValue]:
         """Create the whole tree; return the Value attribute of every tag, indexed by tag id.
 
         The tree is millions of long-lived objects: collections during the build are wasted
@@ -247,14 +258,14 @@ class AddressSpaceBuilder:
             if enabled:
                 gc.enable()
 
-    def _build(self, config: Config) -> list[AttributeValue]:
-        objects = self.aspace[ua.NodeId(ua.ObjectIds.ObjectsFolder)]
+    def _build(self, config: Config) -> list[TagValue]:
+        objects = self.aspace[NodeId(ua.ObjectIds.ObjectsFolder)]
         root = self.add_object(objects, ROOT_NAME, ROOT_NAME, folder=True)
         types_folder = self.add_object(root, "_types", "_types", folder=True)
         shared_props = {name: self._type_properties(types_folder, t) for name, t in config.types.items()}
         folders: dict[str, NodeData] = {}
-        values: list[AttributeValue] = []
-        diag_values: list[AttributeValue] = []
+        values: list[TagValue] = []
+        diag_values: list[TagValue] = []
         for d in config.devices:
             t = config.types[d.type]
             commune = folders.get(d.commune)
@@ -266,13 +277,13 @@ class AddressSpaceBuilder:
                 cls_folder = folders[cls_path] = self.add_object(commune, cls_path, t.cls, folder=True)
             dev_path = f"{cls_path}/{d.name}"
             dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
-            back = self._back_ref(_HAS_COMPONENT, dev)
+            back = reference_to(_HAS_COMPONENT, dev, False)
             for p in t.points:
                 values.append(self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared_props[d.type][p.name]))
             # Diagnostic tags: their ids follow all the process tags' (Config.diag_ids).
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
-            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            diag_back = reference_to(_HAS_COMPONENT, diag, False)
             diag_values.extend(self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, []) for p in DIAG_POINTS)
         return values + diag_values
 
@@ -312,7 +323,7 @@ class AddressSpaceBuilder:
     ) -> TagValue:
         vtype = variant_type(p)
         kind = self._kind(vtype, p.kind == ANALOG)
-        nodeid = ua.NodeId(path, self.ns)
+        nodeid = NodeId(path, self.ns)
         attrs = dict(kind.static)
         value = TagValue()  # read from the tag database (scada.opcua.publisher)
         attrs[A.Value] = value
@@ -333,7 +344,7 @@ class AddressSpaceBuilder:
 _HIERARCHICAL_DOWN = (_HAS_COMPONENT, _ORGANIZES)
 
 
-def subtree(aspace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
+def subtree(aspace: AddressSpace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
     """``nodeid`` and the nodes below it by HasComponent/Organizes, in our namespace only.
 
     HasProperty is not followed: a point's EngineeringUnits/EURange nodes are shared by every
@@ -354,7 +365,18 @@ def subtree(aspace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
     return out
 
 
-async def delete_nodes(aspace, nodeids: list[ua.NodeId]) -> None:
+def tag_values(aspace: AddressSpace, names: Iterable[str], ns: int) -> list[TagValue]:
+    """The Value attributes of the tag variables ``names``, as :class:`AddressSpaceBuilder` built them."""
+    out = []
+    for name in names:
+        value = aspace[NodeId(name, ns)].attributes[A.Value]
+        if not isinstance(value, TagValue):
+            raise TypeError(f"{name}: not a tag variable of this tree")
+        out.append(value)
+    return out
+
+
+async def delete_nodes(aspace: AddressSpace, nodeids: list[ua.NodeId]) -> None:
     """Remove nodes and every reference to them held by the nodes that remain.
 
     A tag variable's monitored items first get one value with status BadNodeIdUnknown (the
@@ -364,7 +386,7 @@ async def delete_nodes(aspace, nodeids: list[ua.NodeId]) -> None:
     """
     gone = set(nodeids)
     parents: set[ua.NodeId] = set()
-    gone_dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+    gone_dv = ua.DataValue(StatusCode=StatusCode(ua.StatusCodes.BadNodeIdUnknown))
     for nid in nodeids:
         nd = aspace.get(nid)
         if nd is None:
@@ -397,7 +419,7 @@ class TreeEditor(AddressSpaceBuilder):
         return f"{d.commune}/{config.types[d.type].cls}/{d.name}"
 
     async def remove_device(self, config: Config, d) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
-        dev = ua.NodeId(self.device_path(config, d), self.ns)
+        dev = NodeId(self.device_path(config, d), self.ns)
         nd = self.aspace.get(dev)
         if nd is None:
             return []
@@ -405,7 +427,9 @@ class TreeEditor(AddressSpaceBuilder):
             (r.NodeId for r in nd.references if not r.IsForward and r.ReferenceTypeId == _HAS_COMPONENT), None
         )
         await delete_nodes(self.aspace, subtree(self.aspace, dev, self.ns))
-        changes = [(dev, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeDeleted)]
+        changes: list[tuple[ua.NodeId, ua.NodeId, int]] = [
+            (dev, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeDeleted)
+        ]
         # The class and commune folders go with their last device.
         while parent is not None and parent.Identifier != ROOT_NAME:
             pnd = self.aspace.get(parent)
@@ -421,7 +445,7 @@ class TreeEditor(AddressSpaceBuilder):
 
     async def remove_type(self, name: str) -> None:
         """The shared EngineeringUnits/EURange nodes of an equipment type (rebuilt when it changed)."""
-        await delete_nodes(self.aspace, subtree(self.aspace, ua.NodeId(f"_types/{name}", self.ns), self.ns))
+        await delete_nodes(self.aspace, subtree(self.aspace, NodeId(f"_types/{name}", self.ns), self.ns))
 
     def add_devices(self, config: Config, devices) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
         enabled = gc.isenabled()
@@ -434,7 +458,7 @@ class TreeEditor(AddressSpaceBuilder):
                 gc.enable()
 
     def _folder(self, parent: NodeData, path: str, name: str, changes: list) -> NodeData:
-        nd = self.aspace.get(ua.NodeId(path, self.ns))
+        nd = self.aspace.get(NodeId(path, self.ns))
         if nd is None:
             nd = self.add_object(parent, path, name, folder=True)
             changes.append((nd.nodeid, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.NodeAdded))
@@ -442,13 +466,13 @@ class TreeEditor(AddressSpaceBuilder):
 
     def _add_devices(self, config: Config, devices) -> list[tuple[ua.NodeId, ua.NodeId, int]]:
         changes: list = []
-        root = self.aspace[ua.NodeId(ROOT_NAME, self.ns)]
-        types_folder = self.aspace[ua.NodeId("_types", self.ns)]
+        root = self.aspace[NodeId(ROOT_NAME, self.ns)]
+        types_folder = self.aspace[NodeId("_types", self.ns)]
         shared: dict[str, dict] = {}
         for d in devices:
             t = config.types[d.type]
             if d.type not in shared:
-                tnode = self.aspace.get(ua.NodeId(f"_types/{t.name}", self.ns))
+                tnode = self.aspace.get(NodeId(f"_types/{t.name}", self.ns))
                 if tnode is None:
                     shared[d.type] = self._type_properties(types_folder, t)
                 else:  # the type is unchanged: its devices' shared property nodes are there
@@ -460,18 +484,18 @@ class TreeEditor(AddressSpaceBuilder):
             dev = self.add_object(cls_folder, dev_path, d.name, folder=False)
             changes.append((dev.nodeid, _OBJECT_TYPE, ua.ModelChangeStructureVerbMask.NodeAdded))
             changes.append((cls_folder.nodeid, _FOLDER_TYPE, ua.ModelChangeStructureVerbMask.ReferenceAdded))
-            back = self._back_ref(_HAS_COMPONENT, dev)
+            back = reference_to(_HAS_COMPONENT, dev, False)
             for p in t.points:
                 self._add_point(dev, back, f"{dev_path}/{p.name}", p, shared[d.type][p.name])
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
-            diag_back = self._back_ref(_HAS_COMPONENT, diag)
+            diag_back = reference_to(_HAS_COMPONENT, diag, False)
             for p in DIAG_POINTS:
                 self._add_point(diag, diag_back, f"{diag_path}/{p.name}", p, [])
         return changes
 
     def _existing_props(self, t: EquipmentType, p: PointDef) -> list[ua.ReferenceDescription]:
-        pnode = self.aspace.get(ua.NodeId(f"_types/{t.name}/{p.name}", self.ns))
+        pnode = self.aspace.get(NodeId(f"_types/{t.name}/{p.name}", self.ns))
         if pnode is None:
             return []
         return [r for r in pnode.references if r.IsForward and r.ReferenceTypeId == _HAS_PROPERTY]

@@ -68,7 +68,7 @@ Every alarm instance of the engine (an alarm definition on one device) is one co
   nor makes a client drop its link.
 
 It relies on asyncua internals (NodeData, the monitored item service's tables, the session
-object), hence the pinned asyncua range; the integration tests exercise each of them.
+object), all through :mod:`scada.opcua.asyncua_private` and its contract test.
 """
 
 from __future__ import annotations
@@ -89,18 +89,29 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from asyncua import Server, ua
-from asyncua.server.address_space import AttributeValue, NodeData
-from asyncua.server.monitored_item_service import WhereClauseEvaluator
 
 from scada.alarms.config import LIMIT_CONDITIONS
 from scada.alarms.states import ANNOUNCED, IllegalTransition, State, is_acked
+from scada.opcua.address_space import reference_to
+from scada.opcua.asyncua_private import (
+    AttributeValue,
+    NodeData,
+    SubtypeWhere,
+    address_space,
+    event_items,
+    hook_sessions,
+    monitored_item,
+    pending_events,
+    subscriptions,
+)
+from scada.opcua.typed_ua import NodeId, StatusCode
 
 if TYPE_CHECKING:
     from scada.alarms.engine import AlarmEngine, AlarmEvent
 
 log = structlog.get_logger("scada.opcua")
 
-O = ua.ObjectIds
+OI = ua.ObjectIds
 A = ua.AttributeIds
 VT = ua.VariantType
 SC = ua.StatusCodes
@@ -130,24 +141,24 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # (Part 9: "the underlying system that is providing Alarm information is having a
 # communication problem"); expressions are plain AlarmConditionType.
 EVENT_TYPES = {
-    "high_high": O.NonExclusiveLevelAlarmType,
-    "high": O.NonExclusiveLevelAlarmType,
-    "low": O.NonExclusiveLevelAlarmType,
-    "low_low": O.NonExclusiveLevelAlarmType,
-    "rate_of_change": O.NonExclusiveRateOfChangeAlarmType,
-    "state": O.OffNormalAlarmType,
-    "comm_loss": O.SystemOffNormalAlarmType,
-    "expression": O.AlarmConditionType,
+    "high_high": OI.NonExclusiveLevelAlarmType,
+    "high": OI.NonExclusiveLevelAlarmType,
+    "low": OI.NonExclusiveLevelAlarmType,
+    "low_low": OI.NonExclusiveLevelAlarmType,
+    "rate_of_change": OI.NonExclusiveRateOfChangeAlarmType,
+    "state": OI.OffNormalAlarmType,
+    "comm_loss": OI.SystemOffNormalAlarmType,
+    "expression": OI.AlarmConditionType,
 }
 _LIMIT_FIELDS = {"high_high": "HighHigh", "high": "High", "low": "Low", "low_low": "LowLow", "rate_of_change": "High"}
 
-_HAS_TYPEDEF = ua.NodeId(O.HasTypeDefinition)
-_HAS_COMPONENT = ua.NodeId(O.HasComponent)
-_HAS_CONDITION = ua.NodeId(O.HasCondition)
-_HAS_NOTIFIER = ua.NodeId(O.HasNotifier)
-_HAS_SUBTYPE = ua.NodeId(O.HasSubtype)
-_SERVER = ua.NodeId(O.Server)
-_BASE_EVENT = ua.NodeId(O.BaseEventType)
+_HAS_TYPEDEF = NodeId(OI.HasTypeDefinition)
+_HAS_COMPONENT = NodeId(OI.HasComponent)
+_HAS_CONDITION = NodeId(OI.HasCondition)
+_HAS_NOTIFIER = NodeId(OI.HasNotifier)
+_HAS_SUBTYPE = NodeId(OI.HasSubtype)
+_SERVER = NodeId(OI.Server)
+_BASE_EVENT = NodeId(OI.BaseEventType)
 
 # The calling session of the method being run (set around InternalSession.call).
 _CALLER: contextvars.ContextVar[Any] = contextvars.ContextVar("opcua_caller", default=None)
@@ -185,20 +196,26 @@ _TEXTS = {
     )
 }
 _SHELVING = {
-    name: (_text(name), _v(ua.NodeId(nid), VT.NodeId))
+    name: (_text(name), _v(NodeId(nid), VT.NodeId))
     for name, nid in (
-        ("Unshelved", O.ShelvedStateMachineType_Unshelved),
-        ("TimedShelved", O.ShelvedStateMachineType_TimedShelved),
-        ("OneShotShelved", O.ShelvedStateMachineType_OneShotShelved),
+        ("Unshelved", OI.ShelvedStateMachineType_Unshelved),
+        ("TimedShelved", OI.ShelvedStateMachineType_TimedShelved),
+        ("OneShotShelved", OI.ShelvedStateMachineType_OneShotShelved),
     )
 }
 _SHELVING_TRANSITION = {
-    ("Unshelved", "TimedShelved"): ("UnshelvedToTimedShelved", O.ShelvedStateMachineType_UnshelvedToTimedShelved),
-    ("Unshelved", "OneShotShelved"): ("UnshelvedToOneShotShelved", O.ShelvedStateMachineType_UnshelvedToOneShotShelved),
-    ("TimedShelved", "Unshelved"): ("TimedShelvedToUnshelved", O.ShelvedStateMachineType_TimedShelvedToUnshelved),
-    ("OneShotShelved", "Unshelved"): ("OneShotShelvedToUnshelved", O.ShelvedStateMachineType_OneShotShelvedToUnshelved),
+    ("Unshelved", "TimedShelved"): ("UnshelvedToTimedShelved", OI.ShelvedStateMachineType_UnshelvedToTimedShelved),
+    ("Unshelved", "OneShotShelved"): (
+        "UnshelvedToOneShotShelved",
+        OI.ShelvedStateMachineType_UnshelvedToOneShotShelved,
+    ),
+    ("TimedShelved", "Unshelved"): ("TimedShelvedToUnshelved", OI.ShelvedStateMachineType_TimedShelvedToUnshelved),
+    ("OneShotShelved", "Unshelved"): (
+        "OneShotShelvedToUnshelved",
+        OI.ShelvedStateMachineType_OneShotShelvedToUnshelved,
+    ),
 }
-_BRANCH_NULL = _v(ua.NodeId(), VT.NodeId)
+_BRANCH_NULL = _v(NodeId(), VT.NodeId)
 _HIDDEN_STATES = (State.SHELVED, State.SUPPRESSED, State.OUT_OF_SERVICE)
 
 
@@ -262,16 +279,6 @@ def _field_names(select_clauses) -> list[str]:
     return names
 
 
-class _Where(WhereClauseEvaluator):
-    """asyncua's where clause evaluator, with OfType true for subtypes too (Part 4 7.7.3)."""
-
-    def _eval_el(self, index: int, event: Any) -> Any:
-        el = self.elements[index]
-        if el.FilterOperator == ua.FilterOperator.OfType:
-            return self._eval_op(el.FilterOperands[0], event) in event.ancestors
-        return super()._eval_el(index, event)
-
-
 @dataclass(slots=True)
 class _Dyn:
     """What the OPC UA side remembers of one condition beside the engine's columns."""
@@ -307,8 +314,7 @@ class AlarmConditions:
 
     def __init__(self, server: Server, ns: int, engine: AlarmEngine, queue_size: int = QUEUE_SIZE) -> None:
         self.server = server
-        self.iserver = server.iserver
-        self.aspace = server.iserver.aspace
+        self.aspace = address_space(server)
         self.ns = ns
         self.engine = engine
         self.queue_size = queue_size
@@ -379,15 +385,15 @@ class AlarmConditions:
         return frozenset(out)
 
     def _def_info(self, a) -> _DefInfo:
-        etype = ua.NodeId(EVENT_TYPES.get(a.condition, O.AlarmConditionType))
+        etype = NodeId(EVENT_TYPES.get(a.condition, OI.AlarmConditionType))
         if etype not in self.aspace:  # an older nodeset: fall back to the generic type
-            etype = ua.NodeId(O.AlarmConditionType)
+            etype = NodeId(OI.AlarmConditionType)
         system = a.condition == "comm_loss"
         static = {
             "EventType": _v(etype, VT.NodeId),
             "ConditionName": _v(a.name, VT.String),
             "ConditionClassId": _v(
-                ua.NodeId(O.SystemConditionClassType if system else O.ProcessConditionClassType), VT.NodeId
+                NodeId(OI.SystemConditionClassType if system else OI.ProcessConditionClassType), VT.NodeId
             ),
             "ConditionClassName": _text("System" if system else "Process"),
             "BranchId": _BRANCH_NULL,
@@ -423,19 +429,6 @@ class AlarmConditions:
         self.node_count += 1
         return nd
 
-    @staticmethod
-    def _ref(reftype, nd: NodeData, forward: bool, typedef=None) -> ua.ReferenceDescription:
-        at = nd.attributes
-        return ua.ReferenceDescription(
-            ReferenceTypeId=reftype,
-            IsForward=forward,
-            NodeId=nd.nodeid,
-            BrowseName=at[A.BrowseName].value.Value.Value,
-            DisplayName=at[A.DisplayName].value.Value.Value,
-            NodeClass=at[A.NodeClass].value.Value.Value,
-            TypeDefinition=typedef or ua.NodeId(),
-        )
-
     def _names(self, name: str, ns: int) -> dict:
         return {
             A.BrowseName: self._attr(ua.QualifiedName(name, ns), VT.QualifiedName),
@@ -451,9 +444,9 @@ class AlarmConditions:
         """HasComponent references to the type's method nodes: browsable, called by NodeId."""
         refs = []
         for i in ids:
-            nd = self.aspace.get(ua.NodeId(i))
+            nd = self.aspace.get(NodeId(i))
             if nd is not None:
-                refs.append(self._ref(_HAS_COMPONENT, nd, True))
+                refs.append(reference_to(_HAS_COMPONENT, nd, True))
         return refs
 
     def _set_notifier(self, nd: NodeData, on: AttributeValue) -> None:
@@ -473,15 +466,15 @@ class AlarmConditions:
         shelving_names = self._names("ShelvingState", 0)
         def_names = [self._names(a.name, self.ns) for a in eng.defs]
         def_typedef = [self._typedef_ref(d.etype) for d in self._defs]
-        object_typedef = self._typedef_ref(ua.NodeId(O.BaseObjectType))
-        shelving_typedef = self._typedef_ref(ua.NodeId(O.ShelvedStateMachineType))
-        cond_methods = self._method_refs((O.AcknowledgeableConditionType_Acknowledge, O.ConditionType_AddComment))
-        latch_methods = self._method_refs((O.AlarmConditionType_Reset, O.AlarmConditionType_Reset2))
+        object_typedef = self._typedef_ref(NodeId(OI.BaseObjectType))
+        shelving_typedef = self._typedef_ref(NodeId(OI.ShelvedStateMachineType))
+        cond_methods = self._method_refs((OI.AcknowledgeableConditionType_Acknowledge, OI.ConditionType_AddComment))
+        latch_methods = self._method_refs((OI.AlarmConditionType_Reset, OI.AlarmConditionType_Reset2))
         shelve_methods = self._method_refs(
             (
-                O.AlarmConditionType_ShelvingState_TimedShelve,
-                O.AlarmConditionType_ShelvingState_OneShotShelve,
-                O.AlarmConditionType_ShelvingState_Unshelve,
+                OI.AlarmConditionType_ShelvingState_TimedShelve,
+                OI.AlarmConditionType_ShelvingState_OneShotShelve,
+                OI.AlarmConditionType_ShelvingState_Unshelve,
             )
         )
         # The notifier tree: Server -> City -> commune -> class -> device (HasNotifier).
@@ -493,26 +486,25 @@ class AlarmConditions:
                 return
             linked.add(child.nodeid)
             self._set_notifier(child, notifier_on)
-            parent.references.append(self._ref(_HAS_NOTIFIER, child, True))
-            child.references.append(self._ref(_HAS_NOTIFIER, parent, False))
+            parent.references.append(reference_to(_HAS_NOTIFIER, child, True))
+            child.references.append(reference_to(_HAS_NOTIFIER, parent, False))
 
         devices = cfg.devices
         self._dev_nodes = [None] * len(devices)
         self._notifiers = [()] * len(devices)
-        folders: dict[int, tuple[NodeData, ua.ReferenceDescription, ua.ReferenceDescription]] = {}
+        folders: dict[int, tuple[NodeData, ua.ReferenceDescription, ua.ReferenceDescription, NodeData]] = {}
         self._cond_ids = [None] * eng.n  # type: ignore[list-item]
-        city = ua.NodeId("City", self.ns)  # scada.opcua.address_space.ROOT_NAME
+        city = NodeId("City", self.ns)  # scada.opcua.address_space.ROOT_NAME
         for i in range(eng.n):
             k, di = int(eng.inst_def[i]), int(eng.inst_dev[i])
             d = devices[di]
             if di not in folders:
                 cls = cfg.types[d.type].cls
                 chain = [
-                    ua.NodeId(x, self.ns)
-                    for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
+                    NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
                 ]
-                nds = [self.aspace.get(n) for n in chain]
-                if any(nd is None for nd in nds):
+                nds = [nd for nd in map(self.aspace.get, chain) if nd is not None]
+                if len(nds) < len(chain):
                     raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
                 parent = server_nd
                 for nd in nds:
@@ -521,26 +513,30 @@ class AlarmConditions:
                 dev = nds[-1]
                 self._dev_nodes[di] = dev.nodeid
                 self._notifiers[di] = (_SERVER, city, *chain[1:])
-                fid = ua.NodeId(f"{dev.nodeid.Identifier}/{ALARMS_FOLDER}", self.ns)
+                fid = NodeId(f"{dev.nodeid.Identifier!s}/{ALARMS_FOLDER}", self.ns)
                 folder = self._node(fid, {**obj, **folder_names}, [object_typedef])
-                folder.references.append(self._ref(_HAS_COMPONENT, dev, False))
-                dev.references.append(self._ref(_HAS_COMPONENT, folder, True, ua.NodeId(O.BaseObjectType)))
-                folders[di] = (folder, self._ref(_HAS_COMPONENT, folder, False), self._ref(_HAS_CONDITION, dev, False))
-            folder, folder_back, source_back = folders[di]
+                folder.references.append(reference_to(_HAS_COMPONENT, dev, False))
+                dev.references.append(reference_to(_HAS_COMPONENT, folder, True, NodeId(OI.BaseObjectType)))
+                folders[di] = (
+                    folder,
+                    reference_to(_HAS_COMPONENT, folder, False),
+                    reference_to(_HAS_CONDITION, dev, False),
+                    dev,
+                )
+            folder, folder_back, source_back, dev_nd = folders[di]
             info = self._defs[k]
-            cid = ua.NodeId(f"{folder.nodeid.Identifier}/{eng.defs[k].name}", self.ns)
-            sid = ua.NodeId(f"{cid.Identifier}/ShelvingState", self.ns)
+            cid = NodeId(f"{folder.nodeid.Identifier!s}/{eng.defs[k].name}", self.ns)
+            sid = NodeId(f"{cid.Identifier!s}/ShelvingState", self.ns)
             cond = self._node(
                 cid,
                 {**obj, **def_names[k]},
                 [def_typedef[k], folder_back, source_back, *cond_methods, *(latch_methods if info.latching else ())],
             )
             shelving = self._node(sid, {**obj, **shelving_names}, [shelving_typedef, *shelve_methods])
-            shelving.references.append(self._ref(_HAS_COMPONENT, cond, False))
-            cond.references.append(self._ref(_HAS_COMPONENT, shelving, True, ua.NodeId(O.ShelvedStateMachineType)))
-            folder.references.append(self._ref(_HAS_COMPONENT, cond, True, info.etype))
-            dev_nd = self.aspace[self._dev_nodes[di]]
-            dev_nd.references.append(self._ref(_HAS_CONDITION, cond, True, info.etype))
+            shelving.references.append(reference_to(_HAS_COMPONENT, cond, False))
+            cond.references.append(reference_to(_HAS_COMPONENT, shelving, True, NodeId(OI.ShelvedStateMachineType)))
+            folder.references.append(reference_to(_HAS_COMPONENT, cond, True, info.etype))
+            dev_nd.references.append(reference_to(_HAS_CONDITION, cond, True, info.etype))
             self._cond_ids[i] = cid
             self._by_node[cid] = i
             self._by_node[sid] = i
@@ -554,19 +550,19 @@ class AlarmConditions:
         )
         unshelve = self._operator_method("Unshelve", engine.unshelve, State.SHELVED, SC.BadConditionNotShelved)
         table = {
-            O.AcknowledgeableConditionType_Acknowledge: self._m_acknowledge,
-            O.ConditionType_AddComment: self._m_add_comment,
-            O.ConditionType_ConditionRefresh: self._m_refresh,
-            O.ConditionType_ConditionRefresh2: self._m_refresh,
-            O.AcknowledgeableConditionType_Confirm: self._m_not_supported,
-            O.ConditionType_Enable: self._m_not_supported,
-            O.ConditionType_Disable: self._m_not_supported,
-            O.AlarmConditionType_Reset: reset,
-            O.AlarmConditionType_Reset2: reset,
-            O.AlarmConditionType_RemoveFromService: remove,
-            O.AlarmConditionType_RemoveFromService2: remove,
-            O.AlarmConditionType_PlaceInService: place,
-            O.AlarmConditionType_PlaceInService2: place,
+            OI.AcknowledgeableConditionType_Acknowledge: self._m_acknowledge,
+            OI.ConditionType_AddComment: self._m_add_comment,
+            OI.ConditionType_ConditionRefresh: self._m_refresh,
+            OI.ConditionType_ConditionRefresh2: self._m_refresh,
+            OI.AcknowledgeableConditionType_Confirm: self._m_not_supported,
+            OI.ConditionType_Enable: self._m_not_supported,
+            OI.ConditionType_Disable: self._m_not_supported,
+            OI.AlarmConditionType_Reset: reset,
+            OI.AlarmConditionType_Reset2: reset,
+            OI.AlarmConditionType_RemoveFromService: remove,
+            OI.AlarmConditionType_RemoveFromService2: remove,
+            OI.AlarmConditionType_PlaceInService: place,
+            OI.AlarmConditionType_PlaceInService2: place,
         }
         for name, fn in (
             ("TimedShelve", self._m_timed_shelve),
@@ -575,47 +571,17 @@ class AlarmConditions:
         ):
             for prefix in ("ShelvedStateMachineType_", "AlarmConditionType_ShelvingState_"):
                 for suffix in ("", "2"):
-                    mid = getattr(O, prefix + name + suffix, None)
+                    mid = getattr(OI, prefix + name + suffix, None)
                     if mid is not None:
                         table[mid] = fn
         for mid, fn in table.items():
-            if ua.NodeId(mid) in self.aspace:
-                self.aspace.add_method_callback(ua.NodeId(mid), fn)
+            if NodeId(mid) in self.aspace:
+                self.aspace.add_method_callback(NodeId(mid), fn)
 
     def _hook_sessions(self) -> None:
-        """Make the calling session known to method callbacks (asyncua passes only the ObjectId).
-
-        Wraps this server's session factory: each session's ``call`` sets a context variable
-        for the duration of the call, and its SessionName is remembered for the journal.
-        """
-        iserver = self.iserver
-        if getattr(iserver.create_session, "_scada_hooked", False):
-            return
-        original = iserver.create_session
-        names = self._session_names
-
-        def create_session(*args, **kwargs):
-            session = original(*args, **kwargs)
-            call, create = session.call, session.create_session
-
-            async def call_with_caller(params):
-                token = _CALLER.set(session)
-                try:
-                    return await call(params)
-                finally:
-                    _CALLER.reset(token)
-
-            async def create_and_name(params, *a, **kw):
-                if params.SessionName:
-                    names[session] = params.SessionName
-                return await create(params, *a, **kw)
-
-            session.call = call_with_caller
-            session.create_session = create_and_name
-            return session
-
-        create_session._scada_hooked = True  # type: ignore[attr-defined]
-        iserver.create_session = create_session
+        """Make the calling session known to method callbacks (asyncua passes only the ObjectId),
+        and remember each session's SessionName for the journal."""
+        hook_sessions(self.server, _CALLER, self._session_names)
 
     def reattach(self) -> None:
         """Listen to the engine again after ``close`` (a supervised restart of ``run``).
@@ -680,7 +646,7 @@ class AlarmConditions:
                 if sent % YIELD_EVERY == 0:
                     # A storm must not hold the loop (clients' requests, the publisher, the engine).
                     await asyncio.sleep(0)
-                    await self._backpressure(list(self.iserver.subscription_service.subscriptions.values()))
+                    await self._backpressure(list(subscriptions(self.server).values()))
                     if not self._queue:
                         continue
                 e, since, quality, one_shot = self._queue.popleft()
@@ -706,8 +672,8 @@ class AlarmConditions:
         log.warning(
             "opcua_alarm_events_dropped", dropped=self.dropped, resyncs=self.resyncs, retained=len(self._retained)
         )
-        ev = self._system_event(O.RefreshRequiredEventType, "Alarm events were lost: call ConditionRefresh")
-        for sub in list(self.iserver.subscription_service.subscriptions.values()):
+        ev = self._system_event(OI.RefreshRequiredEventType, "Alarm events were lost: call ConditionRefresh")
+        for sub in list(subscriptions(self.server).values()):
             await self._deliver_bracket(sub, ev, None)
 
     def _dyn_of(self, i: int) -> _Dyn:
@@ -762,7 +728,7 @@ class AlarmConditions:
         """The condition node of a server alarm, made at its first event (Server -HasCondition-> it)."""
         cid = self._system.get(name)
         if cid is None:
-            cid = self._system[name] = ua.NodeId(f"Server/Alarms/{name}", self.ns)
+            cid = self._system[name] = NodeId(f"Server/Alarms/{name}", self.ns)
             self._system_nodes.add(cid)
             obj = {
                 A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
@@ -774,14 +740,14 @@ class AlarmConditions:
             nd = self._node(
                 cid,
                 {**obj, **self._names(name, self.ns)},
-                [self._typedef_ref(self._system_type()), self._ref(_HAS_CONDITION, server, False)],
+                [self._typedef_ref(self._system_type()), reference_to(_HAS_CONDITION, server, False)],
             )
-            server.references.append(self._ref(_HAS_CONDITION, nd, True, self._system_type()))
+            server.references.append(reference_to(_HAS_CONDITION, nd, True, self._system_type()))
         return cid
 
     def _system_type(self) -> ua.NodeId:
-        t = ua.NodeId(getattr(O, "SystemDiagnosticAlarmType", O.AlarmConditionType))
-        return t if t in self.aspace else ua.NodeId(O.AlarmConditionType)
+        t = NodeId(getattr(OI, "SystemDiagnosticAlarmType", OI.AlarmConditionType))
+        return t if t in self.aspace else NodeId(OI.AlarmConditionType)
 
     async def _emit_system(self, e: AlarmEvent) -> None:
         """A server alarm (the history spool filling...): its source is the Server object.
@@ -803,7 +769,7 @@ class AlarmConditions:
             "SourceName": _v(e.device, VT.String),
             "ConditionName": _v(e.alarm, VT.String),
             "BranchId": _BRANCH_NULL,
-            "ConditionClassId": _v(ua.NodeId(O.SystemConditionClassType), VT.NodeId),
+            "ConditionClassId": _v(NodeId(OI.SystemConditionClassType), VT.NodeId),
             "ConditionClassName": _text("System"),
             "Time": _v(t, VT.DateTime),
             "ReceiveTime": _v(datetime.now(UTC), VT.DateTime),
@@ -861,7 +827,9 @@ class AlarmConditions:
         f = dict(info.static)
         f["EventId"] = _v(eid, VT.ByteString)
         f["NodeId"] = _v(self._cond_ids[i], VT.NodeId)  # ConditionId
-        f["SourceNode"] = _v(self._dev_nodes[di], VT.NodeId)
+        source = self._dev_nodes[di]
+        assert source is not None  # a device with an alarm instance has its node (build)
+        f["SourceNode"] = _v(source, VT.NodeId)
         f["SourceName"] = _v(device.name, VT.String)
         f["Time"] = _v(t, VT.DateTime)
         f["ReceiveTime"] = _v(datetime.now(UTC), VT.DateTime)
@@ -869,7 +837,7 @@ class AlarmConditions:
         sev = _v(max(1, min(1000, int(severity))), VT.UInt16)
         f["Severity"] = f["LastSeverity"] = sev
         f["Retain"] = _BOOL[retained(state, active)]
-        f["Quality"] = _v(ua.StatusCode(quality), VT.StatusCode)
+        f["Quality"] = _v(StatusCode(quality), VT.StatusCode)
         f["ActiveState"] = _TEXTS["Active" if active else "Inactive"]
         f["ActiveState/Id"] = _BOOL[active]
         f["ActiveState/EffectiveDisplayName"] = f["ActiveState"]
@@ -890,7 +858,7 @@ class AlarmConditions:
             name, nid, when = dyn.shelving_transition
             f["ShelvingState/LastTransition"] = _text(name)
             if nid:
-                f["ShelvingState/LastTransition/Id"] = _v(ua.NodeId(nid), VT.NodeId)
+                f["ShelvingState/LastTransition/Id"] = _v(NodeId(nid), VT.NodeId)
             f["ShelvingState/LastTransition/TransitionTime"] = _v(when, VT.DateTime)
         if state == State.SHELVED:
             until = int(eng.shelved_until[i])
@@ -904,7 +872,7 @@ class AlarmConditions:
             f[f"{info.limit_field}State"] = _text(info.limit_field) if active else _NULL
             f[f"{info.limit_field}State/Id"] = _BOOL[active]
         if info.point:
-            f["InputNode"] = _v(ua.NodeId(f"{self._dev_nodes[di].Identifier}/{info.point}", self.ns), VT.NodeId)
+            f["InputNode"] = _v(NodeId(f"{source.Identifier!s}/{info.point}", self.ns), VT.NodeId)
         if dyn.comment_time is not None:
             f["Comment"] = _text(dyn.comment)
             f["Comment/SourceTimestamp"] = _v(dyn.comment_time, VT.DateTime)
@@ -951,7 +919,7 @@ class AlarmConditions:
         now = datetime.now(UTC)
         f = {
             "EventId": _v(self._event_id(), VT.ByteString),
-            "EventType": _v(ua.NodeId(etype), VT.NodeId),
+            "EventType": _v(NodeId(etype), VT.NodeId),
             "SourceNode": _v(_SERVER, VT.NodeId),
             "SourceName": _v("Server", VT.String),
             "Time": _v(now, VT.DateTime),
@@ -959,19 +927,15 @@ class AlarmConditions:
             "Message": _text(message),
             "Severity": _v(1, VT.UInt16),
         }
-        return ConditionEvent(f, self._type_ancestors(ua.NodeId(etype)))
-
-    @staticmethod
-    def _pending(sub) -> int:
-        return sum(len(v) for v in sub._triggered_events.values())
+        return ConditionEvent(f, self._type_ancestors(NodeId(etype)))
 
     async def _backpressure(self, subs) -> None:
         """Wait while a subscription has MAX_PENDING events waiting for its publish (see above)."""
         waited = 0.0
         while True:
-            busy = [s for s in subs if self._pending(s) >= MAX_PENDING and id(s) not in self._slow]
+            busy = [s for s in subs if pending_events(s) >= MAX_PENDING and id(s) not in self._slow]
             for s in subs:  # a slow one that caught up is waited for again
-                if id(s) in self._slow and self._pending(s) < MAX_PENDING:
+                if id(s) in self._slow and pending_events(s) < MAX_PENDING:
                     self._slow.discard(id(s))
             if not busy:
                 return
@@ -979,23 +943,23 @@ class AlarmConditions:
                 for s in busy:
                     self._slow.add(id(s))
                     log.warning(
-                        "opcua_alarm_subscription_slow", subscription=s.data.SubscriptionId, pending=self._pending(s)
+                        "opcua_alarm_subscription_slow", subscription=s.data.SubscriptionId, pending=pending_events(s)
                     )
                 return
             await asyncio.sleep(0.02)
             waited += 0.02
 
-    def _where(self, evaluator) -> _Where | None:
+    def _where(self, evaluator) -> SubtypeWhere | None:
         if evaluator is None:
             return None
         w = self._where_cache.get(evaluator)
         if w is None:
-            w = _Where(evaluator.logger, self.aspace, ua.ContentFilter(Elements=evaluator.elements))
+            w = SubtypeWhere.of(evaluator, self.aspace)
             self._where_cache[evaluator] = w
         return w
 
     async def _send(self, sub, mid: int, ev: ConditionEvent, filtered: bool) -> None:
-        md = sub.monitored_item_srv._monitored_items.get(mid)
+        md = monitored_item(sub, mid)
         if md is None or md.filter is None:
             return
         if filtered:
@@ -1011,8 +975,8 @@ class AlarmConditions:
         self, ev: ConditionEvent, notifiers: tuple[ua.NodeId, ...], subs=None, only_mid: int | None = None
     ) -> None:
         """To the event monitored items on any of ``notifiers``, where clauses applied."""
-        for sub in list(self.iserver.subscription_service.subscriptions.values()) if subs is None else subs:
-            watched = sub.monitored_item_srv._monitored_events
+        for sub in list(subscriptions(self.server).values()) if subs is None else subs:
+            watched = event_items(sub)
             for node in notifiers:
                 for mid in list(watched.get(node, ())):
                     if only_mid is None or mid == only_mid:
@@ -1020,7 +984,7 @@ class AlarmConditions:
 
     async def _deliver_bracket(self, sub, ev: ConditionEvent, only_mid: int | None) -> None:
         """Refresh start/end/required: to every event item of ``sub``, bypassing filters (Part 9 4.5)."""
-        for mids in list(sub.monitored_item_srv._monitored_events.values()):
+        for mids in list(event_items(sub).values()):
             for mid in list(mids):
                 if only_mid is None or mid == only_mid:
                     await self._send(sub, mid, ev, False)
@@ -1051,7 +1015,7 @@ class AlarmConditions:
 
     def _not_a_condition(self, parent: ua.NodeId) -> ua.StatusCode:
         # The engine's server alarms have no instance: nothing to acknowledge, shelve or reset.
-        return ua.StatusCode(SC.BadNotSupported if parent in self._system_nodes else SC.BadNodeIdUnknown)
+        return StatusCode(SC.BadNotSupported if parent in self._system_nodes else SC.BadNodeIdUnknown)
 
     def _known_event(self, i: int, event_id) -> bool:
         dyn = self._dyn.get(i)
@@ -1065,7 +1029,7 @@ class AlarmConditions:
             raise
         except KeyError as exc:
             log.warning("opcua_alarm_method_refused", method=name, error=str(exc))
-            return ua.StatusCode(SC.BadNodeIdUnknown)
+            return StatusCode(SC.BadNodeIdUnknown)
         log.info("opcua_alarm_method", method=name, alarm=args[0], device=args[1], user=args[2])
         return []
 
@@ -1073,13 +1037,13 @@ class AlarmConditions:
         try:
             return fn(parent, args)
         except IllegalTransition:
-            return ua.StatusCode(SC.BadInvalidState)
+            return StatusCode(SC.BadInvalidState)
         except Exception as exc:  # noqa: BLE001 - a client must get a status, the session must live
             log.error("opcua_alarm_method_failed", method=name, object=parent.to_string(), error=repr(exc))
-            return ua.StatusCode(SC.BadInternalError)
+            return StatusCode(SC.BadInternalError)
 
     async def _m_not_supported(self, parent: ua.NodeId, *args):
-        return ua.StatusCode(SC.BadNotSupported)
+        return StatusCode(SC.BadNotSupported)
 
     async def _m_acknowledge(self, parent: ua.NodeId, *args):
         return await self._guard("Acknowledge", self._acknowledge, parent, args)
@@ -1090,9 +1054,9 @@ class AlarmConditions:
         if i is None:
             return self._not_a_condition(parent)
         if len(args) < 2:
-            return ua.StatusCode(SC.BadArgumentsMissing)
+            return StatusCode(SC.BadArgumentsMissing)
         if not self._known_event(i, args[0].Value):
-            return ua.StatusCode(SC.BadEventIdUnknown)
+            return StatusCode(SC.BadEventIdUnknown)
         return i
 
     def _acknowledge(self, parent, args):
@@ -1100,11 +1064,11 @@ class AlarmConditions:
         if isinstance(i, ua.StatusCode):
             return i
         if int(self.engine.state[i]) not in (State.UNACK_ACTIVE, State.RTN_UNACK):
-            return ua.StatusCode(SC.BadConditionBranchAlreadyAcked)
+            return StatusCode(SC.BadConditionBranchAlreadyAcked)
         try:
             return self._act("Acknowledge", self.engine.ack, *self._names_of(i), self._user(), self._str(args[1]))
         except IllegalTransition:
-            return ua.StatusCode(SC.BadConditionBranchAlreadyAcked)
+            return StatusCode(SC.BadConditionBranchAlreadyAcked)
 
     async def _m_add_comment(self, parent: ua.NodeId, *args):
         return await self._guard("AddComment", self._add_comment, parent, args)
@@ -1115,7 +1079,7 @@ class AlarmConditions:
             return i
         text = self._str(args[1]).strip()
         if not text:
-            return ua.StatusCode(SC.BadInvalidArgument)
+            return StatusCode(SC.BadInvalidArgument)
         return self._act("AddComment", self.engine.note, *self._names_of(i), self._user(), text)
 
     async def _m_timed_shelve(self, parent: ua.NodeId, *args):
@@ -1133,16 +1097,16 @@ class AlarmConditions:
             ms, comment = MAX_SHELVE_MS, self._str(args[0]) if args else ""
         else:
             if not args:
-                return ua.StatusCode(SC.BadArgumentsMissing)
+                return StatusCode(SC.BadArgumentsMissing)
             try:
                 ms = float(args[0].Value)
             except (TypeError, ValueError):
-                return ua.StatusCode(SC.BadTypeMismatch)
+                return StatusCode(SC.BadTypeMismatch)
             comment = self._str(args[1]) if len(args) > 1 else ""
         if self.engine.state[i] == State.SHELVED:
-            return ua.StatusCode(SC.BadConditionAlreadyShelved)
+            return StatusCode(SC.BadConditionAlreadyShelved)
         if not 0 < ms <= MAX_SHELVE_MS:
-            return ua.StatusCode(SC.BadShelvingTimeOutOfRange)
+            return StatusCode(SC.BadShelvingTimeOutOfRange)
         # The engine wants a reason; TimedShelve / OneShotShelve (v1) carry none.
         method = "OneShotShelve" if one_shot else "TimedShelve"
         reason = comment.strip() or f"{method} via OPC UA (no reason given)"
@@ -1151,7 +1115,7 @@ class AlarmConditions:
                 method, self.engine.shelve, *self._names_of(i), self._user(), reason, ms / 1000.0, one_shot
             )
         except ValueError:
-            return ua.StatusCode(SC.BadShelvingTimeOutOfRange)
+            return StatusCode(SC.BadShelvingTimeOutOfRange)
 
     def _operator_method(self, name: str, action, required: State | None = None, refusal: int = 0):
         """An OPC UA method that is one engine action on the condition it is called on.
@@ -1165,7 +1129,7 @@ class AlarmConditions:
             if i is None:
                 return self._not_a_condition(parent)
             if required is not None and self.engine.state[i] != required:
-                return ua.StatusCode(refusal)
+                return StatusCode(refusal)
             return self._act(name, action, *self._names_of(i), self._user(), self._str(args[0]) if args else "")
 
         async def method(parent: ua.NodeId, *args):
@@ -1178,31 +1142,31 @@ class AlarmConditions:
             return await self._refresh(args)
         except Exception as exc:  # noqa: BLE001
             log.error("opcua_condition_refresh_failed", error=repr(exc))
-            return ua.StatusCode(SC.BadInternalError)
+            return StatusCode(SC.BadInternalError)
 
     async def _refresh(self, args):
         """ConditionRefresh(SubscriptionId) / ConditionRefresh2(SubscriptionId, MonitoredItemId)."""
         if not args:
-            return ua.StatusCode(SC.BadArgumentsMissing)
-        subs = self.iserver.subscription_service.subscriptions
+            return StatusCode(SC.BadArgumentsMissing)
+        subs = subscriptions(self.server)
         try:
             sub_id = int(args[0].Value)
         except (TypeError, ValueError):
-            return ua.StatusCode(SC.BadTypeMismatch)
+            return StatusCode(SC.BadTypeMismatch)
         sub = subs.get(sub_id)
         session = _CALLER.get()
         if sub is None or (session is not None and sub.session_id != session.session_id):
-            return ua.StatusCode(SC.BadSubscriptionIdInvalid)
+            return StatusCode(SC.BadSubscriptionIdInvalid)
         only_mid = None
-        watched = sub.monitored_item_srv._monitored_events
+        watched = event_items(sub)
         if len(args) > 1:
             only_mid = int(args[1].Value)
             if not any(only_mid in mids for mids in watched.values()):
-                return ua.StatusCode(SC.BadMonitoredItemIdInvalid)
+                return StatusCode(SC.BadMonitoredItemIdInvalid)
         elif not any(watched.values()):
-            return ua.StatusCode(SC.BadNothingToDo)
+            return StatusCode(SC.BadNothingToDo)
         if sub_id in self._refreshing:
-            return ua.StatusCode(SC.BadRefreshInProgress)
+            return StatusCode(SC.BadRefreshInProgress)
         self._refreshing.add(sub_id)
         # The retained conditions as they are now; each bracket is one event (one EventId)
         # copied to every notifier item of the subscription (Part 9 5.5.7).
@@ -1211,7 +1175,7 @@ class AlarmConditions:
         items += [(ev, (_SERVER,)) for ev in self._system_retained.values()]
         try:
             await self._deliver_bracket(
-                sub, self._system_event(O.RefreshStartEventType, "ConditionRefresh start"), only_mid
+                sub, self._system_event(OI.RefreshStartEventType, "ConditionRefresh start"), only_mid
             )
         except BaseException:
             self._refreshing.discard(sub_id)
@@ -1234,7 +1198,7 @@ class AlarmConditions:
                 if n % YIELD_EVERY == 0:
                     await self._backpressure([sub])
             await self._deliver_bracket(
-                sub, self._system_event(O.RefreshEndEventType, "ConditionRefresh end"), only_mid
+                sub, self._system_event(OI.RefreshEndEventType, "ConditionRefresh end"), only_mid
             )
         except asyncio.CancelledError:
             raise

@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import structlog
 from asyncua import ua
-from asyncua.server.address_space import AttributeValue
 
+from scada.opcua.asyncua_private import AttributeValue
+from scada.opcua.typed_ua import StatusCode, data_value
 from scada.tagdb import ChangeBatch, Consumer, TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -51,6 +52,9 @@ class PublishedValue(ua.DataValue):
 
     def __deepcopy__(self, memo):
         return self
+
+
+_published = data_value(PublishedValue)  # the class, typed with plain datetime timestamps
 
 
 _Double, _Int32, _Boolean, _String = (
@@ -133,6 +137,8 @@ class TagValue(AttributeValue):
     Unbound (before the publisher exists) it reads as BadWaitingForInitialData.
     """
 
+    datachange_callbacks: Watchers  # asyncua's dict of callbacks, kept in step with the watched mask
+
     def __init__(self) -> None:  # not AttributeValue's: there is no value to hold
         self.value_callback = None
         self.value_setter = None
@@ -144,7 +150,7 @@ class TagValue(AttributeValue):
     def value(self) -> ua.DataValue:
         if self.source is None:
             return ua.DataValue(
-                ua.Variant(None, ua.VariantType.Null), StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+                ua.Variant(None, ua.VariantType.Null), StatusCode=StatusCode(ua.StatusCodes.BadWaitingForInitialData)
             )
         return self.source.current(self.tag)
 
@@ -189,13 +195,13 @@ class Publisher:
     def _status(self, code: int) -> ua.StatusCode:
         sc = self._status_cache.get(code)
         if sc is None:
-            sc = self._status_cache[code] = ua.StatusCode(code)
+            sc = self._status_cache[code] = StatusCode(code)
         return sc
 
     def current(self, tag: int) -> PublishedValue:
         """The tag as last published, as a DataValue (no timestamps before its first batch)."""
         src, srv = int(self._source_ns[tag]), int(self._server_ns[tag])
-        return PublishedValue(
+        return _published(
             variant(self.vtypes[tag], float(self._value[tag]), self._text.get(tag)),
             StatusCode=self._status(int(self._status_col[tag])),
             SourceTimestamp=_EPOCH + timedelta(microseconds=src // 1000) if src else None,
@@ -243,7 +249,7 @@ class Publisher:
                 # A city-wide batch watched by an HMI must not freeze the event loop:
                 # drivers' timeouts and OPC UA sessions' keep-alives run on the same loop.
                 await asyncio.sleep(0)
-            dv = PublishedValue(
+            dv = _published(
                 variant(vtypes[tag], values[n], texts[n] if texts is not None else None),
                 StatusCode=self._status(statuses[n]),
                 SourceTimestamp=sources[n],

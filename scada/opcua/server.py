@@ -9,10 +9,19 @@ import structlog
 from asyncua import Server, ua
 
 from scada.config import Config
-from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor, delete_nodes, variant_type
+from scada.opcua.address_space import (
+    NAMESPACE_URI,
+    AddressSpaceBuilder,
+    TreeEditor,
+    delete_nodes,
+    tag_values,
+    variant_type,
+)
 from scada.opcua.alarms import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
+from scada.opcua.asyncua_private import address_space, external_sessions
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import Publisher
+from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -107,9 +116,9 @@ class HmiServer:
         for name in retyped:
             await editor.remove_type(name)
         changes += editor.add_devices(config, added)
-        aspace = self.server.iserver.aspace
+        aspace = address_space(self.server)
         if tagdb is not self.tagdb or self.publisher is None:
-            values = [aspace[ua.NodeId(name, self.ns)].attributes[ua.AttributeIds.Value] for name in tagdb.names]
+            values = tag_values(aspace, tagdb.names, self.ns)
             self.publisher = Publisher(tagdb, values, [variant_type(p) for p in config.point_defs()])
             self.publisher.record_now()  # a Read before the first batch sees the current values
         else:
@@ -144,13 +153,14 @@ class HmiServer:
     async def _drop_conditions(self) -> None:
         """Remove the device conditions' nodes and notifier links (the server alarms' stay)."""
         old = self.conditions
+        assert old is not None, "conditions to drop"
         old.close()
-        aspace = self.server.iserver.aspace
+        aspace = address_space(self.server)
         nodes = []
         for cid in old._cond_ids:
             if cid is not None:
-                nodes += [cid, ua.NodeId(f"{cid.Identifier}/ShelvingState", self.ns)]
-        nodes += [ua.NodeId(f"{dev.Identifier}/{ALARMS_FOLDER}", self.ns) for dev in old._dev_nodes if dev is not None]
+                nodes += [cid, NodeId(f"{cid.Identifier!s}/ShelvingState", self.ns)]
+        nodes += [NodeId(f"{dev.Identifier!s}/{ALARMS_FOLDER}", self.ns) for dev in old._dev_nodes if dev is not None]
         await delete_nodes(aspace, nodes)
         linked = {n for chain in old._notifiers for n in chain} | {_SERVER}
         for nid in linked:
@@ -229,7 +239,7 @@ async def stop_asyncua_server(server: Server, timeout: float = 10.0) -> None:
     """
     try:
         async with asyncio.timeout(timeout):
-            for session in list(server.iserver._external_sessions.values()):
+            for session in external_sessions(server):
                 await session.close_session(delete_subs=True)
             await server.stop()
     except Exception as exc:  # noqa: BLE001

@@ -7,6 +7,7 @@ from asyncua import Server, ua
 
 from scada.config import DIAG_POINTS
 from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor
+from scada.opcua.asyncua_private import address_space
 from scada.opcua.publisher import TagValue
 
 from .test_alarm_engine import DEVICES
@@ -21,7 +22,7 @@ async def tree(config):
     await server.init()
     ns = await server.register_namespace(NAMESPACE_URI)
     AddressSpaceBuilder(server, ns).build(config)
-    return server, ns, server.iserver.aspace
+    return server, ns, address_space(server)
 
 
 def children(aspace, path: str, ns: int) -> set[str]:

@@ -1,0 +1,422 @@
+"""Contract of scada/opcua/asyncua_private.py with the installed asyncua.
+
+That module is the only place the OPC UA side touches asyncua's private or internal API
+(node table, attribute values, subscriptions' tables, the where clause evaluator, the
+HistoryRead entry point, the session factory, the external sessions). Each test here checks
+one group of what it relies on -- names, signatures, and behaviour on a real server and a
+real client on loopback -- and fails saying what changed. When one fails after an asyncua
+upgrade: adapt asyncua_private.py (nothing else should need it), then widen the asyncua pin
+in pyproject.toml to the versions this file passes on.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import contextvars
+import importlib.metadata
+import inspect
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from asyncua import Client, Server, ua
+from asyncua.server.history import HistoryManager
+from asyncua.server.internal_server import InternalServer
+
+from scada.opcua import asyncua_private as P
+from scada.opcua.publisher import Watchers
+from scada.opcua.server import stop_asyncua_server
+from tests.integration.helpers import ROOT, free_port, until
+
+VERSION = importlib.metadata.version("asyncua")
+A = ua.AttributeIds
+OI = ua.ObjectIds
+SC = ua.StatusCodes
+
+
+def relies(ok: bool, what: str) -> None:
+    """Fail naming the asyncua internal that changed."""
+    assert ok, f"asyncua {VERSION}: {what} -- scada/opcua/asyncua_private.py relies on it"
+
+
+def params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+# -- only one module touches asyncua internals ------------------------------------------------
+
+
+def test_no_other_opcua_module_touches_asyncua_internals():
+    """Outside asyncua_private.py, scada/opcua imports only ``asyncua`` itself and never reaches
+    into ``server.iserver``: a new use of an internal goes through the module and its contract."""
+    found = []
+    for path in sorted((ROOT / "scada" / "opcua").glob("*.py")):
+        if path.name == "asyncua_private.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asyncua."):
+                found.append(f"{path.name}:{node.lineno} from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                found += [
+                    f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("asyncua.")
+                ]
+            elif isinstance(node, ast.Attribute) and node.attr == "iserver":
+                found.append(f"{path.name}:{node.lineno} .iserver")
+    assert not found, "asyncua internals used outside scada/opcua/asyncua_private.py: " + "; ".join(found)
+
+
+# -- names and signatures -------------------------------------------------------------------
+
+
+def test_node_table_classes_have_the_shape_relied_on():
+    nid = ua.NodeId("contract", 1)
+    nd = P.NodeData(nid)
+    relies(nd.nodeid == nid, "NodeData(nodeid).nodeid")
+    relies(
+        isinstance(nd.attributes, dict) and isinstance(nd.references, list),
+        "NodeData.attributes (dict) / .references (list)",
+    )
+    av = P.AttributeValue(ua.DataValue(ua.Variant(1.5)))
+    relies(av.value.Value.Value == 1.5, "AttributeValue(DataValue).value")
+    for name in ("value_callback", "value_setter"):
+        relies(hasattr(av, name) and getattr(av, name) is None, f"AttributeValue.{name} (None by default)")
+    relies(isinstance(av.datachange_callbacks, dict), "AttributeValue.datachange_callbacks (a dict)")
+    for name in (
+        "get",
+        "__getitem__",
+        "__setitem__",
+        "__contains__",
+        "__delitem__",
+        "add_method_callback",
+        "add_datachange_callback",
+        "delete_datachange_callback",
+    ):
+        relies(callable(getattr(P.AddressSpace, name, None)), f"AddressSpace.{name}")
+    relies(
+        params(P.AddressSpace.add_method_callback)[1:] == ["methodid", "callback"],
+        "AddressSpace.add_method_callback(methodid, callback)",
+    )
+    relies(
+        params(P.AddressSpace.delete_datachange_callback)[1:] == ["handle"],
+        "AddressSpace.delete_datachange_callback(handle)",
+    )
+
+
+def test_subscription_session_and_history_internals_have_the_signatures_relied_on():
+    relies(
+        params(P.WhereClauseEvaluator.__init__)[1:] == ["logger", "aspace", "whereclause"],
+        "WhereClauseEvaluator(logger, aspace, whereclause)",
+    )
+    relies(
+        params(P.WhereClauseEvaluator._eval_el)[1:] == ["index", "event"], "WhereClauseEvaluator._eval_el(index, event)"
+    )
+    relies(params(P.WhereClauseEvaluator._eval_op)[1:] == ["op", "event"], "WhereClauseEvaluator._eval_op(op, event)")
+    relies(
+        params(P.InternalSubscription.enqueue_event)[1:] == ["mid", "eventdata", "maxsize"],
+        "InternalSubscription.enqueue_event(mid, eventdata, maxsize)",
+    )
+    md = P.MonitoredItemData()
+    for name in ("filter", "where_clause_evaluator", "client_handle", "queue_size"):
+        relies(hasattr(md, name), f"MonitoredItemData.{name}")
+    relies(params(P.InternalSession.call)[1:] == ["params"], "InternalSession.call(params)")
+    relies(params(P.InternalSession.create_session)[1] == "params", "InternalSession.create_session(params, ...)")
+    relies("delete_subs" in params(P.InternalSession.close_session), "InternalSession.close_session(delete_subs)")
+    relies(params(InternalServer.create_session)[1:2] == ["name"], "InternalServer.create_session(name, ...)")
+    relies(params(HistoryManager.read_history)[1:] == ["params"], "HistoryManager.read_history(params)")
+    relies(
+        issubclass(P.ServiceError, Exception) and P.ServiceError(SC.BadInternalError).code == SC.BadInternalError,
+        "asyncua.common.utils.ServiceError(code).code",
+    )
+
+
+def test_the_subtype_where_clause_matches_subtypes_where_asyncua_matches_the_exact_type():
+    base = ua.NodeId(OI.BaseEventType)
+    of_type = ua.ContentFilter(
+        Elements=[
+            ua.ContentFilterElement(
+                FilterOperator=ua.FilterOperator.OfType, FilterOperands=[ua.LiteralOperand(Value=ua.Variant(base))]
+            )
+        ]
+    )
+    stock = P.WhereClauseEvaluator(None, None, of_type)  # type: ignore[arg-type]
+    ours = P.SubtypeWhere.of(stock, None)  # type: ignore[arg-type]
+    alarm = SimpleNamespace(EventType=ua.NodeId(OI.AlarmConditionType), ancestors=frozenset({base}))
+    relies(not stock.eval(alarm), "WhereClauseEvaluator: OfType compares the exact EventType")
+    assert ours.eval(alarm)
+    assert ours.eval(SimpleNamespace(EventType=base, ancestors=frozenset({base})))
+    assert not ours.eval(SimpleNamespace(EventType=ua.NodeId(OI.AuditEventType), ancestors=frozenset()))
+
+
+# -- behaviour on a real server and client ---------------------------------------------------
+
+
+class Handler:
+    """A client subscription handler that queues what arrives."""
+
+    def __init__(self) -> None:
+        self.values: asyncio.Queue = asyncio.Queue()
+        self.events: asyncio.Queue = asyncio.Queue()
+
+    def datachange_notification(self, node, val, data) -> None:
+        self.values.put_nowait(val)
+
+    def event_notification(self, event) -> None:
+        self.events.put_nowait(event)
+
+
+def _dv(value, vtype: ua.VariantType) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(value, vtype))
+
+
+def insert_variable(aspace, nodeid: ua.NodeId, value: float) -> P.AttributeValue:
+    """A Double variable under Objects, written into the node table as scada.opcua's builders do."""
+    objects = aspace[ua.NodeId(OI.ObjectsFolder)]
+    value_attr = P.AttributeValue(_dv(value, ua.VariantType.Double))
+    read = ua.AccessLevel.CurrentRead.mask | ua.AccessLevel.HistoryRead.mask
+    nd = P.NodeData(nodeid)
+    nd.attributes = {
+        A.NodeId: P.AttributeValue(_dv(nodeid, ua.VariantType.NodeId)),
+        A.NodeClass: P.AttributeValue(_dv(ua.NodeClass.Variable, ua.VariantType.Int32)),
+        A.BrowseName: P.AttributeValue(
+            _dv(ua.QualifiedName("contract", nodeid.NamespaceIndex), ua.VariantType.QualifiedName)
+        ),
+        A.DisplayName: P.AttributeValue(_dv(ua.LocalizedText("contract"), ua.VariantType.LocalizedText)),
+        A.DataType: P.AttributeValue(_dv(ua.NodeId(OI.Double), ua.VariantType.NodeId)),
+        A.ValueRank: P.AttributeValue(_dv(ua.ValueRank.Scalar, ua.VariantType.Int32)),
+        A.AccessLevel: P.AttributeValue(_dv(read, ua.VariantType.Byte)),
+        A.UserAccessLevel: P.AttributeValue(_dv(read, ua.VariantType.Byte)),
+        A.WriteMask: P.AttributeValue(_dv(0, ua.VariantType.UInt32)),
+        A.UserWriteMask: P.AttributeValue(_dv(0, ua.VariantType.UInt32)),
+        A.MinimumSamplingInterval: P.AttributeValue(_dv(0.0, ua.VariantType.Double)),
+        A.Historizing: P.AttributeValue(_dv(True, ua.VariantType.Boolean)),
+        A.Value: value_attr,
+    }
+    nd.references = [
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.HasTypeDefinition),
+            IsForward=True,
+            NodeId=ua.NodeId(OI.BaseDataVariableType),
+            NodeClass=ua.NodeClass.VariableType,
+        ),
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.Organizes),
+            IsForward=False,
+            NodeId=objects.nodeid,
+            NodeClass=ua.NodeClass.Object,
+        ),
+    ]
+    aspace[nodeid] = nd
+    objects.references.append(
+        ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(OI.Organizes),
+            IsForward=True,
+            NodeId=nodeid,
+            BrowseName=ua.QualifiedName("contract", nodeid.NamespaceIndex),
+            DisplayName=ua.LocalizedText("contract"),
+            NodeClass=ua.NodeClass.Variable,
+            TypeDefinition=ua.NodeId(OI.BaseDataVariableType),
+        )
+    )
+    return value_attr
+
+
+@contextlib.asynccontextmanager
+async def running():
+    """A started asyncua server with a node inserted through the module, hooks installed
+    before start as scada.opcua installs them, and a connected client."""
+    server = Server()
+    await server.init()
+    url = f"opc.tcp://127.0.0.1:{free_port()}/contract/"
+    server.set_endpoint(url)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:contract")
+    aspace = P.address_space(server)
+    nodeid = ua.NodeId("contract/value", ns)
+    value_attr = insert_variable(aspace, nodeid, 42.0)
+    caller: contextvars.ContextVar = contextvars.ContextVar("caller", default=None)
+    names: dict = {}
+    P.hook_sessions(server, caller, names)
+    P.hook_sessions(server, caller, names)  # idempotent: a reload builds the conditions again
+
+    async def who(parent):
+        session = caller.get()
+        return [ua.Variant(names.get(session, "") if session is not None else "", ua.VariantType.String)]
+
+    await server.nodes.objects.add_method(ns, "Who", who, [], [ua.VariantType.String])
+    history_calls: list[ua.HistoryReadParameters] = []
+    refuse = []
+
+    async def read_history(p: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        history_calls.append(p)
+        if refuse:
+            raise P.ServiceError(refuse[0])
+        if p.NodesToRead[0].NodeId != nodeid:
+            return await previous(p)
+        data = ua.HistoryData(
+            DataValues=[ua.DataValue(ua.Variant(7.0), SourceTimestamp=datetime(2026, 1, 1, tzinfo=UTC))]
+        )
+        return [ua.HistoryReadResult(StatusCode=ua.StatusCode(SC.Good), HistoryData=data)]
+
+    previous = P.wrap_history_read(server, read_history)
+    await server.start()
+    client = Client(url)
+    await client.connect()
+    try:
+        yield SimpleNamespace(
+            server=server,
+            client=client,
+            ns=ns,
+            aspace=aspace,
+            nodeid=nodeid,
+            value_attr=value_attr,
+            caller=caller,
+            names=names,
+            history_calls=history_calls,
+            refuse=refuse,
+            previous=previous,
+        )
+    finally:
+        try:
+            await client.disconnect()
+        except Exception:  # noqa: BLE001 - the server may have closed the session first
+            pass
+        await stop_asyncua_server(server)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live():
+    """One server for the behaviour tests (an asyncua server takes seconds to load its nodeset)."""
+    async with running() as ctx:
+        yield ctx
+
+
+on_live = pytest.mark.asyncio(loop_scope="module")
+
+
+@on_live
+async def test_a_node_written_into_the_node_table_is_read_and_browsed_by_a_client(live):
+    node = live.client.get_node(live.nodeid)
+    assert await node.read_value() == 42.0
+    children = await live.client.nodes.objects.get_children()
+    assert live.nodeid in [c.nodeid for c in children]
+    assert live.nodeid in live.aspace and live.aspace.get(live.nodeid).nodeid == live.nodeid
+
+
+@on_live
+async def test_datachange_callbacks_are_registered_and_removed_through_the_attribute_dict(live):
+    """The publisher's Watchers mask follows asyncua's ``[handle] = cb`` and ``pop(handle)``;
+    calling a registered callback with a DataValue notifies the client."""
+    watchers = Watchers()
+    watchers.mask, watchers.tag = np.zeros(1, bool), 0
+    live.value_attr.datachange_callbacks = watchers
+    handler = Handler()
+    sub = await live.client.create_subscription(20, handler)
+    handle = await sub.subscribe_data_change(live.client.get_node(live.nodeid))
+    await until(
+        lambda: watchers.mask[0],
+        30,
+        "asyncua registers a monitored item's callback as attr.datachange_callbacks[handle] = cb",
+    )
+    assert await asyncio.wait_for(handler.values.get(), 30) == 42.0
+    [(h, callback)] = list(watchers.items())
+    await callback(h, ua.DataValue(ua.Variant(43.0, ua.VariantType.Double)))
+    assert await asyncio.wait_for(handler.values.get(), 30) == 43.0
+    await sub.unsubscribe(handle)
+    await until(lambda: not watchers.mask[0], 30, "asyncua removes a monitored item's callback with pop(handle)")
+    await sub.delete()
+
+
+@on_live
+async def test_events_are_delivered_through_the_subscription_tables(live):
+    handler = Handler()
+    sub = await live.client.create_subscription(20, handler)
+    await sub.subscribe_events(live.client.nodes.server, ua.ObjectIds.BaseEventType)
+    server_id = ua.NodeId(OI.Server)
+    subs = P.subscriptions(live.server)
+    [isub] = [s for s in subs.values() if P.event_items(s).get(server_id)]
+    relies(
+        isinstance(isub, P.InternalSubscription) and isub.data.SubscriptionId == sub.subscription_id,
+        "subscription_service.subscriptions: SubscriptionId -> InternalSubscription",
+    )
+    relies(
+        isub.session_id in {s.session_id for s in P.external_sessions(live.server)},
+        "InternalSubscription.session_id is its session's session_id",
+    )
+    [mid] = P.event_items(isub)[server_id]
+    md = P.monitored_item(isub, mid)
+    relies(md is not None and isinstance(md.filter, ua.EventFilter), "monitored_item_srv._monitored_items[mid].filter")
+    relies(isinstance(md.where_clause_evaluator, P.WhereClauseEvaluator), "MonitoredItemData.where_clause_evaluator")
+    relies(P.monitored_item(isub, mid + 1000) is None, "monitored_item_srv._monitored_items.get(unknown) is None")
+    names = ["/".join(q.Name for q in c.BrowsePath) for c in md.filter.SelectClauses]
+    fields = [
+        ua.Variant(ua.LocalizedText("contract event"))
+        if n == "Message"
+        else ua.Variant(ua.NodeId(OI.BaseEventType))
+        if n == "EventType"
+        else ua.Variant()
+        for n in names
+    ]
+    relies(P.pending_events(isub) == 0, "InternalSubscription._triggered_events (mid -> queued events)")
+    await isub.enqueue_event(mid, ua.EventFieldList(ClientHandle=md.client_handle, EventFields=fields), md.queue_size)
+    event = await asyncio.wait_for(handler.events.get(), 30)
+    assert event.Message.Text == "contract event"
+    await until(lambda: P.pending_events(isub) == 0, 30, "published events leave _triggered_events")
+    await sub.delete()
+
+
+@on_live
+async def test_a_method_callback_knows_its_calling_session_and_its_name(live):
+    name = await live.client.nodes.objects.call_method(f"{live.ns}:Who")
+    [session] = P.external_sessions(live.server)
+    relies(isinstance(session, P.InternalSession), "iserver._external_sessions: auth token -> InternalSession")
+    assert live.names.get(session), "the session factory hook did not record the SessionName"
+    assert name == live.names[session]
+
+
+@on_live
+async def test_history_read_goes_through_the_wrapped_entry_point(live):
+    node = live.client.get_node(live.nodeid)
+    calls = len(live.history_calls)
+    [dv] = await node.read_raw_history(datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert dv.Value.Value == 7.0
+    assert len(live.history_calls) == calls + 1
+    # What is not ours goes on to asyncua's own handler, which knows its historised nodes.
+    stock = await live.server.nodes.objects.add_variable(live.ns, "stock", 1.0)
+    await live.server.historize_node_data_change(stock, count=10)
+    relies(stock.nodeid in P.stock_historized(live.server), "history_manager._handlers: Node -> handler")
+    await live.client.get_node(stock.nodeid).read_raw_history(
+        datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    )
+    assert len(live.history_calls) == calls + 2
+    live.refuse.append(SC.BadTimestampsToReturnInvalid)
+    try:
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await node.read_raw_history(datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    finally:
+        live.refuse.clear()
+    relies(
+        err.value.code == SC.BadTimestampsToReturnInvalid,
+        "a ServiceError raised by the HistoryRead handler is the request's fault",
+    )
+
+
+async def test_stopping_closes_the_external_sessions():
+    async with running() as own:
+        assert len(P.external_sessions(own.server)) == 1
+        await stop_asyncua_server(own.server)
+        relies(P.external_sessions(own.server) == [], "InternalSession.close_session unregisters the external session")
+
+
+def test_the_asyncua_pin_names_this_contract():
+    text = (ROOT / "pyproject.toml").read_text()
+    line = next(li for li in text.splitlines() if li.strip().startswith('"asyncua'))
+    lo, hi = line.split('"')[1].removeprefix("asyncua").split(",")
+    major_minor = tuple(int(x) for x in VERSION.split(".")[:2])
+    assert tuple(int(x) for x in lo.removeprefix(">=").split(".")[:2]) <= major_minor, line
+    assert major_minor < tuple(int(x) for x in hi.removeprefix("<").split(".")[:2]), line
+    assert "asyncua_private" in text, "pyproject's asyncua pin comment should point at scada/opcua/asyncua_private.py"
