@@ -2,7 +2,7 @@
 
 Every historised tag variable (``Config.history_table()['enabled']``) is marked
 ``Historizing = true`` with the HistoryRead bit in its AccessLevel and UserAccessLevel, and
-asyncua's HistoryRead entry point (``iserver.history_manager.read_history``) is wrapped:
+asyncua's HistoryRead entry point (:func:`scada.opcua.asyncua_private.wrap_history_read`) is wrapped:
 reads of tag variables are answered here, anything else (event history, nodes historised
 by asyncua's own manager) goes on to the previous handler. What is answered (OPC 10000-11
 and -13):
@@ -69,13 +69,20 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import structlog
 from asyncua import Server, ua
-from asyncua.common.utils import ServiceError
-from asyncua.server.address_space import AttributeValue
 
 from scada.config import Config
 from scada.historian.merge import Part, empty_part, merge_parts
 from scada.historian.store import HistoryError
 from scada.opcua.address_space import variant_type
+from scada.opcua.asyncua_private import (
+    AttributeValue,
+    HistoryRead,
+    ServiceError,
+    address_space,
+    stock_historized,
+    wrap_history_read,
+)
+from scada.opcua.typed_ua import DataValue, NodeId, StatusCode
 from scada.tagdb import ANALOG, TEXT, TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -324,6 +331,7 @@ def raw_query(start: int | None, end: int | None, n: int, bounds: bool, max_valu
         return RawQuery(start, end, start <= end, bounds, page, 0)
     if start is not None:
         return RawQuery(start, None, True, bounds, min(n, max_values), n)
+    assert end is not None  # both None is refused above
     return RawQuery(end, None, False, bounds, min(n, max_values), n)  # end + N: newest first, end included
 
 
@@ -413,10 +421,8 @@ def processed_page(store, tag: int, q: ProcessedQuery, first: int, page: int):
             values = np.concatenate([c[1] for c in chunks])[::-1]
             status = np.concatenate([c[2] for c in chunks])[::-1]
         length = times - np.maximum(times - I, E)
-    if q.requested and q.aggregate != "Interpolative":  # a value at an instant has no partial interval
-        partial = length < q.requested
-    else:
-        partial = np.zeros(len(times), bool)
+    # A value at an instant has no partial interval.
+    partial = length < q.requested if q.requested and q.aggregate != "Interpolative" else np.zeros(len(times), bool)
     return times, values, status, partial, last < n
 
 
@@ -441,7 +447,7 @@ class TagHistory:
         self.max_values = int(max_values)
         self.historized = np.asarray(config.history_table()["enabled"], bool)
         self.vtypes = [variant_type(p) for p in config.point_defs()]
-        self._previous = None
+        self._previous: HistoryRead | None = None  # asyncua's handler, for what is not ours
         self.reads = 0  # HistoryRead operations answered (nodes)
 
     # -- installation ----------------------------------------------------------------------
@@ -454,9 +460,7 @@ class TagHistory:
         """
         marked = self.mark_variables()
         await self._advertise()
-        manager = self.server.iserver.history_manager
-        self._previous = manager.read_history
-        manager.read_history = self.read_history
+        self._previous = wrap_history_read(self.server, self.read_history)
         log.info("opcua_history_ready", historizing=marked, max_values=self.max_values)
         return marked
 
@@ -466,20 +470,21 @@ class TagHistory:
         The builder shares static attribute objects between variables of a kind, so the
         marked ones get their own shared objects (one per distinct AccessLevel), not a copy each.
         """
-        aspace = self.server.iserver.aspace
+        aspace = address_space(self.server)
         historizing = AttributeValue(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
         levels: dict[int, AttributeValue] = {}
         names = self.tagdb.names
         marked = 0
         for tag in np.flatnonzero(self.historized).tolist():
-            nd = aspace.get(ua.NodeId(names[tag], self.ns))
+            nd = aspace.get(NodeId(names[tag], self.ns))
             if nd is None:
                 continue
             attrs = nd.attributes
             attrs[A.Historizing] = historizing
             for attr in (A.AccessLevel, A.UserAccessLevel):
                 old = attrs.get(attr)
-                mask = old.value.Value.Value if old is not None and old.value is not None else 1
+                dv = old.value if old is not None else None
+                mask = dv.Value.Value if dv is not None and dv.Value is not None else 1
                 new = levels.get(mask)
                 if new is None:
                     new = levels[mask] = AttributeValue(
@@ -509,8 +514,8 @@ class TagHistory:
             node = server.get_node(folder)
             present = {r.NodeId for r in await node.get_references(ua.ObjectIds.Organizes)}
             for agg in AGGREGATES:
-                if ua.NodeId(agg) not in present:
-                    await node.add_reference(ua.NodeId(agg), ua.ObjectIds.Organizes, forward=True, bidirectional=False)
+                if NodeId(agg) not in present:
+                    await node.add_reference(NodeId(agg), ua.ObjectIds.Organizes, forward=True, bidirectional=False)
 
     # -- HistoryRead -----------------------------------------------------------------------
 
@@ -525,9 +530,11 @@ class TagHistory:
 
     async def read_history(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
         """asyncua's HistoryRead entry point: tag variables here, the rest to the previous handler."""
+        previous = self._previous
+        assert previous is not None, "install() first"
         details = params.HistoryReadDetails
         if not isinstance(details, (ua.ReadRawModifiedDetails, ua.ReadProcessedDetails)):
-            return await self._previous(params)  # events, at-time, annotations...
+            return await previous(params)  # events, at-time, annotations...
         if params.TimestampsToReturn not in (
             ua.TimestampsToReturn.Source,
             ua.TimestampsToReturn.Both,
@@ -539,14 +546,15 @@ class TagHistory:
         results: list[ua.HistoryReadResult | None] = [None] * len(params.NodesToRead)
         ours: list[tuple[int, int]] = []  # (position, tag)
         theirs: list[int] = []
-        stock = {n.nodeid for n in getattr(self.server.iserver.history_manager, "_handlers", {})}
+        stock = stock_historized(self.server)
+        aspace = address_space(self.server)
         for k, rv in enumerate(params.NodesToRead):
             tag = self.tag_of(rv.NodeId)
             if tag is not None:
                 ours.append((k, tag))
             elif rv.NodeId in stock:
                 theirs.append(k)  # historised by asyncua's own HistoryManager
-            elif rv.NodeId in self.server.iserver.aspace:
+            elif rv.NodeId in aspace:
                 results[k] = _status(SC.BadHistoryOperationUnsupported)
             else:
                 results[k] = _status(SC.BadNodeIdUnknown)
@@ -557,7 +565,7 @@ class TagHistory:
                 ReleaseContinuationPoints=params.ReleaseContinuationPoints,
                 NodesToRead=[params.NodesToRead[k] for k in theirs],
             )
-            for k, res in zip(theirs, await self._previous(sub)):
+            for k, res in zip(theirs, await previous(sub)):
                 results[k] = res
         if ours:
             extra = (
@@ -616,15 +624,15 @@ class TagHistory:
                 return _status(SC.BadContinuationPointInvalid)
         page = min(q.page, remaining) if q.total else q.page
         if page <= 0:  # nothing owed (a continuation point used twice)
-            return ua.HistoryReadResult(StatusCode=ua.StatusCode(SC.GoodNoData), HistoryData=ua.HistoryData())
+            return ua.HistoryReadResult(StatusCode=StatusCode(SC.GoodNoData), HistoryData=ua.HistoryData())
         series = Series(self.historian.store, tag, extra, text=self.tagdb.kind[tag] == TEXT)
         points, more = raw_page(series, q, cursor, page)
         if q.total:
             remaining -= len(points)
             more = more and remaining > 0
-        result = ua.HistoryReadResult(StatusCode=ua.StatusCode(SC.Good))
+        result = ua.HistoryReadResult(StatusCode=StatusCode(SC.Good))
         if not points and not more:
-            result.StatusCode = ua.StatusCode(SC.GoodNoData)
+            result.StatusCode = StatusCode(SC.GoodNoData)
         vtype = self.vtypes[tag]
         result.HistoryData = ua.HistoryData(DataValues=[_datavalue(t, v, s, x, vtype) for t, v, s, x in points])
         if more:
@@ -632,7 +640,8 @@ class TagHistory:
         return result
 
     def _read_processed(self, d: ua.ReadProcessedDetails, rv, tag: int, agg_id: ua.NodeId) -> ua.HistoryReadResult:
-        aggregate = AGGREGATES.get(agg_id.Identifier) if agg_id.NamespaceIndex == 0 else None
+        ident = agg_id.Identifier
+        aggregate = AGGREGATES.get(ident) if agg_id.NamespaceIndex == 0 and isinstance(ident, int) else None
         kind = int(self.tagdb.kind[tag])
         if aggregate is None or kind == TEXT:
             return _status(SC.BadAggregateNotSupported)
@@ -670,7 +679,7 @@ class TagHistory:
             if not s & _SEVERITY_BAD:
                 s |= bits | (PARTIAL if p else 0)
             dvs.append(_datavalue(t, v, s, None, vtype))
-        result = ua.HistoryReadResult(StatusCode=ua.StatusCode(SC.Good))
+        result = ua.HistoryReadResult(StatusCode=StatusCode(SC.Good))
         result.HistoryData = ua.HistoryData(DataValues=dvs)
         if more:
             result.ContinuationPoint = encode_cp(PROCESSED, first + len(dvs), 0, key)
@@ -691,7 +700,7 @@ def _default_configuration(c: ua.AggregateConfiguration | None) -> bool:
 
 
 def _status(code: int) -> ua.HistoryReadResult:
-    return ua.HistoryReadResult(StatusCode=ua.StatusCode(code))
+    return ua.HistoryReadResult(StatusCode=StatusCode(code))
 
 
 _STATUS_CACHE: dict[int, ua.StatusCode] = {}
@@ -700,7 +709,7 @@ _STATUS_CACHE: dict[int, ua.StatusCode] = {}
 def _datavalue(t: int, v: float, s: int, text, vtype: ua.VariantType) -> ua.DataValue:
     sc = _STATUS_CACHE.get(s)
     if sc is None:
-        sc = _STATUS_CACHE[s] = ua.StatusCode(s)
+        sc = _STATUS_CACHE[s] = StatusCode(s)
     if vtype == ua.VariantType.String:
         variant = ua.Variant(text, vtype) if text is not None else ua.Variant(None, ua.VariantType.Null)
     elif v != v:  # NaN: no value (a bound not found, an empty interval, a Bad point without value)
@@ -713,4 +722,4 @@ def _datavalue(t: int, v: float, s: int, text, vtype: ua.VariantType) -> ua.Data
         variant = ua.Variant(bool(v), vtype)
     else:
         variant = ua.Variant(float(v), ua.VariantType.Double)
-    return ua.DataValue(variant, StatusCode=sc, SourceTimestamp=from_ns(t))
+    return DataValue(variant, StatusCode=sc, SourceTimestamp=from_ns(t))
