@@ -117,7 +117,7 @@ def choose(host: str, port: int, want: str = "auto", path: str | None = None) ->
 
 def command(choice: Choice, folder: Path) -> list[str] | None:
     """The command line that starts ``choice`` (None: nothing to start); Mosquitto's config goes in ``folder``."""
-    if choice.kind == MOSQUITTO:
+    if choice.kind == MOSQUITTO and choice.exe is not None:  # choose() always names the executable
         folder.mkdir(parents=True, exist_ok=True)
         conf = folder / "mosquitto.conf"
         conf.write_text(f"listener {choice.port} {choice.host}\nallow_anonymous true\npersistence false\n")
