@@ -69,18 +69,9 @@ class AlarmEngine(OperatorActions):
         self.subscribers: list[Callable[[Sequence[AlarmEvent]], None]] = []
         self.instances = inst = AlarmInstances(config, len(tagdb))
         # The instance tables, by their names of old (readers: reload, OPC UA, benches, tests).
-        self.defs = inst.defs
-        self.n = n = inst.n
-        self.starts = inst.starts
-        self.inst_def = inst.inst_def
-        self.inst_dev = inst.inst_dev
-        self.inst_tag = inst.inst_tag
-        self.latching = inst.latching
-        self.is_comm_loss = inst.is_comm_loss
-        self.on_delay_ns = inst.on_delay_ns
-        self.off_delay_ns = inst.off_delay_ns
-        self.ack_deadline_ns = inst.ack_deadline_ns
-        self._index = inst.index
+        self.defs, self.n, self._index = inst.defs, inst.n, inst.index
+        self.inst_def, self.inst_dev, self.inst_tag = inst.inst_def, inst.inst_dev, inst.inst_tag
+        n = inst.n
         # Columns
         self.state = np.zeros(n, np.uint8)
         self.raw = np.zeros(n, bool)
@@ -125,7 +116,7 @@ class AlarmEngine(OperatorActions):
 
     def evaluate_all(self) -> list[AlarmEvent]:
         """Evaluate every instance (at start, after a consumer overflow, for large batches)."""
-        return self._step(self.instances.all, self.inst_tag, self.starts, self.clock(), every=True)
+        return self._step(self.instances.all, self.inst_tag, self.instances.starts, self.clock(), every=True)
 
     def _step(
         self, inst: np.ndarray, tags: np.ndarray, bounds: np.ndarray, now: int, every: bool = False
@@ -181,7 +172,7 @@ class AlarmEngine(OperatorActions):
         """Alarms their service has not acknowledged within its deadline: one ESCALATE row each."""
         owing = NEEDS_ACK[self.state]
         self.escalated &= owing  # acknowledged (or gone): a later occurrence may be escalated again
-        late = np.flatnonzero(owing & ~self.escalated & (now - self.announced_since > self.ack_deadline_ns))
+        late = np.flatnonzero(owing & ~self.escalated & (now - self.announced_since > self.instances.ack_deadline_ns))
         if not len(late):
             return []
         self.escalated[late] = True
@@ -192,7 +183,7 @@ class AlarmEngine(OperatorActions):
                 now,
                 "",
                 f"not acknowledged within "
-                f"{self.ack_deadline_ns[i] / 1e9:g} s by {self.instances.definition(i).service}",
+                f"{self.instances.ack_deadline_ns[i] / 1e9:g} s by {self.instances.definition(i).service}",
             )
             for i in late.tolist()
         ]
@@ -203,7 +194,7 @@ class AlarmEngine(OperatorActions):
                 alarm=e.alarm,
                 device=e.device,
                 service=e.service,
-                deadline_s=self.ack_deadline_ns[e.instance] / 1e9,
+                deadline_s=self.instances.ack_deadline_ns[e.instance] / 1e9,
             )
         return events
 
@@ -214,7 +205,7 @@ class AlarmEngine(OperatorActions):
         pend = self._pending_idx = self._pending_idx[self.pending[self._pending_idx]]
         if not len(pend):
             return np.zeros(0, np.int64)
-        delay = np.where(self.raw[pend], self.on_delay_ns[pend], self.off_delay_ns[pend])
+        delay = np.where(self.raw[pend], self.instances.on_delay_ns[pend], self.instances.off_delay_ns[pend])
         due = pend[now - self.raw_since[pend] >= delay]
         self.cond[due] = self.raw[due]
         self.cond_since[due] = now
@@ -231,7 +222,7 @@ class AlarmEngine(OperatorActions):
         deps = graph.dependents(changed)
         if not len(deps):
             return [], released
-        new_sup = graph.wanted(deps, self.raw, self.cond, self.is_comm_loss)
+        new_sup = graph.wanted(deps, self.raw, self.cond, self.instances.is_comm_loss)
         start = deps[new_sup & ~self.suppressed[deps]]
         self.suppressed[deps] = new_sup
         # Only an alarm with something to hide changes state (and is journaled): a normal one
@@ -273,7 +264,7 @@ class AlarmEngine(OperatorActions):
         """Bring cond up to raw where the delay is over (before leaving a hidden state)."""
         if not len(inst):
             return
-        delay = np.where(self.raw[inst], self.on_delay_ns[inst], self.off_delay_ns[inst])
+        delay = np.where(self.raw[inst], self.instances.on_delay_ns[inst], self.instances.off_delay_ns[inst])
         due = inst[(self.raw[inst] != self.cond[inst]) & (now - self.raw_since[inst] >= delay)]
         self.cond[due] = self.raw[due]
         self.cond_since[due] = now
@@ -282,7 +273,7 @@ class AlarmEngine(OperatorActions):
     def _apply(self, inst: np.ndarray, event: Event, now: int, strict: bool = True) -> list[AlarmEvent]:
         if not len(inst):
             return []
-        new, legal = apply(self.state[inst], event, self.cond[inst], self.latching[inst])
+        new, legal = apply(self.state[inst], event, self.cond[inst], self.instances.latching[inst])
         if strict and not legal.all():
             for i in inst[~legal].tolist():
                 log.error(
@@ -301,7 +292,7 @@ class AlarmEngine(OperatorActions):
         now = self.clock() if now is None else now
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED, Event.RETURN_TO_SERVICE):
             self._settle(np.array([i]), now)
-        self.state[i] = transition(int(self.state[i]), event, bool(self.cond[i]), bool(self.latching[i]))
+        self.state[i] = transition(int(self.state[i]), event, bool(self.cond[i]), bool(self.instances.latching[i]))
         if self.state[i] != State.SHELVED:
             self.one_shot[i] = False
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED):
@@ -525,7 +516,7 @@ class AlarmEngine(OperatorActions):
             # An alarm already past its acknowledgement deadline was escalated by the previous
             # run (or will be seen by an operator now): it is not escalated a second time.
             self.announced_since[i] = rec.since_ns or 0
-            self.escalated[i] = self.clock() - (rec.since_ns or 0) > self.ack_deadline_ns[i]
+            self.escalated[i] = self.clock() - (rec.since_ns or 0) > self.instances.ack_deadline_ns[i]
             self.shelved_until[i] = rec.shelved_until_ns or 0
             if rec.shelve_user or rec.shelve_reason:
                 self.extra.setdefault(i, {})["shelve"] = (rec.shelve_user, rec.shelve_reason)
