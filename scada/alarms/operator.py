@@ -27,6 +27,7 @@ class OperatorActions:
     extra: dict[int, dict[str, Any]]  # instance -> shelve user/reason, assignment
 
     def instance(self, alarm: str, device: str) -> int:
+        """The instance of ``alarm`` on ``device`` (KeyError if none)."""
         raise NotImplementedError
 
     def _operator(self, i: int, event: Event, user: str, comment: str, now: int | None = None) -> list[AlarmEvent]:
