@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
+from structlog.typing import Processor
 
 
 class _Stderr:
@@ -24,10 +26,11 @@ class _Stderr:
 
 
 def configure(json: bool = False, level: str = "INFO") -> None:
+    """Set up structlog and the standard library's logging at ``level``; ``json``: one object per line."""
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=_Stderr(), format="%(message)s")
     # Library loggers (asyncua, pymodbus) go through the same renderer.
-    processors = [
+    processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -42,7 +45,8 @@ def configure(json: bool = False, level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
+        # _Stderr has the only methods PrintLogger calls (write, flush); it is not a full TextIO.
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its per-request errors are ours to report

@@ -112,7 +112,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from scada.config import Config
+from scada.config import Config, Device
 from scada.historian.store import HistoryStore
 
 SECOND = 1_000_000_000
@@ -352,6 +352,11 @@ class Sites:
         return sorted({s.commune for s in self.cabinets})
 
 
+def _site(d: Device, tag: dict[str, str], points: Sequence[str], down: float | None = None) -> Site:
+    """Device ``d`` exported with the tags of ``points`` (``tag``: its recorded points' tag names)."""
+    return Site(d.name, d.commune, d.type, d.lat, d.lon, {p: tag[p] for p in points}, down)
+
+
 def sites_from_config(config: Config) -> Sites:
     """Which devices are lighting cabinets, bollards and junctions: by the points of their type
     (``lamps_on``/``energy``; ``vehicle``; ``*_count``), whatever the type is called."""
@@ -362,22 +367,18 @@ def sites_from_config(config: Config) -> Sites:
         t = config.types[d.type]
         names = [p.name for p in t.points if p.history and t.history.enabled]  # what the historian records
         tag = {p: f"{d.commune}/{t.cls}/{d.name}/{p}" for p in names}
-
-        def site(points, down=None):
-            return Site(d.name, d.commune, d.type, d.lat, d.lon, {p: tag[p] for p in points}, down)
-
         if LAMPS_ON in tag or ENERGY in tag:
-            cabinets.append(site([p for p in (LAMPS_ON, ENERGY) if p in tag]))
+            cabinets.append(_site(d, tag, [p for p in (LAMPS_ON, ENERGY) if p in tag]))
         elif VEHICLE in tag:
             pos = t.point(POSITION)
             down = None
             if pos is not None and pos.enum and POSITION in tag:
                 down = next((float(k) for k, label in pos.enum if label == DOWN_LABEL), None)
-            bollards.append(site([p for p in (VEHICLE, POSITION) if p in tag], down))
+            bollards.append(_site(d, tag, [p for p in (VEHICLE, POSITION) if p in tag], down))
         else:
             counts = [p for p in names if p.endswith(COUNT_SUFFIX)]
             if counts:
-                junctions.append(site(counts))
+                junctions.append(_site(d, tag, counts))
                 detectors.extend(p for p in counts if p not in detectors)
     for s in (*cabinets, *bollards, *junctions):
         where[s.commune].append((s.lat, s.lon))
@@ -388,7 +389,10 @@ def sites_from_config(config: Config) -> Sites:
 # -- reading the store -------------------------------------------------------------------------
 
 
-def read_points(store: HistoryStore, name: str, start: int, end: int):
+Points = tuple[np.ndarray, np.ndarray, np.ndarray]  # (t, v, s) of one tag, as read_points gives
+
+
+def read_points(store: HistoryStore, name: str, start: int, end: int) -> Points | None:
     """(t, v, s) of a tag over ``[start, end)`` with the stored point before ``start`` and the one
     at or after ``end`` (interpolation at the bounds); None when the store has no such tag."""
     try:
@@ -400,9 +404,12 @@ def read_points(store: HistoryStore, name: str, start: int, end: int):
     t, v, s = [raw.times], [raw.values], [raw.status]
     for b, head in ((before, True), (after, False)):
         if b is not None:
-            arr = (np.array([b[0]], np.int64), np.array([b[1]], np.float64), np.array([b[2]], np.uint32))
+            arr: Points = (np.array([b[0]], np.int64), np.array([b[1]], np.float64), np.array([b[2]], np.uint32))
             for lst, a in zip((t, v, s), arr):
-                lst.insert(0, a) if head else lst.append(a)
+                if head:
+                    lst.insert(0, a)
+                else:
+                    lst.append(a)
     return (
         np.concatenate(t).astype(np.int64),
         np.concatenate(v).astype(np.float64),
@@ -460,106 +467,104 @@ class OpenData:
     geo: dict[str, dict]
 
 
-def compute(store: HistoryStore, config: Config, period: Period, horizon: int | None = None) -> OpenData:
-    """Every table of the export from an open store (read-only is enough)."""
-    sites = sites_from_config(config)
-    if horizon is None:
-        horizon = recorded_until(store.path)
-    horizon = min(period.end_ns, horizon if horizon is not None else period.start_ns)
-    start, end = period.start_ns, period.end_ns
+_NONE = np.zeros(0)  # a tag with no stored point
+
+
+def _or_empty(pts: Points | None) -> Points:
+    return (_NONE, _NONE, _NONE) if pts is None else pts
+
+
+@dataclass(frozen=True)
+class Cabinet:
+    """A lighting cabinet's figures: its daily rows and, per day, which figures are whole-day."""
+
+    site: Site
+    rows: list[dict]  # LIGHTING_CABINET_COLUMNS, one per day
+    lighting_full: np.ndarray  # per day: lamps_on known all day
+    energy_full: np.ndarray  # per day: the energy counter known all day
+    energy_hourly: tuple[np.ndarray, np.ndarray, np.ndarray]  # counter_increase over the hours
+
+
+def cabinet(site: Site, energy: Points | None, lamps: Points | None, period: Period, horizon: int) -> Cabinet:
+    """A cabinet's daily lighting hours and energy, and its hourly energy, from its points."""
     day_len = np.diff(period.day_edges)
-    hour_len = np.diff(period.hour_edges)
-    n_days = len(period.days)
-
-    def read(site: Site, point: str):
-        name = site.tags.get(point)
-        return None if name is None else read_points(store, name, start, end)
-
-    # Lighting cabinets: energy per hour and day, lighting hours per day.
-    n_hours = len(hour_len)
-    cab_rows: list[dict] = []
-    per_commune_hour = defaultdict(
-        lambda: {
-            "cabinets": 0,
-            "reporting": np.zeros(n_hours, np.int64),
-            "energy": np.zeros(n_hours),
-            "resets": np.zeros(n_hours, np.int64),
+    e_day, cov_day, res_day = counter_increase(*_or_empty(energy), period.day_edges, horizon)
+    if lamps is not None:
+        on_day, known_day = time_in_state(*lamps, period.day_edges, horizon)
+    else:
+        on_day, known_day = np.zeros(len(period.days), np.int64), np.zeros(len(period.days), np.int64)
+    rows = [
+        {
+            "date": d.isoformat(),
+            "commune": site.commune,
+            "device": site.device,
+            "lat": site.lat,
+            "lon": site.lon,
+            "lighting_hours": _r(_hours(on_day[k])) if known_day[k] else None,
+            "lighting_hours_covered": _r(_hours(known_day[k])),
+            "energy_kwh": _r(e_day[k]) if cov_day[k] else None,
+            "energy_hours_covered": _r(_hours(cov_day[k])),
+            "counter_resets": int(res_day[k]),
         }
-    )
-    cab_daily: dict[str, list[dict]] = {}
-    no_data = (
-        counter_increase([], [], [], period.hour_edges, horizon),
-        counter_increase([], [], [], period.day_edges, horizon),
-    )
-    for site in sites.cabinets:
-        pts = read(site, ENERGY)
-        if pts is not None:
-            e_hour, cov_hour, res_hour = counter_increase(*pts, period.hour_edges, horizon)
-            e_day, cov_day, res_day = counter_increase(*pts, period.day_edges, horizon)
-        else:
-            (e_hour, cov_hour, res_hour), (e_day, cov_day, res_day) = no_data
-        agg = per_commune_hour[site.commune]
-        agg["cabinets"] += 1
-        full_hour = cov_hour == hour_len
-        agg["reporting"] += full_hour
-        agg["energy"] += np.where(full_hour, e_hour, 0.0)
-        agg["resets"] += res_hour
-        pts = read(site, LAMPS_ON)
-        if pts is not None:
-            on_day, known_day = time_in_state(*pts, period.day_edges, horizon)
-        else:
-            on_day, known_day = np.zeros(n_days, np.int64), np.zeros(n_days, np.int64)
-        rows = []
-        for k, d in enumerate(period.days):
-            rows.append(
-                {
-                    "date": d.isoformat(),
-                    "commune": site.commune,
-                    "device": site.device,
-                    "lat": site.lat,
-                    "lon": site.lon,
-                    "lighting_hours": _r(_hours(on_day[k])) if known_day[k] else None,
-                    "lighting_hours_covered": _r(_hours(known_day[k])),
-                    "energy_kwh": _r(e_day[k]) if cov_day[k] else None,
-                    "energy_hours_covered": _r(_hours(cov_day[k])),
-                    "counter_resets": int(res_day[k]),
-                    "_lighting_full": bool(known_day[k] == day_len[k]),
-                    "_energy_full": bool(cov_day[k] == day_len[k]),
-                }
-            )
-        cab_daily[site.device] = rows
-        cab_rows.extend(rows)
+        for k, d in enumerate(period.days)
+    ]
+    hourly = counter_increase(*_or_empty(energy), period.hour_edges, horizon)
+    return Cabinet(site, rows, known_day == day_len, cov_day == day_len, hourly)
 
-    energy_hourly = []
+
+def _by_commune(cabinets: Sequence[Cabinet]) -> dict[str, list[Cabinet]]:
+    """Cabinets per commune, communes sorted, each commune's in configuration order."""
+    groups: dict[str, list[Cabinet]] = defaultdict(list)
+    for c in cabinets:
+        groups[c.site.commune].append(c)
+    return {commune: groups[commune] for commune in sorted(groups)}
+
+
+def energy_hourly_rows(cabinets: Sequence[Cabinet], period: Period) -> list[dict]:
+    """ENERGY_HOURLY_COLUMNS rows: per hour and commune, the energy of the cabinets known all hour."""
+    hour_len = np.diff(period.hour_edges)
+    totals = {}
+    for commune, members in _by_commune(cabinets).items():
+        reporting = np.zeros(len(hour_len), np.int64)
+        energy = np.zeros(len(hour_len))
+        resets = np.zeros(len(hour_len), np.int64)
+        for c in members:
+            e_hour, cov_hour, res_hour = c.energy_hourly
+            full_hour = cov_hour == hour_len
+            reporting += full_hour
+            energy += np.where(full_hour, e_hour, 0.0)
+            resets += res_hour
+        totals[commune] = (len(members), reporting, energy, resets)
+    rows = []
     for h in range(len(hour_len)):
-        for commune in sorted(per_commune_hour):
-            agg = per_commune_hour[commune]
-            n = int(agg["reporting"][h])
-            energy_hourly.append(
+        for commune, (count, reporting, energy, resets) in totals.items():
+            n = int(reporting[h])
+            rows.append(
                 {
                     "hour_start": period.hour_label(int(period.hour_edges[h])),
                     "commune": commune,
-                    "cabinets": agg["cabinets"],
+                    "cabinets": count,
                     "cabinets_reporting": n,
-                    "energy_kwh": _r(agg["energy"][h]) if n else None,
-                    "counter_resets": int(agg["resets"][h]),
+                    "energy_kwh": _r(energy[h]) if n else None,
+                    "counter_resets": int(resets[h]),
                 }
             )
+    return rows
 
-    lighting_communes = []
-    by_commune = defaultdict(list)
-    for row in cab_rows:
-        by_commune[(row["date"], row["commune"])].append(row)
-    for d in period.days:
-        for commune in sorted(per_commune_hour):
-            rows = by_commune.get((d.isoformat(), commune), [])
-            lit = [r["lighting_hours"] for r in rows if r["_lighting_full"]]
-            en = [r["energy_kwh"] for r in rows if r["_energy_full"]]
-            lighting_communes.append(
+
+def lighting_commune_rows(cabinets: Sequence[Cabinet], period: Period) -> list[dict]:
+    """LIGHTING_COMMUNE_COLUMNS rows: per day and commune, the cabinets' figures known all day."""
+    communes = _by_commune(cabinets)
+    rows = []
+    for k, d in enumerate(period.days):
+        for commune, members in communes.items():
+            lit = [c.rows[k]["lighting_hours"] for c in members if c.lighting_full[k]]
+            en = [c.rows[k]["energy_kwh"] for c in members if c.energy_full[k]]
+            rows.append(
                 {
                     "date": d.isoformat(),
                     "commune": commune,
-                    "cabinets": len(rows),
+                    "cabinets": len(members),
                     "lighting_cabinets_reporting": len(lit),
                     "lighting_hours_total": _r(sum(lit)) if lit else None,
                     "lighting_hours_mean": _r(sum(lit) / len(lit)) if lit else None,
@@ -567,76 +572,85 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
                     "energy_kwh": _r(sum(en)) if en else None,
                 }
             )
-    for row in cab_rows:
-        del row["_lighting_full"], row["_energy_full"]
+    return rows
 
-    # Bollards: passages (vehicle 0 -> 1) and openings (position -> down) per day.
-    bollard_rows, bollard_daily = [], {}
-    for site in sites.bollards:
-        pts = read(site, VEHICLE)
-        if pts is not None:
-            passages = transitions(*pts, period.day_edges, into=1.0)
-            _, known = time_in_state(*pts, period.day_edges, horizon)
+
+def bollard_rows(
+    site: Site, vehicle: Points | None, position: Points | None, period: Period, horizon: int
+) -> list[dict]:
+    """BOLLARD_COLUMNS rows of a bollard: passages (vehicle 0 -> 1) and openings (position ->
+    down) per day, known while its vehicle point is."""
+    n_days = len(period.days)
+    if vehicle is not None:
+        passages = transitions(*vehicle, period.day_edges, into=1.0)
+        _, known = time_in_state(*vehicle, period.day_edges, horizon)
+    else:
+        passages, known = np.zeros(n_days, np.int64), np.zeros(n_days, np.int64)
+    openings = None
+    if position is not None and site.down_value is not None:
+        openings = transitions(*position, period.day_edges, into=site.down_value)
+    return [
+        {
+            "date": d.isoformat(),
+            "commune": site.commune,
+            "device": site.device,
+            "lat": site.lat,
+            "lon": site.lon,
+            "passages": int(passages[k]) if known[k] else None,
+            "openings": int(openings[k]) if openings is not None and known[k] else None,
+            "hours_covered": _r(_hours(known[k])),
+        }
+        for k, d in enumerate(period.days)
+    ]
+
+
+def junction_rows(
+    site: Site, counters: dict[str, Points | None], detectors: Sequence[str], period: Period, horizon: int
+) -> list[dict]:
+    """JUNCTION_BASE_COLUMNS + ``detectors`` rows of a junction: the increase of each of its
+    detector counters (``counters``, by point) per day."""
+    n_days = len(period.days)
+    day_len = np.diff(period.day_edges)
+    inc = {}
+    cov = []
+    for det, pts in counters.items():
+        if pts is None:
+            inc[det], c = np.zeros(n_days), np.zeros(n_days, np.int64)
         else:
-            passages, known = np.zeros(n_days, np.int64), np.zeros(n_days, np.int64)
-        openings = None
-        pos = read(site, POSITION) if site.down_value is not None else None
-        if pos is not None:
-            openings = transitions(*pos, period.day_edges, into=site.down_value)
-        rows = [
-            {
-                "date": d.isoformat(),
-                "commune": site.commune,
-                "device": site.device,
-                "lat": site.lat,
-                "lon": site.lon,
-                "passages": int(passages[k]) if known[k] else None,
-                "openings": int(openings[k]) if openings is not None and known[k] else None,
-                "hours_covered": _r(_hours(known[k])),
-            }
-            for k, d in enumerate(period.days)
-        ]
-        bollard_daily[site.device] = rows
-        bollard_rows.extend(rows)
+            inc[det], c, _ = counter_increase(*pts, period.day_edges, horizon)
+        cov.append(c)
+        inc[det] = np.where(c > 0, inc[det], np.nan)
+    cov_arr = np.array(cov, np.int64).reshape(len(cov), n_days)
+    rows = []
+    for k, d in enumerate(period.days):
+        row = {
+            "date": d.isoformat(),
+            "commune": site.commune,
+            "device": site.device,
+            "lat": site.lat,
+            "lon": site.lon,
+            "detectors": len(site.tags),
+            "detectors_reporting": int((cov_arr[:, k] == day_len[k]).sum()),
+            "hours_covered": _r(_hours(cov_arr[:, k].min())) if len(cov) else 0.0,
+        }
+        for det in detectors:
+            x = inc[det][k] if det in inc else math.nan
+            # Counts are whole vehicles; a fraction is the share of a count that straddles midnight.
+            row[det] = None if not math.isfinite(x) else int(round(x))
+        rows.append(row)
+    return rows
 
-    # Junctions: the increase of each detector counter per day.
-    junction_rows, junction_daily = [], {}
-    for site in sites.junctions:
-        inc = {}
-        cov = []
-        for det in site.tags:
-            pts = read(site, det)
-            if pts is None:
-                inc[det], c = np.zeros(n_days), np.zeros(n_days, np.int64)
-            else:
-                inc[det], c, _ = counter_increase(*pts, period.day_edges, horizon)
-            cov.append(c)
-            inc[det] = np.where(c > 0, inc[det], np.nan)
-        cov_arr = np.array(cov, np.int64).reshape(len(cov), n_days)
-        rows = []
-        for k, d in enumerate(period.days):
-            row = {
-                "date": d.isoformat(),
-                "commune": site.commune,
-                "device": site.device,
-                "lat": site.lat,
-                "lon": site.lon,
-                "detectors": len(site.tags),
-                "detectors_reporting": int((cov_arr[:, k] == day_len[k]).sum()),
-                "hours_covered": _r(_hours(cov_arr[:, k].min())) if len(cov) else 0.0,
-            }
-            for det in sites.detectors:
-                x = inc[det][k] if det in inc else math.nan
-                # Counts are whole vehicles; a fraction is the share of a count that straddles midnight.
-                row[det] = None if not math.isfinite(x) else int(round(x))
-            rows.append(row)
-        junction_daily[site.device] = rows
-        junction_rows.extend(rows)
 
+def geojson(
+    sites: Sites,
+    lighting_communes: list[dict],
+    daily: dict[str, dict[str, list[dict]]],
+) -> dict[str, dict]:
+    """The GeoJSON collections by FILES key; ``daily``: per kind, each device's CSV rows."""
     communes_daily = defaultdict(list)
     for row in lighting_communes:
         communes_daily[row["commune"]].append(row)
-    geo = {
+    return {
         "communes_geo": _collection(
             [
                 _feature(
@@ -652,23 +666,56 @@ def compute(store: HistoryStore, config: Config, period: Period, horizon: int | 
         ),
         "cabinets_geo": _devices(
             sites.cabinets,
-            cab_daily,
+            daily["cabinets"],
             ("lighting_hours", "energy_kwh", "lighting_hours_covered", "energy_hours_covered"),
         ),
-        "bollards_geo": _devices(sites.bollards, bollard_daily, ("passages", "openings", "hours_covered")),
-        "junctions_geo": _devices(sites.junctions, junction_daily, (*sites.detectors, "hours_covered")),
+        "bollards_geo": _devices(sites.bollards, daily["bollards"], ("passages", "openings", "hours_covered")),
+        "junctions_geo": _devices(sites.junctions, daily["junctions"], (*sites.detectors, "hours_covered")),
     }
-    key = lambda r: (r["date"], r["commune"], r["device"])  # noqa: E731
+
+
+def _by_date_commune_device(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["date"], r["commune"], r["device"]))
+
+
+def compute(store: HistoryStore, config: Config, period: Period, horizon: int | None = None) -> OpenData:
+    """Every table of the export from an open store (read-only is enough).
+
+    ``horizon``: the time the store last recorded anything (default: read from the store);
+    nothing is known after it.
+    """
+    sites = sites_from_config(config)
+    if horizon is None:
+        horizon = recorded_until(store.path)
+    horizon = min(period.end_ns, horizon if horizon is not None else period.start_ns)
+
+    def read(site: Site, point: str) -> Points | None:
+        name = site.tags.get(point)
+        return None if name is None else read_points(store, name, period.start_ns, period.end_ns)
+
+    cabinets = [cabinet(s, read(s, ENERGY), read(s, LAMPS_ON), period, horizon) for s in sites.cabinets]
+    bollards = {
+        s.device: bollard_rows(
+            s, read(s, VEHICLE), read(s, POSITION) if s.down_value is not None else None, period, horizon
+        )
+        for s in sites.bollards
+    }
+    junctions = {
+        s.device: junction_rows(s, {det: read(s, det) for det in s.tags}, sites.detectors, period, horizon)
+        for s in sites.junctions
+    }
+    lighting_communes = lighting_commune_rows(cabinets, period)
+    daily = {"cabinets": {c.site.device: c.rows for c in cabinets}, "bollards": bollards, "junctions": junctions}
     return OpenData(
         period,
         horizon,
-        energy_hourly,
+        energy_hourly_rows(cabinets, period),
         lighting_communes,
-        sorted(cab_rows, key=key),
-        sorted(bollard_rows, key=key),
-        sorted(junction_rows, key=key),
+        _by_date_commune_device([row for c in cabinets for row in c.rows]),
+        _by_date_commune_device([row for rows in bollards.values() for row in rows]),
+        _by_date_commune_device([row for rows in junctions.values() for row in rows]),
         JUNCTION_BASE_COLUMNS + sites.detectors,
-        geo,
+        geojson(sites, lighting_communes, daily),
     )
 
 

@@ -33,7 +33,6 @@ rolled back: nothing is restarted.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import os
@@ -181,12 +180,8 @@ def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
     # wait in the new one, first, and are retried soon; storage_failing, carried above, clears
     # when they are written. Instances are renumbered: the states to rewrite follow by key; a
     # removed instance's state is deleted (_journal_removed), not rewritten.
-    new._backlog = collections.deque(old._backlog)
-    new._backlog_states = {
-        new._index[key] for key, j in old._index.items() if j in old._backlog_states and key in new._index
-    }
-    new.backlog_dropped, new._dropped_before = old.backlog_dropped, old._dropped_before
-    new._retry_delay, new._retry_at = old._retry_delay, 0.0
+    renumber = {j: new._index[key] for key, j in old._index.items() if key in new._index}
+    new.writer.take_over(old.writer, renumber)
 
 
 def _journal_removed(old: AlarmEngine, new: AlarmEngine, gone: list[int]) -> None:

@@ -233,13 +233,13 @@ class TagDB:
         nan = np.isnan(diff)
         if nan.any():
             changed |= nan & (np.isnan(old) != np.isnan(values))
-        scalar_status = np.ndim(status) == 0
-        if scalar_status:
+        per_row: np.ndarray | None = None  # one status per row, or None: one for the batch
+        if np.ndim(status) == 0:
             status = int(status)
             changed |= self.status[ids] != status
         else:
-            status = np.asarray(status, np.uint32)
-            changed |= self.status[ids] != status
+            per_row = np.asarray(status, np.uint32)
+            changed |= self.status[ids] != per_row
         # source_time: when the device last reported the row, changed or not (staleness is
         # measured from it). server_time: when the server last stored a change of the row;
         # writing it for unchanged rows too would cost a random pass over the column.
@@ -251,7 +251,7 @@ class TagDB:
         # deadband: otherwise slow drifts below the deadband would never be reported.
         cids = ids[changed]
         cvalues = values[changed]
-        cstatus = np.full(cids.size, status, np.uint32) if scalar_status else status[changed]
+        cstatus = np.full(cids.size, status, np.uint32) if per_row is None else per_row[changed]
         self.value[cids] = cvalues
         self.status[cids] = cstatus
         self.server_time[cids] = server_ns
@@ -260,13 +260,13 @@ class TagDB:
 
     def update_text(
         self,
-        ids: Sequence[int],
+        tag_ids: Sequence[int] | np.ndarray,
         texts: Sequence[str | None],
         status: np.ndarray | int = st.GOOD,
         source_time: np.ndarray | int | None = None,
     ) -> ChangeBatch | None:
         """Store text points; a row changes when its text or its status changes."""
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(tag_ids, np.int64)
         n = len(ids)
         if n == 0:
             return None

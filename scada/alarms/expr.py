@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 Evaluator = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+# A node of the tree, compiled: a constant gives a number, the rest arrays.
+_Node = Callable[[Mapping[str, np.ndarray]], np.ndarray | float]
 
 _COMPARE = {
     ast.Lt: np.less,
@@ -70,7 +72,7 @@ def compile_expression(text: str, points: Sequence[str]) -> tuple[Evaluator, tup
     known = set(points)
     used: list[str] = []
 
-    def build(node: ast.AST, depth: int = 1) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    def build(node: ast.AST, depth: int = 1) -> _Node:
         if depth > MAX_DEPTH:
             raise ExpressionError(
                 f"nested too deeply (more than {MAX_DEPTH} levels of operators; "

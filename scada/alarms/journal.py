@@ -558,10 +558,15 @@ class Journal:
 
     @staticmethod
     def _where(
-        start_ns, end_ns, filters: Mapping[str, Any], limit: int | None = None, ordered: bool = False
-    ) -> tuple[str, list]:
+        start_ns: int | None,
+        end_ns: int | None,
+        filters: Mapping[str, Any],
+        limit: int | None = None,
+        ordered: bool = False,
+    ) -> tuple[str, list[int | str]]:
         """WHERE clause and parameters; with ``ordered``, in time order (and LIMIT if given)."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[int | str] = []
         if start_ns is not None:
             clauses.append("time_ns >= ?")
             params.append(int(start_ns))

@@ -178,7 +178,7 @@ async def test_the_engine_task_survives_the_outage_and_clears_the_alarm_itself(t
 
 
 def test_a_long_outage_keeps_the_newest_rows_and_every_state(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("scada.alarms.engine.BACKLOG_ROWS", 5)
+    monkeypatch.setattr("scada.alarms.backlog.BACKLOG_ROWS", 5)
     with small_fs(tmp_path / "fs", 1024) as fs:
         bench = Bench(tmp_path / "cfg", journal_path=fs / "alarms.sqlite")
         try:

@@ -20,8 +20,9 @@ from city_scada import load_config
 from scada.historian.compress import StoredBatch
 from scada.historian.store import HistoryStore
 from scada.opendata import (BOLLARD_COLUMNS, ENERGY_HOURLY_COLUMNS, FILES, LIGHTING_CABINET_COLUMNS,
-                            LIGHTING_COMMUNE_COLUMNS, compute, counter_increase, export, make_period, parse_time,
-                            recorded_until, sites_from_config, time_in_state, timezone_of, transitions)
+                            LIGHTING_COMMUNE_COLUMNS, Site, cabinet, compute, counter_increase, energy_hourly_rows,
+                            export, junction_rows, lighting_commune_rows, make_period, parse_time, recorded_until,
+                            sites_from_config, time_in_state, timezone_of, transitions)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = 10**9
@@ -191,6 +192,40 @@ def test_period_is_widened_to_whole_local_days_with_daylight_saving():
         parse_time("28/11/2026", timezone.utc)
     with pytest.raises(ValueError, match="empty range"):
         period("UTC", "2026-11-28", "2026-11-28")
+
+
+# -- the steps of an export, on points given directly --------------------------------------------
+
+def good(*points):
+    """(t, v, s) of Good points given as (time, value)."""
+    return (np.array([p[0] for p in points], np.int64), np.array([p[1] for p in points], np.float64),
+            np.full(len(points), GOOD, np.uint32))
+
+
+def test_commune_figures_count_only_the_cabinets_known_all_day_and_all_hour():
+    p = period("UTC", "2026-11-28", "2026-11-29")
+    a = Site("LC-1", "Ahuy", "lighting_cabinet", 47.0, 5.0)
+    b = Site("LC-2", "Ahuy", "lighting_cabinet", 47.0, 5.0)
+    # LC-1: lamps on 18:00-24:00, known all day; 1 kWh an hour all day. LC-2: lamps known from
+    # 12:00 only (6 h on), no energy counter.
+    one = cabinet(a, good(*((at(D1, h), float(h)) for h in range(25))), good((at(D1, 0), 0.0), (at(D1, 18), 1.0)),
+                  p, horizon=D2)
+    two = cabinet(b, None, good((at(D1, 12), 0.0), (at(D1, 18), 1.0)), p, horizon=D2)
+    assert (one.rows[0]["lighting_hours"], two.rows[0]["lighting_hours"]) == (6.0, 6.0)
+    [day] = lighting_commune_rows([one, two], p)
+    assert (day["cabinets"], day["lighting_cabinets_reporting"], day["lighting_hours_total"]) == (2, 1, 6.0)
+    assert (day["energy_cabinets_reporting"], day["energy_kwh"]) == (1, 24.0)
+    hours = energy_hourly_rows([one, two], p)
+    assert len(hours) == 24 and {(h["cabinets"], h["cabinets_reporting"], h["energy_kwh"]) for h in hours} == {(2, 1, 1.0)}
+
+
+def test_a_junction_detector_with_no_points_is_not_known_and_not_reporting():
+    p = period("UTC", "2026-11-28", "2026-11-29")
+    site = Site("J-1", "Dijon", "traffic_junction", 47.0, 5.0, {"a_count": "t/a", "b_count": "t/b"})
+    [row] = junction_rows(site, {"a_count": good((at(D1, 0), 10.0), (D2, 110.0)), "b_count": None},
+                          ("a_count", "b_count", "c_count"), p, horizon=D2)
+    assert (row["a_count"], row["b_count"], row["c_count"]) == (100, None, None)
+    assert (row["detectors"], row["detectors_reporting"], row["hours_covered"]) == (2, 1, 0.0)
 
 
 # -- the devices and the store -----------------------------------------------------------------
