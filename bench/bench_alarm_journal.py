@@ -32,23 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import COMMUNES, line, med  # noqa: E402
 from bench.harness import fmt_rate as fmt  # noqa: E402
-from bench.harness import line, med  # noqa: E402
 from scada.alarms.journal import Journal, JournalRow, StateRecord  # noqa: E402
 from scada.alarms.states import State  # noqa: E402
 
 TARGET = 5_000
 T0 = 1_795_860_000_000_000_000
-COMMUNES = (
-    "Dijon",
-    "Chenove",
-    "Quetigny",
-    "Talant",
-    "Fontaine-les-Dijon",
-    "Longvic",
-    "Saint-Apollinaire",
-    "Chevigny-Saint-Sauveur",
-)
 ALARMS = (
     ("mains_loss", "critical", 900, "lighting_maintenance"),
     ("lamps_failed", "medium", 500, "lighting_maintenance"),

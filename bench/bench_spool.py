@@ -45,20 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import COMMUNES  # noqa: E402
 from scada.historian.influx import InfluxSink, TagMeta, encode_lines  # noqa: E402
 from scada.historian.spool import Spool  # noqa: E402
 from tests.integration.victoria import Victoria  # noqa: E402
 
-COMMUNES = (
-    "Dijon",
-    "Chenove",
-    "Quetigny",
-    "Talant",
-    "Fontaine-les-Dijon",
-    "Longvic",
-    "Saint-Apollinaire",
-    "Chevigny-Saint-Sauveur",
-)
 N_TAGS = 15_000
 REQUEST = 1 << 20
 

@@ -41,6 +41,7 @@ from tests.integration.helpers import (  # noqa: E402
 )
 
 __all__ = [
+    "COMMUNES",
     "PY",
     "RESULT",
     "ROOT",
@@ -68,6 +69,18 @@ __all__ = [
 ]
 
 RESULT = "RESULT "
+
+# Communes of the synthetic rows (alarm journal, spool): eight of the metropolis, ASCII names.
+COMMUNES = (
+    "Dijon",
+    "Chenove",
+    "Quetigny",
+    "Talant",
+    "Fontaine-les-Dijon",
+    "Longvic",
+    "Saint-Apollinaire",
+    "Chevigny-Saint-Sauveur",
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import citygen
-from bench.harness import RESULT, Report, emit, free_port, log, med, run_child, spread
+from bench.harness import RESULT, Report, emit, log, med, run_child, spread
 from bench.skeleton import SCRIPT
+from bench.skeleton.hmi import serving_hmi
 
 
 def child_client(url: str, nodes_file: str, expected: str) -> None:
@@ -74,16 +75,9 @@ def child_publish(n: int, batch: int, subscribed: int, rounds: int) -> None:
     async def main():
         import tempfile
 
-        from scada.opcua.server import HmiServer
-        from scada.tagdb import ChangeBatch, TagDB
+        from scada.tagdb import ChangeBatch
 
-        config = citygen.load_config(n)
-        names, kinds, deadbands = config.tag_table()
-        db = TagDB(names, kinds, deadbands)
-        port = free_port()
-        url = f"opc.tcp://127.0.0.1:{port}/scada/"
-        hmi = HmiServer(config, db, url)
-        await hmi.start()
+        _, names, kinds, _, url, hmi = await serving_hmi(n)
         pub = hmi.publisher
         rng = np.random.default_rng(3)
         ids = rng.choice(len(names), min(batch, len(names)), replace=False)

@@ -8,9 +8,9 @@ from argparse import Namespace
 
 import numpy as np
 
-from bench import citygen
-from bench.harness import Report, emit, free_port, log, run_child
+from bench.harness import Report, emit, log, run_child
 from bench.skeleton import SCRIPT
+from bench.skeleton.hmi import serving_hmi
 
 
 def child_smoke(n: int) -> None:
@@ -18,16 +18,8 @@ def child_smoke(n: int) -> None:
         from asyncua import Client
 
         from scada.opcua.address_space import NAMESPACE_URI
-        from scada.opcua.server import HmiServer
-        from scada.tagdb import TagDB
 
-        config = citygen.load_config(n)
-        names, kinds, deadbands = config.tag_table()
-        db = TagDB(names, kinds, deadbands)
-        port = free_port()
-        url = f"opc.tcp://127.0.0.1:{port}/scada/"
-        hmi = HmiServer(config, db, url)
-        await hmi.start()
+        config, names, _, db, url, hmi = await serving_hmi(n)
         try:
             tag = next(i for i, nm in enumerate(names) if nm.endswith("/mains_voltage"))
             db.update(np.array([tag]), np.array([231.5]), 0, time.time_ns())
