@@ -28,6 +28,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from operator import attrgetter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -142,26 +143,14 @@ def run_baseline(path: Path, schema: list[str], work, synchronous="NORMAL") -> f
         "INSERT OR REPLACE INTO alarm_state (alarm, device, state, active, acked, since_ns, shelved_until_ns, "
         "shelve_user, shelve_reason, assigned_to, last_value) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
     )
+    # The journal's columns in the journal's order (built before the timed window).
+    row = attrgetter(
+        "time_ns", "alarm", "device", "commune", "value", "priority", "severity", "event", "state", "user", "comment",
+        "service", "message",
+    )  # fmt: skip
     tuples = [
         (
-            [
-                (
-                    r.time_ns,
-                    r.alarm,
-                    r.device,
-                    r.commune,
-                    r.value,
-                    r.priority,
-                    r.severity,
-                    r.event,
-                    r.state,
-                    r.user,
-                    r.comment,
-                    r.service,
-                    r.message,
-                )
-                for r in rows
-            ],
+            [row(r) for r in rows],
             [
                 (
                     k[0],
@@ -175,7 +164,7 @@ def run_baseline(path: Path, schema: list[str], work, synchronous="NORMAL") -> f
                     s.shelve_reason,
                     s.assigned_to,
                     s.last_value,
-                )
+                )  # fmt: skip
                 for k, s in states
             ],
         )
@@ -217,14 +206,14 @@ def main() -> None:
             work = batches(rows[:n], states[:n], size)
             ours, base = [], []
             for rep in range(args.reps):
-                order = (("ours", run_ours), ("base", run_baseline))
-                for name, fn in order if rep % 2 == 0 else order[::-1]:
+                order = ("ours", "base")
+                for name in order if rep % 2 == 0 else order[::-1]:
                     k += 1
                     path = tmp / f"{name}-{k}.db"
                     if name == "ours":
-                        ours.append(fn(path, work))
+                        ours.append(run_ours(path, work))
                     else:
-                        base.append(fn(path, schema, work))
+                        base.append(run_baseline(path, schema, work))
                     for p in tmp.glob(f"{name}-{k}.db*"):
                         p.unlink()
             o, b = med(ours), med(base)

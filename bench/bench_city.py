@@ -40,7 +40,7 @@ def control(port: int, req: dict) -> dict:
 
 def sample(procs: dict[str, psutil.Process], seconds: float, every: float = 5.0):
     """CPU share (cores) per window and peak RSS of each process."""
-    shares = {k: [] for k in procs}
+    shares: dict[str, list[float]] = {k: [] for k in procs}
     rss = {k: 0 for k in procs}
     last = {k: p.cpu_times() for k, p in procs.items()}
     t_last = time.monotonic()

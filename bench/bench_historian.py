@@ -188,7 +188,7 @@ def run_bare(path: Path, batches, keyed: bool) -> float:
     return sum(len(r) for r in rows) / elapsed
 
 
-def disk_figures(path: Path) -> tuple[float, float, float, float]:
+def disk_figures(path: Path) -> tuple[float, float, float, float, float]:
     """Bytes per stored value after close (merge + WAL checkpoint): (file, pages in use, raw
     table, rollup tables), and the share of free pages (the landing table's, reused by the
     next writes: a constant, not a cost per value)."""
@@ -305,7 +305,7 @@ def section_night(args, tmp: Path) -> None:
         "no heartbeat": Compressor(len(names), deviation, 0.0, kinds),
         "1-h heartbeat": Compressor(len(names), deviation, 0.0, kinds, 3600 * S),
     }
-    outs = {k: [] for k in comps}
+    outs: dict[str, list[StoredBatch]] = {k: [] for k in comps}
     changes_in = np.zeros(len(names), np.int64)
     for k in range(1, steps + 1):
         t = start + k

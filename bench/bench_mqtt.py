@@ -254,6 +254,7 @@ def run(mode: str, port: int, folder: Path, args, broker_pid: int) -> dict:
         text=True,
         cwd=ROOT,
     )
+    assert rx.stdout is not None
     assert rx.stdout.readline().strip() == "ready", f"{mode} receiver did not subscribe"
     per = args.messages // args.publishers
     chunk = args.devices // args.publishers
@@ -392,6 +393,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     broker = Mosquitto(work / "mqtt", "max_queued_messages 1000000\n")
     port = broker.port
+    assert broker.proc is not None  # started by the constructor
+    broker_pid = broker.proc.pid
     results: dict[str, list[dict]] = {m: [] for m in MODES}
     inproc_costs = {
         "paho": lambda: link_cpu_per_message(False),
@@ -405,7 +408,7 @@ def main() -> int:
         order, in_order = list(MODES), list(inproc_costs)
         for rep in range(args.repeats):
             for mode in order if rep % 2 == 0 else order[::-1]:
-                results[mode].append(run(mode, port, work / "config", args, broker.proc.pid))
+                results[mode].append(run(mode, port, work / "config", args, broker_pid))
             for what in in_order if rep % 2 == 0 else in_order[::-1]:
                 inproc[what].append(inproc_costs[what]())
     finally:

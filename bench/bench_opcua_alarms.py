@@ -134,6 +134,7 @@ async def _events(instances: int, target: int) -> dict:
         await hmi.start()
         task = asyncio.create_task(hmi.run())
         conds = hmi.conditions
+        assert conds is not None  # the server was given the engine
 
         up = False
 
@@ -172,8 +173,10 @@ async def _events(instances: int, target: int) -> dict:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=client_err,
             )
+            assert proc.stdin is not None and proc.stdout is not None  # both piped
 
             async def line() -> str:
+                assert proc.stdout is not None  # piped
                 text = (await asyncio.wait_for(proc.stdout.readline(), 600)).decode().strip()
                 if not text:
                     client_err.seek(0)
@@ -277,8 +280,9 @@ async def _client(url: str) -> None:
         done.clear()
         want[0] = int(n)
         t0 = time.perf_counter()
-        await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
-            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+        # asyncua annotates NodeId's identifier with NewTypes; a plain int is what it takes.
+        await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(  # type: ignore[arg-type]
+            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),  # type: ignore[arg-type]
             ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
         )
         call_s = time.perf_counter() - t0

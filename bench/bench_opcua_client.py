@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datetime import UTC
 
-from bench.harness import PY, ROOT, free_port, med, stop  # noqa: E402
+from bench.harness import PY, ROOT, free_port, med, stop, string_node_id  # noqa: E402
 from common import eventloop  # noqa: E402
 
 NAMESPACE = "urn:city-scada:bench"
@@ -69,7 +69,7 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
     # raised and caught): 41 % of this server's CPU in a py-spy profile. Answered directly here,
     # in the load generator only, so that the server can outrun the clients it feeds.
     guess = ua.Variant._guess_type
-    ua.Variant._guess_type = lambda self, val: ua.VariantType.Null if val is None else guess(self, val)
+    ua.Variant._guess_type = lambda self, val: ua.VariantType.Null if val is None else guess(self, val)  # type: ignore[method-assign]
 
     class Value(ua.DataValue):
         """Never mutated once written: asyncua's deep copy per notified value is skipped (as the
@@ -83,20 +83,20 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace(NAMESPACE)
-    root = await server.nodes.objects.add_folder(ua.NodeId("Bench", ns), "Bench")
+    root = await server.nodes.objects.add_folder(string_node_id("Bench", ns), "Bench")
     ids = []
     for g in range(0, devices, 100):
-        group = await root.add_folder(ua.NodeId(f"G{g // 100}", ns), f"G{g // 100}")
+        group = await root.add_folder(string_node_id(f"G{g // 100}", ns), f"G{g // 100}")
         for d in range(g, min(devices, g + 100)):
-            dev = await group.add_object(ua.NodeId(f"D{d:05d}", ns), f"D{d:05d}")
+            dev = await group.add_object(string_node_id(f"D{d:05d}", ns), f"D{d:05d}")
             for p in range(points):
                 node = await dev.add_variable(
-                    ua.NodeId(node_id(d, p), ns), f"P{p}", ua.Variant(0.0, ua.VariantType.Double)
+                    string_node_id(node_id(d, p), ns), f"P{p}", ua.Variant(0.0, ua.VariantType.Double)
                 )
                 ids.append(node.nodeid)
     await server.start()
-    attrs = [server.iserver.aspace.get(nid).attributes[ua.AttributeIds.Value] for nid in ids]
-    double, good = ua.VariantType.Double, ua.StatusCode(ua.StatusCodes.Good)
+    attrs = [server.iserver.aspace[nid].attributes[ua.AttributeIds.Value] for nid in ids]
+    double, good = ua.VariantType.Double, ua.StatusCode(ua.StatusCodes.Good)  # type: ignore[arg-type]  # asyncua's UInt32 NewType
     writes = 0
     out = open(stats, "a", buffering=1)  # noqa: SIM115  (written until the process is terminated)
 
@@ -119,7 +119,7 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
             base = tick * 0.01
             for k, attr in enumerate(part):
                 # What Server.write_attribute_value does, minus its lookups and type check per call.
-                dv = Value(ua.Variant(base + k, double), StatusCode=good, SourceTimestamp=now, ServerTimestamp=now)
+                dv = Value(ua.Variant(base + k, double), StatusCode=good, SourceTimestamp=now, ServerTimestamp=now)  # type: ignore[arg-type]  # DateTime NewType
                 attr.value = dv
                 for handle, callback in attr.datachange_callbacks.items():
                     await callback(handle, dv)
@@ -184,9 +184,9 @@ async def client(
         await c.connect()
         try:
             ns = await c.get_namespace_index(NAMESPACE)
-            nodes = [c.get_node(ua.NodeId(node_id(d, p), ns)) for d in range(devices) for p in range(points)]
+            nodes = [c.get_node(string_node_id(node_id(d, p), ns)) for d in range(devices) for p in range(points)]
             sub = await c.create_subscription(publishing_ms, handler)
-            handles = await sub.subscribe_data_change(nodes, queuesize=1, sampling_interval=0)
+            handles = await sub.subscribe_data_change(nodes, queuesize=1, sampling_interval=0)  # type: ignore[call-overload]  # stubs: one node only
             assert not [h for h in handles if isinstance(h, ua.StatusCode)]
             count = lambda: handler.n  # noqa: E731
             result = await _window(count, None, warmup, seconds)
@@ -307,6 +307,7 @@ def main() -> int:
     )
     runs: dict[str, list[dict]] = {"bare": [], "ours": []}
     try:
+        assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready", "the bench server did not start"
         print(
             f"server: {total:,} variables ({args.devices} devices x {args.points} points) built and listening "

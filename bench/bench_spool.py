@@ -151,7 +151,9 @@ def replay_sync_baseline(vm: Victoria, payloads: list[bytes], n_values: int) -> 
     from influxdb_client.client.write_api import SYNCHRONOUS
 
     # the same requests as the sink's: whole payloads up to 1 MiB
-    requests, cur, size = [], [], 0
+    requests: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
     for p in payloads:
         if cur and size + len(p) > REQUEST:
             requests.append(b"".join(cur))

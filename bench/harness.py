@@ -15,6 +15,7 @@ line, which the parent parses. Anything else the child prints is kept for the er
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tests.integration.helpers import (  # noqa: E402
     free_port,
     free_port_range,
     scada_run_args,
+    stop_process,
     wait_port,
 )
 
@@ -63,6 +65,7 @@ __all__ = [
     "scada_run",
     "spread",
     "stop",
+    "string_node_id",
     "timed",
     "wait_port",
     "write_inventory",
@@ -95,18 +98,19 @@ def scada_run(config: Path, data: Path, endpoint: str, *extra: str) -> list[str]
 
 def stop(proc: subprocess.Popen[Any] | None, timeout: float = 20.0) -> None:
     """Terminate a child process if it still runs; kill it when it does not end within ``timeout``."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, signal.SIGTERM, timeout)
 
 
 # --------------------------------------------------------------------------------------------
 # Measuring
+
+
+def string_node_id(name: str, ns: int) -> Any:
+    """An OPC UA string NodeId (asyncua annotates its fields with NewTypes, String and Int16, that
+    plain values do not match)."""
+    from asyncua import ua
+
+    return ua.NodeId(name, ns)  # type: ignore[arg-type]
 
 
 class Clock:

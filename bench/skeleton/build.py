@@ -12,15 +12,8 @@ from argparse import Namespace
 from typing import Any
 
 from bench import citygen
-from bench.harness import Report, emit, log, med, rss, run_child
+from bench.harness import Report, emit, log, med, rss, run_child, string_node_id
 from bench.skeleton import SCRIPT
-
-
-def _node_id(name: str, ns: int) -> Any:
-    """A string NodeId: asyncua annotates its fields with NewTypes (String, Int16) that plain values do not match."""
-    from asyncua import ua
-
-    return ua.NodeId(name, ns)  # type: ignore[arg-type]
 
 
 async def _stock_build(server: Any, ns: int, config: Any) -> int:
@@ -35,7 +28,7 @@ async def _stock_build(server: Any, ns: int, config: Any) -> int:
         ua.VariantType.Boolean: False,
         ua.VariantType.String: "",
     }
-    root = await server.nodes.objects.add_folder(_node_id(ROOT_NAME, ns), ua.QualifiedName(ROOT_NAME, ns))
+    root = await server.nodes.objects.add_folder(string_node_id(ROOT_NAME, ns), ua.QualifiedName(ROOT_NAME, ns))
     folders: dict[str, Any] = {}
     count = 0
     for d in config.devices:
@@ -43,18 +36,20 @@ async def _stock_build(server: Any, ns: int, config: Any) -> int:
         commune = folders.get(d.commune)
         if commune is None:
             commune = folders[d.commune] = await root.add_folder(
-                _node_id(d.commune, ns), ua.QualifiedName(d.commune, ns)
+                string_node_id(d.commune, ns), ua.QualifiedName(d.commune, ns)
             )
         cls_path = f"{d.commune}/{t.cls}"
         cls = folders.get(cls_path)
         if cls is None:
-            cls = folders[cls_path] = await commune.add_folder(_node_id(cls_path, ns), ua.QualifiedName(t.cls, ns))
+            cls = folders[cls_path] = await commune.add_folder(
+                string_node_id(cls_path, ns), ua.QualifiedName(t.cls, ns)
+            )
         dev_path = f"{cls_path}/{d.name}"
-        dev = await cls.add_object(_node_id(dev_path, ns), ua.QualifiedName(d.name, ns))
+        dev = await cls.add_object(string_node_id(dev_path, ns), ua.QualifiedName(d.name, ns))
         for p in t.points:
             vt = variant_type(p)
             await dev.add_variable(
-                _node_id(f"{dev_path}/{p.name}", ns), ua.QualifiedName(p.name, ns), ua.Variant(initial[vt], vt)
+                string_node_id(f"{dev_path}/{p.name}", ns), ua.QualifiedName(p.name, ns), ua.Variant(initial[vt], vt)
             )
             count += 1
     return count
