@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Re-exported: the tests import their configuration writers from here too.
 from tests.configs import ROOT as ROOT
@@ -68,6 +69,18 @@ def wait_port_closed(port: int, timeout: float = 30.0, host: str = "127.0.0.1") 
     raise TimeoutError(f"{host}:{port} still open after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send ``sig`` to a child that still runs and wait for it; kill it if it outlives ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Process:
     """A child process (a simulator, the server) with its output kept for failure messages."""
 
@@ -89,13 +102,7 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -198,6 +205,22 @@ class Notifications:
                     return out
 
 
+async def refresh_conditions(client) -> tuple[Notifications, Any, list]:
+    """What an HMI does when it connects: subscribe to the server's alarms and conditions, then call
+    ConditionRefresh. Returns the handler (later events arrive there too), the subscription, and
+    the events up to RefreshEndEvent."""
+    from asyncua import ua
+
+    events = Notifications()
+    sub = await client.create_subscription(50, events)
+    await sub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
+    await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(  # type: ignore[arg-type]
+        ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),  # type: ignore[arg-type]
+        ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+    )
+    return events, sub, await events.until_refresh_end(timeout=15)
+
+
 class SilentLink:
     """A TCP proxy in front of a device that can stop forwarding: the device "stops answering"
     while its connection stays open, the case a timeout must catch (not a refused connection)."""
@@ -267,13 +290,33 @@ class Mosquitto:
         wait_port(self.port)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 10)
+
+
+def write_cabinets(folder: Path, base_port: int, prefix: str, poll: float = 0.3, timeout: float = 0.5) -> list:
+    """Three simulated lighting cabinets (``{prefix}-000`` to ``-002``: two in Dijon, one in Talant) on
+    consecutive loopback ports from ``base_port``, for a real server process: their inventory under
+    the shipped types, the shipped alarms, polled every ``poll`` s. Returns them."""
+    import shutil
+
+    from simulators.inventory import Cabinet
+
+    cabinets = [
+        Cabinet(f"{prefix}-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
+        for i, commune in enumerate(["Dijon", "Dijon", "Talant"])
+    ]
+    (folder / "inventory").mkdir(parents=True)
+    write_inventory(
+        folder,
+        "inventory/lighting-cabinets.csv",
+        "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout",
+        [
+            f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,{poll},{timeout}"
+            for c in cabinets
+        ],
+    )
+    shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
+    return cabinets
 
 
 class DriverHarness:
@@ -358,6 +401,20 @@ def _dead_cabinets(ports: list[int], names: list[str]) -> str:
         f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
         for n, p in zip(names, ports)
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(hmi):
+    """An HmiServer started and running in this loop (its publisher and event tasks), stopped after."""
+    await hmi.start()
+    task = asyncio.create_task(hmi.run(), name="hmi")
+    try:
+        yield hmi
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hmi.stop()
 
 
 @contextlib.asynccontextmanager

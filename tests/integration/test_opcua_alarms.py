@@ -24,7 +24,7 @@ from scada.alarms.states import State
 from scada.opcua.server import HmiServer
 from tests.alarm_rig import SERVICES, AlarmRig, Clock
 
-from .helpers import free_port, until
+from .helpers import free_port, serving, until
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +70,11 @@ def healthy(c: City) -> None:
 @contextlib.asynccontextmanager
 async def running(c: City):
     """The HmiServer started and running (its publisher and alarm event task), stopped after."""
-    await c.hmi.start()
-    c.ns = c.hmi.ns
-    task = asyncio.create_task(c.hmi.run(), name="hmi")
     try:
-        yield c
+        async with serving(c.hmi):
+            c.ns = c.hmi.ns
+            yield c
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await c.hmi.stop()
         c.journal.close()
 
 
