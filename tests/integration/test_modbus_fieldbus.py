@@ -19,15 +19,14 @@ import numpy as np
 import pytest
 
 from scada.driver_api import WriteCommand
-from drivers.modbus.driver import ModbusDriver
-from scada.backoff import Backoff
 from scada import status as st
 from scada.config import DIAG_POINTS
 from scada.diagnostics import DEMOTED, ONLINE
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import DriverHarness, free_port, free_port_range, load, until, write_tags
+from .helpers import free_port, free_port_range, load, until, write_tags
+from .test_modbus_driver import Harness
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +43,6 @@ def write_config(folder: Path, endpoints: list[tuple[str, str, int]], type_name:
         for n, ep, u in endpoints)
     write_tags(folder, extra_types=extra_types, devices="\ndevices:\n" + devices)
     return load(folder)
-
-
-class Harness(DriverHarness):
-    """The Modbus driver over ``config``'s devices, with a short backoff (recoveries within the waits)."""
-
-    def __init__(self, config) -> None:
-        super().__init__(config, lambda c, devices, db: ModbusDriver(c, devices, db, Backoff(base=0.1, cap=0.5)))
 
 
 @pytest.fixture
