@@ -25,28 +25,34 @@ from __future__ import annotations
 import argparse
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
+from operator import attrgetter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import COMMUNES, line, med  # noqa: E402
+from bench.harness import fmt_rate as fmt  # noqa: E402
 from scada.alarms.journal import Journal, JournalRow, StateRecord  # noqa: E402
 from scada.alarms.states import State  # noqa: E402
 
 TARGET = 5_000
 T0 = 1_795_860_000_000_000_000
-COMMUNES = ("Dijon", "Chenove", "Quetigny", "Talant", "Fontaine-les-Dijon", "Longvic", "Saint-Apollinaire",
-            "Chevigny-Saint-Sauveur")
-ALARMS = (("mains_loss", "critical", 900, "lighting_maintenance"), ("lamps_failed", "medium", 500,
-          "lighting_maintenance"), ("door_open", "high", 750, "lighting_maintenance"),
-          ("comm_loss", "high", 750, "lighting_maintenance"), ("conflict_fault", "critical", 900, "traffic"))
+ALARMS = (
+    ("mains_loss", "critical", 900, "lighting_maintenance"),
+    ("lamps_failed", "medium", 500, "lighting_maintenance"),
+    ("door_open", "high", 750, "lighting_maintenance"),
+    ("comm_loss", "high", 750, "lighting_maintenance"),
+    ("conflict_fault", "critical", 900, "traffic"),
+)
 # The life of an alarm: raised, acknowledged, cleared.
-CYCLE = (("ACTIVATE", State.UNACK_ACTIVE, True, False), ("ACK", State.ACK_ACTIVE, True, True),
-         ("CLEAR", State.NORMAL, False, True))
+CYCLE = (
+    ("ACTIVATE", State.UNACK_ACTIVE, True, False),
+    ("ACK", State.ACK_ACTIVE, True, True),
+    ("CLEAR", State.NORMAL, False, True),
+)
 
 
 def workload(n: int, instances: int):
@@ -60,11 +66,24 @@ def workload(n: int, instances: int):
         event, state, active, acked = CYCLE[(i // instances) % 3]
         t = T0 + i * 1_000_000
         value = 171.5 if active else 229.0
-        rows.append(JournalRow(t, alarm, device, commune, value, prio, sev, event, state.name,
-                               "" if event != "ACK" else "operator1", "", service,
-                               f"{commune} {device}: mains voltage {value:g} V"))
-        states.append(((alarm, device), StateRecord(state, active, acked, t if active else None,
-                                                    last_value=value)))
+        rows.append(
+            JournalRow(
+                t,
+                alarm,
+                device,
+                commune,
+                value,
+                prio,
+                sev,
+                event,
+                state.name,
+                "" if event != "ACK" else "operator1",
+                "",
+                service,
+                f"{commune} {device}: mains voltage {value:g} V",
+            )
+        )
+        states.append(((alarm, device), StateRecord(state, active, acked, t if active else None, last_value=value)))
     return rows, states
 
 
@@ -78,14 +97,14 @@ def build_cost(rows, states) -> float:
         [JournalRow(*f) for f in fields]
         [StateRecord(*f) for f in sfields]
         runs.append((time.perf_counter() - t) / len(rows) * 1e6)
-    return statistics.median(runs)
+    return med(runs)
 
 
 def batches(rows, states, size):
     out = []
     for a in range(0, len(rows), size):
         # the engine persists each touched instance once per batch: the last state wins
-        out.append((rows[a:a + size], list(dict(states[a:a + size]).items())))
+        out.append((rows[a : a + size], list(dict(states[a : a + size]).items())))
     return out
 
 
@@ -116,15 +135,41 @@ def run_baseline(path: Path, schema: list[str], work, synchronous="NORMAL") -> f
     db.execute(f"PRAGMA synchronous={synchronous}")
     for s in schema:
         db.execute(s)
-    ins = ('INSERT INTO journal (time_ns, alarm, device, commune, value, priority, severity, event, state, "user", '
-           "comment, service, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
-    ups = ("INSERT OR REPLACE INTO alarm_state (alarm, device, state, active, acked, since_ns, shelved_until_ns, "
-           "shelve_user, shelve_reason, assigned_to, last_value) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-    tuples = [([(r.time_ns, r.alarm, r.device, r.commune, r.value, r.priority, r.severity, r.event, r.state,
-                 r.user, r.comment, r.service, r.message) for r in rows],
-               [(k[0], k[1], s.state.name, int(s.active), int(s.acked), s.since_ns, s.shelved_until_ns,
-                 s.shelve_user, s.shelve_reason, s.assigned_to, s.last_value) for k, s in states])
-              for rows, states in work]
+    ins = (
+        'INSERT INTO journal (time_ns, alarm, device, commune, value, priority, severity, event, state, "user", '
+        "comment, service, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+    ups = (
+        "INSERT OR REPLACE INTO alarm_state (alarm, device, state, active, acked, since_ns, shelved_until_ns, "
+        "shelve_user, shelve_reason, assigned_to, last_value) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    )
+    # The journal's columns in the journal's order (built before the timed window).
+    row = attrgetter(
+        "time_ns", "alarm", "device", "commune", "value", "priority", "severity", "event", "state", "user", "comment",
+        "service", "message",
+    )  # fmt: skip
+    tuples = [
+        (
+            [row(r) for r in rows],
+            [
+                (
+                    k[0],
+                    k[1],
+                    s.state.name,
+                    int(s.active),
+                    int(s.acked),
+                    s.since_ns,
+                    s.shelved_until_ns,
+                    s.shelve_user,
+                    s.shelve_reason,
+                    s.assigned_to,
+                    s.last_value,
+                )  # fmt: skip
+                for k, s in states
+            ],
+        )
+        for rows, states in work
+    ]
     n = sum(len(r) for r, _ in tuples)
     t = time.perf_counter()
     for rows, states in tuples:
@@ -136,10 +181,6 @@ def run_baseline(path: Path, schema: list[str], work, synchronous="NORMAL") -> f
     assert db.execute("SELECT COUNT(*) FROM journal").fetchone()[0] == n
     db.close()
     return n / dt
-
-
-def fmt(r: float) -> str:
-    return f"{r / 1e3:,.1f} k/s" if r < 1e6 else f"{r / 1e6:,.2f} M/s"
 
 
 def main() -> None:
@@ -155,41 +196,60 @@ def main() -> None:
         schema = schema_of(tmp)
         rows, states = workload(args.rows, args.instances)
         build_us = build_cost(rows, states)
-        print(f"Journal.record: {args.reps} repetitions, medians; files in {tmp} "
-              f"(SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]})")
-        print(f"{'figure':58} {'measured':>12}   {'target / baseline':>22}   ratio")
+        print(
+            f"Journal.record: {args.reps} repetitions, medians; files in {tmp} "
+            f"(SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]})"
+        )
+        line("figure", "measured", "target / baseline", "ratio", width=12)
         k = 0
         for size, n in ((1, args.rows_single), (100, args.rows), (1000, args.rows)):
             work = batches(rows[:n], states[:n], size)
             ours, base = [], []
             for rep in range(args.reps):
-                order = (("ours", run_ours), ("base", run_baseline))
-                for name, fn in (order if rep % 2 == 0 else order[::-1]):
+                order = ("ours", "base")
+                for name in order if rep % 2 == 0 else order[::-1]:
                     k += 1
                     path = tmp / f"{name}-{k}.db"
                     if name == "ours":
-                        ours.append(fn(path, work))
+                        ours.append(run_ours(path, work))
                     else:
-                        base.append(fn(path, schema, work))
+                        base.append(run_baseline(path, schema, work))
                     for p in tmp.glob(f"{name}-{k}.db*"):
                         p.unlink()
-            o, b = statistics.median(ours), statistics.median(base)
+            o, b = med(ours), med(base)
             verdict = "PASS" if o >= TARGET else "MISS"
-            print(f"{f'journaled transitions/s, batches of {size:,} rows (+ states)':58} {fmt(o):>12}   "
-                  f"{f'>= {TARGET:,}/s':>22}   {o / TARGET:6.1f}x  {verdict}")
-            print(f"{'  bare sqlite3 executemany, same rows, same schema':58} {fmt(b):>12}   {'baseline':>22}   "
-                  f"ours/bare {o / b:.2f}")
+            line(
+                f"journaled transitions/s, batches of {size:,} rows (+ states)",
+                fmt(o),
+                f">= {TARGET:,}/s",
+                f"{o / TARGET:6.1f}x  {verdict}",
+                width=12,
+            )
+            line(
+                "  bare sqlite3 executemany, same rows, same schema",
+                fmt(b),
+                "baseline",
+                f"ours/bare {o / b:.2f}",
+                width=12,
+            )
             print(f"{'  spread ours (min-max)':58} {fmt(min(ours)) + ' - ' + fmt(max(ours)):>38}")
         for size, n in ((1, min(args.rows_single, 2_000)), (100, args.rows // 5)):
             work = batches(rows[:n], states[:n], size)
             full = []
-            for rep in range(max(1, args.reps // 2)):
+            for _ in range(max(1, args.reps // 2)):
                 k += 1
                 full.append(run_ours(tmp / f"full-{k}.db", work, synchronous="FULL"))
-            f = statistics.median(full)
-            print(f"{f'  synchronous=FULL, batches of {size:,} rows (info)':58} {fmt(f):>12}   "
-                  f"{f'>= {TARGET:,}/s':>22}   {f / TARGET:6.1f}x")
-        print(f"{'  engine side: building JournalRow + StateRecord per row':58} {build_us:>9.2f} us   (not in the rates above)")
+            f = med(full)
+            line(
+                f"  synchronous=FULL, batches of {size:,} rows (info)",
+                fmt(f),
+                f">= {TARGET:,}/s",
+                f"{f / TARGET:6.1f}x",
+                width=12,
+            )
+        print(
+            f"{'  engine side: building JournalRow + StateRecord per row':58} {build_us:>9.2f} us   (not in the rates above)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -31,25 +30,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import citygen  # noqa: E402
+from bench.harness import ROOT, Clock, load_config, med, timed  # noqa: E402
 from scada import status as st  # noqa: E402
 from scada.alarms.engine import AlarmEngine  # noqa: E402
 from scada.alarms.journal import Journal  # noqa: E402
-from scada.config import load_config  # noqa: E402
-from city_scada import load_config
 from scada.tagdb import TagDB  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-NORMAL = {"mode": 0, "dim_setpoint": 100, "power": 1.2, "energy": 100.0, "mains_voltage": 230.0, "failed_lamps": 0,
-          "lamp_count": 30, "temperature": 25.0, "dim_level": 100, "door_open": 0, "lamps_on": 1,
-          "mains_fault": 0, "earth_leakage_trip": 0, "lamp_test": 0, "reset_trip": 0}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time_ns()
-
-    def __call__(self) -> int:
-        return self.t
+NORMAL = {
+    "mode": 0,
+    "dim_setpoint": 100,
+    "power": 1.2,
+    "energy": 100.0,
+    "mains_voltage": 230.0,
+    "failed_lamps": 0,
+    "lamp_count": 30,
+    "temperature": 25.0,
+    "dim_level": 100,
+    "door_open": 0,
+    "lamps_on": 1,
+    "mains_fault": 0,
+    "earth_leakage_trip": 0,
+    "lamp_test": 0,
+    "reset_trip": 0,
+}
 
 
 def build(n_tags: int, work: Path):
@@ -71,12 +74,6 @@ def build(n_tags: int, work: Path):
     return config, tagdb, engine, clock, points, base, n_dev
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tags", type=int, default=1_000_000)
@@ -85,8 +82,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-alarms-"))
     t0 = time.perf_counter()
     config, tagdb, engine, clock, points, base, n_dev = build(args.tags, work)
-    print(f"\nAlarm engine: {config.tag_count:,} tags, {n_dev:,} cabinets, {engine.n:,} alarm instances "
-          f"({len(config.alarms.alarms)} definitions); built in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"\nAlarm engine: {config.tag_count:,} tags, {n_dev:,} cabinets, {engine.n:,} alarm instances "
+        f"({len(config.alarms.alarms)} definitions); built in {time.perf_counter() - t0:.1f} s"
+    )
     rng = np.random.default_rng(1)
     npts = len(points)
     temp = points.index("temperature")
@@ -104,13 +103,15 @@ def main() -> int:
         _ = v > 60.0
         return time.perf_counter() - t
 
-    for rep in range(args.reps):
+    for _ in range(args.reps):
         clock.t += 1_000_000_000
         # Full batch: every tag moves a little, nothing crosses a limit.
-        jitter = np.tile(base, n_dev) + rng.uniform(-0.4, 0.4, config.tag_count) * (np.arange(config.tag_count) % npts == temp)
+        jitter = np.tile(base, n_dev) + rng.uniform(-0.4, 0.4, config.tag_count) * (
+            np.arange(config.tag_count) % npts == temp
+        )
         batch = tagdb.update(all_ids, jitter, st.GOOD, clock.t)
         before = engine.transitions
-        record("full batch, no transition", timed(lambda: engine.process(batch)), bare(all_ids))
+        record("full batch, no transition", timed(engine.process, batch), bare(all_ids))
         assert engine.transitions == before
         # 10k tags at random devices: temperatures and voltages wobble within limits.
         dev = rng.choice(n_dev, 5000, replace=False)
@@ -118,7 +119,7 @@ def main() -> int:
         vals = np.where(ids % npts == temp, rng.uniform(20, 40, len(ids)), rng.uniform(225, 235, len(ids)))
         clock.t += 1_000_000_000
         batch = tagdb.update(ids, vals, st.GOOD, clock.t)
-        record("10k changed tags, no transition", timed(lambda: engine.process(batch)), bare(ids))
+        record("10k changed tags, no transition", timed(engine.process, batch), bare(ids))
         assert engine.transitions == before
         # 10k tags, 1 % of them temperatures crossing 60 degC: 100 transitions journaled.
         hot = rng.choice(len(ids), 100, replace=False)
@@ -128,7 +129,7 @@ def main() -> int:
         clock.t += 1_000_000_000
         batch = tagdb.update(ids, vals2 + rng.uniform(-0.01, 0.01, len(ids)), st.GOOD, clock.t)
         n0 = engine.transitions
-        record("10k changed tags, 1 % raising alarms", timed(lambda: engine.process(batch)), bare(ids))
+        record("10k changed tags, 1 % raising alarms", timed(engine.process, batch), bare(ids))
         raised = engine.transitions - n0
         assert raised == len(hot), (raised, len(hot))
         # and back to normal (clears; cabinet_hot has a 60 s off-delay: tick past it)
@@ -148,7 +149,7 @@ def main() -> int:
         clock.t += 1_000_000_000
         batch = tagdb.update(ids, np.full(size, 80.0), st.GOOD, clock.t)
         n0 = engine.transitions
-        dt = timed(lambda: engine.process(batch))
+        dt = timed(engine.process, batch)
         flood.append((size, (engine.transitions - n0) / dt))
         clock.t += 1_000_000_000
         engine.process(tagdb.update(ids, np.full(size, 25.0), st.GOOD, clock.t))
@@ -158,13 +159,15 @@ def main() -> int:
     targets = {"full batch, no transition": 10e-3, "10k changed tags, no transition": 1e-3}
     print(f"  {'batch':<38} {'engine (median)':>16} {'bare numpy':>12} {'ratio':>7}  target")
     for name, (ours, b) in results.items():
-        m, mb = statistics.median(ours), statistics.median(b)
+        m, mb = med(ours), med(b)
         target = targets.get(name)
         verdict = "" if target is None else (f"<= {target * 1e3:g} ms: " + ("met" if m <= target else "MISSED"))
         print(f"  {name:<38} {m * 1e3:>13.2f} ms {mb * 1e3:>9.3f} ms {m / mb:>6.1f}x  {verdict}")
     for size, rate in flood:
-        print(f"  flood of {size:,} activations in one batch: {rate:,.0f} transitions/s evaluated and journaled "
-              f"(target >= 5,000/s: {'met' if rate >= 5000 else 'MISSED'})")
+        print(
+            f"  flood of {size:,} activations in one batch: {rate:,.0f} transitions/s evaluated and journaled "
+            f"(target >= 5,000/s: {'met' if rate >= 5000 else 'MISSED'})"
+        )
     engine.journal.close()
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -19,7 +19,6 @@ import argparse
 import json
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,25 +28,8 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(port)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import PY, ROOT, Mosquitto, Process, free_port, med, scada_run, stop, wait_port  # noqa: E402
 
 
 def control(port: int, req: dict) -> dict:
@@ -58,7 +40,7 @@ def control(port: int, req: dict) -> dict:
 
 def sample(procs: dict[str, psutil.Process], seconds: float, every: float = 5.0):
     """CPU share (cores) per window and peak RSS of each process."""
-    shares = {k: [] for k in procs}
+    shares: dict[str, list[float]] = {k: [] for k in procs}
     rss = {k: 0 for k in procs}
     last = {k: p.cpu_times() for k, p in procs.items()}
     t_last = time.monotonic()
@@ -129,12 +111,16 @@ def capacity(server_code: str, clients: int = 16, seconds: float = 5.0) -> float
     server = subprocess.Popen([PY, "-c", server_code, str(port)], cwd=ROOT)
     try:
         wait_port(port, 30)
-        out = subprocess.run([PY, "-c", LOAD, str(port), str(clients), str(seconds)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=seconds + 60)
+        out = subprocess.run(
+            [PY, "-c", LOAD, str(port), str(clients), str(seconds)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
         return float(out.stdout.strip().splitlines()[-1])
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server, 10)
 
 
 def main() -> int:
@@ -150,52 +136,75 @@ def main() -> int:
     opc_sim, opc_scada, control_port = free_port(), free_port(), free_port()
     broker = None
     mqtt_args: list[str] = []
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if exe:
-        mport = free_port()
-        (work / "m.conf").write_text(f"listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        broker = subprocess.Popen([exe, "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(mport)
-        mqtt_args = ["--mqtt", f"127.0.0.1:{mport}"]
-    sim = subprocess.Popen([PY, "-m", "simulators", "city", "--preset", args.preset, "--base-port", str(base),
-                            "--opcua-port", str(opc_sim), "--control-port", str(control_port), "--config-out",
-                            str(work / "config"), "--types-from", str(ROOT / "tags.yaml"), *mqtt_args, "--log-json",
-                            "--event-loop", args.event_loop],
-                           cwd=ROOT, stdout=open(work / "sim.log", "w"), stderr=subprocess.STDOUT)
-    server = None
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        broker = Mosquitto(work / "mqtt")
+        mqtt_args = ["--mqtt", f"127.0.0.1:{broker.port}"]
+    sim = Process(
+        [
+            "-m",
+            "simulators",
+            "city",
+            "--preset",
+            args.preset,
+            "--base-port",
+            str(base),
+            "--opcua-port",
+            str(opc_sim),
+            "--control-port",
+            str(control_port),
+            "--config-out",
+            str(work / "config"),
+            "--types-from",
+            str(ROOT / "tags.yaml"),
+            *mqtt_args,
+            "--log-json",
+            "--event-loop",
+            args.event_loop,
+        ],
+        work / "sim.log",
+    )
+    server: Process | None = None
     try:
-        wait_port(control_port)
+        wait_port(control_port, 120)
         t_start = time.monotonic()
-        server = subprocess.Popen([PY, "-m", "city_scada", "run", "--config", str(work / "config"), "--opcua-endpoint",
-                                   f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "2", "--log-json",
-                                   "--data", str(work / "data"), "--event-loop", args.event_loop],
-                                  cwd=ROOT, stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT)
-        wait_port(opc_scada)
+        run = scada_run(
+            work / "config",
+            work / "data",
+            f"opc.tcp://127.0.0.1:{opc_scada}/scada/",
+            "--status-interval",
+            "2",
+            "--log-json",
+            "--event-loop",
+            args.event_loop,
+        )
+        server = Process(run, work / "server.log")
+        wait_port(opc_scada, 120)
         startup = time.monotonic() - t_start
         time.sleep(10)  # let every device come online
         r0 = control(control_port, {"stats": True})
         t0, w0 = time.monotonic(), time.time()
-        shares, rss = sample({"simulator": psutil.Process(sim.pid), "server": psutil.Process(server.pid)},
-                             args.seconds)
+        shares, rss = sample(
+            {"simulator": psutil.Process(sim.proc.pid), "server": psutil.Process(server.proc.pid)}, args.seconds
+        )
         r1 = control(control_port, {"stats": True})
         served = (r1["modbus_requests"] - r0["modbus_requests"]) / (time.monotonic() - t0)
         w1 = time.time()
         time.sleep(2.5)  # the status line that closes the window
-        status = [json.loads(line) for line in (work / "server.log").read_text().splitlines()
-                  if '"event": "status"' in line]
+        status = [
+            json.loads(line) for line in (work / "server.log").read_text().splitlines() if '"event": "status"' in line
+        ]
     finally:
-        for p in (server, sim, broker):
-            if p and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        for p in (server, sim):
+            if p:
+                p.stop(timeout=20)
+        if broker:
+            broker.stop()
     stock = [capacity(SERVE_STOCK) for _ in range(args.repeats)]
     ours = [capacity(SERVE_OURS) for _ in range(args.repeats)]
 
-    sim_cpu = statistics.median(shares["simulator"])
+    sim_cpu = med(shares["simulator"])
     devices = int(status[-1]["devices"].split("/")[1]) if status else r1["cabinets"]
+
     # Lateness counted over the sampling window only: the status lines (every 2 s) bracketing
     # it; what happened before, from the server's start, is printed apart (start-up).
     def at(x: dict) -> float:
@@ -210,10 +219,12 @@ def main() -> int:
     missed = last["missed_cycles"] - first["missed_cycles"]
     lag = max(x.get("loop_lag_ms", 0) for x in window[1:]) if len(window) > 1 else 0
     polls = int(r1["modbus_requests"] - r0["modbus_requests"]) // 4
-    srv_cpu = statistics.median(shares["server"])
-    print(f"\nWhole simulated city '{args.preset}' ({r1['cabinets']} cabinets, {r1['junctions']} junctions, "
-          f"{'MQTT on' if broker else 'no MQTT broker'}), server polling every cabinet at 1 s; "
-          f"{args.seconds:.0f} s, medians of 5 s windows")
+    srv_cpu = med(shares["server"])
+    print(
+        f"\nWhole simulated city '{args.preset}' ({r1['cabinets']} cabinets, {r1['junctions']} junctions, "
+        f"{'MQTT on' if broker else 'no MQTT broker'}), server polling every cabinet at 1 s; "
+        f"{args.seconds:.0f} s, medians of 5 s windows"
+    )
     rows = [
         ("simulator CPU share", f"{sim_cpu:.2f} cores", "target <= 1.00 core", "met" if sim_cpu <= 1.0 else "MISSED"),
         ("simulator CPU share, max window", f"{max(shares['simulator']):.2f} cores", "", ""),
@@ -223,15 +234,27 @@ def main() -> int:
         ("Modbus requests served", f"{served:.0f} /s", f"{r1['cabinets'] * 4} /s expected (4 blocks x 1 Hz)", ""),
         ("server start to OPC UA listening", f"{startup:.1f} s", "", ""),
         ("server CPU per 1,000 devices", f"{srv_cpu / (devices / 1000):.2f} cores", "", ""),
-        ("polls started >10 % late / missed cycles", f"{late} / {missed}",
-         f"of {polls:,} polls in the window", "every cycle on time" if late == 0 and missed == 0 else "LATE"),
+        (
+            "polls started >10 % late / missed cycles",
+            f"{late} / {missed}",
+            f"of {polls:,} polls in the window",
+            "every cycle on time" if late == 0 and missed == 0 else "LATE",
+        ),
         ("server event loop, longest late wake-up", f"{lag:.0f} ms", "in the window", ""),
-        ("late / missed before the window (start-up)", f"{first['late_polls']} / {first['missed_cycles']}",
-         f"first {at(first) - w0 + 10 + startup:.0f} s after the server's start", ""),
+        (
+            "late / missed before the window (start-up)",
+            f"{first['late_polls']} / {first['missed_cycles']}",
+            f"first {at(first) - w0 + 10 + startup:.0f} s after the server's start",
+            "",
+        ),
         ("devices online (last status line)", status[-1]["devices"] if status else "?", "", ""),
-        ("Modbus capacity, stock pymodbus server", f"{statistics.median(stock):.0f} req/s", "library baseline", ""),
-        ("Modbus capacity, our lighting adapter", f"{statistics.median(ours):.0f} req/s",
-         f"ratio {statistics.median(ours) / statistics.median(stock):.2f} of stock", ""),
+        ("Modbus capacity, stock pymodbus server", f"{med(stock):.0f} req/s", "library baseline", ""),
+        (
+            "Modbus capacity, our lighting adapter",
+            f"{med(ours):.0f} req/s",
+            f"ratio {med(ours) / med(stock):.2f} of stock",
+            "",
+        ),
     ]
     w = max(len(r[0]) for r in rows)
     for name, value, ref, verdict in rows:

@@ -44,20 +44,20 @@ import argparse
 import os
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import citygen  # noqa: E402
+from bench import citygen  # noqa: E402
+from bench.harness import fmt_rate as fmt  # noqa: E402
+from bench.harness import line as row  # noqa: E402
+from bench.harness import med  # noqa: E402
 from scada import status as st  # noqa: E402
 from scada.historian.compress import Compressor, StoredBatch  # noqa: E402
 from scada.historian.store import HistoryStore  # noqa: E402
@@ -93,15 +93,8 @@ def point_table():
     return out
 
 
-def fmt(x: float) -> str:
-    return f"{x / 1e6:.2f} M/s" if x >= 1e6 else f"{x / 1e3:.1f} k/s"
-
-
-def row(figure: str, measured: str, target: str = "", ratio: str = "") -> None:
-    print(f"{figure:58} {measured:>14}   {target:>22}   {ratio}")
-
-
 # -- (a) throughput ------------------------------------------------------------------------------
+
 
 def make_batches(n_tags: int, size: int, count: int, incompressible: bool, seed: int):
     pts = point_table()
@@ -120,8 +113,9 @@ def make_batches(n_tags: int, size: int, count: int, incompressible: bool, seed:
             ids = rng.choice(n_tags, size, replace=False)
         else:
             n_disc = size // 50
-            ids = np.concatenate([rng.choice(analog, size - n_disc, replace=False),
-                                  rng.choice(discrete, n_disc, replace=False)])
+            ids = np.concatenate(
+                [rng.choice(analog, size - n_disc, replace=False), rng.choice(discrete, n_disc, replace=False)]
+            )
         is_an = kind[ids] == ANALOG
         if incompressible:
             # Far beyond the deviation, alternating sign: every point closes the door.
@@ -130,8 +124,11 @@ def make_batches(n_tags: int, size: int, count: int, incompressible: bool, seed:
             level[ids] += np.where(is_an, step[ids] * (1 + rng.random(size)) * rng.choice([-1.0, 1.0], size), 0.0)
             level[ids] = np.where(is_an, level[ids], 1 - level[ids])
         times = T0 + b * S + rng.integers(0, S // 2, size)
-        batches.append(ChangeBatch(b, ids.astype(np.int64), level[ids].copy(), np.zeros(size, np.uint32),
-                                   times.astype(np.int64), 0))
+        batches.append(
+            ChangeBatch(
+                b, ids.astype(np.int64), level[ids].copy(), np.zeros(size, np.uint32), times.astype(np.int64), 0
+            )
+        )
     return batches, kind, deadband, deviation, per
 
 
@@ -173,11 +170,14 @@ def run_bare(path: Path, batches, keyed: bool) -> float:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     if keyed:
-        db.execute("CREATE TABLE raw (tag INTEGER NOT NULL, time_ns INTEGER NOT NULL, value REAL, "
-                   "status INTEGER NOT NULL, PRIMARY KEY (tag, time_ns)) WITHOUT ROWID")
+        db.execute(
+            "CREATE TABLE raw (tag INTEGER NOT NULL, time_ns INTEGER NOT NULL, value REAL, "
+            "status INTEGER NOT NULL, PRIMARY KEY (tag, time_ns)) WITHOUT ROWID"
+        )
     else:
-        db.execute("CREATE TABLE raw (tag INTEGER NOT NULL, time_ns INTEGER NOT NULL, value REAL, "
-                   "status INTEGER NOT NULL)")
+        db.execute(
+            "CREATE TABLE raw (tag INTEGER NOT NULL, time_ns INTEGER NOT NULL, value REAL, status INTEGER NOT NULL)"
+        )
     rows = [list(zip(b.ids.tolist(), b.source_time.tolist(), b.values.tolist(), b.status.tolist())) for b in batches]
     t0 = time.perf_counter()
     for r in rows:
@@ -189,15 +189,17 @@ def run_bare(path: Path, batches, keyed: bool) -> float:
     return sum(len(r) for r in rows) / elapsed
 
 
-def disk_figures(path: Path) -> tuple[float, float, float, float]:
+def disk_figures(path: Path) -> tuple[float, float, float, float, float]:
     """Bytes per stored value after close (merge + WAL checkpoint): (file, pages in use, raw
     table, rollup tables), and the share of free pages (the landing table's, reused by the
     next writes: a constant, not a cost per value)."""
     size = path.stat().st_size
     db = sqlite3.connect(path)
     try:
-        rows = db.execute("SELECT count(*) FROM raw").fetchone()[0] + db.execute(
-            "SELECT count(*) FROM raw_text").fetchone()[0]
+        rows = (
+            db.execute("SELECT count(*) FROM raw").fetchone()[0]
+            + db.execute("SELECT count(*) FROM raw_text").fetchone()[0]
+        )
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -215,12 +217,15 @@ def disk_figures(path: Path) -> tuple[float, float, float, float]:
 def section_throughput(args, tmp: Path) -> None:
     names, _, _ = citygen.tag_table(args.tags)
     warm = 20
-    print(f"\n[a. Compressor.compress + HistoryStore.write: {len(names):,} lighting tags, batches of "
-          f"{args.batch:,} changes, {args.batches} timed batches after {warm} of warm-up, "
-          f"{args.repeats} repetitions, medians]")
+    print(
+        f"\n[a. Compressor.compress + HistoryStore.write: {len(names):,} lighting tags, batches of "
+        f"{args.batch:,} changes, {args.batches} timed batches after {warm} of warm-up, "
+        f"{args.repeats} repetitions, medians]"
+    )
     for label, incompressible in (("city stream", False), ("incompressible", True)):
-        batches, kind, deadband, deviation, _ = make_batches(len(names), args.batch, warm + args.batches,
-                                                             incompressible, seed=7)
+        batches, kind, deadband, deviation, _ = make_batches(
+            len(names), args.batch, warm + args.batches, incompressible, seed=7
+        )
         rates, stored, merges, bare_key, bare_app, disks, alone = [], [], [], [], [], [], []
         for rep in range(args.repeats):
             d = tmp / f"{label.replace(' ', '-')}-{rep}"
@@ -236,25 +241,34 @@ def section_throughput(args, tmp: Path) -> None:
                 bare_key.append(run_bare(d / "bare-keyed.db", timed, keyed=True))
                 bare_app.append(run_bare(d / "bare-append.db", timed, keyed=False))
             shutil.rmtree(d)
-        rate = statistics.median(rates)
+        rate = med(rates)
         values_in = sum(len(b) for b in batches[warm:])
         ok = "PASS" if rate >= TARGET_RATE else "MISS"
         row(f"values in/s, {label}", fmt(rate), f">= {fmt(TARGET_RATE)}", f"{rate / TARGET_RATE:.2f}x  {ok}")
-        row("  values in / stored (timed part)", f"{values_in:,} / {stored[0]:,}",
-            "", f"{values_in / max(1, stored[0]):.1f}:1")
+        row(
+            "  values in / stored (timed part)",
+            f"{values_in:,} / {stored[0]:,}",
+            "",
+            f"{values_in / max(1, stored[0]):.1f}:1",
+        )
         row("  stored rows/s", fmt(rate * stored[0] / values_in))
-        row("  Compressor.compress alone, same batches", fmt(statistics.median(alone)))
-        row("  merge pauses (median / max)", f"{statistics.median(merges):.2f} s / {max(merges):.2f} s")
-        per_file, per_used, per_raw, per_roll, free = (statistics.median(x) for x in zip(*disks))
-        row("  disk bytes per stored value, pages in use", f"{per_used:.1f} B",
-            f"raw {per_raw:.1f} + rollups {per_roll:.1f}", f"file {per_file:.1f} B ({100 * free:.0f} % free pages)")
+        row("  Compressor.compress alone, same batches", fmt(med(alone)))
+        row("  merge pauses (median / max)", f"{med(merges):.2f} s / {max(merges):.2f} s")
+        per_file, per_used, per_raw, per_roll, free = (med(x) for x in zip(*disks))
+        row(
+            "  disk bytes per stored value, pages in use",
+            f"{per_used:.1f} B",
+            f"raw {per_raw:.1f} + rollups {per_roll:.1f}",
+            f"file {per_file:.1f} B ({100 * free:.0f} % free pages)",
+        )
         if incompressible:
-            bk, ba = statistics.median(bare_key), statistics.median(bare_app)
+            bk, ba = med(bare_key), med(bare_app)
             row("  bare executemany, same rows, PK (tag, time)", fmt(bk), "baseline", f"ours/bare {rate / bk:.2f}")
             row("  bare executemany, same rows, append-only table", fmt(ba), "floor", f"ours/floor {rate / ba:.2f}")
 
 
 # -- (b) a simulated night ----------------------------------------------------------------------------
+
 
 def section_night(args, tmp: Path) -> None:
     from simulators.adapters.modbus_lighting import REGISTER_MAP, model_values
@@ -270,18 +284,29 @@ def section_night(args, tmp: Path) -> None:
     deviation = np.tile([p[3] for p in pts], n_cab)
     analog = kinds == ANALOG
     rng = np.random.default_rng(3)
-    start = datetime(2026, 11, 28, 15, 0, tzinfo=timezone.utc).timestamp()
+    start = datetime(2026, 11, 28, 15, 0, tzinfo=UTC).timestamp()
     steps = int(args.hours * 3600)
-    print(f"\n[b. a simulated night: {n_cab} lighting cabinets x {per} points, 1-s steps from "
-          f"2026-11-28 15:00 UTC for {args.hours:g} h ({steps:,} steps), TagDB deadbands, 1 % deviation]")
+    print(
+        f"\n[b. a simulated night: {n_cab} lighting cabinets x {per} points, 1-s steps from "
+        f"2026-11-28 15:00 UTC for {args.hours:g} h ({steps:,} steps), TagDB deadbands, 1 % deviation]"
+    )
     t_sim = time.perf_counter()
-    state = lighting.create(47.32 + rng.uniform(-0.05, 0.05, n_cab), 5.04 + rng.uniform(-0.07, 0.07, n_cab),
-                            31, lamp_watts=60.0, t=start, seed=5, failure_rate=lighting.DEFAULT_FAILURE_RATE)
+    state = lighting.create(
+        47.32 + rng.uniform(-0.05, 0.05, n_cab),
+        5.04 + rng.uniform(-0.07, 0.07, n_cab),
+        31,
+        lamp_watts=60.0,
+        t=start,
+        seed=5,
+        failure_rate=lighting.DEFAULT_FAILURE_RATE,
+    )
     tagdb = TagDB(names, kinds, deadbands)
     ids = np.arange(len(names), dtype=np.int64)
-    comps = {"no heartbeat": Compressor(len(names), deviation, 0.0, kinds),
-             "1-h heartbeat": Compressor(len(names), deviation, 0.0, kinds, 3600 * S)}
-    outs = {k: [] for k in comps}
+    comps = {
+        "no heartbeat": Compressor(len(names), deviation, 0.0, kinds),
+        "1-h heartbeat": Compressor(len(names), deviation, 0.0, kinds, 3600 * S),
+    }
+    outs: dict[str, list[StoredBatch]] = {k: [] for k in comps}
     changes_in = np.zeros(len(names), np.int64)
     for k in range(1, steps + 1):
         t = start + k
@@ -315,26 +340,42 @@ def section_night(args, tmp: Path) -> None:
         a_in, a_st = changes_in[analog].sum(), per_tag[analog].sum()
         ratio = a_in / max(1, a_st)
         ok = "PASS" if ratio >= TARGET_RATIO else "MISS"
-        row(f"analog tags, {key}: changes in / stored", f"{a_in:,} / {a_st:,}", f">= {TARGET_RATIO:.0f}:1",
-            f"{ratio:.1f}:1  {ok}")
+        row(
+            f"analog tags, {key}: changes in / stored",
+            f"{a_in:,} / {a_st:,}",
+            f">= {TARGET_RATIO:.0f}:1",
+            f"{ratio:.1f}:1  {ok}",
+        )
         if key == "no heartbeat":
             for j, name in enumerate(point_names):
                 if pts[j][1] != ANALOG:
                     continue
                 m = np.arange(len(names)) % per == j
                 i_, s_ = changes_in[m].sum(), per_tag[m].sum()
-                row(f"  {name} (deviation {pts[j][3]:g}, deadband {pts[j][2]:g})", f"{i_:,} / {s_:,}",
-                    "", f"{i_ / max(1, s_):.1f}:1")
+                row(
+                    f"  {name} (deviation {pts[j][3]:g}, deadband {pts[j][2]:g})",
+                    f"{i_:,} / {s_:,}",
+                    "",
+                    f"{i_ / max(1, s_):.1f}:1",
+                )
             d_in, d_st = changes_in[~analog].sum(), per_tag[~analog].sum()
             row("  discrete tags (stored on change), info", f"{d_in:,} / {d_st:,}", "", f"{d_in / max(1, d_st):.1f}:1")
-            row("  polled values / stored, analog (context)", f"{polled * analog.mean():,.0f} / {a_st:,}", "",
-                f"{polled * analog.mean() / max(1, a_st):,.0f}:1")
+            row(
+                "  polled values / stored, analog (context)",
+                f"{polled * analog.mean():,.0f} / {a_st:,}",
+                "",
+                f"{polled * analog.mean() / max(1, a_st):,.0f}:1",
+            )
             path = tmp / "night.db"
             with HistoryStore(path, names) as store:
                 store.write(stored)
             per_file, per_used, per_raw, per_roll, _ = disk_figures(path)
-            row("  disk bytes per stored value, this night, in use", f"{per_used:.1f} B",
-                f"raw {per_raw:.1f} + rollups {per_roll:.1f}", "(+ tag names, fixed)")
+            row(
+                "  disk bytes per stored value, this night, in use",
+                f"{per_used:.1f} B",
+                f"raw {per_raw:.1f} + rollups {per_roll:.1f}",
+                "(+ tag names, fixed)",
+            )
     row("  simulation + TagDB + 2 compressors, wall time", f"{sim_s:.1f} s")
 
 
@@ -351,8 +392,10 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-historian-", dir=args.dir))
     only = set(args.only.split(","))
-    print(f"historian bench, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, files in {tmp}, "
-          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+    print(
+        f"historian bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, files in {tmp}, "
+        f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs"
+    )
     row("figure", "measured", "target / baseline", "ratio")
     try:
         if "throughput" in only:

@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_city import PY, ROOT, wait_port  # noqa: E402
+from bench.harness import PY, ROOT, free_port_range, med, stop, wait_port, write_inventory  # noqa: E402
 from common import eventloop  # noqa: E402
-from tests.integration.helpers import free_port_range  # noqa: E402
 
 SERVE = """
 import asyncio, sys, time
@@ -135,7 +133,7 @@ async def link_client(port, n, seconds):
 
 async def driver_client(port, n, seconds, folder):
     from drivers.modbus.driver import ModbusDriver
-    from city_scada import load_config
+    from bench.harness import load_config
     from scada.tagdb import TagDB
     cfg = load_config(folder)
     tagdb = TagDB(*cfg.tag_table())
@@ -168,18 +166,19 @@ eventloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.ar
 
 def write_driver_config(folder: Path, port: int, n: int) -> None:
     """The shipped lighting_cabinet type, n cabinets on consecutive ports, polled every millisecond."""
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tags.yaml").write_text(head + "\ninventories:\n  - file: cabinets.csv\n")
-    rows = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout"]
-    rows += [f"LC-{k:04d},lighting_cabinet,Dijon,47.3,5.0,127.0.0.1:{port + k},1,0.001,2.0" for k in range(n)]
-    (folder / "cabinets.csv").write_text("\n".join(rows) + "\n")
+    rows = [f"LC-{k:04d},lighting_cabinet,Dijon,47.3,5.0,127.0.0.1:{port + k},1,0.001,2.0" for k in range(n)]
+    write_inventory(folder, "cabinets.csv", "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout", rows)
 
 
 def run_client(mode: str, port: int, n: int, seconds: float, folder: Path) -> dict:
     client, loop = mode.split("/")
-    out = subprocess.run([PY, "-c", CLIENT, client, str(port), str(n), str(seconds), str(folder), loop], cwd=ROOT,
-                         capture_output=True, text=True, timeout=seconds + 120)
+    out = subprocess.run(
+        [PY, "-c", CLIENT, client, str(port), str(n), str(seconds), str(folder), loop],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
     if out.returncode:
         raise RuntimeError(f"{mode} client failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -187,38 +186,45 @@ def run_client(mode: str, port: int, n: int, seconds: float, folder: Path) -> di
 
 def measure(server_code: str, args, port: int, folder: Path) -> dict[str, list[dict]]:
     server = subprocess.Popen([PY, "-c", server_code, str(port), str(args.devices)], cwd=ROOT)
-    results: dict[str, list[dict]] = {f"{c}/{loop}": [] for loop in eventloop.LOOPS[::-1]
-                                      for c in ("pymodbus", "link", "driver")}
+    results: dict[str, list[dict]] = {
+        f"{c}/{loop}": [] for loop in eventloop.LOOPS[::-1] for c in ("pymodbus", "link", "driver")
+    }
     try:
         for k in range(args.devices):
             wait_port(port + k, 60)
         modes = list(results)
         for r in range(args.repeats):
-            for mode in (modes if r % 2 == 0 else modes[::-1]):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
                 results[mode].append(run_client(mode, port, args.devices, args.seconds, folder))
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server, 10)
     return results
 
 
 def report(title: str, results: dict[str, list[dict]]) -> float:
-    def med(mode: str, f) -> float:
-        return statistics.median(f(x) for x in results[mode])
+    def median(mode: str, f) -> float:
+        return med(f(x) for x in results[mode])
 
-    base = med("pymodbus/asyncio", lambda x: x["requests"] / x["cpu"])
+    base = median("pymodbus/asyncio", lambda x: x["requests"] / x["cpu"])
     print(f"\n{title}")
-    print(f"  {'client':<34} {'event loop':<10} {'req/s answered':>15} {'client CPU':>11} {'req per CPU-s':>14} "
-          f"{'vs pymodbus on asyncio':>23}")
-    names = {"pymodbus": "pymodbus AsyncModbusTcpClient", "link": "ours: Connection + frames",
-             "driver": "ours: whole ModbusDriver poll path"}
+    print(
+        f"  {'client':<34} {'event loop':<10} {'req/s answered':>15} {'client CPU':>11} {'req per CPU-s':>14} "
+        f"{'vs pymodbus on asyncio':>23}"
+    )
+    names = {
+        "pymodbus": "pymodbus AsyncModbusTcpClient",
+        "link": "ours: Connection + frames",
+        "driver": "ours: whole ModbusDriver poll path",
+    }
     for mode in results:
-        rate = med(mode, lambda x: x["requests"] / x["wall"])
-        cores = med(mode, lambda x: x["cpu"] / x["wall"])
-        per_cpu = med(mode, lambda x: x["requests"] / x["cpu"])
+        rate = median(mode, lambda x: x["requests"] / x["wall"])
+        cores = median(mode, lambda x: x["cpu"] / x["wall"])
+        per_cpu = median(mode, lambda x: x["requests"] / x["cpu"])
         client, loop = mode.split("/")
-        print(f"  {names[client]:<34} {loop:<10} {rate:>15,.0f} {cores:>10.2f}c {per_cpu:>14,.0f} {per_cpu / base:>22.2f}x")
-    return med(f"driver/{eventloop.DEFAULT}", lambda x: x["requests"] / x["cpu"])
+        print(
+            f"  {names[client]:<34} {loop:<10} {rate:>15,.0f} {cores:>10.2f}c {per_cpu:>14,.0f} {per_cpu / base:>22.2f}x"
+        )
+    return median(f"driver/{eventloop.DEFAULT}", lambda x: x["requests"] / x["cpu"])
 
 
 def main() -> int:
@@ -235,9 +241,11 @@ def main() -> int:
     head = f"{args.devices} cabinets, one connection each, flat out for {args.seconds:.0f} s; medians of {args.repeats} runs"
     report(f"Modbus client against the lighting simulator (pymodbus servers, own process): {head}", sim)
     drv = report(f"Modbus client against a lean responder (fixed registers, own process): {head}", fast)
-    print(f"\n  capacity of the driver path on {eventloop.DEFAULT}, the server's default loop (lean responder): "
-          f"{drv:,.0f} requests per CPU-second; "
-          f"target >= 20,000: {'met' if drv >= 20000 else 'MISSED'}")
+    print(
+        f"\n  capacity of the driver path on {eventloop.DEFAULT}, the server's default loop (lean responder): "
+        f"{drv:,.0f} requests per CPU-second; "
+        f"target >= 20,000: {'met' if drv >= 20000 else 'MISSED'}"
+    )
     print(f"  CPU per 1,000 lighting cabinets polled at 1 s (4 requests each): {4000 / drv:.2f} cores")
     return 0
 

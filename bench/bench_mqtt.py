@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,9 +56,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drivers.mqtt.frames import remaining_length
+from bench.harness import PY, Mosquitto, write_inventory  # noqa: E402
+from drivers.mqtt.frames import remaining_length  # noqa: E402
 
-PY = sys.executable
 POSITIONS = ["down", "rising", "up", "lowering"]
 
 
@@ -73,9 +72,17 @@ def state_messages(first: int, count: int, n: int) -> list[tuple[str, bytes]]:
     """``n`` bollard states cycling over devices ``first .. first + count - 1``."""
     out = []
     for k in range(n):
-        payload = json.dumps({"position": POSITIONS[k % 4], "height": (k % 100) / 100, "vehicle": k % 2 == 0,
-                              "obstruction": False, "emergency": False, "fault": False,
-                              "ts": "2026-11-28T10:00:00Z"}).encode()
+        payload = json.dumps(
+            {
+                "position": POSITIONS[k % 4],
+                "height": (k % 100) / 100,
+                "vehicle": k % 2 == 0,
+                "obstruction": False,
+                "emergency": False,
+                "fault": False,
+                "ts": "2026-11-28T10:00:00Z",
+            }
+        ).encode()
         out.append((f"city/bollards/B-{first + k % count:05d}/state", payload))
     return out
 
@@ -193,7 +200,7 @@ async def main():
         return
     from drivers.mqtt.driver import MqttDriver
     from common import logs
-    from city_scada import load_config
+    from bench.harness import load_config
     from scada.tagdb import TagDB
     logs.configure(level="WARNING")  # logs go to stderr; stdout carries the figures
     cfg = load_config(folder)
@@ -218,34 +225,19 @@ from common import eventloop
 eventloop.run(main(), sys.argv[7])
 """
 
-MODES = {"paho": "paho thread, counting (baseline)", "aio": "paho event loop, counting",
-         "fast": "fast path (event loop), counting", "driver-paho": "driver into the TagDB, paho path",
-         "driver": "driver into the TagDB, fast path"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
+MODES = {
+    "paho": "paho thread, counting (baseline)",
+    "aio": "paho event loop, counting",
+    "fast": "fast path (event loop), counting",
+    "driver-paho": "driver into the TagDB, paho path",
+    "driver": "driver into the TagDB, fast path",
+}
 
 
 def write_config(folder: Path, devices: int, port: int) -> None:
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tags.yaml").write_text(head + "\ninventories:\n  - file: bollards.csv\n")
-    rows = ["name,type,commune,lat,lon,endpoint"]
-    rows += [f"B-{d:05d},access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}" for d in range(devices)]
-    (folder / "bollards.csv").write_text("\n".join(rows) + "\n")
+    """The shipped types and ``devices`` access bollards on the broker at ``port``."""
+    rows = [f"B-{d:05d},access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}" for d in range(devices)]
+    write_inventory(folder, "bollards.csv", "name,type,commune,lat,lon,endpoint", rows)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -256,21 +248,36 @@ def cpu_seconds(pid: int) -> float:
 
 def run(mode: str, port: int, folder: Path, args, broker_pid: int) -> dict:
     broker_cpu = cpu_seconds(broker_pid)
-    rx = subprocess.Popen([PY, "-c", RECEIVER, mode, str(port), str(args.messages), "60", str(ROOT), str(folder),
-                           args.event_loop],
-                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    rx = subprocess.Popen(
+        [PY, "-c", RECEIVER, mode, str(port), str(args.messages), "60", str(ROOT), str(folder), args.event_loop],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert rx.stdout is not None
     assert rx.stdout.readline().strip() == "ready", f"{mode} receiver did not subscribe"
     per = args.messages // args.publishers
     chunk = args.devices // args.publishers
     script = RAW_PUBLISHER if args.publisher == "raw" else PAHO_PUBLISHER
-    pubs = [subprocess.Popen([PY, "-c", script, str(port), str(k * chunk), str(chunk), str(args.devices), str(per),
-                              str(ROOT)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            for k in range(args.publishers)]
+    pubs = [
+        subprocess.Popen(
+            [PY, "-c", script, str(port), str(k * chunk), str(chunk), str(args.devices), str(per), str(ROOT)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for k in range(args.publishers)
+    ]
     offered = sum(float(p.communicate(timeout=300)[0] or 0) for p in pubs)
     out, _ = rx.communicate(timeout=120)
     f = out.split()
-    r = {"n": int(f[0]), "secs": float(f[1]), "cpu": float(f[2]), "offered": offered,
-         "broker_cpu": cpu_seconds(broker_pid) - broker_cpu}
+    r = {
+        "n": int(f[0]),
+        "secs": float(f[1]),
+        "cpu": float(f[2]),
+        "offered": offered,
+        "broker_cpu": cpu_seconds(broker_pid) - broker_cpu,
+    }
     if len(f) > 3:
         r.update(rows=int(f[3]), garbage=int(f[4]), dropped=int(f[5]))
     return r
@@ -278,11 +285,13 @@ def run(mode: str, port: int, folder: Path, args, broker_pid: int) -> dict:
 
 # In-process costs (no broker, no other process): CPU seconds per message.
 
+
 def link_cpu_per_message(fast: bool, n: int = 100_000) -> float:
     """The link's packet path, counting only, fed by a scripted broker: paho's, or the fast path's."""
     import paho.mqtt.client as mqtt
 
     from drivers.mqtt.aio import AsyncioMqtt
+
     stream = b"".join(packet(t, p) for t, p in state_messages(0, 1000, 4000))
     copies = n // 4000
 
@@ -308,8 +317,12 @@ def link_cpu_per_message(fast: bool, n: int = 100_000) -> float:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         client.on_message = lambda c, u, msg: counted(1)
-        link = AsyncioMqtt(client, "127.0.0.1", server.sockets[0].getsockname()[1],
-                           on_messages=(lambda msgs: counted(len(msgs))) if fast else None)
+        link = AsyncioMqtt(
+            client,
+            "127.0.0.1",
+            server.sockets[0].getsockname()[1],
+            on_messages=(lambda msgs: counted(len(msgs))) if fast else None,
+        )
         link.start()
         await asyncio.wait_for(done.wait(), 120)
         await link.stop()
@@ -325,15 +338,16 @@ def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -
     of these messages each) -> inbox entries."""
     import collections
 
+    from bench.harness import load_config
     from drivers.mqtt.driver import MqttDriver
-    from city_scada import load_config
     from scada.tagdb import TagDB
+
     cfg = load_config(folder)
     drv = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
     drv._wake = asyncio.Event()
     broker = next(iter(drv.brokers.values()))
     msgs = [(t, p, False) for t, p in state_messages(0, len(cfg.devices), n)]
-    batches = [msgs[i:i + batch] for i in range(0, n, batch)]
+    batches = [msgs[i : i + batch] for i in range(0, n, batch)]
     c0 = time.process_time()
     for b in batches:
         drv._on_messages(broker, b)
@@ -343,10 +357,11 @@ def handover_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 375) -
 
 
 def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> float:
-    from drivers.mqtt.driver import MqttDriver
+    from bench.harness import load_config
     from common import logs
-    from city_scada import load_config
+    from drivers.mqtt.driver import MqttDriver
     from scada.tagdb import TagDB
+
     logs.configure(level="WARNING")
     cfg = load_config(folder)
     drv = MqttDriver(cfg, list(cfg.devices), TagDB(*cfg.tag_table()))
@@ -355,7 +370,7 @@ def driver_cpu_per_message(folder: Path, n: int = 100_000, batch: int = 500) -> 
     msgs = [(broker, t, p, now, 0) for t, p in state_messages(0, len(cfg.devices), n)]  # inbox entries
     c0 = time.process_time()
     for i in range(0, n, batch):
-        drv._process(msgs[i:i + batch])
+        drv._process(msgs[i : i + batch])
     c1 = time.process_time()
     assert drv.garbage == 0 and drv.received == n
     return (c1 - c0) / n
@@ -368,32 +383,36 @@ def main() -> int:
     ap.add_argument("--publishers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--publisher", choices=["raw", "paho"], default="raw")
-    ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
-                    help="the receivers' event loop (default: the server's, uvloop)")
+    ap.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the receivers' event loop (default: the server's, uvloop)",
+    )
     args = ap.parse_args()
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
-    port = free_port()
-    (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                                 "max_queued_messages 1000000\n")
-    broker = subprocess.Popen([exe, "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = Mosquitto(work / "mqtt", "max_queued_messages 1000000\n")
+    port = broker.port
+    assert broker.proc is not None  # started by the constructor
+    broker_pid = broker.proc.pid
     results: dict[str, list[dict]] = {m: [] for m in MODES}
-    inproc_costs = {"paho": lambda: link_cpu_per_message(False), "fast": lambda: link_cpu_per_message(True),
-                    "handover": lambda: handover_cpu_per_message(work / "config"),
-                    "driver": lambda: driver_cpu_per_message(work / "config")}
+    inproc_costs = {
+        "paho": lambda: link_cpu_per_message(False),
+        "fast": lambda: link_cpu_per_message(True),
+        "handover": lambda: handover_cpu_per_message(work / "config"),
+        "driver": lambda: driver_cpu_per_message(work / "config"),
+    }
     inproc: dict[str, list[float]] = {what: [] for what in inproc_costs}
     try:
-        wait_port(port)
         write_config(work / "config", args.devices, port)
         order, in_order = list(MODES), list(inproc_costs)
         for rep in range(args.repeats):
-            for mode in (order if rep % 2 == 0 else order[::-1]):
-                results[mode].append(run(mode, port, work / "config", args, broker.pid))
-            for what in (in_order if rep % 2 == 0 else in_order[::-1]):
+            for mode in order if rep % 2 == 0 else order[::-1]:
+                results[mode].append(run(mode, port, work / "config", args, broker_pid))
+            for what in in_order if rep % 2 == 0 else in_order[::-1]:
                 inproc[what].append(inproc_costs[what]())
     finally:
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     def rate(mode):
@@ -406,39 +425,51 @@ def main() -> int:
         return statistics.median(r["cpu"] / r["n"] for r in results[mode]) * 1e6
 
     def ratio(mode, against):  # paired within each repetition, then the median
-        return statistics.median((r["n"] / r["secs"]) / (b["n"] / b["secs"])
-                                 for r, b in zip(results[mode], results[against]))
+        return statistics.median(
+            (r["n"] / r["secs"]) / (b["n"] / b["secs"]) for r, b in zip(results[mode], results[against])
+        )
 
-    print(f"\nMQTT ingest, {args.messages:,} JSON messages (QoS 0, {args.publisher} publishers x {args.publishers}) "
-          f"for {args.devices:,} bollards through Mosquitto; medians of {args.repeats}, order alternating; "
-          f"receivers on {args.event_loop}")
+    print(
+        f"\nMQTT ingest, {args.messages:,} JSON messages (QoS 0, {args.publisher} publishers x {args.publishers}) "
+        f"for {args.devices:,} bollards through Mosquitto; medians of {args.repeats}, order alternating; "
+        f"receivers on {args.event_loop}"
+    )
     offered = statistics.median(r["offered"] for rs in results.values() for r in rs)
     per_msg = statistics.median(r["broker_cpu"] / args.messages for rs in results.values() for r in rs) * 1e6
     print(f"  publishers' send rate (taken by Mosquitto) {offered:>10,.0f} msg/s   Mosquitto CPU {per_msg:.1f} us/msg")
     for mode, label in MODES.items():
         delivered = min(r["n"] for r in results[mode])
         cost = cpu_us(mode)
-        print(f"  {label:<40} {rate(mode):>10,.0f} msg/s  x{ratio(mode, 'paho'):.2f} of baseline  "
-              f"receiver CPU {share(mode):.2f} cores, {cost:5.1f} us/msg  delivered {delivered:,}")
+        print(
+            f"  {label:<40} {rate(mode):>10,.0f} msg/s  x{ratio(mode, 'paho'):.2f} of baseline  "
+            f"receiver CPU {share(mode):.2f} cores, {cost:5.1f} us/msg  delivered {delivered:,}"
+        )
     ro = rate("driver")
-    print(f"  driver: target >= 50,000 msg/s {'met' if ro >= 50_000 else 'MISSED'}; "
-          f"x{ratio('driver', 'driver-paho'):.2f} of the driver on the paho path, x{ratio('driver', 'fast'):.2f} of "
-          f"the fast path counting; CPU per message {cpu_us('driver'):.1f} us (paho path {cpu_us('driver-paho'):.1f}), "
-          f"of which the link and the loop {cpu_us('fast'):.1f} us (paho: {cpu_us('aio'):.1f}) (counting receivers)")
+    print(
+        f"  driver: target >= 50,000 msg/s {'met' if ro >= 50_000 else 'MISSED'}; "
+        f"x{ratio('driver', 'driver-paho'):.2f} of the driver on the paho path, x{ratio('driver', 'fast'):.2f} of "
+        f"the fast path counting; CPU per message {cpu_us('driver'):.1f} us (paho path {cpu_us('driver-paho'):.1f}), "
+        f"of which the link and the loop {cpu_us('fast'):.1f} us (paho: {cpu_us('aio'):.1f}) (counting receivers)"
+    )
     last = results["driver"][-1]
-    print(f"  driver, last run: {last['rows']:,} rows stored in the TagDB (6 per message, a tag's last value per "
-          f"batch), garbage {last['garbage']}, dropped {last['dropped']}")
+    print(
+        f"  driver, last run: {last['rows']:,} rows stored in the TagDB (6 per message, a tag's last value per "
+        f"batch), garbage {last['garbage']}, dropped {last['dropped']}"
+    )
     us = {what: statistics.median(v) * 1e6 for what, v in inproc.items()}
 
     def line(label, cost):
         return f"    {label:<44} {cost:6.1f} us   ({1e6 / cost:>8,.0f} msg/s on one core)"
+
     print("  in-process CPU per message (no broker):")
     print(line("paho packet path via the link, counting", us["paho"]))
     print(line("fast path via the link, counting", us["fast"]))
     print(line("fast path hand-over to the driver's inbox", us["handover"]))
     print(line("driver decode + TagDB store (batch 500)", us["driver"]))
-    for label, parts in (("sum, paho path: one message into the TagDB", ("paho", "driver")),
-                         ("sum, fast path: one message into the TagDB", ("fast", "handover", "driver"))):
+    for label, parts in (
+        ("sum, paho path: one message into the TagDB", ("paho", "driver")),
+        ("sum, fast path: one message into the TagDB", ("fast", "handover", "driver")),
+    ):
         print(line(label, sum(us[p] for p in parts)))
     print("    (50,000 msg/s on one core needs <= 20.0 us a message)")
     return 0

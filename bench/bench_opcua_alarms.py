@@ -24,21 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import citygen  # noqa: E402
+from bench.harness import ROOT, Clock, emit, free_port, load_config, rss, run_child  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PER_CABINET = 7  # alarms of the shipped lighting_cabinet type
 
 
@@ -53,7 +50,7 @@ def _config_dir(instances: int | None, work: Path) -> Path:
 
 def _rss() -> int:
     gc.collect()
-    return psutil.Process().memory_info().rss
+    return rss()
 
 
 async def _build(instances: int | None) -> dict:
@@ -61,7 +58,6 @@ async def _build(instances: int | None) -> dict:
 
     from scada.alarms.engine import AlarmEngine
     from scada.alarms.journal import Journal
-    from city_scada import load_config
     from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
     from scada.opcua.alarms import AlarmConditions
     from scada.tagdb import TagDB
@@ -83,8 +79,14 @@ async def _build(instances: int | None) -> dict:
         dt = time.perf_counter() - t0
         rss1 = _rss()
         journal.close()
-        return {"instances": engine.n, "devices": len(config.devices), "nodes": conds.node_count,
-                "tag_nodes": builder.node_count, "seconds": dt, "rss_mib": (rss1 - rss0) / 2**20}
+        return {
+            "instances": engine.n,
+            "devices": len(config.devices),
+            "nodes": conds.node_count,
+            "tag_nodes": builder.node_count,
+            "seconds": dt,
+            "rss_mib": (rss1 - rss0) / 2**20,
+        }
 
 
 async def _stock(n: int) -> dict:
@@ -102,36 +104,19 @@ async def _stock(n: int) -> dict:
     return {"instances": n, "seconds": dt, "rss_mib": (_rss() - rss0) / 2**20}
 
 
-def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"bench child {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = time.time_ns()
-
-    def __call__(self) -> int:
-        return self.t
-
-
 async def _events(instances: int, target: int) -> dict:
     from scada.alarms.engine import AlarmEngine
     from scada.alarms.journal import Journal
-    from city_scada import load_config
     from scada.opcua.server import HmiServer
     from scada.tagdb import TagDB
 
     sys.path.insert(0, str(ROOT))
-    from tests.integration.helpers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(_config_dir(instances, Path(tmp)))
         tagdb = TagDB(*config.tag_table())
         journal = Journal(Path(tmp) / "j.sqlite")
-        clock = _Clock()
+        clock = Clock()
         engine = AlarmEngine(config, tagdb, journal, clock)
         devs = config.devices
         cls = {d.type: config.types[d.type].cls for d in devs}
@@ -149,6 +134,7 @@ async def _events(instances: int, target: int) -> dict:
         await hmi.start()
         task = asyncio.create_task(hmi.run())
         conds = hmi.conditions
+        assert conds is not None  # the server was given the engine
 
         up = False
 
@@ -176,18 +162,31 @@ async def _events(instances: int, target: int) -> dict:
             # One client on the Server object, in its own process (as an HMI would be): its
             # decoding must not eat the server's CPU. It prints "ready", then the seconds between
             # the first and the last of the events it was told to expect.
-            client_err = open(Path(tmp) / "client.err", "w+")
+            client_err = open(Path(tmp) / "client.err", "w+")  # noqa: SIM115  (the child writes it until it ends)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--child", "client", url, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=client_err)
+                sys.executable,
+                __file__,
+                "--child",
+                "client",
+                url,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=client_err,
+            )
+            assert proc.stdin is not None and proc.stdout is not None  # both piped
 
             async def line() -> str:
+                assert proc.stdout is not None  # piped
                 text = (await asyncio.wait_for(proc.stdout.readline(), 600)).decode().strip()
                 if not text:
                     client_err.seek(0)
                     err = client_err.read()
-                    raise RuntimeError("the client process ended:\n" + "\n".join(
-                        ln for ln in err.splitlines() if "rror" in ln or "isconnect" in ln or "imeout" in ln)[-4000:])
+                    raise RuntimeError(
+                        "the client process ended:\n"
+                        + "\n".join(
+                            ln for ln in err.splitlines() if "rror" in ln or "isconnect" in ln or "imeout" in ln
+                        )[-4000:]
+                    )
                 return text
 
             assert await line() == "ready"
@@ -232,11 +231,19 @@ async def _events(instances: int, target: int) -> dict:
                 pass
             await hmi.stop()
             journal.close()
-        return {"instances": engine.n, "events": sent, "server_only_per_s": server_rate,
-                "with_client_server_per_s": sent / emitted_at, "client_received_per_s": sent / received_s,
-                "end_to_end_per_s": sent / total_s, "max_loop_stall_s": lag[0],
-                "retained": retained, "refresh_call_s": call_s, "refresh_all_received_s": refresh_s,
-                "dropped": conds.dropped}
+        return {
+            "instances": engine.n,
+            "events": sent,
+            "server_only_per_s": server_rate,
+            "with_client_server_per_s": sent / emitted_at,
+            "client_received_per_s": sent / received_s,
+            "end_to_end_per_s": sent / total_s,
+            "max_loop_stall_s": lag[0],
+            "retained": retained,
+            "refresh_call_s": call_s,
+            "refresh_all_received_s": refresh_s,
+            "dropped": conds.dropped,
+        }
 
 
 async def _client(url: str) -> None:
@@ -258,6 +265,7 @@ async def _client(url: str) -> None:
         return (await loop.run_in_executor(None, sys.stdin.readline)).strip()
 
     import logging
+
     logging.getLogger("asyncua.client.client").setLevel(logging.INFO)  # says why a link is dropped
     async with Client(url, timeout=30) as client:  # asyncua's default 1 s watchdog, as an HMI would
         sub = await client.create_subscription(100, Handler())
@@ -272,9 +280,11 @@ async def _client(url: str) -> None:
         done.clear()
         want[0] = int(n)
         t0 = time.perf_counter()
-        await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
-            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
-            ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
+        # asyncua annotates NodeId's identifier with NewTypes; a plain int is what it takes.
+        await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(  # type: ignore[arg-type]
+            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),  # type: ignore[arg-type]
+            ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+        )
         call_s = time.perf_counter() - t0
         if len(times) < want[0]:
             await asyncio.wait_for(done.wait(), 600)
@@ -299,31 +309,41 @@ def main() -> int:
             return 0
         else:
             res = asyncio.run(_events(int(arg), int(a.child[2])))
-        print(json.dumps(res))
+        emit(res)
         return 0
     print("1. build (fresh subprocess each)")
-    print(f"{'config':>10} {'devices':>8} {'instances':>9} {'nodes':>7} {'seconds':>8} {'RSS MiB':>8} "
-          f"{'us/cond':>8} {'KiB/cond':>8}")
+    print(
+        f"{'config':>10} {'devices':>8} {'instances':>9} {'nodes':>7} {'seconds':>8} {'RSS MiB':>8} "
+        f"{'us/cond':>8} {'KiB/cond':>8}"
+    )
     for label, arg in (("shipped", "shipped"), (str(a.instances), str(a.instances))):
-        r = _child(["build", arg])
+        r = run_child(__file__, ["build", arg])
         n = max(r["instances"], 1)
-        print(f"{label:>10} {r['devices']:>8} {r['instances']:>9} {r['nodes']:>7} {r['seconds']:>8.3f} "
-              f"{r['rss_mib']:>8.1f} {r['seconds'] / n * 1e6:>8.1f} {r['rss_mib'] * 1024 / n:>8.2f}")
+        print(
+            f"{label:>10} {r['devices']:>8} {r['instances']:>9} {r['nodes']:>7} {r['seconds']:>8.3f} "
+            f"{r['rss_mib']:>8.1f} {r['seconds'] / n * 1e6:>8.1f} {r['rss_mib'] * 1024 / n:>8.2f}"
+        )
     if a.stock:
-        r = _child(["stock", str(a.stock)])
+        r = run_child(__file__, ["stock", str(a.stock)])
         each_s, each_kib = r["seconds"] / r["instances"], r["rss_mib"] * 1024 / r["instances"]
-        print(f"{'stock':>10} {'':>8} {r['instances']:>9} {'':>7} {r['seconds']:>8.2f} {r['rss_mib']:>8.1f} "
-              f"{each_s * 1e6:>8.0f} {each_kib:>8.1f}   -> {a.instances} the stock way: "
-              f"{each_s * a.instances / 60:.0f} min, {each_kib * a.instances / 2**20:.1f} GiB")
+        print(
+            f"{'stock':>10} {'':>8} {r['instances']:>9} {'':>7} {r['seconds']:>8.2f} {r['rss_mib']:>8.1f} "
+            f"{each_s * 1e6:>8.0f} {each_kib:>8.1f}   -> {a.instances} the stock way: "
+            f"{each_s * a.instances / 60:.0f} min, {each_kib * a.instances / 2**20:.1f} GiB"
+        )
     print("\n2-3. events and refresh")
-    r = _child(["events", str(a.instances), str(a.events)])
-    print(f"instances {r['instances']}, events {r['events']}: no client {r['server_only_per_s']:,.0f}/s, "
-          f"with one client: server {r['with_client_server_per_s']:,.0f}/s, "
-          f"client received {r['client_received_per_s']:,.0f}/s (first to last), "
-          f"end to end {r['end_to_end_per_s']:,.0f}/s; dropped {r['dropped']}; "
-          f"server loop's longest stall {r['max_loop_stall_s'] * 1e3:.0f} ms")
-    print(f"ConditionRefresh of {r['retained']} retained conditions: call returned in {r['refresh_call_s']:.2f} s, "
-          f"all received in {r['refresh_all_received_s']:.2f} s")
+    r = run_child(__file__, ["events", str(a.instances), str(a.events)])
+    print(
+        f"instances {r['instances']}, events {r['events']}: no client {r['server_only_per_s']:,.0f}/s, "
+        f"with one client: server {r['with_client_server_per_s']:,.0f}/s, "
+        f"client received {r['client_received_per_s']:,.0f}/s (first to last), "
+        f"end to end {r['end_to_end_per_s']:,.0f}/s; dropped {r['dropped']}; "
+        f"server loop's longest stall {r['max_loop_stall_s'] * 1e3:.0f} ms"
+    )
+    print(
+        f"ConditionRefresh of {r['retained']} retained conditions: call returned in {r['refresh_call_s']:.2f} s, "
+        f"all received in {r['refresh_all_received_s']:.2f} s"
+    )
     return 0
 
 

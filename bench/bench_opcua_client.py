@@ -33,18 +33,18 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datetime import UTC
+
+from bench.harness import PY, ROOT, free_port, med, stop, string_node_id  # noqa: E402
 from common import eventloop  # noqa: E402
 
-PY = sys.executable
 NAMESPACE = "urn:city-scada:bench"
 TARGET = 20_000
 
@@ -55,9 +55,10 @@ def node_id(d: int, p: int) -> str:
 
 # The server process
 
+
 async def serve(port: int, devices: int, points: int, change_ms: float, stats: Path) -> None:
     import logging
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from asyncua import Server, ua
 
@@ -68,7 +69,7 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
     # raised and caught): 41 % of this server's CPU in a py-spy profile. Answered directly here,
     # in the load generator only, so that the server can outrun the clients it feeds.
     guess = ua.Variant._guess_type
-    ua.Variant._guess_type = lambda self, val: ua.VariantType.Null if val is None else guess(self, val)
+    ua.Variant._guess_type = lambda self, val: ua.VariantType.Null if val is None else guess(self, val)  # type: ignore[method-assign]
 
     class Value(ua.DataValue):
         """Never mutated once written: asyncua's deep copy per notified value is skipped (as the
@@ -82,20 +83,22 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace(NAMESPACE)
-    root = await server.nodes.objects.add_folder(ua.NodeId("Bench", ns), "Bench")
+    root = await server.nodes.objects.add_folder(string_node_id("Bench", ns), "Bench")
     ids = []
     for g in range(0, devices, 100):
-        group = await root.add_folder(ua.NodeId(f"G{g // 100}", ns), f"G{g // 100}")
+        group = await root.add_folder(string_node_id(f"G{g // 100}", ns), f"G{g // 100}")
         for d in range(g, min(devices, g + 100)):
-            dev = await group.add_object(ua.NodeId(f"D{d:05d}", ns), f"D{d:05d}")
+            dev = await group.add_object(string_node_id(f"D{d:05d}", ns), f"D{d:05d}")
             for p in range(points):
-                node = await dev.add_variable(ua.NodeId(node_id(d, p), ns), f"P{p}", ua.Variant(0.0, ua.VariantType.Double))
+                node = await dev.add_variable(
+                    string_node_id(node_id(d, p), ns), f"P{p}", ua.Variant(0.0, ua.VariantType.Double)
+                )
                 ids.append(node.nodeid)
     await server.start()
-    attrs = [server.iserver.aspace.get(nid).attributes[ua.AttributeIds.Value] for nid in ids]
-    double, good = ua.VariantType.Double, ua.StatusCode(ua.StatusCodes.Good)
+    attrs = [server.iserver.aspace[nid].attributes[ua.AttributeIds.Value] for nid in ids]
+    double, good = ua.VariantType.Double, ua.StatusCode(ua.StatusCodes.Good)  # type: ignore[arg-type]  # asyncua's UInt32 NewType
     writes = 0
-    out = open(stats, "a", buffering=1)
+    out = open(stats, "a", buffering=1)  # noqa: SIM115  (written until the process is terminated)
 
     async def report() -> None:
         while True:
@@ -111,12 +114,12 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
     next_t = time.monotonic()
     try:
         while True:
-            part = attrs[(tick % slices) * per:(tick % slices + 1) * per]
-            now = datetime.now(timezone.utc)
+            part = attrs[(tick % slices) * per : (tick % slices + 1) * per]
+            now = datetime.now(UTC)
             base = tick * 0.01
             for k, attr in enumerate(part):
                 # What Server.write_attribute_value does, minus its lookups and type check per call.
-                dv = Value(ua.Variant(base + k, double), StatusCode=good, SourceTimestamp=now, ServerTimestamp=now)
+                dv = Value(ua.Variant(base + k, double), StatusCode=good, SourceTimestamp=now, ServerTimestamp=now)  # type: ignore[arg-type]  # DateTime NewType
                 attr.value = dv
                 for handle, callback in attr.datachange_callbacks.items():
                     await callback(handle, dv)
@@ -138,6 +141,7 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
 
 # The client processes
 
+
 def write_config(folder: Path, url: str, devices: int, points: int, publishing_ms: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pts = "".join(f'      P{p}: {{node: "{{device}}.P{p}"}}\n' for p in range(points))
@@ -158,8 +162,9 @@ equipment_types:
     (folder / "devices.csv").write_text("\n".join(rows) + "\n")
 
 
-async def client(mode: str, url: str, devices: int, points: int, publishing_ms: float, warmup: float,
-                 seconds: float, folder: Path) -> dict:
+async def client(
+    mode: str, url: str, devices: int, points: int, publishing_ms: float, warmup: float, seconds: float, folder: Path
+) -> dict:
     import logging
 
     from asyncua import Client, ua
@@ -167,6 +172,7 @@ async def client(mode: str, url: str, devices: int, points: int, publishing_ms: 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     total = devices * points
     if mode == "bare":
+
         class Handler:
             n = 0
 
@@ -178,9 +184,9 @@ async def client(mode: str, url: str, devices: int, points: int, publishing_ms: 
         await c.connect()
         try:
             ns = await c.get_namespace_index(NAMESPACE)
-            nodes = [c.get_node(ua.NodeId(node_id(d, p), ns)) for d in range(devices) for p in range(points)]
+            nodes = [c.get_node(string_node_id(node_id(d, p), ns)) for d in range(devices) for p in range(points)]
             sub = await c.create_subscription(publishing_ms, handler)
-            handles = await sub.subscribe_data_change(nodes, queuesize=1, sampling_interval=0)
+            handles = await sub.subscribe_data_change(nodes, queuesize=1, sampling_interval=0)  # type: ignore[call-overload]  # stubs: one node only
             assert not [h for h in handles if isinstance(h, ua.StatusCode)]
             count = lambda: handler.n  # noqa: E731
             result = await _window(count, None, warmup, seconds)
@@ -188,11 +194,12 @@ async def client(mode: str, url: str, devices: int, points: int, publishing_ms: 
             await c.disconnect()
         return result
 
+    from bench.harness import load_config
+    from common import logs
     from drivers.opcua.driver import OpcUaDriver
     from scada import status
-    from common import logs
-    from city_scada import load_config
     from scada.tagdb import TagDB
+
     logs.configure(level="WARNING")
     write_config(folder, url, devices, points, publishing_ms)
     cfg = load_config(folder)
@@ -232,6 +239,7 @@ async def _window(count, rows, warmup: float, seconds: float) -> dict:
 
 # The orchestration
 
+
 def server_window(stats: Path, t0: float, t1: float) -> tuple[float, float]:
     """Server writes per second and CPU share between the samples that frame [t0, t1]."""
     lines = [json.loads(x) for x in stats.read_text().splitlines() if x.strip()]
@@ -250,8 +258,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--event-loop", choices=eventloop.LOOPS, default=eventloop.DEFAULT,
-                    help="the clients' event loop (default: the server's, uvloop; the bench server stays on asyncio)")
+    ap.add_argument(
+        "--event-loop",
+        choices=eventloop.LOOPS,
+        default=eventloop.DEFAULT,
+        help="the clients' event loop (default: the server's, uvloop; the bench server stays on asyncio)",
+    )
     ap.add_argument("--serve", nargs=2, metavar=("PORT", "STATS"), help=argparse.SUPPRESS)
     ap.add_argument("--client", nargs=3, metavar=("MODE", "URL", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -260,36 +272,58 @@ def main() -> int:
         return 0
     if args.client:
         mode, url, folder = args.client
-        r = eventloop.run(client(mode, url, args.devices, args.points, args.publishing_ms, args.warmup, args.seconds,
-                                 Path(folder)), args.event_loop)
+        r = eventloop.run(
+            client(mode, url, args.devices, args.points, args.publishing_ms, args.warmup, args.seconds, Path(folder)),
+            args.event_loop,
+        )
         print(json.dumps(r), flush=True)
         return 0
 
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-opcua-"))
     stats = work / "server.jsonl"
-    common = ["--devices", str(args.devices), "--points", str(args.points), "--change-ms", str(args.change_ms),
-              "--publishing-ms", str(args.publishing_ms), "--seconds", str(args.seconds), "--warmup", str(args.warmup),
-              "--event-loop", args.event_loop]
+    common = [
+        "--devices",
+        str(args.devices),
+        "--points",
+        str(args.points),
+        "--change-ms",
+        str(args.change_ms),
+        "--publishing-ms",
+        str(args.publishing_ms),
+        "--seconds",
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--event-loop",
+        args.event_loop,
+    ]
     me = str(Path(__file__).resolve())
     url = f"opc.tcp://127.0.0.1:{port}/bench/"
     total = args.devices * args.points
     t_build = time.monotonic()
-    server = subprocess.Popen([PY, me, *common, "--serve", str(port), str(stats)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)
+    server = subprocess.Popen(
+        [PY, me, *common, "--serve", str(port), str(stats)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     runs: dict[str, list[dict]] = {"bare": [], "ours": []}
     try:
+        assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready", "the bench server did not start"
-        print(f"server: {total:,} variables ({args.devices} devices x {args.points} points) built and listening "
-              f"in {time.monotonic() - t_build:.1f} s; each rewritten every {args.change_ms:.0f} ms "
-              f"(offered {total / args.change_ms * 1000:,.0f} writes/s)", flush=True)
+        print(
+            f"server: {total:,} variables ({args.devices} devices x {args.points} points) built and listening "
+            f"in {time.monotonic() - t_build:.1f} s; each rewritten every {args.change_ms:.0f} ms "
+            f"(offered {total / args.change_ms * 1000:,.0f} writes/s)",
+            flush=True,
+        )
         for r in range(args.repeats):
-            for mode in (("bare", "ours") if r % 2 == 0 else ("ours", "bare")):
-                out = subprocess.run([PY, me, *common, "--client", mode, url, str(work / f"cfg-{mode}-{r}")],
-                                     capture_output=True, text=True, cwd=ROOT, timeout=600)
+            for mode in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
+                out = subprocess.run(
+                    [PY, me, *common, "--client", mode, url, str(work / f"cfg-{mode}-{r}")],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    timeout=600,
+                )
                 if out.returncode:
                     print(out.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"{mode} client failed")
@@ -300,38 +334,49 @@ def main() -> int:
                 res["rows_rate"] = res["rows"] / dt
                 res["cpu_share"] = res["cpu"] / dt
                 runs[mode].append(res)
-                print(f"  run {r + 1} {mode:4}: {res['rate']:>9,.0f} notif/s received, client CPU "
-                      f"{res['cpu_share']:.2f} cores, server wrote {res['server_rate']:>9,.0f}/s at "
-                      f"{res['server_cpu']:.2f} cores", flush=True)
+                print(
+                    f"  run {r + 1} {mode:4}: {res['rate']:>9,.0f} notif/s received, client CPU "
+                    f"{res['cpu_share']:.2f} cores, server wrote {res['server_rate']:>9,.0f}/s at "
+                    f"{res['server_cpu']:.2f} cores",
+                    flush=True,
+                )
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
-    def med(mode: str, key: str) -> float:
-        return statistics.median(x[key] for x in runs[mode])
+    def median(mode: str, key: str) -> float:
+        return med(x[key] for x in runs[mode])
 
-    rb, ro, rows = med("bare", "rate"), med("ours", "rate"), med("ours", "rows_rate")
-    cb = statistics.median(x["cpu"] / max(x["notifications"], 1) for x in runs["bare"]) * 1e6
-    co = statistics.median(x["cpu"] / max(x["notifications"], 1) for x in runs["ours"]) * 1e6
+    rb, ro, rows = median("bare", "rate"), median("ours", "rate"), median("ours", "rows_rate")
+    cb = med(x["cpu"] / max(x["notifications"], 1) for x in runs["bare"]) * 1e6
+    co = med(x["cpu"] / max(x["notifications"], 1) for x in runs["ours"]) * 1e6
     per_device_rate = 1000 / args.change_ms * args.points  # notifications per second per device
-    print(f"\nOPC UA client ingest, {total:,} monitored items ({args.devices} devices x {args.points} points, each "
-          f"changing every {args.change_ms:.0f} ms), publishing {args.publishing_ms:.0f} ms, "
-          f"{args.seconds:.0f} s windows, medians of {args.repeats}, clients on {args.event_loop} (cpus: {os.cpu_count()})")
-    print(f"  server writes (its own process)           {med('bare', 'server_rate'):>9,.0f} /s during baseline, "
-          f"{med('ours', 'server_rate'):,.0f} /s during ours ({med('ours', 'server_cpu'):.2f} cores)")
-    print(f"  bare asyncua client (handler, counting)   {rb:>9,.0f} notif/s   {cb:5.1f} us CPU each, "
-          f"{med('bare', 'cpu_share'):.2f} cores   library baseline")
-    print(f"  OPC UA driver into the TagDB              {ro:>9,.0f} notif/s   {co:5.1f} us CPU each, "
-          f"{med('ours', 'cpu_share'):.2f} cores   target >= {TARGET:,}: {'met' if ro >= TARGET else 'MISSED'}; "
-          f"ratio {ro / rb:.2f} of the baseline")
-    print(f"  rows into TagDB.update                    {rows:>9,.0f} /s   all tags Good: "
-          f"{runs['ours'][-1]['good']:,}/{total:,}, consumer batches dropped: {runs['ours'][-1]['dropped_batches']}")
+    print(
+        f"\nOPC UA client ingest, {total:,} monitored items ({args.devices} devices x {args.points} points, each "
+        f"changing every {args.change_ms:.0f} ms), publishing {args.publishing_ms:.0f} ms, "
+        f"{args.seconds:.0f} s windows, medians of {args.repeats}, clients on {args.event_loop} (cpus: {os.cpu_count()})"
+    )
+    print(
+        f"  server writes (its own process)           {median('bare', 'server_rate'):>9,.0f} /s during baseline, "
+        f"{median('ours', 'server_rate'):,.0f} /s during ours ({median('ours', 'server_cpu'):.2f} cores)"
+    )
+    print(
+        f"  bare asyncua client (handler, counting)   {rb:>9,.0f} notif/s   {cb:5.1f} us CPU each, "
+        f"{median('bare', 'cpu_share'):.2f} cores   library baseline"
+    )
+    print(
+        f"  OPC UA driver into the TagDB              {ro:>9,.0f} notif/s   {co:5.1f} us CPU each, "
+        f"{median('ours', 'cpu_share'):.2f} cores   target >= {TARGET:,}: {'met' if ro >= TARGET else 'MISSED'}; "
+        f"ratio {ro / rb:.2f} of the baseline"
+    )
+    print(
+        f"  rows into TagDB.update                    {rows:>9,.0f} /s   all tags Good: "
+        f"{runs['ours'][-1]['good']:,}/{total:,}, consumer batches dropped: {runs['ours'][-1]['dropped_batches']}"
+    )
     print(f"  capacity at one full core (1 / CPU each)  {1e6 / cb:>9,.0f} baseline, {1e6 / co:,.0f} ours notif/s")
-    print(f"  driver CPU per 1,000 devices              {co * per_device_rate * 1000 / 1e6:>9.2f} cores "
-          f"({args.points} points changing every {args.change_ms:.0f} ms: {per_device_rate:.0f} notif/s per device)")
+    print(
+        f"  driver CPU per 1,000 devices              {co * per_device_rate * 1000 / 1e6:>9.2f} cores "
+        f"({args.points} points changing every {args.change_ms:.0f} ms: {per_device_rate:.0f} notif/s per device)"
+    )
     return 0
 
 

@@ -45,12 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import COMMUNES  # noqa: E402
 from scada.historian.influx import InfluxSink, TagMeta, encode_lines  # noqa: E402
 from scada.historian.spool import Spool  # noqa: E402
 from tests.integration.victoria import Victoria  # noqa: E402
 
-COMMUNES = ("Dijon", "Chenove", "Quetigny", "Talant", "Fontaine-les-Dijon", "Longvic", "Saint-Apollinaire",
-            "Chevigny-Saint-Sauveur")
 N_TAGS = 15_000
 REQUEST = 1 << 20
 
@@ -80,6 +79,7 @@ def fmt(v: float) -> str:
 
 
 # ---------------------------------------------------------------- 1. append
+
 
 def append_rates(folder: Path, work, payloads, reps: int) -> dict[str, list[float]]:
     n_values = sum(len(b[0]) for b in work)
@@ -123,6 +123,7 @@ def append_rates(folder: Path, work, payloads, reps: int) -> dict[str, list[floa
 
 # ---------------------------------------------------------------- 2. replay
 
+
 async def replay_ours(vm: Victoria, folder: Path, work) -> float:
     sp = Spool(folder, capacity_bytes=4 << 30)
     sink = InfluxSink(vm.url, "t", "o", "b", sp, tag_meta("lightinA"), max_request_bytes=REQUEST, timeout=30)
@@ -150,7 +151,9 @@ def replay_sync_baseline(vm: Victoria, payloads: list[bytes], n_values: int) -> 
     from influxdb_client.client.write_api import SYNCHRONOUS
 
     # the same requests as the sink's: whole payloads up to 1 MiB
-    requests, cur, size = [], [], 0
+    requests: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
     for p in payloads:
         if cur and size + len(p) > REQUEST:
             requests.append(b"".join(cur))
@@ -198,18 +201,22 @@ def main() -> None:
         payloads = encoded(tag_meta("lighting"), work)
         n_values = len(work) * args.rows
         mb = sum(map(len, payloads)) / 1e6
-        print(f"spool bench: {n_values:,} values in {len(work):,} batches of {args.rows} rows, "
-              f"{mb:.1f} MB of line protocol ({mb * 1e6 / n_values:.0f} B/value); {args.reps} repetitions, medians; "
-              f"files in {tmp}")
+        print(
+            f"spool bench: {n_values:,} values in {len(work):,} batches of {args.rows} rows, "
+            f"{mb:.1f} MB of line protocol ({mb * 1e6 / n_values:.0f} B/value); {args.reps} repetitions, medians; "
+            f"files in {tmp}"
+        )
         print()
         print(f"{'1. append (no network)':58} {'values/s':>12}   ratio to baseline")
         ap_res = append_rates(tmp, work, payloads, args.reps)
         base = statistics.median(ap_res["os.write"])
-        rows = [("InfluxSink.submit: encode + append (+ sync)", "submit"),
-                ("Spool.append of encoded payloads (+ sync)", "append"),
-                ("Spool.append, fsync_each_append=True", "append_fsync"),
-                ("baseline: os.write of the same bytes, one fsync", "os.write"),
-                ("encode_lines alone (info)", "encode")]
+        rows = [
+            ("InfluxSink.submit: encode + append (+ sync)", "submit"),
+            ("Spool.append of encoded payloads (+ sync)", "append"),
+            ("Spool.append, fsync_each_append=True", "append_fsync"),
+            ("baseline: os.write of the same bytes, one fsync", "os.write"),
+            ("encode_lines alone (info)", "encode"),
+        ]
         for label, key in rows:
             m = statistics.median(ap_res[key])
             print(f"{label:58} {fmt(m):>12}   {m / base:5.2f}")
@@ -219,8 +226,14 @@ def main() -> None:
         try:
             # One sample per series of each name set first: VictoriaMetrics' creation of 15,000 new
             # series (~0.3 s) would otherwise be charged to whichever runs first.
-            warm = [(np.arange(N_TAGS), np.zeros(N_TAGS), np.zeros(N_TAGS, dtype=np.uint32),
-                     np.full(N_TAGS, t0 - 10**9, dtype=np.int64))]
+            warm = [
+                (
+                    np.arange(N_TAGS),
+                    np.zeros(N_TAGS),
+                    np.zeros(N_TAGS, dtype=np.uint32),
+                    np.full(N_TAGS, t0 - 10**9, dtype=np.int64),
+                )
+            ]
             for cls in ("lightinA", "lightinB", "lightinC"):
                 replay_sync_baseline(vm, encoded(tag_meta(cls), warm), N_TAGS)
             res: dict[str, list[float]] = {"ours": [], "sync": [], "batching": []}
@@ -230,7 +243,7 @@ def main() -> None:
                 base_payloads = encoded(tag_meta("lightinB"), rep_work)
                 batch_payloads = encoded(tag_meta("lightinC"), rep_work)
                 order = ["ours", "sync", "batching"]
-                order = order[rep % 3:] + order[:rep % 3]  # each takes each position in turn
+                order = order[rep % 3 :] + order[: rep % 3]  # each takes each position in turn
                 for what in order:
                     # Let the database finish with the previous run (its background merges share
                     # the two cores with the client) so that no run inherits another's work.
@@ -247,15 +260,21 @@ def main() -> None:
             vm.stop()
         sync = statistics.median(res["sync"])
         print(f"{'2. replay after an outage, into VictoriaMetrics':58} {'values/s':>12}   ratio to sync baseline")
-        print(f"{'InfluxSink.run draining the spool (1 MiB requests)':58} {fmt(statistics.median(res['ours'])):>12}   "
-              f"{statistics.median(res['ours']) / sync:5.2f}")
+        print(
+            f"{'InfluxSink.run draining the spool (1 MiB requests)':58} {fmt(statistics.median(res['ours'])):>12}   "
+            f"{statistics.median(res['ours']) / sync:5.2f}"
+        )
         print(f"{'  spread (min-max)':58} {fmt(min(res['ours'])) + ' - ' + fmt(max(res['ours'])):>24}")
         print(f"{'baseline: influxdb-client SYNCHRONOUS, same requests':58} {fmt(sync):>12}   1.00")
-        print(f"{'influxdb-client batching WriteApi (no durability)':58} "
-              f"{fmt(statistics.median(res['batching'])):>12}   {statistics.median(res['batching']) / sync:5.2f}")
-        print(f"{'samples in the database (ours / sync / batching)':58} "
-              f"{counts['lightinA']:,} / {counts['lightinB']:,} / {counts['lightinC']:,}   "
-              f"(expected {n_values * args.reps:,} each)")
+        print(
+            f"{'influxdb-client batching WriteApi (no durability)':58} "
+            f"{fmt(statistics.median(res['batching'])):>12}   {statistics.median(res['batching']) / sync:5.2f}"
+        )
+        print(
+            f"{'samples in the database (ours / sync / batching)':58} "
+            f"{counts['lightinA']:,} / {counts['lightinB']:,} / {counts['lightinC']:,}   "
+            f"(expected {n_values * args.reps:,} each)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import unicodedata
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ SHIPPED_INVENTORY = ROOT / "inventory" / "lighting-cabinets.csv"
 CABINET_TYPE = "lighting_cabinet"
 
 
-@lru_cache(maxsize=None)
+@cache
 def communes() -> tuple[str, ...]:
     """The communes of the shipped inventory, in first-seen order."""
     with SHIPPED_INVENTORY.open(newline="", encoding="utf-8-sig") as fh:
@@ -38,7 +38,7 @@ def commune_code(commune: str) -> str:
     return "".join(ch for ch in ascii_ if ch.isalpha()).upper()[:4]
 
 
-@lru_cache(maxsize=None)
+@cache
 def cabinet_points() -> tuple[tuple[str, int, float], ...]:
     """(name, kind, deadband) of each point of the shipped lighting_cabinet type."""
     from city_scada import REGISTRY
@@ -82,12 +82,12 @@ def write_config(n_tags: int, directory: Path | None = None) -> Path:
     ``n_tags / points`` lighting cabinets (rounded up) from ``inventory.csv``. Returns the folder.
     """
     directory = Path(directory or tempfile.mkdtemp(prefix="scada-bench-"))
-    shipped = SHIPPED_TAGS.read_text(encoding="utf-8")
-    head, sep, _ = shipped.partition("\ninventories:")
-    if not sep:
-        raise RuntimeError(f"{SHIPPED_TAGS} has no inventories section to replace")
+    from tests.configs import shipped_types
+
+    head = shipped_types()
     (directory / "tags.yaml").write_text(
-        head + "\ninventories:\n  - file: inventory.csv\n    type: " + CABINET_TYPE + "\n", encoding="utf-8")
+        head + "\ninventories:\n  - file: inventory.csv\n    type: " + CABINET_TYPE + "\n", encoding="utf-8"
+    )
     n_cab = -(-n_tags // len(cabinet_points()))
     with (directory / "inventory.csv").open("w", encoding="utf-8", newline="") as fh:
         fh.write("name,commune,lat,lon,endpoint,unit\n")
@@ -100,7 +100,7 @@ def write_config(n_tags: int, directory: Path | None = None) -> Path:
 
 def load_config(n_tags: int):
     """Write and load a configuration of n tags (rounded up to whole cabinets)."""
-    from city_scada import load_config as _load
+    from bench.harness import load_config as _load
 
     with tempfile.TemporaryDirectory(prefix="scada-bench-") as tmp:
         return _load(write_config(n_tags, Path(tmp)))

@@ -18,8 +18,9 @@ def no_leaked_threads():
     while True:
         # asyncio_N: the event loop's default executor, shut down by pytest-asyncio when it closes
         # the test's loop, which happens after this fixture's teardown.
-        left = [t for t in threading.enumerate()
-                if t not in before and t.is_alive() and not t.name.startswith("asyncio_")]
+        left = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -13,8 +13,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+# Re-exported: the tests import their configuration writers from here too.
+from tests.configs import ROOT as ROOT
+from tests.configs import load as load
+from tests.configs import write_inventory as write_inventory
+from tests.configs import write_tags as write_tags
 
 
 def free_port() -> int:
@@ -64,15 +69,32 @@ def wait_port_closed(port: int, timeout: float = 30.0, host: str = "127.0.0.1") 
     raise TimeoutError(f"{host}:{port} still open after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send ``sig`` to a child that still runs and wait for it; kill it if it outlives ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Process:
     """A child process (a simulator, the server) with its output kept for failure messages."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.args = args
         self.log_path = log
-        self._log = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, *args], stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._log = open(log, "ab")  # noqa: SIM115  (the child writes it until stop() closes it)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def output(self) -> str:
         if not self._log.closed:
@@ -80,13 +102,7 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -131,8 +147,19 @@ def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str |
 def scada_run_args(config: Path, data: Path, endpoint: str) -> list[str]:
     """Arguments of ``Process`` for the server: ``scada run`` on ``config``, serving ``endpoint``,
     its state in ``data``, no periodic status line."""
-    return ["-m", "city_scada", "run", "--config", str(config), "--opcua-endpoint", endpoint,
-            "--status-interval", "0", "--data", str(data)]
+    return [
+        "-m",
+        "city_scada",
+        "run",
+        "--config",
+        str(config),
+        "--opcua-endpoint",
+        endpoint,
+        "--status-interval",
+        "0",
+        "--data",
+        str(data),
+    ]
 
 
 class Notifications:
@@ -167,13 +194,31 @@ class Notifications:
     async def until_refresh_end(self, timeout: float = 30.0) -> list:
         """Every event up to and including the next RefreshEndEvent (of a ConditionRefresh)."""
         from asyncua import ua
+
         out = []
         async with asyncio.timeout(timeout):
             while True:
                 e = await self.events.get()
                 out.append(e)
-                if e.EventType == ua.NodeId(ua.ObjectIds.RefreshEndEventType):
+                # asyncua annotates NodeId's identifier with NewTypes; a plain int is what it takes.
+                if e.EventType == ua.NodeId(ua.ObjectIds.RefreshEndEventType):  # type: ignore[arg-type]
                     return out
+
+
+async def refresh_conditions(client) -> tuple[Notifications, Any, list]:
+    """What an HMI does when it connects: subscribe to the server's alarms and conditions, then call
+    ConditionRefresh. Returns the handler (later events arrive there too), the subscription, and
+    the events up to RefreshEndEvent."""
+    from asyncua import ua
+
+    events = Notifications()
+    sub = await client.create_subscription(50, events)
+    await sub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
+    await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(  # type: ignore[arg-type]
+        ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),  # type: ignore[arg-type]
+        ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+    )
+    return events, sub, await events.until_refresh_end(timeout=15)
 
 
 class SilentLink:
@@ -224,39 +269,105 @@ class SilentLink:
 class Mosquitto:
     """A real Mosquitto broker on a free loopback port, for the test that needs it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra_conf: str = "") -> None:
+        """Start it; ``extra_conf``: more lines of mosquitto.conf (a bench raises its queue limits)."""
         import shutil
+
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         assert Path(exe).exists(), "mosquitto is missing: `make test` installs it (apt-get install mosquitto)"
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         conf = folder / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}")
         self.exe, self.conf, self.log = exe, conf, folder / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT)
+        # The parent's handle closes at once: the broker keeps its own copy of the descriptor.
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 10)
 
 
-def write_tags(folder: Path, inventories: list[str], extra_types: str = "") -> None:
-    """``folder/tags.yaml``: the shipped equipment types (plus ``extra_types``), importing ``inventories``."""
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tags.yaml").write_text(
-        head + extra_types + "\ninventories:\n" + "".join(f"  - file: {f}\n" for f in inventories))
+def write_cabinets(folder: Path, base_port: int, prefix: str, poll: float = 0.3, timeout: float = 0.5) -> list:
+    """Three simulated lighting cabinets (``{prefix}-000`` to ``-002``: two in Dijon, one in Talant) on
+    consecutive loopback ports from ``base_port``, for a real server process: their inventory under
+    the shipped types, the shipped alarms, polled every ``poll`` s. Returns them."""
+    import shutil
+
+    from simulators.inventory import Cabinet
+
+    cabinets = [
+        Cabinet(f"{prefix}-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
+        for i, commune in enumerate(["Dijon", "Dijon", "Talant"])
+    ]
+    (folder / "inventory").mkdir(parents=True)
+    write_inventory(
+        folder,
+        "inventory/lighting-cabinets.csv",
+        "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout",
+        [
+            f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,{poll},{timeout}"
+            for c in cabinets
+        ],
+    )
+    shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
+    return cabinets
+
+
+class DriverHarness:
+    """A driver polling or subscribing in this event loop into its own TagDB, over ``config``'s devices.
+
+    ``make(config, devices, tagdb)`` builds the driver; ``max_ages`` gives the TagDB the
+    configuration's staleness limits. ``async with`` runs ``driver.run()`` and cancels it after.
+    Values and statuses are read by device and point name."""
+
+    def __init__(self, config, make, max_ages: bool = False) -> None:
+        from scada.tagdb import TagDB
+
+        self.config = config
+        self.tagdb = TagDB(*config.tag_table(), *((config.max_ages(),) if max_ages else ()))
+        self.driver = make(config, list(config.devices), self.tagdb)
+        self.task: asyncio.Task | None = None
+
+    def tag(self, device: str, point: str) -> int:
+        d = self.config.device(device)
+        return self.tagdb.id_of(f"{d.commune}/{self.config.types[d.type].cls}/{device}/{point}")
+
+    def ids(self, device: str):
+        return self.config.tag_ids(self.config.device(device))
+
+    def status(self, device: str, point: str) -> int:
+        return int(self.tagdb.status[self.tag(device, point)])
+
+    def value(self, device: str, point: str) -> float:
+        return float(self.tagdb.value[self.tag(device, point)])
+
+    def diag(self, device: str, point: str) -> float | str | None:
+        """A diagnostic tag of the device: ``last_error`` as text, the others as numbers."""
+        i = self.tag(device, f"Diagnostics/{point}")
+        return self.tagdb.text.get(i, "") if point == "last_error" else float(self.tagdb.value[i])
+
+    def state(self, device: str):
+        """The driver's per-device state (drivers that keep one in ``driver.devices``)."""
+        return next(ds for ds in self.driver.devices if ds.device.name == device)
+
+    def successes(self, device: str) -> int:
+        """Successful polls of the device so far (the driver's diagnostics counters)."""
+        return int(self.driver.diag.successes[self.state(device).k])
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.driver.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def until(predicate, timeout: float = 30.0, what: str = "") -> float:
@@ -288,7 +399,22 @@ def _dead_cabinets(ports: list[int], names: list[str]) -> str:
     """Cabinets on loopback ports nothing listens on: polled, failing, their tags Bad."""
     return "\ndevices:\n" + "".join(
         f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{p}"}}\n'
-        for n, p in zip(names, ports))
+        for n, p in zip(names, ports)
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(hmi):
+    """An HmiServer started and running in this loop (its publisher and event tasks), stopped after."""
+    await hmi.start()
+    task = asyncio.create_task(hmi.run(), name="hmi")
+    try:
+        yield hmi
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hmi.stop()
 
 
 @contextlib.asynccontextmanager
@@ -297,6 +423,7 @@ async def running_app(tmp_path: Path):
     (app, the configuration, the same one with a third cabinet LC-3, the app's task)."""
     from scada.app import Application
     from city_scada import load_config
+
     ports = [free_port() for _ in range(3)]
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     for folder, names in (("a", ["LC-1", "LC-2"]), ("b", ["LC-1", "LC-2", "LC-3"])):

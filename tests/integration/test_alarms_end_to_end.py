@@ -18,7 +18,7 @@ from asyncua import Client, ua
 
 from scada.alarms.journal import Journal
 
-from .helpers import ROOT, Notifications, Process, scada_run_args, start_tiny_city, until_read, wait_port
+from .helpers import ROOT, Process, refresh_conditions, scada_run_args, start_tiny_city, until_read, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -109,13 +109,7 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         # An HMI connects late: ConditionRefresh gives it the announced conditions (not the
         # suppressed lamp alarm of A); it acknowledges the mains loss through the standard method.
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as client:
-            client_events = Notifications()
-            sub = await client.create_subscription(50, client_events)
-            await sub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
-            await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
-                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
-                ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
-            refreshed = await client_events.until_refresh_end(timeout=15)
+            client_events, sub, refreshed = await refresh_conditions(client)
             shown = {(e.SourceName, e.ConditionName): e for e in refreshed if e.ConditionName}
             assert (a, "mains_loss") in shown and (b, "lamps_failed") in shown
             # A's lamp alarm is retained (queryable) but marked suppressed, for the HMI to hide.

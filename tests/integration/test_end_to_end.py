@@ -20,7 +20,7 @@ from asyncua import Client, ua
 from scada.opcua.address_space import NAMESPACE_URI
 from simulators.inventory import Cabinet
 
-from .helpers import until_read, ROOT, Process, free_port, free_port_range, wait_port, wait_port_closed, write_tags
+from .helpers import until_read, Process, free_port, free_port_range, wait_port, wait_port_closed, write_cabinets
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +28,8 @@ POLL, TIMEOUT = 0.3, 0.5
 
 
 def write_config(folder: Path, base_port: int) -> list[Cabinet]:
-    cabinets = [Cabinet(f"LC-T-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
-                for i, commune in enumerate(["Dijon", "Dijon", "Talant"])]
-    (folder / "inventory").mkdir(parents=True)
-    write_tags(folder, ["inventory/lighting-cabinets.csv"])
-    shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
-    lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout"]
-    lines += [f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,{POLL},{TIMEOUT}"
-              for c in cabinets]
-    (folder / "inventory" / "lighting-cabinets.csv").write_text("\n".join(lines) + "\n")
-    return cabinets
+    """Three simulated cabinets (two in Dijon) for the real server process, polled fast."""
+    return write_cabinets(folder, base_port, "LC-T", POLL, TIMEOUT)
 
 
 

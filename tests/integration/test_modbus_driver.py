@@ -7,7 +7,6 @@ and that none of them slows the healthy devices down.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
 from drivers.modbus.driver import ModbusDriver
 from scada.backoff import Backoff
 from scada import status as st
-from city_scada import load_config
-from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import SilentLink, free_port, free_port_range, until, write_tags
+from .helpers import DriverHarness, SilentLink, free_port, free_port_range, load, until, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -58,44 +55,17 @@ def make_config(folder: Path, rows: list[tuple[str, str, int]], demote_for: floa
     Devices are demoted for ``demote_for`` after 3 failed polls (shorter than the default so
     that recoveries show within the tests' waits).
     """
-    write_tags(folder, ["devices.csv"], BAD_TYPE)
-    lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for"]
-    lines += [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{POLL},{TIMEOUT},{demote_for}" for n, t, p in rows]
-    (folder / "devices.csv").write_text("\n".join(lines) + "\n")
-    return load_config(folder)
+    write_inventory(folder, "devices.csv", "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for",
+                    [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{POLL},{TIMEOUT},{demote_for}" for n, t, p in rows],
+                    BAD_TYPE)
+    return load(folder)
 
 
-class Harness:
-    def __init__(self, config):
-        self.config = config
-        self.tagdb = TagDB(*config.tag_table())
-        self.driver = ModbusDriver(config, list(config.devices), self.tagdb, Backoff(base=0.1, cap=0.5))
-        self.task: asyncio.Task | None = None
+class Harness(DriverHarness):
+    """The Modbus driver over ``config``'s devices, with a short backoff (recoveries within the waits)."""
 
-    def ids(self, device: str):
-        return self.config.tag_ids(self.config.device(device))
-
-    def status(self, device: str, point: str) -> int:
-        return int(self.tagdb.status[self.tagdb.id_of(f"Dijon/lighting/{device}/{point}")])
-
-    def value(self, device: str, point: str) -> float:
-        return float(self.tagdb.value[self.tagdb.id_of(f"Dijon/lighting/{device}/{point}")])
-
-    def state(self, device: str):
-        return next(ds for ds in self.driver.devices if ds.device.name == device)
-
-    def successes(self, device: str) -> int:
-        return int(self.driver.diag.successes[self.state(device).k])
-
-    async def __aenter__(self):
-        self.task = asyncio.create_task(self.driver.run())
-        return self
-
-    async def __aexit__(self, *exc):
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
+    def __init__(self, config) -> None:
+        super().__init__(config, lambda c, devices, db: ModbusDriver(c, devices, db, Backoff(base=0.1, cap=0.5)))
 
 
 @pytest.fixture

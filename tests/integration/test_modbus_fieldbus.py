@@ -19,17 +19,14 @@ import numpy as np
 import pytest
 
 from scada.driver_api import WriteCommand
-from drivers.modbus.driver import ModbusDriver
-from scada.backoff import Backoff
 from scada import status as st
 from scada.config import DIAG_POINTS
-from city_scada import load_config
 from scada.diagnostics import DEMOTED, ONLINE
-from scada.tagdb import TagDB
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import free_port, free_port_range, until, write_tags
+from .helpers import free_port, free_port_range, load, until, write_tags
+from .test_modbus_driver import Harness
 
 pytestmark = pytest.mark.integration
 
@@ -40,50 +37,12 @@ DIAG = [p.name for p in DIAG_POINTS]
 def write_config(folder: Path, endpoints: list[tuple[str, str, int]], type_name: str = "lighting_cabinet",
                  extra_types: str = "", device_keys: str = "", timeout: float = TIMEOUT) -> object:
     """One device per (name, endpoint, unit), listed in YAML under the shipped types."""
-    write_tags(folder, [], extra_types)
-    text = (folder / "tags.yaml").read_text().replace("\ninventories:\n", "\n")
     devices = "".join(
         f"  - {{name: {n}, type: {type_name}, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: '{ep}', unit: {u}, "
         f"poll_interval: {POLL}, timeout: {timeout}{device_keys}}}\n"
         for n, ep, u in endpoints)
-    (folder / "tags.yaml").write_text(text + "devices:\n" + devices)
-    return load_config(folder)
-
-
-class Harness:
-    def __init__(self, config) -> None:
-        self.config = config
-        names, kinds, deadbands = config.tag_table()
-        self.tagdb = TagDB(names, kinds, deadbands)
-        self.driver = ModbusDriver(config, list(config.devices), self.tagdb, Backoff(base=0.1, cap=0.5))
-        self.task: asyncio.Task | None = None
-
-    def tag(self, device: str, point: str) -> int:
-        return self.tagdb.id_of(f"Dijon/lighting/{device}/{point}")
-
-    def status(self, device: str, point: str) -> int:
-        return int(self.tagdb.status[self.tag(device, point)])
-
-    def value(self, device: str, point: str) -> float:
-        return float(self.tagdb.value[self.tag(device, point)])
-
-    def diag(self, device: str, point: str) -> float | str:
-        i = self.tag(device, f"Diagnostics/{point}")
-        return self.tagdb.text.get(i, "") if point == "last_error" else float(self.tagdb.value[i])
-
-    def state(self, device: str):
-        return next(ds for ds in self.driver.devices if ds.device.name == device)
-
-    def successes(self, device: str) -> int:
-        return int(self.driver.diag.successes[self.state(device).k])
-
-    async def __aenter__(self):
-        self.task = asyncio.create_task(self.driver.run())
-        return self
-
-    async def __aexit__(self, *exc):
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+    write_tags(folder, extra_types=extra_types, devices="\ndevices:\n" + devices)
+    return load(folder)
 
 
 @pytest.fixture

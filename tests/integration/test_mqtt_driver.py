@@ -3,7 +3,6 @@ mosquitto_pub (garbage), in one event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import time
@@ -15,14 +14,12 @@ import pytest
 from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
-from city_scada import load_config
 from scada.diagnostics import OFFLINE, ONLINE
-from scada.tagdb import TagDB
 from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulator
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import until, write_tags
+from .helpers import DriverHarness, load, until, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -30,40 +27,19 @@ pytestmark = pytest.mark.integration
 
 
 def config(folder: Path, port: int):
-    write_tags(folder, ["devices.csv"])
-    rows = ["name,type,commune,lat,lon,endpoint",
-            f"B-DIJ-001,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
-            f"B-DIJ-002,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
-            f"V-001,crew_vehicle,Dijon,47.32,5.04,127.0.0.1:{port}"]
-    (folder / "devices.csv").write_text("\n".join(rows) + "\n")
-    return load_config(folder)
+    write_inventory(folder, "devices.csv", "name,type,commune,lat,lon,endpoint",
+                    [f"B-DIJ-001,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
+                     f"B-DIJ-002,access_bollard,Dijon,47.32,5.04,127.0.0.1:{port}",
+                     f"V-001,crew_vehicle,Dijon,47.32,5.04,127.0.0.1:{port}"])
+    return load(folder)
 
 
+class Harness(DriverHarness):
+    """The MQTT driver over ``cfg``'s devices, its TagDB with the configuration's staleness limits."""
 
-
-class Harness:
-    def __init__(self, cfg):
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg, MqttDriver, max_ages=True)
         self.cfg = cfg
-        self.tagdb = TagDB(*cfg.tag_table(), cfg.max_ages())
-        self.driver = MqttDriver(cfg, list(cfg.devices), self.tagdb)
-
-    def tag(self, device, point):
-        d = self.cfg.device(device)
-        return self.tagdb.id_of(f"Dijon/{self.cfg.types[d.type].cls}/{device}/{point}")
-
-    def value(self, device, point):
-        return self.tagdb.value[self.tag(device, point)]
-
-    def status(self, device, point):
-        return int(self.tagdb.status[self.tag(device, point)])
-
-    async def __aenter__(self):
-        self.task = asyncio.create_task(self.driver.run())
-        return self
-
-    async def __aexit__(self, *exc):
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
 
 
 def pub(port, topic, payload: bytes):

@@ -15,39 +15,22 @@ import contextlib
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from asyncua import Client, ua
 from asyncua.common.events import get_filter_from_event_type
 from asyncua.ua import uaerrors
 
-from scada import status as st
-from scada.alarms.engine import AlarmEngine
-from scada.alarms.journal import Journal
 from scada.alarms.states import State
-from city_scada import load_config
 from scada.opcua.server import HmiServer
-from scada.tagdb import TagDB
+from tests.alarm_rig import SERVICES, AlarmRig, Clock
 
-from .helpers import ROOT, free_port, until
+from .helpers import free_port, serving, until
 
 pytestmark = pytest.mark.integration
 
-S = 1_000_000_000
 O = ua.ObjectIds
 
-DEVICES = """
-devices:
-  - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
-  - {name: LC-2, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.2:502"}
-  - {name: TJ-1, type: traffic_junction, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "opc.tcp://10.0.0.9:4840/"}
-"""
-
-ALARMS = """
-services:
-  lighting_maintenance: {label: Lighting maintenance, ack_deadline_s: 1800}
-  traffic_control: {label: Traffic control, ack_deadline_s: 300}
-alarms:
+ALARMS = SERVICES + """alarms:
   - {name: hot, type: lighting_cabinet, point: temperature, condition: high, limit: 60, deadband: 5,
      priority: high, message: "{device}: {value} {unit} above {limit}", service: lighting_maintenance}
   - {name: door, type: lighting_cabinet, point: door_open, condition: state, states: [1], priority: low,
@@ -59,43 +42,15 @@ alarms:
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time_ns()
-
-    def __call__(self) -> int:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += int(seconds * S)
-
-
-class City:
+class City(AlarmRig):
     """Engine + journal + HmiServer on loopback; values set by point name."""
 
     def __init__(self, folder: Path) -> None:
-        head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tags.yaml").write_text(head + DEVICES)
-        (folder / "alarms.yaml").write_text(ALARMS)
-        self.config = load_config(folder)
-        self.tagdb = TagDB(*self.config.tag_table())
-        self.journal = Journal(folder / "journal.sqlite")
-        self.clock = Clock()
-        self.engine = AlarmEngine(self.config, self.tagdb, self.journal, self.clock)
+        # The real time: the client compares the events' times with its own clock.
+        super().__init__(folder, ALARMS, folder / "journal.sqlite", Clock(time.time_ns()))
         self.url = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
         self.hmi = HmiServer(self.config, self.tagdb, self.url, alarms=self.engine)
         self.ns = 0
-
-    def set(self, device: str, status: int = st.GOOD, **values: float):
-        d = self.config.device(device)
-        cls = self.config.types[d.type].cls
-        ids = [self.tagdb.id_of(f"{d.commune}/{cls}/{device}/{p}") for p in values]
-        batch = self.tagdb.update(np.array(ids), np.array(list(values.values()), float), status, self.clock())
-        return self.engine.process(batch)
-
-    def state(self, alarm: str, device: str = "LC-1") -> State:
-        return State(int(self.engine.state[self.engine.instance(alarm, device)]))
 
     def device_node(self, device: str) -> ua.NodeId:
         d = self.config.device(device)
@@ -115,16 +70,11 @@ def healthy(c: City) -> None:
 @contextlib.asynccontextmanager
 async def running(c: City):
     """The HmiServer started and running (its publisher and alarm event task), stopped after."""
-    await c.hmi.start()
-    c.ns = c.hmi.ns
-    task = asyncio.create_task(c.hmi.run(), name="hmi")
     try:
-        yield c
+        async with serving(c.hmi):
+            c.ns = c.hmi.ns
+            yield c
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await c.hmi.stop()
         c.journal.close()
 
 

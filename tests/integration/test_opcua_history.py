@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import csv
 import io
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,6 @@ from asyncua import Client, ua
 from asyncua.ua import uaerrors
 
 from scada import status as st
-from city_scada import load_config
 from scada.historian.compress import StoredBatch
 from scada.historian.service import Historian
 from scada.opcua.address_space import NAMESPACE_URI
@@ -37,8 +35,9 @@ from scada.opcua.history import CALCULATED, INFO_DATA_VALUE, INTERPOLATED, PARTI
 from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from simulators.inventory import Cabinet
+from tests import configs
 
-from .helpers import ROOT, Process, free_port, free_port_range, until_read, wait_port, write_tags
+from .helpers import ROOT, Process, free_port, free_port_range, serving, until_read, wait_port, write_cabinets
 
 pytestmark = pytest.mark.integration
 
@@ -78,26 +77,14 @@ def series(seed: int, n: int, bad_share: float = 0.0):
 
 def write_config(folder: Path, base_port: int) -> list[Cabinet]:
     """Three simulated cabinets (two in Dijon) for the real server process, polled fast."""
-    cabinets = [Cabinet(f"LC-H-{i:03d}", commune, 47.32, 5.04, "127.0.0.1", base_port + i, 1)
-                for i, commune in enumerate(["Dijon", "Dijon", "Talant"])]
-    (folder / "inventory").mkdir(parents=True)
-    write_tags(folder, ["inventory/lighting-cabinets.csv"])
-    shutil.copy(ROOT / "alarms.yaml", folder / "alarms.yaml")
-    lines = ["name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout"]
-    lines += [f"{c.name},lighting_cabinet,{c.commune},{c.lat},{c.lon},127.0.0.1:{c.port},1,0.3,0.5" for c in cabinets]
-    (folder / "inventory" / "lighting-cabinets.csv").write_text("\n".join(lines) + "\n")
-    return cabinets
+    return write_cabinets(folder, base_port, "LC-H")
 
 
 class Cabinets:
     """Config + TagDB + Historian (its store, its compressor) + HmiServer on loopback."""
 
     def __init__(self, folder: Path) -> None:
-        head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tags.yaml").write_text(head + DEVICES)
-        (folder / "alarms.yaml").write_text("alarms: []\n")
-        self.config = load_config(folder)
+        self.config = configs.write_config(folder, DEVICES, "alarms: []\n")
         self.tagdb = TagDB(*self.config.tag_table())
         (folder / "data").mkdir()
         self.historian = Historian(self.config, self.tagdb, folder / "data")
@@ -125,16 +112,11 @@ class Cabinets:
 @pytest.fixture
 async def cab(tmp_path: Path):
     c = Cabinets(tmp_path / "cfg")
-    await c.hmi.start()
-    c.ns = c.hmi.ns
-    task = asyncio.create_task(c.hmi.run(), name="hmi")
     try:
-        yield c
+        async with serving(c.hmi):
+            c.ns = c.hmi.ns
+            yield c
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await c.hmi.stop()
         c.historian.store.close()
 
 

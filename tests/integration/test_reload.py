@@ -20,7 +20,7 @@ import time
 import pytest
 from asyncua import Client, ua
 
-from .helpers import (ROOT, Notifications, Process, running_app, scada_run_args, start_tiny_city, until_read,
+from .helpers import (ROOT, Notifications, Process, refresh_conditions, running_app, scada_run_args, start_tiny_city, until_read,
                       wait_port)
 from .test_alarms_end_to_end import events, fault, journal_until
 from .test_opcua_history import history_read, raw
@@ -151,13 +151,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             assert (await added.read_browse_name()).Name == "reload_test_power"
             # An HMI's ConditionRefresh: the kept condition as it was (unacknowledged), the added
             # cabinet's new one, nothing of the removed cabinet.
-            conds = Notifications()
-            csub = await client.create_subscription(50, conds)
-            await csub.subscribe_alarms_and_conditions(client.nodes.server, ua.ObjectIds.AlarmConditionType)
-            await client.get_node(ua.NodeId(ua.ObjectIds.ConditionType)).call_method(
-                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
-                ua.Variant(csub.subscription_id, ua.VariantType.UInt32))
-            refreshed = await conds.until_refresh_end(timeout=15)
+            conds, csub, refreshed = await refresh_conditions(client)
             shown = {(e.SourceName, e.ConditionName): e for e in refreshed if e.ConditionName}
             assert getattr(shown[(a, "mains_loss")], "AckedState/Id") is False
             assert (("LC-DIJ-004", "reload_test_power") in shown and ("LC-TAL-001", "reload_test_power") not in shown

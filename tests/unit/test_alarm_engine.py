@@ -13,27 +13,12 @@ import numpy as np
 import pytest
 
 from scada import status as st
-from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.alarms.states import IllegalTransition, State
-from city_scada import load_config
-from scada.tagdb import TagDB
+from tests.alarm_rig import DEVICES, SERVICES, AlarmRig, Clock
+from tests.alarm_rig import S as S  # re-exported: other alarm tests import it from here
 
-ROOT = Path(__file__).resolve().parents[2]
-S = 1_000_000_000
-
-DEVICES = """
-devices:
-  - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
-  - {name: LC-2, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.2:502"}
-  - {name: TJ-1, type: traffic_junction, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "opc.tcp://10.0.0.9:4840/"}
-"""
-
-ALARMS = """
-services:
-  lighting_maintenance: {label: Lighting maintenance, ack_deadline_s: 1800}
-  traffic_control: {label: Traffic control, ack_deadline_s: 300}
-alarms:
+ALARMS = SERVICES + """alarms:
   - {name: mains_loss, type: lighting_cabinet, point: mains_voltage, condition: low, limit: 180, deadband: 5,
      priority: critical, message: "{commune} {device}: mains {value} {unit}", service: lighting_maintenance,
      on_delay: 2}
@@ -57,48 +42,17 @@ alarms:
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000 * S
-
-    def __call__(self) -> int:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += int(seconds * S)
-
-
-class Bench:
+class Bench(AlarmRig):
     """A TagDB, a journal and an engine on the config above; values set by point name."""
 
     def __init__(self, folder: Path, journal_path: Path | None = None, devices: str = DEVICES) -> None:
-        head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tags.yaml").write_text(head + devices)
-        (folder / "alarms.yaml").write_text(ALARMS)
-        self.config = load_config(folder)
-        self.tagdb = TagDB(*self.config.tag_table())
-        self.journal = Journal(journal_path or folder / "alarms.sqlite")
-        self.clock = Clock()
-        self.engine = AlarmEngine(self.config, self.tagdb, self.journal, self.clock)
+        super().__init__(folder, ALARMS, journal_path or folder / "alarms.sqlite", Clock(), devices)
         self.events: list = []
         self.engine.subscribers.append(self.events.extend)
-
-    def tag(self, device: str, point: str) -> int:
-        d = self.config.device(device)
-        return self.tagdb.id_of(f"{d.commune}/{self.config.types[d.type].cls}/{device}/{point}")
-
-    def set(self, device: str, status: int = st.GOOD, **values: float):
-        ids = [self.tag(device, p) for p in values]
-        batch = self.tagdb.update(np.array(ids), np.array(list(values.values()), float), status, self.clock())
-        return self.engine.process(batch)
 
     def healthy(self, device: str = "LC-1") -> None:
         """Every lighting point at a normal value, Good."""
         self.set(device, mains_voltage=230, failed_lamps=0, temperature=30, lamps_on=0, power=0, lamp_count=30)
-
-    def state(self, alarm: str, device: str = "LC-1") -> State:
-        return State(int(self.engine.state[self.engine.instance(alarm, device)]))
 
 
 @pytest.fixture

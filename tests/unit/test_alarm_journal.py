@@ -26,6 +26,7 @@ from scada.alarms.journal import (
     iso_utc,
 )
 from scada.alarms.states import State
+from tests.sqlite_files import run_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_860_000_000_000_000  # 2026-11-28T10:00:00Z
@@ -205,11 +206,8 @@ def test_row_validation_and_numpy_scalars(journal):
 def test_unknown_state_in_file_is_an_error(tmp_path):
     path = tmp_path / "alarms.db"
     Journal(path).close()
-    db = sqlite3.connect(path)
-    db.execute("INSERT INTO alarm_state (alarm, device, state, active, acked, shelve_user, shelve_reason, "
-               "assigned_to) VALUES ('a', 'd', 'ON_FIRE', 1, 0, '', '', '')")
-    db.commit()
-    db.close()
+    run_sql(path, "INSERT INTO alarm_state (alarm, device, state, active, acked, shelve_user, shelve_reason, "
+                  "assigned_to) VALUES ('a', 'd', 'ON_FIRE', 1, 0, '', '', '')")
     with Journal(path) as j, pytest.raises(JournalError, match="unknown alarm state 'ON_FIRE' for a@d"):
         j.load_states()
 
@@ -239,10 +237,7 @@ def test_file_that_is_not_sqlite(tmp_path):
 
 def test_sqlite_file_of_another_application(tmp_path):
     path = tmp_path / "historian.db"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE samples (t INTEGER, v REAL)")
-    db.commit()
-    db.close()
+    run_sql(path, "CREATE TABLE samples (t INTEGER, v REAL)")
     with pytest.raises(JournalError, match="another application"):
         Journal(path)
 
@@ -250,10 +245,7 @@ def test_sqlite_file_of_another_application(tmp_path):
 def test_newer_schema_version_is_refused(tmp_path):
     path = tmp_path / "alarms.db"
     Journal(path).close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version=99")
-    db.commit()
-    db.close()
+    run_sql(path, "PRAGMA user_version=99")
     with pytest.raises(JournalError, match="schema version 99"):
         Journal(path)
 

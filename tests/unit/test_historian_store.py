@@ -19,6 +19,7 @@ from scada.historian.compress import Compressor, StoredBatch
 from scada.historian.store import (BAD_NO_DATA, DAY, GOOD, HOUR, MINUTE, SECOND, UNCERTAIN_DATA_SUB_NORMAL,
                                    HistoryError, HistoryStore, Retention)
 from scada.tagdb import ANALOG, ChangeBatch
+from tests.sqlite_files import run_sql
 
 T0 = 1_795_000_000 * SECOND // HOUR * HOUR  # a whole hour
 BAD = st.BAD_COMMUNICATION_ERROR
@@ -311,10 +312,7 @@ def test_bad_files_give_clear_errors(tmp_path):
         HistoryStore(garbage)
     assert e.value.path == str(garbage)
     other = tmp_path / "other.db"
-    db = sqlite3.connect(other)
-    db.execute("CREATE TABLE x (a)")
-    db.commit()
-    db.close()
+    run_sql(other, "CREATE TABLE x (a)")
     with pytest.raises(HistoryError, match="another application"):
         HistoryStore(other)
     with pytest.raises(HistoryError, match="folder"):

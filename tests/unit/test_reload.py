@@ -14,14 +14,14 @@ from scada.alarms.states import State
 from city_scada import load_config
 from scada.reload import _journal_removed, carry_alarms, diff
 from scada.tagdb import TagDB
+from tests.configs import shipped_types
 
-from .test_alarm_engine import ALARMS, DEVICES, ROOT, S, Clock
+from .test_alarm_engine import ALARMS, DEVICES, Clock
 
 
 def config_in(folder: Path, devices: str = DEVICES, alarms: str = ALARMS, tags_edit=lambda t: t):
-    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tags.yaml").write_text(tags_edit(head) + devices)
+    (folder / "tags.yaml").write_text(tags_edit(shipped_types()) + devices)
     (folder / "alarms.yaml").write_text(alarms)
     return load_config(folder)
 

@@ -39,6 +39,18 @@ class Alarms:
         self.events.append((task, active))
 
 
+def closing_worker(closed: list[str]):
+    """Workers that wait until cancelled and then record their name in ``closed``."""
+
+    async def worker(name):
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.append(name)
+
+    return worker
+
+
 async def stop(task: asyncio.Task) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -107,13 +119,8 @@ def test_backoff_delays_are_capped_and_jittered():
 async def test_cancelling_the_supervisor_is_a_clean_stop_not_a_failure():
     alarms = Alarms()
     sup = Supervisor(alarms, backoff=RecordingBackoff(), healthy_after=0.2)
-    closed = []
-
-    async def worker(name):
-        try:
-            await asyncio.Event().wait()
-        finally:
-            closed.append(name)
+    closed: list[str] = []
+    worker = closing_worker(closed)
 
     sup.add("a", lambda: worker("a"))
     sup.add("b", lambda: worker("b"))
@@ -159,13 +166,8 @@ async def test_tasks_added_while_running_start_at_once_and_removed_ones_stop():
     """What a configuration reload needs: a new device set's driver starts, a removed one stops."""
     alarms = Alarms()
     sup = Supervisor(alarms, backoff=RecordingBackoff(), healthy_after=60.0)
-    closed = []
-
-    async def worker(name):
-        try:
-            await asyncio.Event().wait()
-        finally:
-            closed.append(name)
+    closed: list[str] = []
+    worker = closing_worker(closed)
 
     sup.add("first", lambda: worker("first"))
     runner = asyncio.create_task(sup.run())
