@@ -40,7 +40,6 @@ paho, so both paths meet the one check.
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import Callable
 
@@ -49,6 +48,7 @@ import structlog
 
 from drivers.mqtt import paho_private
 from drivers.mqtt.frames import Message, split_publishes
+from scada.backoff import Backoff
 
 log = structlog.get_logger("drivers.mqtt")
 MAX_PACKET = 256 * 1024  # bytes after the fixed header: device messages are a few hundred bytes
@@ -67,7 +67,7 @@ class AsyncioMqtt:
         host: str,
         port: int,
         keepalive: int = 15,
-        backoff: tuple[float, float] = (0.5, 30.0),
+        backoff: Backoff = Backoff(0.5, 30.0),
         on_messages: Callable[[list[Message]], None] | None = None,
         max_packet: int = MAX_PACKET,
     ) -> None:
@@ -281,8 +281,7 @@ class AsyncioMqtt:
             if self._stopping:
                 return
             self.failures += 1
-            base, cap = self.backoff
-            await asyncio.sleep(min(cap, base * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(self.backoff.delay(self.failures))
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

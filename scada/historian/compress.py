@@ -348,7 +348,9 @@ class Compressor:
             self._lo[ri] = -np.inf
             self._hi[ri] = np.inf
 
-    def _texts_loop(self, ids, status, times, texts, tpos):
+    def _texts_loop(
+        self, ids: np.ndarray, status: np.ndarray, times: np.ndarray, texts: np.ndarray | None, tpos: np.ndarray
+    ) -> tuple[list[int], list[float], list[int], list[int], list[str | None]]:
         """Text rows, in batch order: stored on a change of text or status (and the heartbeat)."""
         out_i: list[int] = []
         out_v: list[float] = []

@@ -76,9 +76,5 @@ def test_drivers_import_no_simulator_nor_the_composition_point():
     assert arrows("drivers", ("simulators", COMPOSITION)) == {}
 
 
-# The "simulators" helper's branch removes the simulators' imports of scada/ and drivers/
-# (the MQTT simulator's use of the driver's link, the traffic simulator's of the OPC UA
-# server): until it is merged this fails; the lead removes the mark at that merge.
-@pytest.mark.xfail(strict=True, reason="simulators still import scada/drivers until the simulators branch is merged")
 def test_simulators_import_neither_the_server_nor_its_drivers():
     assert arrows("simulators", ("scada", "drivers", COMPOSITION)) == {}
