@@ -11,12 +11,12 @@ composition point) is handed to it as a :data:`Drivers` mapping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from common.fields import Fields
+    from common.fields import Fields, KeyTable, Schema
     from scada.config import Config, Device
     from scada.tagdb import TagDB
 
@@ -100,19 +100,42 @@ class DeviceSite:
 class DriverConfig(Protocol):
     """A driver's ``config`` module: reads and checks the keys tags.yaml gives to this driver."""
 
+    # The key tables are the loader's and the JSON Schema's one source (``scada schema``):
+    # each key with its converter, default and description (common.fields.Key).
+
     @property
-    def POINT_KEYS(self) -> Collection[str]:  # noqa: N802 - module constants of the driver's config
+    def POINT_KEYS(self) -> KeyTable:  # noqa: N802 - module constants of the driver's config
         """Keys a point of this driver may have, besides the common ones (unit, range...)."""
         ...
 
     @property
-    def DEVICE_KEYS(self) -> Collection[str]:  # noqa: N802
+    def DEVICE_KEYS(self) -> KeyTable:  # noqa: N802
         """Keys a device of this driver may have, besides the common ones (name, commune...)."""
         ...
 
     @property
-    def TYPE_KEYS(self) -> Collection[str]:  # noqa: N802
+    def TYPE_KEYS(self) -> KeyTable:  # noqa: N802
         """Type-level keys of this driver (an MQTT status topic...); may be empty."""
+        ...
+
+    @property
+    def POINT_RULES(self) -> Sequence[Schema]:  # noqa: N802
+        """Cross-key rules of a point the schema states (if/then fragments); may be empty."""
+        ...
+
+    @property
+    def TYPE_RULES(self) -> Sequence[Schema]:  # noqa: N802
+        """Cross-key rules of the type-level keys; may be empty."""
+        ...
+
+    @property
+    def DEVICE_RULES(self) -> Sequence[Schema]:  # noqa: N802
+        """Cross-key rules of a device's keys; may be empty."""
+        ...
+
+    @property
+    def SCHEMA_DESCRIPTION(self) -> str:  # noqa: N802
+        """What ``driver: <name>`` means, one line, for the editor's list of drivers."""
         ...
 
     def parse_point(self, f: Fields) -> PointIO:

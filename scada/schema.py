@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.fields import Key, KeyTable, Schema, object_schema, schema_of, to_name
+from common.fields import Key, Schema, object_schema, schema_of, to_name
 from scada import config as tags_config
 from scada.alarms import config as alarms_config
+from scada.driver_api import DriverConfig
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
@@ -57,25 +58,13 @@ def _name_def() -> Schema:
     }
 
 
-def _keys(module: Any, name: str) -> KeyTable:
-    """A driver's key table; a driver whose table is a plain set of names gets keys without help."""
-    table = getattr(module, name, {})
-    if isinstance(table, Mapping):
-        return table
-    return {k: Key(None, "", None) for k in sorted(table)}
-
-
-def _rules(module: Any, name: str) -> tuple[Schema, ...]:
-    return tuple(getattr(module, name, ()))
-
-
 def _driver_if(driver: str) -> Schema:
     return {"properties": {"driver": {"const": driver}}, "required": ["driver"]}
 
 
-def _equipment_type(drivers: Mapping[str, Any]) -> Schema:
+def _equipment_type(drivers: Mapping[str, DriverConfig]) -> Schema:
     """The common type keys and every driver's own; the type's driver selects its keys and point schema."""
-    type_keys = {d: _keys(m, "TYPE_KEYS") for d, m in drivers.items()}
+    type_keys = {d: m.TYPE_KEYS for d, m in drivers.items()}
     keys: dict[str, Key] = dict(tags_config.TYPE_KEYS)
     for table in type_keys.values():
         for k, key in table.items():
@@ -89,7 +78,7 @@ def _equipment_type(drivers: Mapping[str, Any]) -> Schema:
     )
     driver = schema["properties"]["driver"]
     driver["enum"] = list(drivers)
-    driver["enumDescriptions"] = [str(getattr(m, "SCHEMA_DESCRIPTION", d)) for d, m in drivers.items()]
+    driver["enumDescriptions"] = [m.SCHEMA_DESCRIPTION for m in drivers.values()]
     branches = []
     for d, m in drivers.items():
         others = [k for t in type_keys.values() for k in t if k not in type_keys[d] and k not in tags_config.TYPE_KEYS]
@@ -102,8 +91,8 @@ def _equipment_type(drivers: Mapping[str, Any]) -> Schema:
         required = [k for k, key in type_keys[d].items() if key.is_required]
         if required:
             then["required"] = required
-        if _rules(m, "TYPE_RULES"):
-            then["allOf"] = list(_rules(m, "TYPE_RULES"))
+        if m.TYPE_RULES:
+            then["allOf"] = list(m.TYPE_RULES)
         branches.append({"if": _driver_if(d), "then": then})
     schema["allOf"] = branches
     return schema
@@ -114,14 +103,14 @@ def _optional(key: Key) -> Key:
     return Key(key.convert, key.description, key.default, key.what, key.schema, required=False)
 
 
-def _point(driver: str, module: Any) -> Schema:
-    keys = {**_keys(module, "POINT_KEYS"), **tags_config.COMMON_POINT_KEYS}
-    return object_schema(keys, _rules(module, "POINT_RULES"), description=f"A point of a {driver} equipment type.")
+def _point(driver: str, module: DriverConfig) -> Schema:
+    keys = {**module.POINT_KEYS, **tags_config.COMMON_POINT_KEYS}
+    return object_schema(keys, module.POINT_RULES, description=f"A point of a {driver} equipment type.")
 
 
-def _device(drivers: Mapping[str, Any]) -> Schema:
+def _device(drivers: Mapping[str, DriverConfig]) -> Schema:
     """Common device keys and the union of the drivers' (a device's driver is its type's, out of a schema's sight)."""
-    tables = [_keys(m, "DEVICE_KEYS") for m in drivers.values()]
+    tables = [m.DEVICE_KEYS for m in drivers.values()]
     keys: dict[str, Key] = dict(tags_config.COMMON_DEVICE_KEYS)
     rules: list[Schema] = []
     for name in dict.fromkeys(k for t in tables for k in t):
@@ -141,17 +130,17 @@ def _device(drivers: Mapping[str, Any]) -> Schema:
             examples=tuple(e for k in owners for e in k.examples),
         )
     for m in drivers.values():
-        rules.extend(_rules(m, "DEVICE_RULES"))
+        rules.extend(m.DEVICE_RULES)
     return object_schema(
         keys,
         rules,
         description="One device: an instance of an equipment type, where it stands and how to reach it ("
-        + "; ".join(f"{d}: {', '.join(_keys(m, 'DEVICE_KEYS'))}" for d, m in drivers.items())
+        + "; ".join(f"{d}: {', '.join(m.DEVICE_KEYS)}" for d, m in drivers.items())
         + ").",
     )
 
 
-def tags_schema(drivers: Mapping[str, Any]) -> Schema:
+def tags_schema(drivers: Mapping[str, DriverConfig]) -> Schema:
     """The JSON Schema of tags.yaml for these drivers (name -> config module)."""
     root = object_schema(tags_config.TAGS_KEYS, tags_config.TAGS_RULES)
     definitions: Schema = {
@@ -206,7 +195,7 @@ def alarms_schema() -> Schema:
     }
 
 
-def schemas(drivers: Mapping[str, Any]) -> dict[str, str]:
+def schemas(drivers: Mapping[str, DriverConfig]) -> dict[str, str]:
     """File name -> text of each schema, deterministic (tables' order, fixed formatting)."""
     return {
         "tags.schema.json": render(tags_schema(drivers)),
@@ -218,7 +207,7 @@ def render(schema: Schema) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
-def stale(directory: Path, drivers: Mapping[str, Any]) -> list[str]:
+def stale(directory: Path, drivers: Mapping[str, DriverConfig]) -> list[str]:
     """The schema files in ``directory`` that differ from the generated ones (or are missing)."""
     out = []
     for name, text in schemas(drivers).items():
@@ -228,7 +217,7 @@ def stale(directory: Path, drivers: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def write(directory: Path, drivers: Mapping[str, Any]) -> list[Path]:
+def write(directory: Path, drivers: Mapping[str, DriverConfig]) -> list[Path]:
     """Write the schemas into ``directory``; the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -247,7 +236,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=lambda args: run(args, {name: plugin.config for name, plugin in args.drivers.items()}))
 
 
-def run(args: argparse.Namespace, drivers: Mapping[str, Any]) -> int:
+def run(args: argparse.Namespace, drivers: Mapping[str, DriverConfig]) -> int:
     out = Path(args.out)
     if args.check:
         old = stale(out, drivers)

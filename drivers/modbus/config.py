@@ -431,3 +431,7 @@ def check_devices(devices: Sequence[DeviceSite]) -> None:
                     d.fields.mapping.get("endpoint"),
                 )
         by_identity[ep.identity] = d
+
+
+# No cross-key rules of these sections for the schema (scada.driver_api.DriverConfig).
+TYPE_RULES: tuple[Schema, ...] = ()

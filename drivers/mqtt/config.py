@@ -288,3 +288,7 @@ def check_type(type_name: str, points: dict[str, MqttPoint], where: Fields, type
 def check_devices(devices: Sequence[DeviceSite]) -> None:
     """Nothing to check across devices: many devices share one broker, and a device's topics
     come from its name, which the core already keeps unique."""
+
+
+# No cross-key rules of these sections for the schema (scada.driver_api.DriverConfig).
+DEVICE_RULES: tuple[Schema, ...] = ()

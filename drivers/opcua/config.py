@@ -434,3 +434,8 @@ def check_type(type_name: str, points: dict[str, OpcUaPoint], where: Fields, typ
 def check_devices(devices: Sequence[DeviceSite]) -> None:
     """Nothing to check across devices: many devices share one OPC UA server, and a device's
     nodes come from its name, which the core already keeps unique."""
+
+
+# No cross-key rules of these sections for the schema (scada.driver_api.DriverConfig).
+TYPE_RULES: tuple[Schema, ...] = ()
+DEVICE_RULES: tuple[Schema, ...] = ()
