@@ -778,21 +778,26 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
     sites: dict[str, list[DeviceSite]] = {name: [] for name in drivers}  # for each driver's device check
     next_id = 0
     for raw, where, dfile, line_no in entries:
-        d = _parse_device(raw, where, dfile, line_no, types, next_id, len(devices), drivers)
-        if d.name in seen:
-            prefix = f"{where}." if where else ""
-            name_line = raw.line_of("name") if isinstance(raw, LocMap) else line_no
-            raise ConfigError(
-                dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name
-            )
+        try:
+            d = _parse_device(raw, where, dfile, line_no, types, next_id, len(devices), drivers)
+            if d.name in seen:
+                prefix = f"{where}." if where else ""
+                name_line = raw.line_of("name") if isinstance(raw, LocMap) else line_no
+                raise ConfigError(
+                    dfile, name_line, f"{prefix}name", f"duplicate device (first declared at {seen[d.name]})", d.name
+                )
+        except ConfigError:
+            # The drivers check devices together, once all are read; but an error among the
+            # devices above this one comes first in the file, and is the one to report first.
+            _check_devices(drivers, sites)
+            raise
         seen[d.name] = d.source
         sites[types[d.type].driver].append(DeviceSite(d.name, d.io, d.source, Fields(raw, where, dfile, line_no)))
         devices.append(d)
         next_id += len(types[d.type].points)
     # Checks across devices belong to their driver: a Modbus address names one device, and
     # devices on one serial line agree on its settings; many devices share an MQTT broker.
-    for name, plugin in drivers.items():
-        plugin.config.check_devices(sites[name])
+    _check_devices(drivers, sites)
 
     alarms = (
         alarms_config.load(alarms_path, types, devices)
@@ -807,6 +812,12 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
         drivers=drivers,
         _device_index=MappingProxyType({d.name: d for d in devices}),
     )
+
+
+def _check_devices(drivers: Drivers, sites: Mapping[str, list[DeviceSite]]) -> None:
+    """Each driver's checks across its devices (scada.driver_api.DriverConfig.check_devices)."""
+    for name, plugin in drivers.items():
+        plugin.config.check_devices(sites[name])
 
 
 def load_config(directory: str | Path, drivers: Drivers) -> Config:

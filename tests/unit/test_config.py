@@ -617,3 +617,26 @@ def _with(module, **overrides):
     from types import SimpleNamespace
 
     return SimpleNamespace(**{**{k: getattr(module, k) for k in dir(module) if not k.startswith("__")}, **overrides})
+
+
+
+@pytest.mark.parametrize(
+    ("name", "commune"),
+    [
+        pytest.param("LC-TAL-003", "a/b", id="a later device's bad key"),
+        pytest.param("LC-TAL-001", "Talant", id="a later duplicate name"),
+    ],
+)
+def test_a_device_check_error_is_reported_before_a_later_devices_error(tmp_path: Path, name: str, commune: str) -> None:
+    """The drivers check devices together, after reading them all; an error they find among the
+    devices above a broken one is still the first reported, as a technician reads the file."""
+    case = Path(__file__).resolve().parents[1] / "config_cases" / "duplicate_endpoint"
+    text = (case / "tags.yaml").read_text(encoding="utf-8").rstrip("\n") + "\n"
+    text += f"  - name: {name}\n    type: lighting_cabinet\n    commune: {commune}\n    lat: 47.3\n    lon: 5.0\n"
+    text += "    endpoint: 10.20.1.12:502\n"
+    write(tmp_path, {"tags.yaml": text})
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    expected = (case / "expected.txt").read_text(encoding="utf-8").strip()  # tags.yaml:53: devices[1].endpoint: ...
+    assert str(err.value) == expected.replace("tags.yaml", str(tmp_path / "tags.yaml"))
+    assert (err.value.line, err.value.key) == (53, "devices[1].endpoint")
