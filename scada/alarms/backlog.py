@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 import structlog
 
 from scada.alarms.journal import Journal, JournalError, JournalRow, Key, StateRecord
+from scada.backoff import Backoff
 
 log = structlog.get_logger("scada.alarms")
 
-# Rows kept in memory at most (~300 B each), and the retry backoff (s).
+# Rows kept in memory at most (~300 B each), and the retry backoff (s): the project's one
+# capped, jittered backoff, so that a failing disk is neither hammered nor retried in step.
 BACKLOG_ROWS = 100_000
-RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
+RETRY = Backoff(0.5, 30.0)
 
 StateRecords = Callable[[Sequence[int]], list[tuple[Key, StateRecord]]]
 
@@ -53,7 +55,7 @@ class JournalWriter:
         self.dropped = 0  # rows lost to a full backlog since the start (counter)
         self._dropped_before = 0  # the counter when the current outage began
         self.retry_at = 0.0  # time.monotonic() of the next write attempt
-        self.retry_delay = RETRY_FIRST_S
+        self.failures = 0  # failed write attempts in a row
 
     @property
     def waiting(self) -> bool:
@@ -87,15 +89,16 @@ class JournalWriter:
             )
 
     def _fail(self, exc: JournalError) -> None:
-        self.retry_at = time.monotonic() + self.retry_delay
+        self.failures += 1
+        delay = RETRY.delay(self.failures)
+        self.retry_at = time.monotonic() + delay
         log.error(
             "alarm_journal_write_failed",
             journal=exc.path,
             error=exc.reason,
             backlog=len(self.backlog),
-            retry_in_s=self.retry_delay,
+            retry_in_s=round(delay, 3),
         )
-        self.retry_delay = min(self.retry_delay * 2, RETRY_MAX_S)
         self._failed(exc)
 
     def retry_due(self) -> None:
@@ -119,7 +122,7 @@ class JournalWriter:
             return False
         self.backlog.clear()
         self.backlog_states.clear()
-        self.retry_delay = RETRY_FIRST_S
+        self.failures = 0
         dropped, self._dropped_before = self.dropped - self._dropped_before, self.dropped
         log.info("alarm_journal_recovered", journal=str(self.journal.path), rows=len(rows), dropped=dropped)
         self._recovered(len(rows), dropped)
@@ -132,4 +135,4 @@ class JournalWriter:
         self.backlog = collections.deque(old.backlog)
         self.backlog_states = {renumber[j] for j in old.backlog_states if j in renumber}
         self.dropped, self._dropped_before = old.dropped, old._dropped_before
-        self.retry_delay, self.retry_at = old.retry_delay, 0.0
+        self.failures, self.retry_at = old.failures, 0.0

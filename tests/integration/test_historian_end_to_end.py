@@ -1,7 +1,7 @@
 """The historian end to end: the server process, a simulated city, a real VictoriaMetrics.
 
 The tiny city (cabinets over Modbus, junctions over OPC UA, bollards and vehicles over MQTT
-through a real Mosquitto) runs in its own process; ``python -m scada run --influx-url ...``
+through a real Mosquitto) runs in its own process; ``python -m city_scada run --influx-url ...``
 supervises it and writes its history both to its embedded store and, through the durable
 spool, to VictoriaMetrics. Then:
 
