@@ -62,6 +62,8 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
 
     from asyncua import Server, ua
 
+    from scada.opcua.asyncua_private import address_space
+
     logging.getLogger("asyncua").setLevel(logging.ERROR)
 
     # asyncua 2.1 builds every notification from an empty MonitoredItemNotification, whose
@@ -95,7 +97,8 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
                 )
                 ids.append(node.nodeid)
     await server.start()
-    attrs = [server.iserver.aspace[nid].attributes[ua.AttributeIds.Value] for nid in ids]
+    aspace = address_space(server)  # the stock server, fed as fast as it goes (scada.opcua.asyncua_private)
+    attrs = [aspace[nid].attributes[ua.AttributeIds.Value] for nid in ids]
     double, good = ua.VariantType.Double, ua.StatusCode(ua.StatusCodes.Good)  # type: ignore[arg-type]  # asyncua's UInt32 NewType
     writes = 0
     out = open(stats, "a", buffering=1)  # noqa: SIM115  (written until the process is terminated)

@@ -60,6 +60,7 @@ def child_build(impl: str, n: int) -> None:
         from asyncua import Server
 
         from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
+        from scada.opcua.asyncua_private import address_space
 
         t0 = time.perf_counter()
         config = citygen.load_config(n)
@@ -67,7 +68,7 @@ def child_build(impl: str, n: int) -> None:
         server = Server()
         await server.init()
         ns = await server.register_namespace(NAMESPACE_URI)
-        nodes0 = len(server.iserver.aspace._nodes)
+        nodes0 = len(address_space(server).keys())
         gc_time = [0.0, 0]
         started = []
 
@@ -104,7 +105,7 @@ def child_build(impl: str, n: int) -> None:
                 "n": n,
                 "tags": config.tag_count,
                 "variables": variables,
-                "nodes": len(server.iserver.aspace._nodes) - nodes0,
+                "nodes": len(address_space(server).keys()) - nodes0,
                 "build_s": build_s,
                 "config_s": config_s,
                 "rss_delta": r1 - r0,
