@@ -7,8 +7,9 @@ CreateMonitoredItems request per server limit of items per call, each item with 
 interval and, for a numeric point with a ``deadband``, an absolute-deadband DataChangeFilter
 so that the server filters at the source), then watch the connection.
 
-Notifications take a short path: the subscription's publish callback turns each
-DataChangeNotification into arrays at once (``codec.decode``; the ClientHandle of an item *is*
+Notifications take a short path: each publish response comes whole to the driver
+(drivers/opcua/asyncua_private.py, the one place that touches asyncua's client internals), which
+turns each DataChangeNotification into arrays at once (``codec.decode``; the ClientHandle of an item *is*
 its tag id), and a flush every ``FLUSH_S`` hands them to the tag database in one
 ``TagDB.update``, keeping the server's status codes and source timestamps. asyncua's own
 delivery (one task and one handler call per notification) costs 1.75x more CPU per value
@@ -25,6 +26,7 @@ driver.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -34,11 +36,10 @@ from typing import Any
 import numpy as np
 import structlog
 from asyncua import Client, ua
-from asyncua.common.subscription import Subscription
 from asyncua.crypto import security_policies, uacrypto
-from asyncua.ua.uaerrors import UaError
 
 from drivers.opcua import codec
+from drivers.opcua.asyncua_private import create_subscription, keepalive_count
 from drivers.opcua.config import NO_SECURITY, OpcUaEndpoint, OpcUaSecurity, OpcUaType
 from scada import status as st
 from scada.backoff import Backoff
@@ -51,7 +52,7 @@ from scada.tagdb import TEXT, TagDB
 log = structlog.get_logger("drivers.opcua")
 FLUSH_S = 0.05
 ITEMS_PER_CALL = 5000  # monitored items per CreateMonitoredItems request when the server sets no limit
-_SESSION_ERRORS = (UaError, OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError)
+_SESSION_ERRORS = (ua.UaError, OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError)
 _POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256}
 _MAX_ITEMS_PER_CALL = ua.NodeId(
     ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
@@ -105,35 +106,6 @@ class Session:
         return self.url if not self.security.secure else f"{self.url} ({self.security.policy}/{self.security.mode})"
 
 
-class _Subscription(Subscription):
-    """A subscription whose publish results go straight to the driver, as arrays.
-
-    asyncua's Subscription creates one task and one handler call per notification; here a
-    whole DataChangeNotification is decoded in one loop (the ClientHandle is the tag id).
-    """
-
-    def __init__(self, session_service, params, driver: OpcUaDriver, session: Session) -> None:
-        # A handler: asyncua keeps no event queue. Its handler methods are never called, since
-        # publish_callback is replaced: the handler protocols do not apply.
-        super().__init__(session_service, params, handler=self)  # type: ignore[arg-type]
-        self._driver, self._session = driver, session
-
-    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
-        self.last_publish_at = time.monotonic()
-        message = publish_result.NotificationMessage
-        if not message.NotificationData:
-            return
-        self.last_sequence_number = int(message.SequenceNumber)
-        for notification in message.NotificationData:
-            try:
-                if isinstance(notification, ua.DataChangeNotification):
-                    self._driver._ingest(notification.MonitoredItems)
-                elif isinstance(notification, ua.StatusChangeNotification):
-                    self._driver._session_lost(self._session, f"subscription status {notification.Status}")
-            except Exception:  # noqa: BLE001 - asyncua's publish loop would stop: the values would freeze Good
-                log.exception("opcua_notification_failed", endpoint=self._session.url)
-
-
 class OpcUaDriver:
     name = "opcua"
 
@@ -182,6 +154,17 @@ class OpcUaDriver:
         self.notifications = 0
 
     # notifications -> batches
+
+    def _on_message(self, s: Session, message: ua.NotificationMessage) -> None:
+        """One publish response of a session's subscription (called in asyncua's publish loop)."""
+        for notification in message.NotificationData:
+            try:
+                if isinstance(notification, ua.DataChangeNotification):
+                    self._ingest(notification.MonitoredItems)
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    self._session_lost(s, f"subscription status {notification.Status}")
+            except Exception:  # noqa: BLE001 - the rest of the message would be lost, the values frozen Good
+                log.exception("opcua_notification_failed", endpoint=s.url)
 
     def _ingest(self, items: list[ua.MonitoredItemNotification]) -> None:
         """One DataChangeNotification: its items become arrays, kept until the next flush."""
@@ -304,15 +287,12 @@ class OpcUaDriver:
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=s.publishing_interval,
             RequestedLifetimeCount=10000,
-            RequestedMaxKeepAliveCount=client.get_keepalive_count(s.publishing_interval),
+            RequestedMaxKeepAliveCount=keepalive_count(client, s.publishing_interval),
             MaxNotificationsPerPublish=10000,
             PublishingEnabled=True,
             Priority=0,
         )
-        sub = _Subscription(client.uaclient.session, params, self, s)
-        revised = client.get_subscription_revised_params(params, await sub.init())
-        if revised:
-            await sub.update(revised)
+        sub = await create_subscription(client, params, functools.partial(self._on_message, s))
         requests = []
         for node, (tag, _, _) in zip(nodes, s.nodes):
             mparams = ua.MonitoringParameters(
@@ -336,7 +316,7 @@ class OpcUaDriver:
             limit = await client.get_node(_MAX_ITEMS_PER_CALL).read_value()
             if isinstance(limit, int) and limit > 0:
                 per_call = min(per_call, limit)
-        except (UaError, TimeoutError):
+        except (ua.UaError, TimeoutError):
             pass  # the server does not publish its operation limits
         refused = []
         for i in range(0, len(requests), per_call):

@@ -1,4 +1,4 @@
-"""The simulators' one use of asyncua's private internals (checked against asyncua 2.1).
+"""The simulators' uses of asyncua's private internals (checked against asyncua 2.1).
 
 The simulators share no code with the server (``scada/opcua/`` has its own such module), so
 this stands apart: ``tests/unit/test_sim_asyncua_private.py`` fails here, naming the
@@ -8,6 +8,10 @@ attribute, when a release changes it.
   asyncua's ``Server.stop`` closes the sockets but leaves connected clients' sessions (their
   timeout watchdog and subscription tasks) running until the session timeout: closing them
   first is the only way to stop a server with clients still connected without leaving tasks.
+* ``ServiceError(code)``: raised from a user manager's ``get_user`` or the certificate
+  validator, asyncua answers the request with a fault of that status code (a user manager that
+  returns no user gets BadUserAccessDenied whatever the reason). asyncua's certificate
+  validator hook asks for it, but it lives in the internal ``asyncua.common.utils``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import asyncio
 import logging
 
 from asyncua import Server
+from asyncua.common.utils import ServiceError
+
+__all__ = ["ServiceError", "sessions", "stop_server"]
 
 log = logging.getLogger("simulators.opcua")
 

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from asyncua import Node, Server, ua
-from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from simulators.adapters.asyncua_private import stop_server
+from simulators.adapters.asyncua_private import ServiceError, stop_server
 from simulators.clock import Paced
 from simulators.models import traffic as tr
 from simulators.pki import ensure_certificate

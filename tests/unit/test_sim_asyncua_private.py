@@ -8,7 +8,7 @@ import socket
 import types
 
 import pytest
-from asyncua import Client, Server
+from asyncua import Client, Server, ua
 
 from simulators.adapters import asyncua_private
 
@@ -40,3 +40,11 @@ def test_a_changed_internal_is_refused_by_name() -> None:
     server = types.SimpleNamespace(iserver=types.SimpleNamespace())
     with pytest.raises(TypeError, match="_external_sessions"):
         asyncua_private.sessions(server)  # type: ignore[arg-type]
+
+
+def test_service_error_carries_its_status_code() -> None:
+    """``asyncua.common.utils.ServiceError(code).code``: what asyncua's server answers with when a
+    user manager or the certificate validator raises it."""
+    error = asyncua_private.ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+    assert isinstance(error, Exception), "asyncua.common.utils.ServiceError is no longer an exception"
+    assert error.code == ua.StatusCodes.BadCertificateUntrusted, "asyncua.common.utils.ServiceError(code).code"
