@@ -26,11 +26,17 @@ from scada.alarms.journal import Journal
 from scada.config import Config, Device
 from scada.driver_api import Driver
 from scada.historian.service import Historian, InfluxSettings
+from scada.front.link import FrontLink, FrontSettings
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada")
+
+# Where the OPC UA server runs: "process" (the default: its own process, fed from shared
+# memory, so that no client can slow the field; scada/front/link.py), or "inline" (in the
+# core's event loop: one process, for tests and small benches).
+FRONTS = ("process", "inline")
 
 
 def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
@@ -53,10 +59,14 @@ class Application:
         data_dir: str | Path = "var",
         influx: InfluxSettings | None = None,
         supervisor: Supervisor | None = None,
+        front: str = "process",
+        front_settings: FrontSettings | None = None,
     ) -> None:
+        if front not in FRONTS:
+            raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
+        self.front = front
         self.config = config
-        names, kinds, deadbands = config.tag_table()
-        self.tagdb = TagDB(names, kinds, deadbands, config.max_ages())
+        self.tagdb = self.new_tagdb(config)
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.data_dir / "alarms.sqlite")
@@ -67,7 +77,11 @@ class Application:
         self.influx = influx
         self.historian = self._make_historian()
         self.drivers: list[Driver] = build_drivers(config, self.tagdb)
-        self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
+        self.hmi: HmiServer | FrontLink
+        if front == "inline":
+            self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
+        else:
+            self.hmi = FrontLink(self, front_settings or FrontSettings(opcua_endpoint))
         self.status_interval = status_interval
         self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
         if self.supervisor.on_alarm is None:
@@ -76,6 +90,11 @@ class Application:
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
         self._reload_lock = asyncio.Lock()
+
+    def new_tagdb(self, config: Config) -> TagDB:
+        """The tag table of ``config``; its columns in shared memory when the front is a process."""
+        names, kinds, deadbands = config.tag_table()
+        return TagDB(names, kinds, deadbands, config.max_ages(), shared=self.front == "process")
 
     def _spool_alarm(self, active: bool, status) -> None:
         self.alarms.system_alarm(
@@ -109,6 +128,7 @@ class Application:
         self.tagdb.set_status(ids, st.BAD_COMMUNICATION_ERROR)
 
     def _publisher_restart(self) -> None:
+        assert isinstance(self.hmi, HmiServer), "the inline front's publisher"
         # Batches queued while it was down are older than the snapshot it starts from (run()
         # sends one at every start but the first after a reload: Publisher.primed).
         publisher = self.hmi.publisher
@@ -119,9 +139,14 @@ class Application:
 
     def _run_publisher(self) -> Coroutine[Any, Any, None]:
         """One attempt of the OPC UA publisher: the current one (a reload replaces it)."""
+        assert isinstance(self.hmi, HmiServer), "the inline front's publisher"
         publisher = self.hmi.publisher
         assert publisher is not None, "the HMI server starts before its tasks"
         return publisher.run()
+
+    def _conditions(self):
+        assert isinstance(self.hmi, HmiServer) and self.hmi.conditions is not None, "the inline front's conditions"
+        return self.hmi.conditions
 
     def _make_historian(self, config: Config | None = None, tagdb: TagDB | None = None) -> Historian:
         """A historian of this configuration and tag table (by default the running ones)."""
@@ -136,9 +161,11 @@ class Application:
 
     def _set_historian(self, new: Historian) -> None:
         """Make ``new`` the running historian: the OPC UA history reads follow it."""
-        self.historian = self.hmi.history = new
-        if self.hmi.tag_history is not None:
-            self.hmi.tag_history.historian = new
+        self.historian = new
+        if isinstance(self.hmi, HmiServer):  # a front process asks for the running one
+            self.hmi.history = new
+            if self.hmi.tag_history is not None:
+                self.hmi.tag_history.historian = new
 
     def _storage_alarm(self, source: str, active: bool, message: str) -> None:
         """The history store or spool cannot write (disk full, read-only...): one alarm per storage."""
@@ -164,12 +191,18 @@ class Application:
             f"driver:{drv.name}": {"factory": drv.run, "on_failure": lambda _exc, n=drv.name: self._driver_failed(n)}
             for drv in self.drivers
         }
-        out["opcua-publisher"] = {"factory": self._run_publisher, "on_restart": self._publisher_restart}
-        if self.hmi.conditions is not None:
-            out["opcua-alarm-events"] = {
-                "factory": lambda: self.hmi.conditions.run(),
-                "on_restart": lambda: self.hmi.conditions.reattach(),
-            }
+        hmi = self.hmi
+        if isinstance(hmi, FrontLink):
+            # One task: the front process (it restarts on its own components, fed anew).
+            out["opcua-front"] = {"factory": hmi.run}
+        else:
+            out["opcua-publisher"] = {"factory": self._run_publisher, "on_restart": self._publisher_restart}
+            if hmi.conditions is not None:
+                # Looked up at each start: a reload replaces the conditions.
+                out["opcua-alarm-events"] = {
+                    "factory": lambda: self._conditions().run(),
+                    "on_restart": lambda: self._conditions().reattach(),
+                }
         # The engine's run evaluates every instance again when it starts: a restart catches up.
         out["alarms"] = {"factory": lambda: self.alarms.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
@@ -237,9 +270,16 @@ class Application:
                 alarm_flood=s["alarms_10min"] > 10,
                 history_stored=s["history_stored"],
                 **{k: v for k, v in s.items() if k.startswith(("influx_", "history_")) and k != "history_stored"},
-                opcua_dropped=self.hmi.publisher.consumer.dropped_batches if self.hmi.publisher else 0,
+                opcua_dropped=self._opcua_dropped(),
             )
             self.max_loop_lag = 0.0
+
+    def _opcua_dropped(self) -> int:
+        """Change batches the OPC UA side lost (then resynchronised from the tag table)."""
+        hmi = self.hmi
+        if isinstance(hmi, FrontLink):
+            return hmi.dropped_batches
+        return hmi.publisher.consumer.dropped_batches if hmi.publisher else 0
 
     async def _staleness_loop(self) -> None:
         """Once a second: Good values older than their max_age turn Uncertain_LastUsableValue."""

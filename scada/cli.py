@@ -45,10 +45,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config, endpoint: str, status_interval: float, data_dir: str, influx=None) -> None:
+async def _serve(config, args: argparse.Namespace, influx=None) -> None:
     from scada.app import Application
+    from scada.front.link import FrontSettings
 
-    app = Application(config, endpoint, status_interval, data_dir, influx)
+    endpoint = args.opcua_endpoint
+    settings = FrontSettings(endpoint, log_json=args.log_json, log_level=args.log_level, event_loop=args.event_loop)
+    app = Application(
+        config, endpoint, args.status_interval, args.data, influx, front=args.front, front_settings=settings
+    )
+    data_dir = args.data
     task = asyncio.current_task()
     if task is None:  # eventloop.run runs this coroutine as its main task
         raise RuntimeError("the server runs inside an asyncio task")
@@ -173,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not influx.token:
             print(f"note: {influx.token_env} is not set: writing to {args.influx_url} without a token", file=sys.stderr)
     try:
-        eventloop.run(_serve(config, args.opcua_endpoint, args.status_interval, args.data, influx), args.event_loop)
+        eventloop.run(_serve(config, args, influx), args.event_loop)
     except JournalError as exc:
         print(f"cannot open the alarm journal: {exc}", file=sys.stderr)
         return 1
@@ -393,6 +399,13 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         default="var",
         help="folder of the server's files: the alarm journal, the history store, the InfluxDB spool (default: var)",
+    )
+    p.add_argument(
+        "--front",
+        choices=("process", "inline"),
+        default="process",
+        help="where the OPC UA server runs: its own process, so that no client can slow the field "
+        "(default), or inline in the server's event loop (one process: tests, small benches)",
     )
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")

@@ -263,7 +263,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     historian = None
     hmi_touched = False
     try:
-        tagdb = TagDB(*new.tag_table(), new.max_ages())
+        tagdb = app.new_tagdb(new)
         carried_tags = tagdb.carry_from(app.tagdb)
         alarms = AlarmEngine(new, tagdb, app.journal)
         carried_alarms, gone = carry_alarms(app.alarms, alarms)

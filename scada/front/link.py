@@ -1,0 +1,435 @@
+"""The core's side of the OPC UA front process: start it, feed it, answer it, restart it.
+
+Why a process: measured on one event loop, one HMI client monitoring 60,000 items delayed
+thousands of polls and stalled the loop for 1.2 s; a client's work must never reach the
+field. So the OPC UA server (``scada.opcua``) runs in ``python -m scada.front.process``,
+and the core only does, per change batch, one write of its raw columns to a socketpair:
+
+* **Values**: the tag columns live in shared memory (``TagDB(shared=True)``); the front reads
+  them for a snapshot, and receives each change batch (:func:`scada.front.wire.encode_batch`)
+  in order. When the front does not read fast enough (its socket buffer above
+  ``HIGH_WATER``), batches are dropped here, never queued without bound, and the front is
+  told to resynchronise from the shared columns (a ``resync`` message with the text values).
+* **Alarms**: each engine event is forwarded as the items the conditions need
+  (:func:`scada.alarms.remote.event_items`); dropped the same way, then an ``alarm_resync``
+  carries the engine's whole state.
+* **Requests** from the front (operator actions on alarms, the historian's points not stored
+  yet) run here as plain synchronous handlers, cheap by design, and are answered in order.
+* **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
+  (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
+  it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.
+  The front exits by itself when the socketpair closes (the core stopped or died).
+* **Reload**: the front follows a new configuration without a restart (its clients keep
+  their sessions): :meth:`FrontLink.reload` sends the new configuration and waits for the
+  front's answer. A front that fails to follow is restarted on the current configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from scada.front import wire
+from scada.tagdb import Consumer, TagDB
+
+log = structlog.get_logger("scada.front")
+
+HIGH_WATER = 32 << 20  # bytes waiting for the front: beyond, batches are dropped (then a resync)
+READY_TIMEOUT = 300.0  # s for a front to build its address space (a million tags: under 60 s)
+STOP_TIMEOUT = 10.0  # s for a front to stop cleanly before it is killed
+RELOAD_TIMEOUT = 120.0
+MAX_REQUEST = 16 << 20  # a front's request is small; a larger frame is a bug or an attack
+
+
+class FrontExited(RuntimeError):
+    """The front process ended (crashed, killed, or exited on an error it logged)."""
+
+
+class RemoteError(Exception):
+    """A request's handler failed: ``kind`` and ``payload`` say how (the owner of the op maps them)."""
+
+    def __init__(self, kind: str, payload: Any) -> None:
+        super().__init__(kind, payload)
+        self.kind, self.payload = kind, payload
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontSettings:
+    """How to start a front: what ``scada run`` was given."""
+
+    endpoint: str
+    name: str = "City supervision server"
+    log_json: bool = False
+    log_level: str = "INFO"
+    event_loop: str = "uvloop"
+
+
+def front_config(config) -> Any:
+    """The configuration as the front gets it: without the drivers' registry (the front has no
+    drivers, and must not import them)."""
+    return dataclasses.replace(config, drivers={})
+
+
+class _AlarmForwarder:
+    """An engine subscriber that forwards its events to the front (bound to one engine)."""
+
+    def __init__(self, link: FrontLink, engine) -> None:
+        self.link, self.engine = link, engine
+
+    def __call__(self, events) -> None:
+        self.link._forward_alarms(self.engine, events)
+
+
+class FrontLink:
+    """One OPC UA front process, seen from the core (``app.hmi`` when the front is a process).
+
+    ``app`` gives the running components (``config``, ``tagdb``, ``alarms``, ``historian``,
+    ``data_dir``), looked up when needed: a reload replaces them.
+    """
+
+    def __init__(self, app, settings: FrontSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.endpoint = settings.endpoint
+        self.config = app.config  # the configuration the front shows
+        self.conditions = None  # the conditions live in the front (scada/reload.py asks)
+        self.publisher = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._consumer: Consumer | None = None
+        self._consumer_db: TagDB | None = None
+        self._forwarder: _AlarmForwarder | None = None
+        self._tags_dirty = False
+        self._alarms_dirty = False
+        self._waiting: dict[int, asyncio.Future] = {}  # reload answers by id
+        self._ids = itertools.count(1)
+        self._ready: asyncio.Future | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._started = False  # start() spawned the first process: run() adopts it
+        self.node_count = 0
+        # Counters for the status line and the benches.
+        self.batches_sent = 0
+        self.batches_dropped = 0
+        self.alarm_events_dropped = 0
+        self.resyncs = 0
+        self.requests = 0
+        self.starts = 0  # processes started
+        self.ready_count = 0  # of which listened for clients
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Start the first front and wait until its OPC UA endpoint listens."""
+        await self._spawn()
+        self._started = True
+
+    async def run(self) -> None:
+        """Run the front until it dies (raise FrontExited) or this task is cancelled (stop it)."""
+        try:
+            if not self._started or self.proc is None:
+                await self._spawn()
+            self._started = False
+            assert self.proc is not None and self._reader_task is not None
+            tasks = [
+                self._reader_task,
+                asyncio.create_task(self._forward_batches(), name="opcua-front-batches"),
+                asyncio.create_task(self.proc.wait(), name="opcua-front-wait"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise FrontExited(f"OPC UA front: {t.exception()!r}") from t.exception()
+            raise FrontExited(f"OPC UA front exited (code {self.proc.returncode if self.proc else '?'})")
+        finally:
+            await self._stop_process()
+
+    async def stop(self) -> None:
+        """Stop the front (the server is stopping)."""
+        await self._stop_process()
+
+    async def _spawn(self) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "scada.front.process",
+                "--fd",
+                str(child.fileno()),
+                "--event-loop",
+                self.settings.event_loop,
+                pass_fds=(child.fileno(),),
+                cwd=os.getcwd(),
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.starts += 1
+        self._reader, self._writer = await asyncio.open_connection(sock=parent, limit=1 << 20)
+        self._subscribe(self.app.tagdb)
+        self._attach_alarms(self.app.alarms)
+        self._tags_dirty = self._alarms_dirty = False
+        self._ready = asyncio.get_running_loop().create_future()
+        self._send(wire.encode_message("init", self._init()))
+        # One reader for the process's whole life: a frame is never cut between two readers.
+        self._reader_task = asyncio.create_task(self._read(self._reader), name="opcua-front-reader")
+        try:
+            self.node_count = await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        except BaseException:
+            await self._stop_process()
+            raise
+        self.config = self.app.config
+        self.ready_count += 1
+        log.info("opcua_front_started", pid=self.proc.pid, endpoint=self.endpoint, nodes=self.node_count)
+
+    def _init(self) -> dict[str, Any]:
+        app = self.app
+        return {
+            "settings": self.settings,
+            **self._state(app.config, app.tagdb, app.alarms, app.historian),
+        }
+
+    def _state(self, config, tagdb: TagDB, alarms, historian) -> dict[str, Any]:
+        """What the front needs to mirror these components."""
+        from scada.alarms.remote import alarm_snapshot
+
+        return {
+            "config": front_config(config),
+            "shm": tagdb.shared_name,
+            "texts": dict(tagdb.text),
+            "alarms": alarm_snapshot(alarms) if alarms is not None else None,
+            "store": str(historian.store.path) if historian is not None else None,
+        }
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Read the front's messages until its channel ends (then return)."""
+        try:
+            await self._read_loop(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(FrontExited("the OPC UA front exited while starting (see its log)"))
+
+    async def _stop_process(self) -> None:
+        self._unsubscribe()
+        self._detach_alarms()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(FrontExited("the OPC UA front stopped"))
+        self._waiting.clear()
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()  # the front sees the end of its channel and stops by itself
+        reader_task, self._reader_task = self._reader_task, None
+        if reader_task is not None and reader_task is not asyncio.current_task():
+            reader_task.cancel()
+            await asyncio.gather(reader_task, return_exceptions=True)
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("opcua_front_kill", pid=proc.pid, reason=f"not stopped after {STOP_TIMEOUT} s")
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+
+    # Values
+
+    def _subscribe(self, tagdb: TagDB) -> None:
+        self._unsubscribe()
+        self._consumer = tagdb.subscribe("opcua-front", maxsize=4096)
+        self._consumer_db = tagdb
+
+    def _unsubscribe(self) -> None:
+        if self._consumer is not None and self._consumer_db is not None:
+            with contextlib.suppress(ValueError):
+                self._consumer_db.unsubscribe(self._consumer)
+        self._consumer = self._consumer_db = None
+
+    def _backlog(self) -> int:
+        w = self._writer
+        return w.transport.get_write_buffer_size() if w is not None else 0
+
+    def _send(self, data: bytes) -> None:
+        if self._writer is None:
+            raise FrontExited("the OPC UA front is not running")
+        self._writer.write(data)
+
+    async def _forward_batches(self) -> None:
+        while True:
+            consumer = self._consumer
+            if consumer is None:
+                await asyncio.sleep(0.05)
+                continue
+            batch = await consumer.get()
+            if consumer is not self._consumer:
+                continue  # a reload switched tag tables while this waited
+            if consumer.take_overflow():
+                self._tags_dirty = True  # batches lost in the core's own queue
+            if self._backlog() > HIGH_WATER:
+                self.batches_dropped += 1
+                self._tags_dirty = True
+                continue
+            if self._tags_dirty:
+                self._tags_dirty = False
+                self.resyncs += 1
+                self._send(wire.encode_message("resync", dict(self.app.tagdb.text)))
+            self._send(wire.encode_batch(batch))
+            self.batches_sent += 1
+
+    # Alarms
+
+    def _attach_alarms(self, engine) -> None:
+        self._detach_alarms()
+        if engine is None:
+            return
+        self._forwarder = _AlarmForwarder(self, engine)
+        engine.subscribers.append(self._forwarder)
+
+    def _detach_alarms(self, *engines) -> None:
+        fwd, self._forwarder = self._forwarder, None
+        for engine in {id(e): e for e in (*engines, fwd.engine if fwd else None) if e is not None}.values():
+            engine.subscribers[:] = [s for s in engine.subscribers if not isinstance(s, _AlarmForwarder)]
+
+    def _forward_alarms(self, engine, events) -> None:
+        from scada.alarms.remote import alarm_snapshot, event_items
+
+        if self._writer is None:
+            return
+        if self._backlog() > HIGH_WATER:
+            self.alarm_events_dropped += len(events)
+            self._alarms_dirty = True
+            return
+        if self._alarms_dirty:
+            self._alarms_dirty = False
+            self._send(wire.encode_message("alarm_resync", alarm_snapshot(engine)))
+            return  # the snapshot includes these events' effects
+        self._send(wire.encode_message("alarm_events", event_items(engine, events)))
+
+    # Requests from the front
+
+    def _handlers(self) -> dict[str, Callable[..., Any]]:
+        from scada.alarms.remote import alarm_snapshot, serve_alarm_action
+        from scada.front.history import serve_unstored
+
+        app = self.app
+        return {
+            "alarm_action": lambda *a: serve_alarm_action(app.alarms, *a),
+            "alarm_snapshot": lambda: alarm_snapshot(app.alarms),
+            "history_unstored": lambda ids: serve_unstored(app.historian, ids),
+        }
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        handlers = self._handlers()
+        while True:
+            kind, payload = await wire.read_frame(reader, MAX_REQUEST)
+            if kind != wire.MESSAGE:
+                raise wire.FrameError("the front sent a batch frame")
+            msg = wire.decode_message(payload)
+            tag = msg[0]
+            if tag == "request":
+                _, rid, op, args = msg
+                self.requests += 1
+                self._answer(handlers, rid, op, args)
+            elif tag == "ready":
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(int(msg[1]))
+            elif tag == "failed":  # the front could not start its server (the port is taken...)
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(OSError(msg[2], msg[3]))
+            elif tag == "reload_done":
+                fut = self._waiting.pop(msg[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg[2:])
+            else:
+                raise wire.FrameError(f"unknown message {tag!r} from the front")
+
+    def _answer(self, handlers: dict[str, Callable[..., Any]], rid: int, op: str, args: Sequence[Any]) -> None:
+        handler = handlers.get(op)
+        try:
+            if handler is None:
+                raise RemoteError("value", f"unknown request {op!r}")
+            reply = ("reply", rid, True, handler(*args))
+        except Exception as exc:  # noqa: BLE001 - the front gets the error, the core goes on
+            kind, payload = getattr(exc, "kind", "error"), getattr(exc, "payload", repr(exc))
+            if kind == "error":
+                log.warning("opcua_front_request_failed", op=op, error=repr(exc))
+            reply = ("reply", rid, False, (kind, payload))
+        with contextlib.suppress(FrontExited):
+            self._send(wire.encode_message(*reply))
+
+    # Reload (scada/reload.py)
+
+    async def reload(self, config, tagdb: TagDB, removed, added, retyped: list[str], alarms=None, history=None) -> int:
+        """Make the front show ``config`` with these components (see HmiServer.reload).
+
+        Returns the number of node changes the front announced. A front that cannot follow is
+        stopped: the supervisor starts it again on the components the server then runs.
+        """
+        if tagdb is not self._consumer_db:
+            self._subscribe(tagdb)
+        self._detach_alarms(self.app.alarms, alarms)
+        self._attach_alarms(alarms)
+        if self._writer is None or self.proc is None:
+            self.config = config
+            return 0
+        rid = next(self._ids)
+        fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
+        state = self._state(config, tagdb, alarms, history)
+        self._send(wire.encode_message("reload", rid, state, list(removed), list(added), list(retyped)))
+        try:
+            ok, result = await asyncio.wait_for(fut, RELOAD_TIMEOUT)
+        except BaseException:
+            self._waiting.pop(rid, None)
+            await self._restart_front("no answer to the reload")
+            raise
+        if not ok:
+            await self._restart_front(str(result))
+            raise FrontExited(f"the OPC UA front could not follow the new configuration: {result}")
+        self.config = config
+        return int(result)
+
+    async def _restart_front(self, why: str) -> None:
+        log.error("opcua_front_restart", reason=why)
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+
+    # Diagnostics
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "front_starts": self.starts,
+            "front_batches_sent": self.batches_sent,
+            "front_batches_dropped": self.batches_dropped,
+            "front_alarm_events_dropped": self.alarm_events_dropped,
+            "front_resyncs": self.resyncs,
+            "front_requests": self.requests,
+        }
+
+    @property
+    def dropped_batches(self) -> int:
+        consumer = self._consumer
+        return self.batches_dropped + (consumer.dropped_batches if consumer is not None else 0)

@@ -1,0 +1,273 @@
+"""The OPC UA front process: ``python -m scada.front.process --fd N`` (started by the core).
+
+It receives everything from the core over the socketpair ``N`` (see
+:mod:`scada.front.link`): an INIT with the configuration and where to find the tag columns,
+then change batches, alarm events, resyncs and reloads, and it sends requests back. It runs
+:class:`scada.opcua.server.HmiServer` on mirrors of the core's components:
+:class:`~scada.front.tags.TagMirror` (the shared tag columns and the batches),
+:class:`~scada.front.alarms.AlarmMirror` (the engine's state and its events; operator actions
+are requests), :class:`~scada.front.history.HistoryMirror` (the history store, read
+directly, and the historian's points not stored yet, a request).
+
+It stops when its channel ends: the core stopped, or died (a front never outlives its core).
+Any failure of its own tasks ends the process with an error: the core's supervisor starts a
+new one, with backoff, while the field goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from common import eventloop, logs
+from scada.front import wire
+from scada.front.link import RemoteError
+
+log = structlog.get_logger("scada.front")
+
+DRAIN_TIMEOUT = 10.0  # s: alarm events already queued reach the clients before a reload
+
+
+class CoreChannel:
+    """The front's end of the socketpair: requests to the core and their replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+
+    def send(self, tag: str, *fields: Any) -> None:
+        self.writer.write(wire.encode_message(tag, *fields))
+
+    async def request(self, op: str, *args: Any) -> Any:
+        """Ask the core; its handler's result, or RemoteError(kind, payload)."""
+        rid = next(self._ids)
+        fut = self._pending[rid] = asyncio.get_running_loop().create_future()
+        try:
+            self.send("request", rid, op, args)
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+
+    def answer(self, rid: int, ok: bool, value: Any) -> None:
+        fut = self._pending.get(rid)
+        if fut is None or fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(RemoteError(*value))
+
+    def close(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("the core closed the channel"))
+        self.writer.close()
+
+
+class Front:
+    """One front: the mirrors, the OPC UA server, and the channel's dispatch."""
+
+    def __init__(self, channel: CoreChannel, settings) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.hmi: Any = None
+        self.tags: Any = None
+        self.tasks: list[asyncio.Task] = []
+        self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
+        self.failure: BaseException | None = None
+
+    def _mirrors(self, state: dict[str, Any]):
+        from scada.front.alarms import AlarmMirror
+        from scada.front.history import HistoryMirror
+        from scada.front.tags import TagMirror
+
+        config = state["config"]
+        names, kinds, _deadbands = config.tag_table()
+        tags = self.tags
+        if tags is None or tags.shm_name != state["shm"]:
+            tags = TagMirror(names, kinds, state["shm"])
+        tags.resync(state["texts"])
+        alarms = None
+        if state["alarms"] is not None:
+            alarms = AlarmMirror(config, len(tags), self.channel.request)
+            alarms.tagdb = tags
+            alarms.load(state["alarms"])
+        history = None
+        if state["store"] is not None:
+            history = HistoryMirror(state["store"], list(names), self.channel.request)
+        return config, tags, alarms, history
+
+    async def start(self, state: dict[str, Any]) -> int:
+        from scada.opcua.server import HmiServer
+
+        config, self.tags, alarms, history = self._mirrors(state)
+        s = self.settings
+        self.hmi = HmiServer(config, self.tags, s.endpoint, s.name, alarms=alarms, history=history)
+        await self.hmi.start()
+        self._start_tasks()
+        return self.hmi.node_count
+
+    def _start_tasks(self) -> None:
+        hmi = self.hmi
+        self.tasks = [self._watch(asyncio.create_task(hmi.publisher.run(), name="opcua-publisher"))]
+        if hmi.conditions is not None:
+            self.tasks.append(self._watch(asyncio.create_task(hmi.conditions.run(), name="opcua-alarm-events")))
+
+    def _watch(self, task: asyncio.Task) -> asyncio.Task:
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self.failure = t.exception()
+                log.error("opcua_front_task_failed", task=t.get_name(), error=repr(self.failure))
+                self.failed.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _stop_tasks(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
+    async def reload(self, rid: int, state: dict[str, Any], removed, added, retyped) -> None:
+        """Follow the core's new configuration (HmiServer.reload); answer ``reload_done``."""
+        try:
+            conditions = self.hmi.conditions
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while conditions is not None and conditions._queue and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await self._stop_tasks()
+            config, tags, alarms, history = self._mirrors(state)
+            old_history = self.hmi.history
+            changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
+            self.tags = tags
+            if old_history is not None and old_history is not history:
+                old_history.close()
+            self._start_tasks()
+        except Exception as exc:  # noqa: BLE001 - the core restarts a front that cannot follow
+            log.exception("opcua_front_reload_failed")
+            self.channel.send("reload_done", rid, False, repr(exc))
+            raise
+        self.channel.send("reload_done", rid, True, changes)
+
+    def dispatch(self, kind: int, payload: bytes) -> asyncio.Task | None:
+        """One frame from the core; a reload runs as a task (its answer is sent when done)."""
+        if kind == wire.BATCH:
+            self.tags.receive(wire.decode_batch(payload))
+            return None
+        msg = wire.decode_message(payload)
+        tag = msg[0]
+        if tag == "reply":
+            self.channel.answer(*msg[1:])
+        elif tag == "resync":
+            self.tags.resync(msg[1])
+        elif tag == "alarm_events":
+            alarms = self.hmi.alarms
+            if alarms is not None:
+                alarms.receive(msg[1])
+        elif tag == "alarm_resync":
+            alarms = self.hmi.alarms
+            if alarms is not None:
+                alarms.load(msg[1])
+                if self.hmi.conditions is not None:
+                    self.hmi.conditions.reattach()  # rebuild the retained conditions, tell the clients
+        elif tag == "reload":
+            return self._watch(asyncio.create_task(self.reload(*msg[1:]), name="opcua-front-reload"))
+        else:
+            raise wire.FrameError(f"unknown message {tag!r} from the core")
+        return None
+
+    async def stop(self) -> None:
+        await self._stop_tasks()
+        if self.hmi is not None:
+            await self.hmi.stop()
+            if self.hmi.history is not None:
+                self.hmi.history.close()
+
+
+async def serve(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    kind, payload = await wire.read_frame(reader)
+    msg = wire.decode_message(payload) if kind == wire.MESSAGE else ("?",)
+    if msg[0] != "init":
+        print("front: the core's first message is not an init", file=sys.stderr)
+        return 2
+    state = msg[1]
+    settings = state["settings"]
+    logs.configure(json=settings.log_json, level=settings.log_level)
+    channel = CoreChannel(reader, writer)
+    front = Front(channel, settings)
+    # Frames that arrive while the address space is built wait in the socket (the core drops
+    # batches beyond its high-water mark and resynchronises the front afterwards).
+    try:
+        try:
+            nodes = await front.start(state)
+        except OSError as exc:
+            channel.send("failed", "oserror", exc.errno, exc.strerror or str(exc))
+            await writer.drain()
+            return 1
+        channel.send("ready", nodes)
+        log.info("opcua_front_ready", endpoint=settings.endpoint, nodes=nodes)
+        await _run(front, reader)
+    finally:
+        await front.stop()
+        channel.close()
+    return 0
+
+
+async def _run(front: Front, reader: asyncio.StreamReader) -> None:
+    """Dispatch the core's frames until the channel ends; a failed task ends the front."""
+    reading = asyncio.create_task(_read(front, reader), name="opcua-front-channel")
+    failed = asyncio.create_task(front.failed.wait(), name="opcua-front-failed")
+    try:
+        await asyncio.wait((reading, failed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (reading, failed):
+            t.cancel()
+        await asyncio.gather(reading, failed, return_exceptions=True)
+    if front.failure is not None:
+        raise RuntimeError("a task of the OPC UA front failed") from front.failure
+    if reading.done() and not reading.cancelled():
+        reading.result()  # the channel's own failure (a frame that is not ours)
+
+
+async def _read(front: Front, reader: asyncio.StreamReader) -> None:
+    reloads: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
+    while True:
+        try:
+            kind, payload = await wire.read_frame(reader, wire.MAX_FRAME)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.info("opcua_front_channel_closed")
+            return
+        task = front.dispatch(kind, payload)
+        if task is not None:
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scada-front", description="OPC UA front process (started by the server)")
+    p.add_argument("--fd", type=int, required=True, help="the socketpair end inherited from the core")
+    p.add_argument("--event-loop", default=eventloop.DEFAULT, choices=eventloop.LOOPS)
+    args = p.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group: the core stops its front itself
+    # (it closes the channel), in order, after its own clients' work.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(eventloop.run(serve(args.fd), args.event_loop))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The OPC UA front in its own process, seen by a real client: same values, statuses, timestamps,
+alarms, methods and history as the inline front; killed, it is restarted while the core runs on.
+
+The core (Application) runs in this test's event loop with no drivers: the test is the field
+(``tagdb.update``), so every value a client sees is one the test wrote. The front is the real
+``python -m scada.front.process`` the server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from asyncua import Client, ua
+
+from scada import status as st
+from scada.app import Application
+from tests.configs import ROOT
+
+from .helpers import Notifications, free_port, until
+
+pytestmark = pytest.mark.integration
+
+O = ua.ObjectIds
+CABINETS = ("LC-1", "LC-2")
+
+
+def _config(folder: Path):
+    from city_scada import load_config
+
+    head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
+    folder.mkdir(parents=True)
+    devices = "".join(
+        f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{free_port()}"}}\n'
+        for n in CABINETS
+    )
+    (folder / "tags.yaml").write_text(head + "\ndevices:\n" + devices)
+    (folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
+    return load_config(folder)
+
+
+@contextlib.asynccontextmanager
+async def core(tmp_path: Path):
+    """The server's core in this loop (no drivers), its OPC UA front a separate process."""
+    app = Application(_config(tmp_path / "cfg"), f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
+    assert app.front == "process"
+    app.drivers = []  # the test is the field
+    task = asyncio.create_task(app.run(), name="core")
+    try:
+        await asyncio.wait_for(app.started.wait(), 120)
+        yield app
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def tag(app: Application, device: str, point: str) -> tuple[int, ua.NodeId]:
+    name = f"Dijon/lighting/{device}/{point}"
+    return app.tagdb.id_of(name), ua.NodeId(name, 2)
+
+
+def write(app: Application, tid: int, value: float, status: int = st.GOOD, source_ns: int | None = None) -> int:
+    src = time.time_ns() if source_ns is None else source_ns
+    app.tagdb.update([tid], [value], status, src)
+    return src
+
+
+def _dt_ns(dt) -> int:
+    return int(dt.timestamp() * 1e6) * 1000
+
+
+async def test_values_statuses_and_timestamps_cross_the_process_front_unchanged(tmp_path):
+    async with core(tmp_path) as app:
+        tid, node = tag(app, "LC-1", "mains_voltage")
+        src = write(app, tid, 231.5)
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            handler = Notifications()
+            sub = await client.create_subscription(50, handler)
+            await sub.subscribe_data_change([client.get_node(node)])
+            first = await handler.next_data(node, lambda dv: dv.Value.Value == 231.5)
+            assert first.StatusCode.is_good()
+            assert _dt_ns(first.SourceTimestamp) == src // 1000 * 1000
+            # A link loss keeps the last value with a Bad status (the SCADA rule, not asyncua's).
+            app.tagdb.set_status([tid], st.BAD_COMMUNICATION_ERROR)
+            lost = await handler.next_data(node, lambda dv: not dv.StatusCode.is_good())
+            assert lost.StatusCode.value == st.BAD_COMMUNICATION_ERROR and lost.Value.Value == 231.5
+            # A Read sees what was last published, by the same process.
+            later = write(app, tid, 229.0, source_ns=src + 1_000_000_000)
+            await handler.next_data(node, lambda dv: dv.Value.Value == 229.0)
+            dv = await client.get_node(node).read_data_value()
+            assert dv.Value.Value == 229.0 and _dt_ns(dv.SourceTimestamp) == later // 1000 * 1000
+
+
+async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(tmp_path):
+    async with core(tmp_path) as app:
+        tid, _ = tag(app, "LC-1", "temperature")
+        write(app, tid, 30.0)
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            handler = Notifications()
+            sub = await client.create_subscription(50, handler)
+            await sub.subscribe_events(client.get_node(ua.NodeId(O.Server)), ua.NodeId(O.AlarmConditionType))
+            write(app, tid, 75.0)
+            ev = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
+            i = app.alarms.instance("cabinet_hot", "LC-1")
+            assert app.alarms.describe(i)["state"] == "UNACK_ACTIVE"
+            await client.get_node(ev.NodeId).call_method(
+                ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(ev.EventId, ua.VariantType.ByteString),
+                ua.Variant(ua.LocalizedText("seen from the wall"), ua.VariantType.LocalizedText),
+            )
+            acked = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.AckedState.Text == "Acknowledged")
+            assert acked.Comment.Text == "seen from the wall"
+            assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
+            rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
+            assert rows and rows[-1].user.startswith("opcua:") and rows[-1].comment == "seen from the wall"
+            # A refused action comes back as the precise status, from the core's engine.
+            with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
+                await client.get_node(ev.NodeId).call_method(
+                    ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                    ua.Variant(ev.EventId, ua.VariantType.ByteString),
+                    ua.Variant(ua.LocalizedText("again"), ua.VariantType.LocalizedText),
+                )
+
+
+async def test_history_reads_through_the_front_see_values_not_stored_yet(tmp_path):
+    async with core(tmp_path) as app:
+        tid, node = tag(app, "LC-1", "power")
+        t0 = time.time_ns() - 10_000_000_000
+        for k in range(5):
+            write(app, tid, 100.0 + 10 * k, source_ns=t0 + k * 1_000_000_000)
+        await until(lambda: app.historian.compressor.received >= 5, 30, "the historian took the values")
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            async def read():
+                return await client.get_node(node).read_raw_history(
+                    starttime=None, endtime=None, numvalues=0
+                )
+
+            values = []
+            async with asyncio.timeout(30):
+                while [v.Value.Value for v in values][-1:] != [140.0]:
+                    values = await read()
+            assert [v.Value.Value for v in values][-1] == 140.0
+
+
+async def test_a_killed_front_is_restarted_and_clients_reconnect_while_the_core_runs_on(tmp_path):
+    async with core(tmp_path) as app:
+        tid, node = tag(app, "LC-2", "mains_voltage")
+        write(app, tid, 230.0)
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            assert (await client.get_node(node).read_value()) == 230.0
+        first = app.hmi.proc.pid
+        os.kill(first, signal.SIGKILL)
+        # The core goes on: the field writes while the front is down.
+        await until(lambda: app.supervisor.status()["opcua-front"]["restarts"] >= 1, 30, "the front's failure seen")
+        write(app, tid, 231.0)
+        await until(lambda: app.hmi.ready_count >= 2, 120, "a new front listens")
+        assert app.hmi.proc is not None and app.hmi.proc.pid != first
+        assert app.supervisor.status()["opcua-front"]["failed"]  # server_task_failed is raised meanwhile
+        async with asyncio.timeout(60):
+            while True:  # the new front listens once it has built its address space
+                try:
+                    async with Client(app.hmi.endpoint, timeout=10) as client:
+                        # The value written while no front ran: from the shared tag columns.
+                        assert (await client.get_node(node).read_value()) == 231.0
+                        handler = Notifications()
+                        sub = await client.create_subscription(50, handler)
+                        await sub.subscribe_data_change([client.get_node(node)])
+                        write(app, tid, 232.0)
+                        await handler.next_data(node, lambda dv: dv.Value.Value == 232.0)
+                        break
+                except (OSError, asyncio.TimeoutError, ua.UaError):
+                    await asyncio.sleep(0.2)
