@@ -418,9 +418,12 @@ async def serving(hmi):
 
 
 @contextlib.asynccontextmanager
-async def running_app(tmp_path: Path):
+async def running_app(tmp_path: Path, front: str = "process"):
     """A real Application (OPC UA on loopback) on two cabinets, running in this loop; yields
-    (app, the configuration, the same one with a third cabinet LC-3, the app's task)."""
+    (app, the configuration, the same one with a third cabinet LC-3, the app's task).
+
+    ``front``: "process" (the server's default: the OPC UA front in its own process), or
+    "inline" for tests that look inside the OPC UA objects."""
     from scada.app import Application
     from city_scada import load_config
 
@@ -431,7 +434,7 @@ async def running_app(tmp_path: Path):
         (tmp_path / folder / "tags.yaml").write_text(head + _dead_cabinets(ports, names))
         (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
     old, new = load_config(tmp_path / "a"), load_config(tmp_path / "b")
-    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
+    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data", front=front)
     task = asyncio.create_task(app.run())
     try:
         await asyncio.wait_for(app.started.wait(), 60)

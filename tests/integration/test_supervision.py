@@ -68,7 +68,7 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
         # Fast restarts and a short "healthy" period: the test waits for events, not for the defaults.
         sup = Supervisor(backoff=Backoff(base=0.05, cap=0.5), healthy_after=1.0)
         app = Application(config, f"opc.tcp://127.0.0.1:{free_port()}/scada/", status_interval=0,
-                          data_dir=tmp_path / "data", supervisor=sup)
+                          data_dir=tmp_path / "data", supervisor=sup, front="inline")
         drivers = {d.name: d for d in app.drivers}
         assert set(drivers) == {"modbus", "opcua", "mqtt"}
         driver_tags = {name: app.driver_tag_ids(name) for name in drivers}

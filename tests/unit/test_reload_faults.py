@@ -211,7 +211,7 @@ def lc3_node(app):
 
 async def test_a_rollback_points_the_history_reads_at_the_reopened_historian(tmp_path, monkeypatch):
     from scada import app as app_module
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         real = app_module.build_drivers
         monkeypatch.setattr(app_module, "build_drivers",
                             lambda config, tagdb: (_ for _ in ()).throw(OSError("injected")) if config is new
@@ -225,7 +225,7 @@ async def test_a_failure_inside_the_opcua_switch_is_undone(tmp_path, monkeypatch
     """After the OPC UA side took the new objects: it goes back to the running ones, the added
     device's nodes go, and the next reload applies."""
     from scada.opcua import server as server_module
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         real = server_module._rebind_history
 
         def broken(th, config, tagdb, historian):
@@ -244,7 +244,7 @@ async def test_a_failure_inside_the_opcua_switch_is_undone(tmp_path, monkeypatch
 
 
 async def test_a_model_change_event_that_fails_does_not_undo_the_reload(tmp_path, monkeypatch):
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         async def broken(*args):
             raise RuntimeError("injected: no event")
         monkeypatch.setattr(app.hmi.server, "get_event_generator", broken)
@@ -257,7 +257,7 @@ async def test_a_rollback_restarts_every_task_though_the_stores_fail(tmp_path, m
     disk): every task still restarts; the historian's fails and is restarted by the supervisor."""
     from scada import app as app_module
     from scada.historian.store import HistoryError
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         real_drivers, real_historian = app_module.build_drivers, app._make_historian
         monkeypatch.setattr(app_module, "build_drivers",
                             lambda config, tagdb: (_ for _ in ()).throw(OSError("injected")) if config is new
@@ -289,7 +289,7 @@ async def test_a_rollback_restarts_every_task_though_the_stores_fail(tmp_path, m
 
 
 async def test_a_server_alarm_raised_during_the_switch_is_not_lost(tmp_path, monkeypatch):
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         real = app.hmi.reload
 
         async def reload(*args, **kwargs):
@@ -301,7 +301,7 @@ async def test_a_server_alarm_raised_during_the_switch_is_not_lost(tmp_path, mon
 
 
 async def test_a_reload_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monkeypatch):
-    async with running_app(tmp_path) as (app, old, new, task):
+    async with running_app(tmp_path, "inline") as (app, old, new, task):
         entered = asyncio.Event()
 
         async def reload(*args, **kwargs):
@@ -320,7 +320,7 @@ async def test_a_reload_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monk
 
 
 async def test_a_rollback_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monkeypatch):
-    async with running_app(tmp_path) as (app, old, new, task):
+    async with running_app(tmp_path, "inline") as (app, old, new, task):
         undoing = asyncio.Event()
 
         async def reload(config, *args, **kwargs):
@@ -344,7 +344,7 @@ async def test_the_new_historian_goes_on_from_the_old_one(tmp_path):
     """A reload's historian takes over the stopped one (Historian.take_over): its counters go on
     (the status line's history_stored never falls back to 0) and so would a full disk's backlog
     and storage alarms (their carrying is tested in test_historian_storage_faults.py)."""
-    async with running_app(tmp_path) as (app, old, new, _):
+    async with running_app(tmp_path, "inline") as (app, old, new, _):
         await until(lambda: app.historian.stored > 0, "the first values stored")
         before, stored = app.historian, app.historian.stored
         await app.reload(new)
