@@ -271,6 +271,7 @@ class Application:
                 history_stored=s["history_stored"],
                 **{k: v for k, v in s.items() if k.startswith(("influx_", "history_")) and k != "history_stored"},
                 opcua_dropped=self._opcua_dropped(),
+                **(self.hmi.stats() if isinstance(self.hmi, FrontLink) else {}),
             )
             self.max_loop_lag = 0.0
 

@@ -206,6 +206,8 @@ async def serve(fd: int) -> int:
     state = msg[1]
     settings = state["settings"]
     logs.configure(json=settings.log_json, level=settings.log_level)
+    # Its lines share the server's output: say which process wrote them.
+    structlog.contextvars.bind_contextvars(process="opcua-front")
     channel = CoreChannel(reader, writer)
     front = Front(channel, settings)
     # Frames that arrive while the address space is built wait in the socket (the core drops

@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from asyncua import Client, ua
 
@@ -26,7 +27,7 @@ from .helpers import Notifications, free_port, until
 
 pytestmark = pytest.mark.integration
 
-O = ua.ObjectIds
+OI = ua.ObjectIds
 CABINETS = ("LC-1", "LC-2")
 
 
@@ -104,13 +105,13 @@ async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(t
         async with Client(app.hmi.endpoint, timeout=10) as client:
             handler = Notifications()
             sub = await client.create_subscription(50, handler)
-            await sub.subscribe_events(client.get_node(ua.NodeId(O.Server)), ua.NodeId(O.AlarmConditionType))
+            await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
             write(app, tid, 75.0)
             ev = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
             i = app.alarms.instance("cabinet_hot", "LC-1")
             assert app.alarms.describe(i)["state"] == "UNACK_ACTIVE"
             await client.get_node(ev.NodeId).call_method(
-                ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
                 ua.Variant(ev.EventId, ua.VariantType.ByteString),
                 ua.Variant(ua.LocalizedText("seen from the wall"), ua.VariantType.LocalizedText),
             )
@@ -122,7 +123,7 @@ async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(t
             # A refused action comes back as the precise status, from the core's engine.
             with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
                 await client.get_node(ev.NodeId).call_method(
-                    ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                    ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
                     ua.Variant(ev.EventId, ua.VariantType.ByteString),
                     ua.Variant(ua.LocalizedText("again"), ua.VariantType.LocalizedText),
                 )
@@ -174,5 +175,73 @@ async def test_a_killed_front_is_restarted_and_clients_reconnect_while_the_core_
                         write(app, tid, 232.0)
                         await handler.next_data(node, lambda dv: dv.Value.Value == 232.0)
                         break
-                except (OSError, asyncio.TimeoutError, ua.UaError):
+                except (TimeoutError, OSError, ua.UaError):
                     await asyncio.sleep(0.2)
+
+
+STUCK_CLIENT = """
+import asyncio, sys
+from asyncua import Client, ua
+
+async def main(url, names):
+    client = Client(url, timeout=30)
+    client.session_timeout = 600_000
+    await client.connect()
+
+    class Quiet:
+        def datachange_notification(self, node, val, data):
+            pass
+
+    sub = await client.create_subscription(50, Quiet())
+    await sub.subscribe_data_change([client.get_node(ua.NodeId(n, 2)) for n in names], queuesize=1)
+    print("subscribed", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_a_client_that_stops_reading_is_bounded_and_slows_neither_the_core_nor_other_clients(tmp_path):
+    import subprocess
+    import sys
+
+    async with core(tmp_path) as app:
+        names = [n for n in app.tagdb.names if "/Diagnostics/" not in n]
+        ids = app.tagdb.ids_of(names)
+        stuck = subprocess.Popen([sys.executable, "-c", STUCK_CLIENT, app.hmi.endpoint, *names],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert stuck.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(stuck.stdout.readline), 60)
+            assert line.strip() == "subscribed"
+            os.kill(stuck.pid, signal.SIGSTOP)  # it no longer reads its socket, nor asks to publish
+            front = app.hmi.proc.pid
+            _, watched = tag(app, "LC-1", "power")
+            async with Client(app.hmi.endpoint, timeout=10) as client:
+                handler = Notifications()
+                sub = await client.create_subscription(50, handler)
+                await sub.subscribe_data_change([client.get_node(watched)])
+                sent_before = app.hmi.batches_sent
+                rss = []
+                for k in range(1, 301):  # every tag changes, 300 times: far more than the stuck client can hold
+                    app.tagdb.update(ids, np.full(len(ids), float(k)), st.GOOD)
+                    if k % 20 == 0:
+                        rss.append(rss_kib(front))
+                        # The other client gets the latest value (it is not held behind the stuck one).
+                        await handler.next_data(watched, lambda dv, k=k: dv.Value.Value == float(k), timeout=30)
+                    await asyncio.sleep(0.005)
+            # The front read every batch the core sent: the stuck client held nothing in the core.
+            assert app.hmi.batches_dropped == 0 and app.hmi.batches_sent - sent_before >= 300
+            # Its memory is bounded: the last samples grow no more than the noise of the first ones.
+            first, last = max(rss[:5]), max(rss[-5:])
+            assert last - first < 20_000, rss  # KiB
+        finally:
+            os.kill(stuck.pid, signal.SIGKILL)
+            stuck.wait()
