@@ -245,3 +245,38 @@ async def test_a_client_that_stops_reading_is_bounded_and_slows_neither_the_core
         finally:
             os.kill(stuck.pid, signal.SIGKILL)
             stuck.wait()
+
+
+def test_scada_run_with_its_opc_ua_port_taken_says_so_and_leaves_no_front_behind(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    mark = f"front-port-taken-{os.getpid()}-{time.time_ns()}"
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "city_scada", "run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
+             "--opcua-endpoint", f"opc.tcp://127.0.0.1:{port}/scada/", "--status-interval", "0"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "SCADA_TEST_MARK": mark},
+        )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"cannot start the OPC UA server on opc.tcp://127.0.0.1:{port}/scada/" in out.stderr
+    assert "in use" in out.stderr
+    # No front process outlives the server (it would hold the port and the shared memory).
+    assert processes_marked(mark) == []
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Processes whose environment holds ``SCADA_TEST_MARK=mark`` (a server and its children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"SCADA_TEST_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
