@@ -21,16 +21,18 @@ rows never share a line with the header the writer bumps twice per batch).
 
 from __future__ import annotations
 
+import mmap
+import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping
 from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from scada.shm_private import ReadOnlyBlock
+from scada.shm_private import open_mapping
 
 LAYOUT_VERSION = 1
 ALIGN = 64
@@ -41,18 +43,6 @@ MAX_WAIT = 1.0  # seconds a reader waits for a write in progress to end (a write
 
 T = TypeVar("T")
 Spec = Mapping[str, Any]  # column name -> numpy dtype (anything np.dtype() takes)
-
-
-class Block(Protocol):
-    """What SharedColumns uses of its block: a SharedMemory (owner) or a ReadOnlyBlock (reader)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def buf(self) -> memoryview | None: ...  # None once closed (SharedMemory)
-    def close(self) -> None: ...
 
 
 class TornReadError(RuntimeError):
@@ -105,57 +95,68 @@ class SharedColumns:
     only; it never removes the block).
     """
 
-    def __init__(self, shm: Block, spec: Spec, n: int, owner: bool) -> None:
+    def __init__(self, name: str, mapping: mmap.mmap, spec: Spec, n: int, owner: SharedMemory | None) -> None:
         columns, size, digest = layout(spec, n)
-        if shm.size < size:
-            raise ValueError(f"shared columns {shm.name}: block is {shm.size} bytes, the layout needs {size}")
-        buf = shm.buf
-        if buf is None:
-            raise ValueError(f"shared columns {shm.name}: the block is closed")
-        self._shm = shm
-        self.owner = owner
+        self.name = name  # the block's name, for attach() in another process
+        if len(mapping) < size:
+            mapping.close()
+            raise ValueError(f"shared columns {name}: block is {len(mapping)} bytes, the layout needs {size}")
+        self._mmap = mapping
+        self._owner = owner  # the SharedMemory that created the block, kept to unlink it
+        buf = mapping
         self.rows = n
+        self.closed = False
         self._gen = 0  # the writer's generation, mirrored in the header (one process writes)
         self._header = np.ndarray((_HEADER_WORDS,), np.uint64, buf, 0)
-        if owner:
+        if owner is not None:
             self._header[:] = 0
             self._header[_ROWS], self._header[_VERSION], self._header[_DIGEST] = n, LAYOUT_VERSION, digest
         else:
             found = (int(self._header[_VERSION]), int(self._header[_ROWS]), int(self._header[_DIGEST]))
             if found != (LAYOUT_VERSION, n, digest):
-                self._release()
+                del self._header
+                mapping.close()
                 raise ValueError(
-                    f"shared columns {shm.name}: layout (version, rows, digest) is {found}, "
+                    f"shared columns {name}: layout (version, rows, digest) is {found}, "
                     f"expected {(LAYOUT_VERSION, n, digest)}: the writer and this reader disagree on the columns"
                 )
         self.columns: dict[str, np.ndarray] = {}
-        for name, (offset, dt) in columns.items():
+        for column, (offset, dt) in columns.items():
             col = np.ndarray((n,), dt, buf, offset)
-            col.flags.writeable = owner
-            self.columns[name] = col
-        self._header.flags.writeable = owner
+            self.columns[column] = col
 
     @classmethod
     def create(cls, spec: Spec, n: int) -> SharedColumns:
         """A new block for ``spec`` columns of ``n`` rows (zeroed), owned by this process."""
         _, size, _ = layout(spec, n)
-        return cls(SharedMemory(create=True, size=size), spec, n, owner=True)
+        # SharedMemory creates the name and registers it with this process's resource
+        # tracker (removed if this process dies without unlink); the columns use a mapping of
+        # our own (see scada/shm_private.py for why).
+        shm = SharedMemory(create=True, size=size)
+        try:
+            mapping = open_mapping(shm.name, writable=True)
+        except BaseException:
+            shm.close()
+            shm.unlink()
+            raise
+        shm.close()
+        return cls(shm.name, mapping, spec, n, owner=shm)
 
     @classmethod
     def attach(cls, name: str, spec: Spec, n: int) -> SharedColumns:
         """Read-only views of the existing block ``name``; its layout must be ``spec`` x ``n``."""
         try:
-            shm = ReadOnlyBlock(name)
+            mapping = open_mapping(name, writable=False)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"no shared columns named {name!r} (the writer has not created it, or has removed it)"
             ) from None
-        return cls(shm, spec, n, owner=False)
+        return cls(name.lstrip("/"), mapping, spec, n, owner=None)
 
     @property
-    def name(self) -> str:
-        """The block's name, for :meth:`attach` in another process."""
-        return self._shm.name
+    def owner(self) -> bool:
+        """True in the process that created the block (the writer)."""
+        return self._owner is not None
 
     def __getitem__(self, column: str) -> np.ndarray:
         return self.columns[column]
@@ -217,24 +218,25 @@ class SharedColumns:
                     f"shared columns {self.name}: the writer changed the columns during each of {copies} copies"
                 )
 
-    def _release(self) -> None:
-        self.columns = {}
-        del self._header
-        self._shm.close()
-
     def close(self) -> None:
-        """Unmap the block from this process. Views taken from ``columns`` must be gone."""
-        if not hasattr(self, "_header"):
+        """Unmap the block from this process. Views taken from ``columns`` must be gone
+        (BufferError otherwise; close again once they are)."""
+        if self.closed:
             return
-        try:
-            self._release()
-        except BufferError:
+        # Our own views go first. An array viewing the mapping holds a reference to the mmap
+        # (and no buffer export: mmap.close() would not refuse), so any reference beyond our
+        # attribute and getrefcount's argument is a view that would segfault once unmapped.
+        self.columns = {}
+        self._header = np.zeros(_HEADER_WORDS, np.uint64)
+        if sys.getrefcount(self._mmap) > 2:
             raise BufferError(
                 f"shared columns {self.name}: views of its columns are still referenced; drop them before close()"
-            ) from None
+            )
+        self._mmap.close()
+        self.closed = True
 
     def unlink(self) -> None:
         """Remove the block's name (owner only); the memory goes once every process closed it."""
-        if not isinstance(self._shm, SharedMemory):
+        if self._owner is None:
             raise PermissionError(f"shared columns {self.name}: only the owner may unlink the block")
-        self._shm.unlink()
+        self._owner.unlink()
