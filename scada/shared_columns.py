@@ -101,7 +101,7 @@ class SharedColumns:
         if len(mapping) < size:
             mapping.close()
             raise ValueError(f"shared columns {name}: block is {len(mapping)} bytes, the layout needs {size}")
-        self._mmap = mapping
+        self._mapping = mapping
         self._owner = owner  # the SharedMemory that created the block, kept to unlink it
         buf = mapping
         self.rows = n
@@ -228,11 +228,11 @@ class SharedColumns:
         # attribute and getrefcount's argument is a view that would segfault once unmapped.
         self.columns = {}
         self._header = np.zeros(_HEADER_WORDS, np.uint64)
-        if sys.getrefcount(self._mmap) > 2:
+        if sys.getrefcount(self._mapping) > 2:
             raise BufferError(
                 f"shared columns {self.name}: views of its columns are still referenced; drop them before close()"
             )
-        self._mmap.close()
+        self._mapping.close()
         self.closed = True
 
     def unlink(self) -> None:
