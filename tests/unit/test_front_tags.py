@@ -207,9 +207,7 @@ async def test_a_publisher_fed_by_the_mirror_publishes_what_it_publishes_fed_by_
                 await asyncio.sleep(0)
         while channel.queue.qsize():
             mirror.receive(channel.get_nowait())
-        await until(
-            lambda: direct.consumer.queue.empty() and mirrored.consumer.queue.empty(), 10, "both queues empty"
-        )
+        await until(lambda: direct.consumer.queue.empty() and mirrored.consumer.queue.empty(), 10, "both queues empty")
         await asyncio.sleep(0)  # the last batch taken is applied before the next get
         await until(lambda: all(state(direct, i) == state(mirrored, i) for i in range(len(NAMES))), 10, "same rows")
     finally:
