@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -197,6 +198,28 @@ class TagIndex:
     @property
     def consumers(self) -> tuple[Consumer, ...]:
         return tuple(self._consumers)
+
+
+class TagTable(Protocol):
+    """What the OPC UA code may use of its tag table: a TagDB in the core process, or the
+    front's scada.front.tags.TagMirror (rows read-only there). Annotate with this, not TagDB."""
+
+    names: TagNames
+    kind: np.ndarray
+    value: np.ndarray
+    status: np.ndarray
+    source_time: np.ndarray
+    server_time: np.ndarray
+    text: dict[int, str | None]
+
+    def __len__(self) -> int: ...
+    def id_of(self, name: str) -> int: ...
+    def ids_of(self, names: Sequence[str]) -> np.ndarray: ...
+    def subscribe(self, name: str, maxsize: int = 256) -> Consumer: ...
+    def unsubscribe(self, consumer: Consumer) -> None: ...
+    @property
+    def consumers(self) -> tuple[Consumer, ...]: ...
+    def snapshot(self, ids: np.ndarray | None = None) -> ChangeBatch: ...
 
 
 class TagDB(TagIndex):

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scada.shared_columns import SharedColumns
-from scada.tagdb import TAG_COLUMNS, TEXT, ChangeBatch, TagIndex, TagNames, now_ns
+from scada.tagdb import TAG_COLUMNS, TEXT, ChangeBatch, TagDB, TagIndex, TagNames, TagTable, now_ns
 
 CHUNK_ROWS = 16_384  # rows copied under one seqlock read: ~300 KB, tens of microseconds
 
@@ -202,3 +203,9 @@ class TagMirror(TagIndex):
                 consumer.queue.put_nowait(wake)
             except asyncio.QueueFull:
                 pass  # a full queue wakes its reader anyway
+
+
+if TYPE_CHECKING:  # mypy checks that both tables offer the surface the OPC UA code uses
+
+    def _tables(mirror: TagMirror, db: TagDB) -> tuple[TagTable, TagTable]:
+        return mirror, db

@@ -143,6 +143,11 @@ def test_resync_takes_the_core_texts_and_makes_each_consumer_resnapshot(core):
     assert consumer.overflowed
     [wake] = drain(consumer)  # an empty queue is woken: its reader must not wait for a change
     assert len(wake) == 0
+    # A full queue already wakes its reader: the flag alone, nothing lost, nothing raised.
+    full = mirror.subscribe("full", maxsize=1)
+    mirror.receive(db.update(np.array([0]), np.array([1.0])))
+    mirror.resync({})
+    assert full.overflowed and full.queue.qsize() == 1 and mirror.text == {}
 
 
 async def test_a_publisher_on_the_mirror_resyncs_after_the_core_dropped_batches(core):
