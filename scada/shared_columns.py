@@ -24,6 +24,7 @@ from __future__ import annotations
 import mmap
 import sys
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from multiprocessing.shared_memory import SharedMemory
@@ -102,7 +103,9 @@ class SharedColumns:
             mapping.close()
             raise ValueError(f"shared columns {name}: block is {len(mapping)} bytes, the layout needs {size}")
         self._mapping = mapping
-        self._owner = owner  # the SharedMemory that created the block, kept to unlink it
+        # The owner unlinks the name once: on unlink(), or when this object is collected or
+        # the interpreter exits (a dropped table must not leave its block in /dev/shm).
+        self._unlink = None if owner is None else weakref.finalize(self, _unlink_quietly, owner)
         buf = mapping
         self.rows = n
         self.closed = False
@@ -156,7 +159,7 @@ class SharedColumns:
     @property
     def owner(self) -> bool:
         """True in the process that created the block (the writer)."""
-        return self._owner is not None
+        return self._unlink is not None
 
     def __getitem__(self, column: str) -> np.ndarray:
         return self.columns[column]
@@ -237,6 +240,13 @@ class SharedColumns:
 
     def unlink(self) -> None:
         """Remove the block's name (owner only); the memory goes once every process closed it."""
-        if self._owner is None:
+        if self._unlink is None:
             raise PermissionError(f"shared columns {self.name}: only the owner may unlink the block")
-        self._owner.unlink()
+        self._unlink()
+
+
+def _unlink_quietly(shm: SharedMemory) -> None:
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass  # removed already (by hand, or a test); the goal is met

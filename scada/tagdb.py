@@ -15,10 +15,9 @@ UA front process (:class:`scada.front.tags.TagMirror`) can copy consistent rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -235,6 +234,7 @@ class TagDB(TagIndex):
         kinds: Sequence[int] | np.ndarray | None = None,
         deadbands: Sequence[float] | np.ndarray | None = None,
         max_ages: Sequence[float] | np.ndarray | None = None,
+        *,
         shared: bool = False,
     ) -> None:
         super().__init__(names, kinds)
@@ -248,7 +248,7 @@ class TagDB(TagIndex):
             raise ValueError("deadbands must have one entry per tag")
         self._shared: SharedColumns | None = None
         # Every write of the row columns goes through ``with self._write:`` (the seqlock when shared).
-        self._write: AbstractContextManager[object] = contextlib.nullcontext()
+        self._write: AbstractContextManager[object] = nullcontext()
         if shared:
             self._shared = SharedColumns.create(TAG_COLUMNS, n)
             self._write = self._shared.writer(lambda: self._seq)
@@ -284,7 +284,7 @@ class TagDB(TagIndex):
             return
         self.value, self.status = self.value.copy(), self.status.copy()
         self.source_time, self.server_time = self.source_time.copy(), self.server_time.copy()
-        self._shared, self._write = None, contextlib.nullcontext()
+        self._shared, self._write = None, nullcontext()
         shared.unlink()
         shared.close()
 

@@ -1,4 +1,5 @@
 
+import gc
 import os
 
 import numpy as np
@@ -231,3 +232,13 @@ def test_a_shared_tag_database_behaves_as_a_private_one_and_publishes_its_seq():
     # Released: the columns are private copies, and the table still works.
     assert shared.shared_name is None and shared.value[3] == 7.0
     assert shared.update(np.array([3]), np.array([8.0])) is not None
+
+
+def test_a_shared_tag_database_dropped_without_close_removes_its_block():
+    db = TagDB(["a", "b"], shared=True)
+    name = db.shared_name
+    db.update(np.array([0]), np.array([1.0]))
+    assert os.path.exists(f"/dev/shm/{name}")
+    del db
+    gc.collect()  # the writer's seq callback makes a cycle: the collector, not refcounts, frees it
+    assert not os.path.exists(f"/dev/shm/{name}")
