@@ -6,6 +6,10 @@ the value, any change of status), stores the batch, and hands the changed rows t
 consumer as one :class:`ChangeBatch`. Consumers (alarm engine, historian, OPC UA publisher)
 each own a bounded queue; a consumer that falls behind loses whole batches, counted, and is
 flagged so that it can resynchronise from :meth:`TagDB.snapshot` rather than build a backlog.
+
+With ``shared=True`` the row columns (value, status, source and server time) live in a
+:class:`scada.shared_columns.SharedColumns` block, written under its seqlock, so that the OPC
+UA front process (:class:`scada.front.tags.TagMirror`) can copy consistent rows.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from scada import status as st
+from scada.shared_columns import SharedColumns
 
 # Kinds of point. Analog and discrete (bool, enum) values live in the float64 column;
 # text points keep their value in a parallel object column and NaN in the float column.
 ANALOG, DISCRETE, TEXT = 0, 1, 2
+
+# The columns a shared TagDB keeps in shared memory, as the front attaches them.
+TAG_COLUMNS = {"value": np.float64, "status": np.uint32, "source_time": np.int64, "server_time": np.int64}
 
 
 def now_ns() -> int:
@@ -149,37 +159,19 @@ class TagNames:
         return len(self._blob) + self._offsets.nbytes + self._hashes.nbytes + self._order.nbytes
 
 
-class TagDB:
-    """The tag database. Not thread-safe by design: it lives on the server's event loop."""
+class TagIndex:
+    """What a table of tags offers besides its rows: names, kinds, ids, consumers.
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        kinds: Sequence[int] | np.ndarray | None = None,
-        deadbands: Sequence[float] | np.ndarray | None = None,
-        max_ages: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        n = len(names)
-        self.names = TagNames(names)
-        # Staleness: only the rows that have a max age are ever checked (index + age in ns).
-        ages = np.zeros(n) if max_ages is None else np.asarray(max_ages, np.float64)
-        self._aged = np.flatnonzero(ages > 0)
-        self._max_age_ns = (ages[self._aged] * 1e9).astype(np.int64)
+    Shared by the tag database and the front's mirror of it (scada.front.tags.TagMirror).
+    """
+
+    def __init__(self, names: Sequence[str] | TagNames, kinds: Sequence[int] | np.ndarray | None = None) -> None:
+        self.names = names if isinstance(names, TagNames) else TagNames(names)
+        n = len(self.names)
         self.kind = np.zeros(n, np.uint8) if kinds is None else np.asarray(kinds, np.uint8)
-        self.deadband = np.zeros(n) if deadbands is None else np.asarray(deadbands, np.float64)
-        if self.deadband.shape != (n,) or self.kind.shape != (n,):
-            raise ValueError("kinds and deadbands must have one entry per tag")
-        self.value = np.full(n, np.nan)
-        # No value has ever arrived: OPC UA's status for "never communicated".
-        self.status = np.full(n, st.BAD_NO_COMMUNICATION, np.uint32)
-        self.source_time = np.zeros(n, np.int64)
-        self.server_time = np.zeros(n, np.int64)
-        # Sparse text column: only text points hold an entry.
-        self.text: dict[int, str | None] = {}
+        if self.kind.shape != (n,):
+            raise ValueError("kinds must have one entry per tag")
         self._consumers: list[Consumer] = []
-        self._seq = 0
-        self.updates = 0  # rows offered, for rates
-        self.changes = 0  # rows that changed
 
     def __len__(self) -> int:
         return len(self.names)
@@ -205,6 +197,96 @@ class TagDB:
     @property
     def consumers(self) -> tuple[Consumer, ...]:
         return tuple(self._consumers)
+
+
+class TagTable(Protocol):
+    """What the OPC UA code may use of its tag table: a TagDB in the core process, or the
+    front's scada.front.tags.TagMirror (rows read-only there). Annotate with this, not TagDB."""
+
+    names: TagNames
+    kind: np.ndarray
+    value: np.ndarray
+    status: np.ndarray
+    source_time: np.ndarray
+    server_time: np.ndarray
+    text: dict[int, str | None]
+
+    def __len__(self) -> int: ...
+    def id_of(self, name: str) -> int: ...
+    def ids_of(self, names: Sequence[str]) -> np.ndarray: ...
+    def subscribe(self, name: str, maxsize: int = 256) -> Consumer: ...
+    def unsubscribe(self, consumer: Consumer) -> None: ...
+    @property
+    def consumers(self) -> tuple[Consumer, ...]: ...
+    def snapshot(self, ids: np.ndarray | None = None) -> ChangeBatch: ...
+
+
+class TagDB(TagIndex):
+    """The tag database. Not thread-safe by design: it lives on the server's event loop.
+
+    ``shared=True`` puts the row columns in shared memory (see the module doc): ``shared_name``
+    is the block's name for the front, ``close_shared()`` releases it.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        kinds: Sequence[int] | np.ndarray | None = None,
+        deadbands: Sequence[float] | np.ndarray | None = None,
+        max_ages: Sequence[float] | np.ndarray | None = None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        super().__init__(names, kinds)
+        n = len(self.names)
+        # Staleness: only the rows that have a max age are ever checked (index + age in ns).
+        ages = np.zeros(n) if max_ages is None else np.asarray(max_ages, np.float64)
+        self._aged = np.flatnonzero(ages > 0)
+        self._max_age_ns = (ages[self._aged] * 1e9).astype(np.int64)
+        self.deadband = np.zeros(n) if deadbands is None else np.asarray(deadbands, np.float64)
+        if self.deadband.shape != (n,):
+            raise ValueError("deadbands must have one entry per tag")
+        self._shared: SharedColumns | None = None
+        # Every write of the row columns goes through ``with self._write:`` (the seqlock when shared).
+        self._write: AbstractContextManager[object] = nullcontext()
+        if shared:
+            self._shared = SharedColumns.create(TAG_COLUMNS, n)
+            self._write = self._shared.writer(lambda: self._seq)
+            cols = self._shared.columns
+            self.value, self.status = cols["value"], cols["status"]
+            self.source_time, self.server_time = cols["source_time"], cols["server_time"]
+        else:
+            self.value = np.empty(n)
+            self.status = np.empty(n, np.uint32)
+            self.source_time = np.zeros(n, np.int64)
+            self.server_time = np.zeros(n, np.int64)
+        self.value[:] = np.nan
+        # No value has ever arrived: OPC UA's status for "never communicated".
+        self.status[:] = st.BAD_NO_COMMUNICATION
+        # Sparse text column: only text points hold an entry.
+        self.text: dict[int, str | None] = {}
+        self._seq = 0
+        self.updates = 0  # rows offered, for rates
+        self.changes = 0  # rows that changed
+
+    @property
+    def shared_name(self) -> str | None:
+        """The shared memory block holding the row columns (None: not shared)."""
+        return None if self._shared is None else self._shared.name
+
+    def close_shared(self) -> None:
+        """Release the shared block (its name is removed); the columns become private copies.
+
+        Readers still attached keep their mapping until they close it.
+        """
+        shared = self._shared
+        if shared is None:
+            return
+        self.value, self.status = self.value.copy(), self.status.copy()
+        self.source_time, self.server_time = self.source_time.copy(), self.server_time.copy()
+        self._shared, self._write = None, nullcontext()
+        shared.unlink()
+        shared.close()
 
     def update(
         self,
@@ -240,23 +322,24 @@ class TagDB:
         else:
             per_row = np.asarray(status, np.uint32)
             changed |= self.status[ids] != per_row
-        # source_time: when the device last reported the row, changed or not (staleness is
-        # measured from it). server_time: when the server last stored a change of the row;
-        # writing it for unchanged rows too would cost a random pass over the column.
-        self.source_time[ids] = server_ns if source_time is None else source_time
-        self.updates += n
-        if not changed.any():
-            return None
-        # The stored value follows the last *reported* value only when it moved beyond the
-        # deadband: otherwise slow drifts below the deadband would never be reported.
-        cids = ids[changed]
-        cvalues = values[changed]
-        cstatus = np.full(cids.size, status, np.uint32) if per_row is None else per_row[changed]
-        self.value[cids] = cvalues
-        self.status[cids] = cstatus
-        self.server_time[cids] = server_ns
-        csrc = self.source_time[cids]
-        return self._publish(cids, cvalues, cstatus, csrc, server_ns)
+        with self._write:
+            # source_time: when the device last reported the row, changed or not (staleness is
+            # measured from it). server_time: when the server last stored a change of the row;
+            # writing it for unchanged rows too would cost a random pass over the column.
+            self.source_time[ids] = server_ns if source_time is None else source_time
+            self.updates += n
+            if not changed.any():
+                return None
+            # The stored value follows the last *reported* value only when it moved beyond the
+            # deadband: otherwise slow drifts below the deadband would never be reported.
+            cids = ids[changed]
+            cvalues = values[changed]
+            cstatus = np.full(cids.size, status, np.uint32) if per_row is None else per_row[changed]
+            self.value[cids] = cvalues
+            self.status[cids] = cstatus
+            self.server_time[cids] = server_ns
+            csrc = self.source_time[cids]
+            return self._publish(cids, cvalues, cstatus, csrc, server_ns)
 
     def update_text(
         self,
@@ -275,18 +358,19 @@ class TagDB:
         src = np.broadcast_to(np.asarray(server_ns if source_time is None else source_time, np.int64), (n,))
         text_changed = np.fromiter((self.text.get(int(i)) != t for i, t in zip(ids, texts)), bool, n)
         changed = text_changed | (status_arr != self.status[ids])
-        self.status[ids] = status_arr
-        self.source_time[ids] = src
-        self.server_time[ids[changed]] = server_ns
-        self.updates += n
-        for i, t, c in zip(ids.tolist(), texts, changed.tolist()):
-            if c:
-                self.text[i] = t
-        if not changed.any():
-            return None
-        cids = ids[changed]
-        ctexts = tuple(t for t, c in zip(texts, changed.tolist()) if c)
-        return self._publish(cids, np.full(len(cids), np.nan), status_arr[changed], src[changed], server_ns, ctexts)
+        with self._write:
+            self.status[ids] = status_arr
+            self.source_time[ids] = src
+            self.server_time[ids[changed]] = server_ns
+            self.updates += n
+            for i, t, c in zip(ids.tolist(), texts, changed.tolist()):
+                if c:
+                    self.text[i] = t
+            if not changed.any():
+                return None
+            cids = ids[changed]
+            ctexts = tuple(t for t, c in zip(texts, changed.tolist()) if c)
+            return self._publish(cids, np.full(len(cids), np.nan), status_arr[changed], src[changed], server_ns, ctexts)
 
     def set_status(
         self, ids: np.ndarray, status: int, source_time: int | None = None, keep_source_time: bool = False
@@ -304,16 +388,17 @@ class TagDB:
         if not changed.any():
             return None
         cids = ids[changed]
-        self.status[cids] = status
-        self.server_time[cids] = server_ns
-        if not keep_source_time:
-            self.source_time[cids] = server_ns if source_time is None else source_time
         texts = None
         if self.text and (self.kind[cids] == TEXT).any():
             texts = tuple(self.text.get(i) for i in cids.tolist())
-        return self._publish(
-            cids, self.value[cids], np.full(len(cids), status, np.uint32), self.source_time[cids], server_ns, texts
-        )
+        with self._write:
+            self.status[cids] = status
+            self.server_time[cids] = server_ns
+            if not keep_source_time:
+                self.source_time[cids] = server_ns if source_time is None else source_time
+            return self._publish(
+                cids, self.value[cids], np.full(len(cids), status, np.uint32), self.source_time[cids], server_ns, texts
+            )
 
     def mark_stale(self, now: int | None = None) -> ChangeBatch | None:
         """Good values older than their tag's max age turn Uncertain_LastUsableValue.
@@ -375,16 +460,18 @@ class TagDB:
         prev = np.asarray(old_ids, np.int64)
         same = self.kind[new] == old.kind[prev]
         new, prev = new[same], prev[same]
-        self.value[new] = old.value[prev]
-        self.status[new] = old.status[prev]
-        self.source_time[new] = old.source_time[prev]
-        self.server_time[new] = old.server_time[prev]
+        with self._write:
+            self.value[new] = old.value[prev]
+            self.status[new] = old.status[prev]
+            self.source_time[new] = old.source_time[prev]
+            self.server_time[new] = old.server_time[prev]
+            # Rates computed from these counters (the status line) must not go backwards; the
+            # seq continues too, so that a reader's watermark stays comparable.
+            self.updates, self.changes, self._seq = old.updates, old.changes, old._seq
         if old.text:
             for i, j in zip(new.tolist(), prev.tolist()):
                 if j in old.text:
                     self.text[i] = old.text[j]
-        # Rates computed from these counters (the status line) must not go backwards.
-        self.updates, self.changes, self._seq = old.updates, old.changes, old._seq
         return new
 
     def memory_bytes(self) -> int:

@@ -1,4 +1,7 @@
 
+import gc
+import os
+
 import numpy as np
 import pytest
 
@@ -180,3 +183,62 @@ def test_consumer_waits_until_a_deadline_and_resets_an_overflow_once():
         assert batch is not None and batch.values.tolist() == [3.0]
 
     asyncio.run(scenario())
+
+
+# -- shared=True: the row columns in shared memory, for the OPC UA front process --------------
+
+
+def script(db: TagDB) -> list:
+    """Every kind of write, in order; returns the batches (None: nothing changed)."""
+    return [
+        db.update(np.array([0, 1, 3]), np.array([1.0, 0.0, 7.0]), st.GOOD, 1_000),
+        db.update(np.array([0]), np.array([1.0]), st.GOOD, 2_000),  # source time only
+        db.update_text([2], ["no answer"], st.GOOD, 3_000),
+        db.set_status(np.array([0, 2]), st.BAD_COMMUNICATION_ERROR, source_time=4_000),
+        db.mark_stale(now=10**18),
+    ]
+
+
+def test_a_shared_tag_database_behaves_as_a_private_one_and_publishes_its_seq():
+    kinds = [ANALOG, DISCRETE, TEXT, ANALOG]
+    names = ["a/p", "a/on", "a/err", "a/mode"]
+    private = TagDB(names, kinds, max_ages=[1.0, 0, 0, 1.0])
+    shared = TagDB(names, kinds, max_ages=[1.0, 0, 0, 1.0], shared=True)
+    assert private.shared_name is None and shared.shared_name is not None
+    block = shared._shared
+    assert block is not None
+    try:
+        for a, b in zip(script(private), script(shared)):
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert (a.seq, a.ids.tolist(), a.texts) == (b.seq, b.ids.tolist(), b.texts)
+            # Every write ends with the generation even and the last batch's seq published.
+            assert block.generation % 2 == 0 and block.seq == shared._seq == private._seq
+        for column in ("value", "status", "source_time"):
+            np.testing.assert_array_equal(getattr(private, column), getattr(shared, column))
+        assert shared.text == private.text
+        # A reload's new table carries the rows and continues the seq, in its own block.
+        after = TagDB(names, kinds, shared=True)
+        try:
+            after.carry_from(shared)
+            assert after._shared is not None and after._shared.seq == shared._seq
+            np.testing.assert_array_equal(after.value, shared.value)
+        finally:
+            after.close_shared()
+    finally:
+        name = shared.shared_name
+        shared.close_shared()
+    assert not os.path.exists(f"/dev/shm/{name}")
+    # Released: the columns are private copies, and the table still works.
+    assert shared.shared_name is None and shared.value[3] == 7.0
+    assert shared.update(np.array([3]), np.array([8.0])) is not None
+
+
+def test_a_shared_tag_database_dropped_without_close_removes_its_block():
+    db = TagDB(["a", "b"], shared=True)
+    name = db.shared_name
+    db.update(np.array([0]), np.array([1.0]))
+    assert os.path.exists(f"/dev/shm/{name}")
+    del db
+    gc.collect()  # the writer's seq callback makes a cycle: the collector, not refcounts, frees it
+    assert not os.path.exists(f"/dev/shm/{name}")
