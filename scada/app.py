@@ -344,3 +344,4 @@ class Application:
             self._tg = None
             await self.hmi.stop()
             self.journal.close()
+            self.tagdb.close_shared()

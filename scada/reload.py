@@ -261,6 +261,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     await app.stop_tasks(["alarms", "historian", "opcua-publisher"])
     saved = (app.config, app.tagdb, app.alarms, app.historian, app.drivers)
     historian = None
+    tagdb = None
     hmi_touched = False
     try:
         tagdb = app.new_tagdb(new)
@@ -285,6 +286,8 @@ async def apply(app, new: Config) -> ConfigDiff:
         log.exception("reload_failed_restoring")
         try:
             _close_store(historian)  # one writer per store: the new one lets the old one reopen it
+            if tagdb is not None and tagdb is not saved[1]:
+                tagdb.close_shared()  # its shared block: the front follows the old table again
             app.config, app.tagdb, app.alarms, app.historian, app.drivers = saved
             # The stopped historian closed its store: a new one reopens it. If that fails too (a
             # read-only disk...), the stopped one stays: its task fails at once and its restart
@@ -309,6 +312,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     # What the stopped historian could not write (a full disk) and its storage alarms go on.
     historian.take_over(saved[3])
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
+    saved[1].close_shared()  # the front reads the new table now (or will, when it restarts)
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)
     log.info(

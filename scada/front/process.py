@@ -150,7 +150,9 @@ class Front:
             config, tags, alarms, history = self._mirrors(state)
             old_history = self.hmi.history
             changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
-            self.tags = tags
+            old_tags, self.tags = self.tags, tags
+            if old_tags is not tags:
+                _close_mirror(old_tags)
             if old_history is not None and old_history is not history:
                 old_history.close()
             self._start_tasks()
@@ -193,6 +195,14 @@ class Front:
             await self.hmi.stop()
             if self.hmi.history is not None:
                 self.hmi.history.close()
+
+
+def _close_mirror(tags) -> None:
+    """Detach from a tag table the core replaced; a view still held elsewhere keeps it mapped."""
+    try:
+        tags.close()
+    except BufferError:
+        log.warning("opcua_front_old_tag_table_still_referenced")
 
 
 async def serve(fd: int) -> int:
