@@ -78,7 +78,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -255,7 +255,7 @@ def unstored_columns(historian, ids: Sequence[int] | np.ndarray) -> UnstoredColu
     if len(tags):
         batches.append(historian.compressor.pending(tags))  # held snapshots (the newest)
     # A few tags: one comparison pass each; more: a lookup table (measured crossover ~30-60).
-    kind = "sort" if len(tags) <= 32 else "table"  # numpy's "sort" compares value by value for few
+    kind: Literal["sort", "table"] = "sort" if len(tags) <= 32 else "table"  # "sort": value by value for few
     found = []
     for b in batches:
         m = np.flatnonzero(np.isin(b.ids, tags, kind=kind)) if len(b) and len(tags) else np.zeros(0, np.int64)
