@@ -397,3 +397,52 @@ def test_another_process_reads_what_the_writer_commits(tmp_path: Path) -> None:
         child.stdin.close()
         assert child.wait(timeout=60) == 0
         store.close()
+
+
+def test_a_reader_keeps_staged_rows_only_while_nothing_is_committed(tmp_path: Path) -> None:
+    """The read-only store keeps the staged rows it scanned until the next commit: every read
+    answers what the writer's own reads answer, across writes, a rewrite of a point and a merge."""
+    core = Core(tmp_path)
+    writer = core.historian.store
+    mirror = core.mirror()
+    reader = mirror.store
+    power, cls = core.id(POWER), core.id(CLASS)
+
+    def same() -> None:
+        for tag in (power, cls):
+            for lo, hi in ((T0, T0 + HOUR), (T0 + 3 * S, T0 + 7 * S)):
+                a, b = writer.read_raw(tag, lo, hi), reader.read_raw(tag, lo, hi)
+                assert (a.times.tolist(), a.status.tolist(), a.texts) == (b.times.tolist(), b.status.tolist(), b.texts)
+                np.testing.assert_array_equal(a.values, b.values)
+            # repr: a text point's value is NaN, which equals nothing
+            assert repr(writer.bound_before(tag, T0 + HOUR)) == repr(reader.bound_before(tag, T0 + HOUR))
+            assert repr(writer.bound_after(tag, T0)) == repr(reader.bound_after(tag, T0))
+        for agg in ("Count", "Average", "TimeAverage"):
+            a, b = (s.read_processed(power, T0, T0 + HOUR, HOUR // 4, agg) for s in (writer, reader))
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.status, b.status)
+
+    def write(times, values, texts=None) -> None:
+        n = len(times)
+        tags = np.full(n, power if texts is None else cls)
+        writer.write(StoredBatch(tags, np.asarray(values, float), np.zeros(n, np.uint32), np.asarray(times), texts))
+
+    try:
+        write(T0 + np.arange(5) * S, np.arange(5.0))
+        same()
+        write(T0 + np.arange(5, 10) * S, np.arange(5.0, 10.0))  # a commit: the rows kept are stale
+        write(T0 + np.arange(3) * S, [None] * 3, ("car", "bus", "van"))
+        assert reader.read_raw(power, T0, T0 + HOUR).values.tolist() == list(np.arange(10.0))
+        same()
+        writer.merge()  # staging emptied into raw: nothing kept shows twice
+        assert writer.pending_rows == 0
+        same()
+        write([T0 + 4 * S], [40.0])  # a merged point written again: the later write wins, for both
+        assert reader.read_raw(power, T0 + 4 * S, T0 + 5 * S).values.tolist() == [40.0]
+        same()
+        write(T0 + np.arange(10, 12) * S, [10.0, 11.0])
+        same()
+        assert reader.read_raw(power, T0, T0 + HOUR).values.tolist() == [0, 1, 2, 3, 40, 5, 6, 7, 8, 9, 10, 11]
+    finally:
+        mirror.close()
+        writer.close()
