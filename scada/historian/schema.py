@@ -268,12 +268,17 @@ class TagIds:
                 entry = (next_id, cls)
                 new.append((next_id, name, cls))
                 next_id += 1
-            elif entry[1] != cls:
+            elif entry[1] != cls and not self.file.readonly:
+                # A reader maps names only: the class (retention) is the writer's business.
                 moved.append((cls, entry[0]))
             sid[k] = entry[0]
         if new or moved:
             if self.file.readonly:
-                raise HistoryError(self.file.path, f"{len(new)} tag names are not in the store (read-only)")
+                raise HistoryError(
+                    self.file.path,
+                    f"{len(new)} tag names are not in the store (read-only), e.g. {new[0][1]!r}: "
+                    "the writer registers them when it opens the store",
+                )
             with self.file.transaction():
                 db.executemany("INSERT INTO tags (id, name, class) VALUES (?, ?, ?)", new)
                 db.executemany("UPDATE tags SET class = ? WHERE id = ?", moved)

@@ -51,8 +51,21 @@ Neither or an invalid value: ``Bad_TimestampsToReturnInvalid`` for the whole req
 Times travel as OPC UA DateTime (100 ns ticks) through Python datetimes: microseconds on
 the wire, nanoseconds in the store and in continuation points.
 
-Store reads run in a worker thread (one per request), so a long read never stalls the event
-loop; the store serialises them with the historian's writes.
+**Where the history comes from** (:class:`HistorySource`): a store to read (by TagDB id) and
+the points not in it yet, awaited on the event loop first. In the core's process that is the
+running Historian (:class:`LocalHistory`: its own store, its compressor and write queue); in
+an OPC UA front process, :class:`scada.front.history.HistoryMirror`: its own read-only
+connection to the same SQLite file (it sees each write once committed, rows not merged yet
+included) and one request to the core for the unstored points. If that request fails, the
+raw reads of the request answer ``Bad_DataUnavailable`` (without the newest points the
+answer would be wrong), processed reads go on.
+
+Store reads run in a worker thread (one per request), in the core and in a front alike.
+Measured on the 2-core machine (loaded), a ReadRaw of 10 nodes x 10,000 values through a
+front's mirror: 2.2-2.5 s in a thread, the loop's longest stall 0.5-0.7 s (the GC pauses of
+100,000 DataValues being built); inline 1.9-2.0 s, all of it a stall of the loop that
+publishes to every other client. The store serialises the reads with its own writes (in
+the core) or with other reads (its lock).
 """
 
 from __future__ import annotations
@@ -65,6 +78,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -72,6 +86,7 @@ from asyncua import Server, ua
 
 from scada.config import Config
 from scada.historian.merge import Part, empty_part, merge_parts
+from scada.historian.reader import Point, ProcessedHistory, RawHistory
 from scada.historian.store import HistoryError
 from scada.opcua.address_space import variant_type
 from scada.opcua.asyncua_private import (
@@ -190,36 +205,156 @@ class Unstored:
         )
 
 
-def unstored_points(historian, ids: Sequence[int]) -> dict[int, Unstored]:
-    """Per tag id, the points the historian has kept but not written to its store.
+@dataclass(frozen=True, slots=True)
+class UnstoredColumns:
+    """The unstored points of several tags as flat columns, grouped by tag in ``tags`` order.
 
-    Runs on the event loop (the compressor and the write queue live there); cheap: one
-    comparison per waiting row and requested tag.
+    ``counts[k]`` points of ``tags[k]`` follow one another, in time order; ``texts`` is
+    parallel to the points when any has a text (None otherwise), ``has_text[k]`` says whether
+    tag k's points came with texts. Plain arrays: what crosses the front's channel.
+    """
+
+    tags: np.ndarray  # int64
+    counts: np.ndarray  # int64
+    times: np.ndarray  # int64
+    values: np.ndarray  # float64
+    status: np.ndarray  # uint32
+    has_text: np.ndarray  # bool
+    texts: tuple[str | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        k, n = len(self.tags), len(self.times)
+        if len(self.counts) != k or len(self.has_text) != k:
+            raise ValueError("UnstoredColumns: tags, counts and has_text must have the same length")
+        if int(self.counts.sum()) != n or len(self.values) != n or len(self.status) != n:
+            raise ValueError("UnstoredColumns: counts must add up to the points, parallel to times")
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError("UnstoredColumns: texts must be parallel to times")
+
+    def split(self) -> dict[int, Unstored]:
+        """Per tag, its :class:`Unstored` points (views of the columns)."""
+        out: dict[int, Unstored] = {}
+        ends = np.cumsum(self.counts).tolist()
+        begin = 0
+        for tag, end, text in zip(self.tags.tolist(), ends, self.has_text.tolist()):
+            texts = self.texts[begin:end] if text and self.texts is not None else None
+            out[tag] = Unstored(self.times[begin:end], self.values[begin:end], self.status[begin:end], texts)
+            begin = end
+        return out
+
+
+def unstored_columns(historian, ids: Sequence[int] | np.ndarray) -> UnstoredColumns:
+    """The points the historian has kept but not written to its store, for tags ``ids``.
+
+    Runs on the event loop (the compressor and the write queue live there), so it is batch
+    work: one ``isin`` per waiting batch and one sort of the rows found, whatever the number
+    of tags asked or of rows waiting (a failing disk's backlog may hold millions).
     """
     batches = historian.unstored()  # compressed, being written or waiting for the next write
-    ids_arr = np.asarray(sorted(set(ids)), np.int64)
-    if len(ids_arr):
-        batches.append(historian.compressor.pending(ids_arr))  # held snapshots (the newest)
-    out: dict[int, Unstored] = {}
-    for tag in ids_arr.tolist():
-        parts: list[Part] = []
-        for b in batches:
-            if not len(b):
-                continue
-            m = np.flatnonzero(b.ids == tag)
-            if len(m):
-                texts = None if b.texts is None else tuple(b.texts[i] for i in m.tolist())
-                parts.append((b.times[m], b.values[m], b.status[m], texts))
-        # Two batches with a point at one time hold copies of it: the first (oldest) is kept.
-        t, v, s, x = merge_parts(parts, keep="first")
-        out[tag] = Unstored(t.astype(np.int64), v.astype(np.float64), s.astype(np.uint32), x)
-    return out
+    tags = np.unique(np.asarray(ids, np.int64))
+    if len(tags):
+        batches.append(historian.compressor.pending(tags))  # held snapshots (the newest)
+    # A few tags: one comparison pass each; more: a lookup table (measured crossover ~30-60).
+    kind: Literal["sort", "table"] = "sort" if len(tags) <= 32 else "table"  # "sort": value by value for few
+    found = []
+    for b in batches:
+        m = np.flatnonzero(np.isin(b.ids, tags, kind=kind)) if len(b) and len(tags) else np.zeros(0, np.int64)
+        if len(m):
+            texts = None if b.texts is None else tuple(b.texts[i] for i in m.tolist())
+            found.append((b.ids[m], b.times[m], b.values[m], b.status[m], texts))
+    if not found:
+        z = np.zeros(len(tags), np.int64)
+        empty = Unstored.empty()
+        return UnstoredColumns(tags, z, empty.times, empty.values, empty.status, np.zeros(len(tags), bool))
+    i = np.concatenate([f[0] for f in found]).astype(np.int64)
+    t = np.concatenate([f[1] for f in found]).astype(np.int64)
+    v = np.concatenate([f[2] for f in found]).astype(np.float64)
+    s = np.concatenate([f[3] for f in found]).astype(np.uint32)
+    from_text = np.concatenate([np.full(len(f[0]), f[4] is not None) for f in found])
+    any_text = bool(from_text.any())
+    # Stable: of two copies of one point (a tag's time in two batches), the oldest batch's
+    # comes first and is kept, as merge_parts(keep="first") would.
+    order = np.lexsort((t, i))
+    i, t = i[order], t[order]
+    keep = np.ones(len(t), bool)
+    keep[1:] = (i[1:] != i[:-1]) | (t[1:] != t[:-1])
+    # A tag's points have texts when any of its batches had (before copies are dropped).
+    has_text = np.zeros(len(tags), bool)
+    np.logical_or.at(has_text, np.searchsorted(tags, i), from_text[order])
+    order = order[keep]
+    texts = None
+    if any_text:
+        flat = tuple(x for f in found for x in (f[4] if f[4] is not None else (None,) * len(f[0])))
+        texts = tuple(flat[k] for k in order.tolist())
+    i = i[keep]
+    counts = np.bincount(np.searchsorted(tags, i), minlength=len(tags)).astype(np.int64)
+    return UnstoredColumns(tags, counts, t[keep], v[order], s[order], has_text, texts)
+
+
+def unstored_points(historian, ids: Sequence[int] | np.ndarray) -> dict[int, Unstored]:
+    """Per tag id, the points the historian has kept but not written to its store."""
+    return unstored_columns(historian, ids).split()
+
+
+@runtime_checkable
+class HistoryReads(Protocol):
+    """The store reads TagHistory makes (:class:`~scada.historian.store.HistoryStore`'s);
+    blocking calls, made in a worker thread."""
+
+    def read_raw(
+        self, tag: int | str, start_ns: int, end_ns: int, limit: int | None = None, after: int | None = None
+    ) -> RawHistory: ...
+
+    def bound_before(self, tag: int | str, time_ns: int) -> Point | None: ...
+
+    def bound_after(self, tag: int | str, time_ns: int) -> Point | None: ...
+
+    def read_processed(
+        self, tag: int | str, start_ns: int, end_ns: int, interval_ns: int, aggregate: str, stepped: bool = False
+    ) -> ProcessedHistory: ...
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """What TagHistory needs of the historian: its store (reads, by TagDB id) and, awaited on
+    the event loop before the store is read, the points not in the store yet.
+
+    In-process: :class:`LocalHistory` over the running Historian. In an OPC UA front process:
+    :class:`scada.front.history.HistoryMirror` (its own read-only store, and a request to the
+    core for the unstored points).
+    """
+
+    @property
+    def store(self) -> HistoryReads: ...
+
+    async def unstored_points(self, ids: Sequence[int]) -> dict[int, Unstored]: ...
+
+
+class LocalHistory:
+    """The running :class:`~scada.historian.service.Historian` as a :class:`HistorySource`."""
+
+    def __init__(self, historian) -> None:
+        self.historian = historian
+
+    @property
+    def store(self) -> HistoryReads:
+        """The historian's own store (the writer; reads are serialised with its writes)."""
+        return self.historian.store
+
+    async def unstored_points(self, ids: Sequence[int]) -> dict[int, Unstored]:
+        """Its compressor's held points and its write queue, read on the loop that owns them."""
+        return unstored_points(self.historian, ids)
+
+
+def history_source(history) -> HistorySource:
+    """``history`` as a HistorySource: itself when it is one, else a Historian to wrap."""
+    return history if isinstance(history, HistorySource) else LocalHistory(history)
 
 
 class Series:
     """One tag's history as the client sees it: the store's points, then the unstored ones."""
 
-    def __init__(self, store, tag: int, extra: Unstored | None = None, text: bool = False) -> None:
+    def __init__(self, store: HistoryReads, tag: int, extra: Unstored | None = None, text: bool = False) -> None:
         self.store = store
         self.tag = tag
         self.extra = extra if extra is not None else Unstored.empty()
@@ -389,7 +524,7 @@ class ProcessedQuery:
         return -(-abs(self.end - self.start) // self.interval)
 
 
-def processed_page(store, tag: int, q: ProcessedQuery, first: int, page: int):
+def processed_page(store: HistoryReads, tag: int, q: ProcessedQuery, first: int, page: int):
     """Intervals ``first`` .. ``first + page`` of a processed read: (times, values, status,
     partial, more). Backward reads (start > end) run forward over shifted ranges, (a, b]
     being [a + 1, b + 1) in integer nanoseconds, and come back newest first."""
@@ -432,8 +567,9 @@ def processed_page(store, tag: int, q: ProcessedQuery, first: int, page: int):
 class TagHistory:
     """HistoryRead for the tag variables of an HmiServer; see the module docstring.
 
-    ``historian``: the server's :class:`~scada.historian.service.Historian` (its ``store``,
-    its ``compressor`` and its write queue).
+    ``historian``: a :class:`HistorySource`, or the server's
+    :class:`~scada.historian.service.Historian` (wrapped in a :class:`LocalHistory`).
+    ``tagdb``: what it uses of the TagDB is ``names``, ``id_of`` and ``kind``.
     """
 
     def __init__(
@@ -443,12 +579,22 @@ class TagHistory:
         self.ns = ns
         self.config = config
         self.tagdb = tagdb
-        self.historian = historian
+        self.source: HistorySource = history_source(historian)
         self.max_values = int(max_values)
         self.historized = np.asarray(config.history_table()["enabled"], bool)
         self.vtypes = [variant_type(p) for p in config.point_defs()]
         self._previous: HistoryRead | None = None  # asyncua's handler, for what is not ours
         self.reads = 0  # HistoryRead operations answered (nodes)
+
+    @property
+    def historian(self) -> HistorySource:
+        """Where the history comes from (see :attr:`source`)."""
+        return self.source
+
+    @historian.setter
+    def historian(self, history) -> None:
+        # A reload or a historian restart hands over a new Historian (scada/app.py).
+        self.source = history_source(history)
 
     # -- installation ----------------------------------------------------------------------
 
@@ -568,25 +714,33 @@ class TagHistory:
             for k, res in zip(theirs, await previous(sub)):
                 results[k] = res
         if ours:
-            extra = (
-                unstored_points(self.historian, [t for _, t in ours])
-                if isinstance(details, ua.ReadRawModifiedDetails)
-                else {}
-            )
-            answers = await asyncio.to_thread(self._read_tags, params, ours, extra)
+            source = self.source  # one source for the whole request, even across a reload
+            extra: dict[int, Unstored] = {}
+            if isinstance(details, ua.ReadRawModifiedDetails):
+                # Before the store is read: a point written in between is then in both (the
+                # store's copy wins), never in neither.
+                try:
+                    extra = await source.unstored_points([t for _, t in ours])
+                except Exception as exc:  # noqa: BLE001  the core out of reach (a front's request)
+                    log.warning("opcua_history_unstored_unavailable", nodes=len(ours), error=repr(exc))
+                    for k, _ in ours:  # without the newest points a raw read would be wrong
+                        results[k] = _status(SC.BadDataUnavailable)
+                    return results  # type: ignore[return-value]
+            answers = await asyncio.to_thread(self._read_tags, source.store, params, ours, extra)
             for (k, _), res in zip(ours, answers):
                 results[k] = res
             self.reads += len(ours)
         return results  # type: ignore[return-value]
 
-    def _read_tags(self, params, ours, extra) -> list[ua.HistoryReadResult]:
+    def _read_tags(self, store: HistoryReads, params, ours, extra) -> list[ua.HistoryReadResult]:
         """In a worker thread: each tag node's answer."""
         out = []
         for k, tag in ours:
             rv = params.NodesToRead[k]
             try:
-                out.append(self._read_tag(params, params.NodesToRead[k], k, tag, extra.get(tag)))
-            except (HistoryError, sqlite3.Error, AttributeError, OSError) as exc:  # store closed (shutdown), unreadable
+                out.append(self._read_tag(store, params, params.NodesToRead[k], k, tag, extra.get(tag)))
+            # RuntimeError, AttributeError: the store closed (shutdown, a front's reload).
+            except (HistoryError, sqlite3.Error, RuntimeError, AttributeError, OSError) as exc:
                 log.warning("opcua_history_read_failed", tag=rv.NodeId.Identifier, error=str(exc))
                 out.append(_status(SC.BadDataUnavailable))
             except Exception:  # one node's failure must not fail the others
@@ -594,7 +748,9 @@ class TagHistory:
                 out.append(_status(SC.BadInternalError))
         return out
 
-    def _read_tag(self, params, rv: ua.HistoryReadValueId, k: int, tag: int, extra) -> ua.HistoryReadResult:
+    def _read_tag(
+        self, store: HistoryReads, params, rv: ua.HistoryReadValueId, k: int, tag: int, extra
+    ) -> ua.HistoryReadResult:
         details = params.HistoryReadDetails
         if not self.historized[tag]:
             return _status(SC.BadHistoryOperationUnsupported)
@@ -605,10 +761,10 @@ class TagHistory:
         if params.TimestampsToReturn == ua.TimestampsToReturn.Server:
             return _status(SC.BadTimestampNotSupported)  # only source times are recorded
         if isinstance(details, ua.ReadRawModifiedDetails):
-            return self._read_raw(details, rv, tag, extra)
-        return self._read_processed(details, rv, tag, details.AggregateType[k])
+            return self._read_raw(store, details, rv, tag, extra)
+        return self._read_processed(store, details, rv, tag, details.AggregateType[k])
 
-    def _read_raw(self, d: ua.ReadRawModifiedDetails, rv, tag: int, extra) -> ua.HistoryReadResult:
+    def _read_raw(self, store: HistoryReads, d: ua.ReadRawModifiedDetails, rv, tag: int, extra) -> ua.HistoryReadResult:
         if d.IsReadModified:
             return _status(SC.BadHistoryOperationUnsupported)  # values are never modified
         start, end = to_ns(d.StartTime), to_ns(d.EndTime)
@@ -625,7 +781,7 @@ class TagHistory:
         page = min(q.page, remaining) if q.total else q.page
         if page <= 0:  # nothing owed (a continuation point used twice)
             return ua.HistoryReadResult(StatusCode=StatusCode(SC.GoodNoData), HistoryData=ua.HistoryData())
-        series = Series(self.historian.store, tag, extra, text=self.tagdb.kind[tag] == TEXT)
+        series = Series(store, tag, extra, text=self.tagdb.kind[tag] == TEXT)
         points, more = raw_page(series, q, cursor, page)
         if q.total:
             remaining -= len(points)
@@ -639,7 +795,9 @@ class TagHistory:
             result.ContinuationPoint = encode_cp(RAW, points[-1][0], remaining, key)
         return result
 
-    def _read_processed(self, d: ua.ReadProcessedDetails, rv, tag: int, agg_id: ua.NodeId) -> ua.HistoryReadResult:
+    def _read_processed(
+        self, store: HistoryReads, d: ua.ReadProcessedDetails, rv, tag: int, agg_id: ua.NodeId
+    ) -> ua.HistoryReadResult:
         ident = agg_id.Identifier
         aggregate = AGGREGATES.get(ident) if agg_id.NamespaceIndex == 0 and isinstance(ident, int) else None
         kind = int(self.tagdb.kind[tag])
@@ -667,7 +825,7 @@ class TagHistory:
                 return _status(SC.BadContinuationPointInvalid)
         if not 0 <= first < q.count:
             return _status(SC.BadContinuationPointInvalid)
-        times, values, status, partial, more = processed_page(self.historian.store, tag, q, first, self.max_values)
+        times, values, status, partial, more = processed_page(store, tag, q, first, self.max_values)
         bits = INFO_DATA_VALUE | (INTERPOLATED if aggregate == "Interpolative" else CALCULATED)
         vtype = self.vtypes[tag]
         if aggregate == "Count":

@@ -19,7 +19,7 @@ from scada.opcua.address_space import (
 )
 from scada.opcua.alarms import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.asyncua_private import address_space, external_sessions
-from scada.opcua.history import TagHistory
+from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
 from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
@@ -43,7 +43,8 @@ class HmiServer:
         self.config = config
         self.tagdb = tagdb
         self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
-        self.history = history  # scada.historian.service.Historian, served as OPC UA HistoryRead
+        # Served as OPC UA HistoryRead: a Historian (in-process) or a HistorySource (a front's mirror).
+        self.history = history
         self.tag_history: TagHistory | None = None
         self.endpoint = endpoint
         self.name = name
@@ -222,9 +223,12 @@ def _carry_conditions(old: AlarmConditions, new: AlarmConditions) -> None:
     new._session_names = old._session_names
 
 
-def _rebind_history(th: TagHistory, config: Config, tagdb: TagDB, historian) -> None:
-    """HistoryRead follows the new tag table (history is stored by tag name: nothing is lost)."""
-    th.config, th.tagdb, th.historian = config, tagdb, historian
+def _rebind_history(th: TagHistory, config: Config, tagdb: TagDB, history) -> None:
+    """HistoryRead follows the new tag table (history is stored by tag name: nothing is lost).
+
+    ``history``: the new Historian, or a HistorySource (a front's mirror rebound to the new names).
+    """
+    th.config, th.tagdb, th.source = config, tagdb, history_source(history)
     th.historized = np.asarray(config.history_table()["enabled"], bool)
     th.vtypes = [variant_type(p) for p in config.point_defs()]
     th.mark_variables()
