@@ -25,8 +25,8 @@ from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config, Device
 from scada.driver_api import Driver
-from scada.historian.service import Historian, InfluxSettings
 from scada.front.link import FrontLink, FrontSettings
+from scada.historian.service import Historian, InfluxSettings
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
