@@ -17,8 +17,8 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.alarms import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.asyncua_private import address_space, external_sessions
+from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import Publisher
 from scada.opcua.typed_ua import NodeId
