@@ -1,0 +1,1 @@
+"""The OPC UA front process and what feeds it."""
