@@ -146,20 +146,12 @@ class AlarmMirror:
     # Queries
 
     def describe(self, i: int) -> dict[str, Any]:
-        """Instance ``i`` as far as the mirror knows it (the message: of its last event)."""
-        a = self.instances.definition(i)
-        d = self.instances.device(i)
-        return {
-            "alarm": a.name,
-            "device": d.name,
-            "commune": d.commune,
-            "state": State(int(self.state[i])).name,
-            "active": bool(self.cond[i]),
-            "priority": a.priority,
-            "service": a.service,
-            "since_ns": int(self.cond_since[i]),
-            "message": self._messages.get(i, ""),
-        }
+        """Instance ``i`` as far as the mirror knows it: its alarm, device, commune, state, whether
+        active, since when, and its message (of its last event)."""
+        a, d = self.instances.definition(i), self.instances.device(i)
+        out: dict[str, Any] = dict(alarm=a.name, device=d.name, commune=d.commune, message=self._messages.get(i, ""))
+        out.update(state=State(int(self.state[i])).name, active=bool(self.cond[i]), since_ns=int(self.cond_since[i]))
+        return out
 
     # Operator actions: requests to the core
 

@@ -10,12 +10,12 @@ engine's own exception class.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scada import status as st
+from scada.alarms.engine import AlarmEngine
 from scada.alarms.remote import (
     COLUMNS,
     RemoteAlarmError,
@@ -26,6 +26,7 @@ from scada.alarms.remote import (
 from scada.alarms.states import Event, IllegalTransition, State
 from scada.front.alarms import AlarmMirror
 from tests.unit.test_alarm_engine import Bench
+from tests.unit.test_alarm_engine import bench as bench  # the engine tests' rig, healthy
 
 
 def crossed(obj):
@@ -34,13 +35,13 @@ def crossed(obj):
 
 
 class Crossing:
-    """A mirror of ``bench``'s engine, fed and served through pickle."""
+    """A mirror of ``engine``, fed and served through pickle (the OPC UA tests use it too)."""
 
-    def __init__(self, bench: Bench) -> None:
-        self.engine = bench.engine
+    def __init__(self, engine: AlarmEngine) -> None:
+        self.engine = engine
         self.requests: list[tuple] = []
-        # The configuration crosses with INIT (the lead's wire); the static tables are built here.
-        self.mirror = AlarmMirror(bench.config, len(bench.tagdb), self.request, bench.clock)
+        # The configuration crosses with the front's INIT message; the static tables are built here.
+        self.mirror = AlarmMirror(engine.config, len(engine.tagdb), self.request, engine.clock)
         self.mirror.load(crossed(alarm_snapshot(self.engine)))
         self.sent: list = []  # the event items of every notification, as the core built them
         self.seen: list = []  # the same, rebuilt from the mirror by its subscriber
@@ -73,19 +74,9 @@ class Crossing:
         assert self.seen == self.sent
 
 
-@pytest.fixture
-def bench(tmp_path: Path):
-    b = Bench(tmp_path / "cfg")
-    b.healthy("LC-1")
-    b.healthy("LC-2")
-    b.set("TJ-1", conflict_fault=0)
-    yield b
-    b.journal.close()
-
-
 async def test_the_mirror_follows_values_and_operator_actions(bench: Bench) -> None:
     bench.set("LC-1", temperature=70)  # active before the mirror: it comes with the snapshot
-    x = Crossing(bench)
+    x = Crossing(bench.engine)
     m = x.mirror
     x.assert_same()
     assert m.describe(m.instance("hot", "LC-1"))["message"] == "LC-1: 70 degC above 60"
@@ -148,7 +139,7 @@ async def test_the_mirror_follows_values_and_operator_actions(bench: Bench) -> N
 
 
 async def test_refusals_come_back_as_the_engines_exceptions(bench: Bench) -> None:
-    x = Crossing(bench)
+    x = Crossing(bench.engine)
     before = bench.engine.transitions
     m = x.mirror
     with pytest.raises(KeyError, match="no alarm 'hot' on device 'TJ-1'"):
@@ -179,7 +170,7 @@ def test_an_unknown_action_is_refused_and_nothing_is_called(bench: Bench) -> Non
 
 def test_bad_snapshots_and_items_are_refused_and_change_nothing(bench: Bench) -> None:
     bench.set("LC-1", temperature=70)
-    x = Crossing(bench)
+    x = Crossing(bench.engine)
     snap = alarm_snapshot(bench.engine)
     with pytest.raises(ValueError, match="this front's configuration has"):
         x.mirror.load({**snap, "n": snap["n"] + 1})
