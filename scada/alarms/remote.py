@@ -21,7 +21,7 @@ No asyncua here: this is the core's side.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from scada.alarms.config import AlarmDef
 from scada.alarms.events import ANNOUNCED, AlarmEvent
 from scada.alarms.states import IllegalTransition, State
 from scada.config import Config
+
+if TYPE_CHECKING:
+    from scada.alarms.engine import AlarmEngine
 
 # The engine's operator actions a front may ask for, by their engine method names.
 ACTIONS = frozenset(("ack", "note", "shelve", "unshelve", "reset", "remove_from_service", "return_to_service"))
@@ -169,7 +172,7 @@ def rebuild_error(kind: str, payload: Any) -> Exception:
     return RemoteAlarmError(kind, payload)
 
 
-def serve_alarm_action(engine: Any, name: str, *args: Any) -> list[AlarmEvent]:
+def serve_alarm_action(engine: AlarmEngine, name: str, *args: Any) -> list[AlarmEvent]:
     """Run the engine's operator action ``name`` (one of :data:`ACTIONS`) with ``args``; its events.
 
     The channel's synchronous handler of the "alarm_action" request: a refusal is raised as

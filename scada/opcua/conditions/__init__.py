@@ -73,6 +73,7 @@ class AlarmConditions(ConditionDelivery):
     # Diagnostics
 
     def stats(self) -> dict:
+        """Counters for the diagnostics: conditions, retained, events sent, queued, dropped, resyncs."""
         return {
             "conditions": self.engine.n,
             "retained": len(self._retained) + len(self._system_retained),
