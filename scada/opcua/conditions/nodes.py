@@ -167,18 +167,22 @@ class ConditionNodes(ConditionsBase):
                 refs.append(reference_to(_HAS_COMPONENT, nd, True))
         return refs
 
+    def _object_attrs(self) -> dict:
+        """The attributes every object node of the conditions has (shared by them, never written)."""
+        return {
+            A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
+            A.WriteMask: self._attr(0, VT.UInt32),
+            A.UserWriteMask: self._attr(0, VT.UInt32),
+            A.EventNotifier: self._attr(0, VT.Byte),
+        }
+
     def _set_notifier(self, nd: NodeData, on: AttributeValue) -> None:
         nd.attributes[A.EventNotifier] = on
 
     def _build_nodes(self) -> None:
         eng, cfg = self.engine, self.engine.config
         self._defs = [self._def_info(a) for a in eng.defs]
-        obj = {
-            A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
-            A.WriteMask: self._attr(0, VT.UInt32),
-            A.UserWriteMask: self._attr(0, VT.UInt32),
-            A.EventNotifier: self._attr(0, VT.Byte),
-        }
+        obj = self._object_attrs()
         notifier_on = self._attr(ua.EventNotifier.SubscribeToEvents.mask, VT.Byte)
         folder_names = self._names(ALARMS_FOLDER, self.ns)
         shelving_names = self._names("ShelvingState", 0)
@@ -265,16 +269,10 @@ class ConditionNodes(ConditionsBase):
         if cid is None:
             cid = self._system[name] = NodeId(f"Server/Alarms/{name}", self.ns)
             self._system_nodes.add(cid)
-            obj = {
-                A.NodeClass: self._attr(ua.NodeClass.Object, VT.Int32),
-                A.WriteMask: self._attr(0, VT.UInt32),
-                A.UserWriteMask: self._attr(0, VT.UInt32),
-                A.EventNotifier: self._attr(0, VT.Byte),
-            }
             server = self.aspace[_SERVER]
             nd = self._node(
                 cid,
-                {**obj, **self._names(name, self.ns)},
+                {**self._object_attrs(), **self._names(name, self.ns)},
                 [self._typedef_ref(self._system_type()), reference_to(_HAS_CONDITION, server, False)],
             )
             server.references.append(reference_to(_HAS_CONDITION, nd, True, self._system_type()))
