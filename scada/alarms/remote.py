@@ -13,7 +13,9 @@ The OPC UA conditions (:mod:`scada.opcua.conditions`) read an engine through
 * :func:`serve_alarm_action` — an operator action asked by the front, run on the engine; a
   refusal travels back as :class:`RemoteAlarmError` ``(kind, payload)`` and the mirror raises
   the engine's own exception class again (:func:`rebuild_error`), so the OPC UA method maps it
-  to the same status code in both processes.
+  to the same status code in both processes. The engine notifies an action's events while the
+  handler runs: sent on the same ordered stream, they reach the mirror before the reply, so a
+  front's next method call sees the state the action left.
 
 No asyncua here: this is the core's side.
 """

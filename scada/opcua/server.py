@@ -42,7 +42,7 @@ class HmiServer:
     ) -> None:
         self.config = config
         self.tagdb = tagdb
-        self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
+        self.alarms = alarms  # an AlarmSource (the engine, or a front's AlarmMirror), shown as OPC UA conditions
         self.history = history  # scada.historian.service.Historian, served as OPC UA HistoryRead
         self.tag_history: TagHistory | None = None
         self.endpoint = endpoint
