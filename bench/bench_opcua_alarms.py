@@ -14,7 +14,7 @@
    events), then to one asyncua client subscribed on the Server object for AlarmConditionType
    (85 fields an event), run in its own process as an HMI is, with asyncua's default 1 s
    watchdog: the rate it receives them (asyncua's encoding of the events, about 0.3 ms each,
-   is the ceiling; ``scada.opcua.alarms.MAX_PENDING`` bounds each Publish), and the server
+   is the ceiling; ``scada.opcua.conditions.delivery.MAX_PENDING`` bounds each Publish), and the server
    loop's longest stall meanwhile (over 1 s, that client drops its link).
 3. **refresh**: ConditionRefresh of every retained condition to that client.
 """
@@ -59,7 +59,7 @@ async def _build(instances: int | None) -> dict:
     from scada.alarms.engine import AlarmEngine
     from scada.alarms.journal import Journal
     from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
-    from scada.opcua.alarms import AlarmConditions
+    from scada.opcua.conditions import AlarmConditions
     from scada.tagdb import TagDB
 
     with tempfile.TemporaryDirectory() as tmp:

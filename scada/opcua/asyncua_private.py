@@ -70,7 +70,7 @@ __all__ = [
 #   the request with a ServiceFault of that code.
 # * ``InternalSubscription``: ``data.SubscriptionId``, ``session_id``, ``monitored_item_srv``
 #   and ``enqueue_event(mid, EventFieldList, queue_size)`` (events are delivered by us, see
-#   scada/opcua/alarms.py for why).
+#   scada/opcua/conditions/delivery.py for why).
 # * ``MonitoredItemData``: ``filter`` (EventFilter), ``where_clause_evaluator``,
 #   ``client_handle``, ``queue_size``.
 # * ``InternalSession``: ``session_id``, ``call``, ``create_session``, ``close_session``.

@@ -17,8 +17,8 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.alarms import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.asyncua_private import address_space, external_sessions
+from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
 from scada.opcua.typed_ua import NodeId
@@ -42,7 +42,7 @@ class HmiServer:
     ) -> None:
         self.config = config
         self.tagdb = tagdb
-        self.alarms = alarms  # scada.alarms.engine.AlarmEngine, shown as OPC UA conditions
+        self.alarms = alarms  # an AlarmSource (the engine, or a front's AlarmMirror), shown as OPC UA conditions
         # Served as OPC UA HistoryRead: a Historian (in-process) or a HistorySource (a front's mirror).
         self.history = history
         self.tag_history: TagHistory | None = None

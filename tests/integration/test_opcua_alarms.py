@@ -476,10 +476,10 @@ async def test_a_subscription_that_stops_publishing_does_not_hold_the_others(cit
     """Backpressure waits for a client's backlog to drain, but not for ever."""
     from types import SimpleNamespace
 
-    from scada.opcua import alarms
+    from scada.opcua.conditions import delivery
 
-    monkeypatch.setattr(alarms, "SLOW_AFTER_S", 0.1)
-    stuck = SimpleNamespace(_triggered_events={1: [object()] * alarms.MAX_PENDING},
+    monkeypatch.setattr(delivery, "SLOW_AFTER_S", 0.1)
+    stuck = SimpleNamespace(_triggered_events={1: [object()] * delivery.MAX_PENDING},
                             data=SimpleNamespace(SubscriptionId=99))
     conditions = city.hmi.conditions
     t0 = asyncio.get_running_loop().time()
@@ -488,7 +488,7 @@ async def test_a_subscription_that_stops_publishing_does_not_hold_the_others(cit
     assert asyncio.get_running_loop().time() - t0 >= 0.1  # after SLOW_AFTER_S, not at once
     assert id(stuck) in conditions._slow
     # Known slow: not waited for again. Were it waited for, an hour would not be enough.
-    monkeypatch.setattr(alarms, "SLOW_AFTER_S", 3600.0)
+    monkeypatch.setattr(delivery, "SLOW_AFTER_S", 3600.0)
     async with asyncio.timeout(30):
         await conditions._backpressure([stuck])
     stuck._triggered_events = {}

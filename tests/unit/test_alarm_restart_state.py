@@ -11,7 +11,7 @@ from scada.alarms import journal as journal_mod
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal, JournalRow
 from scada.alarms.states import State
-from scada.opcua.alarms import condition_event_id
+from scada.opcua.conditions import condition_event_id
 
 from .test_alarm_engine import Bench
 
