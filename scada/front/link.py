@@ -15,6 +15,10 @@ and the core only does, per change batch, one write of its raw columns to a sock
   carries the engine's whole state.
 * **Requests** from the front (operator actions on alarms, the historian's points not stored
   yet) run here as plain synchronous handlers, cheap by design, and are answered in order.
+  A refusal travels as ``(kind, payload)`` (:class:`scada.alarms.remote.RemoteAlarmError`, whose
+  kinds are generic: "illegal", "key", "value", "error") and is raised again in the front. An
+  action's alarm events are written before its reply, on the same stream: the front's mirror
+  is current when the reply arrives.
 * **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
   (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
   it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.
@@ -39,6 +43,7 @@ from typing import Any
 
 import structlog
 
+from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
 from scada.tagdb import Consumer, TagDB
 
@@ -53,14 +58,6 @@ MAX_REQUEST = 16 << 20  # a front's request is small; a larger frame is a bug or
 
 class FrontExited(RuntimeError):
     """The front process ended (crashed, killed, or exited on an error it logged)."""
-
-
-class RemoteError(Exception):
-    """A request's handler failed: ``kind`` and ``payload`` say how (the owner of the op maps them)."""
-
-    def __init__(self, kind: str, payload: Any) -> None:
-        super().__init__(kind, payload)
-        self.kind, self.payload = kind, payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,7 +366,7 @@ class FrontLink:
         handler = handlers.get(op)
         try:
             if handler is None:
-                raise RemoteError("value", f"unknown request {op!r}")
+                raise RemoteAlarmError("value", f"unknown request {op!r}")
             reply = ("reply", rid, True, handler(*args))
         except Exception as exc:  # noqa: BLE001 - the front gets the error, the core goes on
             kind, payload = getattr(exc, "kind", "error"), getattr(exc, "payload", repr(exc))

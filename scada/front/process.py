@@ -29,8 +29,8 @@ from typing import Any
 import structlog
 
 from common import eventloop, logs
+from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
-from scada.front.link import RemoteError
 
 log = structlog.get_logger("scada.front")
 
@@ -49,7 +49,7 @@ class CoreChannel:
         self.writer.write(wire.encode_message(tag, *fields))
 
     async def request(self, op: str, *args: Any) -> Any:
-        """Ask the core; its handler's result, or RemoteError(kind, payload)."""
+        """Ask the core; its handler's result, or RemoteAlarmError(kind, payload) (see link.py)."""
         rid = next(self._ids)
         fut = self._pending[rid] = asyncio.get_running_loop().create_future()
         try:
@@ -65,7 +65,7 @@ class CoreChannel:
         if ok:
             fut.set_result(value)
         else:
-            fut.set_exception(RemoteError(*value))
+            fut.set_exception(RemoteAlarmError(*value))
 
     def close(self) -> None:
         for fut in self._pending.values():
@@ -82,11 +82,13 @@ class Front:
         self.settings = settings
         self.hmi: Any = None
         self.tags: Any = None
+        self.history: Any = None
         self.tasks: list[asyncio.Task] = []
         self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
         self.failure: BaseException | None = None
 
     def _mirrors(self, state: dict[str, Any]):
+        """The mirrors of the core's components described by ``state`` (INIT, or a reload's)."""
         from scada.front.alarms import AlarmMirror
         from scada.front.history import HistoryMirror
         from scada.front.tags import TagMirror
@@ -100,19 +102,22 @@ class Front:
         alarms = None
         if state["alarms"] is not None:
             alarms = AlarmMirror(config, len(tags), self.channel.request)
-            alarms.tagdb = tags
             alarms.load(state["alarms"])
-        history = None
-        if state["store"] is not None:
+        history = self.history
+        if state["store"] is None:
+            history = None
+        elif history is None or str(history.path) != state["store"]:
             history = HistoryMirror(state["store"], list(names), self.channel.request)
+        else:
+            history.rebind(list(names))  # the same store: its tag ids follow the new table
         return config, tags, alarms, history
 
     async def start(self, state: dict[str, Any]) -> int:
         from scada.opcua.server import HmiServer
 
-        config, self.tags, alarms, history = self._mirrors(state)
+        config, self.tags, alarms, self.history = self._mirrors(state)
         s = self.settings
-        self.hmi = HmiServer(config, self.tags, s.endpoint, s.name, alarms=alarms, history=history)
+        self.hmi = HmiServer(config, self.tags, s.endpoint, s.name, alarms=alarms, history=self.history)
         await self.hmi.start()
         self._start_tasks()
         return self.hmi.node_count
@@ -148,7 +153,7 @@ class Front:
                 await asyncio.sleep(0.01)
             await self._stop_tasks()
             config, tags, alarms, history = self._mirrors(state)
-            old_history = self.hmi.history
+            old_history, self.history = self.history, history
             changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
             old_tags, self.tags = self.tags, tags
             if old_tags is not tags:
@@ -193,8 +198,8 @@ class Front:
         await self._stop_tasks()
         if self.hmi is not None:
             await self.hmi.stop()
-            if self.hmi.history is not None:
-                self.hmi.history.close()
+        if self.history is not None:
+            self.history.close()
 
 
 def _close_mirror(tags) -> None:
