@@ -254,9 +254,15 @@ class FrontLink:
     # Values
 
     def _subscribe(self, tagdb: TagDB) -> None:
+        old = self._consumer
         self._unsubscribe()
         self._consumer = tagdb.subscribe("opcua-front", maxsize=4096)
         self._consumer_db = tagdb
+        if old is not None:
+            # The forwarder may be waiting on the old table's queue, which gets nothing more:
+            # wake it up (it sees the switch and takes the new queue).
+            with contextlib.suppress(asyncio.QueueFull):
+                old.queue.put_nowait(None)
 
     def _unsubscribe(self) -> None:
         if self._consumer is not None and self._consumer_db is not None:
@@ -280,7 +286,7 @@ class FrontLink:
                 await asyncio.sleep(0.05)
                 continue
             batch = await consumer.get()
-            if consumer is not self._consumer:
+            if consumer is not self._consumer or batch is None:
                 continue  # a reload switched tag tables while this waited
             if consumer.take_overflow():
                 self._tags_dirty = True  # batches lost in the core's own queue

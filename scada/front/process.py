@@ -154,8 +154,9 @@ class Front:
             await self._stop_tasks()
             config, tags, alarms, history = self._mirrors(state)
             old_history, self.history = self.history, history
-            changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
+            # From now on the core's batches are the new table's: never given to the old mirror.
             old_tags, self.tags = self.tags, tags
+            changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
             if old_tags is not tags:
                 _close_mirror(old_tags)
             if old_history is not None and old_history is not history:
