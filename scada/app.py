@@ -27,6 +27,7 @@ from scada.config import Config, Device
 from scada.driver_api import Driver
 from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
+from scada.opcua.history import history_source
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
@@ -165,7 +166,7 @@ class Application:
         if isinstance(self.hmi, HmiServer):  # a front process asks for the running one
             self.hmi.history = new
             if self.hmi.tag_history is not None:
-                self.hmi.tag_history.historian = new
+                self.hmi.tag_history.source = history_source(new)
 
     def _storage_alarm(self, source: str, active: bool, message: str) -> None:
         """The history store or spool cannot write (disk full, read-only...): one alarm per storage."""

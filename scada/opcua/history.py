@@ -586,16 +586,6 @@ class TagHistory:
         self._previous: HistoryRead | None = None  # asyncua's handler, for what is not ours
         self.reads = 0  # HistoryRead operations answered (nodes)
 
-    @property
-    def historian(self) -> HistorySource:
-        """Where the history comes from (see :attr:`source`)."""
-        return self.source
-
-    @historian.setter
-    def historian(self, history) -> None:
-        # A reload or a historian restart hands over a new Historian (scada/app.py).
-        self.source = history_source(history)
-
     # -- installation ----------------------------------------------------------------------
 
     async def install(self) -> int:

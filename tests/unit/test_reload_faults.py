@@ -199,7 +199,7 @@ def assert_running_as(app, config) -> None:
     assert app.config is config and hmi.config is config and len(app.tagdb) == config.total_tag_count
     assert hmi.tagdb is app.tagdb and hmi.publisher.tagdb is app.tagdb
     assert hmi.conditions.engine is app.alarms and hmi.conditions._on_alarm_events in app.alarms.subscribers
-    assert hmi.history is app.historian and hmi.tag_history.historian is app.historian
+    assert hmi.history is app.historian and hmi.tag_history.source.historian is app.historian
     assert all(app.supervisor.supervising(n) for n in app.task_names())
     assert {n for n in app.task_names() if n.startswith("driver:")} == {"driver:modbus"}
     assert {"alarms", "historian", "opcua-publisher", "opcua-alarm-events"} <= set(app.task_names())
