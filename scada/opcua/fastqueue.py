@@ -209,12 +209,14 @@ class DataChangeQueue:
                 it.grow()
                 self._free = list(range(it.size - 1, old - 1, -1))
             slot = self.slot_of[handle] = self._free.pop()
-            it.alive[slot] = True
+            it.alive[slot], it.has_last[slot] = True, False  # a freed slot may be reused
         self.stale.discard(handle)
         it.tag[slot], it.vtype[slot] = tag, vtype
         self._index = None
         self.update(handle, params)
-        if last is not None and params.mode != DISABLED:
+        if last is not None and params.mode != DISABLED and not it.has_last[slot]:
+            # A new or re-enabled item: its client has this value (asyncua sent it); a modified
+            # one keeps the last value it queued, the reference of its deadband.
             it.last_value[slot], it.last_status[slot], it.last_src[slot], it.last_text[slot] = last
             it.has_last[slot] = True
 

@@ -180,3 +180,19 @@ def test_parameters_outside_the_fast_path_are_refused():
     )
     assert item_params(2, absolute, "", 9, 0, False) == ItemParams(9, 2, 1, False, 2, 0.5)
     assert item_params(2, ua.ExtensionObject(), None, 9, 4, True) == ItemParams(9, 2, 4, True)
+
+
+def test_a_reused_slot_starts_fresh_and_a_modified_item_keeps_its_deadband_reference():
+    q = DataChangeQueue()
+    q.add(1, 0, DOUBLE, params(1), (5.0, GOOD, T, None))
+    q.add(9, 1, DOUBLE, params(9), None)  # keeps the queue alive when item 1 goes
+    q.remove(1)
+    assert values(q) == []  # the publish frees item 1's slot
+    q.add(2, 0, DOUBLE, params(2), None)  # the same slot, no value known to its client
+    offer(q, [0], [5.0])
+    assert values(q) == [(2, 5.0)]
+    q.add(3, 2, DOUBLE, params(3, deadband=1.0), (10.0, GOOD, T, None))
+    offer(q, [2], [10.8])
+    q.add(3, 2, DOUBLE, params(3, deadband=1.0, qsize=2), (10.8, GOOD, T, None))  # ModifyMonitoredItems
+    offer(q, [2], [11.5])  # 1.5 from the last queued (10), though 0.7 from the current one
+    assert values(q) == [(3, 11.5)]
