@@ -65,10 +65,10 @@ def _ns(when: datetime | None) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1) * 1000 if when is not None else 0
 
 
-def _rows_of(slot: int, queued: list[ua.MonitoredItemNotification]) -> Rows:
-    """What asyncua's path queued for an item (its first value), as rows of the fast queue."""
+def _rows_of(queued: list[tuple[int, ua.MonitoredItemNotification]]) -> Rows:
+    """What asyncua's path queued for items (their first values), as rows of a fast queue: (slot, notification)."""
     values, texts, status, src, srv = [], [], [], [], []
-    for n in queued:
+    for _, n in queued:
         dv = n.Value
         var = dv.Value
         v = var.Value if var is not None else None
@@ -80,7 +80,7 @@ def _rows_of(slot: int, queued: list[ua.MonitoredItemNotification]) -> Rows:
     text = np.empty(len(queued), object)
     text[:] = texts
     return Rows(
-        np.full(len(queued), slot, np.int64),
+        np.array([slot for slot, _ in queued], np.int64),
         np.array(values, np.float64),
         np.array(status, np.uint32),
         np.array(src, np.int64),
@@ -159,10 +159,10 @@ class Watchers(dict):
 
     def _removed(self, handles) -> None:
         for handle in handles:
-            if handle in self.fast:
-                self.fast.discard(handle)
-                if self.owner is not None:
-                    self.owner.lost(self.tag, handle)
+            fast = handle in self.fast
+            self.fast.discard(handle)
+            if self.owner is not None:
+                self.owner.lost(self.tag, handle, fast)
         self._mark()
 
     def __setitem__(self, handle, callback) -> None:
@@ -294,11 +294,11 @@ class Publisher:
         self._handle_tag[handle] = tag
         self._unclassified.append((tag, handle))
 
-    def lost(self, tag: int, handle: int) -> None:
-        """A fast item is deleted (its own delete, its subscription's, its session's): drop it now."""
+    def lost(self, tag: int, handle: int, fast: bool) -> None:
+        """An item is deleted (its own delete, its subscription's, its session's); a fast one's rows go now."""
         self._handle_tag.pop(handle, None)
         queue = self._fast_queue.pop(handle, None)
-        if queue is None:
+        if queue is None or not fast:
             return
         self.n_fast[tag] -= 1
         queue.remove(handle)
@@ -318,10 +318,18 @@ class Publisher:
 
     def _classify(self) -> None:
         todo, self._unclassified = self._unclassified, []
+        moved: dict[int, tuple[DataChangeQueue, list[tuple[int, ua.MonitoredItemNotification]]]] = {}
         for tag, handle in todo:
-            self._classify_one(tag, handle)
+            self._classify_one(tag, handle, moved)
+        for queue, queued in moved.values():  # one chunk per queue: a CreateMonitoredItems of thousands
+            queue.push(_rows_of(queued))
 
-    def _classify_one(self, tag: int, handle: int) -> None:
+    def _classify_one(
+        self,
+        tag: int,
+        handle: int,
+        moved: dict[int, tuple[DataChangeQueue, list[tuple[int, ua.MonitoredItemNotification]]]],
+    ) -> None:
         w = self.value_attrs[tag].datachange_callbacks
         callback = w.get(handle)
         sub = datachange_subscription(callback) if callback is not None else None
@@ -359,7 +367,8 @@ class Publisher:
         # The first value asyncua sent on creating or enabling the item, in order before ours.
         queued = take_queued_datachanges(sub, item.monitored_item_id) if item.monitored_item_id is not None else []
         if queued and params.mode != 0:
-            queue.push(_rows_of(queue.slot_of[handle], queued))
+            slot = queue.slot_of[handle]
+            moved.setdefault(id(queue), (queue, []))[1].extend((slot, n) for n in queued)
 
     def _status(self, code: int) -> ua.StatusCode:
         sc = self._status_cache.get(code)
