@@ -53,7 +53,9 @@ def item_params(
     if index_range:
         return None
     trigger, deadband = STATUS_VALUE, 0.0
-    if isinstance(filt, ua.DataChangeFilter):
+    # By shape, not isinstance: asyncua may hold two DataChangeFilter classes (its generated one,
+    # used by the decoder, and one rebuilt from the server's type definitions in ``ua``).
+    if hasattr(filt, "Trigger") and hasattr(filt, "DeadbandType"):
         if filt.DeadbandType not in (ua.DeadbandType.None_, ua.DeadbandType.Absolute):
             return None
         trigger = int(filt.Trigger)

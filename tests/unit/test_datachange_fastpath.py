@@ -170,3 +170,33 @@ async def test_a_deleted_item_and_a_closed_session_stop_at_once_and_free_their_r
     # The session is closed: its subscription, items, rows and queue are gone.
     await until(lambda: not pub._queues, 30, "the closed session's queue dropped")
     assert not pub.n_fast.any() and queue.n_pending == 0 and queue.items.size == 0
+
+
+async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
+    seen = Seen()
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        await sub.deadband_monitor(node(client, hmi, "mains_voltage"), 1.0, deadbandtype=1, queuesize=10)
+        status_only = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.Status)
+        await sub._subscribe(node(client, hmi, "dim_level"), mfilter=status_only, queuesize=10)
+        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        assert hmi.publisher.n_fast[[tag(hmi, "mains_voltage"), tag(hmi, "dim_level")]].tolist() == [1, 1]
+        for v in (230.0, 230.5, 231.2, 232.0):
+            write(hmi, "mains_voltage", v)
+            write(hmi, "dim_level", v)
+        write(hmi, "mains_voltage", 232.0, st.BAD_COMMUNICATION_ERROR)
+        write(hmi, "dim_level", 232.0, st.BAD_COMMUNICATION_ERROR)
+        await until(lambda: len(seen.of("dim_level")) == 3, 30, "the status changes")
+        await until(lambda: len(seen.of("mains_voltage")) == 4, 30, "the voltage beyond its deadband, then its status")
+        # 230.5 is within 1.0 of 230; 231.2 is beyond it; 232.0 is within 1.0 of 231.2.
+        assert [(v, s) for v, s, _ in seen.of("mains_voltage")][1:] == [
+            (230.0, st.GOOD),
+            (231.2, st.GOOD),
+            (232.0, st.BAD_COMMUNICATION_ERROR),
+        ]
+        # Status only: the first value (Bad_NoCommunication, no value), Good, then Bad again.
+        assert [(v, s) for v, s, _ in seen.of("dim_level")][1:] == [
+            (230.0, st.GOOD),
+            (232.0, st.BAD_COMMUNICATION_ERROR),
+        ]
+        await sub.delete()
