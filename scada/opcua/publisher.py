@@ -245,6 +245,7 @@ class Publisher:
         n = len(value_attrs)
         self.watched = np.zeros(n, bool)  # tags with a monitored item on asyncua's path
         self.n_fast = np.zeros(n, np.int32)  # monitored items on the fast path, per tag
+        self.fast_watched = np.zeros(n, bool)  # n_fast > 0: a bool gather per batch, the cheapest
         self._vtype_code = np.array([int(vt) for vt in vtypes], np.uint8)
         self._queues: dict[int, DataChangeQueue] = {}  # id -> queue with fast items of ours
         self._fast_queue: dict[int, DataChangeQueue] = {}  # callback handle -> its queue
@@ -301,6 +302,7 @@ class Publisher:
         if queue is None or not fast:
             return
         self.n_fast[tag] -= 1
+        self.fast_watched[tag] = self.n_fast[tag] > 0
         queue.remove(handle)
         if not len(queue):
             self._queues.pop(id(queue), None)
@@ -362,6 +364,7 @@ class Publisher:
             w.fast.add(handle)
             w._mark()
             self.n_fast[tag] += 1
+            self.fast_watched[tag] = True
             self._fast_queue[handle] = queue
             self._queues[id(queue)] = queue
         # The first value asyncua sent on creating or enabling the item, in order before ours.
@@ -412,12 +415,15 @@ class Publisher:
         attrs = self.value_attrs
         self._record(batch)
         self.published += len(batch.ids)
-        fast = self.n_fast[batch.ids] > 0
-        self.notified += int(np.count_nonzero(fast | self.watched[batch.ids]))
-        if fast.any():
-            self._offer(batch, np.flatnonzero(fast))
-        # Most rows have no watcher: the watched ones, by the mask the Watchers keep.
-        watched = np.flatnonzero(self.watched[batch.ids])
+        # Most rows have no watcher: the watched ones, by the masks the Watchers keep.
+        on_slow = self.watched[batch.ids]
+        on_fast = self.fast_watched[batch.ids]
+        watched = np.flatnonzero(on_slow)
+        if on_fast.any():
+            self.notified += int(np.count_nonzero(on_slow | on_fast))
+            self._offer(batch, np.flatnonzero(on_fast))
+        else:
+            self.notified += len(watched)
         if not len(watched):
             return
         tags = batch.ids[watched].tolist()
