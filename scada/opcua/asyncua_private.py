@@ -19,9 +19,9 @@ classes from here once and then loop over them directly: no wrapper call per nod
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from asyncua import Server, ua
 
@@ -30,7 +30,11 @@ from asyncua.common.utils import ServiceError
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.internal_subscription import InternalSubscription
-from asyncua.server.monitored_item_service import MonitoredItemData, WhereClauseEvaluator
+from asyncua.server.monitored_item_service import MonitoredItemData, MonitoredItemService, WhereClauseEvaluator
+from asyncua.ua.ua_binary import struct_to_binary
+
+from scada.opcua.datachange import notification_body
+from scada.opcua.typed_ua import NodeId
 
 __all__ = [
     "AddressSpace",
@@ -41,7 +45,16 @@ __all__ = [
     "NodeData",
     "ServiceError",
     "SubtypeWhere",
+    "DataChangeSource",
     "address_space",
+    "datachange_item",
+    "datachange_subscription",
+    "discard_oldest",
+    "fast_queue",
+    "hook_datachange_publish",
+    "hook_monitored_items",
+    "max_notifications",
+    "take_queued_datachanges",
     "event_items",
     "external_sessions",
     "hook_sessions",
@@ -74,6 +87,9 @@ __all__ = [
 # * ``MonitoredItemData``: ``filter`` (EventFilter), ``where_clause_evaluator``,
 #   ``client_handle``, ``queue_size``.
 # * ``InternalSession``: ``session_id``, ``call``, ``create_session``, ``close_session``.
+# * ``MonitoredItemData`` again, for the fast data change path (scada/opcua/fastqueue.py):
+#   ``mode``, ``read_value_id`` (``IndexRange``), ``callback_handle``, ``monitored_item_id``;
+#   ``queue_size`` 0 means the subscription's ``max_queue_size``.
 
 
 def address_space(server: Server) -> AddressSpace:
@@ -209,3 +225,196 @@ def hook_sessions(server: Server, caller: ContextVar[Any], names: MutableMapping
 
     setattr(create_session, _HOOKED, True)
     iserver.create_session = create_session  # type: ignore[method-assign]
+
+
+# -- the fast data change path (scada/opcua/publisher.py, scada/opcua/fastqueue.py) -----------
+#
+# asyncua queues a MonitoredItemNotification object per value in a subscription's
+# ``_triggered_datachanges`` (monitored item id -> list) and turns them into one
+# DataChangeNotification in ``_pop_triggered_datachanges(result)`` when it publishes. Our
+# publisher keeps the data changes of supported items in a columnar queue per subscription
+# and hooks these two names, per subscription: the queue's rows are encoded by our encoder
+# into the same DataChangeNotification (an ExtensionObject whose Body asyncua writes as it
+# is), after what asyncua's path queued for the other items. Sequence numbers, the
+# retransmission queue, keep-alives and lifetime counts stay asyncua's.
+
+_DATA_CHANGE_BINARY = NodeId(ua.ObjectIds.DataChangeNotification_Encoding_DefaultBinary)
+_QUEUE = "_scada_fast_queue"
+_DISCARD_OLDEST = "_scada_discard_oldest"
+_MAX_NOTIFICATIONS = "_scada_max_notifications"
+
+
+class DataChangeSource(Protocol):
+    """What a subscription's hooked publish asks of our queue (scada.opcua.fastqueue.DataChangeQueue)."""
+
+    def ready(self) -> bool: ...
+
+    def pop(self, budget: int | None = None) -> tuple[int, bytes]: ...
+
+
+class _Triggered(dict):
+    """asyncua's ``_triggered_datachanges``, also true when our queue has rows to report:
+    ``has_published_results`` tests it to decide between a publish and a keep-alive."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: DataChangeSource, items: dict[int, list[ua.MonitoredItemNotification]]) -> None:
+        super().__init__(items)
+        self.queue = queue
+
+    def __bool__(self) -> bool:
+        return dict.__len__(self) > 0 or self.queue.ready()
+
+
+def datachange_subscription(callback: Any) -> InternalSubscription | None:
+    """The client subscription whose monitored item registered this datachange callback.
+
+    asyncua registers ``MonitoredItemService.datachange_callback`` (a bound method of the
+    subscription's ``monitored_item_srv``, whose ``isub`` is the subscription). None for
+    anything else (a test's callback), for a server-internal subscription (no client, no
+    ``pub_request_callback``: its results go to Python callbacks that expect objects) and for
+    a publishing interval of 0 (asyncua publishes each enqueued value at once).
+    """
+    service = getattr(callback, "__self__", None)
+    if not isinstance(service, MonitoredItemService):
+        return None
+    sub = service.isub
+    if sub.pub_request_callback is None or sub.data.RevisedPublishingInterval <= 0:
+        return None
+    return sub
+
+
+def datachange_item(sub: InternalSubscription, handle: int) -> MonitoredItemData | None:
+    """The monitored item of a datachange callback handle (``_monitored_datachange``), or None."""
+    service = sub.monitored_item_srv
+    mid = service._monitored_datachange.get(handle)
+    return None if mid is None else service._monitored_items.get(mid)
+
+
+def take_queued_datachanges(sub: InternalSubscription, mid: int) -> list[ua.MonitoredItemNotification]:
+    """Remove and return what asyncua's path queued for an item (its first value, when an item is
+    created or enabled, goes through asyncua's own trigger_datachange)."""
+    queued: list[ua.MonitoredItemNotification] = sub._triggered_datachanges.pop(mid, [])
+    return queued
+
+
+def fast_queue(sub: InternalSubscription) -> Any:
+    """The queue hooked into this subscription's publish, or None."""
+    return getattr(sub, _QUEUE, None)
+
+
+def discard_oldest(item: MonitoredItemData) -> bool:
+    """The item's DiscardOldest (asyncua does not keep it; :func:`hook_monitored_items` records it)."""
+    return bool(getattr(item, _DISCARD_OLDEST, True))
+
+
+def max_notifications(sub: InternalSubscription) -> int:
+    """The subscription's MaxNotificationsPerPublish (0: no limit), as recorded by :func:`hook_monitored_items`."""
+    return int(getattr(sub, _MAX_NOTIFICATIONS, 0))
+
+
+def hook_datachange_publish(sub: InternalSubscription, queue: DataChangeSource) -> None:
+    """Publish ``queue``'s rows with the subscription's data changes (see the section comment).
+
+    Replaces, on this subscription only, ``_triggered_datachanges`` (by a dict that is also
+    true when the queue has rows) and ``_pop_triggered_datachanges`` (which asyncua calls
+    from ``_pop_publish_result`` with the PublishResult being built).
+    """
+    if fast_queue(sub) is queue:
+        return
+    triggered = _Triggered(queue, sub._triggered_datachanges)
+    sub._triggered_datachanges = triggered
+
+    def pop_datachanges(result: ua.PublishResult) -> None:
+        slow = [n for queued in triggered.values() for n in queued]
+        dict.clear(triggered)
+        limit = max_notifications(sub)
+        count, items = queue.pop(max(limit - len(slow), 0) if limit else None)
+        data = result.NotificationMessage.NotificationData
+        if count:
+            body = notification_body(len(slow) + count, b"".join(struct_to_binary(n) for n in slow) + items)
+            # asyncua writes an ExtensionObject's Body as it is (its ByteString is plain bytes at run time).
+            data.append(ua.ExtensionObject(TypeId=_DATA_CHANGE_BINARY, Body=cast(ua.ByteString, body)))
+        elif slow:
+            data.append(ua.DataChangeNotification(MonitoredItems=slow))
+
+    sub._pop_triggered_datachanges = pop_datachanges  # type: ignore[method-assign]
+    setattr(sub, _QUEUE, queue)
+
+
+def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription, list[int]], None]) -> None:
+    """Call ``changed(subscription, monitored item ids)`` after CreateMonitoredItems,
+    ModifyMonitoredItems and SetMonitoringMode; record what asyncua drops on the way
+    (DiscardOldest, MaxNotificationsPerPublish). Idempotent per server.
+
+    Wraps the server's ``subscription_service`` methods of those services and of
+    CreateSubscription / ModifySubscription (sessions look them up per request).
+    """
+    service = server.iserver.subscription_service
+    if getattr(service.create_monitored_items, _HOOKED, False):
+        return
+    create_sub, modify_sub = service.create_subscription, service.modify_subscription
+    create, modify, set_mode = (
+        service.create_monitored_items,
+        service.modify_monitored_items,
+        service.set_monitoring_mode,
+    )
+
+    async def create_subscription(params: ua.CreateSubscriptionParameters, *args: Any, **kw: Any) -> Any:
+        result = await create_sub(params, *args, **kw)
+        sub = service.subscriptions.get(result.SubscriptionId)
+        if sub is not None:
+            setattr(sub, _MAX_NOTIFICATIONS, int(params.MaxNotificationsPerPublish))
+        return result
+
+    def modify_subscription(params: ua.ModifySubscriptionParameters) -> ua.ModifySubscriptionResult:
+        result = modify_sub(params)
+        setattr(
+            service.subscriptions[params.SubscriptionId], _MAX_NOTIFICATIONS, int(params.MaxNotificationsPerPublish)
+        )
+        return result
+
+    def record(sub_id: int, requests: list[tuple[int, ua.MonitoringParameters]], ok: list[bool]) -> None:
+        sub = service.subscriptions.get(sub_id)
+        if sub is None:
+            return
+        mids = []
+        for (mid, wanted), good in zip(requests, ok, strict=True):
+            item = monitored_item(sub, mid) if good else None
+            if item is not None:
+                setattr(item, _DISCARD_OLDEST, bool(wanted.DiscardOldest))
+                mids.append(mid)
+        changed(sub, mids)
+
+    async def create_monitored_items(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
+        results = await create(params)
+        record(
+            params.SubscriptionId,
+            [(r.MonitoredItemId, i.RequestedParameters) for i, r in zip(params.ItemsToCreate, results, strict=True)],
+            [r.StatusCode.is_good() for r in results],
+        )
+        return results
+
+    def modify_monitored_items(params: ua.ModifyMonitoredItemsParameters) -> list[ua.MonitoredItemModifyResult]:
+        results = modify(params)
+        record(
+            params.SubscriptionId,
+            [(i.MonitoredItemId, i.RequestedParameters) for i in params.ItemsToModify],
+            [r.StatusCode.is_good() for r in results],
+        )
+        return results
+
+    async def set_monitoring_mode(params: ua.SetMonitoringModeParameters) -> list[ua.StatusCode]:
+        results = await set_mode(params)
+        sub = service.subscriptions.get(params.SubscriptionId)
+        if sub is not None:
+            changed(sub, [mid for mid, r in zip(params.MonitoredItemIds, results, strict=True) if r.is_good()])
+        return results
+
+    setattr(create_monitored_items, _HOOKED, True)
+    # Instance attributes over the methods: the sessions look them up per request.
+    service.create_subscription = create_subscription  # type: ignore[method-assign]
+    service.modify_subscription = modify_subscription  # type: ignore[method-assign]
+    service.create_monitored_items = create_monitored_items  # type: ignore[method-assign]
+    service.modify_monitored_items = modify_monitored_items  # type: ignore[method-assign]
+    service.set_monitoring_mode = set_monitoring_mode  # type: ignore[method-assign]

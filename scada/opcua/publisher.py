@@ -15,6 +15,14 @@ time; and a row's SourceTimestamp is the time of its last change (Part 4), where
 database stamps every report. The publisher bypasses asyncua's ``write_attribute_value``
 because that path nulls the value of a Bad status, and the tag database's rule is the
 SCADA one: a Bad_CommunicationError keeps the last value.
+
+The fast path: a monitored item of a tag's Value that asyncua's path would handle with one
+DataValue and one awaited callback per change is instead a row of its subscription's
+columnar queue (scada/opcua/fastqueue.py), fed with array operations from each batch and
+encoded in one call at each publish (scada/opcua/datachange.py). Items whose parameters the
+fast path does not support stay on asyncua's path, as before. An item is classified when
+asyncua registers its callback (on the next batch, or at once when HmiServer's hook reports
+the CreateMonitoredItems, ModifyMonitoredItems or SetMonitoringMode that touched it).
 """
 
 from __future__ import annotations
@@ -26,7 +34,19 @@ import numpy as np
 import structlog
 from asyncua import ua
 
-from scada.opcua.asyncua_private import AttributeValue
+from scada.opcua.asyncua_private import (
+    AttributeValue,
+    InternalSubscription,
+    datachange_item,
+    datachange_subscription,
+    discard_oldest,
+    fast_queue,
+    hook_datachange_publish,
+    monitored_item,
+    take_queued_datachanges,
+)
+from scada.opcua.datachange import STRING
+from scada.opcua.fastqueue import DataChangeQueue, Rows, item_params
 from scada.opcua.typed_ua import StatusCode, data_value
 from scada.tagdb import ChangeBatch, Consumer, TagDB
 
@@ -39,6 +59,34 @@ YIELD_EVERY = 2000  # rows published between two yields to the event loop (~10-2
 def _times(ns: np.ndarray) -> list[datetime]:
     us = (np.asarray(ns, np.int64) // 1000).tolist()
     return [_EPOCH + timedelta(microseconds=u) for u in us]
+
+
+def _ns(when: datetime | None) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000 if when is not None else 0
+
+
+def _rows_of(queued: list[tuple[int, ua.MonitoredItemNotification]]) -> Rows:
+    """What asyncua's path queued for items (their first values), as rows of a fast queue: (slot, notification)."""
+    values, texts, status, src, srv = [], [], [], [], []
+    for _, n in queued:
+        dv = n.Value
+        var = dv.Value
+        v = var.Value if var is not None else None
+        texts.append(v if isinstance(v, str) else None)
+        values.append(float(v) if v is not None and not isinstance(v, str) else np.nan)
+        status.append(dv.StatusCode.value if dv.StatusCode is not None else 0)
+        src.append(_ns(dv.SourceTimestamp))
+        srv.append(_ns(dv.ServerTimestamp))
+    text = np.empty(len(queued), object)
+    text[:] = texts
+    return Rows(
+        np.array([slot for slot, _ in queued], np.int64),
+        np.array(values, np.float64),
+        np.array(status, np.uint32),
+        np.array(src, np.int64),
+        np.array(srv, np.int64),
+        text,
+    )
 
 
 class PublishedValue(ua.DataValue):
@@ -84,48 +132,73 @@ class Watchers(dict):
     """A tag's monitored-item callbacks (asyncua's ``datachange_callbacks``), kept in step with
     the publisher's ``watched`` mask so that a batch finds its watched rows with one numpy
     gather, not a Python test per row. asyncua adds with ``[handle] = cb`` and removes with
-    ``pop(handle)`` (AddressSpace.add/delete_datachange_callback)."""
+    ``pop(handle)`` (AddressSpace.add/delete_datachange_callback).
 
-    __slots__ = ("mask", "tag")
+    ``fast``: the handles whose items are on the publisher's fast path; ``watched`` marks the
+    tags with some other callback (asyncua's path). ``owner``: the publisher told of each
+    callback added (to classify it) and of each fast one removed (to drop its rows at once).
+    """
+
+    __slots__ = ("fast", "mask", "owner", "tag")
 
     def __init__(self) -> None:
         super().__init__()
         self.mask: np.ndarray | None = None
         self.tag = -1
+        self.fast: set[int] = set()
+        self.owner: Publisher | None = None
 
     def _mark(self) -> None:
         if self.mask is not None:
-            self.mask[self.tag] = bool(self)
+            self.mask[self.tag] = len(self) > len(self.fast)
+
+    def _added(self, handle) -> None:
+        self._mark()
+        if self.owner is not None:
+            self.owner.found(self.tag, handle)
+
+    def _removed(self, handles) -> None:
+        for handle in handles:
+            fast = handle in self.fast
+            self.fast.discard(handle)
+            if self.owner is not None:
+                self.owner.lost(self.tag, handle, fast)
+        self._mark()
 
     def __setitem__(self, handle, callback) -> None:
         super().__setitem__(handle, callback)
-        self._mark()
+        self._added(handle)
 
     def __delitem__(self, handle) -> None:
         super().__delitem__(handle)
-        self._mark()
+        self._removed([handle])
 
     def pop(self, handle, *default):
         out = super().pop(handle, *default)
-        self._mark()
+        self._removed([handle])
         return out
 
     def clear(self) -> None:
+        handles = list(self)
         super().clear()
-        self._mark()
+        self._removed(handles)
 
     def update(self, *args, **kwargs) -> None:
+        before = set(self)
         super().update(*args, **kwargs)
-        self._mark()
+        for handle in set(self) - before:
+            self._added(handle)
 
     def setdefault(self, handle, default=None):
+        new = handle not in self
         out = super().setdefault(handle, default)
-        self._mark()
+        if new:
+            self._added(handle)
         return out
 
     def popitem(self):
         out = super().popitem()
-        self._mark()
+        self._removed([out[0]])
         return out
 
 
@@ -170,11 +243,14 @@ class Publisher:
         self.value_attrs = value_attrs
         self.vtypes = vtypes
         n = len(value_attrs)
-        self.watched = np.zeros(n, bool)  # tags with at least one monitored item
-        for tag, attr in enumerate(value_attrs):
-            attr.source, attr.tag = self, tag
-            attr.datachange_callbacks.mask, attr.datachange_callbacks.tag = self.watched, tag
-            attr.datachange_callbacks._mark()
+        self.watched = np.zeros(n, bool)  # tags with a monitored item on asyncua's path
+        self.n_fast = np.zeros(n, np.int32)  # monitored items on the fast path, per tag
+        self.fast_watched = np.zeros(n, bool)  # n_fast > 0: a bool gather per batch, the cheapest
+        self._vtype_code = np.array([int(vt) for vt in vtypes], np.uint8)
+        self._queues: dict[int, DataChangeQueue] = {}  # id -> queue with fast items of ours
+        self._fast_queue: dict[int, DataChangeQueue] = {}  # callback handle -> its queue
+        self._handle_tag: dict[int, int] = {}
+        self._unclassified: list[tuple[int, int]] = []  # (tag, handle) registered, not yet looked at
         # Each tag as of the last batch published (what TagValue reads).
         self._value = np.full(n, np.nan)
         self._status_col = np.full(n, ua.StatusCodes.BadWaitingForInitialData, np.uint32)
@@ -191,6 +267,111 @@ class Publisher:
         self.primed = False
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
+        stale: dict[int, DataChangeQueue] = {}
+        for tag, attr in enumerate(value_attrs):
+            attr.source, attr.tag = self, tag
+            w = attr.datachange_callbacks
+            w.mask, w.tag, w.owner = self.watched, tag, self
+            # A publisher rebuilt by a reload: the items already there are classified again
+            # (their tag ids may have changed); a queue's items not found again are gone.
+            w.fast.clear()
+            for handle, callback in w.items():
+                sub = datachange_subscription(callback)
+                queue = fast_queue(sub) if sub is not None else None
+                if queue is not None and id(queue) not in stale:
+                    stale[id(queue)] = queue
+                    queue.stale = set(queue.slot_of)
+                self.found(tag, handle)
+            w._mark()
+        self._classify()
+        for queue in stale.values():
+            for handle in list(queue.stale):
+                queue.remove(handle)
+
+    # -- the fast path's items: kept in step with asyncua's monitored items -------------------
+
+    def found(self, tag: int, handle: int) -> None:
+        """asyncua registered a datachange callback on a tag (Watchers): classify it soon."""
+        self._handle_tag[handle] = tag
+        self._unclassified.append((tag, handle))
+
+    def lost(self, tag: int, handle: int, fast: bool) -> None:
+        """An item is deleted (its own delete, its subscription's, its session's); a fast one's rows go now."""
+        self._handle_tag.pop(handle, None)
+        queue = self._fast_queue.pop(handle, None)
+        if queue is None or not fast:
+            return
+        self.n_fast[tag] -= 1
+        self.fast_watched[tag] = self.n_fast[tag] > 0
+        queue.remove(handle)
+        if not len(queue):
+            self._queues.pop(id(queue), None)
+
+    def items_changed(self, sub: InternalSubscription, mids: list[int]) -> None:
+        """CreateMonitoredItems / ModifyMonitoredItems / SetMonitoringMode touched these items
+        (scada.opcua.asyncua_private.hook_monitored_items): classify them again now."""
+        for mid in mids:
+            item = monitored_item(sub, mid)
+            handle = item.callback_handle if item is not None else None
+            tag = self._handle_tag.get(handle) if handle is not None else None
+            if handle is not None and tag is not None:
+                self._unclassified.append((tag, handle))
+        self._classify()
+
+    def _classify(self) -> None:
+        todo, self._unclassified = self._unclassified, []
+        moved: dict[int, tuple[DataChangeQueue, list[tuple[int, ua.MonitoredItemNotification]]]] = {}
+        for tag, handle in todo:
+            self._classify_one(tag, handle, moved)
+        for queue, queued in moved.values():  # one chunk per queue: a CreateMonitoredItems of thousands
+            queue.push(_rows_of(queued))
+
+    def _classify_one(
+        self,
+        tag: int,
+        handle: int,
+        moved: dict[int, tuple[DataChangeQueue, list[tuple[int, ua.MonitoredItemNotification]]]],
+    ) -> None:
+        w = self.value_attrs[tag].datachange_callbacks
+        callback = w.get(handle)
+        sub = datachange_subscription(callback) if callback is not None else None
+        item = datachange_item(sub, handle) if sub is not None else None
+        if sub is None or item is None:
+            return  # not a client subscription's item: asyncua's path
+        rvid = item.read_value_id
+        params = item_params(
+            item.mode,
+            item.filter,
+            rvid.IndexRange if rvid is not None else None,
+            item.client_handle or 0,
+            item.queue_size or sub.max_queue_size,
+            discard_oldest(item),
+        )
+        queue = self._fast_queue.get(handle)
+        queue = queue if queue is not None else fast_queue(sub)
+        if params is None:
+            if handle in w.fast:  # modified to parameters of asyncua's path only: hand it back
+                w.pop(handle)
+                w[handle] = callback
+            return
+        if queue is None:
+            queue = DataChangeQueue()
+            hook_datachange_publish(sub, queue)
+        text = self._text.get(tag)
+        last = (float(self._value[tag]), int(self._status_col[tag]), int(self._source_ns[tag]), text)
+        queue.add(handle, tag, int(self._vtype_code[tag]), params, last)
+        if handle not in w.fast:
+            w.fast.add(handle)
+            w._mark()
+            self.n_fast[tag] += 1
+            self.fast_watched[tag] = True
+            self._fast_queue[handle] = queue
+            self._queues[id(queue)] = queue
+        # The first value asyncua sent on creating or enabling the item, in order before ours.
+        queued = take_queued_datachanges(sub, item.monitored_item_id) if item.monitored_item_id is not None else []
+        if queued and params.mode != 0:
+            slot = queue.slot_of[handle]
+            moved.setdefault(id(queue), (queue, []))[1].extend((slot, n) for n in queued)
 
     def _status(self, code: int) -> ua.StatusCode:
         sc = self._status_cache.get(code)
@@ -229,12 +410,20 @@ class Publisher:
         self.primed = True
 
     async def apply(self, batch: ChangeBatch) -> None:
-        """Publish one batch: notify the monitored items of each changed node that has some."""
+        """Publish one batch: queue it for the fast items, notify the others through asyncua."""
+        self._classify()
         attrs = self.value_attrs
         self._record(batch)
         self.published += len(batch.ids)
-        # Most rows have no watcher: the watched ones, by the mask the Watchers keep.
-        watched = np.flatnonzero(self.watched[batch.ids])
+        # Most rows have no watcher: the watched ones, by the masks the Watchers keep.
+        on_slow = self.watched[batch.ids]
+        on_fast = self.fast_watched[batch.ids]
+        watched = np.flatnonzero(on_slow)
+        if on_fast.any():
+            self.notified += int(np.count_nonzero(on_slow | on_fast))
+            self._offer(batch, np.flatnonzero(on_fast))
+        else:
+            self.notified += len(watched)
         if not len(watched):
             return
         tags = batch.ids[watched].tolist()
@@ -255,12 +444,27 @@ class Publisher:
                 SourceTimestamp=sources[n],
                 ServerTimestamp=server,
             )
-            for handle, callback in list(attrs[tag].datachange_callbacks.items()):
+            w = attrs[tag].datachange_callbacks
+            for handle, callback in list(w.items()):
+                if handle in w.fast:
+                    continue
                 try:
                     await callback(handle, dv)
                 except Exception:  # one client's failure must not stop the publisher
                     log.exception("datachange_callback_failed", tag=self.tagdb.names[tag])
-        self.notified += len(watched)
+
+    def _offer(self, batch: ChangeBatch, rows: np.ndarray) -> None:
+        """The fast items' share of a batch, to each subscription's queue (array operations)."""
+        ids = batch.ids[rows]
+        texts = None
+        text_rows = np.flatnonzero(self._vtype_code[ids] == STRING)
+        if len(text_rows):
+            # A text row carries its text; a status-only change carries the last text (kept).
+            texts = np.full(len(ids), None, object)
+            texts[text_rows] = [self._text.get(t) for t in ids[text_rows].tolist()]
+        values, status, src = batch.values[rows], batch.status[rows], batch.source_time[rows]
+        for queue in list(self._queues.values()):
+            queue.offer(ids, values, status, src, int(batch.server_time), texts)
 
     async def run(self) -> None:
         """Publish batches until cancelled; resynchronise from a snapshot after an overflow."""

@@ -17,7 +17,7 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.asyncua_private import address_space, external_sessions
+from scada.opcua.asyncua_private import address_space, external_sessions, hook_monitored_items
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
@@ -76,6 +76,7 @@ class HmiServer:
             await self.tag_history.install()
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
+        hook_monitored_items(self.server, self._items_changed)
         await self.server.start()
         log.info(
             "opcua_server_started",
@@ -85,6 +86,10 @@ class HmiServer:
             nodes=self.node_count,
             tags=len(values),
         )
+
+    def _items_changed(self, sub, mids: list[int]) -> None:
+        if self.publisher is not None:  # the publisher of the current tag table (a reload replaces it)
+            self.publisher.items_changed(sub, mids)
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"

@@ -420,3 +420,133 @@ def test_the_asyncua_pin_names_this_contract():
     assert tuple(int(x) for x in lo.removeprefix(">=").split(".")[:2]) <= major_minor, line
     assert major_minor < tuple(int(x) for x in hi.removeprefix("<").split(".")[:2]), line
     assert "asyncua_private" in text, "pyproject's asyncua pin comment should point at scada/opcua/asyncua_private.py"
+
+
+# -- the fast data change path (hook_datachange_publish, hook_monitored_items) ---------------
+
+
+def test_fast_datachange_internals_have_the_shape_relied_on():
+    from asyncua.server.internal_subscription import InternalSubscription
+    from asyncua.server.monitored_item_service import MonitoredItemService
+    from asyncua.server.subscription_service import SubscriptionService
+    from asyncua.ua.ua_binary import struct_to_binary
+
+    relies(
+        params(InternalSubscription._pop_triggered_datachanges) == ["self", "result"],
+        "InternalSubscription._pop_triggered_datachanges(result) builds the DataChangeNotification",
+    )
+    src = inspect.getsource(InternalSubscription)
+    relies(
+        "self._triggered_datachanges or self._triggered_events" in src,
+        "has_published_results tests _triggered_datachanges for truth",
+    )
+    relies("self._pop_triggered_datachanges(result)" in src, "_pop_publish_result calls _pop_triggered_datachanges")
+    for name in ("pub_request_callback", "max_queue_size", "_triggered_datachanges", "data", "monitored_item_srv"):
+        relies(f"self.{name}" in inspect.getsource(InternalSubscription.__init__), f"InternalSubscription.{name}")
+    relies(
+        params(MonitoredItemService.datachange_callback)[:3] == ["self", "handle", "value"],
+        "MonitoredItemService.datachange_callback(handle, value) is the registered callback",
+    )
+    init = inspect.getsource(MonitoredItemService.__init__)
+    for name in ("isub", "_monitored_items", "_monitored_datachange"):
+        relies(f"self.{name}" in init, f"MonitoredItemService.{name}")
+    item = P.MonitoredItemData()
+    for name in ("mode", "read_value_id", "callback_handle", "monitored_item_id", "client_handle", "queue_size"):
+        relies(hasattr(item, name), f"MonitoredItemData.{name}")
+    for name, args in (
+        ("create_subscription", ["self", "params", "callback", "session_id", "request_callback"]),
+        ("modify_subscription", ["self", "params"]),
+        ("create_monitored_items", ["self", "params"]),
+        ("modify_monitored_items", ["self", "params"]),
+        ("set_monitoring_mode", ["self", "params"]),
+    ):
+        relies(params(getattr(SubscriptionService, name)) == args, f"SubscriptionService.{name}{tuple(args[1:])}")
+    body = b"\x01\x02\x03"
+    ext = ua.ExtensionObject(TypeId=ua.NodeId(OI.DataChangeNotification_Encoding_DefaultBinary), Body=body)
+    relies(
+        struct_to_binary(ext).endswith(len(body).to_bytes(4, "little") + body),
+        "an ExtensionObject's Body is written as it is",
+    )
+
+
+class _Rows:
+    """A stand-in for scada.opcua.fastqueue.DataChangeQueue: fixed encoded rows, popped once."""
+
+    def __init__(self, client_handle: int, values: list[float]) -> None:
+        from scada.opcua.datachange import DOUBLE, encode_items
+
+        n = len(values)
+        self.items = encode_items(
+            np.full(n, client_handle), np.full(n, DOUBLE), np.array(values), np.zeros(n), np.zeros(n), np.zeros(n)
+        )
+        self.count = n
+        self.budgets: list[int | None] = []
+
+    def ready(self) -> bool:
+        return self.count > 0
+
+    def pop(self, budget: int | None = None) -> tuple[int, bytes]:
+        self.budgets.append(budget)
+        out, self.count, self.items = (self.count, self.items), 0, b""
+        return out
+
+
+async def test_fast_datachange_hooks_on_a_live_server():
+    """Items are found from their callbacks, the services are hooked (DiscardOldest and
+    MaxNotificationsPerPublish recorded, ``changed`` called), and bytes from our queue reach the
+    client in the same DataChangeNotification as asyncua's own notifications."""
+    async with running() as own:
+        changed: list[tuple[object, list[int]]] = []
+        P.hook_monitored_items(own.server, lambda sub, mids: changed.append((sub, mids)))
+        P.hook_monitored_items(own.server, lambda sub, mids: None)  # idempotent
+        watchers = Watchers()
+        watchers.mask, watchers.tag = np.zeros(1, bool), 0
+        own.value_attr.datachange_callbacks = watchers
+        handler = Handler()
+        params_ = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=20,
+            RequestedLifetimeCount=1000,
+            RequestedMaxKeepAliveCount=10,
+            MaxNotificationsPerPublish=7,
+            PublishingEnabled=False,  # nothing is sent before we look
+        )
+        sub = await own.client.create_subscription(params_, handler)
+        request = ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(ClientHandle=201, QueueSize=5, DiscardOldest=False),
+        )
+        [mid] = await sub.create_monitored_items([request])
+        relies(isinstance(mid, int), "CreateMonitoredItems through the hooked service")
+        [(handle, callback)] = list(watchers.items())
+        isub = P.datachange_subscription(callback)
+        relies(
+            isub is not None and isub.data.SubscriptionId == sub.subscription_id,
+            "the datachange callback is bound to the subscription's MonitoredItemService",
+        )
+        item = P.datachange_item(isub, handle)
+        relies(
+            item is not None and item.client_handle == 201 and item.monitored_item_id == mid,
+            "_monitored_datachange maps the callback handle to the monitored item",
+        )
+        relies(changed == [(isub, [mid])], "the create hook reports the created items")
+        relies(
+            not P.discard_oldest(item) and P.max_notifications(isub) == 7,
+            "DiscardOldest and MaxNotificationsPerPublish are recorded",
+        )
+        queued = P.take_queued_datachanges(isub, mid)
+        relies(
+            [n.Value.Value.Value for n in queued] == [42.0],
+            "the first value of a new item is queued in _triggered_datachanges[mid]",
+        )
+        relies(P.datachange_subscription(lambda h, dv: None) is None, "a callback of anything else is not a client's")
+        await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)
+        relies(changed[-1] == (isub, [mid]), "the SetMonitoringMode hook reports the items")
+        rows = _Rows(201, [1.0, 2.0, 3.0])
+        P.hook_datachange_publish(isub, rows)
+        await callback(handle, ua.DataValue(ua.Variant(0.5, ua.VariantType.Double)))  # asyncua's own path, first
+        await sub.set_publishing_mode(True)
+        got = [await asyncio.wait_for(handler.values.get(), 30) for _ in range(4)]
+        relies(got == [0.5, 1.0, 2.0, 3.0], f"asyncua's notifications then our encoded rows, in one publish: {got}")
+        relies(rows.budgets and rows.budgets[0] == 6, "the queue's budget is MaxNotificationsPerPublish less asyncua's")
+        await sub.delete()

@@ -1,0 +1,202 @@
+"""The fast data change path end to end: a real HmiServer on loopback, asyncua's client.
+
+What a client sees through the columnar queues and the vectorised encoder is what it saw
+through asyncua's path: every value, status and timestamp written, in order per item; a
+slow-path item (a percent deadband) beside fast ones in one subscription; monitoring modes;
+a deleted item or a closed session stops at once and frees its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asyncua import Client, ua
+
+from scada import status as st
+from scada.opcua.server import HmiServer
+from scada.tagdb import TagDB
+from tests import configs
+from tests.integration.helpers import free_port, serving, until
+
+pytestmark = pytest.mark.integration
+
+DEVICES = """
+devices:
+  - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
+"""
+PREFIX = "Talant/lighting/LC-1/"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T0 = 1_790_000_000_000_000_000
+
+
+class Seen:
+    """Every notification, in arrival order: (tag name, value, status, source time)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, object, int, datetime | None]] = []
+
+    def datachange_notification(self, node, val, data) -> None:
+        dv = data.monitored_item.Value
+        self.rows.append((str(node.nodeid.Identifier), val, dv.StatusCode.value, dv.SourceTimestamp))
+
+    def of(self, point: str) -> list[tuple[object, int, datetime | None]]:
+        return [(v, s, t) for n, v, s, t in self.rows if n == PREFIX + point]
+
+
+def when(ns: int) -> datetime:
+    return EPOCH + timedelta(microseconds=ns // 1000)
+
+
+@pytest.fixture
+async def hmi(tmp_path: Path):
+    config = configs.write_config(tmp_path, DEVICES, "alarms: []\n")
+    tagdb = TagDB(*config.tag_table())
+    server = HmiServer(config, tagdb, f"opc.tcp://127.0.0.1:{free_port()}/scada/")
+    async with serving(server):
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def client_of(hmi: HmiServer):
+    async with Client(hmi.endpoint, timeout=10) as client:
+        yield client
+
+
+def node(client: Client, hmi: HmiServer, point: str):
+    return client.get_node(ua.NodeId(PREFIX + point, hmi.ns))
+
+
+def tag(hmi: HmiServer, point: str) -> int:
+    return hmi.tagdb.id_of(PREFIX + point)
+
+
+def write(hmi: HmiServer, point: str, value: float, status: int = st.GOOD, at: int = T0) -> None:
+    hmi.tagdb.update(np.array([tag(hmi, point)]), np.array([value]), status, at)
+
+
+async def test_fast_items_see_every_value_status_and_timestamp_in_order(hmi):
+    assert hmi.publisher is not None
+    seen = Seen()
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "lamps_on")], queuesize=100)
+        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        assert hmi.publisher.n_fast[tag(hmi, "power")] == 1 and not hmi.publisher.watched[tag(hmi, "power")]
+        written = []
+        for k in range(1, 41):
+            status = st.BAD_COMMUNICATION_ERROR if k % 7 == 0 else st.GOOD
+            write(hmi, "power", float(k) / 4, status, T0 + k * 1_000_123)
+            written.append((float(k) / 4, status, when(T0 + k * 1_000_123)))
+            write(hmi, "lamps_on", float(k % 2), at=T0 + k * 1_000_123)
+            if k % 5 == 0:
+                await asyncio.sleep(0)  # let the publisher and the publishes interleave with the writes
+        await until(lambda: len(seen.of("power")) == len(seen.of("lamps_on")) == 41, 30, "every value")
+        assert seen.of("power")[1:] == written
+        assert [v for v, _, _ in seen.of("lamps_on")[1:]] == [bool(k % 2) for k in range(1, 41)]
+        await sub.delete()
+
+
+async def test_a_slow_path_item_and_fast_items_share_a_subscription(hmi):
+    seen = Seen()
+    # asyncua's deadband test fails on a Null previous value (None - float): start from a value.
+    write(hmi, "temperature", 20.0)
+    await until(lambda: hmi.publisher.published > len(hmi.tagdb), 30, "the first temperature published")
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "Diagnostics/last_error")])
+        await sub.deadband_monitor(node(client, hmi, "temperature"), 5.0, deadbandtype=2)  # percent: asyncua's path
+        await until(lambda: len(seen.rows) == 3, 30, "the first values")
+        assert hmi.publisher.watched[tag(hmi, "temperature")] and not hmi.publisher.n_fast[tag(hmi, "temperature")]
+        write(hmi, "temperature", 21.5)
+        write(hmi, "power", 3.5)
+        hmi.tagdb.update_text([tag(hmi, "Diagnostics/last_error")], ["no answer"], st.GOOD)
+        await until(lambda: len(seen.rows) == 6, 30, "one more value of each")
+        # A status-only change of a text keeps its text (the tag keeps its last value).
+        hmi.tagdb.set_status(np.array([tag(hmi, "Diagnostics/last_error")]), st.BAD_COMMUNICATION_ERROR)
+        await until(lambda: len(seen.of("Diagnostics/last_error")) == 3, 30, "the status change")
+        assert [v for v, _, _ in seen.of("temperature")] == [20.0, 21.5]
+        assert [v for v, _, _ in seen.of("power")][1:] == [3.5]
+        assert [(v, s) for v, s, _ in seen.of("Diagnostics/last_error")][1:] == [
+            ("no answer", st.GOOD),
+            ("no answer", st.BAD_COMMUNICATION_ERROR),
+        ]
+        await sub.delete()
+
+
+async def test_monitoring_modes(hmi):
+    seen = Seen()
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        await sub.subscribe_data_change(node(client, hmi, "power"), queuesize=10)
+        await until(lambda: len(seen.rows) == 1, 30, "the first value")
+        await sub.set_monitoring_mode(ua.MonitoringMode.Sampling)
+        for v in (1.0, 2.0, 3.0):
+            write(hmi, "power", v)
+        await until(lambda: hmi.publisher.published >= len(hmi.tagdb) + 3, 30, "the writes published")
+        await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)
+        await until(lambda: len(seen.rows) == 4, 30, "what was sampled")
+        assert [v for v, _, _ in seen.of("power")] == [None, 1.0, 2.0, 3.0]
+        await sub.set_monitoring_mode(ua.MonitoringMode.Disabled)
+        write(hmi, "power", 4.0)
+        write(hmi, "power", 5.0)
+        await until(lambda: hmi.publisher.published >= len(hmi.tagdb) + 5, 30, "the writes published")
+        await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)  # its current value, nothing of the pause
+        write(hmi, "power", 6.0)
+        await until(lambda: len(seen.rows) == 6, 30, "the value on enabling, then the next")
+        assert [v for v, _, _ in seen.of("power")][4:] == [5.0, 6.0]
+        await sub.delete()
+
+
+async def test_a_deleted_item_and_a_closed_session_stop_at_once_and_free_their_rows(hmi):
+    pub = hmi.publisher
+    seen = Seen()
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        power, energy = await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "energy")])
+        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        [queue] = pub._queues.values()
+        assert len(queue) == 2
+        await sub.unsubscribe(power)
+        assert pub.n_fast[tag(hmi, "power")] == 0 and len(queue) == 1
+        write(hmi, "power", 9.0)
+        write(hmi, "energy", 9.0)
+        await until(lambda: len(seen.of("energy")) == 2, 30, "the energy value written after the power one")
+        assert [v for v, _, _ in seen.of("power")] == [None]
+    # The session is closed: its subscription, items, rows and queue are gone.
+    await until(lambda: not pub._queues, 30, "the closed session's queue dropped")
+    assert not pub.n_fast.any() and queue.n_pending == 0 and queue.items.size == 0
+
+
+async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
+    seen = Seen()
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        await sub.deadband_monitor(node(client, hmi, "mains_voltage"), 1.0, deadbandtype=1, queuesize=10)
+        status_only = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.Status)
+        await sub._subscribe(node(client, hmi, "dim_level"), mfilter=status_only, queuesize=10)
+        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        assert hmi.publisher.n_fast[[tag(hmi, "mains_voltage"), tag(hmi, "dim_level")]].tolist() == [1, 1]
+        for v in (230.0, 230.5, 231.2, 232.0):
+            write(hmi, "mains_voltage", v)
+            write(hmi, "dim_level", v)
+        write(hmi, "mains_voltage", 232.0, st.BAD_COMMUNICATION_ERROR)
+        write(hmi, "dim_level", 232.0, st.BAD_COMMUNICATION_ERROR)
+        await until(lambda: len(seen.of("dim_level")) == 3, 30, "the status changes")
+        await until(lambda: len(seen.of("mains_voltage")) == 4, 30, "the voltage beyond its deadband, then its status")
+        # 230.5 is within 1.0 of 230; 231.2 is beyond it; 232.0 is within 1.0 of 231.2.
+        assert [(v, s) for v, s, _ in seen.of("mains_voltage")][1:] == [
+            (230.0, st.GOOD),
+            (231.2, st.GOOD),
+            (232.0, st.BAD_COMMUNICATION_ERROR),
+        ]
+        # Status only: the first value (Bad_NoCommunication, no value), Good, then Bad again.
+        assert [(v, s) for v, s, _ in seen.of("dim_level")][1:] == [
+            (230.0, st.GOOD),
+            (232.0, st.BAD_COMMUNICATION_ERROR),
+        ]
+        await sub.delete()
