@@ -351,7 +351,7 @@ async def test_the_server_raises_and_clears_storage_failing_for_the_history(tmp_
     healthy.mkdir()
     with small_fs(tmp_path / "data", 4096) as fs:
         (fs / "alarms.sqlite").symlink_to(healthy / "alarms.sqlite")
-        app = Application(config, data_dir=fs)
+        app = Application(config, data_dir=fs, front="inline")
         events = []
         app.alarms.subscribers.append(events.extend)
         h = app.historian
@@ -384,7 +384,7 @@ async def test_a_historian_restarted_on_a_full_disk_keeps_its_backlog_and_clears
     healthy.mkdir()
     with small_fs(tmp_path / "data", 4096) as fs:
         (fs / "alarms.sqlite").symlink_to(healthy / "alarms.sqlite")
-        app = Application(config, data_dir=fs)
+        app = Application(config, data_dir=fs, front="inline")
         events = []
         app.alarms.subscribers.append(events.extend)
         storage = lambda: [e.event for e in events if e.alarm == "storage_failing"]  # noqa: E731
