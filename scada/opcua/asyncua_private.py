@@ -19,9 +19,9 @@ classes from here once and then loop over them directly: no wrapper call per nod
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from asyncua import Server, ua
 
@@ -46,6 +46,7 @@ __all__ = [
     "external_sessions",
     "hook_sessions",
     "monitored_item",
+    "node_table",
     "pending_events",
     "stock_historized",
     "subscriptions",
@@ -209,3 +210,25 @@ def hook_sessions(server: Server, caller: ContextVar[Any], names: MutableMapping
 
     setattr(create_session, _HOOKED, True)
     iserver.create_session = create_session  # type: ignore[method-assign]
+
+
+Table = TypeVar("Table", bound=MutableMapping[ua.NodeId, NodeData])
+
+
+def node_table(aspace: AddressSpace, kind: type[Table], make: Callable[[dict[ua.NodeId, NodeData]], Table]) -> Table:
+    """The address space's node table as a ``kind``: on the first call, ``make(the nodes' dict)``
+    replaces it (``AddressSpace._nodes``); later calls return the one installed.
+
+    Every service and every AddressSpace method reads the nodes through ``_nodes`` (``get``,
+    ``[]``, ``in``, ``del``, ``keys``), and asyncua itself swaps that dict for a lazy mapping in
+    ``load_aspace_shelf``: so a mapping that makes nodes on access (the tag variables,
+    scada.opcua.virtual_nodes) serves clients as stored nodes do.
+    """
+    nodes = aspace._nodes
+    if isinstance(nodes, kind):
+        return nodes
+    if type(nodes) is not dict:
+        raise TypeError(f"the address space's node table is already a {type(nodes).__name__}")
+    table = make(nodes)
+    aspace._nodes = table  # type: ignore[assignment]  # asyncua annotates it dict; it uses it as a mapping
+    return table
