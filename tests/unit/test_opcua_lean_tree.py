@@ -16,12 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from asyncua import Server, ua
 
 from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor, subtree, tag_values
 from scada.opcua.alarms import AlarmConditions
-from scada.opcua.asyncua_private import address_space
+from scada.opcua.asyncua_private import AttributeValue, address_space
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import TagValue
 from tests.alarm_rig import AlarmRig, Clock
@@ -98,6 +97,136 @@ async def test_every_node_browses_and_reads_as_the_stored_tree_did(tmp_path):
     for nid, node in expected.items():
         assert got[nid]["refs"] == node["refs"], nid
         assert got[nid]["attrs"] == node["attrs"], nid
+
+
+POWER = "Talant/lighting/LC-1/power"
+DEVICE = "Talant/lighting/LC-1"
+
+
+async def test_variables_are_made_on_access_and_keep_their_state(tmp_path):
+    _, server, ns, values, conditions = await built(tmp_path)
+    conditions.close()
+    aspace = address_space(server)
+    table = aspace._nodes
+    nid = ua.NodeId(POWER, ns)
+    assert nid not in table.stored and nid in aspace
+    first = aspace[nid]
+    value = first.attributes[A.Value]
+    assert isinstance(value, TagValue) and value in values
+    # A monitored item's callback lives in the TagValue: found again from a node made anew.
+    calls = []
+
+    async def callback(handle, dv):
+        calls.append(handle)
+
+    status, handle = aspace.add_datachange_callback(nid, A.Value, callback)
+    assert status.is_good() and handle in value.datachange_callbacks
+    table.cache.clear()
+    again = aspace[nid]
+    assert again is not first and again.attributes[A.Value] is value
+    aspace.delete_datachange_callback(handle)
+    assert not value.datachange_callbacks
+    # An attribute set on a made node (the history marks) is kept for its slot, shared.
+    historizing = again.attributes[A.Historizing]
+    assert historizing.value.Value.Value is True
+    table.cache.clear()
+    assert aspace[nid].attributes[A.Historizing] is historizing
+    marked = AttributeValue(ua.DataValue(ua.Variant(False, ua.VariantType.Boolean)))
+    aspace[nid].attributes[A.Historizing] = marked
+    table.cache.clear()
+    assert aspace[nid].attributes[A.Historizing] is marked
+    assert aspace[ua.NodeId("Talant/lighting/LC-1/energy", ns)].attributes[A.Historizing] is historizing
+    # Any other edit pins the node: it stays the same object from then on.
+    pinned = aspace[nid]
+    pinned.references.append(pinned.references[0])
+    table.cache.clear()
+    assert aspace[nid] is pinned
+
+
+async def test_unknown_node_ids_are_unknown_to_every_lookup(tmp_path):
+    _, server, ns, _, conditions = await built(tmp_path)
+    conditions.close()
+    aspace, session = address_space(server), server.iserver.isession
+    unknown = [
+        ua.NodeId(f"{DEVICE}/no_such_point", ns),
+        ua.NodeId("Nowhere/lighting/LC-1/power", ns),
+        ua.NodeId(POWER, ns + 1),
+        ua.NodeId(POWER.upper(), ns),
+        ua.NodeId(12345, ns),
+        ua.NodeId(f"{DEVICE}/", ns),
+    ]
+    for nid in unknown:
+        assert nid not in aspace and aspace.get(nid) is None, nid
+    reads = [ua.ReadValueId(NodeId=nid, AttributeId=A.Value) for nid in unknown]
+    dvs = await session.read(ua.ReadParameters(NodesToRead=reads))
+    assert [dv.StatusCode.value for dv in dvs] == [SC.BadNodeIdUnknown] * len(unknown)
+
+
+async def test_translate_and_register_find_the_variables(tmp_path):
+    _, server, ns, _, conditions = await built(tmp_path)
+    conditions.close()
+    session = server.iserver.isession
+    path = ua.BrowsePath(
+        StartingNode=ua.NodeId(DEVICE, ns),
+        RelativePath=ua.RelativePath(
+            Elements=[
+                ua.RelativePathElement(
+                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                    IsInverse=False,
+                    IncludeSubtypes=True,
+                    TargetName=ua.QualifiedName(name, ns),
+                )
+                for name in ("Diagnostics", "rtt")
+            ]
+        ),
+    )
+    [res] = await session.translate_browsepaths_to_nodeids([path])
+    assert [t.TargetId for t in res.Targets] == [ua.NodeId(f"{DEVICE}/Diagnostics/rtt", ns)]
+    assert await session.register_nodes([ua.NodeId(POWER, ns)]) == [ua.NodeId(POWER, ns)]
+
+
+async def test_a_device_reference_list_keeps_its_points_through_edits(tmp_path):
+    _, server, ns, _, conditions = await built(tmp_path)
+    conditions.close()
+    aspace = address_space(server)
+    dev = aspace[ua.NodeId(DEVICE, ns)]
+    before = list(dev.references)
+    points = [r for r in before if r.NodeClass == ua.NodeClass.Variable]
+    assert len(points) > 10  # the LC-1 cabinet's points, made when iterated
+    # The alarm conditions' and _drop_conditions' rewrite: the point references stay, in place.
+    notifier = ua.NodeId(ua.ObjectIds.HasNotifier)
+    dev.references[:] = [r for r in dev.references if r.ReferenceTypeId != notifier]
+    assert list(dev.references) == [r for r in before if r.ReferenceTypeId != notifier]
+    extra = ua.ReferenceDescription(ReferenceTypeId=notifier, IsForward=True, NodeId=ua.NodeId("x", ns))
+    dev.references.append(extra)
+    kept = [r for r in before if r.ReferenceTypeId != notifier]
+    assert list(dev.references) == [*kept, extra] and len(dev.references) == len(kept) + 1
+    # A rewrite without one point's reference hides that one only.
+    gone = points[3].NodeId
+    dev.references[:] = [r for r in dev.references if r.NodeId != gone]
+    assert gone not in [r.NodeId for r in dev.references]
+    assert [r.NodeId for r in dev.references if r.NodeClass == ua.NodeClass.Variable] == [
+        r.NodeId for r in points if r.NodeId != gone
+    ]
+
+
+async def test_a_device_removed_and_added_again_is_found_at_its_new_slots(tmp_path):
+    rig, server, ns, values, conditions = await built(tmp_path)
+    conditions.close()
+    aspace = address_space(server)
+    editor = TreeEditor(server, ns)
+    lc1 = rig.config.device("LC-1")
+    old = aspace[ua.NodeId(POWER, ns)].attributes[A.Value]
+    await editor.remove_device(rig.config, lc1)
+    assert ua.NodeId(POWER, ns) not in aspace and ua.NodeId(DEVICE, ns) not in aspace
+    editor.add_devices(rig.config, [lc1])
+    new = aspace[ua.NodeId(POWER, ns)].attributes[A.Value]
+    assert isinstance(new, TagValue) and new is not old
+    assert subtree(aspace, ua.NodeId(DEVICE, ns), ns)[0] == ua.NodeId(DEVICE, ns)
+    names = rig.tagdb.names
+    bound = tag_values(aspace, [names[i] for i in range(len(names))], ns)
+    assert bound[rig.tag("LC-1", "power")] is new
+    assert bound[rig.tag("LC-2", "power")] is values[rig.tag("LC-2", "power")]
 
 
 def record() -> None:
