@@ -278,7 +278,7 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
         if attr in (A.Value, A.NodeId):
             self.table.pin(self.slot, self.node)
         else:
-            self.table.override(self.slot, attr, value, self.node.nodeid)
+            self.table.override(self.slot, attr, value)
 
     def _pinning(name: str) -> Any:  # type: ignore[misc]  # noqa: N805 - a decorator factory in the class body
         method = getattr(dict, name)
@@ -352,7 +352,10 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         self.owners: list[ChildRefs] = []
         self.value_attrs: list[TagValue | None] = []
         self.overrides: list[dict[ua.AttributeIds, AttributeValue]] = [_NO_OVERRIDES]
+        # Interned override sets, by their (attribute, id(value)) pairs; and (set, attribute,
+        # id(value)) -> the set it leads to. The values are kept alive by ``overrides``.
         self._override_index: dict[tuple[tuple[int, int], ...], int] = {(): 0}
+        self._steps: dict[tuple[int, int, int], int] = {}
         self.pinned: dict[int, NodeData] = {}
         # The last variables built: a Read of several attributes of a node, or an HMI reading
         # the same nodes again, finds them (cleared whole when full: no per-access bookkeeping).
@@ -461,17 +464,23 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         nd.attributes, nd.references = attrs, refs
         return nd
 
-    def override(self, slot: int, attr: ua.AttributeIds, value: AttributeValue, nodeid: ua.NodeId) -> None:
-        """Record ``attr = value`` for the slot (interned: slots with the same edits share one entry)."""
-        cached = self.cache.get(nodeid)
-        if cached is not None:  # an older copy was edited: the cached one must not lag behind
-            dict.__setitem__(cached.attributes, attr, value)
-        attrs = {**self.overrides[int(self.over[slot])], attr: value}
-        key = tuple(sorted((int(a), id(v)) for a, v in attrs.items()))
-        k = self._override_index.get(key)
+    def override(self, slot: int, attr: ua.AttributeIds, value: AttributeValue) -> None:
+        """Record ``attr = value`` for the slot (interned: slots with the same edits share one entry).
+
+        The edited node is the one just looked up, hence the cached one (asyncua and the project
+        edit a node right after looking it up): other copies are not searched for.
+        """
+        # Marking a city's variables is one edit per attribute per tag: a dict lookup each.
+        step = (int(self.over[slot]), int(attr), id(value))
+        k = self._steps.get(step)
         if k is None:
-            k = self._override_index[key] = len(self.overrides)
-            self.overrides.append(attrs)
+            attrs = {**self.overrides[step[0]], attr: value}
+            key = tuple(sorted((int(a), id(v)) for a, v in attrs.items()))
+            k = self._override_index.get(key)
+            if k is None:
+                k = self._override_index[key] = len(self.overrides)
+                self.overrides.append(attrs)
+            self._steps[step] = k
         self.over[slot] = k
 
     def pin(self, slot: int, nd: NodeData) -> None:
