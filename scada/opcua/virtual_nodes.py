@@ -48,8 +48,11 @@ from scada.opcua.typed_ua import NodeId
 A = ua.AttributeIds
 _HAS_COMPONENT = NodeId(ua.ObjectIds.HasComponent)
 _VARIABLE = ua.NodeClass.Variable
+_REF = ua.ReferenceDescription
+_new = object.__new__
 _NO_OVERRIDES: dict[ua.AttributeIds, AttributeValue] = {}
 CACHE_SIZE = 16_384  # variables kept built (~1.5 KB each): a few HMI screens' worth
+REF_CACHE_SIZE = 2_048  # owners whose point references are kept made (~4 KB each)
 
 
 class PointTemplate:
@@ -77,16 +80,20 @@ class PointTemplate:
         self.props = tuple(props)
 
     def child_ref(self, nodeid: ua.NodeId) -> ua.ReferenceDescription:
-        """The owner's forward HasComponent reference to the variable ``nodeid``."""
-        return ua.ReferenceDescription(
-            ReferenceTypeId=_HAS_COMPONENT,
-            IsForward=True,
-            NodeId=nodeid,
-            BrowseName=self.qname,
-            DisplayName=self.ltext,
-            NodeClass=_VARIABLE,
-            TypeDefinition=self.typedef,
-        )
+        """The owner's forward HasComponent reference to the variable ``nodeid``.
+
+        Every field set on a bare instance: the dataclass ``__init__`` costs 4x as much, and a
+        Browse of a device makes one per point (the lean tree test compares every field).
+        """
+        r = _new(_REF)
+        r.ReferenceTypeId = _HAS_COMPONENT
+        r.IsForward = True
+        r.NodeId = nodeid
+        r.BrowseName = self.qname
+        r.DisplayName = self.ltext
+        r.NodeClass = _VARIABLE
+        r.TypeDefinition = self.typedef
+        return r
 
 
 class ChildRefs(list[ua.ReferenceDescription]):
@@ -99,7 +106,7 @@ class ChildRefs(list[ua.ReferenceDescription]):
     edit goes through a full rewrite.
     """
 
-    __slots__ = ("table", "prefix", "first", "templates", "positions", "at", "hidden", "back")
+    __slots__ = ("table", "prefix", "first", "templates", "positions", "at", "hidden", "back", "key")
 
     def __init__(
         self,
@@ -120,13 +127,24 @@ class ChildRefs(list[ua.ReferenceDescription]):
         self.at = list.__len__(self)
         self.hidden: set[int] | None = None  # slots whose reference a rewrite removed
         self.back = back  # the points' inverse HasComponent reference to the owner
+        self.key = -1  # index among the table's owners (NodeTable.add_owner)
 
-    def _points(self) -> Iterator[ua.ReferenceDescription]:
-        first, ns, prefix, hidden = self.first, self.table.ns, self.prefix, self.hidden
-        alive = self.table.alive[first : first + len(self.templates)].tolist()
-        for k, tpl in enumerate(self.templates):
-            if alive[k] and (hidden is None or first + k not in hidden):
-                yield tpl.child_ref(NodeId(prefix + tpl.name, ns))
+    def _points(self) -> list[ua.ReferenceDescription]:
+        """The references to the live, not hidden points (kept made for the last owners browsed)."""
+        cache = self.table.ref_cache
+        refs = cache.get(self.key)
+        if refs is None:
+            first, ns, prefix, hidden = self.first, self.table.ns, self.prefix, self.hidden
+            alive = self.table.alive[first : first + len(self.templates)].tolist()
+            refs = [
+                tpl.child_ref(NodeId(prefix + tpl.name, ns))
+                for k, tpl in enumerate(self.templates)
+                if alive[k] and (hidden is None or first + k not in hidden)
+            ]
+            if len(cache) >= REF_CACHE_SIZE:
+                cache.clear()
+            cache[self.key] = refs
+        return refs
 
     def __iter__(self) -> Iterator[ua.ReferenceDescription]:
         stored = list.__iter__(self)
@@ -138,7 +156,7 @@ class ChildRefs(list[ua.ReferenceDescription]):
         return reversed(list(self))
 
     def __len__(self) -> int:
-        return list.__len__(self) + sum(1 for _ in self._points())
+        return list.__len__(self) + len(self._points())
 
     def __bool__(self) -> bool:
         return True  # the type definition reference, at least
@@ -180,6 +198,7 @@ class ChildRefs(list[ua.ReferenceDescription]):
         self.at = len(stored) if at is None else at
         every = set(range(self.first, self.first + len(self.templates)))
         self.hidden = (every - present) or None
+        self.table.ref_cache.pop(self.key, None)
 
     @overload
     def __setitem__(self, key: SupportsIndex, value: ua.ReferenceDescription) -> None: ...
@@ -361,6 +380,7 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         # the same nodes again, finds them (cleared whole when full: no per-access bookkeeping).
         self.cache: dict[ua.NodeId, NodeData] = {}
         self.cache_size = cache_size
+        self.ref_cache: dict[int, list[ua.ReferenceDescription]] = {}  # owner -> its point references
         self._template_index: dict[int, int] = {}
         self._pending: list[tuple[int, int, np.ndarray]] = []  # (first slot, owner, template indexes)
 
@@ -390,6 +410,7 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         An owner added under the path of a removed one (a reload) takes its place in the index.
         """
         refs = ChildRefs(owner.references, self, prefix, first, templates, positions, back)
+        refs.key = len(self.owners)
         owner.references = refs
         self._pending.append((first, len(self.owners), template_ids))
         self.by_prefix[prefix] = len(self.owners)
@@ -489,6 +510,7 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
 
     def kill(self, slot: int) -> None:
         self.cache.pop(NodeId(self.name(slot), self.ns), None)
+        self.ref_cache.pop(int(self.owner[slot]), None)
         self.alive[slot] = False
         self.value_attrs[slot] = None
         self.pinned.pop(slot, None)
@@ -551,3 +573,4 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         self.value_attrs = [None] * len(self.value_attrs)
         self.pinned.clear()
         self.cache.clear()
+        self.ref_cache.clear()
