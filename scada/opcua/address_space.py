@@ -395,6 +395,21 @@ def tag_values(aspace: AddressSpace, names: Iterable[str], ns: int) -> list[TagV
     return out
 
 
+def set_variable_attributes(
+    aspace: AddressSpace, names: Iterable[str], ns: int, attrs: Mapping[ua.AttributeIds, AttributeValue]
+) -> int:
+    """Set ``attrs`` (shared AttributeValues) on the tag variables ``names``; returns how many.
+
+    The same as ``aspace[NodeId(name, ns)].attributes[attr] = value`` per variable, without
+    building each variable's node: the history marks (Historizing, AccessLevel) of a city's
+    variables in about a second instead of tens. Names of no tag variable are skipped.
+    """
+    table = node_table(aspace, NodeTable, lambda stored: NodeTable(stored, ns))
+    slots = [slot for slot in map(table.slot, names) if slot is not None]
+    table.set_attributes(np.array(slots, np.int64), attrs)
+    return len(slots)
+
+
 async def delete_nodes(aspace: AddressSpace, nodeids: list[ua.NodeId]) -> None:
     """Remove nodes and every reference to them held by the nodes that remain.
 

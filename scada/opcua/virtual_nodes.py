@@ -34,6 +34,7 @@ of its point template (the stored tree shared its static attributes too).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import islice
 from typing import Any, ClassVar, SupportsIndex, cast, overload
@@ -289,13 +290,13 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
 
     __slots__ = ("table", "node", "slot")
     table: NodeTable
-    node: NodeData
+    node: weakref.ref[NodeData]  # weak: no cycle, a dropped node is freed at once (no GC work)
     slot: int
 
     def __setitem__(self, attr: ua.AttributeIds, value: AttributeValue) -> None:
         super().__setitem__(attr, value)
         if attr in (A.Value, A.NodeId):
-            self.table.pin(self.slot, self.node)
+            self.table.pin(self.slot, self.node(), self)
         else:
             self.table.override(self.slot, attr, value)
 
@@ -304,7 +305,7 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
 
         def edit(self: _VarAttrs, *args: Any, **kwargs: Any) -> Any:
             out = method(self, *args, **kwargs)
-            self.table.pin(self.slot, self.node)
+            self.table.pin(self.slot, self.node(), self)
             return out
 
         return edit
@@ -324,7 +325,7 @@ class _VarRefs(list[ua.ReferenceDescription]):
 
     __slots__ = ("table", "node", "slot")
     table: NodeTable
-    node: NodeData
+    node: weakref.ref[NodeData]  # weak: no cycle, a dropped node is freed at once (no GC work)
     slot: int
 
     def _pinning(name: str) -> Any:  # type: ignore[misc]  # noqa: N805 - a decorator factory in the class body
@@ -332,7 +333,7 @@ class _VarRefs(list[ua.ReferenceDescription]):
 
         def edit(self: _VarRefs, *args: Any, **kwargs: Any) -> Any:
             out = method(self, *args, **kwargs)
-            self.table.pin(self.slot, self.node)
+            self.table.pin(self.slot, self.node(), self)
             return out
 
         return edit
@@ -479,9 +480,10 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         dict.update(attrs, self.overrides[int(self.over[slot])])
         dict.__setitem__(attrs, A.NodeId, _NodeIdAttr(nodeid))
         dict.__setitem__(attrs, A.Value, cast(AttributeValue, self.value_attrs[slot]))
-        attrs.table, attrs.node, attrs.slot = self, nd, slot
+        node = weakref.ref(nd)
+        attrs.table, attrs.node, attrs.slot = self, node, slot
         refs = _VarRefs((tpl.typedef_ref, owner.back, *tpl.props))
-        refs.table, refs.node, refs.slot = self, nd, slot
+        refs.table, refs.node, refs.slot = self, node, slot
         nd.attributes, nd.references = attrs, refs
         return nd
 
@@ -504,8 +506,29 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
             self._steps[step] = k
         self.over[slot] = k
 
-    def pin(self, slot: int, nd: NodeData) -> None:
-        """Keep ``nd`` as the slot's node from now on (it holds state the tables cannot)."""
+    def set_attributes(self, slots: np.ndarray, attrs: Mapping[ua.AttributeIds, AttributeValue]) -> None:
+        """``attrs`` on the variables of ``slots`` at once: what :meth:`override` records for one
+        slot, done per distinct override set (numpy), not per variable. Pinned nodes get them too."""
+        slots = np.asarray(slots, np.int64)
+        for k in np.unique(self.over[slots]).tolist():
+            sel = slots[self.over[slots] == k]
+            first = int(sel[0])
+            for attr, value in attrs.items():
+                self.override(first, attr, value)
+            self.over[sel] = self.over[first]
+        for slot in set(self.pinned).intersection(slots.tolist()):
+            dict.update(self.pinned[slot].attributes, attrs)
+        self.cache.clear()  # built copies would lack the new attributes
+
+    def pin(self, slot: int, nd: NodeData | None, part: _VarAttrs | _VarRefs) -> None:
+        """Keep the slot's node as it is from now on (``part`` of it was edited: state the tables
+        cannot hold). ``nd`` None: the edited part outlived its node; a node is made around it."""
+        if nd is None:
+            nd = self.build(slot)
+            if isinstance(part, _VarAttrs):
+                nd.attributes = part
+            else:
+                nd.references = part
         self.pinned[slot] = nd
 
     def kill(self, slot: int) -> None:

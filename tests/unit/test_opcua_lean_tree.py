@@ -18,7 +18,14 @@ from pathlib import Path
 
 from asyncua import Server, ua
 
-from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor, subtree, tag_values
+from scada.opcua.address_space import (
+    NAMESPACE_URI,
+    AddressSpaceBuilder,
+    TreeEditor,
+    set_variable_attributes,
+    subtree,
+    tag_values,
+)
 from scada.opcua.alarms import AlarmConditions
 from scada.opcua.asyncua_private import AttributeValue, address_space
 from scada.opcua.history import TagHistory
@@ -141,6 +148,29 @@ async def test_variables_are_made_on_access_and_keep_their_state(tmp_path):
     pinned.references.append(pinned.references[0])
     table.cache.clear()
     assert aspace[nid] is pinned
+
+
+async def test_attributes_set_on_many_variables_at_once_read_as_set_one_by_one(tmp_path):
+    rig, server, ns, _, conditions = await built(tmp_path)
+    conditions.close()
+    aspace = address_space(server)
+    names = [rig.tagdb.names[i] for i in range(len(rig.tagdb.names))]
+    pinned = aspace[ua.NodeId(POWER, ns)]
+    pinned.references.append(pinned.references[0])
+    level = AttributeValue(ua.DataValue(ua.Variant(7, ua.VariantType.Byte)))
+    off = AttributeValue(ua.DataValue(ua.Variant(False, ua.VariantType.Boolean)))
+    attrs = {A.AccessLevel: level, A.Historizing: off}
+    some = names[::3]
+    user_levels = {name: aspace[ua.NodeId(name, ns)].attributes[A.UserAccessLevel] for name in names}
+    assert set_variable_attributes(aspace, [*some, "no/such/tag"], ns, attrs) == len(some)
+    for name in names:
+        nd = aspace[ua.NodeId(name, ns)]
+        marked = name in some
+        assert (nd.attributes[A.AccessLevel] is level) == marked, name
+        assert (nd.attributes[A.Historizing] is off) == marked, name
+        # What was set before (the history marks) stays where not overwritten.
+        assert nd.attributes[A.UserAccessLevel] is user_levels[name], name
+    assert (pinned.attributes[A.AccessLevel] is level) == (POWER in some)
 
 
 async def test_unknown_node_ids_are_unknown_to_every_lookup(tmp_path):
