@@ -35,9 +35,9 @@ of its point template (the stored tree shared its static attributes too).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import islice
-from typing import Any, ClassVar, SupportsIndex, cast, overload
+from typing import Any, ClassVar, SupportsIndex, TypeVar, cast, overload
 
 import numpy as np
 from asyncua import ua
@@ -47,6 +47,7 @@ from scada.opcua.publisher import TagValue
 from scada.opcua.typed_ua import NodeId
 
 A = ua.AttributeIds
+T = TypeVar("T")
 _HAS_COMPONENT = NodeId(ua.ObjectIds.HasComponent)
 _VARIABLE = ua.NodeClass.Variable
 _REF = ua.ReferenceDescription
@@ -285,6 +286,29 @@ class _NodeIdAttr(AttributeValue):
         raise AttributeError("a tag variable's NodeId is its tag name")
 
 
+def _pin_on_edit(base: type, *names: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: each method ``names`` of ``base`` (an edit of a built variable's attributes
+    or references) runs, then pins the node."""
+
+    def pinning(name: str) -> Any:
+        method = getattr(base, name)
+
+        def edit(self: _VarAttrs | _VarRefs, *args: Any, **kwargs: Any) -> Any:
+            out = method(self, *args, **kwargs)
+            self.table.pin(self.slot, self.node(), self)
+            return out
+
+        return edit
+
+    def decorate(cls: type[T]) -> type[T]:
+        for name in names:
+            setattr(cls, name, pinning(name))
+        return cls
+
+    return decorate
+
+
+@_pin_on_edit(dict, "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
 class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
     """A built variable's attributes: a set attribute is recorded for the slot; other edits pin."""
 
@@ -300,26 +324,21 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
         else:
             self.table.override(self.slot, attr, value)
 
-    def _pinning(name: str) -> Any:  # type: ignore[misc]  # noqa: N805 - a decorator factory in the class body
-        method = getattr(dict, name)
 
-        def edit(self: _VarAttrs, *args: Any, **kwargs: Any) -> Any:
-            out = method(self, *args, **kwargs)
-            self.table.pin(self.slot, self.node(), self)
-            return out
-
-        return edit
-
-    __delitem__ = _pinning("__delitem__")
-    pop = _pinning("pop")
-    popitem = _pinning("popitem")
-    clear = _pinning("clear")
-    update = _pinning("update")
-    setdefault = _pinning("setdefault")
-    __ior__ = _pinning("__ior__")
-    del _pinning
-
-
+@_pin_on_edit(
+    list,
+    "append",
+    "extend",
+    "insert",
+    "remove",
+    "pop",
+    "clear",
+    "sort",
+    "reverse",
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+)
 class _VarRefs(list[ua.ReferenceDescription]):
     """A built variable's references: any edit pins the node (nothing in the project edits them)."""
 
@@ -327,29 +346,6 @@ class _VarRefs(list[ua.ReferenceDescription]):
     table: NodeTable
     node: weakref.ref[NodeData]  # weak: no cycle, a dropped node is freed at once (no GC work)
     slot: int
-
-    def _pinning(name: str) -> Any:  # type: ignore[misc]  # noqa: N805 - a decorator factory in the class body
-        method = getattr(list, name)
-
-        def edit(self: _VarRefs, *args: Any, **kwargs: Any) -> Any:
-            out = method(self, *args, **kwargs)
-            self.table.pin(self.slot, self.node(), self)
-            return out
-
-        return edit
-
-    append = _pinning("append")
-    extend = _pinning("extend")
-    insert = _pinning("insert")
-    remove = _pinning("remove")
-    pop = _pinning("pop")
-    clear = _pinning("clear")
-    sort = _pinning("sort")
-    reverse = _pinning("reverse")
-    __setitem__ = _pinning("__setitem__")
-    __delitem__ = _pinning("__delitem__")
-    __iadd__ = _pinning("__iadd__")
-    del _pinning
 
 
 class NodeTable(MutableMapping[ua.NodeId, NodeData]):

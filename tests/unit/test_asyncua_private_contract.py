@@ -15,6 +15,7 @@ import ast
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import importlib.metadata
 import inspect
 from collections.abc import MutableMapping
@@ -463,17 +464,8 @@ async def test_a_node_table_installed_in_place_of_the_dict_serves_every_service(
         relies(isinstance(made_refs.stored, dict), "AddressSpace._nodes (a dict of NodeData)")
         assert P.node_table(own.aspace, MadeOnAccess, lambda s: pytest.fail("installed twice")) is made_refs
         objects = own.aspace[ua.NodeId(OI.ObjectsFolder)]
-        objects.references.append(
-            ua.ReferenceDescription(
-                ReferenceTypeId=ua.NodeId(OI.Organizes),
-                IsForward=True,
-                NodeId=made,
-                BrowseName=ua.QualifiedName("made", own.ns),
-                DisplayName=ua.LocalizedText("made"),
-                NodeClass=ua.NodeClass.Variable,
-                TypeDefinition=ua.NodeId(OI.BaseDataVariableType),
-            )
-        )
+        stored_ref = next(r for r in objects.references if r.NodeId == own.nodeid)
+        objects.references.append(dataclasses.replace(stored_ref, NodeId=made))
         node = own.client.get_node(made)
         relies(await node.read_value() == 42.0, "Read goes through AddressSpace._nodes.get")
         relies((await node.read_attribute(A.NodeId)).Value.Value == made, "Read of a made node's attributes")
