@@ -7,7 +7,10 @@ HMI engineer reads a NodeId and knows the tag.
 Why not ``add_folder`` / ``add_variable``: asyncua's AddNodes service scans the parent's
 references for every child it adds (quadratic under a large folder), wraps each attribute
 in fresh objects, and costs a coroutine round trip per node. This builder writes asyncua's
-``NodeData`` directly, once per node, and shares what is identical between nodes:
+``NodeData`` directly for the folders, devices and property nodes, and stores no node at all
+for the tag variables (one per tag, nearly all the nodes): they are slots of the node table
+of :mod:`scada.opcua.virtual_nodes`, made on access from per-(type, point) templates (~0.5 KB
+per tag in all, against ~3.2 KB stored). It shares what is identical between nodes:
 
 * the DataValues (and AttributeValues) of static attributes -- DataType, ValueRank,
   AccessLevel, WriteMask... are read-only (WriteMask 0) and never written by the server;
