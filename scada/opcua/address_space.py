@@ -156,6 +156,9 @@ class AddressSpaceBuilder:
         # Tag variables are slots of the node table, not stored nodes (scada.opcua.virtual_nodes).
         self.table = node_table(self.aspace, NodeTable, lambda stored: NodeTable(stored, ns))
         self._diag: tuple[PointTemplate, ...] | None = None
+        # Shared while this builder works: names' AttributeValues, objects' type references.
+        self._names: dict[tuple[str, int], tuple[AttributeValue, AttributeValue]] = {}
+        self._typedef_refs: dict[ua.NodeId, ua.ReferenceDescription] = {}
         # Per point-template tuple (a type's points, the diagnostics): template ids, name -> position.
         self._shared: dict[tuple[PointTemplate, ...], tuple[np.ndarray, dict[str, int]]] = {}
 
@@ -187,27 +190,19 @@ class AddressSpaceBuilder:
         nd = NodeData(nodeid)
         nd.attributes = attrs
         attrs[A.NodeId] = AttributeValue(_dv(nodeid, ua.VariantType.NodeId))
-        qname = ua.QualifiedName(name, self.ns if name_ns is None else name_ns)
-        attrs[A.BrowseName] = AttributeValue(_dv(qname, ua.VariantType.QualifiedName))
-        attrs[A.DisplayName] = AttributeValue(_dv(ua.LocalizedText(name), ua.VariantType.LocalizedText))
+        key = (name, self.ns if name_ns is None else name_ns)
+        names = self._names.get(key)
+        if names is None:  # shared by the nodes of one name: every device's "Diagnostics"...
+            qname = ua.QualifiedName(*key)
+            names = self._names[key] = (
+                AttributeValue(_dv(qname, ua.VariantType.QualifiedName)),
+                AttributeValue(_dv(ua.LocalizedText(name), ua.VariantType.LocalizedText)),
+            )
+        attrs[A.BrowseName], attrs[A.DisplayName] = names
         nd.references = refs
         self.aspace[nodeid] = nd
         self.node_count += 1
         return nd
-
-    @staticmethod
-    def _child_ref(
-        reftype: ua.NodeId, nodeid: ua.NodeId, name: str, ns: int, nodeclass, typedef
-    ) -> ua.ReferenceDescription:
-        return ua.ReferenceDescription(
-            ReferenceTypeId=reftype,
-            IsForward=True,
-            NodeId=nodeid,
-            BrowseName=ua.QualifiedName(name, ns),
-            DisplayName=ua.LocalizedText(name),
-            NodeClass=nodeclass,
-            TypeDefinition=typedef,
-        )
 
     def add_object(self, parent: NodeData, path: str, name: str, folder: bool, reftype=None) -> NodeData:
         """A folder (commune, class) or a device object under ``parent``."""
@@ -215,14 +210,13 @@ class AddressSpaceBuilder:
         typedef = _FOLDER_TYPE if folder else _OBJECT_TYPE
         nodeid = NodeId(path, self.ns)
         attrs = dict(self._object_static)
-        refs = [
-            ua.ReferenceDescription(
+        typedef_ref = self._typedef_refs.get(typedef)
+        if typedef_ref is None:
+            typedef_ref = self._typedef_refs[typedef] = ua.ReferenceDescription(
                 ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=ua.NodeClass.ObjectType
-            ),
-            reference_to(reftype, parent, False),
-        ]
-        nd = self._insert(nodeid, name, attrs, refs)
-        parent.references.append(self._child_ref(reftype, nodeid, name, self.ns, ua.NodeClass.Object, typedef))
+            )
+        nd = self._insert(nodeid, name, attrs, [typedef_ref, reference_to(reftype, parent, False)])
+        parent.references.append(reference_to(reftype, nd, True, typedef))
         return nd
 
     def add_property(
@@ -247,7 +241,7 @@ class AddressSpaceBuilder:
         ]
         # Standard properties (EngineeringUnits, EURange) have browse names in namespace 0.
         nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
-        parent.references.append(self._child_ref(_HAS_PROPERTY, nodeid, name, 0, ua.NodeClass.Variable, _PROPERTY_TYPE))
+        parent.references.append(reference_to(_HAS_PROPERTY, nd, True, _PROPERTY_TYPE))
         return nd
 
     def build(self, config: Config) -> list[TagValue]:
