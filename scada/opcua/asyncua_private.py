@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from asyncua import Server, ua
 
@@ -59,6 +59,7 @@ __all__ = [
     "external_sessions",
     "hook_sessions",
     "monitored_item",
+    "node_table",
     "pending_events",
     "stock_historized",
     "subscriptions",
@@ -418,3 +419,25 @@ def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription
     service.create_monitored_items = create_monitored_items  # type: ignore[method-assign]
     service.modify_monitored_items = modify_monitored_items  # type: ignore[method-assign]
     service.set_monitoring_mode = set_monitoring_mode  # type: ignore[method-assign]
+
+
+Table = TypeVar("Table", bound=MutableMapping[ua.NodeId, NodeData])
+
+
+def node_table(aspace: AddressSpace, kind: type[Table], make: Callable[[dict[ua.NodeId, NodeData]], Table]) -> Table:
+    """The address space's node table as a ``kind``: on the first call, ``make(the nodes' dict)``
+    replaces it (``AddressSpace._nodes``); later calls return the one installed.
+
+    Every service and every AddressSpace method reads the nodes through ``_nodes`` (``get``,
+    ``[]``, ``in``, ``del``, ``keys``), and asyncua itself swaps that dict for a lazy mapping in
+    ``load_aspace_shelf``: so a mapping that makes nodes on access (the tag variables,
+    scada.opcua.virtual_nodes) serves clients as stored nodes do.
+    """
+    nodes = aspace._nodes
+    if isinstance(nodes, kind):
+        return nodes
+    if type(nodes) is not dict:
+        raise TypeError(f"the address space's node table is already a {type(nodes).__name__}")
+    table = make(nodes)
+    aspace._nodes = table  # type: ignore[assignment]  # asyncua annotates it dict; it uses it as a mapping
+    return table

@@ -15,8 +15,10 @@ import ast
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import importlib.metadata
 import inspect
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -550,3 +552,66 @@ async def test_fast_datachange_hooks_on_a_live_server():
         relies(got == [0.5, 1.0, 2.0, 3.0], f"asyncua's notifications then our encoded rows, in one publish: {got}")
         relies(rows.budgets and rows.budgets[0] == 6, "the queue's budget is MaxNotificationsPerPublish less asyncua's")
         await sub.delete()
+
+
+class MadeOnAccess(MutableMapping):
+    """A node table over asyncua's dict that makes the variable ``made`` when it is looked up."""
+
+    def __init__(self, stored: dict, made: ua.NodeId, template: P.NodeData) -> None:
+        self.stored, self.made, self.template = stored, made, template
+        self.lookups = 0
+
+    def _make(self) -> P.NodeData:
+        self.lookups += 1
+        nd = P.NodeData(self.made)
+        nd.attributes = {**self.template.attributes, A.NodeId: P.AttributeValue(_dv(self.made, ua.VariantType.NodeId))}
+        nd.references = list(self.template.references)
+        return nd
+
+    def __getitem__(self, key):
+        if key == self.made:
+            return self._make()
+        return self.stored[key]
+
+    def __setitem__(self, key, value) -> None:
+        self.stored[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self.stored[key]
+
+    def __iter__(self):
+        yield from self.stored
+        yield self.made
+
+    def __len__(self) -> int:
+        return len(self.stored) + 1
+
+
+async def test_a_node_table_installed_in_place_of_the_dict_serves_every_service():
+    async with running() as own:
+        made = ua.NodeId("contract/made", own.ns)
+        made_refs = P.node_table(own.aspace, MadeOnAccess, lambda s: MadeOnAccess(s, made, s[own.nodeid]))
+        relies(isinstance(made_refs.stored, dict), "AddressSpace._nodes (a dict of NodeData)")
+        assert P.node_table(own.aspace, MadeOnAccess, lambda s: pytest.fail("installed twice")) is made_refs
+        objects = own.aspace[ua.NodeId(OI.ObjectsFolder)]
+        stored_ref = next(r for r in objects.references if r.NodeId == own.nodeid)
+        objects.references.append(dataclasses.replace(stored_ref, NodeId=made))
+        node = own.client.get_node(made)
+        relies(await node.read_value() == 42.0, "Read goes through AddressSpace._nodes.get")
+        relies((await node.read_attribute(A.NodeId)).Value.Value == made, "Read of a made node's attributes")
+        relies(
+            made in [c.nodeid for c in await own.client.nodes.objects.get_children()],
+            "Browse goes through AddressSpace._nodes (in, [])",
+        )
+        relies(len(await node.get_references()) == 2, "Browse of a made node")
+        handler = Handler()
+        sub = await own.client.create_subscription(50, handler)
+        await sub.subscribe_data_change(node)
+        relies(await asyncio.wait_for(handler.values.get(), 30) == 42.0, "CreateMonitoredItems reads the made node")
+        await sub.delete()
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await own.client.get_node(ua.NodeId("contract/nothing", own.ns)).read_value()
+        relies(err.value.code == SC.BadNodeIdUnknown, "an unknown NodeId (not in the table) is BadNodeIdUnknown")
+        relies(made_refs.lookups >= 4, "the services looked the node up in the installed table")
+        with pytest.raises(TypeError):
+            P.node_table(own.aspace, dict, dict)  # another kind over an installed table: refused
