@@ -69,7 +69,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lat-rate", type=float, default=1.0, help="latency: changes per item per second")
     ap.add_argument("--space-sizes", type=sizes, default=[50000, 200000], help="memory: two city sizes (tags)")
     ap.add_argument("--start-tags", type=int, default=1000000, help="start: the city's size (tags)")
-    ap.add_argument("--browse-tags", type=int, default=200000, help="browse: the city's size (tags)")
+    ap.add_argument("--start-timeout", type=float, default=900.0, help="start: seconds before giving up")
+    ap.add_argument("--browse-tags", type=int, default=20000, help="browse: the city's size (tags)")
     ap.add_argument("--browse-batch", type=int, default=1000, help="browse: nodes per Browse / Read request")
     ap.add_argument("--sessions", type=int, default=1000, help="churn: sessions")
     ap.add_argument("--churn-warmup", type=int, default=50, help="churn: sessions before the first measure")
@@ -101,10 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args, work, report)
     started = datetime.now(UTC)
     log(f"bench_front: sections {', '.join(args.only)}; front {args.front or 'default'}; work folder {work}")
+    failed = []
     try:
         for name in args.only:
             log(f"[{name}]")
-            SECTIONS[name](ctx)
+            try:
+                SECTIONS[name](ctx)
+            except Exception as exc:  # noqa: BLE001 - one section's failure must not lose the others' figures
+                failed.append(name)
+                report.note(f"section {name} failed: {type(exc).__name__}: {str(exc)[-1500:]}")
     finally:
         report.note(
             f"{started:%Y-%m-%d %H:%M} UTC, front {args.front or 'default'}, {args.event_loop}; "
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

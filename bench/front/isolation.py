@@ -94,7 +94,7 @@ def isolation(ctx: Context) -> None:
             c.wait_ready(900)
         t1 = time.time()
         results = [c.result(w + 600) for c in clients]
-        phases[f"{a.clients} clients x {len(names[: a.iso_items]):,} items + browse"] = {
+        phases[f"{a.clients} clients x {len(names[: a.iso_items]):,} items, 1 browsing"] = {
             **_window(server, t1, time.time()),
             "rss": server.rss(),
             "rate": sum(r["rate"] for r in results),
@@ -106,7 +106,7 @@ def isolation(ctx: Context) -> None:
             "churn.js", {**arg, "sessions": a.iso_sessions, "parallel": 5, "items": 100}, work / "churn.log"
         )
         res = churn.result(3600)
-        phases[f"{res['sessions']} sessions connecting and closing"] = {
+        phases[f"{res['sessions']} sessions opened and closed"] = {
             **_window(server, t2, time.time()),
             "rss": server.rss(),
         }
@@ -119,7 +119,7 @@ def isolation(ctx: Context) -> None:
         os.kill(stopped.proc.pid, signal.SIGSTOP)
         t3 = time.time()
         reader = other.result(w + 600)
-        phases["a client that stops reading (SIGSTOP) + a reader"] = {
+        phases["a stopped client (SIGSTOP) and a reader"] = {
             **_window(server, t3, time.time()),
             "rss": server.rss(),
             "rss_growth": server.rss() - rss0,
@@ -138,7 +138,7 @@ def isolation(ctx: Context) -> None:
     base_ = phases["no client"]
     for name, p in phases.items():
         rep.add(
-            f"late polls / missed cycles, {name}"[:70],
+            f"late polls / missed cycles, {name}",
             f"{p['late']} / {p['missed']}",
             "target 0 / 0" if name != "no client" else "baseline",
             f"loop lag {p['lag_ms']:.0f} ms",
@@ -154,5 +154,5 @@ def isolation(ctx: Context) -> None:
             rep.add(
                 "server RSS growth while a client is stopped",
                 f"{p['rss_growth'] / 2**20:+.1f} MB",
-                f"the reader got {p['rate'] / 1e3:.1f} k/s",
+                f"the reader got {p['rate']:,.0f} notifications/s",
             )
