@@ -27,6 +27,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.front import churn, isolation, publish, space  # noqa: E402
@@ -52,42 +53,49 @@ def sizes(text: str) -> list[int]:
     return out
 
 
+# (option, type, the issue's size, --quick's size or None: the same, help). An option given on the
+# command line wins over both.
+SETTINGS: list[tuple[str, Any, Any, Any, str]] = [
+    ("--repeats", int, 3, 1, "runs of each measurement (the figure is their median)"),
+    ("--seconds", float, 10.0, 4.0, "measured window of each run"),
+    ("--items", int, 10000, 2000, "throughput: items of the one client"),
+    ("--rate", float, 10.0, None, "throughput: changes per item per second"),
+    ("--tick-ms", float, 10.0, None, "the field's period (one batch a tick)"),
+    ("--publishing-ms", float, 50.0, None, "the clients' publishing interval"),
+    ("--clients", int, 5, 2, "latency and isolation: clients at once"),
+    ("--lat-items", int, 10000, 2000, "latency: items of each client"),
+    ("--lat-rate", float, 1.0, None, "latency: changes per item per second"),
+    ("--space-sizes", sizes, [50000, 200000], [5000, 20000], "memory: two city sizes (tags)"),
+    ("--start-tags", int, 1000000, 50000, "start: the city's size (tags)"),
+    ("--start-timeout", float, 900.0, None, "start: seconds before giving up"),
+    ("--browse-tags", int, 20000, 10000, "browse: the city's size (tags)"),
+    ("--browse-batch", int, 1000, None, "browse: nodes per Browse / Read request"),
+    ("--sessions", int, 1000, 50, "churn: sessions"),
+    ("--churn-warmup", int, 50, 10, "churn: sessions before the first measure"),
+    ("--churn-parallel", int, 10, 5, "churn: sessions at once"),
+    ("--churn-items", int, 100, None, "churn: items of each session"),
+    ("--city", str, "dijon", "tiny", "isolation: the simulated city (the simulators' --preset)"),
+    ("--iso-seconds", float, 30.0, 8.0, "isolation: each phase's window"),
+    ("--iso-items", int, 50000, 5000, "isolation: items of each client (at most: the city's tags)"),
+    ("--iso-sessions", int, 200, 20, "isolation: sessions of the connect/close loop"),
+]
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition: a check that it runs")
     ap.add_argument("--front", help="passed to Application(front=...): inline or process (default: its own)")
     ap.add_argument("--event-loop", default="uvloop", help="our server's event loop")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=10.0, help="measured window of each run")
-    ap.add_argument("--items", type=int, default=10000, help="throughput: items of the one client")
-    ap.add_argument("--rate", type=float, default=10.0, help="throughput: changes per item per second")
-    ap.add_argument("--tick-ms", type=float, default=10.0, help="the field's period (one batch a tick)")
-    ap.add_argument("--publishing-ms", type=float, default=50.0, help="the clients' publishing interval")
-    ap.add_argument("--clients", type=int, default=5, help="latency: clients at once")
-    ap.add_argument("--lat-items", type=int, default=10000, help="latency: items of each client")
-    ap.add_argument("--lat-rate", type=float, default=1.0, help="latency: changes per item per second")
-    ap.add_argument("--space-sizes", type=sizes, default=[50000, 200000], help="memory: two city sizes (tags)")
-    ap.add_argument("--start-tags", type=int, default=1000000, help="start: the city's size (tags)")
-    ap.add_argument("--start-timeout", type=float, default=900.0, help="start: seconds before giving up")
-    ap.add_argument("--browse-tags", type=int, default=20000, help="browse: the city's size (tags)")
-    ap.add_argument("--browse-batch", type=int, default=1000, help="browse: nodes per Browse / Read request")
-    ap.add_argument("--sessions", type=int, default=1000, help="churn: sessions")
-    ap.add_argument("--churn-warmup", type=int, default=50, help="churn: sessions before the first measure")
-    ap.add_argument("--churn-parallel", type=int, default=10, help="churn: sessions at once")
-    ap.add_argument("--churn-items", type=int, default=100, help="churn: items of each session")
-    ap.add_argument("--city", default="dijon", help="isolation: the simulated city (simulators' --preset)")
-    ap.add_argument("--iso-seconds", type=float, default=30.0, help="isolation: each phase's window")
-    ap.add_argument("--iso-items", type=int, default=50000, help="isolation: items of each client (at most)")
-    ap.add_argument("--iso-sessions", type=int, default=200, help="isolation: sessions of the connect/close loop")
+    for option, kind, full, quick, text in SETTINGS:
+        ap.add_argument(option, type=kind, help=f"{text} (default {full}, --quick {quick or full})")
     ap.add_argument("--json", help="also write the raw measurements to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, cities)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.repeats, args.seconds, args.items, args.lat_items, args.clients = 1, 4.0, 2000, 2000, 2
-        args.space_sizes, args.start_tags, args.browse_tags = [5000, 20000], 50000, 10000
-        args.sessions, args.churn_warmup, args.churn_parallel = 50, 10, 5
-        args.city, args.iso_seconds, args.iso_items, args.iso_sessions = "tiny", 8.0, 5000, 20
+    for option, _, full, quick, _ in SETTINGS:
+        dest = option[2:].replace("-", "_")
+        if getattr(args, dest) is None:
+            setattr(args, dest, quick if args.quick and quick is not None else full)
     args.only = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = [s for s in args.only if s not in SECTIONS]
     if unknown:

@@ -13,9 +13,6 @@ SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,13 +21,14 @@ import numpy as np
 
 T0 = time.monotonic()
 
-from bench.front.field import FieldStats, run_field  # noqa: E402
+from bench.front.field import FieldStats, run_field, serve_until_sigterm  # noqa: E402
 from bench.front.workload import NAMESPACE_URI, read_names  # noqa: E402
+from bench.harness import string_node_id  # noqa: E402
 
 
 async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
     """Build the tree, serve it and run the field until SIGTERM."""
-    from asyncua import Server, ua
+    from asyncua import Node, Server, ua
 
     server = Server()
     await server.init()
@@ -38,15 +36,15 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace(NAMESPACE_URI)
     objects = server.nodes.objects
-    root = await objects.add_folder(ua.NodeId("City", ns), "City")
-    folders: dict[str, object] = {}
+    root = await objects.add_folder(string_node_id("City", ns), "City")
+    folders: dict[str, Node] = {}
 
-    async def folder(path: str):
+    async def folder(path: str) -> Node:
         if path in folders:
             return folders[path]
         parent_path, _, leaf = path.rpartition("/")
         parent = await folder(parent_path) if parent_path else root
-        f = await parent.add_folder(ua.NodeId(path + "/", ns), leaf)  # type: ignore[attr-defined]
+        f = await parent.add_folder(string_node_id(path + "/", ns), leaf)
         folders[path] = f
         return f
 
@@ -54,7 +52,7 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
     for name in read_names(Path(args.names)):
         parent_path, _, leaf = name.rpartition("/")
         parent = await folder(parent_path)
-        var = await parent.add_variable(ua.NodeId(name, ns), leaf, 0.0, ua.VariantType.Double)  # type: ignore[attr-defined]
+        var = await parent.add_variable(string_node_id(name, ns), leaf, 0.0, ua.VariantType.Double)
         nodeids[name] = var.nodeid
     changing = [nodeids[n] for n in read_names(Path(args.changing))] if args.changing else []
 
@@ -63,9 +61,6 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
         for p in positions.tolist():
             await server.write_attribute_value(changing[p], dv)
 
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with server:
         print(f"LISTENING {time.monotonic() - T0:.3f}", flush=True)
         await run_field(write, len(changing), args.rate, args.tick_ms / 1000, stats)
@@ -79,17 +74,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--tick-ms", type=float, default=10.0)
     args = ap.parse_args()
-    stats = FieldStats()
-
-    async def run() -> None:
-        try:
-            await serve(args, stats)
-        except asyncio.CancelledError:  # SIGTERM: the way this process is meant to stop
-            pass
-
-    asyncio.run(run())
-    print("RESULT " + json.dumps(vars(stats)), flush=True)
-    return 0
+    return serve_until_sigterm(lambda stats: serve(args, stats))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ Python's ``time.monotonic`` read the same clock)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,3 +57,25 @@ async def run_field(
             await pending
         stats.ticks += 1
         stats.changes += per_tick
+
+
+def serve_until_sigterm(
+    serve: Callable[[FieldStats], Coroutine[Any, Any, None]],
+    run: Callable[[Coroutine[Any, Any, None]], object] = asyncio.run,
+) -> int:
+    """The main of a server under bench: ``serve(stats)`` on the loop ``run`` gives until SIGTERM
+    (the way the bench stops it), then the field's statistics as the ``RESULT`` line."""
+    stats = FieldStats()
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None, "run() runs main as a task"
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await serve(stats)
+        except asyncio.CancelledError:  # SIGTERM
+            pass
+
+    run(main())
+    print("RESULT " + json.dumps(vars(stats)), flush=True)
+    return 0

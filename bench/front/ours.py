@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 
 T0 = time.monotonic()  # before the heavy imports: start time counts them
 
-from bench.front.field import FieldStats, run_field  # noqa: E402
+from bench.front.field import FieldStats, run_field, serve_until_sigterm  # noqa: E402
 from bench.front.workload import read_names  # noqa: E402
 
 
@@ -47,9 +45,6 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
         n = len(positions)
         tagdb.update(ids[positions], np.full(n, value_ms), good[:n], time.time_ns())
 
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with asyncio.TaskGroup() as tg:
         server = tg.create_task(app.run(), name="application")
         await app.started.wait()
@@ -74,17 +69,7 @@ def main() -> int:
     from common import eventloop, logs
 
     logs.configure(json=args.log_json, level="INFO")
-    stats = FieldStats()
-
-    async def run() -> None:
-        try:
-            await serve(args, stats)
-        except asyncio.CancelledError:  # SIGTERM: the way this process is meant to stop
-            pass
-
-    eventloop.run(run(), args.event_loop)
-    print("RESULT " + json.dumps(vars(stats)), flush=True)
-    return 0
+    return serve_until_sigterm(lambda stats: serve(args, stats), lambda main: eventloop.run(main, args.event_loop))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 // Argument (JSON): endpoint, nsUri, batch, nodes (optional file: one tag path a line).
 "use strict";
 const { AttributeIds, BrowseDirection, NodeClassMask, resolveNodeId, NodeClass } = require("node-opcua");
-const { args, nowMs, result, readLines, makeClient, namespaceIndex } = require("./common");
+const { args, nowMs, result, readLines, makeClient, namespaceIndex, runMain } = require("./common");
 
 async function main() {
     const a = args();
@@ -78,10 +78,4 @@ async function main() {
     await client.disconnect();
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        process.stderr.write(`browse failed: ${err && err.stack ? err.stack : err}\n`);
-        process.exit(1);
-    },
-);
+runMain(main, "browse");

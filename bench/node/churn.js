@@ -5,7 +5,7 @@
 // Argument (JSON): endpoint, nsUri, nodes (file), sessions, parallel, items.
 "use strict";
 const { AttributeIds, TimestampsToReturn } = require("node-opcua");
-const { args, nowMs, result, readLines, makeClient, namespaceIndex } = require("./common");
+const { args, nowMs, result, readLines, makeClient, namespaceIndex, runMain } = require("./common");
 
 async function once(a, names, state) {
     const client = makeClient();
@@ -63,10 +63,4 @@ async function main() {
     result({ sessions: state.done, failed: state.failed, values: state.values, seconds: (nowMs() - t0) / 1000, errors: state.errors });
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        process.stderr.write(`churn failed: ${err && err.stack ? err.stack : err}\n`);
-        process.exit(1);
-    },
-);
+runMain(main, "churn");

@@ -7,7 +7,7 @@
 // CreateMonitoredItems), initialTimeout (s), latFile (optional: every latency, float64 ms, sorted).
 "use strict";
 const { AttributeIds, TimestampsToReturn } = require("node-opcua");
-const { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile } = require("./common");
+const { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile, runMain } = require("./common");
 
 async function main() {
     const a = args();
@@ -104,10 +104,4 @@ async function main() {
     await client.disconnect();
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        process.stderr.write(`client failed: ${err && err.stack ? err.stack : err}\n`);
-        process.exit(1);
-    },
-);
+runMain(main, "client");

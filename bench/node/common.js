@@ -60,4 +60,15 @@ function percentile(sorted, p) {
     return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-module.exports = { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile };
+// Run a script's async main: exit 0 when it is done, 1 with the error on stderr when it fails.
+function runMain(main, what) {
+    main().then(
+        () => process.exit(0),
+        (err) => {
+            process.stderr.write(`${what} failed: ${err && err.stack ? err.stack : err}\n`);
+            process.exit(1);
+        },
+    );
+}
+
+module.exports = { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile, runMain };
