@@ -35,7 +35,12 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
 
     config = load_config(Path(args.config))
     kwargs = {"front": args.front} if args.front else {}
-    app = Application(config, args.endpoint, args.status_interval, args.data, **kwargs)
+    try:
+        app = Application(config, args.endpoint, args.status_interval, args.data, **kwargs)
+    except TypeError as exc:
+        if "front" not in str(exc):
+            raise
+        raise SystemExit(f"--front {args.front}: this checkout's Application has no front= option ({exc})") from None
     app.drivers = []  # the bench is the field: no driver polls the configuration's devices
     tagdb = app.tagdb
     ids = tagdb.ids_of(read_names(Path(args.changing))) if args.changing else np.zeros(0, np.int64)
