@@ -1,0 +1,65 @@
+"""Section 5 of bench_front: session churn. Sessions opened, subscribed and closed by a
+node-opcua client; our server's memory before, after a warm-up, and after the churn."""
+
+from __future__ import annotations
+
+from bench.front.context import Context
+from bench.front.procs import run_node
+from bench.front.servers import OURS, start
+from bench.front.space import settled_rss
+from bench.front.workload import NAMESPACE_URI
+from bench.harness import log
+
+
+def churn(ctx: Context) -> None:
+    """``--sessions`` sessions (``--churn-parallel`` at once), each monitoring ``--churn-items``."""
+    a, rep = ctx.args, ctx.report
+    w = ctx.changing(a.items, 1.0)  # values keep changing while the sessions come and go
+    server, url = start(OURS, w, ctx.work, ctx.opts)
+    arg = {
+        "endpoint": url,
+        "nsUri": NAMESPACE_URI,
+        "nodes": str(w.changing),
+        "parallel": a.churn_parallel,
+        "items": a.churn_items,
+    }
+    try:
+        before = settled_rss(server)
+        warm = run_node("churn.js", {**arg, "sessions": a.churn_warmup}, ctx.work / "churn-warmup.log", 600)
+        after_warm = settled_rss(server)
+        res = run_node("churn.js", {**arg, "sessions": a.sessions}, ctx.work / "churn.log", 3600)
+        after = settled_rss(server)
+    finally:
+        server.stop()
+    ctx.report.data["churn"] = {
+        "before": before,
+        "after_warmup": after_warm,
+        "after": after,
+        "run": res,
+        "warmup": warm,
+    }
+    log(
+        f"  churn: {res['sessions']} sessions ({res['failed']} failed) in {res['seconds']:.0f} s; RSS "
+        f"{before / 2**20:.0f} -> {after_warm / 2**20:.0f} -> {after / 2**20:.0f} MB"
+    )
+    ctx.section(
+        "5. Churn",
+        f"{a.sessions:,} sessions opened, subscribed ({a.churn_items} items), closed; "
+        f"{a.churn_parallel} at once, after a warm-up of {a.churn_warmup}",
+    )
+    rep.add(
+        "sessions completed / failed",
+        f"{res['sessions']} / {res['failed']}",
+        f"in {res['seconds']:.0f} s",
+        "; ".join(res.get("errors", []))[:60],
+    )
+    rep.add("ours: RSS before any session", f"{before / 2**20:.1f} MB")
+    rep.add("ours: RSS after the warm-up", f"{after_warm / 2**20:.1f} MB", f"{(after_warm - before) / 2**20:+.1f} MB")
+    grown = after - after_warm
+    rep.add(
+        f"ours: RSS after {res['sessions']:,} more sessions",
+        f"{after / 2**20:.1f} MB",
+        f"{grown / 2**20:+.1f} MB since the warm-up",
+        f"{grown / max(1, res['sessions']) / 1024:+.1f} KB/session",
+        "back to its level" if grown <= 0.02 * after_warm else "GROWS",
+    )
