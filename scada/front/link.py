@@ -38,6 +38,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,8 @@ from scada.tagdb import Consumer, TagDB
 log = structlog.get_logger("scada.front")
 
 HIGH_WATER = 32 << 20  # bytes waiting for the front: beyond, batches are dropped (then a resync)
+LOW_WATER = 1 << 20  # the resync is sent once the front has read its backlog down to this
+RESYNC_CHECK = 0.2  # s: how often a pending resync is looked at when the field is quiet
 READY_TIMEOUT = 300.0  # s for a front to build its address space (a million tags: under 60 s)
 STOP_TIMEOUT = 10.0  # s for a front to stop cleanly before it is killed
 RELOAD_TIMEOUT = 120.0
@@ -109,6 +112,8 @@ class FrontLink:
         self._forwarder: _AlarmForwarder | None = None
         self._tags_dirty = False
         self._alarms_dirty = False
+        self._answering = False  # a request's handler runs: its alarm events are never dropped
+        self._reload_alarms = None  # the engine a pending reload installs
         self._waiting: dict[int, asyncio.Future] = {}  # reload answers by id
         self._ids = itertools.count(1)
         self._ready: asyncio.Future | None = None
@@ -283,23 +288,38 @@ class FrontLink:
         while True:
             consumer = self._consumer
             if consumer is None:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(RESYNC_CHECK)
                 continue
-            batch = await consumer.get()
+            # Not only on the next batch: a quiet field must not leave the front behind after a
+            # loss (the resync goes as soon as the front has read its backlog).
+            batch = await consumer.get_until(time.monotonic() + RESYNC_CHECK)
+            self._send_resyncs()
             if consumer is not self._consumer or batch is None:
-                continue  # a reload switched tag tables while this waited
+                continue  # nothing new, or a reload switched tag tables while this waited
             if consumer.take_overflow():
                 self._tags_dirty = True  # batches lost in the core's own queue
             if self._backlog() > HIGH_WATER:
                 self.batches_dropped += 1
                 self._tags_dirty = True
                 continue
-            if self._tags_dirty:
-                self._tags_dirty = False
-                self.resyncs += 1
-                self._send(wire.encode_message("resync", dict(self.app.tagdb.text)))
+            self._send_resyncs()
             self._send(wire.encode_batch(batch))
             self.batches_sent += 1
+
+    def _send_resyncs(self) -> None:
+        """What the front lost (batches, alarm events dropped above HIGH_WATER), replaced by the
+        current state, once the front has read its backlog down to LOW_WATER."""
+        if self._writer is None or not (self._tags_dirty or self._alarms_dirty) or self._backlog() > LOW_WATER:
+            return
+        if self._tags_dirty:
+            self._tags_dirty = False
+            self.resyncs += 1
+            self._send(wire.encode_message("resync", dict(self.app.tagdb.text)))
+        if self._alarms_dirty and self._forwarder is not None:
+            from scada.alarms.remote import alarm_snapshot
+
+            self._alarms_dirty = False
+            self._send(wire.encode_message("alarm_resync", alarm_snapshot(self._forwarder.engine)))
 
     # Alarms
 
@@ -316,18 +336,20 @@ class FrontLink:
             engine.subscribers[:] = [s for s in engine.subscribers if not isinstance(s, _AlarmForwarder)]
 
     def _forward_alarms(self, engine, events) -> None:
-        from scada.alarms.remote import alarm_snapshot, event_items
+        from scada.alarms.remote import event_items
 
         if self._writer is None:
             return
-        if self._backlog() > HIGH_WATER:
+        # An operator action's own events are never dropped: the front's reply must find its
+        # mirror current (they are a handful); the rest is dropped above HIGH_WATER.
+        if self._backlog() > HIGH_WATER and not self._answering:
             self.alarm_events_dropped += len(events)
             self._alarms_dirty = True
             return
         if self._alarms_dirty:
-            self._alarms_dirty = False
-            self._send(wire.encode_message("alarm_resync", alarm_snapshot(engine)))
-            return  # the snapshot includes these events' effects
+            self._send_resyncs()
+            if not self._alarms_dirty:
+                return  # the snapshot includes these events' effects
         self._send(wire.encode_message("alarm_events", event_items(engine, events)))
 
     # Requests from the front
@@ -338,10 +360,15 @@ class FrontLink:
 
         app = self.app
         return {
-            "alarm_action": lambda *a: serve_alarm_action(app.alarms, *a),
+            # During a reload, actions go to the engine being installed: its state was carried
+            # already, and the engine running until the swap is about to be dropped.
+            "alarm_action": lambda *a: serve_alarm_action(self._action_engine(), *a),
             "alarm_snapshot": lambda: alarm_snapshot(app.alarms),
             "history_unstored": lambda ids: serve_unstored(app.historian, ids),
         }
+
+    def _action_engine(self):
+        return self._reload_alarms if self._reload_alarms is not None else self.app.alarms
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         handlers = self._handlers()
@@ -370,6 +397,7 @@ class FrontLink:
 
     def _answer(self, handlers: dict[str, Callable[..., Any]], rid: int, op: str, args: Sequence[Any]) -> None:
         handler = handlers.get(op)
+        self._answering = True
         try:
             if handler is None:
                 raise RemoteAlarmError("value", f"unknown request {op!r}")
@@ -379,6 +407,8 @@ class FrontLink:
             if kind == "error":
                 log.warning("opcua_front_request_failed", op=op, error=repr(exc))
             reply = ("reply", rid, False, (kind, payload))
+        finally:
+            self._answering = False
         with contextlib.suppress(FrontExited):
             self._send(wire.encode_message(*reply))
 
@@ -401,12 +431,15 @@ class FrontLink:
         fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
         state = self._state(config, tagdb, alarms, history)
         self._send(wire.encode_message("reload", rid, state, list(removed), list(added), list(retyped)))
+        self._reload_alarms = alarms
         try:
             ok, result = await asyncio.wait_for(fut, RELOAD_TIMEOUT)
         except BaseException:
             self._waiting.pop(rid, None)
             await self._restart_front("no answer to the reload")
             raise
+        finally:
+            self._reload_alarms = None
         if not ok:
             await self._restart_front(str(result))
             raise FrontExited(f"the OPC UA front could not follow the new configuration: {result}")

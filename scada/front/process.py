@@ -147,16 +147,28 @@ class Front:
     async def reload(self, rid: int, state: dict[str, Any], removed, added, retyped) -> None:
         """Follow the core's new configuration (HmiServer.reload); answer ``reload_done``."""
         try:
-            conditions = self.hmi.conditions
+            # What is queued reaches the clients first: the alarm events of the old engine, and
+            # the batches the publisher has not published yet (a new publisher takes the
+            # current values as published: queued ones would never be notified).
+            hmi = self.hmi
+            conditions, consumer = hmi.conditions, hmi.publisher.consumer
             deadline = time.monotonic() + DRAIN_TIMEOUT
-            while conditions is not None and conditions._queue and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (
+                (conditions is not None and conditions._queue) or not consumer.queue.empty()
+            ):
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # the publisher takes a batch, then publishes it before its next get
+            drained = consumer.queue.empty()
             await self._stop_tasks()
             config, tags, alarms, history = self._mirrors(state)
             old_history, self.history = self.history, history
             # From now on the core's batches are the new table's: never given to the old mirror.
             old_tags, self.tags = self.tags, tags
             changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
+            if not drained:
+                # Not everything could be published in time: a first snapshot notifies every
+                # watched value instead (nothing is lost, some are sent twice).
+                self.hmi.publisher.primed = False
             if old_tags is not tags:
                 _close_mirror(old_tags)
             if old_history is not None and old_history is not history:
@@ -190,6 +202,8 @@ class Front:
                 if self.hmi.conditions is not None:
                     self.hmi.conditions.reattach()  # rebuild the retained conditions, tell the clients
         elif tag == "reload":
+            # Run to its end before the next frame: the frames after it (batches, alarm events)
+            # are the new configuration's, for the new mirrors.
             return self._watch(asyncio.create_task(self.reload(*msg[1:]), name="opcua-front-reload"))
         else:
             raise wire.FrameError(f"unknown message {tag!r} from the core")
@@ -272,6 +286,7 @@ async def _read(front: Front, reader: asyncio.StreamReader) -> None:
         if task is not None:
             reloads.add(task)
             task.add_done_callback(reloads.discard)
+            await asyncio.wait([task])  # its failure ends the front (Front._watch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C in a terminal reaches the whole process group: the core stops its front itself
     # (it closes the channel), in order, after its own clients' work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal's hangup reaches the group too: the core reloads on SIGHUP, the front follows.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
         return int(eventloop.run(serve(args.fd), args.event_loop))
     return 0

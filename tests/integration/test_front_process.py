@@ -22,9 +22,10 @@ from asyncua import Client, ua
 
 from scada import status as st
 from scada.app import Application
+from scada.front import wire
 from tests.configs import ROOT
 
-from .helpers import Notifications, free_port, until
+from .helpers import Notifications, free_port, until, until_read
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,14 @@ OI = ua.ObjectIds
 CABINETS = ("LC-1", "LC-2")
 
 
-def _config(folder: Path):
+def _config(folder: Path, cabinets=CABINETS):
     from city_scada import load_config
 
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")
     folder.mkdir(parents=True)
     devices = "".join(
         f'  - {{name: {n}, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "127.0.0.1:{free_port()}"}}\n'
-        for n in CABINETS
+        for n in cabinets
     )
     (folder / "tags.yaml").write_text(head + "\ndevices:\n" + devices)
     (folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
@@ -285,3 +286,68 @@ def processes_marked(mark: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+async def test_an_acknowledge_while_the_front_follows_a_reload_is_kept_by_the_engine_that_runs_after(
+    tmp_path, monkeypatch
+):
+    async with core(tmp_path) as app:
+        tid, _ = tag(app, "LC-1", "temperature")
+        write(app, tid, 30.0)
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            handler = Notifications()
+            sub = await client.create_subscription(50, handler)
+            await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
+            write(app, tid, 75.0)
+            ev = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
+            # The front gets the reload (and everything after it, in order) only once the
+            # operator's Acknowledge has reached the core: the action lands while the core waits
+            # for the front, whatever the machine's speed.
+            held: list[bytes] = []
+            send = app.hmi._send
+
+            def hold_from_reload(data: bytes) -> None:
+                if held or (data[4] == wire.MESSAGE and wire.decode_message(data[5:])[0] == "reload"):
+                    held.append(data)
+                else:
+                    send(data)
+
+            monkeypatch.setattr(app.hmi, "_send", hold_from_reload)
+            reload = asyncio.create_task(app.reload(_config(tmp_path / "cfg2", ("LC-1", "LC-2", "LC-3"))))
+            await until(lambda: held or reload.done(), 60, "the core sends the reload to the front")
+            assert not reload.done()
+            requests = app.hmi.requests
+            ack = asyncio.create_task(
+                client.get_node(ev.NodeId).call_method(
+                    ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
+                    ua.Variant(ev.EventId, ua.VariantType.ByteString),
+                    ua.Variant(ua.LocalizedText("ack during reload"), ua.VariantType.LocalizedText),
+                )
+            )
+            await until(lambda: app.hmi.requests > requests, 30, "the Acknowledge reaches the core")
+            monkeypatch.setattr(app.hmi, "_send", send)
+            for data in held:
+                send(data)
+            await ack
+            await reload
+            i = app.alarms.instance("cabinet_hot", "LC-1")
+            assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
+            rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
+            assert [r.comment for r in rows] == ["ack during reload"]
+
+
+async def test_batches_dropped_for_a_slow_front_are_made_good_even_when_the_field_goes_quiet(tmp_path, monkeypatch):
+    from scada.front import link
+
+    async with core(tmp_path) as app:
+        tid, node = tag(app, "LC-1", "mains_voltage")
+        write(app, tid, 230.0)
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 230.0, 30, "first value")
+            monkeypatch.setattr(link, "HIGH_WATER", -1)  # the front "cannot keep up": batches dropped
+            write(app, tid, 0.0)
+            await until(lambda: app.hmi.batches_dropped >= 1, 30, "the batch dropped")
+            monkeypatch.setattr(link, "HIGH_WATER", 32 << 20)
+            # No further change: the resync must still come, from the shared columns.
+            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 0.0, 30, "the value made good")
+            assert app.hmi.resyncs >= 1
