@@ -176,6 +176,7 @@ def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
     side): the server alarms and the journal backlog. Called again just before the swap
     (server alarms raised or cleared meanwhile, on the old engine, are not lost)."""
     new._system = dict(old._system)
+    new._system_events = dict(old._system_events)
     # A journal outage: the rows the old engine could not write (its final flush failed too)
     # wait in the new one, first, and are retried soon; storage_failing, carried above, clears
     # when they are written. Instances are renumbered: the states to rewrite follow by key; a

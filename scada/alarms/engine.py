@@ -93,6 +93,9 @@ class AlarmEngine(OperatorActions):
         self.transitions = 0
         self.evaluations = 0
         self._system: dict[tuple[str, str], bool] = {}  # (source, name) -> active
+        # The event that raised each active server alarm: what a client shown the alarms after a
+        # loss (a restarted OPC UA front, a resynchronisation) must see again.
+        self._system_events: dict[tuple[str, str], AlarmEvent] = {}
         self._announced_at: collections.deque[int] = collections.deque()  # times alarms were announced
         self.writer = JournalWriter(journal, self._state_records, self._storage_failing, self._storage_back)
 
@@ -342,6 +345,10 @@ class AlarmEngine(OperatorActions):
             service,
             message,
         )
+        if active:
+            self._system_events[(source, name)] = e
+        else:
+            self._system_events.pop((source, name), None)
         # Through the backlog: storage_failing itself is raised while the journal cannot write.
         self.writer.write([journal_row(e)], ())
         (log.warning if active else log.info)("system_alarm", alarm=name, source=source, active=active, message=message)
@@ -373,6 +380,10 @@ class AlarmEngine(OperatorActions):
     def announced(self) -> np.ndarray:
         """Instances shown to operators (active, or owing an acknowledgement or a reset)."""
         return np.flatnonzero(ANNOUNCED[self.state])
+
+    def active_system_events(self) -> list[AlarmEvent]:
+        """The events that raised the server alarms active now (one per alarm and source)."""
+        return [e for key, e in self._system_events.items() if self._system.get(key)]
 
     def describe(self, i: int) -> dict[str, Any]:
         """Instance ``i`` as the HMI and ``scada alarms`` show it."""

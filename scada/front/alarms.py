@@ -79,6 +79,7 @@ class AlarmMirror:
         self.clock = clock
         self._request = request
         self._messages: dict[int, str] = {}
+        self._system: dict[tuple[str, str], AlarmEvent] = {}  # (source, name) -> the event raising it
 
     def instance(self, alarm: str, device: str) -> int:
         """The instance of ``alarm`` on ``device``; KeyError with a readable message if none."""
@@ -115,6 +116,7 @@ class AlarmMirror:
             getattr(self, name)[:] = col
         self.tagdb.status[self.inst_tag] = quality
         self._messages = dict(zip(ids.tolist(), messages))
+        self._system = {(e.device, e.alarm): e for e in snapshot.get("system", ())}
 
     def receive(self, items: Sequence[EventItem]) -> None:
         """One engine notification: the columns follow its events, then the subscribers get them.
@@ -129,6 +131,10 @@ class AlarmMirror:
             e = item.event
             i = e.instance
             if i < 0:  # a server alarm: no instance, no columns
+                if e.active:
+                    self._system[(e.device, e.alarm)] = e
+                else:
+                    self._system.pop((e.device, e.alarm), None)
                 continue
             self.state[i] = int(e.state)
             self.cond[i] = e.active
@@ -144,6 +150,10 @@ class AlarmMirror:
             notify(events)
 
     # Queries
+
+    def active_system_events(self) -> list[AlarmEvent]:
+        """The events of the server alarms active now (from the snapshot and the events since)."""
+        return list(self._system.values())
 
     def describe(self, i: int) -> dict[str, Any]:
         """Instance ``i`` as far as the mirror knows it: its alarm, device, commune, state, whether

@@ -25,7 +25,7 @@ from scada.app import Application
 from scada.front import wire
 from tests.configs import ROOT
 
-from .helpers import Notifications, free_port, until, until_read
+from .helpers import Notifications, free_port, refresh_conditions, until, until_read
 
 pytestmark = pytest.mark.integration
 
@@ -351,3 +351,27 @@ async def test_batches_dropped_for_a_slow_front_are_made_good_even_when_the_fiel
             # No further change: the resync must still come, from the shared columns.
             await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 0.0, 30, "the value made good")
             assert app.hmi.resyncs >= 1
+
+
+async def test_server_alarms_active_before_a_front_restart_are_shown_by_the_new_front(tmp_path):
+    async with core(tmp_path) as app:
+        app.alarms.system_alarm("storage_failing", True, "history store cannot write (test)", source="history")
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            _, _, before = await refresh_conditions(client)
+        shown = lambda events: {(e.ConditionName, e.SourceName) for e in events}  # noqa: E731
+        assert ("storage_failing", "history") in shown(before)
+        first = app.hmi.proc.pid
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: app.hmi.ready_count >= 2, 120, "a new front listens")
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    async with Client(app.hmi.endpoint, timeout=10) as client:
+                        _, _, after = await refresh_conditions(client)
+                        break
+                except (OSError, TimeoutError, ua.UaError):
+                    await asyncio.sleep(0.2)
+        # The new front never saw the event that raised it: it comes with the engine's state.
+        assert ("storage_failing", "history") in shown(after)
+        # And the front's own failure, raised while no front ran, is shown too.
+        assert ("server_task_failed", "opcua-front") in shown(after)

@@ -319,7 +319,8 @@ class ConditionEvents(ConditionNodes):
         return ConditionEvent(f, info.ancestors)
 
     def _snapshot_all(self) -> None:
-        """Rebuild the retained conditions from the engine's columns (start, after a loss)."""
+        """Rebuild the retained conditions from the engine's columns and its active server
+        alarms (start, after a loss)."""
         eng = self.engine
         self._retained.clear()
         now = eng.clock()
@@ -351,6 +352,11 @@ class ConditionEvents(ConditionNodes):
                 dyn,
                 eid,
             )
+        # The server alarms active now (their events may have been lost with the queue, or
+        # sent before this front started).
+        self._system_retained.clear()
+        for e in eng.active_system_events():
+            self._system_occurrence(e)
 
     def _system_event(self, etype: int, message: str) -> ConditionEvent:
         now = datetime.now(UTC)
