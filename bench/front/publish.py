@@ -23,6 +23,8 @@ def run_clients(ctx: Context, url: str, nodes: Path, n: int, seconds: float, tag
     ensure_node()
     a = ctx.args
     runs = []
+    go = ctx.work / f"go-{tag}"  # the windows start together, once every client has its initial values
+    go.unlink(missing_ok=True)
     for k in range(n):
         arg: dict[str, Any] = {
             "endpoint": url,
@@ -34,8 +36,12 @@ def run_clients(ctx: Context, url: str, nodes: Path, n: int, seconds: float, tag
             "samplingInterval": 0,
             "initialTimeout": 120,
             "latFile": str(ctx.work / f"lat-{tag}-{k}.f64"),
+            "goFile": str(go),
         }
         runs.append(NodeRun("client.js", arg, ctx.work / f"client-{tag}-{k}.log"))
+    for r in runs:
+        r.wait_ready(150)
+    go.touch()
     results = [r.result(seconds + 300) for r in runs]
     lat = [np.fromfile(ctx.work / f"lat-{tag}-{k}.f64", np.float64) for k in range(n)]
     return results, np.concatenate(lat) if lat else np.zeros(0)

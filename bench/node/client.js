@@ -75,6 +75,13 @@ async function main() {
     }
     const initialS = (nowMs() - t0) / 1000;
     process.stdout.write("READY\n"); // the bench may act now (stop this process, start the window)
+    // With several clients, the window starts when the bench says so (goFile appears), once
+    // every client has its initial values: one client's setup is not measured in another's window.
+    if (a.goFile) {
+        const fs = require("fs");
+        const goDeadline = nowMs() + 1000 * (a.initialTimeout || 60);
+        while (!fs.existsSync(a.goFile) && nowMs() < goDeadline) await new Promise((r) => setTimeout(r, 10));
+    }
     counting = true;
     const w0 = nowMs();
     await new Promise((r) => setTimeout(r, 1000 * a.seconds));
