@@ -100,16 +100,21 @@ async def test_values_statuses_and_timestamps_cross_the_process_front_unchanged(
             assert dv.Value.Value == 229.0 and _dt_ns(dv.SourceTimestamp) == later // 1000 * 1000
 
 
+async def hot_cabinet(app: Application, client: Client):
+    """LC-1 overheats while ``client`` watches the Server's alarms: (its handler, the alarm's event)."""
+    tid, _ = tag(app, "LC-1", "temperature")
+    write(app, tid, 30.0)
+    handler = Notifications()
+    sub = await client.create_subscription(50, handler)
+    await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
+    write(app, tid, 75.0)
+    return handler, await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
+
+
 async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(tmp_path):
     async with core(tmp_path) as app:
-        tid, _ = tag(app, "LC-1", "temperature")
-        write(app, tid, 30.0)
         async with Client(app.hmi.endpoint, timeout=10) as client:
-            handler = Notifications()
-            sub = await client.create_subscription(50, handler)
-            await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
-            write(app, tid, 75.0)
-            ev = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
+            handler, ev = await hot_cabinet(app, client)
             i = app.alarms.instance("cabinet_hot", "LC-1")
             assert app.alarms.describe(i)["state"] == "UNACK_ACTIVE"
             await client.get_node(ev.NodeId).call_method(
@@ -117,7 +122,9 @@ async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(t
                 ua.Variant(ev.EventId, ua.VariantType.ByteString),
                 ua.Variant(ua.LocalizedText("seen from the wall"), ua.VariantType.LocalizedText),
             )
-            acked = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.AckedState.Text == "Acknowledged")
+            acked = await handler.next_event(
+                lambda e: e.ConditionName == "cabinet_hot" and e.AckedState.Text == "Acknowledged"
+            )
             assert acked.Comment.Text == "seen from the wall"
             assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
             rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
@@ -139,6 +146,7 @@ async def test_history_reads_through_the_front_see_values_not_stored_yet(tmp_pat
             write(app, tid, 100.0 + 10 * k, source_ns=t0 + k * 1_000_000_000)
         await until(lambda: app.historian.compressor.received >= 5, 30, "the historian took the values")
         async with Client(app.hmi.endpoint, timeout=10) as client:
+
             async def read():
                 return await client.get_node(node).read_raw_history(
                     starttime=datetime.fromtimestamp((t0 - 1e9) / 1e9, UTC),
@@ -221,8 +229,9 @@ async def test_a_client_that_stops_reading_is_bounded_and_slows_neither_the_core
     async with core(tmp_path) as app:
         names = [n for n in app.tagdb.names if "/Diagnostics/" not in n]
         ids = app.tagdb.ids_of(names)
-        stuck = subprocess.Popen([sys.executable, "-c", STUCK_CLIENT, app.hmi.endpoint, *names],
-                                 stdout=subprocess.PIPE, text=True)
+        stuck = subprocess.Popen(
+            [sys.executable, "-c", STUCK_CLIENT, app.hmi.endpoint, *names], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert stuck.stdout is not None
             line = await asyncio.wait_for(asyncio.to_thread(stuck.stdout.readline), 60)
@@ -264,9 +273,25 @@ def test_scada_run_with_its_opc_ua_port_taken_says_so_and_leaves_no_front_behind
         blocker.listen()
         port = blocker.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "city_scada", "run", "--config", str(ROOT), "--data", str(tmp_path / "data"),
-             "--opcua-endpoint", f"opc.tcp://127.0.0.1:{port}/scada/", "--status-interval", "0"],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "SCADA_TEST_MARK": mark},
+            [
+                sys.executable,
+                "-m",
+                "city_scada",
+                "run",
+                "--config",
+                str(ROOT),
+                "--data",
+                str(tmp_path / "data"),
+                "--opcua-endpoint",
+                f"opc.tcp://127.0.0.1:{port}/scada/",
+                "--status-interval",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "SCADA_TEST_MARK": mark},
         )
     assert out.returncode == 1, out.stderr[-3000:]
     assert f"cannot start the OPC UA server on opc.tcp://127.0.0.1:{port}/scada/" in out.stderr
@@ -291,49 +316,42 @@ def processes_marked(mark: str) -> list[int]:
 async def test_an_acknowledge_while_the_front_follows_a_reload_is_kept_by_the_engine_that_runs_after(
     tmp_path, monkeypatch
 ):
-    async with core(tmp_path) as app:
-        tid, _ = tag(app, "LC-1", "temperature")
-        write(app, tid, 30.0)
-        async with Client(app.hmi.endpoint, timeout=10) as client:
-            handler = Notifications()
-            sub = await client.create_subscription(50, handler)
-            await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
-            write(app, tid, 75.0)
-            ev = await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
-            # The front gets the reload (and everything after it, in order) only once the
-            # operator's Acknowledge has reached the core: the action lands while the core waits
-            # for the front, whatever the machine's speed.
-            held: list[bytes] = []
-            send = app.hmi._send
+    async with core(tmp_path) as app, Client(app.hmi.endpoint, timeout=10) as client:
+        handler, ev = await hot_cabinet(app, client)
+        # The front gets the reload (and everything after it, in order) only once the
+        # operator's Acknowledge has reached the core: the action lands while the core waits
+        # for the front, whatever the machine's speed.
+        held: list[bytes] = []
+        send = app.hmi._send
 
-            def hold_from_reload(data: bytes) -> None:
-                if held or (data[4] == wire.MESSAGE and wire.decode_message(data[5:])[0] == "reload"):
-                    held.append(data)
-                else:
-                    send(data)
-
-            monkeypatch.setattr(app.hmi, "_send", hold_from_reload)
-            reload = asyncio.create_task(app.reload(_config(tmp_path / "cfg2", ("LC-1", "LC-2", "LC-3"))))
-            await until(lambda: held or reload.done(), 60, "the core sends the reload to the front")
-            assert not reload.done()
-            requests = app.hmi.requests
-            ack = asyncio.create_task(
-                client.get_node(ev.NodeId).call_method(
-                    ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
-                    ua.Variant(ev.EventId, ua.VariantType.ByteString),
-                    ua.Variant(ua.LocalizedText("ack during reload"), ua.VariantType.LocalizedText),
-                )
-            )
-            await until(lambda: app.hmi.requests > requests, 30, "the Acknowledge reaches the core")
-            monkeypatch.setattr(app.hmi, "_send", send)
-            for data in held:
+        def hold_from_reload(data: bytes) -> None:
+            if held or (data[4] == wire.MESSAGE and wire.decode_message(data[5:])[0] == "reload"):
+                held.append(data)
+            else:
                 send(data)
-            await ack
-            await reload
-            i = app.alarms.instance("cabinet_hot", "LC-1")
-            assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
-            rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
-            assert [r.comment for r in rows] == ["ack during reload"]
+
+        monkeypatch.setattr(app.hmi, "_send", hold_from_reload)
+        reload = asyncio.create_task(app.reload(_config(tmp_path / "cfg2", ("LC-1", "LC-2", "LC-3"))))
+        await until(lambda: held or reload.done(), 60, "the core sends the reload to the front")
+        assert not reload.done()
+        requests = app.hmi.requests
+        ack = asyncio.create_task(
+            client.get_node(ev.NodeId).call_method(
+                ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(ev.EventId, ua.VariantType.ByteString),
+                ua.Variant(ua.LocalizedText("ack during reload"), ua.VariantType.LocalizedText),
+            )
+        )
+        await until(lambda: app.hmi.requests > requests, 30, "the Acknowledge reaches the core")
+        monkeypatch.setattr(app.hmi, "_send", send)
+        for data in held:
+            send(data)
+        await ack
+        await reload
+        i = app.alarms.instance("cabinet_hot", "LC-1")
+        assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
+        rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
+        assert [r.comment for r in rows] == ["ack during reload"]
 
 
 async def test_batches_dropped_for_a_slow_front_are_made_good_even_when_the_field_goes_quiet(tmp_path, monkeypatch):
