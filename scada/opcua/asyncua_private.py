@@ -19,6 +19,7 @@ classes from here once and then loop over them directly: no wrapper call per nod
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar, cast
@@ -57,12 +58,15 @@ __all__ = [
     "take_queued_datachanges",
     "event_items",
     "external_sessions",
+    "hook_session_closed",
     "hook_sessions",
+    "hook_subscription_created",
     "monitored_item",
     "node_table",
     "pending_events",
     "stock_historized",
     "subscriptions",
+    "swap_item_service_logger",
     "wrap_history_read",
 ]
 
@@ -441,3 +445,62 @@ def node_table(aspace: AddressSpace, kind: type[Table], make: Callable[[dict[ua.
     table = make(nodes)
     aspace._nodes = table  # type: ignore[assignment]  # asyncua annotates it dict; it uses it as a mapping
     return table
+
+
+# -- what a closed session leaves behind (scada/opcua/sessions.py) ----------------------------
+
+_CREATED_HOOKED = "_scada_created_hooked"
+
+
+def hook_subscription_created(server: Server, created: Callable[[InternalSubscription], None]) -> None:
+    """Call ``created(subscription)`` after each CreateSubscription that made one. Idempotent per server.
+
+    Wraps the server's ``subscription_service.create_subscription`` (over
+    :func:`hook_monitored_items`' own wrapper when it is there: sessions look it up per request).
+    """
+    service = server.iserver.subscription_service
+    if getattr(service.create_subscription, _CREATED_HOOKED, False):
+        return
+    create_sub = service.create_subscription
+
+    async def create_subscription(params: ua.CreateSubscriptionParameters, *args: Any, **kw: Any) -> Any:
+        result = await create_sub(params, *args, **kw)
+        sub = service.subscriptions.get(result.SubscriptionId)
+        if sub is not None:
+            created(sub)
+        return result
+
+    setattr(create_subscription, _CREATED_HOOKED, True)
+    service.create_subscription = create_subscription  # type: ignore[method-assign]
+
+
+def swap_item_service_logger(sub: InternalSubscription, logger: logging.Logger) -> logging.Logger:
+    """Give a subscription's monitored item service ``logger``; return the one it had.
+
+    asyncua's ``MonitoredItemService.__init__`` makes ``logging.getLogger(f"{__name__}.{id}")``,
+    a logger per subscription id, which logging's manager keeps for the life of the process.
+    """
+    service = sub.monitored_item_srv
+    old: logging.Logger = service.logger
+    service.logger = logger
+    return old
+
+
+def hook_session_closed(server: Server, closed: Callable[[InternalSession], None]) -> None:
+    """Call ``closed(session)`` when a client's session closes (CloseSession, the connection
+    lost, its timeout). Idempotent per server.
+
+    Wraps ``iserver.unregister_external_session``, which ``InternalSession.close_session``
+    calls once per client session, just before deleting its subscriptions.
+    """
+    iserver = server.iserver
+    if getattr(iserver.unregister_external_session, _HOOKED, False):
+        return
+    unregister = iserver.unregister_external_session
+
+    def unregister_external_session(session: InternalSession) -> None:
+        unregister(session)
+        closed(session)
+
+    setattr(unregister_external_session, _HOOKED, True)
+    iserver.unregister_external_session = unregister_external_session  # type: ignore[method-assign]

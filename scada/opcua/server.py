@@ -21,6 +21,7 @@ from scada.opcua.asyncua_private import address_space, external_sessions, hook_m
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
+from scada.opcua.sessions import SessionCleanup
 from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
 
@@ -53,6 +54,7 @@ class HmiServer:
         self.conditions: AlarmConditions | None = None  # OPC UA Alarms & Conditions of the engine
         self.ns = 0
         self.node_count = 0
+        self.sessions = SessionCleanup(self.server)  # what closed sessions leave behind, given back
 
     async def start(self) -> None:
         await self.server.init()
@@ -77,6 +79,7 @@ class HmiServer:
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
         hook_monitored_items(self.server, self._items_changed)
+        self.sessions.install()
         await self.server.start()
         log.info(
             "opcua_server_started",
@@ -203,6 +206,7 @@ class HmiServer:
         await gen.trigger()
 
     async def stop(self) -> None:
+        self.sessions.close()
         if self.conditions is not None:
             self.conditions.close()
         await stop_asyncua_server(self.server)

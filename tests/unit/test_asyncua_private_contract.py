@@ -615,3 +615,42 @@ async def test_a_node_table_installed_in_place_of_the_dict_serves_every_service(
         relies(made_refs.lookups >= 4, "the services looked the node up in the installed table")
         with pytest.raises(TypeError):
             P.node_table(own.aspace, dict, dict)  # another kind over an installed table: refused
+
+
+# -- what a closed session leaves behind (scada/opcua/sessions.py) -----------------------------
+
+
+async def test_session_cleanup_hooks_on_a_live_server():
+    """A created subscription is reported with its monitored item service's own logger, which
+    can be swapped; a closed session is reported once, before its subscriptions are deleted."""
+    import logging
+
+    from asyncua.server.monitored_item_service import MonitoredItemService
+
+    relies(
+        'logging.getLogger(f"{__name__}.{isub.data.SubscriptionId}")'
+        in inspect.getsource(MonitoredItemService.__init__),
+        "MonitoredItemService.logger is a logger named after the subscription id",
+    )
+    relies(
+        "self.iserver.unregister_external_session(self)" in inspect.getsource(P.InternalSession.close_session),
+        "InternalSession.close_session unregisters an external session",
+    )
+    async with running() as own:
+        created: list[P.InternalSubscription] = []
+        closed: list[P.InternalSession] = []
+        P.hook_subscription_created(own.server, created.append)
+        P.hook_subscription_created(own.server, created.append)  # idempotent
+        P.hook_session_closed(own.server, closed.append)
+        P.hook_session_closed(own.server, closed.append)  # idempotent
+        sub = await own.client.create_subscription(50, None)
+        [isub] = created
+        relies(isub.data.SubscriptionId == sub.subscription_id, "the created subscription is reported")
+        own_logger = logging.getLogger(f"asyncua.server.monitored_item_service.{sub.subscription_id}")
+        shared = logging.getLogger("contract.shared")
+        relies(P.swap_item_service_logger(isub, shared) is own_logger, "MonitoredItemService.logger")
+        relies(isub.monitored_item_srv.logger is shared, "MonitoredItemService.logger is replaced")
+        [session] = P.external_sessions(own.server)
+        await own.client.disconnect()
+        await until(lambda: not P.subscriptions(own.server), what="the session's subscription deleted")
+        relies(closed == [session], "a closed session is reported once through unregister_external_session")
