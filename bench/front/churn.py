@@ -1,7 +1,12 @@
 """Section 5 of bench_front: session churn. Sessions opened, subscribed and closed by a
-node-opcua client; our server's memory before, after a warm-up, and after the churn."""
+node-opcua client; our server's memory before, after a warm-up, and after the churn.
+
+The resident memory is read per process (the core, and the front when it runs in its own
+process): the front is where the sessions live, and the core must not move either."""
 
 from __future__ import annotations
+
+import psutil
 
 from bench.front.context import Context
 from bench.front.procs import run_node
@@ -9,6 +14,30 @@ from bench.front.servers import OURS, start
 from bench.front.space import settled_rss
 from bench.front.workload import NAMESPACE_URI
 from bench.harness import log
+
+
+def _role(proc: psutil.Process) -> str:
+    """What a child of our server is, by its command line: the front, or another helper."""
+    cmd = " ".join(proc.cmdline())
+    if "scada.front.process" in cmd:
+        return "front"
+    return "resource tracker" if "resource_tracker" in cmd else f"child {proc.pid}"
+
+
+def rss_parts(pid: int) -> dict[str, int]:
+    """Resident memory of the server process ("core") and of each child ("front"...), bytes."""
+    try:
+        p = psutil.Process(pid)
+        parts = {"core": int(p.memory_info().rss)}
+        for child in p.children(recursive=True):
+            parts[_role(child)] = parts.get(_role(child), 0) + int(child.memory_info().rss)
+        return parts
+    except psutil.NoSuchProcess:
+        return {}
+
+
+def _mb(parts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v / 2**20:.1f}" for k, v in parts.items()) + " MB"
 
 
 def churn(ctx: Context) -> None:
@@ -23,24 +52,30 @@ def churn(ctx: Context) -> None:
         "parallel": a.churn_parallel,
         "items": a.churn_items,
     }
+    pid = server.proc.pid
     try:
         before = settled_rss(server)
+        parts_before = rss_parts(pid)
         warm = run_node("churn.js", {**arg, "sessions": a.churn_warmup}, ctx.work / "churn-warmup.log", 600)
         after_warm = settled_rss(server)
+        parts_warm = rss_parts(pid)
         res = run_node("churn.js", {**arg, "sessions": a.sessions}, ctx.work / "churn.log", 3600)
         after = settled_rss(server)
+        parts_after = rss_parts(pid)
     finally:
         server.stop()
     ctx.report.data["churn"] = {
         "before": before,
         "after_warmup": after_warm,
         "after": after,
+        "parts": {"before": parts_before, "after_warmup": parts_warm, "after": parts_after},
         "run": res,
         "warmup": warm,
     }
     log(
         f"  churn: {res['sessions']} sessions ({res['failed']} failed) in {res['seconds']:.0f} s; RSS "
-        f"{before / 2**20:.0f} -> {after_warm / 2**20:.0f} -> {after / 2**20:.0f} MB"
+        f"{before / 2**20:.0f} -> {after_warm / 2**20:.0f} -> {after / 2**20:.0f} MB "
+        f"({_mb(parts_before)} -> {_mb(parts_warm)} -> {_mb(parts_after)})"
     )
     ctx.section(
         "5. Churn",
@@ -53,8 +88,13 @@ def churn(ctx: Context) -> None:
         f"in {res['seconds']:.0f} s",
         "; ".join(res.get("errors", []))[:60],
     )
-    rep.add("ours: RSS before any session", f"{before / 2**20:.1f} MB")
-    rep.add("ours: RSS after the warm-up", f"{after_warm / 2**20:.1f} MB", f"{(after_warm - before) / 2**20:+.1f} MB")
+    rep.add("ours: RSS before any session", f"{before / 2**20:.1f} MB", _mb(parts_before))
+    rep.add(
+        "ours: RSS after the warm-up",
+        f"{after_warm / 2**20:.1f} MB",
+        f"{(after_warm - before) / 2**20:+.1f} MB",
+        _mb(parts_warm),
+    )
     grown = after - after_warm
     rep.add(
         f"ours: RSS after {res['sessions']:,} more sessions",
@@ -63,3 +103,11 @@ def churn(ctx: Context) -> None:
         f"{grown / max(1, res['sessions']) / 1024:+.1f} KB/session",
         "back to its level" if grown <= 0.02 * after_warm else "GROWS",
     )
+    for name, now in parts_after.items():
+        then = parts_warm.get(name)
+        if then is not None:
+            rep.add(
+                f"ours: {name} RSS since the warm-up",
+                f"{(now - then) / 2**20:+.1f} MB",
+                f"{(now - then) / max(1, res['sessions']) / 1024:+.1f} KB/session",
+            )
