@@ -36,6 +36,7 @@ import structlog
 
 from scada.backoff import Backoff
 from scada.config import Config
+from scada.historian.backlog import Backlog, Run, points_of, take_rows
 from scada.historian.compress import Compressor, StoredBatch
 from scada.historian.influx import InfluxSink, SinkStatus, TagMeta
 from scada.historian.spool import Spool
@@ -109,9 +110,8 @@ class Historian:
         self.on_spool_alarm = on_spool_alarm  # called with (active: bool, status) when the spool crosses 80 %
         self._spool_alarm = False
         self._pending: list[StoredBatch] = []  # kept since the last write, not yet spooled nor stored
-        self._backlog: list[StoredBatch] = []  # spooled, not yet stored (the store failed), oldest first
-        self._backlog_values = 0
-        self._writing: StoredBatch | None = None  # in the worker thread: not in the store yet, maybe
+        self._backlog = Backlog()  # spooled, not yet stored (the store failed), oldest first, indexed by tag
+        self._writing: list[Run] = []  # in the worker thread: not in the store yet, maybe
         self.stored = 0
         self.resyncs = 0
         self.backlog_max_values = BACKLOG_MAX_VALUES
@@ -134,15 +134,14 @@ class Historian:
         """
         self.stored, self.resyncs, self.backlog_dropped = old.stored, old.resyncs, old.backlog_dropped
         self.store_error, self._failing, self._spool_alarm = old.store_error, dict(old._failing), old._spool_alarm
-        waiting = old._backlog + old._pending  # spooled or not: the store has neither
+        waiting = old._backlog.batches() + old._pending  # spooled or not: the store has neither
         if waiting and old.tagdb.names is not self.tagdb.names:
             waiting = self._renumber(StoredBatch.concat(waiting), old.tagdb.names)
-        self._backlog = waiting + self._backlog
-        self._backlog_values = sum(len(b) for b in self._backlog)
+        self._backlog = Backlog([*waiting, *self._backlog.batches()])
         self._prime_from(waiting)
         self._retry_at = 0.0  # the disk may be back: try at the first write
-        if self._backlog_values:
-            log.info("history_backlog_taken_over", values=self._backlog_values, store=str(self.store.path))
+        if len(self._backlog):
+            log.info("history_backlog_taken_over", values=len(self._backlog), store=str(self.store.path))
             self._bound_backlog()
 
     def _prime_from(self, waiting: list[StoredBatch]) -> None:
@@ -193,23 +192,23 @@ class Historian:
             if self.sink is not None:
                 self.sink.submit(batch.ids, batch.values, batch.status, batch.times)
             self._backlog.append(batch)
-            self._backlog_values += len(batch)
             self._bound_backlog()
-        if not self._backlog or (not force and time.monotonic() < self._retry_at):
+        if not len(self._backlog) or (not force and time.monotonic() < self._retry_at):
             return
         # The whole backlog in one transaction: in the store entirely, in order, or not at all.
-        batch = StoredBatch.concat(self._backlog)
-        self._backlog, self._backlog_values = [], 0
-        self._writing = batch  # readers still see it until the store has it
+        runs = self._backlog.take()
+        batch = StoredBatch.concat([r.batch for r in runs])
+        self._writing = runs  # readers still see them until the store has them
         try:
             await asyncio.to_thread(self.store.write, batch)
         except _STORAGE_ERRORS as exc:
-            self._backlog.insert(0, batch)  # nothing of it is in the store: it goes first next time
-            self._backlog_values += len(batch)
+            # Nothing of it is in the store: it goes first next time (its runs as they were,
+            # their index by tag kept for the reads meanwhile).
+            self._backlog.put_back(runs)
             self._store_failed(exc)
             return
         finally:
-            self._writing = None
+            self._writing = []
         self.stored += len(batch)
         if self.store.merge_error is not None:
             # Stored (in staging); the merge into the tables is what fails: retried by the store.
@@ -226,7 +225,7 @@ class Historian:
                 "history_store_write_failed",
                 store=str(self.store.path),
                 error=reason,
-                backlog_values=self._backlog_values,
+                backlog_values=len(self._backlog),
                 action="values kept in memory and written again when the store takes them",
             )
         self._set_store_error(reason)
@@ -244,7 +243,7 @@ class Historian:
             return
         self._failing[source] = active
         if source == "history_store":
-            what, waiting = "history store", f"{self._backlog_values} values waiting"
+            what, waiting = "history store", f"{len(self._backlog)} values waiting"
         else:
             backlog = self.sink.status().memory_backlog_entries if self.sink is not None else 0
             what, waiting = "InfluxDB spool", f"{backlog} batches waiting"
@@ -262,21 +261,10 @@ class Historian:
 
     def _bound_backlog(self) -> None:
         """Drop the oldest kept points past ``backlog_max_values`` (counted and logged)."""
-        excess = self._backlog_values - self.backlog_max_values
+        excess = len(self._backlog) - self.backlog_max_values
         if excess <= 0:
             return
-        dropped = 0
-        while excess > 0 and self._backlog:
-            first = self._backlog[0]
-            if len(first) <= excess:
-                self._backlog.pop(0)
-                cut = len(first)
-            else:
-                self._backlog[0] = _tail(first, excess)
-                cut = excess
-            excess -= cut
-            dropped += cut
-        self._backlog_values -= dropped
+        dropped = self._backlog.drop_oldest(excess)
         self.backlog_dropped += dropped
         log.error(
             "history_backlog_overflow",
@@ -348,10 +336,10 @@ class Historian:
                 if len(held):
                     self._pending.append(held)
                 await asyncio.shield(self._write(force=True))
-                if self._backlog_values:
+                if len(self._backlog):
                     log.error(
                         "history_backlog_lost",
-                        values=self._backlog_values,
+                        values=len(self._backlog),
                         store=str(self.store.path),
                         reason="the store refused them until shutdown",
                     )
@@ -375,14 +363,29 @@ class Historian:
         A history read adds them (and the compressor's held points) to what the store returns;
         a point both here and in the store has the same time, and the store's copy wins.
         """
-        return ([self._writing] if self._writing is not None else []) + list(self._backlog) + list(self._pending)
+        return [r.batch for r in self._writing] + self._backlog.batches() + list(self._pending)
+
+    def unstored_of(self, tags: np.ndarray) -> list[StoredBatch]:
+        """The points of ``tags`` (sorted, unique int64) in :meth:`unstored`, oldest first.
+
+        Costs the asked tags' points, not the backlog's size (a failing disk's backlog holds
+        up to millions: see scada/historian/backlog.py): the batch being written and the
+        backlog are read through their index by tag; the points kept since the last write
+        (at most ``WRITE_PERIOD``'s worth, or one write's duration) are scanned.
+        """
+        out = points_of([*self._writing, *self._backlog.runs], tags)
+        for b in self._pending:
+            rows = np.flatnonzero(np.isin(b.ids, tags))
+            if len(rows):
+                out.append(take_rows(b, rows))
+        return out
 
     def status(self) -> dict[str, bool | int | float]:
         """Counters and health for the diagnostics (names as shown there)."""
         out: dict[str, bool | int | float] = {
             "history_received": self.compressor.received,
             "history_stored": self.compressor.stored,
-            "history_backlog": self._backlog_values,
+            "history_backlog": len(self._backlog),
             "history_backlog_dropped": self.backlog_dropped,
             "history_store_failing": self.store_error is not None,
         }
@@ -400,14 +403,3 @@ class Historian:
             failing = failing or s.spool_failing
         out["history_storage_failing"] = failing
         return out
-
-
-def _tail(batch: StoredBatch, start: int) -> StoredBatch:
-    """``batch`` without its first ``start`` rows."""
-    return StoredBatch(
-        batch.ids[start:],
-        batch.values[start:],
-        batch.status[start:],
-        batch.times[start:],
-        None if batch.texts is None else batch.texts[start:],
-    )

@@ -78,7 +78,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -247,21 +247,16 @@ def unstored_columns(historian, ids: Sequence[int] | np.ndarray) -> UnstoredColu
     """The points the historian has kept but not written to its store, for tags ``ids``.
 
     Runs on the event loop (the compressor and the write queue live there), so it is batch
-    work: one ``isin`` per waiting batch and one sort of the rows found, whatever the number
-    of tags asked or of rows waiting (a failing disk's backlog may hold millions).
+    work costing the asked tags' points, not the backlog's size (a failing disk's backlog
+    may hold millions): the historian finds them through its index by tag
+    (:meth:`~scada.historian.service.Historian.unstored_of`), then one sort of the rows found.
     """
-    batches = historian.unstored()  # compressed, being written or waiting for the next write
     tags = np.unique(np.asarray(ids, np.int64))
+    batches = []
     if len(tags):
+        batches = historian.unstored_of(tags)  # compressed, being written or waiting for the next write
         batches.append(historian.compressor.pending(tags))  # held snapshots (the newest)
-    # A few tags: one comparison pass each; more: a lookup table (measured crossover ~30-60).
-    kind: Literal["sort", "table"] = "sort" if len(tags) <= 32 else "table"  # "sort": value by value for few
-    found = []
-    for b in batches:
-        m = np.flatnonzero(np.isin(b.ids, tags, kind=kind)) if len(b) and len(tags) else np.zeros(0, np.int64)
-        if len(m):
-            texts = None if b.texts is None else tuple(b.texts[i] for i in m.tolist())
-            found.append((b.ids[m], b.times[m], b.values[m], b.status[m], texts))
+    found = [(b.ids, b.times, b.values, b.status, b.texts) for b in batches if len(b)]
     if not found:
         z = np.zeros(len(tags), np.int64)
         empty = Unstored.empty()

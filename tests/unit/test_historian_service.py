@@ -103,6 +103,7 @@ async def test_points_not_historised_are_not_stored(tmp_path: Path) -> None:
 def test_a_new_tag_table_takes_over_the_waiting_points_by_tag_name(tmp_path: Path) -> None:
     """A reload renumbers the tags: the points a failing store left waiting follow their tag by
     name; those of a removed tag are dropped and counted."""
+    from scada.historian.backlog import Backlog
     from scada.historian.compress import StoredBatch
 
     config = load_config(ROOT)
@@ -110,9 +111,13 @@ def test_a_new_tag_table_takes_over_the_waiting_points_by_tag_name(tmp_path: Pat
     old = Historian(config, TagDB(names, kinds, deadbands), tmp_path)
     old.store.close()
     # What a full disk leaves in memory (Historian._write): points of tags 0, 1 and 2, in order.
-    old._backlog = [StoredBatch(np.array([0, 1]), np.array([1.0, 2.0]), np.zeros(2, np.uint32), np.array([10, 10])),
-                    StoredBatch(np.array([2, 0]), np.array([3.0, 4.0]), np.zeros(2, np.uint32), np.array([20, 20]))]
-    old._backlog_values, old.store_error, old._failing["history_store"] = 4, "disk full", True
+    old._backlog = Backlog(
+        [
+            StoredBatch(np.array([0, 1]), np.array([1.0, 2.0]), np.zeros(2, np.uint32), np.array([10, 10])),
+            StoredBatch(np.array([2, 0]), np.array([3.0, 4.0]), np.zeros(2, np.uint32), np.array([20, 20])),
+        ]
+    )
+    old.store_error, old._failing["history_store"] = "disk full", True
     # The new table: the same tags in the reverse order, but tag 1 removed (renamed).
     new_names = [n if i != 1 else "gone/elsewhere" for i, n in enumerate(names)][::-1]
     new = Historian(config, TagDB(new_names, kinds[::-1], deadbands[::-1]), tmp_path)
