@@ -36,8 +36,9 @@ def serve_unstored(historian, ids: Sequence[int] | np.ndarray) -> UnstoredWire:
     """Core side of ``history_unstored``: the historian's points not in its store yet, for the
     TagDB ids ``ids``, as plain arrays (see :class:`~scada.opcua.history.UnstoredColumns`).
 
-    Runs on the core's loop: batch work only (one ``isin`` per waiting batch). Ids that are
-    not tag ids of this historian raise ValueError (nothing is read).
+    Runs on the core's loop: batch work costing the asked tags' points, not the historian's
+    backlog (read through its index by tag: scada/historian/backlog.py). Ids that are not tag
+    ids of this historian raise ValueError (nothing is read).
     """
     tags = np.asarray(ids)
     if tags.ndim != 1 or (len(tags) and tags.dtype.kind not in "iu"):
