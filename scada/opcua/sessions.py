@@ -91,9 +91,11 @@ class SessionCleanup:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_trim = float("-inf")
+        self._stopped = False  # the server stops: its sessions' closes schedule nothing more
 
     def install(self) -> None:
         """Hook the server's CreateSubscription and session close (idempotent per server)."""
+        self._stopped = False
         hook_subscription_created(self.server, self._created)
         hook_session_closed(self.server, self._closed)
 
@@ -103,7 +105,7 @@ class SessionCleanup:
             self.loggers_dropped += 1
 
     def _closed(self, session: InternalSession) -> None:
-        if self._trim is None or self._timer is not None:
+        if self._trim is None or self._timer is not None or self._stopped:
             return
         loop = asyncio.get_running_loop()
         delay = max(TRIM_AFTER_S, self._last_trim + TRIM_EVERY_S - loop.time())
@@ -127,7 +129,8 @@ class SessionCleanup:
         self.trims += 1
 
     def close(self) -> None:
-        """Cancel a pending trim (the server stops)."""
+        """Cancel a pending trim and schedule no more (the server stops)."""
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
