@@ -6,6 +6,8 @@ process): the front is where the sessions live, and the core must not move eithe
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 from bench.front.context import Context
@@ -62,13 +64,17 @@ def churn(ctx: Context) -> None:
         res = run_node("churn.js", {**arg, "sessions": a.sessions}, ctx.work / "churn.log", 3600)
         after = settled_rss(server)
         parts_after = rss_parts(pid)
+        # The control: the same time again with no session. What grows here too (the core's
+        # store and caches warming up) is not the sessions'.
+        time.sleep(res["seconds"])
+        parts_idle = rss_parts(pid)
     finally:
         server.stop()
     ctx.report.data["churn"] = {
         "before": before,
         "after_warmup": after_warm,
         "after": after,
-        "parts": {"before": parts_before, "after_warmup": parts_warm, "after": parts_after},
+        "parts": {"before": parts_before, "after_warmup": parts_warm, "after": parts_after, "idle": parts_idle},
         "run": res,
         "warmup": warm,
     }
@@ -104,10 +110,13 @@ def churn(ctx: Context) -> None:
         "back to its level" if grown <= 0.02 * after_warm else "GROWS",
     )
     for name, now in parts_after.items():
-        then = parts_warm.get(name)
+        then, idle = parts_warm.get(name), parts_idle.get(name)
         if then is not None:
             rep.add(
                 f"ours: {name} RSS since the warm-up",
                 f"{(now - then) / 2**20:+.1f} MB",
                 f"{(now - then) / max(1, res['sessions']) / 1024:+.1f} KB/session",
+                f"then {(idle - now) / 2**20:+.1f} MB in {res['seconds']:.0f} s without sessions"
+                if idle is not None
+                else "",
             )
