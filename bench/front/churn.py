@@ -17,6 +17,10 @@ from bench.front.space import settled_rss
 from bench.front.workload import NAMESPACE_URI
 from bench.harness import log
 
+# Memory a closed session frees is given back to the system within this time (scada/opcua/
+# sessions.py: a malloc_trim after TRIM_AFTER_S, at most every TRIM_EVERY_S): read after it.
+SETTLE_S = 12.0
+
 
 def _role(proc: psutil.Process) -> str:
     """What a child of our server is, by its command line: the front, or another helper."""
@@ -59,9 +63,11 @@ def churn(ctx: Context) -> None:
         before = settled_rss(server)
         parts_before = rss_parts(pid)
         warm = run_node("churn.js", {**arg, "sessions": a.churn_warmup}, ctx.work / "churn-warmup.log", 600)
+        time.sleep(SETTLE_S)
         after_warm = settled_rss(server)
         parts_warm = rss_parts(pid)
         res = run_node("churn.js", {**arg, "sessions": a.sessions}, ctx.work / "churn.log", 3600)
+        time.sleep(SETTLE_S)
         after = settled_rss(server)
         parts_after = rss_parts(pid)
         # The control: the same time again with no session. What grows here too (the core's
