@@ -28,18 +28,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from asyncua import ua
 
 from scada.alarms.config import LIMIT_CONDITIONS, AlarmDef
 from scada.opcua.address_space import reference_to
-from scada.opcua.asyncua_private import AttributeValue, NodeData
+from scada.opcua.asyncua_private import AttributeValue, NodeData, node_table
 from scada.opcua.conditions.base import ConditionsBase
+from scada.opcua.conditions.space import ALARMS_FOLDER, ConditionIds, ConditionSpace, DefinitionNodes
 from scada.opcua.conditions.variants import _BRANCH_NULL, _FALSE, _TEXTS, _TRUE, VT, _text, _v
 from scada.opcua.typed_ua import NodeId
+from scada.opcua.virtual_nodes import NodeTable
 
 OI = ua.ObjectIds
 A = ua.AttributeIds
-ALARMS_FOLDER = "Alarms"
 MAX_SHELVE_MS = 86_400_000.0  # the engine's limit: a shelve lasts at most 24 h
 
 # Event type per engine condition (documented choice): single-limit level alarms are
@@ -214,54 +216,50 @@ class ConditionNodes(ConditionsBase):
         devices = cfg.devices
         self._dev_nodes = [None] * len(devices)
         self._notifiers = [()] * len(devices)
-        folders: dict[int, tuple[NodeData, ua.ReferenceDescription, ua.ReferenceDescription, NodeData]] = {}
-        self._cond_ids = [None] * eng.n  # type: ignore[list-item]
-        city = NodeId("City", self.ns)  # scada.opcua.address_space.ROOT_NAME
-        for i in range(eng.n):
-            k, di = int(eng.inst_def[i]), int(eng.inst_dev[i])
+        dev_nds: list[NodeData | None] = [None] * len(devices)
+        # Devices in the order of their first instance: the notifier references' order.
+        devs, first = np.unique(np.asarray(eng.inst_dev), return_index=True)
+        for di in devs[np.argsort(first, kind="stable")].tolist():
             d = devices[di]
-            if di not in folders:
-                cls = cfg.types[d.type].cls
-                chain = [
-                    NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
-                ]
-                nds = [nd for nd in map(self.aspace.get, chain) if nd is not None]
-                if len(nds) < len(chain):
-                    raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
-                parent = server_nd
-                for nd in nds:
-                    notify(parent, nd)
-                    parent = nd
-                dev = nds[-1]
-                self._dev_nodes[di] = dev.nodeid
-                self._notifiers[di] = (_SERVER, city, *chain[1:])
-                fid = NodeId(f"{dev.nodeid.Identifier!s}/{ALARMS_FOLDER}", self.ns)
-                folder = self._node(fid, {**obj, **folder_names}, [object_typedef])
-                folder.references.append(reference_to(_HAS_COMPONENT, dev, False))
-                dev.references.append(reference_to(_HAS_COMPONENT, folder, True, NodeId(OI.BaseObjectType)))
-                folders[di] = (
-                    folder,
-                    reference_to(_HAS_COMPONENT, folder, False),
-                    reference_to(_HAS_CONDITION, dev, False),
-                    dev,
-                )
-            folder, folder_back, source_back, dev_nd = folders[di]
-            info = self._defs[k]
-            cid = NodeId(f"{folder.nodeid.Identifier!s}/{eng.defs[k].name}", self.ns)
-            sid = NodeId(f"{cid.Identifier!s}/ShelvingState", self.ns)
-            cond = self._node(
-                cid,
+            cls = cfg.types[d.type].cls
+            chain = [
+                NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
+            ]
+            nds = [nd for nd in map(self.aspace.get, chain) if nd is not None]
+            if len(nds) < len(chain):
+                raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
+            parent = server_nd
+            for nd in nds:
+                notify(parent, nd)
+                parent = nd
+            dev_nds[di] = nds[-1]
+            self._dev_nodes[di] = nds[-1].nodeid
+            # The folders' own NodeIds: one object per commune and class, not per device.
+            self._notifiers[di] = (_SERVER, *(nd.nodeid for nd in nds))
+        defs = [
+            DefinitionNodes(
+                a.name,
+                self.ns,
+                info.etype,
                 {**obj, **def_names[k]},
-                [def_typedef[k], folder_back, source_back, *cond_methods, *(latch_methods if info.latching else ())],
+                [def_typedef[k], *cond_methods, *(latch_methods if info.latching else ())],
             )
-            shelving = self._node(sid, {**obj, **shelving_names}, [shelving_typedef, *shelve_methods])
-            shelving.references.append(reference_to(_HAS_COMPONENT, cond, False))
-            cond.references.append(reference_to(_HAS_COMPONENT, shelving, True, NodeId(OI.ShelvedStateMachineType)))
-            folder.references.append(reference_to(_HAS_COMPONENT, cond, True, info.etype))
-            dev_nd.references.append(reference_to(_HAS_CONDITION, cond, True, info.etype))
-            self._cond_ids[i] = cid
-            self._by_node[cid] = i
-            self._by_node[sid] = i
+            for k, (a, info) in enumerate(zip(eng.defs, self._defs, strict=True))
+        ]
+        self.space = ConditionSpace(
+            node_table(self.aspace, NodeTable, lambda stored: NodeTable(stored, self.ns)),
+            self.ns,
+            eng,
+            dev_nds,
+            defs,
+            {**obj, **folder_names},
+            object_typedef,
+            {**obj, **shelving_names},
+            [shelving_typedef, *shelve_methods],
+        )
+        self.space.attach()
+        self.node_count += self.space.count()
+        self._cond_ids = ConditionIds(self.space)
 
     def _system_condition(self, name: str) -> ua.NodeId:
         """The condition node of a server alarm, made at its first event (Server -HasCondition-> it)."""
