@@ -4,9 +4,12 @@ state put on them server-side kept."""
 
 from __future__ import annotations
 
+import numpy as np
 from asyncua import ua
 
+from scada.alarms.states import State
 from scada.opcua.asyncua_private import AttributeValue, address_space
+from scada.opcua.conditions.events import retained, retained_mask
 
 from .test_opcua_lean_tree import DEVICE, built
 
@@ -88,3 +91,11 @@ async def test_a_device_reference_list_edited_keeps_its_condition_references(tmp
     # Once stored by an edit, the condition references still go when the conditions are dropped.
     conditions.space.detach()
     assert list(dev.references) == [r for r in [*before, extra] if "/Alarms" not in str(r.NodeId.Identifier)]
+
+
+def test_the_retained_mask_is_retained_for_every_state():
+    states = np.array([s for s in State for _ in (0, 1)], np.int8)
+    active = np.array([a for _ in State for a in (False, True)])
+    expected = [retained(State(int(s)), bool(a)) for s, a in zip(states, active, strict=True)]
+    assert retained_mask(states, active).tolist() == expected
+    assert any(expected) and not all(expected)
