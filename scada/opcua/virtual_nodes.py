@@ -5,7 +5,8 @@ Value, so storing one asyncua ``NodeData`` per tag (attribute dict, references, 
 plus a ReferenceDescription on its device) cost ~3.2 KB per tag. :class:`NodeTable` replaces
 the address space's dict (``AddressSpace._nodes``; asyncua's own ``load_aspace_shelf`` swaps
 it for a lazy mapping the same way): the nodes that are few (asyncua's standard nodes, our
-folders, devices, property and condition nodes) stay real ``NodeData`` in a dict, and a tag
+folders, devices, property nodes) stay real ``NodeData`` in a dict, other sources of nodes made
+on access are asked next (:class:`NodeSource`: the alarm conditions), and a tag
 variable is a *slot*: a :class:`PointTemplate` shared per (equipment type, point), its owner
 (the device or Diagnostics object, whose path prefixes the variable's NodeId string) and its
 :class:`TagValue`. A NodeId is found by its owner's path (one dict entry per owner) and the

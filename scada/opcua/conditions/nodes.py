@@ -7,15 +7,16 @@ AlarmConditionType (table :data:`EVENT_TYPES`), with its ``ShelvingState`` objec
 (bench/bench_opcua_alarms.py): instantiating an OffNormalAlarmType the stock way
 (``add_object(objecttype=...)``) creates 99 nodes and costs 590 KiB and 0.12 s (50 conditions)
 to 0.42 s (200: it grows with the count); 5,000 conditions would take more than 10 minutes and
-2.8 GiB. So the nodes are written directly as asyncua ``NodeData`` (as the tag tree is,
-``scada.opcua.address_space``): two nodes per condition, sharing every identical attribute and
-reference, all created at start: 30 us and 3.3 KiB a condition (5,005 conditions: 0.15 s,
-16 MiB). The condition's state is not a set of variables under it: it is carried by its events
-and returned by ConditionRefresh, which Part 9 allows ("it is up to the Server whether
-condition instances are also exposed in the AddressSpace"); the node gives the condition its
-identity (ConditionId), a place to browse, and the ObjectId of its methods. The engine's server
-alarms (``AlarmEngine.system_alarm``: no instance) are conditions of the Server object, made at
-their first event.
+2.8 GiB. Written directly as asyncua ``NodeData`` (two per condition, sharing every identical
+attribute and reference) they still cost 3.3 KiB a condition, 1.1 KB per tag of a city of lighting
+cabinets. So they are not stored at all: :class:`scada.opcua.conditions.space.ConditionSpace`
+makes them on access from the engine's instance table and a few objects per alarm definition
+(~0 bytes and ~20 us a condition at build). The condition's state is not a set of variables
+under it: it is carried by its events and returned by ConditionRefresh, which Part 9 allows
+("it is up to the Server whether condition instances are also exposed in the AddressSpace");
+the node gives the condition its identity (ConditionId), a place to browse, and the ObjectId of
+its methods. The engine's server alarms (``AlarmEngine.system_alarm``: no instance) are
+conditions of the Server object, stored nodes made at their first event.
 
 The Server object, the City folder, the device's commune and class folders and the device
 object are event notifiers, linked by ``HasNotifier`` from the Server down to the devices
