@@ -443,6 +443,14 @@ class PinRefs(list[ua.ReferenceDescription]):
     slot: Any
 
 
+def adopt(nd: NodeData, part: dict[ua.AttributeIds, AttributeValue] | list[ua.ReferenceDescription]) -> None:
+    """Give a node made anew the edited attributes or references of a copy that is gone."""
+    if isinstance(part, dict):
+        nd.attributes = part
+    else:
+        nd.references = part
+
+
 def made_node(
     source: Any, key: Any, nodeid: ua.NodeId, attrs: Mapping[ua.AttributeIds, AttributeValue], refs: Iterable[_REF]
 ) -> NodeData:
@@ -632,13 +640,9 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
     def pin(self, slot: int, nd: NodeData | None, part: _VarAttrs | _VarRefs) -> None:
         """Keep the slot's node as it is from now on (``part`` of it was edited: state the tables
         cannot hold). ``nd`` None: the edited part outlived its node; a node is made around it."""
+        self.pinned[slot] = self.build(slot) if nd is None else nd
         if nd is None:
-            nd = self.build(slot)
-            if isinstance(part, _VarAttrs):
-                nd.attributes = part
-            else:
-                nd.references = part
-        self.pinned[slot] = nd
+            adopt(self.pinned[slot], part)
 
     def kill(self, slot: int) -> None:
         self.cache.pop(NodeId(self.name(slot), self.ns), None)

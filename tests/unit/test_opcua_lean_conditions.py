@@ -8,19 +8,17 @@ import numpy as np
 from asyncua import ua
 
 from scada.alarms.states import State
-from scada.opcua.asyncua_private import AttributeValue, address_space
+from scada.opcua.asyncua_private import AttributeValue
 from scada.opcua.conditions.events import retained, retained_mask
 
-from .test_opcua_lean_tree import DEVICE, built
+from .test_opcua_lean_tree import DEVICE, closed
 
 A = ua.AttributeIds
 COND = f"{DEVICE}/Alarms/lamps_failed"
 
 
 async def test_condition_nodes_are_not_stored_and_are_found_by_every_lookup(tmp_path):
-    rig, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
-    aspace = address_space(server)
+    rig, server, ns, _, conditions, aspace = await closed(tmp_path)
     table = aspace._nodes
     folder, cond, shelving = (ua.NodeId(x, ns) for x in (f"{DEVICE}/Alarms", COND, f"{COND}/ShelvingState"))
     for nid in (folder, cond, shelving):
@@ -45,9 +43,7 @@ async def test_condition_nodes_are_not_stored_and_are_found_by_every_lookup(tmp_
 
 
 async def test_a_condition_node_edited_on_the_server_keeps_the_edit(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
-    aspace = address_space(server)
+    _, server, ns, _, conditions, aspace = await closed(tmp_path)
     table = aspace._nodes
     nid = ua.NodeId(COND, ns)
     nd = aspace[nid]
@@ -66,9 +62,7 @@ async def test_a_condition_node_edited_on_the_server_keeps_the_edit(tmp_path):
 
 
 async def test_dropping_the_conditions_removes_their_nodes_and_the_devices_references(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
-    aspace = address_space(server)
+    _, server, ns, _, conditions, aspace = await closed(tmp_path)
     dev = aspace[ua.NodeId(DEVICE, ns)]
     alarm_refs = [r for r in dev.references if "/Alarms" in str(r.NodeId.Identifier)]
     assert len(alarm_refs) > 1  # the folder, and each condition of the device as event source
@@ -80,9 +74,7 @@ async def test_dropping_the_conditions_removes_their_nodes_and_the_devices_refer
 
 
 async def test_a_device_reference_list_edited_keeps_its_condition_references(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
-    aspace = address_space(server)
+    _, server, ns, _, conditions, aspace = await closed(tmp_path)
     dev = aspace[ua.NodeId(DEVICE, ns)]
     before = list(dev.references)
     extra = ua.ReferenceDescription(ReferenceTypeId=ua.NodeId(ua.ObjectIds.Organizes), NodeId=ua.NodeId("x", ns))

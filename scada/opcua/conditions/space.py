@@ -26,7 +26,7 @@ from asyncua import ua
 from scada.opcua.address_space import reference_to
 from scada.opcua.asyncua_private import AttributeValue, NodeData
 from scada.opcua.typed_ua import NodeId
-from scada.opcua.virtual_nodes import ChildRefs, NodeTable, made_node
+from scada.opcua.virtual_nodes import ChildRefs, NodeTable, adopt, made_node
 
 if TYPE_CHECKING:
     from scada.alarms.remote import AlarmSource
@@ -278,12 +278,9 @@ class ConditionSpace:
         """Keep an edited node as it is from now on (``nd`` None: the edited part outlived its node)."""
         if nd is None:
             nd = self.node(key)
-            if nd is None:
+            if nd is None:  # deleted meanwhile
                 return
-            if isinstance(part, dict):
-                nd.attributes = part
-            else:
-                nd.references = part
+            adopt(nd, part)
         self.pinned[key] = nd
 
     def __contains__(self, nodeid: object) -> bool:
