@@ -45,6 +45,7 @@ ROOT_NAME = "City"
 
 A = ua.AttributeIds
 _HAS_TYPEDEF = NodeId(ua.ObjectIds.HasTypeDefinition)
+_NO_TYPE = NodeId()  # no type definition: one null NodeId for all, shared as the reference types are
 _HAS_COMPONENT = NodeId(ua.ObjectIds.HasComponent)
 _HAS_PROPERTY = NodeId(ua.ObjectIds.HasProperty)
 _ORGANIZES = NodeId(ua.ObjectIds.Organizes)
@@ -125,7 +126,7 @@ def reference_to(
         BrowseName=at[A.BrowseName].value.Value.Value,
         DisplayName=at[A.DisplayName].value.Value.Value,
         NodeClass=at[A.NodeClass].value.Value.Value,
-        TypeDefinition=typedef or NodeId(),
+        TypeDefinition=typedef or _NO_TYPE,
     )
 
 

@@ -13,16 +13,14 @@ from scada.opcua.address_space import (
     NAMESPACE_URI,
     AddressSpaceBuilder,
     TreeEditor,
-    delete_nodes,
     tag_values,
     variant_type,
 )
 from scada.opcua.asyncua_private import address_space, external_sessions, hook_monitored_items
-from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
+from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
 from scada.opcua.sessions import SessionCleanup
-from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -165,12 +163,8 @@ class HmiServer:
         assert old is not None, "conditions to drop"
         old.close()
         aspace = address_space(self.server)
-        nodes = []
-        for cid in old._cond_ids:
-            if cid is not None:
-                nodes += [cid, NodeId(f"{cid.Identifier!s}/ShelvingState", self.ns)]
-        nodes += [NodeId(f"{dev.Identifier!s}/{ALARMS_FOLDER}", self.ns) for dev in old._dev_nodes if dev is not None]
-        await delete_nodes(aspace, nodes)
+        if old.space is not None:  # the condition nodes and the devices' references to them
+            old.space.detach()
         linked = {n for chain in old._notifiers for n in chain} | {_SERVER}
         for nid in linked:
             nd = aspace.get(nid)

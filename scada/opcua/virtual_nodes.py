@@ -5,7 +5,8 @@ Value, so storing one asyncua ``NodeData`` per tag (attribute dict, references, 
 plus a ReferenceDescription on its device) cost ~3.2 KB per tag. :class:`NodeTable` replaces
 the address space's dict (``AddressSpace._nodes``; asyncua's own ``load_aspace_shelf`` swaps
 it for a lazy mapping the same way): the nodes that are few (asyncua's standard nodes, our
-folders, devices, property and condition nodes) stay real ``NodeData`` in a dict, and a tag
+folders, devices, property nodes) stay real ``NodeData`` in a dict, other sources of nodes made
+on access are asked next (:class:`NodeSource`: the alarm conditions), and a tag
 variable is a *slot*: a :class:`PointTemplate` shared per (equipment type, point), its owner
 (the device or Diagnostics object, whose path prefixes the variable's NodeId string) and its
 :class:`TagValue`. A NodeId is found by its owner's path (one dict entry per owner) and the
@@ -38,7 +39,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import islice
-from typing import Any, ClassVar, SupportsIndex, TypeVar, cast, overload
+from typing import Any, ClassVar, Protocol, SupportsIndex, TypeVar, cast, overload
 
 import numpy as np
 from asyncua import ua
@@ -56,6 +57,37 @@ _new = object.__new__
 _NO_OVERRIDES: dict[ua.AttributeIds, AttributeValue] = {}
 CACHE_SIZE = 16_384  # variables kept built (~1.5 KB each): a few HMI screens' worth
 REF_CACHE_SIZE = 2_048  # owners whose point references are kept made (~4 KB each)
+
+
+class NodeSource(Protocol):
+    """Nodes other than the tag variables that the table makes on access (the alarm conditions:
+    scada.opcua.conditions.virtual). A source returns the same NodeData for a node it pinned."""
+
+    def node(self, nodeid: ua.NodeId) -> NodeData | None:
+        """The node ``nodeid`` (None: not one of this source's)."""
+        ...
+
+    def __contains__(self, nodeid: object) -> bool: ...
+
+    def nodeids(self) -> Iterator[ua.NodeId]:
+        """Every node of the source."""
+        ...
+
+    def count(self) -> int:
+        """How many nodes :meth:`nodeids` gives."""
+        ...
+
+    def discard(self, nodeid: ua.NodeId) -> bool:
+        """Delete the node ``nodeid``; False if it is not one of this source's."""
+        ...
+
+
+class TailSource(Protocol):
+    """References made on access at the end of an owner's list (:attr:`ChildRefs.tail`)."""
+
+    def tail_refs(self, key: int) -> list[ua.ReferenceDescription]:
+        """The references of the owner ``key`` (the source's own numbering)."""
+        ...
 
 
 class PointTemplate:
@@ -103,13 +135,27 @@ class ChildRefs(list[ua.ReferenceDescription]):
     """An owner's references: the stored ones, with its point variables' spliced in at ``at``.
 
     Stored items are the references that are not to its points (type definition, parent,
-    Diagnostics object, conditions...). Iteration, ``len`` and indexing see the whole list;
+    Diagnostics object...). Iteration, ``len`` and indexing see the whole list;
     ``append``/``extend`` store after the points (where the stored tree had them, in order);
     a slice assignment keeps the point references it is given and hides the others; any other
-    edit goes through a full rewrite.
+    edit goes through a full rewrite. A ``tail`` (the device's alarm conditions) is made on
+    access after everything stored; an edit first stores its references (they are then plain
+    stored items).
     """
 
-    __slots__ = ("table", "prefix", "first", "templates", "positions", "at", "hidden", "back", "key")
+    __slots__ = (
+        "table",
+        "prefix",
+        "first",
+        "templates",
+        "positions",
+        "at",
+        "hidden",
+        "back",
+        "key",
+        "tail",
+        "tail_key",
+    )
 
     def __init__(
         self,
@@ -131,6 +177,26 @@ class ChildRefs(list[ua.ReferenceDescription]):
         self.hidden: set[int] | None = None  # slots whose reference a rewrite removed
         self.back = back  # the points' inverse HasComponent reference to the owner
         self.key = -1  # index among the table's owners (NodeTable.add_owner)
+        self.tail: TailSource | None = None
+        self.tail_key = -1
+
+    def _tail(self) -> list[ua.ReferenceDescription]:
+        return () if self.tail is None else self.tail.tail_refs(self.tail_key)  # type: ignore[return-value]
+
+    def store_tail(self) -> None:
+        """Keep the tail's references as stored items from now on (before an edit), and drop the tail."""
+        if self.tail is not None:
+            refs = self._tail()
+            self.tail = None
+            list.extend(self, refs)
+
+    def append(self, item: ua.ReferenceDescription) -> None:
+        self.store_tail()
+        list.append(self, item)
+
+    def extend(self, items: Iterable[ua.ReferenceDescription]) -> None:
+        self.store_tail()
+        list.extend(self, items)
 
     def _points(self) -> list[ua.ReferenceDescription]:
         """The references to the live, not hidden points (kept made for the last owners browsed)."""
@@ -154,12 +220,13 @@ class ChildRefs(list[ua.ReferenceDescription]):
         yield from islice(stored, self.at)
         yield from self._points()
         yield from stored
+        yield from self._tail()
 
     def __reversed__(self) -> Iterator[ua.ReferenceDescription]:
         return reversed(list(self))
 
     def __len__(self) -> int:
-        return list.__len__(self) + len(self._points())
+        return list.__len__(self) + len(self._points()) + len(self._tail())
 
     def __bool__(self) -> bool:
         return True  # the type definition reference, at least
@@ -186,6 +253,7 @@ class ChildRefs(list[ua.ReferenceDescription]):
         return None if k is None else self.first + k
 
     def _assign(self, items: Iterable[ua.ReferenceDescription]) -> None:
+        self.tail = None  # ``items`` are the whole list, the tail's references included
         stored: list[ua.ReferenceDescription] = []
         present: set[int] = set()
         at = None
@@ -309,7 +377,10 @@ def _pin_on_edit(base: type, *names: str) -> Callable[[type[T]], type[T]]:
     return decorate
 
 
-@_pin_on_edit(dict, "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
+_ATTR_EDITS = ("__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
+
+
+@_pin_on_edit(dict, *_ATTR_EDITS)
 class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
     """A built variable's attributes: a set attribute is recorded for the slot; other edits pin."""
 
@@ -326,8 +397,7 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
             self.table.override(self.slot, attr, value)
 
 
-@_pin_on_edit(
-    list,
+_REF_EDITS = (
     "append",
     "extend",
     "insert",
@@ -340,6 +410,9 @@ class _VarAttrs(dict[ua.AttributeIds, AttributeValue]):
     "__delitem__",
     "__iadd__",
 )
+
+
+@_pin_on_edit(list, *_REF_EDITS)
 class _VarRefs(list[ua.ReferenceDescription]):
     """A built variable's references: any edit pins the node (nothing in the project edits them)."""
 
@@ -347,6 +420,52 @@ class _VarRefs(list[ua.ReferenceDescription]):
     table: NodeTable
     node: weakref.ref[NodeData]  # weak: no cycle, a dropped node is freed at once (no GC work)
     slot: int
+
+
+@_pin_on_edit(dict, "__setitem__", *_ATTR_EDITS)
+class PinAttrs(dict[ua.AttributeIds, AttributeValue]):
+    """A node's attributes, made on access by a :class:`NodeSource`: any edit pins the node there
+    (``table.pin(slot, node, part)``, ``table`` being the source and ``slot`` its key)."""
+
+    __slots__ = ("table", "node", "slot")
+    table: Any
+    node: weakref.ref[NodeData]  # weak: no cycle, a dropped node is freed at once (no GC work)
+    slot: Any
+
+
+@_pin_on_edit(list, *_REF_EDITS)
+class PinRefs(list[ua.ReferenceDescription]):
+    """A node's references, made on access by a :class:`NodeSource`: any edit pins the node (see :class:`PinAttrs`)."""
+
+    __slots__ = ("table", "node", "slot")
+    table: Any
+    node: weakref.ref[NodeData]
+    slot: Any
+
+
+def adopt(nd: NodeData, part: dict[ua.AttributeIds, AttributeValue] | list[ua.ReferenceDescription]) -> None:
+    """Give a node made anew the edited attributes or references of a copy that is gone."""
+    if isinstance(part, dict):
+        nd.attributes = part
+    else:
+        nd.references = part
+
+
+def made_node(
+    source: Any, key: Any, nodeid: ua.NodeId, attrs: Mapping[ua.AttributeIds, AttributeValue], refs: Iterable[_REF]
+) -> NodeData:
+    """A NodeData made by ``source`` (a :class:`NodeSource` with ``pin(key, node, part)``) that pins
+    itself there when edited."""
+    nd = NodeData.__new__(NodeData)
+    nd.nodeid = nodeid
+    nd.call = None
+    node = weakref.ref(nd)
+    a = PinAttrs(attrs)
+    a.table, a.node, a.slot = source, node, key
+    r = PinRefs(refs)
+    r.table, r.node, r.slot = source, node, key
+    nd.attributes, nd.references = a, r
+    return nd
 
 
 class NodeTable(MutableMapping[ua.NodeId, NodeData]):
@@ -381,6 +500,7 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         self.ref_cache: dict[int, list[ua.ReferenceDescription]] = {}  # owner -> its point references
         self._template_index: dict[int, int] = {}
         self._pending: list[tuple[int, int, np.ndarray]] = []  # (first slot, owner, template indexes)
+        self.sources: list[NodeSource] = []  # other nodes made on access (the alarm conditions)
 
     # -- building ------------------------------------------------------------------------
 
@@ -520,13 +640,9 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
     def pin(self, slot: int, nd: NodeData | None, part: _VarAttrs | _VarRefs) -> None:
         """Keep the slot's node as it is from now on (``part`` of it was edited: state the tables
         cannot hold). ``nd`` None: the edited part outlived its node; a node is made around it."""
+        self.pinned[slot] = self.build(slot) if nd is None else nd
         if nd is None:
-            nd = self.build(slot)
-            if isinstance(part, _VarAttrs):
-                nd.attributes = part
-            else:
-                nd.references = part
-        self.pinned[slot] = nd
+            adopt(self.pinned[slot], part)
 
     def kill(self, slot: int) -> None:
         self.cache.pop(NodeId(self.name(slot), self.ns), None)
@@ -541,9 +657,12 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         nd = self.cache.get(nodeid)
         if nd is None:
             slot = self._slot_of(nodeid)
-            if slot is None:
-                return None
-            nd = self.build(slot, nodeid)
+            if slot is not None:
+                nd = self.build(slot, nodeid)
+            else:
+                nd = next((n for n in (src.node(nodeid) for src in self.sources) if n is not None), None)
+                if nd is None:
+                    return None
             if len(self.cache) >= self.cache_size:
                 self.cache.clear()
             self.cache[nodeid] = nd
@@ -565,7 +684,12 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         return default if nd is None else nd
 
     def __contains__(self, nodeid: object) -> bool:
-        return nodeid in self.stored or nodeid in self.cache or self._slot_of(nodeid) is not None
+        return (
+            nodeid in self.stored
+            or nodeid in self.cache
+            or self._slot_of(nodeid) is not None
+            or any(nodeid in src for src in self.sources)
+        )
 
     def __setitem__(self, nodeid: ua.NodeId, nd: NodeData) -> None:
         self.stored[nodeid] = nd
@@ -575,17 +699,31 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
             del self.stored[nodeid]
             return
         slot = self._slot_of(nodeid)
-        if slot is None:
+        if slot is not None:
+            self.kill(slot)
+            return
+        if not any(src.discard(nodeid) for src in self.sources):
             raise KeyError(nodeid)
-        self.kill(slot)
+        self.cache.pop(nodeid, None)
 
     def __iter__(self) -> Iterator[ua.NodeId]:
         yield from self.stored
         for slot in np.flatnonzero(self.alive).tolist():
             yield NodeId(self.name(slot), self.ns)
+        for src in self.sources:
+            yield from src.nodeids()
 
     def __len__(self) -> int:
-        return len(self.stored) + int(np.count_nonzero(self.alive))
+        return len(self.stored) + int(np.count_nonzero(self.alive)) + sum(src.count() for src in self.sources)
+
+    def add_source(self, source: NodeSource) -> None:
+        """Serve the nodes of ``source`` from now on."""
+        self.sources.append(source)
+
+    def remove_source(self, source: NodeSource) -> None:
+        """Stop serving the nodes of ``source`` (its built copies are forgotten)."""
+        self.sources = [s for s in self.sources if s is not source]
+        self.cache.clear()
 
     def clear(self) -> None:
         self.stored.clear()
@@ -594,3 +732,4 @@ class NodeTable(MutableMapping[ua.NodeId, NodeData]):
         self.pinned.clear()
         self.cache.clear()
         self.ref_cache.clear()
+        self.sources.clear()

@@ -26,8 +26,8 @@ from scada.opcua.address_space import (
     subtree,
     tag_values,
 )
-from scada.opcua.conditions import AlarmConditions
 from scada.opcua.asyncua_private import AttributeValue, address_space
+from scada.opcua.conditions import AlarmConditions
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import TagValue
 from tests.alarm_rig import AlarmRig, Clock
@@ -50,6 +50,13 @@ async def built(folder: Path):
     conditions.build()
     TagHistory(server, ns, rig.config, rig.tagdb, None).mark_variables()
     return rig, server, ns, values, conditions
+
+
+async def closed(folder: Path):
+    """:func:`built`, its conditions detached from the engine (no event task), and its node table."""
+    rig, server, ns, values, conditions = await built(folder)
+    conditions.close()
+    return rig, server, ns, values, conditions, address_space(server)
 
 
 def _text(v) -> str:

@@ -8,6 +8,7 @@ import itertools
 import os
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from asyncua import Server, ua
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from scada.alarms.remote import AlarmSource, EventItem
     from scada.opcua.conditions.events import ConditionEvent, _Dyn
     from scada.opcua.conditions.nodes import _DefInfo
+    from scada.opcua.conditions.space import ConditionSpace
 
 QUEUE_SIZE = 10_000
 
@@ -41,8 +43,8 @@ class ConditionsBase:
         self._attached = False
         self._prefix = os.urandom(8)  # EventIds: unique across restarts
         self._seq = itertools.count(1)
-        self._cond_ids: list[ua.NodeId] = []
-        self._by_node: dict[ua.NodeId, int] = {}
+        self._cond_ids: Sequence[ua.NodeId] = ()
+        self.space: ConditionSpace | None = None  # the condition nodes, made on access
         self._dev_nodes: list[ua.NodeId | None] = []
         self._notifiers: list[tuple[ua.NodeId, ...]] = []
         self._defs: list[_DefInfo] = []

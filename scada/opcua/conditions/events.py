@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from asyncua import ua
 
 from scada.alarms.states import ANNOUNCED, State, is_acked
@@ -76,6 +77,17 @@ def retained(state: State | int, active: bool) -> bool:
         bool(ANNOUNCED[state])
         or state in (State.SHELVED, State.OUT_OF_SERVICE)
         or (state == State.SUPPRESSED and active)
+    )
+
+
+def retained_mask(state: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """:func:`retained` of every instance at once (a loop over a city's instances took seconds)."""
+    state = np.asarray(state)
+    return (
+        ANNOUNCED[state]
+        | (state == State.SHELVED)
+        | (state == State.OUT_OF_SERVICE)
+        | ((state == State.SUPPRESSED) & np.asarray(active, bool))
     )
 
 
@@ -325,10 +337,8 @@ class ConditionEvents(ConditionNodes):
         self._retained.clear()
         now = eng.clock()
         status = eng.tagdb.status
-        for i in range(eng.n):
+        for i in np.flatnonzero(retained_mask(eng.state, eng.cond)).tolist():
             state, active = State(int(eng.state[i])), bool(eng.cond[i])
-            if not retained(state, active):
-                continue
             dyn = self._dyn_of(i)
             if state != State.SHELVED:
                 dyn.shelving = "Unshelved"

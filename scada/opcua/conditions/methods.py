@@ -68,7 +68,7 @@ class ConditionMethods(ConditionEvents):
         return "" if value is None else str(value)
 
     def _instance(self, parent: ua.NodeId) -> int | None:
-        return self._by_node.get(parent)
+        return None if self.space is None else self.space.instance_of(parent)
 
     def _not_a_condition(self, parent: ua.NodeId) -> ua.StatusCode:
         # The engine's server alarms have no instance: nothing to acknowledge, shelve or reset.

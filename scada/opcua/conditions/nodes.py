@@ -7,15 +7,16 @@ AlarmConditionType (table :data:`EVENT_TYPES`), with its ``ShelvingState`` objec
 (bench/bench_opcua_alarms.py): instantiating an OffNormalAlarmType the stock way
 (``add_object(objecttype=...)``) creates 99 nodes and costs 590 KiB and 0.12 s (50 conditions)
 to 0.42 s (200: it grows with the count); 5,000 conditions would take more than 10 minutes and
-2.8 GiB. So the nodes are written directly as asyncua ``NodeData`` (as the tag tree is,
-``scada.opcua.address_space``): two nodes per condition, sharing every identical attribute and
-reference, all created at start: 30 us and 3.3 KiB a condition (5,005 conditions: 0.15 s,
-16 MiB). The condition's state is not a set of variables under it: it is carried by its events
-and returned by ConditionRefresh, which Part 9 allows ("it is up to the Server whether
-condition instances are also exposed in the AddressSpace"); the node gives the condition its
-identity (ConditionId), a place to browse, and the ObjectId of its methods. The engine's server
-alarms (``AlarmEngine.system_alarm``: no instance) are conditions of the Server object, made at
-their first event.
+2.8 GiB. Written directly as asyncua ``NodeData`` (two per condition, sharing every identical
+attribute and reference) they still cost 3.3 KiB a condition, 1.1 KB per tag of a city of lighting
+cabinets. So they are not stored at all: :class:`scada.opcua.conditions.space.ConditionSpace`
+makes them on access from the engine's instance table and a few objects per alarm definition
+(~0 bytes and ~20 us a condition at build). The condition's state is not a set of variables
+under it: it is carried by its events and returned by ConditionRefresh, which Part 9 allows
+("it is up to the Server whether condition instances are also exposed in the AddressSpace");
+the node gives the condition its identity (ConditionId), a place to browse, and the ObjectId of
+its methods. The engine's server alarms (``AlarmEngine.system_alarm``: no instance) are
+conditions of the Server object, stored nodes made at their first event.
 
 The Server object, the City folder, the device's commune and class folders and the device
 object are event notifiers, linked by ``HasNotifier`` from the Server down to the devices
@@ -28,18 +29,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from asyncua import ua
 
 from scada.alarms.config import LIMIT_CONDITIONS, AlarmDef
 from scada.opcua.address_space import reference_to
-from scada.opcua.asyncua_private import AttributeValue, NodeData
+from scada.opcua.asyncua_private import AttributeValue, NodeData, node_table
 from scada.opcua.conditions.base import ConditionsBase
+from scada.opcua.conditions.space import ALARMS_FOLDER, ConditionIds, ConditionSpace, DefinitionNodes
 from scada.opcua.conditions.variants import _BRANCH_NULL, _FALSE, _TEXTS, _TRUE, VT, _text, _v
 from scada.opcua.typed_ua import NodeId
+from scada.opcua.virtual_nodes import NodeTable
 
 OI = ua.ObjectIds
 A = ua.AttributeIds
-ALARMS_FOLDER = "Alarms"
 MAX_SHELVE_MS = 86_400_000.0  # the engine's limit: a shelve lasts at most 24 h
 
 # Event type per engine condition (documented choice): single-limit level alarms are
@@ -214,54 +217,50 @@ class ConditionNodes(ConditionsBase):
         devices = cfg.devices
         self._dev_nodes = [None] * len(devices)
         self._notifiers = [()] * len(devices)
-        folders: dict[int, tuple[NodeData, ua.ReferenceDescription, ua.ReferenceDescription, NodeData]] = {}
-        self._cond_ids = [None] * eng.n  # type: ignore[list-item]
-        city = NodeId("City", self.ns)  # scada.opcua.address_space.ROOT_NAME
-        for i in range(eng.n):
-            k, di = int(eng.inst_def[i]), int(eng.inst_dev[i])
+        dev_nds: list[NodeData | None] = [None] * len(devices)
+        # Devices in the order of their first instance: the notifier references' order.
+        devs, first = np.unique(np.asarray(eng.inst_dev), return_index=True)
+        for di in devs[np.argsort(first, kind="stable")].tolist():
             d = devices[di]
-            if di not in folders:
-                cls = cfg.types[d.type].cls
-                chain = [
-                    NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
-                ]
-                nds = [nd for nd in map(self.aspace.get, chain) if nd is not None]
-                if len(nds) < len(chain):
-                    raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
-                parent = server_nd
-                for nd in nds:
-                    notify(parent, nd)
-                    parent = nd
-                dev = nds[-1]
-                self._dev_nodes[di] = dev.nodeid
-                self._notifiers[di] = (_SERVER, city, *chain[1:])
-                fid = NodeId(f"{dev.nodeid.Identifier!s}/{ALARMS_FOLDER}", self.ns)
-                folder = self._node(fid, {**obj, **folder_names}, [object_typedef])
-                folder.references.append(reference_to(_HAS_COMPONENT, dev, False))
-                dev.references.append(reference_to(_HAS_COMPONENT, folder, True, NodeId(OI.BaseObjectType)))
-                folders[di] = (
-                    folder,
-                    reference_to(_HAS_COMPONENT, folder, False),
-                    reference_to(_HAS_CONDITION, dev, False),
-                    dev,
-                )
-            folder, folder_back, source_back, dev_nd = folders[di]
-            info = self._defs[k]
-            cid = NodeId(f"{folder.nodeid.Identifier!s}/{eng.defs[k].name}", self.ns)
-            sid = NodeId(f"{cid.Identifier!s}/ShelvingState", self.ns)
-            cond = self._node(
-                cid,
+            cls = cfg.types[d.type].cls
+            chain = [
+                NodeId(x, self.ns) for x in ("City", d.commune, f"{d.commune}/{cls}", f"{d.commune}/{cls}/{d.name}")
+            ]
+            nds = [nd for nd in map(self.aspace.get, chain) if nd is not None]
+            if len(nds) < len(chain):
+                raise RuntimeError(f"device {d.name}: no object {chain[-1].to_string()} in the address space")
+            parent = server_nd
+            for nd in nds:
+                notify(parent, nd)
+                parent = nd
+            dev_nds[di] = nds[-1]
+            self._dev_nodes[di] = nds[-1].nodeid
+            # The folders' own NodeIds: one object per commune and class, not per device.
+            self._notifiers[di] = (_SERVER, *(nd.nodeid for nd in nds))
+        defs = [
+            DefinitionNodes(
+                a.name,
+                self.ns,
+                info.etype,
                 {**obj, **def_names[k]},
-                [def_typedef[k], folder_back, source_back, *cond_methods, *(latch_methods if info.latching else ())],
+                [def_typedef[k], *cond_methods, *(latch_methods if info.latching else ())],
             )
-            shelving = self._node(sid, {**obj, **shelving_names}, [shelving_typedef, *shelve_methods])
-            shelving.references.append(reference_to(_HAS_COMPONENT, cond, False))
-            cond.references.append(reference_to(_HAS_COMPONENT, shelving, True, NodeId(OI.ShelvedStateMachineType)))
-            folder.references.append(reference_to(_HAS_COMPONENT, cond, True, info.etype))
-            dev_nd.references.append(reference_to(_HAS_CONDITION, cond, True, info.etype))
-            self._cond_ids[i] = cid
-            self._by_node[cid] = i
-            self._by_node[sid] = i
+            for k, (a, info) in enumerate(zip(eng.defs, self._defs, strict=True))
+        ]
+        self.space = ConditionSpace(
+            node_table(self.aspace, NodeTable, lambda stored: NodeTable(stored, self.ns)),
+            self.ns,
+            eng,
+            dev_nds,
+            defs,
+            {**obj, **folder_names},
+            object_typedef,
+            {**obj, **shelving_names},
+            [shelving_typedef, *shelve_methods],
+        )
+        self.space.attach()
+        self.node_count += self.space.count()
+        self._cond_ids = ConditionIds(self.space)
 
     def _system_condition(self, name: str) -> ua.NodeId:
         """The condition node of a server alarm, made at its first event (Server -HasCondition-> it)."""
