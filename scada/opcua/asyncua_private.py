@@ -52,7 +52,10 @@ __all__ = [
     "discard_oldest",
     "fast_queue",
     "hook_datachange_publish",
+    "hook_browse_reftypes",
     "hook_monitored_items",
+    "hook_read",
+    "ReadAnswers",
     "max_notifications",
     "take_queued_datachanges",
     "event_items",
@@ -441,3 +444,86 @@ def node_table(aspace: AddressSpace, kind: type[Table], make: Callable[[dict[ua.
     table = make(nodes)
     aspace._nodes = table  # type: ignore[assignment]  # asyncua annotates it dict; it uses it as a mapping
     return table
+
+
+# -- Browse: the reference type test, once per request --------------------------------------
+#
+# asyncua's ViewService tests each reference against the Browse's ReferenceTypeId with
+# ``_suitable_reftype``, which, with IncludeSubtypes, walks the reference type hierarchy
+# (``_get_sub_ref``: a recursive generator over the type nodes' references, a new NodeId per
+# step) for *every reference* of every node browsed: ~90 % of a Browse of 1,000 devices,
+# measured. Within one Browse request the address space cannot change (the service is
+# synchronous), so each (wanted type, reference type, IncludeSubtypes) is answered once per
+# request by asyncua's own test and remembered until the request ends.
+
+_BROWSE_MEMO = "_scada_browse_memo"
+
+
+def hook_browse_reftypes(server: Server) -> None:
+    """Answer the Browse service's reference type test once per distinct question per request.
+
+    Wraps the server's ``view_service.browse`` (the sessions call it per request) and its
+    ``_suitable_reftype`` (which ``_is_suitable_ref`` calls per reference, and
+    TranslateBrowsePaths too: outside a Browse it runs unremembered, as before). Idempotent.
+    """
+    view = server.iserver.view_service
+    if getattr(view, _BROWSE_MEMO, None) is not None:
+        return
+    stock_browse, stock_suitable = view.browse, view._suitable_reftype
+    memo: list[dict[tuple[ua.NodeId, ua.NodeId, bool], bool]] = []  # the current request's answers
+
+    def suitable_reftype(ref1: ua.NodeId, ref2: ua.NodeId, subtypes: bool) -> bool:
+        if not memo:
+            return stock_suitable(ref1, ref2, subtypes)
+        answers = memo[-1]
+        key = (ref1, ref2, subtypes)
+        ok = answers.get(key)
+        if ok is None:
+            ok = answers[key] = stock_suitable(ref1, ref2, subtypes)
+        return ok
+
+    def browse(params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        memo.append({})
+        try:
+            return stock_browse(params)
+        finally:
+            memo.pop()
+
+    setattr(view, _BROWSE_MEMO, memo)
+    # Instance attributes over the methods: looked up per request and per reference.
+    view._suitable_reftype = suitable_reftype  # type: ignore[method-assign]
+    view.browse = browse  # type: ignore[method-assign]
+
+
+# -- Read: a batch answer for the values we hold ------------------------------------------
+
+
+class ReadAnswers(Protocol):
+    """Answers for a Read's ReadValueIds, in order; ``None`` where asyncua's path answers."""
+
+    def __call__(self, nodes: list[ua.ReadValueId]) -> list[ua.DataValue | None]: ...
+
+
+_READ_HOOKED = "_scada_read_answers"
+
+
+def hook_read(server: Server, answers: ReadAnswers) -> None:
+    """Let ``answers`` answer a Read's items first, the rest by asyncua (``read_attribute_value``).
+
+    Replaces the server's ``attribute_service.read`` (the session calls it per Read request,
+    between its PreRead and PostRead callbacks, which stay). A later call replaces the
+    answers (a server has one tag table at a time).
+    """
+    service = server.iserver.attribute_service
+    setattr(service, _READ_HOOKED, answers)
+    if getattr(service.read, _READ_HOOKED, False):
+        return
+    read_one = service._aspace.read_attribute_value
+
+    def read(params: ua.ReadParameters) -> list[ua.DataValue]:
+        nodes = params.NodesToRead
+        found = getattr(service, _READ_HOOKED)(nodes)
+        return [dv if dv is not None else read_one(rv.NodeId, rv.AttributeId) for rv, dv in zip(nodes, found)]
+
+    setattr(read, _READ_HOOKED, True)
+    service.read = read  # type: ignore[method-assign]  # an instance attribute over the method

@@ -17,10 +17,17 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.asyncua_private import address_space, external_sessions, hook_monitored_items
+from scada.opcua.asyncua_private import (
+    address_space,
+    external_sessions,
+    hook_browse_reftypes,
+    hook_monitored_items,
+    hook_read,
+)
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
+from scada.opcua.tag_read import TagReader
 from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
 
@@ -77,6 +84,9 @@ class HmiServer:
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
         hook_monitored_items(self.server, self._items_changed)
+        # Many nodes per Browse or Read (an HMI's tree walk, a screen's values): see each hook.
+        hook_browse_reftypes(self.server)
+        hook_read(self.server, TagReader(builder.table))
         await self.server.start()
         log.info(
             "opcua_server_started",

@@ -615,3 +615,77 @@ async def test_a_node_table_installed_in_place_of_the_dict_serves_every_service(
         relies(made_refs.lookups >= 4, "the services looked the node up in the installed table")
         with pytest.raises(TypeError):
             P.node_table(own.aspace, dict, dict)  # another kind over an installed table: refused
+
+
+# -- Browse and Read hooks (scada/opcua/tag_read.py, HmiServer.start) ------------------------
+
+
+def test_browse_and_read_services_have_the_shape_relied_on():
+    from asyncua.server.address_space import AttributeService, ViewService
+
+    relies(params(ViewService.browse) == ["self", "params"], "ViewService.browse(params)")
+    relies(
+        params(ViewService._suitable_reftype) == ["self", "ref1", "ref2", "subtypes"],
+        "ViewService._suitable_reftype(ref1, ref2, subtypes)",
+    )
+    relies(
+        "self._suitable_reftype(" in inspect.getsource(ViewService._is_suitable_ref),
+        "ViewService._is_suitable_ref tests the reference type with self._suitable_reftype",
+    )
+    relies("self._is_suitable_ref(" in inspect.getsource(ViewService._browse), "ViewService._browse filters per ref")
+    relies(params(AttributeService.read) == ["self", "params"], "AttributeService.read(params)")
+    relies("self._aspace" in inspect.getsource(AttributeService.__init__), "AttributeService._aspace")
+    relies(
+        "read_attribute_value(readvalue.NodeId, readvalue.AttributeId)" in inspect.getsource(AttributeService.read),
+        "AttributeService.read answers each item with read_attribute_value(NodeId, AttributeId) and nothing else",
+    )
+
+
+async def test_browse_and_read_hooks_answer_as_asyncua_on_a_live_server():
+    """Browse with the reference type test remembered per request gives asyncua's answers (every
+    reference type, with and without subtypes, both directions); a hooked Read takes the answers
+    given and asks asyncua for the others, in order."""
+    async with running() as own:
+        view = own.server.iserver.view_service
+        starts = [ua.NodeId(OI.ObjectsFolder), ua.NodeId(OI.Server), own.nodeid, ua.NodeId(OI.RootFolder)]
+        reftypes = [
+            ua.NodeId(),
+            ua.NodeId(OI.HierarchicalReferences),
+            ua.NodeId(OI.HasComponent),
+            ua.NodeId(OI.Organizes),
+        ]
+        descs = [
+            ua.BrowseDescription(NodeId=n, BrowseDirection=d, ReferenceTypeId=t, IncludeSubtypes=s, NodeClassMask=m)
+            for n in starts
+            for d in (ua.BrowseDirection.Forward, ua.BrowseDirection.Inverse, ua.BrowseDirection.Both)
+            for t in reftypes
+            for s in (True, False)
+            for m in (0, int(ua.NodeClass.Object))
+        ]
+        stock = view.browse(ua.BrowseParameters(NodesToBrowse=descs))
+        P.hook_browse_reftypes(own.server)
+        P.hook_browse_reftypes(own.server)  # idempotent
+        hooked = view.browse(ua.BrowseParameters(NodesToBrowse=descs))
+        relies(hooked == stock, "Browse answers with the reference type test remembered per request")
+        relies(sum(len(r.References) for r in hooked) > len(descs), "the Browse found references")
+        folders = await own.client.nodes.objects.get_children()
+        relies(own.nodeid in [c.nodeid for c in folders], "a client's Browse through the hooked service")
+        # Outside a Browse (TranslateBrowsePaths), the test is asyncua's, not remembered.
+        relies(view._suitable_reftype(ua.NodeId(OI.HierarchicalReferences), ua.NodeId(OI.Organizes), True), "subtype")
+
+        answered = ua.DataValue(ua.Variant(7.5))
+        asked: list[list[ua.ReadValueId]] = []
+
+        def answers(nodes: list[ua.ReadValueId]) -> list[ua.DataValue | None]:
+            asked.append(nodes)
+            return [answered if rv.NodeId == own.nodeid and rv.AttributeId == A.Value else None for rv in nodes]
+
+        P.hook_read(own.server, answers)
+        P.hook_read(own.server, answers)  # a second install replaces the answers, the hook stays one
+        node = own.client.get_node(own.nodeid)
+        relies(await node.read_value() == 7.5, "a client's Read gets the hook's answer")
+        relies((await node.read_attribute(A.NodeId)).Value.Value == own.nodeid, "the others are asyncua's")
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await own.client.get_node(ua.NodeId("contract/nothing", own.ns)).read_value()
+        relies(err.value.code == SC.BadNodeIdUnknown, "an unknown node is asyncua's BadNodeIdUnknown")
+        relies(len(asked) == 3, "one call of the answers per Read request")
