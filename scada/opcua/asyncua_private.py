@@ -31,6 +31,10 @@ from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.monitored_item_service import MonitoredItemData, MonitoredItemService, WhereClauseEvaluator
+from asyncua.server.uaprocessor import UaProcessor as _UaProcessor
+from asyncua.ua.ua_binary import Primitives as _Primitives
+from asyncua.ua.ua_binary import list_to_binary as _list_to_binary
+from asyncua.ua.ua_binary import nodeid_to_binary as _nodeid_to_binary
 from asyncua.ua.ua_binary import struct_to_binary
 
 from scada.opcua.datachange import notification_body
@@ -55,6 +59,10 @@ __all__ = [
     "hook_browse_reftypes",
     "hook_monitored_items",
     "hook_read",
+    "hook_browse_encoding",
+    "nodeid_binary",
+    "string_binary",
+    "PreEncoded",
     "ReadAnswers",
     "max_notifications",
     "take_queued_datachanges",
@@ -457,6 +465,7 @@ def node_table(aspace: AddressSpace, kind: type[Table], make: Callable[[dict[ua.
 # request by asyncua's own test and remembered until the request ends.
 
 _BROWSE_MEMO = "_scada_browse_memo"
+_ENCODED = "_scada_browse_encoded"
 
 
 def hook_browse_reftypes(server: Server) -> None:
@@ -527,3 +536,92 @@ def hook_read(server: Server, answers: ReadAnswers) -> None:
 
     setattr(read, _READ_HOOKED, True)
     service.read = read  # type: ignore[method-assign]  # an instance attribute over the method
+
+
+# -- Browse responses encoded by us ---------------------------------------------------------
+#
+# asyncua encodes every response in ``UaProcessor.send_response`` with its generic
+# ``struct_to_binary``: for a Browse of many nodes, most of the service's time (one call per
+# field of each ReferenceDescription). A response whose ``Results`` is a :class:`PreEncoded`
+# list is written by its own encoder instead (scada/opcua/browse_codec.py, byte-equal to
+# asyncua's); the rest of the response (TypeId, ResponseHeader, DiagnosticInfos) and every
+# other response stay asyncua's. The processor is one per connection, made by asyncua's
+# protocol, so its class's method is wrapped (once per process); a response without a
+# PreEncoded list goes to asyncua's method unchanged.
+
+nodeid_binary: Callable[[ua.NodeId], bytes] = _nodeid_to_binary
+"""asyncua's encoder of a NodeId or ExpandedNodeId (``ua_binary.nodeid_to_binary``)."""
+
+string_binary: Callable[[str | None], bytes] = _Primitives.String.pack
+"""asyncua's encoder of a String (its configured string encoding; None: a null String)."""
+
+# The responses whose fields are (TypeId, ResponseHeader, Results, DiagnosticInfos), in order.
+_RESULTS_RESPONSES = (ua.BrowseResponse,)
+
+
+class PreEncoded(list):
+    """A service's ``Results``, written to the wire by ``encode(results)`` (its list length included)."""
+
+    __slots__ = ("encode",)
+
+    def __init__(self, items: list[Any], encode: Callable[[list[Any]], bytes]) -> None:
+        super().__init__(items)
+        self.encode = encode
+
+
+def _encoded_response(response: Any) -> bytes | None:
+    """The response's binary body when its Results are PreEncoded, else None (asyncua encodes it)."""
+    results = getattr(response, "Results", None)
+    if type(results) is not PreEncoded or type(response) not in _RESULTS_RESPONSES:
+        return None
+    return b"".join(
+        (
+            nodeid_binary(response.TypeId),
+            struct_to_binary(response.ResponseHeader),
+            results.encode(results),
+            _list_to_binary(ua.DiagnosticInfo, response.DiagnosticInfos),
+        )
+    )
+
+
+def _wrap_send_response() -> None:
+    stock = _UaProcessor.send_response
+    if getattr(stock, _HOOKED, False):
+        return
+
+    def send_response(
+        self: Any, requesthandle: Any, seqhdr: Any, response: Any, msgtype: Any = ua.MessageType.SecureMessage
+    ) -> None:
+        if type(getattr(response, "Results", None)) is not PreEncoded:
+            return stock(self, requesthandle, seqhdr, response, msgtype)
+        response.ResponseHeader.RequestHandle = requesthandle
+        body = _encoded_response(response)
+        if body is None:
+            return stock(self, requesthandle, seqhdr, response, msgtype)
+        self._transport.write(
+            self._connection.message_to_binary(body, message_type=msgtype, request_id=seqhdr.RequestId)
+        )
+        return None
+
+    setattr(send_response, _HOOKED, True)
+    _UaProcessor.send_response = send_response  # type: ignore[method-assign]
+
+
+def hook_browse_encoding(server: Server, encode: Callable[[list[ua.BrowseResult]], bytes]) -> None:
+    """Send this server's Browse results encoded by ``encode`` (see the section comment).
+
+    Wraps the server's ``view_service.browse`` (after :func:`hook_browse_reftypes`, if used:
+    either order) so that it returns a :class:`PreEncoded` list, and, once per process,
+    ``UaProcessor.send_response``. Idempotent per server.
+    """
+    view = server.iserver.view_service
+    if getattr(view.browse, _ENCODED, False):
+        return
+    _wrap_send_response()
+    inner = view.browse
+
+    def browse(params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        return PreEncoded(inner(params), encode)
+
+    setattr(browse, _ENCODED, True)
+    view.browse = browse  # type: ignore[method-assign]

@@ -20,10 +20,12 @@ from scada.opcua.address_space import (
 from scada.opcua.asyncua_private import (
     address_space,
     external_sessions,
+    hook_browse_encoding,
     hook_browse_reftypes,
     hook_monitored_items,
     hook_read,
 )
+from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
@@ -86,6 +88,7 @@ class HmiServer:
         hook_monitored_items(self.server, self._items_changed)
         # Many nodes per Browse or Read (an HMI's tree walk, a screen's values): see each hook.
         hook_browse_reftypes(self.server)
+        hook_browse_encoding(self.server, browse_results)
         hook_read(self.server, TagReader(builder.table))
         await self.server.start()
         log.info(

@@ -689,3 +689,49 @@ async def test_browse_and_read_hooks_answer_as_asyncua_on_a_live_server():
             await own.client.get_node(ua.NodeId("contract/nothing", own.ns)).read_value()
         relies(err.value.code == SC.BadNodeIdUnknown, "an unknown node is asyncua's BadNodeIdUnknown")
         relies(len(asked) == 3, "one call of the answers per Read request")
+
+
+def test_responses_are_sent_as_relied_on_for_pre_encoded_results():
+    from asyncua.server.uaprocessor import UaProcessor
+
+    src = inspect.getsource(UaProcessor.send_response)
+    relies(
+        params(UaProcessor.send_response) == ["self", "requesthandle", "seqhdr", "response", "msgtype"],
+        "UaProcessor.send_response(requesthandle, seqhdr, response, msgtype)",
+    )
+    for part in (
+        "response.ResponseHeader.RequestHandle = requesthandle",
+        "self._connection.message_to_binary(",
+        "struct_to_binary(response), message_type=msgtype, request_id=seqhdr.RequestId",
+        "self._transport.write(data)",
+    ):
+        relies(part in src, f"UaProcessor.send_response: {part}")
+    relies(
+        [f.name for f in dataclasses.fields(ua.BrowseResponse)]
+        == ["TypeId", "ResponseHeader", "Results", "DiagnosticInfos"],
+        "BrowseResponse's fields, in order",
+    )
+
+
+async def test_pre_encoded_browse_results_reach_the_client_as_asyncua_sends_them():
+    from asyncua.ua.ua_binary import list_to_binary
+
+    calls = []
+
+    def encode(results: list[ua.BrowseResult]) -> bytes:
+        calls.append(len(results))
+        return list_to_binary(ua.BrowseResult, results)
+
+    async with running() as own:
+        before = [(r.NodeId, r.BrowseName, r.DisplayName) for r in await own.client.nodes.objects.get_references()]
+        P.hook_browse_encoding(own.server, encode)
+        P.hook_browse_encoding(own.server, encode)  # idempotent
+        P.hook_browse_reftypes(own.server)  # either order
+        after = [(r.NodeId, r.BrowseName, r.DisplayName) for r in await own.client.nodes.objects.get_references()]
+        relies(calls == [1], "a client's Browse is sent through the encoder given")
+        relies(after == before and own.nodeid in [a[0] for a in after], "the client decodes the same references")
+        relies(await own.client.get_node(own.nodeid).read_value() == 42.0, "other responses are asyncua's")
+        [res] = await own.server.iserver.isession.browse(
+            ua.BrowseParameters(NodesToBrowse=[ua.BrowseDescription(NodeId=ua.NodeId(OI.ObjectsFolder))])
+        )
+        relies(own.nodeid in [r.NodeId for r in res.References], "an internal session's Browse gets a plain list")
