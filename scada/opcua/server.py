@@ -24,11 +24,13 @@ from scada.opcua.asyncua_private import (
     hook_browse_reftypes,
     hook_monitored_items,
     hook_read,
+    hook_request_decoding,
 )
 from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
+from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.tag_read import TagReader
 from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
@@ -90,6 +92,7 @@ class HmiServer:
         hook_browse_reftypes(self.server)
         hook_browse_encoding(self.server, browse_results)
         hook_read(self.server, TagReader(builder.table))
+        hook_request_decoding({ua.ReadParameters: read_parameters, ua.BrowseParameters: browse_parameters})
         await self.server.start()
         log.info(
             "opcua_server_started",
