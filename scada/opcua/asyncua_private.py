@@ -66,6 +66,7 @@ __all__ = [
     "hook_browse_encoding",
     "nodeid_binary",
     "string_binary",
+    "datetime_binary",
     "PreEncoded",
     "StructDecoder",
     "decode_struct",
@@ -524,23 +525,31 @@ class ReadAnswers(Protocol):
 _READ_HOOKED = "_scada_read_answers"
 
 
-def hook_read(server: Server, answers: ReadAnswers) -> None:
-    """Let ``answers`` answer a Read's items first, the rest by asyncua (``read_attribute_value``).
+def hook_read(
+    server: Server, answers: ReadAnswers, encode: Callable[[list[ua.DataValue]], bytes] | None = None
+) -> None:
+    """Let ``answers`` answer a Read's items first, the rest by asyncua (``read_attribute_value``);
+    with ``encode``, the results are sent encoded by it (a :class:`PreEncoded` list, see
+    :func:`hook_browse_encoding`).
 
     Replaces the server's ``attribute_service.read`` (the session calls it per Read request,
     between its PreRead and PostRead callbacks, which stay). A later call replaces the
-    answers (a server has one tag table at a time).
+    answers and the encoder (a server has one tag table at a time).
     """
     service = server.iserver.attribute_service
-    setattr(service, _READ_HOOKED, answers)
+    setattr(service, _READ_HOOKED, (answers, encode))
+    if encode is not None:
+        _wrap_send_response()
     if getattr(service.read, _READ_HOOKED, False):
         return
     read_one = service._aspace.read_attribute_value
 
     def read(params: ua.ReadParameters) -> list[ua.DataValue]:
         nodes = params.NodesToRead
-        found = getattr(service, _READ_HOOKED)(nodes)
-        return [dv if dv is not None else read_one(rv.NodeId, rv.AttributeId) for rv, dv in zip(nodes, found)]
+        answer, encoder = getattr(service, _READ_HOOKED)
+        found = answer(nodes)
+        out = [dv if dv is not None else read_one(rv.NodeId, rv.AttributeId) for rv, dv in zip(nodes, found)]
+        return PreEncoded(out, encoder) if encoder is not None else out
 
     setattr(read, _READ_HOOKED, True)
     service.read = read  # type: ignore[method-assign]  # an instance attribute over the method
@@ -563,8 +572,11 @@ nodeid_binary: Callable[[ua.NodeId], bytes] = _nodeid_to_binary
 string_binary: Callable[[str | None], bytes] = _Primitives.String.pack
 """asyncua's encoder of a String (its configured string encoding; None: a null String)."""
 
+datetime_binary: Callable[[Any], bytes] = _Primitives.DateTime.pack
+"""asyncua's encoder of a DateTime (a datetime as Int64 100 ns ticks since 1601, clamped)."""
+
 # The responses whose fields are (TypeId, ResponseHeader, Results, DiagnosticInfos), in order.
-_RESULTS_RESPONSES = (ua.BrowseResponse,)
+_RESULTS_RESPONSES = (ua.BrowseResponse, ua.ReadResponse)
 
 
 class PreEncoded(list):

@@ -30,6 +30,7 @@ from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, ALARMS_FOLDER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
+from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.tag_read import TagReader
 from scada.opcua.typed_ua import NodeId
@@ -91,7 +92,7 @@ class HmiServer:
         # Many nodes per Browse or Read (an HMI's tree walk, a screen's values): see each hook.
         hook_browse_reftypes(self.server)
         hook_browse_encoding(self.server, browse_results)
-        hook_read(self.server, TagReader(builder.table))
+        hook_read(self.server, TagReader(builder.table), data_values)
         hook_request_decoding({ua.ReadParameters: read_parameters, ua.BrowseParameters: browse_parameters})
         await self.server.start()
         log.info(

@@ -784,3 +784,25 @@ async def test_decoded_requests_reach_the_services_and_the_rest_is_asyncuas():
         finally:
             P._DECODERS.clear()
             P._DECODERS.update(before)
+
+
+async def test_pre_encoded_read_results_reach_the_client_as_asyncua_sends_them():
+    from asyncua.ua.ua_binary import list_to_binary
+
+    calls = []
+
+    def encode(results: list[ua.DataValue]) -> bytes:
+        calls.append(len(results))
+        return list_to_binary(ua.DataValue, results)
+
+    relies(
+        [f.name for f in dataclasses.fields(ua.ReadResponse)]
+        == ["TypeId", "ResponseHeader", "Results", "DiagnosticInfos"],
+        "ReadResponse's fields, in order",
+    )
+    async with running() as own:
+        P.hook_read(own.server, lambda nodes: [None] * len(nodes), encode)
+        node = own.client.get_node(own.nodeid)
+        relies(await node.read_value() == 42.0, "a client's Read sent through the encoder given")
+        relies(await own.client.read_values([node, node]) == [42.0, 42.0], "several values")
+        relies(calls == [1, 2], "one encoding per Read response")
