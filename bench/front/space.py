@@ -12,7 +12,7 @@ import psutil
 
 from bench.front.context import Context
 from bench.front.procs import Served, run_node
-from bench.front.servers import NODE, OURS, start
+from bench.front.servers import ASYNCUA, NODE, OURS, start
 from bench.front.workload import NAMESPACE_URI, read_names
 from bench.harness import fmt_rate, log, med
 
@@ -132,11 +132,11 @@ def start_time(ctx: Context) -> None:
 
 def browse_read(ctx: Context) -> None:
     """Walk the whole tree with ``--browse-batch`` nodes per Browse, then Read every tag's Value
-    as many per request: nodes/s, ours and node-opcua on the same tag tree (ours walks its
-    properties and conditions too: the Browse rate is per node returned)."""
+    as many per request: nodes/s, ours beside node-opcua (the target) and stock asyncua on the same
+    tag tree (ours walks its properties and conditions too: the Browse rate is per node returned)."""
     a, rep = ctx.args, ctx.report
     w = ctx.tree(a.browse_tags)
-    kinds = [OURS, NODE]
+    kinds = [OURS, NODE, ASYNCUA]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for r in range(a.repeats):
         for kind in kinds:
@@ -155,7 +155,7 @@ def browse_read(ctx: Context) -> None:
     n = len(read_names(w.names))
     ctx.section("3b. Browse and Read", f"{n:,} tags, {a.browse_batch} nodes per request, medians of {a.repeats}")
     for what, key in (("Browse", "browse_rate"), ("Read", "read_rate")):
-        ours, peer = med(r[key] for r in runs[OURS]), med(r[key] for r in runs[NODE])
+        ours, peer, stock = (med(r[key] for r in runs[k]) for k in (OURS, NODE, ASYNCUA))
         rep.add(
             f"{what}: nodes/s, ours",
             fmt_rate(ours),
@@ -163,8 +163,9 @@ def browse_read(ctx: Context) -> None:
             f"x{ours / peer:.2f}",
             "met" if ours >= peer else "MISSED",
         )
+        rep.add(f"{what}: nodes/s, stock asyncua", fmt_rate(stock), "", f"ours x{ours / stock:.2f}")
     rep.add(
-        "nodes walked under City, ours / node-opcua",
+        "nodes walked under City, ours / node-opcua / asyncua",
         f"{runs[OURS][0]['nodes']:,}",
-        f"{runs[NODE][0]['nodes']:,} (ours adds properties, alarm folders, conditions)",
+        f"{runs[NODE][0]['nodes']:,} / {runs[ASYNCUA][0]['nodes']:,} (ours adds properties, alarm folders, conditions)",
     )

@@ -28,7 +28,9 @@ the CreateMonitoredItems, ModifyMonitoredItems or SetMonitoringMode that touched
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import structlog
@@ -202,22 +204,85 @@ class Watchers(dict):
         return out
 
 
+class _NoFast(set):
+    """The fast handles of a tag without callbacks: always empty (shared, see :class:`_Unwatched`)."""
+
+    __slots__ = ()
+
+    def add(self, handle) -> None:
+        raise RuntimeError("a tag without callbacks has no fast item")
+
+
+_NO_FAST = _NoFast()
+
+
+class _Unwatched(Watchers):
+    """What a :class:`TagValue` without callbacks answers for ``datachange_callbacks``: made per
+    access and dropped after it, so that a tag nobody watches keeps no dict and no set (~330 B
+    per tag with its TagValue's attributes, at city scale). Empty to read; what the publisher
+    records on it (mask, tag, owner) the TagValue already has (``source``, ``tag``); a callback
+    added (asyncua's ``[handle] = callback``) makes the TagValue's own :class:`Watchers`.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: TagValue) -> None:  # not Watchers': no set of its own
+        self.value = value
+        self.mask = None
+        self.tag = -1
+        self.owner = None
+        self.fast = _NO_FAST
+
+    def __setitem__(self, handle, callback) -> None:
+        self.value.watchers()[handle] = callback
+
+    def setdefault(self, handle, default=None):
+        return self.value.watchers().setdefault(handle, default)
+
+    def update(self, *args, **kwargs) -> None:
+        self.value.watchers().update(*args, **kwargs)
+
+
 class TagValue(AttributeValue):
     """The Value attribute of a tag's node: built from the publisher's columns when read.
 
     asyncua reads ``attr.value`` (AddressSpace.read_attribute_value) for a Read and for a
     new monitored item's first value; this property answers with the tag as last published.
     Unbound (before the publisher exists) it reads as BadWaitingForInitialData.
+
+    One per tag, so it is small: slots only (asyncua's ``value_callback`` and ``value_setter``
+    are None for the class), and its callbacks' :class:`Watchers` made with the first callback.
     """
 
-    datachange_callbacks: Watchers  # asyncua's dict of callbacks, kept in step with the watched mask
+    __slots__ = ("source", "tag", "_watchers")
+    value_callback = None
+    value_setter = None
 
     def __init__(self) -> None:  # not AttributeValue's: there is no value to hold
-        self.value_callback = None
-        self.value_setter = None
-        self.datachange_callbacks = Watchers()
         self.source: Publisher | None = None
         self.tag = -1
+        self._watchers: Watchers | None = None
+
+    def watchers(self) -> Watchers:
+        """The tag's callbacks (made now if it had none), bound as the publisher binds them."""
+        w = self._watchers
+        if w is None:
+            w = self._watchers = Watchers()
+            if self.source is not None:
+                w.mask, w.tag, w.owner = self.source.watched, self.tag, self.source
+        return w
+
+    @property
+    def datachange_callbacks(self) -> Watchers:
+        """asyncua's dict of callbacks, kept in step with the publisher's watched mask."""
+        w = self._watchers
+        return w if w is not None else _Unwatched(self)
+
+    @datachange_callbacks.setter
+    def datachange_callbacks(self, w: dict[int, Callable[..., Any]]) -> None:
+        if not isinstance(w, Watchers):  # a plain dict would leave the publisher's mask behind
+            raise TypeError("a tag's datachange callbacks are a Watchers")
+        self._watchers = w
 
     @property
     def value(self) -> ua.DataValue:

@@ -16,11 +16,23 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.asyncua_private import address_space, external_sessions, hook_monitored_items
+from scada.opcua.asyncua_private import (
+    address_space,
+    external_sessions,
+    hook_browse_encoding,
+    hook_browse_reftypes,
+    hook_monitored_items,
+    hook_read,
+    hook_request_decoding,
+)
+from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.publisher import Publisher
+from scada.opcua.read_codec import data_values
+from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
+from scada.opcua.tag_read import TagReader
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -78,6 +90,11 @@ class HmiServer:
         self.publisher = Publisher(self.tagdb, values, vtypes)
         hook_monitored_items(self.server, self._items_changed)
         self.sessions.install()
+        # Many nodes per Browse or Read (an HMI's tree walk, a screen's values): see each hook.
+        hook_browse_reftypes(self.server)
+        hook_browse_encoding(self.server, browse_results)
+        hook_read(self.server, TagReader(builder.table), data_values)
+        hook_request_decoding({ua.ReadParameters: read_parameters, ua.BrowseParameters: browse_parameters})
         await self.server.start()
         log.info(
             "opcua_server_started",

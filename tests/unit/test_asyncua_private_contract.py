@@ -654,3 +654,194 @@ async def test_session_cleanup_hooks_on_a_live_server():
         await own.client.disconnect()
         await until(lambda: not P.subscriptions(own.server), what="the session's subscription deleted")
         relies(closed == [session], "a closed session is reported once through unregister_external_session")
+
+
+# -- Browse and Read hooks (scada/opcua/tag_read.py, HmiServer.start) ------------------------
+
+
+def test_browse_and_read_services_have_the_shape_relied_on():
+    from asyncua.server.address_space import AttributeService, ViewService
+
+    relies(params(ViewService.browse) == ["self", "params"], "ViewService.browse(params)")
+    relies(
+        params(ViewService._suitable_reftype) == ["self", "ref1", "ref2", "subtypes"],
+        "ViewService._suitable_reftype(ref1, ref2, subtypes)",
+    )
+    relies(
+        "self._suitable_reftype(" in inspect.getsource(ViewService._is_suitable_ref),
+        "ViewService._is_suitable_ref tests the reference type with self._suitable_reftype",
+    )
+    relies("self._is_suitable_ref(" in inspect.getsource(ViewService._browse), "ViewService._browse filters per ref")
+    relies(params(AttributeService.read) == ["self", "params"], "AttributeService.read(params)")
+    relies("self._aspace" in inspect.getsource(AttributeService.__init__), "AttributeService._aspace")
+    relies(
+        "read_attribute_value(readvalue.NodeId, readvalue.AttributeId)" in inspect.getsource(AttributeService.read),
+        "AttributeService.read answers each item with read_attribute_value(NodeId, AttributeId) and nothing else",
+    )
+
+
+async def test_browse_and_read_hooks_answer_as_asyncua_on_a_live_server():
+    """Browse with the reference type test remembered per request gives asyncua's answers (every
+    reference type, with and without subtypes, both directions); a hooked Read takes the answers
+    given and asks asyncua for the others, in order."""
+    async with running() as own:
+        view = own.server.iserver.view_service
+        starts = [ua.NodeId(OI.ObjectsFolder), ua.NodeId(OI.Server), own.nodeid, ua.NodeId(OI.RootFolder)]
+        reftypes = [
+            ua.NodeId(),
+            ua.NodeId(OI.HierarchicalReferences),
+            ua.NodeId(OI.HasComponent),
+            ua.NodeId(OI.Organizes),
+        ]
+        descs = [
+            ua.BrowseDescription(NodeId=n, BrowseDirection=d, ReferenceTypeId=t, IncludeSubtypes=s, NodeClassMask=m)
+            for n in starts
+            for d in (ua.BrowseDirection.Forward, ua.BrowseDirection.Inverse, ua.BrowseDirection.Both)
+            for t in reftypes
+            for s in (True, False)
+            for m in (0, int(ua.NodeClass.Object))
+        ]
+        stock = view.browse(ua.BrowseParameters(NodesToBrowse=descs))
+        P.hook_browse_reftypes(own.server)
+        P.hook_browse_reftypes(own.server)  # idempotent
+        hooked = view.browse(ua.BrowseParameters(NodesToBrowse=descs))
+        relies(hooked == stock, "Browse answers with the reference type test remembered per request")
+        relies(sum(len(r.References) for r in hooked) > len(descs), "the Browse found references")
+        folders = await own.client.nodes.objects.get_children()
+        relies(own.nodeid in [c.nodeid for c in folders], "a client's Browse through the hooked service")
+        # Outside a Browse (TranslateBrowsePaths), the test is asyncua's, not remembered.
+        relies(view._suitable_reftype(ua.NodeId(OI.HierarchicalReferences), ua.NodeId(OI.Organizes), True), "subtype")
+
+        answered = ua.DataValue(ua.Variant(7.5))
+        asked: list[list[ua.ReadValueId]] = []
+
+        def answers(nodes: list[ua.ReadValueId]) -> list[ua.DataValue | None]:
+            asked.append(nodes)
+            return [answered if rv.NodeId == own.nodeid and rv.AttributeId == A.Value else None for rv in nodes]
+
+        P.hook_read(own.server, answers)
+        P.hook_read(own.server, answers)  # a second install replaces the answers, the hook stays one
+        node = own.client.get_node(own.nodeid)
+        relies(await node.read_value() == 7.5, "a client's Read gets the hook's answer")
+        relies((await node.read_attribute(A.NodeId)).Value.Value == own.nodeid, "the others are asyncua's")
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await own.client.get_node(ua.NodeId("contract/nothing", own.ns)).read_value()
+        relies(err.value.code == SC.BadNodeIdUnknown, "an unknown node is asyncua's BadNodeIdUnknown")
+        relies(len(asked) == 3, "one call of the answers per Read request")
+
+
+def test_responses_are_sent_as_relied_on_for_pre_encoded_results():
+    from asyncua.server.uaprocessor import UaProcessor
+
+    src = inspect.getsource(UaProcessor.send_response)
+    relies(
+        params(UaProcessor.send_response) == ["self", "requesthandle", "seqhdr", "response", "msgtype"],
+        "UaProcessor.send_response(requesthandle, seqhdr, response, msgtype)",
+    )
+    for part in (
+        "response.ResponseHeader.RequestHandle = requesthandle",
+        "self._connection.message_to_binary(",
+        "struct_to_binary(response), message_type=msgtype, request_id=seqhdr.RequestId",
+        "self._transport.write(data)",
+    ):
+        relies(part in src, f"UaProcessor.send_response: {part}")
+    relies(
+        [f.name for f in dataclasses.fields(ua.BrowseResponse)]
+        == ["TypeId", "ResponseHeader", "Results", "DiagnosticInfos"],
+        "BrowseResponse's fields, in order",
+    )
+
+
+async def test_pre_encoded_browse_results_reach_the_client_as_asyncua_sends_them():
+    from asyncua.ua.ua_binary import list_to_binary
+
+    calls = []
+
+    def encode(results: list[ua.BrowseResult]) -> bytes:
+        calls.append(len(results))
+        return list_to_binary(ua.BrowseResult, results)
+
+    async with running() as own:
+        before = [(r.NodeId, r.BrowseName, r.DisplayName) for r in await own.client.nodes.objects.get_references()]
+        P.hook_browse_encoding(own.server, encode)
+        P.hook_browse_encoding(own.server, encode)  # idempotent
+        P.hook_browse_reftypes(own.server)  # either order
+        after = [(r.NodeId, r.BrowseName, r.DisplayName) for r in await own.client.nodes.objects.get_references()]
+        relies(calls == [1], "a client's Browse is sent through the encoder given")
+        relies(after == before and own.nodeid in [a[0] for a in after], "the client decodes the same references")
+        relies(await own.client.get_node(own.nodeid).read_value() == 42.0, "other responses are asyncua's")
+        [res] = await own.server.iserver.isession.browse(
+            ua.BrowseParameters(NodesToBrowse=[ua.BrowseDescription(NodeId=ua.NodeId(OI.ObjectsFolder))])
+        )
+        relies(own.nodeid in [r.NodeId for r in res.References], "an internal session's Browse gets a plain list")
+
+
+def test_requests_are_decoded_through_the_name_relied_on():
+    from asyncua.server import uaprocessor
+    from asyncua.ua import ua_binary
+
+    src = inspect.getsource(uaprocessor.UaProcessor._process_message)
+    for cls in ("ReadParameters", "BrowseParameters"):
+        relies(f"struct_from_binary(ua.{cls}, body)" in src, f"UaProcessor._process_message decodes {cls} by name")
+    relies(
+        uaprocessor.struct_from_binary in (ua_binary.struct_from_binary, P._struct_from_binary),
+        "asyncua.server.uaprocessor.struct_from_binary is ua_binary's",
+    )
+    relies(params(ua_binary.struct_from_binary) == ["objtype", "data"], "struct_from_binary(objtype, data)")
+    buf = P._Buffer(b"abcdef", 1, 4)
+    relies((buf.cur_pos, len(buf), buf._data) == (1, 4, b"abcdef"), "Buffer(data, start, size): cur_pos, len, _data")
+    buf.skip(2)
+    relies((buf.cur_pos, len(buf)) == (3, 2), "Buffer.skip(n)")
+
+
+async def test_decoded_requests_reach_the_services_and_the_rest_is_asyncuas():
+    from asyncua.server import uaprocessor
+
+    seen: list[int] = []
+
+    def decode(data: bytes, pos: int) -> tuple[ua.ReadParameters, int] | None:
+        obj, end = P.decode_struct(ua.ReadParameters, data, pos)
+        seen.append(len(obj.NodesToRead))
+        return (obj, end) if len(obj.NodesToRead) == 1 else None  # None: asyncua decodes it
+
+    def broken(data: bytes, pos: int) -> None:
+        raise RuntimeError("a defect of the decoder")
+
+    async with running() as own:
+        before = P._DECODERS.copy()
+        try:
+            P.hook_request_decoding({ua.ReadParameters: decode, ua.BrowseParameters: broken})
+            P.hook_request_decoding({ua.ReadParameters: decode, ua.BrowseParameters: broken})  # idempotent
+            relies(uaprocessor.struct_from_binary is P._struct_from_binary, "the processor's decoder is replaced")
+            node = own.client.get_node(own.nodeid)
+            relies(await node.read_value() == 42.0, "a Read decoded by ours")
+            values = await own.client.read_values([node, node])
+            relies(values == [42.0, 42.0], "a Read left to asyncua (ours answered None)")
+            relies(seen == [1, 2], "the decoder saw each Read's parameters")
+            children = await own.client.nodes.objects.get_children()
+            relies(own.nodeid in [c.nodeid for c in children], "a decoder that raises: asyncua decodes the request")
+        finally:
+            P._DECODERS.clear()
+            P._DECODERS.update(before)
+
+
+async def test_pre_encoded_read_results_reach_the_client_as_asyncua_sends_them():
+    from asyncua.ua.ua_binary import list_to_binary
+
+    calls = []
+
+    def encode(results: list[ua.DataValue]) -> bytes:
+        calls.append(len(results))
+        return list_to_binary(ua.DataValue, results)
+
+    relies(
+        [f.name for f in dataclasses.fields(ua.ReadResponse)]
+        == ["TypeId", "ResponseHeader", "Results", "DiagnosticInfos"],
+        "ReadResponse's fields, in order",
+    )
+    async with running() as own:
+        P.hook_read(own.server, lambda nodes: [None] * len(nodes), encode)
+        node = own.client.get_node(own.nodeid)
+        relies(await node.read_value() == 42.0, "a client's Read sent through the encoder given")
+        relies(await own.client.read_values([node, node]) == [42.0, 42.0], "several values")
+        relies(calls == [1, 2], "one encoding per Read response")
