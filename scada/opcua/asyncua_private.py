@@ -19,6 +19,7 @@ classes from here once and then loop over them directly: no wrapper call per nod
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar, cast
@@ -57,10 +58,12 @@ __all__ = [
     "take_queued_datachanges",
     "event_items",
     "external_sessions",
+    "hook_more_notifications",
     "hook_sessions",
     "monitored_item",
     "node_table",
     "pending_events",
+    "requeue_datachanges",
     "stock_historized",
     "subscriptions",
     "wrap_history_read",
@@ -341,6 +344,53 @@ def hook_datachange_publish(sub: InternalSubscription, queue: DataChangeSource) 
 
     sub._pop_triggered_datachanges = pop_datachanges  # type: ignore[method-assign]
     setattr(sub, _QUEUE, queue)
+
+
+_MORE = "_scada_more_notifications"
+
+
+def hook_more_notifications(sub: InternalSubscription, more: Callable[[], bool]) -> None:
+    """Set MoreNotifications when ``more()`` says our queue held rows back (the budget of
+    MaxNotificationsPerPublish), and send them at the next Publish request, not the next
+    interval (Part 4 5.13.1.1, the state table's "MoreNotifications == TRUE" transition).
+
+    asyncua always writes ``MoreNotifications = False`` at the end of ``_pop_publish_result``:
+    its instance attribute is wrapped (on this subscription only), and ``publish_results()``
+    is called once more, which takes a queued Publish request or waits for the next one.
+    """
+    hooked = hasattr(sub, _MORE)
+    setattr(sub, _MORE, more)  # the wrapper asks the latest one
+    if hooked:
+        return
+    pop = InternalSubscription._pop_publish_result.__get__(sub)
+    tasks: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
+
+    def held_back() -> bool:
+        ask: Callable[[], bool] = getattr(sub, _MORE)
+        return ask()
+
+    async def publish_the_rest() -> None:
+        if held_back() and not sub._closing:  # not sent meanwhile, not deleted meanwhile
+            await sub.publish_results()
+
+    def pop_publish_result() -> ua.PublishResult:
+        result = pop()
+        if held_back():
+            result.MoreNotifications = True
+            task = asyncio.get_running_loop().create_task(publish_the_rest())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return result
+
+    sub._pop_publish_result = pop_publish_result  # type: ignore[method-assign]
+
+
+def requeue_datachanges(sub: InternalSubscription, mid: int, notifications: list[ua.MonitoredItemNotification]) -> None:
+    """Put notifications at the head of an item's queue on asyncua's path (they are older than
+    anything asyncua queued for it since): an item leaving our fast queue keeps its rows."""
+    if notifications:
+        queued = sub._triggered_datachanges
+        queued[mid] = [*notifications, *queued.get(mid, [])]
 
 
 def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription, list[int]], None]) -> None:
