@@ -20,6 +20,7 @@ classes from here once and then loop over them directly: no wrapper call per nod
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar, cast
@@ -347,6 +348,7 @@ def hook_datachange_publish(sub: InternalSubscription, queue: DataChangeSource) 
 
 
 _MORE = "_scada_more_notifications"
+CREATE_CHUNK = 200  # monitored items created between two yields to the event loop (~20-50 ms)
 
 
 def hook_more_notifications(sub: InternalSubscription, more: Callable[[], bool]) -> None:
@@ -438,12 +440,25 @@ def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription
         changed(sub, mids)
 
     async def create_monitored_items(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
-        results = await create(params)
-        record(
-            params.SubscriptionId,
-            [(r.MonitoredItemId, i.RequestedParameters) for i, r in zip(params.ItemsToCreate, results, strict=True)],
-            [r.StatusCode.is_good() for r in results],
-        )
+        # asyncua creates a request's items without yielding: 10,000 at once held the front's
+        # loop for seconds, every other subscription's publishes with it. In chunks, with a
+        # yield between them, the same items and results in the same order.
+        items, results = params.ItemsToCreate, []
+        for start in range(0, max(len(items), 1), CREATE_CHUNK):
+            part = dataclasses.replace(params, ItemsToCreate=items[start : start + CREATE_CHUNK])
+            if start:
+                await asyncio.sleep(0)
+                if params.SubscriptionId not in service.subscriptions:  # deleted meanwhile
+                    gone = ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+                    results += [ua.MonitoredItemCreateResult(StatusCode=gone) for _ in part.ItemsToCreate]
+                    continue
+            done = await create(part)
+            record(
+                params.SubscriptionId,
+                [(r.MonitoredItemId, i.RequestedParameters) for i, r in zip(part.ItemsToCreate, done, strict=True)],
+                [r.StatusCode.is_good() for r in done],
+            )
+            results += done
         return results
 
     def modify_monitored_items(params: ua.ModifyMonitoredItemsParameters) -> list[ua.MonitoredItemModifyResult]:

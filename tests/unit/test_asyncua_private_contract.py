@@ -33,6 +33,7 @@ from scada.opcua import asyncua_private as P
 from scada.opcua.publisher import Watchers
 from scada.opcua.server import stop_asyncua_server
 from tests.integration.helpers import ROOT, free_port, until
+from tests.more_notifications import record_more_notifications
 
 VERSION = importlib.metadata.version("asyncua")
 A = ua.AttributeIds
@@ -485,6 +486,25 @@ def test_fast_datachange_internals_have_the_shape_relied_on():
     )
 
 
+def watch(own) -> Watchers:
+    """The test variable's datachange callbacks, as scada.opcua's tag variables keep them."""
+    watchers = Watchers()
+    watchers.mask, watchers.tag = np.zeros(1, bool), 0
+    own.value_attr.datachange_callbacks = watchers
+    return watchers
+
+
+def subscription_params(interval: float, max_notifications: int) -> ua.CreateSubscriptionParameters:
+    """A subscription that publishes nothing before the test looks."""
+    return ua.CreateSubscriptionParameters(
+        RequestedPublishingInterval=interval,
+        RequestedLifetimeCount=1000,
+        RequestedMaxKeepAliveCount=10,
+        MaxNotificationsPerPublish=max_notifications,
+        PublishingEnabled=False,
+    )
+
+
 class _Rows:
     """A stand-in for scada.opcua.fastqueue.DataChangeQueue: fixed encoded rows, popped once."""
 
@@ -515,9 +535,7 @@ async def test_fast_datachange_hooks_on_a_live_server():
         changed: list[tuple[object, list[int]]] = []
         P.hook_monitored_items(own.server, lambda sub, mids: changed.append((sub, mids)))
         P.hook_monitored_items(own.server, lambda sub, mids: None)  # idempotent
-        watchers = Watchers()
-        watchers.mask, watchers.tag = np.zeros(1, bool), 0
-        own.value_attr.datachange_callbacks = watchers
+        watchers = watch(own)
         handler = Handler()
         params_ = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=20,
@@ -598,28 +616,10 @@ async def test_more_notifications_are_flagged_and_sent_at_the_next_publish_reque
     requeue_datachanges puts notifications on asyncua's own queue of an item."""
     async with running() as own:
         P.hook_monitored_items(own.server, lambda sub, mids: None)
-        watchers = Watchers()
-        watchers.mask, watchers.tag = np.zeros(1, bool), 0
-        own.value_attr.datachange_callbacks = watchers
+        watchers = watch(own)
         handler = Handler()
-        params_ = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=100_000,
-            RequestedLifetimeCount=10,
-            RequestedMaxKeepAliveCount=2,
-            MaxNotificationsPerPublish=2,
-            PublishingEnabled=False,  # nothing is sent before we look
-        )
-        sub = await own.client.create_subscription(params_, handler)
-        more: list[bool] = []
-        callbacks = own.client.uaclient._subscription_callbacks
-        deliver = callbacks[sub.subscription_id]
-
-        async def record(result: ua.PublishResult) -> None:
-            if result.NotificationMessage.NotificationData:
-                more.append(result.MoreNotifications)
-            await deliver(result)
-
-        callbacks[sub.subscription_id] = record
+        sub = await own.client.create_subscription(subscription_params(100_000, 2), handler)
+        more = record_more_notifications(own.client, sub.subscription_id)  # MoreNotifications, in order
         request = ua.MonitoredItemCreateRequest(
             ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
             MonitoringMode=ua.MonitoringMode.Reporting,
@@ -647,6 +647,44 @@ async def test_more_notifications_are_flagged_and_sent_at_the_next_publish_reque
         await isub.publish_results()
         got = [await asyncio.wait_for(handler.values.get(), 30) for _ in range(2)]
         relies(got == [6.0, 7.0], f"requeued notifications are sent by asyncua's path: {got}")
+        await sub.delete()
+
+
+async def test_a_large_create_monitored_items_lets_the_loop_run_between_chunks():
+    """hook_monitored_items creates a large request's items in chunks of CREATE_CHUNK with a yield
+    between them (other subscriptions publish meanwhile): same items, same results, in order."""
+    async with running() as own:
+        ticks = 0
+        calls: list[tuple[int, int]] = []  # (items reported, ticks then)
+
+        def changed(sub, mids: list[int]) -> None:
+            calls.append((len(mids), ticks))
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        P.hook_monitored_items(own.server, changed)
+        sub = await own.client.create_subscription(subscription_params(50, 0), Handler())
+        n = 2 * P.CREATE_CHUNK + 50
+        requests = [
+            ua.MonitoredItemCreateRequest(
+                ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
+                MonitoringMode=ua.MonitoringMode.Reporting,
+                RequestedParameters=ua.MonitoringParameters(ClientHandle=1000 + k, QueueSize=1),
+            )
+            for k in range(n)
+        ]
+        task = asyncio.create_task(ticker())
+        try:
+            mids = await sub.create_monitored_items(requests)
+        finally:
+            task.cancel()
+        assert [count for count, _ in calls] == [P.CREATE_CHUNK, P.CREATE_CHUNK, 50]
+        assert calls[0][1] < calls[1][1] < calls[2][1], f"the loop ran between the chunks: {calls}"
+        assert len(mids) == n and mids == sorted(mids) and all(isinstance(m, int) for m in mids)
         await sub.delete()
 
 

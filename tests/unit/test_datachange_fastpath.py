@@ -22,6 +22,7 @@ from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving, until
+from tests.more_notifications import record_more_notifications
 
 pytestmark = pytest.mark.integration
 
@@ -214,16 +215,7 @@ async def test_max_notifications_per_publish_sets_more_notifications_and_loses_n
             PublishingEnabled=True,
         )
         sub = await client.create_subscription(params, seen)
-        more: list[bool] = []  # MoreNotifications of each NotificationMessage with data, in order
-        callbacks = client.uaclient._subscription_callbacks
-        deliver = callbacks[sub.subscription_id]
-
-        async def record(result: ua.PublishResult) -> None:
-            if result.NotificationMessage.NotificationData:
-                more.append(result.MoreNotifications)
-            await deliver(result)
-
-        callbacks[sub.subscription_id] = record
+        more = record_more_notifications(client, sub.subscription_id)  # MoreNotifications, in order
         await sub.subscribe_data_change([node(client, hmi, p) for p in points], queuesize=10)
         await until(lambda: len(seen.rows) == 5, 30, "the first values")
         assert hmi.publisher.n_fast[[tag(hmi, p) for p in points]].tolist() == [1] * 5
