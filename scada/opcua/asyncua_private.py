@@ -36,7 +36,7 @@ from asyncua.server.monitored_item_service import MonitoredItemData, MonitoredIt
 from asyncua.ua.ua_binary import struct_to_binary
 
 from scada.opcua.datachange import notification_body
-from scada.opcua.typed_ua import NodeId
+from scada.opcua.typed_ua import NodeId, StatusCode
 
 __all__ = [
     "AddressSpace",
@@ -449,7 +449,7 @@ def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription
             if start:
                 await asyncio.sleep(0)
                 if params.SubscriptionId not in service.subscriptions:  # deleted meanwhile
-                    gone = ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+                    gone = StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
                     results += [ua.MonitoredItemCreateResult(StatusCode=gone) for _ in part.ItemsToCreate]
                     continue
             done = await create(part)
