@@ -64,7 +64,7 @@ SETTINGS: list[tuple[str, Any, Any, Any, str]] = [
     ("--tick-ms", float, 10.0, None, "the field's period (one batch a tick)"),
     ("--publishing-ms", float, 50.0, None, "the clients' publishing interval"),
     ("--settle", float, 5.0, 2.0, "throughput and latency: seconds between the clients' setup and the window"),
-    ("--client-nice", int, FRONT_NICENESS, None, "throughput and latency: the clients' niceness (our front's)"),
+    ("--client-nice", int, 0, None, f"throughput and latency: the clients' niceness ({FRONT_NICENESS}: our front's)"),
     ("--clients", int, 5, 2, "latency and isolation: clients at once"),
     ("--lat-items", int, 10000, 2000, "latency: items of each client"),
     ("--lat-rate", float, 1.0, None, "latency: changes per item per second"),
