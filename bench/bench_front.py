@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.front import churn, isolation, publish, space  # noqa: E402
 from bench.front.context import Context  # noqa: E402
 from bench.harness import Report, log  # noqa: E402
+from scada.front.process import FRONT_NICENESS  # noqa: E402
 
 SECTIONS = {
     "throughput": publish.throughput,
@@ -62,6 +63,8 @@ SETTINGS: list[tuple[str, Any, Any, Any, str]] = [
     ("--rate", float, 10.0, None, "throughput: changes per item per second"),
     ("--tick-ms", float, 10.0, None, "the field's period (one batch a tick)"),
     ("--publishing-ms", float, 50.0, None, "the clients' publishing interval"),
+    ("--settle", float, 5.0, 2.0, "throughput and latency: seconds between the clients' setup and the window"),
+    ("--client-nice", int, 0, None, f"throughput and latency: the clients' niceness ({FRONT_NICENESS}: our front's)"),
     ("--clients", int, 5, 2, "latency and isolation: clients at once"),
     ("--lat-items", int, 10000, 2000, "latency: items of each client"),
     ("--lat-rate", float, 1.0, None, "latency: changes per item per second"),

@@ -103,13 +103,20 @@ class Served:
 
 
 class NodeRun:
-    """One bench/node script running (a client), its stdout kept for its RESULT line."""
+    """One bench/node script running (a client), its stdout kept for its RESULT line; ``nice``: its
+    niceness (0: the bench's own)."""
 
-    def __init__(self, script: str, arg: dict[str, Any], log: Path) -> None:
+    def __init__(self, script: str, arg: dict[str, Any], log: Path, nice: int = 0) -> None:
         self.script = script
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115  (the child writes it until result())
-        self.proc = subprocess.Popen(node_cmd(script, arg), stdout=self._out, stderr=subprocess.STDOUT, cwd=NODE_DIR)
+        self.proc = subprocess.Popen(
+            node_cmd(script, arg),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=NODE_DIR,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
 
     def wait_ready(self, timeout: float) -> None:
         """Wait for the client's ``READY`` line (its initial values are in)."""

@@ -4,7 +4,11 @@
 //
 // Argument (JSON): endpoint, nsUri, nodes (file: one NodeId string identifier a line), seconds,
 // publishingInterval (ms), queueSize, samplingInterval (ms), perCall (items per
-// CreateMonitoredItems), initialTimeout (s), latFile (optional: every latency, float64 ms, sorted).
+// CreateMonitoredItems), initialTimeout (s), latFile (optional: every latency, float64 ms, sorted),
+// settleSeconds (optional: seconds between the start signal and the measured window, counted
+// apart: a server still catching up after every client's setup), seriesFile (optional: every
+// notification of the client's life as float64 pairs (arrival, latency) in ms, arrival from the
+// start signal, negative before it: where in time a tail comes from).
 "use strict";
 const { AttributeIds, TimestampsToReturn } = require("node-opcua");
 const { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile, runMain } = require("./common");
@@ -25,16 +29,38 @@ async function main() {
         priority: 10,
     });
     let counting = false;
+    let settling = false; // between the start signal and the window
     let count = 0;
+    let settled = 0;
     let initial = 0;
     let messages = 0;
     let lat = new Float64Array(1 << 20);
     let nLat = 0;
+    let series = a.seriesFile ? new Float64Array(1 << 21) : null;
+    let nSeries = 0;
+    let go = 0; // the start signal (nowMs), 0 until it comes
     sub.on("raw_notification", (msg) => {
         const t = nowMs();
         for (const nd of msg.notificationData || []) {
             const items = nd && nd.monitoredItems;
             if (!items) continue;
+            if (series) {
+                for (const it of items) {
+                    const v = it.value && it.value.value ? it.value.value.value : null;
+                    if (typeof v !== "number") continue;
+                    if (nSeries + 2 > series.length) {
+                        const bigger = new Float64Array(series.length * 2);
+                        bigger.set(series);
+                        series = bigger;
+                    }
+                    series[nSeries++] = go ? t - go : t;
+                    series[nSeries++] = t - v;
+                }
+            }
+            if (settling) {
+                settled += items.length;
+                continue;
+            }
             if (!counting) {
                 initial += items.length;
                 continue;
@@ -82,12 +108,22 @@ async function main() {
         const goDeadline = nowMs() + 1000 * (a.initialTimeout || 60);
         while (!fs.existsSync(a.goFile) && nowMs() < goDeadline) await new Promise((r) => setTimeout(r, 10));
     }
+    go = nowMs();
+    if (series) {
+        for (let i = 0; i < nSeries; i += 2) series[i] -= go; // the setup's arrivals: before the signal
+    }
+    if (a.settleSeconds) {
+        settling = true;
+        await new Promise((r) => setTimeout(r, 1000 * a.settleSeconds));
+        settling = false;
+    }
     counting = true;
     const w0 = nowMs();
     await new Promise((r) => setTimeout(r, 1000 * a.seconds));
     counting = false;
     const window = (nowMs() - w0) / 1000;
     const sorted = lat.subarray(0, nLat).sort();
+    if (series) require("fs").writeFileSync(a.seriesFile, Buffer.from(series.buffer, 0, 8 * nSeries));
     if (a.latFile) require("fs").writeFileSync(a.latFile, Buffer.from(sorted.buffer, sorted.byteOffset, 8 * nLat));
     result({
         items: names.length,
@@ -95,6 +131,8 @@ async function main() {
         revised,
         publishing_interval: sub.publishingInterval,
         initial,
+        settled,
+        settle_s: a.settleSeconds || 0,
         subscribe_s: subscribeS,
         initial_s: initialS,
         notifications: count,

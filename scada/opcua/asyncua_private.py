@@ -19,6 +19,8 @@ classes from here once and then loop over them directly: no wrapper call per nod
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextvars import ContextVar
@@ -43,7 +45,7 @@ from asyncua.ua.ua_binary import struct_from_binary as _stock_struct_from_binary
 from asyncua.ua.ua_binary import struct_to_binary
 
 from scada.opcua.datachange import notification_body
-from scada.opcua.typed_ua import NodeId
+from scada.opcua.typed_ua import NodeId, StatusCode
 
 __all__ = [
     "AddressSpace",
@@ -78,12 +80,14 @@ __all__ = [
     "take_queued_datachanges",
     "event_items",
     "external_sessions",
+    "hook_more_notifications",
     "hook_session_closed",
     "hook_sessions",
     "hook_subscription_created",
     "monitored_item",
     "node_table",
     "pending_events",
+    "requeue_datachanges",
     "stock_historized",
     "subscriptions",
     "swap_item_service_logger",
@@ -367,6 +371,54 @@ def hook_datachange_publish(sub: InternalSubscription, queue: DataChangeSource) 
     setattr(sub, _QUEUE, queue)
 
 
+_MORE = "_scada_more_notifications"
+CREATE_CHUNK = 200  # monitored items created between two yields to the event loop (~20-50 ms)
+
+
+def hook_more_notifications(sub: InternalSubscription, more: Callable[[], bool]) -> None:
+    """Set MoreNotifications when ``more()`` says our queue held rows back (the budget of
+    MaxNotificationsPerPublish), and send them at the next Publish request, not the next
+    interval (Part 4 5.13.1.1, the state table's "MoreNotifications == TRUE" transition).
+
+    asyncua always writes ``MoreNotifications = False`` at the end of ``_pop_publish_result``:
+    its instance attribute is wrapped (on this subscription only), and ``publish_results()``
+    is called once more, which takes a queued Publish request or waits for the next one.
+    """
+    hooked = hasattr(sub, _MORE)
+    setattr(sub, _MORE, more)  # the wrapper asks the latest one
+    if hooked:
+        return
+    pop = InternalSubscription._pop_publish_result.__get__(sub)
+    tasks: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
+
+    def held_back() -> bool:
+        ask: Callable[[], bool] = getattr(sub, _MORE)
+        return ask()
+
+    async def publish_the_rest() -> None:
+        if held_back() and not sub._closing:  # not sent meanwhile, not deleted meanwhile
+            await sub.publish_results()
+
+    def pop_publish_result() -> ua.PublishResult:
+        result = pop()
+        if held_back():
+            result.MoreNotifications = True
+            task = asyncio.get_running_loop().create_task(publish_the_rest())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return result
+
+    sub._pop_publish_result = pop_publish_result  # type: ignore[method-assign]
+
+
+def requeue_datachanges(sub: InternalSubscription, mid: int, notifications: list[ua.MonitoredItemNotification]) -> None:
+    """Put notifications at the head of an item's queue on asyncua's path (they are older than
+    anything asyncua queued for it since): an item leaving our fast queue keeps its rows."""
+    if notifications:
+        queued = sub._triggered_datachanges
+        queued[mid] = [*notifications, *queued.get(mid, [])]
+
+
 def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription, list[int]], None]) -> None:
     """Call ``changed(subscription, monitored item ids)`` after CreateMonitoredItems,
     ModifyMonitoredItems and SetMonitoringMode; record what asyncua drops on the way
@@ -412,12 +464,25 @@ def hook_monitored_items(server: Server, changed: Callable[[InternalSubscription
         changed(sub, mids)
 
     async def create_monitored_items(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
-        results = await create(params)
-        record(
-            params.SubscriptionId,
-            [(r.MonitoredItemId, i.RequestedParameters) for i, r in zip(params.ItemsToCreate, results, strict=True)],
-            [r.StatusCode.is_good() for r in results],
-        )
+        # asyncua creates a request's items without yielding: 10,000 at once held the front's
+        # loop for seconds, every other subscription's publishes with it. In chunks, with a
+        # yield between them, the same items and results in the same order.
+        items, results = params.ItemsToCreate, []
+        for start in range(0, max(len(items), 1), CREATE_CHUNK):
+            part = dataclasses.replace(params, ItemsToCreate=items[start : start + CREATE_CHUNK])
+            if start:
+                await asyncio.sleep(0)
+                if params.SubscriptionId not in service.subscriptions:  # deleted meanwhile
+                    gone = StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+                    results += [ua.MonitoredItemCreateResult(StatusCode=gone) for _ in part.ItemsToCreate]
+                    continue
+            done = await create(part)
+            record(
+                params.SubscriptionId,
+                [(r.MonitoredItemId, i.RequestedParameters) for i, r in zip(part.ItemsToCreate, done, strict=True)],
+                [r.StatusCode.is_good() for r in done],
+            )
+            results += done
         return results
 
     def modify_monitored_items(params: ua.ModifyMonitoredItemsParameters) -> list[ua.MonitoredItemModifyResult]:

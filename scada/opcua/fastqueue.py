@@ -32,6 +32,8 @@ from scada.opcua.datachange import STRING, encode_items
 DISABLED, SAMPLING, REPORTING = (int(m) for m in ua.MonitoringMode)
 STATUS, STATUS_VALUE, STATUS_VALUE_TIMESTAMP = (int(t) for t in ua.DataChangeTrigger)
 COMPACT_MIN = 1024  # pending rows below which a queue is left to the next publish to trim
+# A DataValue StatusCode's InfoType "DataValue" (bit 10) with its Overflow bit (bit 7): Part 4 7.39.1.
+OVERFLOW = 0x0480
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,18 +165,32 @@ def trim(slot: np.ndarray, qsize: np.ndarray, discard: np.ndarray) -> np.ndarray
     ``qsize``/``discard``: per row, its item's. An item keeps its newest ``qsize`` rows
     (DiscardOldest) or its first ``qsize - 1`` and its newest (the newest replaces the last).
     """
+    return trim_overflow(slot, qsize, discard)[0]
+
+
+def trim_overflow(slot: np.ndarray, qsize: np.ndarray, discard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trim`'s indexes, and which of the kept rows carry the Overflow bit (a bool per kept row).
+
+    Part 4 5.13.1.5: when a queue larger than one discards, DiscardOldest flags the oldest value
+    kept (the next after the discarded ones), otherwise the newest (which replaced the last).
+    A queue of one never flags (it is a buffer of the newest value).
+    """
     n = len(slot)
     order = np.argsort(slot, kind="stable")
     s = slot[order]
     first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     if len(first) == n:  # one row per item: every queue holds at least one
-        return np.arange(n)
+        return np.arange(n), np.zeros(n, bool)
     lengths = np.diff(np.r_[first, n])
     pos = np.arange(n) - np.repeat(first, lengths)
-    from_end = np.repeat(lengths, lengths) - 1 - pos
+    length = np.repeat(lengths, lengths)
+    from_end = length - 1 - pos
     q, d = qsize[order], discard[order]
     keep = np.where(d, from_end < q, (pos < q - 1) | (from_end == 0))
-    return np.sort(order[keep])
+    flag = (length > q) & (q > 1) & np.where(d, from_end == q - 1, from_end == 0)
+    kept = order[keep]
+    by_queue = np.argsort(kept)
+    return kept[by_queue], flag[keep][by_queue]
 
 
 class DataChangeQueue:
@@ -193,6 +209,7 @@ class DataChangeQueue:
         self._compact_at = COMPACT_MIN
         self._index: tuple[np.ndarray, np.ndarray] | None = None  # (tags sorted, their slots)
         self.stale: set[int] = set()  # handles to confirm after a publisher rebuild (reload)
+        self.held_back = False  # the last pop left rows to report (the budget): MoreNotifications
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -322,7 +339,9 @@ class DataChangeQueue:
             rows = rows.take(np.flatnonzero(live))
         self._release_dead()
         if len(rows):
-            rows = rows.take(trim(rows.slot, it.qsize[rows.slot], it.discard[rows.slot]))
+            keep, overflow = trim_overflow(rows.slot, it.qsize[rows.slot], it.discard[rows.slot])
+            rows = rows.take(keep)  # copies: the flags below change only these rows
+            rows.status[overflow] |= OVERFLOW
         return rows if len(rows) else None
 
     def _release_dead(self) -> None:
@@ -336,6 +355,10 @@ class DataChangeQueue:
     def _compact(self) -> None:
         self._set(self._gathered())
 
+    def more(self) -> bool:
+        """The last publish left rows to report (MaxNotificationsPerPublish): MoreNotifications."""
+        return self.held_back
+
     def ready(self) -> bool:
         """Some row may be reported at the next publish (asyncua then sends a NotificationMessage)."""
         return self.n_pending > 0 and bool((self.items.mode == REPORTING).any())
@@ -347,6 +370,7 @@ class DataChangeQueue:
         for the next publish. Rows of Sampling items stay queued.
         """
         rows = self._gathered()
+        self.held_back = False
         if rows is None:
             self._set(None)
             return 0, b""
@@ -354,6 +378,7 @@ class DataChangeQueue:
         report = np.flatnonzero(it.mode[rows.slot] == REPORTING)
         if budget is not None and len(report) > budget:
             report = report[:budget]
+            self.held_back = True
         rest = np.ones(len(rows), bool)
         rest[report] = False
         self._set(rows.take(np.flatnonzero(rest)) if rest.any() else None)
@@ -362,3 +387,16 @@ class DataChangeQueue:
             return 0, b""
         items = encode_items(it.client[out.slot], it.vtype[out.slot], out.value, out.status, out.src, out.srv, out.text)
         return len(out), items
+
+    def take(self, handle: int) -> Rows | None:
+        """Remove and return an item's pending rows, in order, trimmed to its queue size (None:
+        none). For an item leaving the fast path (modified to parameters only asyncua's path
+        supports): its rows go on with it, not lost."""
+        slot = self.slot_of.get(handle)
+        rows = self._gathered()
+        if slot is None or rows is None:
+            self._set(rows)
+            return None
+        mine = rows.slot == slot
+        self._set(rows.take(np.flatnonzero(~mine)) if not mine.all() else None)
+        return rows.take(np.flatnonzero(mine)) if mine.any() else None

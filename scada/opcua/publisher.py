@@ -44,7 +44,9 @@ from scada.opcua.asyncua_private import (
     discard_oldest,
     fast_queue,
     hook_datachange_publish,
+    hook_more_notifications,
     monitored_item,
+    requeue_datachanges,
     take_queued_datachanges,
 )
 from scada.opcua.datachange import STRING
@@ -89,6 +91,23 @@ def _rows_of(queued: list[tuple[int, ua.MonitoredItemNotification]]) -> Rows:
         np.array(srv, np.int64),
         text,
     )
+
+
+def _notifications(rows: Rows, client_handle: int, vt: ua.VariantType) -> list[ua.MonitoredItemNotification]:
+    """One item's rows of a fast queue as asyncua's path queues them (the reverse of ``_rows_of``)."""
+    out = []
+    texts = rows.text.tolist() if rows.text is not None else [None] * len(rows)
+    for v, t, status, src, srv in zip(
+        rows.value.tolist(), texts, rows.status.tolist(), rows.src.tolist(), rows.srv.tolist(), strict=True
+    ):
+        dv = _published(
+            variant(vt, v, t),
+            StatusCode=StatusCode(status),
+            SourceTimestamp=_EPOCH + timedelta(microseconds=src // 1000) if src else None,
+            ServerTimestamp=_EPOCH + timedelta(microseconds=srv // 1000) if srv else None,
+        )
+        out.append(ua.MonitoredItemNotification(ClientHandle=client_handle, Value=dv))
+    return out
 
 
 class PublishedValue(ua.DataValue):
@@ -416,12 +435,19 @@ class Publisher:
         queue = queue if queue is not None else fast_queue(sub)
         if params is None:
             if handle in w.fast:  # modified to parameters of asyncua's path only: hand it back
+                rows = queue.take(handle) if queue is not None else None
                 w.pop(handle)
                 w[handle] = callback
+                if rows is not None and item.monitored_item_id is not None:
+                    # Its pending rows go with it, the newest its new queue size holds (asyncua's rule).
+                    size = item.queue_size or sub.max_queue_size
+                    notes = _notifications(rows, item.client_handle or 0, self.vtypes[tag])
+                    requeue_datachanges(sub, item.monitored_item_id, notes[-size:])
             return
         if queue is None:
             queue = DataChangeQueue()
             hook_datachange_publish(sub, queue)
+            hook_more_notifications(sub, queue.more)
         text = self._text.get(tag)
         last = (float(self._value[tag]), int(self._status_col[tag]), int(self._source_ns[tag]), text)
         queue.add(handle, tag, int(self._vtype_code[tag]), params, last)

@@ -33,6 +33,7 @@ from scada.opcua import asyncua_private as P
 from scada.opcua.publisher import Watchers
 from scada.opcua.server import stop_asyncua_server
 from tests.integration.helpers import ROOT, free_port, until
+from tests.more_notifications import record_more_notifications
 
 VERSION = importlib.metadata.version("asyncua")
 A = ua.AttributeIds
@@ -443,6 +444,20 @@ def test_fast_datachange_internals_have_the_shape_relied_on():
         "has_published_results tests _triggered_datachanges for truth",
     )
     relies("self._pop_triggered_datachanges(result)" in src, "_pop_publish_result calls _pop_triggered_datachanges")
+    relies(
+        params(InternalSubscription._pop_publish_result) == ["self"]
+        and "result = self._pop_publish_result()" in inspect.getsource(InternalSubscription.publish_results),
+        "publish_results builds its PublishResult with self._pop_publish_result() (hook_more_notifications)",
+    )
+    relies(
+        "result.MoreNotifications = False" in inspect.getsource(InternalSubscription._pop_publish_result),
+        "_pop_publish_result writes MoreNotifications itself (hook_more_notifications sets it after)",
+    )
+    relies(
+        params(InternalSubscription.publish_results) == ["self", "requestdata"],
+        "publish_results(requestdata=None) takes a queued Publish request or waits for the next",
+    )
+    relies("self._closing" in inspect.getsource(InternalSubscription.__init__), "InternalSubscription._closing")
     for name in ("pub_request_callback", "max_queue_size", "_triggered_datachanges", "data", "monitored_item_srv"):
         relies(f"self.{name}" in inspect.getsource(InternalSubscription.__init__), f"InternalSubscription.{name}")
     relies(
@@ -468,6 +483,25 @@ def test_fast_datachange_internals_have_the_shape_relied_on():
     relies(
         struct_to_binary(ext).endswith(len(body).to_bytes(4, "little") + body),
         "an ExtensionObject's Body is written as it is",
+    )
+
+
+def watch(own) -> Watchers:
+    """The test variable's datachange callbacks, as scada.opcua's tag variables keep them."""
+    watchers = Watchers()
+    watchers.mask, watchers.tag = np.zeros(1, bool), 0
+    own.value_attr.datachange_callbacks = watchers
+    return watchers
+
+
+def subscription_params(interval: float, max_notifications: int) -> ua.CreateSubscriptionParameters:
+    """A subscription that publishes nothing before the test looks."""
+    return ua.CreateSubscriptionParameters(
+        RequestedPublishingInterval=interval,
+        RequestedLifetimeCount=1000,
+        RequestedMaxKeepAliveCount=10,
+        MaxNotificationsPerPublish=max_notifications,
+        PublishingEnabled=False,
     )
 
 
@@ -501,9 +535,7 @@ async def test_fast_datachange_hooks_on_a_live_server():
         changed: list[tuple[object, list[int]]] = []
         P.hook_monitored_items(own.server, lambda sub, mids: changed.append((sub, mids)))
         P.hook_monitored_items(own.server, lambda sub, mids: None)  # idempotent
-        watchers = Watchers()
-        watchers.mask, watchers.tag = np.zeros(1, bool), 0
-        own.value_attr.datachange_callbacks = watchers
+        watchers = watch(own)
         handler = Handler()
         params_ = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=20,
@@ -551,6 +583,108 @@ async def test_fast_datachange_hooks_on_a_live_server():
         got = [await asyncio.wait_for(handler.values.get(), 30) for _ in range(4)]
         relies(got == [0.5, 1.0, 2.0, 3.0], f"asyncua's notifications then our encoded rows, in one publish: {got}")
         relies(rows.budgets and rows.budgets[0] == 6, "the queue's budget is MaxNotificationsPerPublish less asyncua's")
+        await sub.delete()
+
+
+class _Chunks:
+    """A stand-in for DataChangeQueue: values popped at most ``budget`` at a time; ``more`` after a
+    pop that left some."""
+
+    def __init__(self, client_handle: int, values: list[float]) -> None:
+        self.client_handle, self.values = client_handle, list(values)
+        self.held_back = False
+
+    def ready(self) -> bool:
+        return bool(self.values)
+
+    def more(self) -> bool:
+        return self.held_back
+
+    def pop(self, budget: int | None = None) -> tuple[int, bytes]:
+        from scada.opcua.datachange import DOUBLE, encode_items
+
+        n = len(self.values) if budget is None else min(budget, len(self.values))
+        out, self.values = self.values[:n], self.values[n:]
+        self.held_back = bool(self.values)
+        zeros = np.zeros(n)
+        return n, encode_items(np.full(n, self.client_handle), np.full(n, DOUBLE), np.array(out), zeros, zeros, zeros)
+
+
+async def test_more_notifications_are_flagged_and_sent_at_the_next_publish_request():
+    """hook_more_notifications: a NotificationMessage that leaves rows says MoreNotifications, and
+    the rest goes with the next Publish request, not at the next publishing interval (100 s here);
+    requeue_datachanges puts notifications on asyncua's own queue of an item."""
+    async with running() as own:
+        P.hook_monitored_items(own.server, lambda sub, mids: None)
+        watchers = watch(own)
+        handler = Handler()
+        sub = await own.client.create_subscription(subscription_params(100_000, 2), handler)
+        more = record_more_notifications(own.client, sub.subscription_id)  # MoreNotifications, in order
+        request = ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(ClientHandle=301, QueueSize=5),
+        )
+        [mid] = await sub.create_monitored_items([request])
+        [(_, callback)] = list(watchers.items())
+        isub = P.datachange_subscription(callback)
+        assert isub is not None
+        P.take_queued_datachanges(isub, mid)  # the first value: not part of this test
+        chunks = _Chunks(301, [1.0, 2.0, 3.0, 4.0, 5.0])
+        P.hook_datachange_publish(isub, chunks)
+        P.hook_more_notifications(isub, chunks.more)
+        P.hook_more_notifications(isub, chunks.more)  # idempotent
+        await sub.set_publishing_mode(True)
+        await isub.publish_results()  # one publishing cycle, as the subscription's loop runs it
+        got = [await asyncio.wait_for(handler.values.get(), 30) for _ in range(5)]
+        relies(got == [1.0, 2.0, 3.0, 4.0, 5.0], f"the rest follows with the next Publish requests: {got}")
+        relies(more == [True, True, False], f"MoreNotifications set on the messages that left rows: {more}")
+        notes = [
+            ua.MonitoredItemNotification(ClientHandle=301, Value=_dv(v, ua.VariantType.Double)) for v in (6.0, 7.0)
+        ]
+        P.requeue_datachanges(isub, mid, notes)
+        relies(isub.has_published_results(), "a requeued notification makes the next cycle publish")
+        await isub.publish_results()
+        got = [await asyncio.wait_for(handler.values.get(), 30) for _ in range(2)]
+        relies(got == [6.0, 7.0], f"requeued notifications are sent by asyncua's path: {got}")
+        await sub.delete()
+
+
+async def test_a_large_create_monitored_items_lets_the_loop_run_between_chunks():
+    """hook_monitored_items creates a large request's items in chunks of CREATE_CHUNK with a yield
+    between them (other subscriptions publish meanwhile): same items, same results, in order."""
+    async with running() as own:
+        ticks = 0
+        calls: list[tuple[int, int]] = []  # (items reported, ticks then)
+
+        def changed(sub, mids: list[int]) -> None:
+            calls.append((len(mids), ticks))
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        P.hook_monitored_items(own.server, changed)
+        sub = await own.client.create_subscription(subscription_params(50, 0), Handler())
+        n = 2 * P.CREATE_CHUNK + 50
+        requests = [
+            ua.MonitoredItemCreateRequest(
+                ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
+                MonitoringMode=ua.MonitoringMode.Reporting,
+                RequestedParameters=ua.MonitoringParameters(ClientHandle=1000 + k, QueueSize=1),
+            )
+            for k in range(n)
+        ]
+        task = asyncio.create_task(ticker())
+        try:
+            mids = await sub.create_monitored_items(requests)
+        finally:
+            task.cancel()
+        assert [count for count, _ in calls] == [P.CREATE_CHUNK, P.CREATE_CHUNK, 50]
+        assert calls[0][1] < calls[1][1] < calls[2][1], f"the loop ran between the chunks: {calls}"
+        assert len(mids) == n and mids == sorted(mids) and all(isinstance(m, int) for m in mids)
         await sub.delete()
 
 

@@ -22,6 +22,7 @@ from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving, until
+from tests.more_notifications import record_more_notifications
 
 pytestmark = pytest.mark.integration
 
@@ -199,4 +200,67 @@ async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
             (230.0, st.GOOD),
             (232.0, st.BAD_COMMUNICATION_ERROR),
         ]
+        await sub.delete()
+
+
+async def test_max_notifications_per_publish_sets_more_notifications_and_loses_nothing(hmi):
+    seen = Seen()
+    points = ["power", "energy", "lamps_on", "mains_voltage", "dim_level"]
+    async with client_of(hmi) as client:
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=20,
+            RequestedLifetimeCount=1000,
+            RequestedMaxKeepAliveCount=10,
+            MaxNotificationsPerPublish=2,
+            PublishingEnabled=True,
+        )
+        sub = await client.create_subscription(params, seen)
+        more = record_more_notifications(client, sub.subscription_id)  # MoreNotifications, in order
+        await sub.subscribe_data_change([node(client, hmi, p) for p in points], queuesize=10)
+        await until(lambda: len(seen.rows) == 5, 30, "the first values")
+        assert hmi.publisher.n_fast[[tag(hmi, p) for p in points]].tolist() == [1] * 5
+        for k in range(1, 4):
+            for p in points:
+                write(hmi, p, float(k))
+        await until(lambda: len(seen.rows) == 20, 30, "every value, two per publish")
+        for p in points:
+            assert [v for v, _, _ in seen.of(p)][1:] in ([1.0, 2.0, 3.0], [True, True, True])
+        # The budget held rows back: those messages say so; the last one of a burst does not.
+        assert True in more and more[-1] is False
+        await sub.delete()
+
+
+async def test_an_item_modified_to_asyncua_s_path_keeps_its_pending_values(hmi):
+    pub = hmi.publisher
+    seen = Seen()
+    write(hmi, "temperature", 20.0)  # asyncua's percent deadband needs a previous value
+    await until(lambda: pub.published > len(hmi.tagdb), 30, "the first temperature published")
+    async with client_of(hmi) as client:
+        sub = await client.create_subscription(20, seen)
+        mid = await sub.subscribe_data_change(node(client, hmi, "temperature"), queuesize=10)
+        await until(lambda: len(seen.rows) == 1, 30, "the first value")
+        assert pub.n_fast[tag(hmi, "temperature")] == 1
+        await sub.set_publishing_mode(False)  # the next values wait in the fast queue
+        base = pub.published
+        for v in (21.0, 22.0, 23.0):
+            write(hmi, "temperature", v)
+        await until(lambda: pub.published >= base + 3, 30, "the values queued")
+        [client_handle] = [h for h, d in sub._monitored_items.items() if d.server_handle == mid]
+        percent = ua.DataChangeFilter(
+            Trigger=ua.DataChangeTrigger.StatusValue, DeadbandType=ua.DeadbandType.Percent, DeadbandValue=5.0
+        )
+        request = ua.MonitoredItemModifyRequest(
+            MonitoredItemId=mid,
+            RequestedParameters=ua.MonitoringParameters(ClientHandle=client_handle, QueueSize=10, Filter=percent),
+        )
+        modify = ua.ModifyMonitoredItemsParameters(SubscriptionId=sub.subscription_id, ItemsToModify=[request])
+        [result] = await client.uaclient.modify_monitored_items(modify)
+        assert result.StatusCode.is_good()
+        # On asyncua's path now (a percent deadband), with the values it had not sent yet.
+        assert pub.n_fast[tag(hmi, "temperature")] == 0 and pub.watched[tag(hmi, "temperature")]
+        await sub.set_publishing_mode(True)
+        await until(lambda: len(seen.rows) == 4, 30, "the values queued before the modification")
+        write(hmi, "temperature", 60.0)  # beyond the deadband: asyncua's path sends it
+        await until(lambda: len(seen.rows) == 5, 30, "a value after the modification")
+        assert [v for v, _, _ in seen.of("temperature")] == [20.0, 21.0, 22.0, 23.0, 60.0]
         await sub.delete()

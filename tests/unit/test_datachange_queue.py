@@ -10,7 +10,17 @@ from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary
 
 from scada.opcua.datachange import DOUBLE, STRING, notification_body
-from scada.opcua.fastqueue import DISABLED, REPORTING, SAMPLING, DataChangeQueue, ItemParams, item_params, trim
+from scada.opcua.fastqueue import (
+    DISABLED,
+    OVERFLOW,
+    REPORTING,
+    SAMPLING,
+    DataChangeQueue,
+    ItemParams,
+    item_params,
+    trim,
+    trim_overflow,
+)
 
 GOOD, BAD = 0, 0x80310000
 T = 1_700_000_000_000_000_000
@@ -68,6 +78,35 @@ def test_larger_queues_keep_n_per_item_in_order_discarding_the_oldest_or_the_new
     got = values(q)
     assert [v for h, v in got if h == 1] == [4.0, 5.0, 6.0]
     assert [v for h, v in got if h == 2] == [1.0, 2.0, 6.0]  # the newest replaces the last (Part 4)
+
+
+def test_a_queue_larger_than_one_that_discards_flags_overflow_where_part_4_says():
+    q = DataChangeQueue()
+    q.add(1, 0, DOUBLE, params(1, qsize=3, discard=True), None)
+    q.add(2, 1, DOUBLE, params(2, qsize=3, discard=False), None)
+    q.add(3, 2, DOUBLE, params(3, qsize=1), None)  # a buffer of the newest: never flagged
+    q.add(4, 3, DOUBLE, params(4, qsize=3), None)  # not overflowed: not flagged
+    for v in range(1, 7):
+        offer(q, [0, 1, 2], [v, v, v], status=BAD if v == 5 else GOOD)
+    offer(q, [3, 3], [1.0, 2.0])
+    got = [(h, v, s) for h, v, s, _ in published(q)]
+    # DiscardOldest: the oldest kept (the next after the discarded ones) carries the bit.
+    assert [(v, s) for h, v, s in got if h == 1] == [(4.0, GOOD | OVERFLOW), (5.0, BAD), (6.0, GOOD)]
+    # Otherwise the newest, which replaced the last.
+    assert [(v, s) for h, v, s in got if h == 2] == [(1.0, GOOD), (2.0, GOOD), (6.0, GOOD | OVERFLOW)]
+    assert [(v, s) for h, v, s in got if h == 3] == [(6.0, GOOD)]
+    assert [(v, s) for h, v, s in got if h == 4] == [(1.0, GOOD), (2.0, GOOD)]
+    # The bit stays on a Bad value too, and a later overflow moves it to the row kept then.
+    for v in range(7, 12):
+        offer(q, [0], [v], status=BAD if v == 9 else GOOD)
+    assert [(v, s) for h, v, s, _ in published(q)] == [(9.0, BAD | OVERFLOW), (10.0, GOOD), (11.0, GOOD)]
+
+
+def test_trim_flags_overflow_per_item_in_queue_order():
+    slot = np.array([0, 1, 0, 1, 0, 1, 0])
+    keep, flag = trim_overflow(slot, np.full(7, 2), np.array([True, False] * 3 + [True]))
+    assert keep.tolist() == [1, 4, 5, 6]
+    assert flag.tolist() == [False, True, True, False]  # item 0 keeps 4 (flagged), 6; item 1 keeps 1, 5 (flagged)
 
 
 def test_triggers_and_absolute_deadband():
@@ -149,10 +188,32 @@ def test_max_notifications_leaves_the_rest_for_the_next_publish_in_order():
         q.add(h, h, DOUBLE, params(h), None)
     offer(q, range(5), [float(v) for v in range(5)])
     assert values(q, budget=2) == [(0, 0.0), (1, 1.0)]
-    assert q.ready()
+    assert q.ready() and q.more()  # MoreNotifications
     assert values(q, budget=2) == [(2, 2.0), (3, 3.0)]
-    assert values(q) == [(4, 4.0)]
-    assert not q.ready()
+    assert q.more()
+    assert values(q, budget=2) == [(4, 4.0)]
+    assert not q.ready() and not q.more()
+
+
+def test_more_is_not_set_by_rows_of_sampling_items():
+    q = DataChangeQueue()
+    q.add(1, 0, DOUBLE, params(1), None)
+    q.add(2, 1, DOUBLE, params(2, mode=SAMPLING), None)
+    offer(q, [0, 1], [1.0, 2.0])
+    assert values(q, budget=1) == [(1, 1.0)] and not q.more()
+
+
+def test_an_item_taken_off_the_queue_takes_its_rows_in_order_and_leaves_the_others():
+    q = DataChangeQueue()
+    q.add(1, 0, DOUBLE, params(1, qsize=3), None)
+    q.add(2, 1, DOUBLE, params(2, qsize=3), None)
+    for v in range(1, 6):
+        offer(q, [0, 1], [v, 10 + v])
+    rows = q.take(1)
+    assert rows is not None
+    assert rows.value.tolist() == [3.0, 4.0, 5.0] and rows.status.tolist() == [OVERFLOW, 0, 0]
+    assert q.take(1) is None and q.take(99) is None
+    assert values(q) == [(2, 13.0), (2, 14.0), (2, 15.0)]
 
 
 def test_a_client_that_stops_publishing_holds_at_most_its_queue_sizes():
