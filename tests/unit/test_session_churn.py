@@ -81,7 +81,16 @@ async def one_session(c: City, names: list[str], end: int) -> None:
         await client.disconnect()
 
 
+def forget_earlier_loggers() -> None:
+    """Drop the per-subscription loggers left by earlier tests' plain asyncua servers: their
+    names are subscription ids, which this server reuses and then forgets, so they would be
+    counted before and not after."""
+    for name in [n for n in logging.Logger.manager.loggerDict if n.startswith(ITEM_SERVICE_LOGGER + ".")]:
+        forget_logger(name)
+
+
 async def test_closed_sessions_leave_nothing_behind(tmp_path: Path) -> None:
+    forget_earlier_loggers()
     c = City(tmp_path)
     healthy(c)
     async with running(c):
