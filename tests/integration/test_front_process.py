@@ -112,30 +112,29 @@ async def hot_cabinet(app: Application, client: Client):
 
 
 async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(tmp_path):
-    async with core(tmp_path) as app:
-        async with Client(app.hmi.endpoint, timeout=10) as client:
-            handler, ev = await hot_cabinet(app, client)
-            i = app.alarms.instance("cabinet_hot", "LC-1")
-            assert app.alarms.describe(i)["state"] == "UNACK_ACTIVE"
+    async with core(tmp_path) as app, Client(app.hmi.endpoint, timeout=10) as client:
+        handler, ev = await hot_cabinet(app, client)
+        i = app.alarms.instance("cabinet_hot", "LC-1")
+        assert app.alarms.describe(i)["state"] == "UNACK_ACTIVE"
+        await client.get_node(ev.NodeId).call_method(
+            ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
+            ua.Variant(ev.EventId, ua.VariantType.ByteString),
+            ua.Variant(ua.LocalizedText("seen from the wall"), ua.VariantType.LocalizedText),
+        )
+        acked = await handler.next_event(
+            lambda e: e.ConditionName == "cabinet_hot" and e.AckedState.Text == "Acknowledged"
+        )
+        assert acked.Comment.Text == "seen from the wall"
+        assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
+        rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
+        assert rows and rows[-1].user.startswith("opcua:") and rows[-1].comment == "seen from the wall"
+        # A refused action comes back as the precise status, from the core's engine.
+        with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
             await client.get_node(ev.NodeId).call_method(
                 ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
                 ua.Variant(ev.EventId, ua.VariantType.ByteString),
-                ua.Variant(ua.LocalizedText("seen from the wall"), ua.VariantType.LocalizedText),
+                ua.Variant(ua.LocalizedText("again"), ua.VariantType.LocalizedText),
             )
-            acked = await handler.next_event(
-                lambda e: e.ConditionName == "cabinet_hot" and e.AckedState.Text == "Acknowledged"
-            )
-            assert acked.Comment.Text == "seen from the wall"
-            assert app.alarms.describe(i)["state"] == "ACK_ACTIVE"
-            rows = [r for r in app.journal.query(alarm="cabinet_hot") if r.event == "ACK"]
-            assert rows and rows[-1].user.startswith("opcua:") and rows[-1].comment == "seen from the wall"
-            # A refused action comes back as the precise status, from the core's engine.
-            with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
-                await client.get_node(ev.NodeId).call_method(
-                    ua.NodeId(OI.AcknowledgeableConditionType_Acknowledge),
-                    ua.Variant(ev.EventId, ua.VariantType.ByteString),
-                    ua.Variant(ua.LocalizedText("again"), ua.VariantType.LocalizedText),
-                )
 
 
 async def test_history_reads_through_the_front_see_values_not_stored_yet(tmp_path):
@@ -393,3 +392,41 @@ async def test_server_alarms_active_before_a_front_restart_are_shown_by_the_new_
         assert ("storage_failing", "history") in shown(after)
         # And the front's own failure, raised while no front ran, is shown too.
         assert ("server_task_failed", "opcua-front") in shown(after)
+
+
+async def test_a_reload_publishes_the_batches_the_front_had_queued_before_it(tmp_path, monkeypatch):
+    async with core(tmp_path) as app, Client(app.hmi.endpoint, timeout=10) as client:
+        tid, node = tag(app, "LC-1", "mains_voltage")
+        write(app, tid, 200.0)
+        handler = Notifications()
+        sub = await client.create_subscription(50, handler)
+        await sub.subscribe_data_change([client.get_node(node)])
+        await handler.next_data(node, lambda dv: dv.Value.Value == 200.0)
+        # The front receives a run of batches and the reload behind them in one read, so that
+        # they wait in its publisher's queue when the reload starts (the publisher takes one
+        # batch per turn of the loop). Its new tag table (a device added) gets a new publisher,
+        # which takes the current values as published: a batch not published before is never
+        # notified, unless the reload publishes the queue first (or sends a first snapshot).
+        held: list[bytes] = []
+        send = app.hmi._send
+        monkeypatch.setattr(app.hmi, "_send", held.append)
+        values = [201.0 + k for k in range(20)]
+        for v in values:
+            sent = len(held)
+            write(app, tid, v)
+            await until(lambda sent=sent: len(held) > sent, 30, f"the core forwards the batch of {v}")
+        assert all(data[4] == wire.BATCH for data in held)
+        reload = asyncio.create_task(app.reload(_config(tmp_path / "cfg2", ("LC-1", "LC-2", "LC-3"))))
+        await until(
+            lambda: (
+                reload.done() or any(d[4] == wire.MESSAGE and wire.decode_message(d[5:])[0] == "reload" for d in held)
+            ),
+            60,
+            "the core sends the reload to the front",
+        )
+        assert not reload.done()
+        monkeypatch.setattr(app.hmi, "_send", send)
+        send(b"".join(held))
+        await reload
+        got = await handler.next_data(node, lambda dv: dv.Value.Value == values[-1])
+        assert got.StatusCode.is_good()
