@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
+
+from tests.leaks import tasks_left
 
 
 @pytest.fixture(autouse=True)
@@ -31,12 +32,5 @@ def no_leaked_threads():
 async def no_leaked_tasks():
     """Fail an async test that leaves asyncio tasks pending on its loop."""
     yield
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=1.0)
-        pending = [t for t in pending if not t.done()]
-    names = [t.get_name() + ": " + repr(t.get_coro()) for t in pending]
-    for t in pending:
-        t.cancel()
-    assert not pending, f"test left asyncio tasks pending: {names}"
+    names = await tasks_left()
+    assert not names, f"test left asyncio tasks pending: {names}"
