@@ -6,8 +6,29 @@ import threading
 import time
 
 import pytest
+import structlog
 
 from tests.leaks import tasks_left
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """structlog's default processors, but a logged exception's traceback is plain.
+
+    By default (rich installed: amqtt's typer brings it) the console renderer draws each logged
+    exception with rich, every frame's locals included: with an Application, a tag table or a
+    configuration among them, one ``log.exception`` took seconds, most of a fault test's time.
+    A plain traceback says where it failed just as well.
+    """
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    )
 
 
 @pytest.fixture(autouse=True)
