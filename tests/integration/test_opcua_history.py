@@ -44,7 +44,17 @@ from simulators.inventory import Cabinet
 from tests import configs
 from tests.leaks import tasks_left
 
-from .helpers import ROOT, Process, free_port, free_port_range, serving, until_read, wait_port, write_cabinets
+from .helpers import (
+    ROOT,
+    Process,
+    free_port,
+    free_port_range,
+    scada_run_args,
+    serving,
+    until_read,
+    wait_port,
+    write_cabinets,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -553,22 +563,7 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/scada/"
     data = tmp_path / "data"
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
-    server = Process(
-        [
-            "-m",
-            "city_scada",
-            "run",
-            "--config",
-            str(tmp_path / "config"),
-            "--opcua-endpoint",
-            endpoint,
-            "--status-interval",
-            "0",
-            "--data",
-            str(data),
-        ],
-        tmp_path / "server.log",
-    )
+    server = Process(scada_run_args(tmp_path / "config", data, endpoint), tmp_path / "server.log")
     try:
         wait_port(base + 2)
         wait_port(opc_port, timeout=30)
