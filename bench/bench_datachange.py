@@ -32,6 +32,7 @@ from asyncua.ua.ua_binary import struct_to_binary  # noqa: E402
 from bench.harness import Report  # noqa: E402
 from scada.opcua.datachange import BOOLEAN, DOUBLE, INT32, STRING, encode_items  # noqa: E402
 from scada.opcua.fastqueue import REPORTING, DataChangeQueue, ItemParams  # noqa: E402
+from scada.opcua.typed_ua import DataValue, StatusCode  # noqa: E402
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0 = 1_790_000_000_000_000_000
@@ -62,9 +63,9 @@ def objects(handles, vtypes, values, status, src, srv, texts) -> list[ua.Monitor
             var = ua.Variant(None, ua.VariantType.Null)
         else:
             var = ua.Variant(int(v) if t == INT32 else bool(v) if t == BOOLEAN else v, vt[t])
-        dv = ua.DataValue(
+        dv = DataValue(
             var,
-            StatusCode=ua.StatusCode(int(status[k])),
+            StatusCode=StatusCode(int(status[k])),
             SourceTimestamp=EPOCH + timedelta(microseconds=int(src[k]) // 1000),
             ServerTimestamp=EPOCH + timedelta(microseconds=int(srv[k]) // 1000),
         )

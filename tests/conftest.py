@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
+import structlog
+
+from tests.leaks import tasks_left
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """structlog's default processors, but a logged exception's traceback is plain.
+
+    By default (rich installed: amqtt's typer brings it) the console renderer draws each logged
+    exception with rich, every frame's locals included: with an Application, a tag table or a
+    configuration among them, one ``log.exception`` took seconds, most of a fault test's time.
+    A plain traceback says where it failed just as well.
+    """
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -31,12 +53,5 @@ def no_leaked_threads():
 async def no_leaked_tasks():
     """Fail an async test that leaves asyncio tasks pending on its loop."""
     yield
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=1.0)
-        pending = [t for t in pending if not t.done()]
-    names = [t.get_name() + ": " + repr(t.get_coro()) for t in pending]
-    for t in pending:
-        t.cancel()
-    assert not pending, f"test left asyncio tasks pending: {names}"
+    names = await tasks_left()
+    assert not names, f"test left asyncio tasks pending: {names}"

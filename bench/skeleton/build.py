@@ -60,13 +60,15 @@ async def _browse_read(server: Any, ns: int, config: Any) -> dict:
     folder's devices in one Browse request, and 1,000 variables' Value and DisplayName per Read."""
     from asyncua import ua
 
+    from scada.opcua.typed_ua import NodeId
+
     session = server.iserver.isession
     counts: dict[str, int] = {}
     for d in config.devices:
         key = f"{d.commune}/{config.types[d.type].cls}"
         counts[key] = counts.get(key, 0) + 1
     folder = max(counts, key=lambda k: counts[k])
-    hier = ua.NodeId(ua.ObjectIds.HierarchicalReferences)
+    hier = NodeId(ua.ObjectIds.HierarchicalReferences)
 
     def browse_of(nids: list) -> ua.BrowseParameters:
         return ua.BrowseParameters(

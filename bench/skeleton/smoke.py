@@ -17,6 +17,7 @@ def child_smoke(n: int) -> None:
     async def main():
         from asyncua import Client
 
+        from scada.config import DIAG_FOLDER
         from scada.opcua.address_space import NAMESPACE_URI
 
         config, names, _, db, url, hmi = await serving_hmi(n)
@@ -29,10 +30,13 @@ def child_smoke(n: int) -> None:
                 node = client.get_node(f"ns={ns};s={names[tag]}")
                 dv = await node.read_data_value()
                 device = client.get_node(f"ns={ns};s={names[tag].rsplit('/', 1)[0]}")
-                children = await device.get_children()
+                children = [(await c.read_browse_name()).Name for c in await device.get_children()]
                 units = await (await node.get_child("0:EngineeringUnits")).read_value()
-            points = len(config.types[config.device(names[tag].split("/")[2]).type].points)
-            ok = dv.Value.Value == 231.5 and dv.StatusCode.is_good() and len(children) == points
+            # A device's children are its type's points plus its Diagnostics object.
+            expected = [p.name for p in config.types[config.device(names[tag].split("/")[2]).type].points]
+            expected.append(DIAG_FOLDER)
+            points = len(expected) - 1
+            ok = dv.Value.Value == 231.5 and dv.StatusCode.is_good() and sorted(children) == sorted(expected)
             emit(
                 {
                     "ok": ok,
@@ -41,6 +45,8 @@ def child_smoke(n: int) -> None:
                     "value": dv.Value.Value,
                     "status": dv.StatusCode.name,
                     "children": len(children),
+                    "missing": sorted(set(expected) - set(children)),
+                    "unexpected": sorted(set(children) - set(expected)),
                     "unit": units.DisplayName.Text,
                     "url": url,
                 }
@@ -56,11 +62,12 @@ def bench_smoke(args: Namespace, rep: Report) -> None:
     r = run_child(SCRIPT, ["smoke", args.smoke_tags], timeout=120)
     log(
         f"  {r['url']}: read {r['tag']} = {r['value']} {r['unit']} ({r['status']}); device has {r['children']} children"
+        f" (missing {r['missing']}, unexpected {r['unexpected']})"
     )
     rep.add(
         "built space usable: client read over loopback",
         f"{r['value']} {r['unit']}, {r['status']}",
-        f"231.5 V, Good, {r['points']} children",
+        f"231.5 V, Good, {r['points']} points + Diagnostics",
         "",
         "OK" if r["ok"] else "FAIL",
     )

@@ -222,6 +222,7 @@ class ModbusDriver:
         phase = (zlib.crc32(f"{ds.device.name}/{group.name}".encode()) % 1000) / 1000.0 * interval
         await asyncio.sleep(phase)
         next_tick = time.monotonic()
+        task = asyncio.current_task()
         while True:
             if time.monotonic() >= ds.demoted_until:
                 # How late this poll starts against its schedule: "every cycle on time" is measured here.
@@ -233,8 +234,16 @@ class ModbusDriver:
                 try:
                     await self.poll(ds, group)
                 except Exception as exc:  # a bug in one device's poll must not stop every other device
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from exc  # a cancellation turned into an error: stop
                     log.exception("poll_failed", device=ds.device.name)
                     self._failed(ds, f"internal error: {exc!r}")
+                if task is not None and task.cancelling():
+                    # Cancelled, but the poll lost the cancellation and returned (Python 3.11's
+                    # asyncio.wait_for returns an inner result that races with it; a timeout it
+                    # becomes is answered as an unreachable device): stop as asked, or the loop
+                    # would poll for ever and the driver's stop, then the server's, would hang.
+                    raise asyncio.CancelledError
             next_tick += interval
             now = time.monotonic()
             if next_tick < now:  # overran: skip the missed cycles rather than burst

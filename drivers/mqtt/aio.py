@@ -263,16 +263,21 @@ class AsyncioMqtt:
             if self._sock is not None and self.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
                 self._detach(self._sock)
 
+    async def _connect(self, first: bool) -> None:
+        """paho's blocking connect (the first time) or reconnect, in a worker thread."""
+        if first:
+            await asyncio.to_thread(self.client.connect, self.host, self.port, self.keepalive)
+        else:
+            await asyncio.to_thread(self.client.reconnect)
+
     async def _run(self) -> None:
         first = True
+        task = asyncio.current_task()
         while not self._stopping:
             await self._allowed.wait()
             self._lost.clear()
             try:
-                if first:
-                    await asyncio.to_thread(self.client.connect, self.host, self.port, self.keepalive)
-                else:
-                    await asyncio.to_thread(self.client.reconnect)
+                await self._connect(first)
                 first = False
                 self.failures = 0
                 await self._lost.wait()
@@ -280,6 +285,11 @@ class AsyncioMqtt:
                 pass  # refused, unreachable, timed out: try again later
             if self._stopping:
                 return
+            if task is not None and task.cancelling():
+                # Cancelled without stop() (the loop's shutdown, a task group), and the
+                # cancellation came back as one of those errors or was lost on the way: stop as
+                # asked, or the link would reconnect for ever and whoever cancelled it would hang.
+                raise asyncio.CancelledError
             self.failures += 1
             await asyncio.sleep(self.backoff.delay(self.failures))
 

@@ -28,6 +28,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def plain_asyncua_server(path: str, uri: str) -> tuple[Any, str, int]:
+    """A stock asyncua server, initialised but not started, on a free loopback port without
+    security: (server, its endpoint URL ``opc.tcp://127.0.0.1:PORT/path/``, the index of namespace ``uri``)."""
+    from asyncua import Server, ua
+
+    server = Server()
+    await server.init()
+    url = f"opc.tcp://127.0.0.1:{free_port()}/{path}/"
+    server.set_endpoint(url)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    return server, url, await server.register_namespace(uri)
+
+
 def free_port_range(n: int, attempts: int = 200) -> int:
     """First of ``n`` consecutive free loopback ports (the simulator serves consecutive ports)."""
     for _ in range(attempts):
@@ -424,8 +437,8 @@ async def running_app(tmp_path: Path, front: str = "process"):
 
     ``front``: "process" (the server's default: the OPC UA front in its own process), or
     "inline" for tests that look inside the OPC UA objects."""
-    from scada.app import Application
     from city_scada import load_config
+    from scada.app import Application
 
     ports = [free_port() for _ in range(3)]
     head, _, _ = (ROOT / "tags.yaml").read_text().partition("\ninventories:")

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from asyncua import Client, ua
 
 from scada import status as st
 from scada.app import Application
 from scada.front import wire
 from tests.configs import ROOT
+from tests.leaks import tasks_left
 
 from .helpers import Notifications, free_port, refresh_conditions, until, until_read
 
@@ -63,6 +65,16 @@ async def core(tmp_path: Path):
             await task
 
 
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def shared_app(tmp_path_factory):
+    """One core and front for the tests of a class, none of which kills, stops or reloads them:
+    each works on points (and alarms) of its own, so the order they run in does not matter."""
+    async with core(tmp_path_factory.mktemp("front")) as app:
+        yield app
+    left = await tasks_left()
+    assert not left, f"the shared core left asyncio tasks pending: {left}"
+
+
 def tag(app: Application, device: str, point: str) -> tuple[int, ua.NodeId]:
     name = f"Dijon/lighting/{device}/{point}"
     return app.tagdb.id_of(name), ua.NodeId(name, 2)
@@ -78,8 +90,27 @@ def _dt_ns(dt) -> int:
     return int(dt.timestamp() * 1e6) * 1000
 
 
-async def test_values_statuses_and_timestamps_cross_the_process_front_unchanged(tmp_path):
-    async with core(tmp_path) as app:
+async def hot_cabinet(app: Application, client: Client):
+    """LC-1 overheats while ``client`` watches the Server's alarms: (its handler, the alarm's event)."""
+    tid, _ = tag(app, "LC-1", "temperature")
+    write(app, tid, 30.0)
+    handler = Notifications()
+    sub = await client.create_subscription(50, handler)
+    await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
+    write(app, tid, 75.0)
+    return handler, await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
+
+
+on_shared = pytest.mark.asyncio(loop_scope="class")
+
+
+class TestOneCoreAndFront:
+    """What a client sees through the front when nothing happens to the front itself: one core
+    and front serve them all (starting them is most of each test's time)."""
+
+    @on_shared
+    async def test_values_statuses_and_timestamps_cross_the_process_front_unchanged(self, shared_app):
+        app = shared_app
         tid, node = tag(app, "LC-1", "mains_voltage")
         src = write(app, tid, 231.5)
         async with Client(app.hmi.endpoint, timeout=10) as client:
@@ -99,20 +130,9 @@ async def test_values_statuses_and_timestamps_cross_the_process_front_unchanged(
             dv = await client.get_node(node).read_data_value()
             assert dv.Value.Value == 229.0 and _dt_ns(dv.SourceTimestamp) == later // 1000 * 1000
 
-
-async def hot_cabinet(app: Application, client: Client):
-    """LC-1 overheats while ``client`` watches the Server's alarms: (its handler, the alarm's event)."""
-    tid, _ = tag(app, "LC-1", "temperature")
-    write(app, tid, 30.0)
-    handler = Notifications()
-    sub = await client.create_subscription(50, handler)
-    await sub.subscribe_events(client.get_node(ua.NodeId(OI.Server)), ua.NodeId(OI.AlarmConditionType))
-    write(app, tid, 75.0)
-    return handler, await handler.next_event(lambda e: e.ConditionName == "cabinet_hot" and e.Retain)
-
-
-async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(tmp_path):
-    async with core(tmp_path) as app:
+    @on_shared
+    async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(self, shared_app):
+        app = shared_app
         async with Client(app.hmi.endpoint, timeout=10) as client:
             handler, ev = await hot_cabinet(app, client)
             i = app.alarms.instance("cabinet_hot", "LC-1")
@@ -137,14 +157,15 @@ async def test_alarm_events_and_acknowledge_go_through_the_front_to_the_engine(t
                     ua.Variant(ua.LocalizedText("again"), ua.VariantType.LocalizedText),
                 )
 
-
-async def test_history_reads_through_the_front_see_values_not_stored_yet(tmp_path):
-    async with core(tmp_path) as app:
+    @on_shared
+    async def test_history_reads_through_the_front_see_values_not_stored_yet(self, shared_app):
+        app = shared_app
         tid, node = tag(app, "LC-1", "power")
         t0 = (time.time_ns() - 10_000_000_000) // 1000 * 1000  # whole microseconds: a datetime's precision
+        received = app.historian.compressor.received
         for k in range(5):
             write(app, tid, 100.0 + 10 * k, source_ns=t0 + k * 1_000_000_000)
-        await until(lambda: app.historian.compressor.received >= 5, 30, "the historian took the values")
+        await until(lambda: app.historian.compressor.received >= received + 5, 30, "the historian took the values")
         async with Client(app.hmi.endpoint, timeout=10) as client:
 
             async def read():
@@ -161,6 +182,26 @@ async def test_history_reads_through_the_front_see_values_not_stored_yet(tmp_pat
                     values = await read()
             got = {v.Value.Value: _dt_ns(v.SourceTimestamp) for v in values}
             assert got[100.0] == t0 and got[140.0] == t0 + 4_000_000_000
+
+    @on_shared
+    async def test_batches_dropped_for_a_slow_front_are_made_good_even_when_the_field_goes_quiet(
+        self, shared_app, monkeypatch
+    ):
+        from scada.front import link
+
+        app = shared_app
+        tid, node = tag(app, "LC-2", "mains_voltage")
+        write(app, tid, 230.0)
+        dropped, resyncs = app.hmi.batches_dropped, app.hmi.resyncs
+        async with Client(app.hmi.endpoint, timeout=10) as client:
+            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 230.0, 30, "first value")
+            monkeypatch.setattr(link, "HIGH_WATER", -1)  # the front "cannot keep up": batches dropped
+            write(app, tid, 0.0)
+            await until(lambda: app.hmi.batches_dropped > dropped, 30, "the batch dropped")
+            monkeypatch.setattr(link, "HIGH_WATER", 32 << 20)
+            # No further change: the resync must still come, from the shared columns.
+            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 0.0, 30, "the value made good")
+            assert app.hmi.resyncs > resyncs
 
 
 async def test_a_killed_front_is_restarted_and_clients_reconnect_while_the_core_runs_on(tmp_path):
@@ -354,23 +395,6 @@ async def test_an_acknowledge_while_the_front_follows_a_reload_is_kept_by_the_en
         assert [r.comment for r in rows] == ["ack during reload"]
 
 
-async def test_batches_dropped_for_a_slow_front_are_made_good_even_when_the_field_goes_quiet(tmp_path, monkeypatch):
-    from scada.front import link
-
-    async with core(tmp_path) as app:
-        tid, node = tag(app, "LC-1", "mains_voltage")
-        write(app, tid, 230.0)
-        async with Client(app.hmi.endpoint, timeout=10) as client:
-            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 230.0, 30, "first value")
-            monkeypatch.setattr(link, "HIGH_WATER", -1)  # the front "cannot keep up": batches dropped
-            write(app, tid, 0.0)
-            await until(lambda: app.hmi.batches_dropped >= 1, 30, "the batch dropped")
-            monkeypatch.setattr(link, "HIGH_WATER", 32 << 20)
-            # No further change: the resync must still come, from the shared columns.
-            await until_read(lambda: client.get_node(node).read_value(), lambda v: v == 0.0, 30, "the value made good")
-            assert app.hmi.resyncs >= 1
-
-
 async def test_server_alarms_active_before_a_front_restart_are_shown_by_the_new_front(tmp_path):
     async with core(tmp_path) as app:
         app.alarms.system_alarm("storage_failing", True, "history store cannot write (test)", source="history")
@@ -393,3 +417,41 @@ async def test_server_alarms_active_before_a_front_restart_are_shown_by_the_new_
         assert ("storage_failing", "history") in shown(after)
         # And the front's own failure, raised while no front ran, is shown too.
         assert ("server_task_failed", "opcua-front") in shown(after)
+
+
+async def test_a_reload_publishes_the_batches_the_front_had_queued_before_it(tmp_path, monkeypatch):
+    async with core(tmp_path) as app, Client(app.hmi.endpoint, timeout=10) as client:
+        tid, node = tag(app, "LC-1", "mains_voltage")
+        write(app, tid, 200.0)
+        handler = Notifications()
+        sub = await client.create_subscription(50, handler)
+        await sub.subscribe_data_change([client.get_node(node)])
+        await handler.next_data(node, lambda dv: dv.Value.Value == 200.0)
+        # The front receives a run of batches and the reload behind them in one read, so that
+        # they wait in its publisher's queue when the reload starts (the publisher takes one
+        # batch per turn of the loop). Its new tag table (a device added) gets a new publisher,
+        # which takes the current values as published: a batch not published before is never
+        # notified, unless the reload publishes the queue first (or sends a first snapshot).
+        held: list[bytes] = []
+        send = app.hmi._send
+        monkeypatch.setattr(app.hmi, "_send", held.append)
+        values = [201.0 + k for k in range(20)]
+        for v in values:
+            sent = len(held)
+            write(app, tid, v)
+            await until(lambda sent=sent: len(held) > sent, 30, f"the core forwards the batch of {v}")
+        assert all(data[4] == wire.BATCH for data in held)
+        reload = asyncio.create_task(app.reload(_config(tmp_path / "cfg2", ("LC-1", "LC-2", "LC-3"))))
+        await until(
+            lambda: (
+                reload.done() or any(d[4] == wire.MESSAGE and wire.decode_message(d[5:])[0] == "reload" for d in held)
+            ),
+            60,
+            "the core sends the reload to the front",
+        )
+        assert not reload.done()
+        monkeypatch.setattr(app.hmi, "_send", send)
+        send(b"".join(held))
+        await reload
+        got = await handler.next_data(node, lambda dv: dv.Value.Value == values[-1])
+        assert got.StatusCode.is_good()

@@ -8,22 +8,28 @@ processed history (Average, Minimum, Maximum, Count, Interpolative, TimeAverage)
 with numpy. Refusals are Bad status codes. The last test runs the real server process
 against the lighting simulator and reads a cabinet's history over OPC UA and with
 `scada history`.
+
+The tests on ``cab`` share one server (an asyncua server takes seconds to load its nodeset):
+each writes and reads the history of a cabinet of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import csv
 import io
+import itertools
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from asyncua import Client, ua
 from asyncua.ua import uaerrors
 
@@ -36,8 +42,19 @@ from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from simulators.inventory import Cabinet
 from tests import configs
+from tests.leaks import tasks_left
 
-from .helpers import ROOT, Process, free_port, free_port_range, serving, until_read, wait_port, write_cabinets
+from .helpers import (
+    ROOT,
+    Process,
+    free_port,
+    free_port_range,
+    scada_run_args,
+    serving,
+    until_read,
+    wait_port,
+    write_cabinets,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +63,16 @@ MIN = 60 * S
 HOUR = 3600 * S
 T0 = 1_795_000_000 * S // HOUR * HOUR  # a whole hour (2026-11-19T...)
 SPAN = 2 * HOUR
-O = ua.ObjectIds
+OI = ua.ObjectIds
 SC = ua.StatusCodes
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-DEVICES = """
-devices:
-  - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
-  - {name: LC-2, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.2:502"}
-"""
+CABINETS = 12  # one per test on the shared server
+DEVICES = "\ndevices:\n" + "".join(
+    f"  - {{name: LC-{k}, type: lighting_cabinet, commune: {('Talant', 'Dijon')[k % 2 == 0]}, lat: 47.3, lon: 5.0, "
+    f'endpoint: "10.0.0.{k}:502"}}\n'
+    for k in range(1, CABINETS + 1)
+)
 
 
 def dt(ns: int) -> datetime:
@@ -81,7 +99,8 @@ def write_config(folder: Path, base_port: int) -> list[Cabinet]:
 
 
 class Cabinets:
-    """Config + TagDB + Historian (its store, its compressor) + HmiServer on loopback."""
+    """Config + TagDB + Historian (its store, its compressor) + HmiServer on loopback; ``device``
+    is the cabinet that ``tag``, ``node`` and ``store`` name when given none."""
 
     def __init__(self, folder: Path) -> None:
         self.config = configs.write_config(folder, DEVICES, "alarms: []\n")
@@ -91,33 +110,56 @@ class Cabinets:
         self.url = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
         self.hmi = HmiServer(self.config, self.tagdb, self.url, history=self.historian)
         self.ns = 0
+        self.device = "LC-1"
 
-    def tag(self, point: str, device: str = "LC-1") -> int:
+    def tag(self, point: str, device: str | None = None) -> int:
+        device = device or self.device
         d = self.config.device(device)
         return self.tagdb.id_of(f"{d.commune}/lighting/{device}/{point}")
 
-    def node(self, point: str, device: str = "LC-1") -> ua.NodeId:
+    def node(self, point: str, device: str | None = None) -> ua.NodeId:
         return ua.NodeId(self.tagdb.names[self.tag(point, device)], self.ns)
 
-    def store(self, point: str, times, values, status, device: str = "LC-1", chunks: int = 5) -> None:
+    def store(self, point: str, times, values, status, device: str | None = None, chunks: int = 5) -> None:
         """Write through the historian's store in several batches, the first ones merged."""
         tag = self.tag(point, device)
         for k, part in enumerate(np.array_split(np.arange(len(times)), chunks)):
-            self.historian.store.write(StoredBatch(np.full(len(part), tag, np.int64), values[part],
-                                                   status[part], times[part]))
+            self.historian.store.write(
+                StoredBatch(np.full(len(part), tag, np.int64), values[part], status[part], times[part])
+            )
             if k < chunks - 2:
                 self.historian.store.merge()
 
 
-@pytest.fixture
-async def cab(tmp_path: Path):
-    c = Cabinets(tmp_path / "cfg")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory):
+    c = Cabinets(tmp_path_factory.mktemp("history") / "cfg")
     try:
         async with serving(c.hmi):
             c.ns = c.hmi.ns
             yield c
     finally:
         c.historian.store.close()
+    left = await tasks_left()
+    assert not left, f"the module's server left asyncio tasks pending: {left}"
+
+
+@pytest.fixture(scope="module")
+def cabinets_used():
+    return itertools.count(1)
+
+
+@pytest.fixture
+def cab(server: Cabinets, cabinets_used) -> Cabinets:
+    """The module's server, on a cabinet no test has used."""
+    k = next(cabinets_used)
+    assert k <= CABINETS, "one more cabinet in DEVICES for the new test"
+    view = copy.copy(server)
+    view.device = f"LC-{k}"
+    return view
+
+
+on_server = pytest.mark.asyncio(loop_scope="module")
 
 
 @contextlib.asynccontextmanager
@@ -126,8 +168,14 @@ async def connect(url: str):
         yield client
 
 
-async def history_read(client: Client, details, nodes: list[ua.NodeId], cps: list[bytes | None] | None = None,
-                       timestamps=ua.TimestampsToReturn.Source, release: bool = False) -> list[ua.HistoryReadResult]:
+async def history_read(
+    client: Client,
+    details,
+    nodes: list[ua.NodeId],
+    cps: list[bytes | None] | None = None,
+    timestamps=ua.TimestampsToReturn.Source,
+    release: bool = False,
+) -> list[ua.HistoryReadResult]:
     params = ua.HistoryReadParameters()
     params.HistoryReadDetails = details
     params.TimestampsToReturn = timestamps
@@ -138,14 +186,22 @@ async def history_read(client: Client, details, nodes: list[ua.NodeId], cps: lis
 
 
 def raw(start: int | None, end: int | None, n: int = 0, bounds: bool = False) -> ua.ReadRawModifiedDetails:
-    return ua.ReadRawModifiedDetails(IsReadModified=False, StartTime=dt(start) if start is not None else ua.get_win_epoch(),
-                                     EndTime=dt(end) if end is not None else ua.get_win_epoch(),
-                                     NumValuesPerNode=n, ReturnBounds=bounds)
+    return ua.ReadRawModifiedDetails(
+        IsReadModified=False,
+        StartTime=dt(start) if start is not None else ua.get_win_epoch(),
+        EndTime=dt(end) if end is not None else ua.get_win_epoch(),
+        NumValuesPerNode=n,
+        ReturnBounds=bounds,
+    )
 
 
 def processed(start: int, end: int, interval_ns: int, aggregates: list[int]) -> ua.ReadProcessedDetails:
-    return ua.ReadProcessedDetails(StartTime=dt(start), EndTime=dt(end), ProcessingInterval=interval_ns / 1e6,
-                                   AggregateType=[ua.NodeId(a) for a in aggregates])
+    return ua.ReadProcessedDetails(
+        StartTime=dt(start),
+        EndTime=dt(end),
+        ProcessingInterval=interval_ns / 1e6,
+        AggregateType=[ua.NodeId(a) for a in aggregates],
+    )
 
 
 async def read_all_pages(client, details, node) -> tuple[list[ua.DataValue], int]:
@@ -173,6 +229,8 @@ def columns(dvs: list[ua.DataValue]):
 
 # -- attributes --------------------------------------------------------------------------------
 
+
+@on_server
 async def test_tag_variables_are_historizing_with_history_read_access(cab: Cabinets) -> None:
     async with connect(cab.url) as client:
         power = client.get_node(cab.node("power"))
@@ -182,21 +240,30 @@ async def test_tag_variables_are_historizing_with_history_read_access(cab: Cabin
         assert level & ua.AccessLevel.HistoryRead.mask and level & ua.AccessLevel.CurrentRead.mask
         assert user_level & ua.AccessLevel.HistoryRead.mask
         # Diagnostics counters are not recorded: not historizing, no HistoryRead bit.
-        rtt = client.get_node(ua.NodeId(f"{cab.tagdb.names[cab.tag('power')].rsplit('/', 1)[0]}/Diagnostics/rtt",
-                                        cab.ns))
+        rtt = client.get_node(
+            ua.NodeId(f"{cab.tagdb.names[cab.tag('power')].rsplit('/', 1)[0]}/Diagnostics/rtt", cab.ns)
+        )
         assert (await rtt.read_attribute(ua.AttributeIds.Historizing)).Value.Value is False
         assert not (await rtt.read_attribute(ua.AttributeIds.AccessLevel)).Value.Value & ua.AccessLevel.HistoryRead.mask
         # The capabilities say what the server does.
-        assert await client.get_node(O.HistoryServerCapabilities_AccessHistoryDataCapability).read_value() is True
-        assert await client.get_node(O.HistoryServerCapabilities_MaxReturnDataValues).read_value() == 10_000
-        for folder in (O.Server_ServerCapabilities_AggregateFunctions, O.HistoryServerCapabilities_AggregateFunctions):
-            children = {r.NodeId for r in await client.get_node(folder).get_references(O.Organizes)}
-            assert {ua.NodeId(O.AggregateFunction_Average), ua.NodeId(O.AggregateFunction_Interpolative),
-                    ua.NodeId(O.AggregateFunction_TimeAverage)} <= children
+        assert await client.get_node(OI.HistoryServerCapabilities_AccessHistoryDataCapability).read_value() is True
+        assert await client.get_node(OI.HistoryServerCapabilities_MaxReturnDataValues).read_value() == 10_000
+        for folder in (
+            OI.Server_ServerCapabilities_AggregateFunctions,
+            OI.HistoryServerCapabilities_AggregateFunctions,
+        ):
+            children = {r.NodeId for r in await client.get_node(folder).get_references(OI.Organizes)}
+            assert {
+                ua.NodeId(OI.AggregateFunction_Average),
+                ua.NodeId(OI.AggregateFunction_Interpolative),
+                ua.NodeId(OI.AggregateFunction_TimeAverage),
+            } <= children
 
 
 # -- raw ---------------------------------------------------------------------------------------
 
+
+@on_server
 async def test_raw_history_in_pages_returns_every_value_once_in_order(cab: Cabinets) -> None:
     times, values, status = series(1, 1000, bad_share=0.05)
     cab.store("power", times, values, status)
@@ -240,6 +307,7 @@ async def test_raw_history_in_pages_returns_every_value_once_in_order(cab: Cabin
         assert res.StatusCode.value == SC.GoodNoData and res.HistoryData.DataValues == []
 
 
+@on_server
 async def test_raw_history_with_bounds(cab: Cabinets) -> None:
     times, values, status = series(2, 200)
     cab.store("power", times, values, status)
@@ -267,6 +335,7 @@ async def test_raw_history_with_bounds(cab: Cabinets) -> None:
         np.testing.assert_array_equal(columns(dvs)[0], times[10:22][::-1])
 
 
+@on_server
 async def test_raw_history_includes_points_not_stored_yet(cab: Cabinets) -> None:
     """A ramp through the compressor: its first point is stored, the rest is held; a read sees both."""
     tag = cab.tag("power")
@@ -289,6 +358,7 @@ async def test_raw_history_includes_points_not_stored_yet(cab: Cabinets) -> None
 
 # -- processed ---------------------------------------------------------------------------------
 
+
 def expected_simple(times, values, status, start, end, interval):
     """Per interval of [start, end): count, mean, min, max of the Good values (numpy)."""
     k = -(-(end - start) // interval)
@@ -305,16 +375,24 @@ def expected_simple(times, values, status, start, end, interval):
     return count, mean, mn, mx
 
 
-@pytest.mark.parametrize("start_offset,interval", [(0, 10 * MIN), (13 * S, 7 * MIN)],
-                         ids=["whole minutes (rollups)", "unaligned (raw values)"])
+@pytest.mark.parametrize(
+    "start_offset,interval",
+    [(0, 10 * MIN), (13 * S, 7 * MIN)],
+    ids=["whole minutes (rollups)", "unaligned (raw values)"],
+)
+@on_server
 async def test_processed_average_minimum_maximum_count(cab: Cabinets, start_offset: int, interval: int) -> None:
     times, values, status = series(3, 2000, bad_share=0.05)
     cab.store("power", times, values, status)
     start, end = T0 + start_offset, T0 + SPAN
     count, mean, mn, mx = expected_simple(times, values, status, start, end, interval)
     k = len(count)
-    aggs = [O.AggregateFunction_Average, O.AggregateFunction_Minimum, O.AggregateFunction_Maximum,
-            O.AggregateFunction_Count]
+    aggs = [
+        OI.AggregateFunction_Average,
+        OI.AggregateFunction_Minimum,
+        OI.AggregateFunction_Maximum,
+        OI.AggregateFunction_Count,
+    ]
     node = cab.node("power")
     async with connect(cab.url) as client:
         res = await history_read(client, processed(start, end, interval, aggs), [node] * 4)
@@ -323,10 +401,10 @@ async def test_processed_average_minimum_maximum_count(cab: Cabinets, start_offs
             t = columns(r.HistoryData.DataValues)[0]
             np.testing.assert_array_equal(t, start + np.arange(k) * interval)  # interval starts
         got = {a: columns(r.HistoryData.DataValues) for a, r in zip(aggs, res)}
-        np.testing.assert_allclose(got[O.AggregateFunction_Average][1], mean, rtol=1e-12)
-        np.testing.assert_array_equal(got[O.AggregateFunction_Minimum][1], mn)
-        np.testing.assert_array_equal(got[O.AggregateFunction_Maximum][1], mx)
-        np.testing.assert_array_equal(got[O.AggregateFunction_Count][1], count)
+        np.testing.assert_allclose(got[OI.AggregateFunction_Average][1], mean, rtol=1e-12)
+        np.testing.assert_array_equal(got[OI.AggregateFunction_Minimum][1], mn)
+        np.testing.assert_array_equal(got[OI.AggregateFunction_Maximum][1], mx)
+        np.testing.assert_array_equal(got[OI.AggregateFunction_Count][1], count)
         assert all(type(d.Value.Value) is int for d in res[3].HistoryData.DataValues)
         # Status: Calculated; Uncertain where Bad values were left out; Partial on a short last interval.
         partial_last = (end - start) % interval != 0
@@ -338,6 +416,7 @@ async def test_processed_average_minimum_maximum_count(cab: Cabinets, start_offs
             assert (code & 0xFFFF0000) == (SC.UncertainDataSubNormal if had_bad[j] else SC.Good)
 
 
+@on_server
 async def test_processed_interpolative_and_time_average(cab: Cabinets) -> None:
     times, values, status = series(4, 500)
     cab.store("mains_voltage", times, values, status)
@@ -345,9 +424,11 @@ async def test_processed_interpolative_and_time_average(cab: Cabinets) -> None:
     edges = start + np.arange(-(-(end - start) // interval)) * interval
     node = cab.node("mains_voltage")
     async with connect(cab.url) as client:
-        res = await history_read(client, processed(start, end, interval, [O.AggregateFunction_Interpolative,
-                                                                           O.AggregateFunction_TimeAverage]),
-                                 [node, node])
+        res = await history_read(
+            client,
+            processed(start, end, interval, [OI.AggregateFunction_Interpolative, OI.AggregateFunction_TimeAverage]),
+            [node, node],
+        )
         t, v, s = columns(res[0].HistoryData.DataValues)
         np.testing.assert_array_equal(t, edges)
         np.testing.assert_allclose(v, np.interp(edges, times, values), rtol=1e-9)
@@ -364,6 +445,7 @@ async def test_processed_interpolative_and_time_average(cab: Cabinets) -> None:
         assert all(code & 0xFFFF0000 == SC.Good for code in s.tolist())
 
 
+@on_server
 async def test_processed_backward_and_in_pages(cab: Cabinets, monkeypatch) -> None:
     times, values, status = series(5, 1500)
     cab.store("power", times, values, status)
@@ -371,7 +453,7 @@ async def test_processed_backward_and_in_pages(cab: Cabinets, monkeypatch) -> No
     interval = 7 * MIN
     start, end = T0 + SPAN, T0 + 13 * S  # backward: intervals (t - 7 min, t] from the start down
     async with connect(cab.url) as client:
-        res = (await history_read(client, processed(start, end, interval, [O.AggregateFunction_Count]), [node]))[0]
+        res = (await history_read(client, processed(start, end, interval, [OI.AggregateFunction_Count]), [node]))[0]
         t, v, s = columns(res.HistoryData.DataValues)
         k = -(-(start - end) // interval)
         np.testing.assert_array_equal(t, start - np.arange(k) * interval)
@@ -379,14 +461,15 @@ async def test_processed_backward_and_in_pages(cab: Cabinets, monkeypatch) -> No
         expected = [int(((times > lo) & (times <= hi)).sum()) for lo, hi in zip(lows.tolist(), t.tolist())]
         assert v.tolist() == expected
         assert [bool(c & PARTIAL) for c in s.tolist()] == [False] * (k - 1) + [True]
-        res = (await history_read(client, processed(start, end, interval, [O.AggregateFunction_Interpolative]),
-                                  [node]))[0]
+        res = (
+            await history_read(client, processed(start, end, interval, [OI.AggregateFunction_Interpolative]), [node])
+        )[0]
         t, v, _ = columns(res.HistoryData.DataValues)
         np.testing.assert_allclose(v, np.interp(t, times, values), rtol=1e-9)
 
         # More intervals than a response holds: continuation points, every interval once.
         monkeypatch.setattr(cab.hmi.tag_history, "max_values", 5)
-        details = processed(T0, T0 + SPAN, MIN, [O.AggregateFunction_Maximum])
+        details = processed(T0, T0 + SPAN, MIN, [OI.AggregateFunction_Maximum])
         dvs, pages = await read_all_pages(client, details, node)
         assert pages == 24
         t, v, _ = columns(dvs)
@@ -396,6 +479,8 @@ async def test_processed_backward_and_in_pages(cab: Cabinets, monkeypatch) -> No
 
 # -- refusals ------------------------------------------------------------------------------------
 
+
+@on_server
 async def test_refusals_are_bad_status_codes(cab: Cabinets) -> None:
     times, values, status = series(6, 100)
     cab.store("power", times, values, status)
@@ -405,14 +490,26 @@ async def test_refusals_are_bad_status_codes(cab: Cabinets) -> None:
     async with connect(cab.url) as client:
         # Per node: an unsupported aggregate beside a supported one; a folder; an unknown node;
         # a tag that is not recorded.
-        aggs = [O.AggregateFunction_Average, O.AggregateFunction_Total, O.AggregateFunction_Average,
-                O.AggregateFunction_Average, O.AggregateFunction_Average]
-        res = await history_read(client, processed(T0, T0 + HOUR, 10 * MIN, aggs),
-                                 [power, power, device, ua.NodeId("Nowhere/x", cab.ns), rtt])
-        assert [r.StatusCode.value for r in res] == [SC.Good, SC.BadAggregateNotSupported,
-                                                     SC.BadHistoryOperationUnsupported, SC.BadNodeIdUnknown,
-                                                     SC.BadHistoryOperationUnsupported]
-        res = await history_read(client, raw(T0, T0 + HOUR), [device, ua.NodeId(O.Server), rtt])
+        aggs = [
+            OI.AggregateFunction_Average,
+            OI.AggregateFunction_Total,
+            OI.AggregateFunction_Average,
+            OI.AggregateFunction_Average,
+            OI.AggregateFunction_Average,
+        ]
+        res = await history_read(
+            client,
+            processed(T0, T0 + HOUR, 10 * MIN, aggs),
+            [power, power, device, ua.NodeId("Nowhere/x", cab.ns), rtt],
+        )
+        assert [r.StatusCode.value for r in res] == [
+            SC.Good,
+            SC.BadAggregateNotSupported,
+            SC.BadHistoryOperationUnsupported,
+            SC.BadNodeIdUnknown,
+            SC.BadHistoryOperationUnsupported,
+        ]
+        res = await history_read(client, raw(T0, T0 + HOUR), [device, ua.NodeId(OI.Server), rtt])
         assert [r.StatusCode.value for r in res] == [SC.BadHistoryOperationUnsupported] * 3
 
         async def one(details, cp=None, **kw) -> int:
@@ -420,18 +517,19 @@ async def test_refusals_are_bad_status_codes(cab: Cabinets) -> None:
 
         assert await one(raw(None, None)) == SC.BadInvalidTimestampArgument  # no time at all
         assert await one(raw(T0, None)) == SC.BadInvalidTimestampArgument  # one time, no count
-        assert await one(processed(T0, T0, MIN, [O.AggregateFunction_Average])) == SC.BadInvalidArgument
-        missing_end = processed(T0, T0 + HOUR, MIN, [O.AggregateFunction_Average])
+        assert await one(processed(T0, T0, MIN, [OI.AggregateFunction_Average])) == SC.BadInvalidArgument
+        missing_end = processed(T0, T0 + HOUR, MIN, [OI.AggregateFunction_Average])
         missing_end.EndTime = ua.get_win_epoch()
         assert await one(missing_end) == SC.BadInvalidTimestampArgument
-        negative = processed(T0, T0 + HOUR, -MIN, [O.AggregateFunction_Average])
+        negative = processed(T0, T0 + HOUR, -MIN, [OI.AggregateFunction_Average])
         assert await one(negative) == SC.BadInvalidArgument
         modified = raw(T0, T0 + HOUR)
         modified.IsReadModified = True
         assert await one(modified) == SC.BadHistoryOperationUnsupported
-        config = processed(T0, T0 + HOUR, MIN, [O.AggregateFunction_Average])
-        config.AggregateConfiguration = ua.AggregateConfiguration(UseServerCapabilitiesDefaults=False,
-                                                                  TreatUncertainAsBad=False)
+        config = processed(T0, T0 + HOUR, MIN, [OI.AggregateFunction_Average])
+        config.AggregateConfiguration = ua.AggregateConfiguration(
+            UseServerCapabilitiesDefaults=False, TreatUncertainAsBad=False
+        )
         assert await one(config) == SC.BadAggregateConfigurationRejected
         assert await one(raw(T0, T0 + HOUR), timestamps=ua.TimestampsToReturn.Server) == SC.BadTimestampNotSupported
 
@@ -440,18 +538,20 @@ async def test_refusals_are_bad_status_codes(cab: Cabinets) -> None:
         assert first.ContinuationPoint
         assert await one(raw(T0, T0 + HOUR, n=5), b"garbage") == SC.BadContinuationPointInvalid
         assert await one(raw(T0, T0 + HOUR, n=6), first.ContinuationPoint) == SC.BadContinuationPointInvalid
-        released = (await history_read(client, raw(T0, T0 + HOUR, n=5), [power], [first.ContinuationPoint],
-                                       release=True))[0]
+        released = (
+            await history_read(client, raw(T0, T0 + HOUR, n=5), [power], [first.ContinuationPoint], release=True)
+        )[0]
         assert released.StatusCode.is_good() and not released.HistoryData.DataValues
 
         # The whole request: Neither is no timestamp to read history by; aggregates must match the nodes.
         with pytest.raises(uaerrors.BadTimestampsToReturnInvalid):
             await history_read(client, raw(T0, T0 + HOUR), [power], timestamps=ua.TimestampsToReturn.Neither)
         with pytest.raises(uaerrors.BadAggregateListMismatch):
-            await history_read(client, processed(T0, T0 + HOUR, MIN, [O.AggregateFunction_Average]), [power, power])
+            await history_read(client, processed(T0, T0 + HOUR, MIN, [OI.AggregateFunction_Average]), [power, power])
 
 
 # -- the real server process ---------------------------------------------------------------------
+
 
 async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
     """Simulator + `scada run` as processes: an asyncua client reads a cabinet's raw and processed
@@ -463,8 +563,7 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/scada/"
     data = tmp_path / "data"
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
-    server = Process(["-m", "city_scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
-                      "--status-interval", "0", "--data", str(data)], tmp_path / "server.log")
+    server = Process(scada_run_args(tmp_path / "config", data, endpoint), tmp_path / "server.log")
     try:
         wait_port(base + 2)
         wait_port(opc_port, timeout=30)
@@ -477,25 +576,41 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
 
             async def live_and_history():
                 live = await voltage.read_data_value(raise_on_bad_status=False)
-                return live, await voltage.read_raw_history(dt(t_start), datetime.now(timezone.utc),
-                                                            return_bounds=False)
+                return live, await voltage.read_raw_history(dt(t_start), datetime.now(UTC), return_bounds=False)
 
             # The newest value in the history is the live one (stored, or held by the compressor).
-            await until_read(live_and_history, lambda lh: lh[0].StatusCode.is_good() and lh[1]
-                             and lh[1][-1].StatusCode.is_good() and lh[1][-1].Value.Value == lh[0].Value.Value,
-                             15, "the live value in the cabinet's history")
+            await until_read(
+                live_and_history,
+                lambda lh: (
+                    lh[0].StatusCode.is_good()
+                    and lh[1]
+                    and lh[1][-1].StatusCode.is_good()
+                    and lh[1][-1].Value.Value == lh[0].Value.Value
+                ),
+                15,
+                "the live value in the cabinet's history",
+            )
             # Both aggregates once the historian has the lamp count too (polled with the voltage,
             # in the same or a later batch): wait for that state, not for a guessed write period.
             lamp_count = await lamps.read_value()
 
             async def aggregates():
-                return await history_read(client, processed(t_start, time.time_ns(), 0,
-                                                            [O.AggregateFunction_Count, O.AggregateFunction_Average]),
-                                          [voltage.nodeid, lamps.nodeid])
+                return await history_read(
+                    client,
+                    processed(t_start, time.time_ns(), 0, [OI.AggregateFunction_Count, OI.AggregateFunction_Average]),
+                    [voltage.nodeid, lamps.nodeid],
+                )
 
-            res = await until_read(aggregates, lambda r: r[1].StatusCode.is_good() and r[1].HistoryData.DataValues
-                                   and r[1].HistoryData.DataValues[0].StatusCode.is_good(), 30,
-                                   "the lamp count's average in the history")
+            res = await until_read(
+                aggregates,
+                lambda r: (
+                    r[1].StatusCode.is_good()
+                    and r[1].HistoryData.DataValues
+                    and r[1].HistoryData.DataValues[0].StatusCode.is_good()
+                ),
+                30,
+                "the lamp count's average in the history",
+            )
             assert res[0].StatusCode.is_good() and res[0].HistoryData.DataValues[0].Value.Value >= 1
             assert res[1].HistoryData.DataValues[0].Value.Value == lamp_count
 
@@ -505,14 +620,29 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
 
         async def exported():
             out = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "city_scada", "history", f"{cab.commune}/lighting/*/lamp_count",
-                                 "--data", str(data), "--from", dt(t_start).isoformat()],
-                capture_output=True, text=True, timeout=60, cwd=ROOT)
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "city_scada",
+                    "history",
+                    f"{cab.commune}/lighting/*/lamp_count",
+                    "--data",
+                    str(data),
+                    "--from",
+                    dt(t_start).isoformat(),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT,
+            )
             assert out.returncode == 0, out.stderr
             return list(csv.DictReader(io.StringIO(out.stdout)))
 
-        rows = await until_read(exported, lambda rows: {r["tag"] for r in rows} == want, 60,
-                                "every lamp count exported")
+        rows = await until_read(
+            exported, lambda rows: {r["tag"] for r in rows} == want, 60, "every lamp count exported"
+        )
         assert all(r["status"] == "Good" and float(r["value"]) > 0 for r in rows)
         assert server.stop() == 0, server.output()
     finally:
@@ -522,6 +652,8 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
 
 # -- Value attribute: reads and refused writes ---------------------------------------------------
 
+
+@on_server
 async def test_tag_values_read_as_published_and_no_client_can_write_them(cab: Cabinets) -> None:
     """A tag's Value is the tag database's as published; a Write is refused, even from a session
     that logs in as "admin" (asyncua's default would make it an administrator, skipping the
@@ -535,8 +667,12 @@ async def test_tag_values_read_as_published_and_no_client_can_write_them(cab: Ca
             client.set_password("anything")
         async with client:
             node = client.get_node(cab.node("power"))
-            dv = await until_read(lambda: node.read_data_value(raise_on_bad_status=False),
-                                  lambda d: d.Value.Value == 7.25, 30, "the published value")
+            dv = await until_read(
+                lambda node=node: node.read_data_value(raise_on_bad_status=False),
+                lambda d: d.Value.Value == 7.25,
+                30,
+                "the published value",
+            )
             assert dv.StatusCode.is_good() and dv.SourceTimestamp is not None
             with pytest.raises(ua.UaStatusCodeError) as refused:
                 await node.write_value(ua.DataValue(ua.Variant(99.0, ua.VariantType.Double)))

@@ -1,10 +1,11 @@
 """Secure OPC UA sessions and server-side deadbands, against real asyncua servers on loopback.
 
 The traffic simulator serves Basic256Sha256 only (Sign and SignAndEncrypt) with a certificate
-it makes itself, and trusts one client certificate; certificates are generated per test in
-a temporary folder. Our driver must read a junction over both modes, and, misconfigured
-(no security, an untrusted certificate, the wrong server certificate), say why once in the
-log, keep its tags Bad_NoCommunication and retry with backoff, never raise.
+it makes itself, and trusts one client certificate; certificates are generated once for the
+module in a temporary folder, and one simulator serves the tests on a secure server (starting
+an asyncua server takes seconds). Our driver must read a junction over both modes, and,
+misconfigured (no security, an untrusted certificate, the wrong server certificate), say why
+once in the log, keep its tags Bad_NoCommunication and retry with backoff, never raise.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import structlog
 from asyncua import Client, Server, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from scada.driver_api import WriteCommand
+from city_scada import load_config
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
-from city_scada import load_config
+from scada.driver_api import WriteCommand
 from scada.opcua.server import stop_asyncua_server
 from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, ServerSecurity, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 from simulators.pki import make_certificate
+from tests.leaks import tasks_left
 
 from .helpers import free_port, until
 
@@ -36,9 +39,9 @@ JUNCTIONS = [Junction("J-DIJ-001", "Dijon", 47.32, 5.04)]
 CLIENT_URI = "urn:city-scada:test-client"
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    d = tmp_path / "pki"
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("security") / "pki"
     make_certificate(d / "client.der", d / "client.pem", CLIENT_URI, server=False)
     make_certificate(d / "intruder.der", d / "intruder.pem", "urn:elsewhere:client", server=False)
     make_certificate(d / "impostor.der", d / "impostor.pem", "urn:elsewhere:server", server=True)
@@ -49,6 +52,22 @@ def secure_simulator(url: str, pki: Path) -> TrafficOpcUaSimulator:
     state = tr.create([j.lat for j in JUNCTIONS], [j.lon for j in JUNCTIONS], t=time.time(), mode=tr.FIXED_TIME)
     security = ServerSecurity(pki / "server" / "traffic.der", pki / "server" / "traffic.pem", (pki / "client.der",))
     return TrafficOpcUaSimulator(state, JUNCTIONS, url, step_interval=0.1, security=security)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sim(pki: Path):
+    """The module's secure traffic simulator (it makes its own certificate as it starts)."""
+    s = secure_simulator(f"opc.tcp://127.0.0.1:{free_port()}/traffic/", pki)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+    left = await tasks_left()
+    assert not left, f"the module's simulator left asyncio tasks pending: {left}"
+
+
+on_sim = pytest.mark.asyncio(loop_scope="module")
 
 
 def config(folder: Path, url: str, security: str):
@@ -86,120 +105,135 @@ async def stop(task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@on_sim
 @pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
-async def test_driver_reads_and_commands_a_junction_over_a_secure_session(tmp_path, pki, mode):
-    url = f"opc.tcp://127.0.0.1:{free_port()}/traffic/"
-    sim = secure_simulator(url, pki)
-    await sim.start()
+async def test_driver_reads_and_commands_a_junction_over_a_secure_session(tmp_path, pki, sim, mode):
+    url = sim.endpoint
+    server_cert = pki / "server" / "traffic.der"
+    assert server_cert.is_file() and (pki / "server" / "traffic.pem").is_file()  # made by the simulator
+    # Sign trusts whatever certificate the server shows; SignAndEncrypt pins the server's.
+    cfg = config(tmp_path / "c", url, secure(mode, pki, server=str(server_cert) if mode == "SignAndEncrypt" else None))
+    tagdb = TagDB(*cfg.tag_table())
+    driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+    task = asyncio.create_task(driver.run())
     try:
-        server_cert = pki / "server" / "traffic.der"
-        assert server_cert.is_file() and (pki / "server" / "traffic.pem").is_file()  # made by the simulator
-        # Sign trusts whatever certificate the server shows; SignAndEncrypt pins the server's.
-        cfg = config(tmp_path / "c", url, secure(mode, pki, server=str(server_cert) if mode == "SignAndEncrypt" else None))
-        tagdb = TagDB(*cfg.tag_table())
-        driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+        await until(lambda: status(tagdb, "mode") == st.GOOD, timeout=15, what="first value over a secure session")
+        assert tagdb.value[tagdb.id_of("Dijon/traffic/J-DIJ-001/mode")] == tr.FIXED_TIME
+        (session,) = driver.sessions.values()
+        policy = session.client.security_policy
+        assert policy.URI.endswith("#Basic256Sha256")
+        assert policy.Mode == getattr(ua.MessageSecurityMode, mode)
+        cycle = tagdb.id_of("Dijon/traffic/J-DIJ-001/cycle_second")
+        first = float(tagdb.value[cycle])
+        await until(lambda: float(tagdb.value[cycle]) != first, what="values keep coming")
+        # A command, read back: a plan other than the one a test before may have set.
+        plan = 3 if sim.state.central_plan[0] == 2 else 2
+        await driver.write(WriteCommand("Dijon/traffic/J-DIJ-001/plan", plan))
+        assert sim.state.central_plan[0] == plan
+    finally:
+        await stop(task)
+
+
+@on_sim
+async def test_secure_server_refuses_a_session_over_security_none(sim):
+    """An independent asyncua client, past its own endpoint check: the server itself refuses."""
+    url = sim.endpoint
+    client = Client(url, timeout=5)
+    endpoints = await client.connect_and_get_server_endpoints()
+    assert {(e.SecurityPolicyUri.rsplit("#")[-1], e.SecurityMode) for e in endpoints} == {
+        ("Basic256Sha256", ua.MessageSecurityMode.Sign),
+        ("Basic256Sha256", ua.MessageSecurityMode.SignAndEncrypt),
+    }
+    await client.connect_socket()
+    try:
+        await client.send_hello()
+        await client.open_secure_channel()
+        params = ua.CreateSessionParameters(
+            ClientNonce=b"n" * 32,
+            SessionName="none",
+            RequestedSessionTimeout=10000,
+            ClientDescription=ua.ApplicationDescription(
+                ApplicationUri=CLIENT_URI, ApplicationType=ua.ApplicationType.Client
+            ),
+        )
+        created = await client.uaclient.create_session(params)
+        with pytest.raises(UaStatusCodeError) as refused:
+            await client.uaclient.activate_session(
+                ua.ActivateSessionParameters(UserIdentityToken=ua.AnonymousIdentityToken(PolicyId="anonymous"))
+            )
+        assert refused.value.code == ua.StatusCodes.BadSecurityPolicyRejected
+        assert created.SessionId is not None
+    finally:
+        await client.close_secure_channel()
+        client.disconnect_socket()
+
+
+async def _refused(tmp_path, sim, security: str, expected: str, sim_check=None) -> None:
+    """The driver configured with ``security`` never gets a session; it says ``expected``, once.
+    ``sim_check(sim, before)``: what the simulator counted, against its counters before."""
+    url = sim.endpoint
+    before = {"untrusted": sim.untrusted}
+    cfg = config(tmp_path / "c", url, security)
+    tagdb = TagDB(*cfg.tag_table())
+    driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+    with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(driver.run())
         try:
-            await until(lambda: status(tagdb, "mode") == st.GOOD, timeout=15, what="first value over a secure session")
-            assert tagdb.value[tagdb.id_of("Dijon/traffic/J-DIJ-001/mode")] == tr.FIXED_TIME
             (session,) = driver.sessions.values()
-            policy = session.client.security_policy
-            assert policy.URI.endswith("#Basic256Sha256")
-            assert policy.Mode == getattr(ua.MessageSecurityMode, mode)
-            cycle = tagdb.id_of("Dijon/traffic/J-DIJ-001/cycle_second")
-            first = float(tagdb.value[cycle])
-            await until(lambda: float(tagdb.value[cycle]) != first, what="values keep coming")
-            await driver.write(WriteCommand("Dijon/traffic/J-DIJ-001/plan", 2))  # a command, read back
-            assert sim.state.central_plan[0] == 2
+            await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
+            started = session.attempts
+            took = await until(lambda: session.attempts >= started + 3, timeout=30, what="three more attempts")
+            # Backoff (0.2 s doubling, capped at 1 s, jittered down to half): from the third
+            # failure on, each wait is at least 0.4 s, then 0.5 s: three more attempts take at
+            # least 1 s (a lower bound, which a slow machine only lengthens): no busy loop.
+            assert took >= 1.0, took
+            assert not task.done()  # nothing escaped the driver
+            for point in ("mode", "plan", "cycle_second"):
+                assert status(tagdb, point) == st.BAD_NO_COMMUNICATION
         finally:
             await stop(task)
-    finally:
-        await sim.stop()
+    failures = [e for e in logs if e["event"] == "opcua_connect_failed"]
+    assert len(failures) == 1, failures  # once per distinct reason, not once per retry
+    assert failures[0]["log_level"] == "error" and failures[0]["endpoint"] == url
+    assert expected in failures[0]["error"], failures[0]["error"]
+    if sim_check:
+        sim_check(sim, before)
 
 
-async def test_secure_server_refuses_a_session_over_security_none(pki):
-    """An independent asyncua client, past its own endpoint check: the server itself refuses."""
-    url = f"opc.tcp://127.0.0.1:{free_port()}/traffic/"
-    sim = secure_simulator(url, pki)
-    await sim.start()
-    try:
-        client = Client(url, timeout=5)
-        endpoints = await client.connect_and_get_server_endpoints()
-        assert {(e.SecurityPolicyUri.rsplit("#")[-1], e.SecurityMode) for e in endpoints} == {
-            ("Basic256Sha256", ua.MessageSecurityMode.Sign), ("Basic256Sha256", ua.MessageSecurityMode.SignAndEncrypt)}
-        await client.connect_socket()
-        try:
-            await client.send_hello()
-            await client.open_secure_channel()
-            params = ua.CreateSessionParameters(ClientNonce=b"n" * 32, SessionName="none", RequestedSessionTimeout=10000,
-                                                ClientDescription=ua.ApplicationDescription(
-                                                    ApplicationUri=CLIENT_URI, ApplicationType=ua.ApplicationType.Client))
-            created = await client.uaclient.create_session(params)
-            with pytest.raises(UaStatusCodeError) as refused:
-                await client.uaclient.activate_session(ua.ActivateSessionParameters(
-                    UserIdentityToken=ua.AnonymousIdentityToken(PolicyId="anonymous")))
-            assert refused.value.code == ua.StatusCodes.BadSecurityPolicyRejected
-            assert created.SessionId is not None
-        finally:
-            await client.close_secure_channel()
-            client.disconnect_socket()
-    finally:
-        await sim.stop()
+@on_sim
+async def test_driver_without_security_against_a_secure_only_server(tmp_path, sim):
+    await _refused(
+        tmp_path,
+        sim,
+        "",
+        "the server offers no endpoint with security None/None (it offers "
+        "Basic256Sha256/Sign, Basic256Sha256/SignAndEncrypt)",
+    )
 
 
-async def _refused(tmp_path, pki, security: str, expected: str, sim_check=None) -> None:
-    """The driver configured with ``security`` never gets a session; it says ``expected``, once."""
-    url = f"opc.tcp://127.0.0.1:{free_port()}/traffic/"
-    sim = secure_simulator(url, pki)
-    await sim.start()
-    try:
-        cfg = config(tmp_path / "c", url, security)
-        tagdb = TagDB(*cfg.tag_table())
-        driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
-        with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(driver.run())
-            try:
-                (session,) = driver.sessions.values()
-                await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
-                started = session.attempts
-                took = await until(lambda: session.attempts >= started + 3, timeout=30, what="three more attempts")
-                # Backoff (0.2 s doubling, capped at 1 s, jittered down to half): from the third
-                # failure on, each wait is at least 0.4 s, then 0.5 s: three more attempts take at
-                # least 1 s (a lower bound, which a slow machine only lengthens): no busy loop.
-                assert took >= 1.0, took
-                assert not task.done()  # nothing escaped the driver
-                for point in ("mode", "plan", "cycle_second"):
-                    assert status(tagdb, point) == st.BAD_NO_COMMUNICATION
-            finally:
-                await stop(task)
-        failures = [e for e in logs if e["event"] == "opcua_connect_failed"]
-        assert len(failures) == 1, failures  # once per distinct reason, not once per retry
-        assert failures[0]["log_level"] == "error" and failures[0]["endpoint"] == url
-        assert expected in failures[0]["error"], failures[0]["error"]
-        if sim_check:
-            sim_check(sim)
-    finally:
-        await sim.stop()
+@on_sim
+async def test_driver_with_an_untrusted_certificate(tmp_path, pki, sim):
+    def refused_by_the_server(sim, before):
+        assert sim.untrusted >= before["untrusted"] + 3  # each attempt reached the server's trust check
+
+    await _refused(
+        tmp_path,
+        sim,
+        secure("SignAndEncrypt", pki, cert="intruder"),
+        f"the server does not trust our certificate {pki}/intruder.der",
+        refused_by_the_server,
+    )
 
 
-async def test_driver_without_security_against_a_secure_only_server(tmp_path, pki):
-    await _refused(tmp_path, pki, "", "the server offers no endpoint with security None/None (it offers "
-                   "Basic256Sha256/Sign, Basic256Sha256/SignAndEncrypt)")
-
-
-async def test_driver_with_an_untrusted_certificate(tmp_path, pki):
-    def refused_by_the_server(sim):
-        assert sim.untrusted >= 3  # each attempt reached the server's trust check
-    await _refused(tmp_path, pki, secure("SignAndEncrypt", pki, cert="intruder"),
-                   f"the server does not trust our certificate {pki}/intruder.der", refused_by_the_server)
-
-
-async def test_driver_with_the_wrong_server_certificate(tmp_path, pki):
-    await _refused(tmp_path, pki, secure("Sign", pki, server=str(pki / "impostor.der")),
-                   "is not the trusted server_certificate")
+@on_sim
+async def test_driver_with_the_wrong_server_certificate(tmp_path, pki, sim):
+    await _refused(
+        tmp_path, sim, secure("Sign", pki, server=str(pki / "impostor.der")), "is not the trusted server_certificate"
+    )
 
 
 # Deadband at the source: a DataChangeFilter per monitored item.
+
 
 class RecordingDriver(OpcUaDriver):
     """Keeps what the server sent, item by item: the deadband is the server's to apply."""
@@ -255,7 +289,7 @@ devices:
             await flow.write_value(ua.Variant(lv, ua.VariantType.Double))
             # Every sample its own: the next step is written once this one's flow (no deadband,
             # written last) has reached the driver, and with it anything notified before it.
-            await until(lambda: driver.seen.get(ids["flow"], [None])[-1] == lv, timeout=30, what=f"flow {lv}")
+            await until(lambda lv=lv: driver.seen.get(ids["flow"], [None])[-1] == lv, timeout=30, what=f"flow {lv}")
         await until(lambda: len(driver.seen.get(ids["flow"], [])) == 1 + len(steps), what="every flow change")
         # Without a deadband every change is notified; with one, only moves beyond it (whether the
         # server compares with the last value reported, as Part 4 says, or with the previous sample,
@@ -264,8 +298,11 @@ devices:
         assert driver.seen[ids["level"]] == [10.0, 12.0, 9.0]
         assert driver.seen[ids["count"]] == [100, 109, 120]
         # and the tag database has the last values once the driver's batch is written
-        await until(lambda: tagdb.value[ids["level"]] == 9.0 and tagdb.value[ids["count"]] == 120, timeout=30,
-                    what="the last values in the tag database")
+        await until(
+            lambda: tagdb.value[ids["level"]] == 9.0 and tagdb.value[ids["count"]] == 120,
+            timeout=30,
+            what="the last values in the tag database",
+        )
     finally:
         await stop(task)
         await stop_asyncua_server(server)

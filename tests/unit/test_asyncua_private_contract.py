@@ -11,7 +11,6 @@ in pyproject.toml to the versions this file passes on.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
 import contextvars
@@ -25,15 +24,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import pytest_asyncio
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 from asyncua.server.history import HistoryManager
 from asyncua.server.internal_server import InternalServer
 
 from scada.opcua import asyncua_private as P
 from scada.opcua.publisher import Watchers
 from scada.opcua.server import stop_asyncua_server
-from tests.integration.helpers import ROOT, free_port, until
+from tests.integration.helpers import ROOT, plain_asyncua_server, until
 from tests.more_notifications import record_more_notifications
+from tests.private_uses import internal_uses
 
 VERSION = importlib.metadata.version("asyncua")
 A = ua.AttributeIds
@@ -56,20 +56,7 @@ def params(fn) -> list[str]:
 def test_no_other_opcua_module_touches_asyncua_internals():
     """Outside asyncua_private.py, scada/opcua imports only ``asyncua`` itself and never reaches
     into ``server.iserver``: a new use of an internal goes through the module and its contract."""
-    found = []
-    for path in sorted((ROOT / "scada" / "opcua").rglob("*.py")):  # conditions/ too
-        if path.name == "asyncua_private.py":
-            continue
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asyncua."):
-                found.append(f"{path.name}:{node.lineno} from {node.module} import ...")
-            elif isinstance(node, ast.Import):
-                found += [
-                    f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("asyncua.")
-                ]
-            elif isinstance(node, ast.Attribute) and node.attr == "iserver":
-                found.append(f"{path.name}:{node.lineno} .iserver")
+    found = internal_uses(ROOT / "scada" / "opcua", "asyncua_private.py", "asyncua", names={"iserver"})
     assert not found, "asyncua internals used outside scada/opcua/asyncua_private.py: " + "; ".join(found)
 
 
@@ -232,12 +219,7 @@ def insert_variable(aspace, nodeid: ua.NodeId, value: float) -> P.AttributeValue
 async def running():
     """A started asyncua server with a node inserted through the module, hooks installed
     before start as scada.opcua installs them, and a connected client."""
-    server = Server()
-    await server.init()
-    url = f"opc.tcp://127.0.0.1:{free_port()}/contract/"
-    server.set_endpoint(url)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-    ns = await server.register_namespace("urn:contract")
+    server, url, ns = await plain_asyncua_server("contract", "urn:contract")
     aspace = P.address_space(server)
     nodeid = ua.NodeId("contract/value", ns)
     value_attr = insert_variable(aspace, nodeid, 42.0)

@@ -4,17 +4,22 @@ What a client sees through the columnar queues and the vectorised encoder is wha
 through asyncua's path: every value, status and timestamp written, in order per item; a
 slow-path item (a percent deadband) beside fast ones in one subscription; monitoring modes;
 a deleted item or a closed session stops at once and frees its rows.
+
+One server serves the module (an asyncua server takes seconds to load its nodeset); each test
+has a cabinet of its own, whose points no other test writes or watches, and starts once the
+sessions of the tests before it are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from asyncua import Client, ua
 
 from scada import status as st
@@ -22,15 +27,16 @@ from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving, until
+from tests.leaks import tasks_left
 from tests.more_notifications import record_more_notifications
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-DEVICES = """
-devices:
-  - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
-"""
-PREFIX = "Talant/lighting/LC-1/"
+CABINETS = 5  # one per test
+DEVICES = "\ndevices:\n" + "".join(
+    f'  - {{name: LC-{k}, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.{k}:502"}}\n'
+    for k in range(1, CABINETS + 1)
+)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0 = 1_790_000_000_000_000_000
 
@@ -38,7 +44,8 @@ T0 = 1_790_000_000_000_000_000
 class Seen:
     """Every notification, in arrival order: (tag name, value, status, source time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hmi: Cabinet) -> None:
+        self.prefix = hmi.prefix
         self.rows: list[tuple[str, object, int, datetime | None]] = []
 
     def datachange_notification(self, node, val, data) -> None:
@@ -46,43 +53,67 @@ class Seen:
         self.rows.append((str(node.nodeid.Identifier), val, dv.StatusCode.value, dv.SourceTimestamp))
 
     def of(self, point: str) -> list[tuple[object, int, datetime | None]]:
-        return [(v, s, t) for n, v, s, t in self.rows if n == PREFIX + point]
+        return [(v, s, t) for n, v, s, t in self.rows if n == self.prefix + point]
 
 
 def when(ns: int) -> datetime:
     return EPOCH + timedelta(microseconds=ns // 1000)
 
 
-@pytest.fixture
-async def hmi(tmp_path: Path):
-    config = configs.write_config(tmp_path, DEVICES, "alarms: []\n")
+class Cabinet:
+    """The module's server, seen through one test's cabinet: ``prefix`` names its points."""
+
+    def __init__(self, server: HmiServer, name: str) -> None:
+        self.server, self.prefix = server, f"Talant/lighting/{name}/"
+        self.tagdb, self.publisher, self.endpoint, self.ns = server.tagdb, server.publisher, server.endpoint, server.ns
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory):
+    config = configs.write_config(tmp_path_factory.mktemp("fastpath"), DEVICES, "alarms: []\n")
     tagdb = TagDB(*config.tag_table())
     server = HmiServer(config, tagdb, f"opc.tcp://127.0.0.1:{free_port()}/scada/")
     async with serving(server):
         yield server
+    left = await tasks_left()
+    assert not left, f"the module's server left asyncio tasks pending: {left}"
+
+
+@pytest.fixture(scope="module")
+def cabinets():
+    return itertools.count(1)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def hmi(server: HmiServer, cabinets):
+    """A cabinet no test has used, once the sessions of the tests before are closed."""
+    k = next(cabinets)
+    assert k <= CABINETS, "one more cabinet in DEVICES for the new test"
+    await until(lambda: not server.publisher._queues, 30, "the sessions of the tests before closed")
+    return Cabinet(server, f"LC-{k}")
 
 
 @contextlib.asynccontextmanager
-async def client_of(hmi: HmiServer):
+async def client_of(hmi: Cabinet):
     async with Client(hmi.endpoint, timeout=10) as client:
         yield client
 
 
-def node(client: Client, hmi: HmiServer, point: str):
-    return client.get_node(ua.NodeId(PREFIX + point, hmi.ns))
+def node(client: Client, hmi: Cabinet, point: str):
+    return client.get_node(ua.NodeId(hmi.prefix + point, hmi.ns))
 
 
-def tag(hmi: HmiServer, point: str) -> int:
-    return hmi.tagdb.id_of(PREFIX + point)
+def tag(hmi: Cabinet, point: str) -> int:
+    return hmi.tagdb.id_of(hmi.prefix + point)
 
 
-def write(hmi: HmiServer, point: str, value: float, status: int = st.GOOD, at: int = T0) -> None:
+def write(hmi: Cabinet, point: str, value: float, status: int = st.GOOD, at: int = T0) -> None:
     hmi.tagdb.update(np.array([tag(hmi, point)]), np.array([value]), status, at)
 
 
 async def test_fast_items_see_every_value_status_and_timestamp_in_order(hmi):
     assert hmi.publisher is not None
-    seen = Seen()
+    seen = Seen(hmi)
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "lamps_on")], queuesize=100)
@@ -103,10 +134,11 @@ async def test_fast_items_see_every_value_status_and_timestamp_in_order(hmi):
 
 
 async def test_a_slow_path_item_and_fast_items_share_a_subscription(hmi):
-    seen = Seen()
+    seen = Seen(hmi)
     # asyncua's deadband test fails on a Null previous value (None - float): start from a value.
+    published = hmi.publisher.published
     write(hmi, "temperature", 20.0)
-    await until(lambda: hmi.publisher.published > len(hmi.tagdb), 30, "the first temperature published")
+    await until(lambda: hmi.publisher.published > published, 30, "the first temperature published")
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "Diagnostics/last_error")])
@@ -130,22 +162,23 @@ async def test_a_slow_path_item_and_fast_items_share_a_subscription(hmi):
 
 
 async def test_monitoring_modes(hmi):
-    seen = Seen()
+    seen = Seen(hmi)
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change(node(client, hmi, "power"), queuesize=10)
         await until(lambda: len(seen.rows) == 1, 30, "the first value")
         await sub.set_monitoring_mode(ua.MonitoringMode.Sampling)
+        published = hmi.publisher.published
         for v in (1.0, 2.0, 3.0):
             write(hmi, "power", v)
-        await until(lambda: hmi.publisher.published >= len(hmi.tagdb) + 3, 30, "the writes published")
+        await until(lambda: hmi.publisher.published >= published + 3, 30, "the writes published")
         await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)
         await until(lambda: len(seen.rows) == 4, 30, "what was sampled")
         assert [v for v, _, _ in seen.of("power")] == [None, 1.0, 2.0, 3.0]
         await sub.set_monitoring_mode(ua.MonitoringMode.Disabled)
         write(hmi, "power", 4.0)
         write(hmi, "power", 5.0)
-        await until(lambda: hmi.publisher.published >= len(hmi.tagdb) + 5, 30, "the writes published")
+        await until(lambda: hmi.publisher.published >= published + 5, 30, "the writes published")
         await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)  # its current value, nothing of the pause
         write(hmi, "power", 6.0)
         await until(lambda: len(seen.rows) == 6, 30, "the value on enabling, then the next")
@@ -155,7 +188,7 @@ async def test_monitoring_modes(hmi):
 
 async def test_a_deleted_item_and_a_closed_session_stop_at_once_and_free_their_rows(hmi):
     pub = hmi.publisher
-    seen = Seen()
+    seen = Seen(hmi)
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         power, energy = await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "energy")])
@@ -174,7 +207,7 @@ async def test_a_deleted_item_and_a_closed_session_stop_at_once_and_free_their_r
 
 
 async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
-    seen = Seen()
+    seen = Seen(hmi)
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.deadband_monitor(node(client, hmi, "mains_voltage"), 1.0, deadbandtype=1, queuesize=10)

@@ -38,7 +38,7 @@ from scada.opcua.history import (
 )
 from scada.tagdb import ChangeBatch, TagDB
 from tests import configs
-from tests.integration.test_opcua_history import EPOCH, HOUR, SC, T0, O, S, processed, raw
+from tests.integration.test_opcua_history import EPOCH, HOUR, OI, SC, T0, S, processed, raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,11 @@ devices:
   - {name: LC-1, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.1:502"}
   - {name: BO-1, type: access_bollard, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.3:1883"}
 """
-POWER, DOOR, CLASS = "Talant/lighting/LC-1/power", "Talant/lighting/LC-1/door_open", "Dijon/bollard/BO-1/last_access_class"
+POWER, DOOR, CLASS = (
+    "Talant/lighting/LC-1/power",
+    "Talant/lighting/LC-1/door_open",
+    "Dijon/bollard/BO-1/last_access_class",
+)
 
 
 class Core:
@@ -105,10 +109,14 @@ def fill(core: Core) -> dict[str, np.ndarray]:
     # write, the newest held by the compressor. A ramp: the compressor holds its end.
     later = T0 + HOUR + np.arange(1, 41) * S
     for k, t in enumerate(later.tolist()):
-        h._take(ChangeBatch(k, np.array([power]), np.array([50.0 + k]), np.array([st.GOOD], np.uint32),
-                            np.array([t]), t))
-        h._take(ChangeBatch(k, np.array([cls]), np.array([np.nan]), np.array([st.GOOD], np.uint32),
-                            np.array([t]), t, (f"van-{k}",)))
+        h._take(
+            ChangeBatch(k, np.array([power]), np.array([50.0 + k]), np.array([st.GOOD], np.uint32), np.array([t]), t)
+        )
+        h._take(
+            ChangeBatch(
+                k, np.array([cls]), np.array([np.nan]), np.array([st.GOOD], np.uint32), np.array([t]), t, (f"van-{k}",)
+            )
+        )
     queued = np.concatenate([b.times[b.ids == power] for b in h.unstored()])
     held = h.compressor.pending(np.array([power])).times
     assert len(queued) and len(held)  # both places hold points of the read below
@@ -131,9 +139,14 @@ def plain(results: list[ua.HistoryReadResult]) -> list[tuple]:
     out = []
     for r in results:
         dvs = getattr(r.HistoryData, "DataValues", None)  # a Bad result has an empty ExtensionObject
-        values = None if dvs is None else [
-            (d.Value.VariantType, d.Value.Value, d.StatusCode.value, d.SourceTimestamp, d.ServerTimestamp) for d in dvs
-        ]
+        values = (
+            None
+            if dvs is None
+            else [
+                (d.Value.VariantType, d.Value.Value, d.StatusCode.value, d.SourceTimestamp, d.ServerTimestamp)
+                for d in dvs
+            ]
+        )
         out.append((r.StatusCode.value, r.ContinuationPoint, values))
     return out
 
@@ -194,11 +207,15 @@ async def test_reads_through_the_mirror_equal_reads_through_the_historian(tmp_pa
             assert set(times.tolist()) <= seen, where
         # Processed reads, aligned on hours (rollups plus staging) and not (raw points).
         for details in (
-            processed(T0, T0 + 2 * HOUR, HOUR, [O.AggregateFunction_Average] * 3),
-            processed(T0 + 7 * S, T0 + HOUR + 7 * S, 600 * S, [O.AggregateFunction_TimeAverage] * 3),
-            processed(T0 + HOUR, T0, 300 * S, [O.AggregateFunction_Interpolative] * 3),
-            processed(T0, T0 + HOUR, 60 * S, [O.AggregateFunction_Count, O.AggregateFunction_Maximum,
-                                              O.AggregateFunction_Minimum]),
+            processed(T0, T0 + 2 * HOUR, HOUR, [OI.AggregateFunction_Average] * 3),
+            processed(T0 + 7 * S, T0 + HOUR + 7 * S, 600 * S, [OI.AggregateFunction_TimeAverage] * 3),
+            processed(T0 + HOUR, T0, 300 * S, [OI.AggregateFunction_Interpolative] * 3),
+            processed(
+                T0,
+                T0 + HOUR,
+                60 * S,
+                [OI.AggregateFunction_Count, OI.AggregateFunction_Maximum, OI.AggregateFunction_Minimum],
+            ),
         ):
             want = await read_pages(local, details, nodes)
             assert want[0][0][0] == SC.Good and want[0][0][2]
@@ -226,8 +243,9 @@ async def test_a_failed_unstored_request_fails_the_raw_reads_only(tmp_path: Path
         [r] = await th.read_history(history_params(raw(T0, T0 + 3 * HOUR), [node]))
         # Without the newest points the answer would be wrong: none, and a clear status.
         assert r.StatusCode.value == SC.BadDataUnavailable
-        [p] = await th.read_history(history_params(processed(T0, T0 + HOUR, HOUR, [O.AggregateFunction_Count]),
-                                                   [node]))
+        [p] = await th.read_history(
+            history_params(processed(T0, T0 + HOUR, HOUR, [OI.AggregateFunction_Count]), [node])
+        )
         count = core.historian.store.read_processed(core.id(POWER), T0, T0 + HOUR, HOUR, "Count").values[0]
         assert p.StatusCode.value == SC.Good and p.HistoryData.DataValues[0].Value.Value == count > 200
     finally:
@@ -243,8 +261,14 @@ def per_tag_merge(batches: list[StoredBatch], ids: Sequence[int]) -> dict[int, P
         for b in batches:
             m = np.flatnonzero(b.ids == tag)
             if len(m):
-                parts.append((b.times[m], b.values[m], b.status[m],
-                              None if b.texts is None else tuple(b.texts[i] for i in m.tolist())))
+                parts.append(
+                    (
+                        b.times[m],
+                        b.values[m],
+                        b.status[m],
+                        None if b.texts is None else tuple(b.texts[i] for i in m.tolist()),
+                    )
+                )
         out[tag] = merge_parts(parts, keep="first")
     return out
 
@@ -257,9 +281,13 @@ def test_unstored_columns_are_the_per_tag_merge_and_cross_the_channel_unchanged(
         power, door, cls = core.id(POWER), core.id(DOOR), core.id(CLASS)
         # A failing disk's backlog that holds copies of queued points (one time in two batches).
         queued = h.unstored()
-        copy = StoredBatch(np.array([power, cls, door]), np.array([-1.0, np.nan, 1.0]),
-                           np.zeros(3, np.uint32), np.array([queued[0].times[0], T0 + HOUR + S, 5]),
-                           (None, "copy", None))
+        copy = StoredBatch(
+            np.array([power, cls, door]),
+            np.array([-1.0, np.nan, 1.0]),
+            np.zeros(3, np.uint32),
+            np.array([queued[0].times[0], T0 + HOUR + S, 5]),
+            (None, "copy", None),
+        )
         h._backlog.append(copy)
         ids = [cls, power, door, power, 0]
         want = per_tag_merge(h.unstored() + [h.compressor.pending(np.array(sorted(set(ids))))], ids)
@@ -318,8 +346,9 @@ def test_the_mirror_rebinds_to_a_reload_s_names(tmp_path: Path) -> None:
     mirror = core.mirror()
     try:
         power = core.id(POWER)
-        core.historian.store.write(StoredBatch(np.array([power]), np.array([7.0]), np.zeros(1, np.uint32),
-                                               np.array([T0])))
+        core.historian.store.write(
+            StoredBatch(np.array([power]), np.array([7.0]), np.zeros(1, np.uint32), np.array([T0]))
+        )
         assert mirror.store.read_raw(power, T0, T0 + 1).values.tolist() == [7.0]
         reordered = list(core.tagdb.names)[::-1]
         old = mirror.store
@@ -361,8 +390,13 @@ def test_another_process_reads_what_the_writer_commits(tmp_path: Path) -> None:
     core = Core(tmp_path)
     store = core.historian.store
     power = core.id(POWER)
-    child = subprocess.Popen([sys.executable, "-c", READER, str(core.path)], cwd=ROOT, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", READER, str(core.path)],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert child.stdin is not None and child.stdout is not None
 
     def ask(lo: int, hi: int) -> list:
@@ -389,7 +423,11 @@ def test_another_process_reads_what_the_writer_commits(tmp_path: Path) -> None:
         assert ask(T0, T0 + HOUR) == mine(T0, T0 + HOUR) and len(ask(T0, T0 + HOUR)[0]) == 10
         # Merged, then more in staging: one point never seen twice or lost across the move.
         store.merge()
-        store.write(StoredBatch(np.full(5, power), np.arange(5.0) + 10, np.zeros(5, np.uint32), times[-1] + S * (1 + np.arange(5))))
+        store.write(
+            StoredBatch(
+                np.full(5, power), np.arange(5.0) + 10, np.zeros(5, np.uint32), times[-1] + S * (1 + np.arange(5))
+            )
+        )
         got = ask(T0, T0 + HOUR)
         assert got == mine(T0, T0 + HOUR) and got[1] == list(np.arange(15.0))
         assert ask(T0 + 3 * S, T0 + 12 * S) == mine(T0 + 3 * S, T0 + 12 * S)

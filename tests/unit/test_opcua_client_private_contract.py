@@ -12,7 +12,6 @@ this file passes on.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import importlib.metadata
 import inspect
@@ -20,12 +19,13 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 from asyncua.client.ua_session import UaSession
 from asyncua.common.subscription import Subscription
 
 from drivers.opcua import asyncua_private as P
-from tests.integration.helpers import ROOT, free_port, until
+from tests.integration.helpers import ROOT, plain_asyncua_server, until
+from tests.private_uses import internal_uses
 
 VERSION = importlib.metadata.version("asyncua")
 MODULE = "drivers/opcua/asyncua_private.py"
@@ -89,26 +89,9 @@ def publish_result(sequence: int, data: list) -> ua.PublishResult:
 def test_no_other_driver_module_touches_asyncua_client_internals():
     """Outside asyncua_private.py, drivers/opcua imports ``asyncua`` itself and its public
     security API (``asyncua.crypto``) only, and names none of the internals the module stands for."""
-    found = []
-    for path in sorted((ROOT / "drivers" / "opcua").glob("*.py")):
-        if path.name == "asyncua_private.py":
-            continue
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                module = node.module or ""
-                if module.startswith("asyncua.") and not module.startswith("asyncua.crypto"):
-                    found.append(f"{path.name}:{node.lineno} from {module} import ...")
-            elif isinstance(node, ast.Import):
-                found += [
-                    f"{path.name}:{node.lineno} import {a.name}"
-                    for a in node.names
-                    if a.name.startswith("asyncua.") and not a.name.startswith("asyncua.crypto")
-                ]
-            elif isinstance(node, ast.Attribute) and node.attr in INTERNAL_NAMES:
-                found.append(f"{path.name}:{node.lineno} .{node.attr}")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in INTERNAL_NAMES:
-                found.append(f"{path.name}:{node.lineno} def {node.name}")
+    found = internal_uses(
+        ROOT / "drivers" / "opcua", "asyncua_private.py", "asyncua", public={"asyncua.crypto"}, names=INTERNAL_NAMES
+    )
     assert not found, f"asyncua client internals used outside {MODULE}: " + "; ".join(found)
 
 
@@ -244,12 +227,7 @@ async def test_the_module_callback_hands_over_whole_messages_and_keeps_the_watch
 
 @pytest.mark.integration
 async def test_a_subscription_made_through_the_module_receives_data_changes_from_a_real_server():
-    server = Server()
-    await server.init()
-    url = f"opc.tcp://127.0.0.1:{free_port()}/client-contract/"
-    server.set_endpoint(url)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-    ns = await server.register_namespace("urn:client-contract")
+    server, url, ns = await plain_asyncua_server("client-contract", "urn:client-contract")
     variable = await server.nodes.objects.add_variable(ns, "value", 1.0)
     await server.start()
     client = Client(url, timeout=5)

@@ -6,6 +6,9 @@ a recursive Browse (both directions, every reference type) from the Objects fold
 namespace, and a Read of every attribute of every node reached. The lean tree must give the
 same answers, in the same order. Regenerate only for an intended change of what clients see:
 ``python -m tests.unit.test_opcua_lean_tree`` (from the repository root) rewrites the file.
+
+The tests that only look share one built tree (``pristine``: building takes seconds, most of
+it asyncua's own nodeset); a test that edits the tree builds its own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import pytest_asyncio
 from asyncua import Server, ua
 
 from scada.opcua.address_space import (
@@ -59,6 +64,19 @@ async def closed(folder: Path):
     return rig, server, ns, values, conditions, address_space(server)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pristine(tmp_path_factory):
+    """The rig's tree as built, for the tests that never edit it: (server, ns)."""
+    _, server, ns, _, conditions = await built(tmp_path_factory.mktemp("lean"))
+    try:
+        yield server, ns
+    finally:
+        conditions.close()
+
+
+looks_only = pytest.mark.asyncio(loop_scope="module")
+
+
 def _text(v) -> str:
     """A value as a client sees it, stable across runs (no object ids)."""
     return repr(v)
@@ -100,12 +118,10 @@ async def dump(server: Server, ns: int) -> dict[str, dict]:
     return out
 
 
-async def test_every_node_browses_and_reads_as_the_stored_tree_did(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    try:
-        got = await dump(server, ns)
-    finally:
-        conditions.close()
+@looks_only
+async def test_every_node_browses_and_reads_as_the_stored_tree_did(pristine):
+    server, ns = pristine
+    got = await dump(server, ns)
     expected = json.loads(gzip.decompress(EXPECTED.read_bytes()))
     assert sorted(got) == sorted(expected)
     for nid, node in expected.items():
@@ -180,9 +196,9 @@ async def test_attributes_set_on_many_variables_at_once_read_as_set_one_by_one(t
     assert (pinned.attributes[A.AccessLevel] is level) == (POWER in some)
 
 
-async def test_unknown_node_ids_are_unknown_to_every_lookup(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
+@looks_only
+async def test_unknown_node_ids_are_unknown_to_every_lookup(pristine):
+    server, ns = pristine
     aspace, session = address_space(server), server.iserver.isession
     unknown = [
         ua.NodeId(f"{DEVICE}/no_such_point", ns),
@@ -199,9 +215,9 @@ async def test_unknown_node_ids_are_unknown_to_every_lookup(tmp_path):
     assert [dv.StatusCode.value for dv in dvs] == [SC.BadNodeIdUnknown] * len(unknown)
 
 
-async def test_translate_and_register_find_the_variables(tmp_path):
-    _, server, ns, _, conditions = await built(tmp_path)
-    conditions.close()
+@looks_only
+async def test_translate_and_register_find_the_variables(pristine):
+    server, ns = pristine
     session = server.iserver.isession
     path = ua.BrowsePath(
         StartingNode=ua.NodeId(DEVICE, ns),
