@@ -32,7 +32,7 @@ from tests.more_notifications import record_more_notifications
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-CABINETS = 5  # one per test
+CABINETS = 7  # one per test
 DEVICES = "\ndevices:\n" + "".join(
     f'  - {{name: LC-{k}, type: lighting_cabinet, commune: Talant, lat: 47.3, lon: 5.0, endpoint: "10.0.0.{k}:502"}}\n'
     for k in range(1, CABINETS + 1)
@@ -237,7 +237,7 @@ async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
 
 
 async def test_max_notifications_per_publish_sets_more_notifications_and_loses_nothing(hmi):
-    seen = Seen()
+    seen = Seen(hmi)
     points = ["power", "energy", "lamps_on", "mains_voltage", "dim_level"]
     async with client_of(hmi) as client:
         params = ua.CreateSubscriptionParameters(
@@ -265,9 +265,10 @@ async def test_max_notifications_per_publish_sets_more_notifications_and_loses_n
 
 async def test_an_item_modified_to_asyncua_s_path_keeps_its_pending_values(hmi):
     pub = hmi.publisher
-    seen = Seen()
+    seen = Seen(hmi)
+    first = pub.published
     write(hmi, "temperature", 20.0)  # asyncua's percent deadband needs a previous value
-    await until(lambda: pub.published > len(hmi.tagdb), 30, "the first temperature published")
+    await until(lambda: pub.published > first, 30, "the first temperature published")
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         mid = await sub.subscribe_data_change(node(client, hmi, "temperature"), queuesize=10)
