@@ -35,8 +35,16 @@ def configure(json: bool = False, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # A plain traceback, not structlog's default (rich, when installed: amqtt's typer brings it),
+    # which draws every frame's locals: seconds per logged exception with a tag table or an
+    # Application in a frame (the event loop stalls meanwhile), and values that have no business
+    # in a log (a configuration's secrets, a user's password).
     renderer = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
