@@ -396,12 +396,15 @@ def hook_more_notifications(sub: InternalSubscription, more: Callable[[], bool])
         return ask()
 
     async def publish_the_rest() -> None:
-        if held_back() and not sub._closing:  # not sent meanwhile, not deleted meanwhile
+        # not sent meanwhile, not deleted meanwhile, not disabled meanwhile
+        if held_back() and not sub._closing and sub._publishing_enabled:
             await sub.publish_results()
 
     def pop_publish_result() -> ua.PublishResult:
         result = pop()
-        if held_back():
+        # Only a message that carries data says more is waiting: with publishing disabled the
+        # queue is not popped (its flag is stale) and a keep-alive must not claim more.
+        if sub._publishing_enabled and result.NotificationMessage.NotificationData and held_back():
             result.MoreNotifications = True
             task = asyncio.get_running_loop().create_task(publish_the_rest())
             tasks.add(task)

@@ -633,6 +633,38 @@ async def test_more_notifications_are_flagged_and_sent_at_the_next_publish_reque
         await sub.delete()
 
 
+async def test_keep_alives_after_publishing_is_disabled_say_no_more_notifications():
+    """A message cut by MaxNotificationsPerPublish says MoreNotifications; once the client disables
+    publishing, the keep-alives that follow carry no data and must not say it, nor come early
+    (review: every keep-alive said TRUE and one more came than MaxKeepAliveCount allows)."""
+    data = ua.CreateSubscriptionResult(
+        SubscriptionId=1, RevisedPublishingInterval=1000, RevisedLifetimeCount=300, RevisedMaxKeepAliveCount=3
+    )
+    sent: list[ua.PublishResult] = []
+
+    async def deliver(result: ua.PublishResult, request: object = None) -> None:
+        sent.append(result)
+
+    sub = P.InternalSubscription(data, None, deliver, session_id=ua.NodeId(1), request_callback=lambda sid: object())
+    chunks = _Chunks(301, [1.0, 2.0, 3.0, 4.0, 5.0])
+    P.hook_datachange_publish(sub, chunks)
+    P.hook_more_notifications(sub, chunks.more)
+    sub._scada_max_notifications = 2
+    await sub.publish_results()  # 2 of 5: the rest is held back
+    relies(len(sent) == 1 and sent[0].MoreNotifications, "a message cut by the budget says MoreNotifications")
+    await sub.set_publishing_mode(False)
+    for _ in range(6):  # six publishing cycles, publishing disabled: two keep-alives
+        await sub.publish_results()
+        await asyncio.sleep(0)  # a pending "publish the rest" runs
+    keep_alives = sent[1:]
+    relies(all(not r.NotificationMessage.NotificationData for r in keep_alives), "keep-alives carry no data")
+    relies(
+        [r.MoreNotifications for r in keep_alives] == [False, False],
+        f"two keep-alives in six cycles (MaxKeepAliveCount 3), neither says more: "
+        f"{[r.MoreNotifications for r in keep_alives]}",
+    )
+
+
 async def test_a_large_create_monitored_items_lets_the_loop_run_between_chunks():
     """hook_monitored_items creates a large request's items in chunks of CREATE_CHUNK with a yield
     between them (other subscriptions publish meanwhile): same items, same results, in order."""
