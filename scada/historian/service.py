@@ -48,7 +48,8 @@ log = structlog.get_logger("scada.historian")
 WRITE_PERIOD = 0.5  # s between store writes (one transaction each)
 PRUNE_PERIOD = 6 * 3600.0  # s between retention passes
 # Kept points waiting in memory while the store cannot write: 28 bytes each (id, value, status,
-# time), so about 56 MB; at a few thousand stored points/s, minutes to an hour of history.
+# time), plus up to 16 for the per-tag index a front's history read builds (backlog.py), so
+# 56 to 88 MB; at a few thousand stored points/s, minutes to an hour of history.
 BACKLOG_MAX_VALUES = 2_000_000
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # s: backoff between write attempts on a failing store
 _STORAGE_ERRORS = (HistoryError, sqlite3.Error, OSError)
