@@ -633,6 +633,18 @@ async def test_more_notifications_are_flagged_and_sent_at_the_next_publish_reque
         await sub.delete()
 
 
+def value_items(nodeid: ua.NodeId, first_handle: int, n: int) -> list[ua.MonitoredItemCreateRequest]:
+    """``n`` items monitoring ``nodeid``'s Value, client handles from ``first_handle``."""
+    return [
+        ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=nodeid, AttributeId=A.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(ClientHandle=first_handle + k, QueueSize=1),
+        )
+        for k in range(n)
+    ]
+
+
 async def test_keep_alives_after_publishing_is_disabled_say_no_more_notifications():
     """A message cut by MaxNotificationsPerPublish says MoreNotifications; once the client disables
     publishing, the keep-alives that follow carry no data and must not say it, nor come early
@@ -684,14 +696,7 @@ async def test_a_large_create_monitored_items_lets_the_loop_run_between_chunks()
         P.hook_monitored_items(own.server, changed)
         sub = await own.client.create_subscription(subscription_params(50, 0), Handler())
         n = 2 * P.CREATE_CHUNK + 50
-        requests = [
-            ua.MonitoredItemCreateRequest(
-                ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
-                MonitoringMode=ua.MonitoringMode.Reporting,
-                RequestedParameters=ua.MonitoringParameters(ClientHandle=1000 + k, QueueSize=1),
-            )
-            for k in range(n)
-        ]
+        requests = value_items(own.nodeid, 1000, n)
         task = asyncio.create_task(ticker())
         try:
             mids = await sub.create_monitored_items(requests)
@@ -746,14 +751,7 @@ async def test_no_value_of_a_chunked_create_is_published_before_its_response(mon
         # more received than answered (the first answer is the subscription's start; keep-alives
         # are far apart).
         await until(lambda: received > keep_alives >= 1, what="a Publish request waiting in the server")
-        requests = [
-            ua.MonitoredItemCreateRequest(
-                ItemToMonitor=ua.ReadValueId(NodeId=own.nodeid, AttributeId=A.Value),
-                MonitoringMode=ua.MonitoringMode.Reporting,
-                RequestedParameters=ua.MonitoringParameters(ClientHandle=2000 + k, QueueSize=1),
-            )
-            for k in range(monitored)
-        ]
+        requests = value_items(own.nodeid, 2000, monitored)
         await sub.create_monitored_items(requests)
         for _ in range(monitored):  # every first value arrives, after the response
             await asyncio.wait_for(handler.values.get(), 30)
