@@ -62,7 +62,7 @@ async def serve(port: int, devices: int, points: int, change_ms: float, stats: P
 
     from asyncua import Server, ua
 
-    from scada.opcua.asyncua_private import address_space
+    from scada.opcua.asyncua_private.nodes import address_space
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
 

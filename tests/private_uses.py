@@ -21,13 +21,15 @@ def internal_uses(
     public: Collection[str] = (),
     names: Collection[str] = (),
 ) -> list[str]:
-    """Each place in ``package`` (subpackages too), outside the module file named ``allowed``, that
-    imports a submodule of ``library`` (``library.x``; the top level itself and the submodules
-    listed in ``public`` are public) or names one of ``names``, as an attribute or a definition.
+    """Each place in ``package`` (subpackages too), outside ``allowed`` (a module file or a package
+    directory, relative to ``package``), that imports a submodule of ``library`` (``library.x``;
+    the top level itself and the submodules listed in ``public`` are public) or names one of
+    ``names``, as an attribute or a definition.
     Places read ``path:line what``, the path relative to ``package``'s parent."""
     found = []
+    exempt = package / allowed
     for path in sorted(package.rglob("*.py")):
-        if path.name == allowed:
+        if path == exempt or exempt in path.parents:
             continue
         where = path.relative_to(package.parent)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

@@ -125,7 +125,7 @@ def child_build(impl: str, n: int) -> None:
         from asyncua import Server
 
         from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
-        from scada.opcua.asyncua_private import address_space
+        from scada.opcua.asyncua_private.nodes import address_space
 
         t0 = time.perf_counter()
         config = citygen.load_config(n)

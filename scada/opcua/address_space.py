@@ -34,7 +34,7 @@ import numpy as np
 from asyncua import Server, ua
 
 from scada.config import DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
-from scada.opcua.asyncua_private import AddressSpace, AttributeValue, NodeData, address_space, node_table
+from scada.opcua.asyncua_private.nodes import AddressSpace, AttributeValue, NodeData, address_space, node_table
 from scada.opcua.publisher import TagValue
 from scada.opcua.typed_ua import NodeId, StatusCode
 from scada.opcua.virtual_nodes import NodeTable, PointTemplate

@@ -8,7 +8,7 @@ This writes the same bytes with one ``struct`` call per reference for the common
 hands anything else to asyncua's own serializers (``nodeid_binary``, ``string_binary``), so
 the output is asyncua's for every input (tests/unit/test_opcua_browse_codec.py compares them
 on random references of every shape). The results are sent through
-``scada.opcua.asyncua_private.hook_browse_encoding``.
+``scada.opcua.asyncua_private.browse.hook_browse_encoding``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from asyncua import ua
 
-from scada.opcua.asyncua_private import nodeid_binary, string_binary
+from scada.opcua.asyncua_private.binary import nodeid_binary, string_binary
 
 _TWO, _FOUR, _NUMERIC, _STRING = (
     ua.NodeIdType.TwoByte,

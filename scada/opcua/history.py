@@ -2,7 +2,7 @@
 
 Every historised tag variable (``Config.history_table()['enabled']``) is marked
 ``Historizing = true`` with the HistoryRead bit in its AccessLevel and UserAccessLevel, and
-asyncua's HistoryRead entry point (:func:`scada.opcua.asyncua_private.wrap_history_read`) is wrapped:
+asyncua's HistoryRead entry point (:func:`scada.opcua.asyncua_private.history.wrap_history_read`) is wrapped:
 reads of tag variables are answered here, anything else (event history, nodes historised
 by asyncua's own manager) goes on to the previous handler. What is answered (OPC 10000-11
 and -13):
@@ -89,14 +89,8 @@ from scada.historian.merge import Part, empty_part, merge_parts
 from scada.historian.reader import Point, ProcessedHistory, RawHistory
 from scada.historian.store import HistoryError
 from scada.opcua.address_space import set_variable_attributes, variant_type
-from scada.opcua.asyncua_private import (
-    AttributeValue,
-    HistoryRead,
-    ServiceError,
-    address_space,
-    stock_historized,
-    wrap_history_read,
-)
+from scada.opcua.asyncua_private.history import HistoryRead, ServiceError, stock_historized, wrap_history_read
+from scada.opcua.asyncua_private.nodes import AttributeValue, address_space
 from scada.opcua.typed_ua import DataValue, NodeId, StatusCode
 from scada.tagdb import ANALOG, TEXT, TagDB
 

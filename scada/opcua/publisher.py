@@ -36,19 +36,18 @@ import numpy as np
 import structlog
 from asyncua import ua
 
-from scada.opcua.asyncua_private import (
-    AttributeValue,
-    InternalSubscription,
+from scada.opcua.asyncua_private.datachange import (
     datachange_item,
     datachange_subscription,
     discard_oldest,
     fast_queue,
     hook_datachange_publish,
     hook_more_notifications,
-    monitored_item,
     requeue_datachanges,
     take_queued_datachanges,
 )
+from scada.opcua.asyncua_private.nodes import AttributeValue
+from scada.opcua.asyncua_private.subscriptions import InternalSubscription, monitored_item
 from scada.opcua.datachange import STRING
 from scada.opcua.fastqueue import DataChangeQueue, Rows, item_params
 from scada.opcua.typed_ua import StatusCode, data_value
@@ -393,7 +392,7 @@ class Publisher:
 
     def items_changed(self, sub: InternalSubscription, mids: list[int]) -> None:
         """CreateMonitoredItems / ModifyMonitoredItems / SetMonitoringMode touched these items
-        (scada.opcua.asyncua_private.hook_monitored_items): classify them again now."""
+        (scada.opcua.asyncua_private.datachange.hook_monitored_items): classify them again now."""
         for mid in mids:
             item = monitored_item(sub, mid)
             handle = item.callback_handle if item is not None else None

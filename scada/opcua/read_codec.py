@@ -6,7 +6,7 @@ StatusCode, and timestamps or None. asyncua's generic serializer spends ~10 µs 
 writes them with a few ``struct`` calls, and every other DataValue of the response (other
 attributes, other nodes, errors) with asyncua's own ``struct_to_binary``, so the bytes are
 asyncua's for every input (tests/unit/test_opcua_read_codec.py). Sent through
-``scada.opcua.asyncua_private.hook_read``.
+``scada.opcua.asyncua_private.read.hook_read``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import datetime
 
 from asyncua import ua
 
-from scada.opcua.asyncua_private import datetime_binary, struct_to_binary
+from scada.opcua.asyncua_private.binary import datetime_binary, struct_to_binary
 from scada.opcua.publisher import PublishedValue
 
 _i32 = struct.Struct("<i").pack

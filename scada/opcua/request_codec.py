@@ -8,7 +8,7 @@ without namespace URI or server index) with ``struct.unpack_from`` on the messag
 and builds the same objects; for anything else it answers None and asyncua decodes the
 request as before, so errors (a null string NodeId, an unknown enum value, a short message)
 are asyncua's. tests/unit/test_opcua_request_codec.py compares the objects on random
-requests. Installed with ``scada.opcua.asyncua_private.hook_request_decoding``.
+requests. Installed with ``scada.opcua.asyncua_private.request_decoding.hook_request_decoding``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from asyncua import ua
 
-from scada.opcua.asyncua_private import decode_struct, string_encoding
+from scada.opcua.asyncua_private.binary import decode_struct, string_encoding
 
 _new = object.__new__
 _TWO, _FOUR, _NUMERIC, _STRING = (

@@ -16,15 +16,12 @@ from scada.opcua.address_space import (
     tag_values,
     variant_type,
 )
-from scada.opcua.asyncua_private import (
-    address_space,
-    external_sessions,
-    hook_browse_encoding,
-    hook_browse_reftypes,
-    hook_monitored_items,
-    hook_read,
-    hook_request_decoding,
-)
+from scada.opcua.asyncua_private.browse import hook_browse_encoding, hook_browse_reftypes
+from scada.opcua.asyncua_private.datachange import hook_monitored_items
+from scada.opcua.asyncua_private.nodes import address_space
+from scada.opcua.asyncua_private.read import hook_read
+from scada.opcua.asyncua_private.request_decoding import hook_request_decoding
+from scada.opcua.asyncua_private.sessions import external_sessions
 from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.history import TagHistory, history_source

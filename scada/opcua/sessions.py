@@ -29,13 +29,13 @@ from collections.abc import Callable
 import structlog
 from asyncua import Server
 
-from scada.opcua.asyncua_private import (
+from scada.opcua.asyncua_private.sessions import (
     InternalSession,
-    InternalSubscription,
     hook_session_closed,
     hook_subscription_created,
     swap_item_service_logger,
 )
+from scada.opcua.asyncua_private.subscriptions import InternalSubscription
 
 log = structlog.get_logger("scada.opcua")
 

@@ -104,7 +104,7 @@ def tag_values(source: Publisher, tags: Sequence[int]) -> list[ua.DataValue]:
 class TagReader:
     """The answers of a Read's tag Values (``None``: asyncua's path answers that one).
 
-    Installed with ``scada.opcua.asyncua_private.hook_read``; ``table`` is the address space's
+    Installed with ``scada.opcua.asyncua_private.read.hook_read``; ``table`` is the address space's
     node table (``virtual_nodes.NodeTable``).
     """
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Protocol, SupportsIndex, TypeVar, cast, overlo
 import numpy as np
 from asyncua import ua
 
-from scada.opcua.asyncua_private import AttributeValue, NodeData
+from scada.opcua.asyncua_private.nodes import AttributeValue, NodeData
 from scada.opcua.publisher import TagValue
 from scada.opcua.typed_ua import NodeId
 

@@ -9,7 +9,7 @@ import uuid
 
 from asyncua import ua
 
-from scada.opcua.asyncua_private import struct_to_binary
+from scada.opcua.asyncua_private.binary import struct_to_binary
 from scada.opcua.browse_codec import browse_results, nodeid, reference
 
 

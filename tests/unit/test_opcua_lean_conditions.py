@@ -8,7 +8,7 @@ import numpy as np
 from asyncua import ua
 
 from scada.alarms.states import State
-from scada.opcua.asyncua_private import AttributeValue
+from scada.opcua.asyncua_private.nodes import AttributeValue
 from scada.opcua.conditions.events import retained, retained_mask
 
 from .test_opcua_lean_tree import DEVICE, closed

@@ -31,7 +31,7 @@ from scada.opcua.address_space import (
     subtree,
     tag_values,
 )
-from scada.opcua.asyncua_private import AttributeValue, address_space
+from scada.opcua.asyncua_private.nodes import AttributeValue, address_space
 from scada.opcua.conditions import AlarmConditions
 from scada.opcua.history import TagHistory
 from scada.opcua.publisher import TagValue

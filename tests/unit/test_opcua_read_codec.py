@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from asyncua import ua
 
-from scada.opcua.asyncua_private import struct_to_binary
+from scada.opcua.asyncua_private.binary import struct_to_binary
 from scada.opcua.publisher import PublishedValue
 from scada.opcua.read_codec import data_values
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from asyncua import ua
 from asyncua.common.utils import Buffer
 
-from scada.opcua.asyncua_private import decode_struct, nodeid_binary, struct_to_binary
+from scada.opcua.asyncua_private.binary import decode_struct, nodeid_binary, struct_to_binary
 from scada.opcua.request_codec import browse_parameters, read_parameters
 
 

@@ -1,5 +1,5 @@
 """Many nodes per Read or Browse: the tag Values' fast Read (scada/opcua/tag_read.py) and the
-Browse's reference type test remembered per request (asyncua_private.hook_browse_reftypes)
+Browse's reference type test remembered per request (asyncua_private.browse.hook_browse_reftypes)
 answer exactly as asyncua's own path does, on the lean tree test's city."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from asyncua import ua
 
 from scada import status as st
 from scada.opcua.address_space import variant_type
-from scada.opcua.asyncua_private import AttributeValue, address_space, hook_browse_reftypes, hook_read
+from scada.opcua.asyncua_private.browse import hook_browse_reftypes
+from scada.opcua.asyncua_private.nodes import AttributeValue, address_space
+from scada.opcua.asyncua_private.read import hook_read
 from scada.opcua.publisher import Publisher
 from scada.opcua.tag_read import TagReader
 from scada.tagdb import ANALOG, DISCRETE, TEXT

@@ -7,7 +7,7 @@ from asyncua import Server, ua
 
 from scada.config import DIAG_POINTS
 from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor
-from scada.opcua.asyncua_private import address_space
+from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.publisher import TagValue
 
 from .test_alarm_engine import DEVICES

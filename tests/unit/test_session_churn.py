@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from asyncua import Client, ua
 
-from scada.opcua.asyncua_private import event_items, external_sessions, subscriptions
+from scada.opcua.asyncua_private.events import event_items
+from scada.opcua.asyncua_private.sessions import external_sessions
+from scada.opcua.asyncua_private.subscriptions import subscriptions
 from scada.opcua.server import HmiServer
 from scada.opcua.sessions import ITEM_SERVICE_LOGGER, forget_logger
 from tests.integration.helpers import until

@@ -17,7 +17,7 @@ AlarmEngine in its own process, or :class:`scada.front.alarms.AlarmMirror` in an
 process (whose actions are coroutines, requests to the core).
 
 It relies on asyncua internals (NodeData, the monitored item service's tables, the session
-object), all through :mod:`scada.opcua.asyncua_private` and its contract test.
+object), all through :mod:`scada.opcua.asyncua_private` and its contract tests.
 """
 
 from __future__ import annotations

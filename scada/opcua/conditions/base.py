@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from asyncua import Server, ua
 
-from scada.opcua.asyncua_private import address_space
+from scada.opcua.asyncua_private.nodes import address_space
 
 if TYPE_CHECKING:
     from scada.alarms.remote import AlarmSource, EventItem

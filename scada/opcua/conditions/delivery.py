@@ -29,8 +29,9 @@ import structlog
 from asyncua import ua
 
 from scada.alarms.remote import EventItem, event_items
-from scada.opcua.asyncua_private import SubtypeWhere, monitored_item, pending_events, subscriptions
-from scada.opcua.asyncua_private import event_items as subscription_event_items
+from scada.opcua.asyncua_private.events import SubtypeWhere, pending_events
+from scada.opcua.asyncua_private.events import event_items as subscription_event_items
+from scada.opcua.asyncua_private.subscriptions import monitored_item, subscriptions
 from scada.opcua.conditions.events import ConditionEvent
 from scada.opcua.conditions.methods import _CALLER, ConditionMethods
 from scada.opcua.conditions.nodes import _SERVER

@@ -27,7 +27,7 @@ import structlog
 from asyncua import ua
 
 from scada.alarms.states import IllegalTransition, State
-from scada.opcua.asyncua_private import hook_sessions
+from scada.opcua.asyncua_private.sessions import hook_sessions
 from scada.opcua.conditions.events import ConditionEvents
 from scada.opcua.conditions.nodes import MAX_SHELVE_MS
 from scada.opcua.typed_ua import NodeId, StatusCode

@@ -34,7 +34,7 @@ from asyncua import ua
 
 from scada.alarms.config import LIMIT_CONDITIONS, AlarmDef
 from scada.opcua.address_space import reference_to
-from scada.opcua.asyncua_private import AttributeValue, NodeData, node_table
+from scada.opcua.asyncua_private.nodes import AttributeValue, NodeData, node_table
 from scada.opcua.conditions.base import ConditionsBase
 from scada.opcua.conditions.space import ALARMS_FOLDER, ConditionIds, ConditionSpace, DefinitionNodes
 from scada.opcua.conditions.variants import _BRANCH_NULL, _FALSE, _TEXTS, _TRUE, VT, _text, _v

@@ -24,7 +24,7 @@ import numpy as np
 from asyncua import ua
 
 from scada.opcua.address_space import reference_to
-from scada.opcua.asyncua_private import AttributeValue, NodeData
+from scada.opcua.asyncua_private.nodes import AttributeValue, NodeData
 from scada.opcua.typed_ua import NodeId
 from scada.opcua.virtual_nodes import ChildRefs, NodeTable, adopt, made_node
 

@@ -1,0 +1,60 @@
+"""Contract of scada/opcua/asyncua_private/subscriptions.py (the server's subscriptions and
+their monitored items) with the installed asyncua.
+
+When one fails after an asyncua upgrade: adapt that module (nothing else should need it), then
+widen the asyncua pin in pyproject.toml to the versions the contract tests pass on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+
+from scada.opcua.asyncua_private import sessions as private_sessions
+from scada.opcua.asyncua_private import subscriptions as P
+from tests.asyncua_contract import Handler, params, relied_on, running, until
+
+relies = relied_on("scada/opcua/asyncua_private/subscriptions.py")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live():
+    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
+    async with running() as ctx:
+        yield ctx
+
+
+on_live = pytest.mark.asyncio(loop_scope="module")
+
+
+def test_subscription_internals_have_the_shape_relied_on():
+    relies(
+        params(P.InternalSubscription.enqueue_event)[1:] == ["mid", "eventdata", "maxsize"],
+        "InternalSubscription.enqueue_event(mid, eventdata, maxsize)",
+    )
+    md = P.MonitoredItemData()
+    for name in ("filter", "where_clause_evaluator", "client_handle", "queue_size"):
+        relies(hasattr(md, name), f"MonitoredItemData.{name}")
+
+
+@on_live
+async def test_the_subscriptions_and_their_monitored_items_are_found_on_a_live_server(live):
+    sub = await live.client.create_subscription(20, Handler())
+    handle = await sub.subscribe_data_change(live.client.get_node(live.nodeid))
+    isub = P.subscriptions(live.server).get(sub.subscription_id)
+    relies(
+        isinstance(isub, P.InternalSubscription) and isub.data.SubscriptionId == sub.subscription_id,
+        "subscription_service.subscriptions: SubscriptionId -> InternalSubscription",
+    )
+    relies(
+        isub.session_id in {s.session_id for s in private_sessions.external_sessions(live.server)},
+        "InternalSubscription.session_id is its session's session_id",
+    )
+    md = P.monitored_item(isub, handle)
+    relies(
+        md is not None and md.monitored_item_id == handle,
+        "monitored_item_srv._monitored_items: id -> MonitoredItemData",
+    )
+    relies(P.monitored_item(isub, handle + 1000) is None, "monitored_item_srv._monitored_items.get(unknown) is None")
+    await sub.delete()
+    await until(lambda: sub.subscription_id not in P.subscriptions(live.server), what="the subscription deleted")
