@@ -15,13 +15,29 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import pytest
+import pytest_asyncio
 from asyncua import Client, ua
 
 from scada.opcua.asyncua_private import history, nodes, sessions
 from scada.opcua.server import stop_asyncua_server
 from tests.integration.helpers import plain_asyncua_server, until
 
-__all__ = ["VERSION", "A", "OI", "SC", "Handler", "dv", "insert_variable", "params", "relied_on", "running", "until"]
+__all__ = [
+    "VERSION",
+    "A",
+    "OI",
+    "SC",
+    "Handler",
+    "dv",
+    "insert_variable",
+    "live",
+    "on_live",
+    "params",
+    "relied_on",
+    "running",
+    "until",
+]
 
 VERSION = importlib.metadata.version("asyncua")
 A = ua.AttributeIds
@@ -171,3 +187,14 @@ async def running():
         except Exception:  # noqa: BLE001 - the server may have closed the session first
             pass
         await stop_asyncua_server(server)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live():
+    """One server per test file for its behaviour tests (an asyncua server takes seconds to load
+    its nodeset): import it with ``on_live`` into the test file and mark the tests ``@on_live``."""
+    async with running() as ctx:
+        yield ctx
+
+
+on_live = pytest.mark.asyncio(loop_scope="module")

@@ -10,25 +10,22 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-import pytest
-import pytest_asyncio
 from asyncua import ua
 
 from scada.opcua.asyncua_private import events as P
 from scada.opcua.asyncua_private import subscriptions as private_subscriptions
-from tests.asyncua_contract import OI, Handler, params, relied_on, running, until
+from tests import asyncua_contract
+from tests.asyncua_contract import (
+    OI,
+    Handler,
+    on_live,
+    params,
+    relied_on,
+    until,
+)
 
+live = asyncua_contract.live  # this file's module-scoped server (a fixture, used by name)
 relies = relied_on("scada/opcua/asyncua_private/events.py")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live():
-    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
-    async with running() as ctx:
-        yield ctx
-
-
-on_live = pytest.mark.asyncio(loop_scope="module")
 
 
 def test_event_internals_have_the_signatures_relied_on():

@@ -10,24 +10,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import pytest_asyncio
 from asyncua import ua
 from asyncua.server.history import HistoryManager
 
 from scada.opcua.asyncua_private import history as P
-from tests.asyncua_contract import SC, params, relied_on, running
+from tests import asyncua_contract
+from tests.asyncua_contract import (
+    SC,
+    on_live,
+    params,
+    relied_on,
+)
 
+live = asyncua_contract.live  # this file's module-scoped server (a fixture, used by name)
 relies = relied_on("scada/opcua/asyncua_private/history.py")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live():
-    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
-    async with running() as ctx:
-        yield ctx
-
-
-on_live = pytest.mark.asyncio(loop_scope="module")
 
 
 def test_history_internals_have_the_signatures_relied_on():

@@ -12,24 +12,26 @@ from collections.abc import MutableMapping
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from asyncua import ua
 
 from scada.opcua.asyncua_private import nodes as P
 from scada.opcua.publisher import Watchers
-from tests.asyncua_contract import OI, SC, A, Handler, dv, params, relied_on, running, until
+from tests import asyncua_contract
+from tests.asyncua_contract import (
+    OI,
+    SC,
+    A,
+    Handler,
+    dv,
+    on_live,
+    params,
+    relied_on,
+    running,
+    until,
+)
 
+live = asyncua_contract.live  # this file's module-scoped server (a fixture, used by name)
 relies = relied_on("scada/opcua/asyncua_private/nodes.py")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live():
-    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
-    async with running() as ctx:
-        yield ctx
-
-
-on_live = pytest.mark.asyncio(loop_scope="module")
 
 
 def test_node_table_classes_have_the_shape_relied_on():

@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-import pytest_asyncio
 from asyncua.server.internal_server import InternalServer
 
 from scada.opcua.asyncua_private import sessions as P
 from scada.opcua.asyncua_private import subscriptions as private_subscriptions
 from scada.opcua.server import stop_asyncua_server
-from tests.asyncua_contract import params, relied_on, running, until
+from tests import asyncua_contract
+from tests.asyncua_contract import (
+    on_live,
+    params,
+    relied_on,
+    running,
+    until,
+)
 
+live = asyncua_contract.live  # this file's module-scoped server (a fixture, used by name)
 relies = relied_on("scada/opcua/asyncua_private/sessions.py")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live():
-    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
-    async with running() as ctx:
-        yield ctx
-
-
-on_live = pytest.mark.asyncio(loop_scope="module")
 
 
 def test_session_internals_have_the_signatures_relied_on():

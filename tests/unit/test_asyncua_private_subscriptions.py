@@ -7,24 +7,19 @@ widen the asyncua pin in pyproject.toml to the versions the contract tests pass 
 
 from __future__ import annotations
 
-import pytest
-import pytest_asyncio
-
 from scada.opcua.asyncua_private import sessions as private_sessions
 from scada.opcua.asyncua_private import subscriptions as P
-from tests.asyncua_contract import Handler, params, relied_on, running, until
+from tests import asyncua_contract
+from tests.asyncua_contract import (
+    Handler,
+    on_live,
+    params,
+    relied_on,
+    until,
+)
 
+live = asyncua_contract.live  # this file's module-scoped server (a fixture, used by name)
 relies = relied_on("scada/opcua/asyncua_private/subscriptions.py")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live():
-    """One server for this file's behaviour tests (an asyncua server takes seconds to load its nodeset)."""
-    async with running() as ctx:
-        yield ctx
-
-
-on_live = pytest.mark.asyncio(loop_scope="module")
 
 
 def test_subscription_internals_have_the_shape_relied_on():
