@@ -1,8 +1,5 @@
 """Contract of scada/opcua/asyncua_private/datachange.py (the fast data change path and the
 monitored item services it follows) with the installed asyncua.
-
-When one fails after an asyncua upgrade: adapt that module (nothing else should need it), then
-widen the asyncua pin in pyproject.toml to the versions the contract tests pass on.
 """
 
 from __future__ import annotations

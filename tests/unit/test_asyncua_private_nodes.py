@@ -1,8 +1,4 @@
-"""Contract of scada/opcua/asyncua_private/nodes.py (the server's node table) with the installed asyncua.
-
-When one fails after an asyncua upgrade: adapt that module (nothing else should need it), then
-widen the asyncua pin in pyproject.toml to the versions the contract tests pass on.
-"""
+"""Contract of scada/opcua/asyncua_private/nodes.py (the server's node table) with the installed asyncua."""
 
 from __future__ import annotations
 
