@@ -46,6 +46,7 @@ import structlog
 
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.security.settings import SecuritySettings
 from scada.tagdb import Consumer, TagDB
 
 log = structlog.get_logger("scada.front")
@@ -72,6 +73,7 @@ class FrontSettings:
     log_json: bool = False
     log_level: str = "INFO"
     event_loop: str = "uvloop"
+    security: SecuritySettings | None = None  # None: no security layer (see scada.opcua.server.HmiServer)
 
 
 def front_config(config) -> Any:

@@ -124,7 +124,9 @@ class Front:
 
         config, self.tags, alarms, self.history = self._mirrors(state)
         s = self.settings
-        self.hmi = HmiServer(config, self.tags, s.endpoint, s.name, alarms=alarms, history=self.history)
+        self.hmi = HmiServer(
+            config, self.tags, s.endpoint, s.name, alarms=alarms, history=self.history, security=s.security
+        )
         await self.hmi.start()
         self._start_tasks()
         return self.hmi.node_count

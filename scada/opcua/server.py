@@ -22,14 +22,21 @@ from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.asyncua_private.read import hook_read
 from scada.opcua.asyncua_private.request_decoding import hook_request_decoding
 from scada.opcua.asyncua_private.sessions import external_sessions
+from scada.opcua.audit_events import install_audit_events
+from scada.opcua.authorise import install_authorisation
+from scada.opcua.bounds import install_bounds
 from scada.opcua.browse_codec import browse_results
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
+from scada.opcua.endpoints import configure_endpoints
 from scada.opcua.history import TagHistory, history_source
+from scada.opcua.login import install_login
 from scada.opcua.publisher import Publisher
 from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
 from scada.opcua.tag_read import TagReader
+from scada.security.audit import AuditSink, MemoryAudit
+from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -47,12 +54,17 @@ class HmiServer:
         name: str = "City supervision server",
         alarms=None,
         history=None,
+        security: SecuritySettings | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.config = config
         self.tagdb = tagdb
         self.alarms = alarms  # an AlarmSource (the engine, or a front's AlarmMirror), shown as OPC UA conditions
         # Served as OPC UA HistoryRead: a Historian (in-process) or a HistorySource (a front's mirror).
         self.history = history
+        # None: no security layer (unit tests, embedding); `scada run` always gives its settings.
+        self.security = security
+        self.audit: AuditSink = audit if audit is not None else MemoryAudit()
         self.tag_history: TagHistory | None = None
         self.endpoint = endpoint
         self.name = name
@@ -67,8 +79,13 @@ class HmiServer:
         await self.server.init()
         self.server.set_endpoint(self.endpoint)
         self.server.set_server_name(self.name)
-        # Security policies and user roles are the security issue's; until then, no security.
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        # Endpoints, logins, authorisation, bounds and audit events: each its module (scada/security
+        # holds the settings, identities and audit records they share).
+        await configure_endpoints(self.server, self.security)
+        await install_login(self.server, self.security, self.audit)
+        await install_authorisation(self.server, self.security, self.audit)
+        await install_bounds(self.server, self.security, self.audit)
+        await install_audit_events(self.server, self.security, self.audit)
         # asyncua makes any session logging in as "admin" (any password) an administrator, whose
         # Writes skip the AccessLevel check: no remote administrator until roles exist.
         self.server.allow_remote_admin(False)
