@@ -106,6 +106,23 @@ def record_of(
     )
 
 
+def lost_record(count: int) -> AuditRecord:
+    """The record that says, in the trail itself, that ``count`` records were dropped (a storm,
+    a full disk): a gap a reader of the trail sees, never a silent one."""
+    return AuditRecord(
+        time.time_ns(),
+        "audit_lost",
+        "server",
+        (),
+        "",
+        "",
+        "",
+        "audit",
+        canonical({"dropped": count}),
+        "BadResourceUnavailable",
+    )
+
+
 class AuditSink(Protocol):
     """Where audit records go: must return at once and never raise."""
 

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
@@ -35,7 +34,7 @@ from urllib.parse import quote
 import structlog
 
 from scada.alarms.journal import iso_utc
-from scada.security.audit import FIELDS, AuditRecord, canonical, canonical_record
+from scada.security.audit import FIELDS, AuditRecord, canonical_record, lost_record
 from scada.sqlite_wal import HeaderError, check_header, create_schema
 
 log = structlog.get_logger("scada.security")
@@ -411,7 +410,7 @@ class AuditTrail:
                 batch = list(islice(self._pending, self.BATCH))
                 lost = self._lost
             if lost:
-                batch.append(_lost_record(lost))
+                batch.append(lost_record(lost))
             try:
                 if self._log is None:
                     self._log = AuditLog(self.path, synchronous=self.synchronous)
@@ -467,18 +466,3 @@ class AuditTrail:
             "audit_write_failures": self.failures,
             "audit_backlog": backlog,
         }
-
-
-def _lost_record(count: int) -> AuditRecord:
-    return AuditRecord(
-        time.time_ns(),
-        "audit_lost",
-        "server",
-        (),
-        "",
-        "",
-        "",
-        "audit",
-        canonical({"dropped": count}),
-        "BadResourceUnavailable",
-    )
