@@ -31,11 +31,8 @@ def _time_ns(text: str | None) -> int | None:
 def _open(args: argparse.Namespace):
     from scada.security.audit_log import AuditError, AuditLog
 
-    path = Path(args.trail) if args.trail else Path(args.data) / AUDIT_FILE
-    if not path.is_file():
-        raise SystemExit(f"no audit trail at {path} (the server writes it in its --data folder)")
     try:
-        return AuditLog(path, read_only=True)
+        return AuditLog(Path(args.trail) if args.trail else Path(args.data) / AUDIT_FILE, read_only=True)
     except AuditError as exc:
         raise SystemExit(str(exc)) from None
 

@@ -35,7 +35,7 @@ import structlog
 
 from scada.alarms.journal import iso_utc
 from scada.security.audit import FIELDS, AuditRecord, canonical_record, lost_record
-from scada.sqlite_wal import HeaderError, check_header, create_schema
+from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
 
 log = structlog.get_logger("scada.security")
 
@@ -136,7 +136,7 @@ class AuditLog:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL (got {synchronous!r})")
         if read_only and not self.path.is_file():
-            raise AuditError(self.path, "no such file")
+            raise AuditError(self.path, "no such file (the server writes it in its --data folder)")
         if not self.path.parent.is_dir():
             raise AuditError(self.path, f"folder {self.path.parent} does not exist")
         self._lock = threading.Lock()
@@ -156,18 +156,19 @@ class AuditLog:
             else:
                 for guard in _GUARDS:
                     self._db.execute(guard)
-        except HeaderError as exc:
+        except BaseException as exc:
             self._db.close()
-            raise AuditError(self.path, str(exc)) from None
-        except sqlite3.OperationalError as exc:  # the disk (full, read-only...), not the file's content
-            self._db.close()
-            raise AuditError(self.path, f"cannot open: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise AuditError(self.path, f"not a usable audit trail ({exc})") from None
-        except AuditError:
-            self._db.close()
-            raise
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: BaseException) -> BaseException:
+        """What opening the file failed with, said as an AuditError naming the file."""
+        if isinstance(exc, HeaderError):
+            return AuditError(self.path, str(exc))
+        if isinstance(exc, sqlite3.OperationalError):  # the disk (full, read-only...), not the file's content
+            return AuditError(self.path, f"cannot open: {exc}")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return AuditError(self.path, f"not a usable audit trail ({exc})")
+        return exc
 
     # -- writing -------------------------------------------------------------------------
 
@@ -330,21 +331,7 @@ def _where(start_ns: int | None, end_ns: int | None, filters: dict[str, Any], li
     unknown = set(filters) - set(FILTERS)
     if unknown:
         raise TypeError(f"unknown audit filter {sorted(unknown)[0]!r} (filters: {', '.join(FILTERS)})")
-    clauses: list[str] = []
-    params: list[Any] = []
-    if start_ns is not None:
-        clauses.append("time_ns >= ?")
-        params.append(int(start_ns))
-    if end_ns is not None:
-        clauses.append("time_ns < ?")
-        params.append(int(end_ns))
-    for name in FILTERS:
-        v = filters.get(name)
-        if v is None:
-            continue
-        vs = [v] if isinstance(v, str) else list(v)
-        clauses.append(f'"{name}" IN ({", ".join("?" * len(vs))})' if vs else "0")
-        params.extend(vs)
+    clauses, params = where_clauses(start_ns, end_ns, filters, FILTERS)
     sql = (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY seq"
     if limit is not None:
         sql += " LIMIT ?"

@@ -108,7 +108,7 @@ def test_the_table(data: Path, capsys) -> None:
 
 
 def test_no_trail_or_a_bad_time_is_a_clear_error(tmp_path: Path, data: Path) -> None:
-    with pytest.raises(SystemExit, match=f"no audit trail at {tmp_path / 'none' / 'audit.sqlite'}"):
+    with pytest.raises(SystemExit, match=f"audit trail {tmp_path / 'none' / 'audit.sqlite'}: no such file"):
         main(["audit", "--data", str(tmp_path / "none")])
     with pytest.raises(SystemExit, match="not an ISO 8601 time: 'yesterday'"):
         main(["audit", "--data", str(data), "--from", "yesterday"])

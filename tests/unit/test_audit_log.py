@@ -86,13 +86,34 @@ def test_the_trail_refuses_updates_and_deletes(tmp_path: Path) -> None:
     db.close()
 
 
-def test_an_edited_record_is_found(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("statements", "found", "message"),
+    [
+        (
+            ["UPDATE audit SET result = 'Good', \"user\" = 'mallory' WHERE seq = 3"],
+            [(3, "edited")],
+            "record 3 was altered",
+        ),
+        (["DELETE FROM audit WHERE seq = 4"], [(5, "deleted")], "record(s) 4..4 deleted"),
+        (["DELETE FROM audit WHERE seq <= 2"], [(3, "deleted")], "the trail starts at record 3"),
+        # The first record replaced by one chained to something else (a trail spliced in)
+        (
+            [f"UPDATE audit SET prev_hash = '{'11' * 32}' WHERE seq = 1"],
+            [(1, "start"), (1, "edited")],
+            "record 1 does not start the chain",
+        ),
+    ],
+    ids=["edited", "deleted", "first-deleted", "not-from-genesis"],
+)
+def test_a_tampered_record_is_found_and_located(
+    tmp_path: Path, statements: list[str], found: list[tuple[int, str]], message: str
+) -> None:
     path = tmp_path / "audit.sqlite"
     filled(path).close()
-    tamper(path, "UPDATE audit SET result = 'Good', \"user\" = 'mallory' WHERE seq = 3")
+    tamper(path, *statements)
     problems = AuditLog(path).verify()
-    assert kinds(problems) == [(3, "edited")]
-    assert "record 3 was altered" in problems[0].message
+    assert kinds(problems) == found
+    assert message in problems[0].message
 
 
 def test_an_edited_record_with_its_hash_recomputed_breaks_the_next_link(tmp_path: Path) -> None:
@@ -104,32 +125,6 @@ def test_an_edited_record_with_its_hash_recomputed_breaks_the_next_link(tmp_path
     log.close()
     tamper(path, f"UPDATE audit SET \"user\" = 'mallory', hash = '{new_hash}' WHERE seq = 3")
     assert kinds(AuditLog(path).verify()) == [(4, "chain")]
-
-
-def test_a_deleted_record_is_found(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite"
-    filled(path).close()
-    tamper(path, "DELETE FROM audit WHERE seq = 4")
-    problems = AuditLog(path).verify()
-    assert kinds(problems) == [(5, "deleted")]
-    assert "record(s) 4..4 deleted" in problems[0].message
-
-
-def test_deleted_first_records_break_the_start(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite"
-    filled(path).close()
-    tamper(path, "DELETE FROM audit WHERE seq <= 2")
-    problems = AuditLog(path).verify()
-    assert kinds(problems) == [(3, "deleted")]
-    assert "the trail starts at record 3" in problems[0].message
-
-
-def test_a_chain_that_does_not_start_at_the_genesis_is_found(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite"
-    filled(path).close()
-    # The first record replaced by one chained to something else (a trail spliced in)
-    tamper(path, f"UPDATE audit SET prev_hash = '{'11' * 32}' WHERE seq = 1")
-    assert kinds(AuditLog(path).verify()) == [(1, "start"), (1, "edited")]
 
 
 def test_two_swapped_records_are_found(tmp_path: Path) -> None:
