@@ -7,6 +7,7 @@ import pytest
 import pytest_asyncio
 from asyncua import Client, ua
 
+from scada.opcua.audit_events import MAX_QUEUED, AuditEvents
 from scada.opcua.server import HmiServer
 from scada.security.audit import AuditFanout, MemoryAudit, record_of
 from scada.security.context import RequestContext
@@ -14,7 +15,7 @@ from scada.security.identity import Identity, Role
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 from tests import configs
-from tests.integration.helpers import Notifications, free_port, serving
+from tests.integration.helpers import Notifications, free_port, serving, until
 from tests.leaks import tasks_left
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -148,3 +149,13 @@ async def test_other_actions_raise_no_event(hmi: HmiServer) -> None:
         hmi.audit.record(record_of("call", METHOD, [], "Good", ALICE))
         ev = await events.next_event(lambda e: True)
     assert ev.EventType == ua.NodeId(OI.AuditUpdateMethodEventType)  # the reload raised none before it
+
+
+async def test_a_storm_of_records_queues_a_bounded_number_of_events(hmi: HmiServer) -> None:
+    events = next(s for s in hmi.audit.sinks if isinstance(s, AuditEvents))
+    dropped, sent = events.dropped, events.sent
+    for _ in range(MAX_QUEUED + 10):  # in one go: the sending task has not run yet
+        hmi.audit.record(record_of("call", METHOD, [], "BadUserAccessDenied", ALICE))
+    assert events.dropped == dropped + 10
+    await until(lambda: events.sent == sent + MAX_QUEUED, 60, "the queued events sent")
+    assert events.errors == 0
