@@ -2,7 +2,8 @@
 
 It receives everything from the core over the socketpair ``N`` (see
 :mod:`scada.front.link`): an INIT with the configuration and where to find the tag columns,
-then change batches, alarm events, resyncs and reloads, and it sends requests back. It runs
+then change batches, alarm events, resyncs and reloads, and it sends requests back, and its
+audit records (fire-and-forget, bounded: :class:`ChannelAudit`) for the core's trail. It runs
 :class:`scada.opcua.server.HmiServer` on mirrors of the core's components:
 :class:`~scada.front.tags.TagMirror` (the shared tag columns and the batches),
 :class:`~scada.front.alarms.AlarmMirror` (the engine's state and its events; operator actions
