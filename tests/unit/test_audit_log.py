@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scada.security.audit import AuditRecord, canonical_record
+from scada.security.audit import FIELDS, AuditRecord, canonical_record
 from scada.security.audit_log import GENESIS, AuditError, AuditLog, AuditTrail, chain_hash
+from tests.fs_faults import fill, free_space, needs_root, small_fs
 
 
 def rec(i: int, action: str = "call", user: str = "alice", result: str = "Good") -> AuditRecord:
@@ -249,16 +250,18 @@ def test_an_unwritable_trail_costs_a_bounded_backlog_counted_then_recovers(tmp_p
     folder = tmp_path / "gone"  # the trail's folder does not exist (yet): every write fails
     trail = AuditTrail(folder / "audit.sqlite", max_backlog=5, retry_s=0.05)
     failed = threading.Event()
-    for i in range(1, 9):
-        trail.record(rec(i))  # never raises, never blocks
-    assert trail.dropped == 3  # beyond the backlog: dropped and counted
-    assert trail.stats()["audit_backlog"] == 5
-    while trail.failures == 0:  # the worker tried, failed, keeps the records
-        failed.wait(0.01)
-    assert "does not exist" in trail.last_error
-    folder.mkdir()  # the disk is back
-    assert trail.flush(30)
-    trail.close()
+    try:
+        for i in range(1, 9):
+            trail.record(rec(i))  # never raises, never blocks
+        assert trail.dropped == 3  # beyond the backlog: dropped and counted
+        assert trail.stats()["audit_backlog"] == 5
+        while trail.failures == 0:  # the worker tried, failed, keeps the records
+            failed.wait(0.01)
+        assert "does not exist" in trail.last_error
+        folder.mkdir()  # the disk is back
+        assert trail.flush(30)
+    finally:
+        trail.close()  # also when the test fails: no thread left behind
     log = AuditLog(folder / "audit.sqlite")
     records = [e.record for e in log.query()]
     assert records[:5] == [rec(i) for i in range(1, 6)]
@@ -266,3 +269,29 @@ def test_an_unwritable_trail_costs_a_bounded_backlog_counted_then_recovers(tmp_p
     assert (lost.action, lost.arguments, lost.result) == ("audit_lost", '{"dropped":3}', "BadResourceUnavailable")
     assert log.verify() == []
     assert trail.last_error == ""
+
+
+@needs_root
+def test_a_full_disk_keeps_the_records_waiting_and_the_server_running_until_space_returns(tmp_path: Path) -> None:
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        trail = AuditTrail(fs / "audit.sqlite", retry_s=0.05)
+        try:
+            trail.record(rec(1))
+            assert trail.flush()  # the file exists, a record in it
+            fill(fs)
+            waited = threading.Event()
+            for i in range(2, 302):  # 300 KB: more than the pages SQLite may still find free, less than the disk
+                trail.record(AuditRecord(*(getattr(rec(i), f) for f in FIELDS[:-2]), "x" * 1000, "Good"))
+            while trail.failures == 0:
+                waited.wait(0.01)
+            assert "full" in trail.last_error  # sqlite3: "database or disk is full"
+            assert trail.stats()["audit_backlog"] > 0 and trail.dropped == 0
+            free_space(fs)
+            assert trail.flush(60)
+        finally:
+            trail.close()  # also when the test fails: no thread left behind
+
+        log = AuditLog(fs / "audit.sqlite")
+        assert [e.seq for e in log.query()] == list(range(1, 302))
+        assert log.verify() == []
+        log.close()
