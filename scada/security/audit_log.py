@@ -228,6 +228,7 @@ class AuditLog:
         "swapped" problem than as the several chain breaks it makes."""
         flagged = sorted({p.seq for p in problems})
         swapped: set[int] = set()
+        relinked: set[int] = set()  # the record after a pair of moved rows: its link break is the swap's
         for a in flagged:
             if a in swapped or a + 1 not in flagged:
                 continue
@@ -246,9 +247,15 @@ class AuditLog:
                 _hash_of(dataclasses.replace(y, record=x.record)) == y.hash
             )
             if rows_swapped or contents_swapped:
-                swapped |= {a, a + 1, a + 2} if rows_swapped else {a, a + 1}
+                swapped |= {a, a + 1}
+                if rows_swapped:
+                    relinked.add(a + 2)
                 problems.append(Problem(a, "swapped", f"records {a} and {a + 1} were swapped"))
-        kept = [p for p in problems if p.kind == "swapped" or p.seq not in swapped]
+        kept = [
+            p
+            for p in problems
+            if p.kind == "swapped" or (p.seq not in swapped and not (p.seq in relinked and p.kind == "chain"))
+        ]
         return sorted(kept, key=lambda p: (p.seq, p.kind != "swapped"))
 
     def head(self) -> tuple[int, str]:

@@ -160,6 +160,19 @@ def test_two_swapped_whole_rows_are_found(tmp_path: Path) -> None:
     assert kinds(AuditLog(path).verify()) == [(4, "swapped")]
 
 
+def test_a_swap_does_not_hide_an_edit_of_the_record_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    filled(path).close()
+    tamper(
+        path,
+        "UPDATE audit SET seq = 100 WHERE seq = 3",
+        "UPDATE audit SET seq = 3 WHERE seq = 4",
+        "UPDATE audit SET seq = 4 WHERE seq = 100",
+        "UPDATE audit SET result = 'Good', target = 'elsewhere' WHERE seq = 5",
+    )
+    assert kinds(AuditLog(path).verify()) == [(3, "swapped"), (5, "edited")]
+
+
 def test_two_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
     AuditLog(path).close()
