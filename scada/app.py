@@ -29,6 +29,9 @@ from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
 from scada.opcua.history import history_source
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
+from scada.security.audit import AuditFanout
+from scada.security.audit_log import AuditTrail
+from scada.security.settings import SecuritySettings
 from scada.supervisor import HEALTHY_AFTER_S, Supervisor
 from scada.tagdb import TagDB
 
@@ -78,9 +81,19 @@ class Application:
         self.influx = influx
         self.historian = self._make_historian()
         self.drivers: list[Driver] = build_drivers(config, self.tagdb)
+        # The audit trail (scada/security/audit_log.py): the front's records, reloads, ...
+        security = front_settings.security if front_settings is not None else None
+        self.audit = AuditTrail((security or SecuritySettings.defaults(self.data_dir)).audit)
         self.hmi: HmiServer | FrontLink
         if front == "inline":
-            self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
+            self.hmi = HmiServer(
+                config,
+                self.tagdb,
+                opcua_endpoint,
+                alarms=self.alarms,
+                history=self.historian,
+                audit=AuditFanout(self.audit),
+            )
         else:
             self.hmi = FrontLink(self, front_settings or FrontSettings(opcua_endpoint))
         self.status_interval = status_interval
@@ -273,6 +286,7 @@ class Application:
                 **{k: v for k, v in s.items() if k.startswith(("influx_", "history_")) and k != "history_stored"},
                 opcua_dropped=self._opcua_dropped(),
                 **(self.hmi.stats() if isinstance(self.hmi, FrontLink) else {}),
+                **self.audit.stats(),
             )
             self.max_loop_lag = 0.0
 
@@ -344,5 +358,6 @@ class Application:
         finally:
             self._tg = None
             await self.hmi.stop()
+            self.audit.close()  # what waits is written (a bounded wait: the disk may be failing)
             self.journal.close()
             self.tagdb.close_shared()

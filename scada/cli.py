@@ -468,6 +468,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    from scada.security import audit_cli
+
+    audit_cli.add_parser(sub)
     from scada import schema as schema_cli
 
     schema_cli.add_parser(sub)

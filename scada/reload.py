@@ -48,6 +48,7 @@ from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import JournalRow
 from scada.alarms.states import State
 from scada.config import Config, Device, load_config
+from scada.security.audit import record_of
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.reload")
@@ -434,8 +435,23 @@ def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = 
         log.error("reload_result_not_written", file=str(path), error=repr(exc), ok=ok, message=message)
 
 
-async def reload_from_files(app, directory: str | Path) -> bool:
-    """Load, validate and apply the configuration files; never raises (a server keeps running)."""
+async def reload_from_files(app, directory: str | Path, trigger: str = "SIGHUP") -> bool:
+    """Load, validate and apply the configuration files; never raises (a server keeps running).
+
+    Each outcome goes to the result file (for ``scada reload``) and to the audit trail
+    (``app.audit``: action "reload", the trigger and the changes, the result as a status name).
+    """
+    ok, message, changes, result = await _reload_files(app, directory)
+    write_result(app.data_dir, ok, message, changes)
+    audit = getattr(app, "audit", None)  # an application without an audit trail (tests' stand-ins)
+    if audit is not None:
+        arguments = {"trigger": trigger, "message": message, "changes": changes or {}}
+        audit.record(record_of("reload", str(directory), arguments, result))
+    return ok
+
+
+async def _reload_files(app, directory: str | Path) -> tuple[bool, str, dict | None, str]:
+    """(ok, message, changes, status name) of one reload request."""
     try:
         new = await asyncio.to_thread(load_config, directory, app.config.drivers)  # the same drivers
     except ConfigError as exc:
@@ -447,22 +463,17 @@ async def reload_from_files(app, directory: str | Path) -> bool:
             key=exc.key or None,
             note="the running configuration is unchanged",
         )
-        write_result(app.data_dir, False, f"configuration error: {exc}")
-        return False
+        return False, f"configuration error: {exc}", None, "BadConfigurationError"
     except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the server (it runs in its task group)
         log.exception("reload_load_failed", directory=str(directory), note="the running configuration is unchanged")
-        write_result(app.data_dir, False, f"the configuration could not be loaded, nothing changed: {exc!r}")
-        return False
+        return False, f"the configuration could not be loaded, nothing changed: {exc!r}", None, "BadInternalError"
     try:
         d = await app.reload(new)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the old configuration was put back by apply()
-        write_result(app.data_dir, False, f"reload failed, the running configuration is unchanged: {exc!r}")
-        return False
+        return False, f"reload failed, the running configuration is unchanged: {exc!r}", None, "BadInternalError"
     if d.empty:
         log.info("configuration_unchanged", directory=str(directory))
-        write_result(app.data_dir, True, "configuration unchanged")
-    else:
-        write_result(app.data_dir, True, "configuration reloaded", d.summary())
-    return True
+        return True, "configuration unchanged", None, "Good"
+    return True, "configuration reloaded", d.summary(), "Good"

@@ -1,10 +1,12 @@
-"""What the server's SQLite files (alarm journal, history store) share: WAL mode and a schema
-created once, stamped with the file's application id and schema version, and the check of
-that stamp when a file is opened."""
+"""What the server's SQLite files (alarm journal, history store, audit trail) share: WAL mode
+and a schema created once, stamped with the file's application id and schema version, the
+check of that stamp when a file is opened, and the WHERE clause of their queries."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class HeaderError(Exception):
@@ -47,3 +49,34 @@ def create_schema(db: sqlite3.Connection, schema: str, application_id: int, vers
             db.execute("ROLLBACK")
         raise
     return True
+
+
+def where_clauses(
+    start_ns: int | None, end_ns: int | None, filters: Mapping[str, Any], names: Sequence[str]
+) -> tuple[list[str], list[int | str]]:
+    """The clauses (to join with AND) and parameters of a query: ``start_ns <= time_ns < end_ns``
+    (each bound when given), and for each of ``names`` given in ``filters`` the column of that
+    name equal to one value or to any of several (an empty choice matches nothing)."""
+    clauses: list[str] = []
+    params: list[int | str] = []
+    if start_ns is not None:
+        clauses.append("time_ns >= ?")
+        params.append(int(start_ns))
+    if end_ns is not None:
+        clauses.append("time_ns < ?")
+        params.append(int(end_ns))
+    for name in names:
+        v = filters.get(name)
+        if v is None:
+            continue
+        if isinstance(v, str):
+            clauses.append(f'"{name}" = ?')
+            params.append(v)
+        else:
+            vs = list(v)
+            if not vs:
+                clauses.append("0")  # an empty choice matches nothing
+                continue
+            clauses.append(f'"{name}" IN ({", ".join("?" * len(vs))})')
+            params.extend(vs)
+    return clauses, params

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import numpy as np
 
 from scada.alarms.states import State
-from scada.sqlite_wal import HeaderError, check_header, create_schema
+from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
 
 SCHEMA_VERSION = 2
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -565,28 +565,7 @@ class Journal:
         ordered: bool = False,
     ) -> tuple[str, list[int | str]]:
         """WHERE clause and parameters; with ``ordered``, in time order (and LIMIT if given)."""
-        clauses: list[str] = []
-        params: list[int | str] = []
-        if start_ns is not None:
-            clauses.append("time_ns >= ?")
-            params.append(int(start_ns))
-        if end_ns is not None:
-            clauses.append("time_ns < ?")
-            params.append(int(end_ns))
-        for name in _FILTERS:
-            v = filters.get(name)
-            if v is None:
-                continue
-            if isinstance(v, str):
-                clauses.append(f"{_q(name)} = ?")
-                params.append(v)
-            else:
-                vs = list(v)
-                if not vs:
-                    clauses.append("0")  # an empty choice matches nothing
-                    continue
-                clauses.append(f"{_q(name)} IN ({', '.join('?' * len(vs))})")
-                params.extend(vs)
+        clauses, params = where_clauses(start_ns, end_ns, filters, _FILTERS)
         sql = " WHERE " + " AND ".join(clauses) if clauses else ""
         if not ordered:
             return sql, params

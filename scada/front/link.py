@@ -19,6 +19,11 @@ and the core only does, per change batch, one write of its raw columns to a sock
   kinds are generic: "illegal", "key", "value", "error") and is raised again in the front. An
   action's alarm events are written before its reply, on the same stream: the front's mirror
   is current when the reply arrives.
+* **Audit**: the front's audit records (refused logins, method calls...) come as
+  fire-and-forget ``("audit", record)`` messages, checked field by field
+  (:func:`scada.security.audit.from_wire`; a malformed one is refused and counted, never
+  written), then given to the core's trail (``app.audit``, a bounded writer: see
+  scada/security/audit_log.py).
 * **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
   (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
   it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.
@@ -46,6 +51,7 @@ import structlog
 
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.security.audit import from_wire
 from scada.security.settings import SecuritySettings
 from scada.tagdb import Consumer, TagDB
 
@@ -128,6 +134,8 @@ class FrontLink:
         self.alarm_events_dropped = 0
         self.resyncs = 0
         self.requests = 0
+        self.audit_records = 0  # received from the front and given to the trail
+        self.audit_refused = 0  # malformed: not written
         self.starts = 0  # processes started
         self.ready_count = 0  # of which listened for clients
 
@@ -384,6 +392,8 @@ class FrontLink:
                 _, rid, op, args = msg
                 self.requests += 1
                 self._answer(handlers, rid, op, args)
+            elif tag == "audit":
+                self._audit(msg)
             elif tag == "ready":
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(int(msg[1]))
@@ -396,6 +406,20 @@ class FrontLink:
                     fut.set_result(msg[2:])
             else:
                 raise wire.FrameError(f"unknown message {tag!r} from the front")
+
+    def _audit(self, msg: tuple) -> None:
+        """One audit record from the front, to the core's trail."""
+        try:
+            if len(msg) != 2:
+                raise ValueError(f"an audit message holds one record, got {len(msg) - 1} fields")
+            rec = from_wire(msg[1])
+        except ValueError as exc:
+            self.audit_refused += 1
+            if self.audit_refused <= 10:  # a bug in the front, not a flood of log lines
+                log.error("opcua_front_audit_refused", error=str(exc), refused=self.audit_refused)
+            return
+        self.audit_records += 1
+        self.app.audit.record(rec)
 
     def _answer(self, handlers: dict[str, Callable[..., Any]], rid: int, op: str, args: Sequence[Any]) -> None:
         handler = handlers.get(op)
@@ -465,6 +489,8 @@ class FrontLink:
             "front_alarm_events_dropped": self.alarm_events_dropped,
             "front_resyncs": self.resyncs,
             "front_requests": self.requests,
+            "front_audit_records": self.audit_records,
+            "front_audit_refused": self.audit_refused,
         }
 
     @property

@@ -2,7 +2,8 @@
 
 It receives everything from the core over the socketpair ``N`` (see
 :mod:`scada.front.link`): an INIT with the configuration and where to find the tag columns,
-then change batches, alarm events, resyncs and reloads, and it sends requests back. It runs
+then change batches, alarm events, resyncs and reloads, and it sends requests back, and its
+audit records (fire-and-forget, bounded: :class:`ChannelAudit`) for the core's trail. It runs
 :class:`scada.opcua.server.HmiServer` on mirrors of the core's components:
 :class:`~scada.front.tags.TagMirror` (the shared tag columns and the batches),
 :class:`~scada.front.alarms.AlarmMirror` (the engine's state and its events; operator actions
@@ -32,6 +33,7 @@ import structlog
 from common import eventloop, logs
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.security.audit import AuditFanout, AuditRecord, lost_record, to_wire
 
 log = structlog.get_logger("scada.front")
 
@@ -42,6 +44,11 @@ DRAIN_TIMEOUT = 10.0  # s: alarm events already queued reach the clients before 
 # steps of niceness: a lower priority, not a starved one (Linux gives it ~10 % against a busy
 # core, all of an idle one).
 FRONT_NICENESS = 10
+# Audit records waiting in the channel to the core beyond which they are dropped (counted, and
+# said in the trail once the channel drains): a storm of refused requests from a hostile
+# client must not grow the front's memory. 1 MiB is thousands of records, far beyond any
+# legitimate burst, and small beside the batches the core sends the other way.
+AUDIT_HIGH_WATER = 1 << 20
 
 
 class CoreChannel:
@@ -65,6 +72,10 @@ class CoreChannel:
         finally:
             self._pending.pop(rid, None)
 
+    def backlog(self) -> int:
+        """Bytes written to the core and not sent yet."""
+        return self.writer.transport.get_write_buffer_size()
+
     def answer(self, rid: int, ok: bool, value: Any) -> None:
         fut = self._pending.get(rid)
         if fut is None or fut.done():
@@ -81,6 +92,41 @@ class CoreChannel:
         self.writer.close()
 
 
+class ChannelAudit:
+    """The front's AuditSink: each record goes to the core's audit trail as a fire-and-forget
+    ``("audit", record)`` message on the channel (no reply, never awaited).
+
+    Bounded: above AUDIT_HIGH_WATER bytes waiting, or with the channel closed, a record is
+    dropped and counted; the next record that goes is preceded by an ``audit_lost`` record
+    saying how many. Never raises (an audited request must not fail for its audit).
+    """
+
+    def __init__(self, channel: CoreChannel) -> None:
+        self.channel = channel
+        self.sent = 0
+        self.dropped = 0
+        self._lost = 0  # dropped since the last audit_lost record
+
+    def record(self, rec: AuditRecord) -> None:
+        try:
+            if self.channel.writer.is_closing() or self.channel.backlog() > AUDIT_HIGH_WATER:
+                self._drop()
+                return
+            if self._lost:
+                self.channel.send("audit", to_wire(lost_record(self._lost)))
+                self._lost = 0
+            self.channel.send("audit", to_wire(rec))
+            self.sent += 1
+        except Exception as exc:  # noqa: BLE001 - a broken channel: the front is about to stop anyway
+            self._drop(repr(exc))
+
+    def _drop(self, error: str = "") -> None:
+        self.dropped += 1
+        self._lost += 1
+        if self._lost == 1:  # once per streak: a storm must not become a storm of log lines
+            log.warning("audit_records_dropped", reason=error or "the channel to the core is full or closed")
+
+
 class Front:
     """One front: the mirrors, the OPC UA server, and the channel's dispatch."""
 
@@ -93,6 +139,9 @@ class Front:
         self.tasks: list[asyncio.Task] = []
         self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
         self.failure: BaseException | None = None
+        # What the front audits goes to the core's trail; the OPC UA audit events add themselves
+        # (scada/opcua/audit_events.py).
+        self.audit = AuditFanout(ChannelAudit(channel))
 
     def _mirrors(self, state: dict[str, Any]):
         """The mirrors of the core's components described by ``state`` (INIT, or a reload's)."""
@@ -125,7 +174,14 @@ class Front:
         config, self.tags, alarms, self.history = self._mirrors(state)
         s = self.settings
         self.hmi = HmiServer(
-            config, self.tags, s.endpoint, s.name, alarms=alarms, history=self.history, security=s.security
+            config,
+            self.tags,
+            s.endpoint,
+            s.name,
+            alarms=alarms,
+            history=self.history,
+            security=s.security,
+            audit=self.audit,
         )
         await self.hmi.start()
         self._start_tasks()

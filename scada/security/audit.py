@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+import structlog
+
 from scada.security.context import RequestContext, current
+
+log = structlog.get_logger("scada.security")
 
 ACTIONS = (
     "activate_session",  # result: Good or the refusal's status code name
@@ -27,6 +32,7 @@ ACTIONS = (
     "user_change",
     "pki_change",
     "reload",
+    "audit_lost",  # records a sink had to drop (a storm, a full disk): how many, said in the trail itself
 )
 
 
@@ -47,9 +53,39 @@ class AuditRecord:
     result: str
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))  # the fixed order the hash chain covers
+
+
 def canonical(value: Any) -> str:
     """``value`` as canonical JSON text (what the hash chain covers)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def canonical_record(rec: AuditRecord) -> str:
+    """The record as canonical JSON: its fields' values in :data:`FIELDS` order (roles a list)."""
+    return canonical([getattr(rec, name) for name in FIELDS])
+
+
+def to_wire(rec: AuditRecord) -> tuple:
+    """The record as a tuple of plain values (a front sends it to the core so)."""
+    return dataclasses.astuple(rec)
+
+
+def from_wire(fields: Sequence[Any]) -> AuditRecord:
+    """The record a peer sent (:func:`to_wire`); ValueError names what is wrong, so that a
+    malformed message is refused whole (the core does not trust a front's frames blindly)."""
+    if not isinstance(fields, (tuple, list)) or len(fields) != len(FIELDS):
+        raise ValueError(f"an audit record has {len(FIELDS)} fields, got {fields!r:.200}")
+    time_ns, *texts = fields
+    if type(time_ns) is not int:
+        raise ValueError(f"audit record time_ns is not an integer: {time_ns!r:.50}")
+    roles = texts[2]
+    if not isinstance(roles, (tuple, list)) or not all(isinstance(r, str) for r in roles):
+        raise ValueError(f"audit record roles are not a list of names: {roles!r:.100}")
+    for name, value in zip(FIELDS[1:], texts):
+        if name != "roles" and not isinstance(value, str):
+            raise ValueError(f"audit record {name} is not text: {value!r:.50}")
+    return AuditRecord(time_ns, texts[0], texts[1], tuple(roles), *texts[3:])
 
 
 def record_of(
@@ -70,6 +106,23 @@ def record_of(
     )
 
 
+def lost_record(count: int) -> AuditRecord:
+    """The record that says, in the trail itself, that ``count`` records were dropped (a storm,
+    a full disk): a gap a reader of the trail sees, never a silent one."""
+    return AuditRecord(
+        time.time_ns(),
+        "audit_lost",
+        "server",
+        (),
+        "",
+        "",
+        "",
+        "audit",
+        canonical({"dropped": count}),
+        "BadResourceUnavailable",
+    )
+
+
 class AuditSink(Protocol):
     """Where audit records go: must return at once and never raise."""
 
@@ -84,3 +137,28 @@ class MemoryAudit:
 
     def record(self, rec: AuditRecord) -> None:
         self.records.append(rec)
+
+
+class AuditFanout:
+    """An AuditSink giving each record to several sinks: the trail (or the channel to the core's
+    trail) and the OPC UA audit events (scada/opcua/audit_events.py adds itself with :meth:`add`).
+
+    A sink that raises (a bug: sinks must not) loses that record for that sink only, logged;
+    the others still get it and the caller never sees the error.
+    """
+
+    def __init__(self, *sinks: AuditSink) -> None:
+        self.sinks: list[AuditSink] = list(sinks)
+        self.errors = 0
+
+    def add(self, sink: AuditSink) -> None:
+        """Give every later record to ``sink`` too."""
+        self.sinks.append(sink)
+
+    def record(self, rec: AuditRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(rec)
+            except Exception as exc:  # noqa: BLE001 - an audit sink must never fail the audited request
+                self.errors += 1
+                log.error("audit_sink_failed", sink=type(sink).__name__, action=rec.action, error=repr(exc))
