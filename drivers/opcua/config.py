@@ -32,7 +32,6 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -51,6 +50,7 @@ from common.fields import (
     one_of,
     parse_host_port,
     positive,
+    read_file,
     to_float,
     to_str,
     when,
@@ -276,22 +276,10 @@ DEVICE_KEYS: KeyTable = {
 }
 
 
-def _file(f: Fields, key: str) -> tuple[Path, bytes]:
-    """A file named relative to the folder of the file being read (tags.yaml), and its bytes."""
-    rel = f.take(key, to_str)
-    path = Path(f.file).parent / rel
-    try:
-        return path, path.read_bytes()
-    except FileNotFoundError:
-        raise f.error(key, f"file not found: {path}", rel) from None
-    except OSError as exc:
-        raise f.error(key, f"cannot read {path}: {exc.strerror}", rel) from None
-
-
 def _certificate(f: Fields, key: str):
     from cryptography import x509
 
-    path, data = _file(f, key)
+    path, data = read_file(f, key)
     for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
         try:
             cert = load(data)
@@ -328,7 +316,7 @@ def _private_key(f: Fields, cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    path, data = _file(f, "private_key")
+    path, data = read_file(f, "private_key")
     key = None
     for load in (serialization.load_pem_private_key, serialization.load_der_private_key):
         try:
