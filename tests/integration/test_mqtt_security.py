@@ -142,7 +142,7 @@ async def test_a_wrong_password_is_refused_and_another_login_on_the_broker_goes_
 
 
 async def test_a_broker_certificate_from_an_unknown_ca_is_refused(tmp_path, pki, tls_broker):
-    other = make_tls_files(tmp_path / "other-pki", name="another-ca")
+    other = make_tls_files(tmp_path / "other-pki", ca_name="another-ca")
     security = login(tmp_path / "secrets", pki, "scada", USERS["scada"], ca=other.ca)
     cfg = config(tmp_path / "c", tls_broker.port, {"s": security})
     with structlog.testing.capture_logs() as logs:

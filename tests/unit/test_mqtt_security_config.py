@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from city_scada import load_config
 from common.yamlsrc import ConfigError
@@ -21,19 +22,20 @@ def pki(tmp_path_factory) -> TlsFiles:
 
 
 def tags(folder: Path, security: str) -> Path:
+    """``folder/tags.yaml``: one MQTT sensor type whose broker_security is ``security`` (YAML text)."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"      {line}\n" for line in security.splitlines())
-    (folder / "tags.yaml").write_text(f"""\
-equipment_types:
-  sensor:
-    class: sensor
-    driver: mqtt
-    broker_security:
-{lines}    points:
-      level: {{topic: "city/sensors/{{device}}/state", json: level}}
-devices:
-  - {{name: S-1, type: sensor, commune: Dijon, lat: 47.32, lon: 5.04, endpoint: "127.0.0.1:8883"}}
-""")
+    sensor = {"class": "sensor", "driver": "mqtt", "broker_security": yaml.safe_load(security)}
+    sensor["points"] = {"level": {"topic": "city/sensors/{device}/state", "json": "level"}}
+    device = {
+        "name": "S-1",
+        "type": "sensor",
+        "commune": "Dijon",
+        "lat": 47.32,
+        "lon": 5.04,
+        "endpoint": "127.0.0.1:8883",
+    }
+    doc = {"equipment_types": {"sensor": sensor}, "devices": [device]}
+    (folder / "tags.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return folder
 
 
