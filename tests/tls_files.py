@@ -100,13 +100,15 @@ def write_key(key, path: Path) -> Path:
     return path
 
 
-def make_tls_files(folder: Path, ca_name: str = "test-ca") -> TlsFiles:
+def make_tls_files(
+    folder: Path, ca_name: str = "test-ca", server_names: Sequence[x509.GeneralName] = LOOPBACK
+) -> TlsFiles:
     """A new CA called ``ca_name`` and the certificates it issues, in ``folder``: the broker's with
-    subjectAltName IP 127.0.0.1 and DNS localhost (server use), a client's (client use)."""
+    subjectAltName ``server_names`` (IP 127.0.0.1 and DNS localhost), server use; a client's, client use."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, server_key, client_key = new_key(), new_key(), new_key()
     ca = issue(ca_name, ca_key, ca_name, ca_key, ca=True)
-    server = issue("broker", server_key, ca_name, ca_key, eku=ExtendedKeyUsageOID.SERVER_AUTH, san=LOOPBACK)
+    server = issue("broker", server_key, ca_name, ca_key, eku=ExtendedKeyUsageOID.SERVER_AUTH, san=server_names)
     client = issue("scada", client_key, ca_name, ca_key, eku=ExtendedKeyUsageOID.CLIENT_AUTH)
     return TlsFiles(
         write_certificate(ca, folder / "ca.pem"),

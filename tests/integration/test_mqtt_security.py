@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from cryptography import x509
 
 from city_scada import load_config
 from drivers.mqtt.driver import MqttDriver
@@ -160,6 +161,24 @@ async def test_a_broker_certificate_from_an_unknown_ca_is_refused(tmp_path, pki,
         why in failures[0]["error"]
         for why in ("self-signed certificate in certificate chain", "unable to get local issuer certificate")
     ), failures[0]["error"]
+
+
+async def test_a_broker_certificate_that_names_another_host_is_refused(tmp_path):
+    elsewhere = make_tls_files(tmp_path / "pki", server_names=(x509.DNSName("broker.elsewhere.lan"),))
+    broker = MosquittoTLS(tmp_path / "mosquitto", elsewhere, USERS)
+    try:
+        cfg = config(
+            tmp_path / "c", broker.port, {"s": login(tmp_path / "secrets", elsewhere, "scada", USERS["scada"])}
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with DriverHarness(cfg, MqttDriver) as h:
+                (b,) = h.driver.brokers.values()
+                await until(lambda: b.link is not None and b.link.failures >= 2, what="two refusals")
+                assert not b.connected and h.status("s-1", "level") == st.BAD_NO_COMMUNICATION
+    finally:
+        broker.stop()
+    (failure,) = [e for e in logs if e["event"] == "mqtt_connect_failed"]
+    assert "IP address mismatch" in failure["error"] and "names 127.0.0.1" in failure["error"], failure
 
 
 async def test_a_client_certificate_when_the_broker_requires_one(tmp_path, pki):
