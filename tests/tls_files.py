@@ -75,8 +75,10 @@ def issue(
         b = b.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
     if san:
         b = b.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
-    if ca or usage is not None:
-        b = b.add_extension(_CA_USAGE if ca else usage, critical=True)
+    if ca:
+        b = b.add_extension(_CA_USAGE, critical=True)
+    elif usage is not None:
+        b = b.add_extension(usage, critical=True)
     if ca:
         b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
