@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from common.yamlsrc import ConfigError, LocMap
@@ -410,3 +411,16 @@ def device_template_ok(text: str) -> bool:
     except ValueError:
         return False
     return all(field is None or (field == "device" and not spec and conv is None) for _, field, spec, conv in parts)
+
+
+def read_file(f: Fields, key: str) -> tuple[Path, bytes]:
+    """The file ``key`` names, relative to the folder of the file being read (tags.yaml), and its
+    bytes; a located error when it is missing or unreadable."""
+    rel = f.take(key, to_str)
+    path = Path(f.file).parent / rel
+    try:
+        return path, path.read_bytes()
+    except FileNotFoundError:
+        raise f.error(key, f"file not found: {path}", rel) from None
+    except OSError as exc:
+        raise f.error(key, f"cannot read {path}: {exc.strerror}", rel) from None

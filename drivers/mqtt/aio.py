@@ -35,12 +35,23 @@ lost and closes the socket): the oversized packet is never buffered beyond the o
 read that held its header, the refusal is logged (``mqtt_packet_too_large``) and counted
 (``oversize``), and the link reconnects with backoff. The fast path leaves such a packet to
 paho, so both paths meet the one check.
+
+TLS: paho wraps the socket (``tls_set_context``) while connecting in the worker thread; the
+link then reads the ``ssl.SSLSocket`` as any socket (paho's ``_sock_recv`` turns "no whole TLS
+record yet" into ``BlockingIOError``). Bytes the TLS layer has already decrypted are held in the
+``SSLSocket``, where epoll cannot see them: a read that stops for its budget comes back for them
+as it does for bytes left in its own buffer (``SSLSocket.pending()``).
+
+Failed attempts (refused, unreachable, a TLS handshake refused, a login the broker refuses:
+:meth:`AsyncioMqtt.refused`) are logged once per distinct reason (``mqtt_connect_failed``, with
+the broker) and retried with backoff; a refused login does not reset the backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -70,7 +81,9 @@ class AsyncioMqtt:
         backoff: Backoff = Backoff(0.5, 30.0),
         on_messages: Callable[[list[Message]], None] | None = None,
         max_packet: int = MAX_PACKET,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_failure(reason)``: called on the loop after each failed attempt to connect."""
         self.client = client
         self.max_packet = max_packet
         self.oversize = 0  # packets refused for their announced size (each closed the connection)
@@ -84,6 +97,10 @@ class AsyncioMqtt:
         self._allowed.set()
         self._stopping = False
         self.failures = 0
+        self.last_error = ""  # why the last attempt failed ("" once a link is up): logged once per reason
+        self._refused: str | None = None  # the broker's CONNACK refused this attempt: why
+        self._on_failure = on_failure
+        self._pending: Callable[[], int] | None = None  # the TLS socket's count of decrypted bytes held
         self.fast_messages = 0  # QoS-0 messages delivered by the fast path, paho bypassed
         self._buf = b""  # bytes received from the socket and not yet handed to paho
         self._pos = 0
@@ -129,6 +146,7 @@ class AsyncioMqtt:
         if sock.fileno() < 0:  # closed again before the loop got to it
             return
         self._sock = sock
+        self._pending = sock.pending if isinstance(sock, ssl.SSLSocket) else None
         self._loop.add_reader(sock, self._read)
 
     def _detach(self, sock) -> None:
@@ -243,9 +261,10 @@ class AsyncioMqtt:
             if self._sock is not sock or self._starved:
                 return  # socket gone, or kernel and buffer both empty: epoll wakes us again
             budget -= 1
-        if self._pos < len(self._buf) and self._resume is None:
-            # Bytes wait in our buffer, where epoll cannot see them: come back after the other
-            # ready callbacks (once: epoll's own call, if the kernel holds more, is the other).
+        if self._resume is None and (self._pos < len(self._buf) or (self._pending is not None and self._pending())):
+            # Bytes wait in our buffer or, decrypted, in the TLS socket, where epoll cannot see
+            # them: come back after the other ready callbacks (once: epoll's own call, if the
+            # kernel holds more, is the other).
             self._resume = self._loop.call_soon(self._resumed)
 
     def _resumed(self) -> None:
@@ -276,13 +295,19 @@ class AsyncioMqtt:
         while not self._stopping:
             await self._allowed.wait()
             self._lost.clear()
+            self._refused = None
             try:
                 await self._connect(first)
                 first = False
-                self.failures = 0
                 await self._lost.wait()
-            except (OSError, mqtt.WebsocketConnectionError, ValueError):
-                pass  # refused, unreachable, timed out: try again later
+                if self._refused is None:
+                    self.failures = 0  # the link was up: a new run of failures starts
+                    self.last_error = ""
+                else:
+                    self._failed(self._refused, error=True)
+            except (OSError, mqtt.WebsocketConnectionError, ValueError) as exc:
+                if not self._stopping:  # refused, unreachable, timed out, TLS refused: try again later
+                    self._failed(*_describe(exc, self.host))
             if self._stopping:
                 return
             if task is not None and task.cancelling():
@@ -292,6 +317,21 @@ class AsyncioMqtt:
                 raise asyncio.CancelledError
             self.failures += 1
             await asyncio.sleep(self.backoff.delay(self.failures))
+
+    def refused(self, reason: str) -> None:
+        """The broker refused the connection in its CONNACK (a login, an authorisation): this
+        attempt failed, whatever the socket did; call from paho's ``on_connect``."""
+        self._refused = reason
+
+    def _failed(self, reason: str, error: bool) -> None:
+        """One failed attempt: logged when the reason is new, reported to ``on_failure``."""
+        if reason != self.last_error:
+            (log.error if error else log.warning)(
+                "mqtt_connect_failed", broker=f"{self.host}:{self.port}", error=reason, attempt=self.failures + 1
+            )
+            self.last_error = reason
+        if self._on_failure is not None:
+            self._on_failure(reason)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -332,3 +372,17 @@ class AsyncioMqtt:
         await asyncio.gather(*(t for t in (self._task, self._misc) if t is not None), return_exceptions=True)
         if self._sock is not None:
             self._detach(self._sock)
+
+
+def _describe(exc: BaseException, host: str) -> tuple[str, bool]:
+    """Why an attempt to connect failed, in words a technician acts on; and whether it is a
+    configuration error (TLS) rather than a broker out of reach."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the broker's certificate is refused ({exc.verify_message}): check broker_security.ca "
+            f"(the CA that signed it) and that the certificate names {host}",
+            True,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc}): does the broker speak TLS 1.2 or later on this port?", True
+    return f"{type(exc).__name__}: {exc}", False

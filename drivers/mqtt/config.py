@@ -11,6 +11,10 @@ access_bollard:
   command_topic: city/bollards/{device}/cmd     # writes: {"command": label, "correlation_id": id}
   ack_topic: city/bollards/{device}/ack         # answered with the same correlation_id
   max_packet: 262144                            # bytes: a larger packet closes the broker link unread
+  broker_security:                              # optional: TLS and a login (drivers/mqtt/security.py)
+    ca: pki/broker-ca.pem
+    username: scada
+    password_file: secrets/mqtt.pw              # or password_env: NAME; never the password itself
   points:
     position: {topic: "city/bollards/{device}/state", json: position,
                enum: {0: down, 1: rising, 2: up, 3: lowering, 4: fault}}
@@ -35,6 +39,7 @@ from common.fields import (
     device_template_ok,
     host_port_schema,
     in_range,
+    object_schema,
     one_of,
     parse_host_port,
     to_int,
@@ -42,6 +47,7 @@ from common.fields import (
     when,
 )
 from common.yamlsrc import ConfigError
+from drivers.mqtt.security import NO_SECURITY, SECURITY_KEYS, SECURITY_RULES, MqttSecurity, parse_security
 from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
@@ -79,6 +85,7 @@ class MqttType:
     command_topic: str | None = None
     ack_topic: str | None = None
     max_packet: int | None = None  # bytes after a packet's fixed header; None: the driver's default (aio.MAX_PACKET)
+    security: MqttSecurity = NO_SECURITY  # TLS and login to the broker (broker_security)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +168,12 @@ TYPE_KEYS: KeyTable = {
         "MQTT only. Largest MQTT packet accepted from the broker, in bytes after the fixed header (default 262144, 256 KiB: four times the 64 KiB a payload may have). A larger packet closes the broker link before it is read (logged mqtt_packet_too_large, counted), and the link reconnects. On a broker shared by several types, the largest of their values applies.",
         None,  # None: the driver's default (aio.MAX_PACKET)
     ),
+    "broker_security": Key(
+        None,
+        "MQTT only. How the driver reaches the broker of this type's devices: TLS with ca (the CA the broker's certificate chains to, its name checked against the endpoint's host; optionally our certificate and private_key), and a login with username and password_file or password_env. The password itself is never written in tags.yaml. Paths are relative to the folder of tags.yaml. Absent: plain MQTT, anonymous. Types with different broker_security on one broker open one connection each.",
+        None,
+        schema=object_schema(SECURITY_KEYS, SECURITY_RULES),
+    ),
 }
 # check_type: a type with a command point has command_topic and ack_topic.
 TYPE_RULES: tuple[Schema, ...] = (
@@ -236,6 +249,10 @@ DEVICE_KEYS: KeyTable = {
 
 
 def parse_type(f: Fields) -> MqttType:
+    security = NO_SECURITY
+    if "broker_security" in f.mapping:
+        sub = f.sub("broker_security")
+        security = parse_security(Fields(sub, f.key("broker_security"), f.file, f.line_of("broker_security")))
     return MqttType(
         status_topic=f.read(TYPE_KEYS, "status_topic"),
         online_payload=f.read(TYPE_KEYS, "online_payload"),
@@ -243,6 +260,7 @@ def parse_type(f: Fields) -> MqttType:
         command_topic=f.read(TYPE_KEYS, "command_topic"),
         ack_topic=f.read(TYPE_KEYS, "ack_topic"),
         max_packet=f.read(TYPE_KEYS, "max_packet"),
+        security=security,
     )
 
 

@@ -22,7 +22,10 @@ stored first.
 
 Status: tags start ``Bad_NoCommunication``; a lost broker link or a device's last will
 ("offline" on its status topic) turns them ``Bad_CommunicationError`` (last value kept);
-the next message of a device makes its tags ``Good`` again. Garbage (invalid JSON, wrong
+the next message of a device makes its tags ``Good`` again. A broker that cannot be reached
+with the type's ``broker_security`` (its certificate not signed by the configured CA, a login
+refused) leaves its devices' tags ``Bad_NoCommunication``, logs why once
+(``mqtt_connect_failed``) and is retried with backoff; other brokers go on. Garbage (invalid JSON, wrong
 types, oversized payloads, unknown states, a topic that is not UTF-8) is counted and logged,
 and changes no tag. Messages on topics no device reads are ignored, whichever path brought them.
 """
@@ -47,6 +50,7 @@ import structlog
 from drivers.mqtt.aio import MAX_PACKET, AsyncioMqtt
 from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
+from drivers.mqtt.security import MqttSecurity, tls_context
 from scada import status as st
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
@@ -68,6 +72,7 @@ class DeviceState:
     points: tuple
     type_io: MqttType
     k: int = 0  # row in the driver's DeviceDiagnostics
+    broker: Broker | None = None  # the connection its values come through
     ever: bool = False
     online: bool = False
     garbage: int = 0
@@ -102,6 +107,7 @@ class TopicGroup:
 class Broker:
     endpoint: MqttEndpoint
     client: mqtt.Client
+    security: MqttSecurity = MqttSecurity()
     readers: dict[str, list[Reader]] = field(default_factory=dict)  # topic -> readers
     routes: dict[str, tuple[TopicGroup, int]] = field(default_factory=dict)  # topic -> (group, row)
     status_topics: dict[str, DeviceState] = field(default_factory=dict)
@@ -130,19 +136,21 @@ class MqttDriver:
         self.ingest = Ingest(tagdb)  # flushed by _store, once per batch and before each control message
         self.fast_path = fast_path  # QoS-0 messages framed by the link (False: paho reads every packet)
         self.max_queued, self.inbox_bytes, self.max_packet = max_queued, inbox_bytes, max_packet
-        self.brokers: dict[tuple[str, int], Broker] = {}
+        self.brokers: dict[tuple[str, int, MqttSecurity], Broker] = {}  # (host, port, security)
         self.devices: list[DeviceState] = []
         self._by_tag: dict[str, tuple[DeviceState, int]] = {}
         groups: dict[tuple, TopicGroup] = {}
         for d in devices:
             t = config.types[d.type]
             ep: MqttEndpoint = d.io
-            b = self.brokers.get(ep.connection)
+            type_io: MqttType = t.io or MqttType()
+            # One connection per broker and client identity: types logging in differently get their own.
+            key = (*ep.connection, type_io.security)
+            b = self.brokers.get(key)
             if b is None:
-                client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{uuid.uuid4().hex[:12]}")
-                b = self.brokers[ep.connection] = Broker(ep, client)
+                b = self.brokers[key] = Broker(ep, _client(type_io.security), type_io.security)
             ids = config.tag_ids(d)
-            ds = DeviceState(d, ids, t.points, t.io or MqttType(), k=len(self.devices))
+            ds = DeviceState(d, ids, t.points, type_io, k=len(self.devices), broker=b)
             self.devices.append(ds)
             b.devices.append(ds)
             for k, p in enumerate(t.points):
@@ -240,6 +248,8 @@ class MqttDriver:
 
     def _on_connect(self, broker: Broker, reason_code) -> None:
         if reason_code.is_failure:
+            if broker.link is not None:
+                broker.link.refused(_refusal(broker, reason_code))
             return
         topics = {*broker.readers, *broker.status_topics, *broker.ack_topics}
         qos = {t: max(r.point.qos for r in rs) for t, rs in broker.readers.items()}
@@ -248,6 +258,12 @@ class MqttDriver:
 
     def _on_disconnect(self, broker: Broker) -> None:
         self._link_down(broker, "broker link lost")
+
+    def _connect_failed(self, broker: Broker, reason: str) -> None:
+        """An attempt to reach the broker failed: its devices say why (diagnostics), tags unchanged
+        (Bad_NoCommunication until a first value, Bad_CommunicationError after one)."""
+        for ds in broker.devices:
+            self._device_down(ds, reason)
 
     def _link_up(self, broker: Broker) -> None:
         broker.connected = True
@@ -279,6 +295,7 @@ class MqttDriver:
                 b.endpoint.port,
                 on_messages=functools.partial(self._on_messages, b) if self.fast_path else None,
                 max_packet=self.broker_max_packet(b),
+                on_failure=functools.partial(self._connect_failed, b),
             )
             b.link.start()
         diag_task = asyncio.create_task(self.diag.run(self.tagdb), name="mqtt-diagnostics")
@@ -416,7 +433,8 @@ class MqttDriver:
         """Publish the command with a correlation id; return once the device acknowledges it."""
         self.check(command)
         ds, point = self._resolve(command)
-        broker = self.brokers[ds.device.io.connection]
+        broker = ds.broker
+        assert broker is not None  # every device is given its broker in __init__
         if not broker.connected:
             raise DeviceUnreachable(
                 f"{ds.device.name}: broker {broker.endpoint.host}:{broker.endpoint.port} unreachable"
@@ -460,6 +478,27 @@ class MqttDriver:
             "inbox_bytes": self._inbox_size,
             "peak_inbox_bytes": self.peak_inbox_bytes,
         }
+
+
+def _client(security: MqttSecurity) -> mqtt.Client:
+    """A paho client set up with the broker security of its types: TLS context, login."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scada-{uuid.uuid4().hex[:12]}")
+    if security.tls:
+        client.tls_set_context(tls_context(security))
+    if security.username:
+        client.username_pw_set(security.username, security.password)
+    return client
+
+
+def _refusal(broker: Broker, reason_code: Any) -> str:
+    """Why the broker refused our CONNECT, and what to check."""
+    sec = broker.security
+    if sec.username:
+        return (
+            f"the broker refused the login of user {sec.username!r} ({reason_code}): "
+            f"check the password in the {sec.password_source} and the broker's password file and ACL"
+        )
+    return f"the broker refused the connection ({reason_code}): does it require a login? (broker_security username)"
 
 
 def _sizes(messages: Any) -> list[int]:

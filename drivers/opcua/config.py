@@ -7,11 +7,12 @@ traffic_junction:
   namespace: urn:city-scada:traffic-sim   # resolved to its index when the session opens
   publishing_interval: 500                # ms, one subscription per server
   security:                               # optional; without it: security None
-    policy: Basic256Sha256                # None | Basic256Sha256
+    policy: Basic256Sha256                # None | Basic256Sha256 | Aes128_Sha256_RsaOaep | Aes256_Sha256_RsaPss
     mode: SignAndEncrypt                  # Sign | SignAndEncrypt
     certificate: pki/scada-client.der     # our application instance certificate (DER or PEM),
     private_key: pki/scada-client.pem     # and its unencrypted RSA key; paths relative to tags.yaml
-    server_certificate: pki/traffic.der   # optional: trust only this server certificate
+    trusted: pki/trusted                  # the servers' certificates (or their CAs) we trust: a folder or files
+    server_certificate: pki/traffic.der   # or: trust only this server certificate (pinning)
   points:
     mode: {node: "{device}.Mode", writable: true, enum: {1: flashing_amber, 2: fixed_time, 3: actuated, 4: central}}
     conflict_fault: {node: "{device}.ConflictFault", type: bool}
@@ -20,7 +21,9 @@ Devices: ``endpoint: opc.tcp://host:port/path``; devices on one endpoint share a
 (two types on one endpoint with different ``security`` open one session each).
 
 Security is a type-level key: a type is the equipment of one supervision system, reached with
-one client identity. The certificate, key and server certificate are read and checked here,
+one client identity. A secure session opens only with a server whose certificate is trusted:
+in ``trusted`` (or signed by a CA there, drivers/opcua/trust.py) or the pinned
+``server_certificate``; one of them is required. The certificate, key and trust list are read and checked here,
 once (file present, a certificate, an RSA key that belongs to it, an application URI, not
 expired), so that a mistake is a located configuration error rather than a session that
 never opens; the driver uses the bytes kept here.
@@ -51,10 +54,12 @@ from common.fields import (
     one_of,
     parse_host_port,
     positive,
+    read_file,
     to_float,
     to_str,
     when,
 )
+from drivers.opcua import trust
 from scada.driver_api import DeviceSite
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
@@ -64,14 +69,12 @@ SCHEMA_DESCRIPTION = (
     "OPC UA client: points are nodes of a server, in the type's namespace; devices have an endpoint "
     "(opc.tcp://host:port/path)"
 )
-SECURITY_POLICIES = ("None", "Basic256Sha256")
+SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 SECURITY_MODES = ("Sign", "SignAndEncrypt")
 # Policies a technician may copy from a server's endpoint list that we do not speak: why not.
 _POLICY_HINTS = {
     "Basic128Rsa15": "deprecated by the OPC Foundation (SHA-1): use Basic256Sha256",
     "Basic256": "deprecated by the OPC Foundation (SHA-1): use Basic256Sha256",
-    "Aes128_Sha256_RsaOaep": "not supported yet: use Basic256Sha256",
-    "Aes256_Sha256_RsaPss": "not supported yet: use Basic256Sha256",
 }
 
 
@@ -87,9 +90,10 @@ class OpcUaSecurity:
     mode: str = "None"  # Sign | SignAndEncrypt; "None" with policy None
     certificate: bytes = field(default=b"", repr=False)  # DER
     private_key: bytes = field(default=b"", repr=False)  # DER, PKCS#8, unencrypted
-    server_certificate: bytes | None = field(default=None, repr=False)  # DER; None: the one the server shows
+    server_certificate: bytes | None = field(default=None, repr=False)  # DER; None: one the trust list accepts
     certificate_path: str = ""
     application_uri: str = ""  # from the certificate: the client must present the same URI
+    trusted: tuple[bytes, ...] = field(default=(), repr=False)  # DER: the trust list (drivers/opcua/trust.py)
 
     @property
     def secure(self) -> bool:
@@ -192,7 +196,7 @@ SECURITY_KEYS: KeyTable = {
     ),
     "mode": Key(
         one_of(*SECURITY_MODES),
-        "Message security mode with policy Basic256Sha256 (required there; not allowed with None).",
+        "Message security mode with a secure policy (required there; not allowed with None).",
         what=f"{' or '.join(SECURITY_MODES)}",
         required=False,  # SECURITY_RULES
     ),
@@ -210,20 +214,30 @@ SECURITY_KEYS: KeyTable = {
         schema=_FILE,
         required=False,
     ),
+    "trusted": Key(
+        None,
+        "The trust list: server certificates, or the CAs that sign them (DER or PEM), as a folder (its .der, .pem, .crt and .cer files), a file, or a list of files, relative to the folder of tags.yaml. A session opens only with a server whose certificate is in it or signed by a CA in it, and within its dates; any other is refused before the secure channel, its thumbprint logged. Read at load time: a new certificate takes effect at the next reload. A secure policy needs trusted or server_certificate.",
+        None,
+        schema={"anyOf": [_FILE, {"type": "array", "items": _FILE, "minItems": 1}]},
+    ),
     "server_certificate": Key(
         to_str,
-        "Optional. The server's certificate (DER or PEM file, relative to the folder of tags.yaml): the session opens only with a server showing this one. Absent: the certificate the server shows is used.",
+        "The server's certificate (DER or PEM file, relative to the folder of tags.yaml): the session opens only with a server showing exactly this one (pinning). A secure policy needs trusted or server_certificate.",
         None,
         schema=_FILE,
     ),
 }
-# parse_security: policy None takes nothing else; Basic256Sha256 takes a mode, a certificate and its key.
+# parse_security: policy None takes nothing else; a secure policy takes a mode, a certificate and its key,
+# and a trust list or a pinned server certificate.
 SECURITY_RULES: tuple[Schema, ...] = (
     when(
         "policy",
         {"const": "None"},
         {"properties": {k: False for k in SECURITY_KEYS if k != "policy"}},
-        {"required": ["mode", "certificate", "private_key"]},
+        {
+            "required": ["mode", "certificate", "private_key"],
+            "anyOf": [{"required": ["trusted"]}, {"required": ["server_certificate"]}],
+        },
     ),
 )
 TYPE_KEYS: KeyTable = {
@@ -240,7 +254,7 @@ TYPE_KEYS: KeyTable = {
     ),
     "security": Key(
         None,
-        "OPC UA only. How the client secures its sessions with the server (absent: security None). With policy Basic256Sha256 give the mode, our application instance certificate and its private key (the server must trust the certificate), and optionally the server's certificate to trust; paths are relative to the folder of tags.yaml. Two types on one endpoint with different security open one session each.",
+        "OPC UA only. How the client secures its sessions with the server (absent: security None). With a secure policy (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) give the mode, our application instance certificate and its private key (the server must trust the certificate), and the servers we trust: trusted (a folder or files of server certificates or CAs) or server_certificate; paths are relative to the folder of tags.yaml. Two types on one endpoint with different security open one session each.",
         None,
         schema=object_schema(SECURITY_KEYS, SECURITY_RULES),
     ),
@@ -276,22 +290,10 @@ DEVICE_KEYS: KeyTable = {
 }
 
 
-def _file(f: Fields, key: str) -> tuple[Path, bytes]:
-    """A file named relative to the folder of the file being read (tags.yaml), and its bytes."""
-    rel = f.take(key, to_str)
-    path = Path(f.file).parent / rel
-    try:
-        return path, path.read_bytes()
-    except FileNotFoundError:
-        raise f.error(key, f"file not found: {path}", rel) from None
-    except OSError as exc:
-        raise f.error(key, f"cannot read {path}: {exc.strerror}", rel) from None
-
-
 def _certificate(f: Fields, key: str):
     from cryptography import x509
 
-    path, data = _file(f, key)
+    path, data = read_file(f, key)
     for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
         try:
             cert = load(data)
@@ -328,7 +330,7 @@ def _private_key(f: Fields, cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    path, data = _file(f, "private_key")
+    path, data = read_file(f, "private_key")
     key = None
     for load in (serialization.load_pem_private_key, serialization.load_der_private_key):
         try:
@@ -346,7 +348,9 @@ def _private_key(f: Fields, cert) -> bytes:
     if key is None:
         raise f.error("private_key", f"{path} is not a private key (PEM or DER)", f.mapping["private_key"])
     if not isinstance(key, rsa.RSAPrivateKey) or not 2048 <= key.key_size <= 4096:
-        raise f.error("private_key", "Basic256Sha256 needs an RSA key of 2048 to 4096 bits", f.mapping["private_key"])
+        raise f.error(
+            "private_key", "OPC UA's security policies need an RSA key of 2048 to 4096 bits", f.mapping["private_key"]
+        )
     if key.public_key().public_numbers() != cert.public_key().public_numbers():
         raise f.error(
             "private_key",
@@ -365,7 +369,7 @@ def parse_security(f: Fields) -> OpcUaSecurity:
         if extra:
             raise f.error(
                 extra[0],
-                "security policy None takes no mode nor certificate (set policy: Basic256Sha256 to use them)",
+                "security policy None takes no mode nor certificate (set policy: Basic256Sha256 or another to use them)",
                 f.mapping[extra[0]],
             )
         f.done(SECURITY_KEYS)
@@ -384,8 +388,33 @@ def parse_security(f: Fields) -> OpcUaSecurity:
         )
     key = _private_key(f, cert)
     server = _der(_certificate(f, "server_certificate")) if f.has("server_certificate") else None
+    trusted = _trust_list(f) if f.has("trusted") else ()
+    if server is None and not trusted:
+        raise f.error(
+            "policy",
+            "a secure session needs to know which server to trust: give trusted (a folder or files holding the "
+            "server's certificate or its CA) or server_certificate",
+            policy,
+        )
     f.done(SECURITY_KEYS)
-    return OpcUaSecurity(policy, mode, _der(cert), key, server, str(f.mapping["certificate"]), uri)
+    return OpcUaSecurity(policy, mode, _der(cert), key, server, str(f.mapping["certificate"]), uri, trusted)
+
+
+def _trust_list(f: Fields) -> tuple[bytes, ...]:
+    """The certificates ``trusted`` names (a folder, a file or a list of them), read and checked now."""
+    raw = f.sub("trusted")
+    names = raw if isinstance(raw, list) else [raw]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise f.error("trusted", "expected a folder, a file, or a list of files (paths relative to tags.yaml)", raw)
+    paths = [Path(f.file).parent / n for n in names]
+    try:
+        return trust.load(paths)
+    except trust.TrustListError as exc:
+        raise f.error("trusted", str(exc), raw) from None
+    except FileNotFoundError as exc:
+        raise f.error("trusted", f"not found: {exc.filename}", raw) from None
+    except OSError as exc:
+        raise f.error("trusted", f"cannot read {exc.filename}: {exc.strerror}", raw) from None
 
 
 def parse_type(f: Fields) -> OpcUaType:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import structlog
 from asyncua import Client, ua
 from asyncua.crypto import security_policies, uacrypto
 
-from drivers.opcua import codec
+from drivers.opcua import codec, trust
 from drivers.opcua.asyncua_private import create_subscription, keepalive_count
 from drivers.opcua.config import NO_SECURITY, OpcUaEndpoint, OpcUaSecurity, OpcUaType
 from scada import status as st
@@ -53,7 +52,17 @@ log = structlog.get_logger("drivers.opcua")
 FLUSH_S = 0.05
 ITEMS_PER_CALL = 5000  # monitored items per CreateMonitoredItems request when the server sets no limit
 _SESSION_ERRORS = (ua.UaError, OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError)
-_POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256}
+# The policies we speak (every name of config.SECURITY_POLICIES but None), as asyncua's concrete classes.
+_Policy = (
+    type[security_policies.SecurityPolicyBasic256Sha256]
+    | type[security_policies.SecurityPolicyAes128Sha256RsaOaep]
+    | type[security_policies.SecurityPolicyAes256Sha256RsaPss]
+)
+_POLICIES: dict[str, _Policy] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
 _MAX_ITEMS_PER_CALL = ua.NodeId(
     ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
 )
@@ -75,10 +84,6 @@ _HINTS = {
 
 class SecurityMismatch(Exception):
     """The server cannot be reached with the configured security: a configuration matter."""
-
-
-def _thumbprint(der: bytes) -> str:
-    return hashlib.sha1(der).hexdigest()  # noqa: S324 - the thumbprint OPC UA tools show, not a security check
 
 
 @dataclass(eq=False)
@@ -257,8 +262,9 @@ class OpcUaDriver:
         """Find the server's endpoint for our policy and mode, check its certificate, set up security.
 
         The endpoints are read over an unsecured discovery channel, which every server keeps;
-        a missing endpoint or a server certificate other than the trusted one is said plainly
-        here rather than as a failed handshake later.
+        a missing endpoint or a server certificate we do not trust (not the pinned one, not in
+        the trust list) is said plainly here, before any secure channel opens. asyncua then
+        refuses a server whose CreateSession shows another certificate than this one.
         """
         sec = s.security
         endpoints = await client.connect_and_get_server_endpoints()
@@ -280,10 +286,17 @@ class OpcUaDriver:
             raise SecurityMismatch("the server shows no certificate on its secure endpoint")
         if sec.server_certificate is not None and shown != sec.server_certificate:
             raise SecurityMismatch(
-                f"the server's certificate (thumbprint {_thumbprint(shown)}) is not the trusted "
-                f"server_certificate (thumbprint {_thumbprint(sec.server_certificate)}): "
+                f"the server's certificate (thumbprint {trust.thumbprint(shown)}) is not the trusted "
+                f"server_certificate (thumbprint {trust.thumbprint(sec.server_certificate)}): "
                 "the server was re-keyed, or this is not the expected server"
             )
+        if sec.server_certificate is None:
+            why = trust.refusal(sec.trusted, shown)
+            if why is not None:
+                raise SecurityMismatch(
+                    f"{why}: if this is the expected server, add its certificate (or its CA) to the type's "
+                    "security.trusted, or it is not the expected server"
+                )
         client.application_uri = sec.application_uri  # the URI our certificate carries, as Part 6 requires
         await client.set_security(
             _POLICIES[sec.policy], sec.certificate, sec.private_key, server_certificate=shown, mode=mode

@@ -20,6 +20,8 @@ from tests.configs import ROOT as ROOT
 from tests.configs import load as load
 from tests.configs import write_inventory as write_inventory
 from tests.configs import write_tags as write_tags
+from tests.tls_files import TlsFiles as TlsFiles
+from tests.tls_files import make_tls_files as make_tls_files
 
 
 def free_port() -> int:
@@ -456,3 +458,45 @@ async def running_app(tmp_path: Path, front: str = "process"):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class MosquittoTLS(Mosquitto):
+    """A real Mosquitto on a free loopback port that speaks only TLS (1.2 or later) with the
+    certificate of ``tls``, and lets in only the ``users`` of its password file (made with
+    ``mosquitto_passwd -b``); ``require_certificate``: clients must show one the CA signed."""
+
+    def __init__(self, folder: Path, tls: TlsFiles, users: dict[str, str], require_certificate: bool = False) -> None:
+        import pwd
+        import shutil
+
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        assert Path(exe).exists(), "mosquitto is missing: `make test` installs it (apt-get install mosquitto)"
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tls, self.users = tls, users
+        self.password_file = folder / "passwords"
+        for k, (user, password) in enumerate(users.items()):
+            flags = ["-c"] if k == 0 else []
+            subprocess.run([passwd, *flags, "-b", str(self.password_file), user, password], check=True)
+        self.password_file.chmod(0o600)
+        self.port = free_port()
+        conf = folder / "mosquitto.conf"
+        # Run as root, Mosquitto would become the user "mosquitto", who cannot read the test's
+        # 0600 files: it stays the user who runs the test (the option is ignored for anyone else).
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            "allow_anonymous false\n"
+            f"password_file {self.password_file}\n"
+            f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
+            "tls_version tlsv1.2\n"
+            f"require_certificate {'true' if require_certificate else 'false'}\n"
+            "persistence false\n"
+        )
+        self.exe, self.conf, self.log = exe, conf, folder / "mosquitto.log"
+        self.proc = None
+        self.start()
+
+    def client_args(self, user: str, password: str | None = None) -> list[str]:
+        """Arguments of mosquitto_pub/sub to reach this broker as ``user`` over TLS."""
+        pw = self.users[user] if password is None else password
+        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", str(self.tls.ca), "-u", user, "-P", pw]

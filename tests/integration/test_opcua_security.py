@@ -6,11 +6,17 @@ module in a temporary folder, and one simulator serves the tests on a secure ser
 an asyncua server takes seconds). Our driver must read a junction over both modes, and,
 misconfigured (no security, an untrusted certificate, the wrong server certificate), say why
 once in the log, keep its tags Bad_NoCommunication and retry with backoff, never raise.
+
+The driver trusts a server only through its trust list (``trusted``: the server's certificate,
+or a CA that signed it) or a pinned ``server_certificate``: a server showing another certificate
+is refused before any secure channel opens. Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss are
+read from a stock asyncua server whose certificate a test CA signed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -19,6 +25,8 @@ import pytest_asyncio
 import structlog
 from asyncua import Client, Server, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from city_scada import load_config
 from drivers.opcua.driver import OpcUaDriver
@@ -29,6 +37,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, ServerSecurity, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 from simulators.pki import make_certificate
+from tests import tls_files
 from tests.leaks import tasks_left
 
 from .helpers import free_port, until
@@ -91,9 +100,20 @@ devices:
     return load_config(folder)
 
 
-def secure(mode: str, pki: Path, cert: str = "client", server: str | None = None) -> str:
-    lines = f"policy: Basic256Sha256\nmode: {mode}\ncertificate: {pki}/{cert}.der\nprivate_key: {pki}/{cert}.pem\n"
-    return lines + (f"server_certificate: {server}\n" if server else "")
+def secure(
+    mode: str,
+    pki: Path,
+    cert: str = "client",
+    server: str | None = None,
+    trusted: str | None = None,
+    policy: str = "Basic256Sha256",
+) -> str:
+    """Security lines: our certificate ``cert``, the pinned ``server`` or the trust list ``trusted``
+    (by default the simulator's own certificate)."""
+    lines = f"policy: {policy}\nmode: {mode}\ncertificate: {pki}/{cert}.der\nprivate_key: {pki}/{cert}.pem\n"
+    if server:
+        return lines + f"server_certificate: {server}\n"
+    return lines + f"trusted: {trusted or pki / 'server' / 'traffic.der'}\n"
 
 
 def status(tagdb: TagDB, point: str) -> int:
@@ -111,7 +131,7 @@ async def test_driver_reads_and_commands_a_junction_over_a_secure_session(tmp_pa
     url = sim.endpoint
     server_cert = pki / "server" / "traffic.der"
     assert server_cert.is_file() and (pki / "server" / "traffic.pem").is_file()  # made by the simulator
-    # Sign trusts whatever certificate the server shows; SignAndEncrypt pins the server's.
+    # Sign trusts the server through the trust list; SignAndEncrypt pins the server's certificate.
     cfg = config(tmp_path / "c", url, secure(mode, pki, server=str(server_cert) if mode == "SignAndEncrypt" else None))
     tagdb = TagDB(*cfg.tag_table())
     driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
@@ -226,6 +246,21 @@ async def test_driver_with_an_untrusted_certificate(tmp_path, pki, sim):
 
 
 @on_sim
+async def test_driver_refuses_a_server_certificate_not_in_its_trust_list(tmp_path, pki, sim):
+    def no_secure_channel(sim, before):
+        assert sim.untrusted == before["untrusted"]  # refused before the handshake: the server saw no client cert
+
+    shown = (pki / "server" / "traffic.der").read_bytes()
+    await _refused(
+        tmp_path,
+        sim,
+        secure("SignAndEncrypt", pki, trusted=str(pki / "impostor.der")),
+        f"thumbprint {hashlib.sha1(shown).hexdigest()}) is not in the trust list, nor signed by a CA in it",
+        no_secure_channel,
+    )
+
+
+@on_sim
 async def test_driver_with_the_wrong_server_certificate(tmp_path, pki, sim):
     await _refused(
         tmp_path, sim, secure("Sign", pki, server=str(pki / "impostor.der")), "is not the trusted server_certificate"
@@ -248,34 +283,54 @@ class RecordingDriver(OpcUaDriver):
         super()._ingest(items)
 
 
-async def test_deadband_is_applied_by_the_server(tmp_path):
-    url = f"opc.tcp://127.0.0.1:{free_port()}/plant/"
+async def plant_server(url: str, policy: ua.SecurityPolicyType = ua.SecurityPolicyType.NoSecurity, pki=None):
+    """A stock asyncua server at ``url`` with a Plant folder and its P1.Level variable (10.0),
+    serving ``policy``; ``pki``: (application URI, certificate, key) for a secure policy. Not started:
+    (server, folder, namespace index, the level variable)."""
     server = Server()
     await server.init()
     server.set_endpoint(url)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if pki is not None:
+        uri, cert, key = pki
+        await server.set_application_uri(uri)
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+    server.set_security_policy([policy])
     ns = await server.register_namespace("urn:test:plant")
     folder = await server.nodes.objects.add_folder(ua.NodeId("Plant", ns), "Plant")
     level = await folder.add_variable(ua.NodeId("P1.Level", ns), "Level", ua.Variant(10.0, ua.VariantType.Double))
-    flow = await folder.add_variable(ua.NodeId("P1.Flow", ns), "Flow", ua.Variant(10.0, ua.VariantType.Double))
-    count = await folder.add_variable(ua.NodeId("P1.Count", ns), "Count", ua.Variant(100, ua.VariantType.Int32))
-    await server.start()
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "tags.yaml").write_text(f"""\
+    return server, folder, ns, level
+
+
+def plant_config(folder: Path, url: str, points: str, security: str = ""):
+    """tags.yaml with one pump P1 at ``url``: ``points`` (YAML lines), ``security`` (YAML lines, or "")."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = "    security:\n" + "".join(f"      {line}\n" for line in security.splitlines()) if security else ""
+    lines = "".join(f"      {line}\n" for line in points.splitlines())
+    (folder / "tags.yaml").write_text(f"""\
 equipment_types:
   pump:
     class: water
     driver: opcua
     namespace: urn:test:plant
     publishing_interval: 50
-    points:
-      level: {{node: "{{device}}.Level", deadband: 1.0}}
-      flow: {{node: "{{device}}.Flow"}}
-      count: {{node: "{{device}}.Count", deadband: 5}}
-devices:
+{block}    points:
+{lines}devices:
   - {{name: P1, type: pump, commune: Dijon, lat: 47.32, lon: 5.04, endpoint: "{url}"}}
 """)
-    cfg = load_config(tmp_path / "c")
+    return load_config(folder)
+
+
+async def test_deadband_is_applied_by_the_server(tmp_path):
+    url = f"opc.tcp://127.0.0.1:{free_port()}/plant/"
+    server, folder, ns, level = await plant_server(url)
+    flow = await folder.add_variable(ua.NodeId("P1.Flow", ns), "Flow", ua.Variant(10.0, ua.VariantType.Double))
+    count = await folder.add_variable(ua.NodeId("P1.Count", ns), "Count", ua.Variant(100, ua.VariantType.Int32))
+    await server.start()
+    points = 'level: {node: "{device}.Level", deadband: 1.0}\nflow: {node: "{device}.Flow"}\n' + (
+        'count: {node: "{device}.Count", deadband: 5}'
+    )
+    cfg = plant_config(tmp_path / "c", url, points)
     tagdb = TagDB(*cfg.tag_table())
     driver = RecordingDriver(cfg, list(cfg.devices), tagdb)
     ids = {p: tagdb.id_of(f"Dijon/water/P1/{p}") for p in ("level", "flow", "count")}
@@ -305,4 +360,65 @@ devices:
         )
     finally:
         await stop(task)
+        await stop_asyncua_server(server)
+
+
+# Trust by CA, and the Aes policies, against a stock asyncua server.
+
+
+def ca_signed_server(folder: Path, uri: str) -> tuple[Path, Path, Path]:
+    """An RSA CA and a server application certificate it signed (URI and 127.0.0.1 in subjectAltName):
+    (the CA's certificate, the server's certificate, the server's key), DER, DER, PEM."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, key = tls_files.new_key(use_rsa=True), tls_files.new_key(use_rsa=True)
+    ca = tls_files.issue("site CA", ca_key, "site CA", ca_key, ca=True)
+    server = tls_files.issue(
+        "plant server",
+        key,
+        "site CA",
+        ca_key,
+        eku=ExtendedKeyUsageOID.SERVER_AUTH,
+        san=(x509.UniformResourceIdentifier(uri), *tls_files.LOOPBACK),
+        usage=tls_files.APPLICATION_USAGE,
+    )
+    return (
+        tls_files.write_certificate(ca, folder / "ca.der"),
+        tls_files.write_certificate(server, folder / "plant.der"),
+        tls_files.write_key(key, folder / "plant.pem"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode", "trust"),
+    [
+        ("Aes128_Sha256_RsaOaep", "SignAndEncrypt", "ca"),
+        ("Aes256_Sha256_RsaPss", "Sign", "server"),
+        ("Aes256_Sha256_RsaPss", "SignAndEncrypt", "ca"),
+    ],
+)
+async def test_aes_policies_with_a_server_trusted_through_its_ca_or_its_certificate(tmp_path, pki, policy, mode, trust):
+    uri = "urn:test:plant-server"
+    ca, server_cert, server_key = ca_signed_server(tmp_path / "plant-pki", uri)
+    url = f"opc.tcp://127.0.0.1:{free_port()}/plant/"
+    served = getattr(ua.SecurityPolicyType, f"{policy.replace('_', '')}_{mode}")
+    server, _, _, level = await plant_server(url, served, (uri, server_cert, server_key))
+    await server.start()
+    try:
+        trusted = str(ca if trust == "ca" else server_cert)
+        security = secure(mode, pki, trusted=trusted, policy=policy)
+        cfg = plant_config(tmp_path / "c", url, 'level: {node: "{device}.Level"}', security)
+        tagdb = TagDB(*cfg.tag_table())
+        driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+        tag = tagdb.id_of("Dijon/water/P1/level")
+        task = asyncio.create_task(driver.run())
+        try:
+            await until(lambda: tagdb.status[tag] == st.GOOD, timeout=30, what=f"first value over {policy}")
+            (session,) = driver.sessions.values()
+            assert session.client.security_policy.URI.endswith(f"#{policy}")
+            assert session.client.security_policy.Mode == getattr(ua.MessageSecurityMode, mode)
+            await level.write_value(ua.Variant(12.5, ua.VariantType.Double))
+            await until(lambda: tagdb.value[tag] == 12.5, what="a new value")
+        finally:
+            await stop(task)
+    finally:
         await stop_asyncua_server(server)

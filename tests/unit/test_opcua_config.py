@@ -41,9 +41,12 @@ devices:
     return folder
 
 
-def secure(cert: str = "pki/client.der", key: str = "pki/client.pem", extra: str = "") -> str:
-    return (f"      policy: Basic256Sha256\n      mode: Sign\n      certificate: {cert}\n"
-            f"      private_key: {key}\n{extra}")
+def secure(cert: str = "pki/client.der", key: str = "pki/client.pem", extra: str = "",
+           policy: str = "Basic256Sha256") -> str:
+    """A secure block; the server to trust is the trust list pki/server.der unless ``extra`` pins one."""
+    trusted = "" if "server_certificate" in extra or "trusted" in extra else "      trusted: pki/server.der\n"
+    return (f"      policy: {policy}\n      mode: Sign\n      certificate: {cert}\n"
+            f"      private_key: {key}\n{trusted}{extra}")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +124,7 @@ def test_without_security_the_policy_is_none(tmp_path):
     (secure(key="pki/client-locked.pem"), "private_key", "is encrypted"),
     (secure(cert="pki/expired.der"), "certificate", "expired on"),
     (secure(cert="pki/no-uri.der"), "certificate", "names the application URI in its subjectAltName"),
-    (secure(cert="pki/ec.der", key="pki/ec.pem"), "private_key", "needs an RSA key of 2048 to 4096 bits"),
+    (secure(cert="pki/ec.der", key="pki/ec.pem"), "private_key", "need an RSA key of 2048 to 4096 bits"),
     (secure(key="pki/missing.pem"), "private_key", "file not found: "),
     (secure(extra="      server_certificate: pki/traffic.der\n"), "server_certificate", "file not found: "),
     (secure(extra="      server_certificate: pki/server.pem\n"), "server_certificate", "is not an X.509 certificate"),
@@ -135,4 +138,50 @@ def test_file_mistakes_are_located_errors(tmp_path, pki, security, key, message)
     assert err.file == str(folder / "tags.yaml")
     line = (folder / "tags.yaml").read_text().splitlines()[err.line - 1]
     assert line.strip().startswith(f"{key}:"), line  # the line to edit
+    assert message in err.message, err
+
+
+# The trust list: the servers a secure session may open with.
+
+
+@pytest.mark.parametrize("policy", ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"])
+def test_trust_list_as_a_folder_a_file_or_files(tmp_path, pki, policy):
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "server.der").write_bytes((pki / "server.der").read_bytes())
+    (trust / "other.der").write_bytes((pki / "other.der").read_bytes())
+    (trust / "README.txt").write_text("not a certificate: ignored")
+    for k, (extra, expected) in enumerate([
+        (f"      trusted: {trust}\n", {"server", "other"}),
+        ("      trusted: pki/server.der\n", {"server"}),
+        ("      trusted: [pki/server.der, pki/client-cert.pem]\n", {"server", "client"}),
+    ]):
+        folder = with_pki(tmp_path / str(k), pki, secure(extra=extra, policy=policy))
+        sec = load_config(folder).types["traffic_junction"].io.security
+        assert sec.policy == policy and sec.server_certificate is None
+        assert set(sec.trusted) == {(pki / f"{n}.der").read_bytes() for n in expected}
+        assert "trusted" not in repr(sec)
+
+
+def test_a_secure_session_needs_a_server_to_trust(tmp_path, pki):
+    folder = tags(tmp_path, "      policy: Basic256Sha256\n      mode: Sign\n      certificate: pki/client.der\n"
+                            "      private_key: pki/client.pem\n")
+    (folder / "pki").symlink_to(pki, target_is_directory=True)
+    err = load_error(folder)
+    assert err.key == f"{SECURITY}.policy"
+    assert "needs to know which server to trust: give trusted" in err.message and "server_certificate" in err.message
+
+
+@pytest.mark.parametrize(("trusted", "message"), [
+    ("pki/nothing-here", "not found: "),
+    ("pki/client.pem", "is not an X.509 certificate"),
+    ("pki/expired.der", "expired on"),
+    ("empty", "holds no certificate"),
+    ("[]", "expected a folder, a file, or a list of files"),
+])
+def test_trust_list_mistakes_are_located(tmp_path, pki, trusted, message):
+    folder = with_pki(tmp_path, pki, secure(extra=f"      trusted: {trusted}\n"))
+    (folder / "empty").mkdir()
+    err = load_error(folder)
+    assert err.key == f"{SECURITY}.trusted", err
     assert message in err.message, err
