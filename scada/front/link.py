@@ -84,8 +84,14 @@ class FrontSettings:
 
 def front_config(config) -> Any:
     """The configuration as the front gets it: without the drivers' registry (the front has no
-    drivers, and must not import them)."""
-    return dataclasses.replace(config, drivers={})
+    drivers, and must not import them), nor the types' and points' driver options: they hold the
+    field's secrets (an MQTT broker's password, an OPC UA client's private key), which a process
+    that faces the HMI clients has no use for."""
+    types = {
+        name: dataclasses.replace(t, io=None, points=tuple(dataclasses.replace(p, io=None) for p in t.points))
+        for name, t in config.types.items()
+    }
+    return dataclasses.replace(config, drivers={}, types=types)
 
 
 class _AlarmForwarder:
