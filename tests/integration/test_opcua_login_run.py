@@ -34,6 +34,15 @@ async def login(url: str, user: str | None = None, password: str | None = None) 
     return SC.Good
 
 
+def add_user(data, name: str, role: str, password: str) -> None:
+    """``scada user add`` as a script runs it: the password on the standard input."""
+    cmd = [sys.executable, "-m", "city_scada", "user", "--data", str(data), "add", name, "--role", role]
+    done = subprocess.run(
+        [*cmd, "--password-stdin"], input=password + "\n", text=True, capture_output=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
 async def test_scada_run_logs_in_the_users_of_scada_user_add(tmp_path):
     config, data = tmp_path / "config", tmp_path / "data"
     config.mkdir()
@@ -45,12 +54,7 @@ async def test_scada_run_logs_in_the_users_of_scada_user_add(tmp_path):
     security.write_text(
         "allow_none: true\nanonymous: []\nlogin: {max_failures: 3, lockout_s: 600, delay_s: 0.01, max_delay_s: 0.05}\n"
     )
-    added = subprocess.run(
-        [sys.executable, "-m", "city_scada", "user", "--data", str(data), "add", "alice", "--role", "operator",
-         "--password-stdin"],
-        input="alice's password\n", text=True, capture_output=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_user(data, "alice", "operator", "alice's password")
     port = free_port()
     url = f"opc.tcp://127.0.0.1:{port}/scada/"
     server = Process(scada_run_args(config, data, url, security=security), tmp_path / "server.log")
@@ -64,12 +68,7 @@ async def test_scada_run_logs_in_the_users_of_scada_user_add(tmp_path):
         # Three failures: alice is locked, her right password refused alike.
         assert await login(url, "alice", "alice's password") == SC.BadUserAccessDenied
         # A user added while the server runs logs in without a restart.
-        added = subprocess.run(
-            [sys.executable, "-m", "city_scada", "user", "--data", str(data), "add", "bob", "--role", "observer",
-             "--password-stdin"],
-            input="bob's password\n", text=True, capture_output=True, cwd=ROOT, timeout=120,
-        )  # fmt: skip
-        assert added.returncode == 0, added.stderr
+        add_user(data, "bob", "observer", "bob's password")
         assert await login(url, "bob", "bob's password") == SC.Good
         log = server.output()
         assert "opcua_activate_session" in log and "locked out after failed logins" in log

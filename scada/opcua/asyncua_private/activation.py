@@ -214,21 +214,17 @@ def _checked(process: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
             if self.session is not None:
                 _CREATED_BY[self.session] = self._connection.security_policy.peer_certificate or b""
             return result
-        return await _activate(self, hook, process, typeid, requesthdr, seqhdr, body)
+        run = functools.partial(process, self, typeid, requesthdr, seqhdr, body)
+        return await _activate(self, hook, run, requesthdr, body)
 
     setattr(_process_message, _MARK, True)
     return _process_message
 
 
 async def _activate(
-    proc: UaProcessor,
-    hook: _Hook,
-    process: Callable[..., Awaitable[Any]],
-    typeid: Any,
-    requesthdr: Any,
-    seqhdr: Any,
-    body: Any,
+    proc: UaProcessor, hook: _Hook, run: Callable[[], Awaitable[Any]], requesthdr: Any, body: Any
 ) -> Any:
+    """Decode the ActivateSession of ``body``, ask the check, then ``run`` asyncua's activation."""
     pos = body.cur_pos
     try:
         params = struct_from_binary(ua.ActivateSessionParameters, body)
@@ -253,7 +249,7 @@ async def _activate(
         token_signature=params.UserTokenSignature,
     )
     if session is None:  # asyncua refuses it (BadSessionIdInvalid): let it, and say so
-        return await _reported(proc, hook, act, None, process, typeid, requesthdr, seqhdr, body)
+        return await _reported(hook, act, None, run)
     try:
         user = await hook.check(act)
     except ServiceError as exc:
@@ -262,24 +258,14 @@ async def _activate(
     except Exception as exc:  # a check that fails refuses (fail closed)
         _tell(hook, act, None, ua.StatusCodes.BadInternalError, exc)
         raise ServiceError(ua.StatusCodes.BadInternalError) from exc
-    return await _reported(proc, hook, act, user, process, typeid, requesthdr, seqhdr, body)
+    return await _reported(hook, act, user, run)
 
 
-async def _reported(
-    proc: UaProcessor,
-    hook: _Hook,
-    act: Activation,
-    user: User | None,
-    process: Callable[..., Awaitable[Any]],
-    typeid: Any,
-    requesthdr: Any,
-    seqhdr: Any,
-    body: Any,
-) -> Any:
+async def _reported(hook: _Hook, act: Activation, user: User | None, run: Callable[[], Awaitable[Any]]) -> Any:
     """asyncua's activation with the verdict ``user``, its ending told to the hook's outcome."""
     reset = _VERDICT.set(user)
     try:
-        result = await process(proc, typeid, requesthdr, seqhdr, body)
+        result = await run()
     except (ServiceError, ua.UaStatusCodeError) as exc:
         _tell(hook, act, None, exc.code, exc)
         raise
