@@ -48,7 +48,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``user`` on the ``scada`` command's subparsers."""
     p = sub.add_parser("user", help="the HMI users: add, passwd, disable, enable, list")
     p.add_argument("--data", default="var", help="the server's --data folder, where users.yaml is (default: var)")
-    p.add_argument("--users", help="the users file (default: <data>/users.yaml, or security.yaml's users:)")
+    p.add_argument(
+        "--users",
+        help="the users file (default: <data>/users.yaml; give security.yaml's users: here if it names another)",
+    )
     ops = p.add_subparsers(dest="op", required=True)
     a = ops.add_parser("add", help="add a user (the password is asked twice)")
     a.add_argument("name")
