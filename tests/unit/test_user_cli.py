@@ -92,3 +92,21 @@ def test_scada_user_command_line(tmp_path):
                           text=True, capture_output=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert verify_password("pw of dave", load_users(tmp_path / "users.yaml")["dave"].password_hash)
+
+
+def test_demo_users_one_per_role_fresh_passwords_others_kept(tmp_path, monkeypatch):
+    from city_scada import demo_users
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a real user's password\n"))
+    assert run(tmp_path, "add", "zoe", "--role", "observer", "--password-stdin") == 0
+    path = tmp_path / "users.yaml"
+    first = demo_users.ensure_demo_users(path)
+    users = load_users(path)
+    assert "zoe" in users  # a real user of the same file stays
+    assert {r for u, _ in first for r in u.roles} == set(Role)
+    assert all(verify_password(pw, users[u.name].password_hash) for u, pw in first)
+    assert users["talant"].communes == {"Talant"}
+    again = demo_users.ensure_demo_users(path)
+    assert [pw for _, pw in again] != [pw for _, pw in first]  # new passwords at each start
+    text = demo_users.describe(again, path)
+    assert all(u.name in text and pw in text for u, pw in again)
