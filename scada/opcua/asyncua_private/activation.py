@@ -68,8 +68,9 @@ _OAEP = {
     OAEP_SHA1: padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
     OAEP_SHA256: padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
 }
-_ACTIVATE = NodeId(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
-_CREATE = NodeId(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
+_ACTIVATE = ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary
+_CREATE = ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary
+_SESSION_SERVICES = frozenset({_ACTIVATE, _CREATE})
 _MODES = {
     ua.MessageSecurityMode.None_: "None",
     ua.MessageSecurityMode.Sign: "Sign",
@@ -207,9 +208,10 @@ def _checked(process: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     @functools.wraps(process)
     async def _process_message(self: UaProcessor, typeid: Any, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
         hook: _Hook | None = getattr(self.iserver, _HOOK, None)
-        if hook is None or (typeid != _ACTIVATE and typeid != _CREATE):
+        # Every request passes here (Publish, Read...): an int look-up first, NodeId equality never.
+        if hook is None or typeid.Identifier not in _SESSION_SERVICES or typeid.NamespaceIndex != 0:
             return await process(self, typeid, requesthdr, seqhdr, body)
-        if typeid == _CREATE:
+        if typeid.Identifier == _CREATE:
             result = await process(self, typeid, requesthdr, seqhdr, body)
             if self.session is not None:
                 _CREATED_BY[self.session] = self._connection.security_policy.peer_certificate or b""
