@@ -15,9 +15,10 @@ import sys
 import threading
 from pathlib import Path
 
-from city_scada import demo_broker, processes
+from city_scada import demo_broker, demo_users, processes
 from common import logs
 from scada import cli
+from scada.security.settings import SecuritySettings
 
 DEMO_SIM_OPCUA_PORT = 4841
 DEMO_CONTROL_PORT = 14999  # below the cabinets' ports (15020 and up)
@@ -125,6 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         _watch(sim, "the city simulator")
         args.config = str(config_dir)
+        users = SecuritySettings.defaults(Path(args.data)).users
+        print(demo_users.describe(demo_users.ensure_demo_users(users), users), flush=True)
         return cli.cmd_run(args)
     finally:
         processes.stop(sim)

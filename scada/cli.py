@@ -474,6 +474,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada import schema as schema_cli
 
     schema_cli.add_parser(sub)
+    from scada.security import user_cli
+
+    user_cli.add_parser(sub)
     for add in commands:
         add(sub)
     args = parser.parse_args(argv)

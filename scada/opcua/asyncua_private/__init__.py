@@ -25,6 +25,8 @@ module                 the concern, and who uses it
 ``responses``          responses whose Results we encoded, sent by asyncua's processor
 ``request_decoding``   requests decoded by us (request_codec.py)
 ``binary``             asyncua's binary encoders and decoder of single values
+``activation``         logins: ActivateSession checked before asyncua's activation (off
+                       the loop), random session tokens, encrypted passwords (login.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
