@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import hashlib
 import sqlite3
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -460,3 +461,21 @@ class AuditTrail:
             "audit_write_failures": self.failures,
             "audit_backlog": backlog,
         }
+
+
+class CommandAudit:
+    """The sink of a command line tool (``scada user``, ``scada pki``): each record appended to the
+    trail at once (a short run: no writer thread). A trail that cannot be written is said on
+    stderr and counted in ``failed``; the change itself is already made and stays."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.failed = 0
+
+    def record(self, rec: AuditRecord) -> None:
+        try:
+            with AuditLog(self.path) as log:
+                log.append([rec])
+        except (AuditError, OSError, sqlite3.Error) as exc:
+            self.failed += 1
+            print(f"audit trail {self.path}: not recorded: {exc}", file=sys.stderr)

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from scada.security.audit import AuditRecord, AuditSink, record_of
+from scada.security.audit import AuditSink, record_of
+from scada.security.audit_log import CommandAudit
 from scada.security.context import RequestContext
 from scada.security.identity import Identity, Role
 from scada.security.settings import SecuritySettings
@@ -31,17 +32,9 @@ class UserCliError(Exception):
     """A bad request (no such user, passwords that differ, ...): the message says what to do."""
 
 
-class _NoAudit:
-    """No trail (until the audit trail is plugged in :func:`_trail`)."""
-
-    def record(self, rec: AuditRecord) -> None:
-        pass
-
-
 def _trail(args: argparse.Namespace) -> AuditSink:
-    """Where ``scada user`` records its changes. The SQLite audit trail (the audit part of the
-    security issue) plugs in here: ``AuditLog(SecuritySettings.defaults(Path(args.data)).audit)``."""
-    return _NoAudit()
+    """Where ``scada user`` records its changes: the audit trail of the data folder."""
+    return CommandAudit(SecuritySettings.defaults(Path(args.data)).audit)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -110,3 +110,14 @@ def test_demo_users_one_per_role_fresh_passwords_others_kept(tmp_path, monkeypat
     assert [pw for _, pw in again] != [pw for _, pw in first]  # new passwords at each start
     text = demo_users.describe(again, path)
     assert all(u.name in text and pw in text for u, pw in again)
+
+
+def test_a_change_without_a_given_sink_is_in_the_data_folders_audit_trail(tmp_path, monkeypatch):
+    from scada.security.audit_log import AuditLog
+
+    assert run(tmp_path, "add", "carol", "--role", "engineer", "--password-stdin", password="long enough pw",
+               monkeypatch=monkeypatch) == 0  # fmt: skip
+    with AuditLog(tmp_path / "audit.sqlite") as log:
+        [entry] = log.query(action="user_change")
+        assert log.verify() == []
+    assert entry.record.target == "carol" and "long enough" not in entry.record.arguments
