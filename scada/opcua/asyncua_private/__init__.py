@@ -25,6 +25,10 @@ module                 the concern, and who uses it
 ``responses``          responses whose Results we encoded, sent by asyncua's processor
 ``request_decoding``   requests decoded by us (request_codec.py)
 ``binary``             asyncua's binary encoders and decoder of single values
+``transport``          each chunk's header checked before its body is buffered,
+                       connections per client address (bounds.py)
+``limits``             per-session caps: operations per request, subscriptions,
+                       monitored items, history values, sessions per client (bounds.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``

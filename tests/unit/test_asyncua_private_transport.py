@@ -1,0 +1,197 @@
+"""Contract of scada/opcua/asyncua_private/transport.py (each chunk's header checked before its
+body is buffered) with the installed asyncua: the names it relies on, and its behaviour on a real
+server on loopback spoken to over raw TCP.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest_asyncio
+from asyncua import Client, ua
+from asyncua.server import binary_server_asyncio
+from asyncua.server import server as server_module
+from asyncua.server.uaprocessor import UaProcessor
+
+from scada.opcua.asyncua_private import transport as P
+from scada.opcua.server import stop_asyncua_server
+from tests.asyncua_contract import on_live, params, relied_on
+from tests.integration.helpers import plain_asyncua_server, until
+from tests.opcua_wire import RawClient, error_of, header, read_request
+
+relies = relied_on("scada/opcua/asyncua_private/transport.py")
+SC = ua.StatusCodes
+RULES = P.TransportRules(connections_per_client=4, publish_requests_in_flight=3)
+
+
+def test_the_transport_internals_have_the_shapes_relied_on():
+    relies(
+        params(binary_server_asyncio.OPCUAProtocol.__init__)[1:]
+        == ["iserver", "policies", "clients", "closing_tasks", "limits"],
+        "OPCUAProtocol(iserver, policies, clients, closing_tasks, limits)",
+    )
+    relies(params(binary_server_asyncio.BinaryServer._make_protocol) == ["self"], "BinaryServer._make_protocol()")
+    relies(
+        "self._make_protocol" in inspect.getsource(binary_server_asyncio.BinaryServer.start),
+        "BinaryServer.start gives asyncio its _make_protocol",
+    )
+    relies("BinaryServer(" in inspect.getsource(server_module.Server.start), "Server.start builds its BinaryServer")
+    data_received = inspect.getsource(binary_server_asyncio.OPCUAProtocol.data_received)
+    relies("self.messages.put_nowait((header, buf))" in data_received, "OPCUAProtocol.messages of (Header, Buffer)")
+    relies(params(UaProcessor.publish_request_limit)[1:] == ["subscription_count"], "UaProcessor.publish_request_limit")
+    relies(
+        "self.publish_request_limit(" in inspect.getsource(UaProcessor._process_message),
+        "UaProcessor looks publish_request_limit up per Publish request",
+    )
+    relies("self._limits" in inspect.getsource(UaProcessor.__init__), "UaProcessor._limits (negotiated by Hello)")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live():
+    server, url, ns = await plain_asyncua_server("transport", "urn:transport")
+    refused: list[tuple[str, int, str]] = []
+    P.guard_transport(server, P.TransportRules(), refused.append)
+    P.guard_transport(server, RULES, lambda *r: refused.append(r))  # idempotent: the last rules apply
+    await server.start()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        yield server, url, port, refused
+    finally:
+        await stop_asyncua_server(server)
+
+
+def raw(live, source: str | None = None) -> RawClient:
+    _server, url, port, _refused = live
+    return RawClient(url, "127.0.0.1", port, source)
+
+
+@on_live
+async def test_a_client_is_served_through_the_checked_protocol(live):
+    server, url, _port, _refused = live
+    relies(P.transport_rules(server) == RULES, "the rules given last")
+    async with Client(url) as client:
+        state = await client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)).read_value()
+        relies(state == ua.ServerState.Running, "a Read through our protocol")
+        protocols = server.bserver.clients
+        relies(all(type(p).__name__ == "_CheckedProtocol" for p in protocols), "BinaryServer.clients: our protocols")
+
+
+@on_live
+async def test_an_oversized_chunk_header_is_refused_before_its_body_arrives(live):
+    c = raw(live)
+    await c.connect()
+    await c.hello()
+    t0 = time.monotonic()
+    c.send(header(b"MSG", 128 << 20) + bytes(4096))  # the announced 128 MiB never come
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadTcpMessageTooLarge, error
+    # Closed at once rather than after the session's or the activation's timeout (seconds).
+    assert time.monotonic() - t0 < 5
+    await c.close()
+    assert live[3][-1][1] == SC.BadTcpMessageTooLarge
+
+
+@on_live
+async def test_anything_but_a_hello_first_and_a_second_hello_are_refused(live):
+    c = raw(live)
+    await c.connect()
+    c.send(header(b"MSG", 64) + bytes(56))
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadTcpMessageTypeInvalid
+    await c.close()
+    c = raw(live)
+    await c.connect()
+    await c.hello()
+    c.send(header(b"HEL", 64) + bytes(56))
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadTcpMessageTypeInvalid
+    await c.close()
+    c = raw(live)
+    await c.connect()
+    c.send(header(b"HEL", 1 << 20))  # a Hello is small
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadTcpMessageTooLarge
+    await c.close()
+
+
+@on_live
+async def test_before_activation_a_message_of_many_chunks_is_refused(live):
+    """asyncua #1962/#1963: intermediate chunks never finished, held per unauthenticated connection."""
+    c = raw(live)
+    await c.connect()
+    await c.hello()
+    await c.open()
+    part = c.encode(c.create_session_request())
+    intermediate = part[:3] + b"C" + part[4:]
+    for _ in range(RULES.pre_session_chunks + 1):
+        c.send(intermediate)
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadRequestTooLarge, error
+    await c.close()
+
+
+@on_live
+async def test_after_activation_the_session_sends_what_hello_negotiated(live):
+    c = raw(live)
+    await c.session()
+    # 8000 nodes: about 100 KB, more than a pre-session message may hold
+    many = [ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)] * 8000
+    response = await c.request(read_request(many))
+    assert isinstance(response, ua.ReadResponse) and len(response.Results) == 8000
+    await c.close()
+
+
+@on_live
+async def test_connections_per_client_address_are_capped(live):
+    clients = [raw(live, "127.0.0.3") for _ in range(RULES.connections_per_client)]
+    for c in clients:
+        await c.connect()
+        await c.hello()
+    extra = raw(live, "127.0.0.3")
+    await extra.connect()
+    error = error_of(await extra.closed())
+    assert error is not None and error.Error.value == SC.BadTcpNotEnoughResources
+    await extra.close()
+    other = raw(live, "127.0.0.4")  # another address is not concerned
+    await other.connect()
+    await other.hello()
+    await other.close()
+    await clients[0].close()
+    server = live[0]
+    await until(
+        lambda: sum(p.peer_name[0] == "127.0.0.3" for p in server.bserver.clients) < RULES.connections_per_client,
+        what="the closed connection gone from the server",
+    )
+    again = raw(live, "127.0.0.3")  # its place was given back
+    await again.connect()
+    await again.hello()
+    for c in [*clients[1:], again]:
+        await c.close()
+
+
+@on_live
+async def test_publish_requests_in_flight_are_capped_per_connection(live):
+    c = raw(live)
+    await c.session()
+    sub = await c.request(
+        ua.CreateSubscriptionRequest(
+            Parameters=ua.CreateSubscriptionParameters(
+                RequestedPublishingInterval=60000,
+                RequestedLifetimeCount=30,
+                RequestedMaxKeepAliveCount=10,
+                PublishingEnabled=True,
+            )
+        )
+    )
+    assert isinstance(sub, ua.CreateSubscriptionResponse)
+    first = await c.request(ua.PublishRequest())  # answered at once: the subscription's first message
+    assert isinstance(first, ua.PublishResponse)
+    # The next keep-alive is minutes away: these wait, and one more than the cap evicts the oldest.
+    for _ in range(RULES.publish_requests_in_flight + 1):
+        c.send(c.encode(ua.PublishRequest()))
+    evicted = await c.answer()
+    assert isinstance(evicted, ua.ServiceFault), evicted
+    assert evicted.ResponseHeader.ServiceResult.value == SC.BadTooManyPublishRequests
+    assert evicted.ResponseHeader.RequestHandle == first.ResponseHeader.RequestHandle + 1
+    await c.close()
