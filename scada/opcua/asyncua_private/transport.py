@@ -41,6 +41,7 @@ __all__ = ["HEADER", "Refused", "TransportRules", "guard_transport", "transport_
 
 log = logging.getLogger(__name__)
 
+LINGER = 2.0  # seconds a refused connection stays half-closed at most (its input dropped)
 HEADER = 8  # MessageType (3 bytes), ChunkType (1), MessageSize (UInt32): all a check needs
 _HELLO, _OPEN, _MSG, _CLOSE = b"HEL", b"OPN", b"MSG", b"CLO"
 _SECURE = (_OPEN, _MSG, _CLOSE)
@@ -235,12 +236,22 @@ class _CheckedProtocol(OPCUAProtocol):
         return None
 
     def _refuse(self, transport: Any, code: int, why: str) -> None:
-        """Answer an ErrorMessage and close: nothing more of this connection is read."""
+        """Answer an ErrorMessage and end the connection: nothing more of it is read or processed."""
         self._refused = True
         self._pending = bytearray()
+        if self._task is not None:  # messages queued before this one are not answered any more
+            self._task.cancel()
         if transport is not None:
             error = ua.ErrorMessage(StatusCode(code), ua.String(why))
             transport.write(uatcp_to_binary(_ERROR, error))
-            transport.close()  # after what was written is sent
+            if transport.can_write_eof():
+                # Closing a socket with unread input resets it, and the reset can destroy the
+                # ErrorMessage before the client reads it: end our side now (the client reads
+                # the error, then the end), drop what still comes, close when the client does
+                # or after LINGER seconds.
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(LINGER, transport.close)
+            else:
+                transport.close()
         log.warning("connection from %s refused: %s (%s)", self._where, StatusCode(code).name, why)
         self._guard.refused(self._where, code, why)
