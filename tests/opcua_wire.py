@@ -58,9 +58,10 @@ def read_request(nodeids: list[ua.NodeId]) -> ua.ReadRequest:
 class RawClient:
     """One TCP connection to ``host:port`` speaking OPC UA binary without security."""
 
-    def __init__(self, url: str, host: str, port: int, source: str | None = None) -> None:
+    def __init__(self, url: str, host: str, port: int, source: str | None = None, chunk: int = 65535) -> None:
+        """``source``: the local address to connect from; ``chunk``: the size of the chunks sent."""
         self.url, self.host, self.port, self.source = url, host, port, source
-        self.conn = SecureConnection(SecurityPolicyNone(), TransportLimits())
+        self.conn = SecureConnection(SecurityPolicyNone(), TransportLimits(max_send_buffer=chunk))
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.request_id = 0

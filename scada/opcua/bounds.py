@@ -111,6 +111,13 @@ class TransportAudit:
         ctx = RequestContext(NOBODY, client_address=where)
         args = {"reason": why, "refusals_not_audited_before": dropped} if dropped else {"reason": why}
         self.audit.record(record_of("limit", "connection", args, StatusCode(code).name, ctx))
+        log.warning(
+            "opcua_connection_refused",
+            client=where,
+            status=StatusCode(code).name,
+            reason=why,
+            **({"not_logged_before": dropped} if dropped else {}),
+        )
 
 
 def _audit_refusal(audit: AuditSink):

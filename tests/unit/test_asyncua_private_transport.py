@@ -39,6 +39,12 @@ def test_the_transport_internals_have_the_shapes_relied_on():
     relies("BinaryServer(" in inspect.getsource(server_module.Server.start), "Server.start builds its BinaryServer")
     data_received = inspect.getsource(binary_server_asyncio.OPCUAProtocol.data_received)
     relies("self.messages.put_nowait((header, buf))" in data_received, "OPCUAProtocol.messages of (Header, Buffer)")
+    loop = inspect.getsource(binary_server_asyncio.OPCUAProtocol._process_received_message_loop)
+    relies("if not await self._process_one_msg(header, buf):" in loop, "_process_one_msg: False ends the loop")
+    relies(
+        "self._task = asyncio.create_task(" in inspect.getsource(binary_server_asyncio.OPCUAProtocol.connection_made),
+        "OPCUAProtocol._task",
+    )
     relies(params(UaProcessor.publish_request_limit)[1:] == ["subscription_count"], "UaProcessor.publish_request_limit")
     relies(
         "self.publish_request_limit(" in inspect.getsource(UaProcessor._process_message),
@@ -116,16 +122,30 @@ async def test_anything_but_a_hello_first_and_a_second_hello_are_refused(live):
 
 
 @on_live
-async def test_before_activation_a_message_of_many_chunks_is_refused(live):
-    """asyncua #1962/#1963: intermediate chunks never finished, held per unauthenticated connection."""
+async def test_a_message_asyncua_cannot_decode_ends_the_connection(live):
+    """asyncua logs the traceback and reads on: garbage would cost a traceback per message."""
     c = raw(live)
     await c.connect()
     await c.hello()
+    opn = bytearray(c.encode(c.open_request(), ua.MessageType.SecureOpen))
+    opn[12:16] = b"\xff\xff\xff\x7f"  # the policy URI's length: far beyond the chunk
+    c.send(bytes(opn))
+    error = error_of(await c.closed())
+    assert error is not None and error.Error.value == SC.BadDecodingError, error
+    await c.close()
+
+
+@on_live
+async def test_before_activation_a_message_of_many_chunks_is_refused(live):
+    """asyncua #1962/#1963: intermediate chunks never finished, held per unauthenticated connection."""
+    _server, url, port, _refused = live
+    c = RawClient(url, "127.0.0.1", port, chunk=2048)
+    await c.connect()
+    await c.hello()
     await c.open()
-    part = c.encode(c.create_session_request())
-    intermediate = part[:3] + b"C" + part[4:]
-    for _ in range(RULES.pre_session_chunks + 1):
-        c.send(intermediate)
+    request = c.create_session_request()
+    request.Parameters.ClientNonce = bytes(40_000)  # 20 chunks of 2 KB: more than 16, less than 64 KiB
+    c.send(c.encode(request))
     error = error_of(await c.closed())
     assert error is not None and error.Error.value == SC.BadRequestTooLarge, error
     await c.close()

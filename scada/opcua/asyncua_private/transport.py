@@ -15,8 +15,8 @@ Relied on: ``BinaryServer._make_protocol`` (the protocol factory ``Server.start`
 gives asyncio, looked up when it starts) with ``iserver``, ``_policies``, ``clients``,
 ``closing_tasks``, ``limits``; ``OPCUAProtocol(iserver=, policies=, clients=, closing_tasks=,
 limits=)``, its ``connection_made``/``connection_lost``, ``transport``, ``processor``,
-``peer_name`` and ``messages`` (the queue of ``(Header, Buffer after the header)`` its
-processing loop takes); ``UaProcessor.session``, ``UaProcessor._limits.max_recv_buffer`` (the
+``peer_name``, ``_task`` (its processing loop) and ``messages`` (the queue of ``(Header, Buffer
+after the header)`` that loop takes and gives to ``_process_one_msg``, which returns False to end it); ``UaProcessor.session``, ``UaProcessor._limits.max_recv_buffer`` (the
 receive buffer Hello negotiated) and ``UaProcessor.publish_request_limit(count)``;
 ``ua_binary.header_from_binary`` and ``uatcp_to_binary``.
 """
@@ -198,6 +198,15 @@ class _CheckedProtocol(OPCUAProtocol):
         if start:
             del buf[:start]  # one move of the incomplete rest per read, not per message
 
+    async def _process_one_msg(self, header: Any, buf: Buffer) -> bool:
+        try:
+            return await super()._process_one_msg(header, buf)
+        except Exception as exc:  # noqa: BLE001 - a message asyncua cannot decode ends the connection
+            # asyncua logs the traceback and reads on: a client sending garbage would cost a
+            # formatted traceback per message, as often as it likes.
+            self._refuse(self.transport, ua.StatusCodes.BadDecodingError, f"undecodable message: {exc!r:.200}")
+            return False
+
     def _check(self, kind: bytes, chunk_type: int, size: int) -> tuple[int, str] | None:
         """(status code, why) when the chunk whose header this is must be refused, else None."""
         if not self._hello:
@@ -239,8 +248,8 @@ class _CheckedProtocol(OPCUAProtocol):
         """Answer an ErrorMessage and end the connection: nothing more of it is read or processed."""
         self._refused = True
         self._pending = bytearray()
-        if self._task is not None:  # messages queued before this one are not answered any more
-            self._task.cancel()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()  # messages queued before this one are not answered any more
         if transport is not None:
             error = ua.ErrorMessage(StatusCode(code), ua.String(why))
             transport.write(uatcp_to_binary(_ERROR, error))
@@ -253,5 +262,6 @@ class _CheckedProtocol(OPCUAProtocol):
                 asyncio.get_running_loop().call_later(LINGER, transport.close)
             else:
                 transport.close()
-        log.warning("connection from %s refused: %s (%s)", self._where, StatusCode(code).name, why)
+        # Said by ``refused`` (bounds.py audits and logs at a bounded rate): a flood must not flood the log.
+        log.debug("connection from %s refused: %s (%s)", self._where, StatusCode(code).name, why)
         self._guard.refused(self._where, code, why)
