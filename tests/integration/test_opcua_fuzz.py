@@ -212,22 +212,26 @@ async def test_a_fuzzed_front_stays_up_answers_a_good_client_and_its_memory_stay
             tally = Tally()
             peak = base
             deadline = time.monotonic() + DEADLINE
-            await oversized_stream(port)
-            peak = max(peak, rss(pid))
             pending: set[asyncio.Task] = set()
-            for n in range(CASES):
-                if time.monotonic() > deadline:
-                    break
-                case_rng = random.Random(rng.getrandbits(64))  # each case its own stream: reproducible alone
-                pending.add(asyncio.create_task(fuzz_case(url, port, case_rng, tally)))
-                if len(pending) >= CONCURRENCY:
-                    _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if (n + 1) % BATCH == 0:
-                    await clock.read_value()  # answered between batches, whatever came before
-                    peak = max(peak, rss(pid))
-            await asyncio.gather(*pending)
-            stop.set()
-            await reader
+            try:
+                await oversized_stream(port)
+                peak = max(peak, rss(pid))
+                for n in range(CASES):
+                    if time.monotonic() > deadline:
+                        break
+                    case_rng = random.Random(rng.getrandbits(64))  # each case its own stream: reproducible alone
+                    pending.add(asyncio.create_task(fuzz_case(url, port, case_rng, tally)))
+                    if len(pending) >= CONCURRENCY:
+                        _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    if (n + 1) % BATCH == 0:
+                        await clock.read_value()  # answered between batches, whatever came before
+                        peak = max(peak, rss(pid))
+                await asyncio.gather(*pending)
+            finally:
+                stop.set()
+                for task in (*pending, reader):
+                    task.cancel()
+                await asyncio.gather(*pending, reader, return_exceptions=True)
             await clock.read_value()
             peak = max(peak, rss(pid))
         print(
