@@ -24,15 +24,9 @@ from tests.integration.helpers import plain_asyncua_server
 
 relies = relied_on("scada/opcua/asyncua_private/limits.py")
 SC = ua.StatusCodes
-CAPS = P.SessionCaps(
-    sessions_per_client=3,
-    subscriptions_per_session=2,
-    monitored_items_per_session=3,
-    nodes_per_request=5,
-    history_nodes_per_request=2,
-    history_values_per_request=10,
-    queue_size=4,
-)
+# Sessions per client; subscriptions and monitored items per session; nodes per request; history
+# nodes and values per request; queue size: small, to be reached by a test.
+CAPS = P.SessionCaps(3, 2, 3, 5, 2, 10, 4)
 STATE = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
 
 

@@ -100,25 +100,19 @@ async def test_an_oversized_chunk_header_is_refused_before_its_body_arrives(live
 
 @on_live
 async def test_anything_but_a_hello_first_and_a_second_hello_are_refused(live):
-    c = raw(live)
-    await c.connect()
-    c.send(header(b"MSG", 64) + bytes(56))
-    error = error_of(await c.closed())
-    assert error is not None and error.Error.value == SC.BadTcpMessageTypeInvalid
-    await c.close()
-    c = raw(live)
-    await c.connect()
-    await c.hello()
-    c.send(header(b"HEL", 64) + bytes(56))
-    error = error_of(await c.closed())
-    assert error is not None and error.Error.value == SC.BadTcpMessageTypeInvalid
-    await c.close()
-    c = raw(live)
-    await c.connect()
-    c.send(header(b"HEL", 1 << 20))  # a Hello is small
-    error = error_of(await c.closed())
-    assert error is not None and error.Error.value == SC.BadTcpMessageTooLarge
-    await c.close()
+    for hello_first, data, code in (
+        (False, header(b"MSG", 64) + bytes(56), SC.BadTcpMessageTypeInvalid),
+        (True, header(b"HEL", 64) + bytes(56), SC.BadTcpMessageTypeInvalid),
+        (False, header(b"HEL", 1 << 20), SC.BadTcpMessageTooLarge),  # a Hello is small
+    ):
+        c = raw(live)
+        await c.connect()
+        if hello_first:
+            await c.hello()
+        c.send(data)
+        error = error_of(await c.closed())
+        assert error is not None and error.Error.value == code, (data[:8], error)
+        await c.close()
 
 
 @on_live
