@@ -7,7 +7,8 @@ than a few chunks before ActivateSession: an ErrorMessage and the connection clo
 security settings, also: connections and sessions per client address, subscriptions and
 monitored items per session, operations per request (MaxNodesPer*, enforced with
 Bad_TooManyOperations for the whole request, and advertised in ServerCapabilities), history
-values per response, Publish requests in flight per connection, monitored item queues. Each
+values per response, Publish requests in flight and messages waiting per connection, monitored
+item queues; operations are counted before a request is decoded. Each
 refusal is one audit record with its status code (transport refusals at most
 :data:`AUDIT_PER_MINUTE` per client address and minute: a flood must not fill the trail).
 """
@@ -20,7 +21,13 @@ from datetime import UTC, datetime
 import structlog
 from asyncua import Server, ua
 
-from scada.opcua.asyncua_private.limits import Refusal, SessionCaps, hook_session_caps, set_queue_size_cap
+from scada.opcua.asyncua_private.limits import (
+    Refusal,
+    SessionCaps,
+    hook_session_caps,
+    set_pending_messages_cap,
+    set_queue_size_cap,
+)
 from scada.opcua.asyncua_private.transport import TransportRules, guard_transport
 from scada.opcua.session_identity import identity_of
 from scada.opcua.typed_ua import DataValue, NodeId, StatusCode
@@ -58,6 +65,7 @@ def transport_rules(limits: Limits, settings: SecuritySettings | None) -> Transp
         pre_session_chunks=limits.max_pre_session_chunks,
         connections_per_client=limits.connections_per_client if secured else None,
         publish_requests_in_flight=limits.publish_requests_in_flight if secured else None,
+        operations_per_request=limits.nodes_per_request if secured else None,
     )
 
 
@@ -95,7 +103,7 @@ class TransportAudit:
         self._windows: dict[str, tuple[float, int, int]] = {}  # host -> (window start, audited, dropped)
         self.dropped = 0
 
-    def __call__(self, where: str, code: int, why: str) -> None:
+    def __call__(self, where: str, code: int, why: str, target: str = "connection") -> None:
         host = where.rpartition(":")[0] or where
         now = self.clock()
         start, audited, dropped = self._windows.get(host, (now, 0, 0))
@@ -110,10 +118,11 @@ class TransportAudit:
         self._windows[host] = (start, audited + 1, 0)
         ctx = RequestContext(NOBODY, client_address=where)
         args = {"reason": why, "refusals_not_audited_before": dropped} if dropped else {"reason": why}
-        self.audit.record(record_of("limit", "connection", args, StatusCode(code).name, ctx))
+        self.audit.record(record_of("limit", target, args, StatusCode(code).name, ctx))
         log.warning(
-            "opcua_connection_refused",
+            "opcua_request_refused" if target != "connection" else "opcua_connection_refused",
             client=where,
+            target=target,
             status=StatusCode(code).name,
             reason=why,
             **({"not_logged_before": dropped} if dropped else {}),
@@ -150,6 +159,7 @@ async def install_bounds(server: Server, settings: SecuritySettings | None, audi
     server.limits.max_message_size = limits.max_message_size
     server.limits.max_chunk_count = limits.max_chunk_count
     set_queue_size_cap(server, limits.monitored_item_queue_size)
+    set_pending_messages_cap(server, limits.pending_messages_per_connection)
     hook_session_caps(server, session_caps(limits), _audit_refusal(audit))
     now = datetime.now(UTC)
     for nodeid, value in advertised(limits).items():

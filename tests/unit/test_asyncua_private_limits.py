@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 from asyncua import Client, ua
+from asyncua.server.binary_server_asyncio import OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.monitored_item_service import MonitoredItemService
 from asyncua.server.uaprocessor import UaProcessor
@@ -21,12 +22,14 @@ from scada.opcua.asyncua_private import limits as P
 from scada.opcua.server import stop_asyncua_server
 from tests.asyncua_contract import on_live, params, relied_on
 from tests.integration.helpers import plain_asyncua_server
+from tests.opcua_wire import RawClient, read_request
 
 relies = relied_on("scada/opcua/asyncua_private/limits.py")
 SC = ua.StatusCodes
 # Sessions per client; subscriptions and monitored items per session; nodes per request; history
 # nodes and values per request; queue size: small, to be reached by a test.
 CAPS = P.SessionCaps(3, 2, 3, 5, 2, 10, 4)
+PENDING = 8  # messages received and not yet processed, per connection
 STATE = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
 
 
@@ -62,6 +65,10 @@ def test_the_session_internals_have_the_shapes_relied_on():
         "_monitored_items" in inspect.getsource(MonitoredItemService.__init__), "MonitoredItemService._monitored_items"
     )
     relies(
+        "maxsize=iserver.max_pending_messages_per_connection" in inspect.getsource(OPCUAProtocol.__init__),
+        "OPCUAProtocol.messages: a queue of max_pending_messages_per_connection",
+    )
+    relies(
         "max_monitored_item_queue_size" in inspect.getsource(InternalServer.__init__),
         "InternalServer.max_monitored_item_queue_size",
     )
@@ -74,6 +81,7 @@ async def live():
     P.hook_session_caps(server, CAPS, lambda r: None)
     P.hook_session_caps(server, CAPS, refusals.append)  # idempotent: the last caps and sink apply
     P.set_queue_size_cap(server, CAPS.queue_size)
+    P.set_pending_messages_cap(server, PENDING)
     seen: list[ua.HistoryReadParameters] = []
 
     async def read_history(p: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
@@ -196,3 +204,15 @@ async def test_sessions_per_client_address_are_capped(live):
     await again.connect()
     for c in [*more[1:], again]:
         await c.disconnect()
+
+
+@on_live
+async def test_a_connection_with_too_many_messages_waiting_is_closed(live):
+    _server, url, _client, _refusals, _seen = live
+    c = RawClient(url, "127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]))
+    await c.session()
+    # Sent at once, read at once: more than PENDING wait behind the one being processed.
+    c.send(b"".join(c.encode(read_request([STATE])) for _ in range(5 * PENDING)))
+    answers = await c.closed()
+    assert answers.count(b"MSGF") < 5 * PENDING, "every request answered: the connection was not closed"
+    await c.close()

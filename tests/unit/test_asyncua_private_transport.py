@@ -15,6 +15,8 @@ from asyncua.server import server as server_module
 from asyncua.server.uaprocessor import UaProcessor
 
 from scada.opcua.asyncua_private import transport as P
+from scada.opcua.asyncua_private.request_decoding import hook_request_decoding
+from scada.opcua.request_codec import read_parameters
 from scada.opcua.server import stop_asyncua_server
 from tests.asyncua_contract import on_live, params, relied_on
 from tests.integration.helpers import plain_asyncua_server, until
@@ -22,7 +24,7 @@ from tests.opcua_wire import RawClient, error_of, header, read_request
 
 relies = relied_on("scada/opcua/asyncua_private/transport.py")
 SC = ua.StatusCodes
-RULES = P.TransportRules(connections_per_client=4, publish_requests_in_flight=3)
+RULES = P.TransportRules(connections_per_client=4, publish_requests_in_flight=3, operations_per_request=50)
 
 
 def test_the_transport_internals_have_the_shapes_relied_on():
@@ -56,8 +58,8 @@ def test_the_transport_internals_have_the_shapes_relied_on():
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def live():
     server, url, ns = await plain_asyncua_server("transport", "urn:transport")
-    refused: list[tuple[str, int, str]] = []
-    P.guard_transport(server, P.TransportRules(), refused.append)
+    refused: list[tuple[str, int, str, str]] = []
+    P.guard_transport(server, P.TransportRules(), lambda *r: None)
     P.guard_transport(server, RULES, lambda *r: refused.append(r))  # idempotent: the last rules apply
     await server.start()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -149,10 +151,10 @@ async def test_before_activation_a_message_of_many_chunks_is_refused(live):
 async def test_after_activation_the_session_sends_what_hello_negotiated(live):
     c = raw(live)
     await c.session()
-    # 8000 nodes: about 100 KB, more than a pre-session message may hold
-    many = [ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)] * 8000
+    # 40 long NodeIds: about 120 KB, more than a pre-session message may hold
+    many = [ua.NodeId("x" * 3000 + str(k), 1) for k in range(40)]
     response = await c.request(read_request(many))
-    assert isinstance(response, ua.ReadResponse) and len(response.Results) == 8000
+    assert isinstance(response, ua.ReadResponse) and len(response.Results) == 40
     await c.close()
 
 
@@ -209,3 +211,71 @@ async def test_publish_requests_in_flight_are_capped_per_connection(live):
     assert evicted.ResponseHeader.ServiceResult.value == SC.BadTooManyPublishRequests
     assert evicted.ResponseHeader.RequestHandle == first.ResponseHeader.RequestHandle + 1
     await c.close()
+
+
+@on_live
+async def test_operations_are_counted_before_the_request_is_decoded(live):
+    relies(params(UaProcessor.process_message)[1:] == ["seqhdr", "body"], "UaProcessor.process_message(seqhdr, body)")
+    from asyncua.server import uaprocessor
+
+    relies(
+        "typeid = nodeid_from_binary(body)\n        requesthdr = struct_from_binary(ua.RequestHeader, body)"
+        in inspect.getsource(uaprocessor),  # the module: the class's method may be our wrapper by now
+        "process_message's body starts with the TypeId, then the RequestHeader",
+    )
+    relies(params(UaProcessor.send_response)[1:4] == ["requesthandle", "seqhdr", "response"], "send_response")
+    hook_request_decoding({ua.ReadParameters: read_parameters})  # our decoder of Reads: counted all the same
+    c = raw(live)
+    await c.session()
+    state = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
+    too_many = await c.request(read_request([state] * 51))
+    assert isinstance(too_many, ua.ServiceFault)
+    assert too_many.ResponseHeader.ServiceResult.value == SC.BadTooManyOperations
+    assert live[3][-1][1] == SC.BadTooManyOperations and live[3][-1][3] == "Read"
+    # A length that lies (2**31 - 1 items in a few bytes): refused by its count, never decoded.
+    lying = bytearray(c.encode(read_request([state])))
+    at = len(lying) - 18 - 4  # NodesToRead's length: before the one ReadValueId (18 bytes), at the end
+    assert lying[at : at + 4] == b"\x01\x00\x00\x00"
+    lying[at : at + 4] = b"\xff\xff\xff\x7f"
+    c.send(bytes(lying))
+    refused = await c.answer()
+    assert isinstance(refused, ua.ServiceFault)
+    assert refused.ResponseHeader.ServiceResult.value == SC.BadTooManyOperations
+    fine = await c.request(read_request([state] * 50))  # the connection serves on
+    assert isinstance(fine, ua.ReadResponse) and len(fine.Results) == 50
+    await c.close()
+
+
+def test_operations_of_reads_the_count_of_each_request_kind():
+    from asyncua.ua.ua_binary import struct_to_binary
+
+    header = ua.RequestHeader(
+        AuthenticationToken=ua.NodeId(b"\x07" * 32, 1), AuditEntryId="audit", RequestHandle=77, TimeoutHint=5
+    )
+    ids = [ua.NodeId(k, 2) for k in range(7)]
+    for request, service in (
+        (read_request(ids), "Read"),
+        (ua.RegisterNodesRequest(Parameters=ua.RegisterNodesParameters(NodesToRegister=ids)), "RegisterNodes"),
+        (ua.CallRequest(Parameters=ua.CallParameters(MethodsToCall=[ua.CallMethodRequest()] * 7)), "Call"),
+        (
+            ua.CreateMonitoredItemsRequest(
+                Parameters=ua.CreateMonitoredItemsParameters(ItemsToCreate=[ua.MonitoredItemCreateRequest()] * 7)
+            ),
+            "CreateMonitoredItems",
+        ),
+        (
+            ua.SetPublishingModeRequest(Parameters=ua.SetPublishingModeParameters(SubscriptionIds=list(range(7)))),
+            "SetPublishingMode",
+        ),
+        (
+            ua.PublishRequest(
+                Parameters=ua.PublishParameters(SubscriptionAcknowledgements=[ua.SubscriptionAcknowledgement()] * 7)
+            ),
+            "Publish",
+        ),
+    ):
+        request.RequestHeader = header
+        body = b"pad" + struct_to_binary(request)
+        assert P.operations_of(body, 3) == (service, 7, 77), service
+        assert P.operations_of(body[:-30], 3) in (None, (service, 7, 77))  # short: never an error
+    assert P.operations_of(b"pad" + struct_to_binary(ua.GetEndpointsRequest()), 3) is None

@@ -6,7 +6,8 @@ sessions are server-wide, so one client can take them all. Each check here is O(
 (the length of the request's list) or O(this session's subscriptions), never per node.
 
 Relied on: ``InternalServer.create_session(name, user=, external=)`` (``name``: the peer address)
-and the server-side limits it holds as plain attributes (``max_monitored_item_queue_size``);
+and the server-side limits it holds as plain attributes (``max_monitored_item_queue_size``,
+``max_pending_messages_per_connection``);
 ``InternalSession`` services looked up on the instance per request (``read``, ``write``,
 ``browse``, ``translate_browsepaths_to_nodeids``, ``call``, ``history_read``,
 ``create_subscription``, ``create_monitored_items``, ``modify_monitored_items``,
@@ -28,7 +29,14 @@ from asyncua import Server, ua
 from asyncua.common.utils import ServiceError  # re-exported as it is
 from asyncua.server.internal_session import InternalSession
 
-__all__ = ["Refusal", "ServiceError", "SessionCaps", "hook_session_caps", "set_queue_size_cap"]
+__all__ = [
+    "Refusal",
+    "ServiceError",
+    "SessionCaps",
+    "hook_session_caps",
+    "set_pending_messages_cap",
+    "set_queue_size_cap",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,13 @@ def set_queue_size_cap(server: Server, size: int) -> None:
     """Clamp new monitored items' QueueSize to ``size`` (asyncua's ``max_monitored_item_queue_size``,
     also the queue of a QueueSize of 0)."""
     server.iserver.max_monitored_item_queue_size = size
+
+
+def set_pending_messages_cap(server: Server, count: int) -> None:
+    """Close a connection with more than ``count`` messages received and not yet processed
+    (asyncua's ``max_pending_messages_per_connection``, read when a connection is made): each
+    holds up to a chunk, so a connection's backlog holds at most ``count`` receive buffers."""
+    server.iserver.max_pending_messages_per_connection = count
 
 
 def _host(name: Any) -> str:
