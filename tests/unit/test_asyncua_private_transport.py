@@ -53,6 +53,11 @@ def test_the_transport_internals_have_the_shapes_relied_on():
         "UaProcessor looks publish_request_limit up per Publish request",
     )
     relies("self._limits" in inspect.getsource(UaProcessor.__init__), "UaProcessor._limits (negotiated by Hello)")
+    processor = inspect.getsource(UaProcessor)
+    relies(
+        processor.count("self._transport.") == processor.count("self._transport.write("),
+        "UaProcessor only writes to its _transport",
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

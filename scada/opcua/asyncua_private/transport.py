@@ -20,7 +20,8 @@ after the header)`` that loop takes and gives to ``_process_one_msg``, which ret
 it); ``UaProcessor.process_message(seqhdr, body)`` (a Buffer at the request's TypeId:
 ``_data``, ``cur_pos``), ``iserver``, ``name`` (the peer) and ``send_response(handle, seqhdr,
 response)``; ``UaProcessor.session``, ``UaProcessor._limits.max_recv_buffer`` (the
-receive buffer Hello negotiated) and ``UaProcessor.publish_request_limit(count)``;
+receive buffer Hello negotiated), ``UaProcessor._transport`` (only ``write`` called after the
+processor is made) and ``UaProcessor.publish_request_limit(count)``;
 ``ua_binary.header_from_binary`` and ``uatcp_to_binary``.
 """
 
@@ -237,6 +238,13 @@ def _address(peer: Any) -> tuple[str, str]:
     return str(peer), str(peer)
 
 
+class _Silenced:
+    """What a refused connection's processor writes to: nothing is sent."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
 class _CheckedProtocol(OPCUAProtocol):
     """asyncua's protocol, each chunk's header checked before its body is buffered."""
 
@@ -367,6 +375,10 @@ class _CheckedProtocol(OPCUAProtocol):
         self._pending = bytearray()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()  # messages queued before this one are not answered any more
+        if self.processor is not None:
+            # Its subscriptions may still publish until the session goes: nothing more is sent
+            # (a write after write_eof raises).
+            self.processor._transport = _Silenced()
         if transport is not None:
             error = ua.ErrorMessage(StatusCode(code), ua.String(why))
             transport.write(uatcp_to_binary(_ERROR, error))
