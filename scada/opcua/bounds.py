@@ -66,6 +66,7 @@ def transport_rules(limits: Limits, settings: SecuritySettings | None) -> Transp
         connections_per_client=limits.connections_per_client if secured else None,
         publish_requests_in_flight=limits.publish_requests_in_flight if secured else None,
         operations_per_request=limits.nodes_per_request if secured else None,
+        history_nodes_per_request=limits.history_nodes_per_request if secured else None,
     )
 
 

@@ -93,10 +93,18 @@ async def test_too_many_operations_are_refused_whole_and_audited(secured):
         [rec] = [r for r in audit.records if r.target == "Read"]  # counted before the request was decoded
         assert (rec.action, rec.result) == ("limit", "BadTooManyOperations")
         assert rec.client_address.startswith("127.0.0.1:")
-        with pytest.raises(UaStatusCodeError) as e:  # Browse: counted once decoded, by the session's check
+        with pytest.raises(UaStatusCodeError) as e:
             await client.browse_nodes([client.nodes.objects] * (LIMITS.nodes_per_request + 1))
         assert e.value.code == SC.BadTooManyOperations
         assert audit.records[-1].target == "Browse" and audit.records[-1].result == "BadTooManyOperations"
+        history = ua.HistoryReadParameters(
+            HistoryReadDetails=ua.ReadRawModifiedDetails(NumValuesPerNode=10),
+            NodesToRead=[ua.HistoryReadValueId(NodeId=state.nodeid)] * (LIMITS.history_nodes_per_request + 1),
+        )
+        with pytest.raises(UaStatusCodeError) as e:
+            await client.uaclient.history_read(history)
+        assert e.value.code == SC.BadTooManyOperations
+        assert audit.records[-1].target == "HistoryRead"
         subs = [await client.create_subscription(60000, None) for _ in range(LIMITS.subscriptions_per_session)]
         with pytest.raises(UaStatusCodeError) as e:
             await client.create_subscription(60000, None)

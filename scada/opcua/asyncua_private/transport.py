@@ -68,6 +68,7 @@ class TransportRules:
     publish_requests_in_flight: int | None = None  # per connection; None: asyncua's (subscriptions + 10)
     # Operations of one request, counted before the request is decoded; None: not counted here.
     operations_per_request: int | None = None
+    history_nodes_per_request: int | None = None  # HistoryRead's (else operations_per_request)
 
 
 Refused = Callable[[str, int, str, str], None]
@@ -145,6 +146,9 @@ _FIRST_ARRAY: dict[int, tuple[str, int]] = {
     _OI.DeleteSubscriptionsRequest_Encoding_DefaultBinary: ("DeleteSubscriptions", 0),
     _OI.SetPublishingModeRequest_Encoding_DefaultBinary: ("SetPublishingMode", 1),  # PublishingEnabled
     _OI.TransferSubscriptionsRequest_Encoding_DefaultBinary: ("TransferSubscriptions", 0),
+    # Offset -1: fields of variable size before the list, skipped one by one (see operations_of).
+    _OI.BrowseRequest_Encoding_DefaultBinary: ("Browse", -1),
+    _OI.HistoryReadRequest_Encoding_DefaultBinary: ("HistoryRead", -1),
 }
 _COUNTED = "_scada_operations_counted"
 
@@ -171,6 +175,16 @@ def _after_nodeid(d: bytes, p: int) -> int:
     raise ValueError(f"NodeId encoding {enc:#x}")
 
 
+def _after_extension_object(d: bytes, p: int) -> int:
+    """The position after the ExtensionObject at ``p``: TypeId, encoding, and a body when it has one."""
+    p = _after_nodeid(d, p)
+    encoding = d[p]
+    p += 1
+    if encoding & 1:
+        p += 4 + max(_i32(d, p), 0)
+    return p
+
+
 def operations_of(d: bytes, p: int) -> tuple[str, int, int] | None:
     """(service, its operations' count, RequestHandle) of the request message body at ``p``, or
     None for a request without a list of operations or one not read this way."""
@@ -189,12 +203,12 @@ def operations_of(d: bytes, p: int) -> tuple[str, int, int] | None:
         handle = _i32(d, p) & 0xFFFFFFFF  # RequestHandle, ReturnDiagnostics
         p += 8
         p += 4 + max(_i32(d, p), 0) + 4  # AuditEntryId, TimeoutHint
-        p = _after_nodeid(d, p)  # AdditionalHeader: an ExtensionObject
-        encoding = d[p]
-        p += 1
-        if encoding & 1:
-            p += 4 + max(_i32(d, p), 0)
+        p = _after_extension_object(d, p)  # AdditionalHeader
         service, offset = known
+        if service == "Browse":  # View: ViewId, Timestamp, ViewVersion; RequestedMaxReferencesPerNode
+            offset = _after_nodeid(d, p) - p + 16
+        elif service == "HistoryRead":  # HistoryReadDetails; TimestampsToReturn, ReleaseContinuationPoints
+            offset = _after_extension_object(d, p) - p + 5
         return service, _i32(d, p + offset), handle
     except (IndexError, ValueError):
         return None
@@ -211,6 +225,8 @@ def _count_before_decoding() -> None:
         cap = guard.rules.operations_per_request if guard is not None else None
         if cap is not None and guard is not None:
             found = operations_of(body._data, body.cur_pos)
+            if found is not None and found[0] == "HistoryRead":
+                cap = guard.rules.history_nodes_per_request or cap
             if found is not None and found[1] > cap:
                 service, n, handle = found
                 fault = ua.ServiceFault()
