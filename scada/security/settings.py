@@ -56,6 +56,9 @@ class Limits:
     max_message_size: int = 16 << 20  # bytes, after activation
     max_chunk_count: int = 256
     max_pre_session_message: int = 64 << 10  # bytes, before ActivateSession
+    max_pre_session_chunks: int = 16  # chunks of one message, before ActivateSession
+    monitored_item_queue_size: int = 1_000  # a monitored item's QueueSize, at most
+    pending_messages_per_connection: int = 100  # received, not yet processed: beyond, the connection closes
 
 
 @dataclasses.dataclass(frozen=True)

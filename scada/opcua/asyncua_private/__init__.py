@@ -27,6 +27,10 @@ module                 the concern, and who uses it
 ``binary``             asyncua's binary encoders and decoder of single values
 ``activation``         logins: ActivateSession checked before asyncua's activation (off
                        the loop), random session tokens, encrypted passwords (login.py)
+``transport``          each chunk's header checked before its body is buffered,
+                       connections per client address (bounds.py)
+``limits``             per-session caps: operations per request, subscriptions,
+                       monitored items, history values, sessions per client (bounds.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
