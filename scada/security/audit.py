@@ -26,6 +26,7 @@ ACTIONS = (
     "write",
     "history_read",
     "subscription",  # a subscription service refused (theft, caps)
+    "limit",  # a message or a request beyond a limit (bounds.py): target = connection or service
     "alarm_action",
     "register_server",
     "certificate",  # a client certificate refused, rejected, trusted
