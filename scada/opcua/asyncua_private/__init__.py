@@ -25,6 +25,10 @@ module                 the concern, and who uses it
 ``responses``          responses whose Results we encoded, sent by asyncua's processor
 ``request_decoding``   requests decoded by us (request_codec.py)
 ``binary``             asyncua's binary encoders and decoder of single values
+``request_context``    the request being served (its identity, channel) and the service
+                       gate before each request and each method of a Call (authorise.py)
+``ownership``          a subscription is its session's: owner checks on the session's
+                       subscription services, transfers (authorise.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
