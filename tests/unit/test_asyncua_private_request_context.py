@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from asyncua import Client, ua
+from asyncua import Client, Server, ua
 from asyncua.server.address_space import MethodService
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.uaerrors import UaStatusCodeError
@@ -35,6 +35,11 @@ def test_the_processor_and_method_service_have_what_is_relied_on():
     )
     relies("except Exception" in src, "UaProcessor.process_message answers any other error (BadInternalError)")
     relies(params(MethodService.call)[1:] == ["methods"], "MethodService.call(methods)")
+    relies(
+        "permission_ruleset=self._permission_ruleset" in inspect.getsource(Server._setup_server_nodes),
+        "Server.start gives each security policy Server._permission_ruleset",
+    )
+    relies(hasattr(Server(), "_permission_ruleset"), "Server._permission_ruleset")
     init = inspect.getsource(UaProcessor.__init__)
     relies('self.name = transport.get_extra_info("peername")' in init, "UaProcessor.name is the peer address")
     relies("self._connection = SecureConnection(" in init, "UaProcessor._connection")

@@ -13,6 +13,10 @@ Relied on:
   ``_connection.security_policy`` (``Mode``, ``URI``, ``peer_certificate``).
 * ``iserver.method_service.call(methods)``: every Call of a client, one list of
   ``CallMethodRequest`` in, one ``CallMethodResult`` each out.
+* ``Server._permission_ruleset``: the ruleset ``Server.start`` gives every endpoint's security
+  policy (asyncua's own per-role service check, run after the gate). The gate decides instead: its
+  ruleset lets through what the gate let through (asyncua's would refuse everything to a session
+  of ``UserRole.Anonymous``, an anonymous Observer included, and audit nothing).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.utils import Buffer, ServiceError
+from asyncua.crypto.permission_rules import SimpleRoleRuleset
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.uaprocessor import UaProcessor
 
@@ -63,9 +68,10 @@ def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gat
     ``identify(session)`` gives the identity of an asyncua session (None before CreateSession).
     The wrapper of ``UaProcessor._process_message`` is installed once per process; it does
     nothing more than one attribute lookup for servers without a gate. Installing again on the
-    same server replaces its gate (idempotent).
+    same server replaces its gate (idempotent). Install before the server starts.
     """
     setattr(server.iserver, _GATE, (identify, gate))
+    server._permission_ruleset = _GateDecides()
     original = UaProcessor._process_message
     if getattr(original, _WRAPPED, False):
         return
@@ -87,6 +93,13 @@ def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gat
 
     setattr(_process_message, _WRAPPED, True)
     UaProcessor._process_message = _process_message  # type: ignore[method-assign]
+
+
+class _GateDecides(SimpleRoleRuleset):
+    """asyncua's per-role service check, left to the gate (which ran first, and audits)."""
+
+    def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
+        return True
 
 
 def _context(proc: UaProcessor, identify: Callable[[Any], Identity]) -> RequestContext:
