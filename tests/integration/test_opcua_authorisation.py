@@ -9,6 +9,7 @@ Dijon (tests/alarm_rig.py). Every refusal must be the precise status code and be
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from asyncua import Client, ua
 from asyncua.ua import uaerrors
 
 from scada.alarms.states import State
+from scada.historian.service import Historian
 from scada.opcua.server import HmiServer
 from scada.opcua.session_identity import ScadaUser
 from scada.security.audit import MemoryAudit
@@ -37,6 +39,8 @@ USERS = {
     "oscar": Identity("oscar", frozenset({Role.OPERATOR}), communes=frozenset({"Talant"})),
     "erin": Identity("erin", frozenset({Role.ENGINEER})),
     "nora": Identity("nora", frozenset()),  # a user without any role
+    # Dijon's observer, who does not see the other communes
+    "dora": Identity("dora", frozenset({Role.OBSERVER}), communes=frozenset({"Dijon"}), see_other_communes=False),
 }
 
 
@@ -54,7 +58,17 @@ class SecureCity(City):
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.audit = MemoryAudit()
-        self.hmi = HmiServer(self.config, self.tagdb, self.url, alarms=self.engine, security=SETTINGS, audit=self.audit)
+        (folder / "data").mkdir()
+        self.historian = Historian(self.config, self.tagdb, folder / "data")
+        self.hmi = HmiServer(
+            self.config,
+            self.tagdb,
+            self.url,
+            alarms=self.engine,
+            history=self.historian,
+            security=SETTINGS,
+            audit=self.audit,
+        )
 
     def audited(self, action: str, user: str | None = None) -> list:
         return [r for r in self.audit.records if r.action == action and (user is None or r.user == user)]
@@ -75,6 +89,7 @@ async def city(tmp_path: Path):
             yield c
     finally:
         c.journal.close()
+        c.historian.store.close()
 
 
 @contextlib.asynccontextmanager
@@ -251,3 +266,19 @@ async def test_history_nodes_and_writes_need_their_permission(city: SecureCity) 
         ("erin", "DeleteNodes", "BadUserAccessDenied"),
         ("olga", "Write", "BadUserAccessDenied"),
     } <= denied
+
+
+async def test_history_of_a_hidden_commune_is_refused_per_node(city: SecureCity) -> None:
+    talant = ua.NodeId(f"{city.device_node('LC-1').Identifier}/temperature", city.ns)
+    dijon = ua.NodeId(f"{city.device_node('LC-2').Identifier}/temperature", city.ns)
+    details = ua.ReadRawModifiedDetails(NumValuesPerNode=10, StartTime=datetime(2020, 1, 1, tzinfo=UTC))
+    history = ua.HistoryReadParameters(
+        HistoryReadDetails=details,
+        TimestampsToReturn=ua.TimestampsToReturn.Source,
+        NodesToRead=[ua.HistoryReadValueId(NodeId=talant), ua.HistoryReadValueId(NodeId=dijon)],
+    )
+    async with session(city.url, "dora") as dora, session(city.url, "oscar") as oscar:
+        hidden, own = await dora.uaclient.history_read(history)
+        assert hidden.StatusCode.value == SC.BadUserAccessDenied and own.StatusCode.is_good()
+        # Limited to Talant but shown the others (read-only): both answered.
+        assert all(r.StatusCode.is_good() for r in await oscar.uaclient.history_read(history))
