@@ -58,17 +58,23 @@ def hook_ownership(
     (BadSubscriptionIdInvalid), per subscription where the service answers per subscription.
     """
     iserver = server.iserver
-    if getattr(iserver.create_session, _HOOKED, False):
+    # The mark is on the server, not on the factory: other hooks wrap the factory over ours.
+    if getattr(iserver, _HOOKED, False):
         return
-    factory = iserver.create_session
+    setattr(iserver, _HOOKED, True)
+    iserver.create_session = _Guarded(iserver.create_session, lambda s: _guard(s, owner, may_take, refused))  # type: ignore[method-assign]
 
-    def create_session(*args: Any, **kwargs: Any) -> InternalSession:
-        session = factory(*args, **kwargs)
-        _guard(session, owner, may_take, refused)
-        return session
 
-    setattr(create_session, _HOOKED, True)
-    iserver.create_session = create_session  # type: ignore[method-assign]
+class _Guarded:
+    """asyncua's session factory, each session it makes guarded before anyone can use it."""
+
+    def __init__(self, factory: Callable[..., InternalSession], guard: Callable[[InternalSession], None]) -> None:
+        self.factory, self.guard = factory, guard
+
+    def __call__(self, *args: Any, **kwargs: Any) -> InternalSession:
+        made = self.factory(*args, **kwargs)
+        self.guard(made)
+        return made
 
 
 def _guard(
