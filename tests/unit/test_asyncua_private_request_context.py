@@ -36,6 +36,10 @@ def test_the_processor_and_method_service_have_what_is_relied_on():
     relies("except Exception" in src, "UaProcessor.process_message answers any other error (BadInternalError)")
     relies(params(MethodService.call)[1:] == ["methods"], "MethodService.call(methods)")
     relies(
+        "typeid, requesthdr, seqhdr, body" in inspect.getsource(inspect.unwrap(UaProcessor._process_message)),
+        "the wrapped UaProcessor._process_message reads as asyncua's",
+    )
+    relies(
         "permission_ruleset=self._permission_ruleset" in inspect.getsource(Server._setup_server_nodes),
         "Server.start gives each security policy Server._permission_ruleset",
     )

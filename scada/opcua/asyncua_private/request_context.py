@@ -21,6 +21,7 @@ Relied on:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -76,6 +77,8 @@ def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gat
     if getattr(original, _WRAPPED, False):
         return
 
+    # wraps: what reads asyncua's source or signature (contract tests) still reads asyncua's.
+    @functools.wraps(original)
     async def _process_message(self: UaProcessor, typeid: Any, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
         hooks = getattr(self.iserver, _GATE, None)
         if hooks is None:
