@@ -21,6 +21,7 @@ from scada.historian.service import Historian
 from scada.opcua.server import HmiServer
 from scada.opcua.session_identity import ScadaUser
 from scada.security.audit import MemoryAudit
+from scada.security.context import REQUEST, RequestContext
 from scada.security.identity import Identity, Role
 from scada.security.settings import SecuritySettings
 
@@ -282,3 +283,33 @@ async def test_history_of_a_hidden_commune_is_refused_per_node(city: SecureCity)
         assert hidden.StatusCode.value == SC.BadUserAccessDenied and own.StatusCode.is_good()
         # Limited to Talant but shown the others (read-only): both answered.
         assert all(r.StatusCode.is_good() for r in await oscar.uaclient.history_read(history))
+
+
+async def test_condition_methods_check_on_their_own_behind_the_gate(city: SecureCity) -> None:
+    """The methods do not rely on the service gate: called in a request of a user without the
+    permission (as a gate letting it through by mistake would), they refuse and audit."""
+    async with client_events(city.url) as (_, events, _):
+        city.set("LC-1", temperature=70)
+        ev = await events.next(ConditionName="hot")
+        conditions = city.hmi.conditions
+        assert conditions is not None
+        for user in ("olga", "nora"):
+            token = REQUEST.set(RequestContext(USERS[user], session_id="ns=1;i=9", client_address="10.0.0.7:4000"))
+            try:
+                ack = await conditions._m_acknowledge(
+                    city.condition("hot"), *map(ua.Variant, ack_args(ev.EventId, "x"))
+                )
+                refresh = await conditions._m_refresh(
+                    ua.NodeId(OI.ConditionType),
+                    ua.Variant(999_999, ua.VariantType.UInt32),  # none: the permission is checked first
+                )
+            finally:
+                REQUEST.reset(token)
+            assert ack.value == SC.BadUserAccessDenied
+            assert refresh.value == (SC.BadUserAccessDenied if user == "nora" else SC.BadSubscriptionIdInvalid)
+        assert city.state("hot") == State.UNACK_ACTIVE
+        assert [(r.action, r.user, r.result) for r in city.audit.records if r.client_address == "10.0.0.7:4000"] == [
+            ("alarm_action", "olga", "BadUserAccessDenied"),
+            ("alarm_action", "nora", "BadUserAccessDenied"),
+            ("call", "nora", "BadUserAccessDenied"),
+        ]
