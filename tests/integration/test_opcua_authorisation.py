@@ -9,6 +9,7 @@ Dijon (tests/alarm_rig.py). Every refusal must be the precise status code and be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,8 +33,14 @@ pytestmark = pytest.mark.integration
 OI = ua.ObjectIds
 SC = ua.StatusCodes
 
-# None endpoint for these tests (the endpoints' own tests use secure channels); anonymous: Observer.
-SETTINGS = SecuritySettings(allow_none=True, anonymous=frozenset({Role.OBSERVER}))
+ANONYMOUS = frozenset({Role.OBSERVER})  # the roles of an anonymous session in these tests
+
+
+def settings(data: Path) -> SecuritySettings:
+    """A None endpoint (the endpoints' own tests use secure channels), anonymous Observers, the
+    files in ``data``."""
+    return dataclasses.replace(SecuritySettings.defaults(data), allow_none=True, anonymous=ANONYMOUS)
+
 
 USERS = {
     "olga": Identity("olga", frozenset({Role.OBSERVER})),
@@ -46,11 +53,11 @@ USERS = {
 
 
 class Users:
-    """asyncua user manager: the test's users by name (password ignored), anonymous as SETTINGS says."""
+    """asyncua user manager: the test's users by name (password ignored), anonymous: ANONYMOUS."""
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
         if username is None:
-            return ScadaUser.of(Identity("anonymous", SETTINGS.anonymous, anonymous=True))
+            return ScadaUser.of(Identity("anonymous", ANONYMOUS, anonymous=True))
         ident = USERS.get(username)
         return None if ident is None else ScadaUser.of(ident)
 
@@ -67,7 +74,7 @@ class SecureCity(City):
             self.url,
             alarms=self.engine,
             history=self.historian,
-            security=SETTINGS,
+            security=settings(folder / "data"),
             audit=self.audit,
         )
 
