@@ -199,8 +199,8 @@ class Authorisation:
             return None
         self.refuse(
             "call",
-            f"{method.ObjectId.to_string()}.{mid.to_string()}",
-            {"arguments": [audit_value(v) for v in method.InputArguments or []]},
+            mid.to_string(),  # a NodeId: the audit events' MethodId (scada/opcua/audit_events.py)
+            {"object": method.ObjectId.to_string(), "arguments": [audit_value(v) for v in method.InputArguments or []]},
             SC.BadUserAccessDenied,
             ctx,
         )

@@ -122,7 +122,8 @@ async def test_an_observer_may_not_acknowledge(city: SecureCity) -> None:
         assert not [r for r in city.journal.query(alarm="hot") if r.event == "ACK"]
         [rec] = city.audited("call", "olga")  # refused at the service gate, before the method
         assert rec.result == "BadUserAccessDenied" and rec.roles == ("Observer",) and '"seen"' in rec.arguments
-        assert rec.target.endswith(f"i={OI.AcknowledgeableConditionType_Acknowledge}")
+        assert rec.target == f"i={OI.AcknowledgeableConditionType_Acknowledge}"
+        assert f'"object":"{city.condition("hot").to_string()}"' in rec.arguments
 
 
 async def test_anonymous_remove_from_service_of_every_condition_is_refused(city: SecureCity) -> None:
