@@ -59,7 +59,8 @@ MethodCheck = Callable[[ua.CallMethodRequest], ua.StatusCode | None]
 
 _GATE = "_scada_request_gate"  # on the InternalServer: (identify, gate) of a server with security
 _CONTEXT = "_scada_request_context"  # on a UaProcessor: (session, user, thumbprint source, context)
-_WRAPPED = "_scada_request_context_hooked"  # on the class-level wrapper
+_WRAPPED = "_scada_request_context_hooked"  # on UaProcessor, once its _process_message is wrapped
+_METHOD_CHECK = "_scada_method_check"  # on a server's method service: its check
 
 
 def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gate) -> None:
@@ -73,9 +74,10 @@ def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gat
     """
     setattr(server.iserver, _GATE, (identify, gate))
     server._permission_ruleset = _GateDecides()
-    original = UaProcessor._process_message
-    if getattr(original, _WRAPPED, False):
+    # Marked on the class, not on the function: other hooks wrap _process_message over ours.
+    if getattr(UaProcessor, _WRAPPED, False):
         return
+    original = UaProcessor._process_message
 
     # wraps: what reads asyncua's source or signature (contract tests) still reads asyncua's.
     @functools.wraps(original)
@@ -94,7 +96,7 @@ def hook_requests(server: Server, identify: Callable[[Any], Identity], gate: Gat
             SESSION.reset(stoken)
             REQUEST.reset(token)
 
-    setattr(_process_message, _WRAPPED, True)
+    setattr(UaProcessor, _WRAPPED, True)
     UaProcessor._process_message = _process_message  # type: ignore[method-assign]
 
 
@@ -137,20 +139,20 @@ def hook_method_calls(server: Server, check: MethodCheck) -> None:
     order, as asyncua runs them. Idempotent per server (replaces the check).
     """
     service = server.iserver.method_service
-    current = service.call
-    if getattr(current, _WRAPPED, False):
-        current._scada_check = check  # type: ignore[attr-defined]
+    # The check and the mark are on the service: another hook may wrap its call over ours.
+    first = getattr(service, _METHOD_CHECK, None) is None
+    setattr(service, _METHOD_CHECK, check)
+    if not first:
         return
-    call: Callable[[list[ua.CallMethodRequest]], Awaitable[list[ua.CallMethodResult]]] = current
+    call: Callable[[list[ua.CallMethodRequest]], Awaitable[list[ua.CallMethodResult]]] = service.call
 
     async def checked_call(methods: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
-        verdicts = [checked_call._scada_check(m) for m in methods]  # type: ignore[attr-defined]
+        judge: MethodCheck = getattr(service, _METHOD_CHECK)
+        verdicts = [judge(m) for m in methods]
         if all(v is None for v in verdicts):
             return await call(methods)
         allowed = [m for m, v in zip(methods, verdicts) if v is None]
         done = iter(await call(allowed) if allowed else [])
         return [next(done) if v is None else ua.CallMethodResult(StatusCode=v) for v in verdicts]
 
-    checked_call._scada_check = check  # type: ignore[attr-defined]
-    setattr(checked_call, _WRAPPED, True)
     service.call = checked_call  # type: ignore[method-assign]
