@@ -41,17 +41,23 @@ async def child(mode: str, seconds: float) -> dict[str, float]:
     from scada.opcua.typed_ua import NodeId
     from scada.security.identity import Identity, Role
     from scada.security.settings import SecuritySettings
-    from tests.alarm_rig import DEVICES, AlarmRig, Clock
+    from tests.alarm_rig import DEVICES, SERVICES, AlarmRig, Clock
     from tests.integration.helpers import free_port, serving
-    from tests.integration.test_opcua_alarms import ALARMS
 
+    alarms = (
+        SERVICES
+        + """alarms:
+  - {name: hot, type: lighting_cabinet, point: temperature, condition: high, limit: 60, deadband: 5,
+     priority: high, message: "{device}: hot", service: lighting_maintenance}
+"""
+    )
     settings = SecuritySettings(allow_none=True) if mode == "on" else None
 
     class Users(UserManager):
         def get_user(self, iserver, username=None, password=None, certificate=None):
             return ScadaUser.of(Identity(username or "anonymous", frozenset({Role.OBSERVER}), anonymous=not username))
 
-    rig = AlarmRig(Path(tempfile.mkdtemp()) / "cfg", ALARMS, Path(tempfile.mkdtemp()) / "j.sqlite", Clock(), DEVICES)
+    rig = AlarmRig(Path(tempfile.mkdtemp()) / "cfg", alarms, Path(tempfile.mkdtemp()) / "j.sqlite", Clock(), DEVICES)
     url = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
     hmi = HmiServer(rig.config, rig.tagdb, url, alarms=rig.engine, security=settings)
     out: dict[str, float] = {}
