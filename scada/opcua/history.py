@@ -92,6 +92,8 @@ from scada.opcua.address_space import set_variable_attributes, variant_type
 from scada.opcua.asyncua_private.history import HistoryRead, ServiceError, stock_historized, wrap_history_read
 from scada.opcua.asyncua_private.nodes import AttributeValue, address_space
 from scada.opcua.typed_ua import DataValue, NodeId, StatusCode
+from scada.security.context import current
+from scada.security.identity import Permission
 from scada.tagdb import ANALOG, TEXT, TagDB
 
 log = structlog.get_logger("scada.opcua")
@@ -643,6 +645,9 @@ class TagHistory:
         """asyncua's HistoryRead entry point: tag variables here, the rest to the previous handler."""
         previous = self._previous
         assert previous is not None, "install() first"
+        ctx = current()  # None: no security layer, or the server's own read
+        if ctx is not None and Permission.HISTORY not in ctx.identity.permissions:
+            raise ServiceError(SC.BadUserAccessDenied)  # (the service gate refuses first and audits)
         details = params.HistoryReadDetails
         if not isinstance(details, (ua.ReadRawModifiedDetails, ua.ReadProcessedDetails)):
             return await previous(params)  # events, at-time, annotations...
@@ -661,7 +666,9 @@ class TagHistory:
         aspace = address_space(self.server)
         for k, rv in enumerate(params.NodesToRead):
             tag = self.tag_of(rv.NodeId)
-            if tag is not None:
+            if tag is not None and ctx is not None and not ctx.identity.sees(_commune_of(rv.NodeId)):
+                results[k] = _status(SC.BadUserAccessDenied)  # another commune's, hidden from this user
+            elif tag is not None:
                 ours.append((k, tag))
             elif rv.NodeId in stock:
                 theirs.append(k)  # historised by asyncua's own HistoryManager
@@ -820,6 +827,11 @@ def _default_configuration(c: ua.AggregateConfiguration | None) -> bool:
         and c.PercentDataGood in (0, 100)
         and not c.UseSlopedExtrapolation
     )
+
+
+def _commune_of(nodeid: ua.NodeId) -> str:
+    """A tag variable's commune: the first part of its NodeId (``commune/class/device/point``)."""
+    return str(nodeid.Identifier).split("/", 1)[0]
 
 
 def _status(code: int) -> ua.HistoryReadResult:

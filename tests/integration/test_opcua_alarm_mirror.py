@@ -49,7 +49,7 @@ async def test_events_reach_the_client_and_its_acknowledge_reaches_the_engine(tm
         assert city.state("hot") == State.ACK_ACTIVE  # in the engine, not only in the mirror
         assert city.crossing.requests[-1][0] == "ack"
         rows = [r for r in city.journal.query(alarm="hot") if r.event == "ACK"]
-        assert len(rows) == 1 and rows[0].user.startswith("opcua:console-9")
+        assert len(rows) == 1 and rows[0].user.startswith("opcua:anonymous@127.0.0.1:")  # not its SessionName
         acked = await events.next(ConditionName="hot")
         assert field(acked, "AckedState/Id") is True and acked.ClientUserId == rows[0].user
 

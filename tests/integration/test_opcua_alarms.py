@@ -252,7 +252,8 @@ async def test_acknowledge_through_the_client_reaches_engine_and_journal(city: C
         assert city.state("hot") == State.ACK_ACTIVE
         rows = [r for r in city.journal.query(alarm="hot") if r.event == "ACK"]
         assert len(rows) == 1
-        assert rows[0].user.startswith("opcua:console-7") and "@127.0.0.1:" in rows[0].user
+        # Without a security layer: the client's address, never the name it chose (its SessionName).
+        assert rows[0].user.startswith("opcua:anonymous@127.0.0.1:") and "console-7" not in rows[0].user
         assert rows[0].comment == "crew informed" and rows[0].state == "ACK_ACTIVE"
         acked = await events.next(ConditionName="hot")
         assert field(acked, "AckedState/Id") is True and field(acked, "ActiveState/Id") is True
@@ -282,7 +283,7 @@ async def test_add_comment_is_a_note_in_the_journal(city: City) -> None:
                    *ack_args(ev.EventId, "truck 12 on its way"))
         notes = [r for r in city.journal.query(alarm="hot") if r.event == "NOTE"]
         assert [(r.comment, r.state) for r in notes] == [("truck 12 on its way", "UNACK_ACTIVE")]
-        assert notes[0].user.startswith("opcua:console-2")
+        assert notes[0].user.startswith("opcua:anonymous@127.0.0.1:")
         commented = await events.next(ConditionName="hot")
         assert text(commented.Comment) == "truck 12 on its way" and field(commented, "AckedState/Id") is False
         assert city.state("hot") == State.UNACK_ACTIVE  # a comment changes no state
@@ -307,7 +308,7 @@ async def test_shelving_methods_shelve_and_unshelve(city: City) -> None:
         assert 599_000 <= field(ev, "ShelvingState/UnshelveTime") <= 600_000
         assert field(ev, "SuppressedOrShelved") is True and ev.Retain is True
         row = city.journal.query(alarm="hot")[-1]
-        assert row.event == "SHELVE" and row.user.startswith("opcua:console-3") and "no reason" in row.comment
+        assert row.event == "SHELVE" and row.user.startswith("opcua:anonymous@") and "no reason" in row.comment
         with pytest.raises(uaerrors.BadConditionAlreadyShelved):
             await call(client, shelving, O.ShelvedStateMachineType_TimedShelve, duration)
 

@@ -31,6 +31,10 @@ module                 the concern, and who uses it
                        connections per client address (bounds.py)
 ``limits``             per-session caps: operations per request, subscriptions,
                        monitored items, history values, sessions per client (bounds.py)
+``request_context``    the request being served (its identity, channel) and the service
+                       gate before each request and each method of a Call (authorise.py)
+``ownership``          a subscription is its session's: owner checks on the session's
+                       subscription services, transfers (authorise.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``

@@ -32,10 +32,13 @@ from scada.alarms.remote import EventItem, event_items
 from scada.opcua.asyncua_private.events import SubtypeWhere, pending_events
 from scada.opcua.asyncua_private.events import event_items as subscription_event_items
 from scada.opcua.asyncua_private.subscriptions import monitored_item, subscriptions
+from scada.opcua.authorise import audit_value, authorisation
 from scada.opcua.conditions.events import ConditionEvent
 from scada.opcua.conditions.methods import _CALLER, ConditionMethods
 from scada.opcua.conditions.nodes import _SERVER
 from scada.opcua.typed_ua import StatusCode
+from scada.security.context import current
+from scada.security.identity import Permission
 
 if TYPE_CHECKING:
     from scada.alarms.engine import AlarmEvent
@@ -235,6 +238,14 @@ class ConditionDelivery(ConditionMethods):
 
     async def _refresh(self, args):
         """ConditionRefresh(SubscriptionId) / ConditionRefresh2(SubscriptionId, MonitoredItemId)."""
+        ctx = current()
+        authz = authorisation(self.server)
+        if authz is not None and ctx is not None and Permission.EVENTS not in ctx.identity.permissions:
+            # (the service gate checks it too: a condition method must not rely on that alone)
+            authz.refuse(
+                "call", "ConditionRefresh", {"arguments": [audit_value(a) for a in args]}, SC.BadUserAccessDenied
+            )
+            return StatusCode(SC.BadUserAccessDenied)
         if not args:
             return StatusCode(SC.BadArgumentsMissing)
         subs = subscriptions(self.server)

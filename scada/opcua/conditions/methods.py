@@ -6,10 +6,15 @@ alarm), RemoveFromService(2) / PlaceInService(2); ConditionRefresh(2) on the Con
 (sent by :mod:`scada.opcua.conditions.delivery`). A refused action is a Bad status code of the
 call, never an exception (BadEventIdUnknown, BadConditionBranchAlreadyAcked,
 BadConditionAlreadyShelved, BadConditionNotShelved, BadShelvingTimeOutOfRange,
-BadInvalidState...). Confirm, Enable and Disable answer BadNotSupported. The user journaled for
-an action is the session's user name when the session has one, else
-``opcua:<session name>@<client address>``: roles and authorisation are the security issue's,
-until then every session may act.
+BadInvalidState...). Confirm, Enable and Disable answer BadNotSupported.
+
+**Who may act** (a server with a security layer, scada/opcua/authorise.py): each action needs its
+permission (``ACTION_PERMISSIONS``) on the condition's device's commune, checked before anything
+about the condition is said; refused: ``BadUserAccessDenied``. RemoveFromService needs a reason
+(its Comment). Every action, allowed or refused, is audited ("alarm_action"). **The user
+journaled** is the authenticated user (the request's identity; ``<user>@<client address>`` for an
+anonymous one), never anything the client chose (its SessionName); without a security layer, the
+session's user name when its user manager gave one, else ``opcua:anonymous@<client address>``.
 
 An engine action may be a coroutine (a front process's AlarmMirror asks the core): it is
 awaited, and its refusals (IllegalTransition, KeyError, ValueError) map to the same status
@@ -28,9 +33,12 @@ from asyncua import ua
 
 from scada.alarms.states import IllegalTransition, State
 from scada.opcua.asyncua_private.sessions import hook_sessions
+from scada.opcua.authorise import ACTION_PERMISSIONS, authorisation
 from scada.opcua.conditions.events import ConditionEvents
 from scada.opcua.conditions.nodes import MAX_SHELVE_MS
+from scada.opcua.session_identity import identity_of
 from scada.opcua.typed_ua import NodeId, StatusCode
+from scada.security.context import current
 
 log = structlog.get_logger("scada.opcua")
 
@@ -49,16 +57,62 @@ class ConditionMethods(ConditionEvents):
         raise NotImplementedError
 
     def _user(self) -> str:
+        """Who acts, for the journal: never a name the client chose (see the module docstring)."""
+        ctx = current()
+        if ctx is not None:
+            ident = ctx.identity
+            return f"{ident.user}@{ctx.client_address}" if ident.anonymous else ident.user
         session = _CALLER.get()
         if session is None:
             return "opcua:server"
+        known = identity_of(session)
+        if known is not None:
+            return known.user
         name = getattr(getattr(session, "user", None), "name", None)
         if name:
             return str(name)
         peer = session.name
         addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
-        sname = self._session_names.get(session)
-        return f"opcua:{sname}@{addr}" if sname else f"opcua:{addr}"
+        return f"opcua:anonymous@{addr}"
+
+    def _commune(self, i: int) -> str:
+        eng = self.engine
+        return str(eng.config.devices[int(eng.inst_dev[i])].commune)
+
+    def _refused(self, name: str, i: int, args: Any, reason_needed: bool = False) -> ua.StatusCode | None:
+        """Why the request's identity may not do ``name`` on instance ``i`` (audited), or None.
+
+        No security layer, or the server's own act (no request): allowed.
+        """
+        authz = authorisation(self.server)
+        ctx = current()
+        if authz is None or ctx is None:
+            return None
+        commune = self._commune(i)
+        code = 0
+        if not ctx.identity.allows(ACTION_PERMISSIONS[name], commune):
+            code = SC.BadUserAccessDenied
+        elif reason_needed and not (self._str(args[0]).strip() if args else ""):
+            code = SC.BadInvalidArgument  # out of service without a reason: nobody would know why
+        if not code:
+            return None
+        alarm, device = self._names_of(i)
+        authz.refuse("alarm_action", f"{alarm}@{device}", self._audit_args(name, commune, args), code, ctx)
+        return StatusCode(code)
+
+    def _audit_args(self, name: str, commune: str, args: Any) -> dict[str, Any]:
+        return {
+            "method": name,
+            "commune": commune,
+            "arguments": [self._str(a) for a in args if not isinstance(a, bool)],
+        }
+
+    def _audit_done(self, name: str, alarm: str, device: str, args: Any, code: int) -> None:
+        authz = authorisation(self.server)
+        ctx = current()
+        if authz is not None and ctx is not None:
+            commune = str(self.engine.config.device(device).commune)
+            authz.record("alarm_action", f"{alarm}@{device}", self._audit_args(name, commune, args), code, ctx)
 
     @staticmethod
     def _str(arg) -> str:
@@ -81,16 +135,22 @@ class ConditionMethods(ConditionEvents):
     async def _act(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run an engine action, awaited when it is a coroutine (a mirror's request to the core);
         its errors become status codes (see the callers)."""
+        alarm, device, rest = args[0], args[1], args[3:]
         try:
             result = fn(*args)
             if inspect.isawaitable(result):
                 await result
         except IllegalTransition:
+            self._audit_done(name, alarm, device, rest, SC.BadInvalidState)
             raise
         except KeyError as exc:
             log.warning("opcua_alarm_method_refused", method=name, error=str(exc))
             return StatusCode(SC.BadNodeIdUnknown)
-        log.info("opcua_alarm_method", method=name, alarm=args[0], device=args[1], user=args[2])
+        except ValueError:
+            self._audit_done(name, alarm, device, rest, SC.BadInvalidArgument)
+            raise
+        log.info("opcua_alarm_method", method=name, alarm=alarm, device=device, user=args[2])
+        self._audit_done(name, alarm, device, rest, SC.Good)
         return []
 
     async def _guard(self, name: str, fn, parent, args):
@@ -108,11 +168,14 @@ class ConditionMethods(ConditionEvents):
     async def _m_acknowledge(self, parent: ua.NodeId, *args):
         return await self._guard("Acknowledge", self._acknowledge, parent, args)
 
-    def _event_instance(self, parent, args) -> int | ua.StatusCode:
+    def _event_instance(self, name: str, parent, args) -> int | ua.StatusCode:
         """The instance a method with (EventId, Comment) arguments is called on, or why it cannot be."""
         i = self._instance(parent)
         if i is None:
             return self._not_a_condition(parent)
+        refused = self._refused(name, i, args[1:])
+        if refused is not None:
+            return refused
         if len(args) < 2:
             return StatusCode(SC.BadArgumentsMissing)
         if not self._known_event(i, args[0].Value):
@@ -120,7 +183,7 @@ class ConditionMethods(ConditionEvents):
         return i
 
     async def _acknowledge(self, parent, args):
-        i = self._event_instance(parent, args)
+        i = self._event_instance("Acknowledge", parent, args)
         if isinstance(i, ua.StatusCode):
             return i
         if int(self.engine.state[i]) not in (State.UNACK_ACTIVE, State.RTN_UNACK):
@@ -134,7 +197,7 @@ class ConditionMethods(ConditionEvents):
         return await self._guard("AddComment", self._add_comment, parent, args)
 
     async def _add_comment(self, parent, args):
-        i = self._event_instance(parent, args)
+        i = self._event_instance("AddComment", parent, args)
         if isinstance(i, ua.StatusCode):
             return i
         text = self._str(args[1]).strip()
@@ -153,6 +216,9 @@ class ConditionMethods(ConditionEvents):
         i = self._instance(parent)
         if i is None:
             return self._not_a_condition(parent)
+        refused = self._refused("OneShotShelve" if one_shot else "TimedShelve", i, args)
+        if refused is not None:
+            return refused
         if one_shot:
             ms, comment = MAX_SHELVE_MS, self._str(args[0]) if args else ""
         else:
@@ -188,6 +254,9 @@ class ConditionMethods(ConditionEvents):
             i = self._instance(parent)
             if i is None:
                 return self._not_a_condition(parent)
+            refused = self._refused(name, i, args, reason_needed=name == "RemoveFromService")
+            if refused is not None:
+                return refused
             if required is not None and self.engine.state[i] != required:
                 return StatusCode(refusal)
             return await self._act(name, action, *self._names_of(i), self._user(), self._str(args[0]) if args else "")
