@@ -80,7 +80,10 @@ class Application:
         self.drivers: list[Driver] = build_drivers(config, self.tagdb)
         self.hmi: HmiServer | FrontLink
         if front == "inline":
-            self.hmi = HmiServer(config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian)
+            security = front_settings.security if front_settings is not None else None
+            self.hmi = HmiServer(
+                config, self.tagdb, opcua_endpoint, alarms=self.alarms, history=self.historian, security=security
+            )
         else:
             self.hmi = FrontLink(self, front_settings or FrontSettings(opcua_endpoint))
         self.status_interval = status_interval

@@ -25,6 +25,8 @@ module                 the concern, and who uses it
 ``responses``          responses whose Results we encoded, sent by asyncua's processor
 ``request_decoding``   requests decoded by us (request_codec.py)
 ``binary``             asyncua's binary encoders and decoder of single values
+``channels``           the client certificate checked at OpenSecureChannel, CreateSession
+                       bound to the channel's certificate (endpoints.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
