@@ -10,6 +10,8 @@ and again at CreateSession (with the client's ApplicationUri); each refusal is a
 
 from __future__ import annotations
 
+import datetime as dt
+
 import structlog
 from asyncua import Server, ua
 from cryptography import x509
@@ -133,6 +135,7 @@ async def configure_endpoints(
                 uri=uri,
                 thumbprint=thumbprint(cert.public_bytes(serialization.Encoding.DER)),
             )
+        _warn_validity(cert, pki)
         await server.load_certificate(str(pki.cert_path))
         await server.load_private_key(str(pki.key_path))
         await server.set_application_uri(uri)
@@ -142,6 +145,26 @@ async def configure_endpoints(
     server.set_security_policy(policies)
     server.set_identity_tokens(identity_tokens(settings))
     _warn(settings)
+
+
+def _warn_validity(cert: x509.Certificate, pki: Pki, soon: dt.timedelta = dt.timedelta(days=30)) -> None:
+    """Clients refuse an expired server certificate: say so at start, and a month before."""
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        log.error(
+            "server_certificate_time_invalid",
+            path=str(pki.cert_path),
+            not_before=str(cert.not_valid_before_utc),
+            not_after=str(cert.not_valid_after_utc),
+            fix="scada pki renew",
+        )
+    elif cert.not_valid_after_utc - now < soon:
+        log.warning(
+            "server_certificate_expires_soon",
+            path=str(pki.cert_path),
+            not_after=str(cert.not_valid_after_utc),
+            fix="scada pki renew",
+        )
 
 
 def _warn(settings: SecuritySettings) -> None:

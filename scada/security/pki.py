@@ -465,10 +465,10 @@ class CertificateVerifier:
     def _untrusted(self, cert: x509.Certificate, der: bytes) -> Verdict:
         """Not chained to a trusted certificate: wrongly signed when a known CA has its issuer's
         name (its signature then does not verify), else unknown: kept in rejected/."""
-        known = [*self._anchors, *self._issuers]
-        if cert.issuer != cert.subject and any(ca.subject == cert.issuer for ca in known):
+        named = [ca for ca in (*self._anchors, *self._issuers) if ca.subject == cert.issuer]
+        if cert.issuer != cert.subject and named and not any(_signed_by(cert, ca) for ca in named):
             return Verdict(SC.BadCertificateInvalid, f"not signed by the CA it names ({cert.issuer.rfc4514_string()})")
-        if cert.issuer == cert.subject and not _self_signature_ok(cert):
+        if cert.issuer == cert.subject and not _signed_by(cert, cert):
             return Verdict(SC.BadCertificateInvalid, "its self-signature does not verify")
         where = self.pki.store_rejected(der)
         kept = f"kept in {where}" if where is not None else "rejected/ full: not kept"
@@ -491,9 +491,10 @@ def _is_ca(_policy: object, _cert: x509.Certificate, ext: x509.BasicConstraints 
         raise ValueError("an issuer must be a CA (basicConstraints ca=true)")
 
 
-def _self_signature_ok(cert: x509.Certificate) -> bool:
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key made ``cert``'s signature (any failure: no)."""
     try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, Exception):
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # InvalidSignature, an unsupported key or algorithm: not signed by it
         return False
     return True

@@ -168,8 +168,8 @@ SECURITY_KEYS: KeyTable = {
     "pki": Key(_path_conv, "The PKI folder (own, trusted, issuers, rejected), relative to the data folder.", "pki"),
     "users": Key(_path_conv, "The users file, relative to the data folder.", "users.yaml"),
     "audit": Key(_path_conv, "The audit trail (SQLite), relative to the data folder.", "audit.sqlite"),
-    "login": Key(None, "Failed logins: delays and lockout.", schema={"$ref": "#/definitions/login"}),
-    "limits": Key(None, "What one client may take.", schema={"$ref": "#/definitions/limits"}),
+    "login": Key(None, "Failed logins: delays and lockout.", None, schema={"$ref": "#/definitions/login"}),
+    "limits": Key(None, "What one client may take.", None, schema={"$ref": "#/definitions/limits"}),
 }
 _L = LoginSettings()
 LOGIN_KEYS: KeyTable = {
