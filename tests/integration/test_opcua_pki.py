@@ -33,12 +33,20 @@ MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecuri
 
 
 @dataclasses.dataclass
-class Served:
-    server: Server
+class Target:
+    """A server to connect to: its endpoint URL, its PKI folder, where the client's files go."""
+
     url: str
     pki: Pki
-    audit: MemoryAudit
     tmp: Path
+
+
+@dataclasses.dataclass
+class Served(Target):
+    """A server started here, and its audit records."""
+
+    server: Server
+    audit: MemoryAudit
 
     def refusals(self) -> list[tuple[str, str]]:
         return [(r.target, r.result) for r in self.audit.records if r.action == "certificate"]
@@ -53,7 +61,7 @@ async def serve(tmp: Path, **overrides) -> Served:
     audit = MemoryAudit()
     await configure_endpoints(server, settings, audit)
     await server.start()
-    return Served(server, url, Pki(settings.pki), audit, tmp)
+    return Served(url, Pki(settings.pki), tmp, server, audit)
 
 
 @pytest.fixture
@@ -65,7 +73,7 @@ async def served(tmp_path):
         await stop_asyncua_server(s.server)
 
 
-async def secure_client(s: Served, cert: pc.Cert, policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt"):
+async def secure_client(s: Target, cert: pc.Cert, policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt"):
     c_path, k_path = cert.write(s.tmp / "client", cert.thumbprint)
     client = Client(s.url, timeout=10)
     client.application_uri = cert.uri
@@ -241,3 +249,39 @@ async def test_a_secure_policy_without_a_usable_key_refuses_to_start(tmp_path):
     server.set_endpoint(f"opc.tcp://127.0.0.1:{free_port()}/scada/")
     with pytest.raises(EndpointError, match="cannot read the server's private key"):
         await configure_endpoints(server, settings, MemoryAudit())
+
+
+async def test_scada_run_is_secure_by_default_and_the_demo_profile_opens_none(tmp_path):
+    """The real `scada run` (front in its own process): the defaults refuse a None client and take a
+    trusted certificate; the demo's profile lets an anonymous None client read."""
+    from city_scada.demo import DEMO_SECURITY
+
+    from .helpers import ROOT, Process, scada_run_args, wait_port
+
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/scada/"
+    data = tmp_path / "data"
+    cert = pc.make("hmi")
+    (data / "pki" / "trusted" / "certs").mkdir(parents=True)
+    (data / "pki" / "trusted" / "certs" / "hmi.der").write_bytes(cert.der)
+    secure = tmp_path / "security.yaml"
+    secure.write_text("anonymous: [Observer]\n")  # secure endpoints only (the defaults), anonymous allowed on them
+    server = Process(scada_run_args(ROOT, data, url, secure), tmp_path / "secure.log")
+    try:
+        wait_port(port, timeout=120)
+        with pytest.raises(Exception):  # noqa: B017 - no None endpoint
+            async with Client(url, timeout=10) as client:
+                await read_server_state(client)
+        async with await secure_client(Target(url, Pki(data / "pki"), tmp_path), cert) as client:
+            assert await read_server_state(client) == ua.ServerState.Running
+    finally:
+        server.stop()
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/scada/"
+    demo = Process(scada_run_args(ROOT, tmp_path / "demo-data", url, DEMO_SECURITY), tmp_path / "demo.log")
+    try:
+        wait_port(port, timeout=120)
+        async with Client(url, timeout=10) as client:
+            assert await read_server_state(client) == ua.ServerState.Running
+    finally:
+        demo.stop()
