@@ -21,21 +21,19 @@ part: ``scada user add``), its password from the environment variable ``--passwo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np  # noqa: E402
 
-from bench.front.field import FieldStats, run_field, serve_until_sigterm  # noqa: E402
+from bench.front.field import FieldStats, serve_until_sigterm  # noqa: E402
+from bench.front.ours import run_with_field  # noqa: E402
 from bench.front.procs import NodeRun, Served, ensure_node  # noqa: E402
-from bench.front.workload import NAMESPACE_URI, analog_names, read_names, write_city, write_names  # noqa: E402
+from bench.front.workload import NAMESPACE_URI, analog_names, write_city, write_names  # noqa: E402
 from bench.harness import fmt_rate, log, med  # noqa: E402
 
 CLIENT_URI = "urn:scada-bench:client"
@@ -54,21 +52,7 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
     config = load_config(Path(args.config))
     settings = FrontSettings(args.endpoint, event_loop=args.event_loop, security=security)
     app = Application(config, args.endpoint, 0, args.data, front=args.front, front_settings=settings)
-    app.drivers = []  # the field below is the only source of changes
-    tagdb = app.tagdb
-    ids = tagdb.ids_of(read_names(Path(args.changing)))
-    good = np.zeros(len(ids), np.uint32)
-
-    def write(positions: np.ndarray, value_ms: float) -> None:
-        n = len(positions)
-        tagdb.update(ids[positions], np.full(n, value_ms), good[:n], time.time_ns())
-
-    async with asyncio.TaskGroup() as tg:
-        server = tg.create_task(app.run(), name="application")
-        await app.started.wait()
-        print("LISTENING", flush=True)
-        tg.create_task(run_field(write, len(ids), args.rate, args.tick_ms / 1000, stats), name="field")
-        await server
+    await run_with_field(app, args, stats)
 
 
 def _client_files(work: Path, pki: Path) -> dict[str, str]:

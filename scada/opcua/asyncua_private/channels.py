@@ -30,6 +30,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError  # re-exported as it is (endpoints.py raises it)
@@ -54,7 +55,7 @@ def _peer(name: object) -> str:
     return str(name)
 
 
-def _refuse(processor, code: int, reason: str) -> None:
+def _refuse(processor: UaProcessor, code: int, reason: str) -> None:
     """Answer with an ErrorMessage (Part 6 7.1.5) and close the connection."""
     err = ua.ErrorMessage(ua.StatusCode(ua.UInt32(code)), ua.String(reason))
     transport = processor._transport
@@ -74,10 +75,11 @@ def _install_open_hook() -> None:
     original = UaProcessor.open_secure_channel
 
     @functools.wraps(original)
-    def open_secure_channel(self, algohdr, seqhdr, body):
+    def open_secure_channel(self: UaProcessor, algohdr: Any, seqhdr: Any, body: Any) -> None:
         check: ChannelCheck | None = getattr(self.iserver, _CHECK, None)
         if check is None or self._connection.is_open():  # not ours, or a renewal (same certificate)
-            return original(self, algohdr, seqhdr, body)
+            original(self, algohdr, seqhdr, body)
+            return
         if algohdr.SecurityPolicyURI != NONE_URI:
             try:
                 code = check(algohdr.SenderCertificate or b"", _peer(self.name))
@@ -86,10 +88,9 @@ def _install_open_hook() -> None:
                 code = ua.StatusCodes.BadSecurityChecksFailed
             if code != ua.StatusCodes.Good:
                 _refuse(self, code, "client certificate refused")
-                return None
-        result = original(self, algohdr, seqhdr, body)
+                return
+        original(self, algohdr, seqhdr, body)
         getattr(self.iserver, _CHANNELS)[self.name] = self._connection
-        return result
 
     UaProcessor.open_secure_channel = open_secure_channel  # type: ignore[method-assign]
     setattr(UaProcessor, _OPN_HOOKED, True)
