@@ -16,7 +16,7 @@ from typing import Any
 
 from scada.security.audit import AuditSink, record_of
 from scada.security.pki import REJECTED, Pki, host_names
-from scada.security.settings import load_security, security_file
+from scada.security.settings import SecuritySettings, load_security, security_file
 
 
 class NoAudit:
@@ -51,20 +51,20 @@ def renew(pki: Pki, hosts: list[str], audit: AuditSink) -> tuple[Path, Path]:
     return old_cert, old_key
 
 
-def _pki_of(args: argparse.Namespace) -> Pki:
-    path = security_file(Path(args.config), args.security)
-    return Pki(load_security(path, Path(args.data)).pki)
+AuditOf = Callable[[SecuritySettings], AuditSink]  # the settings' audit trail (settings.audit)
 
 
-def cmd_pki(args: argparse.Namespace, audit: AuditSink | None = None) -> int:
+def cmd_pki(args: argparse.Namespace, audit_of: AuditOf | None = None) -> int:
+    """Run one ``scada pki`` command; ``audit_of(settings)`` gives the sink of its changes."""
     from common.yamlsrc import ConfigError
 
-    sink: AuditSink = audit if audit is not None else NoAudit()
     try:
-        pki = _pki_of(args)
+        settings = load_security(security_file(Path(args.config), args.security), Path(args.data))
     except ConfigError as exc:
         print(f"security configuration error: {exc}", file=sys.stderr)
         return 2
+    pki = Pki(settings.pki)
+    sink: AuditSink = audit_of(settings) if audit_of is not None else NoAudit()
     try:
         if args.pki_command == "list":
             for e in pki.entries():
@@ -93,9 +93,9 @@ def cmd_pki(args: argparse.Namespace, audit: AuditSink | None = None) -> int:
     return 0
 
 
-def add_parser(sub: Any, audit_of: Callable[[argparse.Namespace], AuditSink] | None = None) -> None:
-    """``scada pki ...``; ``audit_of(args)`` gives the sink of the pki changes (default: none kept;
-    the audit trail plugs in here)."""
+def add_parser(sub: Any, audit_of: AuditOf | None = None) -> None:
+    """``scada pki ...``; ``audit_of(settings)`` gives the sink of the PKI changes (default: none
+    kept; the data folder's audit trail plugs in here: ``lambda s: CommandAudit(s.audit)``)."""
     p = sub.add_parser("pki", help="the server's certificates: list, trust or reject client certificates, renew")
     p.add_argument("--data", default="var", help="the server's --data folder (default: var)")
     p.add_argument("--config", default=".", help="configuration folder, for its security.yaml (default: .)")
@@ -110,4 +110,4 @@ def add_parser(sub: Any, audit_of: Callable[[argparse.Namespace], AuditSink] | N
         c.add_argument("thumbprint", help="its SHA-1 thumbprint, as `scada pki list` shows it")
     c = cmds.add_parser("renew", help="a new server certificate (the old one kept in own/old/)")
     c.add_argument("--host", action="append", help="another host name or address for it (repeat for several)")
-    p.set_defaults(func=lambda args: cmd_pki(args, audit_of(args) if audit_of is not None else None))
+    p.set_defaults(func=lambda args: cmd_pki(args, audit_of))

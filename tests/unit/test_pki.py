@@ -185,3 +185,25 @@ def test_the_command_line_lists_and_trusts(tmp_path, capsys):
     assert (data / "pki" / "trusted" / "certs" / f"{cert.thumbprint}.der").exists()
     assert city_scada.main(["pki", "--data", str(data), "--config", str(tmp_path), "trust", "00ff"]) == 1
     assert "no certificate with thumbprint 00ff in rejected/" in capsys.readouterr().err
+
+
+def test_the_command_line_records_its_changes_in_the_sink_given(tmp_path, capsys):
+    import argparse
+
+    data = tmp_path / "data"
+    cert = pc.make("hmi")
+    Pki(data / "pki").verifier().check(cert.der)  # lands in rejected/
+    audit, seen = MemoryAudit(), []
+
+    def audit_of(settings):
+        seen.append(settings.audit)
+        return audit
+
+    parser = argparse.ArgumentParser()
+    pki_cli.add_parser(parser.add_subparsers(), audit_of=audit_of)
+    args = parser.parse_args(["pki", "--data", str(data), "--config", str(tmp_path), "trust", cert.thumbprint])
+    assert args.func(args) == 0
+    assert seen == [data / "audit.sqlite"]
+    assert [(r.action, r.target, r.result) for r in audit.records] == [
+        ("pki_change", f"trust {cert.thumbprint}", "Good")
+    ]
