@@ -23,6 +23,7 @@ from scada.security.settings import SecuritySettings
 DEMO_SIM_OPCUA_PORT = 4841
 DEMO_CONTROL_PORT = 14999  # below the cabinets' ports (15020 and up)
 DEMO_MQTT_PORT = 1883
+DEMO_SECURITY = Path(__file__).resolve().parent / "demo_security.yaml"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="MQTT broker of the bollards and vehicles on 127.0.0.1:1883: auto (default: one already "
         "listening, else Mosquitto if installed, else the embedded amqtt), or force one",
     )
-    p.set_defaults(func=cmd_demo)
+    # The demo is easy to try: a None endpoint and anonymous read-only sessions (city_scada/demo_security.yaml).
+    p.set_defaults(func=cmd_demo, security=str(DEMO_SECURITY))
     return p
 
 

@@ -60,5 +60,9 @@ def configure(json: bool = False, level: str = "INFO") -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its per-request errors are ours to report
     # asyncua logs each request and session at INFO/WARNING; our own events say what matters.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    # A failed start is reported by `scada run` itself, in one line.
+    # A failed start is reported by `scada run` itself, in one line; its security warnings (None
+    # endpoint, passwords in clear, no certificate) are checked and logged by scada/opcua/endpoints.py.
     logging.getLogger("asyncua.server.server").setLevel(logging.CRITICAL)
+    # Certificates: the server's own checked at start (no ApplicationUri or host name in it, expired),
+    # the security policies' deprecation warnings: a security problem is never silent.
+    logging.getLogger("asyncua.crypto").setLevel(logging.WARNING)

@@ -92,6 +92,7 @@ class Application:
                 opcua_endpoint,
                 alarms=self.alarms,
                 history=self.historian,
+                security=security,
                 audit=AuditFanout(self.audit),
             )
         else:

@@ -50,7 +50,13 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
     from scada.front.link import FrontSettings
 
     endpoint = args.opcua_endpoint
-    settings = FrontSettings(endpoint, log_json=args.log_json, log_level=args.log_level, event_loop=args.event_loop)
+    settings = FrontSettings(
+        endpoint,
+        log_json=args.log_json,
+        log_level=args.log_level,
+        event_loop=args.event_loop,
+        security=getattr(args, "security_settings", None),
+    )
     app = Application(
         config, endpoint, args.status_interval, args.data, influx, front=args.front, front_settings=settings
     )
@@ -168,6 +174,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    security = _security(args)
+    if security is None:
+        return 2
     print(f"OPC UA endpoint: {_connectable(args.opcua_endpoint)}", flush=True)
     from scada.alarms.journal import JournalError
     from scada.historian.service import InfluxSettings
@@ -196,6 +205,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         _fatal(exc)
         return 1
     return 0
+
+
+def _security(args: argparse.Namespace):
+    """Read the security settings (``--security``, else the configuration folder's security.yaml,
+    else the secure defaults), resolve the endpoint, and make or check the server's certificate
+    when a secure policy is offered. None after printing the error (exit 2)."""
+    from scada.opcua.server import DEFAULT_ENDPOINT
+    from scada.security.pki import Pki, PkiError
+    from scada.security.settings import load_security, security_file
+
+    try:
+        path = security_file(Path(args.config), getattr(args, "security", None))
+        settings = load_security(path, Path(args.data))
+    except ConfigError as exc:
+        print(f"security configuration error: {exc}", file=sys.stderr)
+        return None
+    args.opcua_endpoint = args.opcua_endpoint or settings.endpoint or DEFAULT_ENDPOINT
+    if settings.policies:
+        from urllib.parse import urlparse
+
+        pki = Pki(settings.pki)
+        host = urlparse(args.opcua_endpoint).hostname or ""
+        try:
+            if pki.ensure_server_certificate(hosts=[host] if host else []):
+                print(f"server certificate created: {pki.cert_path} (clients must trust it)", flush=True)
+            pki.check_server_key()
+        except (PkiError, OSError) as exc:
+            print(f"cannot offer secure endpoints: {exc}", file=sys.stderr)
+            return None
+    args.security_settings = settings
+    return settings
 
 
 def _fatal(exc: BaseException) -> None:
@@ -391,7 +431,16 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     from scada.opcua.server import DEFAULT_ENDPOINT
 
     _config_argument(p)
-    p.add_argument("--opcua-endpoint", default=DEFAULT_ENDPOINT, help=f"default {DEFAULT_ENDPOINT}")
+    p.add_argument(
+        "--opcua-endpoint",
+        default=None,
+        help=f"the OPC UA endpoint to listen on (default: security.yaml's endpoint, else {DEFAULT_ENDPOINT})",
+    )
+    p.add_argument(
+        "--security",
+        help="the security settings (default: security.yaml of the configuration folder if present, else the "
+        "secure defaults: signed and encrypted endpoints only, no anonymous login)",
+    )
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     p.add_argument("--log-level", default="INFO")
@@ -471,6 +520,10 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada.security import audit_cli
 
     audit_cli.add_parser(sub)
+    from scada.security import pki_cli
+    from scada.security.audit_log import CommandAudit
+
+    pki_cli.add_parser(sub, audit_of=lambda s: CommandAudit(s.audit))
     from scada import schema as schema_cli
 
     schema_cli.add_parser(sub)

@@ -195,11 +195,34 @@ def alarms_schema() -> Schema:
     }
 
 
+def security_schema() -> Schema:
+    """The JSON Schema of security.yaml (scada/security/settings.py's key tables)."""
+    from scada.security import settings
+
+    root = object_schema(settings.SECURITY_KEYS)
+    root["type"] = ["object", "null"]  # an empty security.yaml: the secure defaults
+    return {
+        "$schema": DRAFT,
+        "title": "security.yaml: the OPC UA server's endpoints, PKI, users file, logins and limits",
+        "description": "Optional, in the configuration folder (or given with `scada run --security`). Absent: "
+        "signed and encrypted endpoints only, no anonymous login, on loopback. Paths are relative to the data "
+        "folder.",
+        "$comment": GENERATED + " Not expressible here, checked by `scada run` only: at least one endpoint (a "
+        "policy and a mode, or allow_none); login.max_delay_s >= login.delay_s.",
+        **root,
+        "definitions": {
+            "login": object_schema(settings.LOGIN_KEYS, description="Failed logins: slowed, then the user locked."),
+            "limits": object_schema(settings.LIMIT_KEYS, description="What one client may take."),
+        },
+    }
+
+
 def schemas(drivers: Mapping[str, DriverConfig]) -> dict[str, str]:
     """File name -> text of each schema, deterministic (tables' order, fixed formatting)."""
     return {
         "tags.schema.json": render(tags_schema(drivers)),
         "alarms.schema.json": render(alarms_schema()),
+        "security.schema.json": render(security_schema()),
     }
 
 
@@ -230,7 +253,9 @@ def write(directory: Path, drivers: Mapping[str, DriverConfig]) -> list[Path]:
 
 def add_parser(sub: Any) -> None:
     """``scada schema [--check] [--out DIR]``, documenting the drivers of the registry the CLI was given."""
-    p = sub.add_parser("schema", help="write the JSON Schemas of tags.yaml and alarms.yaml (for the editor)")
+    p = sub.add_parser(
+        "schema", help="write the JSON Schemas of tags.yaml, alarms.yaml and security.yaml (for the editor)"
+    )
     p.add_argument("--out", default=str(SCHEMAS_DIR), help="folder to write them into (default: scada/schemas/)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files there are stale")
     p.set_defaults(func=lambda args: run(args, {name: plugin.config for name, plugin in args.drivers.items()}))

@@ -41,6 +41,12 @@ async def serve(args: argparse.Namespace, stats: FieldStats) -> None:
         if "front" not in str(exc):
             raise
         raise SystemExit(f"--front {args.front}: this checkout's Application has no front= option ({exc})") from None
+    await run_with_field(app, args, stats)
+
+
+async def run_with_field(app, args: argparse.Namespace, stats: FieldStats) -> None:
+    """Run ``app`` (an Application) with the synthetic field in place of its drivers, changing the
+    tags named in ``args.changing`` ``args.rate`` times a second; ``LISTENING`` once it serves."""
     app.drivers = []  # the bench is the field: no driver polls the configuration's devices
     tagdb = app.tagdb
     ids = tagdb.ids_of(read_names(Path(args.changing))) if args.changing else np.zeros(0, np.int64)

@@ -2,16 +2,18 @@
 // subscription monitoring `items` of the listed variables, wait for their first values, close
 // the session and disconnect. Prints one RESULT line.
 //
-// Argument (JSON): endpoint, nsUri, nodes (file), sessions, parallel, items.
+// Argument (JSON): endpoint, nsUri, nodes (file), sessions, parallel, items; optional: userName and
+// password (a UserName token, else anonymous), the security of common.js makeClient.
 "use strict";
-const { AttributeIds, TimestampsToReturn } = require("node-opcua");
+const { AttributeIds, TimestampsToReturn, UserTokenType } = require("node-opcua");
 const { args, nowMs, result, readLines, makeClient, namespaceIndex, runMain } = require("./common");
 
 async function once(a, names, state) {
-    const client = makeClient();
+    const client = makeClient(a);
     await client.connect(a.endpoint);
     try {
-        const session = await client.createSession();
+        const user = a.userName ? { type: UserTokenType.UserName, userName: a.userName, password: a.password } : undefined;
+        const session = await client.createSession(user);
         const ns = state.ns ?? (state.ns = await namespaceIndex(session, a.nsUri));
         const sub = await session.createSubscription2({
             requestedPublishingInterval: 100,

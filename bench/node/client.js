@@ -16,7 +16,7 @@ const { args, nowMs, result, readLines, makeClient, namespaceIndex, percentile, 
 async function main() {
     const a = args();
     const names = readLines(a.nodes);
-    const client = makeClient();
+    const client = makeClient(a);
     await client.connect(a.endpoint);
     const session = await client.createSession();
     const ns = await namespaceIndex(session, a.nsUri);

@@ -29,13 +29,19 @@ function readLines(path) {
     return fs.readFileSync(path, "utf8").split("\n").filter((s) => s.length > 0);
 }
 
-// A plain, unsecured client sized for tens of thousands of items per request.
-function makeClient() {
+// A client sized for tens of thousands of items per request: unsecured, unless the script's
+// argument `a` names a securityMode and securityPolicy (with the client's certificateFile,
+// privateKeyFile and the applicationUri of its certificate: bench/bench_security.py).
+function makeClient(a = {}) {
+    const secure = a.securityMode && a.securityMode !== "None";
     return OPCUAClient.create({
         applicationName: "scada-bench",
         endpointMustExist: false,
-        securityMode: MessageSecurityMode.None,
-        securityPolicy: SecurityPolicy.None,
+        securityMode: secure ? MessageSecurityMode[a.securityMode] : MessageSecurityMode.None,
+        securityPolicy: secure ? SecurityPolicy[a.securityPolicy] : SecurityPolicy.None,
+        ...(secure
+            ? { certificateFile: a.certificateFile, privateKeyFile: a.privateKeyFile, applicationUri: a.applicationUri }
+            : {}),
         requestedSessionTimeout: 600000,
         keepSessionAlive: true,
         connectionStrategy: { maxRetry: 5, initialDelay: 200, maxDelay: 2000 },

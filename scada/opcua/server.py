@@ -40,7 +40,7 @@ from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
-DEFAULT_ENDPOINT = "opc.tcp://0.0.0.0:4840/scada/"
+DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/scada/"  # loopback: another address is a choice
 
 
 class HmiServer:
@@ -81,7 +81,7 @@ class HmiServer:
         self.server.set_server_name(self.name)
         # Endpoints, logins, authorisation, bounds and audit events: each its module (scada/security
         # holds the settings, identities and audit records they share).
-        await configure_endpoints(self.server, self.security)
+        await configure_endpoints(self.server, self.security, self.audit)
         await install_login(self.server, self.security, self.audit)
         await install_authorisation(self.server, self.security, self.audit)
         await install_bounds(self.server, self.security, self.audit)

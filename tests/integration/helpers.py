@@ -159,15 +159,22 @@ def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str |
     return TinyCity(base, opc_sim, opc_scada, control, config, sim)
 
 
-def scada_run_args(config: Path, data: Path, endpoint: str) -> list[str]:
+# The tests' security profile: a None endpoint and anonymous sessions (tests/data/security-open.yaml).
+OPEN_SECURITY = ROOT / "tests" / "data" / "security-open.yaml"
+
+
+def scada_run_args(config: Path, data: Path, endpoint: str, security: Path = OPEN_SECURITY) -> list[str]:
     """Arguments of ``Process`` for the server: ``scada run`` on ``config``, serving ``endpoint``,
-    its state in ``data``, no periodic status line."""
+    its state in ``data``, no periodic status line, the ``security`` settings (default: the open
+    test profile, as before the security issue)."""
     return [
         "-m",
         "city_scada",
         "run",
         "--config",
         str(config),
+        "--security",
+        str(security),
         "--opcua-endpoint",
         endpoint,
         "--status-interval",

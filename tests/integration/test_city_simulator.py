@@ -20,7 +20,7 @@ from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.adapters.opcua_traffic import NAMESPACE_URI as TRAFFIC_NS
 from simulators.city import generate
 
-from .helpers import until_read, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port
+from .helpers import OPEN_SECURITY, until_read, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
                         what="scenario conflict fault")
 
         # The server supervises the generated configuration.
-        server = Process(["-m", "city_scada", "run", "--config", str(config), "--opcua-endpoint",
+        server = Process(["-m", "city_scada", "run", "--config", str(config), "--security", str(OPEN_SECURITY), "--opcua-endpoint",
                           f"opc.tcp://127.0.0.1:{opc_scada}/scada/", "--status-interval", "0", "--data", str(tmp_path / "data")],
                          tmp_path / "server.log")
         wait_port(opc_scada, timeout=30)

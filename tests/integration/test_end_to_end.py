@@ -20,7 +20,7 @@ from asyncua import Client, ua
 from scada.opcua.address_space import NAMESPACE_URI
 from simulators.inventory import Cabinet
 
-from .helpers import until_read, Process, free_port, free_port_range, wait_port, wait_port_closed, write_cabinets
+from .helpers import OPEN_SECURITY, until_read, Process, free_port, free_port_range, wait_port, wait_port_closed, write_cabinets
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +56,7 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
 
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
     server = Process(["-m", "city_scada", "run", "--config", str(tmp_path / "config"), "--opcua-endpoint", endpoint,
+                      "--security", str(OPEN_SECURITY),
                       "--status-interval", "1", "--log-json", "--data", str(tmp_path / "data")], tmp_path / "server.log")
     try:
         wait_port(base + 2)

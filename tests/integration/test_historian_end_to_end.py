@@ -37,7 +37,7 @@ import pytest
 
 from scada.historian.store import HistoryStore
 
-from .helpers import ROOT, Mosquitto, Process, free_port, free_port_range, wait_port, write_tags
+from .helpers import OPEN_SECURITY, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port, write_tags
 from .victoria import Victoria
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ def now_ms() -> int:
 
 
 def start_server(config: Path, data: Path, vm: Victoria, opc_port: int, log: Path) -> Process:
-    return Process(["-m", "city_scada", "run", "--config", str(config), "--data", str(data),
+    return Process(["-m", "city_scada", "run", "--config", str(config), "--data", str(data), "--security", str(OPEN_SECURITY),
                     "--opcua-endpoint", f"opc.tcp://127.0.0.1:{opc_port}/scada/", "--status-interval", "0",
                     "--influx-url", vm.url, "--influx-org", "city", "--influx-bucket", "scada"], log)
 

@@ -35,6 +35,8 @@ module                 the concern, and who uses it
                        gate before each request and each method of a Call (authorise.py)
 ``ownership``          a subscription is its session's: owner checks on the session's
                        subscription services, transfers (authorise.py)
+``channels``           the client certificate checked at OpenSecureChannel, CreateSession
+                       bound to the channel's certificate (endpoints.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
