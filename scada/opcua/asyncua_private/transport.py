@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -220,6 +221,8 @@ def _count_before_decoding() -> None:
         return
     process_message = UaProcessor.process_message
 
+    # wraps: what reads asyncua's source or signature (contract tests) still reads asyncua's.
+    @functools.wraps(process_message)
     async def counted(self: UaProcessor, seqhdr: Any, body: Buffer) -> Any:
         guard: _Guard | None = getattr(self.iserver, _GUARD, None)
         cap = guard.rules.operations_per_request if guard is not None else None
