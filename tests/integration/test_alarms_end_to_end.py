@@ -24,13 +24,20 @@ pytestmark = pytest.mark.integration
 
 
 def fault(control_port: int, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
-                       capture_output=True, text=True, timeout=20, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def scada(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "city_scada", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "city_scada", *args], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -59,8 +66,12 @@ async def polled(endpoint: str, tags: list[str], timeout: float = 30.0) -> None:
         ns = await client.get_namespace_index("urn:city-scada:tags")
         for tag in tags:
             node = client.get_node(ua.NodeId(tag, ns))
-            await until_read(lambda: node.read_data_value(raise_on_bad_status=False),
-                             lambda dv: dv.StatusCode.is_good(), timeout, f"{tag} polled")
+            await until_read(
+                lambda: node.read_data_value(raise_on_bad_status=False),
+                lambda dv: dv.StatusCode.is_good(),
+                timeout,
+                f"{tag} polled",
+            )
 
 
 def events(rows, alarm: str, device: str) -> list[tuple[str, str]]:
@@ -88,15 +99,24 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         fault(control, "mains_loss", a)
         fault(control, "lamp_failure", a, "count=3")
         fault(control, "lamp_failure", b, "count=2")
-        rows = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in events(rows, "mains_loss", a)
-                                   and events(rows, "lamps_failed", b), what="mains loss and lamp alarms")
+        rows = await journal_until(
+            path,
+            lambda rows: (
+                ("ACTIVATE", "UNACK_ACTIVE") in events(rows, "mains_loss", a) and events(rows, "lamps_failed", b)
+            ),
+            what="mains loss and lamp alarms",
+        )
         assert events(rows, "lamps_failed", b) == [("ACTIVATE", "UNACK_ACTIVE")]
         lamps_a = events(rows, "lamps_failed", a)
         assert lamps_a and all(state == "SUPPRESSED" for _, state in lamps_a), lamps_a
         assert events(rows, "mains_loss", b) == []
         row = next(r for r in rows if r.alarm == "mains_loss")
-        assert (row.commune, row.priority, row.severity, row.service) == ("Dijon", "critical", 900,
-                                                                         "lighting_maintenance")
+        assert (row.commune, row.priority, row.severity, row.service) == (
+            "Dijon",
+            "critical",
+            900,
+            "lighting_maintenance",
+        )
         assert row.message == f"Dijon {a}: mains voltage 0 V"
 
         # The journal through the command line: CSV filtered by device and priority.
@@ -119,12 +139,16 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
             assert mains.Severity == 900 and mains.Message.Text == f"Dijon {a}: mains voltage 0 V"
             await client.get_node(mains.NodeId).call_method(
                 ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
-                ua.Variant(mains.EventId, ua.VariantType.ByteString), ua.LocalizedText("crew sent"))
-            acked = await client_events.next_event(lambda e: e.ConditionName == "mains_loss" and e.SourceName == a,
-                                                   timeout=10)
+                ua.Variant(mains.EventId, ua.VariantType.ByteString),
+                ua.LocalizedText("crew sent"),
+            )
+            acked = await client_events.next_event(
+                lambda e: e.ConditionName == "mains_loss" and e.SourceName == a, timeout=10
+            )
             assert acked.AckedState.Text in ("Acknowledged", "Acked") or getattr(acked, "AckedState/Id") is True
-        rows = await journal_until(path, lambda rows: ("ACK", "ACK_ACTIVE") in events(rows, "mains_loss", a),
-                                   what="acknowledgement journaled")
+        rows = await journal_until(
+            path, lambda rows: ("ACK", "ACK_ACTIVE") in events(rows, "mains_loss", a), what="acknowledgement journaled"
+        )
         ack = next(r for r in rows if r.alarm == "mains_loss" and r.event == "ACK")
         assert ack.user.startswith("opcua:") and ack.comment == "crew sent"
 
@@ -139,19 +163,27 @@ async def test_lamp_failure_and_mains_loss_alarms_suppression_journal_and_restar
         # A's and B's fresh data (change batches are processed in order) and let every delay
         # that data could have started expire: a re-announcement would be in the journal by then.
         fault(control, "mains_loss", b)
-        after = await journal_until(path, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in
-                                    events(rows[before:], "mains_loss", b),
-                                    what="marker: B's mains loss announced after the restart")
+        after = await journal_until(
+            path,
+            lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in events(rows[before:], "mains_loss", b),
+            what="marker: B's mains loss announced after the restart",
+        )
         new = [(r.alarm, r.device, r.event) for r in after[before:]]
-        assert not [x for x in new if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed")
-                    and x[:2] != ("mains_loss", b)], new
+        assert not [
+            x
+            for x in new
+            if x[2] == "ACTIVATE" and x[0] in ("mains_loss", "lamps_failed") and x[:2] != ("mains_loss", b)
+        ], new
         assert "alarm_states_restored" in server.output()
 
         # The mains come back: the mains alarm clears and A's lamp
         # alarm, still active, is announced at last.
         fault(control, "mains_restore", a)
-        rows = await journal_until(path, lambda rows: ("UNSUPPRESS", "UNACK_ACTIVE") in events(rows, "lamps_failed", a),
-                                   what="lamp alarm announced after the mains return")
+        rows = await journal_until(
+            path,
+            lambda rows: ("UNSUPPRESS", "UNACK_ACTIVE") in events(rows, "lamps_failed", a),
+            what="lamp alarm announced after the mains return",
+        )
         assert ("CLEAR", "NORMAL") in events(rows, "mains_loss", a)  # acknowledged from the HMI above
     finally:
         if server:
