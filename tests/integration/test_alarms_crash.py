@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from asyncua import Client, ua
 
-from scada.alarms.journal import Journal
 from city_scada import load_config
 
-from .helpers import ROOT, Notifications, Process, scada_run_args, start_tiny_city, wait_port
+from .helpers import (
+    DEADLINE,
+    ROOT,
+    Notifications,
+    Process,
+    fault,
+    journal_until,
+    read_journal,
+    scada_run_args,
+    start_tiny_city,
+    wait_port,
+    wait_port_closed,
+)
 
 pytestmark = pytest.mark.integration
-O = ua.ObjectIds
+Ids = ua.ObjectIds
 
 # What ConditionRefresh must give back identical (Time is the condition's last event's).
 FIELDS = (
@@ -42,38 +51,6 @@ FIELDS = (
 )
 
 
-def fault(control_port: int, *args: str) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr
-
-
-def read_journal(path) -> list:
-    j = Journal(path)
-    try:
-        return j.query()
-    finally:
-        j.close()
-
-
-async def journal_until(path, predicate, timeout: float = 60.0, what: str = "") -> list:
-    """The server's journal (read beside it: SQLite WAL) once ``predicate(rows)`` holds."""
-    deadline = time.monotonic() + timeout
-    rows: list = []
-    while time.monotonic() < deadline:
-        if path.exists():
-            rows = read_journal(path)
-            if predicate(rows):
-                return rows
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
-
-
 def has(rows, alarm: str, device: str, event: str, state: str) -> bool:
     return any((r.alarm, r.device, r.event, r.state) == (alarm, device, event, state) for r in rows)
 
@@ -83,17 +60,17 @@ async def refresh(client: Client) -> dict:
     handler = Notifications()
     sub = await client.create_subscription(50, handler)
     try:
-        await sub.subscribe_alarms_and_conditions(client.nodes.server, O.AlarmConditionType)
-        await client.get_node(ua.NodeId(O.ConditionType)).call_method(
-            ua.NodeId(O.ConditionType_ConditionRefresh), ua.Variant(sub.subscription_id, ua.VariantType.UInt32)
+        await sub.subscribe_alarms_and_conditions(client.nodes.server, Ids.AlarmConditionType)
+        await client.get_node(ua.NodeId(Ids.ConditionType)).call_method(
+            ua.NodeId(Ids.ConditionType_ConditionRefresh), ua.Variant(sub.subscription_id, ua.VariantType.UInt32)
         )
         shown, started = {}, False
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE):
             while True:
                 e = await handler.events.get()
-                if e.EventType == ua.NodeId(O.RefreshStartEventType):
+                if e.EventType == ua.NodeId(Ids.RefreshStartEventType):
                     started = True
-                elif e.EventType == ua.NodeId(O.RefreshEndEventType):
+                elif e.EventType == ua.NodeId(Ids.RefreshEndEventType):
                     return shown
                 elif started and e.ConditionName:
                     shown[(e.SourceName, e.ConditionName)] = e
@@ -105,11 +82,11 @@ def fields(e) -> dict:
     return {f: getattr(e, f, None) for f in FIELDS}
 
 
-async def refresh_until(url: str, predicate, timeout: float = 60.0, what: str = "") -> dict:
+async def refresh_until(url: str, predicate, timeout: float = DEADLINE, what: str = "") -> dict:
     deadline = time.monotonic() + timeout
     shown: dict = {}
     while time.monotonic() < deadline:
-        async with Client(url, timeout=10) as client:
+        async with Client(url, timeout=DEADLINE) as client:
             shown = await refresh(client)
         if predicate(shown):
             return shown
@@ -125,7 +102,7 @@ async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_no
     server = None
     path = data / "alarms.sqlite"
     try:
-        wait_port(control, timeout=60)
+        wait_port(control, proc=sim)
         (config / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
         cfg = load_config(config)
         cabinets = [d.name for d in cfg.devices if d.type == "lighting_cabinet"]
@@ -133,7 +110,7 @@ async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_no
         assert len(cabinets) >= 5, cabinets
         unacked, acked, rtn, timed, one_shot = cabinets[:5]
         server = Process(server_args, tmp_path / "server.log")
-        wait_port(opc_scada, timeout=60)
+        wait_port(opc_scada, proc=server)
 
         for cab in (unacked, acked, timed, one_shot):
             fault(control, "lamp_failure", cab, "count=2")
@@ -156,21 +133,21 @@ async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_no
         shown = await refresh_until(
             url, lambda shown: all(k in shown for k in needed), what="the HMI sees the announced alarms"
         )
-        async with Client(url, timeout=10) as client:
+        async with Client(url, timeout=DEADLINE) as client:
             for device, alarm in ((acked, "lamps_failed"), (junction, "conflict_fault")):
                 e = shown[(device, alarm)]
                 await client.get_node(e.NodeId).call_method(
-                    ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                    ua.NodeId(Ids.AcknowledgeableConditionType_Acknowledge),
                     ua.Variant(e.EventId, ua.VariantType.ByteString),
                     ua.LocalizedText("seen"),
                 )
             for device, method, args in (
                 (
                     timed,
-                    O.AlarmConditionType_ShelvingState_TimedShelve,
+                    Ids.AlarmConditionType_ShelvingState_TimedShelve,
                     (ua.Variant(3_600_000.0, ua.VariantType.Double),),
                 ),
-                (one_shot, O.AlarmConditionType_ShelvingState_OneShotShelve, ()),
+                (one_shot, Ids.AlarmConditionType_ShelvingState_OneShotShelve, ()),
             ):
                 cond = shown[(device, "lamps_failed")].NodeId
                 shelving = ua.NodeId(f"{cond.Identifier}/ShelvingState", cond.NamespaceIndex)
@@ -194,10 +171,10 @@ async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_no
             (acked, "lamps_failed"): {"ActiveState/Id": True, "AckedState/Id": True},
             (rtn, "door_open"): {"ActiveState/Id": False, "AckedState/Id": False},
             (timed, "lamps_failed"): {
-                "ShelvingState/CurrentState/Id": ua.NodeId(O.ShelvedStateMachineType_TimedShelved)
+                "ShelvingState/CurrentState/Id": ua.NodeId(Ids.ShelvedStateMachineType_TimedShelved)
             },
             (one_shot, "lamps_failed"): {
-                "ShelvingState/CurrentState/Id": ua.NodeId(O.ShelvedStateMachineType_OneShotShelved)
+                "ShelvingState/CurrentState/Id": ua.NodeId(Ids.ShelvedStateMachineType_OneShotShelved)
             },
             (junction, "conflict_fault"): {"LatchedState/Id": True, "ActiveState/Id": False, "AckedState/Id": True},
         }
@@ -213,15 +190,19 @@ async def test_sigkill_with_alarms_in_every_state_loses_nothing_and_announces_no
 
         # SIGKILL: no shutdown code, no final save.
         server.stop(signal.SIGKILL)
+        # The killed core's OPC UA front (its own process) sees its channel end and stops by
+        # itself, closing the endpoint it still serves: until then a client reaching the port
+        # talks to that dying front (and loses its connection), not to the restarted server.
+        wait_port_closed(opc_scada)
         server = Process(server_args, tmp_path / "server2.log")
-        wait_port(opc_scada, timeout=60)
+        wait_port(opc_scada, proc=server)
         after = await refresh_until(url, lambda shown: set(before) <= set(shown), what="the conditions after restart")
         assert {k: fields(after[k]) for k in before} == {k: fields(e) for k, e in before.items()}
 
         # An EventId received before the crash still acknowledges (the HMI holds it).
-        async with Client(url, timeout=10) as client:
+        async with Client(url, timeout=DEADLINE) as client:
             await client.get_node(before[(unacked, "lamps_failed")].NodeId).call_method(
-                ua.NodeId(O.AcknowledgeableConditionType_Acknowledge),
+                ua.NodeId(Ids.AcknowledgeableConditionType_Acknowledge),
                 ua.Variant(before[(unacked, "lamps_failed")].EventId, ua.VariantType.ByteString),
                 ua.LocalizedText("after the restart"),
             )
