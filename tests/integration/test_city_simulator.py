@@ -19,7 +19,18 @@ from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.adapters.opcua_traffic import NAMESPACE_URI as TRAFFIC_NS
 from simulators.city import generate
 
-from .helpers import DEADLINE, ROOT, Mosquitto, Process, fault, free_port, free_port_range, until_read, wait_port
+from .helpers import (
+    DEADLINE,
+    ROOT,
+    Mosquitto,
+    Process,
+    fault,
+    free_port,
+    free_port_range,
+    scada_run_args,
+    until_read,
+    wait_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -100,24 +111,10 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
             )
 
         # The server supervises the generated configuration.
-        server = Process(
-            [
-                "-m",
-                "city_scada",
-                "run",
-                "--config",
-                str(config),
-                "--opcua-endpoint",
-                f"opc.tcp://127.0.0.1:{opc_scada}/scada/",
-                "--status-interval",
-                "0",
-                "--data",
-                str(tmp_path / "data"),
-            ],
-            tmp_path / "server.log",
-        )
+        endpoint = f"opc.tcp://127.0.0.1:{opc_scada}/scada/"
+        server = Process(scada_run_args(config, tmp_path / "data", endpoint), tmp_path / "server.log")
         wait_port(opc_scada, proc=server)
-        async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=DEADLINE) as c:
+        async with Client(endpoint, timeout=DEADLINE) as c:
             ns = await c.get_namespace_index(SCADA_NS)
 
             def node(device, point):
