@@ -23,6 +23,13 @@ from tests.configs import write_tags as write_tags
 from tests.tls_files import TlsFiles as TlsFiles
 from tests.tls_files import make_tls_files as make_tls_files
 
+# The safety net of every wait on a real process (a server, a simulator, a broker, a peer): how
+# long before a wait that should end is called a failure. Each wait ends on its event (a port
+# that listens, a value, a journal row), so a passing test never waits this long; it is generous
+# on purpose: on a loaded machine (load average 10+ on two cores) the server's start alone takes
+# over a minute, and a slow pass must not turn into a failure.
+DEADLINE = 300.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -63,16 +70,21 @@ def free_port_range(n: int, attempts: int = 200) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
-def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+def wait_port(port: int, timeout: float = DEADLINE, host: str = "127.0.0.1", proc: Process | None = None) -> None:
+    """Wait until something listens on ``port``; with ``proc``, fail at once (with its log) if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
+        if proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(
+                f"{proc.args} exited ({proc.proc.returncode}) before listening on {port}:\n{proc.output()}"
+            )
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
-def wait_port_closed(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+def wait_port_closed(port: int, timeout: float = DEADLINE, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -84,8 +96,9 @@ def wait_port_closed(port: int, timeout: float = 30.0, host: str = "127.0.0.1") 
     raise TimeoutError(f"{host}:{port} still open after {timeout} s")
 
 
-def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    """Send ``sig`` to a child that still runs and wait for it; kill it if it outlives ``timeout``."""
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = DEADLINE) -> None:
+    """Send ``sig`` to a child that still runs and wait for it; kill it if it outlives ``timeout``
+    (a safety net: a child that stops cleanly, however slowly, ends with its own exit status)."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)
@@ -116,7 +129,7 @@ class Process:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE) -> int:
         stop_process(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
@@ -197,7 +210,7 @@ class Notifications:
     def datachange_notification(self, node, val, data) -> None:
         self.data.put_nowait((node.nodeid, data.monitored_item.Value))
 
-    async def next_event(self, predicate, timeout: float = 30.0):
+    async def next_event(self, predicate, timeout: float = DEADLINE):
         """The next event for which ``predicate`` holds (the ones before it are dropped)."""
         async with asyncio.timeout(timeout):
             while True:
@@ -205,7 +218,7 @@ class Notifications:
                 if predicate(e):
                     return e
 
-    async def next_data(self, nodeid, predicate, timeout: float = 30.0):
+    async def next_data(self, nodeid, predicate, timeout: float = DEADLINE):
         """The next DataValue of ``nodeid`` for which ``predicate`` holds."""
         async with asyncio.timeout(timeout):
             while True:
@@ -213,7 +226,7 @@ class Notifications:
                 if nid == nodeid and predicate(dv):
                     return dv
 
-    async def until_refresh_end(self, timeout: float = 30.0) -> list:
+    async def until_refresh_end(self, timeout: float = DEADLINE) -> list:
         """Every event up to and including the next RefreshEndEvent (of a ConditionRefresh)."""
         from asyncua import ua
 
@@ -240,7 +253,7 @@ async def refresh_conditions(client) -> tuple[Notifications, Any, list]:
         ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),  # type: ignore[arg-type]
         ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
     )
-    return events, sub, await events.until_refresh_end(timeout=15)
+    return events, sub, await events.until_refresh_end()
 
 
 class SilentLink:
@@ -392,11 +405,11 @@ class DriverHarness:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def until(predicate, timeout: float = 30.0, what: str = "") -> float:
+async def until(predicate, timeout: float = DEADLINE, what: str = "") -> float:
     """Wait for ``predicate()`` to hold; return the seconds it took, or fail saying ``what``.
 
-    The deadlines here are generous on purpose: they only matter when a test fails, and a
-    loaded machine must not turn a slow pass into a failure."""
+    The deadline (``DEADLINE``) only matters when a test fails: a loaded machine must not turn
+    a slow pass into a failure."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if predicate():
@@ -405,7 +418,7 @@ async def until(predicate, timeout: float = 30.0, what: str = "") -> float:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-async def until_read(read, predicate, timeout: float = 30.0, what: str = ""):
+async def until_read(read, predicate, timeout: float = DEADLINE, what: str = ""):
     """Await ``read()`` until ``predicate`` holds for its result; return that result, or fail with the last."""
     deadline = time.monotonic() + timeout
     last = None
@@ -415,6 +428,44 @@ async def until_read(read, predicate, timeout: float = 30.0, what: str = ""):
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"{what}: not reached within {timeout} s; last: {last!r}")
+
+
+def fault(control_port: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m simulators fault ARGS`` on a simulator's control port; with ``check``, it must succeed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        cwd=ROOT,
+    )
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def read_journal(path: Path) -> list:
+    """Every row of the alarm journal at ``path`` (read beside the running server: SQLite WAL)."""
+    from scada.alarms.journal import Journal
+
+    j = Journal(path)
+    try:
+        return j.query()
+    finally:
+        j.close()
+
+
+async def journal_until(path: Path, predicate, what: str = "", timeout: float = DEADLINE) -> list:
+    """The rows of the server's alarm journal once ``predicate(rows)`` holds, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    rows: list = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            rows = read_journal(path)
+            if predicate(rows):
+                return rows
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s; journal: {[(r.alarm, r.device, r.event) for r in rows]}")
 
 
 def _dead_cabinets(ports: list[int], names: list[str]) -> str:
@@ -459,7 +510,7 @@ async def running_app(tmp_path: Path, front: str = "process"):
     app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data", front=front)
     task = asyncio.create_task(app.run())
     try:
-        await asyncio.wait_for(app.started.wait(), 60)
+        await asyncio.wait_for(app.started.wait(), DEADLINE)
         yield app, old, new, task
     finally:
         task.cancel()

@@ -149,10 +149,10 @@ async def test_the_city_and_the_server_on_the_embedded_broker(broker, tmp_path):
     sim, base, opc_scada, control, config = tiny.sim, tiny.base, tiny.opc_scada, tiny.control, tiny.config
     server = None
     try:
-        wait_port(control, timeout=60)
+        wait_port(control)
         city = generate("tiny", base_port=base)
         server = Process(scada_run_args(config, tmp_path / "data", tiny.endpoint), tmp_path / "server.log")
-        wait_port(opc_scada, timeout=60)
+        wait_port(opc_scada)
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=10) as c:
             ns = await c.get_namespace_index(SCADA_NS)
 

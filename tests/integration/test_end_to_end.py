@@ -60,7 +60,7 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
                       "--status-interval", "1", "--log-json", "--data", str(tmp_path / "data")], tmp_path / "server.log")
     try:
         wait_port(base + 2)
-        wait_port(opc_port, timeout=30)
+        wait_port(opc_port)
         async with Client(endpoint, timeout=5) as client:
             ns = await client.get_namespace_index(NAMESPACE_URI)
             cab = cabinets[0]

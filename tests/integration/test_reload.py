@@ -46,7 +46,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
     server = None
     journal = data / "alarms.sqlite"
     try:
-        wait_port(control, timeout=60)
+        wait_port(control)
         # The server starts without LC-DIJ-004 (simulated all along, as a cabinet just installed).
         inventory = (config / CABINETS).read_text()
         full_inventory = inventory
@@ -56,7 +56,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
         (config / "alarms.yaml").write_text(alarms)
         tags = (config / "tags.yaml").read_text()
         server = Process(scada_run_args(config, data, city.endpoint), tmp_path / "server.log")
-        wait_port(opc_scada, timeout=60)
+        wait_port(opc_scada)
         a = "LC-DIJ-001"
         async with Client(f"opc.tcp://127.0.0.1:{opc_scada}/scada/", timeout=20) as client:
             ns = await client.get_namespace_index("urn:city-scada:tags")

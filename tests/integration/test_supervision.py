@@ -63,7 +63,7 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
     sim, control, config_dir = city.sim, city.control, city.config
     run = watch = None
     try:
-        wait_port(control, timeout=60)
+        wait_port(control)
         config = load_config(config_dir)
         # Fast restarts and a short "healthy" period: the test waits for events, not for the defaults.
         sup = Supervisor(backoff=Backoff(base=0.05, cap=0.5), healthy_after=1.0)
