@@ -168,6 +168,10 @@ class AlarmEngine(OperatorActions):
         expired = np.flatnonzero((self.state == State.SHELVED) & (self.shelved_until > 0) & (self.shelved_until <= now))
         for i in expired.tolist():
             events += self._operator(i, Event.SHELVE_EXPIRED, "", "shelve expired", now)
+        # A removal from service ends too (its expiry shares the column: see remove_from_service).
+        ended = (self.state == State.OUT_OF_SERVICE) & (self.shelved_until > 0) & (self.shelved_until <= now)
+        for i in np.flatnonzero(ended).tolist():
+            events += self._operator(i, Event.RETURN_TO_SERVICE, "server", "out of service expired", now)
         events += self._escalate(now)
         return events
 
@@ -301,6 +305,9 @@ class AlarmEngine(OperatorActions):
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED):
             self.shelved_until[i] = 0
             self.extra.get(i, {}).pop("shelve", None)
+        elif event == Event.RETURN_TO_SERVICE:
+            self.shelved_until[i] = 0  # the removal's expiry
+            self.extra.get(i, {}).pop("shelve", None)  # a shelve it replaced is over too
         events = [self._event(i, event.name, now, user, comment)]
         # A design suppression whose cause is still active applies again once visible.
         if event in (Event.UNSHELVE, Event.SHELVE_EXPIRED, Event.RETURN_TO_SERVICE) and self.suppressed[i]:

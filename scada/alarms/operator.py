@@ -16,6 +16,7 @@ from scada.alarms.events import AlarmEvent
 from scada.alarms.states import Event, IllegalTransition
 
 MAX_SHELVE_S = 86400  # a shelved alarm must come back
+MAX_OUT_OF_SERVICE_S = 7 * 86400  # an alarm removed from service comes back too: a week at most, then renewed
 
 
 class OperatorActions:
@@ -78,9 +79,28 @@ class OperatorActions:
         """Show a shelved alarm again before its shelve expires."""
         return self._operator(self.instance(alarm, device), Event.UNSHELVE, user, comment)
 
-    def remove_from_service(self, alarm: str, device: str, user: str, comment: str) -> list[AlarmEvent]:
-        """Take an alarm out of service (maintenance): hidden until returned to service."""
-        return self._operator(self.instance(alarm, device), Event.REMOVE_FROM_SERVICE, user, comment)
+    def remove_from_service(
+        self, alarm: str, device: str, user: str, comment: str, duration_s: float = MAX_OUT_OF_SERVICE_S
+    ) -> list[AlarmEvent]:
+        """Take an alarm out of service (maintenance), with a reason: hidden until returned to
+        service, or until ``duration_s`` has passed (at most a week: a removal must end; the
+        engine's tick returns it to service then, as the user "server").
+
+        The expiry is kept in ``shelved_until``: SHELVED and OUT_OF_SERVICE exclude each other, and
+        that column is already saved, restored and mirrored with the instance."""
+        if not 0 < duration_s <= MAX_OUT_OF_SERVICE_S:
+            raise ValueError("a removal from service lasts more than 0 s and at most 7 days")
+        if not comment.strip():
+            raise ValueError("removing an alarm from service needs a reason")
+        i = self.instance(alarm, device)
+        now = self.clock()
+        before = int(self.shelved_until[i])
+        self.shelved_until[i] = now + int(duration_s * 1e9)  # set first: the event and saved state carry it
+        try:
+            return self._operator(i, Event.REMOVE_FROM_SERVICE, user, comment, now)
+        except IllegalTransition:
+            self.shelved_until[i] = before
+            raise
 
     def return_to_service(self, alarm: str, device: str, user: str, comment: str = "") -> list[AlarmEvent]:
         """Put an alarm removed from service back; its condition as it stands decides."""

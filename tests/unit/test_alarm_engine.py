@@ -213,6 +213,42 @@ def test_notes_assignment_and_out_of_service_are_journaled(bench: Bench) -> None
     assert rows[2].comment == "crew-7"
 
 
+def test_a_removal_from_service_needs_a_reason_and_ends_at_its_expiry(bench: Bench) -> None:
+    bench.set("LC-1", temperature=70)
+    with pytest.raises(ValueError, match="reason"):
+        bench.engine.remove_from_service("hot", "LC-1", "tech", "  ")
+    with pytest.raises(ValueError, match="7 days"):
+        bench.engine.remove_from_service("hot", "LC-1", "tech", "works", 8 * 86400)
+    assert bench.state("hot") == State.UNACK_ACTIVE  # refused: nothing changed
+    bench.engine.remove_from_service("hot", "LC-1", "tech", "thermostat replacement", 3600)
+    assert bench.state("hot") == State.OUT_OF_SERVICE
+    bench.clock.advance(3599)
+    assert bench.engine.tick() == []
+    bench.clock.advance(2)
+    ev = bench.engine.tick()
+    assert [(e.event, e.state, e.user) for e in ev] == [("RETURN_TO_SERVICE", State.UNACK_ACTIVE, "server")]
+    assert int(bench.engine.shelved_until[bench.engine.instance("hot", "LC-1")]) == 0
+    assert bench.engine.tick() == []  # once
+    last = bench.journal.query(alarm="hot")[-1]
+    assert (last.event, last.user, last.comment) == ("RETURN_TO_SERVICE", "server", "out of service expired")
+
+
+def test_a_removal_from_service_keeps_its_expiry_across_a_restart(tmp_path: Path) -> None:
+    b = Bench(tmp_path / "cfg")
+    b.healthy("LC-1")
+    b.set("LC-1", temperature=70)
+    b.engine.remove_from_service("hot", "LC-1", "tech", "relamping")  # the default: a week
+    b.journal.close()
+    b2 = Bench(tmp_path / "cfg", tmp_path / "cfg" / "alarms.sqlite")
+    b2.clock.t = b.clock.t  # the same instant: a restart takes no time here
+    b2.engine.restore()
+    assert b2.state("hot") == State.OUT_OF_SERVICE
+    b2.clock.advance(7 * 86400 - 1)
+    assert b2.engine.tick() == []
+    b2.clock.advance(2)
+    assert [e.event for e in b2.engine.tick()] == ["RETURN_TO_SERVICE"]
+
+
 def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     b = Bench(tmp_path / "cfg")
     b.healthy("LC-1")

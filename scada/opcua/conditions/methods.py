@@ -11,7 +11,8 @@ BadInvalidState...). Confirm, Enable and Disable answer BadNotSupported.
 **Who may act** (a server with a security layer, scada/opcua/authorise.py): each action needs its
 permission (``ACTION_PERMISSIONS``) on the condition's device's commune, checked before anything
 about the condition is said; refused: ``BadUserAccessDenied``. RemoveFromService needs a reason
-(its Comment). Every action, allowed or refused, is audited ("alarm_action"). **The user
+(its Comment) and lasts a week at most (``MAX_OUT_OF_SERVICE_S``: the engine returns the alarm to
+service then, as the user "server"). Every action, allowed or refused, is audited ("alarm_action"). **The user
 journaled** is the authenticated user (the request's identity; ``<user>@<client address>`` for an
 anonymous one), never anything the client chose (its SessionName); without a security layer, the
 session's user name when its user manager gave one, else ``opcua:anonymous@<client address>``.
