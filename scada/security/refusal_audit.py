@@ -75,27 +75,26 @@ def client_of(rec: AuditRecord) -> str:
     return host if sep else rec.client_address
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How many refusals are recorded one by one, per window of ``window_s`` seconds, and how
+    many keys and clients are counted at once (module docstring)."""
+
+    per_key: int = PER_KEY
+    per_client: int = PER_CLIENT
+    window_s: float = WINDOW_S
+    max_keys: int = MAX_KEYS
+    max_clients: int = MAX_CLIENTS
+
+
 class RefusalAudit:
     """An AuditSink recording refusals at a bounded rate (module docstring); everything else
     passes through. Never raises: an error of its own gives the record to the sink as is."""
 
-    def __init__(
-        self,
-        sink: AuditSink,
-        per_key: int = PER_KEY,
-        per_client: int = PER_CLIENT,
-        window_s: float = WINDOW_S,
-        clock: Callable[[], float] = time.monotonic,
-        max_keys: int = MAX_KEYS,
-        max_clients: int = MAX_CLIENTS,
-    ) -> None:
+    def __init__(self, sink: AuditSink, budget: Budget = Budget(), clock: Callable[[], float] = time.monotonic) -> None:
         self.sink = sink
-        self.per_key = per_key
-        self.per_client = per_client
-        self.window_s = window_s
+        self.budget = budget
         self.clock = clock
-        self.max_keys = max_keys
-        self.max_clients = max_clients
         self._windows: dict[str, _Window] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.not_recorded = 0  # refusals counted in summaries rather than recorded one by one
@@ -121,13 +120,13 @@ class RefusalAudit:
         now = self.clock()
         client = client_of(rec)
         window = self._windows.get(client)
-        if window is not None and now - window.start >= self.window_s:
+        if window is not None and now - window.start >= self.budget.window_s:
             self._close(client, window)
             window = None
         if window is None:
-            if len(self._windows) >= self.max_clients:
+            if len(self._windows) >= self.budget.max_clients:
                 self.flush(now)
-            if len(self._windows) >= self.max_clients:
+            if len(self._windows) >= self.budget.max_clients:
                 client = OTHERS  # many clients at once: the newcomers share one budget
                 window = self._windows.get(client)
             if window is None:
@@ -135,12 +134,12 @@ class RefusalAudit:
         key = (rec.action, rec.target, rec.result)
         count = window.keys.get(key)
         if count is None:
-            if len(window.keys) >= self.max_keys:
+            if len(window.keys) >= self.budget.max_keys:
                 key = (rec.action, OTHERS, rec.result)  # the targets are the client's choice: bounded
                 count = window.keys.get(key)
             if count is None:
                 count = window.keys[key] = _Count()
-        if count.recorded < self.per_key and window.recorded < self.per_client and key[1] != OTHERS:
+        if count.recorded < self.budget.per_key and window.recorded < self.budget.per_client and key[1] != OTHERS:
             count.recorded += 1
             window.recorded += 1
             self.sink.record(rec)
@@ -150,16 +149,22 @@ class RefusalAudit:
         count.not_recorded += 1
         count.last = rec
         self.not_recorded += 1
-        self._schedule(window.start + self.window_s - now)
+        self._schedule(window.start + self.budget.window_s - now)
         return False
 
     def flush(self, now: float | None = None) -> int:
-        """Close every window that has ended: write its summaries (the count written)."""
+        """Close every window that has ended: write its summaries (the count written).
+
+        The windows are kept in the order they opened (a dict's insertion order; a closed one
+        opens again at the end), so the ended ones are at the front: amortised O(1) per refusal.
+        """
         now = self.clock() if now is None else now
         before = self.summaries
-        for client, window in list(self._windows.items()):
-            if now - window.start >= self.window_s:
-                self._close(client, window)
+        while self._windows:
+            client, window = next(iter(self._windows.items()))
+            if now - window.start < self.budget.window_s:
+                break
+            self._close(client, window)
         return self.summaries - before
 
     def _close(self, client: str, window: _Window) -> None:
@@ -169,7 +174,7 @@ class RefusalAudit:
                 last = count.last
                 args = {
                     "not_audited": count.not_recorded,
-                    "window_s": self.window_s,
+                    "window_s": self.budget.window_s,
                     "first_ns": count.first_ns,
                     "last_ns": last.time_ns,
                 }
@@ -205,7 +210,7 @@ class RefusalAudit:
             log.error("refusal_audit_flush_failed", error=repr(exc))
         pending = [w.start for w in self._windows.values() if any(c.not_recorded for c in w.keys.values())]
         if pending:
-            self._schedule(min(pending) + self.window_s - self.clock())
+            self._schedule(min(pending) + self.budget.window_s - self.clock())
 
 
 _SHARED: weakref.WeakKeyDictionary[AuditSink, RefusalAudit] = weakref.WeakKeyDictionary()

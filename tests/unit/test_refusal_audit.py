@@ -9,7 +9,7 @@ import json
 import pytest
 
 from scada.security.audit import AuditRecord, MemoryAudit
-from scada.security.refusal_audit import OTHERS, RefusalAudit, client_of, refusal_audit_for
+from scada.security.refusal_audit import OTHERS, Budget, RefusalAudit, client_of, refusal_audit_for
 
 
 class Clock:
@@ -33,7 +33,7 @@ def refusal(
 
 def limiter(**kw) -> tuple[RefusalAudit, MemoryAudit, Clock]:
     sink, clock = MemoryAudit(), Clock()
-    return RefusalAudit(sink, clock=clock, **kw), sink, clock
+    return RefusalAudit(sink, Budget(**kw), clock=clock), sink, clock
 
 
 def summaries(sink: MemoryAudit) -> list[dict]:
@@ -122,7 +122,7 @@ def test_a_window_past_its_end_is_closed_by_the_next_refusal_of_the_client() -> 
 def test_the_summary_comes_by_itself_when_the_window_ends_on_a_loop() -> None:
     async def run() -> MemoryAudit:
         sink = MemoryAudit()
-        audit = RefusalAudit(sink, per_key=1, window_s=0.05)
+        audit = RefusalAudit(sink, Budget(per_key=1, window_s=0.05))
         for i in range(3):
             audit.record(refusal(i))
         while len(sink.records) < 2:  # the timer's summary, no further refusal needed
@@ -153,3 +153,15 @@ def test_each_refusal_action_is_aggregated(action: str) -> None:
     audit.record(refusal(1, action=action))
     audit.record(refusal(2, action=action))
     assert len(sink.records) == 1 and audit.not_recorded == 1
+
+
+def test_a_full_table_first_closes_the_windows_that_ended() -> None:
+    audit, sink, clock = limiter(per_key=1, max_clients=2)
+    audit.record(refusal(1, address="10.0.0.1:1"))
+    audit.record(refusal(2, address="10.0.0.1:1"))  # counted
+    clock.now += 30
+    audit.record(refusal(3, address="10.0.0.2:1"))
+    clock.now += 31  # the first window has ended, the second not
+    audit.record(refusal(4, address="10.0.0.3:1"))
+    assert list(audit._windows) == ["10.0.0.2", "10.0.0.3"]  # the newcomer has a budget of its own
+    assert [json.loads(r.arguments).get("not_audited") for r in sink.records] == [None, None, 1, None]
