@@ -11,6 +11,11 @@ to the trail as before). Each record of a matching action becomes one event:
 * ``call`` and ``alarm_action`` -> AuditUpdateMethodEventType (the method from the record's
   target when it is a NodeId, the input arguments, the status code).
 
+Only to the sessions that may see the audit (:func:`may_see`: the AUDIT permission, held by
+Supervisor and SecurityAdmin; an alarm action's event only where its commune is seen): a login,
+its address and certificate, other communes' actions are not every Observer's business. A
+failed login's event carries no user name (what was typed may be a password).
+
 Delivered by us, not by asyncua's ``EventGenerator.trigger``: asyncua matches a where clause's
 ``OfType`` by the exact type, so a client subscribed to AuditEventType (the usual filter of an
 HMI's audit view) would get none of these subtypes. The events go, with the same
@@ -35,9 +40,12 @@ from asyncua import Server, ua
 from scada.opcua.asyncua_private.events import SubtypeWhere
 from scada.opcua.asyncua_private.events import event_items as subscription_event_items
 from scada.opcua.asyncua_private.nodes import address_space
+from scada.opcua.asyncua_private.sessions import external_sessions
 from scada.opcua.asyncua_private.subscriptions import monitored_item, subscriptions
+from scada.opcua.session_identity import identity_of
 from scada.opcua.typed_ua import NodeId, StatusCode
 from scada.security.audit import AuditRecord, AuditSink
+from scada.security.identity import Identity, Permission
 from scada.security.settings import SecuritySettings
 
 log = structlog.get_logger("scada.opcua")
@@ -107,7 +115,7 @@ class AuditEvents:
         while self._queue:
             rec = self._queue.popleft()
             try:
-                await self._deliver(self.event_of(rec))
+                await self._deliver(self.event_of(rec), _commune(rec))
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the events of the next
                 self.errors += 1
@@ -119,6 +127,9 @@ class AuditEvents:
         ev = copy.copy(self._templates[etype])
         when = datetime.fromtimestamp(rec.time_ns / 1e9, UTC)
         refused = rec.result != "Good"
+        # A failed login's user name is what the client typed (at times a password, or a probe
+        # of which accounts exist): the trail keeps it, the events do not.
+        user = "" if refused and rec.action == "activate_session" else rec.user
         fields: dict[str, Any] = {
             "EventId": uuid.uuid4().bytes,
             "Time": when,
@@ -127,13 +138,13 @@ class AuditEvents:
             "SourceName": source,
             "Severity": SEVERITY_REFUSED if refused else SEVERITY_GOOD,
             "Message": ua.LocalizedText(
-                " ".join(filter(None, (rec.action, rec.target, f"by {rec.user}: {rec.result}")))
+                " ".join(filter(None, (rec.action, rec.target, f"by {user}: {rec.result}" if user else rec.result)))
             ),
             "ActionTimeStamp": when,
             "Status": not refused,
             "ServerId": self.server.get_application_uri(),
             "ClientAuditEntryId": "",
-            "ClientUserId": rec.user,
+            "ClientUserId": user,
         }
         args = _arguments(rec.arguments)
         if etype == OI.AuditActivateSessionEventType:
@@ -143,8 +154,8 @@ class AuditEvents:
                 "ClientSoftwareCertificates": [],
                 # Who, never how: the token's type and user name only (a password never leaves the login).
                 "UserIdentityToken": ua.AnonymousIdentityToken()
-                if rec.user in ("", "anonymous")
-                else ua.UserNameIdentityToken(UserName=rec.user),
+                if user in ("", "anonymous")
+                else ua.UserNameIdentityToken(UserName=user),
                 "CurrentRoleIds": [
                     NodeId(getattr(OI, f"WellKnownRole_{r}")) for r in rec.roles if hasattr(OI, f"WellKnownRole_{r}")
                 ],
@@ -173,10 +184,14 @@ class AuditEvents:
         ev.ancestors = self._ancestors[etype]
         return ev
 
-    async def _deliver(self, ev: Any) -> None:
-        """To every event item on the Server object whose where clause the event passes."""
+    async def _deliver(self, ev: Any, commune: str | None = None) -> None:
+        """To every event item on the Server object whose where clause the event passes, of a
+        subscription whose session may see it (:func:`may_see`)."""
         aspace = address_space(self.server)
+        sessions = {s.session_id: s for s in external_sessions(self.server)}
         for sub in list(subscriptions(self.server).values()):
+            if not may_see(identity_of(sessions.get(sub.session_id)), commune):
+                continue
             for mid in list(subscription_event_items(sub).get(SERVER, ())):
                 md = monitored_item(sub, mid)
                 if md is None or md.filter is None:
@@ -188,6 +203,25 @@ class AuditEvents:
                     ClientHandle=md.client_handle, EventFields=ev.to_event_fields(md.filter.SelectClauses)
                 )
                 await sub.enqueue_event(mid, fields, md.queue_size)
+
+
+def may_see(identity: Identity | None, commune: str | None = None) -> bool:
+    """May a session of ``identity`` receive an audit event (of an act on a device of ``commune``)?
+    Only with the AUDIT permission (Supervisor, SecurityAdmin: Part 18's audit roles) and, for
+    an alarm action, a commune it sees. No identity of ours (not logged in): no."""
+    if identity is None or Permission.AUDIT not in identity.permissions:
+        return False
+    return commune is None or identity.sees(commune)
+
+
+def _commune(rec: AuditRecord) -> str | None:
+    """The commune of an alarm action's device (its record's arguments say it); "" when they do
+    not (shown only to those who see every commune), None for the other actions."""
+    if rec.action != "alarm_action":
+        return None
+    args = _arguments(rec.arguments)
+    commune = args.get("commune") if isinstance(args, dict) else None
+    return str(commune) if commune else ""
 
 
 async def install_audit_events(server: Server, settings: SecuritySettings | None, audit: AuditSink) -> None:

@@ -19,6 +19,8 @@ Where each check sits (README "What each service checks"):
 
 Everything below the gate reads the request's :class:`RequestContext` with
 :func:`scada.security.context.current`. Each check fails closed: an error in it refuses.
+Refusals are audited at a bounded rate per client, target and code (the rest counted in one
+summary record per window: scada/security/refusal_audit.py), allowed acts every one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from scada.opcua.typed_ua import StatusCode
 from scada.security.audit import AuditSink, record_of
 from scada.security.context import RequestContext, current
 from scada.security.identity import NOBODY, Identity, Permission
+from scada.security.refusal_audit import refusal_audit_for
 from scada.security.settings import SecuritySettings
 
 log = structlog.get_logger("scada.security")
@@ -157,19 +160,30 @@ class Authorisation:
     def __init__(self, settings: SecuritySettings, audit: AuditSink) -> None:
         self.settings = settings
         self.audit = audit
+        # Refusals at a bounded rate per client, target and code (a flood fills neither the trail
+        # nor its queues); allowed acts go to ``audit`` directly, never aggregated.
+        self.refusals = refusal_audit_for(audit)
 
     def refuse(
         self, action: str, target: str, arguments: Any, code: int, context: RequestContext | None = None
     ) -> None:
-        """Audit a refusal (never raises: a failing sink must not turn a refusal into an error)."""
-        self.record(action, target, arguments, code, context)
+        """Audit a refusal, at most so many per client, target and code a minute, the others
+        counted in one summary record (scada/security/refusal_audit.py). Never raises: a failing
+        sink must not turn a refusal into an error."""
+        self._record(self.refusals, action, target, arguments, code, context)
 
     def record(
         self, action: str, target: str, arguments: Any, code: int, context: RequestContext | None = None
     ) -> None:
-        """Audit an act and its result (a status code)."""
+        """Audit an act and its result (a status code), every one."""
+        self._record(self.audit, action, target, arguments, code, context)
+
+    @staticmethod
+    def _record(
+        sink: AuditSink, action: str, target: str, arguments: Any, code: int, context: RequestContext | None
+    ) -> None:
         try:
-            self.audit.record(record_of(action, target, arguments, StatusCode(code).name, context))
+            sink.record(record_of(action, target, arguments, StatusCode(code).name, context))
         except Exception as exc:  # noqa: BLE001 - the sink's own contract; logged, the act stands
             log.error("audit_record_failed", action=action, target=target, error=repr(exc))
 

@@ -9,13 +9,12 @@ monitored items per session, operations per request (MaxNodesPer*, enforced with
 Bad_TooManyOperations for the whole request, and advertised in ServerCapabilities), history
 values per response, Publish requests in flight and messages waiting per connection, monitored
 item queues; operations are counted before a request is decoded. Each
-refusal is one audit record with its status code (transport refusals at most
-:data:`AUDIT_PER_MINUTE` per client address and minute: a flood must not fill the trail).
+refusal is one audit record with its status code, at a bounded rate per client, target and code
+(scada/security/refusal_audit.py: a flood must fill neither the trail nor the log).
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import structlog
@@ -34,11 +33,11 @@ from scada.opcua.typed_ua import DataValue, NodeId, StatusCode
 from scada.security.audit import AuditSink, record_of
 from scada.security.context import RequestContext, current
 from scada.security.identity import NOBODY
+from scada.security.refusal_audit import refusal_audit_for
 from scada.security.settings import Limits, SecuritySettings
 
 log = structlog.get_logger("scada.opcua.bounds")
 
-AUDIT_PER_MINUTE = 20  # transport refusals audited per client address and minute; the rest counted
 _RECV_BUFFER = 65535  # bytes per chunk, each way (asyncua's, and most stacks')
 
 _OL = ua.ObjectIds
@@ -94,43 +93,32 @@ def advertised(limits: Limits) -> dict[int, int]:
 
 
 class TransportAudit:
-    """Audits transport refusals, at most ``per_minute`` per client address and minute (the
-    others are counted in ``dropped`` and said in the next record of that address)."""
+    """Audits transport refusals through the server's :class:`RefusalAudit` (shared with the
+    service gate: at most so many per client address, target and code a minute, the others
+    counted in one summary record per window, scada/security/refusal_audit.py); logs the ones
+    recorded (a flood must fill neither the trail nor the log)."""
 
-    def __init__(self, audit: AuditSink, per_minute: int = AUDIT_PER_MINUTE, clock=time.monotonic) -> None:
-        self.audit = audit
-        self.per_minute = per_minute
-        self.clock = clock
-        self._windows: dict[str, tuple[float, int, int]] = {}  # host -> (window start, audited, dropped)
-        self.dropped = 0
+    def __init__(self, audit: AuditSink) -> None:
+        self.refusals = refusal_audit_for(audit)
+        self.dropped = 0  # refusals counted in a summary rather than recorded and logged
 
     def __call__(self, where: str, code: int, why: str, target: str = "connection") -> None:
-        host = where.rpartition(":")[0] or where
-        now = self.clock()
-        start, audited, dropped = self._windows.get(host, (now, 0, 0))
-        if now - start >= 60:
-            start, audited = now, 0
-        if audited >= self.per_minute:
-            self._windows[host] = (start, audited, dropped + 1)
+        ctx = RequestContext(NOBODY, client_address=where)
+        if not self.refusals.refused(record_of("limit", target, {"reason": why}, StatusCode(code).name, ctx)):
             self.dropped += 1
             return
-        if len(self._windows) >= 4096 and host not in self._windows:
-            self._windows.clear()  # many addresses: forget the oldest windows rather than grow
-        self._windows[host] = (start, audited + 1, 0)
-        ctx = RequestContext(NOBODY, client_address=where)
-        args = {"reason": why, "refusals_not_audited_before": dropped} if dropped else {"reason": why}
-        self.audit.record(record_of("limit", target, args, StatusCode(code).name, ctx))
         log.warning(
             "opcua_request_refused" if target != "connection" else "opcua_connection_refused",
             client=where,
             target=target,
             status=StatusCode(code).name,
             reason=why,
-            **({"not_logged_before": dropped} if dropped else {}),
         )
 
 
 def _audit_refusal(audit: AuditSink):
+    refusals = refusal_audit_for(audit)
+
     def refused(r: Refusal) -> None:
         ctx = current()
         if ctx is None:  # no request context set (no login layer): what the session says
@@ -142,8 +130,10 @@ def _audit_refusal(audit: AuditSink):
         if r.service == "HistoryRead":
             action = "history_read"
         name = StatusCode(r.code).name
-        audit.record(record_of(action, r.service, {"reason": r.why}, name, ctx))
-        log.warning("opcua_request_refused", service=r.service, status=name, reason=r.why, client=ctx.client_address)
+        if refusals.refused(record_of(action, r.service, {"reason": r.why}, name, ctx)):  # else in a summary
+            log.warning(
+                "opcua_request_refused", service=r.service, status=name, reason=r.why, client=ctx.client_address
+            )
 
     return refused
 

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import structlog
 
 from scada.alarms.journal import iso_utc
+from scada.csv_cells import safe_row
 from scada.security.audit import FIELDS, AuditRecord, canonical_record, lost_record
 from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
 
@@ -276,7 +277,8 @@ class AuditLog:
         return list(self._entries(_SELECT + sql, params))
 
     def export_csv(self, out: TextIO, start_ns: int | None = None, end_ns: int | None = None, **filters) -> int:
-        """The selection as CSV (a header, then ``time`` ISO 8601 UTC and :data:`CSV_COLUMNS`); the row count."""
+        """The selection as CSV (a header, then ``time`` ISO 8601 UTC and :data:`CSV_COLUMNS`); the row count.
+        A text cell that starts like a spreadsheet formula gets a leading ``'`` (scada/csv_cells.py)."""
         limit = filters.pop("limit", None)
         sql, params = _where(start_ns, end_ns, filters, limit)
         w = csv.writer(out, lineterminator="\n")
@@ -284,7 +286,8 @@ class AuditLog:
         n = 0
         for e in self._entries(_SELECT + sql, params):
             r = e.record
-            w.writerow((iso_utc(r.time_ns), e.seq, *(",".join(v) if f == "roles" else v for f, v in _items(r)), e.hash))
+            cells = (iso_utc(r.time_ns), e.seq, *(",".join(v) if f == "roles" else v for f, v in _items(r)), e.hash)
+            w.writerow(safe_row(cells))  # a client's text never runs as a spreadsheet formula
             n += 1
         return n
 

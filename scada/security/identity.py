@@ -39,6 +39,7 @@ class Permission(StrEnum):
     RELOAD = "reload"
     USERS = "users"
     PKI = "pki"
+    AUDIT = "audit"  # the audit events (Part 5): who logged in, from where, who did what
 
 
 _OBSERVE = frozenset({Permission.BROWSE, Permission.READ, Permission.SUBSCRIBE, Permission.HISTORY, Permission.EVENTS})
@@ -55,8 +56,10 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.OBSERVER: _OBSERVE,
     Role.OPERATOR: _OPERATE,
     Role.ENGINEER: _ENGINEER,
-    Role.SUPERVISOR: _ENGINEER,  # every operational act (the shift supervisor); not users nor PKI
-    Role.SECURITY_ADMIN: _OBSERVE | {Permission.USERS, Permission.PKI},  # may look, may not operate
+    # every operational act (the shift supervisor), and the audit; not users nor PKI
+    Role.SUPERVISOR: _ENGINEER | {Permission.AUDIT},
+    # may look and audit, may not operate
+    Role.SECURITY_ADMIN: _OBSERVE | {Permission.USERS, Permission.PKI, Permission.AUDIT},
 }
 
 

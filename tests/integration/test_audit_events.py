@@ -1,5 +1,6 @@
 """OPC UA audit events (Part 5): an HMI client subscribed to audit events on the Server object
-receives one for each audited act, whichever way its filter names the audit types."""
+receives one for each audited act, whichever way its filter names the audit types, when its
+user may see the audit (Supervisor, SecurityAdmin); an Observer, anonymous or not, gets none."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from scada.security.audit import AuditFanout, MemoryAudit, record_of
 from scada.security.context import RequestContext
 from scada.security.identity import Identity, Role
 from scada.security.settings import SecuritySettings
+from scada.security.users import hash_password, make_user, save_users
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import Notifications, free_port, serving, until
@@ -31,6 +33,26 @@ ALICE = RequestContext(
     cert_thumbprint="ab" * 20,
 )
 METHOD = f"ns=0;i={OI.AcknowledgeableConditionType_Acknowledge}"
+USERS = {  # name: (roles, communes, see_other_communes)
+    "sue": (["supervisor"], None, None),  # sees the audit
+    "sam": (["security_admin"], None, None),  # sees the audit
+    "olga": (["observer"], None, None),
+    "oscar": (["operator"], None, None),
+    "tess": (["supervisor"], ["Talant"], False),  # Talant's supervisor, who does not see Dijon
+}
+
+
+def password(name: str) -> str:
+    return f"password of {name}"
+
+
+def session(url: str, user: str | None = "sue") -> Client:
+    """A client logged in as ``user`` (None: anonymous)."""
+    client = Client(url, timeout=10)
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password(user))
+    return client
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -38,7 +60,20 @@ async def hmi(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit_events")
     config = configs.write_config(folder, DEVICES, "alarms: []\n")
     # A None endpoint and anonymous observers (an HMI's audit view only watches): what this test's client needs.
-    settings = SecuritySettings(allow_none=True, anonymous=frozenset({Role.OBSERVER}), audit=folder / "audit.sqlite")
+    settings = SecuritySettings(
+        allow_none=True,
+        anonymous=frozenset({Role.OBSERVER}),
+        audit=folder / "audit.sqlite",
+        users=folder / "users.yaml",
+        pki=folder / "pki",
+    )
+    save_users(
+        settings.users,
+        {
+            name: make_user(name, hash_password(password(name)), roles, communes, see_other_communes=see)
+            for name, (roles, communes, see) in USERS.items()
+        },
+    )
     server = HmiServer(
         config,
         TagDB(*config.tag_table()),
@@ -83,12 +118,12 @@ def of_type(type_id: int) -> ua.ContentFilter:
 
 
 async def test_server_auditing_is_true(hmi: HmiServer) -> None:
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         assert await client.get_node(OI.Server_Auditing).read_value() is True
 
 
 async def test_a_method_call_record_raises_an_audit_update_method_event(hmi: HmiServer) -> None:
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         events = await subscribe(client)
         hmi.audit.record(record_of("call", METHOD, ["LC-1 hot", "seen"], "BadUserAccessDenied", ALICE))
         ev = await events.next_event(lambda e: e.EventType == ua.NodeId(OI.AuditUpdateMethodEventType))
@@ -103,7 +138,7 @@ async def test_a_method_call_record_raises_an_audit_update_method_event(hmi: Hmi
 
 
 async def test_an_activation_record_raises_an_activate_session_event_without_the_password(hmi: HmiServer) -> None:
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         events = await subscribe(client)
         hmi.audit.record(record_of("activate_session", "", {"token": "UserName"}, "Good", ALICE))
         ev = await events.next_event(lambda e: e.EventType == ua.NodeId(OI.AuditActivateSessionEventType))
@@ -116,7 +151,7 @@ async def test_an_activation_record_raises_an_activate_session_event_without_the
 async def test_an_of_type_audit_event_filter_gets_the_subtypes_and_nothing_else(hmi: HmiServer) -> None:
     """asyncua itself matches OfType by the exact type: an HMI filtering on AuditEventType
     would get no AuditUpdateMethodEvent. Ours honours subtypes, and still filters."""
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         audit = await subscribe(client, of_type(OI.AuditEventType))
         sessions_only = await subscribe(client, of_type(OI.AuditSessionEventType))
         hmi.audit.record(record_of("call", METHOD, [], "Good", ALICE))
@@ -133,7 +168,7 @@ async def test_an_of_type_audit_event_filter_gets_the_subtypes_and_nothing_else(
 
 
 async def test_a_write_record_raises_an_audit_write_update_event(hmi: HmiServer) -> None:
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         events = await subscribe(client, of_type(OI.AuditWriteUpdateEventType))
         args = {"attribute": int(ua.AttributeIds.Value), "old": 1.5, "value": 2.5}
         hmi.audit.record(record_of("write", "ns=2;s=Talant/lighting/LC-1/setpoint", args, "Good", ALICE))
@@ -143,7 +178,7 @@ async def test_a_write_record_raises_an_audit_write_update_event(hmi: HmiServer)
 
 
 async def test_other_actions_raise_no_event(hmi: HmiServer) -> None:
-    async with Client(hmi.endpoint, timeout=10) as client:
+    async with session(hmi.endpoint) as client:
         events = await subscribe(client)
         hmi.audit.record(record_of("reload", "cfg", {}, "Good", ALICE))
         hmi.audit.record(record_of("call", METHOD, [], "Good", ALICE))
@@ -159,3 +194,79 @@ async def test_a_storm_of_records_queues_a_bounded_number_of_events(hmi: HmiServ
     assert events.dropped == dropped + 10
     await until(lambda: events.sent == sent + MAX_QUEUED, 60, "the queued events sent")
     assert events.errors == 0
+
+
+async def watch(client: Client) -> Notifications:
+    """Audit events of the Server object and, in the same subscription, ServiceLevel's changes
+    (the sentinel of :func:`settled`)."""
+    handler = await subscribe(client)
+    sub = await client.create_subscription(50, handler)
+    await sub.subscribe_data_change(client.get_node(OI.Server_ServiceLevel))
+    await handler.next_data(ua.NodeId(OI.Server_ServiceLevel), lambda v: True)  # its initial value
+    return handler
+
+
+async def settled(hmi: HmiServer, handlers: list[Notifications]) -> None:
+    """Every subscription has published after what was delivered so far: ServiceLevel changed twice
+    and each change seen by each handler (whatever was queued before the first change went out
+    at the latest with the second)."""
+    for level in (201, 202):
+        value = ua.DataValue(ua.Variant(level, ua.VariantType.Byte))
+        await hmi.server.write_attribute_value(ua.NodeId(OI.Server_ServiceLevel), value)
+        for handler in handlers:
+            await handler.next_data(ua.NodeId(OI.Server_ServiceLevel), lambda v, n=level: v.Value.Value == n)
+
+
+def audit_events(handler: Notifications) -> list:
+    out = []
+    while not handler.events.empty():
+        out.append(handler.events.get_nowait())
+    return out
+
+
+async def test_only_users_who_may_see_the_audit_get_its_events(hmi: HmiServer) -> None:
+    """Review finding 7: an anonymous Observer saw every login (its claimed name, its address)."""
+    names = ["sue", "sam", "olga", "oscar", None]
+    clients = [session(hmi.endpoint, name) for name in names]
+    for c in clients:
+        await c.connect()
+    try:
+        handlers = [await watch(c) for c in clients]
+        hmi.audit.record(record_of("call", METHOD, [], "BadUserAccessDenied", ALICE))
+        hmi.audit.record(record_of("activate_session", "", {}, "Good", ALICE))
+        for handler in handlers[:2]:  # the Supervisor and the SecurityAdmin
+            await handler.next_event(lambda e: e.EventType == ua.NodeId(OI.AuditActivateSessionEventType))
+        await settled(hmi, handlers)
+        # The Observer, the Operator and the anonymous Observer: nothing of the audit.
+        assert [audit_events(h) for h in handlers[2:]] == [[], [], []]
+    finally:
+        for c in clients:
+            await c.disconnect()
+
+
+async def test_an_alarm_action_event_only_where_its_commune_is_seen(hmi: HmiServer) -> None:
+    async with session(hmi.endpoint, "sue") as sue, session(hmi.endpoint, "tess") as tess:
+        everywhere, talant = await watch(sue), await watch(tess)
+
+        def action(commune: str) -> None:
+            args = {"method": "Acknowledge", "commune": commune, "arguments": ["seen"]}
+            hmi.audit.record(record_of("alarm_action", f"hot@{commune}-1", args, "Good", ALICE))
+
+        action("Dijon")
+        action("Talant")
+        assert (await talant.next_event(lambda e: True)).Message.Text.startswith("alarm_action hot@Talant-1")
+        first = await everywhere.next_event(lambda e: True)
+        assert first.Message.Text.startswith("alarm_action hot@Dijon-1")  # Dijon's: to Sue only
+        await settled(hmi, [talant])
+        assert audit_events(talant) == []
+
+
+async def test_a_failed_login_event_carries_no_user_name(hmi: HmiServer) -> None:
+    """What a client types as a user name may be a password: the trail keeps it, the events not."""
+    async with session(hmi.endpoint) as client:
+        events = await subscribe(client)
+        typed = RequestContext(Identity("hunter2", frozenset(), anonymous=True), client_address="10.0.0.9:5000")
+        hmi.audit.record(record_of("activate_session", "", {"reason": "unknown user"}, "BadUserAccessDenied", typed))
+        ev = await events.next_event(lambda e: e.EventType == ua.NodeId(OI.AuditActivateSessionEventType))
+    assert ev.Status is False and ev.ClientUserId == ""
+    assert "hunter2" not in ev.Message.Text and getattr(ev.UserIdentityToken, "UserName", None) in (None, "")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from city_scada import main
+from scada.security.audit import AuditRecord
 from scada.security.audit_log import AuditLog
 from tests.unit.test_audit_log import rec, tamper
 
@@ -112,3 +113,35 @@ def test_no_trail_or_a_bad_time_is_a_clear_error(tmp_path: Path, data: Path) -> 
         main(["audit", "--data", str(tmp_path / "none")])
     with pytest.raises(SystemExit, match="not an ISO 8601 time: 'yesterday'"):
         main(["audit", "--data", str(data), "--from", "yesterday"])
+
+
+def test_csv_cells_starting_like_a_formula_are_text(tmp_path: Path, capsys) -> None:
+    """A client chooses the claimed user name of a failed login, a method's arguments, a comment:
+    none may run as a spreadsheet formula when the export is opened (review finding 10)."""
+    hostile = AuditRecord(
+        1_764_900_000_000_000_000,
+        "activate_session",
+        '=HYPERLINK("http://x","y")',
+        (),
+        "",
+        "@127.0.0.1:5000",
+        "",
+        "+1",
+        "-1",
+        "\t=1+1",
+    )
+    with AuditLog(tmp_path / "audit.sqlite") as log:
+        log.append([hostile, rec(2)])
+    assert main(["audit", "--data", str(tmp_path), "--csv"]) == 0
+    header, first, second = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    row = dict(zip(header, first))
+    assert row["user"] == '\'=HYPERLINK("http://x","y")'
+    assert (row["client_address"], row["target"], row["arguments"], row["result"]) == (
+        "'@127.0.0.1:5000",
+        "'+1",
+        "'-1",
+        "'\t=1+1",
+    )
+    assert dict(zip(header, second))["user"] == "alice"  # ordinary text untouched
+    # The trail itself keeps what was recorded: only the export is made safe.
+    assert AuditLog(tmp_path / "audit.sqlite", read_only=True).query()[0].record == hostile

@@ -56,3 +56,10 @@ def test_an_audit_record_names_the_request_being_served():
     assert (oscar.user, oscar.roles, oscar.session) == ("oscar", ("Observer", "Operator"), "ns=1;i=7")
     assert (oscar.client_address, oscar.cert_thumbprint, oscar.result) == ("10.0.0.5:51000", "ab12", "BadUserAccessDenied")
     assert json.loads(oscar.arguments) == [1]
+
+
+def test_the_audit_is_the_supervisors_and_the_security_admins():
+    """Audit events name users, addresses and every commune's actions: Part 18's audit roles only."""
+    sees = {role for role in Role if Identity("u", frozenset({role})).allows(Permission.AUDIT)}
+    assert sees == {Role.SUPERVISOR, Role.SECURITY_ADMIN}
+    assert not NOBODY.allows(Permission.AUDIT)
