@@ -134,7 +134,8 @@ class TagReader:
             hidden = hidden_mask([rv.NodeId for rv in nodes], roots)
             if any(hidden):  # as nodes that do not exist (scada/opcua/visibility.py)
                 answers = iter(self._answer([rv for rv, h in zip(nodes, hidden, strict=True) if not h]))
-                return [unknown_data_value() if h else next(answers) for h in hidden]
+                unknown = unknown_data_value()
+                return [unknown if h else next(answers) for h in hidden]
         return self._answer(nodes)
 
     def _answer(self, nodes: Sequence[ua.ReadValueId]) -> list[ua.DataValue | None]:

@@ -74,9 +74,14 @@ def hidden_mask(nodeids: Sequence[ua.NodeId], roots: Roots) -> list[bool]:
     return out
 
 
+# One answer for every hidden node of every Read (a DataValue costs ~10 µs to make; the
+# responses only encode it, nothing edits it).
+_UNKNOWN_VALUE = ua.DataValue(StatusCode=StatusCode(UNKNOWN))
+
+
 def unknown_data_value() -> ua.DataValue:
-    """A Read's answer for a hidden node: as for a node that does not exist."""
-    return ua.DataValue(StatusCode=StatusCode(UNKNOWN))
+    """A Read's answer for a hidden node: as for a node that does not exist (shared: never edit it)."""
+    return _UNKNOWN_VALUE
 
 
 # -- the services' filters (installed by :func:`install_visibility`) --------------------------
