@@ -16,6 +16,8 @@ Where each check sits (README "What each service checks"):
   its subscriptions (another's answers ``BadSubscriptionIdInvalid``, as if unknown); a
   TransferSubscriptions only to a session of the same user (``BadUserAccessDenied``).
 * **HistoryRead**: the gate (``HISTORY``), then per node the commune (scada/opcua/history.py).
+* **communes not shown** (``see_other_communes: false``): Browse, TranslateBrowsePaths, Read,
+  CreateMonitoredItems and condition events leave them out (scada/opcua/visibility.py).
 
 Everything below the gate reads the request's :class:`RequestContext` with
 :func:`scada.security.context.current`. Each check fails closed: an error in it refuses.
@@ -35,6 +37,7 @@ from scada.opcua.asyncua_private.ownership import hook_ownership
 from scada.opcua.asyncua_private.request_context import Buffer, ServiceError, hook_method_calls, hook_requests
 from scada.opcua.session_identity import identity_of
 from scada.opcua.typed_ua import StatusCode
+from scada.opcua.visibility import install_visibility
 from scada.security.audit import AuditSink, record_of
 from scada.security.context import RequestContext, current
 from scada.security.identity import NOBODY, Identity, Permission
@@ -263,3 +266,4 @@ async def install_authorisation(server: Server, settings: SecuritySettings | Non
     hook_requests(server, identify, authz.gate)
     hook_method_calls(server, authz.check_method)
     hook_ownership(server, _owner, _may_take, authz.subscription_refused)
+    install_visibility(server)  # the communes a user does not see (see_other_communes: false)

@@ -11,7 +11,9 @@ all the request's tags with one numpy take each, and builds the DataValues field
 Everything else (other attributes, nodes that are not tag variables, a variable whose node was
 pinned by an edit: its Value may be another attribute than the slot's TagValue, an unbound
 TagValue) is left to asyncua's path, so the answers are asyncua's: TimestampsToReturn,
-IndexRange and DataEncoding are not looked at by asyncua's Read, nor here.
+IndexRange and DataEncoding are not looked at by asyncua's Read, nor here. A node of a commune
+the requester does not see answers ``BadNodeIdUnknown``, whatever its attribute
+(scada/opcua/visibility.py).
 :func:`tag_values` builds what ``Publisher.current`` builds for the same tags
 (tests/unit/test_tag_read.py compares them field by field).
 """
@@ -27,6 +29,7 @@ from asyncua import ua
 
 from scada.opcua.publisher import PublishedValue, Publisher, TagValue
 from scada.opcua.virtual_nodes import NodeTable
+from scada.opcua.visibility import hidden_mask, request_roots, unknown_data_value
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _VALUE = ua.AttributeIds.Value
@@ -126,6 +129,16 @@ class TagReader:
         return attr if attr is not None and attr.source is not None else None
 
     def __call__(self, nodes: Sequence[ua.ReadValueId]) -> list[ua.DataValue | None]:
+        roots = request_roots()  # None (nearly always): the requester sees every commune
+        if roots is not None:
+            hidden = hidden_mask([rv.NodeId for rv in nodes], roots)
+            if any(hidden):  # as nodes that do not exist (scada/opcua/visibility.py)
+                answers = iter(self._answer([rv for rv, h in zip(nodes, hidden, strict=True) if not h]))
+                unknown = unknown_data_value()
+                return [unknown if h else next(answers) for h in hidden]
+        return self._answer(nodes)
+
+    def _answer(self, nodes: Sequence[ua.ReadValueId]) -> list[ua.DataValue | None]:
         out: list[ua.DataValue | None] = [None] * len(nodes)
         found: dict[int, tuple[Publisher, list[int], list[int]]] = {}  # id(publisher) -> its tags, positions
         for k, rv in enumerate(nodes):

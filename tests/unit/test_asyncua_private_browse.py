@@ -83,3 +83,67 @@ async def test_pre_encoded_browse_results_reach_the_client_as_asyncua_sends_them
             ua.BrowseParameters(NodesToBrowse=[ua.BrowseDescription(NodeId=ua.NodeId(OI.ObjectsFolder))])
         )
         relies(own.nodeid in [r.NodeId for r in res.References], "an internal session's Browse gets a plain list")
+
+
+def test_translate_browse_paths_has_the_shape_relied_on():
+    from asyncua.server.address_space import ViewService
+    from asyncua.server.internal_session import InternalSession
+
+    relies(
+        params(ViewService.translate_browsepaths_to_nodeids) == ["self", "browsepaths"],
+        "ViewService.translate_browsepaths_to_nodeids(browsepaths)",
+    )
+    for name in ("browse", "translate_browsepaths_to_nodeids"):
+        relies(
+            f"self.iserver.view_service.{name}(" in inspect.getsource(getattr(InternalSession, name)),
+            f"InternalSession.{name} looks up view_service.{name} per request",
+        )
+
+
+async def test_the_visibility_hook_filters_browse_and_translate_results_on_a_live_server():
+    """Browse and TranslateBrowsePaths results go through the filters given, with the encoding
+    hook on either side; installing again replaces the filters."""
+    from asyncua.ua.ua_binary import list_to_binary
+
+    def encode(results: list[ua.BrowseResult]) -> bytes:
+        return list_to_binary(ua.BrowseResult, results)
+
+    seen: list[str] = []
+
+    def drop_ours(p: ua.BrowseParameters, results: list[ua.BrowseResult]) -> list[ua.BrowseResult]:
+        seen.append("browse")
+        return [
+            ua.BrowseResult(
+                StatusCode=r.StatusCode, References=[x for x in r.References if x.NodeId.NamespaceIndex == 0]
+            )
+            for r in results
+        ]
+
+    def no_match(paths: list[ua.BrowsePath], results: list[ua.BrowsePathResult]) -> list[ua.BrowsePathResult]:
+        seen.append("translate")
+        return [ua.BrowsePathResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadNoMatch)) for _ in results]
+
+    async with running() as own:
+        P.hook_browse_encoding(own.server, encode)
+        P.hook_browse_visibility(own.server, lambda p, r: r, lambda p, r: r)
+        P.hook_browse_visibility(own.server, drop_ours, no_match)  # replaces the filters, one hook
+        P.hook_browse_reftypes(own.server)
+        P.hook_browse_encoding(own.server, encode)  # still installed once: no second wrapper
+        children = [c.nodeid for c in await own.client.nodes.objects.get_children()]
+        relies(own.nodeid not in children and children, "a client's Browse gets the filtered references")
+        relies(seen == ["browse"], "the filter given last, once per Browse request")
+        path = ua.BrowsePath(
+            StartingNode=ua.NodeId(OI.RootFolder),
+            RelativePath=ua.RelativePath(
+                Elements=[
+                    ua.RelativePathElement(
+                        ReferenceTypeId=ua.NodeId(OI.Organizes),
+                        IsInverse=False,
+                        TargetName=ua.QualifiedName("Objects", 0),
+                    )
+                ]
+            ),
+        )
+        [res] = await own.client.uaclient.translate_browsepaths_to_nodeids([path])
+        relies(res.StatusCode.value == ua.StatusCodes.BadNoMatch, "a client's TranslateBrowsePaths is filtered")
+        relies(seen == ["browse", "translate"], "the translate filter given last, once per request")

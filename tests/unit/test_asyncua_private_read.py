@@ -68,3 +68,47 @@ async def test_pre_encoded_read_results_reach_the_client_as_asyncua_sends_them()
         relies(await node.read_value() == 42.0, "a client's Read sent through the encoder given")
         relies(await own.client.read_values([node, node]) == [42.0, 42.0], "several values")
         relies(calls == [1, 2], "one encoding per Read response")
+
+
+def test_create_monitored_items_has_the_shape_relied_on():
+    from asyncua.server.internal_session import InternalSession
+    from asyncua.server.subscription_service import SubscriptionService
+
+    relies(
+        params(SubscriptionService.create_monitored_items) == ["self", "params"],
+        "SubscriptionService.create_monitored_items(params)",
+    )
+    relies(
+        "self.subscription_service.create_monitored_items("
+        in inspect.getsource(InternalSession.create_monitored_items),
+        "InternalSession.create_monitored_items looks up the service's method per request",
+    )
+
+
+async def test_the_monitored_item_visibility_hook_refuses_the_items_named_on_a_live_server():
+    """Items the check names get the status given, the others are created by asyncua, in order."""
+    hidden_node = ua.NodeId("contract/hidden", 7)
+    async with running() as own:
+
+        def hidden(items) -> list[bool] | None:
+            return [i.ItemToMonitor.NodeId == hidden_node for i in items]
+
+        refused = ua.StatusCode(SC.BadNodeIdUnknown)
+        P.hook_monitored_item_visibility(own.server, lambda items: None, refused)
+        P.hook_monitored_item_visibility(own.server, hidden, refused)  # replaces the check, one hook
+        sub = await own.client.create_subscription(50, None)
+        items = [
+            ua.MonitoredItemCreateRequest(
+                ItemToMonitor=ua.ReadValueId(NodeId=n, AttributeId=A.Value),
+                MonitoringMode=ua.MonitoringMode.Reporting,
+                RequestedParameters=ua.MonitoringParameters(ClientHandle=k, QueueSize=1),
+            )
+            for k, n in enumerate((hidden_node, own.nodeid, hidden_node))
+        ]
+        results = await own.client.uaclient.create_monitored_items(
+            ua.CreateMonitoredItemsParameters(SubscriptionId=sub.subscription_id, ItemsToCreate=items)
+        )
+        codes = [r.StatusCode.value for r in results]
+        relies(codes == [SC.BadNodeIdUnknown, SC.Good, SC.BadNodeIdUnknown], "hidden refused, the other created")
+        relies(results[1].MonitoredItemId != 0, "the visible item is asyncua's")
+        await sub.delete()

@@ -20,8 +20,10 @@ module                 the concern, and who uses it
                        sessions.py, server.py)
 ``history``            the HistoryRead entry point (history.py)
 ``browse``             Browse: the reference type test once per request, results
-                       encoded by us (server.py, browse_codec.py)
-``read``               Read: a batch answer for the values we hold (tag_read.py)
+                       encoded by us (server.py, browse_codec.py); Browse and
+                       TranslateBrowsePaths results filtered (visibility.py)
+``read``               Read: a batch answer for the values we hold (tag_read.py);
+                       CreateMonitoredItems refused per item (visibility.py)
 ``responses``          responses whose Results we encoded, sent by asyncua's processor
 ``request_decoding``   requests decoded by us (request_codec.py)
 ``binary``             asyncua's binary encoders and decoder of single values

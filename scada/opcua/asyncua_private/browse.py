@@ -1,5 +1,5 @@
 """asyncua internals: the Browse service (the reference type test once per request, results
-encoded by us); checked by tests/unit/test_asyncua_private_browse.py."""
+encoded by us, nodes a user does not see left out); checked by tests/unit/test_asyncua_private_browse.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from asyncua import Server, ua
 
 from scada.opcua.asyncua_private.responses import PreEncoded, wrap_send_response
 
-__all__ = ["hook_browse_encoding", "hook_browse_reftypes"]
+__all__ = ["hook_browse_encoding", "hook_browse_reftypes", "hook_browse_visibility"]
 
 
 # -- Browse: the reference type test, once per request --------------------------------------
@@ -80,3 +80,46 @@ def hook_browse_encoding(server: Server, encode: Callable[[list[ua.BrowseResult]
 
     setattr(browse, _ENCODED, True)
     view.browse = browse  # type: ignore[method-assign]
+
+
+# -- Browse and TranslateBrowsePaths: what a user does not see ------------------------------
+#
+# The view service answers from the whole address space; the results are filtered after it
+# (scada/opcua/visibility.py), before they are encoded. ``view_service.browse`` may already be
+# wrapped by the hooks above (a PreEncoded list comes back: it stays one, with its encoder).
+
+_VISIBILITY = "_scada_browse_visibility"  # on the view service: (browse filter, translate filter)
+
+BrowseFilter = Callable[[ua.BrowseParameters, list[ua.BrowseResult]], list[ua.BrowseResult]]
+TranslateFilter = Callable[[list[ua.BrowsePath], list[ua.BrowsePathResult]], list[ua.BrowsePathResult]]
+
+
+def hook_browse_visibility(server: Server, browse: BrowseFilter, translate: TranslateFilter) -> None:
+    """Pass every Browse's results through ``browse(params, results)`` and every
+    TranslateBrowsePaths' through ``translate(paths, results)`` (``view_service.browse`` and
+    ``translate_browsepaths_to_nodeids``, which the sessions call per request, synchronously).
+
+    Composes with :func:`hook_browse_reftypes` and :func:`hook_browse_encoding` in any order.
+    Idempotent per server (a later call replaces the filters).
+    """
+    view = server.iserver.view_service
+    first = getattr(view, _VISIBILITY, None) is None
+    setattr(view, _VISIBILITY, (browse, translate))
+    if not first:
+        return
+    inner_browse, inner_translate = view.browse, view.translate_browsepaths_to_nodeids
+
+    def browse_visible(params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        results = inner_browse(params)
+        kept = getattr(view, _VISIBILITY)[0](params, results)
+        if kept is results:
+            return results
+        return PreEncoded(kept, results.encode) if type(results) is PreEncoded else kept
+
+    def translate_visible(browsepaths: list[ua.BrowsePath]) -> list[ua.BrowsePathResult]:
+        return getattr(view, _VISIBILITY)[1](browsepaths, inner_translate(browsepaths))
+
+    # Like the hooks above: the encoding hook's mark must be seen through ours.
+    setattr(browse_visible, _ENCODED, getattr(inner_browse, _ENCODED, False))
+    view.browse = browse_visible  # type: ignore[method-assign]
+    view.translate_browsepaths_to_nodeids = translate_visible  # type: ignore[method-assign]

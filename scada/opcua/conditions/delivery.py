@@ -6,7 +6,8 @@ where clauses, ConditionRefresh.
   :mod:`scada.opcua.conditions.nodes`): a client watching the Server gets every alarm, one
   watching a device gets its alarms. asyncua routes an event to one notifier only and matches
   ``OfType`` by exact type, so delivery is done here (:meth:`ConditionDelivery._deliver`),
-  with ``OfType`` honouring subtypes.
+  with ``OfType`` honouring subtypes. A user who does not see a commune
+  (``see_other_communes: false``) gets none of its devices' events, ConditionRefresh included.
 
 * **Queue.** The engine calls its subscribers synchronously from its own task; sending an
   event in asyncua is a coroutine. The subscriber only appends to a bounded queue
@@ -22,7 +23,7 @@ where clauses, ConditionRefresh.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -31,12 +32,15 @@ from asyncua import ua
 from scada.alarms.remote import EventItem, event_items
 from scada.opcua.asyncua_private.events import SubtypeWhere, pending_events
 from scada.opcua.asyncua_private.events import event_items as subscription_event_items
+from scada.opcua.asyncua_private.sessions import external_sessions
 from scada.opcua.asyncua_private.subscriptions import monitored_item, subscriptions
 from scada.opcua.authorise import audit_value, authorisation
 from scada.opcua.conditions.events import ConditionEvent
 from scada.opcua.conditions.methods import _CALLER, ConditionMethods
 from scada.opcua.conditions.nodes import _SERVER
+from scada.opcua.session_identity import identity_of
 from scada.opcua.typed_ua import StatusCode
+from scada.opcua.visibility import Roots, hides, visible_roots
 from scada.security.context import current
 from scada.security.identity import Permission
 
@@ -209,11 +213,35 @@ class ConditionDelivery(ConditionMethods):
         )
         await sub.enqueue_event(mid, fields, md.queue_size)
 
+    def _not_shown(self, scope: ua.NodeId) -> Callable[[object], bool] | None:
+        """Whether a subscription's user does not see the communes of ``scope`` (the event's
+        device, scada/opcua/visibility.py); None when every subscription sees it (no security
+        layer, a server event, or no session limited to other communes)."""
+        if authorisation(self.server) is None or scope.NamespaceIndex == 0:
+            return None
+        roots: dict[ua.NodeId, Roots | None] = {}
+        for session in external_sessions(self.server):
+            ident = identity_of(session)
+            # A session without our identity (not logged in yet) is shown nothing of a commune.
+            roots[session.session_id] = visible_roots(ident) if ident is not None else frozenset()
+        if all(r is None for r in roots.values()):
+            return None  # nobody is limited: one pass over the sessions per event, nothing per item
+
+        def hidden(sub) -> bool:
+            r = roots.get(sub.session_id, frozenset())  # fails closed: an unknown owner sees no commune
+            return r is not None and hides(scope, r)
+
+        return hidden
+
     async def _deliver(
         self, ev: ConditionEvent, notifiers: tuple[ua.NodeId, ...], subs=None, only_mid: int | None = None
     ) -> None:
-        """To the event monitored items on any of ``notifiers``, where clauses applied."""
+        """To the event monitored items on any of ``notifiers``, where clauses applied; not to the
+        subscriptions of users who do not see the event's commune."""
+        not_shown = self._not_shown(notifiers[-1])
         for sub in list(subscriptions(self.server).values()) if subs is None else subs:
+            if not_shown is not None and not_shown(sub):
+                continue
             watched = subscription_event_items(sub)
             for node in notifiers:
                 for mid in list(watched.get(node, ())):
