@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import structlog
 from asyncua import ua
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -179,18 +180,26 @@ def test_an_unreadable_crl_makes_the_revocation_of_ca_issued_certificates_unknow
     assert v.check(alone.der, alone.uri).ok  # self-signed, trusted directly: no CRL involved
 
 
-def test_unknown_revocation_passes_when_the_settings_accept_it(pki, capsys):
+def test_unknown_revocation_passes_when_the_settings_accept_it(pki):
     ca = pc.make("ca", key_index=2, ca=True, days=3650)
     put(pki, ca)
     leaf = pc.make("leaf", issuer=ca)
     v = pki.verifier(accept_unknown_revocation=True)
-    assert v.check(leaf.der).ok
-    assert v.check(leaf.der).ok
-    captured = capsys.readouterr()
-    logged = captured.out + captured.err
-    assert logged.count("certificate_revocation_unknown_accepted") == 1  # once, not per channel
+    with structlog.testing.capture_logs() as logs:
+        assert v.check(leaf.der).ok
+        assert v.check(leaf.der).ok
+    accepted = [e for e in logs if e["event"] == "certificate_revocation_unknown_accepted"]
+    assert len(accepted) == 1 and "no CRL signed by CN=ca" in accepted[0]["reason"]  # once, not per channel
     put_crl(pki, ca, [leaf])
     assert v.check(leaf.der).code == SC.BadCertificateRevoked  # a known revocation still refuses
+
+
+def test_an_unreadable_crl_is_logged_when_the_folder_is_read(pki):
+    (pki.root / "issuers" / "crl" / "bad.crl").write_bytes(b"junk")
+    with structlog.testing.capture_logs() as logs:
+        pki.verifier().reload_if_changed()
+    (event,) = [e for e in logs if e["event"] == "crl_unreadable"]
+    assert event["log_level"] == "error" and event["path"].endswith("bad.crl")
 
 
 def test_wrongly_signed_and_unparsable_certificates_are_invalid(pki):
