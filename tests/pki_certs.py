@@ -103,14 +103,20 @@ def make(
     return Cert(b.sign(sign_with, hashes.SHA256()), k, uri)
 
 
-def crl(issuer: Cert, revoked: list[Cert], signer: rsa.RSAPrivateKey | None = None) -> bytes:
-    """A DER CRL of ``issuer`` listing ``revoked`` (signed by ``signer`` instead: a forged CRL)."""
+def crl(
+    issuer: Cert,
+    revoked: list[Cert],
+    signer: rsa.RSAPrivateKey | None = None,
+    next_update: dt.timedelta = dt.timedelta(days=7),
+) -> bytes:
+    """A DER CRL of ``issuer`` listing ``revoked`` (signed by ``signer`` instead: a forged CRL),
+    issued a day ago, its nextUpdate ``next_update`` from now (negative: an expired CRL)."""
     now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
-        .last_update(now - dt.timedelta(hours=1))
-        .next_update(now + dt.timedelta(days=7))
+        .last_update(now - dt.timedelta(days=1))
+        .next_update(now + next_update)
     )
     for c in revoked:
         b = b.add_revoked_certificate(

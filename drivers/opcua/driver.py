@@ -31,6 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import structlog
@@ -291,7 +292,8 @@ class OpcUaDriver:
                 "the server was re-keyed, or this is not the expected server"
             )
         if sec.server_certificate is None:
-            why = trust.refusal(sec.trusted, shown)
+            host = urlparse(s.url).hostname or ""
+            why = trust.refusal(sec.trusted, shown, host=host, application_uri=match[0].Server.ApplicationUri or "")
             if why is not None:
                 raise SecurityMismatch(
                     f"{why}: if this is the expected server, add its certificate (or its CA) to the type's "

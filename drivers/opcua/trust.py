@@ -4,8 +4,12 @@ The trust list (tags.yaml ``security.trusted``: a folder, a file, or a list of f
 certificates in DER or PEM. A server is trusted when the certificate it shows is one of them
 (the usual case in OPC UA: a server's self-signed application certificate, copied from the
 server), or is signed directly by one of them that is a CA (a site's own authority); in both
-cases it must be within its validity dates. Everything else is refused before the secure
-channel opens, with the thumbprint to check against the server's.
+cases it must be within its validity dates. A CA signs the certificates of many devices, so a
+certificate it signed must also name the server we dial (Part 4 "Host Name" and "URI" checks):
+the endpoint URL's host among its subjectAltName DNS names or IP addresses, and its SAN URI equal
+to the ApplicationUri the server states. Otherwise any device holding a certificate of the site CA
+could stand in for the field server. Everything else is refused before the secure channel opens,
+with the thumbprint to check against the server's.
 
 Read once at load time (a new certificate takes effect with the next reload); the driver
 compares bytes and verifies at most a signature per trusted CA per session attempt.
@@ -14,6 +18,7 @@ compares bytes and verifies at most a signature per trusted CA per session attem
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,8 +77,13 @@ def load(paths: Iterable[Path]) -> tuple[bytes, ...]:
     return tuple(dict.fromkeys(out))  # the same certificate twice counts once
 
 
-def refusal(trusted: tuple[bytes, ...], shown: bytes, now: datetime | None = None) -> str | None:
-    """Why the server certificate ``shown`` (DER) is not trusted by ``trusted``; None if it is."""
+def refusal(
+    trusted: tuple[bytes, ...], shown: bytes, *, host: str, application_uri: str, now: datetime | None = None
+) -> str | None:
+    """Why the server certificate ``shown`` (DER) is not trusted by ``trusted``; None if it is.
+
+    ``host`` is the host of the endpoint URL we dial, ``application_uri`` the ApplicationUri the
+    server states in its endpoint description: a certificate accepted through a CA must name both."""
     try:
         cert = x509.load_der_x509_certificate(shown)
     except ValueError:
@@ -88,7 +98,7 @@ def refusal(trusted: tuple[bytes, ...], shown: bytes, now: datetime | None = Non
         return None
     for der in trusted:
         if _issued_by(cert, x509.load_der_x509_certificate(der)):
-            return None
+            return _names_refusal(cert, shown, host, application_uri)
     return (
         f"the server's certificate ({cert.subject.rfc4514_string()}, thumbprint {thumbprint(shown)}) is not in "
         "the trust list, nor signed by a CA in it"
@@ -110,3 +120,42 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (InvalidSignature, ValueError, TypeError):  # a wrong signature, an unsupported key: not issued by it
         return False
     return True
+
+
+def _names_refusal(cert: x509.Certificate, shown: bytes, host: str, application_uri: str) -> str | None:
+    """Why a CA-signed server certificate is not the one of the server at ``host`` with
+    ``application_uri``; None when its subjectAltName names both."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (
+            f"the server's certificate (thumbprint {thumbprint(shown)}) is signed by a trusted CA but has no "
+            "subjectAltName: it cannot say which server it belongs to"
+        )
+    who = f"the server's certificate ({cert.subject.rfc4514_string()}, thumbprint {thumbprint(shown)})"
+    if not _names_host(san, host):
+        names = [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
+        return (
+            f"{who} is signed by a trusted CA but is not made for the host {host!r} of the endpoint URL "
+            f"(its subjectAltName names {', '.join(names) or 'no host'}): another device holding a certificate "
+            "of the CA, or the endpoint URL should use one of those names"
+        )
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if not application_uri or application_uri not in uris:
+        return (
+            f"{who} is signed by a trusted CA but its URI ({', '.join(uris) or 'none'}) is not the server's "
+            f"ApplicationUri {application_uri!r}: another application holding a certificate of the CA"
+        )
+    return None
+
+
+def _names_host(san: x509.SubjectAlternativeName, host: str) -> bool:
+    """Whether the subjectAltName names ``host`` (an IP address, or a DNS name compared without case
+    and trailing dot; no wildcards: an OPC UA application certificate names its own host)."""
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        wanted = host.rstrip(".").lower()
+        return bool(wanted) and any(n.rstrip(".").lower() == wanted for n in san.get_values_for_type(x509.DNSName))
+    return address in san.get_values_for_type(x509.IPAddress)

@@ -139,7 +139,7 @@ async def configure_endpoints(
         await server.load_certificate(str(pki.cert_path))
         await server.load_private_key(str(pki.key_path))
         await server.set_application_uri(uri)
-        checks = ClientCertificates(pki.verifier(), sink)
+        checks = ClientCertificates(pki.verifier(settings.accept_unknown_revocation), sink)
         server.set_certificate_validator(checks.session)
         hook_channel_certificates(server, checks.channel)
     server.set_security_policy(policies)

@@ -14,6 +14,14 @@ security.yaml (default ``<data>/pki``)::
 and CreateSession): parsable, time valid, a chain to a trusted certificate through the issuers
 (``cryptography.x509.verification``), not revoked by a CRL whose signature its issuer made,
 and the SAN URI equal to the client's ApplicationUri. Each refusal has its precise status code.
+
+Revocation fails closed (Part 4, "Certificate Revocation Unknown"): each certificate of the chain
+but the trusted anchor needs a current CRL of its issuer (signature by the issuer, ``nextUpdate``
+not past). No such CRL, or any unreadable CRL file (its issuer cannot be known, and a garbled
+copy must not un-revoke anything), refuses with BadCertificateRevocationUnknown (the leaf's
+issuer) or BadCertificateIssuerRevocationUnknown (an intermediate's). A self-signed certificate
+trusted directly has no issuer to ask and needs no CRL. security.yaml's
+``accept_unknown_revocation: true`` lets an unknown status pass, logged.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+import structlog
 from asyncua import ua
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +53,10 @@ MAX_CERT_BYTES = 64 << 10  # a larger file in a trust folder is not read (a mist
 SERVER_CERT_DAYS = 5 * 365
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 CRL_SUFFIXES = (".der", ".pem", ".crl")
+MAX_CRL_BYTES = 32 << 20  # a larger CRL file is not read: it counts as unreadable (revocation unknown)
+CLOCK_SKEW = dt.timedelta(minutes=5)  # a CRL issued a little "in the future" by a CA whose clock is ahead
+
+log = structlog.get_logger("scada.security.pki")
 
 SC = ua.StatusCodes
 
@@ -299,12 +312,22 @@ class Pki:
 
     def crls(self) -> list[x509.CertificateRevocationList]:
         """The readable CRLs of trusted/crl and issuers/crl."""
-        out = []
+        return self.read_crls()[0]
+
+    def read_crls(self) -> tuple[list[x509.CertificateRevocationList], list[tuple[Path, str]]]:
+        """The CRLs of trusted/crl and issuers/crl: the readable ones, and the files that are not
+        (path, why): the caller must not ignore those (revocation then is unknown)."""
+        good: list[x509.CertificateRevocationList] = []
+        bad: list[tuple[Path, str]] = []
         for folder in ("trusted/crl", "issuers/crl"):
             for p in self._files(folder, CRL_SUFFIXES):
-                with contextlib.suppress(OSError, ValueError):
-                    out.append(_load_crl_file(p))
-        return out
+                try:
+                    if p.stat().st_size > MAX_CRL_BYTES:
+                        raise ValueError(f"larger than {MAX_CRL_BYTES >> 20} MiB")
+                    good.append(_load_crl_file(p))
+                except (OSError, ValueError) as exc:
+                    bad.append((p, f"{type(exc).__name__}: {exc}"))
+        return good, bad
 
     def entries(self) -> list[Entry]:
         """Every certificate of own, trusted, issuers and rejected, for `scada pki list`."""
@@ -361,9 +384,11 @@ class Pki:
             return None
         return path
 
-    def verifier(self) -> CertificateVerifier:
-        """A verifier of client certificates reading this folder (again when it changes)."""
-        return CertificateVerifier(self)
+    def verifier(self, accept_unknown_revocation: bool = False) -> CertificateVerifier:
+        """A verifier of client certificates reading this folder (again when it changes);
+        ``accept_unknown_revocation`` (security.yaml): let a certificate whose issuer's revocation
+        status is unknown pass, logged, instead of refusing it."""
+        return CertificateVerifier(self, accept_unknown_revocation)
 
 
 def _stamp(paths: Iterable[Path]) -> tuple:
@@ -382,12 +407,18 @@ class CertificateVerifier:
     listing's mtimes and sizes: one stat per folder and file per check, certificates being
     checked once per secure channel, not per request)."""
 
-    def __init__(self, pki: Pki) -> None:
+    def __init__(self, pki: Pki, accept_unknown_revocation: bool = False) -> None:
         self.pki = pki
+        self.accept_unknown_revocation = accept_unknown_revocation
         self._stamp: tuple | None = None
         self._anchors: list[x509.Certificate] = []
         self._issuers: list[x509.Certificate] = []
         self._crls: list[x509.CertificateRevocationList] = []
+        self._bad_crls: list[tuple[Path, str]] = []
+        # (CRL index, issuer DER) -> whether the issuer signed it: one RSA verification per pair
+        # and reload, not per secure channel. Emptied with each reload.
+        self._signed: dict[tuple[int, bytes], bool] = {}
+        self._warned: set[str] = set()  # unknown revocations accepted, logged once per reload
 
     def _folders_stamp(self) -> tuple:
         folders = [self.pki.root / f for f in ("trusted/certs", "trusted/crl", "issuers/certs", "issuers/crl")]
@@ -399,8 +430,17 @@ class CertificateVerifier:
         if stamp != self._stamp:
             self._anchors = [c for _, c in self.pki.certificates("trusted/certs")]
             self._issuers = [c for _, c in self.pki.certificates("issuers/certs")]
-            self._crls = self.pki.crls()
+            self._crls, self._bad_crls = self.pki.read_crls()
+            self._signed.clear()
+            self._warned.clear()
             self._stamp = stamp
+            for path, why in self._bad_crls:  # once per change of the folders, not per client
+                log.error(
+                    "crl_unreadable",
+                    path=str(path),
+                    error=why,
+                    effect="certificates issued by a CA are refused (revocation unknown) until it is fixed",
+                )
 
     def check(self, der: bytes, uri: str | None = None, now: dt.datetime | None = None) -> Verdict:
         """Whether the client certificate ``der`` may be used; ``uri`` the client's ApplicationUri
@@ -428,7 +468,7 @@ class CertificateVerifier:
         chain = self._chain(cert, now)
         if chain is None:
             return self._untrusted(cert, der)
-        revoked = self._revocation(chain)
+        revoked = self._revocation(chain, now)
         if revoked is not None:
             return revoked
         if uri is not None:
@@ -474,16 +514,66 @@ class CertificateVerifier:
         kept = f"kept in {where}" if where is not None else "rejected/ full: not kept"
         return Verdict(SC.BadCertificateUntrusted, f"unknown certificate {thumbprint(der)} ({kept})")
 
-    def _revocation(self, chain: list[x509.Certificate]) -> Verdict | None:
-        """Each certificate of the chain but its anchor, against its issuer's CRLs (signature checked)."""
+    def _revocation(self, chain: list[x509.Certificate], now: dt.datetime) -> Verdict | None:
+        """Each certificate of the chain but its anchor, against its issuer's CRLs (signature
+        checked): revoked by any of them (even one past its nextUpdate: a revocation stands), else
+        a current one is needed, or the status is unknown (module docstring)."""
         for depth, (cert, issuer) in enumerate(zip(chain, chain[1:], strict=False)):
-            for crl in self._crls:
-                if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                    continue
+            crls = self._crls_of(issuer)
+            for crl in crls:
                 if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                     code = SC.BadCertificateRevoked if depth == 0 else SC.BadCertificateIssuerRevoked
                     return Verdict(code, f"serial {cert.serial_number:x} revoked by {issuer.subject.rfc4514_string()}")
+            unknown = self._unknown(issuer, crls, now)
+            if unknown is None:
+                continue
+            code = SC.BadCertificateRevocationUnknown if depth == 0 else SC.BadCertificateIssuerRevocationUnknown
+            reason = f"revocation of serial {cert.serial_number:x} unknown: {unknown}"
+            if not self.accept_unknown_revocation:
+                return Verdict(code, reason)
+            if reason not in self._warned:  # accepted as configured: said once per reload, not per channel
+                self._warned.add(reason)
+                log.warning(
+                    "certificate_revocation_unknown_accepted", reason=reason, setting="accept_unknown_revocation"
+                )
         return None
+
+    def _crls_of(self, issuer: x509.Certificate) -> list[x509.CertificateRevocationList]:
+        """The CRLs ``issuer`` named and signed (a CRL with its name but another key's signature is
+        nobody's: it neither revokes nor vouches)."""
+        der = issuer.public_bytes(serialization.Encoding.DER)
+        out = []
+        for i, crl in enumerate(self._crls):
+            if crl.issuer != issuer.subject:
+                continue
+            signed = self._signed.get((i, der))
+            if signed is None:
+                try:
+                    signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+                except Exception:  # an unsupported key or algorithm: not a signature we can trust
+                    signed = False
+                self._signed[(i, der)] = signed
+            if signed:
+                out.append(crl)
+        return out
+
+    def _unknown(
+        self, issuer: x509.Certificate, crls: list[x509.CertificateRevocationList], now: dt.datetime
+    ) -> str | None:
+        """Why ``issuer``'s revocation list cannot vouch at ``now``; None when one does."""
+        if self._bad_crls:  # its issuer unknown, it may be this CA's newest list
+            files = ", ".join(str(p) for p, _ in self._bad_crls)
+            return f"unreadable CRL file(s) {files}: fix or remove them"
+        name = issuer.subject.rfc4514_string()
+        if not crls:
+            return f"no CRL signed by {name} in trusted/crl or issuers/crl"
+        for crl in crls:
+            if crl.next_update_utc is not None and crl.next_update_utc > now >= crl.last_update_utc - CLOCK_SKEW:
+                return None
+        ends = [c.next_update_utc for c in crls if c.next_update_utc is not None]
+        if ends and max(ends) <= now:
+            return f"the CRL of {name} expired on {max(ends):%Y-%m-%d %H:%M}Z (nextUpdate): publish a new one"
+        return f"no current CRL of {name} (none with a nextUpdate to come and a thisUpdate past)"
 
 
 def _is_ca(_policy: object, _cert: x509.Certificate, ext: x509.BasicConstraints | None) -> None:

@@ -11,6 +11,7 @@ anonymous login, the PKI, users file and audit trail in the data folder. The fil
     anonymous: []                # roles of an anonymous session; [] = anonymous refused
     see_other_communes: true     # default for users limited to some communes
     pki: pki                     # folders, relative to the data folder
+    accept_unknown_revocation: false   # true: a CA-issued certificate without a current CRL passes (logged)
     users: users.yaml
     audit: audit.sqlite
     login: {max_failures: 5, lockout_s: 300, delay_s: 0.5, max_delay_s: 8}
@@ -77,6 +78,7 @@ class SecuritySettings:
     anonymous: frozenset[Role] = frozenset()
     see_other_communes: bool = True
     pki: Path = Path("var/pki")
+    accept_unknown_revocation: bool = False  # False: no current CRL of a CA refuses the certificates it issued
     users: Path = Path("var/users.yaml")
     audit: Path = Path("var/audit.sqlite")
     login: LoginSettings = LoginSettings()
@@ -169,6 +171,15 @@ SECURITY_KEYS: KeyTable = {
         to_bool, "Whether a user limited to some communes sees the other communes' nodes (by default).", True
     ),
     "pki": Key(_path_conv, "The PKI folder (own, trusted, issuers, rejected), relative to the data folder.", "pki"),
+    "accept_unknown_revocation": Key(
+        to_bool,
+        "Let a client certificate signed by a CA pass when that CA's revocation status is unknown "
+        "(no CRL of the CA in trusted/crl or issuers/crl, its CRL past nextUpdate, or an unreadable "
+        "CRL file), with a warning in the log. Default false: refused with "
+        "Bad_CertificateRevocationUnknown (Bad_CertificateIssuerRevocationUnknown for an intermediate CA). "
+        "Self-signed certificates trusted directly need no CRL.",
+        False,
+    ),
     "users": Key(_path_conv, "The users file, relative to the data folder.", "users.yaml"),
     "audit": Key(_path_conv, "The audit trail (SQLite), relative to the data folder.", "audit.sqlite"),
     "login": Key(None, "Failed logins: delays and lockout.", None, schema={"$ref": "#/definitions/login"}),
@@ -231,6 +242,7 @@ def load_security(path: Path | None, data: Path) -> SecuritySettings:
         anonymous=frozenset(Role(r) for r in anonymous),
         see_other_communes=values["see_other_communes"],
         pki=data / values["pki"],
+        accept_unknown_revocation=values["accept_unknown_revocation"],
         users=data / values["users"],
         audit=data / values["audit"],
         login=login,

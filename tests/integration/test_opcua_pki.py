@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -190,15 +191,65 @@ async def test_broken_certificates_are_refused_with_their_code(served, case):
         cert = pc.make("hmi", issuer=ca, start=dt.timedelta(days=2))
     elif case == "revoked":
         cert = pc.make("hmi", issuer=ca)
-        (served.pki.root / "trusted" / "crl" / "ca.crl").write_bytes(pc.crl(ca, [cert]))
     else:
         cert = pc.make("hmi", issuer=ca, signer=pc.key(3))
+    # The CA's current CRL (listing the certificate when revoked): without one, the revocation of
+    # every certificate it issued is unknown (test_a_ca_without_a_current_crl_...).
+    (served.pki.root / "trusted" / "crl" / "ca.crl").write_bytes(pc.crl(ca, [cert] if case == "revoked" else []))
     await refused(served, cert)
     assert served.refusals() == [("OpenSecureChannel", code)]
     assert not (served.pki.root / "rejected" / "certs" / f"{cert.thumbprint}.der").exists()
     good = pc.make("hmi-ok", issuer=ca)
     async with await secure_client(served, good) as client:  # the CA's other certificates still pass
         assert await read_server_state(client) == ua.ServerState.Running
+
+
+async def test_a_ca_without_a_current_readable_crl_makes_its_certificates_refused(served):
+    ca = pc.make("city-ca", key_index=2, ca=True, days=3650)
+    trust(served, ca)
+    cert = pc.make("hmi", issuer=ca)
+    await refused(served, cert)  # no CRL of the CA at all
+    crl = served.pki.root / "trusted" / "crl" / "ca.crl"
+    crl.write_bytes(pc.crl(ca, [], next_update=-dt.timedelta(minutes=1)))  # past its nextUpdate
+    await refused(served, cert)
+    crl.write_bytes(pc.crl(ca, []))  # current: the certificate is accepted
+    async with await secure_client(served, cert) as client:
+        assert await read_server_state(client) == ua.ServerState.Running
+    older = crl.with_name("older.crl")  # an older list, still current, without the revocation
+    crl.rename(older)
+    crl.write_bytes(pc.crl(ca, [cert]))
+    await refused(served, cert)
+    crl.write_bytes(b"garbled in transfer")  # must not fall back on the older list: unknown
+    await refused(served, cert)
+    alone = pc.make("alone", key_index=3)  # a self-signed certificate trusted directly needs no CRL
+    trust(served, alone)
+    async with await secure_client(served, alone) as client:
+        assert await read_server_state(client) == ua.ServerState.Running
+    unknown = "BadCertificateRevocationUnknown"
+    assert served.refusals() == [
+        ("OpenSecureChannel", unknown),
+        ("OpenSecureChannel", unknown),
+        ("OpenSecureChannel", "BadCertificateRevoked"),
+        ("OpenSecureChannel", unknown),
+    ]
+    reasons = [json.loads(r.arguments)["reason"] for r in served.audit.records if r.action == "certificate"]
+    assert "no CRL signed by CN=city-ca" in reasons[0] and "expired" in reasons[1]
+    assert "unreadable CRL file" in reasons[3] and str(crl) in reasons[3]
+
+
+async def test_unknown_revocation_is_accepted_only_when_configured(tmp_path):
+    s = await serve(tmp_path, accept_unknown_revocation=True, anonymous=frozenset({Role.OBSERVER}))
+    try:
+        ca = pc.make("city-ca", key_index=2, ca=True, days=3650)
+        trust(s, ca)
+        cert = pc.make("hmi", issuer=ca)
+        async with await secure_client(s, cert) as client:  # no CRL: accepted, as configured
+            assert await read_server_state(client) == ua.ServerState.Running
+        (s.pki.root / "trusted" / "crl" / "ca.crl").write_bytes(pc.crl(ca, [cert]))
+        await refused(s, cert)  # a known revocation still refuses
+        assert s.refusals() == [("OpenSecureChannel", "BadCertificateRevoked")]
+    finally:
+        await stop_asyncua_server(s.server)
 
 
 async def _create_session_without_certificate(s: Served, cert: pc.Cert) -> None:

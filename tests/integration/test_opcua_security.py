@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import time
 from pathlib import Path
 
@@ -366,9 +367,12 @@ async def test_deadband_is_applied_by_the_server(tmp_path):
 # Trust by CA, and the Aes policies, against a stock asyncua server.
 
 
-def ca_signed_server(folder: Path, uri: str) -> tuple[Path, Path, Path]:
-    """An RSA CA and a server application certificate it signed (URI and 127.0.0.1 in subjectAltName):
-    (the CA's certificate, the server's certificate, the server's key), DER, DER, PEM."""
+def ca_signed_server(
+    folder: Path, uri: str, hosts: tuple[x509.GeneralName, ...] = tls_files.LOOPBACK
+) -> tuple[Path, Path, Path]:
+    """An RSA CA and a server application certificate it signed (URI and ``hosts``, by default
+    127.0.0.1 and localhost, in subjectAltName): (the CA's certificate, the server's certificate,
+    the server's key), DER, DER, PEM."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, key = tls_files.new_key(use_rsa=True), tls_files.new_key(use_rsa=True)
     ca = tls_files.issue("site CA", ca_key, "site CA", ca_key, ca=True)
@@ -378,7 +382,7 @@ def ca_signed_server(folder: Path, uri: str) -> tuple[Path, Path, Path]:
         "site CA",
         ca_key,
         eku=ExtendedKeyUsageOID.SERVER_AUTH,
-        san=(x509.UniformResourceIdentifier(uri), *tls_files.LOOPBACK),
+        san=(x509.UniformResourceIdentifier(uri), *hosts),
         usage=tls_files.APPLICATION_USAGE,
     )
     return (
@@ -420,5 +424,49 @@ async def test_aes_policies_with_a_server_trusted_through_its_ca_or_its_certific
             await until(lambda: tagdb.value[tag] == 12.5, what="a new value")
         finally:
             await stop(task)
+    finally:
+        await stop_asyncua_server(server)
+
+
+@pytest.mark.parametrize("case", ["another_host", "another_uri"])
+async def test_a_certificate_of_the_trusted_ca_made_for_another_server_is_refused(tmp_path, pki, case):
+    """Another device of the site holds a certificate of the same CA: it cannot stand in for the
+    server of the endpoint URL (its host not in the certificate, or its URI not the server's)."""
+    server_uri = "urn:test:plant-server"
+    if case == "another_host":  # a consistent impostor: its own URI, another host's names
+        cert_uri, hosts = server_uri, (x509.DNSName("pump-7.site"), x509.IPAddress(ipaddress.ip_address("10.9.9.9")))
+        expected = (
+            "is not made for the host '127.0.0.1' of the endpoint URL (its subjectAltName names pump-7.site, 10.9.9.9)"
+        )
+    else:
+        cert_uri, hosts = "urn:site:pump-7", tls_files.LOOPBACK
+        expected = "its URI (urn:site:pump-7) is not the server's ApplicationUri 'urn:test:plant-server'"
+    ca, server_cert, server_key = ca_signed_server(tmp_path / "plant-pki", cert_uri, hosts)
+    url = f"opc.tcp://127.0.0.1:{free_port()}/plant/"
+    server, _, _, _ = await plant_server(
+        url, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, (cert_uri, server_cert, server_key)
+    )
+    if case == "another_uri":
+        await server.set_application_uri(server_uri)
+    await server.start()
+    try:
+        cfg = plant_config(
+            tmp_path / "c", url, 'level: {node: "{device}.Level"}', secure("SignAndEncrypt", pki, trusted=str(ca))
+        )
+        tagdb = TagDB(*cfg.tag_table())
+        driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+        tag = tagdb.id_of("Dijon/water/P1/level")
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(driver.run())
+            try:
+                (session,) = driver.sessions.values()
+                await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
+                assert not session.ever and tagdb.status[tag] == st.BAD_NO_COMMUNICATION
+            finally:
+                await stop(task)
+        failures = [e for e in logs if e["event"] == "opcua_connect_failed"]
+        assert len(failures) == 1 and failures[0]["log_level"] == "error", failures
+        assert expected in failures[0]["error"], failures[0]["error"]
+        assert "signed by a trusted CA" in failures[0]["error"]
     finally:
         await stop_asyncua_server(server)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import stat
+from pathlib import Path
 
 import pytest
+import structlog
 from asyncua import ua
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -31,6 +33,13 @@ def pki(tmp_path) -> Pki:
 
 def put(p: Pki, cert: pc.Cert, folder: str = "trusted/certs") -> None:
     (p.root / folder / f"{cert.thumbprint}.der").write_bytes(cert.der)
+
+
+def put_crl(p: Pki, ca: pc.Cert, revoked=(), folder: str = "trusted/crl", **kw) -> Path:
+    """The CA's CRL (listing ``revoked``) in ``folder``, named after the CA."""
+    path = p.root / folder / f"{ca.cert.subject.rfc4514_string()}.crl"
+    path.write_bytes(pc.crl(ca, list(revoked), **kw))
+    return path
 
 
 def test_the_server_certificate_is_made_once_with_names_and_a_private_key(pki):
@@ -79,6 +88,8 @@ def test_trusted_self_signed_and_ca_signed_certificates_pass(pki):
     put(pki, inter, "issuers/certs")  # an intermediate is not trusted by itself
     assert v.check(leaf.der).code == SC.BadCertificateUntrusted
     put(pki, root)
+    put_crl(pki, root)  # every CA of the chain says, in a current CRL, that it revoked nothing
+    put_crl(pki, inter, folder="issuers/crl")
     assert v.check(leaf.der, leaf.uri).ok
 
 
@@ -108,14 +119,87 @@ def test_revocation_needs_the_issuers_signature_on_the_crl(pki):
     put(pki, ca)
     leaf = pc.make("leaf", issuer=ca)
     v = pki.verifier()
+    empty = put_crl(pki, ca)
     assert v.check(leaf.der).ok
     forged = pki.root / "trusted" / "crl" / "forged.crl"
     forged.write_bytes(pc.crl(ca, [leaf], signer=pc.key(4)))
     assert v.check(leaf.der).ok, "a CRL the CA did not sign revokes nothing"
+    empty.unlink()
+    assert v.check(leaf.der).code == SC.BadCertificateRevocationUnknown, "nor does it vouch for anything"
     forged.unlink()
     (pki.root / "trusted" / "crl" / "ca.crl").write_bytes(pc.crl(ca, [leaf]))
     assert v.check(leaf.der).code == SC.BadCertificateRevoked
     assert v.check(pc.make("other-leaf", issuer=ca).der).ok  # same CA, serial not listed
+
+
+def test_a_ca_issued_certificate_needs_a_current_crl_of_each_issuer(pki):
+    root = pc.make("root", key_index=2, ca=True, days=3650)
+    inter = pc.make("inter", key_index=3, ca=True, issuer=root, days=3650)
+    leaf = pc.make("leaf", issuer=inter)
+    put(pki, root)
+    put(pki, inter, "issuers/certs")
+    v = pki.verifier()
+    verdict = v.check(leaf.der)
+    assert verdict.code == SC.BadCertificateRevocationUnknown and "no CRL signed by CN=inter" in verdict.reason
+    put_crl(pki, inter, folder="issuers/crl")  # the leaf's issuer vouches, the intermediate's does not
+    verdict = v.check(leaf.der)
+    assert verdict.code == SC.BadCertificateIssuerRevocationUnknown and "CN=root" in verdict.reason
+    root_crl = put_crl(pki, root)
+    assert v.check(leaf.der).ok
+    put_crl(pki, inter, folder="issuers/crl", next_update=-dt.timedelta(hours=1))  # past its nextUpdate
+    verdict = v.check(leaf.der)
+    assert verdict.code == SC.BadCertificateRevocationUnknown and "expired" in verdict.reason
+    put_crl(pki, inter, folder="issuers/crl")
+    assert v.check(leaf.der).ok
+    # an expired CRL still revokes: a revocation is never undone by the list growing old
+    put_crl(pki, root, [inter], next_update=-dt.timedelta(hours=1))
+    assert v.check(leaf.der).code == SC.BadCertificateIssuerRevoked
+    root_crl.unlink()
+    # a self-signed certificate trusted directly has no issuer to ask: no CRL needed
+    alone = pc.make("alone")
+    put(pki, alone)
+    assert v.check(alone.der, alone.uri).ok
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_an_unreadable_crl_makes_the_revocation_of_ca_issued_certificates_unknown(pki, damage):
+    ca = pc.make("ca", key_index=2, ca=True, days=3650)
+    put(pki, ca)
+    leaf, alone = pc.make("leaf", issuer=ca), pc.make("alone")
+    put(pki, alone)
+    older = put_crl(pki, ca)  # an older list, still current, that does not list the leaf
+    older.rename(older.with_name("older.crl"))
+    newest = put_crl(pki, ca, [leaf])
+    v = pki.verifier()
+    assert v.check(leaf.der).code == SC.BadCertificateRevoked
+    data = newest.read_bytes()
+    newest.write_bytes({"garbage": b"not a CRL at all", "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    verdict = v.check(leaf.der)  # the garbled newest list must not un-revoke the leaf
+    assert verdict.code == SC.BadCertificateRevocationUnknown
+    assert str(newest) in verdict.reason and "unreadable" in verdict.reason
+    assert v.check(alone.der, alone.uri).ok  # self-signed, trusted directly: no CRL involved
+
+
+def test_unknown_revocation_passes_when_the_settings_accept_it(pki):
+    ca = pc.make("ca", key_index=2, ca=True, days=3650)
+    put(pki, ca)
+    leaf = pc.make("leaf", issuer=ca)
+    v = pki.verifier(accept_unknown_revocation=True)
+    with structlog.testing.capture_logs() as logs:
+        assert v.check(leaf.der).ok
+        assert v.check(leaf.der).ok
+    accepted = [e for e in logs if e["event"] == "certificate_revocation_unknown_accepted"]
+    assert len(accepted) == 1 and "no CRL signed by CN=ca" in accepted[0]["reason"]  # once, not per channel
+    put_crl(pki, ca, [leaf])
+    assert v.check(leaf.der).code == SC.BadCertificateRevoked  # a known revocation still refuses
+
+
+def test_an_unreadable_crl_is_logged_when_the_folder_is_read(pki):
+    (pki.root / "issuers" / "crl" / "bad.crl").write_bytes(b"junk")
+    with structlog.testing.capture_logs() as logs:
+        pki.verifier().reload_if_changed()
+    (event,) = [e for e in logs if e["event"] == "crl_unreadable"]
+    assert event["log_level"] == "error" and event["path"].endswith("bad.crl")
 
 
 def test_wrongly_signed_and_unparsable_certificates_are_invalid(pki):

@@ -32,6 +32,7 @@ def test_absent_the_defaults_are_secure(tmp_path):
     assert not s.allow_none and not s.anonymous
     assert s.policies == ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
     assert s.pki == tmp_path / "data" / "pki"
+    assert not s.accept_unknown_revocation  # a CA's certificates without a current CRL are refused
 
 
 def test_a_full_file_is_read_with_paths_in_the_data_folder(tmp_path):
@@ -40,7 +41,7 @@ def test_a_full_file_is_read_with_paths_in_the_data_folder(tmp_path):
         "endpoint: opc.tcp://10.1.2.3:4840/scada/\n"
         "policies: [Aes256_Sha256_RsaPss]\nmodes: [SignAndEncrypt]\n"
         "allow_none: false\nanonymous: [Observer]\nsee_other_communes: false\n"
-        "pki: certs/pki\nusers: u.yaml\naudit: a.sqlite\n"
+        "pki: certs/pki\naccept_unknown_revocation: true\nusers: u.yaml\naudit: a.sqlite\n"
         "login: {max_failures: 3, lockout_s: 60, delay_s: 1, max_delay_s: 4}\n"
         "limits: {sessions_per_client: 2}\n",
     )
@@ -55,6 +56,7 @@ def test_a_full_file_is_read_with_paths_in_the_data_folder(tmp_path):
     )
     assert s.login == LoginSettings(3, 60.0, 1.0, 4.0)
     assert s.limits.sessions_per_client == 2 and s.limits.subscriptions_per_session == 50
+    assert s.accept_unknown_revocation
     assert s.source == str(path)
 
 
@@ -70,6 +72,7 @@ def test_a_full_file_is_read_with_paths_in_the_data_folder(tmp_path):
         ("limits:\n  sessions_per_clients: 3\n", 2, "limits.sessions_per_clients: unknown key"),
         ("policies: []\n", 1, "no endpoint left"),
         ("allow_none: maybe\n", 1, "allow_none: expected true or false"),
+        ("pki: pki\naccept_unknown_revocation: yes please\n", 2, "accept_unknown_revocation: expected true or false"),
         ("policies: [Basic256Sha256\n", None, "YAML syntax error"),
     ],
 )
