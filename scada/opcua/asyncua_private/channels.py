@@ -30,7 +30,8 @@ Relied on (contract: tests/unit/test_asyncua_private_channels.py):
   ``security_policy.URI``;
 * ``UaProcessor.process_message(self, seqhdr, body)``, async, ``body`` a Buffer at the request's
   TypeId (``nodeid_from_binary``, then a ``RequestHeader``); ``send_response(handle, seqhdr,
-  response)``; False returned closes the connection.
+  response)``; False returned closes the connection; ``SecureConnection`` instances take an
+  attribute of ours (a class default set here).
 
 Both wrappers are installed once per process on asyncua's classes (marker attributes), and act
 only for servers given a check with :func:`hook_channel_certificates` (other servers of the
@@ -46,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.connection import SecureConnection
 from asyncua.common.utils import ServiceError  # re-exported as it is (endpoints.py raises it)
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.uaprocessor import UaProcessor
@@ -172,6 +174,8 @@ def _install_discovery_only_hook() -> None:
     if getattr(UaProcessor, _PM_HOOKED, False):
         return
     original = UaProcessor.process_message
+    # A class default: the look-up on every request finds it at once (a missing one costs more).
+    setattr(SecureConnection, _DISCOVERY, False)
 
     @functools.wraps(original)
     async def process_message(self: UaProcessor, seqhdr: Any, body: Any) -> Any:
