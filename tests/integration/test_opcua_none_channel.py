@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 
 from scada.opcua.authorise import install_authorisation
 from scada.opcua.endpoints import configure_endpoints
@@ -21,7 +21,7 @@ from scada.security.audit import MemoryAudit
 from scada.security.identity import Role
 from scada.security.settings import SecuritySettings
 
-from .helpers import free_port
+from .helpers import plain_asyncua_server
 
 
 @dataclasses.dataclass
@@ -35,14 +35,10 @@ async def served(tmp_path) -> AsyncIterator[Served]:
     # The defaults (no None endpoint), with anonymous Observers: the easiest session to get.
     settings = dataclasses.replace(SecuritySettings.defaults(tmp_path / "data"), anonymous=frozenset({Role.OBSERVER}))
     assert not settings.allow_none
-    server = Server()
-    await server.init()
-    url = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
-    server.set_endpoint(url)
+    server, url, _ = await plain_asyncua_server("scada", "urn:scada:test")
     audit = MemoryAudit()
-    await configure_endpoints(server, settings, audit)
-    await install_login(server, settings, audit)
-    await install_authorisation(server, settings, audit)
+    for install in (configure_endpoints, install_login, install_authorisation):  # as HmiServer.start
+        await install(server, settings, audit)
     await server.start()
     try:
         yield Served(url, audit)
