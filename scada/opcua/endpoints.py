@@ -5,7 +5,10 @@ scada.security.pki).
 Secure policies need the server's certificate and key (made in the PKI folder on first start):
 without them asyncua would silently offer the None endpoint only, so the server refuses to start
 instead. Client certificates are checked when the secure channel opens (asyncua_private.channels)
-and again at CreateSession (with the client's ApplicationUri); each refusal is audited.
+and again at CreateSession (with the client's ApplicationUri); each refusal is audited. A channel
+whose policy and mode are not offered (asyncua accepts a None channel even when None is not
+offered, for GetEndpoints) serves discovery only: anything else is refused with
+BadSecurityPolicyRejected, audited, and the connection closed.
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ class ClientCertificates:
             self._audit(der, address, None, verdict, "OpenSecureChannel")
         return verdict.code
 
+    def policy_refused(self, address: str, policy_uri: str, mode: str, request: int) -> None:
+        """A request on a channel whose policy and mode are not offered (asyncua_private.channels)."""
+        policy = policy_uri.rpartition("#")[2] or policy_uri
+        ctx = RequestContext(_UNKNOWN_CLIENT, client_address=address, security_mode=mode, security_policy=policy)
+        args = {"reason": "security policy and mode not offered", "request": request}
+        self.audit.record(record_of("secure_channel", "", args, "BadSecurityPolicyRejected", ctx))
+        log.warning("security_policy_rejected", client=address, policy=policy, mode=mode, request=request)
+
     async def session(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         """CreateSession (asyncua's certificate validator): the certificate with the client's
         ApplicationUri. Raises ServiceError with the refusal's code."""
@@ -141,7 +152,7 @@ async def configure_endpoints(
         await server.set_application_uri(uri)
         checks = ClientCertificates(pki.verifier(settings.accept_unknown_revocation), sink)
         server.set_certificate_validator(checks.session)
-        hook_channel_certificates(server, checks.channel)
+        hook_channel_certificates(server, checks.channel, checks.policy_refused)
     server.set_security_policy(policies)
     server.set_identity_tokens(identity_tokens(settings))
     _warn(settings)

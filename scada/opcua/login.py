@@ -8,6 +8,12 @@ thread, one at a time (scrypt costs ~100 ms and 16 MiB: a flood of logins takes 
 most, and the event loop serving the other clients never waits for it), and only the
 connection that logs in waits for its throttling delay.
 
+Open sessions follow the users file (:meth:`Login.follow`, every ``FOLLOW_S`` seconds and at each
+login): a session whose user was disabled or removed (or while the file is unreadable: fail
+closed) is refused every request with ``BadUserAccessDenied`` and closed; a user whose roles or
+communes changed gets the new identity from their next request on. Each is audited
+(``user_change``).
+
 Status codes (Part 4 §5.7.3 and Table 176):
 
 - ``BadUserAccessDenied``: the user name or password is wrong, the user is unknown, disabled or
@@ -18,6 +24,8 @@ Status codes (Part 4 §5.7.3 and Table 176):
   channel that is not encrypted, rsa-1_5, a token that does not decrypt or does not carry this
   session's nonce (a replay), an unreadable user certificate.
 - ``BadIdentityTokenRejected``: an anonymous login where the settings allow none.
+- ``BadSecurityPolicyRejected``: the channel's security policy and mode are not an offered
+  endpoint's (a None channel kept for GetEndpoints when None is not offered).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +48,9 @@ from scada.opcua.asyncua_private.activation import (
     created_certificate,
     decrypt_password,
     hook_activation,
+    revoke_session,
 )
+from scada.opcua.asyncua_private.sessions import external_sessions
 from scada.opcua.session_identity import ScadaUser, identity_of
 from scada.opcua.typed_ua import StatusCode
 from scada.security.audit import AuditSink, record_of
@@ -51,6 +62,7 @@ from scada.security.users import User, UsersError, UserStore, dummy_hash, verify
 
 log = structlog.get_logger("scada.opcua.login")
 SC = ua.StatusCodes
+FOLLOW_S = 1.0  # how often the users file is looked at for the open sessions' sake (one stat)
 
 
 class Refused(ServiceError):
@@ -74,6 +86,7 @@ async def install_login(server: Server, settings: SecuritySettings | None, audit
     if not login.users.names():
         log.warning("opcua_no_users", file=str(settings.users), anonymous=sorted(settings.anonymous))
     hook_activation(server, login.check, login.outcome)
+    login.follow_every(FOLLOW_S)
     return login
 
 
@@ -87,10 +100,73 @@ class Login:
         self.users = UserStore(Path(settings.users))
         self.throttle = LoginThrottle(settings.login)
         self._hashing = asyncio.Semaphore(1)  # one scrypt at a time: a flood takes one core at most
+        self._followed = self.users.generation  # the users file's read the open sessions follow
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being closed (a reference kept)
+
+    def follow_every(self, seconds: float) -> None:
+        """Call :meth:`follow` every ``seconds`` on the running loop while this Login lives
+        (a timer, not a task: nothing is left pending when the loop ends)."""
+        loop = asyncio.get_running_loop()
+        ref = weakref.ref(self)
+
+        def tick() -> None:
+            login = ref()
+            if login is None:
+                return
+            login.follow()
+            loop.call_later(seconds, tick)
+
+        loop.call_later(seconds, tick)
+
+    def follow(self) -> None:
+        """Read the users file if it changed, and bring the open sessions in line with it."""
+        try:
+            self.users.reload()
+        except UsersError as exc:  # fail closed: the store is empty, every named session revoked
+            log.error("opcua_users_file_unreadable", error=str(exc))
+        if self.users.generation == self._followed:
+            return
+        self._followed = self.users.generation
+        for session in external_sessions(self.server):
+            try:
+                self._follow_session(session)
+            except Exception:  # noqa: BLE001 - one session's trouble must not spare the others
+                log.exception("opcua_session_follow_failed")
+                revoke_session(session)
+
+    def _follow_session(self, session: Any) -> None:
+        identity = identity_of(session)
+        if identity is None or identity.anonymous:
+            return
+        user = self.users.loaded(identity.user)
+        if user is None or user.disabled:
+            revoke_session(session)
+            # No roles from now on (whatever else looks at the session's identity refuses too).
+            session.user = ScadaUser.of(Identity(identity.user, frozenset()))
+            reason = "user removed" if user is None else "user disabled"
+            self._audit_change(session, identity, "BadUserAccessDenied", reason)
+            task = asyncio.get_running_loop().create_task(session.close_session(delete_subs=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return
+        new = user.identity(self.settings.see_other_communes)
+        if new != identity:
+            session.user = ScadaUser.of(new)  # the request context follows session.user
+            self._audit_change(session, new, "Good", "roles or communes changed")
+
+    def _audit_change(self, session: Any, identity: Identity, result: str, reason: str) -> None:
+        sid = session.session_id.to_string()
+        ctx = RequestContext(identity=identity, session_id=sid)
+        roles = sorted(r.value for r in identity.roles)
+        self.audit.record(record_of("user_change", sid, {"reason": reason, "roles": roles}, result, ctx))
+        log.warning("opcua_session_user_changed", user=identity.user, session=sid, result=result, reason=reason)
 
     async def check(self, act: Activation) -> ScadaUser:
         """The user of the activation ``act``, or Refused (see the module's status codes)."""
+        self.follow()  # the open sessions follow the file this login reads
         token = act.token
+        if not act.offered:  # asyncua_private.channels refuses it first: a second line
+            raise Refused(SC.BadSecurityPolicyRejected, f"{act.security_policy}/{act.security_mode} not offered")
         if isinstance(token, ua.AnonymousIdentityToken):
             act.claimed = "anonymous"
             if not self.settings.anonymous:
@@ -112,13 +188,12 @@ class Login:
             raise Refused(SC.BadIdentityTokenInvalid, f"plaintext password on a {act.security_mode} channel")
         user = self._user(name)
         known = user.name if user is not None else None
-        delay = self.throttle.delay(known, act.client_address)
-        if delay > 0:
-            await asyncio.sleep(delay)  # only this connection waits (asyncua serves each in turn)
-        if known is not None and self.throttle.locked(known):
-            raise Refused(SC.BadUserAccessDenied, "locked out after failed logins")
-        async with self._hashing:
-            ok = await asyncio.to_thread(self._verify, act, user)
+        if not self.throttle.admit(known, act.client_address):
+            raise Refused(SC.BadUserAccessDenied, "too many attempts waiting")
+        try:
+            ok = await self._checked(act, user, known)
+        finally:
+            self.throttle.release(known, act.client_address)
         if user is None:
             raise Refused(SC.BadUserAccessDenied, "unknown user")
         if not ok:
@@ -126,6 +201,27 @@ class Login:
         if user.disabled:
             raise Refused(SC.BadUserAccessDenied, "user disabled")
         return user.identity(self.settings.see_other_communes)
+
+    async def _checked(self, act: Activation, user: User | None, known: str | None) -> bool:
+        """Is the password right? Slowed after failures, the lock checked again when this
+        attempt's turn to hash comes (attempts sent in parallel all wait for the first ones), and
+        a failure counted as soon as it is known (before the next attempt is let in)."""
+        delay = self.throttle.delay(known, act.client_address)
+        if delay > 0:
+            await asyncio.sleep(delay)  # only this connection waits (asyncua serves each in turn)
+        if known is not None and self.throttle.locked(known):
+            raise Refused(SC.BadUserAccessDenied, "locked out after failed logins")
+        async with self._hashing:
+            if known is not None and self.throttle.locked(known):
+                raise Refused(SC.BadUserAccessDenied, "locked out after failed logins")
+            ok = False  # an invalid token (it raises) is a failure too, counted now
+            try:
+                ok = await asyncio.to_thread(self._verify, act, user)
+            finally:
+                if not ok:
+                    act.counted = True
+                    self.throttle.failed(known, act.client_address)
+        return ok and user is not None
 
     def _verify(self, act: Activation, user: User | None) -> bool:
         """In a worker thread: the token's password against ``user``'s hash (an unknown user
@@ -180,7 +276,7 @@ class Login:
         named = isinstance(act.token, ua.UserNameIdentityToken | ua.X509IdentityToken) and act.claimed
         if named and good:
             self.throttle.succeeded(act.claimed)
-        elif named and act.session is not None:
+        elif named and act.session is not None and not act.counted:
             try:
                 known = self.users.get(act.claimed)
             except UsersError:

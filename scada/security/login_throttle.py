@@ -8,8 +8,14 @@ without the password being checked. A success clears the user's count. A client 
 count is forgotten ``lockout_s`` after its last failure (not on a success: one valid account
 must not reset the slowing of a guesser on the same address).
 
+Attempts waiting to be checked are capped: at most ``max_waiting`` per user and
+``max_waiting_per_host`` per client host (:meth:`admit`, :meth:`release`), so that parallel attempts cannot queue past the lock (each is
+checked against the lock again when its turn comes, and counted as soon as it failed) nor keep
+the password hashing busy while other users wait behind them.
+
 Memory is bounded: only known users get a per-user count (an unknown name counts for its
-address only), and at most ``max_addresses`` addresses are remembered (the oldest go first).
+address only), and at most ``max_addresses`` addresses are remembered (the oldest go first);
+the waiting counts hold only attempts in flight.
 """
 
 from __future__ import annotations
@@ -32,13 +38,46 @@ class LoginThrottle:
     """Failure counts per user and per client address, the delays and locks they give."""
 
     def __init__(
-        self, settings: LoginSettings, clock: Callable[[], float] = time.monotonic, max_addresses: int = 10_000
+        self,
+        settings: LoginSettings,
+        clock: Callable[[], float] = time.monotonic,
+        max_addresses: int = 10_000,
+        max_waiting: int = 2,
+        max_waiting_per_host: int = 4,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.max_addresses = max_addresses
+        self.max_waiting = max_waiting
+        self.max_waiting_per_host = max_waiting_per_host
         self._users: dict[str, _Count] = {}
         self._addresses: dict[str, _Count] = {}
+        self._waiting_users: dict[str, int] = {}
+        self._waiting_hosts: dict[str, int] = {}
+
+    def admit(self, user: str | None, address: str) -> bool:
+        """Let one more attempt of ``user`` (None: unknown) from ``address`` wait for its check?
+        False when ``max_waiting`` of that user, or ``max_waiting_per_host`` of that host, are
+        already in flight; True counts it in, and :meth:`release` must follow once it is decided."""
+        host = _host(address)
+        if self._waiting_hosts.get(host, 0) >= self.max_waiting_per_host:
+            return False
+        if user is not None and self._waiting_users.get(user, 0) >= self.max_waiting:
+            return False
+        self._waiting_hosts[host] = self._waiting_hosts.get(host, 0) + 1
+        if user is not None:
+            self._waiting_users[user] = self._waiting_users.get(user, 0) + 1
+        return True
+
+    def release(self, user: str | None, address: str) -> None:
+        """An attempt admitted by :meth:`admit` is decided."""
+        _drop(self._waiting_hosts, _host(address))
+        if user is not None:
+            _drop(self._waiting_users, user)
+
+    def waiting(self) -> int:
+        """Attempts in flight (tests: nothing is left counted once the attempts are decided)."""
+        return sum(self._waiting_hosts.values())
 
     def delay(self, user: str | None, address: str) -> float:
         """Seconds to wait before checking an attempt of ``user`` (None: unknown) from ``address``."""
@@ -93,6 +132,14 @@ class LoginThrottle:
     def _bound(self) -> None:
         while len(self._addresses) > self.max_addresses:
             del self._addresses[next(iter(self._addresses))]  # the oldest first (insertion order)
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)  # only attempts in flight are kept
 
 
 def _host(address: str) -> str:

@@ -260,6 +260,7 @@ class UserStore:
         self._users: dict[str, User] = {}
         self._prints: dict[str, User] = {}
         self._error: UsersError | None = None
+        self.generation = 0  # one more at each read of the file (or failure to read it)
 
     def reload(self) -> None:
         """Read the file if it changed since the last look (UsersError if it cannot be read)."""
@@ -274,13 +275,20 @@ class UserStore:
             users = load_users(self.path)
         except UsersError as exc:
             self._stamp, self._error, self._users, self._prints = stamp, exc, {}, {}
+            self.generation += 1
             raise
         self._stamp, self._error, self._users = stamp, None, users
+        self.generation += 1
         self._prints = {t: u for u in users.values() for t in u.certificates}
 
     def get(self, name: str) -> User | None:
         """The user called ``name``, or None."""
         self.reload()
+        return self._users.get(name)
+
+    def loaded(self, name: str) -> User | None:
+        """The user called ``name`` as last read, without looking at the file (None also while
+        the file is unreadable)."""
         return self._users.get(name)
 
     def by_thumbprint(self, thumbprint: str) -> User | None:

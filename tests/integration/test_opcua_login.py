@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import threading
 from pathlib import Path
 
@@ -346,3 +347,75 @@ async def test_scrypt_does_not_block_the_loop(tmp_path, pki, monkeypatch):
             assert not finished.is_set(), "the Read was answered only after the password check"
             release.set()
             assert await logging_in == SC.Good
+
+
+async def test_parallel_wrong_passwords_stop_at_the_lock(tmp_path, pki, monkeypatch):
+    """Ten wrong passwords for alice sent at once (review finding 4): no more are hashed than the
+    lock allows, each attempt re-checks the lock when its turn comes, and nothing stays waiting."""
+    hashed: list[str] = []
+    real = login_module.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        hashed.append(password)
+        return real(password, encoded)
+
+    monkeypatch.setattr(login_module, "verify_password", counting)
+    async with login_server(tmp_path, pki) as s:
+        codes = await asyncio.gather(*(attempt(s.url, "alice", f"guess{i}") for i in range(10)))
+        assert codes == [SC.BadUserAccessDenied] * 10
+        assert len(hashed) <= FAST.max_failures, hashed
+        assert s.login.throttle.locked("alice")
+        assert s.login.throttle.waiting() == 0
+        reasons = {reason for (_, _, reason) in activations(s.audit)}
+        assert reasons <= {"wrong password", "locked out after failed logins", "too many attempts waiting"}
+        assert await attempt(s.url, "alice", PASSWORD) == SC.BadUserAccessDenied  # locked
+
+
+def _identities(s) -> dict[str, object]:
+    from scada.opcua.asyncua_private.sessions import external_sessions
+
+    return {i.user: i for i in map(identity_of, external_sessions(s.server)) if i is not None}
+
+
+async def test_open_sessions_follow_the_users_file(tmp_path, pki):
+    """Review finding 9: bob disabled while logged in gets BadUserAccessDenied on his next
+    request and his session is closed; alice demoted keeps her session with her new roles; both
+    changes audited. Nobody reconnects."""
+    from scada.security.users import load_users
+
+    async with login_server(tmp_path, pki) as s:
+        bob = await _client(s.url, "bob", PASSWORD)
+        alice = await _client(s.url, "alice", PASSWORD)
+        async with bob, alice:
+            assert await bob.get_node(s.value).read_value() == 7.0
+            assert _identities(s)["alice"].roles == frozenset({Role.OPERATOR})
+            users = load_users(s.users)
+            users["bob"] = make_user("bob", users["bob"].password_hash, ["Observer"], disabled=True)
+            users["alice"] = make_user("alice", users["alice"].password_hash, ["Observer"])
+            save_users(s.users, users)
+            await until(lambda: "bob" not in _identities(s), what="bob's session closed")
+            with pytest.raises(ua.UaStatusCodeError) as err:
+                await bob.get_node(s.value).read_value()
+            assert err.value.code == SC.BadUserAccessDenied
+            assert _identities(s)["alice"].roles == frozenset({Role.OBSERVER})
+            assert await alice.get_node(s.value).read_value() == 7.0
+        changes = sorted(
+            (r.user, r.result, json.loads(r.arguments)["reason"]) for r in s.audit.records if r.action == "user_change"
+        )
+        assert changes == [
+            ("alice", "Good", "roles or communes changed"),
+            ("bob", "BadUserAccessDenied", "user disabled"),
+        ]
+
+
+async def test_activation_on_a_channel_not_offered_is_refused(tmp_path, pki):
+    """Second line behind asyncua_private.channels (review finding 1): an activation on a
+    channel whose policy and mode the server does not offer is refused before any token work."""
+    from scada.opcua.asyncua_private.activation import Activation
+    from scada.opcua.login import Refused
+
+    async with login_server(tmp_path, pki, anonymous=["Observer"]) as s:
+        act = Activation(None, False, "127.0.0.1:1", "None", "None", None, ua.AnonymousIdentityToken(), None)
+        with pytest.raises(Refused) as err:
+            await s.login.check(act)
+        assert err.value.code == SC.BadSecurityPolicyRejected

@@ -120,3 +120,48 @@ async def test_a_check_that_raises_refuses(tmp_path):
         await client.disconnect()
     finally:
         await stop_asyncua_server(server)
+
+
+def test_discovery_only_internals_have_the_signatures_relied_on():
+    relies(params(UaProcessor.process_message)[1:] == ["seqhdr", "body"], "UaProcessor.process_message(seqhdr, body)")
+    relies(
+        params(UaProcessor.send_response)[1:4] == ["requesthandle", "seqhdr", "response"],
+        "UaProcessor.send_response(requesthandle, seqhdr, response)",
+    )
+    factory = sp.SecurityPolicyFactory(sp.SecurityPolicyNone, ua.MessageSecurityMode.None_)
+    relies(
+        factory.matches(P.NONE_URI, ua.MessageSecurityMode.None_)
+        and not factory.matches(P.NONE_URI, ua.MessageSecurityMode.Sign),
+        "SecurityPolicyFactory.matches(uri, mode)",
+    )
+    relies(sp.SecurityPolicyNone().Mode == ua.MessageSecurityMode.None_, "SecurityPolicyNone().Mode")
+
+
+async def test_a_none_channel_not_offered_serves_discovery_only(tmp_path):
+    refused: list[tuple[str, str, str, int]] = []
+    server, url, pki = await _secure_server(tmp_path, lambda der, peer: SC.Good)
+    P.hook_channel_certificates(server, lambda der, peer: SC.Good, lambda *args: refused.append(args))
+    try:
+        client = Client(url, timeout=10)
+        await client.connect_socket()
+        try:
+            await client.send_hello()
+            await client.open_secure_channel()  # None: selected by asyncua although not offered
+            relies(
+                client.uaclient.security_policy.URI == P.NONE_URI,
+                "SecureConnection.select_policy keeps the None policy when nothing offered matches",
+            )
+            endpoints = await client.uaclient.get_endpoints(ua.GetEndpointsParameters(EndpointUrl=url))
+            relies(bool(endpoints), "GetEndpoints served through process_message")
+            with pytest.raises(ua.UaStatusCodeError) as err:
+                await client.create_session()
+        finally:
+            client.disconnect_socket()
+        relies(err.value.code == SC.BadSecurityPolicyRejected, "process_message: send_response, then False closes")
+        relies(
+            [r[1:] for r in refused]
+            == [(P.NONE_URI, "None", ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)],
+            "nodeid_from_binary(body) is the request's TypeId; UaProcessor.name the peer",
+        )
+    finally:
+        await stop_asyncua_server(server)

@@ -15,11 +15,14 @@ fresh connection re-attach any live session by its token as any user (research ย
   it (no password work on the loop), the password is not decrypted a second time;
 - ``outcome`` hears how each activation ended (the user and Good, or the status code);
 - authentication tokens are 32 random bytes, and the certificate of the channel that created
-  each session is remembered (a re-attach must come with the same one).
+  each session is remembered (a re-attach must come with the same one);
+- a session revoked with :func:`revoke_session` (its user disabled or removed) gets
+  BadUserAccessDenied for any request (one attribute look-up per request of a hooked server).
 
 Relied on: ``UaProcessor._process_message(typeid, requesthdr, seqhdr, body)``, its ``iserver``,
 ``session``, ``name`` (peer address) and ``_connection.security_policy`` (``Mode``, ``URI``,
-``peer_certificate``); ``InternalServer``: ``create_session``, ``lookup_external_session``,
+``peer_certificate``), ``_connection._policies`` (the offered policy factories, ``matches(uri,
+mode)``); ``InternalServer``: ``create_session``, ``lookup_external_session``,
 ``_external_sessions`` (keyed by ``auth_token``), ``set_user_manager``, ``decrypt_user_token``,
 ``private_key``; ``InternalSession``: ``auth_token``, ``nonce``, ``user``, ``state``,
 ``session_id``, ``is_activated``; ``Buffer.cur_pos``/``rewind``.
@@ -59,6 +62,7 @@ __all__ = [
     "created_certificate",
     "decrypt_password",
     "hook_activation",
+    "revoke_session",
 ]
 
 OAEP_SHA1 = "http://www.w3.org/2001/04/xmlenc#rsa-oaep"
@@ -85,7 +89,10 @@ class Activation:
     ``session`` None: the token names no live session (asyncua answers BadSessionIdInvalid).
     ``reattach``: the session was created on another channel (Part 4 ยง6.7 reconnect, or a
     stolen token). ``token``: the UserIdentityToken (a null one is given as anonymous).
-    ``claimed``: the user name the check settled on (for the outcome and the audit)."""
+    ``claimed``: the user name the check settled on (for the outcome and the audit).
+    ``offered``: the channel's policy and mode are among the server's offered ones (False by
+    default: an activation nobody placed is refused). ``counted``: the check counted this
+    attempt's failure already (the outcome must not count it twice)."""
 
     session: InternalSession | None
     reattach: bool
@@ -96,6 +103,8 @@ class Activation:
     token: Any
     token_signature: Any
     claimed: str = ""
+    offered: bool = False
+    counted: bool = False
 
     @property
     def session_id(self) -> str:
@@ -123,6 +132,7 @@ Outcome = Callable[[Activation, User | None, int, BaseException | None], None]
 _VERDICT: ContextVar[User | None] = ContextVar("scada_activation_verdict", default=None)
 _HOOK = "_scada_activation"  # the hook of a server, on its InternalServer
 _MARK = "_scada_activation_hooked"
+_REVOKED = "_scada_revoked"  # on an InternalSession: its user may no longer use it
 # The client certificate of the channel that created each session (b"" when none).
 _CREATED_BY: weakref.WeakKeyDictionary[InternalSession, bytes] = weakref.WeakKeyDictionary()
 
@@ -148,6 +158,12 @@ def created_certificate(session: InternalSession) -> bytes | None:
     return _CREATED_BY.get(session)
 
 
+def revoke_session(session: InternalSession) -> None:
+    """Refuse every further request of ``session`` with BadUserAccessDenied (its user was
+    disabled or removed); closing it is the caller's business."""
+    setattr(session, _REVOKED, True)
+
+
 def hook_activation(server: Server, check: Check, outcome: Outcome) -> None:
     """Verify every ActivateSession of ``server`` with ``check`` before asyncua's activation,
     report each ending to ``outcome``; random authentication tokens. Call before ``start``;
@@ -165,6 +181,7 @@ def hook_activation(server: Server, check: Check, outcome: Outcome) -> None:
         iserver.decrypt_user_token = _decrypt_once(iserver.decrypt_user_token)  # type: ignore[method-assign]
     if not getattr(iserver.create_session, _MARK, False):
         iserver.create_session = _random_tokens(iserver, iserver.create_session)  # type: ignore[method-assign]
+    setattr(InternalSession, _REVOKED, False)  # a class default: the per-request look-up finds it at once
     if not getattr(UaProcessor._process_message, _MARK, False):
         UaProcessor._process_message = _checked(UaProcessor._process_message)  # type: ignore[method-assign,assignment]
 
@@ -208,8 +225,12 @@ def _checked(process: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     @functools.wraps(process)
     async def _process_message(self: UaProcessor, typeid: Any, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
         hook: _Hook | None = getattr(self.iserver, _HOOK, None)
+        if hook is None:
+            return await process(self, typeid, requesthdr, seqhdr, body)
+        if getattr(self.session, _REVOKED, False):  # its user was disabled or removed
+            raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
         # Every request passes here (Publish, Read...): an int look-up first, NodeId equality never.
-        if hook is None or typeid.Identifier not in _SESSION_SERVICES or typeid.NamespaceIndex != 0:
+        if typeid.Identifier not in _SESSION_SERVICES or typeid.NamespaceIndex != 0:
             return await process(self, typeid, requesthdr, seqhdr, body)
         if typeid.Identifier == _CREATE:
             result = await process(self, typeid, requesthdr, seqhdr, body)
@@ -249,6 +270,7 @@ async def _activate(
         peer_certificate=policy.peer_certificate or None,
         token=token,
         token_signature=params.UserTokenSignature,
+        offered=any(f.matches(policy.URI, policy.Mode) for f in proc._connection._policies),
     )
     if session is None:  # asyncua refuses it (BadSessionIdInvalid): let it, and say so
         return await _reported(hook, act, None, run)
