@@ -25,6 +25,7 @@ from scada.security.audit import AuditSink, record_of
 from scada.security.context import RequestContext
 from scada.security.identity import Identity
 from scada.security.pki import CertificateVerifier, Pki, PkiError, Verdict, application_uri, thumbprint
+from scada.security.refusal_audit import refusal_audit_for
 from scada.security.settings import SecuritySettings
 
 log = structlog.get_logger("scada.opcua.endpoints")
@@ -68,7 +69,8 @@ class ClientCertificates:
 
     def __init__(self, verifier: CertificateVerifier, audit: AuditSink) -> None:
         self.verifier = verifier
-        self.audit = audit
+        # Refusals at a bounded rate per client (a client retrying in a loop must not fill the trail).
+        self.audit = refusal_audit_for(audit)
 
     def _audit(self, der: bytes, address: str, uri: str | None, verdict: Verdict, at: str) -> None:
         thumb = thumbprint(der) if der else ""

@@ -30,6 +30,7 @@ ACTIONS = (
     "alarm_action",
     "register_server",
     "certificate",  # a client certificate refused, rejected, trusted
+    "secure_channel",  # a request on a channel whose security policy and mode are not offered
     "user_change",
     "pki_change",
     "reload",

@@ -37,7 +37,18 @@ log = structlog.get_logger("scada.security")
 # Actions whose refusals are aggregated: the service gate ("denied", "register_server"), method
 # calls and alarm actions, subscription services, limits, history reads, writes.
 AGGREGATED = frozenset(
-    {"denied", "register_server", "call", "alarm_action", "subscription", "limit", "history_read", "write"}
+    {
+        "denied",
+        "register_server",
+        "call",
+        "alarm_action",
+        "subscription",
+        "limit",
+        "history_read",
+        "write",
+        "certificate",  # a client certificate refused (a client retrying in a loop)
+        "secure_channel",  # a request on a channel whose policy and mode are not offered
+    }
 )
 PER_KEY = 20  # refusals recorded per (client, action, target, result) and window
 PER_CLIENT = 100  # refusals recorded per client and window, all keys together

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from scada.security.audit import AuditRecord, MemoryAudit
-from scada.security.refusal_audit import OTHERS, Budget, RefusalAudit, client_of, refusal_audit_for
+from scada.security.refusal_audit import OTHERS, PER_KEY, Budget, RefusalAudit, client_of, refusal_audit_for
 
 
 class Clock:
@@ -165,3 +165,17 @@ def test_a_full_table_first_closes_the_windows_that_ended() -> None:
     audit.record(refusal(4, address="10.0.0.3:1"))
     assert list(audit._windows) == ["10.0.0.2", "10.0.0.3"]  # the newcomer has a budget of its own
     assert [json.loads(r.arguments).get("not_audited") for r in sink.records] == [None, None, 1, None]
+
+
+def test_certificate_and_channel_refusals_are_at_a_bounded_rate():
+    """A client retrying a refused certificate or a None channel in a loop: the first PER_KEY
+    refusals recorded, the rest counted (scada.opcua.endpoints.ClientCertificates)."""
+    from scada.opcua.endpoints import ClientCertificates
+    from scada.security.audit import MemoryAudit
+
+    sink = MemoryAudit()
+    checks = ClientCertificates(None, sink)  # type: ignore[arg-type]  # the verifier is not used here
+    for _ in range(3 * PER_KEY):
+        checks.policy_refused("10.0.0.9:5000", "http://opcfoundation.org/UA/SecurityPolicy#None", "None", 1)
+    assert len(sink.records) == PER_KEY
+    assert {r.action for r in sink.records} == {"secure_channel"}
