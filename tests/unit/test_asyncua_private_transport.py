@@ -6,8 +6,10 @@ server on loopback spoken to over raw TCP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
+import socket
 import time
 
 import pytest_asyncio
@@ -258,6 +260,31 @@ async def test_operations_are_counted_before_the_request_is_decoded(live):
     fine = await c.request(read_request([state] * 50))  # the connection serves on
     assert isinstance(fine, ua.ReadResponse) and len(fine.Results) == 50
     await c.close()
+
+
+@on_live
+async def test_unsent_responses_over_the_cap_abort_the_connection_at_once(live):
+    server, _url, _port, refused = live
+    # Requests never made to wait (the high mark above the cap) and a stall no test waits for:
+    # only the cap can close it.
+    capped = dataclasses.replace(RULES, write_buffer_high=64 << 20, write_buffer_max=1 << 20, write_stall=3600.0)
+    P.guard_transport(server, capped, lambda *r: refused.append(r))
+    try:
+        slow = raw(live)
+        await slow.session()
+    finally:
+        P.guard_transport(server, RULES, lambda *r: refused.append(r))  # later connections: the module's rules
+    sock = slow.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little of it
+    where = "{}:{}".format(*sock.getsockname())
+    request = browse_request([ua.NodeId(ua.ObjectIds.Server)] * RULES.operations_per_request)
+    for _ in range(300):  # never read: ~45 MB of responses, far more than the socket buffers take
+        slow.send(slow.encode(request))
+    await until(lambda: any(r[0] == where for r in refused), what="the connection over the cap aborted")
+    [over] = [r for r in refused if r[0] == where]
+    assert over[1] == SC.BadTcpNotEnoughResources and "unsent responses over the limit" in over[2], over
+    await until(lambda: all("{}:{}".format(*p.peer_name) != where for p in server.bserver.clients), what="closed")
+    await slow.close()
 
 
 @on_live
