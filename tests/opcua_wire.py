@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from asyncua import ua
 from asyncua.common.connection import SecureConnection, TransportLimits
 from asyncua.common.utils import Buffer
 from asyncua.crypto.security_policies import SecurityPolicyNone
-from asyncua.ua.ua_binary import header_from_binary, nodeid_from_binary, struct_from_binary, struct_to_binary
+from asyncua.ua.ua_binary import (
+    Primitives,
+    header_from_binary,
+    nodeid_from_binary,
+    nodeid_to_binary,
+    struct_from_binary,
+    struct_to_binary,
+)
 from asyncua.ua.ua_binary import uatcp_to_binary as uatcp_to_binary
 
-__all__ = ["RawClient", "error_of", "hello", "read_request", "uatcp_to_binary"]
+__all__ = ["RawClient", "browse_request", "error_of", "expanded", "hello", "read_request", "uatcp_to_binary"]
 
 
 def hello(url: str, buffer: int = 65535) -> bytes:
@@ -52,6 +60,26 @@ def error_of(data: bytes) -> ua.ErrorMessage | None:
 def read_request(nodeids: list[ua.NodeId]) -> ua.ReadRequest:
     req = ua.ReadRequest()
     req.Parameters.NodesToRead = [ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.Value) for n in nodeids]
+    return req
+
+
+def expanded(body: bytes, at: int, uri: str | None = None, server_index: int = 0) -> bytes:
+    """``body`` with its NodeId at ``at`` sent as an ExpandedNodeId (Part 6, 5.2.2.10): the
+    flags set on its encoding byte, a NamespaceUri (when ``uri``) and a ServerIndex after it.
+    asyncua's decoder reads it, and takes it for the NodeId when it compares them."""
+    end = at + len(nodeid_to_binary(nodeid_from_binary(Buffer(body[at:]))))
+    flags = 0x40 | (0x80 if uri is not None else 0)
+    extra = (Primitives.String.pack(uri) if uri is not None else b"") + struct.pack("<I", server_index)
+    return body[:at] + bytes([body[at] | flags]) + body[at + 1 : end] + extra + body[end:]
+
+
+def browse_request(nodeids: list[ua.NodeId]) -> ua.BrowseRequest:
+    """Browse ``nodeids`` both ways, every field of every reference asked for: a large response."""
+    req = ua.BrowseRequest()
+    req.Parameters.NodesToBrowse = [
+        ua.BrowseDescription(NodeId=n, BrowseDirection=ua.BrowseDirection.Both, IncludeSubtypes=True, ResultMask=63)
+        for n in nodeids
+    ]
     return req
 
 
@@ -104,14 +132,23 @@ class RawClient:
         assert got is not None and got[0].MessageType == ua.MessageType.Acknowledge, got
         return struct_from_binary(ua.Acknowledge, got[1])
 
-    def encode(self, request: Any, kind: ua.MessageType = ua.MessageType.SecureMessage) -> bytes:
-        """``request`` as the next message of this channel (its sequence number taken)."""
+    def encode(
+        self,
+        request: Any,
+        kind: ua.MessageType = ua.MessageType.SecureMessage,
+        edit: Callable[[bytes], bytes] | None = None,
+    ) -> bytes:
+        """``request`` as the next message of this channel (its sequence number taken); ``edit``
+        changes its encoded body first."""
         self.request_id += 1
         if kind == ua.MessageType.SecureMessage:
             request.RequestHeader.AuthenticationToken = self.auth_token
         request.RequestHeader.RequestHandle = self.request_id
         request.RequestHeader.TimeoutHint = 10000
-        return self.conn.message_to_binary(struct_to_binary(request), message_type=kind, request_id=self.request_id)
+        body = struct_to_binary(request)
+        if edit is not None:
+            body = edit(body)
+        return self.conn.message_to_binary(body, message_type=kind, request_id=self.request_id)
 
     async def answer(self) -> Any:
         """The next response's object (a ServiceFault too)."""

@@ -8,7 +8,10 @@ security settings, also: connections and sessions per client address, subscripti
 monitored items per session, operations per request (MaxNodesPer*, enforced with
 Bad_TooManyOperations for the whole request, and advertised in ServerCapabilities), history
 values per response, Publish requests in flight and messages waiting per connection, monitored
-item queues; operations are counted before a request is decoded. Each
+item queues; operations are counted before a request is decoded (a request that cannot be
+counted undecoded is refused Bad_DecodingError). On every server, a client that leaves its
+responses unread has its requests wait, and is disconnected after :data:`WRITE_STALL_S` or when
+its unsent responses pass twice the message size. Each
 refusal is one audit record with its status code, at a bounded rate per client, target and code
 (scada/security/refusal_audit.py: a flood must fill neither the trail nor the log).
 """
@@ -39,6 +42,8 @@ from scada.security.settings import Limits, SecuritySettings
 log = structlog.get_logger("scada.opcua.bounds")
 
 _RECV_BUFFER = 65535  # bytes per chunk, each way (asyncua's, and most stacks')
+WRITE_STALL_S = 30.0  # seconds a client may leave its responses unread before it is disconnected
+_WRITE_BUFFER_HIGH = 1 << 20  # unsent bytes per connection above which its requests wait
 
 _OL = ua.ObjectIds
 _NODES_PER_REQUEST = (
@@ -66,6 +71,11 @@ def transport_rules(limits: Limits, settings: SecuritySettings | None) -> Transp
         publish_requests_in_flight=limits.publish_requests_in_flight if secured else None,
         operations_per_request=limits.nodes_per_request if secured else None,
         history_nodes_per_request=limits.history_nodes_per_request if secured else None,
+        # A client that stops reading: its requests wait above the high mark; what one response
+        # (at most a message) adds on top of it is allowed twice, beyond that it is aborted.
+        write_buffer_high=_WRITE_BUFFER_HIGH,
+        write_buffer_max=_WRITE_BUFFER_HIGH + 2 * limits.max_message_size,
+        write_stall=WRITE_STALL_S,
     )
 
 

@@ -5,7 +5,11 @@ server on loopback spoken to over raw TCP.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import inspect
+import socket
 import time
 
 import pytest_asyncio
@@ -20,11 +24,18 @@ from scada.opcua.request_codec import read_parameters
 from scada.opcua.server import stop_asyncua_server
 from tests.asyncua_contract import on_live, params, relied_on
 from tests.integration.helpers import plain_asyncua_server, until
-from tests.opcua_wire import RawClient, error_of, header, read_request
+from tests.opcua_wire import RawClient, browse_request, error_of, expanded, header, read_request
 
 relies = relied_on("scada/opcua/asyncua_private/transport.py")
 SC = ua.StatusCodes
-RULES = P.TransportRules(connections_per_client=4, publish_requests_in_flight=3, operations_per_request=50)
+RULES = P.TransportRules(
+    connections_per_client=4,
+    publish_requests_in_flight=3,
+    operations_per_request=50,
+    write_buffer_high=256 << 10,
+    write_buffer_max=4 << 20,
+    write_stall=2.0,
+)
 
 
 def test_the_transport_internals_have_the_shapes_relied_on():
@@ -251,6 +262,59 @@ async def test_operations_are_counted_before_the_request_is_decoded(live):
     await c.close()
 
 
+@on_live
+async def test_unsent_responses_over_the_cap_abort_the_connection_at_once(live):
+    server, _url, _port, refused = live
+    # Requests never made to wait (the high mark above the cap) and a stall no test waits for:
+    # only the cap can close it.
+    capped = dataclasses.replace(RULES, write_buffer_high=64 << 20, write_buffer_max=1 << 20, write_stall=3600.0)
+    P.guard_transport(server, capped, lambda *r: refused.append(r))
+    try:
+        slow = raw(live)
+        await slow.session()
+    finally:
+        P.guard_transport(server, RULES, lambda *r: refused.append(r))  # later connections: the module's rules
+    sock = slow.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little of it
+    where = "{}:{}".format(*sock.getsockname())
+    request = browse_request([ua.NodeId(ua.ObjectIds.Server)] * RULES.operations_per_request)
+    for _ in range(300):  # never read: ~45 MB of responses, far more than the socket buffers take
+        slow.send(slow.encode(request))
+    await until(lambda: any(r[0] == where for r in refused), what="the connection over the cap aborted")
+    [over] = [r for r in refused if r[0] == where]
+    assert over[1] == SC.BadTcpNotEnoughResources and "unsent responses over the limit" in over[2], over
+    await until(lambda: all("{}:{}".format(*p.peer_name) != where for p in server.bserver.clients), what="closed")
+    await slow.close()
+
+
+@on_live
+async def test_expanded_nodeid_flags_do_not_get_a_request_past_the_count(live):
+    c = raw(live)
+    await c.session()
+    state = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
+    for uri in (None, "urn:elsewhere"):
+        # The AuthenticationToken (after the 4-byte TypeId) with flags: asyncua reads it and never
+        # compares it; the operations are counted all the same.
+        c.send(c.encode(read_request([state] * 51), edit=functools.partial(expanded, at=4, uri=uri)))
+        too_many = await c.answer()
+        assert isinstance(too_many, ua.ServiceFault), (uri, too_many)
+        assert too_many.ResponseHeader.ServiceResult.value == SC.BadTooManyOperations
+        c.send(c.encode(read_request([state] * 2), edit=functools.partial(expanded, at=4, uri=uri)))
+        fine = await c.answer()
+        assert isinstance(fine, ua.ReadResponse) and len(fine.Results) == 2
+    # The TypeId with flags: asyncua would take it for the Read's; refused undecoded, any size.
+    for n in (1, 51):
+        c.send(c.encode(read_request([state] * n), edit=functools.partial(expanded, at=0)))
+        refused = await c.answer()
+        assert isinstance(refused, ua.ServiceFault), (n, refused)
+        assert refused.ResponseHeader.ServiceResult.value == SC.BadDecodingError
+        assert refused.ResponseHeader.RequestHandle == c.request_id
+        assert live[3][-1][1:] == (SC.BadDecodingError, "a request that cannot be counted undecoded", "Read")
+    fine = await c.request(read_request([state]))  # the connection serves on
+    assert isinstance(fine, ua.ReadResponse)
+    await c.close()
+
+
 def test_operations_of_reads_the_count_of_each_request_kind():
     from asyncua.ua.ua_binary import struct_to_binary
 
@@ -282,5 +346,61 @@ def test_operations_of_reads_the_count_of_each_request_kind():
         request.RequestHeader = header
         body = b"pad" + struct_to_binary(request)
         assert P.operations_of(body, 3) == (service, 7, 77), service
-        assert P.operations_of(body[:-30], 3) in (None, (service, 7, 77))  # short: never an error
-    assert P.operations_of(b"pad" + struct_to_binary(ua.GetEndpointsRequest()), 3) is None
+        # Short: counted when the count is there, else refused undecoded (None), never an error.
+        assert P.operations_of(body[:-30], 3) in ((service, None, 77), (service, 7, 77))
+        # ExpandedNodeId flags on the AuthenticationToken (after the 4-byte TypeId): skipped as
+        # asyncua reads them, the operations counted all the same.
+        for uri in (None, "urn:elsewhere"):
+            assert P.operations_of(b"pad" + expanded(body[3:], 4, uri), 3) == (service, 7, 77), (service, uri)
+        # Flags on the TypeId (asyncua takes it for the request's): refused undecoded.
+        assert P.operations_of(b"pad" + expanded(body[3:], 0), 3) == (service, None, 77), service
+    endpoints = ua.GetEndpointsRequest(RequestHeader=header)
+    assert P.operations_of(b"pad" + struct_to_binary(endpoints), 3) is None
+    assert P.operations_of(b"pad" + expanded(struct_to_binary(endpoints), 0), 3) == ("GetEndpoints", None, 77)
+    # A length asyncua would read backwards (the AuditEntryId's, -5): not counted, refused.
+    request = read_request(ids[:1])
+    request.RequestHeader = header
+    body = bytearray(struct_to_binary(request))
+    at = body.index(b"\x05\x00\x00\x00audit")
+    body[at : at + 4] = (-5).to_bytes(4, "little", signed=True)
+    assert P.operations_of(bytes(body), 0) == ("Read", None, 77)
+
+
+@on_live
+async def test_a_client_that_stops_reading_is_held_in_bounded_memory_then_disconnected(live):
+    relies(hasattr(asyncio.WriteTransport, "set_write_buffer_limits"), "asyncio's write-buffer limits")
+    server, _url, _port, refused = live
+    slow = raw(live)
+    await slow.session()
+    sock = slow.writer.get_extra_info("socket")
+    where = "{}:{}".format(*sock.getsockname())
+    [protocol] = [p for p in server.bserver.clients if "{}:{}".format(*p.peer_name) == where]
+    peak = 0
+
+    async def sample() -> None:  # the bytes the server holds for the connection, while it is open
+        nonlocal peak
+        while protocol.transport is not None and not protocol.transport.is_closing():
+            peak = max(peak, protocol.transport.get_write_buffer_size())
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    # The client never reads again: ~150 KB of references per response, 300 requests (~45 MB
+    # of responses, several times the cap) sent at once.
+    request = browse_request([ua.NodeId(ua.ObjectIds.Server)] * RULES.operations_per_request)
+    for _ in range(300):
+        slow.send(slow.encode(request))
+    other = raw(live)  # another client is served all along
+    await other.session()
+    state = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
+    for _ in range(3):
+        answer = await other.request(read_request([state]))
+        assert isinstance(answer, ua.ReadResponse) and answer.Results[0].StatusCode.is_good()
+    await until(lambda: protocol not in server.bserver.clients, what="the connection that does not read closed")
+    await sampler
+    assert 0 < peak <= RULES.write_buffer_max, peak
+    [stalled] = [r for r in refused if r[0] == where]
+    assert stalled[1] == SC.BadTcpNotEnoughResources and stalled[3] == "connection", stalled
+    answer = await other.request(read_request([state]))  # and after
+    assert isinstance(answer, ua.ReadResponse)
+    await other.close()
+    await slow.close()

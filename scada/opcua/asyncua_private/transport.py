@@ -11,6 +11,13 @@ for the connection's state, and, before the session is activated, a message of m
 chunks or bytes (asyncua #1962/#1963: unfinished intermediate chunks of GetEndpoints held up to
 100 MB per unauthenticated connection). Its buffer is a ``bytearray`` trimmed once per read.
 
+asyncua never looks at the write side: a client that sends requests and stops reading made the
+server buffer their responses without limit (hundreds of MB for one connection). Ours sets the
+transport's write-buffer limits: above ``write_buffer_high`` unsent bytes it stops reading and
+processing that connection's requests until the client has read them down; still paused after
+``write_stall`` seconds, or holding more than ``write_buffer_max`` bytes at any time, the
+connection is aborted (its unsent bytes dropped). Other connections are not affected.
+
 Relied on: ``BinaryServer._make_protocol`` (the protocol factory ``Server.start``'s BinaryServer
 gives asyncio, looked up when it starts) with ``iserver``, ``_policies``, ``clients``,
 ``closing_tasks``, ``limits``; ``OPCUAProtocol(iserver=, policies=, clients=, closing_tasks=,
@@ -21,7 +28,7 @@ it); ``UaProcessor.process_message(seqhdr, body)`` (a Buffer at the request's Ty
 ``_data``, ``cur_pos``), ``iserver``, ``name`` (the peer) and ``send_response(handle, seqhdr,
 response)``; ``UaProcessor.session``, ``UaProcessor._limits.max_recv_buffer`` (the
 receive buffer Hello negotiated), ``UaProcessor._transport`` (only ``write`` called after the
-processor is made) and ``UaProcessor.publish_request_limit(count)``;
+processor is made: we replace it by our bounded writer) and ``UaProcessor.publish_request_limit(count)``;
 ``ua_binary.header_from_binary`` and ``uatcp_to_binary``.
 """
 
@@ -70,6 +77,12 @@ class TransportRules:
     # Operations of one request, counted before the request is decoded; None: not counted here.
     operations_per_request: int | None = None
     history_nodes_per_request: int | None = None  # HistoryRead's (else operations_per_request)
+    # Responses not yet taken by the client: above ``write_buffer_high`` bytes its requests wait
+    # (and are not read) until a quarter of that is left; paused ``write_stall`` seconds, or above
+    # ``write_buffer_max`` bytes (one large response on top of the high mark), it is aborted.
+    write_buffer_high: int = 1 << 20
+    write_buffer_max: int = 64 << 20
+    write_stall: float = 30.0
 
 
 Refused = Callable[[str, int, str, str], None]
@@ -126,8 +139,12 @@ def guard_transport(server: Server, rules: TransportRules, refused: Refused) -> 
 # per-request cap could refuse it. ``UaProcessor.process_message`` (class level, wrapping what is
 # there) first skips the request's TypeId and RequestHeader with a few struct reads and reads the
 # length of its operations' list, where the parameters put it at a fixed offset; beyond the cap,
-# a ServiceFault Bad_TooManyOperations, the request never decoded. Anything it cannot read this
-# way (an unusual encoding, a short message) is left to asyncua, which decodes and reports it.
+# a ServiceFault Bad_TooManyOperations, the request never decoded. The skipping reads exactly
+# what asyncua's decoder reads (ExpandedNodeId flags included): a request of a counted service
+# that cannot be read this way (a short message, an unknown encoding, a negative length asyncua
+# would read backwards), and any request whose TypeId carries ExpandedNodeId flags (asyncua
+# takes it for the plain NodeId), are refused Bad_DecodingError, never left to asyncua: a
+# skipping that disagreed with asyncua's decoding would let a request past uncounted.
 
 _OI = ua.ObjectIds
 # Request encoding id -> (service, offset of its operations' array length in its parameters:
@@ -160,20 +177,40 @@ def _i32(d: bytes, p: int) -> int:
     return int.from_bytes(d[p : p + 4], "little", signed=True)
 
 
+_URI_FLAG, _SERVER_FLAG = 0x80, 0x40  # ExpandedNodeId: a NamespaceUri, a ServerIndex follows
+_EXPANDED = _URI_FLAG | _SERVER_FLAG
+
+
+def _after_string(d: bytes, p: int) -> int:
+    """The position after the String or ByteString at ``p`` (-1: null)."""
+    n = _i32(d, p)
+    if n < -1:  # asyncua would move its read position backwards: not read the same way
+        raise ValueError(f"a length of {n}")
+    return p + 4 + max(n, 0)
+
+
 def _after_nodeid(d: bytes, p: int) -> int:
-    """The position after the NodeId at ``p`` (Part 6, 5.2.2.9; no ExpandedNodeId flags)."""
-    enc = d[p]
+    """The position after the NodeId at ``p``, ExpandedNodeId flags read as asyncua's
+    ``nodeid_from_binary`` reads them (Part 6, 5.2.2.9-10)."""
+    flags = d[p] & _EXPANDED
+    enc = d[p] & ~_EXPANDED
     if enc == 0:
-        return p + 2
-    if enc == 1:
-        return p + 4
-    if enc == 2:
-        return p + 7
-    if enc in (3, 5):  # String, ByteString: namespace (2), length (4), bytes
-        return p + 7 + max(_i32(d, p + 3), 0)
-    if enc == 4:
-        return p + 19
-    raise ValueError(f"NodeId encoding {enc:#x}")
+        p += 2
+    elif enc == 1:
+        p += 4
+    elif enc == 2:
+        p += 7
+    elif enc in (3, 5):  # String, ByteString: namespace (2), then length (4) and bytes
+        p = _after_string(d, p + 3)
+    elif enc == 4:
+        p += 19
+    else:
+        raise ValueError(f"NodeId encoding {enc:#x}")
+    if flags & _URI_FLAG:
+        p = _after_string(d, p)
+    if flags & _SERVER_FLAG:
+        p += 4
+    return p
 
 
 def _after_extension_object(d: bytes, p: int) -> int:
@@ -182,37 +219,62 @@ def _after_extension_object(d: bytes, p: int) -> int:
     encoding = d[p]
     p += 1
     if encoding & 1:
-        p += 4 + max(_i32(d, p), 0)
+        if _i32(d, p) < 0:  # asyncua reads -1 as "the rest of the message": not skipped the same way
+            raise ValueError("an ExtensionObject body of unknown length")
+        p = _after_string(d, p)
     return p
 
 
-def operations_of(d: bytes, p: int) -> tuple[str, int, int] | None:
-    """(service, its operations' count, RequestHandle) of the request message body at ``p``, or
-    None for a request without a list of operations or one not read this way."""
+def _request_typeid(d: bytes, p: int) -> tuple[int, bool] | None:
+    """(numeric identifier, ExpandedNodeId flags set) of a namespace-0 numeric TypeId at ``p``, else None."""
+    enc = d[p] & ~_EXPANDED
+    if enc == 1 and d[p + 1] == 0:  # FourByte, namespace 0: how request types are sent
+        typeid = d[p + 2] | d[p + 3] << 8
+    elif enc == 2 and d[p + 1] == 0 and d[p + 2] == 0:
+        typeid = _i32(d, p + 3) & 0xFFFFFFFF
+    else:
+        return None
+    return typeid, bool(d[p] & _EXPANDED)
+
+
+def _service_name(typeid: int) -> str:
+    return ua.ObjectIdNames.get(typeid, str(typeid)).removesuffix("Request_Encoding_DefaultBinary")
+
+
+def operations_of(d: bytes, p: int) -> tuple[str, int | None, int] | None:
+    """(service, its operations' count, RequestHandle) of the request message body at ``p``; the
+    count None when the request must be refused undecoded (a counted service's request that cannot
+    be read here, or any request whose TypeId has ExpandedNodeId flags). None for a request without
+    a list of operations."""
     try:
-        if d[p] == 1 and d[p + 1] == 0:  # FourByte, namespace 0: how request types are sent
-            typeid = d[p + 2] | d[p + 3] << 8
-        elif d[p] == 2 and d[p + 1] == 0 and d[p + 2] == 0:
-            typeid = _i32(d, p + 3) & 0xFFFFFFFF
-        else:
-            return None
-        known = _FIRST_ARRAY.get(typeid)
-        if known is None:
-            return None
+        found = _request_typeid(d, p)
+    except IndexError:
+        return None  # not even a TypeId: asyncua's decoding fails before any parameter
+    if found is None:
+        return None  # not a namespace-0 numeric TypeId: no service asyncua knows
+    typeid, expanded = found
+    known = _FIRST_ARRAY.get(typeid)
+    if known is None and not expanded:
+        return None
+    service = known[0] if known is not None else _service_name(typeid)
+    handle = 0
+    try:
         p = _after_nodeid(d, p)  # the TypeId, then the RequestHeader:
         p = _after_nodeid(d, p) + 8  # AuthenticationToken, Timestamp
         handle = _i32(d, p) & 0xFFFFFFFF  # RequestHandle, ReturnDiagnostics
         p += 8
-        p += 4 + max(_i32(d, p), 0) + 4  # AuditEntryId, TimeoutHint
+        p = _after_string(d, p) + 4  # AuditEntryId, TimeoutHint
         p = _after_extension_object(d, p)  # AdditionalHeader
-        service, offset = known
+        if expanded or known is None:
+            return service, None, handle
+        offset = known[1]
         if service == "Browse":  # View: ViewId, Timestamp, ViewVersion; RequestedMaxReferencesPerNode
             offset = _after_nodeid(d, p) - p + 16
         elif service == "HistoryRead":  # HistoryReadDetails; TimestampsToReturn, ReleaseContinuationPoints
             offset = _after_extension_object(d, p) - p + 5
         return service, _i32(d, p + offset), handle
     except (IndexError, ValueError):
-        return None
+        return service, None, handle
 
 
 def _count_before_decoding() -> None:
@@ -228,16 +290,23 @@ def _count_before_decoding() -> None:
         cap = guard.rules.operations_per_request if guard is not None else None
         if cap is not None and guard is not None:
             found = operations_of(body._data, body.cur_pos)
-            if found is not None and found[0] == "HistoryRead":
-                cap = guard.rules.history_nodes_per_request or cap
-            if found is not None and found[1] > cap:
+            if found is not None:
                 service, n, handle = found
-                fault = ua.ServiceFault()
-                fault.ResponseHeader.ServiceResult = StatusCode(ua.StatusCodes.BadTooManyOperations)
-                self.send_response(handle, seqhdr, fault)
-                why = f"{n} operations in one request (at most {cap})"
-                guard.refused(_address(self.name)[1], ua.StatusCodes.BadTooManyOperations, why, service)
-                return True
+                if service == "HistoryRead":
+                    cap = guard.rules.history_nodes_per_request or cap
+                if n is None or n > cap:
+                    if n is None:
+                        code, why = ua.StatusCodes.BadDecodingError, "a request that cannot be counted undecoded"
+                    else:
+                        code, why = (
+                            ua.StatusCodes.BadTooManyOperations,
+                            f"{n} operations in one request (at most {cap})",
+                        )
+                    fault = ua.ServiceFault()
+                    fault.ResponseHeader.ServiceResult = StatusCode(code)
+                    self.send_response(handle, seqhdr, fault)
+                    guard.refused(_address(self.name)[1], code, why, service)
+                    return True
         return await process_message(self, seqhdr, body)
 
     UaProcessor.process_message = counted  # type: ignore[method-assign]
@@ -263,6 +332,27 @@ class _Silenced:
     def write(self, data: bytes) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
+
+class _BoundedWriter:
+    """What a connection's processor writes to: the transport, the connection aborted as soon as
+    its unsent bytes pass the guard's ``write_buffer_max`` (one O(1) size check per write)."""
+
+    def __init__(self, protocol: _CheckedProtocol, transport: asyncio.Transport) -> None:
+        self._protocol = protocol
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._protocol._guard.rules.write_buffer_max:
+            self._protocol._stalled("unsent responses over the limit")
+
+    def close(self) -> None:
+        self._transport.close()
+
 
 class _CheckedProtocol(OPCUAProtocol):
     """asyncua's protocol, each chunk's header checked before its body is buffered."""
@@ -277,6 +367,9 @@ class _CheckedProtocol(OPCUAProtocol):
         self._refused = False
         self._msg_bytes = 0  # the secure message being received: its chunks so far
         self._msg_chunks = 0
+        self._writable = asyncio.Event()  # cleared while the client does not read its responses
+        self._writable.set()
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         host, self._where = _address(transport.get_extra_info("peername"))
@@ -290,6 +383,11 @@ class _CheckedProtocol(OPCUAProtocol):
             return
         self._host = host
         self._guard.per_client[host] += 1
+        rules = self._guard.rules
+        cast(asyncio.WriteTransport, transport).set_write_buffer_limits(
+            high=rules.write_buffer_high, low=rules.write_buffer_high // 4
+        )
+        self.processor._transport = _BoundedWriter(self, cast(asyncio.Transport, transport))
         in_flight = self._guard.rules.publish_requests_in_flight
         if in_flight is not None:
             # asyncua's limit counts the subscriptions of the whole server: one client could queue
@@ -308,7 +406,38 @@ class _CheckedProtocol(OPCUAProtocol):
                 del counts[self._host]
             self._host = None
         self._pending = bytearray()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         super().connection_lost(ex)
+
+    def pause_writing(self) -> None:
+        """The client has ``write_buffer_high`` bytes of responses unread: read and process none
+        of its requests until it takes them, for ``write_stall`` seconds at most."""
+        if self._refused or self.transport is None:
+            return
+        self._writable.clear()
+        self.transport.pause_reading()
+        delay = self._guard.rules.write_stall
+        self._stall_timer = asyncio.get_running_loop().call_later(delay, self._stalled, f"no read for {delay:g} s")
+
+    def resume_writing(self) -> None:
+        """The client read its responses down to a quarter of the high mark: serve it again."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._refused or self.transport is None:
+            return
+        self._writable.set()
+        self.transport.resume_reading()
+
+    def _stalled(self, why: str) -> None:
+        """Abort a connection whose client does not read: its unsent bytes are dropped."""
+        if self._refused:
+            return
+        size = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        self._refuse(
+            self.transport, ua.StatusCodes.BadTcpNotEnoughResources, f"{why} ({size} bytes unsent)", abort=True
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -343,6 +472,10 @@ class _CheckedProtocol(OPCUAProtocol):
             del buf[:start]  # one move of the incomplete rest per read, not per message
 
     async def _process_one_msg(self, header: Any, buf: Buffer) -> bool:
+        if not self._writable.is_set():  # the client is not reading: its requests wait
+            await self._writable.wait()
+            if self._refused:
+                return False
         try:
             return await super()._process_one_msg(header, buf)
         except Exception as exc:  # noqa: BLE001 - a message asyncua cannot decode ends the connection
@@ -388,26 +521,34 @@ class _CheckedProtocol(OPCUAProtocol):
                 )
         return None
 
-    def _refuse(self, transport: Any, code: int, why: str) -> None:
-        """Answer an ErrorMessage and end the connection: nothing more of it is read or processed."""
+    def _refuse(self, transport: Any, code: int, why: str, abort: bool = False) -> None:
+        """Answer an ErrorMessage and end the connection: nothing more of it is read or processed.
+        ``abort``: the client does not read; nothing is sent, its unsent bytes are dropped now."""
         self._refused = True
         self._pending = bytearray()
+        self._writable.set()  # a processing loop waiting for the client ends (it sees _refused)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()  # messages queued before this one are not answered any more
         if self.processor is not None:
             # Its subscriptions may still publish until the session goes: nothing more is sent
             # (a write after write_eof raises).
             self.processor._transport = _Silenced()
-        if transport is not None:
+        if transport is not None and abort:
+            transport.abort()
+        elif transport is not None:
             error = ua.ErrorMessage(StatusCode(code), ua.String(why))
             transport.write(uatcp_to_binary(_ERROR, error))
             if transport.can_write_eof():
                 # Closing a socket with unread input resets it, and the reset can destroy the
                 # ErrorMessage before the client reads it: end our side now (the client reads
                 # the error, then the end), drop what still comes, close when the client does
-                # or after LINGER seconds.
+                # or abort after LINGER seconds (a close would wait for a client that does not
+                # read to take the unsent bytes, holding them).
                 transport.write_eof()
-                asyncio.get_running_loop().call_later(LINGER, transport.close)
+                asyncio.get_running_loop().call_later(LINGER, transport.abort)
             else:
                 transport.close()
         # Said by ``refused`` (bounds.py audits and logs at a bounded rate): a flood must not flood the log.
