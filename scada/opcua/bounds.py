@@ -43,9 +43,9 @@ log = structlog.get_logger("scada.opcua.bounds")
 
 _RECV_BUFFER = 65535  # bytes per chunk, each way (asyncua's, and most stacks')
 WRITE_STALL_S = 30.0  # seconds a client may leave its responses unread before it is disconnected
-_WRITE_BUFFER_HIGH = (
-    4 << 20
-)  # unsent bytes per connection above which its requests wait (a large Browse or Read answer goes out without a pause)
+# Unsent bytes per connection above which its requests wait: a large Browse or Read answer goes
+# out without a pause; the cap (this + 2 x max_message_size) is what bounds memory.
+_WRITE_BUFFER_HIGH = 4 << 20
 
 _OL = ua.ObjectIds
 _NODES_PER_REQUEST = (
