@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -30,17 +31,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
+PASSWORD = "bench password"
 
 
 async def child(mode: str, seconds: float) -> dict[str, float]:
     from asyncua import Client, ua
-    from asyncua.server.user_managers import UserManager
 
     from scada.opcua.server import HmiServer
-    from scada.opcua.session_identity import ScadaUser
     from scada.opcua.typed_ua import NodeId
-    from scada.security.identity import Identity, Role
     from scada.security.settings import SecuritySettings
+    from scada.security.users import hash_password, make_user, save_users
     from tests.alarm_rig import DEVICES, SERVICES, AlarmRig, Clock
     from tests.integration.helpers import free_port, serving
 
@@ -51,23 +51,23 @@ async def child(mode: str, seconds: float) -> dict[str, float]:
      priority: high, message: "{device}: hot", service: lighting_maintenance}
 """
     )
-    settings = SecuritySettings(allow_none=True) if mode == "on" else None
-
-    class Users(UserManager):
-        def get_user(self, iserver, username=None, password=None, certificate=None):
-            return ScadaUser.of(Identity(username or "anonymous", frozenset({Role.OBSERVER}), anonymous=not username))
+    # On: the real login (an Observer of the users file; the password sent encrypted with the
+    # server's certificate over the None channel, as an HMI would).
+    data = Path(tempfile.mkdtemp())
+    settings = SecuritySettings.defaults(data) if mode == "on" else None
+    if settings is not None:
+        settings = dataclasses.replace(settings, allow_none=True)
+        save_users(settings.users, {"olga": make_user("olga", hash_password(PASSWORD), ["observer"])})
 
     rig = AlarmRig(Path(tempfile.mkdtemp()) / "cfg", alarms, Path(tempfile.mkdtemp()) / "j.sqlite", Clock(), DEVICES)
     url = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
     hmi = HmiServer(rig.config, rig.tagdb, url, alarms=rig.engine, security=settings)
     out: dict[str, float] = {}
     async with serving(hmi):
-        if mode == "on":  # off: asyncua's own (anyone, role User), as today
-            hmi.server.iserver.set_user_manager(Users())
         client = Client(url, timeout=10)
-        if mode == "on":
+        if mode == "on":  # off: asyncua's own (anyone, role User), as before issue 14
             client.set_user("olga")
-            client.set_password("any")
+            client.set_password(PASSWORD)
         async with client:
             ns = hmi.ns
             names = list(rig.tagdb.names)
