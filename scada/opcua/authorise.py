@@ -108,6 +108,10 @@ METHOD_PERMISSIONS: dict[int, Permission] = {
     if hasattr(OI, prefix + name + suffix)
 }
 
+# The condition methods audit their own act, allowed or refused ("alarm_action"); ConditionRefresh
+# is audited as a call like any other method.
+_SELF_AUDITED = frozenset(METHOD_PERMISSIONS) - {OI.ConditionType_ConditionRefresh, OI.ConditionType_ConditionRefresh2}
+
 # The Permission of each alarm action, by the name the condition methods give it.
 ACTION_PERMISSIONS: dict[str, Permission] = {
     "Acknowledge": P.ACKNOWLEDGE,
@@ -223,6 +227,19 @@ class Authorisation:
         )
         return StatusCode(SC.BadUserAccessDenied)
 
+    def method_done(self, method: ua.CallMethodRequest, result: ua.CallMethodResult) -> None:
+        """An allowed method ran: audited with its result ("call"), except the alarm methods,
+        which audit their own act (conditions/methods.py: "alarm_action")."""
+        ctx = current()
+        mid = method.MethodId
+        if ctx is None or (mid.NamespaceIndex == 0 and mid.Identifier in _SELF_AUDITED):
+            return
+        arguments = {
+            "object": method.ObjectId.to_string(),
+            "arguments": [audit_value(v) for v in method.InputArguments or []],
+        }
+        self.record("call", mid.to_string(), arguments, result.StatusCode.value, ctx)
+
     def subscription_refused(self, service: str, sub_id: int, code: int) -> None:
         self.refuse("subscription", f"subscription {sub_id}", {"service": service}, code)
 
@@ -264,6 +281,6 @@ async def install_authorisation(server: Server, settings: SecuritySettings | Non
     authz = Authorisation(settings, audit)
     _INSTALLED[server] = authz
     hook_requests(server, identify, authz.gate)
-    hook_method_calls(server, authz.check_method)
+    hook_method_calls(server, authz.check_method, authz.method_done)
     hook_ownership(server, _owner, _may_take, authz.subscription_refused)
     install_visibility(server)  # the communes a user does not see (see_other_communes: false)

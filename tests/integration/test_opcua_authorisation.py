@@ -218,6 +218,25 @@ async def test_a_session_may_not_touch_another_sessions_subscription(city: Secur
         assert res.is_good()
 
 
+async def test_an_allowed_method_call_is_audited_with_its_result(city: SecureCity) -> None:
+    """Every method call is audited, allowed or refused: a ConditionRefresh with the status it
+    returned (the alarm methods audit their own act as "alarm_action")."""
+    async with session(city.url, "olga") as olga:
+        sub = await olga.create_subscription(100, None)
+        await sub.subscribe_events(olga.nodes.server, OI.BaseEventType)  # something to refresh
+        conditions = olga.get_node(ua.NodeId(OI.ConditionType))
+        await conditions.call_method(
+            ua.NodeId(OI.ConditionType_ConditionRefresh), ua.Variant(sub.subscription_id, ua.VariantType.UInt32)
+        )
+        with pytest.raises(uaerrors.BadSubscriptionIdInvalid):  # not hers: refused by the method itself
+            await conditions.call_method(
+                ua.NodeId(OI.ConditionType_ConditionRefresh), ua.Variant(999_999, ua.VariantType.UInt32)
+            )
+    refresh = ua.NodeId(OI.ConditionType_ConditionRefresh).to_string()
+    done = [(r.target, r.result) for r in city.audited("call", "olga")]
+    assert done == [(refresh, "Good"), (refresh, "BadSubscriptionIdInvalid")]
+
+
 async def test_register_server_is_refused_and_find_servers_unchanged(city: SecureCity) -> None:
     client = Client(city.url, timeout=10)
     before = await client.connect_and_find_servers()

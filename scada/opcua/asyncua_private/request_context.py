@@ -132,27 +132,32 @@ def _context(proc: UaProcessor, identify: Callable[[Any], Identity]) -> RequestC
     return ctx
 
 
-def hook_method_calls(server: Server, check: MethodCheck) -> None:
-    """Ask ``check`` about each method of every Call before it runs (``method_service.call``).
+def hook_method_calls(
+    server: Server, check: MethodCheck, done: Callable[[ua.CallMethodRequest, ua.CallMethodResult], None] | None = None
+) -> None:
+    """Ask ``check`` about each method of every Call before it runs (``method_service.call``);
+    tell ``done(method, result)`` each allowed method's result once it ran.
 
     A refused method gets the StatusCode ``check`` returned and is not called; the others run in
-    order, as asyncua runs them. Idempotent per server (replaces the check).
+    order, as asyncua runs them. Idempotent per server (replaces the check and ``done``).
     """
     service = server.iserver.method_service
     # The check and the mark are on the service: another hook may wrap its call over ours.
     first = getattr(service, _METHOD_CHECK, None) is None
-    setattr(service, _METHOD_CHECK, check)
+    setattr(service, _METHOD_CHECK, (check, done))
     if not first:
         return
     call: Callable[[list[ua.CallMethodRequest]], Awaitable[list[ua.CallMethodResult]]] = service.call
 
     async def checked_call(methods: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
-        judge: MethodCheck = getattr(service, _METHOD_CHECK)
+        judge, told = getattr(service, _METHOD_CHECK)
         verdicts = [judge(m) for m in methods]
-        if all(v is None for v in verdicts):
-            return await call(methods)
         allowed = [m for m, v in zip(methods, verdicts) if v is None]
-        done = iter(await call(allowed) if allowed else [])
-        return [next(done) if v is None else ua.CallMethodResult(StatusCode=v) for v in verdicts]
+        ran = await call(allowed) if allowed else []
+        if told is not None:
+            for m, r in zip(allowed, ran):
+                told(m, r)
+        results = iter(ran)
+        return [next(results) if v is None else ua.CallMethodResult(StatusCode=v) for v in verdicts]
 
     service.call = checked_call  # type: ignore[method-assign]
