@@ -26,7 +26,7 @@ from scada.security.identity import Identity, Role
 from scada.security.settings import SecuritySettings
 from scada.security.users import hash_password, make_user, save_users
 
-from .test_opcua_alarms import City, ack_args, call, client_events, healthy
+from .test_opcua_alarms import City, ack_args, call, client_events, healthy, running
 
 pytestmark = pytest.mark.integration
 
@@ -89,16 +89,12 @@ class SecureCity(City):
 
 @pytest.fixture
 async def city(tmp_path: Path):
-    from tests.integration.helpers import serving
-
     c = SecureCity(tmp_path / "cfg")
     healthy(c)
     try:
-        async with serving(c.hmi):
-            c.ns = c.hmi.ns
+        async with running(c):  # the alarm tests' (it closes the journal)
             yield c
     finally:
-        c.journal.close()
         c.historian.store.close()
 
 
