@@ -45,6 +45,7 @@ from common.fields import (
 )
 from common.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 from scada.alarms import config as alarms_config
+from scada.control.model import ControlConfig
 from scada.driver_api import DeviceSite, DriverConfig, Drivers
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
@@ -89,6 +90,26 @@ DIAG_POINTS: tuple[PointDef, ...] = (
     PointDef("last_error", TEXT, None, description="The last communication error"),
 )
 DIAG_COUNT = len(DIAG_POINTS)
+
+# Every device whose type has commands (tags.yaml ``commands:``) also has these tags, kept by the
+# command pipeline (scada/control/), under its "Control" object:
+# <commune>/<class>/<device>/Control/<point>. Their ids follow the diagnostic tags', CONTROL_COUNT
+# per such device in device order. The time of the last command is its tags' source timestamp.
+CONTROL_FOLDER = "Control"
+CONTROL_STATES = ((0, "idle"), (1, "selected"), (2, "running"))
+CONTROL_POINTS: tuple[PointDef, ...] = (
+    PointDef(
+        "state",
+        DISCRETE,
+        None,
+        enum=CONTROL_STATES,
+        description="idle; selected (select-before-operate, waiting for Operate); running (a command in progress)",
+    ),
+    PointDef("last_command", TEXT, None, description="The last command and its arguments"),
+    PointDef("last_user", TEXT, None, description="Who sent the last command (Scheduler: a lighting schedule)"),
+    PointDef("last_result", TEXT, None, description="The last command's result: its status code and message"),
+)
+CONTROL_COUNT = len(CONTROL_POINTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +167,8 @@ class Config:
     types: Mapping[str, EquipmentType]
     devices: tuple[Device, ...]
     alarms: alarms_config.AlarmsConfig
+    # tags.yaml's commands, interlocks, zones, schedules and control settings (scada/control/).
+    control: ControlConfig = field(default_factory=ControlConfig)
     # The registry the types' drivers were read with, and from which the server builds them.
     drivers: Drivers = field(repr=False, compare=False, default_factory=dict)
     _device_index: Mapping[str, Device] = field(repr=False, default_factory=dict)
@@ -157,8 +180,24 @@ class Config:
 
     @property
     def total_tag_count(self) -> int:
-        """Every tag of the TagDB: process tags, then DIAG_COUNT diagnostic tags per device."""
-        return self.tag_count + DIAG_COUNT * len(self.devices)
+        """Every tag of the TagDB: process tags, DIAG_COUNT diagnostic tags per device, then
+        CONTROL_COUNT control tags per controlled device."""
+        return self.tag_count + DIAG_COUNT * len(self.devices) + CONTROL_COUNT * len(self.controlled)
+
+    @cached_property
+    def controlled(self) -> tuple[Device, ...]:
+        """The devices whose type has commands, in device order: those with Control tags."""
+        return tuple(d for d in self.devices if self.control.commands.get(d.type))
+
+    @cached_property
+    def _control_first(self) -> Mapping[str, int]:
+        first = self.tag_count + DIAG_COUNT * len(self.devices)
+        return {d.name: first + CONTROL_COUNT * k for k, d in enumerate(self.controlled)}
+
+    def control_ids(self, device: Device) -> np.ndarray | None:
+        """Ids of a device's control tags, in CONTROL_POINTS order; None: its type has no commands."""
+        first = self._control_first.get(device.name)
+        return None if first is None else np.arange(first, first + CONTROL_COUNT, dtype=np.int64)
 
     def diag_ids(self, device: Device) -> np.ndarray:
         """Ids of a device's diagnostic tags, in DIAG_POINTS order."""
@@ -191,12 +230,18 @@ class Config:
             names.extend(prefix + p.name for p in DIAG_POINTS)
             kinds.extend(p.kind for p in DIAG_POINTS)
             deadbands.extend(p.deadband for p in DIAG_POINTS)
+        for d in self.controlled:
+            prefix = f"{d.commune}/{self.types[d.type].cls}/{d.name}/{CONTROL_FOLDER}/"
+            names.extend(prefix + p.name for p in CONTROL_POINTS)
+            kinds.extend(p.kind for p in CONTROL_POINTS)
+            deadbands.extend(p.deadband for p in CONTROL_POINTS)
         return names, np.asarray(kinds, np.uint8), np.asarray(deadbands, np.float64)
 
     def point_defs(self) -> list[PointDef]:
         """The PointDef of every tag, in tag-id order (diagnostic tags included)."""
         out = [p for d in self.devices for p in self.types[d.type].points]
         out.extend(DIAG_POINTS * len(self.devices))
+        out.extend(CONTROL_POINTS * len(self.controlled))
         return out
 
     def history_table(self) -> dict[str, np.ndarray]:
@@ -233,6 +278,15 @@ class Config:
                 kind.append(p.kind)
                 interval.append(0)
                 type_index.append(ti)
+        for d in self.controlled:  # every command's trace is kept
+            ti = type_names.index(d.type)
+            for p in CONTROL_POINTS:
+                enabled.append(True)
+                deviation.append(0.0)
+                deadband.append(0.0)
+                kind.append(p.kind)
+                interval.append(0)
+                type_index.append(ti)
         return {
             "enabled": np.array(enabled, bool),
             "deviation": np.array(deviation, np.float64),
@@ -247,7 +301,7 @@ class Config:
         out: list[float] = []
         for d in self.devices:
             out.extend(p.max_age for p in self.types[d.type].points)
-        out.extend([0.0] * (DIAG_COUNT * len(self.devices)))
+        out.extend([0.0] * (DIAG_COUNT * len(self.devices) + CONTROL_COUNT * len(self.controlled)))
         return np.asarray(out, np.float64)
 
     def summary(self) -> str:

@@ -34,6 +34,9 @@ ACTIONS = (
     "user_change",
     "pki_change",
     "reload",
+    "command",  # a command to a device (scada/control/): target = device, arguments = command, args, phase, origin
+    "group_command",  # a group action: target = the group; then one "command" record per device
+    "schedule",  # a lighting schedule's step (user Scheduler): target = the schedule
     "audit_lost",  # records a sink had to drop (a storm, a full disk): how many, said in the trail itself
 )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -20,6 +19,8 @@ from tests.configs import ROOT as ROOT
 from tests.configs import load as load
 from tests.configs import write_inventory as write_inventory
 from tests.configs import write_tags as write_tags
+from tests.ports import free_port as free_port
+from tests.ports import free_port_range as free_port_range
 from tests.tls_files import TlsFiles as TlsFiles
 from tests.tls_files import make_tls_files as make_tls_files
 
@@ -29,12 +30,6 @@ from tests.tls_files import make_tls_files as make_tls_files
 # on purpose: on a loaded machine (load average 10+ on two cores) the server's start alone takes
 # over a minute, and a slow pass must not turn into a failure.
 DEADLINE = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def plain_asyncua_server(path: str, uri: str) -> tuple[Any, str, int]:
@@ -48,26 +43,6 @@ async def plain_asyncua_server(path: str, uri: str) -> tuple[Any, str, int]:
     server.set_endpoint(url)
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     return server, url, await server.register_namespace(uri)
-
-
-def free_port_range(n: int, attempts: int = 200) -> int:
-    """First of ``n`` consecutive free loopback ports (the simulator serves consecutive ports)."""
-    for _ in range(attempts):
-        base = random.randint(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def wait_port(port: int, timeout: float = DEADLINE, host: str = "127.0.0.1", proc: Process | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Supervisory control: commands from the HMI to the field (see scada/control/model.py)."""
