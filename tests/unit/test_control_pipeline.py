@@ -294,11 +294,16 @@ async def test_an_interlock_status_from_the_configuration_and_an_input_of_anothe
         "the upstream junction is flashing",
         inputs={"up_mode": "Dijon/lighting/LC-1/mode"},
     )
-    interlocks = {**ctl.interlocks, "traffic_junction": {**ctl.interlocks["traffic_junction"], "upstream_normal": plan_ok}}
+    interlocks = {
+        **ctl.interlocks,
+        "traffic_junction": {**ctl.interlocks["traffic_junction"], "upstream_normal": plan_ok},
+    }
     cmds = dict(ctl.commands)
     cmds["traffic_junction"] = {
         **cmds["traffic_junction"],
-        "SetPlan": dataclasses.replace(cmds["traffic_junction"]["SetPlan"], interlocks=("no_conflict", "upstream_normal")),
+        "SetPlan": dataclasses.replace(
+            cmds["traffic_junction"]["SetPlan"], interlocks=("no_conflict", "upstream_normal")
+        ),
     }
     async with Rig(tmp_path, dataclasses.replace(ctl, interlocks=interlocks, commands=cmds)) as rig:
         rig.follow("J-1", "plan", "plan")
