@@ -115,10 +115,13 @@ INTERLOCKS = {
 }
 
 
+GENEROUS = RateLimit(600.0, 100)
+
+
 def control(
     select_timeout: float = 10.0,
-    user_rate: RateLimit = RateLimit(600.0, 100),
-    device_rate: RateLimit = RateLimit(600.0, 100),
+    user_rate: RateLimit = GENEROUS,
+    device_rate: RateLimit = GENEROUS,
     timeout: float = 5.0,
     bollard_timeout: float = 15.0,
 ) -> ControlConfig:

@@ -10,8 +10,8 @@ do not disturb each other; a read-back is what the simulator reports through the
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 
 import numpy as np
 import pytest
