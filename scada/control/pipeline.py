@@ -240,10 +240,17 @@ class CommandPipeline:
                     self._consumer.queue.put_nowait(None)
 
     async def run_group(self, request: GroupRequest, progress=None) -> list[CommandResult]:
-        """A group action, fanned out over :meth:`execute` by scada/control/groups.py."""
-        # Imported when used: groups.py imports this module's service protocol, not the reverse.
+        """A group action, fanned out over :meth:`execute` by scada/control/groups.py: the group
+        counts once against its user's rate (this limiter) and is audited in this trail."""
+        # Imported when used: groups.py builds on this service, not the reverse.
         groups = importlib.import_module("scada.control.groups")
-        return await groups.run_group(self, request, progress)
+        return await groups.run_group(
+            self,
+            request,
+            progress,
+            user_limit=lambda caller: self.limits.users.take(caller.user),
+            audit=self.audit,
+        )
 
     # -- the pipeline -------------------------------------------------------------------------
 
