@@ -32,7 +32,7 @@ async def running(tmp_path):
         (tmp_path / folder / "tags.yaml").write_text(head + _dead_cabinets(ports, names))
         (tmp_path / folder / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
     old, new = with_control(load_config(tmp_path / "a")), with_control(load_config(tmp_path / "b"))
-    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data", front="inline")
+    app = Application(old, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
     task = asyncio.create_task(app.run())
     try:
         await asyncio.wait_for(app.started.wait(), DEADLINE)
@@ -47,6 +47,9 @@ def control_text(app, device: str, point: str) -> str | None:
     return app.tagdb.text.get(app.tagdb.id_of(f"Dijon/lighting/{device}/Control/{point}"))
 
 
+# The OPC UA front learns the Control tags with the opcua helper's Control folder (issue 15): until
+# then it fails on their ids. Strict: once that lands, this passes and the mark must go.
+@pytest.mark.xfail(strict=True, reason="the OPC UA front does not show the Control tags yet (opcua helper)")
 async def test_the_server_runs_commands_audits_them_and_follows_a_reload(tmp_path):
     async with running(tmp_path) as (app, new):
         assert "control-readback" in app.task_names()
