@@ -65,6 +65,7 @@ class Interlocks:
         self.config, self.tagdb = config, tagdb
         self.by_type: dict[str, dict[str, Compiled]] = {}
         self._inputs: dict[str, int] = {}  # another device's tag name -> its id
+        self._offset = {n: {p.name: k for k, p in enumerate(t.points)} for n, t in config.types.items()}
         for type_name, interlocks in config.control.interlocks.items():
             t = config.types.get(type_name)
             if t is None:
@@ -83,7 +84,7 @@ class Interlocks:
         """The first of the interlocks ``names`` that refuses a command to ``device``, or None."""
         compiled = self.by_type.get(device.type, {})
         t = self.config.types[device.type]
-        index = {p.name: k for k, p in enumerate(t.points)}
+        index = self._offset[device.type]
         for name in names:
             c = compiled.get(name)
             if c is None:  # the parser checks the names: a missing one is never silently passed

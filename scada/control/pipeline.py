@@ -211,6 +211,8 @@ class CommandPipeline:
         self.config, self.tagdb, self.drivers = config, tagdb, dict(drivers)
         self.interlocks, self.control = interlocks, control
         self._writes: dict[tuple[str, str], CommandDef] = {}
+        # Per equipment type: a point's offset from its device's first tag id.
+        self._offset = {n: {p.name: k for k, p in enumerate(t.points)} for n, t in config.types.items()}
         settings = config.control.settings
         if settings != self.settings:
             if (settings.user_rate, settings.device_rate) != (self.settings.user_rate, self.settings.device_rate):
@@ -321,12 +323,15 @@ class CommandPipeline:
         cmd = self._resolve(request, device)
         self._authorise(request, device, cmd)
         phase = request.phase
+        if cmd.critical and request.command == WRITE:
+            raise _Refusal(
+                BAD_REQUEST_NOT_ALLOWED,
+                f"{request.point} is written by the critical command {cmd.name}: use its Select/Operate",
+            )
         if cmd.critical and phase == "execute":
             raise _Refusal(
                 BAD_REQUEST_NOT_ALLOWED,
-                f"{cmd.name} is critical: select first (Select, then Operate within {self.selections.timeout:g} s)"
-                if request.command != WRITE
-                else f"{request.point} is written by the critical command {cmd.name}: use its Select/Operate",
+                f"{cmd.name} is critical: select first (Select, then Operate within {self.selections.timeout:g} s)",
             )
         if not cmd.critical and phase != "execute":
             raise _Refusal(BAD_INVALID_ARGUMENT, f"{cmd.name} is not critical: no {phase} (execute it directly)")
@@ -481,7 +486,7 @@ class CommandPipeline:
             label = dict(DIAG_STATES).get(int(db.value[diag]), str(db.value[diag]))
             raise _Refusal(BAD_NO_COMMUNICATION, f"{device.name} is not in communication ({label})")
         t = self.config.types[device.type]
-        index = {p.name: k for k, p in enumerate(t.points)}
+        index = self._offset[device.type]
         for step in cmd.confirm:
             i = device.first_tag_id + index[step.point]
             if int(db.status[i]) in _LINK_LOST:
@@ -517,8 +522,7 @@ class CommandPipeline:
         """Wait until every ``confirm`` step reads back Good and equal, or BadTimeout."""
         if not cmd.confirm:
             return
-        t = self.config.types[device.type]
-        index = {p.name: k for k, p in enumerate(t.points)}
+        index = self._offset[device.type]
         ids = np.array([device.first_tag_id + index[s.point] for s in cmd.confirm], np.int64)
         expected = np.array([s.resolve(args) for s in cmd.confirm])
         w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
