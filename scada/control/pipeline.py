@@ -14,8 +14,9 @@ refuses gives the call's status code and a message that a person reads:
 5. rate limits, per user and per device                               -> BadTooManyOperations
    then, one command at a time per device (an asyncio.Lock each; Control/state "running"):
 6. Operate: the Select it names (same session, token, command, in time) -> BadSequenceNumberInvalid
-7. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
-8. the device is in communication                                     -> BadNoCommunication
+7. the device is in communication                                     -> BadNoCommunication
+   (before the interlocks: its own points are their inputs, Bad because the link is lost)
+8. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
 9. Select: reserve the device, return a token                         -> BadInvalidState (held)
 10. the driver writes each ``writes`` step                            -> BadOutOfRange (check),
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
@@ -352,10 +353,12 @@ class CommandPipeline:
         async with lock:
             if phase == "operate":
                 self._operate_checks(request, device, cmd, args)
+            # The link first: a device that is not in communication says so (its own points, the
+            # interlocks' inputs, are Bad for that reason), rather than an interlock's fail-safe refusal.
+            self._communicating(device, cmd)
             refusal = self.interlocks.check(device, cmd.interlocks)
             if refusal is not None:
                 raise _Refusal(refusal.status, refusal.message, refusal.interlock)
-            self._communicating(device, cmd)
             if phase == "select":
                 return self._select(request, device, cmd, args)
             self.control.started(device, label, request.caller.user)
