@@ -136,3 +136,14 @@ def control(
 def with_control(config, ctl: ControlConfig | None = None):
     """``config`` with these commands (a new Config: its Control tags follow)."""
     return dataclasses.replace(config, control=ctl if ctl is not None else control())
+
+
+def shipped_control(config, **settings):
+    """``config`` with its own commands (tags.yaml ``commands:``) when it has some, else these
+    definitions; ``settings``: ControlSettings fields to override (rates, select_timeout)."""
+    base = config.control if config.control.commands else control()
+    if not config.control.commands:
+        settings = {"user_rate": GENEROUS, "device_rate": GENEROUS, **settings}
+    return dataclasses.replace(
+        config, control=dataclasses.replace(base, settings=dataclasses.replace(base.settings, **settings))
+    )

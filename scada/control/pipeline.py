@@ -127,9 +127,11 @@ def argument_of(point: PointDef) -> ArgDef:
 
 
 def validate(arguments: tuple[ArgDef, ...], given: Mapping[str, Any]) -> dict[str, float]:
-    """The arguments as numbers, or _Refusal: missing or extra (BadInvalidArgument), wrong
+    """The arguments as numbers (a datetime one not given: 0), or _Refusal: missing or extra (BadInvalidArgument), wrong
     type (BadTypeMismatch), outside the range or the enumeration (BadOutOfRange)."""
     names = [a.name for a in arguments]
+    # A datetime argument is optional: 0 means none given (an override "until the next step").
+    given = {**{a.name: 0.0 for a in arguments if a.type == "datetime"}, **given}
     missing = [n for n in names if n not in given]
     extra = sorted(set(given) - set(names))
     if missing or extra:

@@ -187,8 +187,9 @@ async def test_a_dim_command_is_written_confirmed_audited_and_shown(tmp_path):
 async def test_the_scheduler_sets_no_override_and_an_until_time_is_kept(tmp_path):
     async with Rig(tmp_path) as rig:
         rig.follow("LC-1", "dim_setpoint", "dim_level")
+        # A datetime argument not given is 0 (none): a schedule's step gives only the level.
         r = await rig.pipeline.execute(
-            CommandRequest("LC-1", "SetDimLevel", {"level": 30, "until": 0}, SCHEDULER, origin="schedule:night")
+            CommandRequest("LC-1", "SetDimLevel", {"level": 30}, SCHEDULER, origin="schedule:night")
         )
         assert r.status == GOOD and rig.pipeline.overrides.until("LC-1") is None
         r = await rig.run("LC-1", "SetDimLevel", {"level": 20, "until": 2_000_000_000_000_000_000})
@@ -222,6 +223,7 @@ async def test_a_read_back_that_turns_bad_does_not_confirm(tmp_path):
         ("LC-9", "SetDimLevel", {"level": 1}, BAD_NODE_ID_UNKNOWN, "no device"),
         ("LC-1", "Explode", {}, BAD_NODE_ID_UNKNOWN, "no command 'Explode'"),
         ("LC-1", "SetDimLevel", {"until": 0}, BAD_INVALID_ARGUMENT, "missing level"),
+        ("LC-1", "SetDimLevel", {}, BAD_INVALID_ARGUMENT, "missing level (arguments: level (float), until (datetime))"),
         ("LC-1", "SetDimLevel", {"level": 1, "until": 0, "colour": 2}, BAD_INVALID_ARGUMENT, "unknown colour"),
         ("LC-1", "SetDimLevel", {"level": 101, "until": 0}, BAD_OUT_OF_RANGE, "outside [0, 100]"),
         ("LC-1", "SetDimLevel", {"level": float("nan"), "until": 0}, BAD_TYPE_MISMATCH, "finite"),
