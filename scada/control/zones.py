@@ -101,8 +101,12 @@ def index_of(config: Config) -> DeviceIndex:
         if hit is not None and hit[0]() is config:
             return hit[1]
     index = DeviceIndex.build(config)
+
+    def forget(_ref: weakref.ref) -> None:
+        _indexes.pop(key, None)
+
     with _lock:
-        _indexes[key] = (weakref.ref(config, lambda _r, key=key: _indexes.pop(key, None)), index)
+        _indexes[key] = (weakref.ref(config, forget), index)
     return index
 
 
@@ -199,7 +203,7 @@ def group_devices(config: Config, group: str) -> tuple[Device, ...]:
     if group.startswith(ZONE_PREFIX):
         zone = config.control.zones.get(group[len(ZONE_PREFIX) :])
         if zone is None:
-            raise UnknownGroup(f"no zone {group[len(ZONE_PREFIX):]!r} in the configuration")
+            raise UnknownGroup(f"no zone {group[len(ZONE_PREFIX) :]!r} in the configuration")
         return index.pick(zone_mask(zone, index))
     commune, _, cls = group.partition("/")
     if commune not in index.communes:

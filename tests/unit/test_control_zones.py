@@ -24,10 +24,14 @@ def north(metres: float) -> float:
 
 def east(metres: float, lat: float = LAT0) -> float:
     """The longitude at great-circle distance ``metres`` east of LON0 on the parallel ``lat``."""
-    return LON0 + math.degrees(2 * math.asin(math.sin(metres / (2 * zones.EARTH_RADIUS_M)) / math.cos(math.radians(lat))))
+    return LON0 + math.degrees(
+        2 * math.asin(math.sin(metres / (2 * zones.EARTH_RADIUS_M)) / math.cos(math.radians(lat)))
+    )
 
 
-def make_config(devices: list[tuple[str, str, str, float, float]], zone_defs: dict[str, ZoneDef] | None = None) -> Config:
+def make_config(
+    devices: list[tuple[str, str, str, float, float]], zone_defs: dict[str, ZoneDef] | None = None
+) -> Config:
     """A configuration of bare devices: (name, class, commune, lat, lon); one type per class."""
     classes = sorted({c for _, c, *_ in devices})
     types = {f"{c}_type": EquipmentType(f"{c}_type", c, "modbus", (), 1.0, 1.0) for c in classes}
