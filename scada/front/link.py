@@ -64,6 +64,7 @@ READY_TIMEOUT = 300.0  # s for a front to build its address space (a million tag
 STOP_TIMEOUT = 10.0  # s for a front to stop cleanly before it is killed
 RELOAD_TIMEOUT = 120.0
 MAX_REQUEST = 16 << 20  # a front's request is small; a larger frame is a bug or an attack
+MAX_ASYNC_REQUESTS = 64  # coroutine requests (commands, group actions) running at once per front
 
 
 class FrontExited(RuntimeError):
@@ -132,6 +133,7 @@ class FrontLink:
         self._ids = itertools.count(1)
         self._ready: asyncio.Future | None = None
         self._reader_task: asyncio.Task | None = None
+        self._request_tasks: set[asyncio.Task] = set()  # coroutine requests being answered
         self._started = False  # start() spawned the first process: run() adopts it
         self.node_count = 0
         # Counters for the status line and the benches.
@@ -178,8 +180,12 @@ class FrontLink:
             await self._stop_process()
 
     async def stop(self) -> None:
-        """Stop the front (the server is stopping)."""
+        """Stop the front (the server is stopping), and the requests still running for it."""
         await self._stop_process()
+        tasks, self._request_tasks = self._request_tasks, set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _spawn(self) -> None:
         parent, child = socket.socketpair()
@@ -381,7 +387,27 @@ class FrontLink:
             "alarm_action": lambda *a: serve_alarm_action(self._action_engine(), *a),
             "alarm_snapshot": lambda: alarm_snapshot(app.alarms),
             "history_unstored": lambda ids: serve_unstored(app.historian, ids),
+            "group_command": self._group_command,
         }
+
+    async def _group_command(self, request_wire: Any) -> list[tuple]:
+        """A group action (scada/control/groups.py), its progress told to the front as it goes
+        (``("group_progress", group, action, user, total, done, failed, finished)``)."""
+        from scada.control.model import GroupRequest
+
+        try:
+            request = GroupRequest.from_wire(request_wire)
+        except (TypeError, ValueError) as exc:
+            raise RemoteAlarmError("value", f"malformed group request: {exc}") from None
+        results = await self.app.commands.run_group(request, self._group_progress)
+        return [r.to_wire() for r in results]
+
+    def _group_progress(
+        self, group: str, action: str, user: str, total: int, done: int, failed: int, finished: bool
+    ) -> None:
+        # To the front running now (one restarted meanwhile gets the rest); none: nobody to tell.
+        if self._writer is not None:
+            self._send(wire.encode_message("group_progress", group, action, user, total, done, failed, finished))
 
     def _action_engine(self):
         return self._reload_alarms if self._reload_alarms is not None else self.app.alarms
@@ -433,16 +459,37 @@ class FrontLink:
         try:
             if handler is None:
                 raise RemoteAlarmError("value", f"unknown request {op!r}")
+            if asyncio.iscoroutinefunction(handler):
+                # A command waits on the field: answered by its own task when done, so that the
+                # read loop (alarm actions, other commands) never waits for it.
+                if len(self._request_tasks) >= MAX_ASYNC_REQUESTS:
+                    raise RemoteAlarmError("busy", f"{MAX_ASYNC_REQUESTS} commands already running for this front")
+                task = asyncio.create_task(self._answer_later(rid, op, handler(*args)), name=f"opcua-front-{op}")
+                self._request_tasks.add(task)
+                task.add_done_callback(self._request_tasks.discard)
+                return
             reply = ("reply", rid, True, handler(*args))
         except Exception as exc:  # noqa: BLE001 - the front gets the error, the core goes on
-            kind, payload = getattr(exc, "kind", "error"), getattr(exc, "payload", repr(exc))
-            if kind == "error":
-                log.warning("opcua_front_request_failed", op=op, error=repr(exc))
-            reply = ("reply", rid, False, (kind, payload))
+            reply = self._error_reply(rid, op, exc)
         finally:
             self._answering = False
         with contextlib.suppress(FrontExited):
             self._send(wire.encode_message(*reply))
+
+    async def _answer_later(self, rid: int, op: str, coro: Any) -> None:
+        try:
+            reply = ("reply", rid, True, await coro)
+        except Exception as exc:  # noqa: BLE001 - the front gets the error, the core goes on
+            reply = self._error_reply(rid, op, exc)
+        with contextlib.suppress(FrontExited):
+            self._send(wire.encode_message(*reply))
+
+    @staticmethod
+    def _error_reply(rid: int, op: str, exc: Exception) -> tuple:
+        kind, payload = getattr(exc, "kind", "error"), getattr(exc, "payload", repr(exc))
+        if kind == "error":
+            log.warning("opcua_front_request_failed", op=op, error=repr(exc))
+        return ("reply", rid, False, (kind, payload))
 
     # Reload (scada/reload.py)
 
