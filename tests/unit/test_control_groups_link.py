@@ -8,9 +8,10 @@ import asyncio
 import pickle
 
 from scada.control import groups
-from scada.control.model import GOOD, Caller, CommandResult, GroupRequest
+from scada.control.model import BAD_TOO_MANY_OPERATIONS, GOOD, Caller, CommandResult, GroupRequest
 from scada.front import wire
 from scada.front.link import FrontLink, FrontSettings
+from scada.security.audit import MemoryAudit
 from tests.unit.test_control_groups import FakeCommands, cabinets, make_config
 
 
@@ -47,6 +48,12 @@ class App:
     def __init__(self, commands) -> None:
         self.config = commands.config
         self.commands = commands
+        self.audit = MemoryAudit()
+
+
+def ask(link: FrontLink, rid: int, request) -> None:
+    """What the read loop does with a "group_command" request frame."""
+    link._start_request(link._async_handlers()["group_command"], rid, "group_command", (request,))
 
 
 class Service(FakeCommands):
@@ -68,17 +75,14 @@ def test_group_command_answers_later_and_tells_its_progress() -> None:
 
     async def go():
         service.gate = asyncio.Event()
-        handlers = link._handlers()
-        link._answer(
-            handlers, 7, "group_command", (GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire(),)
-        )
+        ask(link, 7, GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire())
         # The read loop is free: the request runs on its own task, nothing answered yet.
-        assert len(link._request_tasks) == 1
+        assert len(link._in_flight) == 1
         while service.running["all"] < 6:
             await asyncio.sleep(0)
         assert not [m for m in writer.messages() if m[0] == "reply"]
         service.gate.set()
-        await asyncio.gather(*link._request_tasks)
+        await asyncio.gather(*link._in_flight)
 
     asyncio.run(go())
     msgs = writer.messages()
@@ -90,7 +94,7 @@ def test_group_command_answers_later_and_tells_its_progress() -> None:
     results = [CommandResult.from_wire(w) for w in reply[3]]
     assert [(r.device, r.status) for r in results] == [(f"C{k:03d}", GOOD) for k in range(6)]
     assert msgs.index(reply) > msgs.index(progress[-1])  # the front has the last progress before the answer
-    assert link._request_tasks == set()
+    assert link._in_flight == set()
 
 
 def test_a_malformed_group_request_is_refused_with_a_value_error() -> None:
@@ -100,8 +104,8 @@ def test_a_malformed_group_request_is_refused_with_a_value_error() -> None:
     link._writer = writer  # type: ignore[assignment]
 
     async def go():
-        link._answer(link._handlers(), 3, "group_command", (("Dijon", "DimAll"),))
-        await asyncio.gather(*link._request_tasks)
+        ask(link, 3, ("Dijon", "DimAll"))
+        await asyncio.gather(*link._in_flight)
 
     asyncio.run(go())
     (reply,) = writer.messages()
@@ -119,22 +123,32 @@ def test_requests_beyond_the_bound_are_refused_at_once() -> None:
 
     async def go():
         service.gate = asyncio.Event()
-        handlers = link._handlers()
         for rid in range(FrontLink_max() + 1):
-            link._answer(handlers, rid, "group_command", (request,))
-        refused = [m for m in writer.messages() if m[0] == "reply"]
-        assert [(m[1], m[2], m[3][0]) for m in refused] == [(FrontLink_max(), False, "busy")]
+            ask(link, rid, request)
+        (refused,) = [m for m in writer.messages() if m[0] == "reply"]
+        assert refused[:3] == ("reply", FrontLink_max(), True)
+        (result,) = [CommandResult.from_wire(w) for w in refused[3]]
+        assert (result.device, result.status) == ("Dijon", BAD_TOO_MANY_OPERATIONS)
+        (rec,) = link.app.audit.records
+        assert (rec.action, rec.target, rec.user, rec.result) == (
+            "group_command",
+            "Dijon",
+            "olga",
+            "BadTooManyOperations",
+        )
         service.gate.set()
-        await asyncio.gather(*link._request_tasks)
+        await asyncio.gather(*link._in_flight)
 
     asyncio.run(go())
-    assert len([m for m in writer.messages() if m[0] == "reply" and m[2]]) == FrontLink_max()
+    replies = [m for m in writer.messages() if m[0] == "reply"]
+    assert len(replies) == FrontLink_max() + 1
+    assert all(CommandResult.from_wire(w).good for m in replies[1:] for w in m[3])
 
 
 def FrontLink_max() -> int:  # noqa: N802 - reads as the constant it returns
     from scada.front import link
 
-    return link.MAX_ASYNC_REQUESTS
+    return link.MAX_IN_FLIGHT
 
 
 def test_stopping_the_link_cancels_the_group_commands_still_running() -> None:
@@ -144,12 +158,11 @@ def test_stopping_the_link_cancels_the_group_commands_still_running() -> None:
 
     async def go():
         service.gate = asyncio.Event()  # the field never confirms
-        request = GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire()
-        link._answer(link._handlers(), 1, "group_command", (request,))
+        ask(link, 1, GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire())
         while service.running["all"] < 3:
             await asyncio.sleep(0)
         await link.stop()
-        assert link._request_tasks == set() and service.running["all"] == 0
+        assert link._in_flight == set() and service.running["all"] == 0
         assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
 
     asyncio.run(go())
