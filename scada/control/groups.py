@@ -15,13 +15,15 @@ command of its own. What the group adds:
   permission (BadUserAccessDenied) or over the user's rate limit (BadTooManyOperations: the
   group counts once, through ``user_limit``; the pipeline does not count a group's per-device
   commands, origin "group:...", against the user).
-* **A bounded fan-out**: at most ``ControlSettings.group_concurrency`` devices at once, and at
-  most :data:`LINK_CONCURRENCY` per link that carries one request at a time (a Modbus TCP
-  gateway or an RS-485 bus: its units take turns, and each command queued on it delays the
-  polls of every unit behind it). Devices are taken round-robin over their links, so a large
-  gateway does not hold the others back. Each device's command is its own task: nothing is
-  serialised on one lock, and the pipeline's per-device work (write, read-back on the change
-  batches) overlaps.
+* **A bounded fan-out**: at most ``ControlSettings.group_concurrency`` devices of the group at
+  once, and at most :data:`LINK_CONCURRENCY` commands at once on a link that carries one request
+  at a time (a Modbus TCP gateway or an RS-485 bus: its units take turns, and each command
+  queued on it delays the polls of every unit behind it), counted over every group running on
+  the same command service. Devices start round-robin over their links, so a large gateway
+  does not hold the others back. Each device's command is its own task: nothing is serialised
+  on one lock, and the pipeline's per-device work (write, read-back on the change batches)
+  overlaps. A command's time is mostly its read-back (the next poll that shows the new value),
+  so the group's duration is about ``devices / group_concurrency`` poll intervals.
 * **Progress**: ``progress(group, action, user, total, done, failed, finished)`` at the start,
   then at most every :data:`PROGRESS_PERIOD` while devices finish, and once at the end
   (``done`` counts every device finished, ``failed`` those of them not Good).
@@ -35,7 +37,9 @@ The results come back in device order (configuration order), one per device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -193,6 +197,41 @@ def _report(progress: GroupProgress, request: GroupRequest, total: int, done: in
         log.exception("group_progress_failed", group=request.group)
 
 
+# The slots of the links that carry one request at a time, per command service (by identity):
+# shared by the group actions running at once (two groups over one gateway still put at most
+# LINK_CONCURRENCY commands on it). Dropped with the service.
+_link_slots: dict[int, dict[Hashable, asyncio.Semaphore]] = {}
+
+
+def _slots_of(commands: Commands) -> dict[Hashable, asyncio.Semaphore]:
+    key = id(commands)
+    slots = _link_slots.get(key)
+    if slots is None:
+        slots = {}
+        try:
+            weakref.finalize(commands, _link_slots.pop, key, None)
+        except TypeError:  # a service that cannot be referenced weakly: slots for this group only
+            return slots
+        _link_slots[key] = slots
+    return slots
+
+
+def _round_robin(keys: Sequence[Hashable]) -> list[int]:
+    """Indices of ``keys`` taken one per key in turn (keys in first-seen order): the devices of a
+    large gateway are spread over the fan-out instead of queuing ahead of everyone else."""
+    by_key: dict[Hashable, deque[int]] = {}
+    for k, key in enumerate(keys):
+        by_key.setdefault(key, deque()).append(k)
+    order: list[int] = []
+    queues = deque(by_key.values())
+    while queues:
+        q = queues.popleft()
+        order.append(q.popleft())
+        if q:
+            queues.append(q)
+    return order
+
+
 async def _fan_out(
     commands: Commands,
     request: GroupRequest,
@@ -202,70 +241,62 @@ async def _fan_out(
     link: Callable[[Config, Device], Hashable],
 ) -> list[CommandResult]:
     config = commands.config
-    limit = max(1, int(config.control.settings.group_concurrency))
     origin = f"group:{request.group}"
     action = GROUP_ACTIONS[request.action]
-    results: list[CommandResult | None] = [None] * len(devices)
     total = len(devices)
+    # One task per device, started in round-robin order over the links; each waits for a slot
+    # of its link (serial links only, shared with other groups), then for one of the group's
+    # ``group_concurrency`` slots. Waiting on a semaphore costs nothing on the field; FIFO
+    # semaphores keep the round-robin order.
+    group_slots = asyncio.Semaphore(max(1, int(config.control.settings.group_concurrency)))
+    link_slots = _slots_of(commands)
 
-    # Per link: its devices waiting (in device order), how many of its commands are in flight.
-    waiting: dict[Hashable, deque[int]] = {}
-    caps: dict[Hashable, int] = {}
-    for k, d in enumerate(devices):
+    def slot_of(d: Device) -> asyncio.Semaphore | None:
+        if config.types[d.type].driver not in SERIAL_LINK_DRIVERS:
+            return None
         key = link(config, d)
-        if key not in waiting:
-            waiting[key] = deque()
-            caps[key] = LINK_CONCURRENCY if config.types[d.type].driver in SERIAL_LINK_DRIVERS else limit
-        waiting[key].append(k)
-    in_flight: Counter[Hashable] = Counter()
-    ready: deque[Hashable] = deque(waiting)  # links with devices waiting and room for one more
-    running: dict[asyncio.Task, tuple[int, Hashable]] = {}
-    done = failed = 0
+        sem = link_slots.get(key)
+        if sem is None:
+            sem = link_slots[key] = asyncio.Semaphore(LINK_CONCURRENCY)
+        return sem
 
     async def one(k: int) -> CommandResult:
         d = devices[k]
         req = CommandRequest(d.name, action.command, args[d.type], request.caller, origin=origin)
-        return await commands.execute(req)
+        on_link = slot_of(d)
+        async with on_link if on_link is not None else contextlib.nullcontext(), group_slots:
+            return await commands.execute(req)
 
+    order = _round_robin([link(config, d) for d in devices])
+    tasks = {asyncio.create_task(one(k), name=f"group:{request.group}:{devices[k].name}"): k for k in order}
+    results: list[CommandResult | None] = [None] * total
+    done = failed = 0
     if progress is not None:
         _report(progress, request, total, 0, 0, False)
     last_report = time.monotonic()
     unreported = False  # devices finished since the last report
+    pending = set(tasks)
     try:
-        while ready or running:
-            while ready and len(running) < limit:
-                key = ready.popleft()
-                k = waiting[key].popleft()
-                in_flight[key] += 1
-                if waiting[key] and in_flight[key] < caps[key]:
-                    ready.append(key)  # round-robin: back of the queue
-                task = asyncio.create_task(one(k), name=f"group:{request.group}:{devices[k].name}")
-                running[task] = (k, key)
+        while pending:
             timeout = None
             if progress is not None and unreported:
                 timeout = max(0.0, last_report + PROGRESS_PERIOD - time.monotonic())
-            finished, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
-                k, key = running.pop(task)
+                k = tasks[task]
                 result = results[k] = _result_of(task, devices[k])
                 done += 1
                 failed += not result.good
                 unreported = True
-                # The link has room again: back in turn if it still has devices waiting (it was
-                # out of the turn only when it was full).
-                full = in_flight[key] >= caps[key]
-                in_flight[key] -= 1
-                if waiting[key] and full:
-                    ready.append(key)
             now = time.monotonic()
-            if progress is not None and unreported and running and now - last_report >= PROGRESS_PERIOD:
+            if progress is not None and unreported and pending and now - last_report >= PROGRESS_PERIOD:
                 _report(progress, request, total, done, failed, False)
                 last_report, unreported = now, False
     finally:
-        if running:  # cancelled (the server stops, the front went away): nothing is left behind
-            for task in running:
+        if pending:  # cancelled (the server stops, the front went away): nothing is left behind
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
     if progress is not None:
         _report(progress, request, total, done, failed, True)
     return [r for r in results if r is not None]

@@ -141,6 +141,13 @@ class FakeCommands:
                 self.running[key] -= 1
 
 
+async def spin_until(predicate, deadline: float = 30.0) -> None:
+    """Let the loop run until ``predicate()`` holds (a failure, not a hang, when it never does)."""
+    async with asyncio.timeout(deadline):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
 def run(commands, request, **kw):
     return asyncio.run(groups.run_group(commands, request, **kw))
 
@@ -193,8 +200,7 @@ def test_the_fan_out_never_exceeds_group_concurrency_and_keeps_the_order() -> No
     async def go():
         fake.gate = asyncio.Event()
         task = asyncio.create_task(groups.run_group(fake, GroupRequest("Dijon", "DimAll", {"level": 10}, OPERATOR)))
-        while fake.running["all"] < 5:
-            await asyncio.sleep(0)
+        await spin_until(lambda: fake.running["all"] >= 5)
         for _ in range(20):  # nothing more starts while the five wait
             await asyncio.sleep(0)
         assert fake.running["all"] == 5
@@ -217,8 +223,7 @@ def test_a_shared_modbus_link_takes_at_most_link_concurrency_and_does_not_hold_b
         fake.gate = asyncio.Event()
         task = asyncio.create_task(groups.run_group(fake, GroupRequest("Dijon", "DimAll", {"level": 10}, OPERATOR)))
         want = groups.LINK_CONCURRENCY + 6
-        while fake.running["all"] < want:
-            await asyncio.sleep(0)
+        await spin_until(lambda: fake.running["all"] >= want)
         for _ in range(20):
             await asyncio.sleep(0)
         assert fake.running["all"] == want  # the gateway's other units wait their turn
@@ -237,8 +242,7 @@ def test_mqtt_and_opcua_devices_are_bounded_by_group_concurrency_only() -> None:
     async def go():
         fake.gate = asyncio.Event()
         task = asyncio.create_task(groups.run_group(fake, GroupRequest("Dijon", "OpenZone", {}, OPERATOR)))
-        while fake.running["all"] < 10:
-            await asyncio.sleep(0)
+        await spin_until(lambda: fake.running["all"] >= 10)
         fake.gate.set()
         return await task
 
@@ -384,8 +388,7 @@ def test_cancelling_the_group_cancels_the_commands_in_flight() -> None:
     async def go():
         fake.gate = asyncio.Event()  # never opens
         task = asyncio.create_task(groups.run_group(fake, GroupRequest("Dijon", "DimAll", {"level": 1}, OPERATOR)))
-        while fake.running["all"] < 4:
-            await asyncio.sleep(0)
+        await spin_until(lambda: fake.running["all"] >= 4)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -403,3 +406,38 @@ def test_a_thousand_devices_fan_out_quickly() -> None:
     results = run(fake, GroupRequest("Dijon", "DimAll", {"level": 30}, OPERATOR))
     assert len(results) == 1100 and all(r.good for r in results)
     assert fake.peak["all"] <= 64
+
+
+def test_two_groups_at_once_share_a_gateways_slots() -> None:
+    # Six units behind one gateway: three in Dijon, three in Talant; both communes dimmed at once.
+    gateway = [(f"D{k}", "cabinet", "Dijon", Endpoint(("127.0.0.1", 1502))) for k in range(3)] + [
+        (f"T{k}", "cabinet", "Talant", Endpoint(("127.0.0.1", 1502))) for k in range(3)
+    ]
+    cfg = make_config(gateway)
+    fake = FakeCommands(cfg)
+
+    async def go():
+        fake.gate = asyncio.Event()
+        both = [
+            asyncio.create_task(groups.run_group(fake, GroupRequest(c, "DimAll", {"level": 10}, OPERATOR)))
+            for c in ("Dijon", "Talant")
+        ]
+        await spin_until(lambda: fake.running["all"] >= groups.LINK_CONCURRENCY)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert fake.running["all"] == groups.LINK_CONCURRENCY  # not 2 x 3
+        fake.gate.set()
+        return await asyncio.gather(*both)
+
+    dijon, talant = asyncio.run(go())
+    assert [r.device for r in dijon] == ["D0", "D1", "D2"] and [r.device for r in talant] == ["T0", "T1", "T2"]
+    assert fake.peak[("modbus", ("127.0.0.1", 1502))] == groups.LINK_CONCURRENCY
+
+
+def test_devices_start_round_robin_over_their_links() -> None:
+    assert groups._round_robin(["a", "a", "a", "b", "c", "c"]) == [0, 3, 4, 1, 5, 2]
+    cfg = make_config(cabinets(6, port=1502, prefix="G") + cabinets(2, prefix="A"), concurrency=3)
+    fake = FakeCommands(cfg)
+    run(fake, GroupRequest("Dijon", "DimAll", {"level": 10}, OPERATOR))
+    # The gateway's first unit, then the two lone cabinets, before the gateway's others.
+    assert [r.device for r in fake.requests][:3] == ["G000", "A000", "A001"]

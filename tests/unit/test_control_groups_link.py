@@ -12,7 +12,7 @@ from scada.control.model import BAD_TOO_MANY_OPERATIONS, GOOD, Caller, CommandRe
 from scada.front import wire
 from scada.front.link import FrontLink, FrontSettings
 from scada.security.audit import MemoryAudit
-from tests.unit.test_control_groups import FakeCommands, cabinets, make_config
+from tests.unit.test_control_groups import FakeCommands, cabinets, make_config, spin_until
 
 
 class Writer:
@@ -78,8 +78,7 @@ def test_group_command_answers_later_and_tells_its_progress() -> None:
         ask(link, 7, GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire())
         # The read loop is free: the request runs on its own task, nothing answered yet.
         assert len(link._in_flight) == 1
-        while service.running["all"] < 6:
-            await asyncio.sleep(0)
+        await spin_until(lambda: service.running["all"] >= 6)
         assert not [m for m in writer.messages() if m[0] == "reply"]
         service.gate.set()
         await asyncio.gather(*link._in_flight)
@@ -159,8 +158,7 @@ def test_stopping_the_link_cancels_the_group_commands_still_running() -> None:
     async def go():
         service.gate = asyncio.Event()  # the field never confirms
         ask(link, 1, GroupRequest("Dijon", "DimAll", {"level": 40}, OPERATOR).to_wire())
-        while service.running["all"] < 3:
-            await asyncio.sleep(0)
+        await spin_until(lambda: service.running["all"] >= 3)
         await link.stop()
         assert link._in_flight == set() and service.running["all"] == 0
         assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
