@@ -15,13 +15,15 @@ Geometry:
 * **Circle**: great-circle (haversine) distance from the centre on a sphere of the mean Earth
   radius; a device exactly on the circle is inside (with 1 mm of slack for rounding).
 * **Polygon**: even-odd ray casting in a local plane: x = longitude x cos(mean latitude of the
-  polygon), y = latitude (an equirectangular projection around the polygon). Why this holds at
-  city scale: over a polygon a few tens of kilometres across, cos(latitude) changes by under
-  0.5 % (0.2 degree of latitude at 47 degrees N), so distances in that plane are right to
-  within that and a straight edge on the technician's map (a rhumb line) lies within
-  centimetres of the plane's straight edge; a device would have to be that close to an edge
-  for the answer to differ. A device on an edge or a vertex is inside (1 cm of slack).
-  Concave polygons are fine; a self-crossing one follows the even-odd rule.
+  polygon), y = latitude, in metres (an equirectangular projection around the polygon). The
+  plane is an affine image of the (lat, lon) plane, so which side of an edge a device lies on is
+  the same in both: the approximation is only that an edge is a straight line on the map (a
+  rhumb line) rather than a great-circle arc. Why that holds at city scale: over an edge a few
+  kilometres long the two part by centimetres (their gap grows with the square of the length:
+  about 1 cm at 5 km, at 47 degrees N), and a device would have to stand that close to an edge
+  for the answer to differ; the metres of the plane only serve the slack on edges. A device on
+  an edge or a vertex is inside (1 cm of slack). Concave polygons are fine; a self-crossing one
+  follows the even-odd rule.
 """
 
 from __future__ import annotations
