@@ -18,10 +18,11 @@ Geometry:
   polygon), y = latitude, in metres (an equirectangular projection around the polygon). The
   plane is an affine image of the (lat, lon) plane, so which side of an edge a device lies on is
   the same in both: the approximation is only that an edge is a straight line on the map (a
-  rhumb line) rather than a great-circle arc. Why that holds at city scale: over an edge a few
-  kilometres long the two part by centimetres (their gap grows with the square of the length:
-  about 1 cm at 5 km, at 47 degrees N), and a device would have to stand that close to an edge
-  for the answer to differ; the metres of the plane only serve the slack on edges. A device on
+  rhumb line) rather than a great-circle arc. Why that holds at city scale: the two part by
+  L^2 tan(latitude) / 8R for an east-west edge of length L (at 47 degrees N: 2 cm at 1 km,
+  0.5 m at 5 km, 2 m at 10 km), under the precision of an inventory's coordinates (a few
+  metres), and the technician drew the polygon on a map, where the straight line is the one
+  meant; the metres of the plane only serve the slack on edges. A device on
   an edge or a vertex is inside (1 cm of slack). Concave polygons are fine; a self-crossing one
   follows the even-odd rule.
 """
