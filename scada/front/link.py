@@ -394,7 +394,10 @@ class FrontLink:
 
     def _async_handlers(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Callable[..., Any]]]:
         """Requests served by a coroutine, each with its "busy" answer (MAX_IN_FLIGHT reached)."""
-        return {"command": (self._command, self._command_busy)}
+        return {
+            "command": (self._command, self._command_busy),
+            "group_command": (self._group_command, self._group_busy),
+        }
 
     async def _command(self, request: Any) -> tuple:
         """One command through the core's pipeline (scada/control/pipeline.py)."""
@@ -430,6 +433,55 @@ class FrontLink:
             )
         )
         return CommandResult(req.device, result.status, result.message).to_wire()
+
+    # Group actions (scada/control/groups.py)
+
+    async def _group_command(self, request: Any) -> list[tuple]:
+        """A group action through the core's command service, its progress told to the front as
+        it goes (``("group_progress", group, action, user, total, done, failed, finished)``);
+        the answer is one result per device (or one naming the group when it is refused whole)."""
+        from scada.control.model import GroupRequest
+
+        try:
+            req = GroupRequest.from_wire(request)
+        except (TypeError, ValueError) as exc:
+            raise RemoteAlarmError("value", f"malformed group request: {exc}") from None
+        results = await self.app.commands.run_group(req, self._group_progress)
+        return [r.to_wire() for r in results]
+
+    def _group_busy(self, limit: int, request: Any) -> list[tuple]:
+        """A group action beyond MAX_IN_FLIGHT: BadTooManyOperations for the group at once, audited."""
+        from scada.control.model import BAD_TOO_MANY_OPERATIONS, CommandResult, GroupRequest, status_name
+        from scada.security.audit import AuditRecord, canonical
+
+        message = f"{limit} commands already in progress from this front"
+        try:
+            req = GroupRequest.from_wire(request)
+        except (TypeError, ValueError):
+            return [CommandResult("", BAD_TOO_MANY_OPERATIONS, message).to_wire()]
+        c = req.caller
+        self.app.audit.record(
+            AuditRecord(
+                time.time_ns(),
+                "group_command",
+                c.user,
+                tuple(sorted(c.roles)),
+                c.session,
+                c.client,
+                "",
+                req.group,
+                canonical({"action": req.action, "args": dict(req.args), "devices": 0, "message": message}),
+                status_name(BAD_TOO_MANY_OPERATIONS),
+            )
+        )
+        return [CommandResult(req.group, BAD_TOO_MANY_OPERATIONS, message).to_wire()]
+
+    def _group_progress(
+        self, group: str, action: str, user: str, total: int, done: int, failed: int, finished: bool
+    ) -> None:
+        # To the front running now (one restarted meanwhile gets the rest); none: nobody to tell.
+        if self._writer is not None:
+            self._send(wire.encode_message("group_progress", group, action, user, total, done, failed, finished))
 
     def _action_engine(self):
         return self._reload_alarms if self._reload_alarms is not None else self.app.alarms
