@@ -6,7 +6,7 @@ One asyncua server hosts every junction: Objects / Junctions / <commune> / <junc
 NodeIds are strings ``<junction>.<path>`` in namespace ``urn:city-scada:traffic-sim``.
 
 Only ``Mode`` and ``Plan`` are writable, and a write is a *request* to the controller: the
-model validates it (the centre may not select "dark", nor an unknown plan) and the node
+model validates it (an unknown mode or plan is refused) and the node
 goes back to the controller's value when it refuses. Colours are never writable.
 
 With a :class:`ServerSecurity` the server is secure-only, as a traffic-management system on
