@@ -73,10 +73,15 @@ if TYPE_CHECKING:
 
 # The roles a command may require: those allowed to command at all.
 COMMAND_ROLES = tuple(r.value for r in Role if Permission.COMMAND in ROLE_PERMISSIONS[r])
+SCHEDULE_CLASSES = ("lighting",)  # what a schedule commands (ScheduleDef.classes)
 MIN_TIMEOUT = 2.0  # s: the least default read-back timeout
 EARTH_RADIUS_M = 6_371_008.8  # mean radius (IUGG): a zone's circle is a few km at most
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an input's alias is a name in expressions
-_AT = re.compile(r"^(?:(?P<anchor>sunset|sunrise)(?:(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))?|(?P<h>\d{2}):(?P<m>\d{2}))$")
+_AT = re.compile(
+    r"^(?:(?P<anchor>sunset|sunrise)(?:(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))?|(?P<h>\d{2}):(?P<m>\d{2}))$"
+)
+# The same forms for the editor (ECMAScript: no named groups); the loader also checks the numbers.
+AT_PATTERN = "^(?:(?:sunset|sunrise)(?:[+-][0-9]{2}:[0-9]{2})?|[0-9]{2}:[0-9]{2})$"
 AT_FORMS = 'sunset, sunrise, "HH:MM" (local time), or sunset/sunrise with an offset: "sunset-00:30", "sunrise+00:15"'
 
 
@@ -131,8 +136,18 @@ ARG_KEYS: KeyTable = {
         "float, int, bool, enum (one of enum's values, by number or label), or datetime (a point in time; 0 or none: not given).",
         what=f"one of {', '.join(ARG_TYPES)}",
     ),
-    "range": Key(None, "[min, max] allowed (float and int): a call outside it is refused with BadOutOfRange.", None, schema=_RANGE_SCHEMA),
-    "enum": Key(None, "The allowed values of an enum argument: integer value -> label, e.g. {1: day, 2: peak}.", None, schema=_ENUM_SCHEMA),
+    "range": Key(
+        None,
+        "[min, max] allowed (float and int): a call outside it is refused with BadOutOfRange.",
+        None,
+        schema=_RANGE_SCHEMA,
+    ),
+    "enum": Key(
+        None,
+        "The allowed values of an enum argument: integer value -> label, e.g. {1: day, 2: peak}.",
+        None,
+        schema=_ENUM_SCHEMA,
+    ),
     "unit": Key(to_str, "Engineering unit shown to operators (quote '%').", ""),
     "description": Key(to_str, "Free text shown to operators.", ""),
 }
@@ -206,7 +221,11 @@ INTERLOCK_KEYS: KeyTable = {
 }
 RATE_KEYS: KeyTable = {
     "per_minute": Key(positive(to_float), "Commands per minute, sustained (> 0).", what="commands per minute"),
-    "burst": Key(positive(to_int), "Commands allowed at once above the sustained rate (a whole number >= 1).", what="a whole number"),
+    "burst": Key(
+        positive(to_int),
+        "Commands allowed at once above the sustained rate (a whole number >= 1).",
+        what="a whole number",
+    ),
 }
 CONTROL_KEYS: KeyTable = {
     "select_timeout": Key(positive(to_float), "Seconds between Select and Operate (> 0, default 10).", 10.0),
@@ -245,7 +264,12 @@ _LAT_LON: Schema = {
 }
 ZONE_KEYS: KeyTable = {
     "devices": Key(None, "The zone's devices, by name (or give a circle or a polygon).", None, schema=_NAMES),
-    "circle": Key(None, "The devices within radius_m of a point (or give devices or a polygon).", None, schema=object_schema(CIRCLE_KEYS)),
+    "circle": Key(
+        None,
+        "The devices within radius_m of a point (or give devices or a polygon).",
+        None,
+        schema=object_schema(CIRCLE_KEYS),
+    ),
     "polygon": Key(
         None,
         "The devices inside a polygon of [lat, lon] vertices, at least 3 (or give devices or a circle).",
@@ -253,12 +277,20 @@ ZONE_KEYS: KeyTable = {
         schema={"type": "array", "minItems": 3, "items": _LAT_LON},
     ),
     "classes": Key(
-        None, "Only devices of these classes (lighting, traffic, bollard...; default: every class).", None, schema=_NAMES
+        None,
+        "Only devices of these classes (lighting, traffic, bollard...; default: every class).",
+        None,
+        schema=_NAMES,
     ),
 }
 ZONE_RULES: tuple[Schema, ...] = ({"oneOf": [{"required": [k]} for k in ("devices", "circle", "polygon")]},)
 STEP_KEYS: KeyTable = {
-    "at": Key(None, f"When: {AT_FORMS}.", what=AT_FORMS, schema={"type": "string", "pattern": _AT.pattern}),
+    "at": Key(
+        None,
+        f"When: {AT_FORMS}.",
+        what=AT_FORMS,
+        schema={"type": "string", "pattern": AT_PATTERN, "patternErrorMessage": f"expected {AT_FORMS}"},
+    ),
     "command": Key(to_name, "A command of the lighting types (SetMode, SetDimLevel...).", what="a command name"),
     "arguments": Key(
         None,
@@ -269,12 +301,21 @@ STEP_KEYS: KeyTable = {
 }
 SCHEDULE_KEYS: KeyTable = {
     "name": Key(to_name, "The schedule's unique name (shown as the command's origin).", what="a name"),
-    "communes": Key(None, "The communes whose lighting cabinets it commands.", None, schema={"type": "array", "minItems": 1, "items": {"type": "string"}}),
+    "communes": Key(
+        None,
+        "The communes whose lighting cabinets it commands.",
+        None,
+        schema={"type": "array", "minItems": 1, "items": {"type": "string"}},
+    ),
     "zones": Key(None, "The zones (under `zones`) whose lighting cabinets it commands.", None, schema=_NAMES),
     "steps": Key(
         None,
         "What to do when, every day: each step runs one command on every cabinet not overridden by an operator.",
-        schema={"type": "array", "minItems": 1, "items": object_schema(STEP_KEYS, description="One step of a schedule.")},
+        schema={
+            "type": "array",
+            "minItems": 1,
+            "items": object_schema(STEP_KEYS, description="One step of a schedule."),
+        },
     ),
 }
 SCHEDULE_RULES: tuple[Schema, ...] = ({"anyOf": [{"required": ["communes"]}, {"required": ["zones"]}]},)
@@ -283,18 +324,24 @@ SCHEDULE_RULES: tuple[Schema, ...] = ({"anyOf": [{"required": ["communes"]}, {"r
 COMMANDS_SCHEMA: Schema = {
     "type": "object",
     "propertyNames": schema_of(to_name),
-    "additionalProperties": object_schema(COMMAND_KEYS, description="One command of the type: an OPC UA method on each device."),
+    "additionalProperties": object_schema(
+        COMMAND_KEYS, description="One command of the type: an OPC UA method on each device."
+    ),
 }
 INTERLOCKS_SCHEMA: Schema = {
     "type": "object",
     "propertyNames": schema_of(to_name),
-    "additionalProperties": object_schema(INTERLOCK_KEYS, description="A condition that must hold for a command to go."),
+    "additionalProperties": object_schema(
+        INTERLOCK_KEYS, description="A condition that must hold for a command to go."
+    ),
 }
 CONTROL_SCHEMA: Schema = object_schema(CONTROL_KEYS)
 ZONES_SCHEMA: Schema = {
     "type": "object",
     "propertyNames": schema_of(to_name),
-    "additionalProperties": object_schema(ZONE_KEYS, ZONE_RULES, description="A named set of devices for group actions and schedules."),
+    "additionalProperties": object_schema(
+        ZONE_KEYS, ZONE_RULES, description="A named set of devices for group actions and schedules."
+    ),
 }
 SCHEDULES_SCHEMA: Schema = {
     "type": "array",
@@ -344,7 +391,9 @@ def _parse_enum(raw: Any, f: Fields, key: str) -> tuple[tuple[int, str], ...]:
             value = to_int(k)
             label = to_name(v)
         except ValueError as exc:
-            raise ConfigError(f.file, line, f.key(f"{key}.{k}"), f"{exc} (an enum maps integer values to labels)", v) from None
+            raise ConfigError(
+                f.file, line, f.key(f"{key}.{k}"), f"{exc} (an enum maps integer values to labels)", v
+            ) from None
         out.append((value, label))
     labels = [label for _, label in out]
     dup = next((label for label in labels if labels.count(label) > 1), None)
@@ -430,7 +479,9 @@ def _parse_steps(
         if p is None:
             raise ConfigError(f.file, line, path, f"the type has no such point (points: {', '.join(points)})", pname)
         if writing and not p.writable:
-            raise ConfigError(f.file, line, path, "this point is not writable: declare it `writable: true` to command it", pname)
+            raise ConfigError(
+                f.file, line, path, "this point is not writable: declare it `writable: true` to command it", pname
+            )
         if p.kind == TEXT:
             raise ConfigError(f.file, line, path, "a text point cannot be commanded or confirmed", pname)
         if isinstance(value, str) and value.strip().startswith("$"):
@@ -457,16 +508,26 @@ def _check_arg_fits(arg: ArgDef, p: PointDef, file: str, line: int | None, path:
         extra = sorted({v for v, _ in arg.enum or ()} - {v for v, _ in p.enum})
         if extra:
             raise ConfigError(
-                file, line, path, f"the argument's value {extra[0]} is not a value of {p.name} ({_point_values(p)})", value
+                file,
+                line,
+                path,
+                f"the argument's value {extra[0]} is not a value of {p.name} ({_point_values(p)})",
+                value,
             )
     if p.kind == DISCRETE and not p.enum and arg.type not in ("bool",):
         raise ConfigError(file, line, path, f"{p.name} is true or false: pass a bool argument", value)
     if p.range and arg.type in ("float", "int"):
         if arg.range is None:
-            raise ConfigError(file, line, path, f"give the argument a range within {p.name}'s ({_point_values(p)})", value)
+            raise ConfigError(
+                file, line, path, f"give the argument a range within {p.name}'s ({_point_values(p)})", value
+            )
         if arg.range[0] < p.range[0] or arg.range[1] > p.range[1]:
             raise ConfigError(
-                file, line, path, f"the argument's range {list(arg.range)} exceeds {p.name}'s ({_point_values(p)})", value
+                file,
+                line,
+                path,
+                f"the argument's range {list(arg.range)} exceeds {p.name}'s ({_point_values(p)})",
+                value,
             )
 
 
@@ -479,12 +540,22 @@ def _parse_interlock(
     if f.has("inputs"):
         raw_inputs = f.sub("inputs")
         if not isinstance(raw_inputs, dict) or not raw_inputs:
-            raise f.error("inputs", "expected a mapping of aliases to tag names, e.g. {up_mode: Dijon/traffic/J-DIJ-001/mode}", raw_inputs)
+            raise f.error(
+                "inputs",
+                "expected a mapping of aliases to tag names, e.g. {up_mode: Dijon/traffic/J-DIJ-001/mode}",
+                raw_inputs,
+            )
         for alias, tag in raw_inputs.items():
             aline = raw_inputs.line_of(alias) if isinstance(raw_inputs, LocMap) else f.line_of("inputs")
             akey = f.key(f"inputs.{alias}")
             if not isinstance(alias, str) or not IDENTIFIER.fullmatch(alias):
-                raise ConfigError(file, aline, akey, "an alias is a name usable in `when`: letters, digits and '_', not starting with a digit", alias)
+                raise ConfigError(
+                    file,
+                    aline,
+                    akey,
+                    "an alias is a name usable in `when`: letters, digits and '_', not starting with a digit",
+                    alias,
+                )
             if alias in points:
                 raise ConfigError(file, aline, akey, "the type has a point of this name: choose another alias", alias)
             if not isinstance(tag, str) or tag.count("/") < 3:
@@ -529,10 +600,20 @@ def _parse_command(
             args[aname] = _parse_argument(aname, araw, f.key(f"arguments.{aname}"), file, aline)
     f.sub("arguments")
     if not f.has("writes"):
-        raise f.error("writes", "required key is missing: the points written, e.g. {mode: 3, dim_setpoint: $level}")
+        raise ConfigError(
+            file,
+            line,
+            f.key("writes"),
+            "required key is missing: the points written, e.g. {mode: 3, dim_setpoint: $level}",
+        )
     writes = _parse_steps(f.sub("writes"), f, "writes", points, args, writing=True)
     if not f.has("confirm"):
-        raise f.error("confirm", "required key is missing: the read-back that confirms the command, e.g. {dim_level: $level}")
+        raise ConfigError(
+            file,
+            line,
+            f.key("confirm"),
+            "required key is missing: the read-back that confirms the command, e.g. {dim_level: $level}",
+        )
     confirm = _parse_steps(f.sub("confirm"), f, "confirm", points, args, writing=False)
     names: tuple[str, ...] = ()
     if f.has("interlocks") and f.mapping["interlocks"] is not None:
@@ -585,13 +666,21 @@ class ControlReader:
         interlocks: dict[str, InterlockDef] = {}
         if f.has("interlocks") and f.mapping["interlocks"] is not None:
             for name, raw, line in _name_items(f.sub("interlocks"), f, "interlocks", "interlock"):
-                interlocks[name] = _parse_interlock(name, raw, f.key(f"interlocks.{name}"), f.file, line, t, self._checks)
+                interlocks[name] = _parse_interlock(
+                    name, raw, f.key(f"interlocks.{name}"), f.file, line, t, self._checks
+                )
         f.sub("interlocks")
         commands: dict[str, CommandDef] = {}
         if f.has("commands") and f.mapping["commands"] is not None:
             for name, raw, line in _name_items(f.sub("commands"), f, "commands", "command"):
                 if name == WRITE:
-                    raise ConfigError(f.file, line, f.key(f"commands.{name}"), f"{WRITE} is the Write of a writable tag: choose another name", name)
+                    raise ConfigError(
+                        f.file,
+                        line,
+                        f.key(f"commands.{name}"),
+                        f"{WRITE} is the Write of a writable tag: choose another name",
+                        name,
+                    )
                 commands[name] = _parse_command(name, raw, f.key(f"commands.{name}"), f.file, line, t, interlocks)
         f.sub("commands")
         if commands:
@@ -600,7 +689,11 @@ class ControlReader:
             self.interlocks[t.name] = MappingProxyType(interlocks)
 
     def finish(
-        self, top: Fields, types: Mapping[str, EquipmentType], devices: Sequence[Device], device_index: Mapping[str, Device]
+        self,
+        top: Fields,
+        types: Mapping[str, EquipmentType],
+        devices: Sequence[Device],
+        device_index: Mapping[str, Device],
     ) -> ControlConfig:
         """Cross-checks against the devices, then the top-level ``control``, ``zones`` and ``schedules``."""
         for check in self._checks:
@@ -705,14 +798,18 @@ def _parse_zone(
     given = [k for k in ("devices", "circle", "polygon") if f.has(k)]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
-        raise ConfigError(file, line, path, f"a zone gives exactly one of devices, circle or polygon (this one gives {what})")
+        raise ConfigError(
+            file, line, path, f"a zone gives exactly one of devices, circle or polygon (this one gives {what})"
+        )
     classes: tuple[str, ...] = ()
     if f.has("classes"):
         known = sorted({t.cls for t in types.values()})
         listed = _name_list(f.sub("classes"), f, "classes", "classes")
         for c, cline in listed:
             if c not in known:
-                raise ConfigError(file, cline, f.key("classes"), f"no equipment type has this class (classes: {', '.join(known)})", c)
+                raise ConfigError(
+                    file, cline, f.key("classes"), f"no equipment type has this class (classes: {', '.join(known)})", c
+                )
         classes = tuple(c for c, _ in listed)
     f.sub("classes")
     listed_devices: tuple[str, ...] = ()
@@ -725,16 +822,18 @@ def _parse_zone(
                 raise ConfigError(file, dline, f.key("devices"), "no device has this name", dname)
         listed_devices = tuple(d for d, _ in names)
     elif given == ["circle"]:
-        c = _sub_fields(f, "circle", f.sub("circle"))
-        circle = (c.read(CIRCLE_KEYS, "lat"), c.read(CIRCLE_KEYS, "lon"), c.read(CIRCLE_KEYS, "radius_m"))
-        c.done(CIRCLE_KEYS)
+        cf = _sub_fields(f, "circle", f.sub("circle"))
+        circle = (cf.read(CIRCLE_KEYS, "lat"), cf.read(CIRCLE_KEYS, "lon"), cf.read(CIRCLE_KEYS, "radius_m"))
+        cf.done(CIRCLE_KEYS)
     else:
         polygon = _parse_polygon(f.sub("polygon"), f)
     zone = ZoneDef(name, listed_devices, circle, polygon, classes, source=f"{file}:{line}")
     f.done(ZONE_KEYS)
     if not zone_members(zone, devices, types):
         only = f" of class {', '.join(classes)}" if classes else ""
-        raise ConfigError(file, line, path, f"the zone contains no device{only}: check its coordinates (lat, lon) and classes")
+        raise ConfigError(
+            file, line, path, f"the zone contains no device{only}: check its coordinates (lat, lon) and classes"
+        )
     return zone
 
 
@@ -801,20 +900,22 @@ def parse_at(raw: Any) -> tuple[str, float]:
     """``at`` -> (anchor, offset_s): ("sunset"|"sunrise", signed offset) or ("clock", s after midnight)."""
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 24 * 60:
         h, m = divmod(raw, 60)  # YAML 1.1 reads an unquoted 23:00 as the number 1380
-        raise ValueError(f'quote the time: at: "{h:02d}:{m:02d}" (unquoted, YAML reads {h}:{m:02d} as the number {raw})')
+        raise ValueError(
+            f'quote the time: at: "{h:02d}:{m:02d}" (unquoted, YAML reads {h}:{m:02d} as the number {raw})'
+        )
     if not isinstance(raw, str):
         raise ValueError(f"expected {AT_FORMS}")
-    m = _AT.fullmatch(raw.strip())
-    if m is None:
+    match = _AT.fullmatch(raw.strip())
+    if match is None:
         raise ValueError(f"expected {AT_FORMS}")
-    if m["anchor"]:
-        if not m["sign"]:
-            return m["anchor"], 0.0
-        hours, minutes = int(m["oh"]), int(m["om"])
+    if match["anchor"]:
+        if not match["sign"]:
+            return match["anchor"], 0.0
+        hours, minutes = int(match["oh"]), int(match["om"])
         if minutes > 59 or hours > 12:
             raise ValueError("an offset is at most 12:00 hours, its minutes 00-59")
-        return m["anchor"], (1 if m["sign"] == "+" else -1) * (hours * 3600.0 + minutes * 60.0)
-    hours, minutes = int(m["h"]), int(m["m"])
+        return match["anchor"], (1 if match["sign"] == "+" else -1) * (hours * 3600.0 + minutes * 60.0)
+    hours, minutes = int(match["h"]), int(match["m"])
     if hours > 23 or minutes > 59:
         raise ValueError("a time of day is 00:00 to 23:59")
     return "clock", hours * 3600.0 + minutes * 60.0
@@ -838,10 +939,10 @@ def argument_value(arg: ArgDef, raw: Any) -> float:
         return float(to_bool(raw))
     if arg.type == "datetime":
         raise ValueError("a schedule gives no datetime: leave it out")
-    value = float(to_int(raw)) if arg.type == "int" else to_float(raw)
-    if arg.range and not arg.range[0] <= value <= arg.range[1]:
+    number = float(to_int(raw)) if arg.type == "int" else to_float(raw)
+    if arg.range and not arg.range[0] <= number <= arg.range[1]:
         raise ValueError(f"must be between {arg.range[0]:g} and {arg.range[1]:g}")
-    return value
+    return number
 
 
 def _parse_schedules(
@@ -853,7 +954,9 @@ def _parse_schedules(
     commands: Mapping[str, Mapping[str, CommandDef]],
 ) -> tuple[ScheduleDef, ...]:
     if not isinstance(raw, list):
-        raise top.error("schedules", "expected a list of schedules, each with a name, communes or zones, and steps", raw)
+        raise top.error(
+            "schedules", "expected a list of schedules, each with a name, communes or zones, and steps", raw
+        )
     out: list[ScheduleDef] = []
     seen: dict[str, str] = {}
     communes = {d.commune for d in devices}
@@ -877,10 +980,16 @@ def _parse_schedules(
         if f.has("zones"):
             for z, zline in _name_list(f.sub("zones"), f, "zones", "zone names"):
                 if z not in zones:
-                    raise ConfigError(top.file, zline, f.key("zones"), f"no such zone (zones: {', '.join(zones) or 'none declared'})", z)
+                    raise ConfigError(
+                        top.file,
+                        zline,
+                        f.key("zones"),
+                        f"no such zone (zones: {', '.join(zones) or 'none declared'})",
+                        z,
+                    )
                 s_zones.append(z)
         f.sub("zones")
-        classes = ScheduleDef.__dataclass_fields__["classes"].default
+        classes = SCHEDULE_CLASSES
         targets = _schedule_types(s_communes, s_zones, zones, devices, types, classes)
         if not targets:
             raise ConfigError(top.file, line, f.path, f"the schedule covers no device of class {', '.join(classes)}")
@@ -954,7 +1063,13 @@ def _step_arguments(s: Fields, command: CommandDef) -> dict[str, float]:
         key = s.key(f"arguments.{aname}")
         arg = by_name.get(str(aname))
         if arg is None:
-            raise ConfigError(s.file, aline, key, f"{command.name} has no such argument (arguments: {', '.join(by_name) or 'none'})", aname)
+            raise ConfigError(
+                s.file,
+                aline,
+                key,
+                f"{command.name} has no such argument (arguments: {', '.join(by_name) or 'none'})",
+                aname,
+            )
         try:
             out[arg.name] = argument_value(arg, value)
         except ValueError as exc:
