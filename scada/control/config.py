@@ -374,6 +374,10 @@ def _name_items(raw: Any, f: Fields, key: str, what: str) -> list[tuple[str, Any
     out = []
     for name, value in raw.items():
         line = raw.line_of(name) if isinstance(raw, LocMap) else f.line_of(key)
+        if isinstance(name, bool):  # YAML 1.1 reads on, off, yes, no, true, false as booleans
+            raise ConfigError(
+                f.file, line, f"{f.key(key)}.{name}", "YAML reads on/off/yes/no as true/false: quote the name", name
+            )
         try:
             out.append((to_name(name), value, line))
         except ValueError as exc:
