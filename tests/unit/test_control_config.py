@@ -487,6 +487,14 @@ CASES_IN_COMMANDS = [
         "a datetime argument is not a point's value (got '$until')",
     ),
     (
+        "argument named on",
+        "          until: {type: datetime}",
+        "          on: {type: bool}",
+        "on: {type: bool}",
+        "equipment_types.cab.commands.SetDimLevel.arguments.True",
+        "YAML reads on/off/yes/no as true/false: quote the name (got True)",
+    ),
+    (
         "an input alias shadowing a point",
         "when: not trip",
         "when: not trip\n        inputs: {power: Dijon/lighting/C2/trip}",
