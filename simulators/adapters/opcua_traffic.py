@@ -254,7 +254,10 @@ class TrafficOpcUaSimulator(Paced):
             nodes = self._nodes[path]
             for i in changed.tolist():
                 value = _py(vt, now[i])
-                if path in WRITABLE:
+                # Our subscription sees our own write as a request unless it is remembered as an
+                # echo; a write of the value the node already holds notifies nothing, and its echo
+                # would then swallow a later real request of that value.
+                if path in WRITABLE and self.server.read_attribute_value(nodes[i]).Value.Value != value:
                     self._echoes.setdefault(nodes[i], []).append(value)
                 await self.server.write_attribute_value(nodes[i], ua.DataValue(ua.Variant(value, vt)))
             self._last[path] = now.copy()
