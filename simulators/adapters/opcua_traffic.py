@@ -257,9 +257,10 @@ class TrafficOpcUaSimulator(Paced):
                 # Our subscription sees our own write as a request unless it is remembered as an
                 # echo; a write of the value the node already holds notifies nothing, and its echo
                 # would then swallow a later real request of that value.
-                held = self.server.read_attribute_value(nodes[i]).Value
-                if path in WRITABLE and (held is None or held.Value != value):
-                    self._echoes.setdefault(nodes[i], []).append(value)
+                if path in WRITABLE:
+                    held = self.server.read_attribute_value(nodes[i]).Value
+                    if held is None or held.Value != value:
+                        self._echoes.setdefault(nodes[i], []).append(value)
                 await self.server.write_attribute_value(nodes[i], ua.DataValue(ua.Variant(value, vt)))
             self._last[path] = now.copy()
 
