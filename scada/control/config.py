@@ -1017,9 +1017,10 @@ def _schedule_types(
     for d in devices:
         if d.commune in in_communes:
             covered.add(d.type)
+    by_name = {d.name: d for d in devices} if zone_names else {}
     for z in zone_names:
         for dname in zone_members(zones[z], devices, types):
-            covered.add(next(d.type for d in devices if d.name == dname))
+            covered.add(by_name[dname].type)
     return [t for t in types if t in covered and types[t].cls in classes]
 
 
