@@ -249,6 +249,69 @@ class AddressSpaceBuilder:
         parent.references.append(reference_to(_HAS_PROPERTY, nd, True, _PROPERTY_TYPE))
         return nd
 
+    def add_method(
+        self,
+        parent: NodeData,
+        path: str,
+        name: str,
+        description: str,
+        inputs: list[ua.Argument],
+        outputs: list[ua.Argument],
+    ) -> NodeData:
+        """A method node under ``parent`` (HasComponent), with its InputArguments and
+        OutputArguments properties: what a client reads to know how to call it."""
+        nodeid = NodeId(path, self.ns)
+        attrs = {
+            A.NodeClass: _shared(ua.NodeClass.Method, ua.VariantType.Int32),
+            A.Description: AttributeValue(_dv(ua.LocalizedText(description), ua.VariantType.LocalizedText)),
+            A.Executable: _shared(True, ua.VariantType.Boolean),
+            A.UserExecutable: _shared(True, ua.VariantType.Boolean),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+        }
+        nd = self._insert(nodeid, name, attrs, [reference_to(_HAS_COMPONENT, parent, False)])
+        parent.references.append(reference_to(_HAS_COMPONENT, nd, True))
+        for prop, args in (("InputArguments", inputs), ("OutputArguments", outputs)):
+            if args:
+                self._argument_property(nd, f"{path}/{prop}", prop, args)
+        return nd
+
+    def _argument_property(self, method: NodeData, path: str, name: str, args: list[ua.Argument]) -> None:
+        nodeid = NodeId(path, self.ns)
+        attrs = {
+            A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
+            A.Value: AttributeValue(_dv(args, ua.VariantType.ExtensionObject, is_array=True)),
+            A.DataType: _shared(NodeId(ua.ObjectIds.Argument), ua.VariantType.NodeId),
+            A.ValueRank: _shared(ua.ValueRank.OneDimension, ua.VariantType.Int32),
+            A.ArrayDimensions: AttributeValue(_dv([len(args)], ua.VariantType.UInt32, is_array=True)),
+            A.AccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.UserAccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+        }
+        refs = [
+            ua.ReferenceDescription(
+                ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE, NodeClass=ua.NodeClass.VariableType
+            ),
+            reference_to(_HAS_PROPERTY, method, False),
+        ]
+        nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
+        method.references.append(reference_to(_HAS_PROPERTY, nd, True, _PROPERTY_TYPE))
+
+    def add_variable(
+        self, parent: NodeData, path: str, name: str, value: Any, vtype: ua.VariantType, description: str = ""
+    ) -> NodeData:
+        """A stored variable the server updates itself (a group's progress): a few per group."""
+        nodeid = NodeId(path, self.ns)
+        kind = self._kind(vtype, False)
+        attrs = dict(kind.static)
+        attrs[A.Value] = AttributeValue(_dv(value, vtype))
+        if description:
+            attrs[A.Description] = AttributeValue(_dv(ua.LocalizedText(description), ua.VariantType.LocalizedText))
+        nd = self._insert(nodeid, name, attrs, [kind.typedef_ref, reference_to(_HAS_COMPONENT, parent, False)])
+        parent.references.append(reference_to(_HAS_COMPONENT, nd, True, kind.typedef))
+        return nd
+
     def build(self, config: Config) -> list[TagValue]:
         """Create the whole tree; return the Value attribute of every tag, indexed by tag id.
 
