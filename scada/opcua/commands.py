@@ -228,7 +228,7 @@ class CommandMethods:
         nd.references.extend(refs)  # the same ReferenceDescription objects on every device
 
     def _command_nodes(self, builder: AddressSpaceBuilder, folder: NodeData, cmd: CommandDef) -> list[NodeData]:
-        base = f"{folder.nodeid.Identifier}/{cmd.name}"
+        base = f"_types/{cmd.type_name}/{COMMANDS_FOLDER}/{cmd.name}"
         inputs = [input_argument(a) for a in cmd.arguments]
         desc = cmd.description or cmd.name
         if not cmd.critical:
@@ -255,11 +255,12 @@ class CommandMethods:
             nd = self.aspace.get(NodeId(path, self.ns))
             if nd is not None:
                 nd.references[:] = [r for r in nd.references if r.NodeId not in self.methods]
-        gone = set(self.methods)
-        for nid in list(self.methods):
-            gone.update(NodeId(f"{nid.Identifier}/{p}", self.ns) for p in ("InputArguments", "OutputArguments"))
-        gone.update(self._folders)
-        parents = set()
+        gone = set(self.methods) | set(self._folders)
+        for nid in self.methods:  # their InputArguments / OutputArguments properties
+            nd = self.aspace.get(nid)
+            if nd is not None:
+                gone.update(r.NodeId for r in nd.references if r.IsForward)
+        parents: set[ua.NodeId] = set()
         for nid in gone:
             nd = self.aspace.get(nid)
             if nd is not None:

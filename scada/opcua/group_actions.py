@@ -176,7 +176,7 @@ class GroupActions:
             nd = self.aspace.get(NodeId(path, self.ns))
             if nd is not None:
                 nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
-        parents = set()
+        parents: set[ua.NodeId] = set()
         for nid in gone:
             nd = self.aspace.get(nid)
             if nd is not None:
@@ -216,8 +216,9 @@ class GroupActions:
         return call
 
     async def _call(self, action: str, defs, object_id: ua.NodeId, inputs) -> Any:
-        path = object_id.Identifier if object_id.NamespaceIndex == self.ns else None
-        group = self._groups.get(path) if isinstance(path, str) else None
+        ident = object_id.Identifier
+        path = ident if object_id.NamespaceIndex == self.ns and isinstance(ident, str) else ""
+        group = self._groups.get(path)
         if group is None or action not in self._actions.get(path, ()):
             return self._refused(action, object_id.to_string(), inputs, SC.BadMethodInvalid)
         try:
@@ -261,19 +262,16 @@ class GroupActions:
 
     def group_path(self, group: str) -> str | None:
         """The object path of a GroupRequest.group ("Dijon", "Dijon/lighting", "zone:x")."""
-        if group.startswith(ZONE_PREFIX):
-            path = f"{ZONES_PATH}/{group[len(ZONE_PREFIX):]}"
-        else:
-            path = group
+        path = f"{ZONES_PATH}/{group[len(ZONE_PREFIX) :]}" if group.startswith(ZONE_PREFIX) else group
         return path if path in self._groups else None
 
-    def progress(
-        self, group: str, action: str, user: str, total: int, done: int, failed: int, finished: bool
-    ) -> None:
+    def progress(self, group: str, action: str, user: str, total: int, done: int, failed: int, finished: bool) -> None:
         """The core's ``group_progress`` message: shown by :meth:`run` (the latest state of a group)."""
         if self.group_path(str(group)) is None:
             return
-        self._pending[str(group)] = _Progress(str(action), str(user), int(total), int(done), int(failed), bool(finished))
+        self._pending[str(group)] = _Progress(
+            str(action), str(user), int(total), int(done), int(failed), bool(finished)
+        )
         self._wake.set()
 
     async def run(self) -> None:
@@ -299,7 +297,9 @@ class GroupActions:
             "Failed": (p.failed, V.UInt32),
         }
         for name, (value, vtype) in values.items():
-            await self.server.write_attribute_value(NodeId(f"{base}/{name}", self.ns), ua.DataValue(ua.Variant(value, vtype)))
+            await self.server.write_attribute_value(
+                NodeId(f"{base}/{name}", self.ns), ua.DataValue(ua.Variant(value, vtype))
+            )
         now = time.monotonic()
         if p.finished or now - self._last_event.get(group, 0.0) >= EVENT_INTERVAL:
             self._last_event[group] = now
@@ -327,4 +327,3 @@ class GroupActions:
             await gen.trigger()
         except Exception as exc:  # noqa: BLE001 - a progress event is information, never a failure
             log.warning("opcua_group_progress_event_failed", group=group, error=repr(exc))
-

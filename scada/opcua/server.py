@@ -26,8 +26,10 @@ from scada.opcua.audit_events import install_audit_events
 from scada.opcua.authorise import install_authorisation
 from scada.opcua.bounds import install_bounds
 from scada.opcua.browse_codec import browse_results
+from scada.opcua.commands import CommandMethods, Request
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.endpoints import configure_endpoints
+from scada.opcua.group_actions import GroupActions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.login import install_login
 from scada.opcua.publisher import Publisher
@@ -35,6 +37,7 @@ from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
 from scada.opcua.tag_read import TagReader
+from scada.opcua.writes import TagWrites
 from scada.security.audit import AuditSink, MemoryAudit
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
@@ -56,6 +59,7 @@ class HmiServer:
         history=None,
         security: SecuritySettings | None = None,
         audit: AuditSink | None = None,
+        commands: Request | None = None,
     ) -> None:
         self.config = config
         self.tagdb = tagdb
@@ -74,6 +78,12 @@ class HmiServer:
         self.ns = 0
         self.node_count = 0
         self.sessions = SessionCleanup(self.server)  # what closed sessions leave behind, given back
+        # Control: the core's command pipeline, reached by ``commands`` (the front's channel
+        # request); None: no control from this server (every Write refused, no command method).
+        self.commands_request = commands
+        self.commands: CommandMethods | None = None
+        self.groups: GroupActions | None = None
+        self.writes: TagWrites | None = None
 
     async def start(self) -> None:
         await self.server.init()
@@ -93,6 +103,8 @@ class HmiServer:
         builder = AddressSpaceBuilder(self.server, self.ns)
         values = builder.build(self.config)
         self.node_count = builder.node_count
+        if self.commands_request is not None:
+            self._install_control()
         if self.alarms is not None:
             self.conditions = AlarmConditions(self.server, self.ns, self.alarms)
             self.conditions.build()
@@ -118,6 +130,17 @@ class HmiServer:
             nodes=self.node_count,
             tags=len(values),
         )
+
+    def _install_control(self) -> None:
+        """The command methods on the devices, the group actions, the Writes of writable tags."""
+        assert self.commands_request is not None
+        self.commands = CommandMethods(self.server, self.ns, self.commands_request)
+        self.commands.install(self.config)
+        self.groups = GroupActions(self.server, self.ns, self.commands_request)
+        self.groups.install(self.config)
+        self.writes = TagWrites(self.server, self.ns, self.commands_request)
+        self.writes.install(self.config)
+        self.node_count += self.commands.node_count + self.groups.node_count
 
     def _items_changed(self, sub, mids: list[int]) -> None:
         if self.publisher is not None:  # the publisher of the current tag table (a reload replaces it)
@@ -149,11 +172,20 @@ class HmiServer:
         conditions_before = _condition_nodes(self.conditions)
         if self.conditions is not None:
             await self._drop_conditions()
+        # The commands' and groups' nodes are installed again on the new tree (their types,
+        # zones and signatures may have changed; a few nodes per type and group).
+        if self.commands is not None and self.groups is not None:
+            self.commands.detach()
+            self.groups.detach()
         for d in removed:
             changes += await editor.remove_device(self.config, d)
         for name in retyped:
             await editor.remove_type(name)
         changes += editor.add_devices(config, added)
+        if self.commands is not None and self.groups is not None and self.writes is not None:
+            self.commands.install(config)
+            self.groups.install(config)
+            self.writes.reload(config)
         aspace = address_space(self.server)
         if tagdb is not self.tagdb or self.publisher is None:
             values = tag_values(aspace, tagdb.names, self.ns)
