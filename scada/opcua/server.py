@@ -148,12 +148,15 @@ class HmiServer:
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"
-        if self.conditions is None:
+        if self.conditions is None and self.groups is None:
             await self.publisher.run()
             return
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.publisher.run(), name="opcua-publisher")
-            tg.create_task(self.conditions.run(), name="opcua-alarm-events")
+            if self.conditions is not None:
+                tg.create_task(self.conditions.run(), name="opcua-alarm-events")
+            if self.groups is not None:
+                tg.create_task(self.groups.run(), name="opcua-group-progress")
 
     async def reload(
         self, config: Config, tagdb: TagDB, removed, added, retyped: list[str], alarms=None, history=None
