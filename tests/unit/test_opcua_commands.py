@@ -120,9 +120,8 @@ async def front(tmp_path_factory):
     tagdb = TagDB(*config.tag_table())
     core = Core()
     hmi = HmiServer(config, tagdb, f"opc.tcp://127.0.0.1:{free_port()}/scada/", commands=core.request)
-    async with serving(hmi):
-        async with Client(hmi.endpoint, timeout=10) as client:
-            yield hmi, core, client
+    async with serving(hmi), Client(hmi.endpoint, timeout=10) as client:
+        yield hmi, core, client
 
 
 on_front = pytest.mark.asyncio(loop_scope="module")
