@@ -142,8 +142,11 @@ class _Kind:
 class AddressSpaceBuilder:
     """Builds the tag tree into a (not yet started or running) asyncua Server."""
 
-    def __init__(self, server: Server, ns: int) -> None:
+    def __init__(self, server: Server, ns: int, writable: bool = False) -> None:
         self.server = server
+        # Whether ``writable: true`` points accept Writes (CurrentWrite): only when a command
+        # pipeline answers them (scada/opcua/writes.py); else every variable is read-only.
+        self.writable = writable
         self.aspace = address_space(server)
         self.ns = ns
         self._kinds: dict[tuple[ua.VariantType, bool], _Kind] = {}
@@ -378,7 +381,7 @@ class AddressSpaceBuilder:
             if p.enum:
                 text = (text + " " if text else "") + "; ".join(f"{k}={v}" for k, v in p.enum)
             static[A.Description] = AttributeValue(_dv(ua.LocalizedText(text), ua.VariantType.LocalizedText))
-        if p.writable:  # the Write's status is the command pipeline's (scada/opcua/writes.py)
+        if p.writable and self.writable:  # the Write's status is the command pipeline's (scada/opcua/writes.py)
             static[A.AccessLevel] = static[A.UserAccessLevel] = self._read_write
         return PointTemplate(p.name, self.ns, static, kind.typedef_ref, props)
 

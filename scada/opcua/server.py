@@ -37,7 +37,7 @@ from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
 from scada.opcua.tag_read import TagReader
-from scada.opcua.writes import TagWrites
+from scada.opcua.writes import TagWrites, writable_tags
 from scada.security.audit import AuditSink, MemoryAudit
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
@@ -100,7 +100,7 @@ class HmiServer:
         # Writes skip the AccessLevel check: no remote administrator until roles exist.
         self.server.allow_remote_admin(False)
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
-        builder = AddressSpaceBuilder(self.server, self.ns)
+        builder = AddressSpaceBuilder(self.server, self.ns, writable=self.commands_request is not None)
         values = builder.build(self.config)
         self.node_count = builder.node_count
         if self.commands_request is not None:
@@ -111,6 +111,7 @@ class HmiServer:
             self.node_count += self.conditions.node_count
         if self.history is not None:
             self.tag_history = TagHistory(self.server, self.ns, self.config, self.tagdb, self.history)
+            self.tag_history.writable = self._writable_names(self.config)
             await self.tag_history.install()
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
@@ -130,6 +131,10 @@ class HmiServer:
             nodes=self.node_count,
             tags=len(values),
         )
+
+    def _writable_names(self, config: Config) -> frozenset[str]:
+        """The tag variables that accept Writes: the writable points, when control is installed."""
+        return frozenset(writable_tags(config)) if self.commands_request is not None else frozenset()
 
     def _install_control(self) -> None:
         """The command methods on the devices, the group actions, the Writes of writable tags."""
@@ -170,7 +175,7 @@ class HmiServer:
         tag table by name, and the alarm conditions rebuilt for the new engine. Clients are
         told with one GeneralModelChangeEvent from the Server object; returns its change count.
         """
-        editor = TreeEditor(self.server, self.ns)
+        editor = TreeEditor(self.server, self.ns, writable=self.commands_request is not None)
         changes = []
         conditions_before = _condition_nodes(self.conditions)
         if self.conditions is not None:
@@ -205,6 +210,7 @@ class HmiServer:
                 _carry_conditions(old, self.conditions)
             self.conditions.build()
         if self.tag_history is not None and history is not None:
+            self.tag_history.writable = self._writable_names(config)
             _rebind_history(self.tag_history, config, tagdb, history)
         # Conditions of added and removed alarms (or devices) come and go too; a kept one is
         # rebuilt under the same NodeId: no change for a client.

@@ -34,6 +34,7 @@ from scada.control.model import (
     ZoneDef,
 )
 from scada.opcua.server import HmiServer
+from scada.opcua.typed_ua import NodeId
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving, until
@@ -128,7 +129,7 @@ on_front = pytest.mark.asyncio(loop_scope="module")
 
 
 def node(client: Client, hmi: HmiServer, path: str):
-    return client.get_node(ua.NodeId(path, hmi.ns))
+    return client.get_node(NodeId(path, hmi.ns))
 
 
 async def children(n) -> dict[str, ua.NodeClass]:
@@ -362,3 +363,35 @@ async def test_a_group_s_progress_is_shown_while_it_runs(front):
         hmi.groups.progress("Nowhere", "DimAll", "alice", 1, 1, 0, True)  # not a group of this tree: ignored
     finally:
         await sub.delete()
+
+
+async def test_history_marks_keep_the_write_bit_of_writable_points_only_with_control(tmp_path):
+    from asyncua import Server
+
+    from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder
+    from scada.opcua.asyncua_private.nodes import address_space
+    from scada.opcua.history import TagHistory
+    from scada.opcua.writes import writable_tags
+
+    config = configs.write_config(tmp_path / "cfg", DEVICES, "alarms: []\n")
+    read, write, hist = (
+        ua.AccessLevel.CurrentRead.mask,
+        ua.AccessLevel.CurrentWrite.mask,
+        ua.AccessLevel.HistoryRead.mask,
+    )
+    for with_control in (False, True):
+        server = Server()
+        await server.init()
+        ns = await server.register_namespace(NAMESPACE_URI)
+        AddressSpaceBuilder(server, ns, writable=with_control).build(config)
+        th = TagHistory(server, ns, config, TagDB(*config.tag_table()), None)
+        if with_control:
+            th.writable = frozenset(writable_tags(config))
+        th.mark_variables()
+        aspace = address_space(server)
+
+        def level(name: str) -> int:
+            return aspace[NodeId(name, ns)].attributes[A.AccessLevel].value.Value.Value
+
+        assert level("Dijon/lighting/LC-2/dim_setpoint") == read | hist | (write if with_control else 0)
+        assert level("Dijon/lighting/LC-2/power") == read | hist
