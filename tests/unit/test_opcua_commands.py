@@ -395,3 +395,57 @@ async def test_history_marks_keep_the_write_bit_of_writable_points_only_with_con
 
         assert level("Dijon/lighting/LC-2/dim_setpoint") == read | hist | (write if with_control else 0)
         assert level("Dijon/lighting/LC-2/power") == read | hist
+
+
+async def test_a_reload_installs_the_commands_again_without_duplicates_and_keeps_the_shared_nodes(tmp_path):
+    from asyncua import Server
+
+    from scada.opcua.address_space import NAMESPACE_URI, AddressSpaceBuilder, TreeEditor
+    from scada.opcua.asyncua_private.nodes import address_space
+    from scada.opcua.commands import CommandMethods
+    from scada.opcua.group_actions import GroupActions
+
+    config = configs.write_config(tmp_path / "a", DEVICES, "alarms: []\n")
+    config = dataclasses.replace(config, control=control())
+    server = Server()
+    await server.init()
+    ns = await server.register_namespace(NAMESPACE_URI)
+    AddressSpaceBuilder(server, ns, writable=True).build(config)
+    core = Core()
+    commands, groups = CommandMethods(server, ns, core.request), GroupActions(server, ns, core.request)
+    commands.install(config)
+    groups.install(config)
+    aspace = address_space(server)
+
+    def methods(path: str) -> list[str]:
+        return sorted(
+            r.NodeId.Identifier for r in aspace[NodeId(path, ns)].references if r.NodeClass == ua.NodeClass.Method
+        )
+
+    set_dim = NodeId("_types/lighting_cabinet/_commands/SetDimLevel", ns)
+    # Removing a device leaves its type's method nodes to the others.
+    await TreeEditor(server, ns).remove_device(config, config.device("LC-1"))
+    assert set_dim in aspace and aspace[set_dim].call is not None
+    # A reload: a new device, the commands and groups installed again on the edited tree.
+    more = (
+        DEVICES
+        + '  - {name: LC-9, type: lighting_cabinet, commune: Dijon, lat: 47.3, lon: 5.0, endpoint: "10.0.0.9:502"}\n'
+    )
+    new = dataclasses.replace(configs.write_config(tmp_path / "b", more, "alarms: []\n"), control=control())
+    commands.detach()
+    groups.detach()
+    assert methods("Dijon/lighting/LC-2") == [] and methods("Dijon") == []
+    TreeEditor(server, ns, writable=True).add_devices(new, [new.device("LC-9")])
+    commands.install(new)
+    groups.install(new)
+    assert (
+        methods("Dijon/lighting/LC-9")
+        == methods("Dijon/lighting/LC-2")
+        == [
+            "_types/lighting_cabinet/_commands/SetDimLevel",
+            "_types/lighting_cabinet/_commands/SetMode",
+        ]
+    )
+    assert methods("Dijon/lighting") == ["_types/_groups/DimAll"]
+    assert NodeId("Dijon/lighting/LC-9/Control/last_result", ns) in aspace
+    assert aspace[set_dim].call is not None
