@@ -109,6 +109,25 @@ def caller_of(ctx: RequestContext | None, session: str = "") -> Caller:
     )
 
 
+def in_process(commands: Any, progress: Callable[..., None] | None = None) -> Request:
+    """The ``commands`` request of an HmiServer in the core's own loop (``scada run --front
+    inline``): the app's command service (scada.control.service.Commands) called directly, with
+    the answers the channel would carry. ``progress``: the group progress callback (the server's
+    ``groups.progress``, looked up when called: pass a lambda)."""
+    from scada.control.model import CommandRequest as Req
+    from scada.control.model import GroupRequest
+
+    async def request(op: str, payload: tuple) -> Any:
+        if op == "command":
+            return (await commands.execute(Req.from_wire(payload))).to_wire()
+        if op == "group_command":
+            results = await commands.run_group(GroupRequest.from_wire(payload), progress)
+            return [r.to_wire() for r in results]
+        raise ValueError(f"unknown request {op!r}")
+
+    return request
+
+
 class ArgumentError(Exception):
     """A call's input arguments do not fit the declaration: (status, per-argument statuses)."""
 

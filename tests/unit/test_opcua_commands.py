@@ -449,3 +449,30 @@ async def test_a_reload_installs_the_commands_again_without_duplicates_and_keeps
     assert methods("Dijon/lighting") == ["_types/_groups/DimAll"]
     assert NodeId("Dijon/lighting/LC-9/Control/last_result", ns) in aspace
     assert aspace[set_dim].call is not None
+
+
+async def test_in_process_the_request_calls_the_app_s_command_service():
+    from scada.opcua.commands import caller_of, in_process
+
+    class Service:
+        def __init__(self):
+            self.got = []
+
+        async def execute(self, req):
+            self.got.append(req)
+            return CommandResult(req.device, BAD_TIMEOUT, "no read-back")
+
+        async def run_group(self, req, progress=None):
+            self.got.append(req)
+            progress(req.group, req.action, req.caller.user, 1, 1, 0, True)
+            return [CommandResult("LC-2", GOOD)]
+
+    service, shown = Service(), []
+    request = in_process(service, lambda *a: shown.append(a))
+    caller = caller_of(None)
+    answer = await request("command", CommandRequest("LC-2", "SetDimLevel", {"level": 5.0}, caller).to_wire())
+    assert CommandResult.from_wire(answer) == CommandResult("LC-2", BAD_TIMEOUT, "no read-back")
+    answer = await request("group_command", GroupRequest("Dijon", "DimAll", {"level": 5.0}, caller).to_wire())
+    assert [CommandResult.from_wire(r) for r in answer] == [CommandResult("LC-2", GOOD)]
+    assert shown == [("Dijon", "DimAll", "opcua:anonymous", 1, 1, 0, True)]
+    assert service.got[0].args == {"level": 5.0}
