@@ -230,6 +230,9 @@ class GroupActions:
         if isinstance(answer, int):
             return call_result(answer)
         results = [CommandResult.from_wire(r) for r in answer]
+        if len(results) == 1 and results[0].device == group and not results[0].good:
+            # Refused whole (not allowed, busy, no such group...): the call's own status.
+            return call_result(results[0].status)
         log.info(
             "opcua_group_action",
             group=group,
