@@ -343,6 +343,7 @@ class CommandMethods:
             phase=phase,
             user=request.caller.user,
             status=f"0x{result.status:08X}",
+            message=result.message,
         )
         if phase == "select":
             return call_result(result.status, [ua.Variant(result.token, ua.VariantType.String)] if result.good else [])

@@ -132,9 +132,13 @@ async def inputs_for(client: Client, ns: int, method: str, **values) -> list[ua.
 
 
 async def online(client: Client, ns: int, cab) -> None:
-    mode = client.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/mode", ns))
+    """The cabinet polled and its driver saying it is online (what the pipeline checks first)."""
+    state = client.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/Diagnostics/state", ns))
     await until_read(
-        lambda: mode.read_data_value(raise_on_bad_status=False), lambda d: d.StatusCode.is_good(), 60, "first poll"
+        lambda: state.read_data_value(raise_on_bad_status=False),
+        lambda d: d.StatusCode.is_good() and d.Value.Value == 1,  # online
+        60,
+        f"{cab.name} online",
     )
 
 
