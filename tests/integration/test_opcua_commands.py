@@ -14,8 +14,10 @@ there the module says so and does not run (nothing else can stand in for them he
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,7 +44,12 @@ from .helpers import (
 pytestmark = pytest.mark.integration
 
 SC = ua.StatusCodes
-USERS = {"otto": ("operator", "otto's password"), "olga": ("observer", "olga's password")}
+USERS = {
+    "otto": ("operator", "otto's password"),
+    "olga": ("observer", "olga's password"),
+    "erin": ("engineer", "erin's password"),
+}
+SELECT_TIMEOUT = 3.0  # s: control.select_timeout of these tests (the default 10 s would make one wait long)
 SET_DIM = "_types/lighting_cabinet/_commands/SetDimLevel"
 DIM_ALL = "_types/_groups/DimAll"
 MIN_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # an OPC UA DateTime's "none"
@@ -71,6 +78,8 @@ def city(tmp_path: Path):
     why = _control_ready(config)
     if why:
         pytest.skip(why)
+    with (config / "tags.yaml").open("a") as f:
+        f.write(f"\ncontrol:\n  select_timeout: {SELECT_TIMEOUT}\n")
     data.mkdir()
     save_users(
         data / "users.yaml",
@@ -231,4 +240,75 @@ async def test_an_observer_is_refused_and_audited(city):
         assert modbus_input(cab.port, DIM_LEVEL_REGISTER) == before
     await until(
         lambda: [r for r in audited(data, user="olga") if r.result == "BadUserAccessDenied"], 30, "the refusal audited"
+    )
+
+
+RESET = "_types/lighting_cabinet/_commands/ResetTrip"
+
+
+async def test_select_before_operate_from_the_same_session_within_the_time_and_nothing_else(city):
+    endpoint, cabinets, data = city
+    cab = cabinets[2]
+    path = f"{cab.commune}/lighting/{cab.name}"
+    async with session(endpoint, "erin") as a, session(endpoint, "erin") as b:
+        ns = await a.get_namespace_index(NAMESPACE_URI)
+        await online(a, ns, cab)
+        dev_a, dev_b = a.get_node(ua.NodeId(path, ns)), b.get_node(ua.NodeId(path, ns))
+        select, operate, cancel = (ua.NodeId(RESET + s, ns) for s in ("_Select", "_Operate", "_Cancel"))
+        state = a.get_node(ua.NodeId(f"{path}/Control/state", ns))
+        # Operate without a Select.
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await dev_a.call_method(operate, "no-such-token")
+        assert err.value.code == SC.BadSequenceNumberInvalid
+        # Selected by session a: session b (the same user) may not operate it; a may.
+        token = await dev_a.call_method(select)
+        assert isinstance(token, str) and token
+        await until_read(state.read_value, lambda v: v == 1, 30, "the Control object shows the selection")
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await dev_b.call_method(operate, token)
+        assert err.value.code == SC.BadSequenceNumberInvalid
+        assert isinstance(await dev_a.call_method(operate, token), str)  # reset confirmed: no trip
+        with pytest.raises(ua.UaStatusCodeError) as err:  # a token serves once
+            await dev_a.call_method(operate, token)
+        assert err.value.code == SC.BadSequenceNumberInvalid
+        # Cancelled, then operated: refused.
+        token = await dev_a.call_method(select)
+        await dev_a.call_method(cancel, token)
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await dev_a.call_method(operate, token)
+        assert err.value.code == SC.BadSequenceNumberInvalid
+        # Operated after the select timeout: refused.
+        token = await dev_a.call_method(select)
+        selected = time.monotonic()
+        await until(lambda: time.monotonic() - selected > SELECT_TIMEOUT + 0.5, 30, "the select timeout passed")
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await dev_a.call_method(operate, token)
+        assert err.value.code == SC.BadSequenceNumberInvalid
+    await until(
+        lambda: len(audited(data, action="command", user="erin", result="BadSequenceNumberInvalid")) >= 5,
+        30,
+        "every refused Operate audited",
+    )
+
+
+async def test_writes_beyond_the_device_s_rate_are_refused_at_once(city):
+    endpoint, cabinets, data = city
+    cab = cabinets[1]
+    async with session(endpoint, "otto") as otto:
+        ns = await otto.get_namespace_index(NAMESPACE_URI)
+        await online(otto, ns, cab)
+        nid = ua.NodeId(f"{cab.commune}/lighting/{cab.name}/dim_setpoint", ns)
+        # One Write of 10 values to one cabinet: the front sends them to the core at once (a stuck
+        # HMI); the device's burst (4 by default) goes through, the rest is BadTooManyOperations.
+        write = ua.WriteValue(
+            NodeId=nid,
+            AttributeId=ua.AttributeIds.Value,
+            Value=ua.DataValue(ua.Variant(20.0, ua.VariantType.Double)),
+        )
+        results = await asyncio.wait_for(otto.uaclient.write(ua.WriteParameters(NodesToWrite=[write] * 10)), 120)
+    codes = [r.value for r in results]
+    assert SC.BadTooManyOperations in codes, codes
+    assert any(ua.StatusCode(c).is_good() for c in codes), codes
+    await until(
+        lambda: audited(data, action="command", user="otto", result="BadTooManyOperations"), 30, "refusals audited"
     )
