@@ -17,6 +17,7 @@ from scada.opcua.address_space import (
     variant_type,
 )
 from scada.opcua.asyncua_private.browse import hook_browse_encoding, hook_browse_reftypes
+from scada.opcua.asyncua_private.concurrent_requests import cancel_in_flight, serve_concurrently
 from scada.opcua.asyncua_private.datachange import hook_monitored_items
 from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.asyncua_private.read import hook_read
@@ -43,6 +44,9 @@ from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
+# A command's Call or Write waits for the field's read-back (seconds): served beside the session's
+# other requests (its Publish, Read, keep-alive), at most this many at once per connection.
+CONCURRENT_COMMANDS = 16
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/scada/"  # loopback: another address is a choice
 
 
@@ -145,6 +149,10 @@ class HmiServer:
         self.groups.install(self.config)
         self.writes = TagWrites(self.server, self.ns, self.commands_request)
         self.writes.install(self.config)
+        kinds = frozenset(
+            {ua.ObjectIds.CallRequest_Encoding_DefaultBinary, ua.ObjectIds.WriteRequest_Encoding_DefaultBinary}
+        )
+        serve_concurrently(self.server, kinds, CONCURRENT_COMMANDS)
         self.node_count += self.commands.node_count + self.groups.node_count
 
     def _items_changed(self, sub, mids: list[int]) -> None:
@@ -275,6 +283,7 @@ class HmiServer:
         self.sessions.close()
         if self.conditions is not None:
             self.conditions.close()
+        await cancel_in_flight(self.server)
         await stop_asyncua_server(self.server)
 
 
