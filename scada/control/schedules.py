@@ -1,0 +1,513 @@
+"""Lighting schedules: the dimming programmes of tags.yaml's ``schedules:``, run by the core.
+
+A schedule (:class:`~scada.control.model.ScheduleDef`) names communes or zones and a list of
+steps, each at ``sunset``, ``sunrise`` or a clock time ("23:00", local civil time of
+``control.timezone``, else the machine's), with an offset. Each device has its own times: the
+Sun sets a few seconds earlier on a commune's eastern cabinets than on its western ones
+(:mod:`scada.control.sun`, from each device's coordinates).
+
+:class:`ScheduleRunner` is one task of the core. It lays out every step's instant for every
+device over a few days (:func:`occurrences`), groups the devices whose step falls in the same
+second, and waits with one timer for the next group; then it runs the step's command on each
+device through the app's command service, as the user Scheduler (the same pipeline as an
+operator's command: interlocks, read-back, audit), a bounded number at once, leaving alone the
+devices an operator has overridden (:mod:`scada.control.overrides`). Each step is audited once
+("schedule": target the schedule; arguments the step, command and arguments; result the counts),
+and the pipeline audits each device's command.
+
+At start, and for a schedule a reload adds or changes, the step in force (each device's last
+step already passed) is applied at once: a server restarted at 00:30 puts the city at the
+23:00 level, not back to the sunset one.
+
+A clock time belongs to the night it falls in: the instants are laid out day after day, so
+"01:00" comes after the evening's "sunset" and "23:00" and before the next "sunrise". On the
+day the clocks change, a clock time is the local time of that day (one that the change skips
+happens an hour later, at the same UTC instant; one that happens twice, the first time).
+
+Only the schedules follow the simulated clock (:class:`ScheduleClock`, ``scada run
+--clock-start ... --acceleration ...``): a step due at 23:00 simulated runs when the simulated
+clock says 23:00. Timestamps, read-back timeouts and rate limits stay real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import structlog
+
+from scada.control.model import (
+    BAD_INTERNAL_ERROR,
+    SCHEDULER,
+    SCHEDULER_USER,
+    CommandRequest,
+    CommandResult,
+    ScheduleDef,
+    status_name,
+)
+from scada.control.sun import NO_EVENT, sun_times
+from scada.security.audit import AuditRecord, AuditSink, canonical
+
+if TYPE_CHECKING:
+    from scada.config import Config
+    from scada.control.service import Commands
+
+log = structlog.get_logger("scada.control.schedules")
+
+NS = 10**9
+DAY_NS = 86400 * NS
+LOOKBACK_DAYS = 2  # how far back the step in force is looked for (a daily programme has one)
+HORIZON_DAYS = 3  # how far ahead the instants are laid out; laid out again before they run out
+MAX_SLEEP_S = 3600.0  # the one timer never sleeps longer (a clock set forward is noticed within)
+
+
+# -- the schedules' clock ------------------------------------------------------------------------
+
+
+class ScheduleClock:
+    """The schedules' time: real time, or simulated time that starts at ``start_ns`` and runs
+    ``acceleration`` times faster (the simulators' clock, simulators/clock.py)."""
+
+    def __init__(
+        self,
+        start_ns: int | None = None,
+        acceleration: float = 1.0,
+        *,
+        wall_ns: Callable[[], int] = time.time_ns,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        if not acceleration > 0:
+            raise ValueError(f"the acceleration must be above 0, got {acceleration}")
+        self.acceleration = float(acceleration)
+        self.simulated = start_ns is not None or acceleration != 1.0
+        self._monotonic = monotonic_ns
+        self._m0 = monotonic_ns()
+        self.t0 = wall_ns() if start_ns is None else int(start_ns)
+
+    def now_ns(self) -> int:
+        """The schedules' now, ns since the Unix epoch (UTC)."""
+        return self.t0 + int((self._monotonic() - self._m0) * self.acceleration)
+
+    def real_delay(self, t_ns: int) -> float:
+        """Real seconds until the schedules' clock reaches ``t_ns`` (0 when it has)."""
+        return max(0.0, (t_ns - self.now_ns()) / self.acceleration / NS)
+
+
+def parse_clock_start(text: str) -> int:
+    """``--clock-start``: ISO 8601, UTC unless it gives an offset -> ns since the epoch."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-05T16:55:00+01:00)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * NS)
+
+
+def local_zone() -> tzinfo:
+    """The machine's time zone, with its daylight-saving rules (not just today's offset):
+    $TZ, else /etc/localtime, else UTC."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("schedule_tz_unknown", tz=name, using="/etc/localtime")
+    path = Path("/etc/localtime")
+    try:
+        target = str(path.resolve())
+        if "zoneinfo/" in target:
+            return ZoneInfo(target.split("zoneinfo/", 1)[1])
+        with path.open("rb") as fh:
+            return ZoneInfo.from_file(fh, key="localtime")
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def schedule_zone(name: str) -> tzinfo:
+    """``control.timezone`` (an IANA name), "" the machine's own."""
+    return ZoneInfo(name) if name else local_zone()
+
+
+# -- the instants ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A schedule and the devices it drives, with their coordinates (parallel arrays)."""
+
+    schedule: ScheduleDef
+    devices: tuple[str, ...]
+    lat: np.ndarray
+    lon: np.ndarray
+
+
+@dataclass(frozen=True)
+class Occurrences:
+    """Every (instant, step, device) of one schedule in a time range, sorted by instant then step.
+    ``device`` indexes the target's devices."""
+
+    t_ns: np.ndarray  # int64
+    step: np.ndarray  # int32
+    device: np.ndarray  # int32
+
+
+def _clock_ns(day: date, offset_s: float, tz: tzinfo) -> int:
+    """``offset_s`` after local midnight of ``day``, as wall-clock time of ``tz`` (so 23:00 is
+    23:00 whatever the day's length), in ns UTC."""
+    wall = datetime(day.year, day.month, day.day) + timedelta(seconds=offset_s)
+    return int(wall.replace(tzinfo=tz).timestamp() * NS)
+
+
+def occurrences(target: Target, tz: tzinfo, start_ns: int, end_ns: int) -> Occurrences:
+    """Every step's instant for every device of ``target`` in ``[start_ns, end_ns)``.
+
+    Laid out local day by local day: on each day, the Sun's events at each device and the clock
+    times of that day; a polar day or night has no sunset or sunrise step (nothing is invented),
+    its clock steps still happen."""
+    n = len(target.devices)
+    steps = target.schedule.steps
+    first = datetime.fromtimestamp(start_ns / NS, tz).date() - timedelta(days=1)
+    last = datetime.fromtimestamp(end_ns / NS, tz).date() + timedelta(days=1)
+    ts: list[np.ndarray] = []
+    ks: list[np.ndarray] = []
+    ds: list[np.ndarray] = []
+    dev = np.arange(n, dtype=np.int32)
+    day = first
+    while day <= last:
+        sun = sun_times(day, target.lat, target.lon) if any(s.anchor != "clock" for s in steps) else None
+        for k, s in enumerate(steps):
+            offset = int(round(s.offset_s * NS))
+            if s.anchor == "clock":
+                t = np.full(n, _clock_ns(day, s.offset_s, tz), np.int64)
+                ok = np.ones(n, bool)
+            else:
+                assert sun is not None
+                base = sun.sunset if s.anchor == "sunset" else sun.sunrise
+                ok = base != NO_EVENT
+                t = np.where(ok, base + offset, 0)
+            keep = ok & (t >= start_ns) & (t < end_ns)
+            ts.append(t[keep])
+            ks.append(np.full(int(keep.sum()), k, np.int32))
+            ds.append(dev[keep])
+        day += timedelta(days=1)
+    t_all = np.concatenate(ts) if ts else np.zeros(0, np.int64)
+    k_all = np.concatenate(ks) if ks else np.zeros(0, np.int32)
+    d_all = np.concatenate(ds) if ds else np.zeros(0, np.int32)
+    order = np.lexsort((d_all, k_all, t_all))
+    return Occurrences(t_all[order], k_all[order], d_all[order])
+
+
+@dataclass(frozen=True)
+class Due:
+    """One step of one schedule for some of its devices, due at ``t_ns`` (the end of the second
+    in which each of their instants falls: a step never runs early)."""
+
+    t_ns: int
+    schedule: str
+    step: int
+    devices: tuple[str, ...]
+
+
+def _second_end(t_ns: np.ndarray) -> np.ndarray:
+    return -((-t_ns) // NS) * NS  # ceil to the second
+
+
+class Plan:
+    """Every schedule's instants over ``[start_ns, end_ns)``, merged and sorted: what is due next,
+    and what is in force at an instant."""
+
+    def __init__(self, targets: Sequence[Target], tz: tzinfo, start_ns: int, end_ns: int) -> None:
+        self.targets = {t.schedule.name: t for t in targets}
+        self.start_ns, self.end_ns = start_ns, end_ns
+        parts = [(i, occurrences(t, tz, start_ns, end_ns)) for i, t in enumerate(targets)]
+        self._names = [t.schedule.name for t in targets]
+        self.t_ns = np.concatenate([o.t_ns for _, o in parts]) if parts else np.zeros(0, np.int64)
+        self.due_ns = _second_end(self.t_ns)
+        self.sched = (
+            np.concatenate([np.full(len(o.t_ns), i, np.int32) for i, o in parts]) if parts else np.zeros(0, np.int32)
+        )
+        self.step = np.concatenate([o.step for _, o in parts]) if parts else np.zeros(0, np.int32)
+        self.device = np.concatenate([o.device for _, o in parts]) if parts else np.zeros(0, np.int32)
+        order = np.lexsort((self.device, self.step, self.sched, self.due_ns))
+        self.t_ns, self.due_ns = self.t_ns[order], self.due_ns[order]
+        self.sched, self.step, self.device = self.sched[order], self.step[order], self.device[order]
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+    def _dues(self, rows: np.ndarray, t_ns: int | None = None) -> list[Due]:
+        """The rows grouped by (schedule, step), in schedule then step order."""
+        out = []
+        keys = self.sched[rows].astype(np.int64) * 65536 + self.step[rows]
+        for key in np.unique(keys):
+            sel = rows[keys == key]
+            i, k = divmod(int(key), 65536)
+            target = self.targets[self._names[i]]
+            due = int(self.due_ns[sel].max()) if t_ns is None else t_ns
+            out.append(Due(due, self._names[i], k, tuple(target.devices[j] for j in self.device[sel])))
+        return out
+
+    def next_due(self, after_ns: int) -> tuple[int, list[Due]] | None:
+        """The first second after ``after_ns`` when a step is due, and every step due then."""
+        i = int(np.searchsorted(self.due_ns, after_ns, side="right"))
+        if i >= len(self.due_ns):
+            return None
+        t = int(self.due_ns[i])
+        j = int(np.searchsorted(self.due_ns, t, side="right"))
+        return t, self._dues(np.arange(i, j))
+
+    def in_force(self, now_ns: int, schedules: Iterable[str] | None = None) -> list[Due]:
+        """Per device of each schedule (all, or those named), its last step due at or before
+        ``now_ns`` (none when it has none in the plan), grouped by step; due ``now_ns``."""
+        wanted = None if schedules is None else {self._names.index(n) for n in schedules if n in self._names}
+        passed = np.flatnonzero(self.due_ns <= now_ns)
+        if wanted is not None:
+            passed = passed[np.isin(self.sched[passed], list(wanted))]
+        if not len(passed):
+            return []
+        key = self.sched[passed].astype(np.int64) * (1 << 32) + self.device[passed]
+        # rows are sorted by time: the last row of each (schedule, device) is its step in force
+        _, last_rev = np.unique(key[::-1], return_index=True)
+        rows = passed[::-1][last_rev]
+        return self._dues(np.sort(rows), now_ns)
+
+
+def resolve_targets(config: Config, zone_members: Callable[[Config, str], Iterable[str]] | None = None) -> list[Target]:
+    """Each schedule's devices: those of its communes and zones whose class is among the
+    schedule's classes and whose type has the schedule's commands, in configuration order."""
+    out = []
+    by_name = {d.name: d for d in config.devices}
+    for sched in config.control.schedules:
+        names: set[str] = set()
+        for zone in sched.zones:
+            names.update(_zone_devices(config, zone) if zone_members is None else zone_members(config, zone))
+        communes = set(sched.communes)
+        commands = {s.command for s in sched.steps}
+        chosen = []
+        for d in config.devices:
+            if d.commune not in communes and d.name not in names:
+                continue
+            if config.types[d.type].cls not in sched.classes:
+                continue
+            missing = commands - set(config.control.commands.get(d.type, {}))
+            if missing:
+                log.warning(
+                    "schedule_device_lacks_command", schedule=sched.name, device=d.name, commands=sorted(missing)
+                )
+                continue
+            chosen.append(by_name[d.name])
+        out.append(
+            Target(
+                sched,
+                tuple(d.name for d in chosen),
+                np.array([d.lat for d in chosen], np.float64),
+                np.array([d.lon for d in chosen], np.float64),
+            )
+        )
+    return out
+
+
+def _zone_devices(config: Config, zone: str) -> Iterable[str]:
+    """A zone's devices, as the group actions resolve it (scada/control/zones.py: listed, or
+    inside a circle or a polygon)."""
+    zones = importlib.import_module("scada.control.zones")
+    return list(zones.zone_devices(config, zone))
+
+
+# -- the runner -------------------------------------------------------------------------------------
+
+
+class ScheduleRunner:
+    """Runs the configuration's schedules through ``commands`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        commands: Commands,
+        audit: AuditSink,
+        clock: ScheduleClock | None = None,
+        *,
+        zone_members: Callable[[Config, str], Iterable[str]] | None = None,
+    ) -> None:
+        self.commands = commands
+        self.audit = audit
+        self.clock = clock or ScheduleClock()
+        self.zone_members = zone_members
+        self.config: Config = commands.config
+        self.plan: Plan | None = None
+        self.steps_run = 0  # steps executed (the step in force at start included)
+        self._targets: dict[str, Target] = {}
+        self._pending: set[str] = set()  # schedules a reload added or changed, not yet applied
+        self._wake = asyncio.Event()
+
+    # -- configuration --
+
+    def reload(self, config: Config) -> None:
+        """A new configuration: the instants are laid out again, and the schedules it adds or
+        changes apply their step in force at once (the others go on from where they were)."""
+        self.config = config
+        new = {t.schedule.name: t for t in resolve_targets(config, self.zone_members)}
+        old = self._targets
+        self._pending |= {
+            n for n, t in new.items() if n not in old or old[n].schedule != t.schedule or old[n].devices != t.devices
+        }
+        self.plan = None
+        self._wake.set()
+
+    def _lay_out(self, now_ns: int) -> Plan:
+        targets = resolve_targets(self.config, self.zone_members)
+        self._targets = {t.schedule.name: t for t in targets}
+        tz = schedule_zone(self.config.control.settings.timezone)
+        self.plan = Plan(targets, tz, now_ns - LOOKBACK_DAYS * DAY_NS, now_ns + HORIZON_DAYS * DAY_NS)
+        return self.plan
+
+    # -- running --
+
+    async def run(self) -> None:
+        """Apply the steps in force, then each step when due, until cancelled."""
+        now = self.clock.now_ns()
+        self._pending = set()
+        await self._apply_in_force(self._lay_out(now), now, None)
+        cursor = now  # every step due up to here has run
+        while True:
+            plan = self.plan
+            if plan is None:  # a reload: lay out again; what it added or changed applies its step in force
+                now = self.clock.now_ns()
+                changed, self._pending = self._pending, set()
+                plan = self._lay_out(now)
+                if changed:
+                    await self._apply_in_force(plan, now, sorted(changed))
+                cursor = max(cursor, now)
+                continue
+            if cursor >= plan.end_ns - DAY_NS:  # the laid-out days run out: the next ones
+                self._lay_out(cursor)
+                continue
+            nxt = plan.next_due(cursor)
+            if nxt is None:  # nothing in the coming days (no schedule, a polar night...)
+                wait_to = plan.end_ns - DAY_NS
+                if await self._sleep_until(wait_to):
+                    cursor = max(cursor, wait_to)
+                continue
+            t, dues = nxt
+            log.info(
+                "schedule_next",
+                at=_iso(t),
+                steps=[f"{d.schedule}:{self._step_text(d)}" for d in dues],
+                devices=sum(len(d.devices) for d in dues),
+                in_real_s=round(self.clock.real_delay(t), 3),
+            )
+            if not await self._sleep_until(t):
+                continue  # woken by a reload
+            for due in dues:
+                await self._run(due)
+            cursor = t
+
+    async def _sleep_until(self, t_ns: int) -> bool:
+        """Wait on one timer until the schedules' clock reaches ``t_ns``; False if a reload came."""
+        while True:
+            if self.plan is None:
+                return False
+            delay = self.clock.real_delay(t_ns)
+            if delay <= 0:
+                return True
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(delay, MAX_SLEEP_S))
+            except TimeoutError:
+                continue  # the timer (or the hourly check): due yet?
+
+    async def _apply_in_force(self, plan: Plan, now_ns: int, schedules: Sequence[str] | None) -> None:
+        for due in plan.in_force(now_ns, schedules):
+            await self._run(due, in_force=True)
+
+    def _step_text(self, due: Due) -> str:
+        step = self._targets[due.schedule].schedule.steps[due.step]
+        return step.text or f"{step.anchor}{step.offset_s:+.0f}s"
+
+    async def _run(self, due: Due, in_force: bool = False) -> dict[str, int]:
+        """One step on its devices: the overridden ones left alone, the others commanded (a bounded
+        number at once); one "schedule" audit record with the counts."""
+        target = self._targets[due.schedule]
+        step = target.schedule.steps[due.step]
+        now = self.clock.now_ns()
+        overrides = self.commands.overrides
+        todo: list[str] = []
+        skipped = 0
+        for device in due.devices:
+            if overrides.active(device, now):
+                overrides.step_skipped(device)
+                skipped += 1
+            else:
+                todo.append(device)
+        results = await self._fan_out(todo, step.command, step.arguments, due.schedule)
+        by_status: dict[str, int] = {}
+        for r in results:
+            by_status[status_name(r.status)] = by_status.get(status_name(r.status), 0) + 1
+        confirmed = sum(r.good for r in results)
+        counts = {
+            "devices": len(due.devices),
+            "confirmed": confirmed,
+            "failed": len(results) - confirmed,
+            "skipped_override": skipped,
+        }
+        arguments = {
+            "step": self._step_text(due),
+            "command": step.command,
+            "args": dict(step.arguments),
+            "due": _iso(due.t_ns),
+            "in_force_at_start": in_force,
+            "statuses": by_status,
+        }
+        self.audit.record(
+            AuditRecord(
+                time.time_ns(),
+                "schedule",
+                SCHEDULER_USER,
+                SCHEDULER.roles,
+                SCHEDULER.session,
+                "",
+                "",
+                due.schedule,
+                canonical(arguments),
+                canonical(counts),
+            )
+        )
+        self.steps_run += 1
+        log.info("schedule_step", schedule=due.schedule, step=arguments["step"], in_force=in_force, **counts)
+        return counts
+
+    async def _fan_out(
+        self, devices: Sequence[str], command: str, args: Mapping[str, float], schedule: str
+    ) -> list[CommandResult]:
+        """The command on every device, at most ``control.group_concurrency`` at once (a few
+        workers, not one task per device: a schedule may drive thousands of cabinets)."""
+        results: list[CommandResult | None] = [None] * len(devices)
+        todo = iter(range(len(devices)))
+        origin = f"schedule:{schedule}"
+
+        async def worker() -> None:
+            for i in todo:
+                request = CommandRequest(devices[i], command, dict(args), SCHEDULER, origin=origin)
+                try:
+                    results[i] = await self.commands.execute(request)
+                except Exception as exc:  # noqa: BLE001 - one device's failure never stops the step
+                    log.exception("schedule_command_failed", device=devices[i], command=command)
+                    results[i] = CommandResult(devices[i], BAD_INTERNAL_ERROR, repr(exc))
+
+        workers = max(1, min(self.config.control.settings.group_concurrency, len(devices)))
+        if devices:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        return [r for r in results if r is not None]
+
+
+def _iso(t_ns: int) -> str:
+    return datetime.fromtimestamp(t_ns / NS, UTC).isoformat(timespec="seconds")
