@@ -236,8 +236,29 @@ async def _until(predicate, timeout=10.0):
         await asyncio.sleep(0.005)
 
 
-def _fast_clock(start_ns: int, acceleration: float = 1e5) -> ScheduleClock:
-    return ScheduleClock(start_ns, acceleration)
+class SteppingClock:
+    """A simulated clock that jumps to each instant the runner waits for, up to ``stop_ns``
+    (then it stands still): the runner goes through a night in order, whatever the machine's
+    load (a fast real clock could pass a step before the runner has started)."""
+
+    def __init__(self, start_ns: int, stop_ns: int) -> None:
+        self.t = start_ns
+        self.stop_ns = stop_ns
+
+    def now_ns(self) -> int:
+        return self.t
+
+    def real_delay(self, t_ns: int) -> float:
+        if t_ns <= self.t:
+            return 0.0
+        if t_ns <= self.stop_ns:
+            self.t = t_ns
+            return 0.0
+        return 3600.0
+
+
+def _real_pace(start_ns: int) -> ScheduleClock:
+    return ScheduleClock(start_ns, 1.0)
 
 
 async def _running(runner):
@@ -259,13 +280,14 @@ def _levels(commands, device):
 async def test_restart_at_half_past_midnight_applies_the_23h_level_then_each_step_in_time():
     commands = FakeCommands(_config(), answers={"C-DIJ-2": BAD_NO_COMMUNICATION})
     audit = MemoryAudit()
-    runner = ScheduleRunner(commands, audit, _fast_clock(_local(2026, 12, 6, 0, 30)))
+    runner = ScheduleRunner(commands, audit, SteppingClock(_local(2026, 12, 6, 0, 30), _local(2026, 12, 6, 22)))
     task = await _running(runner)
     try:
-        await _until(lambda: len(_levels(commands, "C-DIJ-1")) >= 4)  # in force, 01:00, sunrise+15, sunset
+        # in force, 01:00, sunrise+15 (each cabinet its own second), sunset (twice); then the clock stands
+        await _until(lambda: runner.steps_run == 6)
     finally:
         await _stop(task)
-    assert _levels(commands, "C-DIJ-1")[:4] == [
+    assert _levels(commands, "C-DIJ-1") == [
         ("SetDimLevel", 50.0),
         ("SetDimLevel", 30.0),
         ("SetMode", FORCED_OFF),
@@ -275,7 +297,7 @@ async def test_restart_at_half_past_midnight_applies_the_23h_level_then_each_ste
     first = commands.requests[0]
     assert first.caller.user == SCHEDULER_USER and first.origin == "schedule:dijon_night" and first.phase == "execute"
     records = [r for r in audit.records if r.action == "schedule"]
-    assert len(records) >= 4
+    assert len(records) == 6
     rec = records[0]
     assert rec.user == SCHEDULER_USER and rec.target == "dijon_night"
     args, counts = json.loads(rec.arguments), json.loads(rec.result)
@@ -294,22 +316,22 @@ async def test_an_override_without_end_skips_the_next_step_once_one_with_an_end_
     commands.overrides.set("C-DIJ-2", _local(2026, 12, 6, 0, 30))  # until 00:30
     audit = MemoryAudit()
     # the override is already in place at start: the step in force (sunset) leaves both alone
-    runner = ScheduleRunner(commands, audit, _fast_clock(start))
+    runner = ScheduleRunner(commands, audit, SteppingClock(start, _local(2026, 12, 6, 2)))
     task = await _running(runner)
     try:
-        await _until(lambda: runner.steps_run >= 3)  # in force (sunset), 23:00, 01:00
+        await _until(lambda: runner.steps_run == 3)  # in force (sunset), 23:00, 01:00; then the clock stands
     finally:
         await _stop(task)
-    assert _levels(commands, "C-DIJ-1")[:2] == [("SetDimLevel", 50.0), ("SetDimLevel", 30.0)]
-    assert _levels(commands, "C-DIJ-2")[:1] == [("SetDimLevel", 30.0)]  # 23:00 still overridden
-    counts = [json.loads(r.result)["skipped_override"] for r in audit.records if r.action == "schedule"][:3]
+    assert _levels(commands, "C-DIJ-1") == [("SetDimLevel", 50.0), ("SetDimLevel", 30.0)]
+    assert _levels(commands, "C-DIJ-2") == [("SetDimLevel", 30.0)]  # 23:00 still overridden
+    counts = [json.loads(r.result)["skipped_override"] for r in audit.records if r.action == "schedule"]
     assert counts == [2, 1, 0]
 
 
 async def test_fan_out_is_bounded_by_the_group_concurrency():
     devices = [_device(f"C-{i}", "Dijon") for i in range(40)]
     commands = FakeCommands(_config(devices=devices, concurrency=5))
-    runner = ScheduleRunner(commands, MemoryAudit(), _fast_clock(_local(2026, 12, 6, 0, 30), 1.0))
+    runner = ScheduleRunner(commands, MemoryAudit(), _real_pace(_local(2026, 12, 6, 0, 30)))
     task = await _running(runner)
     try:
         await _until(lambda: len(commands.requests) >= 40)
@@ -324,7 +346,7 @@ async def test_reload_lays_out_again_and_applies_a_new_schedules_step_in_force()
     commands = FakeCommands(config)
     audit = MemoryAudit()
     # real pace: after the step in force nothing is due for hours
-    runner = ScheduleRunner(commands, audit, _fast_clock(_local(2026, 12, 6, 0, 30), 1.0))
+    runner = ScheduleRunner(commands, audit, _real_pace(_local(2026, 12, 6, 0, 30)))
     task = await _running(runner)
     try:
         await _until(lambda: runner.steps_run == 1)
@@ -351,7 +373,7 @@ async def test_one_device_raising_does_not_stop_the_step():
 
     commands.execute = execute
     audit = MemoryAudit()
-    runner = ScheduleRunner(commands, audit, _fast_clock(_local(2026, 12, 6, 0, 30), 1.0))
+    runner = ScheduleRunner(commands, audit, _real_pace(_local(2026, 12, 6, 0, 30)))
     task = await _running(runner)
     try:
         await _until(lambda: runner.steps_run == 1)
