@@ -24,6 +24,7 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config, Device
+from scada.control.schedules import ScheduleClock, ScheduleRunner
 from scada.driver_api import Driver
 from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
@@ -65,6 +66,7 @@ class Application:
         supervisor: Supervisor | None = None,
         front: str = "process",
         front_settings: FrontSettings | None = None,
+        schedule_clock: ScheduleClock | None = None,
     ) -> None:
         if front not in FRONTS:
             raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
@@ -105,6 +107,13 @@ class Application:
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
         self._reload_lock = asyncio.Lock()
+        # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
+        # with `scada run --clock-start/--acceleration`), through the command service.
+        self.schedule_clock = schedule_clock or ScheduleClock()
+        commands = getattr(self, "commands", None)  # the command service (scada/control/)
+        self.schedules: ScheduleRunner | None = (
+            ScheduleRunner(commands, self.audit, self.schedule_clock) if commands is not None else None
+        )
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""
@@ -221,6 +230,10 @@ class Application:
         # The engine's run evaluates every instance again when it starts: a restart catches up.
         out["alarms"] = {"factory": lambda: self.alarms.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
+        if self.schedules is not None:
+            # A restart applies the steps in force again: the city is put back in its scheduled state.
+            schedules = self.schedules
+            out["schedules"] = {"factory": schedules.run}
         return out
 
     def _register_tasks(self) -> None:
@@ -332,7 +345,11 @@ class Application:
         from scada.reload import apply
 
         async with self._reload_lock:
-            return await apply(self, config)
+            try:
+                return await apply(self, config)
+            finally:
+                if self.schedules is not None:  # the configuration applied, or the old one put back
+                    self.schedules.reload(self.config)
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""

@@ -74,14 +74,16 @@ MAX_SLEEP_S = 3600.0  # the one timer never sleeps longer (a clock set forward i
 
 
 class ScheduleClock:
-    """The schedules' time: real time, or simulated time that starts at ``start_ns`` and runs
-    ``acceleration`` times faster (the simulators' clock, simulators/clock.py)."""
+    """The schedules' time: real time, or simulated time that reads ``start_ns`` at the real
+    instant ``origin_ns`` (default: now) and runs ``acceleration`` times faster (the simulators'
+    clock, simulators/clock.py: given the same start, origin and acceleration, both read alike)."""
 
     def __init__(
         self,
         start_ns: int | None = None,
         acceleration: float = 1.0,
         *,
+        origin_ns: int | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
@@ -91,7 +93,10 @@ class ScheduleClock:
         self.simulated = start_ns is not None or acceleration != 1.0
         self._monotonic = monotonic_ns
         self._m0 = monotonic_ns()
-        self.t0 = wall_ns() if start_ns is None else int(start_ns)
+        wall = wall_ns()
+        start = wall if start_ns is None else int(start_ns)
+        # Simulated time already run since the origin (a process started after it catches up).
+        self.t0 = start + int((wall - (wall if origin_ns is None else int(origin_ns))) * self.acceleration)
 
     def now_ns(self) -> int:
         """The schedules' now, ns since the Unix epoch (UTC)."""

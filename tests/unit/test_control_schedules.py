@@ -201,6 +201,11 @@ def test_clock_start_and_acceleration():
     with pytest.raises(ValueError, match="acceleration"):
         ScheduleClock(None, 0)
     assert ScheduleClock().simulated is False
+    # started 5 real seconds after the origin at x60: five simulated minutes already run
+    late = ScheduleClock(
+        _local(2026, 12, 5, 16), 60.0, origin_ns=100 * NS, wall_ns=lambda: 105 * NS, monotonic_ns=lambda: 0
+    )
+    assert late.now_ns() == _local(2026, 12, 5, 16, 5)
 
 
 # -- the runner ---------------------------------------------------------------------------------
@@ -389,3 +394,22 @@ def test_no_schedule_nothing_due():
     assert plan.next_due(0) is None and plan.in_force(5 * 86400 * NS) == []
     assert len(plan) == 0
     assert timedelta(0) == timedelta(0)
+
+
+def test_the_server_and_the_simulators_share_one_clock():
+    """`scada run --clock-start S --acceleration A --clock-origin O` and the simulators' `--start S
+    --acceleration A --start-origin O` read the same simulated time, whenever each started."""
+    import argparse
+
+    from scada.cli import schedule_clock
+    from simulators.clock import start_at
+
+    origin = time.time() - 5.0  # the simulator started 5 s ago; the server now
+    start = "2026-12-05T22:55:00+01:00"
+    server = schedule_clock(argparse.Namespace(clock_start=start, acceleration=60.0, clock_origin=origin))
+    sim_now = start_at(datetime.fromisoformat(start).timestamp(), origin, 60.0)
+    assert server.simulated
+    assert abs(server.now_ns() / NS - sim_now) < 60 * 0.5  # within half a real second
+    assert server.now_ns() >= _local(2026, 12, 5, 23)  # five real seconds: five simulated minutes
+    with pytest.raises(ValueError, match="ISO 8601"):
+        schedule_clock(argparse.Namespace(clock_start="12/05/2026", acceleration=1.0, clock_origin=None))
