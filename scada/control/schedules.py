@@ -68,6 +68,7 @@ DAY_NS = 86400 * NS
 LOOKBACK_DAYS = 2  # how far back the step in force is looked for (a daily programme has one)
 HORIZON_DAYS = 3  # how far ahead the instants are laid out; laid out again before they run out
 MAX_SLEEP_S = 3600.0  # the one timer never sleeps longer (a clock set forward is noticed within)
+FIRST_CONTACT_MAX_S = 30.0  # the longest the step in force waits for the devices' first polls
 
 
 # -- the schedules' clock ------------------------------------------------------------------------
@@ -431,8 +432,38 @@ class ScheduleRunner:
                 continue  # the timer (or the hourly check): due yet?
 
     async def _apply_in_force(self, plan: Plan, now_ns: int, schedules: Sequence[str] | None) -> None:
-        for due in plan.in_force(now_ns, schedules):
+        dues = plan.in_force(now_ns, schedules)
+        if dues:
+            await self._first_contact({d for due in dues for d in due.devices})
+        for due in dues:
             await self._run(due, in_force=True)
+
+    async def _first_contact(self, devices: set[str]) -> None:
+        """Wait until each device's first poll has said whether it answers (its diagnostic state
+        is no longer not_connected), at most a few poll cycles: the pipeline refuses a command to
+        a device not yet in communication, and the step in force at start would be lost."""
+        tagdb = getattr(self.commands, "tagdb", None)
+        if tagdb is None or not devices:
+            return
+        config = self.config
+        devs = [config.device(n) for n in sorted(devices)]
+        ids = np.array([int(config.diag_ids(d)[0]) for d in devs], np.int64)  # Diagnostics/state
+        grace = min(FIRST_CONTACT_MAX_S, max(2.0, 3 * max(d.poll_interval + d.timeout for d in devs)))
+        deadline = time.monotonic() + grace
+        while True:
+            state = np.asarray(self.commands.tagdb.value[ids])  # looked up each time: a reload replaces it
+            waiting = ~(np.isfinite(state) & (state != 0))
+            if not waiting.any():
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "schedule_in_force_before_first_contact",
+                    devices=int(waiting.sum()),
+                    first=[d.name for d, w in zip(devs, waiting, strict=True) if w][:5],
+                    waited_s=grace,
+                )
+                return
+            await asyncio.sleep(0.1)
 
     def _step_text(self, due: Due) -> str:
         step = self._targets[due.schedule].schedule.steps[due.step]

@@ -55,8 +55,17 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
     clock = ["--clock-start", START, "--acceleration", str(ACCELERATION)]
 
     sim = Process(
-        ["-m", "simulators", "lighting", "--inventory", str(config / "inventory" / "lighting-cabinets.csv"),
-         "--start", START, "--acceleration", str(ACCELERATION)],
+        [
+            "-m",
+            "simulators",
+            "lighting",
+            "--inventory",
+            str(config / "inventory" / "lighting-cabinets.csv"),
+            "--start",
+            START,
+            "--acceleration",
+            str(ACCELERATION),
+        ],
         tmp_path / "sim.log",
     )
     launched = time.monotonic()
@@ -71,7 +80,7 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
                 return client.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/{point}", ns))
 
             for cab in cabinets[:2]:
-                dv = await until_read(
+                await until_read(
                     dv_reader(node(cab, "dim_level")),
                     lambda d: d.StatusCode.is_good() and d.Value.Value == 40,
                     what=f"{cab.name} dimmed to 40 % by the schedule",

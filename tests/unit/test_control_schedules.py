@@ -389,6 +389,40 @@ async def test_one_device_raising_does_not_stop_the_step():
     assert counts["failed"] == 1 and args["statuses"] == {"BadInternalError": 1, "Good": 1}
 
 
+async def test_the_step_in_force_waits_for_the_devices_first_poll():
+    """A step in force sent before the first poll would be refused (no communication): the runner
+    waits until each device's Diagnostics/state says whether it answers (here: online)."""
+    config = _config()
+    names = [d.name for d in config.devices]
+    config.device = lambda n: SimpleNamespace(name=n, poll_interval=1.0, timeout=1.0, index=names.index(n))
+    config.diag_ids = lambda d: np.array([d.index, 99])
+    commands = FakeCommands(config)
+
+    class States:
+        """The Diagnostics/state column, counting the runner's looks."""
+
+        def __init__(self):
+            self.column = np.array([0.0, np.nan, 0.0])  # not_connected, never polled
+            self.looks = 0
+
+        def __getitem__(self, ids):
+            self.looks += 1
+            return self.column[ids]
+
+    states = States()
+    commands.tagdb = SimpleNamespace(value=states)
+    runner = ScheduleRunner(commands, MemoryAudit(), _real_pace(_local(2026, 12, 6, 0, 30)))
+    task = await _running(runner)
+    try:
+        await _until(lambda: states.looks >= 3)
+        assert commands.requests == []  # looked three times, commanded nothing
+        states.column[:2] = (1.0, 2.0)  # C-DIJ-1 online, C-DIJ-2 offline: both known
+        await _until(lambda: runner.steps_run == 1)
+    finally:
+        await _stop(task)
+    assert {r.device for r in commands.requests} == {"C-DIJ-1", "C-DIJ-2"}
+
+
 def test_no_schedule_nothing_due():
     plan = Plan([], PARIS, 0, 10 * 86400 * NS)
     assert plan.next_due(0) is None and plan.in_force(5 * 86400 * NS) == []
