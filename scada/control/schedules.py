@@ -49,6 +49,7 @@ from scada.control.model import (
     BAD_INTERNAL_ERROR,
     SCHEDULER,
     SCHEDULER_USER,
+    ZONE_PREFIX,
     CommandRequest,
     CommandResult,
     ScheduleDef,
@@ -325,9 +326,9 @@ def resolve_targets(config: Config, zone_members: Callable[[Config, str], Iterab
 
 def _zone_devices(config: Config, zone: str) -> Iterable[str]:
     """A zone's devices, as the group actions resolve it (scada/control/zones.py: listed, or
-    inside a circle or a polygon)."""
+    inside a circle or a polygon). Looked up when a schedule names a zone (the groups' module)."""
     zones = importlib.import_module("scada.control.zones")
-    return list(zones.zone_devices(config, zone))
+    return [d.name for d in zones.group_devices(config, ZONE_PREFIX + zone)]
 
 
 # -- the runner -------------------------------------------------------------------------------------
@@ -508,6 +509,7 @@ class ScheduleRunner:
                 time.time_ns(),
                 "schedule",
                 SCHEDULER_USER,
+                ZONE_PREFIX,
                 SCHEDULER.roles,
                 SCHEDULER.session,
                 "",
