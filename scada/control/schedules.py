@@ -509,7 +509,6 @@ class ScheduleRunner:
                 time.time_ns(),
                 "schedule",
                 SCHEDULER_USER,
-                ZONE_PREFIX,
                 SCHEDULER.roles,
                 SCHEDULER.session,
                 "",
