@@ -475,8 +475,8 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     # follow it (timestamps, read-back timeouts and rate limits stay real).
     p.add_argument(
         "--clock-start",
-        help="the lighting schedules' clock starts at this instant, ISO 8601, UTC unless an offset is given "
-        "(default: now); give the simulators the same --start",
+        help="the lighting schedules' clock reads this instant, ISO 8601, UTC unless an offset is given, when "
+        "the schedules start (or at --clock-origin); default: now, real time; give the simulators the same --start",
     )
     p.add_argument(
         "--acceleration",

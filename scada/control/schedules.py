@@ -77,8 +77,12 @@ FIRST_CONTACT_MAX_S = 30.0  # the longest the step in force waits for the device
 
 class ScheduleClock:
     """The schedules' time: real time, or simulated time that reads ``start_ns`` at the real
-    instant ``origin_ns`` (default: now) and runs ``acceleration`` times faster (the simulators'
-    clock, simulators/clock.py: given the same start, origin and acceleration, both read alike)."""
+    instant ``origin_ns`` and runs ``acceleration`` times faster (the simulators' clock,
+    simulators/clock.py: given the same start, origin and acceleration, both read alike).
+
+    Without an origin, a simulated clock reads ``start_ns`` when it is first read: when the
+    schedules start running, however long the server took to start (so the first step after
+    the start comes when expected)."""
 
     def __init__(
         self,
@@ -93,16 +97,28 @@ class ScheduleClock:
             raise ValueError(f"the acceleration must be above 0, got {acceleration}")
         self.acceleration = float(acceleration)
         self.simulated = start_ns is not None or acceleration != 1.0
+        self._start_ns = start_ns
+        self._origin_ns = origin_ns
+        self._wall = wall_ns
         self._monotonic = monotonic_ns
-        self._m0 = monotonic_ns()
-        wall = wall_ns()
-        start = wall if start_ns is None else int(start_ns)
+        self._m0 = 0
+        self.t0: int | None = None  # the simulated time at monotonic _m0, once anchored
+        if start_ns is None or origin_ns is not None:
+            self._anchor()
+
+    def _anchor(self) -> int:
+        self._m0 = self._monotonic()
+        wall = self._wall()
+        start = wall if self._start_ns is None else int(self._start_ns)
+        origin = wall if self._origin_ns is None else int(self._origin_ns)
         # Simulated time already run since the origin (a process started after it catches up).
-        self.t0 = start + int((wall - (wall if origin_ns is None else int(origin_ns))) * self.acceleration)
+        self.t0 = start + int((wall - origin) * self.acceleration)
+        return self.t0
 
     def now_ns(self) -> int:
         """The schedules' now, ns since the Unix epoch (UTC)."""
-        return self.t0 + int((self._monotonic() - self._m0) * self.acceleration)
+        t0 = self._anchor() if self.t0 is None else self.t0
+        return t0 + int((self._monotonic() - self._m0) * self.acceleration)
 
     def real_delay(self, t_ns: int) -> float:
         """Real seconds until the schedules' clock reaches ``t_ns`` (0 when it has)."""

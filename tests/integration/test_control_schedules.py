@@ -1,8 +1,9 @@
 """A lighting schedule dims a commune's cabinets at the right simulated time, end to end.
 
 The lighting simulator (Modbus TCP, own process) and ``scada run`` (own process) on loopback,
-the server's schedules on a simulated clock (``--clock-start 22:45 --acceleration 300``: the
-23:00 step comes three real seconds after the server starts). The schedule's step goes through
+the server's schedules on a simulated clock (``--clock-start 22:45 --acceleration 300``, no
+origin: the clock reads 22:45 when the schedules start, so the 23:00 step comes three real
+seconds later, however long the server took to start). The schedule's step goes through
 the command pipeline as the user Scheduler: the Dijon cabinets' dim level reads 40 % through
 OPC UA, their Control/last_user reads "Scheduler", the Talant cabinet is left alone, and the
 audit trail holds the step (due 22:00 UTC, not applied as the step in force at start) with its
@@ -92,8 +93,8 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
                 )
                 assert user.StatusCode.is_good()
             dimmed_after = time.monotonic() - launched
-            # The simulated clock started when the server did: the 23:00 step could not come sooner
-            # than (23:00 - 22:45) / 300 = 3 real seconds after the launch.
+            # The schedules' clock read 22:45 when they started, after the launch: the 23:00 step
+            # could not come sooner than (23:00 - 22:45) / 300 = 3 real seconds after the launch.
             assert dimmed_after >= 15 * 60 / ACCELERATION
             talant = cabinets[2]
             setpoint = await node(talant, "dim_setpoint").read_data_value(raise_on_bad_status=False)

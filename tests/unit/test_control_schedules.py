@@ -201,6 +201,13 @@ def test_clock_start_and_acceleration():
     with pytest.raises(ValueError, match="acceleration"):
         ScheduleClock(None, 0)
     assert ScheduleClock().simulated is False
+    # without an origin, the simulated clock reads its start when first read (the schedules' start)
+    mono[0] = 0
+    lazy = ScheduleClock(_local(2026, 12, 5, 16), 60.0, monotonic_ns=lambda: mono[0])
+    mono[0] = 30 * NS  # the server took 30 s to start
+    assert lazy.now_ns() == _local(2026, 12, 5, 16)
+    mono[0] = 31 * NS
+    assert lazy.now_ns() == _local(2026, 12, 5, 16, 1)
     # started 5 real seconds after the origin at x60: five simulated minutes already run
     late = ScheduleClock(
         _local(2026, 12, 5, 16), 60.0, origin_ns=100 * NS, wall_ns=lambda: 105 * NS, monotonic_ns=lambda: 0
