@@ -118,7 +118,7 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
         args = json.loads(step.arguments)
         assert step.user == "Scheduler" and step.target == "dijon_late_evening"
         assert args["due"] == "2026-12-05T22:00:00+00:00" and args["in_force_at_start"] is False
-        assert args["command"] == "SetDimLevel" and args["args"] == {"level": 40.0}
+        assert args["command"] == "SetDimLevel" and args["args"]["level"] == 40.0
         assert json.loads(step.result) == {"devices": 2, "confirmed": 2, "failed": 0, "skipped_override": 0}
         with AuditLog(audit_path, read_only=True) as log:
             commands = [e.record for e in log.query(action="command") if e.record.user == "Scheduler"]
