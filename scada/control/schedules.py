@@ -369,7 +369,8 @@ class ScheduleRunner:
         self.plan: Plan | None = None
         self.steps_run = 0  # steps executed (the step in force at start included)
         self._targets: dict[str, Target] = {}
-        self._pending: set[str] = set()  # schedules a reload added or changed, not yet applied
+        self._pending: set[str] = set()  # schedules new or changed, their step in force not yet applied
+        self._generation = 0  # reloads so far
         self._wake = asyncio.Event()
 
     # -- configuration --
@@ -378,41 +379,53 @@ class ScheduleRunner:
         """A new configuration: the instants are laid out again, and the schedules it adds or
         changes apply their step in force at once (the others go on from where they were)."""
         self.config = config
-        new = {t.schedule.name: t for t in resolve_targets(config, self.zone_members)}
-        old = self._targets
-        self._pending |= {
-            n for n, t in new.items() if n not in old or old[n].schedule != t.schedule or old[n].devices != t.devices
-        }
+        self._generation += 1
         self.plan = None
         self._wake.set()
 
-    def _lay_out(self, now_ns: int) -> Plan:
-        targets = resolve_targets(self.config, self.zone_members)
-        self._targets = {t.schedule.name: t for t in targets}
-        tz = schedule_zone(self.config.control.settings.timezone)
-        self.plan = Plan(targets, tz, now_ns - LOOKBACK_DAYS * DAY_NS, now_ns + HORIZON_DAYS * DAY_NS)
-        return self.plan
+    async def _lay_out(self, now_ns: int) -> Plan:
+        """The plan around ``now_ns``, built in a worker thread (a city's cabinets over five days
+        are tens of thousands of rows: numpy, but not on the event loop). The schedules whose
+        definition or devices changed since the last lay-out join ``_pending``. ``self.plan``
+        stays None when a reload came meanwhile (laid out again)."""
+        config, generation = self.config, self._generation
+
+        def build() -> tuple[list[Target], Plan]:
+            targets = resolve_targets(config, self.zone_members)
+            tz = schedule_zone(config.control.settings.timezone)
+            return targets, Plan(targets, tz, now_ns - LOOKBACK_DAYS * DAY_NS, now_ns + HORIZON_DAYS * DAY_NS)
+
+        targets, plan = await asyncio.to_thread(build)
+        old, new = self._targets, {t.schedule.name: t for t in targets}
+        self._pending |= {
+            n for n, t in new.items() if n not in old or old[n].schedule != t.schedule or old[n].devices != t.devices
+        }
+        self._targets = new
+        if generation == self._generation:
+            self.plan = plan
+        return plan
 
     # -- running --
 
     async def run(self) -> None:
-        """Apply the steps in force, then each step when due, until cancelled."""
-        now = self.clock.now_ns()
-        self._pending = set()
-        await self._apply_in_force(self._lay_out(now), now, None)
-        cursor = now  # every step due up to here has run
+        """Apply the steps in force, then each step when due, until cancelled. A restart (the
+        supervisor's) applies the steps in force again."""
+        self._targets, self._pending, self.plan = {}, set(), None  # every schedule is new
+        cursor = self.clock.now_ns()  # every step due up to here has run (or is in force)
         while True:
             plan = self.plan
-            if plan is None:  # a reload: lay out again; what it added or changed applies its step in force
+            if plan is None:  # start or reload: lay out; what is new or changed applies its step in force
                 now = self.clock.now_ns()
+                plan = await self._lay_out(now)
+                if self.plan is None:
+                    continue  # a reload came meanwhile
                 changed, self._pending = self._pending, set()
-                plan = self._lay_out(now)
                 if changed:
                     await self._apply_in_force(plan, now, sorted(changed))
                 cursor = max(cursor, now)
                 continue
             if cursor >= plan.end_ns - DAY_NS:  # the laid-out days run out: the next ones
-                self._lay_out(cursor)
+                self.plan = None
                 continue
             nxt = plan.next_due(cursor)
             if nxt is None:  # nothing in the coming days (no schedule, a polar night...)

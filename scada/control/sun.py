@@ -25,6 +25,7 @@ POLAR_NIGHT = -1
 POLAR_DAY = 1
 
 _NS_PER_MIN = 60 * 10**9
+_SLOT_MIN = 10.0  # minutes: the Sun's position is computed once per slot of event times
 _JD_UNIX_EPOCH = 2440587.5  # Julian day of 1970-01-01T00:00Z
 
 
@@ -73,7 +74,12 @@ def _event_minutes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minutes after 00:00 UTC of the day at Julian day ``jd0`` of sunrise (sign -1) or sunset
     (+1), with the Sun's position taken at ``guess_min``; and cos(hour angle) (|x| > 1: no event)."""
-    decl, eq_time = _sun(jd0 + guess_min / 1440.0)
+    # The Sun's position moves slowly (declination at most 0.4 degree a day, the equation of time
+    # 30 s a day): computed once per 10 minutes of the guesses, not once per place (a city's
+    # cabinets share a handful), it moves an event by well under a second.
+    slots, which = np.unique(np.round(guess_min / _SLOT_MIN), return_inverse=True)
+    decl_s, eq_s = _sun(jd0 + slots * _SLOT_MIN / 1440.0)
+    decl, eq_time = decl_s[which.reshape(guess_min.shape)], eq_s[which.reshape(guess_min.shape)]
     phi = np.radians(lat)
     cos_ha = np.cos(np.radians(ZENITH_DEG)) / (np.cos(phi) * np.cos(decl)) - np.tan(phi) * np.tan(decl)
     ha = np.degrees(np.arccos(np.clip(cos_ha, -1.0, 1.0)))
