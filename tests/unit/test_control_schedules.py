@@ -430,6 +430,25 @@ async def test_the_step_in_force_waits_for_the_devices_first_poll():
     assert {r.device for r in commands.requests} == {"C-DIJ-1", "C-DIJ-2"}
 
 
+async def test_days_after_days_the_plan_is_laid_out_again():
+    """Four nights in a row: the plan covers a few days and is laid out again as they run out."""
+    commands = FakeCommands(_config(devices=[_device("C-DIJ-1", "Dijon")]))
+    runner = ScheduleRunner(commands, MemoryAudit(), SteppingClock(_local(2026, 12, 5, 12), _local(2026, 12, 9, 12)))
+    task = await _running(runner)
+    try:
+        await _until(lambda: runner.steps_run == 17)  # in force, then 4 x (sunset, 23:00, 01:00, sunrise)
+    finally:
+        await _stop(task)
+    assert [r.args for r in commands.requests[1:5]] == [
+        {"mode": AUTO},
+        {"level": 50.0},
+        {"level": 30.0},
+        {"mode": FORCED_OFF},
+    ]
+    assert [r.args for r in commands.requests[13:]] == [r.args for r in commands.requests[1:5]]
+    assert runner.plan is not None and runner.plan.start_ns > _local(2026, 12, 5, 12) - 2 * 86400 * NS
+
+
 def test_no_schedule_nothing_due():
     plan = Plan([], PARIS, 0, 10 * 86400 * NS)
     assert plan.next_due(0) is None and plan.in_force(5 * 86400 * NS) == []
