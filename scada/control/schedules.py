@@ -182,6 +182,7 @@ class Occurrences:
     t_ns: np.ndarray  # int64
     step: np.ndarray  # int32
     device: np.ndarray  # int32
+    day: np.ndarray  # int32: the local day it belongs to (date ordinal): one occurrence of a step
 
 
 def _clock_ns(day: date, offset_s: float, tz: tzinfo) -> int:
@@ -204,6 +205,7 @@ def occurrences(target: Target, tz: tzinfo, start_ns: int, end_ns: int) -> Occur
     ts: list[np.ndarray] = []
     ks: list[np.ndarray] = []
     ds: list[np.ndarray] = []
+    days: list[np.ndarray] = []
     dev = np.arange(n, dtype=np.int32)
     day = first
     while day <= last:
@@ -222,12 +224,14 @@ def occurrences(target: Target, tz: tzinfo, start_ns: int, end_ns: int) -> Occur
             ts.append(t[keep])
             ks.append(np.full(int(keep.sum()), k, np.int32))
             ds.append(dev[keep])
+            days.append(np.full(int(keep.sum()), day.toordinal(), np.int32))
         day += timedelta(days=1)
     t_all = np.concatenate(ts) if ts else np.zeros(0, np.int64)
     k_all = np.concatenate(ks) if ks else np.zeros(0, np.int32)
     d_all = np.concatenate(ds) if ds else np.zeros(0, np.int32)
+    day_all = np.concatenate(days) if days else np.zeros(0, np.int32)
     order = np.lexsort((d_all, k_all, t_all))
-    return Occurrences(t_all[order], k_all[order], d_all[order])
+    return Occurrences(t_all[order], k_all[order], d_all[order], day_all[order])
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,8 @@ class Due:
     schedule: str
     step: int
     devices: tuple[str, ...]
+    day: int = 0  # the occurrence: its local day (date ordinal); 0 for the steps in force
+    expected: int = 0  # devices of the whole occurrence (its seconds together); the audit's one record
 
 
 def _second_end(t_ns: np.ndarray) -> np.ndarray:
@@ -261,23 +267,35 @@ class Plan:
         )
         self.step = np.concatenate([o.step for _, o in parts]) if parts else np.zeros(0, np.int32)
         self.device = np.concatenate([o.device for _, o in parts]) if parts else np.zeros(0, np.int32)
+        self.day = np.concatenate([o.day for _, o in parts]) if parts else np.zeros(0, np.int32)
         order = np.lexsort((self.device, self.step, self.sched, self.due_ns))
         self.t_ns, self.due_ns = self.t_ns[order], self.due_ns[order]
         self.sched, self.step, self.device = self.sched[order], self.step[order], self.device[order]
+        self.day = self.day[order]
+        # devices per occurrence (schedule, step, day): a sunset spread over a minute is one step
+        keys, counts = np.unique(self._keys(np.arange(len(self.t_ns))), return_counts=True)
+        self._expected = dict(zip(keys.tolist(), counts.tolist(), strict=True))
 
     def __len__(self) -> int:
         return len(self.t_ns)
 
+    def _keys(self, rows: np.ndarray) -> np.ndarray:
+        return (self.sched[rows].astype(np.int64) << 40) | (self.step[rows].astype(np.int64) << 24) | self.day[rows]
+
     def _dues(self, rows: np.ndarray, t_ns: int | None = None) -> list[Due]:
-        """The rows grouped by (schedule, step), in schedule then step order."""
+        """The rows grouped by occurrence (schedule, step, day), in schedule then step order; due
+        ``t_ns`` (the steps in force: one group per step, whatever its day)."""
         out = []
-        keys = self.sched[rows].astype(np.int64) * 65536 + self.step[rows]
+        keys = self._keys(rows) if t_ns is None else self._keys(rows) & ~((1 << 24) - 1)
         for key in np.unique(keys):
             sel = rows[keys == key]
-            i, k = divmod(int(key), 65536)
+            i, k, day = int(key) >> 40, (int(key) >> 24) & 0xFFFF, int(key) & 0xFFFFFF
             target = self.targets[self._names[i]]
-            due = int(self.due_ns[sel].max()) if t_ns is None else t_ns
-            out.append(Due(due, self._names[i], k, tuple(target.devices[j] for j in self.device[sel])))
+            devices = tuple(target.devices[j] for j in self.device[sel])
+            if t_ns is None:
+                out.append(Due(int(self.due_ns[sel].max()), self._names[i], k, devices, day, self._expected[int(key)]))
+            else:
+                out.append(Due(t_ns, self._names[i], k, devices, 0, len(devices)))
         return out
 
     def next_due(self, after_ns: int) -> tuple[int, list[Due]] | None:
@@ -350,6 +368,36 @@ def _zone_devices(config: Config, zone: str) -> Iterable[str]:
 # -- the runner -------------------------------------------------------------------------------------
 
 
+class _Tally:
+    """What one step's occurrence did so far, over the seconds its devices' times span."""
+
+    def __init__(self, due: Due, step_text: str, command: str, args: dict[str, float], in_force: bool) -> None:
+        self.schedule = due.schedule
+        self.step_text, self.command, self.args, self.in_force = step_text, command, args, in_force
+        self.first_due = self.last_due = due.t_ns
+        self.devices = self.confirmed = self.failed = self.skipped = 0
+        self.statuses: dict[str, int] = {}
+
+    def add(self, due: Due, results: Sequence[CommandResult], skipped: int) -> None:
+        self.last_due = due.t_ns
+        self.devices += len(due.devices)
+        self.skipped += skipped
+        for r in results:
+            self.statuses[status_name(r.status)] = self.statuses.get(status_name(r.status), 0) + 1
+            if r.good:
+                self.confirmed += 1
+            else:
+                self.failed += 1
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "devices": self.devices,
+            "confirmed": self.confirmed,
+            "failed": self.failed,
+            "skipped_override": self.skipped,
+        }
+
+
 class ScheduleRunner:
     """Runs the configuration's schedules through ``commands`` (see the module docstring)."""
 
@@ -371,6 +419,7 @@ class ScheduleRunner:
         self._targets: dict[str, Target] = {}
         self._pending: set[str] = set()  # schedules new or changed, their step in force not yet applied
         self._generation = 0  # reloads so far
+        self._tallies: dict[tuple[str, int, int, bool], _Tally] = {}  # steps whose devices are not all done
         self._wake = asyncio.Event()
 
     # -- configuration --
@@ -411,10 +460,17 @@ class ScheduleRunner:
         """Apply the steps in force, then each step when due, until cancelled. A restart (the
         supervisor's) applies the steps in force again."""
         self._targets, self._pending, self.plan = {}, set(), None  # every schedule is new
+        try:
+            await self._loop()
+        finally:
+            self._flush()  # the steps under way are recorded as far as they went
+
+    async def _loop(self) -> None:
         cursor = self.clock.now_ns()  # every step due up to here has run (or is in force)
         while True:
             plan = self.plan
             if plan is None:  # start or reload: lay out; what is new or changed applies its step in force
+                self._flush()
                 now = self.clock.now_ns()
                 plan = await self._lay_out(now)
                 if self.plan is None:
@@ -499,11 +555,11 @@ class ScheduleRunner:
         step = self._targets[due.schedule].schedule.steps[due.step]
         return step.text or f"{step.anchor}{step.offset_s:+.0f}s"
 
-    async def _run(self, due: Due, in_force: bool = False) -> dict[str, int]:
+    async def _run(self, due: Due, in_force: bool = False) -> None:
         """One step on its devices: the overridden ones left alone, the others commanded (a bounded
-        number at once); one "schedule" audit record with the counts."""
-        target = self._targets[due.schedule]
-        step = target.schedule.steps[due.step]
+        number at once). The step's audit record is written when every device of its occurrence
+        has had its turn (a sunset spread over a minute of a commune's cabinets is one record)."""
+        step = self._targets[due.schedule].schedule.steps[due.step]
         now = self.clock.now_ns()
         overrides = self.commands.overrides
         todo: list[str] = []
@@ -515,23 +571,25 @@ class ScheduleRunner:
             else:
                 todo.append(device)
         results = await self._fan_out(todo, step.command, step.arguments, due.schedule)
-        by_status: dict[str, int] = {}
-        for r in results:
-            by_status[status_name(r.status)] = by_status.get(status_name(r.status), 0) + 1
-        confirmed = sum(r.good for r in results)
-        counts = {
-            "devices": len(due.devices),
-            "confirmed": confirmed,
-            "failed": len(results) - confirmed,
-            "skipped_override": skipped,
-        }
+        key = (due.schedule, due.step, due.day, in_force)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally(due, self._step_text(due), step.command, dict(step.arguments), in_force)
+        tally.add(due, results, skipped)
+        if tally.devices >= due.expected:
+            self._record(self._tallies.pop(key))
+
+    def _record(self, tally: _Tally) -> None:
+        """The step's one "schedule" audit record (and log line), with its counts."""
+        counts = tally.counts()
         arguments = {
-            "step": self._step_text(due),
-            "command": step.command,
-            "args": dict(step.arguments),
-            "due": _iso(due.t_ns),
-            "in_force_at_start": in_force,
-            "statuses": by_status,
+            "step": tally.step_text,
+            "command": tally.command,
+            "args": tally.args,
+            "due": _iso(tally.first_due),
+            "last_due": _iso(tally.last_due),
+            "in_force_at_start": tally.in_force,
+            "statuses": dict(sorted(tally.statuses.items())),
         }
         self.audit.record(
             AuditRecord(
@@ -542,14 +600,19 @@ class ScheduleRunner:
                 SCHEDULER.session,
                 "",
                 "",
-                due.schedule,
+                tally.schedule,
                 canonical(arguments),
                 canonical(counts),
             )
         )
         self.steps_run += 1
-        log.info("schedule_step", schedule=due.schedule, step=arguments["step"], in_force=in_force, **counts)
-        return counts
+        log.info("schedule_step", schedule=tally.schedule, step=tally.step_text, in_force=tally.in_force, **counts)
+
+    def _flush(self) -> None:
+        """Write the records of steps not every device of which has run (a reload, a stop)."""
+        tallies, self._tallies = self._tallies, {}
+        for tally in tallies.values():
+            self._record(tally)
 
     async def _fan_out(
         self, devices: Sequence[str], command: str, args: Mapping[str, float], schedule: str

@@ -295,8 +295,8 @@ async def test_restart_at_half_past_midnight_applies_the_23h_level_then_each_ste
     runner = ScheduleRunner(commands, audit, SteppingClock(_local(2026, 12, 6, 0, 30), _local(2026, 12, 6, 22)))
     task = await _running(runner)
     try:
-        # in force, 01:00, sunrise+15 (each cabinet its own second), sunset (twice); then the clock stands
-        await _until(lambda: runner.steps_run == 6)
+        # in force, 01:00, sunrise+15, sunset; then the clock stands
+        await _until(lambda: runner.steps_run == 4)
     finally:
         await _stop(task)
     assert _levels(commands, "C-DIJ-1") == [
@@ -309,7 +309,7 @@ async def test_restart_at_half_past_midnight_applies_the_23h_level_then_each_ste
     first = commands.requests[0]
     assert first.caller.user == SCHEDULER_USER and first.origin == "schedule:dijon_night" and first.phase == "execute"
     records = [r for r in audit.records if r.action == "schedule"]
-    assert len(records) == 6
+    assert len(records) == 4
     rec = records[0]
     assert rec.user == SCHEDULER_USER and rec.target == "dijon_night"
     args, counts = json.loads(rec.arguments), json.loads(rec.result)
@@ -319,6 +319,10 @@ async def test_restart_at_half_past_midnight_applies_the_23h_level_then_each_ste
     assert args["statuses"] == {"Good": 1, "BadNoCommunication": 1}
     assert json.loads(records[1].arguments)["step"] == "01:00"
     assert json.loads(records[1].arguments)["in_force_at_start"] is False
+    # The two cabinets (0.01 degree apart) see sunrise in different seconds: two commands, one record
+    sunrise = json.loads(records[2].arguments)
+    assert sunrise["step"] == "sunrise+00:15" and sunrise["due"] < sunrise["last_due"]
+    assert json.loads(records[2].result)["devices"] == 2
 
 
 async def test_an_override_without_end_skips_the_next_step_once_one_with_an_end_until_then():
@@ -428,6 +432,22 @@ async def test_the_step_in_force_waits_for_the_devices_first_poll():
     finally:
         await _stop(task)
     assert {r.device for r in commands.requests} == {"C-DIJ-1", "C-DIJ-2"}
+
+
+async def test_a_step_stopped_half_way_is_recorded_as_far_as_it_went():
+    commands = FakeCommands(_config())  # C-DIJ-1 at 5.04 E, C-DIJ-2 at 5.05 E: sunrise ~2 s earlier
+    rise = sun_times(datetime(2026, 12, 6).date(), np.array([47.32, 47.32]), np.array([5.04, 5.05])).sunrise
+    east_due = -(-(int(rise[1]) + 15 * 60 * NS) // NS) * NS
+    audit = MemoryAudit()
+    runner = ScheduleRunner(commands, audit, SteppingClock(_local(2026, 12, 6, 7), east_due))
+    task = await _running(runner)
+    try:
+        await _until(lambda: len(commands.requests) == 3)  # the 01:00 step in force on both, sunrise on one
+    finally:
+        await _stop(task)
+    assert [r.device for r in commands.requests[2:]] == ["C-DIJ-2"]
+    (rec,) = [r for r in audit.records if json.loads(r.arguments)["step"] == "sunrise+00:15"]
+    assert json.loads(rec.result) == {"devices": 1, "confirmed": 1, "failed": 0, "skipped_override": 0}
 
 
 async def test_days_after_days_the_plan_is_laid_out_again():
