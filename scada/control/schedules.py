@@ -513,7 +513,9 @@ class ScheduleRunner:
                 return True
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), min(delay, MAX_SLEEP_S))
+                # asyncio.timeout, not wait_for: no inner task, and a cancellation is never lost
+                async with asyncio.timeout(min(delay, MAX_SLEEP_S)):
+                    await self._wake.wait()
             except TimeoutError:
                 continue  # the timer (or the hourly check): due yet?
 
