@@ -25,6 +25,7 @@ from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config, Device
 from scada.control.pipeline import CommandPipeline
+from scada.control.schedules import ScheduleClock, ScheduleRunner
 from scada.driver_api import Driver
 from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
@@ -71,6 +72,7 @@ class Application:
         supervisor: Supervisor | None = None,
         front: str = "process",
         front_settings: FrontSettings | None = None,
+        schedule_clock: ScheduleClock | None = None,
     ) -> None:
         if front not in FRONTS:
             raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
@@ -114,6 +116,10 @@ class Application:
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
         self._reload_lock = asyncio.Lock()
+        # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
+        # with `scada run --clock-start/--acceleration`), through the command service.
+        self.schedule_clock = schedule_clock or ScheduleClock()
+        self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""
@@ -232,6 +238,8 @@ class Application:
         # Wakes the commands waiting for their read-back (it follows a reload's new tag table).
         out["control-readback"] = {"factory": lambda: self.commands.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
+        # A restart applies the steps in force again: the city is put back in its scheduled state.
+        out["schedules"] = {"factory": self.schedules.run}
         return out
 
     def _register_tasks(self) -> None:
@@ -343,7 +351,10 @@ class Application:
         from scada.reload import apply
 
         async with self._reload_lock:
-            return await apply(self, config)
+            try:
+                return await apply(self, config)
+            finally:
+                self.schedules.reload(self.config)  # the configuration applied, or the old one put back
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
