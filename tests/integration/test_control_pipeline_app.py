@@ -47,9 +47,6 @@ def control_text(app, device: str, point: str) -> str | None:
     return app.tagdb.text.get(app.tagdb.id_of(f"Dijon/lighting/{device}/Control/{point}"))
 
 
-# The OPC UA front learns the Control tags with the opcua helper's Control folder (issue 15): until
-# then it fails on their ids. Strict: once that lands, this passes and the mark must go.
-@pytest.mark.xfail(strict=True, reason="the OPC UA front does not show the Control tags yet (opcua helper)")
 async def test_the_server_runs_commands_audits_them_and_follows_a_reload(tmp_path):
     async with running(tmp_path) as (app, new):
         assert "control-readback" in app.task_names()
