@@ -119,7 +119,7 @@ class Application:
         # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
         # with `scada run --clock-start/--acceleration`), through the command service.
         self.schedule_clock = schedule_clock or ScheduleClock()
-        self.schedules: ScheduleRunner | None = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
+        self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""
@@ -238,10 +238,8 @@ class Application:
         # Wakes the commands waiting for their read-back (it follows a reload's new tag table).
         out["control-readback"] = {"factory": lambda: self.commands.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
-        if self.schedules is not None:
-            # A restart applies the steps in force again: the city is put back in its scheduled state.
-            schedules = self.schedules
-            out["schedules"] = {"factory": schedules.run}
+        # A restart applies the steps in force again: the city is put back in its scheduled state.
+        out["schedules"] = {"factory": self.schedules.run}
         return out
 
     def _register_tasks(self) -> None:
@@ -356,8 +354,7 @@ class Application:
             try:
                 return await apply(self, config)
             finally:
-                if self.schedules is not None:  # the configuration applied, or the old one put back
-                    self.schedules.reload(self.config)
+                self.schedules.reload(self.config)  # the configuration applied, or the old one put back
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""

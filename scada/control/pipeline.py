@@ -211,7 +211,8 @@ class CommandPipeline:
     def _install(self, config: Config, tagdb: TagDB, drivers: Mapping[str, Driver]) -> None:
         interlocks = Interlocks(config, tagdb)  # raises before anything is replaced
         control = ControlTags(config, tagdb)
-        self.config, self.tagdb, self.drivers = config, tagdb, dict(drivers)
+        self.drivers: Mapping[str, Driver] = dict(drivers)
+        self.config, self.tagdb = config, tagdb
         self.interlocks, self.control = interlocks, control
         self._writes: dict[tuple[str, str], CommandDef] = {}
         # Per equipment type: a point's offset from its device's first tag id.
