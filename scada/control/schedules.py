@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -60,7 +60,17 @@ from scada.security.audit import AuditRecord, AuditSink, canonical
 
 if TYPE_CHECKING:
     from scada.config import Config
-    from scada.control.service import Commands
+    from scada.control.overrides import Overrides
+
+
+class CommandService(Protocol):
+    """What the schedules need of the app's command service (scada/control/service.py Commands)."""
+
+    config: Config
+    overrides: Overrides
+
+    async def execute(self, request: CommandRequest) -> CommandResult: ...
+
 
 log = structlog.get_logger("scada.control.schedules")
 
@@ -403,7 +413,7 @@ class ScheduleRunner:
 
     def __init__(
         self,
-        commands: Commands,
+        commands: CommandService,
         audit: AuditSink,
         clock: ScheduleClock | None = None,
         *,
@@ -539,7 +549,9 @@ class ScheduleRunner:
         grace = min(FIRST_CONTACT_MAX_S, max(2.0, 3 * max(d.poll_interval + d.timeout for d in devs)))
         deadline = time.monotonic() + grace
         while True:
-            state = np.asarray(self.commands.tagdb.value[ids])  # looked up each time: a reload replaces it
+            state = np.asarray(
+                getattr(self.commands, "tagdb", tagdb).value[ids]
+            )  # looked up each time: a reload replaces it
             waiting = ~(np.isfinite(state) & (state != 0))
             if not waiting.any():
                 return
