@@ -15,6 +15,7 @@ import pytest
 
 from city_scada import load_config
 from common.yamlsrc import ConfigError
+from tests.integration.helpers import DEADLINE
 
 REPO = Path(__file__).resolve().parents[2]
 CASES_DIR = REPO / "tests" / "config_cases"
@@ -233,7 +234,7 @@ def test_the_named_line_shows_the_offending_value(case: str) -> None:
 def run_check(folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "city_scada", "check", "--config", str(folder)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True, text=True, cwd=REPO, timeout=DEADLINE,
     )
 
 
@@ -256,7 +257,7 @@ def test_cli_refuses_a_billion_laughs_fast_with_exit_code_2(command: str) -> Non
     folder = CASES_DIR / "yaml_billion_laughs"
     before = os.times()
     result = subprocess.run([sys.executable, "-m", "city_scada", command, "--config", str(folder)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+                            capture_output=True, text=True, cwd=REPO, timeout=DEADLINE)
     after = os.times()
     assert result.returncode == 2, result.stderr
     expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")

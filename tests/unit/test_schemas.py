@@ -37,6 +37,7 @@ from drivers.mqtt import config as mqtt_config
 from drivers.opcua import config as opcua_config
 from scada import schema as schema_gen
 from scada.alarms import config as alarms_config
+from tests.integration.helpers import DEADLINE
 
 ROOT = Path(__file__).resolve().parents[2]
 # The drivers' config modules by name, as the composition point hands them to the loader and to `scada schema`.
@@ -189,11 +190,11 @@ def test_schema_check_command_flags_stale_files(tmp_path: Path) -> None:
 
     def scada(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "city_scada", "schema", "--out", str(tmp_path), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+                              cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
 
     # The shipped files, against the drivers the command line's registry knows.
     shipped = subprocess.run([sys.executable, "-m", "city_scada", "schema", "--check"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=DEADLINE)
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     missing = scada("--check")
     assert missing.returncode == 1 and "tags.schema.json" in missing.stdout and "scada schema" in missing.stdout
