@@ -75,6 +75,7 @@ ZONES = {"lighting": "bench_all_lighting", "bollard": "bench_all_bollards", "tra
 UNLIMITED = {"per_minute": 1_000_000, "burst": 100_000}
 TARGET_ROUND_TRIP_CYCLES = 2  # p99 of one command under two poll cycles
 TARGET_GROUP_S = 5.0  # every cabinet confirmed within 5 s
+MIN_DATETIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time" (an optional DateTime not given)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,12 +211,13 @@ async def wait_online(server: Process, timeout: float) -> str:
 
 
 async def raw_dim(client: Any, unit: int, level: int) -> float:
-    """Write mode manual-dim and the set-point in one request, read the applied level back until
-    it matches; the seconds it took."""
+    """Write mode manual-dim, then the set-point (two requests, as the command's two writes), and
+    read the applied level back until it matches; the seconds it took."""
     t0 = time.perf_counter()
-    r = await client.write_registers(0, [3, level], device_id=unit)
-    if r.isError():
-        raise RuntimeError(f"raw write refused: {r}")
+    for address, value in ((0, 3), (1, level)):  # as SetDimLevel writes: the mode, then the set-point
+        r = await client.write_register(address, value, device_id=unit)
+        if r.isError():
+            raise RuntimeError(f"raw write refused: {r}")
     while True:
         r = await client.read_input_registers(8, count=1, device_id=unit)
         if r.isError():
@@ -245,7 +247,7 @@ class Method:
     obj: Any
     method: Any
     label: str
-    inputs: list[Any] = field(default_factory=list)  # ua.VariantType per input argument
+    inputs: list[tuple[str, Any]] = field(default_factory=list)  # (name, ua.VariantType) per input argument
 
 
 class Hmi:
@@ -277,22 +279,28 @@ class Hmi:
                 return Method(obj, ref.NodeId, label, await self.input_types(ref.NodeId))
         return None
 
-    async def input_types(self, method: Any) -> list[Any]:
-        from asyncua import ua
-
+    async def input_types(self, method: Any) -> list[tuple[str, Any]]:
         for ref in await self.children(method):
             if ref.BrowseName.Name == "InputArguments":
                 args = await self.client.get_node(ref.NodeId).read_value()
-                return [variant_type(a.DataType) for a in args]
+                return [(a.Name, variant_type(a.DataType)) for a in args]
         return []
 
-    async def call(self, m: Method, *values: float) -> Any:
-        """One Call request; its CallMethodResult (a refusal is its status, not an exception)."""
+    async def call(self, m: Method, values: dict[str, float]) -> Any:
+        """One Call request with the inputs by name (a DateTime not given: none, MinDateTime); its
+        CallMethodResult (a refusal is its status, not an exception)."""
         from asyncua import ua
 
-        if len(values) != len(m.inputs):
-            raise RuntimeError(f"{m.label}: the server declares {len(m.inputs)} inputs, the bench sends {len(values)}")
-        args = [ua.Variant(cast(v, t), t) for v, t in zip(values, m.inputs, strict=True)]
+        args = []
+        for name, vtype in m.inputs:
+            if name in values:
+                args.append(ua.Variant(cast(values[name], vtype), vtype))
+            elif vtype == ua.VariantType.DateTime:
+                args.append(ua.Variant(MIN_DATETIME, vtype))
+            else:
+                raise RuntimeError(f"{m.label}: the server asks for the input {name!r}, the bench has {sorted(values)}")
+        if unknown := set(values) - {name for name, _ in m.inputs}:
+            raise RuntimeError(f"{m.label}: the server declares no input {sorted(unknown)} ({m.inputs})")
         req = ua.CallMethodRequest(ObjectId=m.obj, MethodId=m.method, InputArguments=args)
         (res,) = await self.client.uaclient.call([req])
         return res
@@ -364,7 +372,7 @@ def per_device(outputs: list[Any]) -> list[tuple[str, int]]:
         if names is None and all(isinstance(x, str) for x in value):
             names = value
         elif codes is None and all(isinstance(x, int) or hasattr(x, "value") for x in value):
-            codes = [int(getattr(x, "value", x)) for x in value]
+            codes = [int(x.value if hasattr(x, "value") else x) for x in value]
     if names is None or codes is None or len(names) != len(codes):
         raise RuntimeError(f"cannot read per-device results from the outputs {[type(v.Value) for v in outputs]}")
     return list(zip(names, codes, strict=True))
@@ -473,7 +481,8 @@ async def round_trips(city: City, hmi: Hmi) -> None:
             raise RuntimeError(f"{city.path(d)} has no SetDimLevel method (the opcua front not merged?)")
         methods.append(m)
     confirm = [s.point for s in cdef.confirm]
-    times, bad = [], Counter()
+    times: list[float] = []
+    bad: Counter[str] = Counter()
     mismatched = 0
     t_first = time.time()
     for k, (d, m) in enumerate(zip(some, methods, strict=True)):
@@ -482,14 +491,17 @@ async def round_trips(city: City, hmi: Hmi) -> None:
         if before.Value is not None and before.Value.Value == level:
             level += 1  # a command that changes something: the read-back must see it happen
         t0 = time.perf_counter()
-        res = await hmi.call(m, level)
+        res = await hmi.call(m, {"level": level})
         times.append(time.perf_counter() - t0)
         if not res.StatusCode.is_good():
             bad[status_name(res.StatusCode.value)] += 1
             continue
         values = await hmi.read([f"{city.path(d)}/{p}" for p in confirm])
         want = [s.resolve({"level": level}) for s in cdef.confirm]
-        if any(v.Value is None or abs(float(v.Value.Value) - w) > max(cdef.tolerance, 0.5) for v, w in zip(values, want, strict=True)):
+        if any(
+            v.Value is None or abs(float(v.Value.Value) - w) > max(cdef.tolerance, 0.5)
+            for v, w in zip(values, want, strict=True)
+        ):
             mismatched += 1
     w = await window(city.server, t_first, time.time())
     city.data["round_trip_s"] = times
@@ -557,9 +569,9 @@ async def group(city: City, hmi: Hmi, cls: str, type_name: str, action: str, val
     if (cls, action) not in targets:
         targets[(cls, action)] = await group_targets(city, hmi, cls, action)
     methods, _ = targets[(cls, action)]
-    args = [] if value is None else [value]
+    args = {} if value is None else {name: value for name in ga.arguments}
     t0w, t0 = time.time(), time.perf_counter()
-    answers = await asyncio.gather(*(hmi.call(m, *args) for m in methods))
+    answers = await asyncio.gather(*(hmi.call(m, args) for m in methods))
     seconds = time.perf_counter() - t0
     t1w = time.time()
     results: list[tuple[str, int]] = []
@@ -623,9 +635,14 @@ def add_group_rows(city: City, title: str, runs: list[GroupRun], total: int, tar
 async def groups(city: City, hmi: Hmi, which: list[str]) -> None:
     n = city.args.repeats
     plans = (2, 3, 1)  # peak, night, day: each run changes the plan
-    sections = {
+    sections: dict[str, tuple[str, str, list[tuple[str, float | None]], float | None]] = {
         "dimall": ("lighting", "lighting_cabinet", [("DimAll", 37 + 8 * r) for r in range(n)], TARGET_GROUP_S),
-        "bollards": ("bollard", "access_bollard", [a for _ in range(n) for a in (("OpenZone", None), ("CloseZone", None))], None),
+        "bollards": (
+            "bollard",
+            "access_bollard",
+            [a for _ in range(n) for a in (("OpenZone", None), ("CloseZone", None))],
+            None,
+        ),
         "junctions": ("traffic", "traffic_junction", [("SetCorridorPlan", plans[r % 3]) for r in range(n)], None),
     }
     for key in which:
@@ -682,7 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     sections = ("baseline", "single", "dimall", "bollards", "junctions")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--city", default="dijon", help="the simulated city (the simulators' --preset)")
-    ap.add_argument("--commands", type=int, default=50, help="single commands (and raw round trips), over as many cabinets")
+    ap.add_argument(
+        "--commands", type=int, default=50, help="single commands (and raw round trips), over as many cabinets"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs of each group action (the figure is their median)")
     ap.add_argument("--only", help=f"comma-separated sections: {','.join(sections)}")
     ap.add_argument("--event-loop", default="uvloop", help="the simulator's and the server's event loop")
@@ -710,7 +729,12 @@ def main(argv: list[str] | None = None) -> int:
         broker = Mosquitto(work / "mqtt")
         from simulators.city import PRESETS
 
-        base, opc_sim, control, opc = free_port_range(PRESETS[args.city].cabinets), free_port(), free_port(), free_port()
+        base, opc_sim, control, opc = (
+            free_port_range(PRESETS[args.city].cabinets),
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         sim = Process(
             [
                 *("-m", "simulators", "city", "--preset", args.city, "--base-port", str(base)),
@@ -759,7 +783,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.print_table()
         if args.json and city is not None:
-            Path(args.json).write_text(json.dumps({"args": vars(args), **{k: v for k, v in city.data.items() if k != "targets"}}, indent=1, default=str))
+            Path(args.json).write_text(
+                json.dumps(
+                    {"args": vars(args), **{k: v for k, v in city.data.items() if k != "targets"}},
+                    indent=1,
+                    default=str,
+                )
+            )
         if args.keep:
             print(f"work folder kept: {work}")
         else:
