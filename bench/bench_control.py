@@ -423,9 +423,41 @@ def spread_cabinets(cabinets: list[Any], n: int) -> list[Any]:
     return cabinets[::step][:n]
 
 
+def simulator_write_cost(preset: str, n: int = 50) -> float:
+    """Seconds the lighting simulator spends applying one write to its model (stepped whole at
+    its own time, then re-encoded), measured here on a model of the same city: the part of the
+    raw baseline, and of every command, that is the simulator's and not the server's."""
+    from simulators.adapters.modbus_lighting import LightingModbusSimulator
+    from simulators.city import generate
+    from simulators.models import lighting
+
+    c = generate(preset)
+    state = lighting.create([x.lat for x in c.cabinets], [x.lon for x in c.cabinets], c.lamps, t=time.time())
+    sim = LightingModbusSimulator(state)
+    t0 = time.perf_counter()
+    for i in range(n):
+        sim.state = lighting.set_dim(sim.state, i % state.count, 10 + i % 80)
+    return (time.perf_counter() - t0) / n
+
+
 async def baseline(city: City) -> None:
     """The raw field round trip: one cabinet at a time, then every cabinet at once."""
     rep = city.report
+    quiet = await quiet_window(city.server, 10.0, pause=0.0)
+    rep.add(
+        "late polls / missed cycles, 10 s without commands (the machine's noise)",
+        quiet.text(),
+        f"over {quiet.seconds:.0f} s",
+        f"lag {quiet.lag_ms:.0f} ms",
+    )
+    cost = simulator_write_cost(city.args.city)
+    rep.add(
+        "simulator: one register write applied to its model (the whole city stepped)",
+        f"{cost * 1e3:.2f} ms",
+        f"x{len(city.devices('lighting_cabinet')) * 2:,} writes = {cost * len(city.devices('lighting_cabinet')) * 2:.1f} s",
+        "",
+        "context",
+    )
     cabinets = city.devices("lighting_cabinet")
     some = spread_cabinets(cabinets, city.args.commands)
     clients = await raw_clients(cabinets)
