@@ -711,7 +711,9 @@ async def measure(city: City, endpoint: str) -> None:
             await baseline(city)
         except Exception as exc:  # noqa: BLE001
             fail(city, "baseline", exc)
-    client = Client(endpoint, timeout=60)
+    # The server answers one connection's requests in order (asyncua's loop): while a group action
+    # runs (seconds), the client's 1-s keep-alive probe would time out and drop the connection.
+    client = Client(endpoint, timeout=120, watchdog_intervall=3600.0)
     client.set_user(OPERATOR)
     client.set_password(PASSWORD)
     async with client:
