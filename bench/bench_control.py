@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -353,6 +354,10 @@ def cast(value: float, vtype: Any) -> Any:
     if vtype == ua.VariantType.Boolean:
         return bool(value)
     return int(value)
+
+
+def load_text() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def status_name(code: int) -> str:
@@ -680,7 +685,7 @@ async def groups(city: City, hmi: Hmi, which: list[str]) -> None:
     for key in which:
         cls, type_name, calls, target = sections[key]
         total = len(city.devices(type_name))
-        log(f"[{key}] {len(calls)} group actions over {total} devices")
+        log(f"[{key}] {len(calls)} group actions over {total} devices (load average {load_text()})")
         try:
             runs: dict[str, list[GroupRun]] = {}
             for action, value in calls:
@@ -691,6 +696,29 @@ async def groups(city: City, hmi: Hmi, which: list[str]) -> None:
                 add_group_rows(city, f"{action} over {total:,} {cls} devices", rs, total, target, where)
         except Exception as exc:  # noqa: BLE001 - one section's failure must not lose the others' figures
             fail(city, key, exc)
+
+
+def refusals(audit: Path, top: int = 6) -> list[str]:
+    """The commands' refusals by reason, from the server's audit trail (read once it stopped): the
+    message with device names, paths and numbers blurred, most frequent first."""
+    import re
+    import sqlite3
+
+    if not audit.exists():
+        return []
+    counts: Counter[str] = Counter()
+    with contextlib.closing(sqlite3.connect(f"file:{audit}?mode=ro", uri=True)) as db:
+        for args, result in db.execute("SELECT arguments, result FROM audit WHERE action = 'command'"):
+            if result == "Good":
+                continue
+            try:
+                message = str(json.loads(args).get("message", ""))
+            except (ValueError, AttributeError):
+                message = ""
+            reason = re.sub(r"\d+(\.\d+)?", "N", re.sub(r"\([^)]*\)", "(...)", message))
+            reason = re.sub(r"\b[A-Z]+-[A-Z]+-N\b", "<device>", reason)
+            counts[f"{result}: {reason}"[:110]] += 1
+    return [f"{n} x {r}" for r, n in counts.most_common(top)]
 
 
 def fail(city: City, section: str, exc: BaseException) -> None:
@@ -705,7 +733,7 @@ async def measure(city: City, endpoint: str) -> None:
 
     only = city.args.only
     if "baseline" in only:
-        log("[baseline] raw Modbus round trips")
+        log(f"[baseline] raw Modbus round trips (load average {load_text()})")
         city.report.section("baseline: the field without our server (pymodbus on the simulator)")
         try:
             await baseline(city)
@@ -719,7 +747,7 @@ async def measure(city: City, endpoint: str) -> None:
     async with client:
         hmi = Hmi(client, await client.get_namespace_index(NAMESPACE_URI))
         if "single" in only:
-            log("[single] SetDimLevel round trips")
+            log(f"[single] SetDimLevel round trips (load average {load_text()})")
             city.report.section("one command from the HMI (an Operator) to the confirmed read-back")
             try:
                 await round_trips(city, hmi)
@@ -809,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.stop(timeout=60)
         if broker is not None:
             broker.stop()
+        if city is not None and city.config is not None:
+            for line in refusals(work / "data" / "audit.sqlite"):
+                report.note(f"refused (audit trail): {line}")
         load1 = os.getloadavg()
         report.note(
             f"{started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average (1/5/15 min) "
