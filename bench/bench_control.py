@@ -83,7 +83,7 @@ MIN_DATETIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time" (an option
 # The city, the configuration, the server
 
 
-def patch_config(folder: Path) -> list[str]:
+def patch_config(folder: Path, zones: bool = True) -> list[str]:
     """The bench's additions to the simulator's tags.yaml: one zone per class over the whole city,
     the rate limits lifted, the shipped schedules dropped; what was changed (for the notes).
     Sections the running server's tags.yaml does not know yet (the control parser not merged)
@@ -98,12 +98,12 @@ def patch_config(folder: Path) -> list[str]:
         control.update(user_rate=UNLIMITED, device_rate=UNLIMITED)
         doc["control"] = control
         done.append("rate limits lifted")
-    if "zones" in TAGS_KEYS:
-        zones = dict(doc.get("zones") or {})
+    if zones and "zones" in TAGS_KEYS:
+        zones_ = dict(doc.get("zones") or {})
         lat, lon = CITY_CENTRE
         for cls, name in ZONES.items():
-            zones[name] = {"circle": {"lat": lat, "lon": lon, "radius_m": CITY_RADIUS_M}, "classes": [cls]}
-        doc["zones"] = zones
+            zones_[name] = {"circle": {"lat": lat, "lon": lon, "radius_m": CITY_RADIUS_M}, "classes": [cls]}
+        doc["zones"] = zones_
         done.append(f"zones {', '.join(ZONES.values())}")
     if doc.pop("schedules", None):
         done.append("shipped schedules dropped")
@@ -768,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated sections: {','.join(sections)}")
     ap.add_argument("--event-loop", default="uvloop", help="the simulator's and the server's event loop")
     ap.add_argument("--online-timeout", type=float, default=300.0, help="s to wait for every device online")
+    ap.add_argument(
+        "--no-zones", action="store_true", help="no bench zones: the group actions go to every commune's class folder"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, configuration)")
     ap.add_argument("--json", help="also write the raw measurements to this file")
     args = ap.parse_args(argv)
@@ -808,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             work / "sim.log",
         )
         wait_port(control, 300, proc=sim)
-        changed = patch_config(work / "config")
+        changed = patch_config(work / "config", zones=not args.no_zones)
         config = load_config(work / "config")
         url = f"opc.tcp://127.0.0.1:{opc}/scada/"
         run = scada_run(work / "config", work / "data", url, "--status-interval", "1", "--log-json")
