@@ -575,6 +575,7 @@ class GroupRun:
     agree: int
     during: Window
     quiet: Window
+    read_wait_s: float  # the longest wait for a one-value Read on the same connection meanwhile
 
 
 async def group_targets(city: City, hmi: Hmi, cls: str, action: str) -> tuple[list[Method], str]:
@@ -607,10 +608,25 @@ async def group(city: City, hmi: Hmi, cls: str, type_name: str, action: str, val
         targets[(cls, action)] = await group_targets(city, hmi, cls, action)
     methods, _ = targets[(cls, action)]
     args = {} if value is None else {name: value for name in ga.arguments}
+    probe_path = city.path(city.devices(type_name)[0]) + "/" + cdef.confirm[0].point
+    done = asyncio.Event()
+    waits: list[float] = []
+
+    async def probe() -> None:
+        """What an HMI on the same connection sees meanwhile: a Read of one value every 0.2 s."""
+        while not done.is_set():
+            r0 = time.perf_counter()
+            await hmi.read([probe_path])
+            waits.append(time.perf_counter() - r0)
+            await asyncio.sleep(0.2)
+
     t0w, t0 = time.time(), time.perf_counter()
+    prober = asyncio.create_task(probe())
     answers = await asyncio.gather(*(hmi.call(m, args) for m in methods))
     seconds = time.perf_counter() - t0
     t1w = time.time()
+    done.set()
+    await prober
     results: list[tuple[str, int]] = []
     for m, res in zip(methods, answers, strict=True):
         if not res.StatusCode.is_good() and not res.OutputArguments:
@@ -633,7 +649,7 @@ async def group(city: City, hmi: Hmi, cls: str, type_name: str, action: str, val
         ):
             agree += 1
     quiet = await quiet_window(city.server, max(1.0, seconds))
-    return GroupRun(seconds, results, agree, during, quiet)
+    return GroupRun(seconds, results, agree, during, quiet, max(waits, default=float("nan")))
 
 
 def add_group_rows(city: City, title: str, runs: list[GroupRun], total: int, target: float | None, where: str) -> None:
@@ -656,6 +672,11 @@ def add_group_rows(city: City, title: str, runs: list[GroupRun], total: int, tar
         ", ".join(f"{n} {s}" for s, n in counts.most_common()),
         f"of {total} devices x {len(runs)} runs",
         f"{sum(r.agree for r in runs)} agree",
+    )
+    rep.add(
+        "  longest wait for a one-value Read on the same connection meanwhile",
+        f"{max(r.read_wait_s for r in runs):.2f} s",
+        "an HMI's Read / Publish behind the call",
     )
     late = [r.during for r in runs]
     quiet = [r.quiet for r in runs]
