@@ -83,7 +83,7 @@ MIN_DATETIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time" (an option
 # The city, the configuration, the server
 
 
-def patch_config(folder: Path, zones: bool = True) -> list[str]:
+def patch_config(folder: Path, zones: bool = True, group_concurrency: int | None = None) -> list[str]:
     """The bench's additions to the simulator's tags.yaml: one zone per class over the whole city,
     the rate limits lifted, the shipped schedules dropped; what was changed (for the notes).
     Sections the running server's tags.yaml does not know yet (the control parser not merged)
@@ -96,8 +96,11 @@ def patch_config(folder: Path, zones: bool = True) -> list[str]:
     if "control" in TAGS_KEYS:
         control = dict(doc.get("control") or {})
         control.update(user_rate=UNLIMITED, device_rate=UNLIMITED)
-        doc["control"] = control
         done.append("rate limits lifted")
+        if group_concurrency is not None:
+            control["group_concurrency"] = group_concurrency
+            done.append(f"group_concurrency {group_concurrency}")
+        doc["control"] = control
     if zones and "zones" in TAGS_KEYS:
         zones_ = dict(doc.get("zones") or {})
         lat, lon = CITY_CENTRE
@@ -792,6 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-zones", action="store_true", help="no bench zones: the group actions go to every commune's class folder"
     )
+    ap.add_argument(
+        "--group-concurrency", type=int, help="control.group_concurrency of the bench's config (default: tags.yaml's)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, configuration)")
     ap.add_argument("--json", help="also write the raw measurements to this file")
     args = ap.parse_args(argv)
@@ -832,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
             work / "sim.log",
         )
         wait_port(control, 300, proc=sim)
-        changed = patch_config(work / "config", zones=not args.no_zones)
+        changed = patch_config(work / "config", zones=not args.no_zones, group_concurrency=args.group_concurrency)
         config = load_config(work / "config")
         url = f"opc.tcp://127.0.0.1:{opc}/scada/"
         run = scada_run(work / "config", work / "data", url, "--status-interval", "1", "--log-json")
