@@ -2,7 +2,7 @@
 
 Every long-running task is registered by name with a :class:`~scada.supervisor.Supervisor`
 (``driver:<name>``, ``alarms``, ``historian``, ``opcua-publisher``, ``opcua-alarm-events``,
-``staleness``, ``status``, ``loop-lag``): one task's failure is logged, raises the server
+``staleness``, ``status``, ``loop-lag``, ``control-readback``): one task's failure is logged, raises the server
 alarm ``server_task_failed`` for it, and the task restarts with backoff; the rest of the
 server keeps running.
 """
@@ -24,6 +24,7 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config, Device
+from scada.control.pipeline import CommandPipeline
 from scada.driver_api import Driver
 from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
@@ -50,6 +51,11 @@ def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
     for d in config.devices:
         by_driver[config.types[d.type].driver].append(d)
     return [config.drivers[name].create(config, devs, tagdb) for name, devs in by_driver.items()]
+
+
+def drivers_by_name(drivers: list[Driver]) -> dict[str, Driver]:
+    """The running drivers by the name tags.yaml gives them (EquipmentType.driver)."""
+    return {d.name: d for d in drivers}
 
 
 class Application:
@@ -84,6 +90,9 @@ class Application:
         # The audit trail (scada/security/audit_log.py): the front's records, reloads, ...
         security = front_settings.security if front_settings is not None else None
         self.audit = AuditTrail((security or SecuritySettings.defaults(self.data_dir)).audit)
+        # The command pipeline (scada/control/pipeline.py): the front's "command" requests, the
+        # group actions and the schedules all go through it; it audits into the same trail.
+        self.commands = CommandPipeline(config, self.tagdb, drivers_by_name(self.drivers), self.audit)
         self.hmi: HmiServer | FrontLink
         if front == "inline":
             self.hmi = HmiServer(
@@ -220,6 +229,8 @@ class Application:
                 }
         # The engine's run evaluates every instance again when it starts: a restart catches up.
         out["alarms"] = {"factory": lambda: self.alarms.run()}
+        # Wakes the commands waiting for their read-back (it follows a reload's new tag table).
+        out["control-readback"] = {"factory": lambda: self.commands.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
         return out
 

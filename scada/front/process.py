@@ -182,6 +182,7 @@ class Front:
             history=self.history,
             security=s.security,
             audit=self.audit,
+            commands=self.channel.request,  # the core's command pipeline ("command", "group_command")
         )
         await self.hmi.start()
         self._start_tasks()
@@ -192,6 +193,8 @@ class Front:
         self.tasks = [self._watch(asyncio.create_task(hmi.publisher.run(), name="opcua-publisher"))]
         if hmi.conditions is not None:
             self.tasks.append(self._watch(asyncio.create_task(hmi.conditions.run(), name="opcua-alarm-events")))
+        if hmi.groups is not None:
+            self.tasks.append(self._watch(asyncio.create_task(hmi.groups.run(), name="opcua-group-progress")))
 
     def _watch(self, task: asyncio.Task) -> asyncio.Task:
         def done(t: asyncio.Task) -> None:
@@ -266,6 +269,9 @@ class Front:
                 alarms.load(msg[1])
                 if self.hmi.conditions is not None:
                     self.hmi.conditions.reattach()  # rebuild the retained conditions, tell the clients
+        elif tag == "group_progress":  # (group, action, user, total, done, failed, finished)
+            if self.hmi.groups is not None:
+                self.hmi.groups.progress(*msg[1:])
         elif tag == "reload":
             # Run to its end before the next frame: the frames after it (batches, alarm events)
             # are the new configuration's, for the new mirrors.

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from asyncua import Server, ua
 
-from scada.config import DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
+from scada.config import CONTROL_FOLDER, CONTROL_POINTS, DIAG_FOLDER, DIAG_POINTS, Config, EquipmentType, PointDef
 from scada.opcua.asyncua_private.nodes import AddressSpace, AttributeValue, NodeData, address_space, node_table
 from scada.opcua.publisher import TagValue
 from scada.opcua.typed_ua import NodeId, StatusCode
@@ -142,8 +142,11 @@ class _Kind:
 class AddressSpaceBuilder:
     """Builds the tag tree into a (not yet started or running) asyncua Server."""
 
-    def __init__(self, server: Server, ns: int) -> None:
+    def __init__(self, server: Server, ns: int, writable: bool = False) -> None:
         self.server = server
+        # Whether ``writable: true`` points accept Writes (CurrentWrite): only when a command
+        # pipeline answers them (scada/opcua/writes.py); else every variable is read-only.
+        self.writable = writable
         self.aspace = address_space(server)
         self.ns = ns
         self._kinds: dict[tuple[ua.VariantType, bool], _Kind] = {}
@@ -157,6 +160,10 @@ class AddressSpaceBuilder:
         # Tag variables are slots of the node table, not stored nodes (scada.opcua.virtual_nodes).
         self.table = node_table(self.aspace, NodeTable, lambda stored: NodeTable(stored, ns))
         self._diag: tuple[PointTemplate, ...] | None = None
+        self._control: tuple[PointTemplate, ...] | None = None
+        # A writable point (``writable: true``): its Writes go through the command pipeline.
+        rw = ua.AccessLevel.CurrentRead.mask | ua.AccessLevel.CurrentWrite.mask
+        self._read_write = _shared(rw, ua.VariantType.Byte)
         # Shared while this builder works: names' AttributeValues, objects' type references.
         self._names: dict[tuple[str, int], tuple[AttributeValue, AttributeValue]] = {}
         self._typedef_refs: dict[ua.NodeId, ua.ReferenceDescription] = {}
@@ -245,6 +252,69 @@ class AddressSpaceBuilder:
         parent.references.append(reference_to(_HAS_PROPERTY, nd, True, _PROPERTY_TYPE))
         return nd
 
+    def add_method(
+        self,
+        parent: NodeData,
+        path: str,
+        name: str,
+        description: str,
+        inputs: list[ua.Argument],
+        outputs: list[ua.Argument],
+    ) -> NodeData:
+        """A method node under ``parent`` (HasComponent), with its InputArguments and
+        OutputArguments properties: what a client reads to know how to call it."""
+        nodeid = NodeId(path, self.ns)
+        attrs = {
+            A.NodeClass: _shared(ua.NodeClass.Method, ua.VariantType.Int32),
+            A.Description: AttributeValue(_dv(ua.LocalizedText(description), ua.VariantType.LocalizedText)),
+            A.Executable: _shared(True, ua.VariantType.Boolean),
+            A.UserExecutable: _shared(True, ua.VariantType.Boolean),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+        }
+        nd = self._insert(nodeid, name, attrs, [reference_to(_HAS_COMPONENT, parent, False)])
+        parent.references.append(reference_to(_HAS_COMPONENT, nd, True))
+        for prop, args in (("InputArguments", inputs), ("OutputArguments", outputs)):
+            if args:
+                self._argument_property(nd, f"{path}/{prop}", prop, args)
+        return nd
+
+    def _argument_property(self, method: NodeData, path: str, name: str, args: list[ua.Argument]) -> None:
+        nodeid = NodeId(path, self.ns)
+        attrs = {
+            A.NodeClass: _shared(ua.NodeClass.Variable, ua.VariantType.Int32),
+            A.Value: AttributeValue(_dv(args, ua.VariantType.ExtensionObject, is_array=True)),
+            A.DataType: _shared(NodeId(ua.ObjectIds.Argument), ua.VariantType.NodeId),
+            A.ValueRank: _shared(ua.ValueRank.OneDimension, ua.VariantType.Int32),
+            A.ArrayDimensions: AttributeValue(_dv([len(args)], ua.VariantType.UInt32, is_array=True)),
+            A.AccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.UserAccessLevel: _shared(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte),
+            A.WriteMask: _shared(0, ua.VariantType.UInt32),
+            A.UserWriteMask: _shared(0, ua.VariantType.UInt32),
+        }
+        refs = [
+            ua.ReferenceDescription(
+                ReferenceTypeId=_HAS_TYPEDEF, IsForward=True, NodeId=_PROPERTY_TYPE, NodeClass=ua.NodeClass.VariableType
+            ),
+            reference_to(_HAS_PROPERTY, method, False),
+        ]
+        nd = self._insert(nodeid, name, attrs, refs, name_ns=0)
+        method.references.append(reference_to(_HAS_PROPERTY, nd, True, _PROPERTY_TYPE))
+
+    def add_variable(
+        self, parent: NodeData, path: str, name: str, value: Any, vtype: ua.VariantType, description: str = ""
+    ) -> NodeData:
+        """A stored variable the server updates itself (a group's progress): a few per group."""
+        nodeid = NodeId(path, self.ns)
+        kind = self._kind(vtype, False)
+        attrs = dict(kind.static)
+        attrs[A.Value] = AttributeValue(_dv(value, vtype))
+        if description:
+            attrs[A.Description] = AttributeValue(_dv(ua.LocalizedText(description), ua.VariantType.LocalizedText))
+        nd = self._insert(nodeid, name, attrs, [kind.typedef_ref, reference_to(_HAS_COMPONENT, parent, False)])
+        parent.references.append(reference_to(_HAS_COMPONENT, nd, True, kind.typedef))
+        return nd
+
     def build(self, config: Config) -> list[TagValue]:
         """Create the whole tree; return the Value attribute of every tag, indexed by tag id.
 
@@ -269,8 +339,11 @@ class AddressSpaceBuilder:
         types_folder = self.add_object(root, "_types", "_types", folder=True)
         templates = {name: self._type_templates(types_folder, t) for name, t in config.types.items()}
         folders: dict[str, NodeData] = {}
-        # Slots are tag ids: every device's points first, then DIAG_COUNT diagnostics per device.
-        first, diag_first = len(self.table.value_attrs), len(self.table.value_attrs) + config.tag_count
+        # Slots are tag ids: every device's points first, then DIAG_COUNT diagnostics per device,
+        # then CONTROL_COUNT control tags per controlled device (Config.total_tag_count).
+        first = len(self.table.value_attrs)
+        diag_first = first + config.tag_count
+        control_first = diag_first + len(DIAG_POINTS) * len(config.devices)
         for d in config.devices:
             t = config.types[d.type]
             commune = folders.get(d.commune)
@@ -287,9 +360,18 @@ class AddressSpaceBuilder:
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
             diag_first = self._add_points(diag, diag_path, self._diag_templates(), diag_first)
-        values = [TagValue() for _ in range(diag_first - len(self.table.value_attrs))]
+            if config.control.commands.get(d.type):
+                # Control tags: their ids follow all the diagnostic tags' (Config.control_ids).
+                control_first = self._add_control(dev, dev_path, control_first)
+        values = [TagValue() for _ in range(control_first - len(self.table.value_attrs))]
         self.table.commit(values)
         return values
+
+    def _add_control(self, dev: NodeData, dev_path: str, first: int) -> int:
+        """The device's Control object (last command, its user, result, state): slots ``first``..."""
+        path = f"{dev_path}/{CONTROL_FOLDER}"
+        control = self.add_object(dev, path, CONTROL_FOLDER, folder=False)
+        return self._add_points(control, path, self._control_templates(), first)
 
     def _template(self, p: PointDef, props: list[ua.ReferenceDescription]) -> PointTemplate:
         kind = self._kind(variant_type(p), p.kind == ANALOG)
@@ -299,6 +381,8 @@ class AddressSpaceBuilder:
             if p.enum:
                 text = (text + " " if text else "") + "; ".join(f"{k}={v}" for k, v in p.enum)
             static[A.Description] = AttributeValue(_dv(ua.LocalizedText(text), ua.VariantType.LocalizedText))
+        if p.writable and self.writable:  # the Write's status is the command pipeline's (scada/opcua/writes.py)
+            static[A.AccessLevel] = static[A.UserAccessLevel] = self._read_write
         return PointTemplate(p.name, self.ns, static, kind.typedef_ref, props)
 
     def _type_templates(self, folder: NodeData, t: EquipmentType) -> tuple[PointTemplate, ...]:
@@ -310,6 +394,11 @@ class AddressSpaceBuilder:
         if self._diag is None:
             self._diag = tuple(self._template(p, []) for p in DIAG_POINTS)
         return self._diag
+
+    def _control_templates(self) -> tuple[PointTemplate, ...]:
+        if self._control is None:
+            self._control = tuple(self._template(p, []) for p in CONTROL_POINTS)
+        return self._control
 
     def _add_points(self, owner: NodeData, path: str, templates: tuple[PointTemplate, ...], first: int) -> int:
         """The point variables of ``owner`` in slots ``first``...; returns the next free slot."""
@@ -363,7 +452,8 @@ def subtree(aspace: AddressSpace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]
     """``nodeid`` and the nodes below it by HasComponent/Organizes, in our namespace only.
 
     HasProperty is not followed: a point's EngineeringUnits/EURange nodes are shared by every
-    device of its type (``_types``) and outlive any one device.
+    device of its type (``_types``) and outlive any one device; nor are method nodes (the type's
+    commands, the group actions: shared by every device or folder that references them).
     """
     out, todo = [], [nodeid]
     while todo:
@@ -375,7 +465,10 @@ def subtree(aspace: AddressSpace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]
         todo.extend(
             r.NodeId
             for r in nd.references
-            if r.IsForward and r.ReferenceTypeId in _HIERARCHICAL_DOWN and r.NodeId.NamespaceIndex == ns
+            if r.IsForward
+            and r.ReferenceTypeId in _HIERARCHICAL_DOWN
+            and r.NodeId.NamespaceIndex == ns
+            and r.NodeClass != ua.NodeClass.Method  # a type's or a group's command: shared, never the device's own
         )
     return out
 
@@ -521,7 +614,9 @@ class TreeEditor(AddressSpaceBuilder):
             diag_path = f"{dev_path}/{DIAG_FOLDER}"
             diag = self.add_object(dev, diag_path, DIAG_FOLDER, folder=False)
             slot = self._add_points(diag, diag_path, self._diag_templates(), slot)
-        # Added slots go after every existing one (a device's points, then its diagnostics).
+            if config.control.commands.get(d.type):
+                slot = self._add_control(dev, dev_path, slot)
+        # Added slots go after every existing one (a device's points, diagnostics, control).
         self.table.commit([TagValue() for _ in range(slot - first)])
         return changes
 

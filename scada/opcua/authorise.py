@@ -170,6 +170,9 @@ class Authorisation:
         # Refusals at a bounded rate per client, target and code (a flood fills neither the trail
         # nor its queues); allowed acts go to ``audit`` directly, never aggregated.
         self.refusals = refusal_audit_for(audit)
+        # Methods of our namespace that audit their own act (the commands and group actions:
+        # the core's "command" / "group_command" records): no "call" record again.
+        self.self_audited: set[ua.NodeId] = set()
 
     def refuse(
         self, action: str, target: str, arguments: Any, code: int, context: RequestContext | None = None
@@ -229,10 +232,11 @@ class Authorisation:
 
     def method_done(self, method: ua.CallMethodRequest, result: ua.CallMethodResult) -> None:
         """An allowed method ran: audited with its result ("call"), except the alarm methods,
-        which audit their own act (conditions/methods.py: "alarm_action")."""
+        which audit their own act (conditions/methods.py: "alarm_action"), and the commands and
+        group actions (``self_audited``: the core's pipeline audits them)."""
         ctx = current()
         mid = method.MethodId
-        if ctx is None or (mid.NamespaceIndex == 0 and mid.Identifier in _SELF_AUDITED):
+        if ctx is None or (mid.NamespaceIndex == 0 and mid.Identifier in _SELF_AUDITED) or mid in self.self_audited:
             return
         arguments = {
             "object": method.ObjectId.to_string(),

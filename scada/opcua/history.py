@@ -574,6 +574,9 @@ class TagHistory:
         self.max_values = int(max_values)
         self.historized = np.asarray(config.history_table()["enabled"], bool)
         self.vtypes = [variant_type(p) for p in config.point_defs()]
+        # The tag variables whose Writes go to the command pipeline (scada/opcua/writes.py): their
+        # marks keep CurrentWrite. Set by the server before install() and each mark_variables().
+        self.writable: frozenset[str] = frozenset()
         self._previous: HistoryRead | None = None  # asyncua's handler, for what is not ours
         self.reads = 0  # HistoryRead operations answered (nodes)
 
@@ -594,8 +597,9 @@ class TagHistory:
     def mark_variables(self) -> int:
         """Historizing = true and the HistoryRead bit on every historised tag variable.
 
-        Tag variables are read-only (the builder's AccessLevel is CurrentRead), so every marked
-        one gets the same two shared attribute objects, set on all of them at once
+        Tag variables are read-only (the builder's AccessLevel is CurrentRead) but the writable
+        ones (``writable``: CurrentWrite kept), so every marked one gets one of two pairs of shared
+        attribute objects, set on all of them at once
         (``set_variable_attributes``: a city's variables in about a second, without building
         each variable's node).
         """
@@ -605,7 +609,15 @@ class TagHistory:
         names = self.tagdb.names
         marked = [names[tag] for tag in np.flatnonzero(self.historized).tolist()]
         attrs = {A.Historizing: historizing, A.AccessLevel: level, A.UserAccessLevel: level}
-        return set_variable_attributes(address_space(self.server), marked, self.ns, attrs)
+        aspace = address_space(self.server)
+        writable = [n for n in marked if n in self.writable]
+        if not writable:
+            return set_variable_attributes(aspace, marked, self.ns, attrs)
+        # Writable points (commands through the pipeline) keep CurrentWrite beside HistoryRead.
+        rw = AttributeValue(ua.DataValue(ua.Variant(mask | ua.AccessLevel.CurrentWrite.mask, ua.VariantType.Byte)))
+        rw_attrs = {A.Historizing: historizing, A.AccessLevel: rw, A.UserAccessLevel: rw}
+        done = set_variable_attributes(aspace, writable, self.ns, rw_attrs)
+        return done + set_variable_attributes(aspace, [n for n in marked if n not in self.writable], self.ns, attrs)
 
     async def _advertise(self) -> None:
         """HistoryServerCapabilities and the AggregateFunctions folders (Part 11 §5.4, Part 13)."""

@@ -17,6 +17,7 @@ from scada.opcua.address_space import (
     variant_type,
 )
 from scada.opcua.asyncua_private.browse import hook_browse_encoding, hook_browse_reftypes
+from scada.opcua.asyncua_private.concurrent_requests import cancel_in_flight, serve_concurrently
 from scada.opcua.asyncua_private.datachange import hook_monitored_items
 from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.asyncua_private.read import hook_read
@@ -26,8 +27,10 @@ from scada.opcua.audit_events import install_audit_events
 from scada.opcua.authorise import install_authorisation
 from scada.opcua.bounds import install_bounds
 from scada.opcua.browse_codec import browse_results
+from scada.opcua.commands import CommandMethods, Request
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.endpoints import configure_endpoints
+from scada.opcua.group_actions import GroupActions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.login import install_login
 from scada.opcua.publisher import Publisher
@@ -35,11 +38,15 @@ from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
 from scada.opcua.tag_read import TagReader
+from scada.opcua.writes import TagWrites, writable_tags
 from scada.security.audit import AuditSink, MemoryAudit
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
+# A command's Call or Write waits for the field's read-back (seconds): served beside the session's
+# other requests (its Publish, Read, keep-alive), at most this many at once per connection.
+CONCURRENT_COMMANDS = 16
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/scada/"  # loopback: another address is a choice
 
 
@@ -56,6 +63,7 @@ class HmiServer:
         history=None,
         security: SecuritySettings | None = None,
         audit: AuditSink | None = None,
+        commands: Request | None = None,
     ) -> None:
         self.config = config
         self.tagdb = tagdb
@@ -74,6 +82,12 @@ class HmiServer:
         self.ns = 0
         self.node_count = 0
         self.sessions = SessionCleanup(self.server)  # what closed sessions leave behind, given back
+        # Control: the core's command pipeline, reached by ``commands`` (the front's channel
+        # request); None: no control from this server (every Write refused, no command method).
+        self.commands_request = commands
+        self.commands: CommandMethods | None = None
+        self.groups: GroupActions | None = None
+        self.writes: TagWrites | None = None
 
     async def start(self) -> None:
         await self.server.init()
@@ -90,15 +104,18 @@ class HmiServer:
         # Writes skip the AccessLevel check: no remote administrator until roles exist.
         self.server.allow_remote_admin(False)
         self.ns = await self.server.register_namespace(NAMESPACE_URI)
-        builder = AddressSpaceBuilder(self.server, self.ns)
+        builder = AddressSpaceBuilder(self.server, self.ns, writable=self.commands_request is not None)
         values = builder.build(self.config)
         self.node_count = builder.node_count
+        if self.commands_request is not None:
+            self._install_control()
         if self.alarms is not None:
             self.conditions = AlarmConditions(self.server, self.ns, self.alarms)
             self.conditions.build()
             self.node_count += self.conditions.node_count
         if self.history is not None:
             self.tag_history = TagHistory(self.server, self.ns, self.config, self.tagdb, self.history)
+            self.tag_history.writable = self._writable_names(self.config)
             await self.tag_history.install()
         vtypes = [variant_type(p) for p in self.config.point_defs()]
         self.publisher = Publisher(self.tagdb, values, vtypes)
@@ -119,18 +136,40 @@ class HmiServer:
             tags=len(values),
         )
 
+    def _writable_names(self, config: Config) -> frozenset[str]:
+        """The tag variables that accept Writes: the writable points, when control is installed."""
+        return frozenset(writable_tags(config)) if self.commands_request is not None else frozenset()
+
+    def _install_control(self) -> None:
+        """The command methods on the devices, the group actions, the Writes of writable tags."""
+        assert self.commands_request is not None
+        self.commands = CommandMethods(self.server, self.ns, self.commands_request)
+        self.commands.install(self.config)
+        self.groups = GroupActions(self.server, self.ns, self.commands_request)
+        self.groups.install(self.config)
+        self.writes = TagWrites(self.server, self.ns, self.commands_request)
+        self.writes.install(self.config)
+        kinds = frozenset(
+            {ua.ObjectIds.CallRequest_Encoding_DefaultBinary, ua.ObjectIds.WriteRequest_Encoding_DefaultBinary}
+        )
+        serve_concurrently(self.server, kinds, CONCURRENT_COMMANDS)
+        self.node_count += self.commands.node_count + self.groups.node_count
+
     def _items_changed(self, sub, mids: list[int]) -> None:
         if self.publisher is not None:  # the publisher of the current tag table (a reload replaces it)
             self.publisher.items_changed(sub, mids)
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"
-        if self.conditions is None:
+        if self.conditions is None and self.groups is None:
             await self.publisher.run()
             return
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.publisher.run(), name="opcua-publisher")
-            tg.create_task(self.conditions.run(), name="opcua-alarm-events")
+            if self.conditions is not None:
+                tg.create_task(self.conditions.run(), name="opcua-alarm-events")
+            if self.groups is not None:
+                tg.create_task(self.groups.run(), name="opcua-group-progress")
 
     async def reload(
         self, config: Config, tagdb: TagDB, removed, added, retyped: list[str], alarms=None, history=None
@@ -144,16 +183,25 @@ class HmiServer:
         tag table by name, and the alarm conditions rebuilt for the new engine. Clients are
         told with one GeneralModelChangeEvent from the Server object; returns its change count.
         """
-        editor = TreeEditor(self.server, self.ns)
+        editor = TreeEditor(self.server, self.ns, writable=self.commands_request is not None)
         changes = []
         conditions_before = _condition_nodes(self.conditions)
         if self.conditions is not None:
             await self._drop_conditions()
+        # The commands' and groups' nodes are installed again on the new tree (their types,
+        # zones and signatures may have changed; a few nodes per type and group).
+        if self.commands is not None and self.groups is not None:
+            self.commands.detach()
+            self.groups.detach()
         for d in removed:
             changes += await editor.remove_device(self.config, d)
         for name in retyped:
             await editor.remove_type(name)
         changes += editor.add_devices(config, added)
+        if self.commands is not None and self.groups is not None and self.writes is not None:
+            self.commands.install(config)
+            self.groups.install(config)
+            self.writes.reload(config)
         aspace = address_space(self.server)
         if tagdb is not self.tagdb or self.publisher is None:
             values = tag_values(aspace, tagdb.names, self.ns)
@@ -170,6 +218,7 @@ class HmiServer:
                 _carry_conditions(old, self.conditions)
             self.conditions.build()
         if self.tag_history is not None and history is not None:
+            self.tag_history.writable = self._writable_names(config)
             _rebind_history(self.tag_history, config, tagdb, history)
         # Conditions of added and removed alarms (or devices) come and go too; a kept one is
         # rebuilt under the same NodeId: no change for a client.
@@ -234,6 +283,7 @@ class HmiServer:
         self.sessions.close()
         if self.conditions is not None:
             self.conditions.close()
+        await cancel_in_flight(self.server)
         await stop_asyncua_server(self.server)
 
 

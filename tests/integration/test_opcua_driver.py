@@ -88,7 +88,7 @@ async def test_values_refused_node_writes_and_session_recovery(tmp_path):
         with pytest.raises(CommandRejected):
             driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/main_colour", 3))  # never a colour
         with pytest.raises(CommandRejected):
-            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 0))  # never dark from the centre
+            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 7))  # not one of the modes
 
         # Each junction's diagnostics: online, notifications counted, the session's round trip.
         await until(lambda: value("J-DIJ-001", "Diagnostics/state") == ONLINE, what="diagnostics published")

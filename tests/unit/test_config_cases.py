@@ -282,12 +282,14 @@ def test_cli_check_accepts_the_shipped_configuration_and_prints_the_summary() ->
     lines = result.stdout.splitlines()
     assert lines[0] == f"{REPO}: configuration OK"
     assert lines[1].split() == ["equipment", "type", "driver", "devices", "tags"]
-    rows = {cells[0]: cells[1:] for cells in (ln.split() for ln in lines[2:-1])}
+    end = next(i for i, ln in enumerate(lines) if ln.endswith(" services"))  # then the commands
+    rows = {cells[0]: cells[1:] for cells in (ln.split() for ln in lines[2:end])}
     for name, t in config.types.items():
         n = sum(d.type == name for d in config.devices)
         assert rows[name] == [t.driver, str(n), str(n * len(t.points))]
     assert rows["total"] == [str(len(config.devices)), str(config.tag_count)]
     assert config.tag_count == sum(int(r[-1]) for k, r in rows.items() if k != "total") > 0
     communes = len({d.commune for d in config.devices})
-    assert lines[-1] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
-                         f"{len(config.alarms.services)} services")
+    assert lines[end] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
+                          f"{len(config.alarms.services)} services")
+    assert lines[end + 1:] == config.control_summary() and "commands of lighting_cabinet:" in lines

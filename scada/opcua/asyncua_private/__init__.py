@@ -39,6 +39,10 @@ module                 the concern, and who uses it
                        subscription services, transfers (authorise.py)
 ``channels``           the client certificate checked at OpenSecureChannel, CreateSession
                        bound to the channel's certificate (endpoints.py)
+``writes``             the Write service routed per node: a writable tag's Write goes
+                       to the command pipeline (writes.py)
+``concurrent_requests``  a connection's Calls and Writes served beside its next
+                       requests (a command waits for the read-back) (server.py)
 =====================  ==============================================================
 
 Each name says what it relies on. The contract tests ``tests/unit/test_asyncua_private_*.py``
