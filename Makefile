@@ -29,10 +29,13 @@ demo-broker:
 	@scripts/install-demo-broker.sh
 
 ## Install what the tests need (Debian packages with apt-get, pip packages), check lint,
-## formatting and types (ruff, mypy), and run the suite.
+## formatting and types (ruff, mypy), and run the suite in parallel (pytest-xdist): most of a test's
+## time is waiting for the servers it starts, so 3 workers on 2 cores; --dist loadfile keeps a file's
+## tests (and its module- and class-scoped servers) on one worker. XDIST= runs it serially.
+XDIST ?= -n 3 --dist loadfile
 test: system-deps $(STAMP)
 	BIN=$(BIN) scripts/lint.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 lint: $(STAMP)
 	BIN=$(BIN) scripts/lint.sh

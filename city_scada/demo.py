@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from city_scada import demo_broker, demo_users, processes
@@ -33,7 +35,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--city", default="small", help="small (default: 48 cabinets), tiny, or dijon (the whole metropolis)"
     )
-    p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     p.add_argument(
         "--broker",
         choices=demo_broker.CHOICES,
@@ -93,6 +94,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = Path("var")
     run_dir.mkdir(exist_ok=True)
     broker, mqtt = _demo_broker(args.broker, run_dir)
+    # One simulated clock for the city and the server's lighting schedules (--clock-start,
+    # --acceleration): both read the start at the same real instant, whenever each process starts.
+    args.clock_start = args.clock_start or datetime.now(UTC).isoformat(timespec="seconds")
+    args.clock_origin = args.clock_origin if args.clock_origin is not None else time.time()
     sim_args = [
         sys.executable,
         "-m",
@@ -106,6 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         str(DEMO_CONTROL_PORT),
         "--acceleration",
         str(args.acceleration),
+        "--start",
+        args.clock_start,
+        "--start-origin",
+        repr(args.clock_origin),
         "--event-loop",
         args.event_loop,
     ]

@@ -2,7 +2,7 @@
 
 Every long-running task is registered by name with a :class:`~scada.supervisor.Supervisor`
 (``driver:<name>``, ``alarms``, ``historian``, ``opcua-publisher``, ``opcua-alarm-events``,
-``staleness``, ``status``, ``loop-lag``): one task's failure is logged, raises the server
+``staleness``, ``status``, ``loop-lag``, ``control-readback``): one task's failure is logged, raises the server
 alarm ``server_task_failed`` for it, and the task restarts with backoff; the rest of the
 server keeps running.
 """
@@ -24,6 +24,8 @@ from scada import status as st
 from scada.alarms.engine import AlarmEngine
 from scada.alarms.journal import Journal
 from scada.config import Config, Device
+from scada.control.pipeline import CommandPipeline
+from scada.control.schedules import ScheduleClock, ScheduleRunner
 from scada.driver_api import Driver
 from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
@@ -52,6 +54,11 @@ def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
     return [config.drivers[name].create(config, devs, tagdb) for name, devs in by_driver.items()]
 
 
+def drivers_by_name(drivers: list[Driver]) -> dict[str, Driver]:
+    """The running drivers by the name tags.yaml gives them (EquipmentType.driver)."""
+    return {d.name: d for d in drivers}
+
+
 class Application:
     """Everything the server runs, wired once from a loaded configuration."""
 
@@ -65,6 +72,7 @@ class Application:
         supervisor: Supervisor | None = None,
         front: str = "process",
         front_settings: FrontSettings | None = None,
+        schedule_clock: ScheduleClock | None = None,
     ) -> None:
         if front not in FRONTS:
             raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
@@ -84,6 +92,9 @@ class Application:
         # The audit trail (scada/security/audit_log.py): the front's records, reloads, ...
         security = front_settings.security if front_settings is not None else None
         self.audit = AuditTrail((security or SecuritySettings.defaults(self.data_dir)).audit)
+        # The command pipeline (scada/control/pipeline.py): the front's "command" requests, the
+        # group actions and the schedules all go through it; it audits into the same trail.
+        self.commands = CommandPipeline(config, self.tagdb, drivers_by_name(self.drivers), self.audit)
         self.hmi: HmiServer | FrontLink
         if front == "inline":
             self.hmi = HmiServer(
@@ -105,6 +116,10 @@ class Application:
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
         self._reload_lock = asyncio.Lock()
+        # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
+        # with `scada run --clock-start/--acceleration`), through the command service.
+        self.schedule_clock = schedule_clock or ScheduleClock()
+        self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""
@@ -220,7 +235,11 @@ class Application:
                 }
         # The engine's run evaluates every instance again when it starts: a restart catches up.
         out["alarms"] = {"factory": lambda: self.alarms.run()}
+        # Wakes the commands waiting for their read-back (it follows a reload's new tag table).
+        out["control-readback"] = {"factory": lambda: self.commands.run()}
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
+        # A restart applies the steps in force again: the city is put back in its scheduled state.
+        out["schedules"] = {"factory": self.schedules.run}
         return out
 
     def _register_tasks(self) -> None:
@@ -332,7 +351,10 @@ class Application:
         from scada.reload import apply
 
         async with self._reload_lock:
-            return await apply(self, config)
+            try:
+                return await apply(self, config)
+            finally:
+                self.schedules.reload(self.config)  # the configuration applied, or the old one put back
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""

@@ -58,7 +58,14 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         security=getattr(args, "security_settings", None),
     )
     app = Application(
-        config, endpoint, args.status_interval, args.data, influx, front=args.front, front_settings=settings
+        config,
+        endpoint,
+        args.status_interval,
+        args.data,
+        influx,
+        front=args.front,
+        front_settings=settings,
+        schedule_clock=schedule_clock(args),
     )
     data_dir = args.data
     task = asyncio.current_task()
@@ -169,6 +176,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(json=args.log_json, level=args.log_level)
+    try:
+        schedule_clock(args)  # checked before anything starts; built again when the server starts
+    except ValueError as exc:
+        print(f"--clock-start/--acceleration: {exc}", file=sys.stderr)
+        return 2
     try:
         config = _load(args.config, args.drivers)
     except ConfigError as exc:
@@ -459,7 +471,41 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")
     p.add_argument("--influx-bucket", default="scada")
+    # Simulated time, as the simulators' --start and --acceleration: only the lighting schedules
+    # follow it (timestamps, read-back timeouts and rate limits stay real).
+    p.add_argument(
+        "--clock-start",
+        help="the lighting schedules' clock reads this instant, ISO 8601, UTC unless an offset is given, when "
+        "the schedules start (or at --clock-origin); default: now, real time; give the simulators the same --start",
+    )
+    p.add_argument(
+        "--acceleration",
+        type=float,
+        default=1.0,
+        help="simulated seconds per real second of the lighting schedules' clock (default 1: real time); "
+        "the simulators' --acceleration",
+    )
+    p.add_argument(
+        "--clock-origin",
+        type=float,
+        help="Unix time (s) of the real instant at which the schedules' clock reads --clock-start (default: "
+        "when the server starts): the simulators' --start-origin, so that both clocks read alike",
+    )
     eventloop.add_argument(p)
+
+
+def schedule_clock(args: argparse.Namespace):
+    """The lighting schedules' clock of ``--clock-start``, ``--acceleration``, ``--clock-origin``;
+    ValueError says what is wrong."""
+    from scada.control.schedules import ScheduleClock, parse_clock_start
+
+    start = getattr(args, "clock_start", None)
+    origin = getattr(args, "clock_origin", None)
+    return ScheduleClock(
+        parse_clock_start(start) if start else None,
+        getattr(args, "acceleration", 1.0),
+        origin_ns=None if origin is None else int(origin * 1e9),
+    )
 
 
 def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[AddCommand] = ()) -> int:

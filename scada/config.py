@@ -45,6 +45,7 @@ from common.fields import (
 )
 from common.yamlsrc import ConfigError, LocList, LocMap, decode_utf8, load
 from scada.alarms import config as alarms_config
+from scada.control import config as control_config
 from scada.control.model import ControlConfig
 from scada.driver_api import DeviceSite, DriverConfig, Drivers
 from scada.tagdb import ANALOG, DISCRETE, TEXT
@@ -316,7 +317,26 @@ class Config:
         lines.append(
             f"{communes} communes; {len(self.alarms.alarms)} alarm definitions, {len(self.alarms.services)} services"
         )
+        lines.extend(self.control_summary())
         return "\n".join(lines)
+
+    def control_summary(self) -> list[str]:
+        """The commands of each type (role, select-before-operate, interlocks), zones and schedules."""
+        c = self.control
+        lines = []
+        for tname, commands in c.commands.items():
+            lines.append(f"commands of {tname}:")
+            for cmd in commands.values():
+                args = ", ".join(a.name for a in cmd.arguments)
+                notes = [cmd.role] + (["select-before-operate"] if cmd.critical else [])
+                if cmd.interlocks:
+                    notes.append("interlocks " + ", ".join(cmd.interlocks))
+                lines.append(f"  {cmd.name}({args})  [{'; '.join(notes)}]")
+        if c.commands:
+            zones = ", ".join(c.zones) or "none"
+            schedules = ", ".join(s.name for s in c.schedules) or "none"
+            lines.append(f"{len(self.controlled)} controlled devices; zones: {zones}; schedules: {schedules}")
+        return lines
 
 
 # The keys of each section of tags.yaml, read through these tables (Fields.read) and walked
@@ -403,6 +423,18 @@ TYPE_KEYS: KeyTable = {
         "How the historian records this type's points: swinging-door compression of analog points with a deviation in percent of each point's range (points without a range keep every change beyond their deadband), discrete and text points on every change, an optional heartbeat, and how long raw values and rollups are kept. `history: false` records none of them.",
         None,
         schema={"oneOf": [{"const": False}, object_schema(HISTORY_KEYS)]},
+    ),
+    "commands": Key(
+        None,
+        "Commands by name, offered on every device of this type (OPC UA methods): arguments, the points written, the read-back that confirms, the role needed, select-before-operate, interlocks (README, Commands).",
+        None,
+        schema=control_config.COMMANDS_SCHEMA,
+    ),
+    "interlocks": Key(
+        None,
+        "Interlocks by name: conditions over the device's points (and other devices' by alias) that must hold for the commands naming them to go.",
+        None,
+        schema=control_config.INTERLOCKS_SCHEMA,
     ),
 }
 COMMON_POINT_KEYS: KeyTable = {
@@ -518,6 +550,24 @@ TAGS_KEYS: KeyTable = {
         None,
         schema={"type": "array", "items": {"$ref": "#/definitions/inventory"}},
     ),
+    "control": Key(
+        None,
+        "Settings of supervisory control: select-before-operate time, rate limits per user and per device, group fan-out, the schedules' time zone.",
+        None,
+        schema=control_config.CONTROL_SCHEMA,
+    ),
+    "zones": Key(
+        None,
+        "Named zones for group actions (OpenZone, CloseZone, DimAll, SetCorridorPlan) and schedules: listed devices, or a circle or a polygon over the devices' coordinates.",
+        None,
+        schema=control_config.ZONES_SCHEMA,
+    ),
+    "schedules": Key(
+        None,
+        "Lighting schedules: daily steps at times relative to sunset and sunrise or at clock times, each a command run on the cabinets of communes or zones.",
+        None,
+        schema=control_config.SCHEDULES_SCHEMA,
+    ),
 }
 # load_tags: "no devices: list some under devices or import them under inventories".
 TAGS_RULES: tuple[Schema, ...] = (
@@ -625,7 +675,9 @@ def _parse_point(name: str, raw: Any, path: str, file: str, line: int | None, dr
     return point
 
 
-def _parse_type(name: str, raw: Any, file: str, line: int, drivers: Drivers) -> EquipmentType:
+def _parse_type(
+    name: str, raw: Any, file: str, line: int, drivers: Drivers, control: control_config.ControlReader
+) -> EquipmentType:
     path = f"equipment_types.{name}"
     f = Fields(raw, path, file, line)
     driver = f.take("driver", to_str, what=f"one of {', '.join(drivers)}")
@@ -659,6 +711,7 @@ def _parse_type(name: str, raw: Any, file: str, line: int, drivers: Drivers) -> 
         demote_for=f.read(TYPE_KEYS, "demote_for"),
         history=_parse_history(f.sub("history"), f) if f.has("history") else HistorySettings(),
     )
+    control.read_type(f, t)
     f.done((*TYPE_KEYS, *drv.TYPE_KEYS))
     return t
 
@@ -809,12 +862,13 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
     if not isinstance(raw_types, LocMap) or not raw_types:  # the YAML loader's mappings are LocMaps
         raise top.error("equipment_types", "expected a mapping of equipment type names to definitions", raw_types)
     types: dict[str, EquipmentType] = {}
+    control = control_config.ControlReader()
     for tname, traw in raw_types.items():
         try:
             tname = to_name(tname)
         except ValueError as exc:
             raise ConfigError(file, raw_types.line_of(tname), f"equipment_types.{tname}", str(exc)) from None
-        types[tname] = _parse_type(tname, traw, file, raw_types.line_of(tname), drivers)
+        types[tname] = _parse_type(tname, traw, file, raw_types.line_of(tname), drivers, control)
 
     entries: list[tuple[Any, str, str, int]] = []
     raw_devices = top.sub("devices")
@@ -824,6 +878,8 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
         entries += [(d, f"devices[{i}]", file, raw_devices.line_of(i)) for i, d in enumerate(raw_devices)]
     if top.has("inventories"):
         entries += _inventory_devices(top.sub("inventories"), top, path.parent, types)
+    for key in ("control", "zones", "schedules"):  # read once the devices are: control.finish below
+        top.sub(key)
     top.done(TAGS_KEYS)
     if not entries:
         raise top.error("devices", "no devices: list some under devices or import them under inventories")
@@ -853,6 +909,8 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
     # Checks across devices belong to their driver: a Modbus address names one device, and
     # devices on one serial line agree on its settings; many devices share an MQTT broker.
     _check_devices(drivers, sites)
+    device_index = MappingProxyType({d.name: d for d in devices})
+    control_cfg = control.finish(top, types, devices, device_index)
 
     alarms = (
         alarms_config.load(alarms_path, types, devices)
@@ -864,8 +922,9 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
         types=MappingProxyType(types),
         devices=tuple(devices),
         alarms=alarms,
+        control=control_cfg,
         drivers=drivers,
-        _device_index=MappingProxyType({d.name: d for d in devices}),
+        _device_index=device_index,
     )
 
 

@@ -252,6 +252,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     d = diff(old, new)
     if d.empty:
         app.config = new  # lines and comments may have moved: later messages cite the new file
+        _reload_commands(app)
         return d
     if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:
         await _apply_alarms(app, new, d)
@@ -315,6 +316,7 @@ async def apply(app, new: Config) -> ConfigDiff:
     historian.take_over(saved[3])
     app.config, app.tagdb, app.alarms, app.historian, app.drivers = new, tagdb, alarms, historian, drivers
     saved[1].close_shared()  # the front reads the new table now (or will, when it restarts)
+    _reload_commands(app)
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)
     log.info(
@@ -327,6 +329,13 @@ async def apply(app, new: Config) -> ConfigDiff:
         opcua_node_changes=node_changes,
     )
     return d
+
+
+def _reload_commands(app) -> None:
+    """The command pipeline follows the running configuration, tag table and drivers."""
+    from scada.app import drivers_by_name
+
+    app.commands.reload(app.config, app.tagdb, drivers_by_name(app.drivers))
 
 
 def _restart_tasks(app) -> None:
@@ -409,6 +418,7 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
     old_alarms = app.alarms
     carry_server_state(old_alarms, alarms)  # again: the old engine ran on while the OPC UA side was rebuilt
     app.config, app.alarms = new, alarms
+    _reload_commands(app)
     app.start_tasks()
     _journal_removed(old_alarms, alarms, gone)
     log.info(

@@ -15,6 +15,7 @@ from common import eventloop, logs
 from common.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
+from simulators.clock import start_at
 from simulators.models import lighting
 
 log = structlog.get_logger("simulators")
@@ -32,10 +33,17 @@ async def run_lighting(args: argparse.Namespace) -> None:
     if ports != list(range(ports[0], ports[0] + len(ports))):
         raise SystemExit("inventory ports must be consecutive (one simulator serves base_port, base_port+1, ...)")
     units_per_port = max(c.unit for c in cabinets)
+    start = _start(args)
     state = lighting.create(
-        [c.lat for c in cabinets], [c.lon for c in cabinets], [c.lamps for c in cabinets], t=time.time(), seed=args.seed
+        [c.lat for c in cabinets],
+        [c.lon for c in cabinets],
+        [c.lamps for c in cabinets],
+        t=time.time() if start is None else start,
+        seed=args.seed,
     )
-    sim = LightingModbusSimulator(state, cabinets[0].host, ports[0], units_per_port, args.acceleration)
+    sim = LightingModbusSimulator(
+        state, cabinets[0].host, ports[0], units_per_port, args.acceleration, start_time=start
+    )
     await sim.start()
     log.info(
         "lighting_simulator_started",
@@ -52,8 +60,20 @@ async def run_lighting(args: argparse.Namespace) -> None:
         log.info("lighting_simulator_stopped", requests=sim.requests)
 
 
+def _start(args: argparse.Namespace) -> float | None:
+    """The simulated time now from ``--start`` (ISO 8601, UTC unless it gives an offset) and
+    ``--start-origin`` (the real instant at which the clock read it); None: real time."""
+    from datetime import UTC, datetime
+
+    if not args.start:
+        return None
+    t = datetime.fromisoformat(args.start)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return start_at(t.timestamp(), args.start_origin, args.acceleration)
+
+
 async def run_city(args: argparse.Namespace) -> None:
-    from datetime import datetime
     from pathlib import Path
 
     from simulators import city as citygen
@@ -67,7 +87,6 @@ async def run_city(args: argparse.Namespace) -> None:
             city, Path(args.config_out), Path(args.types_from), opcua_endpoint, args.mqtt or "127.0.0.1:1883"
         )
         log.info("city_config_written", path=str(path), cabinets=len(city.cabinets))
-    start = datetime.fromisoformat(args.start).timestamp() if args.start else None
     mqtt = None
     if args.mqtt:
         h, _, p = args.mqtt.rpartition(":")
@@ -81,6 +100,7 @@ async def run_city(args: argparse.Namespace) -> None:
         security = ServerSecurity(
             pki / "traffic-server.der", pki / "traffic-server.pem", (trusted,) if trusted.is_dir() else ()
         )
+    start = _start(args)  # just before the clocks are made: the time since the origin is counted
     sim = CitySimulator(
         city,
         host=args.host,
@@ -142,6 +162,16 @@ def send_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", help="simulated start time, ISO 8601, UTC unless an offset is given (default: now)")
+    p.add_argument(
+        "--start-origin",
+        type=float,
+        help="Unix time (s) of the real instant at which the simulated clock reads --start (default: when "
+        "the simulator starts): give the server's --clock-origin the same, and both clocks read alike",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scada-sim", description="Simulated city equipment")
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -153,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--units-per-port", type=int, default=1, help="cabinets per port (a gateway) 1-247")
     p.add_argument("--write-inventory", help="write the simulated cabinets as a CSV inventory")
     p.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
+    _start_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-json", action="store_true")
     eventloop.add_argument(p)
@@ -184,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--control-port", type=int, default=14999, help="JSON-lines port for fault injection")
     c.add_argument("--scenario", help="YAML timeline of faults")
     c.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
-    c.add_argument("--start", help="simulated start time, ISO 8601 (default: now)")
+    _start_arguments(c)
     c.add_argument("--failure-rate", type=float, default=1e-5, help="lamp failures per lamp-hour")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--log-json", action="store_true")

@@ -8,6 +8,15 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+def start_at(start_time: float | None, origin: float | None, acceleration: float) -> float | None:
+    """The simulated time now, when the clock read ``start_time`` at the real instant ``origin``
+    (Unix seconds; None: now): a process started after the origin catches up, so that several
+    processes given the same start, origin and acceleration share one simulated clock."""
+    if start_time is None or origin is None:
+        return start_time
+    return start_time + (time.time() - origin) * acceleration
+
+
 class SimClock:
     """Simulated time: ``start_time`` (now if None) when created, ``acceleration`` times faster since."""
 

@@ -15,6 +15,11 @@ and the core only does, per change batch, one write of its raw columns to a sock
   carries the engine's whole state.
 * **Requests** from the front (operator actions on alarms, the historian's points not stored
   yet) run here as plain synchronous handlers, cheap by design, and are answered in order.
+  A request that waits on the field (a command: its driver write and read-back take seconds)
+  has a coroutine handler (:meth:`FrontLink._async_handlers`): it runs in a task of its own and
+  is answered when done, replies matched by id, so that the read loop never waits for it. At
+  most ``MAX_IN_FLIGHT`` run at once per front; beyond, the handler's own "busy" answer
+  (a command: BadTooManyOperations) goes back at once.
   A refusal travels as ``(kind, payload)`` (:class:`scada.alarms.remote.RemoteAlarmError`, whose
   kinds are generic: "illegal", "key", "value", "error") and is raised again in the front. An
   action's alarm events are written before its reply, on the same stream: the front's mirror
@@ -44,7 +49,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -64,6 +69,7 @@ READY_TIMEOUT = 300.0  # s for a front to build its address space (a million tag
 STOP_TIMEOUT = 10.0  # s for a front to stop cleanly before it is killed
 RELOAD_TIMEOUT = 120.0
 MAX_REQUEST = 16 << 20  # a front's request is small; a larger frame is a bug or an attack
+MAX_IN_FLIGHT = 256  # coroutine requests (commands) running at once for one front
 
 
 class FrontExited(RuntimeError):
@@ -133,6 +139,7 @@ class FrontLink:
         self._ready: asyncio.Future | None = None
         self._reader_task: asyncio.Task | None = None
         self._started = False  # start() spawned the first process: run() adopts it
+        self._in_flight: set[asyncio.Task] = set()  # coroutine requests being served
         self.node_count = 0
         # Counters for the status line and the benches.
         self.batches_sent = 0
@@ -140,6 +147,7 @@ class FrontLink:
         self.alarm_events_dropped = 0
         self.resyncs = 0
         self.requests = 0
+        self.requests_busy = 0  # coroutine requests answered "busy" (MAX_IN_FLIGHT reached)
         self.audit_records = 0  # received from the front and given to the trail
         self.audit_refused = 0  # malformed: not written
         self.starts = 0  # processes started
@@ -248,6 +256,7 @@ class FrontLink:
                 self._ready.set_exception(FrontExited("the OPC UA front exited while starting (see its log)"))
 
     async def _stop_process(self) -> None:
+        await self._cancel_requests()
         self._unsubscribe()
         self._detach_alarms()
         for fut in self._waiting.values():
@@ -383,11 +392,103 @@ class FrontLink:
             "history_unstored": lambda ids: serve_unstored(app.historian, ids),
         }
 
+    def _async_handlers(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Callable[..., Any]]]:
+        """Requests served by a coroutine, each with its "busy" answer (MAX_IN_FLIGHT reached)."""
+        return {
+            "command": (self._command, self._command_busy),
+            "group_command": (self._group_command, self._group_busy),
+        }
+
+    async def _command(self, request: Any) -> tuple:
+        """One command through the core's pipeline (scada/control/pipeline.py)."""
+        from scada.control.model import CommandRequest
+
+        result = await self.app.commands.execute(CommandRequest.from_wire(request))
+        return result.to_wire()
+
+    def _command_busy(self, limit: int, request: Any) -> tuple:
+        """A command beyond MAX_IN_FLIGHT: BadTooManyOperations at once (never queued), audited."""
+        from scada.control.model import BAD_TOO_MANY_OPERATIONS, CommandRequest, CommandResult, status_name
+        from scada.security.audit import AuditRecord, canonical
+
+        result = CommandResult("", BAD_TOO_MANY_OPERATIONS, f"{limit} commands already in progress from this front")
+        try:
+            req = CommandRequest.from_wire(request)
+        except (TypeError, ValueError):
+            return result.to_wire()  # malformed and beyond the limit: the trail need not hold it
+        c = req.caller
+        arguments = {"command": req.command, "args": dict(req.args), "phase": req.phase, "origin": req.origin}
+        self.app.audit.record(
+            AuditRecord(
+                time.time_ns(),
+                "command",
+                c.user,
+                tuple(sorted(c.roles)),
+                c.session,
+                c.client,
+                "",
+                req.device,
+                canonical({**arguments, "message": result.message}),
+                status_name(result.status),
+            )
+        )
+        return CommandResult(req.device, result.status, result.message).to_wire()
+
+    # Group actions (scada/control/groups.py)
+
+    async def _group_command(self, request: Any) -> list[tuple]:
+        """A group action through the core's command service, its progress told to the front as
+        it goes (``("group_progress", group, action, user, total, done, failed, finished)``);
+        the answer is one result per device (or one naming the group when it is refused whole)."""
+        from scada.control.model import GroupRequest
+
+        try:
+            req = GroupRequest.from_wire(request)
+        except (TypeError, ValueError) as exc:
+            raise RemoteAlarmError("value", f"malformed group request: {exc}") from None
+        results = await self.app.commands.run_group(req, self._group_progress)
+        return [r.to_wire() for r in results]
+
+    def _group_busy(self, limit: int, request: Any) -> list[tuple]:
+        """A group action beyond MAX_IN_FLIGHT: BadTooManyOperations for the group at once, audited."""
+        from scada.control.model import BAD_TOO_MANY_OPERATIONS, CommandResult, GroupRequest, status_name
+        from scada.security.audit import AuditRecord, canonical
+
+        message = f"{limit} commands already in progress from this front"
+        try:
+            req = GroupRequest.from_wire(request)
+        except (TypeError, ValueError):
+            return [CommandResult("", BAD_TOO_MANY_OPERATIONS, message).to_wire()]
+        c = req.caller
+        self.app.audit.record(
+            AuditRecord(
+                time.time_ns(),
+                "group_command",
+                c.user,
+                tuple(sorted(c.roles)),
+                c.session,
+                c.client,
+                "",
+                req.group,
+                canonical({"action": req.action, "args": dict(req.args), "devices": 0, "message": message}),
+                status_name(BAD_TOO_MANY_OPERATIONS),
+            )
+        )
+        return [CommandResult(req.group, BAD_TOO_MANY_OPERATIONS, message).to_wire()]
+
+    def _group_progress(
+        self, group: str, action: str, user: str, total: int, done: int, failed: int, finished: bool
+    ) -> None:
+        # To the front running now (one restarted meanwhile gets the rest); none: nobody to tell.
+        if self._writer is not None:
+            self._send(wire.encode_message("group_progress", group, action, user, total, done, failed, finished))
+
     def _action_engine(self):
         return self._reload_alarms if self._reload_alarms is not None else self.app.alarms
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         handlers = self._handlers()
+        async_handlers = self._async_handlers()
         while True:
             kind, payload = await wire.read_frame(reader, MAX_REQUEST)
             if kind != wire.MESSAGE:
@@ -397,7 +498,10 @@ class FrontLink:
             if tag == "request":
                 _, rid, op, args = msg
                 self.requests += 1
-                self._answer(handlers, rid, op, args)
+                if op in async_handlers:
+                    self._start_request(async_handlers[op], rid, op, args)
+                else:
+                    self._answer(handlers, rid, op, args)
             elif tag == "audit":
                 self._audit(msg)
             elif tag == "ready":
@@ -443,6 +547,36 @@ class FrontLink:
             self._answering = False
         with contextlib.suppress(FrontExited):
             self._send(wire.encode_message(*reply))
+
+    def _start_request(self, handler: tuple[Callable[..., Awaitable[Any]], Callable[..., Any]], rid, op, args) -> None:
+        """A coroutine request: its own task, answered when done (or "busy" at once)."""
+        serve, busy = handler
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            self.requests_busy += 1
+            with contextlib.suppress(FrontExited):
+                self._send(wire.encode_message("reply", rid, True, busy(MAX_IN_FLIGHT, *args)))
+            return
+        task = asyncio.create_task(self._serve(serve, rid, op, args), name=f"front-request-{op}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _serve(self, serve: Callable[..., Awaitable[Any]], rid: int, op: str, args: Sequence[Any]) -> None:
+        try:
+            reply = ("reply", rid, True, await serve(*args))
+        except Exception as exc:  # noqa: BLE001 - the front gets the error, the core goes on
+            kind, payload = getattr(exc, "kind", "error"), getattr(exc, "payload", repr(exc))
+            if kind == "error":
+                log.warning("opcua_front_request_failed", op=op, error=repr(exc))
+            reply = ("reply", rid, False, (kind, payload))
+        with contextlib.suppress(FrontExited):
+            self._send(wire.encode_message(*reply))
+
+    async def _cancel_requests(self) -> None:
+        """The front is gone: the requests it sent are cancelled (each says so in the audit)."""
+        tasks = [t for t in self._in_flight if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # Reload (scada/reload.py)
 
@@ -495,6 +629,7 @@ class FrontLink:
             "front_alarm_events_dropped": self.alarm_events_dropped,
             "front_resyncs": self.resyncs,
             "front_requests": self.requests,
+            "front_requests_busy": self.requests_busy,
             "front_audit_records": self.audit_records,
             "front_audit_refused": self.audit_refused,
         }

@@ -6,7 +6,7 @@ One asyncua server hosts every junction: Objects / Junctions / <commune> / <junc
 NodeIds are strings ``<junction>.<path>`` in namespace ``urn:city-scada:traffic-sim``.
 
 Only ``Mode`` and ``Plan`` are writable, and a write is a *request* to the controller: the
-model validates it (the centre may not select "dark", nor an unknown plan) and the node
+model validates it (an unknown mode or plan is refused) and the node
 goes back to the controller's value when it refuses. Colours are never writable.
 
 With a :class:`ServerSecurity` the server is secure-only, as a traffic-management system on
@@ -254,8 +254,13 @@ class TrafficOpcUaSimulator(Paced):
             nodes = self._nodes[path]
             for i in changed.tolist():
                 value = _py(vt, now[i])
+                # Our subscription sees our own write as a request unless it is remembered as an
+                # echo; a write of the value the node already holds notifies nothing, and its echo
+                # would then swallow a later real request of that value.
                 if path in WRITABLE:
-                    self._echoes.setdefault(nodes[i], []).append(value)
+                    held = self.server.read_attribute_value(nodes[i]).Value
+                    if held is None or held.Value != value:
+                        self._echoes.setdefault(nodes[i], []).append(value)
                 await self.server.write_attribute_value(nodes[i], ua.DataValue(ua.Variant(value, vt)))
             self._last[path] = now.copy()
 

@@ -32,8 +32,9 @@ MODES = {
     ACTUATED: "actuated",
     CENTRAL: "central",
 }
-# Modes the centre may select (it may not switch a junction to "dark" by mistake).
-CENTRE_MODES = (FLASHING_AMBER, FIXED_TIME, ACTUATED, CENTRAL)
+# Modes the centre may select: every one, "dark" (signals off) included, as a real controller
+# allows; the server sends dark only through its critical SetMode (select-before-operate).
+CENTRE_MODES = (DARK, FLASHING_AMBER, FIXED_TIME, ACTUATED, CENTRAL)
 OFF, RED, AMBER, GREEN, FLASHING = 0, 1, 2, 3, 4
 COLOURS = {OFF: "off", RED: "red", AMBER: "amber", GREEN: "green", FLASHING: "flashing_amber"}
 GROUPS = ("main", "side", "ped_main", "ped_side")
@@ -183,7 +184,7 @@ def _set(s: TrafficState, field: str, i, value) -> TrafficState:
 
 
 def set_mode(s: TrafficState, i: int, mode: int) -> TrafficState:
-    """The centre selects a mode (not 'dark'); raises ValueError otherwise."""
+    """The centre selects a mode (one of CENTRE_MODES); raises ValueError otherwise."""
     if mode not in CENTRE_MODES:
         raise ValueError(f"the centre may select modes {[MODES[m] for m in CENTRE_MODES]}, not {mode}")
     return _set(s, "mode", i, mode)

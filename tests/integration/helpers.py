@@ -129,11 +129,14 @@ class TinyCity:
         return f"opc.tcp://127.0.0.1:{self.opc_scada}/scada/"
 
 
-def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str | None = "0") -> TinyCity:
+def start_tiny_city(
+    tmp_path: Path, mqtt: str | None = None, failure_rate: str | None = "0", acceleration: float | None = None
+) -> TinyCity:
     """``python -m simulators city --preset tiny`` on free ports, its configuration written to
     ``tmp_path/config`` (types from the shipped tags.yaml), its log in ``tmp_path/sim.log``.
 
-    ``mqtt`` (host:port) adds the MQTT devices; ``failure_rate`` None keeps the simulator's own."""
+    ``mqtt`` (host:port) adds the MQTT devices; ``failure_rate`` None keeps the simulator's own;
+    ``acceleration``: simulated seconds per real second (a bollard rises in 6 simulated s)."""
     base = free_port_range(6)
     opc_sim, opc_scada, control = free_port(), free_port(), free_port()
     config = tmp_path / "config"
@@ -143,6 +146,8 @@ def start_tiny_city(tmp_path: Path, mqtt: str | None = None, failure_rate: str |
     args += ["--control-port", str(control), "--config-out", str(config), "--types-from", str(ROOT / "tags.yaml")]
     if failure_rate is not None:
         args += ["--failure-rate", failure_rate]
+    if acceleration is not None:
+        args += ["--acceleration", str(acceleration)]
     sim = Process([*args, "--log-json"], tmp_path / "sim.log")
     return TinyCity(base, opc_sim, opc_scada, control, config, sim)
 

@@ -17,7 +17,7 @@ from scada.security.settings import SecuritySettings
 from scada.security.users import hash_password, make_user, save_users
 from scada.tagdb import TagDB
 from tests import configs
-from tests.integration.helpers import Notifications, free_port, serving, until
+from tests.integration.helpers import DEADLINE, Notifications, free_port, serving, until
 from tests.leaks import tasks_left
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -192,7 +192,7 @@ async def test_a_storm_of_records_queues_a_bounded_number_of_events(hmi: HmiServ
     for _ in range(MAX_QUEUED + 10):  # in one go: the sending task has not run yet
         hmi.audit.record(record_of("call", METHOD, [], "BadUserAccessDenied", ALICE))
     assert events.dropped == dropped + 10
-    await until(lambda: events.sent == sent + MAX_QUEUED, 60, "the queued events sent")
+    await until(lambda: events.sent == sent + MAX_QUEUED, DEADLINE, "the queued events sent")
     assert events.errors == 0
 
 

@@ -16,7 +16,7 @@ from scada.front.process import AUDIT_HIGH_WATER, CoreChannel, Front
 from scada.reload import reload_from_files
 from scada.security.audit import AuditFanout, to_wire
 from scada.security.audit_log import AuditLog, AuditTrail
-from tests.integration.helpers import running_app, until
+from tests.integration.helpers import DEADLINE, running_app, until
 from tests.unit.test_audit_log import rec
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def test_the_fronts_records_reach_the_cores_trail_and_malformed_ones_are_r
         channel.send("audit", (*to_wire(rec(2))[:-1], 42))  # a result that is not text
         channel.send("audit", to_wire(rec(3)), "extra")
         front.audit.record(rec(4))
-        await until(lambda: link.audit_records + link.audit_refused == 4, 30, "the four messages read")
+        await until(lambda: link.audit_records + link.audit_refused == 4, DEADLINE, "the four messages read")
     finally:
         await stop(reading, channel.writer, core_writer)
     assert (link.audit_records, link.audit_refused) == (2, 2)
@@ -78,9 +78,9 @@ async def test_a_core_that_does_not_read_costs_the_front_bounded_memory_and_the_
         assert sink.dropped == 1001
         assert channel.backlog() <= AUDIT_HIGH_WATER + 4096  # one record beyond the mark at most
         reading = asyncio.create_task(link._read_loop(core_reader))
-        await until(lambda: link.audit_records == sink.sent, 60, "the backlog read by the core")
+        await until(lambda: link.audit_records == sink.sent, DEADLINE, "the backlog read by the core")
         front.audit.record(rec(10**6))  # the channel drained: the loss is said, then this one goes
-        await until(lambda: link.audit_records == sink.sent + 1, 30, "the loss and the record read")
+        await until(lambda: link.audit_records == sink.sent + 1, DEADLINE, "the loss and the record read")
     finally:
         await stop(reading, channel.writer, core_writer)
     assert trail.flush(60)

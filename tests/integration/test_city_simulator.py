@@ -100,7 +100,9 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
         assert all(s["position"] in ("up", "down", "rising", "lowering") for s in states.values())
 
         # An asyncua client browses the traffic simulator; the scenario's conflict fault shows.
-        async with Client(f"opc.tcp://127.0.0.1:{opc_sim}/traffic/", timeout=DEADLINE) as c:
+        # watchdog_intervall: asyncua probes the server every interval, each probe given that long
+        # (1 s by default): on a loaded machine one slow probe marked the client disconnected.
+        async with Client(f"opc.tcp://127.0.0.1:{opc_sim}/traffic/", timeout=DEADLINE, watchdog_intervall=DEADLINE) as c:
             ns = await c.get_namespace_index(TRAFFIC_NS)
             j = city.junctions[0]
             assert await c.get_node(ua.NodeId(f"Junctions/{j.commune}", ns)).get_children()
@@ -114,7 +116,7 @@ async def test_tiny_city_with_independent_peers_faults_and_the_server(tmp_path):
         endpoint = f"opc.tcp://127.0.0.1:{opc_scada}/scada/"
         server = Process(scada_run_args(config, tmp_path / "data", endpoint), tmp_path / "server.log")
         wait_port(opc_scada, proc=server)
-        async with Client(endpoint, timeout=DEADLINE) as c:
+        async with Client(endpoint, timeout=DEADLINE, watchdog_intervall=DEADLINE) as c:
             ns = await c.get_namespace_index(SCADA_NS)
 
             def node(device, point):

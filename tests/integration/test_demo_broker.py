@@ -23,7 +23,7 @@ from scada.diagnostics import ONLINE
 from scada.opcua.address_space import NAMESPACE_URI as SCADA_NS
 from simulators.city import generate
 
-from .helpers import ROOT, Process, free_port, scada_run_args, start_tiny_city, until_read, wait_port, wait_port_closed
+from .helpers import DEADLINE, ROOT, Process, free_port, scada_run_args, start_tiny_city, until_read, wait_port, wait_port_closed
 # Run again on the embedded broker: values, garbage, last will, commands, broker outage...
 from .test_mqtt_driver import test_values_garbage_last_will_commands_and_broker_outage as test_driver_on_embedded  # noqa: F401
 # ... and the simulators' reconnection and vehicle reports. (Not the bollard test there: it
@@ -122,7 +122,7 @@ def test_retained_messages_go_only_to_their_subscribers(broker):
     assert shutil.which("mosquitto_sub"), "mosquitto_sub is missing: `make test` installs mosquitto-clients"
     p = ["-h", "127.0.0.1", "-p", str(broker.port)]
     subprocess.run(["mosquitto_pub", *p, "-t", "city/bollards/B-1/state", "-m", "up", "-r", "-q", "1"],
-                   check=True, timeout=10)
+                   check=True, timeout=DEADLINE)
     # A subscriber to the state topics stays connected while another client connects.
     watcher = subprocess.Popen(["mosquitto_sub", *p, "-t", "city/bollards/+/state", "-v", "-W", "60"],
                                stdout=subprocess.PIPE, text=True)
@@ -140,7 +140,7 @@ def test_retained_messages_go_only_to_their_subscribers(broker):
 
 def fault(control_port: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "simulators", "fault", "--control-port", str(control_port), *args],
-                          capture_output=True, text=True, timeout=20, cwd=ROOT)
+                          capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
 
 
 async def test_the_city_and_the_server_on_the_embedded_broker(broker, tmp_path):
@@ -163,23 +163,23 @@ async def test_the_city_and_the_server_on_the_embedded_broker(broker, tmp_path):
                 return dv.StatusCode.is_good()
 
             for b in city.bollards:
-                dv = await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/position"), good, timeout=60,
+                dv = await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/position"), good, timeout=DEADLINE,
                                       what=f"{b.name} position")
                 assert dv.Value.Value in (0, 1, 2, 3)
                 await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/Diagnostics/state"),
-                                 lambda d: d.Value.Value == ONLINE, timeout=30, what=f"{b.name} online")
+                                 lambda d: d.Value.Value == ONLINE, timeout=DEADLINE, what=f"{b.name} online")
             for v in city.vehicles:  # filed under the depot's commune, Dijon
-                dv = await until_read(lambda: read(f"Dijon/fleet/{v}/lat"), good, timeout=60, what=f"{v} position")
+                dv = await until_read(lambda: read(f"Dijon/fleet/{v}/lat"), good, timeout=DEADLINE, what=f"{v} position")
                 assert 47.0 < dv.Value.Value < 47.6
 
             # A bollard that drops off the network: the broker announces its last will.
             b = city.bollards[0]
             assert fault(control, "device_offline", b.name).returncode == 0
             await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/position"),
-                             lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, timeout=60,
+                             lambda d: d.StatusCode.value == ua.StatusCodes.BadCommunicationError, timeout=DEADLINE,
                              what="last will")
             assert fault(control, "device_online", b.name).returncode == 0
-            await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/position"), good, timeout=60,
+            await until_read(lambda: read(f"{b.commune}/bollard/{b.name}/position"), good, timeout=DEADLINE,
                              what="back online")
     finally:
         if server:

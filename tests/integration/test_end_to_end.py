@@ -20,7 +20,7 @@ from asyncua import Client, ua
 from scada.opcua.address_space import NAMESPACE_URI
 from simulators.inventory import Cabinet
 
-from .helpers import OPEN_SECURITY, until_read, Process, free_port, free_port_range, wait_port, wait_port_closed, write_cabinets
+from .helpers import DEADLINE, OPEN_SECURITY, until_read, Process, free_port, free_port_range, wait_port, wait_port_closed, write_cabinets
 
 pytestmark = pytest.mark.integration
 
@@ -74,13 +74,13 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             await sub.subscribe_data_change(dim)
 
             # Values arrive with Good status.
-            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 30, "first poll")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), DEADLINE, "first poll")
             assert dv.Value.Value == 0  # auto
 
             # An independent Modbus master puts the cabinet in manual dimming at 40 %.
             subprocess.run(["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", "0", "-t", "4", "-p", str(cab.port),
                             "127.0.0.1", "3", "40"], check=True, capture_output=True, timeout=10)
-            dv = await until_read(dv_reader(dim), lambda d: d.Value.Value == 40, 15, "dim level 40 %")
+            dv = await until_read(dv_reader(dim), lambda d: d.Value.Value == 40, DEADLINE, "dim level 40 %")
             assert dv.StatusCode.is_good()
             assert dv.SourceTimestamp is not None
             expected_kw = cab.lamps * 60.0 * 0.40 / 1000.0  # luminaires x 60 W x 40 %, in kW (float32)
@@ -89,7 +89,7 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             assert dv.StatusCode.is_good()
             assert (await mode.read_value()) == 3
             # The subscription saw the change too (the publisher notifies monitored items).
-            await until_read(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, 15, "subscription")
+            await until_read(lambda: asyncio.sleep(0, handler.values), lambda v: 40 in v, DEADLINE, "subscription")
 
             # The engineering unit travels with the variable.
             eu = await power.get_child(["0:EngineeringUnits"])
@@ -111,8 +111,8 @@ async def test_cabinet_change_reaches_opcua_client_and_link_loss_is_reported(tmp
             wait_port_closed(cab.port)
             sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim2.log")
             wait_port(base + 2)
-            await until_read(dv_reader(dim), lambda d: d.StatusCode.is_good(), 30, "Good after restart")
-            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), 15, "mode Good after restart")
+            await until_read(dv_reader(dim), lambda d: d.StatusCode.is_good(), DEADLINE, "Good after restart")
+            dv = await until_read(dv_reader(mode), lambda d: d.StatusCode.is_good(), DEADLINE, "mode Good after restart")
             assert dv.Value.Value == 0  # a restarted cabinet comes back in automatic mode
             await sub.delete()
         # Ctrl-C (SIGINT) stops the server cleanly.

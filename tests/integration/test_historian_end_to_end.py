@@ -37,7 +37,7 @@ import pytest
 
 from scada.historian.store import HistoryStore
 
-from .helpers import OPEN_SECURITY, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port, write_tags
+from .helpers import DEADLINE, OPEN_SECURITY, ROOT, Mosquitto, Process, free_port, free_port_range, wait_port, wait_port_closed, write_tags
 from .victoria import Victoria
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ def missing(stored: dict, exported: dict) -> list[str]:
     return out
 
 
-async def every_stored_value_is_in_victoria(data: Path, vm: Victoria, what: str, timeout: float = 30.0):
+async def every_stored_value_is_in_victoria(data: Path, vm: Victoria, what: str, timeout: float = DEADLINE):
     """Read the store, wait until VictoriaMetrics holds all of it, then compare exactly.
 
     Returns the ms timestamps of every value compared (all series together).
@@ -124,7 +124,7 @@ async def every_stored_value_is_in_victoria(data: Path, vm: Victoria, what: str,
     return compared
 
 
-async def until_stored(data: Path, when, n: int, what: str, timeout: float = 20.0) -> None:
+async def until_stored(data: Path, when, n: int, what: str, timeout: float = DEADLINE) -> None:
     """Wait until the store holds ``n`` values (of any tags) whose ms time satisfies ``when``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -147,7 +147,6 @@ def start_server(config: Path, data: Path, vm: Victoria, opc_port: int, log: Pat
 
 
 async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_path):
-    t_start = time.monotonic()
     vm = Victoria(tmp_path / "vm")
     broker = Mosquitto(tmp_path / "mqtt")
     base = free_port_range(6)
@@ -160,12 +159,12 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
                    "--start", "2026-11-28T16:00:00+00:00", "--acceleration", "60"], tmp_path / "sim.log")
     server = None
     try:
-        await asyncio.to_thread(wait_port, control, 30)
+        await asyncio.to_thread(wait_port, control, proc=sim)
         server = start_server(config, data, vm, opc_scada, tmp_path / "server1.log")
-        await asyncio.to_thread(wait_port, opc_scada, 30)
+        await asyncio.to_thread(wait_port, opc_scada, proc=server)
 
         # 1. Values arrive.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + DEADLINE
         while True:
             got = await asyncio.to_thread(vm_values, vm)
             classes = {k[0].split("_")[0] for k in got}
@@ -179,27 +178,29 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
         # spooled) a good number of values: counted, not a pause of a few seconds.
         await asyncio.to_thread(vm.stop)
         down = now_ms()
-        await until_stored(data, lambda t: t > down, 100, "values recorded during the outage", timeout=60)
+        await until_stored(data, lambda t: t > down, 100, "values recorded during the outage", timeout=DEADLINE)
         up = now_ms()
         await asyncio.to_thread(vm.start)
-        first = await every_stored_value_is_in_victoria(data, vm, "after an outage", timeout=60)
+        first = await every_stored_value_is_in_victoria(data, vm, "after an outage", timeout=DEADLINE)
         during = sum(down < t < up for t in first)
         assert during > 50, f"only {during} values recorded during the outage"  # all replayed from the spool
 
         # 3. Down again; the server is killed during the outage and started again, then the database.
         await asyncio.to_thread(vm.stop)
         down = now_ms()
-        await until_stored(data, lambda t: t > down, 100, "values recorded before the kill", timeout=60)
+        await until_stored(data, lambda t: t > down, 100, "values recorded before the kill", timeout=DEADLINE)
         killed = now_ms()
         server.stop(signal.SIGKILL)
+        # Its front, a process of its own, may hold the port a moment longer than the server lived.
+        await asyncio.to_thread(wait_port_closed, opc_scada)
         server = start_server(config, data, vm, opc_scada, tmp_path / "server2.log")
-        await asyncio.to_thread(wait_port, opc_scada, 30)
+        await asyncio.to_thread(wait_port, opc_scada, proc=server)
         # The restarted server records (and spools) with the database still down.
-        await until_stored(data, lambda t: t > killed, 100, "values recorded after the restart", timeout=60)
+        await until_stored(data, lambda t: t > killed, 100, "values recorded after the restart", timeout=DEADLINE)
         up = now_ms()
         await asyncio.to_thread(vm.start)
         second = await every_stored_value_is_in_victoria(data, vm, "after a server crash during an outage",
-                                                         timeout=60)
+                                                         timeout=DEADLINE)
         before_kill = sum(down < t < killed for t in second)
         after_restart = sum(killed < t < up for t in second)
         assert before_kill > 50 and after_restart > 50, (before_kill, after_restart)
@@ -211,7 +212,6 @@ async def test_history_reaches_victoria_through_outages_and_a_server_crash(tmp_p
         sim.stop()
         broker.stop()
         vm.stop()
-    assert time.monotonic() - t_start < 300  # a generous bound: the test does not hang
 
 
 async def test_server_writing_to_influx_stops_on_sigterm(tmp_path):
@@ -231,12 +231,12 @@ async def test_server_writing_to_influx_stops_on_sigterm(tmp_path):
     opc_port = free_port()
     server = None
     try:
-        await asyncio.to_thread(wait_port, base + 1, 20)
+        await asyncio.to_thread(wait_port, base + 1, proc=sim)
         server = start_server(config, data, vm, opc_port, tmp_path / "server.log")
-        await asyncio.to_thread(wait_port, opc_port, 30)
+        await asyncio.to_thread(wait_port, opc_port, proc=server)
         await until_stored(data, lambda t: True, 20, "values stored")
         # SIGTERM while the sink is delivering (the case that could hang on a request in flight).
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while not await asyncio.to_thread(vm_values, vm):
             assert time.monotonic() < deadline, f"nothing reached VictoriaMetrics:\n{server.output()[-2000:]}"
             await asyncio.sleep(0.2)

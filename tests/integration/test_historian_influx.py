@@ -26,7 +26,7 @@ from scada import status as st
 from scada.historian.influx import InfluxSink, TagMeta
 from scada.historian.spool import Spool
 
-from .helpers import Process, free_port, until
+from .helpers import DEADLINE, Process, free_port, until
 from .victoria import Victoria
 
 pytestmark = pytest.mark.integration
@@ -158,8 +158,8 @@ async def test_database_stopped_under_load_then_everything_arrives_once_in_order
     reconnected = time.monotonic()
     # Live data keeps coming for as long as the backlog replays (the drain must interleave it).
     await produce_until(lambda: bool(replay_statuses) and not sink.status().replaying, "backlog replayed",
-                        timeout=60)
-    await until(lambda: sink.spool.backlog_entries == 0, timeout=30, what="backlog acknowledged")
+                        timeout=DEADLINE)
+    await until(lambda: sink.spool.backlog_entries == 0, timeout=DEADLINE, what="backlog acknowledged")
     await stop_sink(task, sink)
 
     want = expected_series(tag_names, range(k), t0 // 1_000_000)
@@ -234,11 +234,11 @@ async def test_sink_process_killed_mid_outage_replays_after_restart(victoria, tm
     try:
         await until(lambda: len(submitted(first.output())) > 100 and
                     any(c == 1 for _, c, _ in backlog_reports(first.output())),
-                    timeout=20, what="first sink running and delivering")
+                    timeout=DEADLINE, what="first sink running and delivering")
         await asyncio.to_thread(victoria.stop)  # outage
         # the sink noticed the outage and values accumulate in the spool
         await until(lambda: (r := backlog_reports(first.output())) and r[-1][1] == 0 and r[-1][0] >= 50,
-                    timeout=30, what="outage noticed with a backlog")
+                    timeout=DEADLINE, what="outage noticed with a backlog")
         first.stop(signal.SIGKILL)  # the server dies in the middle of the outage
     finally:
         first.stop(signal.SIGKILL)
@@ -249,7 +249,7 @@ async def test_sink_process_killed_mid_outage_replays_after_restart(victoria, tm
     second = Process([str(script), victoria.url, str(spool_dir), "after", str(n_tags), str(t0)], tmp_path / "p2.log")
     try:
         await until(lambda: any(c == 1 and r == 0 for _, c, r in backlog_reports(second.output())),
-                    timeout=30, what="backlog replayed after the restart")
+                    timeout=DEADLINE, what="backlog replayed after the restart")
     finally:
         second.stop(signal.SIGKILL)
     # Every value recorded before the kill, in order, none twice; the value being submitted at
@@ -326,7 +326,7 @@ async def test_dead_database_is_retried_with_backoff_and_the_spool_alarm_rises(t
         k += 1
         if k % 50 == 0:
             await asyncio.sleep(0.01)
-    await until(lambda: len(attempts) >= 6, timeout=30, what="six delivery attempts")
+    await until(lambda: len(attempts) >= 6, timeout=DEADLINE, what="six delivery attempts")
     status = sink.status()
     await stop_sink(task, sink)
     assert not status.connected and status.spool_high and status.fill_ratio >= 0.8

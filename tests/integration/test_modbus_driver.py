@@ -20,7 +20,7 @@ from scada import status as st
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import DriverHarness, SilentLink, free_port, free_port_range, load, until, write_inventory
+from .helpers import DEADLINE, DriverHarness, SilentLink, free_port, free_port_range, load, until, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -82,13 +82,13 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
     base = simulator.base_port
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", base), ("MIS-1", "misconfigured_cabinet", base + 1)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, 15, "first poll")
+        await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, DEADLINE, "first poll")
         assert h.value("LC-1", "lamp_count") == 30
         assert h.value("LC-1", "mains_voltage") == pytest.approx(simulator.state.voltage[0], abs=0.2)
         assert h.value("LC-1", "mode") == 0
         # The device refuses register 60 (exception 02): that point is Bad_ConfigurationError,
         # the other points of the same device stay Good.
-        await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, 15, "refused point")
+        await until(lambda: h.status("MIS-1", "ghost") == st.BAD_CONFIGURATION_ERROR, DEADLINE, "refused point")
         assert h.status("MIS-1", "power") == st.GOOD
         assert "exception 2" in h.state("MIS-1").last_error
         # Exceptions 02/03 are configuration mistakes: the block is not asked for again.
@@ -97,7 +97,7 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
         asked = len(mis.plan.blocks) - 1  # every block but the refused one
         polls, requests = h.successes("MIS-1"), int(simulator.requests_per_cabinet[1])
         # Enough polls that one more request per poll cannot hide in the partial polls at the ends.
-        await until(lambda: h.successes("MIS-1") >= polls + 2 * asked + 2, 15, "more polls")
+        await until(lambda: h.successes("MIS-1") >= polls + 2 * asked + 2, DEADLINE, "more polls")
         dp = h.successes("MIS-1") - polls
         dreq = int(simulator.requests_per_cabinet[1]) - requests
         # A poll in flight at each end of the window has part of its requests counted
@@ -109,13 +109,13 @@ async def test_values_status_and_a_refused_point(simulator, tmp_path):
 async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator, tmp_path):
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "mode") == st.GOOD, 15, "first poll")
+        await until(lambda: h.status("LC-1", "mode") == st.GOOD, DEADLINE, "first poll")
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/mode", 3))
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 25))
         await h.driver.write(WriteCommand("Dijon/lighting/LC-1/lamp_test", 1))
         assert simulator.state.mode[0] == 3 and simulator.state.dim_setpoint[0] == 25
         assert simulator.state.lamp_test[0]
-        await until(lambda: h.value("LC-1", "mode") == 3, 15, "mode read back")
+        await until(lambda: h.value("LC-1", "mode") == 3, DEADLINE, "mode read back")
         for tag, value, reason in [
             ("Dijon/lighting/LC-1/power", 1, "not writable"),
             ("Dijon/lighting/LC-1/dim_setpoint", 150, "outside"),
@@ -132,7 +132,7 @@ async def test_write_goes_to_the_device_and_check_refuses_bad_commands(simulator
 async def test_refused_writes_and_a_write_that_does_not_take(simulator, tmp_path):
     cfg = make_config(tmp_path / "c", [("MIS-1", "misconfigured_cabinet", simulator.base_port)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("MIS-1", "power") == st.GOOD, 15, "first poll")
+        await until(lambda: h.status("MIS-1", "power") == st.GOOD, DEADLINE, "first poll")
         # The cabinet refuses mode 7 (exception 03): a clear error, nothing changed.
         with pytest.raises(DeviceRejected, match="refused the write"):
             await h.driver.write(WriteCommand("Dijon/lighting/MIS-1/mode_raw", 7))
@@ -150,18 +150,18 @@ async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and
     try:
         cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", link.port)])
         async with Harness(cfg) as h:
-            await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "first poll")
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, DEADLINE, "first poll")
             last = h.value("LC-1", "lamp_count")
             failures = int(h.driver.diag.failures[h.state("LC-1").k])
             link.silent = True
-            await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 15, "silent device")
+            await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, DEADLINE, "silent device")
             # Within one poll plus one timeout: the first timed-out poll turns it Bad, not several.
             # (Counted, not timed: this check runs on the driver's loop before its next poll can end.)
             assert h.driver.diag.failures[h.state("LC-1").k] == failures + 1
             assert (h.tagdb.status[h.ids("LC-1")] == st.BAD_COMMUNICATION_ERROR).all()
             assert h.value("LC-1", "lamp_count") == last  # last value kept
             link.silent = False
-            await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "recovery")
+            await until(lambda: h.status("LC-1", "power") == st.GOOD, DEADLINE, "recovery")
     finally:
         await link.stop()
 
@@ -178,7 +178,7 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
         dead = [("DEAD-REFUSED", "lighting_cabinet", refused_port), ("DEAD-SILENT", "lighting_cabinet", silent.port)]
         cfg = make_config(tmp_path / "b", live + dead)
         async with Harness(cfg) as h:
-            await until(lambda: all(h.successes(n) > 0 for n, _, _ in live), 15, "first polls")
+            await until(lambda: all(h.successes(n) > 0 for n, _, _ in live), DEADLINE, "first polls")
             before = {n: h.successes(n) for n, _, _ in live}
             failures = lambda name: int(h.driver.diag.failures[h.state(name).k])  # noqa: E731
             # The window: long enough for the dead devices to fail repeatedly (five timeouts of
@@ -207,9 +207,9 @@ async def test_cabinet_that_drops_off_the_network_goes_bad_and_recovers(simulato
     cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port),
                                        ("LC-2", "lighting_cabinet", simulator.base_port + 1)])
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, 15, "up")
+        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, DEADLINE, "up")
         await simulator.set_offline(0, True)
-        await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, 15, "offline")
+        await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, DEADLINE, "offline")
         assert h.status("LC-2", "power") == st.GOOD
         await simulator.set_offline(0, False)
-        await until(lambda: h.status("LC-1", "power") == st.GOOD, 15, "back online")
+        await until(lambda: h.status("LC-1", "power") == st.GOOD, DEADLINE, "back online")

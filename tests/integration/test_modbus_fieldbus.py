@@ -25,7 +25,7 @@ from scada.diagnostics import DEMOTED, ONLINE
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.models import lighting
 
-from .helpers import free_port, free_port_range, load, until, write_tags
+from .helpers import DEADLINE, free_port, free_port_range, load, until, write_tags
 from .test_modbus_driver import Harness
 
 pytestmark = pytest.mark.integration
@@ -70,10 +70,10 @@ async def test_a_silent_unit_behind_a_gateway_is_demoted_so_its_neighbours_keep_
     never = write_config(tmp_path / "never", units, device_keys=", demote_after: 0", timeout=1.0)
     gateway.set_silent(1, True)
     async with Harness(never) as h:
-        await until(lambda: h.successes("LC-1") > 0 and h.successes("LC-3") > 0, 10, "first polls")
+        await until(lambda: h.successes("LC-1") > 0 and h.successes("LC-3") > 0, DEADLINE, "first polls")
         failures = lambda: int(h.driver.diag.failures[h.state("LC-2").k])  # noqa: E731
         f0, n0 = failures(), neighbour_polls(h)
-        await until(lambda: failures() >= f0 + 4, 30, "four timeouts of LC-2")
+        await until(lambda: failures() >= f0 + 4, DEADLINE, "four timeouts of LC-2")
         timeouts, starved = failures() - f0, neighbour_polls(h) - n0
     # At full rate the two neighbours would poll 2 x 5 times per timeout; in the gaps, at most
     # twice each (once per cycle of the <= 0.2 s gap, plus the poll that was waiting).
@@ -85,27 +85,27 @@ async def test_a_silent_unit_behind_a_gateway_is_demoted_so_its_neighbours_keep_
                        timeout=1.0)
     async with Harness(cfg) as h:
         lc2 = h.state("LC-2")
-        await until(lambda: h.diag("LC-2", "state") == ONLINE, 10, "LC-2 online")
+        await until(lambda: h.diag("LC-2", "state") == ONLINE, DEADLINE, "LC-2 online")
         gateway.set_silent(1, True)
-        await until(lambda: h.diag("LC-2", "state") == DEMOTED, 10, "LC-2 demoted")
+        await until(lambda: h.diag("LC-2", "state") == DEMOTED, DEADLINE, "LC-2 demoted")
         off_scan_until = lc2.demoted_until
         assert h.diag("LC-2", "demoted") == 1
         assert "no answer from unit 2" in h.diag("LC-2", "last_error")
-        await until(lambda: h.status("LC-2", "power") == st.BAD_COMMUNICATION_ERROR, 10, "LC-2's tags Bad")
+        await until(lambda: h.status("LC-2", "power") == st.BAD_COMMUNICATION_ERROR, DEADLINE, "LC-2's tags Bad")
         assert h.driver.diagnostics()["demoted"] == 1
         # Off scan: no request is sent to it while its neighbours make ten polls (about one
         # second; the demotion lasts six), so nothing holds the link they share.
         failures = int(h.driver.diag.failures[lc2.k])
         n0 = neighbour_polls(h)
-        await until(lambda: neighbour_polls(h) >= n0 + 10, 20, "ten polls of the neighbours")
+        await until(lambda: neighbour_polls(h) >= n0 + 10, DEADLINE, "ten polls of the neighbours")
         assert h.driver.diag.failures[lc2.k] == failures, "a request was sent to the demoted unit"
         assert h.status("LC-1", "power") == h.status("LC-3", "power") == st.GOOD
         # It answers again: tried after demote_for (not before), back on scan.
         gateway.set_silent(1, False)
-        await until(lambda: h.diag("LC-2", "state") == ONLINE, 30, "LC-2 back on scan")
+        await until(lambda: h.diag("LC-2", "state") == ONLINE, DEADLINE, "LC-2 back on scan")
         assert time.monotonic() >= off_scan_until
         assert h.diag("LC-2", "demoted") == 0
-        await until(lambda: h.status("LC-2", "power") == st.GOOD, 10, "LC-2's tags Good")
+        await until(lambda: h.status("LC-2", "power") == st.GOOD, DEADLINE, "LC-2's tags Good")
 
 
 async def test_diagnostic_tags_of_a_healthy_and_a_dead_device(gateway, tmp_path):
@@ -113,11 +113,11 @@ async def test_diagnostic_tags_of_a_healthy_and_a_dead_device(gateway, tmp_path)
     cfg = write_config(tmp_path / "c", [("LC-1", f"127.0.0.1:{gateway.base_port}", 1),
                                         ("LC-DEAD", f"127.0.0.1:{dead_port}", 1)])
     async with Harness(cfg) as h:
-        await until(lambda: h.diag("LC-1", "successes") >= 3, 15, "diagnostics published")
+        await until(lambda: h.diag("LC-1", "successes") >= 3, DEADLINE, "diagnostics published")
         assert h.diag("LC-1", "state") == ONLINE
         assert 0 < h.diag("LC-1", "rtt") < TIMEOUT * 1000
         assert h.diag("LC-1", "failures") == 0 and h.diag("LC-1", "demoted") == 0
-        await until(lambda: h.diag("LC-DEAD", "demoted") == 1, 15, "dead device demoted")
+        await until(lambda: h.diag("LC-DEAD", "demoted") == 1, DEADLINE, "dead device demoted")
         assert h.diag("LC-DEAD", "successes") == 0 and h.diag("LC-DEAD", "failures") >= 3
         assert f"127.0.0.1:{dead_port}" in h.diag("LC-DEAD", "last_error")
         for name in DIAG:  # diagnostics are the server's own knowledge: always Good
@@ -157,11 +157,11 @@ async def test_poll_groups_poll_slow_points_at_their_own_interval(gateway, tmp_p
         # read_gap 0: holding 0 and input 6 are two requests; energy alone in the slow group.
         assert [(b.table, b.start, b.count) for b in fast.plan.blocks] == [("holding", 0, 1), ("input", 6, 1)]
         assert [(b.table, b.start, b.count) for b in slow.plan.blocks] == [("input", 2, 2)]
-        await until(lambda: h.status("MC-1", "energy") == st.GOOD, 10, "slow group polled")
+        await until(lambda: h.status("MC-1", "energy") == st.GOOD, DEADLINE, "slow group polled")
         # Counted over four polls of the slow group, not over a fixed time: a loaded machine
         # only makes the window longer.
         f0, s0 = fast.polls, slow.polls
-        took = await until(lambda: slow.polls >= s0 + 4, 30, "four polls of the slow group")
+        took = await until(lambda: slow.polls >= s0 + 4, DEADLINE, "four polls of the slow group")
         df, dslow = fast.polls - f0, slow.polls - s0
         # The slow group waits its own 1 s between polls: four take at least 2 s (3 s of ticks
         # less one late start), where at the fast 0.2 s they would take 0.6 s; and the fast
@@ -229,7 +229,7 @@ async def test_an_answer_that_does_not_fit_never_lands_on_a_tag(mode, tmp_path):
         cfg = write_config(tmp_path / "c", [("LC-X", f"127.0.0.1:{device.port}", 1)],
                            device_keys=", demote_after: 0")
         async with Harness(cfg) as h:
-            await until(lambda: h.driver.diag.failures[0] >= 3, 15, "failed polls")
+            await until(lambda: h.driver.diag.failures[0] >= 3, DEADLINE, "failed polls")
             assert device.requests >= 3
             ids = h.config.tag_ids(h.config.device("LC-X"))
             assert np.isnan(h.tagdb.value[ids]).all()  # 7s everywhere would have been "values"
@@ -248,7 +248,7 @@ async def serial_line(tmp_path):
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"
     proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"])
     try:
-        await until(lambda: a.exists() and b.exists(), 15, "socat pty pair")
+        await until(lambda: a.exists() and b.exists(), DEADLINE, "socat pty pair")
         yield str(a), str(b)
     finally:
         proc.terminate()
@@ -266,19 +266,19 @@ async def test_rtu_over_a_serial_line(serial_line, tmp_path):
         cfg = write_config(tmp_path / "c", [(f"LC-{u}", ep, u) for u in (1, 2, 3)],
                            device_keys=", baudrate: 38400, parity: none, demote_after: 2, demote_for: 1")
         async with Harness(cfg) as h:
-            await until(lambda: all(h.status(f"LC-{u}", "lamp_count") == st.GOOD for u in (1, 2, 3)), 15, "RTU polls")
+            await until(lambda: all(h.status(f"LC-{u}", "lamp_count") == st.GOOD for u in (1, 2, 3)), DEADLINE, "RTU polls")
             assert [h.value(f"LC-{u}", "lamp_count") for u in (1, 2, 3)] == [30, 31, 32]
             assert h.value("LC-2", "mains_voltage") == pytest.approx(sim.state.voltage[1], abs=0.2)
             await h.driver.write(WriteCommand("Dijon/lighting/LC-3/dim_setpoint", 40))
             assert sim.state.dim_setpoint[2] == 40
             # A silent unit on the bus is demoted; the others keep answering on the same line.
             sim.set_silent(0, True)
-            await until(lambda: h.diag("LC-1", "state") == DEMOTED, 15, "silent unit demoted")
+            await until(lambda: h.diag("LC-1", "state") == DEMOTED, DEADLINE, "silent unit demoted")
             assert h.status("LC-2", "lamp_count") == h.status("LC-3", "lamp_count") == st.GOOD
             n = h.successes("LC-2")
-            await until(lambda: h.successes("LC-2") >= n + 3, 15, "neighbours still polled")
+            await until(lambda: h.successes("LC-2") >= n + 3, DEADLINE, "neighbours still polled")
             sim.set_silent(0, False)
-            await until(lambda: h.diag("LC-1", "state") == ONLINE, 15, "back on scan")
+            await until(lambda: h.diag("LC-1", "state") == ONLINE, DEADLINE, "back on scan")
     finally:
         await sim.stop()
 

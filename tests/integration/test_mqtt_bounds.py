@@ -22,7 +22,7 @@ from city_scada import load_config
 from scada.tagdb import TagDB
 from common.yamlsrc import ConfigError
 
-from .helpers import until, write_tags
+from .helpers import DEADLINE, until, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -97,13 +97,13 @@ async def test_an_oversized_packet_closes_the_link_unread_and_the_driver_goes_on
             with big.open("wb") as f:
                 f.truncate(48 * 1024 * 1024)  # zeros, never held in this process's memory
             await asyncio.to_thread(pub, broker.port, STATE, b"", "-f", str(big))
-            await until(lambda: h.link.oversize == 1, timeout=30, what="oversized packet refused")
+            await until(lambda: h.link.oversize == 1, timeout=DEADLINE, what="oversized packet refused")
         refused = [e for e in logs if e["event"] == "mqtt_packet_too_large"]
         assert len(refused) == 1 and refused[0]["log_level"] == "error"
         assert refused[0]["size"] > 48 * 1024 * 1024 and refused[0]["max_packet"] == 64 * 1024
         assert h.driver.diagnostics()["oversize"] == 1
-        await until(lambda: h.link.failures > failures, timeout=30, what="link closed")
-        await until(lambda: h.link.connected, timeout=60, what="link back")
+        await until(lambda: h.link.failures > failures, timeout=DEADLINE, what="link closed")
+        await until(lambda: h.link.connected, timeout=DEADLINE, what="link back")
         await h.stores(0.25, broker.port)
         # Never read into memory: the process's peak grew by far less than the 48 MiB packet
         # (paho alone would have held it whole, then copied it).
@@ -120,7 +120,7 @@ async def test_a_flood_of_large_messages_stays_within_the_inbox_bytes(broker, tm
         n = 3000
         line = state(0.75, pad=20_000).replace(b"\n", b"")
         await asyncio.to_thread(pub, broker.port, STATE, b"\n".join([line] * n) + b"\n", "-l")
-        await until(lambda: h.driver.received + h.driver.dropped >= received + dropped + n, timeout=120,
+        await until(lambda: h.driver.received + h.driver.dropped >= received + dropped + n, timeout=DEADLINE,
                     what="every flood message stored or dropped")
         assert h.driver.peak_inbox_bytes <= limit
         assert h.driver.diagnostics()["inbox_bytes"] == 0  # drained, and the count did not drift

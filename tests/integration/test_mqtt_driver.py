@@ -19,7 +19,7 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import DriverHarness, load, until, write_inventory
+from .helpers import DEADLINE, DriverHarness, load, until, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ class Harness(DriverHarness):
 
 def pub(port, topic, payload: bytes):
     subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-s"],
-                   input=payload, check=True, timeout=10)
+                   input=payload, check=True, timeout=DEADLINE)
 
 
 async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_path):
@@ -116,7 +116,7 @@ async def test_values_garbage_last_will_commands_and_broker_outage(broker, tmp_p
             await until(lambda: h.status("B-DIJ-001", "position") == st.BAD_COMMUNICATION_ERROR, what="broker lost")
             assert h.value("B-DIJ-001", "position") == 0
             broker.start()
-            await until(lambda: h.status("B-DIJ-001", "position") == st.GOOD, timeout=30, what="broker back")
+            await until(lambda: h.status("B-DIJ-001", "position") == st.GOOD, timeout=DEADLINE, what="broker back")
             assert h.driver.dropped == 0
     finally:
         await fleet.stop()

@@ -15,7 +15,7 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import until
+from .helpers import DEADLINE, until
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ async def test_bollards_reconnect_after_a_broker_outage(broker):
         broker.stop()  # the broker dies (it kept nothing: persistence is off)
         await until(lambda: not sim.links[0].connected, what="link lost")
         broker.start()
-        await until(lambda: sim.links[0].connected, timeout=20, what="reconnected with backoff")
+        await until(lambda: sim.links[0].connected, timeout=DEADLINE, what="reconnected with backoff")
         # The bollard announced itself and its state again to the new broker.
         got = dict(await lines(sub(broker, "city/bollards/B-QUE-001/+", 2)))
         assert got["city/bollards/B-QUE-001/status"] == "online"

@@ -24,7 +24,7 @@ from scada.alarms.states import State
 from scada.opcua.server import HmiServer
 from tests.alarm_rig import SERVICES, AlarmRig, Clock
 
-from .helpers import free_port, serving, until
+from .helpers import DEADLINE, free_port, serving, until
 
 pytestmark = pytest.mark.integration
 
@@ -380,7 +380,7 @@ async def test_a_late_client_gets_the_active_conditions_by_condition_refresh(cit
     # Every transition sent to OPC UA (the engine counts them, the conditions count what they
     # emitted) before the client subscribes: otherwise it could see them live.
     conditions = city.hmi.conditions
-    await until(lambda: conditions.emitted >= city.engine.transitions and not conditions._queue, timeout=10,
+    await until(lambda: conditions.emitted >= city.engine.transitions and not conditions._queue, timeout=DEADLINE,
                 what="the transitions emitted")
     expected = {("hot", "LC-1"), ("door", "LC-2"), ("conflict", "TJ-1")}
     async with client_events(city.url) as (client, events, sub):

@@ -13,7 +13,7 @@ import contextlib
 import pytest
 from asyncua import Client, ua
 
-from .helpers import until
+from .helpers import DEADLINE, until
 from .test_opcua_alarms import Events
 from .test_opcua_authorisation import SecureCity, city, password, session
 
@@ -163,7 +163,7 @@ async def test_a_hidden_communes_alarm_events_are_not_delivered(city: SecureCity
         # ConditionRefresh: the retained conditions of the communes dora sees only.
         conditions = city.hmi.conditions
         assert conditions is not None
-        await until(lambda: len(conditions._retained) >= 2, timeout=10, what="both conditions retained")
+        await until(lambda: len(conditions._retained) >= 2, timeout=DEADLINE, what="both conditions retained")
         await dora.get_node(ua.NodeId(OI.ConditionType)).call_method(
             ua.NodeId(OI.ConditionType_ConditionRefresh), ua.Variant(dora_sub.subscription_id, ua.VariantType.UInt32)
         )

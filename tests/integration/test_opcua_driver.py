@@ -17,7 +17,7 @@ from scada.tagdb import TagDB
 from simulators.adapters.opcua_traffic import Junction, TrafficOpcUaSimulator
 from simulators.models import traffic as tr
 
-from .helpers import free_port, until, write_tags
+from .helpers import DEADLINE, free_port, until, write_tags
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ async def test_values_refused_node_writes_and_session_recovery(tmp_path):
         with pytest.raises(CommandRejected):
             driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/main_colour", 3))  # never a colour
         with pytest.raises(CommandRejected):
-            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 0))  # never dark from the centre
+            driver.check(WriteCommand("Dijon/traffic/J-DIJ-001/mode", 7))  # not one of the modes
 
         # Each junction's diagnostics: online, notifications counted, the session's round trip.
         await until(lambda: value("J-DIJ-001", "Diagnostics/state") == ONLINE, what="diagnostics published")
@@ -105,7 +105,7 @@ async def test_values_refused_node_writes_and_session_recovery(tmp_path):
         # It comes back: the session and the subscription are re-created, Good again.
         sim = simulator(url)
         await sim.start()
-        await until(lambda: status("J-DIJ-001", "mode") == st.GOOD, timeout=20, what="session restored")
+        await until(lambda: status("J-DIJ-001", "mode") == st.GOOD, timeout=DEADLINE, what="session restored")
         await until(lambda: value("J-DIJ-001", "conflict_fault") == 0, what="fresh values")
     finally:
         task.cancel()

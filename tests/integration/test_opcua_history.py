@@ -640,7 +640,7 @@ async def test_cabinet_history_from_the_running_server(tmp_path: Path) -> None:
                 ],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=DEADLINE,
                 cwd=ROOT,
             )
             assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import sys
 import pytest
 from asyncua import Client, ua
 
-from .helpers import ROOT, Process, _dead_cabinets, free_port, scada_run_args, wait_port
+from .helpers import DEADLINE, ROOT, Process, _dead_cabinets, free_port, scada_run_args, wait_port
 
 pytestmark = pytest.mark.integration
 SC = ua.StatusCodes
@@ -38,7 +38,7 @@ def add_user(data, name: str, role: str, password: str) -> None:
     """``scada user add`` as a script runs it: the password on the standard input."""
     cmd = [sys.executable, "-m", "city_scada", "user", "--data", str(data), "add", name, "--role", role]
     done = subprocess.run(
-        [*cmd, "--password-stdin"], input=password + "\n", text=True, capture_output=True, cwd=ROOT, timeout=120
+        [*cmd, "--password-stdin"], input=password + "\n", text=True, capture_output=True, cwd=ROOT, timeout=DEADLINE
     )
     assert done.returncode == 0, done.stderr
 
@@ -59,7 +59,7 @@ async def test_scada_run_logs_in_the_users_of_scada_user_add(tmp_path):
     url = f"opc.tcp://127.0.0.1:{port}/scada/"
     server = Process(scada_run_args(config, data, url, security=security), tmp_path / "server.log")
     try:
-        wait_port(port, timeout=120)
+        wait_port(port, proc=server)
         assert await login(url, "alice", "alice's password") == SC.Good, server.output()
         assert await login(url, "alice", "wrong") == SC.BadUserAccessDenied
         assert await login(url) == SC.BadIdentityTokenRejected  # anonymous: not in this profile

@@ -317,7 +317,7 @@ async def test_scada_run_is_secure_by_default_and_the_demo_profile_opens_none(tm
     secure.write_text("anonymous: [Observer]\n")  # secure endpoints only (the defaults), anonymous allowed on them
     server = Process(scada_run_args(ROOT, data, url, secure), tmp_path / "secure.log")
     try:
-        wait_port(port, timeout=120)
+        wait_port(port, proc=server)
         with pytest.raises(Exception):  # noqa: B017 - no None endpoint
             async with Client(url, timeout=10) as client:
                 await read_server_state(client)
@@ -329,7 +329,7 @@ async def test_scada_run_is_secure_by_default_and_the_demo_profile_opens_none(tm
     url = f"opc.tcp://127.0.0.1:{port}/scada/"
     demo = Process(scada_run_args(ROOT, tmp_path / "demo-data", url, DEMO_SECURITY), tmp_path / "demo.log")
     try:
-        wait_port(port, timeout=120)
+        wait_port(port, proc=demo)
         async with Client(url, timeout=10) as client:
             assert await read_server_state(client) == ua.ServerState.Running
     finally:

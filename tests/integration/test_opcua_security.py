@@ -41,7 +41,7 @@ from simulators.pki import make_certificate
 from tests import tls_files
 from tests.leaks import tasks_left
 
-from .helpers import free_port, until
+from .helpers import DEADLINE, free_port, until
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,7 @@ async def test_driver_reads_and_commands_a_junction_over_a_secure_session(tmp_pa
     driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
     task = asyncio.create_task(driver.run())
     try:
-        await until(lambda: status(tagdb, "mode") == st.GOOD, timeout=15, what="first value over a secure session")
+        await until(lambda: status(tagdb, "mode") == st.GOOD, timeout=DEADLINE, what="first value over a secure session")
         assert tagdb.value[tagdb.id_of("Dijon/traffic/J-DIJ-001/mode")] == tr.FIXED_TIME
         (session,) = driver.sessions.values()
         policy = session.client.security_policy
@@ -201,9 +201,9 @@ async def _refused(tmp_path, sim, security: str, expected: str, sim_check=None) 
         task = asyncio.create_task(driver.run())
         try:
             (session,) = driver.sessions.values()
-            await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
+            await until(lambda: session.attempts >= 3, timeout=DEADLINE, what="three attempts")
             started = session.attempts
-            took = await until(lambda: session.attempts >= started + 3, timeout=30, what="three more attempts")
+            took = await until(lambda: session.attempts >= started + 3, timeout=DEADLINE, what="three more attempts")
             # Backoff (0.2 s doubling, capped at 1 s, jittered down to half): from the third
             # failure on, each wait is at least 0.4 s, then 0.5 s: three more attempts take at
             # least 1 s (a lower bound, which a slow machine only lengthens): no busy loop.
@@ -345,7 +345,7 @@ async def test_deadband_is_applied_by_the_server(tmp_path):
             await flow.write_value(ua.Variant(lv, ua.VariantType.Double))
             # Every sample its own: the next step is written once this one's flow (no deadband,
             # written last) has reached the driver, and with it anything notified before it.
-            await until(lambda lv=lv: driver.seen.get(ids["flow"], [None])[-1] == lv, timeout=30, what=f"flow {lv}")
+            await until(lambda lv=lv: driver.seen.get(ids["flow"], [None])[-1] == lv, timeout=DEADLINE, what=f"flow {lv}")
         await until(lambda: len(driver.seen.get(ids["flow"], [])) == 1 + len(steps), what="every flow change")
         # Without a deadband every change is notified; with one, only moves beyond it (whether the
         # server compares with the last value reported, as Part 4 says, or with the previous sample,
@@ -416,7 +416,7 @@ async def test_aes_policies_with_a_server_trusted_through_its_ca_or_its_certific
         tag = tagdb.id_of("Dijon/water/P1/level")
         task = asyncio.create_task(driver.run())
         try:
-            await until(lambda: tagdb.status[tag] == st.GOOD, timeout=30, what=f"first value over {policy}")
+            await until(lambda: tagdb.status[tag] == st.GOOD, timeout=DEADLINE, what=f"first value over {policy}")
             (session,) = driver.sessions.values()
             assert session.client.security_policy.URI.endswith(f"#{policy}")
             assert session.client.security_policy.Mode == getattr(ua.MessageSecurityMode, mode)
@@ -460,7 +460,7 @@ async def test_a_certificate_of_the_trusted_ca_made_for_another_server_is_refuse
             task = asyncio.create_task(driver.run())
             try:
                 (session,) = driver.sessions.values()
-                await until(lambda: session.attempts >= 3, timeout=30, what="three attempts")
+                await until(lambda: session.attempts >= 3, timeout=DEADLINE, what="three attempts")
                 assert not session.ever and tagdb.status[tag] == st.BAD_NO_COMMUNICATION
             finally:
                 await stop(task)

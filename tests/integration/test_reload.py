@@ -20,7 +20,7 @@ import time
 import pytest
 from asyncua import Client, ua
 
-from .helpers import (ROOT, Notifications, Process, refresh_conditions, running_app, scada_run_args, start_tiny_city, until_read,
+from .helpers import (DEADLINE, ROOT, Notifications, Process, refresh_conditions, running_app, scada_run_args, start_tiny_city, until_read,
                       wait_port)
 from .test_alarms_end_to_end import events, fault, journal_until
 from .test_opcua_history import history_read, raw
@@ -32,7 +32,7 @@ CABINETS = "inventory/lighting-cabinets.csv"
 
 def reload(data, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "city_scada", "reload", "--data", str(data), *extra],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
 
 
 async def read(client: Client, path: str) -> ua.DataValue:
@@ -67,21 +67,21 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             await sub.subscribe_data_change(client.get_node(polls))
             lamps_path = "Dijon/lighting/LC-DIJ-002/lamp_count"
             lamps = await until_read(lambda: read(client, lamps_path), lambda dv: dv.StatusCode.is_good()
-                                     and dv.Value.Value and dv.Value.Value > 0, timeout=60, what="lamp count polled")
+                                     and dv.Value.Value and dv.Value.Value > 0, timeout=DEADLINE, what="lamp count polled")
             assert (await read(client, "Dijon/lighting/LC-DIJ-004/power")).StatusCode.value == \
                 ua.StatusCodes.BadNodeIdUnknown
 
             # An active alarm before the reload: the mains of A are lost.
             fault(control, "mains_loss", a)
             await journal_until(journal, lambda rows: ("ACTIVATE", "UNACK_ACTIVE") in events(rows, "mains_loss", a),
-                                timeout=60, what="mains loss announced")
+                                timeout=DEADLINE, what="mains loss announced")
             voltage = ua.NodeId(f"Dijon/lighting/{a}/mains_voltage", ns)
 
             async def history() -> list[ua.DataValue]:
                 (res,) = await history_read(client, raw(10**9, time.time_ns() + 10**9), [voltage])
                 return res.HistoryData.DataValues if res.StatusCode.is_good() and res.HistoryData else []
             # The voltage before and after the loss, stored.
-            history_before = await until_read(history, lambda h: len(h) >= 2, timeout=60, what="voltage history")
+            history_before = await until_read(history, lambda h: len(h) >= 2, timeout=DEADLINE, what="voltage history")
 
             # 1. A wrong file: refused by `scada reload` itself, with its file and line.
             (config / "tags.yaml").write_text(tags.replace("poll_interval: 1.0", "poll_intervall: 1.0", 1))
@@ -91,7 +91,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             # The server validates again when signalled directly (SIGHUP) and keeps running as it was.
             server.proc.send_signal(signal.SIGHUP)
             await until_read(lambda: asyncio.sleep(0, server.output()), lambda out: "reload_rejected" in out,
-                             timeout=60, what="SIGHUP with a wrong file rejected in the server log")
+                             timeout=DEADLINE, what="SIGHUP with a wrong file rejected in the server log")
             assert "tags.yaml:" in server.output().split("reload_rejected", 1)[1].splitlines()[0]
             # Still polling the same devices: the monitored item keeps counting.
             await watch.next_data(polls, lambda dv: True)
@@ -118,7 +118,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
 
             # Clients are told, and see the nodes come and go.
             change = await watch.next_event(lambda e: any(
-                c.Affected == ua.NodeId("Dijon/lighting/LC-DIJ-004", ns) for c in (e.Changes or [])), timeout=60)
+                c.Affected == ua.NodeId("Dijon/lighting/LC-DIJ-004", ns) for c in (e.Changes or [])), timeout=DEADLINE)
             verbs = {c.Affected.Identifier: c.Verb for c in change.Changes}
             assert verbs["Dijon/lighting/LC-DIJ-004"] == ua.ModelChangeStructureVerbMask.NodeAdded
             assert verbs["Talant/lighting/LC-TAL-001"] == ua.ModelChangeStructureVerbMask.NodeDeleted
@@ -130,17 +130,17 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
                 ua.StatusCodes.BadNodeIdUnknown
             # The added cabinet is polled.
             await until_read(lambda: read(client, "Dijon/lighting/LC-DIJ-004/power"),
-                             lambda dv: dv.StatusCode.is_good(), timeout=60, what="added cabinet polled")
+                             lambda dv: dv.StatusCode.is_good(), timeout=DEADLINE, what="added cabinet polled")
             # The changed scale applies: the lamp count reads twice what it read.
             await until_read(lambda: read(client, lamps_path), lambda dv: dv.Value.Value == 2 * lamps.Value.Value,
-                             timeout=60, what="lamp count with the new scale")
+                             timeout=DEADLINE, what="lamp count with the new scale")
             # The monitored item of a kept tag still reports.
             await watch.next_data(polls, lambda dv: True)
 
             # Alarms: the added one is announced on every cabinet, the added cabinet included;
             # the unchanged active mains loss of A is not announced again.
             rows = await journal_until(journal, lambda rows: events(rows, "reload_test_power", "LC-DIJ-004"),
-                                       timeout=60, what="added alarm announced on the added cabinet")
+                                       timeout=DEADLINE, what="added alarm announced on the added cabinet")
             assert events(rows, "mains_loss", a) == [("ACTIVATE", "UNACK_ACTIVE")]
             assert not events(rows, "reload_test_power", "LC-TAL-001")
             # The conditions follow: the removed alarm's node is gone, the added one's is there.
@@ -165,7 +165,7 @@ async def test_reload_wrong_file_then_devices_points_and_alarms_with_the_city_ru
             # The mains come back: the kept alarm instance clears as it would have without a reload.
             fault(control, "mains_restore", a)
             rows = await journal_until(journal, lambda rows: ("CLEAR", "RTN_UNACK") in events(rows, "mains_loss", a),
-                                       timeout=60, what="kept mains alarm returns to normal")
+                                       timeout=DEADLINE, what="kept mains alarm returns to normal")
             await sub.delete()
         assert server.stop() == 0
         assert "configuration_reloaded" in server.output()
@@ -212,7 +212,7 @@ async def test_a_reload_that_fails_while_applied_puts_the_running_configuration_
         assert all(app.supervisor.supervising(n) for n in app.task_names())
         # The restarted driver polls the added cabinet: its diagnostics count failures.
         fails = app.tagdb.id_of("Dijon/lighting/LC-3/Diagnostics/failures")
-        await until_read(lambda: asyncio.sleep(0, app.tagdb.value[fails]), lambda v: v >= 1, timeout=60,
+        await until_read(lambda: asyncio.sleep(0, app.tagdb.value[fails]), lambda v: v >= 1, timeout=DEADLINE,
                          what="added cabinet polled")
         # Only an alarm changes: the field is not disturbed (same tag table, same driver tasks).
         (tmp_path / "c").mkdir()

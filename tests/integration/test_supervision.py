@@ -22,7 +22,7 @@ from scada.app import Application
 from city_scada import load_config
 from scada.supervisor import Supervisor
 
-from .helpers import free_port, start_tiny_city, until, wait_port
+from .helpers import DEADLINE, free_port, start_tiny_city, until, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
         await until(lambda: app.started.is_set() and app.status()["devices_online"] == app.status()["devices_total"],
                     60, f"every device online ({sim.output()[-2000:]})")
         for name, tags in driver_tags.items():
-            await until(lambda: (app.tagdb.status[tags] == st.GOOD).any(), 30, f"{name} values Good")
+            await until(lambda: (app.tagdb.status[tags] == st.GOOD).any(), DEADLINE, f"{name} values Good")
 
         def consumers(name: str) -> int:
             return sum(c.name == name for c in app.tagdb.consumers)
@@ -87,9 +87,9 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
             seen = len(watch.alarms)
             before = keeps_going()
             sup.inject_fault(task)
-            await until(lambda: (task, True) in watch.alarms[seen:], 30, f"server_task_failed raised for {task}")
-            await until(lambda: keeps_going() > before, 30, f"the rest of the city keeps its cycle while {task} restarts")
-            await until(lambda: (task, False) in watch.alarms[seen:], 60, f"server_task_failed cleared for {task}")
+            await until(lambda: (task, True) in watch.alarms[seen:], DEADLINE, f"server_task_failed raised for {task}")
+            await until(lambda: keeps_going() > before, DEADLINE, f"the rest of the city keeps its cycle while {task} restarts")
+            await until(lambda: (task, False) in watch.alarms[seen:], DEADLINE, f"server_task_failed cleared for {task}")
             assert watch.alarms[seen:] == [(task, True), (task, False)]
             assert sup.status()[task]["restarts"] == 1
             assert "InjectedFault" in sup.status()[task]["last_error"]
@@ -108,7 +108,7 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
             bad_at = seq.index(st.BAD_COMMUNICATION_ERROR)
             assert st.GOOD in seq[bad_at:], name  # Bad first, then Good: never frozen Good
             was_good = tags[good_before]
-            await until(lambda: (app.tagdb.status[was_good] == st.GOOD).all(), 30, f"{name}'s tags Good again")
+            await until(lambda: (app.tagdb.status[was_good] == st.GOOD).all(), DEADLINE, f"{name}'s tags Good again")
 
         # The consumers: each restarts with its TagDB subscription exactly once, and works again.
         polls = lambda: drivers["modbus"].polls_started  # noqa: E731
@@ -120,24 +120,24 @@ async def test_a_crash_in_each_kind_of_task_is_contained_alarmed_and_recovered(t
         assert consumers("historian") == 1
         # A new historian, primed from the store (the failed one closed it), takes the changes again.
         assert app.historian is not historian and app.hmi.history is app.historian
-        await until(lambda: app.historian.compressor.received > 0, 30, "history received after the restart")
+        await until(lambda: app.historian.compressor.received > 0, DEADLINE, "history received after the restart")
 
         published = app.hmi.publisher.published
         await crash_and_recover("opcua-publisher", polls)
         assert consumers("opcua") == 1
-        await until(lambda: app.hmi.publisher.published > published, 30, "the publisher publishes again")
+        await until(lambda: app.hmi.publisher.published > published, DEADLINE, "the publisher publishes again")
 
         # The OPC UA alarm events: listening to the engine again, and clients asked to refresh.
         conditions = app.hmi.conditions
         resyncs = conditions.resyncs
         await crash_and_recover("opcua-alarm-events", polls)
-        await until(lambda: conditions.resyncs > resyncs, 30, "alarm events resynchronised")
+        await until(lambda: conditions.resyncs > resyncs, DEADLINE, "alarm events resynchronised")
         assert app.alarms.subscribers.count(conditions._on_alarm_events) == 1  # attached again, once
 
         # Nothing else restarted; every device is still online.
         assert sup.restarts == 7
         assert app.status()["tasks_failed"] == []
-        await until(lambda: app.status()["devices_online"] == app.status()["devices_total"], 30, "all devices online")
+        await until(lambda: app.status()["devices_online"] == app.status()["devices_total"], DEADLINE, "all devices online")
     finally:
         if watch is not None:
             await watch.close()

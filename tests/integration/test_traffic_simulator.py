@@ -53,9 +53,9 @@ async def test_browse_read_and_command_plan_and_mode(sim):
         await until_read(lambda: asyncio.sleep(0, sim.state.plan[0]), lambda v: v == 2, what="plan 2 in force")
         assert await node("J-DIJ-001", "Plan").read_value() == 2
 
-        # The centre may not switch a junction dark: refused, the node returns to the controller's mode.
-        await node("J-DIJ-001", "Mode").write_value(ua.Variant(tr.DARK, ua.VariantType.Int32))
-        await until_read(lambda: asyncio.sleep(0, sim.refused), lambda v: v == 1, what="dark refused")
+        # A mode the controller does not have: refused, the node returns to the controller's mode.
+        await node("J-DIJ-001", "Mode").write_value(ua.Variant(7, ua.VariantType.Int32))
+        await until_read(lambda: asyncio.sleep(0, sim.refused), lambda v: v == 1, what="unknown mode refused")
         await until_read(node("J-DIJ-001", "Mode").read_value, lambda v: v == tr.FIXED_TIME, what="mode restored")
         assert sim.refused == 1 and sim.state.mode[0] == tr.FIXED_TIME
 

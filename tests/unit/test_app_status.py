@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from structlog.testing import capture_logs
 
+from city_scada import load_config
 from scada import status as st
 from scada.app import Application
-from city_scada import load_config
 from scada.tagdb import TagDB
-from tests.integration.helpers import until
+from tests.integration.helpers import DEADLINE, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,16 +27,16 @@ async def test_the_change_rate_never_goes_negative_when_a_reload_replaces_the_ta
         lines = lambda: [e for e in logs if e["event"] == "status"]  # noqa: E731
         task = asyncio.create_task(app._status_loop())
         try:
-            await until(lambda: len(lines()) >= 1, 30, "a first status line")
+            await until(lambda: len(lines()) >= 1, DEADLINE, "a first status line")
             new = TagDB(*config.tag_table())
             new.carry_from(old)
             ids = np.arange(10)
             old.update(ids, np.full(10, 5.0), st.GOOD)  # after the carry, on the old table
             seen = len(lines())
-            await until(lambda: len(lines()) > seen, 30, "a status line counting them")
+            await until(lambda: len(lines()) > seen, DEADLINE, "a status line counting them")
             app.tagdb = new  # the reload swaps the tables
             seen = len(lines())
-            await until(lambda: len(lines()) >= seen + 2, 30, "status lines after the swap")
+            await until(lambda: len(lines()) >= seen + 2, DEADLINE, "status lines after the swap")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

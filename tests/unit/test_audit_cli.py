@@ -13,6 +13,7 @@ import pytest
 from city_scada import main
 from scada.security.audit import AuditRecord
 from scada.security.audit_log import AuditLog
+from tests.integration.helpers import DEADLINE
 from tests.unit.test_audit_log import rec, tamper
 
 
@@ -64,7 +65,7 @@ def test_the_exit_status_of_the_command(data: Path) -> None:
             [sys.executable, "-m", "city_scada", "audit", "--trail", str(data / "audit.sqlite"), "--verify"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=DEADLINE,
         )
 
     assert verify().returncode == 0

@@ -16,6 +16,7 @@ import pytest
 from scada.security.audit import FIELDS, AuditRecord, canonical_record
 from scada.security.audit_log import GENESIS, AuditError, AuditLog, AuditTrail, chain_hash
 from tests.fs_faults import fill, free_space, needs_root, small_fs
+from tests.integration.helpers import DEADLINE
 
 
 def rec(i: int, action: str = "call", user: str = "alice", result: str = "Good") -> AuditRecord:
@@ -185,7 +186,7 @@ def test_two_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
     log = AuditLog(path)
     for i in range(150):  # and this process too
         log.append([rec(i, user="proc-c")])
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert [p.wait(timeout=DEADLINE) for p in procs] == [0, 0]
     entries = log.query()
     assert len(entries) == 450
     assert [e.seq for e in entries] == list(range(1, 451))

@@ -15,6 +15,7 @@ import pytest
 
 from city_scada import load_config
 from common.yamlsrc import ConfigError
+from tests.integration.helpers import DEADLINE
 
 REPO = Path(__file__).resolve().parents[2]
 CASES_DIR = REPO / "tests" / "config_cases"
@@ -233,7 +234,7 @@ def test_the_named_line_shows_the_offending_value(case: str) -> None:
 def run_check(folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "city_scada", "check", "--config", str(folder)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True, text=True, cwd=REPO, timeout=DEADLINE,
     )
 
 
@@ -256,7 +257,7 @@ def test_cli_refuses_a_billion_laughs_fast_with_exit_code_2(command: str) -> Non
     folder = CASES_DIR / "yaml_billion_laughs"
     before = os.times()
     result = subprocess.run([sys.executable, "-m", "city_scada", command, "--config", str(folder)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+                            capture_output=True, text=True, cwd=REPO, timeout=DEADLINE)
     after = os.times()
     assert result.returncode == 2, result.stderr
     expected = (folder / "expected.txt").read_text(encoding="utf-8").removesuffix("\n")
@@ -282,12 +283,14 @@ def test_cli_check_accepts_the_shipped_configuration_and_prints_the_summary() ->
     lines = result.stdout.splitlines()
     assert lines[0] == f"{REPO}: configuration OK"
     assert lines[1].split() == ["equipment", "type", "driver", "devices", "tags"]
-    rows = {cells[0]: cells[1:] for cells in (ln.split() for ln in lines[2:-1])}
+    end = next(i for i, ln in enumerate(lines) if ln.endswith(" services"))  # then the commands
+    rows = {cells[0]: cells[1:] for cells in (ln.split() for ln in lines[2:end])}
     for name, t in config.types.items():
         n = sum(d.type == name for d in config.devices)
         assert rows[name] == [t.driver, str(n), str(n * len(t.points))]
     assert rows["total"] == [str(len(config.devices)), str(config.tag_count)]
     assert config.tag_count == sum(int(r[-1]) for k, r in rows.items() if k != "total") > 0
     communes = len({d.commune for d in config.devices})
-    assert lines[-1] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
-                         f"{len(config.alarms.services)} services")
+    assert lines[end] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
+                          f"{len(config.alarms.services)} services")
+    assert lines[end + 1:] == config.control_summary() and "commands of lighting_cabinet:" in lines

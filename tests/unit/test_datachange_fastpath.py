@@ -26,7 +26,7 @@ from scada import status as st
 from scada.opcua.server import HmiServer
 from scada.tagdb import TagDB
 from tests import configs
-from tests.integration.helpers import free_port, serving, until
+from tests.integration.helpers import DEADLINE, free_port, serving, until
 from tests.leaks import tasks_left
 from tests.more_notifications import record_more_notifications
 
@@ -89,7 +89,7 @@ async def hmi(server: HmiServer, cabinets):
     """A cabinet no test has used, once the sessions of the tests before are closed."""
     k = next(cabinets)
     assert k <= CABINETS, "one more cabinet in DEVICES for the new test"
-    await until(lambda: not server.publisher._queues, 30, "the sessions of the tests before closed")
+    await until(lambda: not server.publisher._queues, DEADLINE, "the sessions of the tests before closed")
     return Cabinet(server, f"LC-{k}")
 
 
@@ -117,7 +117,7 @@ async def test_fast_items_see_every_value_status_and_timestamp_in_order(hmi):
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "lamps_on")], queuesize=100)
-        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        await until(lambda: len(seen.rows) == 2, DEADLINE, "the first values")
         assert hmi.publisher.n_fast[tag(hmi, "power")] == 1 and not hmi.publisher.watched[tag(hmi, "power")]
         written = []
         for k in range(1, 41):
@@ -127,7 +127,7 @@ async def test_fast_items_see_every_value_status_and_timestamp_in_order(hmi):
             write(hmi, "lamps_on", float(k % 2), at=T0 + k * 1_000_123)
             if k % 5 == 0:
                 await asyncio.sleep(0)  # let the publisher and the publishes interleave with the writes
-        await until(lambda: len(seen.of("power")) == len(seen.of("lamps_on")) == 41, 30, "every value")
+        await until(lambda: len(seen.of("power")) == len(seen.of("lamps_on")) == 41, DEADLINE, "every value")
         assert seen.of("power")[1:] == written
         assert [v for v, _, _ in seen.of("lamps_on")[1:]] == [bool(k % 2) for k in range(1, 41)]
         await sub.delete()
@@ -138,20 +138,20 @@ async def test_a_slow_path_item_and_fast_items_share_a_subscription(hmi):
     # asyncua's deadband test fails on a Null previous value (None - float): start from a value.
     published = hmi.publisher.published
     write(hmi, "temperature", 20.0)
-    await until(lambda: hmi.publisher.published > published, 30, "the first temperature published")
+    await until(lambda: hmi.publisher.published > published, DEADLINE, "the first temperature published")
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "Diagnostics/last_error")])
         await sub.deadband_monitor(node(client, hmi, "temperature"), 5.0, deadbandtype=2)  # percent: asyncua's path
-        await until(lambda: len(seen.rows) == 3, 30, "the first values")
+        await until(lambda: len(seen.rows) == 3, DEADLINE, "the first values")
         assert hmi.publisher.watched[tag(hmi, "temperature")] and not hmi.publisher.n_fast[tag(hmi, "temperature")]
         write(hmi, "temperature", 21.5)
         write(hmi, "power", 3.5)
         hmi.tagdb.update_text([tag(hmi, "Diagnostics/last_error")], ["no answer"], st.GOOD)
-        await until(lambda: len(seen.rows) == 6, 30, "one more value of each")
+        await until(lambda: len(seen.rows) == 6, DEADLINE, "one more value of each")
         # A status-only change of a text keeps its text (the tag keeps its last value).
         hmi.tagdb.set_status(np.array([tag(hmi, "Diagnostics/last_error")]), st.BAD_COMMUNICATION_ERROR)
-        await until(lambda: len(seen.of("Diagnostics/last_error")) == 3, 30, "the status change")
+        await until(lambda: len(seen.of("Diagnostics/last_error")) == 3, DEADLINE, "the status change")
         assert [v for v, _, _ in seen.of("temperature")] == [20.0, 21.5]
         assert [v for v, _, _ in seen.of("power")][1:] == [3.5]
         assert [(v, s) for v, s, _ in seen.of("Diagnostics/last_error")][1:] == [
@@ -166,22 +166,22 @@ async def test_monitoring_modes(hmi):
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         await sub.subscribe_data_change(node(client, hmi, "power"), queuesize=10)
-        await until(lambda: len(seen.rows) == 1, 30, "the first value")
+        await until(lambda: len(seen.rows) == 1, DEADLINE, "the first value")
         await sub.set_monitoring_mode(ua.MonitoringMode.Sampling)
         published = hmi.publisher.published
         for v in (1.0, 2.0, 3.0):
             write(hmi, "power", v)
-        await until(lambda: hmi.publisher.published >= published + 3, 30, "the writes published")
+        await until(lambda: hmi.publisher.published >= published + 3, DEADLINE, "the writes published")
         await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)
-        await until(lambda: len(seen.rows) == 4, 30, "what was sampled")
+        await until(lambda: len(seen.rows) == 4, DEADLINE, "what was sampled")
         assert [v for v, _, _ in seen.of("power")] == [None, 1.0, 2.0, 3.0]
         await sub.set_monitoring_mode(ua.MonitoringMode.Disabled)
         write(hmi, "power", 4.0)
         write(hmi, "power", 5.0)
-        await until(lambda: hmi.publisher.published >= published + 5, 30, "the writes published")
+        await until(lambda: hmi.publisher.published >= published + 5, DEADLINE, "the writes published")
         await sub.set_monitoring_mode(ua.MonitoringMode.Reporting)  # its current value, nothing of the pause
         write(hmi, "power", 6.0)
-        await until(lambda: len(seen.rows) == 6, 30, "the value on enabling, then the next")
+        await until(lambda: len(seen.rows) == 6, DEADLINE, "the value on enabling, then the next")
         assert [v for v, _, _ in seen.of("power")][4:] == [5.0, 6.0]
         await sub.delete()
 
@@ -192,17 +192,17 @@ async def test_a_deleted_item_and_a_closed_session_stop_at_once_and_free_their_r
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         power, energy = await sub.subscribe_data_change([node(client, hmi, "power"), node(client, hmi, "energy")])
-        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        await until(lambda: len(seen.rows) == 2, DEADLINE, "the first values")
         [queue] = pub._queues.values()
         assert len(queue) == 2
         await sub.unsubscribe(power)
         assert pub.n_fast[tag(hmi, "power")] == 0 and len(queue) == 1
         write(hmi, "power", 9.0)
         write(hmi, "energy", 9.0)
-        await until(lambda: len(seen.of("energy")) == 2, 30, "the energy value written after the power one")
+        await until(lambda: len(seen.of("energy")) == 2, DEADLINE, "the energy value written after the power one")
         assert [v for v, _, _ in seen.of("power")] == [None]
     # The session is closed: its subscription, items, rows and queue are gone.
-    await until(lambda: not pub._queues, 30, "the closed session's queue dropped")
+    await until(lambda: not pub._queues, DEADLINE, "the closed session's queue dropped")
     assert not pub.n_fast.any() and queue.n_pending == 0 and queue.items.size == 0
 
 
@@ -213,15 +213,15 @@ async def test_an_absolute_deadband_and_a_status_trigger_through_a_client(hmi):
         await sub.deadband_monitor(node(client, hmi, "mains_voltage"), 1.0, deadbandtype=1, queuesize=10)
         status_only = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.Status)
         await sub._subscribe(node(client, hmi, "dim_level"), mfilter=status_only, queuesize=10)
-        await until(lambda: len(seen.rows) == 2, 30, "the first values")
+        await until(lambda: len(seen.rows) == 2, DEADLINE, "the first values")
         assert hmi.publisher.n_fast[[tag(hmi, "mains_voltage"), tag(hmi, "dim_level")]].tolist() == [1, 1]
         for v in (230.0, 230.5, 231.2, 232.0):
             write(hmi, "mains_voltage", v)
             write(hmi, "dim_level", v)
         write(hmi, "mains_voltage", 232.0, st.BAD_COMMUNICATION_ERROR)
         write(hmi, "dim_level", 232.0, st.BAD_COMMUNICATION_ERROR)
-        await until(lambda: len(seen.of("dim_level")) == 3, 30, "the status changes")
-        await until(lambda: len(seen.of("mains_voltage")) == 4, 30, "the voltage beyond its deadband, then its status")
+        await until(lambda: len(seen.of("dim_level")) == 3, DEADLINE, "the status changes")
+        await until(lambda: len(seen.of("mains_voltage")) == 4, DEADLINE, "the voltage beyond its deadband, then its status")
         # 230.5 is within 1.0 of 230; 231.2 is beyond it; 232.0 is within 1.0 of 231.2.
         assert [(v, s) for v, s, _ in seen.of("mains_voltage")][1:] == [
             (230.0, st.GOOD),
@@ -250,12 +250,12 @@ async def test_max_notifications_per_publish_sets_more_notifications_and_loses_n
         sub = await client.create_subscription(params, seen)
         more = record_more_notifications(client, sub.subscription_id)  # MoreNotifications, in order
         await sub.subscribe_data_change([node(client, hmi, p) for p in points], queuesize=10)
-        await until(lambda: len(seen.rows) == 5, 30, "the first values")
+        await until(lambda: len(seen.rows) == 5, DEADLINE, "the first values")
         assert hmi.publisher.n_fast[[tag(hmi, p) for p in points]].tolist() == [1] * 5
         for k in range(1, 4):
             for p in points:
                 write(hmi, p, float(k))
-        await until(lambda: len(seen.rows) == 20, 30, "every value, two per publish")
+        await until(lambda: len(seen.rows) == 20, DEADLINE, "every value, two per publish")
         for p in points:
             assert [v for v, _, _ in seen.of(p)][1:] in ([1.0, 2.0, 3.0], [True, True, True])
         # The budget held rows back: those messages say so; the last one of a burst does not.
@@ -268,17 +268,17 @@ async def test_an_item_modified_to_asyncua_s_path_keeps_its_pending_values(hmi):
     seen = Seen(hmi)
     first = pub.published
     write(hmi, "temperature", 20.0)  # asyncua's percent deadband needs a previous value
-    await until(lambda: pub.published > first, 30, "the first temperature published")
+    await until(lambda: pub.published > first, DEADLINE, "the first temperature published")
     async with client_of(hmi) as client:
         sub = await client.create_subscription(20, seen)
         mid = await sub.subscribe_data_change(node(client, hmi, "temperature"), queuesize=10)
-        await until(lambda: len(seen.rows) == 1, 30, "the first value")
+        await until(lambda: len(seen.rows) == 1, DEADLINE, "the first value")
         assert pub.n_fast[tag(hmi, "temperature")] == 1
         await sub.set_publishing_mode(False)  # the next values wait in the fast queue
         base = pub.published
         for v in (21.0, 22.0, 23.0):
             write(hmi, "temperature", v)
-        await until(lambda: pub.published >= base + 3, 30, "the values queued")
+        await until(lambda: pub.published >= base + 3, DEADLINE, "the values queued")
         [client_handle] = [h for h, d in sub._monitored_items.items() if d.server_handle == mid]
         percent = ua.DataChangeFilter(
             Trigger=ua.DataChangeTrigger.StatusValue, DeadbandType=ua.DeadbandType.Percent, DeadbandValue=5.0
@@ -293,8 +293,8 @@ async def test_an_item_modified_to_asyncua_s_path_keeps_its_pending_values(hmi):
         # On asyncua's path now (a percent deadband), with the values it had not sent yet.
         assert pub.n_fast[tag(hmi, "temperature")] == 0 and pub.watched[tag(hmi, "temperature")]
         await sub.set_publishing_mode(True)
-        await until(lambda: len(seen.rows) == 4, 30, "the values queued before the modification")
+        await until(lambda: len(seen.rows) == 4, DEADLINE, "the values queued before the modification")
         write(hmi, "temperature", 60.0)  # beyond the deadband: asyncua's path sends it
-        await until(lambda: len(seen.rows) == 5, 30, "a value after the modification")
+        await until(lambda: len(seen.rows) == 5, DEADLINE, "a value after the modification")
         assert [v for v, _, _ in seen.of("temperature")] == [20.0, 21.0, 22.0, 23.0, 60.0]
         await sub.delete()

@@ -20,7 +20,7 @@ from scada.front import tags as front_tags
 from scada.front.tags import TagMirror
 from scada.opcua.publisher import Publisher, TagValue
 from scada.tagdb import ANALOG, DISCRETE, TEXT, ChangeBatch, TagDB
-from tests.integration.helpers import ROOT, until
+from tests.integration.helpers import DEADLINE, ROOT, until
 
 NAMES = ["a/power", "a/lamps_on", "a/last_error", "a/mode", "b/power", "b/last_error"]
 KINDS = [ANALOG, DISCRETE, TEXT, ANALOG, ANALOG, TEXT]
@@ -156,11 +156,11 @@ async def test_a_publisher_on_the_mirror_resyncs_after_the_core_dropped_batches(
     pub = Publisher(mirror, attrs, VTYPES)
     task = asyncio.create_task(pub.run())
     try:
-        await until(lambda: pub.published == len(NAMES), 10, "the first snapshot")
+        await until(lambda: pub.published == len(NAMES), DEADLINE, "the first snapshot")
         db.update(np.array([0]), np.array([42.0]), st.GOOD, 9_000)  # dropped by the core's link
         db.update_text([2], ["lost"])
         mirror.resync(dict(db.text))
-        await until(lambda: pub.resyncs == 1 and pub.published == 2 * len(NAMES), 10, "the resync snapshot")
+        await until(lambda: pub.resyncs == 1 and pub.published == 2 * len(NAMES), DEADLINE, "the resync snapshot")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -212,9 +212,9 @@ async def test_a_publisher_fed_by_the_mirror_publishes_what_it_publishes_fed_by_
                 await asyncio.sleep(0)
         while channel.queue.qsize():
             mirror.receive(channel.get_nowait())
-        await until(lambda: direct.consumer.queue.empty() and mirrored.consumer.queue.empty(), 10, "both queues empty")
+        await until(lambda: direct.consumer.queue.empty() and mirrored.consumer.queue.empty(), DEADLINE, "both queues empty")
         await asyncio.sleep(0)  # the last batch taken is applied before the next get
-        await until(lambda: all(state(direct, i) == state(mirrored, i) for i in range(len(NAMES))), 10, "same rows")
+        await until(lambda: all(state(direct, i) == state(mirrored, i) for i in range(len(NAMES))), DEADLINE, "same rows")
     finally:
         for task in tasks:
             task.cancel()
@@ -263,7 +263,7 @@ def test_a_front_process_takes_consistent_snapshots_while_the_core_writes():
             ids = np.arange((x * 5_000) % n, (x * 5_000) % n + 5_000)
             db.update(ids, np.full(len(ids), float(x)), st.GOOD, x)
             time.sleep(0.0002)  # a poll's batch, then the next one: the core does not write nonstop
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scada import status as st
 from city_scada import load_config
+from scada import status as st
 from scada.historian.service import Historian
 from scada.historian.store import HistoryStore
 from scada.tagdb import TagDB
-from tests.integration.helpers import until
+from tests.integration.helpers import DEADLINE, until
 
 ROOT = Path(__file__).resolve().parents[2]
 S = 10**9
@@ -25,10 +25,10 @@ async def run_for(historian: Historian, feed, received: int) -> None:
     only the flush on the way out): counters, not a guess at how long that takes."""
     task = asyncio.create_task(historian.run())
     await until(lambda: any(c.name == "historian" for c in historian.tagdb.consumers),
-                timeout=30, what="historian subscribed")
+                timeout=DEADLINE, what="historian subscribed")
     feed()
     await until(lambda: historian.compressor.received >= received and historian.stored > 0,
-                timeout=30, what=f"{received} rows received and a periodic store write")
+                timeout=DEADLINE, what=f"{received} rows received and a periodic store write")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

@@ -38,6 +38,7 @@ from scada.opcua.history import (
 )
 from scada.tagdb import ChangeBatch, TagDB
 from tests import configs
+from tests.integration.helpers import DEADLINE
 from tests.integration.test_opcua_history import EPOCH, HOUR, OI, SC, T0, S, processed, raw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -433,7 +434,7 @@ def test_another_process_reads_what_the_writer_commits(tmp_path: Path) -> None:
         assert ask(T0 + 3 * S, T0 + 12 * S) == mine(T0 + 3 * S, T0 + 12 * S)
     finally:
         child.stdin.close()
-        assert child.wait(timeout=60) == 0
+        assert child.wait(timeout=DEADLINE) == 0
         store.close()
 
 

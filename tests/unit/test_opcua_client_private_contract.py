@@ -24,7 +24,7 @@ from asyncua.client.ua_session import UaSession
 from asyncua.common.subscription import Subscription
 
 from drivers.opcua import asyncua_private as P
-from tests.integration.helpers import ROOT, plain_asyncua_server, until
+from tests.integration.helpers import DEADLINE, ROOT, plain_asyncua_server, until
 from tests.private_uses import internal_uses
 
 VERSION = importlib.metadata.version("asyncua")
@@ -256,14 +256,14 @@ async def test_a_subscription_made_through_the_module_receives_data_changes_from
                 for item in n.MonitoredItems
             ]
 
-        await until(lambda: (7, 1.0) in values(), 10, "the initial value through the module's callback")
+        await until(lambda: (7, 1.0) in values(), DEADLINE, "the initial value through the module's callback")
         first = sub.last_sequence_number
         relies(
             first is not None and first == messages[-1].SequenceNumber,
             "the session's publish loop calls publish_callback with each PublishResult (last_sequence_number)",
         )
         await variable.write_value(2.5)
-        await until(lambda: (7, 2.5) in values(), 10, "a server-side change through the module's callback")
+        await until(lambda: (7, 2.5) in values(), DEADLINE, "a server-side change through the module's callback")
         assert sub.last_sequence_number is not None and sub.last_sequence_number > first
         # Keep-alives (3 publishing intervals without data) move the watchdog's clock on.
         stamp, count = sub.last_publish_at, len(messages)

@@ -11,7 +11,7 @@ from asyncua import ua
 from scada import status as st
 from scada.opcua.publisher import Publisher, TagValue
 from scada.tagdb import ANALOG, DISCRETE, TEXT, TagDB
-from tests.integration.helpers import until
+from tests.integration.helpers import DEADLINE, until
 
 VTYPES = [ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.String, ua.VariantType.Int32]
 
@@ -112,7 +112,7 @@ async def test_a_restart_after_a_reload_primed_it_starts_from_a_snapshot():
     assert pub.primed
     task = asyncio.create_task(pub.run())
     tagdb.update(np.array([0]), np.array([2.0]), st.GOOD, 2_000)
-    await until(lambda: pub.published == 1, 30, "the batch of 2.0, no snapshot first")
+    await until(lambda: pub.published == 1, DEADLINE, "the batch of 2.0, no snapshot first")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert attrs[0].value.Value.Value == 2.0 and pub.published == 1
@@ -122,7 +122,7 @@ async def test_a_restart_after_a_reload_primed_it_starts_from_a_snapshot():
     pub.consumer.take_overflow()
     task = asyncio.create_task(pub.run())
     try:
-        await until(lambda: pub.published >= 1 + len(tagdb), 10, "the snapshot (every row) after the restart")
+        await until(lambda: pub.published >= 1 + len(tagdb), DEADLINE, "the snapshot (every row) after the restart")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from scada.shared_columns import ALIGN, SharedColumns, TornReadError, layout
-from tests.integration.helpers import ROOT
+from tests.integration.helpers import DEADLINE, ROOT
 
 SPEC = {"value": np.float64, "status": np.uint32, "source_time": np.int64}
 
@@ -192,7 +192,7 @@ def test_a_reader_process_never_sees_a_torn_copy_while_this_process_writes(block
             # The core writes in bursts (a poll's batch), not back to back: the pause is the
             # readers' window. Without it every copy would overlap a write (bounded retries).
             time.sleep(0.0005)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()

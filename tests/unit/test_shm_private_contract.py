@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from scada import shm_private as P
-from tests.integration.helpers import ROOT
+from tests.integration.helpers import DEADLINE, ROOT
 
 VERSION = sys.version.split()[0]
 
@@ -119,7 +119,7 @@ def test_a_reader_process_exiting_leaves_the_block_and_prints_nothing(block):
         "from scada.shm_private import open_mapping\n"
         f"m = open_mapping({block.name!r}, writable=False)\nprint(m[0])\nm.close()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 0, done.stderr
     relies(done.stderr == "", f"a reader that maps by name registers nothing with a tracker: {done.stderr!r}")
     relies(os.path.exists(f"/dev/shm/{block.name}"), "the block outlives a reader process")

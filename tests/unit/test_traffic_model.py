@@ -73,9 +73,12 @@ def test_centre_changes_plan_and_mode_only():
     s = tr.set_plan(s, 0, 3)
     assert s.plan[0] == 3 and s.effective_mode[0] == tr.CENTRAL
     with pytest.raises(ValueError):
-        tr.set_mode(s, 0, tr.DARK)
+        tr.set_mode(s, 0, 7)  # no such mode
     with pytest.raises(ValueError):
         tr.set_plan(s, 0, 9)
+    # Signals off from the centre (the server sends it only through its critical SetMode).
+    s = tr.set_mode(s, 0, tr.DARK)
+    assert s.effective_mode[0] == tr.DARK and (s.colour == tr.OFF).all()
 
 
 def test_mains_loss_darkens_the_junction():

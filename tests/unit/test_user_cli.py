@@ -15,7 +15,7 @@ from scada.security import user_cli
 from scada.security.audit import MemoryAudit
 from scada.security.identity import Role
 from scada.security.users import load_users, verify_password
-from tests.integration.helpers import ROOT
+from tests.integration.helpers import DEADLINE, ROOT
 
 
 def run(tmp_path, *argv: str, password: str = "", audit: MemoryAudit | None = None, monkeypatch=None) -> int:
@@ -89,7 +89,7 @@ def test_scada_user_command_line(tmp_path):
     """Through ``python -m city_scada user`` as a script would run it."""
     cmd = [sys.executable, "-m", "city_scada", "user", "--data", str(tmp_path)]
     done = subprocess.run([*cmd, "add", "dave", "--role", "supervisor", "--password-stdin"], input="pw of dave\n",
-                          text=True, capture_output=True, cwd=ROOT, timeout=120)  # fmt: skip
+                          text=True, capture_output=True, cwd=ROOT, timeout=DEADLINE)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert verify_password("pw of dave", load_users(tmp_path / "users.yaml")["dave"].password_hash)
 

@@ -1,0 +1,92 @@
+"""Rate limits of the control path: token buckets per user and per device (pure, no I/O).
+
+A stuck HMI (a key held down, a script in a loop) must not flood the field: each user and each
+device has a bucket of ``burst`` tokens refilled at ``per_minute``; a command takes one token
+from its user's bucket and one from its device's, or is refused (BadTooManyOperations). A
+group action's or a schedule's per-device commands do not take from the user's bucket (the
+group counts once, in scada/control/groups.py); the device's bucket applies to everyone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from scada.control.model import RateLimit
+
+# A bucket that has refilled completely says nothing a new one would not: dropped, so that the
+# table stays as small as the users and devices that commanded within the last burst's refill.
+PRUNE_EVERY = 1024  # takes between two sweeps of the full buckets
+
+
+class TokenBuckets:
+    """One bucket per key (a user, a device), all with the same ``limit``."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._rate = limit.per_minute / 60.0  # tokens per second
+        self._tokens: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._takes = 0
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, at = self._tokens.get(key, (float(self.limit.burst), now))
+        return min(float(self.limit.burst), tokens + (now - at) * self._rate)
+
+    def available(self, key: str) -> float:
+        return self._level(key, self.clock())
+
+    def take(self, key: str) -> bool:
+        """Take one token for ``key``: False (nothing taken) when its bucket is empty."""
+        now = self.clock()
+        level = self._level(key, now)
+        if level < 1.0:
+            return False
+        self._tokens[key] = (level - 1.0, now)
+        self._takes += 1
+        if self._takes % PRUNE_EVERY == 0:
+            self._prune(now)
+        return True
+
+    def give_back(self, key: str) -> None:
+        """Return a token taken for a command that was then refused by another bucket."""
+        now = self.clock()
+        self._tokens[key] = (min(float(self.limit.burst), self._level(key, now) + 1.0), now)
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until ``key`` has a token again (0: it has one)."""
+        missing = 1.0 - self.available(key)
+        return 0.0 if missing <= 0 else (missing / self._rate if self._rate > 0 else float("inf"))
+
+    def _prune(self, now: float) -> None:
+        full = float(self.limit.burst)
+        for key in [k for k in self._tokens if self._level(k, now) >= full]:
+            del self._tokens[key]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+class RateLimiter:
+    """The two limits of the control path: per user and per device."""
+
+    def __init__(self, user_rate: RateLimit, device_rate: RateLimit, clock: Callable[[], float] = time.monotonic):
+        self.users = TokenBuckets(user_rate, clock)
+        self.devices = TokenBuckets(device_rate, clock)
+
+    def admit(self, user: str | None, device: str) -> str:
+        """Take a token for ``user`` (None: a group's or a schedule's command, not counted per
+        user) and one for ``device``; "" when admitted, else why not (nothing is taken)."""
+        if user is not None and not self.users.take(user):
+            return (
+                f"user {user!r} is over the command rate ({self.users.limit.per_minute:g}/min, "
+                f"burst {self.users.limit.burst}); retry in {self.users.retry_after(user):.1f} s"
+            )
+        if not self.devices.take(device):
+            if user is not None:
+                self.users.give_back(user)
+            return (
+                f"device {device} is over its command rate ({self.devices.limit.per_minute:g}/min, "
+                f"burst {self.devices.limit.burst}); retry in {self.devices.retry_after(device):.1f} s"
+            )
+        return ""
