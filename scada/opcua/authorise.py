@@ -27,6 +27,7 @@ summary record per window: scada/security/refusal_audit.py), allowed acts every 
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -143,10 +144,13 @@ _NAMES = {
 
 
 def audit_value(value: Any) -> Any:
-    """A method argument as audit records show it (JSON-friendly: bytes as hex, text as text)."""
+    """A method argument as audit records show it (JSON-friendly: bytes as hex, text as text, a
+    NaN or an infinity as text)."""
     value = getattr(value, "Value", value) if isinstance(value, ua.Variant) else value
     if isinstance(value, ua.LocalizedText):
         return value.Text or ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # "nan", "inf", "-inf": the audit's canonical JSON stays JSON
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, ua.NodeId):

@@ -21,6 +21,7 @@ audits those refusals itself. The calls are not audited again as "call" (scada/o
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -137,8 +138,19 @@ class ArgumentError(Exception):
         self.per_argument = list(per_argument)
 
 
+INT32_RANGE = (-(2**31), 2**31 - 1)  # an int or enum argument is declared Int32
+
+
 def argument_value(a: ArgDef, v: Any) -> float:
-    """One input Variant's value as the request carries it (a number; datetime: ns), or TypeError."""
+    """One input Variant's value as the request carries it (a number; datetime: ns), or TypeError.
+
+    The front judges the type, the core the declared range and enumeration (BadOutOfRange). A
+    value that is no number of the declared type is a type mismatch (TypeError): a text, a
+    fraction for an int or enum (2.5), and also NaN or an infinity for any number (the core's
+    validation says the same: BadTypeMismatch, "must be a finite number"), and for an int or
+    enum a whole number outside Int32, the argument's declared DataType (no Int32 holds it,
+    whatever range the command declares).
+    """
     value = v.Value if isinstance(v, ua.Variant) else v
     if a.type == "datetime":
         if value is None:
@@ -156,9 +168,15 @@ def argument_value(a: ArgDef, v: Any) -> float:
         return float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(a.name)
-    if a.type in ("int", "enum") and float(value) != int(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (no Variant carries one; fail closed)
+        raise TypeError(a.name) from None
+    if not math.isfinite(number):
         raise TypeError(a.name)
-    return float(value)
+    if a.type in ("int", "enum") and not (number.is_integer() and INT32_RANGE[0] <= number <= INT32_RANGE[1]):
+        raise TypeError(a.name)
+    return number
 
 
 def arguments(defs: Sequence[ArgDef], given: Sequence[Any]) -> dict[str, float]:

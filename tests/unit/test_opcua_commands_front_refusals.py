@@ -1,0 +1,169 @@
+"""What the front decides alone about commands, Writes and group actions (scada/opcua/commands.py,
+writes.py, group_actions.py), on a real asyncua server with its security layer, real logins and a
+scripted core (tests/unit/test_opcua_commands.py's Core):
+
+* a NaN, an infinity or a value outside Int32 for an int or enum argument is a type mismatch
+  (BadInvalidArgument, the argument's result BadTypeMismatch), never BadInternalError, and is
+  audited like the front's other refusals;
+* a Write the front refuses (not a number, an array, an IndexRange, another attribute) is audited;
+* a group's progress: Done counts every device finished, Failed those that failed, the event's
+  message and Progress (0-100) agree;
+* a group action's answer never names a device of a commune the caller does not see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import pytest_asyncio
+from asyncua import Client, ua
+
+from scada.control.model import BAD_USER_ACCESS_DENIED, GOOD, CommandResult, ZoneDef
+from scada.opcua.server import HmiServer
+from scada.security.audit import MemoryAudit
+from scada.security.users import hash_password, make_user, save_users
+from scada.tagdb import TagDB
+from tests import configs
+from tests.integration.helpers import free_port, serving, until
+from tests.integration.test_opcua_authorisation import settings
+
+from .test_opcua_commands import DEVICES, Core, control
+
+SC = ua.StatusCodes
+V = ua.VariantType
+A = ua.AttributeIds
+
+USERS = {  # name: (roles, communes, see_other_communes)
+    "opal": (["operator"], None, None),  # every commune
+    "oscar": (["operator"], ["Dijon"], True),  # acts on Dijon, sees the others (read-only)
+    "dora": (["operator"], ["Dijon"], False),  # acts on Dijon, does not see the others
+}
+
+
+def password(name: str) -> str:
+    return f"password of {name}"
+
+
+class GroupCore(Core):
+    """The scripted core, answering a group action with ``group_answer`` (per device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.group_answer = [CommandResult("LC-2", GOOD), CommandResult("LC-3", GOOD)]
+
+    async def request(self, op: str, payload: tuple) -> object:
+        if op == "group_command":
+            self.requests.append((op, payload))
+            return [r.to_wire() for r in self.group_answer]
+        return await super().request(op, payload)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def front(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("front_refusals")
+    config = configs.write_config(folder / "cfg", DEVICES, "alarms: []\n")
+    base = control()
+    zones = {
+        **base.zones,
+        "across": ZoneDef("across", devices=("LC-1", "LC-2")),  # Talant and Dijon
+        "talant": ZoneDef("talant", devices=("LC-1",)),
+    }
+    config = dataclasses.replace(config, control=dataclasses.replace(base, zones=zones))
+    (folder / "data").mkdir()
+    security = settings(folder / "data")
+    save_users(
+        security.users,
+        {
+            name: make_user(name, hash_password(password(name)), roles, communes, see_other_communes=see)
+            for name, (roles, communes, see) in USERS.items()
+        },
+    )
+    core, audit = GroupCore(), MemoryAudit()
+    hmi = HmiServer(
+        config,
+        TagDB(*config.tag_table()),
+        f"opc.tcp://127.0.0.1:{free_port()}/scada/",
+        security=security,
+        audit=audit,
+        commands=core.request,
+    )
+    async with serving(hmi):
+        yield hmi, core, audit
+
+
+on_front = pytest.mark.asyncio(loop_scope="module")
+
+
+async def logged_in(url: str, user: str) -> Client:
+    client = Client(url, timeout=10)
+    client.set_user(user)
+    client.set_password(password(user))
+    await client.connect()
+    return client
+
+
+async def call(client: Client, hmi: HmiServer, obj: str, method: str, *inputs: ua.Variant) -> ua.CallMethodResult:
+    res = await client.uaclient.call(
+        [
+            ua.CallMethodRequest(
+                ObjectId=ua.NodeId(obj, hmi.ns), MethodId=ua.NodeId(method, hmi.ns), InputArguments=list(inputs)
+            )
+        ]
+    )
+    return res[0]
+
+
+def strict_json(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
+
+
+SET_MODE = "_types/lighting_cabinet/_commands/SetMode"
+SET_DIM = "_types/lighting_cabinet/_commands/SetDimLevel"
+SET_PLAN = "_types/traffic_junction/_commands/SetPlan"
+DIM_ALL = "_types/_groups/DimAll"
+CORRIDOR = "_types/_groups/SetCorridorPlan"
+
+
+@on_front
+async def test_nan_inf_or_outside_int32_for_an_int_or_enum_argument_is_a_type_mismatch_and_audited(front):
+    hmi, core, audit = front
+    n, before = len(core.requests), len(audit.records)
+    client = await logged_in(hmi.endpoint, "opal")
+    try:
+        bad = [
+            ua.Variant(float("nan"), V.Double),
+            ua.Variant(float("inf"), V.Double),
+            ua.Variant(float("-inf"), V.Double),
+            ua.Variant(2**40, V.Int64),  # a whole number no Int32 holds
+            ua.Variant(-1e300, V.Double),
+        ]
+        for value in bad:
+            for obj, method in (("Dijon/lighting/LC-2", SET_MODE), ("Dijon/traffic/TJ-1", SET_PLAN)):
+                res = await call(client, hmi, obj, method, value)
+                assert res.StatusCode.value == SC.BadInvalidArgument, (method, value)
+                assert [c.value for c in res.InputArgumentResults] == [SC.BadTypeMismatch]
+        # A float argument: NaN is no number either (the core would say BadTypeMismatch too).
+        res = await call(client, hmi, "Dijon/lighting/LC-2", SET_DIM, bad[0], ua.Variant(None, V.Null))
+        assert res.StatusCode.value == SC.BadInvalidArgument
+        assert res.InputArgumentResults[0].value == SC.BadTypeMismatch
+        # The group action's argument goes through the same check (SetCorridorPlan's plan is an enum).
+        res = await call(client, hmi, "Dijon", CORRIDOR, bad[0])
+        assert res.StatusCode.value == SC.BadInvalidArgument
+        assert [c.value for c in res.InputArgumentResults] == [SC.BadTypeMismatch]
+        # Int32's bounds themselves are an Int32: they reach the core, which judges the enumeration.
+        res = await call(client, hmi, "Dijon/traffic/TJ-1", SET_PLAN, ua.Variant(2**31 - 1, V.Int64))
+        assert res.StatusCode.is_good()
+        assert core.last().args == {"plan": 2**31 - 1}
+    finally:
+        await client.disconnect()
+    assert len(core.requests) == n + 1  # only the last one
+    refused = [r for r in audit.records[before:] if r.user == "opal" and r.result == "BadInvalidArgument"]
+    commands = [r for r in refused if r.action == "command"]
+    assert len(commands) == 2 * len(bad) + 1
+    assert {r.target for r in commands} == {"LC-2", "TJ-1"}
+    args = [json.loads(r.arguments, parse_constant=strict_json) for r in commands]  # NaN is no JSON
+    assert {a["command"] for a in args} == {"SetMode", "SetPlan", "SetDimLevel"}
+    assert {a["arguments"][0] for a in args} == {"nan", "inf", "-inf", 2**40, -1e300}
+    assert [r.target for r in refused if r.action == "group_command"] == ["Dijon"]
