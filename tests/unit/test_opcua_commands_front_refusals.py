@@ -167,3 +167,49 @@ async def test_nan_inf_or_outside_int32_for_an_int_or_enum_argument_is_a_type_mi
     assert {a["command"] for a in args} == {"SetMode", "SetPlan", "SetDimLevel"}
     assert {a["arguments"][0] for a in args} == {"nan", "inf", "-inf", 2**40, -1e300}
     assert [r.target for r in refused if r.action == "group_command"] == ["Dijon"]
+
+
+@on_front
+async def test_a_write_the_front_refuses_alone_is_audited(front):
+    hmi, core, audit = front
+    n, before = len(core.requests), len(audit.records)
+    client = await logged_in(hmi.endpoint, "opal")
+    setpoint = ua.NodeId("Dijon/lighting/LC-3/dim_setpoint", hmi.ns)
+    writes = [
+        (ua.WriteValue(NodeId=setpoint, AttributeId=A.Value, Value=ua.DataValue(ua.Variant("40"))), SC.BadTypeMismatch),
+        (
+            ua.WriteValue(NodeId=setpoint, AttributeId=A.Value, Value=ua.DataValue(ua.Variant([40.0, 50.0], V.Double))),
+            SC.BadTypeMismatch,
+        ),
+        (
+            ua.WriteValue(
+                NodeId=setpoint, AttributeId=A.Value, Value=ua.DataValue(ua.Variant(40.0, V.Double)), IndexRange="0"
+            ),
+            SC.BadWriteNotSupported,
+        ),
+        (
+            ua.WriteValue(
+                NodeId=setpoint,
+                AttributeId=A.DisplayName,
+                Value=ua.DataValue(ua.Variant(ua.LocalizedText("x"), V.LocalizedText)),
+            ),
+            SC.BadNotWritable,
+        ),
+    ]
+    try:
+        params = ua.WriteParameters()
+        params.NodesToWrite = [w for w, _ in writes]
+        results = await client.uaclient.write(params)
+    finally:
+        await client.disconnect()
+    assert [r.value for r in results] == [code for _, code in writes]
+    assert len(core.requests) == n  # none reached the core
+    records = [r for r in audit.records[before:] if r.user == "opal" and r.action == "command"]
+    assert sorted(r.result for r in records) == sorted(ua.StatusCode(code).name for _, code in writes)
+    for rec in records:
+        assert rec.target == "LC-3"
+        args = json.loads(rec.arguments)
+        assert (args["command"], args["point"], args["origin"]) == ("Write", "dim_setpoint", "write")
+    by_result = {r.result: json.loads(r.arguments) for r in records}
+    assert by_result["BadWriteNotSupported"]["index_range"] == "0"
+    assert by_result["BadNotWritable"]["attribute"] == "DisplayName"
