@@ -12,6 +12,8 @@ Progress: each group object has a ``GroupAction`` object (Running, Action, User,
 Failed), updated from the core's ``group_progress`` messages, and a ProgressEvent from the
 group object per step (at most one per ``EVENT_INTERVAL`` and group) and at the end.
 The messages are coalesced: only the latest state of each group waits (bounded by the groups).
+Done counts every device finished (confirmed or failed), Failed those of them that failed, as
+the core counts them; the event's Progress (0-100) is Done's share of Total.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ PROGRESS_VARIABLES = (
     ("Action", V.String, "", "the last group action"),
     ("User", V.String, "", "who started it"),
     ("Total", V.UInt32, 0, "devices it commands"),
-    ("Done", V.UInt32, 0, "devices confirmed so far"),
-    ("Failed", V.UInt32, 0, "devices refused or not confirmed so far"),
+    ("Done", V.UInt32, 0, "devices finished so far, confirmed or failed (Done - Failed: confirmed)"),
+    ("Failed", V.UInt32, 0, "devices finished so far that failed: refused or not confirmed (counted in Done)"),
 )
 DEVICES = argument("Devices", ua.ObjectIds.String, "the devices commanded", array=True)
 STATUSES = argument("Statuses", ua.ObjectIds.StatusCode, "each device's result, in the order of Devices", array=True)
@@ -67,12 +69,23 @@ STATUSES = argument("Statuses", ua.ObjectIds.StatusCode, "each device's result, 
 
 @dataclass
 class _Progress:
+    """A group's progress as the core reports it (scada/control/groups.py): ``done`` counts every
+    device finished, confirmed or not; ``failed`` those of them that failed (never more than
+    ``done``)."""
+
     action: str
     user: str
     total: int
     done: int
     failed: int
     finished: bool
+
+
+def progress_percent(p: _Progress) -> int:
+    """ProgressEventType's Progress (0-100): the share of the devices finished (100 at the end)."""
+    if p.finished or p.total <= 0:
+        return 100
+    return max(0, min(100, 100 * p.done // p.total))
 
 
 class GroupActions:
@@ -322,11 +335,11 @@ class GroupActions:
             ev.SourceName = group
             state = "finished" if p.finished else "running"
             ev.Message = ua.LocalizedText(
-                f"{p.action} on {group} by {p.user}: {state}, {p.done + p.failed}/{p.total} done, {p.failed} failed"
+                f"{p.action} on {group} by {p.user}: {state}, {p.done}/{p.total} done, {p.failed} failed"
             )
             ev.Severity = 100
             ev.Context = ua.Variant(group, V.String)
-            ev.Progress = int(100 * (p.done + p.failed) / p.total) if p.total else 100
+            ev.Progress = progress_percent(p)
             await gen.trigger()
         except Exception as exc:  # noqa: BLE001 - a progress event is information, never a failure
             log.warning("opcua_group_progress_event_failed", group=group, error=repr(exc))

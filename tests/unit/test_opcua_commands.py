@@ -356,7 +356,7 @@ async def test_a_group_s_progress_is_shown_while_it_runs(front):
         await sub.subscribe_events(client.nodes.server, ua.ObjectIds.ProgressEventType)
         hmi.groups.progress("Dijon", "DimAll", "alice", 2, 1, 0, False)
         await until(lambda: ("Running", True) in seen and ("Done", 1) in seen, 10, "progress shown")
-        hmi.groups.progress("Dijon", "DimAll", "alice", 2, 1, 1, True)
+        hmi.groups.progress("Dijon", "DimAll", "alice", 2, 2, 1, True)  # done counts the failed one
         await until(lambda: ("Running", False) in seen and ("Failed", 1) in seen, 10, "the end shown")
         await until(lambda: any(k == "event" and "finished" in str(v) for k, v in seen), 10, "a final event")
         assert await node(client, hmi, base + "User").read_value() == "alice"

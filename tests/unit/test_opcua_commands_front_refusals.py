@@ -213,3 +213,40 @@ async def test_a_write_the_front_refuses_alone_is_audited(front):
     by_result = {r.result: json.loads(r.arguments) for r in records}
     assert by_result["BadWriteNotSupported"]["index_range"] == "0"
     assert by_result["BadNotWritable"]["attribute"] == "DisplayName"
+
+
+@on_front
+async def test_group_progress_counts_each_finished_device_once(front):
+    hmi, core, audit = front
+    seen: list[tuple[str, object]] = []
+
+    class Handler:
+        def datachange_notification(self, n, val, data):
+            seen.append((n.nodeid.Identifier.rsplit("/", 1)[1], val))
+
+        def event_notification(self, event):
+            seen.append(("event", (event.Message.Text, event.Progress)))
+
+    client = await logged_in(hmi.endpoint, "opal")
+    try:
+        base = "Dijon/lighting/GroupAction/"
+        sub = await client.create_subscription(20, Handler())
+        await sub.subscribe_data_change([client.get_node(ua.NodeId(base + n, hmi.ns)) for n in ("Done", "Failed")])
+        await sub.subscribe_events(client.nodes.server, ua.ObjectIds.ProgressEventType)
+        # The core's messages (scada/control/groups.py): done counts every device finished,
+        # failed those of them not Good. Here 4 devices: 2 finished (both failed), then all 4.
+        hmi.groups.progress("Dijon/lighting", "DimAll", "opal", 4, 2, 2, False)
+        await until(lambda: any(k == "event" for k, _ in seen), 10, "a running event")
+        hmi.groups.progress("Dijon/lighting", "DimAll", "opal", 4, 4, 2, True)
+        await until(lambda: any(k == "event" and "finished" in v[0] for k, v in seen), 10, "the final event")
+        events = [v for k, v in seen if k == "event"]
+        assert events[0] == ("DimAll on Dijon/lighting by opal: running, 2/4 done, 2 failed", 50)
+        assert events[-1] == ("DimAll on Dijon/lighting by opal: finished, 4/4 done, 2 failed", 100)
+        assert all(0 <= progress <= 100 for _, progress in events)
+        assert await client.get_node(ua.NodeId(base + "Done", hmi.ns)).read_value() == 4
+        assert await client.get_node(ua.NodeId(base + "Failed", hmi.ns)).read_value() == 2
+        desc = await client.get_node(ua.NodeId(base + "Done", hmi.ns)).read_description()
+        assert "confirmed or failed" in desc.Text
+        await sub.delete()
+    finally:
+        await client.disconnect()
