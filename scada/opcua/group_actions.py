@@ -14,6 +14,16 @@ group object per step (at most one per ``EVENT_INTERVAL`` and group) and at the 
 The messages are coalesced: only the latest state of each group waits (bounded by the groups).
 Done counts every device finished (confirmed or failed), Failed those of them that failed, as
 the core counts them; the event's Progress (0-100) is Done's share of Total.
+
+Communes a caller does not see (``see_other_communes: false``, scada/opcua/visibility.py): a
+group action's answer never names their devices. Their devices are **left out** of Devices and
+Statuses, as visibility leaves their nodes out of every other service (a node the user does not
+see is one that does not exist for them); the core refused them anyway (a user who does not see
+a commune may not act on it) and audits them with their names. A zone crossing communes answers
+with the caller's devices only; a group with none of them (every device hidden) answers
+BadUserAccessDenied without any name; a commune or class folder of a hidden commune answers
+BadNodeIdUnknown, like every other service on its nodes, and is not sent to the core. The
+progress variables and events carry counts, never names.
 """
 
 from __future__ import annotations
@@ -99,6 +109,7 @@ class GroupActions:
         self.node_count = 0
         self.methods: dict[str, ua.NodeId] = {}  # action -> its method node
         self._groups: dict[str, str] = {}  # group object path -> GroupRequest.group
+        self._communes: dict[str, str] = {}  # device -> its commune (what a caller may not see)
         self._actions: dict[str, frozenset[str]] = {}  # group object path -> its actions
         self._built: list[ua.NodeId] = []  # every node this made (a reload removes them)
         self._refs: dict[str, ua.ReferenceDescription] = {}  # action -> reference to its method
@@ -130,6 +141,7 @@ class GroupActions:
             self._refs[action] = next(r for r in folder.references if r.IsForward and r.NodeId == nd.nodeid)
         # Commune and class folders: the actions whose class they hold.
         classes_of: dict[str, set[str]] = {}
+        self._communes = {d.name: d.commune for d in config.devices}
         for d in config.controlled:
             cls = config.types[d.type].cls
             classes_of.setdefault(d.commune, set()).add(cls)
@@ -204,6 +216,7 @@ class GroupActions:
             authz.self_audited.difference_update(self.methods.values())
         self.methods.clear()
         self._groups.clear()
+        self._communes.clear()
         self._actions.clear()
         self._built.clear()
         self._refs.clear()
@@ -234,11 +247,16 @@ class GroupActions:
         group = self._groups.get(path)
         if group is None or action not in self._actions.get(path, ()):
             return self._refused(action, object_id.to_string(), inputs, SC.BadMethodInvalid)
+        ctx = current()
+        identity = ctx.identity if ctx is not None else None
+        if identity is not None and not group.startswith(ZONE_PREFIX) and not identity.sees(group.partition("/")[0]):
+            # A folder of a commune the caller does not see: as for a node that does not exist.
+            return self._refused(action, group, inputs, SC.BadNodeIdUnknown)
         try:
             args = arguments(defs, inputs)
         except ArgumentError as err:
             return self._refused(action, group, inputs, err.status, err.per_argument)
-        request = GroupRequest(group, action, args, caller_of(current()))
+        request = GroupRequest(group, action, args, caller_of(ctx))
         answer = await ask_core(self.request, "group_command", request.to_wire())
         if isinstance(answer, int):
             return call_result(answer)
@@ -246,6 +264,11 @@ class GroupActions:
         if len(results) == 1 and results[0].device == group and not results[0].good:
             # Refused whole (not allowed, busy, no such group...): the call's own status.
             return call_result(results[0].status)
+        if identity is not None and results:
+            shown = [r for r in results if identity.sees(self._communes.get(r.device, ""))]
+            if not shown:  # every device in communes the caller does not see: no name given
+                return call_result(SC.BadUserAccessDenied)
+            results = shown
         log.info(
             "opcua_group_action",
             group=group,

@@ -250,3 +250,46 @@ async def test_group_progress_counts_each_finished_device_once(front):
         await sub.delete()
     finally:
         await client.disconnect()
+
+
+@on_front
+async def test_a_group_s_answer_never_names_devices_of_communes_the_caller_does_not_see(front):
+    hmi, core, audit = front
+    # The core commands the zone's devices; LC-1 (Talant) it refuses to a Dijon operator.
+    core.group_answer = [CommandResult("LC-1", BAD_USER_ACCESS_DENIED, "Talant"), CommandResult("LC-2", GOOD)]
+    level = ua.Variant(40.0, V.Double)
+    try:
+        # Who sees Talant (read-only) gets every device, LC-1 with its refusal.
+        oscar = await logged_in(hmi.endpoint, "oscar")
+        try:
+            res = await call(oscar, hmi, "_zones/across", DIM_ALL, level)
+        finally:
+            await oscar.disconnect()
+        assert res.StatusCode.is_good()
+        assert res.OutputArguments[0].Value == ["LC-1", "LC-2"]
+        # Who does not see Talant: LC-1 left out, as everywhere else.
+        dora = await logged_in(hmi.endpoint, "dora")
+        try:
+            res = await call(dora, hmi, "_zones/across", DIM_ALL, level)
+            assert res.StatusCode.is_good()
+            devices, statuses = (v.Value for v in res.OutputArguments)
+            assert devices == ["LC-2"]
+            assert [s.value for s in statuses] == [GOOD]
+            # A zone of hidden devices only: refused, no name given.
+            core.group_answer = [CommandResult("LC-1", BAD_USER_ACCESS_DENIED, "Talant")]
+            res = await call(dora, hmi, "_zones/talant", DIM_ALL, level)
+            assert res.StatusCode.value == SC.BadUserAccessDenied
+            assert not res.OutputArguments
+            # A folder of a hidden commune: as if it did not exist, and the core is not asked.
+            n = len(core.requests)
+            for folder in ("Talant", "Talant/lighting"):
+                res = await call(dora, hmi, folder, DIM_ALL, level)
+                assert res.StatusCode.value == SC.BadNodeIdUnknown
+            assert len(core.requests) == n
+        finally:
+            await dora.disconnect()
+    finally:
+        core.group_answer = [CommandResult("LC-2", GOOD), CommandResult("LC-3", GOOD)]
+    refused = [r for r in audit.records if r.user == "dora" and r.action == "group_command"]
+    assert sorted(r.target for r in refused) == ["Talant", "Talant/lighting"]
+    assert {r.result for r in refused} == {"BadNodeIdUnknown"}
