@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -61,9 +62,23 @@ class AuditRecord:
 FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))  # the fixed order the hash chain covers
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities as text ("nan", "inf", "-inf"): strict JSON has no such numbers, and a
+    command's argument may be one (a client sent it; the trail must keep what it sent)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def canonical(value: Any) -> str:
-    """``value`` as canonical JSON text (what the hash chain covers)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """``value`` as canonical JSON text (what the hash chain covers); always strict JSON."""
+    return json.dumps(
+        _finite(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False
+    )
 
 
 def canonical_record(rec: AuditRecord) -> str:

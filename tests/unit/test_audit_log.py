@@ -309,3 +309,21 @@ def test_a_full_disk_keeps_the_records_waiting_and_the_server_running_until_spac
         assert [e.seq for e in log.query()] == list(range(1, 302))
         assert log.verify() == []
         log.close()
+
+
+def test_a_nan_or_infinite_argument_is_kept_as_text_in_strict_json():
+    """A client may send NaN or an infinity as a command's value: the trail keeps it, as text,
+    and its records stay strict JSON (json.loads with no NaN extension)."""
+    import json as _json
+
+    from scada.security.audit import canonical, record_of
+
+    rec = record_of(
+        "command", "LC-1", {"value": float("nan"), "args": [float("inf"), -float("inf"), 1.5]}, "BadTypeMismatch"
+    )
+
+    def strict(text: str):
+        return _json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    assert strict(rec.arguments) == {"args": ["inf", "-inf", 1.5], "value": "nan"}
+    assert strict(canonical((1, float("nan")))) == [1, "nan"]
