@@ -17,7 +17,9 @@ and the pipeline audits each device's command.
 
 At start, and for a schedule a reload adds or changes, the step in force (each device's last
 step already passed) is applied at once: a server restarted at 00:30 puts the city at the
-23:00 level, not back to the sunset one.
+23:00 level, not back to the sunset one. The other schedules go on from where they were: the
+steps that fell due while a step was being run (its read-backs take a poll cycle or more) run
+next, in order, whether a reload (even one that changes nothing) came meanwhile or not.
 
 A clock time belongs to the night it falls in: the instants are laid out day after day, so
 "01:00" comes after the evening's "sunset" and "23:00" and before the next "sunrise". On the
@@ -430,6 +432,9 @@ class ScheduleRunner:
         self._pending: set[str] = set()  # schedules new or changed, their step in force not yet applied
         self._generation = 0  # reloads so far
         self._tallies: dict[tuple[str, int, int, bool], _Tally] = {}  # steps whose devices are not all done
+        # Per schedule whose step in force was applied after the cursor: that instant. Its steps
+        # due up to then are covered by the step in force and are not run again.
+        self._covered: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     # -- configuration --
@@ -459,6 +464,9 @@ class ScheduleRunner:
         self._pending |= {
             n for n, t in new.items() if n not in old or old[n].schedule != t.schedule or old[n].devices != t.devices
         }
+        # The steps under way of a schedule changed or removed are recorded as far as they went;
+        # the others' go on (their occurrences' devices are the same in the new plan).
+        self._flush({n for n in old if n not in new} | self._pending)
         self._targets = new
         if generation == self._generation:
             self.plan = plan
@@ -469,26 +477,29 @@ class ScheduleRunner:
     async def run(self) -> None:
         """Apply the steps in force, then each step when due, until cancelled. A restart (the
         supervisor's) applies the steps in force again."""
-        self._targets, self._pending, self.plan = {}, set(), None  # every schedule is new
+        self._targets, self._pending, self.plan, self._covered = {}, set(), None, {}  # every schedule is new
         try:
             await self._loop()
         finally:
             self._flush()  # the steps under way are recorded as far as they went
 
     async def _loop(self) -> None:
-        cursor = self.clock.now_ns()  # every step due up to here has run (or is in force)
+        # Every step due up to the cursor has run (or is in force). A lay-out (start, reload, the
+        # next days) never moves it: the steps that fell due meanwhile (a reload while a step was
+        # being run, even one that changed nothing) run next, in order; only the schedules new or
+        # changed skip theirs, which the step in force they apply covers (``_covered``).
+        cursor = self.clock.now_ns()
         while True:
             plan = self.plan
             if plan is None:  # start or reload: lay out; what is new or changed applies its step in force
-                self._flush()
                 now = self.clock.now_ns()
                 plan = await self._lay_out(now)
                 if self.plan is None:
                     continue  # a reload came meanwhile
                 changed, self._pending = self._pending, set()
                 if changed:
+                    self._covered.update(dict.fromkeys(changed, now))
                     await self._apply_in_force(plan, now, sorted(changed))
-                cursor = max(cursor, now)
                 continue
             if cursor >= plan.end_ns - DAY_NS:  # the laid-out days run out: the next ones
                 self.plan = None
@@ -510,8 +521,10 @@ class ScheduleRunner:
             if not await self._sleep_until(t):
                 continue  # woken by a reload
             for due in dues:
-                await self._run(due)
+                if due.t_ns > self._covered.get(due.schedule, -1):
+                    await self._run(due)
             cursor = t
+            self._covered = {n: c for n, c in self._covered.items() if c > cursor}
 
     async def _sleep_until(self, t_ns: int) -> bool:
         """Wait on one timer until the schedules' clock reaches ``t_ns``; False if a reload came."""
@@ -622,11 +635,11 @@ class ScheduleRunner:
         self.steps_run += 1
         log.info("schedule_step", schedule=tally.schedule, step=tally.step_text, in_force=tally.in_force, **counts)
 
-    def _flush(self) -> None:
-        """Write the records of steps not every device of which has run (a reload, a stop)."""
-        tallies, self._tallies = self._tallies, {}
-        for tally in tallies.values():
-            self._record(tally)
+    def _flush(self, schedules: set[str] | None = None) -> None:
+        """Write the records of steps not every device of which has run (of these schedules, or
+        all: a stop)."""
+        for key in [k for k in self._tallies if schedules is None or k[0] in schedules]:
+            self._record(self._tallies.pop(key))
 
     async def _fan_out(
         self, devices: Sequence[str], command: str, args: Mapping[str, float], schedule: str
