@@ -10,8 +10,9 @@ Sun sets a few seconds earlier on a commune's eastern cabinets than on its weste
 device over a few days (:func:`occurrences`), groups the devices whose step falls in the same
 second, and waits with one timer for the next group; then it runs the step's command on each
 device through the app's command service, as the user Scheduler (the same pipeline as an
-operator's command: interlocks, read-back, audit), a bounded number at once, leaving alone the
-devices an operator has overridden (:mod:`scada.control.overrides`). Each step is audited once
+operator's command: interlocks, read-back, audit), a bounded number at once (the group actions'
+fan-out and per-link slots, scada/control/groups.py), leaving alone the devices an operator has
+overridden (:mod:`scada.control.overrides`). Each step is audited once
 ("schedule": target the schedule; arguments the step, command and arguments; result the counts),
 and the pipeline audits each device's command.
 
@@ -644,25 +645,30 @@ class ScheduleRunner:
     async def _fan_out(
         self, devices: Sequence[str], command: str, args: Mapping[str, float], schedule: str
     ) -> list[CommandResult]:
-        """The command on every device, at most ``control.group_concurrency`` at once (a few
-        workers, not one task per device: a schedule may drive thousands of cabinets)."""
-        results: list[CommandResult | None] = [None] * len(devices)
-        todo = iter(range(len(devices)))
+        """The command on every device, as the group actions fan out (scada/control/groups.py
+        ``run_bounded``): at most ``control.group_concurrency`` at once, and at most
+        ``LINK_CONCURRENCY`` at once on a link that carries one request at a time (a Modbus
+        gateway), counted with the group actions running on the same command service."""
+        groups = importlib.import_module("scada.control.groups")  # groups builds on zones, as above
         origin = f"schedule:{schedule}"
+        config = self.commands.config  # the service's: the one its links' slots are laid out for
+        known = {d.name: d for d in config.devices}
+        results: dict[str, CommandResult] = {}
+        # A device a reload removed while its step was due: the pipeline refuses it (and audits).
+        for name in [n for n in devices if n not in known]:
+            results[name] = await self._execute(CommandRequest(name, command, dict(args), SCHEDULER, origin=origin))
+        bounded = [known[n] for n in devices if n in known]
+        requests = [CommandRequest(d.name, command, dict(args), SCHEDULER, origin=origin) for d in bounded]
+        done = await groups.run_bounded(self.commands, requests, bounded, name=origin)
+        results.update(zip((d.name for d in bounded), done, strict=True))
+        return [results[n] for n in devices if n in results]
 
-        async def worker() -> None:
-            for i in todo:
-                request = CommandRequest(devices[i], command, dict(args), SCHEDULER, origin=origin)
-                try:
-                    results[i] = await self.commands.execute(request)
-                except Exception as exc:  # noqa: BLE001 - one device's failure never stops the step
-                    log.exception("schedule_command_failed", device=devices[i], command=command)
-                    results[i] = CommandResult(devices[i], BAD_INTERNAL_ERROR, repr(exc))
-
-        workers = max(1, min(self.config.control.settings.group_concurrency, len(devices)))
-        if devices:
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        return [r for r in results if r is not None]
+    async def _execute(self, request: CommandRequest) -> CommandResult:
+        try:
+            return await self.commands.execute(request)
+        except Exception as exc:  # noqa: BLE001 - one device's failure never stops the step
+            log.exception("schedule_command_failed", device=request.device, command=request.command)
+            return CommandResult(request.device, BAD_INTERNAL_ERROR, repr(exc))
 
 
 def _iso(t_ns: int) -> str:

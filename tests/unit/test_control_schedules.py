@@ -163,7 +163,10 @@ def _config(schedules=(NIGHT,), devices=None, concurrency=64):
     commands = {"lighting_cabinet": {"SetMode": object(), "SetDimLevel": object()}, "junction": {"SetPlan": object()}}
     return SimpleNamespace(
         devices=tuple(devices),
-        types={"lighting_cabinet": SimpleNamespace(cls="lighting"), "junction": SimpleNamespace(cls="traffic")},
+        types={
+            "lighting_cabinet": SimpleNamespace(cls="lighting", driver="mqtt"),
+            "junction": SimpleNamespace(cls="traffic", driver="opcua"),
+        },
         control=ControlConfig(
             commands=commands,
             schedules=tuple(schedules),
@@ -575,3 +578,51 @@ async def test_a_reload_while_a_step_runs_drops_no_step_due_meanwhile(changed):
         assert _levels(commands, "C-DIJ-2") == [("SetMode", FORCED_OFF), ("SetMode", AUTO), ("SetDimLevel", level)]
         sunsets = [json.loads(r.result) for r in audit.records if json.loads(r.arguments)["step"] == "sunset"]
         assert sunsets == [{"devices": 2, "confirmed": 2, "failed": 0, "skipped_override": 0}]
+
+
+# -- the fan-out's per-link bound (review finding 10) -------------------------------------------
+
+
+async def test_a_step_over_a_gateways_units_keeps_the_group_actions_link_bound():
+    """A step over twelve cabinets behind one Modbus gateway (and six on their own ports) has at
+    most LINK_CONCURRENCY commands in flight on the gateway, with a group action on the same
+    gateway counted in the same slots (scada/control/groups.py's, not a copy)."""
+    import dataclasses
+
+    from scada.control import groups
+    from scada.control.model import GroupRequest
+    from tests.unit.test_control_groups import OPERATOR, FakeCommands as GroupFake, cabinets, make_config
+
+    base = make_config(cabinets(12, port=1502, prefix="G") + cabinets(6, prefix="A"), concurrency=64)
+    dim = ScheduleDef("dim", ("Dijon",), (), _steps()[1:3])  # 23:00 and 01:00: SetDimLevel only
+    settings = dataclasses.replace(base.control.settings, timezone="Europe/Paris")
+    config = dataclasses.replace(base, control=dataclasses.replace(base.control, schedules=(dim,), settings=settings))
+    commands = GroupFake(config)
+    commands.overrides = Overrides()  # type: ignore[attr-defined]
+    gateway = ("modbus", ("127.0.0.1", 1502))
+    runner = ScheduleRunner(commands, MemoryAudit(), _real_pace(_local(2026, 12, 6, 0, 30)))
+    commands.gate = asyncio.Event()
+    task = await _running(runner)
+    group = None
+    try:
+        want = groups.LINK_CONCURRENCY + 6  # the step in force (23:00) on all 18 at once, 64 allowed
+        await _until(lambda: commands.running["all"] >= want)
+        group = asyncio.create_task(
+            groups.run_group(commands, GroupRequest("Dijon", "DimAll", {"level": 10}, OPERATOR))
+        )
+        await _until(lambda: commands.running["all"] >= want + 6)  # the group's six lone cabinets
+        for _ in range(20):  # nothing more starts on the gateway while the four wait
+            await asyncio.sleep(0)
+        assert commands.running[gateway] == groups.LINK_CONCURRENCY
+        commands.gate.set()
+        await _until(lambda: runner.steps_run == 1 and group.done())
+    finally:
+        if group is not None and not group.done():
+            group.cancel()
+            await asyncio.gather(group, return_exceptions=True)
+        await _stop(task)
+    assert commands.peak[gateway] == groups.LINK_CONCURRENCY
+    scheduled = [r for r in commands.requests if r.origin == "schedule:dim"]
+    assert sorted(r.device for r in scheduled) == sorted(d.name for d in config.devices)
+    assert all(r.args == {"level": 50.0} for r in scheduled)
+    assert len(group.result()) == 18 and all(r.good for r in group.result())
