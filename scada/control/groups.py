@@ -23,7 +23,8 @@ command of its own. What the group adds:
   does not hold the others back. Each device's command is its own task: nothing is serialised
   on one lock, and the pipeline's per-device work (write, read-back on the change batches)
   overlaps. A command's time is mostly its read-back (the next poll that shows the new value),
-  so the group's duration is about ``devices / group_concurrency`` poll intervals.
+  so the group's duration is about ``devices / group_concurrency`` poll intervals. The
+  lighting schedules' steps fan out the same way (:func:`run_bounded`), on the same links' slots.
 * **Progress**: ``progress(group, action, user, total, done, failed, finished)`` at the start,
   then at most every :data:`PROGRESS_PERIOD` while devices finish, and once at the end
   (``done`` counts every device finished, ``failed`` those of them not Good).
@@ -232,22 +233,22 @@ def _round_robin(keys: Sequence[Hashable]) -> list[int]:
     return order
 
 
-async def _fan_out(
+def start_bounded(
     commands: Commands,
-    request: GroupRequest,
+    requests: Sequence[CommandRequest],
     devices: Sequence[Device],
-    args: Mapping[str, Mapping[str, float]],
-    progress: GroupProgress | None,
-    link: Callable[[Config, Device], Hashable],
-) -> list[CommandResult]:
+    *,
+    link: Callable[[Config, Device], Hashable] = link_of,
+    name: str = "fan-out",
+) -> dict[asyncio.Task[CommandResult], int]:
+    """The bounded fan-out of the group actions and the lighting schedules: one task per request
+    (``requests[k]`` to ``devices[k]``), started in round-robin order over the links; each waits
+    for a slot of its link (serial links only, shared by every fan-out on the same command
+    service: at most :data:`LINK_CONCURRENCY` commands on a gateway), then for one of this
+    fan-out's ``group_concurrency`` slots, then runs ``commands.execute``. Waiting on a semaphore
+    costs nothing on the field; FIFO semaphores keep the round-robin order. Returns each task
+    and its index; the caller awaits them (and cancels them if it is cancelled)."""
     config = commands.config
-    origin = f"group:{request.group}"
-    action = GROUP_ACTIONS[request.action]
-    total = len(devices)
-    # One task per device, started in round-robin order over the links; each waits for a slot
-    # of its link (serial links only, shared with other groups), then for one of the group's
-    # ``group_concurrency`` slots. Waiting on a semaphore costs nothing on the field; FIFO
-    # semaphores keep the round-robin order.
     group_slots = asyncio.Semaphore(max(1, int(config.control.settings.group_concurrency)))
     link_slots = _slots_of(commands)
 
@@ -261,14 +262,53 @@ async def _fan_out(
         return sem
 
     async def one(k: int) -> CommandResult:
-        d = devices[k]
-        req = CommandRequest(d.name, action.command, args[d.type], request.caller, origin=origin)
-        on_link = slot_of(d)
+        on_link = slot_of(devices[k])
         async with on_link if on_link is not None else contextlib.nullcontext(), group_slots:
-            return await commands.execute(req)
+            return await commands.execute(requests[k])
 
     order = _round_robin([link(config, d) for d in devices])
-    tasks = {asyncio.create_task(one(k), name=f"group:{request.group}:{devices[k].name}"): k for k in order}
+    return {asyncio.create_task(one(k), name=f"{name}:{devices[k].name}"): k for k in order}
+
+
+async def run_bounded(
+    commands: Commands,
+    requests: Sequence[CommandRequest],
+    devices: Sequence[Device],
+    *,
+    link: Callable[[Config, Device], Hashable] = link_of,
+    name: str = "fan-out",
+) -> list[CommandResult]:
+    """:func:`start_bounded`, awaited: one result per request, in request order (an exception is
+    that device's BadInternalError); cancelled, it cancels the commands in flight."""
+    tasks = start_bounded(commands, requests, devices, link=link, name=name)
+    try:
+        if tasks:
+            await asyncio.wait(tasks)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    results: list[CommandResult | None] = [None] * len(devices)
+    for task, k in tasks.items():
+        results[k] = _result_of(task, devices[k])
+    return [r for r in results if r is not None]
+
+
+async def _fan_out(
+    commands: Commands,
+    request: GroupRequest,
+    devices: Sequence[Device],
+    args: Mapping[str, Mapping[str, float]],
+    progress: GroupProgress | None,
+    link: Callable[[Config, Device], Hashable],
+) -> list[CommandResult]:
+    origin = f"group:{request.group}"
+    action = GROUP_ACTIONS[request.action]
+    total = len(devices)
+    requests = [CommandRequest(d.name, action.command, args[d.type], request.caller, origin=origin) for d in devices]
+    tasks = start_bounded(commands, requests, devices, link=link, name=f"group:{request.group}")
     results: list[CommandResult | None] = [None] * total
     done = failed = 0
     if progress is not None:

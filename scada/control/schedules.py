@@ -10,14 +10,17 @@ Sun sets a few seconds earlier on a commune's eastern cabinets than on its weste
 device over a few days (:func:`occurrences`), groups the devices whose step falls in the same
 second, and waits with one timer for the next group; then it runs the step's command on each
 device through the app's command service, as the user Scheduler (the same pipeline as an
-operator's command: interlocks, read-back, audit), a bounded number at once, leaving alone the
-devices an operator has overridden (:mod:`scada.control.overrides`). Each step is audited once
+operator's command: interlocks, read-back, audit), a bounded number at once (the group actions'
+fan-out and per-link slots, scada/control/groups.py), leaving alone the devices an operator has
+overridden (:mod:`scada.control.overrides`). Each step is audited once
 ("schedule": target the schedule; arguments the step, command and arguments; result the counts),
 and the pipeline audits each device's command.
 
 At start, and for a schedule a reload adds or changes, the step in force (each device's last
 step already passed) is applied at once: a server restarted at 00:30 puts the city at the
-23:00 level, not back to the sunset one.
+23:00 level, not back to the sunset one. The other schedules go on from where they were: the
+steps that fell due while a step was being run (its read-backs take a poll cycle or more) run
+next, in order, whether a reload (even one that changes nothing) came meanwhile or not.
 
 A clock time belongs to the night it falls in: the instants are laid out day after day, so
 "01:00" comes after the evening's "sunset" and "23:00" and before the next "sunrise". On the
@@ -430,6 +433,9 @@ class ScheduleRunner:
         self._pending: set[str] = set()  # schedules new or changed, their step in force not yet applied
         self._generation = 0  # reloads so far
         self._tallies: dict[tuple[str, int, int, bool], _Tally] = {}  # steps whose devices are not all done
+        # Per schedule whose step in force was applied after the cursor: that instant. Its steps
+        # due up to then are covered by the step in force and are not run again.
+        self._covered: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     # -- configuration --
@@ -459,6 +465,9 @@ class ScheduleRunner:
         self._pending |= {
             n for n, t in new.items() if n not in old or old[n].schedule != t.schedule or old[n].devices != t.devices
         }
+        # The steps under way of a schedule changed or removed are recorded as far as they went;
+        # the others' go on (their occurrences' devices are the same in the new plan).
+        self._flush({n for n in old if n not in new} | self._pending)
         self._targets = new
         if generation == self._generation:
             self.plan = plan
@@ -469,26 +478,29 @@ class ScheduleRunner:
     async def run(self) -> None:
         """Apply the steps in force, then each step when due, until cancelled. A restart (the
         supervisor's) applies the steps in force again."""
-        self._targets, self._pending, self.plan = {}, set(), None  # every schedule is new
+        self._targets, self._pending, self.plan, self._covered = {}, set(), None, {}  # every schedule is new
         try:
             await self._loop()
         finally:
             self._flush()  # the steps under way are recorded as far as they went
 
     async def _loop(self) -> None:
-        cursor = self.clock.now_ns()  # every step due up to here has run (or is in force)
+        # Every step due up to the cursor has run (or is in force). A lay-out (start, reload, the
+        # next days) never moves it: the steps that fell due meanwhile (a reload while a step was
+        # being run, even one that changed nothing) run next, in order; only the schedules new or
+        # changed skip theirs, which the step in force they apply covers (``_covered``).
+        cursor = self.clock.now_ns()
         while True:
             plan = self.plan
             if plan is None:  # start or reload: lay out; what is new or changed applies its step in force
-                self._flush()
                 now = self.clock.now_ns()
                 plan = await self._lay_out(now)
                 if self.plan is None:
                     continue  # a reload came meanwhile
                 changed, self._pending = self._pending, set()
                 if changed:
+                    self._covered.update(dict.fromkeys(changed, now))
                     await self._apply_in_force(plan, now, sorted(changed))
-                cursor = max(cursor, now)
                 continue
             if cursor >= plan.end_ns - DAY_NS:  # the laid-out days run out: the next ones
                 self.plan = None
@@ -510,8 +522,10 @@ class ScheduleRunner:
             if not await self._sleep_until(t):
                 continue  # woken by a reload
             for due in dues:
-                await self._run(due)
+                if due.t_ns > self._covered.get(due.schedule, -1):
+                    await self._run(due)
             cursor = t
+            self._covered = {n: c for n, c in self._covered.items() if c > cursor}
 
     async def _sleep_until(self, t_ns: int) -> bool:
         """Wait on one timer until the schedules' clock reaches ``t_ns``; False if a reload came."""
@@ -622,34 +636,39 @@ class ScheduleRunner:
         self.steps_run += 1
         log.info("schedule_step", schedule=tally.schedule, step=tally.step_text, in_force=tally.in_force, **counts)
 
-    def _flush(self) -> None:
-        """Write the records of steps not every device of which has run (a reload, a stop)."""
-        tallies, self._tallies = self._tallies, {}
-        for tally in tallies.values():
-            self._record(tally)
+    def _flush(self, schedules: set[str] | None = None) -> None:
+        """Write the records of steps not every device of which has run (of these schedules, or
+        all: a stop)."""
+        for key in [k for k in self._tallies if schedules is None or k[0] in schedules]:
+            self._record(self._tallies.pop(key))
 
     async def _fan_out(
         self, devices: Sequence[str], command: str, args: Mapping[str, float], schedule: str
     ) -> list[CommandResult]:
-        """The command on every device, at most ``control.group_concurrency`` at once (a few
-        workers, not one task per device: a schedule may drive thousands of cabinets)."""
-        results: list[CommandResult | None] = [None] * len(devices)
-        todo = iter(range(len(devices)))
+        """The command on every device, as the group actions fan out (scada/control/groups.py
+        ``run_bounded``): at most ``control.group_concurrency`` at once, and at most
+        ``LINK_CONCURRENCY`` at once on a link that carries one request at a time (a Modbus
+        gateway), counted with the group actions running on the same command service."""
+        groups = importlib.import_module("scada.control.groups")  # groups builds on zones, as above
         origin = f"schedule:{schedule}"
+        config = self.commands.config  # the service's: the one its links' slots are laid out for
+        known = {d.name: d for d in config.devices}
+        results: dict[str, CommandResult] = {}
+        # A device a reload removed while its step was due: the pipeline refuses it (and audits).
+        for name in [n for n in devices if n not in known]:
+            results[name] = await self._execute(CommandRequest(name, command, dict(args), SCHEDULER, origin=origin))
+        bounded = [known[n] for n in devices if n in known]
+        requests = [CommandRequest(d.name, command, dict(args), SCHEDULER, origin=origin) for d in bounded]
+        done = await groups.run_bounded(self.commands, requests, bounded, name=origin)
+        results.update(zip((d.name for d in bounded), done, strict=True))
+        return [results[n] for n in devices if n in results]
 
-        async def worker() -> None:
-            for i in todo:
-                request = CommandRequest(devices[i], command, dict(args), SCHEDULER, origin=origin)
-                try:
-                    results[i] = await self.commands.execute(request)
-                except Exception as exc:  # noqa: BLE001 - one device's failure never stops the step
-                    log.exception("schedule_command_failed", device=devices[i], command=command)
-                    results[i] = CommandResult(devices[i], BAD_INTERNAL_ERROR, repr(exc))
-
-        workers = max(1, min(self.config.control.settings.group_concurrency, len(devices)))
-        if devices:
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        return [r for r in results if r is not None]
+    async def _execute(self, request: CommandRequest) -> CommandResult:
+        try:
+            return await self.commands.execute(request)
+        except Exception as exc:  # noqa: BLE001 - one device's failure never stops the step
+            log.exception("schedule_command_failed", device=request.device, command=request.command)
+            return CommandResult(request.device, BAD_INTERNAL_ERROR, repr(exc))
 
 
 def _iso(t_ns: int) -> str:

@@ -163,7 +163,10 @@ def _config(schedules=(NIGHT,), devices=None, concurrency=64):
     commands = {"lighting_cabinet": {"SetMode": object(), "SetDimLevel": object()}, "junction": {"SetPlan": object()}}
     return SimpleNamespace(
         devices=tuple(devices),
-        types={"lighting_cabinet": SimpleNamespace(cls="lighting"), "junction": SimpleNamespace(cls="traffic")},
+        types={
+            "lighting_cabinet": SimpleNamespace(cls="lighting", driver="mqtt"),
+            "junction": SimpleNamespace(cls="traffic", driver="opcua"),
+        },
         control=ControlConfig(
             commands=commands,
             schedules=tuple(schedules),
@@ -493,3 +496,133 @@ def test_the_server_and_the_simulators_share_one_clock():
     assert server.now_ns() >= _local(2026, 12, 5, 23)  # five real seconds: five simulated minutes
     with pytest.raises(ValueError, match="ISO 8601"):
         schedule_clock(argparse.Namespace(clock_start="12/05/2026", acceleration=1.0, clock_origin=None))
+
+
+# -- a reload while a step runs (review finding 8) ----------------------------------------------
+
+
+class ManualClock:
+    """A simulated clock the test sets (``t``); while a step is not due the runner looks again
+    a millisecond later (real time), so it sees the test's moves."""
+
+    def __init__(self, t_ns: int) -> None:
+        self.t = t_ns
+
+    def now_ns(self) -> int:
+        return self.t
+
+    def real_delay(self, t_ns: int) -> float:
+        return 0.0 if t_ns <= self.t else 0.001
+
+
+class GatedCommands(FakeCommands):
+    """Sunset's SetMode(auto) waits until ``gate`` opens: a step still being run (its read-back)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def execute(self, request):
+        if request.command == "SetMode" and request.args.get("mode") == AUTO:
+            self.waiting += 1
+            await self.gate.wait()
+        return await super().execute(request)
+
+
+def _sunset_dues(day=(2026, 12, 5)):
+    """The sunset seconds of _config()'s two Dijon cabinets: C-DIJ-2 (further east) first."""
+    sunset = sun_times(datetime(*day).date(), np.array([47.32, 47.32]), np.array([5.04, 5.05])).sunset
+    west, east = (-(-int(t) // NS) * NS for t in sunset)
+    assert east < west
+    return east, west
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same config", "schedule changed"])
+async def test_a_reload_while_a_step_runs_drops_no_step_due_meanwhile(changed):
+    east, west = _sunset_dues()
+    config = _config()
+    commands = GatedCommands(config)
+    audit = MemoryAudit()
+    clock = ManualClock(east - 60 * NS)
+    runner = ScheduleRunner(commands, audit, clock)
+    task = await _running(runner)
+    try:
+        await _until(lambda: runner.steps_run == 1)  # in force: off since sunrise, on both
+        clock.t = east  # C-DIJ-2's sunset: its SetMode(auto) is being run...
+        await _until(lambda: commands.waiting == 1)
+        clock.t = west + 5 * NS  # ...while C-DIJ-1's sunset falls due
+        if changed:  # the 23:00 level changes: the schedule applies its step in force (sunset) again
+            at_40 = ScheduleStep("clock", 23 * 3600, "SetDimLevel", {"level": 40.0}, "23:00")
+            new = ScheduleDef(NIGHT.name, NIGHT.communes, (), (_steps()[0], at_40, *_steps()[2:]))
+            config = commands.config = _config((new,))
+        runner.reload(config)  # e.g. app.reload after a SIGHUP (with the same files, or not)
+        await _until(lambda: runner.plan is None)
+        commands.gate.set()
+        await _until(lambda: runner.plan is not None and commands.running == 0)
+        clock.t = _local(2026, 12, 5, 23, 0, 5)
+        level = 40.0 if changed else 50.0
+        await _until(lambda: sum(r.args.get("level") == level for r in commands.requests) == 2)
+    finally:
+        await _stop(task)
+    # Each cabinet: off (in force), on at its own sunset (once), then the 23:00 level.
+    assert _levels(commands, "C-DIJ-1") == [("SetMode", FORCED_OFF), ("SetMode", AUTO), ("SetDimLevel", level)]
+    if changed:  # the changed schedule's step in force (sunset) on both, not C-DIJ-1's sunset twice
+        assert _levels(commands, "C-DIJ-2") == [
+            ("SetMode", FORCED_OFF),
+            ("SetMode", AUTO),
+            ("SetMode", AUTO),
+            ("SetDimLevel", level),
+        ]
+    else:  # nothing changed: the reload left the plan's cursor alone; one record for the sunset
+        assert _levels(commands, "C-DIJ-2") == [("SetMode", FORCED_OFF), ("SetMode", AUTO), ("SetDimLevel", level)]
+        sunsets = [json.loads(r.result) for r in audit.records if json.loads(r.arguments)["step"] == "sunset"]
+        assert sunsets == [{"devices": 2, "confirmed": 2, "failed": 0, "skipped_override": 0}]
+
+
+# -- the fan-out's per-link bound (review finding 10) -------------------------------------------
+
+
+async def test_a_step_over_a_gateways_units_keeps_the_group_actions_link_bound():
+    """A step over twelve cabinets behind one Modbus gateway (and six on their own ports) has at
+    most LINK_CONCURRENCY commands in flight on the gateway, with a group action on the same
+    gateway counted in the same slots (scada/control/groups.py's, not a copy)."""
+    import dataclasses
+
+    from scada.control import groups
+    from scada.control.model import GroupRequest
+    from tests.unit.test_control_groups import OPERATOR, FakeCommands as GroupFake, cabinets, make_config
+
+    base = make_config(cabinets(12, port=1502, prefix="G") + cabinets(6, prefix="A"), concurrency=64)
+    dim = ScheduleDef("dim", ("Dijon",), (), _steps()[1:3])  # 23:00 and 01:00: SetDimLevel only
+    settings = dataclasses.replace(base.control.settings, timezone="Europe/Paris")
+    config = dataclasses.replace(base, control=dataclasses.replace(base.control, schedules=(dim,), settings=settings))
+    commands = GroupFake(config)
+    commands.overrides = Overrides()  # type: ignore[attr-defined]
+    gateway = ("modbus", ("127.0.0.1", 1502))
+    runner = ScheduleRunner(commands, MemoryAudit(), _real_pace(_local(2026, 12, 6, 0, 30)))
+    commands.gate = asyncio.Event()
+    task = await _running(runner)
+    group = None
+    try:
+        want = groups.LINK_CONCURRENCY + 6  # the step in force (23:00) on all 18 at once, 64 allowed
+        await _until(lambda: commands.running["all"] >= want)
+        group = asyncio.create_task(
+            groups.run_group(commands, GroupRequest("Dijon", "DimAll", {"level": 10}, OPERATOR))
+        )
+        await _until(lambda: commands.running["all"] >= want + 6)  # the group's six lone cabinets
+        for _ in range(20):  # nothing more starts on the gateway while the four wait
+            await asyncio.sleep(0)
+        assert commands.running[gateway] == groups.LINK_CONCURRENCY
+        commands.gate.set()
+        await _until(lambda: runner.steps_run == 1 and group.done())
+    finally:
+        if group is not None and not group.done():
+            group.cancel()
+            await asyncio.gather(group, return_exceptions=True)
+        await _stop(task)
+    assert commands.peak[gateway] == groups.LINK_CONCURRENCY
+    scheduled = [r for r in commands.requests if r.origin == "schedule:dim"]
+    assert sorted(r.device for r in scheduled) == sorted(d.name for d in config.devices)
+    assert all(r.args == {"level": 50.0} for r in scheduled)
+    assert len(group.result()) == 18 and all(r.good for r in group.result())
