@@ -22,6 +22,9 @@ refuses gives the call's status code and a message that a person reads:
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
 11. read-back: every ``confirm`` step's tag Good and equal (within the tolerance) before the
     command's timeout, waited on the tag table's change batches       -> BadTimeout
+    (the driver is asked to read the confirm points now, ``Driver.read_now``, rather than
+    leave them to the next poll; a read that fails is not the command's failure: the wait
+    goes on with the polls)
 
 Every attempt, allowed or refused, is one "command" audit record and updates the device's
 Control tags (scada/control/state.py). ``execute`` never raises for a refusal.
@@ -532,13 +535,14 @@ class CommandPipeline:
         ids = np.array([device.first_tag_id + index[s.point] for s in cmd.confirm], np.int64)
         expected = np.array([s.resolve(args) for s in cmd.confirm])
         w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
-        if w.holds(self.tagdb):
+        if w.holds(self.tagdb):  # a write's own read-back may have stored it already
             return
         for i in ids.tolist():
             self._waiting.setdefault(i, set()).add(w)
         self._watched = None
         try:
             async with asyncio.timeout(cmd.timeout):
+                await self._read_now(device, cmd)
                 while not w.abandoned and not w.holds(self.tagdb):
                     await w.event.wait()
                     w.event.clear()
@@ -561,6 +565,18 @@ class CommandPipeline:
         )
         why = w.abandoned or f"not confirmed within {cmd.timeout:g} s"
         raise _Refusal(BAD_TIMEOUT, f"{device.name} {cmd.name}: {why}: {reads}")
+
+    async def _read_now(self, device: Device, cmd: CommandDef) -> None:
+        """Ask the driver for the confirm points now (Driver.read_now); a failure only logged."""
+        t = self.config.types[device.type]
+        driver = self.drivers[t.driver]
+        tags = [self.config.tag_name(device, t.point(s.point)) for s in cmd.confirm]  # type: ignore[arg-type]
+        try:
+            await driver.read_now(tags)
+        except DriverError as exc:
+            log.debug("readback_read_failed", device=device.name, command=cmd.name, error=str(exc))
+        except Exception:  # noqa: BLE001 - a driver's bug: the polls still confirm the command
+            log.exception("readback_read_failed", device=device.name, command=cmd.name)
 
     # -- the read-back task ---------------------------------------------------------------------
 
