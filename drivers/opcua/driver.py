@@ -405,8 +405,8 @@ class OpcUaDriver:
             by_session.setdefault(id(found[0]), (found[0], []))[1].append(self.tagdb.id_of(name))
         for s, ids in by_session.values():
             client = s.client
-            nodes = [s.node_of.get(tag) for tag in ids]
-            if not s.connected or client is None or any(n is None for n in nodes):
+            nodes = [s.node_of[tag] for tag in ids if tag in s.node_of]
+            if not s.connected or client is None or len(nodes) != len(ids):
                 raise DeviceUnreachable(f"no session with {s.url}")
             try:
                 values = await client.read_attributes(nodes)
