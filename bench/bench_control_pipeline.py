@@ -189,7 +189,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=0, help="group_concurrency (default: the configuration's)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-control-"))
-    opc_sim, control_port = free_port(), free_port()
+    # Not within the cabinets' ports (31000 + one per cabinet): a collision there stalls the start.
+    opc_sim, control_port = (next(p for p in iter(free_port, None) if not 31000 <= p < 33000) for _ in range(2))
     broker = None
     mqtt_args: list[str] = []
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
