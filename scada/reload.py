@@ -106,15 +106,30 @@ class ConfigDiff:
         return {k: v for k, v in dataclasses.asdict(self).items() if k.startswith(("devices_", "alarms_")) and v}
 
 
+def _commands_key(config: Config, d: Device) -> tuple:
+    """The device's commands (tags.yaml ``commands:``) apart from their lines: whether it has any
+    decides its Control tags (the tag table), their signatures its methods (its nodes)."""
+    commands = config.control.commands.get(d.type, {})
+    return tuple((name, dataclasses.replace(c, source="")) for name, c in sorted(commands.items()))
+
+
 def _device_key(config: Config, d: Device) -> tuple:
     """A device as configured, apart from where it sits in the file (its ids, its line)."""
-    return dataclasses.replace(d, first_tag_id=0, index=0, source=""), config.types[d.type]
+    return dataclasses.replace(d, first_tag_id=0, index=0, source=""), config.types[d.type], _commands_key(config, d)
 
 
 def _tree_key(config: Config, d: Device) -> tuple:
-    """What the device's OPC UA nodes show: a change here replaces them."""
+    """What the device's OPC UA nodes show: a change here replaces them (its points, its Control
+    object and its command methods with their arguments)."""
     t = config.types[d.type]
-    return d.commune, t.cls, t.name, tuple((p.name, p.kind, p.unit, p.range, p.enum, p.description) for p in t.points)
+    methods = tuple((name, c.arguments, c.critical) for name, c in _commands_key(config, d))
+    return (
+        d.commune,
+        t.cls,
+        t.name,
+        tuple((p.name, p.kind, p.unit, p.range, p.enum, p.description) for p in t.points),
+        methods,
+    )
 
 
 def _type_props(t) -> tuple:

@@ -115,3 +115,33 @@ def test_new_engine_takes_over_kept_instances_and_lists_the_removed_ones(tmp_pat
         assert ("mains_loss", "LC-2") in journal.load_states()
     finally:
         journal.close()
+
+
+def test_a_type_that_gains_or_loses_its_commands_changes_its_devices_tag_table_and_nodes(tmp_path):
+    """Commands give a device Control tags and methods: a reload that only adds or removes a
+    type's commands must not be taken for "unchanged" (the tag table would not match)."""
+    import yaml
+
+    def without_cabinet_commands(text: str) -> str:
+        doc = yaml.safe_load(text)
+        cabinet = doc["equipment_types"]["lighting_cabinet"]
+        cabinet.pop("commands")
+        cabinet.pop("interlocks", None)
+        doc.pop("schedules", None)  # they run the cabinets' commands
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    old = config_in(tmp_path / "a")
+    new = config_in(tmp_path / "b", tags_edit=without_cabinet_commands)
+    assert {d.name for d in old.controlled} >= {"LC-1", "LC-2"}
+    assert not {d.name for d in new.controlled} & {"LC-1", "LC-2"}
+    assert old.tag_table()[0] != new.tag_table()[0]
+    d = diff(old, new)
+    assert d.devices_changed == ["LC-1", "LC-2"]
+    assert sorted(x.name for x in d.nodes_removed) == ["LC-1", "LC-2"] == sorted(x.name for x in d.nodes_added)
+    back = diff(new, old)
+    assert back.devices_changed == ["LC-1", "LC-2"] and not back.empty
+    # A command's tolerance changes what the pipeline does, not the nodes.
+    looser = config_in(tmp_path / "c", tags_edit=lambda t: t.replace("tolerance: 1", "tolerance: 2", 1))
+    assert looser.control != old.control
+    d = diff(old, looser)
+    assert d.devices_changed == ["LC-1", "LC-2"] and not d.nodes_added and not d.nodes_removed
