@@ -230,6 +230,9 @@ async def test_the_driver_reads_the_confirm_points_now_and_that_confirms_without
         assert r.status == GOOD, r.message
         assert driver.reads == [["Dijon/lighting/LC-1/dim_level"]]
         assert rig.pipeline._waiting == {}
+        # Stored at once by read_now, yet the result waited for its change batch to be dispatched
+        # (the consumers registered before the pipeline's, the front's forwarder, have it too).
+        assert rig.pipeline._dispatched >= rig.tagdb.seq
 
 
 async def test_a_read_now_that_fails_is_not_the_commands_failure(tmp_path):
