@@ -73,6 +73,7 @@ class FakeDriver:
         self.read_error: Exception | None = None  # read_now raises it
         self.now: dict[str, float] = {}  # what read_now finds on the device (tag -> value); others: nothing stored
         self.stores_readback = False  # write stores the written value itself (a Modbus write's read-back)
+        self.stored_seq = 0  # the change batch of read_now's last store
 
     async def run(self) -> None:  # pragma: no cover - not run here
         await asyncio.Event().wait()
@@ -106,6 +107,7 @@ class FakeDriver:
         found = [t for t in tags if t in self.now]
         if found:
             self.tagdb.update(np.array([self.tagdb.id_of(t) for t in found]), np.array([self.now[t] for t in found]))
+            self.stored_seq = self.tagdb.seq
 
     def diagnostics(self) -> dict:
         return {}
@@ -226,13 +228,15 @@ async def test_the_driver_reads_the_confirm_points_now_and_that_confirms_without
     async with Rig(tmp_path, control(timeout=5.0)) as rig:
         driver = rig.drivers["modbus"]
         driver.now[rig.tag("LC-1", "dim_level")] = 40.0  # no echo: no poll would ever report it
+        while rig.pipeline._consumer is None:  # the read-back task has subscribed
+            await asyncio.sleep(0)
         r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
         assert r.status == GOOD, r.message
         assert driver.reads == [["Dijon/lighting/LC-1/dim_level"]]
         assert rig.pipeline._waiting == {}
         # Stored at once by read_now, yet the result waited for its change batch to be dispatched
         # (the consumers registered before the pipeline's, the front's forwarder, have it too).
-        assert rig.pipeline._dispatched >= rig.tagdb.seq
+        assert rig.pipeline._dispatched >= driver.stored_seq > 0
 
 
 async def test_a_read_now_that_fails_is_not_the_commands_failure(tmp_path):
