@@ -102,6 +102,7 @@ class DeviceState:
     consecutive_failures: int = 0
     demoted_until: float = 0.0  # monotonic time before which the device is off scan
     last_error: str = ""
+    stored_now: int = 0  # values stored out of the poll schedule (read_now, a write's read-back)
 
 
 class _Coalescer:
@@ -205,6 +206,7 @@ class ModbusDriver:
         self.demotions = 0
         self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}  # read_now's plans, by type and points
         self.reads_now = 0  # read_now requests sent (out of the poll schedule)
+        self.polls_superseded = 0  # polls whose values were dropped: older than a read_now's (see poll)
 
     async def run(self) -> None:
         try:
@@ -259,6 +261,7 @@ class ModbusDriver:
         group = group or ds.groups[0]
         unit = ds.device.io.unit
         t0 = time.monotonic()
+        stored_now = ds.stored_now
         registers: list[bytes] = []
         bits: list[bytes] = []
         all_good = True
@@ -305,11 +308,17 @@ class ModbusDriver:
             self.diag.failure(ds.k, ds.last_error, offline=False)
             return
         rtt = time.monotonic() - t0
-        # The answers' lengths were checked against the requests (frames.check_response): the
-        # concatenated bytes fit the plan, and decoding waits for the flush.
-        self._coalescer.add(
-            group, b"".join(registers), b"".join(bits), None if all_good else group.status, time.time_ns()
-        )
+        if ds.stored_now != stored_now:
+            # A read_now or a write's read-back stored newer values of this device while the poll's
+            # requests waited their turn: the poll's (read before them, some of them) must not
+            # take them back in time. Its values are dropped; the next poll brings them.
+            self.polls_superseded += 1
+        else:
+            # The answers' lengths were checked against the requests (frames.check_response): the
+            # concatenated bytes fit the plan, and decoding waits for the flush.
+            self._coalescer.add(
+                group, b"".join(registers), b"".join(bits), None if all_good else group.status, time.time_ns()
+            )
         if not ds.ok and ds.consecutive_failures:  # a recovery; first contacts are counted in the status line
             log.info("device_online", device=ds.device.name, rtt_ms=round(rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
@@ -351,12 +360,14 @@ class ModbusDriver:
                 "device_demoted", device=ds.device.name, failures=n, off_scan_s=ds.device.demote_for, error=error
             )
 
-    def _store_now(self, ids: np.ndarray, values: np.ndarray) -> None:
+    def _store_now(self, ds: DeviceState, ids: np.ndarray, values: np.ndarray) -> None:
         """Values read out of the poll schedule (a write's read-back, read_now), stored at once.
 
         The polls gathered so far are stored first, in their own update: this driver's ingest
-        does not look for repeated ids (see _Coalescer), and what was read last lands last.
+        does not look for repeated ids (see _Coalescer), and what was read last lands last; a
+        poll of the device still in flight is dropped (see poll), never stored after these.
         """
+        ds.stored_now += 1
         self.ingest.flush()
         status = non_finite_status(values, np.full(len(ids), st.GOOD, np.uint32))
         self.ingest.add(ids, values, status, time.time_ns())
@@ -402,7 +413,7 @@ class ModbusDriver:
                 values = plan.decode_polls(b"".join(registers), b"".join(bits), 1)[0]
             except ValueError as exc:
                 raise DeviceRejected(f"{name}: the answer to the read does not fit ({exc})") from None
-            self._store_now(ds.ids[list(key[1])], values)
+            self._store_now(ds, ds.ids[list(key[1])], values)
 
     # Commands
 
@@ -458,7 +469,7 @@ class ModbusDriver:
             except FrameError as exc:
                 raise DeviceRejected(f"{command.tag}: the read-back answer is garbled ({exc})") from None
             if abs(got - command.value) <= tolerance:
-                self._store_now(ds.ids[k : k + 1], np.array([got]))
+                self._store_now(ds, ds.ids[k : k + 1], np.array([got]))
                 return
             if time.monotonic() > deadline:
                 raise DeviceRejected(f"{command.tag}: wrote {command.value}, the device reads back {got}")

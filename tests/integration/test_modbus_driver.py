@@ -7,6 +7,7 @@ and that none of them slows the healthy devices down.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -257,3 +258,21 @@ async def test_read_now_of_a_silent_device_fails_and_a_demoted_one_is_not_asked(
         with pytest.raises(DeviceUnreachable, match="off scan"):
             await h.driver.read_now(["Dijon/lighting/DEAD-1/dim_level"])
         assert h.driver.reads_now == requests  # a demoted device is not asked
+
+
+async def test_a_poll_in_flight_does_not_take_back_what_read_now_stored(simulator, tmp_path):
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)], poll=3600)
+    async with Harness(cfg) as h:
+        ds = h.state("LC-1")
+        poll = asyncio.create_task(h.driver.poll(ds))
+        while not ds.connection.lock.locked():  # the poll's first request is on the wire
+            await asyncio.sleep(0)
+        tag = h.tag("LC-1", "dim_level")
+        h.driver._store_now(ds, np.array([tag]), np.array([77.0]))  # as read_now stores what it read
+        await poll
+        h.driver.ingest.flush()
+        assert h.value("LC-1", "dim_level") == 77.0  # the poll read before it: dropped, not stored after it
+        assert h.driver.polls_superseded == 1
+        await h.driver.poll(ds)  # the next poll is stored as usual
+        h.driver.ingest.flush()
+        assert h.value("LC-1", "dim_level") == simulator.state.dim_level[0] and h.driver.polls_superseded == 1
