@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -42,15 +43,18 @@ OPERATOR = Caller("bench", ("Supervisor",), None, session="bench")
 UNLIMITED = RateLimit(1e9, 1_000_000)
 
 
-def control_config(config):
+def control_config(config, concurrency: int | None = None):
     """The configuration's commands (tags.yaml), or the tests' definitions of the shipped types
-    when this tags.yaml has none yet; rates lifted for the bench."""
+    when this tags.yaml has none yet; rates lifted for the bench (and group_concurrency set
+    when given)."""
     ctl = config.control
     if not ctl.commands:
         from tests.control_defs import control
 
         ctl = control()
     settings = dataclasses.replace(ctl.settings or ControlSettings(), user_rate=UNLIMITED, device_rate=UNLIMITED)
+    if concurrency:
+        settings = dataclasses.replace(settings, group_concurrency=concurrency)
     return dataclasses.replace(config, control=dataclasses.replace(ctl, settings=settings))
 
 
@@ -59,8 +63,8 @@ def pct(xs: list[float], q: float) -> float:
 
 
 class Rig:
-    def __init__(self, folder: Path) -> None:
-        self.config = control_config(load_config(folder))
+    def __init__(self, folder: Path, concurrency: int | None = None) -> None:
+        self.config = control_config(load_config(folder), concurrency)
         self.tagdb = TagDB(*self.config.tag_table())
         by_driver: dict[str, list] = {}
         for d in self.config.devices:
@@ -105,8 +109,24 @@ def summary(statuses: list[int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-async def measure(folder: Path, n_commands: int) -> None:
-    rig = Rig(folder)
+def cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid``."""
+    if pid is None:
+        return time.process_time()
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+async def measure(folder: Path, n_commands: int, sim_pid: int | None = None, concurrency: int | None = None) -> None:
+    rig = Rig(folder, concurrency)
+    print(f"group_concurrency {rig.config.control.settings.group_concurrency}")
     tasks = [asyncio.create_task(d.run()) for d in rig.drivers.values()]
     tasks.append(asyncio.create_task(rig.pipeline.run()))
     try:
@@ -147,11 +167,14 @@ async def measure(folder: Path, n_commands: int) -> None:
             if not devices:
                 continue
             late0 = rig.lateness()
+            cpu0 = cpu(None), cpu(sim_pid) if sim_pid else 0.0
             dt, statuses = await rig.fan_out(devices, command, args_of)
+            cpu1 = cpu(None), cpu(sim_pid) if sim_pid else 0.0
             late1 = rig.lateness()
             print(
                 f"{name + f' ({len(devices)})':<52} {dt:>19.2f} s  <= 5 s"
-                f"  ({summary(statuses)}; late polls {late1[0] - late0[0]}, missed cycles {late1[1] - late0[1]})"
+                f"  ({summary(statuses)}; late polls {late1[0] - late0[0]}, missed cycles {late1[1] - late0[1]};"
+                f" CPU s: core {cpu1[0] - cpu0[0]:.1f}, simulators {cpu1[1] - cpu0[1]:.1f})"
             )
     finally:
         for t in tasks:
@@ -163,9 +186,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="dijon")
     ap.add_argument("--commands", type=int, default=100, help="single commands for the round trip")
+    ap.add_argument("--concurrency", type=int, default=0, help="group_concurrency (default: the configuration's)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-control-"))
-    opc_sim, control_port = free_port(), free_port()
+    # Not within the cabinets' ports (31000 + one per cabinet): a collision there stalls the start.
+    opc_sim, control_port = (next(p for p in iter(free_port, None) if not 31000 <= p < 33000) for _ in range(2))
     broker = None
     mqtt_args: list[str] = []
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
@@ -201,7 +226,7 @@ def main() -> int:
         from common.logs import configure
 
         configure(level="WARNING")  # thousands of device_online lines would cost the loop the bench measures
-        run_loop(measure(work / "config", args.commands))
+        run_loop(measure(work / "config", args.commands, sim.proc.pid, args.concurrency or None))
     finally:
         stop(sim.proc)
         if broker:

@@ -174,6 +174,13 @@ class Driver(Protocol):
     async def write(self, command: WriteCommand) -> None:
         """Send a command; raise DriverError subclasses only."""
 
+    async def read_now(self, tags: Sequence[str]) -> None:
+        """Read these tags (names, as in a WriteCommand) from their devices now, out of the poll
+        schedule, and report them through the tag database as a poll does; return once they
+        are stored (a tag already current needs no read: a driver whose values are pushed
+        returns at once). The command pipeline asks it for a command's read-back, so that the
+        confirmation does not wait for the next poll. Raise DriverError subclasses only."""
+
     def diagnostics(self) -> dict[str, Any]:
         """Counters for the status line: devices in communication, polls, errors."""
 

@@ -270,6 +270,11 @@ class TagDB(TagIndex):
         self.changes = 0  # rows that changed
 
     @property
+    def seq(self) -> int:
+        """The seq of the last change batch offered to the consumers (0: none yet)."""
+        return self._seq
+
+    @property
     def shared_name(self) -> str | None:
         """The shared memory block holding the row columns (None: not shared)."""
         return None if self._shared is None else self._shared.name

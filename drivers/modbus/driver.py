@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,7 @@ class DeviceState:
     consecutive_failures: int = 0
     demoted_until: float = 0.0  # monotonic time before which the device is off scan
     last_error: str = ""
+    stored_now: int = 0  # values stored out of the poll schedule (read_now, a write's read-back)
 
 
 class _Coalescer:
@@ -202,6 +204,9 @@ class ModbusDriver:
         self.missed_cycles = 0  # cycles skipped because a poll overran its interval
         self.max_lateness = 0.0
         self.demotions = 0
+        self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}  # read_now's plans, by type and points
+        self.reads_now = 0  # read_now requests sent (out of the poll schedule)
+        self.polls_superseded = 0  # polls whose values were dropped: older than a read_now's (see poll)
 
     async def run(self) -> None:
         try:
@@ -256,6 +261,7 @@ class ModbusDriver:
         group = group or ds.groups[0]
         unit = ds.device.io.unit
         t0 = time.monotonic()
+        stored_now = ds.stored_now
         registers: list[bytes] = []
         bits: list[bytes] = []
         all_good = True
@@ -302,11 +308,17 @@ class ModbusDriver:
             self.diag.failure(ds.k, ds.last_error, offline=False)
             return
         rtt = time.monotonic() - t0
-        # The answers' lengths were checked against the requests (frames.check_response): the
-        # concatenated bytes fit the plan, and decoding waits for the flush.
-        self._coalescer.add(
-            group, b"".join(registers), b"".join(bits), None if all_good else group.status, time.time_ns()
-        )
+        if ds.stored_now != stored_now:
+            # A read_now or a write's read-back stored newer values of this device while the poll's
+            # requests waited their turn: the poll's (read before them, some of them) must not
+            # take them back in time. Its values are dropped; the next poll brings them.
+            self.polls_superseded += 1
+        else:
+            # The answers' lengths were checked against the requests (frames.check_response): the
+            # concatenated bytes fit the plan, and decoding waits for the flush.
+            self._coalescer.add(
+                group, b"".join(registers), b"".join(bits), None if all_good else group.status, time.time_ns()
+            )
         if not ds.ok and ds.consecutive_failures:  # a recovery; first contacts are counted in the status line
             log.info("device_online", device=ds.device.name, rtt_ms=round(rtt * 1000, 1))
         ds.ok = ds.ever_ok = True
@@ -348,6 +360,61 @@ class ModbusDriver:
                 "device_demoted", device=ds.device.name, failures=n, off_scan_s=ds.device.demote_for, error=error
             )
 
+    def _store_now(self, ds: DeviceState, ids: np.ndarray, values: np.ndarray) -> None:
+        """Values read out of the poll schedule (a write's read-back, read_now), stored at once.
+
+        The polls gathered so far are stored first, in their own update: this driver's ingest
+        does not look for repeated ids (see _Coalescer), and what was read last lands last; a
+        poll of the device still in flight is dropped (see poll), never stored after these.
+        """
+        ds.stored_now += 1
+        self.ingest.flush()
+        status = non_finite_status(values, np.full(len(ids), st.GOOD, np.uint32))
+        self.ingest.add(ids, values, status, time.time_ns())
+        self.ingest.flush()
+
+    async def read_now(self, tags: Sequence[str]) -> None:
+        """Read these points from their devices now and store them as a poll does.
+
+        Only the blocks holding the points are read, on the device's connection (in turn with
+        the polls of the devices that share it); the poll schedule is left as it is. A device
+        taken off scan (demoted) is not asked: DeviceUnreachable. A failure changes neither
+        the device's state nor its tags' statuses: its next poll says what the link is.
+        """
+        wanted: dict[int, tuple[DeviceState, list[int]]] = {}
+        for tag in tags:
+            found = self._by_tag.get(tag)
+            if found is None:
+                raise CommandRejected(f"unknown tag {tag!r}")
+            ds, k = found
+            wanted.setdefault(id(ds), (ds, []))[1].append(k)
+        for ds, points in wanted.values():
+            name = ds.device.name
+            if time.monotonic() < ds.demoted_until:
+                raise DeviceUnreachable(f"{name} is off scan (demoted) after {ds.consecutive_failures} failed polls")
+            key = (ds.device.type, tuple(sorted(set(points))))
+            plan = self._now_plans.get(key)
+            if plan is None:
+                tio: ModbusType = self.config.types[ds.device.type].io or ModbusType()
+                plan = self._now_plans[key] = ReadPlan([ds.points[k].io for k in key[1]], tio.read_gap)
+            registers: list[bytes] = []
+            bits: list[bytes] = []
+            unit = ds.device.io.unit
+            try:
+                for block in plan.blocks:
+                    request = frames.read_request(frames.READ_FUNCTION[block.table], block.start, block.count)
+                    self.reads_now += 1
+                    (bits if block.is_bits else registers).append(await ds.connection.request(unit, request))
+            except DeviceRejected as exc:
+                raise DeviceRejected(f"{name}: the device refused the read (exception {exc.args[0]})") from None
+            except FrameError as exc:
+                raise DeviceRejected(f"{name}: the answer to the read is garbled ({exc})") from None
+            try:
+                values = plan.decode_polls(b"".join(registers), b"".join(bits), 1)[0]
+            except ValueError as exc:
+                raise DeviceRejected(f"{name}: the answer to the read does not fit ({exc})") from None
+            self._store_now(ds, ds.ids[list(key[1])], values)
+
     # Commands
 
     def _resolve(self, command: WriteCommand) -> tuple[DeviceState, Any]:
@@ -368,10 +435,13 @@ class ModbusDriver:
 
         The read-back must show the commanded value (within half a scaling step) before
         ``3 x timeout``; otherwise DeviceRejected. Points whose device resets them by design
-        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml.
+        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml. The value
+        read back is stored as a poll's would be: a read-back of the written point (the
+        pipeline's confirmation of a Write) then needs no read of its own.
         """
         self.check(command)
-        ds, point = self._resolve(command)
+        ds, k = lookup(self._by_tag, command)
+        point = ds.points[k]
         io = point.io
         data = encode(io, command.value)
         unit, address = ds.device.io.unit, io.address
@@ -399,6 +469,7 @@ class ModbusDriver:
             except FrameError as exc:
                 raise DeviceRejected(f"{command.tag}: the read-back answer is garbled ({exc})") from None
             if abs(got - command.value) <= tolerance:
+                self._store_now(ds, ds.ids[k : k + 1], np.array([got]))
                 return
             if time.monotonic() > deadline:
                 raise DeviceRejected(f"{command.tag}: wrote {command.value}, the device reads back {got}")

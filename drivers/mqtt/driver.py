@@ -40,6 +40,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,6 +467,13 @@ class MqttDriver:
         if ack.get("result") != "accepted":
             raise DeviceRejected(f"{ds.device.name} refused {label!r}: {ack.get('reason', 'no reason given')}")
         self.tagdb.update(np.array([self.tagdb.id_of(command.tag)]), np.array([command.value]))
+
+    async def read_now(self, tags: Sequence[str]) -> None:
+        """Nothing to read: MQTT devices push their state (retained, and on every change), so
+        the broker delivers a new state as soon as the device publishes it; there is no request
+        that would make a device publish sooner. Unknown tags are refused as a write's are."""
+        for tag in tags:
+            lookup(self._by_tag, WriteCommand(tag, 0.0))
 
     def diagnostics(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -45,7 +46,7 @@ from scada import status as st
 from scada.backoff import Backoff
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
-from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
+from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
 from scada.ingest import Ingest
 from scada.tagdb import TEXT, TagDB
 
@@ -387,6 +388,37 @@ class OpcUaDriver:
                 pass
 
     # commands
+
+    async def read_now(self, tags: Sequence[str]) -> None:
+        """One Read of these tags' nodes per session, stored as notifications are.
+
+        The subscription reports a change within its publishing interval (500 ms for the
+        junctions): a command's read-back would wait that long for a value the server already
+        has. A tag whose session is down is not read (DeviceUnreachable): the session task
+        says what the link is.
+        """
+        by_session: dict[int, tuple[Session, list[int]]] = {}
+        for name in tags:
+            found = self._by_tag.get(name)
+            if found is None:
+                raise CommandRejected(f"unknown tag {name!r}")
+            by_session.setdefault(id(found[0]), (found[0], []))[1].append(self.tagdb.id_of(name))
+        for s, ids in by_session.values():
+            client = s.client
+            nodes = [s.node_of[tag] for tag in ids if tag in s.node_of]
+            if not s.connected or client is None or len(nodes) != len(ids):
+                raise DeviceUnreachable(f"no session with {s.url}")
+            try:
+                values = await client.read_attributes(nodes)
+            except ua.UaStatusCodeError as exc:
+                raise DeviceRejected(f"{s.url}: the server refused the read: {exc}") from None
+            except _SESSION_ERRORS as exc:
+                raise DeviceUnreachable(f"{s.url}: {type(exc).__name__}: {exc}") from None
+            if len(values) != len(ids):
+                raise DeviceRejected(f"{s.url}: {len(values)} values read for {len(ids)} nodes")
+            items = [ua.MonitoredItemNotification(ClientHandle=tag, Value=dv) for tag, dv in zip(ids, values)]
+            self._ingest(items)
+            self.flush()
 
     def _resolve(self, command: WriteCommand):
         return lookup(self._by_tag, command)

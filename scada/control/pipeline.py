@@ -22,6 +22,9 @@ refuses gives the call's status code and a message that a person reads:
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
 11. read-back: every ``confirm`` step's tag Good and equal (within the tolerance) before the
     command's timeout, waited on the tag table's change batches       -> BadTimeout
+    (the driver is asked to read the confirm points now, ``Driver.read_now``, rather than
+    leave them to the next poll; a read that fails is not the command's failure: the wait
+    goes on with the polls)
 
 Every attempt, allowed or refused, is one "command" audit record and updates the device's
 Control tags (scada/control/state.py). ``execute`` never raises for a refusal.
@@ -199,6 +202,8 @@ class CommandPipeline:
         self._waiting: dict[int, set[_Confirmation]] = {}  # tag id -> commands confirming it
         self._watched: np.ndarray | None = None  # sorted ids of _waiting (None: rebuild)
         self._consumer: Consumer | None = None  # run()'s queue of change batches
+        self._dispatched = 0  # seq of the last change batch run() has dispatched
+        self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, future): see _seen
         self.settings = ControlSettings()
         self.limits = RateLimiter(self.settings.user_rate, self.settings.device_rate, clock)
         self.selections = Selections(self.settings.select_timeout, clock)
@@ -532,16 +537,22 @@ class CommandPipeline:
         ids = np.array([device.first_tag_id + index[s.point] for s in cmd.confirm], np.int64)
         expected = np.array([s.resolve(args) for s in cmd.confirm])
         w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
-        if w.holds(self.tagdb):
-            return
         for i in ids.tolist():
             self._waiting.setdefault(i, set()).add(w)
         self._watched = None
         try:
             async with asyncio.timeout(cmd.timeout):
-                while not w.abandoned and not w.holds(self.tagdb):
-                    await w.event.wait()
-                    w.event.clear()
+                if not w.holds(self.tagdb):  # a write's own read-back may have stored it already
+                    await self._read_now(device, cmd)
+                    while not w.abandoned and not w.holds(self.tagdb):
+                        await w.event.wait()
+                        w.event.clear()
+                if not w.abandoned:
+                    # The value may have been stored a moment ago (a driver's read_now or read-back
+                    # stores at once): the result waits for its change batch to reach the consumers
+                    # registered before this one (the front's forwarder), so that an HMI reading the
+                    # point after a Good result reads the confirmed value.
+                    await self._seen(self.tagdb.seq)
         except TimeoutError:
             pass
         finally:
@@ -562,6 +573,39 @@ class CommandPipeline:
         why = w.abandoned or f"not confirmed within {cmd.timeout:g} s"
         raise _Refusal(BAD_TIMEOUT, f"{device.name} {cmd.name}: {why}: {reads}")
 
+    async def _seen(self, seq: int) -> None:
+        """Until run() has dispatched change batch ``seq`` (at once when run() is not running)."""
+        if self._dispatched >= seq or self._consumer is None:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq_waiters.append((seq, fut))
+        await fut
+
+    def _release(self, seq: int | None) -> None:
+        """Wake the _seen waiters up to ``seq`` (None: every one)."""
+        if seq is not None:
+            self._dispatched = seq
+        keep = []
+        for s, fut in self._seq_waiters:
+            if seq is None or s <= seq:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((s, fut))
+        self._seq_waiters = keep
+
+    async def _read_now(self, device: Device, cmd: CommandDef) -> None:
+        """Ask the driver for the confirm points now (Driver.read_now); a failure only logged."""
+        t = self.config.types[device.type]
+        driver = self.drivers[t.driver]
+        tags = [self.config.tag_name(device, t.point(s.point)) for s in cmd.confirm]  # type: ignore[arg-type]
+        try:
+            await driver.read_now(tags)
+        except DriverError as exc:
+            log.debug("readback_read_failed", device=device.name, command=cmd.name, error=str(exc))
+        except Exception:  # noqa: BLE001 - a driver's bug: the polls still confirm the command
+            log.exception("readback_read_failed", device=device.name, command=cmd.name)
+
     # -- the read-back task ---------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -570,6 +614,7 @@ class CommandPipeline:
         while True:
             tagdb = self.tagdb
             consumer = self._consumer = tagdb.subscribe("control-readback", maxsize=1024)
+            self._release(tagdb.seq)  # batches before the subscription are not this queue's
             try:
                 while tagdb is self.tagdb:
                     batch = await consumer.get()
@@ -577,7 +622,9 @@ class CommandPipeline:
                         self._wake_all()  # batches were lost: every waiter looks at the table
                     elif batch is not None:  # None: a reload's wake-up
                         self._dispatch(batch.ids)
+                    self._release(None if batch is None else batch.seq)
             finally:
+                self._release(None)
                 self._consumer = None
                 with contextlib.suppress(ValueError):
                     tagdb.unsubscribe(consumer)

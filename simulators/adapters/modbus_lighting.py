@@ -4,7 +4,9 @@ Each cabinet is one Modbus unit. Cabinets are spread over ports ``base_port, bas
 with ``units_per_port`` units on each (1 = one cabinet per address, as cabinets with their own
 IP; more = a gateway). Each model step encodes every cabinet's registers at once (numpy, see
 :func:`encode_images`); a request then only copies its cabinet's row. Writes go into the
-model as commands.
+model as commands, which change only the cabinet written (``lighting.refresh``): its row alone
+is re-encoded, so that a write costs one cabinet, not the city (2,200 writes for a city-wide
+dimming cost 6.6 s of simulator CPU when each stepped and re-encoded all 1,100 cabinets).
 
 Faults of the link itself (not of the cabinet) live here: a cabinet that stops answering
 (its requests hang, the connection stays open) and one that drops off the network (its
@@ -104,16 +106,18 @@ def _words(values: np.ndarray, dtype: str, order: str, scale: float) -> list[np.
     return words[::-1] if order == "little" else words
 
 
-def encode_images(s: lighting.LightingState) -> dict[str, np.ndarray]:
-    """Register images of every cabinet: ``{table: array (n, size)}``, uint16 words or bools."""
-    n = s.count
+def encode_images(s: lighting.LightingState, rows: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Register images of every cabinet (or of ``rows``): ``{table: array (n, size)}``, uint16 words or bools."""
+    values = model_values(s)
+    if rows is not None:
+        values = {name: np.asarray(v)[rows] for name, v in values.items()}
+    n = len(values["mode"])
     images = {
         "holding": np.zeros((n, SIZES["holding"]), np.uint16),
         "input": np.zeros((n, SIZES["input"]), np.uint16),
         "discrete": np.zeros((n, SIZES["discrete"]), bool),
         "coil": np.zeros((n, SIZES["coil"]), bool),
     }
-    values = model_values(s)
     for name, table, address, dtype, order, scale in REGISTER_MAP:
         if dtype == "bool":
             images[table][:, address] = values[name]
@@ -225,8 +229,18 @@ class LightingModbusSimulator(Paced):
                     return ExcCodes.ILLEGAL_ADDRESS
         except ValueError:
             return ExcCodes.ILLEGAL_VALUE
-        self.state = s
+        self._cabinet_changed(s, i)
         return None
+
+    def _cabinet_changed(self, s: lighting.LightingState, i: int) -> None:
+        """``s`` differs from the current state in cabinet ``i`` only: its row is re-encoded now,
+        so a request always sees the current state."""
+        self._state = s
+        rows = encode_images(s, [i])
+        for table, image in rows.items():
+            self._images[table][i] = image[0]
+        for table in ("discrete", "coil"):
+            self._bit_registers[table][i] = bits_to_registers(rows[table])[0]
 
     def _device(self, i: int, unit: int) -> SimDevice:
         return SimDevice(

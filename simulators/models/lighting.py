@@ -204,8 +204,50 @@ def step(s: LightingState, t: float) -> LightingState:
 
 
 def _set(s: LightingState, field: str, i: int, value) -> LightingState:
-    """``s`` with one value set, stepped at its own time so that what follows from it does."""
-    return step(with_element(s, field, i, value), s.t)
+    """``s`` with one value of cabinet ``i`` set, and what follows from it (:func:`refresh`)."""
+    return refresh(with_element(s, field, i, value), i)
+
+
+def refresh(s: LightingState, i: int) -> LightingState:
+    """``s`` with cabinet ``i``'s switching, dimming, power and voltage recomputed at ``s.t``.
+
+    What ``step(s, s.t)`` gives when only cabinet ``i``'s inputs changed since the last step
+    (no time passes: no energy, no failures; the other cabinets, the temperatures and the
+    failed counts stay as they are), at the cost of one cabinet rather than the whole city:
+    a command is a write to one cabinet, and a city-wide fan-out writes each of them.
+    The step count advances as a step's would (it seeds the failures' randomness).
+    """
+    t = s.t
+    mode = int(s.mode[i])
+    test = bool(s.lamp_test[i])
+    if mode in (FORCED_ON, MANUAL_DIM):
+        commanded = True
+    elif mode == FORCED_OFF:
+        commanded = False
+    else:
+        commanded = bool(solar_elevation_deg(t, s.lat[i : i + 1], s.lon[i : i + 1])[0] < SWITCH_ELEVATION_DEG)
+    on = (commanded or test) and bool(s.mains_ok[i]) and not bool(s.leakage_trip[i])
+    if test:
+        dim = 100.0
+    elif not on:
+        dim = 0.0
+    elif mode == MANUAL_DIM:
+        dim = float(s.dim_setpoint[i])
+    elif mode == AUTO:
+        dim = scheduled_dim(t, s.tz, s.schedule)
+    else:
+        dim = 100.0
+    mine = s.lum_cabinet == i
+    working_w = float((s.lum_watts[mine] * ~s.lum_failed[mine]).sum())
+    power = working_w * dim / 100.0 / 1000.0 if on else 0.0
+    wobble = 2 * np.pi * t / 600.0 + s.phase[i]
+    voltage = NOMINAL_VOLTAGE + 2.5 * np.sin(wobble) - 0.002 * power * 100 if s.mains_ok[i] else 0.0
+    columns = {}
+    for name, value in (("on", on), ("dim_level", dim), ("power_kw", power), ("voltage", voltage)):
+        column = getattr(s, name).copy()
+        column[i] = value
+        columns[name] = column
+    return replace(s, steps=s.steps + 1, **columns)
 
 
 def set_mode(s: LightingState, i: int, mode: int) -> LightingState:

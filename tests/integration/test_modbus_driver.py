@@ -7,13 +7,14 @@ and that none of them slows the healthy devices down.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
+from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
 from drivers.modbus.driver import ModbusDriver
 from scada.backoff import Backoff
 from scada import status as st
@@ -49,14 +50,14 @@ BAD_TYPE = """
 """
 
 
-def make_config(folder: Path, rows: list[tuple[str, str, int]], demote_for: float = 0.5, unit: int = 1):
+def make_config(folder: Path, rows: list[tuple[str, str, int]], demote_for: float = 0.5, unit: int = 1, poll=POLL):
     """rows: (name, type, port). Uses the shipped lighting_cabinet type plus a misconfigured one.
 
     Devices are demoted for ``demote_for`` after 3 failed polls (shorter than the default so
     that recoveries show within the tests' waits).
     """
     write_inventory(folder, "devices.csv", "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for",
-                    [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{POLL},{TIMEOUT},{demote_for}" for n, t, p in rows],
+                    [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{poll},{TIMEOUT},{demote_for}" for n, t, p in rows],
                     BAD_TYPE)
     return load(folder)
 
@@ -213,3 +214,65 @@ async def test_cabinet_that_drops_off_the_network_goes_bad_and_recovers(simulato
         assert h.status("LC-2", "power") == st.GOOD
         await simulator.set_offline(0, False)
         await until(lambda: h.status("LC-1", "power") == st.GOOD, DEADLINE, "back online")
+
+
+async def test_read_now_reads_the_points_out_of_the_poll_schedule(simulator, tmp_path):
+    """A command's read-back: the points asked for are read and stored at once, no poll needed;
+    a write stores what it read back. Polled once an hour: no poll runs during the test."""
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)], poll=3600)
+    async with Harness(cfg) as h:
+        assert h.status("LC-1", "dim_level") == st.BAD_NO_COMMUNICATION  # never polled
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/mode", 3))
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 25))
+        # The write's own read-back is stored: the written point needs no read of its own.
+        assert (h.value("LC-1", "dim_setpoint"), h.status("LC-1", "dim_setpoint")) == (25, st.GOOD)
+        assert (h.value("LC-1", "mode"), h.status("LC-1", "mode")) == (3, st.GOOD)
+        asked = int(simulator.requests_per_cabinet[0])
+        await h.driver.read_now(["Dijon/lighting/LC-1/dim_level", "Dijon/lighting/LC-1/lamps_on"])
+        assert (h.value("LC-1", "dim_level"), h.status("LC-1", "dim_level")) == (25, st.GOOD)
+        assert (h.value("LC-1", "lamps_on"), h.status("LC-1", "lamps_on")) == (1, st.GOOD)
+        assert int(simulator.requests_per_cabinet[0]) - asked == 2  # the input and the discrete block, no more
+        assert h.status("LC-1", "power") == st.BAD_NO_COMMUNICATION  # not asked for, not read
+        assert h.driver.polls_started == 0 and h.driver.reads_now == 2  # the schedule is left alone
+        with pytest.raises(CommandRejected, match="unknown tag"):
+            await h.driver.read_now(["Dijon/lighting/LC-9/dim_level"])
+
+
+async def test_read_now_of_a_silent_device_fails_and_a_demoted_one_is_not_asked(simulator, tmp_path):
+    refused_port = free_port()  # nobody listens there
+    cfg = make_config(
+        tmp_path / "c",
+        [("LC-1", "lighting_cabinet", simulator.base_port), ("DEAD-1", "lighting_cabinet", refused_port)],
+        demote_for=3600,
+    )
+    async with Harness(cfg) as h:
+        await until(lambda: h.status("LC-1", "dim_level") == st.GOOD, DEADLINE, "first poll")
+        simulator.set_silent(0, True)
+        try:
+            with pytest.raises(DeviceUnreachable, match="no answer"):
+                await h.driver.read_now(["Dijon/lighting/LC-1/dim_level"])
+        finally:
+            simulator.set_silent(0, False)
+        await until(lambda: h.state("DEAD-1").demoted_until > time.monotonic(), DEADLINE, "the dead device demoted")
+        requests = h.driver.reads_now
+        with pytest.raises(DeviceUnreachable, match="off scan"):
+            await h.driver.read_now(["Dijon/lighting/DEAD-1/dim_level"])
+        assert h.driver.reads_now == requests  # a demoted device is not asked
+
+
+async def test_a_poll_in_flight_does_not_take_back_what_read_now_stored(simulator, tmp_path):
+    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port)], poll=3600)
+    async with Harness(cfg) as h:
+        ds = h.state("LC-1")
+        poll = asyncio.create_task(h.driver.poll(ds))
+        while not ds.connection.lock.locked():  # the poll's first request is on the wire
+            await asyncio.sleep(0)
+        tag = h.tag("LC-1", "dim_level")
+        h.driver._store_now(ds, np.array([tag]), np.array([77.0]))  # as read_now stores what it read
+        await poll
+        h.driver.ingest.flush()
+        assert h.value("LC-1", "dim_level") == 77.0  # the poll read before it: dropped, not stored after it
+        assert h.driver.polls_superseded == 1
+        await h.driver.poll(ds)  # the next poll is stored as usual
+        h.driver.ingest.flush()
+        assert h.value("LC-1", "dim_level") == simulator.state.dim_level[0] and h.driver.polls_superseded == 1

@@ -187,3 +187,14 @@ def test_a_batch_is_stored_in_the_order_of_the_stream(tmp_path):
     # Garbage: the whole "{not json" message, and the unknown state plus its 4 missing fields.
     assert drv.garbage == 1 + 5 and drv.received == 10
     assert [ds.online for ds in drv.devices] == [True, False, True]
+
+
+async def test_read_now_is_nothing_to_do_for_pushed_state(tmp_path):
+    """MQTT devices push their state: read_now sends nothing and changes no tag; it refuses unknown tags."""
+    cfg = config(tmp_path / "c", 1883)  # never connected: nothing could be sent anyway
+    h = Harness(cfg)
+    before = h.tagdb.value.copy(), h.tagdb.status.copy()
+    await h.driver.read_now(["Dijon/bollard/B-DIJ-001/position", "Dijon/bollard/B-DIJ-002/command"])
+    assert np.array_equal(h.tagdb.value, before[0], equal_nan=True) and (h.tagdb.status == before[1]).all()
+    with pytest.raises(CommandRejected, match="unknown tag"):
+        await h.driver.read_now(["Dijon/bollard/B-DIJ-404/position"])

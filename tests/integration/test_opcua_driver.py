@@ -6,9 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from scada.driver_api import CommandRejected, WriteCommand
+from scada.driver_api import CommandRejected, DeviceUnreachable, WriteCommand
 from drivers.opcua.driver import OpcUaDriver
 from scada import status as st
 from city_scada import load_config
@@ -107,6 +108,36 @@ async def test_values_refused_node_writes_and_session_recovery(tmp_path):
         await sim.start()
         await until(lambda: status("J-DIJ-001", "mode") == st.GOOD, timeout=DEADLINE, what="session restored")
         await until(lambda: value("J-DIJ-001", "conflict_fault") == 0, what="fresh values")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+
+
+async def test_read_now_reads_the_nodes_without_waiting_for_a_notification(tmp_path):
+    """A Read of the nodes, stored at once: the subscription would only report a change."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}/traffic/"
+    cfg = config(tmp_path / "c", url)
+    tagdb = TagDB(*cfg.tag_table())
+    driver = OpcUaDriver(cfg, list(cfg.devices), tagdb, backoff_base=0.2, backoff_cap=1.0)
+    mode, plan = (tagdb.id_of(f"Dijon/traffic/J-DIJ-001/{p}") for p in ("mode", "plan"))
+    sim = simulator(url)
+    await sim.start()
+    task = asyncio.create_task(driver.run())
+    try:
+        await until(lambda: tagdb.status[mode] == st.GOOD and tagdb.status[plan] == st.GOOD, what="first notification")
+        # The table says something else than the server (and the server's value does not change,
+        # so no notification comes): read_now puts the server's value back before returning.
+        tagdb.update(np.array([mode, plan]), np.array([99.0, 99.0]))
+        await driver.read_now(["Dijon/traffic/J-DIJ-001/mode", "Dijon/traffic/J-DIJ-001/plan"])
+        assert tagdb.value[mode] == tr.FIXED_TIME and tagdb.status[mode] == st.GOOD
+        assert tagdb.value[plan] == sim.state.central_plan[0]
+        with pytest.raises(CommandRejected, match="unknown tag"):
+            await driver.read_now(["Dijon/traffic/J-DIJ-404/mode"])
+        await sim.stop()
+        await until(lambda: tagdb.status[mode] == st.BAD_COMMUNICATION_ERROR, what="session lost")
+        with pytest.raises(DeviceUnreachable):
+            await driver.read_now(["Dijon/traffic/J-DIJ-001/mode"])
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -69,6 +69,11 @@ class FakeDriver:
         self.reject: Exception | None = None
         self.started = asyncio.Event()
         self.release: asyncio.Event | None = None  # when set: write waits for it
+        self.reads: list[list[str]] = []  # read_now's requests
+        self.read_error: Exception | None = None  # read_now raises it
+        self.now: dict[str, float] = {}  # what read_now finds on the device (tag -> value); others: nothing stored
+        self.stores_readback = False  # write stores the written value itself (a Modbus write's read-back)
+        self.stored_seq = 0  # the change batch of read_now's last store
 
     async def run(self) -> None:  # pragma: no cover - not run here
         await asyncio.Event().wait()
@@ -84,6 +89,8 @@ class FakeDriver:
         if self.error is not None:
             raise self.error
         self.writes.append(command)
+        if self.stores_readback:
+            self.tagdb.update(np.array([self.tagdb.id_of(command.tag)]), np.array([command.value]))
         if command.tag in self.echo:
             tag, value = self.echo[command.tag]
             # The device reports later, on its own poll: after the write returned.
@@ -92,6 +99,15 @@ class FakeDriver:
                     np.array([self.tagdb.id_of(tag)]), np.array([command.value if value is None else value])
                 )
             )
+
+    async def read_now(self, tags) -> None:
+        self.reads.append(list(tags))
+        if self.read_error is not None:
+            raise self.read_error
+        found = [t for t in tags if t in self.now]
+        if found:
+            self.tagdb.update(np.array([self.tagdb.id_of(t) for t in found]), np.array([self.now[t] for t in found]))
+            self.stored_seq = self.tagdb.seq
 
     def diagnostics(self) -> dict:
         return {}
@@ -206,6 +222,46 @@ async def test_a_read_back_that_never_comes_is_bad_timeout_and_the_tag_stays_as_
         assert rig.control("LC-1", "last_result").startswith("BadTimeout: LC-1 SetDimLevel: not confirmed within 0.3 s")
         assert rig.audit.records[-1].result == "BadTimeout"
         assert rig.pipeline._waiting == {}  # nothing left registered
+
+
+async def test_the_driver_reads_the_confirm_points_now_and_that_confirms_without_a_poll(tmp_path):
+    async with Rig(tmp_path, control(timeout=5.0)) as rig:
+        driver = rig.drivers["modbus"]
+        driver.now[rig.tag("LC-1", "dim_level")] = 40.0  # no echo: no poll would ever report it
+        while rig.pipeline._consumer is None:  # the read-back task has subscribed
+            await asyncio.sleep(0)
+        r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
+        assert r.status == GOOD, r.message
+        assert driver.reads == [["Dijon/lighting/LC-1/dim_level"]]
+        assert rig.pipeline._waiting == {}
+        # Stored at once by read_now, yet the result waited for its change batch to be dispatched
+        # (the consumers registered before the pipeline's, the front's forwarder, have it too).
+        assert rig.pipeline._dispatched >= driver.stored_seq > 0
+
+
+async def test_a_read_now_that_fails_is_not_the_commands_failure(tmp_path):
+    async with Rig(tmp_path, control(timeout=0.3)) as rig:
+        driver = rig.drivers["modbus"]
+        driver.read_error = DeviceUnreachable("no answer from unit 1 within 1.0 s")
+        rig.follow("LC-1", "dim_setpoint", "dim_level")  # the next poll brings it
+        r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
+        assert r.status == GOOD, r.message
+        driver.echo.clear()  # and without a poll: BadTimeout, as before
+        r = await rig.run("LC-1", "SetDimLevel", {"level": 45, "until": 0})
+        assert r.status == BAD_TIMEOUT and "dim_level reads 40 (Good), expected 45" in r.message, r.message
+        driver.read_error = RuntimeError("a driver's bug")
+        r = await rig.run("LC-1", "SetDimLevel", {"level": 45, "until": 0})
+        assert r.status == BAD_TIMEOUT, r.message
+        assert len(driver.reads) == 3
+
+
+async def test_a_write_whose_own_read_back_confirms_asks_for_no_read(tmp_path):
+    async with Rig(tmp_path) as rig:
+        driver = rig.drivers["modbus"]
+        driver.stores_readback = True
+        r = await rig.run("LC-1", WRITE, {"value": 55}, point="dim_setpoint", origin="write")
+        assert r.status == GOOD, r.message
+        assert driver.reads == []
 
 
 async def test_a_read_back_that_turns_bad_does_not_confirm(tmp_path):

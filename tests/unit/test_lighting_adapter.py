@@ -81,3 +81,23 @@ def test_sizes_cover_the_map():
     for name, table, address, dtype, *_ in REGISTER_MAP:
         width = 2 if dtype in ("uint32", "int32", "float32") else 1
         assert address + width <= SIZES[table], name
+
+
+def test_a_write_re_encodes_its_cabinet_and_requests_see_the_current_state():
+    """A write changes one cabinet's row; the images are then those of a whole re-encoding."""
+    from simulators.adapters.modbus_lighting import LightingModbusSimulator, bits_to_registers
+
+    s = lighting.create([47.32, 47.3, 47.31], [5.04, 5.0, 5.02], [30, 40, 12], t=1_764_000_000.0)
+    sim = LightingModbusSimulator(s)  # no server: the writes go through the request path's own method
+    before = {t: image.copy() for t, image in sim._images.items()}
+    assert sim._apply_write(1, 6, 0, [lighting.MANUAL_DIM]) is None
+    assert sim._apply_write(1, 16, 1, [40]) is None
+    assert sim._apply_write(2, 5, 0, [True]) is None  # lamp test coil
+    full = encode_images(sim.state)
+    for table, image in full.items():
+        np.testing.assert_array_equal(sim._images[table], image, err_msg=table)
+        np.testing.assert_array_equal(sim._images[table][0], before[table][0], err_msg=table)  # untouched
+    for table in ("discrete", "coil"):
+        np.testing.assert_array_equal(sim._bit_registers[table], bits_to_registers(full[table]))
+    assert sim._images["holding"][1].tolist() == [3, 40] and sim._images["input"][1][8] == 40
+    assert sim._images["coil"][2][0] and sim._images["input"][2][8] == 100  # lamp test: every lamp at 100 %

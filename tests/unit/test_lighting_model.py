@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from simulators.models import lighting
+from simulators.models.columns import with_element
 
 DIJON = (47.322, 5.041)
 
@@ -146,3 +147,39 @@ def test_failed_lamps_are_counted_per_cabinet():
     assert s.failed.tolist() == [0, 30, 0] and s.power_kw[1] == 0
     s = lighting.repair_lamps(s, 1)
     assert s.failed.tolist() == [0, 0, 0]
+
+
+_COMMANDS = [
+    ("set_mode", (lighting.MANUAL_DIM,)),
+    ("set_dim", (35.0,)),
+    ("set_mode", (lighting.FORCED_OFF,)),
+    ("set_mode", (lighting.FORCED_ON,)),
+    ("set_lamp_test", (True,)),
+    ("set_lamp_test", (False,)),
+    ("trip_earth_leakage", ()),
+    ("reset_trip", ()),
+    ("set_mains", (False,)),
+    ("set_mains", (True,)),
+    ("set_door", (True,)),
+    ("set_mode", (lighting.AUTO,)),
+]
+
+
+@pytest.mark.parametrize("utc", ["2025-12-21T22:00:00", "2025-06-21T12:00:00", "2025-12-22T02:30:00"])
+def test_a_command_to_one_cabinet_gives_what_a_whole_step_gives(utc):
+    """refresh (one cabinet) and step (the city, at the same time) agree after every command."""
+    t = datetime.fromisoformat(utc).replace(tzinfo=timezone.utc).timestamp()
+    rng = np.random.default_rng(3)
+    s = lighting.create(rng.uniform(47.2, 47.4, 6), rng.uniform(4.9, 5.1, 6), [10, 20, 30, 5, 8, 12], t=t)
+    s = lighting.fail_lamps(s, 2, 4)
+    for k, (name, args) in enumerate(_COMMANDS):
+        i = k % 3 + 1
+        fast = getattr(lighting, name)(s, i, *args)
+        field = {"set_mode": "mode", "set_dim": "dim_setpoint", "set_lamp_test": "lamp_test", "set_mains": "mains_ok",
+                 "set_door": "door_open"}.get(name, "leakage_trip")
+        value = {"trip_earth_leakage": True, "reset_trip": False}.get(name, args[0] if args else None)
+        slow = lighting.step(with_element(s, field, i, value), s.t)
+        assert fast.steps == slow.steps
+        for column in ("on", "dim_level", "power_kw", "energy_kwh", "voltage", "temperature", "failed", field):
+            np.testing.assert_allclose(getattr(fast, column), getattr(slow, column), rtol=1e-12, err_msg=column)
+        s = fast
