@@ -321,15 +321,32 @@ class FrontLink:
             self._send_resyncs()
             if consumer is not self._consumer or batch is None:
                 continue  # nothing new, or a reload switched tag tables while this waited
-            if consumer.take_overflow():
-                self._tags_dirty = True  # batches lost in the core's own queue
-            if self._backlog() > HIGH_WATER:
-                self.batches_dropped += 1
-                self._tags_dirty = True
-                continue
-            self._send_resyncs()
-            self._send(wire.encode_batch(batch))
-            self.batches_sent += 1
+            self._forward(consumer, batch)
+
+    def _forward(self, consumer, batch) -> None:
+        """One change batch to the front (or, above HIGH_WATER, dropped and resynced later)."""
+        if consumer.take_overflow():
+            self._tags_dirty = True  # batches lost in the core's own queue
+        if self._backlog() > HIGH_WATER:
+            self.batches_dropped += 1
+            self._tags_dirty = True
+            return
+        self._send_resyncs()
+        self._send(wire.encode_batch(batch))
+        self.batches_sent += 1
+
+    def _flush_batches(self) -> None:
+        """The change batches already queued for the front, sent now: a command's answer must
+        not reach a client before the change that confirmed it (the pipeline saw that change on
+        its own queue; the same TagDB update queued it here), or a Read right after a Good call
+        would show the old value. The forwarder waiting on the queue then simply waits again."""
+        consumer = self._consumer
+        if consumer is None or self._writer is None:
+            return
+        while not consumer.queue.empty():
+            batch = consumer.get_nowait()
+            if batch is not None:
+                self._forward(consumer, batch)
 
     def _send_resyncs(self) -> None:
         """What the front lost (batches, alarm events dropped above HIGH_WATER), replaced by the
@@ -569,6 +586,7 @@ class FrontLink:
                 log.warning("opcua_front_request_failed", op=op, error=repr(exc))
             reply = ("reply", rid, False, (kind, payload))
         with contextlib.suppress(FrontExited):
+            self._flush_batches()
             self._send(wire.encode_message(*reply))
 
     async def _cancel_requests(self) -> None:

@@ -99,3 +99,45 @@ async def test_beyond_the_bound_a_command_is_answered_busy_at_once_and_audited(m
     # The front goes away: the command still in flight is cancelled, nothing is left running.
     await link._stop_process()
     assert not link._in_flight
+
+
+async def test_a_command_s_answer_follows_the_change_that_confirmed_it():
+    """The confirming change is queued for the front by the same TagDB update the pipeline
+    waited on: it must reach the front before the command's answer (a client reading right
+    after a Good call sees the new value), even when the forwarder has not run yet."""
+    import numpy as np
+
+    from scada import status as st
+    from scada.tagdb import TagDB
+
+    tagdb = TagDB(["Dijon/lighting/LC-1/dim_level"], [0], [0.0])
+
+    class Confirming(Commands):
+        async def execute(self, request: CommandRequest) -> CommandResult:
+            tagdb.update(np.array([0]), np.array([40.0]), st.GOOD, 1)  # the read-back's change
+            return CommandResult(request.device, GOOD, "confirmed by the read-back")
+
+    app = App()
+    app.commands = Confirming()
+    link = FrontLink(app, FrontSettings("opc.tcp://127.0.0.1:1/x/"))
+    frames: list[int] = []
+
+    class Frames:
+        def write(self, data: bytes) -> None:
+            frames.append(wire.HEADER.unpack_from(data)[1])
+
+        def close(self) -> None:
+            pass
+
+        class transport:  # noqa: N801 - what _backlog reads of a StreamWriter
+            @staticmethod
+            def get_write_buffer_size() -> int:
+                return 0
+
+    link._writer = Frames()  # type: ignore[assignment]
+    link._subscribe(tagdb)
+    await serve(link, [request(1, "command", command("LC-1"))])
+    async with asyncio.timeout(5):
+        while wire.MESSAGE not in frames:
+            await asyncio.sleep(0)
+    assert frames == [wire.BATCH, wire.MESSAGE]
