@@ -235,8 +235,8 @@ class CommandPipeline:
 
     def reload(self, config: Config, tagdb: TagDB, drivers: Mapping[str, Driver]) -> None:
         """Follow a new configuration (scada/reload.py, once the new components run). A command
-        confirming on the old tag table ends in BadTimeout; selections of devices that remain
-        stay."""
+        confirming on the old tag table follows its points by name in the new one; selections of
+        devices that remain stay."""
         old_db = self.tagdb
         self._install(config, tagdb, drivers)
         known = {d.name for d in config.devices}
@@ -612,29 +612,35 @@ class CommandPipeline:
         """Wait until every ``confirm`` step reads back Good and equal, or BadTimeout."""
         if not cmd.confirm:
             return
-        ids = self._confirm_ids(device, cmd)
         expected = np.array([s.resolve(args) for s in cmd.confirm])
-        w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
-        if w.holds(self.tagdb):
-            return
-        for i in ids.tolist():
-            self._waiting.setdefault(i, set()).add(w)
-        self._watched = None
-        try:
-            async with asyncio.timeout(cmd.timeout):
-                while not w.abandoned and not w.holds(self.tagdb):
-                    await w.event.wait()
-                    w.event.clear()
-        except TimeoutError:
-            pass
-        finally:
+        deadline = asyncio.get_running_loop().time() + cmd.timeout
+        while True:
+            # A reload during the read-back abandons the wait on the old table: the same points,
+            # by name, are then waited on in the new one, until the same deadline.
+            ids = self._confirm_ids(device, cmd)
+            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
+            if w.holds(self.tagdb):
+                return
             for i in ids.tolist():
-                waiters = self._waiting.get(i)
-                if waiters is not None:
-                    waiters.discard(w)
-                    if not waiters:
-                        del self._waiting[i]
+                self._waiting.setdefault(i, set()).add(w)
             self._watched = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    while not w.abandoned and not w.holds(self.tagdb):
+                        await w.event.wait()
+                        w.event.clear()
+            except TimeoutError:
+                pass
+            finally:
+                for i in ids.tolist():
+                    waiters = self._waiting.get(i)
+                    if waiters is not None:
+                        waiters.discard(w)
+                        if not waiters:
+                            del self._waiting[i]
+                self._watched = None
+            if not (w.abandoned and asyncio.get_running_loop().time() < deadline):
+                break
         if not w.abandoned and w.holds(self.tagdb):
             return
         db = self.tagdb

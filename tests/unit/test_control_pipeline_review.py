@@ -216,3 +216,25 @@ async def test_a_cancelled_request_completes_its_writes_and_is_audited(tmp_path)
         (rec,) = rig.audit.records
         assert rec.result == "BadShutdown" and "writes completed" in audit_args(rec)["message"]
         assert not rig.pipeline._locks["LC-1"].locked()
+
+
+async def test_a_reload_during_the_read_back_follows_the_points_by_name_in_the_new_table(tmp_path):
+    async with Rig(tmp_path, control(timeout=5.0)) as rig:
+        new = with_control(write_config(tmp_path / "new", "devices:\n" + D0 + DEVICES.split("\n", 1)[1]))
+        task = asyncio.create_task(rig.run("LC-1", "SetDimLevel", {"level": 40}))
+        while not rig.pipeline._waiting:  # written, waiting for its read-back
+            await asyncio.sleep(0)
+        tagdb = TagDB(*new.tag_table())
+        tagdb.carry_from(rig.tagdb)
+        rig.pipeline.reload(new, tagdb, rig.drivers)
+        while not rig.pipeline._waiting and not task.done():  # waiting again, on the new table
+            await asyncio.sleep(0)
+        assert not task.done(), task.result().message
+        # LC-0 holds the old LC-1's ids: its 40 % confirms nothing; LC-1's does.
+        tagdb.update(np.array([tagdb.id_of("Dijon/lighting/LC-0/dim_level")]), np.array([40.0]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done()
+        tagdb.update(np.array([tagdb.id_of("Dijon/lighting/LC-1/dim_level")]), np.array([40.0]))
+        r = await task
+        assert r.status == GOOD, r.message
