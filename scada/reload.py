@@ -272,6 +272,9 @@ async def apply(app, new: Config) -> ConfigDiff:
     if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:
         await _apply_alarms(app, new, d)
         return d
+    # No command starts on a driver being stopped (BadNoCommunication until the pipeline follows
+    # the new drivers, or the old ones rebuilt by a rollback).
+    app.commands.suspend_drivers()
     await app.stop_tasks([n for n in app.task_names() if n.startswith("driver:")])
     await _drain(app.tagdb, DRAIN_TIMEOUT)
     conditions = app.hmi.conditions
@@ -321,6 +324,7 @@ async def apply(app, new: Config) -> ConfigDiff:
                 app.drivers = build_drivers(old, app.tagdb)
             except Exception:  # noqa: BLE001 - the stopped driver objects run again
                 log.exception("reload_rollback_drivers_not_rebuilt")
+            _reload_commands(app)  # the pipeline writes through the drivers that run, not the stopped ones
             await _undo_hmi(app, old, d, conditions, hmi_touched)
         finally:
             _restart_tasks(app)  # whatever failed above: a component left stopped is not even reported

@@ -1,10 +1,14 @@
 """Rate limits of the control path: token buckets per user and per device (pure, no I/O).
 
 A stuck HMI (a key held down, a script in a loop) must not flood the field: each user and each
-device has a bucket of ``burst`` tokens refilled at ``per_minute``; a command takes one token
-from its user's bucket and one from its device's, or is refused (BadTooManyOperations). A
-group action's or a schedule's per-device commands do not take from the user's bucket (the
-group counts once, in scada/control/groups.py); the device's bucket applies to everyone.
+device has a bucket of ``burst`` tokens refilled at ``per_minute``, or is refused
+(BadTooManyOperations). Every attempt takes from its user's bucket (a flood of refusals stays
+bounded); a command takes from its device's only when it is about to write (after the
+interlocks and the communication check: a refused attempt costs the field nothing). A group
+action's or a schedule's per-device commands do not take from the user's bucket (the group
+counts once, in scada/control/groups.py); the Scheduler draws on a device budget of its own
+(key "<device> (Scheduler)", scada/control/pipeline.py), so that operators and schedules cannot
+starve each other.
 """
 
 from __future__ import annotations
@@ -90,3 +94,21 @@ class RateLimiter:
                 f"burst {self.devices.limit.burst}); retry in {self.devices.retry_after(device):.1f} s"
             )
         return ""
+
+    def admit_user(self, user: str) -> str:
+        """Take a token for ``user``: "" when admitted, else why not."""
+        if self.users.take(user):
+            return ""
+        return (
+            f"user {user!r} is over the command rate ({self.users.limit.per_minute:g}/min, "
+            f"burst {self.users.limit.burst}); retry in {self.users.retry_after(user):.1f} s"
+        )
+
+    def admit_device(self, device: str) -> str:
+        """Take a token for ``device`` (a command about to write): "" when admitted, else why not."""
+        if self.devices.take(device):
+            return ""
+        return (
+            f"device {device} is over its command rate ({self.devices.limit.per_minute:g}/min, "
+            f"burst {self.devices.limit.burst}); retry in {self.devices.retry_after(device):.1f} s"
+        )

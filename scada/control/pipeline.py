@@ -4,24 +4,32 @@ Every command (an HMI's method call or Write, a group action's per-device comman
 schedule's step) runs :meth:`CommandPipeline.execute`, in this order, and the first step that
 refuses gives the call's status code and a message that a person reads:
 
-1. resolve the device and the command (or, for a Write, the point)   -> BadNodeIdUnknown,
+1. resolve the device and the command (or, for a Write, the point; its implicit command needs
+   the roles and interlocks of the commands that could write that value)  -> BadNodeIdUnknown,
    BadNotWritable
-2. authorise: the command's role and COMMAND in the device's commune  -> BadUserAccessDenied
+2. authorise: the command's role(s) and COMMAND in the device's commune  -> BadUserAccessDenied
 3. the phase fits the command (select-before-operate when critical)   -> BadRequestNotAllowed,
    BadInvalidArgument
-4. validate the arguments                                             -> BadInvalidArgument,
+4. the user's rate (every attempt from here on, Operate and Cancel too) -> BadTooManyOperations
+5. Cancel: the selection it names; Operate: the selection it names (before the device's lock
+   and the arguments: Operate(token) alone takes the selected ones)  -> BadSequenceNumberInvalid
+6. validate the arguments                                             -> BadInvalidArgument,
    BadTypeMismatch, BadOutOfRange
-5. rate limits, per user and per device                               -> BadTooManyOperations
    then, one command at a time per device (an asyncio.Lock each; Control/state "running"):
-6. Operate: the Select it names (same session, token, command, in time) -> BadSequenceNumberInvalid
-7. the device is in communication                                     -> BadNoCommunication
+7. the configuration did not change while it waited for the lock      -> BadInvalidState
+   Operate: its selection again, with the same arguments, ended       -> BadSequenceNumberInvalid
+8. the device is in communication                                     -> BadNoCommunication
    (before the interlocks: its own points are their inputs, Bad because the link is lost)
-8. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
-9. Select: reserve the device, return a token                         -> BadInvalidState (held)
-10. the driver writes each ``writes`` step                            -> BadOutOfRange (check),
+9. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
+10. Select: reserve the device, return a token                        -> BadInvalidState (held)
+11. the device's rate (only a command about to write takes a token; the Scheduler has its own
+    budget per device)                                                -> BadTooManyOperations
+12. the driver writes each ``writes`` step, shielded: once started they complete even if the
+    request is cancelled                                              -> BadOutOfRange (check),
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
-11. read-back: every ``confirm`` step's tag Good and equal (within the tolerance) before the
-    command's timeout, waited on the tag table's change batches       -> BadTimeout
+13. read-back: every ``confirm`` step's tag (by name in the running table) Good and equal
+    (within the tolerance) before the command's timeout, waited on the tag table's change
+    batches                                                           -> BadTimeout
     (the driver is asked to read the confirm points now, ``Driver.read_now``, rather than
     leave them to the next poll; a read that fails is not the command's failure: the wait
     goes on with the polls)
@@ -219,7 +227,7 @@ class CommandPipeline:
         self.drivers: Mapping[str, Driver] = dict(drivers)
         self.config, self.tagdb = config, tagdb
         self.interlocks, self.control = interlocks, control
-        self._writes: dict[tuple[str, str], CommandDef] = {}
+        self._writes: dict[tuple[str, str, tuple[str, ...]], tuple[CommandDef, tuple[str, ...]]] = {}
         # Per equipment type: a point's offset from its device's first tag id.
         self._offset = {n: {p.name: k for k, p in enumerate(t.points)} for n, t in config.types.items()}
         settings = config.control.settings
@@ -232,8 +240,8 @@ class CommandPipeline:
 
     def reload(self, config: Config, tagdb: TagDB, drivers: Mapping[str, Driver]) -> None:
         """Follow a new configuration (scada/reload.py, once the new components run). A command
-        confirming on the old tag table ends in BadTimeout; selections of devices that remain
-        stay."""
+        confirming on the old tag table follows its points by name in the new one; selections of
+        devices that remain stay."""
         old_db = self.tagdb
         self._install(config, tagdb, drivers)
         known = {d.name for d in config.devices}
@@ -249,6 +257,11 @@ class CommandPipeline:
             if self._consumer is not None:  # run() waits on the old table's queue: wake it up
                 with contextlib.suppress(asyncio.QueueFull):
                     self._consumer.queue.put_nowait(None)
+
+    def suspend_drivers(self) -> None:
+        """A reload stops the drivers: until :meth:`reload` gives the running ones, a command is
+        refused BadNoCommunication rather than written through a stopped driver."""
+        self.drivers = {}
 
     async def run_group(self, request: GroupRequest, progress=None) -> list[CommandResult]:
         """A group action, fanned out over :meth:`execute` by scada/control/groups.py: the group
@@ -279,9 +292,10 @@ class CommandPipeline:
             result = await self._execute(request, device, label)
         except _Refusal as r:
             result = CommandResult(request.device, r.status, r.message, r.interlock)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             # The server stops (or the front that asked went away): said in the trail and on the device.
-            result = CommandResult(request.device, BAD_SHUTDOWN, "cancelled: the server is stopping")
+            why = str(exc) or "the server is stopping (or the client went away)"
+            result = CommandResult(request.device, BAD_SHUTDOWN, f"cancelled: {why}")
             self._finish(request, device, label, result)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the caller without an answer
@@ -329,8 +343,9 @@ class CommandPipeline:
         )
 
     async def _execute(self, request: CommandRequest, device: Device, label: str) -> CommandResult:
-        cmd = self._resolve(request, device)
-        self._authorise(request, device, cmd)
+        config = self.config
+        cmd, roles = self._resolve(request, device)
+        self._authorise(request, device, cmd, roles)
         phase = request.phase
         if cmd.critical and request.command == WRITE:
             raise _Refusal(
@@ -344,21 +359,31 @@ class CommandPipeline:
             )
         if not cmd.critical and phase != "execute":
             raise _Refusal(BAD_INVALID_ARGUMENT, f"{cmd.name} is not critical: no {phase} (execute it directly)")
+        # The user's bucket counts every attempt that gets this far (Select, Operate, Cancel and
+        # the refused ones too): a flood, even of refusals, stays bounded. The device's bucket is
+        # taken only when the command is about to write (below): a refusal costs the field nothing.
+        uncounted = request.origin.startswith(UNCOUNTED_ORIGINS)
+        if not uncounted:
+            why = self.limits.admit_user(request.caller.user)
+            if why:
+                raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
         if phase == "cancel":
             return self._cancel(request, device, cmd)
         given = request.args
-        if phase == "operate" and not given:  # Operate(token) alone: the selected arguments
-            sel = self.selections.get(device.name)
-            if sel is not None and sel.token == request.token and sel.session == request.caller.session:
+        if phase == "operate":
+            # The selection first (before the arguments, and before waiting on the device's
+            # lock): Operate(token) alone takes the selected arguments.
+            sel = self._selection_of(request, device, cmd)
+            if not given:
                 given = sel.args
         args = validate(cmd.arguments, given)
-        if phase != "operate":  # an Operate writes what its Select (counted) reserved
-            uncounted = request.origin.startswith(UNCOUNTED_ORIGINS)
-            why = self.limits.admit(None if uncounted else request.caller.user, device.name)
-            if why:
-                raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
         lock = self._locks.setdefault(device.name, asyncio.Lock())
         async with lock:
+            if self.config is not config:
+                raise _Refusal(
+                    BAD_INVALID_STATE,
+                    f"the configuration was reloaded while {cmd.name} waited for {device.name}: send it again",
+                )
             if phase == "operate":
                 self._operate_checks(request, device, cmd, args)
             # The link first: a device that is not in communication says so (its own points, the
@@ -369,17 +394,52 @@ class CommandPipeline:
                 raise _Refusal(refusal.status, refusal.message, refusal.interlock)
             if phase == "select":
                 return self._select(request, device, cmd, args)
+            why = self.limits.admit_device(self._device_budget(request, device))
+            if why:
+                raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
             self.control.started(device, label, request.caller.user)
-            await self._write(device, cmd, args)
+            await self._write_shielded(device, cmd, args)
             await self._confirm(device, cmd, args)
         until = args.get("until")
         if until is not None and request.caller.user != SCHEDULER_USER:
             self.overrides.set(device.name, int(until))
         return CommandResult(device.name, GOOD, "confirmed by the read-back" if cmd.confirm else "written")
 
+    @staticmethod
+    def _device_budget(request: CommandRequest, device: Device) -> str:
+        """The device bucket a command draws on: the Scheduler has its own per device, so that
+        no operator can starve a schedule step (nor a schedule the operators)."""
+        if request.caller.user == SCHEDULER_USER:
+            return f"{device.name} (Scheduler)"
+        return device.name
+
+    async def _write_shielded(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
+        """The write sequence, once started, completes even if the request is cancelled (a
+        front going away, the server stopping): a device is never left half-written (mode
+        written, set-point not). The cancellation then goes on, with the writes' outcome."""
+        writing = asyncio.ensure_future(self._write(device, cmd, args))
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(writing)
+                break
+            except asyncio.CancelledError:
+                if writing.cancelled():
+                    raise
+                cancelled = True  # this request was cancelled: wait for the writes, then go on
+            except _Refusal:
+                if not cancelled:
+                    raise
+                break
+        if cancelled:
+            exc = writing.exception()
+            outcome = "the writes completed" if exc is None else f"the writes ended: {getattr(exc, 'message', exc)}"
+            raise asyncio.CancelledError(f"cancelled after its writes started ({outcome}); not confirmed")
+
     # -- the steps ----------------------------------------------------------------------------
 
-    def _resolve(self, request: CommandRequest, device: Device) -> CommandDef:
+    def _resolve(self, request: CommandRequest, device: Device) -> tuple[CommandDef, tuple[str, ...]]:
+        """The command and the roles the caller must each have."""
         t = self.config.types[device.type]
         if request.command == WRITE:
             point = t.point(request.point)
@@ -387,7 +447,7 @@ class CommandPipeline:
                 raise _Refusal(BAD_NODE_ID_UNKNOWN, f"{device.name} has no point {request.point!r}")
             if not point.writable or point.kind == TEXT:
                 raise _Refusal(BAD_NOT_WRITABLE, f"{device.name}/{point.name} is not writable")
-            return self._write_command(t, point)
+            return self._write_command(t, point, request.args.get("value"))
         cmd = self.config.control.commands.get(device.type, {}).get(request.command)
         if cmd is None:
             known = ", ".join(self.config.control.commands.get(device.type, {})) or "none"
@@ -395,52 +455,67 @@ class CommandPipeline:
                 BAD_NODE_ID_UNKNOWN,
                 f"{device.name} ({device.type}) has no command {request.command!r} (commands: {known})",
             )
-        return cmd
+        return cmd, (cmd.role,)
 
-    def _write_command(self, t: EquipmentType, point: PointDef) -> CommandDef:
-        """The implicit command of a Write to ``point``: its range or enumeration, the interlocks
-        of every command of the type that writes it, confirmed by the point itself; critical when
-        a critical command writes it (then refused: use that command's Select/Operate)."""
-        key = (t.name, point.name)
-        cmd = self._writes.get(key)
-        if cmd is None:
-            writers = [
+    def _write_command(self, t: EquipmentType, point: PointDef, value: Any) -> tuple[CommandDef, tuple[str, ...]]:
+        """The implicit command of a Write of ``value`` to ``point``: its range or enumeration,
+        confirmed by the point itself; it needs what the commands that could write that value
+        need (those whose step for the point is that constant, or an argument): each of their
+        roles and their interlocks; a value no command writes (or not a number) needs every
+        writer's (fail safe). Critical when one of them is (then refused: use its Select/Operate)."""
+        everyone = [
+            c
+            for c in self.config.control.commands.get(t.name, {}).values()
+            if any(s.point == point.name for s in c.writes)
+        ]
+        writers = everyone
+        if isinstance(value, (int, float, np.integer, np.floating)):  # else: validation refuses it
+            v = float(value)
+            same = [
                 c
-                for c in self.config.control.commands.get(t.name, {}).values()
-                if any(s.point == point.name for s in c.writes)
+                for c in everyone
+                if any(s.point == point.name and (s.arg is not None or s.value == v) for s in c.writes)
             ]
-            interlocks = tuple(dict.fromkeys(n for c in writers for n in c.interlocks))
-            critical = next((c for c in writers if c.critical), None)
-            step = Step(point.name, arg="value")
-            cmd = CommandDef(
-                critical.name if critical is not None else WRITE,
-                t.name,
-                (argument_of(point),),
-                (step,),
-                (step,) if reports_itself(point) else (),
-                write_timeout(t),
-                role="Operator",
-                critical=critical is not None,
-                interlocks=interlocks,
-                tolerance=max(point.deadband, 0.0),
-            )
-            self._writes[key] = cmd
-        return cmd
+            writers = same or everyone
+        key = (t.name, point.name, tuple(c.name for c in writers))
+        cached = self._writes.get(key)
+        if cached is not None:
+            return cached
+        interlocks = tuple(dict.fromkeys(n for c in writers for n in c.interlocks))
+        roles = tuple(dict.fromkeys(c.role for c in writers)) or ("Operator",)
+        critical = next((c for c in writers if c.critical), None)
+        step = Step(point.name, arg="value")
+        cmd = CommandDef(
+            critical.name if critical is not None else WRITE,
+            t.name,
+            (argument_of(point),),
+            (step,),
+            (step,) if reports_itself(point) else (),
+            write_timeout(t),
+            role=roles[0],
+            critical=critical is not None,
+            interlocks=interlocks,
+            tolerance=max(point.deadband, 0.0),
+        )
+        self._writes[key] = (cmd, roles)
+        return cmd, roles
 
-    def _authorise(self, request: CommandRequest, device: Device, cmd: CommandDef) -> None:
+    def _authorise(self, request: CommandRequest, device: Device, cmd: CommandDef, roles: tuple[str, ...]) -> None:
         caller = request.caller
         try:
-            roles = roles_of(caller.roles)
+            held = roles_of(caller.roles)
         except ValueError:
-            roles = frozenset()
-        ident = Identity(caller.user, roles, None if caller.communes is None else frozenset(caller.communes))
-        try:
-            needed = ROLE_PERMISSIONS[Role(cmd.role)]
-        except ValueError:
-            raise _Refusal(BAD_USER_ACCESS_DENIED, f"{cmd.name} needs the unknown role {cmd.role!r}") from None
+            held = frozenset()
+        ident = Identity(caller.user, held, None if caller.communes is None else frozenset(caller.communes))
         have = ", ".join(sorted(caller.roles)) or "no role"
-        if not needed <= ident.permissions:
-            raise _Refusal(BAD_USER_ACCESS_DENIED, f"{caller.user} ({have}) may not {cmd.name}: it needs {cmd.role}")
+        what = cmd.name if request.command != WRITE else f"write {request.point}"
+        for role in roles:  # each of them (a Write: every command that could write that value)
+            try:
+                needed = ROLE_PERMISSIONS[Role(role)]
+            except ValueError:
+                raise _Refusal(BAD_USER_ACCESS_DENIED, f"{what} needs the unknown role {role!r}") from None
+            if not needed <= ident.permissions:
+                raise _Refusal(BAD_USER_ACCESS_DENIED, f"{caller.user} ({have}) may not {what}: it needs {role}")
         if not ident.allows(Permission.COMMAND, device.commune):
             if Permission.COMMAND not in ident.permissions:
                 raise _Refusal(BAD_USER_ACCESS_DENIED, f"{caller.user} ({have}) may not send commands")
@@ -456,6 +531,13 @@ class CommandPipeline:
             raise _Refusal(BAD_SEQUENCE_NUMBER_INVALID, str(exc)) from None
         self.selections.end(device.name, "cancel")
         return CommandResult(device.name, GOOD, "selection cancelled")
+
+    def _selection_of(self, request: CommandRequest, device: Device, cmd: CommandDef):
+        """The live selection an Operate names (unchanged), or BadSequenceNumberInvalid."""
+        try:
+            return self.selections.check(device.name, request.caller.session, request.token, cmd.name)
+        except Refused as exc:
+            raise _Refusal(BAD_SEQUENCE_NUMBER_INVALID, str(exc)) from None
 
     def _operate_checks(self, request: CommandRequest, device: Device, cmd: CommandDef, args: dict[str, float]) -> None:
         """Operate: the Select it names, in time, from this session, with the same arguments;
@@ -506,7 +588,9 @@ class CommandPipeline:
                     f"{device.name} is not in communication: {step.point} is {st.name(int(db.status[i]))}",
                 )
         if self.drivers.get(t.driver) is None:
-            raise _Refusal(BAD_NO_COMMUNICATION, f"no {t.driver} driver runs for {device.name}")
+            raise _Refusal(
+                BAD_NO_COMMUNICATION, f"no {t.driver} driver runs for {device.name} (or a reload is restarting it)"
+            )
 
     async def _write(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
         t = self.config.types[device.type]
@@ -533,36 +617,43 @@ class CommandPipeline:
         """Wait until every ``confirm`` step reads back Good and equal, or BadTimeout."""
         if not cmd.confirm:
             return
-        index = self._offset[device.type]
-        ids = np.array([device.first_tag_id + index[s.point] for s in cmd.confirm], np.int64)
         expected = np.array([s.resolve(args) for s in cmd.confirm])
-        w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
-        for i in ids.tolist():
-            self._waiting.setdefault(i, set()).add(w)
-        self._watched = None
-        try:
-            async with asyncio.timeout(cmd.timeout):
-                if not w.holds(self.tagdb):  # a write's own read-back may have stored it already
-                    await self._read_now(device, cmd)
+        deadline = asyncio.get_running_loop().time() + cmd.timeout
+        asked = False
+        while True:
+            # A reload during the read-back abandons the wait on the old table: the same points,
+            # by name, are then waited on in the new one, until the same deadline.
+            ids = self._confirm_ids(device, cmd)
+            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
+            for i in ids.tolist():
+                self._waiting.setdefault(i, set()).add(w)
+            self._watched = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not asked and not w.holds(self.tagdb):  # a write's own read-back may have stored it
+                        asked = True
+                        await self._read_now(device, cmd)
                     while not w.abandoned and not w.holds(self.tagdb):
                         await w.event.wait()
                         w.event.clear()
-                if not w.abandoned:
-                    # The value may have been stored a moment ago (a driver's read_now or read-back
-                    # stores at once): the result waits for its change batch to reach the consumers
-                    # registered before this one (the front's forwarder), so that an HMI reading the
-                    # point after a Good result reads the confirmed value.
-                    await self._seen(self.tagdb.seq)
-        except TimeoutError:
-            pass
-        finally:
-            for i in ids.tolist():
-                waiters = self._waiting.get(i)
-                if waiters is not None:
-                    waiters.discard(w)
-                    if not waiters:
-                        del self._waiting[i]
-            self._watched = None
+                    if not w.abandoned:
+                        # The value may have been stored a moment ago (a driver's read_now or
+                        # read-back stores at once): the result waits for its change batch to reach
+                        # the consumers registered before this one (the front's forwarder), so that
+                        # an HMI reading the point after a Good result reads the confirmed value.
+                        await self._seen(self.tagdb.seq)
+            except TimeoutError:
+                pass
+            finally:
+                for i in ids.tolist():
+                    waiters = self._waiting.get(i)
+                    if waiters is not None:
+                        waiters.discard(w)
+                        if not waiters:
+                            del self._waiting[i]
+                self._watched = None
+            if not (w.abandoned and asyncio.get_running_loop().time() < deadline):
+                break
         if not w.abandoned and w.holds(self.tagdb):
             return
         db = self.tagdb
@@ -605,6 +696,25 @@ class CommandPipeline:
             log.debug("readback_read_failed", device=device.name, command=cmd.name, error=str(exc))
         except Exception:  # noqa: BLE001 - a driver's bug: the polls still confirm the command
             log.exception("readback_read_failed", device=device.name, command=cmd.name)
+
+    def _confirm_ids(self, device: Device, cmd: CommandDef) -> np.ndarray:
+        """The ids of the ``confirm`` points, by name in the running configuration and table: a
+        reload during the write renumbers the tags, and the old device's ids would read another
+        device's. BadTimeout when the device or the point is gone from the configuration."""
+        config = self.config
+        try:
+            current = config.device(device.name)
+            t = config.types[current.type]
+            points = [t.point(s.point) for s in cmd.confirm]
+            if current.type != device.type or any(p is None for p in points):
+                raise KeyError(device.name)
+            return self.tagdb.ids_of([config.tag_name(current, p) for p in points])  # type: ignore[arg-type]
+        except KeyError:
+            raise _Refusal(
+                BAD_TIMEOUT,
+                f"{device.name} {cmd.name}: written, but the configuration was reloaded and no longer "
+                "has the points that confirm it: not confirmed",
+            ) from None
 
     # -- the read-back task ---------------------------------------------------------------------
 
