@@ -247,12 +247,14 @@ async def test_a_read_now_that_fails_is_not_the_commands_failure(tmp_path):
         r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
         assert r.status == GOOD, r.message
         driver.echo.clear()  # and without a poll: BadTimeout, as before
+        asked = len(driver.reads)
         r = await rig.run("LC-1", "SetDimLevel", {"level": 45, "until": 0})
         assert r.status == BAD_TIMEOUT and "dim_level reads 40 (Good), expected 45" in r.message, r.message
+        assert len(driver.reads) == asked + 1  # it asked, the read failed, the wait went on
         driver.read_error = RuntimeError("a driver's bug")
         r = await rig.run("LC-1", "SetDimLevel", {"level": 45, "until": 0})
         assert r.status == BAD_TIMEOUT, r.message
-        assert len(driver.reads) == 3
+        assert len(driver.reads) == asked + 2
 
 
 async def test_a_write_whose_own_read_back_confirms_asks_for_no_read(tmp_path):
