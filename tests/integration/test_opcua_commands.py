@@ -55,18 +55,6 @@ DIM_ALL = "_types/_groups/DimAll"
 MIN_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # an OPC UA DateTime's "none"
 
 
-def _control_ready(config_dir: Path) -> str:
-    """Why these tests cannot run yet ("" when they can)."""
-    config = configs.load(config_dir)
-    if "SetDimLevel" not in config.control.commands.get("lighting_cabinet", {}):
-        return "the shipped tags.yaml declares no lighting_cabinet SetDimLevel yet (issue 15's config part)"
-    try:
-        import scada.control.pipeline  # noqa: F401
-    except ImportError:
-        return "the core's command pipeline (scada/control/pipeline.py) is not there yet"
-    return ""
-
-
 @pytest.fixture
 def city(tmp_path: Path):
     """Three simulated cabinets (two in Dijon), ``scada run`` with users otto (Operator) and olga
@@ -75,9 +63,9 @@ def city(tmp_path: Path):
     base = free_port_range(3)
     config, data = tmp_path / "config", tmp_path / "data"
     cabinets = write_cabinets(config, base, "LC-C")
-    why = _control_ready(config)
-    if why:
-        pytest.skip(why)
+    assert "SetDimLevel" in configs.load(config).control.commands.get("lighting_cabinet", {}), (
+        "the shipped tags.yaml must declare the cabinets' SetDimLevel"
+    )
     with (config / "tags.yaml").open("a") as f:
         f.write(f"\ncontrol:\n  select_timeout: {SELECT_TIMEOUT}\n")
     data.mkdir()

@@ -499,10 +499,9 @@ async def test_operate_after_the_select_timeout_is_refused_and_the_state_returns
     async with Rig(tmp_path, control(select_timeout=0.2)) as rig:
         sel = await rig.run("LC-1", "ResetTrip", {}, caller=ENGINEER, phase="select")
         assert rig.control("LC-1", "state") == 1.0
-        for _ in range(200):  # the selection's own timer puts the device back to idle
-            if rig.control("LC-1", "state") == 0.0:
-                break
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(60):  # the selection's own timer puts the device back to idle
+            while rig.control("LC-1", "state") != 0.0:
+                await asyncio.sleep(0.02)
         assert rig.control("LC-1", "state") == 0.0
         r = await rig.run("LC-1", "ResetTrip", {}, caller=ENGINEER, phase="operate", token=sel.token)
         assert r.status == BAD_SEQUENCE_NUMBER_INVALID and "not selected" in r.message

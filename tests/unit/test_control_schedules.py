@@ -244,7 +244,7 @@ class FakeCommands:
             self.running -= 1
 
 
-async def _until(predicate, timeout=10.0):
+async def _until(predicate, timeout=60.0):  # a safety net: each wait ends on its state
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "the runner did not get there"
