@@ -448,6 +448,21 @@ class AddressSpaceBuilder:
 _HIERARCHICAL_DOWN = (_HAS_COMPONENT, _ORGANIZES)
 
 
+def unlink_nodes(aspace: AddressSpace, gone: set[ua.NodeId]) -> None:
+    """Delete the nodes ``gone`` and every reference their neighbours hold to them, telling no
+    monitored item (:func:`delete_nodes` tells them first)."""
+    parents: set[ua.NodeId] = set()
+    for nid in gone:
+        nd = aspace.get(nid)
+        if nd is not None:
+            parents.update(r.NodeId for r in nd.references if r.NodeId not in gone)
+            del aspace[nid]
+    for pid in parents:
+        nd = aspace.get(pid)
+        if nd is not None:
+            nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
+
+
 def subtree(aspace: AddressSpace, nodeid: ua.NodeId, ns: int) -> list[ua.NodeId]:
     """``nodeid`` and the nodes below it by HasComponent/Organizes, in our namespace only.
 
@@ -509,15 +524,10 @@ async def delete_nodes(aspace: AddressSpace, nodeids: list[ua.NodeId]) -> None:
     frozen; their callbacks are then unregistered as asyncua's own delete does. (asyncua's
     ``_delete_node_callbacks`` calls the async callback without awaiting it: not used.)
     """
-    gone = set(nodeids)
-    parents: set[ua.NodeId] = set()
     gone_dv = ua.DataValue(StatusCode=StatusCode(ua.StatusCodes.BadNodeIdUnknown))
     for nid in nodeids:
         nd = aspace.get(nid)
-        if nd is None:
-            continue
-        parents.update(r.NodeId for r in nd.references if r.NodeId not in gone)
-        value = nd.attributes.get(A.Value)
+        value = None if nd is None else nd.attributes.get(A.Value)
         if isinstance(value, TagValue):
             for handle, callback in list(value.datachange_callbacks.items()):
                 try:
@@ -525,13 +535,7 @@ async def delete_nodes(aspace: AddressSpace, nodeids: list[ua.NodeId]) -> None:
                 except Exception:  # noqa: BLE001 - one client's callback must not stop the change
                     pass
                 aspace.delete_datachange_callback(handle)
-    for nid in nodeids:
-        if nid in aspace:
-            del aspace[nid]
-    for pid in parents:  # only the nodes that pointed at the deleted ones are scanned
-        nd = aspace.get(pid)
-        if nd is not None:
-            nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
+    unlink_nodes(aspace, set(nodeids))  # only the nodes that pointed at the deleted ones are scanned
 
 
 class TreeEditor(AddressSpaceBuilder):

@@ -38,7 +38,7 @@ from scada.control.model import (
     CommandRequest,
     CommandResult,
 )
-from scada.opcua.address_space import AddressSpaceBuilder
+from scada.opcua.address_space import AddressSpaceBuilder, unlink_nodes
 from scada.opcua.asyncua_private.nodes import NodeData, address_space
 from scada.opcua.authorise import audit_value, authorisation
 from scada.opcua.typed_ua import NodeId, StatusCode
@@ -297,16 +297,7 @@ class CommandMethods:
             nd = self.aspace.get(nid)
             if nd is not None:
                 gone.update(r.NodeId for r in nd.references if r.IsForward)
-        parents: set[ua.NodeId] = set()
-        for nid in gone:
-            nd = self.aspace.get(nid)
-            if nd is not None:
-                parents.update(r.NodeId for r in nd.references if r.NodeId not in gone)
-                del self.aspace[nid]
-        for pid in parents:
-            nd = self.aspace.get(pid)
-            if nd is not None:
-                nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
+        unlink_nodes(self.aspace, gone)
         self.methods.clear()
         self._devices.clear()
         self._refs.clear()

@@ -38,7 +38,7 @@ from asyncua import Server, ua
 
 from scada.config import Config
 from scada.control.model import GROUP_ACTIONS, ZONE_PREFIX, CommandResult, GroupRequest
-from scada.opcua.address_space import ROOT_NAME, AddressSpaceBuilder
+from scada.opcua.address_space import ROOT_NAME, AddressSpaceBuilder, unlink_nodes
 from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.authorise import audit_value, authorisation
 from scada.opcua.commands import (
@@ -201,16 +201,7 @@ class GroupActions:
             nd = self.aspace.get(NodeId(path, self.ns))
             if nd is not None:
                 nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
-        parents: set[ua.NodeId] = set()
-        for nid in gone:
-            nd = self.aspace.get(nid)
-            if nd is not None:
-                parents.update(r.NodeId for r in nd.references if r.NodeId not in gone)
-                del self.aspace[nid]
-        for pid in parents:
-            nd = self.aspace.get(pid)
-            if nd is not None:
-                nd.references[:] = [r for r in nd.references if r.NodeId not in gone]
+        unlink_nodes(self.aspace, gone)
         authz = authorisation(self.server)
         if authz is not None:
             authz.self_audited.difference_update(self.methods.values())
