@@ -15,7 +15,7 @@ from simulators.adapters.mqtt_city import BollardMqttSimulator, FleetMqttSimulat
 from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 
-from .helpers import DEADLINE, until
+from .helpers import DEADLINE, until, until_read
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +84,13 @@ async def test_bollard_states_commands_acks_and_last_will(broker):
         assert answered[1]["result"] == "rejected" and "invalid" in answered[1]["reason"]
         await until(lambda: sim.state.position[0] == bo.DOWN, what="lowered")
         await until(lambda: sim._last is not None and sim._last[0][0] == bo.DOWN, what="published")
-        state = dict(await lines(sub(broker, "city/bollards/B-DIJ-001/state", 1)))
-        assert json.loads(state["city/bollards/B-DIJ-001/state"])["position"] == "down"
+
+        async def retained_position() -> str:
+            state = dict(await lines(sub(broker, "city/bollards/B-DIJ-001/state", 1)))
+            return json.loads(state["city/bollards/B-DIJ-001/state"])["position"]
+
+        # Handed to the client is not yet retained by the broker: wait for the broker's copy.
+        await until_read(retained_position, lambda p: p == "down", what="the broker's retained state: down")
 
         # An obstruction while rising reverses it.
         pub(broker, "city/bollards/B-DIJ-001/cmd", json.dumps({"command": "raise", "correlation_id": "c-18"}))
