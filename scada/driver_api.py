@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from common.fields import Fields, KeyTable, Schema
@@ -183,6 +183,26 @@ class Driver(Protocol):
 
     def diagnostics(self) -> dict[str, Any]:
         """Counters for the status line: devices in communication, polls, errors."""
+
+
+@runtime_checkable
+class MessageChannel(Protocol):
+    """A driver that also carries messages to and from its devices, beside their tags (the MQTT
+    driver: a crew's work orders and the crew's answers, scada/operations/model.py). Optional: the
+    core asks ``isinstance(driver, MessageChannel)``.
+
+    ``channel`` names one of the device type's message channels (tags.yaml: the type's topics for
+    it); payloads are JSON objects. Answers are delivered in the order they arrive, each one (never
+    coalesced like tag values), to the callbacks given to :meth:`listen`, on the event loop; a
+    callback must not block.
+    """
+
+    async def send(self, device: str, channel: str, payload: Mapping[str, Any]) -> None:
+        """Send ``payload`` to ``device`` on ``channel``; DeviceUnreachable when the link is down,
+        CommandRejected for an unknown device or channel."""
+
+    def listen(self, channel: str, callback: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Call ``callback(device, payload)`` for every message a device sends on ``channel``."""
 
 
 # What a driver's factory is given: the whole configuration, the devices of this driver (in

@@ -40,6 +40,7 @@ class Permission(StrEnum):
     USERS = "users"
     PKI = "pki"
     AUDIT = "audit"  # the audit events (Part 5): who logged in, from where, who did what
+    DISPATCH = "dispatch"  # work orders: create, assign to a crew, cancel, close (scada/operations)
 
 
 _OBSERVE = frozenset({Permission.BROWSE, Permission.READ, Permission.SUBSCRIBE, Permission.HISTORY, Permission.EVENTS})
@@ -49,6 +50,7 @@ _OPERATE = _OBSERVE | {
     Permission.SHELVE,
     Permission.RESET,
     Permission.COMMAND,
+    Permission.DISPATCH,
 }
 _ENGINEER = _OPERATE | {Permission.REMOVE_FROM_SERVICE, Permission.RELOAD}
 
