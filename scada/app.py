@@ -2,7 +2,7 @@
 
 Every long-running task is registered by name with a :class:`~scada.supervisor.Supervisor`
 (``driver:<name>``, ``alarms``, ``historian``, ``opcua-publisher``, ``opcua-alarm-events``,
-``staleness``, ``status``, ``loop-lag``, ``control-readback``): one task's failure is logged, raises the server
+``staleness``, ``status``, ``loop-lag``, ``control-readback``, ``operations``): one task's failure is logged, raises the server
 alarm ``server_task_failed`` for it, and the task restarts with backoff; the rest of the
 server keeps running.
 """
@@ -31,6 +31,9 @@ from scada.front.link import FrontLink, FrontSettings
 from scada.historian.service import Historian, InfluxSettings
 from scada.opcua.history import history_source
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
+from scada.operations.journal import JOURNAL_FILE as ORDER_JOURNAL
+from scada.operations.journal import OrderJournal
+from scada.operations.orders import WorkOrderService, operations_of
 from scada.security.audit import AuditFanout
 from scada.security.audit_log import AuditTrail
 from scada.security.settings import SecuritySettings
@@ -95,6 +98,11 @@ class Application:
         # The command pipeline (scada/control/pipeline.py): the front's "command" requests, the
         # group actions and the schedules all go through it; it audits into the same trail.
         self.commands = CommandPipeline(config, self.tagdb, drivers_by_name(self.drivers), self.audit)
+        # The schedules' clock is the operations' too: in a simulated run the crews drive and the
+        # contract's delays count in the simulated city's time.
+        self.schedule_clock = schedule_clock or ScheduleClock()
+        # The work orders (scada/operations/orders.py): when operations.yaml routes services.
+        self.operations: WorkOrderService | None = self._make_operations()
         self.hmi: HmiServer | FrontLink
         if front == "inline":
             self.hmi = HmiServer(
@@ -118,8 +126,52 @@ class Application:
         self._reload_lock = asyncio.Lock()
         # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
         # with `scada run --clock-start/--acceleration`), through the command service.
-        self.schedule_clock = schedule_clock or ScheduleClock()
         self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
+
+    def _make_operations(self) -> WorkOrderService | None:
+        """The work-order service of the running configuration, subscribed to the alarm engine and
+        to the crews' answers; None when operations.yaml routes no service."""
+        if not operations_of(self.config).services:
+            return None
+        crews = self._make_crews()
+        service = WorkOrderService(
+            self.config,
+            self.alarms,
+            OrderJournal(self.data_dir / ORDER_JOURNAL),
+            self.audit,
+            crews,
+            self.schedule_clock.now_ns,
+        )
+        self.alarms.subscribers.append(service.on_alarm_events)
+        if crews is not None:
+            crews.start(service.crew_answer)
+        return service
+
+    def _make_crews(self) -> Any:
+        """The crews' board (scada/operations/crews.py), None where that part is not installed:
+        orders are then created and followed, not dispatched."""
+        try:
+            from scada.operations.crews import CrewBoard  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            log.warning("crew_board_missing", error=str(exc), note="work orders are not dispatched")
+            return None
+        return CrewBoard(self.config, self.tagdb, self.drivers, self.schedule_clock.now_ns)
+
+    def _reload_operations(self) -> None:
+        """The work orders follow the running configuration, alarm engine, tag table and drivers
+        (after a reload, applied or rolled back); the orders stay."""
+        ops = self.operations
+        if ops is None:
+            self.operations = self._make_operations()  # operations.yaml gained services
+            if self.operations is not None:
+                if isinstance(self.hmi, FrontLink):
+                    self.hmi.attach_orders()
+                if self._tg is not None:
+                    self.start_tasks()
+            return
+        ops.reload(self.config, self.alarms)
+        if ops.crews is not None:
+            ops.crews.reload(self.config, self.tagdb, self.drivers)  # type: ignore[attr-defined]
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""
@@ -240,7 +292,14 @@ class Application:
         out["historian"] = {"factory": lambda: self.historian.run(), "on_restart": self._historian_restart}
         # A restart applies the steps in force again: the city is put back in its scheduled state.
         out["schedules"] = {"factory": self.schedules.run}
+        if self.operations is not None:
+            # Deadlines, dispatch and the alarms' orders; a restart goes on from the orders in memory.
+            out["operations"] = {"factory": lambda: self._operations().run()}
         return out
+
+    def _operations(self) -> WorkOrderService:
+        assert self.operations is not None, "the operations task runs only with the service"
+        return self.operations
 
     def _register_tasks(self) -> None:
         """Every long-running task, by name, with the supervisor."""
@@ -263,6 +322,14 @@ class Application:
             "alarms_announced": len(self.alarms.announced()),
             "alarms_10min": self.alarms.rate(),
             **self.historian.status(),
+            **(
+                {
+                    "orders_open": len(self.operations.orders),
+                    "orders_breached": self.operations.stats()["orders_breached"],
+                }
+                if self.operations is not None
+                else {}
+            ),
             "task_restarts": self.supervisor.restarts,
             "tasks_failed": sorted(n for n, t in self.supervisor.status().items() if t["failed"]),
         }
@@ -304,6 +371,7 @@ class Application:
                 alarm_flood=s["alarms_10min"] > 10,
                 history_stored=s["history_stored"],
                 **{k: v for k, v in s.items() if k.startswith(("influx_", "history_")) and k != "history_stored"},
+                **{k: s[k] for k in ("orders_open", "orders_breached") if k in s},
                 opcua_dropped=self._opcua_dropped(),
                 **(self.hmi.stats() if isinstance(self.hmi, FrontLink) else {}),
                 **self.audit.stats(),
@@ -355,6 +423,7 @@ class Application:
                 return await apply(self, config)
             finally:
                 self.schedules.reload(self.config)  # the configuration applied, or the old one put back
+                self._reload_operations()
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
@@ -381,6 +450,8 @@ class Application:
         finally:
             self._tg = None
             await self.hmi.stop()
+            if self.operations is not None:
+                self.operations.close()  # what waits is written (a bounded wait: the disk may be failing)
             self.audit.close()  # what waits is written (a bounded wait: the disk may be failing)
             self.journal.close()
             self.tagdb.close_shared()

@@ -1,4 +1,4 @@
-"""``scada run | check | reload | journal | ...``: the command line of the server.
+"""``scada run | check | reload | journal | workorders | ...``: the command line of the server.
 
 The server's own commands only: the composition point (``city_scada``) calls :func:`main`
 with the registry of drivers and adds its commands (the demo, which runs the simulators).
@@ -566,6 +566,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada.security import audit_cli
 
     audit_cli.add_parser(sub)
+    from scada.operations import cli as workorders_cli
+
+    workorders_cli.add_parser(sub)
     from scada.security import pki_cli
     from scada.security.audit_log import CommandAudit
 

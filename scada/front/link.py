@@ -24,6 +24,14 @@ and the core only does, per change batch, one write of its raw columns to a sock
   kinds are generic: "illegal", "key", "value", "error") and is raised again in the front. An
   action's alarm events are written before its reply, on the same stream: the front's mirror
   is current when the reply arrives.
+* **Work orders** (scada/operations/orders.py, when the server runs them): the front's requests
+  model.REQUEST_WORK_ORDER (an operator's act), REQUEST_CITIZEN_REPORT (an Open311 POST) and
+  REQUEST_REPORTS (Open311 GETs) are coroutine requests like commands. Every change of an order is
+  pushed as ``(PUSH_ORDERS, [WorkOrder.to_wire()], [OrderEvent.to_wire()])``, coalesced per turn
+  of the event loop (a storm of alarms makes one message, not one per order); the open orders come
+  whole in the INIT state and a reload's state (key PUSH_ORDERS_SNAPSHOT) and, after pushes were
+  dropped above HIGH_WATER, as ``(PUSH_ORDERS_SNAPSHOT, [WorkOrder.to_wire()])``. Citizens'
+  contact details never cross: orders hold none, reports go out public.
 * **Audit**: the front's audit records (refused logins, method calls...) come as
   fire-and-forget ``("audit", record)`` messages, checked field by field
   (:func:`scada.security.audit.from_wire`; a malformed one is refused and counted, never
@@ -56,6 +64,17 @@ import structlog
 
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.operations.model import (
+    CONTACT_FIELDS,
+    PUSH_ORDERS,
+    PUSH_ORDERS_SNAPSHOT,
+    REQUEST_CITIZEN_REPORT,
+    REQUEST_REPORTS,
+    REQUEST_WORK_ORDER,
+    CitizenReport,
+    OpsRequest,
+    OpsResult,
+)
 from scada.security.audit import from_wire
 from scada.security.settings import SecuritySettings
 from scada.tagdb import Consumer, TagDB
@@ -130,6 +149,11 @@ class FrontLink:
         self._consumer: Consumer | None = None
         self._consumer_db: TagDB | None = None
         self._forwarder: _AlarmForwarder | None = None
+        self._orders_source: Any = None  # the work-order service this link listens to
+        self._orders_changed: dict[str, Any] = {}  # order id -> its latest wire form, to push
+        self._order_events: list[tuple] = []
+        self._orders_flush: asyncio.Handle | None = None
+        self._orders_dirty = False
         self._tags_dirty = False
         self._alarms_dirty = False
         self._answering = False  # a request's handler runs: its alarm events are never dropped
@@ -145,6 +169,8 @@ class FrontLink:
         self.batches_sent = 0
         self.batches_dropped = 0
         self.alarm_events_dropped = 0
+        self.order_pushes = 0
+        self.order_pushes_dropped = 0
         self.resyncs = 0
         self.requests = 0
         self.requests_busy = 0  # coroutine requests answered "busy" (MAX_IN_FLIGHT reached)
@@ -212,7 +238,8 @@ class FrontLink:
         self._reader, self._writer = await asyncio.open_connection(sock=parent, limit=1 << 20)
         self._subscribe(self.app.tagdb)
         self._attach_alarms(self.app.alarms)
-        self._tags_dirty = self._alarms_dirty = False
+        self.attach_orders()
+        self._tags_dirty = self._alarms_dirty = self._orders_dirty = False
         self._ready = asyncio.get_running_loop().create_future()
         self._send(wire.encode_message("init", self._init()))
         # One reader for the process's whole life: a frame is never cut between two readers.
@@ -243,6 +270,7 @@ class FrontLink:
             "texts": dict(tagdb.text),
             "alarms": alarm_snapshot(alarms) if alarms is not None else None,
             "store": str(historian.store.path) if historian is not None else None,
+            PUSH_ORDERS_SNAPSHOT: self._orders_snapshot(),
         }
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -259,6 +287,7 @@ class FrontLink:
         await self._cancel_requests()
         self._unsubscribe()
         self._detach_alarms()
+        self._detach_orders()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(FrontExited("the OPC UA front stopped"))
@@ -349,10 +378,14 @@ class FrontLink:
                 self._forward(consumer, batch)
 
     def _send_resyncs(self) -> None:
-        """What the front lost (batches, alarm events dropped above HIGH_WATER), replaced by the
-        current state, once the front has read its backlog down to LOW_WATER."""
-        if self._writer is None or not (self._tags_dirty or self._alarms_dirty) or self._backlog() > LOW_WATER:
+        """What the front lost (batches, alarm events, order pushes dropped above HIGH_WATER),
+        replaced by the current state, once the front has read its backlog down to LOW_WATER."""
+        dirty = self._tags_dirty or self._alarms_dirty or self._orders_dirty
+        if self._writer is None or not dirty or self._backlog() > LOW_WATER:
             return
+        if self._orders_dirty:
+            self._orders_dirty = False
+            self._send(wire.encode_message(PUSH_ORDERS_SNAPSHOT, self._orders_snapshot()))
         if self._tags_dirty:
             self._tags_dirty = False
             self.resyncs += 1
@@ -394,6 +427,118 @@ class FrontLink:
                 return  # the snapshot includes these events' effects
         self._send(wire.encode_message("alarm_events", event_items(engine, events)))
 
+    # Work orders
+
+    def attach_orders(self) -> None:
+        """Listen to the running work-order service (none: nothing to push)."""
+        ops = getattr(self.app, "operations", None)
+        if ops is self._orders_source:
+            return
+        self._detach_orders()
+        if ops is not None:
+            ops.listeners.append(self._orders_changed_cb)
+            self._orders_source = ops
+
+    def _detach_orders(self) -> None:
+        ops, self._orders_source = self._orders_source, None
+        if ops is not None:
+            ops.listeners[:] = [x for x in ops.listeners if x != self._orders_changed_cb]
+        if self._orders_flush is not None:
+            self._orders_flush.cancel()
+            self._orders_flush = None
+        self._orders_changed.clear()
+        self._order_events.clear()
+
+    def _orders_snapshot(self) -> list[tuple]:
+        ops = getattr(self.app, "operations", None)
+        return [o.to_wire() for o in ops.open_orders()] if ops is not None else []
+
+    def _orders_changed_cb(self, orders, events) -> None:
+        """The service's listener (called as each change is made): kept for one push per loop turn."""
+        if self._writer is None:
+            return  # no front: the next one gets the snapshot
+        for o in orders:
+            self._orders_changed[o.id] = o.to_wire()
+        self._order_events.extend(e.to_wire() for e in events)
+        if self._orders_flush is None:
+            self._orders_flush = asyncio.get_running_loop().call_soon(self._push_orders)
+
+    def _push_orders(self) -> None:
+        self._orders_flush = None
+        orders, events = list(self._orders_changed.values()), self._order_events
+        self._orders_changed, self._order_events = {}, []
+        if self._writer is None or not (orders or events):
+            return
+        if self._backlog() > HIGH_WATER and not self._answering:
+            self.order_pushes_dropped += 1
+            self._orders_dirty = True  # a snapshot once the front has caught up
+            return
+        self._send_resyncs()
+        with contextlib.suppress(FrontExited):
+            self._send(wire.encode_message(PUSH_ORDERS, orders, events))
+            self.order_pushes += 1
+
+    def _operations(self):
+        ops = getattr(self.app, "operations", None)
+        if ops is None:
+            raise RemoteAlarmError("value", "work orders are off: operations.yaml routes no service")
+        return ops
+
+    async def _work_order(self, request: Any) -> tuple:
+        """An operator's act on the work orders (OPC UA methods), through the core's service."""
+        try:
+            req = OpsRequest.from_wire(request)
+        except (TypeError, ValueError) as exc:
+            raise RemoteAlarmError("value", f"malformed work-order request: {exc}") from None
+        result = await self._operations().apply(req)
+        self._push_orders()  # the change reaches the front before the answer
+        return result.to_wire()
+
+    def _work_order_busy(self, limit: int, request: Any) -> tuple:
+        from scada.control.model import BAD_TOO_MANY_OPERATIONS
+
+        return OpsResult(BAD_TOO_MANY_OPERATIONS, f"{limit} requests already in progress from this front").to_wire()
+
+    async def _citizen_report(
+        self,
+        service_code: Any,
+        description: Any,
+        lat: Any,
+        lon: Any,
+        address: Any,
+        contact: Any,
+        client: Any,
+        requested_ns: Any,
+    ) -> tuple:
+        """A validated Open311 request (the front checked it): stored, attached or made an order."""
+        try:
+            report = CitizenReport(
+                "",
+                str(service_code),
+                str(description),
+                None if lat is None else float(lat),
+                None if lon is None else float(lon),
+                str(address),
+                int(requested_ns),
+                None,
+                str(client),
+                {str(k): str(v) for k, v in dict(contact).items() if k in CONTACT_FIELDS},
+            )
+        except (TypeError, ValueError) as exc:
+            raise RemoteAlarmError("value", f"malformed citizen report: {exc}") from None
+        status, message, rid, oid = await self._operations().citizen_report(report)
+        self._push_orders()
+        return status, message, rid, oid
+
+    def _citizen_report_busy(self, limit: int, *_args: Any) -> tuple:
+        from scada.control.model import BAD_TOO_MANY_OPERATIONS
+
+        return BAD_TOO_MANY_OPERATIONS, f"{limit} requests already in progress from this front", "", ""
+
+    async def _reports(self, *query: Any) -> list:
+        """Open311 GETs: public reports with their order's state (the journal, read in a thread)."""
+        return await self._operations().reports(*query)
+
     # Requests from the front
 
     def _handlers(self) -> dict[str, Callable[..., Any]]:
@@ -414,6 +559,9 @@ class FrontLink:
         return {
             "command": (self._command, self._command_busy),
             "group_command": (self._group_command, self._group_busy),
+            REQUEST_WORK_ORDER: (self._work_order, self._work_order_busy),
+            REQUEST_CITIZEN_REPORT: (self._citizen_report, self._citizen_report_busy),
+            REQUEST_REPORTS: (self._reports, lambda _limit, *_a: []),
         }
 
     async def _command(self, request: Any) -> tuple:
@@ -608,6 +756,7 @@ class FrontLink:
             self._subscribe(tagdb)
         self._detach_alarms(self.app.alarms, alarms)
         self._attach_alarms(alarms)
+        self.attach_orders()
         if self._writer is None or self.proc is None:
             self.config = config
             return 0
@@ -650,6 +799,8 @@ class FrontLink:
             "front_requests_busy": self.requests_busy,
             "front_audit_records": self.audit_records,
             "front_audit_refused": self.audit_refused,
+            "front_order_pushes": self.order_pushes,
+            "front_order_pushes_dropped": self.order_pushes_dropped,
         }
 
     @property

@@ -272,6 +272,8 @@ class Front:
         elif tag == "group_progress":  # (group, action, user, total, done, failed, finished)
             if self.hmi.groups is not None:
                 self.hmi.groups.progress(*msg[1:])
+        elif tag in ("work_orders", "work_orders_snapshot", "core_stats", "contract_kpis"):
+            pass  # operations' pushes (scada/operations/model.py): the HTTP and OPC UA parts mirror them
         elif tag == "reload":
             # Run to its end before the next frame: the frames after it (batches, alarm events)
             # are the new configuration's, for the new mirrors.
