@@ -4,9 +4,9 @@ writes again, the CSV export, and ``scada workorders`` reading the file of a run
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import contextlib
 import sys
 
 import pytest
