@@ -193,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scada.alarms.journal import JournalError
     from scada.historian.service import InfluxSettings
     from scada.historian.store import HistoryError
+    from scada.operations.journal import OrderJournalError
 
     influx = None
     if args.influx_url:
@@ -206,6 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     except HistoryError as exc:
         print(f"cannot open the history store: {exc}", file=sys.stderr)
+        return 1
+    except OrderJournalError as exc:
+        print(f"cannot open the work-order journal: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the OPC UA port is taken, the address does not exist...
         print(f"cannot start the OPC UA server on {args.opcua_endpoint}: {exc.strerror or exc}", file=sys.stderr)

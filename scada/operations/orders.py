@@ -84,6 +84,7 @@ log = structlog.get_logger("scada.operations")
 TICK_S = 1.0  # real seconds between two checks of deadlines, answers and dispatch retries
 DISPATCH_RETRY_S = 30.0  # real seconds before a new order that could not be dispatched is tried again
 PURGE_EVERY_S = 60.0  # real seconds between two looks for contact details to purge
+CLOCKS_AGREE_NS = 1_000_000_000  # two clocks this close are the same time base (real time)
 LATE_ALARM = "work_order_late"
 STORAGE_ALARM = "storage_failing"
 SEEN = (State.UNACK_ACTIVE, State.ACK_ACTIVE)  # an active alarm shown to operators
@@ -201,16 +202,17 @@ class WorkOrderService:
             return
         key = (e.device, e.alarm)
         order = self._open(key)
+        t = self._ops_time(e.time_ns, self.alarms.clock())
         if e.event in ANNOUNCING and e.active and e.state in SEEN:
             if order is None:
-                self._create_from_alarm(e)
+                self._create_from_alarm(e, t)
             elif order.state == OrderState.REPAIRED:
                 self._commit(
                     *self._transition(
                         dataclasses.replace(order, alarms=order.alarms + 1),
                         "reopen",
                         "server",
-                        e.time_ns,
+                        t,
                         detail=f"{e.alarm} active again: {e.message}",
                         crew=None,
                         correlation_id="",
@@ -218,18 +220,28 @@ class WorkOrderService:
                 )
             elif e.event == "ACTIVATE":
                 new = dataclasses.replace(order, alarms=order.alarms + 1)
-                self._commit(new, [self._note(new, "attach", "server", e.time_ns, f"{e.alarm}: {e.message}")])
+                self._commit(new, [self._note(new, "attach", "server", t, f"{e.alarm}: {e.message}")])
         elif e.event == "CLEAR" and order is not None:
             if order.state == OrderState.REPAIRED:
-                self._close(order, e.time_ns, f"{e.alarm} cleared")
+                self._close(order, t, f"{e.alarm} cleared")
             else:
-                self._commit(order, [self._note(order, "note", "server", e.time_ns, f"{e.alarm} cleared")])
+                self._commit(order, [self._note(order, "note", "server", t, f"{e.alarm} cleared")])
+
+    def _ops_time(self, t_ns: int, clock_now: int) -> int:
+        """``t_ns``, stamped by another clock whose now is ``clock_now``, in the operations clock.
+
+        The alarm engine and the front stamp real time; in a simulated run (``--clock-start``,
+        ``--acceleration``) the operations clock is the simulated one, so a time is carried over
+        by the clocks' offset (the event is a moment old: the error is that moment). When the two
+        agree (a real-time run) the time is kept exact."""
+        offset = self.clock() - clock_now
+        return int(t_ns) if abs(offset) < CLOCKS_AGREE_NS else int(t_ns) + offset
 
     def _open(self, key: tuple[str, str]) -> WorkOrder | None:
         oid = self.by_key.get(key)
         return self.orders.get(oid) if oid is not None else None
 
-    def _create_from_alarm(self, e: Any) -> None:
+    def _create_from_alarm(self, e: Any, origin: int) -> None:
         try:
             device = self.config.device(e.device)
             lat, lon = float(device.lat), float(device.lon)
@@ -246,7 +258,7 @@ class WorkOrderService:
             lon,
             e.alarm,
             e.message,
-            origin_ns=int(e.time_ns),
+            origin_ns=origin,
             now=now,
             user="server",
             alarms=1,
@@ -779,7 +791,7 @@ class WorkOrderService:
             return BAD_INVALID_ARGUMENT, f"unknown service_code {report.service_code!r}", "", ""
         now = self.clock()
         rid = report.id or f"CR-{next(self._report_numbers):06d}"
-        requested = report.requested_ns or now
+        requested = self._ops_time(report.requested_ns, time.time_ns()) if report.requested_ns else now
         radius = self.ops.open311.radius_m
         lat, lon = report.lat, report.lon
         target: WorkOrder | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import pytest
 
@@ -100,9 +101,10 @@ class FakeCrews:
 
 
 class Rig:
-    def __init__(self, tmp_path, ops: OperationsConfig | None = None, crews: bool = True) -> None:
+    def __init__(self, tmp_path, ops: OperationsConfig | None = None, crews: bool = True, ops_clock=None) -> None:
         self.tmp_path = tmp_path
         self.clock = Clock()
+        self.ops_clock = ops_clock or self.clock  # the operations clock (simulated time in a simulated run)
         self.alarms = AlarmRig(tmp_path / "cfg", ALARMS, tmp_path / "alarms.sqlite", self.clock, DEVICES)
         self.alarms.set("LC-1", mains_voltage=230, failed_lamps=0)
         self.alarms.set("LC-2", mains_voltage=230, failed_lamps=0)
@@ -120,7 +122,7 @@ class Rig:
             OrderJournal(self.tmp_path / "workorders.sqlite"),
             self.audit,
             self.crews,
-            self.clock,
+            self.ops_clock,
         )
         self.alarms.engine.subscribers[:] = [svc.on_alarm_events]
         return svc
@@ -211,6 +213,27 @@ async def test_lamp_alarm_creates_an_order_with_its_deadlines_and_attaches_later
         again = only_order(rig)
         assert again.id == order.id and again.alarms == 2
         assert [e for e, _, _ in rig.events(order.id)] == ["create", "note", "attach"]
+    finally:
+        rig.close()
+
+
+async def test_in_a_simulated_run_times_are_in_the_operations_clock(tmp_path):
+    """The alarm engine stamps real time; a simulated run's operations clock is a day ahead here:
+    the order's origin, deadlines and events are all in the simulated time."""
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    sim = Clock(rig.clock() + 86400 * S)
+    rig.close()
+    rig = Rig(tmp_path / "sim", ops_config(auto_assign=False), ops_clock=sim)
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        order = only_order(rig)
+        assert order.origin_ns == sim() and order.created_ns == sim()
+        assert order.on_site_due_ns == sim() + 3600 * S
+        await rig.service.tick()
+        assert not rig.service.orders[order.id].breached  # a real-time origin would be a day late
+        status, _m, rid, _o = await rig.service.citizen_report(report(47.3, 5.0, requested_ns=time.time_ns()))
+        (listed, _state), *_ = await rig.service.reports([rid], None, None, None, None, None)
+        assert abs(listed["requested_ns"] - sim()) < 5 * S
     finally:
         rig.close()
 
@@ -558,8 +581,10 @@ async def test_operator_refusals_each_with_its_status_and_audited(tmp_path):
 # -- citizen reports ----------------------------------------------------------------------------
 
 
-def report(lat: float | None, lon: float | None, code: str = "streetlight", **contact: str) -> CitizenReport:
-    return CitizenReport("", code, "lamp out", lat, lon, "rue X", 0, None, "192.0.2.7", contact)
+def report(
+    lat: float | None, lon: float | None, code: str = "streetlight", requested_ns: int = 0, **contact: str
+) -> CitizenReport:
+    return CitizenReport("", code, "lamp out", lat, lon, "rue X", requested_ns, None, "192.0.2.7", contact)
 
 
 async def test_citizen_reports_attach_create_on_equipment_or_unlocated_and_contacts_are_purged(tmp_path):
