@@ -169,9 +169,9 @@ class Application:
                 if self._tg is not None:
                     self.start_tasks()
             return
-        ops.reload(self.config, self.alarms)
         if ops.crews is not None:
             ops.crews.reload(self.config, self.tagdb, self.drivers)  # type: ignore[attr-defined]
+        ops.reload(self.config, self.alarms)
 
     def new_tagdb(self, config: Config) -> TagDB:
         """The tag table of ``config``; its columns in shared memory when the front is a process."""

@@ -101,6 +101,7 @@ _STAMP = {
     "close": "closed_ns",
     "cancel": "closed_ns",
 }
+_HOLDING = frozenset({OrderState.ASSIGNED, OrderState.ACCEPTED, OrderState.EN_ROUTE, OrderState.ON_SITE})
 Listener = Callable[[Sequence[WorkOrder], Sequence[OrderEvent]], None]
 
 
@@ -465,7 +466,10 @@ class WorkOrderService:
                 await self._send_quietly(order, "cancel")  # the silent crew must not drive there anyway
 
     async def _dispatch_new(self) -> None:
-        if self.crews is None or not self.ops.dispatch.auto_assign:
+        if self.crews is None:
+            return
+        self._tell_busy()  # resynchronised each tick: the board never drifts from the orders
+        if not self.ops.dispatch.auto_assign:
             return
         mono = time.monotonic()
         for order in list(self.orders.values()):
@@ -490,10 +494,21 @@ class WorkOrderService:
         self._retry_at[order.id] = time.monotonic() + DISPATCH_RETRY_S
         self._commit(order, [self._note(order, "dispatch_failed", "server", self.clock(), why)])
 
+    def _held(self, but: str = "") -> set[str]:
+        """The crews holding an open order (assigned to on site; a repaired order's crew is free
+        again while the alarm's clear is awaited)."""
+        return {o.crew for o in self.orders.values() if o.crew and o.id != but and o.state in _HOLDING}
+
+    def _tell_busy(self) -> None:
+        """The crew board's view of the busy crews, replaced by ours (its ``busy``, when it has one)."""
+        busy = getattr(self.crews, "busy", None)
+        if callable(busy):
+            busy(self._held())
+
     def _choose(self, order: WorkOrder) -> str | None:
         """The nearest proposed crew not holding another open order and not having refused this one."""
         assert self.crews is not None
-        busy = {o.crew for o in self.orders.values() if o.crew and o.id != order.id}
+        busy = self._held(but=order.id)
         refused = self._refused.get(order.id, set())
         proposed = [c for c, _eta in self.crews.propose(order, limit=max(3, len(busy) + len(refused) + 1))]
         free = [c for c in proposed if c not in busy]
@@ -907,6 +922,8 @@ class WorkOrderService:
         self.config, self.ops, self.alarms = config, operations_of(config), alarms
         if self.on_alarm_events not in alarms.subscribers:
             alarms.subscribers.append(self.on_alarm_events)
+        if self.crews is not None:
+            self._tell_busy()
 
     def stats(self) -> dict[str, int]:
         return {

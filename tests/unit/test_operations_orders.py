@@ -90,6 +90,10 @@ class FakeCrews:
         self.sent: list[tuple[str, str | None, str, str]] = []  # (order, crew, action, correlation id)
         self.down = False
         self.available = set(ops.crews)
+        self.held: set[str] = set()  # what the service last told busy()
+
+    def busy(self, vehicles) -> None:
+        self.held = set(vehicles)
 
     def propose(self, order, limit: int = 3):
         return [(c, 60.0 * n) for n, c in enumerate(self.ops.crews_for(order.service)) if c in self.available][:limit]
@@ -272,10 +276,15 @@ async def test_the_whole_loop_auto_dispatch_crew_answers_repair_and_clear_closes
         rig.clock.advance(60)
         rig.answer(order.id, status)
         assert rig.service.orders[order.id].state == state
+    await rig.tick()
+    assert rig.crews.held == {"V-1"}
     rig.clock.advance(60)
     rig.answer(order.id, "repaired")
-    # The alarm is still active (the next poll has not come): repaired, waiting for the clear.
+    # The alarm is still active (the next poll has not come): repaired, waiting for the clear;
+    # the crew is free for another order meanwhile.
     assert rig.service.orders[order.id].state == OrderState.REPAIRED
+    await rig.tick()
+    assert rig.crews.held == set()
     rig.clock.advance(5)
     rig.set("LC-1", failed_lamps=0)
     assert rig.service.orders == {} and rig.service.by_key == {}
