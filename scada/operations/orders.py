@@ -15,7 +15,10 @@ alarms, citizens' reports and operators, their crews, deadlines and journal.
 * **Dispatch.** With ``dispatch.auto_assign``, a new order goes to the first proposed crew
   (``crews.propose``) not already holding an open order and not having refused it, with a fresh
   correlation id, and is sent. No crew, or a send that fails: the order stays new with a
-  "dispatch_failed" note and is tried again every ``DISPATCH_RETRY_S`` (real seconds). An
+  "dispatch_failed" note (once per reason, not at every try) and is tried again: every
+  ``NO_CREW_RETRY_S`` when no crew was free (a proposal is cheap, and a crew coming back from
+  another job should get the order soon), every ``DISPATCH_RETRY_S`` after a failed send (the
+  broker or the vehicle's link is down: not hammered). Real seconds both. An
   assignment without an answer within ``answer_timeout_s`` (operations clock) is "refuse"d by
   "server" and goes to another crew.
 * **Deadlines.** Each tick, an open order not yet on site is checked against ``on_site_due_ns``,
@@ -82,7 +85,8 @@ from scada.security.identity import Identity, Permission, roles_of
 log = structlog.get_logger("scada.operations")
 
 TICK_S = 1.0  # real seconds between two checks of deadlines, answers and dispatch retries
-DISPATCH_RETRY_S = 30.0  # real seconds before a new order that could not be dispatched is tried again
+DISPATCH_RETRY_S = 30.0  # real seconds before an order whose sending failed is tried again
+NO_CREW_RETRY_S = 5.0  # real seconds before an order for which no crew was free is tried again
 PURGE_EVERY_S = 60.0  # real seconds between two looks for contact details to purge
 CLOCKS_AGREE_NS = 1_000_000_000  # two clocks this close are the same time base (real time)
 LATE_ALARM = "work_order_late"
@@ -145,6 +149,7 @@ class WorkOrderService:
         self._wake = asyncio.Event()
         self._refused: dict[str, set[str]] = {}  # order -> crews that refused it (or never answered)
         self._retry_at: dict[str, float] = {}  # order -> monotonic time of its next dispatch try
+        self._failed_why: dict[str, str] = {}  # order -> why its last dispatch failed (journaled once)
         self._sending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}  # order -> answers during its send
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
         last_order, last_report = journal.last_numbers()
@@ -350,7 +355,7 @@ class WorkOrderService:
             self.orders.pop(order.id, None)
             if order.key is not None and self.by_key.get(order.key) == order.id:
                 del self.by_key[order.key]
-            for table in (self._refused, self._retry_at, self._marks):
+            for table in (self._refused, self._retry_at, self._marks, self._failed_why):
                 table.pop(order.id, None)
         self.writer.submit([order], events, reports)
         for listen in self.listeners:
@@ -480,19 +485,21 @@ class WorkOrderService:
                 continue
             crew = self._choose(current)
             if crew is None:
-                self._dispatch_failed(current, "no available crew with the skill")
+                self._dispatch_failed(current, "no available crew with the skill", NO_CREW_RETRY_S)
                 continue
             try:
                 await self._assign(current, crew, "server")
             except (DriverError, OSError) as exc:
-                self._dispatch_failed(current, f"not sent to {crew}: {exc}")
+                self._dispatch_failed(current, f"not sent to {crew}: {exc}", DISPATCH_RETRY_S)
             except IllegalTransition as exc:  # the order moved on during the send
                 log.info("work_order_dispatch_overtaken", order=current.id, error=str(exc))
 
-    def _dispatch_failed(self, order: WorkOrder, why: str) -> None:
+    def _dispatch_failed(self, order: WorkOrder, why: str, retry_s: float) -> None:
         self.dispatch_failures += 1
-        self._retry_at[order.id] = time.monotonic() + DISPATCH_RETRY_S
-        self._commit(order, [self._note(order, "dispatch_failed", "server", self.clock(), why)])
+        self._retry_at[order.id] = time.monotonic() + retry_s
+        if self._failed_why.get(order.id) != why:  # journaled once per reason, not at every try
+            self._failed_why[order.id] = why
+            self._commit(order, [self._note(order, "dispatch_failed", "server", self.clock(), why)])
 
     def _held(self, but: str = "") -> set[str]:
         """The crews holding an open order (assigned to on site; a repaired order's crew is free
@@ -553,6 +560,8 @@ class WorkOrderService:
         if order.crew and order.crew != crew and order.state in OPEN:
             await self._send_quietly(order, "cancel")  # a reassignment: the former crew stops
         self._commit(new, events)
+        self._failed_why.pop(order.id, None)
+        self._retry_at.pop(order.id, None)
         for vehicle, payload in self._sending.pop(order.id, []):
             self.crew_answer(vehicle, payload)
         return new

@@ -381,7 +381,8 @@ async def test_no_crew_or_a_failed_send_leaves_the_order_new_and_it_is_retried(r
     rig.crews.down = False
     await rig.tick()  # not before DISPATCH_RETRY_S
     assert rig.service.orders[order.id].state == OrderState.NEW
-    monkeypatch.setattr(orders.time, "monotonic", lambda: 1e12)  # the retry's time has come
+    later = [1e12]  # the retries' clock, moved by the test
+    monkeypatch.setattr(orders.time, "monotonic", lambda: later[0])
     await rig.tick()
     assert rig.service.orders[order.id].state == OrderState.ASSIGNED
     # A traffic order when its only crew is unavailable: dispatch_failed with the reason.
@@ -395,6 +396,14 @@ async def test_no_crew_or_a_failed_send_leaves_the_order_new_and_it_is_retried(r
         else []
     )
     assert tj.state == OrderState.NEW and failed and "no available crew" in failed[0].detail
+    later[0] += orders.NO_CREW_RETRY_S
+    await rig.tick()  # tried again: still no crew, not journaled again
+    assert rig.service.writer.flush()
+    assert [e.event for e in rig.service.journal.events(tj.id)].count("dispatch_failed") == 1
+    rig.crews.available.add("V-3")
+    later[0] += orders.NO_CREW_RETRY_S
+    await rig.tick()
+    assert rig.service.orders[tj.id].crew == "V-3"
 
 
 async def test_refused_or_unanswered_assignment_goes_to_another_crew(tmp_path):
