@@ -13,6 +13,7 @@ import structlog
 
 from common import eventloop, logs
 from common.limits import raise_open_file_limit
+from common.gcfreeze import freeze_built
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.clock import start_at
@@ -115,6 +116,7 @@ async def run_city(args: argparse.Namespace) -> None:
     )
     steps = load_scenario(args.scenario, sim) if args.scenario else []
     await sim.start()
+    freeze_built()  # the city's models and servers live as long as the simulator (common/gcfreeze.py)
     log.info(
         "city_simulator_started",
         preset=args.preset,

@@ -204,7 +204,10 @@ class ModbusDriver:
         self.missed_cycles = 0  # cycles skipped because a poll overran its interval
         self.max_lateness = 0.0
         self.demotions = 0
-        self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}  # read_now's plans, by type and points
+        self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}
+        self._write_plans: dict[
+            tuple[str, int], ReadPlan
+        ] = {}  # a write's read-back, by type and point  # read_now's plans, by type and points
         self.reads_now = 0  # read_now requests sent (out of the poll schedule)
         self.polls_superseded = 0  # polls whose values were dropped: older than a read_now's (see poll)
 
@@ -457,7 +460,9 @@ class ModbusDriver:
             raise DeviceRejected(f"{command.tag}: the device's answer to the write is garbled ({exc})") from None
         if not io.readback:
             return
-        plan = ReadPlan([io])
+        plan = self._write_plans.get((ds.device.type, k))
+        if plan is None:  # one per point of a type: a city-wide command writes the same points 1,100 times
+            plan = self._write_plans[(ds.device.type, k)] = ReadPlan([io])
         tolerance = abs(io.scale) / 2 if io.type != "float32" else abs(command.value) * 1e-6 + 1e-9
         deadline = time.monotonic() + 3 * ds.device.timeout
         got = None
