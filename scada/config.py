@@ -329,6 +329,8 @@ class Config:
             for cmd in commands.values():
                 args = ", ".join(a.name for a in cmd.arguments)
                 notes = [cmd.role] + (["select-before-operate"] if cmd.critical else [])
+                if cmd.emergency:
+                    notes.append("emergency")
                 if cmd.interlocks:
                     notes.append("interlocks " + ", ".join(cmd.interlocks))
                 lines.append(f"  {cmd.name}({args})  [{'; '.join(notes)}]")

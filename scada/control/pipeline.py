@@ -10,7 +10,8 @@ refuses gives the call's status code and a message that a person reads:
 2. authorise: the command's role(s) and COMMAND in the device's commune  -> BadUserAccessDenied
 3. the phase fits the command (select-before-operate when critical)   -> BadRequestNotAllowed,
    BadInvalidArgument
-4. the user's rate (every attempt from here on, Operate and Cancel too) -> BadTooManyOperations
+4. the user's rate (every attempt from here on, Operate and Cancel too; an emergency command
+   has an allowance of its own)                                       -> BadTooManyOperations
 5. Cancel: the selection it names; Operate: the selection it names (before the device's lock
    and the arguments: Operate(token) alone takes the selected ones)  -> BadSequenceNumberInvalid
 6. validate the arguments                                             -> BadInvalidArgument,
@@ -23,7 +24,8 @@ refuses gives the call's status code and a message that a person reads:
 9. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
 10. Select: reserve the device, return a token                        -> BadInvalidState (held)
 11. the device's rate (only a command about to write takes a token; the Scheduler has its own
-    budget per device)                                                -> BadTooManyOperations
+    budget per device, and an emergency command its own: routine ones never use it)
+                                                                      -> BadTooManyOperations
 12. the driver writes each ``writes`` step, shielded: once started they complete even if the
     request is cancelled                                              -> BadOutOfRange (check),
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
@@ -213,7 +215,9 @@ class CommandPipeline:
         self._dispatched = 0  # seq of the last change batch run() has dispatched
         self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, future): see _seen
         self.settings = ControlSettings()
-        self.limits = RateLimiter(self.settings.user_rate, self.settings.device_rate, clock)
+        self.limits = RateLimiter(
+            self.settings.user_rate, self.settings.device_rate, clock, emergency_rate=self.settings.emergency_rate
+        )
         self.selections = Selections(self.settings.select_timeout, clock)
         self.executed = 0  # attempts, for the benches and the status line
         self.refused = 0
@@ -232,8 +236,11 @@ class CommandPipeline:
         self._offset = {n: {p.name: k for k, p in enumerate(t.points)} for n, t in config.types.items()}
         settings = config.control.settings
         if settings != self.settings:
-            if (settings.user_rate, settings.device_rate) != (self.settings.user_rate, self.settings.device_rate):
-                self.limits = RateLimiter(settings.user_rate, settings.device_rate, self.clock)
+            rates = (settings.user_rate, settings.device_rate, settings.emergency_rate)
+            if rates != (self.settings.user_rate, self.settings.device_rate, self.settings.emergency_rate):
+                self.limits = RateLimiter(
+                    settings.user_rate, settings.device_rate, self.clock, emergency_rate=settings.emergency_rate
+                )
             self.selections.timeout = settings.select_timeout
             self.settings = settings
         control.initialise()
@@ -364,7 +371,7 @@ class CommandPipeline:
         # taken only when the command is about to write (below): a refusal costs the field nothing.
         uncounted = request.origin.startswith(UNCOUNTED_ORIGINS)
         if not uncounted:
-            why = self.limits.admit_user(request.caller.user)
+            why = self.limits.admit_user(request.caller.user, cmd.emergency)
             if why:
                 raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
         if phase == "cancel":
@@ -394,7 +401,7 @@ class CommandPipeline:
                 raise _Refusal(refusal.status, refusal.message, refusal.interlock)
             if phase == "select":
                 return self._select(request, device, cmd, args)
-            why = self.limits.admit_device(self._device_budget(request, device))
+            why = self.limits.admit_device(self._device_budget(request, device), cmd.emergency)
             if why:
                 raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
             self.control.started(device, label, request.caller.user)
