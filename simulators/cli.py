@@ -12,8 +12,8 @@ import time
 import structlog
 
 from common import eventloop, logs
-from common.limits import raise_open_file_limit
 from common.gcfreeze import freeze_built
+from common.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.clock import start_at
