@@ -438,7 +438,8 @@ class ModbusDriver:
 
         The read-back must show the commanded value (within half a scaling step) before
         ``3 x timeout``; otherwise DeviceRejected. Points whose device resets them by design
-        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml. The value
+        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml; a caller that
+        confirms the effect itself says so (``WriteCommand.readback`` False): no read. The value
         read back is stored as a poll's would be: a read-back of the written point (the
         pipeline's confirmation of a Write) then needs no read of its own.
         """
@@ -458,7 +459,7 @@ class ModbusDriver:
             raise DeviceRejected(f"{command.tag}: device refused the write (exception {exc.args[0]})") from None
         except FrameError as exc:
             raise DeviceRejected(f"{command.tag}: the device's answer to the write is garbled ({exc})") from None
-        if not io.readback:
+        if not (io.readback and command.readback):
             return
         plan = self._write_plans.get((ds.device.type, k))
         if plan is None:  # one per point of a type: a city-wide command writes the same points 1,100 times

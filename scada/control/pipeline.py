@@ -51,7 +51,7 @@ import contextlib
 import importlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,16 @@ def reports_itself(point: PointDef) -> bool:
         return True
     # ``readback`` is the Modbus driver's point option (the driver interface does not declare it).
     return not bool(io.needs_command_enum) and bool(getattr(io, "readback", True))
+
+
+def unread_writes(cmd: CommandDef) -> tuple[Step, ...]:
+    """The write steps the driver need not read back one by one: those of a command confirmed by
+    other points (the confirm points say whether it worked; the written points are read with them,
+    in one request per block, rather than one read per write)."""
+    if not cmd.confirm:
+        return ()
+    confirmed = {s.point for s in cmd.confirm}
+    return tuple(s for s in cmd.writes if s.point not in confirmed)
 
 
 def argument_of(point: PointDef) -> ArgDef:
@@ -602,8 +612,13 @@ class CommandPipeline:
     async def _write(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
         t = self.config.types[device.type]
         driver = self.drivers[t.driver]
+        unread = unread_writes(cmd)
         writes = [
-            WriteCommand(self.config.tag_name(device, t.point(s.point)), s.resolve(args))  # type: ignore[arg-type]
+            WriteCommand(
+                self.config.tag_name(device, t.point(s.point)),  # type: ignore[arg-type]
+                s.resolve(args),
+                readback=s not in unread,
+            )
             for s in cmd.writes
         ]
         try:
@@ -637,9 +652,13 @@ class CommandPipeline:
             self._watched = None
             try:
                 async with asyncio.timeout_at(deadline):
-                    if not asked and not w.holds(self.tagdb):  # a write's own read-back may have stored it
+                    if not asked:
                         asked = True
-                        await self._read_now(device, cmd)
+                        # The confirm points (unless a write's own read-back stored them), and the
+                        # written points the driver did not read back: an HMI reading the device
+                        # after the result sees every point the command wrote.
+                        confirm = () if w.holds(self.tagdb) else cmd.confirm
+                        await self._read_now(device, cmd, [*confirm, *unread_writes(cmd)])
                     while not w.abandoned and not w.holds(self.tagdb):
                         await w.event.wait()
                         w.event.clear()
@@ -692,11 +711,14 @@ class CommandPipeline:
                 keep.append((s, fut))
         self._seq_waiters = keep
 
-    async def _read_now(self, device: Device, cmd: CommandDef) -> None:
-        """Ask the driver for the confirm points now (Driver.read_now); a failure only logged."""
+    async def _read_now(self, device: Device, cmd: CommandDef, steps: Sequence[Step]) -> None:
+        """Ask the driver for these steps' points now (Driver.read_now); a failure only logged."""
+        if not steps:
+            return
         t = self.config.types[device.type]
         driver = self.drivers[t.driver]
-        tags = [self.config.tag_name(device, t.point(s.point)) for s in cmd.confirm]  # type: ignore[arg-type]
+        names = dict.fromkeys(s.point for s in steps)
+        tags = [self.config.tag_name(device, t.point(p)) for p in names]  # type: ignore[arg-type]
         try:
             await driver.read_now(tags)
         except DriverError as exc:

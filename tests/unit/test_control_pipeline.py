@@ -232,7 +232,15 @@ async def test_the_driver_reads_the_confirm_points_now_and_that_confirms_without
             await asyncio.sleep(0)
         r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
         assert r.status == GOOD, r.message
-        assert driver.reads == [["Dijon/lighting/LC-1/dim_level"]]
+        # The confirm point, and the written points in the same read (the driver did not read
+        # each write back: the confirm point says whether the command worked).
+        assert driver.reads == [
+            ["Dijon/lighting/LC-1/dim_level", "Dijon/lighting/LC-1/mode", "Dijon/lighting/LC-1/dim_setpoint"]
+        ]
+        assert [(w.tag, w.readback) for w in driver.writes] == [
+            ("Dijon/lighting/LC-1/mode", False),
+            ("Dijon/lighting/LC-1/dim_setpoint", False),
+        ]
         assert rig.pipeline._waiting == {}
         # Stored at once by read_now, yet the result waited for its change batch to be dispatched
         # (the consumers registered before the pipeline's, the front's forwarder, have it too).
@@ -264,6 +272,7 @@ async def test_a_write_whose_own_read_back_confirms_asks_for_no_read(tmp_path):
         r = await rig.run("LC-1", WRITE, {"value": 55}, point="dim_setpoint", origin="write")
         assert r.status == GOOD, r.message
         assert driver.reads == []
+        assert driver.writes[-1].readback  # the written point confirms: the driver reads it back
 
 
 async def test_a_read_back_that_turns_bad_does_not_confirm(tmp_path):
