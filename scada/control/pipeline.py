@@ -319,6 +319,9 @@ class CommandPipeline:
             log.exception("command_failed", device=request.device, command=request.command)
             result = CommandResult(request.device, BAD_INTERNAL_ERROR, f"internal error: {exc!r}")
         self._finish(request, device, label, result)
+        # The Control tags are written at the end of this loop turn, with those of the commands
+        # finishing at the same time (scada/control/state.py): the answer follows them.
+        await self.control.written()
         return result
 
     def _finish(self, request: CommandRequest, device: Device | None, label: str, result: CommandResult) -> None:

@@ -581,3 +581,32 @@ async def test_a_reload_keeps_the_control_tags_and_follows_the_new_table(tmp_pat
         assert rig.control("LC-1", "last_user") == "olga"
         assert (await rig.run("LC-1", "SetMode", {"mode": 2})).status == GOOD
         assert rig.value("LC-1", "mode") == 2.0
+
+
+async def test_commands_finishing_together_share_their_control_tags_change_batch(tmp_path):
+    # Each Control tag write was a change batch of its own, that every consumer woke up for
+    # (4 per command: a city-wide DimAll made 4,400); written per loop turn, devices that
+    # finish together share one.
+    async with Rig(tmp_path) as rig:
+        for device in ("LC-1", "LC-T"):
+            rig.follow(device, "dim_setpoint", "dim_level")
+        control_ids = np.concatenate([rig.config.control_ids(rig.config.device(d)) for d in ("LC-1", "LC-T")])
+        watch = rig.tagdb.subscribe("test-watch", maxsize=1000)
+        try:
+            results = await asyncio.gather(
+                *(rig.run(d, "SetDimLevel", {"level": 30, "until": 0}) for d in ("LC-1", "LC-T"))
+            )
+            assert [r.status for r in results] == [GOOD, GOOD]
+            # Already written when the callers get their results.
+            assert [rig.control(d, "last_result") for d in ("LC-1", "LC-T")] == ["Good", "Good"]
+            batches = []
+            while not watch.queue.empty():
+                batch = watch.queue.get_nowait()
+                if batch is not None and np.isin(batch.ids, control_ids).any():
+                    batches.append(batch)
+        finally:
+            rig.tagdb.unsubscribe(watch)
+        # running (state + 3 texts), then the result (state and last_result change): 2 turns x
+        # (numbers, texts), against 8 batches one by one
+        assert len(batches) == 4, len(batches)
+        assert sum(int(np.isin(b.ids, control_ids).sum()) for b in batches) == 12
