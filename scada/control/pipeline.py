@@ -16,7 +16,9 @@ refuses gives the call's status code and a message that a person reads:
    and the arguments: Operate(token) alone takes the selected ones)  -> BadSequenceNumberInvalid
 6. validate the arguments                                             -> BadInvalidArgument,
    BadTypeMismatch, BadOutOfRange
-   then, one command at a time per device (an asyncio.Lock each; Control/state "running"):
+   then, one command at a time per device (an asyncio.Lock each; Control/state "running"; an
+   emergency command does not wait behind a routine command's read-back: that command stops
+   waiting, its writes complete, and it answers BadInvalidState):
 7. the configuration did not change while it waited for the lock      -> BadInvalidState
    Operate: its selection again, with the same arguments, ended       -> BadSequenceNumberInvalid
 8. the device is in communication                                     -> BadNoCommunication
@@ -195,6 +197,7 @@ class _Confirmation:
     tolerance: float
     event: asyncio.Event = field(default_factory=asyncio.Event)
     abandoned: str = ""  # why it can no longer be confirmed (a reload replaced the tag table)
+    superseded: str = ""  # the emergency command that waits for the device: stop waiting
 
     def holds(self, tagdb: TagDB) -> bool:
         status = tagdb.status[self.ids]
@@ -219,6 +222,10 @@ class CommandPipeline:
         self.overrides = overrides if overrides is not None else Overrides()
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        # An emergency command does not wait behind a routine command's read-back (up to its
+        # timeout: a Raise's 20 s): the device's running confirmation is told to stop.
+        self._confirming: dict[str, _Confirmation] = {}  # device -> its running command's read-back
+        self._urgent: dict[str, str] = {}  # device -> the emergency command waiting for its lock
         self._waiting: dict[int, set[_Confirmation]] = {}  # tag id -> commands confirming it
         self._watched: np.ndarray | None = None  # sorted ids of _waiting (None: rebuild)
         self._consumer: Consumer | None = None  # run()'s queue of change batches
@@ -398,7 +405,11 @@ class CommandPipeline:
                 given = sel.args
         args = validate(cmd.arguments, given)
         lock = self._locks.setdefault(device.name, asyncio.Lock())
+        if cmd.emergency and lock.locked():
+            self._supersede(device, cmd)
         async with lock:
+            if cmd.emergency:
+                self._urgent.pop(device.name, None)
             if self.config is not config:
                 raise _Refusal(
                     BAD_INVALID_STATE,
@@ -432,6 +443,15 @@ class CommandPipeline:
         if request.caller.user == SCHEDULER_USER:
             return f"{device.name} (Scheduler)"
         return device.name
+
+    def _supersede(self, device: Device, cmd: CommandDef) -> None:
+        """An emergency command waits for the device: the command holding it stops waiting for
+        its read-back (its writes, shielded, still complete first) and answers BadInvalidState."""
+        self._urgent[device.name] = cmd.name
+        running = self._confirming.get(device.name)
+        if running is not None:
+            running.superseded = cmd.name
+            running.event.set()
 
     async def _write_shielded(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
         """The write sequence, once started, completes even if the request is cancelled (a
@@ -649,7 +669,8 @@ class CommandPipeline:
             # A reload during the read-back abandons the wait on the old table: the same points,
             # by name, are then waited on in the new one, until the same deadline.
             ids = self._confirm_ids(device, cmd)
-            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
+            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9, superseded=self._urgent.get(device.name, ""))
+            self._confirming[device.name] = w
             for i in ids.tolist():
                 self._waiting.setdefault(i, set()).add(w)
             self._watched = None
@@ -662,10 +683,10 @@ class CommandPipeline:
                         # after the result sees every point the command wrote.
                         confirm = () if w.holds(self.tagdb) else cmd.confirm
                         await self._read_now(device, cmd, [*confirm, *unread_writes(cmd)])
-                    while not w.abandoned and not w.holds(self.tagdb):
+                    while not w.abandoned and not w.superseded and not w.holds(self.tagdb):
                         await w.event.wait()
                         w.event.clear()
-                    if not w.abandoned:
+                    if not w.abandoned and not w.superseded:
                         # The value may have been stored a moment ago (a driver's read_now or
                         # read-back stores at once): the result waits for its change batch to reach
                         # the consumers registered before this one (the front's forwarder), so that
@@ -674,6 +695,8 @@ class CommandPipeline:
             except TimeoutError:
                 pass
             finally:
+                if self._confirming.get(device.name) is w:
+                    del self._confirming[device.name]
                 for i in ids.tolist():
                     waiters = self._waiting.get(i)
                     if waiters is not None:
@@ -685,6 +708,12 @@ class CommandPipeline:
                 break
         if not w.abandoned and w.holds(self.tagdb):
             return
+        if w.superseded:
+            raise _Refusal(
+                BAD_INVALID_STATE,
+                f"{device.name} {cmd.name}: written, but the emergency command {w.superseded} took the device "
+                "before the read-back confirmed it",
+            )
         db = self.tagdb
         reads = "; ".join(
             f"{s.point} reads {db.value[i]:g} ({st.name(int(db.status[i]))}), expected {e:g}"

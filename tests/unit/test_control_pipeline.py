@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -43,6 +44,7 @@ from scada.security.audit import MemoryAudit
 from scada.tagdb import TagDB
 from tests.configs import write_config
 from tests.control_defs import control, with_control
+from tests.integration.helpers import DEADLINE, until
 
 DEVICES = """devices:
   - {name: LC-1, type: lighting_cabinet, commune: Dijon, lat: 47.32, lon: 5.04, endpoint: "127.0.0.1:1502"}
@@ -610,3 +612,31 @@ async def test_commands_finishing_together_share_their_control_tags_change_batch
         # (numbers, texts), against 8 batches one by one
         assert len(batches) == 4, len(batches)
         assert sum(int(np.isin(b.ids, control_ids).sum()) for b in batches) == 12
+
+
+async def test_an_emergency_command_does_not_wait_for_a_routine_commands_read_back(tmp_path):
+    ctl = control(bollard_timeout=60.0)
+    bollard = dict(ctl.commands["access_bollard"])
+    bollard["EmergencyLower"] = dataclasses.replace(bollard["EmergencyLower"], emergency=True)
+    ctl = dataclasses.replace(ctl, commands={**ctl.commands, "access_bollard": bollard})
+    async with Rig(tmp_path, ctl) as rig:
+        driver = rig.drivers["mqtt"]
+        raising = asyncio.create_task(rig.run("B-1", "Raise"))  # no echo: its read-back waits 60 s
+        await until(lambda: rig.pipeline._confirming, DEADLINE, "the Raise waiting for its read-back")
+        rig.follow("B-1", "command", "position", 0.0)
+        emergency = await asyncio.wait_for(rig.run("B-1", "EmergencyLower"), DEADLINE)
+        assert emergency.status == GOOD, emergency.message
+        r = await asyncio.wait_for(raising, DEADLINE)
+        assert r.status == BAD_INVALID_STATE and "EmergencyLower took the device" in r.message, r.message
+        assert [w.value for w in driver.writes] == [1.0, 2.0]  # the Raise was written, then the emergency
+        # A routine command still waits for the one before it.
+        driver.echo.clear()
+        rig.set("B-1", "position", 2.0)  # up: a Lower waits for its read-back
+        lowering = asyncio.create_task(rig.run("B-1", "Lower"))
+        await until(lambda: rig.pipeline._confirming, DEADLINE, "the Lower waiting for its read-back")
+        second = asyncio.create_task(rig.run("B-1", "Lower"))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # serialised behind the first
+        lowering.cancel()
+        second.cancel()
+        await asyncio.gather(lowering, second, return_exceptions=True)
