@@ -68,6 +68,7 @@ LIGHTING_CLASS = "lighting"  # what an energy baseline is about
 DEFAULT = "default"  # the delays entry that stands for every priority not listed
 HTTP_PORT = 8080
 _NAME_SCHEMA = schema_of(to_name)
+_NAMES = {"anyOf": [_NAME_SCHEMA, {"type": "array", "minItems": 1, "items": _NAME_SCHEMA}]}  # one name: a list of one
 
 # -- converters ----------------------------------------------------------------------------------
 
@@ -196,7 +197,7 @@ SERVICE_KEYS: KeyTable = {
         "The equipment classes it maintains (lighting, traffic, bollard, fleet...): a citizen's report goes to the "
         "nearest of them. Default: the classes of the equipment types whose alarms alarms.yaml routes to it.",
         None,
-        schema={"type": "array", "minItems": 1, "items": _NAME_SCHEMA},
+        schema=_NAMES,
     ),
     "default_priority": Key(
         one_of(*PRIORITIES),
@@ -246,7 +247,7 @@ CREW_KEYS: KeyTable = {
         None,
         "The services (under services) these crews work for.",
         what="service names, e.g. [lighting_maintenance]",
-        schema={"type": "array", "minItems": 1, "items": _NAME_SCHEMA},
+        schema=_NAMES,
     ),
 }
 DISPATCH_KEYS: KeyTable = {
@@ -361,7 +362,7 @@ OPERATIONS_FILE_KEYS: KeyTable = {
         schema={"type": "object", "propertyNames": _NAME_SCHEMA, "additionalProperties": schema_of(to_fraction)},
     ),
 }
-# The sections read with a table of their own: (file key, table, the schema's definition's help).
+# The sections read with a table of their own: file key -> (table, the schema definition's help).
 SECTIONS: Mapping[str, tuple[KeyTable, str]] = {
     "dispatch": (DISPATCH_KEYS, "How orders reach the crews."),
     "open311": (OPEN311_KEYS, "Citizens' reports (Open311 GeoReport v2)."),
@@ -387,6 +388,9 @@ def load(
     if not isinstance(doc, LocMap):
         raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with services, crews...")
     top = Fields(doc, "", file, 1)
+    for key in OPERATIONS_FILE_KEYS:  # a misspelt section first: its contents would be blamed otherwise
+        top.sub(key)
+    top.done(OPERATIONS_FILE_KEYS)
     classes = {t.cls for t in types.values()}
     services = _services(top, types, classes, alarms)
     crews = _crews(top, types, devices, services)
@@ -419,7 +423,6 @@ def load(
         energy=energy,
         availability=_availability(top, classes),
     )
-    top.done(OPERATIONS_FILE_KEYS)
     return out
 
 
