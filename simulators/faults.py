@@ -119,3 +119,13 @@ FAULTS = {
         Fault("broker_outage", (CITY,), _broker_outage, (), "every MQTT link drops for a while", ("seconds",)),
     )
 }
+
+# What a crew's repair does to each kind of equipment (simulators/runner.py CitySimulator.repair):
+# the faults that undo what can be wrong with it, in order. A junction's conflict latches: the
+# condition is cleared first, then the technician's local reset can release the latch.
+REPAIRS: dict[str, tuple[str, ...]] = {
+    LIGHTING: ("lamp_repair",),
+    TRAFFIC: ("conflict_clear", "local_reset"),
+    BOLLARD: ("bollard_repair",),
+}
+assert all(name in FAULTS for names in REPAIRS.values() for name in names), "REPAIRS names a fault FAULTS lacks"
