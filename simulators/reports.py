@@ -15,18 +15,18 @@ speaks HTTP with aiohttp's client.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import structlog
 
 if TYPE_CHECKING:
     import aiohttp
 
-log = logging.getLogger("simulators.reports")
+log = structlog.get_logger("simulators.reports")
 
 FAULT, DUPLICATE, FALSE = "fault", "duplicate", "false"
 # The Open311 service_code a citizen picks for each kind of equipment (simulators/faults.py's
@@ -199,10 +199,16 @@ class ReportGenerator:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Open the HTTP client: :meth:`report_once` may then be called (start() does it too)."""
         import aiohttp
 
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+
+    async def start(self) -> None:
+        """Report at the daily rate until :meth:`stop`."""
+        await self.open()
         self._task = asyncio.create_task(self._loop(), name="citizen-reports")
 
     async def stop(self) -> None:
@@ -211,6 +217,7 @@ class ReportGenerator:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def _loop(self) -> None:
         while True:
@@ -233,7 +240,7 @@ class ReportGenerator:
         """POST one report; the server's answer (or why there is none) is logged, never raised."""
         import aiohttp
 
-        assert self._session is not None, "start() first"
+        assert self._session is not None, "open() or start() first"
         self.sent += 1
         body: object
         try:
@@ -247,20 +254,25 @@ class ReportGenerator:
                     body = (await resp.text())[:500]
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.failed += 1
-            log.warning("citizen report not sent to %s: %s", self.requests_url, exc or type(exc).__name__)
+            log.warning(
+                "citizen_report_not_sent",
+                url=self.requests_url,
+                device=report.spot.name,
+                error=str(exc) or type(exc).__name__,
+            )
             return
         self.answers = [*self.answers[-99:], (report, status, body)]
         if 200 <= status < 300:
             self.accepted += 1
             if report.nature != FALSE:
                 self.reported[report.spot.name] = self.reported.get(report.spot.name, 0) + 1
-            log.info("citizen report (%s) about %s accepted: %s", report.nature, report.spot.name, str(body)[:300])
+            log.info("citizen_report_accepted", nature=report.nature, device=report.spot.name, answer=str(body)[:300])
         else:
             self.refused += 1
             log.warning(
-                "citizen report (%s) about %s refused (HTTP %d): %s",
-                report.nature,
-                report.spot.name,
-                status,
-                str(body)[:300],
+                "citizen_report_refused",
+                nature=report.nature,
+                device=report.spot.name,
+                status=status,
+                answer=str(body)[:300],
             )
