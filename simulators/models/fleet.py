@@ -165,6 +165,9 @@ def parse_order(vehicle: int, payload: bytes | str) -> Order:
         raise ValueError(f"device must be a name or null, not {device!r:.60}")
     if action == CANCEL:
         return Order(vehicle, CANCEL, ids["order_id"], ids["correlation_id"], device=device)
+    if msg.get("lat", 0) is None and msg.get("lon", 0) is None:
+        # An unlocated order (a citizen's report without a place): valid, but the crew cannot go.
+        return Order(vehicle, ASSIGN, ids["order_id"], ids["correlation_id"], device=device)
     site = []
     for key, bound in (("lat", 90.0), ("lon", 180.0)):
         v = msg.get(key)
@@ -267,6 +270,8 @@ def _take(o: Order, t: float, jobs, status, lat, lon, origin, via, dest, depart,
             jobs[i] = None
             status[i], until[i] = AVAILABLE, t + rng.uniform(300, 2400)
         return []  # the contract has no answer to a cancellation; one for another order changes nothing
+    if math.isnan(o.lat) or math.isnan(o.lon):
+        return [Answer(i, o.order_id, o.correlation_id, REFUSED, t, reason="no site to go to (lat and lon are null)")]
     if job is not None and job.order_id != o.order_id:
         return [Answer(i, o.order_id, o.correlation_id, REFUSED, t, reason=f"busy with {job.order_id}")]
     if job is not None:

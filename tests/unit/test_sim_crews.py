@@ -166,8 +166,16 @@ def test_parse_order_reads_the_contract():
     assert o == fl.Order(4, fl.ASSIGN, "WO-000012", "9f1c", 47.3, 5.0, "LC-DIJ-001")
     cancel = fl.parse_order(1, json.dumps({"order_id": "WO-1", "correlation_id": "c", "action": "cancel"}))
     assert cancel.action == fl.CANCEL and math.isnan(cancel.lat)
-    unlocated_device = fl.parse_order(0, json.dumps({**payload, "device": None}))
-    assert unlocated_device.device is None
+    no_device = fl.parse_order(0, json.dumps({**payload, "device": None}))
+    assert no_device.device is None and no_device.lat == 47.3
+
+
+def test_an_unlocated_order_is_refused_as_the_crew_cannot_go():
+    payload = {"order_id": "WO-7", "correlation_id": "c-7", "action": "assign", "device": None, "lat": None, "lon": None}
+    o = fl.parse_order(0, json.dumps(payload))
+    s = fl.step(fl.create(PLACES, 1, t=0.0), 10.0, [o])
+    assert [(a.status, a.reason) for a in s.answers] == [(fl.REFUSED, "no site to go to (lat and lon are null)")]
+    assert s.jobs[0] is None
 
 
 GOOD = {"order_id": "WO-1", "correlation_id": "c-1", "action": "assign", "device": "LC-1", "lat": 47.3, "lon": 5.0}
@@ -192,6 +200,7 @@ GOOD = {"order_id": "WO-1", "correlation_id": "c-1", "action": "assign", "device
         (json.dumps({**GOOD, "lat": True}), "needs lat"),
         (json.dumps({**GOOD, "lat": 91}), "needs lat"),
         (json.dumps({**GOOD, "lon": None}), "needs lon"),
+        (json.dumps({**GOOD, "lat": None}), "needs lat"),
         (b'{"order_id": "WO-1", "correlation_id": "c", "action": "assign", "lat": NaN, "lon": 5}', "needs lat"),
         (b'{"order_id": "WO-1", "correlation_id": "c", "action": "assign", "lat": 47, "lon": Infinity}', "needs lon"),
     ],
