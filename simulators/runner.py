@@ -208,12 +208,16 @@ class CitySimulator:
         return out
 
     def faulty(self) -> set[str]:
-        """The devices whose fault shows in the street now: failed lamps, a junction flashing
-        amber on a latched conflict, a bollard stuck in fault."""
+        """The devices whose fault shows in the street now: failed lamps (or all dark on a tripped
+        breaker), a junction flashing amber on a latched conflict or with a signal lamp out, a
+        bollard stuck in fault."""
         names = [c.name for c in self.city.cabinets]
-        out = {names[i] for i in np.flatnonzero(self.lighting.state.failed > 0).tolist()}
+        lights = self.lighting.state
+        out = {names[i] for i in np.flatnonzero((lights.failed > 0) | lights.leakage_trip).tolist()}
         if self.traffic is not None:
-            out.update(self.city.junctions[i].name for i in np.flatnonzero(self.traffic.state.conflict).tolist())
+            ts = self.traffic.state
+            shows = ts.conflict | (ts.lamp_out != 0).any(axis=1)
+            out.update(self.city.junctions[i].name for i in np.flatnonzero(shows).tolist())
         if self.bollards is not None:
             out.update(self.city.bollards[i].name for i in np.flatnonzero(self.bollards.state.fault).tolist())
         return out

@@ -283,7 +283,10 @@ class FleetMqttSimulator(Paced):
             log.info("crew %s: order %s %s %s", self.names[a.vehicle], a.order_id, a.status, a.reason)
             if a.status == fl.REPAIRED and a.device is not None and self.on_repair is not None:
                 self.repairs += 1
-                await self.on_repair(a.device)
+                try:
+                    await self.on_repair(a.device)
+                except Exception:  # the city's fault, not the fleet's: the crews keep working
+                    log.exception("repair of %s failed", a.device)
 
     async def start(self) -> None:
         self.link.start()
