@@ -110,7 +110,9 @@ async def test_crews_take_orders_drive_repair_the_faults_and_answer(broker):
                     "service": service, "device": site.name, "lat": site.lat, "lon": site.lon,
                     "priority": "high", "description": "fault", "ts": "2026-12-05T19:00:00Z"}
 
-        # On one connection, in order: garbage, the order, another order for the now busy crew.
+        # An order for a vehicle the fleet does not have; then, on one connection, in order:
+        # garbage, the order, another order for the now busy crew.
+        publish(broker, [json.dumps(order(9, cab, "lighting_maintenance"))], "city/vehicles/V-999/order")
         publish(broker, ["{not json", json.dumps(order(1, cab, "lighting_maintenance")),
                          json.dumps(order(4, junction, "traffic_control"))], f"city/vehicles/{v1}/order")
         publish(broker, [json.dumps(order(2, junction, "traffic_control"))], f"city/vehicles/{v2}/order")
@@ -139,7 +141,8 @@ async def test_crews_take_orders_drive_repair_the_faults_and_answer(broker):
         refusal = next(a for _, a in answers if a["order_id"] == "WO-000004")
         assert refusal["reason"] == "busy with WO-000001"
         assert all(a["ts"].endswith("Z") for _, a in answers)
-        assert sim.fleet.invalid_orders == 1  # the garbage: logged and ignored, nothing answered
+        assert sim.fleet.invalid_orders == 2  # the garbage and V-999's: logged and ignored, nothing answered
+        assert not any(a["order_id"] == "WO-000009" for _, a in answers)
 
         # The position topic shows the crew en route, then on site at the cabinet while it works.
         def at(status: str) -> int:
