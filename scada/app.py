@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from common.gcfreeze import freeze_built, refreeze
 from common.limits import raise_open_file_limit
 from scada import status as st
 from scada.alarms.engine import AlarmEngine
@@ -424,6 +425,7 @@ class Application:
             finally:
                 self.schedules.reload(self.config)  # the configuration applied, or the old one put back
                 self._reload_operations()
+                refreeze()  # the new configuration's objects are long-lived; the old ones go
 
     def request_reload(self, directory: str | Path) -> bool:
         """Reload the files of ``directory`` in a task of the server (SIGHUP); False before start."""
@@ -441,6 +443,7 @@ class Application:
         raise_open_file_limit()
         await self.hmi.start()
         self._register_tasks()
+        freeze_built()  # the configuration, tag table and drivers live as long as the server
         try:
             # The supervisor runs every long-running task; the group also holds a reload in progress.
             async with asyncio.TaskGroup() as tg:

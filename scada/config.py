@@ -1,4 +1,4 @@
-"""tags.yaml and alarms.yaml -> frozen, typed configuration, or one loud, located error.
+"""tags.yaml, alarms.yaml and operations.yaml -> frozen, typed configuration, or one loud, located error.
 
 tags.yaml declares *equipment types* (templates of points) and *devices* that instantiate
 them, listed in the YAML or imported from CSV inventories (a GIS export). Tag names are
@@ -48,10 +48,13 @@ from scada.alarms import config as alarms_config
 from scada.control import config as control_config
 from scada.control.model import ControlConfig
 from scada.driver_api import DeviceSite, DriverConfig, Drivers
+from scada.operations import config as operations_config
+from scada.operations.model import OperationsConfig
 from scada.tagdb import ANALOG, DISCRETE, TEXT
 
 TAGS_FILE = "tags.yaml"
 ALARMS_FILE = "alarms.yaml"
+OPERATIONS_FILE = "operations.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,8 @@ class Config:
     alarms: alarms_config.AlarmsConfig
     # tags.yaml's commands, interlocks, zones, schedules and control settings (scada/control/).
     control: ControlConfig = field(default_factory=ControlConfig)
+    # operations.yaml: the contract, crews, dispatch, Open311 (no services: operations off).
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
     # The registry the types' drivers were read with, and from which the server builds them.
     drivers: Drivers = field(repr=False, compare=False, default_factory=dict)
     _device_index: Mapping[str, Device] = field(repr=False, default_factory=dict)
@@ -318,6 +323,7 @@ class Config:
             f"{communes} communes; {len(self.alarms.alarms)} alarm definitions, {len(self.alarms.services)} services"
         )
         lines.extend(self.control_summary())
+        lines.extend(operations_config.summary(self.operations))
         return "\n".join(lines)
 
     def control_summary(self) -> list[str]:
@@ -329,6 +335,8 @@ class Config:
             for cmd in commands.values():
                 args = ", ".join(a.name for a in cmd.arguments)
                 notes = [cmd.role] + (["select-before-operate"] if cmd.critical else [])
+                if cmd.emergency:
+                    notes.append("emergency")
                 if cmd.interlocks:
                     notes.append("interlocks " + ", ".join(cmd.interlocks))
                 lines.append(f"  {cmd.name}({args})  [{'; '.join(notes)}]")
@@ -849,8 +857,10 @@ def _inventory_devices(
     return out
 
 
-def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> Config:
-    """Read tags.yaml (and alarms.yaml) with the driver plugins ``drivers`` (name -> plugin)."""
+def load_tags(
+    path: Path, drivers: Drivers, alarms_path: Path | None = None, operations_path: Path | None = None
+) -> Config:
+    """Read tags.yaml (and alarms.yaml, operations.yaml) with the driver plugins ``drivers`` (name -> plugin)."""
     file = str(path)
     doc = load(path)
     if doc is None:
@@ -917,12 +927,17 @@ def load_tags(path: Path, drivers: Drivers, alarms_path: Path | None = None) -> 
         if alarms_path
         else alarms_config.AlarmsConfig((), MappingProxyType({}))
     )
+    # After the alarms: it names their services, and tags.yaml's classes, devices and communes.
+    operations = (
+        operations_config.load(operations_path, types, devices, alarms) if operations_path else OperationsConfig()
+    )
     return Config(
         directory=path.parent,
         types=MappingProxyType(types),
         devices=tuple(devices),
         alarms=alarms,
         control=control_cfg,
+        operations=operations,
         drivers=drivers,
         _device_index=device_index,
     )
@@ -935,7 +950,7 @@ def _check_devices(drivers: Drivers, sites: Mapping[str, list[DeviceSite]]) -> N
 
 
 def load_config(directory: str | Path, drivers: Drivers) -> Config:
-    """Load ``tags.yaml`` and (when present) ``alarms.yaml`` from a configuration folder, with
+    """Load ``tags.yaml`` and (when present) ``alarms.yaml`` and ``operations.yaml`` from a configuration folder, with
     the driver plugins ``drivers`` (the registry, given by the composition point)."""
     directory = Path(directory)
     if directory.is_file():
@@ -944,4 +959,5 @@ def load_config(directory: str | Path, drivers: Drivers) -> Config:
     if not tags.is_file():
         raise ConfigError(tags, None, "", f"no {TAGS_FILE} in {directory.resolve()}")
     alarms = directory / ALARMS_FILE
-    return load_tags(tags, drivers, alarms if alarms.is_file() else None)
+    operations = directory / OPERATIONS_FILE
+    return load_tags(tags, drivers, alarms if alarms.is_file() else None, operations if operations.exists() else None)

@@ -90,9 +90,11 @@ class ConfigDiff:
     nodes_removed: list[Device] = field(default_factory=list)  # old devices whose OPC UA nodes go
     nodes_added: list[Device] = field(default_factory=list)  # new devices whose OPC UA nodes come
     types_rebuilt: list[str] = field(default_factory=list)  # types whose shared property nodes are rebuilt
+    operations_changed: list[str] = field(default_factory=list)  # operations.yaml's sections that differ
 
     @property
-    def empty(self) -> bool:
+    def engines_untouched(self) -> bool:
+        """Nothing changes for the drivers, the tag table nor the alarm engine (operations.yaml may)."""
         return not (
             self.devices_added
             or self.devices_removed
@@ -102,8 +104,13 @@ class ConfigDiff:
             or self.alarms_changed
         )
 
+    @property
+    def empty(self) -> bool:
+        return self.engines_untouched and not self.operations_changed
+
     def summary(self) -> dict[str, list[str]]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k.startswith(("devices_", "alarms_")) and v}
+        prefixes = ("devices_", "alarms_", "operations_")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k.startswith(prefixes) and v}
 
 
 def _commands_key(config: Config, d: Device) -> tuple:
@@ -165,6 +172,11 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     if old.alarms.services != new.alarms.services and not out.alarms_changed:
         # A service's deadline changed: the engine is rebuilt; say so as a change of every alarm.
         out.alarms_changed = sorted(old_alarms.keys() & new_alarms.keys())
+    out.operations_changed = [
+        f.name
+        for f in dataclasses.fields(new.operations)
+        if getattr(old.operations, f.name) != getattr(new.operations, f.name)
+    ]
     return out
 
 
@@ -265,8 +277,10 @@ async def apply(app, new: Config) -> ConfigDiff:
 
     old = app.config
     d = diff(old, new)
-    if d.empty:
-        app.config = new  # lines and comments may have moved: later messages cite the new file
+    if d.engines_untouched:
+        # Lines and comments may have moved: later messages cite the new file. operations.yaml alone
+        # changes nothing of the field: the operations read it from app.config.
+        app.config = new
         _reload_commands(app)
         return d
     if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:

@@ -1,4 +1,4 @@
-"""``scada schema``: the JSON Schemas of tags.yaml and alarms.yaml, generated from the loaders' key tables.
+"""``scada schema``: the JSON Schemas of tags.yaml, alarms.yaml, security.yaml and operations.yaml, generated from the loaders' key tables.
 
 The editor (VS Code's YAML extension, mapped in .vscode/settings.json) validates and explains
 the configuration files with scada/schemas/*.schema.json while a technician types. Every key,
@@ -217,12 +217,47 @@ def security_schema() -> Schema:
     }
 
 
+OPERATIONS_BLIND = (
+    " This one from scada/operations/config.py's tables. Not expressible here, checked by `scada check` only: a service must be one of alarms.yaml's, a crew's skill "
+    "one of this file's services, a class one of tags.yaml's; every priority needs its delays (or a default entry); "
+    "repaired is not shorter than on_site and warn_before is shorter than on_site; every vehicle pattern matches a "
+    "vehicle of the fleet and a vehicle is in one group only; Open311 codes are unique; an energy baseline names a "
+    "commune or a cabinet of tags.yaml's lighting cabinets."
+)
+
+
+def operations_schema() -> Schema:
+    """The JSON Schema of operations.yaml (scada/operations/config.py's key tables)."""
+    from scada.operations import config as ops
+
+    root = object_schema(ops.OPERATIONS_FILE_KEYS)
+    root["type"] = ["object", "null"]  # an empty operations.yaml: operations off
+    definitions: Schema = {
+        "service": object_schema(
+            ops.SERVICE_KEYS, description="A service of alarms.yaml that gets work orders: its contract."
+        ),
+        "crews": object_schema(ops.CREW_KEYS, description="A group of fleet vehicles and the services they work for."),
+    }
+    for key, (table, description) in ops.SECTIONS.items():
+        definitions[key] = object_schema(table, description=description)
+    return {
+        "$schema": DRAFT,
+        "title": "operations.yaml: the maintenance contract, crews, dispatch, citizens' reports",
+        "description": "Optional, beside tags.yaml and alarms.yaml. Absent: no work orders. Durations are seconds "
+        f"or text with a unit ({ops.DURATION_FORMS}). Check a file with `scada check`.",
+        "$comment": GENERATED + OPERATIONS_BLIND,
+        **root,
+        "definitions": definitions,
+    }
+
+
 def schemas(drivers: Mapping[str, DriverConfig]) -> dict[str, str]:
     """File name -> text of each schema, deterministic (tables' order, fixed formatting)."""
     return {
         "tags.schema.json": render(tags_schema(drivers)),
         "alarms.schema.json": render(alarms_schema()),
         "security.schema.json": render(security_schema()),
+        "operations.schema.json": render(operations_schema()),
     }
 
 
@@ -254,7 +289,8 @@ def write(directory: Path, drivers: Mapping[str, DriverConfig]) -> list[Path]:
 def add_parser(sub: Any) -> None:
     """``scada schema [--check] [--out DIR]``, documenting the drivers of the registry the CLI was given."""
     p = sub.add_parser(
-        "schema", help="write the JSON Schemas of tags.yaml, alarms.yaml and security.yaml (for the editor)"
+        "schema",
+        help="write the JSON Schemas of tags.yaml, alarms.yaml, security.yaml and operations.yaml (for the editor)",
     )
     p.add_argument("--out", default=str(SCHEMAS_DIR), help="folder to write them into (default: scada/schemas/)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files there are stale")

@@ -192,7 +192,8 @@ def write_config(
     opcua_endpoint: str = "opc.tcp://127.0.0.1:4841/traffic/",
     mqtt: str = "127.0.0.1:1883",
 ) -> Path:
-    """Write ``folder/tags.yaml`` (equipment types from ``types_from``) importing the city's inventories.
+    """Write ``folder/tags.yaml`` (equipment types from ``types_from``) importing the city's inventories,
+    and copy the ``alarms.yaml`` and (for a city with vehicles) ``operations.yaml`` found beside ``types_from``.
 
     ``opcua_endpoint`` is the traffic simulator's server and ``mqtt`` the broker the bollards
     and vehicles publish to, as the server must reach them.
@@ -209,7 +210,11 @@ def write_config(
         + "".join(f"  - file: {f}\n" for f in files),
         encoding="utf-8",
     )
-    alarms = Path(types_from).parent / "alarms.yaml"
-    if alarms.is_file():
-        shutil.copy(alarms, folder / "alarms.yaml")
+    # The alarms and the operations contract beside the types: the simulated city runs them too.
+    # operations.yaml's crews are patterns over the vehicles V-001...: they fit every preset, but
+    # a lighting-only bench city (cabinets-N) has no vehicle: it runs without operations.
+    for name in ("alarms.yaml", "operations.yaml") if city.vehicles else ("alarms.yaml",):
+        source = Path(types_from).parent / name
+        if source.is_file():
+            shutil.copy(source, folder / name)
     return folder / "tags.yaml"

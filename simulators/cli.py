@@ -12,6 +12,7 @@ import time
 import structlog
 
 from common import eventloop, logs
+from common.gcfreeze import freeze_built
 from common.limits import raise_open_file_limit
 from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
@@ -114,7 +115,23 @@ async def run_city(args: argparse.Namespace) -> None:
         opcua_security=security,
     )
     steps = load_scenario(args.scenario, sim) if args.scenario else []
+    reports = None
+    if args.reports_per_day:
+        from simulators.reports import ReportGenerator
+
+        reports = ReportGenerator(
+            sim,
+            args.open311,
+            args.reports_per_day,
+            acceleration=args.acceleration,
+            seed=args.seed,
+            codes=args.report_services,
+            api_key=args.open311_api_key,
+        )
     await sim.start()
+    if reports is not None:
+        await reports.start()
+    freeze_built()  # the city's models and servers live as long as the simulator (common/gcfreeze.py)
     log.info(
         "city_simulator_started",
         preset=args.preset,
@@ -129,6 +146,8 @@ async def run_city(args: argparse.Namespace) -> None:
         mqtt=args.mqtt,
         control_port=sim.control_port,
         acceleration=args.acceleration,
+        reports_per_day=args.reports_per_day,
+        open311=args.open311,
     )
     try:
         if steps:
@@ -136,8 +155,16 @@ async def run_city(args: argparse.Namespace) -> None:
             log.info("scenario_done", steps=len(steps))
         await asyncio.Event().wait()
     finally:
+        if reports is not None:
+            await reports.stop()
         await sim.stop()
-        log.info("city_simulator_stopped", modbus_requests=sim.lighting.requests, faults=sim.injected)
+        log.info(
+            "city_simulator_stopped",
+            modbus_requests=sim.lighting.requests,
+            faults=sim.injected,
+            crew_repairs=sim.repaired,
+            citizen_reports=reports.sent if reports else 0,
+        )
 
 
 def send_fault(args: argparse.Namespace) -> int:
@@ -170,6 +197,19 @@ def _start_arguments(p: argparse.ArgumentParser) -> None:
         help="Unix time (s) of the real instant at which the simulated clock reads --start (default: when "
         "the simulator starts): give the server's --clock-origin the same, and both clocks read alike",
     )
+
+
+def _service_codes(text: str) -> dict[str, str]:
+    """``lighting=streetlight,traffic=traffic_signal``: the Open311 code for each kind of equipment."""
+    from simulators.faults import BOLLARD, LIGHTING, TRAFFIC
+
+    out = {}
+    for item in text.split(","):
+        kind, sep, code = item.strip().partition("=")
+        if not sep or not code or kind not in (LIGHTING, TRAFFIC, BOLLARD):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KIND=CODE with KIND lighting, traffic or bollard")
+        out[kind] = code
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +257,28 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--acceleration", type=float, default=1.0, help="simulated seconds per real second")
     _start_arguments(c)
     c.add_argument("--failure-rate", type=float, default=1e-5, help="lamp failures per lamp-hour")
+    c.add_argument(
+        "--reports-per-day",
+        type=float,
+        default=0.0,
+        help="citizen reports a day of simulated time, POSTed to --open311 (0: none); most about real "
+        "faults, some duplicates, some false",
+    )
+    c.add_argument(
+        "--open311",
+        metavar="URL",
+        help="the server's Open311 GeoReport v2 endpoint, e.g. "
+        "http://127.0.0.1:8080/open311/v2 (the reports go to URL/requests.json)",
+    )
+    c.add_argument("--open311-api-key", default="", help="api_key sent with each report (none by default)")
+    c.add_argument(
+        "--report-services",
+        type=_service_codes,
+        default=None,
+        metavar="KIND=CODE,...",
+        help="Open311 service codes citizens pick per kind of equipment "
+        "(default lighting=streetlight,traffic=traffic_signal,bollard=bollard)",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--log-json", action="store_true")
     eventloop.add_argument(c)
@@ -230,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--control-port", type=int, default=14999)
 
     args = parser.parse_args(argv)
+    if args.kind == "city":
+        if args.reports_per_day < 0 or args.reports_per_day != args.reports_per_day:
+            parser.error("--reports-per-day must be zero or more")
+        if args.reports_per_day and not args.open311:
+            parser.error("--reports-per-day needs --open311 URL (where citizens send their reports)")
+        if args.report_services is None:
+            from simulators.reports import SERVICE_CODES
+
+            args.report_services = dict(SERVICE_CODES)
     if args.kind == "fault":
         return send_fault(args)
     logs.configure(json=args.log_json)

@@ -47,6 +47,13 @@ def _const(fn_by_kind: dict[str, Callable], *args):
     return run
 
 
+def _signal_lamps_ok(s: tr.TrafficState, i: int) -> tr.TrafficState:
+    """Every signal group's lamps of junction ``i`` replaced."""
+    for group in range(s.lamp_out.shape[1]):
+        s = tr.set_lamp_out(s, i, group, 0)
+    return s
+
+
 async def _silent(city, kind, i, params, on=True):
     city.lighting.set_silent(i, on)
 
@@ -80,6 +87,7 @@ FAULTS = {
         Fault("mains_loss", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, False)),
         Fault("mains_restore", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_mains, TRAFFIC: tr.set_mains}, True)),
         Fault("earth_leakage", (LIGHTING,), _const({LIGHTING: li.trip_earth_leakage}), (), "the breaker trips"),
+        Fault("leakage_reset", (LIGHTING,), _const({LIGHTING: li.reset_trip}), (), "the tripped breaker is reset"),
         Fault("door_open", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, True)),
         Fault("door_close", (LIGHTING, TRAFFIC), _const({LIGHTING: li.set_door, TRAFFIC: tr.set_door}, False)),
         Fault("device_silent", (LIGHTING,), _silent, (), "stops answering; the connection stays open"),
@@ -108,6 +116,7 @@ FAULTS = {
             ("group", "lamp"),
             "group 0-3, lamp 1 red / 2 amber / 3 green (0: repaired)",
         ),
+        Fault("signal_lamps_repair", (TRAFFIC,), _const({TRAFFIC: _signal_lamps_ok}), (), "every signal lamp replaced"),
         Fault("obstruction", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, True)),
         Fault("obstruction_clear", (BOLLARD,), _const({BOLLARD: bo.set_obstruction}, False)),
         Fault("bollard_fault", (BOLLARD,), _const({BOLLARD: bo.set_fault}, True)),
@@ -119,3 +128,15 @@ FAULTS = {
         Fault("broker_outage", (CITY,), _broker_outage, (), "every MQTT link drops for a while", ("seconds",)),
     )
 }
+
+# What a crew's repair does to each kind of equipment (simulators/runner.py CitySimulator.repair):
+# the faults that undo what a technician on site can fix, in order, whatever the order's alarm
+# (an earth-leakage order's breaker, a door found open, as well as the lamps). A junction's
+# conflict latches: the condition is cleared first, then the local reset can release the latch.
+# Not a crew's to fix: mains loss (the grid operator's), links (the network's).
+REPAIRS: dict[str, tuple[str, ...]] = {
+    LIGHTING: ("lamp_repair", "leakage_reset", "door_close"),
+    TRAFFIC: ("conflict_clear", "local_reset", "signal_lamps_repair", "door_close"),
+    BOLLARD: ("bollard_repair",),
+}
+assert all(name in FAULTS for names in REPAIRS.values() for name in names), "REPAIRS names a fault FAULTS lacks"

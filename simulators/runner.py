@@ -1,5 +1,8 @@
 """A whole simulated city in one process: lighting (Modbus), traffic (OPC UA), bollards and
-vehicles (MQTT), a control port for faults, and an optional scenario timeline."""
+vehicles (MQTT), a control port for faults, and an optional scenario timeline. The vehicles'
+crews repair the equipment they are sent to (:meth:`CitySimulator.repair`), and the city
+tells the citizen reports' generator what a passer-by sees (:meth:`CitySimulator.spots`,
+:meth:`CitySimulator.faulty`)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from simulators.models import bollards as bo
 from simulators.models import fleet as fl
 from simulators.models import lighting as li
 from simulators.models import traffic as tr
+from simulators.reports import Spot
 
 log = logging.getLogger("simulators.city")
 
@@ -80,6 +84,8 @@ class CitySimulator:
                 *mqtt,
                 acceleration=acceleration,
                 start_time=t0,
+                kind_of=self.kind_of,
+                on_repair=self.repair,
             )
         self.control_port = control_port
         self._control: asyncio.Server | None = None
@@ -92,6 +98,7 @@ class CitySimulator:
         self._rng = np.random.default_rng(seed + 1)
         self._tasks: set[asyncio.Task] = set()
         self.injected = 0
+        self.repaired = 0
 
     @property
     def parts(self) -> list:
@@ -164,6 +171,57 @@ class CitySimulator:
         elif kind == fa.BOLLARD and self.bollards is not None:
             self.bollards.apply(fn, i, *args)
 
+    def kind_of(self, device: str) -> str | None:
+        """The kind of equipment (faults.LIGHTING, TRAFFIC, BOLLARD) ``device`` is, None if unknown."""
+        found = self._index.get(device)
+        return found[0] if found else None
+
+    async def repair(self, device: str) -> tuple[str, ...]:
+        """A crew repaired ``device``: undo its faults (faults.REPAIRS), so that its alarm clears.
+        Returns the faults applied; a device the city does not simulate gets none (logged)."""
+        kind = self.kind_of(device)
+        done: list[str] = []
+        for name in fa.REPAIRS.get(kind or "", ()):
+            try:
+                f, part, i = self.check(name, device, {})
+            except FaultError as exc:  # that part of the city is not running
+                log.warning("repair of %s: %s", device, exc)
+                continue
+            result = f.run(self, part, i, {})
+            if asyncio.iscoroutine(result):
+                await result
+            done.append(name)
+        if done:
+            self.repaired += 1
+            log.info("crew repaired %s: %s", device, ", ".join(done))
+        else:
+            log.warning("crew reported %s repaired: nothing the simulator can repair there", device)
+        return tuple(done)
+
+    def spots(self) -> list[Spot]:
+        """The equipment a citizen can see in the street (cabinets, junctions, bollards)."""
+        out = [Spot(fa.LIGHTING, c.name, c.commune, c.lat, c.lon) for c in self.city.cabinets]
+        if self.traffic is not None:
+            out += [Spot(fa.TRAFFIC, j.name, j.commune, j.lat, j.lon) for j in self.city.junctions]
+        if self.bollards is not None:
+            out += [Spot(fa.BOLLARD, b.name, b.commune, b.lat, b.lon) for b in self.city.bollards]
+        return out
+
+    def faulty(self) -> set[str]:
+        """The devices whose fault shows in the street now: failed lamps (or all dark on a tripped
+        breaker), a junction flashing amber on a latched conflict or with a signal lamp out, a
+        bollard stuck in fault."""
+        names = [c.name for c in self.city.cabinets]
+        lights = self.lighting.state
+        out = {names[i] for i in np.flatnonzero((lights.failed > 0) | lights.leakage_trip).tolist()}
+        if self.traffic is not None:
+            ts = self.traffic.state
+            shows = ts.conflict | (ts.lamp_out != 0).any(axis=1)
+            out.update(self.city.junctions[i].name for i in np.flatnonzero(shows).tolist())
+        if self.bollards is not None:
+            out.update(self.city.bollards[i].name for i in np.flatnonzero(self.bollards.state.fault).tolist())
+        return out
+
     def burst(self, count: int) -> None:
         """``count`` random cabinets switch to forced-on or manual dim at once."""
         s = self.lighting.state
@@ -193,6 +251,10 @@ class CitySimulator:
             "junctions": self.traffic.state.count if self.traffic else 0,
             "bollard_commands": self.bollards.commands_received if self.bollards else 0,
             "vehicle_reports": self.fleet.reports if self.fleet else 0,
+            "crew_orders": self.fleet.orders_received if self.fleet else 0,
+            "crew_orders_invalid": self.fleet.invalid_orders if self.fleet else 0,
+            "crew_answers": self.fleet.answers_sent if self.fleet else 0,
+            "crew_repairs": self.repaired,
         }
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -204,7 +204,10 @@ class ModbusDriver:
         self.missed_cycles = 0  # cycles skipped because a poll overran its interval
         self.max_lateness = 0.0
         self.demotions = 0
-        self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}  # read_now's plans, by type and points
+        self._now_plans: dict[tuple[str, tuple[int, ...]], ReadPlan] = {}
+        self._write_plans: dict[
+            tuple[str, int], ReadPlan
+        ] = {}  # a write's read-back, by type and point  # read_now's plans, by type and points
         self.reads_now = 0  # read_now requests sent (out of the poll schedule)
         self.polls_superseded = 0  # polls whose values were dropped: older than a read_now's (see poll)
 
@@ -435,7 +438,8 @@ class ModbusDriver:
 
         The read-back must show the commanded value (within half a scaling step) before
         ``3 x timeout``; otherwise DeviceRejected. Points whose device resets them by design
-        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml. The value
+        (a "write 1 to reset" coil) are declared ``readback: false`` in tags.yaml; a caller that
+        confirms the effect itself says so (``WriteCommand.readback`` False): no read. The value
         read back is stored as a poll's would be: a read-back of the written point (the
         pipeline's confirmation of a Write) then needs no read of its own.
         """
@@ -455,9 +459,11 @@ class ModbusDriver:
             raise DeviceRejected(f"{command.tag}: device refused the write (exception {exc.args[0]})") from None
         except FrameError as exc:
             raise DeviceRejected(f"{command.tag}: the device's answer to the write is garbled ({exc})") from None
-        if not io.readback:
+        if not (io.readback and command.readback):
             return
-        plan = ReadPlan([io])
+        plan = self._write_plans.get((ds.device.type, k))
+        if plan is None:  # one per point of a type: a city-wide command writes the same points 1,100 times
+            plan = self._write_plans[(ds.device.type, k)] = ReadPlan([io])
         tolerance = abs(io.scale) / 2 if io.type != "float32" else abs(command.value) * 1e-6 + 1e-9
         deadline = time.monotonic() + 3 * ds.device.timeout
         got = None

@@ -12,6 +12,7 @@ equipment type, never per device: a city's configuration loads as fast as before
 
 Extensions to the model's docstring (where it is silent): a datetime argument may be left out of
 a schedule step (0: none); a schedule may not run a critical command (it cannot Select); an
+emergency command (``emergency: true``: its own rate budgets) may not be critical; an
 argument written to a point must fit the point (its range inside the point's, its enum values
 among the point's); an interlock input may also name a Diagnostics tag
 (``Dijon/traffic/J-DIJ-001/Diagnostics/state``).
@@ -46,6 +47,7 @@ from common.fields import (
     to_int,
     to_name,
     to_str,
+    when,
 )
 from common.yamlsrc import ConfigError, LocList, LocMap
 from scada.alarms.expr import ExpressionError, compile_expression
@@ -163,6 +165,11 @@ COMMAND_KEYS: KeyTable = {
         "true: select-before-operate (Select returns a token; the same session Operates with it within control.select_timeout). A group action or a schedule never runs a critical command.",
         False,
     ),
+    "emergency": Key(
+        to_bool,
+        "true: a safety command (the fire brigade's EmergencyLower) with budgets of its own that routine commands never use: per device control.emergency_rate, per user an allowance at control.user_rate. Never critical: an emergency does not wait for a Select.",
+        False,
+    ),
     "timeout": Key(
         positive(to_float),
         "Seconds for the read-back to confirm (> 0; default 3 x the type's timeout, at least 2). Past it: BadTimeout.",
@@ -238,6 +245,12 @@ CONTROL_KEYS: KeyTable = {
     "device_rate": Key(
         None,
         "Commands one device accepts (default 20 per minute, bursts of 4): beyond, BadTooManyOperations.",
+        None,
+        schema=object_schema(RATE_KEYS),
+    ),
+    "emergency_rate": Key(
+        None,
+        "Emergency commands (`emergency: true`) one device accepts, a budget of their own that routine commands never use (default 10 per minute, bursts of 3): beyond, BadTooManyOperations.",
         None,
         schema=object_schema(RATE_KEYS),
     ),
@@ -318,6 +331,11 @@ SCHEDULE_KEYS: KeyTable = {
         },
     ),
 }
+# An emergency command is never critical (_parse_command says why): true as to_bool reads it.
+_TRUE: Schema = {
+    "anyOf": [{"const": True}, {"type": "string", "pattern": r"^\s*([Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|1)\s*$"}]
+}
+COMMAND_RULES: tuple[Schema, ...] = (when("emergency", _TRUE, {"properties": {"critical": {"not": _TRUE}}}),)
 SCHEDULE_RULES: tuple[Schema, ...] = ({"anyOf": [{"required": ["communes"]}, {"required": ["zones"]}]},)
 
 # For scada/config.py's tables (the type's keys, the top level): the schema of each section.
@@ -325,7 +343,7 @@ COMMANDS_SCHEMA: Schema = {
     "type": "object",
     "propertyNames": schema_of(to_name),
     "additionalProperties": object_schema(
-        COMMAND_KEYS, description="One command of the type: an OPC UA method on each device."
+        COMMAND_KEYS, COMMAND_RULES, description="One command of the type: an OPC UA method on each device."
     ),
 }
 INTERLOCKS_SCHEMA: Schema = {
@@ -646,7 +664,15 @@ def _parse_command(
         tolerance=f.read(COMMAND_KEYS, "tolerance"),
         description=f.read(COMMAND_KEYS, "description"),
         source=f"{file}:{line}",
+        emergency=f.read(COMMAND_KEYS, "emergency"),
     )
+    if command.emergency and command.critical:
+        raise f.error(
+            "emergency",
+            "an emergency command cannot be critical: it goes at once, without Select/Operate "
+            "(drop `critical: true`, or make it a routine command)",
+            True,
+        )
     f.done(COMMAND_KEYS)
     return command
 
@@ -765,6 +791,7 @@ def _parse_settings(raw: Any, top: Fields) -> ControlSettings:
         select_timeout=f.read(CONTROL_KEYS, "select_timeout"),
         user_rate=_parse_rate(f.sub("user_rate"), f, "user_rate", base.user_rate),
         device_rate=_parse_rate(f.sub("device_rate"), f, "device_rate", base.device_rate),
+        emergency_rate=_parse_rate(f.sub("emergency_rate"), f, "emergency_rate", base.emergency_rate),
         group_concurrency=f.read(CONTROL_KEYS, "group_concurrency"),
         timezone=f.read(CONTROL_KEYS, "timezone"),
     )

@@ -9,6 +9,16 @@ action's or a schedule's per-device commands do not take from the user's bucket 
 counts once, in scada/control/groups.py); the Scheduler draws on a device budget of its own
 (key "<device> (Scheduler)", scada/control/pipeline.py), so that operators and schedules cannot
 starve each other.
+
+An emergency command (``emergency: true``, the fire brigade's EmergencyLower) has budgets that
+routine commands never touch, so that a few Raise/Lower cannot leave a bollard unable to take
+it: per device, its own buckets (``control.emergency_rate``, 3 then 10 per minute by default);
+per user, its own allowance at the user's rate (key "<user> (emergency)"). Why a separate user
+allowance rather than the user's bucket: that bucket counts every attempt, refusals too, so an
+operator whose HMI is stuck in a loop of refused Raises (or who has just clicked a group action
+ten times) would be refused the emergency command exactly when it is needed. A stuck HMI
+sending the emergency command in a loop is still bounded, twice: by its own user allowance and
+by each device's emergency bucket.
 """
 
 from __future__ import annotations
@@ -16,11 +26,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from scada.control.model import RateLimit
+from scada.control.model import ControlSettings, RateLimit
 
 # A bucket that has refilled completely says nothing a new one would not: dropped, so that the
 # table stays as small as the users and devices that commanded within the last burst's refill.
 PRUNE_EVERY = 1024  # takes between two sweeps of the full buckets
+EMERGENCY_RATE = ControlSettings().emergency_rate  # control.emergency_rate's default
 
 
 class TokenBuckets:
@@ -72,11 +83,19 @@ class TokenBuckets:
 
 
 class RateLimiter:
-    """The two limits of the control path: per user and per device."""
+    """The limits of the control path: per user and per device, and the emergency commands'
+    own per device (and per user: key "<user> (emergency)" in the users' buckets)."""
 
-    def __init__(self, user_rate: RateLimit, device_rate: RateLimit, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        user_rate: RateLimit,
+        device_rate: RateLimit,
+        clock: Callable[[], float] = time.monotonic,
+        emergency_rate: RateLimit = EMERGENCY_RATE,
+    ) -> None:
         self.users = TokenBuckets(user_rate, clock)
         self.devices = TokenBuckets(device_rate, clock)
+        self.emergency = TokenBuckets(emergency_rate, clock)
 
     def admit(self, user: str | None, device: str) -> str:
         """Take a token for ``user`` (None: a group's or a schedule's command, not counted per
@@ -95,20 +114,26 @@ class RateLimiter:
             )
         return ""
 
-    def admit_user(self, user: str) -> str:
-        """Take a token for ``user``: "" when admitted, else why not."""
-        if self.users.take(user):
+    def admit_user(self, user: str, emergency: bool = False) -> str:
+        """Take a token for ``user`` (an emergency command: from the user's emergency
+        allowance): "" when admitted, else why not."""
+        key = f"{user} (emergency)" if emergency else user
+        if self.users.take(key):
             return ""
+        what = "emergency command rate" if emergency else "command rate"
         return (
-            f"user {user!r} is over the command rate ({self.users.limit.per_minute:g}/min, "
-            f"burst {self.users.limit.burst}); retry in {self.users.retry_after(user):.1f} s"
+            f"user {user!r} is over the {what} ({self.users.limit.per_minute:g}/min, "
+            f"burst {self.users.limit.burst}); retry in {self.users.retry_after(key):.1f} s"
         )
 
-    def admit_device(self, device: str) -> str:
-        """Take a token for ``device`` (a command about to write): "" when admitted, else why not."""
-        if self.devices.take(device):
+    def admit_device(self, device: str, emergency: bool = False) -> str:
+        """Take a token for ``device`` (a command about to write; an emergency command: from the
+        device's emergency bucket): "" when admitted, else why not."""
+        buckets = self.emergency if emergency else self.devices
+        if buckets.take(device):
             return ""
+        what = "emergency command rate" if emergency else "command rate"
         return (
-            f"device {device} is over its command rate ({self.devices.limit.per_minute:g}/min, "
-            f"burst {self.devices.limit.burst}); retry in {self.devices.retry_after(device):.1f} s"
+            f"device {device} is over its {what} ({buckets.limit.per_minute:g}/min, "
+            f"burst {buckets.limit.burst}); retry in {buckets.retry_after(device):.1f} s"
         )

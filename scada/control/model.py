@@ -17,6 +17,7 @@ tags.yaml, per equipment type (see the README, "Commands")::
             description: Dim the cabinet's lamps (manual dimming)
             role: Operator                 # the least role allowed (default Operator)
             critical: false                # true: Select then Operate (select-before-operate)
+            emergency: false               # true: a safety command with its own budget (never critical)
             timeout: 5                     # s for the read-back to confirm (default 3 x the type's timeout, >= 2 s)
             arguments:
               level: {type: float, range: [0, 100], unit: "%"}
@@ -47,6 +48,7 @@ Top-level sections::
       select_timeout: 10     # s between Select and Operate
       user_rate: {per_minute: 60, burst: 10}
       device_rate: {per_minute: 20, burst: 4}
+      emergency_rate: {per_minute: 10, burst: 3}  # per device, for the emergency commands only
       group_concurrency: 64  # devices commanded at once by one group action
       timezone: Europe/Paris # of the schedules' clock times (default: the machine's)
     zones:
@@ -174,6 +176,10 @@ class CommandDef:
     tolerance: float = 0.0
     description: str = ""
     source: str = ""  # file:line
+    # A safety command (the fire brigade's EmergencyLower): it draws on budgets of its own, per
+    # device (ControlSettings.emergency_rate) and per user, that routine commands never use
+    # (scada/control/limits.py). Never critical: an emergency does not wait for a Select.
+    emergency: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +193,7 @@ class ControlSettings:
     select_timeout: float = 10.0
     user_rate: RateLimit = RateLimit(60.0, 10)
     device_rate: RateLimit = RateLimit(20.0, 4)
+    emergency_rate: RateLimit = RateLimit(10.0, 3)  # per device, for the emergency commands only
     group_concurrency: int = 64
     timezone: str = ""  # the schedules' clock times ("23:00"): an IANA zone; "" the machine's own
 

@@ -10,12 +10,15 @@ refuses gives the call's status code and a message that a person reads:
 2. authorise: the command's role(s) and COMMAND in the device's commune  -> BadUserAccessDenied
 3. the phase fits the command (select-before-operate when critical)   -> BadRequestNotAllowed,
    BadInvalidArgument
-4. the user's rate (every attempt from here on, Operate and Cancel too) -> BadTooManyOperations
+4. the user's rate (every attempt from here on, Operate and Cancel too; an emergency command
+   has an allowance of its own)                                       -> BadTooManyOperations
 5. Cancel: the selection it names; Operate: the selection it names (before the device's lock
    and the arguments: Operate(token) alone takes the selected ones)  -> BadSequenceNumberInvalid
 6. validate the arguments                                             -> BadInvalidArgument,
    BadTypeMismatch, BadOutOfRange
-   then, one command at a time per device (an asyncio.Lock each; Control/state "running"):
+   then, one command at a time per device (an asyncio.Lock each; Control/state "running"; an
+   emergency command does not wait behind a routine command's read-back: that command stops
+   waiting, its writes complete, and it answers BadInvalidState):
 7. the configuration did not change while it waited for the lock      -> BadInvalidState
    Operate: its selection again, with the same arguments, ended       -> BadSequenceNumberInvalid
 8. the device is in communication                                     -> BadNoCommunication
@@ -23,7 +26,8 @@ refuses gives the call's status code and a message that a person reads:
 9. interlocks over live values (fail safe on inputs not Good)         -> the interlock's status
 10. Select: reserve the device, return a token                        -> BadInvalidState (held)
 11. the device's rate (only a command about to write takes a token; the Scheduler has its own
-    budget per device)                                                -> BadTooManyOperations
+    budget per device, and an emergency command its own: routine ones never use it)
+                                                                      -> BadTooManyOperations
 12. the driver writes each ``writes`` step, shielded: once started they complete even if the
     request is cancelled                                              -> BadOutOfRange (check),
     BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
@@ -49,7 +53,7 @@ import contextlib
 import importlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +132,16 @@ def reports_itself(point: PointDef) -> bool:
     return not bool(io.needs_command_enum) and bool(getattr(io, "readback", True))
 
 
+def unread_writes(cmd: CommandDef) -> tuple[Step, ...]:
+    """The write steps the driver need not read back one by one: those of a command confirmed by
+    other points (the confirm points say whether it worked; the written points are read with them,
+    in one request per block, rather than one read per write)."""
+    if not cmd.confirm:
+        return ()
+    confirmed = {s.point for s in cmd.confirm}
+    return tuple(s for s in cmd.writes if s.point not in confirmed)
+
+
 def argument_of(point: PointDef) -> ArgDef:
     """The argument ``value`` of a Write to ``point``, typed by the point."""
     if point.enum:
@@ -183,6 +197,7 @@ class _Confirmation:
     tolerance: float
     event: asyncio.Event = field(default_factory=asyncio.Event)
     abandoned: str = ""  # why it can no longer be confirmed (a reload replaced the tag table)
+    superseded: str = ""  # the emergency command that waits for the device: stop waiting
 
     def holds(self, tagdb: TagDB) -> bool:
         status = tagdb.status[self.ids]
@@ -207,13 +222,19 @@ class CommandPipeline:
         self.overrides = overrides if overrides is not None else Overrides()
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        # An emergency command does not wait behind a routine command's read-back (up to its
+        # timeout: a Raise's 20 s): the device's running confirmation is told to stop.
+        self._confirming: dict[str, _Confirmation] = {}  # device -> its running command's read-back
+        self._urgent: dict[str, str] = {}  # device -> the emergency command waiting for its lock
         self._waiting: dict[int, set[_Confirmation]] = {}  # tag id -> commands confirming it
         self._watched: np.ndarray | None = None  # sorted ids of _waiting (None: rebuild)
         self._consumer: Consumer | None = None  # run()'s queue of change batches
         self._dispatched = 0  # seq of the last change batch run() has dispatched
         self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, future): see _seen
         self.settings = ControlSettings()
-        self.limits = RateLimiter(self.settings.user_rate, self.settings.device_rate, clock)
+        self.limits = RateLimiter(
+            self.settings.user_rate, self.settings.device_rate, clock, emergency_rate=self.settings.emergency_rate
+        )
         self.selections = Selections(self.settings.select_timeout, clock)
         self.executed = 0  # attempts, for the benches and the status line
         self.refused = 0
@@ -232,8 +253,11 @@ class CommandPipeline:
         self._offset = {n: {p.name: k for k, p in enumerate(t.points)} for n, t in config.types.items()}
         settings = config.control.settings
         if settings != self.settings:
-            if (settings.user_rate, settings.device_rate) != (self.settings.user_rate, self.settings.device_rate):
-                self.limits = RateLimiter(settings.user_rate, settings.device_rate, self.clock)
+            rates = (settings.user_rate, settings.device_rate, settings.emergency_rate)
+            if rates != (self.settings.user_rate, self.settings.device_rate, self.settings.emergency_rate):
+                self.limits = RateLimiter(
+                    settings.user_rate, settings.device_rate, self.clock, emergency_rate=settings.emergency_rate
+                )
             self.selections.timeout = settings.select_timeout
             self.settings = settings
         control.initialise()
@@ -302,6 +326,9 @@ class CommandPipeline:
             log.exception("command_failed", device=request.device, command=request.command)
             result = CommandResult(request.device, BAD_INTERNAL_ERROR, f"internal error: {exc!r}")
         self._finish(request, device, label, result)
+        # The Control tags are written at the end of this loop turn, with those of the commands
+        # finishing at the same time (scada/control/state.py): the answer follows them.
+        await self.control.written()
         return result
 
     def _finish(self, request: CommandRequest, device: Device | None, label: str, result: CommandResult) -> None:
@@ -364,7 +391,7 @@ class CommandPipeline:
         # taken only when the command is about to write (below): a refusal costs the field nothing.
         uncounted = request.origin.startswith(UNCOUNTED_ORIGINS)
         if not uncounted:
-            why = self.limits.admit_user(request.caller.user)
+            why = self.limits.admit_user(request.caller.user, cmd.emergency)
             if why:
                 raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
         if phase == "cancel":
@@ -378,7 +405,11 @@ class CommandPipeline:
                 given = sel.args
         args = validate(cmd.arguments, given)
         lock = self._locks.setdefault(device.name, asyncio.Lock())
+        if cmd.emergency and lock.locked():
+            self._supersede(device, cmd)
         async with lock:
+            if cmd.emergency:
+                self._urgent.pop(device.name, None)
             if self.config is not config:
                 raise _Refusal(
                     BAD_INVALID_STATE,
@@ -394,7 +425,7 @@ class CommandPipeline:
                 raise _Refusal(refusal.status, refusal.message, refusal.interlock)
             if phase == "select":
                 return self._select(request, device, cmd, args)
-            why = self.limits.admit_device(self._device_budget(request, device))
+            why = self.limits.admit_device(self._device_budget(request, device), cmd.emergency)
             if why:
                 raise _Refusal(BAD_TOO_MANY_OPERATIONS, why)
             self.control.started(device, label, request.caller.user)
@@ -412,6 +443,15 @@ class CommandPipeline:
         if request.caller.user == SCHEDULER_USER:
             return f"{device.name} (Scheduler)"
         return device.name
+
+    def _supersede(self, device: Device, cmd: CommandDef) -> None:
+        """An emergency command waits for the device: the command holding it stops waiting for
+        its read-back (its writes, shielded, still complete first) and answers BadInvalidState."""
+        self._urgent[device.name] = cmd.name
+        running = self._confirming.get(device.name)
+        if running is not None:
+            running.superseded = cmd.name
+            running.event.set()
 
     async def _write_shielded(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
         """The write sequence, once started, completes even if the request is cancelled (a
@@ -595,8 +635,13 @@ class CommandPipeline:
     async def _write(self, device: Device, cmd: CommandDef, args: Mapping[str, float]) -> None:
         t = self.config.types[device.type]
         driver = self.drivers[t.driver]
+        unread = unread_writes(cmd)
         writes = [
-            WriteCommand(self.config.tag_name(device, t.point(s.point)), s.resolve(args))  # type: ignore[arg-type]
+            WriteCommand(
+                self.config.tag_name(device, t.point(s.point)),  # type: ignore[arg-type]
+                s.resolve(args),
+                readback=s not in unread,
+            )
             for s in cmd.writes
         ]
         try:
@@ -624,19 +669,24 @@ class CommandPipeline:
             # A reload during the read-back abandons the wait on the old table: the same points,
             # by name, are then waited on in the new one, until the same deadline.
             ids = self._confirm_ids(device, cmd)
-            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9)
+            w = _Confirmation(ids, expected, cmd.tolerance + 1e-9, superseded=self._urgent.get(device.name, ""))
+            self._confirming[device.name] = w
             for i in ids.tolist():
                 self._waiting.setdefault(i, set()).add(w)
             self._watched = None
             try:
                 async with asyncio.timeout_at(deadline):
-                    if not asked and not w.holds(self.tagdb):  # a write's own read-back may have stored it
+                    if not asked:
                         asked = True
-                        await self._read_now(device, cmd)
-                    while not w.abandoned and not w.holds(self.tagdb):
+                        # The confirm points (unless a write's own read-back stored them), and the
+                        # written points the driver did not read back: an HMI reading the device
+                        # after the result sees every point the command wrote.
+                        confirm = () if w.holds(self.tagdb) else cmd.confirm
+                        await self._read_now(device, cmd, [*confirm, *unread_writes(cmd)])
+                    while not w.abandoned and not w.superseded and not w.holds(self.tagdb):
                         await w.event.wait()
                         w.event.clear()
-                    if not w.abandoned:
+                    if not w.abandoned and not w.superseded:
                         # The value may have been stored a moment ago (a driver's read_now or
                         # read-back stores at once): the result waits for its change batch to reach
                         # the consumers registered before this one (the front's forwarder), so that
@@ -645,6 +695,8 @@ class CommandPipeline:
             except TimeoutError:
                 pass
             finally:
+                if self._confirming.get(device.name) is w:
+                    del self._confirming[device.name]
                 for i in ids.tolist():
                     waiters = self._waiting.get(i)
                     if waiters is not None:
@@ -656,6 +708,12 @@ class CommandPipeline:
                 break
         if not w.abandoned and w.holds(self.tagdb):
             return
+        if w.superseded:
+            raise _Refusal(
+                BAD_INVALID_STATE,
+                f"{device.name} {cmd.name}: written, but the emergency command {w.superseded} took the device "
+                "before the read-back confirmed it",
+            )
         db = self.tagdb
         reads = "; ".join(
             f"{s.point} reads {db.value[i]:g} ({st.name(int(db.status[i]))}), expected {e:g}"
@@ -685,11 +743,14 @@ class CommandPipeline:
                 keep.append((s, fut))
         self._seq_waiters = keep
 
-    async def _read_now(self, device: Device, cmd: CommandDef) -> None:
-        """Ask the driver for the confirm points now (Driver.read_now); a failure only logged."""
+    async def _read_now(self, device: Device, cmd: CommandDef, steps: Sequence[Step]) -> None:
+        """Ask the driver for these steps' points now (Driver.read_now); a failure only logged."""
+        if not steps:
+            return
         t = self.config.types[device.type]
         driver = self.drivers[t.driver]
-        tags = [self.config.tag_name(device, t.point(s.point)) for s in cmd.confirm]  # type: ignore[arg-type]
+        names = dict.fromkeys(s.point for s in steps)
+        tags = [self.config.tag_name(device, t.point(p)) for p in names]  # type: ignore[arg-type]
         try:
             await driver.read_now(tags)
         except DriverError as exc:

@@ -360,10 +360,11 @@ class AuditTrail:
     write that fails (a full disk, an unwritable file) is logged once, counted, and retried
     every ``retry_s`` with the records kept; the server keeps running meanwhile. The file is
     opened by the first write: an unusable one is such a failure, not a start-up error.
-    The worker thread ends when nothing waits, and starts again with the next record.
+    The worker thread ends when nothing has come for LINGER_S, and starts again with the next record.
     """
 
     BATCH = 500  # records per transaction
+    LINGER_S = 5.0  # an idle writer thread ends after this long without a record
 
     def __init__(self, path: str | Path, *, max_backlog: int = 10_000, retry_s: float = 1.0, synchronous: str = "FULL"):
         self.path = Path(path)
@@ -401,6 +402,12 @@ class AuditTrail:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._pending and not self._closed:
+                    # Linger before ending: records come in bursts (a group action audits one per
+                    # device as each finishes), and starting a thread per record blocks the event
+                    # loop in Thread.start until the new thread runs (seen in a profile of a
+                    # city-wide command).
+                    self._cond.wait_for(lambda: self._pending or self._closed, self.LINGER_S)
                 if not self._pending:
                     self._thread = None
                     self._cond.notify_all()

@@ -8,6 +8,10 @@ Topics (``<id>`` is the device name):
 * ``city/bollards/<id>/ack``     ``{"correlation_id": "...", "result": "accepted|rejected", "reason": "..."}``
 * ``city/bollards/<id>/event``   access events: ``{"event": "access", "vehicle_class": "...", "granted": true}``
 * ``city/vehicles/<id>/position`` ``{"lat", "lon", "speed_kmh", "heading", "status"}`` every report interval
+* ``city/vehicles/<id>/order``   the server's work orders: ``{"order_id", "correlation_id", "action":
+  "assign|cancel", "device", "lat", "lon", ...}`` (the contract: scada/operations/model.py)
+* ``city/vehicles/<id>/order_status`` the crew's answers: ``{"order_id", "correlation_id", "status":
+  "accepted|refused|en_route|on_site|repaired", "reason", "ts"}``
 
 Every bollard has its own MQTT connection, as in the field, so that its last will marks it
 offline when it drops. The vehicles report through one connection (the fleet's tracking
@@ -18,8 +22,10 @@ gateway). The clients are driven by the asyncio loop through paho's public API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -180,7 +186,14 @@ class BollardMqttSimulator(Paced):
 
 
 class FleetMqttSimulator(Paced):
-    """Vehicles reporting their positions through one connection (the fleet's tracking gateway)."""
+    """Vehicles reporting their positions through one connection (the fleet's tracking gateway),
+    whose crews take work orders on the same connection and answer them.
+
+    ``kind_of(device)`` names a device's kind of equipment (its repair time), and
+    ``on_repair(device)`` repairs it in the simulated city when a crew reports it repaired.
+    """
+
+    MAX_PENDING = 10_000  # order messages waiting for the next step: beyond, they are dropped (counted)
 
     def __init__(
         self,
@@ -193,6 +206,8 @@ class FleetMqttSimulator(Paced):
         acceleration: float = 1.0,
         report_interval: float = 10.0,
         start_time: float | None = None,
+        kind_of: Callable[[str], str | None] | None = None,
+        on_repair: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         # Trackers report every report_interval of simulated time.
         super().__init__(acceleration, report_interval / acceleration, start_time)
@@ -200,8 +215,39 @@ class FleetMqttSimulator(Paced):
         self.names = names
         self.prefix = prefix
         self.report_interval = report_interval
-        self.link = MqttLink("fleet-gateway", host, port)
+        self.kind_of, self.on_repair = kind_of, on_repair
+        self._vehicle = {name: i for i, name in enumerate(names)}
+        self.link = MqttLink("fleet-gateway", host, port, on_connect=self._subscribe, on_message=self._message)
+        self._orders: list[fl.Order] = []  # received since the last step
+        self._woken = asyncio.Event()  # an order came: step now rather than at the next report
         self.reports = 0
+        self.orders_received = 0
+        self.invalid_orders = 0  # garbage, or an unknown vehicle's topic, or beyond MAX_PENDING
+        self.answers_sent = 0
+        self.repairs = 0
+
+    def _subscribe(self, link: MqttLink) -> None:
+        # On every (re)connection: the session is clean, the broker forgot the subscription.
+        link.client.subscribe(f"{self.prefix}/+/order", qos=QOS)
+
+    def _message(self, client, userdata, msg) -> None:
+        """paho's callback, on the event loop: the order waits for the next step (now)."""
+        self.orders_received += 1
+        try:
+            name = msg.topic[len(self.prefix) + 1 : -len("/order")]
+            if name not in self._vehicle:
+                raise ValueError(f"no vehicle {name!r}")
+            order = fl.parse_order(self._vehicle[name], msg.payload)
+            if order.device is not None and self.kind_of is not None:
+                order = replace(order, kind=self.kind_of(order.device))
+            if len(self._orders) >= self.MAX_PENDING:
+                raise ValueError(f"{self.MAX_PENDING} orders wait already")
+        except ValueError as exc:
+            self.invalid_orders += 1
+            log.warning("order ignored on %s: %s (payload %.120r)", msg.topic, exc, msg.payload)
+            return
+        self._orders.append(order)
+        self._woken.set()
 
     def report(self) -> None:
         s = self.state
@@ -219,16 +265,44 @@ class FleetMqttSimulator(Paced):
             )
         self.reports += 1
 
+    async def answer(self) -> None:
+        """Publish the last step's answers, and repair what the crews repaired."""
+        answers, self.state = self.state.answers, replace(self.state, answers=())
+        for a in answers:
+            self.link.publish(
+                f"{self.prefix}/{self.names[a.vehicle]}/order_status",
+                {
+                    "order_id": a.order_id,
+                    "correlation_id": a.correlation_id,
+                    "status": a.status,
+                    "reason": a.reason,
+                    "ts": iso(a.t),
+                },
+            )
+            self.answers_sent += 1
+            log.info("crew %s: order %s %s %s", self.names[a.vehicle], a.order_id, a.status, a.reason)
+            if a.status == fl.REPAIRED and a.device is not None and self.on_repair is not None:
+                self.repairs += 1
+                try:
+                    await self.on_repair(a.device)
+                except Exception:  # the city's fault, not the fleet's: the crews keep working
+                    log.exception("repair of %s failed", a.device)
+
     async def start(self) -> None:
         self.link.start()
         self.spawn(self._loop(), "fleet-step")
 
     async def _loop(self) -> None:
         while True:
-            self.state = fl.step(self.state, self.sim_time())
+            # No await between taking the orders and stepping: none is lost in between.
+            orders, self._orders = self._orders, []
+            self._woken.clear()
+            self.state = fl.step(self.state, self.sim_time(), orders)
+            await self.answer()
             if self.link.connected:
                 self.report()
-            await asyncio.sleep(self.step_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self.step_interval)
 
     async def stop(self) -> None:
         await self.stop_tasks()

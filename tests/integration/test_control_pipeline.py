@@ -252,6 +252,34 @@ async def test_a_bollard_does_not_rise_while_a_vehicle_is_on_its_loop(city):
         assert f.value(dev, "position") == 2.0
 
 
+async def test_routine_commands_never_spend_a_bollard_s_emergency_budget(city):
+    """The fire brigade's EmergencyLower (tags.yaml: ``emergency: true``) draws on budgets of its
+    own: the operator's Lowers have spent the bollard's device budget and her own user budget,
+    and it still goes and the simulator lowers and latches; its own budget spent, it is refused too."""
+    budgets = {"user_rate": RateLimit(0.01, 3), "device_rate": RateLimit(0.01, 2), "emergency_rate": RateLimit(0.01, 1)}
+    async with Field(city, ("mqtt",), **budgets) as f:
+        dev = "B-DIJ-002"
+        assert f.config.control.commands["access_bollard"]["EmergencyLower"].emergency  # as shipped
+        await f.online(dev, point="position")
+        assert [(await f.run(dev, "Lower")).status for _ in range(2)] == [GOOD, GOOD]
+        r = await f.run(dev, "Lower")
+        assert r.status == BAD_TOO_MANY_OPERATIONS and r.message.startswith(f"device {dev} is over its command rate")
+        # Both the device's and olga's routine budgets are spent: the emergency goes all the same.
+        r = await f.run(dev, "EmergencyLower")
+        assert r.status == GOOD, r.message
+        assert (f.value(dev, "position"), f.value(dev, "emergency")) == (0.0, 1.0)  # down and latched
+        # A loop of emergency commands is bounded by the device's emergency budget...
+        r = await f.run(dev, "EmergencyLower")
+        assert r.status == BAD_TOO_MANY_OPERATIONS
+        assert r.message.startswith(f"device {dev} is over its emergency command rate (0.01/min, burst 1)")
+        # ...and the emergency command took nothing from the routine budgets: they stay spent.
+        r = await f.run(dev, "Lower")
+        assert r.status == BAD_TOO_MANY_OPERATIONS and r.message.startswith("user 'olga' is over the command rate")
+        assert [a.result for a in f.audit.records] == ["Good", "Good", "BadTooManyOperations", "Good"] + [
+            "BadTooManyOperations"
+        ] * 2
+
+
 async def test_a_junction_changes_plan_through_the_traffic_server_unless_its_conflict_monitor_is_in_fault(city):
     async with Field(city, ("opcua",)) as f:
         await f.online("J-DIJ-001", "J-DIJ-002", point="plan")

@@ -56,9 +56,13 @@ def make_config(folder: Path, rows: list[tuple[str, str, int]], demote_for: floa
     Devices are demoted for ``demote_for`` after 3 failed polls (shorter than the default so
     that recoveries show within the tests' waits).
     """
-    write_inventory(folder, "devices.csv", "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for",
-                    [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{poll},{TIMEOUT},{demote_for}" for n, t, p in rows],
-                    BAD_TYPE)
+    write_inventory(
+        folder,
+        "devices.csv",
+        "name,type,commune,lat,lon,endpoint,unit,poll_interval,timeout,demote_for",
+        [f"{n},{t},Dijon,47.3,5.0,127.0.0.1:{p},{unit},{poll},{TIMEOUT},{demote_for}" for n, t, p in rows],
+        BAD_TYPE,
+    )
     return load(folder)
 
 
@@ -81,7 +85,9 @@ async def simulator():
 
 async def test_values_status_and_a_refused_point(simulator, tmp_path):
     base = simulator.base_port
-    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", base), ("MIS-1", "misconfigured_cabinet", base + 1)])
+    cfg = make_config(
+        tmp_path / "c", [("LC-1", "lighting_cabinet", base), ("MIS-1", "misconfigured_cabinet", base + 1)]
+    )
     async with Harness(cfg) as h:
         await until(lambda: h.status("LC-1", "lamp_count") == st.GOOD, DEADLINE, "first poll")
         assert h.value("LC-1", "lamp_count") == 30
@@ -169,8 +175,11 @@ async def test_device_that_stops_answering_goes_bad_within_poll_plus_timeout_and
 
 async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
     base = simulator.base_port
-    live = [("LC-1", "lighting_cabinet", base), ("LC-2", "lighting_cabinet", base + 1),
-            ("LC-3", "lighting_cabinet", base + 2)]
+    live = [
+        ("LC-1", "lighting_cabinet", base),
+        ("LC-2", "lighting_cabinet", base + 1),
+        ("LC-3", "lighting_cabinet", base + 2),
+    ]
     silent = SilentLink(base + 3)
     await silent.start()
     silent.silent = True
@@ -184,8 +193,9 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
             failures = lambda name: int(h.driver.diag.failures[h.state(name).k])  # noqa: E731
             # The window: long enough for the dead devices to fail repeatedly (five timeouts of
             # the silent one, each 0.4 s = two poll cycles of the others).
-            took = await until(lambda: failures("DEAD-SILENT") >= 5 and failures("DEAD-REFUSED") >= 5, 60,
-                               "the dead devices failing")
+            took = await until(
+                lambda: failures("DEAD-SILENT") >= 5 and failures("DEAD-REFUSED") >= 5, 60, "the dead devices failing"
+            )
             polled = {n: h.successes(n) - before[n] for n, _, _ in live}
             # Never answered: Bad_NoCommunication, not a stale "Good".
             assert (h.tagdb.status[h.ids("DEAD-REFUSED")] == st.BAD_NO_COMMUNICATION).all()
@@ -205,10 +215,14 @@ async def test_dead_devices_do_not_slow_the_others(simulator, tmp_path):
 
 
 async def test_cabinet_that_drops_off_the_network_goes_bad_and_recovers(simulator, tmp_path):
-    cfg = make_config(tmp_path / "c", [("LC-1", "lighting_cabinet", simulator.base_port),
-                                       ("LC-2", "lighting_cabinet", simulator.base_port + 1)])
+    cfg = make_config(
+        tmp_path / "c",
+        [("LC-1", "lighting_cabinet", simulator.base_port), ("LC-2", "lighting_cabinet", simulator.base_port + 1)],
+    )
     async with Harness(cfg) as h:
-        await until(lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, DEADLINE, "up")
+        await until(
+            lambda: h.status("LC-1", "power") == st.GOOD and h.status("LC-2", "power") == st.GOOD, DEADLINE, "up"
+        )
         await simulator.set_offline(0, True)
         await until(lambda: h.status("LC-1", "power") == st.BAD_COMMUNICATION_ERROR, DEADLINE, "offline")
         assert h.status("LC-2", "power") == st.GOOD
@@ -236,6 +250,13 @@ async def test_read_now_reads_the_points_out_of_the_poll_schedule(simulator, tmp
         assert h.driver.polls_started == 0 and h.driver.reads_now == 2  # the schedule is left alone
         with pytest.raises(CommandRejected, match="unknown tag"):
             await h.driver.read_now(["Dijon/lighting/LC-9/dim_level"])
+        # A write whose caller confirms the effect itself (readback False): the write request only.
+        asked = int(simulator.requests_per_cabinet[0])
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 40, readback=False))
+        assert int(simulator.requests_per_cabinet[0]) - asked == 1
+        assert simulator.state.dim_setpoint[0] == 40
+        await h.driver.write(WriteCommand("Dijon/lighting/LC-1/dim_setpoint", 45))
+        assert int(simulator.requests_per_cabinet[0]) - asked == 3  # a write and its read-back
 
 
 async def test_read_now_of_a_silent_device_fails_and_a_demoted_one_is_not_asked(simulator, tmp_path):

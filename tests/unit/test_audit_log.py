@@ -327,3 +327,30 @@ def test_a_nan_or_infinite_argument_is_kept_as_text_in_strict_json():
 
     assert strict(rec.arguments) == {"args": ["inf", "-inf", 1.5], "value": "nan"}
     assert strict(canonical((1, float("nan")))) == [1, "nan"]
+
+
+def test_one_writer_thread_serves_a_burst_of_records_then_ends_when_idle(tmp_path: Path) -> None:
+    # A thread per record would block the event loop in Thread.start for each (a group action
+    # audits one record per device as each finishes).
+    trail = AuditTrail(tmp_path / "audit.sqlite")
+    trail.LINGER_S = 60.0
+    trail.record(rec(1))
+    assert trail.flush()
+    writer = trail._thread
+    assert writer is not None and writer.is_alive()  # lingering after its write
+    trail.record(rec(2))
+    assert trail.flush()
+    assert trail._thread is writer  # the same thread wrote the second record
+    trail.close()
+    assert not writer.is_alive()
+
+    idle = AuditTrail(tmp_path / "idle.sqlite")
+    idle.LINGER_S = 0.05
+    idle.record(rec(1))
+    assert idle.flush()
+    ended = idle._thread
+    if ended is not None:
+        ended.join(DEADLINE)
+        assert not ended.is_alive()
+    assert idle._thread is None  # ended by itself, without close()
+    idle.close()

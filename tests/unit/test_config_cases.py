@@ -293,4 +293,7 @@ def test_cli_check_accepts_the_shipped_configuration_and_prints_the_summary() ->
     communes = len({d.commune for d in config.devices})
     assert lines[end] == (f"{communes} communes; {len(config.alarms.alarms)} alarm definitions, "
                           f"{len(config.alarms.services)} services")
-    assert lines[end + 1:] == config.control_summary() and "commands of lighting_cabinet:" in lines
+    from scada.operations.config import summary as operations_summary  # then operations.yaml's
+
+    assert lines[end + 1:] == config.control_summary() + operations_summary(config.operations)
+    assert "commands of lighting_cabinet:" in lines

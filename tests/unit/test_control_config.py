@@ -16,7 +16,7 @@ import pytest
 from city_scada import load_config
 from common.yamlsrc import ConfigError
 from scada.control import config as control_config
-from scada.control.model import BAD_INVALID_STATE, BAD_REQUEST_NOT_ALLOWED, Step, ZoneDef
+from scada.control.model import BAD_INVALID_STATE, BAD_REQUEST_NOT_ALLOWED, ControlSettings, RateLimit, Step, ZoneDef
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,6 +134,17 @@ def test_a_type_s_commands_and_interlocks_are_read(tmp_path: Path) -> None:
     assert "bol" not in c.commands and c.zones == {} and c.schedules == ()
 
 
+def test_an_emergency_command_is_read(tmp_path: Path) -> None:
+    write(tmp_path, cab=cab_with("        writes: {mode: $mode}", "        emergency: yes\n        writes: {mode: $mode}"))
+    c = load_config(tmp_path).control
+    assert {n: cmd.emergency for n, cmd in c.commands["cab"].items()} == {
+        "SetDimLevel": False,
+        "SetMode": True,
+        "ResetTrip": False,
+    }
+    assert c.settings.emergency_rate == RateLimit(10.0, 3)  # the default, without a control section
+
+
 def test_the_default_timeout_is_at_least_two_seconds(tmp_path: Path) -> None:
     write(tmp_path, cab=DIM.replace("    commands:", "    commands:", 1), top="")
     text = (tmp_path / "tags.yaml").read_text().replace("    timeout: 1.0\n", "    timeout: 0.2\n", 1)
@@ -169,6 +180,11 @@ def test_the_shipped_configuration_declares_the_simulated_equipment_s_commands()
         Step("position", value=0.0),
         Step("emergency", value=1.0),
     )
+    # The fire brigade's lowering has its own budget; no other shipped command does.
+    emergency = [(t, n) for t, cmds in c.commands.items() for n, cmd in cmds.items() if cmd.emergency]
+    assert emergency == [("access_bollard", "EmergencyLower")]
+    assert not c.commands["access_bollard"]["EmergencyLower"].critical
+    assert c.settings.emergency_rate == RateLimit(10.0, 3) == ControlSettings().emergency_rate
     # Every device but the crews' vehicles is controlled.
     assert len(config.controlled) == sum(1 for d in config.devices if d.type != "crew_vehicle")
     # Zones and the schedule.
@@ -200,6 +216,7 @@ def test_the_check_command_prints_the_commands() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SetDimLevel(level, until)  [Operator; interlocks no_trip, mains_present, no_lamp_test]" in out.stdout
     assert "SetMode(mode)  [Operator; select-before-operate; interlocks no_conflict, powered]" in out.stdout
+    assert "EmergencyLower()  [Operator; emergency]" in out.stdout
     assert "schedules: metropole_night" in out.stdout
 
 
@@ -210,6 +227,7 @@ def test_top_level_sections_are_read(tmp_path: Path) -> None:
         control:
           select_timeout: 5
           user_rate: {per_minute: 30, burst: 3}
+          emergency_rate: {per_minute: 12, burst: 2}
           group_concurrency: 8
           timezone: Europe/Paris
         zones:
@@ -230,6 +248,7 @@ def test_top_level_sections_are_read(tmp_path: Path) -> None:
     c = config.control
     assert (c.settings.select_timeout, c.settings.user_rate.per_minute, c.settings.user_rate.burst) == (5.0, 30.0, 3)
     assert c.settings.device_rate.per_minute == 20.0 and c.settings.group_concurrency == 8
+    assert c.settings.emergency_rate == RateLimit(12.0, 2)
     members = {z: control_config.zone_members(zone, config.devices, config.types) for z, zone in c.zones.items()}
     assert members == {"listed": ("C1", "B1"), "round": ("B1",), "box": ("C2",)}
     assert c.zones["round"] == ZoneDef(
@@ -443,7 +462,7 @@ CASES_IN_COMMANDS = [
         "critical: true\n        confirm_timeout: 3\n",
         "confirm_timeout: 3",
         "equipment_types.cab.commands.ResetTrip.confirm_timeout",
-        "unknown key (known keys: arguments, confirm, critical, description, interlocks, role, timeout, tolerance, writes) "
+        "unknown key (known keys: arguments, confirm, critical, description, emergency, interlocks, role, timeout, tolerance, writes) "
         "(got 'confirm_timeout')",
     ),
     (
@@ -493,6 +512,23 @@ CASES_IN_COMMANDS = [
         "on: {type: bool}",
         "equipment_types.cab.commands.SetDimLevel.arguments.True",
         "YAML reads on/off/yes/no as true/false: quote the name (got True)",
+    ),
+    (
+        "an emergency command that is critical",
+        "        critical: true\n",
+        "        critical: true\n        emergency: true\n",
+        "emergency: true",
+        "equipment_types.cab.commands.ResetTrip.emergency",
+        "an emergency command cannot be critical: it goes at once, without Select/Operate "
+        "(drop `critical: true`, or make it a routine command) (got True)",
+    ),
+    (
+        "emergency not a boolean",
+        "        critical: true\n",
+        "        critical: true\n        emergency: soon\n",
+        "emergency: soon",
+        "equipment_types.cab.commands.ResetTrip.emergency",
+        "expected true or false (got 'soon')",
     ),
     (
         "an input alias shadowing a point",
@@ -673,8 +709,14 @@ TOP_CASES = [
         "control: unknown key",
         "control:\n  select_time: 5\n",
         "select_time:",
-        "control.select_time: unknown key, did you mean 'select_timeout'? (known keys: device_rate, group_concurrency, "
-        "select_timeout, timezone, user_rate) (got 'select_time')",
+        "control.select_time: unknown key, did you mean 'select_timeout'? (known keys: device_rate, emergency_rate, "
+        "group_concurrency, select_timeout, timezone, user_rate) (got 'select_time')",
+    ),
+    (
+        "control: emergency rate without burst",
+        "control:\n  emergency_rate: {per_minute: 10}\n",
+        "emergency_rate:",
+        "control.emergency_rate.burst: required key is missing: a whole number",
     ),
 ]
 

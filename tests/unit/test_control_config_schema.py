@@ -68,6 +68,11 @@ REJECTED = [
     pytest.param(top("control", {"user_rate": {"per_minute": 10}}), id="rate-without-burst"),
     pytest.param(top("control", {"group_concurrency": 0}), id="zero-concurrency"),
     pytest.param(top("control", {"select_time": 3}), id="unknown-control-key"),
+    pytest.param(lighting_command("ResetTrip", emergency=True), id="emergency-and-critical"),
+    pytest.param(lighting_command("SetMode", emergency="yes", critical="true"), id="emergency-and-critical-as-text"),
+    pytest.param(lighting_command("SetMode", emergency="soon"), id="emergency-not-a-boolean"),
+    pytest.param(top("control", {"emergency_rate": {"per_minute": 10}}), id="emergency-rate-without-burst"),
+    pytest.param(top("control", {"emergency_rate": {"per_minute": 10, "burst": 0}}), id="emergency-rate-burst-zero"),
 ]
 
 
@@ -90,6 +95,10 @@ ACCEPTED = [
                  id="schedule-of-communes-and-zones"),
     pytest.param(top("control", {"user_rate": {"per_minute": 0.5, "burst": 1}, "timezone": "UTC"}), id="slow-rate"),
     pytest.param(lambda d: d.pop("control"), id="no-control-section"),
+    pytest.param(lighting_command("SetMode", emergency=True), id="emergency-command"),
+    pytest.param(lighting_command("ResetTrip", emergency="no"), id="critical-not-emergency"),
+    pytest.param(lighting_command("SetMode", emergency="yes", critical=False), id="emergency-not-critical"),
+    pytest.param(top("control", {"emergency_rate": {"per_minute": 2.5, "burst": 1}}), id="emergency-rate"),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -43,6 +44,7 @@ from scada.security.audit import MemoryAudit
 from scada.tagdb import TagDB
 from tests.configs import write_config
 from tests.control_defs import control, with_control
+from tests.integration.helpers import DEADLINE, until
 
 DEVICES = """devices:
   - {name: LC-1, type: lighting_cabinet, commune: Dijon, lat: 47.32, lon: 5.04, endpoint: "127.0.0.1:1502"}
@@ -232,7 +234,15 @@ async def test_the_driver_reads_the_confirm_points_now_and_that_confirms_without
             await asyncio.sleep(0)
         r = await rig.run("LC-1", "SetDimLevel", {"level": 40, "until": 0})
         assert r.status == GOOD, r.message
-        assert driver.reads == [["Dijon/lighting/LC-1/dim_level"]]
+        # The confirm point, and the written points in the same read (the driver did not read
+        # each write back: the confirm point says whether the command worked).
+        assert driver.reads == [
+            ["Dijon/lighting/LC-1/dim_level", "Dijon/lighting/LC-1/mode", "Dijon/lighting/LC-1/dim_setpoint"]
+        ]
+        assert [(w.tag, w.readback) for w in driver.writes] == [
+            ("Dijon/lighting/LC-1/mode", False),
+            ("Dijon/lighting/LC-1/dim_setpoint", False),
+        ]
         assert rig.pipeline._waiting == {}
         # Stored at once by read_now, yet the result waited for its change batch to be dispatched
         # (the consumers registered before the pipeline's, the front's forwarder, have it too).
@@ -264,6 +274,7 @@ async def test_a_write_whose_own_read_back_confirms_asks_for_no_read(tmp_path):
         r = await rig.run("LC-1", WRITE, {"value": 55}, point="dim_setpoint", origin="write")
         assert r.status == GOOD, r.message
         assert driver.reads == []
+        assert driver.writes[-1].readback  # the written point confirms: the driver reads it back
 
 
 async def test_a_read_back_that_turns_bad_does_not_confirm(tmp_path):
@@ -572,3 +583,60 @@ async def test_a_reload_keeps_the_control_tags_and_follows_the_new_table(tmp_pat
         assert rig.control("LC-1", "last_user") == "olga"
         assert (await rig.run("LC-1", "SetMode", {"mode": 2})).status == GOOD
         assert rig.value("LC-1", "mode") == 2.0
+
+
+async def test_commands_finishing_together_share_their_control_tags_change_batch(tmp_path):
+    # Each Control tag write was a change batch of its own, that every consumer woke up for
+    # (4 per command: a city-wide DimAll made 4,400); written per loop turn, devices that
+    # finish together share one.
+    async with Rig(tmp_path) as rig:
+        for device in ("LC-1", "LC-T"):
+            rig.follow(device, "dim_setpoint", "dim_level")
+        control_ids = np.concatenate([rig.config.control_ids(rig.config.device(d)) for d in ("LC-1", "LC-T")])
+        watch = rig.tagdb.subscribe("test-watch", maxsize=1000)
+        try:
+            results = await asyncio.gather(
+                *(rig.run(d, "SetDimLevel", {"level": 30, "until": 0}) for d in ("LC-1", "LC-T"))
+            )
+            assert [r.status for r in results] == [GOOD, GOOD]
+            # Already written when the callers get their results.
+            assert [rig.control(d, "last_result") for d in ("LC-1", "LC-T")] == ["Good", "Good"]
+            batches = []
+            while not watch.queue.empty():
+                batch = watch.queue.get_nowait()
+                if batch is not None and np.isin(batch.ids, control_ids).any():
+                    batches.append(batch)
+        finally:
+            rig.tagdb.unsubscribe(watch)
+        # running (state + 3 texts), then the result (state and last_result change): 2 turns x
+        # (numbers, texts), against 8 batches one by one
+        assert len(batches) == 4, len(batches)
+        assert sum(int(np.isin(b.ids, control_ids).sum()) for b in batches) == 12
+
+
+async def test_an_emergency_command_does_not_wait_for_a_routine_commands_read_back(tmp_path):
+    ctl = control(bollard_timeout=60.0)
+    bollard = dict(ctl.commands["access_bollard"])
+    bollard["EmergencyLower"] = dataclasses.replace(bollard["EmergencyLower"], emergency=True)
+    ctl = dataclasses.replace(ctl, commands={**ctl.commands, "access_bollard": bollard})
+    async with Rig(tmp_path, ctl) as rig:
+        driver = rig.drivers["mqtt"]
+        raising = asyncio.create_task(rig.run("B-1", "Raise"))  # no echo: its read-back waits 60 s
+        await until(lambda: rig.pipeline._confirming, DEADLINE, "the Raise waiting for its read-back")
+        rig.follow("B-1", "command", "position", 0.0)
+        emergency = await asyncio.wait_for(rig.run("B-1", "EmergencyLower"), DEADLINE)
+        assert emergency.status == GOOD, emergency.message
+        r = await asyncio.wait_for(raising, DEADLINE)
+        assert r.status == BAD_INVALID_STATE and "EmergencyLower took the device" in r.message, r.message
+        assert [w.value for w in driver.writes] == [1.0, 2.0]  # the Raise was written, then the emergency
+        # A routine command still waits for the one before it.
+        driver.echo.clear()
+        rig.set("B-1", "position", 2.0)  # up: a Lower waits for its read-back
+        lowering = asyncio.create_task(rig.run("B-1", "Lower"))
+        await until(lambda: rig.pipeline._confirming, DEADLINE, "the Lower waiting for its read-back")
+        second = asyncio.create_task(rig.run("B-1", "Lower"))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # serialised behind the first
+        lowering.cancel()
+        second.cancel()
+        await asyncio.gather(lowering, second, return_exceptions=True)
