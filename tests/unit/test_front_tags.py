@@ -175,6 +175,12 @@ async def test_caught_up_waits_until_the_batches_received_are_what_a_read_shows(
     attrs = [TagValue() for _ in VTYPES]
     pub = Publisher(mirror, attrs, VTYPES)
     assert await pub.caught_up(10**9, DEADLINE)  # not running: nothing would ever catch up, no wait
+    notified: list[float] = []
+
+    async def watcher(handle, dv):  # a monitored item on asyncua's path
+        notified.append(dv.Value.Value)
+
+    attrs[0].datachange_callbacks[1] = watcher
     task = asyncio.create_task(pub.run())
     try:
         await until(lambda: pub.published == len(NAMES), DEADLINE, "the first snapshot")
@@ -182,7 +188,9 @@ async def test_caught_up_waits_until_the_batches_received_are_what_a_read_shows(
             mirror.receive(db.update(np.array([0]), np.array([v]), st.GOOD))
         assert pub.current(0).Value.Value != 3.0 and mirror.seq == db.seq
         assert await pub.caught_up(mirror.seq, DEADLINE)
+        # What a Read serves, and what the subscriptions' next notifications hold.
         assert pub.current(0).Value.Value == 3.0 and attrs[0].value.Value.Value == 3.0
+        assert notified[-3:] == [1.0, 2.0, 3.0]
         assert pub.published_seq == db.seq
         # A batch the mirror does not offer, its rows already in the published snapshot, whose
         # seq is above the snapshot's (the core wrote between two chunk copies): the publisher,
