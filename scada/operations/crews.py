@@ -20,6 +20,7 @@ crews' answers come back through the same channel to the callback given to :meth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -27,7 +28,6 @@ from typing import Any, Protocol, cast
 import numpy as np
 import structlog
 
-from scada import status as st
 from scada.config import Config
 from scada.control.zones import great_circle_m
 from scada.driver_api import CommandRejected, Driver, MessageChannel
@@ -97,8 +97,8 @@ class CrewBoard:
         self.vehicles: tuple[str, ...] = tuple(vehicles)
         self._index = {v: i for i, v in enumerate(vehicles)}
         n = len(vehicles)
-        cols = np.asarray(ids, np.int64).reshape(n, len(POINTS))
-        self._lat_ids, self._lon_ids, self._status_ids = cols[:, 0], cols[:, 1], cols[:, 2]
+        cols = np.asarray(ids, np.int64).reshape(n, len(POINTS))  # a row per crew: lat, lon, status
+        self._lat_ids, self._lon_ids, self._status_ids = (cols[:, k].copy() for k in range(len(POINTS)))
         self._available_value = np.asarray(available, np.float64)
         # Per service, which crews have the skill: one boolean row each.
         self._skills = {
@@ -147,9 +147,10 @@ class CrewBoard:
     def available(self) -> np.ndarray:
         """Which crews (``self.vehicles`` order) could take an order now, whatever its service."""
         db = self.tagdb
-        status_ok = (db.status[self._status_ids] == st.GOOD) & (db.value[self._status_ids] == self._available_value)
-        placed = (db.status[self._lat_ids] == st.GOOD) & (db.status[self._lon_ids] == st.GOOD)
-        return status_ok & placed & ~self._busy
+        status = db.status
+        # Good is 0: the three points are Good when their statuses OR to 0 (the cheapest test).
+        all_good = (status[self._lat_ids] | status[self._lon_ids] | status[self._status_ids]) == 0
+        return all_good & (db.value[self._status_ids] == self._available_value) & ~self._busy
 
     def propose(self, order: WorkOrder, limit: int = 3) -> list[tuple[str, float]]:
         """The nearest available crews with the order's skill: (vehicle, ETA in s), nearest
@@ -159,20 +160,19 @@ class CrewBoard:
         if skill is None or order.lat is None or order.lon is None or limit <= 0:
             return []
         candidates = np.flatnonzero(skill & self.available())
-        if not len(candidates):
+        if not candidates.size:
             return []
         db = self.tagdb
         d = great_circle_m(
             db.value[self._lat_ids[candidates]], db.value[self._lon_ids[candidates]], order.lat, order.lon
         )
-        ok = np.isfinite(d)
-        candidates, d = candidates[ok], d[ok]
-        if len(candidates) > limit:  # only the nearest few need an order among themselves
-            part = np.argpartition(d, limit - 1)[:limit]
-            candidates, d = candidates[part], d[part]
-        order_ = np.lexsort((candidates, d))
-        eta = d[order_] / self.speed_ms
-        return [(self.vehicles[int(c)], float(e)) for c, e in zip(candidates[order_], eta, strict=True)]
+        # A stable sort keeps operations.yaml's order between equal distances; NaN sorts last.
+        nearest = np.argsort(d, kind="stable")[:limit]
+        return [
+            (self.vehicles[c], dist / self.speed_ms)
+            for c, dist in zip(candidates[nearest].tolist(), d[nearest].tolist(), strict=True)
+            if math.isfinite(dist)
+        ]
 
     # -- orders out, answers in -------------------------------------------------------------------
 
