@@ -9,9 +9,12 @@ for longer than its ``max_age`` Uncertain, so Good also means recent), its posit
 it holds no open order.
 
 Which crews hold an open order is the orders service's knowledge: it tells the board with
-:meth:`CrewBoard.busy` (the whole set, whenever it changes). The board also marks a crew busy
-the moment an assignment is sent to it, so that orders dispatched one after another in the same
-turn of the loop never all go to the same nearest crew before the service's next ``busy``.
+:meth:`CrewBoard.busy` (the whole set: at start, after a reload, and whenever it wants to
+resynchronise). Between two such calls the board follows what passes through it: a crew is
+held from the moment an assignment is sent to it (so that orders dispatched one after another
+in the same turn of the loop do not all go to the same nearest crew), and released by a
+"cancel" sent to it or by its own "refused" or "repaired" answer carrying that assignment's
+correlation id (an answer about an earlier assignment releases nothing).
 
 Orders go out through the vehicle's driver as a :class:`~scada.driver_api.MessageChannel`
 (channel ``order``, the model's MQTT contract): the board opens no connection of its own. The
@@ -77,6 +80,7 @@ class CrewBoard:
         self._on_answer: Answer | None = None
         self._listening: list[object] = []  # the channels our callback is registered with
         self._held: set[str] = set()  # vehicles holding an open order (busy())
+        self._assigned: dict[str, str] = {}  # vehicle -> correlation id of the assignment sent since
         self.reload(config, tagdb, drivers)
 
     def reload(self, config: Config, tagdb: TagDB, drivers: Mapping[str, Driver] | Sequence[Driver]) -> None:
@@ -140,9 +144,19 @@ class CrewBoard:
         """The vehicles holding an open order, all of them (the orders service's view, replacing
         the board's): never proposed until a later call leaves them out."""
         self._held = set(vehicles)
+        self._assigned = {v: c for v, c in self._assigned.items() if v in self._held}
+        self._mark()
+
+    def _mark(self) -> None:
         self._busy[:] = False
-        idx = [self._index[v] for v in self._held if v in self._index]
-        self._busy[idx] = True
+        self._busy[[self._index[v] for v in self._held | self._assigned.keys() if v in self._index]] = True
+
+    def _release(self, vehicle: str, correlation_id: object) -> None:
+        """The assignment ``correlation_id`` of ``vehicle`` is over (cancelled, refused, repaired)."""
+        if correlation_id and self._assigned.get(vehicle) == correlation_id:
+            del self._assigned[vehicle]
+            self._held.discard(vehicle)
+            self._mark()
 
     def available(self) -> np.ndarray:
         """Which crews (``self.vehicles`` order) could take an order now, whatever its service."""
@@ -211,9 +225,11 @@ class CrewBoard:
             raise CommandRejected(f"{order.id} has no crew to send it to")
         channel = self._channel(order.crew)
         await channel.send(order.crew, CHANNEL, self.payload(order, action))
-        i = self._index.get(order.crew)
-        if i is not None and action == "assign":
-            self._busy[i] = True  # until the orders service's next busy() says otherwise
+        if action == "assign":
+            self._assigned[order.crew] = order.correlation_id
+            self._mark()
+        else:
+            self._release(order.crew, order.correlation_id)
         log.info("crew_order_sent", order=order.id, crew=order.crew, action=action)
 
     def start(self, on_answer: Answer) -> None:
@@ -234,5 +250,7 @@ class CrewBoard:
         if vehicle not in self._index:
             log.warning("crew_answer_ignored", vehicle=vehicle, reason="not a crew of operations.yaml")
             return
+        if payload.get("status") in ("refused", "repaired"):
+            self._release(vehicle, payload.get("correlation_id"))
         if self._on_answer is not None:
             self._on_answer(vehicle, payload)

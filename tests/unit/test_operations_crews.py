@@ -244,3 +244,35 @@ def test_a_reload_follows_new_crews_and_keeps_the_busy_set(fleet):
     fleet.board.reload(with_operations(fleet.cfg, ops), fleet.tagdb, {"mqtt": fleet.driver})
     assert fleet.board.propose(order()) == []  # V-001 still holds its order; V-002 no longer lights
     assert [v for v, _ in fleet.board.propose(order("traffic_control"))] == ["V-002"]
+
+
+async def test_a_crew_is_held_from_its_assignment_until_cancelled_refused_or_repaired(fleet):
+    fleet.report("V-001", 47.33, 5.04)
+    fleet.board.start(lambda v, p: None)
+    (_, deliver) = fleet.listeners[0]
+
+    def free() -> list[str]:
+        return [v for v, _ in fleet.board.propose(order(), limit=5)]
+
+    assert free() == ["V-001"]
+    await fleet.board.send(order(crew="V-001", correlation_id="a1"), "assign")
+    assert free() == []
+    await fleet.board.send(order(crew="V-001", correlation_id="old"), "cancel")  # an earlier assignment's
+    assert free() == []
+    await fleet.board.send(order(crew="V-001", correlation_id="a1"), "cancel")
+    assert free() == ["V-001"]
+
+    for status in ("refused", "repaired"):
+        await fleet.board.send(order(crew="V-001", correlation_id="a2"), "assign")
+        deliver("V-001", {"order_id": "WO-000001", "correlation_id": "a1", "status": status})  # stale: no effect
+        deliver("V-001", {"order_id": "WO-000001", "correlation_id": "a2", "status": "accepted"})
+        assert free() == []
+        deliver("V-001", {"order_id": "WO-000001", "correlation_id": "a2", "status": status})
+        assert free() == ["V-001"], status
+
+    # The orders service's busy() is the authority: it holds and frees whatever the board saw.
+    await fleet.board.send(order(crew="V-001", correlation_id="a3"), "assign")
+    fleet.board.busy([])  # the service knows that order is gone (say, closed by an operator)
+    assert free() == ["V-001"]
+    fleet.board.busy(["V-001"])
+    assert free() == []
