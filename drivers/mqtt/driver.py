@@ -353,8 +353,9 @@ class MqttDriver:
                     await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
-            for _, fut in self._pending_sends.values():
-                fut.cancel()
+            for b, fut in self._pending_sends.values():
+                if not fut.done():  # the sender is not being cancelled: it is told the message did not go
+                    fut.set_exception(DeviceUnreachable(f"broker {b.endpoint.host}:{b.endpoint.port}: driver stopped"))
 
     def _take_batch(self) -> list:
         """The oldest ``BATCH`` messages of the inbox, their bytes no longer counted in it."""
@@ -511,6 +512,7 @@ class MqttDriver:
             raise DeviceUnreachable(f"{device}: {where} unreachable")
         info = broker.client.publish(ch.send.format(device=device), text, qos=ch.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            paho_private.forget_publish(broker.client, info.mid)  # paho keeps it for the next connection
             raise DeviceUnreachable(f"{device}: {where}: {mqtt.error_string(info.rc)}")
         fut = asyncio.get_running_loop().create_future()
         key = (id(broker), info.mid)

@@ -84,7 +84,7 @@ class CrewBoard:
         self.reload(config, tagdb, drivers)
 
     def reload(self, config: Config, tagdb: TagDB, drivers: Mapping[str, Driver] | Sequence[Driver]) -> None:
-        """Follow a new configuration, tag database and drivers (a reload); the busy set stays."""
+        """Follow a new configuration, tag database and drivers (a reload); held crews stay held."""
         self.config, self.tagdb = config, tagdb
         self.drivers = drivers if isinstance(drivers, Mapping) else {d.name: d for d in drivers}
         self.operations = ops = operations_of(config)
@@ -105,11 +105,10 @@ class CrewBoard:
         self._lat_ids, self._lon_ids, self._status_ids = (cols[:, k].copy() for k in range(len(POINTS)))
         self._available_value = np.asarray(available, np.float64)
         # Per service, which crews have the skill: one boolean row each.
-        self._skills = {
-            service: np.array([service in ops.crews[v].skills for v in vehicles], bool) for service in ops.services
-        }
+        services = {*ops.services, *(s for c in ops.crews.values() for s in c.skills)}
+        self._skills = {s: np.array([s in ops.crews[v].skills for v in vehicles], bool) for s in services}
         self._busy = np.zeros(n, bool)
-        self.busy(self._held)
+        self._mark()  # the crews held before the reload stay held
         if self._on_answer is not None:
             self._listen()
 

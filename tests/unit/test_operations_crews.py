@@ -276,3 +276,12 @@ async def test_a_crew_is_held_from_its_assignment_until_cancelled_refused_or_rep
     assert free() == ["V-001"]
     fleet.board.busy(["V-001"])
     assert free() == []
+
+
+async def test_a_reload_keeps_the_crews_held_by_assignments_the_board_sent(fleet):
+    fleet.report("V-001", 47.33, 5.04)
+    await fleet.board.send(order(crew="V-001", correlation_id="a1"), "assign")
+    fleet.board.reload(fleet.cfg, fleet.tagdb, {"mqtt": fleet.driver})
+    assert fleet.board.propose(order()) == []
+    await fleet.board.send(order(crew="V-001", correlation_id="a1"), "cancel")
+    assert [v for v, _ in fleet.board.propose(order())] == ["V-001"]
