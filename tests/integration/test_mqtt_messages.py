@@ -9,6 +9,7 @@ import json
 import subprocess
 
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
@@ -132,8 +133,12 @@ async def test_orders_reach_the_crew_and_its_answers_come_back_in_order(broker, 
 
         # Garbage answers: counted and logged, never delivered; the device's diagnostics show them.
         garbage0 = h.driver.garbage
-        pub(broker.port, "city/vehicles/V-001/order_status", b"{not json", b"[1, 2]", b"\xff\xfe", b'"accepted"')
-        await until(lambda: h.driver.garbage >= garbage0 + 4, what="garbage answers counted")
+        with capture_logs() as logs:
+            pub(broker.port, "city/vehicles/V-001/order_status", b"{not json", b"[1, 2]", b"\xff\xfe", b'"accepted"')
+            await until(lambda: h.driver.garbage >= garbage0 + 4, what="garbage answers counted")
+        assert [(e["event"], e["device"], e["topic"]) for e in logs if e["event"] == "mqtt_garbage"] == [
+            ("mqtt_garbage", "V-001", "messages.order")
+        ] * 4
         assert len(answers) == 4
         await until(lambda: "messages.order: answer is not a JSON object" in h.diag("V-001", "last_error"),
                     what="garbage in the device's diagnostics")
