@@ -14,7 +14,8 @@ resynchronise). Between two such calls the board follows what passes through it:
 held from the moment an assignment is sent to it (so that orders dispatched one after another
 in the same turn of the loop do not all go to the same nearest crew), and released by a
 "cancel" sent to it or by its own "refused" or "repaired" answer carrying that assignment's
-correlation id (an answer about an earlier assignment releases nothing).
+correlation id (an answer about an earlier assignment releases nothing). An assignment that
+could not be sent holds nothing; a cancel releases the crew even when it cannot be sent.
 
 Orders go out through the vehicle's driver as a :class:`~scada.driver_api.MessageChannel`
 (channel ``order``, the model's MQTT contract): the board opens no connection of its own. The
@@ -223,12 +224,13 @@ class CrewBoard:
         if not order.crew:
             raise CommandRejected(f"{order.id} has no crew to send it to")
         channel = self._channel(order.crew)
+        if action == "cancel":
+            # The orders service has ended the assignment, whether or not the crew hears of it.
+            self._release(order.crew, order.correlation_id)
         await channel.send(order.crew, CHANNEL, self.payload(order, action))
         if action == "assign":
             self._assigned[order.crew] = order.correlation_id
             self._mark()
-        else:
-            self._release(order.crew, order.correlation_id)
         log.info("crew_order_sent", order=order.id, crew=order.crew, action=action)
 
     def start(self, on_answer: Answer) -> None:

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from scada import status as st
-from scada.driver_api import CommandRejected, MessageChannel
+from scada.driver_api import CommandRejected, DeviceUnreachable, MessageChannel
 from scada.operations.crews import CrewBoard, iso
 from scada.operations.model import CrewDef, DispatchSettings, OperationsConfig, OrderState, ServiceDef, WorkOrder
 from scada.tagdb import TagDB
@@ -284,4 +284,19 @@ async def test_a_reload_keeps_the_crews_held_by_assignments_the_board_sent(fleet
     fleet.board.reload(fleet.cfg, fleet.tagdb, {"mqtt": fleet.driver})
     assert fleet.board.propose(order()) == []
     await fleet.board.send(order(crew="V-001", correlation_id="a1"), "cancel")
+    assert [v for v, _ in fleet.board.propose(order())] == ["V-001"]
+
+
+async def test_a_cancel_releases_the_crew_even_when_it_cannot_be_sent(fleet):
+    fleet.report("V-001", 47.33, 5.04)
+    await fleet.board.send(order(crew="V-001", correlation_id="a1"), "assign")
+
+    async def broker_down(device, channel, payload):
+        raise DeviceUnreachable("broker down")
+
+    fleet.driver.send = broker_down  # type: ignore[method-assign]
+    with pytest.raises(DeviceUnreachable):
+        await fleet.board.send(order(crew="V-001", correlation_id="a2"), "assign")  # not sent: holds nothing new
+    with pytest.raises(DeviceUnreachable):
+        await fleet.board.send(order(crew="V-001", correlation_id="a1"), "cancel")
     assert [v for v, _ in fleet.board.propose(order())] == ["V-001"]
