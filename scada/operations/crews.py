@@ -3,7 +3,7 @@
 Positions and statuses are the fleet's tags (the ``crew_vehicle`` type's ``lat``, ``lon`` and
 ``status`` points, fed by the MQTT driver); the board never keeps a copy of them. A proposal is
 one vectorised pass over the crews of operations.yaml (a few hundred vehicles): skill mask,
-availability mask, great-circle distance, a partial sort. A crew is available when its
+availability mask, great-circle distances, one stable sort. A crew is available when its
 ``status`` tag reads ``available`` with a Good status (the staleness task turns a tracker silent
 for longer than its ``max_age`` Uncertain, so Good also means recent), its position is Good, and
 it holds no open order.
