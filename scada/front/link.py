@@ -29,8 +29,9 @@ and the core only does, per change batch, one write of its raw columns to a sock
   REQUEST_REPORTS (Open311 GETs) are coroutine requests like commands. Every change of an order is
   pushed as ``(PUSH_ORDERS, [WorkOrder.to_wire()], [OrderEvent.to_wire()])``, coalesced per turn
   of the event loop (a storm of alarms makes one message, not one per order); the open orders come
-  whole in the INIT state and a reload's state (key PUSH_ORDERS_SNAPSHOT) and, after pushes were
-  dropped above HIGH_WATER, as ``(PUSH_ORDERS_SNAPSHOT, [WorkOrder.to_wire()])``. Citizens'
+  whole in the INIT state and a reload's state (key PUSH_ORDERS_SNAPSHOT), as a
+  ``(PUSH_ORDERS_SNAPSHOT, [WorkOrder.to_wire()])`` message right after INIT, and so again after
+  pushes were dropped above HIGH_WATER. Citizens'
   contact details never cross: orders hold none, reports go out public.
 * **Audit**: the front's audit records (refused logins, method calls...) come as
   fire-and-forget ``("audit", record)`` messages, checked field by field
@@ -242,6 +243,9 @@ class FrontLink:
         self._tags_dirty = self._alarms_dirty = self._orders_dirty = False
         self._ready = asyncio.get_running_loop().create_future()
         self._send(wire.encode_message("init", self._init()))
+        if getattr(self.app, "operations", None) is not None:
+            # Also as a message (the front's mirror takes it like a resync's), read after its start.
+            self._send(wire.encode_message(PUSH_ORDERS_SNAPSHOT, self._orders_snapshot()))
         # One reader for the process's whole life: a frame is never cut between two readers.
         self._reader_task = asyncio.create_task(self._read(self._reader), name="opcua-front-reader")
         try:
