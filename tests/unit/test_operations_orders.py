@@ -114,7 +114,7 @@ class Rig:
         self.alarms.set("LC-2", mains_voltage=230, failed_lamps=0)
         self.alarms.set("TJ-1", conflict_fault=0)
         self.ops = ops or ops_config()
-        self.config = _with_ops(self.alarms.config, self.ops)
+        self.config = dataclasses.replace(self.alarms.config, operations=self.ops)
         self.audit = MemoryAudit()
         self.crews = FakeCrews(self.ops) if crews else None
         self.service = self.start()
@@ -155,22 +155,6 @@ class Rig:
 
     def close(self) -> None:
         self.service.close()
-
-
-class _Config:
-    """The rig's Config with an operations.yaml (Config.operations, loaded by the config part)."""
-
-    def __init__(self, config, ops) -> None:
-        self._config, self.operations = config, ops
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-
-def _with_ops(config, ops):
-    if "operations" in getattr(type(config), "__dataclass_fields__", {}):
-        return dataclasses.replace(config, operations=ops)
-    return _Config(config, ops)
 
 
 DISPATCHER = Caller("dora", ("Operator",), None, session="s1", client="10.0.0.5:5000")
