@@ -7,6 +7,10 @@ alarms, citizens' reports and operators, their crews, deadlines and journal.
   attached to it ("attach"). Activations that operators do not see (suppressed by their cause,
   shelved, out of service) create nothing: the cause's own alarm has the order; the consequence's
   order comes if it is announced later (UNSUPPRESS, UNSHELVE...) while still active.
+* **Self-cleared faults.** An alarm's order still new (no crew sent yet) whose alarm clears is
+  cancelled by "server": nobody drives to a fault that went away (a link back, a breaker reset).
+  Not for a latching alarm (a signal conflict needs a technician's reset on site), nor once a
+  crew is on its way (it finds out and reports; a note says the alarm cleared).
 * **Closing.** An order repaired by its crew is closed by "server" once its alarm's condition is
   clear: at the repair when the engine's condition is already clear, else at the CLEAR event (a
   latching alarm stays LATCHED for an operator's reset after the repair: the order keys on the
@@ -230,6 +234,14 @@ class WorkOrderService:
         elif e.event == "CLEAR" and order is not None:
             if order.state == OrderState.REPAIRED:
                 self._close(order, t, f"{e.alarm} cleared")
+            elif order.state == OrderState.NEW and not self._latching(order):
+                # Gone by itself before anyone was sent (a link back, a breaker reset remotely):
+                # nobody drives there. A latching alarm's fault (a signal conflict) waits for a
+                # technician's reset on site whatever its condition says: its order stays.
+                new, events = self._transition(order, "cancel", "server", t, f"{e.alarm} cleared before dispatch")
+                self._commit(new, events)
+                if order.breached:
+                    self._late_alarm(new, False)
             else:
                 self._commit(order, [self._note(order, "note", "server", t, f"{e.alarm} cleared")])
 
@@ -270,6 +282,15 @@ class WorkOrderService:
             alarms=1,
         )
         self._commit(order, [self._note(order, "create", "server", now, f"alarm {e.alarm}")])
+
+    def _latching(self, order: WorkOrder) -> bool:
+        if order.key is None:
+            return False
+        device, alarm = order.key
+        try:
+            return bool(self.alarms.instances.definition(self.alarms.instance(alarm, device)).latching)
+        except KeyError:
+            return False
 
     def _condition(self, order: WorkOrder) -> bool:
         """Is the order's alarm condition active now (False: no alarm, or gone from the configuration)?"""

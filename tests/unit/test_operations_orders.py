@@ -193,14 +193,32 @@ async def test_lamp_alarm_creates_an_order_with_its_deadlines_and_attaches_later
         assert (order.commune, order.lat, order.lon, order.state) == ("Talant", 47.3, 5.0, OrderState.NEW)
         assert order.origin_ns == t0 and order.alarms == 1
         assert (order.on_site_due_ns, order.repaired_due_ns) == (t0 + 3600 * S, t0 + 4 * 3600 * S)
-        # The alarm clears and comes back before anyone repaired it: the same order, two alarms.
+        # A crew is on its way; the alarm clears and comes back before anyone repaired it: the
+        # same order, two alarms.
+        r = await rig.service.apply(OpsRequest("assign", {"order": order.id, "crew": "V-1"}, DISPATCHER))
+        assert r.status == GOOD
         rig.clock.advance(10)
         rig.set("LC-1", failed_lamps=0)
         rig.clock.advance(10)
         rig.set("LC-1", failed_lamps=2)
         again = only_order(rig)
         assert again.id == order.id and again.alarms == 2
-        assert [e for e, _, _ in rig.events(order.id)] == ["create", "note", "attach"]
+        assert [e for e, _, _ in rig.events(order.id)] == ["create", "assign", "note", "attach"]
+    finally:
+        rig.close()
+
+
+async def test_a_fault_gone_before_dispatch_cancels_its_order_unless_its_alarm_latches(tmp_path):
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        rig.set("TJ-1", conflict_fault=1)
+        lamp, conflict = (next(o for o in rig.service.orders.values() if o.device == d) for d in ("LC-1", "TJ-1"))
+        rig.set("LC-1", failed_lamps=0)
+        rig.set("TJ-1", conflict_fault=0)  # the latch stays: a technician must reset it on site
+        assert list(rig.service.orders) == [conflict.id]
+        assert rig.events(lamp.id)[-1] == ("cancel", "cancelled", "server")
+        assert rig.events(conflict.id)[-1] == ("note", "new", "server")
     finally:
         rig.close()
 

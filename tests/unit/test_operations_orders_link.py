@@ -61,18 +61,18 @@ async def test_alarm_orders_are_pushed_once_per_loop_turn_with_their_events(tmp_
     try:
         link, writer = linked(rig)
         rig.set("LC-1", failed_lamps=3)
-        rig.set("LC-2", failed_lamps=3)
-        rig.set("LC-1", failed_lamps=0)  # a note on LC-1's order: still one push
+        rig.set("TJ-1", conflict_fault=1)
+        rig.set("TJ-1", conflict_fault=0)  # a note on TJ-1's order (its latch waits for a reset)
         assert pushes(writer) == []  # coalesced: nothing before the loop turns
         await asyncio.sleep(0)
         (push,) = pushes(writer)
         orders = [WorkOrder.from_wire(w) for w in push[1]]
         events = [OrderEvent.from_wire(w) for w in push[2]]
-        assert sorted(o.device for o in orders) == ["LC-1", "LC-2"]
+        assert sorted(o.device for o in orders) == ["LC-1", "TJ-1"]
         assert [e.event for e in events] == ["create", "create", "note"]
         # The snapshot of a (re)started front: the open orders.
         state = link._state(rig.alarms.config, type("T", (), {"shared_name": "x", "text": {}})(), None, None)
-        assert sorted(WorkOrder.from_wire(w).device for w in state[PUSH_ORDERS_SNAPSHOT]) == ["LC-1", "LC-2"]
+        assert sorted(WorkOrder.from_wire(w).device for w in state[PUSH_ORDERS_SNAPSHOT]) == ["LC-1", "TJ-1"]
     finally:
         rig.close()
 
