@@ -85,7 +85,7 @@ async def _open311_errors(request: web.Request, handler: Callable[[web.Request],
             raise
         description = exc.reason
         if exc.status == 413:
-            description = f"the body is larger than {request.app['ops_http'].ops.open311.max_body_bytes} bytes"
+            description = f"the body is larger than {request.app[OPS_HTTP].ops.open311.max_body_bytes} bytes"
         return _error(exc.status, description, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
@@ -140,7 +140,7 @@ class OpsHttp:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_open311_errors], client_max_size=self.ops.open311.max_body_bytes)
-        app["ops_http"] = self
+        app[OPS_HTTP] = self
         app.add_routes(
             [
                 web.get("/open311/v2/services.{fmt}", self.services),
@@ -278,6 +278,7 @@ class OpsHttp:
         return web.Response(body=body, headers={"Content-Type": health.CONTENT_TYPE})
 
     def snapshot(self) -> health.Snapshot:
+        """What /metrics shows now (scada/operations/metrics.py)."""
         value = np.asarray(self.tags.value)
         devices = [
             (driver, cls, len(ids), int(np.count_nonzero(value[ids] == 1.0)))
@@ -299,3 +300,6 @@ class OpsHttp:
             order_events=dict(o.events),
             kpis=dict(o.kpis),
         )
+
+
+OPS_HTTP = web.AppKey("ops_http", OpsHttp)  # the application's server object (its middleware reads it)

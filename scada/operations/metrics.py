@@ -25,11 +25,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from scada.operations.model import WorkOrder
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format (0.0.4): every name here is a legacy one, so it is exact, and every
+# Prometheus reads it (0.26's CONTENT_TYPE_LATEST says 1.0.0, which Prometheus 2 does not know).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 FLOOD_PER_10MIN = 10  # ISA-18.2's flood: more than 10 alarms in 10 minutes (the status line's)
 
 
