@@ -56,3 +56,33 @@ def tag_table(config):
     db = TagDB(names, kinds, deadbands)
     db.value[:] = np.nan
     return db
+
+
+def with_operations(config, ops: OperationsConfig):
+    """``config`` with ``ops`` as its operations, as a real field: it survives
+    ``dataclasses.replace`` and pickling to the front process (where ``city``'s attribute would
+    not). Until Config has the field, a subclass of it that has (importable by the front: the
+    tests package is on its path)."""
+    from dataclasses import fields, replace
+
+    from scada.config import Config
+
+    if "operations" in Config.__dataclass_fields__:
+        return replace(config, operations=ops)
+    return ConfigWithOperations(**{f.name: getattr(config, f.name) for f in fields(Config)}, operations=ops)
+
+
+def _subclass():
+    from dataclasses import dataclass, field
+
+    from scada.config import Config
+
+    @dataclass(frozen=True)
+    class ConfigWithOperations(Config):
+        operations: OperationsConfig = field(default_factory=OperationsConfig)
+
+    ConfigWithOperations.__qualname__ = "ConfigWithOperations"
+    return ConfigWithOperations
+
+
+ConfigWithOperations = _subclass()

@@ -673,8 +673,7 @@ def core_stats(app) -> dict[str, Any]:
         },
         "loop_lag_s": float(app.max_loop_lag),
         "consumers": {
-            c.name: {"dropped_batches": c.dropped_batches, "dropped_rows": c.dropped_rows}
-            for c in app.tagdb.consumers()
+            c.name: {"dropped_batches": c.dropped_batches, "dropped_rows": c.dropped_rows} for c in app.tagdb.consumers
         },
     }
 
