@@ -203,9 +203,9 @@ async def test_metrics_carry_the_core_figures(served):
     assert any(name == "scada_consumer_dropped_batches_total" for name, _ in got)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by scripts/install-system-deps.sh")
 @pytest.mark.asyncio(loop_scope="module")
 async def test_readme_examples_with_curl(served):
+    assert shutil.which("curl"), "curl is missing: `make test` installs it (scripts/install-system-deps.sh)"
     _app, _fake, base = served
     examples = readme_examples()
     assert len(examples) >= 8
