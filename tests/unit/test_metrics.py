@@ -104,3 +104,23 @@ async def test_metrics_over_http_from_the_mirrors(tmp_path):
     assert s[("scada_opcua_sessions", ())] == 2 and s[("scada_core_stats_age_seconds", ())] == pytest.approx(3.0)
     assert s[("scada_work_orders_breached", (("service", "security"),))] == 1
     assert s[("scada_work_order_events_total", (("event", "breach"),))] == 1
+
+
+def test_grafana_dashboard_queries_only_metrics_we_expose():
+    """Every metric the shipped dashboard queries is one /metrics produces (a renamed metric
+    would leave an empty panel nobody notices)."""
+    import json
+    import re
+
+    from tests.configs import ROOT
+
+    dashboard = json.loads((ROOT / "grafana" / "city-scada.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    used = {m for e in exprs for m in re.findall(r"\bscada_[a-z0-9_]+", e)}
+    snap = metrics.Snapshot(
+        core=CORE, core_age_s=1.0, devices=[("modbus", "lighting", 2, 1)], opcua_sessions=1, opcua_subscriptions=1,
+        orders=[order("WO-1", "security", OrderState.NEW)], order_events={"create": 1}, kpis={"x": 1.0},
+    )  # fmt: skip
+    exposed = {name for name, _ in samples(metrics.render(metrics.registry_of(lambda: snap)).decode())}
+    assert used and used <= exposed, f"queried but not exposed: {sorted(used - exposed)}"
+    assert {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p} == {"${DS_PROMETHEUS}"}
