@@ -303,3 +303,73 @@ class OpsHttp:
 
 
 OPS_HTTP = web.AppKey("ops_http", OpsHttp)  # the application's server object (its middleware reads it)
+
+
+# -- `scada run --front inline`: the same server on the core's loop -----------------------------------
+
+INLINE_REFRESH_S = 1.0  # how often the inline mirror takes the core's orders and figures
+
+
+def in_process(app: Any) -> Request:
+    """The front's requests served by the core's objects directly (no channel): what
+    scada/front/link.py's handlers do for a front process. ``app.operations`` is the core's
+    WorkOrders service; its report query (``reports``, REQUEST_REPORTS's arguments) is optional:
+    without it a GET of requests is a 503."""
+    from scada.operations.model import CitizenReport
+
+    async def request(op: str, *args: Any) -> Any:
+        ops = getattr(app, "operations", None)
+        if op == REQUEST_CITIZEN_REPORT and ops is not None:
+            code, description, lat, lon, address, contact, client, requested_ns = args
+            report = CitizenReport("", code, description, lat, lon, address, requested_ns, None, client, contact)
+            return await ops.citizen_report(report)
+        reports = getattr(ops, "reports", None)
+        if op == REQUEST_REPORTS and callable(reports):
+            return reports(*args)
+        raise RemoteAlarmError("value", f"unknown request {op!r}")
+
+    return request
+
+
+def refresh_inline(app: Any, mirror: OrdersMirror) -> None:
+    """The mirror as the core's pushes would make it: open orders and the core's figures."""
+    from scada.front.link import core_stats
+
+    ops = getattr(app, "operations", None)
+    if ops is not None:
+        mirror.load([o.to_wire() for o in ops.open_orders()])
+    mirror.receive_stats(core_stats(app))
+
+
+async def serve_inline(app: Any) -> None:
+    """The HTTP server on the core's loop (``--front inline``), a supervised task of the app:
+    ``out["http"] = {"factory": lambda: serve_inline(self)}`` in Application._components when
+    ``listen_of(config)`` is set. Stops (closing the socket) when cancelled."""
+    config = app.config
+    listen, ops = listen_of(config), operations_of(config)
+    if listen is None or ops is None:
+        return
+    mirror = OrdersMirror()
+    hmi = app.hmi
+
+    def opcua_counts() -> tuple[int, int]:
+        from scada.opcua.asyncua_private.sessions import external_sessions
+        from scada.opcua.asyncua_private.subscriptions import subscriptions
+
+        return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
+
+    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts)
+    await http.start()
+    try:
+        loaded = asyncio.create_task(http.run(), name="http-inline")
+        try:
+            while True:
+                if app.config is not http.config or app.tagdb is not http.tags:  # a reload
+                    http.rebind(app.config, operations_of(app.config) or ops, app.tagdb, app.alarms)
+                refresh_inline(app, mirror)
+                await asyncio.sleep(INLINE_REFRESH_S)
+        finally:
+            loaded.cancel()
+            await asyncio.gather(loaded, return_exceptions=True)
+    finally:
+        await http.stop()
