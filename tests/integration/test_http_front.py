@@ -66,10 +66,10 @@ class FakeReports:
     def reports(self, ids, code, start_ns, end_ns, bbox, limit):
         out = []
         for r in self.stored:
-            if (ids is None or r["id"] in ids) and (code is None or r["service_code"] == code):
-                if start_ns <= r["requested_ns"] <= end_ns:
-                    public = {k: v for k, v in r.items() if k not in ("contact", "client")}
-                    out.append((public, "assigned"))
+            wanted = (ids is None or r["id"] in ids) and (code is None or r["service_code"] == code)
+            if wanted and start_ns <= r["requested_ns"] <= end_ns:
+                public = {k: v for k, v in r.items() if k not in ("contact", "client")}
+                out.append((public, "assigned"))
         return out[:limit]
 
 
