@@ -29,6 +29,8 @@ and the core only does, per change batch, one write of its raw columns to a sock
   (:func:`scada.security.audit.from_wire`; a malformed one is refused and counted, never
   written), then given to the core's trail (``app.audit``, a bounded writer: see
   scada/security/audit_log.py).
+* **Figures**: every ``STATS_INTERVAL`` the core's health figures go to the front
+  (:func:`push_stats`, ``model.PUSH_STATS``) for its HTTP ``/metrics``.
 * **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
   (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
   it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.

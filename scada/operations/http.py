@@ -49,7 +49,7 @@ log = structlog.get_logger("scada.http")
 Request = Callable[..., Awaitable[Any]]  # the front's CoreChannel.request(op, *args)
 JSON = "application/json"
 GEOJSON = "application/geo+json"  # RFC 7946 12
-RETRY_S = 5  # Retry-After when the core cannot answer (a front restarting, a reload)
+CORE_TIMEOUT_S = 30.0  # a request to the core unanswered by then is a 503 for the client
 
 
 def operations_of(config: Any) -> OperationsConfig | None:
@@ -211,8 +211,11 @@ class OpsHttp:
 
     async def _ask(self, op: str, *args: Any) -> Any:
         try:
-            return await self.request(op, *args)
-        except (RemoteAlarmError, ConnectionError) as exc:
+            # A core that does not answer (stopping, a long reload) must not hold the client and
+            # its connection forever.
+            async with asyncio.timeout(CORE_TIMEOUT_S):
+                return await self.request(op, *args)
+        except (RemoteAlarmError, ConnectionError, TimeoutError) as exc:
             log.warning("http_core_unavailable", op=op, error=str(exc))
             raise Open311Error(503, "the service is unavailable now, try again later") from None
 

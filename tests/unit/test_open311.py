@@ -352,3 +352,21 @@ async def test_status_filter_and_services_list(config, ops):
         services = await (await client.get("/open311/v2/services.json")).json()
         assert [s["service_code"] for s in services] == ["streetlight", "traffic_signal"]  # security is not offered
         assert services[0]["service_name"] == "Street light out" and services[0]["metadata"] is False
+
+
+async def test_core_that_never_answers_is_503(config, ops, monkeypatch):
+    import asyncio
+
+    from scada.operations import http as http_module
+
+    monkeypatch.setattr(http_module, "CORE_TIMEOUT_S", 0.05)
+
+    async def silent(op: str, *args: Any) -> Any:
+        await asyncio.Event().wait()
+
+    async with await client_of(config, ops, silent) as client:
+        r = await client.post("/open311/v2/requests.json", data=GOOD)
+        assert r.status == 503 and await r.json() == [
+            {"code": 503, "description": "the service is unavailable now, try again later"}
+        ]
+        assert not client.app[OPS_HTTP].orders.reports
