@@ -39,10 +39,10 @@ def ops_config(listen: tuple[str, int] | None = None, **open311: float) -> Opera
     )
 
 
-def city(folder: Path, ops: OperationsConfig | None = None):
+def city(folder: Path, ops: OperationsConfig | None = None, extra_devices: str = ""):
     """The configuration, with ``ops`` as its operations (set on the loaded object until
     Config has the field: the front reads ``config.operations``)."""
-    config = write_config(folder, DEVICES, (ROOT / "alarms.yaml").read_text())
+    config = write_config(folder, DEVICES + extra_devices, (ROOT / "alarms.yaml").read_text())
     if ops is not None:
         object.__setattr__(config, "operations", ops)
     return config

@@ -241,3 +241,33 @@ async def until_async(predicate, what: str, timeout: float = DEADLINE) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)
+
+
+async def test_reload_keeps_serving_and_follows_the_new_configuration(tmp_path):
+    """A reload (a cabinet added) keeps the HTTP server and its clients' address; the map shows
+    the new cabinet, from the new tag table, and what the mirrors held (the orders) stays."""
+    async with core(tmp_path / "a") as (app, _fake, base):
+        now = time.time_ns()
+        wo = WorkOrder("WO-000002", "operator", "security", "high", "B-D-1", "Dijon", 47.324, 5.030, "check", "",
+                       OrderState.NEW, now, now, "op1")  # fmt: skip
+        app.hmi._send(wire.encode_message(PUSH_ORDERS_SNAPSHOT, [wo.to_wire()]))
+        extra = '  - {name: LC-D-2, type: lighting_cabinet, commune: Dijon, lat: 47.33, lon: 5.05, endpoint: "127.0.0.1:15023", unit: 1}\n'
+        port = int(base.rsplit(":", 1)[1])
+        new = with_operations(
+            city(tmp_path / "b", extra_devices=extra), ops_config(("127.0.0.1", port), rate_burst=100)
+        )
+        await asyncio.wait_for(app.reload(new), DEADLINE)
+        # The reload started the new configuration's drivers (no field here): the test is the field.
+        await app.stop_tasks([n for n in app.task_names() if n.startswith("driver:")])
+        db = app.tagdb
+        db.update(np.array([db.id_of("Dijon/lighting/LC-D-2/Diagnostics/state")]), np.array([1.0]))
+        seen: dict = {}
+        async with aiohttp.ClientSession() as http:
+
+            async def shown() -> bool:
+                fc = await map_of(http, base)
+                seen.update({f["properties"]["name"]: f["properties"] for f in fc["features"]})
+                return seen.get("LC-D-2", {}).get("state") == "online"
+
+            await until_async(shown, "the new cabinet online on the map after the reload")
+        assert "WO-000002" in seen and seen["WO-000002"]["class"] == "bollard"
