@@ -157,9 +157,14 @@ class OpsHttp:
         """Listen (OSError when the address is taken: the front says so to the core)."""
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
+        host, port = self.listen
         try:
-            site = web.TCPSite(runner, self.listen[0], self.listen[1], reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            # Say which server and which setting: the core reports this as the front's failure.
+            raise OSError(exc.errno, f"HTTP server on {host}:{port} (operations.http.listen): {exc.strerror}") from exc
         except BaseException:
             await runner.cleanup()
             raise
@@ -167,7 +172,7 @@ class OpsHttp:
         server = site._server  # noqa: SLF001 - aiohttp gives no public way to the bound port
         sockets = getattr(server, "sockets", None) or ()
         self.port = sockets[0].getsockname()[1] if sockets else self.listen[1]
-        log.info("http_listening", host=self.listen[0], port=self.port)
+        log.info("http_listening", host=host, port=self.port)
 
     async def run(self) -> None:
         """The front's watched task: the map's recent reports from the core, then nothing (aiohttp
