@@ -296,7 +296,15 @@ class Application:
         if self.operations is not None:
             # Deadlines, dispatch and the alarms' orders; a restart goes on from the orders in memory.
             out["operations"] = {"factory": lambda: self._operations().run()}
+        if self.front == "inline" and operations_of(self.config).http.listen is not None:
+            # Open311, the map feed and /metrics on this loop (a front process serves them itself).
+            out["http"] = {"factory": self._serve_http}
         return out
+
+    def _serve_http(self) -> Coroutine[Any, Any, None]:
+        from scada.operations.http import serve_inline
+
+        return serve_inline(self)
 
     def _operations(self) -> WorkOrderService:
         assert self.operations is not None, "the operations task runs only with the service"
