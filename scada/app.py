@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,8 @@ class Application:
         self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
         if self.supervisor.on_alarm is None:
             self.supervisor.on_alarm = self._task_alarm
+        # What the command line replaces in a configuration read from the files (a reload's too).
+        self.adjust_config: Callable[[Config], Config] = lambda c: c
         self.started = asyncio.Event()
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs

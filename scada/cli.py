@@ -45,6 +45,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def http_listen(text: str | None) -> tuple[str, int] | None | str:
+    """``--http``: (host, port), None for "off", or "" when not given (operations.yaml decides)."""
+    if text is None:
+        return ""
+    if text.strip().lower() == "off":
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not HOST:PORT or off: {text!r} (e.g. 127.0.0.1:8080)")
+    return host.strip("[]"), int(port)
+
+
+def with_http_listen(config, listen: tuple[str, int] | None | str):
+    """``config`` with its operations' HTTP address replaced (``""``: unchanged)."""
+    import dataclasses
+
+    ops = getattr(config, "operations", None)
+    if listen == "" or ops is None:
+        return config
+    http = dataclasses.replace(ops.http, listen=listen)
+    return dataclasses.replace(config, operations=dataclasses.replace(ops, http=http))
+
+
 async def _serve(config, args: argparse.Namespace, influx=None) -> None:
     from scada.app import Application
     from scada.front.link import FrontSettings
@@ -57,6 +80,8 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         event_loop=args.event_loop,
         security=getattr(args, "security_settings", None),
     )
+    listen = getattr(args, "http_listen", "")
+    config = with_http_listen(config, listen)
     app = Application(
         config,
         endpoint,
@@ -67,6 +92,7 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         front_settings=settings,
         schedule_clock=schedule_clock(args),
     )
+    app.adjust_config = lambda c: with_http_listen(c, listen)  # a reload keeps --http
     data_dir = args.data
     task = asyncio.current_task()
     if task is None:  # eventloop.run runs this coroutine as its main task
@@ -180,6 +206,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         schedule_clock(args)  # checked before anything starts; built again when the server starts
     except ValueError as exc:
         print(f"--clock-start/--acceleration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.http_listen = http_listen(getattr(args, "http", None))
+    except ValueError as exc:
+        print(f"--http: {exc}", file=sys.stderr)
         return 2
     try:
         config = _load(args.config, args.drivers)
@@ -471,6 +502,12 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         default="process",
         help="where the OPC UA server runs: its own process, so that no client can slow the field "
         "(default), or inline in the server's event loop (one process: tests, small benches)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        help="where the HTTP server (Open311, the map feed, /metrics) listens, instead of operations.yaml's "
+        "http.listen, also after a reload; off: none",
     )
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")

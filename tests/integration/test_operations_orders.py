@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
-from .helpers import DEADLINE, ROOT, Process, fault, scada_run_args, start_tiny_city, until, wait_port
+from .helpers import DEADLINE, ROOT, Process, fault, free_port, scada_run_args, start_tiny_city, until, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +38,15 @@ def orders_of(data, device: str) -> list[dict]:
     """The orders of ``device`` (every state) as ``scada workorders --csv`` gives them."""
     rows = csv.DictReader(io.StringIO(scada("workorders", "--data", str(data), "--all", "--device", device, "--csv")))
     return list(rows)
+
+
+def map_names(port: int) -> set[str]:
+    """The names of the features of the server's GeoJSON map feed."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/map.geojson", timeout=DEADLINE) as r:
+            return {f["properties"]["name"] for f in json.load(r)["features"]}
+    except OSError:  # not serving yet
+        return set()
 
 
 def has_order(data, device: str) -> bool:
@@ -65,7 +76,8 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
         if "lighting_maintenance" not in ops.services:
             pytest.skip("the simulated city's operations.yaml routes no lighting_maintenance")
         delays = ops.services["lighting_maintenance"].delays["medium"]  # lamps_failed's priority
-        args = scada_run_args(config, data, city.endpoint)
+        http_port = free_port()
+        args = scada_run_args(config, data, city.endpoint, http=f"127.0.0.1:{http_port}")
         server = Process(args, tmp_path / "server.log")
         wait_port(city.opc_scada, proc=server)
         a, b = "LC-DIJ-001", "LC-DIJ-002"
@@ -87,6 +99,9 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
         assert [r["time_ns"] for r in alarm if r["alarm"] == "lamps_failed" and r["event"] == "ACTIVATE"] == [
             str(origin)
         ]
+        # The front process got the order (the core's push): the map feed shows it.
+        wait_port(http_port, proc=server)
+        await until(lambda: order["id"] in map_names(http_port), what="the order on the map feed")
         listing = scada("workorders", "--data", str(data))
         assert order["id"] in listing and a in listing
         events = scada("workorders", "--data", str(data), "--order", order["id"], "--csv")

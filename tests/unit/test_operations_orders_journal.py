@@ -188,3 +188,22 @@ async def test_scada_workorders_lists_filters_exports_and_shows_an_orders_events
         assert r.returncode != 0 and "no such file" in r.stderr
     finally:
         rig.close()
+
+
+def test_scada_run_http_option_replaces_operations_yaml_listen():
+    from scada.cli import http_listen, with_http_listen
+    from scada.operations.model import HttpSettings, OperationsConfig
+
+    assert http_listen(None) == "" and http_listen("off") is None and http_listen("OFF") is None
+    assert http_listen("127.0.0.1:8081") == ("127.0.0.1", 8081) and http_listen("[::1]:80") == ("::1", 80)
+    for bad in ("8080", "host:", "host:http", ":80", "h:0", "h:70000"):
+        with pytest.raises(ValueError, match="not HOST:PORT or off"):
+            http_listen(bad)
+
+    import dataclasses
+
+    Conf = dataclasses.make_dataclass("Conf", [("operations", OperationsConfig)], frozen=True)
+    c = Conf(OperationsConfig(http=HttpSettings(("127.0.0.1", 8080))))
+    assert with_http_listen(c, "") is c
+    assert with_http_listen(c, None).operations.http.listen is None
+    assert with_http_listen(c, ("0.0.0.0", 9000)).operations.http.listen == ("0.0.0.0", 9000)
