@@ -26,7 +26,7 @@ from scada import schema as schema_gen
 from scada.alarms.config import PRIORITIES
 from scada.config import Config
 from scada.operations import config as ops_config
-from scada.operations.model import Delays, OperationsConfig
+from scada.operations.model import Delays, HttpSettings, OperationsConfig
 from scada.reload import apply, diff
 from simulators import city as citygen
 
@@ -173,14 +173,15 @@ def test_vehicles_all_and_overlapping_patterns_of_one_group(tmp_path: Path, ship
 
 
 def test_an_empty_or_missing_file_is_operations_off(tmp_path: Path, shipped: Config) -> None:
-    assert load_ops(tmp_path, shipped, "# nothing yet\n") == OperationsConfig()
+    off = OperationsConfig(http=HttpSettings(listen=None))  # no HTTP server either
+    assert load_ops(tmp_path, shipped, "# nothing yet\n") == off
     folder = tmp_path / "cfg"
     folder.mkdir()
     for name in ("tags.yaml", "alarms.yaml"):
         (folder / name).write_text((ROOT / name).read_text(encoding="utf-8"), encoding="utf-8")
     (folder / "inventory").symlink_to(ROOT / "inventory")
     config = load_config(folder)
-    assert config.operations == OperationsConfig() and not config.operations.services
+    assert config.operations == off and not config.operations.services
     assert "operations: off" in config.summary()
 
 

@@ -207,3 +207,16 @@ def test_scada_run_http_option_replaces_operations_yaml_listen():
     assert with_http_listen(c, "") is c
     assert with_http_listen(c, None).operations.http.listen is None
     assert with_http_listen(c, ("0.0.0.0", 9000)).operations.http.listen == ("0.0.0.0", 9000)
+
+
+def test_no_operations_yaml_means_no_http_server(tmp_path):
+    """Without operations.yaml no server binds the model's default address (every server of a
+    machine, every test, would take 127.0.0.1:8080)."""
+    from scada.operations.orders import operations_of
+    from tests.alarm_rig import DEVICES
+    from tests.configs import write_config
+
+    config = write_config(tmp_path, DEVICES, "services: {}\nalarms: []\n")
+    assert operations_of(config).services == {} and operations_of(config).http.listen is None
+    (tmp_path / "operations.yaml").write_text("# nothing yet\n")
+    assert write_config(tmp_path, DEVICES).operations.http.listen is None
