@@ -306,7 +306,6 @@ class Operations:
         self.contract: NodeData | None = None
         self.event_type = NodeId(EVENT_TYPE_PATH, ns)
         self._ancestors = frozenset({self.event_type, NodeId(OI.BaseEventType)})
-        self._type_built = False
         self._built: list[ua.NodeId] = []  # folder, methods, contract (detach removes them)
         self.orders: dict[str, WorkOrder] = {}  # the orders shown (open)
         self._nodes: dict[str, list[ua.NodeId]] = {}  # order id -> its object and variables
@@ -322,19 +321,19 @@ class Operations:
         self.awaited_writes = 0  # writes of monitored variables (the others are set directly)
         self.events_sent = 0
         self.events_dropped = 0
+        self.malformed = 0  # pushed items that did not decode (logged, skipped)
 
     # -- building ---------------------------------------------------------------------------
 
     async def build(self) -> None:
         """The folder, its methods, the Contract object and the event type (once per server)."""
-        if not self._type_built:
+        if self.event_type not in self.aspace:  # made once per server: a reload may install the folder again
             # asyncua's create_custom_event_type would give its properties the type's NodeId.
             etype = await self.server.get_node(NodeId(OI.BaseEventType)).add_object_type(
                 self.event_type, EVENT_TYPE_NAME
             )
             for name in EVENT_FIELDS:
                 await etype.add_property(NodeId(f"{EVENT_TYPE_PATH}/{name}", self.ns), name, "", varianttype=V.String)
-            self._type_built = True
         self.install_folder()
 
     def install_folder(self) -> None:
@@ -383,18 +382,18 @@ class Operations:
     def install(self, orders: Iterable[Any]) -> None:
         """Every open order (model.PUSH_ORDERS_SNAPSHOT, WorkOrders or their wire tuples): the
         folder shows exactly these once :meth:`run` has caught up."""
-        self._snapshot = {o.id: o for o in map(_as_order, orders)}
+        self._snapshot = {o.id: o for o in self._decoded(orders, _as_order)}
         self._pending.clear()
         self._wake.set()
 
     def apply(self, orders: Iterable[Any], events: Iterable[Any] = ()) -> None:
         """A model.PUSH_ORDERS message: changed orders (the latest of each is kept) and their events."""
-        for o in map(_as_order, orders):
+        for o in self._decoded(orders, _as_order):
             if self._snapshot is not None:
                 self._snapshot[o.id] = o
             else:
                 self._pending[o.id] = o
-        new = [_as_event(e) for e in events]
+        new = self._decoded(events, _as_event)
         room = MAX_QUEUED_EVENTS - len(self._events)
         if len(new) > room:
             self.events_dropped += len(new) - max(room, 0)
@@ -403,8 +402,24 @@ class Operations:
         self._events.extend(new)
         self._wake.set()
 
+    def _decoded(self, items: Iterable[Any], decode: Callable[[Any], Any]) -> list[Any]:
+        """The items that decode; a malformed one is logged and counted, never the others' loss
+        (nor the front's: a raise here would end the process that serves every client)."""
+        out = []
+        for item in items:
+            try:
+                out.append(decode(item))
+            except (TypeError, ValueError, KeyError) as exc:
+                self.malformed += 1
+                log.error("opcua_work_order_push_malformed", item=repr(item)[:200], error=repr(exc))
+        return out
+
     def kpis(self, values: Mapping[Any, Any]) -> None:
         """The contract's live figures (model.PUSH_KPIS): name -> number."""
+        if not isinstance(values, Mapping):
+            self.malformed += 1
+            log.error("opcua_contract_kpis_malformed", values=repr(values)[:200])
+            return
         for name, value in values.items():
             if not isinstance(name, str) or not name or isinstance(value, bool) or not isinstance(value, (int, float)):
                 log.warning("opcua_contract_kpi_skipped", name=repr(name), value=repr(value))

@@ -283,6 +283,43 @@ async def test_contract_kpis_become_variables_the_first_time_then_are_written(fr
     assert await value(hmi, f"{CONTRACT_PATH}/availability.lighting") == pytest.approx(0.987)  # kept
 
 
+@on_front
+async def test_malformed_pushes_are_skipped_and_counted_the_rest_shown(front, monkeypatch):
+    hmi, _, _ = front
+    ops = hmi.operations
+    good = order("WO-000005")
+    event = OrderEvent(T0, good.id, "create", OrderState.NEW, OrderState.NEW, "server")
+    ops.apply([("WO-1", "garbage"), good.to_wire(), None], [("bad",), event.to_wire()])
+    ops.kpis(["not", "a", "mapping"])
+    await ops.flush()
+    assert ops.malformed == 4
+    assert set(ops.orders) == {"WO-000005"}
+    # Events beyond the queue's bound are dropped and counted, never an unbounded backlog.
+    monkeypatch.setattr(opsmod, "MAX_QUEUED_EVENTS", 2)
+    dropped = ops.events_dropped
+    ops.apply([], [event] * 5)
+    assert ops.events_dropped == dropped + 3 and len(ops._events) == 2
+    await ops.flush()
+
+
+async def test_a_reload_keeps_the_folder_and_its_orders_and_removes_it_with_the_work_orders(tmp_path):
+    config = configs.write_config(tmp_path, DEVICES, "alarms: []\n")
+    on = dataclasses.replace(config, operations=operations_config())
+    tagdb = TagDB(*on.tag_table())
+    hmi = HmiServer(on, tagdb, f"opc.tcp://127.0.0.1:{free_port()}/scada/", commands=Core().request)
+    async with serving(hmi):
+        ops = hmi.operations
+        ops.install([order("WO-000001")])
+        await ops.flush()
+        await hmi.reload(on, tagdb, [], [], [])
+        assert hmi.operations is ops and exists(hmi, f"{order_path('WO-000001', 'Dijon')}/State")
+        await hmi.reload(config, tagdb, [], [], [])  # operations.yaml routes no service any more
+        assert hmi.operations is None
+        assert not exists(hmi, FOLDER_PATH) and not exists(hmi, order_path("WO-000001", "Dijon"))
+        await hmi.reload(on, tagdb, [], [], [])  # and back
+        assert hmi.operations is not None and exists(hmi, f"{FOLDER_PATH}/Create")
+
+
 def test_the_method_arguments_are_typed_and_empty_means_none():
     args = method_arguments("Create", ["lighting_maintenance", "", "", 47.3, 5.0, "a lamp"])
     assert args == {
