@@ -627,7 +627,7 @@ class Operations:
             return self._refused(op, FOLDER_PATH, inputs, err.status, err.per_argument)
         ctx = current()
         order = self.orders.get(args.get("order") or "")
-        if ctx is not None and order is not None and not ctx.identity.sees(order.commune):
+        if ctx is not None and order is not None and order.commune and not ctx.identity.sees(order.commune):
             # As the core answers for an order it does not know: a hidden order does not exist.
             return self._refused(op, order.id, inputs, SC.BadNodeIdUnknown)
         request = OpsRequest(op, args, caller_of(ctx))

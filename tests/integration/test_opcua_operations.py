@@ -53,9 +53,14 @@ class Events:
 
     def __init__(self) -> None:
         self.events: list = []
+        self.values: list = []  # (value, status code) of the data changes
 
     def event_notification(self, event) -> None:
         self.events.append(event)
+
+    def datachange_notification(self, node, val, data) -> None:
+        dv = data.monitored_item.Value
+        self.values.append((val, dv.StatusCode.value))
 
     def messages(self) -> list[str]:
         return [e.Message.Text for e in self.events]
@@ -127,6 +132,9 @@ async def test_an_operator_browses_creates_assigns_and_receives_the_events(users
             assert oid in await children(otto, ns, FOLDER_PATH)
             state = otto.get_node(ua.NodeId(f"{order_path(oid, 'Dijon')}/State", ns))
             assert await state.read_value() == "new"
+            watched = Events()
+            await (await otto.create_subscription(20, watched)).subscribe_data_change(state)
+            await until(lambda: watched.values, what="the State's first value")
             assert await folder.call_method(ua.NodeId(f"{FOLDER_PATH}/Assign", ns), oid, "V-7") == "V-7"
             await until(lambda: len(events.events) >= 2, what="the create and assign events")
             assert events.messages()[:2] == [f"{oid} created by otto", f"{oid} assigned to V-7 by otto"]
@@ -140,6 +148,7 @@ async def test_an_operator_browses_creates_assigns_and_receives_the_events(users
             assert (assigned.User, assigned.Crew) == ("otto", "V-7")
             assert assigned.SourceNode == ua.NodeId(order_path(oid, "Dijon"), ns)
             assert await state.read_value() == "assigned"
+            await until(lambda: ("assigned", 0) in watched.values, what="the monitored State's change")
             # The crew arrives and repairs (the core's pushes); the operator closes: it leaves.
             o = core.orders[oid]
             on_site = dataclasses.replace(o, state=OrderState.ON_SITE)
@@ -151,6 +160,8 @@ async def test_an_operator_browses_creates_assigns_and_receives_the_events(users
             assert oid not in await children(otto, ns, FOLDER_PATH)
             with pytest.raises(uaerrors.BadNodeIdUnknown):
                 await state.read_value()
+            # Its monitored item was told the node is gone, as for a device a reload removes.
+            await until(lambda: watched.values[-1][1] == ua.StatusCodes.BadNodeIdUnknown, what="the State's item told")
         finally:
             await otto.disconnect()
     # Allowed calls are audited by the core (work_order), not again by the front as "call".
@@ -203,14 +214,15 @@ async def test_a_dispatcher_sees_and_acts_on_the_orders_of_the_communes_shown_on
     async with serving(hmi):
         ns = hmi.ns
         dijon, talant = order("WO-000001"), order("WO-000002", commune="Talant")
-        core.orders = {o.id: o for o in (dijon, talant)}
-        hmi.operations.install([dijon, talant])
-        await until(lambda: len(hmi.operations.orders) == 2, what="the snapshot shown")
+        nowhere = order("WO-000003", commune="", device=None, lat=None, lon=None)  # everyone's
+        core.orders = {o.id: o for o in (dijon, talant, nowhere)}
+        hmi.operations.install([dijon, talant, nowhere])
+        await until(lambda: len(hmi.operations.orders) == 3, what="the snapshot shown")
         dina, otto = await logged_in(hmi.endpoint, "dina"), await logged_in(hmi.endpoint, "otto")
         try:
             seen_by_dina, seen_by_otto = await watch(dina, ns), await watch(otto, ns)
             names = await children(dina, ns, FOLDER_PATH)
-            assert "WO-000001" in names and "WO-000002" not in names
+            assert "WO-000001" in names and "WO-000003" in names and "WO-000002" not in names
             with pytest.raises(uaerrors.BadNodeIdUnknown):
                 await dina.get_node(ua.NodeId(f"{order_path('WO-000002', 'Talant')}/State", ns)).read_value()
             folder = dina.get_node(ua.NodeId(FOLDER_PATH, ns))
@@ -218,6 +230,8 @@ async def test_a_dispatcher_sees_and_acts_on_the_orders_of_the_communes_shown_on
             with pytest.raises(uaerrors.BadNodeIdUnknown):  # as for an order that does not exist
                 await folder.call_method(ua.NodeId(f"{FOLDER_PATH}/Cancel", ns), "WO-000002", "not mine")
             assert len(core.requests) == n
+            crews, _ = await folder.call_method(ua.NodeId(f"{FOLDER_PATH}/Propose", ns), "WO-000003")
+            assert crews == ["V-7", "V-9"]
             # Both orders change: otto gets both events, dina only Dijon's.
             core.push(
                 dataclasses.replace(talant, state=OrderState.ASSIGNED, crew="V-9"), "assign", "otto", talant.state
