@@ -471,8 +471,8 @@ class Operations:
             await self._write_kpi(name, value)
         # Events before the removal: their SourceNode still browses while a client reads it.
         await self._send_events(events, communes)
-        for nodes in removed:
-            await self._remove(nodes)
+        if removed:
+            await self._remove([nid for nodes in removed for nid in nodes])
         if (added or removed) and self.model_changed is not None:
             verb = (ua.ModelChangeStructureVerbMask.ReferenceAdded if added else 0) | (
                 ua.ModelChangeStructureVerbMask.ReferenceDeleted if removed else 0
@@ -531,8 +531,9 @@ class Operations:
         await self._write(nid, ua.DataValue(ua.Variant(value, V.Double)))
 
     async def _remove(self, nodes: list[ua.NodeId]) -> None:
-        """An order's nodes gone: its monitored items get BadNodeIdUnknown first (as for a device
-        removed by a reload, scada/opcua/address_space.py delete_nodes), then the nodes go."""
+        """Orders' nodes gone: their monitored items get BadNodeIdUnknown first (as for a device
+        removed by a reload, scada/opcua/address_space.py delete_nodes), then the nodes go, all at
+        once (the folder's references are filtered once, not once per order)."""
         gone = ua.DataValue(StatusCode=StatusCode(SC.BadNodeIdUnknown))
         for nid in nodes:
             nd = self.aspace.get(nid)
