@@ -322,6 +322,7 @@ class Operations:
         self.events_sent = 0
         self.events_dropped = 0
         self.malformed = 0  # pushed items that did not decode (logged, skipped)
+        self.failures = 0  # passes of run() that failed (logged)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -434,7 +435,13 @@ class Operations:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the clients keep the rest of the server; the next snapshot heals
+                self.failures += 1
+                log.exception("opcua_work_orders_show_failed", failures=self.failures)
 
     async def flush(self) -> None:
         """Show what was pushed since the last pass: nodes, values, events, one model change."""

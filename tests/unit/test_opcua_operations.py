@@ -52,7 +52,7 @@ from scada.security.identity import Identity, Permission, Role
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 from tests import configs
-from tests.integration.helpers import free_port, serving
+from tests.integration.helpers import free_port, serving, until
 
 SC = ua.StatusCodes
 DEVICES = """
@@ -318,6 +318,24 @@ async def test_a_reload_keeps_the_folder_and_its_orders_and_removes_it_with_the_
         assert not exists(hmi, FOLDER_PATH) and not exists(hmi, order_path("WO-000001", "Dijon"))
         await hmi.reload(on, tagdb, [], [], [])  # and back
         assert hmi.operations is not None and exists(hmi, f"{FOLDER_PATH}/Create")
+
+
+@on_front
+async def test_a_pass_that_fails_is_logged_and_the_next_one_shown(front, monkeypatch):
+    """run() (started by serving, as the front starts it) outlives a failing pass."""
+    hmi, _, _ = front
+    ops = hmi.operations
+    failures = ops.failures
+
+    def broken(order):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ops, "_add_order", broken)
+    ops.apply([order("WO-000007")], [])
+    await until(lambda: ops.failures == failures + 1, what="the failed pass counted")
+    monkeypatch.undo()
+    ops.apply([order("WO-000008")], [])
+    await until(lambda: "WO-000008" in ops.orders, what="the next pass shown")
 
 
 def test_the_method_arguments_are_typed_and_empty_means_none():
