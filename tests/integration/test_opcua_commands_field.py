@@ -9,6 +9,7 @@ asyncua clients logged in as users of the users file (tests/integration/opcua_co
 * A command to a cabinet that does not answer: ``BadTimeout`` (sent, never answered: whether it
   was applied is unknown), its tags as the cabinet last said; a cabinet the driver already knows
   silent is not in communication (``BadNoCommunication``) and its tags are Bad.
+* The user's rate through the HMI (the device's: test_opcua_commands.py).
 
 Each test commands its own devices of the one city (faults are per device).
 """
@@ -205,3 +206,32 @@ async def test_a_cabinet_known_silent_is_not_in_communication_and_its_tag_turns_
         lambda: audited(data, action="command", user="otto", target=SILENT, result="BadNoCommunication"),
         what="the refusal audited",
     )
+
+
+async def test_a_user_s_rate_holds_even_for_calls_refused_later_in_the_pipeline(field):
+    """A stuck HMI (erin: an Engineer no other test here uses) sends one Call of 20 commands at
+    once, each out of range: the user's rate (10 at once, then 1 a second) counts every attempt
+    from its step on, so beyond the burst they are BadTooManyOperations, not even checked; none
+    reaches the field (out of range: nothing is written)."""
+    city, broker, endpoint, data = field
+    dev = "Dijon/lighting/LC-DIJ-001"
+    async with session(endpoint, "erin") as erin:
+        ns = await erin.get_namespace_index(NAMESPACE_URI)
+        await online(erin, ns, dev)
+        dim = erin.get_node(ua.NodeId(f"{dev}/dim_level", ns))
+        before = await dim.read_value()
+        request = ua.CallMethodRequest(
+            ObjectId=ua.NodeId(dev, ns),
+            MethodId=ua.NodeId(SET_DIM, ns),
+            InputArguments=await inputs_for(erin, ns, SET_DIM, level=500.0),
+        )
+        codes = [r.StatusCode.value for r in await erin.uaclient.call([request] * 20)]
+        assert set(codes) == {SC.BadOutOfRange, SC.BadTooManyOperations}, codes
+        assert codes.count(SC.BadOutOfRange) >= 10, codes  # the burst
+        assert await dim.read_value() == before
+    await until(
+        lambda: len(audited(data, action="command", user="erin")) == len(codes),
+        what="every attempt audited",
+    )
+    results = [r.result for r in audited(data, action="command", user="erin")]
+    assert sorted(results) == sorted(ua.StatusCode(c).name for c in codes), results
