@@ -8,8 +8,8 @@ cabinet; a Write to a writable tag goes through the pipeline; an Observer is ref
 shows the methods and the Control variables, which show the last command; every attempt is in
 the audit trail.
 
-These need the shipped commands (tags.yaml ``commands:``) and the core's pipeline: until both are
-there the module says so and does not run (nothing else can stand in for them here).
+The server, its users and the client helpers: tests/integration/opcua_commands_rig.py. What the
+field refuses or leaves unanswered (an interlock, a silent cabinet): test_opcua_commands_field.py.
 """
 
 from __future__ import annotations
