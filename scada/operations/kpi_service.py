@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from scada.alarms.journal import Journal
+from scada.alarms.journal import Journal, JournalError
 from scada.config import DIAG_FOLDER, Config
-from scada.historian.store import HistoryStore
+from scada.historian.store import HistoryError, HistoryStore
 from scada.opendata import ENERGY, counter_increase, read_points, recorded_until, sites_from_config
 from scada.operations import kpi
 from scada.operations.model import WorkOrder
@@ -55,6 +56,10 @@ OrderReader = Callable[[int, int], Sequence[WorkOrder]]  # (start_ns, end_ns) ->
 # order is made at once; a late restart's reconcile may take a while): the journal is indexed by
 # creation time.
 ORDER_CREATION_SLACK_NS = 7 * kpi.DAY_NS
+
+
+class ReadError(Exception):
+    """A file of the data folder cannot be read (garbage, not ours, a disk error): names it."""
 
 
 class NoData(ValueError):
@@ -100,11 +105,14 @@ def journal_orders(data_dir: str | Path) -> OrderReader | None:
     journal_mod: Any = importlib.import_module("scada.operations.journal")
 
     def read(start: int, end: int) -> Sequence[WorkOrder]:
-        j = journal_mod.OrderJournal(path, readonly=True)
         try:
-            orders = j.orders(start - ORDER_CREATION_SLACK_NS, end + ORDER_CREATION_SLACK_NS)
-        finally:
-            j.close()
+            j = journal_mod.OrderJournal(path, readonly=True)
+            try:
+                orders = j.orders(start - ORDER_CREATION_SLACK_NS, end + ORDER_CREATION_SLACK_NS)
+            finally:
+                j.close()
+        except journal_mod.OrderJournalError as exc:
+            raise ReadError(str(exc)) from None
         return [o for o in orders if start <= o.origin_ns < end]
 
     return read
@@ -130,7 +138,10 @@ def compute(
         raise FileNotFoundError(f"no data folder {data} (the server's --data folder)")
     ops = config.operations
     hist_path = data / HISTORY_FILE
-    store = HistoryStore(hist_path, readonly=True) if hist_path.is_file() else None
+    try:
+        store = HistoryStore(hist_path, readonly=True) if hist_path.is_file() else None
+    except HistoryError as exc:
+        raise ReadError(str(exc)) from None
     points = 0
     try:
         if horizon_ns is None:
@@ -149,6 +160,8 @@ def compute(
         energy = _energy(config, read, start_ns, end_ns, horizon)
         faults = _faults(config, data / ALARMS_FILE, start_ns, end_ns)
         avail = _availability(config, read, faults, start_ns, end_ns, horizon)
+    except (HistoryError, JournalError, sqlite3.DatabaseError) as exc:
+        raise ReadError(str(exc)) from None
     finally:
         if store is not None:
             store.close()
