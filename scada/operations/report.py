@@ -171,8 +171,8 @@ def energy_chart(rows: list[dict], target: float) -> str:
     ax.bar([i - 0.2 for i in x], [r["baseline_kwh"] or 0 for r in rows], 0.4, label="baseline", color="#bbbbbb")
     ax.bar([i + 0.2 for i in x], [r["energy_kwh"] or 0 for r in rows], 0.4, label="consumed", color="#2b7bba")
     if target:
-        ax.scatter(
-            list(x),
+        ax.scatter(  # the ceiling, on the consumed bar it judges
+            [i + 0.2 for i in x],
             [(r["baseline_kwh"] or 0) * (1 - target) for r in rows],
             marker="_",
             s=400,
@@ -220,7 +220,7 @@ def availability_chart(rows: list[dict]) -> str:
     low = min([100 * (r["availability"] or 0) for r in rows] + [t for _, t in targets], default=0)
     ax.set_ylim(max(0.0, low - 5), 100.5)
     ax.set_title("Availability per equipment class")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="best")
     return _svg(fig)
 
 
