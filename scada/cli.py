@@ -589,6 +589,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    from scada.operations import report as report_cli
+
+    report_cli.add_parser(sub)
     from scada.security import audit_cli
 
     audit_cli.add_parser(sub)
