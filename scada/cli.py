@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common import eventloop, logs
+from common.fields import parse_host_port
 from common.yamlsrc import ConfigError
 
 if TYPE_CHECKING:
@@ -50,12 +51,15 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
     from scada.front.link import FrontSettings
 
     endpoint = args.opcua_endpoint
+    http = getattr(args, "http", None)
     settings = FrontSettings(
         endpoint,
         log_json=args.log_json,
         log_level=args.log_level,
         event_loop=args.event_loop,
         security=getattr(args, "security_settings", None),
+        http=http_address(http) if http else None,
+        http_set=bool(http),
     )
     app = Application(
         config,
@@ -181,6 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--clock-start/--acceleration: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "http", None):
+        try:
+            http_address(args.http)  # checked before anything starts
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         config = _load(args.config, args.drivers)
     except ConfigError as exc:
@@ -438,6 +448,16 @@ def _config_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=".", help="folder holding tags.yaml and alarms.yaml (default: .)")
 
 
+def http_address(text: str) -> tuple[str, int] | None:
+    """``--http``: host:port, or none (no HTTP server); argparse's error for anything else."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return parse_host_port(text, 8080)
+    except ValueError as exc:
+        raise SystemExit(f"scada: --http {text!r}: {exc}") from None
+
+
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a command that runs the server (``run``, and the demo's)."""
     from scada.opcua.server import DEFAULT_ENDPOINT
@@ -467,6 +487,12 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         default="process",
         help="where the OPC UA server runs: its own process, so that no client can slow the field "
         "(default), or inline in the server's event loop (one process: tests, small benches)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="the HTTP server's address (Open311, the map feed, /metrics), or 'none': instead of "
+        "operations.yaml's http.listen",
     )
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")
@@ -563,6 +589,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    from scada.operations import report as report_cli
+
+    report_cli.add_parser(sub)
     from scada.security import audit_cli
 
     audit_cli.add_parser(sub)

@@ -6,6 +6,7 @@
 #   mosquitto-clients  mosquitto_sub / mosquitto_pub, independent MQTT peers
 #   socat         a pseudo-terminal pair: the serial line of the Modbus RTU tests
 #   victoria-metrics  the time-series database of the historian tests (InfluxDB v2 write API on loopback)
+#   curl          an independent HTTP client: the README's Open311/map/metrics examples are run with it
 set -euo pipefail
 
 need=()
@@ -15,6 +16,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 command -v socat >/dev/null || need+=(socat)
 command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
+command -v curl >/dev/null || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else

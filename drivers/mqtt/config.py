@@ -11,6 +11,8 @@ access_bollard:
   command_topic: city/bollards/{device}/cmd     # writes: {"command": label, "correlation_id": id}
   ack_topic: city/bollards/{device}/ack         # answered with the same correlation_id
   max_packet: 262144                            # bytes: a larger packet closes the broker link unread
+  messages:                                     # optional: message channels beside the tags (crews' orders)
+    order: {send: "city/vehicles/{device}/order", answers: "city/vehicles/{device}/order_status"}
   broker_security:                              # optional: TLS and a login (drivers/mqtt/security.py)
     ca: pki/broker-ca.pem
     username: scada
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.fields import (
+    NAME_RE,
     NO_DEADBAND,
     Fields,
     Key,
@@ -42,7 +45,9 @@ from common.fields import (
     object_schema,
     one_of,
     parse_host_port,
+    schema_of,
     to_int,
+    to_name,
     to_str,
     when,
 )
@@ -78,6 +83,17 @@ def _topic(v: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttChannel:
+    """A message channel of a type (``messages:``): JSON objects sent to a device on ``send``, its
+    answers read from ``answers`` (None: it never answers). Topics are templates ({device})."""
+
+    name: str
+    send: str
+    answers: str | None = None
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class MqttType:
     status_topic: str | None = None
     online_payload: str = "online"
@@ -86,6 +102,10 @@ class MqttType:
     ack_topic: str | None = None
     max_packet: int | None = None  # bytes after a packet's fixed header; None: the driver's default (aio.MAX_PACKET)
     security: MqttSecurity = NO_SECURITY  # TLS and login to the broker (broker_security)
+    messages: tuple[MqttChannel, ...] = ()  # message channels (scada.driver_api.MessageChannel)
+
+    def channel(self, name: str) -> MqttChannel | None:
+        return next((c for c in self.messages if c.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +155,25 @@ def _json_path(v: object) -> str:
 
 
 _PAYLOAD = {"type": "string", "minLength": 1}
+CHANNEL_KEYS: KeyTable = {
+    "send": Key(
+        _topic,
+        "Topic a message to the device is published on, as a JSON object (QoS 1, not retained). {device} stands for the device's name.",
+        what="the topic messages to the device are published on, e.g. city/vehicles/{device}/order",
+        examples=("city/vehicles/{device}/order",),
+    ),
+    "answers": Key(
+        _topic,
+        "Topic the device answers on, JSON objects delivered one by one in the order they arrive (never coalesced like values). {device} stands for the device's name. Absent: the device never answers on this channel.",
+        None,
+        examples=("city/vehicles/{device}/order_status",),
+    ),
+    "qos": Key(
+        in_range(to_int, 1, 2),
+        "MQTT quality of service of the messages sent and of the subscription to the answers, 1 or 2 (default 1: a message must reach the broker; 0 could be lost silently).",
+        1,
+    ),
+}
 TYPE_KEYS: KeyTable = {
     "status_topic": Key(
         _topic,
@@ -167,6 +206,16 @@ TYPE_KEYS: KeyTable = {
         in_range(to_int, *MAX_PACKET_RANGE),
         "MQTT only. Largest MQTT packet accepted from the broker, in bytes after the fixed header (default 262144, 256 KiB: four times the 64 KiB a payload may have). A larger packet closes the broker link before it is read (logged mqtt_packet_too_large, counted), and the link reconnects. On a broker shared by several types, the largest of their values applies.",
         None,  # None: the driver's default (aio.MAX_PACKET)
+    ),
+    "messages": Key(
+        None,
+        "MQTT only. Message channels beside the tags, by name: JSON objects the server sends to a device (send: topic) and the device's answers (answers: topic), e.g. a crew vehicle's work orders and its order statuses. Topics are templates: {device} stands for the device's name; a topic is not also a point's, status or command topic of the type.",
+        None,
+        schema={
+            "type": "object",
+            "propertyNames": schema_of(to_name),
+            "additionalProperties": object_schema(CHANNEL_KEYS),
+        },
     ),
     "broker_security": Key(
         None,
@@ -253,7 +302,7 @@ def parse_type(f: Fields) -> MqttType:
     if "broker_security" in f.mapping:
         sub = f.sub("broker_security")
         security = parse_security(Fields(sub, f.key("broker_security"), f.file, f.line_of("broker_security")))
-    return MqttType(
+    t = MqttType(
         status_topic=f.read(TYPE_KEYS, "status_topic"),
         online_payload=f.read(TYPE_KEYS, "online_payload"),
         offline_payload=f.read(TYPE_KEYS, "offline_payload"),
@@ -262,6 +311,44 @@ def parse_type(f: Fields) -> MqttType:
         max_packet=f.read(TYPE_KEYS, "max_packet"),
         security=security,
     )
+    if "messages" in f.mapping:
+        t = replace(t, messages=_parse_messages(f, t))
+    return t
+
+
+def _parse_messages(f: Fields, t: MqttType) -> tuple[MqttChannel, ...]:
+    """The ``messages:`` channels; a topic used twice (by two channels, or by the status or
+    command topics) would make an answer ambiguous: a located error."""
+    raw = f.sub("messages")
+    mf = Fields(raw, f.key("messages"), f.file, f.line_of("messages"))
+    used = {
+        topic: key
+        for key, topic in (
+            ("status_topic", t.status_topic),
+            ("command_topic", t.command_topic),
+            ("ack_topic", t.ack_topic),
+        )
+        if topic
+    }
+    out: list[MqttChannel] = []
+    for name, craw in raw.items():
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise mf.error(str(name), "a channel name uses letters, digits, '_', '.' and '-' only", name)
+        cf = Fields(craw, mf.key(name), f.file, mf.line_of(name))
+        ch = MqttChannel(
+            name, cf.read(CHANNEL_KEYS, "send"), cf.read(CHANNEL_KEYS, "answers"), cf.read(CHANNEL_KEYS, "qos")
+        )
+        cf.done(CHANNEL_KEYS)
+        for key, topic in (("send", ch.send), ("answers", ch.answers)):
+            if topic is None:
+                continue
+            if topic in used:
+                raise cf.error(
+                    key, f"this topic is already the type's {used[topic]}: each channel topic is its own", topic
+                )
+            used[topic] = f"messages.{name}.{key}"
+        out.append(ch)
+    return tuple(out)
 
 
 def parse_point(f: Fields) -> MqttPoint:
@@ -292,8 +379,17 @@ def parse_device(f: Fields) -> MqttEndpoint:
 
 
 def check_type(type_name: str, points: dict[str, MqttPoint], where: Fields, type_io: MqttType | None = None) -> None:
-    """A command point needs the type's command and acknowledgement topics."""
+    """A command point needs the type's command and acknowledgement topics; a message channel's
+    topic is no point's (a message would be both an answer and a value)."""
     for name, p in points.items():
+        for ch in type_io.messages if type_io else ():
+            if p.topic is not None and p.topic in (ch.send, ch.answers):
+                raise ConfigError(
+                    where.file,
+                    where.line_of(name),
+                    where.key(name),
+                    f"topic {p.topic!r} is also a topic of the type's message channel {ch.name!r}",
+                )
         if p.type == "command" and not (type_io and type_io.command_topic and type_io.ack_topic):
             raise ConfigError(
                 where.file,

@@ -20,6 +20,15 @@ reports one ``TagDB.update`` per batch, yielding to the loop between batches. A 
 acknowledgement message is handled in its place in the stream: the values before it are
 stored first.
 
+Message channels (:class:`~scada.driver_api.MessageChannel`, a type's ``messages:``): ``send``
+publishes a JSON object on the channel's ``send`` topic through the broker's one connection
+(QoS 1 or 2) and returns once the broker has it (its PUBACK), ``DeviceUnreachable`` when the
+link is down or goes down before that. Answers arrive on the ``answers`` topic, subscribed with
+the type's other topics, and are handled as acknowledgements are: in their place in the stream,
+each one delivered to the ``listen`` callbacks (never coalesced as values are, so that
+"accepted" then "en_route" both arrive). A payload that is not a JSON object is garbage: counted,
+logged, never delivered.
+
 Status: tags start ``Bad_NoCommunication``; a lost broker link or a device's last will
 ("offline" on its status topic) turns them ``Bad_CommunicationError`` (last value kept);
 the next message of a device makes its tags ``Good`` again. A broker that cannot be reached
@@ -40,7 +49,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +57,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import structlog
 
+from drivers.mqtt import paho_private
 from drivers.mqtt.aio import MAX_PACKET, AsyncioMqtt
 from drivers.mqtt.codec import Layout, Reader, decode_batch
 from drivers.mqtt.config import MqttEndpoint, MqttType
@@ -55,7 +65,15 @@ from drivers.mqtt.security import MqttSecurity, tls_context
 from scada import status as st
 from scada.config import Config, Device
 from scada.diagnostics import DeviceDiagnostics
-from scada.driver_api import DeviceRejected, DeviceUnreachable, WriteCommand, check_point, lookup
+from scada.driver_api import (
+    CommandRejected,
+    DeviceRejected,
+    DeviceTimeout,
+    DeviceUnreachable,
+    WriteCommand,
+    check_point,
+    lookup,
+)
 from scada.ingest import Ingest
 from scada.tagdb import TagDB
 
@@ -113,7 +131,8 @@ class Broker:
     routes: dict[str, tuple[TopicGroup, int]] = field(default_factory=dict)  # topic -> (group, row)
     status_topics: dict[str, DeviceState] = field(default_factory=dict)
     ack_topics: dict[str, DeviceState] = field(default_factory=dict)
-    control: frozenset[str] = frozenset()  # status and acknowledgement topics
+    answer_topics: dict[str, tuple[DeviceState, str]] = field(default_factory=dict)  # topic -> (device, channel)
+    control: frozenset[str] = frozenset()  # status, acknowledgement and answer topics
     devices: list[DeviceState] = field(default_factory=list)
     connected: bool = False
     link: AsyncioMqtt | None = None
@@ -172,17 +191,26 @@ class MqttDriver:
                 b.status_topics[ds.type_io.status_topic.format(device=d.name)] = ds
             if ds.type_io.ack_topic:
                 b.ack_topics[ds.type_io.ack_topic.format(device=d.name)] = ds
+            for ch in ds.type_io.messages:
+                if ch.answers:
+                    b.answer_topics[ch.answers.format(device=d.name)] = (ds, ch.name)
         for g in groups.values():
             g.done()
         self.diag = DeviceDiagnostics(config, devices)
         for b in self.brokers.values():
-            b.control = frozenset({*b.status_topics, *b.ack_topics})
+            b.control = frozenset({*b.status_topics, *b.ack_topics, *b.answer_topics})
         self._inbox: collections.deque = collections.deque()
         self._inbox_size = 0  # bytes in the inbox: the sum of its entries' sizes (_sizes())
         self.peak_inbox_bytes = 0
         self._wake = asyncio.Event()  # bound to no loop until awaited; run() makes its own
         # correlation id -> the write waiting for it; looked up with whatever an acknowledgement carries
         self._pending_acks: dict[object, asyncio.Future] = {}
+        self._by_device = {ds.device.name: ds for ds in self.devices}
+        self._listeners: dict[str, list[Callable[[str, Mapping[str, Any]], None]]] = {}
+        # (broker, message id) -> the send waiting for the broker's PUBACK
+        self._pending_sends: dict[tuple[int, int], tuple[Broker, asyncio.Future]] = {}
+        self.messages_sent = 0
+        self.answers = 0  # answers delivered to the listeners
         self.received = 0
         self.dropped = 0
         self.garbage = 0
@@ -252,8 +280,11 @@ class MqttDriver:
             if broker.link is not None:
                 broker.link.refused(_refusal(broker, reason_code))
             return
-        topics = {*broker.readers, *broker.status_topics, *broker.ack_topics}
+        topics = {*broker.readers, *broker.status_topics, *broker.ack_topics, *broker.answer_topics}
         qos = {t: max(r.point.qos for r in rs) for t, rs in broker.readers.items()}
+        for t, (ds, name) in broker.answer_topics.items():
+            ch = ds.type_io.channel(name)
+            qos[t] = ch.qos if ch else 1
         broker.client.subscribe([(t, qos.get(t, 1)) for t in sorted(topics)])
         self._link_up(broker)
 
@@ -274,6 +305,12 @@ class MqttDriver:
         if broker.connected:
             log.warning("broker_link_lost", broker=f"{broker.endpoint.host}:{broker.endpoint.port}")
         broker.connected = False
+        for key, (b, fut) in list(self._pending_sends.items()):
+            if b is broker and not fut.done():
+                # Failed for its sender: paho must not publish it again after the reconnection.
+                paho_private.forget_publish(broker.client, key[1])
+                fut.set_exception(DeviceUnreachable(f"broker {broker.endpoint.host}:{broker.endpoint.port}: {reason}"))
+                del self._pending_sends[key]
         for ds in broker.devices:
             self._device_down(ds, reason)
 
@@ -290,6 +327,7 @@ class MqttDriver:
             b.client.on_message = self._on_message
             b.client.on_connect = lambda c, u, f, rc, p, b=b: self._on_connect(b, rc)
             b.client.on_disconnect = lambda c, u, f, rc, p, b=b: self._on_disconnect(b)
+            b.client.on_publish = lambda c, u, mid, rc, p, b=b: self._on_publish(b, mid)
             b.link = AsyncioMqtt(
                 b.client,
                 b.endpoint.host,
@@ -316,6 +354,9 @@ class MqttDriver:
                     await b.link.stop()
             for fut in self._pending_acks.values():
                 fut.cancel()
+            for b, fut in self._pending_sends.values():
+                if not fut.done():  # the sender is not being cancelled: it is told the message did not go
+                    fut.set_exception(DeviceUnreachable(f"broker {b.endpoint.host}:{b.endpoint.port}: driver stopped"))
 
     def _take_batch(self) -> list:
         """The oldest ``BATCH`` messages of the inbox, their bytes no longer counted in it."""
@@ -349,6 +390,9 @@ class MqttDriver:
                     self._status_message(broker.status_topics[topic], payload)
                 if topic in broker.ack_topics:
                     self._ack_message(broker.ack_topics[topic], payload)
+                if topic in broker.answer_topics:
+                    ds, channel = broker.answer_topics[topic]
+                    self._answer_message(ds, channel, payload)
         self._store(pending)
 
     def _store(self, pending: dict[TopicGroup, tuple[list, list, list]]) -> None:
@@ -420,6 +464,73 @@ class MqttDriver:
         if fut is not None and not fut.done():
             fut.set_result(ack)
 
+    # message channels (scada.driver_api.MessageChannel)
+
+    def _answer_message(self, ds: DeviceState, channel: str, payload: bytes) -> None:
+        try:
+            answer = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            answer = None
+        if not isinstance(answer, dict):
+            self._garbage(ds, f"messages.{channel}", "answer is not a JSON object")
+            return
+        self.answers += 1
+        for callback in self._listeners.get(channel, ()):
+            try:
+                callback(ds.device.name, answer)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the driver nor the other listeners
+                log.exception("mqtt_listener_failed", device=ds.device.name, channel=channel)
+
+    def listen(self, channel: str, callback: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Call ``callback(device, answer)`` for every answer a device sends on ``channel``, in
+        the order they arrive, on the event loop."""
+        self._listeners.setdefault(channel, []).append(callback)
+
+    def _on_publish(self, broker: Broker, mid: int) -> None:
+        entry = self._pending_sends.pop((id(broker), mid), None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(None)
+
+    async def send(self, device: str, channel: str, payload: Mapping[str, Any]) -> None:
+        """Publish ``payload`` (a JSON object) on ``device``'s ``channel``; return once the broker
+        has it. CommandRejected for an unknown device or channel or a payload that is not JSON;
+        DeviceUnreachable when the broker link is down or is lost before the broker's answer."""
+        ds = self._by_device.get(device)
+        if ds is None:
+            raise CommandRejected(f"unknown device {device!r}")
+        ch = ds.type_io.channel(channel)
+        if ch is None:
+            known = ", ".join(c.name for c in ds.type_io.messages) or "none"
+            raise CommandRejected(f"{device}: its type has no message channel {channel!r} (channels: {known})")
+        try:
+            text = json.dumps(dict(payload), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CommandRejected(f"{device}: the {channel} message is not JSON: {exc}") from None
+        broker = ds.broker
+        assert broker is not None  # every device is given its broker in __init__
+        where = f"broker {broker.endpoint.host}:{broker.endpoint.port}"
+        if not broker.connected:
+            raise DeviceUnreachable(f"{device}: {where} unreachable")
+        info = broker.client.publish(ch.send.format(device=device), text, qos=ch.qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            paho_private.forget_publish(broker.client, info.mid)  # paho keeps it for the next connection
+            raise DeviceUnreachable(f"{device}: {where}: {mqtt.error_string(info.rc)}")
+        fut = asyncio.get_running_loop().create_future()
+        key = (id(broker), info.mid)
+        self._pending_sends[key] = (broker, fut)
+        timeout = max(ds.device.timeout, 1.0) * 5
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            paho_private.forget_publish(broker.client, info.mid)
+            raise DeviceUnreachable(
+                f"{device}: {where} did not take the {channel} message within {timeout:g} s"
+            ) from None
+        finally:
+            self._pending_sends.pop(key, None)
+        self.messages_sent += 1
+
     # commands
 
     def _resolve(self, command: WriteCommand) -> tuple[DeviceState, Any]:
@@ -459,9 +570,7 @@ class MqttDriver:
                     ack = await fut
                 self.diag.rtt_ms[ds.k] = (time.monotonic() - sent) * 1000.0  # command to acknowledgement
             except TimeoutError:
-                raise DeviceUnreachable(
-                    f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s"
-                ) from None
+                raise DeviceTimeout(f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s") from None
         finally:
             self._pending_acks.pop(correlation, None)
         if ack.get("result") != "accepted":
@@ -482,6 +591,8 @@ class MqttDriver:
             "received": self.received,
             "dropped": self.dropped,
             "garbage": self.garbage,
+            "messages_sent": self.messages_sent,
+            "answers": self.answers,
             "oversize": sum(b.link.oversize for b in self.brokers.values() if b.link is not None),
             "inbox_bytes": self._inbox_size,
             "peak_inbox_bytes": self.peak_inbox_bytes,

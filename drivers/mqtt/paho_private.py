@@ -13,6 +13,10 @@ except for what its buffered reads and fast path need, which paho does not publi
 * ``Client._msgtime_mutex`` and ``Client._last_bytes_received`` with the module's
   ``time_func``: paho's keep-alive clock. Packets the fast path takes past paho must still
   count as traffic, or paho would think the link silent and drop it (:func:`mark_received`).
+* ``Client._out_messages`` (mid -> message, under ``Client._out_message_mutex``) and
+  ``Client._inflight_messages``: the QoS 1/2 messages paho keeps to send again after a
+  reconnection. A message channel's send that failed (DeviceUnreachable) is taken out of them
+  (:func:`forget_publish`): its sender was told it did not go, so it must not go later.
 
 :func:`check` verifies all of them on a client, once, naming what differs;
 ``tests/unit/test_paho_private_contract.py`` checks them, and the behaviour the link relies
@@ -85,3 +89,16 @@ def mark_received(client: mqtt.Client) -> None:
     """Tell paho's keep-alive that bytes came in now (as paho does after each packet it reads)."""
     with client._msgtime_mutex:
         client._last_bytes_received = mqtt.time_func()
+
+
+def forget_publish(client: mqtt.Client, mid: int) -> bool:
+    """Take message ``mid`` out of what paho would publish again after a reconnection; False
+    when paho no longer holds it (acknowledged meanwhile). A later PUBACK for it is ignored by
+    paho (it checks the mid is still held)."""
+    with client._out_message_mutex:
+        msg = client._out_messages.pop(mid, None)
+        if msg is None:
+            return False
+        if msg.state in (mqtt.mqtt_ms_wait_for_puback, mqtt.mqtt_ms_wait_for_pubrec) and client._inflight_messages > 0:
+            client._inflight_messages -= 1  # as paho counts an acknowledged one
+        return True

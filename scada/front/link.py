@@ -29,6 +29,8 @@ and the core only does, per change batch, one write of its raw columns to a sock
   (:func:`scada.security.audit.from_wire`; a malformed one is refused and counted, never
   written), then given to the core's trail (``app.audit``, a bounded writer: see
   scada/security/audit_log.py).
+* **Figures**: every ``STATS_INTERVAL`` the core's health figures go to the front
+  (:func:`push_stats`, ``model.PUSH_STATS``) for its HTTP ``/metrics``.
 * **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
   (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
   it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.
@@ -70,6 +72,7 @@ STOP_TIMEOUT = 10.0  # s for a front to stop cleanly before it is killed
 RELOAD_TIMEOUT = 120.0
 MAX_REQUEST = 16 << 20  # a front's request is small; a larger frame is a bug or an attack
 MAX_IN_FLIGHT = 256  # coroutine requests (commands) running at once for one front
+STATS_INTERVAL = 5.0  # s between two pushes of the core's figures to the front (/metrics)
 
 
 class FrontExited(RuntimeError):
@@ -86,9 +89,13 @@ class FrontSettings:
     log_level: str = "INFO"
     event_loop: str = "uvloop"
     security: SecuritySettings | None = None  # None: no security layer (see scada.opcua.server.HmiServer)
+    # The HTTP server's address when ``scada run --http`` gives one (None with http_set: none),
+    # instead of operations.yaml's http.listen; kept across reloads and front restarts.
+    http: tuple[str, int] | None = None
+    http_set: bool = False
 
 
-def front_config(config) -> Any:
+def front_config(config, settings: FrontSettings | None = None) -> Any:
     """The configuration as the front gets it: without the drivers' registry (the front has no
     drivers, and must not import them), nor the types' and points' driver options: they hold the
     field's secrets (an MQTT broker's password, an OPC UA client's private key), which a process
@@ -97,7 +104,13 @@ def front_config(config) -> Any:
         name: dataclasses.replace(t, io=None, points=tuple(dataclasses.replace(p, io=None) for p in t.points))
         for name, t in config.types.items()
     }
-    return dataclasses.replace(config, drivers={}, types=types)
+    out = dataclasses.replace(config, drivers={}, types=types)
+    if settings is not None and settings.http_set:
+        ops = out.operations
+        out = dataclasses.replace(
+            out, operations=dataclasses.replace(ops, http=dataclasses.replace(ops.http, listen=settings.http))
+        )
+    return out
 
 
 class _AlarmForwarder:
@@ -171,6 +184,7 @@ class FrontLink:
                 self._reader_task,
                 asyncio.create_task(self._forward_batches(), name="opcua-front-batches"),
                 asyncio.create_task(self.proc.wait(), name="opcua-front-wait"),
+                asyncio.create_task(push_stats(self), name="opcua-front-stats"),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -238,7 +252,7 @@ class FrontLink:
         from scada.alarms.remote import alarm_snapshot
 
         return {
-            "config": front_config(config),
+            "config": front_config(config, self.settings),
             "shm": tagdb.shared_name,
             "texts": dict(tagdb.text),
             "alarms": alarm_snapshot(alarms) if alarms is not None else None,
@@ -656,3 +670,37 @@ class FrontLink:
     def dropped_batches(self) -> int:
         consumer = self._consumer
         return self.batches_dropped + (consumer.dropped_batches if consumer is not None else 0)
+
+
+# The core's figures for the front's /metrics (scada/operations/metrics.py)
+
+
+def core_stats(app) -> dict[str, Any]:
+    """What the front cannot see itself: the status line's figures, each driver's diagnostics,
+    the event loop's lag and each consumer's drops (plain numbers, pickled small)."""
+    return {
+        "status": app.status(),
+        "drivers": {
+            d.name: {k: v for k, v in d.diagnostics().items() if isinstance(v, int | float)} for d in app.drivers
+        },
+        "loop_lag_s": float(app.max_loop_lag),
+        "consumers": {
+            c.name: {"dropped_batches": c.dropped_batches, "dropped_rows": c.dropped_rows} for c in app.tagdb.consumers
+        },
+    }
+
+
+async def push_stats(link: FrontLink, interval: float = STATS_INTERVAL) -> None:
+    """Push model.PUSH_STATS to the front now and every ``interval`` s. Dropped above HIGH_WATER
+    (the next one replaces it); a figure that fails to compute is logged, never fatal."""
+    from scada.operations.model import PUSH_STATS
+
+    while True:
+        if link._writer is not None and link._backlog() <= HIGH_WATER:
+            try:
+                link._send(wire.encode_message(PUSH_STATS, core_stats(link.app)))
+            except FrontExited:
+                pass
+            except Exception as exc:  # noqa: BLE001 - metrics must never take the front down
+                log.warning("core_stats_failed", error=repr(exc))
+        await asyncio.sleep(interval)

@@ -8,7 +8,10 @@ audit records (fire-and-forget, bounded: :class:`ChannelAudit`) for the core's t
 :class:`~scada.front.tags.TagMirror` (the shared tag columns and the batches),
 :class:`~scada.front.alarms.AlarmMirror` (the engine's state and its events; operator actions
 are requests), :class:`~scada.front.history.HistoryMirror` (the history store, read
-directly, and the historian's points not stored yet, a request).
+directly, and the historian's points not stored yet, a request). With
+``operations.http.listen`` set it also serves HTTP on the same loop
+(:mod:`scada.operations.http`: Open311, the map feed, /metrics) from those mirrors and
+:class:`~scada.front.orders.OrdersMirror` (the work orders and figures the core pushes).
 
 It stops when its channel ends: the core stopped, or died (a front never outlives its core).
 Any failure of its own tasks ends the process with an error: the core's supervisor starts a
@@ -33,6 +36,8 @@ import structlog
 from common import eventloop, logs
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.front.orders import OrdersMirror
+from scada.operations import model as ops_model
 from scada.security.audit import AuditFanout, AuditRecord, lost_record, to_wire
 
 log = structlog.get_logger("scada.front")
@@ -136,6 +141,10 @@ class Front:
         self.hmi: Any = None
         self.tags: Any = None
         self.history: Any = None
+        # The core's operations as it pushes them (model.PUSH_*): the HTTP server's map and
+        # metrics read them. Kept across reloads: the orders do not change with the configuration.
+        self.orders = OrdersMirror()
+        self.http: Any = None  # scada.operations.http.OpsHttp, when operations.http.listen is set
         self.tasks: list[asyncio.Task] = []
         self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
         self.failure: BaseException | None = None
@@ -185,8 +194,28 @@ class Front:
             commands=self.channel.request,  # the core's command pipeline ("command", "group_command")
         )
         await self.hmi.start()
+        await self._start_http(config, alarms)
         self._start_tasks()
         return self.hmi.node_count
+
+    async def _start_http(self, config, alarms) -> None:
+        """The HTTP server (Open311, map, metrics) on this loop, if the configuration asks for one;
+        OSError when its address is taken (the front fails to start, as for the OPC UA port)."""
+        from scada.operations.http import OpsHttp, listen_of, operations_of
+
+        listen, ops = listen_of(config), operations_of(config)
+        if listen is None or ops is None:
+            return
+        hmi = self.hmi
+
+        def opcua_counts() -> tuple[int, int]:
+            from scada.opcua.asyncua_private.sessions import external_sessions
+            from scada.opcua.asyncua_private.subscriptions import subscriptions
+
+            return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
+
+        self.http = OpsHttp(config, ops, listen, self.tags, alarms, self.orders, self.channel.request, opcua_counts)
+        await self.http.start()
 
     def _start_tasks(self) -> None:
         hmi = self.hmi
@@ -195,6 +224,8 @@ class Front:
             self.tasks.append(self._watch(asyncio.create_task(hmi.conditions.run(), name="opcua-alarm-events")))
         if hmi.groups is not None:
             self.tasks.append(self._watch(asyncio.create_task(hmi.groups.run(), name="opcua-group-progress")))
+        if self.http is not None:
+            self.tasks.append(self._watch(asyncio.create_task(self.http.run(), name="http")))
 
     def _watch(self, task: asyncio.Task) -> asyncio.Task:
         def done(t: asyncio.Task) -> None:
@@ -233,6 +264,10 @@ class Front:
             # From now on the core's batches are the new table's: never given to the old mirror.
             old_tags, self.tags = self.tags, tags
             changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
+            if self.http is not None:
+                from scada.operations.http import operations_of
+
+                self.http.rebind(config, operations_of(config) or self.http.ops, tags, alarms)
             if not drained:
                 # Not everything could be published in time: a first snapshot notifies every
                 # watched value instead (nothing is lost, some are sent twice).
@@ -272,6 +307,14 @@ class Front:
         elif tag == "group_progress":  # (group, action, user, total, done, failed, finished)
             if self.hmi.groups is not None:
                 self.hmi.groups.progress(*msg[1:])
+        elif tag == ops_model.PUSH_ORDERS:  # (name, [WorkOrder wire], [OrderEvent wire])
+            self.orders.receive(msg[1], msg[2])
+        elif tag == ops_model.PUSH_ORDERS_SNAPSHOT:
+            self.orders.load(msg[1])
+        elif tag == ops_model.PUSH_STATS:
+            self.orders.receive_stats(msg[1])
+        elif tag == ops_model.PUSH_KPIS:
+            self.orders.receive_kpis(msg[1])
         elif tag == "reload":
             # Run to its end before the next frame: the frames after it (batches, alarm events)
             # are the new configuration's, for the new mirrors.
@@ -282,6 +325,8 @@ class Front:
 
     async def stop(self) -> None:
         await self._stop_tasks()
+        if self.http is not None:
+            await self.http.stop()
         if self.hmi is not None:
             await self.hmi.stop()
         if self.history is not None:

@@ -72,9 +72,16 @@ class TagMirror(TagIndex):
         self._snap_status = np.zeros(len(self._text_ids), np.uint32)
         self._snap_source = np.zeros(len(self._text_ids), np.int64)
         self._snap_server = 0
+        self._seq = 0  # the seq of the newest batch received from the core
         self.received = 0  # batches received from the core
         self.skipped = 0  # of which every row was already in the last snapshot
         self.resyncs = 0
+
+    @property
+    def seq(self) -> int:
+        """The seq of the newest change batch received from the core (TagDB.seq's counterpart:
+        an answer from the core that follows a batch on the channel finds it here)."""
+        return self._seq
 
     @property
     def shm_name(self) -> str:
@@ -154,6 +161,7 @@ class TagMirror(TagIndex):
         """A change batch from the core: keep its texts, offer its rows that the last full
         snapshot does not already hold (and re-offer its late text rows, see the module doc)."""
         self.received += 1
+        self._seq = max(self._seq, batch.seq)
         if batch.texts is not None:
             for k in np.flatnonzero(self._is_text[batch.ids]).tolist():
                 self.text[int(batch.ids[k])] = batch.texts[k]

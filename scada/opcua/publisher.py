@@ -28,6 +28,7 @@ the CreateMonitoredItems, ModifyMonitoredItems or SetMonitoringMode that touched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -348,6 +349,13 @@ class Publisher:
         # False: run() starts by sending a snapshot. True: record_now() took the current rows, or
         # the publisher resumes a queue it was consuming (a reload that kept the tag table).
         self.primed = False
+        # How far the publishing has gone, for caught_up(): the seq of the newest batch (or
+        # snapshot) fully published, and whether run() waits on an empty queue.
+        self.published_seq = -1
+        self._running = False
+        self._idle = False
+        self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.late_catch_ups = 0  # caught_up() calls that gave up after their timeout
         # StatusCode objects are immutable; a city uses a handful of distinct codes.
         self._status_cache: dict[int, ua.StatusCode] = {}
         stale: dict[int, DataChangeQueue] = {}
@@ -496,8 +504,62 @@ class Publisher:
         After a configuration reload: the clients' monitored items already have these values
         (the rows were carried over), so ``run`` does not send them a second time.
         """
-        self._record(self.tagdb.snapshot())
+        snap = self.tagdb.snapshot()
+        self._record(snap)
+        self.published_seq = max(self.published_seq, snap.seq)
         self.primed = True
+
+    # -- caught_up: "the batches received so far are what a Read and a notification show" ------
+
+    def _caught_up(self, seq: int) -> bool:
+        return self.published_seq >= seq or (self._idle and self.consumer.queue.empty())
+
+    async def caught_up(self, seq: int, timeout: float) -> bool:
+        """Until every change batch up to ``seq`` is published: recorded in the columns a Read
+        serves (scada/opcua/tag_read.py) and queued for the monitored items that watch it. True
+        at once when the publisher does not run (nothing would ever catch up); False, counted,
+        after ``timeout`` seconds (a publisher that far behind: the caller goes on regardless).
+
+        Published means: a batch of seq >= ``seq`` published (batches are taken in seq order,
+        and a snapshot holds every batch received before it was taken), or run() waiting on an
+        empty queue (a batch the front's mirror did not offer, scada/front/tags.py, is already
+        in the full snapshot published before it).
+        """
+        if not self._running or self._caught_up(seq):
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (seq, fut)
+        self._seq_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            self.late_catch_ups += 1
+            log.warning("opcua_publisher_behind", seq=seq, published_seq=self.published_seq, timeout=timeout)
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._seq_waiters.remove(entry)
+
+    def _release(self, everyone: bool = False) -> None:
+        """Wake the caught_up() waiters that are (or, ``everyone``: the publisher stops)."""
+        if not self._seq_waiters:
+            return
+        keep = []
+        for seq, fut in self._seq_waiters:
+            if everyone or self._caught_up(seq):
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self._seq_waiters = keep
+
+    async def _publish(self, batch: ChangeBatch) -> None:
+        """``apply``, then the batch counts as published (caught_up)."""
+        await self.apply(batch)
+        self.published_seq = max(self.published_seq, batch.seq)
+        self._release()
 
     async def apply(self, batch: ChangeBatch) -> None:
         """Publish one batch: queue it for the fast items, notify the others through asyncua."""
@@ -561,15 +623,23 @@ class Publisher:
         # Primed once only: a later start (a supervised restart after batches were dropped)
         # must send the snapshot again.
         primed, self.primed = self.primed, False
-        if not primed:
-            await self.apply(self.tagdb.snapshot())
-        while True:
-            batch = await self.consumer.get()
-            if self.consumer.take_overflow():
-                # Batches were lost: the current state of every tag supersedes them.
-                self.resyncs += 1
-                log.warning("opcua_publisher_resync", dropped_batches=self.consumer.dropped_batches)
-                await self.apply(self.tagdb.snapshot())
-                continue
-            await self.apply(batch)
-            await asyncio.sleep(0)  # queue.get() does not yield while batches are waiting
+        self._running = True
+        try:
+            if not primed:
+                await self._publish(self.tagdb.snapshot())
+            while True:
+                self._idle = True  # caught up with everything received, if the queue is empty
+                self._release()
+                batch = await self.consumer.get()
+                self._idle = False
+                if self.consumer.take_overflow():
+                    # Batches were lost: the current state of every tag supersedes them.
+                    self.resyncs += 1
+                    log.warning("opcua_publisher_resync", dropped_batches=self.consumer.dropped_batches)
+                    await self._publish(self.tagdb.snapshot())
+                    continue
+                await self._publish(batch)
+                await asyncio.sleep(0)  # queue.get() does not yield while batches are waiting
+        finally:
+            self._running = self._idle = False
+            self._release(everyone=True)

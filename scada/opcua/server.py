@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import structlog
@@ -53,6 +54,9 @@ _REF_DELETED = ua.ModelChangeStructureVerbMask.ReferenceDeleted
 # other requests (its Publish, Read, keep-alive), at most this many at once per connection.
 CONCURRENT_COMMANDS = 16
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/scada/"  # loopback: another address is a choice
+# A command's answer waits at most this long for the publisher to show what confirmed it
+# (HmiServer._command): milliseconds normally; beyond, the answer goes (a Read may be stale).
+CATCH_UP_TIMEOUT = 2.0
 
 
 class HmiServer:
@@ -152,11 +156,11 @@ class HmiServer:
     def _install_control(self) -> None:
         """The command methods on the devices, the group actions, the Writes of writable tags."""
         assert self.commands_request is not None
-        self.commands = CommandMethods(self.server, self.ns, self.commands_request)
+        self.commands = CommandMethods(self.server, self.ns, self._command)
         self.commands.install(self.config)
-        self.groups = GroupActions(self.server, self.ns, self.commands_request)
+        self.groups = GroupActions(self.server, self.ns, self._command)
         self.groups.install(self.config)
-        self.writes = TagWrites(self.server, self.ns, self.commands_request)
+        self.writes = TagWrites(self.server, self.ns, self._command)
         self.writes.install(self.config)
         kinds = frozenset(
             {ua.ObjectIds.CallRequest_Encoding_DefaultBinary, ua.ObjectIds.WriteRequest_Encoding_DefaultBinary}
@@ -173,6 +177,29 @@ class HmiServer:
         )
         await self.operations.build()
         self.node_count += self.operations.node_count
+
+    async def _command(self, op: str, *args: Any) -> Any:
+        """A command, group action or Write sent to the core's pipeline; its answer once this
+        server shows what confirmed it.
+
+        The ordering, end to end: the core's pipeline calls a command Good once the change
+        batch holding the confirming read-back has been dispatched to its consumers
+        (scada/control/pipeline.py ``_seen``); the front link sends the batches queued for the
+        front before the answer (scada/front/link.py ``_flush_batches``), so the front's mirror
+        has received that batch when the answer arrives (``tagdb.seq``; in the core's own loop,
+        the TagDB has offered it). But a Read serves the publisher's columns, and a monitored
+        item gets what the publisher queues for it, and the publisher takes batches from its
+        queue in its own task, which may be batches behind (a busy front is niced). So the
+        answer waits here until the publisher has published every batch received so far:
+        then a Read sent after the answer shows the confirmed value, and the subscriptions'
+        next notifications hold it (the stale Reads bench/bench_control.py found).
+        """
+        assert self.commands_request is not None
+        answer = await self.commands_request(op, *args)
+        publisher = self.publisher
+        if publisher is not None:
+            await publisher.caught_up(self.tagdb.seq, CATCH_UP_TIMEOUT)
+        return answer
 
     def _items_changed(self, sub, mids: list[int]) -> None:
         if self.publisher is not None:  # the publisher of the current tag table (a reload replaces it)

@@ -174,6 +174,10 @@ def scada_run_args(config: Path, data: Path, endpoint: str, security: Path = OPE
         "0",
         "--data",
         str(data),
+        # No HTTP server unless a test asks for one: operations.yaml's fixed port would be shared
+        # by every server the tests run at once.
+        "--http",
+        "none",
     ]
 
 

@@ -167,6 +167,86 @@ async def test_a_publisher_on_the_mirror_resyncs_after_the_core_dropped_batches(
     assert attrs[0].value.Value.Value == 42.0 and attrs[2].value.Value.Value == "lost"
 
 
+async def test_caught_up_waits_until_the_batches_received_are_what_a_read_shows(core, monkeypatch):
+    """A command's answer follows its confirming batch on the channel, but the publisher takes
+    batches in its own task: caught_up(mirror.seq) is the point where a Read (the published
+    columns) shows every batch received so far (scada/opcua/server.py HmiServer._command)."""
+    db, mirror = core
+    attrs = [TagValue() for _ in VTYPES]
+    pub = Publisher(mirror, attrs, VTYPES)
+    assert await pub.caught_up(10**9, DEADLINE)  # not running: nothing would ever catch up, no wait
+    notified: list[float] = []
+
+    async def watcher(handle, dv):  # a monitored item on asyncua's path
+        notified.append(dv.Value.Value)
+
+    attrs[0].datachange_callbacks[1] = watcher
+    task = asyncio.create_task(pub.run())
+    try:
+        await until(lambda: pub.published == len(NAMES), DEADLINE, "the first snapshot")
+        for v in (1.0, 2.0, 3.0):  # received in a burst, before the publisher's task runs again
+            mirror.receive(db.update(np.array([0]), np.array([v]), st.GOOD))
+        assert pub.current(0).Value.Value != 3.0 and mirror.seq == db.seq
+        assert await pub.caught_up(mirror.seq, DEADLINE)
+        # What a Read serves, and what the subscriptions' next notifications hold.
+        assert pub.current(0).Value.Value == 3.0 and attrs[0].value.Value.Value == 3.0
+        assert notified[-3:] == [1.0, 2.0, 3.0]
+        assert pub.published_seq == db.seq
+        # A batch the mirror does not offer, its rows already in the published snapshot, whose
+        # seq is above the snapshot's (the core wrote between two chunk copies): the publisher,
+        # idle on an empty queue, has nothing left to publish.
+        monkeypatch.setattr(front_tags, "CHUNK_ROWS", 2)  # chunks: rows 0-1, 2-3, 4-5
+        copy, written = mirror._copy, []
+
+        def copy_then_the_core_writes(rows, out):
+            seq = copy(rows, out)
+            if not written:  # after the first chunk
+                written.append(db.update(np.array([4]), np.array([9.0]), st.GOOD))
+            return seq
+
+        monkeypatch.setattr(mirror, "_copy", copy_then_the_core_writes)
+        mirror.resync(dict(db.text))  # the publisher takes a full snapshot
+        await until(lambda: pub.resyncs == 1, DEADLINE, "the resync snapshot")
+        [late] = written
+        mirror.receive(late)  # every row of it in the snapshot: not offered again
+        assert mirror.skipped == 1 and pub.published_seq < late.seq
+        assert await pub.caught_up(late.seq, DEADLINE)
+        assert pub.current(4).Value.Value == 9.0 and pub.late_catch_ups == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_caught_up_gives_up_after_its_timeout_and_is_released_when_the_publisher_stops(core):
+    db, mirror = core
+    attrs = [TagValue() for _ in VTYPES]
+    pub = Publisher(mirror, attrs, VTYPES)
+    stuck = asyncio.Event()
+
+    async def callback(handle, dv):  # a watcher that holds the publisher in its batch
+        await stuck.wait()
+
+    task = asyncio.create_task(pub.run())
+    try:
+        await until(lambda: pub.published == len(NAMES), DEADLINE, "the first snapshot")
+        attrs[0].datachange_callbacks[1] = callback
+        mirror.receive(db.update(np.array([0]), np.array([5.0]), st.GOOD))
+        await until(lambda: pub.published == len(NAMES) + 1, DEADLINE, "the batch taken")
+        # The timeout is the behaviour under test: a publisher that far behind is not waited for.
+        assert not await pub.caught_up(mirror.seq, 0.05)
+        assert pub.late_catch_ups == 1
+        waiting = asyncio.create_task(pub.caught_up(mirror.seq, DEADLINE))
+        await until(lambda: pub._seq_waiters, DEADLINE, "the waiter registered")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await waiting  # released by the stop, not by its timeout
+        assert pub.late_catch_ups == 1 and not pub._seq_waiters
+    finally:
+        stuck.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def state(pub: Publisher, tag: int) -> tuple:
     dv = pub.current(tag)
     return dv.Value.Value, dv.Value.VariantType, dv.StatusCode.value, dv.SourceTimestamp

@@ -155,3 +155,28 @@ def test_marking_bytes_received_keeps_the_keepalive_from_closing_the_link(wired,
         paho_private.mark_received(client)
     client.loop_misc()
     assert (client.socket() is not None) is marked
+
+
+def test_a_forgotten_publish_is_not_sent_again_after_a_reconnection(wired) -> None:
+    """A message channel's send that failed must not reach the device later: paho keeps QoS-1
+    messages to send them again once reconnected, unless forget_publish takes them out."""
+    client, peer, _got = wired
+    published: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, p: published.append(mid)
+    peer.sendall(CONNACK)
+    read_when_ready(client)
+    kept = client.publish("orders/kept", b"{}", qos=1)
+    gone = client.publish("orders/gone", b"{}", qos=1)
+    client.loop_write()
+    assert [read_packet(peer)[0] & 0xF0 for _ in range(2)] == [0x30, 0x30]  # both went out once
+    assert paho_private.forget_publish(client, gone.mid)
+    assert not paho_private.forget_publish(client, gone.mid)  # no longer held
+    # A late PUBACK of the forgotten message is ignored; the kept one's is reported.
+    for mid in (gone.mid, kept.mid):
+        peer.sendall(b"\x40\x02" + mid.to_bytes(2, "big"))
+        read_when_ready(client)
+    assert published == [kept.mid]
+    # What paho would send again after a reconnection: nothing (the kept one was acknowledged).
+    held = client.publish("orders/held", b"{}", qos=1)
+    client._messages_reconnect_reset_out()  # what reconnect() does with the held messages
+    assert list(client._out_messages) == [held.mid]

@@ -1,0 +1,99 @@
+"""The front's mirror of the core's operations: open work orders, recent citizen reports, the
+core's health figures and contract KPIs, as the core pushes them (model.PUSH_*).
+
+The map feed (:mod:`scada.operations.geo`) and ``/metrics`` (:mod:`scada.operations.metrics`)
+read it; nothing here asks the core. Contact details never enter it: a report is kept as its
+public view (``CitizenReport.public``), and a pushed report (should one ever come) is stripped
+again on the way in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from scada.operations.model import CitizenReport, OrderEvent, WorkOrder
+
+RECENT_REPORTS_S = 86400.0  # the map shows the reports of the last day
+MAX_REPORTS = 5000  # and never more than this many (Dijon's post: ~630 calls a day)
+
+
+class OrdersMirror:
+    """Open orders by id, recent public reports, the core's stats (see the module doc)."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self.clock = clock
+        self.orders: dict[str, WorkOrder] = {}  # open ones only: a closed order leaves the map
+        self.reports: deque[CitizenReport] = deque(maxlen=MAX_REPORTS)
+        self.stats: dict[str, Any] = {}  # the core's PUSH_STATS
+        self.stats_ns = 0  # when they arrived (0: never)
+        self.kpis: dict[str, float] = {}  # the core's PUSH_KPIS
+        self.events = Counter[str]()  # order events seen since the front started, by event
+        self.snapshots = 0
+        self.version = 0  # moves on each change: the map's cache key
+
+    # pushes from the core
+
+    def load(self, orders: Iterable[Any]) -> None:
+        """PUSH_ORDERS_SNAPSHOT: every open order (the core's start, or a resync)."""
+        loaded = [WorkOrder.from_wire(w) for w in orders]
+        self.orders = {o.id: o for o in loaded if o.open}
+        self.snapshots += 1
+        self.version += 1
+
+    def receive(self, orders: Iterable[Any], events: Iterable[Any] = ()) -> None:
+        """PUSH_ORDERS: changed orders (their new state) and their journal events."""
+        changed = [WorkOrder.from_wire(w) for w in orders]
+        evs = [OrderEvent.from_wire(w) for w in events]
+        for o in changed:
+            if o.open:
+                self.orders[o.id] = o
+            else:
+                self.orders.pop(o.id, None)
+        self.events.update(e.event for e in evs)
+        self.version += 1
+
+    def receive_stats(self, stats: Mapping[str, Any]) -> None:
+        self.stats = dict(stats)
+        self.stats_ns = self.clock()
+
+    def receive_kpis(self, kpis: Mapping[str, Any]) -> None:
+        self.kpis = {str(k): float(v) for k, v in kpis.items() if isinstance(v, int | float)}
+
+    # what the front learns itself
+
+    def add_report(self, report: CitizenReport) -> None:
+        """A report this front took (its POST answered): shown on the map, without contact."""
+        self.reports.append(report.public())
+        self.version += 1
+
+    def recent_reports(self, now_ns: int | None = None) -> list[CitizenReport]:
+        now = self.clock() if now_ns is None else now_ns
+        since = now - int(RECENT_REPORTS_S * 1e9)
+        while self.reports and self.reports[0].requested_ns < since:
+            self.reports.popleft()
+        return list(self.reports)
+
+    def order_state(self, order: str | None) -> str | None:
+        """The label of an open order's state; None when it is not (or no longer) open here."""
+        o = self.orders.get(order) if order else None
+        return o.state.label if o is not None else None
+
+
+def report_from_wire(d: Mapping[str, Any]) -> CitizenReport:
+    """A report as the core's REQUEST_REPORTS gives it (a public dict), without its contact and
+    client whatever the dict holds."""
+    lat, lon = d.get("lat"), d.get("lon")
+    return CitizenReport(
+        id=str(d["id"]),
+        service_code=str(d["service_code"]),
+        description=str(d.get("description", "")),
+        lat=float(lat) if lat is not None else None,
+        lon=float(lon) if lon is not None else None,
+        address=str(d.get("address", "")),
+        requested_ns=int(d["requested_ns"]),
+        order=str(d["order"]) if d.get("order") else None,
+        client="",
+    )

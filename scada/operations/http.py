@@ -1,0 +1,384 @@
+"""The front's HTTP server (aiohttp): Open311 GeoReport v2, the GeoJSON map feed, ``/metrics``.
+
+It runs on the front process's event loop, beside the OPC UA server: an HTTP client never
+delays a poll (the field is in the core's loop), and the front is supervised and restarted by
+the core. What it serves it reads from the front's mirrors (tags, alarms, orders: cheap and
+local) except what only the core has: a POSTed report goes to the core
+(``model.REQUEST_CITIZEN_REPORT``) once validated here, and a GET of requests asks the core's
+journal (``model.REQUEST_REPORTS``). Those two cost the core something, so they are rate
+limited per client address (``open311.rate_*``: 429); the services list, the map (built at
+most once a second) and the metrics are served locally and are not.
+
+The client address is the TCP peer's: behind a reverse proxy every citizen would share the
+proxy's bucket, so put the limit in the proxy then (``X-Forwarded-For`` is not trusted: any
+client can write it).
+
+Routes (README "HTTP: Open311, map, metrics"):
+
+    GET  /open311/v2/services.json
+    POST /open311/v2/requests.json          form-encoded or JSON
+    GET  /open311/v2/requests.json?service_request_id=&service_code=&start_date=&end_date=&status=&bbox=
+    GET  /open311/v2/requests/{id}.json
+    GET  /map.geojson?commune=&class=
+    GET  /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import structlog
+from aiohttp import web
+
+from scada.alarms.remote import RemoteAlarmError
+from scada.front.orders import MAX_REPORTS, RECENT_REPORTS_S, OrdersMirror, report_from_wire
+from scada.operations import metrics as health
+from scada.operations import open311
+from scada.operations.geo import FilterError, GeoFeed
+from scada.operations.model import REQUEST_CITIZEN_REPORT, REQUEST_REPORTS, OperationsConfig
+from scada.operations.open311 import Open311Error, RateLimiter
+
+log = structlog.get_logger("scada.http")
+
+Request = Callable[..., Awaitable[Any]]  # the front's CoreChannel.request(op, *args)
+JSON = "application/json"
+GEOJSON = "application/geo+json"  # RFC 7946 12
+CORE_TIMEOUT_S = 30.0  # a request to the core unanswered by then is a 503 for the client
+
+
+def operations_of(config: Any) -> OperationsConfig | None:
+    """The configuration's operations (None before operations.yaml is part of Config)."""
+    ops = getattr(config, "operations", None)
+    return ops if isinstance(ops, OperationsConfig) else None
+
+
+def listen_of(config: Any) -> tuple[str, int] | None:
+    """Where the HTTP server listens; None: no HTTP server."""
+    ops = operations_of(config)
+    # No service in operations.yaml (or no operations.yaml): operations are off, no HTTP server.
+    return ops.http.listen if ops is not None and ops.services else None
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)
+
+
+def _error(code: int, description: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(open311.errors(code, description), status=code, headers=headers)
+
+
+@web.middleware
+async def _open311_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Open311's paths answer every refusal in its error format, aiohttp's own ones (404, 405,
+    413 from client_max_size) included."""
+    try:
+        return await handler(request)
+    except Open311Error as exc:
+        return _error(exc.code, exc.description)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/open311/") or exc.status < 400:
+            raise
+        description = exc.reason
+        if exc.status == 413:
+            description = f"the body is larger than {request.app[OPS_HTTP].ops.open311.max_body_bytes} bytes"
+        return _error(exc.status, description, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+class OpsHttp:
+    """The aiohttp application and its lifecycle (``start`` binds, ``stop`` closes)."""
+
+    def __init__(
+        self,
+        config: Any,
+        ops: OperationsConfig,
+        listen: tuple[str, int],
+        tags: Any,
+        alarms: Any,
+        orders: OrdersMirror,
+        request: Request,
+        opcua_counts: Callable[[], tuple[int, int]] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listen = listen
+        self.orders = orders
+        self.request = request
+        self.opcua_counts = opcua_counts
+        self.clock = clock
+        self.monotonic = monotonic
+        self.limiter = RateLimiter(ops.open311.rate_per_minute, ops.open311.rate_burst, monotonic)
+        self.geo = GeoFeed(config, ops, tags, alarms, orders, monotonic)
+        self.registry = health.registry_of(self.snapshot)
+        self.runner: web.AppRunner | None = None
+        self.port = 0  # the bound port (listen's may be 0)
+        self.posted = 0  # reports the core took
+        self.refused = 0  # Open311 refusals (4xx)
+        self._loaded = False
+        self.rebind(config, ops, tags, alarms)
+
+    def rebind(self, config: Any, ops: OperationsConfig, tags: Any, alarms: Any) -> None:
+        """Follow a new configuration (the front's reload). The listen address and the body limit
+        are the start's: changing them takes a front restart."""
+        self.config, self.ops, self.tags = config, ops, tags
+        self.territory = open311.territory_of(config, ops.open311.territory_margin_m)
+        self.limiter.rate = ops.open311.rate_per_minute / 60.0
+        self.limiter.burst = float(max(1, ops.open311.rate_burst))
+        self.geo.rebind(config, ops, tags, alarms)
+        # Devices per (driver, class), and where their Diagnostics/state is: /metrics counts them.
+        groups: dict[tuple[str, str], list[int]] = {}
+        for d in config.devices:
+            t = config.types[d.type]
+            groups.setdefault((t.driver, t.cls), []).append(int(config.diag_ids(d)[0]))
+        self._device_groups = {k: np.array(v, np.int64) for k, v in groups.items()}
+
+    # -- the application -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_open311_errors], client_max_size=self.ops.open311.max_body_bytes)
+        app[OPS_HTTP] = self
+        app.add_routes(
+            [
+                web.get("/open311/v2/services.{fmt}", self.services),
+                web.post("/open311/v2/requests.{fmt}", self.post_request),
+                web.get("/open311/v2/requests.{fmt}", self.get_requests),
+                web.get("/open311/v2/requests/{id}.{fmt}", self.get_request),
+                web.get("/map.geojson", self.map),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+        return app
+
+    async def start(self) -> None:
+        """Listen (OSError when the address is taken: the front says so to the core)."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self.listen
+        try:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            # Say which server and which setting: the core reports this as the front's failure.
+            raise OSError(exc.errno, f"HTTP server on {host}:{port} (operations.http.listen): {exc.strerror}") from exc
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.runner = runner
+        server = site._server  # noqa: SLF001 - aiohttp gives no public way to the bound port
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = sockets[0].getsockname()[1] if sockets else self.listen[1]
+        log.info("http_listening", host=host, port=self.port)
+
+    async def run(self) -> None:
+        """The front's watched task: the map's recent reports from the core, then nothing (aiohttp
+        serves from its own tasks); cancelled when the front stops."""
+        if not self._loaded:  # once: a reload restarts this task, the mirror keeps what it has
+            self._loaded = True
+            await self._load_reports()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _load_reports(self) -> None:
+        end = self.clock()
+        start = end - int(RECENT_REPORTS_S * 1e9)
+        try:
+            rows = await self.request(REQUEST_REPORTS, None, None, start, end, None, MAX_REPORTS)
+        except (RemoteAlarmError, ConnectionError) as exc:
+            log.warning("http_recent_reports_unavailable", error=str(exc))
+            return
+        for d, _state in sorted(rows, key=lambda r: r[0].get("requested_ns", 0)):
+            with contextlib.suppress(TypeError, ValueError):
+                self.orders.add_report(report_from_wire(d))
+
+    # -- Open311 ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _format(request: web.Request) -> None:
+        fmt = request.match_info["fmt"]
+        if fmt != "json":
+            raise open311.bad(f"format {fmt!r} is not served: json only (use .json)")
+
+    def _limit(self, request: web.Request) -> web.Response | None:
+        client = request.remote or "?"
+        if self.limiter.allow(client):
+            return None
+        wait = max(1, round(self.limiter.retry_after(client) + 0.5))
+        return _error(429, f"too many requests from {client}: retry in {wait} s", {"Retry-After": str(wait)})
+
+    async def _ask(self, op: str, *args: Any) -> Any:
+        try:
+            # A core that does not answer (stopping, a long reload) must not hold the client and
+            # its connection forever.
+            async with asyncio.timeout(CORE_TIMEOUT_S):
+                return await self.request(op, *args)
+        except (RemoteAlarmError, ConnectionError, TimeoutError) as exc:
+            log.warning("http_core_unavailable", op=op, error=str(exc))
+            raise Open311Error(503, "the service is unavailable now, try again later") from None
+
+    async def services(self, request: web.Request) -> web.Response:
+        self._format(request)
+        return _json(open311.services(self.ops))
+
+    async def post_request(self, request: web.Request) -> web.Response:
+        self._format(request)
+        refused = self._limit(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.read()  # HTTPRequestEntityTooLarge above client_max_size
+            fields = open311.parse_body(request.content_type, body)
+            report = open311.parse_request(fields, self.ops, self.territory, request.remote or "?", self.clock())
+        except Open311Error:
+            self.refused += 1
+            raise
+        status, message, report_id, order = await self._ask(REQUEST_CITIZEN_REPORT, *open311.report_args(report))
+        if int(status) & 0xC0000000:
+            self.refused += 1
+            raise open311.bad(str(message) or "the report was refused")
+        self.posted += 1
+        self.orders.add_report(dataclasses.replace(report, id=str(report_id), order=str(order) or None))
+        notice = f"attached to work order {order}" if order else ""
+        return _json(open311.post_answer(str(report_id), notice), status=201)
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        self._format(request)
+        query = open311.parse_query(request.query, self.clock())
+        refused = self._limit(request)
+        if refused is not None:
+            return refused
+        rows = await self._ask(REQUEST_REPORTS, *query.args())
+        return _json(open311.select(rows, query, self.ops))
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        self._format(request)
+        rid = request.match_info["id"]
+        refused = self._limit(request)
+        if refused is not None:
+            return refused
+        query = open311.ReportQuery((rid,), None, 0, self.clock(), None, (), 1)
+        rows = await self._ask(REQUEST_REPORTS, *query.args())
+        found = open311.select(rows, query, self.ops)
+        if not found:
+            raise Open311Error(404, f"no service request {rid!r}")
+        return _json(found)
+
+    # -- map and metrics -------------------------------------------------------------------------
+
+    async def map(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            body = self.geo.body(q.get("commune") or None, q.get("class") or None)
+        except FilterError as exc:
+            return _json({"error": str(exc)}, status=400)
+        return web.Response(body=body, content_type=GEOJSON, headers={"Cache-Control": "max-age=1"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = health.render(self.registry)
+        return web.Response(body=body, headers={"Content-Type": health.CONTENT_TYPE})
+
+    def snapshot(self) -> health.Snapshot:
+        """What /metrics shows now (scada/operations/metrics.py)."""
+        value = np.asarray(self.tags.value)
+        devices = [
+            (driver, cls, len(ids), int(np.count_nonzero(value[ids] == 1.0)))
+            for (driver, cls), ids in sorted(self._device_groups.items())
+        ]
+        sessions = subscriptions = None
+        if self.opcua_counts is not None:
+            with contextlib.suppress(Exception):  # a server stopping: no figure rather than no scrape
+                sessions, subscriptions = self.opcua_counts()
+        o = self.orders
+        age = (self.clock() - o.stats_ns) / 1e9 if o.stats_ns else None
+        return health.Snapshot(
+            core=o.stats,
+            core_age_s=age,
+            devices=devices,
+            opcua_sessions=sessions,
+            opcua_subscriptions=subscriptions,
+            orders=list(o.orders.values()),
+            order_events=dict(o.events),
+            kpis=dict(o.kpis),
+        )
+
+
+OPS_HTTP = web.AppKey("ops_http", OpsHttp)  # the application's server object (its middleware reads it)
+
+
+# -- `scada run --front inline`: the same server on the core's loop -----------------------------------
+
+INLINE_REFRESH_S = 1.0  # how often the inline mirror takes the core's orders and figures
+
+
+def in_process(app: Any) -> Request:
+    """The front's requests served by the core's objects directly (no channel): what
+    scada/front/link.py's handlers do for a front process. ``app.operations`` is the core's
+    WorkOrders service; its report query (``reports``, REQUEST_REPORTS's arguments) is optional:
+    without it a GET of requests is a 503."""
+    from scada.operations.model import CitizenReport
+
+    async def request(op: str, *args: Any) -> Any:
+        ops = getattr(app, "operations", None)
+        if op == REQUEST_CITIZEN_REPORT and ops is not None:
+            code, description, lat, lon, address, contact, client, requested_ns = args
+            report = CitizenReport("", code, description, lat, lon, address, requested_ns, None, client, contact)
+            return await ops.citizen_report(report)
+        reports = getattr(ops, "reports", None)
+        if op == REQUEST_REPORTS and callable(reports):
+            return reports(*args)
+        raise RemoteAlarmError("value", f"unknown request {op!r}")
+
+    return request
+
+
+def refresh_inline(app: Any, mirror: OrdersMirror) -> None:
+    """The mirror as the core's pushes would make it: open orders and the core's figures."""
+    from scada.front.link import core_stats
+
+    ops = getattr(app, "operations", None)
+    if ops is not None:
+        mirror.load([o.to_wire() for o in ops.open_orders()])
+    mirror.receive_stats(core_stats(app))
+
+
+async def serve_inline(app: Any) -> None:
+    """The HTTP server on the core's loop (``--front inline``), a supervised task of the app:
+    ``out["http"] = {"factory": lambda: serve_inline(self)}`` in Application._components when
+    ``listen_of(config)`` is set. Stops (closing the socket) when cancelled."""
+    config = app.config
+    listen, ops = listen_of(config), operations_of(config)
+    if listen is None or ops is None:
+        return
+    mirror = OrdersMirror()
+    hmi = app.hmi
+
+    def opcua_counts() -> tuple[int, int]:
+        from scada.opcua.asyncua_private.sessions import external_sessions
+        from scada.opcua.asyncua_private.subscriptions import subscriptions
+
+        return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
+
+    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts)
+    await http.start()
+    try:
+        loaded = asyncio.create_task(http.run(), name="http-inline")
+        try:
+            while True:
+                if app.config is not http.config or app.tagdb is not http.tags:  # a reload
+                    http.rebind(app.config, operations_of(app.config) or ops, app.tagdb, app.alarms)
+                refresh_inline(app, mirror)
+                await asyncio.sleep(INLINE_REFRESH_S)
+        finally:
+            loaded.cancel()
+            await asyncio.gather(loaded, return_exceptions=True)
+    finally:
+        await http.stop()
