@@ -24,6 +24,7 @@ from scada.security.settings import SecuritySettings
 
 DEMO_SIM_OPCUA_PORT = 4841
 DEMO_CONTROL_PORT = 14999  # below the cabinets' ports (15020 and up)
+DEMO_HTTP = "127.0.0.1:8080"  # Open311, the GeoJSON map feed, Prometheus /metrics
 DEMO_MQTT_PORT = 1883
 DEMO_SECURITY = Path(__file__).resolve().parent / "demo_security.yaml"
 
@@ -120,6 +121,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if mqtt:
         sim_args += ["--mqtt", mqtt]
+    # The HTTP server (Open311, the map feed, /metrics): a generated city's operations.yaml has no
+    # fixed address, the demo serves it here; the simulated citizens report to it, at Dijon's
+    # ~630 calls a day scaled to the city's size.
+    args.http = args.http or DEMO_HTTP
+    if args.http.lower() != "none" and mqtt:
+        per_day = max(20, round(630 * len(city.cabinets) / 1100))
+        sim_args += ["--reports-per-day", str(per_day), "--open311", f"http://{args.http}/open311/v2"]
     if args.log_json:
         sim_args.append("--log-json")
     sim = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +121,6 @@ class Application:
         self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
         if self.supervisor.on_alarm is None:
             self.supervisor.on_alarm = self._task_alarm
-        # What the command line replaces in a configuration read from the files (a reload's too).
-        self.adjust_config: Callable[[Config], Config] = lambda c: c
         self.started = asyncio.Event()
         self.max_loop_lag = 0.0  # s: the event loop's longest late wake-up since the last status line
         self._tg: asyncio.TaskGroup | None = None  # while running: where a reload request runs
@@ -298,8 +296,9 @@ class Application:
         if self.operations is not None:
             # Deadlines, dispatch and the alarms' orders; a restart goes on from the orders in memory.
             out["operations"] = {"factory": lambda: self._operations().run()}
-        if self.front == "inline" and operations_of(self.config).http.listen is not None:
-            # Open311, the map feed and /metrics on this loop (a front process serves them itself).
+        if self.front == "inline" and operations_of(self.config).services and operations_of(self.config).http.listen:
+            # Open311, the map feed and /metrics on this loop (a front process serves them itself;
+            # scada run --http applies to a front process only).
             out["http"] = {"factory": self._serve_http}
         return out
 

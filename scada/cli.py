@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common import eventloop, logs
+from common.fields import parse_host_port
 from common.yamlsrc import ConfigError
 
 if TYPE_CHECKING:
@@ -45,43 +46,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def http_listen(text: str | None) -> tuple[str, int] | None | str:
-    """``--http``: (host, port), None for "off", or "" when not given (operations.yaml decides)."""
-    if text is None:
-        return ""
-    if text.strip().lower() == "off":
-        return None
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not HOST:PORT or off: {text!r} (e.g. 127.0.0.1:8080)")
-    return host.strip("[]"), int(port)
-
-
-def with_http_listen(config, listen: tuple[str, int] | None | str):
-    """``config`` with its operations' HTTP address replaced (``""``: unchanged)."""
-    import dataclasses
-
-    ops = getattr(config, "operations", None)
-    if listen == "" or ops is None:
-        return config
-    http = dataclasses.replace(ops.http, listen=listen)
-    return dataclasses.replace(config, operations=dataclasses.replace(ops, http=http))
-
-
 async def _serve(config, args: argparse.Namespace, influx=None) -> None:
     from scada.app import Application
     from scada.front.link import FrontSettings
 
     endpoint = args.opcua_endpoint
+    http = getattr(args, "http", None)
     settings = FrontSettings(
         endpoint,
         log_json=args.log_json,
         log_level=args.log_level,
         event_loop=args.event_loop,
         security=getattr(args, "security_settings", None),
+        http=http_address(http) if http else None,
+        http_set=bool(http),
     )
-    listen = getattr(args, "http_listen", "")
-    config = with_http_listen(config, listen)
     app = Application(
         config,
         endpoint,
@@ -92,7 +71,6 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         front_settings=settings,
         schedule_clock=schedule_clock(args),
     )
-    app.adjust_config = lambda c: with_http_listen(c, listen)  # a reload keeps --http
     data_dir = args.data
     task = asyncio.current_task()
     if task is None:  # eventloop.run runs this coroutine as its main task
@@ -207,11 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--clock-start/--acceleration: {exc}", file=sys.stderr)
         return 2
-    try:
-        args.http_listen = http_listen(getattr(args, "http", None))
-    except ValueError as exc:
-        print(f"--http: {exc}", file=sys.stderr)
-        return 2
+    if getattr(args, "http", None):
+        try:
+            http_address(args.http)  # checked before anything starts
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         config = _load(args.config, args.drivers)
     except ConfigError as exc:
@@ -473,6 +452,16 @@ def _config_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=".", help="folder holding tags.yaml and alarms.yaml (default: .)")
 
 
+def http_address(text: str) -> tuple[str, int] | None:
+    """``--http``: host:port, or none (no HTTP server); argparse's error for anything else."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return parse_host_port(text, 8080)
+    except ValueError as exc:
+        raise SystemExit(f"scada: --http {text!r}: {exc}") from None
+
+
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a command that runs the server (``run``, and the demo's)."""
     from scada.opcua.server import DEFAULT_ENDPOINT
@@ -505,9 +494,9 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--http",
-        metavar="HOST:PORT|off",
-        help="where the HTTP server (Open311, the map feed, /metrics) listens, instead of operations.yaml's "
-        "http.listen, also after a reload; off: none",
+        metavar="HOST:PORT",
+        help="the HTTP server's address (Open311, the map feed, /metrics), or 'none': instead of "
+        "operations.yaml's http.listen",
     )
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")
@@ -604,6 +593,9 @@ def main(argv: list[str] | None = None, *, drivers: Drivers, commands: Sequence[
     from scada import history_cli
 
     history_cli.add_parser(sub)
+    from scada.operations import report as report_cli
+
+    report_cli.add_parser(sub)
     from scada.security import audit_cli
 
     audit_cli.add_parser(sub)

@@ -174,7 +174,7 @@ class Config:
     # tags.yaml's commands, interlocks, zones, schedules and control settings (scada/control/).
     control: ControlConfig = field(default_factory=ControlConfig)
     # operations.yaml: the contract, crews, dispatch, Open311 (no services: operations off).
-    operations: OperationsConfig = field(default_factory=lambda: operations_config.OFF)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
     # The registry the types' drivers were read with, and from which the server builds them.
     drivers: Drivers = field(repr=False, compare=False, default_factory=dict)
     _device_index: Mapping[str, Device] = field(repr=False, default_factory=dict)
@@ -929,7 +929,7 @@ def load_tags(
     )
     # After the alarms: it names their services, and tags.yaml's classes, devices and communes.
     operations = (
-        operations_config.load(operations_path, types, devices, alarms) if operations_path else operations_config.OFF
+        operations_config.load(operations_path, types, devices, alarms) if operations_path else OperationsConfig()
     )
     return Config(
         directory=path.parent,

@@ -33,6 +33,11 @@ class DeviceUnreachable(DriverError):
     """The device did not answer (connection refused, timeout, link down)."""
 
 
+class DeviceTimeout(DeviceUnreachable):
+    """The request went out and no answer came in time: the device may have acted on it (a
+    write's outcome is unknown), unlike a request that could not be sent at all."""
+
+
 class DeviceRejected(DriverError):
     """The device answered with an error (for Modbus: an exception response)."""
 

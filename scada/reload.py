@@ -497,7 +497,6 @@ async def _reload_files(app, directory: str | Path) -> tuple[bool, str, dict | N
     """(ok, message, changes, status name) of one reload request."""
     try:
         new = await asyncio.to_thread(load_config, directory, app.config.drivers)  # the same drivers
-        new = app.adjust_config(new)  # what the command line replaced in the files (scada run --http)
     except ConfigError as exc:
         log.error(
             "reload_rejected",

@@ -10,7 +10,7 @@ tests and the default demo. :func:`write_config` writes the CSV inventories and 
 from __future__ import annotations
 
 import csv
-import shutil
+import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
@@ -216,5 +216,10 @@ def write_config(
     for name in ("alarms.yaml", "operations.yaml") if city.vehicles else ("alarms.yaml",):
         source = Path(types_from).parent / name
         if source.is_file():
-            shutil.copy(source, folder / name)
+            text = source.read_text(encoding="utf-8")
+            if name == "operations.yaml":
+                # No fixed HTTP port in a generated configuration: several servers (tests, benches)
+                # run from them at once; `scada run --http HOST:PORT` serves it (the demo does).
+                text = re.sub(r"(?m)^(\s+listen:).*$", r"\1 false   # generated: scada run --http HOST:PORT", text)
+            (folder / name).write_text(text, encoding="utf-8")
     return folder / "tags.yaml"

@@ -26,7 +26,7 @@ import serial
 from drivers.modbus import frames
 from drivers.modbus.frames import FrameError
 from scada.backoff import Backoff
-from scada.driver_api import DeviceUnreachable
+from scada.driver_api import DeviceTimeout, DeviceUnreachable
 
 
 class _Link:
@@ -303,7 +303,7 @@ class Connection:
                 if self.silent_requests >= 2 and isinstance(self.link, TcpLink):
                     self.link.close()
                     self._failed()
-                raise DeviceUnreachable(f"no answer from unit {unit} within {self.link.timeout} s") from None
+                raise DeviceTimeout(f"no answer from unit {unit} within {self.link.timeout} s") from None
             except (ConnectionError, OSError) as exc:
                 self.link.close()
                 self._failed()

@@ -68,6 +68,7 @@ from scada.diagnostics import DeviceDiagnostics
 from scada.driver_api import (
     CommandRejected,
     DeviceRejected,
+    DeviceTimeout,
     DeviceUnreachable,
     WriteCommand,
     check_point,
@@ -569,9 +570,7 @@ class MqttDriver:
                     ack = await fut
                 self.diag.rtt_ms[ds.k] = (time.monotonic() - sent) * 1000.0  # command to acknowledgement
             except TimeoutError:
-                raise DeviceUnreachable(
-                    f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s"
-                ) from None
+                raise DeviceTimeout(f"{ds.device.name}: no acknowledgement of {label!r} within {timeout:g} s") from None
         finally:
             self._pending_acks.pop(correlation, None)
         if ack.get("result") != "accepted":

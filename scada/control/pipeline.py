@@ -30,7 +30,8 @@ refuses gives the call's status code and a message that a person reads:
                                                                       -> BadTooManyOperations
 12. the driver writes each ``writes`` step, shielded: once started they complete even if the
     request is cancelled                                              -> BadOutOfRange (check),
-    BadNoCommunication (unreachable), BadDeviceFailure (the device refused)
+    BadNoCommunication (unreachable), BadTimeout (sent, no answer: the outcome unknown),
+    BadDeviceFailure (the device refused)
 13. read-back: every ``confirm`` step's tag (by name in the running table) Good and equal
     (within the tolerance) before the command's timeout, waited on the tag table's change
     batches                                                           -> BadTimeout
@@ -95,7 +96,15 @@ from scada.control.model import (
 from scada.control.overrides import Overrides
 from scada.control.select import Refused, Selections
 from scada.control.state import ControlTags, describe
-from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, Driver, DriverError, WriteCommand
+from scada.driver_api import (
+    CommandRejected,
+    DeviceRejected,
+    DeviceTimeout,
+    DeviceUnreachable,
+    Driver,
+    DriverError,
+    WriteCommand,
+)
 from scada.security.audit import AuditRecord, AuditSink, canonical
 from scada.security.identity import ROLE_PERMISSIONS, Identity, Permission, Role, roles_of
 from scada.tagdb import DISCRETE, TEXT, Consumer, TagDB
@@ -651,6 +660,13 @@ class CommandPipeline:
                 await driver.write(w)
         except CommandRejected as exc:
             raise _Refusal(BAD_OUT_OF_RANGE, f"{device.name}: {exc}") from None
+        except DeviceTimeout as exc:
+            # Sent, never answered: the device may have applied it. Not "not in communication"
+            # (nothing was sent, BadNoCommunication), but a command not confirmed: BadTimeout.
+            raise _Refusal(
+                BAD_TIMEOUT,
+                f"{device.name} {cmd.name}: no answer to the write, whether it was applied is unknown: {exc}",
+            ) from None
         except DeviceUnreachable as exc:
             raise _Refusal(BAD_NO_COMMUNICATION, str(exc)) from None
         except DeviceRejected as exc:

@@ -109,9 +109,13 @@ class FrontSettings:
     log_level: str = "INFO"
     event_loop: str = "uvloop"
     security: SecuritySettings | None = None  # None: no security layer (see scada.opcua.server.HmiServer)
+    # The HTTP server's address when ``scada run --http`` gives one (None with http_set: none),
+    # instead of operations.yaml's http.listen; kept across reloads and front restarts.
+    http: tuple[str, int] | None = None
+    http_set: bool = False
 
 
-def front_config(config) -> Any:
+def front_config(config, settings: FrontSettings | None = None) -> Any:
     """The configuration as the front gets it: without the drivers' registry (the front has no
     drivers, and must not import them), nor the types' and points' driver options: they hold the
     field's secrets (an MQTT broker's password, an OPC UA client's private key), which a process
@@ -120,7 +124,13 @@ def front_config(config) -> Any:
         name: dataclasses.replace(t, io=None, points=tuple(dataclasses.replace(p, io=None) for p in t.points))
         for name, t in config.types.items()
     }
-    return dataclasses.replace(config, drivers={}, types=types)
+    out = dataclasses.replace(config, drivers={}, types=types)
+    if settings is not None and settings.http_set:
+        ops = out.operations
+        out = dataclasses.replace(
+            out, operations=dataclasses.replace(ops, http=dataclasses.replace(ops.http, listen=settings.http))
+        )
+    return out
 
 
 class _AlarmForwarder:
@@ -273,7 +283,7 @@ class FrontLink:
         from scada.alarms.remote import alarm_snapshot
 
         return {
-            "config": front_config(config),
+            "config": front_config(config, self.settings),
             "shm": tagdb.shared_name,
             "texts": dict(tagdb.text),
             "alarms": alarm_snapshot(alarms) if alarms is not None else None,

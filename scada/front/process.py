@@ -194,6 +194,11 @@ class Front:
             commands=self.channel.request,  # the core's command pipeline ("command", "group_command")
         )
         await self.hmi.start()
+        snapshot = state.get(ops_model.PUSH_ORDERS_SNAPSHOT)
+        if snapshot is not None:  # the core's open work orders (none: the core runs no operations)
+            self.orders.load(snapshot)
+            if self.hmi.operations is not None:
+                self.hmi.operations.install(snapshot)
         await self._start_http(config, alarms)
         self._start_tasks()
         return self.hmi.node_count
@@ -224,6 +229,8 @@ class Front:
             self.tasks.append(self._watch(asyncio.create_task(hmi.conditions.run(), name="opcua-alarm-events")))
         if hmi.groups is not None:
             self.tasks.append(self._watch(asyncio.create_task(hmi.groups.run(), name="opcua-group-progress")))
+        if hmi.operations is not None:
+            self.tasks.append(self._watch(asyncio.create_task(hmi.operations.run(), name="opcua-operations")))
         if self.http is not None:
             self.tasks.append(self._watch(asyncio.create_task(self.http.run(), name="http")))
 
@@ -309,12 +316,18 @@ class Front:
                 self.hmi.groups.progress(*msg[1:])
         elif tag == ops_model.PUSH_ORDERS:  # (name, [WorkOrder wire], [OrderEvent wire])
             self.orders.receive(msg[1], msg[2])
+            if self.hmi.operations is not None:
+                self.hmi.operations.apply(msg[1], msg[2])
         elif tag == ops_model.PUSH_ORDERS_SNAPSHOT:
             self.orders.load(msg[1])
+            if self.hmi.operations is not None:
+                self.hmi.operations.install(msg[1])
         elif tag == ops_model.PUSH_STATS:
             self.orders.receive_stats(msg[1])
         elif tag == ops_model.PUSH_KPIS:
             self.orders.receive_kpis(msg[1])
+            if self.hmi.operations is not None:
+                self.hmi.operations.kpis(msg[1])
         elif tag == "reload":
             # Run to its end before the next frame: the frames after it (batches, alarm events)
             # are the new configuration's, for the new mirrors.

@@ -11,7 +11,9 @@ Where each check sits (README "What each service checks"):
   request, audited.
 * **each method of a Call** (:func:`check_method`): the condition methods need their own permission
   (:data:`scada.opcua.conditions.methods.METHOD_PERMISSIONS`), checked again with the device's
-  commune by the method itself; any other method needs ``COMMAND``.
+  commune by the method itself; a method of our namespace listed in
+  ``Authorisation.method_permissions`` needs its own (the work orders' methods: ``DISPATCH``,
+  scada/opcua/operations.py); any other method needs ``COMMAND``.
 * **subscriptions** (scada/opcua/asyncua_private/ownership.py): only the owner session may touch
   its subscriptions (another's answers ``BadSubscriptionIdInvalid``, as if unknown); a
   TransferSubscriptions only to a session of the same user (``BadUserAccessDenied``).
@@ -177,6 +179,9 @@ class Authorisation:
         # Methods of our namespace that audit their own act (the commands and group actions:
         # the core's "command" / "group_command" records): no "call" record again.
         self.self_audited: set[ua.NodeId] = set()
+        # Methods of our namespace that need another Permission than COMMAND (the work orders'
+        # methods need DISPATCH), by method NodeId; their owner adds and removes them.
+        self.method_permissions: dict[ua.NodeId, Permission] = {}
 
     def refuse(
         self, action: str, target: str, arguments: Any, code: int, context: RequestContext | None = None
@@ -222,7 +227,7 @@ class Authorisation:
         if ctx is None:
             return None  # the server's own call
         mid = method.MethodId
-        need = METHOD_PERMISSIONS.get(mid.Identifier) if mid.NamespaceIndex == 0 else None
+        need = METHOD_PERMISSIONS.get(mid.Identifier) if mid.NamespaceIndex == 0 else self.method_permissions.get(mid)
         if (need or P.COMMAND) in ctx.identity.permissions:
             return None
         self.refuse(

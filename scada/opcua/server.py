@@ -12,6 +12,7 @@ from asyncua import Server, ua
 from scada.config import Config
 from scada.opcua.address_space import (
     NAMESPACE_URI,
+    ROOT_NAME,
     AddressSpaceBuilder,
     TreeEditor,
     tag_values,
@@ -34,17 +35,21 @@ from scada.opcua.endpoints import configure_endpoints
 from scada.opcua.group_actions import GroupActions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.login import install_login
+from scada.opcua.operations import Operations
 from scada.opcua.publisher import Publisher
 from scada.opcua.read_codec import data_values
 from scada.opcua.request_codec import browse_parameters, read_parameters
 from scada.opcua.sessions import SessionCleanup
 from scada.opcua.tag_read import TagReader
+from scada.opcua.typed_ua import NodeId
 from scada.opcua.writes import TagWrites, writable_tags
 from scada.security.audit import AuditSink, MemoryAudit
 from scada.security.settings import SecuritySettings
 from scada.tagdb import TagDB
 
 log = structlog.get_logger("scada.opcua")
+_REF_ADDED = ua.ModelChangeStructureVerbMask.ReferenceAdded
+_REF_DELETED = ua.ModelChangeStructureVerbMask.ReferenceDeleted
 # A command's Call or Write waits for the field's read-back (seconds): served beside the session's
 # other requests (its Publish, Read, keep-alive), at most this many at once per connection.
 CONCURRENT_COMMANDS = 16
@@ -92,6 +97,9 @@ class HmiServer:
         self.commands: CommandMethods | None = None
         self.groups: GroupActions | None = None
         self.writes: TagWrites | None = None
+        # The work orders' folder (scada/opcua/operations.py): when the core runs them (operations.yaml
+        # routes services) and answers this server's requests.
+        self.operations: Operations | None = None
 
     async def start(self) -> None:
         await self.server.init()
@@ -113,6 +121,7 @@ class HmiServer:
         self.node_count = builder.node_count
         if self.commands_request is not None:
             self._install_control()
+            await self._install_operations(self.config)
         if self.alarms is not None:
             self.conditions = AlarmConditions(self.server, self.ns, self.alarms)
             self.conditions.build()
@@ -159,6 +168,16 @@ class HmiServer:
         serve_concurrently(self.server, kinds, CONCURRENT_COMMANDS)
         self.node_count += self.commands.node_count + self.groups.node_count
 
+    async def _install_operations(self, config: Config) -> None:
+        """The Operations folder, when the configuration has work orders (the core runs them then)."""
+        if self.operations is not None or self.commands_request is None or not config.operations.services:
+            return
+        self.operations = Operations(
+            self.server, self.ns, self.commands_request, config.operations, self._model_changed
+        )
+        await self.operations.build()
+        self.node_count += self.operations.node_count
+
     async def _command(self, op: str, *args: Any) -> Any:
         """A command, group action or Write sent to the core's pipeline; its answer once this
         server shows what confirmed it.
@@ -188,7 +207,7 @@ class HmiServer:
 
     async def run(self) -> None:
         assert self.publisher is not None, "start() first"
-        if self.conditions is None and self.groups is None:
+        if self.conditions is None and self.groups is None and self.operations is None:
             await self.publisher.run()
             return
         async with asyncio.TaskGroup() as tg:
@@ -197,6 +216,8 @@ class HmiServer:
                 tg.create_task(self.conditions.run(), name="opcua-alarm-events")
             if self.groups is not None:
                 tg.create_task(self.groups.run(), name="opcua-group-progress")
+            if self.operations is not None:
+                tg.create_task(self.operations.run(), name="opcua-operations")
 
     async def reload(
         self, config: Config, tagdb: TagDB, removed, added, retyped: list[str], alarms=None, history=None
@@ -230,6 +251,7 @@ class HmiServer:
             self.groups.install(config)
             self.writes.reload(config)
         aspace = address_space(self.server)
+        changes += await self._reload_operations(config)
         if tagdb is not self.tagdb or self.publisher is None:
             values = tag_values(aspace, tagdb.names, self.ns)
             self.publisher = Publisher(tagdb, values, [variant_type(p) for p in config.point_defs()])
@@ -263,6 +285,22 @@ class HmiServer:
         if changes:
             await self._model_changed(changes)
         return len(changes)
+
+    async def _reload_operations(self, config: Config) -> list:
+        """The Operations folder and its orders stay over a reload; it comes or goes with the
+        work orders (operations.yaml's services)."""
+        ops = self.operations
+        if ops is not None and not config.operations.services:
+            ops.detach()
+            self.operations = None
+            return [(NodeId(ROOT_NAME, self.ns), NodeId(ua.ObjectIds.FolderType), _REF_DELETED)]
+        if ops is not None:
+            ops.config = config.operations
+            return []
+        await self._install_operations(config)
+        if self.operations is None:
+            return []
+        return [(NodeId(ROOT_NAME, self.ns), NodeId(ua.ObjectIds.FolderType), _REF_ADDED)]
 
     async def _drop_conditions(self) -> None:
         """Remove the device conditions' nodes and notifier links (the server alarms' stay)."""

@@ -64,10 +64,6 @@ if TYPE_CHECKING:
     from scada.config import Device, EquipmentType
 
 FLEET_CLASS = "fleet"  # the crews' vehicles: devices of an equipment type of this class
-# No operations.yaml (or an empty one): no work orders, and no HTTP server either (the model's
-# default address would have every server of a machine, every test, bind 127.0.0.1:8080).
-OFF = OperationsConfig(http=HttpSettings(listen=None))
-
 LIGHTING_CLASS = "lighting"  # what an energy baseline is about
 DEFAULT = "default"  # the delays entry that stands for every priority not listed
 HTTP_PORT = 8080
@@ -388,7 +384,7 @@ def load(
     file = str(path)
     doc = load_yaml(path)
     if doc is None:  # empty, or only comments: operations off
-        return OFF
+        return OperationsConfig()
     if not isinstance(doc, LocMap):
         raise ConfigError(file, getattr(doc, "line", 1), "", "expected a mapping with services, crews...")
     top = Fields(doc, "", file, 1)

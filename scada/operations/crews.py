@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 import structlog
@@ -49,14 +49,9 @@ ACTIONS = ("assign", "cancel")
 Answer = Callable[[str, Mapping[str, Any]], None]
 
 
-class _WithOperations(Protocol):
-    @property
-    def operations(self) -> OperationsConfig: ...
-
-
 def operations_of(config: Config) -> OperationsConfig:
     """``config.operations`` (operations.yaml, read by the configuration loader)."""
-    return cast(_WithOperations, config).operations
+    return config.operations
 
 
 def iso(ns: int) -> str:

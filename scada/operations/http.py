@@ -62,7 +62,8 @@ def operations_of(config: Any) -> OperationsConfig | None:
 def listen_of(config: Any) -> tuple[str, int] | None:
     """Where the HTTP server listens; None: no HTTP server."""
     ops = operations_of(config)
-    return ops.http.listen if ops is not None else None
+    # No service in operations.yaml (or no operations.yaml): operations are off, no HTTP server.
+    return ops.http.listen if ops is not None and ops.services else None
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

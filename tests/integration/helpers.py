@@ -156,13 +156,10 @@ def start_tiny_city(
 OPEN_SECURITY = ROOT / "tests" / "data" / "security-open.yaml"
 
 
-def scada_run_args(
-    config: Path, data: Path, endpoint: str, security: Path = OPEN_SECURITY, http: str = "off"
-) -> list[str]:
+def scada_run_args(config: Path, data: Path, endpoint: str, security: Path = OPEN_SECURITY) -> list[str]:
     """Arguments of ``Process`` for the server: ``scada run`` on ``config``, serving ``endpoint``,
     its state in ``data``, no periodic status line, the ``security`` settings (default: the open
-    test profile, as before the security issue), its HTTP server on ``http`` (HOST:PORT; default
-    none: a simulated city's operations.yaml says 127.0.0.1:8080, one port for every test)."""
+    test profile, as before the security issue)."""
     return [
         "-m",
         "city_scada",
@@ -177,8 +174,10 @@ def scada_run_args(
         "0",
         "--data",
         str(data),
+        # No HTTP server unless a test asks for one: operations.yaml's fixed port would be shared
+        # by every server the tests run at once.
         "--http",
-        http,
+        "none",
     ]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scada.driver_api import CommandRejected, DeviceRejected, WriteCommand
+from scada.driver_api import CommandRejected, DeviceRejected, DeviceTimeout, WriteCommand
 from drivers.mqtt.driver import MqttDriver
 from scada import status as st
 from scada.diagnostics import OFFLINE, ONLINE
@@ -198,3 +198,13 @@ async def test_read_now_is_nothing_to_do_for_pushed_state(tmp_path):
     assert np.array_equal(h.tagdb.value, before[0], equal_nan=True) and (h.tagdb.status == before[1]).all()
     with pytest.raises(CommandRejected, match="unknown tag"):
         await h.driver.read_now(["Dijon/bollard/B-DIJ-404/position"])
+
+
+async def test_a_command_nobody_acknowledges_is_a_timeout_not_a_lost_link(broker, tmp_path):
+    """Published on a connected broker, never acknowledged (no bollard listens): DeviceTimeout, the
+    device may have acted on it (the pipeline's BadTimeout), not a link that could not send it."""
+    cfg = config(tmp_path / "c", broker.port)
+    async with Harness(cfg) as h:
+        await until(lambda: all(b.connected for b in h.driver.brokers.values()), what="connected to the broker")
+        with pytest.raises(DeviceTimeout, match="no acknowledgement of 'lower'"):
+            await h.driver.write(WriteCommand("Dijon/bollard/B-DIJ-001/command", 0))

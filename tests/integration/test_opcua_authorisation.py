@@ -98,6 +98,15 @@ async def city(tmp_path: Path):
         c.historian.store.close()
 
 
+async def logged_in(url: str, user: str) -> Client:
+    """A client connected as ``user`` (its password: :func:`password`); the caller disconnects it."""
+    client = Client(url, timeout=10)
+    client.set_user(user)
+    client.set_password(password(user))
+    await client.connect()
+    return client
+
+
 @contextlib.asynccontextmanager
 async def session(url: str, user: str | None = None):
     client = Client(url, timeout=10)

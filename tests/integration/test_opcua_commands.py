@@ -8,143 +8,68 @@ cabinet; a Write to a writable tag goes through the pipeline; an Observer is ref
 shows the methods and the Control variables, which show the last command; every attempt is in
 the audit trail.
 
-These need the shipped commands (tags.yaml ``commands:``) and the core's pipeline: until both are
-there the module says so and does not run (nothing else can stand in for them here).
+The server, its users and the client helpers: tests/integration/opcua_commands_rig.py. What the
+field refuses or leaves unanswered (an interlock, a silent cabinet): test_opcua_commands_field.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
 from asyncua.ua import uaerrors
 
 from scada.opcua.address_space import NAMESPACE_URI
-from scada.security.audit_log import AuditLog
-from scada.security.users import hash_password, make_user, save_users
 from tests import configs
 
-from .helpers import (
-    Process,
-    free_port,
-    free_port_range,
-    scada_run_args,
-    until,
-    until_read,
-    wait_port,
-    write_cabinets,
+from .helpers import Process, free_port_range, until, until_read, wait_port, write_cabinets
+from .opcua_commands_rig import (
+    DIM_LEVEL_REGISTER,
+    audited,
+    inputs_for,
+    modbus_input,
+    online,
+    scada_server,
+    session,
 )
 
 pytestmark = pytest.mark.integration
 
 SC = ua.StatusCodes
-USERS = {
-    "otto": ("operator", "otto's password"),
-    "olga": ("observer", "olga's password"),
-    "erin": ("engineer", "erin's password"),
-}
 SELECT_TIMEOUT = 3.0  # s: control.select_timeout of these tests (the default 10 s would make one wait long)
 SET_DIM = "_types/lighting_cabinet/_commands/SetDimLevel"
 DIM_ALL = "_types/_groups/DimAll"
-MIN_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # an OPC UA DateTime's "none"
 
 
 @pytest.fixture
 def city(tmp_path: Path):
-    """Three simulated cabinets (two in Dijon), ``scada run`` with users otto (Operator) and olga
-    (Observer); yields (endpoint, cabinets, data folder)."""
+    """Three simulated cabinets (two in Dijon), ``scada run`` with users otto (Operator), olga
+    (Observer) and erin (Engineer); yields (endpoint, cabinets, data folder)."""
     assert shutil.which("mbpoll"), "mbpoll is missing: `make test` installs it (apt-get install mbpoll)"
     base = free_port_range(3)
-    config, data = tmp_path / "config", tmp_path / "data"
+    config = tmp_path / "config"
     cabinets = write_cabinets(config, base, "LC-C")
     assert "SetDimLevel" in configs.load(config).control.commands.get("lighting_cabinet", {}), (
         "the shipped tags.yaml must declare the cabinets' SetDimLevel"
     )
     with (config / "tags.yaml").open("a") as f:
         f.write(f"\ncontrol:\n  select_timeout: {SELECT_TIMEOUT}\n")
-    data.mkdir()
-    save_users(
-        data / "users.yaml",
-        {name: make_user(name, hash_password(pw), [role], None) for name, (role, pw) in USERS.items()},
-    )
-    security = tmp_path / "security.yaml"
-    security.write_text("allow_none: true\nanonymous: []\n")
-    port = free_port()
-    endpoint = f"opc.tcp://127.0.0.1:{port}/scada/"
     inventory = config / "inventory" / "lighting-cabinets.csv"
     sim = Process(["-m", "simulators", "lighting", "--inventory", str(inventory)], tmp_path / "sim.log")
-    server = Process(scada_run_args(config, data, endpoint, security=security), tmp_path / "server.log")
     try:
-        wait_port(base + 2)
-        wait_port(port, timeout=120)
-        yield endpoint, cabinets, data
+        wait_port(base + 2, proc=sim)
+        with scada_server(tmp_path, config) as (endpoint, data):
+            yield endpoint, cabinets, data
     finally:
-        server.stop()
         sim.stop()
 
 
-def session(endpoint: str, user: str) -> Client:
-    client = Client(endpoint, timeout=30)
-    client.set_user(user)
-    client.set_password(USERS[user][1])
-    return client
-
-
-def modbus_input(port: int, address: int) -> int:
-    """An input register of a simulated cabinet, read by mbpoll (an independent Modbus master)."""
-    out = subprocess.run(
-        ["mbpoll", "-m", "tcp", "-a", "1", "-0", "-r", str(address), "-t", "3", "-1", "-p", str(port), "127.0.0.1"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    line = next(li for li in out.splitlines() if li.strip().startswith(f"[{address}]"))
-    return int(line.split(":", 1)[1].split()[0])
-
-
-DIM_LEVEL_REGISTER = 8  # tags.yaml: lighting_cabinet dim_level, input register 8
-
-
-async def inputs_for(client: Client, ns: int, method: str, **values) -> list[ua.Variant]:
-    """The method's input arguments, typed as its InputArguments say: ``values`` by name, a
-    DateTime not given is "none" (MinDateTime)."""
-    args = await client.get_node(ua.NodeId(f"{method}/InputArguments", ns)).read_value()
-    out = []
-    for a in args:
-        if a.Name in values:
-            vtype = ua.VariantType(a.DataType.Identifier)
-            out.append(ua.Variant(values[a.Name], vtype))
-        elif a.DataType == ua.NodeId(ua.ObjectIds.DateTime):
-            out.append(ua.Variant(MIN_TIME, ua.VariantType.DateTime))
-        else:
-            raise AssertionError(f"{method}: argument {a.Name} not given")
-    return out
-
-
-async def online(client: Client, ns: int, cab) -> None:
-    """The cabinet polled and its driver saying it is online (what the pipeline checks first)."""
-    state = client.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/Diagnostics/state", ns))
-    await until_read(
-        lambda: state.read_data_value(raise_on_bad_status=False),
-        lambda d: d.StatusCode.is_good() and d.Value.Value == 1,  # online
-        60,
-        f"{cab.name} online",
-    )
-
-
-def audited(data: Path, **filters) -> list:
-    path = data / "audit.sqlite"
-    if not path.exists():
-        return []
-    with AuditLog(path, read_only=True) as trail:  # read-only: the server writes it meanwhile
-        return [e.record for e in trail.query(**filters)]
+def path_of(cab) -> str:
+    return f"{cab.commune}/lighting/{cab.name}"
 
 
 async def test_an_operator_dims_a_cabinet_and_the_simulator_confirms_it(city):
@@ -152,7 +77,7 @@ async def test_an_operator_dims_a_cabinet_and_the_simulator_confirms_it(city):
     cab = cabinets[0]
     async with session(endpoint, "otto") as otto:
         ns = await otto.get_namespace_index(NAMESPACE_URI)
-        await online(otto, ns, cab)
+        await online(otto, ns, path_of(cab))
         dev = otto.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}", ns))
         names = {(await c.read_browse_name()).Name for c in await dev.get_children()}
         assert {"SetDimLevel", "Control", "Diagnostics"} <= names
@@ -176,7 +101,7 @@ async def test_dim_all_over_a_commune_confirms_every_cabinet(city):
     async with session(endpoint, "otto") as otto:
         ns = await otto.get_namespace_index(NAMESPACE_URI)
         for cab in dijon:
-            await online(otto, ns, cab)
+            await online(otto, ns, path_of(cab))
         res = await otto.uaclient.call(
             [
                 ua.CallMethodRequest(
@@ -203,7 +128,7 @@ async def test_a_write_to_a_writable_tag_goes_through_the_pipeline(city):
     cab = cabinets[1]
     async with session(endpoint, "otto") as otto:
         ns = await otto.get_namespace_index(NAMESPACE_URI)
-        await online(otto, ns, cab)
+        await online(otto, ns, path_of(cab))
         setpoint = otto.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}/dim_setpoint", ns))
         level = (await setpoint.read_attribute(ua.AttributeIds.UserAccessLevel)).Value.Value
         assert level & ua.AccessLevel.CurrentWrite.mask
@@ -220,7 +145,7 @@ async def test_an_observer_is_refused_and_audited(city):
     cab = cabinets[0]
     async with session(endpoint, "olga") as olga:
         ns = await olga.get_namespace_index(NAMESPACE_URI)
-        await online(olga, ns, cab)
+        await online(olga, ns, path_of(cab))
         before = modbus_input(cab.port, DIM_LEVEL_REGISTER)
         dev = olga.get_node(ua.NodeId(f"{cab.commune}/lighting/{cab.name}", ns))
         with pytest.raises(uaerrors.BadUserAccessDenied):
@@ -240,7 +165,7 @@ async def test_select_before_operate_from_the_same_session_within_the_time_and_n
     path = f"{cab.commune}/lighting/{cab.name}"
     async with session(endpoint, "erin") as a, session(endpoint, "erin") as b:
         ns = await a.get_namespace_index(NAMESPACE_URI)
-        await online(a, ns, cab)
+        await online(a, ns, path_of(cab))
         dev_a, dev_b = a.get_node(ua.NodeId(path, ns)), b.get_node(ua.NodeId(path, ns))
         select, operate, cancel = (ua.NodeId(RESET + s, ns) for s in ("_Select", "_Operate", "_Cancel"))
         state = a.get_node(ua.NodeId(f"{path}/Control/state", ns))
@@ -284,7 +209,7 @@ async def test_writes_beyond_the_device_s_rate_are_refused_at_once(city):
     cab = cabinets[1]
     async with session(endpoint, "otto") as otto:
         ns = await otto.get_namespace_index(NAMESPACE_URI)
-        await online(otto, ns, cab)
+        await online(otto, ns, path_of(cab))
         nid = ua.NodeId(f"{cab.commune}/lighting/{cab.name}/dim_setpoint", ns)
         # One Write of 10 values to one cabinet: the front sends them to the core at once (a stuck
         # HMI); the device's burst (4 by default) goes through, the rest is BadTooManyOperations.

@@ -77,7 +77,8 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
             pytest.skip("the simulated city's operations.yaml routes no lighting_maintenance")
         delays = ops.services["lighting_maintenance"].delays["medium"]  # lamps_failed's priority
         http_port = free_port()
-        args = scada_run_args(config, data, city.endpoint, http=f"127.0.0.1:{http_port}")
+        args = scada_run_args(config, data, city.endpoint)
+        args[args.index("--http") + 1] = f"127.0.0.1:{http_port}"  # the test's own port
         server = Process(args, tmp_path / "server.log")
         wait_port(city.opc_scada, proc=server)
         a, b = "LC-DIJ-001", "LC-DIJ-002"

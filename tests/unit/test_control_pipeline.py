@@ -39,7 +39,7 @@ from scada.control.model import (
 )
 from scada.control.overrides import NEXT_STEP
 from scada.control.pipeline import CommandPipeline
-from scada.driver_api import CommandRejected, DeviceRejected, DeviceUnreachable, WriteCommand
+from scada.driver_api import CommandRejected, DeviceRejected, DeviceTimeout, DeviceUnreachable, WriteCommand
 from scada.security.audit import MemoryAudit
 from scada.tagdb import TagDB
 from tests.configs import write_config
@@ -416,6 +416,18 @@ async def test_the_drivers_errors_become_their_status_with_the_drivers_message(t
         r = await rig.run("LC-1", "SetMode", {"mode": 1})
         assert r.status == status and r.message == str(error)
         assert rig.control("LC-1", "last_result") == f"{rig.audit.records[-1].result}: {error}"
+
+
+async def test_a_write_sent_and_never_answered_is_bad_timeout_its_outcome_unknown(tmp_path):
+    """Not BadNoCommunication (nothing sent): the device may have applied it."""
+    async with Rig(tmp_path) as rig:
+        rig.drivers["modbus"].error = DeviceTimeout("no answer from unit 1 within 1.0 s")
+        r = await rig.run("LC-1", "SetMode", {"mode": 1})
+        assert r.status == BAD_TIMEOUT, r.message
+        assert r.message == "LC-1 SetMode: no answer to the write, whether it was applied is unknown: " + (
+            "no answer from unit 1 within 1.0 s"
+        )
+        assert rig.audit.records[-1].result == "BadTimeout"
 
 
 async def test_a_write_the_driver_check_refuses_is_out_of_range_and_nothing_goes_out(tmp_path):

@@ -27,7 +27,7 @@ from scada.security.users import hash_password, make_user, save_users
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving, until
-from tests.integration.test_opcua_authorisation import settings
+from tests.integration.test_opcua_authorisation import logged_in, password, settings
 
 from .test_opcua_commands import DEVICES, Core, control
 
@@ -40,10 +40,6 @@ USERS = {  # name: (roles, communes, see_other_communes)
     "oscar": (["operator"], ["Dijon"], True),  # acts on Dijon, sees the others (read-only)
     "dora": (["operator"], ["Dijon"], False),  # acts on Dijon, does not see the others
 }
-
-
-def password(name: str) -> str:
-    return f"password of {name}"
 
 
 class GroupCore(Core):
@@ -94,14 +90,6 @@ async def front(tmp_path_factory):
 
 
 on_front = pytest.mark.asyncio(loop_scope="module")
-
-
-async def logged_in(url: str, user: str) -> Client:
-    client = Client(url, timeout=10)
-    client.set_user(user)
-    client.set_password(password(user))
-    await client.connect()
-    return client
 
 
 async def call(client: Client, hmi: HmiServer, obj: str, method: str, *inputs: ua.Variant) -> ua.CallMethodResult:

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 import pytest_asyncio
-from asyncua import Client, ua
+from asyncua import ua
 from asyncua.ua import uaerrors
 
 from scada.opcua.server import HmiServer
@@ -18,7 +18,7 @@ from scada.security.audit import MemoryAudit
 from scada.tagdb import TagDB
 from tests import configs
 from tests.integration.helpers import free_port, serving
-from tests.integration.test_opcua_authorisation import password, settings, write_users
+from tests.integration.test_opcua_authorisation import logged_in, settings, write_users
 
 from .test_opcua_commands import DEVICES, Core, control
 
@@ -46,14 +46,6 @@ async def front(tmp_path_factory):
 
 
 on_front = pytest.mark.asyncio(loop_scope="module")
-
-
-async def logged_in(url: str, user: str) -> Client:
-    client = Client(url, timeout=10)
-    client.set_user(user)
-    client.set_password(password(user))
-    await client.connect()
-    return client
 
 
 @on_front

@@ -189,34 +189,3 @@ async def test_scada_workorders_lists_filters_exports_and_shows_an_orders_events
     finally:
         rig.close()
 
-
-def test_scada_run_http_option_replaces_operations_yaml_listen():
-    from scada.cli import http_listen, with_http_listen
-    from scada.operations.model import HttpSettings, OperationsConfig
-
-    assert http_listen(None) == "" and http_listen("off") is None and http_listen("OFF") is None
-    assert http_listen("127.0.0.1:8081") == ("127.0.0.1", 8081) and http_listen("[::1]:80") == ("::1", 80)
-    for bad in ("8080", "host:", "host:http", ":80", "h:0", "h:70000"):
-        with pytest.raises(ValueError, match="not HOST:PORT or off"):
-            http_listen(bad)
-
-    import dataclasses
-
-    Conf = dataclasses.make_dataclass("Conf", [("operations", OperationsConfig)], frozen=True)
-    c = Conf(OperationsConfig(http=HttpSettings(("127.0.0.1", 8080))))
-    assert with_http_listen(c, "") is c
-    assert with_http_listen(c, None).operations.http.listen is None
-    assert with_http_listen(c, ("0.0.0.0", 9000)).operations.http.listen == ("0.0.0.0", 9000)
-
-
-def test_no_operations_yaml_means_no_http_server(tmp_path):
-    """Without operations.yaml no server binds the model's default address (every server of a
-    machine, every test, would take 127.0.0.1:8080)."""
-    from scada.operations.orders import operations_of
-    from tests.alarm_rig import DEVICES
-    from tests.configs import write_config
-
-    config = write_config(tmp_path, DEVICES, "services: {}\nalarms: []\n")
-    assert operations_of(config).services == {} and operations_of(config).http.listen is None
-    (tmp_path / "operations.yaml").write_text("# nothing yet\n")
-    assert write_config(tmp_path, DEVICES).operations.http.listen is None
