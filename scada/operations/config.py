@@ -145,20 +145,6 @@ def to_fraction(v: Any) -> float:
     return x
 
 
-@converter(
-    {
-        "type": "string",
-        "pattern": "^[^#+/\\s]+(/[^#+/\\s]+)*$",
-        "patternErrorMessage": "an MQTT topic without wildcards (+, #) nor a leading or trailing '/'",
-    }
-)
-def _to_topic_prefix(v: Any) -> str:
-    s = to_str(v).strip()
-    if not s or "+" in s or "#" in s or s.startswith("/") or s.endswith("/") or "//" in s:
-        raise ValueError("an MQTT topic without wildcards (+, #) nor a leading or trailing '/', e.g. city/vehicles")
-    return s
-
-
 # -- key tables ----------------------------------------------------------------------------------
 
 DELAY_KEYS: KeyTable = {
@@ -264,12 +250,6 @@ DISPATCH_KEYS: KeyTable = {
         positive_duration,
         "An assignment not accepted by the crew within this delay goes back to new, to be dispatched again (default 5m).",
         300.0,
-    ),
-    "topic_prefix": Key(
-        _to_topic_prefix,
-        "The fleet's MQTT topic prefix: orders go to <prefix>/<vehicle>/order, answers come on "
-        "<prefix>/<vehicle>/order_status (default city/vehicles).",
-        "city/vehicles",
     ),
 }
 OPEN311_KEYS: KeyTable = {
@@ -408,7 +388,6 @@ def load(
             auto_assign=dispatch["auto_assign"],
             speed_kmh=dispatch["speed_kmh"],
             answer_timeout_s=dispatch["answer_timeout"],
-            topic_prefix=dispatch["topic_prefix"],
         ),
         open311=Open311Settings(
             radius_m=open311["radius_m"],

@@ -347,7 +347,6 @@ class DispatchSettings:
     auto_assign: bool = True  # assign the proposed crew at once, else only propose
     speed_kmh: float = 30.0  # the ETA's speed (great circle)
     answer_timeout_s: float = 300.0  # an assignment not accepted by then goes back to new ("refuse")
-    topic_prefix: str = "city/vehicles"
 
 
 @dataclass(frozen=True, slots=True)

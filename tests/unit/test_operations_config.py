@@ -131,7 +131,7 @@ def test_durations_take_seconds_or_a_unit(tmp_path: Path, shipped: Config) -> No
 
 def test_settings_sections_and_targets(tmp_path: Path, shipped: Config) -> None:
     ops = load_ops(tmp_path, shipped, BASE + textwrap.dedent("""\
-        dispatch: {auto_assign: false, speed_kmh: 25, topic_prefix: fleet/vans}
+        dispatch: {auto_assign: false, speed_kmh: 25}
         open311: {radius_m: 80, rate_per_minute: 2, rate_burst: 1, max_body_bytes: 4096, territory_margin_m: 0,
                   jurisdiction_id: example.org}
         http: {listen: "0.0.0.0:9090"}
@@ -142,7 +142,7 @@ def test_settings_sections_and_targets(tmp_path: Path, shipped: Config) -> None:
           cabinets: {LC-DIJ-001: 25.5}
         availability: {lighting: 0.98, traffic: 99.5 %, bollard: 1}
         """))
-    assert (ops.dispatch.auto_assign, ops.dispatch.speed_kmh, ops.dispatch.topic_prefix) == (False, 25.0, "fleet/vans")
+    assert (ops.dispatch.auto_assign, ops.dispatch.speed_kmh) == (False, 25.0)
     assert (ops.open311.radius_m, ops.open311.rate_burst, ops.open311.jurisdiction_id) == (80.0, 1, "example.org")
     assert ops.open311.territory_margin_m == 0.0 and ops.open311.max_body_bytes == 4096
     assert ops.http.listen == ("0.0.0.0", 9090)
@@ -338,7 +338,7 @@ def test_targets_outside_0_1(tmp_path: Path, shipped: Config, bad: str) -> None:
     ("section", "needle", "key", "message"),
     [
         ("dispatch: {speed_kmh: 0}", "dispatch", "dispatch.speed_kmh", "greater than 0"),
-        ("dispatch: {topic_prefix: city/+/vehicles}", "dispatch", "dispatch.topic_prefix", "without wildcards"),
+        ("dispatch: {topic_prefix: city/vehicles}", "dispatch", "dispatch.topic_prefix", "unknown"),
         ("dispatch: {auto_assign: maybe}", "dispatch", "dispatch.auto_assign", "true or false"),
         ("open311: {rate_burst: 0}", "open311", "open311.rate_burst", "greater than 0"),
         ("http: {listen: 'localhost:99999'}", "http", "http.listen", "1 to 65535"),
