@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shutil
 import sqlite3
@@ -56,7 +55,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_control import Window, load_text, quiet_window, wait_online, window  # noqa: E402
+from bench.bench_control import load_text, quiet_window, wait_online, window  # noqa: E402
 from bench.harness import (  # noqa: E402
     PY,
     RESULT,
@@ -76,6 +75,7 @@ from bench.harness import (  # noqa: E402
 
 UNLIMITED = {"rate_per_minute": 1_000_000_000, "rate_burst": 1_000_000}  # the limiter is not measured
 PROBE_S = 0.5  # one GET of the map or the metrics every half second: a map client refreshes every few s
+SPACING_M = 60.0  # above open311.radius_m (50): each report its own order
 OFFSET_DEG = 0.00005  # about 5 m north of the cabinet: "near", and nearer to it than to any other
 SERVICES = {"lighting": "streetlight", "traffic": "traffic_signal", "bollard": "bollard"}
 
@@ -273,6 +273,27 @@ class Bench:
             "first_name": "Bench",
         }
 
+    def unlocated(self, k: int) -> dict[str, str]:
+        """A valid report located by an address only (an unlocated order of its own)."""
+        return {
+            "service_code": SERVICES["lighting"],
+            "address_string": f"{k} rue du Banc d'Essai, Dijon",
+            "description": f"bench report {k}: a street light is out",
+        }
+
+
+def apart(devices: list[Any], spacing_m: float) -> list[Any]:
+    """Devices at least ``spacing_m`` from each other (greedy, in the configuration's order)."""
+    from scada.control.zones import great_circle_m
+
+    lat = np.array([d.lat for d in devices], float)
+    lon = np.array([d.lon for d in devices], float)
+    keep: list[int] = []
+    for i in range(len(devices)):
+        if not keep or great_circle_m(lat[keep], lon[keep], lat[i], lon[i]).min() > spacing_m:
+            keep.append(i)
+    return [devices[i] for i in keep]
+
 
 async def idle_probes(b: Bench, seconds: float) -> Probes:
     p = Probes()
@@ -287,16 +308,19 @@ async def idle_probes(b: Bench, seconds: float) -> Probes:
 async def posts(b: Bench) -> None:
     """The POST rate: the baseline server, then ours (first run creates, later runs attach)."""
     rep, args = b.report, b.args
-    cabinets = b.devices("lighting")[: args.orders]
-    if len(cabinets) < args.orders:
-        raise RuntimeError(f"{len(cabinets)} cabinets in the city: fewer than --orders {args.orders}")
+    cabinets = apart(b.devices("lighting"), SPACING_M)[: args.orders]
     bodies = [b.body(d, "lighting", k) for k, d in enumerate(cabinets)]
+    # Cabinets closer than the attach radius share an order: the rest of the orders are reports
+    # located by an address only (each an order of its own, unlocated).
+    unlocated = [b.unlocated(k) for k in range(len(bodies), args.orders)]
+    # The later runs: every report a duplicate of a located one (they attach to its order).
+    again = [bodies[k % len(bodies)] for k in range(args.orders)]
     base_rates = []
     for _ in range(args.repeats):
-        r = await run_load(b.hello, bodies, args.concurrency, b.work)
-        if r["statuses"].get("201", 0) != len(bodies):
+        r = await run_load(b.hello, again, args.concurrency, b.work)
+        if r["statuses"].get("201", 0) != len(again):
             raise RuntimeError(f"the baseline server answered {r['statuses']}: {r['errors']}")
-        base_rates.append(len(bodies) / r["seconds"])
+        base_rates.append(len(again) / r["seconds"])
     b.data["hello_rates"] = base_rates
     idle = await idle_probes(b, 10.0)
     b.data["idle_probes"] = [idle.map_s, idle.metrics_s]
@@ -304,12 +328,13 @@ async def posts(b: Bench) -> None:
     url = b.base + "/open311/v2/requests.json"
     runs = []
     for k in range(args.repeats):
-        log(f"  [posts] run {k + 1}: {len(bodies)} reports (load average {load_text()})")
+        sent = bodies + unlocated if k == 0 else again
+        log(f"  [posts] run {k + 1}: {len(sent)} reports (load average {load_text()})")
         p = Probes()
         stop = asyncio.Event()
         t0w = time.time()
         prober = asyncio.create_task(probe(b.base, stop, p))
-        r = await run_load(url, bodies, args.concurrency, b.work)
+        r = await run_load(url, sent, args.concurrency, b.work)
         stop.set()
         await prober
         during = await window(b.server, t0w, time.time())
@@ -322,7 +347,7 @@ async def posts(b: Bench) -> None:
     rates = [r["statuses"].get("201", 0) / r["seconds"] for r, _, _ in runs]
     hello = med(base_rates)
     rep.add(
-        f"aiohttp hello-world server: POSTs/s ({len(bodies):,} form POSTs, {args.concurrency} sessions)",
+        f"aiohttp hello-world server: POSTs/s ({len(again):,} form POSTs, {args.concurrency} sessions)",
         f"{hello:,.0f} /s",
         "baseline: " + " ; ".join(f"{x:,.0f}" for x in base_rates),
         "",
@@ -331,7 +356,7 @@ async def posts(b: Bench) -> None:
     first, later = rates[0], rates[1:]
     refused = [{s: n for s, n in r["statuses"].items() if s != "201"} for r, _, _ in runs]
     rep.add(
-        f"Open311 POSTs accepted/s, run 1: {len(bodies):,} reports, each a new order",
+        f"Open311 POSTs accepted/s, run 1: {args.orders:,} reports, each a new order",
         f"{first:,.0f} /s",
         f"{runs[0][0]['statuses'].get('201', 0):,} x 201 in {runs[0][0]['seconds']:.1f} s",
         f"x{first / hello:.2f} baseline",
@@ -345,6 +370,10 @@ async def posts(b: Bench) -> None:
             f"x{med(later) / hello:.2f} baseline",
             "" if not any(refused[1:]) else f"refused {refused[1:]}",
         )
+    rep.note(
+        f"run 1: {len(bodies)} reports {OFFSET_DEG * 111_000:.0f} m from cabinets at least {SPACING_M:g} m apart, "
+        f"{len(unlocated)} located by an address only; orders created: {len(b.data['created_orders'])}"
+    )
     for r, _, _ in runs:
         for e in r["errors"][:2]:
             rep.note(f"refusal: {e}")
