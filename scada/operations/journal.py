@@ -400,15 +400,19 @@ class OrderJournal:
         self.close()
 
 
+LINGER_S = 0.5  # an idle writer thread waits this long for more work before it ends
+
+
 class OrderWriter:
     """Writes the service's changes to an :class:`OrderJournal` from a worker thread (see the
     module docstring): :meth:`submit` never blocks nor raises."""
 
     MAX_EVENTS = 200_000  # events kept over a disk outage (~200 B each); beyond, the oldest are dropped
 
-    def __init__(self, journal: OrderJournal, *, retry_s: float = 1.0) -> None:
+    def __init__(self, journal: OrderJournal, *, retry_s: float = 1.0, linger_s: float = LINGER_S) -> None:
         self.journal = journal
         self.retry_s = retry_s
+        self.linger_s = linger_s
         self._cond = threading.Condition()
         self._orders: dict[str, WorkOrder] = {}  # the latest state of each order waiting
         self._events: deque[OrderEvent] = deque()
@@ -463,6 +467,11 @@ class OrderWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._waiting() and not self._closed:
+                    # Linger for the next submit: starting a thread blocks the submitting event
+                    # loop until the thread runs (milliseconds on a busy machine); one per report
+                    # of an Open311 burst delayed the core's polls (bench/README.md).
+                    self._cond.wait_for(lambda: self._waiting() or self._closed, self.linger_s)
                 if not self._waiting():
                     self._thread = None
                     self._cond.notify_all()

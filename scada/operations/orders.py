@@ -498,13 +498,17 @@ class WorkOrderService:
         if not self.ops.dispatch.auto_assign:
             return
         mono = time.monotonic()
+        # The busy crews once per pass, again only after a send (its await lets answers in): one
+        # scan of the orders per new order made a pass over 1,000 waiting orders stall the core's
+        # loop ~70 ms each second (bench_operations.py).
+        held = self._held()
         for order in list(self.orders.values()):
             if order.state != OrderState.NEW or order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
                 continue
             current = self.orders.get(order.id)
             if current is None or current.state != OrderState.NEW:  # changed by an earlier send's answers
                 continue
-            crew = self._choose(current)
+            crew = self._choose(current, held)
             if crew is None:
                 self._dispatch_failed(current, "no available crew with the skill", NO_CREW_RETRY_S)
                 continue
@@ -514,6 +518,7 @@ class WorkOrderService:
                 self._dispatch_failed(current, f"not sent to {crew}: {exc}", DISPATCH_RETRY_S)
             except IllegalTransition as exc:  # the order moved on during the send
                 log.info("work_order_dispatch_overtaken", order=current.id, error=str(exc))
+            held = self._held()
 
     def _dispatch_failed(self, order: WorkOrder, why: str, retry_s: float) -> None:
         self.dispatch_failures += 1
@@ -533,10 +538,11 @@ class WorkOrderService:
         if callable(busy):
             busy(self._held())
 
-    def _choose(self, order: WorkOrder) -> str | None:
-        """The nearest proposed crew not holding another open order and not having refused this one."""
+    def _choose(self, order: WorkOrder, held: set[str] | None = None) -> str | None:
+        """The nearest proposed crew not holding another open order and not having refused this one
+        (``held``: the crews holding an order, when the caller has them; a new order holds none)."""
         assert self.crews is not None
-        busy = self._held(but=order.id)
+        busy = held if held is not None and order.state not in _HOLDING else self._held(but=order.id)
         refused = self._refused.get(order.id, set())
         proposed = [c for c, _eta in self.crews.propose(order, limit=max(3, len(busy) + len(refused) + 1))]
         free = [c for c in proposed if c not in busy]

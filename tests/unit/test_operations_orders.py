@@ -408,6 +408,29 @@ async def test_no_crew_or_a_failed_send_leaves_the_order_new_and_it_is_retried(r
     assert rig.service.orders[tj.id].crew == "V-3"
 
 
+async def test_one_dispatch_pass_gives_each_free_crew_one_order_and_scans_the_orders_per_send(rig, monkeypatch):
+    # Four lighting orders, two lighting crews: one pass assigns two orders to two crews, the
+    # others wait. The busy crews are computed once per pass and after each send, not per order
+    # (a scan per waiting order stalled the core's loop with 1,000 orders: bench_operations.py).
+    for k in range(4):
+        res = await rig.service.apply(
+            OpsRequest(
+                "create",
+                {"service": "lighting_maintenance", "lat": 47.3 + k / 100, "lon": 5.0, "description": f"lamp {k}"},
+                DISPATCHER,
+            )
+        )
+        assert res.status == GOOD, res
+    scans = []
+    held = rig.service._held
+    monkeypatch.setattr(rig.service, "_held", lambda but="": scans.append(but) or held(but))
+    await rig.tick()
+    crews = sorted(o.crew for o in rig.service.orders.values() if o.state == OrderState.ASSIGNED)
+    assert crews == ["V-1", "V-2"]
+    assert sum(o.state == OrderState.NEW for o in rig.service.orders.values()) == 2
+    assert len(scans) <= 4  # the board's view, the pass, one per send: not one per order
+
+
 async def test_refused_or_unanswered_assignment_goes_to_another_crew(tmp_path):
     rig = Rig(tmp_path, ops_config(answer_timeout_s=120.0))
     try:

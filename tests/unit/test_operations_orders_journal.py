@@ -135,6 +135,26 @@ def test_writer_keeps_the_newest_state_of_an_order_and_every_event_in_order(tmp_
         j.close()
 
 
+def test_writer_thread_serves_a_burst_then_ends_at_close(tmp_path):
+    # One thread for a burst of submits: a thread started per submit blocked the core's loop
+    # (bench_operations.py: late polls under 200 Open311 POSTs/s).
+    j = OrderJournal(tmp_path / JOURNAL_FILE)
+    w = OrderWriter(j, linger_s=DEADLINE)
+    try:
+        w.submit([order(1)])
+        assert w.flush()
+        first = w._thread
+        assert first is not None and first.is_alive()  # idle, waiting for the next submit
+        w.submit([order(2)])
+        assert w.flush()
+        assert w._thread is first
+        assert [o.id for o in j.orders()] == [order(1).id, order(2).id]
+    finally:
+        w.close(timeout=DEADLINE)
+        j.close()
+    assert not first.is_alive()  # close wakes the lingering thread at once
+
+
 class Ran:
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
@@ -188,4 +208,3 @@ async def test_scada_workorders_lists_filters_exports_and_shows_an_orders_events
         assert r.returncode != 0 and "no such file" in r.stderr
     finally:
         rig.close()
-
