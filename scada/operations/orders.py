@@ -156,6 +156,7 @@ class WorkOrderService:
         self._failed_why: dict[str, str] = {}  # order -> why its last dispatch failed (journaled once)
         self._sending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}  # order -> answers during its send
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
+        self._acts: set[asyncio.Future[OpsResult]] = set()  # operators' acts running (shielded)
         last_order, last_report = journal.last_numbers()
         self._order_numbers = itertools.count(last_order + 1)
         self._report_numbers = itertools.count(last_report + 1)
@@ -559,7 +560,10 @@ class WorkOrderService:
                 raise DriverError("no crew board: nothing can be sent")
             await self.crews.send(new, "assign")
         except BaseException:
-            self._sending.pop(order.id, None)
+            # Not sent: the order is unchanged, so the answers that waited (its current crew's,
+            # during a reassignment) are judged now against it; stale ones are still ignored.
+            for vehicle, payload in self._sending.pop(order.id, []):
+                self.crew_answer(vehicle, payload)
             raise
         current = self.orders.get(order.id)
         if current is None:  # closed or cancelled while it was being sent: the crew is told
@@ -568,8 +572,8 @@ class WorkOrderService:
             final = self._final(order.id)
             raise IllegalTransition(order.id, final.state if final else OrderState.CANCELLED, "assign")
         if current is not order:
-            # Changed meanwhile (cancelled, reassigned by an operator): this assignment is the
-            # newer act, but from the state the order has now.
+            # Changed meanwhile (a note, a deadline mark): this assignment is the newer act, but
+            # from the state the order has now (a second assignment is refused while one is sent).
             try:
                 new, events = self._transition(
                     current, "assign", user, now, f"to {crew}", crew=crew, correlation_id=new.correlation_id
@@ -578,9 +582,9 @@ class WorkOrderService:
                 self._sending.pop(order.id, None)
                 await self._send_quietly(new, "cancel")
                 raise
-        if order.crew and order.crew != crew and order.state in OPEN:
-            await self._send_quietly(order, "cancel")  # a reassignment: the former crew stops
         self._commit(new, events)
+        if current.crew and current.crew != crew and current.state in OPEN:
+            await self._send_quietly(current, "cancel")  # a reassignment: the former crew stops
         self._failed_why.pop(order.id, None)
         self._retry_at.pop(order.id, None)
         for vehicle, payload in self._sending.pop(order.id, []):
@@ -643,7 +647,21 @@ class WorkOrderService:
     # -- operators' acts ----------------------------------------------------------------------
 
     async def apply(self, request: OpsRequest) -> OpsResult:
-        """An operator's act (model.OPS): authorised, journaled, audited; never raises for a refusal."""
+        """An operator's act (model.OPS): authorised, journaled, audited; never raises for a refusal.
+
+        Shielded: once started, the act completes, is journaled and audited even when its requester
+        goes away (a front process dying cancels its requests): a crew may already have the order."""
+        act = asyncio.ensure_future(self._apply_audited(request))
+        self._acts.add(act)
+        act.add_done_callback(self._act_done)
+        return await asyncio.shield(act)
+
+    def _act_done(self, act: asyncio.Future[OpsResult]) -> None:
+        self._acts.discard(act)
+        if not act.cancelled() and act.exception() is not None:
+            log.error("work_order_act_failed", error=repr(act.exception()))
+
+    async def _apply_audited(self, request: OpsRequest) -> OpsResult:
         try:
             result = await self._apply(request)
         except _Refusal as r:
@@ -737,6 +755,8 @@ class WorkOrderService:
                 if crew is None:
                     raise _Refusal(BAD_INVALID_STATE, f"no available crew with the skill {order.service}")
             next_state(order.id, order.state, "assign")  # refused before anything is sent
+            if order.id in self._sending:  # one assignment at a time: the other would be lost
+                raise _Refusal(BAD_INVALID_STATE, f"{order.id}: an assignment is being sent; try again")
             new = await self._assign(order, crew, caller.user)
             return OpsResult(GOOD, f"assigned to {crew}", new.id, {"crew": crew})
         if op == "cancel":
