@@ -42,9 +42,11 @@ alarms, citizens' reports and operators, their crews, deadlines and journal.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from scada.alarms.remote import RemoteAlarmError
 from scada.alarms.states import State
 from scada.control.model import (
     BAD_INVALID_ARGUMENT,
@@ -91,6 +94,11 @@ log = structlog.get_logger("scada.operations")
 TICK_S = 1.0  # real seconds between two checks of deadlines, answers and dispatch retries
 DISPATCH_RETRY_S = 30.0  # real seconds before an order whose sending failed is tried again
 NO_CREW_RETRY_S = 5.0  # real seconds before an order for which no crew was free is tried again
+JOURNAL_THREADS = 2  # the service's own threads for journal reads and flushes (not the default executor)
+MAX_READS = 2  # Open311 GETs reading the journal at once; more are answered "busy" (a 503) at once
+READ_FLUSH_S = 1.0  # a GET waits this long for what waits to be written, then reads the file as it is
+REPORT_FLUSH_S = 5.0  # a POST waits this long for its report to be on disk before answering
+FINAL_READ_S = 2.0  # an act on an order not open waits this long for the file, then is refused
 PURGE_EVERY_S = 60.0  # real seconds between two looks for contact details to purge
 CLOCKS_AGREE_NS = 1_000_000_000  # two clocks this close are the same time base (real time)
 LATE_ALARM = "work_order_late"
@@ -157,6 +165,10 @@ class WorkOrderService:
         self._sending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}  # order -> answers during its send
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
         self._acts: set[asyncio.Future[OpsResult]] = set()  # operators' acts running (shielded)
+        # Journal reads and flushes block on the writer's lock (a failing disk): never on the loop,
+        # nor in the default executor the historian's writes share.
+        self._io = concurrent.futures.ThreadPoolExecutor(JOURNAL_THREADS, thread_name_prefix="workorder-read")
+        self._reads = asyncio.Semaphore(MAX_READS)
         last_order, last_report = journal.last_numbers()
         self._order_numbers = itertools.count(last_order + 1)
         self._report_numbers = itertools.count(last_report + 1)
@@ -191,6 +203,41 @@ class WorkOrderService:
         for o in self.orders.values():
             if o.breached:  # server alarms are not kept over a restart: raised again
                 self._late_alarm(o, True)
+        self._reconcile()
+
+    def _reconcile(self) -> int:
+        """An order for every active alarm shown to operators, of a routed service, without an open
+        order (its origin the alarm's activation): a crash between the alarm journal and the order
+        writer, or a reload routing a service while faults are active, would leave it without one
+        forever (a restored alarm is not announced again). Returns the orders created."""
+        engine = self.alarms
+        cond, state, since = (getattr(engine, a, None) for a in ("cond", "state", "cond_since"))
+        if not self.ops.services or cond is None or state is None or since is None:
+            return 0
+        seen = np.asarray(cond, bool) & np.isin(state, np.array([int(s) for s in SEEN], np.uint8))
+        made = 0
+        clock_now = engine.clock()
+        for i in np.flatnonzero(seen).tolist():
+            try:
+                a, d = engine.instances.definition(i), engine.instances.device(i)
+                if a.service not in self.ops.services or self._open((d.name, a.name)) is not None:
+                    continue
+                e = types.SimpleNamespace(
+                    instance=i,
+                    service=a.service,
+                    device=d.name,
+                    alarm=a.name,
+                    commune=d.commune,
+                    priority=a.priority,
+                    message=engine._message(i),
+                )
+                self._create_from_alarm(e, self._ops_time(int(since[i]) or clock_now, clock_now))
+                made += 1
+            except Exception:  # noqa: BLE001 - one instance must not stop the others
+                log.exception("work_order_reconcile_failed", instance=i)
+        if made:
+            log.warning("work_orders_reconciled", created=made, reason="active routed alarms without an open order")
+        return made
 
     # -- the alarm engine's events ------------------------------------------------------------
 
@@ -569,7 +616,7 @@ class WorkOrderService:
         if current is None:  # closed or cancelled while it was being sent: the crew is told
             self._sending.pop(order.id, None)
             await self._send_quietly(new, "cancel")
-            final = self._final(order.id)
+            final = self.writer.latest(order.id)  # just closed: still waiting to be written, or in the file
             raise IllegalTransition(order.id, final.state if final else OrderState.CANCELLED, "assign")
         if current is not order:
             # Changed meanwhile (a note, a deadline mark): this assignment is the newer act, but
@@ -706,24 +753,33 @@ class WorkOrderService:
             BAD_USER_ACCESS_DENIED, f"{caller.user} may not {what} work orders of {commune} (outside their communes)"
         )
 
-    def _order_arg(self, args: Mapping[str, Any]) -> WorkOrder:
+    async def _order_arg(self, args: Mapping[str, Any]) -> WorkOrder:
         oid = args.get("order")
         if not isinstance(oid, str) or not oid:
             raise _Refusal(BAD_INVALID_ARGUMENT, "the order's id is required")
         order = self.orders.get(oid)
         if order is None:
-            final = self._final(oid)
+            final = await self._final(oid)
             if final is not None:
                 raise IllegalTransition(oid, final.state, "any act")
             raise _Refusal(BAD_NODE_ID_UNKNOWN, f"no work order {oid!r}")
         return order
 
-    def _final(self, oid: str) -> WorkOrder | None:
-        """A closed or cancelled order (not in memory): what waits to be written, else the file."""
+    async def _final(self, oid: str) -> WorkOrder | None:
+        """A closed or cancelled order (not in memory): what waits to be written, else the file,
+        read in the service's thread (the writer may hold the file: refused after FINAL_READ_S)."""
         latest = self.writer.latest(oid)
         if latest is not None:
             return latest
-        known = self.journal.orders(ids=[oid])
+        loop = asyncio.get_running_loop()
+        try:
+            known = await asyncio.wait_for(
+                loop.run_in_executor(self._io, lambda: self.journal.orders(ids=[oid])), FINAL_READ_S
+            )
+        except (TimeoutError, OrderJournalError) as exc:
+            raise _Refusal(
+                BAD_NODE_ID_UNKNOWN, f"{oid} is not an open work order (the journal cannot be read now: {exc!r})"
+            ) from None
         return known[0] if known else None
 
     async def _apply(self, request: OpsRequest) -> OpsResult:
@@ -735,7 +791,7 @@ class WorkOrderService:
             raise _Refusal(BAD_INVALID_ARGUMENT, f"{op}: unknown argument {sorted(unknown)[0]!r}")
         if op == "create":
             return self._create(args, caller)
-        order = self._order_arg(args)
+        order = await self._order_arg(args)
         self._authorise(caller, order.commune, op)
         now = self.clock()
         if op == "propose":
@@ -915,6 +971,10 @@ class WorkOrderService:
                 "Good",
             )
         )
+        # Answered once on disk: a report id given to a citizen is never given again after a crash.
+        flushed = await asyncio.get_running_loop().run_in_executor(self._io, self.writer.flush, REPORT_FLUSH_S)
+        if not flushed:
+            log.warning("citizen_report_not_yet_written", report=rid, journal=str(self.journal.path))
         return GOOD, message, rid, new.id
 
     async def reports(self, *query: Any) -> list[tuple[Any, str | None]]:
@@ -922,10 +982,13 @@ class WorkOrderService:
         reports with their order's state, read from the journal in a thread (what waits written first)."""
 
         def read() -> list[tuple[Any, str | None]]:
-            self.writer.flush(5.0)
+            self.writer.flush(READ_FLUSH_S)
             return [(dataclasses.asdict(r), state) for r, state in self.journal.reports(*query)]
 
-        return await asyncio.to_thread(read)
+        if self._reads.locked():  # the journal is slow: the next GETs are told at once, not queued
+            raise RemoteAlarmError("value", f"{MAX_READS} report queries already reading the journal")
+        async with self._reads:
+            return await asyncio.get_running_loop().run_in_executor(self._io, read)
 
     async def purge(self) -> int:
         """Null the contact details of reports whose order closed ``purge_contact_after_s`` ago."""
@@ -946,7 +1009,7 @@ class WorkOrderService:
             return ids, events
 
         try:
-            ids, events = await asyncio.to_thread(due)
+            ids, events = await asyncio.get_running_loop().run_in_executor(self._io, due)
         except OrderJournalError as exc:
             log.warning("work_order_purge_failed", error=str(exc))
             return 0
@@ -972,6 +1035,8 @@ class WorkOrderService:
         self.config, self.ops, self.alarms = config, operations_of(config), alarms
         if self.on_alarm_events not in alarms.subscribers:
             alarms.subscribers.append(self.on_alarm_events)
+        self.process_alarm_events()  # what waits first: an activation queued is not made twice
+        self._reconcile()
         if self.crews is not None:
             self._tell_busy()
 
@@ -991,4 +1056,5 @@ class WorkOrderService:
     def close(self) -> None:
         """Write what waits, then close the journal."""
         self.writer.close()
+        self._io.shutdown(wait=False, cancel_futures=True)
         self.journal.close()

@@ -5,10 +5,15 @@ rig of test_operations_orders.py with a crew board whose sends wait on the test'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 
-from scada.control.model import BAD_INVALID_STATE, BAD_NO_COMMUNICATION, GOOD
+from scada.alarms.remote import RemoteAlarmError
+from scada.control.model import BAD_INVALID_STATE, BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, GOOD
 from scada.driver_api import DeviceUnreachable
-from scada.operations.model import OpsRequest, OrderState
+from scada.operations.journal import OrderJournal
+from scada.operations.model import REQUEST_REPORTS, CitizenReport, OpsRequest, OrderState
+from scada.operations.orders import MAX_READS
 from tests.unit.test_operations_orders import DISPATCHER, FakeCrews, Rig, ops_config
 
 DEADLINE = 10.0  # safety net: every wait below is for an event
@@ -128,5 +133,129 @@ async def test_answers_waiting_for_a_failed_reassignment_are_kept(tmp_path) -> N
         order = rig.service.orders[oid]
         assert order.state == OrderState.ON_SITE and order.crew == "V-1" and order.on_site_ns
         assert rig.service.answers_ignored == 1  # V-2's answer was judged, and ignored
+    finally:
+        rig.close()
+
+
+async def test_an_active_routed_alarm_without_an_order_gets_one_at_the_restart(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    rig.service.writer.submit = lambda *a, **k: None  # the process dies before the order is written
+    rig.set("LC-1", failed_lamps=3)
+    assert len(rig.service.orders) == 1
+    rig.service.close()
+    rig.clock.advance(60)
+    rig.service = rig.start()  # the alarm engine kept its state; the journal has no order
+    try:
+        orders = list(rig.service.orders.values())
+        assert [(o.key, o.source, o.state) for o in orders] == [(("LC-1", "lamps_failed"), "alarm", OrderState.NEW)]
+        i = rig.alarms.engine.instance("lamps_failed", "LC-1")
+        assert orders[0].origin_ns == int(rig.alarms.engine.cond_since[i])  # its delays from the alarm
+        rig.service.close()
+        rig.service = rig.start()  # written this time: not made twice
+        assert [o.id for o in rig.service.orders.values()] == [orders[0].id]
+    finally:
+        rig.close()
+
+
+async def test_a_reload_routing_a_service_gives_its_active_alarms_orders(tmp_path) -> None:
+    full = ops_config(auto_assign=False)
+    unrouted = dataclasses.replace(
+        full, services={k: v for k, v in full.services.items() if k != "lighting_maintenance"}, crews={}
+    )
+    rig = Rig(tmp_path, unrouted)
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        assert not rig.service.orders
+        rig.service.reload(dataclasses.replace(rig.config, operations=full), rig.alarms.engine)
+        assert [o.key for o in rig.service.orders.values()] == [("LC-1", "lamps_failed")]
+    finally:
+        rig.close()
+
+
+async def test_an_act_on_an_order_not_open_reads_the_journal_off_the_loop(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the writer thread inside a commit on a hanging disk
+        with rig.service.journal._lock:
+            held.set()
+            release.wait(DEADLINE)
+
+    threading.Thread(target=hold, daemon=True).start()
+    try:
+        await asyncio.to_thread(held.wait, DEADLINE)
+        task = asyncio.create_task(rig.service.apply(OpsRequest("close", {"order": "WO-424242"}, DISPATCHER)))
+        await asyncio.sleep(0)  # the act starts; the loop goes on while the file is busy
+        assert not task.done() and not release.is_set()
+        release.set()
+        result = await asyncio.wait_for(task, DEADLINE)
+        assert result.status == BAD_NODE_ID_UNKNOWN
+    finally:
+        release.set()
+        rig.close()
+
+
+async def test_report_queries_use_their_own_threads_and_a_busy_journal_answers_busy(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    entered, release = threading.Semaphore(0), threading.Event()
+    real = rig.service.journal.reports
+
+    def slow_reports(*query):
+        entered.release()
+        release.wait(DEADLINE)
+        return real(*query)
+
+    rig.service.journal.reports = slow_reports  # type: ignore[method-assign]
+    try:
+        gets = [asyncio.ensure_future(rig.service.reports(None, None, None, None, None, 10)) for _ in range(10)]
+        await asyncio.to_thread(lambda: [entered.acquire(timeout=DEADLINE) for _ in range(MAX_READS)])
+        # the default executor (the historian's writes) is not held by the GETs waiting on the file
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), DEADLINE) == "free"
+        release.set()
+        done = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), DEADLINE)
+        busy = [r for r in done if isinstance(r, RemoteAlarmError)]
+        assert len(busy) == 10 - MAX_READS and [r for r in done if r == []] == [[]] * MAX_READS
+    finally:
+        release.set()
+        rig.close()
+
+
+async def test_a_citizen_report_is_answered_once_on_disk(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    writing, release = threading.Event(), threading.Event()
+    real = rig.service.journal.write
+
+    def slow_write(*a, **k):
+        writing.set()
+        release.wait(DEADLINE)
+        return real(*a, **k)
+
+    rig.service.journal.write = slow_write  # type: ignore[method-assign]
+    report = CitizenReport("", "streetlight", "dark street", 47.3, 5.0, "", 0, None, "10.0.0.7", {})
+    try:
+        task = asyncio.ensure_future(rig.service.citizen_report(report))
+        await asyncio.to_thread(writing.wait, DEADLINE)
+        await asyncio.sleep(0)
+        assert not task.done()  # not answered while the report is not in the file
+        release.set()
+        status, _message, rid, _order = await asyncio.wait_for(task, DEADLINE)
+        assert status == GOOD and rid == "CR-000001"
+        assert OrderJournal(tmp_path / "workorders.sqlite").last_numbers()[1] == 1  # a restart goes on after it
+    finally:
+        release.set()
+        rig.close()
+
+
+async def test_a_report_query_beyond_the_front_s_bound_is_an_error_not_no_report(tmp_path, monkeypatch) -> None:
+    from scada.front import link as link_module
+    from tests.unit.test_operations_orders_link import linked, replies
+
+    monkeypatch.setattr(link_module, "MAX_IN_FLIGHT", 0)
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    try:
+        link, writer = linked(rig)
+        link._start_request(link._async_handlers()[REQUEST_REPORTS], 7, REQUEST_REPORTS, (("CR-000001",),))
+        ok, payload = replies(writer)[7]
+        assert ok is False and payload[0] == "value"  # the front raises it: a 503, not a 404
     finally:
         rig.close()
