@@ -546,13 +546,20 @@ class WorkOrderService:
         if not self.ops.dispatch.auto_assign:
             return
         mono = time.monotonic()
-        for order in list(self.orders.values()):
-            if order.state != OrderState.NEW or order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
+        # Once per tick, not per order (1,000 open orders, hundreds new in a storm): the crews
+        # holding an order, and the services for which no crew at all was proposed. Both are
+        # taken again after a send (its await lets answers and operators' acts change them).
+        held = self._held()
+        none_for: set[str] = set()
+        new = [o for o in self.orders.values() if o.state == OrderState.NEW]
+        for order in new:
+            if order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
                 continue
             current = self.orders.get(order.id)
             if current is None or current.state != OrderState.NEW:  # changed by an earlier send's answers
                 continue
-            crew = self._choose(current)
+            located = current.lat is not None and current.lon is not None
+            crew = None if current.service in none_for else self._choose(current, held, none_for if located else None)
             if crew is None:
                 self._dispatch_failed(current, "no available crew with the skill", NO_CREW_RETRY_S)
                 continue
@@ -562,6 +569,8 @@ class WorkOrderService:
                 self._dispatch_failed(current, f"not sent to {crew}: {exc}", DISPATCH_RETRY_S)
             except IllegalTransition as exc:  # the order moved on during the send
                 log.info("work_order_dispatch_overtaken", order=current.id, error=str(exc))
+            held = self._held()
+            none_for.clear()
 
     def _dispatch_failed(self, order: WorkOrder, why: str, retry_s: float) -> None:
         self.dispatch_failures += 1
@@ -581,12 +590,16 @@ class WorkOrderService:
         if callable(busy):
             busy(self._held())
 
-    def _choose(self, order: WorkOrder) -> str | None:
-        """The nearest proposed crew not holding another open order and not having refused this one."""
+    def _choose(self, order: WorkOrder, held: set[str] | None = None, none_for: set[str] | None = None) -> str | None:
+        """The nearest proposed crew not holding another open order and not having refused this one.
+        ``held``: the crews holding an order (a new order holds none), when the caller has it;
+        ``none_for`` gets the order's service when no crew at all is proposed for it."""
         assert self.crews is not None
-        busy = self._held(but=order.id)
+        busy = self._held(but=order.id) if held is None else held
         refused = self._refused.get(order.id, set())
         proposed = [c for c, _eta in self.crews.propose(order, limit=max(3, len(busy) + len(refused) + 1))]
+        if not proposed and none_for is not None:
+            none_for.add(order.service)
         free = [c for c in proposed if c not in busy]
         pick = next((c for c in free if c not in refused), None)
         if pick is None and free and refused:  # every free crew refused once: ask them again

@@ -259,3 +259,49 @@ async def test_a_report_query_beyond_the_front_s_bound_is_an_error_not_no_report
         assert ok is False and payload[0] == "value"  # the front raises it: a 503, not a 404
     finally:
         rig.close()
+
+
+async def test_a_dispatch_tick_costs_one_proposal_per_service_when_no_crew_is_free(tmp_path) -> None:
+    class Counting(FakeCrews):
+        proposals = 0
+
+        def propose(self, order, limit: int = 3):
+            self.proposals += 1
+            return super().propose(order, limit)
+
+    rig = Rig(tmp_path, ops_config(auto_assign=True))
+    rig.crews = rig.service.crews = Counting(rig.ops)
+    rig.crews.available = set()  # every crew out: a storm of new orders waits
+    svc = rig.service
+    try:
+        service = rig.ops.services["lighting_maintenance"]
+        t = rig.ops_clock()
+        for i in range(50):
+            o = svc._new_order(
+                "operator",
+                service,
+                "medium",
+                None,
+                "Dijon",
+                47.3 + i * 1e-4,
+                5.0,
+                "x",
+                "x",
+                origin_ns=t,
+                now=t,
+                user="u",
+            )
+            svc.orders[o.id] = o
+        held = svc._held
+        scans = []
+        svc._held = lambda but="": scans.append(but) or held(but)  # type: ignore[method-assign]
+        await svc._dispatch_new()
+        assert rig.crews.proposals == 1  # not one per new order
+        assert len(scans) <= 2  # the held crews once per tick (and the board's view), not per order
+        assert all(svc._failed_why.get(o) == "no available crew with the skill" for o in svc.orders)
+        rig.crews.available = {"V-1", "V-2"}
+        svc._retry_at.clear()
+        await svc._dispatch_new()
+        assert sorted(o.crew for o in svc.orders.values() if o.crew) == ["V-1", "V-2"]  # one order each
+    finally:
+        rig.close()
