@@ -99,6 +99,8 @@ MAX_READS = 2  # Open311 GETs reading the journal at once; more are answered "bu
 READ_FLUSH_S = 1.0  # a GET waits this long for what waits to be written, then reads the file as it is
 REPORT_FLUSH_S = 5.0  # a POST waits this long for its report to be on disk before answering
 FINAL_READ_S = 2.0  # an act on an order not open waits this long for the file, then is refused
+ANSWER_LOG_EVERY_S = 60.0  # real seconds: a window of log lines about ignored crew answers
+ANSWER_LOG_BURST = 5  # lines per kind (garbage, stale) and window; the rest are counted
 PURGE_EVERY_S = 60.0  # real seconds between two looks for contact details to purge
 CLOCKS_AGREE_NS = 1_000_000_000  # two clocks this close are the same time base (real time)
 LATE_ALARM = "work_order_late"
@@ -164,6 +166,8 @@ class WorkOrderService:
         self._failed_why: dict[str, str] = {}  # order -> why its last dispatch failed (journaled once)
         self._sending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}  # order -> answers during its send
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
+        self._log_window: dict[str, tuple[float, int]] = {}  # kind of ignored answer -> (since, lines)
+        self._unlogged: dict[str, int] = {}  # kind of ignored answer -> not logged since its last line
         self._acts: set[asyncio.Future[OpsResult]] = set()  # operators' acts running (shielded)
         # Journal reads and flushes block on the writer's lock (a failing disk): never on the loop,
         # nor in the default executor the historian's writes share.
@@ -674,7 +678,14 @@ class WorkOrderService:
         status = payload.get("status") if isinstance(payload, Mapping) else None
         if not isinstance(oid, str) or not isinstance(cid, str) or status not in CREW_ANSWERS:
             self.answers_garbage += 1
-            log.warning("work_order_answer_garbage", vehicle=vehicle, payload=repr(payload)[:200])
+            if self._may_log("garbage"):
+                log.warning(
+                    "work_order_answer_garbage",
+                    vehicle=vehicle,
+                    payload=repr(payload)[:200],
+                    total=self.answers_garbage,
+                    unlogged=self._unlogged.pop("garbage", 0),
+                )
             return
         if oid in self._sending:
             self._sending[oid].append((vehicle, payload))
@@ -682,7 +693,16 @@ class WorkOrderService:
         order = self.orders.get(oid)
         if order is None or order.correlation_id != cid or order.crew != vehicle:
             self.answers_ignored += 1
-            log.info("work_order_answer_stale", vehicle=vehicle, order=oid, status=status, correlation_id=cid)
+            if self._may_log("stale"):
+                log.info(
+                    "work_order_answer_stale",
+                    vehicle=vehicle,
+                    order=oid,
+                    status=status,
+                    correlation_id=cid,
+                    total=self.answers_ignored,
+                    unlogged=self._unlogged.pop("stale", 0),
+                )
             return
         event = CREW_ANSWERS[str(status)]
         reason = payload.get("reason")
@@ -703,6 +723,21 @@ class WorkOrderService:
             self._close(new, now, "repaired, no alarm active" if new.key else "repaired")
         elif event == "refuse":
             self._wake.set()  # another crew at once
+
+    def _may_log(self, kind: str) -> bool:
+        """At most ANSWER_LOG_BURST lines of a kind of ignored answer per ANSWER_LOG_EVERY_S (a
+        tracker repeating its QoS 1 answers must not flood the log from the core's loop); the
+        others are counted in ``_unlogged`` and reported with the next line."""
+        now = time.monotonic()
+        start, logged = self._log_window.get(kind, (now, 0))
+        if now - start >= ANSWER_LOG_EVERY_S:
+            start, logged = now, 0
+        if logged >= ANSWER_LOG_BURST:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            self._log_window[kind] = (start, logged)
+            return False
+        self._log_window[kind] = (start, logged + 1)
+        return True
 
     # -- operators' acts ----------------------------------------------------------------------
 
@@ -840,6 +875,10 @@ class WorkOrderService:
         # close
         next_state(order.id, order.state, "close")
         self._close(order, now, str(args.get("note") or ""), user=caller.user)
+        if order.crew and order.state in _HOLDING:
+            # Closed while its crew still holds it (on site): the crew drops the job, as at a
+            # Cancel (the crews' contract has "assign" and "cancel" only; the fleet frees the crew).
+            await self._send_quietly(order, "cancel")
         return OpsResult(GOOD, "closed", order.id)
 
     def _create(self, args: Mapping[str, Any], caller: Caller) -> OpsResult:

@@ -8,12 +8,14 @@ import asyncio
 import dataclasses
 import threading
 
+import structlog.testing
+
 from scada.alarms.remote import RemoteAlarmError
 from scada.control.model import BAD_INVALID_STATE, BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, GOOD
 from scada.driver_api import DeviceUnreachable
 from scada.operations.journal import OrderJournal
 from scada.operations.model import REQUEST_REPORTS, CitizenReport, OpsRequest, OrderState
-from scada.operations.orders import MAX_READS
+from scada.operations.orders import ANSWER_LOG_BURST, LATE_ALARM, MAX_READS
 from tests.unit.test_operations_orders import DISPATCHER, FakeCrews, Rig, ops_config
 
 DEADLINE = 10.0  # safety net: every wait below is for an event
@@ -303,5 +305,37 @@ async def test_a_dispatch_tick_costs_one_proposal_per_service_when_no_crew_is_fr
         svc._retry_at.clear()
         await svc._dispatch_new()
         assert sorted(o.crew for o in svc.orders.values() if o.crew) == ["V-1", "V-2"]  # one order each
+    finally:
+        rig.close()
+
+
+async def test_closing_an_order_on_site_tells_its_crew_and_drops_its_late_alarm_entry(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        oid = next(iter(rig.service.orders))
+        await rig.tick(3600)  # the on-site deadline passes: the escalation alarm
+        assert rig.late(oid)
+        assert (await rig.service.apply(OpsRequest("assign", {"order": oid, "crew": "V-1"}, DISPATCHER))).status == GOOD
+        rig.answer(oid, "on_site")
+        r = await rig.service.apply(OpsRequest("close", {"order": oid, "note": "done by hand"}, DISPATCHER))
+        assert r.status == GOOD
+        assert [(c, a) for _, c, a, _ in rig.crews.sent] == [("V-1", "assign"), ("V-1", "cancel")]
+        assert (oid, LATE_ALARM) not in rig.alarms.engine._system  # cleared: no entry kept per order
+    finally:
+        rig.close()
+
+
+async def test_ignored_crew_answers_are_counted_and_logged_at_a_bounded_rate(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for n in range(100):
+                rig.service.crew_answer("V-1", {"garbage": n})
+                rig.service.crew_answer("V-1", {"order_id": "WO-999999", "correlation_id": "x", "status": "accepted"})
+        assert rig.service.answers_garbage == 100 and rig.service.answers_ignored == 100
+        lines = [e["event"] for e in logs]
+        assert lines.count("work_order_answer_garbage") == ANSWER_LOG_BURST
+        assert lines.count("work_order_answer_stale") == ANSWER_LOG_BURST
     finally:
         rig.close()
