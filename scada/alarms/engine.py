@@ -333,7 +333,10 @@ class AlarmEngine(OperatorActions):
         """
         if self._system.get((source, name), False) == active:
             return None
-        self._system[(source, name)] = active
+        if active:
+            self._system[(source, name)] = True
+        else:  # gone when cleared: one entry per source ever raised would grow without bound
+            self._system.pop((source, name), None)
         service = service or next(iter(self.config.alarms.services), "")
         # Shown while active, gone when it clears: no acknowledgement is owed (the server's
         # own condition has no operator workflow; the journal keeps both rows).

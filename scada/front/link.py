@@ -557,6 +557,10 @@ class FrontLink:
         """Open311 GETs: public reports with their order's state (the journal, read in a thread)."""
         return await self._operations().reports(*query)
 
+    def _reports_busy(self, limit: int, *_query: Any) -> list:
+        """A GET beyond MAX_IN_FLIGHT: an error (the front answers 503), not "no such report" (404)."""
+        raise RemoteAlarmError("value", f"{limit} requests already in progress from this front")
+
     # Requests from the front
 
     def _handlers(self) -> dict[str, Callable[..., Any]]:
@@ -579,7 +583,7 @@ class FrontLink:
             "group_command": (self._group_command, self._group_busy),
             REQUEST_WORK_ORDER: (self._work_order, self._work_order_busy),
             REQUEST_CITIZEN_REPORT: (self._citizen_report, self._citizen_report_busy),
-            REQUEST_REPORTS: (self._reports, lambda _limit, *_a: []),
+            REQUEST_REPORTS: (self._reports, self._reports_busy),
         }
 
     async def _command(self, request: Any) -> tuple:
@@ -736,8 +740,12 @@ class FrontLink:
         serve, busy = handler
         if len(self._in_flight) >= MAX_IN_FLIGHT:
             self.requests_busy += 1
+            try:
+                reply = ("reply", rid, True, busy(MAX_IN_FLIGHT, *args))
+            except RemoteAlarmError as exc:  # a busy answer that is an error (the front's 503)
+                reply = ("reply", rid, False, (exc.kind, exc.payload))
             with contextlib.suppress(FrontExited):
-                self._send(wire.encode_message("reply", rid, True, busy(MAX_IN_FLIGHT, *args)))
+                self._send(wire.encode_message(*reply))
             return
         task = asyncio.create_task(self._serve(serve, rid, op, args), name=f"front-request-{op}")
         self._in_flight.add(task)

@@ -42,9 +42,11 @@ alarms, citizens' reports and operators, their crews, deadlines and journal.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from scada.alarms.remote import RemoteAlarmError
 from scada.alarms.states import State
 from scada.control.model import (
     BAD_INVALID_ARGUMENT,
@@ -91,6 +94,13 @@ log = structlog.get_logger("scada.operations")
 TICK_S = 1.0  # real seconds between two checks of deadlines, answers and dispatch retries
 DISPATCH_RETRY_S = 30.0  # real seconds before an order whose sending failed is tried again
 NO_CREW_RETRY_S = 5.0  # real seconds before an order for which no crew was free is tried again
+JOURNAL_THREADS = 2  # the service's own threads for journal reads and flushes (not the default executor)
+MAX_READS = 2  # Open311 GETs reading the journal at once; more are answered "busy" (a 503) at once
+READ_FLUSH_S = 1.0  # a GET waits this long for what waits to be written, then reads the file as it is
+REPORT_FLUSH_S = 5.0  # a POST waits this long for its report to be on disk before answering
+FINAL_READ_S = 2.0  # an act on an order not open waits this long for the file, then is refused
+ANSWER_LOG_EVERY_S = 60.0  # real seconds: a window of log lines about ignored crew answers
+ANSWER_LOG_BURST = 5  # lines per kind (garbage, stale) and window; the rest are counted
 PURGE_EVERY_S = 60.0  # real seconds between two looks for contact details to purge
 CLOCKS_AGREE_NS = 1_000_000_000  # two clocks this close are the same time base (real time)
 LATE_ALARM = "work_order_late"
@@ -156,6 +166,13 @@ class WorkOrderService:
         self._failed_why: dict[str, str] = {}  # order -> why its last dispatch failed (journaled once)
         self._sending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}  # order -> answers during its send
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
+        self._log_window: dict[str, tuple[float, int]] = {}  # kind of ignored answer -> (since, lines)
+        self._unlogged: dict[str, int] = {}  # kind of ignored answer -> not logged since its last line
+        self._acts: set[asyncio.Future[OpsResult]] = set()  # operators' acts running (shielded)
+        # Journal reads and flushes block on the writer's lock (a failing disk): never on the loop,
+        # nor in the default executor the historian's writes share.
+        self._io = concurrent.futures.ThreadPoolExecutor(JOURNAL_THREADS, thread_name_prefix="workorder-read")
+        self._reads = asyncio.Semaphore(MAX_READS)
         last_order, last_report = journal.last_numbers()
         self._order_numbers = itertools.count(last_order + 1)
         self._report_numbers = itertools.count(last_report + 1)
@@ -190,6 +207,41 @@ class WorkOrderService:
         for o in self.orders.values():
             if o.breached:  # server alarms are not kept over a restart: raised again
                 self._late_alarm(o, True)
+        self._reconcile()
+
+    def _reconcile(self) -> int:
+        """An order for every active alarm shown to operators, of a routed service, without an open
+        order (its origin the alarm's activation): a crash between the alarm journal and the order
+        writer, or a reload routing a service while faults are active, would leave it without one
+        forever (a restored alarm is not announced again). Returns the orders created."""
+        engine = self.alarms
+        cond, state, since = (getattr(engine, a, None) for a in ("cond", "state", "cond_since"))
+        if not self.ops.services or cond is None or state is None or since is None:
+            return 0
+        seen = np.asarray(cond, bool) & np.isin(state, np.array([int(s) for s in SEEN], np.uint8))
+        made = 0
+        clock_now = engine.clock()
+        for i in np.flatnonzero(seen).tolist():
+            try:
+                a, d = engine.instances.definition(i), engine.instances.device(i)
+                if a.service not in self.ops.services or self._open((d.name, a.name)) is not None:
+                    continue
+                e = types.SimpleNamespace(
+                    instance=i,
+                    service=a.service,
+                    device=d.name,
+                    alarm=a.name,
+                    commune=d.commune,
+                    priority=a.priority,
+                    message=engine._message(i),
+                )
+                self._create_from_alarm(e, self._ops_time(int(since[i]) or clock_now, clock_now))
+                made += 1
+            except Exception:  # noqa: BLE001 - one instance must not stop the others
+                log.exception("work_order_reconcile_failed", instance=i)
+        if made:
+            log.warning("work_orders_reconciled", created=made, reason="active routed alarms without an open order")
+        return made
 
     # -- the alarm engine's events ------------------------------------------------------------
 
@@ -498,17 +550,20 @@ class WorkOrderService:
         if not self.ops.dispatch.auto_assign:
             return
         mono = time.monotonic()
-        # The busy crews once per pass, again only after a send (its await lets answers in): one
-        # scan of the orders per new order made a pass over 1,000 waiting orders stall the core's
-        # loop ~70 ms each second (bench_operations.py).
+        # Once per tick, not per order (1,000 open orders, hundreds new in a storm): the crews
+        # holding an order, and the services for which no crew at all was proposed. Both are
+        # taken again after a send (its await lets answers and operators' acts change them).
         held = self._held()
-        for order in list(self.orders.values()):
-            if order.state != OrderState.NEW or order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
+        none_for: set[str] = set()
+        new = [o for o in self.orders.values() if o.state == OrderState.NEW]
+        for order in new:
+            if order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
                 continue
             current = self.orders.get(order.id)
             if current is None or current.state != OrderState.NEW:  # changed by an earlier send's answers
                 continue
-            crew = self._choose(current, held)
+            located = current.lat is not None and current.lon is not None
+            crew = None if current.service in none_for else self._choose(current, held, none_for if located else None)
             if crew is None:
                 self._dispatch_failed(current, "no available crew with the skill", NO_CREW_RETRY_S)
                 continue
@@ -519,6 +574,7 @@ class WorkOrderService:
             except IllegalTransition as exc:  # the order moved on during the send
                 log.info("work_order_dispatch_overtaken", order=current.id, error=str(exc))
             held = self._held()
+            none_for.clear()
 
     def _dispatch_failed(self, order: WorkOrder, why: str, retry_s: float) -> None:
         self.dispatch_failures += 1
@@ -538,13 +594,16 @@ class WorkOrderService:
         if callable(busy):
             busy(self._held())
 
-    def _choose(self, order: WorkOrder, held: set[str] | None = None) -> str | None:
-        """The nearest proposed crew not holding another open order and not having refused this one
-        (``held``: the crews holding an order, when the caller has them; a new order holds none)."""
+    def _choose(self, order: WorkOrder, held: set[str] | None = None, none_for: set[str] | None = None) -> str | None:
+        """The nearest proposed crew not holding another open order and not having refused this one.
+        ``held``: the crews holding an order (a new order holds none), when the caller has it;
+        ``none_for`` gets the order's service when no crew at all is proposed for it."""
         assert self.crews is not None
-        busy = held if held is not None and order.state not in _HOLDING else self._held(but=order.id)
+        busy = self._held(but=order.id) if held is None else held
         refused = self._refused.get(order.id, set())
         proposed = [c for c, _eta in self.crews.propose(order, limit=max(3, len(busy) + len(refused) + 1))]
+        if not proposed and none_for is not None:
+            none_for.add(order.service)
         free = [c for c in proposed if c not in busy]
         pick = next((c for c in free if c not in refused), None)
         if pick is None and free and refused:  # every free crew refused once: ask them again
@@ -565,17 +624,20 @@ class WorkOrderService:
                 raise DriverError("no crew board: nothing can be sent")
             await self.crews.send(new, "assign")
         except BaseException:
-            self._sending.pop(order.id, None)
+            # Not sent: the order is unchanged, so the answers that waited (its current crew's,
+            # during a reassignment) are judged now against it; stale ones are still ignored.
+            for vehicle, payload in self._sending.pop(order.id, []):
+                self.crew_answer(vehicle, payload)
             raise
         current = self.orders.get(order.id)
         if current is None:  # closed or cancelled while it was being sent: the crew is told
             self._sending.pop(order.id, None)
             await self._send_quietly(new, "cancel")
-            final = self._final(order.id)
+            final = self.writer.latest(order.id)  # just closed: still waiting to be written, or in the file
             raise IllegalTransition(order.id, final.state if final else OrderState.CANCELLED, "assign")
         if current is not order:
-            # Changed meanwhile (cancelled, reassigned by an operator): this assignment is the
-            # newer act, but from the state the order has now.
+            # Changed meanwhile (a note, a deadline mark): this assignment is the newer act, but
+            # from the state the order has now (a second assignment is refused while one is sent).
             try:
                 new, events = self._transition(
                     current, "assign", user, now, f"to {crew}", crew=crew, correlation_id=new.correlation_id
@@ -584,9 +646,9 @@ class WorkOrderService:
                 self._sending.pop(order.id, None)
                 await self._send_quietly(new, "cancel")
                 raise
-        if order.crew and order.crew != crew and order.state in OPEN:
-            await self._send_quietly(order, "cancel")  # a reassignment: the former crew stops
         self._commit(new, events)
+        if current.crew and current.crew != crew and current.state in OPEN:
+            await self._send_quietly(current, "cancel")  # a reassignment: the former crew stops
         self._failed_why.pop(order.id, None)
         self._retry_at.pop(order.id, None)
         for vehicle, payload in self._sending.pop(order.id, []):
@@ -616,7 +678,14 @@ class WorkOrderService:
         status = payload.get("status") if isinstance(payload, Mapping) else None
         if not isinstance(oid, str) or not isinstance(cid, str) or status not in CREW_ANSWERS:
             self.answers_garbage += 1
-            log.warning("work_order_answer_garbage", vehicle=vehicle, payload=repr(payload)[:200])
+            if self._may_log("garbage"):
+                log.warning(
+                    "work_order_answer_garbage",
+                    vehicle=vehicle,
+                    payload=repr(payload)[:200],
+                    total=self.answers_garbage,
+                    unlogged=self._unlogged.pop("garbage", 0),
+                )
             return
         if oid in self._sending:
             self._sending[oid].append((vehicle, payload))
@@ -624,7 +693,16 @@ class WorkOrderService:
         order = self.orders.get(oid)
         if order is None or order.correlation_id != cid or order.crew != vehicle:
             self.answers_ignored += 1
-            log.info("work_order_answer_stale", vehicle=vehicle, order=oid, status=status, correlation_id=cid)
+            if self._may_log("stale"):
+                log.info(
+                    "work_order_answer_stale",
+                    vehicle=vehicle,
+                    order=oid,
+                    status=status,
+                    correlation_id=cid,
+                    total=self.answers_ignored,
+                    unlogged=self._unlogged.pop("stale", 0),
+                )
             return
         event = CREW_ANSWERS[str(status)]
         reason = payload.get("reason")
@@ -646,10 +724,39 @@ class WorkOrderService:
         elif event == "refuse":
             self._wake.set()  # another crew at once
 
+    def _may_log(self, kind: str) -> bool:
+        """At most ANSWER_LOG_BURST lines of a kind of ignored answer per ANSWER_LOG_EVERY_S (a
+        tracker repeating its QoS 1 answers must not flood the log from the core's loop); the
+        others are counted in ``_unlogged`` and reported with the next line."""
+        now = time.monotonic()
+        start, logged = self._log_window.get(kind, (now, 0))
+        if now - start >= ANSWER_LOG_EVERY_S:
+            start, logged = now, 0
+        if logged >= ANSWER_LOG_BURST:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            self._log_window[kind] = (start, logged)
+            return False
+        self._log_window[kind] = (start, logged + 1)
+        return True
+
     # -- operators' acts ----------------------------------------------------------------------
 
     async def apply(self, request: OpsRequest) -> OpsResult:
-        """An operator's act (model.OPS): authorised, journaled, audited; never raises for a refusal."""
+        """An operator's act (model.OPS): authorised, journaled, audited; never raises for a refusal.
+
+        Shielded: once started, the act completes, is journaled and audited even when its requester
+        goes away (a front process dying cancels its requests): a crew may already have the order."""
+        act = asyncio.ensure_future(self._apply_audited(request))
+        self._acts.add(act)
+        act.add_done_callback(self._act_done)
+        return await asyncio.shield(act)
+
+    def _act_done(self, act: asyncio.Future[OpsResult]) -> None:
+        self._acts.discard(act)
+        if not act.cancelled() and act.exception() is not None:
+            log.error("work_order_act_failed", error=repr(act.exception()))
+
+    async def _apply_audited(self, request: OpsRequest) -> OpsResult:
         try:
             result = await self._apply(request)
         except _Refusal as r:
@@ -694,24 +801,33 @@ class WorkOrderService:
             BAD_USER_ACCESS_DENIED, f"{caller.user} may not {what} work orders of {commune} (outside their communes)"
         )
 
-    def _order_arg(self, args: Mapping[str, Any]) -> WorkOrder:
+    async def _order_arg(self, args: Mapping[str, Any]) -> WorkOrder:
         oid = args.get("order")
         if not isinstance(oid, str) or not oid:
             raise _Refusal(BAD_INVALID_ARGUMENT, "the order's id is required")
         order = self.orders.get(oid)
         if order is None:
-            final = self._final(oid)
+            final = await self._final(oid)
             if final is not None:
                 raise IllegalTransition(oid, final.state, "any act")
             raise _Refusal(BAD_NODE_ID_UNKNOWN, f"no work order {oid!r}")
         return order
 
-    def _final(self, oid: str) -> WorkOrder | None:
-        """A closed or cancelled order (not in memory): what waits to be written, else the file."""
+    async def _final(self, oid: str) -> WorkOrder | None:
+        """A closed or cancelled order (not in memory): what waits to be written, else the file,
+        read in the service's thread (the writer may hold the file: refused after FINAL_READ_S)."""
         latest = self.writer.latest(oid)
         if latest is not None:
             return latest
-        known = self.journal.orders(ids=[oid])
+        loop = asyncio.get_running_loop()
+        try:
+            known = await asyncio.wait_for(
+                loop.run_in_executor(self._io, lambda: self.journal.orders(ids=[oid])), FINAL_READ_S
+            )
+        except (TimeoutError, OrderJournalError) as exc:
+            raise _Refusal(
+                BAD_NODE_ID_UNKNOWN, f"{oid} is not an open work order (the journal cannot be read now: {exc!r})"
+            ) from None
         return known[0] if known else None
 
     async def _apply(self, request: OpsRequest) -> OpsResult:
@@ -723,7 +839,7 @@ class WorkOrderService:
             raise _Refusal(BAD_INVALID_ARGUMENT, f"{op}: unknown argument {sorted(unknown)[0]!r}")
         if op == "create":
             return self._create(args, caller)
-        order = self._order_arg(args)
+        order = await self._order_arg(args)
         self._authorise(caller, order.commune, op)
         now = self.clock()
         if op == "propose":
@@ -743,6 +859,8 @@ class WorkOrderService:
                 if crew is None:
                     raise _Refusal(BAD_INVALID_STATE, f"no available crew with the skill {order.service}")
             next_state(order.id, order.state, "assign")  # refused before anything is sent
+            if order.id in self._sending:  # one assignment at a time: the other would be lost
+                raise _Refusal(BAD_INVALID_STATE, f"{order.id}: an assignment is being sent; try again")
             new = await self._assign(order, crew, caller.user)
             return OpsResult(GOOD, f"assigned to {crew}", new.id, {"crew": crew})
         if op == "cancel":
@@ -757,6 +875,10 @@ class WorkOrderService:
         # close
         next_state(order.id, order.state, "close")
         self._close(order, now, str(args.get("note") or ""), user=caller.user)
+        if order.crew and order.state in _HOLDING:
+            # Closed while its crew still holds it (on site): the crew drops the job, as at a
+            # Cancel (the crews' contract has "assign" and "cancel" only; the fleet frees the crew).
+            await self._send_quietly(order, "cancel")
         return OpsResult(GOOD, "closed", order.id)
 
     def _create(self, args: Mapping[str, Any], caller: Caller) -> OpsResult:
@@ -901,6 +1023,10 @@ class WorkOrderService:
                 "Good",
             )
         )
+        # Answered once on disk: a report id given to a citizen is never given again after a crash.
+        flushed = await asyncio.get_running_loop().run_in_executor(self._io, self.writer.flush, REPORT_FLUSH_S)
+        if not flushed:
+            log.warning("citizen_report_not_yet_written", report=rid, journal=str(self.journal.path))
         return GOOD, message, rid, new.id
 
     async def reports(self, *query: Any) -> list[tuple[Any, str | None]]:
@@ -908,10 +1034,13 @@ class WorkOrderService:
         reports with their order's state, read from the journal in a thread (what waits written first)."""
 
         def read() -> list[tuple[Any, str | None]]:
-            self.writer.flush(5.0)
+            self.writer.flush(READ_FLUSH_S)
             return [(dataclasses.asdict(r), state) for r, state in self.journal.reports(*query)]
 
-        return await asyncio.to_thread(read)
+        if self._reads.locked():  # the journal is slow: the next GETs are told at once, not queued
+            raise RemoteAlarmError("value", f"{MAX_READS} report queries already reading the journal")
+        async with self._reads:
+            return await asyncio.get_running_loop().run_in_executor(self._io, read)
 
     async def purge(self) -> int:
         """Null the contact details of reports whose order closed ``purge_contact_after_s`` ago."""
@@ -932,7 +1061,7 @@ class WorkOrderService:
             return ids, events
 
         try:
-            ids, events = await asyncio.to_thread(due)
+            ids, events = await asyncio.get_running_loop().run_in_executor(self._io, due)
         except OrderJournalError as exc:
             log.warning("work_order_purge_failed", error=str(exc))
             return 0
@@ -958,6 +1087,8 @@ class WorkOrderService:
         self.config, self.ops, self.alarms = config, operations_of(config), alarms
         if self.on_alarm_events not in alarms.subscribers:
             alarms.subscribers.append(self.on_alarm_events)
+        self.process_alarm_events()  # what waits first: an activation queued is not made twice
+        self._reconcile()
         if self.crews is not None:
             self._tell_busy()
 
@@ -977,4 +1108,5 @@ class WorkOrderService:
     def close(self) -> None:
         """Write what waits, then close the journal."""
         self.writer.close()
+        self._io.shutdown(wait=False, cancel_futures=True)
         self.journal.close()
