@@ -379,6 +379,19 @@ class WorkOrderService:
             for table in (self._refused, self._retry_at, self._marks, self._failed_why):
                 table.pop(order.id, None)
         self.writer.submit([order], events, reports)
+        # One line per event: an operator reading the server's log follows each order (who, when).
+        for e in events:
+            log.info(
+                "work_order",
+                order=e.order,
+                order_event=e.event,
+                state=e.to_state.label,
+                user=e.user,
+                crew=e.crew,
+                service=order.service,
+                device=order.device,
+                detail=e.detail or None,
+            )
         for listen in self.listeners:
             try:
                 listen([order], events)
