@@ -60,6 +60,28 @@ def _demo_broker(want: str, run_dir: Path) -> tuple[subprocess.Popen | None, str
         return None, None
 
 
+# Real seconds after the city starts at which the demo's opening faults come (a lamp failure, a
+# signal conflict, a bollard fault): at real-time speed the simulated city fails a lamp about
+# once a day, and a demo should show the operations loop (alarm, work order, crew) at once.
+DEMO_FAULTS_S = (20.0, 40.0, 60.0)
+
+
+def _opening_faults(city, acceleration: float, run_dir: Path, mqtt: str | None) -> Path:
+    """A scenario (simulators/scenario.py) of the demo's opening faults, written in ``run_dir``;
+    the bollard's only with a broker (no MQTT: no bollards simulated)."""
+    at = [round(s * acceleration, 3) for s in DEMO_FAULTS_S]
+    steps = [f"- {{at: {at[0]}, fault: lamp_failure, device: {city.cabinets[0].name}, count: 3}}"]
+    if city.junctions:
+        steps.append(f"- {{at: {at[1]}, fault: conflict_fault, device: {city.junctions[0].name}}}")
+    if mqtt and city.bollards:
+        steps.append(f"- {{at: {at[2]}, fault: bollard_fault, device: {city.bollards[0].name}}}")
+    path = run_dir / "demo-scenario.yaml"
+    path.write_text(
+        "# The demo's opening faults (city_scada/demo.py), in simulated seconds.\n" + "\n".join(steps) + "\n"
+    )
+    return path
+
+
 def _watch(proc: subprocess.Popen, what: str) -> None:
     """If ``proc`` dies while the demo runs, say so and stop the demo (not a server without its city)."""
 
@@ -121,6 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if mqtt:
         sim_args += ["--mqtt", mqtt]
+    scenario = _opening_faults(city, args.acceleration, run_dir, mqtt)
+    sim_args += ["--scenario", str(scenario)]
     # The HTTP server (Open311, the map feed, /metrics): a generated city's operations.yaml has no
     # fixed address, the demo serves it here; the simulated citizens report to it, at Dijon's
     # ~630 calls a day scaled to the city's size.
@@ -140,7 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"simulated city '{args.city}': {len(city.cabinets)} lighting cabinets on Modbus "
             f"{ports[0][1]}-{ports[-1][1]}; traffic on opc.tcp://localhost:{DEMO_SIM_OPCUA_PORT}/traffic/; "
             + (f"bollards and vehicles on MQTT {mqtt}" if mqtt else "no MQTT broker: no bollards or vehicles")
-            + f"; faults: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...",
+            + f"; opening faults in {scenario} (a work order each, a crew sent)"
+            + f"; more: .venv/bin/python -m simulators fault --control-port {DEMO_CONTROL_PORT} ...",
             flush=True,
         )
         _watch(sim, "the city simulator")

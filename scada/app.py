@@ -47,6 +47,10 @@ log = structlog.get_logger("scada")
 # memory, so that no client can slow the field; scada/front/link.py), or "inline" (in the
 # core's event loop: one process, for tests and small benches).
 FRONTS = ("process", "inline")
+# s between two live computations of the contract KPIs (`scada run --kpi-interval`): they read the
+# month's history and journals, a few seconds of a worker thread for the whole city; the figures
+# are month-to-date, a minute late is on time.
+KPI_INTERVAL = 60.0
 
 
 def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
@@ -77,6 +81,7 @@ class Application:
         front: str = "process",
         front_settings: FrontSettings | None = None,
         schedule_clock: ScheduleClock | None = None,
+        kpi_interval: float = KPI_INTERVAL,
     ) -> None:
         if front not in FRONTS:
             raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
@@ -118,6 +123,7 @@ class Application:
         else:
             self.hmi = FrontLink(self, front_settings or FrontSettings(opcua_endpoint))
         self.status_interval = status_interval
+        self.kpi_interval = kpi_interval  # s between two live computations of the contract KPIs; 0: none
         self.supervisor = supervisor or Supervisor(self._task_alarm, healthy_after=HEALTHY_AFTER_S)
         if self.supervisor.on_alarm is None:
             self.supervisor.on_alarm = self._task_alarm
@@ -296,6 +302,8 @@ class Application:
         if self.operations is not None:
             # Deadlines, dispatch and the alarms' orders; a restart goes on from the orders in memory.
             out["operations"] = {"factory": lambda: self._operations().run()}
+            if self.kpi_interval > 0:
+                out["contract-kpis"] = {"factory": self._kpi_loop}
         if self.front == "inline" and operations_of(self.config).services and operations_of(self.config).http.listen:
             # Open311, the map feed and /metrics on this loop (a front process serves them itself;
             # scada run --http applies to a front process only).
@@ -306,6 +314,24 @@ class Application:
         from scada.operations.http import serve_inline
 
         return serve_inline(self)
+
+    async def _kpi_loop(self) -> None:
+        """The contract's live KPIs (month to date, scada/operations/kpi_service.py), computed in a
+        worker thread from the server's own files every ``kpi_interval`` s and shown on the OPC UA
+        Operations folder's Contract object. On the schedules' clock: in a simulated run the month
+        and the delays are the simulated city's. A file that cannot be read fails the task (logged,
+        a server alarm, retried with backoff)."""
+        from scada.operations.kpi_service import ContractKpis
+
+        while True:
+            # Built each time: a reload replaces the configuration (communes, targets, delays).
+            values = await ContractKpis(self.config, self.data_dir).live(self.schedule_clock.now_ns())
+            hmi = self.hmi
+            if isinstance(hmi, FrontLink):
+                hmi.push_kpis(values)
+            elif hmi.operations is not None:
+                hmi.operations.kpis(values)
+            await asyncio.sleep(self.kpi_interval)
 
     def _operations(self) -> WorkOrderService:
         assert self.operations is not None, "the operations task runs only with the service"

@@ -47,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _serve(config, args: argparse.Namespace, influx=None) -> None:
-    from scada.app import Application
+    from scada.app import KPI_INTERVAL, Application
     from scada.front.link import FrontSettings
 
     endpoint = args.opcua_endpoint
@@ -70,6 +70,7 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         front=args.front,
         front_settings=settings,
         schedule_clock=schedule_clock(args),
+        kpi_interval=getattr(args, "kpi_interval", KPI_INTERVAL),
     )
     data_dir = args.data
     task = asyncio.current_task()
@@ -478,6 +479,13 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         "secure defaults: signed and encrypted endpoints only, no anonymous login)",
     )
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines; 0: none")
+    p.add_argument(
+        "--kpi-interval",
+        type=float,
+        default=60.0,
+        help="seconds between two live computations of the contract KPIs (OPC UA Operations/Contract; "
+        "default 60); 0: none",
+    )
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     p.add_argument("--log-level", default="INFO")
     p.add_argument(

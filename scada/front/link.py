@@ -39,7 +39,9 @@ and the core only does, per change batch, one write of its raw columns to a sock
   written), then given to the core's trail (``app.audit``, a bounded writer: see
   scada/security/audit_log.py).
 * **Figures**: every ``STATS_INTERVAL`` the core's health figures go to the front
-  (:func:`push_stats`, ``model.PUSH_STATS``) for its HTTP ``/metrics``.
+  (:func:`push_stats`, ``model.PUSH_STATS``) for its HTTP ``/metrics``; the contract's live
+  KPIs as the app computes them (:meth:`FrontLink.push_kpis`, ``model.PUSH_KPIS``), the latest
+  sent again to a new front.
 * **Supervision**: :meth:`FrontLink.run` is one supervised task (``opcua-front``): it returns
   (raising :class:`FrontExited`) when the process dies, and the server's supervisor restarts
   it with backoff, raising ``server_task_failed`` meanwhile. The field goes on regardless.
@@ -69,6 +71,7 @@ from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
 from scada.operations.model import (
     CONTACT_FIELDS,
+    PUSH_KPIS,
     PUSH_ORDERS,
     PUSH_ORDERS_SNAPSHOT,
     REQUEST_CITIZEN_REPORT,
@@ -167,6 +170,9 @@ class FrontLink:
         self._orders_changed: dict[str, Any] = {}  # order id -> its latest wire form, to push
         self._order_events: list[tuple] = []
         self._orders_flush: asyncio.Handle | None = None
+        # The contract's latest live figures (push_kpis): a new front gets them at once, not a
+        # KPI interval later.
+        self._kpis: dict[str, float] = {}
         self._orders_dirty = False
         self._tags_dirty = False
         self._alarms_dirty = False
@@ -260,6 +266,8 @@ class FrontLink:
         if getattr(self.app, "operations", None) is not None:
             # Also as a message (the front's mirror takes it like a resync's), read after its start.
             self._send(wire.encode_message(PUSH_ORDERS_SNAPSHOT, self._orders_snapshot()))
+        if self._kpis:
+            self._send(wire.encode_message(PUSH_KPIS, self._kpis))
         # One reader for the process's whole life: a frame is never cut between two readers.
         self._reader_task = asyncio.create_task(self._read(self._reader), name="opcua-front-reader")
         try:
@@ -495,6 +503,17 @@ class FrontLink:
         with contextlib.suppress(FrontExited):
             self._send(wire.encode_message(PUSH_ORDERS, orders, events))
             self.order_pushes += 1
+
+    def push_kpis(self, kpis: dict[str, float]) -> None:
+        """The contract's live figures (model.PUSH_KPIS) to the front: its Operations folder's
+        Contract object and its mirror. Kept for the next front; not sent while the front is
+        behind (above HIGH_WATER): the next push replaces it."""
+        self._kpis = dict(kpis)
+        if self._writer is not None and self._backlog() <= HIGH_WATER:
+            try:
+                self._send(wire.encode_message(PUSH_KPIS, self._kpis))
+            except FrontExited:
+                pass  # the next front gets them when it starts
 
     def _operations(self):
         ops = getattr(self.app, "operations", None)

@@ -431,6 +431,19 @@ class WorkOrderService:
             for table in (self._refused, self._retry_at, self._marks, self._failed_why):
                 table.pop(order.id, None)
         self.writer.submit([order], events, reports)
+        # One line per event: an operator reading the server's log follows each order (who, when).
+        for e in events:
+            log.info(
+                "work_order",
+                order=e.order,
+                order_event=e.event,
+                state=e.to_state.label,
+                user=e.user,
+                crew=e.crew,
+                service=order.service,
+                device=order.device,
+                detail=e.detail or None,
+            )
         for listen in self.listeners:
             try:
                 listen([order], events)
@@ -1031,7 +1044,17 @@ class WorkOrderService:
 
     async def reports(self, *query: Any) -> list[tuple[Any, str | None]]:
         """model.REQUEST_REPORTS: (ids, service_code, start_ns, end_ns, bbox, limit) -> public
-        reports with their order's state, read from the journal in a thread (what waits written first)."""
+        reports with their order's state, read from the journal in a thread (what waits written first).
+
+        The front bounds the query by its clock, real time, as it stamps a report's requested time:
+        both are carried over to the operations clock (a simulated run stores simulated times),
+        else a report just posted would be "in the future" of its own GET (404)."""
+        if len(query) >= 4:
+            real = time.time_ns()
+            ids, code, start, end, *rest = query
+            start = self._ops_time(start, real) if start else start  # 0 / None: any age
+            end = self._ops_time(end, real) if end is not None else end
+            query = (ids, code, start, end, *rest)
 
         def read() -> list[tuple[Any, str | None]]:
             self.writer.flush(READ_FLUSH_S)

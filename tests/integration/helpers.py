@@ -130,13 +130,18 @@ class TinyCity:
 
 
 def start_tiny_city(
-    tmp_path: Path, mqtt: str | None = None, failure_rate: str | None = "0", acceleration: float | None = None
+    tmp_path: Path,
+    mqtt: str | None = None,
+    failure_rate: str | None = "0",
+    acceleration: float | None = None,
+    extra: list[str] | None = None,
 ) -> TinyCity:
     """``python -m simulators city --preset tiny`` on free ports, its configuration written to
     ``tmp_path/config`` (types from the shipped tags.yaml), its log in ``tmp_path/sim.log``.
 
     ``mqtt`` (host:port) adds the MQTT devices; ``failure_rate`` None keeps the simulator's own;
-    ``acceleration``: simulated seconds per real second (a bollard rises in 6 simulated s)."""
+    ``acceleration``: simulated seconds per real second (a bollard rises in 6 simulated s);
+    ``extra``: more arguments (``--start``/``--start-origin``: the server's clock's)."""
     base = free_port_range(6)
     opc_sim, opc_scada, control = free_port(), free_port(), free_port()
     config = tmp_path / "config"
@@ -148,7 +153,7 @@ def start_tiny_city(
         args += ["--failure-rate", failure_rate]
     if acceleration is not None:
         args += ["--acceleration", str(acceleration)]
-    sim = Process([*args, "--log-json"], tmp_path / "sim.log")
+    sim = Process([*args, *(extra or []), "--log-json"], tmp_path / "sim.log")
     return TinyCity(base, opc_sim, opc_scada, control, config, sim)
 
 

@@ -1,7 +1,8 @@
 """The core's side of the channel for work orders (scada/front/link.py): the requests
 REQUEST_WORK_ORDER, REQUEST_CITIZEN_REPORT and REQUEST_REPORTS served by the real service (on the
 real alarm engine and journal of the orders' rig), the changes pushed coalesced, the snapshot in
-the INIT state and after pushes were dropped, and no contact detail ever on the wire."""
+the INIT state and after pushes were dropped, no contact detail ever on the wire; the contract's
+live KPIs pushed, held back above the high-water mark, kept for the next front."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from scada.control.model import BAD_TOO_MANY_OPERATIONS, GOOD
 from scada.front import link as link_module
 from scada.front.link import FrontLink, FrontSettings
 from scada.operations.model import (
+    PUSH_KPIS,
     PUSH_ORDERS,
     PUSH_ORDERS_SNAPSHOT,
     REQUEST_CITIZEN_REPORT,
@@ -144,5 +146,26 @@ async def test_pushes_above_high_water_are_dropped_then_a_snapshot_is_sent(tmp_p
         assert msgs.index(snap[0]) < msgs.index(pushes(writer)[0])
         assert all(WorkOrder.from_wire(w).state == OrderState.NEW for w in snap[0][1])
         assert pickle.loads(pickle.dumps(snap))  # plain values only
+    finally:
+        rig.close()
+
+
+async def test_kpis_are_pushed_held_back_above_high_water_and_kept_for_the_next_front(tmp_path):
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    try:
+        link, writer = linked(rig)
+
+        def kpis() -> list[dict]:
+            return [m[1] for m in writer.messages() if m[0] == PUSH_KPIS]
+
+        link.push_kpis({"energy.all.kwh": 12.5, "delay.x.high.on_site_p50_s": float("nan")})
+        (sent,) = kpis()
+        assert sent["energy.all.kwh"] == 12.5 and sent["delay.x.high.on_site_p50_s"] != 0
+        writer.transport.get_write_buffer_size = lambda: link_module.HIGH_WATER + 1  # type: ignore[method-assign]
+        link.push_kpis({"energy.all.kwh": 13.0})
+        assert len(kpis()) == 1  # the front is behind: the next push replaces this one
+        link._writer = None  # the front died: nothing raised, the figures wait for the next one
+        link.push_kpis({"energy.all.kwh": 14.0})
+        assert link._kpis == {"energy.all.kwh": 14.0}
     finally:
         rig.close()
