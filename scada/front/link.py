@@ -67,6 +67,7 @@ import structlog
 
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.front.orders import clock_anchor
 from scada.operations.model import (
     CONTACT_FIELDS,
     PUSH_ORDERS,
@@ -275,6 +276,8 @@ class FrontLink:
         app = self.app
         return {
             "settings": self.settings,
+            # The operations clock, for the front's HTTP server (scada/front/orders.py clock_anchor).
+            "ops_clock": clock_anchor(getattr(app, "schedule_clock", None)),
             **self._state(app.config, app.tagdb, app.alarms, app.historian),
         }
 

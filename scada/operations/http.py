@@ -38,7 +38,14 @@ import structlog
 from aiohttp import web
 
 from scada.alarms.remote import RemoteAlarmError
-from scada.front.orders import MAX_REPORTS, RECENT_REPORTS_S, OrdersMirror, report_from_wire
+from scada.front.orders import (
+    MAX_REPORTS,
+    RECENT_REPORTS_S,
+    OrdersMirror,
+    clock_anchor,
+    clock_of,
+    report_from_wire,
+)
 from scada.operations import metrics as health
 from scada.operations import open311
 from scada.operations.geo import FilterError, GeoFeed
@@ -104,7 +111,7 @@ class OpsHttp:
         orders: OrdersMirror,
         request: Request,
         opcua_counts: Callable[[], tuple[int, int]] | None = None,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = time.time_ns,  # the operations clock (scada/front/orders.py clock_of)
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
@@ -242,7 +249,10 @@ class OpsHttp:
         except Open311Error:
             self.refused += 1
             raise
-        status, message, report_id, order = await self._ask(REQUEST_CITIZEN_REPORT, *open311.report_args(report))
+        # Sent without its time (0): the core stamps it with its operations clock itself (exact);
+        # the mirror's copy has this front's reading of that same clock.
+        args = open311.report_args(dataclasses.replace(report, requested_ns=0))
+        status, message, report_id, order = await self._ask(REQUEST_CITIZEN_REPORT, *args)
         if int(status) & 0xC0000000:
             self.refused += 1
             raise open311.bad(str(message) or "the report was refused")
@@ -266,7 +276,7 @@ class OpsHttp:
         refused = self._limit(request)
         if refused is not None:
             return refused
-        query = open311.ReportQuery((rid,), None, 0, self.clock(), None, (), 1)
+        query = open311.ReportQuery((rid,), None, 0, None, None, (), 1)  # by id: whatever its time
         rows = await self._ask(REQUEST_REPORTS, *query.args())
         found = open311.select(rows, query, self.ops)
         if not found:
@@ -360,7 +370,6 @@ async def serve_inline(app: Any) -> None:
     listen, ops = listen_of(config), operations_of(config)
     if listen is None or ops is None:
         return
-    mirror = OrdersMirror()
     hmi = app.hmi
 
     def opcua_counts() -> tuple[int, int]:
@@ -369,7 +378,9 @@ async def serve_inline(app: Any) -> None:
 
         return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
-    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts)
+    clock = clock_of(clock_anchor(getattr(app, "schedule_clock", None)))  # the operations clock
+    mirror = OrdersMirror(clock)
+    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts, clock)
     await http.start()
     try:
         loaded = asyncio.create_task(http.run(), name="http-inline")

@@ -266,7 +266,7 @@ class ReportQuery:
     ids: tuple[str, ...] | None
     service_code: str | None
     start_ns: int
-    end_ns: int
+    end_ns: int | None  # None: no upper bound (a query by id)
     bbox: tuple[float, float, float, float] | None  # (lat0, lon0, lat1, lon1), the core's order
     statuses: tuple[str, ...]  # "open", "closed" (empty: both)
     limit: int
@@ -299,11 +299,18 @@ def parse_query(params: Mapping[str, str], now_ns: int) -> ReportQuery:
     if params.get("service_request_id", "").strip():
         ids = tuple(i.strip() for i in params["service_request_id"].split(",") if i.strip())[:MAX_LIMIT]
     code = params.get("service_code", "").strip() or None
-    end = parse_time("end_date", params["end_date"]) if params.get("end_date") else now_ns
-    start = parse_time("start_date", params["start_date"]) if params.get("start_date") else end - DEFAULT_WINDOW_NS
-    if ids is not None and not params.get("start_date"):
-        start = 0  # a request asked by id is found whatever its age
-    if start > end:
+    # ``now_ns`` is the operations clock's (the one the core stamps reports with, and the one
+    # requested_datetime shows): the dates a client gives compare with the stamps as they are.
+    end: int | None = parse_time("end_date", params["end_date"]) if params.get("end_date") else now_ns
+    if ids is not None and not params.get("end_date"):
+        end = None  # a request asked by id is found whatever its time
+    if params.get("start_date"):
+        start = parse_time("start_date", params["start_date"])
+    elif ids is not None:
+        start = 0
+    else:
+        start = (end if end is not None else now_ns) - DEFAULT_WINDOW_NS
+    if end is not None and start > end:
         raise bad("start_date is after end_date")
     statuses: tuple[str, ...] = ()
     if params.get("status"):
