@@ -282,6 +282,9 @@ class ReportQuery:
         )
 
 
+MAX_TIME_NS = 2**63 - 1  # 2262-04-11T23:47:16Z
+
+
 def parse_time(name: str, text: str) -> int:
     """A W3C (ISO 8601) date-time with its offset, as ns since the epoch; Open311Error else."""
     try:
@@ -290,7 +293,12 @@ def parse_time(name: str, text: str) -> int:
         raise bad(f"{name} {text!r} is not an ISO 8601 date-time") from None
     if t.tzinfo is None:
         raise bad(f"{name} {text!r} needs its UTC offset (Z or +HH:MM)")
-    return int(t.timestamp() * 1e9)
+    ns = int(t.timestamp() * 1e9)
+    # Times are int64 ns since 1970 (the journal's SQLite INTEGER): a date outside that range is
+    # the client's error, not the core's (it would overflow there).
+    if not 0 <= ns <= MAX_TIME_NS:
+        raise bad(f"{name} {text!r} is outside 1970-01-01 .. 2262-04-11")
+    return ns
 
 
 def parse_query(params: Mapping[str, str], now_ns: int) -> ReportQuery:
