@@ -11,9 +11,9 @@ Choices where the specification leaves room (README "HTTP: Open311, map, metrics
   this server speak JSON, so ``.xml`` is answered 400 "json only" rather than half-served.
 * **Bodies:** ``application/x-www-form-urlencoded`` (the specification's) and
   ``application/json`` (an object of the same fields), nothing else (400).
-* **Size:** a body above ``open311.max_body_bytes`` is answered 413 in the same error format:
-  the HTTP status that says exactly what is wrong (a client may retry without its photo),
-  where a 400 would send it looking for a wrong field.
+* **Size:** a body above ``open311.max_body_bytes`` is answered 400 in the same error format,
+  as the issue asks (and GeoReport v2's statuses are 400, 403, 404, 500): its description says
+  the body is too large, so a client knows to retry without its photo.
 * **Area:** ``GET requests.json?bbox=min_lon,min_lat,max_lon,max_lat`` (an extension: v2 has
   no area filter), in GeoJSON's bbox order (RFC 7946 5), the same as the map feed.
 * **Privacy:** the contact fields (model.CONTACT_FIELDS) are taken from a POST and never put

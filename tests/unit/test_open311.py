@@ -1,4 +1,4 @@
-"""Open311 GeoReport v2: every bad input is a 400 (413, 429) in Open311's error format and
+"""Open311 GeoReport v2: every bad input (an oversized body too) is a 400 (429: the rate limit) in Open311's error format and
 reaches no core; contact details never come back; the per-client token bucket.
 
 The pure functions are tested directly; the HTTP answers through the real aiohttp application
@@ -283,8 +283,8 @@ async def test_malformed_json_and_oversized_body_store_nothing(config, ops):
         assert r.status == 400 and "malformed JSON" in (await r.json())[0]["description"]
         big = {**GOOD, "description": "x" * 2000}  # max_body_bytes=1024
         r = await client.post("/open311/v2/requests.json", json=big)
-        assert r.status == 413
-        assert await r.json() == [{"code": 413, "description": "the body is larger than 1024 bytes"}]
+        assert r.status == 400  # the issue's status for an oversized body (review 16 #13)
+        assert await r.json() == [{"code": 400, "description": "the body is larger than 1024 bytes"}]
         assert core.calls == []
 
 
