@@ -114,6 +114,9 @@ class FrontSettings:
     # instead of operations.yaml's http.listen; kept across reloads and front restarts.
     http: tuple[str, int] | None = None
     http_set: bool = False
+    # The same for the internal listener (the map feed, /metrics): ``scada run --http-internal``.
+    http_internal: tuple[str, int] | None = None
+    http_internal_set: bool = False
 
 
 def front_config(config, settings: FrontSettings | None = None) -> Any:
@@ -126,11 +129,14 @@ def front_config(config, settings: FrontSettings | None = None) -> Any:
         for name, t in config.types.items()
     }
     out = dataclasses.replace(config, drivers={}, types=types)
-    if settings is not None and settings.http_set:
+    if settings is not None and (settings.http_set or settings.http_internal_set):
         ops = out.operations
-        out = dataclasses.replace(
-            out, operations=dataclasses.replace(ops, http=dataclasses.replace(ops.http, listen=settings.http))
-        )
+        http = ops.http
+        if settings.http_set:
+            http = dataclasses.replace(http, listen=settings.http)
+        if settings.http_internal_set:
+            http = dataclasses.replace(http, internal=settings.http_internal)
+        out = dataclasses.replace(out, operations=dataclasses.replace(ops, http=http))
     return out
 
 

@@ -13,12 +13,22 @@ The client address is the TCP peer's: behind a reverse proxy every citizen would
 proxy's bucket, so put the limit in the proxy then (``X-Forwarded-For`` is not trusted: any
 client can write it).
 
-Routes (README "HTTP: Open311, map, metrics"):
+Two listeners (README "HTTP: Open311, map, metrics"). The citizens' one (``http.listen``,
+``scada run --http``), the one a city exposes to the Internet behind its reverse proxy, serves
+Open311 only:
 
     GET  /open311/v2/services.json
     POST /open311/v2/requests.json          form-encoded or JSON
     GET  /open311/v2/requests.json?service_request_id=&service_code=&start_date=&end_date=&status=&bbox=
     GET  /open311/v2/requests/{id}.json
+
+The internal one (``http.internal``, ``scada run --http-internal``, loopback by default) serves
+what only the city's own staff and tools may see: every crew's live position, every device's
+state and worst alarm (which bollards are down), the open orders, the server's internals. A
+second address rather than a token: what a city's IT expects of an exporter (Prometheus scrapes
+a port its firewall opens to the monitoring host only), no secret to hand to Grafana, QGIS or
+curl, and nothing to leak on the public side if a token were wrong or missing:
+
     GET  /map.geojson?commune=&class=
     GET  /metrics
 """
@@ -73,6 +83,12 @@ def listen_of(config: Any) -> tuple[str, int] | None:
     return ops.http.listen if ops is not None and ops.services else None
 
 
+def internal_of(config: Any) -> tuple[str, int] | None:
+    """Where the map feed and /metrics are served; None: not served (nor without an HTTP server)."""
+    ops = operations_of(config)
+    return ops.http.internal if ops is not None and listen_of(config) is not None else None
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(data, status=status, headers=headers)
 
@@ -119,6 +135,7 @@ class OpsHttp:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
+        self.internal = internal_of(config)  # the map's and metrics' listener (None: not served)
         self.orders = orders
         self.request = request
         self.opcua_counts = opcua_counts
@@ -128,7 +145,9 @@ class OpsHttp:
         self.geo = GeoFeed(config, ops, tags, alarms, orders, monotonic)
         self.registry = health.registry_of(self.snapshot)
         self.runner: web.AppRunner | None = None
+        self.internal_runner: web.AppRunner | None = None
         self.port = 0  # the bound port (listen's may be 0)
+        self.internal_port = 0
         self.posted = 0  # reports the core took
         self.refused = 0  # Open311 refusals (4xx)
         self._loaded = False
@@ -152,6 +171,7 @@ class OpsHttp:
     # -- the application -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        """The citizens' application: Open311 only."""
         app = web.Application(middlewares=[_open311_errors], client_max_size=self.ops.open311.max_body_bytes)
         app[OPS_HTTP] = self
         app.add_routes(
@@ -160,32 +180,51 @@ class OpsHttp:
                 web.post("/open311/v2/requests.{fmt}", self.post_request),
                 web.get("/open311/v2/requests.{fmt}", self.get_requests),
                 web.get("/open311/v2/requests/{id}.{fmt}", self.get_request),
-                web.get("/map.geojson", self.map),
-                web.get("/metrics", self.metrics),
             ]
         )
         return app
 
+    def internal_app(self) -> web.Application:
+        """The internal application: the map feed and /metrics (GETs only, no body)."""
+        app = web.Application(client_max_size=1024)
+        app[OPS_HTTP] = self
+        app.add_routes([web.get("/map.geojson", self.map), web.get("/metrics", self.metrics)])
+        return app
+
     async def start(self) -> None:
-        """Listen (OSError when the address is taken: the front says so to the core)."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        """Listen (OSError when an address is taken: the front says so to the core)."""
+        self.runner, self.port = await self._bind(self.app(), self.listen, "listen")
+        if self.internal is not None:
+            try:
+                self.internal_runner, self.internal_port = await self._bind(
+                    self.internal_app(), self.internal, "internal"
+                )
+            except BaseException:
+                await self.stop()
+                raise
+
+    @staticmethod
+    async def _bind(app: web.Application, address: tuple[str, int], setting: str) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = self.listen
+        host, port = address
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             # Say which server and which setting: the core reports this as the front's failure.
-            raise OSError(exc.errno, f"HTTP server on {host}:{port} (operations.http.listen): {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"HTTP server on {host}:{port} (operations.http.{setting}): {exc.strerror}"
+            ) from exc
         except BaseException:
             await runner.cleanup()
             raise
-        self.runner = runner
         server = site._server  # noqa: SLF001 - aiohttp gives no public way to the bound port
         sockets = getattr(server, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else self.listen[1]
-        log.info("http_listening", host=host, port=self.port)
+        bound = sockets[0].getsockname()[1] if sockets else port
+        log.info("http_listening", host=host, port=bound, serves="open311" if setting == "listen" else "map, metrics")
+        return runner, bound
 
     async def run(self) -> None:
         """The front's watched task: the map's recent reports from the core, then nothing (aiohttp
@@ -196,9 +235,10 @@ class OpsHttp:
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
-        runner, self.runner = self.runner, None
-        if runner is not None:
-            await runner.cleanup()
+        for runner in (self.runner, self.internal_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self.runner = self.internal_runner = None
 
     async def _load_reports(self) -> None:
         end = self.clock()
