@@ -50,8 +50,11 @@ def clock_of(anchor: ClockAnchor | None) -> Callable[[], int]:
 class OrdersMirror:
     """Open orders by id, recent public reports, the core's stats (see the module doc)."""
 
-    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], int] = time.time_ns, wall: Callable[[], int] | None = None) -> None:
+        self.clock = clock  # the operations clock: the reports' stamps and the map's "recent"
+        # Real time, for how old the core's figures are (a duration, not a stamp of the core's):
+        # the operations clock itself unless told (tests give one clock).
+        self.wall = wall or clock
         self.orders: dict[str, WorkOrder] = {}  # open ones only: a closed order leaves the map
         self.reports: deque[CitizenReport] = deque(maxlen=MAX_REPORTS)
         self.stats: dict[str, Any] = {}  # the core's PUSH_STATS
@@ -84,7 +87,7 @@ class OrdersMirror:
 
     def receive_stats(self, stats: Mapping[str, Any]) -> None:
         self.stats = dict(stats)
-        self.stats_ns = self.clock()
+        self.stats_ns = self.wall()
 
     def receive_kpis(self, kpis: Mapping[str, Any]) -> None:
         self.kpis = {str(k): float(v) for k, v in kpis.items() if isinstance(v, int | float)}

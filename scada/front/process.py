@@ -144,7 +144,7 @@ class Front:
         self.history: Any = None
         # The core's operations as it pushes them (model.PUSH_*): the HTTP server's map and
         # metrics read them. Kept across reloads: the orders do not change with the configuration.
-        self.orders = OrdersMirror(self.ops_clock)
+        self.orders = OrdersMirror(self.ops_clock, wall=time.time_ns)
         self.http: Any = None  # scada.operations.http.OpsHttp, when operations.http.listen is set
         self.tasks: list[asyncio.Task] = []
         self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
@@ -221,7 +221,16 @@ class Front:
             return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
         self.http = OpsHttp(
-            config, ops, listen, self.tags, alarms, self.orders, self.channel.request, opcua_counts, self.ops_clock
+            config,
+            ops,
+            listen,
+            self.tags,
+            alarms,
+            self.orders,
+            self.channel.request,
+            opcua_counts,
+            self.ops_clock,
+            wall=time.time_ns,
         )
         await self.http.start()
 

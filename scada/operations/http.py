@@ -52,8 +52,6 @@ from scada.front.orders import (
     MAX_REPORTS,
     RECENT_REPORTS_S,
     OrdersMirror,
-    clock_anchor,
-    clock_of,
     report_from_wire,
 )
 from scada.operations import metrics as health
@@ -133,8 +131,10 @@ class OpsHttp:
         opcua_counts: Callable[[], tuple[int, int]] | None = None,
         clock: Callable[[], int] = time.time_ns,  # the operations clock (scada/front/orders.py clock_of)
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], int] | None = None,  # real time (the core's figures' age); default clock
     ) -> None:
         self.listen = listen
+        self.wall = wall or clock
         self.internal = internal_of(config)  # the map's and metrics' listener (None: not served)
         self.orders = orders
         self.request = request
@@ -353,7 +353,7 @@ class OpsHttp:
             with contextlib.suppress(Exception):  # a server stopping: no figure rather than no scrape
                 sessions, subscriptions = self.opcua_counts()
         o = self.orders
-        age = (self.clock() - o.stats_ns) / 1e9 if o.stats_ns else None
+        age = (self.wall() - o.stats_ns) / 1e9 if o.stats_ns else None  # real seconds
         return health.Snapshot(
             core=o.stats,
             core_age_s=age,
@@ -422,9 +422,12 @@ async def serve_inline(app: Any) -> None:
 
         return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
-    clock = clock_of(clock_anchor(getattr(app, "schedule_clock", None)))  # the operations clock
-    mirror = OrdersMirror(clock)
-    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts, clock)
+    schedule_clock = getattr(app, "schedule_clock", None)  # the operations clock: the core's own
+    clock = schedule_clock.now_ns if schedule_clock is not None else time.time_ns
+    mirror = OrdersMirror(clock, wall=time.time_ns)
+    http = OpsHttp(
+        config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts, clock, wall=time.time_ns
+    )
     await http.start()
     try:
         loaded = asyncio.create_task(http.run(), name="http-inline")

@@ -64,4 +64,7 @@ def test_the_front_reads_the_cores_operations_clock():
     anchor = FrontLink._init.__get__(SimpleNamespace(app=core, settings=None, _state=lambda *a: {}))()["ops_clock"]  # noqa: SLF001
     front = Front(None, None, anchor)  # type: ignore[arg-type]
     assert abs(front.orders.clock() - sim.now_ns()) < 60 * S
+    # ... but how old the core's figures are is real time (/metrics' scada_core_stats_age_seconds)
+    front.orders.receive_stats({})
+    assert abs(front.orders.stats_ns - time.time_ns()) < 60 * S
     assert Front(None, None, None).orders.clock is time.time_ns  # type: ignore[arg-type]  # real time
