@@ -52,6 +52,7 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
 
     endpoint = args.opcua_endpoint
     http = getattr(args, "http", None)
+    internal = getattr(args, "http_internal", None)
     settings = FrontSettings(
         endpoint,
         log_json=args.log_json,
@@ -60,6 +61,8 @@ async def _serve(config, args: argparse.Namespace, influx=None) -> None:
         security=getattr(args, "security_settings", None),
         http=http_address(http) if http else None,
         http_set=bool(http),
+        http_internal=http_address(internal, "--http-internal") if internal else None,
+        http_internal_set=bool(internal),
     )
     app = Application(
         config,
@@ -186,12 +189,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--clock-start/--acceleration: {exc}", file=sys.stderr)
         return 2
-    if getattr(args, "http", None):
-        try:
-            http_address(args.http)  # checked before anything starts
-        except SystemExit as exc:
-            print(exc, file=sys.stderr)
-            return 2
+    for option in ("http", "http_internal"):
+        if getattr(args, option, None):
+            try:
+                http_address(getattr(args, option), "--" + option.replace("_", "-"))  # checked before anything starts
+            except SystemExit as exc:
+                print(exc, file=sys.stderr)
+                return 2
     try:
         config = _load(args.config, args.drivers)
     except ConfigError as exc:
@@ -453,14 +457,15 @@ def _config_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=".", help="folder holding tags.yaml and alarms.yaml (default: .)")
 
 
-def http_address(text: str) -> tuple[str, int] | None:
-    """``--http``: host:port, or none (no HTTP server); argparse's error for anything else."""
+def http_address(text: str, option: str = "--http") -> tuple[str, int] | None:
+    """``--http``, ``--http-internal``: host:port, or none (no such listener); argparse's error for
+    anything else."""
     if text.strip().lower() == "none":
         return None
     try:
-        return parse_host_port(text, 8080)
+        return parse_host_port(text, 8080 if option == "--http" else 9464)
     except ValueError as exc:
-        raise SystemExit(f"scada: --http {text!r}: {exc}") from None
+        raise SystemExit(f"scada: {option} {text!r}: {exc}") from None
 
 
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
@@ -503,8 +508,14 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help="the HTTP server's address (Open311, the map feed, /metrics), or 'none': instead of "
+        help="the citizens' HTTP server's address (Open311), or 'none' (no HTTP server at all): instead of "
         "operations.yaml's http.listen",
+    )
+    p.add_argument(
+        "--http-internal",
+        metavar="HOST:PORT",
+        help="the internal HTTP listener's address (the map feed, /metrics: the city's network only), or "
+        "'none': instead of operations.yaml's http.internal",
     )
     p.add_argument("--influx-url", help="also write history to this InfluxDB v2 API (token: $INFLUX_TOKEN)")
     p.add_argument("--influx-org", default="city")

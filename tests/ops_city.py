@@ -24,7 +24,9 @@ devices:
 DELAYS = {p: Delays(3600.0, 86400.0, 600.0) for p in ("low", "medium", "high", "critical")}
 
 
-def ops_config(listen: tuple[str, int] | None = None, **open311: float) -> OperationsConfig:
+def ops_config(
+    listen: tuple[str, int] | None = None, *, internal: tuple[str, int] | None = None, **open311: float
+) -> OperationsConfig:
     """Two services offered to citizens, one that is not."""
     return OperationsConfig(
         services={
@@ -35,7 +37,7 @@ def ops_config(listen: tuple[str, int] | None = None, **open311: float) -> Opera
             "security": ServiceDef("security", ("bollard",), DELAYS),
         },
         open311=Open311Settings(**open311),  # type: ignore[arg-type]
-        http=HttpSettings(listen=listen),
+        http=HttpSettings(listen=listen, internal=internal),  # none by default: no fixed port in tests
     )
 
 

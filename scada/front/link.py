@@ -69,6 +69,7 @@ import structlog
 
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
+from scada.front.orders import clock_anchor
 from scada.operations.model import (
     CONTACT_FIELDS,
     PUSH_KPIS,
@@ -116,6 +117,9 @@ class FrontSettings:
     # instead of operations.yaml's http.listen; kept across reloads and front restarts.
     http: tuple[str, int] | None = None
     http_set: bool = False
+    # The same for the internal listener (the map feed, /metrics): ``scada run --http-internal``.
+    http_internal: tuple[str, int] | None = None
+    http_internal_set: bool = False
 
 
 def front_config(config, settings: FrontSettings | None = None) -> Any:
@@ -128,11 +132,14 @@ def front_config(config, settings: FrontSettings | None = None) -> Any:
         for name, t in config.types.items()
     }
     out = dataclasses.replace(config, drivers={}, types=types)
-    if settings is not None and settings.http_set:
+    if settings is not None and (settings.http_set or settings.http_internal_set):
         ops = out.operations
-        out = dataclasses.replace(
-            out, operations=dataclasses.replace(ops, http=dataclasses.replace(ops.http, listen=settings.http))
-        )
+        http = ops.http
+        if settings.http_set:
+            http = dataclasses.replace(http, listen=settings.http)
+        if settings.http_internal_set:
+            http = dataclasses.replace(http, internal=settings.http_internal)
+        out = dataclasses.replace(out, operations=dataclasses.replace(ops, http=http))
     return out
 
 
@@ -283,6 +290,8 @@ class FrontLink:
         app = self.app
         return {
             "settings": self.settings,
+            # The operations clock, for the front's HTTP server (scada/front/orders.py clock_anchor).
+            "ops_clock": clock_anchor(getattr(app, "schedule_clock", None)),
             **self._state(app.config, app.tagdb, app.alarms, app.historian),
         }
 

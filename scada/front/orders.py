@@ -19,12 +19,42 @@ from scada.operations.model import CitizenReport, OrderEvent, WorkOrder
 RECENT_REPORTS_S = 86400.0  # the map shows the reports of the last day
 MAX_REPORTS = 5000  # and never more than this many (Dijon's post: ~630 calls a day)
 
+# One clock for operations: the core stamps orders and reports with its operations clock (the
+# schedules' clock: simulated with `scada run --clock-start/--acceleration/--clock-origin`), and
+# the front compares every stamp it holds or is asked about (Open311 GETs' windows, the map's
+# "recent" reports, the mirror) with that same clock. The core hands it over at each front start
+# as an anchor (simulated now, acceleration, the real instant of that now): from it the front's
+# ScheduleClock reads what the core's reads. Simpler than having the core answer in both clocks,
+# and the front never has to know how old a stamp is in another clock. None: real time.
+ClockAnchor = tuple[int, float, int]
+
+
+def clock_anchor(clock: Any) -> ClockAnchor | None:
+    """The core's operations clock (a ScheduleClock) as the front can rebuild it; None when it is
+    real time. Reading it anchors a simulated clock not read yet (it starts then)."""
+    if clock is None or not getattr(clock, "simulated", False):
+        return None
+    return int(clock.now_ns()), float(clock.acceleration), time.time_ns()
+
+
+def clock_of(anchor: ClockAnchor | None) -> Callable[[], int]:
+    """The operations clock's ``now_ns`` from :func:`clock_anchor`'s anchor (real time for None)."""
+    if anchor is None:
+        return time.time_ns
+    from scada.control.schedules import ScheduleClock
+
+    start_ns, acceleration, origin_ns = anchor
+    return ScheduleClock(int(start_ns), float(acceleration), origin_ns=int(origin_ns)).now_ns
+
 
 class OrdersMirror:
     """Open orders by id, recent public reports, the core's stats (see the module doc)."""
 
-    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], int] = time.time_ns, wall: Callable[[], int] | None = None) -> None:
+        self.clock = clock  # the operations clock: the reports' stamps and the map's "recent"
+        # Real time, for how old the core's figures are (a duration, not a stamp of the core's):
+        # the operations clock itself unless told (tests give one clock).
+        self.wall = wall or clock
         self.orders: dict[str, WorkOrder] = {}  # open ones only: a closed order leaves the map
         self.reports: deque[CitizenReport] = deque(maxlen=MAX_REPORTS)
         self.stats: dict[str, Any] = {}  # the core's PUSH_STATS
@@ -57,7 +87,7 @@ class OrdersMirror:
 
     def receive_stats(self, stats: Mapping[str, Any]) -> None:
         self.stats = dict(stats)
-        self.stats_ns = self.clock()
+        self.stats_ns = self.wall()
 
     def receive_kpis(self, kpis: Mapping[str, Any]) -> None:
         self.kpis = {str(k): float(v) for k, v in kpis.items() if isinstance(v, int | float)}
@@ -65,7 +95,8 @@ class OrdersMirror:
     # what the front learns itself
 
     def add_report(self, report: CitizenReport) -> None:
-        """A report this front took (its POST answered): shown on the map, without contact."""
+        """A report this front took (its POST answered), stamped with the operations clock (the
+        mirror's): shown on the map, without contact."""
         self.reports.append(report.public())
         self.version += 1
 

@@ -36,7 +36,7 @@ import structlog
 from common import eventloop, logs
 from scada.alarms.remote import RemoteAlarmError
 from scada.front import wire
-from scada.front.orders import OrdersMirror
+from scada.front.orders import OrdersMirror, clock_of
 from scada.operations import model as ops_model
 from scada.security.audit import AuditFanout, AuditRecord, lost_record, to_wire
 
@@ -135,15 +135,16 @@ class ChannelAudit:
 class Front:
     """One front: the mirrors, the OPC UA server, and the channel's dispatch."""
 
-    def __init__(self, channel: CoreChannel, settings) -> None:
+    def __init__(self, channel: CoreChannel, settings, ops_clock: Any = None) -> None:
         self.channel = channel
         self.settings = settings
+        self.ops_clock = clock_of(ops_clock)  # the core's operations clock (scada/front/orders.py)
         self.hmi: Any = None
         self.tags: Any = None
         self.history: Any = None
         # The core's operations as it pushes them (model.PUSH_*): the HTTP server's map and
         # metrics read them. Kept across reloads: the orders do not change with the configuration.
-        self.orders = OrdersMirror()
+        self.orders = OrdersMirror(self.ops_clock, wall=time.time_ns)
         self.http: Any = None  # scada.operations.http.OpsHttp, when operations.http.listen is set
         self.tasks: list[asyncio.Task] = []
         self.failed = asyncio.Event()  # one of its tasks failed: the front ends, the core restarts it
@@ -219,7 +220,18 @@ class Front:
 
             return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
-        self.http = OpsHttp(config, ops, listen, self.tags, alarms, self.orders, self.channel.request, opcua_counts)
+        self.http = OpsHttp(
+            config,
+            ops,
+            listen,
+            self.tags,
+            alarms,
+            self.orders,
+            self.channel.request,
+            opcua_counts,
+            self.ops_clock,
+            wall=time.time_ns,
+        )
         await self.http.start()
 
     def _start_tasks(self) -> None:
@@ -368,7 +380,7 @@ async def serve(fd: int) -> int:
     # Its lines share the server's output: say which process wrote them.
     structlog.contextvars.bind_contextvars(process="opcua-front")
     channel = CoreChannel(reader, writer)
-    front = Front(channel, settings)
+    front = Front(channel, settings, state.get("ops_clock"))
     # Frames that arrive while the address space is built wait in the socket (the core drops
     # batches beyond its high-water mark and resynchronises the front afterwards).
     try:

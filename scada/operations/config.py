@@ -67,6 +67,7 @@ FLEET_CLASS = "fleet"  # the crews' vehicles: devices of an equipment type of th
 LIGHTING_CLASS = "lighting"  # what an energy baseline is about
 DEFAULT = "default"  # the delays entry that stands for every priority not listed
 HTTP_PORT = 8080
+HTTP_INTERNAL_PORT = 9464  # Prometheus's port for an exporter's /metrics
 _NAME_SCHEMA = schema_of(to_name)
 _NAMES = {"anyOf": [_NAME_SCHEMA, {"type": "array", "minItems": 1, "items": _NAME_SCHEMA}]}  # one name: a list of one
 
@@ -279,10 +280,20 @@ OPEN311_KEYS: KeyTable = {
 HTTP_KEYS: KeyTable = {
     "listen": Key(
         None,
-        f"host:port of the HTTP server (Open311, map feed, metrics), default 127.0.0.1:{HTTP_PORT}; false: no HTTP server.",
+        f"host:port of the citizens' HTTP server (Open311 only), default 127.0.0.1:{HTTP_PORT}; false: no HTTP "
+        "server at all (no internal one either).",
         f"127.0.0.1:{HTTP_PORT}",
         schema={"anyOf": [host_port_schema(), {"const": False}]},
         examples=(f"127.0.0.1:{HTTP_PORT}", f"0.0.0.0:{HTTP_PORT}"),
+    ),
+    "internal": Key(
+        None,
+        "host:port of the internal HTTP listener: the map feed /map.geojson and /metrics (crews' positions, "
+        "devices' states, the server's internals: the city's network only, never the citizens'), default "
+        f"127.0.0.1:{HTTP_INTERNAL_PORT}; false: not served.",
+        f"127.0.0.1:{HTTP_INTERNAL_PORT}",
+        schema={"anyOf": [host_port_schema(), {"const": False}]},
+        examples=(f"127.0.0.1:{HTTP_INTERNAL_PORT}", f"10.1.2.3:{HTTP_INTERNAL_PORT}"),
     ),
 }
 _KWH = {"type": "number", "minimum": 0}
@@ -398,7 +409,7 @@ def load(
             territory_margin_m=open311["territory_margin_m"],
             jurisdiction_id=open311["jurisdiction_id"],
         ),
-        http=HttpSettings(listen=_listen(sections["http"])),
+        http=HttpSettings(*_listen(sections["http"])),
         energy=energy,
         availability=_availability(top, classes),
     )
@@ -603,23 +614,28 @@ def _crews(
     return MappingProxyType(out)
 
 
-def _listen(f: Fields) -> tuple[str, int] | None:
-    raw = f.sub("listen")
+def _listen(f: Fields) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """http.listen and http.internal."""
+    raws = {key: f.sub(key) for key in ("listen", "internal")}
     f.done(HTTP_KEYS)
-    if raw is False:
-        return None
-    if raw is None or raw == "":
-        if "listen" in f.mapping:
-            raise f.error(
-                "listen", f"no value given: host:port (e.g. 127.0.0.1:{HTTP_PORT}), or false for no HTTP server"
-            )
-        return parse_host_port(str(HTTP_KEYS["listen"].default), HTTP_PORT)
-    if not isinstance(raw, str):
-        raise f.error("listen", f"expected host:port (e.g. 127.0.0.1:{HTTP_PORT}), or false for no HTTP server", raw)
-    try:
-        return parse_host_port(raw, HTTP_PORT, service="HTTP")
-    except ValueError as exc:
-        raise f.error("listen", str(exc), raw) from None
+    out: list[tuple[str, int] | None] = []
+    for key, port in (("listen", HTTP_PORT), ("internal", HTTP_INTERNAL_PORT)):
+        raw = raws[key]
+        if raw is False:
+            out.append(None)
+            continue
+        if raw is None or raw == "":
+            if key in f.mapping:
+                raise f.error(key, f"no value given: host:port (e.g. 127.0.0.1:{port}), or false for none")
+            out.append(parse_host_port(str(HTTP_KEYS[key].default), port))
+            continue
+        if not isinstance(raw, str):
+            raise f.error(key, f"expected host:port (e.g. 127.0.0.1:{port}), or false for none", raw)
+        try:
+            out.append(parse_host_port(raw, port, service="HTTP"))
+        except ValueError as exc:
+            raise f.error(key, str(exc), raw) from None
+    return out[0], out[1]
 
 
 def _kwh(f: Fields, key: str, raw: Any) -> float:
@@ -699,9 +715,12 @@ def summary(ops: OperationsConfig) -> list[str]:
         )
     if ops.availability:
         lines.append("availability targets: " + ", ".join(f"{c} {t:.1%}" for c, t in ops.availability.items()))
-    listen = ops.http.listen
+    listen, internal = ops.http.listen, ops.http.internal
+    where = "off" if listen is None else f"{listen[0]}:{listen[1]}"
+    if listen is not None:
+        where += f" (map, metrics: {'off' if internal is None else f'{internal[0]}:{internal[1]}'})"
     lines.append(
-        f"HTTP: {'off' if listen is None else f'{listen[0]}:{listen[1]}'}; dispatch "
+        f"HTTP: {where}; dispatch "
         f"{'automatic' if ops.dispatch.auto_assign else 'proposed only'} at {ops.dispatch.speed_kmh:g} km/h"
     )
     return lines

@@ -13,12 +13,22 @@ The client address is the TCP peer's: behind a reverse proxy every citizen would
 proxy's bucket, so put the limit in the proxy then (``X-Forwarded-For`` is not trusted: any
 client can write it).
 
-Routes (README "HTTP: Open311, map, metrics"):
+Two listeners (README "HTTP: Open311, map, metrics"). The citizens' one (``http.listen``,
+``scada run --http``), the one a city exposes to the Internet behind its reverse proxy, serves
+Open311 only:
 
     GET  /open311/v2/services.json
     POST /open311/v2/requests.json          form-encoded or JSON
     GET  /open311/v2/requests.json?service_request_id=&service_code=&start_date=&end_date=&status=&bbox=
     GET  /open311/v2/requests/{id}.json
+
+The internal one (``http.internal``, ``scada run --http-internal``, loopback by default) serves
+what only the city's own staff and tools may see: every crew's live position, every device's
+state and worst alarm (which bollards are down), the open orders, the server's internals. A
+second address rather than a token: what a city's IT expects of an exporter (Prometheus scrapes
+a port its firewall opens to the monitoring host only), no secret to hand to Grafana, QGIS or
+curl, and nothing to leak on the public side if a token were wrong or missing:
+
     GET  /map.geojson?commune=&class=
     GET  /metrics
 """
@@ -38,7 +48,12 @@ import structlog
 from aiohttp import web
 
 from scada.alarms.remote import RemoteAlarmError
-from scada.front.orders import MAX_REPORTS, RECENT_REPORTS_S, OrdersMirror, report_from_wire
+from scada.front.orders import (
+    MAX_REPORTS,
+    RECENT_REPORTS_S,
+    OrdersMirror,
+    report_from_wire,
+)
 from scada.operations import metrics as health
 from scada.operations import open311
 from scada.operations.geo import FilterError, GeoFeed
@@ -66,6 +81,12 @@ def listen_of(config: Any) -> tuple[str, int] | None:
     return ops.http.listen if ops is not None and ops.services else None
 
 
+def internal_of(config: Any) -> tuple[str, int] | None:
+    """Where the map feed and /metrics are served; None: not served (nor without an HTTP server)."""
+    ops = operations_of(config)
+    return ops.http.internal if ops is not None and listen_of(config) is not None else None
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(data, status=status, headers=headers)
 
@@ -77,7 +98,7 @@ def _error(code: int, description: str, headers: dict[str, str] | None = None) -
 @web.middleware
 async def _open311_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Open311's paths answer every refusal in its error format, aiohttp's own ones (404, 405,
-    413 from client_max_size) included."""
+    the body above client_max_size) included."""
     try:
         return await handler(request)
     except Open311Error as exc:
@@ -85,10 +106,14 @@ async def _open311_errors(request: web.Request, handler: Callable[[web.Request],
     except web.HTTPException as exc:
         if not request.path.startswith("/open311/") or exc.status < 400:
             raise
-        description = exc.reason
-        if exc.status == 413:
+        status, description = exc.status, exc.reason
+        if status == 413:
+            # The issue asks a 400 for an oversized body, in Open311's error format, as for every
+            # other bad input (GeoReport v2 knows 400, 403, 404 and 500 only): aiohttp's 413 is
+            # answered 400, the description saying what is wrong.
+            status = 400
             description = f"the body is larger than {request.app[OPS_HTTP].ops.open311.max_body_bytes} bytes"
-        return _error(exc.status, description, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        return _error(status, description, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
 class OpsHttp:
@@ -104,10 +129,13 @@ class OpsHttp:
         orders: OrdersMirror,
         request: Request,
         opcua_counts: Callable[[], tuple[int, int]] | None = None,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = time.time_ns,  # the operations clock (scada/front/orders.py clock_of)
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], int] | None = None,  # real time (the core's figures' age); default clock
     ) -> None:
         self.listen = listen
+        self.wall = wall or clock
+        self.internal = internal_of(config)  # the map's and metrics' listener (None: not served)
         self.orders = orders
         self.request = request
         self.opcua_counts = opcua_counts
@@ -117,7 +145,9 @@ class OpsHttp:
         self.geo = GeoFeed(config, ops, tags, alarms, orders, monotonic)
         self.registry = health.registry_of(self.snapshot)
         self.runner: web.AppRunner | None = None
+        self.internal_runner: web.AppRunner | None = None
         self.port = 0  # the bound port (listen's may be 0)
+        self.internal_port = 0
         self.posted = 0  # reports the core took
         self.refused = 0  # Open311 refusals (4xx)
         self._loaded = False
@@ -141,6 +171,7 @@ class OpsHttp:
     # -- the application -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        """The citizens' application: Open311 only."""
         app = web.Application(middlewares=[_open311_errors], client_max_size=self.ops.open311.max_body_bytes)
         app[OPS_HTTP] = self
         app.add_routes(
@@ -149,32 +180,51 @@ class OpsHttp:
                 web.post("/open311/v2/requests.{fmt}", self.post_request),
                 web.get("/open311/v2/requests.{fmt}", self.get_requests),
                 web.get("/open311/v2/requests/{id}.{fmt}", self.get_request),
-                web.get("/map.geojson", self.map),
-                web.get("/metrics", self.metrics),
             ]
         )
         return app
 
+    def internal_app(self) -> web.Application:
+        """The internal application: the map feed and /metrics (GETs only, no body)."""
+        app = web.Application(client_max_size=1024)
+        app[OPS_HTTP] = self
+        app.add_routes([web.get("/map.geojson", self.map), web.get("/metrics", self.metrics)])
+        return app
+
     async def start(self) -> None:
-        """Listen (OSError when the address is taken: the front says so to the core)."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        """Listen (OSError when an address is taken: the front says so to the core)."""
+        self.runner, self.port = await self._bind(self.app(), self.listen, "listen")
+        if self.internal is not None:
+            try:
+                self.internal_runner, self.internal_port = await self._bind(
+                    self.internal_app(), self.internal, "internal"
+                )
+            except BaseException:
+                await self.stop()
+                raise
+
+    @staticmethod
+    async def _bind(app: web.Application, address: tuple[str, int], setting: str) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = self.listen
+        host, port = address
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             # Say which server and which setting: the core reports this as the front's failure.
-            raise OSError(exc.errno, f"HTTP server on {host}:{port} (operations.http.listen): {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"HTTP server on {host}:{port} (operations.http.{setting}): {exc.strerror}"
+            ) from exc
         except BaseException:
             await runner.cleanup()
             raise
-        self.runner = runner
         server = site._server  # noqa: SLF001 - aiohttp gives no public way to the bound port
         sockets = getattr(server, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else self.listen[1]
-        log.info("http_listening", host=host, port=self.port)
+        bound = sockets[0].getsockname()[1] if sockets else port
+        log.info("http_listening", host=host, port=bound, serves="open311" if setting == "listen" else "map, metrics")
+        return runner, bound
 
     async def run(self) -> None:
         """The front's watched task: the map's recent reports from the core, then nothing (aiohttp
@@ -185,9 +235,10 @@ class OpsHttp:
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
-        runner, self.runner = self.runner, None
-        if runner is not None:
-            await runner.cleanup()
+        for runner in (self.runner, self.internal_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self.runner = self.internal_runner = None
 
     async def _load_reports(self) -> None:
         end = self.clock()
@@ -242,7 +293,10 @@ class OpsHttp:
         except Open311Error:
             self.refused += 1
             raise
-        status, message, report_id, order = await self._ask(REQUEST_CITIZEN_REPORT, *open311.report_args(report))
+        # Sent without its time (0): the core stamps it with its operations clock itself (exact);
+        # the mirror's copy has this front's reading of that same clock.
+        args = open311.report_args(dataclasses.replace(report, requested_ns=0))
+        status, message, report_id, order = await self._ask(REQUEST_CITIZEN_REPORT, *args)
         if int(status) & 0xC0000000:
             self.refused += 1
             raise open311.bad(str(message) or "the report was refused")
@@ -266,7 +320,7 @@ class OpsHttp:
         refused = self._limit(request)
         if refused is not None:
             return refused
-        query = open311.ReportQuery((rid,), None, 0, self.clock(), None, (), 1)
+        query = open311.ReportQuery((rid,), None, 0, None, None, (), 1)  # by id: whatever its time
         rows = await self._ask(REQUEST_REPORTS, *query.args())
         found = open311.select(rows, query, self.ops)
         if not found:
@@ -299,7 +353,7 @@ class OpsHttp:
             with contextlib.suppress(Exception):  # a server stopping: no figure rather than no scrape
                 sessions, subscriptions = self.opcua_counts()
         o = self.orders
-        age = (self.clock() - o.stats_ns) / 1e9 if o.stats_ns else None
+        age = (self.wall() - o.stats_ns) / 1e9 if o.stats_ns else None  # real seconds
         return health.Snapshot(
             core=o.stats,
             core_age_s=age,
@@ -360,7 +414,6 @@ async def serve_inline(app: Any) -> None:
     listen, ops = listen_of(config), operations_of(config)
     if listen is None or ops is None:
         return
-    mirror = OrdersMirror()
     hmi = app.hmi
 
     def opcua_counts() -> tuple[int, int]:
@@ -369,7 +422,12 @@ async def serve_inline(app: Any) -> None:
 
         return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
-    http = OpsHttp(config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts)
+    schedule_clock = getattr(app, "schedule_clock", None)  # the operations clock: the core's own
+    clock = schedule_clock.now_ns if schedule_clock is not None else time.time_ns
+    mirror = OrdersMirror(clock, wall=time.time_ns)
+    http = OpsHttp(
+        config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts, clock, wall=time.time_ns
+    )
     await http.start()
     try:
         loaded = asyncio.create_task(http.run(), name="http-inline")

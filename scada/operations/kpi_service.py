@@ -167,7 +167,15 @@ def compute(
             store.close()
     reader = orders if orders is not None else journal_orders(data)
     work = list(reader(start_ns, end_ns)) if reader is not None else []
-    as_of = time.time_ns() if as_of_ns is None else as_of_ns
+    as_of = as_of_ns
+    if as_of is None:
+        # The orders' stamps are the server's operations clock: simulated time in a simulated run
+        # (`scada run --clock-start/--acceleration`), ahead of real time. Real now before the
+        # orders' own latest change would judge them in another clock (every delay negative):
+        # they are then judged when the journal last saw them.
+        latest = max((max(o.created_ns, o.assigned_ns, o.accepted_ns, o.en_route_ns, o.on_site_ns,
+                          o.repaired_ns, o.closed_ns) for o in work), default=0)  # fmt: skip
+        as_of = max(time.time_ns(), latest)
     delays = kpi.delay_table(kpi.order_delays(work, start_ns, end_ns), ops.services, as_of)
     if points == 0 and not work and not any(len(v[0]) for v in faults.values()):
         raise NoData("nothing was recorded in the period: no history point, no alarm, no work order")

@@ -363,6 +363,9 @@ class Open311Settings:
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     listen: tuple[str, int] | None = ("127.0.0.1", 8080)  # None: no HTTP server
+    # The map feed and /metrics: the city's own network only (crews' positions, which bollards
+    # are down, the server's internals), never the citizens' listener. None: not served.
+    internal: tuple[str, int] | None = ("127.0.0.1", 9464)
 
 
 @dataclass(frozen=True, slots=True)

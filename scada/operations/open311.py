@@ -11,9 +11,9 @@ Choices where the specification leaves room (README "HTTP: Open311, map, metrics
   this server speak JSON, so ``.xml`` is answered 400 "json only" rather than half-served.
 * **Bodies:** ``application/x-www-form-urlencoded`` (the specification's) and
   ``application/json`` (an object of the same fields), nothing else (400).
-* **Size:** a body above ``open311.max_body_bytes`` is answered 413 in the same error format:
-  the HTTP status that says exactly what is wrong (a client may retry without its photo),
-  where a 400 would send it looking for a wrong field.
+* **Size:** a body above ``open311.max_body_bytes`` is answered 400 in the same error format,
+  as the issue asks (and GeoReport v2's statuses are 400, 403, 404, 500): its description says
+  the body is too large, so a client knows to retry without its photo.
 * **Area:** ``GET requests.json?bbox=min_lon,min_lat,max_lon,max_lat`` (an extension: v2 has
   no area filter), in GeoJSON's bbox order (RFC 7946 5), the same as the map feed.
 * **Privacy:** the contact fields (model.CONTACT_FIELDS) are taken from a POST and never put
@@ -266,7 +266,7 @@ class ReportQuery:
     ids: tuple[str, ...] | None
     service_code: str | None
     start_ns: int
-    end_ns: int
+    end_ns: int | None  # None: no upper bound (a query by id)
     bbox: tuple[float, float, float, float] | None  # (lat0, lon0, lat1, lon1), the core's order
     statuses: tuple[str, ...]  # "open", "closed" (empty: both)
     limit: int
@@ -282,6 +282,9 @@ class ReportQuery:
         )
 
 
+MAX_TIME_NS = 2**63 - 1  # 2262-04-11T23:47:16Z
+
+
 def parse_time(name: str, text: str) -> int:
     """A W3C (ISO 8601) date-time with its offset, as ns since the epoch; Open311Error else."""
     try:
@@ -290,7 +293,12 @@ def parse_time(name: str, text: str) -> int:
         raise bad(f"{name} {text!r} is not an ISO 8601 date-time") from None
     if t.tzinfo is None:
         raise bad(f"{name} {text!r} needs its UTC offset (Z or +HH:MM)")
-    return int(t.timestamp() * 1e9)
+    ns = int(t.timestamp() * 1e9)
+    # Times are int64 ns since 1970 (the journal's SQLite INTEGER): a date outside that range is
+    # the client's error, not the core's (it would overflow there).
+    if not 0 <= ns <= MAX_TIME_NS:
+        raise bad(f"{name} {text!r} is outside 1970-01-01 .. 2262-04-11")
+    return ns
 
 
 def parse_query(params: Mapping[str, str], now_ns: int) -> ReportQuery:
@@ -299,11 +307,18 @@ def parse_query(params: Mapping[str, str], now_ns: int) -> ReportQuery:
     if params.get("service_request_id", "").strip():
         ids = tuple(i.strip() for i in params["service_request_id"].split(",") if i.strip())[:MAX_LIMIT]
     code = params.get("service_code", "").strip() or None
-    end = parse_time("end_date", params["end_date"]) if params.get("end_date") else now_ns
-    start = parse_time("start_date", params["start_date"]) if params.get("start_date") else end - DEFAULT_WINDOW_NS
-    if ids is not None and not params.get("start_date"):
-        start = 0  # a request asked by id is found whatever its age
-    if start > end:
+    # ``now_ns`` is the operations clock's (the one the core stamps reports with, and the one
+    # requested_datetime shows): the dates a client gives compare with the stamps as they are.
+    end: int | None = parse_time("end_date", params["end_date"]) if params.get("end_date") else now_ns
+    if ids is not None and not params.get("end_date"):
+        end = None  # a request asked by id is found whatever its time
+    if params.get("start_date"):
+        start = parse_time("start_date", params["start_date"])
+    elif ids is not None:
+        start = 0
+    else:
+        start = (end if end is not None else now_ns) - DEFAULT_WINDOW_NS
+    if end is not None and start > end:
         raise bad("start_date is after end_date")
     statuses: tuple[str, ...] = ()
     if params.get("status"):

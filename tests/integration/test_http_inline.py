@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 async def test_inline_http_serves_from_the_core(tmp_path):
     port = free_port()
-    config = with_operations(city(tmp_path / "cfg"), ops_config(("127.0.0.1", port)))
+    internal = free_port()
+    config = with_operations(city(tmp_path / "cfg"), ops_config(("127.0.0.1", port), internal=("127.0.0.1", internal)))
     data = tmp_path / "data"
     data.mkdir()
     # An order on site, as a previous run of the server left it: the core's service loads it.
@@ -45,12 +46,12 @@ async def test_inline_http_serves_from_the_core(tmp_path):
     try:
         await asyncio.wait_for(app.started.wait(), DEADLINE)
         assert "http" in app.supervisor.tasks  # the app runs it (--front inline)
-        base = f"http://127.0.0.1:{port}"
+        base, inside = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{internal}"
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + DEADLINE
             while True:  # the server binds in its task: wait for its first answer
                 with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(f"{base}/map.geojson") as r:
+                    async with http.get(f"{inside}/map.geojson") as r:
                         fc = json.loads(await r.read())
                         if any(f["properties"]["name"] == "WO-000009" for f in fc["features"]):
                             break
@@ -68,7 +69,7 @@ async def test_inline_http_serves_from_the_core(tmp_path):
             async with http.get(f"{base}/open311/v2/requests/CR-000001.json") as r:
                 text = await r.text()
                 assert r.status == 200 and "a@b.fr" not in text and json.loads(text)[0]["status"] == "open"
-            async with http.get(f"{base}/metrics") as r:
+            async with http.get(f"{inside}/metrics") as r:
                 text = await r.text()
                 assert 'scada_work_orders_open{service="traffic_control",state="on_site"} 1.0' in text
                 assert "scada_opcua_sessions 0.0" in text and "scada_core_stats_age_seconds -1" not in text

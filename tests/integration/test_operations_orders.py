@@ -78,7 +78,9 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
         delays = ops.services["lighting_maintenance"].delays["medium"]  # lamps_failed's priority
         http_port = free_port()
         args = scada_run_args(config, data, city.endpoint)
-        args[args.index("--http") + 1] = f"127.0.0.1:{http_port}"  # the test's own port
+        args[args.index("--http") + 1] = f"127.0.0.1:{http_port}"  # the test's own ports
+        map_port = free_port()
+        args += ["--http-internal", f"127.0.0.1:{map_port}"]  # the map feed's listener
         server = Process(args, tmp_path / "server.log")
         wait_port(city.opc_scada, proc=server)
         a, b = "LC-DIJ-001", "LC-DIJ-002"
@@ -101,8 +103,8 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
             str(origin)
         ]
         # The front process got the order (the core's push): the map feed shows it.
-        wait_port(http_port, proc=server)
-        await until(lambda: order["id"] in map_names(http_port), what="the order on the map feed")
+        wait_port(map_port, proc=server)
+        await until(lambda: order["id"] in map_names(map_port), what="the order on the map feed")
         listing = scada("workorders", "--data", str(data))
         assert order["id"] in listing and a in listing
         events = scada("workorders", "--data", str(data), "--order", order["id"], "--csv")

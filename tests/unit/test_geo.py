@@ -155,7 +155,7 @@ def test_one_encoding_per_second(world):
 async def test_fifty_clients_cost_one_encoding(world):
     config, ops, tags, alarms, orders = world
     http = OpsHttp(config, ops, ("127.0.0.1", 0), tags, alarms, orders, request=None, monotonic=lambda: 7.0)  # type: ignore[arg-type]
-    async with TestClient(TestServer(http.app(), host="127.0.0.1", port=free_port())) as client:
+    async with TestClient(TestServer(http.internal_app(), host="127.0.0.1", port=free_port())) as client:
         answers = await asyncio.gather(*(client.get("/map.geojson") for _ in range(50)))
         assert {r.status for r in answers} == {200}
         assert {r.content_type for r in answers} == {"application/geo+json"}

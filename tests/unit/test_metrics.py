@@ -94,7 +94,7 @@ async def test_metrics_over_http_from_the_mirrors(tmp_path):
     )
     http = OpsHttp(config, ops, ("127.0.0.1", 0), tags, None, mirror, request=None, opcua_counts=lambda: (2, 4),  # type: ignore[arg-type]
                    clock=lambda: NOW + 3 * 10**9)  # fmt: skip
-    async with TestClient(TestServer(http.app(), host="127.0.0.1", port=free_port())) as client:
+    async with TestClient(TestServer(http.internal_app(), host="127.0.0.1", port=free_port())) as client:
         r = await client.get("/metrics")
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         s = samples(await r.text())

@@ -1,4 +1,4 @@
-"""Open311 GeoReport v2: every bad input is a 400 (413, 429) in Open311's error format and
+"""Open311 GeoReport v2: every bad input (an oversized body too) is a 400 (429: the rate limit) in Open311's error format and
 reaches no core; contact details never come back; the per-client token bucket.
 
 The pure functions are tested directly; the HTTP answers through the real aiohttp application
@@ -167,6 +167,10 @@ BAD_QUERIES = [
     pytest.param(
         {"start_date": "2026-02-01T00:00:00Z", "end_date": "2026-01-01T00:00:00Z"}, "after end_date", id="reversed"
     ),
+    # int64 ns since 1970 only (the journal's SQLite INTEGER overflowed in the core: review 16 #10)
+    pytest.param({"end_date": "2300-01-01T00:00:00Z"}, "outside 1970-01-01", id="end-2300"),
+    pytest.param({"start_date": "1000-01-01T00:00:00Z"}, "outside 1970-01-01", id="start-1000"),
+    pytest.param({"start_date": "9999-12-31T23:59:59+00:00"}, "outside 1970-01-01", id="start-9999"),
     pytest.param({"status": "pending"}, "status 'pending'", id="status"),
     pytest.param({"bbox": "5,47,5.1"}, "four numbers", id="bbox-3"),
     pytest.param({"bbox": "5.1,47,5.0,47.5"}, "min <= max", id="bbox-reversed"),
@@ -279,8 +283,8 @@ async def test_malformed_json_and_oversized_body_store_nothing(config, ops):
         assert r.status == 400 and "malformed JSON" in (await r.json())[0]["description"]
         big = {**GOOD, "description": "x" * 2000}  # max_body_bytes=1024
         r = await client.post("/open311/v2/requests.json", json=big)
-        assert r.status == 413
-        assert await r.json() == [{"code": 413, "description": "the body is larger than 1024 bytes"}]
+        assert r.status == 400  # the issue's status for an oversized body (review 16 #13)
+        assert await r.json() == [{"code": 400, "description": "the body is larger than 1024 bytes"}]
         assert core.calls == []
 
 
@@ -333,6 +337,16 @@ async def test_get_never_returns_contact_details(config, ops):
         # by id: any age, one answer
         op, args = core.calls[0]
         assert op == REQUEST_REPORTS and args[0] == ["CR-000001"] and args[2] == 0
+
+
+async def test_dates_out_of_range_are_400_and_never_reach_the_core(config, ops):
+    core = FakeCore(rows=[])
+    async with await client_of(config, ops, core) as client:
+        for q in ("end_date=2300-01-01T00:00:00Z", "start_date=1000-01-01T00:00:00Z"):
+            r = await client.get(f"/open311/v2/requests.json?{q}")
+            body = await r.json()
+            assert r.status == 400 and body[0]["code"] == 400 and "outside" in body[0]["description"], body
+        assert core.calls == []
 
 
 async def test_get_unknown_request_is_404(config, ops):

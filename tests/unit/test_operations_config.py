@@ -155,6 +155,14 @@ def test_http_listen_false_is_no_http_server(tmp_path: Path, shipped: Config) ->
     assert load_ops(tmp_path, shipped, BASE + "http: {listen: false}\n").http.listen is None
 
 
+def test_http_internal_listener_is_loopback_by_default(tmp_path: Path, shipped: Config) -> None:
+    # The map feed and /metrics (review 16 #11): their own listener, loopback unless told.
+    assert load_ops(tmp_path, shipped, BASE + "http: {listen: 0.0.0.0:8080}\n").http.internal == ("127.0.0.1", 9464)
+    http = load_ops(tmp_path, shipped, BASE + "http: {internal: 10.1.2.3:9100}\n").http
+    assert http.internal == ("10.1.2.3", 9100) and http.listen == ("127.0.0.1", 8080)
+    assert load_ops(tmp_path, shipped, BASE + "http: {internal: false}\n").http.internal is None
+
+
 def test_vehicles_all_and_overlapping_patterns_of_one_group(tmp_path: Path, shipped: Config) -> None:
     ops = load_ops(tmp_path, shipped, """\
         services:

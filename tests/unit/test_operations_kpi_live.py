@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -117,6 +118,20 @@ async def test_live_figures_month_to_date(config, data):
     assert live["delay.lighting_maintenance.medium.on_site_within"] == 0.0
     assert math.isnan(live["delay.lighting_maintenance.medium.on_site_p90_s"])
     assert all(isinstance(v, float) for v in live.values())
+
+
+def test_report_of_a_simulated_run_ahead_of_real_time(config, data):
+    """`scada report` (no as_of) of orders stamped by a simulated clock ahead of real time: an
+    order still not on site 3 h after its fault (its last change) is late against 1 h, not judged
+    at a real now before its fault (review 16 #6)."""
+    from scada.operations.kpi_service import compute
+
+    fault = time.time_ns() + 30 * DAY
+    order = WorkOrder("WO-000001", "alarm", "lighting_maintenance", "medium", "LC-A-1", "Ahuy", 47.37, 5.02,
+                      "lamps_failed", "", OrderState.ASSIGNED, fault, fault, "server", assigned_ns=fault + 3 * H)  # fmt: skip
+    k = compute(config, data, fault - DAY, fault + DAY, orders=lambda _s, _e: [order])
+    (on_site,) = [r for r in k.delays if r["kind"] == "on_site"]
+    assert on_site["late_open"] == 1
 
 
 async def test_live_without_data_is_empty(config, tmp_path):
