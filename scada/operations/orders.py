@@ -1046,15 +1046,8 @@ class WorkOrderService:
         """model.REQUEST_REPORTS: (ids, service_code, start_ns, end_ns, bbox, limit) -> public
         reports with their order's state, read from the journal in a thread (what waits written first).
 
-        The front bounds the query by its clock, real time, as it stamps a report's requested time:
-        both are carried over to the operations clock (a simulated run stores simulated times),
-        else a report just posted would be "in the future" of its own GET (404)."""
-        if len(query) >= 4:
-            real = time.time_ns()
-            ids, code, start, end, *rest = query
-            start = self._ops_time(start, real) if start else start  # 0 / None: any age
-            end = self._ops_time(end, real) if end is not None else end
-            query = (ids, code, start, end, *rest)
+        The front bounds the query by the operations clock (it is given it when it starts:
+        scada/front/orders.py), the clock the reports are stored in: no conversion here."""
 
         def read() -> list[tuple[Any, str | None]]:
             self.writer.flush(READ_FLUSH_S)

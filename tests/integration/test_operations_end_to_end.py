@@ -163,10 +163,12 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
         # Secure endpoints too (the defaults): the Observer's password travels encrypted.
         security.write_text("allow_none: true\nanonymous: [Supervisor]\n")
         add_user(data, OBSERVER, "observer", OBSERVER_PASSWORD)
-        http_port = free_port()
-        base = f"http://127.0.0.1:{http_port}"
+        http_port, internal_port = free_port(), free_port()
+        base = f"http://127.0.0.1:{http_port}"  # Open311: the citizens' listener
+        internal = f"http://127.0.0.1:{internal_port}"  # the map feed and /metrics: the city's own network
         args = scada_run_args(city.config, data, city.endpoint, security=security)
         args[args.index("--http") + 1] = f"127.0.0.1:{http_port}"
+        args += ["--http-internal", f"127.0.0.1:{internal_port}"]
         args += ["--acceleration", str(ACCELERATION), "--clock-start", clock_start, "--clock-origin", repr(origin)]
         args += ["--kpi-interval", "1"]  # the contract's live figures each second (default: a minute)
         server = Process(args, tmp_path / "server.log")
@@ -244,7 +246,7 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
         async def on_map(pred, what):
             t0 = time.monotonic()
             while time.monotonic() - t0 < DEADLINE:
-                features = feed(base)
+                features = feed(internal)
                 if pred(features):
                     return features
                 await asyncio.sleep(0.2)  # the map is rebuilt once a second
@@ -260,7 +262,7 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
         assert lamp_feature["geometry"]["coordinates"] == [round(cabinet.lon, 6), round(cabinet.lat, 6)]
         crews = {f["properties"]["name"]: f for f in features if f["properties"]["kind"] == "crew"}
         assert set(crews) == set(ops.crews) and all(f["geometry"] for f in crews.values())
-        await until(lambda: sum(open_orders_metric(base).values()) == 4, what="/metrics: four open orders")
+        await until(lambda: sum(open_orders_metric(internal).values()) == 4, what="/metrics: four open orders")
 
         # OPC UA: the Operations folder shows the orders; an Observer may look, not Assign.
         hmi = Client(city.endpoint, timeout=30)
@@ -382,7 +384,7 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
             "only the far report's order",
         )
         await until(
-            lambda: open_orders_metric(base) == {("lighting_maintenance", "new"): 1.0},
+            lambda: open_orders_metric(internal) == {("lighting_maintenance", "new"): 1.0},
             what="/metrics: the far report's order alone open",
         )
         status, body = http("GET", f"{base}/open311/v2/requests/{near}.json")

@@ -240,12 +240,14 @@ async def test_in_a_simulated_run_times_are_in_the_operations_clock(tmp_path):
         status, _m, rid, _o = await rig.service.citizen_report(report(47.3, 5.0, requested_ns=time.time_ns()))
         (listed, _state), *_ = await rig.service.reports([rid], None, None, None, None, None)
         assert abs(listed["requested_ns"] - sim()) < 5 * S
-        # The front's GET of that report bounds it by its own clock, real time (http.py): found
-        # all the same, and by the front's default window of the last days too.
-        (by_id, state), *_ = await rig.service.reports([rid], None, 0, time.time_ns(), None, 1)
+        # The front bounds a GET by the operations clock it is given (scada/front/orders.py):
+        # found by id and in the window of the last hour of that clock.
+        (by_id, state), *_ = await rig.service.reports([rid], None, 0, sim(), None, 1)
         assert (by_id["id"], state) == (rid, "new")
-        recent = await rig.service.reports(None, None, time.time_ns() - 3600 * S, time.time_ns(), None, 10)
+        recent = await rig.service.reports(None, None, sim() - 3600 * S, sim(), None, 10)
         assert [d["id"] for d, _state in recent] == [rid]
+        # Real-time bounds would be a day behind the stored times: nothing.
+        assert await rig.service.reports(None, None, time.time_ns() - 3600 * S, time.time_ns(), None, 10) == []
     finally:
         rig.close()
 
