@@ -250,7 +250,8 @@ class Bench:
     report: Report
     args: argparse.Namespace
     work: Path
-    base: str = ""  # the server's HTTP root
+    base: str = ""  # the server's HTTP root (Open311: the citizens' listener)
+    internal: str = ""  # the map feed and /metrics (the internal listener)
     hello: str = ""  # the baseline server's POST URL
     failed: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -298,7 +299,7 @@ def apart(devices: list[Any], spacing_m: float) -> list[Any]:
 async def idle_probes(b: Bench, seconds: float) -> Probes:
     p = Probes()
     stop = asyncio.Event()
-    task = asyncio.create_task(probe(b.base, stop, p))
+    task = asyncio.create_task(probe(b.internal, stop, p))
     await asyncio.sleep(seconds)
     stop.set()
     await task
@@ -333,7 +334,7 @@ async def posts(b: Bench) -> None:
         p = Probes()
         stop = asyncio.Event()
         t0w = time.time()
-        prober = asyncio.create_task(probe(b.base, stop, p))
+        prober = asyncio.create_task(probe(b.internal, stop, p))
         r = await run_load(url, sent, args.concurrency, b.work)
         stop.set()
         await prober
@@ -568,12 +569,15 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(work / "config")
         url = f"opc.tcp://127.0.0.1:{opc}/scada/"
         run = scada_run(work / "config", work / "data", url, "--status-interval", "1", "--log-json")
-        run += ["--http", f"127.0.0.1:{http}", "--event-loop", args.event_loop]
+        internal = free_port()
+        run += ["--http", f"127.0.0.1:{http}", "--http-internal", f"127.0.0.1:{internal}"]
+        run += ["--event-loop", args.event_loop]
         t0 = time.monotonic()
         server = Process(run, work / "server.log")
         wait_port(http, 600, proc=server)
         log(f"  server's HTTP listening after {time.monotonic() - t0:.0f} s")
-        b = Bench(config, server, report, args, work, f"http://127.0.0.1:{http}", f"http://127.0.0.1:{hello_port}")
+        b = Bench(config, server, report, args, work, f"http://127.0.0.1:{http}", f"http://127.0.0.1:{internal}")
+        b.hello = f"http://127.0.0.1:{hello_port}"
         b.hello += "/open311/v2/requests.json"
         online = asyncio.run(wait_online(server, args.online_timeout))
         log(f"  devices online {online}")
