@@ -38,6 +38,8 @@ ACTIONS = (
     "command",  # a command to a device (scada/control/): target = device, arguments = command, args, phase, origin
     "group_command",  # a group action: target = the group; then one "command" record per device
     "schedule",  # a lighting schedule's step (user Scheduler): target = the schedule
+    "work_order",  # an operator's act on a work order (scada/operations/): target = the order, arguments = op, args
+    "citizen_report",  # an Open311 report stored: target = the report, arguments = service, order (no contact details)
     "audit_lost",  # records a sink had to drop (a storm, a full disk): how many, said in the trail itself
 )
 
