@@ -291,7 +291,9 @@ class FrontLink:
         return {
             "settings": self.settings,
             # The operations clock, for the front's HTTP server (scada/front/orders.py clock_anchor).
-            "ops_clock": clock_anchor(getattr(app, "schedule_clock", None)),
+            # Read only when operations run (the front's HTTP needs it): reading a simulated clock
+            # starts it, and the lighting schedules' clock must start when the schedules do.
+            "ops_clock": clock_anchor(getattr(app, "schedule_clock", None)) if app.config.operations.services else None,
             **self._state(app.config, app.tagdb, app.alarms, app.historian),
         }
 
