@@ -59,9 +59,21 @@ def test_the_front_reads_the_cores_operations_clock():
     from scada.front.link import FrontLink
     from scada.front.process import Front
 
+    def init(core):
+        return FrontLink._init.__get__(SimpleNamespace(app=core, settings=None, _state=lambda *a: {}))()  # noqa: SLF001
+
+    # Without operations the front gets no clock, and the simulated one is not started by it (the
+    # lighting schedules' clock starts when the schedules do).
     sim = ScheduleClock(time.time_ns() + 3600 * S, 60.0)
-    core = SimpleNamespace(schedule_clock=sim, config=None, tagdb=None, alarms=None, historian=None)
-    anchor = FrontLink._init.__get__(SimpleNamespace(app=core, settings=None, _state=lambda *a: {}))()["ops_clock"]  # noqa: SLF001
+    off = SimpleNamespace(operations=SimpleNamespace(services={}))
+    assert (
+        init(SimpleNamespace(schedule_clock=sim, config=off, tagdb=None, alarms=None, historian=None))["ops_clock"]
+        is None
+    )
+    assert sim.t0 is None
+    on = SimpleNamespace(operations=SimpleNamespace(services={"lighting_maintenance": object()}))
+    core = SimpleNamespace(schedule_clock=sim, config=on, tagdb=None, alarms=None, historian=None)
+    anchor = init(core)["ops_clock"]
     front = Front(None, None, anchor)  # type: ignore[arg-type]
     assert abs(front.orders.clock() - sim.now_ns()) < 60 * S
     # ... but how old the core's figures are is real time (/metrics' scada_core_stats_age_seconds)
