@@ -62,10 +62,6 @@ def has_order(data, device: str) -> bool:
 
 async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_restart(tmp_path):
     from city_scada import load_config
-    from scada.config import Config
-
-    if "operations" not in Config.__dataclass_fields__:
-        pytest.skip("Config.operations (operations.yaml, the configuration part) is not there yet")
     city = start_tiny_city(tmp_path)
     sim, control, config, data = city.sim, city.control, city.config, tmp_path / "data"
     server = None
@@ -73,8 +69,7 @@ async def test_lamp_failure_makes_one_order_with_its_deadlines_kept_over_a_resta
         wait_port(control, proc=sim)
         (config / "alarms.yaml").write_text((ROOT / "alarms.yaml").read_text())
         ops = load_config(config).operations
-        if "lighting_maintenance" not in ops.services:
-            pytest.skip("the simulated city's operations.yaml routes no lighting_maintenance")
+        assert "lighting_maintenance" in ops.services  # the simulated city's operations.yaml routes it
         delays = ops.services["lighting_maintenance"].delays["medium"]  # lamps_failed's priority
         http_port = free_port()
         args = scada_run_args(config, data, city.endpoint)

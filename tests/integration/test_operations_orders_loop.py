@@ -10,8 +10,6 @@ skipped before they are there.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from .helpers import Mosquitto, Process, fault, scada_run_args, start_tiny_city, until, wait_port
@@ -34,18 +32,13 @@ def order_events(data, device: str) -> tuple[str, list]:
 
 
 async def test_lamp_failure_order_crew_repair_alarm_clear_closed(tmp_path):
-    from scada.config import Config
-
-    if "operations" not in Config.__dataclass_fields__ or importlib.util.find_spec("scada.operations.crews") is None:
-        pytest.skip("needs Config.operations and the crews' board (other parts of the operations issue)")
     broker = Mosquitto(tmp_path / "mqtt")
     city = start_tiny_city(tmp_path, mqtt=f"127.0.0.1:{broker.port}", acceleration=ACCELERATION)
     data = tmp_path / "data"
     server = None
     try:
         wait_port(city.control, proc=city.sim)
-        if not (city.config / "operations.yaml").is_file():
-            pytest.skip("the simulated city has no operations.yaml beside its tags.yaml")
+        assert (city.config / "operations.yaml").is_file()  # the simulated city runs operations
         args = [*scada_run_args(city.config, data, city.endpoint), "--acceleration", str(ACCELERATION)]
         server = Process(args, tmp_path / "server.log")
         wait_port(city.opc_scada, proc=server)

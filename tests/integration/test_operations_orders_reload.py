@@ -62,10 +62,6 @@ def devices_with_orders(app) -> set[str]:
 
 
 async def test_orders_survive_a_reload_and_follow_the_new_alarm_engine(tmp_path):
-    from scada.config import Config
-
-    if "operations" not in Config.__dataclass_fields__:
-        pytest.skip("Config.operations (operations.yaml, the configuration part) is not there yet")
     async with running_app(tmp_path) as (app, _old, new, _task):
         ops = app.operations
         assert ops is not None and list(ops.ops.services) == ["lighting_maintenance"]
