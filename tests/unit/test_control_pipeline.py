@@ -647,8 +647,9 @@ async def test_an_emergency_command_does_not_wait_for_a_routine_commands_read_ba
         lowering = asyncio.create_task(rig.run("B-1", "Lower"))
         await until(lambda: rig.pipeline._confirming, DEADLINE, "the Lower waiting for its read-back")
         second = asyncio.create_task(rig.run("B-1", "Lower"))
-        await asyncio.sleep(0.05)
-        assert not second.done()  # serialised behind the first
+        for _ in range(50):  # loop turns, not time: the second has every chance to run
+            await asyncio.sleep(0)
+        assert not second.done()  # serialised behind the first (its lock)
         lowering.cancel()
         second.cancel()
         await asyncio.gather(lowering, second, return_exceptions=True)
