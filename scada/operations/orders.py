@@ -1064,6 +1064,7 @@ class WorkOrderService:
         after = int(self.ops.open311.purge_contact_after_s * 1e9)
 
         def due() -> tuple[list[str], list[OrderEvent]]:
+            self.writer.flush(READ_FLUSH_S)  # a closure still waiting for the writer counts (a busy machine)
             ids = self.journal.to_purge(now - after, now - after)
             reports = self.journal.reports(ids) if ids else []
             states = {o.id: o.state for o in self.journal.orders(ids=[r.order for r, _ in reports if r.order])}
