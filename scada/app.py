@@ -51,6 +51,9 @@ FRONTS = ("process", "inline")
 # month's history and journals, a few seconds of a worker thread for the whole city; the figures
 # are month-to-date, a minute late is on time.
 KPI_INTERVAL = 60.0
+# s a stop waits for the work orders' running acts: an MQTT send waits for the broker's answer
+# at most 5 device timeouts; a stop (systemd gives 90 s) is not held up longer than this.
+SETTLE_ACTS_S = 10.0
 
 
 def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
@@ -473,6 +476,14 @@ class Application:
         self._tg.create_task(reload_from_files(self, directory), name="reload")
         return True
 
+    async def _before_stop(self) -> None:
+        """The first step of a stop, before the supervisor cancels the tasks: the work orders'
+        running acts (an Assign waiting for the broker) end while the drivers still run, so that
+        a crew never holds an order the journal does not show it has (bounded: a stop is never
+        held up for long; what is left is logged)."""
+        if self.operations is not None:
+            await self.operations.settle(SETTLE_ACTS_S)
+
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
@@ -485,6 +496,11 @@ class Application:
                 self._tg = tg
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 self.started.set()
+                try:
+                    await asyncio.Future()  # until the server is stopped (cancelled)
+                except asyncio.CancelledError:
+                    await self._before_stop()  # the drivers still run: what was begun is seen through
+                    raise
         finally:
             self._tg = None
             await self.hmi.stop()
