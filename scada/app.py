@@ -34,7 +34,7 @@ from scada.opcua.history import history_source
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.operations.journal import JOURNAL_FILE as ORDER_JOURNAL
 from scada.operations.journal import OrderJournal
-from scada.operations.orders import WorkOrderService, operations_of
+from scada.operations.orders import WorkOrderService
 from scada.security.audit import AuditFanout
 from scada.security.audit_log import AuditTrail
 from scada.security.settings import SecuritySettings
@@ -141,7 +141,7 @@ class Application:
     def _make_operations(self) -> WorkOrderService | None:
         """The work-order service of the running configuration, subscribed to the alarm engine and
         to the crews' answers; None when operations.yaml routes no service."""
-        if not operations_of(self.config).services:
+        if not self.config.operations.services:
             return None
         crews = self._make_crews()
         service = WorkOrderService(
@@ -307,7 +307,7 @@ class Application:
             out["operations"] = {"factory": lambda: self._operations().run()}
             if self.kpi_interval > 0:
                 out["contract-kpis"] = {"factory": self._kpi_loop}
-        if self.front == "inline" and operations_of(self.config).services and operations_of(self.config).http.listen:
+        if self.front == "inline" and self.config.operations.services and self.config.operations.http.listen:
             # Open311, the map feed and /metrics on this loop (a front process serves them itself;
             # scada run --http applies to a front process only).
             out["http"] = {"factory": self._serve_http}

@@ -124,12 +124,6 @@ _HOLDING = frozenset({OrderState.ASSIGNED, OrderState.ACCEPTED, OrderState.EN_RO
 Listener = Callable[[Sequence[WorkOrder], Sequence[OrderEvent]], None]
 
 
-def operations_of(config: Any) -> OperationsConfig:
-    """The configuration's operations.yaml (``Config.operations``; none before it is loaded)."""
-    ops = getattr(config, "operations", None)
-    return ops if isinstance(ops, OperationsConfig) else OperationsConfig()
-
-
 _T = TypeVar("_T")
 
 
@@ -153,7 +147,7 @@ class WorkOrderService:
         clock: Clock = time.time_ns,
     ) -> None:
         self.config = config
-        self.ops = operations_of(config)
+        self.ops: OperationsConfig = config.operations
         self.alarms = alarms
         self.journal = journal
         self.writer = OrderWriter(journal)
@@ -1137,7 +1131,7 @@ class WorkOrderService:
     def reload(self, config: Any, alarms: Any) -> None:
         """Follow a new configuration and alarm engine; the orders stay (the engine's subscriber
         list is copied by scada/reload.py, this one's included)."""
-        self.config, self.ops, self.alarms = config, operations_of(config), alarms
+        self.config, self.ops, self.alarms = config, config.operations, alarms
         if self.on_alarm_events not in alarms.subscribers:
             alarms.subscribers.append(self.on_alarm_events)
         self.process_alarm_events()  # what waits first: an activation queued is not made twice
