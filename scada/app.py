@@ -107,6 +107,9 @@ class Application:
         # The schedules' clock is the operations' too: in a simulated run the crews drive and the
         # contract's delays count in the simulated city's time.
         self.schedule_clock = schedule_clock or ScheduleClock()
+        # Its line (real instant, reading, acceleration) into the data folder at each anchor: the
+        # contract KPIs and `scada report` map the history's real stamps into it (clockmap.py).
+        self.schedule_clock.when_anchored(self._record_clock)
         # The work orders (scada/operations/orders.py): when operations.yaml routes services.
         self.operations: WorkOrderService | None = self._make_operations()
         self.hmi: HmiServer | FrontLink
@@ -134,6 +137,16 @@ class Application:
         # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
         # with `scada run --clock-start/--acceleration`), through the command service.
         self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
+
+    def _record_clock(self, segment: tuple[int, int, float]) -> None:
+        from scada.control.clockmap import Segment, append_segment
+
+        try:
+            append_segment(self.data_dir, Segment(*segment))
+        except OSError as exc:
+            # Called where the clock is first read (the schedules, the orders): never stop them.
+            # The live KPIs still follow this run's clock; a later `scada report` reads real time.
+            log.warning("clock_record_failed", path=str(self.data_dir), error=str(exc))
 
     def _make_operations(self) -> WorkOrderService | None:
         """The work-order service of the running configuration, subscribed to the alarm engine and
