@@ -331,14 +331,17 @@ class Application:
     async def _kpi_loop(self) -> None:
         """The contract's live KPIs (month to date, scada/operations/kpi_service.py), computed in a
         worker thread from the server's own files every ``kpi_interval`` s and shown on the OPC UA
-        Operations folder's Contract object. On the schedules' clock: in a simulated run the month
-        and the delays are the simulated city's. A file that cannot be read fails the task (logged,
-        a server alarm, retried with backoff)."""
+        Operations folder's Contract object. On the schedules' clock: in a simulated run the month,
+        the energy, the availability and the delays are the simulated city's (the history's real
+        stamps mapped through the clock's record). A file that cannot be read fails the task
+        (logged, a server alarm, retried with backoff)."""
         from scada.operations.kpi_service import ContractKpis
 
         while True:
+            now = self.schedule_clock.now_ns()  # (read first: it anchors a clock not read yet)
             # Built each time: a reload replaces the configuration (communes, targets, delays).
-            values = await ContractKpis(self.config, self.data_dir).live(self.schedule_clock.now_ns())
+            kpis = ContractKpis(self.config, self.data_dir, current=self.schedule_clock.segment)
+            values = await kpis.live(now)
             hmi = self.hmi
             if isinstance(hmi, FrontLink):
                 hmi.push_kpis(values)
