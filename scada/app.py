@@ -110,6 +110,9 @@ class Application:
         # The schedules' clock is the operations' too: in a simulated run the crews drive and the
         # contract's delays count in the simulated city's time.
         self.schedule_clock = schedule_clock or ScheduleClock()
+        # Its line (real instant, reading, acceleration) into the data folder at each anchor: the
+        # contract KPIs and `scada report` map the history's real stamps into it (clockmap.py).
+        self.schedule_clock.when_anchored(self._record_clock)
         # The work orders (scada/operations/orders.py): when operations.yaml routes services.
         self.operations: WorkOrderService | None = self._make_operations()
         self.hmi: HmiServer | FrontLink
@@ -137,6 +140,16 @@ class Application:
         # The lighting schedules (scada/control/schedules.py), on their own clock (simulated time
         # with `scada run --clock-start/--acceleration`), through the command service.
         self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
+
+    def _record_clock(self, segment: tuple[int, int, float]) -> None:
+        from scada.control.clockmap import Segment, append_segment
+
+        try:
+            append_segment(self.data_dir, Segment(*segment))
+        except OSError as exc:
+            # Called where the clock is first read (the schedules, the orders): never stop them.
+            # The live KPIs still follow this run's clock; a later `scada report` reads real time.
+            log.warning("clock_record_failed", path=str(self.data_dir), error=str(exc))
 
     def _make_operations(self) -> WorkOrderService | None:
         """The work-order service of the running configuration, subscribed to the alarm engine and
@@ -321,14 +334,17 @@ class Application:
     async def _kpi_loop(self) -> None:
         """The contract's live KPIs (month to date, scada/operations/kpi_service.py), computed in a
         worker thread from the server's own files every ``kpi_interval`` s and shown on the OPC UA
-        Operations folder's Contract object. On the schedules' clock: in a simulated run the month
-        and the delays are the simulated city's. A file that cannot be read fails the task (logged,
-        a server alarm, retried with backoff)."""
+        Operations folder's Contract object. On the schedules' clock: in a simulated run the month,
+        the energy, the availability and the delays are the simulated city's (the history's real
+        stamps mapped through the clock's record). A file that cannot be read fails the task
+        (logged, a server alarm, retried with backoff)."""
         from scada.operations.kpi_service import ContractKpis
 
         while True:
+            now = self.schedule_clock.now_ns()  # (read first: it anchors a clock not read yet)
             # Built each time: a reload replaces the configuration (communes, targets, delays).
-            values = await ContractKpis(self.config, self.data_dir).live(self.schedule_clock.now_ns())
+            kpis = ContractKpis(self.config, self.data_dir, current=self.schedule_clock.segment)
+            values = await kpis.live(now)
             hmi = self.hmi
             if isinstance(hmi, FrontLink):
                 hmi.push_kpis(values)
