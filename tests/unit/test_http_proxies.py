@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,11 @@ from scada.config import Config
 from scada.front.orders import OrdersMirror
 from scada.operations import config as ops_config_loader
 from scada.operations.http import OpsHttp
-from scada.operations.model import REQUEST_CITIZEN_REPORT, OperationsConfig
+from scada.operations.model import REQUEST_CITIZEN_REPORT
 from scada.operations.proxies import ClientResolver, parse_address, parse_network
 from tests.ops_city import city, ops_config, tag_table
 from tests.ports import free_port
+from tests.unit.test_operations_config import load_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "scada" / "schemas" / "operations.schema.json"
@@ -155,12 +155,6 @@ http:
 @pytest.fixture(scope="module")
 def shipped() -> Config:
     return load_config(ROOT)
-
-
-def load_ops(tmp_path: Path, shipped: Config, text: str) -> OperationsConfig:
-    path = tmp_path / "operations.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return ops_config_loader.load(path, shipped.types, shipped.devices, shipped.alarms)
 
 
 def test_trusted_proxies_load_as_networks(tmp_path: Path, shipped: Config) -> None:
