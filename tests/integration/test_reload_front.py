@@ -7,7 +7,7 @@ for Open311, asyncua for the zones. The files are edited while everything runs a
 ``scada reload`` has the server do it (:func:`scada.reload.reload_from_files`, its result file).
 
 Checked: operations.yaml gains an Open311 service -> services.json lists it; tags.yaml gains a
-zone -> the Zones folder shows it and its DimAll dims its cabinets (read back by mbpoll, an
+zone -> the Zones folder shows it (a GeneralModelChangeEvent says so) and its DimAll dims its cabinets (read back by mbpoll, an
 independent Modbus master); the reload's result names each change; no driver, tag table,
 historian nor front process was restarted.
 """
@@ -148,6 +148,9 @@ async def test_operations_and_zones_reloaded_alone_reach_the_front_process(tmp_p
         async with Client(endpoint, timeout=30) as client:
             ns = await client.get_namespace_index(NAMESPACE_URI)
             assert ZONE not in await zones(client, ns)
+            watch = Notifications()
+            sub = await client.create_subscription(50, watch)
+            await sub.subscribe_events(client.nodes.server, ua.ObjectIds.GeneralModelChangeEventType)
             for cab in cabinets:
                 await online(client, ns, f"{cab.commune}/lighting/{cab.name}")
             zoned = cabinets[:2]
@@ -156,6 +159,12 @@ async def test_operations_and_zones_reloaded_alone_reach_the_front_process(tmp_p
             result = await reload(app, folder)
             assert result["changes"] == {"control_changed": ["zones"]}, result
             assert ZONE in await zones(client, ns)
+            # Clients are told: the Zones folder and the zone object are added.
+            zone = ua.NodeId(f"_zones/{ZONE}", ns)
+            change = await watch.next_event(lambda e: any(c.Affected == zone for c in (e.Changes or [])))
+            verbs = {c.Affected: c.Verb for c in change.Changes}
+            added = ua.ModelChangeStructureVerbMask.NodeAdded
+            assert verbs == {zone: added, ua.NodeId("_zones", ns): added}, verbs
             (res,) = await client.uaclient.call(
                 [
                     ua.CallMethodRequest(
