@@ -24,6 +24,8 @@ Choices where the specification leaves room (README "HTTP: Open311, map, metrics
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
 import math
 import re
@@ -401,12 +403,33 @@ def select(
 # -- rate limit ------------------------------------------------------------------------------------
 
 
+IPV6_PREFIX = 64  # an IPv6 client is its /64: every subscriber line has one and picks addresses in it
+
+
+def client_key(address: str) -> str:
+    """The rate limit's key for a client address: an IPv4 address itself (IPv4-mapped IPv6
+    too), an IPv6 address's /64 without its zone ("2001:db8:1:2::/64": a client rotating
+    addresses within its network is one client), anything else (not an IP address) as given."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
+
+
 class RateLimiter:
-    """A token bucket per client address: ``burst`` requests at once, then ``per_minute``.
+    """A token bucket per client (:func:`client_key`: an IPv4 address, an IPv6 /64): ``burst``
+    requests at once, then ``per_minute``.
 
     Bounded: at most ``max_clients`` buckets; when full, the buckets that have refilled (they
     would allow a burst again: forgetting them changes nothing) are dropped first, then the
-    oldest. An attacker rotating addresses therefore costs memory up to the bound only.
+    least recently used down to 90 % of the bound, so that the scan runs once per tenth of the
+    bound's new clients, not at each request. An attacker rotating addresses therefore costs
+    memory up to the bound, and little time.
     """
 
     def __init__(
@@ -420,6 +443,7 @@ class RateLimiter:
         self.refused = 0
 
     def allow(self, client: str) -> bool:
+        client = client_key(client)
         now = self.clock()
         tokens, at = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
@@ -435,6 +459,7 @@ class RateLimiter:
 
     def retry_after(self, client: str) -> float:
         """Seconds until ``client`` has a token again."""
+        client = client_key(client)
         tokens, at = self._buckets.get(client, (self.burst, self.clock()))
         missing = 1.0 - min(self.burst, tokens + (self.clock() - at) * self.rate)
         return max(0.0, missing / self.rate) if self.rate > 0 else math.inf
@@ -443,8 +468,9 @@ class RateLimiter:
         full = [c for c, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
         for c in full:
             del self._buckets[c]
-        while len(self._buckets) >= self.max_clients:
-            del self._buckets[next(iter(self._buckets))]
+        keep = min(len(self._buckets), int(self.max_clients * 0.9))
+        for c in list(itertools.islice(self._buckets, len(self._buckets) - keep)):  # the least recently used
+            del self._buckets[c]
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -19,7 +19,7 @@ from scada.front.orders import OrdersMirror
 from scada.operations import open311
 from scada.operations.http import OPS_HTTP, OpsHttp
 from scada.operations.model import REQUEST_CITIZEN_REPORT, REQUEST_REPORTS
-from scada.operations.open311 import Open311Error, RateLimiter
+from scada.operations.open311 import Open311Error, RateLimiter, client_key
 from tests.ops_city import city, ops_config, tag_table
 from tests.ports import free_port
 
@@ -384,3 +384,35 @@ async def test_core_that_never_answers_is_503(config, ops, monkeypatch):
             {"code": 503, "description": "the service is unavailable now, try again later"}
         ]
         assert not client.app[OPS_HTTP].orders.reports
+
+
+def test_an_ipv6_client_is_its_64_and_rotating_addresses_in_it_is_limited():
+    """Review: keyed on the whole IPv6 address, a client picking addresses in its /64 (every
+    line has one) got a fresh burst each time; its scope id did the same."""
+    now = [0.0]
+    limiter = RateLimiter(per_minute=10, burst=3, clock=lambda: now[0])
+    allowed = [limiter.allow(f"2001:db8:1:2::{i:x}") for i in range(1, 50)]
+    assert allowed.count(True) == 3
+    assert not limiter.allow("2001:db8:1:2::1%eth0") and not limiter.allow("2001:db8:1:2:ffff::9")
+    assert limiter.allow("2001:db8:1:3::1")  # the next /64 is another client
+    assert limiter.allow("::ffff:192.0.2.7") and limiter.allow("192.0.2.7")  # IPv4-mapped is IPv4
+    assert [limiter.allow("192.0.2.7") for _ in range(2)] == [True, False]
+    assert client_key("2001:db8:1:2:3:4:5:6%2") == "2001:db8:1:2::/64" and client_key("not-an-ip") == "not-an-ip"
+
+
+def test_a_full_table_costs_a_scan_once_per_tenth_of_its_bound():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=1, burst=1, clock=lambda: now[0], max_clients=1000)
+    scans = 0
+    prune = limiter._prune
+
+    def counted(t: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(t)
+
+    limiter._prune = counted  # type: ignore[method-assign]
+    for i in range(5000):  # none refills: every bucket is still in use
+        limiter.allow(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}")
+    assert len(limiter) <= 1000
+    assert scans <= 5000 // 100 + 1  # not once per request once full
