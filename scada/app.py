@@ -504,6 +504,9 @@ class Application:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
         await self.hmi.start()
+        # The operations clock starts before any task (a simulated one starts when first read):
+        # the history's first points then follow this run's line (clock.json), not the last run's.
+        self.schedule_clock.now_ns()
         self._register_tasks()
         freeze_built()  # the configuration, tag table and drivers live as long as the server
         try:

@@ -536,6 +536,8 @@ class WorkOrderService:
         return service.delays.get(order.priority) or service.delays.get(service.default_priority)
 
     async def _answer_timeouts(self, now: int) -> None:
+        if self._stopping:  # the server stops: no new act (the crews' clocks wait for the restart)
+            return
         timeout = int(self.ops.dispatch.answer_timeout_s * 1e9)
         for order in list(self.orders.values()):
             if (
@@ -555,7 +557,8 @@ class WorkOrderService:
                     correlation_id="",
                 )
                 self._commit(new, events)
-                await self._send_quietly(order, "cancel")  # the silent crew must not drive there anyway
+                # The silent crew must not drive there anyway; seen through at a stop (settle).
+                await self._shielded(self._send_quietly(order, "cancel"), f"cancel {order.id} to {crew}")
 
     async def _dispatch_new(self) -> None:
         if self.crews is None:
@@ -794,9 +797,14 @@ class WorkOrderService:
         pending = set(self._acts)
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        left = [self._acts[a] for a in pending if not a.done() and a in self._acts]
+        unsettled = [a for a in pending if not a.done()]
+        left = [self._acts[a] for a in unsettled if a in self._acts]
         if left:
             log.warning("work_order_acts_unsettled_at_stop", acts=left, waited_s=timeout)
+            # Stopped here, before the journal closes: nothing runs on after the server.
+            for a in unsettled:
+                a.cancel()
+            await asyncio.gather(*unsettled, return_exceptions=True)
         return left
 
     async def _apply_audited(self, request: OpsRequest) -> OpsResult:

@@ -30,8 +30,6 @@ async def test_a_stop_settles_the_running_acts_while_the_drivers_still_run(tmp_p
         running = asyncio.ensure_future(ops._shielded(act(), "assign WO-1 by dora"))
         task.cancel()  # SIGTERM
         await until(lambda: ops._stopping, what="the stop to begin")
-        await asyncio.sleep(0.05)  # the stop is held: nothing has been cancelled yet
-        assert not task.done() and all(not app.supervisor._supervising[n].done() for n in drivers)
         gate.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, DEADLINE)

@@ -403,7 +403,39 @@ async def test_the_stop_waits_a_bounded_time_and_says_what_is_left(tmp_path) -> 
             left = await asyncio.wait_for(rig.service.settle(0.05), DEADLINE)  # the broker never answers
         assert left == [f"assign {oid} by dora"]
         assert [e["acts"] for e in logs if e["event"] == "work_order_acts_unsettled_at_stop"] == [left]
-        rig.crews.gate("V-1").set()
-        assert (await asyncio.wait_for(task, DEADLINE)).status == GOOD
+        # Stopped before the journal closes: nothing runs on after the server.
+        assert not rig.service._acts and task.done()
+        assert rig.service.orders[oid].state == OrderState.NEW  # not sent as far as the journal knows
+    finally:
+        rig.close()
+
+
+async def test_the_stop_sees_through_the_cancel_sent_to_a_silent_crew(tmp_path) -> None:
+    """Review: the answer timeout journals "refuse", then tells the crew to drop the order; a
+    stop meanwhile must not cut that message off (the crew would drive to an order it lost)."""
+
+    class SlowCancel(GatedCrews):
+        async def send(self, order, action: str) -> None:
+            if action == "cancel":
+                self.started("cancel").set()
+                await self.gate("cancel").wait()
+            await super().send(order, action)
+
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    rig.crews = rig.service.crews = SlowCancel(rig.ops)
+    rig.crews.gate("V-1").set()
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        oid = next(iter(rig.service.orders))
+        assert (await assign(rig, oid, "V-1")).status == GOOD
+        rig.clock.advance(rig.ops.dispatch.answer_timeout_s + 1)
+        ticking = asyncio.create_task(rig.service.tick())
+        await asyncio.wait_for(rig.crews.started("cancel").wait(), DEADLINE)
+        ticking.cancel()  # the supervisor stops the operations task
+        await asyncio.gather(ticking, return_exceptions=True)
+        settling = asyncio.create_task(rig.service.settle(DEADLINE))
+        rig.crews.gate("cancel").set()
+        assert await asyncio.wait_for(settling, DEADLINE) == []
+        assert ("V-1", "cancel") in [(c, a) for _, c, a, _ in rig.crews.sent]
     finally:
         rig.close()
