@@ -34,7 +34,7 @@ from scada.opcua.history import history_source
 from scada.opcua.server import DEFAULT_ENDPOINT, HmiServer
 from scada.operations.journal import JOURNAL_FILE as ORDER_JOURNAL
 from scada.operations.journal import OrderJournal
-from scada.operations.orders import WorkOrderService, operations_of
+from scada.operations.orders import WorkOrderService
 from scada.security.audit import AuditFanout
 from scada.security.audit_log import AuditTrail
 from scada.security.settings import SecuritySettings
@@ -51,6 +51,9 @@ FRONTS = ("process", "inline")
 # month's history and journals, a few seconds of a worker thread for the whole city; the figures
 # are month-to-date, a minute late is on time.
 KPI_INTERVAL = 60.0
+# s a stop waits for the work orders' running acts: an MQTT send waits for the broker's answer
+# at most 5 device timeouts; a stop (systemd gives 90 s) is not held up longer than this.
+SETTLE_ACTS_S = 10.0
 
 
 def build_drivers(config: Config, tagdb: TagDB) -> list[Driver]:
@@ -108,6 +111,9 @@ class Application:
         # The schedules' clock is the operations' too: in a simulated run the crews drive and the
         # contract's delays count in the simulated city's time.
         self.schedule_clock = schedule_clock or ScheduleClock()
+        # Its line (real instant, reading, acceleration) into the data folder at each anchor: the
+        # contract KPIs and `scada report` map the history's real stamps into it (clockmap.py).
+        self.schedule_clock.when_anchored(self._record_clock)
         # The work orders (scada/operations/orders.py): when operations.yaml routes services.
         self.operations: WorkOrderService | None = self._make_operations()
         self.hmi: HmiServer | FrontLink
@@ -136,10 +142,20 @@ class Application:
         # with `scada run --clock-start/--acceleration`), through the command service.
         self.schedules = ScheduleRunner(self.commands, self.audit, self.schedule_clock)
 
+    def _record_clock(self, segment: tuple[int, int, float]) -> None:
+        from scada.control.clockmap import Segment, append_segment
+
+        try:
+            append_segment(self.data_dir, Segment(*segment))
+        except OSError as exc:
+            # Called where the clock is first read (the schedules, the orders): never stop them.
+            # The live KPIs still follow this run's clock; a later `scada report` reads real time.
+            log.warning("clock_record_failed", path=str(self.data_dir), error=str(exc))
+
     def _make_operations(self) -> WorkOrderService | None:
         """The work-order service of the running configuration, subscribed to the alarm engine and
         to the crews' answers; None when operations.yaml routes no service."""
-        if not operations_of(self.config).services:
+        if not self.config.operations.services:
             return None
         crews = self._make_crews()
         service = WorkOrderService(
@@ -315,7 +331,7 @@ class Application:
         """The inline front serves HTTP: operations run and a citizens' address is set."""
         from scada.front.link import with_http_settings
 
-        ops = operations_of(with_http_settings(self.config, self.front_settings))
+        ops = with_http_settings(self.config, self.front_settings).operations
         return bool(ops.services and ops.http.listen)
 
     def _serve_http(self) -> Coroutine[Any, Any, None]:
@@ -326,14 +342,17 @@ class Application:
     async def _kpi_loop(self) -> None:
         """The contract's live KPIs (month to date, scada/operations/kpi_service.py), computed in a
         worker thread from the server's own files every ``kpi_interval`` s and shown on the OPC UA
-        Operations folder's Contract object. On the schedules' clock: in a simulated run the month
-        and the delays are the simulated city's. A file that cannot be read fails the task (logged,
-        a server alarm, retried with backoff)."""
+        Operations folder's Contract object. On the schedules' clock: in a simulated run the month,
+        the energy, the availability and the delays are the simulated city's (the history's real
+        stamps mapped through the clock's record). A file that cannot be read fails the task
+        (logged, a server alarm, retried with backoff)."""
         from scada.operations.kpi_service import ContractKpis
 
         while True:
+            now = self.schedule_clock.now_ns()  # (read first: it anchors a clock not read yet)
             # Built each time: a reload replaces the configuration (communes, targets, delays).
-            values = await ContractKpis(self.config, self.data_dir).live(self.schedule_clock.now_ns())
+            kpis = ContractKpis(self.config, self.data_dir, current=self.schedule_clock.segment)
+            values = await kpis.live(now)
             hmi = self.hmi
             if isinstance(hmi, FrontLink):
                 hmi.push_kpis(values)
@@ -481,6 +500,14 @@ class Application:
         self._tg.create_task(reload_from_files(self, directory), name="reload")
         return True
 
+    async def _before_stop(self) -> None:
+        """The first step of a stop, before the supervisor cancels the tasks: the work orders'
+        running acts (an Assign waiting for the broker) end while the drivers still run, so that
+        a crew never holds an order the journal does not show it has (bounded: a stop is never
+        held up for long; what is left is logged)."""
+        if self.operations is not None:
+            await self.operations.settle(SETTLE_ACTS_S)
+
     async def run(self) -> None:
         """Run until cancelled; stop every part cleanly on the way out."""
         raise_open_file_limit()
@@ -493,6 +520,11 @@ class Application:
                 self._tg = tg
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 self.started.set()
+                try:
+                    await asyncio.Future()  # until the server is stopped (cancelled)
+                except asyncio.CancelledError:
+                    await self._before_stop()  # the drivers still run: what was begun is seen through
+                    raise
         finally:
             self._tg = None
             await self.hmi.stop()

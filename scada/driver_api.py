@@ -97,6 +97,12 @@ class PointIO(Protocol):
         """A command point (MQTT): it must be writable and list its commands in an ``enum:``."""
         ...
 
+    @property
+    def reports_back(self) -> bool:
+        """Whether the device gives a written value back to a read (False: e.g. a Modbus
+        ``readback: false`` coil that resets itself; a command confirms its effect otherwise)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceSite:

@@ -24,6 +24,14 @@ untouched, and its error (file:line) is logged and written to the result file th
    for the new engine, and one GeneralModelChangeEvent tells the clients.
 7. The components are swapped in the Application and their tasks restarted.
 
+Lighter paths when less changed (:class:`ConfigDiff` says what): only alarms (or services) -
+the engine and the OPC UA conditions are rebuilt, the field and the tag table go on
+(:func:`_apply_alarms`); only what the front shows (operations.yaml; tags.yaml's commands or
+zones without a device whose tree changes) - the front alone is rebuilt on the running
+components (:func:`_apply_front`): its Open311 server, Operations folder and map feed, its
+command methods, group actions and Zones; only the interlocks, schedules or control settings -
+the command pipeline and the schedules follow (nothing of the front or the field restarts).
+
 A failure in steps 3-7 (not a configuration error: those are caught by validation) puts the
 old components back, the OPC UA side included, and restarts every one of them whatever fails on
 the way; it is reported like a wrong file. A reload cancelled because the server stops is not
@@ -37,8 +45,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -77,6 +87,12 @@ COPIED_ALARM_COLUMNS = (
 )
 
 
+# tags.yaml's control sections the front shows: the command methods and their arguments, the
+# group actions (offered where a type has their command) and the Zones. The interlocks, the
+# schedules and the settings are the core's alone (its pipeline and schedules follow a reload).
+FRONT_CONTROL = frozenset({"commands", "zones"})
+
+
 @dataclass
 class ConfigDiff:
     """What a reload changes, by device and alarm name."""
@@ -91,6 +107,8 @@ class ConfigDiff:
     nodes_added: list[Device] = field(default_factory=list)  # new devices whose OPC UA nodes come
     types_rebuilt: list[str] = field(default_factory=list)  # types whose shared property nodes are rebuilt
     operations_changed: list[str] = field(default_factory=list)  # operations.yaml's sections that differ
+    # tags.yaml's control sections that differ (commands, interlocks, zones, schedules, settings)
+    control_changed: list[str] = field(default_factory=list)
 
     @property
     def engines_untouched(self) -> bool:
@@ -106,10 +124,16 @@ class ConfigDiff:
 
     @property
     def empty(self) -> bool:
-        return self.engines_untouched and not self.operations_changed
+        return self.engines_untouched and not self.operations_changed and not self.control_changed
+
+    @property
+    def front_changed(self) -> bool:
+        """Something the OPC UA front shows changed (its Open311 server, Operations folder, map
+        feed; its command methods, group actions and Zones), whether or not the engines did."""
+        return bool(self.operations_changed or FRONT_CONTROL.intersection(self.control_changed))
 
     def summary(self) -> dict[str, list[str]]:
-        prefixes = ("devices_", "alarms_", "operations_")
+        prefixes = ("devices_", "alarms_", "operations_", "control_")
         return {k: v for k, v in dataclasses.asdict(self).items() if k.startswith(prefixes) and v}
 
 
@@ -137,6 +161,19 @@ def _tree_key(config: Config, d: Device) -> tuple:
         tuple((p.name, p.kind, p.unit, p.range, p.enum, p.description) for p in t.points),
         methods,
     )
+
+
+def _unplaced(value: Any) -> Any:
+    """``value`` without the file:line of what it holds: an edit above a zone or a command moves
+    it without changing it."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        placed = any(f.name == "source" for f in dataclasses.fields(value))
+        return dataclasses.replace(value, source="") if placed else value
+    if isinstance(value, Mapping):
+        return {k: _unplaced(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_unplaced(v) for v in value)
+    return value
 
 
 def _type_props(t) -> tuple:
@@ -176,6 +213,11 @@ def diff(old: Config, new: Config) -> ConfigDiff:
         f.name
         for f in dataclasses.fields(new.operations)
         if getattr(old.operations, f.name) != getattr(new.operations, f.name)
+    ]
+    out.control_changed = [
+        f.name
+        for f in dataclasses.fields(new.control)
+        if _unplaced(getattr(old.control, f.name)) != _unplaced(getattr(new.control, f.name))
     ]
     return out
 
@@ -278,9 +320,17 @@ async def apply(app, new: Config) -> ConfigDiff:
     old = app.config
     d = diff(old, new)
     if d.engines_untouched:
-        # Lines and comments may have moved: later messages cite the new file. operations.yaml alone
-        # changes nothing of the field: the operations read it from app.config.
+        if d.front_changed:
+            await _apply_front(app, new, d)
+            return d
+        # Lines and comments may have moved: later messages cite the new file. The control
+        # sections the front does not show are the pipeline's and the schedules' (they follow
+        # app.config: _reload_commands here, the schedules in Application.reload).
         app.config = new
+        # What the front shows is the same: it takes the new objects without a rebuild. Its
+        # configuration must be the running one: a later failed reload judges by it whether the
+        # front's tree was edited (_undo_hmi).
+        app.hmi.config = new
         _reload_commands(app)
         return d
     if not (d.devices_added or d.devices_removed or d.devices_changed) and old.types == new.types:
@@ -461,6 +511,39 @@ async def _apply_alarms(app, new: Config, d: ConfigDiff) -> None:
         alarm_states_kept=carried,
         field_untouched=True,
     )
+
+
+async def _apply_front(app, new: Config, d: ConfigDiff) -> None:
+    """Only what the front shows changed (operations.yaml; tags.yaml's commands or zones, for
+    devices the drivers already poll): the field, the tag table, the alarm engine and the
+    historian go on untouched; the front is rebuilt on them (its Open311 server, Operations
+    folder, map feed, command methods, group actions and Zones follow the new configuration).
+
+    A front in its own process rebuilds its mirrors from a snapshot of the running engine, and the
+    engine's later events follow it in order on the channel: the engine never waits for it. An
+    inline front's conditions are rebuilt on the same engine: the engine pauses meanwhile (its
+    queue keeps the batches, its run evaluates every instance again when it starts), so that no
+    transition falls between the old conditions, which stop listening, and the new ones.
+    """
+    conditions = app.hmi.conditions  # None: the conditions live in the front process
+    if conditions is not None:
+        await _drain_alarm_events(conditions, DRAIN_TIMEOUT)
+        await app.stop_tasks(["alarms", "opcua-publisher"])
+    try:
+        changes = await app.hmi.reload(new, app.tagdb, [], [], [], alarms=app.alarms, history=app.historian)
+    except asyncio.CancelledError:
+        raise  # the server is stopping: nothing to restart (see apply)
+    except BaseException:
+        log.exception("reload_failed_restoring")
+        try:
+            await _undo_hmi(app, app.config, d, conditions, True)
+        finally:
+            _restart_tasks(app)
+        raise
+    app.config = new
+    _reload_commands(app)
+    app.start_tasks()
+    log.info("configuration_reloaded", **d.summary(), opcua_node_changes=changes, field_untouched=True)
 
 
 def write_result(data_dir: Path, ok: bool, message: str, changes: dict | None = None) -> None:

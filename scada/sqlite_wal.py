@@ -1,5 +1,5 @@
-"""What the server's SQLite files (alarm journal, history store, audit trail) share: WAL mode
-and a schema created once, stamped with the file's application id and schema version, the
+"""What the server's SQLite files (alarm journal, history store, audit trail, work-order journal)
+share: WAL mode and a schema created once, their write transactions, stamped with the file's application id and schema version, the
 check of that stamp when a file is opened, and the WHERE clause of their queries."""
 
 from __future__ import annotations
@@ -36,19 +36,47 @@ def create_schema(db: sqlite3.Connection, schema: str, application_id: int, vers
     if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
         return False
     db.execute(f"PRAGMA synchronous={synchronous}")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with Transaction(db):
         for stmt in schema.split(";"):
             if stmt.strip():
                 db.execute(stmt)
         db.execute(f"PRAGMA application_id={application_id}")
         db.execute(f"PRAGMA user_version={version}")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # SQLite already rolled back after a full disk or an I/O error
-            db.execute("ROLLBACK")
-        raise
     return True
+
+
+class Transaction:
+    """One write transaction, ``with Transaction(db):``: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on
+    error; all of it or none of it, also when the disk refuses the COMMIT."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")  # left open by a ROLLBACK the disk refused last time
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # a COMMIT refused (disk full) leaves nothing half-applied either
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on SQLITE_FULL / SQLITE_IOERR: a second ROLLBACK would
+        # raise "no transaction is active" and hide the error that matters.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error propagates; the next transaction rolls this one back first
 
 
 def where_clauses(

@@ -18,6 +18,7 @@ from simulators import inventory
 from simulators.adapters.modbus_lighting import LightingModbusSimulator
 from simulators.clock import start_at
 from simulators.models import lighting
+from simulators.reports import ADDRESSES, FIRST_ADDRESS, client_addresses
 
 log = structlog.get_logger("simulators")
 
@@ -127,6 +128,8 @@ async def run_city(args: argparse.Namespace) -> None:
             seed=args.seed,
             codes=args.report_services,
             api_key=args.open311_api_key,
+            addresses=args.report_addresses,
+            first_address=args.report_first_address,
         )
     await sim.start()
     if reports is not None:
@@ -163,7 +166,8 @@ async def run_city(args: argparse.Namespace) -> None:
             modbus_requests=sim.lighting.requests,
             faults=sim.injected,
             crew_repairs=sim.repaired,
-            citizen_reports=reports.sent if reports else 0,
+            # What became of the citizens' reports (sent, accepted, refused, throttled by 429, ...).
+            **{f"citizen_reports_{k}": v for k, v in (reports.stats() if reports else {}).items()},
         )
 
 
@@ -279,6 +283,20 @@ def main(argv: list[str] | None = None) -> int:
         help="Open311 service codes citizens pick per kind of equipment "
         "(default lighting=streetlight,traffic=traffic_signal,bollard=bollard)",
     )
+    c.add_argument(
+        "--report-addresses",
+        type=int,
+        default=ADDRESSES,
+        metavar="N",
+        help=f"when --open311 is on loopback, each citizen's report leaves from one of N loopback addresses "
+        f"(the server rate-limits per address; default {ADDRESSES}; 1: one address, as to any other target)",
+    )
+    c.add_argument(
+        "--report-first-address",
+        default=FIRST_ADDRESS,
+        metavar="IP",
+        help=f"the first of those addresses, in 127.0.0.0/8 (default {FIRST_ADDRESS})",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--log-json", action="store_true")
     eventloop.add_argument(c)
@@ -297,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--reports-per-day must be zero or more")
         if args.reports_per_day and not args.open311:
             parser.error("--reports-per-day needs --open311 URL (where citizens send their reports)")
+        try:
+            client_addresses(args.open311 or "http://127.0.0.1/", args.report_addresses, args.report_first_address)
+        except ValueError as exc:
+            parser.error(f"--report-addresses/--report-first-address: {exc}")
         if args.report_services is None:
             from simulators.reports import SERVICE_CODES
 

@@ -77,6 +77,10 @@ class ModbusPoint:
     needs_command_enum = False  # a Modbus write is a value, not a command out of a list
 
     @property
+    def reports_back(self) -> bool:
+        return self.readback
+
+    @property
     def kind(self) -> int:
         return DISCRETE if self.type == "bool" else ANALOG
 

@@ -129,6 +129,10 @@ class MqttPoint:
     def needs_command_enum(self) -> bool:
         return self.type == "command"
 
+    @property
+    def reports_back(self) -> bool:
+        return self.type != "command"  # a command is acknowledged on its ack topic, never read back
+
 
 @dataclass(frozen=True, slots=True)
 class MqttEndpoint:

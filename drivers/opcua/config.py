@@ -125,6 +125,7 @@ class OpcUaPoint:
     writable_ok = True
     not_writable_reason = ""
     needs_command_enum = False
+    reports_back = True  # a written node reads back what it holds
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import numpy as np
 
 from scada.alarms.states import State
-from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
+from scada.sqlite_wal import HeaderError, Transaction, check_header, create_schema, where_clauses
 
 SCHEMA_VERSION = 2
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -337,14 +337,11 @@ class Journal:
         ):
             return False
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for stmt in _MIGRATE_1_TO_2:
-                db.execute(stmt)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
+            with Transaction(db):
+                for stmt in _MIGRATE_1_TO_2:
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             raise JournalError(self.path, f"cannot migrate the journal from schema version 1: {exc}") from None
         return True
 
@@ -387,14 +384,8 @@ class Journal:
     def _transaction(self, work) -> None:
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with Transaction(db):
                 work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"write failed, nothing of the batch was stored: {exc}") from None
 

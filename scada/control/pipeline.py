@@ -137,8 +137,7 @@ def reports_itself(point: PointDef) -> bool:
     io = point.io
     if io is None:
         return True
-    # ``readback`` is the Modbus driver's point option (the driver interface does not declare it).
-    return not bool(io.needs_command_enum) and bool(getattr(io, "readback", True))
+    return not io.needs_command_enum and io.reports_back
 
 
 def unread_writes(cmd: CommandDef) -> tuple[Step, ...]:

@@ -116,6 +116,8 @@ class ScheduleClock:
         self._monotonic = monotonic_ns
         self._m0 = 0
         self.t0: int | None = None  # the simulated time at monotonic _m0, once anchored
+        self.segment: tuple[int, int, float] | None = None  # (real ns, clock ns, acceleration) at the anchor
+        self._on_anchor: list[Callable[[tuple[int, int, float]], None]] = []
         if start_ns is None or origin_ns is not None:
             self._anchor()
 
@@ -126,7 +128,19 @@ class ScheduleClock:
         origin = wall if self._origin_ns is None else int(self._origin_ns)
         # Simulated time already run since the origin (a process started after it catches up).
         self.t0 = start + int((wall - origin) * self.acceleration)
+        self.segment = (wall, self.t0, self.acceleration)
+        for callback in self._on_anchor:
+            callback(self.segment)
         return self.t0
+
+    def when_anchored(self, callback: Callable[[tuple[int, int, float]], None]) -> None:
+        """Call ``callback(segment)`` with the clock's line (the real instant, its reading then, its
+        acceleration: scada/control/clockmap.py's record) now if anchored, else when first read.
+        Called where the clock is read: it must be quick and must not raise."""
+        if self.segment is not None:
+            callback(self.segment)
+        else:
+            self._on_anchor.append(callback)
 
     def now_ns(self) -> int:
         """The schedules' now, ns since the Unix epoch (UTC)."""

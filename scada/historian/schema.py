@@ -14,7 +14,7 @@ from typing import IO
 
 import numpy as np
 
-from scada.sqlite_wal import HeaderError, check_header, create_schema
+from scada.sqlite_wal import HeaderError, Transaction, check_header, create_schema
 
 SCHEMA_VERSION = 1
 # Our file's identity in the SQLite header, so that another application's database is refused.
@@ -182,39 +182,6 @@ class StoreFile:
             self._db.close()
         finally:
             self._unlock_writer()
-
-
-class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-
-    __slots__ = ("db",)
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")  # left open by a ROLLBACK the disk refused last time
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self.db.execute("COMMIT")
-            except BaseException:
-                self._rollback()  # a COMMIT refused (disk full) leaves nothing half-applied either
-                raise
-        else:
-            self._rollback()
-
-    def _rollback(self) -> None:
-        # SQLite rolls back by itself on SQLITE_FULL / SQLITE_IOERR: a second ROLLBACK would
-        # raise "no transaction is active" and hide the error that matters.
-        if self.db.in_transaction:
-            try:
-                self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error propagates; the next transaction rolls this one back first
 
 
 class Snapshot:

@@ -32,7 +32,7 @@ from scada.opcua.browse_codec import browse_results
 from scada.opcua.commands import CommandMethods, Request
 from scada.opcua.conditions import _HAS_NOTIFIER, _SERVER, AlarmConditions
 from scada.opcua.endpoints import configure_endpoints
-from scada.opcua.group_actions import GroupActions
+from scada.opcua.group_actions import ZONES_PATH, GroupActions
 from scada.opcua.history import TagHistory, history_source
 from scada.opcua.login import install_login
 from scada.opcua.operations import Operations
@@ -50,6 +50,8 @@ from scada.tagdb import TagDB
 log = structlog.get_logger("scada.opcua")
 _REF_ADDED = ua.ModelChangeStructureVerbMask.ReferenceAdded
 _REF_DELETED = ua.ModelChangeStructureVerbMask.ReferenceDeleted
+_NODE_ADDED = ua.ModelChangeStructureVerbMask.NodeAdded
+_NODE_DELETED = ua.ModelChangeStructureVerbMask.NodeDeleted
 # A command's Call or Write waits for the field's read-back (seconds): served beside the session's
 # other requests (its Publish, Read, keep-alive), at most this many at once per connection.
 CONCURRENT_COMMANDS = 16
@@ -238,6 +240,7 @@ class HmiServer:
             await self._drop_conditions()
         # The commands' and groups' nodes are installed again on the new tree (their types,
         # zones and signatures may have changed; a few nodes per type and group).
+        zones_before = self._zone_nodes(config)
         if self.commands is not None and self.groups is not None:
             self.commands.detach()
             self.groups.detach()
@@ -250,6 +253,10 @@ class HmiServer:
             self.commands.install(config)
             self.groups.install(config)
             self.writes.reload(config)
+        # Zones added or removed (tags.yaml's zones): the group objects come and go with them.
+        zones_after = self._zone_nodes(config)
+        changes += [(n, t, _NODE_DELETED) for n, t in zones_before.items() if n not in zones_after]
+        changes += [(n, t, _NODE_ADDED) for n, t in zones_after.items() if n not in zones_before]
         aspace = address_space(self.server)
         changes += await self._reload_operations(config)
         if tagdb is not self.tagdb or self.publisher is None:
@@ -285,6 +292,19 @@ class HmiServer:
         if changes:
             await self._model_changed(changes)
         return len(changes)
+
+    def _zone_nodes(self, config: Config) -> dict[ua.NodeId, ua.NodeId]:
+        """The Zones folder and the zone objects of the running or the new configuration that
+        the tree holds now, each with its type definition."""
+        aspace = address_space(self.server)
+        folder = NodeId(ZONES_PATH, self.ns)
+        if aspace.get(folder) is None:
+            return {}
+        names = set(self.config.control.zones) | set(config.control.zones)
+        zones = (NodeId(f"{ZONES_PATH}/{n}", self.ns) for n in names)
+        out = {nid: NodeId(ua.ObjectIds.BaseObjectType) for nid in zones if aspace.get(nid) is not None}
+        out[folder] = NodeId(ua.ObjectIds.FolderType)
+        return out
 
     async def _reload_operations(self, config: Config) -> list:
         """The Operations folder and its orders stay over a reload; it comes or goes with the

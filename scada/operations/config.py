@@ -59,6 +59,7 @@ from scada.operations.model import (
     OperationsConfig,
     ServiceDef,
 )
+from scada.operations.proxies import Network, parse_network
 
 if TYPE_CHECKING:
     from scada.config import Device, EquipmentType
@@ -277,6 +278,12 @@ OPEN311_KEYS: KeyTable = {
     ),
     "jurisdiction_id": Key(to_str, "The Open311 jurisdiction_id (e.g. the city's domain name); empty: none.", ""),
 }
+_IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}"
+_PROXY_SCHEMA = {  # the loader checks an IPv6 entry fully (the pattern is loose there)
+    "type": "string",
+    "pattern": f"^\\s*(({_IPV4})(/(3[0-2]|[12]?[0-9]))?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)\\s*$",
+    "patternErrorMessage": "an IP address or a CIDR network, e.g. 10.0.0.5, 10.0.0.0/24, 2001:db8::/64",
+}
 HTTP_KEYS: KeyTable = {
     "listen": Key(
         None,
@@ -294,6 +301,23 @@ HTTP_KEYS: KeyTable = {
         f"127.0.0.1:{HTTP_INTERNAL_PORT}",
         schema={"anyOf": [host_port_schema(), {"const": False}]},
         examples=(f"127.0.0.1:{HTTP_INTERNAL_PORT}", f"10.1.2.3:{HTTP_INTERNAL_PORT}"),
+    ),
+    "trusted_proxies": Key(
+        None,
+        "The city's reverse proxies in front of listen (TLS): addresses or networks (CIDR), IPv4 or IPv6, e.g. "
+        "[10.0.0.5, 2001:db8::/64]. A request from one of them is the citizen the rightmost address of its "
+        "X-Forwarded-For names that is not itself a trusted proxy: the rate limit and the report's recorded "
+        "client are the citizen's. Default none: the TCP peer is the client, and X-Forwarded-For is ignored "
+        "(any client can write it).",
+        None,
+        what="addresses or networks of the reverse proxies, e.g. [10.0.0.5] or [10.0.0.0/24]",
+        schema={
+            "anyOf": [
+                _PROXY_SCHEMA,
+                {"type": "array", "items": _PROXY_SCHEMA},
+            ]
+        },
+        examples=(["127.0.0.1"], ["10.0.0.5"], ["10.0.0.0/24", "2001:db8::/64"]),
     ),
 }
 _KWH = {"type": "number", "minimum": 0}
@@ -409,7 +433,7 @@ def load(
             territory_margin_m=open311["territory_margin_m"],
             jurisdiction_id=open311["jurisdiction_id"],
         ),
-        http=HttpSettings(*_listen(sections["http"])),
+        http=_http(sections["http"]),
         energy=energy,
         availability=_availability(top, classes),
     )
@@ -614,6 +638,46 @@ def _crews(
     return MappingProxyType(out)
 
 
+def _http(f: Fields) -> HttpSettings:
+    trusted = _trusted_proxies(f)  # before _listen: it closes the section
+    listen, internal = _listen(f)
+    return HttpSettings(listen, internal, trusted)
+
+
+def _trusted_proxies(f: Fields) -> tuple[Network, ...]:
+    """http.trusted_proxies: a list of addresses or networks (one alone: a list of one)."""
+    key, what = "trusted_proxies", HTTP_KEYS["trusted_proxies"].what
+    raw = f.sub(key)
+    if key not in f.mapping:
+        return ()
+    if raw is None or raw == "":
+        raise f.error(key, f"no value given: {what}, or [] for none")
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise f.error(key, f"expected a list of {what}", raw)
+    out: dict[Network, tuple[str, int | None]] = {}
+    for i, item in enumerate(items):
+        line = raw.line_of(i) if isinstance(raw, LocList) else f.line_of(key)
+        where = f.key(f"{key}[{i}]") if isinstance(raw, list) else f.key(key)
+        if not isinstance(item, str):  # YAML reads 10 or 10.5 as numbers
+            raise ConfigError(
+                f.file,
+                line,
+                where,
+                "expected an IP address or a CIDR network as text, e.g. 10.0.0.5 or 10.0.0.0/24",
+                item,
+            )
+        try:
+            net = parse_network(item)
+        except ValueError as exc:
+            raise ConfigError(f.file, line, where, str(exc), item) from None
+        if net in out:
+            first, first_line = out[net]
+            raise ConfigError(f.file, line, where, f"listed twice: already {first} (line {first_line})", item)
+        out[net] = (item, line)
+    return tuple(out)
+
+
 def _listen(f: Fields) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
     """http.listen and http.internal."""
     raws = {key: f.sub(key) for key in ("listen", "internal")}
@@ -719,6 +783,13 @@ def summary(ops: OperationsConfig) -> list[str]:
     where = "off" if listen is None else f"{listen[0]}:{listen[1]}"
     if listen is not None:
         where += f" (map, metrics: {'off' if internal is None else f'{internal[0]}:{internal[1]}'})"
+    if listen is not None:
+        proxies = ", ".join(str(n) for n in ops.http.trusted_proxies)
+        where += (
+            f"; clients behind the trusted proxies {proxies} (X-Forwarded-For)"
+            if proxies
+            else "; the client is the TCP peer (no trusted proxy)"
+        )
     lines.append(
         f"HTTP: {where}; dispatch "
         f"{'automatic' if ops.dispatch.auto_assign else 'proposed only'} at {ops.dispatch.speed_kmh:g} km/h"

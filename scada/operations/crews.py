@@ -35,7 +35,7 @@ import structlog
 from scada.config import Config
 from scada.control.zones import great_circle_m
 from scada.driver_api import CommandRejected, Driver, MessageChannel
-from scada.operations.model import OperationsConfig, WorkOrder
+from scada.operations.model import WorkOrder
 from scada.operations.service import Clock
 from scada.tagdb import TagDB
 
@@ -47,11 +47,6 @@ AVAILABLE = "available"  # the status point's enum label of a crew that can take
 ACTIONS = ("assign", "cancel")
 
 Answer = Callable[[str, Mapping[str, Any]], None]
-
-
-def operations_of(config: Config) -> OperationsConfig:
-    """``config.operations`` (operations.yaml, read by the configuration loader)."""
-    return config.operations
 
 
 def iso(ns: int) -> str:
@@ -83,7 +78,7 @@ class CrewBoard:
         """Follow a new configuration, tag database and drivers (a reload); held crews stay held."""
         self.config, self.tagdb = config, tagdb
         self.drivers = drivers if isinstance(drivers, Mapping) else {d.name: d for d in drivers}
-        self.operations = ops = operations_of(config)
+        self.operations = ops = config.operations
         self.speed_ms = ops.dispatch.speed_kmh / 3.6
         vehicles: list[str] = []
         ids: list[list[int]] = []

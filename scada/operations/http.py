@@ -9,9 +9,11 @@ journal (``model.REQUEST_REPORTS``). Those two cost the core something, so they 
 limited per client address (``open311.rate_*``: 429); the services list, the map (built at
 most once a second) and the metrics are served locally and are not.
 
-The client address is the TCP peer's: behind a reverse proxy every citizen would share the
-proxy's bucket, so put the limit in the proxy then (``X-Forwarded-For`` is not trusted: any
-client can write it).
+The client address is the TCP peer's, or, when the peer is one of the city's reverse proxies
+(``http.trusted_proxies``), the citizen its ``X-Forwarded-For`` names
+(:mod:`scada.operations.proxies`): one middleware resolves it once per request, so the rate
+limit, the report's recorded client and its audit see the same address. A header from any
+other peer is ignored (any client can write one).
 
 Two listeners (README "HTTP: Open311, map, metrics"). The citizens' one (``http.listen``,
 ``scada run --http``), the one a city exposes to the Internet behind its reverse proxy, serves
@@ -60,6 +62,8 @@ from scada.operations.geo import FilterError, GeoFeed
 from scada.operations.listener import Listener, Report, listener_alarm
 from scada.operations.model import REQUEST_CITIZEN_REPORT, REQUEST_REPORTS, OperationsConfig
 from scada.operations.open311 import Open311Error, RateLimiter
+from scada.operations.proxies import HEADER as FORWARDED_FOR
+from scada.operations.proxies import ClientResolver
 
 log = structlog.get_logger("scada.http")
 
@@ -115,6 +119,24 @@ async def _open311_errors(request: web.Request, handler: Callable[[web.Request],
             status = 400
             description = f"the body is larger than {request.app[OPS_HTTP].ops.open311.max_body_bytes} bytes"
         return _error(status, description, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+def _client_address() -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware that puts the client's address in ``request.remote`` for everything after
+    it (the limiter, the report): the TCP peer, or the citizen behind a trusted proxy."""
+    resolver = ClientResolver()
+
+    @web.middleware
+    async def client_address(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        trusted = request.app[OPS_HTTP].ops.http.trusted_proxies  # the current one: a reload changes it
+        client = resolver.client(request.remote, request.headers.getall(FORWARDED_FOR, ()), trusted)
+        if client is not None and client != request.remote:
+            request = request.clone(remote=client)
+        return await handler(request)
+
+    return client_address
 
 
 class OpsHttp:
@@ -174,7 +196,9 @@ class OpsHttp:
 
     def app(self) -> web.Application:
         """The citizens' application: Open311 only."""
-        app = web.Application(middlewares=[_open311_errors], client_max_size=self.ops.open311.max_body_bytes)
+        app = web.Application(
+            middlewares=[_client_address(), _open311_errors], client_max_size=self.ops.open311.max_body_bytes
+        )
         app[OPS_HTTP] = self
         app.add_routes(
             [

@@ -37,7 +37,7 @@ import structlog
 from scada.alarms.journal import iso_utc
 from scada.csv_cells import safe_row
 from scada.operations.model import CONTACT_FIELDS, FINAL, CitizenReport, OrderEvent, OrderState, WorkOrder
-from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
+from scada.sqlite_wal import HeaderError, Transaction, check_header, create_schema, where_clauses
 
 log = structlog.get_logger("scada.operations")
 
@@ -238,17 +238,11 @@ class OrderJournal:
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with Transaction(db):
                     db.executemany(_UPSERT_ORDER, o)
                     db.executemany(_INSERT_EVENT, e)
                     db.executemany(_UPSERT_REPORT, r)
                     db.executemany(_PURGE, p)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise OrderJournalError(self.path, f"write failed, nothing of the batch was stored: {exc}") from None
 

@@ -6,6 +6,15 @@ the cabinets' ``energy`` counters and every device's ``Diagnostics/state``), the
 (``alarms.sqlite``: the faults) and the work-order journal (``workorders.sqlite``: the delays),
 and hands arrays to the pure functions of :mod:`scada.operations.kpi`.
 
+**One clock.** The contract is judged in the server's operations clock, the one the work orders
+are stamped with: real time in production, simulated time in a ``scada run --clock-start
+--acceleration`` run. The history store and the alarm journal stamp real time: their stamps are
+mapped into the operations clock as they are read, through the data folder's clock record
+(``clock.json``, :mod:`scada.control.clockmap`), and a period is read over the real times whose
+clock reading falls in it. So the month, the energy against its baseline (the simulators'
+counters advance in simulated time), the availability and the delays of an accelerated run are
+those of the simulated city. In real time the map is the identity and nothing changes.
+
 :class:`ContractKpis` gives the live figures (:meth:`ContractKpis.live`, in a worker thread) as
 one flat ``{name: float}`` dict (NaN: not known), the names being:
 
@@ -42,6 +51,8 @@ import numpy as np
 
 from scada.alarms.journal import Journal, JournalError
 from scada.config import DIAG_FOLDER, Config
+from scada.control import clockmap
+from scada.control.clockmap import ClockMap, Segment
 from scada.historian.store import HistoryError, HistoryStore
 from scada.opendata import ENERGY, counter_increase, read_points, recorded_until, sites_from_config
 from scada.operations import kpi
@@ -127,38 +138,50 @@ def compute(
     horizon_ns: int | None = None,
     orders: OrderReader | None = None,
     as_of_ns: int | None = None,
+    clock: ClockMap | None = None,
 ) -> Kpis:
     """The KPIs of ``[start_ns, end_ns)`` from the files of ``data_dir``; ``horizon_ns``: the
     time up to which the history is known (default: the store's last recorded point); ``orders``:
     default the work-order journal of ``data_dir``; ``as_of_ns``: when the orders were read
-    (default now): an order not on site (repaired) by then and past its deadline is late.
-    NoData when none of them holds anything."""
+    (default: now in real time, the end of the recorded data in a simulated run's clock): an order
+    not on site (repaired) by then and past its deadline is late. NoData when none of them holds
+    anything.
+
+    Every time here is the operations clock's, the orders' (see the module docstring); ``clock``
+    (default: real time) maps the history's and the alarm journal's real stamps into it."""
     data = Path(data_dir)
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder {data} (the server's --data folder)")
+    clock = clock or ClockMap()
     ops = config.operations
     hist_path = data / HISTORY_FILE
+    alarms_path = data / ALARMS_FILE
     try:
         store = HistoryStore(hist_path, readonly=True) if hist_path.is_file() else None
     except HistoryError as exc:
         raise ReadError(str(exc)) from None
     points = 0
+    # what was recorded last, in real time (the end of a simulated run's data)
+    recorded: int | None = None
+    real_start, real_end = clock.real_window(start_ns, end_ns)
     try:
+        if store is not None and (horizon_ns is None or (as_of_ns is None and not clock.identity)):
+            recorded = recorded_until(hist_path)
         if horizon_ns is None:
-            recorded = recorded_until(hist_path) if store is not None else None
-            horizon_ns = start_ns if recorded is None else int(recorded)
+            horizon_ns = start_ns if recorded is None else clock.clock_at(recorded)
         horizon = max(start_ns, min(end_ns, horizon_ns))
 
         def read(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
             nonlocal points
-            pts = None if store is None else read_points(store, name, start_ns, end_ns)
+            pts = None if store is None else read_points(store, name, real_start, real_end)
             if pts is not None:
+                pts = _on_clock(clock, *pts)
                 inside = (pts[0] >= start_ns) & (pts[0] < end_ns)
                 points += int(inside.sum())
             return pts
 
         energy = _energy(config, read, start_ns, end_ns, horizon)
-        faults = _faults(config, data / ALARMS_FILE, start_ns, end_ns)
+        faults, journal_newest = _faults(config, alarms_path, clock, start_ns, end_ns)
         avail = _availability(config, read, faults, start_ns, end_ns, horizon)
     except (HistoryError, JournalError, sqlite3.DatabaseError) as exc:
         raise ReadError(str(exc)) from None
@@ -169,17 +192,36 @@ def compute(
     work = list(reader(start_ns, end_ns)) if reader is not None else []
     as_of = as_of_ns
     if as_of is None:
-        # The orders' stamps are the server's operations clock: simulated time in a simulated run
-        # (`scada run --clock-start/--acceleration`), ahead of real time. Real now before the
-        # orders' own latest change would judge them in another clock (every delay negative):
-        # they are then judged when the journal last saw them.
+        # Never before the orders' own latest change: judged at an earlier instant every delay
+        # would be negative.
         latest = max((max(o.created_ns, o.assigned_ns, o.accepted_ns, o.en_route_ns, o.on_site_ns,
                           o.repaired_ns, o.closed_ns) for o in work), default=0)  # fmt: skip
-        as_of = max(time.time_ns(), latest)
+        if clock.identity:
+            # real time: the server may still run, an order still open is judged now
+            as_of = max(time.time_ns(), latest)
+        else:
+            # A simulated run's clock is not now's: its orders are judged when its data ends (the
+            # clock's reading at the last stamp the history or the alarm journal recorded).
+            ends = [t for t in (recorded, journal_newest) if t is not None]
+            as_of = max(latest, clock.clock_at(max(ends))) if ends else latest
     delays = kpi.delay_table(kpi.order_delays(work, start_ns, end_ns), ops.services, as_of)
     if points == 0 and not work and not any(len(v[0]) for v in faults.values()):
         raise NoData("nothing was recorded in the period: no history point, no alarm, no work order")
     return Kpis(start_ns, end_ns, horizon, *energy, *avail, delays, ops.energy.savings_target, points)
+
+
+def _on_clock(
+    clock: ClockMap, t: np.ndarray, v: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tag's points with their real stamps in the operations clock, in time order (a restart's
+    clock may start before where the previous run's got to: the points are then reordered)."""
+    if clock.identity:
+        return t, v, s
+    t = clock.to_clock(t)
+    if t.size > 1 and (np.diff(t) < 0).any():
+        order = np.argsort(t, kind="stable")
+        t, v, s = t[order], v[order], s[order]
+    return t, v, s
 
 
 def _energy(config: Config, read, start: int, end: int, horizon: int) -> tuple[list[dict], list[dict]]:
@@ -199,19 +241,33 @@ def _energy(config: Config, read, start: int, end: int, horizon: int) -> tuple[l
     )
 
 
-def _faults(config: Config, path: Path, start: int, end: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per device, its fault intervals: alarms of a service with a contract in operations.yaml."""
+def _faults(
+    config: Config, path: Path, clock: ClockMap, start: int, end: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int | None]:
+    """Per device, its fault intervals (alarms of a service with a contract in operations.yaml)
+    in the operations clock; and, of a simulated run, the journal's latest stamp (real time)."""
     services = sorted(config.operations.services)
-    if not path.is_file() or not services:
-        return {}
+    if not path.is_file() or (not services and clock.identity):
+        return {}, None  # (the latest stamp is only wanted of a simulated run)
     journal = Journal(path)
     try:
+        newest = None if clock.identity else journal.newest_ns()
+        if not services:
+            return {}, newest
+        real_start, real_end = clock.real_window(start, end)
         rows = journal.columns(
-            start, end, names=("time_ns", "alarm", "device", "event"), service=services, event=list(FAULT_EVENTS)
-        )
-        before = journal.last_rows(start, event=FAULT_EVENTS)
+            real_start, real_end, names=("time_ns", "alarm", "device", "event"), service=services,
+            event=list(FAULT_EVENTS),
+        )  # fmt: skip
+        before = journal.last_rows(real_start, event=FAULT_EVENTS)
     finally:
         journal.close()
+    if not clock.identity:
+        t = clock.to_clock(rows["time_ns"])
+        # real_window is a ns wider at its edges; a clock that went back reorders the rows
+        keep = np.flatnonzero((t >= start) & (t < end))
+        keep = keep[np.argsort(t[keep], kind="stable")]
+        rows = {k: (t if k == "time_ns" else v)[keep] for k, v in rows.items()}
     active: dict[str, list[str]] = {}
     for r in before:
         if r.event == "ACTIVATE" and r.service in services:
@@ -223,7 +279,7 @@ def _faults(config: Config, path: Path, start: int, end: int) -> dict[str, tuple
         out[device] = kpi.fault_intervals(
             rows["time_ns"][m], rows["alarm"][m], rows["event"][m], start, end, active.get(device, ())
         )
-    return out
+    return out, newest
 
 
 def _availability(config: Config, read, faults, start: int, end: int, horizon: int) -> tuple[list[dict], list[dict]]:
@@ -277,19 +333,31 @@ def _f(x: Any) -> float:
 class ContractKpis:
     """The live contract figures: month to date, computed in a worker thread from the files the
     server writes (read-only, beside its writers). ``orders``: how to read the work orders
-    (default: ``<data>/workorders.sqlite``); ``tz``: whose calendar month."""
+    (default: ``<data>/workorders.sqlite``); ``tz``: whose calendar month; ``current``: the
+    running operations clock's segment (its ``ScheduleClock.segment``), used when the data
+    folder's clock record lacks it (scada/control/clockmap.py)."""
 
     def __init__(
-        self, config: Config, data_dir: str | Path, *, tz: ZoneInfo | timezone = UTC, orders: OrderReader | None = None
+        self,
+        config: Config,
+        data_dir: str | Path,
+        *,
+        tz: ZoneInfo | timezone = UTC,
+        orders: OrderReader | None = None,
+        current: tuple[int, int, float] | None = None,
     ) -> None:
         self.config, self.data_dir, self.tz, self.orders = config, Path(data_dir), tz, orders
+        self.current = None if current is None else Segment(int(current[0]), int(current[1]), float(current[2]))
 
     async def live(self, now_ns: int) -> dict[str, float]:
-        """Month-to-date figures at ``now_ns`` (an empty dict when nothing is recorded yet)."""
+        """Month-to-date figures at ``now_ns``, the operations clock's now (an empty dict when
+        nothing is recorded yet)."""
         return await asyncio.to_thread(self.compute_live, now_ns)
 
     def compute_live(self, now_ns: int) -> dict[str, float]:
         start, end = month_of(now_ns, self.tz)
+        # Read again each time: a restart's segment is added while the figures are live.
+        clock, _note = clockmap.load(self.data_dir, self.current)
         try:
             k = compute(
                 self.config,
@@ -299,6 +367,7 @@ class ContractKpis:
                 horizon_ns=now_ns,
                 orders=self.orders,
                 as_of_ns=now_ns,
+                clock=clock,
             )
         except (NoData, FileNotFoundError):
             return {}

@@ -39,6 +39,7 @@ is not the order's current one (an earlier assignment) is ignored and logged.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -366,6 +367,9 @@ class HttpSettings:
     # The map feed and /metrics: the city's own network only (crews' positions, which bollards
     # are down, the server's internals), never the citizens' listener. None: not served.
     internal: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # The city's reverse proxies in front of `listen`: a request from one of them is the client
+    # its X-Forwarded-For names (scada/operations/proxies.py). Empty: the TCP peer is the client.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

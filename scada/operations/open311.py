@@ -18,7 +18,8 @@ Choices where the specification leaves room (README "HTTP: Open311, map, metrics
   no area filter), in GeoJSON's bbox order (RFC 7946 5), the same as the map feed.
 * **Privacy:** the contact fields (model.CONTACT_FIELDS) are taken from a POST and never put
   in any answer: :func:`public_request` builds answers from a whitelist of fields.
-* **Rate:** :class:`RateLimiter`, a token bucket per client address (429).
+* **Rate:** :class:`RateLimiter`, a token bucket per client address (429): the TCP peer, or the
+  citizen behind a trusted reverse proxy (:mod:`scada.operations.proxies`).
 """
 
 from __future__ import annotations

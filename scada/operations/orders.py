@@ -49,8 +49,8 @@ import time
 import types
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -62,6 +62,7 @@ from scada.control.model import (
     BAD_INVALID_STATE,
     BAD_NO_COMMUNICATION,
     BAD_NODE_ID_UNKNOWN,
+    BAD_SHUTDOWN,
     BAD_USER_ACCESS_DENIED,
     GOOD,
     Caller,
@@ -123,10 +124,7 @@ _HOLDING = frozenset({OrderState.ASSIGNED, OrderState.ACCEPTED, OrderState.EN_RO
 Listener = Callable[[Sequence[WorkOrder], Sequence[OrderEvent]], None]
 
 
-def operations_of(config: Any) -> OperationsConfig:
-    """The configuration's operations.yaml (``Config.operations``; none before it is loaded)."""
-    ops = getattr(config, "operations", None)
-    return ops if isinstance(ops, OperationsConfig) else OperationsConfig()
+_T = TypeVar("_T")
 
 
 class _Refusal(Exception):
@@ -149,7 +147,7 @@ class WorkOrderService:
         clock: Clock = time.time_ns,
     ) -> None:
         self.config = config
-        self.ops = operations_of(config)
+        self.ops: OperationsConfig = config.operations
         self.alarms = alarms
         self.journal = journal
         self.writer = OrderWriter(journal)
@@ -168,7 +166,10 @@ class WorkOrderService:
         self._marks: dict[str, set[str]] = {}  # order -> "warn:on_site", "breach:repaired"...
         self._log_window: dict[str, tuple[float, int]] = {}  # kind of ignored answer -> (since, lines)
         self._unlogged: dict[str, int] = {}  # kind of ignored answer -> not logged since its last line
-        self._acts: set[asyncio.Future[OpsResult]] = set()  # operators' acts running (shielded)
+        # Acts running, shielded (an operator's, or the automatic dispatch's send), with what they
+        # do for the log: the server's stop waits for them (settle) before the drivers stop.
+        self._acts: dict[asyncio.Future[Any], str] = {}
+        self._stopping = False  # settle() began: no new act starts
         # Journal reads and flushes block on the writer's lock (a failing disk): never on the loop,
         # nor in the default executor the historian's writes share.
         self._io = concurrent.futures.ThreadPoolExecutor(JOURNAL_THREADS, thread_name_prefix="workorder-read")
@@ -570,6 +571,8 @@ class WorkOrderService:
         none_for: set[str] = set()
         new = [o for o in self.orders.values() if o.state == OrderState.NEW]
         for order in new:
+            if self._stopping:  # the server stops: no send starts that it could not see through
+                return
             if order.id in self._sending or self._retry_at.get(order.id, 0.0) > mono:
                 continue
             current = self.orders.get(order.id)
@@ -581,7 +584,7 @@ class WorkOrderService:
                 self._dispatch_failed(current, "no available crew with the skill", NO_CREW_RETRY_S)
                 continue
             try:
-                await self._assign(current, crew, "server")
+                await self._shielded(self._assign(current, crew, "server"), f"dispatch {current.id} to {crew}")
             except (DriverError, OSError) as exc:
                 self._dispatch_failed(current, f"not sent to {crew}: {exc}", DISPATCH_RETRY_S)
             except IllegalTransition as exc:  # the order moved on during the send
@@ -758,16 +761,43 @@ class WorkOrderService:
         """An operator's act (model.OPS): authorised, journaled, audited; never raises for a refusal.
 
         Shielded: once started, the act completes, is journaled and audited even when its requester
-        goes away (a front process dying cancels its requests): a crew may already have the order."""
-        act = asyncio.ensure_future(self._apply_audited(request))
-        self._acts.add(act)
+        goes away (a front process dying cancels its requests): a crew may already have the order.
+        Refused (BadShutdown, audited) once the server stops (:meth:`settle`)."""
+        if self._stopping:
+            result = OpsResult(BAD_SHUTDOWN, "the server is stopping: try again once it is back", "")
+            self._audit(request, result)
+            return result
+        what = f"{request.op} {request.args.get('order', '')} by {request.caller.user}".replace("  ", " ")
+        return await self._shielded(self._apply_audited(request), what)
+
+    async def _shielded(self, coro: Coroutine[Any, Any, _T], what: str) -> _T:
+        """Run ``coro`` to its end even if the caller is cancelled; :meth:`settle` waits for it."""
+        act = asyncio.ensure_future(coro)
+        self._acts[act] = what
         act.add_done_callback(self._act_done)
         return await asyncio.shield(act)
 
-    def _act_done(self, act: asyncio.Future[OpsResult]) -> None:
-        self._acts.discard(act)
-        if not act.cancelled() and act.exception() is not None:
-            log.error("work_order_act_failed", error=repr(act.exception()))
+    def _act_done(self, act: asyncio.Future[Any]) -> None:
+        self._acts.pop(act, None)
+        if act.cancelled():
+            return
+        exc = act.exception()  # retrieved here: its caller may have gone (cancelled) meanwhile
+        if exc is not None and not isinstance(exc, (DriverError, OSError, IllegalTransition)):
+            log.error("work_order_act_failed", error=repr(exc))
+
+    async def settle(self, timeout: float) -> list[str]:
+        """The server stops: start no new act, and wait (at most ``timeout`` s) for the running ones
+        (an Assign waiting for the broker's acknowledgement) while the drivers still run, so that
+        what the crews were sent is journaled. What is still running after that is returned and
+        logged: such a crew may hold an order the journal does not show as assigned."""
+        self._stopping = True
+        pending = set(self._acts)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        left = [self._acts[a] for a in pending if not a.done() and a in self._acts]
+        if left:
+            log.warning("work_order_acts_unsettled_at_stop", acts=left, waited_s=timeout)
+        return left
 
     async def _apply_audited(self, request: OpsRequest) -> OpsResult:
         try:
@@ -1101,7 +1131,7 @@ class WorkOrderService:
     def reload(self, config: Any, alarms: Any) -> None:
         """Follow a new configuration and alarm engine; the orders stay (the engine's subscriber
         list is copied by scada/reload.py, this one's included)."""
-        self.config, self.ops, self.alarms = config, operations_of(config), alarms
+        self.config, self.ops, self.alarms = config, config.operations, alarms
         if self.on_alarm_events not in alarms.subscribers:
             alarms.subscribers.append(self.on_alarm_events)
         self.process_alarm_events()  # what waits first: an activation queued is not made twice

@@ -19,6 +19,15 @@ the calendar month of ``--tz`` and writes into ``--out``:
 CSV: UTF-8, a header line, an empty field for a figure not known; energies kWh, durations s
 (delays) or h (availability), shares fractions (0.65 = 65 %). How each figure is computed:
 :mod:`scada.operations.kpi`.
+
+**The clock.** The month and every figure are in the server's operations clock, the work
+orders' (:mod:`scada.operations.kpi_service`): the data folder's clock record (``clock.json``,
+:mod:`scada.control.clockmap`, written by the server at each start) maps the history's and the
+alarm journal's real stamps into it. The report of a simulated run's folder (``scada run
+--clock-start ... --acceleration ...``) is therefore the simulated month's, and its orders still
+open are judged as of the clock's reading at the end of the recorded data, not real now. Without
+a usable record (a folder of an older server, a damaged file) the report says so on stderr and in
+the page, and reads every stamp as real time (right for a production server's folder).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from common.yamlsrc import ConfigError
+from scada.control import clockmap
 from scada.operations.kpi_service import Kpis, NoData, ReadError, compute, month_bounds
 
 CSV_COLUMNS = {
@@ -256,7 +266,7 @@ def _html_table(columns: Sequence[str], rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(k: Kpis, month: str, tz: str) -> str:
+def render_html(k: Kpis, month: str, tz: str, clock_note: str | None = None) -> str:
     t = tables(k)
     until = datetime.fromtimestamp(k.horizon_ns / 1e9, UTC).isoformat(timespec="seconds")
     parts = [
@@ -265,6 +275,7 @@ def render_html(k: Kpis, month: str, tz: str) -> str:
         f"<title>Contract report {html.escape(month)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Performance contract: {html.escape(month)}</h1>",
         f"<p>Calendar month of {html.escape(tz)}; history known until {until}; {k.points} history points read.</p>",
+        f'<p class="no">{html.escape(clock_note)}</p>' if clock_note else "",
         "<h2>Energy against baseline</h2>",
         f"<p>Savings target: {100 * k.savings_target:.0f} % below the baseline.</p>",
         energy_chart(k.energy_communes, k.savings_target) if k.energy_communes else "",
@@ -284,15 +295,16 @@ def render_html(k: Kpis, month: str, tz: str) -> str:
     return "\n".join(p for p in parts if p) + "\n"
 
 
-def write(k: Kpis, out_dir: str | Path, month: str, tz: str) -> dict[str, int]:
-    """Every CSV and the HTML page into ``out_dir`` (created); rows per file."""
+def write(k: Kpis, out_dir: str | Path, month: str, tz: str, clock_note: str | None = None) -> dict[str, int]:
+    """Every CSV and the HTML page into ``out_dir`` (created); rows per file. ``clock_note``: what
+    the page says about the clock record when it could not be used (see the module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, rows in tables(k).items():
         write_csv(out / name, CSV_COLUMNS[name], rows)
         written[name] = len(rows)
-    (out / HTML_FILE).write_text(render_html(k, month, tz), encoding="utf-8")
+    (out / HTML_FILE).write_text(render_html(k, month, tz, clock_note), encoding="utf-8")
     written[HTML_FILE] = 1
     return written
 
@@ -319,8 +331,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
         start, end = month_bounds(year, month, tz)
+        clock, clock_note = clockmap.load(data)
+        if clock_note:
+            print(f"scada report: {clock_note}", file=sys.stderr)
         try:
-            k = compute(config, data, start, end)
+            k = compute(config, data, start, end, clock=clock)
         except NoData:
             raise ReportError(
                 f"no data for {args.month} in {data}: no history point, no alarm, no work order"
@@ -328,7 +343,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         except (ReadError, OSError) as exc:
             raise ReportError(str(exc)) from None
         try:
-            written = write(k, args.out, args.month, args.tz)
+            written = write(k, args.out, args.month, args.tz, clock_note)
         except OSError as exc:
             raise ReportError(f"cannot write into {args.out}: {exc.strerror or exc}") from None
     except ReportError as exc:

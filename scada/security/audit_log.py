@@ -37,7 +37,7 @@ import structlog
 from scada.alarms.journal import iso_utc
 from scada.csv_cells import safe_row
 from scada.security.audit import FIELDS, AuditRecord, canonical_record, lost_record
-from scada.sqlite_wal import HeaderError, check_header, create_schema, where_clauses
+from scada.sqlite_wal import HeaderError, Transaction, check_header, create_schema, where_clauses
 
 log = structlog.get_logger("scada.security")
 
@@ -181,8 +181,7 @@ class AuditLog:
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")  # the write lock first: nobody appends between read and insert
-                try:
+                with Transaction(db):  # the write lock first: nobody appends between read and insert
                     last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                     seq, prev = (last[0], bytes.fromhex(last[1])) if last else (0, GENESIS)
                     rows = []
@@ -192,11 +191,6 @@ class AuditLog:
                         rows.append((seq, *_row(rec), prev.hex(), h.hex()))
                         prev = h
                     db.executemany(_INSERT, rows)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:  # SQLite already rolled back after a full disk or an I/O error
-                        db.execute("ROLLBACK")
-                    raise
             except (sqlite3.Error, ValueError) as exc:
                 raise AuditError(self.path, f"write failed, none of {len(records)} record(s) stored: {exc}") from None
             return seq

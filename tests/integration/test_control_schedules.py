@@ -18,6 +18,8 @@ import time
 import pytest
 from asyncua import Client, ua
 
+from scada.control.clockmap import read_segments
+from scada.control.schedules import parse_clock_start
 from scada.opcua.address_space import NAMESPACE_URI
 from scada.security.audit_log import AuditLog
 
@@ -69,7 +71,7 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
         ],
         tmp_path / "sim.log",
     )
-    launched = time.monotonic()
+    launched, launched_ns = time.monotonic(), time.time_ns()
     server = Process([*scada_run_args(config, data, endpoint), *clock, "--log-json"], tmp_path / "server.log")
     try:
         wait_port(base + 2, proc=sim)
@@ -123,6 +125,11 @@ async def test_a_schedule_dims_a_communes_cabinets_at_the_right_simulated_time(t
         with AuditLog(audit_path, read_only=True) as log:
             commands = [e.record for e in log.query(action="command") if e.record.user == "Scheduler"]
         assert {r.target for r in commands if '"SetDimLevel"' in r.arguments} >= {c.name for c in cabinets[:2]}
+        # The clock's line is in the data folder (the contract KPIs and `scada report` map the
+        # history's real stamps with it): it read START when first read, at x300.
+        (segment,) = read_segments(data)
+        assert segment.clock_ns == parse_clock_start(START) and segment.acceleration == ACCELERATION
+        assert launched_ns <= segment.real_ns <= time.time_ns()
     finally:
         server.stop()
         sim.stop()

@@ -141,6 +141,7 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
     broker = Mosquitto(tmp_path / "mqtt")
     # One simulated clock for the city and the server: the same start read at the same real instant.
     clock_start, origin = datetime.now(UTC).isoformat(timespec="seconds"), time.time()
+    clock_start_ns = datetime.fromisoformat(clock_start).timestamp() * S
     city = start_tiny_city(
         tmp_path,
         mqtt=f"127.0.0.1:{broker.port}",
@@ -375,6 +376,30 @@ async def test_lamp_junction_bollard_orders_crews_repairs_reports_kpis_map_metri
             for kind, was_late in zip(("on_site", "repaired"), late[device], strict=True):
                 within = hmi.get_node(ua.NodeId(f"{CONTRACT_PATH}/delay.{service}.{priority}.{kind}_within", ns))
                 assert await within.read_value() == (0.0 if was_late else 1.0), (device, kind)
+
+        # Energy and availability on the orders' clock (the history's and the alarm journal's real
+        # stamps mapped into it): the baseline counts the simulated time the cabinets were
+        # recorded, the lamp failure's hours of fault count against the lighting's availability.
+        # (This clock starts at real now, where the real stamps happen to fall in the right month:
+        # a clock started elsewhere is test_operations_kpi_clock.py's.)
+        from scada.opendata import ENERGY, sites_from_config
+
+        cabinets = [s for s in sites_from_config(config).cabinets if ENERGY in s.tags]
+        per_s = ops.energy.baseline_kwh_per_day / 86400.0
+        baseline = hmi.get_node(ua.NodeId(f"{CONTRACT_PATH}/energy.all.baseline_kwh", ns))
+        recorded_s = await until_read(
+            lambda: read_or_nan(baseline),
+            lambda v: math.isfinite(v) and v > 0,
+            what="the live energy baseline",
+        ) / (per_s * len(cabinets))
+        clock_now = clock_start_ns + (time.time() - origin) * ACCELERATION * S
+        month = datetime.fromtimestamp(clock_now / S, UTC).replace(day=1, hour=0, minute=0, second=0)
+        since = max(clock_start_ns, month.timestamp() * S)  # month to date
+        assert 0.3 * (clock_now - since) / S <= recorded_s <= 1.05 * (clock_now - since) / S, recorded_s
+        kwh = await read_or_nan(hmi.get_node(ua.NodeId(f"{CONTRACT_PATH}/energy.all.kwh", ns)))
+        assert math.isfinite(kwh) and kwh >= 0.0
+        lighting = await read_or_nan(hmi.get_node(ua.NodeId(f"{CONTRACT_PATH}/availability.lighting", ns)))
+        assert 0.5 < lighting < 1.0, lighting  # one cabinet of the tiny city out for its repair
 
         # The closed orders leave the map and /metrics; the far report's stays, new.
         await on_map(

@@ -9,6 +9,7 @@ and its CSV and HTML are checked against figures worked out by hand in the comme
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scada import status as st
-from scada.alarms.journal import Journal, JournalRow
 from city_scada import load_config
 from city_scada import main as scada_main
+from scada import status as st
+from scada.alarms.journal import Journal, JournalRow
 from scada.historian.compress import StoredBatch
 from scada.historian.store import HistoryStore
 
@@ -132,12 +133,12 @@ def config_dir(tmp_path):
     return folder
 
 
-@pytest.fixture
-def data_dir(tmp_path, config_dir):
+def write_data(folder: Path, config_dir: Path, stamp=lambda t: t) -> Path:
+    """The month's history and alarms as a server writes them, stamped by ``stamp`` (the real
+    instant of a clock time: the identity for a real-time server)."""
     config = load_config(config_dir)
     names = config.tag_table()[0]
     index = {n: i for i, n in enumerate(names)}
-    folder = tmp_path / "data"
     folder.mkdir()
     with HistoryStore(folder / "history.sqlite", names) as store:
         for name, points in history().items():
@@ -146,12 +147,17 @@ def data_dir(tmp_path, config_dir):
                     np.full(len(points), index[name], np.int64),
                     np.array([p[1] for p in points], np.float64),
                     np.array([p[2] if len(p) > 2 else GOOD for p in points], np.uint32),
-                    np.array([p[0] for p in points], np.int64),
+                    np.array([stamp(p[0]) for p in points], np.int64),
                 )
             )
     with Journal(folder / "alarms.sqlite") as journal:
-        journal.record(ALARMS)
+        journal.record([dataclasses.replace(r, time_ns=stamp(r.time_ns)) for r in ALARMS])
     return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path, config_dir):
+    return write_data(tmp_path / "data", config_dir)
 
 
 def scada(*args: str) -> subprocess.CompletedProcess:
@@ -266,3 +272,77 @@ def test_bad_month_missing_folder_and_month_without_data(config_dir, data_dir, t
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "history.sqlite").write_bytes(b"not a database" * 100)
     assert "history.sqlite" in refused(tmp_path / "garbage")
+
+
+# -- a simulated run's folder (scada run --clock-start ... --acceleration ...) ------------------
+
+# The server ran in March 2026 (real time) with its clock at 29 September x60, then was restarted
+# with --clock-start where it had stopped (12 October) x30: the history and the alarm journal
+# stamp real time, the work orders the simulated clock; clock.json says how one maps to the other.
+SIM_REAL0, SIM_CLOCK0, SIM_ACC0 = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * NS, T0 - 2 * DAY, 60
+SIM_CLOCK1, SIM_ACC1 = T0 + 11 * DAY, 30
+SIM_REAL1 = SIM_REAL0 + (SIM_CLOCK1 - SIM_CLOCK0) // SIM_ACC0 + 2 * H
+
+
+def sim_real(clock_ns: int) -> int:
+    if clock_ns < SIM_CLOCK1:
+        return SIM_REAL0 + (clock_ns - SIM_CLOCK0) // SIM_ACC0
+    return SIM_REAL1 + (clock_ns - SIM_CLOCK1) // SIM_ACC1
+
+
+def test_a_simulated_runs_folder_reports_its_simulated_month(config_dir, tmp_path):
+    """The report of the simulated October is the real-time October's, file for file; an order
+    still open when the run's data ends is judged then (both late here: the real-time folder's
+    now, the simulated one's clock at its last stamp, 1 November 07:00)."""
+    from scada.control.clockmap import Segment, append_segment
+    from scada.operations.journal import JOURNAL_FILE, OrderJournal
+    from scada.operations.model import OrderState, WorkOrder
+
+    def order(n, origin, on_site=0, repaired=0, state=OrderState.CLOSED):
+        return WorkOrder(
+            id=f"WO-{n:06d}", source="alarm", service="lighting_maintenance", priority="medium", device="LC-A-1",
+            commune="Ahuy", lat=47.37, lon=5.02, cause="x", description="", state=state, origin_ns=origin,
+            created_ns=origin, created_by="server", on_site_ns=on_site, repaired_ns=repaired,
+        )  # fmt: skip
+
+    orders = [
+        order(1, T0 + 2 * DAY, T0 + 2 * DAY + H // 3, T0 + 2 * DAY + 2 * H),
+        order(2, T0 + 12 * DAY, T0 + 12 * DAY + H // 2, T0 + 12 * DAY + 5 * H),  # after the restart
+        order(3, END - 2 * H, state=OrderState.ASSIGNED),  # open: late at 1 November 07:00
+    ]
+    outs = {}
+    for name, stamp in (("real", lambda t: t), ("simulated", sim_real)):
+        folder = write_data(tmp_path / name, config_dir, stamp)
+        journal = OrderJournal(folder / JOURNAL_FILE)
+        try:
+            journal.write(orders=orders)
+        finally:
+            journal.close()
+        if name == "simulated":
+            append_segment(folder, Segment(SIM_REAL0, SIM_CLOCK0, SIM_ACC0))
+            append_segment(folder, Segment(SIM_REAL1, SIM_CLOCK1, SIM_ACC1))
+        outs[name] = tmp_path / f"out-{name}"
+        done = report(config_dir, folder, outs[name])
+        assert done.returncode == 0, done.stderr
+    sim = outs["simulated"]
+    assert "clock record" not in (sim / "report.html").read_text(encoding="utf-8")
+    for name in ("energy_cabinets.csv", "energy_communes.csv", "availability_classes.csv",
+                 "availability_communes.csv", "delays.csv"):  # fmt: skip
+        assert rows(sim / name) == rows(outs["real"] / name), name
+    ahuy = {r["commune"]: r for r in rows(sim / "energy_communes.csv")}["Ahuy"]
+    assert float(ahuy["energy_kwh"]) == pytest.approx(403.0, abs=1e-3)  # as the real-time month's
+    delays = {r["kind"]: r for r in rows(sim / "delays.csv") if r["service"] == "lighting_maintenance"}
+    assert delays["on_site"]["count"] == "2" and delays["on_site"]["late_open"] == "1"
+    assert delays["repaired"]["over"] == "1"
+
+
+def test_a_folder_without_a_usable_clock_record_is_read_in_real_time(config_dir, data_dir, tmp_path):
+    out = tmp_path / "out"
+    (data_dir / "clock.json").write_text('{"format": 1, "segments": [{"real_ns": "soon"}]}')
+    done = report(config_dir, data_dir, out)
+    assert done.returncode == 0, done.stderr
+    assert "clock record unusable" in done.stderr and "read as real time" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "clock record unusable" in (out / "report.html").read_text(encoding="utf-8")
+    ahuy = {r["commune"]: r for r in rows(out / "energy_communes.csv")}["Ahuy"]
+    assert float(ahuy["energy_kwh"]) == pytest.approx(403.0, abs=1e-3)  # the real-time folder's figures

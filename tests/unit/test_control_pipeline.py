@@ -653,3 +653,21 @@ async def test_an_emergency_command_does_not_wait_for_a_routine_commands_read_ba
         lowering.cancel()
         second.cancel()
         await asyncio.gather(lowering, second, return_exceptions=True)
+
+
+def test_every_driver_says_whether_a_written_point_reports_back() -> None:
+    """reports_back is part of the driver interface (PointIO): the pipeline reads it, not a
+    driver's own option by name."""
+    from drivers.modbus.config import ModbusPoint
+    from drivers.mqtt.config import MqttPoint
+    from drivers.opcua.config import OpcUaPoint
+    from scada.config import PointDef
+    from scada.control.pipeline import reports_itself
+
+    modbus = ModbusPoint(table="coil", address=0, type="bool")
+    assert modbus.reports_back and not dataclasses.replace(modbus, readback=False).reports_back
+    mqtt_cmd = MqttPoint(topic=None, json=None, type="command")
+    assert not mqtt_cmd.reports_back and MqttPoint(topic="t", json=None, type="number").reports_back
+    assert OpcUaPoint.reports_back
+    point = PointDef(name="p", kind=0, io=dataclasses.replace(modbus, readback=False))
+    assert not reports_itself(point) and reports_itself(dataclasses.replace(point, io=modbus))

@@ -518,7 +518,18 @@ async def test_a_reload_of_operations_yaml_alone_swaps_the_configuration_only(sh
     assert diff(shipped, dataclasses.replace(shipped)).empty
 
     reloaded: list[Config] = []
-    app = SimpleNamespace(config=shipped, tagdb=None, drivers=[],
+    shown: list[Config] = []
+
+    async def front_reload(config, tagdb, removed, added, retyped, alarms=None, history=None) -> int:
+        shown.append(config)  # the front (its Open311 server, Operations folder) follows
+        assert (removed, added, retyped) == ([], [], []) and alarms is app.alarms and history is app.historian
+        return 0
+
+    # A front in its own process (conditions None): the engine is not even paused.
+    app = SimpleNamespace(config=shipped, tagdb=None, drivers=[], alarms=object(), historian=object(),
+                          hmi=SimpleNamespace(conditions=None, reload=front_reload),
+                          start_tasks=lambda: None,
                           commands=SimpleNamespace(reload=lambda config, tagdb, drivers: reloaded.append(config)))
     assert await apply(app, new) is not None
-    assert app.config is new and reloaded == [new]  # no engine rebuilt: the stand-in has none to rebuild
+    # No engine rebuilt: the stand-in has none to rebuild.
+    assert app.config is new and reloaded == [new] and shown == [new]

@@ -11,7 +11,7 @@ import threading
 import structlog.testing
 
 from scada.alarms.remote import RemoteAlarmError
-from scada.control.model import BAD_INVALID_STATE, BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, GOOD
+from scada.control.model import BAD_INVALID_STATE, BAD_NO_COMMUNICATION, BAD_NODE_ID_UNKNOWN, BAD_SHUTDOWN, GOOD
 from scada.driver_api import DeviceUnreachable
 from scada.operations.journal import OrderJournal
 from scada.operations.model import REQUEST_REPORTS, CitizenReport, OpsRequest, OrderState
@@ -337,5 +337,73 @@ async def test_ignored_crew_answers_are_counted_and_logged_at_a_bounded_rate(tmp
         lines = [e["event"] for e in logs]
         assert lines.count("work_order_answer_garbage") == ANSWER_LOG_BURST
         assert lines.count("work_order_answer_stale") == ANSWER_LOG_BURST
+    finally:
+        rig.close()
+
+
+async def test_the_stop_waits_for_an_assignment_being_sent_and_refuses_new_acts(tmp_path) -> None:
+    """Review of issue 16: an operator's Assign published to the crew and waiting for the broker's
+    answer when the server stops must end journaled, before the drivers stop (settle)."""
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    rig.crews = rig.service.crews = GatedCrews(rig.ops)
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        rig.set("LC-2", failed_lamps=3)
+        first, second = sorted(rig.service.orders)
+        task = assign(rig, first, "V-1")
+        await asyncio.wait_for(rig.crews.started("V-1").wait(), DEADLINE)
+        task.cancel()  # the front goes first at a stop
+        settling = asyncio.create_task(rig.service.settle(DEADLINE))
+        await asyncio.sleep(0)
+        assert not settling.done()  # still waiting for the broker
+        late = await asyncio.wait_for(assign(rig, second, "V-2"), DEADLINE)
+        assert late.status == BAD_SHUTDOWN and "stopping" in late.message
+        assert "V-2" not in rig.crews.sending  # nothing was sent for it
+        rig.crews.gate("V-1").set()
+        assert await asyncio.wait_for(settling, DEADLINE) == []
+        assert ("assign", "assigned", "dora") in rig.events(first)  # the crew has it, and the journal says so
+        results = [r.result for r in rig.audit.records if r.action == "work_order"]
+        assert sorted(results) == ["BadShutdown", "Good"]  # the refusal is audited too
+    finally:
+        rig.close()
+
+
+async def test_the_stop_waits_for_the_automatic_dispatch_s_send(tmp_path) -> None:
+    """The dispatch task is cancelled at a stop while its send waits for the broker: the send is
+    seen through and journaled all the same."""
+    rig = Rig(tmp_path, ops_config(auto_assign=True))
+    rig.crews = rig.service.crews = GatedCrews(rig.ops)
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        oid = next(iter(rig.service.orders))
+        dispatch = asyncio.create_task(rig.service.tick())
+        await asyncio.wait_for(rig.crews.started("V-1").wait(), DEADLINE)
+        dispatch.cancel()  # the supervisor stops the operations task
+        await asyncio.gather(dispatch, return_exceptions=True)
+        settling = asyncio.create_task(rig.service.settle(DEADLINE))
+        rig.crews.gate("V-1").set()
+        assert await asyncio.wait_for(settling, DEADLINE) == []
+        assert rig.service.orders[oid].crew == "V-1"
+        assert ("assign", "assigned", "server") in rig.events(oid)
+        await rig.service.tick()  # stopping: nothing more is dispatched
+        assert [(c, a) for _, c, a, _ in rig.crews.sent] == [("V-1", "assign")]
+    finally:
+        rig.close()
+
+
+async def test_the_stop_waits_a_bounded_time_and_says_what_is_left(tmp_path) -> None:
+    rig = Rig(tmp_path, ops_config(auto_assign=False))
+    rig.crews = rig.service.crews = GatedCrews(rig.ops)
+    try:
+        rig.set("LC-1", failed_lamps=3)
+        oid = next(iter(rig.service.orders))
+        task = assign(rig, oid, "V-1")
+        await asyncio.wait_for(rig.crews.started("V-1").wait(), DEADLINE)
+        with structlog.testing.capture_logs() as logs:
+            left = await asyncio.wait_for(rig.service.settle(0.05), DEADLINE)  # the broker never answers
+        assert left == [f"assign {oid} by dora"]
+        assert [e["acts"] for e in logs if e["event"] == "work_order_acts_unsettled_at_stop"] == [left]
+        rig.crews.gate("V-1").set()
+        assert (await asyncio.wait_for(task, DEADLINE)).status == GOOD
     finally:
         rig.close()

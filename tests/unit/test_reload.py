@@ -145,3 +145,23 @@ def test_a_type_that_gains_or_loses_its_commands_changes_its_devices_tag_table_a
     assert looser.control != old.control
     d = diff(old, looser)
     assert d.devices_changed == ["LC-1", "LC-2"] and not d.nodes_added and not d.nodes_removed
+
+
+ZONES = "\nzones:\n  centre: {devices: [LC-1, LC-2]}\n"
+SCHEDULES = (
+    "\nschedules:\n  - name: night\n    communes: [Dijon]\n"
+    "    steps:\n      - {at: \"23:00\", command: SetDimLevel, arguments: {level: 50}}\n"
+)
+
+
+def test_diff_names_the_control_sections_that_changed_not_those_that_moved(tmp_path):
+    """tags.yaml's zones, schedules...: the reload says so, and the front follows what it shows."""
+    old = config_in(tmp_path / "a", DEVICES + ZONES)
+    # The same zone lower in the file (a comment above it): moved, not changed.
+    assert diff(old, config_in(tmp_path / "b", DEVICES + "\n# the city centre\n" + ZONES)).empty
+    d = diff(old, config_in(tmp_path / "c", DEVICES + ZONES.replace("LC-2]", "LC-2, TJ-1]")))
+    assert d.control_changed == ["zones"] and d.engines_untouched and d.front_changed and not d.empty
+    assert d.summary() == {"control_changed": ["zones"]}
+    # A schedule is the core's alone: named, but nothing for the front to rebuild.
+    d = diff(old, config_in(tmp_path / "d", DEVICES + ZONES + SCHEDULES))
+    assert d.control_changed == ["schedules"] and not d.front_changed and not d.empty

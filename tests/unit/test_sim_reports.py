@@ -4,6 +4,7 @@ form it sends (the HTTP side runs in tests/integration/test_sim_crews_reports.py
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -11,15 +12,19 @@ import pytest
 
 from simulators import cli
 from simulators.reports import (
+    ADDRESSES,
     DUPLICATE,
     FALSE,
     FAULT,
+    FIRST_ADDRESS,
     SERVICE_CODES,
     Mix,
     Report,
     ReportGenerator,
     Spot,
+    ThrottleLog,
     choose,
+    client_addresses,
     next_wait,
 )
 
@@ -185,5 +190,100 @@ def test_the_requests_go_to_the_endpoints_requests_json():
 def test_the_cli_refuses_bad_report_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# -- many citizens, many addresses -----------------------------------------------------------------
+
+LOCAL = "http://127.0.0.1:8080/open311/v2"
+
+
+@pytest.mark.parametrize(
+    "url, count, first, expected",
+    [
+        (LOCAL, 3, "127.3.11.1", ("127.3.11.1", "127.3.11.2", "127.3.11.3")),
+        ("http://localhost:8080/open311/v2", 2, "127.9.0.254", ("127.9.0.254", "127.9.0.255")),
+        ("http://127.200.0.1/open311/v2", 2, "127.0.0.2", ("127.0.0.2", "127.0.0.3")),  # any of 127/8
+        (LOCAL, 1, "127.3.11.1", (None,)),  # one address: the system's choice, as one client
+        ("http://192.0.2.10:8080/open311/v2", 32, "127.3.11.1", (None,)),  # a loopback address cannot reach it
+        ("https://open311.example.org/v2", 32, "127.3.11.1", (None,)),  # a name is not resolved
+        ("http://[::1]:8080/open311/v2", 32, "127.3.11.1", (None,)),  # IPv6 has one loopback address
+    ],
+)
+def test_reports_leave_from_many_loopback_addresses_only_to_a_loopback_target(url, count, first, expected):
+    assert client_addresses(url, count, first) == expected
+
+
+def test_the_default_spread_is_a_few_dozen_addresses_on_loopback():
+    g = ReportGenerator(Nothing(), LOCAL, 10)
+    assert len(g.addresses) == ADDRESSES == 32 and g.addresses[0] == FIRST_ADDRESS
+    assert len(set(g.addresses)) == 32
+    assert ReportGenerator(Nothing(), "http://192.0.2.10/open311/v2", 10).addresses == (None,)
+
+
+@pytest.mark.parametrize(
+    "count, first, message",
+    [
+        (0, FIRST_ADDRESS, "from 1 to 1024, not 0"),
+        (-3, FIRST_ADDRESS, "from 1 to 1024"),
+        (1025, FIRST_ADDRESS, "from 1 to 1024"),
+        (2.5, FIRST_ADDRESS, "from 1 to 1024"),
+        (True, FIRST_ADDRESS, "from 1 to 1024"),
+        (8, "nowhere", "'nowhere' is not an IP address"),
+        (8, "127.3.11", "is not an IP address"),
+        (8, "10.0.0.1", "not in 127.0.0.0/8"),
+        (8, "::1", "not in 127.0.0.0/8"),
+        (8, "127.0.0.0", "leave 127.0.0.1-127.255.255.254"),
+        (32, "127.255.255.240", "leave 127.0.0.1-127.255.255.254"),
+    ],
+)
+def test_a_bad_address_setting_is_refused_whatever_the_target(count, first, message):
+    for url in (LOCAL, "http://192.0.2.10/open311/v2"):  # bad everywhere, even where it is unused
+        with pytest.raises(ValueError, match=re.escape(message)):
+            client_addresses(url, count, first)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReportGenerator(Nothing(), LOCAL, 10, addresses=count, first_address=first)
+
+
+def test_the_citizens_addresses_do_not_change_what_they_report():
+    """The address is drawn from its own stream: with or without the spread, the same reports."""
+    spread = ReportGenerator(Nothing(), LOCAL, 10, seed=3)
+    one = ReportGenerator(Nothing(), LOCAL, 10, seed=3, addresses=1)
+    assert [spread.rng.random() for _ in range(5)] == [one.rng.random() for _ in range(5)]
+    picks = spread.address_rng.integers(len(spread.addresses), size=200)
+    assert len(set(picks.tolist())) == 32  # every address in use
+
+
+def test_429s_are_logged_at_the_first_then_once_a_window_and_the_rest_at_the_end():
+    t = ThrottleLog(60.0)
+    logged = [t.note(now) for now in (0.0, 1.0, 2.0, 59.9, 60.0, 61.0, 200.0, 201.0, 202.0)]
+    # first: 1; at 60 s the 4 since (1, 2, 59.9, 60); at 200 s the 2 since (61, 200)
+    assert logged == [1, 0, 0, 0, 4, 0, 2, 0, 0]
+    assert t.flush() == 2 and t.flush() == 0  # the end: what the last window held, once
+    assert t.total == 9 == sum(logged) + 2
+    with pytest.raises(ValueError, match="seconds"):
+        ThrottleLog(math.nan)
+
+
+def test_the_stats_say_what_became_of_the_reports():
+    g = ReportGenerator(Nothing(), LOCAL, 10, addresses=4)
+    assert g.stats() == {
+        "sent": 0, "accepted": 0, "refused": 0, "throttled": 0, "failed": 0, "skipped": 0, "addresses": 4,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--report-addresses", "0"], "from 1 to 1024, not 0"),
+        (["--report-addresses", "many"], "invalid int value"),
+        (["--report-first-address", "10.1.2.3"], "not in 127.0.0.0/8"),
+        (["--report-first-address", "localhost"], "is not an IP address"),
+    ],
+)
+def test_the_cli_refuses_bad_report_addresses(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["city", "--reports-per-day", "10", "--open311", LOCAL, *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
