@@ -33,6 +33,9 @@ curl, and nothing to leak on the public side if a token were wrong or missing:
 
     GET  /map.geojson?commune=&class=
     GET  /metrics
+
+Each listener binds on its own (:mod:`scada.operations.listener`): one whose address is taken is
+retried with backoff, with a server alarm meanwhile, while the other and the OPC UA server serve.
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def _client_address() -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 class OpsHttp:
-    """The aiohttp application and its lifecycle (``start`` binds, ``stop`` closes)."""
+    """The aiohttp applications and their lifecycle (``start`` binds or starts retrying, ``stop``
+    closes)."""
 
     def __init__(
         self,
