@@ -89,6 +89,7 @@ class Application:
         if front not in FRONTS:
             raise ValueError(f"unknown OPC UA front {front!r}: choose one of {', '.join(FRONTS)}")
         self.front = front
+        self.front_settings = front_settings  # what scada run was given (the inline HTTP server reads it)
         self.config = config
         self.tagdb = self.new_tagdb(config)
         self.data_dir = Path(data_dir)
@@ -320,11 +321,18 @@ class Application:
             out["operations"] = {"factory": lambda: self._operations().run()}
             if self.kpi_interval > 0:
                 out["contract-kpis"] = {"factory": self._kpi_loop}
-        if self.front == "inline" and self.config.operations.services and self.config.operations.http.listen:
-            # Open311, the map feed and /metrics on this loop (a front process serves them itself;
-            # scada run --http applies to a front process only).
+        if self.front == "inline" and self._inline_http():
+            # Open311, the map feed and /metrics on this loop (a front process serves them itself),
+            # on the addresses scada run --http/--http-internal gave, as a front process would.
             out["http"] = {"factory": self._serve_http}
         return out
+
+    def _inline_http(self) -> bool:
+        """The inline front serves HTTP: operations run and a citizens' address is set."""
+        from scada.front.link import with_http_settings
+
+        ops = with_http_settings(self.config, self.front_settings).operations
+        return bool(ops.services and ops.http.listen)
 
     def _serve_http(self) -> Coroutine[Any, Any, None]:
         from scada.operations.http import serve_inline

@@ -131,16 +131,21 @@ def front_config(config, settings: FrontSettings | None = None) -> Any:
         name: dataclasses.replace(t, io=None, points=tuple(dataclasses.replace(p, io=None) for p in t.points))
         for name, t in config.types.items()
     }
-    out = dataclasses.replace(config, drivers={}, types=types)
-    if settings is not None and (settings.http_set or settings.http_internal_set):
-        ops = out.operations
-        http = ops.http
-        if settings.http_set:
-            http = dataclasses.replace(http, listen=settings.http)
-        if settings.http_internal_set:
-            http = dataclasses.replace(http, internal=settings.http_internal)
-        out = dataclasses.replace(out, operations=dataclasses.replace(ops, http=http))
-    return out
+    return with_http_settings(dataclasses.replace(config, drivers={}, types=types), settings)
+
+
+def with_http_settings(config, settings: FrontSettings | None) -> Any:
+    """``config`` with the HTTP addresses ``scada run --http``/``--http-internal`` gave, if any,
+    instead of operations.yaml's: what the front process serves, and the inline server too."""
+    if settings is None or not (settings.http_set or settings.http_internal_set):
+        return config
+    ops = config.operations
+    http = ops.http
+    if settings.http_set:
+        http = dataclasses.replace(http, listen=settings.http)
+    if settings.http_internal_set:
+        http = dataclasses.replace(http, internal=settings.http_internal)
+    return dataclasses.replace(config, operations=dataclasses.replace(ops, http=http))
 
 
 class _AlarmForwarder:
@@ -727,6 +732,10 @@ class FrontLink:
             elif tag == "failed":  # the front could not start its server (the port is taken...)
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_exception(OSError(msg[2], msg[3]))
+            elif tag == "http_listener":  # (setting, host, port, error): scada/operations/listener.py
+                from scada.operations.listener import listener_alarm
+
+                listener_alarm(self.app.alarms, *msg[1:])
             elif tag == "reload_done":
                 fut = self._waiting.pop(msg[1], None)
                 if fut is not None and not fut.done():

@@ -11,7 +11,10 @@ are requests), :class:`~scada.front.history.HistoryMirror` (the history store, r
 directly, and the historian's points not stored yet, a request). With
 ``operations.http.listen`` set it also serves HTTP on the same loop
 (:mod:`scada.operations.http`: Open311, the map feed, /metrics) from those mirrors and
-:class:`~scada.front.orders.OrdersMirror` (the work orders and figures the core pushes).
+:class:`~scada.front.orders.OrdersMirror` (the work orders and figures the core pushes). An HTTP
+address that cannot be bound never stops the front: that listener is retried while the rest
+serves, and the core is told (``("http_listener", setting, host, port, error)``) to raise its
+server alarm (:mod:`scada.operations.listener`).
 
 It stops when its channel ends: the core stopped, or died (a front never outlives its core).
 Any failure of its own tasks ends the process with an error: the core's supervisor starts a
@@ -205,12 +208,16 @@ class Front:
         return self.hmi.node_count
 
     async def _start_http(self, config, alarms) -> None:
-        """The HTTP server (Open311, map, metrics) on this loop, if the configuration asks for one;
-        OSError when its address is taken (the front fails to start, as for the OPC UA port)."""
+        """The HTTP server (Open311, map, metrics) on this loop, if the configuration asks for one.
+        Never fails the front: a listener that cannot bind is retried while the OPC UA server runs,
+        and the core raises a server alarm meanwhile (scada/operations/listener.py)."""
         from scada.operations.http import OpsHttp, listen_of, operations_of
 
         listen, ops = listen_of(config), operations_of(config)
         if listen is None or ops is None:
+            # No HTTP server in this front: an alarm an earlier front raised has no reason left.
+            for setting in ("listen", "internal"):
+                self._listener_state(setting, None, "")
             return
         hmi = self.hmi
 
@@ -231,8 +238,16 @@ class Front:
             opcua_counts,
             self.ops_clock,
             wall=time.time_ns,
+            report=self._listener_state,
         )
         await self.http.start()
+
+    def _listener_state(self, setting: str, address: tuple[str, int] | None, error: str) -> None:
+        """Tell the core a listener's state (its server alarm: link.py, "http_listener")."""
+        if self.channel.writer.is_closing():
+            return  # the core is gone: this front stops
+        host, port = address if address is not None else (None, None)
+        self.channel.send("http_listener", setting, host, port, error)
 
     def _start_tasks(self) -> None:
         hmi = self.hmi

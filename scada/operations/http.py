@@ -33,6 +33,9 @@ curl, and nothing to leak on the public side if a token were wrong or missing:
 
     GET  /map.geojson?commune=&class=
     GET  /metrics
+
+Each listener binds on its own (:mod:`scada.operations.listener`): one whose address is taken is
+retried with backoff, with a server alarm meanwhile, while the other and the OPC UA server serve.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from scada.front.orders import (
 from scada.operations import metrics as health
 from scada.operations import open311
 from scada.operations.geo import FilterError, GeoFeed
+from scada.operations.listener import Listener, Report, listener_alarm
 from scada.operations.model import REQUEST_CITIZEN_REPORT, REQUEST_REPORTS, OperationsConfig
 from scada.operations.open311 import Open311Error, RateLimiter
 from scada.operations.proxies import HEADER as FORWARDED_FOR
@@ -139,7 +143,8 @@ def _client_address() -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 class OpsHttp:
-    """The aiohttp application and its lifecycle (``start`` binds, ``stop`` closes)."""
+    """The aiohttp applications and their lifecycle (``start`` binds or starts retrying, ``stop``
+    closes)."""
 
     def __init__(
         self,
@@ -154,6 +159,7 @@ class OpsHttp:
         clock: Callable[[], int] = time.time_ns,  # the operations clock (scada/front/orders.py clock_of)
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], int] | None = None,  # real time (the core's figures' age); default clock
+        report: Report | None = None,
     ) -> None:
         self.listen = listen
         self.wall = wall or clock
@@ -166,10 +172,10 @@ class OpsHttp:
         self.limiter = RateLimiter(ops.open311.rate_per_minute, ops.open311.rate_burst, monotonic)
         self.geo = GeoFeed(config, ops, tags, alarms, orders, monotonic)
         self.registry = health.registry_of(self.snapshot)
-        self.runner: web.AppRunner | None = None
-        self.internal_runner: web.AppRunner | None = None
-        self.port = 0  # the bound port (listen's may be 0)
-        self.internal_port = 0
+        # Where a listener's state goes (bound: "", else its OS error): the core's server alarm
+        # (listener.listener_alarm, through the channel from a front process).
+        self.report = report
+        self.listeners: list[Listener] = []  # the citizens' one, then the internal one if served
         self.posted = 0  # reports the core took
         self.refused = 0  # Open311 refusals (4xx)
         self._loaded = False
@@ -216,39 +222,25 @@ class OpsHttp:
         return app
 
     async def start(self) -> None:
-        """Listen (OSError when an address is taken: the front says so to the core)."""
-        self.runner, self.port = await self._bind(self.app(), self.listen, "listen")
+        """Listen: each listener binds now, or keeps trying in its own task while the other serves
+        (scada/operations/listener.py: never an error here, a server alarm while it cannot bind)."""
+        self.listeners = [Listener(self.app, self.listen, "listen", self.report)]
         if self.internal is not None:
-            try:
-                self.internal_runner, self.internal_port = await self._bind(
-                    self.internal_app(), self.internal, "internal"
-                )
-            except BaseException:
-                await self.stop()
-                raise
+            self.listeners.append(Listener(self.internal_app, self.internal, "internal", self.report))
+        elif self.report is not None:
+            self.report("internal", None, "")  # not served: no alarm left from an earlier start
+        for listener in self.listeners:
+            await listener.start()
 
-    @staticmethod
-    async def _bind(app: web.Application, address: tuple[str, int], setting: str) -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, port = address
-        try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            # Say which server and which setting: the core reports this as the front's failure.
-            raise OSError(
-                exc.errno, f"HTTP server on {host}:{port} (operations.http.{setting}): {exc.strerror}"
-            ) from exc
-        except BaseException:
-            await runner.cleanup()
-            raise
-        server = site._server  # noqa: SLF001 - aiohttp gives no public way to the bound port
-        sockets = getattr(server, "sockets", None) or ()
-        bound = sockets[0].getsockname()[1] if sockets else port
-        log.info("http_listening", host=host, port=bound, serves="open311" if setting == "listen" else "map, metrics")
-        return runner, bound
+    @property
+    def port(self) -> int:
+        """The citizens' listener's bound port (0 while it is not bound)."""
+        return self.listeners[0].port if self.listeners else 0
+
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's bound port (0 while it is not bound, or not served)."""
+        return self.listeners[1].port if len(self.listeners) > 1 else 0
 
     async def run(self) -> None:
         """The front's watched task: the map's recent reports from the core, then nothing (aiohttp
@@ -259,10 +251,8 @@ class OpsHttp:
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
-        for runner in (self.runner, self.internal_runner):
-            if runner is not None:
-                await runner.cleanup()
-        self.runner = self.internal_runner = None
+        for listener in self.listeners:
+            await listener.stop()
 
     async def _load_reports(self) -> None:
         end = self.clock()
@@ -430,11 +420,21 @@ def refresh_inline(app: Any, mirror: OrdersMirror) -> None:
     mirror.receive_stats(core_stats(app))
 
 
+def inline_config(app: Any) -> Any:
+    """The configuration the inline server serves: the app's, with the addresses ``scada run
+    --http``/``--http-internal`` gave (``app.front_settings``), as a front process gets them."""
+    from scada.front.link import with_http_settings
+
+    return with_http_settings(app.config, getattr(app, "front_settings", None))
+
+
 async def serve_inline(app: Any) -> None:
     """The HTTP server on the core's loop (``--front inline``), a supervised task of the app:
     ``out["http"] = {"factory": lambda: serve_inline(self)}`` in Application._components when
-    ``listen_of(config)`` is set. Stops (closing the socket) when cancelled."""
-    config = app.config
+    ``listen_of(inline_config(app))`` is set. As in a front process, a listener that cannot bind
+    is retried and raises the server alarm meanwhile (scada/operations/listener.py): this task
+    does not fail for it. Stops (closing the sockets) when cancelled."""
+    config = inline_config(app)
     listen, ops = listen_of(config), operations_of(config)
     if listen is None or ops is None:
         return
@@ -446,19 +446,36 @@ async def serve_inline(app: Any) -> None:
 
         return len(external_sessions(hmi.server)), len(subscriptions(hmi.server))
 
+    def report(setting: str, address: tuple[str, int] | None, error: str) -> None:
+        host, port = address if address is not None else (None, None)
+        listener_alarm(app.alarms, setting, host, port, error)  # the running engine (a reload replaces it)
+
     schedule_clock = getattr(app, "schedule_clock", None)  # the operations clock: the core's own
     clock = schedule_clock.now_ns if schedule_clock is not None else time.time_ns
     mirror = OrdersMirror(clock, wall=time.time_ns)
     http = OpsHttp(
-        config, ops, listen, app.tagdb, app.alarms, mirror, in_process(app), opcua_counts, clock, wall=time.time_ns
+        config,
+        ops,
+        listen,
+        app.tagdb,
+        app.alarms,
+        mirror,
+        in_process(app),
+        opcua_counts,
+        clock,
+        wall=time.time_ns,
+        report=report,
     )
-    await http.start()
+    seen = app.config
     try:
+        await http.start()
         loaded = asyncio.create_task(http.run(), name="http-inline")
         try:
             while True:
-                if app.config is not http.config or app.tagdb is not http.tags:  # a reload
-                    http.rebind(app.config, operations_of(app.config) or ops, app.tagdb, app.alarms)
+                if app.config is not seen or app.tagdb is not http.tags:  # a reload
+                    seen = app.config
+                    config = inline_config(app)
+                    http.rebind(config, operations_of(config) or ops, app.tagdb, app.alarms)
                 refresh_inline(app, mirror)
                 await asyncio.sleep(INLINE_REFRESH_S)
         finally:

@@ -79,19 +79,3 @@ async def test_inline_http_serves_from_the_core(tmp_path):
             await core
     await asyncio.to_thread(wait_port_closed, port, DEADLINE)
 
-
-async def test_taken_http_port_fails_the_start_naming_the_setting(tmp_path):
-    """A front whose HTTP address is taken does not start (as for its OPC UA port): the core's
-    start fails with the address and the setting, nothing half-running."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", free_port()))  # held: nothing else can take it meanwhile
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = with_operations(city(tmp_path / "cfg"), ops_config(("127.0.0.1", port)))
-        app = Application(config, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data")
-        app.drivers = []
-        with pytest.raises(OSError, match=rf"HTTP server on 127.0.0.1:{port} \(operations.http.listen\)"):
-            await asyncio.wait_for(app.run(), DEADLINE)
-        assert app.hmi.proc is None  # the front process is gone
