@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import PORT_LOCKS, PortBlock, PortLocks, ephemeral_range, free_port, worker_block
+from tests.ports import PORT_LOCKS, PortBlock, PortLocks, ephemeral_range, free_port, free_port_range, worker_block
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def reserved(n: int) -> range:
+    """``n`` consecutive ports for a test's own PortBlock, free now and claimed by this process
+    in the machine's lock file: no other worker's (or checkout's) server takes one meanwhile. A
+    slice of another worker's block was used before: its servers' ports were skipped, the block
+    wrapped around and handed a port out twice (seen with 5 workers)."""
+    base = free_port_range(n)
+    return range(base, base + n)
 
 
 def test_worker_blocks_are_disjoint_and_outside_the_ephemeral_range():
@@ -37,7 +46,7 @@ def test_the_machine_has_room_for_eight_workers():
 
 
 def test_a_block_hands_out_each_port_once_and_skips_a_bound_one():
-    ports = worker_block("gw5", 8, ephemeral_range())[:50]
+    ports = reserved(50)
     held = socket.socket()
     held.bind(("127.0.0.1", ports[7]))
     try:
@@ -50,7 +59,7 @@ def test_a_block_hands_out_each_port_once_and_skips_a_bound_one():
 
 
 def test_consecutive_ports_are_free_and_skip_a_listener():
-    ports = worker_block("gw6", 8, ephemeral_range())[:40]
+    ports = reserved(40)
     listener = socket.socket()
     listener.bind(("127.0.0.1", ports[10]))
     listener.listen()
@@ -64,7 +73,7 @@ def test_consecutive_ports_are_free_and_skip_a_listener():
 
 
 def test_an_exhausted_block_says_so():
-    ports = worker_block("gw7", 8, ephemeral_range())[:3]
+    ports = reserved(3)
     holders = []
     try:
         for p in ports:
@@ -115,7 +124,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 
 def test_two_suites_with_the_same_block_and_start_never_hand_out_the_same_port(tmp_path):
-    block = worker_block("gw4", 8, ephemeral_range())[:30]
+    block = reserved(30)
     locks = tmp_path / "ports.lock"
     first, theirs = _other_suite(locks, block, 10)
     try:
@@ -129,7 +138,7 @@ def test_two_suites_with_the_same_block_and_start_never_hand_out_the_same_port(t
 
 def test_ports_of_a_suite_that_ended_are_handed_out_again(tmp_path):
     """The kernel drops a process's locks when it ends, however it ends: nothing to clean up."""
-    block = worker_block("gw4", 8, ephemeral_range())[30:40]
+    block = reserved(10)
     locks = tmp_path / "ports.lock"
     proc, theirs = _other_suite(locks, block, 10)
     proc.kill()
@@ -139,7 +148,7 @@ def test_ports_of_a_suite_that_ended_are_handed_out_again(tmp_path):
 
 
 def test_a_block_whose_ports_another_suite_holds_says_so(tmp_path):
-    block = worker_block("gw4", 8, ephemeral_range())[40:43]
+    block = reserved(3)
     locks = tmp_path / "ports.lock"
     proc, _ = _other_suite(locks, block, 3)
     try:
@@ -150,7 +159,7 @@ def test_a_block_whose_ports_another_suite_holds_says_so(tmp_path):
 
 
 def test_consecutive_ports_skip_one_another_suite_holds(tmp_path):
-    block = worker_block("gw4", 8, ephemeral_range())[50:70]
+    block = reserved(20)
     locks = tmp_path / "ports.lock"
     proc, theirs = _other_suite(locks, block, 1)
     try:
