@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from asyncua import Client, Server, ua
 from asyncua.crypto import security_policies as sp
 
@@ -22,6 +23,8 @@ from scada.security.identity import Role
 from scada.security.pki import Pki
 from scada.security.settings import SecuritySettings
 from tests import pki_certs as pc
+
+from tests.leaks import tasks_left
 
 from .helpers import free_port
 
@@ -74,6 +77,30 @@ async def served(tmp_path):
         await stop_asyncua_server(s.server)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served_once(tmp_path_factory):
+    """The ``served`` server shared by the tests that only connect with certificates they trust
+    and read: they change nothing another one sees but the trusted folder (each its own
+    certificate) and the audit records (cleared before each). Building a server costs seconds
+    (asyncua's standard address space, the server's key)."""
+    s = await serve(tmp_path_factory.mktemp("pki"), anonymous=frozenset({Role.OBSERVER}))
+    try:
+        yield s
+    finally:
+        await stop_asyncua_server(s.server)
+    left = await tasks_left()
+    assert not left, f"the module's server left asyncio tasks pending: {left}"
+
+
+@pytest.fixture
+def served_clean(served_once):
+    served_once.audit.records.clear()
+    return served_once
+
+
+on_served_once = pytest.mark.asyncio(loop_scope="module")
+
+
 async def secure_client(s: Target, cert: pc.Cert, policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt"):
     c_path, k_path = cert.write(s.tmp / "client", cert.thumbprint)
     client = Client(s.url, timeout=10)
@@ -100,9 +127,11 @@ async def refused(s: Served, cert: pc.Cert) -> None:
     await client.disconnect()
 
 
+@on_served_once
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("policy", list(POLICIES))
-async def test_each_policy_and_mode_connects_with_a_trusted_certificate(served, policy, mode):
+async def test_each_policy_and_mode_connects_with_a_trusted_certificate(served_clean, policy, mode):
+    served = served_clean
     cert = pc.make("hmi")
     trust(served, cert)
     async with await secure_client(served, cert, policy, mode) as client:
@@ -110,7 +139,9 @@ async def test_each_policy_and_mode_connects_with_a_trusted_certificate(served, 
     assert served.refusals() == []
 
 
-async def test_the_endpoints_offered_follow_the_settings(served):
+@on_served_once
+async def test_the_endpoints_offered_follow_the_settings(served_clean):
+    served = served_clean
     endpoints = await Client(served.url, timeout=10).connect_and_get_server_endpoints()
     offered = {(e.SecurityPolicyUri.rsplit("#", 1)[1], e.SecurityMode.name) for e in endpoints}
     assert offered == {(p, m) for p in POLICIES for m in MODES}
