@@ -24,7 +24,7 @@ from scada.opcua.asyncua_private.datachange import hook_monitored_items
 from scada.opcua.asyncua_private.nodes import address_space
 from scada.opcua.asyncua_private.read import hook_read
 from scada.opcua.asyncua_private.request_decoding import hook_request_decoding
-from scada.opcua.asyncua_private.sessions import external_sessions
+from scada.opcua.asyncua_private.sessions import external_sessions, stop_clock
 from scada.opcua.audit_events import install_audit_events
 from scada.opcua.authorise import install_authorisation
 from scada.opcua.bounds import install_bounds
@@ -414,6 +414,7 @@ async def stop_asyncua_server(server: Server, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
             for session in external_sessions(server):
                 await session.close_session(delete_subs=True)
+            await stop_clock(server)  # else the stop waits up to 1 s for its CurrentTime loop
             await server.stop()
     except Exception as exc:  # noqa: BLE001
         log.warning("opcua_server_stop_failed", error=repr(exc))

@@ -4,6 +4,7 @@ closed session leaves behind, the sessions open at stop) with the installed asyn
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 from asyncua.server.internal_server import InternalServer
@@ -45,6 +46,22 @@ async def test_stopping_closes_the_external_sessions():
         assert len(P.external_sessions(own.server)) == 1
         await stop_asyncua_server(own.server)
         relies(P.external_sessions(own.server) == [], "InternalSession.close_session unregisters the external session")
+
+
+async def test_stop_clock_ends_the_current_time_task_at_once():
+    relies(
+        "if self.time_task:" in inspect.getsource(InternalServer.stop)
+        and "self._time_task_stop = True" in inspect.getsource(InternalServer.stop)
+        and "await self.time_task" in inspect.getsource(InternalServer.stop),
+        "InternalServer.stop flags then awaits time_task (skipped when None)",
+    )
+    async with running() as own:
+        task = own.server.iserver.time_task
+        relies(isinstance(task, asyncio.Task) and not task.done(), "a started server's iserver.time_task runs")
+        await P.stop_clock(own.server)
+        assert task.done() and own.server.iserver.time_task is None
+        await P.stop_clock(own.server)  # twice (a stop after a failed stop): nothing to do
+        await own.server.stop()  # asyncua's own stop then goes on without it
 
 
 async def test_session_cleanup_hooks_on_a_live_server():

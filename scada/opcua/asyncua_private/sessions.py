@@ -1,11 +1,14 @@
 """asyncua internals: sessions (the calling session of a method, what a closed session leaves
-behind, the sessions still open at stop); checked by tests/unit/test_asyncua_private_sessions.py.
+behind, the sessions still open at stop, the server's clock task at stop); checked by
+tests/unit/test_asyncua_private_sessions.py.
 
-Relied on: ``InternalSession``: ``session_id``, ``call``, ``create_session``, ``close_session``.
+Relied on: ``InternalSession``: ``session_id``, ``call``, ``create_session``, ``close_session``;
+``InternalServer.time_task`` and ``_time_task_stop``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
@@ -21,6 +24,7 @@ __all__ = [
     "hook_session_closed",
     "hook_sessions",
     "hook_subscription_created",
+    "stop_clock",
     "swap_item_service_logger",
 ]
 
@@ -32,6 +36,23 @@ def external_sessions(server: Server) -> list[InternalSession]:
     until the session timeout; the public API cannot list them.
     """
     return list(server.iserver._external_sessions.values())
+
+
+async def stop_clock(server: Server) -> None:
+    """Stop the task that writes the server's CurrentTime each second, at once.
+
+    asyncua 2.1's ``InternalServer.stop`` sets a flag and awaits the task, which sees it only
+    after its ``asyncio.sleep(1)``: every server stop (a front restart, a reload's rollback, a
+    shutdown) would wait up to a second for nothing.
+    """
+    iserver = server.iserver
+    task = getattr(iserver, "time_task", None)
+    if task is None:
+        return
+    iserver._time_task_stop = True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    iserver.time_task = None  # InternalServer.stop awaits it when set: a cancelled task would raise
 
 
 _HOOKED = "_scada_hooked"
