@@ -27,6 +27,7 @@ from scada.historian.store import HistoryStore
 from scada.operations.journal import JOURNAL_FILE, OrderJournal
 from scada.operations.kpi_service import ContractKpis, compute, month_of
 from scada.operations.model import OrderState, WorkOrder
+from tests.unit.test_operations_kpi_live import DEVICES, OPERATIONS  # the same two devices and contract
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = 10**9
@@ -40,24 +41,6 @@ NOW = T0 + 10 * DAY  # the clock's now: 11 November 00:00
 REAL0, CLOCK0, ACC0 = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp()) * NS, T0 - 2 * DAY, 60
 CLOCK1, ACC1 = T0 + 4 * DAY + 7 * H, 120
 REAL1 = REAL0 + (CLOCK1 - CLOCK0) // ACC0 + H
-
-DEVICES = """
-devices:
-  - {name: LC-A-1, type: lighting_cabinet, commune: Ahuy, lat: 47.369, lon: 5.021, endpoint: "127.0.0.1:15020", unit: 1}
-  - {name: B-D-1, type: access_bollard, commune: Dijon, lat: 47.324, lon: 5.030, endpoint: "127.0.0.1:1883"}
-"""
-OPERATIONS = """
-services:
-  lighting_maintenance:
-    delays:
-      default: {on_site: 1h, repaired: 4h, warn_before: 10m}
-energy:
-  savings_target: 65 %
-  baseline_kwh_per_day: 20
-availability:
-  lighting: 98 %
-"""
-
 
 def real_of(clock_ns: int) -> int:
     """The real instant at which the accelerated server's clock read ``clock_ns``."""
