@@ -42,6 +42,7 @@ REAL0, CLOCK0, ACC0 = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp()) * NS, T0
 CLOCK1, ACC1 = T0 + 4 * DAY + 7 * H, 120
 REAL1 = REAL0 + (CLOCK1 - CLOCK0) // ACC0 + H
 
+
 def real_of(clock_ns: int) -> int:
     """The real instant at which the accelerated server's clock read ``clock_ns``."""
     if clock_ns < CLOCK1:
