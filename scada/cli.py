@@ -242,7 +242,7 @@ def _security(args: argparse.Namespace):
     """Read the security settings (``--security``, else the configuration folder's security.yaml,
     else the secure defaults), resolve the endpoint, and make or check the server's certificate
     when a secure policy is offered. None after printing the error (exit 2)."""
-    from scada.opcua.server import DEFAULT_ENDPOINT
+    from scada.opcua import DEFAULT_ENDPOINT
     from scada.security.pki import Pki, PkiError
     from scada.security.settings import load_security, security_file
 
@@ -470,7 +470,7 @@ def http_address(text: str, option: str = "--http") -> tuple[str, int] | None:
 
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a command that runs the server (``run``, and the demo's)."""
-    from scada.opcua.server import DEFAULT_ENDPOINT
+    from scada.opcua import DEFAULT_ENDPOINT
 
     _config_argument(p)
     p.add_argument(

@@ -10,6 +10,7 @@ import structlog
 from asyncua import Server, ua
 
 from scada.config import Config
+from scada.opcua import DEFAULT_ENDPOINT
 from scada.opcua.address_space import (
     NAMESPACE_URI,
     ROOT_NAME,
@@ -55,7 +56,6 @@ _NODE_DELETED = ua.ModelChangeStructureVerbMask.NodeDeleted
 # A command's Call or Write waits for the field's read-back (seconds): served beside the session's
 # other requests (its Publish, Read, keep-alive), at most this many at once per connection.
 CONCURRENT_COMMANDS = 16
-DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/scada/"  # loopback: another address is a choice
 # A command's answer waits at most this long for the publisher to show what confirmed it
 # (HmiServer._command): milliseconds normally; beyond, the answer goes (a Read may be stale).
 CATCH_UP_TIMEOUT = 2.0
