@@ -62,7 +62,7 @@ from scada.front.orders import (
 from scada.operations import metrics as health
 from scada.operations import open311
 from scada.operations.geo import FilterError, GeoFeed
-from scada.operations.listener import Listener, Report, listener_alarm
+from scada.operations.listener import LISTENER_ALARM, SERVES, Listener, Report, listener_alarm
 from scada.operations.model import REQUEST_CITIZEN_REPORT, REQUEST_REPORTS, OperationsConfig
 from scada.operations.open311 import Open311Error, RateLimiter
 from scada.operations.proxies import HEADER as FORWARDED_FOR
@@ -483,3 +483,9 @@ async def serve_inline(app: Any) -> None:
             await asyncio.gather(loaded, return_exceptions=True)
     finally:
         await http.stop()
+        # No listener left to retry (operations turned off by a reload, or the server stops):
+        # an alarm raised for one would never clear (a restart of this task raises it again).
+        for setting in SERVES:
+            app.alarms.system_alarm(
+                LISTENER_ALARM, False, f"HTTP listener operations.http.{setting} stopped", source=f"http.{setting}"
+            )

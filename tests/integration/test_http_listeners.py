@@ -124,6 +124,33 @@ async def test_a_taken_http_address_leaves_the_hmi_and_the_other_listener_servin
         await asyncio.to_thread(wait_port_closed, port, DEADLINE)
 
 
+async def test_the_inline_http_task_stopped_clears_its_listener_alarm(tmp_path):
+    """A reload that turns operations off stops the inline HTTP task: an alarm raised for a
+    listener still retrying would otherwise stay active for good (nothing left to clear it)."""
+    ports = {"listen": free_port(), "internal": free_port()}
+    blocker = held(ports["internal"])
+    ops = ops_config(("127.0.0.1", ports["listen"]), internal=("127.0.0.1", ports["internal"]))
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
+    app = Application(with_operations(city(tmp_path / "cfg"), ops), endpoint, 0, tmp_path / "data", front="inline")
+    app.drivers = []
+    app.audit.LINGER_S = 0.05
+    core = asyncio.create_task(app.run(), name="core")
+    try:
+        await asyncio.wait_for(app.started.wait(), DEADLINE)
+
+        async def alarmed() -> bool:
+            return "http.internal" in listener_alarms(app)
+
+        await until(alarmed, "the internal listener's alarm")
+        await app.stop_tasks(["http"])  # as a reload removing it does
+        assert listener_alarms(app) == {}
+    finally:
+        blocker.close()
+        core.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await core
+
+
 OPERATIONS_YAML = """\
 services:
   lighting_maintenance:
