@@ -245,8 +245,22 @@ def carry_server_state(old: AlarmEngine, new: AlarmEngine) -> None:
     """Hand over what the old engine may still change while the reload awaits (the OPC UA
     side): the server alarms and the journal backlog. Called again just before the swap
     (server alarms raised or cleared meanwhile, on the old engine, are not lost)."""
+    told = new._system_events  # what the new engine's subscribers were given (the first carry's)
     new._system = dict(old._system)
     new._system_events = dict(old._system_events)
+    # A server alarm raised or cleared on the old engine between the two carries (a front's
+    # listener bound meanwhile) was journaled and told to the old engine's subscribers only: the
+    # new one's (the OPC UA conditions, the front) hear it now, or an HMI would show it for good.
+    changed = [e for key, e in new._system_events.items() if told.get(key) is not e]
+    changed += [
+        dataclasses.replace(e, time_ns=old.clock(), event="CLEAR", state=State.NORMAL, active=False)
+        for key, e in told.items()
+        if key not in new._system_events
+    ]
+    if changed:
+        for notify in new.subscribers:
+            if notify not in old.subscribers:  # one on both engines heard it from the old one
+                notify(changed)
     # A journal outage: the rows the old engine could not write (its final flush failed too)
     # wait in the new one, first, and are retried soon; storage_failing, carried above, clears
     # when they are written. Instances are renumbered: the states to rewrite follow by key; a

@@ -20,13 +20,20 @@ from types import SimpleNamespace
 import pytest
 from asyncua import ua
 
+from city_scada import REGISTRY, load_config
+from common.yamlsrc import ConfigError
 from scada import status as st
 from scada.alarms.engine import STORAGE_FAILING, AlarmEngine
 from scada.alarms.states import State
-from city_scada import REGISTRY, load_config
-from scada.reload import RESULT_FILE, _journal_removed, carry_alarms, reload_from_files, write_result
+from scada.reload import (
+    RESULT_FILE,
+    _journal_removed,
+    carry_alarms,
+    carry_server_state,
+    reload_from_files,
+    write_result,
+)
 from scada.tagdb import TagDB
-from common.yamlsrc import ConfigError
 from tests.fs_faults import fill, free_space, needs_root, small_fs
 from tests.integration.helpers import running_app
 
@@ -96,6 +103,7 @@ async def test_a_reload_of_an_unreadable_file_is_refused_and_reported(tmp_path: 
 async def test_a_loader_failure_that_is_no_configuration_error_is_reported_not_raised(tmp_path, monkeypatch):
     def broken(directory, drivers):
         raise RuntimeError("injected: a loader bug")
+
     monkeypatch.setattr("scada.reload.load_config", broken)
     assert await reload_from_files(NoReload(tmp_path), tmp_path) is False
     result = json.loads((tmp_path / RESULT_FILE).read_text())
@@ -147,6 +155,32 @@ def test_a_kept_instance_keeps_its_event_ids_and_its_one_shot_shelve(bench: Benc
     bench.clock.advance(4)
     events = new.tick()
     assert [(e.alarm, e.event) for e in events if e.alarm == "hot"][-1] == ("hot", "UNSHELVE")
+
+
+def test_server_alarms_changed_between_the_two_carries_reach_the_new_engine_s_subscribers(
+    bench: Bench, tmp_path: Path
+) -> None:
+    """Review: a server alarm raised or cleared on the old engine while the OPC UA side was
+    rebuilt (a front's HTTP listener bound meanwhile) was carried silently: the front, snapshot
+    taken before, showed it active for good."""
+    old = bench.engine
+    old.system_alarm("http_listener_down", True, "internal: taken", source="http.internal")
+    new = new_engine(bench, tmp_path / "new")
+    told: list = []
+    new.subscribers[:] = []
+    carry_alarms(old, new)  # the first carry: the reload's new engine, before the OPC UA side
+    new.subscribers.append(told.extend)  # the new conditions' / the front's subscription
+    old.system_alarm("http_listener_down", False, "internal: bound", source="http.internal")
+    old.system_alarm("server_task_failed", True, "historian: crashed", source="historian")
+    carry_server_state(old, new)  # again, just before the swap
+    assert sorted((e.alarm, e.event, e.active) for e in told) == [
+        ("http_listener_down", "CLEAR", False),
+        ("server_task_failed", "ACTIVATE", True),
+    ]
+    assert {e.alarm for e in new.active_system_events()} == {"server_task_failed"}
+    told.clear()
+    carry_server_state(old, new)  # nothing changed since: nothing told twice
+    assert told == []
 
 
 @needs_root
@@ -211,11 +245,14 @@ def lc3_node(app):
 
 async def test_a_rollback_points_the_history_reads_at_the_reopened_historian(tmp_path, monkeypatch):
     from scada import app as app_module
+
     async with running_app(tmp_path, "inline") as (app, old, new, _):
         real = app_module.build_drivers
-        monkeypatch.setattr(app_module, "build_drivers",
-                            lambda config, tagdb: (_ for _ in ()).throw(OSError("injected")) if config is new
-                            else real(config, tagdb))
+        monkeypatch.setattr(
+            app_module,
+            "build_drivers",
+            lambda config, tagdb: (_ for _ in ()).throw(OSError("injected")) if config is new else real(config, tagdb),
+        )
         with pytest.raises(OSError, match="injected"):
             await app.reload(new)
         assert_running_as(app, old)
@@ -225,6 +262,7 @@ async def test_a_failure_inside_the_opcua_switch_is_undone(tmp_path, monkeypatch
     """After the OPC UA side took the new objects: it goes back to the running ones, the added
     device's nodes go, and the next reload applies."""
     from scada.opcua import server as server_module
+
     async with running_app(tmp_path, "inline") as (app, old, new, _):
         real = server_module._rebind_history
 
@@ -232,6 +270,7 @@ async def test_a_failure_inside_the_opcua_switch_is_undone(tmp_path, monkeypatch
             if config is new:
                 raise RuntimeError("injected: history not rebound")
             real(th, config, tagdb, historian)
+
         monkeypatch.setattr(server_module, "_rebind_history", broken)
         with pytest.raises(RuntimeError, match="injected"):
             await app.reload(new)
@@ -245,8 +284,10 @@ async def test_a_failure_inside_the_opcua_switch_is_undone(tmp_path, monkeypatch
 
 async def test_a_model_change_event_that_fails_does_not_undo_the_reload(tmp_path, monkeypatch):
     async with running_app(tmp_path, "inline") as (app, old, new, _):
+
         async def broken(*args):
             raise RuntimeError("injected: no event")
+
         monkeypatch.setattr(app.hmi.server, "get_event_generator", broken)
         await app.reload(new)
         assert_running_as(app, new)
@@ -257,11 +298,16 @@ async def test_a_rollback_restarts_every_task_though_the_stores_fail(tmp_path, m
     disk): every task still restarts; the historian's fails and is restarted by the supervisor."""
     from scada import app as app_module
     from scada.historian.store import HistoryError
+
     async with running_app(tmp_path, "inline") as (app, old, new, _):
         real_drivers, real_historian = app_module.build_drivers, app._make_historian
-        monkeypatch.setattr(app_module, "build_drivers",
-                            lambda config, tagdb: (_ for _ in ()).throw(OSError("injected")) if config is new
-                            else real_drivers(config, tagdb))
+        monkeypatch.setattr(
+            app_module,
+            "build_drivers",
+            lambda config, tagdb: (
+                (_ for _ in ()).throw(OSError("injected")) if config is new else real_drivers(config, tagdb)
+            ),
+        )
         reopened = []
 
         def make_historian(config=None, tagdb=None):
@@ -275,8 +321,10 @@ async def test_a_rollback_restarts_every_task_though_the_stores_fail(tmp_path, m
                 def close_fails():
                     close()
                     raise HistoryError(h.store.path, "injected: merge failed, disk full")
+
                 h.store.close = close_fails
             return h
+
         monkeypatch.setattr(app, "_make_historian", make_historian)
         stopped = app.historian
         with pytest.raises(OSError, match="injected"):
@@ -295,6 +343,7 @@ async def test_a_server_alarm_raised_during_the_switch_is_not_lost(tmp_path, mon
         async def reload(*args, **kwargs):
             app.alarms.system_alarm("reload_test", True, "raised while the OPC UA side is rebuilt")
             return await real(*args, **kwargs)
+
         monkeypatch.setattr(app.hmi, "reload", reload)
         await app.reload(new)
         assert app.alarms._system[("server", "reload_test")] is True
@@ -307,6 +356,7 @@ async def test_a_reload_cancelled_by_the_shutdown_stays_cancelled(tmp_path, monk
         async def reload(*args, **kwargs):
             entered.set()
             await asyncio.Future()  # the OPC UA switch takes long: the server is stopped meanwhile
+
         monkeypatch.setattr(app.hmi, "reload", reload)
         monkeypatch.setattr("scada.reload.load_config", lambda directory, drivers: new)
         assert app.request_reload(tmp_path / "b")
@@ -328,6 +378,7 @@ async def test_a_rollback_cancelled_by_the_shutdown_stays_cancelled(tmp_path, mo
                 raise RuntimeError("injected: the switch fails")
             undoing.set()
             await asyncio.Future()  # the rollback takes long: the server is stopped meanwhile
+
         monkeypatch.setattr(app.hmi, "reload", reload)
         monkeypatch.setattr("scada.reload.load_config", lambda directory, drivers: new)
         assert app.request_reload(tmp_path / "b")
