@@ -329,15 +329,32 @@ class Application:
 
     def _inline_http(self) -> bool:
         """The inline front serves HTTP: operations run and a citizens' address is set."""
+        return self._http_addresses() is not None
+
+    def _http_addresses(self) -> tuple[Any, Any] | None:
+        """The inline HTTP server's (citizens', internal) addresses in the running configuration
+        and ``scada run --http/--http-internal``; None: no HTTP server."""
         from scada.front.link import with_http_settings
 
         ops = with_http_settings(self.config, self.front_settings).operations
-        return bool(ops.services and ops.http.listen)
+        return (ops.http.listen, ops.http.internal) if ops.services and ops.http.listen else None
 
     def _serve_http(self) -> Coroutine[Any, Any, None]:
         from scada.operations.http import serve_inline
 
+        self._http_serving = self._http_addresses()  # what this attempt listens on
         return serve_inline(self)
+
+    async def _follow_http(self) -> None:
+        """``--front inline`` after a reload: HTTP addresses changed, or HTTP turned off or on,
+        restart the inline HTTP task on what the configuration now asks for (the alarm of a
+        listener that no longer exists clears with the task); other changes it follows itself."""
+        task = asyncio.current_task()
+        if self.front != "inline" or self._tg is None or (task is not None and task.cancelling()):
+            return
+        if "http" in self.supervisor.tasks and self._http_addresses() != getattr(self, "_http_serving", None):
+            await self.stop_tasks(["http"])
+        self.start_tasks()
 
     async def _kpi_loop(self) -> None:
         """The contract's live KPIs (month to date, scada/operations/kpi_service.py), computed in a
@@ -487,6 +504,7 @@ class Application:
             finally:
                 self.schedules.reload(self.config)  # the configuration applied, or the old one put back
                 self._reload_operations()
+                await self._follow_http()
                 refreeze()  # the new configuration's objects are long-lived; the old ones go
 
     def request_reload(self, directory: str | Path) -> bool:

@@ -207,6 +207,24 @@ class Front:
         self._start_tasks()
         return self.hmi.node_count
 
+    async def _reload_http(self, config, tags, alarms) -> None:
+        """The HTTP server follows a reload: the same listeners take the new settings; a listener
+        address changed (or HTTP turned off or on) stops them and starts what the new
+        configuration asks for (an alarm of a listener that no longer exists clears)."""
+        from scada.operations.http import internal_of, listen_of, operations_of
+
+        http = self.http
+        if http is not None and (http.listen, http.internal) == (listen_of(config), internal_of(config)):
+            http.rebind(config, operations_of(config) or http.ops, tags, alarms)
+            return
+        if http is not None:
+            await http.stop()
+            self.http = None
+        await self._start_http(config, alarms)
+        for setting, address in (("listen", listen_of(config)), ("internal", internal_of(config))):
+            if address is None:
+                self._listener_state(setting, None, "")
+
     async def _start_http(self, config, alarms) -> None:
         """The HTTP server (Open311, map, metrics) on this loop, if the configuration asks for one.
         Never fails the front: a listener that cannot bind is retried while the OPC UA server runs,
@@ -298,10 +316,7 @@ class Front:
             # From now on the core's batches are the new table's: never given to the old mirror.
             old_tags, self.tags = self.tags, tags
             changes = await self.hmi.reload(config, tags, removed, added, retyped, alarms=alarms, history=history)
-            if self.http is not None:
-                from scada.operations.http import operations_of
-
-                self.http.rebind(config, operations_of(config) or self.http.ops, tags, alarms)
+            await self._reload_http(config, tags, alarms)
             if not drained:
                 # Not everything could be published in time: a first snapshot notifies every
                 # watched value instead (nothing is lost, some are sent twice).

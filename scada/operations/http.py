@@ -251,8 +251,11 @@ class OpsHttp:
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
-        for listener in self.listeners:
-            await listener.stop()
+        # Every listener, even when one fails to stop (its socket must not stay open).
+        results = await asyncio.gather(*(listener.stop() for listener in self.listeners), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                log.error("http_listener_stop_failed", error=repr(r))
 
     async def _load_reports(self) -> None:
         end = self.clock()

@@ -18,7 +18,6 @@ inline server (``scada run --front inline``) calls the engine itself; both throu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -46,13 +45,13 @@ Report = Callable[[str, "tuple[str, int] | None", str], None]
 def listener_alarm(alarms: Any, setting: str, host: str | None, port: int | None, error: str) -> None:
     """Raise (``error``) or clear the server alarm of the listener ``setting`` ("listen",
     "internal") on the core's alarm engine."""
-    where = f"{host}:{port}" if host is not None else "(not configured)"
+    where = "(not configured)" if host is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     what = SERVES.get(setting, setting)
     if error:
         message = (
             f"HTTP listener operations.http.{setting} ({what}) cannot listen on {where}: {error}; "
-            f"retried until it can (free the address, or set operations.http.{setting} or scada run "
-            f"--http{'' if setting == 'listen' else '-internal'})"
+            f"retried until it can (free the address; or set operations.http.{setting}, or scada run "
+            f"--http{'' if setting == 'listen' else '-internal'}, and reload or restart)"
         )
     else:
         message = f"HTTP listener operations.http.{setting} ({what}) listens on {where}"
@@ -98,8 +97,8 @@ class Listener:
     async def stop(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry
+            # Its end, whatever it was; a cancellation of the caller itself still propagates.
+            await asyncio.gather(self._retry, return_exceptions=True)
             self._retry = None
         if self.runner is not None:
             await self.runner.cleanup()
@@ -108,7 +107,15 @@ class Listener:
         self.bound.clear()
 
     async def _retry_loop(self) -> None:
-        while not await self._attempt():
+        while True:
+            try:
+                if await self._attempt():
+                    return
+            except Exception:  # noqa: BLE001 - nothing supervises this task: it must go on retrying
+                self.failures += 1
+                log.exception(
+                    "http_listener_bind_failed", listener=self.setting, host=self.address[0], port=self.address[1]
+                )
             await asyncio.sleep(self.backoff.delay(self.failures))
 
     async def _attempt(self) -> bool:

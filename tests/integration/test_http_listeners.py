@@ -151,6 +151,53 @@ async def test_the_inline_http_task_stopped_clears_its_listener_alarm(tmp_path):
             await core
 
 
+@pytest.mark.parametrize("front", ["process", "inline"])
+async def test_a_reload_moves_or_removes_a_listener(tmp_path, front):
+    """Review: a reload that changed http.internal (as the alarm tells the operator to) kept the
+    listener retrying the old address and its alarm active; one that removed it, the same."""
+    listen, old, new = free_port(), free_port(), free_port()
+    blocker = held(old)  # the old address is taken: its alarm is active
+    base = city(tmp_path / "cfg")
+    app = Application(
+        with_operations(base, ops_config(("127.0.0.1", listen), internal=("127.0.0.1", old))),
+        f"opc.tcp://127.0.0.1:{free_port()}/scada/",
+        0,
+        tmp_path / "data",
+        front=front,
+    )
+    app.drivers = []
+    app.audit.LINGER_S = 0.05
+    core = asyncio.create_task(app.run(), name="core")
+    try:
+        await asyncio.wait_for(app.started.wait(), DEADLINE)
+
+        async def alarmed() -> bool:
+            return "http.internal" in listener_alarms(app)
+
+        await until(alarmed, "the old internal address's alarm")
+        async with aiohttp.ClientSession() as http:
+            moved = with_operations(base, ops_config(("127.0.0.1", listen), internal=("127.0.0.1", new)))
+            await app.reload(moved)
+            await until(lambda: answers(http, f"http://127.0.0.1:{new}/metrics"), "/metrics on the new address")
+
+            async def cleared() -> bool:
+                return not listener_alarms(app)
+
+            await until(cleared, "the old address's alarm cleared")
+            blocker.close()  # the old address freed: nobody takes it any more
+            await app.reload(with_operations(base, ops_config(("127.0.0.1", listen), internal=None)))
+            await asyncio.to_thread(wait_port_closed, new, DEADLINE)  # removed: not served
+            # The citizens' listener serves on (inline: its task started again on the new addresses).
+            await until(lambda: answers(http, f"http://127.0.0.1:{listen}/open311/v2/services.json"), "Open311")
+            assert not await answers(http, f"http://127.0.0.1:{old}/metrics")
+            assert listener_alarms(app) == {}
+    finally:
+        blocker.close()
+        core.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await core
+
+
 OPERATIONS_YAML = """\
 services:
   lighting_maintenance:

@@ -93,3 +93,67 @@ def test_the_alarm_names_the_listener_the_address_and_the_error():
     assert "operations.http.internal" in message and "127.0.0.1:9464" in message
     assert "[Errno 98] Address already in use" in message and "--http-internal" in message
     assert cleared[:2] == (LISTENER_ALARM, False) and cleared[4] == "http.internal"
+
+
+def test_an_ipv6_address_is_written_in_brackets():
+    engine = Engine()
+    listener_alarm(engine, "listen", "::1", 8080, "[Errno 98] Address already in use")
+    assert "[::1]:8080" in engine.calls[0][2]
+
+
+async def test_a_retry_that_fails_otherwise_than_by_the_os_goes_on_retrying():
+    """Review: an exception other than OSError ended the (unsupervised) retry task silently:
+    never bound once the address was free, and its stop re-raised it."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    address = holder.getsockname()
+    builds = 0
+
+    def flaky() -> web.Application:
+        nonlocal builds
+        builds += 1
+        if builds == 2:  # the first retry
+            raise RuntimeError("injected: a bug while building the application")
+        return hello()
+
+    listener = Listener(flaky, address, "internal", None, Backoff(0.001, 0.005))
+    try:
+        with capture_logs() as logged:
+            await listener.start()
+            async with asyncio.timeout(DEADLINE):
+                while builds < 3:
+                    await asyncio.sleep(0.001)
+            holder.close()
+            async with asyncio.timeout(DEADLINE):
+                await listener.bound.wait()
+        assert "http_listener_bind_failed" in [e["event"] for e in logged]
+    finally:
+        holder.close()
+        await listener.stop()  # does not raise
+
+
+async def test_stop_lets_its_caller_s_cancellation_through():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    listener = Listener(hello, holder.getsockname(), "internal", None, Backoff(0.001, 0.005))
+    await listener.start()
+    stopping = asyncio.Event()
+    original = listener._retry
+    assert original is not None
+
+    async def stopper() -> str:
+        stopping.set()
+        await listener.stop()
+        return "ran on"
+
+    try:
+        task = asyncio.create_task(stopper())
+        await stopping.wait()
+        task.cancel()  # while stop() waits for the retry task's end
+        results = await asyncio.gather(task, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError), results
+    finally:
+        holder.close()
+        await listener.stop()
