@@ -124,24 +124,29 @@ async def test_a_taken_http_address_leaves_the_hmi_and_the_other_listener_servin
         await asyncio.to_thread(wait_port_closed, port, DEADLINE)
 
 
+def listening_app(tmp_path, config, front: str) -> Application:
+    """An Application without a field (the listeners are what is tested)."""
+    app = Application(config, f"opc.tcp://127.0.0.1:{free_port()}/scada/", 0, tmp_path / "data", front=front)
+    app.drivers = []
+    app.audit.LINGER_S = 0.05  # the trail's writer thread ends at once (the leak check)
+    return app
+
+
+async def internal_alarmed(app: Application) -> bool:
+    return "http.internal" in listener_alarms(app)
+
+
 async def test_the_inline_http_task_stopped_clears_its_listener_alarm(tmp_path):
     """A reload that turns operations off stops the inline HTTP task: an alarm raised for a
     listener still retrying would otherwise stay active for good (nothing left to clear it)."""
     ports = {"listen": free_port(), "internal": free_port()}
     blocker = held(ports["internal"])
     ops = ops_config(("127.0.0.1", ports["listen"]), internal=("127.0.0.1", ports["internal"]))
-    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/scada/"
-    app = Application(with_operations(city(tmp_path / "cfg"), ops), endpoint, 0, tmp_path / "data", front="inline")
-    app.drivers = []
-    app.audit.LINGER_S = 0.05
+    app = listening_app(tmp_path, with_operations(city(tmp_path / "cfg"), ops), "inline")
     core = asyncio.create_task(app.run(), name="core")
     try:
         await asyncio.wait_for(app.started.wait(), DEADLINE)
-
-        async def alarmed() -> bool:
-            return "http.internal" in listener_alarms(app)
-
-        await until(alarmed, "the internal listener's alarm")
+        await until(lambda: internal_alarmed(app), "the internal listener's alarm")
         await app.stop_tasks(["http"])  # as a reload removing it does
         assert listener_alarms(app) == {}
     finally:
@@ -158,23 +163,13 @@ async def test_a_reload_moves_or_removes_a_listener(tmp_path, front):
     listen, old, new = free_port(), free_port(), free_port()
     blocker = held(old)  # the old address is taken: its alarm is active
     base = city(tmp_path / "cfg")
-    app = Application(
-        with_operations(base, ops_config(("127.0.0.1", listen), internal=("127.0.0.1", old))),
-        f"opc.tcp://127.0.0.1:{free_port()}/scada/",
-        0,
-        tmp_path / "data",
-        front=front,
+    app = listening_app(
+        tmp_path, with_operations(base, ops_config(("127.0.0.1", listen), internal=("127.0.0.1", old))), front
     )
-    app.drivers = []
-    app.audit.LINGER_S = 0.05
     core = asyncio.create_task(app.run(), name="core")
     try:
         await asyncio.wait_for(app.started.wait(), DEADLINE)
-
-        async def alarmed() -> bool:
-            return "http.internal" in listener_alarms(app)
-
-        await until(alarmed, "the old internal address's alarm")
+        await until(lambda: internal_alarmed(app), "the old internal address's alarm")
         async with aiohttp.ClientSession() as http:
             moved = with_operations(base, ops_config(("127.0.0.1", listen), internal=("127.0.0.1", new)))
             await app.reload(moved)
